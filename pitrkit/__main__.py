@@ -1,0 +1,5 @@
+import sys
+
+from pitrkit.cli import main
+
+sys.exit(main())

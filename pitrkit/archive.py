@@ -1,0 +1,111 @@
+"""One archive: its storage backend opened from the configuration, the key layout, and
+the identity document `archive.json`.
+
+Every storage call made through `Archive` is bounded: the backend enforces a timeout per
+call and `Archive` retries a `StorageError` a configured number of times with
+exponential backoff and jitter, then raises `ArchiveUnavailable`. "Not found" and
+"already exists" are answers, not faults, and are never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from pitrkit import catalog
+from pitrkit.catalog import ArchiveIdentity
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError
+from pitrkit.hookspecs import ObjectExists, ObjectInfo, StorageError
+from pitrkit.plugins import Plugins
+from pitrkit.wal import PageHeader, WalFileKind, WalFileName
+
+log = logging.getLogger(__name__)
+
+IDENTITY_KEY = "archive.json"
+WAL_PREFIX = "wal/"
+
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 5.0
+
+Result = TypeVar("Result")
+
+
+class ArchiveUnavailable(PitrkitError):
+    """Storage kept failing after every retry."""
+
+    exit_code = 1
+
+
+def wal_key(file: WalFileName) -> str:
+    """`wal/<timeline><log>/<name>` for segment-based names (so that a directory or
+    prefix holds at most one 4 GiB "log" of segments), `wal/<name>` for history files."""
+    if file.kind == WalFileKind.HISTORY:
+        return WAL_PREFIX + file.name
+    return f"{WAL_PREFIX}{file.segment[:16]}/{file.name}"
+
+
+class Archive:
+    def __init__(self, config: Config, plugins: Plugins | None = None) -> None:
+        self.config = config
+        self.plugins = plugins or Plugins()
+        self.storage = self.plugins.storage(config.repository.url, config.repository.timeout)
+        self._retries = config.repository.retries
+
+    # -- bounded storage calls -----------------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], Result]) -> Result:
+        delay = _BACKOFF_FIRST
+        for attempt in range(self._retries + 1):
+            try:
+                return call()
+            except StorageError as exc:
+                if attempt == self._retries:
+                    raise ArchiveUnavailable(f"{what} failed after {attempt + 1} attempts: {exc}") from None
+                log.warning("%s failed (attempt %d of %d), retrying in %.1fs: %s",
+                            what, attempt + 1, self._retries + 1, delay, exc)
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, _BACKOFF_MAX)
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        self._call(f"storing {key}", lambda: self.storage.put(key, data, overwrite=overwrite))
+
+    def get(self, key: str) -> bytes:
+        return self._call(f"reading {key}", lambda: self.storage.get(key))
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self._call(f"checking {key}", lambda: self.storage.stat(key))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return iter(self._call(f"listing {prefix or 'the archive'}", lambda: list(self.storage.list(prefix))))
+
+    # -- identity ------------------------------------------------------------------------
+
+    def identity(self) -> ArchiveIdentity:
+        """`archive.json`; raises `ObjectNotFound` when the archive is new."""
+        data = self.get(IDENTITY_KEY)
+        try:
+            return catalog.decode(data, ArchiveIdentity, f"{self.storage.url}/{IDENTITY_KEY}")
+        except ValueError as exc:
+            raise PitrkitError(str(exc)) from None
+
+    def claim(self, header: PageHeader) -> ArchiveIdentity:
+        """Create `archive.json` for the cluster that wrote `header`; if another writer
+        got there first, return what it wrote (the caller checks it matches)."""
+        identity = ArchiveIdentity(
+            system_identifier=header.system_identifier,
+            wal_segment_size=header.segment_size,
+            pg_versions=[header.major],
+            created_at=datetime.now(UTC).replace(microsecond=0),
+        )
+        try:
+            self.put(IDENTITY_KEY, catalog.encode(identity))
+        except ObjectExists:
+            return self.identity()
+        log.info("initialized archive %s for system identifier %d", self.storage.url, header.system_identifier)
+        return identity

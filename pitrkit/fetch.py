@@ -1,0 +1,75 @@
+"""`pitrkit wal-fetch NAME DEST`: PostgreSQL's restore_command.
+
+The exit code is the contract with the startup process. 0: DEST holds the verified file.
+1: the archive answered that it does not have NAME, which PostgreSQL takes as "end of
+archived WAL". Anything else must not look like that, or a fault (storage down, a
+corrupt object, a broken configuration) would end recovery early and promote the server
+at the wrong point; so every other failure exits 126, which makes PostgreSQL abort
+recovery instead (it treats exit codes above 125 as fatal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pitrkit import objects
+from pitrkit.archive import Archive, wal_key
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.wal import WalFileName
+
+log = logging.getLogger(__name__)
+
+EXIT_NOT_IN_ARCHIVE = 1
+EXIT_FAULT = 126
+
+
+class NotInArchive(PitrkitError):
+    exit_code = EXIT_NOT_IN_ARCHIVE
+
+
+def fetch(config: Config, name: str, destination: Path) -> str:
+    """Restore the archived WAL file `name` to `destination`; returns a summary."""
+    file = WalFileName.parse(name)
+    archive = Archive(config)
+    data = _read_verified(archive, wal_key(file), config.repository.retries)
+    _write_atomically(destination, data)
+    return f"restored {name}: {len(data)} bytes"
+
+
+def _read_verified(archive: Archive, key: str, retries: int) -> bytes:
+    """The object's plaintext. A corrupt read may be a transfer fault, so the object is
+    read again a bounded number of times before it is declared corrupt."""
+    attempt = 0
+    while True:
+        try:
+            blob = archive.get(key)
+        except ObjectNotFound:
+            raise NotInArchive(f"{key.rpartition('/')[2]} is not in the archive {archive.storage.url}") from None
+        try:
+            return objects.decode(key, blob, archive.plugins.compressor)
+        except objects.CorruptObject as exc:
+            if attempt == retries:
+                raise PitrkitError(str(exc)) from None
+            attempt += 1
+            log.warning("%s; reading it again", exc)
+
+
+def _write_atomically(destination: Path, data: bytes) -> None:
+    """Write beside the destination, then rename: PostgreSQL must never see a partial
+    file under the name it asked for. No fsync: a restored file that a crash loses is
+    simply fetched again when recovery restarts."""
+    temporary = destination.with_name(f".{destination.name}.pitrkit.tmp")
+    try:
+        with open(temporary, "wb") as target:
+            target.write(data)
+        os.replace(temporary, destination)
+    except OSError as exc:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        raise PitrkitError(f"cannot write {destination}: {exc.strerror}") from None

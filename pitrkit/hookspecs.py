@@ -1,0 +1,128 @@
+"""The whole plugin contract: the hooks pitrkit calls and the interfaces plugins return.
+
+A plugin is a module (or object) with functions marked `@hookimpl`, registered by pitrkit
+itself (the built-ins) or found through the `pitrkit.plugins` entry-point group. Entry
+points are looked up by name only when the configuration asks for something no
+registered plugin provides: the entry point's name is the URL scheme of a storage
+backend (`gs` for `gs://...`) or the name of a compression algorithm.
+
+Storage backends are deliberately small and uniform (WAL-G's `Folder` is the model):
+whole objects by key, create-only by default, and three exceptions that carry meaning.
+They know nothing about PostgreSQL; every backend must pass `tests/storage_conformance.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("pitrkit")
+hookimpl = pluggy.HookimplMarker("pitrkit")
+
+
+# --- storage -------------------------------------------------------------------------
+
+
+class StorageError(Exception):
+    """The storage did not answer, or answered with a fault. Callers retry it a bounded
+    number of times, then give up; it never means "the object is absent"."""
+
+
+class ObjectNotFound(Exception):
+    """The storage answered, authoritatively, that the key does not exist. A backend
+    raises this only when it reached the archive and it is there (the directory or
+    bucket exists); a missing bucket or an unmounted directory is a `StorageError`."""
+
+
+class ObjectExists(Exception):
+    """A create-only `put` found the key already present; nothing was written."""
+
+
+class ObjectInfo(NamedTuple):
+    key: str
+    size: int
+
+
+class Storage(Protocol):
+    """One archive's objects, addressed by `/`-separated keys relative to the archive root.
+
+    Every method honours the `timeout` (seconds) the backend was created with, so that no
+    call hangs forever; retries are the caller's business, not the backend's, except
+    where the backend's own client retries idempotent requests by itself.
+    """
+
+    url: str
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        """Store `data` under `key`, durably: return only once the object would survive
+        a crash of this host (local: file and directory fsync'd; remote: the upload is
+        confirmed and its checksum verified). Without `overwrite` the put is create-only
+        and raises `ObjectExists` if the key is present, leaving it untouched; with
+        `overwrite` it replaces the object atomically (for small mutable documents)."""
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; `ObjectNotFound` if absent."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size of the object; `ObjectNotFound` if absent."""
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order (byte order of the
+        UTF-8 key). An empty archive yields nothing."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting an absent key is not an error."""
+
+
+# --- compression ---------------------------------------------------------------------
+
+
+class Compressor(Protocol):
+    """A compression algorithm. `name` is stored in every object header, so an object
+    can always be read back with the compressor of that name, whatever is configured."""
+
+    name: str
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress(self, data: bytes, size: int) -> bytes:
+        """`size` is the plaintext size from the object header: an upper bound the
+        decompressor may use to refuse a decompression bomb."""
+
+
+# --- encryption ----------------------------------------------------------------------
+
+
+class Cipher(Protocol):
+    """Authenticated encryption of object bodies. `associated` is the object's header,
+    which the cipher must authenticate so that it cannot be altered or swapped."""
+
+    key_id: str
+
+    def encrypt(self, plaintext: bytes, associated: bytes) -> bytes: ...
+
+    def decrypt(self, ciphertext: bytes, associated: bytes, key_id: str) -> bytes:
+        """Raise `ValueError` when authentication fails or the key is unknown."""
+
+
+# --- hooks ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def pitrkit_storage(url: str, timeout: float) -> Storage | None:
+    """Return a `Storage` for `url` if this plugin handles its scheme, else None."""
+
+
+@hookspec(firstresult=True)
+def pitrkit_compressor(name: str, level: int, threads: int) -> Compressor | None:
+    """Return the compressor called `name`, else None. `level` is the configured level
+    (ignored when only decompressing); `threads` is how many threads it may use
+    (0: as many as there are cores)."""
+
+
+@hookspec(firstresult=True)
+def pitrkit_cipher(settings: dict, archive_parameters: dict) -> Cipher | None:
+    """Return a `Cipher` for the `[encryption]` settings and the non-secret parameters
+    recorded in `archive.json`, else None."""

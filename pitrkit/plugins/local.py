@@ -1,0 +1,191 @@
+"""Built-in storage on a local or mounted file system: `file:///path/to/archive`.
+
+Durability is the whole job. A put writes a temporary file beside the target, fsyncs it,
+then publishes it with link(2), which fails if the name exists: create-only and atomic in
+one system call, so a crash leaves either no object or a complete one, and two writers
+racing for one name cannot both win. Overwrites (for small mutable documents) use
+rename(2). Every directory entry created or changed is made durable by fsyncing the
+directory. Temporary files start with "." and are never listed.
+
+The `timeout` is not enforced here: a local system call cannot be abandoned safely. A
+hung NFS mount is the kernel's to time out (mount it `soft,timeo=`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
+
+_FILE_MODE = 0o640
+_DIR_MODE = 0o750
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"file://{root}"
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+            raise ValueError(f"invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def _fault(self, exc: OSError, key: str) -> StorageError:
+        return StorageError(f"{self.url}: {key}: {exc.strerror or exc}")
+
+    def _missing(self, key: str) -> Exception:
+        """A missing file is "not found" only if the archive itself is there: an
+        unmounted or mistyped archive directory must not look like an empty archive."""
+        if self.root.is_dir():
+            return ObjectNotFound(key)
+        return StorageError(f"archive directory {self.root} does not exist")
+
+    # -- operations --------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        path = self._path(key)
+        if not self.root.is_dir():
+            raise StorageError(f"archive directory {self.root} does not exist")
+        try:
+            self._make_parents(path.parent)
+            temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            try:
+                try:
+                    with memoryview(data) as view:
+                        written = 0
+                        while written < len(view):
+                            written += os.write(descriptor, view[written:])
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+                if overwrite:
+                    os.replace(temporary, path)
+                else:
+                    os.link(temporary, path)
+            finally:
+                _unlink_quietly(temporary)  # after link(2) or a failure; gone after rename(2)
+            _fsync_directory(path.parent)
+        except FileExistsError:
+            raise ObjectExists(key) from None
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as file:
+                return file.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            return ObjectInfo(key, os.stat(self._path(key)).st_size)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            raise StorageError(f"archive directory {self.root} does not exist")
+        # Walk only below the prefix's directory part. Depth-first order is not key
+        # order ("a/b" sorts after "a-c"), so collect, then sort.
+        directory = prefix.rpartition("/")[0]
+        start = self._path(directory) if directory else self.root
+        found: list[ObjectInfo] = []
+        try:
+            for folder, subfolders, files in os.walk(start, onerror=_raise):
+                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+                relative = os.path.relpath(folder, self.root).replace(os.sep, "/")
+                for name in files:
+                    if name.startswith("."):
+                        continue
+                    key = name if relative == "." else f"{relative}/{name}"
+                    if key.startswith(prefix):
+                        found.append(ObjectInfo(key, os.stat(os.path.join(folder, name)).st_size))
+        except FileNotFoundError:
+            return iter(())
+        except OSError as exc:
+            raise self._fault(exc, prefix) from None
+        found.sort(key=lambda info: info.key.encode())
+        return iter(found)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+        _fsync_directory(path.parent)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _make_parents(self, directory: Path) -> None:
+        """Create missing directories up to the root, fsyncing each parent so that the
+        new entry survives a crash (a durable file in a lost directory is lost)."""
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir(_DIR_MODE)
+            except FileExistsError:
+                continue  # a concurrent writer made it; its fsync covers it
+            _fsync_directory(folder.parent)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        # Some file systems cannot fsync a directory; the data is still fsync'd.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def parse_file_url(url: str) -> Path | None:
+    """The archive directory for `file:///abs/path` or a bare absolute path; None for
+    other schemes."""
+    if url.startswith("/"):
+        return Path(url)
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return None
+    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise ValueError(f"a file URL needs an absolute path: file:///path (got {url!r})")
+    return Path(unquote(parts.path))
+
+
+@hookimpl
+def pitrkit_storage(url: str, timeout: float):
+    root = parse_file_url(url)
+    return None if root is None else LocalStorage(root)

@@ -1,0 +1,87 @@
+"""`pitrkit wal-push PATH`: PostgreSQL's archive_command.
+
+Exit 0 means the file is durable in the archive. Before storing, the file is checked:
+a segment must be valid WAL whose page address matches its name and whose system
+identifier matches the archive's; a history or backup file must parse. An identical
+object under the same name is success (PostgreSQL re-runs archive_command after a crash
+between storing and marking `.done`); different content under that name is refused and
+the stored object is never replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pitrkit import objects
+from pitrkit.archive import Archive, wal_key
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError, RefusedError, UsageError
+from pitrkit.hookspecs import ObjectExists, ObjectNotFound
+from pitrkit.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
+
+log = logging.getLogger(__name__)
+
+
+def push(config: Config, path: Path) -> str:
+    """Archive the WAL file at `path`; returns a one-line summary."""
+    file = WalFileName.parse(path.name)
+    data = _read(path)
+    archive = Archive(config)
+    _validate(archive, file, data)
+
+    compressor = archive.plugins.compressor(
+        config.compression.algorithm, config.compression.level, config.compression.threads
+    )
+    blob, header = objects.encode(data, compressor)
+    key = wal_key(file)
+    try:
+        archive.put(key, blob)
+    except ObjectExists:
+        existing, _ = objects.read_header(key, archive.get(key))
+        if existing.size != header.size or existing.sha256 != header.sha256:
+            raise RefusedError(
+                f"{file.name} is already archived with different content "
+                f"(stored sha256 {existing.sha256.hex()[:16]}…, this file {header.sha256.hex()[:16]}…); "
+                "refusing to overwrite it"
+            ) from None
+        return f"{file.name} was already archived with identical content"
+    return f"archived {file.name}: {header.size} bytes, stored {len(blob)} ({header.compression})"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as source:
+            return source.read()
+    except OSError as exc:
+        raise PitrkitError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _validate(archive: Archive, file: WalFileName, data: bytes) -> None:
+    if file.has_page_header:
+        try:
+            page = validate_segment(file, data)
+        except InvalidSegment as exc:
+            raise RefusedError(f"refusing {file.name}: {exc}") from None
+        try:
+            identity = archive.identity()
+        except ObjectNotFound:
+            identity = archive.claim(page)
+        if page.system_identifier != identity.system_identifier:
+            raise RefusedError(
+                f"refusing {file.name}: it belongs to the cluster with system identifier "
+                f"{page.system_identifier}, but the archive {archive.storage.url} belongs to "
+                f"{identity.system_identifier}"
+            )
+        if page.segment_size != identity.wal_segment_size:
+            raise RefusedError(
+                f"refusing {file.name}: its segment size is {page.segment_size} bytes, "
+                f"the archive's is {identity.wal_segment_size}"
+            )
+    elif file.kind == WalFileKind.HISTORY:
+        try:
+            parse_history(data.decode("ascii"), file.name)
+        except (UnicodeDecodeError, UsageError) as exc:
+            raise RefusedError(f"refusing {file.name}: not a timeline history file ({exc})") from None
+    elif not data.startswith(b"START WAL LOCATION: "):
+        raise RefusedError(f"refusing {file.name}: not a backup history file")

@@ -62,7 +62,9 @@ def _write_atomically(destination: Path, data: bytes) -> None:
     """Write beside the destination, then rename: PostgreSQL must never see a partial
     file under the name it asked for. No fsync: a restored file that a crash loses is
     simply fetched again when recovery restarts."""
-    temporary = destination.with_name(f".{destination.name}.pitrkit.tmp")
+    # Unique per process: two fetches of one file (a retry racing a slow first attempt)
+    # must not write into the same temporary file.
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.pitrkit.tmp")
     try:
         with open(temporary, "wb") as target:
             target.write(data)

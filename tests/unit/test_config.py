@@ -1,0 +1,204 @@
+"""pitrkit.config: the TOML file is validated at the edge, and every mistake is reported
+with the file it came from and the dotted key a DBA would look for."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pitrkit import config
+from pitrkit.errors import ConfigError
+
+SOURCE = "/etc/pitrkit/test.toml"
+
+MINIMAL = """
+[repository]
+url = "file:///var/lib/pitrkit"
+"""
+
+FULL = """
+[repository]
+url = "file:///mnt/archive"
+timeout = 12.5
+retries = 7
+
+[postgres]
+pgdata = "/var/lib/postgresql/15/main"
+bindir = "/usr/lib/postgresql/15/bin"
+conninfo = "host=/run/postgresql dbname=postgres"
+
+[compression]
+algorithm = "none"
+level = 9
+threads = 2
+"""
+
+
+def parse(text: str) -> config.Config:
+    return config.parse(tomllib.loads(text), SOURCE)
+
+
+def config_error(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert message.startswith(f"{SOURCE}: "), message
+    assert "\n" not in message
+    return message
+
+
+def test_minimal_document_gets_defaults():
+    parsed = parse(MINIMAL)
+    assert parsed.repository.url == "file:///var/lib/pitrkit"
+    assert parsed.repository.timeout == 60.0
+    assert parsed.repository.retries == 4
+    assert parsed.postgres == config.PostgresConfig(pgdata=None, bindir=None, conninfo=None)
+    assert (parsed.compression.algorithm, parsed.compression.level, parsed.compression.threads) == ("zstd", 3, 0)
+
+
+def test_full_document():
+    parsed = parse(FULL)
+    assert parsed.repository == config.RepositoryConfig(url="file:///mnt/archive", timeout=12.5, retries=7)
+    assert parsed.postgres.pgdata == "/var/lib/postgresql/15/main"
+    assert parsed.postgres.bindir == "/usr/lib/postgresql/15/bin"
+    assert parsed.postgres.conninfo == "host=/run/postgresql dbname=postgres"
+    assert parsed.compression == config.CompressionConfig(algorithm="none", level=9, threads=2)
+
+
+def test_integer_timeout_is_accepted_as_seconds():
+    parsed = parse(MINIMAL + "timeout = 5\n")
+    assert parsed.repository.timeout == 5.0
+
+
+def test_retries_zero_is_allowed():
+    assert parse(MINIMAL + "retries = 0\n").repository.retries == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[postgres]\npgdata = '/x'\n", "missing required key 'repository'"),
+        ("[repository]\ntimeout = 5\n", "missing required key 'repository.url'"),
+        (MINIMAL + "[storage]\nurl = 'x'\n", "unknown key 'storage'"),
+        ('verbose = true\n' + MINIMAL, "unknown key 'verbose'"),
+        # The misspelling the module docstring warns about.
+        (MINIMAL + "retires = 5\n", "unknown key 'repository.retires'"),
+        (MINIMAL + "[compression]\nlvl = 3\n", "unknown key 'compression.lvl'"),
+        (MINIMAL + "[compression]\nlevel = \"3\"\n", "key 'compression.level'"),
+        (MINIMAL + "retries = 2.5\n", "key 'repository.retries'"),
+        (MINIMAL + "timeout = \"60s\"\n", "key 'repository.timeout'"),
+        ("repository = \"file:///x\"\n", "key 'repository'"),
+        (MINIMAL + "retries = -1\n", "repository.retries must not be negative"),
+        (MINIMAL + "timeout = 0\n", "repository.timeout must be positive"),
+        (MINIMAL + "timeout = -3.5\n", "repository.timeout must be positive"),
+        (MINIMAL + "[compression]\nthreads = -1\n", "compression.threads must not be negative"),
+    ],
+    ids=[
+        "missing-repository", "missing-url", "unknown-section", "unknown-top-level-key",
+        "misspelt-retries", "unknown-compression-key", "level-is-string", "retries-float",
+        "timeout-string", "repository-not-a-table", "negative-retries", "zero-timeout",
+        "negative-timeout", "negative-threads",
+    ],
+)
+def test_invalid_documents_name_the_key(text, expected):
+    message = config_error(text)
+    assert expected in message
+
+
+def test_wrong_type_message_says_what_was_expected():
+    message = config_error(MINIMAL + "[compression]\nlevel = \"3\"\n")
+    assert message == f"{SOURCE}: key 'compression.level': expected int, got str"
+
+
+# Guarantee 5: "every storage call has a timeout". TOML has `inf` and `nan`; the range
+# check is `timeout <= 0`, which both pass, so `timeout = inf` means "wait forever" and
+# `nan` reaches the storage backend (socket.settimeout(nan) raises ValueError there).
+@pytest.mark.xfail(strict=True, reason="bug: config._check_ranges accepts timeout = inf/nan (only checks <= 0)")
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_non_finite_timeout_is_refused(value):
+    message = config_error(MINIMAL + f"timeout = {value}\n")
+    assert "repository.timeout" in message
+
+
+# --- load -------------------------------------------------------------------------------
+
+
+def test_load_valid_file(tmp_path):
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(FULL)
+    assert config.load(path).repository.retries == 7
+
+
+def test_load_errors_name_the_file_in_key_errors(tmp_path):
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(MINIMAL + "retires = 5\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value) == f"{path}: unknown key 'repository.retires'"
+
+
+def test_load_missing_file(tmp_path):
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(path) in str(caught.value)
+    assert "not found" in str(caught.value)
+
+
+def test_load_unreadable_file(tmp_path):
+    # chmod 000 does not stop root; a directory cannot be read as a file by anyone.
+    path = tmp_path / "pitrkit.toml"
+    path.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(path) in str(caught.value)
+    assert "cannot read" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["[repository\nurl = 'x'\n", "repository.url = \n", "= 3\n", "[a]\n[a]\n"])
+def test_load_invalid_toml(tmp_path, text):
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(path) in str(caught.value)
+    assert "not valid TOML" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+# A config saved in Latin-1 by an editor is not valid TOML (which is UTF-8). tomllib
+# raises UnicodeDecodeError for it, not TOMLDecodeError, so load() lets it escape and the
+# CLI reports "internal error: UnicodeDecodeError ..." (exit 70) without naming the file.
+@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
+                   reason="bug: config.load does not catch UnicodeDecodeError from tomllib")
+def test_load_non_utf8_file(tmp_path):
+    path = tmp_path / "pitrkit.toml"
+    path.write_bytes(b'[repository]\nurl = "file:///srv/archiv\xe9"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(path) in str(caught.value)
+
+
+# --- locate -----------------------------------------------------------------------------
+
+
+def test_locate_explicit_wins(monkeypatch):
+    monkeypatch.setenv("PITRKIT_CONFIG", "/from/env.toml")
+    assert config.locate("/explicit.toml") == Path("/explicit.toml")
+
+
+def test_locate_environment_over_default(monkeypatch):
+    monkeypatch.setenv("PITRKIT_CONFIG", "/from/env.toml")
+    assert config.locate(None) == Path("/from/env.toml")
+
+
+def test_locate_default(monkeypatch):
+    monkeypatch.delenv("PITRKIT_CONFIG", raising=False)
+    assert config.locate(None) == Path("/etc/pitrkit/pitrkit.toml")
+
+
+def test_locate_empty_environment_variable_means_unset(monkeypatch):
+    monkeypatch.setenv("PITRKIT_CONFIG", "")
+    assert config.locate(None) == Path("/etc/pitrkit/pitrkit.toml")

@@ -55,6 +55,7 @@ class Archive:
         self.plugins = plugins or Plugins()
         self.storage = self.plugins.storage(config.repository.url, config.repository.timeout)
         self._retries = config.repository.retries
+        self._identity: ArchiveIdentity | None = None
 
     # -- bounded storage calls -----------------------------------------------------------
 
@@ -87,12 +88,15 @@ class Archive:
     # -- identity ------------------------------------------------------------------------
 
     def identity(self) -> ArchiveIdentity:
-        """`archive.json`; raises `ObjectNotFound` when the archive is new."""
-        data = self.get(IDENTITY_KEY)
-        try:
-            return catalog.decode(data, ArchiveIdentity, f"{self.storage.url}/{IDENTITY_KEY}")
-        except ValueError as exc:
-            raise PitrkitError(str(exc)) from None
+        """`archive.json`; raises `ObjectNotFound` when the archive is new. It never
+        changes once written, so a long-lived process reads it once."""
+        if self._identity is None:
+            data = self.get(IDENTITY_KEY)
+            try:
+                self._identity = catalog.decode(data, ArchiveIdentity, f"{self.storage.url}/{IDENTITY_KEY}")
+            except ValueError as exc:
+                raise PitrkitError(str(exc)) from None
+        return self._identity
 
     def claim(self, header: PageHeader) -> ArchiveIdentity:
         """Create `archive.json` for the cluster that wrote `header`; if another writer
@@ -108,4 +112,5 @@ class Archive:
         except ObjectExists:
             return self.identity()
         log.info("initialized archive %s for system identifier %d", self.storage.url, header.system_identifier)
+        self._identity = identity
         return identity

@@ -3,7 +3,8 @@ command, and turn every expected failure into one `pitrkit: ...` line on stderr 
 exit code.
 
 Command modules are imported only when their command runs: `wal-push` and `wal-fetch`
-start once per WAL segment, so what this module imports is paid on every segment.
+start once per WAL segment, so what this module imports is paid on every segment that
+the agent (see entry.py) does not serve.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pitrkit import __version__
 from pitrkit.errors import PitrkitError, UsageError
 
+log = logging.getLogger("pitrkit")
+
 # wal-fetch must not exit 1 or 2 for a fault: PostgreSQL reads 1 as "not archived" and
 # ends recovery. Faults exit above 125 so that recovery aborts instead (see fetch.py).
 FETCH_FAULT = 126
+INTERNAL_ERROR = 70
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,44 +47,71 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("wal-fetch", help="restore one WAL file (restore_command = '... wal-fetch %%f %%p')")
     fetch.add_argument("name", help="the WAL file name, as PostgreSQL's %%f")
     fetch.add_argument("destination", type=Path, help="where to write it, as PostgreSQL's %%p")
+
+    commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
+                        "(started automatically)")
     return parser
 
 
-def _run(args: argparse.Namespace) -> str:
-    from pitrkit import config as configuration
+def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
+    """Run `work` and map its result to (exit code, message for stderr). Shared by the
+    in-process path and the agent, so that both answer PostgreSQL identically."""
+    try:
+        log.info(work())
+        return 0, ""
+    except PitrkitError as exc:
+        code = exc.exit_code
+        if fetching and code != 1:
+            code = FETCH_FAULT
+        return code, f"pitrkit: {exc}"
+    except Exception as exc:  # a bug: still one line, and never "not archived" for fetch
+        log.debug("internal error", exc_info=True)
+        return (
+            FETCH_FAULT if fetching else INTERNAL_ERROR,
+            f"pitrkit: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)",
+        )
 
-    config = configuration.load(configuration.locate(args.config))
-    if args.command == "wal-push":
-        from pitrkit.push import push
 
-        return push(config, args.path)
-    from pitrkit.fetch import fetch
-
-    return fetch(config, args.name, args.destination)
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
+    """Run one command. `start_agent`: the caller found no agent to hand this wal-push /
+    wal-fetch to; start one afterwards if the configuration wants it."""
     argv = sys.argv[1:] if argv is None else argv
     fetching = "wal-fetch" in argv
-    try:
+    config = config_path = None
+
+    def work() -> str:
+        nonlocal config, config_path
         args = _parser().parse_args(argv)
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.WARNING,
             format="pitrkit: %(levelname)s: %(message)s",
         )
-        summary = _run(args)
-        logging.getLogger("pitrkit").info(summary)
-        return 0
-    except PitrkitError as exc:
-        code = exc.exit_code
-        if fetching and code != 1:
-            code = FETCH_FAULT
-        print(f"pitrkit: {exc}", file=sys.stderr)
-        return code
+        from pitrkit import config as configuration
+
+        config_path = configuration.locate(args.config).absolute()
+        if args.command == "agent":
+            from pitrkit.agent import serve
+
+            return serve(config_path)
+        config = configuration.load(config_path)
+        from pitrkit.archive import Archive
+
+        if args.command == "wal-push":
+            from pitrkit.push import push
+
+            return push(Archive(config), args.path)
+        from pitrkit.fetch import fetch
+
+        return fetch(Archive(config), args.name, args.destination)
+
+    try:
+        code, message = outcome(work, fetching)
     except KeyboardInterrupt:
-        print("pitrkit: interrupted", file=sys.stderr)
-        return FETCH_FAULT if fetching else 130
-    except Exception as exc:  # a bug: still one line, and never "not archived" for fetch
-        logging.getLogger("pitrkit").debug("internal error", exc_info=True)
-        print(f"pitrkit: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
-        return FETCH_FAULT if fetching else 70
+        code, message = (FETCH_FAULT if fetching else 130), "pitrkit: interrupted"
+    if message:
+        print(message, file=sys.stderr)
+    if start_agent and config is not None and config.agent.enabled:
+        from pitrkit.agent import start
+
+        start(config_path)
+    return code

@@ -46,10 +46,18 @@ class CompressionConfig(_Section):
     threads: int = 0
 
 
+class AgentConfig(_Section):
+    # Hand wal-push / wal-fetch to a long-lived `pitrkit agent` (see entry.py).
+    enabled: bool = True
+    # Seconds without a request after which the agent exits.
+    idle_timeout: float = 600.0
+
+
 class Config(_Section):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
     compression: CompressionConfig = CompressionConfig()
+    agent: AgentConfig = AgentConfig()
 
 
 def locate(explicit: str | None) -> Path:
@@ -87,6 +95,8 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("repository.retries must not be negative")
     if config.compression.threads < 0:
         problems.append("compression.threads must not be negative")
+    if config.agent.idle_timeout <= 0:
+        problems.append("agent.idle_timeout must be positive")
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
 

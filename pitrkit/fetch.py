@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pitrkit import objects
 from pitrkit.archive import Archive, wal_key
-from pitrkit.config import Config
 from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.wal import WalFileName
@@ -31,11 +30,10 @@ class NotInArchive(PitrkitError):
     exit_code = EXIT_NOT_IN_ARCHIVE
 
 
-def fetch(config: Config, name: str, destination: Path) -> str:
+def fetch(archive: Archive, name: str, destination: Path) -> str:
     """Restore the archived WAL file `name` to `destination`; returns a summary."""
     file = WalFileName.parse(name)
-    archive = Archive(config)
-    data = _read_verified(archive, wal_key(file), config.repository.retries)
+    data = _read_verified(archive, wal_key(file), archive.config.repository.retries)
     _write_atomically(destination, data)
     return f"restored {name}: {len(data)} bytes"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pitrkit import objects
 from pitrkit.archive import Archive, wal_key
-from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound
 from pitrkit.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
@@ -23,16 +22,14 @@ from pitrkit.wal import InvalidSegment, WalFileKind, WalFileName, parse_history,
 log = logging.getLogger(__name__)
 
 
-def push(config: Config, path: Path) -> str:
+def push(archive: Archive, path: Path) -> str:
     """Archive the WAL file at `path`; returns a one-line summary."""
     file = WalFileName.parse(path.name)
     data = _read(path)
-    archive = Archive(config)
     _validate(archive, file, data)
 
-    compressor = archive.plugins.compressor(
-        config.compression.algorithm, config.compression.level, config.compression.threads
-    )
+    compression = archive.config.compression
+    compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
     blob, header = objects.encode(data, compressor)
     key = wal_key(file)
     try:

@@ -1,0 +1,214 @@
+"""`pitrkit agent`: the long-lived process that serves wal-push and wal-fetch for one
+configuration file, so that each call PostgreSQL makes skips Python's imports and the
+archive's set-up (entry.py explains the why, and holds the client side).
+
+Safety rests on three rules. The agent answers only after the work is done exactly as
+in-process (same functions, same exit codes), so "exit 0" still means durable. It serves
+only its own user, over a socket in a directory private to that user. And any doubt
+(another agent holds the lock, the request is for another configuration, the agent was
+disabled) is answered by declining, which makes the client do the work itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from pitrkit import entry
+from pitrkit.archive import Archive
+from pitrkit.config import Config, load
+from pitrkit.errors import PitrkitError
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST = 64 << 10
+_REQUEST_TIMEOUT = 10.0
+
+
+class _RequestLog(logging.Handler):
+    """Collects the log lines of the request being served on this thread, so that they
+    reach PostgreSQL's log through the client's stderr, as they would in-process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("pitrkit: %(levelname)s: %(message)s"))
+        self.lines = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = getattr(self.lines, "value", None)
+        if lines is not None:
+            lines.append(self.format(record))
+
+
+class Agent:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.encoded_path = os.fsencode(str(config_path))
+        self.socket_path = entry.socket_path(self.encoded_path)
+        self._stamp: tuple[int, ...] | None = None
+        self._archive: Archive | None = None
+        self._config_error: PitrkitError | None = None
+        self._reload_lock = threading.Lock()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._request_log = _RequestLog()
+        logging.getLogger("pitrkit").addHandler(self._request_log)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _current(self) -> Archive:
+        """The archive for the configuration as it is on disk now: a changed file is
+        reloaded before the next request is served, never in the middle of one."""
+        try:
+            status = os.stat(self.config_path)
+            stamp = (status.st_ino, status.st_dev, status.st_size, status.st_mtime_ns)
+        except OSError:
+            stamp = None
+        with self._reload_lock:
+            if stamp is None or stamp != self._stamp:
+                self._stamp = stamp
+                self._archive, self._config_error = None, None
+                try:
+                    self._archive = Archive(load(self.config_path))
+                except PitrkitError as exc:
+                    self._config_error = exc
+            if self._config_error is not None:
+                raise self._config_error
+            assert self._archive is not None
+            return self._archive
+
+    def _config(self) -> Config | None:
+        try:
+            return self._current().config
+        except PitrkitError:
+            return None
+
+    # -- serving -----------------------------------------------------------------------
+
+    def serve(self) -> str:
+        directory = os.path.dirname(self.socket_path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not entry.private_directory(directory):
+            raise PitrkitError(f"agent socket directory {directory} is not private to this user; not serving")
+        lock = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "another agent serves this configuration"
+        config = self._config()
+        if config is None or not config.agent.enabled:
+            return "the agent is disabled or the configuration is invalid; not serving"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                os.unlink(self.socket_path)  # a stale socket: its agent is gone, we hold the lock
+            except FileNotFoundError:
+                pass
+            listener.bind(self.socket_path)
+            listener.listen(16)
+            self._accept_until_idle(listener)
+        finally:
+            # Unlink before closing: a client must never connect to a socket nobody serves.
+            os.unlink(self.socket_path)
+            listener.close()
+            os.close(lock)
+        return "agent stopped"
+
+    def _accept_until_idle(self, listener: socket.socket) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            config = self._config()
+            if config is None or not config.agent.enabled:
+                return
+            listener.settimeout(config.agent.idle_timeout)
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                if self._active == 0:
+                    return
+                continue
+            threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
+
+    def _serve_connection(self, connection: socket.socket) -> None:
+        with self._active_lock:
+            self._active += 1
+        try:
+            with connection:
+                connection.settimeout(_REQUEST_TIMEOUT)
+                request = _receive(connection)
+                reply = self._answer(request) if request is not None else b""
+                connection.settimeout(None)
+                connection.sendall(reply)
+        except OSError as exc:
+            log.debug("agent: connection failed: %s", exc)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def _answer(self, request: list[bytes]) -> bytes:
+        """The reply to one request; b"" declines it (the client then works in-process)."""
+        from pitrkit.cli import outcome
+        from pitrkit.fetch import fetch
+        from pitrkit.push import push
+
+        if len(request) < 3 or request[0] != entry.PROTOCOL or request[1] != self.encoded_path:
+            return b""
+        command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]
+        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)):
+            return b""
+        config = self._config()
+        if config is not None and not config.agent.enabled:
+            return b""
+
+        def work() -> str:
+            archive = self._current()  # raises the configuration's error, if any
+            if command == b"wal-push":
+                return push(archive, Path(args[0]))
+            return fetch(archive, args[0], Path(args[1]))
+
+        self._request_log.lines.value = lines = []
+        try:
+            code, message = outcome(work, fetching=command == b"wal-fetch")
+        finally:
+            self._request_log.lines.value = None
+        text = "".join(f"{line}\n" for line in [*lines, message] if line)
+        return f"{code}\0{text}".encode()
+
+
+def _receive(connection: socket.socket) -> list[bytes] | None:
+    chunks, size = [], 0
+    while chunk := connection.recv(65536):
+        size += len(chunk)
+        if size > _MAX_REQUEST:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks).split(b"\0")
+
+
+def serve(config_path: Path) -> str:
+    return Agent(config_path).serve()
+
+
+def start(config_path: Path) -> None:
+    """Start an agent for `config_path` in the background, fully detached (its own
+    session, no terminal, stdio on /dev/null), and return at once. If another agent
+    wins the race, the newcomer sees the lock and exits."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:  # the intermediate child: detach, fork the agent, exit
+        os.setsid()
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for descriptor in (0, 1, 2):
+                os.dup2(devnull, descriptor)
+            os.execv(sys.executable, [sys.executable, "-m", "pitrkit", "--config", str(config_path), "agent"])
+    finally:
+        os._exit(0)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pitrkit import __version__
-from pitrkit.errors import PitrkitError, UsageError
+from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 
 log = logging.getLogger("pitrkit")
 
@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is a `UsageError` (one line, our exit codes)."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,9 +61,8 @@ def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
         log.info(work())
         return 0, ""
     except PitrkitError as exc:
-        code = exc.exit_code
-        if fetching and code != 1:
-            code = FETCH_FAULT
+        # For wal-fetch only a definite "not in the archive" may exit 1.
+        code = FETCH_FAULT if fetching and not isinstance(exc, NotInArchive) else exc.exit_code
         return code, f"pitrkit: {exc}"
     except Exception as exc:  # a bug: still one line, and never "not archived" for fetch
         log.debug("internal error", exc_info=True)

@@ -7,6 +7,7 @@ ignored: a misspelt `retires = 5` silently doing nothing is how backups go missi
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -75,6 +76,8 @@ def load(path: Path) -> Config:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     return parse(document, str(path))
 
 
@@ -89,14 +92,14 @@ def parse(document: dict, source: str) -> Config:
 
 def _check_ranges(config: Config, source: str) -> None:
     problems = []
-    if config.repository.timeout <= 0:
-        problems.append("repository.timeout must be positive")
+    if not math.isfinite(config.repository.timeout) or config.repository.timeout <= 0:
+        problems.append("repository.timeout must be a positive number of seconds")
     if config.repository.retries < 0:
         problems.append("repository.retries must not be negative")
     if config.compression.threads < 0:
         problems.append("compression.threads must not be negative")
-    if config.agent.idle_timeout <= 0:
-        problems.append("agent.idle_timeout must be positive")
+    if not math.isfinite(config.agent.idle_timeout) or config.agent.idle_timeout <= 0:
+        problems.append("agent.idle_timeout must be a positive number of seconds")
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
 

@@ -24,6 +24,12 @@ class PluginError(PitrkitError):
     """A plugin the configuration asks for is missing or broken."""
 
 
+class NotInArchive(PitrkitError):
+    """The archive answered that it does not hold the requested file."""
+
+    exit_code = 1
+
+
 class RefusedError(PitrkitError):
     """pitrkit refuses to do what was asked because it would be unsafe (wrong cluster,
     conflicting content, invalid WAL)."""

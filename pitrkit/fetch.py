@@ -16,18 +16,11 @@ from pathlib import Path
 
 from pitrkit import objects
 from pitrkit.archive import Archive, wal_key
-from pitrkit.errors import PitrkitError
+from pitrkit.errors import NotInArchive, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.wal import WalFileName
 
 log = logging.getLogger(__name__)
-
-EXIT_NOT_IN_ARCHIVE = 1
-EXIT_FAULT = 126
-
-
-class NotInArchive(PitrkitError):
-    exit_code = EXIT_NOT_IN_ARCHIVE
 
 
 def fetch(archive: Archive, name: str, destination: Path) -> str:

@@ -87,7 +87,7 @@ def read_header(key: str, blob: bytes) -> tuple[ObjectHeader, int]:
         raise CorruptObject(key, f"header length {length} does not fit the object")
     try:
         header = _decode_header(blob[_FRAME.size : _FRAME.size + length])
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgpack strings must be UTF-8
         raise CorruptObject(key, f"unreadable header: {exc}") from None
     return header, _FRAME.size + length
 

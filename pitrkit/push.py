@@ -35,7 +35,11 @@ def push(archive: Archive, path: Path) -> str:
     try:
         archive.put(key, blob)
     except ObjectExists:
-        existing, _ = objects.read_header(key, archive.get(key))
+        try:
+            existing, _ = objects.read_header(key, archive.get(key))
+        except objects.CorruptObject as exc:
+            raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
+                               "refusing to overwrite it") from None
         if existing.size != header.size or existing.sha256 != header.sha256:
             raise RefusedError(
                 f"{file.name} is already archived with different content "

@@ -245,7 +245,10 @@ def validate_segment(file: WalFileName, data: bytes | memoryview) -> PageHeader:
         raise InvalidSegment(str(exc)) from None
     if file.kind == WalFileKind.SEGMENT and len(data) != header.segment_size:
         raise InvalidSegment(f"size {len(data)} differs from the segment size {header.segment_size} in its header")
-    expected = SegmentName.parse(file.segment, header.segment_size)
+    try:
+        expected = SegmentName.parse(file.segment, header.segment_size)
+    except UsageError as exc:
+        raise InvalidSegment(str(exc)) from None
     if header.page_address != expected.start_lsn:
         raise InvalidSegment(
             f"page address {header.page_address} does not match the file name (expected {expected.start_lsn})"

@@ -39,6 +39,11 @@ class Zstd:
 
     def decompress(self, data: bytes, size: int) -> bytes:
         try:
+            # zstd honours max_output_size only for frames that do not state their size;
+            # a frame that does is trusted, so a corrupt one could claim terabytes.
+            claimed = self._zstandard.frame_content_size(data)
+            if claimed > size:
+                raise ValueError(f"zstd frame claims {claimed} bytes, more than the {size} expected")
             return self._zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
         except self._zstandard.ZstdError as exc:
             raise ValueError(f"zstd: {exc}") from None

@@ -237,7 +237,6 @@ def test_push_garbage_history_file_is_refused(capsys, cfg, archive, pg_wal):
 # identical-content check reads its header, objects.CorruptObject is not a PitrkitError,
 # so the CLI reports "internal error: CorruptObject: ..." with exit 70 as if pitrkit had
 # a bug, instead of a refusal naming the damaged object.
-@pytest.mark.xfail(strict=True, reason="bug: push.py does not turn CorruptObject of the existing object into a PitrkitError")
 def test_push_over_a_damaged_stored_object_is_a_clear_refusal(capsys, cfg, archive, pg_wal):
     source = write_segment(pg_wal)
     assert run(capsys, "--config", cfg, "wal-push", source)[0] == 0
@@ -269,7 +268,6 @@ def test_fetch_not_in_archive_with_other_segments_present(capsys, cfg, archive, 
 # not "end of WAL". LocalStorage reports it as a StorageError, Archive turns that into
 # ArchiveUnavailable, whose exit_code is 1, and cli.main only remaps codes != 1 for
 # wal-fetch, so PostgreSQL is told "not archived" and would promote at the wrong point.
-@pytest.mark.xfail(strict=True, reason="bug: ArchiveUnavailable (exit_code 1) is passed through as 1 by cli.main for wal-fetch")
 def test_fetch_with_archive_directory_absent_is_a_fault(capsys, tmp_path):
     absent = tmp_path / "not-mounted"
     config = write_config(tmp_path / "absent.toml", absent)

@@ -145,8 +145,6 @@ def test_zstd_flipped_body_bit_never_yields_wrong_data(data):
 # the real plugin lookup, a flip inside the compression name ("zstd" -> "{std") is
 # reported as a missing plugin (PluginError), which still fails the read.
 # Currently a flip that makes a header string invalid UTF-8 escapes as UnicodeDecodeError.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: objects.read_header lets UnicodeDecodeError from msgspec escape")
 def test_every_flipped_header_bit_is_refused():
     from pitrkit.errors import PluginError
 
@@ -170,8 +168,6 @@ def test_every_flipped_header_bit_is_refused():
     assert unexpected == []
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="bug: objects.read_header lets UnicodeDecodeError from msgspec escape")
 def test_header_with_invalid_utf8_string_is_refused():
     blob, header = objects.encode(SAMPLE, ZSTD)
     header_bytes = msgspec.msgpack.encode(header)
@@ -276,8 +272,6 @@ def test_header_swapped_from_another_object():
 # (corrupt or hostile) frame claims. Here the frame claims 2^62 bytes: decode raises
 # MemoryError instead of CorruptObject; with a claim of a few GiB it would really try to
 # allocate them during wal-fetch.
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="bug: Zstd.decompress trusts the frame's content size over the header size")
 def test_zstd_frame_claiming_a_huge_content_size_is_refused():
     plaintext = b""
     header = ObjectHeader(compression="zstd", size=0, sha256=hashlib.sha256(plaintext).digest())

@@ -241,9 +241,12 @@ def find_installations() -> list[PgInstall]:
 
 def _probe(bindir: Path) -> PgInstall | None:
     # Run as ourselves: root can execute the wheel's binaries even where the server user can't.
-    out = subprocess.run(
-        [bindir / "postgres", "--version"], capture_output=True, text=True, timeout=30
-    )
+    try:
+        out = subprocess.run(
+            [bindir / "postgres", "--version"], capture_output=True, text=True, timeout=30
+        )
+    except OSError:
+        return None
     # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", "postgres (PostgreSQL) 18.6"
     match = re.search(r"\(PostgreSQL\) ((\d+)\S*)", out.stdout)
     if out.returncode != 0 or match is None:
@@ -352,6 +355,9 @@ class Cluster:
         self.socket_dir = make_server_dir(directory / "sock")
         self.logfile = directory / "server.log"
         self.port = port or free_port()
+        # Extra environment for the server, which archive/restore_command inherit, and for
+        # shell(); e.g. PITRKIT_CONFIG or XDG_RUNTIME_DIR. Takes effect at the next start().
+        self.env: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Cluster(pg{self.major}, {self.pgdata})"
@@ -363,8 +369,10 @@ class Cluster:
     def run(
         self, tool: str, *args: str | os.PathLike[str], timeout: float = 60, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run one of this installation's tools as the server user."""
-        return run_as_server_user([self.install.bin(tool), *args], timeout=timeout, check=check)
+        """Run one of this installation's tools as the server user, with self.env."""
+        return run_as_server_user(
+            [self.install.bin(tool), *args], env=self.env, timeout=timeout, check=check
+        )
 
     def initdb(self, wal_segsize: int | None = None, extra_args: Sequence[str] = ()) -> Cluster:
         """initdb -U postgres --auth=trust (C locale, UTF8); wal_segsize in MB (power of two)."""
@@ -467,10 +475,12 @@ class Cluster:
     def system_identifier(self) -> int:
         return int(self.controldata()["Database system identifier"])
 
-    def shell(self, command: str, env: Mapping[str, str] | None = None, timeout: float = 60,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+    def shell(self, command: str, timeout: float = 60, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
         """Run command the way the server runs archive_command / restore_command:
-        `/bin/sh -c command` as the server user, in the data directory."""
+        `/bin/sh -c command` as the server user, in the data directory, with self.env and
+        PGDATA (the server also sets LC_* and PGSYSCONFDIR, which nothing of ours reads)."""
+        env = {"PGDATA": str(self.pgdata), **self.env}
         return run_as_server_user(["/bin/sh", "-c", command], cwd=self.pgdata, env=env,
                                   timeout=timeout, check=check)
 

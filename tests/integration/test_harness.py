@@ -33,13 +33,20 @@ def test_server_runs_as_server_user_on_its_own_socket(cluster: MakeCluster, pg_i
     assert Path(f"/proc/{backend}").stat().st_uid == pgharness.server_user().uid
 
 
-def test_shell_runs_like_archive_command(cluster: MakeCluster):
+def test_shell_runs_like_archive_command(cluster: MakeCluster, server_tmp: Path):
     pg = cluster()
+    pg.env["PITRKIT_TEST_MARK"] = "from-env"
+    pg.conf(archive_mode="on", archive_command=f"(env; id -un) > {server_tmp}/%f.env")
+    pg.start()
+    pg.wait_for_archived(pg.switch_wal())
 
-    out = pg.shell('id -un; pwd; echo "$HOME"').stdout.splitlines()
+    server = sorted(server_tmp.glob("*.env"))[0].read_text().splitlines()
+    out = pg.shell("env; id -un").stdout.splitlines()
 
     user = pgharness.server_user()
-    assert out == [user.name, str(pg.pgdata), user.home]
+    assert "PITRKIT_TEST_MARK=from-env" in server and "PITRKIT_TEST_MARK=from-env" in out
+    for same in (f"PWD={pg.pgdata}", f"PGDATA={pg.pgdata}", f"HOME={user.home}", user.name):
+        assert same in server and same in out
 
 
 def test_switch_wal_completes_a_segment(cluster: MakeCluster):

@@ -115,7 +115,10 @@ class Agent:
             self._accept_until_idle(listener)
         finally:
             # Unlink before closing: a client must never connect to a socket nobody serves.
-            os.unlink(self.socket_path)
+            try:
+                os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
             listener.close()
             os.close(lock)
         return "agent stopped"

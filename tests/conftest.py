@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import pgharness`
 import pgharness  # noqa: E402
 from pgharness import Cluster, PgInstall, RunnableInstall  # noqa: E402
+from pitrkit_setup import PitrkitSetup  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_MAJORS = {15, 18}
@@ -112,3 +113,11 @@ def cluster(pg_install: PgInstall, harness_tmp: Path) -> Iterator[Callable[..., 
 def runnable_install(harness_tmp: Path) -> RunnableInstall:
     """pitrkit installed where the server user can run it (e.g. from archive_command)."""
     return RunnableInstall.create(PROJECT_ROOT, harness_tmp / "pitrkit")
+
+
+@pytest.fixture
+def pitrkit_setup(runnable_install: RunnableInstall, server_tmp: Path) -> Iterator[PitrkitSetup]:
+    """A fresh file:// archive with a pitrkit config (agent on); agents stopped afterwards."""
+    setup = PitrkitSetup.create(runnable_install, server_tmp)
+    yield setup
+    setup.stop_agents()

@@ -1,0 +1,172 @@
+"""The agent (pitrkit/agent.py, pitrkit/entry.py) as PostgreSQL meets it: the installed
+`pitrkit` executable run as the server user, first in-process, then handing over to a
+long-lived agent. What must hold: the agent really serves, a dead or stale agent never
+costs a WAL file, configuration changes apply to the next request, and nothing but the
+user's own private socket is ever trusted."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+import pgharness
+from pitrkit import entry, objects
+from tests.unit.segments import segment
+
+pytestmark = pytest.mark.integration
+
+SEGMENT_SIZE = 16 << 20
+
+
+@pytest.fixture
+def pg_wal(server_tmp):
+    return pgharness.make_server_dir(server_tmp / "pg_wal")
+
+
+def write_segment(directory, segno: int) -> str:
+    name = f"00000001{0:08X}{segno:08X}"
+    (directory / name).write_bytes(segment(segno, filler=os.urandom(64 << 10)))
+    pgharness.give_to_server_user(directory / name)
+    return name
+
+
+def run(setup, *args, cwd):
+    return pgharness.run_as_server_user(["/bin/sh", "-c", setup.command(*args)], cwd=cwd,
+                                        env=setup.env, check=False)
+
+
+def push(setup, directory, name):
+    result = run(setup, "wal-push", name, cwd=directory)  # relative %p, as the archiver gives it
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def started_agent(setup) -> int:
+    pids = pgharness.wait_for(setup.agent_pids, 20, what="an agent to start")
+    assert len(pids) == 1
+    return pids[0]
+
+
+def bytes_read(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def test_agent_serves_push_and_fetch(pitrkit_setup, pg_wal):
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    agent = started_agent(pitrkit_setup)
+
+    # The agent, not the client, read the next segment: its read counter grows by it.
+    before = bytes_read(agent)
+    second = write_segment(pg_wal, 2)
+    push(pitrkit_setup, pg_wal, second)
+    assert bytes_read(agent) - before >= SEGMENT_SIZE // 100  # the compressed object at least
+    assert pitrkit_setup.stored(second).exists()
+
+    destination = pgharness.make_server_dir(pg_wal.parent / "restore")
+    before = bytes_read(agent)
+    result = run(pitrkit_setup, "wal-fetch", second, str(destination / "RECOVERYXLOG"), cwd=destination)
+    assert result.returncode == 0, result.stderr
+    assert (destination / "RECOVERYXLOG").read_bytes() == (pg_wal / second).read_bytes()
+    assert bytes_read(agent) > before
+
+    missing = run(pitrkit_setup, "wal-fetch", "000000010000000000000077", str(destination / "x"), cwd=destination)
+    assert missing.returncode == 1 and "not in the archive" in missing.stderr
+
+
+def test_agent_answers_refusals_like_the_process_would(pitrkit_setup, pg_wal):
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    started_agent(pitrkit_setup)
+    name = write_segment(pg_wal, 1)  # same name, new random content
+    result = run(pitrkit_setup, "wal-push", name, cwd=pg_wal)
+    assert result.returncode == 1
+    assert result.stderr.startswith("pitrkit: ") and "different content" in result.stderr
+
+
+def test_killed_agent_costs_nothing(pitrkit_setup, pg_wal):
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    first = started_agent(pitrkit_setup)
+    os.kill(first, 9)
+    pgharness.wait_for(lambda: not pitrkit_setup.agent_pids(), 10, what="the agent to die")
+
+    # Its stale socket is still there; the next call falls back, then starts a new agent.
+    name = write_segment(pg_wal, 2)
+    push(pitrkit_setup, pg_wal, name)
+    assert pitrkit_setup.stored(name).exists()
+    assert started_agent(pitrkit_setup) != first
+
+
+def test_configuration_change_applies_to_the_next_request(pitrkit_setup, pg_wal):
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    agent = started_agent(pitrkit_setup)
+
+    pitrkit_setup.write_config(compression="none")
+    name = write_segment(pg_wal, 2)
+    push(pitrkit_setup, pg_wal, name)
+    header, _ = objects.read_header(name, pitrkit_setup.stored(name).read_bytes())
+    assert header.compression == "none"
+    assert pitrkit_setup.agent_pids() == [agent]  # the same agent, reloaded
+
+
+def test_disabling_the_agent_stops_it(pitrkit_setup, pg_wal):
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    started_agent(pitrkit_setup)
+
+    pitrkit_setup.write_config(agent=False)
+    name = write_segment(pg_wal, 2)
+    push(pitrkit_setup, pg_wal, name)  # declined by the agent, done in-process
+    assert pitrkit_setup.stored(name).exists()
+    pgharness.wait_for(lambda: not pitrkit_setup.agent_pids(), 10, what="the agent to stop")
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 3))
+    assert not pitrkit_setup.agent_pids()  # and none is started while disabled
+
+
+def test_idle_agent_exits(pitrkit_setup, pg_wal):
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    started_agent(pitrkit_setup)
+    # idle_timeout is 5 s in the test configuration
+    pgharness.wait_for(lambda: not pitrkit_setup.agent_pids(), 30, what="the idle agent to exit")
+    assert not list((pitrkit_setup.runtime_dir / "pitrkit").glob("*.sock"))
+
+
+def test_socket_in_a_shared_directory_is_never_trusted(pitrkit_setup, pg_wal):
+    """An impostor that answers "0" without archiving anything must not be believed:
+    the client only talks to sockets in a directory private to its own user."""
+    pitrkit_setup.write_config(agent=False)  # no real agent to compete with the impostor
+    directory = pitrkit_setup.runtime_dir / "pitrkit"
+    directory.mkdir(mode=0o755)
+    pgharness.give_to_server_user(directory)
+    os.chmod(directory, 0o755)  # owned by the right user, but readable by everyone
+    path = entry.socket_path(os.fsencode(str(pitrkit_setup.config)))
+    path = str(directory / os.path.basename(path))
+    impostor = socket.socket(socket.AF_UNIX)
+    impostor.bind(path)
+    os.chmod(path, 0o777)
+    impostor.listen()
+    served, done = [], threading.Event()
+
+    def lie():
+        impostor.settimeout(0.1)
+        while not done.is_set():
+            try:
+                connection, _ = impostor.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                served.append(connection.recv(65536))
+                connection.sendall(b"0\0")
+
+    thread = threading.Thread(target=lie)
+    thread.start()
+    name = write_segment(pg_wal, 1)
+    try:
+        push(pitrkit_setup, pg_wal, name)
+    finally:
+        done.set()
+        thread.join()
+        impostor.close()
+    assert not served
+    assert pitrkit_setup.stored(name).exists()

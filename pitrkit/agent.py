@@ -12,6 +12,7 @@ disabled) is answered by declining, which makes the client do the work itself.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -19,11 +20,16 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from pitrkit import entry
 from pitrkit.archive import Archive
 from pitrkit.config import Config, load
 from pitrkit.errors import PitrkitError
+from pitrkit.fetch import read, restore
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.lookahead import Ahead, file_stamp, ready_after, segments_after
+from pitrkit.push import push
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +52,25 @@ class _RequestLog(logging.Handler):
             lines.append(self.format(record))
 
 
+class _Serving(NamedTuple):
+    """What one configuration needs to serve requests; replaced whole on reload."""
+
+    archive: Archive
+    pushes: Ahead
+    fetches: Ahead
+
+    def close(self, wait: bool) -> None:
+        self.pushes.close(wait)
+        self.fetches.close(wait)
+
+
 class Agent:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.encoded_path = os.fsencode(str(config_path))
         self.socket_path = entry.socket_path(self.encoded_path)
         self._stamp: tuple[int, ...] | None = None
-        self._archive: Archive | None = None
+        self._serving: _Serving | None = None
         self._config_error: PitrkitError | None = None
         self._reload_lock = threading.Lock()
         self._active = 0
@@ -62,30 +80,35 @@ class Agent:
 
     # -- configuration ---------------------------------------------------------------------
 
-    def _current(self) -> Archive:
-        """The archive for the configuration as it is on disk now: a changed file is
+    def _current(self) -> _Serving:
+        """What serves the configuration as it is on disk now: a changed file is
         reloaded before the next request is served, never in the middle of one."""
-        try:
-            status = os.stat(self.config_path)
-            stamp = (status.st_ino, status.st_dev, status.st_size, status.st_mtime_ns)
-        except OSError:
-            stamp = None
+        stamp = file_stamp(self.config_path)
         with self._reload_lock:
             if stamp is None or stamp != self._stamp:
                 self._stamp = stamp
-                self._archive, self._config_error = None, None
+                self._close(wait=False)
+                self._config_error = None
                 try:
-                    self._archive = Archive(load(self.config_path))
+                    # Pushes ahead one at a time, as zstd already uses every core; fetches
+                    # two at a time, so that storage latency and decompression overlap.
+                    archive = Archive(load(self.config_path))
+                    self._serving = _Serving(archive, Ahead(1, "push-ahead"), Ahead(2, "fetch-ahead"))
                 except PitrkitError as exc:
                     self._config_error = exc
             if self._config_error is not None:
                 raise self._config_error
-            assert self._archive is not None
-            return self._archive
+            assert self._serving is not None
+            return self._serving
+
+    def _close(self, wait: bool) -> None:
+        if self._serving is not None:
+            self._serving.close(wait)
+            self._serving = None
 
     def _config(self) -> Config | None:
         try:
-            return self._current().config
+            return self._current().archive.config
         except PitrkitError:
             return None
 
@@ -114,6 +137,7 @@ class Agent:
             listener.listen(16)
             self._accept_until_idle(listener)
         finally:
+            self._close(wait=True)
             # Unlink before closing: a client must never connect to a socket nobody serves.
             try:
                 os.unlink(self.socket_path)
@@ -133,10 +157,14 @@ class Agent:
             try:
                 connection, _ = listener.accept()
             except TimeoutError:
-                if self._active == 0:
+                if self._active == 0 and not self._busy_ahead():
                     return
                 continue
             threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
+
+    def _busy_ahead(self) -> bool:
+        serving = self._serving
+        return serving is not None and bool(serving.pushes.pending() or serving.fetches.pending())
 
     def _serve_connection(self, connection: socket.socket) -> None:
         with self._active_lock:
@@ -157,8 +185,6 @@ class Agent:
     def _answer(self, request: list[bytes]) -> bytes:
         """The reply to one request; b"" declines it (the client then works in-process)."""
         from pitrkit.cli import outcome
-        from pitrkit.fetch import fetch
-        from pitrkit.push import push
 
         if len(request) < 3 or request[0] != entry.PROTOCOL or request[1] != self.encoded_path:
             return b""
@@ -170,18 +196,59 @@ class Agent:
             return b""
 
         def work() -> str:
-            archive = self._current()  # raises the configuration's error, if any
+            serving = self._current()  # raises the configuration's error, if any
             if command == b"wal-push":
-                return push(archive, Path(args[0]))
-            return fetch(archive, args[0], Path(args[1]))
+                return _push(serving, Path(args[0]))
+            return _fetch(serving, args[0], Path(args[1]))
 
-        self._request_log.lines.value = lines = []
+        lines: list[str] = []
+        self._request_log.lines.value = lines
         try:
             code, message = outcome(work, fetching=command == b"wal-fetch")
         finally:
             self._request_log.lines.value = None
         text = "".join(f"{line}\n" for line in [*lines, message] if line)
         return f"{code}\0{text}".encode()
+
+
+def _push(serving: _Serving, path: Path) -> str:
+    archive = serving.archive
+    summary = _done_ahead(serving.pushes, path, file_stamp(path))
+    if summary is None:
+        summary = push(archive, path)
+    for ready in ready_after(path, archive.config.agent.lookahead):
+        serving.pushes.schedule(ready, file_stamp(ready), functools.partial(push, archive, ready))
+    return summary
+
+
+def _fetch(serving: _Serving, name: str, destination: Path) -> str:
+    archive = serving.archive
+    data = _done_ahead(serving.fetches, name, None)
+    if data is None:
+        data = read(archive, name)
+    summary = restore(data, name, destination)
+    if archive.config.agent.lookahead:
+        try:
+            segment_size = archive.identity().wal_segment_size
+        except (ObjectNotFound, PitrkitError):
+            return summary
+        for upcoming in segments_after(name, segment_size, archive.config.agent.lookahead):
+            serving.fetches.schedule(upcoming, None, functools.partial(read, archive, upcoming))
+    return summary
+
+
+def _done_ahead(ahead: Ahead, key: object, stamp: object):
+    """The result of work done ahead for `key`, or None if there is none to trust (none
+    was done, it is stale, or it failed: the caller then does the work itself, so that a
+    failure is reported exactly as without look-ahead)."""
+    future = ahead.take(key, stamp)
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:
+        log.debug("work done ahead for %s failed (%s); doing it again", key, exc)
+        return None
 
 
 def _receive(connection: socket.socket) -> list[bytes] | None:
@@ -208,6 +275,7 @@ def start(config_path: Path) -> None:
         return
     try:  # the intermediate child: detach, fork the agent, exit
         os.setsid()
+        os.chdir("/")  # hold no directory busy (an unmount of the caller's cwd must work)
         if os.fork() == 0:
             devnull = os.open(os.devnull, os.O_RDWR)
             for descriptor in (0, 1, 2):

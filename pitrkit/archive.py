@@ -67,9 +67,10 @@ class Archive:
             except StorageError as exc:
                 if attempt == self._retries:
                     raise ArchiveUnavailable(f"{what} failed after {attempt + 1} attempts: {exc}") from None
+                pause = delay * random.uniform(0.5, 1.0)  # jitter: retries of many callers spread out
                 log.warning("%s failed (attempt %d of %d), retrying in %.1fs: %s",
-                            what, attempt + 1, self._retries + 1, delay, exc)
-                time.sleep(delay * random.uniform(0.5, 1.0))
+                            what, attempt + 1, self._retries + 1, pause, exc)
+                time.sleep(pause)
                 delay = min(delay * 2, _BACKOFF_MAX)
         raise AssertionError("unreachable")
 

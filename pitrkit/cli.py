@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
         code, message = (FETCH_FAULT if fetching else 130), "pitrkit: interrupted"
     if message:
         print(message, file=sys.stderr)
-    if start_agent and config is not None and config.agent.enabled:
+    if start_agent and config is not None and config_path is not None and config.agent.enabled:
         from pitrkit.agent import start
 
         start(config_path)

@@ -25,7 +25,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     pass
 
 
-class RepositoryConfig(_Section):
+class RepositoryConfig(_Section, frozen=True):
     url: str
     # Seconds any single storage call may take before it counts as failed.
     timeout: float = 60.0
@@ -33,13 +33,13 @@ class RepositoryConfig(_Section):
     retries: int = 4
 
 
-class PostgresConfig(_Section):
+class PostgresConfig(_Section, frozen=True):
     pgdata: str | None = None
     bindir: str | None = None
     conninfo: str | None = None
 
 
-class CompressionConfig(_Section):
+class CompressionConfig(_Section, frozen=True):
     algorithm: str = "zstd"
     level: int = 3
     # Compression threads; 0 means one per core. WAL compression is CPU-bound and
@@ -47,14 +47,17 @@ class CompressionConfig(_Section):
     threads: int = 0
 
 
-class AgentConfig(_Section):
+class AgentConfig(_Section, frozen=True):
     # Hand wal-push / wal-fetch to a long-lived `pitrkit agent` (see entry.py).
     enabled: bool = True
     # Seconds without a request after which the agent exits.
     idle_timeout: float = 600.0
+    # Segments pushed ahead of PostgreSQL's request when a backlog is marked .ready, and
+    # fetched ahead of recovery's next request; 0 turns look-ahead off.
+    lookahead: int = 4
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
     compression: CompressionConfig = CompressionConfig()
@@ -98,6 +101,8 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("repository.retries must not be negative")
     if config.compression.threads < 0:
         problems.append("compression.threads must not be negative")
+    if config.agent.lookahead < 0:
+        problems.append("agent.lookahead must not be negative")
     if not math.isfinite(config.agent.idle_timeout) or config.agent.idle_timeout <= 0:
         problems.append("agent.idle_timeout must be a positive number of seconds")
     if problems:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from pitrkit import objects
@@ -25,8 +26,16 @@ log = logging.getLogger(__name__)
 
 def fetch(archive: Archive, name: str, destination: Path) -> str:
     """Restore the archived WAL file `name` to `destination`; returns a summary."""
+    return restore(read(archive, name), name, destination)
+
+
+def read(archive: Archive, name: str) -> bytes:
+    """The verified content of the archived WAL file `name`."""
     file = WalFileName.parse(name)
-    data = _read_verified(archive, wal_key(file), archive.config.repository.retries)
+    return _read_verified(archive, wal_key(file), archive.config.repository.retries)
+
+
+def restore(data: bytes, name: str, destination: Path) -> str:
     _write_atomically(destination, data)
     return f"restored {name}: {len(data)} bytes"
 
@@ -53,9 +62,9 @@ def _write_atomically(destination: Path, data: bytes) -> None:
     """Write beside the destination, then rename: PostgreSQL must never see a partial
     file under the name it asked for. No fsync: a restored file that a crash loses is
     simply fetched again when recovery restarts."""
-    # Unique per process: two fetches of one file (a retry racing a slow first attempt)
-    # must not write into the same temporary file.
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.pitrkit.tmp")
+    # Unique per process and thread: two fetches of one file (a retry racing a slow
+    # first attempt) must not write into the same temporary file.
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.{threading.get_ident()}.pitrkit.tmp")
     try:
         with open(temporary, "wb") as target:
             target.write(data)

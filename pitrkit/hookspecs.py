@@ -8,7 +8,7 @@ backend (`gs` for `gs://...`) or the name of a compression algorithm.
 
 Storage backends are deliberately small and uniform (WAL-G's `Folder` is the model):
 whole objects by key, create-only by default, and three exceptions that carry meaning.
-They know nothing about PostgreSQL; every backend must pass `tests/storage_conformance.py`.
+They know nothing about PostgreSQL; every backend must pass `pitrkit.storage_conformance`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Compressor(Protocol):
 
     def compress(self, data: bytes) -> bytes: ...
 
-    def decompress(self, data: bytes, size: int) -> bytes:
+    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
         """`size` is the plaintext size from the object header: an upper bound the
         decompressor may use to refuse a decompression bomb."""
 
@@ -97,8 +97,10 @@ class Compressor(Protocol):
 
 class Cipher(Protocol):
     """Authenticated encryption of object bodies. `associated` is the object's header,
-    which the cipher must authenticate so that it cannot be altered or swapped."""
+    which the cipher must authenticate so that it cannot be altered or swapped. `name`
+    (the algorithm) and `key_id` are stored in each object's header."""
 
+    name: str
     key_id: str
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes: ...

@@ -65,7 +65,7 @@ def encode(data: bytes, compressor: Compressor, cipher: Cipher | None = None) ->
         compression=compressor.name,
         size=len(data),
         sha256=digest[0],
-        encryption=None if cipher is None else type(cipher).__name__,
+        encryption=None if cipher is None else cipher.name,
         key_id=None if cipher is None else cipher.key_id,
     )
     header_bytes = _encode_header(header)

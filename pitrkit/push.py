@@ -10,6 +10,7 @@ the stored object is never replaced.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -26,25 +27,27 @@ def push(archive: Archive, path: Path) -> str:
     """Archive the WAL file at `path`; returns a one-line summary."""
     file = WalFileName.parse(path.name)
     data = _read(path)
-    _validate(archive, file, data)
-
     compression = archive.config.compression
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
+    _validate(archive, file, data)
+
     blob, header = objects.encode(data, compressor)
     key = wal_key(file)
     try:
         archive.put(key, blob)
     except ObjectExists:
+        # Compare with what the stored object really holds, not just its header: a
+        # damaged object must not pass for the segment PostgreSQL is about to recycle.
         try:
-            existing, _ = objects.read_header(key, archive.get(key))
+            stored = objects.decode(key, archive.get(key), archive.plugins.compressor)
         except objects.CorruptObject as exc:
             raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
-                               "refusing to overwrite it") from None
-        if existing.size != header.size or existing.sha256 != header.sha256:
+                               "refusing to overwrite it: move the damaged object aside") from None
+        if stored != data:
             raise RefusedError(
                 f"{file.name} is already archived with different content "
-                f"(stored sha256 {existing.sha256.hex()[:16]}…, this file {header.sha256.hex()[:16]}…); "
-                "refusing to overwrite it"
+                f"(stored sha256 {hashlib.sha256(stored).hexdigest()[:16]}…, "
+                f"this file {header.sha256.hex()[:16]}…); refusing to overwrite it"
             ) from None
         return f"{file.name} was already archived with identical content"
     return f"archived {file.name}: {header.size} bytes, stored {len(blob)} ({header.compression})"

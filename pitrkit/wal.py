@@ -37,6 +37,13 @@ XLP_LONG_HEADER = 0x0002
 _LONG_PAGE_HEADER = struct.Struct("=HHIQI4xQII")
 
 
+_SEGMENT_NAME = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
+_WAL_FILE_NAME = re.compile(
+    r"(?P<segment>(?P<tli>[0-9A-F]{8})[0-9A-F]{16})(?:(?P<partial>\.partial)|\.(?P<offset>[0-9A-F]{8})\.backup)?"
+    r"|(?P<history>[0-9A-F]{8})\.history"
+)
+
+
 class Lsn(int):
     """A WAL location (XLogRecPtr), printed the way PostgreSQL prints it: `0/16B3748`."""
 
@@ -78,11 +85,9 @@ class SegmentName(NamedTuple):
     segno: int
     segment_size: int = DEFAULT_SEGMENT_SIZE
 
-    _TEXT = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
-
     @classmethod
     def parse(cls, name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> SegmentName:
-        match = cls._TEXT.fullmatch(name)
+        match = _SEGMENT_NAME.fullmatch(name)
         if match is None:
             raise UsageError(f"not a WAL segment name: {name!r}")
         timeline, log, seg = (int(part, 16) for part in match.groups())
@@ -137,14 +142,9 @@ class WalFileName(NamedTuple):
     # The 24-digit segment part for segment, partial and backup files; "" for history files.
     segment: str
 
-    _TEXT = re.compile(
-        r"(?P<segment>(?P<tli>[0-9A-F]{8})[0-9A-F]{16})(?:(?P<partial>\.partial)|\.(?P<offset>[0-9A-F]{8})\.backup)?"
-        r"|(?P<history>[0-9A-F]{8})\.history"
-    )
-
     @classmethod
     def parse(cls, name: str) -> WalFileName:
-        match = cls._TEXT.fullmatch(name)
+        match = _WAL_FILE_NAME.fullmatch(name)
         if match is None:
             raise UsageError(f"not a WAL file name: {name!r}")
         if match["history"]:

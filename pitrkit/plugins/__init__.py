@@ -28,7 +28,13 @@ class Plugins:
             self.manager.register(importlib.import_module(module), name=module)
 
     def storage(self, url: str, timeout: float) -> hookspecs.Storage:
-        scheme = url.partition("://")[0] if "://" in url else "file"
+        if "://" in url:
+            scheme = url.partition("://")[0]
+        elif url.startswith("/"):
+            scheme = "file"
+        else:
+            raise ConfigError(f"repository.url must be a URL such as file:///var/lib/pitrkit/archive "
+                              f"or an absolute path, not {url!r}")
         try:
             backend = self._first(lambda: self.manager.hook.pitrkit_storage(url=url, timeout=timeout), scheme)
         except ValueError as exc:
@@ -38,9 +44,12 @@ class Plugins:
         return backend
 
     def compressor(self, name: str, level: int = 3, threads: int = 0) -> hookspecs.Compressor:
-        compressor = self._first(
-            lambda: self.manager.hook.pitrkit_compressor(name=name, level=level, threads=threads), name
-        )
+        try:
+            compressor = self._first(
+                lambda: self.manager.hook.pitrkit_compressor(name=name, level=level, threads=threads), name
+            )
+        except ValueError as exc:
+            raise ConfigError(f"compression: {exc}") from None
         if compressor is None:
             raise PluginError(f"the plugin {name!r} provides no compressor of that name")
         return compressor

@@ -18,7 +18,7 @@ class NoCompression:
     def compress(self, data: bytes) -> bytes:
         return data
 
-    def decompress(self, data: bytes, size: int) -> bytes:
+    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
         return bytes(data)
 
 
@@ -28,16 +28,19 @@ class Zstd:
     def __init__(self, level: int, threads: int) -> None:
         import zstandard
 
+        if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+            raise ValueError(f"zstd levels are 1 to {zstandard.MAX_COMPRESSION_LEVEL}, not {level}")
         self._zstandard = zstandard
         self.level = level
-        self.threads = threads or os.cpu_count() or 1
+        # The cores this process may run on, not all the machine has (taskset, cpusets).
+        self.threads = threads or len(os.sched_getaffinity(0))
 
     def compress(self, data: bytes) -> bytes:
         # threads=1 would add a worker thread for nothing; 0 is zstd's single-threaded mode.
         threads = self.threads if self.threads > 1 else 0
         return self._zstandard.ZstdCompressor(level=self.level, threads=threads).compress(data)
 
-    def decompress(self, data: bytes, size: int) -> bytes:
+    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
         try:
             # zstd honours max_output_size only for frames that do not state their size;
             # a frame that does is trusted, so a corrupt one could claim terabytes.

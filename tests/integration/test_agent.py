@@ -45,8 +45,23 @@ def push(setup, directory, name):
 
 
 def started_agent(setup) -> int:
-    pids = pgharness.wait_for(setup.agent_pids, 20, what="an agent to start")
-    assert len(pids) == 1
+    """The agent's pid, once it accepts connections (it is started in the background, so
+    a process may exist a moment before its socket listens)."""
+    path = setup.runtime_dir / "pitrkit" / os.path.basename(entry.socket_path(os.fsencode(str(setup.config))))
+
+    def listening() -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:  # an empty request: the agent declines it
+            try:
+                probe.connect(str(path))
+            except OSError:
+                return False
+            return True
+
+    pgharness.wait_for(listening, 20, what="the agent to listen")
+    # Calls made before it listened may have started more agents; those find the lock
+    # taken and exit at once.
+    pids = pgharness.wait_for(lambda: len(setup.agent_pids()) == 1 and setup.agent_pids(), 20,
+                              what="exactly one agent")
     return pids[0]
 
 
@@ -170,3 +185,72 @@ def test_socket_in_a_shared_directory_is_never_trusted(pitrkit_setup, pg_wal):
         impostor.close()
     assert not served
     assert pitrkit_setup.stored(name).exists()
+
+
+# --- look-ahead ---------------------------------------------------------------------------
+
+
+def mark_ready(directory, name: str) -> None:
+    status = directory / "archive_status"
+    if not status.exists():
+        pgharness.make_server_dir(status)
+    (status / f"{name}.ready").touch()
+    pgharness.give_to_server_user(status / f"{name}.ready")
+
+
+def test_backlog_is_pushed_before_it_is_asked_for(pitrkit_setup, pg_wal):
+    names = [write_segment(pg_wal, segno) for segno in range(1, 6)]
+    for name in names:
+        mark_ready(pg_wal, name)
+    push(pitrkit_setup, pg_wal, names[0])  # in-process; starts the agent
+    started_agent(pitrkit_setup)
+    push(pitrkit_setup, pg_wal, names[1])  # served by the agent, which sees 3, 4, 5 ready
+
+    # Nobody asked for these yet; the agent pushed them on its own.
+    pgharness.wait_for(lambda: all(pitrkit_setup.stored(n).exists() for n in names[2:]), 30,
+                       what="segments pushed ahead")
+    for name in names[2:]:
+        push(pitrkit_setup, pg_wal, name)
+
+
+def test_file_changed_after_push_ahead_is_checked_again(pitrkit_setup, pg_wal):
+    names = [write_segment(pg_wal, segno) for segno in range(1, 4)]
+    for name in names:
+        mark_ready(pg_wal, name)
+    push(pitrkit_setup, pg_wal, names[0])
+    started_agent(pitrkit_setup)
+    push(pitrkit_setup, pg_wal, names[1])
+    pgharness.wait_for(lambda: pitrkit_setup.stored(names[2]).exists(), 30, what="push ahead")
+
+    write_segment(pg_wal, 3)  # new content under the name already pushed ahead
+    result = run(pitrkit_setup, "wal-push", names[2], cwd=pg_wal)
+    assert result.returncode == 1 and "different content" in result.stderr
+
+
+def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal):
+    names = [write_segment(pg_wal, segno) for segno in range(1, 5)]
+    push(pitrkit_setup, pg_wal, names[0])
+    agent = started_agent(pitrkit_setup)
+    for name in names[1:]:
+        push(pitrkit_setup, pg_wal, name)
+    destination = pgharness.make_server_dir(pg_wal.parent / "restore")
+
+    def fetch(name):
+        return run(pitrkit_setup, "wal-fetch", name, str(destination / "RECOVERYXLOG"), cwd=destination)
+
+    before = bytes_read(agent)
+    assert fetch(names[0]).returncode == 0
+    # Segments 2-4 are read ahead (and 5, which is not archived yet).
+    ahead = sum(pitrkit_setup.stored(name).stat().st_size for name in names[1:])
+    pgharness.wait_for(lambda: bytes_read(agent) - before >= ahead, 4, what="read-ahead")
+    for name in names[1:]:
+        result = fetch(name)
+        assert result.returncode == 0, result.stderr
+        assert (destination / "RECOVERYXLOG").read_bytes() == (pg_wal / name).read_bytes()
+
+    # Segment 5 was absent when read ahead; archived since, it must be found.
+    fifth = write_segment(pg_wal, 5)
+    push(pitrkit_setup, pg_wal, fifth)
+    result = fetch(fifth)
+    assert result.returncode == 0, result.stderr
+    assert (destination / "RECOVERYXLOG").read_bytes() == (pg_wal / fifth).read_bytes()

@@ -10,7 +10,7 @@ import pytest
 
 from pitrkit.hookspecs import ObjectExists
 from pitrkit.plugins.local import LocalStorage, parse_file_url
-from tests.storage_conformance import StorageConformance
+from pitrkit.storage_conformance import StorageConformance
 
 
 class TestLocalStorage(StorageConformance):

@@ -1,4 +1,6 @@
 """The storage conformance suite: what every storage plugin must do, tested against it.
+It is shipped in the package so that plugins in other distributions can run it; it
+imports pytest, so only test code imports it.
 
 A plugin's test module subclasses `StorageConformance` and provides two fixtures:
 `storage` (a fresh, empty archive) and `unreachable_storage` (a backend whose archive

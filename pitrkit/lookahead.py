@@ -1,0 +1,121 @@
+"""Work the agent does before PostgreSQL asks for it.
+
+Archiving: when PostgreSQL hands over segment N and more segments are already marked
+`.ready` in `pg_wal/archive_status`, the agent starts pushing them at once, so that by
+the time the archiver asks for N+1 it is already durable (or nearly so) and the call
+returns as soon as it has checked that. This is what makes pgBackRest's asynchronous
+archiving fast with a backlog; here it costs nothing in steady state, where there is no
+backlog and every call is served as it comes.
+
+Recovery: when the startup process asks for segment N, the next segments of the same
+timeline are read and verified in the background, so that replay never waits on storage.
+
+A result computed ahead is used at most once, only while fresh, and only if the file it
+was computed from is unchanged; anything else, including a failure, makes the request
+do the work itself, exactly as it would without look-ahead. So look-ahead can make a
+call faster but never changes its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from pitrkit.errors import UsageError
+from pitrkit.wal import SegmentName, WalFileKind, WalFileName
+
+log = logging.getLogger(__name__)
+
+# A result older than this is not trusted: it may predate a change made since (a
+# deleted object, an operator's fix).
+FRESH_FOR = 60.0
+# Fetched segments are held in memory until asked for; never more than this in all.
+FETCH_MEMORY = 256 << 20
+
+
+class Ahead:
+    """Background jobs keyed by what they are for, each result taken at most once."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._jobs: dict[object, tuple[float, object, Future]] = {}
+        self._lock = threading.Lock()
+
+    def schedule(self, key: object, stamp: object, job: Callable[[], object]) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for old in [k for k, (born, _, _) in self._jobs.items() if now - born > FRESH_FOR]:
+                self._jobs.pop(old)[2].cancel()
+            if key not in self._jobs:
+                self._jobs[key] = (now, stamp, self._pool.submit(job))
+
+    def take(self, key: object, stamp: object) -> Future | None:
+        """The job for `key` if it is fresh and was made from the same `stamp`."""
+        with self._lock:
+            entry = self._jobs.pop(key, None)
+        if entry is None:
+            return None
+        born, made_from, future = entry
+        if time.monotonic() - born > FRESH_FOR or made_from != stamp:
+            future.cancel()
+            return None
+        return future
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(not future.done() for _, _, future in self._jobs.values())
+
+    def close(self, wait: bool) -> None:
+        """Cancel what has not started; with `wait`, let running jobs finish (a push
+        half-way through a put leaves a temporary file behind if the process exits)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def file_stamp(path: Path) -> tuple[int, ...] | None:
+    """Identity of a file's current content, as far as stat can tell."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_ino, status.st_dev, status.st_size, status.st_mtime_ns)
+
+
+def ready_after(path: Path, limit: int) -> list[Path]:
+    """Up to `limit` WAL segments after `path` that PostgreSQL has marked ready to archive
+    (`pg_wal/archive_status/<name>.ready`), in the order it will ask for them."""
+    try:
+        marks = os.listdir(path.parent / "archive_status")
+    except OSError:
+        return []
+    names = []
+    for mark in marks:
+        name = mark.removesuffix(".ready")
+        if name == mark or name <= path.name:
+            continue
+        try:
+            if WalFileName.parse(name).kind == WalFileKind.SEGMENT:
+                names.append(name)
+        except UsageError:
+            continue
+    return [path.parent / name for name in sorted(names)[:limit]]
+
+
+def segments_after(name: str, segment_size: int, limit: int) -> list[str]:
+    """The next `limit` segment names on the same timeline, bounded by FETCH_MEMORY."""
+    try:
+        file = WalFileName.parse(name)
+    except UsageError:
+        return []
+    if file.kind != WalFileKind.SEGMENT:
+        return []
+    segment = SegmentName.parse(file.segment, segment_size)
+    names = []
+    for _ in range(min(limit, max(1, FETCH_MEMORY // segment_size))):
+        segment = segment.next()
+        names.append(segment.name)
+    return names

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
+    demo = commands.add_parser("demo", help="archive a throwaway PostgreSQL cluster through pitrkit and "
+                               "recover a copy of it from the archive (needs no configuration)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's directory and print its path")
     return parser
 
 
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             level=logging.DEBUG if args.verbose else logging.WARNING,
             format="pitrkit: %(levelname)s: %(message)s",
         )
+        if args.command == "demo":
+            from pitrkit.demo import run
+
+            return run(keep=args.keep)
         from pitrkit import config as configuration
 
         config_path = configuration.locate(args.config).absolute()

@@ -1,5 +1,5 @@
 import sys
 
-from pitrkit.cli import main
+from pitrkit.entry import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ from pitrkit import catalog
 from pitrkit.catalog import ArchiveIdentity
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError
-from pitrkit.hookspecs import ObjectExists, ObjectInfo, StorageError
+from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, StorageError
 from pitrkit.plugins import Plugins
 from pitrkit.wal import PageHeader, WalFileKind, WalFileName
 
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 IDENTITY_KEY = "archive.json"
 WAL_PREFIX = "wal/"
+BACKUPS_PREFIX = "backups/"
+CATALOG_PREFIX = "catalog/"
+BACKUP_CATALOG_KEY = "catalog/backups.json"
+WAL_INDEX_PREFIX = "catalog/wal/"
 
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
@@ -47,6 +51,20 @@ def wal_key(file: WalFileName) -> str:
     if file.kind == WalFileKind.HISTORY:
         return WAL_PREFIX + file.name
     return f"{WAL_PREFIX}{file.segment[:16]}/{file.name}"
+
+
+def backup_prefix(backup_id: str) -> str:
+    return f"{BACKUPS_PREFIX}{backup_id}/"
+
+
+def manifest_key(backup_id: str) -> str:
+    """The backup's commit marker: a backup whose manifest is absent does not exist."""
+    return f"{BACKUPS_PREFIX}{backup_id}/manifest.json"
+
+
+def wal_index_key(log_folder: str) -> str:
+    """The catalog's index of one WAL folder, `wal/<TLI><LOG>/` -> `catalog/wal/<TLI><LOG>.json`."""
+    return f"{WAL_INDEX_PREFIX}{log_folder.removeprefix(WAL_PREFIX).rstrip('/')}.json"
 
 
 class Archive:
@@ -85,6 +103,12 @@ class Archive:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return iter(self._call(f"listing {prefix or 'the archive'}", lambda: list(self.storage.list(prefix))))
+
+    def list_folder(self, prefix: str) -> Folder:
+        return self._call(f"listing {prefix or 'the archive'}", lambda: self.storage.list_folder(prefix))
+
+    def delete(self, key: str) -> None:
+        self._call(f"deleting {key}", lambda: self.storage.delete(key))
 
     # -- identity ------------------------------------------------------------------------
 

@@ -7,11 +7,15 @@ that does not decode is reported, never half-used.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
+from pitrkit.errors import UsageError
+from pitrkit.wal import Lsn
+
 ARCHIVE_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 1
 
 Document = TypeVar("Document", bound=msgspec.Struct)
 
@@ -30,12 +34,147 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
     created_at: datetime
 
 
-def encode(document: msgspec.Struct) -> bytes:
-    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+# --- base backups ---------------------------------------------------------------------
+
+
+class BackupTablespace(msgspec.Struct, kw_only=True, frozen=True):
+    oid: int
+    name: str
+    # Where the tablespace lived on the backed-up server (the pg_tblspc/<oid> link target).
+    location: str
+
+
+class BackupPart(msgspec.Struct, kw_only=True, frozen=True):
+    """One stored object of a backup's data: a slice of the backup stream (the files'
+    contents, concatenated in manifest order), in the stored-object format."""
+
+    key: str  # relative to the archive root: backups/<id>/data/<n>
+    size: int  # plaintext bytes
+    stored_size: int
+    sha256: str  # hex, of the plaintext; also in the object's own header
+
+
+class BackupFile(msgspec.Struct, array_like=True, frozen=True):
+    """A regular file: `path` relative to the data directory (tablespace files sit under
+    `pg_tblspc/<oid>/`, as the server sees them). Its bytes start at `offset` in part
+    number `part` and run on into the following parts. Array-like, because a cluster can
+    have a hundred thousand of them."""
+
+    path: str
+    size: int
+    mode: int
+    mtime: int  # seconds
+    part: int
+    offset: int
+
+
+class BackupDirectory(msgspec.Struct, array_like=True, frozen=True):
+    path: str  # relative to the data directory, "" is the data directory itself
+    mode: int
+
+
+class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
+    """What the planner, `backup-list` and the catalog need to know about a backup: the
+    manifest without its file list."""
+
+    format_version: int = MANIFEST_FORMAT_VERSION
+    backup_id: str
+    label: str
+    system_identifier: int
+    pg_version: int  # server_version_num, e.g. 150014
+    timeline: int  # the timeline the backup started on
+    start_lsn: Lsn  # the backup's redo point: WAL replay starts here
+    start_time: datetime
+    stop_lsn: Lsn  # the backup is consistent once replay has passed this point
+    stop_time: datetime  # the server's clock after pg_backup_stop: targets from here on
+    first_segment: str  # WAL file names: every segment from first to last is needed
+    last_segment: str
+    tablespaces: list[BackupTablespace] = []
+    size: int  # bytes of the files backed up
+    stored_size: int  # bytes of the stored objects
+    file_count: int
+    compression: str
+    pitrkit_version: str
+
+    @property
+    def pg_major(self) -> int:
+        return self.pg_version // 10000
+
+
+class BackupManifest(BackupSummary, kw_only=True, frozen=True):
+    """`backups/<id>/manifest.json`, stored last: its presence is what makes the backup
+    exist. Decoding it as a `BackupSummary` skips everything below."""
+
+    backup_label: str  # as pg_backup_stop returned it; restore writes it as backup_label
+    tablespace_map: str | None = None  # ditto, for tablespace_map
+    parts: list[BackupPart]
+    directories: list[BackupDirectory]
+    files: list[BackupFile]
+
+
+# --- the catalog (catalog/...) ----------------------------------------------------------
+
+
+class BackupCatalog(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/backups.json`: the summaries of the backups whose manifests exist,
+    oldest first. A cache of the manifests, reconciled with them on every read."""
+
+    backups: list[BackupSummary] = []
+
+
+class WalIndexEntry(msgspec.Struct, array_like=True, frozen=True):
+    name: str  # the WAL file name (a segment, or a segment's .partial)
+    stored_size: int
+    modified: float | None  # when it reached the archive, if the storage says
+
+
+class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/wal/<TLI><LOG>.json`: the listing of a WAL folder `wal/<TLI><LOG>/` that
+    no longer receives segments (a later folder of the same timeline exists), so that
+    planning and `wal-list` read one document instead of listing the folder."""
+
+    folder: str  # "wal/<TLI><LOG>/"
+    entries: list[WalIndexEntry]
+    indexed_at: datetime
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, Lsn):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def _decode_value(kind: type, value: Any) -> Any:
+    if kind is Lsn:
+        if not isinstance(value, str):
+            raise ValueError("expected an LSN such as 0/16B3748")
+        try:
+            return Lsn.parse(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_encode_value)
+
+
+def to_builtins(document: msgspec.Struct) -> Any:
+    """The document as plain JSON-ready values (LSNs as text), e.g. for --json output."""
+    return msgspec.to_builtins(document, enc_hook=_encode_value)
+
+
+def encode(document: msgspec.Struct, *, pretty: bool = True) -> bytes:
+    """JSON for storage. Large documents (manifests) go out compact: indenting a hundred
+    thousand file rows only costs time and space."""
+    data = _encoder.encode(document)
+    return msgspec.json.format(data, indent=2) + b"\n" if pretty else data + b"\n"
 
 
 def decode(data: bytes, kind: type[Document], name: str) -> Document:
     try:
-        return msgspec.json.decode(data, type=kind)
+        return msgspec.json.decode(data, type=kind, dec_hook=_decode_value)
     except msgspec.DecodeError as exc:
         raise ValueError(f"{name} is not a valid {kind.__name__}: {exc}") from None

@@ -10,6 +10,7 @@ the agent (see entry.py) does not serve.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -24,6 +25,15 @@ log = logging.getLogger("pitrkit")
 # ends recovery. Faults exit above 125 so that recovery aborts instead (see fetch.py).
 FETCH_FAULT = 126
 INTERNAL_ERROR = 70
+
+_COMMAND_MODULES = {
+    "backup-push": "pitrkit.backup",
+    "backup-list": "pitrkit.inventory",
+    "wal-list": "pitrkit.inventory",
+    "catalog": "pitrkit.inventory",
+    "restore-plan": "pitrkit.plan",
+    "restore": "pitrkit.restore",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,12 +59,53 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", help="the WAL file name, as PostgreSQL's %%f")
     fetch.add_argument("destination", type=Path, help="where to write it, as PostgreSQL's %%p")
 
+    backup = commands.add_parser("backup-push", help="take a base backup of the cluster in [postgres] into the archive")
+    backup.add_argument("--label", help="a label for the backup (default: pitrkit <backup id>)")
+    backup.add_argument("--json", action="store_true", help="print the manifest summary as JSON instead of the id")
+
+    backup_list = commands.add_parser("backup-list", help="list the backups in the archive")
+    backup_list.add_argument("--json", action="store_true", help="print JSON")
+
+    wal_list = commands.add_parser("wal-list", help="list the archived WAL segments, one row each")
+    wal_list.add_argument("--timeline", type=int, metavar="N", help="only timeline N")
+    wal_list.add_argument("--json", action="store_true", help="print JSON")
+
+    catalog = commands.add_parser("catalog", help="maintain the archive's catalog")
+    catalog_actions = catalog.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects alone")
+
+    plan = commands.add_parser("restore-plan", help="show what a restore to a target would use, or what is missing")
+    _add_target_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    restore = commands.add_parser("restore", help="restore a fresh data directory to a point in time")
+    _add_target_arguments(restore)
+    restore.add_argument("--target-dir", type=Path, required=True, metavar="DIR",
+                         help="the new data directory (absent or empty)")
+    restore.add_argument("--action", choices=["promote", "pause", "shutdown"], default="promote",
+                         help="recovery_target_action (default: promote)")
+    restore.add_argument("--tablespace-map", action="append", default=[], metavar="OLD=NEW",
+                         help="restore the tablespace at OLD (its location or name) into NEW; repeatable")
+    restore.add_argument("--start", action="store_true",
+                         help="start PostgreSQL on DIR and wait until recovery reaches the target")
+    restore.add_argument("--port", type=int, help="port for --start (default: a free one)")
+
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
     demo = commands.add_parser("demo", help="archive a throwaway PostgreSQL cluster through pitrkit and "
                                "recover a copy of it from the archive (needs no configuration)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory and print its path")
     return parser
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", "--time", dest="time", metavar="TIME",
+                        help="a time, e.g. '2026-11-23 14:41:37' (local time) or with an offset")
+    target.add_argument("--lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
+    target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
+    parser.add_argument("--timeline", metavar="N|latest|current",
+                        help="the timeline to recover along (default: the one the target is on)")
 
 
 def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
@@ -101,6 +152,11 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
 
             return serve(config_path)
         config = configuration.load(config_path)
+        if args.command not in ("wal-push", "wal-fetch"):
+            # Each command module has `command(args, config, config_path) -> str`: it
+            # prints what the user asked for and returns a summary for the log.
+            module = importlib.import_module(_COMMAND_MODULES[args.command])
+            return module.command(args, config, config_path)
         from pitrkit.archive import Archive
 
         if args.command == "wal-push":

@@ -57,11 +57,21 @@ class AgentConfig(_Section, frozen=True):
     lookahead: int = 4
 
 
+class BackupConfig(_Section, frozen=True):
+    # Threads that compress and store (backup-push) or fetch and write (restore) backup
+    # parts in parallel; 0 means one per core.
+    workers: int = 0
+    # Seconds backup-push waits for the WAL its backup needs to reach the archive
+    # before it gives up; the backup does not exist until that WAL is archived.
+    wal_timeout: float = 600.0
+
+
 class Config(_Section, frozen=True):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
     compression: CompressionConfig = CompressionConfig()
     agent: AgentConfig = AgentConfig()
+    backup: BackupConfig = BackupConfig()
 
 
 def locate(explicit: str | None) -> Path:
@@ -105,6 +115,10 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("agent.lookahead must not be negative")
     if not math.isfinite(config.agent.idle_timeout) or config.agent.idle_timeout <= 0:
         problems.append("agent.idle_timeout must be a positive number of seconds")
+    if config.backup.workers < 0:
+        problems.append("backup.workers must not be negative")
+    if not math.isfinite(config.backup.wal_timeout) or config.backup.wal_timeout <= 0:
+        problems.append("backup.wal_timeout must be a positive number of seconds")
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
 

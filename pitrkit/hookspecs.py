@@ -43,6 +43,16 @@ class ObjectExists(Exception):
 class ObjectInfo(NamedTuple):
     key: str
     size: int
+    # When the object was stored (POSIX seconds), if the backend knows; the planner
+    # uses it to tell roughly when a WAL segment or history file reached the archive.
+    modified: float | None = None
+
+
+class Folder(NamedTuple):
+    """One level of the key hierarchy, as WAL-G's `ListFolder` returns it."""
+
+    objects: list[ObjectInfo]  # keys directly in the folder, in key order
+    folders: list[str]  # sub-folder prefixes, each ending in "/", in key order
 
 
 class Storage(Protocol):
@@ -66,11 +76,16 @@ class Storage(Protocol):
         """The object's bytes; `ObjectNotFound` if absent."""
 
     def stat(self, key: str) -> ObjectInfo:
-        """Size of the object; `ObjectNotFound` if absent."""
+        """Size (and, if known, store time) of the object; `ObjectNotFound` if absent."""
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, in key order (byte order of the
         UTF-8 key). An empty archive yields nothing."""
+
+    def list_folder(self, prefix: str) -> Folder:
+        """The objects directly under `prefix` (the archive root "" or a prefix ending in
+        "/") and its sub-folders, without descending into them: how the planner finds
+        timelines and WAL directories without listing every segment."""
 
     def delete(self, key: str) -> None:
         """Remove the object; deleting an absent key is not an error."""

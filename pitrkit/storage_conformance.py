@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
-from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
 
 
 class StorageConformance:
@@ -37,7 +38,7 @@ class StorageConformance:
     def test_empty_object(self, storage):
         storage.put("empty", b"")
         assert storage.get("empty") == b""
-        assert storage.stat("empty") == ObjectInfo("empty", 0)
+        assert storage.stat("empty").size == 0
 
     def test_large_object(self, storage):
         data = os.urandom(1 << 20) * 17  # bigger than a WAL segment, not a power of two
@@ -88,7 +89,9 @@ class StorageConformance:
 
     def test_stat(self, storage):
         storage.put("a/b", b"12345")
-        assert storage.stat("a/b") == ObjectInfo("a/b", 5)
+        info = storage.stat("a/b")
+        assert (info.key, info.size) == ("a/b", 5)
+        assert info.modified is None or abs(info.modified - time.time()) < 3600
         with pytest.raises(ObjectNotFound):
             storage.stat("a/c")
 
@@ -103,6 +106,8 @@ class StorageConformance:
             unreachable_storage.put("archive.json", b"{}")
         with pytest.raises(StorageError):
             list(unreachable_storage.list(""))
+        with pytest.raises(StorageError):
+            unreachable_storage.list_folder("wal/")
 
     # -- list / delete -----------------------------------------------------------------
 
@@ -131,6 +136,22 @@ class StorageConformance:
 
     def test_empty_archive_lists_nothing(self, storage):
         assert list(storage.list("")) == []
+        assert storage.list_folder("") == ([], [])
+        assert storage.list_folder("wal/") == ([], [])
+
+    def test_list_folder_one_level(self, storage):
+        for key in ["archive.json", "wal/00000002.history", "wal/0000000100000000/A",
+                    "wal/0000000100000000/B", "wal/0000000100000001/C", "walrus", "wal-x/D"]:
+            storage.put(key, b"xy")
+        root = storage.list_folder("")
+        assert [i.key for i in root.objects] == ["archive.json", "walrus"]
+        assert root.folders == ["wal-x/", "wal/"]  # key (byte) order: "-" < "/"
+        wal = storage.list_folder("wal/")
+        assert [(i.key, i.size) for i in wal.objects] == [("wal/00000002.history", 2)]
+        assert wal.folders == ["wal/0000000100000000/", "wal/0000000100000001/"]
+        assert [i.key for i in storage.list_folder("wal/0000000100000000/").objects] == [
+            "wal/0000000100000000/A", "wal/0000000100000000/B"]
+        assert storage.list_folder("nothing/") == ([], [])
 
     def test_delete(self, storage):
         storage.put("gone", b"x")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
+from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
 
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
@@ -91,7 +91,8 @@ class LocalStorage:
 
     def stat(self, key: str) -> ObjectInfo:
         try:
-            return ObjectInfo(key, os.stat(self._path(key)).st_size)
+            status = os.stat(self._path(key))
+            return ObjectInfo(key, status.st_size, status.st_mtime)
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(key) from None
         except OSError as exc:
@@ -114,13 +115,39 @@ class LocalStorage:
                         continue
                     key = name if relative == "." else f"{relative}/{name}"
                     if key.startswith(prefix):
-                        found.append(ObjectInfo(key, os.stat(os.path.join(folder, name)).st_size))
+                        status = os.stat(os.path.join(folder, name))
+                        found.append(ObjectInfo(key, status.st_size, status.st_mtime))
         except FileNotFoundError:
             return iter(())
         except OSError as exc:
             raise self._fault(exc, prefix) from None
         found.sort(key=lambda info: info.key.encode())
         return iter(found)
+
+    def list_folder(self, prefix: str) -> Folder:
+        if prefix and not prefix.endswith("/"):
+            raise ValueError(f"a folder prefix ends with '/': {prefix!r}")
+        if not self.root.is_dir():
+            raise StorageError(f"archive directory {self.root} does not exist")
+        objects: list[ObjectInfo] = []
+        folders: list[str] = []
+        try:
+            with os.scandir(self._path(prefix[:-1]) if prefix else self.root) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(f"{prefix}{entry.name}/")
+                    else:
+                        status = entry.stat()
+                        objects.append(ObjectInfo(prefix + entry.name, status.st_size, status.st_mtime))
+        except (FileNotFoundError, NotADirectoryError):
+            return Folder([], [])
+        except OSError as exc:
+            raise self._fault(exc, prefix) from None
+        objects.sort(key=lambda info: info.key.encode())
+        folders.sort(key=str.encode)
+        return Folder(objects, folders)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -1,0 +1,87 @@
+"""A one-line progress display for long commands (backup-push, restore): bytes done,
+rate and time left, redrawn in place on a terminal, silent otherwise.
+
+It writes to stderr, so stdout stays clean for a backup id or `--json`; and only when
+stderr is a terminal, so logs and CI output never fill with carriage returns.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+_REDRAW_EVERY = 0.25  # seconds
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class Progress:
+    """`advance(n)` from any thread; `close()` ends the line. `total` may be unknown
+    (None) or grow (`total = ...`), e.g. while files are still being found."""
+
+    def __init__(self, what: str, total: int | None = None, stream: TextIO | None = None,
+                 enabled: bool | None = None) -> None:
+        self.what = what
+        self.total = total
+        self.done = 0
+        self._stream = stream or sys.stderr
+        self._enabled = self._stream.isatty() if enabled is None else enabled
+        self._started = time.monotonic()
+        self._drawn = 0.0
+        self._lock = threading.Lock()
+
+    def advance(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            now = time.monotonic()
+            if self._enabled and now - self._drawn >= _REDRAW_EVERY:
+                self._drawn = now
+                self._draw(now)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.monotonic()) - self._started, 1e-6)
+        rate = self.done / elapsed
+        text = f"{self.what}: {human_bytes(self.done)}"
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            text += f" of {human_bytes(self.total)} ({share:4.0%})"
+        text += f", {human_bytes(rate)}/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", {human_seconds((self.total - self.done) / rate)} left"
+        return text
+
+    def _draw(self, now: float) -> None:
+        self._stream.write("\r\x1b[K" + self.line(now))
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            with self._lock:
+                self._draw(time.monotonic())
+                self._stream.write("\n")
+                self._stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

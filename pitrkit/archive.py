@@ -33,6 +33,8 @@ CATALOG_PREFIX = "catalog/"
 BACKUP_CATALOG_KEY = "catalog/backups.json"
 WAL_INDEX_PREFIX = "catalog/wal/"
 
+IDENTITY_TTL = 60.0
+
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
@@ -74,6 +76,7 @@ class Archive:
         self.storage = self.plugins.storage(config.repository.url, config.repository.timeout)
         self._retries = config.repository.retries
         self._identity: ArchiveIdentity | None = None
+        self._identity_read_at = 0.0
 
     # -- bounded storage calls -----------------------------------------------------------
 
@@ -113,14 +116,16 @@ class Archive:
     # -- identity ------------------------------------------------------------------------
 
     def identity(self) -> ArchiveIdentity:
-        """`archive.json`; raises `ObjectNotFound` when the archive is new. It never
-        changes once written, so a long-lived process reads it once."""
-        if self._identity is None:
+        """`archive.json`; raises `ObjectNotFound` when the archive is new. It does not
+        change once written, but an archive can be wiped and re-created under a
+        long-lived agent, so a cached copy is re-read after `IDENTITY_TTL` seconds."""
+        if self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
             data = self.get(IDENTITY_KEY)
             try:
                 self._identity = catalog.decode(data, ArchiveIdentity, f"{self.storage.url}/{IDENTITY_KEY}")
             except ValueError as exc:
                 raise PitrkitError(str(exc)) from None
+            self._identity_read_at = time.monotonic()
         return self._identity
 
     def claim(self, header: PageHeader) -> ArchiveIdentity:
@@ -137,5 +142,5 @@ class Archive:
         except ObjectExists:
             return self.identity()
         log.info("initialized archive %s for system identifier %d", self.storage.url, header.system_identifier)
-        self._identity = identity
+        self._identity, self._identity_read_at = identity, time.monotonic()
         return identity

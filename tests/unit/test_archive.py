@@ -1,0 +1,34 @@
+"""Archive: the identity document's cache in long-lived processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from pitrkit import archive as archive_module
+from pitrkit.archive import Archive
+from pitrkit.config import parse
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.push import push
+from tests.unit.segments import segment
+
+NAME = "000000010000000000000001"
+
+
+def test_a_wiped_archive_is_noticed_after_the_identity_ttl(tmp_path):
+    """An agent lives for minutes; if its archive is wiped and re-created meanwhile, it
+    must not keep pushing without an archive.json."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    archive = Archive(parse({"repository": {"url": f"file://{root}"}}, "test"))
+    wal = tmp_path / NAME
+    wal.write_bytes(segment(1))
+    push(archive, wal)
+    assert archive.identity().system_identifier
+    (root / "archive.json").unlink()
+
+    assert archive.identity().system_identifier  # within the TTL: the cached copy
+    archive._identity_read_at -= archive_module.IDENTITY_TTL + 1
+    with pytest.raises(ObjectNotFound):
+        archive.identity()
+    push(archive, wal)  # re-creates it
+    assert (root / "archive.json").exists()

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit import entry
-from pitrkit.archive import Archive
+from pitrkit.archive import Archive, wal_key
 from pitrkit.config import Config, load
 from pitrkit.errors import PitrkitError
 from pitrkit.fetch import read, restore
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.push import push
+from pitrkit.wal import WalFileName
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +215,21 @@ class Agent:
 def _push(serving: _Serving, path: Path) -> str:
     archive = serving.archive
     summary = _done_ahead(serving.pushes, path, file_stamp(path))
-    if summary is None:
+    if summary is None or not _still_stored(archive, path):
         summary = push(archive, path)
     for ready in ready_after(path, archive.config.agent.lookahead):
         serving.pushes.schedule(ready, file_stamp(ready), functools.partial(push, archive, ready))
     return summary
+
+
+def _still_stored(archive: Archive, path: Path) -> bool:
+    """A push done ahead can be up to a minute old, and the archive may have been wiped
+    or the object removed since; PostgreSQL recycles the segment once we say 0."""
+    try:
+        archive.stat(wal_key(WalFileName.parse(path.name)))
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def _fetch(serving: _Serving, name: str, destination: Path) -> str:

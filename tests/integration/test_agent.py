@@ -227,6 +227,21 @@ def test_file_changed_after_push_ahead_is_checked_again(pitrkit_setup, pg_wal):
     assert result.returncode == 1 and "different content" in result.stderr
 
 
+def test_object_removed_after_push_ahead_is_pushed_again(pitrkit_setup, pg_wal):
+    names = [write_segment(pg_wal, segno) for segno in range(1, 4)]
+    for name in names:
+        mark_ready(pg_wal, name)
+    push(pitrkit_setup, pg_wal, names[0])
+    started_agent(pitrkit_setup)
+    push(pitrkit_setup, pg_wal, names[1])
+    stored = pitrkit_setup.stored(names[2])
+    pgharness.wait_for(stored.exists, 30, what="push ahead")
+
+    stored.unlink()  # e.g. the archive was wiped after the push ahead
+    push(pitrkit_setup, pg_wal, names[2])  # exit 0 must mean: it is in the archive now
+    assert stored.exists()
+
+
 def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal):
     names = [write_segment(pg_wal, segno) for segno in range(1, 5)]
     push(pitrkit_setup, pg_wal, names[0])

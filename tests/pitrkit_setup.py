@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +34,22 @@ class PitrkitSetup:
         setup.write_config(agent=agent, compression=compression)
         return setup
 
-    def write_config(self, agent: bool = True, compression: str = "zstd", retries: int = 1) -> None:
-        self.config.write_text(
+    def write_config(self, agent: bool = True, compression: str = "zstd", retries: int = 1,
+                     postgres: pgharness.Cluster | None = None) -> None:
+        """Write the configuration; with `postgres`, a [postgres] section naming that
+        cluster (for backup-push), reached over its unix socket as the superuser."""
+        text = (
             f'[repository]\nurl = "file://{self.archive}"\nretries = {retries}\ntimeout = 10\n'
             f'[compression]\nalgorithm = "{compression}"\n'
             # A short idle timeout: agents of finished tests go away by themselves.
             f"[agent]\nenabled = {'true' if agent else 'false'}\nidle_timeout = 5\n"
         )
+        if postgres is not None:
+            conninfo = (f"host={postgres.socket_dir} port={postgres.port} "
+                        f"user={pgharness.SUPERUSER} dbname=postgres")
+            text += (f'[postgres]\npgdata = "{postgres.pgdata}"\nbindir = "{postgres.install.bindir}"\n'
+                     f'conninfo = "{conninfo}"\n')
+        self.config.write_text(text)
         pgharness.give_to_server_user(self.config)
 
     @property
@@ -48,6 +58,12 @@ class PitrkitSetup:
 
     def command(self, *args: str) -> str:
         return " ".join([shlex.quote(str(self.pitrkit)), "--config", shlex.quote(str(self.config)), *args])
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`pitrkit --config CONFIG ARGS` as the server user, the way a DBA runs it with
+        `sudo -u postgres`; the caller judges the exit code."""
+        return pgharness.run_as_server_user([self.pitrkit, "--config", self.config, *args],
+                                            env=self.env, timeout=timeout, check=False)
 
     @property
     def archive_command(self) -> str:

@@ -1,0 +1,184 @@
+"""`pitrkit restore`: a fresh data directory at a point in time, from a base backup and
+the WAL archive.
+
+The order is the safety: first everything that can refuse without touching the disk
+(running as root, a non-empty target, a tablespace mapping naming nothing, the plan, a
+WAL segment gone from the archive since the catalog was written, a corrupt manifest);
+only then the directory is created and the backup written into it (see unpack.py), the
+recovery settings added (recovery_conf.py), and, with --start, the server started and
+watched until it reaches the target (pgstart.py). Exit 0 means the directory is complete
+and durable, and with --start that the target was reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pitrkit import __version__, catalog, pgstart, recovery_conf, unpack
+from pitrkit.archive import Archive, manifest_key, wal_key
+from pitrkit.catalog import BackupManifest
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError, RefusedError, UsageError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.plan import RestorePlan, describe, make_plan
+from pitrkit.progress import Progress, human_bytes, human_seconds
+from pitrkit.targets import target_from_args, timeline_from_args
+from pitrkit.wal import Lsn, WalFileName
+
+# Stat calls in flight during the pre-flight check: they are tiny and latency-bound.
+_STAT_THREADS = 16
+
+
+class RestoreIncomplete(PitrkitError):
+    """Writing the data directory failed part-way; says so, with the cause's exit code."""
+
+    def __init__(self, cause: PitrkitError, target_dir: Path) -> None:
+        super().__init__(f"{cause}; {target_dir} is incomplete: empty it (and any tablespace "
+                         "directories) before restoring again")
+        self.exit_code = cause.exit_code
+
+
+def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
+    refuse_root()
+    target = target_from_args(args)
+    if target.kind == "latest" and args.action != "promote":
+        raise UsageError(f"--action {args.action} needs a target (--to or --lsn): with --latest, recovery "
+                         "replays all archived WAL and PostgreSQL promotes at its end")
+    timeline = timeline_from_args(args)
+    mappings = unpack.parse_tablespace_mappings(args.tablespace_map)
+    target_dir = Path(os.path.abspath(args.target_dir))
+    unpack.check_absent_or_empty(target_dir, "--target-dir")
+    archive = Archive(config)
+
+    plan = make_plan(archive, target, timeline)
+    say(describe(plan))
+    tablespaces = unpack.resolve_tablespaces(plan.backup.tablespaces, mappings, plan.backup.backup_id)
+    for each in tablespaces:
+        unpack.check_absent_or_empty(each.location, f"tablespace {each.tablespace.name}'s directory")
+    bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
+    check_wal_present(archive, plan)
+    manifest = fetch_manifest(archive, plan)
+
+    started = time.monotonic()
+    say(f"restoring backup {manifest.backup_id} into {target_dir}: {manifest.file_count} files, "
+        f"{human_bytes(manifest.size)} ({human_bytes(manifest.stored_size)} stored)")
+    for each in tablespaces:
+        say(f"  tablespace {each.tablespace.name} -> {each.location}")
+    workers = config.backup.workers or os.cpu_count() or 1
+    try:
+        with Progress("restoring", sum(part.size for part in manifest.parts)) as progress:
+            unpack.unpack(archive, manifest, target_dir, tablespaces, workers, progress.advance)
+    except PitrkitError as exc:
+        raise RestoreIncomplete(exc, target_dir) from None
+    recovery_conf.write(target_dir, recovery_settings(plan, args.action, config_path),
+                        f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, "
+                        f"backup {manifest.backup_id}")
+    say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
+        f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
+        f"action {args.action})")
+    warn_about_archiving(target_dir)
+    summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
+    if bindir is None:
+        say(f"start it with: pg_ctl start -D {target_dir}")
+        return summary
+    return summary + "; " + start_and_report(plan, args, target_dir, bindir)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def refuse_root() -> None:
+    if os.geteuid() == 0:
+        raise RefusedError("restore must not run as root: PostgreSQL will not start a root-owned cluster; "
+                           "run it as the OS user that will own the cluster, e.g. sudo -u postgres pitrkit restore ...")
+
+
+def check_wal_present(archive: Archive, plan: RestorePlan) -> None:
+    """Every WAL file the plan needs is still in the archive: a segment deleted after
+    the catalog was written is found now, not hours into the copy or replay."""
+    names = plan.segments + plan.history_files
+
+    def present(name: str) -> bool:
+        try:
+            archive.stat(wal_key(WalFileName.parse(name)))
+            return True
+        except ObjectNotFound:
+            return False
+
+    with ThreadPoolExecutor(_STAT_THREADS, thread_name_prefix="preflight") as pool:
+        found = list(pool.map(present, names))
+    missing = [name for name, here in zip(names, found, strict=True) if not here]
+    if missing:
+        raise RefusedError(f"WAL file {missing[0]} that the restore needs is no longer in the archive "
+                           f"{archive.storage.url}" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    say(f"checked the archive: all {len(names)} WAL files the restore needs are there")
+
+
+def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
+    key = manifest_key(plan.backup.backup_id)
+    try:
+        data = archive.get(key)
+    except ObjectNotFound:
+        raise RefusedError(f"the manifest {key} of the planned backup is gone from the archive") from None
+    try:
+        manifest = catalog.decode(data, BackupManifest, key)
+    except ValueError as exc:
+        raise RefusedError(f"corrupt manifest: {exc}") from None
+    system_identifier = archive.identity().system_identifier
+    if manifest.system_identifier != system_identifier or manifest.backup_id != plan.backup.backup_id:
+        raise RefusedError(f"manifest {key} belongs to backup {manifest.backup_id} of system "
+                           f"{manifest.system_identifier}, not to this archive's system {system_identifier}")
+    return manifest
+
+
+def recovery_settings(plan: RestorePlan, action: str, config_path: Path) -> recovery_conf.RecoverySettings:
+    return recovery_conf.RecoverySettings(
+        restore_command=recovery_conf.restore_command(config_path),
+        target_time=plan.target.time,
+        target_lsn=plan.target.lsn,
+        timeline=plan.timeline,
+        action=None if plan.target.kind == "latest" else action,
+    )
+
+
+def warn_about_archiving(target_dir: Path) -> None:
+    archiving = recovery_conf.archiving_setting(target_dir)
+    if archiving is not None:
+        mode, archive_command = archiving
+        print(f"pitrkit: warning: the restored configuration has archive_mode = {mode} and archive_command = "
+              f"{archive_command!r}: once promoted, the restored cluster archives there too (on a new "
+              "timeline); set archive_mode = off in it before starting it if that is not what you want",
+              file=sys.stderr)
+
+
+def timeline_at(plan: RestorePlan, lsn: Lsn) -> int:
+    """The timeline replay is on at `lsn`, along the plan's path."""
+    for step in plan.path:
+        if step.end is None or lsn < step.end:
+            return step.timeline
+    return plan.timeline
+
+
+def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Path, bindir: Path) -> str:
+    server = pgstart.start(target_dir, bindir, args.port)
+    say(f"started PostgreSQL from {bindir} on port {server.port} (socket directory {server.socket_dir}); "
+        f"log: {server.log}")
+    replay_to = plan.target.lsn if plan.target.lsn is not None else plan.archive_end
+    result = pgstart.wait_for_target(server, args.action, plan.backup.start_lsn, replay_to,
+                                     lambda lsn: timeline_at(plan, lsn))
+    say(f"recovery {result.state} after {human_seconds(result.seconds)}")
+    if result.stop_line:
+        say(f"  {result.stop_line}")
+    say(f"  last replayed WAL location: {result.lsn if result.lsn is not None else 'unknown'}")
+    say(f"  last replayed transaction: {result.last_transaction or 'none'}")
+    say(f"  timeline: {result.timeline if result.timeline is not None else 'unknown'}")
+    if result.state != "shut down":
+        say(f"  connect: psql -h {server.socket_dir} -p {server.port} -d postgres")
+    return f"recovery {result.state} at {result.lsn} on timeline {result.timeline}"

@@ -1,20 +1,39 @@
 """The restore planner: from a recovery target to the backup, timeline path and WAL
 segments a restore will use, or a refusal naming the missing piece.
 
-(Contract first; the planning itself is being written.)
+It decides in this order, each step refusing with the piece that is missing:
+1. the timeline to end on: the one whose own WAL holds the target (refusing when several
+   do, unless --timeline says which), or what --timeline names;
+2. that timeline's path, from its history file;
+3. the newest backup on the path that is consistent before the target;
+4. the unbroken run of segments from the backup's first one along the path, which must
+   cover the backup's consistency point and reach the target.
+
+It reads only what it needs (see inventory.py): never a listing of every segment.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+import math
+import sys
+from argparse import Namespace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, NamedTuple
 
 import msgspec
 
+from pitrkit import catalog, inventory
 from pitrkit.archive import Archive
-from pitrkit.catalog import BackupSummary
-from pitrkit.errors import RefusedError
-from pitrkit.wal import Lsn
+from pitrkit.catalog import BackupSummary, WalIndexEntry
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
+from pitrkit.progress import human_bytes
+from pitrkit.wal import Lsn, SegmentName
+
+__all__ = ["PlanRefused", "RestorePlan", "Target", "TimelineChoice", "TimelineStep", "describe", "make_plan"]
 
 
 class PlanRefused(RefusedError):
@@ -28,15 +47,6 @@ class Target(msgspec.Struct, kw_only=True, frozen=True):
     time: datetime | None = None  # aware; kind == "time"
     lsn: Lsn | None = None  # kind == "lsn"
     text: str = ""  # what the user typed, for messages
-
-
-class TimelineStep(msgspec.Struct, kw_only=True, frozen=True):
-    """Replay runs on `timeline` from `begin` until `end`, where the path switches to the
-    next step's timeline (None on the last step)."""
-
-    timeline: int
-    begin: Lsn
-    end: Lsn | None
 
 
 class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
@@ -63,4 +73,271 @@ TimelineChoice = int | Literal["latest", "current"] | None
 
 
 def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None) -> RestorePlan:
-    raise NotImplementedError
+    try:
+        wal = ArchivedWal(archive)
+    except ObjectNotFound:
+        raise PlanRefused(f"the archive {archive.storage.url} holds no WAL yet (it has no archive.json)") from None
+    finished = inventory.backups(archive)
+    if not finished:
+        raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
+    candidates = _candidate_timelines(wal, target)
+    ending = _ending_timeline(wal, finished, target, timeline, candidates)
+    try:
+        path = wal.path(ending)
+    except PitrkitError as exc:
+        raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
+    backup = _choose_backup(path, finished, target, ending)
+    chain = wal.chain(path, _segno(wal, backup.first_segment))
+    segments = _segments_to_target(wal, chain, backup, target)
+
+    notes = []
+    if len(candidates) > 1:
+        notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
+    if target.kind == "time":
+        notes.append("the archive cannot tell which segment holds the target time, so the plan runs to the end of "
+                     "the unbroken WAL; recovery stops at the first transaction after the target")
+        if chain.missing and chain.gap:
+            notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
+    last = chain.segments[-1]
+    return RestorePlan(
+        target=target,
+        timeline=ending,
+        path=path,
+        backup=backup,
+        segments=[entry.name for entry in segments],
+        history_files=[f"{step.timeline:08X}.history" for step in path if step.timeline != 1],
+        wal_stored_size=sum(entry.stored_size for entry in segments),
+        archive_end=SegmentName.parse(last.name, wal.segment_size).end_lsn,
+        candidate_timelines=candidates or [ending],
+        notes=notes,
+    )
+
+
+# --- 1. which timeline ------------------------------------------------------------------
+
+
+class _OwnRange(NamedTuple):
+    """Where a timeline's own WAL lies: from its branch point (exclusive; timeline 1 from
+    the start) to the end of its newest segment, and in time from when its history file
+    was stored to when its newest segment was."""
+
+    timeline: int
+    branch: Lsn
+    end: Lsn
+    created: float  # -inf for timeline 1
+    last_stored: float  # +inf when the storage does not say
+
+    def holds(self, target: Target) -> bool:
+        if target.kind == "lsn":
+            assert target.lsn is not None
+            after_branch = target.lsn >= self.branch if self.timeline == 1 else target.lsn > self.branch
+            return after_branch and target.lsn < self.end
+        if target.kind == "time":
+            assert target.time is not None
+            return self.created < target.time.timestamp() <= self.last_stored
+        return False
+
+    def starts_before(self, target: Target) -> bool:
+        if target.kind == "lsn":
+            assert target.lsn is not None
+            return self.branch <= target.lsn
+        assert target.time is not None
+        return self.created < target.time.timestamp()
+
+
+def _own_ranges(wal: ArchivedWal) -> list[_OwnRange]:
+    ranges = []
+    for timeline in wal.timelines:
+        if timeline != 1 and timeline not in wal.history_files:
+            continue  # no path leads to it
+        history = wal.history(timeline)
+        branch = history[-1].switch_lsn if history else Lsn(0)
+        newest = wal.newest_segment(timeline, branch // wal.segment_size)
+        if newest is None:
+            continue  # nothing archived on it yet
+        segno, entry = newest
+        created = -math.inf if timeline == 1 else wal.history_files[timeline].modified or -math.inf
+        ranges.append(_OwnRange(timeline, branch, Lsn((segno + 1) * wal.segment_size), created,
+                                math.inf if entry.modified is None else entry.modified))
+    return ranges
+
+
+def _candidate_timelines(wal: ArchivedWal, target: Target) -> list[int]:
+    return [own.timeline for own in _own_ranges(wal) if own.holds(target)]
+
+
+def _ending_timeline(wal: ArchivedWal, finished: list[BackupSummary], target: Target, choice: TimelineChoice,
+                     candidates: list[int]) -> int:
+    timelines = wal.timelines
+    if not timelines:
+        raise PlanRefused("the archive holds no WAL")
+    if choice == "latest" or (choice is None and target.kind == "latest"):
+        # PostgreSQL's own default: recovery_target_timeline = 'latest'.
+        return timelines[-1]
+    if choice == "current":
+        consistent = [b for b in finished if _consistent_before(b, target)]
+        if not consistent:
+            raise PlanRefused(_nothing_consistent(target, finished))
+        return max(consistent, key=lambda b: (b.start_time, b.backup_id)).timeline
+    if isinstance(choice, int):
+        if choice not in timelines:
+            raise PlanRefused(f"timeline {choice} is not in the archive (it has timelines {_listing(timelines)})")
+        return choice
+    if len(candidates) > 1:
+        raise PlanRefused(
+            f"target {target.text} lies on timelines {_listing(candidates)} (a restored server branched off and "
+            f"both went on archiving); pass " + " or ".join(f"--timeline {t}" for t in candidates)
+        )
+    if candidates:
+        return candidates[0]
+    # On no timeline: plan on the newest one it comes after, so that the WAL check below
+    # names what is missing there (the first gap, or where the archive ends).
+    preceding = [own.timeline for own in _own_ranges(wal) if own.starts_before(target)]
+    return max(preceding) if preceding else timelines[-1]
+
+
+# --- 3. which backup --------------------------------------------------------------------
+
+
+def _consistent_before(backup: BackupSummary, target: Target) -> bool:
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        return backup.stop_lsn <= target.lsn
+    if target.kind == "time":
+        assert target.time is not None
+        return backup.stop_time <= target.time
+    return True
+
+
+def _nothing_consistent(target: Target, considered: list[BackupSummary]) -> str:
+    oldest = min(considered, key=lambda b: (b.start_time, b.backup_id))
+    return (f"no backup is consistent before {_target_words(target)}; the oldest backup {oldest.backup_id} is "
+            f"consistent from {show_time(oldest.stop_time)} (LSN {oldest.stop_lsn})")
+
+
+def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], target: Target,
+                   ending: int) -> BackupSummary:
+    on = [b for b in finished if on_path(path, b)]
+    if not on:
+        found = ", ".join(f"{b.backup_id} (timeline {b.timeline})" for b in finished)
+        raise PlanRefused(f"no backup lies on the way to timeline {ending} ({_path_words(path)}); backups: {found}")
+    consistent = [b for b in on if _consistent_before(b, target)]
+    if not consistent:
+        raise PlanRefused(_nothing_consistent(target, on))
+    # Along one path LSNs only grow, so the newest backup is the one starting last.
+    return max(consistent, key=lambda b: b.start_lsn)
+
+
+# --- 4. which segments ------------------------------------------------------------------
+
+
+def _segno(wal: ArchivedWal, name: str) -> int:
+    return SegmentName.parse(name, wal.segment_size).segno
+
+
+def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary,
+                        target: Target) -> list[WalIndexEntry]:
+    if chain.last_segno < _segno(wal, backup.last_segment):
+        raise PlanRefused(f"segment {chain.missing} is missing from the archive: backup {backup.backup_id} needs "
+                          f"{backup.first_segment} to {backup.last_segment} to become consistent")
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        holding = target.lsn // wal.segment_size
+        if chain.last_segno < holding:
+            raise PlanRefused(_short_of(wal, chain, target))
+        return chain.segments[: holding - chain.first_segno + 1]
+    if target.kind == "time":
+        assert target.time is not None
+        stored = chain.segments[-1].modified
+        if stored is not None and stored < target.time.timestamp():
+            raise PlanRefused(_short_of(wal, chain, target))
+    elif chain.gap:
+        # Recovery would stop at the hole and promote there, without the WAL after it.
+        raise PlanRefused(_short_of(wal, chain, target))
+    return chain.segments
+
+
+def _short_of(wal: ArchivedWal, chain: WalChain, target: Target) -> str:
+    if chain.gap:
+        return (f"segment {chain.missing} is missing from the archive: the WAL between the backup and "
+                f"{_target_words(target)} has a gap there")
+    last = chain.segments[-1]
+    segment = SegmentName.parse(last.name, wal.segment_size)
+    stored = "" if last.modified is None else f", stored at {show_time(_instant(last.modified))}"
+    return (f"the archive's WAL on timeline {segment.timeline} ends at LSN {segment.end_lsn}{stored}; "
+            f"{_target_words(target)} is later")
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+def _instant(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+def _listing(numbers: list[int]) -> str:
+    words = [str(number) for number in numbers]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _target_words(target: Target) -> str:
+    if target.kind == "lsn":
+        return f"the target LSN {target.lsn}"
+    if target.kind == "time":
+        assert target.time is not None
+        return f"the target time {target.time.astimezone(UTC).isoformat(sep=' ')}"
+    return "the latest point"
+
+
+def _path_words(path: list[TimelineStep]) -> str:
+    return ", then ".join(
+        f"timeline {step.timeline} from {step.begin}" + ("" if step.end is None else f" to {step.end}")
+        for step in path
+    )
+
+
+def describe(plan: RestorePlan) -> str:
+    """The plan as a person reads it before restoring."""
+    target = plan.target
+    if target.kind == "time":
+        assert target.time is not None
+        resolved = (f"{target.time.astimezone(UTC).isoformat(sep=' ')} "
+                    f"(local {target.time.astimezone().isoformat(sep=' ')})")
+        target_line = f"time {target.text!r} = {resolved}"
+    elif target.kind == "lsn":
+        target_line = f"LSN {target.lsn}"
+    else:
+        target_line = "latest: the end of the archived WAL"
+    backup = plan.backup
+    why = {
+        "time": f"consistent from {show_time(backup.stop_time)}, before the target",
+        "lsn": f"consistent from LSN {backup.stop_lsn}, before the target",
+        "latest": "the newest on the path",
+    }[target.kind]
+    lines = [
+        f"target:       {target_line}",
+        f"timeline:     {plan.timeline} (path: {_path_words(plan.path)})",
+        f"backup:       {backup.backup_id} '{backup.label}', started {show_time(backup.start_time)} at "
+        f"{backup.start_lsn} on timeline {backup.timeline}",
+        f"              chosen as the newest backup on the path {why}",
+        f"WAL:          {len(plan.segments)} segments, {plan.segments[0]} .. {plan.segments[-1]}, "
+        f"{human_bytes(plan.wal_stored_size)} stored",
+    ]
+    if plan.history_files:
+        lines.append(f"history:      {', '.join(plan.history_files)}")
+    lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    lines += [f"note:         {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    # targets builds this module's types, so it is imported here, not at the top.
+    from pitrkit.targets import target_from_args, timeline_from_args
+
+    target = target_from_args(args)
+    choice = timeline_from_args(args)
+    plan = make_plan(Archive(config), target, choice)
+    text = catalog.encode(plan).decode() if args.json else describe(plan) + "\n"
+    sys.stdout.write(text)
+    return (f"restore plan: backup {plan.backup.backup_id}, {len(plan.segments)} segments to "
+            f"{plan.segments[-1]}, timeline {plan.timeline}")

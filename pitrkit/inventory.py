@@ -1,0 +1,604 @@
+"""What the archive holds — its backups and its WAL — and the catalog that makes asking
+cheap: `backup-list`, `wal-list` and `catalog rebuild`.
+
+The catalog (`catalog/...`) is a cache. Manifests are the truth about backups and the
+objects under `wal/` are the truth about WAL; every reader here reconciles with them, and
+`catalog rebuild` recreates the catalog from them alone, so losing or corrupting it never
+loses data.
+
+* `catalog/backups.json` lists the summaries of finished backups. Reading it is checked
+  against one listing of `backups/`: a backup folder it does not know is read from its
+  manifest, an entry whose folder is gone is dropped.
+* `catalog/wal/<TLI><LOG>.json` is the listing of one sealed WAL folder `wal/<TLI><LOG>/`:
+  one that a later folder of the same timeline exists for. PostgreSQL archives segments in
+  order, so a sealed folder receives nothing more and its listing can be kept. The
+  newest folder of each timeline is always listed afresh.
+
+So a reader never lists every object: it lists `wal/` and `catalog/wal/` one level (the
+history files and one name per 4 GiB of WAL), then reads an index, or lists one folder,
+for just the folders it needs. An index is trusted for what it says is present; a segment
+it says is absent is confirmed by listing the folder before anyone is told it is missing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import re
+import sys
+from argparse import Namespace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+
+from pitrkit import catalog, objects
+from pitrkit.archive import (
+    BACKUP_CATALOG_KEY,
+    BACKUPS_PREFIX,
+    WAL_INDEX_PREFIX,
+    WAL_PREFIX,
+    Archive,
+    manifest_key,
+    wal_index_key,
+)
+from pitrkit.catalog import BackupCatalog, BackupSummary, WalFolderIndex, WalIndexEntry
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError, UsageError
+from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound
+from pitrkit.progress import human_bytes
+from pitrkit.wal import HistoryEntry, Lsn, SegmentName, parse_history, segments_per_log
+
+log = logging.getLogger(__name__)
+
+_LOG_FOLDER = re.compile(r"wal/(?P<timeline>[0-9A-F]{8})(?P<log>[0-9A-F]{8})/")
+_HISTORY_KEY = re.compile(r"wal/(?P<timeline>[0-9A-F]{8})\.history")
+
+
+# --- backups --------------------------------------------------------------------------
+
+
+class BackupSurvey(NamedTuple):
+    finished: list[BackupSummary]  # oldest first
+    # Folders under backups/ without a manifest: a backup in progress, or one that was
+    # interrupted and awaits cleanup. Neither exists for the planner.
+    unfinished: list[str]
+
+
+def backups(archive: Archive) -> list[BackupSummary]:
+    """The backups whose manifests exist, oldest first."""
+    return survey_backups(archive).finished
+
+
+def survey_backups(archive: Archive) -> BackupSurvey:
+    cached = {summary.backup_id: summary for summary in _read_backup_catalog(archive)}
+    finished: list[BackupSummary] = []
+    unfinished: list[str] = []
+    for folder in archive.list_folder(BACKUPS_PREFIX).folders:
+        backup_id = folder.removeprefix(BACKUPS_PREFIX).rstrip("/")
+        summary = cached.get(backup_id) or _read_summary(archive, backup_id)
+        if summary is None:
+            unfinished.append(backup_id)
+        else:
+            finished.append(summary)
+    return BackupSurvey(_oldest_first(finished), unfinished)
+
+
+def record_backup(archive: Archive, summary: BackupSummary) -> None:
+    """Add a backup whose manifest has just been stored to `catalog/backups.json`, and
+    index the WAL folders sealed since the last time.
+
+    Two backups finishing at once can each write the catalog without the other's entry;
+    that costs nothing but a manifest read later, because readers add any backup folder
+    the catalog does not know."""
+    known = [entry for entry in _read_backup_catalog(archive) if entry.backup_id != summary.backup_id]
+    document = BackupCatalog(backups=_oldest_first([*known, summary]))
+    archive.put(BACKUP_CATALOG_KEY, catalog.encode(document), overwrite=True)
+    refresh(archive)
+
+
+def _oldest_first(summaries: list[BackupSummary]) -> list[BackupSummary]:
+    return sorted(summaries, key=lambda summary: (summary.start_time, summary.backup_id))
+
+
+def _read_backup_catalog(archive: Archive) -> list[BackupSummary]:
+    try:
+        data = archive.get(BACKUP_CATALOG_KEY)
+    except ObjectNotFound:
+        return []
+    try:
+        return catalog.decode(data, BackupCatalog, BACKUP_CATALOG_KEY).backups
+    except ValueError as exc:
+        # Only a cache: the manifests say the same, they just cost more to read.
+        log.warning("ignoring the backup catalog (%s); reading the manifests instead; "
+                    "'pitrkit catalog rebuild' rewrites it", exc)
+        return []
+
+
+def _read_summary(archive: Archive, backup_id: str) -> BackupSummary | None:
+    """The backup's summary from its manifest; None when the manifest is absent."""
+    key = manifest_key(backup_id)
+    try:
+        data = archive.get(key)
+    except ObjectNotFound:
+        return None
+    try:
+        summary = catalog.decode(data, BackupSummary, key)
+    except ValueError as exc:
+        raise PitrkitError(f"backup {backup_id} is unusable: {exc}") from None
+    if summary.backup_id != backup_id:
+        raise PitrkitError(f"backup {backup_id} is unusable: {key} names backup {summary.backup_id!r}")
+    return summary
+
+
+# --- WAL ------------------------------------------------------------------------------
+
+
+class TimelineStep(msgspec.Struct, kw_only=True, frozen=True):
+    """Replay runs on `timeline` from `begin` until `end`, where the path switches to the
+    next step's timeline (None on the last step)."""
+
+    timeline: int
+    begin: Lsn
+    end: Lsn | None
+
+
+class LogFolder:
+    """The files of one WAL folder `wal/<TLI><LOG>/`, with its segments by number."""
+
+    def __init__(self, timeline: int, log_number: int, entries: list[WalIndexEntry], from_index: bool) -> None:
+        self.timeline = timeline
+        self.log_number = log_number
+        self.from_index = from_index
+        self.entries = sorted(entries, key=lambda entry: entry.name)
+        # Whole segments only: `.partial` and `.backup` files are not replayed from here.
+        prefix = f"{timeline:08X}{log_number:08X}"
+        self.segments = [e for e in self.entries if len(e.name) == 24 and e.name.startswith(prefix)]
+        self.numbers = [int(entry.name[16:], 16) for entry in self.segments]
+
+
+class WalChain(NamedTuple):
+    """Consecutive segments that are all present, as replay along a timeline path reads
+    them, and what stopped the run."""
+
+    first_segno: int
+    segments: list[WalIndexEntry]  # in replay order
+    missing: str | None  # the first absent segment
+    # True when the path has segments after `missing`: a hole, not the end of the WAL.
+    gap: bool
+
+    @property
+    def last_segno(self) -> int:
+        """The newest segment of the run; first_segno - 1 when the run is empty."""
+        return self.first_segno + len(self.segments) - 1
+
+
+class ArchivedWal:
+    """The archive's WAL as this module reads it: the top of `wal/` (history files and
+    log folders) once, then folders and history files on demand, each at most once."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.segment_size = archive.identity().wal_segment_size
+        self.per_log = segments_per_log(self.segment_size)
+        self.history_files: dict[int, ObjectInfo] = {}
+        self.logs: dict[int, list[int]] = {}  # timeline -> its folders' log numbers, ascending
+        top = archive.list_folder(WAL_PREFIX)
+        for info in top.objects:
+            if match := _HISTORY_KEY.fullmatch(info.key):
+                self.history_files[int(match["timeline"], 16)] = info
+        for folder in top.folders:
+            if match := _LOG_FOLDER.fullmatch(folder):
+                self.logs.setdefault(int(match["timeline"], 16), []).append(int(match["log"], 16))
+        for numbers in self.logs.values():
+            numbers.sort()
+        self.indexed = {info.key for info in archive.list_folder(WAL_INDEX_PREFIX).objects}
+        self._folders: dict[tuple[int, int], LogFolder] = {}
+        self._histories: dict[int, list[HistoryEntry]] = {}
+
+    # -- timelines -----------------------------------------------------------------------
+
+    @property
+    def timelines(self) -> list[int]:
+        return sorted(self.logs.keys() | self.history_files.keys())
+
+    def history(self, timeline: int) -> list[HistoryEntry]:
+        """The parsed `<timeline>.history`; [] for timeline 1, which has none."""
+        if timeline == 1:
+            return []
+        if timeline not in self._histories:
+            name = f"{timeline:08X}.history"
+            key = WAL_PREFIX + name
+            if timeline not in self.history_files:
+                raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive")
+            try:
+                text = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor)
+                self._histories[timeline] = parse_history(text.decode("ascii", "replace"), key)
+            except ObjectNotFound:
+                raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive") from None
+            except (objects.CorruptObject, UsageError) as exc:
+                raise PitrkitError(str(exc)) from None
+        return self._histories[timeline]
+
+    def path(self, timeline: int) -> list[TimelineStep]:
+        """The timelines replay follows to end on `timeline`, oldest first."""
+        steps: list[TimelineStep] = []
+        begin = Lsn(0)
+        for entry in self.history(timeline):
+            steps.append(TimelineStep(timeline=entry.parent, begin=begin, end=entry.switch_lsn))
+            begin = entry.switch_lsn
+        steps.append(TimelineStep(timeline=timeline, begin=begin, end=None))
+        return steps
+
+    def serving_timeline(self, path: list[TimelineStep], segno: int) -> int:
+        """Whose file replay reads for segment `segno`: the newest step that has begun by
+        that segment. The segment holding a switch point is read from the new timeline
+        (its copy holds the old timeline's WAL up to the switch), as XLogFileReadAnyTLI
+        does."""
+        serving = path[0].timeline
+        for step in path:
+            if step.begin // self.segment_size <= segno:
+                serving = step.timeline
+        return serving
+
+    def _next_switch_segno(self, path: list[TimelineStep], segno: int) -> int | None:
+        """The first segment after `segno` that a later step serves."""
+        for step in path:
+            begins = step.begin // self.segment_size
+            if begins > segno:
+                return begins
+        return None
+
+    # -- folders -------------------------------------------------------------------------
+
+    def folder(self, timeline: int, log_number: int) -> LogFolder:
+        found = self._folders.get((timeline, log_number))
+        if found is None:
+            found = self._read_folder(timeline, log_number)
+            self._folders[(timeline, log_number)] = found
+        return found
+
+    def is_sealed(self, timeline: int, log_number: int) -> bool:
+        numbers = self.logs.get(timeline, [])
+        return bool(numbers) and log_number < numbers[-1]
+
+    def _read_folder(self, timeline: int, log_number: int) -> LogFolder:
+        prefix = _folder_prefix(timeline, log_number)
+        index_key = wal_index_key(prefix)
+        if index_key in self.indexed and self.is_sealed(timeline, log_number):
+            try:
+                index = catalog.decode(self.archive.get(index_key), WalFolderIndex, index_key)
+                return LogFolder(timeline, log_number, index.entries, from_index=True)
+            except ObjectNotFound:
+                pass  # removed since we listed catalog/wal/: list the folder instead
+            except ValueError as exc:
+                log.warning("ignoring %s; 'pitrkit catalog rebuild' rewrites it", exc)
+        return self.relist(timeline, log_number)
+
+    def relist(self, timeline: int, log_number: int) -> LogFolder:
+        """List the folder itself, whatever its index says."""
+        listing = self.archive.list_folder(_folder_prefix(timeline, log_number))
+        found = LogFolder(timeline, log_number, [_index_entry(info) for info in listing.objects], from_index=False)
+        self._folders[(timeline, log_number)] = found
+        return found
+
+    def newest_segment(self, timeline: int, first: int = 0, last: float = math.inf) -> tuple[int, WalIndexEntry] | None:
+        """The newest segment of `timeline` numbered from `first` to `last`, with its number."""
+        for log_number in reversed(self.logs.get(timeline, [])):
+            if log_number * self.per_log > last:
+                continue
+            if (log_number + 1) * self.per_log <= first:
+                return None
+            folder = self.folder(timeline, log_number)
+            base = log_number * self.per_log
+            position = bisect.bisect_right(folder.numbers, last - base) - 1
+            if position >= 0 and base + folder.numbers[position] >= first:
+                return base + folder.numbers[position], folder.segments[position]
+        return None
+
+    def newest_on_path(self, path: list[TimelineStep]) -> tuple[int, WalIndexEntry] | None:
+        """The newest segment replay along `path` could read."""
+        for number, step in reversed(list(enumerate(path))):
+            first = step.begin // self.segment_size
+            last = math.inf if number + 1 == len(path) else path[number + 1].begin // self.segment_size - 1
+            if found := self.newest_segment(step.timeline, first, last):
+                return found
+        return None
+
+    def segment_name(self, timeline: int, segno: int) -> str:
+        return SegmentName(timeline, segno, self.segment_size).name
+
+    # -- walking a path ------------------------------------------------------------------
+
+    def chain(self, path: list[TimelineStep], first: int) -> WalChain:
+        """The unbroken run of segments from number `first` along `path`, as far as the
+        archive holds them."""
+        segments: list[WalIndexEntry] = []
+        segno = first
+        while True:
+            timeline = self.serving_timeline(path, segno)
+            log_number, within = divmod(segno, self.per_log)
+            # The stretch this folder serves: to its end, or to the next switch.
+            end = (log_number + 1) * self.per_log - 1
+            if (switch := self._next_switch_segno(path, segno)) is not None:
+                end = min(end, switch - 1)
+            folder = self._present_folder(timeline, log_number)
+            start = bisect.bisect_left(folder.numbers, within) if folder else 0
+            run = _run_length(folder.numbers, start, within, end - log_number * self.per_log) if folder else 0
+            if folder and run:
+                segments.extend(folder.segments[start : start + run])
+            segno += run
+            if segno <= end:
+                if folder and folder.from_index:
+                    self.relist(timeline, log_number)  # an index may lag a late push: look again
+                    continue
+                missing = self.segment_name(timeline, segno)
+                newest = self.newest_on_path(path)
+                return WalChain(first, segments, missing, gap=newest is not None and newest[0] > segno)
+
+    def _present_folder(self, timeline: int, log_number: int) -> LogFolder | None:
+        if log_number not in self.logs.get(timeline, ()):
+            return None
+        return self.folder(timeline, log_number)
+
+
+def _run_length(numbers: list[int], start: int, first: int, last: int) -> int:
+    """How many consecutive numbers `first`, `first + 1`, ... up to `last` the sorted,
+    distinct `numbers` hold from position `start`."""
+    if start >= len(numbers) or numbers[start] != first:
+        return 0
+    whole = last - first
+    if start + whole < len(numbers) and numbers[start + whole] == last:
+        return whole + 1  # distinct and sorted, so everything between is there too
+    count = 1
+    while start + count < len(numbers) and numbers[start + count] == first + count and first + count <= last:
+        count += 1
+    return count
+
+
+def _folder_prefix(timeline: int, log_number: int) -> str:
+    return f"{WAL_PREFIX}{timeline:08X}{log_number:08X}/"
+
+
+def _index_entry(info: ObjectInfo) -> WalIndexEntry:
+    return WalIndexEntry(info.key.rpartition("/")[2], info.size, info.modified)
+
+
+def on_path(path: list[TimelineStep], backup: BackupSummary) -> bool:
+    """Whether replay along `path` passes through the point where `backup` started."""
+    return any(
+        step.timeline == backup.timeline
+        and step.begin <= backup.start_lsn
+        and (step.end is None or backup.start_lsn < step.end)
+        for step in path
+    )
+
+
+# --- catalog maintenance --------------------------------------------------------------
+
+
+def refresh(archive: Archive) -> list[str]:
+    """Index the sealed WAL folders that have no index yet; returns the keys written.
+    Cheap: two one-level listings, then one listing per folder sealed since last time."""
+    try:
+        wal = ArchivedWal(archive)
+    except ObjectNotFound:
+        return []  # no archive.json: no WAL yet
+    written = []
+    for timeline, numbers in wal.logs.items():
+        for log_number in numbers[:-1]:
+            key = wal_index_key(_folder_prefix(timeline, log_number))
+            if key in wal.indexed:
+                continue
+            try:
+                archive.put(key, catalog.encode(_folder_index(wal.relist(timeline, log_number)), pretty=False))
+            except ObjectExists:
+                continue  # a concurrent refresh indexed it from the same sealed folder
+            written.append(key)
+    return written
+
+
+def rebuild(archive: Archive) -> list[str]:
+    """Recreate the whole catalog from the objects; returns one line per change."""
+    report = []
+    finished: list[BackupSummary] = []
+    unfinished: list[str] = []
+    for folder in archive.list_folder(BACKUPS_PREFIX).folders:
+        backup_id = folder.removeprefix(BACKUPS_PREFIX).rstrip("/")
+        summary = _read_summary(archive, backup_id)
+        if summary is None:
+            unfinished.append(backup_id)
+        else:
+            finished.append(summary)
+    finished = _oldest_first(finished)
+    archive.put(BACKUP_CATALOG_KEY, catalog.encode(BackupCatalog(backups=finished)), overwrite=True)
+    line = f"wrote {BACKUP_CATALOG_KEY}: {_count(len(finished), 'backup')}"
+    if unfinished:
+        line += f" (left out, no manifest: {', '.join(unfinished)})"
+    report.append(line)
+
+    try:
+        wal = ArchivedWal(archive)
+    except ObjectNotFound:
+        return report  # no archive.json: no WAL yet
+    wanted = set()
+    for timeline, numbers in sorted(wal.logs.items()):
+        for log_number in numbers[:-1]:
+            listed = wal.relist(timeline, log_number)
+            key = wal_index_key(_folder_prefix(timeline, log_number))
+            archive.put(key, catalog.encode(_folder_index(listed), pretty=False), overwrite=True)
+            wanted.add(key)
+            report.append(f"wrote {key}: {_count(len(listed.entries), 'file')}")
+    for key in sorted(wal.indexed - wanted):
+        archive.delete(key)
+        report.append(f"removed {key}: its folder is gone or still receives WAL")
+    return report
+
+
+def _folder_index(folder: LogFolder) -> WalFolderIndex:
+    return WalFolderIndex(
+        folder=_folder_prefix(folder.timeline, folder.log_number),
+        entries=folder.entries,
+        indexed_at=datetime.now(UTC).replace(microsecond=0),
+    )
+
+
+# --- wal-list -------------------------------------------------------------------------
+
+
+class WalRow(msgspec.Struct, kw_only=True, frozen=True):
+    """One archived WAL file, as `wal-list` shows it."""
+
+    name: str
+    timeline: int
+    start_lsn: Lsn | None  # None for history files
+    end_lsn: Lsn | None
+    stored_size: int
+    stored_at: datetime | None
+    backup: str | None  # the newest backup whose start precedes it on its timeline's path
+    # "backup": needed to make a backup consistent; "restorable": after a backup's start;
+    # "obsolete": before every backup on its path, what retention would remove;
+    # "history": a timeline history file, always kept.
+    state: str
+
+
+class WalListing(msgspec.Struct, kw_only=True, frozen=True):
+    files: list[WalRow]
+
+
+class _BackupSpan(NamedTuple):
+    first: int  # segment numbers: the backup needs first..last to become consistent
+    last: int
+    backup_id: str
+    # The highest `last` of this and every earlier span: a segment at or below it is
+    # inside some backup's first..last if its owner's span or an earlier one reaches it.
+    reach: int
+
+
+def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]:
+    """A row per segment and history file, oldest first per timeline."""
+    try:
+        wal = ArchivedWal(archive)
+    except ObjectNotFound:
+        return []
+    finished = backups(archive)
+    rows: list[WalRow] = []
+    for timeline in wal.timelines:
+        if only_timeline is not None and timeline != only_timeline:
+            continue
+        if info := wal.history_files.get(timeline):
+            rows.append(WalRow(name=info.key.removeprefix(WAL_PREFIX), timeline=timeline, start_lsn=None,
+                               end_lsn=None, stored_size=info.size, stored_at=_stored_at(info.modified),
+                               backup=None, state="history"))
+        path = wal.path(timeline)
+        # Backups replay along this path passes, by where their WAL starts: a segment
+        # belongs to the newest one starting at or before it.
+        spans: list[_BackupSpan] = []
+        for first, last, backup_id in sorted(
+            (SegmentName.parse(b.first_segment, wal.segment_size).segno,
+             SegmentName.parse(b.last_segment, wal.segment_size).segno, b.backup_id)
+            for b in finished if on_path(path, b)
+        ):
+            spans.append(_BackupSpan(first, last, backup_id, max(last, spans[-1].reach if spans else last)))
+        firsts = [span.first for span in spans]
+        branch = path[-1].begin // wal.segment_size
+        for log_number in wal.logs.get(timeline, []):
+            folder = wal.folder(timeline, log_number)
+            for number, entry in zip(folder.numbers, folder.segments, strict=True):
+                segment = SegmentName(timeline, log_number * wal.per_log + number, wal.segment_size)
+                # A file from before its own timeline's branch point is on no path.
+                owner = _owner(spans, firsts, segment.segno) if segment.segno >= branch else None
+                rows.append(_segment_row(segment, entry, owner))
+    return rows
+
+
+def _owner(spans: list[_BackupSpan], firsts: list[int], segno: int) -> _BackupSpan | None:
+    """The newest backup whose WAL starts at or before segment `segno`."""
+    position = bisect.bisect_right(firsts, segno) - 1
+    return spans[position] if position >= 0 else None
+
+
+def _segment_row(segment: SegmentName, entry: WalIndexEntry, owner: _BackupSpan | None) -> WalRow:
+    if owner is None:
+        state = "obsolete"
+    elif segment.segno <= owner.reach:
+        state = "backup"
+    else:
+        state = "restorable"
+    return WalRow(name=entry.name, timeline=segment.timeline, start_lsn=segment.start_lsn, end_lsn=segment.end_lsn,
+                  stored_size=entry.stored_size, stored_at=_stored_at(entry.modified),
+                  backup=owner.backup_id if owner else None, state=state)
+
+
+def _stored_at(modified: float | None) -> datetime | None:
+    return None if modified is None else datetime.fromtimestamp(modified, UTC)
+
+
+# --- showing --------------------------------------------------------------------------
+
+
+def show_time(moment: datetime | None) -> str:
+    """A stored instant as the reader's local time, with its offset."""
+    if moment is None:
+        return "-"
+    return moment.astimezone().isoformat(sep=" ", timespec="seconds")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in [header, *rows])
+
+
+def _backup_table(survey: BackupSurvey) -> str:
+    rows = [
+        [b.backup_id, b.label, show_time(b.start_time), show_time(b.stop_time), str(b.start_lsn), str(b.stop_lsn),
+         str(b.timeline), human_bytes(b.size), human_bytes(b.stored_size), str(b.pg_major)]
+        for b in survey.finished
+    ]
+    rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 8] for backup_id in survey.unfinished]
+    return _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "SIZE", "STORED", "PG"], rows)
+
+
+def _wal_table(rows: list[WalRow]) -> str:
+    def lsn(value: Lsn | None) -> str:
+        return "-" if value is None else str(value)
+
+    return _table(
+        ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE"],
+        [[row.name, str(row.timeline), lsn(row.start_lsn), lsn(row.end_lsn), human_bytes(row.stored_size),
+          show_time(row.stored_at), row.backup or "-", row.state] for row in rows],
+    )
+
+
+class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
+    backups: list[BackupSummary]
+    unfinished: list[str]
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    archive = Archive(config)
+    if args.command == "backup-list":
+        survey = survey_backups(archive)
+        listing = BackupListing(backups=survey.finished, unfinished=survey.unfinished)
+        _print(catalog.encode(listing).decode() if args.json else _backup_table(survey))
+        return f"listed {_count(len(survey.finished), 'backup')}, {len(survey.unfinished)} unfinished"
+    if args.command == "wal-list":
+        rows = wal_rows(archive, args.timeline)
+        _print(catalog.encode(WalListing(files=rows)).decode() if args.json else _wal_table(rows))
+        return f"listed {_count(len(rows), 'WAL file')}"
+    if args.command == "catalog" and args.action == "rebuild":
+        report = rebuild(archive)
+        _print("\n".join(report))
+        return f"rebuilt the catalog: {_count(len(report), 'change')}"
+    raise UsageError(f"inventory has no command {args.command!r}")
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")

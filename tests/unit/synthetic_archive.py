@@ -1,0 +1,90 @@
+"""Synthetic archives on real local storage, for the catalog and planner tests.
+
+The planner reads keys, sizes and store times of WAL objects, history files (decoded,
+so they are real stored objects), `archive.json` and backup manifests; everything else
+can be small fake bytes. Store times are set with os.utime, as the storage reports the
+file's mtime. Segments are 1 GiB, so that a WAL folder (one 4 GiB "log") holds 4 of them
+and tests cross folders after a few segments.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pitrkit import catalog, objects
+from pitrkit.archive import IDENTITY_KEY, Archive, backup_prefix, manifest_key
+from pitrkit.catalog import ArchiveIdentity, BackupManifest, BackupSummary
+from pitrkit.config import Config, RepositoryConfig
+from pitrkit.plugins import Plugins
+from pitrkit.wal import Lsn, SegmentName
+
+SEGMENT_SIZE = 1 << 30
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def stored_at(segno: int) -> datetime:
+    """When segment `segno` reaches the archive in these tests: one per minute."""
+    return T0 + timedelta(minutes=segno)
+
+
+def lsn(segno: int, offset: int = 0) -> Lsn:
+    return Lsn(segno * SEGMENT_SIZE + offset)
+
+
+def name(timeline: int, segno: int) -> str:
+    return SegmentName(timeline, segno, SEGMENT_SIZE).name
+
+
+class SyntheticArchive:
+    def __init__(self, root: Path) -> None:
+        root.mkdir()
+        self.root = root
+        self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0)))
+        identity = ArchiveIdentity(system_identifier=1, wal_segment_size=SEGMENT_SIZE, pg_versions=[15],
+                                   created_at=T0)
+        self.archive.put(IDENTITY_KEY, catalog.encode(identity))
+
+    def _stamp(self, key: str, when: datetime) -> None:
+        os.utime(self.root / key, (when.timestamp(), when.timestamp()))
+
+    def wal_key(self, timeline: int, segno: int) -> str:
+        segment = name(timeline, segno)
+        return f"wal/{segment[:16]}/{segment}"
+
+    def segments(self, timeline: int, first: int, last: int, *, at: datetime | None = None) -> None:
+        """Segments first..last of `timeline`; stored one a minute (from `at`, else
+        at `stored_at(segno)`)."""
+        for number, segno in enumerate(range(first, last + 1)):
+            key = self.wal_key(timeline, segno)
+            self.archive.put(key, b"segment %d" % segno)
+            self._stamp(key, stored_at(segno) if at is None else at + timedelta(minutes=number))
+
+    def drop_segment(self, timeline: int, segno: int) -> None:
+        (self.root / self.wal_key(timeline, segno)).unlink()
+
+    def history(self, timeline: int, switches: list[tuple[int, Lsn]], at: datetime) -> None:
+        text = "".join(f"{parent}\t{point}\tbefore 2026-11-23 12:00:00+00\n" for parent, point in switches)
+        blob, _ = objects.encode(text.encode(), Plugins().compressor("none"))
+        key = f"wal/{timeline:08X}.history"
+        self.archive.put(key, blob)
+        self._stamp(key, at)
+
+    def backup(self, backup_id: str, timeline: int, start_segno: int, stop_segno: int, *,
+               manifest: bool = True) -> BackupSummary:
+        """A backup starting in segment `start_segno` and consistent in `stop_segno`;
+        without `manifest` it is one that was interrupted."""
+        document = BackupManifest(
+            backup_id=backup_id, label=f"label {backup_id}", system_identifier=1, pg_version=150014,
+            timeline=timeline,
+            start_lsn=lsn(start_segno, 0x28), start_time=stored_at(start_segno) - timedelta(seconds=30),
+            stop_lsn=lsn(stop_segno, 0x100), stop_time=stored_at(stop_segno) - timedelta(seconds=30),
+            first_segment=name(timeline, start_segno), last_segment=name(timeline, stop_segno),
+            size=1000, stored_size=400, file_count=1, compression="zstd", pitrkit_version="0.1.0",
+            backup_label="START WAL LOCATION: ...", parts=[], directories=[], files=[],
+        )
+        self.archive.put(backup_prefix(backup_id) + "data/0", b"backup data")
+        if manifest:
+            self.archive.put(manifest_key(backup_id), catalog.encode(document, pretty=False))
+        return catalog.decode(catalog.encode(document), BackupSummary, "summary")

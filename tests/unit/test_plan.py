@@ -1,0 +1,308 @@
+"""The restore planner on synthetic archives on real local storage (synthetic_archive.py):
+which backup, which timeline, which segments, and every refusal naming what is missing.
+
+Layout used throughout (1 GiB segments, 4 per WAL folder, segment n stored at T0 + n min):
+timeline 1 holds segments 1..20; backup A starts in segment 2 and is consistent in 3,
+backup B starts in 10 and is consistent in 11.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from pitrkit import inventory
+from pitrkit.plan import PlanRefused, RestorePlan, Target, describe, make_plan
+from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
+
+
+@pytest.fixture
+def store(tmp_path) -> SyntheticArchive:
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    synthetic.backup("A", 1, 2, 3)
+    synthetic.backup("B", 1, 10, 11)
+    return synthetic
+
+
+def at_lsn(segno: int, offset: int = 0x500) -> Target:
+    return Target(kind="lsn", lsn=lsn(segno, offset), text=str(lsn(segno, offset)))
+
+
+def at_time(segno: int, seconds: int = 20) -> Target:
+    """A time while segment `segno` was the newest stored one."""
+    moment = stored_at(segno) + timedelta(seconds=seconds)
+    return Target(kind="time", time=moment, text=moment.isoformat())
+
+
+LATEST = Target(kind="latest", text="latest")
+
+
+def names(timeline: int, first: int, last: int) -> list[str]:
+    return [name(timeline, segno) for segno in range(first, last + 1)]
+
+
+def refusal(store: SyntheticArchive, target: Target, timeline=None) -> str:
+    with pytest.raises(PlanRefused) as refused:
+        make_plan(store.archive, target, timeline)
+    message = str(refused.value)
+    assert "\n" not in message
+    return message
+
+
+# --- two backups ----------------------------------------------------------------------
+
+
+def test_target_before_the_first_backup_is_refused_naming_the_oldest(store):
+    message = refusal(store, at_lsn(3, 0x50))  # backup A is consistent from 3/100
+    assert "no backup is consistent before the target LSN" in message
+    assert "the oldest backup A" in message and str(lsn(3, 0x100)) in message
+
+
+def test_lsn_between_the_backups_uses_the_first(store):
+    plan = make_plan(store.archive, at_lsn(6))
+    assert plan.backup.backup_id == "A"
+    assert plan.segments == names(1, 2, 6)
+    assert plan.timeline == 1 and plan.history_files == []
+    assert plan.wal_stored_size == sum(len(b"segment %d" % n) for n in range(2, 7))
+    assert plan.archive_end == lsn(21)
+
+
+def test_lsn_after_the_second_backup_uses_it(store):
+    plan = make_plan(store.archive, at_lsn(15))
+    assert plan.backup.backup_id == "B"
+    assert plan.segments == names(1, 10, 15)
+
+
+def test_lsn_inside_the_second_backup_uses_the_first(store):
+    # B becomes consistent at 11/100: a target at 11/50 is before that.
+    assert make_plan(store.archive, at_lsn(11, 0x50)).backup.backup_id == "A"
+
+
+def test_time_targets_choose_by_stop_time_and_run_to_the_end_of_the_wal(store):
+    between = make_plan(store.archive, at_time(6))
+    assert between.backup.backup_id == "A"
+    assert between.segments == names(1, 2, 20)  # which segment holds a time is unknown
+    after = make_plan(store.archive, at_time(12))
+    assert after.backup.backup_id == "B" and after.segments == names(1, 10, 20)
+    message = refusal(store, at_time(1))
+    assert "no backup is consistent before the target time" in message
+
+
+def test_latest_uses_the_newest_backup_and_every_segment(store):
+    plan = make_plan(store.archive, LATEST)
+    assert plan.backup.backup_id == "B" and plan.segments == names(1, 10, 20)
+
+
+# --- the end of the archive -----------------------------------------------------------
+
+
+def test_lsn_past_the_archive_end_is_refused(store):
+    message = refusal(store, at_lsn(21))
+    assert message.startswith(f"the archive's WAL on timeline 1 ends at LSN {lsn(21)}, stored at ")
+    assert message.endswith(f"the target LSN {lsn(21, 0x500)} is later")
+
+
+def test_lsn_at_the_very_end_of_the_last_segment_is_refused(store):
+    # Recovery to an LSN reads the record starting at or after it: in segment 21.
+    assert "ends at LSN" in refusal(store, at_lsn(21, 0))
+
+
+def test_time_past_the_newest_segment_is_refused(store):
+    message = refusal(store, at_time(20, seconds=90))
+    assert "the archive's WAL on timeline 1 ends at LSN" in message and "the target time" in message
+
+
+# --- gaps -----------------------------------------------------------------------------
+
+
+def test_a_gap_before_the_target_is_refused_naming_the_first_missing_segment(store):
+    store.drop_segment(1, 5)
+    store.drop_segment(1, 6)
+    message = refusal(store, at_lsn(8))
+    assert message.startswith(f"segment {name(1, 5)} is missing from the archive")
+    # Up to the gap the plan still works, and the archive end is where the gap starts.
+    plan = make_plan(store.archive, at_lsn(4))
+    assert plan.segments == names(1, 2, 4) and plan.archive_end == lsn(5)
+
+
+def test_a_gap_in_the_backups_own_wal_is_refused(store):
+    store.drop_segment(1, 3)
+    message = refusal(store, at_lsn(6))
+    assert f"segment {name(1, 3)} is missing" in message
+    assert f"backup A needs {name(1, 2)} to {name(1, 3)} to become consistent" in message
+
+
+def test_latest_refuses_a_gap_before_the_newest_segment(store):
+    store.drop_segment(1, 15)
+    assert refusal(store, LATEST).startswith(f"segment {name(1, 15)} is missing")
+
+
+def test_time_target_before_a_gap_is_planned_up_to_it_with_a_note(store):
+    store.drop_segment(1, 15)
+    plan = make_plan(store.archive, at_time(12))
+    assert plan.segments == names(1, 10, 14)
+    assert any(name(1, 15) in note for note in plan.notes)
+    assert refusal(store, at_time(16)).startswith(f"segment {name(1, 15)} is missing")
+
+
+# --- unfinished backups ---------------------------------------------------------------
+
+
+def test_a_backup_without_its_manifest_is_never_chosen(store):
+    store.backup("C", 1, 14, 15, manifest=False)
+    assert make_plan(store.archive, at_lsn(18)).backup.backup_id == "B"
+    assert make_plan(store.archive, LATEST).backup.backup_id == "B"
+
+
+def test_an_archive_without_backups_is_refused(tmp_path):
+    empty = SyntheticArchive(tmp_path / "archive")
+    empty.segments(1, 1, 3)
+    assert "holds no finished backup" in refusal(empty, LATEST)
+
+
+# --- timelines ------------------------------------------------------------------------
+
+SWITCH = lsn(8, 0x123456)  # timeline 2 branched off timeline 1 inside segment 8
+
+
+@pytest.fixture
+def branched(store) -> SyntheticArchive:
+    """A copy restored to SWITCH was promoted at T0 + 12 min and archived into the same
+    archive on timeline 2 (segments 8..14, from T0 + 13 min), while the original server
+    went on archiving timeline 1 (to segment 20)."""
+    store.history(2, [(1, SWITCH)], at=stored_at(12))
+    store.segments(2, 8, 14, at=stored_at(13))
+    return store
+
+
+def test_a_target_on_both_timelines_is_refused_listing_them(branched):
+    for target in (at_lsn(12), at_time(14)):
+        message = refusal(branched, target)
+        assert "lies on timelines 1 and 2" in message
+        assert message.endswith("pass --timeline 1 or --timeline 2")
+
+
+def test_timeline_2_follows_its_history_across_the_switch(branched):
+    plan = make_plan(branched.archive, at_lsn(12), 2)
+    # B started on timeline 1 after the switch: not on timeline 2's way.
+    assert plan.backup.backup_id == "A"
+    # The segment holding the switch point is read from the new timeline.
+    assert plan.segments == names(1, 2, 7) + names(2, 8, 12)
+    assert plan.history_files == ["00000002.history"]
+    assert [(step.timeline, step.begin, step.end) for step in plan.path] == [(1, 0, SWITCH), (2, SWITCH, None)]
+    assert plan.candidate_timelines == [1, 2] and plan.timeline == 2
+    assert plan.archive_end == lsn(15)
+
+
+def test_timeline_1_ignores_the_branch(branched):
+    plan = make_plan(branched.archive, at_lsn(12), 1)
+    assert plan.backup.backup_id == "B" and plan.segments == names(1, 10, 12)
+
+
+def test_a_target_before_the_branch_needs_no_timeline(branched):
+    plan = make_plan(branched.archive, at_lsn(5))
+    assert plan.timeline == 1 and plan.candidate_timelines == [1]
+    assert plan.segments == names(1, 2, 5)
+
+
+def test_a_target_only_timeline_2_reaches_is_planned_on_it(store):
+    # The original server stopped at segment 9; the branch went on to segment 14.
+    for segno in range(10, 21):
+        store.drop_segment(1, segno)
+    store.history(2, [(1, SWITCH)], at=stored_at(12))
+    store.segments(2, 8, 14, at=stored_at(13))
+    plan = make_plan(store.archive, at_lsn(13))
+    assert plan.timeline == 2 and plan.segments == names(1, 2, 7) + names(2, 8, 13)
+
+
+def test_latest_defaults_to_the_highest_timeline(branched):
+    plan = make_plan(branched.archive, LATEST)
+    assert plan.timeline == 2 and plan.backup.backup_id == "A"
+    assert plan.segments == names(1, 2, 7) + names(2, 8, 14)
+    assert make_plan(branched.archive, LATEST, "latest").timeline == 2
+    assert make_plan(branched.archive, LATEST, 1).segments == names(1, 10, 20)
+
+
+def test_current_follows_the_chosen_backups_timeline(branched):
+    plan = make_plan(branched.archive, at_lsn(12), "current")
+    assert plan.timeline == 1 and plan.backup.backup_id == "B"
+
+
+def test_a_timeline_the_archive_does_not_have_is_refused(branched):
+    assert refusal(branched, at_lsn(12), 3) == "timeline 3 is not in the archive (it has timelines 1 and 2)"
+
+
+def test_a_timeline_without_a_history_file_leads_nowhere(branched):
+    branched.segments(3, 9, 10, at=stored_at(30))
+    message = refusal(branched, at_lsn(9), 3)
+    assert message.startswith("timeline 3 does not lead anywhere: timeline 3 has no history file 00000003.history")
+
+
+def test_a_missing_switch_segment_on_the_new_timeline_is_a_gap(branched):
+    branched.drop_segment(2, 8)
+    assert refusal(branched, at_lsn(12), 2).startswith(f"segment {name(2, 8)} is missing")
+
+
+# --- the catalog's indexes ------------------------------------------------------------
+
+
+def test_plans_are_the_same_with_and_without_indexes(branched):
+    targets = [(at_lsn(6), None), (at_lsn(12), 2), (at_time(12), 1), (LATEST, None)]
+    before = [make_plan(branched.archive, target, timeline) for target, timeline in targets]
+    written = inventory.refresh(branched.archive)
+    # Timeline 1 fills folders 0..5 (segments 1..20), timeline 2 folders 2..3: the
+    # newest folder of each still receives WAL.
+    expected = [f"catalog/wal/00000001{log:08X}.json" for log in range(5)] + ["catalog/wal/0000000200000002.json"]
+    assert written == expected
+    after = [make_plan(branched.archive, target, timeline) for target, timeline in targets]
+    assert after == before
+
+
+def test_a_segment_an_index_lacks_is_looked_for_before_it_is_called_missing(store):
+    store.drop_segment(1, 5)
+    inventory.refresh(store.archive)  # the index of folder 1 says segment 5 is absent
+    store.segments(1, 5, 5)  # a late push
+    assert make_plan(store.archive, at_lsn(8)).segments == names(1, 2, 8)
+
+
+def test_an_index_is_trusted_for_presence_until_rebuilt(store):
+    inventory.refresh(store.archive)
+    store.drop_segment(1, 5)  # by hand, behind the catalog's back
+    assert make_plan(store.archive, at_lsn(8)).segments == names(1, 2, 8)
+    inventory.rebuild(store.archive)
+    assert refusal(store, at_lsn(8)).startswith(f"segment {name(1, 5)} is missing")
+
+
+def test_a_corrupt_index_is_ignored(store):
+    inventory.refresh(store.archive)
+    (store.root / "catalog/wal/0000000100000001.json").write_text("{not json")
+    store.drop_segment(1, 5)
+    assert refusal(store, at_lsn(8)).startswith(f"segment {name(1, 5)} is missing")
+
+
+# --- showing --------------------------------------------------------------------------
+
+
+def test_describe_names_the_target_backup_segments_and_archive_end(branched, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    plan = make_plan(branched.archive, at_time(12), 1)
+    text = describe(plan)
+    assert "target:       time '2026-11-23T12:12:20+00:00' = 2026-11-23 12:12:20+00:00" in text
+    assert "backup:       B 'label B'" in text and "consistent from 2026-11-23 12:10:30+00:00" in text
+    assert f"11 segments, {name(1, 10)} .. {name(1, 20)}" in text
+    assert f"archive end:  {lsn(21)}" in text
+    assert "note:" in text
+
+
+def test_a_plan_round_trips_through_json(branched):
+    from pitrkit import catalog
+
+    plan = make_plan(branched.archive, at_lsn(12), 2)
+    assert catalog.decode(catalog.encode(plan), RestorePlan, "plan") == plan
+
+
+def test_segment_size_is_the_archives(store):
+    plan = make_plan(store.archive, at_lsn(6))
+    assert plan.archive_end % SEGMENT_SIZE == 0

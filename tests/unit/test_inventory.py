@@ -1,0 +1,257 @@
+"""The catalog: backups reconciled with their manifests, WAL folder indexes, `catalog
+rebuild`, and the listings `backup-list` and `wal-list`, on synthetic archives on real
+local storage (synthetic_archive.py: 1 GiB segments, 4 per folder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pitrkit import catalog, inventory
+from pitrkit.archive import BACKUP_CATALOG_KEY
+from pitrkit.catalog import BackupCatalog, WalFolderIndex
+from pitrkit.cli import main
+from pitrkit.errors import PitrkitError
+from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
+
+
+@pytest.fixture
+def store(tmp_path) -> SyntheticArchive:
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    return synthetic
+
+
+def ids(store: SyntheticArchive) -> list[str]:
+    return [summary.backup_id for summary in inventory.backups(store.archive)]
+
+
+# --- backups --------------------------------------------------------------------------
+
+
+def test_backups_come_from_manifests_oldest_first_without_unfinished_ones(store):
+    store.backup("B", 1, 10, 11)
+    store.backup("A", 1, 2, 3)
+    store.backup("C", 1, 14, 15, manifest=False)
+    assert ids(store) == ["A", "B"]
+    survey = inventory.survey_backups(store.archive)
+    assert survey.unfinished == ["C"]
+
+
+def test_record_backup_writes_the_catalog_and_readers_trust_it(store):
+    summary = store.backup("A", 1, 2, 3)
+    inventory.record_backup(store.archive, summary)
+    document = catalog.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
+    assert document.backups == [summary]
+    # With the summary cached, the manifest is not read again.
+    (store.root / "backups/A/manifest.json").write_text("{damaged")
+    assert inventory.backups(store.archive) == [summary]
+
+
+def test_a_backup_the_catalog_does_not_know_is_read_from_its_manifest(store):
+    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    store.backup("B", 1, 10, 11)  # finished while the catalog was being written by another
+    assert ids(store) == ["A", "B"]
+
+
+def test_a_catalog_entry_whose_folder_is_gone_is_dropped(store):
+    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    shutil.rmtree(store.root / "backups/A")
+    assert ids(store) == ["B"]
+
+
+def test_a_corrupt_catalog_is_ignored(store, caplog):
+    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    (store.root / BACKUP_CATALOG_KEY).write_text('{"backups": [{"backup_id": 5}]}')
+    assert ids(store) == ["A"]
+    assert "ignoring the backup catalog" in caplog.text
+    # And the next record replaces it with a good one.
+    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    assert [b.backup_id for b in catalog.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
+        == ["B"]
+    assert ids(store) == ["A", "B"]
+
+
+def test_a_corrupt_manifest_is_refused_naming_it(store):
+    store.backup("A", 1, 2, 3)
+    (store.root / "backups/A/manifest.json").write_text('{"backup_id": "A"}')
+    with pytest.raises(PitrkitError, match=r"backup A is unusable: backups/A/manifest.json is not a valid "
+                                           r"BackupSummary: Object missing required field"):
+        inventory.backups(store.archive)
+
+
+def test_a_manifest_naming_another_backup_is_refused(store):
+    store.backup("A", 1, 2, 3)
+    (store.root / "backups/B").mkdir()
+    shutil.copy(store.root / "backups/A/manifest.json", store.root / "backups/B/manifest.json")
+    with pytest.raises(PitrkitError, match="backup B is unusable: backups/B/manifest.json names backup 'A'"):
+        inventory.backups(store.archive)
+
+
+# --- WAL indexes ----------------------------------------------------------------------
+
+
+def index(store: SyntheticArchive, folder: str) -> WalFolderIndex:
+    return catalog.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
+
+
+def test_refresh_indexes_only_sealed_folders_and_only_once(store):
+    # Segments 1..20: folders 00000001 0000000{0..5}; the newest one still receives WAL.
+    assert inventory.refresh(store.archive) == [f"catalog/wal/00000001{log:08X}.json" for log in range(5)]
+    assert inventory.refresh(store.archive) == []
+    first = index(store, "0000000100000000")
+    assert first.folder == "wal/0000000100000000/"
+    assert [(e.name, e.stored_size, e.modified) for e in first.entries] == [
+        (name(1, segno), len(b"segment %d" % segno), stored_at(segno).timestamp()) for segno in (1, 2, 3)
+    ]
+    store.segments(1, 21, 24)  # folder 5 is sealed once folder 6 exists
+    assert inventory.refresh(store.archive) == ["catalog/wal/0000000100000005.json"]
+
+
+def test_record_backup_refreshes_the_indexes(store):
+    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    assert (store.root / "catalog/wal/0000000100000004.json").is_file()
+
+
+def test_rebuild_recreates_the_same_catalog(store):
+    store.history(2, [(1, lsn(8, 0x10))], at=stored_at(12))
+    store.segments(2, 8, 13, at=stored_at(13))
+    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    store.backup("C", 1, 14, 15, manifest=False)
+
+    def snapshot() -> dict[str, object]:
+        documents: dict[str, object] = {}
+        for path in sorted((store.root / "catalog").rglob("*.json")):
+            content = json.loads(path.read_text())
+            content.pop("indexed_at", None)
+            documents[str(path.relative_to(store.root))] = content
+        return documents
+
+    before = snapshot()
+    assert len(before) == 1 + 5 + 1  # backups.json, timeline 1 folders 0..4, timeline 2 folder 2
+    shutil.rmtree(store.root / "catalog")
+    report = inventory.rebuild(store.archive)
+    assert snapshot() == before
+    assert report[0] == "wrote catalog/backups.json: 2 backups (left out, no manifest: C)"
+    assert "wrote catalog/wal/0000000200000002.json: 4 files" in report
+
+
+def test_rebuild_removes_indexes_of_folders_that_are_gone(store):
+    inventory.refresh(store.archive)
+    for segno in range(17, 21):  # folders 4 (16..19) and 5 (20): 4 becomes the newest
+        store.drop_segment(1, segno)
+    (store.root / "wal/0000000100000005").rmdir()
+    report = inventory.rebuild(store.archive)
+    assert "removed catalog/wal/0000000100000004.json: its folder is gone or still receives WAL" in report
+    assert not (store.root / "catalog/wal/0000000100000004.json").exists()
+
+
+def test_rebuild_refuses_a_corrupt_manifest(store):
+    store.backup("A", 1, 2, 3)
+    (store.root / "backups/A/manifest.json").write_bytes(b"\xff")
+    with pytest.raises(PitrkitError, match="backup A is unusable"):
+        inventory.rebuild(store.archive)
+
+
+# --- wal-list -------------------------------------------------------------------------
+
+
+def test_wal_rows_say_which_backup_each_segment_belongs_to_and_its_state(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    store.history(2, [(1, lsn(8, 0x10))], at=stored_at(12))
+    store.segments(2, 8, 9, at=stored_at(13))
+    inventory.refresh(store.archive)
+    rows = {row.name: row for row in inventory.wal_rows(store.archive)}
+    expected = {1: (None, "obsolete"), 2: ("A", "backup"), 3: ("A", "backup"), 4: ("A", "restorable"),
+                9: ("A", "restorable"), 10: ("B", "backup"), 11: ("B", "backup"), 12: ("B", "restorable"),
+                20: ("B", "restorable")}
+    for segno, (owner, state) in expected.items():
+        row = rows[name(1, segno)]
+        assert (row.backup, row.state) == (owner, state), segno
+        assert (row.start_lsn, row.end_lsn) == (lsn(segno), lsn(segno + 1))
+    # Timeline 2 branched before B started: its segments belong to A.
+    assert (rows[name(2, 8)].backup, rows[name(2, 8)].state) == ("A", "restorable")
+    assert rows["00000002.history"].state == "history" and rows["00000002.history"].timeline == 2
+    assert len(rows) == 20 + 2 + 1
+    only_two = inventory.wal_rows(store.archive, only_timeline=2)
+    assert [row.name for row in only_two] == ["00000002.history", name(2, 8), name(2, 9)]
+
+
+# --- the commands ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path, store, monkeypatch) -> Path:
+    monkeypatch.delenv("PITRKIT_CONFIG", raising=False)
+    monkeypatch.setenv("TZ", "UTC")
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    return path
+
+
+def run(capsys, config: Path, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["--config", str(config), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_backup_list_shows_finished_and_unfinished_backups(capsys, config, store):
+    store.backup("A", 1, 2, 3)
+    store.backup("C", 1, 14, 15, manifest=False)
+    code, out, err = run(capsys, config, "backup-list")
+    assert (code, err) == (0, "")
+    header, first, second = out.splitlines()
+    assert header.split() == ["ID", "LABEL", "START", "STOP", "START", "LSN", "STOP", "LSN", "TL", "SIZE", "STORED",
+                              "PG"]
+    assert first.startswith("A   label A") and "2026-11-23 12:01:30+00:00" in first and str(lsn(2, 0x28)) in first
+    assert first.split()[-6:] == ["1", "1000", "B", "400", "B", "15"]  # timeline, sizes, PostgreSQL major
+    assert second.startswith("C   (unfinished: no manifest)")
+    code, out, err = run(capsys, config, "backup-list", "--json")
+    listing = json.loads(out)
+    assert [b["backup_id"] for b in listing["backups"]] == ["A"] and listing["unfinished"] == ["C"]
+    assert listing["backups"][0]["start_lsn"] == str(lsn(2, 0x28))
+
+
+def test_wal_list_json(capsys, config, store):
+    store.backup("A", 1, 2, 3)
+    code, out, err = run(capsys, config, "wal-list", "--json", "--timeline", "1")
+    assert (code, err) == (0, "")
+    files = json.loads(out)["files"]
+    assert files[0] == {"name": name(1, 1), "timeline": 1, "start_lsn": str(lsn(1)), "end_lsn": str(lsn(2)),
+                        "stored_size": 9, "stored_at": "2026-11-23T12:01:00Z", "backup": None, "state": "obsolete"}
+    assert [f["state"] for f in files[1:4]] == ["backup", "backup", "restorable"]
+    code, out, _ = run(capsys, config, "wal-list")
+    assert out.splitlines()[0].split()[:2] == ["NAME", "TL"] and len(out.splitlines()) == 21
+
+
+def test_catalog_rebuild_prints_what_it_wrote(capsys, config, store):
+    code, out, err = run(capsys, config, "catalog", "rebuild")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == ["wrote catalog/backups.json: 0 backups"] + [
+        f"wrote catalog/wal/00000001{log:08X}.json: {3 if log == 0 else 4} files" for log in range(5)
+    ]
+
+
+def test_restore_plan_prints_a_plan_or_one_line_naming_what_is_missing(capsys, config, store):
+    store.backup("A", 1, 2, 3)
+    code, out, err = run(capsys, config, "restore-plan", "--lsn", str(lsn(6)))
+    assert (code, err) == (0, "")
+    assert f"WAL:          5 segments, {name(1, 2)} .. {name(1, 6)}" in out
+    code, out, _ = run(capsys, config, "restore-plan", "--time", "2026-11-23 12:05:00", "--json")
+    plan = json.loads(out)
+    assert plan["backup"]["backup_id"] == "A" and plan["target"]["time"] == "2026-11-23T12:05:00Z"
+    assert plan["segments"][-1] == name(1, 20)
+    store.drop_segment(1, 4)
+    code, out, err = run(capsys, config, "restore-plan", "--lsn", str(lsn(6)))
+    assert (code, out) == (1, "")
+    assert err == f"pitrkit: segment {name(1, 4)} is missing from the archive: the WAL between the backup and the " \
+                  f"target LSN {lsn(6)} has a gap there\n"
+    code, out, err = run(capsys, config, "restore-plan", "--time", "noon")
+    assert code == 2 and err.startswith("pitrkit: not a time: 'noon'") and err.count("\n") == 1

@@ -178,7 +178,7 @@ def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Pa
         say(f"  {result.stop_line}")
     say(f"  last replayed WAL location: {result.lsn if result.lsn is not None else 'unknown'}")
     say(f"  last replayed transaction: {result.last_transaction or 'none'}")
-    say(f"  timeline: {result.timeline if result.timeline is not None else 'unknown'}")
+    say(f"  now on timeline: {result.timeline if result.timeline is not None else 'unknown'}")
     if result.state != "shut down":
         say(f"  connect: psql -h {server.socket_dir} -p {server.port} -d postgres")
     return f"recovery {result.state} at {result.lsn} on timeline {result.timeline}"

@@ -333,8 +333,9 @@ def make_directories(root: Path, manifest: BackupManifest, tablespaces: list[Tab
     # PostgreSQL starts only on a data directory of mode 0700, or 0750 for group access.
     _mkdir(root, 0o750 if modes.get("", _PRIVATE_DIR) & 0o077 == 0o050 else _PRIVATE_DIR)
     touched = [root.parent, root]
-    if tablespaces:
+    if tablespaces or TABLESPACE_DIR in modes:
         _mkdir(root / TABLESPACE_DIR, modes.get(TABLESPACE_DIR, _PRIVATE_DIR))
+        touched.append(root / TABLESPACE_DIR)
     # The links before anything below them: tablespace files are written through them.
     for link, target in links.items():
         _mkdir(target.location, modes.get(link, _PRIVATE_DIR))

@@ -1,0 +1,158 @@
+"""`pitrkit restore` against real PostgreSQL 15 and 18, run as the server user through the
+installed `pitrkit` exactly as a DBA runs it: a base backup taken by backup-push, more
+writes, then a restore into a fresh directory that PostgreSQL starts and recovers from
+the archive through the restore_command restore wrote. The restored data must be what it
+was at the target, to the row.
+
+The end-to-end matrix (times, latest, timelines, two backups) lives in test_pitr.py;
+these tests are about the restore engine itself: --start and what it reports, the
+pause action, tablespaces, the directory it writes, and its refusals.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+import pgharness
+import pytest
+from pitr_workload import (
+    archive_everything,
+    archiving_primary,
+    attach,
+    backup_push,
+    digests,
+    drop_doomed,
+    lsn_value,
+    note_point,
+    refusal,
+    restore_into,
+    succeeded,
+    write_round,
+)
+
+from pitrkit import recovery_conf
+
+pytestmark = pytest.mark.integration
+
+
+def reported(stdout: str, what: str) -> str:
+    match = re.search(rf"^\s*{what}: (.+)$", stdout, re.MULTILINE)
+    assert match, f"no '{what}' line in:\n{stdout}"
+    return match[1]
+
+
+def test_start_reaches_an_lsn_target_and_the_data_is_as_it_was_then(cluster, pitrkit_setup):
+    primary = archiving_primary(cluster, pitrkit_setup)
+    write_round(primary, 1)
+    backup = backup_push(pitrkit_setup)
+    write_round(primary, 2)
+    target = note_point(primary)
+    write_round(primary, 3)
+    drop_doomed(primary)
+    archive_everything(primary)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--start")
+    out = succeeded(result)
+    assert f"restoring backup {backup['backup_id']}" in out
+    assert "recovery promoted" in out
+    # Promotion happens on the first record past the target (inclusive stop).
+    assert lsn_value(reported(out, "last replayed WAL location")) >= lsn_value(target.lsn)
+    assert reported(out, "now on timeline") == "2"
+    # The primary archives with pitrkit, and so will the promoted copy: said, not changed.
+    assert "archive_mode = on" in result.stderr and "warning" in result.stderr
+
+    attach(restored)
+    assert digests(restored) == target.digests
+    assert "doomed" in target.digests
+    # What restore wrote: a private directory owned by the server user, recovery settings
+    # calling the installed pitrkit with this configuration, the server's log beside it.
+    info = restored.pgdata.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == pgharness.server_user().uid
+    auto_conf = (restored.pgdata / recovery_conf.AUTO_CONF).read_text()
+    assert f"restore_command = '{pitrkit_setup.pitrkit} --config {pitrkit_setup.config} wal-fetch %f %p'" in auto_conf
+    assert f"recovery_target_lsn = '{target.lsn}'" in auto_conf
+    assert "recovery stopping" in (restored.pgdata / "log" / "restore.log").read_text()
+
+
+def test_pause_waits_at_a_time_target_and_resume_promotes(cluster, pitrkit_setup):
+    primary = archiving_primary(cluster, pitrkit_setup)
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    write_round(primary, 2)
+    drop_doomed(primary)
+    archive_everything(primary)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--to", target.time, "--action", "pause", "--start")
+    out = succeeded(result)
+    assert "recovery paused" in out
+    assert reported(out, "now on timeline") == "1"
+    attach(restored)
+    # Paused at the target, read-only: the DBA checks the data before promoting.
+    assert restored.sql("SELECT pg_is_in_recovery()")[0][0]
+    assert digests(restored) == target.digests
+    restored.sql("SELECT pg_wal_replay_resume()")
+    pgharness.wait_for(lambda: restored.sql("SELECT NOT pg_is_in_recovery()")[0][0], 120,
+                       interval=0.2, what="the resumed server to promote")
+    assert digests(restored) == target.digests
+
+
+def test_a_tablespace_is_restored_into_the_mapped_directory(cluster, pitrkit_setup, server_tmp):
+    original = pgharness.make_server_dir(server_tmp / "space", mode=0o700)
+    primary = archiving_primary(cluster, pitrkit_setup)
+    primary.sql(f"CREATE TABLESPACE fast LOCATION '{original}'")
+    primary.sql("CREATE TABLE hot (id int PRIMARY KEY, payload text) TABLESPACE fast;"
+                "INSERT INTO hot SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 20000) g")
+    backup_push(pitrkit_setup)
+    primary.sql("UPDATE hot SET payload = 'changed' WHERE id % 3 = 0")
+    target = note_point(primary)
+    primary.sql("DELETE FROM hot")
+    archive_everything(primary)
+
+    # Without a mapping the original location is used: it is not empty, so refused.
+    refused, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn)
+    assert "tablespace fast's directory" in refusal(result) and "is not empty" in refusal(result)
+    assert not refused.pgdata.exists()
+    _, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--tablespace-map", "nosuch=/tmp/x")
+    assert "no tablespace at or named 'nosuch'" in refusal(result)
+
+    moved = server_tmp / "moved"  # absent: restore creates it
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--start",
+                                    "--tablespace-map", f"{original}={moved}")
+    succeeded(result)
+    attach(restored)
+    links = list((restored.pgdata / "pg_tblspc").iterdir())
+    assert [os.readlink(link) for link in links] == [str(moved)]
+    assert restored.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'fast'") == [
+        (str(moved),)]
+    assert digests(restored) == target.digests
+    assert any(moved.iterdir()) and sorted(os.listdir(original)) == sorted(os.listdir(moved))
+
+
+def test_refusals_come_before_anything_is_written(cluster, pitrkit_setup, server_tmp):
+    primary = archiving_primary(cluster, pitrkit_setup)
+    backup = backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    archive_everything(primary)
+
+    # A WAL segment the plan needs, deleted after the catalog listed it.
+    needed = pitrkit_setup.stored(backup["last_segment"])
+    kept = needed.read_bytes()
+    needed.unlink()
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn)
+    assert backup["last_segment"] in refusal(result)
+    assert not restored.pgdata.exists()
+    needed.write_bytes(kept)
+    pgharness.give_to_server_user(needed)
+
+    # A corrupt manifest is named.
+    manifest = pitrkit_setup.archive / "backups" / backup["backup_id"] / "manifest.json"
+    intact = manifest.read_bytes()
+    manifest.chmod(0o600)
+    manifest.write_bytes(intact[: len(intact) // 2])
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn)
+    assert f"backups/{backup['backup_id']}/manifest.json" in refusal(result)
+    assert not restored.pgdata.exists()

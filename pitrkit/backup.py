@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from pitrkit import __version__, catalog, objects
+from pitrkit import __version__, catalog, inventory, objects
 from pitrkit.archive import Archive, backup_prefix, manifest_key, wal_key
 from pitrkit.catalog import (
     ArchiveIdentity,
@@ -58,8 +58,11 @@ log = logging.getLogger(__name__)
 # per GiB, i.e. one storage request per ~0.1-0.2 s of a core's zstd work.
 PART_SIZE = 32 << 20
 
-# How often the archive is asked whether the backup's WAL has arrived.
-_WAL_POLL_INTERVAL = 0.5
+# How often the archive is asked whether the backup's WAL has arrived: soon at first,
+# because pg_backup_stop has just switched segments and the archiver is usually done
+# within milliseconds, then less and less often while a backlog drains.
+_WAL_POLL_FIRST = 0.02
+_WAL_POLL_MAX = 1.0
 
 # --- what is copied ---------------------------------------------------------------------
 # PostgreSQL's own exclusions, from src/backend/backup/basebackup.c.
@@ -398,6 +401,7 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
     """Return once every segment in `needed` is in the archive; raise after `timeout`."""
     deadline = time.monotonic() + timeout
     waiting_for = None
+    pause = _WAL_POLL_FIRST
     for segment in needed:
         key = wal_key(WalFileName.parse(segment.name))
         while True:
@@ -417,7 +421,8 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
                 if sys.stderr.isatty():
                     print(f"waiting for WAL segment {segment.name} to be archived "
                           f"({needed.index(segment) + 1} of {len(needed)})", file=sys.stderr)
-            time.sleep(_WAL_POLL_INTERVAL)
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, _WAL_POLL_MAX)
 
 
 def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:
@@ -512,6 +517,13 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         raise RefusedError(f"{manifest_key(backup_id)} already exists: is another backup-push storing "
                            "the same backup?") from None
     log.info("backup %s committed: %s", backup_id, manifest_key(backup_id))
+    try:
+        inventory.record_backup(archive, summary)
+    except PitrkitError as exc:
+        # The backup exists: its manifest is stored. The catalog is a cache that every
+        # reader reconciles with the manifests, so a failed update costs only speed.
+        log.warning("backup %s is stored, but updating the catalog failed (%s); readers find the backup "
+                    "from its manifest, and 'pitrkit catalog rebuild' rewrites the catalog", backup_id, exc)
     return manifest
 
 

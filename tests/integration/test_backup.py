@@ -16,8 +16,9 @@ import pgharness
 import pytest
 
 from pitrkit import catalog, objects
+from pitrkit.archive import BACKUP_CATALOG_KEY
 from pitrkit.backup import PART_SIZE, summary_of
-from pitrkit.catalog import BackupManifest, BackupTablespace
+from pitrkit.catalog import BackupCatalog, BackupManifest, BackupTablespace
 from pitrkit.plugins import Plugins
 from pitrkit.wal import SegmentName
 
@@ -196,6 +197,8 @@ def test_label_and_plain_output(cluster, pitrkit_setup):
     assert manifest.label == "before the upgrade"
     assert manifest.backup_id == backup_id and manifest.tablespaces == [] and manifest.tablespace_map is None
     assert "LABEL: before the upgrade" in manifest.backup_label
+    recorded = catalog.decode((pitrkit_setup.archive / BACKUP_CATALOG_KEY).read_bytes(), BackupCatalog, "catalog")
+    assert recorded.backups == [summary_of(manifest)]
 
 
 # --- refusals -----------------------------------------------------------------------------

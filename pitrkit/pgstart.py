@@ -133,7 +133,7 @@ class _Watch:
             try:
                 self.pid = int((self.server.data_dir / "postmaster.pid").read_text().split()[0])
             except (OSError, ValueError, IndexError):
-                if time.monotonic() - self.started > _PID_FILE_WAIT or _log_problem(self.log()):
+                if time.monotonic() - self.started > _PID_FILE_WAIT or failure_reason(self.log()):
                     return False
                 return True
         try:
@@ -149,14 +149,14 @@ class _Watch:
             return ""
 
 
-def _log_problem(log: str) -> str | None:
+def failure_reason(log: str) -> str | None:
     """The last FATAL or PANIC message that is about the server, not a client."""
     problems = [problem.strip() for problem in _LOG_PROBLEM.findall(log)
                 if not problem.startswith(_TURNED_AWAY)]
     return problems[-1] if problems else None
 
 
-def _stop_line(log: str) -> str | None:
+def stop_line(log: str) -> str | None:
     lines = [line for line in log.splitlines() if "recovery stopping" in line]
     return lines[-1].partition("LOG:")[2].strip() or lines[-1] if lines else None
 
@@ -224,13 +224,13 @@ def _after_exit(server: Server, watch: _Watch, last_lsn: Lsn | None,
                 timeline_at: Callable[[Lsn], int]) -> RecoveryResult:
     """The postmaster is gone: a clean stop at the target, or a failure named by the log."""
     log = watch.log()
-    stop = _stop_line(log)
-    if stop is not None and "database system is shut down" in log and _log_problem(log) is None:
+    stop = stop_line(log)
+    if stop is not None and "database system is shut down" in log and failure_reason(log) is None:
         return RecoveryResult(state="shut down", lsn=last_lsn, last_transaction=None,
                               timeline=timeline_at(last_lsn) if last_lsn is not None else None,
                               seconds=time.monotonic() - watch.started, stop_line=stop)
-    if watch.pid is None and _log_problem(log) is None:
+    if watch.pid is None and failure_reason(log) is None:
         reason = f"no postmaster.pid after {_PID_FILE_WAIT:.0f} s"
     else:
-        reason = _log_problem(log) or "the server exited"
+        reason = failure_reason(log) or "the server exited"
     raise RecoveryFailed(f"PostgreSQL stopped before reaching the recovery target: {reason} (log: {server.log})")

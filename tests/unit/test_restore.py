@@ -378,3 +378,51 @@ def test_latest_with_a_pause_action_is_a_usage_error(cfg, tmp_path, capsys, monk
                     "--target-dir", tmp_path / "new")
     assert code == 2 and "--action pause needs a target" in err
     assert not (tmp_path / "new").exists()
+
+
+# --- pre-flight ------------------------------------------------------------------------------------
+
+
+def test_a_wal_file_gone_since_planning_is_found_before_anything_is_copied(tmp_path, capsys):
+    from pitrkit.plan import RestorePlan, Target, TimelineStep
+    from pitrkit.restore import check_wal_present
+
+    archive, manifest = make_backup(tmp_path / "archive", FILES, 100)
+    names = ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"]
+    for name in names[:1] + names[2:]:
+        archive.put(f"wal/0000000100000000/{name}", b"segment")
+    plan = RestorePlan(target=Target(kind="latest", text="latest"), timeline=1,
+                       path=[TimelineStep(timeline=1, begin=Lsn(0), end=None)], backup=manifest, segments=names,
+                       history_files=[], wal_stored_size=0, archive_end=Lsn(0x5000000), candidate_timelines=[1])
+    with pytest.raises(RefusedError, match="WAL file 000000010000000000000003 that the restore needs is no longer"):
+        check_wal_present(archive, plan)
+    archive.put("wal/0000000100000000/000000010000000000000003", b"segment")
+    check_wal_present(archive, plan)
+    assert "all 3 WAL files the restore needs are there" in capsys.readouterr().out
+
+
+# --- reading the restored server's log ---------------------------------------------------------------
+
+FAILED_LOG = """\
+2026-11-26 01:05:47.248 UTC [12512] LOG:  starting PostgreSQL 15.18
+2026-11-26 01:05:47.300 UTC [12520] FATAL:  the database system is not yet accepting connections
+2026-11-26 01:05:47.310 UTC [12516] LOG:  redo done at 0/3000148 system usage: CPU: user: 0.00 s
+2026-11-26 01:05:47.311 UTC [12516] FATAL:  recovery ended before configured recovery target was reached
+2026-11-26 01:05:47.312 UTC [12521] FATAL:  the database system is starting up
+2026-11-26 01:05:47.320 UTC [12512] LOG:  startup process (PID 12516) exited with exit code 1
+"""
+SHUTDOWN_LOG = """\
+2026-11-26 01:05:47.300 UTC [12520] FATAL:  the database system is not yet accepting connections
+2026-11-26 01:05:47.310 UTC [12516] LOG:  recovery stopping after WAL location (LSN) "0/3060000"
+2026-11-26 01:05:47.320 UTC [12512] LOG:  shutdown at recovery target
+2026-11-26 01:05:47.330 UTC [12512] LOG:  database system is shut down
+"""
+
+
+def test_the_reason_recovery_failed_is_the_servers_fatal_not_a_turned_away_client():
+    from pitrkit import pgstart
+
+    assert pgstart.failure_reason(FAILED_LOG) == "recovery ended before configured recovery target was reached"
+    assert pgstart.failure_reason(SHUTDOWN_LOG) is None
+    assert pgstart.stop_line(SHUTDOWN_LOG) == 'recovery stopping after WAL location (LSN) "0/3060000"'
+    assert pgstart.stop_line(FAILED_LOG) is None

@@ -28,9 +28,11 @@ import math
 import re
 import sys
 from argparse import Namespace
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import msgspec
 
@@ -146,17 +148,49 @@ class TimelineStep(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class LogFolder:
-    """The files of one WAL folder `wal/<TLI><LOG>/`, with its segments by number."""
+    """The files of one WAL folder `wal/<TLI><LOG>/`, with its segments by number.
+
+    Planning reads thousands of these, so the common case (nothing but the folder's own
+    segments) costs no Python work per file: names come in key order (storage lists keys
+    in order, and indexes are written from listings), and a segment's number is only
+    parsed when a search looks at it."""
 
     def __init__(self, timeline: int, log_number: int, entries: list[WalIndexEntry], from_index: bool) -> None:
         self.timeline = timeline
         self.log_number = log_number
         self.from_index = from_index
-        self.entries = sorted(entries, key=lambda entry: entry.name)
-        # Whole segments only: `.partial` and `.backup` files are not replayed from here.
+        self.entries = entries
         prefix = f"{timeline:08X}{log_number:08X}"
-        self.segments = [e for e in self.entries if len(e.name) == 24 and e.name.startswith(prefix)]
-        self.numbers = [int(entry.name[16:], 16) for entry in self.segments]
+        names = list(map(_NAME, entries))
+        # Sorted names sharing a prefix at both ends share it throughout; all 24
+        # characters long means no `.partial` or `.backup` file among them.
+        if not names or (names[0][:16] == prefix == names[-1][:16] and max(map(len, names)) == 24):
+            self.segments = entries
+        else:
+            self.segments = [entry for entry in entries if entry.name[:16] == prefix and len(entry.name) == 24]
+        self.numbers = _SegmentNumbers(self.segments)
+
+
+_NAME = attrgetter("name")
+
+
+class _SegmentNumbers(Sequence[int]):
+    """The segment numbers within their log of sorted segment entries, parsed on access."""
+
+    def __init__(self, segments: list[WalIndexEntry]) -> None:
+        self._segments = segments
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    @overload
+    def __getitem__(self, position: int) -> int: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[int]: ...
+    def __getitem__(self, position: int | slice) -> int | list[int]:
+        if isinstance(position, slice):
+            return [int(entry.name[16:], 16) for entry in self._segments[position]]
+        return int(self._segments[position].name[16:], 16)
 
 
 class WalChain(NamedTuple):
@@ -344,7 +378,7 @@ class ArchivedWal:
         return self.folder(timeline, log_number)
 
 
-def _run_length(numbers: list[int], start: int, first: int, last: int) -> int:
+def _run_length(numbers: Sequence[int], start: int, first: int, last: int) -> int:
     """How many consecutive numbers `first`, `first + 1`, ... up to `last` the sorted,
     distinct `numbers` hold from position `start`."""
     if start >= len(numbers) or numbers[start] != first:

@@ -18,6 +18,7 @@ import math
 import sys
 from argparse import Namespace
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -104,9 +105,9 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None)
         timeline=ending,
         path=path,
         backup=backup,
-        segments=[entry.name for entry in segments],
+        segments=list(map(attrgetter("name"), segments)),
         history_files=[f"{step.timeline:08X}.history" for step in path if step.timeline != 1],
-        wal_stored_size=sum(entry.stored_size for entry in segments),
+        wal_stored_size=sum(map(attrgetter("stored_size"), segments)),
         archive_end=SegmentName.parse(last.name, wal.segment_size).end_lsn,
         candidate_timelines=candidates or [ending],
         notes=notes,
@@ -185,8 +186,8 @@ def _ending_timeline(wal: ArchivedWal, finished: list[BackupSummary], target: Ta
         return choice
     if len(candidates) > 1:
         raise PlanRefused(
-            f"target {target.text} lies on timelines {_listing(candidates)} (a restored server branched off and "
-            f"both went on archiving); pass " + " or ".join(f"--timeline {t}" for t in candidates)
+            f"{_target_words(target)} lies on timelines {_listing(candidates)} (a restored server branched off "
+            f"and both went on archiving); pass " + " or ".join(f"--timeline {t}" for t in candidates)
         )
     if candidates:
         return candidates[0]

@@ -306,3 +306,12 @@ def test_a_plan_round_trips_through_json(branched):
 def test_segment_size_is_the_archives(store):
     plan = make_plan(store.archive, at_lsn(6))
     assert plan.archive_end % SEGMENT_SIZE == 0
+
+
+def test_partial_and_backup_history_files_are_not_segments(store):
+    store.archive.put(f"wal/{name(1, 21)[:16]}/{name(1, 21)}.partial", b"partial")
+    store.archive.put(f"wal/{name(1, 4)[:16]}/{name(1, 4)}.00000028.backup", b"START WAL LOCATION: ...")
+    inventory.refresh(store.archive)
+    assert make_plan(store.archive, LATEST).segments == names(1, 10, 20)
+    assert make_plan(store.archive, at_lsn(6)).segments == names(1, 2, 6)
+    assert "ends at LSN" in refusal(store, at_lsn(21))

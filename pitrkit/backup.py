@@ -402,7 +402,7 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
     deadline = time.monotonic() + timeout
     waiting_for = None
     pause = _WAL_POLL_FIRST
-    for segment in needed:
+    for position, segment in enumerate(needed, 1):
         key = wal_key(WalFileName.parse(segment.name))
         while True:
             try:
@@ -420,7 +420,7 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
                 log.info("waiting for WAL segment %s to be archived", segment.name)
                 if sys.stderr.isatty():
                     print(f"waiting for WAL segment {segment.name} to be archived "
-                          f"({needed.index(segment) + 1} of {len(needed)})", file=sys.stderr)
+                          f"({position} of {len(needed)})", file=sys.stderr)
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 2, _WAL_POLL_MAX)
 
@@ -444,6 +444,9 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         identity = _archive_identity(archive)
         if identity is not None:
             _check_identity(identity, facts, archive.storage.url)
+        # A compression setting the plugin rejects is refused before the backup starts.
+        compression = config.compression
+        compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
         backup_id, start_time = _new_backup_id(archive, server)
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
@@ -456,8 +459,6 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         total = sum(file.size for file in listing.files)
         log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
                  pgdata, len(listing.tablespaces))
-        compression = config.compression
-        compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
         store = PartStore(archive, backup_id, compressor, config.backup.workers or len(os.sched_getaffinity(0)))
         try:
             with Progress(f"backup {backup_id}", total) as progress:

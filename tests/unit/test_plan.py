@@ -290,7 +290,9 @@ def test_describe_names_the_target_backup_segments_and_archive_end(branched, mon
     plan = make_plan(branched.archive, at_time(12), 1)
     text = describe(plan)
     assert "target:       time '2026-11-23T12:12:20+00:00' = 2026-11-23 12:12:20+00:00" in text
-    assert "backup:       B 'label B'" in text and "consistent from 2026-11-23 12:10:30+00:00" in text
+    assert "backup:       B 'label B'" in text
+    assert "chosen as the newest backup on this path that is consistent before the target (from 2026-11-23 " \
+           "12:10:30+00:00)" in text
     assert f"11 segments, {name(1, 10)} .. {name(1, 20)}" in text
     assert f"archive end:  {lsn(21)}" in text
     assert "note:" in text

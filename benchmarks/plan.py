@@ -43,7 +43,7 @@ from pitrkit import catalog, objects  # noqa: E402
 from pitrkit.archive import Archive  # noqa: E402
 from pitrkit.catalog import ArchiveIdentity, BackupManifest, WalFolderIndex, WalIndexEntry  # noqa: E402
 from pitrkit.config import Config, RepositoryConfig  # noqa: E402
-from pitrkit.plan import Target, make_plan  # noqa: E402
+from pitrkit.plan import Target, TimelineChoice, make_plan  # noqa: E402
 from pitrkit.plugins import Plugins  # noqa: E402
 from pitrkit.wal import Lsn, SegmentName  # noqa: E402
 
@@ -124,7 +124,7 @@ def build(root: Path, layout: Layout) -> None:
     print(f"built {root} in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
-def cases(layout: Layout) -> list[tuple[str, list[str], Target, int | str | None]]:
+def cases(layout: Layout) -> list[tuple[str, list[str], Target, TimelineChoice]]:
     """(what, CLI arguments, target, timeline) for each measured plan."""
     def lsn(segno: int) -> Lsn:
         return Lsn(segno * SEGMENT_SIZE + 0x1234)

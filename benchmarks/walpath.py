@@ -98,7 +98,7 @@ def cpu_model() -> str:
 
 
 def stamp_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 # --------------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ class Bench:
                     continue
                 r[key] = round(r["ms_median"] / ref["ms_median"], 3)
                 per = [a["ms_median"] / b["ms_median"]
-                       for a, b in zip(r["per_round"], ref["per_round"])]
+                       for a, b in zip(r["per_round"], ref["per_round"], strict=False)]
                 r[key + "_per_round"] = [round(x, 3) for x in per]
         return rows
 
@@ -719,12 +719,12 @@ def render(out: dict) -> str:
     h = out["host"]
     pk = out["pitrkit"]
     dirty = pk.get("pitrkit_worktree_changes")
+    measured = "measured" if pk.get("installed_from") == "work tree" else "not measured"
     L = [f"# pitrkit WAL path benchmark {out['when']}", "",
          f"- host: {h['nproc']} × {h['cpu_model']}, {h['mem_gib']} GiB, Linux {h['kernel']}",
          f"- pitrkit: {pk.get('head', '?')[:12]} ({pk.get('head_subject', '')}), installed "
          f"from {pk.get('installed_from', '?')}"
-         + (f"; uncommitted changes in the checkout ({'measured' if pk.get('installed_from') == 'work tree' else 'not measured'}): {', '.join(dirty)}"
-            if dirty else ""),
+         + (f"; uncommitted changes in the checkout ({measured}): {', '.join(dirty)}" if dirty else ""),
          f"- {out.get('pgbackrest') or 'pgBackRest not installed'}; {pk.get('python', '')} "
          f"(bench venv, non-editable install)",
          f"- {out['segments']} real 16 MiB WAL segments ({out['segment_dir']}); "

@@ -16,13 +16,12 @@ in-process, which is always safe: pushes are idempotent and fetches write atomic
 
 from __future__ import annotations
 
-import os
-import sys
-import zlib
-
 # `_socket` rather than `socket`: the wrapper module pulls in enum and selectors, which
 # costs ~2 ms here, a tenth of a handed-over call.
 import _socket
+import os
+import sys
+import zlib
 
 from pitrkit import __version__
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pitrkit.errors import PitrkitError
 
@@ -148,7 +148,7 @@ def run_as_server_user(
     times out, and (with check) if it exits non-zero.
     """
     user = server_user()
-    drop = (
+    drop: dict[str, Any] = (
         {"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
         if user.switch
         else {}
@@ -248,7 +248,7 @@ def first_runnable(candidates: Sequence[str | os.PathLike[str]], check: str) -> 
     """The first interpreter in candidates that the server user can run and for which the
     Python code `check` exits 0; None if there is none."""
     seen: set[str] = set()
-    for candidate in map(os.fspath, candidates):
+    for candidate in (os.fspath(each) for each in candidates):
         if not candidate or candidate in seen:
             continue
         seen.add(candidate)
@@ -495,7 +495,7 @@ def _runnable_copy(install: PgInstall, copy_dir: Path) -> Path:
 
 
 def _make_world_readable(top: Path) -> None:
-    for root, dirs, files in os.walk(top):
+    for root, _, files in os.walk(top):
         os.chmod(root, 0o755)
         for name in files:
             path = os.path.join(root, name)
@@ -561,8 +561,8 @@ class Cluster:
 
     def initdb(self, wal_segsize: int | None = None, extra_args: Sequence[str] = ()) -> Cluster:
         """initdb -U postgres --auth=trust (C locale, UTF8); wal_segsize in MB (power of two)."""
-        args = ["-D", self.pgdata, "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                "--locale=C", "--no-sync", *extra_args]
+        args: list[str | os.PathLike[str]] = ["-D", self.pgdata, "-U", SUPERUSER, "--auth=trust",
+                                              "--encoding=UTF8", "--locale=C", "--no-sync", *extra_args]
         if wal_segsize is not None:
             args.append(f"--wal-segsize={wal_segsize}")
         self.run("initdb", *args, timeout=180)
@@ -586,8 +586,8 @@ class Cluster:
     def start(self, wait: bool = True, timeout: float = 60) -> Cluster:
         """pg_ctl start; wait=False for servers that may not reach a ready state (recovery)."""
         options = f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}"
-        args = ["start", "-D", self.pgdata, "-l", self.logfile, "-o", options,
-                "-w" if wait else "-W", "-t", str(int(timeout))]
+        args: list[str | os.PathLike[str]] = ["start", "-D", self.pgdata, "-l", self.logfile, "-o", options,
+                                              "-w" if wait else "-W", "-t", str(int(timeout))]
         try:
             self.run("pg_ctl", *args, timeout=timeout + 10)
         except CommandFailed as exc:
@@ -608,7 +608,7 @@ class Cluster:
         # pg_ctl status: 0 running, 3 not running, 4 no usable data directory
         return self.run("pg_ctl", "status", "-D", self.pgdata, check=False).returncode == 0
 
-    def connect(self, dbname: str = "postgres", **kwargs: object) -> psycopg.Connection:
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> psycopg.Connection:
         """An autocommit psycopg connection over the unix socket (we connect as root or as
         ourselves: the socket is world-connectable and auth is trust)."""
         import psycopg

@@ -12,9 +12,10 @@ import threading
 
 import pytest
 
-import pgharness
 from pitrkit import entry, objects
 from tests.unit.segments import segment
+
+import pgharness
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import pgharness
 import pitrkit
 from pitrkit import localpg
+
+import pgharness
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,6 @@ PostgreSQL runs them (DESIGN §4, guarantees 1-4)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 
@@ -36,7 +35,8 @@ def test_archived_segments_fetch_back_byte_for_byte(cluster, pitrkit_setup):
     primary.sql("CREATE TABLE t (id int PRIMARY KEY, payload text)")
     switched = []
     for round_ in range(4):
-        primary.sql(f"INSERT INTO t SELECT g, md5(g::text) FROM generate_series({round_ * 5000}, {round_ * 5000 + 4999}) g")
+        first = round_ * 5000
+        primary.sql(f"INSERT INTO t SELECT g, md5(g::text) FROM generate_series({first}, {first + 4999}) g")
         switched.append(primary.switch_wal())
     primary.wait_for_archived(switched[-1])
     assert primary.sql("SELECT failed_count FROM pg_stat_archiver")[0][0] == 0
@@ -120,7 +120,7 @@ def primary_and_segment(cluster, pitrkit_setup):
     return primary, name
 
 
-def push(cluster, setup, path) -> "pgharness.subprocess.CompletedProcess[str]":
+def push(cluster, setup, path) -> pgharness.subprocess.CompletedProcess[str]:
     return cluster.shell(setup.command("wal-push", str(path)), check=False)
 
 

@@ -276,7 +276,9 @@ def test_fetch_with_archive_directory_absent_is_a_fault(capsys, tmp_path):
     assert code == FAULT
 
 
-@pytest.mark.parametrize("name", ["garbage", "../../etc/passwd", "00000001000000000000000g", "000000010000000000000002.foo"])
+@pytest.mark.parametrize(
+    "name", ["garbage", "../../etc/passwd", "00000001000000000000000g", "000000010000000000000002.foo"]
+)
 def test_fetch_malformed_name_is_a_fault(capsys, cfg, tmp_path, name):
     code, err = run(capsys, "--config", cfg, "wal-fetch", name, tmp_path / "RECOVERYXLOG")
     assert code == FAULT

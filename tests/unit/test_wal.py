@@ -61,7 +61,9 @@ def test_lsn_parse_known_values(text, value):
     assert Lsn.parse(text) == value
 
 
-@pytest.mark.parametrize("text", ["0/", "G/1", "1/2/3", "123456789/0", "", "/1", "0/123456789", "0x1/0", "-1/0", "1 /2", "1/-2"])
+@pytest.mark.parametrize(
+    "text", ["0/", "G/1", "1/2/3", "123456789/0", "", "/1", "0/123456789", "0x1/0", "-1/0", "1 /2", "1/-2"]
+)
 def test_lsn_parse_rejects_malformed(text):
     with pytest.raises(UsageError, match="not an LSN"):
         Lsn.parse(text)
@@ -335,7 +337,9 @@ def test_read_page_header_fields():
     assert header.block_size == 8192
 
 
-@pytest.mark.parametrize(("magic", "major"), [(0xD101, 12), (0xD106, 13), (0xD10D, 14), (0xD110, 15), (0xD113, 16), (0xD116, 17)])
+@pytest.mark.parametrize(
+    ("magic", "major"), [(0xD101, 12), (0xD106, 13), (0xD10D, 14), (0xD110, 15), (0xD113, 16), (0xD116, 17)]
+)
 def test_read_page_header_knows_majors(magic, major):
     assert read_page_header(long_header(magic=magic, pageaddr=0)).major == major
 

@@ -29,6 +29,7 @@ import re
 import sys
 from argparse import Namespace
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
@@ -55,6 +56,8 @@ from pitrkit.wal import HistoryEntry, Lsn, SegmentName, parse_history, segments_
 
 log = logging.getLogger(__name__)
 
+# Manifest checks in flight when surveying backups: tiny, latency-bound requests.
+_MANIFEST_THREADS = 8
 _LOG_FOLDER = re.compile(r"wal/(?P<timeline>[0-9A-F]{8})(?P<log>[0-9A-F]{8})/")
 _HISTORY_KEY = re.compile(r"wal/(?P<timeline>[0-9A-F]{8})\.history")
 
@@ -76,16 +79,32 @@ def backups(archive: Archive) -> list[BackupSummary]:
 
 def survey_backups(archive: Archive) -> BackupSurvey:
     cached = {summary.backup_id: summary for summary in _read_backup_catalog(archive)}
+    ids = [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
+
+    def summary_of(backup_id: str) -> BackupSummary | None:
+        # A cached entry still needs its manifest: the manifest is what makes a backup
+        # exist, and a deletion interrupted after removing it leaves the folder behind.
+        if backup_id in cached:
+            return cached[backup_id] if _manifest_present(archive, backup_id) else None
+        return _read_summary(archive, backup_id)
+
     finished: list[BackupSummary] = []
     unfinished: list[str] = []
-    for folder in archive.list_folder(BACKUPS_PREFIX).folders:
-        backup_id = folder.removeprefix(BACKUPS_PREFIX).rstrip("/")
-        summary = cached.get(backup_id) or _read_summary(archive, backup_id)
-        if summary is None:
-            unfinished.append(backup_id)
-        else:
-            finished.append(summary)
+    with ThreadPoolExecutor(_MANIFEST_THREADS, thread_name_prefix="manifests") as pool:
+        for backup_id, summary in zip(ids, pool.map(summary_of, ids), strict=True):
+            if summary is None:
+                unfinished.append(backup_id)
+            else:
+                finished.append(summary)
     return BackupSurvey(_oldest_first(finished), unfinished)
+
+
+def _manifest_present(archive: Archive, backup_id: str) -> bool:
+    try:
+        archive.stat(manifest_key(backup_id))
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def record_backup(archive: Archive, summary: BackupSummary) -> None:

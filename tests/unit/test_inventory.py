@@ -64,6 +64,15 @@ def test_a_catalog_entry_whose_folder_is_gone_is_dropped(store):
     assert ids(store) == ["B"]
 
 
+def test_a_catalog_entry_whose_manifest_is_gone_is_unfinished(store):
+    # A deletion interrupted after the manifest went: the folder stays, the backup does not.
+    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    (store.root / "backups/B/manifest.json").unlink()
+    assert ids(store) == ["A"]
+    assert inventory.survey_backups(store.archive).unfinished == ["B"]
+
+
 def test_a_corrupt_catalog_is_ignored(store, caplog):
     inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
     (store.root / BACKUP_CATALOG_KEY).write_text('{"backups": [{"backup_id": 5}]}')

@@ -30,7 +30,11 @@ from pitrkit.wal import Lsn
 
 LOG_DIR = "log"
 LOG_FILE = "restore.log"
-_POLL = 0.5  # seconds between looks at the server
+# Seconds between looks at the server: often at first, since a small restore reaches
+# its target within seconds and every look we skip is time the caller waits for nothing;
+# then less often, so that hours of replay are not watched ten times a second.
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.5
 # The postmaster writes postmaster.pid right after reading its configuration; if that
 # has not happened by then, it is not starting. This bounds start-up, never recovery.
 _PID_FILE_WAIT = 60.0
@@ -170,6 +174,7 @@ def wait_for_target(server: Server, action: str, replay_from: Lsn, replay_to: Ls
     watch = _Watch(server)
     connection: psycopg.Connection | None = None
     last_lsn: Lsn | None = None
+    pause = _POLL_FIRST
     with Progress("replaying WAL", max(replay_to - replay_from, 0)) as progress:
         while True:
             if not watch.alive():
@@ -196,7 +201,8 @@ def wait_for_target(server: Server, action: str, replay_from: Lsn, replay_to: Ls
             if result is not None:
                 progress.advance(max(result - max(last_lsn or replay_from, replay_from), 0))
                 last_lsn = result
-            time.sleep(_POLL)
+            time.sleep(pause)
+            pause = min(pause * 1.5, _POLL_MAX)
 
 
 def _look(connection, action: str, timeline_at: Callable[[Lsn], int]) -> RecoveryResult | Lsn | None:

@@ -202,7 +202,8 @@ class FirstSeen:
 
 
 # Milestones of recovery in a restored server's log (lc_messages C; log_line_prefix
-# "%m [%p] " from the source's postgresql.conf, which both tools restore).
+# "%m [%p] " and log_timezone UTC from the source's postgresql.conf, which both tools
+# restore).
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+ \[\d+\] ")
 MILESTONES = {"start": "starting PostgreSQL", "redo": "redo starts at",
               "stop": "recovery stopping", "ready": "database system is ready to accept connections"}
@@ -214,15 +215,19 @@ class RecoveryLog:
     """What the restored server's own log says about its recovery, so that both tools'
     servers are timed by the same clock: start-up to the first WAL record replayed
     (`to_redo_s`: reading backup_label, fetching the first segments), replay to the target
-    (`redo_s`), and the end-of-recovery checkpoint and promotion (`promote_s`)."""
+    (`redo_s`), the end-of-recovery checkpoint and promotion (`promote_s`), and from the
+    server being ready (promoted) until the benchmark saw the restore finished
+    (`noticed_s`: for pitrkit, how long restore --start took to notice and return)."""
 
     to_redo_s: float
     redo_s: float
     promote_s: float
+    noticed_s: float
     segments_restored: int
 
     @classmethod
-    def parse(cls, text: str) -> RecoveryLog | None:
+    def parse(cls, text: str, finished: dt.datetime) -> RecoveryLog | None:
+        """`finished`: when the restore was seen done, naive UTC like the log's stamps."""
         seen: dict[str, dt.datetime] = {}
         segments = 0
         for line in text.splitlines():
@@ -238,7 +243,7 @@ class RecoveryLog:
         def between(a: str, b: str) -> float:
             return round((seen[b] - seen[a]).total_seconds(), 3)
         return cls(between("start", "redo"), between("redo", "stop"), between("stop", "ready"),
-                   segments)
+                   round((finished - seen["ready"]).total_seconds(), 3), segments)
 
 
 def server_log(cluster: Cluster) -> str:
@@ -369,7 +374,8 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     # initdb() turns fsync off for throwaway test clusters; a benchmark runs as in
     # production. log_line_prefix: timestamps in the logs of the restored servers too.
     cluster.conf(fsync=True, archive_mode=True, archive_command=rig.archive_command(PITRKIT),
-                 max_wal_senders=4, log_line_prefix="%m [%p] ", log_checkpoints=True)
+                 max_wal_senders=4, log_line_prefix="%m [%p] ", log_timezone="UTC",
+                 log_checkpoints=True)
     cluster.start()
     run_as_server_user(rig.pgbr_cmd("stanza-create"), timeout=120)
     log(f"pgbench -i -s {scale}")
@@ -525,6 +531,7 @@ def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str]) -> lis
             started = FirstSeen(cluster.pgdata / "postmaster.pid")
             try:
                 t, promoted = RESTORE[tool](rig, cluster, target)
+                finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
                 label = backup_label(cluster.pgdata / "backup_label.old")
                 run = RestoreRun(
                     tool, r, round(t.wall_s, 2), round(started.stop() or 0, 2), round(promoted, 2),
@@ -533,7 +540,7 @@ def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str]) -> lis
                     timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
                     backup=label["LABEL"],
                     replayed_bytes=lsn_bytes(target.lsn) - lsn_bytes(label["START WAL LOCATION"].split()[0]),
-                    recovery=RecoveryLog.parse(log_text := server_log(cluster)),
+                    recovery=RecoveryLog.parse(log_text := server_log(cluster), finished),
                     server_log=log_text.splitlines()[:300],
                     recovery_settings=recovery_settings(cluster.pgdata / "postgresql.auto.conf"),
                     output=(t.stdout + t.stderr).strip()[-3000:])
@@ -673,7 +680,8 @@ def median_recovery(logs: list[RecoveryLog]) -> RecoveryLog | None:
     if not logs:
         return None
     return RecoveryLog(*(round(statistics.median(getattr(log, name) for log in logs), 2)
-                         for name in ("to_redo_s", "redo_s", "promote_s", "segments_restored")))
+                         for name in ("to_redo_s", "redo_s", "promote_s", "noticed_s",
+                                      "segments_restored")))
 
 
 BACKUP_LABELS = {PITRKIT: "**pitrkit backup-push** (zstd -3, 1 worker per core)",
@@ -731,13 +739,18 @@ def render(out: dict) -> str:
     if phases:
         lines += ["", "Where the time goes after the server starts, from each restored server's own "
                   "log (medians, s): start-up to the first record replayed, replay to the target, "
-                  "end-of-recovery checkpoint and promotion.", "",
+                  "end-of-recovery checkpoint and promotion, and from the server's \"ready to accept "
+                  "connections\" until the restore was seen finished (pitrkit: restore --start "
+                  "returned).", "",
                   "| restored server | WAL replayed MiB | segments restored | to redo start | "
-                  "redo | checkpoint + promote |", "|---|---:|---:|---:|---:|---:|"]
+                  "redo | redo ms / segment | checkpoint + promote | ready → done |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for row in phases:
             r = row["recovery"]
             lines.append(f"| {row['tool']} | {row['replayed_mib']:.0f} | {r['segments_restored']:.0f} | "
-                         f"{r['to_redo_s']:.2f} | {r['redo_s']:.2f} | {r['promote_s']:.2f} |")
+                         f"{r['to_redo_s']:.2f} | {r['redo_s']:.2f} | "
+                         f"{1000 * r['redo_s'] / max(1, r['segments_restored']):.0f} | "
+                         f"{r['promote_s']:.2f} | {r['noticed_s']:.2f} |")
     for name, prof in (out.get("profile") or {}).items():
         lines += ["", f"cProfile of pitrkit {name} (all threads; {prof['wall_s']} s wall, "
                   f"{prof['cpu_s']} CPU s), top by own time (s):", ""]

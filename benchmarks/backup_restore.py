@@ -2,9 +2,9 @@
 """backup_restore -- the reproducible benchmark of pitrkit's backup-push and restore,
 side by side with pgBackRest and pg_basebackup, on one PostgreSQL 15 cluster in one run.
 
-One command, as root, from the checkout (about 20 minutes on 2 cores at scale 50):
+One command, as root, from the checkout (about 3 minutes on 2 cores at scale 50):
 
-    /opt/pkdev/bin/python benchmarks/backup_restore.py
+    /opt/pkdev/bin/python benchmarks/backup_restore.py --profile
 
 (any Python that imports psycopg will do: this file uses pitrkit.localpg from the
 checkout it is in, which talks SQL through psycopg.) It
@@ -27,9 +27,11 @@ checkout it is in, which talks SQL through psycopg.) It
      pgbench tables there, writes some more past the target and waits until every
      segment is archived;
   5. restores to that LSN, again in interleaved rounds: `pitrkit restore --lsn L --start`
-     versus `pgbackrest restore --type=lsn` followed by starting PostgreSQL, each until
-     the server has promoted (pg_is_in_recovery() is false); checks each restored
-     cluster's digest against the one taken at the target;
+     versus `pgbackrest restore --type=lsn` followed by starting PostgreSQL (and the
+     same with archive-async=y, pgBackRest fetching WAL ahead), each until the server
+     has promoted (pg_is_in_recovery() is false); checks each restored cluster's digest
+     against the one taken at the target, and reads the phases of its recovery from
+     its log;
   6. with --profile, runs one more pitrkit backup-push and restore under cProfile (every
      thread) and keeps the top functions;
   7. writes benchmarks/results/backup-restore-<UTC stamp>.json and .md.

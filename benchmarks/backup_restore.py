@@ -48,10 +48,12 @@ import datetime as dt
 import json
 import os
 import platform
+import pstats
 import re
 import resource
 import shlex
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -125,8 +127,8 @@ def tree_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            st = os.lstat(os.path.join(root, name))
-            total += st.st_size if not os.path.islink(os.path.join(root, name)) else 0
+            status = os.lstat(os.path.join(root, name))
+            total += status.st_size if stat.S_ISREG(status.st_mode) else 0
     return total
 
 
@@ -337,7 +339,7 @@ class Rig:
 
 def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     install = next(i for i in pgharness.find_installations() if i.major == 15)
-    for leftover in ("source", "restore-pitrkit", "restore-pgbackrest"):
+    for leftover in ("source", *(f"restore-{tool}" for tool in RESTORE_TOOLS)):
         Cluster(install, root / leftover).cleanup()  # stopped and removed if a run died
     cluster = Cluster(install, root / "source")
     rig = Rig(root=root, cluster=cluster, pitrkit=venv / "bin" / "pitrkit",
@@ -577,8 +579,6 @@ def recovery_settings(auto_conf: Path) -> list[str]:
 def profile_pitrkit(rig: Rig, target: Target, top: int = 25) -> dict[str, dict]:
     """One more backup-push and restore under cProfile (all threads): the top functions
     by cumulative and by own time, in seconds. The full profiles stay in <root>/profile."""
-    import pstats
-
     profiles: dict[str, dict] = {}
     work = make_server_dir(rig.root / "profile")
     wrapper = work / "profile_wrapper.py"
@@ -681,7 +681,7 @@ def summarize_restores(runs: list[RestoreRun]) -> list[Row]:
 def median_recovery(logs: list[RecoveryLog]) -> RecoveryLog | None:
     if not logs:
         return None
-    return RecoveryLog(*(round(statistics.median(getattr(log, name) for log in logs), 2)
+    return RecoveryLog(*(round(statistics.median(getattr(each, name) for each in logs), 2)
                          for name in ("to_redo_s", "redo_s", "promote_s", "noticed_s",
                                       "segments_restored")))
 

@@ -31,7 +31,7 @@ checkout it is in, which talks SQL through psycopg.) It
      same with archive-async=y, pgBackRest fetching WAL ahead), each until the server
      has promoted (pg_is_in_recovery() is false); checks each restored cluster's digest
      against the one taken at the target, and reads the phases of its recovery from
-     its log;
+     its log (one unmeasured restore per tool first: the run's first restore is slower);
   6. with --profile, runs one more pitrkit backup-push and restore under cProfile (every
      thread) and keeps the top functions;
   7. writes benchmarks/results/backup-restore-<UTC stamp>.json and .md.
@@ -525,38 +525,50 @@ RESTORE = {PITRKIT: restore_pitrkit, PGBACKREST: restore_pgbackrest,
            PGBACKREST_ASYNC: restore_pgbackrest_async}
 
 
-def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str]) -> list[RestoreRun]:
+def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str],
+                 warmup: bool) -> list[RestoreRun]:
+    """Interleaved rounds, after one unmeasured restore per tool (`warmup`): the first
+    restore of a run was up to a second slower, whichever tool it was."""
+    if warmup:
+        log("=== restore warm-up (not measured): " + ", ".join(tools))
+        for tool in tools:
+            restore_once(rig, tool, target, -1)
     runs = []
     for r in range(rounds):
         order = rotated(tools, r)
         log(f"=== restore round {r + 1}/{rounds}: {', '.join(order)}")
-        for tool in order:
-            cluster = fresh_cluster(rig, f"restore-{tool}")
-            started = FirstSeen(cluster.pgdata / "postmaster.pid")
-            try:
-                t, promoted = RESTORE[tool](rig, cluster, target)
-                finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-                label = backup_label(cluster.pgdata / "backup_label.old")
-                run = RestoreRun(
-                    tool, r, round(t.wall_s, 2), round(started.stop() or 0, 2), round(promoted, 2),
-                    round(t.cpu_s, 2), t.load_before,
-                    digest_ok=[str(v) for v in cluster.sql(DIGEST_SQL)[0]] == target.digest,
-                    timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
-                    backup=label["LABEL"],
-                    replayed_bytes=lsn_bytes(target.lsn) - lsn_bytes(label["START WAL LOCATION"].split()[0]),
-                    recovery=RecoveryLog.parse(log_text := server_log(cluster), finished),
-                    server_log=log_text.splitlines()[:300],
-                    recovery_settings=recovery_settings(cluster.pgdata / "postgresql.auto.conf"),
-                    output=(t.stdout + t.stderr).strip()[-3000:])
-                runs.append(run)
-                log(f"  {tool}: restore command {run.restore_s:.1f} s, server started after "
-                    f"{run.server_started_s:.1f} s, promoted after {run.promoted_s:.1f} s, digest "
-                    f"{'ok' if run.digest_ok else 'WRONG'}, timeline {run.timeline}, "
-                    f"from {run.backup!r}, replayed {run.replayed_bytes / 2**20:.0f} MiB; {run.recovery}")
-            finally:
-                started.stop()
-                cluster.cleanup()
+        runs += [restore_once(rig, tool, target, r) for tool in order]
     return runs
+
+
+def restore_once(rig: Rig, tool: str, target: Target, round_: int) -> RestoreRun:
+    """Restore with `tool` into a fresh directory until promoted, check the digest, read
+    the server's log, and remove the restored cluster."""
+    cluster = fresh_cluster(rig, f"restore-{tool}")
+    started = FirstSeen(cluster.pgdata / "postmaster.pid")
+    try:
+        t, promoted = RESTORE[tool](rig, cluster, target)
+        finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        label = backup_label(cluster.pgdata / "backup_label.old")
+        run = RestoreRun(
+            tool, round_, round(t.wall_s, 2), round(started.stop() or 0, 2), round(promoted, 2),
+            round(t.cpu_s, 2), t.load_before,
+            digest_ok=[str(v) for v in cluster.sql(DIGEST_SQL)[0]] == target.digest,
+            timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
+            backup=label["LABEL"],
+            replayed_bytes=lsn_bytes(target.lsn) - lsn_bytes(label["START WAL LOCATION"].split()[0]),
+            recovery=RecoveryLog.parse(log_text := server_log(cluster), finished),
+            server_log=log_text.splitlines()[:300],
+            recovery_settings=recovery_settings(cluster.pgdata / "postgresql.auto.conf"),
+            output=(t.stdout + t.stderr).strip()[-3000:])
+        log(f"  {tool}: restore command {run.restore_s:.1f} s, server started after "
+            f"{run.server_started_s:.1f} s, promoted after {run.promoted_s:.1f} s, digest "
+            f"{'ok' if run.digest_ok else 'WRONG'}, timeline {run.timeline}, "
+            f"from {run.backup!r}, replayed {run.replayed_bytes / 2**20:.0f} MiB; {run.recovery}")
+        return run
+    finally:
+        started.stop()
+        cluster.cleanup()
 
 
 def backup_label(path: Path) -> dict[str, str]:
@@ -713,7 +725,9 @@ def render(out: dict) -> str:
         f"{pk.get('installed_from', '?')}; {out['pgbackrest']}; PostgreSQL {src['pg_version']}",
         f"- source: pgbench scale {src['scale']}, data directory {src['bytes'] / 2**20:.0f} MiB "
         "without pg_wal (MiB/s below is of this), page cache warm, fsync on",
-        f"- {out['rounds']} interleaved rounds (first tool rotates), medians; run took "
+        f"- {out['rounds']} interleaved rounds (first tool rotates; restores after "
+        f"{'one unmeasured restore per tool' if out['restore_warmup'] else 'no warm-up'}), "
+        "medians; run took "
         f"{out['duration_s']:.0f} s: `{out['command']}`", "",
         "| backup | median s | MiB/s | stored MiB | client CPU s | × pgBackRest | (per round) | load |",
         "|---|---:|---:|---:|---:|---:|---|---|"]
@@ -777,6 +791,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="install the work tree as it is (uncommitted changes too), not HEAD")
     ap.add_argument("--skip-install", action="store_true", help="reuse the bench venv as is")
     ap.add_argument("--no-restore", action="store_true", help="backups only")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="measure from the first restore (default: one unmeasured restore per tool first)")
     ap.add_argument("--only", default=",".join(BACKUP_TOOLS), metavar="TOOL,...",
                     help=f"the tools to run, of {', '.join(BACKUP_TOOLS)} (default: all)")
     ap.add_argument("--profile", action="store_true",
@@ -806,7 +822,8 @@ def main(argv: list[str] | None = None) -> None:
         if not a.no_restore:
             target = make_target(rig, a.transactions, backups)
             restores = run_restores(rig, a.rounds, target,
-                                    [tool for tool in RESTORE_TOOLS if tool.split("-")[0] in tools])
+                                    [tool for tool in RESTORE_TOOLS if tool.split("-")[0] in tools],
+                                    warmup=not a.no_warmup)
         if a.profile and target and PITRKIT in tools:
             profile = profile_pitrkit(rig, target)
     except (CommandFailed, LocalPgError) as exc:
@@ -828,7 +845,8 @@ def main(argv: list[str] | None = None) -> None:
                                      text=True).stdout.strip(),
         "source": {"scale": a.scale, "bytes": source_bytes,
                    "pg_version": rig.cluster.install.version},
-        "rounds": a.rounds, "transactions": a.transactions, "configs": rig.config_texts,
+        "rounds": a.rounds, "restore_warmup": not a.no_warmup, "transactions": a.transactions,
+        "configs": rig.config_texts,
         "backup": [asdict(row) for row in summarize_backups(backups, source_bytes)],
         "backup_runs": [asdict(r) for r in backups],
         "target": asdict(target) if target else None,

@@ -26,7 +26,7 @@ from pitrkit import entry
 from pitrkit.archive import Archive, wal_key
 from pitrkit.config import Config, load
 from pitrkit.errors import PitrkitError
-from pitrkit.fetch import read, restore
+from pitrkit.fetch import read, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.push import push
@@ -59,6 +59,8 @@ class _Serving(NamedTuple):
     archive: Archive
     pushes: Ahead
     fetches: Ahead
+    # Directories segments have been spooled into (see fetch.spool).
+    spool_directories: set[Path]
 
     def close(self, wait: bool) -> None:
         self.pushes.close(wait)
@@ -94,7 +96,8 @@ class Agent:
                     # Pushes ahead one at a time, as zstd already uses every core; fetches
                     # two at a time, so that storage latency and decompression overlap.
                     archive = Archive(load(self.config_path))
-                    self._serving = _Serving(archive, Ahead(1, "push-ahead"), Ahead(2, "fetch-ahead"))
+                    self._serving = _Serving(archive, Ahead(1, "push-ahead"),
+                                             Ahead(2, "fetch-ahead", discard=remove_spooled), set())
                 except PitrkitError as exc:
                     self._config_error = exc
             if self._config_error is not None:
@@ -234,17 +237,22 @@ def _still_stored(archive: Archive, path: Path) -> bool:
 
 def _fetch(serving: _Serving, name: str, destination: Path) -> str:
     archive = serving.archive
-    data = _done_ahead(serving.fetches, name, None)
-    if data is None:
-        data = read(archive, name)
-    summary = restore(data, name, destination)
+    directory = destination.parent
+    spooled = _done_ahead(serving.fetches, (name, directory), None)
+    summary = restore_spooled(spooled, name, destination) if spooled is not None else None
+    if summary is None:
+        summary = restore(read(archive, name), name, destination)
     if archive.config.agent.lookahead:
         try:
             segment_size = archive.identity().wal_segment_size
         except (ObjectNotFound, PitrkitError):
             return summary
+        if directory not in serving.spool_directories:
+            serving.spool_directories.add(directory)
+            remove_stale_spool(directory)
         for upcoming in segments_after(name, segment_size, archive.config.agent.lookahead):
-            serving.fetches.schedule(upcoming, None, functools.partial(read, archive, upcoming))
+            job = functools.partial(spool, archive, upcoming, directory)
+            serving.fetches.schedule((upcoming, directory), None, job)
     return summary
 
 

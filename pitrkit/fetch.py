@@ -23,6 +23,11 @@ from pitrkit.wal import WalFileName
 
 log = logging.getLogger(__name__)
 
+# Segments fetched ahead (by the agent, see lookahead.py) wait under this prefix in the
+# directory of the request's destination: on the same file system, so that serving one
+# is a rename. PostgreSQL ignores files in pg_wal whose names are not WAL file names.
+SPOOL_PREFIX = ".pitrkit-ahead."
+
 
 def fetch(archive: Archive, name: str, destination: Path) -> str:
     """Restore the archived WAL file `name` to `destination`; returns a summary."""
@@ -38,6 +43,42 @@ def read(archive: Archive, name: str) -> bytes:
 def restore(data: bytes, name: str, destination: Path) -> str:
     _write_atomically(destination, data)
     return f"restored {name}: {len(data)} bytes"
+
+
+def spool(archive: Archive, name: str, directory: Path) -> Path:
+    """Fetch `name` before it is asked for into a spool file in `directory`."""
+    path = directory / f"{SPOOL_PREFIX}{name}"
+    _write_atomically(path, read(archive, name))
+    return path
+
+
+def restore_spooled(spooled: Path, name: str, destination: Path) -> str | None:
+    """Move a spooled file to `destination`; None if the spool file is gone."""
+    try:
+        os.replace(spooled, destination)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PitrkitError(f"cannot move {spooled} to {destination}: {exc.strerror}") from None
+    return f"restored {name}: fetched ahead"
+
+
+def remove_spooled(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("cannot remove spool file %s: %s", path, exc)
+
+
+def remove_stale_spool(directory: Path) -> None:
+    """Remove spool files an earlier agent left behind (it was killed, say)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(SPOOL_PREFIX):
+            remove_spooled(directory / name)
 
 
 def _read_verified(archive: Archive, key: str, retries: int) -> bytes:

@@ -8,7 +8,9 @@ archiving fast with a backlog; here it costs nothing in steady state, where ther
 backlog and every call is served as it comes.
 
 Recovery: when the startup process asks for segment N, the next segments of the same
-timeline are read and verified in the background, so that replay never waits on storage.
+timeline are read, verified and written into a spool file beside the destination (in
+pg_wal) in the background, so that the request for N+1 is a rename: replay waits neither
+on storage nor on writing 16 MiB.
 
 A result computed ahead is used at most once, only while fresh, and only if the file it
 was computed from is unchanged; anything else, including a failure, makes the request
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from pitrkit.errors import UsageError
 from pitrkit.wal import SegmentName, WalFileKind, WalFileName
@@ -34,23 +37,26 @@ log = logging.getLogger(__name__)
 # A result older than this is not trusted: it may predate a change made since (a
 # deleted object, an operator's fix).
 FRESH_FOR = 60.0
-# Fetched segments are held in memory until asked for; never more than this in all.
-FETCH_MEMORY = 256 << 20
+# Segments fetched ahead wait in spool files until asked for; never more than this in all.
+FETCH_AHEAD_BYTES = 256 << 20
 
 
 class Ahead:
     """Background jobs keyed by what they are for, each result taken at most once."""
 
-    def __init__(self, workers: int, name: str) -> None:
+    def __init__(self, workers: int, name: str, discard: Callable[[Any], None] | None = None) -> None:
+        """`discard` is called with the result of a job that is dropped untaken (stale,
+        or still there at close), e.g. to remove a file the job wrote."""
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
         self._jobs: dict[object, tuple[float, object, Future]] = {}
         self._lock = threading.Lock()
+        self._discard = discard
 
     def schedule(self, key: object, stamp: object, job: Callable[[], object]) -> None:
         with self._lock:
             now = time.monotonic()
             for old in [k for k, (born, _, _) in self._jobs.items() if now - born > FRESH_FOR]:
-                self._jobs.pop(old)[2].cancel()
+                self._drop(self._jobs.pop(old)[2])
             if key not in self._jobs:
                 self._jobs[key] = (now, stamp, self._pool.submit(job))
 
@@ -62,9 +68,20 @@ class Ahead:
             return None
         born, made_from, future = entry
         if time.monotonic() - born > FRESH_FOR or made_from != stamp:
-            future.cancel()
+            self._drop(future)
             return None
         return future
+
+    def _drop(self, future: Future) -> None:
+        if future.cancel() or self._discard is None:
+            return  # never ran: nothing to clean up
+        discard = self._discard
+
+        def clean_up(done: Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                discard(done.result())
+
+        future.add_done_callback(clean_up)  # runs at once if the job is already done
 
     def pending(self) -> int:
         with self._lock:
@@ -72,7 +89,13 @@ class Ahead:
 
     def close(self, wait: bool) -> None:
         """Cancel what has not started; with `wait`, let running jobs finish (a push
-        half-way through a put leaves a temporary file behind if the process exits)."""
+        half-way through a put leaves a temporary file behind if the process exits).
+        Results never taken are discarded."""
+        with self._lock:
+            untaken = [future for _, _, future in self._jobs.values()]
+            self._jobs.clear()
+        for future in untaken:
+            self._drop(future)
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
@@ -106,7 +129,7 @@ def ready_after(path: Path, limit: int) -> list[Path]:
 
 
 def segments_after(name: str, segment_size: int, limit: int) -> list[str]:
-    """The next `limit` segment names on the same timeline, bounded by FETCH_MEMORY."""
+    """The next `limit` segment names on the same timeline, bounded by FETCH_AHEAD_BYTES."""
     try:
         file = WalFileName.parse(name)
     except UsageError:
@@ -115,7 +138,7 @@ def segments_after(name: str, segment_size: int, limit: int) -> list[str]:
         return []
     segment = SegmentName.parse(file.segment, segment_size)
     names = []
-    for _ in range(min(limit, max(1, FETCH_MEMORY // segment_size))):
+    for _ in range(min(limit, max(1, FETCH_AHEAD_BYTES // segment_size))):
         segment = segment.next()
         names.append(segment.name)
     return names

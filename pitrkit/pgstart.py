@@ -30,11 +30,11 @@ from pitrkit.wal import Lsn
 
 LOG_DIR = "log"
 LOG_FILE = "restore.log"
-# Seconds between looks at the server: often at first, since a small restore reaches
-# its target within seconds and every look we skip is time the caller waits for nothing;
-# then less often, so that hours of replay are not watched ten times a second.
+# Seconds between looks at the server. One look is a query on an open connection (well
+# under a millisecond), and every look skipped after the promotion is time the caller
+# waits for nothing: measured, a 0.5 s cap cost 0.25 s of a 5 s restore.
 _POLL_FIRST = 0.02
-_POLL_MAX = 0.5
+_POLL_MAX = 0.05
 # The postmaster writes postmaster.pid right after reading its configuration; if that
 # has not happened by then, it is not starting. This bounds start-up, never recovery.
 _PID_FILE_WAIT = 60.0

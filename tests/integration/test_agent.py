@@ -254,15 +254,22 @@ def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal)
     def fetch(name):
         return run(pitrkit_setup, "wal-fetch", name, str(destination / "RECOVERYXLOG"), cwd=destination)
 
+    leftover = destination / ".pitrkit-ahead.000000010000000000000099"  # of an agent killed earlier
+    leftover.write_bytes(b"stale")
     before = bytes_read(agent)
     assert fetch(names[0]).returncode == 0
-    # Segments 2-4 are read ahead (and 5, which is not archived yet).
+    # Segments 2-4 are read ahead into spool files beside the destination (and 5, which
+    # is not archived yet, is not).
     ahead = sum(pitrkit_setup.stored(name).stat().st_size for name in names[1:])
     pgharness.wait_for(lambda: bytes_read(agent) - before >= ahead, 4, what="read-ahead")
-    for name in names[1:]:
+    spooled = [destination / f".pitrkit-ahead.{name}" for name in names[1:]]
+    pgharness.wait_for(lambda: all(path.exists() for path in spooled), 4, what="spool files")
+    assert not leftover.exists()
+    for name, path in zip(names[1:], spooled, strict=True):
         result = fetch(name)
         assert result.returncode == 0, result.stderr
         assert (destination / "RECOVERYXLOG").read_bytes() == (pg_wal / name).read_bytes()
+        assert not path.exists()  # served by a rename
 
     # Segment 5 was absent when read ahead; archived since, it must be found.
     fifth = write_segment(pg_wal, 5)
@@ -270,3 +277,20 @@ def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal)
     result = fetch(fifth)
     assert result.returncode == 0, result.stderr
     assert (destination / "RECOVERYXLOG").read_bytes() == (pg_wal / fifth).read_bytes()
+
+
+def test_segments_spooled_but_never_asked_for_are_removed_when_the_agent_exits(pitrkit_setup, pg_wal):
+    names = [write_segment(pg_wal, segno) for segno in range(1, 4)]
+    push(pitrkit_setup, pg_wal, names[0])
+    agent = started_agent(pitrkit_setup)
+    for name in names[1:]:
+        push(pitrkit_setup, pg_wal, name)
+    destination = pgharness.make_server_dir(pg_wal.parent / "restore")
+    result = run(pitrkit_setup, "wal-fetch", names[0], str(destination / "RECOVERYXLOG"), cwd=destination)
+    assert result.returncode == 0, result.stderr
+    spooled = [destination / f".pitrkit-ahead.{name}" for name in names[1:]]
+    pgharness.wait_for(lambda: all(path.exists() for path in spooled), 4, what="spool files")
+
+    # Recovery ended (say, at its target) and asks for nothing more: the agent idles out.
+    pgharness.wait_for(lambda: not os.path.exists(f"/proc/{agent}"), 30, what="the agent to exit")
+    assert [path.name for path in destination.iterdir()] == ["RECOVERYXLOG"]

@@ -76,7 +76,7 @@ def test_segments_after_crosses_the_log_boundary_and_respects_memory():
     assert segments_after("0000000200000000000000FE", 16 << 20, 3) == [
         "0000000200000000000000FF", "000000020000000100000000", "000000020000000100000001"]
     assert len(segments_after("000000010000000000000001", 1 << 30, 8)) == 1  # 1 GiB segments: one ahead
-    assert len(segments_after("000000010000000000000001", 16 << 20, 100)) == lookahead.FETCH_MEMORY // (16 << 20)
+    assert len(segments_after("000000010000000000000001", 16 << 20, 100)) == lookahead.FETCH_AHEAD_BYTES // (16 << 20)
     assert segments_after("00000002.history", 16 << 20, 3) == []
     assert segments_after("not-a-name", 16 << 20, 3) == []
 

@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import pgharness
 import pytest
 
 from pitrkit import catalog, objects
@@ -21,6 +20,8 @@ from pitrkit.backup import PART_SIZE, summary_of
 from pitrkit.catalog import BackupCatalog, BackupManifest, BackupTablespace
 from pitrkit.plugins import Plugins
 from pitrkit.wal import SegmentName
+
+import pgharness
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,9 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-import pgharness
 import pytest
+
+import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,

@@ -15,8 +15,11 @@ import os
 import re
 import stat
 
-import pgharness
 import pytest
+
+from pitrkit import recovery_conf
+
+import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,
@@ -31,8 +34,6 @@ from pitr_workload import (
     succeeded,
     write_round,
 )
-
-from pitrkit import recovery_conf
 
 pytestmark = pytest.mark.integration
 

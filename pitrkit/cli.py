@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="recovery_target_action (default: promote)")
     restore.add_argument("--tablespace-map", action="append", default=[], metavar="OLD=NEW",
                          help="restore the tablespace at OLD (its location or name) into NEW; repeatable")
+    restore.add_argument("--archive-mode", choices=["preserve", "off"], default="preserve",
+                         help="off: the restored server does not archive (a temporary copy); preserve (default): "
+                         "it keeps the backed-up configuration's archiving, and once promoted archives its new "
+                         "timeline into the same archive")
     restore.add_argument("--start", action="store_true",
                          help="start PostgreSQL on DIR and wait until recovery reaches the target")
     restore.add_argument("--port", type=int, help="port for --start (default: a free one)")

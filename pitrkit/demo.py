@@ -154,7 +154,9 @@ class Demo:
             # pitrkit restore --start puts the server's socket in the data directory.
             self.restored.socket_dir = self.restored.pgdata
             result = self.pitrkit("restore", "--to", self.noted_time, "--target-dir", str(self.restored.pgdata),
-                                  "--start", "--port", str(self.restored.port), timeout=RECOVERY_TIMEOUT)
+                                  "--start", "--port", str(self.restored.port),
+                                  # A rescue copy: it must not archive into the primary's archive.
+                                  "--archive-mode", "off", timeout=RECOVERY_TIMEOUT)
             for line in result.stdout.splitlines():
                 if line not in self.plan_lines:  # restore prints its plan first: shown above
                     self.detail(line)

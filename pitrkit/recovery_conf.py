@@ -39,6 +39,8 @@ class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
     target_lsn: Lsn | None = None
     timeline: int
     action: str | None  # recovery_target_action; None without a target (--latest)
+    # False: archive_mode = off, for a restored copy that must not archive.
+    archiving: bool = True
 
     def lines(self) -> list[str]:
         settings: list[tuple[str, str]] = [("restore_command", self.restore_command)]
@@ -49,6 +51,8 @@ class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
         settings.append(("recovery_target_timeline", str(self.timeline)))
         if self.action is not None:
             settings.append(("recovery_target_action", self.action))
+        if not self.archiving:
+            settings.append(("archive_mode", "off"))
         return [f"{name} = {conf_quote(value)}" for name, value in settings]
 
 

@@ -76,13 +76,15 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             unpack.unpack(archive, manifest, target_dir, tablespaces, workers, progress.advance)
     except PitrkitError as exc:
         raise RestoreIncomplete(exc, target_dir) from None
-    recovery_conf.write(target_dir, recovery_settings(plan, args.action, config_path),
+    settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
+    recovery_conf.write(target_dir, settings,
                         f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, "
                         f"backup {manifest.backup_id}")
     say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
         f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
-        f"action {args.action})")
-    warn_about_archiving(target_dir)
+        f"action {args.action}{', archive_mode off' if not settings.archiving else ''})")
+    if settings.archiving:
+        warn_about_archiving(target_dir)
     summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
     if bindir is None:
         say(f"start it with: pg_ctl start -D {target_dir}")
@@ -138,8 +140,10 @@ def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
     return manifest
 
 
-def recovery_settings(plan: RestorePlan, action: str, config_path: Path) -> recovery_conf.RecoverySettings:
+def recovery_settings(plan: RestorePlan, action: str, config_path: Path,
+                      archiving: bool) -> recovery_conf.RecoverySettings:
     return recovery_conf.RecoverySettings(
+        archiving=archiving,
         restore_command=recovery_conf.restore_command(config_path),
         target_time=plan.target.time,
         target_lsn=plan.target.lsn,
@@ -154,7 +158,7 @@ def warn_about_archiving(target_dir: Path) -> None:
         mode, archive_command = archiving
         print(f"pitrkit: warning: the restored configuration has archive_mode = {mode} and archive_command = "
               f"{archive_command!r}: once promoted, the restored cluster archives there too (on a new "
-              "timeline); set archive_mode = off in it before starting it if that is not what you want",
+              "timeline); restore with --archive-mode off if that is not what you want",
               file=sys.stderr)
 
 

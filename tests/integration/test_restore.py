@@ -86,8 +86,10 @@ def test_pause_waits_at_a_time_target_and_resume_promotes(cluster, pitrkit_setup
     drop_doomed(primary)
     archive_everything(primary)
 
-    restored, result = restore_into(cluster, pitrkit_setup, "--to", target.time, "--action", "pause", "--start")
+    restored, result = restore_into(cluster, pitrkit_setup, "--to", target.time, "--action", "pause", "--start",
+                                    "--archive-mode", "off")
     out = succeeded(result)
+    assert "warning" not in result.stderr  # the copy will not archive: nothing to warn about
     assert "recovery paused" in out
     assert reported(out, "now on timeline") == "1"
     attach(restored)
@@ -98,6 +100,9 @@ def test_pause_waits_at_a_time_target_and_resume_promotes(cluster, pitrkit_setup
     pgharness.wait_for(lambda: restored.sql("SELECT NOT pg_is_in_recovery()")[0][0], 120,
                        interval=0.2, what="the resumed server to promote")
     assert digests(restored) == target.digests
+    # --archive-mode off: the promoted copy leaves the archive alone.
+    assert restored.sql("SHOW archive_mode")[0][0] == "off"
+    assert not pitrkit_setup.stored("00000002.history").exists()
 
 
 def test_a_tablespace_is_restored_into_the_mapped_directory(cluster, pitrkit_setup, server_tmp):

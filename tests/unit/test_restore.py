@@ -302,6 +302,15 @@ def test_time_targets_carry_their_offset_and_latest_has_no_target_or_action():
     assert latest.lines() == ["restore_command = 'x'", "recovery_target_timeline = '3'"]
 
 
+def test_archive_mode_off_is_written_after_everything_it_overrides(tmp_path):
+    quiet = recovery_conf.RecoverySettings(restore_command="x", timeline=1, action="promote", archiving=False)
+    assert quiet.lines()[-1] == "archive_mode = 'off'"
+    text = recovery_conf.rewrite_auto_conf("archive_mode = 'on'\n", quiet, "test")
+    assert text.index("archive_mode = 'on'") < text.index("archive_mode = 'off'")  # the later line wins
+    (tmp_path / recovery_conf.AUTO_CONF).write_text(text)
+    assert recovery_conf.archiving_setting(tmp_path) is None
+
+
 def test_restore_command_quotes_for_the_shell_the_placeholders_and_the_conf_file(tmp_path):
     config = tmp_path / "it's 100% mine" / "pitrkit.toml"
     command = recovery_conf.restore_command(config)

@@ -30,6 +30,18 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = f"file://{root}"
+        self._owner: tuple[int, int] | None = None
+
+    def _new_entries_owner(self) -> tuple[int, int] | None:
+        """Who should own what root creates: the archive directory's owner. backup-push
+        may run as root, while wal-push, restore and the catalog updates run as postgres,
+        which could not read, replace or add to root's files and folders."""
+        if os.geteuid() != 0:
+            return None
+        if self._owner is None:
+            status = os.stat(self.root)
+            self._owner = (status.st_uid, status.st_gid)
+        return None if self._owner == (0, 0) else self._owner
 
     # -- keys --------------------------------------------------------------------------
 
@@ -61,6 +73,8 @@ class LocalStorage:
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
             try:
                 try:
+                    if owner := self._new_entries_owner():
+                        os.fchown(descriptor, *owner)
                     with memoryview(data) as view:
                         written = 0
                         while written < len(view):
@@ -173,6 +187,8 @@ class LocalStorage:
                 folder.mkdir(_DIR_MODE)
             except FileExistsError:
                 continue  # a concurrent writer made it; its fsync covers it
+            if owner := self._new_entries_owner():
+                os.chown(folder, *owner)
             _fsync_directory(folder.parent)
 
 

@@ -67,3 +67,19 @@ def test_parse_file_url(url, expected):
 def test_parse_file_url_refuses_non_local(url):
     with pytest.raises(ValueError):
         parse_file_url(url)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root creates entries for another owner")
+def test_root_creates_files_and_folders_owned_by_the_archive_owner(tmp_path):
+    # backup-push run as root must leave an archive that postgres (its owner) can read,
+    # replace documents in and add to.
+    root = tmp_path / "archive"
+    root.mkdir()
+    os.chown(root, 4321, 4322)
+    storage = LocalStorage(root)
+    storage.put("backups/20261126T010203Z/data/00000000", b"part")
+    storage.put("catalog/backups.json", b"{}", overwrite=True)
+    for path in ["backups", "backups/20261126T010203Z", "backups/20261126T010203Z/data",
+                 "backups/20261126T010203Z/data/00000000", "catalog", "catalog/backups.json"]:
+        status = (root / path).stat()
+        assert (status.st_uid, status.st_gid) == (4321, 4322), path

@@ -26,7 +26,7 @@ from pitrkit import entry
 from pitrkit.archive import Archive, wal_key
 from pitrkit.config import Config, load
 from pitrkit.errors import PitrkitError
-from pitrkit.fetch import read, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
+from pitrkit.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.push import push
@@ -241,7 +241,7 @@ def _fetch(serving: _Serving, name: str, destination: Path) -> str:
     spooled = _done_ahead(serving.fetches, (name, directory), None)
     summary = restore_spooled(spooled, name, destination) if spooled is not None else None
     if summary is None:
-        summary = restore(read(archive, name), name, destination)
+        summary = restore(read_for_recovery(archive, name), name, destination)
     if archive.config.agent.lookahead:
         try:
             segment_size = archive.identity().wal_segment_size

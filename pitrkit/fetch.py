@@ -6,6 +6,13 @@ archived WAL". Anything else must not look like that, or a fault (storage down, 
 corrupt object, a broken configuration) would end recovery early and promote the server
 at the wrong point; so every other failure exits 126, which makes PostgreSQL abort
 recovery instead (it treats exit codes above 125 as fatal).
+
+A segment that is not archived yet may still be in the archive as `<segment>.partial`:
+the open segment a streaming receiver (`pitrkit wal-receive`) ships every few seconds.
+When it is the newest WAL of its timeline, its content is served under the segment's
+name: PostgreSQL replays it to where its WAL ends, asks for the next segment, is told
+there is none, and ends recovery there, with every transaction the partial holds. A
+partial with later WAL after it is a leftover, and a full segment always wins.
 """
 
 from __future__ import annotations
@@ -14,12 +21,20 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from pitrkit import objects
 from pitrkit.archive import Archive, wal_key
 from pitrkit.errors import NotInArchive, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.wal import WalFileName
+from pitrkit.wal import (
+    InvalidSegment,
+    SegmentName,
+    WalFileKind,
+    WalFileName,
+    read_page_header,
+    segments_per_log,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +44,51 @@ log = logging.getLogger(__name__)
 SPOOL_PREFIX = ".pitrkit-ahead."
 
 
+class Fetched(NamedTuple):
+    """What a request for a WAL file is answered with."""
+
+    data: bytes
+    # The stored object the data came from when it is not the one named: the segment's
+    # newest partial.
+    partial: str | None = None
+
+
 def fetch(archive: Archive, name: str, destination: Path) -> str:
     """Restore the archived WAL file `name` to `destination`; returns a summary."""
-    return restore(read(archive, name), name, destination)
+    return restore(read_for_recovery(archive, name), name, destination)
 
 
 def read(archive: Archive, name: str) -> bytes:
-    """The verified content of the archived WAL file `name`."""
+    """The verified content of the archived WAL file `name`, exactly that object."""
     file = WalFileName.parse(name)
     return _read_verified(archive, wal_key(file), archive.config.repository.retries)
 
 
-def restore(data: bytes, name: str, destination: Path) -> str:
-    _write_atomically(destination, data)
-    return f"restored {name}: {len(data)} bytes"
+def read_for_recovery(archive: Archive, name: str) -> Fetched:
+    """What recovery gets when it asks for `name`: the archived file, else, for a
+    segment, its partial if that is the newest WAL of its timeline. Only the request
+    itself may decide that: a partial read ahead could be overtaken by its full segment
+    before PostgreSQL asks, and would then end recovery early."""
+    try:
+        return Fetched(read(archive, name))
+    except NotInArchive:
+        file = WalFileName.parse(name)
+        if file.kind != WalFileKind.SEGMENT:
+            raise
+        return _read_newest_partial(archive, file)
+
+
+def restore(fetched: Fetched, name: str, destination: Path) -> str:
+    _write_atomically(destination, fetched.data)
+    if fetched.partial is not None:
+        return (f"restored {name} from {fetched.partial}, the newest WAL of its timeline: "
+                f"{len(fetched.data)} bytes; recovery ends within it")
+    return f"restored {name}: {len(fetched.data)} bytes"
 
 
 def spool(archive: Archive, name: str, directory: Path) -> Path:
-    """Fetch `name` before it is asked for into a spool file in `directory`."""
+    """Fetch `name` before it is asked for into a spool file in `directory`. Only the
+    object itself, never a partial standing in for it (see read_for_recovery)."""
     path = directory / f"{SPOOL_PREFIX}{name}"
     _write_atomically(path, read(archive, name))
     return path
@@ -79,6 +121,44 @@ def remove_stale_spool(directory: Path) -> None:
     for name in names:
         if name.startswith(SPOOL_PREFIX):
             remove_spooled(directory / name)
+
+
+def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
+    """`<segment>.partial`, padded to a whole segment, if no later WAL of the timeline is
+    stored; else NotInArchive. Costs one listing of the segment's folder, and of the next
+    folder for the last segment of a 4 GiB log (stored names sort in WAL order)."""
+    partial = WalFileName.parse(f"{file.name}.partial")
+    folder = _folder(file)
+    stored = {info.key.rpartition("/")[2] for info in archive.list_folder(folder).objects}
+    if file.name in stored:
+        return Fetched(read(archive, file.name))  # archived since we asked: the full segment wins
+    absent = f"{file.name} is not in the archive {archive.storage.url}"
+    if partial.name not in stored:
+        raise NotInArchive(absent)
+    not_newest = NotInArchive(f"{absent}; its {partial.name} is, but later WAL of timeline {file.timeline} "
+                              "is stored too, so it is not where the timeline ends")
+    # [:24]: the segment part of segment, `.partial` and `.backup` names alike.
+    if any(name[:24] > file.name for name in stored):
+        raise not_newest
+    data = _read_verified(archive, wal_key(partial), archive.config.repository.retries)
+    try:
+        header = read_page_header(data)
+        following = SegmentName.parse(file.segment, header.segment_size).next()
+    except (InvalidSegment, PitrkitError) as exc:
+        raise PitrkitError(f"{partial.name} in the archive is not a WAL segment: {exc}") from None
+    if len(data) > header.segment_size:
+        raise PitrkitError(f"{partial.name} in the archive is longer than a segment "
+                           f"({len(data)} bytes; its header says {header.segment_size})")
+    if following.segno % segments_per_log(header.segment_size) == 0:
+        if archive.list_folder(_folder(WalFileName.parse(following.name))).objects:
+            raise not_newest
+    # PostgreSQL refuses a restored segment of the wrong size. Zeros past the end of the
+    # WAL are what pg_receivewal pads with, and replay reads them as the end.
+    return Fetched(data.ljust(header.segment_size, b"\0"), partial.name)
+
+
+def _folder(file: WalFileName) -> str:
+    return wal_key(file).rpartition("/")[0] + "/"
 
 
 def _read_verified(archive: Archive, key: str, retries: int) -> bytes:

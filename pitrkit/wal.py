@@ -35,6 +35,8 @@ XLP_LONG_HEADER = 0x0002
 # magic u16, info u16, tli u32, pageaddr u64, rem_len u32, (pad 4), sysid u64,
 # seg_size u32, xlog_blcksz u32.
 _LONG_PAGE_HEADER = struct.Struct("=HHIQI4xQII")
+# XLogPageHeaderData, the start of every page: magic u16, info u16, tli u32, pageaddr u64.
+_PAGE_START = struct.Struct("=HHIQ")
 
 
 _SEGMENT_NAME = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
@@ -258,3 +260,24 @@ def validate_segment(file: WalFileName, data: bytes | memoryview) -> PageHeader:
     if header.timeline > file.timeline:
         raise InvalidSegment(f"page timeline {header.timeline} is newer than the file name's {file.timeline}")
     return header
+
+
+def valid_end(data: bytes | memoryview, header: PageHeader) -> Lsn:
+    """An upper bound of where the WAL in a partial segment ends: the end of its last
+    valid page, one carrying the segment's page magic and its own address.
+
+    A `.partial` ends where its writer stopped. pg_receivewal pads the rest with zeros,
+    and a segment PostgreSQL renamed to `.partial` may hold recycled WAL of an older
+    segment after the end; neither has valid page headers. Where the last record ends
+    within the last valid page can only be told by decoding records, so this is a bound,
+    at most one page (XLOG_BLCKSZ) too far."""
+    page_size = header.block_size
+    if page_size <= 0 or header.segment_size % page_size:
+        raise InvalidSegment(f"page size {page_size} does not divide the segment size {header.segment_size}")
+    end = 0
+    for offset in range(0, min(len(data), header.segment_size) - _PAGE_START.size + 1, page_size):
+        magic, _info, _tli, address = _PAGE_START.unpack_from(data, offset)
+        if magic != header.magic or address != header.page_address + offset:
+            break
+        end = offset + page_size
+    return Lsn(header.page_address + min(end, len(data)))

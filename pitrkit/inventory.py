@@ -18,6 +18,12 @@ So a reader never lists every object: it lists `wal/` and `catalog/wal/` one lev
 history files and one name per 4 GiB of WAL), then reads an index, or lists one folder,
 for just the folders it needs. An index is trusted for what it says is present; a segment
 it says is absent is confirmed by listing the folder before anyone is told it is missing.
+
+A `<segment>.partial` (the open segment a streaming receiver ships, replaced as it grows
+and deleted once the full segment is stored) counts only as the newest WAL of its
+timeline, where replay can end inside it. Indexes never record one: they list sealed
+folders, and a partial in a sealed folder has later WAL after it, so nothing reads it;
+and an index must only hold what cannot change under it.
 """
 
 from __future__ import annotations
@@ -52,7 +58,16 @@ from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, UsageError
 from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound
 from pitrkit.progress import human_bytes
-from pitrkit.wal import HistoryEntry, Lsn, SegmentName, parse_history, segments_per_log
+from pitrkit.wal import (
+    HistoryEntry,
+    InvalidSegment,
+    Lsn,
+    SegmentName,
+    parse_history,
+    read_page_header,
+    segments_per_log,
+    valid_end,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +75,7 @@ log = logging.getLogger(__name__)
 _MANIFEST_THREADS = 8
 _LOG_FOLDER = re.compile(r"wal/(?P<timeline>[0-9A-F]{8})(?P<log>[0-9A-F]{8})/")
 _HISTORY_KEY = re.compile(r"wal/(?P<timeline>[0-9A-F]{8})\.history")
+_PARTIAL_SUFFIX = ".partial"
 
 
 # --- backups --------------------------------------------------------------------------
@@ -174,19 +190,27 @@ class LogFolder:
     in order, and indexes are written from listings), and a segment's number is only
     parsed when a search looks at it."""
 
-    def __init__(self, timeline: int, log_number: int, entries: list[WalIndexEntry], from_index: bool) -> None:
+    def __init__(self, timeline: int, log_number: int, entries: list[WalIndexEntry], from_index: bool,
+                 sealed: bool) -> None:
+        """`sealed`: a later folder of the timeline exists; its partials are dropped
+        (see the module's docstring)."""
         self.timeline = timeline
         self.log_number = log_number
         self.from_index = from_index
-        self.entries = entries
         prefix = f"{timeline:08X}{log_number:08X}"
         names = list(map(_NAME, entries))
         # Sorted names sharing a prefix at both ends share it throughout; all 24
         # characters long means no `.partial` or `.backup` file among them.
         if not names or (names[0][:16] == prefix == names[-1][:16] and max(map(len, names)) == 24):
-            self.segments = entries
+            self.entries = self.segments = entries
+            self.partials: list[WalIndexEntry] = []
         else:
+            if sealed:
+                entries = [entry for entry in entries if not entry.name.endswith(_PARTIAL_SUFFIX)]
+            self.entries = entries
             self.segments = [entry for entry in entries if entry.name[:16] == prefix and len(entry.name) == 24]
+            self.partials = [entry for entry in entries
+                             if entry.name[:16] == prefix and entry.name == entry.name[:24] + _PARTIAL_SUFFIX]
         self.numbers = _SegmentNumbers(self.segments)
 
 
@@ -217,7 +241,9 @@ class WalChain(NamedTuple):
     them, and what stopped the run."""
 
     first_segno: int
-    segments: list[WalIndexEntry]  # in replay order
+    # In replay order. The last may be a `.partial`: the newest WAL of its timeline,
+    # stored only as the open segment; replay ends inside it.
+    segments: list[WalIndexEntry]
     missing: str | None  # the first absent segment
     # True when the path has segments after `missing`: a hole, not the end of the WAL.
     gap: bool
@@ -226,6 +252,13 @@ class WalChain(NamedTuple):
     def last_segno(self) -> int:
         """The newest segment of the run; first_segno - 1 when the run is empty."""
         return self.first_segno + len(self.segments) - 1
+
+    @property
+    def partial(self) -> WalIndexEntry | None:
+        """The last segment's `.partial`, when only that is stored."""
+        if self.segments and self.segments[-1].name.endswith(_PARTIAL_SUFFIX):
+            return self.segments[-1]
+        return None
 
 
 class ArchivedWal:
@@ -323,7 +356,7 @@ class ArchivedWal:
         if index_key in self.indexed and self.is_sealed(timeline, log_number):
             try:
                 index = catalog.decode(self.archive.get(index_key), WalFolderIndex, index_key)
-                return LogFolder(timeline, log_number, index.entries, from_index=True)
+                return LogFolder(timeline, log_number, index.entries, from_index=True, sealed=True)
             except ObjectNotFound:
                 pass  # removed since we listed catalog/wal/: list the folder instead
             except ValueError as exc:
@@ -333,7 +366,8 @@ class ArchivedWal:
     def relist(self, timeline: int, log_number: int) -> LogFolder:
         """List the folder itself, whatever its index says."""
         listing = self.archive.list_folder(_folder_prefix(timeline, log_number))
-        found = LogFolder(timeline, log_number, [_index_entry(info) for info in listing.objects], from_index=False)
+        found = LogFolder(timeline, log_number, [_index_entry(info) for info in listing.objects], from_index=False,
+                          sealed=self.is_sealed(timeline, log_number))
         self._folders[(timeline, log_number)] = found
         return found
 
@@ -350,6 +384,35 @@ class ArchivedWal:
             if position >= 0 and base + folder.numbers[position] >= first:
                 return base + folder.numbers[position], folder.segments[position]
         return None
+
+    def newest_partial(self, timeline: int) -> tuple[int, WalIndexEntry] | None:
+        """The `.partial` that is the newest WAL of `timeline`, with its segment number:
+        no segment or partial of the timeline comes after it, and its full segment is
+        not stored (which always wins)."""
+        numbers = self.logs.get(timeline)
+        if not numbers:
+            return None
+        folder = self.folder(timeline, numbers[-1])
+        if not folder.partials:
+            return None
+        entry = folder.partials[-1]
+        within = int(entry.name[16:24], 16)
+        if folder.numbers and folder.numbers[-1] >= within:
+            return None
+        return numbers[-1] * self.per_log + within, entry
+
+    def partial_end(self, entry: WalIndexEntry) -> Lsn:
+        """Where the WAL in a stored `.partial` ends, at most: the end of its last valid
+        page (wal.valid_end). A listing cannot tell, so this reads the object."""
+        key = f"{WAL_PREFIX}{entry.name[:16]}/{entry.name}"
+        try:
+            data = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor)
+            return valid_end(data, read_page_header(data))
+        except ObjectNotFound:
+            raise PitrkitError(f"{entry.name} is gone from the archive: it was replaced by its full segment, or "
+                               "deleted; plan again") from None
+        except (objects.CorruptObject, InvalidSegment) as exc:
+            raise PitrkitError(f"{key} is unusable: {exc}") from None
 
     def newest_on_path(self, path: list[TimelineStep]) -> tuple[int, WalIndexEntry] | None:
         """The newest segment replay along `path` could read."""
@@ -387,6 +450,12 @@ class ArchivedWal:
                 if folder and folder.from_index:
                     self.relist(timeline, log_number)  # an index may lag a late push: look again
                     continue
+                partial = self.newest_partial(timeline)
+                if partial is not None and partial[0] == segno:
+                    # Replay ends inside it: nothing after it can be reached.
+                    segments.append(partial[1])
+                    segno += 1
+                    timeline = self.serving_timeline(path, segno)
                 missing = self.segment_name(timeline, segno)
                 newest = self.newest_on_path(path)
                 return WalChain(first, segments, missing, gap=newest is not None and newest[0] > segno)
@@ -507,6 +576,8 @@ class WalRow(msgspec.Struct, kw_only=True, frozen=True):
     name: str
     timeline: int
     start_lsn: Lsn | None  # None for history files
+    # The segment's end; for a partial, the end of the segment it is the start of: its
+    # WAL ends before that, where only reading it can tell.
     end_lsn: Lsn | None
     stored_size: int
     stored_at: datetime | None
@@ -515,6 +586,8 @@ class WalRow(msgspec.Struct, kw_only=True, frozen=True):
     # "obsolete": before every backup on its path, what retention would remove;
     # "history": a timeline history file, always kept.
     state: str
+    # A `.partial`: the open segment of a streaming receiver, replaced as it grows.
+    partial: bool = False
 
 
 class WalListing(msgspec.Struct, kw_only=True, frozen=True):
@@ -559,7 +632,11 @@ def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]
         branch = path[-1].begin // wal.segment_size
         for log_number in wal.logs.get(timeline, []):
             folder = wal.folder(timeline, log_number)
-            for number, entry in zip(folder.numbers, folder.segments, strict=True):
+            numbered = [*zip(folder.numbers, folder.segments, strict=True),
+                        *((int(entry.name[16:24], 16), entry) for entry in folder.partials)]
+            if folder.partials:
+                numbered.sort(key=lambda pair: pair[1].name)
+            for number, entry in numbered:
                 segment = SegmentName(timeline, log_number * wal.per_log + number, wal.segment_size)
                 # A file from before its own timeline's branch point is on no path.
                 owner = _owner(spans, firsts, segment.segno) if segment.segno >= branch else None
@@ -582,7 +659,8 @@ def _segment_row(segment: SegmentName, entry: WalIndexEntry, owner: _BackupSpan 
         state = "restorable"
     return WalRow(name=entry.name, timeline=segment.timeline, start_lsn=segment.start_lsn, end_lsn=segment.end_lsn,
                   stored_size=entry.stored_size, stored_at=_stored_at(entry.modified),
-                  backup=owner.backup_id if owner else None, state=state)
+                  backup=owner.backup_id if owner else None, state=state,
+                  partial=entry.name.endswith(_PARTIAL_SUFFIX))
 
 
 def _stored_at(modified: float | None) -> datetime | None:
@@ -626,7 +704,8 @@ def _wal_table(rows: list[WalRow]) -> str:
     return _table(
         ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE"],
         [[row.name, str(row.timeline), lsn(row.start_lsn), lsn(row.end_lsn), human_bytes(row.stored_size),
-          show_time(row.stored_at), row.backup or "-", row.state] for row in rows],
+          show_time(row.stored_at), row.backup or "-", f"{row.state}, partial" if row.partial else row.state]
+         for row in rows],
     )
 
 

@@ -9,6 +9,12 @@ It decides in this order, each step refusing with the piece that is missing:
 4. the unbroken run of segments from the backup's first one along the path, which must
    cover the backup's consistency point and reach the target.
 
+The run may end in a `<segment>.partial` (see inventory.py): the open segment a
+streaming receiver shipped, when it is the newest WAL of its timeline. Where its WAL
+ends is known only by reading it, so the planner reads that one object and takes the end
+of its last valid page as the archive's end: an upper bound, less than a page past the
+last record. wal-fetch then serves the partial when recovery asks for the segment.
+
 It reads only what it needs (see inventory.py): never a listing of every segment.
 """
 
@@ -58,11 +64,13 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     backup: BackupSummary
     # Every WAL file recovery will fetch, in replay order: segment names from the
     # backup's first segment to the one holding the target (or the newest on the path
-    # for --latest), then the history files of the path's timelines.
+    # for --latest), then the history files of the path's timelines. The last may be
+    # `<segment>.partial`: recovery asks for the segment and is served the partial.
     segments: list[str]
     history_files: list[str]
     wal_stored_size: int
-    # End of the gap-free WAL the archive holds on this path (end of its last segment).
+    # End of the gap-free WAL the archive holds on this path: the end of its last
+    # segment, or, when that is a partial, of the partial's last valid page.
     archive_end: Lsn
     # Timelines on which the target exists; more than one means it was ambiguous and
     # --timeline decided.
@@ -89,7 +97,12 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None)
         raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
     backup = _choose_backup(path, finished, target, ending)
     chain = wal.chain(path, _segno(wal, backup.first_segment))
-    segments = _segments_to_target(wal, chain, backup, target)
+    if chain.partial is not None:
+        archive_end = wal.partial_end(chain.partial)
+    else:
+        archive_end = SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn if chain.segments \
+            else Lsn(chain.first_segno * wal.segment_size)
+    segments = _segments_to_target(wal, chain, backup, target, archive_end)
 
     notes = []
     if len(candidates) > 1:
@@ -99,7 +112,11 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None)
                      "the unbroken WAL; recovery stops at the first transaction after the target")
         if chain.missing and chain.gap:
             notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
-    last = chain.segments[-1]
+    if segments[-1] is chain.partial:
+        stored = "" if chain.partial.modified is None else f", as of {show_time(_instant(chain.partial.modified))}"
+        notes.append(f"the last segment is only stored as {chain.partial.name}, the open segment a streaming "
+                     f"receiver shipped{stored}: recovery replays its WAL and ends there; the archive end is the "
+                     "end of its last valid page, an upper bound (the last record ends within that page)")
     return RestorePlan(
         target=target,
         timeline=ending,
@@ -108,7 +125,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None)
         segments=list(map(attrgetter("name"), segments)),
         history_files=[f"{step.timeline:08X}.history" for step in path if step.timeline != 1],
         wal_stored_size=sum(map(attrgetter("stored_size"), segments)),
-        archive_end=SegmentName.parse(last.name, wal.segment_size).end_lsn,
+        archive_end=archive_end,
         candidate_timelines=candidates or [ending],
         notes=notes,
     )
@@ -154,6 +171,11 @@ def _own_ranges(wal: ArchivedWal) -> list[_OwnRange]:
         history = wal.history(timeline)
         branch = history[-1].switch_lsn if history else Lsn(0)
         newest = wal.newest_segment(timeline, branch // wal.segment_size)
+        partial = wal.newest_partial(timeline)
+        if partial is not None and (newest is None or partial[0] > newest[0]):
+            # Its segment's end: an upper bound that costs no read. The chain's check
+            # against the partial's real end refuses an LSN past it.
+            newest = partial
         if newest is None:
             continue  # nothing archived on it yet
         segno, entry = newest
@@ -237,36 +259,44 @@ def _segno(wal: ArchivedWal, name: str) -> int:
 
 
 def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary,
-                        target: Target) -> list[WalIndexEntry]:
+                        target: Target, archive_end: Lsn) -> list[WalIndexEntry]:
     if chain.last_segno < _segno(wal, backup.last_segment):
         raise PlanRefused(f"segment {chain.missing} is missing from the archive: backup {backup.backup_id} needs "
                           f"{backup.first_segment} to {backup.last_segment} to become consistent")
+    if backup.stop_lsn > archive_end:
+        raise PlanRefused(f"backup {backup.backup_id} becomes consistent at LSN {backup.stop_lsn}, but "
+                          f"{_ends_at(chain, archive_end)}")
     if target.kind == "lsn":
         assert target.lsn is not None
         holding = target.lsn // wal.segment_size
-        if chain.last_segno < holding:
-            raise PlanRefused(_short_of(wal, chain, target))
+        if chain.last_segno < holding or target.lsn >= archive_end:
+            raise PlanRefused(_short_of(chain, target, archive_end))
         return chain.segments[: holding - chain.first_segno + 1]
     if target.kind == "time":
         assert target.time is not None
         stored = chain.segments[-1].modified
         if stored is not None and stored < target.time.timestamp():
-            raise PlanRefused(_short_of(wal, chain, target))
+            raise PlanRefused(_short_of(chain, target, archive_end))
     elif chain.gap:
         # Recovery would stop at the hole and promote there, without the WAL after it.
-        raise PlanRefused(_short_of(wal, chain, target))
+        raise PlanRefused(_short_of(chain, target, archive_end))
     return chain.segments
 
 
-def _short_of(wal: ArchivedWal, chain: WalChain, target: Target) -> str:
+def _short_of(chain: WalChain, target: Target, archive_end: Lsn) -> str:
     if chain.gap:
         return (f"segment {chain.missing} is missing from the archive: the WAL between the backup and "
                 f"{_target_words(target)} has a gap there")
+    return f"{_ends_at(chain, archive_end)}; {_target_words(target)} is later"
+
+
+def _ends_at(chain: WalChain, archive_end: Lsn) -> str:
     last = chain.segments[-1]
-    segment = SegmentName.parse(last.name, wal.segment_size)
     stored = "" if last.modified is None else f", stored at {show_time(_instant(last.modified))}"
-    return (f"the archive's WAL on timeline {segment.timeline} ends at LSN {segment.end_lsn}{stored}; "
-            f"{_target_words(target)} is later")
+    if chain.partial is not None:
+        return (f"the archive's WAL on timeline {int(last.name[:8], 16)} ends at LSN {archive_end} at most "
+                f"(in the partial segment {last.name}{stored})")
+    return f"the archive's WAL on timeline {int(last.name[:8], 16)} ends at LSN {archive_end}{stored}"
 
 
 # --- showing ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.plan import RestorePlan, describe, make_plan
 from pitrkit.progress import Progress, human_bytes, human_seconds
 from pitrkit.targets import target_from_args, timeline_from_args
-from pitrkit.wal import Lsn, WalFileName
+from pitrkit.wal import Lsn, WalFileKind, WalFileName
 
 # Stat calls in flight during the pre-flight check: they are tiny and latency-bound.
 _STAT_THREADS = 16
@@ -108,11 +108,18 @@ def check_wal_present(archive: Archive, plan: RestorePlan) -> None:
     names = plan.segments + plan.history_files
 
     def present(name: str) -> bool:
-        try:
-            archive.stat(wal_key(WalFileName.parse(name)))
-            return True
-        except ObjectNotFound:
-            return False
+        file = WalFileName.parse(name)
+        # A planned `.partial` may have been replaced by its full segment since: better.
+        keys = [wal_key(file)]
+        if file.kind == WalFileKind.PARTIAL:
+            keys.append(wal_key(WalFileName.parse(file.segment)))
+        for key in keys:
+            try:
+                archive.stat(key)
+                return True
+            except ObjectNotFound:
+                continue
+        return False
 
     with ThreadPoolExecutor(_STAT_THREADS, thread_name_prefix="preflight") as pool:
         found = list(pool.map(present, names))

@@ -1,8 +1,8 @@
 """Synthetic archives on real local storage, for the catalog and planner tests.
 
-The planner reads keys, sizes and store times of WAL objects, history files (decoded,
-so they are real stored objects), `archive.json` and backup manifests; everything else
-can be small fake bytes. Store times are set with os.utime, as the storage reports the
+The planner reads keys, sizes and store times of WAL objects, history files and the
+newest `.partial` (decoded, so they are real stored objects), `archive.json` and backup
+manifests; everything else can be small fake bytes. Store times are set with os.utime, as the storage reports the
 file's mtime. Segments are 1 GiB, so that a WAL folder (one 4 GiB "log") holds 4 of them
 and tests cross folders after a few segments.
 """
@@ -19,6 +19,7 @@ from pitrkit.catalog import ArchiveIdentity, BackupManifest, BackupSummary
 from pitrkit.config import Config, RepositoryConfig
 from pitrkit.plugins import Plugins
 from pitrkit.wal import Lsn, SegmentName
+from tests.unit.segments import segment as wal_segment
 
 SEGMENT_SIZE = 1 << 30
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -63,6 +64,24 @@ class SyntheticArchive:
 
     def drop_segment(self, timeline: int, segno: int) -> None:
         (self.root / self.wal_key(timeline, segno)).unlink()
+
+    def partial(self, timeline: int, segno: int, pages: int, *, at: datetime) -> Lsn:
+        """`<segment>.partial` as a streaming receiver ships it: real WAL page headers on
+        its first `pages` pages, then zeros (the planner reads it to find where its WAL
+        ends). Replaces an earlier one; returns the end of its last valid page."""
+        page = 8192
+        data = bytearray(wal_segment(segno, seg_size=SEGMENT_SIZE, timeline=timeline, length=(pages + 2) * page))
+        for number in range(1, pages):
+            data[number * page : number * page + 24] = wal_segment(
+                segno, seg_size=SEGMENT_SIZE, timeline=timeline, info=0, length=24, pageaddr=lsn(segno, number * page))
+        key = self.wal_key(timeline, segno) + ".partial"
+        blob, _ = objects.encode(bytes(data), Plugins().compressor("none"))
+        self.archive.put(key, blob, overwrite=True)
+        self._stamp(key, at)
+        return lsn(segno, pages * page)
+
+    def drop_partial(self, timeline: int, segno: int) -> None:
+        (self.root / (self.wal_key(timeline, segno) + ".partial")).unlink()
 
     def history(self, timeline: int, switches: list[tuple[int, Lsn]], at: datetime) -> None:
         text = "".join(f"{parent}\t{point}\tbefore 2026-11-23 12:00:00+00\n" for parent, point in switches)

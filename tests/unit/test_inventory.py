@@ -167,6 +167,31 @@ def test_rebuild_refuses_a_corrupt_manifest(store):
         inventory.rebuild(store.archive)
 
 
+def test_indexes_stay_right_while_a_partial_comes_and_goes(store):
+    """The open segment 21 (folder 5) is shipped as a partial, re-shipped, then replaced
+    by its full segment and deleted; folder 5 is sealed in between, when segment 24
+    (folder 6) is stored before the partial of 21 is removed, so the index of folder 5
+    is written while the partial is there. It must not name it."""
+    store.partial(1, 21, pages=3, at=stored_at(21))
+    assert inventory.refresh(store.archive) == [f"catalog/wal/00000001{log:08X}.json" for log in range(5)]
+    store.partial(1, 21, pages=6, at=stored_at(21))
+    store.segments(1, 21, 24)
+    assert inventory.refresh(store.archive) == ["catalog/wal/0000000100000005.json"]
+    assert [e.name for e in index(store, "0000000100000005").entries] == [name(1, segno) for segno in (20, 21, 22, 23)]
+    listed = [row.name for row in inventory.wal_rows(store.archive)]
+    assert f"{name(1, 21)}.partial" not in listed  # a leftover in a sealed folder: later WAL exists
+    store.drop_partial(1, 21)
+    assert [row.name for row in inventory.wal_rows(store.archive)] == listed
+    inventory.rebuild(store.archive)
+    assert [e.name for e in index(store, "0000000100000005").entries] == [name(1, segno) for segno in (20, 21, 22, 23)]
+
+
+def test_rebuild_leaves_partials_out_of_the_indexes(store):
+    store.partial(1, 19, pages=3, at=stored_at(19))  # a leftover in folder 4, sealed
+    inventory.rebuild(store.archive)
+    assert [e.name for e in index(store, "0000000100000004").entries] == [name(1, segno) for segno in (16, 17, 18, 19)]
+
+
 # --- wal-list -------------------------------------------------------------------------
 
 
@@ -190,6 +215,19 @@ def test_wal_rows_say_which_backup_each_segment_belongs_to_and_its_state(store):
     assert len(rows) == 20 + 2 + 1
     only_two = inventory.wal_rows(store.archive, only_timeline=2)
     assert [row.name for row in only_two] == ["00000002.history", name(2, 8), name(2, 9)]
+
+
+def test_wal_list_shows_the_newest_partial_marked_partial(store):
+    store.backup("B", 1, 10, 11)
+    store.partial(1, 20, pages=3, at=stored_at(20))  # left behind: its full segment is stored too
+    store.partial(1, 21, pages=3, at=stored_at(21))
+    rows = inventory.wal_rows(store.archive)
+    assert [row.name for row in rows[-4:]] == [name(1, 19), name(1, 20), f"{name(1, 20)}.partial",
+                                              f"{name(1, 21)}.partial"]
+    newest = rows[-1]
+    assert (newest.partial, newest.state, newest.backup) == (True, "restorable", "B")
+    assert (newest.start_lsn, newest.end_lsn) == (lsn(21), lsn(22))
+    assert not rows[-3].partial
 
 
 # --- the commands ---------------------------------------------------------------------
@@ -234,10 +272,14 @@ def test_wal_list_json(capsys, config, store):
     assert (code, err) == (0, "")
     files = json.loads(out)["files"]
     assert files[0] == {"name": name(1, 1), "timeline": 1, "start_lsn": str(lsn(1)), "end_lsn": str(lsn(2)),
-                        "stored_size": 9, "stored_at": "2026-11-23T12:01:00Z", "backup": None, "state": "obsolete"}
+                        "stored_size": 9, "stored_at": "2026-11-23T12:01:00Z", "backup": None, "state": "obsolete",
+                        "partial": False}
     assert [f["state"] for f in files[1:4]] == ["backup", "backup", "restorable"]
     code, out, _ = run(capsys, config, "wal-list")
     assert out.splitlines()[0].split()[:2] == ["NAME", "TL"] and len(out.splitlines()) == 21
+    store.partial(1, 21, pages=3, at=stored_at(21))
+    code, out, _ = run(capsys, config, "wal-list")
+    assert out.splitlines()[-1].startswith(f"{name(1, 21)}.partial") and out.rstrip().endswith("restorable, partial")
 
 
 def test_catalog_rebuild_prints_what_it_wrote(capsys, config, store):

@@ -310,10 +310,99 @@ def test_segment_size_is_the_archives(store):
     assert plan.archive_end % SEGMENT_SIZE == 0
 
 
-def test_partial_and_backup_history_files_are_not_segments(store):
-    store.archive.put(f"wal/{name(1, 21)[:16]}/{name(1, 21)}.partial", b"partial")
+def test_backup_history_files_are_not_segments(store):
     store.archive.put(f"wal/{name(1, 4)[:16]}/{name(1, 4)}.00000028.backup", b"START WAL LOCATION: ...")
+    store.archive.put(f"wal/{name(1, 21)[:16]}/{name(1, 21)}.00000028.backup", b"START WAL LOCATION: ...")
     inventory.refresh(store.archive)
     assert make_plan(store.archive, LATEST).segments == names(1, 10, 20)
     assert make_plan(store.archive, at_lsn(6)).segments == names(1, 2, 6)
     assert "ends at LSN" in refusal(store, at_lsn(21))
+
+
+# --- a partial segment at the end -------------------------------------------------------
+# Segment 21 is open on the primary; a streaming receiver shipped what it holds so far as
+# <segment>.partial, 30 s after segment 20 was stored: its WAL fills 5 pages.
+
+PAGE = 8192
+
+
+@pytest.fixture
+def streamed(store) -> SyntheticArchive:
+    store.partial(1, 21, pages=5, at=stored_at(20) + timedelta(seconds=30))
+    return store
+
+
+def test_latest_ends_in_the_newest_partial(streamed, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    plan = make_plan(streamed.archive, LATEST)
+    assert plan.segments == [*names(1, 10, 20), f"{name(1, 21)}.partial"]
+    assert plan.archive_end == lsn(21, 5 * PAGE)
+    assert any(f"only stored as {name(1, 21)}.partial" in note and "upper bound" in note for note in plan.notes)
+    assert plan.wal_stored_size > sum(len(b"segment %d" % n) for n in range(10, 21))
+    assert f"{name(1, 10)} .. {name(1, 21)}.partial" in describe(plan)
+
+
+def test_an_lsn_within_the_partials_wal_is_reached_one_past_it_is_refused(streamed):
+    assert make_plan(streamed.archive, at_lsn(21, 3 * PAGE)).segments[-1] == f"{name(1, 21)}.partial"
+    assert make_plan(streamed.archive, at_lsn(15)).segments == names(1, 10, 15)
+    message = refusal(streamed, at_lsn(21, 5 * PAGE))
+    assert message.startswith(f"the archive's WAL on timeline 1 ends at LSN {lsn(21, 5 * PAGE)} at most "
+                              f"(in the partial segment {name(1, 21)}.partial, stored at ")
+    assert "is later" in refusal(streamed, at_lsn(22))
+
+
+def test_a_time_until_the_partial_was_shipped_is_reached(streamed):
+    assert make_plan(streamed.archive, at_time(20, seconds=20)).segments[-1] == f"{name(1, 21)}.partial"
+    assert "ends at LSN" in refusal(streamed, at_time(20, seconds=40))
+
+
+def test_a_re_shipped_partial_moves_the_archive_end(streamed):
+    streamed.partial(1, 21, pages=9, at=stored_at(20) + timedelta(seconds=40))
+    assert make_plan(streamed.archive, LATEST).archive_end == lsn(21, 9 * PAGE)
+    assert make_plan(streamed.archive, at_time(20, seconds=35)).segments[-1] == f"{name(1, 21)}.partial"
+
+
+def test_the_full_segment_wins_over_its_partial(streamed):
+    streamed.segments(1, 21, 21)
+    plan = make_plan(streamed.archive, LATEST)
+    assert plan.segments == names(1, 10, 21) and plan.archive_end == lsn(22)
+    assert not any("partial" in note for note in plan.notes)
+
+
+def test_a_partial_with_later_wal_after_it_is_a_gap(streamed):
+    streamed.segments(1, 22, 22)
+    assert refusal(streamed, LATEST).startswith(f"segment {name(1, 21)} is missing")
+    assert make_plan(streamed.archive, at_lsn(20)).segments == names(1, 10, 20)
+
+
+def test_a_partial_left_behind_an_archived_segment_is_ignored(store):
+    store.partial(1, 19, pages=5, at=stored_at(19))  # its full segment came later
+    plan = make_plan(store.archive, LATEST)
+    assert plan.segments == names(1, 10, 20) and plan.archive_end == lsn(21)
+
+
+def test_a_partial_on_the_old_timeline_does_not_end_the_new_ones_path(branched):
+    # Timeline 1 stops at segment 20 and its open segment 21 was shipped as a partial:
+    # timeline 2 (to segment 14) does not pass there.
+    branched.partial(1, 21, pages=5, at=stored_at(21))
+    assert make_plan(branched.archive, LATEST).segments == names(1, 2, 7) + names(2, 8, 14)
+    assert make_plan(branched.archive, LATEST, 1).segments[-1] == f"{name(1, 21)}.partial"
+
+
+def test_the_switch_segment_of_a_new_timeline_can_be_a_partial(store):
+    """A promoted copy's first segment is still open: only its partial is stored."""
+    store.history(2, [(1, SWITCH)], at=stored_at(12))
+    end = store.partial(2, 8, pages=300, at=stored_at(13))
+    plan = make_plan(store.archive, LATEST)
+    assert plan.timeline == 2
+    assert plan.segments == [*names(1, 2, 7), f"{name(2, 8)}.partial"] and plan.archive_end == end
+    assert plan.segments[-1] == make_plan(store.archive, Target(kind="lsn", lsn=SWITCH + 16, text="x"), 2).segments[-1]
+
+
+def test_plans_with_a_partial_are_the_same_with_and_without_indexes(streamed):
+    """Indexes (of sealed folders) never hold a partial; a partial in the newest folder
+    is always listed afresh."""
+    targets = [LATEST, at_lsn(21, PAGE), at_time(20, seconds=20)]
+    before = [make_plan(streamed.archive, target) for target in targets]
+    inventory.refresh(streamed.archive)
+    assert [make_plan(streamed.archive, target) for target in targets] == before

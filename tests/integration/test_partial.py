@@ -44,12 +44,11 @@ def start_receiver(primary: pgharness.Cluster, directory: Path) -> subprocess.Po
     user, flushing and acknowledging every write (--synchronous), so that the flush
     position pg_stat_replication shows is what the directory holds."""
     user = localpg.server_user()
-    drop = {"user": user.uid, "group": user.gid} if user.switch else {}
     return subprocess.Popen(
         [str(primary.install.bin("pg_receivewal")), "-D", str(directory), "-h", str(primary.socket_dir),
          "-p", str(primary.port), "-U", localpg.SUPERUSER, "--no-loop", "--no-password", "--synchronous"],
         env=localpg.server_env(), cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, **drop,  # type: ignore[arg-type]
+        stderr=subprocess.STDOUT, user=user.uid if user.switch else None, group=user.gid if user.switch else None,
     )
 
 

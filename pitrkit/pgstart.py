@@ -40,16 +40,20 @@ _POLL_MAX = 0.05
 _PID_FILE_WAIT = 60.0
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
-# SQLSTATE 57P03 cannot_connect_now: starting up, or in recovery before consistency.
-_NOT_YET = "57P03"
+# SQLSTATEs that mean the server will not let us in at all: class 28 (invalid
+# authorization: pg_hba, password) and 3D000 (no database "postgres"). Anything else is
+# passing: starting up or not yet consistent (57P03), shutting down at the target
+# (57P01), a connection lost as the postmaster exits; the next look tells which.
+_REFUSED = ("28", "3D000")
 # For this run only: every server message in our log file, in English whatever the
 # restored configuration says, because we read the log to tell a clean stop at the
 # target from a failure.
 _SERVER_OPTIONS = "-c lc_messages=C -c logging_collector=off -c log_destination=stderr"
 _LOG_PROBLEM = re.compile(r"\b(?:FATAL|PANIC):\s+(.*)")
-# FATALs of client connections turned away while the server starts or recovers (ours
-# among them): they say nothing about recovery.
-_TURNED_AWAY = "the database system is"
+# FATALs of client connections (ours among them), turned away while the server starts
+# or recovers, or ended by a shutdown (recovery_target_action = shutdown, say): they say
+# nothing about recovery.
+_CLIENT_FATALS = ("the database system is", "terminating connection due to administrator command")
 
 
 class RecoveryFailed(PitrkitError):
@@ -156,7 +160,7 @@ class _Watch:
 def failure_reason(log: str) -> str | None:
     """The last FATAL or PANIC message that is about the server, not a client."""
     problems = [problem.strip() for problem in _LOG_PROBLEM.findall(log)
-                if not problem.startswith(_TURNED_AWAY)]
+                if not problem.startswith(_CLIENT_FATALS)]
     return problems[-1] if problems else None
 
 
@@ -188,7 +192,7 @@ def wait_for_target(server: Server, action: str, replay_from: Lsn, replay_to: Ls
                 if connection is not None and not connection.closed:
                     connection.close()
                 connection = None
-                if exc.sqlstate not in (None, _NOT_YET):
+                if exc.sqlstate is not None and exc.sqlstate.startswith(_REFUSED):
                     # The server answers but will not let us in (pg_hba, a missing
                     # "postgres" database): we cannot tell when the target is reached.
                     raise RecoveryFailed(f"cannot connect to the restored server to watch recovery: "

@@ -162,3 +162,36 @@ def test_refusals_come_before_anything_is_written(cluster, pitrkit_setup, server
     restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn)
     assert f"backups/{backup['backup_id']}/manifest.json" in refusal(result)
     assert not restored.pgdata.exists()
+
+
+def test_shutdown_action_stops_the_server_at_the_target(cluster, pitrkit_setup):
+    primary = archiving_primary(cluster, pitrkit_setup)
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    write_round(primary, 2)
+    archive_everything(primary)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--action", "shutdown", "--start")
+    out = succeeded(result)
+    assert "recovery shut down" in out
+    assert "recovery stopping" in out  # the server's own line, reported
+    assert not (restored.pgdata / "postmaster.pid").exists()
+
+
+def test_a_target_the_wal_never_reaches_fails_the_restore_with_the_servers_reason(cluster, pitrkit_setup):
+    primary = archiving_primary(cluster, pitrkit_setup)
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    last = archive_everything(primary)
+    # The last byte of the last archived segment: inside the archive as far as the names
+    # tell (the plan accepts it), but that segment ends in a WAL switch, so no record
+    # reaches it. Recovery runs out of WAL first, and PostgreSQL says so.
+    log, segno = int(last[8:16], 16), int(last[16:24], 16)
+    end = (log << 32) + (segno + 1) * 16 * 1024 * 1024
+    unreachable = f"{(end - 1) >> 32:X}/{(end - 1) & 0xFFFFFFFF:X}"
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", unreachable, "--start", "--archive-mode", "off")
+    error = refusal(result)
+    assert "recovery ended before configured recovery target was reached" in error
+    assert not (restored.pgdata / "postmaster.pid").exists()

@@ -336,14 +336,17 @@ def _configured_pgdata(config: Config) -> str:
     return os.path.realpath(config.postgres.pgdata)
 
 
-def _check_server(facts: ServerFacts, pgdata: str) -> None:
+def _check_server(facts: ServerFacts, pgdata: str, streaming: bool) -> None:
+    """`streaming`: `pitrkit wal-receive` is streaming from the [receive] slot, which
+    archives the backup's WAL without archive_command (docs/streaming.md)."""
     if facts.in_recovery:
         raise RefusedError("the server is a standby (in recovery): backing up a standby is not supported yet; "
                            "run backup-push against the primary")
-    if facts.archive_mode == "off":
-        raise RefusedError("archive_mode is off on the server: the backup could never be made consistent "
-                           "from the archive; set archive_mode = on and archive_command to pitrkit wal-push")
-    if not facts.archive_command and not facts.archive_library:
+    if not streaming and facts.archive_mode == "off":
+        raise RefusedError("archive_mode is off on the server and pitrkit wal-receive is not streaming from "
+                           "the [receive] slot: the backup could never be made consistent from the archive; "
+                           "set archive_mode = on and archive_command to pitrkit wal-push, or run wal-receive")
+    if not streaming and not facts.archive_command and not facts.archive_library:
         raise RefusedError("archive_command is empty on the server: the backup could never be made consistent "
                            "from the archive; set archive_command to pitrkit wal-push")
     if os.path.realpath(facts.data_directory) != pgdata:
@@ -440,7 +443,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
     pgdata = _configured_pgdata(config)
     with ServerSession(config.postgres.conninfo) as server:
         facts = server.facts()
-        _check_server(facts, pgdata)
+        _check_server(facts, pgdata, server.slot_active(config.receive.slot))
         identity = _archive_identity(archive)
         if identity is not None:
             _check_identity(identity, facts, archive.storage.url)

@@ -33,6 +33,7 @@ _COMMAND_MODULES = {
     "catalog": "pitrkit.inventory",
     "restore-plan": "pitrkit.plan",
     "restore": "pitrkit.restore",
+    "wal-receive": "pitrkit.receive",
 }
 
 
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("wal-fetch", help="restore one WAL file (restore_command = '... wal-fetch %%f %%p')")
     fetch.add_argument("name", help="the WAL file name, as PostgreSQL's %%f")
     fetch.add_argument("destination", type=Path, help="where to write it, as PostgreSQL's %%p")
+
+    commands.add_parser("wal-receive", help="stream WAL from a replication slot with pg_receivewal and archive it "
+                        "as it arrives, until SIGTERM ([receive] in the configuration; see docs/streaming.md)")
 
     backup = commands.add_parser("backup-push", help="take a base backup of the cluster in [postgres] into the archive")
     backup.add_argument("--label", help="a label for the backup (default: pitrkit <backup id>)")

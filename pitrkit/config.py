@@ -66,12 +66,52 @@ class BackupConfig(_Section, frozen=True):
     wal_timeout: float = 600.0
 
 
+# PostgreSQL's memory units (max_slot_wal_keep_size = '10GB'), so that the threshold
+# can be written the way the server setting it guards is.
+_SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[kMGT]B)?")
+_SIZE_UNITS = {None: 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def parse_size(value: int | str) -> int | None:
+    """Bytes from an integer or a size such as "4GB" (1024-based, as PostgreSQL's units);
+    None if `value` is neither."""
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    match = _SIZE.fullmatch(value.strip())
+    return None if match is None else int(match["number"]) * _SIZE_UNITS[match["unit"]]
+
+
+class ReceiveConfig(_Section, frozen=True):
+    # The physical replication slot `wal-receive` streams from (created if missing). It
+    # is also the sidecar's application_name, the name synchronous_standby_names uses,
+    # unless [postgres] conninfo sets one.
+    slot: str = "pitrkit"
+    # The local directory pg_receivewal writes into. Required by wal-receive; it must
+    # exist, on a file system that survives a reboot (WAL waits here until archived).
+    spool: str | None = None
+    # Seconds between shipments of the segment still being written, as <segment>.partial:
+    # the most an archive restore can miss of what the sidecar received.
+    partial_interval: float = 10.0
+    # pg_receivewal --synchronous: flush every write and report it at once, so the server
+    # can wait for the sidecar (synchronous_standby_names) before acknowledging a commit.
+    synchronous: bool = False
+    # Warn when the slot holds back more WAL than this on the server (bytes, or "4GB").
+    max_slot_retained: int | str = "4GB"
+
+    @property
+    def max_slot_retained_bytes(self) -> int:
+        size = parse_size(self.max_slot_retained)
+        assert size is not None  # checked when the file was loaded
+        return size
+
+
 class Config(_Section, frozen=True):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
     compression: CompressionConfig = CompressionConfig()
     agent: AgentConfig = AgentConfig()
     backup: BackupConfig = BackupConfig()
+    receive: ReceiveConfig = ReceiveConfig()
 
 
 def locate(explicit: str | None) -> Path:
@@ -119,6 +159,14 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("backup.workers must not be negative")
     if not math.isfinite(config.backup.wal_timeout) or config.backup.wal_timeout <= 0:
         problems.append("backup.wal_timeout must be a positive number of seconds")
+    if not config.receive.slot or not re.fullmatch(r"[a-z0-9_]{1,63}", config.receive.slot):
+        problems.append("receive.slot must be 1 to 63 lower-case letters, digits or underscores "
+                        "(a replication slot name)")
+    if not math.isfinite(config.receive.partial_interval) or config.receive.partial_interval <= 0:
+        problems.append("receive.partial_interval must be a positive number of seconds")
+    if parse_size(config.receive.max_slot_retained) is None:
+        problems.append("receive.max_slot_retained must be a number of bytes or a size such as \"4GB\" "
+                        "(units kB, MB, GB, TB)")
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
 

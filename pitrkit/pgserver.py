@@ -150,6 +150,13 @@ class ServerSession:
         return BackupStop(Lsn.parse(lsn), label_file, tablespace_map or "", parse_backup_label(label_file),
                           self.clock())
 
+    def slot_active(self, slot: str) -> bool:
+        """Whether a client streams from the replication slot `slot` now."""
+        (active,) = self._row("reading pg_replication_slots",
+                              "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = %s",
+                              (slot,))
+        return bool(active)
+
     def archiver_failure(self) -> str:
         """What pg_stat_archiver says about failures, for an error message."""
         failed, last_failed = self._row("reading pg_stat_archiver",

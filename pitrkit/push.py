@@ -6,6 +6,12 @@ identifier matches the archive's; a history or backup file must parse. An identi
 object under the same name is success (PostgreSQL re-runs archive_command after a crash
 between storing and marking `.done`); different content under that name is refused and
 the stored object is never replaced.
+
+One exception: `<segment>.partial`, the open segment `wal-receive` re-ships every few
+seconds. A new partial replaces the stored one when it extends it (the stored WAL is a
+prefix of the new content); one that the stored partial already extends is success with
+nothing written; anything else diverges and is refused like a conflicting segment, so
+two writers can never clobber each other's WAL.
 """
 
 from __future__ import annotations
@@ -43,14 +49,40 @@ def push(archive: Archive, path: Path) -> str:
         except objects.CorruptObject as exc:
             raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
                                "refusing to overwrite it: move the damaged object aside") from None
-        if stored != data:
-            raise RefusedError(
-                f"{file.name} is already archived with different content "
-                f"(stored sha256 {hashlib.sha256(stored).hexdigest()[:16]}…, "
-                f"this file {header.sha256.hex()[:16]}…); refusing to overwrite it"
-            ) from None
-        return f"{file.name} was already archived with identical content"
+        if stored == data:
+            return f"{file.name} was already archived with identical content"
+        if file.kind == WalFileKind.PARTIAL:
+            return _extend_partial(archive, key, file, stored, data, blob)
+        raise RefusedError(
+            f"{file.name} is already archived with different content "
+            f"(stored sha256 {hashlib.sha256(stored).hexdigest()[:16]}…, "
+            f"this file {header.sha256.hex()[:16]}…); refusing to overwrite it"
+        ) from None
     return f"archived {file.name}: {header.size} bytes, stored {len(blob)} ({header.compression})"
+
+
+def _extend_partial(archive: Archive, key: str, file: WalFileName, stored: bytes, data: bytes, blob: bytes) -> str:
+    # pg_receivewal pads a partial segment with zeros to the full size, so "the stored
+    # WAL" ends at its last non-zero byte; the padding says nothing and may be overwritten.
+    stored_end, new_end = _wal_end(stored), _wal_end(data)
+    if data[:stored_end] == stored[:stored_end]:
+        # Not compare-and-swap: two writers extending the same partial at the same moment
+        # leave one of their copies, and each extends what was stored, so no WAL is lost.
+        archive.put(key, blob, overwrite=True)
+        return f"extended {file.name}: {new_end - stored_end} more bytes of WAL, {new_end} in all"
+    if stored[:new_end] == data[:new_end]:
+        # An older view of the same segment (a restarted receiver re-streaming it).
+        return f"{file.name} is already archived with all of this file's WAL and more"
+    raise RefusedError(
+        f"{file.name} is already archived with WAL that diverges from this file's within the first "
+        f"{min(stored_end, new_end)} bytes; refusing to overwrite it (two clusters or timelines writing "
+        "to one archive?)"
+    )
+
+
+def _wal_end(data: bytes) -> int:
+    """The offset just past the last non-zero byte."""
+    return len(data.rstrip(b"\0"))
 
 
 def _read(path: Path) -> bytes:

@@ -44,12 +44,13 @@ SLOT = "pitrkit"
 
 
 def configure(setup: PitrkitSetup, primary: pgharness.Cluster, spool: Path, *, synchronous: bool = False,
-              partial_interval: float = 1) -> None:
+              partial_interval: float = 1, max_slot_retained: str = "4GB") -> None:
     """[postgres] naming `primary`, and a [receive] section for `spool`."""
     setup.write_config(postgres=primary)
     with open(setup.config, "a") as file:
         file.write(f'[receive]\nslot = "{SLOT}"\nspool = "{spool}"\npartial_interval = {partial_interval}\n'
-                   f"synchronous = {'true' if synchronous else 'false'}\n")
+                   f"synchronous = {'true' if synchronous else 'false'}\n"
+                   f'max_slot_retained = "{max_slot_retained}"\n')
 
 
 @dataclass
@@ -192,9 +193,14 @@ def test_slot_created_reused_and_a_server_down_at_start_is_retried(cluster, pitr
     assert slot_row(primary) == ("physical", False, True)
     assert sidecar.state()["running"] is False
 
-    # A restart reuses it.
+    # A restart reuses it, and warns when it holds back more WAL than configured (the
+    # slot has kept everything since the last segment the sidecar completed).
+    primary.sql("CREATE TABLE filler AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+    configure(setup, primary, spool, max_slot_retained="1MB")
     again = start_sidecar(setup, spool, "again")
     again.wait_for_event("slot-reused")
+    warning = again.wait_for_event("slot-retains-too-much")[0]
+    assert "level=warning" in warning and "limit=\"1.0 MiB\"" in warning, warning
     wait_until_streaming(again, primary)
     state = pgharness.wait_for(lambda: (s := again.state()).get("pid") == again.process.pid and s["slot"] and s,
                                30, what="the restarted sidecar's state file")

@@ -140,7 +140,12 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     # [:24]: the segment part of segment, `.partial` and `.backup` names alike.
     if any(name[:24] > file.name for name in stored):
         raise not_newest
-    data = _read_verified(archive, wal_key(partial), archive.config.repository.retries)
+    try:
+        data = _read_verified(archive, wal_key(partial), archive.config.repository.retries)
+    except NotInArchive:
+        # Deleted since the listing: the receiver stores the full segment first, then
+        # removes the partial.
+        return Fetched(read(archive, file.name))
     try:
         header = read_page_header(data)
         following = SegmentName.parse(file.segment, header.segment_size).next()

@@ -19,6 +19,7 @@ from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, RepositoryConfig
 from pitrkit.errors import NotInArchive
 from pitrkit.fetch import SPOOL_PREFIX
+from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.lookahead import Ahead
 from pitrkit.push import push
 from pitrkit.wal import SegmentName, read_page_header, valid_end
@@ -103,6 +104,29 @@ def test_the_full_segment_wins_over_its_partial(store, destination):
     full = store.segment(5)
     assert "partial" not in fetch.fetch(store.archive, name(5), destination)
     assert destination.read_bytes() == full
+
+
+def test_a_partial_replaced_by_its_segment_while_being_fetched_serves_the_segment(store, monkeypatch):
+    """The race with a receiver: segment 5 is absent when asked for and its partial is
+    listed; then the receiver stores segment 5 and deletes the partial before it is read."""
+    store.partial(5)
+    folder = f"wal/{name(5)[:16]}/"
+    listed_before = store.archive.list_folder(folder)
+    full = store.segment(5)
+    store.stored(f"{name(5)}.partial").unlink()
+    segment_key = f"{folder}{name(5)}"
+    get, reads = store.archive.get, []
+
+    def get_before_the_segment_landed(key: str) -> bytes:
+        reads.append(key)
+        if key == segment_key and reads.count(key) == 1:
+            raise ObjectNotFound(key)
+        return get(key)
+
+    monkeypatch.setattr(store.archive, "get", get_before_the_segment_landed)
+    monkeypatch.setattr(store.archive, "list_folder", lambda prefix: listed_before)
+    assert fetch.read_for_recovery(store.archive, name(5)) == fetch.Fetched(full)
+    assert reads == [segment_key, f"{segment_key}.partial", segment_key]
 
 
 def test_a_partial_with_a_later_segment_after_it_is_not_served(store, destination):

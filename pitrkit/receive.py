@@ -191,9 +191,13 @@ class Receiver:
                                  "(it is re-created) and take a new base backup")
             return
         parent = os.getpid()
-        self._child = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE, env=self._child_env,
-                                       preexec_fn=lambda: self._die_with(parent))
+        try:
+            self._child = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, env=self._child_env,
+                                           preexec_fn=lambda: self._die_with(parent))
+        except OSError as exc:  # e.g. removed by a package upgrade: retried, it may come back
+            self._retry_receiver(logging.ERROR, "receiver-not-started", f"cannot run {self._argv[0]}: {exc.strerror}")
+            return
         assert self._child.stderr is not None
         os.set_blocking(self._child.stderr.fileno(), False)
         self._child_started = time.monotonic()

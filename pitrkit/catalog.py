@@ -123,7 +123,7 @@ class BackupCatalog(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class WalIndexEntry(msgspec.Struct, array_like=True, frozen=True):
-    name: str  # the WAL file name (a segment, or a segment's .partial)
+    name: str  # the WAL file name: a segment, or a .backup file (never a .partial: see inventory.py)
     stored_size: int
     modified: float | None  # when it reached the archive, if the storage says
 

@@ -141,7 +141,11 @@ class _Watch:
             try:
                 self.pid = int((self.server.data_dir / "postmaster.pid").read_text().split()[0])
             except (OSError, ValueError, IndexError):
-                if time.monotonic() - self.started > _PID_FILE_WAIT or failure_reason(self.log()):
+                # Not started yet, or already gone: a small recovery can start, reach a
+                # shutdown target and exit between two looks.
+                log = self.log()
+                if (time.monotonic() - self.started > _PID_FILE_WAIT or failure_reason(log)
+                        or _SHUT_DOWN in log):
                     return False
                 return True
         try:
@@ -162,6 +166,9 @@ def failure_reason(log: str) -> str | None:
     problems = [problem.strip() for problem in _LOG_PROBLEM.findall(log)
                 if not problem.startswith(_CLIENT_FATALS)]
     return problems[-1] if problems else None
+
+
+_SHUT_DOWN = "database system is shut down"
 
 
 def stop_line(log: str) -> str | None:
@@ -235,7 +242,7 @@ def _after_exit(server: Server, watch: _Watch, last_lsn: Lsn | None,
     """The postmaster is gone: a clean stop at the target, or a failure named by the log."""
     log = watch.log()
     stop = stop_line(log)
-    if stop is not None and "database system is shut down" in log and failure_reason(log) is None:
+    if stop is not None and _SHUT_DOWN in log and failure_reason(log) is None:
         return RecoveryResult(state="shut down", lsn=last_lsn, last_transaction=None,
                               timeline=timeline_at(last_lsn) if last_lsn is not None else None,
                               seconds=time.monotonic() - watch.started, stop_line=stop)

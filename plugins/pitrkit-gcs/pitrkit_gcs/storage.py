@@ -204,9 +204,11 @@ class GcsStorage:
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
+    text = exc.message if isinstance(exc, api_exceptions.GoogleAPICallError) else str(exc)
+    text = " ".join(text.split())  # one line: pitrkit reports a fault as one line on stderr
     if isinstance(exc, api_exceptions.GoogleAPICallError):
-        return f"HTTP {exc.code}: {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+        return f"HTTP {exc.code}: {text}"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _checksums(data: bytes) -> tuple[str, str]:

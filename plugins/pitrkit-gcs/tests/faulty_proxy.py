@@ -1,0 +1,131 @@
+"""A loopback HTTP proxy in front of the emulator that injects faults into chosen requests:
+a status code instead of an answer, a connection reset part-way through a request body,
+a reset after the request reached the server (the write landed, its answer is lost),
+added latency, a flipped byte in a response body.
+
+The SDK reaches it through STORAGE_EMULATOR_HOST; it speaks plain HTTP/1.1, one request
+per connection (it answers with `Connection: close`), which is all the SDK needs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+UPLOADS: Callable[[str, str], bool] = lambda method, path: path.startswith("/upload/")  # noqa: E731
+DOWNLOADS: Callable[[str, str], bool] = lambda method, path: method == "GET" and "alt=media" in path  # noqa: E731
+EVERY_REQUEST: Callable[[str, str], bool] = lambda method, path: True  # noqa: E731
+
+
+@dataclass
+class Fault:
+    kind: str  # "status", "reset-mid-body", "reset-after-forward", "delay", "corrupt-body"
+    matches: Callable[[str, str], bool]
+    remaining: float  # how many matching requests it still hits (math.inf: all)
+    status: int = 503
+    delay: float = 0.0
+
+
+class FaultyProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.faults: list[Fault] = []
+        self.hits: list[str] = []  # the kinds of the faults injected, in order
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy._serve(self)
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a reset we injected ends its handler with an OSError: expected
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def inject(self, kind: str, matches: Callable[[str, str], bool] = EVERY_REQUEST, times: float = 1,
+               **options: float) -> None:
+        with self._lock:
+            self.faults.append(Fault(kind, matches, times, **options))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.remaining > 0 and fault.matches(method, path):
+                    fault.remaining -= 1
+                    self.hits.append(fault.kind)
+                    return fault
+        return None
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        fault = self._take_fault(handler.command, handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        if fault and fault.kind == "reset-mid-body":
+            handler.rfile.read(length // 2)
+            _reset(handler.connection)
+            return
+        body = handler.rfile.read(length)
+        if fault and fault.kind == "delay":
+            time.sleep(fault.delay)
+        if fault and fault.kind == "status":
+            handler.send_response(fault.status)
+            handler.send_header("Content-Type", "application/json")
+            message = b'{"error": {"code": %d, "message": "injected by the test proxy"}}' % fault.status
+            handler.send_header("Content-Length", str(len(message)))
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.wfile.write(message)
+            return
+        upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        try:
+            headers = {name: value for name, value in handler.headers.items()
+                       if name.lower() not in ("host", "connection", "content-length", "transfer-encoding")}
+            upstream.request(handler.command, handler.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            answer = response.read()
+        finally:
+            upstream.close()
+        if fault and fault.kind == "reset-after-forward":
+            _reset(handler.connection)
+            return
+        if fault and fault.kind == "corrupt-body" and answer:
+            answer = bytes([answer[0] ^ 0xFF]) + answer[1:]
+        handler.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("connection", "content-length", "transfer-encoding"):
+                handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(answer)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(answer)
+
+
+def _reset(connection: socket.socket) -> None:
+    """Close with a TCP RST rather than a FIN, as a dying middlebox does."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()

@@ -1,0 +1,96 @@
+"""GcsStorage through a loopback proxy that injects faults: transient faults are retried
+within the timeout, lasting ones become a StorageError, and no fault ever leaves a
+partial or corrupted object that a read accepts."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import pytest
+from faulty_proxy import DOWNLOADS, UPLOADS, FaultyProxy
+from pitrkit_gcs.storage import GcsStorage
+
+from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
+
+KEY = "wal/0000000100000000/000000010000000000000001"
+
+
+@pytest.fixture
+def proxy(emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
+    proxy = FaultyProxy(emulator.endpoint)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def storage(bucket, proxy) -> GcsStorage:
+    return GcsStorage(f"gs://{bucket}/archive", timeout=5)
+
+
+def test_503s_are_retried(storage, proxy):
+    data = os.urandom(300_000)
+    proxy.inject("status", UPLOADS, times=2, status=503)
+    proxy.inject("status", DOWNLOADS, times=2, status=503)
+    storage.put(KEY, data)
+    assert storage.get(KEY) == data
+    assert proxy.hits == ["status"] * 4
+
+
+def test_a_reset_mid_upload_is_retried_and_stores_the_whole_object(storage, proxy):
+    data = os.urandom(2_000_000)
+    proxy.inject("reset-mid-body", UPLOADS, times=2)
+    storage.put(KEY, data)
+    assert proxy.hits == ["reset-mid-body"] * 2
+    assert storage.get(KEY) == data
+
+
+def test_an_upload_that_landed_but_lost_its_answer_is_a_success(storage, proxy):
+    # The retry meets the object its first attempt stored (412): same checksums, ours.
+    data = os.urandom(100_000)
+    proxy.inject("reset-after-forward", UPLOADS)
+    storage.put(KEY, data)
+    assert proxy.hits == ["reset-after-forward"]
+    assert storage.get(KEY) == data
+
+
+def test_a_retry_that_meets_another_writers_object_is_object_exists(storage, proxy):
+    storage.put(KEY, b"the other writer's segment")
+    proxy.inject("status", UPLOADS, status=503)
+    with pytest.raises(ObjectExists):
+        storage.put(KEY, b"our different segment")
+    assert storage.get(KEY) == b"the other writer's segment"
+
+
+def test_lasting_resets_fail_with_a_storage_error_and_leave_no_object(bucket, proxy):
+    storage = GcsStorage(f"gs://{bucket}/archive", timeout=1)
+    proxy.inject("reset-mid-body", UPLOADS, times=math.inf)
+    with pytest.raises(StorageError, match="storing"):
+        storage.put(KEY, os.urandom(1_000_000))
+    with pytest.raises(ObjectNotFound):
+        storage.get(KEY)
+
+
+def test_a_corrupted_download_is_refused(storage, proxy):
+    data = os.urandom(100_000)
+    storage.put(KEY, data)
+    proxy.inject("corrupt-body", DOWNLOADS, times=math.inf)
+    with pytest.raises(StorageError, match="reading"):
+        storage.get(KEY)
+    assert proxy.hits  # the corruption was injected, and refused
+
+
+def test_latency_within_the_timeout_is_only_slower(storage, proxy):
+    proxy.inject("delay", times=math.inf, delay=0.3)
+    storage.put(KEY, b"slow")
+    assert storage.get(KEY) == b"slow"
+
+
+def test_latency_beyond_the_timeout_is_a_storage_error(bucket, proxy):
+    storage = GcsStorage(f"gs://{bucket}/archive", timeout=0.5)
+    proxy.inject("delay", DOWNLOADS, times=math.inf, delay=3)
+    storage.put(KEY, b"x")
+    with pytest.raises(StorageError, match="reading"):
+        storage.get(KEY)

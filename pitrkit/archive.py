@@ -1,5 +1,5 @@
-"""One archive: its storage backend opened from the configuration, the key layout, and
-the identity document `archive.json`.
+"""One archive: its storage backend opened from the configuration, the key layout, the
+identity document `archive.json`, and the cipher `[encryption]` configures for it.
 
 Every storage call made through `Archive` is bounded: the backend enforces a timeout per
 call and `Archive` retries a `StorageError` a configured number of times with
@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import msgspec
+
 from pitrkit import catalog
 from pitrkit.catalog import ArchiveIdentity
 from pitrkit.config import Config
-from pitrkit.errors import PitrkitError
-from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, StorageError
+from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.hookspecs import Cipher, Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError
 from pitrkit.plugins import Plugins
 from pitrkit.wal import PageHeader, WalFileKind, WalFileName
 
@@ -77,6 +79,7 @@ class Archive:
         self._retries = config.repository.retries
         self._identity: ArchiveIdentity | None = None
         self._identity_read_at = 0.0
+        self._cipher: Cipher | None = None
 
     # -- bounded storage calls -----------------------------------------------------------
 
@@ -131,16 +134,88 @@ class Archive:
     def claim(self, header: PageHeader) -> ArchiveIdentity:
         """Create `archive.json` for the cluster that wrote `header`; if another writer
         got there first, return what it wrote (the caller checks it matches)."""
+        encryption = None
+        if self.config.encryption.mode != "off":
+            self._cipher = self._make_cipher(None)
+            encryption = msgspec.convert(self._cipher.archive_parameters, catalog.EncryptionParameters)
         identity = ArchiveIdentity(
             system_identifier=header.system_identifier,
             wal_segment_size=header.segment_size,
             pg_versions=[header.major],
+            encryption=encryption,
             created_at=datetime.now(UTC).replace(microsecond=0),
         )
         try:
             self.put(IDENTITY_KEY, catalog.encode(identity))
         except ObjectExists:
+            self._cipher = None  # built for our parameters (a passphrase salt), not the winner's
             return self.identity()
         log.info("initialized archive %s for system identifier %d", self.storage.url, header.system_identifier)
         self._identity, self._identity_read_at = identity, time.monotonic()
         return identity
+
+    # -- encryption ----------------------------------------------------------------------
+
+    def cipher(self) -> Cipher | None:
+        """The cipher that reads this archive's encrypted objects (with any key
+        `[encryption]` lists); None when encryption is off or the archive is not
+        encrypted. Built once: it may read key files, run a passphrase command, stretch
+        passphrases."""
+        if self.config.encryption.mode == "off":
+            return None
+        if self._cipher is None:
+            try:
+                recorded = self.identity().encryption
+            except ObjectNotFound:
+                return None  # nothing stored yet, so nothing to decrypt
+            if recorded is None:
+                return None
+            self._cipher = self._make_cipher(recorded)
+        return self._cipher
+
+    def write_cipher(self) -> Cipher | None:
+        """The cipher new objects must be written with, or None for plaintext. Refuses
+        whatever would leave the archive unreadable or mixed: plaintext into an encrypted
+        archive, encryption into a plaintext one, a key that is not the archive's current
+        key. A configuration that rotates (names the archive's current key as an old key)
+        records its new key in `archive.json` first."""
+        url = self.storage.url
+        try:
+            recorded = self.identity().encryption
+        except ObjectNotFound:
+            if self.config.encryption.mode == "off":
+                return None
+            raise RefusedError(f"the archive {url} has no archive.json yet: the first WAL segment pushed creates "
+                               "it with the encryption parameters; push a segment first") from None
+        if self.config.encryption.mode == "off":
+            if recorded is not None:
+                raise RefusedError(f"the archive {url} is encrypted ({recorded.mode} mode), but [encryption] is "
+                                   "off: refusing to store plaintext in it")
+            return None
+        if recorded is None:
+            raise RefusedError(f"the archive {url} was created without encryption; [encryption] can only be "
+                               "turned on for a new archive (a new repository.url, then a new base backup)")
+        cipher = self.cipher()
+        assert cipher is not None
+        wanted = msgspec.convert(cipher.archive_parameters, catalog.EncryptionParameters)
+        if wanted.key_ids != recorded.key_ids:
+            self._record_encryption(wanted)
+            recorded = wanted
+        if cipher.key_id != recorded.current_key_id:
+            retired = " (a retired key)" if cipher.key_id in recorded.key_ids else ""
+            raise RefusedError(
+                f"the configured encryption key {cipher.key_id}{retired} is not the archive's current key "
+                f"{recorded.current_key_id}: refusing to write with it (to rotate, list the current key in "
+                "encryption.old_keys; see docs/encryption.md)")
+        return cipher
+
+    def _record_encryption(self, parameters: catalog.EncryptionParameters) -> None:
+        identity = msgspec.structs.replace(self.identity(), encryption=parameters)
+        self.put(IDENTITY_KEY, catalog.encode(identity), overwrite=True)
+        log.warning("archive %s: encryption key %s is now current (keys, oldest first: %s)",
+                    self.storage.url, parameters.current_key_id, ", ".join(parameters.key_ids))
+        self._identity, self._identity_read_at = identity, time.monotonic()
+
+    def _make_cipher(self, recorded: catalog.EncryptionParameters | None) -> Cipher:
+        parameters = {} if recorded is None else msgspec.to_builtins(recorded)
+        return self.plugins.cipher(msgspec.to_builtins(self.config.encryption), parameters)

@@ -44,7 +44,7 @@ from pitrkit.catalog import (
 )
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
-from pitrkit.hookspecs import Compressor, ObjectExists, ObjectNotFound
+from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.pgserver import ServerFacts, ServerSession
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.wal import Lsn, SegmentName, WalFileName
@@ -210,10 +210,12 @@ class PartStore:
     the workers fall behind. Buffers are reused, never reallocated.
     """
 
-    def __init__(self, archive: Archive, backup_id: str, compressor: Compressor, workers: int) -> None:
+    def __init__(self, archive: Archive, backup_id: str, compressor: Compressor, cipher: Cipher | None,
+                 workers: int) -> None:
         self._archive = archive
         self._prefix = backup_prefix(backup_id) + "data/"
         self._compressor = compressor
+        self._cipher = cipher
         self._free: SimpleQueue[bytearray] = SimpleQueue()
         for _ in range(workers + 1):
             self._free.put(bytearray(PART_SIZE))
@@ -267,7 +269,7 @@ class PartStore:
     def _store(self, number: int, data: memoryview) -> BackupPart:
         key = f"{self._prefix}{number:08d}"
         # The view, not a bytes copy: zstd and SHA-256 read any buffer.
-        blob, header = objects.encode(data, self._compressor)  # type: ignore[arg-type]
+        blob, header = objects.encode(data, self._compressor, self._cipher)  # type: ignore[arg-type]
         try:
             self._archive.put(key, blob)
         except ObjectExists:
@@ -450,6 +452,8 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         # A compression setting the plugin rejects is refused before the backup starts.
         compression = config.compression
         compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
+        # Likewise a key that may not write to this archive (see Archive.write_cipher).
+        cipher = archive.write_cipher()
         backup_id, start_time = _new_backup_id(archive, server)
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
@@ -462,7 +466,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         total = sum(file.size for file in listing.files)
         log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
                  pgdata, len(listing.tablespaces))
-        store = PartStore(archive, backup_id, compressor, config.backup.workers or len(os.sched_getaffinity(0)))
+        store = PartStore(archive, backup_id, compressor, cipher, config.backup.workers or len(os.sched_getaffinity(0)))
         try:
             with Progress(f"backup {backup_id}", total) as progress:
                 files = copy_files(pgdata, listing.files, store, progress)

@@ -20,9 +20,34 @@ MANIFEST_FORMAT_VERSION = 1
 Document = TypeVar("Document", bound=msgspec.Struct)
 
 
+class ScryptParameters(msgspec.Struct, kw_only=True, frozen=True):
+    """How passphrases are stretched into keys for this archive (one salt per archive)."""
+
+    salt: bytes  # random; base64 in JSON
+    n: int
+    r: int
+    p: int
+
+
+class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
+    """The non-secret half of an encrypted archive's keys, in `archive.json`."""
+
+    mode: str  # "key" (symmetric keys, passphrases) or "recipient" (X25519)
+    algorithm: str  # the object cipher, e.g. "aes-256-gcm-chunked"
+    # Ids of every key that has been the archive's current key, oldest first; the last
+    # is the current one, the only one new objects may be written with.
+    key_ids: list[str]
+    scrypt: ScryptParameters | None = None  # set once a passphrase has been used
+
+    @property
+    def current_key_id(self) -> str:
+        return self.key_ids[-1]
+
+
 class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
-    """`archive.json`: which cluster this archive belongs to. Written once, by the first
-    push of a WAL segment, from that segment's page header."""
+    """`archive.json`: which cluster this archive belongs to. Written by the first push of
+    a WAL segment, from that segment's page header; afterwards only a key rotation
+    rewrites it (appending to `encryption.key_ids`)."""
 
     format_version: int = ARCHIVE_FORMAT_VERSION
     system_identifier: int
@@ -30,7 +55,7 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
     # Major versions that have written WAL into this archive, oldest first.
     pg_versions: list[int]
     # Non-secret encryption parameters (mode, key ids, salt); None when not encrypted.
-    encryption: dict | None = None
+    encryption: EncryptionParameters | None = None
     created_at: datetime
 
 

@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="start PostgreSQL on DIR and wait until recovery reaches the target")
     restore.add_argument("--port", type=int, help="port for --start (default: a free one)")
 
+    keygen = commands.add_parser("keygen", help="write a new encryption key: a key file for [encryption] mode "
+                                 "\"key\", or an X25519 pair for mode \"recipient\" (never overwrites; "
+                                 "see docs/encryption.md)")
+    new_key = keygen.add_mutually_exclusive_group(required=True)
+    new_key.add_argument("--key-file", type=Path, metavar="PATH", help="a 256-bit key file (mode 0600)")
+    new_key.add_argument("--recipient", type=Path, nargs=2, metavar=("PRIVATE_PATH", "PUBLIC_PATH"),
+                         help="a key pair: the private key (mode 0600) and the public key")
+
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
     demo = commands.add_parser("demo", help="archive a throwaway PostgreSQL cluster through pitrkit and "
@@ -152,6 +160,10 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             from pitrkit.demo import run
 
             return run(keep=args.keep)
+        if args.command == "keygen":
+            from pitrkit.keys import keygen
+
+            return keygen(args.key_file, args.recipient)
         from pitrkit import config as configuration
 
         config_path = configuration.locate(args.config).absolute()

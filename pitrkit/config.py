@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -105,6 +106,39 @@ class ReceiveConfig(_Section, frozen=True):
         return size
 
 
+class KeySource(_Section, frozen=True):
+    """An older key in `[[encryption.old_keys]]`: exactly one of these."""
+
+    key_file: str | None = None
+    passphrase_env: str | None = None
+    passphrase_command: list[str] | None = None
+    # Recipient mode: the old pair's private key (to read its objects) or, on a host
+    # that only writes, its public key (to name the key being rotated away from).
+    private_key_file: str | None = None
+    public_key_file: str | None = None
+
+    def given(self) -> list[str]:
+        return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
+
+
+class EncryptionConfig(_Section, frozen=True):
+    # "off", "key" (a key file or a passphrase) or "recipient" (an X25519 key pair:
+    # writers need only the public key). See docs/encryption.md.
+    mode: Literal["off", "key", "recipient"] = "off"
+    # mode = "key": exactly one of these is the current key. The passphrase is never
+    # written here: it comes from the environment or from a command's standard output
+    # (an argv list, run without a shell).
+    key_file: str | None = None
+    passphrase_env: str | None = None
+    passphrase_command: list[str] | None = None
+    # mode = "recipient": the public key (enough for wal-push and backup-push); the
+    # private key only where wal-fetch and restore run.
+    public_key_file: str | None = None
+    private_key_file: str | None = None
+    # Keys that were current before a rotation, so that their objects stay readable.
+    old_keys: list[KeySource] = []
+
+
 class Config(_Section, frozen=True):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
@@ -112,6 +146,7 @@ class Config(_Section, frozen=True):
     agent: AgentConfig = AgentConfig()
     backup: BackupConfig = BackupConfig()
     receive: ReceiveConfig = ReceiveConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
 
 
 def locate(explicit: str | None) -> Path:
@@ -167,8 +202,38 @@ def _check_ranges(config: Config, source: str) -> None:
     if parse_size(config.receive.max_slot_retained) is None:
         problems.append("receive.max_slot_retained must be a number of bytes or a size such as \"4GB\" "
                         "(units kB, MB, GB, TB)")
+    problems += _encryption_problems(config.encryption)
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
+
+
+_KEY_MODE_SOURCES = ("key_file", "passphrase_env", "passphrase_command")
+_RECIPIENT_FILES = ("public_key_file", "private_key_file")
+
+
+def _encryption_problems(encryption: EncryptionConfig) -> list[str]:
+    """Which keys each mode takes: a key given for another mode is a mistake (a key file
+    under `mode = "off"` would otherwise silently leave the archive in plaintext)."""
+    current = [name for name in (*_KEY_MODE_SOURCES, *_RECIPIENT_FILES) if getattr(encryption, name) is not None]
+    if encryption.mode == "off":
+        if current or encryption.old_keys:
+            return [f"encryption.{(current or ['old_keys'])[0]} is set but encryption.mode is \"off\" "
+                    "(set mode = \"key\" or \"recipient\")"]
+        return []
+    allowed = _KEY_MODE_SOURCES if encryption.mode == "key" else _RECIPIENT_FILES
+    problems = [f"encryption.{name} does not apply to mode = \"{encryption.mode}\"" for name in current
+                if name not in allowed]
+    if encryption.mode == "key" and len(current) != 1:
+        problems.append("encryption mode \"key\" needs exactly one of key_file, passphrase_env, passphrase_command")
+    if encryption.mode == "recipient" and not current:
+        problems.append("encryption mode \"recipient\" needs public_key_file (writers) or private_key_file")
+    for number, old in enumerate(encryption.old_keys, 1):
+        given = old.given()
+        if len(given) != 1 or given[0] not in allowed:
+            problems.append(f"encryption.old_keys entry {number} must set exactly one of {', '.join(allowed)}")
+    if encryption.passphrase_command == [] or any(old.passphrase_command == [] for old in encryption.old_keys):
+        problems.append("encryption passphrase_command must be a non-empty list: the program and its arguments")
+    return problems
 
 
 # msgspec reports "Expected `int`, got `str` - at `$.compression.level`"; a DBA wants

@@ -176,7 +176,7 @@ def _read_verified(archive: Archive, key: str, retries: int) -> bytes:
         except ObjectNotFound:
             raise NotInArchive(f"{key.rpartition('/')[2]} is not in the archive {archive.storage.url}") from None
         try:
-            return objects.decode(key, blob, archive.plugins.compressor)
+            return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
         except objects.CorruptObject as exc:
             if attempt == retries:
                 raise PitrkitError(str(exc)) from None

@@ -117,6 +117,11 @@ class Cipher(Protocol):
 
     name: str
     key_id: str
+    # The non-secret parameters `archive.json` must record for this cipher to write:
+    # those the hook was given, or new ones for a new archive or after a key rotation.
+    archive_parameters: dict
+    # False on a host that can only write (a recipient-mode public key).
+    can_decrypt: bool
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes: ...
 
@@ -142,4 +147,5 @@ def pitrkit_compressor(name: str, level: int, threads: int) -> Compressor | None
 @hookspec(firstresult=True)
 def pitrkit_cipher(settings: dict, archive_parameters: dict) -> Cipher | None:
     """Return a `Cipher` for the `[encryption]` settings and the non-secret parameters
-    recorded in `archive.json`, else None."""
+    recorded in `archive.json` ({} for an archive not yet created), else None. Raise
+    `ValueError` for settings that do not fit the archive."""

@@ -300,7 +300,8 @@ class ArchivedWal:
             if timeline not in self.history_files:
                 raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive")
             try:
-                text = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor)
+                text = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor,
+                                      self.archive.cipher())
                 self._histories[timeline] = parse_history(text.decode("ascii", "replace"), key)
             except ObjectNotFound:
                 raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive") from None
@@ -406,7 +407,7 @@ class ArchivedWal:
         page (wal.valid_end). A listing cannot tell, so this reads the object."""
         key = f"{WAL_PREFIX}{entry.name[:16]}/{entry.name}"
         try:
-            data = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor)
+            data = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor, self.archive.cipher())
             return valid_end(data, read_page_header(data))
         except ObjectNotFound:
             raise PitrkitError(f"{entry.name} is gone from the archive: it was replaced by its full segment, or "

@@ -36,16 +36,19 @@ def push(archive: Archive, path: Path) -> str:
     compression = archive.config.compression
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
     _validate(archive, file, data)
+    cipher = archive.write_cipher()
 
-    blob, header = objects.encode(data, compressor)
+    blob, header = objects.encode(data, compressor, cipher)
     key = wal_key(file)
     try:
         archive.put(key, blob)
     except ObjectExists:
+        if cipher is not None and not cipher.can_decrypt:
+            return _compare_sealed(archive, key, file, header)
         # Compare with what the stored object really holds, not just its header: a
         # damaged object must not pass for the segment PostgreSQL is about to recycle.
         try:
-            stored = objects.decode(key, archive.get(key), archive.plugins.compressor)
+            stored = objects.decode(key, archive.get(key), archive.plugins.compressor, cipher)
         except objects.CorruptObject as exc:
             raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
                                "refusing to overwrite it: move the damaged object aside") from None
@@ -59,6 +62,25 @@ def push(archive: Archive, path: Path) -> str:
             f"this file {header.sha256.hex()[:16]}…); refusing to overwrite it"
         ) from None
     return f"archived {file.name}: {header.size} bytes, stored {len(blob)} ({header.compression})"
+
+
+def _compare_sealed(archive: Archive, key: str, file: WalFileName, header: objects.ObjectHeader) -> str:
+    """The duplicate check of a host that holds only the recipient's public key: it
+    cannot read the stored object, so it compares the plaintext size and SHA-256 its
+    header records. The body's integrity is then checked by whoever restores."""
+    try:
+        stored, _ = objects.read_header(key, archive.get(key))
+    except objects.CorruptObject as exc:
+        raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
+                           "refusing to overwrite it: move the damaged object aside") from None
+    if stored.size == header.size and stored.sha256 == header.sha256:
+        return f"{file.name} was already archived with identical content (same size and checksum)"
+    if file.kind == WalFileKind.PARTIAL:
+        raise RefusedError(f"{file.name} is already archived with other content, and this host holds only the "
+                           "encryption public key, so it cannot check that the new partial extends it; "
+                           "refusing to overwrite it")
+    raise RefusedError(f"{file.name} is already archived with different content (stored sha256 "
+                       f"{stored.sha256.hex()[:16]}…, this file {header.sha256.hex()[:16]}…); refusing to overwrite it")
 
 
 def _extend_partial(archive: Archive, key: str, file: WalFileName, stored: bytes, data: bytes, blob: bytes) -> str:

@@ -284,7 +284,7 @@ def read_part(archive: Archive, part: BackupPart) -> bytes:
     except ObjectNotFound:
         raise RefusedError(f"backup part {part.key} is missing from the archive") from None
     try:
-        data = objects.decode(part.key, blob, archive.plugins.compressor)
+        data = objects.decode(part.key, blob, archive.plugins.compressor, archive.cipher())
         header, _ = objects.read_header(part.key, blob)
     except objects.CorruptObject as exc:
         raise RefusedError(str(exc)) from None

@@ -17,7 +17,7 @@ from pitrkit import hookspecs
 from pitrkit.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "pitrkit.plugins"
-BUILTIN_PLUGINS = ("pitrkit.plugins.local", "pitrkit.plugins.compression")
+BUILTIN_PLUGINS = ("pitrkit.plugins.local", "pitrkit.plugins.compression", "pitrkit.plugins.encryption")
 
 
 class Plugins:
@@ -53,6 +53,16 @@ class Plugins:
         if compressor is None:
             raise PluginError(f"the plugin {name!r} provides no compressor of that name")
         return compressor
+
+    def cipher(self, settings: dict, archive_parameters: dict) -> hookspecs.Cipher:
+        """The cipher for an `[encryption]` section whose mode is not "off"."""
+        try:
+            cipher = self.manager.hook.pitrkit_cipher(settings=settings, archive_parameters=archive_parameters)
+        except ValueError as exc:
+            raise ConfigError(f"encryption: {exc}") from None
+        if cipher is None:
+            raise PluginError(f"no plugin provides encryption mode {settings.get('mode')!r}")
+        return cipher
 
     def _first(self, call, name: str):
         """Ask the registered plugins; if none answers, load the entry point `name` and ask again."""

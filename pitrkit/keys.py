@@ -1,0 +1,221 @@
+"""Key material for encryption: reading the keys `[encryption]` names, stretching
+passphrases, key ids, and writing new keys (`pitrkit keygen`).
+
+A key never leaves this module's values except into the cipher: no message, log line or
+exception built here contains a key or a passphrase, only file names, variable names and
+key ids. Key ids are fingerprints (a SHA-256 prefix of the key, domain-separated), safe
+to store in every object header and in `archive.json`: recovering a key from its id is
+as hard as breaking SHA-256, and testing passphrase guesses against an id costs the same
+scrypt work per guess as testing them against any encrypted object.
+
+Files are text, one line `<label> <base64>`, so that a key can be printed, pasted into a
+password manager or a safe, and a public key cannot be mistaken for a private one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import NamedTuple
+
+from pitrkit.catalog import ScryptParameters
+from pitrkit.errors import ConfigError, UsageError
+
+KEY_BYTES = 32
+SYMMETRIC_LABEL = "pitrkit-key"
+PRIVATE_LABEL = "pitrkit-x25519-private"
+PUBLIC_LABEL = "pitrkit-x25519-public"
+
+# scrypt at N=2^17, r=8, p=1: 128 MiB and ~0.4 s here per derivation (OWASP's
+# recommendation). Paid once per process: the agent derives once, a wal-push run without
+# the agent derives on every segment (prefer a key file there).
+SCRYPT_N = 1 << 17
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+PASSPHRASE_COMMAND_TIMEOUT = 30.0
+
+
+def new_scrypt_parameters() -> ScryptParameters:
+    return ScryptParameters(salt=os.urandom(SALT_BYTES), n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+
+
+def symmetric_key_id(key: bytes) -> str:
+    return "key-" + hashlib.sha256(b"pitrkit symmetric key id\0" + key).hexdigest()[:16]
+
+
+def recipient_key_id(public: bytes) -> str:
+    return "x25519-" + hashlib.sha256(b"pitrkit recipient key id\0" + public).hexdigest()[:16]
+
+
+class SymmetricKey(NamedTuple):
+    key_id: str
+    secret: bytes
+
+    def __repr__(self) -> str:  # never the secret, even in a debugger or a traceback
+        return f"SymmetricKey({self.key_id})"
+
+
+class RecipientKey(NamedTuple):
+    key_id: str
+    public: bytes
+    private: bytes | None  # None on a host that only writes
+
+    def __repr__(self) -> str:
+        return f"RecipientKey({self.key_id}, private={'yes' if self.private else 'no'})"
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+def read_secret_file(path: str, label: str) -> bytes:
+    """The key in a file that must be private: a regular file owned by this user and
+    readable by nobody else (mode 0600 or 0400). Checked on the open descriptor, so the
+    file checked is the file read."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the key file {path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"the key file {path} is not a regular file")
+        if status.st_uid != os.geteuid():
+            raise ConfigError(f"refusing the key file {path}: it is owned by uid {status.st_uid}, "
+                              f"not by the user running pitrkit (uid {os.geteuid()})")
+        if status.st_mode & 0o077:
+            raise ConfigError(f"refusing the key file {path}: its mode is {stat.S_IMODE(status.st_mode):04o}; "
+                              "a key file must be readable by its owner only (chmod 600)")
+        return _parse_key_line(file.read(4096), label, path)
+
+
+def read_public_file(path: str) -> bytes:
+    try:
+        return _parse_key_line(Path(path).read_bytes()[:4096], PUBLIC_LABEL, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the public key file {path}: {exc.strerror}") from None
+
+
+def _parse_key_line(text: bytes, label: str, path: str) -> bytes:
+    words = text.split()
+    if len(words) != 2 or words[0].decode("ascii", "replace") != label:
+        raise ConfigError(f"{path} is not a {label} file (pitrkit keygen writes them)")
+    try:
+        key = base64.b64decode(words[1], validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"{path} does not hold a valid {KEY_BYTES}-byte key")
+    return key
+
+
+def passphrase_from_environment(name: str) -> bytes:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"the environment variable {name} (encryption passphrase_env) is unset or empty")
+    return value.encode()
+
+
+def passphrase_from_command(argv: list[str]) -> bytes:
+    """The command's standard output, without its final newline. Run without a shell;
+    its stderr passes through to ours, its output is never shown."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              timeout=PASSPHRASE_COMMAND_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        what = f"timed out after {PASSPHRASE_COMMAND_TIMEOUT:.0f}s" if isinstance(exc, subprocess.TimeoutExpired) \
+            else str(getattr(exc, "strerror", None) or exc)
+        raise ConfigError(f"encryption passphrase_command {argv[0]!r}: {what}") from None
+    if done.returncode != 0:
+        raise ConfigError(f"encryption passphrase_command {argv[0]!r} exited with code {done.returncode}")
+    passphrase = done.stdout.removesuffix(b"\n").removesuffix(b"\r")
+    if not passphrase:
+        raise ConfigError(f"encryption passphrase_command {argv[0]!r} printed an empty passphrase")
+    return passphrase
+
+
+def stretch(passphrase: bytes, parameters: ScryptParameters) -> SymmetricKey:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    secret = Scrypt(salt=parameters.salt, length=KEY_BYTES, n=parameters.n, r=parameters.r,
+                    p=parameters.p).derive(passphrase)
+    return SymmetricKey(symmetric_key_id(secret), secret)
+
+
+def symmetric_key_file(path: str) -> SymmetricKey:
+    secret = read_secret_file(path, SYMMETRIC_LABEL)
+    return SymmetricKey(symmetric_key_id(secret), secret)
+
+
+def recipient_key(public_path: str | None, private_path: str | None) -> RecipientKey:
+    """The recipient key from its public file, its private file (the public half is
+    derived from it), or both (which must be halves of one pair)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = None if private_path is None else read_secret_file(private_path, PRIVATE_LABEL)
+    derived = None if private is None else X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
+    public = derived if public_path is None else read_public_file(public_path)
+    assert public is not None  # config.py requires one of the two files
+    if derived is not None and derived != public:
+        raise ConfigError(f"the private key {private_path} does not belong to the public key {public_path}")
+    return RecipientKey(recipient_key_id(public), public, private)
+
+
+# --- writing (pitrkit keygen) ---------------------------------------------------------
+
+
+def write_new_file(path: Path, label: str, key: bytes, mode: int) -> None:
+    """Create `path` (never replace it) with `mode` from the start, so that the key is
+    not readable by others even for an instant, and make it durable."""
+    line = f"{label} {base64.b64encode(key).decode()}\n".encode()
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; refusing to overwrite a key (move it away first)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(descriptor, mode)  # the umask may have taken bits away; never added any
+        os.write(descriptor, line)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def generate_key_file(path: Path) -> str:
+    secret = os.urandom(KEY_BYTES)
+    write_new_file(path, SYMMETRIC_LABEL, secret, 0o600)
+    return symmetric_key_id(secret)
+
+
+def generate_key_pair(private_path: Path, public_path: Path) -> str:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    if public_path.exists() or public_path.is_symlink():
+        raise UsageError(f"{public_path} already exists; refusing to overwrite a key (move it away first)")
+    private = X25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    write_new_file(private_path, PRIVATE_LABEL,
+                   private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()), 0o600)
+    write_new_file(public_path, PUBLIC_LABEL, public, 0o644)
+    return recipient_key_id(public)
+
+
+def keygen(key_file: Path | None, recipient: list[Path] | None) -> str:
+    """`pitrkit keygen`: write the key(s), print the key id (stdout), never the key."""
+    if key_file is not None:
+        key_id = generate_key_file(key_file)
+        written = f"key file {key_file}"
+    else:
+        assert recipient is not None
+        key_id = generate_key_pair(*recipient)
+        written = f"private key {recipient[0]}, public key {recipient[1]}"
+    print(key_id)
+    return f"wrote {written} (key id {key_id}); back it up: without it the archive cannot be read"

@@ -134,14 +134,19 @@ class Archive:
     def claim(self, header: PageHeader) -> ArchiveIdentity:
         """Create `archive.json` for the cluster that wrote `header`; if another writer
         got there first, return what it wrote (the caller checks it matches)."""
+        return self.claim_for(header.system_identifier, header.segment_size, header.major)
+
+    def claim_for(self, system_identifier: int, segment_size: int, major: int) -> ArchiveIdentity:
+        """`claim`, from the cluster's facts rather than a page header (backup-push, when
+        the backup's encryption parameters must be recorded before its first part)."""
         encryption = None
         if self.config.encryption.mode != "off":
             self._cipher = self._make_cipher(None)
             encryption = msgspec.convert(self._cipher.archive_parameters, catalog.EncryptionParameters)
         identity = ArchiveIdentity(
-            system_identifier=header.system_identifier,
-            wal_segment_size=header.segment_size,
-            pg_versions=[header.major],
+            system_identifier=system_identifier,
+            wal_segment_size=segment_size,
+            pg_versions=[major],
             encryption=encryption,
             created_at=datetime.now(UTC).replace(microsecond=0),
         )
@@ -150,7 +155,7 @@ class Archive:
         except ObjectExists:
             self._cipher = None  # built for our parameters (a passphrase salt), not the winner's
             return self.identity()
-        log.info("initialized archive %s for system identifier %d", self.storage.url, header.system_identifier)
+        log.info("initialized archive %s for system identifier %d", self.storage.url, system_identifier)
         self._identity, self._identity_read_at = identity, time.monotonic()
         return identity
 

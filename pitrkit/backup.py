@@ -447,6 +447,10 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         facts = server.facts()
         _check_server(facts, pgdata, server.slot_active(config.receive.slot))
         identity = _archive_identity(archive)
+        if identity is None and config.encryption.mode != "off":
+            # An encrypted part needs the archive's encryption parameters (a passphrase's
+            # salt), and they live in archive.json: create it now, not at the first segment.
+            identity = archive.claim_for(facts.system_identifier, facts.wal_segment_size, facts.major)
         if identity is not None:
             _check_identity(identity, facts, archive.storage.url)
         # A compression setting the plugin rejects is refused before the backup starts.

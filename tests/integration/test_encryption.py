@@ -1,0 +1,107 @@
+"""An encrypted archive end to end, on PostgreSQL 15 and 18: archive_command, backup-push
+and a restore to a time through the installed `pitrkit` as the server user, with
+`[encryption] mode = "key"` and a key file from `pitrkit keygen`.
+
+The yardsticks: the restored data equals the data noted at the target (digests); every
+stored object is encrypted with the archive's key and holds neither the key nor readable
+table content; and with another key, wal-fetch refuses with exit 126, naming the object.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from pitrkit import catalog, objects
+
+import pgharness
+from pitr_workload import (
+    archive_everything,
+    archiving_primary,
+    backup_push,
+    digests,
+    note_point,
+    restore_into,
+    succeeded,
+    wait_until_promoted,
+    write_round,
+)
+from pitrkit_setup import PitrkitSetup
+
+pytestmark = pytest.mark.integration
+
+
+class EncryptedSetup(PitrkitSetup):
+    """A PitrkitSetup whose every configuration carries `[encryption]` with `key_file`,
+    from the first archived segment on (archive.json is written by the first push)."""
+
+    key_file: Path
+
+    def write_config(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().write_config(*args, **kwargs)
+        with open(self.config, "a") as config:
+            config.write(f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n')
+
+
+@pytest.fixture
+def encrypted_setup(runnable_install, server_tmp: Path):
+    setup = EncryptedSetup(
+        pitrkit=runnable_install.pitrkit,
+        archive=pgharness.make_server_dir(server_tmp / "archive", mode=0o700),
+        config=server_tmp / "pitrkit.toml",
+        runtime_dir=pgharness.make_server_dir(server_tmp / "run", mode=0o700),
+    )
+    setup.key_file = server_tmp / "archive.key"
+    result = pgharness.run_as_server_user([setup.pitrkit, "keygen", "--key-file", setup.key_file], check=False)
+    assert result.returncode == 0, result.stderr
+    setup.write_config()
+    yield setup
+    setup.stop_agents()
+
+
+def test_an_encrypted_archive_restores_to_a_time(cluster, encrypted_setup):
+    setup = encrypted_setup
+    primary = archiving_primary(cluster, setup)
+    write_round(primary, 1)
+    backup_push(setup)
+    write_round(primary, 2)
+    archive_everything(primary)
+    write_round(primary, 3)
+    point = note_point(primary)
+    write_round(primary, 4)
+    archive_everything(primary)
+
+    restored, result = restore_into(cluster, setup, "--to", point.time)
+    succeeded(result)
+    restored.start(timeout=180)
+    wait_until_promoted(restored)
+    assert digests(restored) == point.digests
+
+    # Every object is encrypted with the one key archive.json names, and none holds the
+    # key or the workload's plaintext (the accounts' notes are in every backup and WAL).
+    identity = catalog.decode((setup.archive / "archive.json").read_bytes(), catalog.ArchiveIdentity, "archive.json")
+    assert identity.encryption is not None and identity.encryption.mode == "key"
+    encoded = setup.key_file.read_text().split()[1]
+    secrets = (base64.b64decode(encoded), encoded.encode())
+    stored = [path for path in (setup.archive / "wal").rglob("*") if path.is_file()] + \
+        list(setup.archive.glob("backups/*/data/*"))
+    assert len(stored) > 3
+    for path in stored:
+        blob = path.read_bytes()
+        header, _ = objects.read_header(str(path), blob)
+        assert header.key_id == identity.encryption.current_key_id, path
+        assert b"opened" not in blob, path
+    for path in setup.archive.rglob("*"):
+        assert not path.is_file() or not any(secret in path.read_bytes() for secret in secrets), path
+
+    # Another key: wal-fetch refuses with a fault (recovery must stop, not end), naming the object.
+    setup.key_file = setup.key_file.with_name("other.key")
+    succeeded(pgharness.run_as_server_user([setup.pitrkit, "keygen", "--key-file", setup.key_file], check=False))
+    setup.write_config(postgres=primary)
+    segment = sorted((setup.archive / "wal").glob("*/0*"))[0]
+    result = setup.run("wal-fetch", segment.name, str(setup.runtime_dir / segment.name))
+    assert result.returncode == 126, result.stderr
+    assert f"wal/{segment.parent.name}/{segment.name}" in result.stderr and "does not list" in result.stderr
+    assert encoded not in result.stderr

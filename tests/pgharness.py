@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,30 +82,36 @@ class RunnableInstall:
     pitrkit: Path  # absolute path of the console script, for archive_command etc.
 
     @classmethod
-    def create(cls, project_root: Path, workdir: Path, timeout: float = 600) -> RunnableInstall:
-        """Use our own environment when the server user is us and pitrkit is installed in it;
-        otherwise build a venv in workdir (must be reachable by the server user).
+    def create(cls, project_root: Path, workdir: Path, timeout: float = 600,
+               extra_packages: Sequence[Path] = ()) -> RunnableInstall:
+        """Use our own environment when the server user is us and pitrkit is installed in it
+        (and no extra package is asked for); otherwise build a venv in workdir (must be
+        reachable by the server user). `extra_packages`: source directories of further
+        distributions (plugins) installed beside pitrkit, the same way.
 
         The venv gets a normal, non-editable install of a copy of project_root, so the server
         user never needs to read the checkout (which may sit under a 0700 home) and setuptools
         never reuses a stale build/ directory. pip's own cache stays warm across sessions.
         """
         scripts = Path(sysconfig.get_path("scripts"))
-        if not server_user().switch and (scripts / "pitrkit").is_file():
+        if not server_user().switch and (scripts / "pitrkit").is_file() and not extra_packages:
             return cls(Path(sys.executable), scripts / "pitrkit")
         base_python = _runnable_base_python()
         workdir.mkdir(exist_ok=True)
         workdir.chmod(0o755)
-        source = workdir / "src"
-        shutil.copytree(project_root, source, ignore=shutil.ignore_patterns(
-            ".git", "build", "dist", "*.egg-info", "__pycache__", ".tox", ".venv",
-            ".pytest_cache", ".hypothesis"))
+        ignore = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".tox", ".venv",
+                                        ".pytest_cache", ".hypothesis")
+        sources = [workdir / "src"] + [workdir / f"src-{n}" for n in range(len(extra_packages))]
+        for origin, source in zip([project_root, *extra_packages], sources, strict=True):
+            shutil.copytree(origin, source, ignore=ignore)
         venv = workdir / "venv"
         # umask 022: the server user must be able to read everything installed.
         subprocess.run([base_python, "-m", "venv", venv], check=True, timeout=timeout, umask=0o022)
-        subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", source],
+        # One pip call: a plugin's dependency on pitrkit is met by this copy, never a download.
+        subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", *sources],
                        check=True, timeout=timeout, umask=0o022)
-        shutil.rmtree(source)
+        for source in sources:
+            shutil.rmtree(source)
         made = cls(venv / "bin" / "python", venv / "bin" / "pitrkit")
         run_as_server_user([made.python, "-c", "import pitrkit"], timeout=60)  # proves it runs
         return made

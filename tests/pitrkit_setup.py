@@ -39,7 +39,7 @@ class PitrkitSetup:
         """Write the configuration; with `postgres`, a [postgres] section naming that
         cluster (for backup-push), reached over its unix socket as the superuser."""
         text = (
-            f'[repository]\nurl = "file://{self.archive}"\nretries = {retries}\ntimeout = 10\n'
+            f'[repository]\nurl = "{self.url}"\nretries = {retries}\ntimeout = 10\n'
             f'[compression]\nalgorithm = "{compression}"\n'
             # A short idle timeout: agents of finished tests go away by themselves.
             f"[agent]\nenabled = {'true' if agent else 'false'}\nidle_timeout = 5\n"
@@ -51,6 +51,11 @@ class PitrkitSetup:
                      f'conninfo = "{conninfo}"\n')
         self.config.write_text(text)
         pgharness.give_to_server_user(self.config)
+
+    @property
+    def url(self) -> str:
+        """repository.url: the archive directory (a subclass may store elsewhere)."""
+        return f"file://{self.archive}"
 
     @property
     def env(self) -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""Fixtures for the GCS plugin's tests: the emulator, a fresh bucket per test, and the
-emulator's address in the environment the SDK reads it from."""
+"""Fixtures for the GCS plugin's tests: the emulator, a fresh bucket per test, the
+emulator's address in the environment the SDK reads it from, and, for the end-to-end
+tests, the project's PostgreSQL fixtures (tests/conftest.py) with a pitrkit install that
+has this plugin too."""
 
 from __future__ import annotations
 
@@ -10,8 +12,21 @@ from pathlib import Path
 
 import pytest
 
+PLUGIN_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = PLUGIN_ROOT.parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import fake_gcs`
+sys.path.insert(0, str(PROJECT_ROOT))  # so the project's fixtures can be reused
 from fake_gcs import FakeGcs  # noqa: E402
+
+from tests import conftest as project  # noqa: E402
+
+import pgharness  # noqa: E402  (on sys.path once tests.conftest is imported)
+
+# The project's PostgreSQL fixtures (and the hook that runs `pg_major` tests once per
+# major), re-used under their own names.
+cluster, harness_tmp, server_tmp = project.cluster, project.harness_tmp, project.server_tmp
+pg_major, pg_install = project.pg_major, project.pg_install
+pytest_generate_tests = project.pytest_generate_tests
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +50,10 @@ def bucket(emulator: FakeGcs) -> str:
     name = f"pitrkit-{uuid.uuid4().hex[:12]}"
     emulator.create_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def gcs_runnable_install(harness_tmp: Path) -> pgharness.RunnableInstall:
+    """pitrkit and this plugin, installed where the server user can run them."""
+    return pgharness.RunnableInstall.create(PROJECT_ROOT, harness_tmp / "pitrkit-gcs",
+                                            extra_packages=[PLUGIN_ROOT])

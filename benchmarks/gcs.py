@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""gcs -- what a WAL segment costs to push to and fetch from a gs:// archive.
+
+    /opt/pkdev/bin/python benchmarks/gcs.py [--segments 20]
+
+Run with an interpreter that has pitrkit and plugins/pitrkit-gcs installed (and the
+plugin's `test` extra, for the emulator). It starts fake-gcs-server on 127.0.0.1, makes
+--segments synthetic 16 MiB segments (a real long page header, then 2 MiB of random
+bytes and 14 MiB of repetitive text: about 2 MiB once compressed, roughly what a busy
+OLTP segment gives), and times, per segment (median of the segments, in ms):
+
+  * `pitrkit wal-push` / `wal-fetch` as separate processes, agent disabled: every call
+    starts Python and imports pitrkit and the Google SDK (the cost issue 5 is about);
+  * the same with the agent: the first call starts it, later ones hand over to it, and
+    the SDK is imported once per agent;
+  * the same two variants against a file:// archive, for comparison.
+
+It also reports the import time of `pitrkit_gcs` (the entry point) and of the SDK path
+(`pitrkit_gcs.storage`), from `python -X importtime`. Nothing is written into the work
+tree; the figures are printed for benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "plugins" / "pitrkit-gcs" / "tests"))  # the emulator launcher
+sys.path.insert(0, str(HERE.parent / "tests" / "unit"))  # synthetic segment headers
+from fake_gcs import FakeGcs  # noqa: E402
+from segments import long_header  # noqa: E402
+
+SEGMENT = 16 << 20
+
+
+def make_segments(directory: Path, count: int) -> list[Path]:
+    text = b"INSERT INTO events VALUES (42, 'a row of an OLTP workload');\n"
+    paths = []
+    for segno in range(1, count + 1):
+        body = long_header(pageaddr=segno * SEGMENT) + os.urandom(2 << 20)
+        body += text * ((SEGMENT - len(body)) // len(text) + 1)
+        path = directory / f"00000001000000000000{segno:04X}"
+        path.write_bytes(body[:SEGMENT])
+        paths.append(path)
+    return paths
+
+
+def pitrkit(config: Path, runtime: Path, *args: str, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pitrkit", "--config", str(config), *args], check=True,
+                   env={**env, "XDG_RUNTIME_DIR": str(runtime)}, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def run_variant(name: str, url: str, agent: bool, segments: list[Path], work: Path,
+                env: dict[str, str]) -> tuple[float, float]:
+    """Median ms per segment of wal-push, then of wal-fetch (the first call, which starts
+    the agent or initializes the archive, is left out)."""
+    variant = work / name
+    runtime = variant / "run"
+    runtime.mkdir(parents=True, mode=0o700)
+    config = variant / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "{url}"\n[compression]\nalgorithm = "zstd"\n'
+                      f"[agent]\nenabled = {'true' if agent else 'false'}\nidle_timeout = 30\n")
+    pushes = [pitrkit(config, runtime, "wal-push", str(path), env=env) for path in segments]
+    fetches = [pitrkit(config, runtime, "wal-fetch", path.name, str(variant / "fetched"), env=env)
+               for path in segments]
+    stop_agent(config)
+    return statistics.median(pushes[1:]) * 1000, statistics.median(fetches[1:]) * 1000
+
+
+def stop_agent(config: Path) -> None:
+    """Stop the agent of this configuration (found by its exact command line), if any."""
+    wanted = [b"--config", os.fsencode(config), b"agent"]
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(argv[i:i + 3] == wanted for i in range(len(argv))):
+            os.kill(int(entry), signal.SIGTERM)
+
+
+def import_ms(module: str) -> float:
+    """Cumulative import time of `module` (median of 5 runs), in ms."""
+    runs = []
+    for _ in range(5):
+        report = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                                capture_output=True, text=True, check=True).stderr
+        line = [ln for ln in report.splitlines() if re.search(rf"\|\s+{re.escape(module)}$", ln)][-1]
+        runs.append(int(line.split("|")[1]) / 1000)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--segments", type=int, default=20)
+    args = parser.parse_args()
+    print(f"import pitrkit_gcs: {import_ms('pitrkit_gcs'):.0f} ms; "
+          f"import pitrkit_gcs.storage (the SDK): {import_ms('pitrkit_gcs.storage'):.0f} ms")
+    server = FakeGcs.start()
+    try:
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": server.endpoint}
+        with tempfile.TemporaryDirectory(prefix="pitrkit-gcs-bench-") as scratch:
+            work = Path(scratch)
+            (work / "segments").mkdir()
+            segments = make_segments(work / "segments", args.segments)
+            print(f"{'variant':<28} {'wal-push ms':>12} {'wal-fetch ms':>13}")
+            for name, agent in [("in-process", False), ("agent", True)]:
+                bucket = f"bench-{uuid.uuid4().hex[:12]}"
+                server.create_bucket(bucket)
+                for store, url in [("gs", f"gs://{bucket}/archive"), ("file", f"file://{work / name}-archive")]:
+                    if store == "file":
+                        (work / f"{name}-archive").mkdir()
+                    push, fetch = run_variant(f"{store}-{name}", url, agent, segments, work, env)
+                    print(f"{store + ' ' + name:<28} {push:>12.0f} {fetch:>13.0f}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -204,6 +204,8 @@ class GcsStorage:
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
+    if isinstance(exc, InvalidResponse):  # a media request's status, as the SDK reports it
+        return f"HTTP {exc.response.status_code}"
     text = exc.message if isinstance(exc, api_exceptions.GoogleAPICallError) else str(exc)
     text = " ".join(text.split())  # one line: pitrkit reports a fault as one line on stderr
     if isinstance(exc, api_exceptions.GoogleAPICallError):

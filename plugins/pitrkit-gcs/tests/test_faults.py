@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from faulty_proxy import DOWNLOADS, UPLOADS, FaultyProxy
 from pitrkit_gcs.storage import GcsStorage
 
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "unit"))
+from segments import long_header  # noqa: E402  (the project's synthetic WAL headers)
 
 KEY = "wal/0000000100000000/000000010000000000000001"
 
@@ -94,3 +100,21 @@ def test_latency_beyond_the_timeout_is_a_storage_error(bucket, proxy):
     storage.put(KEY, b"x")
     with pytest.raises(StorageError, match="reading"):
         storage.get(KEY)
+
+
+def test_wal_push_into_a_failing_store_fails_clearly(bucket, proxy, tmp_path):
+    # The whole command: the plugin loaded by its entry point, pitrkit's retries on top of
+    # the SDK's, then one `pitrkit: ...` line and a non-zero exit, with nothing stored.
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "gs://{bucket}/archive"\ntimeout = 1\nretries = 1\n'
+                      "[agent]\nenabled = false\n")
+    segment = tmp_path / "000000010000000000000001"
+    segment.write_bytes(long_header(pageaddr=16 << 20).ljust(16 << 20, b"\0"))
+    proxy.inject("status", UPLOADS, times=math.inf, status=503)
+    result = subprocess.run([sys.executable, "-m", "pitrkit", "--config", str(config), "wal-push", str(segment)],
+                            capture_output=True, text=True, timeout=120, env=os.environ)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("pitrkit: ") and "503" in error, result.stderr
+    assert list(GcsStorage(f"gs://{bucket}/archive", timeout=5).list("")) == []

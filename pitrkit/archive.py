@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -80,6 +81,9 @@ class Archive:
         self._identity: ArchiveIdentity | None = None
         self._identity_read_at = 0.0
         self._cipher: Cipher | None = None
+        # Restore workers and the agent's look-ahead threads ask at once: build it once
+        # (a passphrase command run twice, or scrypt paid twice, is time for nothing).
+        self._cipher_lock = threading.Lock()
 
     # -- bounded storage calls -----------------------------------------------------------
 
@@ -168,15 +172,16 @@ class Archive:
         passphrases."""
         if self.config.encryption.mode == "off":
             return None
-        if self._cipher is None:
-            try:
-                recorded = self.identity().encryption
-            except ObjectNotFound:
-                return None  # nothing stored yet, so nothing to decrypt
-            if recorded is None:
-                return None
-            self._cipher = self._make_cipher(recorded)
-        return self._cipher
+        with self._cipher_lock:
+            if self._cipher is None:
+                try:
+                    recorded = self.identity().encryption
+                except ObjectNotFound:
+                    return None  # nothing stored yet, so nothing to decrypt
+                if recorded is None:
+                    return None
+                self._cipher = self._make_cipher(recorded)
+            return self._cipher
 
     def write_cipher(self) -> Cipher | None:
         """The cipher new objects must be written with, or None for plaintext. Refuses

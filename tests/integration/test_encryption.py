@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ class EncryptedSetup(PitrkitSetup):
 
     key_file: Path
 
-    def write_config(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def write_config(self, *args: Any, **kwargs: Any) -> None:
         super().write_config(*args, **kwargs)
         with open(self.config, "a") as config:
             config.write(f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n')

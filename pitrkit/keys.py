@@ -1,5 +1,6 @@
 """Key material for encryption: reading the keys `[encryption]` names, stretching
-passphrases, key ids, and writing new keys (`pitrkit keygen`).
+passphrases, key ids, wrapping each object's data key, and writing new keys
+(`pitrkit keygen`).
 
 A key never leaves this module's values except into the cipher: no message, log line or
 exception built here contains a key or a passphrase, only file names, variable names and
@@ -19,8 +20,9 @@ import hashlib
 import os
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar
 
 from pitrkit.catalog import ScryptParameters
 from pitrkit.errors import ConfigError, UsageError
@@ -52,21 +54,94 @@ def recipient_key_id(public: bytes) -> str:
     return "x25519-" + hashlib.sha256(b"pitrkit recipient key id\0" + public).hexdigest()[:16]
 
 
-class SymmetricKey(NamedTuple):
+_NONCE = 12
+_TAG = 16
+_WRAP_INFO = b"pitrkit x25519 data key wrap v1"
+
+
+@dataclass(frozen=True, slots=True)
+class SymmetricKey:
+    """Mode "key": wraps a data key with AES-256-GCM under the key itself."""
+
     key_id: str
     secret: bytes
+
+    # nonce | encrypted data key | tag
+    wrapped_size: ClassVar[int] = _NONCE + KEY_BYTES + _TAG
+    can_unwrap: ClassVar[bool] = True
 
     def __repr__(self) -> str:  # never the secret, even in a debugger or a traceback
         return f"SymmetricKey({self.key_id})"
 
+    def wrap(self, data_key: bytes, associated: bytes) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-class RecipientKey(NamedTuple):
+        nonce = os.urandom(_NONCE)
+        return nonce + AESGCM(self.secret).encrypt(nonce, data_key, associated)
+
+    def unwrap(self, wrapped: bytes, associated: bytes) -> bytes:
+        """Raises cryptography's `InvalidTag` when the key or anything authenticated differs."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM(self.secret).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], associated)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientKey:
+    """Mode "recipient": wraps a data key for the X25519 public key, with an ephemeral
+    key pair per object; only the private key unwraps it."""
+
     key_id: str
     public: bytes
     private: bytes | None  # None on a host that only writes
 
+    # ephemeral public key | nonce | encrypted data key | tag
+    wrapped_size: ClassVar[int] = KEY_BYTES + _NONCE + KEY_BYTES + _TAG
+
     def __repr__(self) -> str:
         return f"RecipientKey({self.key_id}, private={'yes' if self.private else 'no'})"
+
+    @property
+    def can_unwrap(self) -> bool:
+        return self.private is not None
+
+    def wrap(self, data_key: bytes, associated: bytes) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        ephemeral = X25519PrivateKey.generate()
+        ephemeral_public = ephemeral.public_key().public_bytes_raw()
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self.public))
+        nonce = os.urandom(_NONCE)
+        return ephemeral_public + nonce + AESGCM(self._wrapping_key(shared, ephemeral_public)).encrypt(
+            nonce, data_key, associated)
+
+    def unwrap(self, wrapped: bytes, associated: bytes) -> bytes:
+        """Raises cryptography's `InvalidTag` when the key or anything authenticated differs."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        assert self.private is not None  # the caller checks can_unwrap
+        ephemeral_public, nonce, sealed = wrapped[:KEY_BYTES], wrapped[KEY_BYTES : KEY_BYTES + _NONCE], \
+            wrapped[KEY_BYTES + _NONCE :]
+        try:
+            shared = X25519PrivateKey.from_private_bytes(self.private).exchange(
+                X25519PublicKey.from_public_bytes(ephemeral_public))
+        except ValueError:  # a low-order ephemeral point gives an all-zero shared secret
+            raise InvalidTag() from None
+        return AESGCM(self._wrapping_key(shared, ephemeral_public)).decrypt(nonce, sealed, associated)
+
+    def _wrapping_key(self, shared: bytes, ephemeral_public: bytes) -> bytes:
+        """HKDF over the X25519 shared secret, bound to both public keys."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=ephemeral_public + self.public,
+                    info=_WRAP_INFO).derive(shared)
+
+
+Key = SymmetricKey | RecipientKey
 
 
 # --- reading --------------------------------------------------------------------------

@@ -13,9 +13,9 @@ Each chunk's associated data is the object header (key id, algorithm, sizes, che
 followed by everything above the chunks, so altering any of it fails authentication.
 The counter in the nonce makes reordered or swapped chunks fail; the final flag makes a
 body cut at a chunk boundary fail (its new last chunk was sealed as "not final"); an
-empty body is one empty final chunk, so truncation to nothing fails too. Chunking keeps
-a multi-gigabyte backup part from needing one giant AEAD call and bounds what a reader
-buffers before authenticating.
+empty body is one empty final chunk, so truncation to nothing fails too. Chunking
+bounds each AEAD call (and GCM's per-message limit) to 1 MiB, whatever the object's size.
+The data key's wrapping lives with the keys, in `pitrkit.keys`.
 
 `cryptography` is imported only when a cipher is built, so wal-push and wal-fetch pay
 nothing for this module when encryption is off.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -34,15 +34,14 @@ from pitrkit.catalog import EncryptionParameters
 from pitrkit.config import EncryptionConfig, KeySource
 from pitrkit.hookspecs import hookimpl
 
+if TYPE_CHECKING:  # pitrkit.keys is imported only once encryption is configured
+    from pitrkit.keys import Key, SymmetricKey
+
 ALGORITHM = "aes-256-gcm-chunked"
 CHUNK_SIZE = 1 << 20
 _TAG = 16
-_NONCE = 12
 _PREFIX = 7
-_WRAPPED = _NONCE + 32 + _TAG
-_EPHEMERAL = 32
 _CHUNKING = struct.Struct(">7sI")
-_WRAP_INFO = b"pitrkit x25519 data key wrap v1"
 
 
 class ChunkedCipher:
@@ -51,19 +50,19 @@ class ChunkedCipher:
 
     name = ALGORITHM
 
-    def __init__(self, mode: str, current: Any, readable: dict[str, Any], parameters: EncryptionParameters) -> None:
+    def __init__(self, mode: str, current: Key, readable: dict[str, Key], parameters: EncryptionParameters) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self._aead = AESGCM
         self.mode = mode
         self.key_id: str = current.key_id
         self._current = current
-        self._keys = readable  # key id -> keys.SymmetricKey | keys.RecipientKey
+        self._keys = readable
         # What archive.json must say for this cipher to write: the archive's record,
         # with this key appended when the configuration rotates to it.
         self.archive_parameters = msgspec.to_builtins(parameters)
         # A recipient-mode writer holding only the public key cannot read the archive.
-        self.can_decrypt = mode == "key" or current.private is not None
+        self.can_decrypt = current.can_unwrap
 
     def __repr__(self) -> str:
         return f"ChunkedCipher({self.mode}, current={self.key_id})"
@@ -72,7 +71,7 @@ class ChunkedCipher:
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes:
         data_key = os.urandom(32)
-        preamble = self._wrap(data_key, associated) + _CHUNKING.pack(os.urandom(_PREFIX), CHUNK_SIZE)
+        preamble = self._current.wrap(data_key, associated) + _CHUNKING.pack(os.urandom(_PREFIX), CHUNK_SIZE)
         prefix = preamble[-_CHUNKING.size:][:_PREFIX]
         aead, chunk_associated = self._aead(data_key), associated + preamble
         view = memoryview(plaintext)
@@ -84,19 +83,6 @@ class ChunkedCipher:
             pieces.append(aead.encrypt(nonce, view[start : start + CHUNK_SIZE], chunk_associated))
         return b"".join(pieces)
 
-    def _wrap(self, data_key: bytes, associated: bytes) -> bytes:
-        nonce = os.urandom(_NONCE)
-        if self.mode == "key":
-            return nonce + self._aead(self._current.secret).encrypt(nonce, data_key, associated)
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-        ephemeral = X25519PrivateKey.generate()
-        ephemeral_public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self._current.public))
-        wrapping_key = _recipient_wrapping_key(shared, ephemeral_public, self._current.public)
-        return ephemeral_public + nonce + self._aead(wrapping_key).encrypt(nonce, data_key, associated)
-
     # -- reading -------------------------------------------------------------------------
 
     def decrypt(self, ciphertext: bytes, associated: bytes, key_id: str) -> bytes:
@@ -107,16 +93,16 @@ class ChunkedCipher:
             known = ", ".join(self._keys) or "none"
             raise ValueError(f"it is encrypted with key {key_id}, which [encryption] does not list "
                              f"(configured: {known}); add that key to encryption.old_keys")
-        if self.mode == "recipient" and key.private is None:
+        if not key.can_unwrap:
             raise ValueError(f"it is encrypted for recipient {key_id}, and this host holds only its "
                              "public key: reading needs encryption.private_key_file")
         view = memoryview(ciphertext)
-        wrapped = (_EPHEMERAL if self.mode == "recipient" else 0) + _WRAPPED
+        wrapped = key.wrapped_size
         preamble_size = wrapped + _CHUNKING.size
         if len(view) < preamble_size + _TAG:
             raise ValueError(f"the encrypted body is {len(view)} bytes, too short to be one")
         try:
-            data_key = self._unwrap(key, view[:wrapped], associated)
+            data_key = key.unwrap(bytes(view[:wrapped]), associated)
         except InvalidTag:
             raise ValueError(f"the data key does not authenticate with key {key_id}: the object header or "
                              "body was altered, or that key file/passphrase is not the one it was written with") \
@@ -136,35 +122,11 @@ class ChunkedCipher:
             start, counter = stop, counter + 1
         return b"".join(pieces)
 
-    def _unwrap(self, key: Any, wrapped: memoryview, associated: bytes) -> bytes:
-        if self.mode == "key":
-            return self._aead(key.secret).decrypt(bytes(wrapped[:_NONCE]), bytes(wrapped[_NONCE:]), associated)
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
-        ephemeral_public, rest = bytes(wrapped[:_EPHEMERAL]), wrapped[_EPHEMERAL:]
-        try:
-            shared = X25519PrivateKey.from_private_bytes(key.private).exchange(
-                X25519PublicKey.from_public_bytes(ephemeral_public))
-        except ValueError:  # a low-order ephemeral point gives an all-zero shared secret
-            raise InvalidTag() from None
-        wrapping_key = _recipient_wrapping_key(shared, ephemeral_public, key.public)
-        return self._aead(wrapping_key).decrypt(bytes(rest[:_NONCE]), bytes(rest[_NONCE:]), associated)
-
 
 def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     if counter >= 1 << 32:
         raise ValueError("object too large for the chunk counter")
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if final else b"\x00")
-
-
-def _recipient_wrapping_key(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> bytes:
-    """HKDF over the X25519 shared secret, bound to both public keys."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_public + recipient_public,
-                info=_WRAP_INFO).derive(shared)
 
 
 # --- the key policy -----------------------------------------------------------------------
@@ -184,11 +146,11 @@ def build(settings: EncryptionConfig, recorded: EncryptionParameters | None) -> 
     if scrypt is None and uses_passphrase:
         scrypt = keys.new_scrypt_parameters()
 
-    def passphrase_key(read: Callable[[], bytes]) -> keys.SymmetricKey:
+    def passphrase_key(read: Callable[[], bytes]) -> SymmetricKey:
         assert scrypt is not None
         return keys.stretch(read(), scrypt)
 
-    def symmetric(source: EncryptionConfig | KeySource) -> Any:
+    def symmetric(source: EncryptionConfig | KeySource) -> SymmetricKey:
         if source.key_file is not None:
             return keys.symmetric_key_file(source.key_file)
         if source.passphrase_env is not None:
@@ -198,13 +160,15 @@ def build(settings: EncryptionConfig, recorded: EncryptionParameters | None) -> 
         command = source.passphrase_command
         return passphrase_key(lambda: keys.passphrase_from_command(command))
 
+    current: Key
+    older: list[Key]
     if settings.mode == "key":
         current = symmetric(settings)
         older = [symmetric(old) for old in settings.old_keys]
     else:
         current = keys.recipient_key(settings.public_key_file, settings.private_key_file)
         older = [keys.recipient_key(old.public_key_file, old.private_key_file) for old in settings.old_keys]
-    readable = {key.key_id: key for key in (*older, current)}
+    readable: dict[str, Key] = {key.key_id: key for key in (*older, current)}
     key_ids = [current.key_id] if recorded is None else list(recorded.key_ids)
     if key_ids[-1] != current.key_id and current.key_id not in key_ids and key_ids[-1] in readable:
         # A rotation: the configuration names the archive's current key as an old key

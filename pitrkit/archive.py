@@ -80,7 +80,9 @@ class Archive:
         self._retries = config.repository.retries
         self._identity: ArchiveIdentity | None = None
         self._identity_read_at = 0.0
-        self._cipher: Cipher | None = None
+        # The cipher and the archive.json parameters it was built for: rebuilt when they
+        # change (a rotation, an archive created after we first looked).
+        self._cipher: tuple[catalog.EncryptionParameters | None, Cipher] | None = None
         # Restore workers and the agent's look-ahead threads ask at once: build it once
         # (a passphrase command run twice, or scrypt paid twice, is time for nothing).
         self._cipher_lock = threading.Lock()
@@ -145,8 +147,8 @@ class Archive:
         the backup's encryption parameters must be recorded before its first part)."""
         encryption = None
         if self.config.encryption.mode != "off":
-            self._cipher = self._make_cipher(None)
-            encryption = msgspec.convert(self._cipher.archive_parameters, catalog.EncryptionParameters)
+            cipher = self._make_cipher(None)
+            encryption = msgspec.convert(cipher.archive_parameters, catalog.EncryptionParameters)
         identity = ArchiveIdentity(
             system_identifier=system_identifier,
             wal_segment_size=segment_size,
@@ -157,31 +159,32 @@ class Archive:
         try:
             self.put(IDENTITY_KEY, catalog.encode(identity))
         except ObjectExists:
-            self._cipher = None  # built for our parameters (a passphrase salt), not the winner's
             return self.identity()
         log.info("initialized archive %s for system identifier %d", self.storage.url, system_identifier)
         self._identity, self._identity_read_at = identity, time.monotonic()
+        if encryption is not None:
+            self._cipher = (encryption, cipher)
         return identity
 
     # -- encryption ----------------------------------------------------------------------
 
     def cipher(self) -> Cipher | None:
-        """The cipher that reads this archive's encrypted objects (with any key
-        `[encryption]` lists); None when encryption is off or the archive is not
-        encrypted. Built once: it may read key files, run a passphrase command, stretch
+        """The cipher that reads this archive's objects (with any key `[encryption]`
+        lists); None when encryption is off. With encryption on, objects must be
+        encrypted whatever `archive.json` says: it is not authenticated, so a copy
+        rewritten to say "not encrypted" must not make forged plaintext objects
+        acceptable. Built once: it may read key files, run a passphrase command, stretch
         passphrases."""
         if self.config.encryption.mode == "off":
             return None
+        try:
+            recorded = self.identity().encryption
+        except ObjectNotFound:
+            recorded = None
         with self._cipher_lock:
-            if self._cipher is None:
-                try:
-                    recorded = self.identity().encryption
-                except ObjectNotFound:
-                    return None  # nothing stored yet, so nothing to decrypt
-                if recorded is None:
-                    return None
-                self._cipher = self._make_cipher(recorded)
-            return self._cipher
+            if self._cipher is None or self._cipher[0] != recorded:
+                self._cipher = (recorded, self._make_cipher(recorded))
+            return self._cipher[1]
 
     def write_cipher(self) -> Cipher | None:
         """The cipher new objects must be written with, or None for plaintext. Refuses
@@ -209,7 +212,7 @@ class Archive:
         assert cipher is not None
         wanted = msgspec.convert(cipher.archive_parameters, catalog.EncryptionParameters)
         if wanted.key_ids != recorded.key_ids:
-            self._record_encryption(wanted)
+            self._record_encryption(wanted, cipher)
             recorded = wanted
         if cipher.key_id != recorded.current_key_id:
             retired = " (a retired key)" if cipher.key_id in recorded.key_ids else ""
@@ -219,12 +222,13 @@ class Archive:
                 "encryption.old_keys; see docs/encryption.md)")
         return cipher
 
-    def _record_encryption(self, parameters: catalog.EncryptionParameters) -> None:
+    def _record_encryption(self, parameters: catalog.EncryptionParameters, cipher: Cipher) -> None:
         identity = msgspec.structs.replace(self.identity(), encryption=parameters)
         self.put(IDENTITY_KEY, catalog.encode(identity), overwrite=True)
         log.warning("archive %s: encryption key %s is now current (keys, oldest first: %s)",
                     self.storage.url, parameters.current_key_id, ", ".join(parameters.key_ids))
         self._identity, self._identity_read_at = identity, time.monotonic()
+        self._cipher = (parameters, cipher)  # the parameters it proposed: nothing to rebuild
 
     def _make_cipher(self, recorded: catalog.EncryptionParameters | None) -> Cipher:
         parameters = {} if recorded is None else msgspec.to_builtins(recorded)

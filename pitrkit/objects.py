@@ -101,6 +101,11 @@ def decode(
     """The verified plaintext of a stored object."""
     header, offset = read_header(key, blob)
     body: bytes | memoryview = memoryview(blob)[offset:]
+    if cipher is not None and header.key_id is None:
+        # In an encrypted archive a plaintext object is a forgery: anyone who can write
+        # to the bucket could make one, while an encrypted one needs the key.
+        raise CorruptObject(key, "it is not encrypted, but encryption is configured: refusing an object "
+                                 "that anyone with write access to the storage could have made")
     if header.key_id is not None:
         if cipher is None:
             raise CorruptObject(key, f"encrypted with key {header.key_id!r}, but no encryption is configured")

@@ -358,6 +358,37 @@ def test_a_public_key_host_pushes_and_cannot_read_what_it_pushed(tmp_path, archi
     assert reader.read(1) == segment(1)
 
 
+def test_a_plaintext_object_in_an_encrypted_archive_is_refused_even_if_archive_json_says_plaintext(
+        tmp_path, archive_root):
+    """Only the key holder can make an encrypted object; anyone who can write to the
+    bucket can make a plaintext one (and rewrite the unauthenticated archive.json)."""
+    host = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path)))
+    host.push(1)
+    stored = archive_root / "wal/0000000100000000/000000010000000000000002"
+    stored.write_bytes(objects.encode(segment(2), NONE)[0])
+    with pytest.raises(objects.CorruptObject, match="000000010000000000000002.*it is not encrypted"):
+        host.read(2)
+    forged = msgspec.structs.replace(identity(archive_root), encryption=None)
+    (archive_root / IDENTITY_KEY).write_bytes(catalog.encode(forged))
+    reader = Host(archive_root, tmp_path / "files", host.archive.config.encryption)
+    with pytest.raises(objects.CorruptObject, match="000000010000000000000002.*it is not encrypted"):
+        reader.read(2)
+
+
+def test_a_reader_that_looked_before_the_archive_existed_writes_with_its_parameters(
+        tmp_path, archive_root, monkeypatch):
+    """A passphrase's key depends on the archive's salt: a cipher built before
+    archive.json existed (another host created it) must not be kept."""
+    monkeypatch.setattr(keys, "SCRYPT_N", 1 << 10)
+    monkeypatch.setenv("PK_PASS", PASSPHRASE)
+    settings = EncryptionConfig(mode="key", passphrase_env="PK_PASS")
+    early = Host(archive_root, tmp_path / "files", settings)
+    assert early.archive.cipher() is not None  # built with a salt of its own
+    Host(archive_root, tmp_path / "files", settings).push(1)
+    assert "archived" in early.push(2)
+    assert early.read(1) == segment(1)
+
+
 def test_the_mode_must_match_the_archives(tmp_path, archive_root):
     Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path))).push(1)
     _, public = pair(tmp_path, "r")

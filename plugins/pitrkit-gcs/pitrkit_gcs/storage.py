@@ -52,7 +52,8 @@ def parse_gs_url(url: str) -> tuple[str, str]:
 class GcsStorage:
     """Thread-safe: the agent serves concurrent requests with one instance. The SDK's
     Client holds a requests.Session, which is not documented as thread-safe, so each call
-    borrows a Client from a pool instead of sharing one; credentials are resolved once."""
+    borrows a Client from a pool instead of sharing one. A Client finds its credentials
+    when it is made, so the pool grows only to the number of concurrent calls."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
@@ -67,10 +68,10 @@ class GcsStorage:
         retry = self._retry(on_error=retried.append)
         try:
             with self._faults(f"storing {key}", api_exceptions.PreconditionFailed), self._client() as client:
-                # Objects up to the SDK's multipart limit (8 MiB: any compressed WAL
-                # segment) go in one request, atomic with its precondition; larger ones
-                # (backup parts) as a resumable upload, which real GCS also checks against
-                # if_generation_match but emulators do not (docs/plugins.md).
+                # Objects up to the SDK's multipart limit (8 MiB: a compressed 16 MiB WAL
+                # segment, as a rule) go in one request, atomic with its precondition;
+                # larger ones (backup parts) as a resumable upload, which real GCS also
+                # checks against if_generation_match but emulators do not (docs/plugins.md).
                 client.bucket(self.bucket_name).blob(self.prefix + key).upload_from_string(
                     data, content_type="application/octet-stream",
                     if_generation_match=None if overwrite else 0,
@@ -181,8 +182,12 @@ class GcsStorage:
             client = self._idle_clients.get_nowait()
         except queue.Empty:
             client = storage.Client()
-        yield client
-        self._idle_clients.put(client)  # only after a clean call: a failed one may hold a broken connection
+        try:
+            yield client
+        finally:
+            # Back to the pool after a fault too: the session's connection pool drops a
+            # broken connection by itself.
+            self._idle_clients.put(client)
 
     @contextmanager
     def _faults(self, what: str, *answers: type[Exception]) -> Iterator[None]:

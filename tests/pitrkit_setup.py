@@ -21,6 +21,8 @@ class PitrkitSetup:
     config: Path
     # Private runtime directory for this test's agents, so tests never share one.
     runtime_dir: Path
+    # With a key file, every configuration written has `[encryption] mode = "key"`.
+    key_file: Path | None = None
 
     @classmethod
     def create(cls, runnable: pgharness.RunnableInstall, directory: Path, agent: bool = True,
@@ -49,8 +51,18 @@ class PitrkitSetup:
                         f"user={pgharness.SUPERUSER} dbname=postgres")
             text += (f'[postgres]\npgdata = "{postgres.pgdata}"\nbindir = "{postgres.install.bindir}"\n'
                      f'conninfo = "{conninfo}"\n')
+        if self.key_file is not None:
+            text += f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n'
         self.config.write_text(text)
         pgharness.give_to_server_user(self.config)
+
+    def encrypt_with_a_new_key(self) -> None:
+        """`pitrkit keygen` a key file beside the configuration, as the server user, and
+        rewrite the configuration to use it (before anything is archived)."""
+        self.key_file = self.config.with_name("archive.key")
+        made = pgharness.run_as_server_user([self.pitrkit, "keygen", "--key-file", self.key_file], check=False)
+        assert made.returncode == 0, made.stderr
+        self.write_config()
 
     @property
     def url(self) -> str:

@@ -10,8 +10,6 @@ table content; and with another key, wal-fetch refuses with exit 126, naming the
 from __future__ import annotations
 
 import base64
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,32 +32,10 @@ from pitrkit_setup import PitrkitSetup
 pytestmark = pytest.mark.integration
 
 
-class EncryptedSetup(PitrkitSetup):
-    """A PitrkitSetup whose every configuration carries `[encryption]` with `key_file`,
-    from the first archived segment on (archive.json is written by the first push)."""
-
-    key_file: Path
-
-    def write_config(self, *args: Any, **kwargs: Any) -> None:
-        super().write_config(*args, **kwargs)
-        with open(self.config, "a") as config:
-            config.write(f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n')
-
-
 @pytest.fixture
-def encrypted_setup(runnable_install, server_tmp: Path):
-    setup = EncryptedSetup(
-        pitrkit=runnable_install.pitrkit,
-        archive=pgharness.make_server_dir(server_tmp / "archive", mode=0o700),
-        config=server_tmp / "pitrkit.toml",
-        runtime_dir=pgharness.make_server_dir(server_tmp / "run", mode=0o700),
-    )
-    setup.key_file = server_tmp / "archive.key"
-    result = pgharness.run_as_server_user([setup.pitrkit, "keygen", "--key-file", setup.key_file], check=False)
-    assert result.returncode == 0, result.stderr
-    setup.write_config()
-    yield setup
-    setup.stop_agents()
+def encrypted_setup(pitrkit_setup: PitrkitSetup) -> PitrkitSetup:
+    pitrkit_setup.encrypt_with_a_new_key()
+    return pitrkit_setup
 
 
 def test_an_encrypted_archive_restores_to_a_time(cluster, encrypted_setup):

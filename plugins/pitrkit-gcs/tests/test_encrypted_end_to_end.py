@@ -4,16 +4,11 @@ every WAL and backup object in the bucket is encrypted and unreadable without th
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 from pitrkit_gcs.storage import GcsStorage
-from test_end_to_end import GcsSetup
 
 from pitrkit import objects
 
-import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,
@@ -30,27 +25,10 @@ from pitr_workload import (
 pytestmark = pytest.mark.integration
 
 
-class EncryptedGcsSetup(GcsSetup):
-    key_file: Path
-
-    def write_config(self, *args: Any, **kwargs: Any) -> None:
-        super().write_config(*args, **kwargs)
-        with open(self.config, "a") as config:
-            config.write(f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n')
-
-
 @pytest.fixture
-def encrypted_gcs_setup(gcs_runnable_install, server_tmp: Path, bucket: str, emulator):
-    setup = EncryptedGcsSetup(pitrkit=gcs_runnable_install.pitrkit, archive=server_tmp / "unused",
-                              config=server_tmp / "pitrkit.toml",
-                              runtime_dir=pgharness.make_server_dir(server_tmp / "run", mode=0o700),
-                              bucket=bucket, emulator=emulator.endpoint)
-    setup.key_file = server_tmp / "archive.key"
-    made = pgharness.run_as_server_user([setup.pitrkit, "keygen", "--key-file", setup.key_file], check=False)
-    assert made.returncode == 0, made.stderr
-    setup.write_config()
-    yield setup
-    setup.stop_agents()
+def encrypted_gcs_setup(gcs_setup):
+    gcs_setup.encrypt_with_a_new_key()
+    return gcs_setup
 
 
 def test_an_encrypted_gcs_archive_restores_to_a_time(cluster, encrypted_gcs_setup):

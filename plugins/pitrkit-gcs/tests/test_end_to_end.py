@@ -4,13 +4,9 @@ restore to a time gives exactly the data noted at that time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 from pitrkit_gcs.storage import GcsStorage
 
-import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,
@@ -23,34 +19,8 @@ from pitr_workload import (
     wait_until_promoted,
     write_round,
 )
-from pitrkit_setup import PitrkitSetup
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class GcsSetup(PitrkitSetup):
-    bucket: str = ""
-    emulator: str = ""  # STORAGE_EMULATOR_HOST for every pitrkit the test and PostgreSQL run
-
-    @property
-    def url(self) -> str:
-        return f"gs://{self.bucket}/pitrkit/main"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "STORAGE_EMULATOR_HOST": self.emulator}
-
-
-@pytest.fixture
-def gcs_setup(gcs_runnable_install, server_tmp: Path, bucket: str, emulator):
-    setup = GcsSetup(pitrkit=gcs_runnable_install.pitrkit, archive=server_tmp / "unused",
-                     config=server_tmp / "pitrkit.toml",
-                     runtime_dir=pgharness.make_server_dir(server_tmp / "run", mode=0o700),
-                     bucket=bucket, emulator=emulator.endpoint)
-    setup.write_config()
-    yield setup
-    setup.stop_agents()
 
 
 def test_archive_backup_and_restore_to_a_time_through_gcs(cluster, gcs_setup):

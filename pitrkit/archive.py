@@ -55,7 +55,13 @@ def wal_key(file: WalFileName) -> str:
     prefix holds at most one 4 GiB "log" of segments), `wal/<name>` for history files."""
     if file.kind == WalFileKind.HISTORY:
         return WAL_PREFIX + file.name
-    return f"{WAL_PREFIX}{file.segment[:16]}/{file.name}"
+    return wal_folder(file.segment) + file.name
+
+
+def wal_folder(name: str) -> str:
+    """`wal/<timeline><log>/`: the folder of a segment-based WAL file name (a segment, its
+    `.partial` or `.backup` file), or of a name's first 16 digits (timeline and log)."""
+    return f"{WAL_PREFIX}{name[:16]}/"
 
 
 def backup_prefix(backup_id: str) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit import objects
-from pitrkit.archive import Archive, wal_key
+from pitrkit.archive import Archive, wal_folder, wal_key
 from pitrkit.errors import NotInArchive, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.wal import (
@@ -128,8 +128,7 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     stored; else NotInArchive. Costs one listing of the segment's folder, and of the next
     folder for the last segment of a 4 GiB log (stored names sort in WAL order)."""
     partial = WalFileName.parse(f"{file.name}.partial")
-    folder = _folder(file)
-    stored = {info.key.rpartition("/")[2] for info in archive.list_folder(folder).objects}
+    stored = {info.key.rpartition("/")[2] for info in archive.list_folder(wal_folder(file.name)).objects}
     if file.name in stored:
         return Fetched(read(archive, file.name))  # archived since we asked: the full segment wins
     absent = f"{file.name} is not in the archive {archive.storage.url}"
@@ -155,15 +154,12 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
         raise PitrkitError(f"{partial.name} in the archive is longer than a segment "
                            f"({len(data)} bytes; its header says {header.segment_size})")
     if following.segno % segments_per_log(header.segment_size) == 0:
-        if archive.list_folder(_folder(WalFileName.parse(following.name))).objects:
+        if archive.list_folder(wal_folder(following.name)).objects:
             raise not_newest
     # PostgreSQL refuses a restored segment of the wrong size. Zeros past the end of the
     # WAL are what pg_receivewal pads with, and replay reads them as the end.
     return Fetched(data.ljust(header.segment_size, b"\0"), partial.name)
 
-
-def _folder(file: WalFileName) -> str:
-    return wal_key(file).rpartition("/")[0] + "/"
 
 
 def _read_verified(archive: Archive, key: str, retries: int) -> bytes:

@@ -43,7 +43,7 @@ from typing import NamedTuple, overload
 
 import msgspec
 
-from pitrkit import catalog, objects
+from pitrkit import catalog
 from pitrkit.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
@@ -51,11 +51,13 @@ from pitrkit.archive import (
     WAL_PREFIX,
     Archive,
     manifest_key,
+    wal_folder,
     wal_index_key,
 )
 from pitrkit.catalog import BackupCatalog, BackupSummary, WalFolderIndex, WalIndexEntry
 from pitrkit.config import Config
-from pitrkit.errors import PitrkitError, UsageError
+from pitrkit.errors import NotInArchive, PitrkitError, UsageError
+from pitrkit.fetch import read
 from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound
 from pitrkit.progress import human_bytes
 from pitrkit.wal import (
@@ -296,16 +298,14 @@ class ArchivedWal:
             return []
         if timeline not in self._histories:
             name = f"{timeline:08X}.history"
-            key = WAL_PREFIX + name
             if timeline not in self.history_files:
                 raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive")
             try:
-                text = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor,
-                                      self.archive.cipher())
-                self._histories[timeline] = parse_history(text.decode("ascii", "replace"), key)
-            except ObjectNotFound:
+                text = read(self.archive, name)  # verified, corrupt reads retried
+                self._histories[timeline] = parse_history(text.decode("ascii", "replace"), WAL_PREFIX + name)
+            except NotInArchive:
                 raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive") from None
-            except (objects.CorruptObject, UsageError) as exc:
+            except UsageError as exc:
                 raise PitrkitError(str(exc)) from None
         return self._histories[timeline]
 
@@ -405,15 +405,15 @@ class ArchivedWal:
     def partial_end(self, entry: WalIndexEntry) -> Lsn:
         """Where the WAL in a stored `.partial` ends, at most: the end of its last valid
         page (wal.valid_end). A listing cannot tell, so this reads the object."""
-        key = f"{WAL_PREFIX}{entry.name[:16]}/{entry.name}"
         try:
-            data = objects.decode(key, self.archive.get(key), self.archive.plugins.compressor, self.archive.cipher())
-            return valid_end(data, read_page_header(data))
-        except ObjectNotFound:
+            data = read(self.archive, entry.name)  # verified, corrupt reads retried
+        except NotInArchive:
             raise PitrkitError(f"{entry.name} is gone from the archive: it was replaced by its full segment, or "
                                "deleted; plan again") from None
-        except (objects.CorruptObject, InvalidSegment) as exc:
-            raise PitrkitError(f"{key} is unusable: {exc}") from None
+        try:
+            return valid_end(data, read_page_header(data))
+        except InvalidSegment as exc:
+            raise PitrkitError(f"{wal_folder(entry.name)}{entry.name} is unusable: {exc}") from None
 
     def newest_on_path(self, path: list[TimelineStep]) -> tuple[int, WalIndexEntry] | None:
         """The newest segment replay along `path` could read."""
@@ -482,7 +482,7 @@ def _run_length(numbers: Sequence[int], start: int, first: int, last: int) -> in
 
 
 def _folder_prefix(timeline: int, log_number: int) -> str:
-    return f"{WAL_PREFIX}{timeline:08X}{log_number:08X}/"
+    return wal_folder(f"{timeline:08X}{log_number:08X}")
 
 
 def _index_entry(info: ObjectInfo) -> WalIndexEntry:

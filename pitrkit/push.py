@@ -50,8 +50,7 @@ def push(archive: Archive, path: Path) -> str:
         try:
             stored = objects.decode(key, archive.get(key), archive.plugins.compressor, cipher)
         except objects.CorruptObject as exc:
-            raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
-                               "refusing to overwrite it: move the damaged object aside") from None
+            raise _unreadable(file, exc) from None
         if stored == data:
             return f"{file.name} was already archived with identical content"
         if file.kind == WalFileKind.PARTIAL:
@@ -71,8 +70,7 @@ def _compare_sealed(archive: Archive, key: str, file: WalFileName, header: objec
     try:
         stored, _ = objects.read_header(key, archive.get(key))
     except objects.CorruptObject as exc:
-        raise RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
-                           "refusing to overwrite it: move the damaged object aside") from None
+        raise _unreadable(file, exc) from None
     if stored.size == header.size and stored.sha256 == header.sha256:
         return f"{file.name} was already archived with identical content (same size and checksum)"
     if file.kind == WalFileKind.PARTIAL:
@@ -81,6 +79,11 @@ def _compare_sealed(archive: Archive, key: str, file: WalFileName, header: objec
                            "refusing to overwrite it")
     raise RefusedError(f"{file.name} is already archived with different content (stored sha256 "
                        f"{stored.sha256.hex()[:16]}…, this file {header.sha256.hex()[:16]}…); refusing to overwrite it")
+
+
+def _unreadable(file: WalFileName, exc: objects.CorruptObject) -> RefusedError:
+    return RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
+                        "refusing to overwrite it: move the damaged object aside")
 
 
 def _extend_partial(archive: Archive, key: str, file: WalFileName, stored: bytes, data: bytes, blob: bytes) -> str:

@@ -76,6 +76,7 @@ from pitrkit.localpg import (  # noqa: E402
     run_as_server_user,
     wait_for,
 )
+from pitrkit.wal import Lsn  # noqa: E402
 
 import pgharness  # noqa: E402  (tests/pgharness.py: "free of pytest so benchmarks can import it")
 
@@ -130,11 +131,6 @@ def tree_bytes(path: Path) -> int:
             status = os.lstat(os.path.join(root, name))
             total += status.st_size if stat.S_ISREG(status.st_mode) else 0
     return total
-
-
-def lsn_bytes(lsn: str) -> int:
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 def children_cpu() -> float:
@@ -426,12 +422,6 @@ def backup_floor(rig: Rig, round_: int) -> BackupRun:
 BACKUP = {PITRKIT: backup_pitrkit, PGBACKREST: backup_pgbackrest, FLOOR: backup_floor}
 
 
-def rotated(tools: list[str], by: int) -> list[str]:
-    """The order of round `by`: each tool goes first in turn."""
-    by %= len(tools)
-    return tools[by:] + tools[:by]
-
-
 def run_backups(rig: Rig, rounds: int, tools: list[str]) -> list[BackupRun]:
     runs = []
     for r in range(rounds):
@@ -439,7 +429,7 @@ def run_backups(rig: Rig, rounds: int, tools: list[str]) -> list[BackupRun]:
         # restores start from each tool's last backup, and pgBackRest's being the newer one,
         # it replays a few (nearly empty) segments less than pitrkit: if anything, that
         # favours pgBackRest.
-        order = rotated(tools, r - rounds + 1)
+        order = walpath.rotated(tools, r - rounds + 1)
         log(f"=== backup round {r + 1}/{rounds}: {', '.join(order)}")
         for tool in order:
             rig.set_archive_command(PGBACKREST if tool == PGBACKREST else PITRKIT)
@@ -467,8 +457,8 @@ def make_target(rig: Rig, transactions: int, backups: list[BackupRun]) -> Target
     log(f"target LSN {lsn}; digest {digest}; writing past it and archiving")
     rig.pgbench("-c", "2", "-j", "2", "-t", "500", "-n")
     rig.archive_everything()
-    last_start = max(lsn_bytes(b.start_lsn) for b in backups if b.start_lsn)
-    return Target(lsn, digest, lsn_bytes(lsn) - last_start, tps)
+    last_start = max(Lsn.parse(b.start_lsn) for b in backups if b.start_lsn)
+    return Target(lsn, digest, Lsn.parse(lsn) - last_start, tps)
 
 
 def fresh_cluster(rig: Rig, name: str) -> Cluster:
@@ -535,7 +525,7 @@ def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str],
             restore_once(rig, tool, target, -1)
     runs = []
     for r in range(rounds):
-        order = rotated(tools, r)
+        order = walpath.rotated(tools, r)
         log(f"=== restore round {r + 1}/{rounds}: {', '.join(order)}")
         runs += [restore_once(rig, tool, target, r) for tool in order]
     return runs
@@ -556,7 +546,7 @@ def restore_once(rig: Rig, tool: str, target: Target, round_: int) -> RestoreRun
             digest_ok=[str(v) for v in cluster.sql(DIGEST_SQL)[0]] == target.digest,
             timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
             backup=label["LABEL"],
-            replayed_bytes=lsn_bytes(target.lsn) - lsn_bytes(label["START WAL LOCATION"].split()[0]),
+            replayed_bytes=Lsn.parse(target.lsn) - Lsn.parse(label["START WAL LOCATION"].split()[0]),
             recovery=RecoveryLog.parse(log_text := server_log(cluster), finished),
             server_log=log_text.splitlines()[:300],
             recovery_settings=recovery_settings(cluster.pgdata / "postgresql.auto.conf"),

@@ -67,6 +67,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import walpath  # noqa: E402  (the same install and host helpers as the WAL-path benchmark)
 
 from pitrkit.localpg import Cluster, CommandFailed, LocalPgError, make_server_dir, server_env, server_user  # noqa: E402
+from pitrkit.wal import Lsn  # noqa: E402
 
 import pgharness  # noqa: E402  (tests/pgharness.py: "free of pytest so benchmarks can import it")
 
@@ -86,11 +87,6 @@ INSERT INTO wal_load SELECT :base + g, md5((:base + g)::text) || md5(g::text) ||
 
 def log(msg: str) -> None:
     print(f"[receive {dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
-
-
-def lsn_bytes(lsn: str) -> int:
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 # --------------------------------------------------------------------------------------
@@ -310,8 +306,8 @@ class Sampler(threading.Thread):
                 lag_bytes, lag_s = health.get("lag_bytes"), health.get("lag_seconds")
             except (OSError, ValueError):
                 pass
-        return Sample(round(time.monotonic() - self.started, 3), lsn_bytes(row[0]),
-                      lsn_bytes(row[1]) if row[1] else None, row[2], lag_bytes, lag_s)
+        return Sample(round(time.monotonic() - self.started, 3), Lsn.parse(row[0]),
+                      Lsn.parse(row[1]) if row[1] else None, row[2], lag_bytes, lag_s)
 
 
 def receiver_for(rig: Rig, variant: str, logfile: Path) -> subprocess.Popen | None:
@@ -352,7 +348,7 @@ def one_run(rig: Rig, variant: str, round_: int, seconds: int) -> Run:
             wait_for(lambda: children_named(sidecar_pid, "pg_receivewal"), 60, "the sidecar's pg_receivewal")
             receivewal_pid = children_named(sidecar_pid, "pg_receivewal")[0]
         load = walpath.loadavg()[0]
-        start_lsn = lsn_bytes(rig.cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0])
+        start_lsn = Lsn.parse(rig.cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0])
         cpu0 = {pid: process_cpu(pid) for pid in (sidecar_pid, receivewal_pid) if pid}
         busy0 = machine_busy()
         sampler = Sampler(rig, slot, health)
@@ -360,7 +356,7 @@ def one_run(rig: Rig, variant: str, round_: int, seconds: int) -> Run:
         t0 = time.monotonic()
         output = rig.pgbench(seconds)
         wall = time.monotonic() - t0
-        end_lsn = lsn_bytes(rig.cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0])
+        end_lsn = Lsn.parse(rig.cluster.sql("SELECT pg_current_wal_lsn()::text")[0][0])
         busy1 = machine_busy()
         cpu1 = {pid: process_cpu(pid) for pid in cpu0}
         sampler.done.set()
@@ -438,12 +434,12 @@ def catch_up(rig: Rig, slot: str, health: Path | None, end_lsn: int, load_end: f
         if health is None:
             rows = rig.cluster.sql("SELECT r.write_lsn::text FROM pg_replication_slots s JOIN pg_stat_replication r "
                                    "ON r.pid = s.active_pid WHERE s.slot_name = %s", [slot])
-            return bool(rows) and rows[0][0] is not None and lsn_bytes(rows[0][0]) >= end_lsn
+            return bool(rows) and rows[0][0] is not None and Lsn.parse(rows[0][0]) >= end_lsn
         try:
             archived = json.loads(health.read_text()).get("last_archived_lsn")
         except (OSError, ValueError):
             return False
-        return archived is not None and lsn_bytes(archived) >= end_lsn
+        return archived is not None and Lsn.parse(archived) >= end_lsn
 
     try:
         wait_for(caught_up, CATCH_UP_TIMEOUT, "the receiver to catch up")
@@ -455,11 +451,6 @@ def catch_up(rig: Rig, slot: str, health: Path | None, end_lsn: int, load_end: f
 # --------------------------------------------------------------------------------------
 # the report
 # --------------------------------------------------------------------------------------
-
-
-def rotated(items: list[str], by: int) -> list[str]:
-    by %= len(items)
-    return items[by:] + items[:by]
 
 
 def median(runs: list[Run], name: str) -> float | None:
@@ -566,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     try:
         for round_ in range(1, a.rounds + 1):
-            for variant in rotated(variants, round_ - 1):
+            for variant in walpath.rotated(variants, round_ - 1):
                 log(f"round {round_}: {variant}, {a.seconds} s of load")
                 run = one_run(rig, variant, round_, a.seconds)
                 log(f"  {run.wal_mib_s} MiB/s of WAL, {run.tps} tps; archive lag max "

@@ -97,6 +97,12 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def rotated(items: list[str], by: int) -> list[str]:
+    """The order of round `by` of an interleaved benchmark: each item goes first in turn."""
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
 def stamp_now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 

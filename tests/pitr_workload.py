@@ -123,11 +123,6 @@ def archive_everything(cluster: pgharness.Cluster) -> str:
     return name
 
 
-def lsn_value(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
 # --- pitrkit as the DBA runs it -------------------------------------------------------------
 
 

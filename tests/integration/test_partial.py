@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pitrkit import localpg
+from pitrkit.wal import Lsn
 
 import pgharness
 from pitr_workload import (
@@ -28,7 +29,6 @@ from pitr_workload import (
     backup_push,
     digests,
     drop_doomed,
-    lsn_value,
     note_point,
     restore_plan,
     succeeded,
@@ -54,7 +54,7 @@ def start_receiver(primary: pgharness.Cluster, directory: Path) -> subprocess.Po
 
 def received_up_to(primary: pgharness.Cluster, lsn: str) -> bool:
     rows = primary.sql("SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = 'pg_receivewal'")
-    return bool(rows) and rows[0][0] is not None and lsn_value(rows[0][0]) >= lsn_value(lsn)
+    return bool(rows) and rows[0][0] is not None and Lsn.parse(rows[0][0]) >= Lsn.parse(lsn)
 
 
 def test_restore_latest_replays_the_transactions_only_a_partial_holds(cluster, pitrkit_setup, server_tmp):
@@ -94,7 +94,7 @@ def test_restore_latest_replays_the_transactions_only_a_partial_holds(cluster, p
 
     plan = restore_plan(setup, "--latest")
     assert plan["segments"][-1] == f"{open_segment}.partial"
-    assert lsn_value(plan["archive_end"]) >= lsn_value(point.lsn)  # an upper bound of the WAL in it
+    assert Lsn.parse(plan["archive_end"]) >= Lsn.parse(point.lsn)  # an upper bound of the WAL in it
     wal_list = succeeded(setup.run("wal-list"))
     assert f"{open_segment}.partial" in wal_list and "partial" in wal_list.splitlines()[-1]
 

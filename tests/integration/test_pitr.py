@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pitrkit.wal import Lsn
+
 import pgharness
 from pitr_workload import (
     archive_everything,
@@ -24,7 +26,6 @@ from pitr_workload import (
     backup_push,
     digests,
     drop_doomed,
-    lsn_value,
     note_point,
     refusal,
     restore_into,
@@ -163,7 +164,7 @@ def test_restore_along_a_new_timeline_and_ambiguous_targets(cluster, pitrkit_set
     # The original keeps writing and archiving past on_two, in time and in LSN: now
     # on_two's time and LSN exist on both timelines.
     write_round(primary, 3)
-    while lsn_value(primary.sql("SELECT pg_current_wal_lsn()::text")[0][0]) <= lsn_value(on_two.lsn):
+    while Lsn.parse(primary.sql("SELECT pg_current_wal_lsn()::text")[0][0]) <= Lsn.parse(on_two.lsn):
         write_round(primary, 4)
         primary.switch_wal()
     archive_everything(primary)
@@ -333,7 +334,7 @@ def test_restore_start_reaches_the_target_and_reports_it(cluster, pitrkit_setup)
         "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp() <= %s::timestamptz",
         [point.time])[0]
     assert replayed_lsn in report, report
-    assert lsn_value(replayed_lsn) > lsn_value(point.lsn)  # round 2 replayed up to its commit
+    assert Lsn.parse(replayed_lsn) > Lsn.parse(point.lsn)  # round 2 replayed up to its commit
     assert before_target
     replayed_time = restored.sql("SELECT pg_last_xact_replay_timestamp()")[0][0]
     assert replayed_time in reported_instants(report), report

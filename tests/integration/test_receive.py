@@ -22,6 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pitrkit.wal import Lsn
+
 import pgharness
 from pitr_workload import (
     archiving_primary,
@@ -97,7 +99,7 @@ class Sidecar:
             assert self.process.poll() is None, f"wal-receive exited {self.process.returncode}:\n{self.log()}"
             state = self.state()
             done = state.get("last_archived_lsn")
-            return state if done and lsn_value(done) >= lsn_value(lsn) else {}
+            return state if done and Lsn.parse(done) >= Lsn.parse(lsn) else {}
         return pgharness.wait_for(archived, timeout, interval=0.1, what=f"the sidecar to archive up to {lsn}")
 
     def receiver_pid(self) -> int:
@@ -122,11 +124,6 @@ class Sidecar:
 
 def start_sidecar(setup: PitrkitSetup, spool: Path, name: str = "sidecar") -> Sidecar:
     return Sidecar(setup, spool, spool.parent / f"{name}.log")
-
-
-def lsn_value(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def slot_row(cluster: pgharness.Cluster) -> tuple | None:

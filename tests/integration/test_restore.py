@@ -18,6 +18,7 @@ import stat
 import pytest
 
 from pitrkit import recovery_conf
+from pitrkit.wal import Lsn
 
 import pgharness
 from pitr_workload import (
@@ -27,7 +28,6 @@ from pitr_workload import (
     backup_push,
     digests,
     drop_doomed,
-    lsn_value,
     note_point,
     refusal,
     restore_into,
@@ -59,7 +59,7 @@ def test_start_reaches_an_lsn_target_and_the_data_is_as_it_was_then(cluster, pit
     assert f"restoring backup {backup['backup_id']}" in out
     assert "recovery promoted" in out
     # Promotion happens on the first record past the target (inclusive stop).
-    assert lsn_value(reported(out, "last replayed WAL location")) >= lsn_value(target.lsn)
+    assert Lsn.parse(reported(out, "last replayed WAL location")) >= Lsn.parse(target.lsn)
     assert reported(out, "now on timeline") == "2"
     # The primary archives with pitrkit, and so will the promoted copy: said, not changed.
     assert "archive_mode = on" in result.stderr and "warning" in result.stderr

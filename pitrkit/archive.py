@@ -35,6 +35,8 @@ BACKUPS_PREFIX = "backups/"
 CATALOG_PREFIX = "catalog/"
 BACKUP_CATALOG_KEY = "catalog/backups.json"
 WAL_INDEX_PREFIX = "catalog/wal/"
+RETENTION_STATE_KEY = "catalog/retention.json"
+LEASES_PREFIX = "leases/"
 
 IDENTITY_TTL = 60.0
 
@@ -71,6 +73,10 @@ def backup_prefix(backup_id: str) -> str:
 def manifest_key(backup_id: str) -> str:
     """The backup's commit marker: a backup whose manifest is absent does not exist."""
     return f"{BACKUPS_PREFIX}{backup_id}/manifest.json"
+
+
+def lease_key(lease_id: str) -> str:
+    return f"{LEASES_PREFIX}{lease_id}.json"
 
 
 def wal_index_key(log_folder: str) -> str:

@@ -163,6 +163,47 @@ class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
     indexed_at: datetime
 
 
+# --- retention (catalog/retention.json, leases/) -----------------------------------------
+
+
+class RetentionRun(msgspec.Struct, kw_only=True, frozen=True):
+    """What one finished `retention apply` removed."""
+
+    finished_at: datetime
+    backups_removed: list[str]
+    wal_files_removed: int
+    bytes_freed: int  # stored bytes
+
+
+class RetentionState(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/retention.json`: retention's intent and its last result.
+
+    `deleting` is written BEFORE any object is deleted: a backup named there no longer
+    exists for any reader (the planner, backup-list, status), even while its manifest is
+    still stored, and a later run finishes removing it. That is what lets a run killed
+    midway leave nothing half-usable behind."""
+
+    deleting: list[str] = []  # backup ids whose objects are being removed
+    decided_at: datetime | None = None
+    last_run: RetentionRun | None = None
+
+
+class Lease(msgspec.Struct, kw_only=True, frozen=True):
+    """`leases/<lease_id>.json`: a running restore's claim on a backup and the WAL after
+    it along one timeline's path. Retention keeps what an unexpired lease names; the
+    holder renews `expires_at` while it works and deletes the lease when done."""
+
+    lease_id: str
+    holder: str  # who: "restore on <host> pid <pid>", for the operator
+    backup_id: str
+    # The timeline recovery ends on: its history gives the path whose WAL is claimed,
+    # from the backup's first segment onward.
+    timeline: int
+    first_segment: str
+    taken_at: datetime
+    expires_at: datetime
+
+
 # --- encoding ---------------------------------------------------------------------------
 
 

@@ -34,6 +34,10 @@ _COMMAND_MODULES = {
     "restore-plan": "pitrkit.plan",
     "restore": "pitrkit.restore",
     "wal-receive": "pitrkit.receive",
+    "retention": "pitrkit.retention",
+    "status": "pitrkit.status",
+    "verify": "pitrkit.verify",
+    "daemon": "pitrkit.daemon",
 }
 
 
@@ -97,6 +101,26 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--start", action="store_true",
                          help="start PostgreSQL on DIR and wait until recovery reaches the target")
     restore.add_argument("--port", type=int, help="port for --start (default: a free one)")
+
+    retention = commands.add_parser("retention", help="remove the backups and WAL the [retention] policy "
+                                    "no longer keeps")
+    retention_actions = retention.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    apply = retention_actions.add_parser("apply", help="apply the [retention] policy to the archive")
+    apply.add_argument("--dry-run", action="store_true", help="list what would be removed, by which rule, and the "
+                       "space it would free; remove nothing")
+    apply.add_argument("--json", action="store_true", help="print the decision as JSON")
+
+    status = commands.add_parser("status", help="backups, WAL, archiver, archive size, restorable ranges and "
+                                 "retention health, with an overall OK / WARN / FAIL (exit 2 on FAIL)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    verify = commands.add_parser("verify", help="check the catalog against storage: objects, sizes, checksums, "
+                                 "WAL continuity, every backup restorable (exit 1 when anything is wrong)")
+    verify.add_argument("--deep", action="store_true", help="read every object in full and check its content")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+
+    commands.add_parser("daemon", help="run the service: the streaming sidecar, scheduled backups, retention "
+                        "after each, and the status page and /metrics ([daemon] in the configuration)")
 
     keygen = commands.add_parser("keygen", help="write a new encryption key: a key file for [encryption] mode "
                                  "\"key\", or an X25519 pair for mode \"recipient\" (never overwrites; "

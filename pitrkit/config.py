@@ -82,6 +82,23 @@ def parse_size(value: int | str) -> int | None:
     return None if match is None else int(match["number"]) * _SIZE_UNITS[match["unit"]]
 
 
+# Durations as a DBA writes them in a policy: "7d", "36h", "90m", "30s", "2w", or a
+# number of seconds.
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: int | float | str) -> float | None:
+    """Seconds from a number or a duration such as "7d" (units s, m, h, d, w); None if
+    `value` is neither, or negative."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) and value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    return None if match is None else float(match["number"]) * _DURATION_UNITS[match["unit"]]
+
+
 class ReceiveConfig(_Section, frozen=True):
     # The physical replication slot `wal-receive` streams from (created if missing). It
     # is also the sidecar's application_name, the name synchronous_standby_names uses,
@@ -139,6 +156,57 @@ class EncryptionConfig(_Section, frozen=True):
     old_keys: list[KeySource] = []
 
 
+class RetentionConfig(_Section, frozen=True):
+    """`[retention]`: which backups `retention apply` keeps (the union of every rule) and
+    so which WAL. See docs/operations.md."""
+
+    # The newest N backups (>= 1: the newest backup is never removed).
+    keep_last: int = 1
+    # The newest backup of each of the D (W, M) most recent days (ISO weeks, months)
+    # that have a backup, in `timezone`.
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    # Every point of the last `window` (a duration, "7d") stays restorable: the newest
+    # backup consistent before the window starts is kept, with all WAL after it.
+    window: str | None = None
+    # A backup folder without a manifest whose newest object is older than this is an
+    # interrupted backup, and removed (a running backup keeps writing parts).
+    unfinished_grace: str = "6h"
+    # How long a restore without --start holds its lease on the backup and WAL it uses,
+    # so that the recovery the operator starts afterwards still finds them.
+    restore_lease: str = "12h"
+    # The zone whose calendar days, weeks and months the rules count; None: the host's.
+    timezone: str | None = None
+
+
+class DaemonConfig(_Section, frozen=True):
+    """`[daemon]`: what `pitrkit daemon` runs. The streaming sidecar runs when
+    [receive] spool is set."""
+
+    # Scheduled backups: a duration ("6h") or a cron expression ("30 2 * * *", in the
+    # host's zone); at most one. Neither: the daemon takes no backups.
+    every: str | None = None
+    cron: str | None = None
+    # Apply [retention] after each scheduled backup (when [retention] is configured).
+    retention: bool = True
+    # host:port of the status page (/) and Prometheus metrics (/metrics); "" turns the
+    # server off. Loopback by default: the page shows the archive's layout.
+    listen: str = "127.0.0.1:9187"
+    # Seconds between refreshes of the served status (each reads the catalog).
+    status_interval: float = 30.0
+
+
+class StatusConfig(_Section, frozen=True):
+    """`[status]`: when `pitrkit status` turns WARN (and FAIL at twice the age)."""
+
+    # The newest backup finished longer ago than this (a duration).
+    backup_max_age: str = "36h"
+    # The newest WAL reached the archive longer ago than this. Only meaningful with
+    # archive_timeout (or the sidecar) set: an idle server archives nothing.
+    wal_max_age: str = "1h"
+
+
 class Config(_Section, frozen=True):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
@@ -147,6 +215,10 @@ class Config(_Section, frozen=True):
     backup: BackupConfig = BackupConfig()
     receive: ReceiveConfig = ReceiveConfig()
     encryption: EncryptionConfig = EncryptionConfig()
+    # None: no policy; `retention apply` refuses rather than guess one.
+    retention: RetentionConfig | None = None
+    daemon: DaemonConfig = DaemonConfig()
+    status: StatusConfig = StatusConfig()
 
 
 def locate(explicit: str | None) -> Path:
@@ -203,8 +275,50 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("receive.max_slot_retained must be a number of bytes or a size such as \"4GB\" "
                         "(units kB, MB, GB, TB)")
     problems += _encryption_problems(config.encryption)
+    problems += _operations_problems(config)
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
+
+
+def _operations_problems(config: Config) -> list[str]:
+    problems = []
+    durations = [("status.backup_max_age", config.status.backup_max_age),
+                 ("status.wal_max_age", config.status.wal_max_age)]
+    if config.daemon.every is not None:
+        durations.append(("daemon.every", config.daemon.every))
+    retention = config.retention
+    if retention is not None:
+        if retention.keep_last < 1:
+            problems.append("retention.keep_last must be at least 1: the newest backup is never removed")
+        for name in ("daily", "weekly", "monthly"):
+            if getattr(retention, name) < 0:
+                problems.append(f"retention.{name} must not be negative")
+        durations += [("retention.unfinished_grace", retention.unfinished_grace),
+                      ("retention.restore_lease", retention.restore_lease)]
+        if retention.window is not None:
+            durations.append(("retention.window", retention.window))
+        if retention.timezone is not None and not _known_zone(retention.timezone):
+            problems.append(f"retention.timezone {retention.timezone!r} is not a time zone name such as \"UTC\" "
+                            "or \"Europe/Berlin\"")
+    for name, value in durations:
+        seconds = parse_duration(value)
+        if seconds is None or (name == "daemon.every" and seconds <= 0):
+            problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w)")
+    if config.daemon.every is not None and config.daemon.cron is not None:
+        problems.append("daemon.every and daemon.cron are both set: choose one schedule")
+    if not math.isfinite(config.daemon.status_interval) or config.daemon.status_interval <= 0:
+        problems.append("daemon.status_interval must be a positive number of seconds")
+    return problems
+
+
+def _known_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only when a zone is configured
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 _KEY_MODE_SOURCES = ("key_file", "passphrase_env", "passphrase_command")

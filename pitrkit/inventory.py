@@ -184,6 +184,18 @@ class TimelineStep(msgspec.Struct, kw_only=True, frozen=True):
     end: Lsn | None
 
 
+def serving_timeline(path: list[TimelineStep], segno: int, segment_size: int) -> int:
+    """Whose file replay along `path` reads for segment `segno`: the newest step that has
+    begun by that segment. The segment holding a switch point is read from the new
+    timeline (its copy holds the old timeline's WAL up to the switch), as
+    XLogFileReadAnyTLI does."""
+    serving = path[0].timeline
+    for step in path:
+        if step.begin // segment_size <= segno:
+            serving = step.timeline
+    return serving
+
+
 class LogFolder:
     """The files of one WAL folder `wal/<TLI><LOG>/`, with its segments by number.
 
@@ -320,15 +332,7 @@ class ArchivedWal:
         return steps
 
     def serving_timeline(self, path: list[TimelineStep], segno: int) -> int:
-        """Whose file replay reads for segment `segno`: the newest step that has begun by
-        that segment. The segment holding a switch point is read from the new timeline
-        (its copy holds the old timeline's WAL up to the switch), as XLogFileReadAnyTLI
-        does."""
-        serving = path[0].timeline
-        for step in path:
-            if step.begin // self.segment_size <= segno:
-                serving = step.timeline
-        return serving
+        return serving_timeline(path, segno, self.segment_size)
 
     def _next_switch_segno(self, path: list[TimelineStep], segno: int) -> int | None:
         """The first segment after `segno` that a later step serves."""

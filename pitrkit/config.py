@@ -198,9 +198,9 @@ class DaemonConfig(_Section, frozen=True):
 
 
 class StatusConfig(_Section, frozen=True):
-    """`[status]`: when `pitrkit status` turns WARN (and FAIL at twice the age)."""
+    """`[status]`: when `pitrkit status` turns WARN."""
 
-    # The newest backup finished longer ago than this (a duration).
+    # The newest backup finished longer ago than this (a duration); twice this is a FAIL.
     backup_max_age: str = "36h"
     # The newest WAL reached the archive longer ago than this. Only meaningful with
     # archive_timeout (or the sidecar) set: an idle server archives nothing.

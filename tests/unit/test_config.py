@@ -3,6 +3,7 @@ with the file it came from and the dotted key a DBA would look for."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -199,3 +200,61 @@ def test_locate_default(monkeypatch):
 def test_locate_empty_environment_variable_means_unset(monkeypatch):
     monkeypatch.setenv("PITRKIT_CONFIG", "")
     assert config.locate(None) == Path("/etc/pitrkit/pitrkit.toml")
+
+
+# --- operations sections ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("7d", 7 * 86400), ("36h", 36 * 3600), ("90m", 5400), ("30s", 30), ("2w", 14 * 86400), ("1.5h", 5400),
+     ("45", 45)],
+)
+def test_durations_are_written_as_a_dba_writes_them(text, seconds):
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7 days", "d", "-1d", "7y", "1e3"])
+def test_a_malformed_duration_is_none(text):
+    assert config.parse_duration(text) is None
+
+
+def test_no_retention_section_means_no_policy():
+    assert config.parse(tomllib.loads(MINIMAL), SOURCE).retention is None
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("[retention]\nkeep_last = 0\n", "retention.keep_last must be at least 1"),
+        ("[retention]\ndaily = -1\n", "retention.daily must not be negative"),
+        ("[retention]\nwindow = \"a week\"\n", "retention.window must be a duration"),
+        ("[retention]\ntimezone = \"Mars/Olympus\"\n", "retention.timezone 'Mars/Olympus' is not a time zone"),
+        ("[daemon]\nevery = \"0s\"\n", "daemon.every must be a duration"),
+        ("[daemon]\nevery = \"6h\"\ncron = \"0 3 * * *\"\n", "daemon.every and daemon.cron are both set"),
+        ("[daemon]\nstatus_interval = 0\n", "daemon.status_interval must be a positive number"),
+        ("[status]\nbackup_max_age = \"soon\"\n", "status.backup_max_age must be a duration"),
+    ],
+)
+def test_operations_sections_are_checked_when_loaded(section, expected):
+    message = config_error(MINIMAL + section)
+    assert expected in message
+
+
+def test_the_example_configuration_names_every_key():
+    """conf/pitrkit.toml says it lists every key: hold it to that, section by section
+    (optional sections and unset keys appear commented out)."""
+    example = (Path(__file__).parents[2] / "conf" / "pitrkit.toml").read_text()
+    config.parse(tomllib.loads(example), "conf/pitrkit.toml")
+    sections = {"repository": config.RepositoryConfig, "postgres": config.PostgresConfig,
+                "compression": config.CompressionConfig, "agent": config.AgentConfig, "backup": config.BackupConfig,
+                "receive": config.ReceiveConfig, "encryption": config.EncryptionConfig,
+                "retention": config.RetentionConfig, "daemon": config.DaemonConfig, "status": config.StatusConfig}
+    headers = list(re.finditer(r"^(?:# )?\[(?P<name>[a-z]+)\]$", example, re.MULTILINE))
+    texts = {header["name"]: example[header.end():following.start() if following else None]
+             for header, following in zip(headers, [*headers[1:], None], strict=True)}
+    assert texts.keys() == sections.keys()
+    for name, kind in sections.items():
+        text = texts[name]
+        for field in kind.__struct_fields__:
+            assert f"\n{field} = " in text or f"\n# {field} = " in text, f"[{name}] {field} is not in the example"

@@ -51,6 +51,7 @@ class CorruptObject(Exception):
     def __init__(self, key: str, why: str) -> None:
         super().__init__(f"stored object {key} is corrupt: {why}")
         self.key = key
+        self.why = why
 
 
 def encode(data: bytes, compressor: Compressor, cipher: Cipher | None = None) -> tuple[bytes, ObjectHeader]:

@@ -81,12 +81,17 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
 TimelineChoice = int | Literal["latest", "current"] | None
 
 
-def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None) -> RestorePlan:
-    try:
-        wal = ArchivedWal(archive)
-    except ObjectNotFound:
-        raise PlanRefused(f"the archive {archive.storage.url} holds no WAL yet (it has no archive.json)") from None
-    finished = inventory.backups(archive)
+def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None, *,
+              wal: ArchivedWal | None = None, finished: list[BackupSummary] | None = None) -> RestorePlan:
+    """`wal` and `finished`: the archive as the caller has already read it (verify plans
+    to every backup's stop point on one reading, and to that backup alone)."""
+    if wal is None:
+        try:
+            wal = ArchivedWal(archive)
+        except ObjectNotFound:
+            raise PlanRefused(f"the archive {archive.storage.url} holds no WAL yet (it has no archive.json)") from None
+    if finished is None:
+        finished = inventory.backups(archive)
     if not finished:
         raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
     candidates = _candidate_timelines(wal, target)

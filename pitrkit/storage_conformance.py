@@ -161,3 +161,15 @@ class StorageConformance:
         storage.delete("gone")  # absent: not an error
         storage.put("gone", b"again")  # and the name is free again
         assert storage.get("gone") == b"again"
+
+    def test_a_folder_whose_objects_are_all_deleted_is_not_listed(self, storage):
+        # Retention removes whole backup and WAL folders; readers must not find them as
+        # empty ones (a backup folder without a manifest reads as an unfinished backup).
+        storage.put("backups/B/data/0", b"x")
+        storage.put("backups/B/manifest.json", b"{}")
+        storage.put("backups/C/manifest.json", b"{}")
+        storage.delete("backups/B/data/0")
+        storage.delete("backups/B/manifest.json")
+        assert storage.list_folder("backups/").folders == ["backups/C/"]
+        storage.put("backups/B/data/1", b"y")  # and it can be written again
+        assert storage.list_folder("backups/").folders == ["backups/B/", "backups/C/"]

@@ -172,6 +172,7 @@ class LocalStorage:
         except OSError as exc:
             raise self._fault(exc, key) from None
         _fsync_directory(path.parent)
+        self._remove_empty_parents(path.parent)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -190,6 +191,22 @@ class LocalStorage:
             if owner := self._new_entries_owner():
                 os.chown(folder, *owner)
             _fsync_directory(folder.parent)
+
+
+    def _remove_empty_parents(self, directory: Path) -> None:
+        """Remove the directories a delete left empty, up to the root: in an object
+        store a folder exists only while it holds objects, and readers (backup-list,
+        the WAL listings) must not find a removed backup or WAL folder as an empty one.
+        rmdir(2) refuses a directory that is not empty, so a concurrent put's new file
+        keeps its folder (a put whose folder vanished between mkdir and open fails,
+        and Archive retries it)."""
+        while directory != self.root:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            _fsync_directory(directory.parent)
+            directory = directory.parent
 
 
 def _raise(exc: OSError) -> None:

@@ -306,6 +306,13 @@ def _operations_problems(config: Config) -> list[str]:
             problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w)")
     if config.daemon.every is not None and config.daemon.cron is not None:
         problems.append("daemon.every and daemon.cron are both set: choose one schedule")
+    if config.daemon.cron is not None:
+        from pitrkit.schedule import Cron, CronError  # only when a cron schedule is configured
+
+        try:
+            Cron.parse(config.daemon.cron)
+        except CronError as exc:
+            problems.append(f"daemon.cron: {exc}")
     if not math.isfinite(config.daemon.status_interval) or config.daemon.status_interval <= 0:
         problems.append("daemon.status_interval must be a positive number of seconds")
     return problems

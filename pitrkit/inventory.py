@@ -9,6 +9,8 @@ loses data.
 * `catalog/backups.json` lists the summaries of finished backups. Reading it is checked
   against one listing of `backups/`: a backup folder it does not know is read from its
   manifest, an entry whose folder is gone is dropped.
+* `catalog/retention.json` names the backups retention is removing (retention.py): they
+  exist for no reader from the moment it is stored, while their objects go.
 * `catalog/wal/<TLI><LOG>.json` is the listing of one sealed WAL folder `wal/<TLI><LOG>/`:
   one that a later folder of the same timeline exists for. PostgreSQL archives segments in
   order, so a sealed folder receives nothing more and its listing can be kept. The
@@ -47,6 +49,7 @@ from pitrkit import catalog
 from pitrkit.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
+    RETENTION_STATE_KEY,
     WAL_INDEX_PREFIX,
     WAL_PREFIX,
     Archive,
@@ -54,7 +57,7 @@ from pitrkit.archive import (
     wal_folder,
     wal_index_key,
 )
-from pitrkit.catalog import BackupCatalog, BackupSummary, WalFolderIndex, WalIndexEntry
+from pitrkit.catalog import BackupCatalog, BackupSummary, RetentionState, WalFolderIndex, WalIndexEntry
 from pitrkit.config import Config
 from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 from pitrkit.fetch import read
@@ -88,16 +91,39 @@ class BackupSurvey(NamedTuple):
     # Folders under backups/ without a manifest: a backup in progress, or one that was
     # interrupted and awaits cleanup. Neither exists for the planner.
     unfinished: list[str]
+    # Folders of backups retention is removing (in catalog/retention.json): whatever of
+    # them is still stored, they exist for no reader.
+    deleting: list[str]
 
 
 def backups(archive: Archive) -> list[BackupSummary]:
-    """The backups whose manifests exist, oldest first."""
+    """The backups whose manifests exist and that retention is not removing, oldest first."""
     return survey_backups(archive).finished
 
 
+def retention_state(archive: Archive) -> RetentionState:
+    """`catalog/retention.json`; the empty state when there is none. An unreadable one is
+    ignored with a warning: retention removes a backup's manifest before anything else
+    of it, so a backup whose manifest is stored is complete, and the next run rewrites
+    the document."""
+    try:
+        data = archive.get(RETENTION_STATE_KEY)
+    except ObjectNotFound:
+        return RetentionState()
+    try:
+        return catalog.decode(data, RetentionState, RETENTION_STATE_KEY)
+    except ValueError as exc:
+        log.warning("ignoring %s; the next 'pitrkit retention apply' rewrites it", exc)
+        return RetentionState()
+
+
 def survey_backups(archive: Archive) -> BackupSurvey:
+    # Retention's intent first, the folders after: a backup retention starts removing
+    # after this read still has its manifest when listed, so it is still complete.
+    being_removed = set(retention_state(archive).deleting)
     cached = {summary.backup_id: summary for summary in _read_backup_catalog(archive)}
-    ids = [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
+    listed = [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
+    ids = [backup_id for backup_id in listed if backup_id not in being_removed]
 
     def summary_of(backup_id: str) -> BackupSummary | None:
         # A cached entry still needs its manifest: the manifest is what makes a backup
@@ -114,7 +140,8 @@ def survey_backups(archive: Archive) -> BackupSurvey:
                 unfinished.append(backup_id)
             else:
                 finished.append(summary)
-    return BackupSurvey(_oldest_first(finished), unfinished)
+    return BackupSurvey(_oldest_first(finished), unfinished,
+                        [backup_id for backup_id in listed if backup_id in being_removed])
 
 
 def _manifest_present(archive: Archive, backup_id: str) -> bool:
@@ -699,6 +726,7 @@ def _backup_table(survey: BackupSurvey) -> str:
         for b in survey.finished
     ]
     rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 8] for backup_id in survey.unfinished]
+    rows += [[backup_id, "(being removed by retention)", *["-"] * 8] for backup_id in survey.deleting]
     return _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "SIZE", "STORED", "PG"], rows)
 
 
@@ -717,15 +745,17 @@ def _wal_table(rows: list[WalRow]) -> str:
 class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
     backups: list[BackupSummary]
     unfinished: list[str]
+    deleting: list[str] = []  # being removed by retention: not restorable
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     archive = Archive(config)
     if args.command == "backup-list":
         survey = survey_backups(archive)
-        listing = BackupListing(backups=survey.finished, unfinished=survey.unfinished)
+        listing = BackupListing(backups=survey.finished, unfinished=survey.unfinished, deleting=survey.deleting)
         _print(catalog.encode(listing).decode() if args.json else _backup_table(survey))
-        return f"listed {_count(len(survey.finished), 'backup')}, {len(survey.unfinished)} unfinished"
+        return (f"listed {_count(len(survey.finished), 'backup')}, {len(survey.unfinished)} unfinished, "
+                f"{len(survey.deleting)} being removed")
     if args.command == "wal-list":
         rows = wal_rows(archive, args.timeline)
         _print(catalog.encode(WalListing(files=rows)).decode() if args.json else _wal_table(rows))

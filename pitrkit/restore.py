@@ -4,10 +4,15 @@ the WAL archive.
 The order is the safety: first everything that can refuse without touching the disk
 (running as root, a non-empty target, a tablespace mapping naming nothing, the plan, a
 WAL segment gone from the archive since the catalog was written, a corrupt manifest);
-only then the directory is created and the backup written into it (see unpack.py), the
-recovery settings added (recovery_conf.py), and, with --start, the server started and
-watched until it reaches the target (pgstart.py). Exit 0 means the directory is complete
-and durable, and with --start that the target was reached.
+then a lease on the backup and its WAL (lease.py), refused if retention is removing the
+backup; only then the directory is created and the backup written into it (see
+unpack.py), the recovery settings added (recovery_conf.py), and, with --start, the server
+started and watched until it reaches the target (pgstart.py). Exit 0 means the directory
+is complete and durable, and with --start that the target was reached.
+
+The lease is renewed while the restore runs. With --start it is released at the end
+(recovery has read its WAL); without, the server is started later by the operator and
+replays from the archive then, so the lease stays for `[retention] restore_lease`.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit import __version__, catalog, pgstart, recovery_conf, unpack
+from pitrkit import __version__, catalog, inventory, lease, pgstart, recovery_conf, unpack
 from pitrkit.archive import Archive, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
-from pitrkit.config import Config
+from pitrkit.config import Config, RetentionConfig, parse_duration
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.plan import RestorePlan, describe, make_plan
@@ -64,32 +69,65 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
     check_wal_present(archive, plan)
     manifest = fetch_manifest(archive, plan)
+    with lease.Renewal(archive, take_lease(archive, plan)) as held:
+        started = time.monotonic()
+        write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
+        settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
+        recovery_conf.write(target_dir, settings,
+                            f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
+                            f"UTC, backup {manifest.backup_id}")
+        say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
+            f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
+            f"action {args.action}{', archive_mode off' if not settings.archiving else ''})")
+        if settings.archiving:
+            warn_about_archiving(target_dir)
+        summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
+        if bindir is None:
+            # The operator starts it later, and recovery fetches the WAL then.
+            expires_at = datetime.now(UTC) + restore_lease(config)
+            held.hold_until(expires_at)
+            say(f"start it with: pg_ctl start -D {target_dir}")
+            say(f"lease {held.lease.lease_id} keeps backup {manifest.backup_id} and its WAL from retention "
+                f"until {inventory.show_time(expires_at)}")
+            return summary
+        recovered = start_and_report(plan, args, target_dir, bindir)
+        held.release()  # recovery has read what it needed
+        return summary + "; " + recovered
 
-    started = time.monotonic()
+
+def take_lease(archive: Archive, plan: RestorePlan) -> catalog.Lease:
+    """Claim the planned backup and its WAL, then check that retention is not removing
+    them: retention stores its intent before it lists leases, so either it sees this
+    lease or this sees its intent (see lease.py)."""
+    taken = lease.take(archive, plan.backup.backup_id, plan.timeline, plan.backup.first_segment)
+    if plan.backup.backup_id in inventory.retention_state(archive).deleting:
+        lease.release(archive, taken)
+        raise RefusedError(f"backup {plan.backup.backup_id} is being removed by retention; plan again "
+                           "(restore-plan) to use another backup")
+    return taken
+
+
+def write_data_directory(archive: Archive, manifest: BackupManifest, target_dir: Path,
+                         tablespaces: list[unpack.TablespaceTarget], workers: int, held: lease.Renewal) -> None:
     say(f"restoring backup {manifest.backup_id} into {target_dir}: {manifest.file_count} files, "
         f"{human_bytes(manifest.size)} ({human_bytes(manifest.stored_size)} stored)")
     for each in tablespaces:
         say(f"  tablespace {each.tablespace.name} -> {each.location}")
-    workers = config.backup.workers or os.cpu_count() or 1
     try:
         with Progress("restoring", sum(part.size for part in manifest.parts)) as progress:
-            unpack.unpack(archive, manifest, target_dir, tablespaces, workers, progress.advance)
+            unpack.unpack(archive, manifest, target_dir, tablespaces, workers or os.cpu_count() or 1,
+                          progress.advance)
     except PitrkitError as exc:
+        held.release()  # nothing will replay from an incomplete directory
         raise RestoreIncomplete(exc, target_dir) from None
-    settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
-    recovery_conf.write(target_dir, settings,
-                        f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, "
-                        f"backup {manifest.backup_id}")
-    say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
-        f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
-        f"action {args.action}{', archive_mode off' if not settings.archiving else ''})")
-    if settings.archiving:
-        warn_about_archiving(target_dir)
-    summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
-    if bindir is None:
-        say(f"start it with: pg_ctl start -D {target_dir}")
-        return summary
-    return summary + "; " + start_and_report(plan, args, target_dir, bindir)
+
+
+def restore_lease(config: Config) -> timedelta:
+    """How long a restore without --start keeps its lease: [retention] restore_lease,
+    whose default applies without a [retention] section too."""
+    seconds = parse_duration((config.retention or RetentionConfig()).restore_lease)
+    assert seconds is not None  # checked when the configuration was loaded
+    return timedelta(seconds=seconds)
 
 
 def say(text: str) -> None:

@@ -1,0 +1,140 @@
+"""Restore leases, `leases/<id>.json`: a restore's claim on the backup it copies and the
+WAL after it, so that retention leaves them in place while they are in use.
+
+Leases and retention's intent (`catalog/retention.json`) follow one protocol: each side
+stores its own document first and reads the other's after. A restore stores its lease,
+then reads which backups retention is removing; retention stores which backups it is
+removing, then lists the leases. Whichever stores second sees the other's document, so a
+backup is never both in use by a restore and being removed.
+
+A lease expires unless renewed: a holder that dies stops renewing, and retention ignores
+(and removes) the lease once it has lapsed. `Renewal` renews from a background thread
+while the holder works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import NamedTuple
+
+import msgspec
+
+from pitrkit import catalog
+from pitrkit.archive import LEASES_PREFIX, Archive, lease_key
+from pitrkit.catalog import Lease
+from pitrkit.errors import PitrkitError
+from pitrkit.hookspecs import ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+# How long a working holder's lease lasts past its last renewal: long enough to ride out
+# a storage outage of a few minutes, short enough that a crashed restore's claim lapses
+# well before the next scheduled retention run.
+HELD_FOR = timedelta(minutes=10)
+# Renewed this often, so that several renewals in a row can fail before the lease lapses.
+RENEW_EVERY = HELD_FOR / 5
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def take(archive: Archive, backup_id: str, timeline: int, first_segment: str) -> Lease:
+    """Store a new lease on `backup_id` and the WAL from `first_segment` along the path
+    to `timeline`, held for `HELD_FOR`."""
+    now = _now()
+    lease = Lease(
+        lease_id=f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}",
+        holder=f"restore on {socket.gethostname()} pid {os.getpid()}",
+        backup_id=backup_id,
+        timeline=timeline,
+        first_segment=first_segment,
+        taken_at=now.replace(microsecond=0),
+        expires_at=now + HELD_FOR,
+    )
+    archive.put(lease_key(lease.lease_id), catalog.encode(lease))
+    return lease
+
+
+def hold_until(archive: Archive, lease: Lease, expires_at: datetime) -> Lease:
+    """Rewrite the lease with a new expiry (an overwrite: retention may have removed a
+    lapsed one, and renewing it brings it back)."""
+    renewed = msgspec.structs.replace(lease, expires_at=expires_at)
+    archive.put(lease_key(lease.lease_id), catalog.encode(renewed), overwrite=True)
+    return renewed
+
+
+def release(archive: Archive, lease: Lease) -> None:
+    archive.delete(lease_key(lease.lease_id))
+
+
+class Leases(NamedTuple):
+    active: list[Lease]  # unexpired: what they name must stay
+    expired: list[Lease]  # lapsed: their holders stopped renewing; they protect nothing
+
+
+def survey(archive: Archive, now: datetime) -> Leases:
+    """Every lease in the archive, by whether it still holds at `now`. An unreadable
+    lease is refused rather than ignored: what it protects cannot be known."""
+    active: list[Lease] = []
+    expired: list[Lease] = []
+    for info in archive.list_folder(LEASES_PREFIX).objects:
+        try:
+            data = archive.get(info.key)
+        except ObjectNotFound:
+            continue  # released since the listing
+        try:
+            lease = catalog.decode(data, Lease, info.key)
+        except ValueError as exc:
+            raise PitrkitError(f"{exc}; if no restore is running, remove {info.key}") from None
+        (active if lease.expires_at > now else expired).append(lease)
+    return Leases(active, expired)
+
+
+class Renewal:
+    """Renews a lease every `RENEW_EVERY` from a thread, from entering the context until
+    `release`, `hold_until` or leaving it. Leaving without either keeps the lease until it
+    lapses on its own (`HELD_FOR` after the last renewal): a holder that failed midway may
+    still leave something behind that needs the WAL, and the lease needs no cleanup."""
+
+    def __init__(self, archive: Archive, lease: Lease) -> None:
+        self.archive = archive
+        self.lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease {lease.lease_id}", daemon=True)
+
+    def __enter__(self) -> Renewal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._stop_renewing()
+
+    def release(self) -> None:
+        self._stop_renewing()
+        release(self.archive, self.lease)
+
+    def hold_until(self, expires_at: datetime) -> None:
+        self._stop_renewing()
+        self.lease = hold_until(self.archive, self.lease, expires_at)
+
+    def _stop_renewing(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW_EVERY.total_seconds()):
+            try:
+                self.lease = hold_until(self.archive, self.lease, _now() + HELD_FOR)
+            except PitrkitError as exc:
+                # The lease still holds until its expiry; the next round tries again.
+                log.warning("could not renew lease %s (it holds until %s): %s",
+                            self.lease.lease_id, self.lease.expires_at.isoformat(timespec="seconds"), exc)

@@ -1,0 +1,701 @@
+"""`pitrkit status`: one look at the archive and the server it serves, judged OK, WARN or
+FAIL for monitoring, and the `StatusReport` the daemon renders as its page and /metrics
+(dashboard.py).
+
+What is looked at, and what it costs: the backup catalog (as the planner reads it),
+`catalog/retention.json`, the top of `wal/` and one index or listing per WAL folder
+(ArchivedWal; never a listing of every object), the sidecar's state file when
+[receive] spool is readable here, and `pg_stat_archiver` when [postgres] conninfo reaches
+the server. An unreachable server is reported, not failed: status often runs on a host
+that only sees the archive.
+
+Levels. FAIL means a restore would not give what the operator expects now: no backup,
+the newest backup cannot be restored to the end of the WAL (a gap after it), the server's
+archiver failing at this moment, or the newest backup older than twice
+[status] backup_max_age. WARN means it soon may: an old backup or WAL, a retention
+promise the archive does not keep, an interrupted backup left behind, a stopped sidecar.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import sys
+from argparse import Namespace
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from pitrkit import catalog, inventory
+from pitrkit.archive import RETENTION_STATE_KEY, Archive, backup_prefix
+from pitrkit.catalog import BackupSummary, RetentionRun, RetentionState
+from pitrkit.config import Config, RetentionConfig, parse_duration
+from pitrkit.errors import PitrkitError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
+from pitrkit.progress import human_bytes
+from pitrkit.wal import Lsn, SegmentName
+
+log = logging.getLogger(__name__)
+
+Level = Literal["OK", "WARN", "FAIL"]
+_SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
+# The server is asked only if it answers quickly: status must not hang on a dead host.
+_CONNECT_TIMEOUT_SECONDS = 5
+# An interrupted backup is told from a running one by its newest object's age; without
+# [retention] this is the grace retention would use.
+_DEFAULT_UNFINISHED_GRACE = RetentionConfig().unfinished_grace
+
+
+class StatusFailed(PitrkitError):
+    """`status` found something at FAIL: the report is printed, then this exits 2."""
+
+    exit_code = 2
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+class Check(msgspec.Struct, kw_only=True, frozen=True):
+    name: str  # backup, wal, restorable, archiver, receiver, retention, unfinished
+    level: Level
+    message: str
+
+
+class LastBackup(msgspec.Struct, kw_only=True, frozen=True):
+    backup_id: str
+    label: str
+    timeline: int
+    start_time: datetime
+    stop_time: datetime  # when it became usable: the oldest instant it restores to
+    stop_lsn: Lsn
+    age_seconds: float  # since stop_time
+    duration_seconds: float
+    size_bytes: int  # the files backed up
+    stored_bytes: int
+
+
+class ArchivedFile(msgspec.Struct, kw_only=True, frozen=True):
+    """The newest WAL file of a kind in the archive."""
+
+    name: str
+    timeline: int
+    # The end of the segment; for a `.partial`, its WAL ends before that.
+    end_lsn: Lsn
+    stored_at: datetime | None
+    age_seconds: float | None
+
+
+class Receiver(msgspec.Struct, kw_only=True, frozen=True):
+    """The streaming sidecar: the newest `.partial` it shipped, and its state file."""
+
+    newest_partial: ArchivedFile | None
+    # None when [receive] spool is not set or the state file could not be read here
+    # (`state_problem` says which).
+    observed_at: datetime | None = None
+    running: bool | None = None
+    receiving: bool | None = None
+    last_received_lsn: Lsn | None = None
+    last_archived_lsn: Lsn | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    last_error: str | None = None
+    state_problem: str | None = None
+
+
+class Archiver(msgspec.Struct, kw_only=True, frozen=True):
+    """`pg_stat_archiver` of the server in [postgres] conninfo."""
+
+    reachable: bool
+    problem: str | None = None  # why it was not asked, or could not be
+    archived_count: int | None = None
+    failed_count: int | None = None
+    last_archived_wal: str | None = None
+    last_archived_time: datetime | None = None
+    last_failed_wal: str | None = None
+    last_failed_time: datetime | None = None
+    stats_reset: datetime | None = None
+
+
+class ArchiveSize(msgspec.Struct, kw_only=True, frozen=True):
+    wal_files: int  # segments, partials, .backup and history files
+    wal_segments: int  # full segments
+    wal_stored_bytes: int
+    wal_original_bytes: int  # full segments x the segment size
+    backups: int
+    backups_stored_bytes: int
+    backups_size_bytes: int  # the files they hold
+
+
+class OldestPoint(msgspec.Struct, kw_only=True, frozen=True):
+    """The first instant a timeline restores to: the stop of the first usable backup on
+    its path."""
+
+    backup_id: str
+    time: datetime
+    lsn: Lsn
+
+
+class NewestPoint(msgspec.Struct, kw_only=True, frozen=True):
+    """The end of the unbroken WAL after the newest usable backup on the path."""
+
+    segment: str  # the last segment of the run (a `.partial` when only that is stored)
+    lsn: Lsn  # its end; for a partial, the end of its last valid page
+    stored_at: datetime | None
+
+
+class Gap(msgspec.Struct, kw_only=True, frozen=True):
+    missing_segment: str
+    resumes_at: str | None  # the next segment the path holds; None: the WAL ends there
+    after_backup: str  # the backup whose WAL runs into it
+
+
+class TimelineRange(msgspec.Struct, kw_only=True, frozen=True):
+    timeline: int
+    oldest: OldestPoint | None  # None: no usable backup lies on its path
+    newest: NewestPoint | None
+    gaps: list[Gap]
+
+
+class RetentionHealth(msgspec.Struct, kw_only=True, frozen=True):
+    configured: bool
+    promises: list[str]  # the rules, as the configuration states them
+    shortfalls: list[str]  # promises the archive does not keep
+    deleting: list[str]  # backups retention is removing: they no longer count
+    last_run: RetentionRun | None
+
+
+class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
+    generated_at: datetime
+    archive: str  # the repository url
+    overall: Level
+    checks: list[Check]
+    backups: int
+    unfinished_backups: list[str]
+    last_backup: LastBackup | None
+    last_wal: ArchivedFile | None  # the newest full segment of the newest timeline
+    receiver: Receiver
+    archiver: Archiver
+    size: ArchiveSize
+    timelines: list[TimelineRange]
+    retention: RetentionHealth
+
+
+# --- collecting -------------------------------------------------------------------------
+
+
+def collect(archive: Archive, config: Config, now: datetime | None = None) -> StatusReport:
+    now = now or datetime.now(UTC)
+    state = _retention_state(archive)
+    survey = inventory.survey_backups(archive)
+    # A backup retention is removing does not exist for any reader, even while its
+    # manifest is still there.
+    finished = [b for b in survey.finished if b.backup_id not in state.deleting]
+    unfinished = [backup_id for backup_id in survey.unfinished if backup_id not in state.deleting]
+    try:
+        wal: ArchivedWal | None = ArchivedWal(archive)
+    except ObjectNotFound:
+        wal = None  # no archive.json: nothing was ever archived
+    newest = finished[-1] if finished else None
+    last_backup = None if newest is None else _last_backup(newest, now)
+    last_wal = _last_wal(wal, now) if wal else None
+    receiver = _receiver(wal, config, now)
+    archiver = _archiver(config)
+    timelines = _timelines(wal, finished) if wal else []
+    size = _size(wal, finished)
+    retention = _retention(config.retention, finished, state, timelines, now)
+
+    checks = [
+        _backup_check(last_backup, config),
+        _wal_check(last_wal, receiver, config, now),
+        _restorable_check(wal, finished, timelines),
+        _archiver_check(archiver),
+        _receiver_check(receiver, config, now),
+        _retention_check(retention),
+        _unfinished_check(archive, unfinished, config, now),
+    ]
+    overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
+    return StatusReport(
+        generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
+        unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
+        archiver=archiver, size=size, timelines=timelines, retention=retention,
+    )
+
+
+def _retention_state(archive: Archive) -> RetentionState:
+    try:
+        return catalog.decode(archive.get(RETENTION_STATE_KEY), RetentionState, RETENTION_STATE_KEY)
+    except ObjectNotFound:
+        return RetentionState()
+    except ValueError as exc:
+        raise PitrkitError(f"{exc} (retention cannot finish its work either; 'pitrkit retention apply' "
+                           "rewrites it)") from None
+
+
+def _age(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round((now - moment).total_seconds(), 3)
+
+
+def _instant(stamp: float | None) -> datetime | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+
+def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
+    return LastBackup(
+        backup_id=backup.backup_id, label=backup.label, timeline=backup.timeline, start_time=backup.start_time,
+        stop_time=backup.stop_time, stop_lsn=backup.stop_lsn, age_seconds=round((now - backup.stop_time)
+                                                                                .total_seconds(), 3),
+        duration_seconds=round((backup.stop_time - backup.start_time).total_seconds(), 3),
+        size_bytes=backup.size, stored_bytes=backup.stored_size,
+    )
+
+
+def _file(wal: ArchivedWal, segno: int, timeline: int, name: str, modified: float | None,
+          now: datetime) -> ArchivedFile:
+    stored_at = _instant(modified)
+    return ArchivedFile(name=name, timeline=timeline, end_lsn=SegmentName(timeline, segno, wal.segment_size).end_lsn,
+                        stored_at=stored_at, age_seconds=_age(stored_at, now))
+
+
+def _last_wal(wal: ArchivedWal, now: datetime) -> ArchivedFile | None:
+    for timeline in reversed(sorted(wal.logs)):
+        if found := wal.newest_segment(timeline):
+            segno, entry = found
+            return _file(wal, segno, timeline, entry.name, entry.modified, now)
+    return None
+
+
+def _receiver(wal: ArchivedWal | None, config: Config, now: datetime) -> Receiver:
+    newest_partial = None
+    if wal is not None:
+        for timeline in reversed(sorted(wal.logs)):
+            if found := wal.newest_partial(timeline):
+                segno, entry = found
+                newest_partial = _file(wal, segno, timeline, entry.name, entry.modified, now)
+                break
+    if config.receive.spool is None:
+        return Receiver(newest_partial=newest_partial, state_problem="[receive] spool is not set")
+    # receiver_health imports psycopg: only when a sidecar is configured.
+    from pitrkit.receiver_health import read_state
+
+    try:
+        health = read_state(Path(config.receive.spool))
+    except PitrkitError as exc:
+        # The sidecar may run on another host, or as a user whose spool we cannot read.
+        return Receiver(newest_partial=newest_partial, state_problem=str(exc))
+    return Receiver(
+        newest_partial=newest_partial, observed_at=health.observed_at, running=health.running,
+        receiving=health.receiving, last_received_lsn=health.last_received_lsn,
+        last_archived_lsn=health.last_archived_lsn, lag_bytes=health.lag_bytes, lag_seconds=health.lag_seconds,
+        last_error=health.last_error,
+    )
+
+
+def _archiver(config: Config) -> Archiver:
+    conninfo = config.postgres.conninfo
+    if conninfo is None:
+        return Archiver(reachable=False, problem="[postgres] conninfo is not set")
+    # Only this path talks SQL: status without a server never loads psycopg.
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+                             fallback_application_name="pitrkit status") as connection:
+            row = connection.execute(
+                "SELECT archived_count, failed_count, last_archived_wal, last_archived_time, last_failed_wal, "
+                "last_failed_time, stats_reset FROM pg_stat_archiver").fetchone()
+    except psycopg.Error as exc:
+        return Archiver(reachable=False, problem=" ".join(str(exc).split()))
+    assert row is not None  # pg_stat_archiver has exactly one row
+    archived, failed, last_archived, archived_at, last_failed, failed_at, reset = row
+    return Archiver(reachable=True, archived_count=archived, failed_count=failed, last_archived_wal=last_archived,
+                    last_archived_time=_utc(archived_at), last_failed_wal=last_failed,
+                    last_failed_time=_utc(failed_at), stats_reset=_utc(reset))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
+
+
+def _size(wal: ArchivedWal | None, finished: list[BackupSummary]) -> ArchiveSize:
+    files = segments = stored = 0
+    if wal is not None:
+        for info in wal.history_files.values():
+            files += 1
+            stored += info.size
+        for timeline, numbers in wal.logs.items():
+            for log_number in numbers:
+                folder = wal.folder(timeline, log_number)
+                files += len(folder.entries)
+                segments += len(folder.segments)
+                stored += sum(entry.stored_size for entry in folder.entries)
+    return ArchiveSize(
+        wal_files=files, wal_segments=segments, wal_stored_bytes=stored,
+        wal_original_bytes=segments * (wal.segment_size if wal else 0), backups=len(finished),
+        backups_stored_bytes=sum(b.stored_size for b in finished), backups_size_bytes=sum(b.size for b in finished),
+    )
+
+
+# --- restorable ranges ------------------------------------------------------------------
+
+
+def _timelines(wal: ArchivedWal, finished: list[BackupSummary]) -> list[TimelineRange]:
+    ranges = []
+    for timeline in wal.timelines:
+        if timeline != 1 and timeline not in wal.history_files:
+            continue  # no path leads to it: nothing can be restored along it
+        ranges.append(_timeline_range(wal, timeline, finished))
+    return ranges
+
+
+def _segno(wal: ArchivedWal, name: str) -> int:
+    return SegmentName.parse(name, wal.segment_size).segno
+
+
+def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummary]) -> TimelineRange:
+    """Walk the path's WAL from its oldest backup on: each unbroken run restores from the
+    first backup it makes consistent to its end; a run ending in a hole is a gap, and the
+    next run starts at the first backup after it."""
+    path = wal.path(timeline)
+    waiting = sorted((b for b in finished if on_path(path, b)), key=lambda b: b.start_lsn)
+    oldest: OldestPoint | None = None
+    newest: NewestPoint | None = None
+    gaps: list[Gap] = []
+    while waiting:
+        backup = waiting.pop(0)
+        chain = wal.chain(path, _segno(wal, backup.first_segment))
+        end = _chain_end(wal, chain) if chain.last_segno >= _segno(wal, backup.last_segment) else None
+        if end is not None and end >= backup.stop_lsn:
+            last = chain.segments[-1]
+            if oldest is None:
+                oldest = OldestPoint(backup_id=backup.backup_id, time=backup.stop_time, lsn=backup.stop_lsn)
+            newest = NewestPoint(segment=last.name, lsn=end, stored_at=_instant(last.modified))
+        # Backups whose WAL starts inside this run share its end: they add nothing.
+        covered = [backup, *(b for b in waiting if _segno(wal, b.first_segment) <= chain.last_segno)]
+        waiting = waiting[len(covered) - 1:]
+        if chain.missing is not None and chain.gap:
+            gaps.append(Gap(missing_segment=chain.missing, resumes_at=_resumes_at(wal, path, chain.missing),
+                            after_backup=covered[-1].backup_id))
+    return TimelineRange(timeline=timeline, oldest=oldest, newest=newest, gaps=gaps)
+
+
+def _chain_end(wal: ArchivedWal, chain: WalChain) -> Lsn | None:
+    """Where the run's WAL ends: its last segment's end, or the end of the last valid
+    page of a partial (one read, as the planner does)."""
+    if not chain.segments:
+        return None
+    if chain.partial is not None:
+        return wal.partial_end(chain.partial)
+    return SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn
+
+
+def _resumes_at(wal: ArchivedWal, path: list[TimelineStep], missing: str) -> str | None:
+    """The first segment after `missing` that replay along `path` could read."""
+    segno = _segno(wal, missing) + 1
+    while True:
+        timeline = wal.serving_timeline(path, segno)
+        later_steps = [step for step in path if step.begin // wal.segment_size > segno]
+        # The stretch `timeline` serves from segno on ends where the next step begins.
+        stop = later_steps[0].begin // wal.segment_size if later_steps else None
+        found = _first_segment_from(wal, timeline, segno, stop)
+        if found is not None:
+            return wal.segment_name(timeline, found)
+        if stop is None:
+            return None
+        segno = stop
+
+
+def _first_segment_from(wal: ArchivedWal, timeline: int, first: int, stop: int | None) -> int | None:
+    for log_number in wal.logs.get(timeline, []):
+        if (log_number + 1) * wal.per_log <= first:
+            continue
+        base = log_number * wal.per_log
+        if stop is not None and base >= stop:
+            return None
+        folder = wal.folder(timeline, log_number)
+        position = bisect.bisect_left(folder.numbers, first - base)
+        if position < len(folder.numbers):
+            found = base + folder.numbers[position]
+            return found if stop is None or found < stop else None
+    return None
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+def _retention(policy: RetentionConfig | None, finished: list[BackupSummary], state: RetentionState,
+               timelines: list[TimelineRange], now: datetime) -> RetentionHealth:
+    if policy is None:
+        return RetentionHealth(configured=False, promises=[], shortfalls=[], deleting=state.deleting,
+                               last_run=state.last_run)
+    promises = [f"last {policy.keep_last}"]
+    shortfalls = []
+    zone = _zone(policy.timezone)
+    stops = [b.stop_time for b in finished]
+    oldest_stop = min(stops) if stops else None
+    # Counted directly from the backups: the calendar buckets that hold a backup, against
+    # the buckets promised, once the archive is old enough to have filled them.
+    buckets: list[tuple[str, int, Callable[[datetime], object], timedelta]] = [
+        ("daily", policy.daily, lambda moment: moment.date(), timedelta(days=policy.daily)),
+        ("weekly", policy.weekly, lambda moment: moment.isocalendar()[:2], timedelta(weeks=policy.weekly)),
+        ("monthly", policy.monthly, lambda moment: (moment.year, moment.month), timedelta(days=31 * policy.monthly)),
+    ]
+    for rule, promised, bucket, span in buckets:
+        if not promised:
+            continue
+        promises.append(f"{rule} {promised}")
+        held = len({bucket(stop.astimezone(zone)) for stop in stops})
+        if held < promised and oldest_stop is not None and oldest_stop <= now - span:
+            shortfalls.append(f"{rule} {promised} promised, but only {held} {_unit(rule, held)} "
+                              f"{'has' if held == 1 else 'have'} a backup; the oldest backup is from "
+                              f"{show_time(oldest_stop)}")
+    if policy.window is not None:
+        promises.append(f"window {policy.window}")
+        window = parse_duration(policy.window)
+        assert window is not None  # checked when the configuration was loaded
+        window_start = now - timedelta(seconds=window)
+        restorable_from = min((r.oldest.time for r in timelines if r.oldest is not None), default=None)
+        first_ever = min(stops, default=None)
+        if restorable_from is not None and restorable_from > window_start and first_ever is not None \
+                and first_ever <= window_start:
+            shortfalls.append(f"window {policy.window} promised (restorable from {show_time(window_start)}), but "
+                              f"the oldest restorable point is {show_time(restorable_from)}")
+    return RetentionHealth(configured=True, promises=promises, shortfalls=shortfalls, deleting=state.deleting,
+                           last_run=state.last_run)
+
+
+def _unit(rule: str, count: int) -> str:
+    unit = {"daily": "day", "weekly": "week", "monthly": "month"}[rule]
+    return unit if count == 1 else unit + "s"
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    """The zone whose calendar the rules count; None: the host's (astimezone(None))."""
+    if name is None:
+        return None
+    from zoneinfo import ZoneInfo  # only when a zone is configured
+
+    return ZoneInfo(name)
+
+
+# --- judging ----------------------------------------------------------------------------
+
+
+def _seconds(duration: str) -> float:
+    seconds = parse_duration(duration)
+    assert seconds is not None  # checked when the configuration was loaded
+    return seconds
+
+
+def _backup_check(last: LastBackup | None, config: Config) -> Check:
+    if last is None:
+        return Check(name="backup", level="FAIL", message="the archive holds no finished backup: nothing can be "
+                                                        "restored")
+    limit = _seconds(config.status.backup_max_age)
+    said = (f"newest backup {last.backup_id} finished {show_time(last.stop_time)}, {_words(last.age_seconds)} ago "
+            f"({human_bytes(last.size_bytes)}, {human_bytes(last.stored_bytes)} stored, took "
+            f"{_words(last.duration_seconds)})")
+    if last.age_seconds > 2 * limit:
+        return Check(name="backup", level="FAIL", message=f"{said}: more than twice backup_max_age "
+                                                          f"{config.status.backup_max_age}")
+    if last.age_seconds > limit:
+        return Check(name="backup", level="WARN", message=f"{said}: older than backup_max_age "
+                                                          f"{config.status.backup_max_age}")
+    return Check(name="backup", level="OK", message=said)
+
+
+def _wal_check(last: ArchivedFile | None, receiver: Receiver, config: Config, now: datetime) -> Check:
+    newest = [f for f in (last, receiver.newest_partial) if f is not None and f.stored_at is not None]
+    if not newest:
+        return Check(name="wal", level="WARN" if last is None else "OK",
+                     message="the archive holds no WAL" if last is None else
+                     f"newest segment {last.name} (the storage does not say when it was stored)")
+    freshest = max(newest, key=lambda f: f.stored_at or now)
+    age = _age(freshest.stored_at, now) or 0.0
+    said = f"newest WAL {freshest.name} stored {show_time(freshest.stored_at)}, {_words(age)} ago"
+    if age > _seconds(config.status.wal_max_age):
+        return Check(name="wal", level="WARN", message=f"{said}: older than wal_max_age {config.status.wal_max_age}"
+                                                       " (is the server archiving? archive_timeout set?)")
+    return Check(name="wal", level="OK", message=said)
+
+
+def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary],
+                      timelines: list[TimelineRange]) -> Check:
+    """Whether `restore --latest` gets everything: the newest timeline's newest backup
+    reaches the end of its WAL without a hole."""
+    if not finished:
+        return Check(name="restorable", level="FAIL", message="no backup: nothing is restorable")
+    if wal is None or not timelines:
+        return Check(name="restorable", level="FAIL", message="the archive holds no WAL: no backup can become "
+                                                              "consistent")
+    latest = timelines[-1]
+    path = wal.path(latest.timeline)
+    on = [b for b in finished if on_path(path, b)]
+    if not on:
+        return Check(name="restorable", level="FAIL",
+                     message=f"no backup lies on the path to the newest timeline {latest.timeline}")
+    newest_backup = max(on, key=lambda b: b.start_lsn)
+    chain = wal.chain(path, _segno(wal, newest_backup.first_segment))
+    end = _chain_end(wal, chain) if chain.last_segno >= _segno(wal, newest_backup.last_segment) else None
+    problem = None
+    if end is None or end < newest_backup.stop_lsn:
+        problem = f"segment {chain.missing} it needs to become consistent is missing"
+    elif chain.gap:
+        assert chain.missing is not None  # a gap is a missing segment with WAL after it
+        resumes = _resumes_at(wal, path, chain.missing)
+        problem = f"segment {chain.missing} is missing" + (f"; WAL resumes at {resumes}" if resumes else "")
+    if problem is not None:
+        return Check(name="restorable", level="FAIL",
+                     message=f"the latest point is not restorable: after backup {newest_backup.backup_id} on "
+                             f"timeline {latest.timeline}, {problem}")
+    assert latest.oldest is not None and latest.newest is not None  # the newest backup restores
+    gaps = f"; {len(latest.gaps)} older gap(s)" if latest.gaps else ""
+    return Check(name="restorable", level="OK",
+                 message=f"timeline {latest.timeline} restorable from {show_time(latest.oldest.time)} to "
+                         f"LSN {latest.newest.lsn} ({latest.newest.segment}){gaps}")
+
+
+def _archiver_check(archiver: Archiver) -> Check:
+    if not archiver.reachable:
+        return Check(name="archiver", level="OK", message=f"server not asked: {archiver.problem}")
+    failing = archiver.last_failed_time is not None and (
+        archiver.last_archived_time is None or archiver.last_failed_time > archiver.last_archived_time)
+    said = f"pg_stat_archiver: {archiver.archived_count} archived, {archiver.failed_count} failed"
+    if failing:
+        return Check(name="archiver", level="FAIL",
+                     message=f"{said}; archiving is failing: {archiver.last_failed_wal} failed "
+                             f"{show_time(archiver.last_failed_time)}, after the last success "
+                             f"{show_time(archiver.last_archived_time)}")
+    return Check(name="archiver", level="OK", message=said + (f", last {archiver.last_archived_wal}"
+                                                              if archiver.last_archived_wal else ""))
+
+
+def _receiver_check(receiver: Receiver, config: Config, now: datetime) -> Check:
+    if config.receive.spool is None:
+        return Check(name="receiver", level="OK", message="no streaming sidecar configured")
+    if receiver.state_problem is not None:
+        return Check(name="receiver", level="OK", message=f"sidecar state not readable here: "
+                                                          f"{receiver.state_problem}")
+    if not receiver.running:
+        return Check(name="receiver", level="WARN", message=f"the sidecar stopped (its last state, "
+                                                            f"{show_time(receiver.observed_at)})"
+                     + (f": {receiver.last_error}" if receiver.last_error else ""))
+    stale = _age(receiver.observed_at, now)
+    if stale is not None and stale > _seconds(config.status.wal_max_age):
+        return Check(name="receiver", level="WARN",
+                     message=f"the sidecar's state is {_words(stale)} old: is it still running?")
+    lag = "" if receiver.lag_bytes is None else f", {human_bytes(receiver.lag_bytes)} behind the server"
+    return Check(name="receiver", level="OK", message=f"sidecar running, received to {receiver.last_received_lsn}"
+                                                      f"{lag}")
+
+
+def _retention_check(retention: RetentionHealth) -> Check:
+    if not retention.configured:
+        return Check(name="retention", level="OK", message="no [retention] policy: nothing is removed")
+    if retention.shortfalls:
+        return Check(name="retention", level="WARN", message="; ".join(retention.shortfalls))
+    return Check(name="retention", level="OK", message="kept: " + ", ".join(retention.promises))
+
+
+def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, now: datetime) -> Check:
+    if not unfinished:
+        return Check(name="unfinished", level="OK", message="no unfinished backup")
+    grace = _seconds(config.retention.unfinished_grace if config.retention else _DEFAULT_UNFINISHED_GRACE)
+    # One listing per unfinished folder: a running backup keeps storing parts.
+    stale = []
+    for backup_id in unfinished:
+        stamps = [info.modified for info in archive.list(backup_prefix(backup_id)) if info.modified is not None]
+        if not stamps or max(stamps) < now.timestamp() - grace:
+            stale.append(backup_id)
+    if stale:
+        return Check(name="unfinished", level="WARN",
+                     message=f"interrupted backups (no manifest, nothing stored for {_words(grace)}): "
+                             f"{', '.join(stale)}")
+    return Check(name="unfinished", level="OK", message=f"backups in progress: {', '.join(unfinished)}")
+
+
+def _words(seconds: float) -> str:
+    """A duration as an operator reads it: 45s, 12m, 5h12m, 3d04h."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{max(whole, 0)}s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+def describe(report: StatusReport) -> str:
+    lines = [f"{report.overall}  {report.archive} at {show_time(report.generated_at)}", ""]
+    lines += [f"{check.level:<4}  {check.name:<10}  {check.message}" for check in report.checks]
+    lines.append("")
+    if report.last_backup:
+        b = report.last_backup
+        lines.append(f"last backup:    {b.backup_id} '{b.label}', stopped {show_time(b.stop_time)} "
+                     f"({_words(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
+                     f"{human_bytes(b.size_bytes)}, {human_bytes(b.stored_bytes)} stored, took "
+                     f"{_words(b.duration_seconds)}")
+    lines.append(f"backups:        {report.backups}" + (f", unfinished: {', '.join(report.unfinished_backups)}"
+                                                       if report.unfinished_backups else ""))
+    if report.last_wal:
+        lines.append(f"last WAL:       {_file_words(report.last_wal)}")
+    if report.receiver.newest_partial:
+        lines.append(f"last received:  {_file_words(report.receiver.newest_partial)}")
+    if report.receiver.observed_at is not None:
+        r = report.receiver
+        lines.append(f"sidecar:        {'running' if r.running else 'stopped'} as of {show_time(r.observed_at)}, "
+                     f"received to {r.last_received_lsn}, archived to {r.last_archived_lsn}, lag "
+                     f"{'-' if r.lag_bytes is None else human_bytes(r.lag_bytes)}")
+    a = report.archiver
+    if a.reachable:
+        lines.append(f"archiver:       {a.archived_count} archived (last {a.last_archived_wal or '-'} "
+                     f"{show_time(a.last_archived_time)}), {a.failed_count} failed (last {a.last_failed_wal or '-'} "
+                     f"{show_time(a.last_failed_time)})")
+    else:
+        lines.append(f"archiver:       not asked: {a.problem}")
+    s = report.size
+    lines.append(f"WAL size:       {s.wal_files} files, {human_bytes(s.wal_stored_bytes)} stored of "
+                 f"{human_bytes(s.wal_original_bytes)} ({s.wal_segments} segments)")
+    lines.append(f"backups size:   {human_bytes(s.backups_stored_bytes)} stored of {human_bytes(s.backups_size_bytes)}")
+    for t in report.timelines:
+        span = "no usable backup on its path" if t.oldest is None or t.newest is None else (
+            f"from {show_time(t.oldest.time)} (LSN {t.oldest.lsn}, backup {t.oldest.backup_id}) to LSN {t.newest.lsn} "
+            f"({t.newest.segment}, stored {show_time(t.newest.stored_at)})")
+        lines.append(f"timeline {t.timeline}:".ljust(16) + span)
+        lines += [f"  gap:          {g.missing_segment} missing after backup {g.after_backup}; "
+                  + (f"WAL resumes at {g.resumes_at}" if g.resumes_at else "no WAL after it") for g in t.gaps]
+    retention = report.retention
+    if retention.configured:
+        lines.append(f"retention:      {', '.join(retention.promises)}"
+                     + (f"; removing {', '.join(retention.deleting)}" if retention.deleting else ""))
+    if retention.last_run:
+        run = retention.last_run
+        lines.append(f"last retention: {show_time(run.finished_at)}, removed {len(run.backups_removed)} backups and "
+                     f"{run.wal_files_removed} WAL files, {human_bytes(run.bytes_freed)} freed")
+    return "\n".join(lines) + "\n"
+
+
+def _file_words(file: ArchivedFile) -> str:
+    age = "" if file.age_seconds is None else f" ({_words(file.age_seconds)} ago)"
+    return f"{file.name} to {file.end_lsn}, stored {show_time(file.stored_at)}{age}"
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    report = collect(Archive(config), config)
+    sys.stdout.write(catalog.encode(report).decode() if args.json else describe(report))
+    sys.stdout.flush()
+    failing = [check for check in report.checks if check.level == "FAIL"]
+    if failing:
+        raise StatusFailed("status FAIL: " + "; ".join(f"{check.name}: {check.message}" for check in failing))
+    warnings = [check.name for check in report.checks if check.level == "WARN"]
+    return f"status {report.overall}" + (f" ({', '.join(warnings)})" if warnings else "")

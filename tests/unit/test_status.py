@@ -1,0 +1,358 @@
+"""`pitrkit status` on synthetic archives (synthetic_archive.py: 1 GiB segments, 4 per
+folder, segment n stored at T0 + n minutes), and the daemon's renderers of its report:
+the HTML page and the Prometheus text, parsed back with prometheus_client."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pitrkit import catalog, status
+from pitrkit.archive import RETENTION_STATE_KEY
+from pitrkit.catalog import RetentionRun, RetentionState
+from pitrkit.cli import main
+from pitrkit.config import Config, PostgresConfig, RepositoryConfig, RetentionConfig, StatusConfig
+from pitrkit.dashboard import DaemonFacts, ScheduledRun, html_page, metrics_text
+from pitrkit.status import StatusReport
+from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
+
+# A few minutes after the last segment (20) of the standard archive was stored.
+NOW = stored_at(20) + timedelta(minutes=5)
+
+
+@pytest.fixture
+def store(tmp_path) -> SyntheticArchive:
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    return synthetic
+
+
+def config_of(store: SyntheticArchive, **sections) -> Config:
+    return Config(repository=RepositoryConfig(url=f"file://{store.root}", retries=0), **sections)
+
+
+def collect(store: SyntheticArchive, now: datetime = NOW, **sections) -> StatusReport:
+    return status.collect(store.archive, config_of(store, **sections), now=now)
+
+
+def levels(report: StatusReport) -> dict[str, str]:
+    return {check.name: check.level for check in report.checks}
+
+
+def message(report: StatusReport, name: str) -> str:
+    return next(check.message for check in report.checks if check.name == name)
+
+
+# --- the figures --------------------------------------------------------------------------
+
+
+def test_a_healthy_archive_is_ok_with_its_figures(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    report = collect(store)
+    assert report.overall == "OK", report.checks
+    assert set(levels(report).values()) == {"OK"}
+    assert report.backups == 2
+    last = report.last_backup
+    assert last is not None
+    assert (last.backup_id, last.size_bytes, last.stored_bytes, last.stop_lsn) == ("B", 1000, 400, lsn(11, 0x100))
+    assert last.age_seconds == (NOW - (stored_at(11) - timedelta(seconds=30))).total_seconds()
+    assert last.duration_seconds == (stored_at(11) - stored_at(10)).total_seconds()
+    assert report.last_wal is not None
+    assert (report.last_wal.name, report.last_wal.end_lsn, report.last_wal.stored_at) == (
+        name(1, 20), lsn(21), stored_at(20))
+    assert report.last_wal.age_seconds == 300
+    # Original size: the segments times the segment size; stored: what the objects hold.
+    assert report.size.wal_segments == 20
+    assert report.size.wal_original_bytes == 20 * SEGMENT_SIZE
+    assert report.size.wal_stored_bytes == sum(len(b"segment %d" % n) for n in range(1, 21))
+    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (2, 2000, 800)
+    [timeline] = report.timelines
+    assert timeline.oldest is not None and timeline.newest is not None
+    assert (timeline.oldest.backup_id, timeline.oldest.lsn) == ("A", lsn(3, 0x100))
+    assert timeline.oldest.time == stored_at(3) - timedelta(seconds=30)
+    assert (timeline.newest.segment, timeline.newest.lsn, timeline.newest.stored_at) == (
+        name(1, 20), lsn(21), stored_at(20))
+    assert timeline.gaps == []
+
+
+def test_no_backup_fails(store):
+    report = collect(store)
+    assert report.overall == "FAIL"
+    assert levels(report)["backup"] == "FAIL" and levels(report)["restorable"] == "FAIL"
+    assert report.last_backup is None
+    assert report.timelines[0].oldest is None
+
+
+def test_an_empty_archive_fails_without_a_traceback(tmp_path):
+    store = SyntheticArchive(tmp_path / "archive")
+    report = collect(store)
+    assert report.overall == "FAIL"
+    assert report.last_wal is None and report.size.wal_files == 0
+
+
+# --- gaps -----------------------------------------------------------------------------
+
+
+def test_a_gap_after_the_newest_backup_fails_naming_the_segment_and_where_wal_resumes(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    store.drop_segment(1, 15)
+    store.drop_segment(1, 16)
+    report = collect(store)
+    assert report.overall == "FAIL"
+    assert levels(report)["restorable"] == "FAIL"
+    assert name(1, 15) in message(report, "restorable") and name(1, 17) in message(report, "restorable")
+    [timeline] = report.timelines
+    assert [(g.missing_segment, g.resumes_at, g.after_backup) for g in timeline.gaps] == [
+        (name(1, 15), name(1, 17), "B")]
+    # Restorable from A up to the hole.
+    assert timeline.newest is not None and timeline.newest.segment == name(1, 14)
+
+
+def test_a_gap_between_backups_is_reported_but_the_latest_is_restorable(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    store.drop_segment(1, 6)
+    report = collect(store)
+    assert levels(report)["restorable"] == "OK", report.checks
+    [timeline] = report.timelines
+    assert [(g.missing_segment, g.resumes_at, g.after_backup) for g in timeline.gaps] == [(name(1, 6), name(1, 7), "A")]
+    assert timeline.oldest is not None and timeline.oldest.backup_id == "A"
+    assert timeline.newest is not None and timeline.newest.segment == name(1, 20)
+
+
+def test_the_newest_backup_missing_its_own_wal_fails(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 19, 21)  # segment 21 was never archived
+    report = collect(store)
+    assert levels(report)["restorable"] == "FAIL"
+    assert name(1, 21) in message(report, "restorable")
+
+
+def test_timelines_each_get_their_range(store):
+    store.backup("A", 1, 2, 3)
+    # Timeline 2 branched in segment 12; its own WAL from there to 15.
+    store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))
+    store.segments(2, 12, 15, at=stored_at(21))
+    report = collect(store, now=stored_at(25))
+    assert [t.timeline for t in report.timelines] == [1, 2]
+    first, second = report.timelines
+    assert first.newest is not None and first.newest.segment == name(1, 20)
+    assert second.oldest is not None and second.oldest.backup_id == "A"
+    assert second.newest is not None and second.newest.segment == name(2, 15)
+    assert report.last_wal is not None and report.last_wal.name == name(2, 15)
+    assert report.overall == "OK", report.checks
+
+
+# --- ages -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("hours", "level"), [(30, "OK"), (40, "WARN"), (80, "FAIL")])
+def test_backup_age_against_backup_max_age(store, hours, level):
+    store.backup("A", 1, 2, 3)
+    backup_stop = stored_at(3) - timedelta(seconds=30)
+    now = backup_stop + timedelta(hours=hours)
+    store.segments(1, 21, 21, at=now - timedelta(minutes=1))  # WAL is fresh: only the backup ages
+    report = collect(store, now=now, status=StatusConfig(backup_max_age="36h"))
+    assert levels(report)["backup"] == level
+    assert report.overall == level
+
+
+def test_old_wal_warns(store):
+    store.backup("A", 1, 2, 3)
+    report = collect(store, now=stored_at(20) + timedelta(minutes=90), status=StatusConfig(wal_max_age="1h"))
+    assert levels(report)["wal"] == "WARN"
+    assert "wal_max_age 1h" in message(report, "wal")
+    assert report.overall == "WARN"
+
+
+def test_a_fresh_partial_keeps_wal_fresh_and_is_the_last_received(store):
+    store.backup("A", 1, 2, 3)
+    late = stored_at(20) + timedelta(minutes=85)
+    end = store.partial(1, 21, 3, at=late)
+    report = collect(store, now=stored_at(20) + timedelta(minutes=90), status=StatusConfig(wal_max_age="1h"))
+    assert levels(report)["wal"] == "OK"
+    received = report.receiver.newest_partial
+    assert received is not None and (received.name, received.stored_at) == (name(1, 21) + ".partial", late)
+    assert report.timelines[0].newest is not None and report.timelines[0].newest.lsn == end
+
+
+# --- what is not a backup ----------------------------------------------------------------
+
+
+def test_backups_being_removed_do_not_count(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    run = RetentionRun(finished_at=NOW - timedelta(days=1), backups_removed=["Z"], wal_files_removed=3,
+                       bytes_freed=99)
+    store.archive.put(RETENTION_STATE_KEY, catalog.encode(RetentionState(deleting=["B"], last_run=run)))
+    report = collect(store)
+    assert report.backups == 1
+    assert report.last_backup is not None and report.last_backup.backup_id == "A"
+    assert report.retention.deleting == ["B"] and report.retention.last_run == run
+
+
+def test_an_interrupted_backup_warns_and_a_running_one_does_not(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("C", 1, 14, 15, manifest=False)  # its part is stored now, by the real clock
+    now = datetime.now(UTC)
+    store.segments(1, 21, 21, at=now)
+    report = collect(store, now=now)
+    assert report.unfinished_backups == ["C"]
+    assert levels(report)["unfinished"] == "OK"
+    report = collect(store, now=now + timedelta(hours=7))
+    assert levels(report)["unfinished"] == "WARN"
+    assert "C" in message(report, "unfinished")
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+def backup_at(store: SyntheticArchive, backup_id: str, start_segno: int, stop_segno: int, stop_time: datetime) -> None:
+    """A backup like store.backup's, but consistent at `stop_time` (what the rules count)."""
+    summary = store.backup(backup_id, 1, start_segno, stop_segno)
+    key = f"backups/{backup_id}/manifest.json"
+    manifest = catalog.decode(store.archive.get(key), catalog.BackupManifest, key)
+    moved = msgspec.structs.replace(manifest, start_time=stop_time - (summary.stop_time - summary.start_time),
+                                    stop_time=stop_time)
+    store.archive.put(key, catalog.encode(moved), overwrite=True)
+
+
+LENIENT = StatusConfig(backup_max_age="1000d", wal_max_age="1000d")
+
+
+@pytest.mark.parametrize(("days", "level"), [(3, "WARN"), (7, "OK")])
+def test_daily_promise_against_the_days_that_have_a_backup(store, days, level):
+    # Two backups on the oldest day: days, not backups, are counted.
+    backup_at(store, "X", 1, 2, NOW - timedelta(days=10, hours=1))
+    for day in range(days):
+        backup_at(store, f"D{day}", 3 + day, 4 + day, NOW - timedelta(days=10 - day))
+    report = collect(store, retention=RetentionConfig(keep_last=2, daily=7, timezone="UTC"), status=LENIENT)
+    assert report.retention.promises == ["last 2", "daily 7"]
+    assert levels(report)["retention"] == level
+    if level == "WARN":
+        assert f"daily 7 promised, but only {days} days have a backup" in message(report, "retention")
+
+
+def test_a_daily_promise_on_a_young_archive_is_kept(store):
+    backup_at(store, "A", 2, 3, NOW - timedelta(days=2))
+    report = collect(store, retention=RetentionConfig(daily=7, weekly=4, monthly=3, timezone="UTC"), status=LENIENT)
+    assert levels(report)["retention"] == "OK", report.checks
+
+
+def test_window_promise_against_the_oldest_restorable_point(store):
+    backup_at(store, "A", 2, 3, NOW - timedelta(days=5))
+    backup_at(store, "B", 10, 11, NOW - timedelta(hours=2))
+    policy = RetentionConfig(window="3d")
+    assert levels(collect(store, retention=policy, status=LENIENT))["retention"] == "OK"
+    store.drop_segment(1, 3)  # A can no longer become consistent: only B's points restore
+    report = collect(store, retention=policy, status=LENIENT)
+    assert levels(report)["retention"] == "WARN"
+    assert "window 3d promised" in message(report, "retention")
+    assert report.timelines[0].oldest is not None and report.timelines[0].oldest.backup_id == "B"
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def write_config(tmp_path, store: SyntheticArchive) -> str:
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n[status]\nbackup_max_age = "1000d"\n'
+                    f'wal_max_age = "1000d"\n')
+    return str(path)
+
+
+def test_status_json_and_exit_codes(tmp_path, store, capsys):
+    store.backup("A", 1, 2, 3)
+    config = write_config(tmp_path, store)
+    assert main(["--config", config, "status", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["overall"] == "OK"
+    assert document["last_backup"]["backup_id"] == "A"
+    assert document["last_wal"]["name"] == name(1, 20)
+    assert document["timelines"][0]["oldest"]["lsn"] == str(lsn(3, 0x100))
+
+    store.drop_segment(1, 10)
+    assert main(["--config", config, "status"]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("FAIL")
+    assert f"FAIL  restorable  the latest point is not restorable: after backup A on timeline 1, segment " \
+           f"{name(1, 10)} is missing; WAL resumes at {name(1, 11)}" in out
+    [line] = err.strip().splitlines()
+    assert line.startswith("pitrkit: status FAIL: restorable: ")
+
+
+def test_unreachable_server_is_said_not_failed(tmp_path, store, capsys):
+    store.backup("A", 1, 2, 3)
+    report = collect(store, postgres=PostgresConfig(conninfo=f"host={tmp_path} port=1"))
+    assert not report.archiver.reachable
+    assert report.archiver.problem and "connection" in report.archiver.problem
+    assert levels(report)["archiver"] == "OK"
+
+
+# --- renderers --------------------------------------------------------------------------
+
+FACTS = DaemonFacts(
+    started_at=NOW - timedelta(hours=2), schedule="every 6h", next_backup_at=NOW + timedelta(hours=4),
+    backup_running=False,
+    last_run=ScheduledRun(started_at=NOW - timedelta(hours=2), finished_at=NOW - timedelta(hours=1, minutes=58),
+                          ok=True, backup_id="B", message="backup B <done> & stored"),
+    backups_taken=3, backup_failures=1, sidecar="running", sidecar_restarts=2, retention_runs=3,
+    retention_failures=0,
+)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name.startswith("pitrkit_")
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    store.drop_segment(1, 15)
+    report = collect(store)
+    text = metrics_text(report, FACTS)
+    assert "# TYPE pitrkit_archiver_archived_total counter" not in text  # unknown: left out, not zero
+    values = samples(text)
+    assert values[("pitrkit_status", ())] == 2
+    assert values[("pitrkit_check_status", (("check", "restorable"),))] == 2
+    assert values[("pitrkit_check_status", (("check", "backup"),))] == 0
+    assert values[("pitrkit_last_backup_size_bytes", ())] == 1000
+    assert values[("pitrkit_last_backup_stored_bytes", ())] == 400
+    assert values[("pitrkit_last_backup_timestamp_seconds", ())] == report.last_backup.stop_time.timestamp()
+    assert values[("pitrkit_last_wal_archived_timestamp_seconds", ())] == stored_at(20).timestamp()
+    assert values[("pitrkit_last_wal_archived_end_lsn_bytes", ())] == int(lsn(21))
+    assert values[("pitrkit_wal_original_bytes", ())] == 19 * SEGMENT_SIZE
+    assert values[("pitrkit_wal_gaps", (("timeline", "1"),))] == 1
+    assert values[("pitrkit_archiver_up", ())] == 0
+    assert values[("pitrkit_daemon_backups_total", ())] == 3
+    assert values[("pitrkit_daemon_sidecar_restarts_total", ())] == 2
+    assert values[("pitrkit_daemon_last_backup_duration_seconds", ())] == 120
+    # Every family has HELP and TYPE lines.
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names == {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+    assert "pitrkit_daemon_start_timestamp_seconds" not in samples(metrics_text(report, None)).keys()
+
+
+def test_the_page_refreshes_itself_escapes_everything_and_shows_the_figures(store):
+    store.backup("A<img src=x onerror=alert(1)>", 1, 2, 3)  # ids are folder names: anything but "/"
+    report = collect(store)
+    page = html_page(report, FACTS, refresh_seconds=30)
+    assert '<meta http-equiv="refresh" content="30">' in page
+    assert "<img" not in page
+    assert "A&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "backup B &lt;done&gt; &amp; stored" in page
+    assert name(1, 20) in page  # last WAL
+    assert 'id="last-backup"' in page and 'id="last-wal"' in page
+    assert "http" not in page.replace('http-equiv', '')  # no external assets
+    assert "Daemon" not in html_page(report, None, refresh_seconds=30)

@@ -30,8 +30,8 @@ from typing import Literal
 import msgspec
 
 from pitrkit import catalog, inventory
-from pitrkit.archive import RETENTION_STATE_KEY, Archive, backup_prefix
-from pitrkit.catalog import BackupSummary, RetentionRun, RetentionState
+from pitrkit.archive import Archive, backup_prefix
+from pitrkit.catalog import BackupSummary, RetentionRun
 from pitrkit.config import Config, RetentionConfig, parse_duration
 from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
@@ -189,12 +189,10 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
 
 def collect(archive: Archive, config: Config, now: datetime | None = None) -> StatusReport:
     now = now or datetime.now(UTC)
-    state = _retention_state(archive)
+    # A backup retention is removing exists for no reader, even while its manifest is
+    # still stored: the survey leaves it out.
     survey = inventory.survey_backups(archive)
-    # A backup retention is removing does not exist for any reader, even while its
-    # manifest is still there.
-    finished = [b for b in survey.finished if b.backup_id not in state.deleting]
-    unfinished = [backup_id for backup_id in survey.unfinished if backup_id not in state.deleting]
+    finished, unfinished = survey.finished, survey.unfinished
     try:
         wal: ArchivedWal | None = ArchivedWal(archive)
     except ObjectNotFound:
@@ -206,7 +204,8 @@ def collect(archive: Archive, config: Config, now: datetime | None = None) -> St
     archiver = _archiver(config)
     timelines = _timelines(wal, finished) if wal else []
     size = _size(wal, finished)
-    retention = _retention(config.retention, finished, state, timelines, now)
+    retention = _retention(config.retention, finished, survey.deleting, inventory.retention_state(archive).last_run,
+                           timelines, now)
 
     checks = [
         _backup_check(last_backup, config),
@@ -223,16 +222,6 @@ def collect(archive: Archive, config: Config, now: datetime | None = None) -> St
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
     )
-
-
-def _retention_state(archive: Archive) -> RetentionState:
-    try:
-        return catalog.decode(archive.get(RETENTION_STATE_KEY), RetentionState, RETENTION_STATE_KEY)
-    except ObjectNotFound:
-        return RetentionState()
-    except ValueError as exc:
-        raise PitrkitError(f"{exc} (retention cannot finish its work either; 'pitrkit retention apply' "
-                           "rewrites it)") from None
 
 
 def _age(moment: datetime | None, now: datetime) -> float | None:
@@ -426,11 +415,10 @@ def _first_segment_from(wal: ArchivedWal, timeline: int, first: int, stop: int |
 # --- retention --------------------------------------------------------------------------
 
 
-def _retention(policy: RetentionConfig | None, finished: list[BackupSummary], state: RetentionState,
-               timelines: list[TimelineRange], now: datetime) -> RetentionHealth:
+def _retention(policy: RetentionConfig | None, finished: list[BackupSummary], deleting: list[str],
+               last_run: RetentionRun | None, timelines: list[TimelineRange], now: datetime) -> RetentionHealth:
     if policy is None:
-        return RetentionHealth(configured=False, promises=[], shortfalls=[], deleting=state.deleting,
-                               last_run=state.last_run)
+        return RetentionHealth(configured=False, promises=[], shortfalls=[], deleting=deleting, last_run=last_run)
     promises = [f"last {policy.keep_last}"]
     shortfalls = []
     zone = _zone(policy.timezone)
@@ -463,8 +451,8 @@ def _retention(policy: RetentionConfig | None, finished: list[BackupSummary], st
                 and first_ever <= window_start:
             shortfalls.append(f"window {policy.window} promised (restorable from {show_time(window_start)}), but "
                               f"the oldest restorable point is {show_time(restorable_from)}")
-    return RetentionHealth(configured=True, promises=promises, shortfalls=shortfalls, deleting=state.deleting,
-                           last_run=state.last_run)
+    return RetentionHealth(configured=True, promises=promises, shortfalls=shortfalls, deleting=deleting,
+                           last_run=last_run)
 
 
 def _unit(rule: str, count: int) -> str:

@@ -356,7 +356,7 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
     retention = report.retention
     parts.append("<h2>Retention</h2>")
     parts.append(_rows([
-        ("policy", _cell(", ".join(retention.promises)) if retention.configured else
+        ("policy", _cell(retention.policy) if retention.configured else
          '<span class="muted">none configured</span>'),
         ("being removed", _cell(", ".join(retention.deleting) or "-")),
         ("last run", _cell("-" if retention.last_run is None else

@@ -22,8 +22,7 @@ import bisect
 import logging
 import sys
 from argparse import Namespace
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +35,7 @@ from pitrkit.config import Config, RetentionConfig, parse_duration
 from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
+from pitrkit.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.progress import human_bytes
 from pitrkit.wal import Lsn, SegmentName
 
@@ -162,7 +162,10 @@ class TimelineRange(msgspec.Struct, kw_only=True, frozen=True):
 
 class RetentionHealth(msgspec.Struct, kw_only=True, frozen=True):
     configured: bool
-    promises: list[str]  # the rules, as the configuration states them
+    policy: str  # the rules in a line: "last 2, 7 daily, window 7d"; "" without [retention]
+    # What the next `retention apply` would decide for each backup, with the rules that
+    # keep it (policy.select_backups); [] without [retention].
+    verdicts: list[BackupVerdict]
     shortfalls: list[str]  # promises the archive does not keep
     deleting: list[str]  # backups retention is removing: they no longer count
     last_run: RetentionRun | None
@@ -415,58 +418,42 @@ def _first_segment_from(wal: ArchivedWal, timeline: int, first: int, stop: int |
 # --- retention --------------------------------------------------------------------------
 
 
-def _retention(policy: RetentionConfig | None, finished: list[BackupSummary], deleting: list[str],
+def _retention(config: RetentionConfig | None, finished: list[BackupSummary], deleting: list[str],
                last_run: RetentionRun | None, timelines: list[TimelineRange], now: datetime) -> RetentionHealth:
-    if policy is None:
-        return RetentionHealth(configured=False, promises=[], shortfalls=[], deleting=deleting, last_run=last_run)
-    promises = [f"last {policy.keep_last}"]
+    if config is None:
+        return RetentionHealth(configured=False, policy="", verdicts=[], shortfalls=[], deleting=deleting,
+                               last_run=last_run)
+    policy = RetentionPolicy.from_config(config)
+    verdicts = select_backups(finished, policy, now)
     shortfalls = []
-    zone = _zone(policy.timezone)
-    stops = [b.stop_time for b in finished]
-    oldest_stop = min(stops) if stops else None
-    # Counted directly from the backups: the calendar buckets that hold a backup, against
-    # the buckets promised, once the archive is old enough to have filled them.
-    buckets: list[tuple[str, int, Callable[[datetime], object], timedelta]] = [
-        ("daily", policy.daily, lambda moment: moment.date(), timedelta(days=policy.daily)),
-        ("weekly", policy.weekly, lambda moment: moment.isocalendar()[:2], timedelta(weeks=policy.weekly)),
-        ("monthly", policy.monthly, lambda moment: (moment.year, moment.month), timedelta(days=31 * policy.monthly)),
-    ]
-    for rule, promised, bucket, span in buckets:
-        if not promised:
-            continue
-        promises.append(f"{rule} {promised}")
-        held = len({bucket(stop.astimezone(zone)) for stop in stops})
+    oldest_stop = min((b.stop_time for b in finished), default=None)
+    # The calendar rules keep one backup per period that has one: fewer than promised
+    # means backups were missed, once the archive is old enough to have filled them.
+    for rule, promised, span in (("daily", policy.daily, timedelta(days=policy.daily)),
+                                 ("weekly", policy.weekly, timedelta(weeks=policy.weekly)),
+                                 ("monthly", policy.monthly, timedelta(days=31 * policy.monthly))):
+        held = sum(1 for verdict in verdicts for reason in verdict.reasons if reason.startswith(rule + " "))
         if held < promised and oldest_stop is not None and oldest_stop <= now - span:
             shortfalls.append(f"{rule} {promised} promised, but only {held} {_unit(rule, held)} "
                               f"{'has' if held == 1 else 'have'} a backup; the oldest backup is from "
                               f"{show_time(oldest_stop)}")
     if policy.window is not None:
-        promises.append(f"window {policy.window}")
-        window = parse_duration(policy.window)
-        assert window is not None  # checked when the configuration was loaded
-        window_start = now - timedelta(seconds=window)
+        # The promise is about restorable points, so it is judged against the WAL too:
+        # a backup kept for the window is no use if the WAL after it has a hole.
+        window_start = now - policy.window
         restorable_from = min((r.oldest.time for r in timelines if r.oldest is not None), default=None)
-        first_ever = min(stops, default=None)
-        if restorable_from is not None and restorable_from > window_start and first_ever is not None \
-                and first_ever <= window_start:
-            shortfalls.append(f"window {policy.window} promised (restorable from {show_time(window_start)}), but "
-                              f"the oldest restorable point is {show_time(restorable_from)}")
-    return RetentionHealth(configured=True, promises=promises, shortfalls=shortfalls, deleting=deleting,
-                           last_run=last_run)
+        if restorable_from is not None and restorable_from > window_start and oldest_stop is not None \
+                and oldest_stop <= window_start:
+            shortfalls.append(f"window {show_duration(policy.window)} promised (restorable from "
+                              f"{show_time(window_start)}), but the oldest restorable point is "
+                              f"{show_time(restorable_from)}")
+    return RetentionHealth(configured=True, policy=policy.describe(), verdicts=verdicts, shortfalls=shortfalls,
+                           deleting=deleting, last_run=last_run)
 
 
 def _unit(rule: str, count: int) -> str:
     unit = {"daily": "day", "weekly": "week", "monthly": "month"}[rule]
     return unit if count == 1 else unit + "s"
-
-
-def _zone(name: str | None) -> tzinfo | None:
-    """The zone whose calendar the rules count; None: the host's (astimezone(None))."""
-    if name is None:
-        return None
-    from zoneinfo import ZoneInfo  # only when a zone is configured
-
-    return ZoneInfo(name)
 
 
 # --- judging ----------------------------------------------------------------------------
@@ -585,7 +572,7 @@ def _retention_check(retention: RetentionHealth) -> Check:
         return Check(name="retention", level="OK", message="no [retention] policy: nothing is removed")
     if retention.shortfalls:
         return Check(name="retention", level="WARN", message="; ".join(retention.shortfalls))
-    return Check(name="retention", level="OK", message="kept: " + ", ".join(retention.promises))
+    return Check(name="retention", level="OK", message=f"the policy ({retention.policy}) is kept")
 
 
 def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, now: datetime) -> Check:
@@ -664,7 +651,7 @@ def describe(report: StatusReport) -> str:
                   + (f"WAL resumes at {g.resumes_at}" if g.resumes_at else "no WAL after it") for g in t.gaps]
     retention = report.retention
     if retention.configured:
-        lines.append(f"retention:      {', '.join(retention.promises)}"
+        lines.append(f"retention:      {retention.policy}"
                      + (f"; removing {', '.join(retention.deleting)}" if retention.deleting else ""))
     if retention.last_run:
         run = retention.last_run

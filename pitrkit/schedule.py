@@ -235,3 +235,26 @@ def from_config(daemon: DaemonConfig) -> Schedule | None:
     if daemon.cron is not None:
         return Cron.parse(daemon.cron)
     return None
+
+
+class Timetable:
+    """When the daemon's next backup is due.
+
+    It starts from the newest finished backup's start: when the schedule had a slot after
+    it that has already passed (the daemon was down, or the archive has no backup yet),
+    a backup is due at once, and it is one backup, however many slots were missed. Each
+    backup started (or skipped) then counts as the slot's backup: the next is the
+    schedule's first time after it, so a backup that overruns a slot is followed by one
+    more at once, never by a queue of them."""
+
+    def __init__(self, schedule: Schedule, newest_backup_start: datetime | None, now: datetime) -> None:
+        self.schedule = schedule
+        self.due = now if newest_backup_start is None else schedule.next_after(newest_backup_start)
+        # The slot the daemon was down for, if any (for the log).
+        self.missed = self.due if self.due <= now and newest_backup_start is not None else None
+
+    def is_due(self, now: datetime) -> bool:
+        return now >= self.due
+
+    def started(self, at: datetime) -> None:
+        self.due = self.schedule.next_after(at)

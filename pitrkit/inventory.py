@@ -492,6 +492,25 @@ class ArchivedWal:
                 newest = self.newest_on_path(path)
                 return WalChain(first, segments, missing, gap=newest is not None and newest[0] > segno)
 
+    def resumes_at(self, path: list[TimelineStep], segno: int) -> int | None:
+        """The first stored segment numbered `segno` or later that replay along `path`
+        reads: where WAL resumes after a gap. Each step serves its timeline's segments
+        from where it begins to where the next step begins (see serving_timeline)."""
+        for number, step in enumerate(path):
+            ends = math.inf if number + 1 == len(path) else path[number + 1].begin // self.segment_size - 1
+            first = max(step.begin // self.segment_size, segno)
+            for log_number in self.logs.get(step.timeline, []):
+                base = log_number * self.per_log
+                if base + self.per_log <= first:
+                    continue
+                if base > ends:
+                    break
+                folder = self.folder(step.timeline, log_number)
+                position = bisect.bisect_left(folder.numbers, first - base)
+                if position < len(folder.numbers) and base + folder.numbers[position] <= ends:
+                    return base + folder.numbers[position]
+        return None
+
     def _present_folder(self, timeline: int, log_number: int) -> LogFolder | None:
         if log_number not in self.logs.get(timeline, ()):
             return None

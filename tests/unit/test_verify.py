@@ -1,0 +1,346 @@
+"""`pitrkit verify` on synthetic archives on real local storage: the structure (catalog,
+manifests, sizes, WAL continuity along timeline paths, restorability) on
+synthetic_archive.py's archives (1 GiB segments, 4 per folder, fake segment bytes), and
+--deep on small archives whose every object is real (1 MiB segments with real page
+headers, backup parts in the stored-object format)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pitrkit import catalog, inventory, objects, verify
+from pitrkit.archive import BACKUP_CATALOG_KEY, IDENTITY_KEY, RETENTION_STATE_KEY, Archive, backup_prefix, manifest_key
+from pitrkit.catalog import ArchiveIdentity, BackupFile, BackupManifest, BackupPart, BackupSummary, RetentionState
+from pitrkit.cli import main
+from pitrkit.config import Config, RepositoryConfig
+from pitrkit.plugins import Plugins
+from pitrkit.verify import Finding, VerifyReport
+from pitrkit.wal import Lsn, SegmentName
+from tests.unit import synthetic_archive
+from tests.unit.segments import MIB, SYSID, segment
+from tests.unit.synthetic_archive import T0, SyntheticArchive, lsn, name, stored_at
+
+# Parts are cut this small so that a backup has several.
+PART = 64
+
+
+def store_backup(archive: Archive, backup_id: str, *, first: SegmentName, last: SegmentName, system_identifier: int,
+                 files: list[bytes], start_time=T0, catalog_it: bool = True) -> BackupManifest:
+    """A finished backup whose files hold `files`: real parts (the stream cut every PART
+    bytes, zstd, the stored-object format) and a manifest that adds up."""
+    stream = b"".join(files)
+    compressor = Plugins().compressor("zstd")
+    parts = []
+    for number, offset in enumerate(range(0, len(stream), PART)):
+        data = stream[offset : offset + PART]
+        blob, header = objects.encode(data, compressor)
+        key = f"{backup_prefix(backup_id)}data/{number}"
+        archive.put(key, blob)
+        parts.append(BackupPart(key=key, size=len(data), stored_size=len(blob), sha256=header.sha256.hex()))
+    listed, offset = [], 0
+    for number, content in enumerate(files):
+        listed.append(BackupFile(f"base/{number}", len(content), 0o600, 0, offset // PART, offset % PART))
+        offset += len(content)
+    manifest = BackupManifest(
+        backup_id=backup_id, label=backup_id, system_identifier=system_identifier, pg_version=150014,
+        timeline=first.timeline, start_lsn=Lsn(first.start_lsn + 0x28), start_time=start_time,
+        stop_lsn=Lsn(last.start_lsn + 0x100), stop_time=start_time + timedelta(seconds=30),
+        first_segment=first.name, last_segment=last.name, size=len(stream),
+        stored_size=sum(part.stored_size for part in parts), file_count=len(files), compression="zstd",
+        pitrkit_version="0.1.0", backup_label="START WAL LOCATION: ...", parts=parts, directories=[], files=listed,
+    )
+    archive.put(manifest_key(backup_id), catalog.encode(manifest, pretty=False))
+    if catalog_it:
+        inventory.record_backup(archive, catalog.decode(catalog.encode(manifest), BackupSummary, "summary"))
+    return manifest
+
+
+def synthetic_backup(store: SyntheticArchive, backup_id: str, timeline: int, start: int, stop: int,
+                     **options) -> BackupManifest:
+    return store_backup(store.archive, backup_id, first=SegmentName(timeline, start, synthetic_archive.SEGMENT_SIZE),
+                        last=SegmentName(timeline, stop, synthetic_archive.SEGMENT_SIZE), system_identifier=1,
+                        files=[b"a" * 100, b"b" * 50], start_time=stored_at(start), **options)
+
+
+def check(archive: Archive, deep: bool = False) -> VerifyReport:
+    return verify.verify(archive, deep, workers=2)
+
+
+def problems(report: VerifyReport) -> list[tuple[str, str]]:
+    return [(finding.severity, finding.key) for finding in report.findings]
+
+
+def finding(report: VerifyReport, key: str) -> Finding:
+    found = [each for each in report.findings if each.key == key]
+    assert len(found) == 1, report.findings
+    return found[0]
+
+
+def wal_key(timeline: int, segno: int) -> str:
+    segment_name = name(timeline, segno)
+    return f"wal/{segment_name[:16]}/{segment_name}"
+
+
+@pytest.fixture
+def store(tmp_path) -> SyntheticArchive:
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    synthetic_backup(synthetic, "A", 1, 2, 3)
+    synthetic_backup(synthetic, "B", 1, 10, 11)
+    return synthetic
+
+
+# --- a clean archive ------------------------------------------------------------------
+
+
+def test_a_whole_archive_is_clean_and_says_what_it_checked(store):
+    report = check(store.archive)
+    assert report.findings == [] and report.errors == report.warnings == 0
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("A", True), ("B", True)]
+    [timeline] = report.timelines
+    assert (timeline.checked_from, timeline.checked_to, timeline.gaps) == (name(1, 2), name(1, 20), [])
+    assert report.wal_files == 20
+
+
+def test_the_cli_exits_0_when_clean_and_prints_the_summary(store, tmp_path, capsys):
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    assert main(["--config", str(config), "verify"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "verify:    clean"
+    assert main(["--config", str(config), "verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["findings"] == []
+
+
+# --- WAL ------------------------------------------------------------------------------
+
+
+def test_a_deleted_segment_is_a_gap_naming_where_wal_resumes_and_the_backup_it_breaks(store):
+    store.drop_segment(1, 11)  # B needs 10..11
+    store.drop_segment(1, 12)
+    store.drop_segment(1, 16)
+    report = check(store.archive)
+    gap = finding(report, wal_key(1, 11))
+    assert gap.severity == "error"
+    assert f"({name(1, 11)} to {name(1, 12)})" in gap.problem and f"resumes at {name(1, 13)}" in gap.problem
+    assert f"resumes at {name(1, 17)}" in finding(report, wal_key(1, 16)).problem
+    broken = finding(report, manifest_key("B"))
+    assert "backup B is not restorable" in broken.problem and name(1, 11) in broken.problem
+    # A is older than the gap: restorable to its stop point (not to later points, which
+    # the gap finding says).
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("A", True), ("B", False)]
+    assert report.timelines[0].gaps == [name(1, 11), name(1, 16)]
+
+
+def test_the_cli_prints_every_finding_then_exits_1_with_one_line(store, tmp_path, capsys):
+    store.drop_segment(1, 11)
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    assert main(["--config", str(config), "verify"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"ERROR   {manifest_key('B')}: backup B is not restorable")
+    # The folder's index (written when B was recorded) names the lost segment too.
+    assert lines[1].startswith("ERROR   catalog/wal/0000000100000002.json: lists 1 file(s)")
+    assert lines[2].startswith(f"ERROR   {wal_key(1, 11)}: missing")
+    assert lines[3] == ""
+    assert lines[-1] == "verify:    3 errors, 0 warnings"
+    [error] = captured.err.strip().splitlines()
+    assert error.startswith("pitrkit: verified ") and "3 errors" in error and "Traceback" not in captured.err
+
+
+def test_wal_is_checked_from_the_oldest_backup_on_each_path_across_a_branch(store):
+    # Timeline 2 branches off in segment 14: its path reads timeline 1 up to 13, then 2.
+    store.history(2, [(1, lsn(14, 0x500))], at=stored_at(14))
+    store.segments(2, 14, 18)
+    store.drop_segment(1, 5)  # before the branch: on both paths, reported once
+    store.drop_segment(2, 16)  # only on timeline 2's path
+    store.drop_segment(1, 17)  # after the branch: only on timeline 1's path
+    report = check(store.archive)
+    # Each gap once, though 5 lies on both paths; A and B end before the gaps they precede.
+    # The indexes of timeline 1's sealed folders name its lost segments too.
+    assert problems(report) == [
+        ("error", "catalog/wal/0000000100000001.json"), ("error", "catalog/wal/0000000100000004.json"),
+        ("error", wal_key(1, 5)), ("error", wal_key(1, 17)), ("error", wal_key(2, 16))]
+    assert all(b.restorable for b in report.backups)
+    gaps = {t.timeline: t.gaps for t in report.timelines}
+    assert gaps == {1: [name(1, 5), name(1, 17)], 2: [name(1, 5), name(2, 16)]}
+    assert "resumes at " + name(2, 17) in finding(report, wal_key(2, 16)).problem
+    assert {t.timeline: t.path for t in report.timelines} == {1: [1], 2: [1, 2]}
+
+
+def test_a_missing_history_file_makes_its_timeline_unreachable(store):
+    store.segments(2, 14, 15)
+    report = check(store.archive)
+    assert "timeline 2 is unreachable" in finding(report, "wal/00000002.history").problem
+
+
+def test_a_folder_index_is_checked_against_the_folder(store):
+    inventory.refresh(store.archive)  # indexes the sealed folders: 0 (segments 1..3), 1 (4..7), ...
+    assert check(store.archive).findings == []
+    store.drop_segment(1, 5)
+    (store.root / wal_key(1, 6)).write_bytes(b"short")
+    store.segments(1, 0, 0)  # stored after its folder was indexed
+    report = check(store.archive)
+    gone = finding(report, "catalog/wal/0000000100000001.json")
+    assert gone.severity == "error" and f"no longer has: {name(1, 5)}" in gone.problem
+    assert "resumes at" in finding(report, wal_key(1, 5)).problem  # and the gap it makes
+    truncated = finding(report, wal_key(1, 6))
+    assert truncated.severity == "error" and "stored size 5 bytes" in truncated.problem
+    stale = finding(report, "catalog/wal/0000000100000000.json")
+    assert stale.severity == "warning" and name(1, 0) in stale.problem and "catalog rebuild" in stale.problem
+
+
+# --- backups and the catalog ----------------------------------------------------------
+
+
+def test_a_stale_catalog_is_a_warning_and_catalog_rebuild_fixes_it(store):
+    synthetic_backup(store, "C", 1, 14, 15, catalog_it=False)
+    (store.root / manifest_key("A")).unlink()  # folder with parts, no manifest: unfinished
+    report = check(store.archive)
+    assert problems(report) == [("warning", BACKUP_CATALOG_KEY), ("warning", BACKUP_CATALOG_KEY)]
+    assert "lists backup A, whose manifest" in report.findings[0].problem
+    assert "does not list backup C" in report.findings[1].problem
+    assert report.unfinished == ["A"] and report.errors == 0
+    inventory.rebuild(store.archive)
+    assert check(store.archive).findings == []
+
+
+def test_a_missing_or_truncated_part_breaks_its_backup(store):
+    manifest = store.archive.get(manifest_key("B"))
+    parts = catalog.decode(manifest, BackupManifest, "m").parts
+    (store.root / parts[0].key).unlink()
+    (store.root / parts[2].key).write_bytes((store.root / parts[2].key).read_bytes()[:-3])
+    report = check(store.archive)
+    assert finding(report, parts[0].key).problem == "missing: part of backup B"
+    assert f"says {parts[2].stored_size}" in finding(report, parts[2].key).problem
+    assert "2 of its 3 parts are missing or damaged" in finding(report, manifest_key("B")).problem
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("A", True), ("B", False)]
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda m: b"{not json", "unusable manifest"),
+    (lambda m: catalog.encode(msgspec.structs.replace(m, backup_id="X")), "names backup 'X'"),
+    (lambda m: catalog.encode(msgspec.structs.replace(m, system_identifier=2)), "not of this archive's system 1"),
+    (lambda m: catalog.encode(msgspec.structs.replace(m, size=m.size + 1)), "does not add up"),
+])
+def test_a_manifest_that_is_not_this_backups_is_an_error(store, damage, says):
+    path = store.root / manifest_key("B")
+    path.write_bytes(damage(catalog.decode(path.read_bytes(), BackupManifest, "m")))
+    report = check(store.archive)
+    assert says in finding(report, manifest_key("B")).problem
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("A", True), ("B", False)]
+
+
+def test_backups_retention_is_removing_are_not_checked(store):
+    (store.root / manifest_key("B")).unlink()  # retention removes the manifest first
+    store.archive.put(RETENTION_STATE_KEY, catalog.encode(RetentionState(deleting=["B"])))
+    report = check(store.archive)
+    assert report.findings == [] and report.being_removed == ["B"]
+    assert [b.backup_id for b in report.backups] == ["A"]
+
+
+def test_an_archive_without_a_backup_restores_nothing(tmp_path):
+    bare = SyntheticArchive(tmp_path / "archive")
+    bare.segments(1, 1, 3)
+    assert problems(check(bare.archive)) == [("warning", "backups/")]
+
+
+def test_backups_without_archive_json_are_an_error(store):
+    (store.root / IDENTITY_KEY).unlink()
+    report = check(Archive(store.archive.config))  # one that has not read it yet
+    assert finding(report, IDENTITY_KEY).severity == "error"
+    assert all(not b.restorable for b in report.backups)
+
+
+# --- --deep -----------------------------------------------------------------------------
+
+
+class SmallArchive:
+    """Every object real: 1 MiB segments (4096 to a folder) with real long page headers."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir()
+        self.root = root
+        self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0)))
+        self.archive.put(IDENTITY_KEY, catalog.encode(ArchiveIdentity(
+            system_identifier=SYSID, wal_segment_size=MIB, pg_versions=[15], created_at=T0)))
+
+    def key(self, segno: int) -> str:
+        segment_name = SegmentName(1, segno, MIB).name
+        return f"wal/{segment_name[:16]}/{segment_name}"
+
+    def put_segment(self, segno: int, data: bytes | None = None) -> None:
+        data = segment(segno, seg_size=MIB) if data is None else data
+        blob, _ = objects.encode(data, Plugins().compressor("zstd"))
+        self.archive.put(self.key(segno), blob, overwrite=True)
+
+    def backup(self, backup_id: str, first: int, last: int) -> BackupManifest:
+        return store_backup(self.archive, backup_id, first=SegmentName(1, first, MIB),
+                            last=SegmentName(1, last, MIB), system_identifier=SYSID,
+                            # Parts 0 and 1 differ, with the same stored size.
+                            files=[b"x" * PART, b"y" * PART, b"tail"])
+
+
+@pytest.fixture
+def small(tmp_path) -> SmallArchive:
+    archive = SmallArchive(tmp_path / "small")
+    for segno in range(1, 6):
+        archive.put_segment(segno)
+    archive.backup("A", 2, 3)
+    return archive
+
+
+def test_deep_reads_every_object_of_a_clean_archive(small):
+    report = check(small.archive, deep=True)
+    assert report.findings == []
+    manifest = catalog.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
+    assert report.objects_read == 5 + len(manifest.parts)
+    assert report.bytes_read == sum(p.stat().st_size for p in small.root.glob("wal/*/*")) + manifest.stored_size
+
+
+def test_deep_finds_a_part_whose_bytes_were_flipped(small):
+    manifest = catalog.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
+    path = small.root / manifest.parts[1].key
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0xFF  # inside the compressed body: same size
+    path.write_bytes(bytes(blob))
+    assert check(small.archive).findings == []  # sizes agree: only reading tells
+    report = check(small.archive, deep=True)
+    assert finding(report, manifest.parts[1].key).problem.startswith("corrupt: ")
+    assert "backup A is not restorable" in finding(report, manifest_key("A")).problem
+    assert report.backups[0].restorable is False
+
+
+def test_deep_finds_a_part_swapped_for_another(small):
+    manifest = catalog.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
+    first, second = (small.root / part.key for part in manifest.parts[:2])
+    first.write_bytes(second.read_bytes())  # a valid object, the wrong one (same size)
+    assert check(small.archive).findings == []
+    report = check(small.archive, deep=True)
+    assert "not the part the manifest of backup A lists" in finding(report, manifest.parts[0].key).problem
+
+
+def test_deep_checks_segment_page_headers(small):
+    small.put_segment(4, segment(5, seg_size=MIB))  # segment 5's content under 4's name
+    small.put_segment(5, segment(5, seg_size=MIB, sysid=SYSID + 1))
+    assert check(small.archive).findings == []
+    report = check(small.archive, deep=True)
+    assert "page address" in finding(report, small.key(4)).problem
+    assert f"WAL of system {SYSID + 1}" in finding(report, small.key(5)).problem
+    # A's stop point (segment 3) precedes both: A stays restorable.
+    assert report.backups[0].restorable
+
+
+def test_deep_names_a_truncated_segment(small):
+    path = small.root / small.key(3)
+    path.write_bytes(path.read_bytes()[:-5])
+    report = check(small.archive, deep=True)
+    assert finding(report, small.key(3)).problem.startswith("corrupt: ")
+    assert finding(report, manifest_key("A")).problem == \
+        f"backup A is not restorable: WAL it needs is damaged: {SegmentName(1, 3, MIB).name}"

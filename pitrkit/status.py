@@ -227,8 +227,12 @@ def collect(archive: Archive, config: Config, now: datetime | None = None) -> St
     )
 
 
+def _elapsed(since: datetime, now: datetime) -> float:
+    return round((now - since).total_seconds(), 3)
+
+
 def _age(moment: datetime | None, now: datetime) -> float | None:
-    return None if moment is None else round((now - moment).total_seconds(), 3)
+    return None if moment is None else _elapsed(moment, now)
 
 
 def _instant(stamp: float | None) -> datetime | None:
@@ -238,9 +242,8 @@ def _instant(stamp: float | None) -> datetime | None:
 def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
     return LastBackup(
         backup_id=backup.backup_id, label=backup.label, timeline=backup.timeline, start_time=backup.start_time,
-        stop_time=backup.stop_time, stop_lsn=backup.stop_lsn, age_seconds=round((now - backup.stop_time)
-                                                                                .total_seconds(), 3),
-        duration_seconds=round((backup.stop_time - backup.start_time).total_seconds(), 3),
+        stop_time=backup.stop_time, stop_lsn=backup.stop_lsn, age_seconds=_elapsed(backup.stop_time, now),
+        duration_seconds=_elapsed(backup.start_time, backup.stop_time),
         size_bytes=backup.size, stored_bytes=backup.stored_size,
     )
 
@@ -358,8 +361,7 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
     gaps: list[Gap] = []
     while waiting:
         backup = waiting.pop(0)
-        chain = wal.chain(path, _segno(wal, backup.first_segment))
-        end = _chain_end(wal, chain) if chain.last_segno >= _segno(wal, backup.last_segment) else None
+        chain, end = _replay_from(wal, path, backup)
         if end is not None and end >= backup.stop_lsn:
             last = chain.segments[-1]
             if oldest is None:
@@ -374,14 +376,28 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
     return TimelineRange(timeline=timeline, oldest=oldest, newest=newest, gaps=gaps)
 
 
-def _chain_end(wal: ArchivedWal, chain: WalChain) -> Lsn | None:
-    """Where the run's WAL ends: its last segment's end, or the end of the last valid
-    page of a partial (one read, as the planner does)."""
-    if not chain.segments:
-        return None
-    if chain.partial is not None:
-        return wal.partial_end(chain.partial)
-    return SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn
+def _replay_from(wal: ArchivedWal, path: list[TimelineStep], backup: BackupSummary) -> tuple[WalChain, Lsn | None]:
+    """The unbroken run of WAL from `backup`'s first segment along `path`, and where it
+    ends; the end is None when the run stops before the backup's last segment.
+
+    A run ending in a `.partial` ends at the end of its last valid page: one read, as the
+    planner does. The sidecar deletes a partial once its full segment is stored, so a
+    partial gone between the listing and the read means the folder changed: list it
+    again and walk once more."""
+    for attempt in (1, 2):
+        chain = wal.chain(path, _segno(wal, backup.first_segment))
+        if chain.last_segno < _segno(wal, backup.last_segment):
+            return chain, None
+        if chain.partial is None:
+            return chain, SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn
+        try:
+            return chain, wal.partial_end(chain.partial)
+        except PitrkitError:
+            if attempt == 2:
+                raise
+            name = chain.partial.name
+            wal.relist(int(name[:8], 16), _segno(wal, name[:24]) // wal.per_log)
+    raise AssertionError("unreachable")
 
 
 def _resumes_at(wal: ArchivedWal, path: list[TimelineStep], missing: str) -> str | None:
@@ -483,14 +499,15 @@ def _backup_check(last: LastBackup | None, config: Config) -> Check:
 
 
 def _wal_check(last: ArchivedFile | None, receiver: Receiver, config: Config, now: datetime) -> Check:
-    newest = [f for f in (last, receiver.newest_partial) if f is not None and f.stored_at is not None]
-    if not newest:
+    # A partial the sidecar re-ships counts: with streaming, it is the WAL that moves.
+    stored = [(f.stored_at, f.name) for f in (last, receiver.newest_partial) if f is not None and f.stored_at]
+    if not stored:
         return Check(name="wal", level="WARN" if last is None else "OK",
                      message="the archive holds no WAL" if last is None else
                      f"newest segment {last.name} (the storage does not say when it was stored)")
-    freshest = max(newest, key=lambda f: f.stored_at or now)
-    age = _age(freshest.stored_at, now) or 0.0
-    said = f"newest WAL {freshest.name} stored {show_time(freshest.stored_at)}, {_words(age)} ago"
+    stored_at, name = max(stored)
+    age = _elapsed(stored_at, now)
+    said = f"newest WAL {name} stored {show_time(stored_at)}, {_words(age)} ago"
     if age > _seconds(config.status.wal_max_age):
         return Check(name="wal", level="WARN", message=f"{said}: older than wal_max_age {config.status.wal_max_age}"
                                                        " (is the server archiving? archive_timeout set?)")
@@ -513,8 +530,7 @@ def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary],
         return Check(name="restorable", level="FAIL",
                      message=f"no backup lies on the path to the newest timeline {latest.timeline}")
     newest_backup = max(on, key=lambda b: b.start_lsn)
-    chain = wal.chain(path, _segno(wal, newest_backup.first_segment))
-    end = _chain_end(wal, chain) if chain.last_segno >= _segno(wal, newest_backup.last_segment) else None
+    chain, end = _replay_from(wal, path, newest_backup)
     problem = None
     if end is None or end < newest_backup.stop_lsn:
         problem = f"segment {chain.missing} it needs to become consistent is missing"

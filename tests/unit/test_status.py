@@ -15,8 +15,9 @@ from pitrkit import catalog, status
 from pitrkit.archive import RETENTION_STATE_KEY
 from pitrkit.catalog import RetentionRun, RetentionState
 from pitrkit.cli import main
-from pitrkit.config import Config, PostgresConfig, RepositoryConfig, RetentionConfig, StatusConfig
+from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
 from pitrkit.dashboard import DaemonFacts, ScheduledRun, html_page, metrics_text
+from pitrkit.receiver_health import ReceiverHealth, write_state
 from pitrkit.status import StatusReport
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
@@ -180,6 +181,50 @@ def test_a_fresh_partial_keeps_wal_fresh_and_is_the_last_received(store):
     received = report.receiver.newest_partial
     assert received is not None and (received.name, received.stored_at) == (name(1, 21) + ".partial", late)
     assert report.timelines[0].newest is not None and report.timelines[0].newest.lsn == end
+
+
+def health(observed_at: datetime, running: bool, last_error: str | None = None) -> ReceiverHealth:
+    return ReceiverHealth(
+        observed_at=observed_at, pid=4242, running=running, receiving=running, server_reachable=True,
+        server_lsn=lsn(21, 0x9000), last_received_lsn=lsn(21, 0x8000), last_archived_lsn=lsn(21, 0x4000),
+        last_archived_at=observed_at, lag_bytes=0x5000, lag_seconds=3.0, spool_bytes=0, spool_segments=0,
+        slot=None, receiver_restarts=1, last_error=last_error)
+
+
+def test_the_sidecars_state_file_is_read_from_the_spool(store, tmp_path):
+    store.backup("A", 1, 2, 3)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    receive = ReceiveConfig(spool=str(spool))
+    report = collect(store, receive=receive)
+    assert levels(report)["receiver"] == "OK"
+    assert report.receiver.state_problem is not None and "pitrkit-receive.json" in report.receiver.state_problem
+
+    write_state(spool, health(NOW - timedelta(seconds=5), running=True))
+    report = collect(store, receive=receive)
+    assert levels(report)["receiver"] == "OK"
+    assert (report.receiver.running, report.receiver.last_received_lsn, report.receiver.lag_bytes) == (
+        True, lsn(21, 0x8000), 0x5000)
+
+    write_state(spool, health(NOW - timedelta(minutes=1), running=False, last_error="connection refused"))
+    report = collect(store, receive=receive)
+    assert levels(report)["receiver"] == "WARN"
+    assert "the sidecar stopped" in message(report, "receiver") and "connection refused" in message(report, "receiver")
+
+    write_state(spool, health(NOW - timedelta(hours=2), running=True))  # it wrote nothing since
+    assert levels(collect(store, receive=receive))["receiver"] == "WARN"
+
+
+def test_the_text_report_shows_every_section(store):
+    store.backup("A", 1, 2, 3)
+    store.drop_segment(1, 8)
+    text = status.describe(collect(store, retention=RetentionConfig(keep_last=3)))
+    assert text.startswith("FAIL  ")
+    for expected in ("FAIL  restorable", "last backup:    A 'label A'", f"last WAL:       {name(1, 20)}",
+                     "archiver:       not asked: [postgres] conninfo is not set", "WAL size:       19 files",
+                     f"  gap:          {name(1, 8)} missing after backup A; WAL resumes at {name(1, 9)}",
+                     "retention:      last 3"):
+        assert expected in text, text
 
 
 # --- what is not a backup ----------------------------------------------------------------

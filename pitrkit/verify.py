@@ -49,6 +49,7 @@ from pitrkit.archive import (
     IDENTITY_KEY,
     WAL_PREFIX,
     Archive,
+    ArchiveUnavailable,
     backup_prefix,
     manifest_key,
     wal_folder,
@@ -309,6 +310,8 @@ def _check_continuity(wal: ArchivedWal,
     for timeline in wal.timelines:
         try:
             path = wal.path(timeline)
+        except ArchiveUnavailable:
+            raise
         except PitrkitError as exc:
             findings.append(Finding(severity="error", key=f"{WAL_PREFIX}{timeline:08X}.history",
                                     problem=f"timeline {timeline} is unreachable: {exc}"))
@@ -439,6 +442,8 @@ def _plan_refusal(archive: Archive, wal: ArchivedWal, backup: BackupSummary, dam
     target = Target(kind="lsn", lsn=backup.stop_lsn, text=f"the stop point of backup {backup.backup_id}")
     try:
         plan = make_plan(archive, target, backup.timeline, wal=wal, finished=[backup])
+    except ArchiveUnavailable:
+        raise
     except PitrkitError as exc:
         return str(exc)
     if broken := [name for name in plan.history_files + plan.segments if name in damaged]:
@@ -491,48 +496,76 @@ def _identity(archive: Archive) -> tuple[ArchiveIdentity | None, list[Finding]]:
         return archive.identity(), []
     except ObjectNotFound:
         return None, []
+    except ArchiveUnavailable:
+        raise  # a storage fault, not a finding: verify cannot go on
     except PitrkitError as exc:  # stored, but not a valid identity document
         return None, [Finding(severity="error", key=IDENTITY_KEY, problem=f"unusable: {exc}")]
+
+
+def _check_backup_folders(archive: Archive, backup_ids: list[str], identity: ArchiveIdentity | None,
+                          pool: ThreadPoolExecutor, progress: Progress) -> list[_BackupFolder]:
+    def check(backup_id: str) -> _BackupFolder:
+        folder = _check_backup_folder(archive, backup_id, identity)
+        progress.advance(folder.stored_bytes)
+        return folder
+
+    return list(pool.map(check, backup_ids))
+
+
+def _list_wal(archive: Archive, pool: ThreadPoolExecutor, progress: Progress) -> ArchivedWal:
+    """The archive's WAL with every folder listed, once: everything after reads these
+    listings, not the indexes (which are what is being checked)."""
+    wal = ArchivedWal(archive)
+
+    def list_folder(timeline: int, log_number: int) -> None:
+        progress.advance(sum(entry.stored_size for entry in wal.relist(timeline, log_number).entries))
+
+    list(pool.map(lambda each: list_folder(*each), [(t, n) for t, numbers in wal.logs.items() for n in numbers]))
+    return wal
+
+
+def _holds_wal(archive: Archive) -> bool:
+    top = archive.list_folder(WAL_PREFIX)
+    return bool(top.objects or top.folders)
+
+
+def _read_contents(archive: Archive, contents: list[_Content], workers: int) -> list[Finding]:
+    archive.cipher()  # a broken [encryption] fails once, here, not once per object
+    # `workers` objects in memory at once, each up to a backup part or a WAL segment.
+    with ThreadPoolExecutor(workers, thread_name_prefix="verify-deep") as pool, \
+            Progress("verify: reading", sum(content.stored_size for content in contents)) as progress:
+        def read(content: _Content) -> Finding | None:
+            found = _read_content(archive, content)
+            progress.advance(content.stored_size)
+            return found
+
+        return [found for found in pool.map(read, contents) if found is not None]
 
 
 def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
     identity, findings = _identity(archive)
     being_removed = set(inventory.retention_state(archive).deleting)
     listed = [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
-    wal: ArchivedWal | None = None
     with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="verify") as pool, \
             Progress("verify: listing") as progress:
-        def check_folder(backup_id: str) -> _BackupFolder:
-            folder = _check_backup_folder(archive, backup_id, identity)
-            progress.advance(folder.stored_bytes)
-            return folder
-
-        folders = list(pool.map(check_folder, [b for b in listed if b not in being_removed]))
+        folders = _check_backup_folders(archive, [b for b in listed if b not in being_removed], identity, pool,
+                                        progress)
         for folder in folders:
             findings += folder.findings
         findings += _check_backup_catalog(archive, folders, being_removed)
         finished = sorted((folder.manifest for folder in folders if folder.manifest is not None),
                           key=lambda b: (b.start_time, b.backup_id))
-
+        wal = None
+        timelines: list[TimelineVerdict] = []
         if identity is not None:
-            wal = ArchivedWal(archive)
-
-            def list_wal_folder(timeline: int, log_number: int) -> None:
-                progress.advance(sum(entry.stored_size for entry in wal.relist(timeline, log_number).entries))
-
-            # Every folder listed once, here; everything after reads these listings.
-            list(pool.map(lambda each: list_wal_folder(*each),
-                          [(t, n) for t, numbers in wal.logs.items() for n in numbers]))
+            wal = _list_wal(archive, pool, progress)
             findings += _check_indexes(archive, wal, pool)
             timelines, gaps = _check_continuity(wal, finished)
             findings += gaps
-        else:
-            timelines = []
-            top = archive.list_folder(WAL_PREFIX)
-            if folders or top.objects or top.folders:
-                findings.append(Finding(severity="error", key=IDENTITY_KEY,
-                                        problem="missing: the archive holds backups or WAL, but not the document "
-                                                "naming its cluster; nothing in it can be restored"))
+        elif folders or _holds_wal(archive):
+            findings.append(Finding(severity="error", key=IDENTITY_KEY,
+                                    problem="missing: the archive holds backups or WAL, but not the document naming "
+                                            "its cluster; nothing in it can be restored"))
     if not finished and (folders or timelines):
         findings.append(Finding(severity="warning", key=BACKUPS_PREFIX,
                                 problem="no finished backup: nothing in the archive is restorable yet"))
@@ -545,15 +578,7 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
         # An object already missing or of the wrong size needs no reading to be wrong.
         known = {finding.key for finding in findings}
         contents = [content for content in contents if content.key not in known]
-        archive.cipher()  # a broken [encryption] fails once, here, not once per object
-        with ThreadPoolExecutor(workers, thread_name_prefix="verify-deep") as pool, \
-                Progress("verify: reading", sum(c.stored_size for c in contents)) as progress:
-            def read(content: _Content) -> Finding | None:
-                found = _read_content(archive, content)
-                progress.advance(content.stored_size)
-                return found
-
-            findings += [found for found in pool.map(read, contents) if found is not None]
+        findings += _read_contents(archive, contents, workers)
 
     verdicts, refusals = _verdicts(archive, wal, folders, findings)
     findings += refusals

@@ -18,8 +18,6 @@ promise the archive does not keep, an interrupted backup left behind, a stopped 
 
 from __future__ import annotations
 
-import bisect
-import logging
 import sys
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta
@@ -38,8 +36,6 @@ from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show
 from pitrkit.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.progress import human_bytes
 from pitrkit.wal import Lsn, SegmentName
-
-log = logging.getLogger(__name__)
 
 Level = Literal["OK", "WARN", "FAIL"]
 _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -402,33 +398,8 @@ def _replay_from(wal: ArchivedWal, path: list[TimelineStep], backup: BackupSumma
 
 def _resumes_at(wal: ArchivedWal, path: list[TimelineStep], missing: str) -> str | None:
     """The first segment after `missing` that replay along `path` could read."""
-    segno = _segno(wal, missing) + 1
-    while True:
-        timeline = wal.serving_timeline(path, segno)
-        later_steps = [step for step in path if step.begin // wal.segment_size > segno]
-        # The stretch `timeline` serves from segno on ends where the next step begins.
-        stop = later_steps[0].begin // wal.segment_size if later_steps else None
-        found = _first_segment_from(wal, timeline, segno, stop)
-        if found is not None:
-            return wal.segment_name(timeline, found)
-        if stop is None:
-            return None
-        segno = stop
-
-
-def _first_segment_from(wal: ArchivedWal, timeline: int, first: int, stop: int | None) -> int | None:
-    for log_number in wal.logs.get(timeline, []):
-        if (log_number + 1) * wal.per_log <= first:
-            continue
-        base = log_number * wal.per_log
-        if stop is not None and base >= stop:
-            return None
-        folder = wal.folder(timeline, log_number)
-        position = bisect.bisect_left(folder.numbers, first - base)
-        if position < len(folder.numbers):
-            found = base + folder.numbers[position]
-            return found if stop is None or found < stop else None
-    return None
+    found = wal.resumes_at(path, _segno(wal, missing) + 1)
+    return None if found is None else wal.segment_name(wal.serving_timeline(path, found), found)
 
 
 # --- retention --------------------------------------------------------------------------

@@ -150,6 +150,18 @@ def test_timelines_each_get_their_range(store):
     assert report.overall == "OK", report.checks
 
 
+def test_a_gap_before_a_timeline_switch_resumes_on_the_new_timeline(store):
+    store.backup("A", 1, 2, 3)
+    store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))
+    store.segments(2, 12, 15, at=stored_at(21))
+    store.drop_segment(1, 11)
+    report = collect(store, now=stored_at(25))
+    second = report.timelines[1]
+    assert [(g.missing_segment, g.resumes_at) for g in second.gaps] == [(name(1, 11), name(2, 12))]
+    assert levels(report)["restorable"] == "FAIL"
+    assert f"WAL resumes at {name(2, 12)}" in message(report, "restorable")
+
+
 # --- ages -----------------------------------------------------------------------------
 
 

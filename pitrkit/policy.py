@@ -199,7 +199,10 @@ def wal_to_keep(paths: Mapping[int, list[TimelineStep]], keepers: Sequence[Backu
     retained and the leased backups. (T, s) is kept iff for some E and some keeper B on
     E's path, B's first segment <= s and replay along E's path reads segment s from T:
     every kept backup then replays to the newest WAL of every timeline that descends
-    from it, and WAL only older branches read is not held by newer backups."""
+    from it, and WAL only older branches read is not held by newer backups.
+
+    With consistent history files this is one open-ended range per timeline; history
+    files that disagree (a damaged archive) can leave bounded stretches too."""
     needed: dict[int, list[SegmentRange]] = {}
     for path in paths.values():
         firsts = [SegmentName.parse(backup.first_segment, segment_size).segno

@@ -80,21 +80,31 @@ class Leases(NamedTuple):
 
 
 def survey(archive: Archive, now: datetime) -> Leases:
-    """Every lease in the archive, by whether it still holds at `now`. An unreadable
-    lease is refused rather than ignored: what it protects cannot be known."""
+    """Every lease in the archive, by whether it still holds at `now`."""
     active: list[Lease] = []
     expired: list[Lease] = []
     for info in archive.list_folder(LEASES_PREFIX).objects:
-        try:
-            data = archive.get(info.key)
-        except ObjectNotFound:
-            continue  # released since the listing
-        try:
-            lease = catalog.decode(data, Lease, info.key)
-        except ValueError as exc:
-            raise PitrkitError(f"{exc}; if no restore is running, remove {info.key}") from None
-        (active if lease.expires_at > now else expired).append(lease)
+        lease = _read(archive, info.key)
+        if lease is not None:
+            (active if lease.expires_at > now else expired).append(lease)
     return Leases(active, expired)
+
+
+def read(archive: Archive, lease_id: str) -> Lease | None:
+    """The lease as stored now; None once released."""
+    return _read(archive, lease_key(lease_id))
+
+
+def _read(archive: Archive, key: str) -> Lease | None:
+    """An unreadable lease is refused rather than ignored: what it protects cannot be known."""
+    try:
+        data = archive.get(key)
+    except ObjectNotFound:
+        return None
+    try:
+        return catalog.decode(data, Lease, key)
+    except ValueError as exc:
+        raise PitrkitError(f"{exc}; if no restore is running, remove {key}") from None
 
 
 class Renewal:

@@ -1,0 +1,394 @@
+"""`retention apply` on synthetic archives on real local storage (synthetic_archive.py:
+1 GiB segments, 4 per WAL folder, segment n stored at minute n): what goes and why, the
+order of the removals, a run killed at every step and run again, leases, unfinished
+backups, --dry-run. The policy's rules themselves are test_policy.py's."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pitrkit import catalog, inventory, lease, restore, retention
+from pitrkit.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
+from pitrkit.catalog import RetentionState, WalFolderIndex
+from pitrkit.cli import main
+from pitrkit.config import RetentionConfig
+from pitrkit.errors import RefusedError
+from pitrkit.hookspecs import ObjectInfo
+from pitrkit.localpg import wait_for
+from pitrkit.plan import Target, make_plan
+from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+KEEP_TWO = RetentionConfig(keep_last=2)
+
+
+def three_backups(root: Path) -> SyntheticArchive:
+    """Timeline 1, segments 1..20; backups A (segments 2-3), B (6-7), C (12-13); the
+    sealed WAL folders indexed, as backup-push leaves them."""
+    store = SyntheticArchive(root)
+    store.segments(1, 1, 20)
+    for backup_id, first in (("A", 2), ("B", 6), ("C", 12)):
+        inventory.record_backup(store.archive, store.backup(backup_id, 1, first, first + 1))
+    return store
+
+
+@pytest.fixture
+def store(tmp_path) -> SyntheticArchive:
+    return three_backups(tmp_path / "archive")
+
+
+def stored_keys(store: SyntheticArchive) -> set[str]:
+    return {str(path.relative_to(store.root)) for path in store.root.rglob("*") if path.is_file()}
+
+
+def wal_present(store: SyntheticArchive, timeline: int = 1) -> list[int]:
+    return sorted(segno for segno in range(0, 40) if (store.root / store.wal_key(timeline, segno)).exists())
+
+
+def ids(store: SyntheticArchive) -> list[str]:
+    return [backup.backup_id for backup in inventory.backups(store.archive)]
+
+
+def state(store: SyntheticArchive) -> RetentionState:
+    return inventory.retention_state(store.archive)
+
+
+# --- what goes, and why -----------------------------------------------------------------
+
+
+def test_older_backups_and_the_wal_before_the_oldest_kept_one_go(store):
+    report = retention.apply(store.archive, KEEP_TWO, now=NOW)
+    assert [(kept.backup_id, kept.reasons) for kept in report.kept] == [("B", ["last 2"]), ("C", ["last 2"])]
+    assert [(gone.backup_id, gone.kind) for gone in report.removed_backups] == [("A", "backup")]
+    [wal] = report.removed_wal
+    assert (wal.first, wal.last, wal.files) == (name(1, 1), name(1, 5), 5)
+    assert wal.why == "before the oldest retained backup on timeline 1"
+
+    assert ids(store) == ["B", "C"]
+    assert not (store.root / "backups/A").exists()
+    assert wal_present(store) == list(range(6, 21))
+    # The folder that lost part of its files has an index listing just the rest; the one
+    # that lost all of them has none (and the folder itself is gone).
+    index = catalog.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
+    assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
+    assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
+    assert not (store.root / "wal/0000000100000000").exists()
+    assert state(store).deleting == []
+    assert state(store).last_run is not None and state(store).last_run.backups_removed == ["A"]
+    assert state(store).last_run.wal_files_removed == 5 and state(store).last_run.bytes_freed == report.stored_bytes
+    # Every kept backup still replays from its first segment on.
+    before_c = make_plan(store.archive, Target(kind="lsn", lsn=lsn(11)))
+    assert (before_c.backup.backup_id, before_c.segments[0], before_c.segments[-1]) == ("B", name(1, 6), name(1, 11))
+    latest = make_plan(store.archive, Target(kind="latest"))
+    assert (latest.backup.backup_id, latest.segments[-1]) == ("C", name(1, 20))
+
+
+def test_nothing_more_goes_on_a_second_run(store):
+    retention.apply(store.archive, KEEP_TWO, now=NOW)
+    before = stored_keys(store)
+    report = retention.apply(store.archive, KEEP_TWO, now=NOW)
+    assert (report.removed_backups, report.removed_wal, report.stored_bytes) == ([], [], 0)
+    assert stored_keys(store) == before
+
+
+def test_history_files_stay_and_an_abandoned_timeline_goes_once_older_than_every_kept_backup(tmp_path):
+    store = three_backups(tmp_path / "archive")
+    # Timeline 2 branched off in segment 8 (after B started) and archived segments 8..10,
+    # all stored before C started.
+    store.history(2, [(1, lsn(8, 0x100))], at=stored_at(8))
+    store.segments(2, 8, 10, at=stored_at(9))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+    assert [kept.backup_id for kept in report.kept] == ["C"]
+    abandoned = [wal for wal in report.removed_wal if wal.timeline == 2]
+    assert [(wal.first, wal.last) for wal in abandoned] == [(name(2, 8), name(2, 10))]
+    assert abandoned[0].why.startswith("abandoned timeline 2")
+    assert wal_present(store, 2) == []
+    assert (store.root / "wal/00000002.history").exists()
+    assert wal_present(store, 1) == list(range(12, 21))
+
+
+def test_an_abandoned_timeline_written_after_the_oldest_kept_backup_started_stays(tmp_path):
+    store = three_backups(tmp_path / "archive")
+    store.history(2, [(1, lsn(8, 0x100))], at=stored_at(8))
+    store.segments(2, 8, 10, at=stored_at(30))  # still archiving long after C started
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+    assert [wal.timeline for wal in report.removed_wal] == [1]
+    assert wal_present(store, 2) == [8, 9, 10]
+
+
+def test_a_branch_keeps_its_wal_while_a_kept_backup_is_on_its_path(tmp_path):
+    store = three_backups(tmp_path / "archive")
+    store.history(2, [(1, lsn(8, 0x100))], at=stored_at(8))
+    store.segments(2, 8, 10, at=stored_at(9))
+    retention.apply(store.archive, KEEP_TWO, now=NOW)  # B (6-7) is on timeline 2's path
+    assert wal_present(store, 2) == [8, 9, 10]
+    assert wal_present(store, 1) == list(range(6, 21))
+    plan = make_plan(store.archive, Target(kind="latest"), timeline=2)
+    assert (plan.backup.backup_id, plan.segments[-1]) == ("B", name(2, 10))
+
+
+def test_without_a_finished_backup_no_wal_goes(tmp_path):
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 10)
+    report = retention.apply(store.archive, KEEP_TWO, now=NOW)
+    assert (report.removed_backups, report.removed_wal) == ([], [])
+    assert wal_present(store) == list(range(1, 11))
+
+
+# --- unfinished backups -------------------------------------------------------------------
+
+
+def test_an_unfinished_backup_goes_once_unwritten_for_the_grace_period(store):
+    for backup_id, written in (("STALE", NOW - timedelta(hours=7)), ("RUNNING", NOW - timedelta(hours=1))):
+        store.backup(backup_id, 1, 14, 15, manifest=False)
+        os.utime(store.root / "backups" / backup_id / "data/0", (written.timestamp(), written.timestamp()))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=3, unfinished_grace="6h"), now=NOW)
+    [gone] = report.removed_backups
+    assert (gone.backup_id, gone.kind) == ("STALE", "unfinished")
+    assert gone.why.startswith("unfinished (no manifest), last written ")
+    assert not (store.root / "backups/STALE").exists()
+    assert inventory.survey_backups(store.archive).unfinished == ["RUNNING"]
+
+
+# --- --dry-run --------------------------------------------------------------------------
+
+
+def test_a_dry_run_removes_nothing_and_says_what_a_run_would(tmp_path):
+    store = three_backups(tmp_path / "archive")
+    taken = lease.take(store.archive, "B", 1, name(1, 6))
+    lease.hold_until(store.archive, taken, NOW - timedelta(hours=1))  # lapsed
+    contents = {key: (store.root / key).read_bytes() for key in stored_keys(store)}
+    dry = retention.apply(store.archive, RetentionConfig(keep_last=1), dry_run=True, now=NOW)
+    assert {key: (store.root / key).read_bytes() for key in stored_keys(store)} == contents
+    assert dry.expired_leases == [taken.lease_id]
+
+    copy = three_backups(tmp_path / "copy")
+    real = retention.apply(copy.archive, RetentionConfig(keep_last=1), now=NOW)
+    assert msgspec.structs.replace(dry, dry_run=False, expired_leases=[]) == real
+    assert dry.stored_bytes == sum(gone.stored_bytes for gone in dry.removed_backups) + sum(
+        wal.stored_bytes for wal in dry.removed_wal) > 0
+
+
+# --- the order, and a run killed at every step ----------------------------------------------
+
+
+class SimulatedCrash(Exception):
+    """The process dies here: nothing after this call happens."""
+
+
+class RecordingStorage:
+    """The archive's storage, recording every change and dying at change number `crash_at`."""
+
+    def __init__(self, storage, crash_at: int | None = None) -> None:
+        self.storage = storage
+        self.url = storage.url
+        self.crash_at = crash_at
+        self.changes: list[tuple[str, str]] = []
+
+    def _change(self, what: str, key: str) -> None:
+        if self.crash_at is not None and len(self.changes) == self.crash_at:
+            raise SimulatedCrash(f"{what} {key}")
+        self.changes.append((what, key))
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        self._change("put", key)
+        self.storage.put(key, data, overwrite=overwrite)
+
+    def delete(self, key: str) -> None:
+        self._change("delete", key)
+        self.storage.delete(key)
+
+    def get(self, key: str) -> bytes:
+        return self.storage.get(key)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.storage.stat(key)
+
+    def list(self, prefix: str = ""):
+        return self.storage.list(prefix)
+
+    def list_folder(self, prefix: str):
+        return self.storage.list_folder(prefix)
+
+
+def record(store: SyntheticArchive, crash_at: int | None = None) -> RecordingStorage:
+    recording = RecordingStorage(store.archive.storage, crash_at)
+    store.archive.storage = recording
+    return recording
+
+
+def test_the_intent_is_stored_before_anything_is_removed_and_manifests_before_parts(store):
+    recording = record(store)
+    retention.apply(store.archive, KEEP_TWO, now=NOW)
+    changes = recording.changes
+    assert changes[:2] == [("put", RETENTION_STATE_KEY), ("put", "catalog/backups.json")]
+    assert changes[2:4] == [("delete", "backups/A/manifest.json"), ("delete", "backups/A/data/0")]
+    # Each WAL folder's index before its files; folders and files oldest first.
+    assert changes[4:-1] == [
+        ("delete", wal_index_key("wal/0000000100000000/")),
+        *[("delete", store.wal_key(1, segno)) for segno in (1, 2, 3)],
+        ("put", wal_index_key("wal/0000000100000001/")),
+        *[("delete", store.wal_key(1, segno)) for segno in (4, 5)],
+    ]
+    assert changes[-1] == ("put", RETENTION_STATE_KEY)
+
+
+def steps_of_a_run(tmp_path) -> int:
+    store = three_backups(tmp_path / "count")
+    recording = record(store)
+    retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+    return len(recording.changes)
+
+
+def test_a_run_killed_at_any_step_leaves_nothing_half_usable_and_the_next_run_finishes(tmp_path):
+    finished = three_backups(tmp_path / "finished")
+    retention.apply(finished.archive, RetentionConfig(keep_last=1), now=NOW)
+    expected = stored_keys(finished)
+    steps = steps_of_a_run(tmp_path)
+    assert steps > 10
+    for crash_at in range(steps):
+        store = three_backups(tmp_path / f"crash-{crash_at}")
+        recording = record(store, crash_at)
+        with pytest.raises(SimulatedCrash):
+            retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+        store.archive.storage = recording.storage
+
+        # Whatever a reader sees is whole: each listed backup has its manifest and its
+        # data, and the planner's choice replays.
+        for backup in inventory.backups(store.archive):
+            assert (store.root / "backups" / backup.backup_id / "data/0").exists(), crash_at
+        assert make_plan(store.archive, Target(kind="latest")).backup.backup_id == "C"
+        survey = inventory.survey_backups(store.archive)
+        assert not set(survey.deleting) & {backup.backup_id for backup in survey.finished}
+
+        # Killed after storing the intent (change 0) and before removing B's last part
+        # (change 5): the backups not yet gone are named by `deleting`.
+        assert bool(survey.deleting) == (1 <= crash_at <= 5), (crash_at, survey.deleting)
+
+        again = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+        assert stored_keys(store) == expected, crash_at
+        assert state(store).deleting == []
+        interrupted = [gone.backup_id for gone in again.removed_backups if gone.kind == "interrupted"]
+        assert interrupted == survey.deleting
+
+
+# --- leases -------------------------------------------------------------------------------
+
+
+def test_a_leased_backup_and_the_wal_after_it_stay(store):
+    held = lease.take(store.archive, "A", 1, name(1, 2))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))  # leases are on the real clock
+    kept = {kept.backup_id: kept.reasons for kept in report.kept}
+    assert set(kept) == {"A", "C"}
+    assert kept["A"] == [f"leased by {held.holder} until {inventory.show_time(held.expires_at)} "
+                         f"(lease {held.lease_id})"]
+    assert [gone.backup_id for gone in report.removed_backups] == ["B"]
+    assert wal_present(store) == list(range(2, 21))
+    assert (store.root / lease_key(held.lease_id)).exists()
+
+
+def test_an_expired_lease_is_ignored_and_removed(store):
+    held = lease.take(store.archive, "A", 1, name(1, 2))
+    lease.hold_until(store.archive, held, datetime.now(UTC) - timedelta(seconds=1))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    assert report.expired_leases == [held.lease_id]
+    assert [gone.backup_id for gone in report.removed_backups] == ["A", "B"]
+    assert not (store.root / "leases").exists()
+
+
+def test_a_lease_taken_after_the_first_look_keeps_its_backup(store):
+    # A restore leases A just as retention stores its intent to remove it: the restore
+    # then refuses (it sees A in `deleting`), and retention's second look keeps A.
+    recording = record(store)
+    taken: list[catalog.Lease] = []
+
+    def put(key: str, data: bytes, *, overwrite: bool = False) -> None:
+        RecordingStorage.put(recording, key, data, overwrite=overwrite)
+        if key == RETENTION_STATE_KEY and not taken and "A" in json.loads(data)["deleting"]:
+            taken.append(lease.take(store.archive, "A", 1, name(1, 2)))
+
+    recording.put = put  # type: ignore[method-assign]
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    assert taken
+    assert "A" in {kept.backup_id for kept in report.kept}
+    assert ids(store) == ["A", "C"]
+    assert wal_present(store) == list(range(2, 21))
+
+
+def test_a_restore_refuses_a_backup_being_removed_and_drops_its_lease(store):
+    plan = make_plan(store.archive, Target(kind="latest"))
+    assert plan.backup.backup_id == "C"
+    store.archive.put(RETENTION_STATE_KEY, catalog.encode(RetentionState(deleting=["C"])), overwrite=True)
+    with pytest.raises(RefusedError, match="being removed by retention"):
+        restore.take_lease(store.archive, plan)
+    assert lease.survey(store.archive, NOW) == lease.Leases([], [])
+
+
+def test_a_lease_is_renewed_while_held_and_kept_or_released_at_the_end(store, monkeypatch):
+    monkeypatch.setattr(lease, "RENEW_EVERY", timedelta(seconds=0.01))
+    taken = lease.take(store.archive, "C", 1, name(1, 12))
+    with lease.Renewal(store.archive, taken) as renewal:
+        wait_for(lambda: lease.read(store.archive, taken.lease_id) != taken, 60, what="the lease to be renewed")
+        assert lease.read(store.archive, taken.lease_id).expires_at > taken.expires_at
+        later = datetime.now(UTC) + timedelta(hours=12)
+        renewal.hold_until(later)
+    assert lease.read(store.archive, taken.lease_id).expires_at == later
+    with lease.Renewal(store.archive, taken) as renewal:
+        renewal.release()
+    assert lease.read(store.archive, taken.lease_id) is None
+
+
+def test_a_backup_being_removed_is_listed_as_such(capsys, tmp_path):
+    store = three_backups(tmp_path / "archive")
+    store.archive.put(RETENTION_STATE_KEY, catalog.encode(RetentionState(deleting=["A"])), overwrite=True)
+    assert ids(store) == ["B", "C"]
+    config = cli_config(tmp_path, store, retention=False)
+    assert main(["--config", str(config), "backup-list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert ([b["backup_id"] for b in listing["backups"]], listing["deleting"]) == (["B", "C"], ["A"])
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def cli_config(tmp_path: Path, store: SyntheticArchive, retention: bool = True) -> Path:
+    path = tmp_path / "pitrkit.toml"
+    text = f'[repository]\nurl = "file://{store.root}"\nretries = 0\n'
+    if retention:
+        text += '[retention]\nkeep_last = 2\n'
+    path.write_text(text)
+    return path
+
+
+def test_the_command_refuses_without_a_retention_section(capsys, tmp_path):
+    store = three_backups(tmp_path / "archive")
+    before = stored_keys(store)
+    code = main(["--config", str(cli_config(tmp_path, store, retention=False)), "retention", "apply"])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert err.startswith("pitrkit: ") and "[retention]" in err
+    assert stored_keys(store) == before
+
+
+def test_the_command_prints_the_decision_and_one_summary_line(capsys, tmp_path):
+    store = three_backups(tmp_path / "archive")
+    config = cli_config(tmp_path, store)
+    assert main(["--config", str(config), "retention", "apply", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "keep    backup C: last 2" in out
+    assert any(line.startswith("remove  backup A") and "kept by no rule (last 2)" in line for line in out)
+    assert any(line.startswith(f"remove  WAL {name(1, 1)} .. {name(1, 5)}, 5 files") and
+               line.endswith("before the oldest retained backup on timeline 1") for line in out)
+    assert out[-1].startswith("retention dry run: would remove 1 backup (A), 5 WAL files; kept 2 backups")
+    assert ids(store) == ["A", "B", "C"]
+
+    assert main(["--config", str(config), "retention", "apply", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] is False and [b["backup_id"] for b in report["removed_backups"]] == ["A"]
+    assert ids(store) == ["B", "C"]

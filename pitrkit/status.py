@@ -653,7 +653,12 @@ def _file_words(file: ArchivedFile) -> str:
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
-    report = collect(Archive(config), config)
+    try:
+        report = collect(Archive(config), config)
+    except PitrkitError as exc:
+        # An archive that cannot be read is the worst status there is: monitoring keys on
+        # exit 2, whatever went wrong underneath.
+        raise StatusFailed(f"status FAIL: cannot read the archive: {exc}") from None
     sys.stdout.write(catalog.encode(report).decode() if args.json else describe(report))
     sys.stdout.flush()
     failing = [check for check in report.checks if check.level == "FAIL"]

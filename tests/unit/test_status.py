@@ -346,6 +346,16 @@ def test_status_json_and_exit_codes(tmp_path, store, capsys):
     assert line.startswith("pitrkit: status FAIL: restorable: ")
 
 
+def test_an_unreadable_archive_is_a_fail(tmp_path, capsys):
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{tmp_path}/absent"\nretries = 0\n')
+    assert main(["--config", str(config), "status"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith("pitrkit: status FAIL: cannot read the archive: ") and "does not exist" in line
+
+
 def test_unreachable_server_is_said_not_failed(tmp_path, store, capsys):
     store.backup("A", 1, 2, 3)
     report = collect(store, postgres=PostgresConfig(conninfo=f"host={tmp_path} port=1"))

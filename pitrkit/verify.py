@@ -336,7 +336,7 @@ def _check_continuity(wal: ArchivedWal,
                 findings.append(Finding(
                     severity="error", key=key,
                     problem=f"missing: the WAL of timeline {timeline} has a gap ({hole}); it resumes at "
-                            f"{_name_on(wal, path, resumes)}, out of reach of every backup before the gap"))
+                            f"{_name_on(wal, path, resumes)}: no backup before the gap restores past it"))
             chain = wal.chain(path, resumes)
         verdicts.append(TimelineVerdict(timeline=timeline, path=[step.timeline for step in path],
                                         checked_from=_name_on(wal, path, first),

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -44,19 +45,15 @@ class RetentionPolicy(NamedTuple):
 
     @classmethod
     def from_config(cls, config: RetentionConfig) -> RetentionPolicy:
-        """The policy of a `[retention]` section (config.parse has checked its values)."""
+        """The policy of a `[retention]` section. config.parse has checked its values; a
+        section built otherwise still gets no guessed window."""
         window = None
         if config.window is not None:
             seconds = parse_duration(config.window)
             if seconds is None:
                 raise ConfigError(f"retention.window must be a duration such as \"7d\", not {config.window!r}")
             window = timedelta(seconds=seconds)
-        if config.timezone is None:
-            zone: tzinfo = HostZone()
-        else:
-            from zoneinfo import ZoneInfo  # only when a zone is configured
-
-            zone = ZoneInfo(config.timezone)
+        zone = HostZone() if config.timezone is None else ZoneInfo(config.timezone)
         return cls(config.keep_last, config.daily, config.weekly, config.monthly, window, zone)
 
     def describe(self) -> str:

@@ -251,6 +251,11 @@ def test_an_archive_without_a_backup_restores_nothing(tmp_path):
     assert problems(check(bare.archive)) == [("warning", "backups/")]
 
 
+def test_an_empty_archive_is_clean(tmp_path):
+    (tmp_path / "empty").mkdir()
+    report = check(Archive(Config(repository=RepositoryConfig(url=f"file://{tmp_path / 'empty'}", retries=0))))
+    assert report.findings == [] and report.backups == [] and report.wal_files == 0
+
 def test_backups_without_archive_json_are_an_error(store):
     (store.root / IDENTITY_KEY).unlink()
     report = check(Archive(store.archive.config))  # one that has not read it yet
@@ -344,3 +349,4 @@ def test_deep_names_a_truncated_segment(small):
     assert finding(report, small.key(3)).problem.startswith("corrupt: ")
     assert finding(report, manifest_key("A")).problem == \
         f"backup A is not restorable: WAL it needs is damaged: {SegmentName(1, 3, MIB).name}"
+

@@ -157,8 +157,8 @@ def _check_backup_folder(archive: Archive, backup_id: str, identity: ArchiveIden
     if identity is not None and manifest.system_identifier != identity.system_identifier:
         return unusable(f"a backup of system {manifest.system_identifier}, not of this archive's system "
                         f"{identity.system_identifier}")
-    # The stream is the files' contents cut into parts: sizes that do not add up mean a
-    # manifest restore would mis-slice.
+    # The stream is the files' contents cut into parts: if the sizes do not add up, a
+    # restore would cut the stream into files in the wrong places.
     streamed = sum(part.size for part in manifest.parts)
     if streamed != sum(file.size for file in manifest.files) or streamed != manifest.size:
         return unusable(f"does not add up: its parts hold {streamed} bytes, its files "
@@ -187,16 +187,11 @@ def _check_backup_catalog(archive: Archive, folders: list[_BackupFolder], being_
     """`catalog/backups.json` against the manifests. The catalog is a cache every reader
     reconciles with the manifests, so whatever is wrong here is a warning."""
     try:
-        data = archive.get(BACKUP_CATALOG_KEY)
+        entries = catalog.decode(archive.get(BACKUP_CATALOG_KEY), BackupCatalog, BACKUP_CATALOG_KEY).backups
     except ObjectNotFound:
-        data = None
-    if data is None:
-        entries: list[BackupSummary] = []
-    else:
-        try:
-            entries = catalog.decode(data, BackupCatalog, BACKUP_CATALOG_KEY).backups
-        except ValueError as exc:
-            return [Finding(severity="warning", key=BACKUP_CATALOG_KEY, problem=f"unusable: {exc}; {_REBUILD}")]
+        entries = []
+    except ValueError as exc:
+        return [Finding(severity="warning", key=BACKUP_CATALOG_KEY, problem=f"unusable: {exc}; {_REBUILD}")]
     by_id = {folder.backup_id: folder for folder in folders}
     findings = []
     for entry in entries:

@@ -145,7 +145,7 @@ class NewestPoint(msgspec.Struct, kw_only=True, frozen=True):
 
 class Gap(msgspec.Struct, kw_only=True, frozen=True):
     missing_segment: str
-    resumes_at: str | None  # the next segment the path holds; None: the WAL ends there
+    resumes_at: str | None  # the next segment replay along the path could read
     after_backup: str  # the backup whose WAL runs into it
 
 

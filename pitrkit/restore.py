@@ -104,6 +104,8 @@ def take_lease(archive: Archive, plan: RestorePlan) -> catalog.Lease:
         lease.release(archive, taken)
         raise RefusedError(f"backup {plan.backup.backup_id} is being removed by retention; plan again "
                            "(restore-plan) to use another backup")
+    say(f"took lease {taken.lease_id}: retention keeps backup {plan.backup.backup_id} and its WAL while this "
+        "restore runs")
     return taken
 
 

@@ -84,15 +84,24 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
         if bindir is None:
             # The operator starts it later, and recovery fetches the WAL then.
-            expires_at = datetime.now(UTC) + restore_lease(config)
-            held.hold_until(expires_at)
+            hold_for_the_operator(held, config, manifest.backup_id)
             say(f"start it with: pg_ctl start -D {target_dir}")
-            say(f"lease {held.lease.lease_id} keeps backup {manifest.backup_id} and its WAL from retention "
-                f"until {inventory.show_time(expires_at)}")
             return summary
-        recovered = start_and_report(plan, args, target_dir, bindir)
+        try:
+            recovered = start_and_report(plan, args, target_dir, bindir)
+        except PitrkitError:
+            # The directory is complete: the operator may well start it again by hand.
+            hold_for_the_operator(held, config, manifest.backup_id)
+            raise
         held.release()  # recovery has read what it needed
         return summary + "; " + recovered
+
+
+def hold_for_the_operator(held: lease.Renewal, config: Config, backup_id: str) -> None:
+    expires_at = datetime.now(UTC) + restore_lease(config)
+    held.hold_until(expires_at)
+    say(f"lease {held.lease.lease_id} keeps backup {backup_id} and its WAL from retention until "
+        f"{inventory.show_time(expires_at)}")
 
 
 def take_lease(archive: Archive, plan: RestorePlan) -> catalog.Lease:

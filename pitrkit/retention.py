@@ -42,10 +42,10 @@ from pitrkit import catalog, inventory, lease, policy
 from pitrkit.archive import (
     BACKUP_CATALOG_KEY,
     RETENTION_STATE_KEY,
-    WAL_PREFIX,
     Archive,
     backup_prefix,
     manifest_key,
+    wal_folder,
     wal_index_key,
 )
 from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
@@ -125,13 +125,17 @@ class _Stored:
             return  # no archive.json: no WAL either
         for timeline, numbers in sorted(self.wal.logs.items()):
             for log_number in numbers:
-                prefix = f"{WAL_PREFIX}{timeline:08X}{log_number:08X}/"
-                self.wal_folders[(timeline, log_number)] = archive.list_folder(prefix).objects
+                self.wal_folders[(timeline, log_number)] = archive.list_folder(_folder(timeline, log_number)).objects
 
     def backup_objects(self, backup_id: str) -> list[ObjectInfo]:
+        """The folder's objects, listed once per run."""
         if backup_id not in self._backup_objects:
             self._backup_objects[backup_id] = list(self.archive.list(backup_prefix(backup_id)))
         return self._backup_objects[backup_id]
+
+
+def _folder(timeline: int, log_number: int) -> str:
+    return wal_folder(f"{timeline:08X}{log_number:08X}")
 
 
 # --- deciding -----------------------------------------------------------------------------
@@ -378,7 +382,7 @@ def _remove_backup(archive: Archive, backup_id: str) -> None:
 def _remove_wal(archive: Archive, removal: _WalFolderRemoval, indexed: Iterable[str]) -> None:
     """The folder's index first, so that it never names a removed file, then the files
     oldest first."""
-    prefix = f"{WAL_PREFIX}{removal.timeline:08X}{removal.log_number:08X}/"
+    prefix = _folder(removal.timeline, removal.log_number)
     index_key = wal_index_key(prefix)
     if index_key in indexed:
         # Indexes never hold a `.partial` (see inventory.py).

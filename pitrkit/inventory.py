@@ -129,7 +129,7 @@ def survey_backups(archive: Archive) -> BackupSurvey:
         # A cached entry still needs its manifest: the manifest is what makes a backup
         # exist, and a deletion interrupted after removing it leaves the folder behind.
         if backup_id in cached:
-            return cached[backup_id] if _manifest_present(archive, backup_id) else None
+            return cached[backup_id] if manifest_present(archive, backup_id) else None
         return _read_summary(archive, backup_id)
 
     finished: list[BackupSummary] = []
@@ -144,7 +144,8 @@ def survey_backups(archive: Archive) -> BackupSurvey:
                         [backup_id for backup_id in listed if backup_id in being_removed])
 
 
-def _manifest_present(archive: Archive, backup_id: str) -> bool:
+def manifest_present(archive: Archive, backup_id: str) -> bool:
+    """Whether the backup's commit marker is stored: what makes it exist."""
     try:
         archive.stat(manifest_key(backup_id))
     except ObjectNotFound:

@@ -107,14 +107,15 @@ def hold_for_the_operator(held: lease.Renewal, config: Config, backup_id: str) -
 def take_lease(archive: Archive, plan: RestorePlan) -> catalog.Lease:
     """Claim the planned backup and its WAL, then check that retention is not removing
     them: retention stores its intent before it lists leases, so either it sees this
-    lease or this sees its intent (see lease.py)."""
-    taken = lease.take(archive, plan.backup.backup_id, plan.timeline, plan.backup.first_segment)
-    if plan.backup.backup_id in inventory.retention_state(archive).deleting:
+    lease or this sees its intent (see lease.py). A run that decided and finished
+    between the plan and now is seen by the manifest being gone (it goes first)."""
+    backup_id = plan.backup.backup_id
+    taken = lease.take(archive, backup_id, plan.timeline, plan.backup.first_segment)
+    if backup_id in inventory.retention_state(archive).deleting or not inventory.manifest_present(archive, backup_id):
         lease.release(archive, taken)
-        raise RefusedError(f"backup {plan.backup.backup_id} is being removed by retention; plan again "
-                           "(restore-plan) to use another backup")
-    say(f"took lease {taken.lease_id}: retention keeps backup {plan.backup.backup_id} and its WAL while this "
-        "restore runs")
+        raise RefusedError(f"backup {backup_id} is being removed by retention; plan again (restore-plan) to use "
+                           "another backup")
+    say(f"took lease {taken.lease_id}: retention keeps backup {backup_id} and its WAL while this restore runs")
     return taken
 
 

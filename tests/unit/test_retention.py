@@ -330,6 +330,16 @@ def test_a_restore_refuses_a_backup_being_removed_and_drops_its_lease(store):
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
 
 
+def test_a_restore_refuses_a_backup_a_whole_run_removed_since_its_plan(store):
+    plan = make_plan(store.archive, Target(kind="lsn", lsn=lsn(5)))
+    assert plan.backup.backup_id == "A"
+    retention.apply(store.archive, RetentionConfig(keep_last=1))  # between the plan and the lease
+    assert state(store).deleting == []
+    with pytest.raises(RefusedError, match="being removed by retention"):
+        restore.take_lease(store.archive, plan)
+    assert lease.survey(store.archive, NOW) == lease.Leases([], [])
+
+
 def test_a_lease_is_renewed_while_held_and_kept_or_released_at_the_end(store, monkeypatch):
     monkeypatch.setattr(lease, "RENEW_EVERY", timedelta(seconds=0.01))
     taken = lease.take(store.archive, "C", 1, name(1, 12))

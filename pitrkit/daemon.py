@@ -27,7 +27,6 @@ daemon also kills its children (the unit's control group).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -50,6 +49,7 @@ from pitrkit.dashboard import DaemonFacts, ScheduledRun
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.progress import human_bytes
 from pitrkit.receive import LogfmtFormatter
+from pitrkit.retention import RetentionReport
 from pitrkit.schedule import Schedule, Timetable, from_config
 from pitrkit.status_server import StatusBoard, StatusServer
 
@@ -381,14 +381,15 @@ def _backup_summary(outcome: Outcome) -> BackupSummary | None:
 
 
 def _retention_fields(outcome: Outcome) -> dict[str, object]:
-    """What retention's --json decision says it removed (the figures a log reader wants)."""
+    """What retention's --json report says it removed (the figures a log reader wants)."""
     try:
-        decision = json.loads(outcome.stdout)
-    except ValueError:
-        return {}
-    if not isinstance(decision, dict):
-        return {}
-    return {key: decision[key] for key in ("backups_removed", "wal_files_removed", "bytes_freed") if key in decision}
+        report = catalog.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
+    except ValueError as exc:
+        return {"report": f"unreadable: {exc}"}
+    return {"kept": ",".join(kept.backup_id for kept in report.kept) or None,
+            "removed": ",".join(removed.backup_id for removed in report.removed_backups) or None,
+            "wal_files_removed": sum(wal.files for wal in report.removed_wal),
+            "freed": human_bytes(report.stored_bytes)}
 
 
 def _show(moment: datetime) -> str:

@@ -1,0 +1,290 @@
+"""`pitrkit daemon` end to end, on PostgreSQL 15 and 18 (issue 6).
+
+The daemon runs as the server user through the installed `pitrkit`, stopped with SIGTERM,
+as conf/pitrkit.service runs it. It is judged by what it leaves: backups that backup-list
+shows, what retention removed, what it serves on /metrics (parsed as Prometheus text) and
+/ (loaded in headless Chromium), and that a stop ends every child and exits 0. Every wait
+is for a condition, with a deadline; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import pgharness
+from pitr_workload import archiving_primary, backup_push, succeeded, write_round
+from pitrkit_setup import PitrkitSetup
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The commands the daemon runs as children, as they appear in a process's argv.
+CHILD_COMMANDS = (b"daemon", b"backup-push", b"retention", b"wal-receive")
+
+
+def configure(setup: PitrkitSetup, primary: pgharness.Cluster, port: int, *, every: str | None = "3s",
+              spool: Path | None = None, keep_last: int | None = None) -> None:
+    setup.write_config(postgres=primary)
+    text = f'[daemon]\nlisten = "127.0.0.1:{port}"\nstatus_interval = 1\n'
+    if every is not None:
+        text += f'every = "{every}"\n'
+    if spool is not None:
+        text += f'[receive]\nspool = "{spool}"\npartial_interval = 1\n'
+    if keep_last is not None:
+        text += f"[retention]\nkeep_last = {keep_last}\n"
+    with open(setup.config, "a") as file:
+        file.write(text)
+
+
+@dataclass
+class RunningDaemon:
+    """`pitrkit daemon` as the server user; its stderr (the event log) in a file."""
+
+    setup: PitrkitSetup
+    log_path: Path
+    port: int
+    process: subprocess.Popen = field(init=False)
+
+    def __post_init__(self) -> None:
+        user = pgharness.server_user()
+        drop = ({"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
+                if user.switch else {})
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.setup.pitrkit, "--config", self.setup.config, "daemon"], cwd="/",
+                env=pgharness.server_env(self.setup.env), stdin=subprocess.DEVNULL, stdout=log, stderr=log, **drop)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def events(self, name: str) -> list[dict[str, str]]:
+        return [parse_logfmt(line) for line in self.log().splitlines() if f" event={name} " in f"{line} "]
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float = 300) -> list[dict[str, str]]:
+        def seen() -> list[dict[str, str]]:
+            assert self.process.poll() is None, f"the daemon exited {self.process.returncode}:\n{self.log()}"
+            found = self.events(name)
+            return found if len(found) >= count else []
+        return pgharness.wait_for(seen, timeout, interval=0.1, what=f"{count} event={name} in the daemon's log")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self) -> dict:
+        code, body = self.get("/status.json")
+        return json.loads(body) if code == 200 else {}
+
+    def stop(self, timeout: float = 180) -> int:
+        """SIGTERM, as systemd's stop; the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def assert_clean(self) -> None:
+        log = self.log()
+        print(f"===== {self.log_path.name} =====\n{log}")  # pytest shows it for failing tests
+        assert "Traceback" not in log and "internal error" not in log, log
+
+
+def start_daemon(setup: PitrkitSetup, port: int, name: str) -> RunningDaemon:
+    return RunningDaemon(setup, setup.config.parent / f"{name}.log", port)
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """key=value pairs; values with spaces are JSON-quoted (see receive.LogfmtFormatter)."""
+    fields, rest = {}, line
+    while rest:
+        key, _, rest = rest.partition("=")
+        if rest.startswith('"'):
+            value, end = json.JSONDecoder().raw_decode(rest)
+            rest = rest[end:]
+        else:
+            value, _, rest = rest.partition(" ")
+        fields[key.strip()] = value
+        rest = rest.lstrip()
+    return fields
+
+
+def backup_listing(setup: PitrkitSetup) -> dict:
+    listing: dict = json.loads(succeeded(setup.run("backup-list", "--json")))
+    return listing
+
+
+def pitrkit_processes(setup: PitrkitSetup) -> list[str]:
+    """Running pitrkit commands of this configuration that the daemon starts (not agents,
+    which archive_command starts), and pg_receivewal on this test's spool."""
+    config = os.fsencode(str(setup.config))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().split(b"\0")
+        except OSError:
+            continue
+        mine = config in argv and any(command in argv for command in CHILD_COMMANDS)
+        receiver = argv[0].endswith(b"pg_receivewal") and any(os.fsencode(str(setup.config.parent)) in arg
+                                                             for arg in argv)
+        if mine or receiver:
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
+def test_daemon_takes_scheduled_backups_applies_retention_and_stops_cleanly(
+        cluster, pitrkit_setup: PitrkitSetup, server_tmp: Path) -> None:
+    setup = pitrkit_setup
+    primary = archiving_primary(cluster, setup)
+    spool = pgharness.make_server_dir(server_tmp / "spool", mode=0o700)
+    port = pgharness.free_port()
+    configure(setup, primary, port, spool=spool)
+
+    # 1. With the sidecar: two scheduled backups, then a stop.
+    daemon = start_daemon(setup, port, "daemon")
+    try:
+        daemon.wait_for_event("sidecar-started")
+        pgharness.wait_for(lambda: slot_active(primary), 60, interval=0.1,
+                           what=f"the daemon's sidecar to stream\n{daemon.log()}")
+        write_round(primary, 1)
+        ids = [event["backup_id"] for event in daemon.wait_for_event("backup-finished", 2)]
+        assert [backup["backup_id"] for backup in backup_listing(setup)["backups"]][:2] == ids[:2]
+
+        # /metrics carries the figures of the newest backup there is when it is scraped
+        # (the schedule goes on meanwhile), once the status has been refreshed after the
+        # second backup.
+        def scraped() -> tuple[dict[str, float], dict] | None:
+            code, text = daemon.get("/metrics")
+            if code != 200:
+                return None
+            samples = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                       for sample in family.samples if not sample.labels}
+            listed = backup_listing(setup)["backups"]
+            shown = [backup for backup in listed[1:]
+                     if stop_timestamp(backup) == samples.get("pitrkit_last_backup_timestamp_seconds")]
+            return (samples, shown[0]) if shown else None
+        metrics, shown = pgharness.wait_for(scraped, 60, interval=0.2, what="/metrics to show a new backup")
+        assert metrics["pitrkit_last_backup_size_bytes"] == shown["size"]
+        assert metrics["pitrkit_last_backup_stored_bytes"] == shown["stored_size"]
+        assert metrics["pitrkit_backups"] >= 2
+        assert metrics["pitrkit_daemon_backups_total"] >= 2
+        assert metrics["pitrkit_daemon_sidecar_running"] == 1
+    finally:
+        code = daemon.stop()
+    daemon.assert_clean()
+    assert code == 0, daemon.log()
+    assert daemon.events("daemon-stopped")
+    stopped = daemon.events("sidecar-stopped")
+    assert stopped and stopped[0]["code"] == "0", daemon.log()  # wal-receive stopped cleanly
+    assert pitrkit_processes(setup) == []
+    assert not slot_active(primary)
+
+    # 2. Restarted, without the sidecar and with retention: the slot missed while it was
+    # down runs once at start, and retention after each backup keeps only the newest.
+    configure(setup, primary, port, keep_last=1)
+    listed = backup_listing(setup)["backups"]
+    before = {backup["backup_id"] for backup in listed}
+    # Down for longer than the interval: a slot was missed.
+    newest_start = datetime.fromisoformat(listed[-1]["start_time"])
+    pgharness.wait_for(lambda: datetime.now(UTC) > newest_start + timedelta(seconds=4), 10, interval=0.1,
+                       what="the interval to pass")
+    daemon = start_daemon(setup, port, "daemon-again")
+    try:
+        missed = daemon.wait_for_event("backup-missed")
+        first = daemon.wait_for_event("backup-finished")[0]["backup_id"]
+        assert first not in before
+        assert daemon.events("backup-started")[0]["slot"] == missed[0]["slot"]
+        daemon.wait_for_event("retention-finished")
+    finally:
+        code = daemon.stop()
+    daemon.assert_clean()
+    assert code == 0, daemon.log()
+    assert len(daemon.events("backup-missed")) == 1
+    assert pitrkit_processes(setup) == []
+    finished = [event["backup_id"] for event in daemon.events("backup-finished")]
+    listed = [backup["backup_id"] for backup in backup_listing(setup)["backups"]]
+    assert before and not before & set(listed), daemon.log()
+    if not daemon.events("retention-terminated"):
+        # Retention ran after each backup (the stop may have cut the next backup short).
+        assert len(daemon.events("retention-finished")) == len(finished), daemon.log()
+        assert listed == finished[-1:]
+    else:
+        assert set(listed) <= set(finished)
+
+    # 3. A stop while a backup runs: one that cannot finish, as the WAL it needs is never
+    # archived. The newest backup is older than the interval, so it starts at once.
+    primary.sql("ALTER SYSTEM SET archive_command = 'false'")
+    primary.sql("SELECT pg_reload_conf()")
+    daemon = start_daemon(setup, port, "daemon-stopped-mid-backup")
+    try:
+        daemon.wait_for_event("backup-started")
+    finally:
+        code = daemon.stop()
+    daemon.assert_clean()
+    assert code == 0, daemon.log()
+    terminated = daemon.events("backup-terminated")
+    assert len(terminated) == 1 and terminated[0]["backup"] == "unfinished", daemon.log()
+    assert not daemon.events("backup-finished") and not daemon.events("backup-failed")
+    assert pitrkit_processes(setup) == []
+
+
+def slot_active(primary: pgharness.Cluster) -> bool:
+    rows = primary.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pitrkit'")
+    return bool(rows and rows[0][0])
+
+
+def stop_timestamp(backup: dict) -> float:
+    return datetime.fromisoformat(backup["stop_time"]).timestamp()
+
+
+def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tmp: Path) -> None:
+    """The daemon with only its status page: the page loads in headless Chromium and shows
+    the last backup and the last WAL archived."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    setup = pitrkit_setup
+    primary = archiving_primary(cluster, setup)
+    backup_id = backup_push(setup)["backup_id"]
+    port = pgharness.free_port()
+    configure(setup, primary, port, every=None)
+    daemon = start_daemon(setup, port, "daemon")
+    try:
+        daemon.wait_for_event("server-listening")
+
+        def shown() -> dict:
+            report = daemon.status().get("status") or {}
+            last_backup, last_wal = report.get("last_backup"), report.get("last_wal")
+            return report if last_backup and last_backup["backup_id"] == backup_id and last_wal else {}
+        report = pgharness.wait_for(shown, 60, interval=0.2, what="/status.json to show the backup")
+        profile = server_tmp / "chromium-profile"
+        dumped = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", f"http://127.0.0.1:{port}/"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert dumped.returncode == 0, dumped.stderr
+        assert backup_id in dumped.stdout, dumped.stdout
+        assert report["last_wal"]["name"] in dumped.stdout, dumped.stdout
+        assert "<table" in dumped.stdout
+    finally:
+        code = daemon.stop()
+        shutil.rmtree(server_tmp / "chromium-profile", ignore_errors=True)
+    daemon.assert_clean()
+    assert code == 0, daemon.log()
+    assert not daemon.events("backup-started")  # no schedule: no backups

@@ -1,0 +1,271 @@
+"""The daemon's parts without PostgreSQL: the timetable on a fake clock (a missed slot runs
+once, an overrun is followed by one backup, not a queue), the other-host check, the
+scheduled backups driven by a fake clock with a stand-in `pitrkit` child, the sidecar's
+restart, and the status server on an empty archive. The daemon itself, with PostgreSQL,
+is tested in tests/integration/test_daemon.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pitrkit import catalog, config
+from pitrkit.archive import Archive
+from pitrkit.catalog import BackupSummary
+from pitrkit.daemon import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
+from pitrkit.dashboard import DaemonFacts
+from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.localpg import wait_for
+from pitrkit.schedule import Cron, Every, Timetable
+from pitrkit.status_server import StatusBoard, StatusServer, parse_listen
+from pitrkit.wal import Lsn
+
+T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+
+
+# --- the timetable --------------------------------------------------------------------------
+
+
+def test_a_new_archive_gets_a_backup_at_once() -> None:
+    table = Timetable(Every(3600, "1h"), None, T0)
+    assert table.is_due(T0) and table.missed is None
+
+
+def test_missed_slots_run_once_at_start() -> None:
+    # Down for a day with hourly backups: one backup now, the next an hour after it.
+    table = Timetable(Every(3600, "1h"), T0 - timedelta(days=1), T0)
+    assert table.is_due(T0) and table.missed == T0 - timedelta(hours=23)
+    table.started(T0)
+    assert not table.is_due(T0 + timedelta(minutes=59)) and table.is_due(T0 + timedelta(hours=1))
+
+
+def test_a_recent_backup_waits_for_its_next_slot() -> None:
+    daily = Cron.parse("30 2 * * *", UTC)
+    table = Timetable(daily, T0 - timedelta(hours=1), T0)
+    # The backup at 11:00 came after today's 02:30: nothing was missed.
+    assert table.missed is None and table.due == datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
+
+
+def test_a_cron_slot_missed_while_down_runs_once() -> None:
+    daily = Cron.parse("30 2 * * *", UTC)
+    table = Timetable(daily, datetime(2026, 11, 20, 2, 30, tzinfo=UTC), T0)  # six slots missed
+    assert table.missed == datetime(2026, 11, 21, 2, 30, tzinfo=UTC) and table.is_due(T0)
+    table.started(T0)
+    assert table.due == datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
+
+
+def test_an_overrunning_backup_is_followed_by_one_at_once() -> None:
+    table = Timetable(Every(60, "1m"), None, T0)
+    table.started(T0)
+    finished = T0 + timedelta(minutes=5)  # five slots passed during the backup
+    assert table.is_due(finished)
+    table.started(finished)
+    assert not table.is_due(finished + timedelta(seconds=59))
+
+
+# --- another host's backup ------------------------------------------------------------------
+
+
+def test_backup_in_progress() -> None:
+    recent = UnfinishedBackup("20261126T115900Z", T0 - timedelta(minutes=2))
+    old = UnfinishedBackup("20261125T000000Z", T0 - timedelta(hours=3))
+    unknown = UnfinishedBackup("20261126T115800Z", None)
+    assert backup_in_progress([old, recent, unknown], set(), T0, 900) == recent
+    assert backup_in_progress([old, recent, unknown], {recent.backup_id}, T0, 900) is None
+    assert backup_in_progress([old, unknown], set(), T0, 900) is None
+
+
+# --- scheduled backups with a stand-in pitrkit ------------------------------------------------
+
+SUMMARY = BackupSummary(
+    backup_id="20261126T120000Z", label="pitrkit 20261126T120000Z", system_identifier=1, pg_version=180001,
+    timeline=1, start_lsn=Lsn(0x2000028), start_time=T0, stop_lsn=Lsn(0x2000100), stop_time=T0,
+    first_segment="000000010000000000000002", last_segment="000000010000000000000002", size=100,
+    stored_size=50, file_count=3, compression="zstd", pitrkit_version="test")
+
+# `python FAKE --config X backup-push --json`: waits for the file `go` next to it, then
+# prints a summary (or fails when `fail` exists).
+FAKE_PITRKIT = """
+import pathlib, sys, time
+here = pathlib.Path(__file__).parent
+(here / "runs").open("a").write(" ".join(sys.argv[1:]) + "\\n")
+while not (here / "go").exists():
+    time.sleep(0.01)
+if (here / "fail").exists():
+    print("pitrkit: WARNING: retrying", file=sys.stderr)
+    sys.exit("pitrkit: cannot connect to the server")
+sys.stdout.write(SUMMARY)
+"""
+
+
+@pytest.fixture
+def archive_config(tmp_path: Path) -> config.Config:
+    root = tmp_path / "archive"
+    root.mkdir()
+    return config.parse({"repository": {"url": f"file://{root}", "retries": 0}}, "test")
+
+
+def fake_pitrkit(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake_pitrkit.py"
+    script.write_text(FAKE_PITRKIT.replace("SUMMARY", repr(catalog.encode(SUMMARY).decode())))
+    return [sys.executable, str(script)]
+
+
+def run_until(backups: Backups, now: datetime, done: Callable[[], bool]) -> None:
+    """Tick the loop at the fake time `now` until `done`."""
+    def ticked() -> bool:
+        backups.tick(now)
+        return done()
+    wait_for(ticked, 30, interval=0.01, what="the child to finish")
+
+
+def test_backups_one_at_a_time_on_a_fake_clock(tmp_path: Path, archive_config: config.Config) -> None:
+    backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
+    assert backups.timetable.is_due(datetime.now(UTC))  # an empty archive: at once
+    now = datetime.now(UTC)
+    backups.tick(now)
+    assert backups.running
+    # However late it gets while the backup runs, no second one starts.
+    for minutes in range(1, 5):
+        backups.tick(now + timedelta(minutes=minutes))
+    (tmp_path / "go").touch()
+    run_until(backups, now + timedelta(minutes=5), lambda: not backups.running)
+    assert (tmp_path / "runs").read_text().splitlines() == ["backup-push --json"]
+    assert backups.taken == 1 and backups.last_run is not None and backups.last_run.backup_id == SUMMARY.backup_id
+    assert backups.timetable.due == now + timedelta(minutes=1)  # from its start: overrun, so due at once
+    (tmp_path / "fail").touch()
+    later = now + timedelta(minutes=6)
+    backups.tick(later)
+    run_until(backups, later, lambda: not backups.running)
+    assert backups.failures == 1 and backups.last_run is not None and not backups.last_run.ok
+    assert backups.last_run.message == "cannot connect to the server"
+    assert backups.timetable.due == later + timedelta(minutes=1)
+
+
+def test_a_stop_terminates_the_running_backup(tmp_path: Path, archive_config: config.Config) -> None:
+    backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
+    backups.tick(datetime.now(UTC))
+    assert backups.running
+    backups.stop()
+    assert not backups.running and backups.failures == 1
+    assert backups.last_run is not None and backups.last_run.message == "terminated by the daemon's stop"
+
+
+# --- children -------------------------------------------------------------------------------
+
+
+def test_outcome_error_is_the_pitrkit_line() -> None:
+    assert Outcome(2, "", "pitrkit: WARNING: retry\npitrkit: no route\n", 1).error == "no route"
+    assert Outcome(-15, "", "", 1).error == "killed by SIGTERM"
+    assert Outcome(70, "", "Segmentation fault\n", 1).error == "exited with code 70"
+
+
+def test_child_terminated() -> None:
+    child = Child([sys.executable, "-c", "import time; time.sleep(60)"])
+    outcome, killed = child.terminate()
+    assert outcome.code == -15 and not killed
+
+
+def test_the_sidecar_is_restarted_when_it_exits() -> None:
+    sidecar = Sidecar([sys.executable, "-c", "raise SystemExit(3)"])
+    sidecar.supervise()
+    assert sidecar.state == "running"
+    def supervised() -> bool:
+        sidecar.supervise()
+        return sidecar.restarts == 1
+    wait_for(supervised, 30, interval=0.01, what="the exit")
+    assert sidecar.state == "restarting"  # for the backoff's first second
+    sidecar.stop()
+
+
+def test_the_sidecar_is_stopped_with_sigterm() -> None:
+    sidecar = Sidecar([sys.executable, "-c", "import signal, sys, time\n"
+                       "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\ntime.sleep(60)"])
+    sidecar.supervise()
+    sidecar.stop()
+    assert sidecar.state == "restarting" and sidecar.restarts == 0
+
+
+# --- the status server ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listen", "address"), [("127.0.0.1:9187", ("127.0.0.1", 9187)),
+                                                 ("[::1]:80", ("::1", 80)), ("localhost:0", ("localhost", 0))])
+def test_parse_listen(listen: str, address: tuple[str, int]) -> None:
+    assert parse_listen(listen) == address
+
+
+@pytest.mark.parametrize("listen", ["9187", "127.0.0.1", ":9187", "host:http", "127.0.0.1:70000"])
+def test_parse_listen_refuses(listen: str) -> None:
+    with pytest.raises(ConfigError, match="must be host:port"):
+        parse_listen(listen)
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_status_server_on_an_empty_archive(archive_config: config.Config) -> None:
+    board = StatusBoard(archive_config, 0.2)
+
+    def daemon_facts() -> DaemonFacts:  # the daemon's facts, as the daemon fills them
+        return DaemonFacts(started_at=T0, schedule="every 1m", next_backup_at=T0, backup_running=False,
+                           last_run=None, backups_taken=0, backup_failures=0, sidecar=None, sidecar_restarts=0,
+                           retention_runs=0, retention_failures=0)
+
+    server = StatusServer("127.0.0.1:0", board, daemon_facts, 1)
+    port = int(server.address.rpartition(":")[2])
+    server.start()
+    try:
+        code, body = get(port, "/metrics")
+        assert code == 503 and "not collected yet" in body  # nothing true to show yet
+        board.start()
+        wait_for(lambda: get(port, "/metrics")[0] == 200, 30, what="the first collection")
+        names = {family.name for family in text_string_to_metric_families(get(port, "/metrics")[1])}
+        assert {"pitrkit_status", "pitrkit_backups", "pitrkit_daemon_backups"} <= names
+        code, page = get(port, "/")
+        assert code == 200 and "<html" in page.lower()
+        document = json.loads(get(port, "/status.json")[1])
+        assert document["status"]["backups"] == 0 and document["daemon"]["schedule"] == "every 1m"
+        assert get(port, "/nothing")[0] == 404
+    finally:
+        server.stop()
+        board.stop()
+
+
+def test_a_port_in_use_is_one_line(archive_config: config.Config) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PitrkitError, match=f"cannot serve status on 127.0.0.1:{port}: Address already in use"):
+            StatusServer(f"127.0.0.1:{port}", StatusBoard(archive_config, 1), lambda: None, 1)  # type: ignore
+
+
+def test_a_daemon_with_nothing_to_run_is_refused(tmp_path: Path) -> None:
+    settings = config.parse({"repository": {"url": f"file://{tmp_path}"}, "daemon": {"listen": ""}}, "test")
+    with pytest.raises(ConfigError, match="has nothing to run"):
+        command(None, settings, tmp_path / "pitrkit.toml")  # type: ignore[arg-type]
+
+
+def test_the_command_line_reports_a_bad_cron_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(f'[repository]\nurl = "file://{tmp_path}"\n[daemon]\ncron = "61 * * * *"\n')
+    result = subprocess.run([sys.executable, "-m", "pitrkit", "--config", str(path), "daemon"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"pitrkit: {path}: daemon.cron: cron minute 61 is outside 0-59\n"

@@ -246,7 +246,7 @@ _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.4em; }
 table { border-collapse: collapse; } td, th { padding: .2em .8em .2em 0; text-align: left; vertical-align: top; }
-th { font-weight: 600; color: #555; }
+th { font-weight: 600; color: #555; white-space: nowrap; }
 .level { font-weight: 700; padding: 0 .4em; border-radius: 3px; color: #fff; }
 .OK { background: #2e7d32; } .WARN { background: #ef6c00; } .FAIL { background: #c62828; }
 .muted { color: #777; }
@@ -338,7 +338,8 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         ("WAL", _cell(f"{human_bytes(size.wal_stored_bytes)} stored of {human_bytes(size.wal_original_bytes)} "
                       f"({size.wal_segments} segments, {size.wal_files} files)")),
         ("backups", _cell(f"{human_bytes(size.backups_stored_bytes)} stored of "
-                          f"{human_bytes(size.backups_size_bytes)} ({size.backups} backups)")),
+                          f"{human_bytes(size.backups_size_bytes)} ({size.backups} "
+                          f"backup{'' if size.backups == 1 else 's'})")),
     ], "size"))
     parts.append("<h2>Restorable</h2>")
     rows = []

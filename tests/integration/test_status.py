@@ -8,8 +8,13 @@ import json
 import subprocess
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from pitrkit.archive import Archive
+from pitrkit.config import load
+from pitrkit.dashboard import metrics_text
 from pitrkit.localpg import wait_for
+from pitrkit.status import collect
 
 from pitr_workload import archive_everything, archiving_primary, backup_push, succeeded, write_round
 
@@ -63,6 +68,16 @@ def test_status_figures_of_a_known_archive_and_fail_on_a_wal_gap(cluster, pitrki
     assert timeline["oldest"]["backup_id"] == backup["backup_id"]
     assert timeline["newest"]["segment"] == last
     assert timeline["gaps"] == []
+
+    # What the daemon would serve from the same archive and server, as Prometheus text.
+    config = load(setup.config)
+    values = {sample.name: sample.value for family in text_string_to_metric_families(
+        metrics_text(collect(Archive(config), config), None)) for sample in family.samples if not sample.labels}
+    assert values["pitrkit_status"] == 0
+    assert (values["pitrkit_archiver_up"], values["pitrkit_archiver_archived_total"],
+            values["pitrkit_archiver_failed_total"]) == (1, archived, failed)
+    assert values["pitrkit_last_backup_size_bytes"] == backup["size"]
+    assert values["pitrkit_wal_segments"] == len(segments)
 
     # The newest WAL is older than a zero wal_max_age: WARN, still exit 0.
     with open(setup.config, "a") as config:  # appending keeps the server user's ownership

@@ -358,7 +358,6 @@ class Backups:
         if self._backup is not None:
             child, self._backup = self._backup, None
             outcome, killed = child.terminate()
-            self.failures += 1
             self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=datetime.now(UTC), ok=False,
                                          backup_id=None, message="terminated by the daemon's stop")
             # Its folder has no manifest: it does not exist for the planner, and retention
@@ -439,10 +438,11 @@ class Daemon:
                     backups.tick(datetime.now(UTC))
                 self.facts = self._facts()
                 self._stopping.wait(_TICK)
-            _event(logging.INFO, "stopping", signal=self._signal)
+            _event(logging.INFO, "daemon-stopping", signal=self._signal)
         finally:
             self._shut_down()
-        taken = f"took {backups.taken} backups ({backups.failures} failed)" if backups else "took no backups"
+        taken = (f"took {backups.taken} scheduled backup(s), {backups.failures} failed" if backups
+                 else "no scheduled backups")
         return f"daemon stopped ({self._signal}): {taken}"
 
     def _shut_down(self) -> None:

@@ -241,7 +241,6 @@ class Backups:
 
     def __init__(self, config: Config, pitrkit: list[str], schedule: Schedule, archive: Archive,
                  board: StatusBoard | None) -> None:
-        self._config = config
         self._pitrkit = pitrkit
         self._archive = archive
         self._board = board

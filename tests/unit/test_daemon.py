@@ -152,6 +152,23 @@ def test_backups_one_at_a_time_on_a_fake_clock(tmp_path: Path, archive_config: c
     assert backups.timetable.due == later + timedelta(minutes=1)
 
 
+def test_a_slot_is_skipped_while_another_host_writes_a_backup(tmp_path: Path,
+                                                             archive_config: config.Config) -> None:
+    other = tmp_path / "archive" / "backups" / "20261126T115959Z" / "data"
+    other.mkdir(parents=True)
+    (other / "0").write_bytes(b"a part being written by another host's backup-push")
+    backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
+    now = datetime.now(UTC)
+    backups.tick(now)
+    assert not backups.running and not (tmp_path / "runs").exists()
+    assert backups.timetable.due == now + timedelta(minutes=1)  # the next slot
+    # Once that folder has been quiet for longer than a backup can be, it is abandoned.
+    later = now + timedelta(seconds=archive_config.backup.wal_timeout + 601)
+    backups.tick(later)
+    assert backups.running
+    backups.stop()
+
+
 def test_a_stop_terminates_the_running_backup(tmp_path: Path, archive_config: config.Config) -> None:
     backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
     backups.tick(datetime.now(UTC))

@@ -41,14 +41,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from pitrkit import catalog, inventory
+from pitrkit import catalog, events, inventory
 from pitrkit.archive import Archive, backup_prefix
 from pitrkit.catalog import BackupSummary
 from pitrkit.config import Config
 from pitrkit.dashboard import DaemonFacts, ScheduledRun
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.progress import human_bytes
-from pitrkit.receive import LogfmtFormatter
 from pitrkit.retention import RetentionReport
 from pitrkit.schedule import Schedule, Timetable, from_config
 from pitrkit.status_server import StatusBoard, StatusServer
@@ -68,10 +67,6 @@ _CHILD_STOP_TIMEOUT = 30.0
 # Besides [backup] wal_timeout: a backup-push between its start and its first part
 # (the server's checkpoint) writes nothing into the archive either.
 _OTHER_BACKUP_MARGIN = 600.0
-
-
-def _event(level: int, name: str, **fields: object) -> None:
-    log.log(level, name, extra={"fields": fields})
 
 
 # --- children ---------------------------------------------------------------------------
@@ -139,7 +134,7 @@ def _relay(command: str, outcome: Outcome) -> None:
     if outcome.code != 0 and lines and lines[-1] == outcome.error:
         lines.pop()
     for line in lines:
-        _event(logging.WARNING, command, message=line)
+        events.emit(log, logging.WARNING, command, message=line)
 
 
 class Sidecar:
@@ -180,12 +175,12 @@ class Sidecar:
             self._retry(f"cannot run {self._argv[0]}: {exc.strerror}")
             return
         self._started = time.monotonic()
-        _event(logging.INFO, "sidecar-started", pid=self._process.pid)
+        events.emit(log, logging.INFO, "sidecar-started", pid=self._process.pid)
 
     def _retry(self, error: str) -> None:
         delay, self._delay = self._delay, min(self._delay * 2, _SIDECAR_BACKOFF_MAX)
         self._next_start = time.monotonic() + delay
-        _event(logging.WARNING, "sidecar-exited", error=error, retry_in=f"{delay:g}s")
+        events.emit(log, logging.WARNING, "sidecar-exited", error=error, retry_in=f"{delay:g}s")
 
     def stop(self) -> None:
         if self._process is None:
@@ -197,9 +192,9 @@ class Sidecar:
         except subprocess.TimeoutExpired:
             process.kill()
             code = process.wait()
-            _event(logging.WARNING, "sidecar-killed", pid=process.pid,
-                   error=f"wal-receive did not stop within {_SIDECAR_STOP_TIMEOUT:g}s of SIGTERM")
-        _event(logging.INFO if code == 0 else logging.WARNING, "sidecar-stopped", pid=process.pid, code=code)
+            events.emit(log, logging.WARNING, "sidecar-killed", pid=process.pid,
+                        error=f"wal-receive did not stop within {_SIDECAR_STOP_TIMEOUT:g}s of SIGTERM")
+        events.emit(log, logging.INFO if code == 0 else logging.WARNING, "sidecar-stopped", pid=process.pid, code=code)
 
 
 # --- another host's backup ----------------------------------------------------------------
@@ -267,7 +262,7 @@ class Backups:
         except PitrkitError as exc:
             # Unknown: a backup now is the safe side (if the archive is really down, the
             # backup says so).
-            _event(logging.WARNING, "backups-not-listed", error=str(exc))
+            events.emit(log, logging.WARNING, "backups-not-listed", error=str(exc))
             return None
         return finished[-1].start_time if finished else None
 
@@ -283,26 +278,27 @@ class Backups:
 
     def _start_backup(self, now: datetime) -> None:
         if self.timetable.missed is not None:
-            _event(logging.INFO, "backup-missed", slot=_show(self.timetable.missed))
+            events.emit(log, logging.INFO, "backup-missed", slot=_show(self.timetable.missed))
             self.timetable.missed = None
         slot = self.timetable.due
         self.timetable.started(now)
         try:
             unfinished = _unfinished_backups(self._archive)
         except PitrkitError as exc:
-            _event(logging.WARNING, "backup-check-failed", error=str(exc))
+            events.emit(log, logging.WARNING, "backup-check-failed", error=str(exc))
             unfinished = []
         other = backup_in_progress(unfinished, self._ours, now, self._quiet)
         if other is not None:
             assert other.last_written is not None
-            _event(logging.WARNING, "backup-skipped", slot=_show(slot), other_backup=other.backup_id,
-                   last_written=_show(other.last_written), reason="another backup-push is writing into the archive",
-                   next_backup_at=_show(self.timetable.due))
+            events.emit(log, logging.WARNING, "backup-skipped", slot=_show(slot), other_backup=other.backup_id,
+                        last_written=_show(other.last_written),
+                        reason="another backup-push is writing into the archive",
+                        next_backup_at=_show(self.timetable.due))
             return
         self._unfinished_before = {folder.backup_id for folder in unfinished}
         self._backup_started = now
         self._backup = Child([*self._pitrkit, "backup-push", "--json"])
-        _event(logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot))
+        events.emit(log, logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot))
 
     def _backup_ended(self, outcome: Outcome, now: datetime) -> None:
         self._backup = None
@@ -314,21 +310,21 @@ class Backups:
         self.taken += 1
         self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=now, ok=True,
                                      backup_id=summary.backup_id, message=f"backup {summary.backup_id}")
-        _event(logging.INFO, "backup-finished", backup_id=summary.backup_id, size=human_bytes(summary.size),
-               stored=human_bytes(summary.stored_size), files=summary.file_count,
-               seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
+        events.emit(log, logging.INFO, "backup-finished", backup_id=summary.backup_id, size=human_bytes(summary.size),
+                    stored=human_bytes(summary.stored_size), files=summary.file_count,
+                    seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
         if self._board is not None:
             self._board.refresh_soon()
         if self.retention_after:
             self._retention_child = Child([*self._pitrkit, "retention", "apply", "--json"])
-            _event(logging.INFO, "retention-started", pid=self._retention_child.pid)
+            events.emit(log, logging.INFO, "retention-started", pid=self._retention_child.pid)
 
     def _backup_failed(self, outcome: Outcome, now: datetime) -> None:
         self.failures += 1
         self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=now, ok=False, backup_id=None,
                                      message=outcome.error)
-        _event(logging.ERROR, "backup-failed", code=outcome.code, error=outcome.error,
-               seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
+        events.emit(log, logging.ERROR, "backup-failed", code=outcome.code, error=outcome.error,
+                    seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
         self._note_ours()
 
     def _note_ours(self) -> None:
@@ -346,10 +342,11 @@ class Backups:
         if outcome.code != 0:
             self.retention_failures += 1
             _relay("retention", outcome)
-            _event(logging.ERROR, "retention-failed", code=outcome.code, error=outcome.error,
-                   seconds=f"{outcome.seconds:.1f}")
+            events.emit(log, logging.ERROR, "retention-failed", code=outcome.code, error=outcome.error,
+                        seconds=f"{outcome.seconds:.1f}")
             return
-        _event(logging.INFO, "retention-finished", seconds=f"{outcome.seconds:.1f}", **_retention_fields(outcome))
+        events.emit(log, logging.INFO, "retention-finished", seconds=f"{outcome.seconds:.1f}",
+                    **_retention_fields(outcome))
         if self._board is not None:
             self._board.refresh_soon()
 
@@ -361,20 +358,20 @@ class Backups:
                                          backup_id=None, message="terminated by the daemon's stop")
             # Its folder has no manifest: it does not exist for the planner, and retention
             # removes it after [retention] unfinished_grace.
-            _event(logging.WARNING, "backup-terminated", pid=child.pid, code=outcome.code, killed=killed,
-                   backup="unfinished")
+            events.emit(log, logging.WARNING, "backup-terminated", pid=child.pid, code=outcome.code, killed=killed,
+                        backup="unfinished")
         if self._retention_child is not None:
             child, self._retention_child = self._retention_child, None
             outcome, killed = child.terminate()
-            _event(logging.WARNING, "retention-terminated", pid=child.pid, code=outcome.code, killed=killed,
-                   note="the next run finishes what it started")
+            events.emit(log, logging.WARNING, "retention-terminated", pid=child.pid, code=outcome.code, killed=killed,
+                        note="the next run finishes what it started")
 
 
 def _backup_summary(outcome: Outcome) -> BackupSummary | None:
     try:
         return catalog.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
     except ValueError as exc:
-        _event(logging.ERROR, "backup-output-unreadable", error=str(exc))
+        events.emit(log, logging.ERROR, "backup-output-unreadable", error=str(exc))
         return None
 
 
@@ -422,10 +419,10 @@ class Daemon:
 
     def run(self) -> str:
         backups = self._backups
-        _event(logging.INFO, "daemon-started", pid=os.getpid(),
-               schedule=backups.schedule.describe() if backups else "none",
-               next_backup_at=_show(backups.timetable.due) if backups else None,
-               sidecar=self._sidecar is not None, retention=bool(backups and backups.retention_after))
+        events.emit(log, logging.INFO, "daemon-started", pid=os.getpid(),
+                    schedule=backups.schedule.describe() if backups else "none",
+                    next_backup_at=_show(backups.timetable.due) if backups else None,
+                    sidecar=self._sidecar is not None, retention=bool(backups and backups.retention_after))
         if self._board is not None and self._server is not None:
             self._board.start()
             self._server.start()
@@ -437,7 +434,7 @@ class Daemon:
                     backups.tick(datetime.now(UTC))
                 self.facts = self._facts()
                 self._stopping.wait(_TICK)
-            _event(logging.INFO, "daemon-stopping", signal=self._signal)
+            events.emit(log, logging.INFO, "daemon-stopping", signal=self._signal)
         finally:
             self._shut_down()
         taken = (f"took {backups.taken} scheduled backup(s), {backups.failures} failed" if backups
@@ -455,7 +452,7 @@ class Daemon:
             self._server.stop()
             self._board.stop()
         self.facts = self._facts()
-        _event(logging.INFO, "daemon-stopped", signal=self._signal)
+        events.emit(log, logging.INFO, "daemon-stopped", signal=self._signal)
 
     def _facts(self) -> DaemonFacts:
         backups, sidecar = self._backups, self._sidecar
@@ -474,20 +471,11 @@ class Daemon:
         )
 
 
-def _log_to_stderr(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger("pitrkit")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen:
         raise ConfigError("[daemon] has nothing to run: set every or cron (scheduled backups), [receive] spool "
                            "(the streaming sidecar) or listen (the status page)")
-    _log_to_stderr(args.verbose)
+    events.log_to_stderr(args.verbose)
     daemon = Daemon(config, config_path, args.verbose)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import logging
 import os
 import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from argparse import Namespace
 from datetime import UTC, datetime
@@ -42,6 +40,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pitrkit import events
 from pitrkit.archive import Archive, wal_key
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
@@ -91,10 +90,6 @@ class _Backoff:
 
     def reset(self) -> None:
         self._delay = _BACKOFF_FIRST
-
-
-def _event(level: int, name: str, **fields: object) -> None:
-    log.log(level, name, extra={"fields": fields})
 
 
 class Receiver:
@@ -154,7 +149,7 @@ class Receiver:
                 self._archive_spool()
                 self._observe()
                 self._wait(_TICK)
-            _event(logging.INFO, "stopping", signal=self._stop_signal)
+            events.emit(log, logging.INFO, "stopping", signal=self._stop_signal)
         finally:
             self._stop_receiver()
         # What pg_receivewal wrote before it stopped: complete segments, then the open one.
@@ -181,8 +176,8 @@ class Receiver:
         except PrimaryError as exc:
             self._retry_receiver(logging.WARNING, "server-unreachable", str(exc))
             return
-        _event(logging.INFO, "slot-created" if created else "slot-reused", slot=slot, restart_lsn=state.restart_lsn,
-               wal_status=state.wal_status)
+        events.emit(log, logging.INFO, "slot-created" if created else "slot-reused", slot=slot,
+                    restart_lsn=state.restart_lsn, wal_status=state.wal_status)
         if state.wal_status == "lost":
             # Not dropped and re-created by us: the WAL between what the archive holds and
             # the new slot's start is gone, and a DBA must know the archive has a gap.
@@ -201,8 +196,8 @@ class Receiver:
         assert self._child.stderr is not None
         os.set_blocking(self._child.stderr.fileno(), False)
         self._child_started = time.monotonic()
-        _event(logging.INFO, "receiver-started", pid=self._child.pid, slot=slot,
-               synchronous=self._settings.synchronous, spool=self._spool)
+        events.emit(log, logging.INFO, "receiver-started", pid=self._child.pid, slot=slot,
+                    synchronous=self._settings.synchronous, spool=self._spool)
 
     def _die_with(self, parent: int) -> None:
         """In the child, before exec: pg_receivewal must not outlive a sidecar killed with
@@ -216,7 +211,7 @@ class Receiver:
         delay = self._receiver_backoff.next()
         self._next_start = time.monotonic() + delay
         self._last_error = error
-        _event(level, event, error=error, retry_in=f"{delay:g}s")
+        events.emit(log, level, event, error=error, retry_in=f"{delay:g}s")
 
     def _reap_receiver(self) -> None:
         if self._child is None or (code := self._child.poll()) is None:
@@ -245,10 +240,10 @@ class Receiver:
         except subprocess.TimeoutExpired:
             self._child.kill()
             code = self._child.wait()
-            _event(logging.WARNING, "receiver-killed", pid=self._child.pid,
-                   error=f"pg_receivewal did not stop within {_STOP_TIMEOUT:g}s of SIGINT")
+            events.emit(log, logging.WARNING, "receiver-killed", pid=self._child.pid,
+                        error=f"pg_receivewal did not stop within {_STOP_TIMEOUT:g}s of SIGINT")
         self._relay_output(final=True)
-        _event(logging.INFO, "receiver-stopped", pid=self._child.pid, code=code)
+        events.emit(log, logging.INFO, "receiver-stopped", pid=self._child.pid, code=code)
         self._child = None
 
     def _relay_output(self, final: bool = False) -> None:
@@ -275,7 +270,7 @@ class Receiver:
                 severity, logging.INFO)
             if level == logging.ERROR:
                 self._last_error = line
-            _event(level, "pg_receivewal", message=line)
+            events.emit(log, level, "pg_receivewal", message=line)
 
     # -- the spool ---------------------------------------------------------------------
 
@@ -319,7 +314,7 @@ class Receiver:
         delay = self._archive_backoff.next()
         self._next_archive_attempt = time.monotonic() + delay
         self._last_error = f"archiving {name}: {exc}"
-        _event(logging.ERROR, "archive-failed", file=name, error=str(exc), retry_in=f"{delay:g}s")
+        events.emit(log, logging.ERROR, "archive-failed", file=name, error=str(exc), retry_in=f"{delay:g}s")
 
     def _archived_file(self, path: Path, summary: str) -> None:
         file = WalFileName.parse(path.name)
@@ -330,13 +325,13 @@ class Receiver:
             try:
                 self._archive.delete(wal_key(WalFileName.parse(f"{file.name}.partial")))
             except PitrkitError as exc:
-                _event(logging.WARNING, "partial-not-deleted", file=f"{file.name}.partial", error=str(exc))
+                events.emit(log, logging.WARNING, "partial-not-deleted", file=f"{file.name}.partial", error=str(exc))
             self._note_archived(segment.end_lsn)
             self._segments_archived += 1
         # Only once the push is durable. A crash before this unlink (or before it reaches
         # the disk) leaves the file to be pushed again, which is an identical duplicate.
         path.unlink()
-        _event(logging.INFO, "archived", file=file.name, detail=summary)
+        events.emit(log, logging.INFO, "archived", file=file.name, detail=summary)
 
     def _ship_partial(self, path: Path, force: bool) -> None:
         """Ship the open segment as `<segment>.partial` when it changed and is due."""
@@ -359,15 +354,15 @@ class Receiver:
         except PitrkitError as exc:
             if path.exists():
                 self._last_error = f"shipping {path.name}: {exc}"
-                _event(logging.ERROR, "partial-failed", file=path.name, error=str(exc),
-                       retry_in=f"{self._settings.partial_interval:g}s")
+                events.emit(log, logging.ERROR, "partial-failed", file=path.name, error=str(exc),
+                            retry_in=f"{self._settings.partial_interval:g}s")
             return
         self._shipped_partial, self._ship_partial_now = shipped, False
         self._partials_shipped += 1
         segment = SegmentName.parse(path.name.removesuffix(".partial"), status.st_size)
         if received is not None and segment.start_lsn <= received <= segment.end_lsn:
             self._note_archived(received)
-        _event(logging.INFO, "partial-shipped", file=path.name, detail=summary)
+        events.emit(log, logging.INFO, "partial-shipped", file=path.name, detail=summary)
 
     def _note_archived(self, lsn: Lsn) -> None:
         if self._archived is None or lsn > self._archived:
@@ -384,7 +379,7 @@ class Receiver:
             view = self._session.observe(self._settings.slot)
         except PrimaryError as exc:
             if self._reachable:
-                _event(logging.WARNING, "server-unreachable", error=str(exc))
+                events.emit(log, logging.WARNING, "server-unreachable", error=str(exc))
             self._reachable = False
         else:
             self._view, self._reachable = view, True
@@ -395,7 +390,7 @@ class Receiver:
         try:
             write_state(self._spool, self.health(running=not final))
         except OSError as exc:
-            _event(logging.WARNING, "state-not-written", error=exc.strerror)
+            events.emit(log, logging.WARNING, "state-not-written", error=exc.strerror)
 
     def _check_slot(self, slot: SlotState | None) -> None:
         if slot is None or slot.retained_bytes is None:
@@ -408,9 +403,9 @@ class Receiver:
         if self._retained_warned_at is not None and now - self._retained_warned_at < _RETAINED_WARNING_EVERY:
             return
         self._retained_warned_at = now
-        _event(logging.WARNING, "slot-retains-too-much", slot=slot.name, retained=human_bytes(slot.retained_bytes),
-               limit=human_bytes(limit), wal_status=slot.wal_status,
-               safe_wal_size=None if slot.safe_wal_size is None else human_bytes(slot.safe_wal_size))
+        events.emit(log, logging.WARNING, "slot-retains-too-much", slot=slot.name,
+                    retained=human_bytes(slot.retained_bytes), limit=human_bytes(limit), wal_status=slot.wal_status,
+                    safe_wal_size=None if slot.safe_wal_size is None else human_bytes(slot.safe_wal_size))
 
     def health(self, running: bool = True) -> ReceiverHealth:
         view = self._view
@@ -534,42 +529,6 @@ def _lock_spool(spool: Path) -> int:
 # --- logging --------------------------------------------------------------------------
 
 
-class LogfmtFormatter(logging.Formatter):
-    """`time=... level=info event=archived file=... detail="..."`: one line per event,
-    for journald and log shippers. Records from elsewhere in pitrkit (storage retries)
-    become `event=message`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None)
-        line: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-        }
-        if fields is None:
-            line.update(event="message", logger=record.name, message=record.getMessage())
-        else:
-            line.update(event=record.getMessage(), **fields)
-        if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
-        return " ".join(f"{key}={_logfmt(value)}" for key, value in line.items() if value is not None)
-
-
-def _logfmt(value: object) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    if not text or any(c in text for c in ' "=\n\t\\'):
-        return json.dumps(text)
-    return text
-
-
-def _log_to_stderr(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger("pitrkit")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
 # --- the command ----------------------------------------------------------------------
 
 
@@ -577,7 +536,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     spool = _spool_directory(config.receive.spool)
     pg_receivewal = _pg_receivewal(config.postgres.bindir)
     lock = _lock_spool(spool)
-    _log_to_stderr(args.verbose)
+    events.log_to_stderr(args.verbose)
     receiver = Receiver(config, Archive(config), spool, pg_receivewal)
     signal.signal(signal.SIGTERM, receiver.stop)
     signal.signal(signal.SIGINT, receiver.stop)

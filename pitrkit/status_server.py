@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgspec
 
-from pitrkit import catalog, dashboard, status
+from pitrkit import catalog, dashboard, events, status
 from pitrkit.archive import Archive
 from pitrkit.config import Config
 from pitrkit.dashboard import DaemonFacts
@@ -26,10 +26,6 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.status import StatusReport
 
 log = logging.getLogger(__name__)
-
-
-def _event(level: int, name: str, **fields: object) -> None:
-    log.log(level, name, extra={"fields": fields})
 
 
 class StatusDocument(msgspec.Struct, kw_only=True, frozen=True):
@@ -85,7 +81,7 @@ class StatusBoard:
                 with self._lock:
                     was, self._report, self._problem = self._problem, report, None
                 if was is not None:
-                    _event(logging.INFO, "status-collected", overall=report.overall)
+                    events.emit(log, logging.INFO, "status-collected", overall=report.overall)
             self._wake.wait(self._interval)
             self._wake.clear()
 
@@ -93,7 +89,7 @@ class StatusBoard:
         with self._lock:
             repeated, self._problem = self._problem == problem, problem
         if not repeated:  # once per distinct problem, not every interval
-            _event(logging.WARNING, "status-failed", error=problem, retry_in=f"{self._interval:g}s")
+            events.emit(log, logging.WARNING, "status-failed", error=problem, retry_in=f"{self._interval:g}s")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -130,13 +126,13 @@ class StatusServer:
 
     def start(self) -> None:
         self._thread.start()
-        _event(logging.INFO, "server-listening", address=self.address)
+        events.emit(log, logging.INFO, "server-listening", address=self.address)
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
-        _event(logging.INFO, "server-stopped", address=self.address)
+        events.emit(log, logging.INFO, "server-stopped", address=self.address)
 
 
 class _Server(ThreadingHTTPServer):
@@ -184,4 +180,4 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
-        _event(logging.DEBUG, "http-request", client=self.client_address[0], request=format % args)
+        events.emit(log, logging.DEBUG, "http-request", client=self.client_address[0], request=format % args)

@@ -106,7 +106,7 @@ def start_daemon(setup: PitrkitSetup, port: int, name: str) -> RunningDaemon:
 
 
 def parse_logfmt(line: str) -> dict[str, str]:
-    """key=value pairs; values with spaces are JSON-quoted (see receive.LogfmtFormatter)."""
+    """key=value pairs; values with spaces are JSON-quoted (see events.LogfmtFormatter)."""
     fields, rest = {}, line
     while rest:
         key, _, rest = rest.partition("=")

@@ -15,8 +15,9 @@ import pytest
 from pitrkit import config, objects
 from pitrkit.archive import Archive
 from pitrkit.errors import ConfigError, RefusedError
+from pitrkit.events import LogfmtFormatter
 from pitrkit.push import push
-from pitrkit.receive import LogfmtFormatter, Receiver, _lock_spool, _receiver_command
+from pitrkit.receive import Receiver, _lock_spool, _receiver_command
 from pitrkit.receiver_health import LagClock, SlotState
 from pitrkit.wal import Lsn
 from tests.unit.segments import segment

@@ -111,16 +111,20 @@ class Renewal:
     """Renews a lease every `RENEW_EVERY` from a thread, from entering the context until
     `release`, `hold_until` or leaving it. Leaving without either keeps the lease until it
     lapses on its own (`HELD_FOR` after the last renewal): a holder that failed midway may
-    still leave something behind that needs the WAL, and the lease needs no cleanup."""
+    still leave something behind that needs the WAL, and the lease needs no cleanup.
 
-    def __init__(self, archive: Archive, lease: Lease) -> None:
+    `lease` None: a holder that could not store one (a read-only archive); nothing to
+    renew, and releasing or holding does nothing."""
+
+    def __init__(self, archive: Archive, lease: Lease | None) -> None:
         self.archive = archive
         self.lease = lease
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"lease {lease.lease_id}", daemon=True)
+        self._thread = threading.Thread(target=self._renew, name="lease renewal", daemon=True)
 
     def __enter__(self) -> Renewal:
-        self._thread.start()
+        if self.lease is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -129,11 +133,13 @@ class Renewal:
 
     def release(self) -> None:
         self._stop_renewing()
-        release(self.archive, self.lease)
+        if self.lease is not None:
+            release(self.archive, self.lease)
 
     def hold_until(self, expires_at: datetime) -> None:
         self._stop_renewing()
-        self.lease = hold_until(self.archive, self.lease, expires_at)
+        if self.lease is not None:
+            self.lease = hold_until(self.archive, self.lease, expires_at)
 
     def _stop_renewing(self) -> None:
         self._stop.set()
@@ -142,9 +148,11 @@ class Renewal:
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_EVERY.total_seconds()):
+            current = self.lease
+            assert current is not None  # the thread only runs for a stored lease
             try:
-                self.lease = hold_until(self.archive, self.lease, _now() + HELD_FOR)
+                self.lease = hold_until(self.archive, current, _now() + HELD_FOR)
             except PitrkitError as exc:
                 # The lease still holds until its expiry; the next round tries again.
                 log.warning("could not renew lease %s (it holds until %s): %s",
-                            self.lease.lease_id, self.lease.expires_at.isoformat(timespec="seconds"), exc)
+                            current.lease_id, current.expires_at.isoformat(timespec="seconds"), exc)

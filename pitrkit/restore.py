@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pitrkit import __version__, catalog, inventory, lease, pgstart, recovery_conf, unpack
-from pitrkit.archive import Archive, manifest_key, wal_key
+from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig, parse_duration
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
@@ -98,24 +98,37 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
 
 
 def hold_for_the_operator(held: lease.Renewal, config: Config, backup_id: str) -> None:
+    if held.lease is None:
+        return
     expires_at = datetime.now(UTC) + restore_lease(config)
     held.hold_until(expires_at)
     say(f"lease {held.lease.lease_id} keeps backup {backup_id} and its WAL from retention until "
         f"{inventory.show_time(expires_at)}")
 
 
-def take_lease(archive: Archive, plan: RestorePlan) -> catalog.Lease:
+def take_lease(archive: Archive, plan: RestorePlan) -> catalog.Lease | None:
     """Claim the planned backup and its WAL, then check that retention is not removing
     them: retention stores its intent before it lists leases, so either it sees this
     lease or this sees its intent (see lease.py). A run that decided and finished
-    between the plan and now is seen by the manifest being gone (it goes first)."""
+    between the plan and now is seen by the manifest being gone (it goes first).
+
+    None when the lease cannot be stored: a restore must work from an archive it may
+    only read (a read-only credential or mount on the restore host), so it goes on,
+    saying what it risks, rather than fail when it is needed most."""
     backup_id = plan.backup.backup_id
-    taken = lease.take(archive, backup_id, plan.timeline, plan.backup.first_segment)
+    try:
+        taken: catalog.Lease | None = lease.take(archive, backup_id, plan.timeline, plan.backup.first_segment)
+    except ArchiveUnavailable as exc:
+        say(f"warning: no lease taken ({exc}): a retention run elsewhere could remove backup {backup_id} or its WAL "
+            "while this restore needs them")
+        taken = None
     if backup_id in inventory.retention_state(archive).deleting or not inventory.manifest_present(archive, backup_id):
-        lease.release(archive, taken)
+        if taken is not None:
+            lease.release(archive, taken)
         raise RefusedError(f"backup {backup_id} is being removed by retention; plan again (restore-plan) to use "
                            "another backup")
-    say(f"took lease {taken.lease_id}: retention keeps backup {backup_id} and its WAL while this restore runs")
+    if taken is not None:
+        say(f"took lease {taken.lease_id}: retention keeps backup {backup_id} and its WAL while this restore runs")
     return taken
 
 

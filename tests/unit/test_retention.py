@@ -19,7 +19,7 @@ from pitrkit.catalog import RetentionState, WalFolderIndex
 from pitrkit.cli import main
 from pitrkit.config import RetentionConfig
 from pitrkit.errors import RefusedError
-from pitrkit.hookspecs import ObjectInfo
+from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.localpg import wait_for
 from pitrkit.plan import Target, make_plan
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
@@ -338,6 +338,30 @@ def test_a_restore_refuses_a_backup_a_whole_run_removed_since_its_plan(store):
     with pytest.raises(RefusedError, match="being removed by retention"):
         restore.take_lease(store.archive, plan)
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
+
+
+class ReadOnlyStorage(RecordingStorage):
+    """The archive as a restore host with a read-only credential sees it."""
+
+    def _change(self, what: str, key: str) -> None:
+        raise StorageError(f"{self.url}: {key}: Permission denied")
+
+
+def test_a_restore_from_an_archive_it_may_only_read_goes_on_without_a_lease(store, capsys):
+    plan = make_plan(store.archive, Target(kind="latest"))
+    store.archive.storage = ReadOnlyStorage(store.archive.storage)
+    assert restore.take_lease(store.archive, plan) is None
+    assert "warning: no lease taken" in capsys.readouterr().out
+    with lease.Renewal(store.archive, None) as renewal:  # holding and releasing nothing is no error
+        renewal.hold_until(NOW)
+        renewal.release()
+    assert lease.survey(store.archive, NOW) == lease.Leases([], [])
+    # Without a lease it still refuses a backup retention is removing.
+    store.archive.storage = store.archive.storage.storage
+    store.archive.put(RETENTION_STATE_KEY, catalog.encode(RetentionState(deleting=["C"])), overwrite=True)
+    store.archive.storage = ReadOnlyStorage(store.archive.storage)
+    with pytest.raises(RefusedError, match="being removed by retention"):
+        restore.take_lease(store.archive, plan)
 
 
 def test_a_lease_is_renewed_while_held_and_kept_or_released_at_the_end(store, monkeypatch):

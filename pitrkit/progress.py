@@ -24,14 +24,19 @@ def human_bytes(count: float) -> str:
 
 
 def human_seconds(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
+    """A duration as a person reads it: 45s, 12m05s, 5h12m, 3d04h. A negative one (an age
+    measured against a clock that is behind the archive's) reads as 0s."""
+    seconds = max(int(seconds + 0.5), 0)
     if seconds < 60:
         return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)
     if minutes < 60:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
 
 class Progress:

@@ -34,7 +34,7 @@ from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
-from pitrkit.progress import human_bytes
+from pitrkit.progress import human_bytes, human_seconds
 from pitrkit.wal import Lsn, SegmentName
 
 Level = Literal["OK", "WARN", "FAIL"]
@@ -457,9 +457,9 @@ def _backup_check(last: LastBackup | None, config: Config) -> Check:
         return Check(name="backup", level="FAIL", message="the archive holds no finished backup: nothing can be "
                                                         "restored")
     limit = _seconds(config.status.backup_max_age)
-    said = (f"newest backup {last.backup_id} finished {show_time(last.stop_time)}, {_words(last.age_seconds)} ago "
-            f"({human_bytes(last.size_bytes)}, {human_bytes(last.stored_bytes)} stored, took "
-            f"{_words(last.duration_seconds)})")
+    said = (f"newest backup {last.backup_id} finished {show_time(last.stop_time)}, "
+            f"{human_seconds(last.age_seconds)} ago ({human_bytes(last.size_bytes)}, "
+            f"{human_bytes(last.stored_bytes)} stored, took {human_seconds(last.duration_seconds)})")
     if last.age_seconds > 2 * limit:
         return Check(name="backup", level="FAIL", message=f"{said}: more than twice backup_max_age "
                                                           f"{config.status.backup_max_age}")
@@ -478,7 +478,7 @@ def _wal_check(last: ArchivedFile | None, receiver: Receiver, config: Config, no
                      f"newest segment {last.name} (the storage does not say when it was stored)")
     stored_at, name = max(stored)
     age = _elapsed(stored_at, now)
-    said = f"newest WAL {name} stored {show_time(stored_at)}, {_words(age)} ago"
+    said = f"newest WAL {name} stored {show_time(stored_at)}, {human_seconds(age)} ago"
     if age > _seconds(config.status.wal_max_age):
         return Check(name="wal", level="WARN", message=f"{said}: older than wal_max_age {config.status.wal_max_age}"
                                                        " (is the server archiving? archive_timeout set?)")
@@ -548,7 +548,7 @@ def _receiver_check(receiver: Receiver, config: Config, now: datetime) -> Check:
     stale = _age(receiver.observed_at, now)
     if stale is not None and stale > _seconds(config.status.wal_max_age):
         return Check(name="receiver", level="WARN",
-                     message=f"the sidecar's state is {_words(stale)} old: is it still running?")
+                     message=f"the sidecar's state is {human_seconds(stale)} old: is it still running?")
     lag = "" if receiver.lag_bytes is None else f", {human_bytes(receiver.lag_bytes)} behind the server"
     return Check(name="receiver", level="OK", message=f"sidecar running, received to {receiver.last_received_lsn}"
                                                       f"{lag}")
@@ -574,24 +574,9 @@ def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, n
             stale.append(backup_id)
     if stale:
         return Check(name="unfinished", level="WARN",
-                     message=f"interrupted backups (no manifest, nothing stored for {_words(grace)}): "
+                     message=f"interrupted backups (no manifest, nothing stored for {human_seconds(grace)}): "
                              f"{', '.join(stale)}")
     return Check(name="unfinished", level="OK", message=f"backups in progress: {', '.join(unfinished)}")
-
-
-def _words(seconds: float) -> str:
-    """A duration as an operator reads it: 45s, 12m, 5h12m, 3d04h."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{max(whole, 0)}s"
-    minutes = whole // 60
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 # --- showing ----------------------------------------------------------------------------
@@ -604,9 +589,9 @@ def describe(report: StatusReport) -> str:
     if report.last_backup:
         b = report.last_backup
         lines.append(f"last backup:    {b.backup_id} '{b.label}', stopped {show_time(b.stop_time)} "
-                     f"({_words(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
+                     f"({human_seconds(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
                      f"{human_bytes(b.size_bytes)}, {human_bytes(b.stored_bytes)} stored, took "
-                     f"{_words(b.duration_seconds)}")
+                     f"{human_seconds(b.duration_seconds)}")
     lines.append(f"backups:        {report.backups}" + (f", unfinished: {', '.join(report.unfinished_backups)}"
                                                        if report.unfinished_backups else ""))
     if report.last_wal:
@@ -648,7 +633,7 @@ def describe(report: StatusReport) -> str:
 
 
 def _file_words(file: ArchivedFile) -> str:
-    age = "" if file.age_seconds is None else f" ({_words(file.age_seconds)} ago)"
+    age = "" if file.age_seconds is None else f" ({human_seconds(file.age_seconds)} ago)"
     return f"{file.name} to {file.end_lsn}, stored {show_time(file.stored_at)}{age}"
 
 

@@ -13,6 +13,8 @@ def test_units():
     assert human_bytes(770 << 20) == "770.0 MiB"
     assert human_seconds(59.6) == "1m00s"
     assert human_seconds(3725) == "1h02m"
+    assert human_seconds(3 * 86400 + 4 * 3600 + 59 * 60) == "3d04h"
+    assert human_seconds(-5) == "0s"  # an age against a clock behind the archive's
 
 
 def test_line_with_a_total_has_share_rate_and_time_left():

@@ -121,3 +121,10 @@ def pitrkit_setup(runnable_install: RunnableInstall, server_tmp: Path) -> Iterat
     setup = PitrkitSetup.create(runnable_install, server_tmp)
     yield setup
     setup.stop_agents()
+
+
+@pytest.fixture
+def encrypted_setup(pitrkit_setup: PitrkitSetup) -> PitrkitSetup:
+    """`pitrkit_setup` with `[encryption] mode = "key"` and a fresh key from `pitrkit keygen`."""
+    pitrkit_setup.encrypt_with_a_new_key()
+    return pitrkit_setup

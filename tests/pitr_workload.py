@@ -69,6 +69,18 @@ def archiving_primary(cluster_factory, setup: PitrkitSetup, **settings: object) 
     return primary
 
 
+def primary_with_a_backup(cluster_factory, setup: PitrkitSetup,
+                          **settings: object) -> tuple[pgharness.Cluster, dict]:
+    """An archiving primary (see archiving_primary) that wrote round 1, was backed up, and
+    wrote round 2, so the WAL after the backup holds commits: the cluster and the backup's
+    --json summary. Nothing after the backup is archived yet."""
+    primary = archiving_primary(cluster_factory, setup, **settings)
+    write_round(primary, 1)
+    backup = backup_push(setup)
+    write_round(primary, 2)
+    return primary, backup
+
+
 def write_round(cluster: pgharness.Cluster, round_: int) -> None:
     """One committed round of writes whose effect differs from every other round's:
     inserts of round-numbered events, a transfer between accounts, and deletes."""
@@ -159,16 +171,56 @@ def restore_plan(setup: PitrkitSetup, *args: str) -> dict:
     return plan
 
 
-def restore_into(cluster_factory, setup: PitrkitSetup, *args: str) -> tuple[
+def restore_into(cluster_factory, setup: PitrkitSetup, *args: str, start: bool = False) -> tuple[
         pgharness.Cluster, subprocess.CompletedProcess[str]]:
     """`pitrkit restore ARGS --target-dir` a fresh cluster directory's data directory (not
     created beforehand: restore makes it). The cluster object is for starting, querying and
     cleaning up the result; it gets the archive's environment, as the server needs it for
-    restore_command and archive_command."""
+    restore_command and archive_command. With `start`, `--start --port` the cluster's own
+    port, so that the server restore leaves running is the one the cluster object names."""
     restored = cluster_factory(init=False)
     restored.env.update(setup.env)
-    result = setup.run("restore", *args, "--target-dir", str(restored.pgdata), timeout=600)
+    started = ("--start", "--port", str(restored.port)) if start else ()
+    result = setup.run("restore", *args, "--target-dir", str(restored.pgdata), *started, timeout=600)
     return restored, result
+
+
+def recovered(cluster_factory, setup: PitrkitSetup, *args: str, pause: bool = False) -> pgharness.Cluster:
+    """`pitrkit restore ARGS` into a fresh cluster, which must succeed, then the server
+    started on it by the test (as a DBA starts it) and waited for until recovery ends:
+    with `pause` (`--action pause`) paused at the target, otherwise promoted (restore's
+    default action)."""
+    restored, result = restore_into(cluster_factory, setup, *args, *(("--action", "pause") if pause else ()))
+    succeeded(result)
+    restored.start(timeout=180)
+    if pause:
+        wait_until_paused(restored)
+    else:
+        wait_until_promoted(restored)
+    return restored
+
+
+def branch_at(cluster_factory, setup: PitrkitSetup,
+              point: RecoveryPoint) -> tuple[pgharness.Cluster, RecoveryPoint, str]:
+    """The archive's second timeline: a restore to `point` (on timeline 1), promoted, which
+    must hold `point`'s data; it writes rounds 21 and 22 and archives them into the same
+    archive (its archive_command came with the backup). The promoted cluster, the point
+    between its two rounds, and the last segment it archived."""
+    branched = recovered(cluster_factory, setup, "--to", point.time)
+    assert timeline(branched) == 2
+    assert digests(branched) == point.digests
+    write_round(branched, 21)
+    on_two = note_point(branched)
+    write_round(branched, 22)
+    return branched, on_two, archive_everything(branched)
+
+
+def restore_started(cluster_factory, setup: PitrkitSetup, *args: str) -> tuple[pgharness.Cluster, str]:
+    """`pitrkit restore ARGS --start` into a fresh cluster, which must succeed: the cluster,
+    attached to the server restore left running, and what restore reported on stdout."""
+    restored, result = restore_into(cluster_factory, setup, *args, start=True)
+    report = succeeded(result)
+    return attach(restored), report
 
 
 def attach(restored: pgharness.Cluster) -> pgharness.Cluster:

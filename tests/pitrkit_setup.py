@@ -1,15 +1,19 @@
 """A pitrkit archive and configuration for integration tests, wired the way a DBA wires
 them: a TOML file, `archive_command` / `restore_command` calling the installed `pitrkit`
-executable as the server user."""
+executable as the server user; and pitrkit's long-running commands (wal-receive, daemon)
+run as the server user the way systemd runs them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pgharness
 
@@ -96,21 +100,15 @@ class PitrkitSetup:
             return self.archive / "wal" / name
         return self.archive / "wal" / name[:16] / name
 
+    def pids(self, command: str) -> list[int]:
+        """Running `pitrkit --config CONFIG COMMAND` processes of this configuration."""
+        wanted = [b"--config", os.fsencode(str(self.config)), command.encode()]
+        return [pid for pid, argv in running_processes()
+                if any(argv[i : i + 3] == wanted for i in range(len(argv)))]
+
     def agent_pids(self) -> list[int]:
         """Running `pitrkit agent` processes for this configuration."""
-        wanted = [b"--config", os.fsencode(str(self.config)), b"agent"]
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as file:
-                    argv = file.read().split(b"\0")
-            except OSError:
-                continue
-            if any(argv[i : i + 3] == wanted for i in range(len(argv))):
-                pids.append(int(entry))
-        return pids
+        return self.pids("agent")
 
     def stop_agents(self) -> None:
         for pid in self.agent_pids():
@@ -118,3 +116,84 @@ class PitrkitSetup:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def running_processes() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process running now, as /proc shows them; one that exits
+    while being read is left out."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().split(b"\0")
+        except OSError:
+            continue
+        yield int(entry), argv
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """key=value pairs; values with spaces are JSON-quoted (see events.LogfmtFormatter)."""
+    fields, rest = {}, line
+    while rest:
+        key, _, rest = rest.partition("=")
+        if rest.startswith('"'):
+            value, end = json.JSONDecoder().raw_decode(rest)
+            rest = rest[end:]
+        else:
+            value, _, rest = rest.partition(" ")
+        fields[key.strip()] = value
+        rest = rest.lstrip()
+    return fields
+
+
+@dataclass
+class PitrkitService:
+    """A long-running `pitrkit COMMAND` (wal-receive, daemon) as the server user, started
+    the way systemd starts it: from /, no stdin, stdout and stderr (its logfmt event log,
+    see pitrkit/events.py) appended to `log_path`. A subclass names the command."""
+
+    command: ClassVar[str]
+    # How long an event, and a stop, may take by default.
+    event_timeout: ClassVar[float] = 60
+    stop_timeout: ClassVar[float] = 120
+    setup: PitrkitSetup
+    log_path: Path
+    process: subprocess.Popen = field(init=False)
+
+    def __post_init__(self) -> None:
+        user = pgharness.server_user()
+        drop = ({"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
+                if user.switch else {})
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.setup.pitrkit, "--config", self.setup.config, self.command], cwd="/",
+                env=pgharness.server_env(self.setup.env), stdin=subprocess.DEVNULL, stdout=log, stderr=log, **drop)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def events(self, name: str) -> list[dict[str, str]]:
+        """The fields of every `event=NAME` line logged so far."""
+        return [parse_logfmt(line) for line in self.log().splitlines() if f" event={name} " in f"{line} "]
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float | None = None) -> list[dict[str, str]]:
+        """The events NAME once there are at least `count`; the process must keep running."""
+        def seen() -> list[dict[str, str]]:
+            assert self.process.poll() is None, f"{self.command} exited {self.process.returncode}:\n{self.log()}"
+            found = self.events(name)
+            return found if len(found) >= count else []
+        return pgharness.wait_for(seen, timeout or self.event_timeout, interval=0.1,
+                                  what=f"{count} event={name} in {self.log_path}")
+
+    def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
+        """`how` (SIGTERM: systemd's stop); the exit code."""
+        self.process.send_signal(how)
+        return self.process.wait(self.stop_timeout)
+
+    def assert_no_traceback(self) -> str:
+        """The log, printed (pytest shows it for failing tests), which has no traceback."""
+        log = self.log()
+        print(f"===== {self.log_path.name} =====\n{log}")
+        assert "Traceback" not in log, log
+        return log

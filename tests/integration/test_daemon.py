@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pgharness
 from pitr_workload import archiving_primary, backup_push, succeeded, write_round
-from pitrkit_setup import PitrkitSetup
+from pitrkit_setup import PitrkitService, PitrkitSetup, running_processes
 
 pytestmark = pytest.mark.integration
 
@@ -49,35 +48,14 @@ def configure(setup: PitrkitSetup, primary: pgharness.Cluster, port: int, *, eve
 
 
 @dataclass
-class RunningDaemon:
-    """`pitrkit daemon` as the server user; its stderr (the event log) in a file."""
+class RunningDaemon(PitrkitService):
+    """`pitrkit daemon`, serving its pages on `port`."""
 
-    setup: PitrkitSetup
-    log_path: Path
+    command = "daemon"
+    # A scheduled backup runs between events; the stop waits for its children.
+    event_timeout = 300
+    stop_timeout = 180
     port: int
-    process: subprocess.Popen = field(init=False)
-
-    def __post_init__(self) -> None:
-        user = pgharness.server_user()
-        drop = ({"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
-                if user.switch else {})
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.setup.pitrkit, "--config", self.setup.config, "daemon"], cwd="/",
-                env=pgharness.server_env(self.setup.env), stdin=subprocess.DEVNULL, stdout=log, stderr=log, **drop)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def events(self, name: str) -> list[dict[str, str]]:
-        return [parse_logfmt(line) for line in self.log().splitlines() if f" event={name} " in f"{line} "]
-
-    def wait_for_event(self, name: str, count: int = 1, timeout: float = 300) -> list[dict[str, str]]:
-        def seen() -> list[dict[str, str]]:
-            assert self.process.poll() is None, f"the daemon exited {self.process.returncode}:\n{self.log()}"
-            found = self.events(name)
-            return found if len(found) >= count else []
-        return pgharness.wait_for(seen, timeout, interval=0.1, what=f"{count} event={name} in the daemon's log")
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -90,34 +68,13 @@ class RunningDaemon:
         code, body = self.get("/status.json")
         return json.loads(body) if code == 200 else {}
 
-    def stop(self, timeout: float = 180) -> int:
-        """SIGTERM, as systemd's stop; the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
     def assert_clean(self) -> None:
-        log = self.log()
-        print(f"===== {self.log_path.name} =====\n{log}")  # pytest shows it for failing tests
-        assert "Traceback" not in log and "internal error" not in log, log
+        log = self.assert_no_traceback()
+        assert "internal error" not in log, log
 
 
 def start_daemon(setup: PitrkitSetup, port: int, name: str) -> RunningDaemon:
     return RunningDaemon(setup, setup.config.parent / f"{name}.log", port)
-
-
-def parse_logfmt(line: str) -> dict[str, str]:
-    """key=value pairs; values with spaces are JSON-quoted (see events.LogfmtFormatter)."""
-    fields, rest = {}, line
-    while rest:
-        key, _, rest = rest.partition("=")
-        if rest.startswith('"'):
-            value, end = json.JSONDecoder().raw_decode(rest)
-            rest = rest[end:]
-        else:
-            value, _, rest = rest.partition(" ")
-        fields[key.strip()] = value
-        rest = rest.lstrip()
-    return fields
 
 
 def backup_listing(setup: PitrkitSetup) -> dict:
@@ -130,14 +87,7 @@ def pitrkit_processes(setup: PitrkitSetup) -> list[str]:
     which archive_command starts), and pg_receivewal on this test's spool."""
     config = os.fsencode(str(setup.config))
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                argv = file.read().split(b"\0")
-        except OSError:
-            continue
+    for _, argv in running_processes():
         mine = config in argv and any(command in argv for command in CHILD_COMMANDS)
         receiver = argv[0].endswith(b"pg_receivewal") and any(os.fsencode(str(setup.config.parent)) in arg
                                                              for arg in argv)

@@ -18,42 +18,27 @@ from pitrkit import catalog, objects
 import pgharness
 from pitr_workload import (
     archive_everything,
-    archiving_primary,
-    backup_push,
     digests,
     note_point,
-    restore_into,
+    primary_with_a_backup,
+    recovered,
     succeeded,
-    wait_until_promoted,
     write_round,
 )
-from pitrkit_setup import PitrkitSetup
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def encrypted_setup(pitrkit_setup: PitrkitSetup) -> PitrkitSetup:
-    pitrkit_setup.encrypt_with_a_new_key()
-    return pitrkit_setup
-
-
 def test_an_encrypted_archive_restores_to_a_time(cluster, encrypted_setup):
     setup = encrypted_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup_push(setup)
-    write_round(primary, 2)
+    primary, _ = primary_with_a_backup(cluster, setup)
     archive_everything(primary)
     write_round(primary, 3)
     point = note_point(primary)
     write_round(primary, 4)
     archive_everything(primary)
 
-    restored, result = restore_into(cluster, setup, "--to", point.time)
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    restored = recovered(cluster, setup, "--to", point.time)
     assert digests(restored) == point.digests
 
     # Every object is encrypted with the one key archive.json names, and none holds the

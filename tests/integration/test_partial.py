@@ -24,13 +24,12 @@ from pitrkit.wal import Lsn
 import pgharness
 from pitr_workload import (
     archive_everything,
-    archiving_primary,
-    attach,
-    backup_push,
     digests,
     drop_doomed,
     note_point,
+    primary_with_a_backup,
     restore_plan,
+    restore_started,
     succeeded,
     wait_until_promoted,
     write_round,
@@ -59,10 +58,7 @@ def received_up_to(primary: pgharness.Cluster, lsn: str) -> bool:
 
 def test_restore_latest_replays_the_transactions_only_a_partial_holds(cluster, pitrkit_setup, server_tmp):
     setup = pitrkit_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup_push(setup)
-    write_round(primary, 2)
+    primary, _ = primary_with_a_backup(cluster, setup)
 
     received = pgharness.make_server_dir(server_tmp / "received", mode=0o700)
     receiver = start_receiver(primary, received)
@@ -98,12 +94,8 @@ def test_restore_latest_replays_the_transactions_only_a_partial_holds(cluster, p
     wal_list = succeeded(setup.run("wal-list"))
     assert f"{open_segment}.partial" in wal_list and "partial" in wal_list.splitlines()[-1]
 
-    restored = cluster(init=False)
-    restored.env.update(setup.env)
-    report = succeeded(setup.run("restore", "--latest", "--archive-mode", "off", "--target-dir",
-                                 str(restored.pgdata), "--start", "--port", str(restored.port), timeout=600))
+    restored, report = restore_started(cluster, setup, "--latest", "--archive-mode", "off")
     assert "only stored as" in report
-    attach(restored)
     wait_until_promoted(restored)
     assert digests(restored) == point.digests
     server_log = Path(re.search(r"; log: (\S+)", report)[1]).read_text()  # type: ignore[index]

@@ -22,14 +22,17 @@ import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,
-    attach,
     backup_push,
+    branch_at,
     digests,
     drop_doomed,
     note_point,
+    primary_with_a_backup,
+    recovered,
     refusal,
     restore_into,
     restore_plan,
+    restore_started,
     succeeded,
     timeline,
     wait_until_paused,
@@ -79,10 +82,7 @@ def names_timelines(message: str, *timelines: int) -> bool:
 
 def test_restore_to_a_time_an_lsn_and_the_latest(cluster, pitrkit_setup):
     setup = pitrkit_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup_push(setup)
-    write_round(primary, 2)
+    primary, _ = primary_with_a_backup(cluster, setup)
     archive_everything(primary)  # the WAL after the backup spans segments
     write_round(primary, 3)
     point = note_point(primary)
@@ -100,13 +100,9 @@ def test_restore_to_a_time_an_lsn_and_the_latest(cluster, pitrkit_setup):
     succeeded(result)
     at_lsn, result = restore_into(cluster, setup, "--lsn", point.lsn, "--action", "pause")
     succeeded(result)
-    latest = cluster(init=False)
-    latest.env.update(setup.env)
-    succeeded(setup.run("restore", "--latest", "--target-dir", str(latest.pgdata),
-                        "--start", "--port", str(latest.port), timeout=600))
+    latest, _ = restore_started(cluster, setup, "--latest")
 
     # Latest, started by pitrkit: everything, the drop included.
-    attach(latest)
     wait_until_promoted(latest)
     assert digests(latest) == final
     first_branch = wait_for_history_archived(setup, latest)
@@ -136,28 +132,15 @@ def test_restore_along_a_new_timeline_and_ambiguous_targets(cluster, pitrkit_set
     write_round(primary, 2)
     archive_everything(primary)
 
-    # A restore to `branch`, promoted: it archives into the same archive (its
-    # archive_command came with the backup) on timeline 2.
-    branched, result = restore_into(cluster, setup, "--to", branch.time)
-    succeeded(result)
-    branched.start(timeout=180)
-    wait_until_promoted(branched)
-    assert timeline(branched) == 2
-    assert digests(branched) == branch.digests
-    write_round(branched, 21)
-    on_two = note_point(branched)
-    write_round(branched, 22)
-    last_on_two = archive_everything(branched)
+    # A restore to `branch`, promoted: it archives into the same archive on timeline 2.
+    _, on_two, last_on_two = branch_at(cluster, setup, branch)
     assert setup.stored("00000002.history").exists()
     assert last_on_two.startswith("00000002") and setup.stored(last_on_two).exists()
 
     # Timeline 1's archive ended before on_two.time: only timeline 2 reaches it.
     plan = restore_plan(setup, "--time", on_two.time)
     assert plan["timeline"] == 2
-    restored, result = restore_into(cluster, setup, "--to", on_two.time)
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    restored = recovered(cluster, setup, "--to", on_two.time)
     assert digests(restored) == on_two.digests
     wait_for_history_archived(setup, restored)
 
@@ -178,11 +161,7 @@ def test_restore_along_a_new_timeline_and_ambiguous_targets(cluster, pitrkit_set
     refusal(result)
     assert_nothing_copied(refused.pgdata)
 
-    along_two, result = restore_into(cluster, setup, "--lsn", on_two.lsn, "--timeline", "2",
-                                     "--action", "pause")
-    succeeded(result)
-    along_two.start(timeout=180)
-    wait_until_paused(along_two)
+    along_two = recovered(cluster, setup, "--lsn", on_two.lsn, "--timeline", "2", pause=True)
     assert digests(along_two) == on_two.digests
 
 
@@ -217,10 +196,7 @@ def test_the_newest_backup_before_the_target_is_chosen(cluster, pitrkit_setup):
         assert restore_plan(setup, *target)["backup"]["backup_id"] == chosen, target
 
     # The older backup, replayed past the newer one's start.
-    restored, result = restore_into(cluster, setup, "--to", between.time)
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    restored = recovered(cluster, setup, "--to", between.time)
     assert digests(restored) == between.digests
 
 
@@ -298,10 +274,7 @@ def test_a_backup_without_its_manifest_is_never_chosen(cluster, pitrkit_setup):
     assert listed["unfinished"] == [second]
     for target in (["--to", point.time], ["--lsn", point.lsn], ["--latest"]):
         assert restore_plan(setup, *target)["backup"]["backup_id"] == first, target
-    restored, result = restore_into(cluster, setup, "--to", point.time)
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    restored = recovered(cluster, setup, "--to", point.time)
     assert digests(restored) == point.digests
 
     (setup.archive / "backups" / first / "manifest.json").unlink()
@@ -320,11 +293,7 @@ def test_restore_start_reaches_the_target_and_reports_it(cluster, pitrkit_setup)
     write_round(primary, 2)
     archive_everything(primary)
 
-    restored = cluster(init=False)
-    restored.env.update(setup.env)
-    report = succeeded(setup.run("restore", "--to", point.time, "--target-dir", str(restored.pgdata),
-                                 "--start", "--port", str(restored.port), timeout=600))
-    attach(restored)
+    restored, report = restore_started(cluster, setup, "--to", point.time)
     assert restored.port == int(restored.pgdata.joinpath("postmaster.pid").read_text().split()[3])
     wait_until_promoted(restored)
     assert digests(restored) == point.digests

@@ -13,10 +13,9 @@ import json
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -27,15 +26,14 @@ from pitrkit.wal import Lsn
 import pgharness
 from pitr_workload import (
     archiving_primary,
-    attach,
     backup_push,
     digests,
     note_point,
-    succeeded,
+    restore_started,
     wait_until_promoted,
     write_round,
 )
-from pitrkit_setup import PitrkitSetup
+from pitrkit_setup import PitrkitService, PitrkitSetup
 
 pytestmark = pytest.mark.integration
 
@@ -56,35 +54,11 @@ def configure(setup: PitrkitSetup, primary: pgharness.Cluster, spool: Path, *, s
 
 
 @dataclass
-class Sidecar:
-    """`pitrkit wal-receive` running as the server user; its stderr (the event log) in a file."""
+class Sidecar(PitrkitService):
+    """`pitrkit wal-receive` spooling into `spool`."""
 
-    setup: PitrkitSetup
+    command = "wal-receive"
     spool: Path
-    log_path: Path
-    process: subprocess.Popen = field(init=False)
-
-    def __post_init__(self) -> None:
-        user = pgharness.server_user()
-        drop = ({"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
-                if user.switch else {})
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.setup.pitrkit, "--config", self.setup.config, "wal-receive"], cwd="/",
-                env=pgharness.server_env(self.setup.env), stdin=subprocess.DEVNULL, stdout=log, stderr=log, **drop)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def events(self, name: str) -> list[str]:
-        return [line for line in self.log().splitlines() if f" event={name} " in f"{line} "]
-
-    def wait_for_event(self, name: str, count: int = 1, timeout: float = 60) -> list[str]:
-        def seen() -> list[str]:
-            assert self.process.poll() is None, f"wal-receive exited {self.process.returncode}:\n{self.log()}"
-            found = self.events(name)
-            return found if len(found) >= count else []
-        return pgharness.wait_for(seen, timeout, interval=0.1, what=f"event={name} in the sidecar's log")
 
     def state(self) -> dict:
         try:
@@ -110,20 +84,14 @@ class Sidecar:
             return pids[0] if pids else 0
         return pgharness.wait_for(child, 30, what="pg_receivewal to run")
 
-    def stop(self, how: signal.Signals = signal.SIGTERM, timeout: float = 120) -> int:
-        self.process.send_signal(how)
-        return self.process.wait(timeout)
-
     def assert_no_failures(self) -> None:
-        log = self.log()
-        print(f"===== {self.log_path.name} =====\n{log}")  # pytest shows it for failing tests
-        assert "Traceback" not in log, log
+        log = self.assert_no_traceback()
         for event in ("archive-failed", "partial-failed", "slot-lost"):
             assert not self.events(event), log
 
 
 def start_sidecar(setup: PitrkitSetup, spool: Path, name: str = "sidecar") -> Sidecar:
-    return Sidecar(setup, spool, spool.parent / f"{name}.log")
+    return Sidecar(setup, spool.parent / f"{name}.log", spool)
 
 
 def slot_row(cluster: pgharness.Cluster) -> tuple | None:
@@ -157,11 +125,7 @@ def create_tables(primary: pgharness.Cluster) -> None:
 
 def restore_latest(cluster_factory, setup: PitrkitSetup) -> pgharness.Cluster:
     """`restore --latest --start` from the archive into a fresh directory, promoted."""
-    restored = cluster_factory(init=False)
-    restored.env.update(setup.env)
-    succeeded(setup.run("restore", "--latest", "--target-dir", str(restored.pgdata), "--archive-mode", "off",
-                        "--start", "--port", str(restored.port), timeout=600))
-    attach(restored)
+    restored, _ = restore_started(cluster_factory, setup, "--latest", "--archive-mode", "off")
     wait_until_promoted(restored)
     return restored
 
@@ -178,8 +142,8 @@ def test_slot_created_reused_and_a_server_down_at_start_is_retried(cluster, pitr
     # The server is down: the sidecar says so, clearly, and keeps trying with backoff.
     sidecar = start_sidecar(setup, spool)
     down = sidecar.wait_for_event("server-unreachable", count=2)
-    assert "retry_in=1s" in down[0] and "retry_in=2s" in down[1], sidecar.log()
-    assert "error=" in down[0]
+    assert (down[0]["retry_in"], down[1]["retry_in"]) == ("1s", "2s"), sidecar.log()
+    assert "error" in down[0]
     primary.start()
 
     # Then the missing slot is created, physical and reserving WAL at once, and streamed from.
@@ -197,7 +161,7 @@ def test_slot_created_reused_and_a_server_down_at_start_is_retried(cluster, pitr
     again = start_sidecar(setup, spool, "again")
     again.wait_for_event("slot-reused")
     warning = again.wait_for_event("slot-retains-too-much")[0]
-    assert "level=warning" in warning and "limit=\"1.0 MiB\"" in warning, warning
+    assert (warning["level"], warning["limit"]) == ("warning", "1.0 MiB"), warning
     wait_until_streaming(again, primary)
     state = pgharness.wait_for(lambda: (s := again.state()).get("pid") == again.process.pid and s["slot"] and s,
                                30, what="the restarted sidecar's state file")

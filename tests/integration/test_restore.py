@@ -29,6 +29,7 @@ from pitr_workload import (
     digests,
     drop_doomed,
     note_point,
+    primary_with_a_backup,
     refusal,
     restore_into,
     succeeded,
@@ -45,10 +46,7 @@ def reported(stdout: str, what: str) -> str:
 
 
 def test_start_reaches_an_lsn_target_and_the_data_is_as_it_was_then(cluster, pitrkit_setup):
-    primary = archiving_primary(cluster, pitrkit_setup)
-    write_round(primary, 1)
-    backup = backup_push(pitrkit_setup)
-    write_round(primary, 2)
+    primary, backup = primary_with_a_backup(cluster, pitrkit_setup)
     target = note_point(primary)
     write_round(primary, 3)
     drop_doomed(primary)

@@ -21,18 +21,16 @@ import pgharness
 from pitr_workload import (
     RecoveryPoint,
     archive_everything,
-    archiving_primary,
-    attach,
     backup_push,
+    branch_at,
     digests,
     note_point,
+    primary_with_a_backup,
+    recovered,
     refusal,
-    restore_into,
     restore_plan,
+    restore_started,
     succeeded,
-    timeline,
-    wait_until_paused,
-    wait_until_promoted,
     write_round,
 )
 from pitrkit_setup import PitrkitSetup
@@ -69,10 +67,7 @@ def verify_clean(setup: PitrkitSetup) -> dict:
 
 def restores_exactly(cluster, setup: PitrkitSetup, point: RecoveryPoint, *args: str) -> None:
     """A restore to `point` (paused there: no new timeline is archived) has its data."""
-    restored, result = restore_into(cluster, setup, "--to", point.time, *args, "--action", "pause")
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_paused(restored)
+    restored = recovered(cluster, setup, "--to", point.time, *args, pause=True)
     assert digests(restored) == point.digests
     restored.stop()
 
@@ -94,10 +89,7 @@ def expire_leases(setup: PitrkitSetup) -> list[str]:
 
 def test_retention_keeps_every_promised_target_exact_across_a_branch(cluster, pitrkit_setup):
     setup = pitrkit_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    first = backup_push(setup)
-    write_round(primary, 2)
+    primary, first = primary_with_a_backup(cluster, setup)
     early = note_point(primary)  # only the first backup reaches it
     archive_everything(primary)
     second = backup_push(setup)
@@ -108,15 +100,7 @@ def test_retention_keeps_every_promised_target_exact_across_a_branch(cluster, pi
 
     # Timeline 2: a restore to `branch` through the second backup, promoted; it archives
     # into the same archive, then stops for good.
-    branched, result = restore_into(cluster, setup, "--to", branch.time)
-    succeeded(result)
-    branched.start(timeout=180)
-    wait_until_promoted(branched)
-    assert timeline(branched) == 2
-    write_round(branched, 21)
-    on_two = note_point(branched)
-    write_round(branched, 22)
-    archive_everything(branched)
+    branched, on_two, _ = branch_at(cluster, setup, branch)
     branched.stop()
 
     # Timeline 1 goes on: a third backup, after the branch point.
@@ -174,35 +158,19 @@ def test_retention_keeps_every_promised_target_exact_across_a_branch(cluster, pi
     restores_exactly(cluster, setup, on_one)
 
 
-def retention_pids(setup: PitrkitSetup) -> list[int]:
-    """Running `pitrkit ... retention` processes of this test's configuration."""
-    wanted = [b"--config", os.fsencode(str(setup.config)), b"retention"]
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0") if entry.isdigit() else []
-        except OSError:
-            continue
-        if any(argv[i : i + 3] == wanted for i in range(len(argv))):
-            pids.append(int(entry))
-    return pids
-
-
 def kill_once_gone(setup: PitrkitSetup, path: Path, stop: threading.Event) -> None:
     """SIGKILL the retention run as soon as `path` is gone from the archive."""
     while not stop.wait(0.002):
         if not path.exists():
-            for pid in retention_pids(setup):
+            for pid in setup.pids("retention"):
                 os.kill(pid, signal.SIGKILL)
             return
 
 
 def test_a_run_killed_midway_leaves_a_consistent_archive_and_the_next_run_finishes(cluster, pitrkit_setup):
     setup = pitrkit_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    first = backup_push(setup)["backup_id"]
-    write_round(primary, 2)
+    primary, backup = primary_with_a_backup(cluster, setup)
+    first = backup["backup_id"]
     between = note_point(primary)
     archive_everything(primary)
     second = backup_push(setup)["backup_id"]
@@ -251,11 +219,7 @@ def test_a_run_killed_midway_leaves_a_consistent_archive_and_the_next_run_finish
 
     # A restore with --start holds its lease only while it runs.
     leases = sorted((setup.archive / "leases").glob("*.json"))
-    restored = cluster(init=False)
-    restored.env.update(setup.env)
-    said = succeeded(setup.run("restore", "--to", point.time, "--action", "pause", "--target-dir",
-                               str(restored.pgdata), "--start", "--port", str(restored.port), timeout=600))
-    attach(restored)
+    restored, said = restore_started(cluster, setup, "--to", point.time, "--action", "pause")
     assert digests(restored) == point.digests
     [taken] = re.findall(r"took lease (\S+):", said)
     assert not (setup.archive / "leases" / f"{taken}.json").exists()

@@ -16,7 +16,14 @@ from pitrkit.dashboard import metrics_text
 from pitrkit.localpg import wait_for
 from pitrkit.status import collect
 
-from pitr_workload import archive_everything, archiving_primary, backup_push, succeeded, write_round
+from pitr_workload import (
+    archive_everything,
+    archiving_primary,
+    backup_push,
+    primary_with_a_backup,
+    succeeded,
+    write_round,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +48,7 @@ def archiver_row(primary) -> tuple:
 
 def test_status_figures_of_a_known_archive_and_fail_on_a_wal_gap(cluster, pitrkit_setup):
     setup = pitrkit_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup = backup_push(setup)
-    write_round(primary, 2)
+    primary, backup = primary_with_a_backup(cluster, setup)
     last = archive_everything(primary)
 
     result, report = status(setup)

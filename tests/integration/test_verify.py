@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pitr_workload import archive_everything, archiving_primary, backup_push, refusal, succeeded, write_round
+from pitr_workload import archive_everything, primary_with_a_backup, refusal, succeeded, write_round
 from pitrkit_setup import PitrkitSetup
 
 pytestmark = pytest.mark.integration
@@ -49,10 +49,7 @@ class Damage:
 
 def archived_with_a_backup(cluster, setup: PitrkitSetup) -> dict:
     """A backup between WAL segments: its summary."""
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup = backup_push(setup)
-    write_round(primary, 2)
+    primary, backup = primary_with_a_backup(cluster, setup)
     archive_everything(primary)
     write_round(primary, 3)
     archive_everything(primary)  # WAL after the backup's: a lost backup segment is a gap
@@ -121,12 +118,6 @@ def test_a_real_archive_is_clean_and_each_damage_is_named(cluster, pitrkit_setup
         assert f"first: {largest['key']}: corrupt: " in error  # errors first, by key
 
     verify(setup)  # every damage undone
-
-
-@pytest.fixture
-def encrypted_setup(pitrkit_setup: PitrkitSetup) -> PitrkitSetup:
-    pitrkit_setup.encrypt_with_a_new_key()
-    return pitrkit_setup
 
 
 def test_deep_decrypts_every_object_of_an_encrypted_archive(cluster, encrypted_setup):

@@ -11,14 +11,11 @@ from pitrkit import objects
 
 from pitr_workload import (
     archive_everything,
-    archiving_primary,
-    backup_push,
     digests,
     drop_doomed,
     note_point,
-    restore_into,
-    succeeded,
-    wait_until_promoted,
+    primary_with_a_backup,
+    recovered,
     write_round,
 )
 
@@ -33,10 +30,7 @@ def encrypted_gcs_setup(gcs_setup):
 
 def test_an_encrypted_gcs_archive_restores_to_a_time(cluster, encrypted_gcs_setup):
     setup = encrypted_gcs_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup = backup_push(setup)
-    write_round(primary, 2)
+    primary, backup = primary_with_a_backup(cluster, setup)
     point = note_point(primary)
     write_round(primary, 3)
     drop_doomed(primary)
@@ -53,8 +47,5 @@ def test_an_encrypted_gcs_archive_restores_to_a_time(cluster, encrypted_gcs_setu
         with pytest.raises(objects.CorruptObject):  # without the key, nothing reads it
             objects.decode(key, blob, lambda name: pytest.fail("an object was decompressed without its key"))
 
-    restored, result = restore_into(cluster, setup, "--to", point.time)
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    restored = recovered(cluster, setup, "--to", point.time)
     assert digests(restored) == point.digests

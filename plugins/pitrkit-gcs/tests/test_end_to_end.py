@@ -9,14 +9,11 @@ from pitrkit_gcs.storage import GcsStorage
 
 from pitr_workload import (
     archive_everything,
-    archiving_primary,
-    backup_push,
     digests,
     drop_doomed,
     note_point,
-    restore_into,
-    succeeded,
-    wait_until_promoted,
+    primary_with_a_backup,
+    recovered,
     write_round,
 )
 
@@ -25,10 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_archive_backup_and_restore_to_a_time_through_gcs(cluster, gcs_setup):
     setup = gcs_setup
-    primary = archiving_primary(cluster, setup)
-    write_round(primary, 1)
-    backup = backup_push(setup)
-    write_round(primary, 2)
+    primary, backup = primary_with_a_backup(cluster, setup)
     archive_everything(primary)
     write_round(primary, 3)
     point = note_point(primary)
@@ -43,8 +37,5 @@ def test_archive_backup_and_restore_to_a_time_through_gcs(cluster, gcs_setup):
     assert any(key.startswith(f"backups/{backup['backup_id']}/data/") for key in stored)
     assert sum(key.startswith("wal/00000001") for key in stored) >= 2
 
-    restored, result = restore_into(cluster, setup, "--to", point.time)
-    succeeded(result)
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    restored = recovered(cluster, setup, "--to", point.time)
     assert digests(restored) == point.digests

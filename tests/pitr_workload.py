@@ -216,11 +216,15 @@ def branch_at(cluster_factory, setup: PitrkitSetup,
 
 
 def restore_started(cluster_factory, setup: PitrkitSetup, *args: str) -> tuple[pgharness.Cluster, str]:
-    """`pitrkit restore ARGS --start` into a fresh cluster, which must succeed: the cluster,
-    attached to the server restore left running, and what restore reported on stdout."""
+    """`pitrkit restore ARGS --start --port P` into a fresh cluster, which must succeed: the
+    cluster, attached to the server restore left running (on port P), and what restore
+    reported on stdout."""
     restored, result = restore_into(cluster_factory, setup, *args, start=True)
     report = succeeded(result)
-    return attach(restored), report
+    requested = restored.port
+    attach(restored)
+    assert restored.port == requested, f"restore --start --port {requested} started the server on {restored.port}"
+    return restored, report
 
 
 def attach(restored: pgharness.Cluster) -> pgharness.Cluster:

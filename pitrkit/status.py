@@ -291,7 +291,15 @@ def _archiver(config: Config) -> Archiver:
         return Archiver(reachable=False, problem="[postgres] conninfo is not set")
     # Only this path talks SQL: status without a server never loads psycopg.
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        # libpq's message quotes the piece it could not parse, which may be a piece of
+        # the password; the report goes to pages, metrics hosts and logs.
+        return Archiver(reachable=False, problem="[postgres] conninfo is not a valid connection string (libpq's "
+                                                 "message is not shown: it may quote the password)")
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_SECONDS,
                              fallback_application_name="pitrkit status") as connection:

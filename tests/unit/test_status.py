@@ -364,6 +364,23 @@ def test_unreachable_server_is_said_not_failed(tmp_path, store, capsys):
     assert levels(report)["archiver"] == "OK"
 
 
+@pytest.mark.parametrize("conninfo", [
+    "host={tmp} port=1 user=dba password=s3cr3t-pw",
+    "postgresql://dba:s3cr3t-pw@localhost:1/postgres",
+    # Malformed: libpq quotes the piece it cannot parse, here a piece of the password.
+    "host={tmp} port=1 password=s3cr3t h1dden",
+    "host={tmp} port=1 password=s3cr3t h1dden=x",
+    "postgresql://dba:s3cr3t%zz@localhost:1/postgres",
+])
+def test_a_password_in_conninfo_is_never_shown(tmp_path, store, capsys, conninfo):
+    store.backup("A", 1, 2, 3)
+    report = collect(store, postgres=PostgresConfig(conninfo=conninfo.format(tmp=tmp_path)))
+    assert not report.archiver.reachable and report.archiver.problem
+    for shown in (report.archiver.problem, status.describe(report), catalog.encode(report).decode(),
+                  html_page(report, None, refresh_seconds=30), metrics_text(report, None)):
+        assert "s3cr3t" not in shown and "h1dden" not in shown, shown
+
+
 # --- renderers --------------------------------------------------------------------------
 
 FACTS = DaemonFacts(

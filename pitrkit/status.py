@@ -28,7 +28,7 @@ import msgspec
 
 from pitrkit import catalog, inventory
 from pitrkit.archive import Archive, backup_prefix
-from pitrkit.catalog import BackupSummary, RetentionRun
+from pitrkit.catalog import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.config import Config, RetentionConfig, parse_duration
 from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
@@ -79,7 +79,8 @@ class ArchivedFile(msgspec.Struct, kw_only=True, frozen=True):
 
     name: str
     timeline: int
-    # The end of the segment; for a `.partial`, its WAL ends before that.
+    # Where its WAL ends: the end of the segment; for a `.partial`, the end of its last
+    # valid page (what was received).
     end_lsn: Lsn
     stored_at: datetime | None
     age_seconds: float | None
@@ -193,15 +194,16 @@ def collect(archive: Archive, config: Config, now: datetime | None = None) -> St
     survey = inventory.survey_backups(archive)
     finished, unfinished = survey.finished, survey.unfinished
     try:
-        wal: ArchivedWal | None = ArchivedWal(archive)
+        wal: ArchivedWal | None = _PartialsReadOnce(archive)
     except ObjectNotFound:
         wal = None  # no archive.json: nothing was ever archived
     newest = finished[-1] if finished else None
     last_backup = None if newest is None else _last_backup(newest, now)
     last_wal = _last_wal(wal, now) if wal else None
+    timelines = _timelines(wal, finished) if wal else []
+    # After the walks: the newest partial is usually where the latest one ended.
     receiver = _receiver(wal, config, now)
     archiver = _archiver(config)
-    timelines = _timelines(wal, finished) if wal else []
     size = _size(wal, finished)
     retention = _retention(config.retention, finished, survey.deleting, inventory.retention_state(archive).last_run,
                            timelines, now)
@@ -244,29 +246,53 @@ def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
     )
 
 
-def _file(wal: ArchivedWal, segno: int, timeline: int, name: str, modified: float | None,
-          now: datetime) -> ArchivedFile:
-    stored_at = _instant(modified)
-    return ArchivedFile(name=name, timeline=timeline, end_lsn=SegmentName(timeline, segno, wal.segment_size).end_lsn,
-                        stored_at=stored_at, age_seconds=_age(stored_at, now))
+class _PartialsReadOnce(ArchivedWal):
+    """ArchivedWal reading each `.partial` at most once: the walks of the timelines, the
+    restorable check and the last WAL received all end in the newest partial, and a read
+    costs a segment's bytes, every status_interval in the daemon."""
+
+    def __init__(self, archive: Archive) -> None:
+        super().__init__(archive)
+        # Keyed by the listing's entry: a partial re-shipped since (seen by a relist) is
+        # another entry, and is read again.
+        self._partial_ends: dict[WalIndexEntry, Lsn] = {}
+
+    def partial_end(self, entry: WalIndexEntry) -> Lsn:
+        if entry not in self._partial_ends:
+            self._partial_ends[entry] = super().partial_end(entry)
+        return self._partial_ends[entry]
+
+
+def _file(entry: WalIndexEntry, timeline: int, end_lsn: Lsn, now: datetime) -> ArchivedFile:
+    stored_at = _instant(entry.modified)
+    return ArchivedFile(name=entry.name, timeline=timeline, end_lsn=end_lsn, stored_at=stored_at,
+                        age_seconds=_age(stored_at, now))
 
 
 def _last_wal(wal: ArchivedWal, now: datetime) -> ArchivedFile | None:
     for timeline in reversed(sorted(wal.logs)):
         if found := wal.newest_segment(timeline):
             segno, entry = found
-            return _file(wal, segno, timeline, entry.name, entry.modified, now)
+            return _file(entry, timeline, SegmentName(timeline, segno, wal.segment_size).end_lsn, now)
+    return None
+
+
+def _last_received(wal: ArchivedWal, now: datetime) -> ArchivedFile | None:
+    """The newest `.partial` the sidecar shipped, ending where its WAL ends."""
+    for timeline in reversed(sorted(wal.logs)):
+        if found := wal.newest_partial(timeline):
+            entry = found[1]
+            try:
+                return _file(entry, timeline, wal.partial_end(entry), now)
+            except PitrkitError:
+                # Replaced by its full segment since the listing (last_wal reports that),
+                # or unusable: nothing usable was received past the archived WAL.
+                return None
     return None
 
 
 def _receiver(wal: ArchivedWal | None, config: Config, now: datetime) -> Receiver:
-    newest_partial = None
-    if wal is not None:
-        for timeline in reversed(sorted(wal.logs)):
-            if found := wal.newest_partial(timeline):
-                segno, entry = found
-                newest_partial = _file(wal, segno, timeline, entry.name, entry.modified, now)
-                break
+    newest_partial = _last_received(wal, now) if wal is not None else None
     if config.receive.spool is None:
         return Receiver(newest_partial=newest_partial, state_problem="[receive] spool is not set")
     # receiver_health imports psycopg: only when a sidecar is configured.

@@ -195,6 +195,28 @@ def test_a_fresh_partial_keeps_wal_fresh_and_is_the_last_received(store):
     assert report.timelines[0].newest is not None and report.timelines[0].newest.lsn == end
 
 
+def test_the_newest_partial_is_read_once_and_its_lsn_is_where_its_wal_ends(store):
+    # Both backups' runs and the restorable check end in the partial: one read serves
+    # them all (reading it costs a segment's bytes, every status_interval in the daemon).
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    end = store.partial(1, 21, 3, at=NOW)
+    storage = store.archive.storage
+    reads: list[str] = []
+    read = storage.get
+
+    def counted(key: str) -> bytes:
+        reads.append(key)
+        return read(key)
+
+    storage.get = counted  # type: ignore[method-assign]
+    report = collect(store)
+    assert [key for key in reads if key.endswith(".partial")] == [f"wal/{name(1, 21)[:16]}/{name(1, 21)}.partial"]
+    received = report.receiver.newest_partial
+    assert received is not None and received.end_lsn == end  # what was received, not the segment's end
+    assert report.timelines[0].newest is not None and report.timelines[0].newest.lsn == end
+
+
 def health(observed_at: datetime, running: bool, last_error: str | None = None) -> ReceiverHealth:
     return ReceiverHealth(
         observed_at=observed_at, pid=4242, running=running, receiving=running, server_reachable=True,

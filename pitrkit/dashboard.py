@@ -22,7 +22,7 @@ from datetime import datetime
 import msgspec
 
 from pitrkit.inventory import show_time
-from pitrkit.progress import human_bytes
+from pitrkit.progress import human_bytes, human_seconds
 from pitrkit.status import ArchivedFile, Level, StatusReport
 from pitrkit.wal import Lsn
 
@@ -268,13 +268,7 @@ def _rows(rows: list[tuple[str, str]], table_id: str) -> str:
 
 
 def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    minutes, rest = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    words = f"{days}d {hours}h" if days else f"{hours}h {minutes}m" if hours else f"{minutes}m {rest}s"
-    return f" ({words} ago)"
+    return "" if seconds is None else f" ({human_seconds(seconds)} ago)"
 
 
 def _file_rows(file: ArchivedFile | None) -> list[tuple[str, str]]:
@@ -304,7 +298,7 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
     parts.append(_rows([
         ("backup", _cell(last.backup_id)), ("label", _cell(last.label)), ("timeline", _cell(last.timeline)),
         ("stopped", _cell(show_time(last.stop_time) + _ago(last.age_seconds))), ("stop LSN", _cell(last.stop_lsn)),
-        ("took", _cell(f"{last.duration_seconds:.0f}s")), ("size", _cell(human_bytes(last.size_bytes))),
+        ("took", _cell(human_seconds(last.duration_seconds))), ("size", _cell(human_bytes(last.size_bytes))),
         ("stored", _cell(human_bytes(last.stored_bytes))),
         ("backups", _cell(report.backups)),
     ] if last else [("backup", '<span class="muted">none</span>')], "last-backup"))

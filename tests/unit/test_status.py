@@ -461,6 +461,8 @@ def test_the_page_refreshes_itself_escapes_everything_and_shows_the_figures(stor
     assert "A&lt;img src=x onerror=alert(1)&gt;" in page
     assert "backup B &lt;done&gt; &amp; stored" in page
     assert name(1, 20) in page  # last WAL
+    # Durations read as in the text report (progress.human_seconds).
+    assert "(22m30s ago)" in page and "<th>took</th><td>1m00s</td>" in page
     assert 'id="last-backup"' in page and 'id="last-wal"' in page
     assert "http" not in page.replace('http-equiv', '')  # no external assets
     assert "Daemon" not in html_page(report, None, refresh_seconds=30)

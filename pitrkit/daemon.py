@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from argparse import Namespace
 from dataclasses import dataclass
@@ -87,7 +86,12 @@ class Outcome:
         lines = [line.removeprefix("pitrkit: ") for line in self.stderr.splitlines() if line.startswith("pitrkit: ")]
         if lines:
             return lines[-1]
-        return f"killed by {signal.Signals(-self.code).name}" if self.code < 0 else f"exited with code {self.code}"
+        if self.code >= 0:
+            return f"exited with code {self.code}"
+        try:
+            return f"killed by {signal.Signals(-self.code).name}"
+        except ValueError:  # real-time signals have no name
+            return f"killed by signal {-self.code}"
 
 
 class Child:
@@ -300,7 +304,7 @@ class Backups:
         self._backup = Child([*self._pitrkit, "backup-push", "--json"])
         events.emit(log, logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot))
 
-    def _backup_ended(self, outcome: Outcome, now: datetime) -> None:
+    def _backup_ended(self, outcome: Outcome, now: datetime, retention: bool = True) -> None:
         self._backup = None
         _relay("backup-push", outcome)
         summary = _backup_summary(outcome) if outcome.code == 0 else None
@@ -315,7 +319,7 @@ class Backups:
                     seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
         if self._board is not None:
             self._board.refresh_soon()
-        if self.retention_after:
+        if retention and self.retention_after:
             self._retention_child = Child([*self._pitrkit, "retention", "apply", "--json"])
             events.emit(log, logging.INFO, "retention-started", pid=self._retention_child.pid)
 
@@ -354,6 +358,11 @@ class Backups:
         if self._backup is not None:
             child, self._backup = self._backup, None
             outcome, killed = child.terminate()
+            if outcome.code == 0:
+                # It had finished (manifest written) before the loop noticed: a backup
+                # like any other, but no retention is started during a stop.
+                self._backup_ended(outcome, datetime.now(UTC), retention=False)
+                return
             self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=datetime.now(UTC), ok=False,
                                          backup_id=None, message="terminated by the daemon's stop")
             # Its folder has no manifest: it does not exist for the planner, and retention
@@ -394,12 +403,31 @@ def _show(moment: datetime) -> str:
 # --- the daemon ---------------------------------------------------------------------------
 
 
+class StopRequest:
+    """SIGTERM or SIGINT, noted by the handler for the loop to act on.
+
+    Installed before the daemon sets anything up, so that a stop sent while it starts (a
+    slow archive listing, a status server binding) is a clean stop too, not the default
+    action's death. The handler only stores the signal's name: taking a lock there (as
+    threading.Event.set does) could deadlock with the main thread it interrupts, if that
+    thread holds the same lock at that moment."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._received)
+        signal.signal(signal.SIGINT, self._received)
+
+    def _received(self, signal_number: int, _frame: object) -> None:
+        self.signal = signal.Signals(signal_number).name
+
+
 class Daemon:
-    def __init__(self, config: Config, config_path: Path, verbose: bool) -> None:
+    def __init__(self, config: Config, config_path: Path, verbose: bool, stop: StopRequest) -> None:
         pitrkit = [sys.executable, "-m", "pitrkit", "--config", str(config_path), *(["-v"] if verbose else [])]
         self._config = config
-        self._stopping = threading.Event()
-        self._signal = "?"
+        self._stop = stop
         self._started_at = datetime.now(UTC)
         settings = config.daemon
         self._board = StatusBoard(config, settings.status_interval) if settings.listen else None
@@ -412,11 +440,6 @@ class Daemon:
         self._backups = Backups(config, pitrkit, schedule, Archive(config), self._board) if schedule else None
         self.facts = self._facts()
 
-    def stop(self, signal_number: int, _frame: object = None) -> None:
-        """Signal handler: only a flag; the loop does the work (and the logging)."""
-        self._signal = signal.Signals(signal_number).name
-        self._stopping.set()
-
     def run(self) -> str:
         backups = self._backups
         events.emit(log, logging.INFO, "daemon-started", pid=os.getpid(),
@@ -427,19 +450,19 @@ class Daemon:
             self._board.start()
             self._server.start()
         try:
-            while not self._stopping.is_set():
+            while self._stop.signal is None:
                 if self._sidecar is not None:
                     self._sidecar.supervise()
                 if backups is not None:
                     backups.tick(datetime.now(UTC))
                 self.facts = self._facts()
-                self._stopping.wait(_TICK)
-            events.emit(log, logging.INFO, "daemon-stopping", signal=self._signal)
+                time.sleep(_TICK)
+            events.emit(log, logging.INFO, "daemon-stopping", signal=self._stop.signal)
         finally:
             self._shut_down()
         taken = (f"took {backups.taken} scheduled backup(s), {backups.failures} failed" if backups
                  else "no scheduled backups")
-        return f"daemon stopped ({self._signal}): {taken}"
+        return f"daemon stopped ({self._stop.signal}): {taken}"
 
     def _shut_down(self) -> None:
         # Backups first: a backup-push must not outlive the daemon, and the sidecar keeps
@@ -452,7 +475,7 @@ class Daemon:
             self._server.stop()
             self._board.stop()
         self.facts = self._facts()
-        events.emit(log, logging.INFO, "daemon-stopped", signal=self._signal)
+        events.emit(log, logging.INFO, "daemon-stopped", signal=self._stop.signal)
 
     def _facts(self) -> DaemonFacts:
         backups, sidecar = self._backups, self._sidecar
@@ -472,11 +495,10 @@ class Daemon:
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
+    stop = StopRequest()
+    stop.install()
     if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen:
         raise ConfigError("[daemon] has nothing to run: set every or cron (scheduled backups), [receive] spool "
                            "(the streaming sidecar) or listen (the status page)")
     events.log_to_stderr(args.verbose)
-    daemon = Daemon(config, config_path, args.verbose)
-    signal.signal(signal.SIGTERM, daemon.stop)
-    signal.signal(signal.SIGINT, daemon.stop)
-    return daemon.run()
+    return Daemon(config, config_path, args.verbose, stop).run()

@@ -39,7 +39,11 @@ class LogfmtFormatter(logging.Formatter):
 
 def _logfmt(value: object) -> str:
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    if not text or any(c in text for c in ' "=\n\t\\'):
+    # Quoted (JSON escapes every control character, and with ensure_ascii every non-ASCII
+    # one) whenever the text is not plain: a value relayed from a child or a client must
+    # not end the line, rewrite it on a terminal (\r, escape sequences) or look like
+    # more fields.
+    if not text or not text.isprintable() or any(c in text for c in ' "=\\'):
         return json.dumps(text)
     return text
 

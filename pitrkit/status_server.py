@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -26,6 +27,13 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.status import StatusReport
 
 log = logging.getLogger(__name__)
+
+# A client that has not sent its request, or not read the answer, within this is dropped:
+# each connection holds a thread of its own.
+_REQUEST_TIMEOUT = 10.0
+# The stop does not wait longer for a collection in progress (a storage call in its
+# retries): the thread is a daemon thread, the process exits without it.
+_COLLECTION_STOP_TIMEOUT = 10.0
 
 
 class StatusDocument(msgspec.Struct, kw_only=True, frozen=True):
@@ -58,7 +66,7 @@ class StatusBoard:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join()
+        self._thread.join(_COLLECTION_STOP_TIMEOUT)
 
     def report(self) -> tuple[StatusReport | None, str | None]:
         """The newest report, and why it could not be refreshed (None when it was)."""
@@ -106,10 +114,10 @@ class StatusServer:
     """The HTTP server on its own thread (each request on a thread of its own)."""
 
     def __init__(self, listen: str, board: StatusBoard, facts: Callable[[], DaemonFacts],
-                 refresh_seconds: float) -> None:
+                 refresh_seconds: float, request_timeout: float = _REQUEST_TIMEOUT) -> None:
         host, port = parse_listen(listen)
         handler = type("Handler", (_Handler,), {"board": board, "facts": staticmethod(facts),
-                                                "refresh_seconds": refresh_seconds})
+                                                "refresh_seconds": refresh_seconds, "timeout": request_timeout})
         # http.server takes the address family from the class.
         server_class = type("Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in host
                                                    else socket.AF_INET})
@@ -138,6 +146,16 @@ class StatusServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a client that never finishes its request does not block the stop
 
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        # socketserver would print a traceback into the event stream; this is mostly a
+        # client that went away mid-answer.
+        error = sys.exc_info()[1]
+        events.emit(log, logging.WARNING, "http-failed", client=client_address[0],
+                    error=f"{type(error).__name__}: {error}")
+
+
+_TEXT = "text/plain; charset=utf-8"
+
 
 class _Handler(BaseHTTPRequestHandler):
     board: StatusBoard
@@ -146,38 +164,60 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "pitrkit"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._serve(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(send_body=False)
+
+    def _method_not_allowed(self) -> None:
+        self._answer(HTTPStatus.METHOD_NOT_ALLOWED, _TEXT, "only GET and HEAD\n", True, allow="GET, HEAD")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed
+
+    def _serve(self, send_body: bool) -> None:
         path = self.path.partition("?")[0]
         if path not in ("/", "/metrics", "/status.json"):
-            self._answer(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", "not found: try /, /metrics or "
-                         "/status.json\n")
+            self._answer(HTTPStatus.NOT_FOUND, _TEXT, "not found: try /, /metrics or /status.json\n", send_body)
             return
         report, problem = self.board.report()
         if report is None:
             # Before the first collection succeeds there is nothing true to show; a
             # scraper must see a failed scrape, not an empty one.
-            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",
-                         f"pitrkit status is not available: {problem}\n")
+            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, f"pitrkit status is not available: {problem}\n",
+                         send_body)
             return
+        try:
+            content_type, body = self._render(path, report)
+        except Exception as exc:  # a bug: one line for the client and the log, not a traceback
+            log.debug("rendering %s failed", path, exc_info=True)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            events.emit(log, logging.ERROR, "http-failed", client=self.client_address[0], path=path, error=error)
+            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, _TEXT, f"pitrkit: {error}\n", send_body)
+            return
+        self._answer(HTTPStatus.OK, content_type, body, send_body)
+
+    def _render(self, path: str, report: StatusReport) -> tuple[str, str]:
         facts = self.facts()
         if path == "/":
-            body = dashboard.html_page(report, facts, self.refresh_seconds)
-            self._answer(HTTPStatus.OK, "text/html; charset=utf-8", body)
-        elif path == "/metrics":
-            self._answer(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8",
-                         dashboard.metrics_text(report, facts))
-        else:
-            document = StatusDocument(status=report, daemon=facts)
-            self._answer(HTTPStatus.OK, "application/json", msgspec.json.encode(catalog.to_builtins(document))
-                         .decode() + "\n")
+            return "text/html; charset=utf-8", dashboard.html_page(report, facts, self.refresh_seconds)
+        if path == "/metrics":
+            return "text/plain; version=0.0.4; charset=utf-8", dashboard.metrics_text(report, facts)
+        document = StatusDocument(status=report, daemon=facts)
+        return "application/json", msgspec.json.encode(catalog.to_builtins(document)).decode() + "\n"
 
-    def _answer(self, code: HTTPStatus, content_type: str, body: str) -> None:
+    def _answer(self, code: HTTPStatus, content_type: str, body: str, send_body: bool, allow: str | None = None
+                ) -> None:
         data = body.encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        # HEAD too: the length the GET's body would have.
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if allow is not None:
+            self.send_header("Allow", allow)
         self.end_headers()
-        self.wfile.write(data)
+        if send_body:
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
         events.emit(log, logging.DEBUG, "http-request", client=self.client_address[0], request=format % args)

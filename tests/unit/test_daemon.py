@@ -1,12 +1,17 @@
 """The daemon's parts without PostgreSQL: the timetable on a fake clock (a missed slot runs
 once, an overrun is followed by one backup, not a queue), the other-host check, the
 scheduled backups driven by a fake clock with a stand-in `pitrkit` child, the sidecar's
-restart, and the status server on an empty archive. The daemon itself, with PostgreSQL,
-is tested in tests/integration/test_daemon.py."""
+restart, a SIGTERM while the daemon starts, the status server on an empty archive, the
+logfmt lines, and the events docs/operations.md lists. The daemon itself, with
+PostgreSQL, is tested in tests/integration/test_daemon.py."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +30,7 @@ from pitrkit.catalog import BackupSummary
 from pitrkit.daemon import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
 from pitrkit.dashboard import DaemonFacts
 from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.events import LogfmtFormatter
 from pitrkit.localpg import wait_for
 from pitrkit.schedule import Cron, Every, Timetable
 from pitrkit.status_server import StatusBoard, StatusServer, parse_listen
@@ -96,9 +102,10 @@ SUMMARY = BackupSummary(
 # `python FAKE --config X backup-push --json`: waits for the file `go` next to it, then
 # prints a summary (or fails when `fail` exists).
 FAKE_PITRKIT = """
-import pathlib, sys, time
+import os, pathlib, sys, time
 here = pathlib.Path(__file__).parent
 (here / "runs").open("a").write(" ".join(sys.argv[1:]) + "\\n")
+(here / "pid").write_text(str(os.getpid()))
 while not (here / "go").exists():
     time.sleep(0.01)
 if (here / "fail").exists():
@@ -178,6 +185,22 @@ def test_a_stop_terminates_the_running_backup(tmp_path: Path, archive_config: co
     assert backups.last_run is not None and backups.last_run.message == "terminated by the daemon's stop"
 
 
+def test_a_backup_that_ended_before_the_stop_is_not_reported_as_terminated(
+        tmp_path: Path, archive_config: config.Config, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "go").touch()
+    backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
+    backups.tick(datetime.now(UTC))
+    assert backups.running
+    # It has exited (left unreaped, for the stop to find) before the loop polled it.
+    wait_for(lambda: (tmp_path / "pid").exists(), 30, interval=0.01, what="the stand-in to start")
+    os.waitid(os.P_PID, int((tmp_path / "pid").read_text()), os.WEXITED | os.WNOWAIT)
+    with caplog.at_level(logging.INFO, "pitrkit.daemon"):
+        backups.stop()
+    assert backups.taken == 1 and backups.last_run is not None and backups.last_run.ok
+    assert backups.last_run.backup_id == SUMMARY.backup_id
+    assert [record.getMessage() for record in caplog.records] == ["backup-finished"]
+
+
 # --- children -------------------------------------------------------------------------------
 
 
@@ -185,6 +208,7 @@ def test_outcome_error_is_the_pitrkit_line() -> None:
     assert Outcome(2, "", "pitrkit: WARNING: retry\npitrkit: no route\n", 1).error == "no route"
     assert Outcome(-15, "", "", 1).error == "killed by SIGTERM"
     assert Outcome(70, "", "Segmentation fault\n", 1).error == "exited with code 70"
+    assert Outcome(-40, "", "", 1).error == "killed by signal 40"  # a real-time signal has no name
 
 
 def test_child_terminated() -> None:
@@ -205,12 +229,19 @@ def test_the_sidecar_is_restarted_when_it_exits() -> None:
     sidecar.stop()
 
 
-def test_the_sidecar_is_stopped_with_sigterm() -> None:
-    sidecar = Sidecar([sys.executable, "-c", "import signal, sys, time\n"
-                       "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\ntime.sleep(60)"])
+def test_the_sidecar_is_stopped_with_sigterm(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # It says when its handler is in place: a SIGTERM before that would kill it (code -15).
+    ready = tmp_path / "ready"
+    sidecar = Sidecar([sys.executable, "-c", "import pathlib, signal, sys, time\n"
+                       "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                       f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)"])
     sidecar.supervise()
-    sidecar.stop()
-    assert sidecar.state == "restarting" and sidecar.restarts == 0
+    wait_for(ready.exists, 30, interval=0.01, what="the sidecar's SIGTERM handler")
+    with caplog.at_level(logging.INFO, "pitrkit.daemon"):
+        sidecar.stop()
+    stopped = [record for record in caplog.records if record.getMessage() == "sidecar-stopped"]
+    assert [record.fields["code"] for record in stopped] == [0]  # type: ignore[attr-defined]
+    assert sidecar.restarts == 0
 
 
 # --- the status server ----------------------------------------------------------------------
@@ -259,9 +290,53 @@ def test_status_server_on_an_empty_archive(archive_config: config.Config) -> Non
         document = json.loads(get(port, "/status.json")[1])
         assert document["status"]["backups"] == 0 and document["daemon"]["schedule"] == "every 1m"
         assert get(port, "/nothing")[0] == 404
+        head = ask(port, "HEAD", "/metrics")
+        assert head.status == 200 and int(head.getheader("Content-Length")) > 0 and head.read() == b""
+        refused = ask(port, "POST", "/")
+        assert refused.status == 405 and refused.getheader("Allow") == "GET, HEAD"
     finally:
         server.stop()
         board.stop()
+
+
+def ask(port: int, method: str, path: str) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request(method, path)
+    return connection.getresponse()
+
+
+def test_a_failing_page_is_a_500_without_a_traceback(archive_config: config.Config,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    board = StatusBoard(archive_config, 60)
+
+    def broken_facts() -> DaemonFacts:
+        raise RuntimeError("a bug")
+
+    server = StatusServer("127.0.0.1:0", board, broken_facts, 1)
+    port = int(server.address.rpartition(":")[2])
+    server.start()
+    board.start()
+    try:
+        wait_for(lambda: board.report()[0] is not None, 30, interval=0.05, what="the first collection")
+        answer = ask(port, "GET", "/")
+        assert answer.status == 500 and answer.read() == b"pitrkit: internal error: RuntimeError: a bug\n"
+    finally:
+        server.stop()
+        board.stop()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_that_sends_nothing_is_dropped(archive_config: config.Config) -> None:
+    server = StatusServer("127.0.0.1:0", StatusBoard(archive_config, 60), lambda: None, 1,  # type: ignore
+                          request_timeout=0.5)
+    port = int(server.address.rpartition(":")[2])
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.settimeout(30)
+            assert idle.recv(1) == b""  # closed by the server, not held open
+    finally:
+        server.stop()
 
 
 def test_a_port_in_use_is_one_line(archive_config: config.Config) -> None:
@@ -286,3 +361,50 @@ def test_the_command_line_reports_a_bad_cron_in_one_line(tmp_path: Path) -> None
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr == f"pitrkit: {path}: daemon.cron: cron minute 61 is outside 0-59\n"
+
+
+# SIGTERM sent while `pitrkit daemon` is still setting up (building its schedule).
+SIGTERM_WHILE_STARTING = """
+import os, signal, sys
+from pitrkit import cli, daemon
+real_from_config = daemon.from_config
+def from_config(settings):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_from_config(settings)
+daemon.from_config = from_config
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_while_starting_is_a_clean_stop(tmp_path: Path) -> None:
+    path = tmp_path / "pitrkit.toml"
+    path.write_text(f'[repository]\nurl = "file://{tmp_path}"\n[daemon]\nevery = "1h"\nlisten = ""\n')
+    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_STARTING, "--config", str(path), "daemon"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "event=daemon-stopped signal=SIGTERM" in result.stderr
+    assert "event=backup-started" not in result.stderr  # the stop came first
+
+
+@pytest.mark.parametrize("text", ["ok\rlevel=error", "\x1b[2Jcleared", "one\u2028two", "one\x85two", "nul\x00"])
+def test_a_field_cannot_break_or_forge_a_line(text: str) -> None:
+    record = logging.LogRecord("pitrkit.daemon", logging.WARNING, __file__, 1, "backup-push", None, None)
+    record.fields = {"message": text}
+    line = LogfmtFormatter().format(record)
+    assert line.isprintable()  # no control or line-separator character reaches the stream
+    assert json.loads(line.partition(" message=")[2]) == text
+
+
+def test_the_documented_events_are_the_emitted_ones() -> None:
+    root = Path(__file__).resolve().parents[2]
+    emitted = set()
+    for module in ("daemon.py", "status_server.py"):
+        source = (root / "pitrkit" / module).read_text()
+        emitted |= set(re.findall(r'events\.emit\(log, [^,]+, "([a-z_-]+)"', source))
+        emitted |= set(re.findall(r'_relay\("([a-z-]+)"', source))
+    operations = (root / "docs" / "operations.md").read_text()
+    section = operations.partition("\n## The daemon\n")[2].partition("\n## ")[0]
+    table = section.partition("| event | when |")[2].partition("\n\n")[0]
+    first_cells = [row.split("|")[1] for row in table.splitlines() if row.startswith("|")]
+    documented = {name for cell in first_cells for name in re.findall(r"`([a-z_-]+)`", cell)}
+    assert emitted and documented == emitted

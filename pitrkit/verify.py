@@ -466,10 +466,10 @@ def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFo
     for folder in folders:
         if not folder.has_manifest:
             continue
-        why = None
         if folder.manifest is None:
             verdicts.append(BackupVerdict(backup_id=folder.backup_id, restorable=False))
             continue
+        why: str | None  # None: restorable
         if keys := damaged.get(folder.backup_id):
             why = f"{len(keys)} of its {len(folder.manifest.parts)} parts are missing or damaged ({keys[0]} ...)"
         elif wal is None:

@@ -430,8 +430,9 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     store.drop_segment(1, 15)
     report = collect(store)
     text = metrics_text(report, FACTS)
-    assert "# TYPE pitrkit_archiver_archived_total counter" not in text  # unknown: left out, not zero
     values = samples(text)
+    assert ("pitrkit_archiver_archived_total", ()) not in values  # unknown: left out, not zero
+    assert "pitrkit_archiver_archived" not in text
     assert values[("pitrkit_status", ())] == 2
     assert values[("pitrkit_check_status", (("check", "restorable"),))] == 2
     assert values[("pitrkit_check_status", (("check", "backup"),))] == 0
@@ -446,9 +447,13 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     assert values[("pitrkit_daemon_backups_total", ())] == 3
     assert values[("pitrkit_daemon_sidecar_restarts_total", ())] == 2
     assert values[("pitrkit_daemon_last_backup_duration_seconds", ())] == 120
-    # Every family has HELP and TYPE lines.
-    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
-    assert names == {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+    # Every family has one HELP and one TYPE line, and each name is one family's.
+    types = [line.split()[2:] for line in text.splitlines() if line.startswith("# TYPE")]
+    names = [metric for metric, _ in types]
+    assert names == [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
+    assert len(names) == len(set(names))
+    counters = [metric for metric, kind in types if kind == "counter"]
+    assert counters and all(counter.endswith("_total") for counter in counters)
     assert "pitrkit_daemon_start_timestamp_seconds" not in samples(metrics_text(report, None)).keys()
 
 

@@ -1,10 +1,10 @@
-"""When `pitrkit daemon` takes its backups: `[daemon] every` (a duration, start to start)
+"""When `pitrkit daemon` takes its backups: `[daemon] every` (a duration, slot to slot)
 or `[daemon] cron` (five fields, in the host's time zone).
 
 Both answer one question, `next_after(moment)`: the first backup time strictly after
-`moment`. The daemon asks it about the newest backup's start (so a slot missed while it
-was down is due at once, and only once, however many slots were missed) and about each
-backup it starts.
+`moment`. The daemon's Timetable asks it about the newest backup's start (so a slot
+missed while it was down is due at once, and only once, however many slots were missed)
+and about the slot of each backup it starts.
 
 Cron fields are Vixie cron's: minute hour day-of-month month day-of-week, each `*`, a
 number, a range `a-b`, a step `*/n` or `a-b/n`, or a comma list of those; months and
@@ -46,7 +46,7 @@ class Schedule(Protocol):
 
 @dataclass(frozen=True)
 class Every:
-    """A backup every `seconds`, counted from the start of the previous one."""
+    """A backup every `seconds` after the previous one's slot."""
 
     seconds: float
     text: str
@@ -244,8 +244,9 @@ class Timetable:
     it that has already passed (the daemon was down, or the archive has no backup yet),
     a backup is due at once, and it is one backup, however many slots were missed. Each
     backup started (or skipped) then counts as the slot's backup: the next is the
-    schedule's first time after it, so a backup that overruns a slot is followed by one
-    more at once, never by a queue of them."""
+    schedule's first time after that slot, or, if that time has passed too (a backup
+    started late for a missed slot, or one that overran the next slot), the first time
+    after its start: one more at once, never a queue of them."""
 
     def __init__(self, schedule: Schedule, newest_backup_start: datetime | None, now: datetime) -> None:
         self.schedule = schedule
@@ -257,4 +258,7 @@ class Timetable:
         return now >= self.due
 
     def started(self, at: datetime) -> None:
-        self.due = self.schedule.next_after(at)
+        # From the slot rather than from `at`: `every` would otherwise drift later by the
+        # moments each start takes (the loop's tick, the look for another host's backup).
+        following = self.schedule.next_after(self.due)
+        self.due = following if following > at else self.schedule.next_after(at)

@@ -70,6 +70,13 @@ def test_a_cron_slot_missed_while_down_runs_once() -> None:
     assert table.due == datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
 
 
+def test_late_starts_do_not_push_the_next_slots_back() -> None:
+    table = Timetable(Every(3600, "1h"), T0 - timedelta(hours=1), T0 - timedelta(minutes=1))
+    for _ in range(3):
+        table.started(table.due + timedelta(seconds=0.25))  # the loop notices a due backup a tick late
+    assert table.due == T0 + timedelta(hours=3)
+
+
 def test_an_overrunning_backup_is_followed_by_one_at_once() -> None:
     table = Timetable(Every(60, "1m"), None, T0)
     table.started(T0)
@@ -138,8 +145,9 @@ def run_until(backups: Backups, now: datetime, done: Callable[[], bool]) -> None
 
 def test_backups_one_at_a_time_on_a_fake_clock(tmp_path: Path, archive_config: config.Config) -> None:
     backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
-    assert backups.timetable.is_due(datetime.now(UTC))  # an empty archive: at once
+    slot = backups.timetable.due
     now = datetime.now(UTC)
+    assert backups.timetable.is_due(now)  # an empty archive: at once
     backups.tick(now)
     assert backups.running
     # However late it gets while the backup runs, no second one starts.
@@ -149,7 +157,7 @@ def test_backups_one_at_a_time_on_a_fake_clock(tmp_path: Path, archive_config: c
     run_until(backups, now + timedelta(minutes=5), lambda: not backups.running)
     assert (tmp_path / "runs").read_text().splitlines() == ["backup-push --json"]
     assert backups.taken == 1 and backups.last_run is not None and backups.last_run.backup_id == SUMMARY.backup_id
-    assert backups.timetable.due == now + timedelta(minutes=1)  # from its start: overrun, so due at once
+    assert backups.timetable.due == slot + timedelta(minutes=1)  # from its slot: overrun, so due at once
     (tmp_path / "fail").touch()
     later = now + timedelta(minutes=6)
     backups.tick(later)
@@ -165,10 +173,11 @@ def test_a_slot_is_skipped_while_another_host_writes_a_backup(tmp_path: Path,
     other.mkdir(parents=True)
     (other / "0").write_bytes(b"a part being written by another host's backup-push")
     backups = Backups(archive_config, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(archive_config), None)
+    slot = backups.timetable.due
     now = datetime.now(UTC)
     backups.tick(now)
     assert not backups.running and not (tmp_path / "runs").exists()
-    assert backups.timetable.due == now + timedelta(minutes=1)  # the next slot
+    assert backups.timetable.due == slot + timedelta(minutes=1)  # the next slot
     # Once that folder has been quiet for longer than a backup can be, it is abandoned.
     later = now + timedelta(seconds=archive_config.backup.wal_timeout + 601)
     backups.tick(later)

@@ -154,10 +154,10 @@ def test_bad_expressions_say_why(text: str, message: str) -> None:
         Cron.parse(text, UTC)
 
 
-def test_every_counts_from_the_previous_start() -> None:
+def test_every_is_its_interval_after_the_previous_slot() -> None:
     every = Every(3 * 3600, "3h")
-    start = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
-    assert every.next_after(start) == start + timedelta(hours=3)
+    slot = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+    assert every.next_after(slot) == slot + timedelta(hours=3)
     assert every.describe() == "every 3h"
 
 

@@ -31,7 +31,6 @@ import logging
 import re
 import sys
 from argparse import Namespace
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -334,9 +333,9 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
 
     for backup_id in decision.backups:
         _remove_backup(archive, backup_id)
-    indexed = stored.wal.indexed if stored.wal is not None else set()
     for removal in decision.wal:
-        _remove_wal(archive, removal, indexed)
+        assert stored.wal is not None  # WAL to remove was found in it
+        _remove_wal(archive, removal, stored.wal.is_sealed(removal.timeline, removal.log_number))
     for expired in leases.expired:
         _remove_if_lapsed(archive, expired, now)
 
@@ -379,12 +378,19 @@ def _remove_backup(archive: Archive, backup_id: str) -> None:
     log.info("removed backup %s", backup_id)
 
 
-def _remove_wal(archive: Archive, removal: _WalFolderRemoval, indexed: Iterable[str]) -> None:
+def _remove_wal(archive: Archive, removal: _WalFolderRemoval, sealed: bool) -> None:
     """The folder's index first, so that it never names a removed file, then the files
-    oldest first."""
+    oldest first.
+
+    Every sealed folder's index is written (or removed), not just those this run saw: a
+    backup-push finishing meanwhile indexes newly sealed folders (inventory.refresh) from
+    listings that still hold the files going here. Its create-only put then either comes
+    first and is replaced (or removed), or comes after the rewritten index and is refused.
+    (After the removal of an emptied folder's index it still lands; it names a folder no
+    reader lists, and `catalog rebuild` removes it.)"""
     prefix = _folder(removal.timeline, removal.log_number)
     index_key = wal_index_key(prefix)
-    if index_key in indexed:
+    if sealed:
         # Indexes never hold a `.partial` (see inventory.py).
         entries = [catalog.WalIndexEntry(_name(info), info.size, info.modified) for info in removal.remaining
                    if not info.key.endswith(".partial")]

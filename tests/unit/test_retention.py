@@ -426,3 +426,27 @@ def test_the_command_prints_the_decision_and_one_summary_line(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["dry_run"] is False and [b["backup_id"] for b in report["removed_backups"]] == ["A"]
     assert ids(store) == ["B", "C"]
+
+
+def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_removed(tmp_path):
+    # A backup-push finishing elsewhere indexes the WAL folders sealed since its last
+    # look (inventory.refresh) just after this run listed `catalog/wal/`: its listings
+    # still hold the files the run is about to remove.
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 20)
+    for backup_id, first in (("A", 2), ("B", 6), ("C", 12)):
+        store.backup(backup_id, 1, first, first + 1)
+    assert not (store.root / "catalog/wal").exists()
+    recording = record(store)
+
+    def put(key: str, data: bytes, *, overwrite: bool = False) -> None:
+        RecordingStorage.put(recording, key, data, overwrite=overwrite)
+        if key == RETENTION_STATE_KEY and json.loads(data)["deleting"]:
+            inventory.refresh(store.archive)
+
+    recording.put = put  # type: ignore[method-assign]
+    retention.apply(store.archive, KEEP_TWO, now=NOW)
+    assert wal_present(store) == list(range(6, 21))
+    index = catalog.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
+    assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
+    assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()

@@ -99,10 +99,17 @@ class Child:
     nobody reads while the loop waits would fill up and stall the child)."""
 
     def __init__(self, argv: list[str]) -> None:
+        """Raises OSError when it cannot be started (no such program, no fork, a full /tmp)."""
         self._stdout: IO[bytes] = tempfile.TemporaryFile()
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
         self._started = time.monotonic()
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr)
+        try:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                            stderr=self._stderr)
+        except OSError:
+            self._stdout.close()
+            self._stderr.close()
+            raise
 
     @property
     def pid(self) -> int:
@@ -141,6 +148,10 @@ def _relay(command: str, outcome: Outcome) -> None:
         events.emit(log, logging.WARNING, command, message=line)
 
 
+def _cannot_run(argv: list[str], exc: OSError) -> str:
+    return f"cannot run {argv[0]}: {exc.strerror}"
+
+
 class Sidecar:
     """`pitrkit wal-receive`, kept running. Its stderr is ours: its events are logfmt lines
     already."""
@@ -176,7 +187,7 @@ class Sidecar:
         try:
             self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except OSError as exc:
-            self._retry(f"cannot run {self._argv[0]}: {exc.strerror}")
+            self._retry(_cannot_run(self._argv, exc))
             return
         self._started = time.monotonic()
         events.emit(log, logging.INFO, "sidecar-started", pid=self._process.pid)
@@ -301,7 +312,12 @@ class Backups:
             return
         self._unfinished_before = {folder.backup_id for folder in unfinished}
         self._backup_started = now
-        self._backup = Child([*self._pitrkit, "backup-push", "--json"])
+        argv = [*self._pitrkit, "backup-push", "--json"]
+        try:
+            self._backup = Child(argv)
+        except OSError as exc:
+            self._backup_failed(now, _cannot_run(argv, exc))
+            return
         events.emit(log, logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot))
 
     def _backup_ended(self, outcome: Outcome, now: datetime, retention: bool = True) -> None:
@@ -309,7 +325,7 @@ class Backups:
         _relay("backup-push", outcome)
         summary = _backup_summary(outcome) if outcome.code == 0 else None
         if summary is None:
-            self._backup_failed(outcome, now)
+            self._backup_failed(now, outcome.error, outcome.code, outcome.seconds)
             return
         self.taken += 1
         self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=now, ok=True,
@@ -320,16 +336,27 @@ class Backups:
         if self._board is not None:
             self._board.refresh_soon()
         if retention and self.retention_after:
-            self._retention_child = Child([*self._pitrkit, "retention", "apply", "--json"])
-            events.emit(log, logging.INFO, "retention-started", pid=self._retention_child.pid)
+            self._start_retention()
 
-    def _backup_failed(self, outcome: Outcome, now: datetime) -> None:
+    def _backup_failed(self, now: datetime, error: str, code: int | None = None, seconds: float | None = None
+                       ) -> None:
         self.failures += 1
         self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=now, ok=False, backup_id=None,
-                                     message=outcome.error)
-        events.emit(log, logging.ERROR, "backup-failed", code=outcome.code, error=outcome.error,
-                    seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
+                                     message=error)
+        events.emit(log, logging.ERROR, "backup-failed", code=code, error=error,
+                    seconds=None if seconds is None else f"{seconds:.1f}", next_backup_at=_show(self.timetable.due))
         self._note_ours()
+
+    def _start_retention(self) -> None:
+        argv = [*self._pitrkit, "retention", "apply", "--json"]
+        try:
+            self._retention_child = Child(argv)
+        except OSError as exc:
+            self.retention_runs += 1
+            self.retention_failures += 1
+            events.emit(log, logging.ERROR, "retention-failed", error=_cannot_run(argv, exc))
+            return
+        events.emit(log, logging.INFO, "retention-started", pid=self._retention_child.pid)
 
     def _note_ours(self) -> None:
         """The folder a failed or terminated backup of ours left (unfinished, new since it
@@ -370,8 +397,12 @@ class Backups:
             events.emit(log, logging.WARNING, "backup-terminated", pid=child.pid, code=outcome.code, killed=killed,
                         backup="unfinished")
         if self._retention_child is not None:
-            child, self._retention_child = self._retention_child, None
+            child = self._retention_child
             outcome, killed = child.terminate()
+            if outcome.code == 0:  # it had finished before the loop noticed
+                self._retention_ended(outcome)
+                return
+            self._retention_child = None
             events.emit(log, logging.WARNING, "retention-terminated", pid=child.pid, code=outcome.code, killed=killed,
                         note="the next run finishes what it started")
 

@@ -106,13 +106,15 @@ SUMMARY = BackupSummary(
     first_segment="000000010000000000000002", last_segment="000000010000000000000002", size=100,
     stored_size=50, file_count=3, compression="zstd", pitrkit_version="test")
 
-# `python FAKE --config X backup-push --json`: waits for the file `go` next to it, then
-# prints a summary (or fails when `fail` exists).
+# `python FAKE --config X backup-push --json`: notes its pid in `pid` and its arguments in
+# `runs`, waits for the file `go` next to it, then prints a summary (or fails when `fail`
+# exists).
 FAKE_PITRKIT = """
 import os, pathlib, sys, time
 here = pathlib.Path(__file__).parent
+(here / "pid.new").write_text(str(os.getpid()))
+(here / "pid.new").rename(here / "pid")
 (here / "runs").open("a").write(" ".join(sys.argv[1:]) + "\\n")
-(here / "pid").write_text(str(os.getpid()))
 while not (here / "go").exists():
     time.sleep(0.01)
 if (here / "fail").exists():
@@ -208,6 +210,36 @@ def test_a_backup_that_ended_before_the_stop_is_not_reported_as_terminated(
     assert backups.taken == 1 and backups.last_run is not None and backups.last_run.ok
     assert backups.last_run.backup_id == SUMMARY.backup_id
     assert [record.getMessage() for record in caplog.records] == ["backup-finished"]
+
+
+def test_a_retention_that_ended_before_the_stop_is_not_reported_as_terminated(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    settings = config.parse({"repository": {"url": f"file://{root}", "retries": 0}, "retention": {"keep_last": 1}},
+                            "test")
+    (tmp_path / "go").touch()
+    backups = Backups(settings, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(settings), None)
+    now = datetime.now(UTC)
+    backups.tick(now)
+    run_until(backups, now, lambda: not backups.running)  # the tick that saw it end started retention
+    # No more ticks: retention's end is left for the stop to find.
+    wait_for(lambda: (tmp_path / "runs").read_text().count("\n") == 2, 30, interval=0.01, what="retention to start")
+    os.waitid(os.P_PID, int((tmp_path / "pid").read_text()), os.WEXITED | os.WNOWAIT)
+    with caplog.at_level(logging.INFO, "pitrkit.daemon"):
+        backups.stop()
+    assert [record.getMessage() for record in caplog.records] == ["retention-finished"]
+    assert backups.retention_runs == 1
+
+
+def test_a_backup_that_cannot_be_started_is_a_failed_backup(tmp_path: Path, archive_config: config.Config) -> None:
+    backups = Backups(archive_config, [str(tmp_path / "no-such-python")], Every(60, "1m"), Archive(archive_config),
+                      None)
+    now = datetime.now(UTC)
+    backups.tick(now)
+    assert not backups.running and backups.failures == 1
+    assert backups.last_run is not None and backups.last_run.message.startswith("cannot run ")
+    assert backups.timetable.due > now  # the next slot, not again at once
 
 
 # --- children -------------------------------------------------------------------------------

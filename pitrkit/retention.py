@@ -19,7 +19,12 @@ goes and removes it in an order that keeps every reader safe at every step:
    rewritten or removed before the objects it lists, so that no index names a removed
    segment. History files always stay: they are tiny, and PostgreSQL reads them to pick
    a new timeline's number.
-6. `catalog/retention.json` with `deleting` emptied and the run's result.
+6. `catalog/retention.json` with this run's backups taken out of `deleting` and the
+   run's result.
+
+Two runs may overlap (the daemon's and one started by hand). Each run's writes of
+`catalog/retention.json` keep the names another run added since this one read it: the
+backups that run is still removing must stay gone for readers, restores above all.
 
 A run that dies midway leaves `deleting` set; the next run removes those backups first,
 whatever the policy says now, and decides the rest afresh.
@@ -321,7 +326,10 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
     if dry_run:
         return decision.report
 
-    _store_intent(archive, decision, stored, before.last_run, now)
+    # An earlier run's intent is this run's to finish (stored.interrupted): its names
+    # are this run's too.
+    claimed = set(before.deleting)
+    _store_intent(archive, decision, stored, claimed, before.last_run, now)
     # A restore that leased a backup after the first look did not see the intent: keep
     # what it holds. Leases released meanwhile still count, so the intent only shrinks
     # and needs no new look.
@@ -329,7 +337,7 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
     if {each.lease_id for each in again.active} - {each.lease_id for each in leases.active}:
         active = {each.lease_id: each for each in [*leases.active, *again.active]}
         decision = _decide(stored, rules, grace, lease.Leases(list(active.values()), leases.expired), now, dry_run)
-        _store_intent(archive, decision, stored, before.last_run, now)
+        _store_intent(archive, decision, stored, claimed, before.last_run, now)
 
     for backup_id in decision.backups:
         _remove_backup(archive, backup_id)
@@ -346,7 +354,8 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
         wal_files_removed=sum(item.files for item in report.removed_wal),
         bytes_freed=report.stored_bytes,
     )
-    state = RetentionState(deleting=decision.held, decided_at=now, last_run=run)
+    state = RetentionState(deleting=[*decision.held, *_other_runs_intent(archive, claimed)], decided_at=now,
+                           last_run=run)
     archive.put(RETENTION_STATE_KEY, catalog.encode(state), overwrite=True)
     return report
 
@@ -357,15 +366,26 @@ def _seconds(duration: str) -> float:
     return seconds
 
 
-def _store_intent(archive: Archive, decision: _Decision, stored: _Stored, last_run: RetentionRun | None,
-                  now: datetime) -> None:
-    """Steps 2: from here the backups named exist for no reader. The backup catalog is
-    only a cache, rewritten so that it stops listing them."""
+def _store_intent(archive: Archive, decision: _Decision, stored: _Stored, claimed: set[str],
+                  last_run: RetentionRun | None, now: datetime) -> None:
+    """Step 2: from here the backups named exist for no reader. The backup catalog is
+    only a cache, rewritten so that it stops listing them. `claimed`: every name this
+    run has put in `deleting`; the decision's are added to it."""
     deleting = [*decision.deleting, *decision.held]
-    state = RetentionState(deleting=deleting, decided_at=now, last_run=last_run)
+    others = _other_runs_intent(archive, claimed)
+    claimed.update(deleting)
+    state = RetentionState(deleting=[*deleting, *others], decided_at=now, last_run=last_run)
     archive.put(RETENTION_STATE_KEY, catalog.encode(state), overwrite=True)
-    remaining = [backup for backup in stored.finished if backup.backup_id not in deleting]
+    gone = {*deleting, *others}
+    remaining = [backup for backup in stored.finished if backup.backup_id not in gone]
     archive.put(BACKUP_CATALOG_KEY, catalog.encode(BackupCatalog(backups=remaining)), overwrite=True)
+
+
+def _other_runs_intent(archive: Archive, claimed: set[str]) -> list[str]:
+    """The backups another run, at work at the same time, stored its intent to remove
+    since this one read `catalog/retention.json`. (Two runs writing in the same instant
+    can still lose one's names: the storage has no compare-and-swap.)"""
+    return [backup_id for backup_id in inventory.retention_state(archive).deleting if backup_id not in claimed]
 
 
 def _remove_backup(archive: Archive, backup_id: str) -> None:

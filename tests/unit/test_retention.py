@@ -14,10 +14,10 @@ import msgspec
 import pytest
 
 from pitrkit import catalog, inventory, lease, restore, retention
-from pitrkit.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
+from pitrkit.archive import RETENTION_STATE_KEY, Archive, lease_key, wal_index_key
 from pitrkit.catalog import RetentionState, WalFolderIndex
 from pitrkit.cli import main
-from pitrkit.config import RetentionConfig
+from pitrkit.config import Config, RepositoryConfig, RetentionConfig
 from pitrkit.errors import RefusedError
 from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.localpg import wait_for
@@ -450,3 +450,28 @@ def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_rem
     index = catalog.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
     assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
     assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
+
+
+def test_a_run_finishing_does_not_erase_the_intent_of_a_run_still_at_work(store, tmp_path):
+    # Two runs at once (the daemon's, and one started by hand): the second stores its
+    # intent to remove B while the first, which keeps B, is removing A. The second is
+    # still at work (here: stopped just after its intent) when the first writes its result.
+    config = Config(repository=RepositoryConfig(url=f"file://{store.root}", retries=0))
+    recording = record(store)
+
+    def delete(key: str) -> None:
+        RecordingStorage.delete(recording, key)
+        if key == "backups/A/manifest.json":
+            second = Archive(config)
+            second.storage = RecordingStorage(second.storage, crash_at=2)
+            with pytest.raises(SimulatedCrash):
+                retention.apply(second, RetentionConfig(keep_last=1), now=NOW)
+
+    recording.delete = delete  # type: ignore[method-assign]
+    retention.apply(store.archive, KEEP_TWO, now=NOW)
+    assert state(store).deleting == ["B"]
+    assert ids(store) == ["C"]
+    # The next run finishes what the stopped one intended.
+    again = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+    assert [(gone.backup_id, gone.kind) for gone in again.removed_backups] == [("B", "interrupted")]
+    assert state(store).deleting == []

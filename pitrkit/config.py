@@ -304,6 +304,12 @@ def _operations_problems(config: Config) -> list[str]:
         seconds = parse_duration(value)
         if seconds is None or (name == "daemon.every" and seconds <= 0):
             problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w)")
+    if retention is not None and (grace := parse_duration(retention.unfinished_grace)) is not None \
+            and grace <= config.backup.wal_timeout:
+        # After its last part, a backup-push waits up to wal_timeout for its WAL before it
+        # stores the manifest: a shorter grace removes the parts of a backup about to commit.
+        problems.append("retention.unfinished_grace must be longer than backup.wal_timeout "
+                        f"({config.backup.wal_timeout:g}s): a backup waiting for its WAL writes nothing meanwhile")
     if config.daemon.every is not None and config.daemon.cron is not None:
         problems.append("daemon.every and daemon.cron are both set: choose one schedule")
     if config.daemon.cron is not None:

@@ -14,11 +14,12 @@ import msgspec
 import pytest
 
 from pitrkit import catalog, inventory, lease, restore, retention
+from pitrkit import config as config_module
 from pitrkit.archive import RETENTION_STATE_KEY, Archive, lease_key, wal_index_key
 from pitrkit.catalog import RetentionState, WalFolderIndex
 from pitrkit.cli import main
 from pitrkit.config import Config, RepositoryConfig, RetentionConfig
-from pitrkit.errors import RefusedError
+from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.localpg import wait_for
 from pitrkit.plan import Target, make_plan
@@ -475,3 +476,15 @@ def test_a_run_finishing_does_not_erase_the_intent_of_a_run_still_at_work(store,
     again = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
     assert [(gone.backup_id, gone.kind) for gone in again.removed_backups] == [("B", "interrupted")]
     assert state(store).deleting == []
+
+
+def test_a_grace_period_a_committing_backup_could_outlast_is_refused():
+    # After its last part a backup-push waits up to backup.wal_timeout for its WAL, then
+    # stores its manifest: a grace period no longer than that removes the parts of a
+    # backup that then commits, a manifest naming parts that are gone.
+    document = {"repository": {"url": "file:///srv/archive"}, "backup": {"wal_timeout": 1800},
+                "retention": {"unfinished_grace": "30m"}}
+    with pytest.raises(ConfigError, match="retention.unfinished_grace must be longer than backup.wal_timeout"):
+        config_module.parse(document, "pitrkit.toml")
+    document["retention"]["unfinished_grace"] = "31m"
+    assert config_module.parse(document, "pitrkit.toml").retention.unfinished_grace == "31m"

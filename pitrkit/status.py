@@ -205,8 +205,8 @@ def collect(archive: Archive, config: Config, now: datetime | None = None) -> St
     receiver = _receiver(wal, config, now)
     archiver = _archiver(config)
     size = _size(wal, finished)
-    retention = _retention(config.retention, finished, survey.deleting, inventory.retention_state(archive).last_run,
-                           timelines, now)
+    retention = _retention(config.retention, wal, finished, survey.deleting,
+                           inventory.retention_state(archive).last_run, timelines, now)
 
     checks = [
         _backup_check(last_backup, config),
@@ -439,8 +439,9 @@ def _resumes_at(wal: ArchivedWal, path: list[TimelineStep], missing: str) -> str
 # --- retention --------------------------------------------------------------------------
 
 
-def _retention(config: RetentionConfig | None, finished: list[BackupSummary], deleting: list[str],
-               last_run: RetentionRun | None, timelines: list[TimelineRange], now: datetime) -> RetentionHealth:
+def _retention(config: RetentionConfig | None, wal: ArchivedWal | None, finished: list[BackupSummary],
+               deleting: list[str], last_run: RetentionRun | None, timelines: list[TimelineRange],
+               now: datetime) -> RetentionHealth:
     if config is None:
         return RetentionHealth(configured=False, policy="", verdicts=[], shortfalls=[], deleting=deleting,
                                last_run=last_run)
@@ -459,17 +460,41 @@ def _retention(config: RetentionConfig | None, finished: list[BackupSummary], de
                               f"{'has' if held == 1 else 'have'} a backup; the oldest backup is from "
                               f"{show_time(oldest_stop)}")
     if policy.window is not None:
-        # The promise is about restorable points, so it is judged against the WAL too:
-        # a backup kept for the window is no use if the WAL after it has a hole.
-        window_start = now - policy.window
-        restorable_from = min((r.oldest.time for r in timelines if r.oldest is not None), default=None)
-        if restorable_from is not None and restorable_from > window_start and oldest_stop is not None \
-                and oldest_stop <= window_start:
-            shortfalls.append(f"window {show_duration(policy.window)} promised (restorable from "
-                              f"{show_time(window_start)}), but the oldest restorable point is "
-                              f"{show_time(restorable_from)}")
+        shortfalls += _window_shortfalls(wal, policy.window, finished, timelines, now)
     return RetentionHealth(configured=True, policy=policy.describe(), verdicts=verdicts, shortfalls=shortfalls,
                            deleting=deleting, last_run=last_run)
+
+
+def _window_shortfalls(wal: ArchivedWal | None, window: timedelta, finished: list[BackupSummary],
+                       timelines: list[TimelineRange], now: datetime) -> list[str]:
+    """The window promises restorable points, so it is judged against the WAL: a backup
+    kept for it is no use if the WAL after it has a hole."""
+    promised = f"window {show_duration(window)} promised"
+    window_start = now - window
+    shortfalls = []
+    oldest_stop = min((b.stop_time for b in finished), default=None)
+    restorable_from = min((r.oldest.time for r in timelines if r.oldest is not None), default=None)
+    if restorable_from is not None and restorable_from > window_start and oldest_stop is not None \
+            and oldest_stop <= window_start:
+        shortfalls.append(f"{promised} (restorable from {show_time(window_start)}), but the oldest restorable "
+                          f"point is {show_time(restorable_from)}")
+    if wal is None or not timelines:
+        return shortfalls
+    # A gap loses the points from it to the stop of the next backup after it (or, without
+    # one, every point after it): lost points inside the window break the promise.
+    latest = timelines[-1]
+    path = wal.path(latest.timeline)
+    on = sorted((b for b in finished if on_path(path, b)), key=lambda b: b.start_lsn)
+    for gap in latest.gaps:
+        missing = _segno(wal, gap.missing_segment)
+        after = next((b for b in on if _segno(wal, b.first_segment) > missing), None)
+        if after is None:
+            shortfalls.append(f"{promised}, but segment {gap.missing_segment} is missing: no point after it "
+                              "restores")
+        elif after.stop_time > window_start:
+            shortfalls.append(f"{promised}, but segment {gap.missing_segment} is missing: nothing restores from "
+                              f"it to the stop of backup {after.backup_id}, {show_time(after.stop_time)}")
+    return shortfalls
 
 
 def _unit(rule: str, count: int) -> str:

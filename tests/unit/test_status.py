@@ -338,6 +338,24 @@ def test_window_promise_against_the_oldest_restorable_point(store):
     assert report.timelines[0].oldest is not None and report.timelines[0].oldest.backup_id == "B"
 
 
+@pytest.mark.parametrize(("older_backup_days", "level"), [(None, "WARN"), (5, "OK")])
+def test_window_promise_against_a_gap_inside_the_window(store, older_backup_days, level):
+    # A gap loses the points from it to the stop of the next backup after it: those
+    # must all lie before the window for the promise to hold.
+    backup_at(store, "A", 2, 3, NOW - timedelta(days=10))
+    if older_backup_days is not None:
+        backup_at(store, "C", 7, 8, NOW - timedelta(days=older_backup_days))
+    backup_at(store, "B", 10, 11, NOW - timedelta(hours=2))
+    store.drop_segment(1, 5)
+    report = collect(store, retention=RetentionConfig(window="3d"), status=LENIENT)
+    assert levels(report)["restorable"] == "OK" and report.timelines[0].oldest is not None
+    assert report.timelines[0].oldest.backup_id == "A"  # the oldest point is old enough
+    assert levels(report)["retention"] == level, report.checks
+    if level == "WARN":
+        assert f"window 3d promised, but segment {name(1, 5)} is missing" in message(report, "retention")
+        assert "backup B" in message(report, "retention")
+
+
 # --- the command ------------------------------------------------------------------------
 
 

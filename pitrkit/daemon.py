@@ -455,6 +455,11 @@ class StopRequest:
 
 
 class Daemon:
+    """The loop: supervises the sidecar, starts the scheduled backups and retention, and
+    keeps the facts the status page shows, until its StopRequest notes a signal; then
+    stops the running backup or retention, the sidecar and the status server, in that
+    order."""
+
     def __init__(self, config: Config, config_path: Path, verbose: bool, stop: StopRequest) -> None:
         pitrkit = [sys.executable, "-m", "pitrkit", "--config", str(config_path), *(["-v"] if verbose else [])]
         self._config = config

@@ -1,6 +1,7 @@
 """The status `pitrkit daemon` serves: a StatusReport refreshed on its own thread every
 `[daemon] status_interval`, and an HTTP server on `[daemon] listen` that renders it with
-the daemon's own facts: `/` the HTML page, `/metrics` Prometheus text, `/status.json`.
+the daemon's own facts: `/` the HTML page, `/metrics` Prometheus text, `/status.json`
+(GET and HEAD; POST, PUT, DELETE and PATCH get 405).
 
 A request never touches the archive: it renders the newest collected report, so a
 scraper polling every second costs nothing and a slow or unreachable archive cannot hang
@@ -154,7 +155,7 @@ class _Server(ThreadingHTTPServer):
                     error=f"{type(error).__name__}: {error}")
 
 
-_TEXT = "text/plain; charset=utf-8"
+_PLAIN_TEXT = "text/plain; charset=utf-8"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -170,20 +171,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(send_body=False)
 
     def _method_not_allowed(self) -> None:
-        self._answer(HTTPStatus.METHOD_NOT_ALLOWED, _TEXT, "only GET and HEAD\n", True, allow="GET, HEAD")
+        self._answer(HTTPStatus.METHOD_NOT_ALLOWED, _PLAIN_TEXT, "only GET and HEAD\n", True, allow="GET, HEAD")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed
 
     def _serve(self, send_body: bool) -> None:
         path = self.path.partition("?")[0]
         if path not in ("/", "/metrics", "/status.json"):
-            self._answer(HTTPStatus.NOT_FOUND, _TEXT, "not found: try /, /metrics or /status.json\n", send_body)
+            self._answer(HTTPStatus.NOT_FOUND, _PLAIN_TEXT, "not found: try /, /metrics or /status.json\n", send_body)
             return
         report, problem = self.board.report()
         if report is None:
             # Before the first collection succeeds there is nothing true to show; a
             # scraper must see a failed scrape, not an empty one.
-            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, f"pitrkit status is not available: {problem}\n",
+            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, _PLAIN_TEXT, f"pitrkit status is not available: {problem}\n",
                          send_body)
             return
         try:
@@ -192,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("rendering %s failed", path, exc_info=True)
             error = f"internal error: {type(exc).__name__}: {exc}"
             events.emit(log, logging.ERROR, "http-failed", client=self.client_address[0], path=path, error=error)
-            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, _TEXT, f"pitrkit: {error}\n", send_body)
+            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, _PLAIN_TEXT, f"pitrkit: {error}\n", send_body)
             return
         self._answer(HTTPStatus.OK, content_type, body, send_body)
 

@@ -400,7 +400,8 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
         # Backups whose WAL starts inside this run share its end: they add nothing.
         covered = [backup, *(b for b in waiting if _segno(wal, b.first_segment) <= chain.last_segno)]
         waiting = waiting[len(covered) - 1:]
-        if chain.missing is not None and chain.gap:
+        # A backup starting inside the hole the previous run ran into finds the same one.
+        if chain.missing is not None and chain.gap and not (gaps and gaps[-1].missing_segment == chain.missing):
             gaps.append(Gap(missing_segment=chain.missing, resumes_at=_resumes_at(wal, path, chain.missing),
                             after_backup=covered[-1].backup_id))
     return TimelineRange(timeline=timeline, oldest=oldest, newest=newest, gaps=gaps)

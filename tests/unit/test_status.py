@@ -127,6 +127,16 @@ def test_a_gap_between_backups_is_reported_but_the_latest_is_restorable(store):
     assert timeline.newest is not None and timeline.newest.segment == name(1, 20)
 
 
+def test_a_backup_starting_in_a_gap_does_not_count_the_gap_twice(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 10, 11)
+    store.drop_segment(1, 10)  # the end of A's WAL and B's first segment
+    report = collect(store)
+    assert [(g.missing_segment, g.after_backup) for g in report.timelines[0].gaps] == [(name(1, 10), "A")]
+    assert levels(report)["restorable"] == "FAIL"
+    assert samples(metrics_text(report, None))[("pitrkit_wal_gaps", (("timeline", "1"),))] == 1
+
+
 def test_the_newest_backup_missing_its_own_wal_fails(store):
     store.backup("A", 1, 2, 3)
     store.backup("B", 1, 19, 21)  # segment 21 was never archived

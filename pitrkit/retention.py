@@ -202,9 +202,11 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
     notes: list[str] = []
     unknown = sorted(holders.keys() - by_id.keys())
     if unknown:
-        # Which WAL a lease on a half-removed backup reads cannot be worked out without
-        # its summary: keep all of it.
-        notes.append(f"no WAL removed: leases hold {', '.join(unknown)}, which an interrupted run was removing")
+        # Which WAL a lease on a half-removed or vanished backup (a restore that refused
+        # it and died before dropping its lease) reads cannot be worked out without the
+        # backup's summary: keep all of it until the lease lapses.
+        notes.append(f"no WAL removed: leases hold {', '.join(unknown)}, not a finished backup (being removed by an "
+                     "interrupted run, or gone): which WAL their restores read is unknown")
         wal: list[_WalFolderRemoval] = []
     else:
         keepers = [by_id[item.backup_id] for item in kept if item.backup_id in by_id]

@@ -488,3 +488,13 @@ def test_a_grace_period_a_committing_backup_could_outlast_is_refused():
         config_module.parse(document, "pitrkit.toml")
     document["retention"]["unfinished_grace"] = "31m"
     assert config_module.parse(document, "pitrkit.toml").retention.unfinished_grace == "31m"
+
+
+def test_a_lease_on_a_backup_that_is_gone_holds_all_wal_and_says_so(store):
+    # A restore that found its backup removed and died before dropping its lease: which
+    # WAL it would read cannot be worked out, so none goes until the lease lapses.
+    lease.take(store.archive, "GONE", 1, name(1, 2))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    assert report.removed_wal == [] and wal_present(store) == list(range(1, 21))
+    assert report.notes == ["no WAL removed: leases hold GONE, not a finished backup (being removed by an "
+                            "interrupted run, or gone): which WAL their restores read is unknown"]

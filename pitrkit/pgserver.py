@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import psycopg
 
+from pitrkit.conninfo import conninfo_parameters
 from pitrkit.errors import PitrkitError
 from pitrkit.wal import Lsn
 
@@ -80,6 +81,7 @@ class ServerSession:
     """An autocommit session; every failure is a `ServerError` naming what was attempted."""
 
     def __init__(self, conninfo: str | None) -> None:
+        conninfo_parameters(conninfo)  # a malformed one is refused without libpq's words
         try:
             # None means libpq's defaults (PGHOST, PGPORT, the default socket ...), as psql.
             # fallback_application_name: a name the DBA sets in conninfo wins.

@@ -38,11 +38,12 @@ from argparse import Namespace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from pitrkit import events
 from pitrkit.archive import Archive, wal_key
 from pitrkit.config import Config
+from pitrkit.conninfo import conninfo_parameters
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.progress import human_bytes
 from pitrkit.push import push
@@ -459,10 +460,7 @@ def _receiver_command(pg_receivewal: Path, conninfo: str, spool: Path, slot: str
     """pg_receivewal's argv and environment. A password in conninfo goes into the
     environment (readable only by this user and root), never into argv, which `ps` shows
     to everyone."""
-    try:
-        parameters = conninfo_to_dict(conninfo)
-    except Exception as exc:  # psycopg.ProgrammingError; its message quotes no secrets
-        raise ConfigError(f"[postgres] conninfo is not a valid connection string: {exc}") from None
+    parameters = conninfo_parameters(conninfo)
     environment = dict(os.environ)
     if password := parameters.pop("password", None):
         environment["PGPASSWORD"] = str(password)

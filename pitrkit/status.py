@@ -30,7 +30,7 @@ from pitrkit import catalog, inventory
 from pitrkit.archive import Archive, backup_prefix
 from pitrkit.catalog import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.config import Config, RetentionConfig, parse_duration
-from pitrkit.errors import PitrkitError
+from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
@@ -317,15 +317,14 @@ def _archiver(config: Config) -> Archiver:
         return Archiver(reachable=False, problem="[postgres] conninfo is not set")
     # Only this path talks SQL: status without a server never loads psycopg.
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+
+    from pitrkit.conninfo import conninfo_parameters
 
     try:
-        conninfo_to_dict(conninfo)
-    except psycopg.Error:
-        # libpq's message quotes the piece it could not parse, which may be a piece of
-        # the password; the report goes to pages, metrics hosts and logs.
-        return Archiver(reachable=False, problem="[postgres] conninfo is not a valid connection string (libpq's "
-                                                 "message is not shown: it may quote the password)")
+        conninfo_parameters(conninfo)
+    except ConfigError as exc:
+        # The report goes to pages, metrics hosts and logs: this message quotes nothing.
+        return Archiver(reachable=False, problem=str(exc))
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_SECONDS,
                              fallback_application_name="pitrkit status") as connection:

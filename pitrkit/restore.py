@@ -89,8 +89,10 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             return summary
         try:
             recovered = start_and_report(plan, args, target_dir, bindir)
-        except PitrkitError:
-            # The directory is complete: the operator may well start it again by hand.
+        except BaseException:
+            # The directory is complete: the operator may well start it again by hand. And
+            # an interrupt (Ctrl-C while recovery is slow) leaves the server, in its own
+            # session, replaying from the archive: the WAL must outlive this process.
             hold_for_the_operator(held, config, manifest.backup_id)
             raise
         held.release()  # recovery has read what it needed

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit import catalog, inventory, lease, restore, retention
+from pitrkit import catalog, inventory, lease, pgstart, restore, retention
 from pitrkit import config as config_module
 from pitrkit.archive import RETENTION_STATE_KEY, Archive, lease_key, wal_index_key
 from pitrkit.catalog import RetentionState, WalFolderIndex
@@ -498,3 +498,23 @@ def test_a_lease_on_a_backup_that_is_gone_holds_all_wal_and_says_so(store):
     assert report.removed_wal == [] and wal_present(store) == list(range(1, 21))
     assert report.notes == ["no WAL removed: leases hold GONE, not a finished backup (being removed by an "
                             "interrupted run, or gone): which WAL their restores read is unknown"]
+
+
+def test_a_restore_interrupted_while_its_server_recovers_keeps_its_lease_for_the_operator(tmp_path, monkeypatch):
+    # Ctrl-C while `restore --start` waits: the server it started (in its own session)
+    # goes on replaying from the archive, so the lease must outlive the process, as after
+    # a failed recovery, not lapse within minutes of the last renewal.
+    store = three_backups(tmp_path / "archive")
+    config = cli_config(tmp_path, store)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(pgstart, "find_bindir", lambda configured, version: tmp_path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore, "start_and_report", interrupted)
+    started = datetime.now(UTC)
+    assert main(["--config", str(config), "restore", "--target-dir", str(tmp_path / "restored"), "--latest",
+                 "--start"]) == 130
+    [held] = lease.survey(store.archive, started).active
+    assert held.backup_id == "C" and held.expires_at >= started + timedelta(hours=12)

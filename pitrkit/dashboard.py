@@ -22,7 +22,7 @@ from datetime import datetime
 import msgspec
 
 from pitrkit.inventory import show_time
-from pitrkit.progress import human_bytes, human_seconds
+from pitrkit.progress import human_bytes, human_count, human_seconds
 from pitrkit.status import ArchivedFile, Level, StatusReport
 from pitrkit.wal import Lsn
 
@@ -355,8 +355,9 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
          '<span class="muted">none configured</span>'),
         ("being removed", _cell(", ".join(retention.deleting) or "-")),
         ("last run", _cell("-" if retention.last_run is None else
-                           f"{show_time(retention.last_run.finished_at)}: {len(retention.last_run.backups_removed)} "
-                           f"backups, {retention.last_run.wal_files_removed} WAL files, "
+                           f"{show_time(retention.last_run.finished_at)}: "
+                           f"{human_count(len(retention.last_run.backups_removed), 'backup')}, "
+                           f"{human_count(retention.last_run.wal_files_removed, 'WAL file')}, "
                            f"{human_bytes(retention.last_run.bytes_freed)} freed")),
     ], "retention"))
     if daemon is not None:

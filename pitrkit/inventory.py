@@ -62,7 +62,7 @@ from pitrkit.config import Config
 from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 from pitrkit.fetch import read
 from pitrkit.hookspecs import ObjectExists, ObjectInfo, ObjectNotFound
-from pitrkit.progress import human_bytes
+from pitrkit.progress import human_bytes, human_count
 from pitrkit.wal import (
     HistoryEntry,
     InvalidSegment,
@@ -588,7 +588,7 @@ def rebuild(archive: Archive) -> list[str]:
             finished.append(summary)
     finished = _oldest_first(finished)
     archive.put(BACKUP_CATALOG_KEY, catalog.encode(BackupCatalog(backups=finished)), overwrite=True)
-    line = f"wrote {BACKUP_CATALOG_KEY}: {_count(len(finished), 'backup')}"
+    line = f"wrote {BACKUP_CATALOG_KEY}: {human_count(len(finished), 'backup')}"
     if unfinished:
         line += f" (left out, no manifest: {', '.join(unfinished)})"
     report.append(line)
@@ -604,7 +604,7 @@ def rebuild(archive: Archive) -> list[str]:
             key = wal_index_key(_folder_prefix(timeline, log_number))
             archive.put(key, catalog.encode(_folder_index(listed), pretty=False), overwrite=True)
             wanted.add(key)
-            report.append(f"wrote {key}: {_count(len(listed.entries), 'file')}")
+            report.append(f"wrote {key}: {human_count(len(listed.entries), 'file')}")
     for key in sorted(wal.indexed - wanted):
         archive.delete(key)
         report.append(f"removed {key}: its folder is gone or still receives WAL")
@@ -729,10 +729,6 @@ def show_time(moment: datetime | None) -> str:
     return moment.astimezone().isoformat(sep=" ", timespec="seconds")
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -774,16 +770,16 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
         survey = survey_backups(archive)
         listing = BackupListing(backups=survey.finished, unfinished=survey.unfinished, deleting=survey.deleting)
         _print(catalog.encode(listing).decode() if args.json else _backup_table(survey))
-        return (f"listed {_count(len(survey.finished), 'backup')}, {len(survey.unfinished)} unfinished, "
+        return (f"listed {human_count(len(survey.finished), 'backup')}, {len(survey.unfinished)} unfinished, "
                 f"{len(survey.deleting)} being removed")
     if args.command == "wal-list":
         rows = wal_rows(archive, args.timeline)
         _print(catalog.encode(WalListing(files=rows)).decode() if args.json else _wal_table(rows))
-        return f"listed {_count(len(rows), 'WAL file')}"
+        return f"listed {human_count(len(rows), 'WAL file')}"
     if args.command == "catalog" and args.action == "rebuild":
         report = rebuild(archive)
         _print("\n".join(report))
-        return f"rebuilt the catalog: {_count(len(report), 'change')}"
+        return f"rebuilt the catalog: {human_count(len(report), 'change')}"
     raise UsageError(f"inventory has no command {args.command!r}")
 
 

@@ -1,5 +1,6 @@
 """A one-line progress display for long commands (backup-push, restore): bytes done,
-rate and time left, redrawn in place on a terminal, silent otherwise.
+rate and time left, redrawn in place on a terminal, silent otherwise; and how every
+command writes sizes, durations and counts for people.
 
 It writes to stderr, so stdout stays clean for a backup id or `--json`; and only when
 stderr is a terminal, so logs and CI output never fill with carriage returns.
@@ -13,6 +14,11 @@ import time
 from typing import TextIO
 
 _REDRAW_EVERY = 0.25  # seconds
+
+
+def human_count(number: int, noun: str) -> str:
+    """"1 backup", "3 backups": nouns whose plural takes an s, which are all pitrkit counts."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def human_bytes(count: float) -> str:

@@ -57,7 +57,7 @@ from pitrkit.config import Config, RetentionConfig, parse_duration
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo, ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, show_time
-from pitrkit.progress import human_bytes
+from pitrkit.progress import human_bytes, human_count
 from pitrkit.wal import SegmentName
 
 log = logging.getLogger(__name__)
@@ -459,17 +459,13 @@ def summary(report: RetentionReport) -> str:
     backups = [item.backup_id for item in report.removed_backups if item.kind != "unfinished"]
     unfinished = [item.backup_id for item in report.removed_backups if item.kind == "unfinished"]
     verb = "would remove" if report.dry_run else "removed"
-    words = [f"{_count(len(backups), 'backup')}" + (f" ({', '.join(backups)})" if backups else "")]
+    words = [f"{human_count(len(backups), 'backup')}" + (f" ({', '.join(backups)})" if backups else "")]
     if unfinished:
         words.append(f"{len(unfinished)} unfinished ({', '.join(unfinished)})")
-    words.append(_count(sum(item.files for item in report.removed_wal), "WAL file"))
+    words.append(human_count(sum(item.files for item in report.removed_wal), "WAL file"))
     freed = "would free" if report.dry_run else "freed"
     return (f"retention{' dry run' if report.dry_run else ''}: {verb} {', '.join(words)}; kept "
-            f"{_count(len(report.kept), 'backup')}; {freed} {human_bytes(report.stored_bytes)} stored")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
+            f"{human_count(len(report.kept), 'backup')}; {freed} {human_bytes(report.stored_bytes)} stored")
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:

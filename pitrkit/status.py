@@ -34,7 +34,7 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
-from pitrkit.progress import human_bytes, human_seconds
+from pitrkit.progress import human_bytes, human_count, human_seconds
 from pitrkit.wal import Lsn, SegmentName
 
 Level = Literal["OK", "WARN", "FAIL"]
@@ -686,8 +686,9 @@ def describe(report: StatusReport) -> str:
                      + (f"; removing {', '.join(retention.deleting)}" if retention.deleting else ""))
     if retention.last_run:
         run = retention.last_run
-        lines.append(f"last retention: {show_time(run.finished_at)}, removed {len(run.backups_removed)} backups and "
-                     f"{run.wal_files_removed} WAL files, {human_bytes(run.bytes_freed)} freed")
+        lines.append(f"last retention: {show_time(run.finished_at)}, removed "
+                     f"{human_count(len(run.backups_removed), 'backup')} and "
+                     f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
     return "\n".join(lines) + "\n"
 
 

@@ -68,7 +68,7 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, LogFolder, TimelineStep, on_path
 from pitrkit.objects import ObjectHeader
 from pitrkit.plan import Target, make_plan
-from pitrkit.progress import Progress, human_bytes
+from pitrkit.progress import Progress, human_bytes, human_count
 from pitrkit.wal import InvalidSegment, SegmentName, WalFileKind, WalFileName, parse_history, validate_segment
 
 Severity = Literal["error", "warning"]
@@ -598,14 +598,10 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
 # --- showing ----------------------------------------------------------------------------
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
 def _outcome(report: VerifyReport) -> str:
     if not report.findings:
         return "clean"
-    return f"{_count(report.errors, 'error')}, {_count(report.warnings, 'warning')}"
+    return f"{human_count(report.errors, 'error')}, {human_count(report.warnings, 'warning')}"
 
 
 def text(report: VerifyReport) -> str:
@@ -620,16 +616,16 @@ def text(report: VerifyReport) -> str:
     if report.being_removed:
         backups += f"; being removed by retention, not checked: {', '.join(report.being_removed)}"
     lines.append(backups)
-    lines.append(f"WAL:       {_count(report.wal_files, 'file')} stored")
+    lines.append(f"WAL:       {human_count(report.wal_files, 'file')} stored")
     for checked in report.timelines:
         path = " -> ".join(map(str, checked.path))
         if checked.checked_from is None:
             lines.append(f"timeline {checked.timeline} (path {path}): no backup on its path; WAL not checked")
         else:
             lines.append(f"timeline {checked.timeline} (path {path}): WAL from {checked.checked_from} to "
-                         f"{checked.checked_to or '(nothing)'}, {_count(len(checked.gaps), 'gap')}")
+                         f"{checked.checked_to or '(nothing)'}, {human_count(len(checked.gaps), 'gap')}")
     if report.deep:
-        lines.append(f"content:   read {_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
+        lines.append(f"content:   read {human_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
                      "stored, each decoded and checked")
     else:
         lines.append("content:   not read (--deep reads every object and checks its checksum)")
@@ -642,8 +638,9 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     report = verify(archive, args.deep, config.backup.workers or os.cpu_count() or 1)
     sys.stdout.write(catalog.encode(report).decode() if args.json else text(report))
     sys.stdout.flush()
-    summary = (f"verified {report.archive}{' (deep)' if args.deep else ''}: {_count(len(report.backups), 'backup')}, "
-               f"{_count(report.wal_files, 'WAL file')}: {_outcome(report)}")
+    summary = (f"verified {report.archive}{' (deep)' if args.deep else ''}: "
+               f"{human_count(len(report.backups), 'backup')}, {human_count(report.wal_files, 'WAL file')}: "
+               f"{_outcome(report)}")
     if report.findings:
         first = report.findings[0]
         raise VerifyFailed(f"{summary}; first: {first.key}: {first.problem}")

@@ -10,9 +10,10 @@ unpack.py), the recovery settings added (recovery_conf.py), and, with --start, t
 started and watched until it reaches the target (pgstart.py). Exit 0 means the directory
 is complete and durable, and with --start that the target was reached.
 
-The lease is renewed while the restore runs. With --start it is released at the end
-(recovery has read its WAL); without, the server is started later by the operator and
-replays from the archive then, so the lease stays for `[retention] restore_lease`.
+The lease is renewed while the restore runs. It is released once --start has seen the
+server promote (recovery reads no more WAL); in every other case recovery goes on after
+this process (started later by the operator, resumed after a pause or shutdown at the
+target, started again after a failure), so the lease stays for `[retention] restore_lease`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             # session, replaying from the archive: the WAL must outlive this process.
             hold_for_the_operator(held, config, manifest.backup_id)
             raise
-        held.release()  # recovery has read what it needed
+        if args.action == "promote":
+            held.release()  # recovery is over: the server reads no more WAL from the archive
+        else:
+            # Paused or shut down at the target, recovery is not over: the operator may
+            # move the target on and resume, and replay reads on from the archive.
+            hold_for_the_operator(held, config, manifest.backup_id)
         return summary + "; " + recovered
 
 

@@ -31,6 +31,7 @@ from pitr_workload import (
     restore_plan,
     restore_started,
     succeeded,
+    wait_until_promoted,
     write_round,
 )
 from pitrkit_setup import PitrkitSetup
@@ -217,10 +218,19 @@ def test_a_run_killed_midway_leaves_a_consistent_archive_and_the_next_run_finish
     assert state["deleting"] == [] and state["last_run"]["backups_removed"] == [first]
     verify_clean(setup)
 
-    # A restore with --start holds its lease only while it runs.
+    # A restore with --start that pauses at the target keeps its lease for the operator,
+    # who may move the target on and resume; one that promotes needs no more WAL and
+    # holds its lease only while it runs.
     leases = sorted((setup.archive / "leases").glob("*.json"))
     restored, said = restore_started(cluster, setup, "--to", point.time, "--action", "pause")
     assert digests(restored) == point.digests
-    [taken] = re.findall(r"took lease (\S+):", said)
-    assert not (setup.archive / "leases" / f"{taken}.json").exists()
-    assert sorted((setup.archive / "leases").glob("*.json")) == leases
+    [paused] = re.findall(r"took lease (\S+):", said)
+    assert f"lease {paused} keeps backup {second} and its WAL from retention until" in said
+    restored.stop()
+    restored, said = restore_started(cluster, setup, "--to", point.time, "--archive-mode", "off")
+    wait_until_promoted(restored)
+    assert digests(restored) == point.digests
+    [promoted] = re.findall(r"took lease (\S+):", said)
+    assert not (setup.archive / "leases" / f"{promoted}.json").exists()
+    assert sorted((setup.archive / "leases").glob("*.json")) == sorted(
+        [*leases, setup.archive / "leases" / f"{paused}.json"])

@@ -47,7 +47,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import pstats
 import re
 import resource
@@ -775,11 +774,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="pgbench transactions per client (2 clients) between backup and target")
     ap.add_argument("--root", default="/srv/pitrkit-bench-br",
                     help="venv, clusters, archives and repos live here")
-    ap.add_argument("--source", default=str(REPO), help="pitrkit checkout to install")
-    ap.add_argument("--python", default="/usr/bin/python3", help="interpreter for the venv")
-    ap.add_argument("--worktree", action="store_true",
-                    help="install the work tree as it is (uncommitted changes too), not HEAD")
-    ap.add_argument("--skip-install", action="store_true", help="reuse the bench venv as is")
     ap.add_argument("--no-restore", action="store_true", help="backups only")
     ap.add_argument("--no-warmup", action="store_true",
                     help="measure from the first restore (default: one unmeasured restore per tool first)")
@@ -788,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true",
                     help="also profile one pitrkit backup-push and restore (cProfile, all threads)")
     ap.add_argument("--keep", action="store_true", help="leave the source cluster running")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    walpath.add_install_arguments(ap)
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("backup_restore: run as root (it installs a venv; servers run as postgres)")
@@ -827,9 +821,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "when": when, "duration_s": round(time.monotonic() - started, 1),
         "command": shlex.join([Path(sys.executable).as_posix(), *sys.argv]),
-        "host": {"nproc": os.cpu_count(), "cpu_model": walpath.cpu_model(),
-                 "kernel": platform.release(),
-                 "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "host": walpath.host_facts(),
         "pitrkit": {"source": str(src), **git, **installed},
         "pgbackrest": subprocess.run(["pgbackrest", "version"], capture_output=True,
                                      text=True).stdout.strip(),
@@ -844,14 +836,7 @@ def main(argv: list[str] | None = None) -> None:
         "restore_runs": [asdict(r) for r in restores],
         "profile": profile,
     }
-    md = render(out)
-    out_dir = Path(a.results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"backup-restore-{when}"
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
-    print(md)
-    log(f"wrote {stem}.json and .md")
+    log(f"wrote {walpath.write_results(a.results_dir, f'backup-restore-{when}', out, render(out))}.json and .md")
     if restores and not all(r.digest_ok for r in restores):
         log("a restored cluster's digest differs from the source's at the target")
         sys.exit(1)

@@ -48,7 +48,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -532,13 +531,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=",".join(VARIANTS), metavar="VARIANT,...",
                     help=f"the variants to run, of {', '.join(VARIANTS)} (default: all)")
     ap.add_argument("--root", default="/srv/pitrkit-bench-receive", help="venv, cluster, spool and archive live here")
-    ap.add_argument("--source", default=str(REPO), help="pitrkit checkout to install")
-    ap.add_argument("--python", default="/usr/bin/python3", help="interpreter for the venv")
-    ap.add_argument("--worktree", action="store_true",
-                    help="install the work tree as it is (uncommitted changes too), not HEAD")
-    ap.add_argument("--skip-install", action="store_true", help="reuse the bench venv as is")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    walpath.add_install_arguments(ap)
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("receive: run as root (it installs a venv; servers run as postgres)")
@@ -575,22 +569,14 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         "when": when, "duration_s": round(time.monotonic() - started, 1),
         "command": shlex.join([Path(sys.executable).as_posix(), *sys.argv]),
-        "host": {"nproc": os.cpu_count(), "cpu_model": walpath.cpu_model(), "kernel": platform.release(),
-                 "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "host": walpath.host_facts(),
         "pitrkit": {"source": str(src), **git, **installed},
         "pg_version": rig.cluster.install.version,
         "seconds": a.seconds, "rows": a.rows, "rounds": a.rounds, "config": rig.config_text,
         "summary": summarize(runs, variants),
         "runs": [asdict(run) for run in runs],
     }
-    md = render(out)
-    out_dir = Path(a.results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"receive-{when}"
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
-    print(md)
-    log(f"wrote {stem}.json and .md")
+    log(f"wrote {walpath.write_results(a.results_dir, f'receive-{when}', out, render(out))}.json and .md")
 
 
 if __name__ == "__main__":

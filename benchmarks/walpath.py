@@ -97,6 +97,34 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def host_facts() -> dict:
+    """The machine a run measured on, for its results file."""
+    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(), "node": platform.node(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def add_install_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of every benchmark that installs pitrkit into a venv (see `install`)
+    and writes its results (see `write_results`)."""
+    ap.add_argument("--source", default=str(REPO), help="pitrkit checkout to install")
+    ap.add_argument("--python", default="/usr/bin/python3", help="interpreter for the venv")
+    ap.add_argument("--worktree", action="store_true",
+                    help="install the work tree as it is (uncommitted changes too), not HEAD")
+    ap.add_argument("--skip-install", action="store_true", help="reuse the bench venv as is")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
+
+
+def write_results(results_dir: str, stem: str, out: dict, md: str) -> Path:
+    """`<results_dir>/<stem>.json` (everything) and `.md` (the report, also printed);
+    returns the path without a suffix."""
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    (folder / f"{stem}.md").write_text(md)
+    print(md)
+    return folder / stem
+
+
 def rotated(items: list[str], by: int) -> list[str]:
     """The order of round `by` of an interleaved benchmark: each item goes first in turn."""
     by %= len(items)
@@ -696,10 +724,7 @@ class Bench:
         out = {
             "when": when, "duration_s": round(time.monotonic() - t_start, 1),
             "command": " ".join(shlex.quote(x) for x in sys.argv),
-            "host": {"nproc": os.cpu_count(), "cpu_model": cpu_model(),
-                     "kernel": platform.release(), "node": platform.node(),
-                     "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                                      / 2**30, 1)},
+            "host": host_facts(),
             "pitrkit": {"source": str(src), **git, **inst},
             "pgbackrest": pgbr_version, "walbench": str(self.wb_path),
             "segments": len(segs[: self.a.limit] if self.a.limit else segs),
@@ -827,10 +852,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dir", default="/srv/walbench/d",
                     help="walbench segment dir; prepared if it has no manifest.json")
     ap.add_argument("--segments", type=int, default=64, help="when preparing")
-    ap.add_argument("--source", default=str(REPO), help="pitrkit checkout to install")
     ap.add_argument("--bench-root", default="/srv/pitrkit-bench",
                     help="venv, configs and runtime dirs live here")
-    ap.add_argument("--python", default="/usr/bin/python3", help="interpreter for the venv")
     ap.add_argument("--walbench", default=os.environ.get("WALBENCH", str(DEFAULT_WALBENCH)))
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
@@ -840,10 +863,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-each", action="store_true", help="skip the --ready each rows")
     ap.add_argument("--importtime-runs", type=int, default=15)
     ap.add_argument("--only", help="regex on variant names (quick checks; no cold/import rows)")
-    ap.add_argument("--worktree", action="store_true",
-                    help="install the work tree as it is (uncommitted changes too), not HEAD")
-    ap.add_argument("--skip-install", action="store_true", help="reuse the bench venv as is")
-    ap.add_argument("--results-dir", default=str(HERE / "results"))
+    add_install_arguments(ap)
     a = ap.parse_args(argv)
     os.umask(0o022)  # the venv and configs must be readable by postgres
     b = Bench(a)
@@ -851,13 +871,7 @@ def main(argv=None) -> None:
         out = b.main()
     finally:
         stop_agents(b.bench, "on exit")
-    md = render(out)
-    rd = Path(a.results_dir)
-    rd.mkdir(parents=True, exist_ok=True)
-    (rd / f"{out['when']}.json").write_text(json.dumps(out, indent=1) + "\n")
-    (rd / f"{out['when']}.md").write_text(md)
-    print(md)
-    log(f"wrote {rd / out['when']}.json and .md")
+    log(f"wrote {write_results(a.results_dir, out['when'], out, render(out))}.json and .md")
     bad = [r["name"] for r in out["results"] if r.get("error")
            or (r["kind"] == "fetch" and not r.get("all_verified"))]
     if bad:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -243,13 +244,19 @@ def test_object_removed_after_push_ahead_is_pushed_again(pitrkit_setup, pg_wal):
     assert stored.exists()
 
 
-def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal):
-    names = [write_segment(pg_wal, segno) for segno in range(1, 5)]
-    push(pitrkit_setup, pg_wal, names[0])
-    agent = started_agent(pitrkit_setup)
+def archived_through_an_agent(setup, pg_wal: Path, count: int) -> tuple[list[str], int, Path]:
+    """Segments 1..count archived (the first starts the agent, which pushes the rest), the
+    agent's pid, and an empty directory for recovery to fetch into."""
+    names = [write_segment(pg_wal, segno) for segno in range(1, count + 1)]
+    push(setup, pg_wal, names[0])
+    agent = started_agent(setup)
     for name in names[1:]:
-        push(pitrkit_setup, pg_wal, name)
-    destination = pgharness.make_server_dir(pg_wal.parent / "restore")
+        push(setup, pg_wal, name)
+    return names, agent, pgharness.make_server_dir(pg_wal.parent / "restore")
+
+
+def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal):
+    names, agent, destination = archived_through_an_agent(pitrkit_setup, pg_wal, 4)
 
     def fetch(name):
         return run(pitrkit_setup, "wal-fetch", name, str(destination / "RECOVERYXLOG"), cwd=destination)
@@ -280,12 +287,7 @@ def test_recovery_reads_ahead_but_never_trusts_an_absence(pitrkit_setup, pg_wal)
 
 
 def test_segments_spooled_but_never_asked_for_are_removed_when_the_agent_exits(pitrkit_setup, pg_wal):
-    names = [write_segment(pg_wal, segno) for segno in range(1, 4)]
-    push(pitrkit_setup, pg_wal, names[0])
-    agent = started_agent(pitrkit_setup)
-    for name in names[1:]:
-        push(pitrkit_setup, pg_wal, name)
-    destination = pgharness.make_server_dir(pg_wal.parent / "restore")
+    names, agent, destination = archived_through_an_agent(pitrkit_setup, pg_wal, 3)
     result = run(pitrkit_setup, "wal-fetch", names[0], str(destination / "RECOVERYXLOG"), cwd=destination)
     assert result.returncode == 0, result.stderr
     spooled = [destination / f".pitrkit-ahead.{name}" for name in names[1:]]

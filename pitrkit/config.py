@@ -99,6 +99,13 @@ def parse_duration(value: int | float | str) -> float | None:
     return None if match is None else float(match["number"]) * _DURATION_UNITS[match["unit"]]
 
 
+def _loaded_duration(value: str) -> float:
+    """Seconds of a duration that `parse` has already checked."""
+    seconds = parse_duration(value)
+    assert seconds is not None  # checked when the file was loaded
+    return seconds
+
+
 class ReceiveConfig(_Section, frozen=True):
     # The physical replication slot `wal-receive` streams from (created if missing). It
     # is also the sidecar's application_name, the name synchronous_standby_names uses,
@@ -179,6 +186,14 @@ class RetentionConfig(_Section, frozen=True):
     # The zone whose calendar days, weeks and months the rules count; None: the host's.
     timezone: str | None = None
 
+    @property
+    def unfinished_grace_seconds(self) -> float:
+        return _loaded_duration(self.unfinished_grace)
+
+    @property
+    def restore_lease_seconds(self) -> float:
+        return _loaded_duration(self.restore_lease)
+
 
 class DaemonConfig(_Section, frozen=True):
     """`[daemon]`: what `pitrkit daemon` runs. The streaming sidecar runs when
@@ -205,6 +220,14 @@ class StatusConfig(_Section, frozen=True):
     # The newest WAL reached the archive longer ago than this. Only meaningful with
     # archive_timeout (or the sidecar) set: an idle server archives nothing.
     wal_max_age: str = "1h"
+
+    @property
+    def backup_max_age_seconds(self) -> float:
+        return _loaded_duration(self.backup_max_age)
+
+    @property
+    def wal_max_age_seconds(self) -> float:
+        return _loaded_duration(self.wal_max_age)
 
 
 class Config(_Section, frozen=True):

@@ -29,7 +29,7 @@ from pathlib import Path
 from pitrkit import __version__, catalog, inventory, lease, pgstart, recovery_conf, unpack
 from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
-from pitrkit.config import Config, RetentionConfig, parse_duration
+from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.plan import RestorePlan, describe, make_plan
@@ -158,9 +158,7 @@ def write_data_directory(archive: Archive, manifest: BackupManifest, target_dir:
 def restore_lease(config: Config) -> timedelta:
     """How long a restore without --start keeps its lease: [retention] restore_lease,
     whose default applies without a [retention] section too."""
-    seconds = parse_duration((config.retention or RetentionConfig()).restore_lease)
-    assert seconds is not None  # checked when the configuration was loaded
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=(config.retention or RetentionConfig()).restore_lease_seconds)
 
 
 def say(text: str) -> None:

@@ -53,7 +53,7 @@ from pitrkit.archive import (
     wal_index_key,
 )
 from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
-from pitrkit.config import Config, RetentionConfig, parse_duration
+from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo, ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, show_time
@@ -320,7 +320,7 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
     """Decide, and unless `dry_run` remove, in the order the module's docstring gives."""
     now = now or datetime.now(UTC)
     rules = policy.RetentionPolicy.from_config(settings)
-    grace = timedelta(seconds=_seconds(settings.unfinished_grace))
+    grace = timedelta(seconds=settings.unfinished_grace_seconds)
     before = inventory.retention_state(archive)
     stored = _Stored(archive)
     leases = lease.survey(archive, now)
@@ -360,12 +360,6 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
                            last_run=run)
     archive.put(RETENTION_STATE_KEY, catalog.encode(state), overwrite=True)
     return report
-
-
-def _seconds(duration: str) -> float:
-    seconds = parse_duration(duration)
-    assert seconds is not None  # checked when the configuration was loaded
-    return seconds
 
 
 def _store_intent(archive: Archive, decision: _Decision, stored: _Stored, claimed: set[str],

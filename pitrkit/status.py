@@ -29,7 +29,7 @@ import msgspec
 from pitrkit import catalog, inventory
 from pitrkit.archive import Archive, backup_prefix
 from pitrkit.catalog import BackupSummary, RetentionRun, WalIndexEntry
-from pitrkit.config import Config, RetentionConfig, parse_duration
+from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
@@ -43,7 +43,6 @@ _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
 _CONNECT_TIMEOUT_SECONDS = 5
 # An interrupted backup is told from a running one by its newest object's age; without
 # [retention] this is the grace retention would use.
-_DEFAULT_UNFINISHED_GRACE = RetentionConfig().unfinished_grace
 
 
 class StatusFailed(PitrkitError):
@@ -505,17 +504,11 @@ def _unit(rule: str, count: int) -> str:
 # --- judging ----------------------------------------------------------------------------
 
 
-def _seconds(duration: str) -> float:
-    seconds = parse_duration(duration)
-    assert seconds is not None  # checked when the configuration was loaded
-    return seconds
-
-
 def _backup_check(last: LastBackup | None, config: Config) -> Check:
     if last is None:
         return Check(name="backup", level="FAIL", message="the archive holds no finished backup: nothing can be "
                                                         "restored")
-    limit = _seconds(config.status.backup_max_age)
+    limit = config.status.backup_max_age_seconds
     said = (f"newest backup {last.backup_id} finished {show_time(last.stop_time)}, "
             f"{human_seconds(last.age_seconds)} ago ({human_bytes(last.size_bytes)}, "
             f"{human_bytes(last.stored_bytes)} stored, took {human_seconds(last.duration_seconds)})")
@@ -538,7 +531,7 @@ def _wal_check(last: ArchivedFile | None, receiver: Receiver, config: Config, no
     stored_at, name = max(stored)
     age = _elapsed(stored_at, now)
     said = f"newest WAL {name} stored {show_time(stored_at)}, {human_seconds(age)} ago"
-    if age > _seconds(config.status.wal_max_age):
+    if age > config.status.wal_max_age_seconds:
         return Check(name="wal", level="WARN", message=f"{said}: older than wal_max_age {config.status.wal_max_age}"
                                                        " (is the server archiving? archive_timeout set?)")
     return Check(name="wal", level="OK", message=said)
@@ -605,7 +598,7 @@ def _receiver_check(receiver: Receiver, config: Config, now: datetime) -> Check:
                                                             f"{show_time(receiver.observed_at)})"
                      + (f": {receiver.last_error}" if receiver.last_error else ""))
     stale = _age(receiver.observed_at, now)
-    if stale is not None and stale > _seconds(config.status.wal_max_age):
+    if stale is not None and stale > config.status.wal_max_age_seconds:
         return Check(name="receiver", level="WARN",
                      message=f"the sidecar's state is {human_seconds(stale)} old: is it still running?")
     lag = "" if receiver.lag_bytes is None else f", {human_bytes(receiver.lag_bytes)} behind the server"
@@ -624,7 +617,7 @@ def _retention_check(retention: RetentionHealth) -> Check:
 def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, now: datetime) -> Check:
     if not unfinished:
         return Check(name="unfinished", level="OK", message="no unfinished backup")
-    grace = _seconds(config.retention.unfinished_grace if config.retention else _DEFAULT_UNFINISHED_GRACE)
+    grace = (config.retention or RetentionConfig()).unfinished_grace_seconds
     # One listing per unfinished folder: a running backup keeps storing parts.
     stale = []
     for backup_id in unfinished:

@@ -66,6 +66,11 @@ def wal_folder(name: str) -> str:
     return f"{WAL_PREFIX}{name[:16]}/"
 
 
+def log_folder(timeline: int, log_number: int) -> str:
+    """`wal/<TLI><LOG>/`, the folder of one timeline's 4 GiB "log" of segments."""
+    return wal_folder(f"{timeline:08X}{log_number:08X}")
+
+
 def backup_prefix(backup_id: str) -> str:
     return f"{BACKUPS_PREFIX}{backup_id}/"
 

@@ -53,6 +53,7 @@ from pitrkit.archive import (
     WAL_INDEX_PREFIX,
     WAL_PREFIX,
     Archive,
+    log_folder,
     manifest_key,
     wal_folder,
     wal_index_key,
@@ -117,12 +118,17 @@ def retention_state(archive: Archive) -> RetentionState:
         return RetentionState()
 
 
+def backup_folders(archive: Archive) -> list[str]:
+    """The ids of the folders under `backups/`: finished, unfinished or being removed."""
+    return [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
+
+
 def survey_backups(archive: Archive) -> BackupSurvey:
     # Retention's intent first, the folders after: a backup retention starts removing
     # after this read still has its manifest when listed, so it is still complete.
     being_removed = set(retention_state(archive).deleting)
     cached = {summary.backup_id: summary for summary in _read_backup_catalog(archive)}
-    listed = [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
+    listed = backup_folders(archive)
     ids = [backup_id for backup_id in listed if backup_id not in being_removed]
 
     def summary_of(backup_id: str) -> BackupSummary | None:
@@ -384,7 +390,7 @@ class ArchivedWal:
         return bool(numbers) and log_number < numbers[-1]
 
     def _read_folder(self, timeline: int, log_number: int) -> LogFolder:
-        prefix = _folder_prefix(timeline, log_number)
+        prefix = log_folder(timeline, log_number)
         index_key = wal_index_key(prefix)
         if index_key in self.indexed and self.is_sealed(timeline, log_number):
             try:
@@ -398,7 +404,7 @@ class ArchivedWal:
 
     def relist(self, timeline: int, log_number: int) -> LogFolder:
         """List the folder itself, whatever its index says."""
-        listing = self.archive.list_folder(_folder_prefix(timeline, log_number))
+        listing = self.archive.list_folder(log_folder(timeline, log_number))
         found = LogFolder(timeline, log_number, [_index_entry(info) for info in listing.objects], from_index=False,
                           sealed=self.is_sealed(timeline, log_number))
         self._folders[(timeline, log_number)] = found
@@ -458,6 +464,15 @@ class ArchivedWal:
 
     def segment_name(self, timeline: int, segno: int) -> str:
         return SegmentName(timeline, segno, self.segment_size).name
+
+    def name_on(self, path: list[TimelineStep], segno: int) -> str:
+        """The name of the file replay along `path` reads for segment `segno`."""
+        return self.segment_name(self.serving_timeline(path, segno), segno)
+
+    def segno(self, name: str) -> int:
+        """The number of segment `name` (its first 24 characters: a segment, or its
+        `.partial`)."""
+        return SegmentName.parse(name[:24], self.segment_size).segno
 
     # -- walking a path ------------------------------------------------------------------
 
@@ -532,10 +547,6 @@ def _run_length(numbers: Sequence[int], start: int, first: int, last: int) -> in
     return count
 
 
-def _folder_prefix(timeline: int, log_number: int) -> str:
-    return wal_folder(f"{timeline:08X}{log_number:08X}")
-
-
 def _index_entry(info: ObjectInfo) -> WalIndexEntry:
     return WalIndexEntry(info.key.rpartition("/")[2], info.size, info.modified)
 
@@ -563,7 +574,7 @@ def refresh(archive: Archive) -> list[str]:
     written = []
     for timeline, numbers in wal.logs.items():
         for log_number in numbers[:-1]:
-            key = wal_index_key(_folder_prefix(timeline, log_number))
+            key = wal_index_key(log_folder(timeline, log_number))
             if key in wal.indexed:
                 continue
             try:
@@ -579,8 +590,7 @@ def rebuild(archive: Archive) -> list[str]:
     report = []
     finished: list[BackupSummary] = []
     unfinished: list[str] = []
-    for folder in archive.list_folder(BACKUPS_PREFIX).folders:
-        backup_id = folder.removeprefix(BACKUPS_PREFIX).rstrip("/")
+    for backup_id in backup_folders(archive):
         summary = _read_summary(archive, backup_id)
         if summary is None:
             unfinished.append(backup_id)
@@ -601,7 +611,7 @@ def rebuild(archive: Archive) -> list[str]:
     for timeline, numbers in sorted(wal.logs.items()):
         for log_number in numbers[:-1]:
             listed = wal.relist(timeline, log_number)
-            key = wal_index_key(_folder_prefix(timeline, log_number))
+            key = wal_index_key(log_folder(timeline, log_number))
             archive.put(key, catalog.encode(_folder_index(listed), pretty=False), overwrite=True)
             wanted.add(key)
             report.append(f"wrote {key}: {human_count(len(listed.entries), 'file')}")
@@ -613,7 +623,7 @@ def rebuild(archive: Archive) -> list[str]:
 
 def _folder_index(folder: LogFolder) -> WalFolderIndex:
     return WalFolderIndex(
-        folder=_folder_prefix(folder.timeline, folder.log_number),
+        folder=log_folder(folder.timeline, folder.log_number),
         entries=folder.entries,
         indexed_at=datetime.now(UTC).replace(microsecond=0),
     )

@@ -101,7 +101,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     except PitrkitError as exc:
         raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
     backup = _choose_backup(path, finished, target, ending)
-    chain = wal.chain(path, _segno(wal, backup.first_segment))
+    chain = wal.chain(path, wal.segno(backup.first_segment))
     if chain.partial is not None:
         archive_end = wal.partial_end(chain.partial)
     else:
@@ -259,13 +259,9 @@ def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], targ
 # --- 4. which segments ------------------------------------------------------------------
 
 
-def _segno(wal: ArchivedWal, name: str) -> int:
-    return SegmentName.parse(name, wal.segment_size).segno
-
-
 def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary,
                         target: Target, archive_end: Lsn) -> list[WalIndexEntry]:
-    if chain.last_segno < _segno(wal, backup.last_segment):
+    if chain.last_segno < wal.segno(backup.last_segment):
         raise PlanRefused(f"segment {chain.missing} is missing from the archive: backup {backup.backup_id} needs "
                           f"{backup.first_segment} to {backup.last_segment} to become consistent")
     if backup.stop_lsn > archive_end:

@@ -48,8 +48,8 @@ from pitrkit.archive import (
     RETENTION_STATE_KEY,
     Archive,
     backup_prefix,
+    log_folder,
     manifest_key,
-    wal_folder,
     wal_index_key,
 )
 from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
@@ -129,17 +129,13 @@ class _Stored:
             return  # no archive.json: no WAL either
         for timeline, numbers in sorted(self.wal.logs.items()):
             for log_number in numbers:
-                self.wal_folders[(timeline, log_number)] = archive.list_folder(_folder(timeline, log_number)).objects
+                self.wal_folders[(timeline, log_number)] = archive.list_folder(log_folder(timeline, log_number)).objects
 
     def backup_objects(self, backup_id: str) -> list[ObjectInfo]:
         """The folder's objects, listed once per run."""
         if backup_id not in self._backup_objects:
             self._backup_objects[backup_id] = list(self.archive.list(backup_prefix(backup_id)))
         return self._backup_objects[backup_id]
-
-
-def _folder(timeline: int, log_number: int) -> str:
-    return wal_folder(f"{timeline:08X}{log_number:08X}")
 
 
 # --- deciding -----------------------------------------------------------------------------
@@ -404,7 +400,7 @@ def _remove_wal(archive: Archive, removal: _WalFolderRemoval, sealed: bool) -> N
     first and is replaced (or removed), or comes after the rewritten index and is refused.
     (After the removal of an emptied folder's index it still lands; it names a folder no
     reader lists, and `catalog rebuild` removes it.)"""
-    prefix = _folder(removal.timeline, removal.log_number)
+    prefix = log_folder(removal.timeline, removal.log_number)
     index_key = wal_index_key(prefix)
     if sealed:
         # Indexes never hold a `.partial` (see inventory.py).

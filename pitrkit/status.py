@@ -374,10 +374,6 @@ def _timelines(wal: ArchivedWal, finished: list[BackupSummary]) -> list[Timeline
     return ranges
 
 
-def _segno(wal: ArchivedWal, name: str) -> int:
-    return SegmentName.parse(name, wal.segment_size).segno
-
-
 def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummary]) -> TimelineRange:
     """Walk the path's WAL from its oldest backup on: each unbroken run restores from the
     first backup it makes consistent to its end; a run ending in a hole is a gap, and the
@@ -396,7 +392,7 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
                 oldest = OldestPoint(backup_id=backup.backup_id, time=backup.stop_time, lsn=backup.stop_lsn)
             newest = NewestPoint(segment=last.name, lsn=end, stored_at=_instant(last.modified))
         # Backups whose WAL starts inside this run share its end: they add nothing.
-        covered = [backup, *(b for b in waiting if _segno(wal, b.first_segment) <= chain.last_segno)]
+        covered = [backup, *(b for b in waiting if wal.segno(b.first_segment) <= chain.last_segno)]
         waiting = waiting[len(covered) - 1:]
         # A backup starting inside the hole the previous run ran into finds the same one.
         if chain.missing is not None and chain.gap and not (gaps and gaps[-1].missing_segment == chain.missing):
@@ -414,8 +410,8 @@ def _replay_from(wal: ArchivedWal, path: list[TimelineStep], backup: BackupSumma
     partial gone between the listing and the read means the folder changed: list it
     again and walk once more."""
     for attempt in (1, 2):
-        chain = wal.chain(path, _segno(wal, backup.first_segment))
-        if chain.last_segno < _segno(wal, backup.last_segment):
+        chain = wal.chain(path, wal.segno(backup.first_segment))
+        if chain.last_segno < wal.segno(backup.last_segment):
             return chain, None
         if chain.partial is None:
             return chain, SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn
@@ -425,14 +421,14 @@ def _replay_from(wal: ArchivedWal, path: list[TimelineStep], backup: BackupSumma
             if attempt == 2:
                 raise
             name = chain.partial.name
-            wal.relist(int(name[:8], 16), _segno(wal, name[:24]) // wal.per_log)
+            wal.relist(int(name[:8], 16), wal.segno(name) // wal.per_log)
     raise AssertionError("unreachable")
 
 
 def _resumes_at(wal: ArchivedWal, path: list[TimelineStep], missing: str) -> str | None:
     """The first segment after `missing` that replay along `path` could read."""
-    found = wal.resumes_at(path, _segno(wal, missing) + 1)
-    return None if found is None else wal.segment_name(wal.serving_timeline(path, found), found)
+    found = wal.resumes_at(path, wal.segno(missing) + 1)
+    return None if found is None else wal.name_on(path, found)
 
 
 # --- retention --------------------------------------------------------------------------
@@ -485,8 +481,8 @@ def _window_shortfalls(wal: ArchivedWal | None, window: timedelta, finished: lis
     path = wal.path(latest.timeline)
     on = sorted((b for b in finished if on_path(path, b)), key=lambda b: b.start_lsn)
     for gap in latest.gaps:
-        missing = _segno(wal, gap.missing_segment)
-        after = next((b for b in on if _segno(wal, b.first_segment) > missing), None)
+        missing = wal.segno(gap.missing_segment)
+        after = next((b for b in on if wal.segno(b.first_segment) > missing), None)
         if after is None:
             shortfalls.append(f"{promised}, but segment {gap.missing_segment} is missing: no point after it "
                               "restores")

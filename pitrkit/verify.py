@@ -51,6 +51,7 @@ from pitrkit.archive import (
     Archive,
     ArchiveUnavailable,
     backup_prefix,
+    log_folder,
     manifest_key,
     wal_folder,
 )
@@ -65,11 +66,11 @@ from pitrkit.catalog import (
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, PluginError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.inventory import ArchivedWal, LogFolder, TimelineStep, on_path
+from pitrkit.inventory import ArchivedWal, LogFolder, on_path
 from pitrkit.objects import ObjectHeader
 from pitrkit.plan import Target, make_plan
 from pitrkit.progress import Progress, human_bytes, human_count
-from pitrkit.wal import InvalidSegment, SegmentName, WalFileKind, WalFileName, parse_history, validate_segment
+from pitrkit.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 
 Severity = Literal["error", "warning"]
 
@@ -229,7 +230,7 @@ def _check_indexes(archive: Archive, wal: ArchivedWal, pool: ThreadPoolExecutor)
             findings.append(Finding(severity="warning", key=key, problem=f"not the index of a WAL folder; {_REBUILD}"))
             continue
         timeline, log_number = int(match["timeline"], 16), int(match["log"], 16)
-        folder = _folder_prefix(timeline, log_number)
+        folder = log_folder(timeline, log_number)
         if log_number not in wal.logs.get(timeline, ()):
             findings.append(Finding(severity="warning", key=key,
                                     problem=f"indexes {folder}, which holds nothing; {_REBUILD}"))
@@ -245,7 +246,7 @@ def _check_indexes(archive: Archive, wal: ArchivedWal, pool: ThreadPoolExecutor)
 
 
 def _check_index(archive: Archive, key: str, listed: LogFolder) -> list[Finding]:
-    prefix = _folder_prefix(listed.timeline, listed.log_number)
+    prefix = log_folder(listed.timeline, listed.log_number)
     try:
         index = catalog.decode(archive.get(key), WalFolderIndex, key)
     except ObjectNotFound:
@@ -286,10 +287,6 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
-def _folder_prefix(timeline: int, log_number: int) -> str:
-    return wal_folder(f"{timeline:08X}{log_number:08X}")
-
-
 def _wal_key(name: str) -> str:
     return wal_folder(name) + name
 
@@ -316,7 +313,7 @@ def _check_continuity(wal: ArchivedWal,
             verdicts.append(TimelineVerdict(timeline=timeline, path=[step.timeline for step in path],
                                             checked_from=None, checked_to=None, gaps=[]))
             continue
-        first = min(_segno(wal, b.first_segment) for b in on)
+        first = min(wal.segno(b.first_segment) for b in on)
         gaps = []
         chain = wal.chain(path, first)
         while chain.gap:
@@ -327,25 +324,16 @@ def _check_continuity(wal: ArchivedWal,
             if (key := _wal_key(chain.missing)) not in reported:
                 reported.add(key)
                 hole = chain.missing if resumes == missing + 1 else \
-                    f"{chain.missing} to {_name_on(wal, path, resumes - 1)}"
+                    f"{chain.missing} to {wal.name_on(path, resumes - 1)}"
                 findings.append(Finding(
                     severity="error", key=key,
                     problem=f"missing: the WAL of timeline {timeline} has a gap ({hole}); it resumes at "
-                            f"{_name_on(wal, path, resumes)}: no backup before the gap restores past it"))
+                            f"{wal.name_on(path, resumes)}: no backup before the gap restores past it"))
             chain = wal.chain(path, resumes)
         verdicts.append(TimelineVerdict(timeline=timeline, path=[step.timeline for step in path],
-                                        checked_from=_name_on(wal, path, first),
+                                        checked_from=wal.name_on(path, first),
                                         checked_to=chain.segments[-1].name if chain.segments else None, gaps=gaps))
     return verdicts, findings
-
-
-def _name_on(wal: ArchivedWal, path: list[TimelineStep], segno: int) -> str:
-    """The name of the file replay along `path` reads for segment `segno`."""
-    return wal.segment_name(wal.serving_timeline(path, segno), segno)
-
-
-def _segno(wal: ArchivedWal, name: str) -> int:
-    return SegmentName.parse(name, wal.segment_size).segno
 
 
 # --- content (--deep) -------------------------------------------------------------------
@@ -401,7 +389,7 @@ def _wal_contents(wal: ArchivedWal, identity: ArchiveIdentity) -> list[_Content]
                 for info in wal.history_files.values()]
     for timeline, numbers in sorted(wal.logs.items()):
         for log_number in numbers:
-            prefix = _folder_prefix(timeline, log_number)
+            prefix = log_folder(timeline, log_number)
             for entry in wal.folder(timeline, log_number).entries:
                 try:
                     file = WalFileName.parse(entry.name)
@@ -540,7 +528,7 @@ def _read_contents(archive: Archive, contents: list[_Content], workers: int) -> 
 def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
     identity, findings = _identity(archive)
     being_removed = set(inventory.retention_state(archive).deleting)
-    listed = [folder.removeprefix(BACKUPS_PREFIX).rstrip("/") for folder in archive.list_folder(BACKUPS_PREFIX).folders]
+    listed = inventory.backup_folders(archive)
     with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="verify") as pool, \
             Progress("verify: listing") as progress:
         folders = _check_backup_folders(archive, [b for b in listed if b not in being_removed], identity, pool,

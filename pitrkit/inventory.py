@@ -678,7 +678,7 @@ def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]
             continue
         if info := wal.history_files.get(timeline):
             rows.append(WalRow(name=info.key.removeprefix(WAL_PREFIX), timeline=timeline, start_lsn=None,
-                               end_lsn=None, stored_size=info.size, stored_at=_stored_at(info.modified),
+                               end_lsn=None, stored_size=info.size, stored_at=stored_at(info.modified),
                                backup=None, state="history"))
         path = wal.path(timeline)
         # Backups replay along this path passes, by where their WAL starts: a segment
@@ -720,12 +720,13 @@ def _segment_row(segment: SegmentName, entry: WalIndexEntry, owner: _BackupSpan 
     else:
         state = "restorable"
     return WalRow(name=entry.name, timeline=segment.timeline, start_lsn=segment.start_lsn, end_lsn=segment.end_lsn,
-                  stored_size=entry.stored_size, stored_at=_stored_at(entry.modified),
+                  stored_size=entry.stored_size, stored_at=stored_at(entry.modified),
                   backup=owner.backup_id if owner else None, state=state,
                   partial=entry.name.endswith(_PARTIAL_SUFFIX))
 
 
-def _stored_at(modified: float | None) -> datetime | None:
+def stored_at(modified: float | None) -> datetime | None:
+    """An object's store time (`ObjectInfo.modified`, POSIX seconds) as an instant."""
     return None if modified is None else datetime.fromtimestamp(modified, UTC)
 
 

@@ -232,10 +232,6 @@ def _age(moment: datetime | None, now: datetime) -> float | None:
     return None if moment is None else _elapsed(moment, now)
 
 
-def _instant(stamp: float | None) -> datetime | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
-
-
 def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
     return LastBackup(
         backup_id=backup.backup_id, label=backup.label, timeline=backup.timeline, start_time=backup.start_time,
@@ -263,7 +259,7 @@ class _PartialsReadOnce(ArchivedWal):
 
 
 def _file(entry: WalIndexEntry, timeline: int, end_lsn: Lsn, now: datetime) -> ArchivedFile:
-    stored_at = _instant(entry.modified)
+    stored_at = inventory.stored_at(entry.modified)
     return ArchivedFile(name=entry.name, timeline=timeline, end_lsn=end_lsn, stored_at=stored_at,
                         age_seconds=_age(stored_at, now))
 
@@ -390,7 +386,7 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
             last = chain.segments[-1]
             if oldest is None:
                 oldest = OldestPoint(backup_id=backup.backup_id, time=backup.stop_time, lsn=backup.stop_lsn)
-            newest = NewestPoint(segment=last.name, lsn=end, stored_at=_instant(last.modified))
+            newest = NewestPoint(segment=last.name, lsn=end, stored_at=inventory.stored_at(last.modified))
         # Backups whose WAL starts inside this run share its end: they add nothing.
         covered = [backup, *(b for b in waiting if wal.segno(b.first_segment) <= chain.last_segno)]
         waiting = waiting[len(covered) - 1:]

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from pitrkit import catalog, events, inventory
-from pitrkit.archive import Archive, backup_prefix
+from pitrkit.archive import Archive
 from pitrkit.catalog import BackupSummary
 from pitrkit.config import Config
 from pitrkit.dashboard import DaemonFacts, ScheduledRun
@@ -235,12 +235,8 @@ def backup_in_progress(unfinished: list[UnfinishedBackup], ours: set[str], now: 
 
 
 def _unfinished_backups(archive: Archive) -> list[UnfinishedBackup]:
-    survey = inventory.survey_backups(archive)
-    found = []
-    for backup_id in survey.unfinished:
-        stamps = [info.modified for info in archive.list(backup_prefix(backup_id)) if info.modified is not None]
-        found.append(UnfinishedBackup(backup_id, datetime.fromtimestamp(max(stamps), UTC) if stamps else None))
-    return found
+    return [UnfinishedBackup(backup_id, inventory.last_written(archive, backup_id))
+            for backup_id in inventory.survey_backups(archive).unfinished]
 
 
 # --- scheduled backups and retention --------------------------------------------------------

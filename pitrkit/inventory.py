@@ -53,6 +53,7 @@ from pitrkit.archive import (
     WAL_INDEX_PREFIX,
     WAL_PREFIX,
     Archive,
+    backup_prefix,
     log_folder,
     manifest_key,
     wal_folder,
@@ -148,6 +149,14 @@ def survey_backups(archive: Archive) -> BackupSurvey:
                 finished.append(summary)
     return BackupSurvey(_oldest_first(finished), unfinished,
                         [backup_id for backup_id in listed if backup_id in being_removed])
+
+
+def last_written(archive: Archive, backup_id: str) -> datetime | None:
+    """When the newest object of a backup folder was stored (one listing), None when the
+    storage does not say: how an unfinished backup that is still running (it keeps
+    storing parts) is told from one that was interrupted."""
+    stamps = [info.modified for info in archive.list(backup_prefix(backup_id)) if info.modified is not None]
+    return stored_at(max(stamps)) if stamps else None
 
 
 def manifest_present(archive: Archive, backup_id: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Literal
 import msgspec
 
 from pitrkit import catalog, inventory
-from pitrkit.archive import Archive, backup_prefix
+from pitrkit.archive import Archive
 from pitrkit.catalog import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
@@ -613,8 +613,8 @@ def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, n
     # One listing per unfinished folder: a running backup keeps storing parts.
     stale = []
     for backup_id in unfinished:
-        stamps = [info.modified for info in archive.list(backup_prefix(backup_id)) if info.modified is not None]
-        if not stamps or max(stamps) < now.timestamp() - grace:
+        last = inventory.last_written(archive, backup_id)
+        if last is None or last.timestamp() < now.timestamp() - grace:
             stale.append(backup_id)
     if stale:
         return Check(name="unfinished", level="WARN",

@@ -788,13 +788,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("backup_restore: run as root (it installs a venv; servers run as postgres)")
     os.umask(0o022)  # the venv and configurations must be readable by postgres
     started, when = time.monotonic(), walpath.stamp_now()
-    root = Path(a.root)
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    src = Path(a.source).resolve()
-    git = walpath.git_state(src)
-    walpath.stop_agents(root, "left over from an earlier run")
-    installed = {} if a.skip_install else walpath.install(src, root, a.python, a.worktree)
+    walpath.stop_agents(Path(a.root), "left over from an earlier run")
+    root, installed = walpath.prepare_root(a)
     tools = [tool for tool in BACKUP_TOOLS if tool in a.only.split(",")]
     rig = build_rig(root, root / "venv", a.scale)
     try:
@@ -822,7 +817,7 @@ def main(argv: list[str] | None = None) -> None:
         "when": when, "duration_s": round(time.monotonic() - started, 1),
         "command": shlex.join([Path(sys.executable).as_posix(), *sys.argv]),
         "host": walpath.host_facts(),
-        "pitrkit": {"source": str(src), **git, **installed},
+        "pitrkit": installed,
         "pgbackrest": subprocess.run(["pgbackrest", "version"], capture_output=True,
                                      text=True).stdout.strip(),
         "source": {"scale": a.scale, "bytes": source_bytes,

@@ -541,12 +541,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"receive: --only names none of {', '.join(VARIANTS)}")
     os.umask(0o022)  # the venv and configuration must be readable by postgres
     started, when = time.monotonic(), walpath.stamp_now()
-    root = Path(a.root)
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    src = Path(a.source).resolve()
-    git = walpath.git_state(src)
-    installed = {} if a.skip_install else walpath.install(src, root, a.python, a.worktree)
+    root, installed = walpath.prepare_root(a)
     rig = build_rig(root, root / "venv", a.rows)
     runs: list[Run] = []
     try:
@@ -570,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         "when": when, "duration_s": round(time.monotonic() - started, 1),
         "command": shlex.join([Path(sys.executable).as_posix(), *sys.argv]),
         "host": walpath.host_facts(),
-        "pitrkit": {"source": str(src), **git, **installed},
+        "pitrkit": installed,
         "pg_version": rig.cluster.install.version,
         "seconds": a.seconds, "rows": a.rows, "rounds": a.rounds, "config": rig.config_text,
         "summary": summarize(runs, variants),

@@ -114,6 +114,19 @@ def add_install_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--results-dir", default=str(HERE / "results"))
 
 
+def prepare_root(a: argparse.Namespace) -> tuple[Path, dict]:
+    """`a.root` created and readable by postgres, with pitrkit installed into its venv as
+    the install options say (see `add_install_arguments`): the root, and what was
+    installed from where, for the results file."""
+    root = Path(a.root)
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    src = Path(a.source).resolve()
+    git = git_state(src)
+    installed = {} if a.skip_install else install(src, root, a.python, a.worktree)
+    return root, {"source": str(src), **git, **installed}
+
+
 def write_results(results_dir: str, stem: str, out: dict, md: str) -> Path:
     """`<results_dir>/<stem>.json` (everything) and `.md` (the report, also printed);
     returns the path without a suffix."""

@@ -113,9 +113,10 @@ def test_wrong_type_message_says_what_was_expected():
     assert message == f"{SOURCE}: key 'compression.level': expected int, got str"
 
 
-# Guarantee 5: "every storage call has a timeout". TOML has `inf` and `nan`; the range
-# check is `timeout <= 0`, which both pass, so `timeout = inf` means "wait forever" and
-# `nan` reaches the storage backend (socket.settimeout(nan) raises ValueError there).
+# docs/architecture.md, guarantee 5: "every storage call has a timeout". TOML has `inf`
+# and `nan`; the range check is `timeout <= 0`, which both pass, so `timeout = inf` means
+# "wait forever" and `nan` reaches the storage backend (socket.settimeout(nan) raises
+# ValueError there).
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_non_finite_timeout_is_refused(value):
     message = config_error(MINIMAL + f"timeout = {value}\n")

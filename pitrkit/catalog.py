@@ -46,13 +46,15 @@ class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
 
 class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
     """`archive.json`: which cluster this archive belongs to. Written by the first push of
-    a WAL segment, from that segment's page header; afterwards only a key rotation
-    rewrites it (appending to `encryption.key_ids`)."""
+    a WAL segment, from that segment's page header (or, in an encrypted archive, by a
+    backup-push that comes first); afterwards only a key rotation rewrites it (appending
+    to `encryption.key_ids`)."""
 
     format_version: int = ARCHIVE_FORMAT_VERSION
     system_identifier: int
     wal_segment_size: int
-    # Major versions that have written WAL into this archive, oldest first.
+    # The major version of the cluster that created the archive. A list so that later
+    # majors can be recorded; nothing appends to it yet.
     pg_versions: list[int]
     # Non-secret encryption parameters (mode, key ids, salt); None when not encrypted.
     encryption: EncryptionParameters | None = None

@@ -40,8 +40,15 @@ class PostgresConfig(_Section, frozen=True):
     conninfo: str | None = None
 
 
+# zstd's levels (zstandard.MAX_COMPRESSION_LEVEL is 22), checked when the file is loaded
+# rather than when wal-push first compresses: a bad level is a mistake in the file, and
+# loading the file must not import zstd (wal-fetch never compresses).
+ZSTD_LEVELS = range(1, 23)
+
+
 class CompressionConfig(_Section, frozen=True):
     algorithm: str = "zstd"
+    # Passed to the algorithm; for zstd, one of ZSTD_LEVELS.
     level: int = 3
     # Compression threads; 0 means one per core. WAL compression is CPU-bound and
     # archive_command runs one segment at a time, so using the cores is what keeps up.
@@ -279,6 +286,9 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("repository.timeout must be a positive number of seconds")
     if config.repository.retries < 0:
         problems.append("repository.retries must not be negative")
+    if config.compression.algorithm == "zstd" and config.compression.level not in ZSTD_LEVELS:
+        problems.append(f"compression.level must be {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1} for zstd, "
+                        f"not {config.compression.level}")
     if config.compression.threads < 0:
         problems.append("compression.threads must not be negative")
     if config.agent.lookahead < 0:

@@ -5,7 +5,7 @@ text can be a password: `password=s3cr3t h1dden` fails with `missing "=" after "
 `postgresql://dba:s3cr3t%zz@db/` with `invalid percent-encoded token: "s3cr3t%zz"`. So
 every command that connects parses the string here first, and a bad one is reported
 without libpq's words: no error, log line, status page or metric may carry a piece of a
-password (DESIGN §4, guarantee 9).
+password (docs/architecture.md, guarantee 9).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Fixtures for tests against real PostgreSQL servers (see tests/pgharness.py).
 
 Tests that use `pg_major`, `pg_install` or `cluster` run once per PostgreSQL major. The
-majors DESIGN.md promises (15 and 18) are always listed: when one is missing the test is
-skipped locally, but fails under CI (env CI set) or when PITRKIT_REQUIRE_PG="15,18" names it,
-so CI can never go green by silently testing less.
+majors the project is tested on (15 and 18, docs/architecture.md) are always listed: when
+one is missing the test is skipped locally, but fails under CI (env CI set) or when
+PITRKIT_REQUIRE_PG="15,18" names it, so CI can never go green by silently testing less.
 """
 
 from __future__ import annotations

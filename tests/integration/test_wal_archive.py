@@ -1,6 +1,6 @@
 """The WAL archive path against real PostgreSQL servers: archive_command and
 restore_command calling the installed `pitrkit`, as the server user, exactly as
-PostgreSQL runs them (DESIGN §4, guarantees 1-4)."""
+PostgreSQL runs them (docs/architecture.md, guarantees 1-4)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def test_recovery_replays_the_archive(cluster, pitrkit_setup):
 
 
 def test_corrupt_object_aborts_recovery_instead_of_promoting(cluster, pitrkit_setup):
-    """Guarantee 4: a fault is never "end of WAL". PostgreSQL must stop, not promote."""
+    """docs/architecture.md, guarantee 4: a fault is never "end of WAL". PostgreSQL must
+    stop, not promote."""
     primary = archiving_cluster(cluster, pitrkit_setup)
     primary.sql("CREATE TABLE t (id int PRIMARY KEY)")
     replica = cluster(init=False)

@@ -118,6 +118,15 @@ def test_unknown_subcommand_names_it(capsys, cfg):
 # --- wal-push ---------------------------------------------------------------------------
 
 
+def test_push_with_a_zstd_level_zstd_lacks_is_a_usage_error(capsys, tmp_path, archive, pg_wal):
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{archive}"\n[compression]\nlevel = 99\n')
+    code, err = run(capsys, "--config", config, "wal-push", write_segment(pg_wal))
+    assert code == 2
+    assert err == f"pitrkit: {config}: compression.level must be 1 to 22 for zstd, not 99\n"
+    assert list(archive.iterdir()) == []
+
+
 def test_push_missing_file(capsys, cfg, pg_wal):
     path = pg_wal / NAME
     code, err = run(capsys, "--config", cfg, "wal-push", path)
@@ -291,13 +300,14 @@ def test_fetch_usage_errors_are_faults(capsys, cfg, argv):
     assert code == FAULT
 
 
-@pytest.mark.parametrize("problem", ["missing", "invalid-toml", "unknown-key", "negative-retries"])
+@pytest.mark.parametrize("problem", ["missing", "invalid-toml", "unknown-key", "negative-retries", "zstd-level"])
 def test_fetch_with_bad_config_is_a_fault(capsys, tmp_path, problem):
     config = tmp_path / "pitrkit.toml"
     text = {
         "invalid-toml": "[repository\n",
         "unknown-key": f'[repository]\nurl = "file://{tmp_path}"\nretires = 1\n',
         "negative-retries": f'[repository]\nurl = "file://{tmp_path}"\nretries = -1\n',
+        "zstd-level": f'[repository]\nurl = "file://{tmp_path}"\n[compression]\nlevel = 99\n',
     }.get(problem)
     if text is not None:
         config.write_text(text)

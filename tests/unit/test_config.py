@@ -113,13 +113,38 @@ def test_wrong_type_message_says_what_was_expected():
     assert message == f"{SOURCE}: key 'compression.level': expected int, got str"
 
 
-# Guarantee 5: "every storage call has a timeout". TOML has `inf` and `nan`; the range
-# check is `timeout <= 0`, which both pass, so `timeout = inf` means "wait forever" and
-# `nan` reaches the storage backend (socket.settimeout(nan) raises ValueError there).
+# docs/architecture.md, guarantee 5: "every storage call has a timeout". TOML has `inf`
+# and `nan`; the range check is `timeout <= 0`, which both pass, so `timeout = inf` means
+# "wait forever" and `nan` reaches the storage backend (socket.settimeout(nan) raises
+# ValueError there).
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_non_finite_timeout_is_refused(value):
     message = config_error(MINIMAL + f"timeout = {value}\n")
     assert "repository.timeout" in message
+
+
+# A zstd level zstd cannot use was found only when wal-push first compressed (exit 2 after
+# reading the segment; docs said exit 70), and never by wal-fetch or a config check: it is
+# a mistake in the file, refused with the file's other mistakes when the file is loaded.
+@pytest.mark.parametrize("level", [0, -5, 23, 99])
+def test_zstd_level_out_of_range_is_refused_at_load(level):
+    message = config_error(MINIMAL + f"[compression]\nlevel = {level}\n")
+    assert message == f"{SOURCE}: compression.level must be 1 to 22 for zstd, not {level}"
+
+
+@pytest.mark.parametrize("level", [1, 22])
+def test_zstd_level_bounds_are_accepted(level):
+    assert parse(MINIMAL + f"[compression]\nlevel = {level}\n").compression.level == level
+
+
+def test_level_is_not_checked_for_other_algorithms():
+    # "none" ignores the level; a plugin's algorithm has its own levels.
+    assert parse(MINIMAL + "[compression]\nalgorithm = \"none\"\nlevel = 99\n").compression.level == 99
+
+
+def test_zstd_levels_are_zstds_own():
+    zstandard = pytest.importorskip("zstandard")
+    assert config.ZSTD_LEVELS == range(1, zstandard.MAX_COMPRESSION_LEVEL + 1)
 
 
 # --- load -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """pitrkit storage plugin for Google Cloud Storage: `repository.url = "gs://bucket/prefix"`.
 
 This module is what the `gs` entry point loads, and it stays cheap to import: the Google
-SDK (about 0.4 s of imports) is loaded only when a `gs://` archive is actually opened,
+SDK (about 0.2 s of imports; see benchmarks/README.md) is loaded only when a `gs://` archive is actually opened,
 by `pitrkit_gcs.storage`. The agent opens it once and keeps it; see docs/plugins.md.
 """
 

@@ -202,11 +202,9 @@ def check_wal_present(archive: Archive, plan: RestorePlan) -> None:
 def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
     key = manifest_key(plan.backup.backup_id)
     try:
-        data = archive.get(key)
+        manifest = archive.get_document(key, BackupManifest)
     except ObjectNotFound:
         raise RefusedError(f"the manifest {key} of the planned backup is gone from the archive") from None
-    try:
-        manifest = catalog.decode(data, BackupManifest, key)
     except ValueError as exc:
         raise RefusedError(f"corrupt manifest: {exc}") from None
     system_identifier = archive.identity().system_identifier

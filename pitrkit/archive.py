@@ -1,5 +1,7 @@
 """One archive: its storage backend opened from the configuration, the key layout, the
-identity document `archive.json`, and the cipher `[encryption]` configures for it.
+identity document `archive.json`, the cipher `[encryption]` configures for it, and the
+reading and writing of the archive's JSON documents, authenticated under that cipher's
+keys when encryption is on (see catalog.py for the envelope).
 
 Every storage call made through `Archive` is bounded: the backend enforces a timeout per
 call and `Archive` retries a `StorageError` a configured number of times with
@@ -20,10 +22,18 @@ from typing import TypeVar
 import msgspec
 
 from pitrkit import catalog
-from pitrkit.catalog import ArchiveIdentity
+from pitrkit.catalog import ArchiveIdentity, Document
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
-from pitrkit.hookspecs import Cipher, Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from pitrkit.hookspecs import (
+    Cipher,
+    DocumentAuthenticator,
+    Folder,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+)
 from pitrkit.plugins import Plugins
 from pitrkit.wal import PageHeader, WalFileKind, WalFileName
 
@@ -50,6 +60,16 @@ class ArchiveUnavailable(PitrkitError):
     """Storage kept failing after every retry."""
 
     exit_code = 1
+
+
+class TamperedDocument(RefusedError):
+    """With encryption on, a stored JSON document that does not authenticate under the
+    configured keys: altered, moved from another key, or made without the keys."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"{key} does not authenticate: {why}; refusing it (altered, or not written with this "
+                         "archive's keys: see docs/encryption.md)")
+        self.key = key
 
 
 def wal_key(file: WalFileName) -> str:
@@ -97,6 +117,9 @@ class Archive:
         self._retries = config.repository.retries
         self._identity: ArchiveIdentity | None = None
         self._identity_read_at = 0.0
+        # The bytes `_identity` was verified from: re-reading archive.json (the agent does
+        # it often) costs a comparison, not a verification, while it is unchanged.
+        self._identity_bytes = b""
         # The cipher and the archive.json parameters it was built for: rebuilt when they
         # change (a rotation, an archive created after we first looked).
         self._cipher: tuple[catalog.EncryptionParameters | None, Cipher] | None = None
@@ -139,20 +162,88 @@ class Archive:
     def delete(self, key: str) -> None:
         self._call(f"deleting {key}", lambda: self.storage.delete(key))
 
+    # -- documents -----------------------------------------------------------------------
+
+    def put_document(self, key: str, document: msgspec.Struct, *, overwrite: bool = False,
+                     pretty: bool = True) -> None:
+        """Store a JSON document, in its authenticated envelope when encryption is on."""
+        self.put(key, self._sealed(key, catalog.encode(document, pretty=pretty), self._authenticator()),
+                 overwrite=overwrite)
+
+    def get_document(self, key: str, kind: type[Document]) -> Document:
+        """A stored JSON document, authenticated when encryption is on. Raises
+        `ObjectNotFound`, `TamperedDocument` (never to be ignored) and `ValueError` for
+        an authentic document that does not decode."""
+        return self._opened(key, self.get(key), kind, self._authenticator())
+
+    def _authenticator(self) -> DocumentAuthenticator | None:
+        cipher = self.cipher()
+        return None if cipher is None else cipher.documents
+
+    def _sealed(self, key: str, data: bytes, authenticator: DocumentAuthenticator | None) -> bytes:
+        if authenticator is None:
+            return data
+        if not authenticator.can_sign:
+            raise RefusedError(f"cannot write {key}: documents in this encrypted archive are signed, and this host "
+                               "holds only the verify key (set encryption.signing_key_file where documents are "
+                               "written)")
+        return catalog.seal(key, data, authenticator)
+
+    def _opened(self, key: str, data: bytes, kind: type[Document],
+                authenticator: DocumentAuthenticator | None) -> Document:
+        if catalog.is_sealed(data):
+            try:
+                data = catalog.unseal(key, data, authenticator)
+            except ValueError as exc:
+                raise TamperedDocument(key, str(exc)) from None
+        elif authenticator is not None:
+            raise TamperedDocument(key, "it is not authenticated, but encryption is configured, and anyone with "
+                                        "write access to the storage can make a plain document")
+        return catalog.decode(data, kind, key)
+
     # -- identity ------------------------------------------------------------------------
 
     def identity(self) -> ArchiveIdentity:
         """`archive.json`; raises `ObjectNotFound` when the archive is new. It does not
         change once written, but an archive can be wiped and re-created under a
-        long-lived agent, so a cached copy is re-read after `IDENTITY_TTL` seconds."""
+        long-lived agent, so a cached copy is re-read after `IDENTITY_TTL` seconds.
+        With encryption on it is authenticated, by the key its own parameters derive
+        (a passphrase's salt): a changed salt derives another key, which then fails."""
         if self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
             data = self.get(IDENTITY_KEY)
-            try:
-                self._identity = catalog.decode(data, ArchiveIdentity, f"{self.storage.url}/{IDENTITY_KEY}")
-            except ValueError as exc:
-                raise PitrkitError(str(exc)) from None
+            if self._identity is None or data != self._identity_bytes:
+                self._identity = self._verified_identity(data)
+                self._identity_bytes = data
             self._identity_read_at = time.monotonic()
         return self._identity
+
+    def _verified_identity(self, data: bytes) -> ArchiveIdentity:
+        authenticator = None
+        try:
+            if self.config.encryption.mode != "off":
+                # The parameters first, on trust, to build the keys; then the whole
+                # document is checked with them.
+                try:
+                    claimed = catalog.unseal(IDENTITY_KEY, data, None) if catalog.is_sealed(data) else data
+                except ValueError as exc:
+                    raise TamperedDocument(IDENTITY_KEY, str(exc)) from None
+                recorded = catalog.decode(claimed, ArchiveIdentity, IDENTITY_KEY).encryption
+                if recorded is None and not catalog.is_sealed(data):
+                    raise RefusedError(f"[encryption] is on, but {self.storage.url}/{IDENTITY_KEY} records no "
+                                       "encryption and is not authenticated: the archive was created without "
+                                       "encryption (it can only be turned on for a new archive), or someone with "
+                                       "write access replaced archive.json; refusing it")
+                authenticator = self._cipher_for(recorded).documents
+            return self._opened(IDENTITY_KEY, data, ArchiveIdentity, authenticator)
+        except ValueError as exc:  # "archive.json is not a valid ArchiveIdentity: ..."
+            raise PitrkitError(f"{self.storage.url}/{exc}") from None
+
+    def _store_identity(self, identity: ArchiveIdentity, cipher: Cipher | None, *, overwrite: bool) -> None:
+        """Write `archive.json`, authenticated under `cipher`'s keys (those its own
+        parameters derive); raises `ObjectExists` when not `overwrite`."""
+        data = self._sealed(IDENTITY_KEY, catalog.encode(identity), None if cipher is None else cipher.documents)
+        self.put(IDENTITY_KEY, data, overwrite=overwrite)
+        self._identity, self._identity_bytes, self._identity_read_at = identity, data, time.monotonic()
 
     def claim(self, header: PageHeader) -> ArchiveIdentity:
         """Create `archive.json` for the cluster that wrote `header`; if another writer
@@ -163,6 +254,7 @@ class Archive:
         """`claim`, from the cluster's facts rather than a page header (backup-push, when
         the backup's encryption parameters must be recorded before its first part)."""
         encryption = None
+        cipher = None
         if self.config.encryption.mode != "off":
             cipher = self._make_cipher(None)
             encryption = msgspec.convert(cipher.archive_parameters, catalog.EncryptionParameters)
@@ -174,12 +266,11 @@ class Archive:
             created_at=datetime.now(UTC).replace(microsecond=0),
         )
         try:
-            self.put(IDENTITY_KEY, catalog.encode(identity))
+            self._store_identity(identity, cipher, overwrite=False)
         except ObjectExists:
             return self.identity()
         log.info("initialized archive %s for system identifier %d", self.storage.url, system_identifier)
-        self._identity, self._identity_read_at = identity, time.monotonic()
-        if encryption is not None:
+        if cipher is not None:
             self._cipher = (encryption, cipher)
         return identity
 
@@ -188,16 +279,17 @@ class Archive:
     def cipher(self) -> Cipher | None:
         """The cipher that reads this archive's objects (with any key `[encryption]`
         lists); None when encryption is off. With encryption on, objects must be
-        encrypted whatever `archive.json` says: it is not authenticated, so a copy
-        rewritten to say "not encrypted" must not make forged plaintext objects
-        acceptable. Built once: it may read key files, run a passphrase command, stretch
-        passphrases."""
+        encrypted whatever `archive.json` says, and it says so authenticated. Built
+        once: it may read key files, run a passphrase command, stretch passphrases."""
         if self.config.encryption.mode == "off":
             return None
         try:
             recorded = self.identity().encryption
         except ObjectNotFound:
             recorded = None
+        return self._cipher_for(recorded)
+
+    def _cipher_for(self, recorded: catalog.EncryptionParameters | None) -> Cipher:
         with self._cipher_lock:
             if self._cipher is None or self._cipher[0] != recorded:
                 self._cipher = (recorded, self._make_cipher(recorded))
@@ -241,10 +333,9 @@ class Archive:
 
     def _record_encryption(self, parameters: catalog.EncryptionParameters, cipher: Cipher) -> None:
         identity = msgspec.structs.replace(self.identity(), encryption=parameters)
-        self.put(IDENTITY_KEY, catalog.encode(identity), overwrite=True)
+        self._store_identity(identity, cipher, overwrite=True)
         log.warning("archive %s: encryption key %s is now current (keys, oldest first: %s)",
                     self.storage.url, parameters.current_key_id, ", ".join(parameters.key_ids))
-        self._identity, self._identity_read_at = identity, time.monotonic()
         self._cipher = (parameters, cipher)  # the parameters it proposed: nothing to rebuild
 
     def _make_cipher(self, recorded: catalog.EncryptionParameters | None) -> Cipher:

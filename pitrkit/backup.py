@@ -524,7 +524,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
     )
     # The commit marker, stored last and create-only.
     try:
-        archive.put(manifest_key(backup_id), catalog.encode(manifest, pretty=False))
+        archive.put_document(manifest_key(backup_id), manifest, pretty=False)
     except ObjectExists:
         raise RefusedError(f"{manifest_key(backup_id)} already exists: is another backup-push storing "
                            "the same backup?") from None

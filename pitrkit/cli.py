@@ -123,12 +123,15 @@ def _parser() -> argparse.ArgumentParser:
                         "after each, and the status page and /metrics ([daemon] in the configuration)")
 
     keygen = commands.add_parser("keygen", help="write a new encryption key: a key file for [encryption] mode "
-                                 "\"key\", or an X25519 pair for mode \"recipient\" (never overwrites; "
-                                 "see docs/encryption.md)")
+                                 "\"key\", or for mode \"recipient\" an X25519 pair or the Ed25519 pair that "
+                                 "signs the archive's documents (never overwrites; see docs/encryption.md)")
     new_key = keygen.add_mutually_exclusive_group(required=True)
     new_key.add_argument("--key-file", type=Path, metavar="PATH", help="a 256-bit key file (mode 0600)")
     new_key.add_argument("--recipient", type=Path, nargs=2, metavar=("PRIVATE_PATH", "PUBLIC_PATH"),
                          help="a key pair: the private key (mode 0600) and the public key")
+    new_key.add_argument("--signing", type=Path, nargs=2, metavar=("SIGNING_PATH", "VERIFY_PATH"),
+                         help="a document signing pair: the signing key for writers (mode 0600) and the "
+                              "verify key for readers")
 
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
         if args.command == "keygen":
             from pitrkit.keys import keygen
 
-            return keygen(args.key_file, args.recipient)
+            return keygen(args.key_file, args.recipient, args.signing)
         from pitrkit import config as configuration
 
         config_path = configuration.locate(args.config).absolute()

@@ -166,6 +166,12 @@ class EncryptionConfig(_Section, frozen=True):
     # private key only where wal-fetch and restore run.
     public_key_file: str | None = None
     private_key_file: str | None = None
+    # mode = "recipient": the Ed25519 pair that signs the archive's documents (manifests,
+    # catalog, archive.json). The signing key where documents are written (wal-push,
+    # backup-push, retention), the verify key, or the signing key it derives from,
+    # everywhere they are read.
+    signing_key_file: str | None = None
+    verify_key_file: str | None = None
     # Keys that were current before a rotation, so that their objects stay readable.
     old_keys: list[KeySource] = []
 
@@ -369,20 +375,28 @@ def _known_zone(name: str) -> bool:
 
 _KEY_MODE_SOURCES = ("key_file", "passphrase_env", "passphrase_command")
 _RECIPIENT_FILES = ("public_key_file", "private_key_file")
+_SIGNING_FILES = ("signing_key_file", "verify_key_file")
 
 
 def _encryption_problems(encryption: EncryptionConfig) -> list[str]:
     """Which keys each mode takes: a key given for another mode is a mistake (a key file
     under `mode = "off"` would otherwise silently leave the archive in plaintext)."""
     current = [name for name in (*_KEY_MODE_SOURCES, *_RECIPIENT_FILES) if getattr(encryption, name) is not None]
+    signing = [name for name in _SIGNING_FILES if getattr(encryption, name) is not None]
     if encryption.mode == "off":
-        if current or encryption.old_keys:
-            return [f"encryption.{(current or ['old_keys'])[0]} is set but encryption.mode is \"off\" "
+        if current or signing or encryption.old_keys:
+            return [f"encryption.{(current or signing or ['old_keys'])[0]} is set but encryption.mode is \"off\" "
                     "(set mode = \"key\" or \"recipient\")"]
         return []
     allowed = _KEY_MODE_SOURCES if encryption.mode == "key" else _RECIPIENT_FILES
     problems = [f"encryption.{name} does not apply to mode = \"{encryption.mode}\"" for name in current
                 if name not in allowed]
+    if encryption.mode == "key":
+        problems += [f"encryption.{name} does not apply to mode = \"key\" (the key itself authenticates the "
+                     "archive's documents)" for name in signing]
+    elif not signing:
+        problems.append("encryption mode \"recipient\" needs signing_key_file (writers) or verify_key_file "
+                        "(readers): the archive's documents are signed (pitrkit keygen --signing)")
     if encryption.mode == "key" and len(current) != 1:
         problems.append("encryption mode \"key\" needs exactly one of key_file, passphrase_env, passphrase_command")
     if encryption.mode == "recipient" and not current:

@@ -110,6 +110,32 @@ class Compressor(Protocol):
 # --- encryption ----------------------------------------------------------------------
 
 
+class DocumentSignature(NamedTuple):
+    """What authenticates one stored JSON document (docs/archive-format.md): the
+    algorithm, the id of the key that made `tag`, and the tag itself (a MAC or a
+    signature)."""
+
+    algorithm: str
+    key_id: str
+    tag: bytes
+
+
+class DocumentAuthenticator(Protocol):
+    """Authentication of the archive's JSON documents (`archive.json`, manifests,
+    `catalog/*`), which are stored in plain text. pitrkit builds the message (the
+    document's key and its exact bytes, domain-separated) and stores the signature
+    beside the document; the authenticator only makes and checks tags."""
+
+    # False on a host that can only verify (a restore host holding a public verify key).
+    can_sign: bool
+
+    def sign(self, message: bytes) -> DocumentSignature: ...
+
+    def verify(self, message: bytes, signature: DocumentSignature) -> None:
+        """Raise `ValueError`, saying why, when `signature` does not authenticate
+        `message` with a key this host has (an unknown key id included)."""
+
+
 class Cipher(Protocol):
     """Authenticated encryption of object bodies. `associated` is the object's header,
     which the cipher must authenticate so that it cannot be altered or swapped. `name`
@@ -122,6 +148,10 @@ class Cipher(Protocol):
     archive_parameters: dict
     # False on a host that can only write (a recipient-mode public key).
     can_decrypt: bool
+    # How the archive's documents are authenticated under this cipher's keys; None for a
+    # cipher that does not authenticate documents (they are then stored and read plain,
+    # and anyone with write access to the storage can alter them).
+    documents: DocumentAuthenticator | None
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes: ...
 

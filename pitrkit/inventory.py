@@ -109,11 +109,9 @@ def retention_state(archive: Archive) -> RetentionState:
     of it, so a backup whose manifest is stored is complete, and the next run rewrites
     the document."""
     try:
-        data = archive.get(RETENTION_STATE_KEY)
+        return archive.get_document(RETENTION_STATE_KEY, RetentionState)
     except ObjectNotFound:
         return RetentionState()
-    try:
-        return catalog.decode(data, RetentionState, RETENTION_STATE_KEY)
     except ValueError as exc:
         log.warning("ignoring %s; the next 'pitrkit retention apply' rewrites it", exc)
         return RetentionState()
@@ -177,7 +175,7 @@ def record_backup(archive: Archive, summary: BackupSummary) -> None:
     the catalog does not know."""
     known = [entry for entry in _read_backup_catalog(archive) if entry.backup_id != summary.backup_id]
     document = BackupCatalog(backups=_oldest_first([*known, summary]))
-    archive.put(BACKUP_CATALOG_KEY, catalog.encode(document), overwrite=True)
+    archive.put_document(BACKUP_CATALOG_KEY, document, overwrite=True)
     refresh(archive)
 
 
@@ -187,11 +185,9 @@ def _oldest_first(summaries: list[BackupSummary]) -> list[BackupSummary]:
 
 def _read_backup_catalog(archive: Archive) -> list[BackupSummary]:
     try:
-        data = archive.get(BACKUP_CATALOG_KEY)
+        return archive.get_document(BACKUP_CATALOG_KEY, BackupCatalog).backups
     except ObjectNotFound:
         return []
-    try:
-        return catalog.decode(data, BackupCatalog, BACKUP_CATALOG_KEY).backups
     except ValueError as exc:
         # Only a cache: the manifests say the same, they just cost more to read.
         log.warning("ignoring the backup catalog (%s); reading the manifests instead; "
@@ -203,11 +199,9 @@ def _read_summary(archive: Archive, backup_id: str) -> BackupSummary | None:
     """The backup's summary from its manifest; None when the manifest is absent."""
     key = manifest_key(backup_id)
     try:
-        data = archive.get(key)
+        summary = archive.get_document(key, BackupSummary)
     except ObjectNotFound:
         return None
-    try:
-        summary = catalog.decode(data, BackupSummary, key)
     except ValueError as exc:
         raise PitrkitError(f"backup {backup_id} is unusable: {exc}") from None
     if summary.backup_id != backup_id:
@@ -403,7 +397,7 @@ class ArchivedWal:
         index_key = wal_index_key(prefix)
         if index_key in self.indexed and self.is_sealed(timeline, log_number):
             try:
-                index = catalog.decode(self.archive.get(index_key), WalFolderIndex, index_key)
+                index = self.archive.get_document(index_key, WalFolderIndex)
                 return LogFolder(timeline, log_number, index.entries, from_index=True, sealed=True)
             except ObjectNotFound:
                 pass  # removed since we listed catalog/wal/: list the folder instead
@@ -587,7 +581,7 @@ def refresh(archive: Archive) -> list[str]:
             if key in wal.indexed:
                 continue
             try:
-                archive.put(key, catalog.encode(_folder_index(wal.relist(timeline, log_number)), pretty=False))
+                archive.put_document(key, _folder_index(wal.relist(timeline, log_number)), pretty=False)
             except ObjectExists:
                 continue  # a concurrent refresh indexed it from the same sealed folder
             written.append(key)
@@ -606,7 +600,7 @@ def rebuild(archive: Archive) -> list[str]:
         else:
             finished.append(summary)
     finished = _oldest_first(finished)
-    archive.put(BACKUP_CATALOG_KEY, catalog.encode(BackupCatalog(backups=finished)), overwrite=True)
+    archive.put_document(BACKUP_CATALOG_KEY, BackupCatalog(backups=finished), overwrite=True)
     line = f"wrote {BACKUP_CATALOG_KEY}: {human_count(len(finished), 'backup')}"
     if unfinished:
         line += f" (left out, no manifest: {', '.join(unfinished)})"
@@ -621,7 +615,7 @@ def rebuild(archive: Archive) -> list[str]:
         for log_number in numbers[:-1]:
             listed = wal.relist(timeline, log_number)
             key = wal_index_key(log_folder(timeline, log_number))
-            archive.put(key, catalog.encode(_folder_index(listed), pretty=False), overwrite=True)
+            archive.put_document(key, _folder_index(listed), pretty=False, overwrite=True)
             wanted.add(key)
             report.append(f"wrote {key}: {human_count(len(listed.entries), 'file')}")
     for key in sorted(wal.indexed - wanted):

@@ -1,6 +1,6 @@
 """Key material for encryption: reading the keys `[encryption]` names, stretching
-passphrases, key ids, wrapping each object's data key, and writing new keys
-(`pitrkit keygen`).
+passphrases, key ids, wrapping each object's data key, the keys that authenticate the
+archive's documents, and writing new keys (`pitrkit keygen`).
 
 A key never leaves this module's values except into the cipher: no message, log line or
 exception built here contains a key or a passphrase, only file names, variable names and
@@ -31,6 +31,8 @@ KEY_BYTES = 32
 SYMMETRIC_LABEL = "pitrkit-key"
 PRIVATE_LABEL = "pitrkit-x25519-private"
 PUBLIC_LABEL = "pitrkit-x25519-public"
+SIGNING_LABEL = "pitrkit-ed25519-signing"
+VERIFY_LABEL = "pitrkit-ed25519-verify"
 
 # scrypt at N=2^17, r=8, p=1: 128 MiB and ~0.4 s here per derivation (OWASP's
 # recommendation). Paid once per process: the agent derives once, a wal-push run without
@@ -54,9 +56,14 @@ def recipient_key_id(public: bytes) -> str:
     return "x25519-" + hashlib.sha256(b"pitrkit recipient key id\0" + public).hexdigest()[:16]
 
 
+def signing_key_id(public: bytes) -> str:
+    return "ed25519-" + hashlib.sha256(b"pitrkit signing key id\0" + public).hexdigest()[:16]
+
+
 _NONCE = 12
 _TAG = 16
 _WRAP_INFO = b"pitrkit x25519 data key wrap v1"
+_DOCUMENT_MAC_INFO = b"pitrkit document mac v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,15 @@ class SymmetricKey:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         return AESGCM(self.secret).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], associated)
+
+    def document_mac_key(self) -> bytes:
+        """The HMAC key for the archive's documents: HKDF of this key with its own label,
+        so that no tag made with it is ever made with the key itself."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_DOCUMENT_MAC_INFO).derive(
+            self.secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +160,19 @@ class RecipientKey:
 Key = SymmetricKey | RecipientKey
 
 
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """Mode "recipient": the Ed25519 pair that signs the archive's documents. Writers
+    (database hosts) hold the private half; readers (restore hosts) the public half."""
+
+    key_id: str
+    public: bytes
+    private: bytes | None  # None on a host that only verifies
+
+    def __repr__(self) -> str:
+        return f"SigningKey({self.key_id}, private={'yes' if self.private else 'no'})"
+
+
 # --- reading --------------------------------------------------------------------------
 
 
@@ -168,9 +197,9 @@ def read_secret_file(path: str, label: str) -> bytes:
         return _parse_key_line(file.read(4096), label, path)
 
 
-def read_public_file(path: str) -> bytes:
+def read_public_file(path: str, label: str = PUBLIC_LABEL) -> bytes:
     try:
-        return _parse_key_line(Path(path).read_bytes()[:4096], PUBLIC_LABEL, path)
+        return _parse_key_line(Path(path).read_bytes()[:4096], label, path)
     except OSError as exc:
         raise ConfigError(f"cannot read the public key file {path}: {exc.strerror}") from None
 
@@ -242,6 +271,20 @@ def recipient_key(public_path: str | None, private_path: str | None) -> Recipien
     return RecipientKey(recipient_key_id(public), public, private)
 
 
+def signing_key(signing_path: str | None, verify_path: str | None) -> SigningKey:
+    """The document signing key from its private file, its public verify file, or both
+    (which must be halves of one pair)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = None if signing_path is None else read_secret_file(signing_path, SIGNING_LABEL)
+    derived = None if private is None else Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    public = derived if verify_path is None else read_public_file(verify_path, VERIFY_LABEL)
+    assert public is not None  # config.py requires one of the two files
+    if derived is not None and derived != public:
+        raise ConfigError(f"the signing key {signing_path} does not belong to the verify key {verify_path}")
+    return SigningKey(signing_key_id(public), public, private)
+
+
 # --- writing (pitrkit keygen) ---------------------------------------------------------
 
 
@@ -283,14 +326,29 @@ def generate_key_pair(private_path: Path, public_path: Path) -> str:
     return recipient_key_id(public)
 
 
-def keygen(key_file: Path | None, recipient: list[Path] | None) -> str:
+def generate_signing_pair(signing_path: Path, verify_path: Path) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if verify_path.exists() or verify_path.is_symlink():
+        raise UsageError(f"{verify_path} already exists; refusing to overwrite a key (move it away first)")
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes_raw()
+    write_new_file(signing_path, SIGNING_LABEL, private.private_bytes_raw(), 0o600)
+    write_new_file(verify_path, VERIFY_LABEL, public, 0o644)
+    return signing_key_id(public)
+
+
+def keygen(key_file: Path | None, recipient: list[Path] | None, signing: list[Path] | None = None) -> str:
     """`pitrkit keygen`: write the key(s), print the key id (stdout), never the key."""
     if key_file is not None:
         key_id = generate_key_file(key_file)
         written = f"key file {key_file}"
-    else:
-        assert recipient is not None
+    elif recipient is not None:
         key_id = generate_key_pair(*recipient)
         written = f"private key {recipient[0]}, public key {recipient[1]}"
+    else:
+        assert signing is not None
+        key_id = generate_signing_pair(*signing)
+        written = f"signing key {signing[0]}, verify key {signing[1]}"
     print(key_id)
     return f"wrote {written} (key id {key_id}); back it up: without it the archive cannot be read"

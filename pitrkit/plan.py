@@ -30,8 +30,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit import catalog, inventory
-from pitrkit.archive import Archive
+from pitrkit import catalog, inventory, pgconf
+from pitrkit.archive import Archive, TamperedDocument
 from pitrkit.catalog import BackupSummary, WalIndexEntry
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
@@ -76,6 +76,9 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # --timeline decided.
     candidate_timelines: list[int]
     notes: list[str] = []
+    # What the backup's configuration files would run (restore-plan reads them; see
+    # pgconf.py); None when not read.
+    configuration: pgconf.Found | None = None
 
 
 TimelineChoice = int | Literal["latest", "current"] | None
@@ -359,7 +362,26 @@ def describe(plan: RestorePlan) -> str:
         lines.append(f"history:      {', '.join(plan.history_files)}")
     lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
     lines += [f"note:         {note}" for note in plan.notes]
+    if plan.configuration is not None:
+        lines += [f"warning:      {line}" if number == 0 else f"              {line}"
+                  for number, line in enumerate(pgconf.describe(plan.configuration))]
+        lines += [f"configuration: {note}" for note in plan.configuration.notes]
     return "\n".join(lines)
+
+
+def backup_configuration(archive: Archive, backup_id: str) -> pgconf.Found:
+    """The code-running settings of the backup's configuration files, read from its
+    parts. A part that cannot be read (a host with only a public key, a damaged part)
+    is a note here: the restore would say more; a manifest that does not authenticate
+    is refused, as everywhere."""
+    try:
+        return pgconf.code_settings(pgconf.in_backup(archive, backup_id))
+    except TamperedDocument:
+        raise
+    except ObjectNotFound:
+        return pgconf.Found(notes=["the backup's configuration files were not read: its manifest is gone"])
+    except PitrkitError as exc:
+        return pgconf.Found(notes=[f"the backup's configuration files were not read: {exc}"])
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
@@ -368,7 +390,9 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
 
     target = target_from_args(args)
     choice = timeline_from_args(args)
-    plan = make_plan(Archive(config), target, choice)
+    archive = Archive(config)
+    plan = make_plan(archive, target, choice)
+    plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
     text = catalog.encode(plan).decode() if args.json else describe(plan) + "\n"
     sys.stdout.write(text)
     return (f"restore plan: backup {plan.backup.backup_id}, {len(plan.segments)} segments to "

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit import __version__, catalog, inventory, lease, pgstart, recovery_conf, unpack
+from pitrkit import __version__, catalog, inventory, lease, pgconf, pgstart, recovery_conf, unpack
 from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig
@@ -73,6 +73,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
         write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
+        warn_about_code(target_dir)  # before pitrkit's own restore_command joins the files
         settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
@@ -202,11 +203,9 @@ def check_wal_present(archive: Archive, plan: RestorePlan) -> None:
 def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
     key = manifest_key(plan.backup.backup_id)
     try:
-        data = archive.get(key)
+        manifest = archive.get_document(key, BackupManifest)
     except ObjectNotFound:
         raise RefusedError(f"the manifest {key} of the planned backup is gone from the archive") from None
-    try:
-        manifest = catalog.decode(data, BackupManifest, key)
     except ValueError as exc:
         raise RefusedError(f"corrupt manifest: {exc}") from None
     system_identifier = archive.identity().system_identifier
@@ -236,6 +235,13 @@ def warn_about_archiving(target_dir: Path) -> None:
               f"{archive_command!r}: once promoted, the restored cluster archives there too (on a new "
               "timeline); restore with --archive-mode off if that is not what you want",
               file=sys.stderr)
+
+
+def warn_about_code(target_dir: Path) -> None:
+    found = pgconf.code_settings(pgconf.restored(target_dir))
+    lines = pgconf.describe(found) + [f"not checked: {note}" for note in found.notes]
+    if lines:
+        print("pitrkit: warning: " + "\n  ".join(lines), file=sys.stderr)
 
 
 def timeline_at(plan: RestorePlan, lsn: Lsn) -> int:

@@ -354,7 +354,7 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
     )
     state = RetentionState(deleting=[*decision.held, *_other_runs_intent(archive, claimed)], decided_at=now,
                            last_run=run)
-    archive.put(RETENTION_STATE_KEY, catalog.encode(state), overwrite=True)
+    archive.put_document(RETENTION_STATE_KEY, state, overwrite=True)
     return report
 
 
@@ -367,10 +367,10 @@ def _store_intent(archive: Archive, decision: _Decision, stored: _Stored, claime
     others = _other_runs_intent(archive, claimed)
     claimed.update(deleting)
     state = RetentionState(deleting=[*deleting, *others], decided_at=now, last_run=last_run)
-    archive.put(RETENTION_STATE_KEY, catalog.encode(state), overwrite=True)
+    archive.put_document(RETENTION_STATE_KEY, state, overwrite=True)
     gone = {*deleting, *others}
     remaining = [backup for backup in stored.finished if backup.backup_id not in gone]
-    archive.put(BACKUP_CATALOG_KEY, catalog.encode(BackupCatalog(backups=remaining)), overwrite=True)
+    archive.put_document(BACKUP_CATALOG_KEY, BackupCatalog(backups=remaining), overwrite=True)
 
 
 def _other_runs_intent(archive: Archive, claimed: set[str]) -> list[str]:
@@ -408,7 +408,7 @@ def _remove_wal(archive: Archive, removal: _WalFolderRemoval, sealed: bool) -> N
                    if not info.key.endswith(".partial")]
         if entries:
             index = WalFolderIndex(folder=prefix, entries=entries, indexed_at=datetime.now(UTC).replace(microsecond=0))
-            archive.put(index_key, catalog.encode(index, pretty=False), overwrite=True)
+            archive.put_document(index_key, index, pretty=False, overwrite=True)
         else:
             archive.delete(index_key)
     for file in removal.removed:

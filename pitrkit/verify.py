@@ -50,6 +50,7 @@ from pitrkit.archive import (
     WAL_PREFIX,
     Archive,
     ArchiveUnavailable,
+    TamperedDocument,
     backup_prefix,
     log_folder,
     manifest_key,
@@ -148,9 +149,11 @@ def _check_backup_folder(archive: Archive, backup_id: str, identity: ArchiveIden
                              stored_bytes)
 
     try:
-        manifest = catalog.decode(archive.get(key), BackupManifest, key)
+        manifest = archive.get_document(key, BackupManifest)
     except ObjectNotFound:
         return _BackupFolder(backup_id, None, False, [], stored_bytes)  # removed since the listing
+    except TamperedDocument as exc:
+        return unusable(str(exc))
     except ValueError as exc:
         return unusable(f"unusable manifest: {exc}")
     if manifest.backup_id != backup_id:
@@ -188,9 +191,11 @@ def _check_backup_catalog(archive: Archive, folders: list[_BackupFolder], being_
     """`catalog/backups.json` against the manifests. The catalog is a cache every reader
     reconciles with the manifests, so whatever is wrong here is a warning."""
     try:
-        entries = catalog.decode(archive.get(BACKUP_CATALOG_KEY), BackupCatalog, BACKUP_CATALOG_KEY).backups
+        entries = archive.get_document(BACKUP_CATALOG_KEY, BackupCatalog).backups
     except ObjectNotFound:
         entries = []
+    except TamperedDocument as exc:
+        return [Finding(severity="error", key=BACKUP_CATALOG_KEY, problem=f"{exc}; {_REBUILD}")]
     except ValueError as exc:
         return [Finding(severity="warning", key=BACKUP_CATALOG_KEY, problem=f"unusable: {exc}; {_REBUILD}")]
     by_id = {folder.backup_id: folder for folder in folders}
@@ -248,9 +253,11 @@ def _check_indexes(archive: Archive, wal: ArchivedWal, pool: ThreadPoolExecutor)
 def _check_index(archive: Archive, key: str, listed: LogFolder) -> list[Finding]:
     prefix = log_folder(listed.timeline, listed.log_number)
     try:
-        index = catalog.decode(archive.get(key), WalFolderIndex, key)
+        index = archive.get_document(key, WalFolderIndex)
     except ObjectNotFound:
         return []  # removed since the listing (catalog rebuild, retention)
+    except TamperedDocument as exc:
+        return [Finding(severity="error", key=key, problem=f"{exc}; {_REBUILD}")]
     except ValueError as exc:
         return [Finding(severity="warning", key=key, problem=f"unusable: {exc}; readers list the folder instead; "
                                                              f"{_REBUILD}")]

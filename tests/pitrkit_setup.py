@@ -27,6 +27,8 @@ class PitrkitSetup:
     runtime_dir: Path
     # With a key file, every configuration written has `[encryption] mode = "key"`.
     key_file: Path | None = None
+    # Otherwise, the body of an [encryption] section to write (recipient mode).
+    encryption: str | None = None
 
     @classmethod
     def create(cls, runnable: pgharness.RunnableInstall, directory: Path, agent: bool = True,
@@ -57,6 +59,8 @@ class PitrkitSetup:
                      f'conninfo = "{conninfo}"\n')
         if self.key_file is not None:
             text += f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n'
+        elif self.encryption is not None:
+            text += f"[encryption]\n{self.encryption}"
         self.config.write_text(text)
         pgharness.give_to_server_user(self.config)
 
@@ -67,6 +71,28 @@ class PitrkitSetup:
         made = pgharness.run_as_server_user([self.pitrkit, "keygen", "--key-file", self.key_file], check=False)
         assert made.returncode == 0, made.stderr
         self.write_config()
+
+    def encrypt_for_a_recipient(self) -> None:
+        """`pitrkit keygen --recipient` and `--signing` beside the configuration, as the
+        server user, and the configuration of a database host: the recipient's public
+        key and the signing key (before anything is archived)."""
+        keys = {name: self.config.with_name(name) for name in ("recipient.key", "recipient.pub", "signing.key",
+                                                               "signing.pub")}
+        for option, private, public in (("--recipient", "recipient.key", "recipient.pub"),
+                                        ("--signing", "signing.key", "signing.pub")):
+            made = pgharness.run_as_server_user([self.pitrkit, "keygen", option, keys[private], keys[public]],
+                                                check=False)
+            assert made.returncode == 0, made.stderr
+        self.encryption = (f'mode = "recipient"\npublic_key_file = "{keys["recipient.pub"]}"\n'
+                           f'signing_key_file = "{keys["signing.key"]}"\n')
+        self.write_config()
+
+    def as_restore_host(self, postgres: pgharness.Cluster | None = None) -> None:
+        """Rewrite the recipient-mode configuration as a restore host's: the private key
+        and the verify key only."""
+        self.encryption = (f'mode = "recipient"\nprivate_key_file = "{self.config.with_name("recipient.key")}"\n'
+                           f'verify_key_file = "{self.config.with_name("signing.pub")}"\n')
+        self.write_config(postgres=postgres)
 
     @property
     def url(self) -> str:

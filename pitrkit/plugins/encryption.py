@@ -17,12 +17,19 @@ empty body is one empty final chunk, so truncation to nothing fails too. Chunkin
 bounds each AEAD call (and GCM's per-message limit) to 1 MiB, whatever the object's size.
 The data key's wrapping lives with the keys, in `pitrkit.keys`.
 
+The archive's JSON documents are authenticated by the same keys (the envelope is
+pitrkit's, in `pitrkit.catalog`; the tags are made here): in mode "key" with HMAC-SHA-256
+under a key HKDF derives from the archive key, in mode "recipient" with an Ed25519
+signature, made by writers, checked with its public half by readers.
+
 `cryptography` is imported only when a cipher is built, so wal-push and wal-fetch pay
 nothing for this module when encryption is off.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 from collections.abc import Callable
@@ -32,12 +39,14 @@ import msgspec
 
 from pitrkit.catalog import EncryptionParameters
 from pitrkit.config import EncryptionConfig, KeySource
-from pitrkit.hookspecs import hookimpl
+from pitrkit.hookspecs import DocumentSignature, hookimpl
 
 if TYPE_CHECKING:  # pitrkit.keys is imported only once encryption is configured
-    from pitrkit.keys import Key, SymmetricKey
+    from pitrkit.keys import Key, SigningKey, SymmetricKey
 
 ALGORITHM = "aes-256-gcm-chunked"
+HMAC_ALGORITHM = "hmac-sha256"
+SIGNATURE_ALGORITHM = "ed25519"
 CHUNK_SIZE = 1 << 20
 _TAG = 16
 _PREFIX = 7
@@ -50,7 +59,8 @@ class ChunkedCipher:
 
     name = ALGORITHM
 
-    def __init__(self, mode: str, current: Key, readable: dict[str, Key], parameters: EncryptionParameters) -> None:
+    def __init__(self, mode: str, current: Key, readable: dict[str, Key], parameters: EncryptionParameters,
+                 documents: KeyedDocuments | SignedDocuments) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self._aead = AESGCM
@@ -63,6 +73,7 @@ class ChunkedCipher:
         self.archive_parameters = msgspec.to_builtins(parameters)
         # A recipient-mode writer holding only the public key cannot read the archive.
         self.can_decrypt = current.can_unwrap
+        self.documents = documents
 
     def __repr__(self) -> str:
         return f"ChunkedCipher({self.mode}, current={self.key_id})"
@@ -123,6 +134,67 @@ class ChunkedCipher:
         return b"".join(pieces)
 
 
+class KeyedDocuments:
+    """Mode "key": documents carry an HMAC-SHA-256 tag under the document MAC key of the
+    current key (see `keys.SymmetricKey.document_mac_key`); one made under any
+    configured key verifies, so rotation needs nothing rewritten."""
+
+    can_sign = True
+
+    def __init__(self, current: SymmetricKey, readable: dict[str, SymmetricKey]) -> None:
+        self._current = current.key_id
+        self._macs = {key_id: key.document_mac_key() for key_id, key in readable.items()}
+
+    def __repr__(self) -> str:
+        return f"KeyedDocuments(current={self._current})"
+
+    def sign(self, message: bytes) -> DocumentSignature:
+        tag = hmac.new(self._macs[self._current], message, hashlib.sha256).digest()
+        return DocumentSignature(HMAC_ALGORITHM, self._current, tag)
+
+    def verify(self, message: bytes, signature: DocumentSignature) -> None:
+        if signature.algorithm != HMAC_ALGORITHM:
+            raise ValueError(f"it is authenticated with {signature.algorithm!r}, not {HMAC_ALGORITHM!r}")
+        mac = self._macs.get(signature.key_id)
+        if mac is None:
+            raise ValueError(f"it is authenticated with key {signature.key_id}, which [encryption] does not list")
+        if not hmac.compare_digest(hmac.new(mac, message, hashlib.sha256).digest(), signature.tag):
+            raise ValueError(f"its MAC under key {signature.key_id} does not match")
+
+
+class SignedDocuments:
+    """Mode "recipient": documents carry an Ed25519 signature by the writers' signing
+    key; a host with only the verify key checks them and cannot sign."""
+
+    def __init__(self, key: SigningKey) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+        self.key_id = key.key_id
+        self.can_sign = key.private is not None
+        self._private = None if key.private is None else Ed25519PrivateKey.from_private_bytes(key.private)
+        self._public = Ed25519PublicKey.from_public_bytes(key.public)
+
+    def __repr__(self) -> str:
+        return f"SignedDocuments({self.key_id}, can_sign={self.can_sign})"
+
+    def sign(self, message: bytes) -> DocumentSignature:
+        assert self._private is not None  # the caller checks can_sign
+        return DocumentSignature(SIGNATURE_ALGORITHM, self.key_id, self._private.sign(message))
+
+    def verify(self, message: bytes, signature: DocumentSignature) -> None:
+        from cryptography.exceptions import InvalidSignature
+
+        if signature.algorithm != SIGNATURE_ALGORITHM:
+            raise ValueError(f"it is authenticated with {signature.algorithm!r}, not {SIGNATURE_ALGORITHM!r}")
+        if signature.key_id != self.key_id:
+            raise ValueError(f"it is signed with key {signature.key_id}, not with the configured signing key "
+                             f"{self.key_id}")
+        try:
+            self._public.verify(signature.tag, message)
+        except InvalidSignature:
+            raise ValueError(f"its signature by key {self.key_id} does not match") from None
+
+
 def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     if counter >= 1 << 32:
         raise ValueError("object too large for the chunk counter")
@@ -162,12 +234,16 @@ def build(settings: EncryptionConfig, recorded: EncryptionParameters | None) -> 
 
     current: Key
     older: list[Key]
+    documents: KeyedDocuments | SignedDocuments
     if settings.mode == "key":
-        current = symmetric(settings)
-        older = [symmetric(old) for old in settings.old_keys]
+        current_key = symmetric(settings)
+        older_keys = [symmetric(old) for old in settings.old_keys]
+        documents = KeyedDocuments(current_key, {key.key_id: key for key in (*older_keys, current_key)})
+        current, older = current_key, list(older_keys)
     else:
         current = keys.recipient_key(settings.public_key_file, settings.private_key_file)
         older = [keys.recipient_key(old.public_key_file, old.private_key_file) for old in settings.old_keys]
+        documents = SignedDocuments(keys.signing_key(settings.signing_key_file, settings.verify_key_file))
     readable: dict[str, Key] = {key.key_id: key for key in (*older, current)}
     key_ids = [current.key_id] if recorded is None else list(recorded.key_ids)
     if key_ids[-1] != current.key_id and current.key_id not in key_ids and key_ids[-1] in readable:
@@ -175,7 +251,7 @@ def build(settings: EncryptionConfig, recorded: EncryptionParameters | None) -> 
         # and a new key as current. The archive adopts the new key on the next write.
         key_ids.append(current.key_id)
     parameters = EncryptionParameters(mode=settings.mode, algorithm=ALGORITHM, key_ids=key_ids, scrypt=scrypt)
-    return ChunkedCipher(settings.mode, current, readable, parameters)
+    return ChunkedCipher(settings.mode, current, readable, parameters, documents)
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from pathlib import Path
 from pitrkit import catalog, objects
 from pitrkit.archive import IDENTITY_KEY, Archive, backup_prefix, manifest_key
 from pitrkit.catalog import ArchiveIdentity, BackupManifest, BackupSummary
-from pitrkit.config import Config, RepositoryConfig
+from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.plugins import Plugins
 from pitrkit.wal import Lsn, SegmentName
 from tests.unit.segments import segment as wal_segment
@@ -39,10 +39,17 @@ def name(timeline: int, segno: int) -> str:
 
 
 class SyntheticArchive:
-    def __init__(self, root: Path) -> None:
+    """With `encryption`, archive.json records it and the manifests are authenticated
+    (the WAL and backup objects stay fake bytes: the planner only lists them)."""
+
+    def __init__(self, root: Path, encryption: EncryptionConfig | None = None) -> None:
         root.mkdir()
         self.root = root
-        self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0)))
+        self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0),
+                                      encryption=encryption or EncryptionConfig()))
+        if encryption is not None:
+            self.archive.claim_for(1, SEGMENT_SIZE, 15)
+            return
         identity = ArchiveIdentity(system_identifier=1, wal_segment_size=SEGMENT_SIZE, pg_versions=[15],
                                    created_at=T0)
         self.archive.put(IDENTITY_KEY, catalog.encode(identity))
@@ -105,5 +112,5 @@ class SyntheticArchive:
         )
         self.archive.put(backup_prefix(backup_id) + "data/0", b"backup data")
         if manifest:
-            self.archive.put(manifest_key(backup_id), catalog.encode(document, pretty=False))
+            self.archive.put_document(manifest_key(backup_id), document, pretty=False)
         return catalog.decode(catalog.encode(document), BackupSummary, "summary")

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from pitrkit import catalog, keys, objects
-from pitrkit.archive import IDENTITY_KEY, Archive
+from pitrkit.archive import IDENTITY_KEY, Archive, TamperedDocument
 from pitrkit.catalog import EncryptionParameters, ScryptParameters
 from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, EncryptionConfig, KeySource, RepositoryConfig
@@ -57,6 +57,24 @@ def pair(directory: Path, name: str) -> tuple[str, str]:
     return str(private), str(public)
 
 
+def signing(directory: Path) -> tuple[str, str]:
+    """The document signing pair recipient mode needs: (signing key, verify key)."""
+    private, public = directory / "signing.key", directory / "signing.pub"
+    if not private.exists():
+        keys.generate_signing_pair(private, public)
+    return str(private), str(public)
+
+
+def writer_settings(public: str, directory: Path) -> EncryptionConfig:
+    """A database host in recipient mode: the public key, the signing key."""
+    return EncryptionConfig(mode="recipient", public_key_file=public, signing_key_file=signing(directory)[0])
+
+
+def reader_settings(private: str, directory: Path) -> EncryptionConfig:
+    """A restore host in recipient mode: the private key, the verify key."""
+    return EncryptionConfig(mode="recipient", private_key_file=private, verify_key_file=signing(directory)[1])
+
+
 def seal(cipher, data: bytes = b"x" * 5000) -> bytes:
     return objects.encode(data, NONE, cipher)[0]
 
@@ -86,8 +104,8 @@ def test_key_mode_round_trip_at_chunk_boundaries(tmp_path, small_chunks, size):
 
 def test_recipient_mode_writes_with_the_public_key_alone_and_reads_only_with_the_private(tmp_path):
     private, public = pair(tmp_path, "recipient")
-    writer = encryption.build(EncryptionConfig(mode="recipient", public_key_file=public), None)
-    reader = encryption.build(EncryptionConfig(mode="recipient", private_key_file=private), None)
+    writer = encryption.build(writer_settings(public, tmp_path), None)
+    reader = encryption.build(reader_settings(private, tmp_path), None)
     assert not writer.can_decrypt and reader.can_decrypt and writer.key_id == reader.key_id
     blob = seal(writer, SAMPLE := os.urandom(3 * encryption.CHUNK_SIZE + 7))
     with pytest.raises(objects.CorruptObject, match=f"{KEY}.*holds only its public key"):
@@ -114,7 +132,7 @@ def test_a_key_with_the_right_id_but_other_bytes_fails_authentication(tmp_path):
     blob = seal(cipher)
     impostor = keys.SymmetricKey(cipher.key_id, os.urandom(32))
     forged = encryption.ChunkedCipher("key", impostor, {cipher.key_id: impostor}, msgspec.convert(
-        cipher.archive_parameters, EncryptionParameters))
+        cipher.archive_parameters, EncryptionParameters), encryption.KeyedDocuments(impostor, {}))
     with pytest.raises(objects.CorruptObject, match=f"{KEY}.*does not authenticate with key {cipher.key_id}"):
         open_sealed(blob, forged)
 
@@ -188,7 +206,7 @@ def test_a_chunk_from_another_object_is_refused(tmp_path, small_chunks):
 
 def test_a_recipient_object_tampered_in_its_ephemeral_key_is_refused(tmp_path):
     private, public = pair(tmp_path, "r")
-    reader = encryption.build(EncryptionConfig(mode="recipient", private_key_file=private), None)
+    reader = encryption.build(reader_settings(private, tmp_path), None)
     blob = bytearray(seal(reader))
     blob[objects.read_header(KEY, bytes(blob))[1] + 5] ^= 0x80
     with pytest.raises(objects.CorruptObject, match=f"{KEY}.*does not authenticate"):
@@ -291,7 +309,9 @@ def archive_root(tmp_path) -> Path:
 
 
 def identity(root: Path) -> catalog.ArchiveIdentity:
-    return catalog.decode((root / IDENTITY_KEY).read_bytes(), catalog.ArchiveIdentity, IDENTITY_KEY)
+    """archive.json as stored, its envelope opened without checking it."""
+    return catalog.decode(catalog.unseal(IDENTITY_KEY, (root / IDENTITY_KEY).read_bytes(), None),
+                          catalog.ArchiveIdentity, IDENTITY_KEY)
 
 
 def test_archive_json_records_mode_and_key_id_never_the_key(tmp_path, archive_root):
@@ -322,7 +342,8 @@ def test_plaintext_and_ciphertext_are_never_mixed_in_one_archive(tmp_path, archi
 def test_a_key_that_is_not_the_archives_current_key_is_refused(tmp_path, archive_root):
     Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "a"))).push(1)
     stranger = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "b")))
-    with pytest.raises(RefusedError, match="is not the archive's current key"):
+    with pytest.raises(TamperedDocument, match="archive.json does not authenticate: .*which \\[encryption\\] does "
+                                               "not list"):
         stranger.push(2)
     assert not (archive_root / "wal/0000000100000000/000000010000000000000002").exists()
 
@@ -338,30 +359,32 @@ def test_rotation_makes_the_new_key_current_and_keeps_old_objects_readable(tmp_p
     assert recorded is not None and recorded.key_ids == [before.archive.cipher().key_id,
                                                          rotated.archive.cipher().key_id]
     assert rotated.read(1) == segment(1) and rotated.read(2) == segment(2)
+    # archive.json is now authenticated under the new key, which a stale host lacks.
     stale = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=old))
-    with pytest.raises(RefusedError, match=r"\(a retired key\) is not the archive's current key"):
+    new_id = rotated.archive.cipher().key_id
+    with pytest.raises(TamperedDocument, match=f"archive.json does not authenticate: .*key {new_id}.*does not list"):
         stale.push(3)
-    with pytest.raises(objects.CorruptObject, match="000000010000000000000002.*does not list"):
+    with pytest.raises(TamperedDocument, match="archive.json"):
         stale.read(2)
 
 
 def test_a_public_key_host_pushes_and_cannot_read_what_it_pushed(tmp_path, archive_root):
     private, public = pair(tmp_path, "r")
-    writer = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="recipient", public_key_file=public))
+    writer = Host(archive_root, tmp_path / "files", writer_settings(public, tmp_path))
     writer.push(1)
     assert "identical content" in writer.push(1)  # a re-run of archive_command
     with pytest.raises(RefusedError, match="different content"):
         writer.push(1, filler=b"other")
     with pytest.raises(objects.CorruptObject, match="000000010000000000000001.*holds only its public key"):
         writer.read(1)
-    reader = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="recipient", private_key_file=private))
+    reader = Host(archive_root, tmp_path / "files", reader_settings(private, tmp_path))
     assert reader.read(1) == segment(1)
 
 
 def test_a_plaintext_object_in_an_encrypted_archive_is_refused_even_if_archive_json_says_plaintext(
         tmp_path, archive_root):
     """Only the key holder can make an encrypted object; anyone who can write to the
-    bucket can make a plaintext one (and rewrite the unauthenticated archive.json)."""
+    bucket can make a plaintext one, and a plain archive.json saying "not encrypted"."""
     host = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path)))
     host.push(1)
     stored = archive_root / "wal/0000000100000000/000000010000000000000002"
@@ -371,7 +394,7 @@ def test_a_plaintext_object_in_an_encrypted_archive_is_refused_even_if_archive_j
     forged = msgspec.structs.replace(identity(archive_root), encryption=None)
     (archive_root / IDENTITY_KEY).write_bytes(catalog.encode(forged))
     reader = Host(archive_root, tmp_path / "files", host.archive.config.encryption)
-    with pytest.raises(objects.CorruptObject, match="000000010000000000000002.*it is not encrypted"):
+    with pytest.raises(RefusedError, match="archive.json records no encryption and is not authenticated"):
         reader.read(2)
 
 
@@ -393,7 +416,7 @@ def test_the_mode_must_match_the_archives(tmp_path, archive_root):
     Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path))).push(1)
     _, public = pair(tmp_path, "r")
     with pytest.raises(ConfigError, match="encrypted in mode 'key'"):
-        Host(archive_root, tmp_path / "files", EncryptionConfig(mode="recipient", public_key_file=public)).push(2)
+        Host(archive_root, tmp_path / "files", writer_settings(public, tmp_path)).push(2)
 
 
 # --- through the command line: exit codes and secrets ---------------------------------------------
@@ -411,7 +434,7 @@ def test_wal_fetch_with_the_wrong_key_exits_126_naming_the_object(tmp_path, arch
     name = SegmentName(1, 1, SEG_16MIB).name
     assert main(["--config", str(config), "wal-fetch", name, str(tmp_path / "out")]) == FETCH_FAULT
     error = capsys.readouterr().err
-    assert f"wal/0000000100000000/{name}" in error and "does not list" in error
+    assert "archive.json does not authenticate" in error and "does not list" in error
     assert not (tmp_path / "out").exists()
 
 

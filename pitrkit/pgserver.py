@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import psycopg
 
-from pitrkit.conninfo import conninfo_parameters
+from pitrkit.conninfo import connection_failure, conninfo_parameters
 from pitrkit.errors import PitrkitError
 from pitrkit.wal import Lsn
 
@@ -88,7 +88,8 @@ class ServerSession:
             self._connection = psycopg.connect(conninfo or "", autocommit=True,
                                                fallback_application_name=_APPLICATION_NAME)
         except psycopg.Error as exc:
-            raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: {_one_line(exc)}") from None
+            raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: "
+                              f"{connection_failure(str(exc))}") from None
         self._version = self._connection.info.server_version
         # A copy of a large cluster can take hours with this session idle in between: a
         # server-wide idle_session_timeout or statement_timeout must not end it, or the

@@ -313,7 +313,7 @@ def _archiver(config: Config) -> Archiver:
     # Only this path talks SQL: status without a server never loads psycopg.
     import psycopg
 
-    from pitrkit.conninfo import conninfo_parameters
+    from pitrkit.conninfo import connection_failure, conninfo_parameters
 
     try:
         conninfo_parameters(conninfo)
@@ -327,7 +327,7 @@ def _archiver(config: Config) -> Archiver:
                 "SELECT archived_count, failed_count, last_archived_wal, last_archived_time, last_failed_wal, "
                 "last_failed_time, stats_reset FROM pg_stat_archiver").fetchone()
     except psycopg.Error as exc:
-        return Archiver(reachable=False, problem=" ".join(str(exc).split()))
+        return Archiver(reachable=False, problem=connection_failure(str(exc)))
     assert row is not None  # pg_stat_archiver has exactly one row
     archived, failed, last_archived, archived_at, last_failed, failed_at, reset = row
     return Archiver(reachable=True, archived_count=archived, failed_count=failed, last_archived_wal=last_archived,

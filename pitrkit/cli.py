@@ -141,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", "--time", dest="time", metavar="TIME",
-                        help="a time, e.g. '2026-11-23 14:41:37' (local time) or with an offset")
+                        help="a time, e.g. '2026-11-23 14:41:37' (local time), with an offset, or as `date` "
+                        "prints it ('Mon Nov 23 14:41:37 UTC 2026': UTC, GMT, Z or the local zone's abbreviations)")
     target.add_argument("--lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
     target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
     parser.add_argument("--timeline", metavar="N|latest|current",

@@ -40,6 +40,9 @@ _COMMAND_MODULES = {
     "daemon": "pitrkit.daemon",
 }
 
+# Commands that print a file shipped in the package, and which.
+_PRINTED = {"print-service": "pitrkit.service", "print-config": "pitrkit.toml"}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is a `UsageError` (one line, our exit codes)."""
@@ -132,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
+    commands.add_parser("print-service", help="print the systemd unit for `pitrkit daemon` (conf/pitrkit.service), "
+                        "e.g. pitrkit print-service | sudo tee /etc/systemd/system/pitrkit.service")
+    commands.add_parser("print-config", help="print the example configuration with every key, its default and "
+                        "why to change it (conf/pitrkit.toml)")
     demo = commands.add_parser("demo", help="archive a throwaway PostgreSQL cluster through pitrkit and "
                                "recover a copy of it from the archive (needs no configuration)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory and print its path")
@@ -185,6 +192,12 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             from pitrkit.demo import run
 
             return run(keep=args.keep)
+        if args.command in _PRINTED:
+            # Package data: an installed wheel has no conf/ directory.
+            from importlib.resources import files
+
+            sys.stdout.write(files("pitrkit").joinpath("conf", _PRINTED[args.command]).read_text())
+            return f"printed {_PRINTED[args.command]}"
         if args.command == "keygen":
             from pitrkit.keys import keygen
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,16 +78,22 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
                             f"UTC, backup {manifest.backup_id}")
+        quiet = f", archive_mode off, {recovery_conf.NO_SUBSCRIPTIONS} 0" if not settings.archiving else ""
         say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
             f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
-            f"action {args.action}{', archive_mode off' if not settings.archiving else ''})")
+            f"action {args.action}{quiet})")
         if settings.archiving:
             warn_about_archiving(target_dir)
+        else:
+            say(f"this copy archives nothing and runs no subscription ({recovery_conf.NO_SUBSCRIPTIONS} = 0): it "
+                "cannot add a timeline to the archive or consume a publisher's changes; to make it a server of "
+                "its own, see \"A restored copy becomes the server\" in docs/restore-runbook.md")
         summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
         if bindir is None:
             # The operator starts it later, and recovery fetches the WAL then.
             hold_for_the_operator(held, config, manifest.backup_id)
-            say(f"start it with: pg_ctl start -D {target_dir}")
+            bindir_named = Path(config.postgres.bindir or f"/usr/lib/postgresql/{plan.backup.pg_version // 10000}/bin")
+            say(f"start it with: {bindir_named / 'pg_ctl'} start -D {target_dir}")
             return summary
         try:
             recovered = start_and_report(plan, args, target_dir, bindir)
@@ -260,5 +267,17 @@ def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Pa
     say(f"  last replayed transaction: {result.last_transaction or 'none'}")
     say(f"  now on timeline: {result.timeline if result.timeline is not None else 'unknown'}")
     if result.state != "shut down":
-        say(f"  connect: psql -h {server.socket_dir} -p {server.port} -d postgres")
+        say(f"  connect {connect_line(server)}")
     return f"recovery {result.state} at {result.lsn} on timeline {result.timeline}"
+
+
+def connect_line(server: pgstart.Server) -> str:
+    """psql as restore's own watch connected (it got in, so the line works): this OS
+    user, the role libpq chose for it, the server's socket and port."""
+    import psycopg
+
+    role = next((option.val.decode() for option in psycopg.pq.Conninfo.get_defaults()
+                 if option.keyword == b"user" and option.val), None)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    psql = f"{server.bindir / 'psql'} -h {server.socket_dir} -p {server.port}" + (f" -U {role}" if role else "")
+    return f"(as OS user {user}): {psql} -d postgres"

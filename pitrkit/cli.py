@@ -152,8 +152,10 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         "prints it ('Mon Nov 23 14:41:37 UTC 2026': UTC, GMT, Z or the local zone's abbreviations)")
     target.add_argument("--lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
     target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
-    parser.add_argument("--timeline", metavar="N|latest|current",
-                        help="the timeline to recover along (default: the one the target is on)")
+    parser.add_argument("--timeline", metavar="N|latest|current|server",
+                        help="the timeline to recover along (default: the one the target is on; with --latest, "
+                        "the archive's newest); current: the backup's; server: the one the server in [postgres] "
+                        "conninfo is on, not a restored copy's branch")
 
 
 def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:

@@ -100,7 +100,7 @@ def configured_server_timeline(conninfo: str | None) -> int:
     conninfo_parameters(conninfo)  # a malformed one is refused without libpq's words
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
-                             fallback_application_name="pitrkit restore-plan") as connection:
+                             fallback_application_name="pitrkit timeline check") as connection:
             timeline = current_timeline(connection)
     except psycopg.Error as exc:
         raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: "

@@ -33,7 +33,7 @@ from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.plan import RestorePlan, describe, make_plan
+from pitrkit.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
 from pitrkit.progress import Progress, human_bytes, human_seconds
 from pitrkit.targets import target_from_args, timeline_from_args
 from pitrkit.wal import Lsn, WalFileKind, WalFileName
@@ -57,14 +57,16 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     if target.kind == "latest" and args.action != "promote":
         raise UsageError(f"--action {args.action} needs a target (--to or --lsn): with --latest, recovery "
                          "replays all archived WAL and PostgreSQL promotes at its end")
-    timeline = timeline_from_args(args)
     mappings = unpack.parse_tablespace_mappings(args.tablespace_map)
     target_dir = Path(os.path.abspath(args.target_dir))
     unpack.check_absent_or_empty(target_dir, "--target-dir")
+    timeline, server = server_choice(target, timeline_from_args(args), config)
     archive = Archive(config)
 
     plan = make_plan(archive, target, timeline)
     say(describe(plan))
+    if warning := latest_warning(plan, server):
+        print(f"pitrkit: {warning}", file=sys.stderr, flush=True)
     tablespaces = unpack.resolve_tablespaces(plan.backup.tablespaces, mappings, plan.backup.backup_id)
     for each in tablespaces:
         unpack.check_absent_or_empty(each.location, f"tablespace {each.tablespace.name}'s directory")

@@ -22,6 +22,7 @@ import re
 import time
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Literal
 
 from pitrkit.errors import UsageError
 from pitrkit.plan import Target, TimelineChoice
@@ -147,15 +148,21 @@ def target_from_args(args: Namespace) -> Target:
     raise UsageError("give a target: --time, --lsn or --latest")
 
 
-def timeline_from_args(args: Namespace) -> TimelineChoice:
-    """--timeline: absent (follow the target), `latest`, `current` (the backup's) or a
-    timeline id, in decimal as recovery_target_timeline takes it."""
+def timeline_from_args(args: Namespace) -> TimelineChoice | Literal["server"]:
+    """--timeline: absent (follow the target), `latest`, `current` (the backup's, as
+    PostgreSQL means it), `server` (the configured server's, which plan.server_choice
+    asks it for) or a timeline id, in decimal as recovery_target_timeline takes it."""
     text = args.timeline
     if text is None:
         return None
     choice = text.strip().lower()
-    if choice in ("latest", "current"):
-        return "latest" if choice == "latest" else "current"
+    if choice == "latest":
+        return "latest"
+    if choice == "current":
+        return "current"
+    if choice == "server":
+        return "server"
     if not choice.isdigit() or not 0 < int(choice) <= 0xFFFFFFFF:
-        raise UsageError(f"--timeline: expected a timeline id (1, 2, ...), 'latest' or 'current', not {text!r}")
+        raise UsageError(f"--timeline: expected a timeline id (1, 2, ...), 'latest', 'current' or 'server', "
+                         f"not {text!r}")
     return int(choice)

@@ -148,7 +148,8 @@ def test_target_from_args():
 
 
 @pytest.mark.parametrize(
-    ("text", "choice"), [(None, None), ("latest", "latest"), ("CURRENT", "current"), ("2", 2), (" 12 ", 12)]
+    ("text", "choice"),
+    [(None, None), ("latest", "latest"), ("CURRENT", "current"), ("server", "server"), ("2", 2), (" 12 ", 12)]
 )
 def test_timeline_choices(text, choice):
     assert timeline_from_args(arguments(timeline=text)) == choice

@@ -6,7 +6,8 @@ keys when encryption is on (see catalog.py for the envelope).
 Every storage call made through `Archive` is bounded: the backend enforces a timeout per
 call and `Archive` retries a `StorageError` a configured number of times with
 exponential backoff and jitter, then raises `ArchiveUnavailable`. "Not found" and
-"already exists" are answers, not faults, and are never retried.
+"already exists" are answers, not faults, and are never retried; nor is an archive that
+does not exist at all (`ArchiveMissing`), which no retry can make appear.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pitrkit.catalog import ArchiveIdentity, Document
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import (
+    ArchiveMissing,
     Cipher,
     DocumentAuthenticator,
     Folder,
@@ -134,6 +136,8 @@ class Archive:
         for attempt in range(self._retries + 1):
             try:
                 return call()
+            except ArchiveMissing as exc:
+                raise ArchiveUnavailable(f"{what} failed: {exc}") from None
             except StorageError as exc:
                 if attempt == self._retries:
                     raise ArchiveUnavailable(f"{what} failed after {attempt + 1} attempts: {exc}") from None

@@ -40,6 +40,9 @@ _COMMAND_MODULES = {
     "daemon": "pitrkit.daemon",
 }
 
+# Commands that print a file shipped in the package, and which.
+_PRINTED = {"print-service": "pitrkit.service", "print-config": "pitrkit.toml"}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is a `UsageError` (one line, our exit codes)."""
@@ -135,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
+    commands.add_parser("print-service", help="print the systemd unit for `pitrkit daemon` (conf/pitrkit.service), "
+                        "e.g. pitrkit print-service | sudo tee /etc/systemd/system/pitrkit.service")
+    commands.add_parser("print-config", help="print the example configuration with every key, its default and "
+                        "why to change it (conf/pitrkit.toml)")
     demo = commands.add_parser("demo", help="archive a throwaway PostgreSQL cluster through pitrkit and "
                                "recover a copy of it from the archive (needs no configuration)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory and print its path")
@@ -144,11 +151,14 @@ def _parser() -> argparse.ArgumentParser:
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", "--time", dest="time", metavar="TIME",
-                        help="a time, e.g. '2026-11-23 14:41:37' (local time) or with an offset")
+                        help="a time, e.g. '2026-11-23 14:41:37' (local time), with an offset, or as `date` "
+                        "prints it ('Mon Nov 23 14:41:37 UTC 2026': UTC, GMT, Z or the local zone's abbreviations)")
     target.add_argument("--lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
     target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
-    parser.add_argument("--timeline", metavar="N|latest|current",
-                        help="the timeline to recover along (default: the one the target is on)")
+    parser.add_argument("--timeline", metavar="N|latest|current|server",
+                        help="the timeline to recover along (default: the one the target is on; with --latest, "
+                        "the archive's newest); current: the backup's; server: the one the server in [postgres] "
+                        "conninfo is on, not a restored copy's branch")
 
 
 def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
@@ -187,6 +197,12 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             from pitrkit.demo import run
 
             return run(keep=args.keep)
+        if args.command in _PRINTED:
+            # Package data: an installed wheel has no conf/ directory.
+            from importlib.resources import files
+
+            sys.stdout.write(files("pitrkit").joinpath("conf", _PRINTED[args.command]).read_text())
+            return f"printed {_PRINTED[args.command]}"
         if args.command == "keygen":
             from pitrkit.keys import keygen
 

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -423,6 +424,43 @@ def _describe(message: str) -> str:
     field = _FIELD.match(what)
     if field:
         key = f"{path}.{field['field']}" if path else field["field"]
-        return f"unknown key '{key}'" if field["kind"] == "contains unknown" else f"missing required key '{key}'"
+        if field["kind"] == "contains unknown":
+            return f"unknown key '{key}'" + _did_you_mean(path, field["field"])
+        return f"missing required key '{key}'"
     what = what.replace("`", "")
     return f"key '{path}': {what[0].lower()}{what[1:]}" if path else what
+
+
+def _did_you_mean(path: str, key: str) -> str:
+    """The nearest key the section at `path` takes (a misspelling), else the section that
+    takes `key` as it is (a key put under the wrong table); "" when neither."""
+    import difflib  # only for a bad file: wal-push loads this module for every segment
+
+    close = difflib.get_close_matches(key, _known_keys(path), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    elsewhere = [name for name in _known_keys("") if key in _known_keys(name)]
+    if elsewhere:
+        return f" (did you mean '{key}' under [{elsewhere[0]}]?)"
+    return ""
+
+
+def _known_keys(path: str) -> list[str]:
+    """The keys of the section at msgspec's `path` ("", "retention", "encryption.old_keys[0]")."""
+    section: type[msgspec.Struct] | None = Config
+    for part in filter(None, re.sub(r"\[\d+\]", "", path).split(".")):
+        section = _section_in(typing.get_type_hints(section).get(part))
+        if section is None:
+            return []
+    assert section is not None
+    return [field.encode_name for field in msgspec.structs.fields(section)]
+
+
+def _section_in(hint: object) -> type[msgspec.Struct] | None:
+    """The section type a field's annotation holds (`RetentionConfig | None`, `list[OldKey]`)."""
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return hint
+    for argument in typing.get_args(hint):
+        if found := _section_in(argument):
+            return found
+    return None

@@ -169,6 +169,9 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
         _stamp(archiver.last_archived_time))
     family("archiver_last_failed_timestamp_seconds", "gauge", "pg_stat_archiver.last_failed_time.").add(
         _stamp(archiver.last_failed_time))
+    family("server_timeline", "gauge", "The timeline the server in [postgres] conninfo is on.").add(archiver.timeline)
+    family("head_timeline", "gauge", "The timeline status judges: the server's, else the archive's newest.").add(
+        report.head_timeline)
 
     size = report.size
     family("wal_files", "gauge", "Files under wal/ (segments, partials, .backup and history files).").add(
@@ -185,12 +188,15 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
     newest_at = family("restorable_newest_timestamp_seconds", "gauge",
                        "When the newest restorable WAL per timeline was stored.")
     gaps = family("wal_gaps", "gauge", "Missing segments after a backup, per timeline.")
+    branch = family("timeline_branch", "gauge", "1 for a timeline off the server's history (a restored copy's), "
+                    "else 0.")
     for timeline in report.timelines:
         label = str(timeline.timeline)
         oldest.add(_stamp(timeline.oldest.time) if timeline.oldest else None, timeline=label)
         newest_lsn.add(_lsn(timeline.newest.lsn) if timeline.newest else None, timeline=label)
         newest_at.add(_stamp(timeline.newest.stored_at) if timeline.newest else None, timeline=label)
         gaps.add(len(timeline.gaps), timeline=label)
+        branch.add(float(timeline.branch), timeline=label)
     family("retention_shortfalls", "gauge", "Retention promises the archive does not keep.").add(
         len(report.retention.shortfalls) if report.retention.configured else None)
     family("retention_deleting_backups", "gauge", "Backups retention is removing.").add(
@@ -324,6 +330,7 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
                            f"{show_time(archiver.last_archived_time)}")),
         ("failed", _cell(f"{archiver.failed_count}, last {archiver.last_failed_wal or '-'} "
                          f"{show_time(archiver.last_failed_time)}")),
+        ("timeline", _cell("-" if archiver.timeline is None else archiver.timeline)),
     ] if archiver.reachable else [("server", f'<span class="muted">not asked: {_cell(archiver.problem)}</span>')],
         "archiver"))
     size = report.size
@@ -346,6 +353,10 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
                          f"{show_time(timeline.newest.stored_at)})")
         span += "".join(_cell(f"; gap: {gap.missing_segment} missing after backup {gap.after_backup}, WAL resumes "
                               f"at {gap.resumes_at or '(nothing)'}") for gap in timeline.gaps)
+        if timeline.branch:
+            span += " <strong>branch</strong>: not the server&#x27;s history"
+        elif timeline.timeline == report.head_timeline and archiver.timeline is not None:
+            span += " <strong>the server&#x27;s</strong>: judged"
         rows.append((f"timeline {timeline.timeline}", span))
     parts.append(_rows(rows or [("timelines", '<span class="muted">no WAL</span>')], "restorable"))
     retention = report.retention

@@ -30,6 +30,12 @@ class StorageError(Exception):
     number of times, then give up; it never means "the object is absent"."""
 
 
+class ArchiveMissing(StorageError):
+    """The archive's container itself does not exist (a directory that is not there, a
+    bucket never created): a fault, never "not found", but one that retrying cannot
+    cure, so pitrkit reports it at once instead of after every retry."""
+
+
 class ObjectNotFound(Exception):
     """The storage answered, authoritatively, that the key does not exist. A backend
     raises this only when it reached the archive and it is there (the directory or

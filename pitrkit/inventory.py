@@ -649,6 +649,7 @@ class WalRow(msgspec.Struct, kw_only=True, frozen=True):
     backup: str | None  # the newest backup whose start precedes it on its timeline's path
     # "backup": needed to make a backup consistent; "restorable": after a backup's start;
     # "obsolete": before every backup on its path, what retention would remove;
+    # "before-first-backup": the archive holds no backup yet (retention keeps it all);
     # "history": a timeline history file, always kept.
     state: str
     # A `.partial`: the open segment of a streaming receiver, replaced as it grows.
@@ -705,7 +706,7 @@ def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]
                 segment = SegmentName(timeline, log_number * wal.per_log + number, wal.segment_size)
                 # A file from before its own timeline's branch point is on no path.
                 owner = _owner(spans, firsts, segment.segno) if segment.segno >= branch else None
-                rows.append(_segment_row(segment, entry, owner))
+                rows.append(_segment_row(segment, entry, owner, fresh=not finished))
     return rows
 
 
@@ -715,8 +716,10 @@ def _owner(spans: list[_BackupSpan], firsts: list[int], segno: int) -> _BackupSp
     return spans[position] if position >= 0 else None
 
 
-def _segment_row(segment: SegmentName, entry: WalIndexEntry, owner: _BackupSpan | None) -> WalRow:
-    if owner is None:
+def _segment_row(segment: SegmentName, entry: WalIndexEntry, owner: _BackupSpan | None, fresh: bool) -> WalRow:
+    if fresh:
+        state = "before-first-backup"
+    elif owner is None:
         state = "obsolete"
     elif segment.segno <= owner.reach:
         state = "backup"
@@ -764,12 +767,20 @@ def _wal_table(rows: list[WalRow]) -> str:
     def lsn(value: Lsn | None) -> str:
         return "-" if value is None else str(value)
 
-    return _table(
+    def state(row: WalRow) -> str:
+        said = "before the first backup" if row.state == "before-first-backup" else row.state
+        return f"{said}, partial" if row.partial else said
+
+    table = _table(
         ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE"],
         [[row.name, str(row.timeline), lsn(row.start_lsn), lsn(row.end_lsn), human_bytes(row.stored_size),
-          show_time(row.stored_at), row.backup or "-", f"{row.state}, partial" if row.partial else row.state]
-         for row in rows],
+          show_time(row.stored_at), row.backup or "-", state(row)] for row in rows],
     )
+    if any(row.state == "before-first-backup" for row in rows):
+        # A fresh archive: WAL with no backup yet is normal, and none of it is removed.
+        table += ("\nno backup yet: this WAL is kept, but a restore needs a base backup to start from "
+                  "(pitrkit backup-push)")
+    return table
 
 
 class BackupListing(msgspec.Struct, kw_only=True, frozen=True):

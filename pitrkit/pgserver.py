@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import psycopg
 
-from pitrkit.conninfo import conninfo_parameters
+from pitrkit.conninfo import connection_failure, conninfo_parameters
 from pitrkit.errors import PitrkitError
 from pitrkit.wal import Lsn
 
@@ -77,6 +77,40 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def current_timeline(connection: psycopg.Connection) -> int | None:
+    """The timeline the server is on: a primary's current WAL file names it (at once
+    after a promotion, before any checkpoint); a standby's is its last checkpoint's, which
+    pg_control_checkpoint() tells superusers and pg_monitor. None when it will not say."""
+    (in_recovery,) = connection.execute("SELECT pg_is_in_recovery()").fetchone() or (None,)
+    if not in_recovery:
+        (walfile,) = connection.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone() or ("",)
+        return int(walfile[:8], 16) if walfile else None
+    try:
+        (timeline,) = connection.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone() or (None,)
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return timeline
+
+
+def configured_server_timeline(conninfo: str | None) -> int:
+    """The timeline of the server in [postgres] conninfo; ServerError when it cannot be
+    asked (the message says why, and never quotes the connection string)."""
+    if conninfo is None:
+        raise ServerError("[postgres] conninfo is not set")
+    conninfo_parameters(conninfo)  # a malformed one is refused without libpq's words
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
+                             fallback_application_name="pitrkit timeline check") as connection:
+            timeline = current_timeline(connection)
+    except psycopg.Error as exc:
+        raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: "
+                          f"{connection_failure(str(exc))}") from None
+    if timeline is None:
+        raise ServerError("the server in [postgres] conninfo does not say its timeline (a standby, and the role "
+                          "lacks pg_monitor)")
+    return timeline
+
+
 class ServerSession:
     """An autocommit session; every failure is a `ServerError` naming what was attempted."""
 
@@ -88,7 +122,8 @@ class ServerSession:
             self._connection = psycopg.connect(conninfo or "", autocommit=True,
                                                fallback_application_name=_APPLICATION_NAME)
         except psycopg.Error as exc:
-            raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: {_one_line(exc)}") from None
+            raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: "
+                              f"{connection_failure(str(exc))}") from None
         self._version = self._connection.info.server_version
         # A copy of a large cluster can take hours with this session idle in between: a
         # server-wide idle_session_timeout or statement_timeout must not end it, or the

@@ -20,6 +20,7 @@ It reads only what it needs (see inventory.py): never a listing of every segment
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from argparse import Namespace
@@ -34,11 +35,13 @@ from pitrkit import catalog, inventory, pgconf
 from pitrkit.archive import Archive, TamperedDocument
 from pitrkit.catalog import BackupSummary, WalIndexEntry
 from pitrkit.config import Config
-from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.progress import human_bytes
 from pitrkit.wal import Lsn, SegmentName
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PlanRefused", "RestorePlan", "Target", "TimelineChoice", "TimelineStep", "describe", "make_plan"]
 
@@ -384,15 +387,51 @@ def backup_configuration(archive: Archive, backup_id: str) -> pgconf.Found:
         return pgconf.Found(notes=[f"the backup's configuration files were not read: {exc}"])
 
 
+def server_choice(target: Target, choice: TimelineChoice | Literal["server"],
+                  config: Config) -> tuple[TimelineChoice, int | None]:
+    """--timeline with `server` resolved to the configured server's timeline, and that
+    timeline when it was asked: for `server` (which needs the answer) and for a plan to
+    the latest point along the archive's newest timeline (which may be a restored copy's
+    branch, see latest_warning; a server that does not answer then is no error)."""
+    # psycopg (through pgserver) only when the server is asked
+    from pitrkit.pgserver import ServerError, configured_server_timeline
+
+    if choice == "server":
+        try:
+            server = configured_server_timeline(config.postgres.conninfo)
+        except ServerError as exc:
+            raise PlanRefused(f"--timeline server needs the server's timeline: {exc}") from None
+        return server, server
+    if target.kind == "latest" and choice in (None, "latest") and config.postgres.conninfo is not None:
+        try:
+            return choice, configured_server_timeline(config.postgres.conninfo)
+        except (ServerError, ConfigError) as exc:
+            log.debug("not checking the server's timeline: %s", exc)
+    return choice, None
+
+
+def latest_warning(plan: RestorePlan, server: int | None) -> str | None:
+    """A plan along a timeline that is not the server's, made without naming it: the
+    newest timeline in the archive is a branch (a test restore promoted with archiving
+    on), and --latest would restore the abandoned copy's history, not the server's."""
+    if server is None or plan.timeline == server or plan.target.kind != "latest":
+        return None
+    return (f"warning: the newest timeline in the archive, {plan.timeline}, is not timeline {server} that the "
+            f"server in [postgres] conninfo is on: --latest follows timeline {plan.timeline} (a restored copy "
+            "promoted with archiving on?); to restore the server's own history, add --timeline server")
+
+
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     # targets builds this module's types, so it is imported here, not at the top.
     from pitrkit.targets import target_from_args, timeline_from_args
 
     target = target_from_args(args)
-    choice = timeline_from_args(args)
+    choice, server = server_choice(target, timeline_from_args(args), config)
     archive = Archive(config)
     plan = make_plan(archive, target, choice)
     plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
+    if warning := latest_warning(plan, server):
+        print(f"pitrkit: {warning}", file=sys.stderr)
     text = catalog.encode(plan).decode() if args.json else describe(plan) + "\n"
     sys.stdout.write(text)
     return (f"restore plan: backup {plan.backup.backup_id}, {len(plan.segments)} segments to "

@@ -43,7 +43,7 @@ from psycopg.conninfo import make_conninfo
 from pitrkit import events
 from pitrkit.archive import Archive, wal_key
 from pitrkit.config import Config
-from pitrkit.conninfo import conninfo_parameters
+from pitrkit.conninfo import connection_failure, conninfo_parameters
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.progress import human_bytes
 from pitrkit.push import push
@@ -270,7 +270,7 @@ class Receiver:
             level = {"error": logging.ERROR, "fatal": logging.ERROR, "warning": logging.WARNING}.get(
                 severity, logging.INFO)
             if level == logging.ERROR:
-                self._last_error = line
+                self._last_error = connection_failure(line)
             events.emit(log, level, "pg_receivewal", message=line)
 
     # -- the spool ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from pitrkit import catalog
+from pitrkit.conninfo import connection_failure
 from pitrkit.errors import PitrkitError
 from pitrkit.wal import Lsn
 
@@ -91,10 +92,6 @@ class PrimaryError(PitrkitError):
     """The primary could not be reached, or refused a statement."""
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 class PrimarySession:
     """An autocommit session with the primary, reconnected on demand."""
 
@@ -112,7 +109,7 @@ class PrimarySession:
             return self._connection.execute(query, params).fetchall()
         except psycopg.Error as exc:
             self.close()
-            raise PrimaryError(_one_line(exc)) from exc
+            raise PrimaryError(connection_failure(str(exc))) from exc
 
     def ensure_slot(self, name: str) -> tuple[bool, SlotState]:
         """Create the physical slot `name` if missing, reserving WAL at once (so nothing

@@ -5,6 +5,11 @@ its settings win over `postgresql.conf`).
 A backup of a server that was itself restored carries the old recovery settings, and a
 backup of a standby carries `standby.signal`; both would silently change where recovery
 stops, so they are removed before the new block is written.
+
+A copy restored with archiving off is a temporary one (a test restore, a look at old
+data), and must not act on the world: besides `archive_mode = off`, its block sets
+`max_logical_replication_workers = 0`, so that the subscriptions it was backed up with
+never connect to their publishers and advance the real subscriber's slots.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ RECOVERY_SIGNAL = "recovery.signal"
 STANDBY_SIGNAL = "standby.signal"
 BLOCK_BEGIN = "# pitrkit restore: begin"
 BLOCK_END = "# pitrkit restore: end"
+# Set to 0 with archiving off: no subscription of the copy runs (the setting needs a restart).
+NO_SUBSCRIPTIONS = "max_logical_replication_workers"
 
 # Lines setting any recovery target or restore_command; GUC names are case-insensitive.
 _RECOVERY_SETTING = re.compile(r"\s*(recovery_target\w*|restore_command)\s*(=|\s)", re.IGNORECASE)
@@ -39,7 +46,8 @@ class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
     target_lsn: Lsn | None = None
     timeline: int
     action: str | None  # recovery_target_action; None without a target (--latest)
-    # False: archive_mode = off, for a restored copy that must not archive.
+    # False: archive_mode = off and no logical replication workers, for a restored copy
+    # that must not archive nor apply its subscriptions.
     archiving: bool = True
 
     def lines(self) -> list[str]:
@@ -53,6 +61,7 @@ class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
             settings.append(("recovery_target_action", self.action))
         if not self.archiving:
             settings.append(("archive_mode", "off"))
+            settings.append((NO_SUBSCRIPTIONS, "0"))
         return [f"{name} = {conf_quote(value)}" for name, value in settings]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.plan import RestorePlan, describe, make_plan
+from pitrkit.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
 from pitrkit.progress import Progress, human_bytes, human_seconds
 from pitrkit.targets import target_from_args, timeline_from_args
 from pitrkit.wal import Lsn, WalFileKind, WalFileName
@@ -56,14 +57,16 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     if target.kind == "latest" and args.action != "promote":
         raise UsageError(f"--action {args.action} needs a target (--to or --lsn): with --latest, recovery "
                          "replays all archived WAL and PostgreSQL promotes at its end")
-    timeline = timeline_from_args(args)
     mappings = unpack.parse_tablespace_mappings(args.tablespace_map)
     target_dir = Path(os.path.abspath(args.target_dir))
     unpack.check_absent_or_empty(target_dir, "--target-dir")
+    timeline, server = server_choice(target, timeline_from_args(args), config)
     archive = Archive(config)
 
     plan = make_plan(archive, target, timeline)
     say(describe(plan))
+    if warning := latest_warning(plan, server):
+        print(f"pitrkit: {warning}", file=sys.stderr, flush=True)
     tablespaces = unpack.resolve_tablespaces(plan.backup.tablespaces, mappings, plan.backup.backup_id)
     for each in tablespaces:
         unpack.check_absent_or_empty(each.location, f"tablespace {each.tablespace.name}'s directory")
@@ -78,16 +81,22 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
                             f"UTC, backup {manifest.backup_id}")
+        quiet = f", archive_mode off, {recovery_conf.NO_SUBSCRIPTIONS} 0" if not settings.archiving else ""
         say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
             f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
-            f"action {args.action}{', archive_mode off' if not settings.archiving else ''})")
+            f"action {args.action}{quiet})")
         if settings.archiving:
             warn_about_archiving(target_dir)
+        else:
+            say(f"this copy archives nothing and runs no subscription ({recovery_conf.NO_SUBSCRIPTIONS} = 0): it "
+                "cannot add a timeline to the archive or consume a publisher's changes; to make it a server of "
+                "its own, see \"A restored copy becomes the server\" in docs/restore-runbook.md")
         summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"
         if bindir is None:
             # The operator starts it later, and recovery fetches the WAL then.
             hold_for_the_operator(held, config, manifest.backup_id)
-            say(f"start it with: pg_ctl start -D {target_dir}")
+            bindir_named = Path(config.postgres.bindir or f"/usr/lib/postgresql/{plan.backup.pg_version // 10000}/bin")
+            say(f"start it with: {bindir_named / 'pg_ctl'} start -D {target_dir}")
             return summary
         try:
             recovered = start_and_report(plan, args, target_dir, bindir)
@@ -266,5 +275,17 @@ def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Pa
     say(f"  last replayed transaction: {result.last_transaction or 'none'}")
     say(f"  now on timeline: {result.timeline if result.timeline is not None else 'unknown'}")
     if result.state != "shut down":
-        say(f"  connect: psql -h {server.socket_dir} -p {server.port} -d postgres")
+        say(f"  connect {connect_line(server)}")
     return f"recovery {result.state} at {result.lsn} on timeline {result.timeline}"
+
+
+def connect_line(server: pgstart.Server) -> str:
+    """psql as restore's own watch connected (it got in, so the line works): this OS
+    user, the role libpq chose for it, the server's socket and port."""
+    import psycopg
+
+    role = next((option.val.decode() for option in psycopg.pq.Conninfo.get_defaults()
+                 if option.keyword == b"user" and option.val), None)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    psql = f"{server.bindir / 'psql'} -h {server.socket_dir} -p {server.port}" + (f" -U {role}" if role else "")
+    return f"(as OS user {user}): {psql} -d postgres"

@@ -9,6 +9,14 @@ What is looked at, and what it costs: the backup catalog (as the planner reads i
 the server. An unreachable server is reported, not failed: status often runs on a host
 that only sees the archive.
 
+Which timeline is judged. An archive can hold timelines that are not the server's: a
+test restore promoted with archiving on archives its own timeline into the same archive,
+numbered above the server's. So when the server answers, status asks which timeline it is
+on and judges the WAL's freshness and the latest restorable point along that timeline's
+history (the head); any timeline off that history is shown as a branch, never as the
+head. Without the server, the head is the archive's newest timeline, as restore --latest
+would take it.
+
 Levels. FAIL means a restore would not give what the operator expects now: no backup,
 the newest backup cannot be restored to the end of the WAL (a gap after it), the server's
 archiver failing at this moment, or the newest backup older than twice
@@ -18,6 +26,7 @@ promise the archive does not keep, an interrupted backup left behind, a stopped 
 
 from __future__ import annotations
 
+import math
 import sys
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta
@@ -107,6 +116,9 @@ class Archiver(msgspec.Struct, kw_only=True, frozen=True):
 
     reachable: bool
     problem: str | None = None  # why it was not asked, or could not be
+    # The timeline the server is on (its current WAL file's, or in recovery its last
+    # checkpoint's); None when not reachable or it would not say.
+    timeline: int | None = None
     archived_count: int | None = None
     failed_count: int | None = None
     last_archived_wal: str | None = None
@@ -154,6 +166,9 @@ class TimelineRange(msgspec.Struct, kw_only=True, frozen=True):
     oldest: OldestPoint | None  # None: no usable backup lies on its path
     newest: NewestPoint | None
     gaps: list[Gap]
+    # Off the server's history (a restored copy's timeline): shown, never judged. False
+    # when the server's timeline is not known.
+    branch: bool = False
 
 
 class RetentionHealth(msgspec.Struct, kw_only=True, frozen=True):
@@ -175,18 +190,23 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     backups: int
     unfinished_backups: list[str]
     last_backup: LastBackup | None
-    last_wal: ArchivedFile | None  # the newest full segment of the newest timeline
+    last_wal: ArchivedFile | None  # the newest full segment along the head timeline's history
     receiver: Receiver
     archiver: Archiver
     size: ArchiveSize
     timelines: list[TimelineRange]
     retention: RetentionHealth
+    # The timeline judged: the server's when it answered, else the archive's newest;
+    # None without WAL.
+    head_timeline: int | None = None
 
 
 # --- collecting -------------------------------------------------------------------------
 
 
-def collect(archive: Archive, config: Config, now: datetime | None = None) -> StatusReport:
+def collect(archive: Archive, config: Config, now: datetime | None = None,
+            archiver: Archiver | None = None) -> StatusReport:
+    """`archiver`: the server as already asked (tests give a known one); None asks it."""
     now = now or datetime.now(UTC)
     # A backup retention is removing exists for no reader, even while its manifest is
     # still stored: the survey leaves it out.
@@ -198,29 +218,34 @@ def collect(archive: Archive, config: Config, now: datetime | None = None) -> St
         wal = None  # no archive.json: nothing was ever archived
     newest = finished[-1] if finished else None
     last_backup = None if newest is None else _last_backup(newest, now)
-    last_wal = _last_wal(wal, now) if wal else None
-    timelines = _timelines(wal, finished) if wal else []
+    archiver = archiver or _archiver(config)
+    history = _server_history(wal, archiver.timeline) if wal else None
+    timelines = _timelines(wal, finished, history) if wal else []
+    head = _head(timelines)
+    last_wal = _last_wal(wal, head.timeline, now) if wal and head else None
     # After the walks: the newest partial is usually where the latest one ended.
     receiver = _receiver(wal, config, now)
-    archiver = _archiver(config)
     size = _size(wal, finished)
     retention = _retention(config.retention, wal, finished, survey.deleting,
                            inventory.retention_state(archive).last_run, timelines, now)
 
-    checks = [
+    judged: list[Check | None] = [
         _backup_check(last_backup, config),
         _wal_check(last_wal, receiver, config, now),
-        _restorable_check(wal, finished, timelines),
+        _restorable_check(wal, finished, head),
+        _timeline_check(wal, archiver, timelines, head, config, now) if wal else None,
         _archiver_check(archiver),
         _receiver_check(receiver, config, now),
         _retention_check(retention),
         _unfinished_check(archive, unfinished, config, now),
     ]
+    checks = [check for check in judged if check is not None]
     overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
     return StatusReport(
         generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
+        head_timeline=head.timeline if head else None,
     )
 
 
@@ -264,11 +289,14 @@ def _file(entry: WalIndexEntry, timeline: int, end_lsn: Lsn, now: datetime) -> A
                         age_seconds=_age(stored_at, now))
 
 
-def _last_wal(wal: ArchivedWal, now: datetime) -> ArchivedFile | None:
-    for timeline in reversed(sorted(wal.logs)):
-        if found := wal.newest_segment(timeline):
+def _last_wal(wal: ArchivedWal, head: int, now: datetime) -> ArchivedFile | None:
+    """The newest segment along the head's history: its own, else its parents' up to
+    where it branched off them."""
+    for step in reversed(wal.path(head)):
+        last = math.inf if step.end is None else step.end // wal.segment_size
+        if found := wal.newest_segment(step.timeline, last=last):
             segno, entry = found
-            return _file(entry, timeline, SegmentName(timeline, segno, wal.segment_size).end_lsn, now)
+            return _file(entry, step.timeline, SegmentName(step.timeline, segno, wal.segment_size).end_lsn, now)
     return None
 
 
@@ -313,7 +341,8 @@ def _archiver(config: Config) -> Archiver:
     # Only this path talks SQL: status without a server never loads psycopg.
     import psycopg
 
-    from pitrkit.conninfo import conninfo_parameters
+    from pitrkit.conninfo import connection_failure, conninfo_parameters
+    from pitrkit.pgserver import current_timeline
 
     try:
         conninfo_parameters(conninfo)
@@ -326,13 +355,14 @@ def _archiver(config: Config) -> Archiver:
             row = connection.execute(
                 "SELECT archived_count, failed_count, last_archived_wal, last_archived_time, last_failed_wal, "
                 "last_failed_time, stats_reset FROM pg_stat_archiver").fetchone()
+            timeline = current_timeline(connection)
     except psycopg.Error as exc:
-        return Archiver(reachable=False, problem=" ".join(str(exc).split()))
+        return Archiver(reachable=False, problem=connection_failure(str(exc)))
     assert row is not None  # pg_stat_archiver has exactly one row
     archived, failed, last_archived, archived_at, last_failed, failed_at, reset = row
     return Archiver(reachable=True, archived_count=archived, failed_count=failed, last_archived_wal=last_archived,
                     last_archived_time=_utc(archived_at), last_failed_wal=last_failed,
-                    last_failed_time=_utc(failed_at), stats_reset=_utc(reset))
+                    last_failed_time=_utc(failed_at), stats_reset=_utc(reset), timeline=timeline)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -361,13 +391,35 @@ def _size(wal: ArchivedWal | None, finished: list[BackupSummary]) -> ArchiveSize
 # --- restorable ranges ------------------------------------------------------------------
 
 
-def _timelines(wal: ArchivedWal, finished: list[BackupSummary]) -> list[TimelineRange]:
+def _timelines(wal: ArchivedWal, finished: list[BackupSummary], history: set[int] | None) -> list[TimelineRange]:
+    """A range per timeline; with the server's `history` known, those off it are branches."""
     ranges = []
     for timeline in wal.timelines:
         if timeline != 1 and timeline not in wal.history_files:
             continue  # no path leads to it: nothing can be restored along it
-        ranges.append(_timeline_range(wal, timeline, finished))
+        found = _timeline_range(wal, timeline, finished)
+        if history is not None and timeline not in history:
+            found = msgspec.structs.replace(found, branch=True)
+        ranges.append(found)
     return ranges
+
+
+def _server_history(wal: ArchivedWal, server: int | None) -> set[int] | None:
+    """The timelines of the server's history: its own and those it branched from. Its
+    history file may not be archived yet (just promoted): then every timeline up to its
+    own counts, the best the archive can tell."""
+    if server is None:
+        return None
+    try:
+        return {step.timeline for step in wal.path(server)}
+    except PitrkitError:
+        return {timeline for timeline in wal.timelines if timeline <= server}
+
+
+def _head(timelines: list[TimelineRange]) -> TimelineRange | None:
+    """The timeline judged: the newest one on the server's history, or, without the
+    server, the archive's newest."""
+    return next((t for t in reversed(timelines) if not t.branch), None)
 
 
 def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummary]) -> TimelineRange:
@@ -473,7 +525,9 @@ def _window_shortfalls(wal: ArchivedWal | None, window: timedelta, finished: lis
         return shortfalls
     # A gap loses the points from it to the stop of the next backup after it (or, without
     # one, every point after it): lost points inside the window break the promise.
-    latest = timelines[-1]
+    latest = _head(timelines)
+    if latest is None:
+        return shortfalls
     path = wal.path(latest.timeline)
     on = sorted((b for b in finished if on_path(path, b)), key=lambda b: b.start_lsn)
     for gap in latest.gaps:
@@ -529,21 +583,20 @@ def _wal_check(last: ArchivedFile | None, receiver: Receiver, config: Config, no
     return Check(name="wal", level="OK", message=said)
 
 
-def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary],
-                      timelines: list[TimelineRange]) -> Check:
-    """Whether `restore --latest` gets everything: the newest timeline's newest backup
-    reaches the end of its WAL without a hole."""
+def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary], head: TimelineRange | None) -> Check:
+    """Whether a restore to the latest point of the head timeline gets everything: its
+    newest backup reaches the end of its WAL without a hole."""
     if not finished:
         return Check(name="restorable", level="FAIL", message="no backup: nothing is restorable")
-    if wal is None or not timelines:
+    if wal is None or head is None:
         return Check(name="restorable", level="FAIL", message="the archive holds no WAL: no backup can become "
                                                               "consistent")
-    latest = timelines[-1]
+    latest = head
     path = wal.path(latest.timeline)
     on = [b for b in finished if on_path(path, b)]
     if not on:
         return Check(name="restorable", level="FAIL",
-                     message=f"no backup lies on the path to the newest timeline {latest.timeline}")
+                     message=f"no backup lies on the path to timeline {latest.timeline}")
     newest_backup = max(on, key=lambda b: b.start_lsn)
     chain, end = _replay_from(wal, path, newest_backup)
     problem = None
@@ -562,6 +615,47 @@ def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary],
     return Check(name="restorable", level="OK",
                  message=f"timeline {latest.timeline} restorable from {show_time(latest.oldest.time)} to "
                          f"LSN {latest.newest.lsn} ({latest.newest.segment}){gaps}")
+
+
+def _timeline_check(wal: ArchivedWal, archiver: Archiver, timelines: list[TimelineRange], head: TimelineRange | None,
+                    config: Config, now: datetime) -> Check:
+    """Which timeline was judged, and the branches beside it. A branch still receiving
+    WAL means another server archives into this archive: a WARN."""
+    if head is None:
+        return Check(name="timeline", level="OK", message="the archive holds no timeline to judge")
+    server = archiver.timeline
+    if server is None:
+        return Check(name="timeline", level="OK", message=f"judged on timeline {head.timeline}, the archive's newest "
+                                                          "(the server's timeline is unknown: server not asked)")
+    said = f"the server is on timeline {server}"
+    if head.timeline != server:
+        said += f" (none of its WAL archived yet: judged on timeline {head.timeline}, on its history)"
+    branches = [t.timeline for t in timelines if t.branch]
+    if not branches:
+        return Check(name="timeline", level="OK", message=said)
+    said += f"; {_words(branches)} {'is a branch' if len(branches) == 1 else 'are branches'} off its history"
+    if max(branches) > head.timeline:
+        said += (f" (restore --latest would follow timeline {max(branches)}: use --timeline server for the "
+                 "server's)")
+    fresh = [t for t in branches if (stored := _last_stored(wal, t)) is not None
+             and _elapsed(stored, now) <= config.status.wal_max_age_seconds]
+    if fresh:
+        return Check(name="timeline", level="WARN",
+                     message=f"{said}; {_words(fresh)} received WAL within wal_max_age "
+                             f"{config.status.wal_max_age}: another server archives into this archive (a restored "
+                             "copy promoted with archiving on? restore test copies with --archive-mode off)")
+    return Check(name="timeline", level="OK", message=said)
+
+
+def _words(timelines: list[int]) -> str:
+    return ("timeline " if len(timelines) == 1 else "timelines ") + ", ".join(map(str, timelines))
+
+
+def _last_stored(wal: ArchivedWal, timeline: int) -> datetime | None:
+    """When WAL of `timeline` last reached the archive: its newest segment or partial."""
+    stamps = [found[1].modified for found in (wal.newest_segment(timeline), wal.newest_partial(timeline))
+              if found is not None and found[1].modified is not None]
+    return inventory.stored_at(max(stamps)) if stamps else None
 
 
 def _archiver_check(archiver: Archiver) -> Check:
@@ -654,6 +748,8 @@ def describe(report: StatusReport) -> str:
                      f"{show_time(a.last_failed_time)})")
     else:
         lines.append(f"archiver:       not asked: {a.problem}")
+    if a.timeline is not None:
+        lines.append(f"server:         on timeline {a.timeline}")
     s = report.size
     lines.append(f"WAL size:       {s.wal_files} files, {human_bytes(s.wal_stored_bytes)} stored of "
                  f"{human_bytes(s.wal_original_bytes)} ({s.wal_segments} segments)")
@@ -662,7 +758,7 @@ def describe(report: StatusReport) -> str:
         span = "no usable backup on its path" if t.oldest is None or t.newest is None else (
             f"from {show_time(t.oldest.time)} (LSN {t.oldest.lsn}, backup {t.oldest.backup_id}) to LSN {t.newest.lsn} "
             f"({t.newest.segment}, stored {show_time(t.newest.stored_at)})")
-        lines.append(f"timeline {t.timeline}:".ljust(16) + span)
+        lines.append(f"timeline {t.timeline}:".ljust(16) + span + _role(t, report))
         lines += [f"  gap:          {g.missing_segment} missing after backup {g.after_backup}; "
                   + (f"WAL resumes at {g.resumes_at}" if g.resumes_at else "no WAL after it") for g in t.gaps]
     retention = report.retention
@@ -675,6 +771,15 @@ def describe(report: StatusReport) -> str:
                      f"{human_count(len(run.backups_removed), 'backup')} and "
                      f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
     return "\n".join(lines) + "\n"
+
+
+def _role(timeline: TimelineRange, report: StatusReport) -> str:
+    """What a timeline is to the server: judged (the head), or a branch off its history."""
+    if timeline.branch:
+        return " [branch: not the server's history]"
+    if timeline.timeline == report.head_timeline and report.archiver.timeline is not None:
+        return " [the server's: judged]"
+    return ""
 
 
 def _file_words(file: ArchivedFile) -> str:

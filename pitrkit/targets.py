@@ -3,18 +3,26 @@
 
 Times are accepted in the forms a DBA has at hand: ISO 8601 with a space or a `T`, and
 the text PostgreSQL itself prints for `now()` / `clock_timestamp()` (offsets `+00`,
-`+05:30`, `+0530`). A time without an offset is wall-clock time in the local time zone
-(TZ, else the system's), like the server's own `recovery_target_time` input; the result
-is always an aware datetime, so nothing downstream guesses again. A local time that the
-clock skipped or showed twice (daylight saving changes) is refused rather than guessed:
-an hour's difference in a restore target is lost data.
+`+05:30`, `+0530`), and what `date` prints (`Sun Dec  6 04:06:37 UTC 2026`). A time
+without an offset is wall-clock time in the local time zone (TZ, else the system's), like
+the server's own `recovery_target_time` input; the result is always an aware datetime, so
+nothing downstream guesses again. A local time that the clock skipped or showed twice
+(daylight saving changes) is refused rather than guessed: an hour's difference in a
+restore target is lost data.
+
+A zone name is read only where it means one offset: UTC, GMT and Z, and the local zone's
+own abbreviations (CET and CEST on a Berlin host), which `date` prints there and which
+also tell the two readings of a repeated hour apart. Any other abbreviation is refused:
+IST is India, Ireland or Israel, and a guess would restore to the wrong hour.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Literal
 
 from pitrkit.errors import UsageError
 from pitrkit.plan import Target, TimelineChoice
@@ -23,31 +31,78 @@ from pitrkit.wal import Lsn
 _TIME = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[T ]"
     r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,6}))?)?"
-    r"\s*(?P<offset>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)?",
+    r"\s*(?:(?P<offset>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)|(?P<zone>[A-Z]{2,6}))?",
     re.IGNORECASE,
 )
+# `date` in the C locale: `Sun Dec  6 04:06:37 UTC 2026`; a zone without an
+# abbreviation shows as its offset (`+04`).
+_DATE_OUTPUT = re.compile(
+    r"(?P<weekday>[A-Z]{3})\s+(?P<month_name>[A-Z]{3})\s+(?P<day>\d{1,2})\s+"
+    r"(?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,6}))?\s+"
+    r"(?:(?P<offset>[+-]\d{2}(?::?\d{2})?)|(?P<zone>[A-Z]{1,6}))\s+(?P<year>\d{4})",
+    re.IGNORECASE,
+)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_UTC_NAMES = ("UTC", "GMT", "Z", "UT")
 _OFFSET = re.compile(r"(?P<sign>[+-])(?P<hours>\d{2}):?(?P<minutes>\d{2})?:?(?P<seconds>\d{2})?")
 
-_TIME_FORMS = "e.g. '2026-11-23 14:41:37' (local time), '2026-11-23T14:41:37.123+01:00' or '2026-11-23 14:41:37+00'"
+_TIME_FORMS = ("e.g. '2026-11-23 14:41:37' (local time), '2026-11-23T14:41:37.123+01:00', '2026-11-23 14:41:37+00' "
+               "or 'Mon Nov 23 14:41:37 UTC 2026'")
 
 
 def parse_time(text: str) -> datetime:
     """An aware datetime for `text`; UsageError naming the accepted forms otherwise."""
-    match = _TIME.fullmatch(text.strip())
+    match = _TIME.fullmatch(text.strip()) or _DATE_OUTPUT.fullmatch(text.strip())
     if match is None:
         raise UsageError(f"not a time: {text!r} ({_TIME_FORMS})")
+    groups = match.groupdict()
+    month = groups.get("month") or _month(groups.get("month_name") or "", text)
     try:
         wall_clock = datetime(
-            int(match["year"]), int(match["month"]), int(match["day"]),
+            int(match["year"]), int(month), int(match["day"]),
             int(match["hour"]), int(match["minute"]), int(match["second"] or 0),
             int((match["fraction"] or "0").ljust(6, "0")),
         )
     except ValueError as exc:
         raise UsageError(f"not a time: {text!r} ({exc})") from None
+    if groups.get("weekday") and _WEEKDAYS[wall_clock.weekday()] != match["weekday"].lower():
+        raise UsageError(f"not a time: {text!r} ({wall_clock:%Y-%m-%d} is a {wall_clock:%A})")
+    if match["zone"] is not None:
+        return _in_zone(wall_clock, match["zone"], text)
     if match["offset"] is None:
         return _localize(wall_clock, text)
     return wall_clock.replace(tzinfo=_parse_offset(match["offset"], text))
 
+
+def _month(name: str, text: str) -> int:
+    if name.lower() not in _MONTHS:
+        raise UsageError(f"not a time: {text!r} (no month {name!r})")
+    return _MONTHS.index(name.lower()) + 1
+
+
+def _in_zone(wall_clock: datetime, name: str, text: str) -> datetime:
+    """`wall_clock` in the zone `name` abbreviates, where that is one offset: UTC, or
+    the local zone showing exactly that abbreviation at that wall-clock time."""
+    if name.upper() in _UTC_NAMES:
+        return wall_clock.replace(tzinfo=UTC)
+    example = f"'{wall_clock.isoformat(sep=' ')}+01:00'"
+    local_names = sorted({zone for zone in time.tzname if zone.isalpha()})
+    if name.upper() not in (zone.upper() for zone in local_names):
+        readable = ", ".join(["UTC", "GMT", "Z", *local_names])
+        raise UsageError(f"time zone {name!r} in {text!r} is ambiguous or not the local zone's: pitrkit reads "
+                         f"only {readable} (the local zone's abbreviations); give the offset from UTC instead, "
+                         f"e.g. {example} for one hour east of UTC")
+    readings = [reading for reading in (wall_clock.replace(fold=fold).astimezone() for fold in (0, 1))
+                if reading.replace(tzinfo=None) == wall_clock]
+    if not readings:
+        return _localize(wall_clock, text)  # the clock skipped it: refused, saying so
+    shown = [reading for reading in readings if (reading.tzname() or "").upper() == name.upper()]
+    if not shown:
+        actual = readings[0]
+        raise UsageError(f"{text!r}: the local time zone shows {actual.tzname()}, not {name}, at that time; give "
+                         f"the offset from UTC instead, e.g. '{actual.isoformat(sep=' ')}' for {actual.tzname()}")
+    return shown[0]
 
 def _parse_offset(text: str, whole: str) -> timezone:
     if text.upper() == "Z":
@@ -93,15 +148,21 @@ def target_from_args(args: Namespace) -> Target:
     raise UsageError("give a target: --time, --lsn or --latest")
 
 
-def timeline_from_args(args: Namespace) -> TimelineChoice:
-    """--timeline: absent (follow the target), `latest`, `current` (the backup's) or a
-    timeline id, in decimal as recovery_target_timeline takes it."""
+def timeline_from_args(args: Namespace) -> TimelineChoice | Literal["server"]:
+    """--timeline: absent (follow the target), `latest`, `current` (the backup's, as
+    PostgreSQL means it), `server` (the configured server's, which plan.server_choice
+    asks it for) or a timeline id, in decimal as recovery_target_timeline takes it."""
     text = args.timeline
     if text is None:
         return None
     choice = text.strip().lower()
-    if choice in ("latest", "current"):
-        return "latest" if choice == "latest" else "current"
+    if choice == "latest":
+        return "latest"
+    if choice == "current":
+        return "current"
+    if choice == "server":
+        return "server"
     if not choice.isdigit() or not 0 < int(choice) <= 0xFFFFFFFF:
-        raise UsageError(f"--timeline: expected a timeline id (1, 2, ...), 'latest' or 'current', not {text!r}")
+        raise UsageError(f"--timeline: expected a timeline id (1, 2, ...), 'latest', 'current' or 'server', "
+                         f"not {text!r}")
     return int(choice)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
+from pitrkit.hookspecs import ArchiveMissing, Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
 
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
@@ -59,14 +59,18 @@ class LocalStorage:
         unmounted or mistyped archive directory must not look like an empty archive."""
         if self.root.is_dir():
             return ObjectNotFound(key)
-        return StorageError(f"archive directory {self.root} does not exist")
+        return self._no_root()
+
+    def _no_root(self) -> ArchiveMissing:
+        return ArchiveMissing(f"archive directory {self.root} does not exist: create it, owned by the OS user "
+                              "PostgreSQL runs as, mode 0700 (or correct [repository] url; or mount its file system)")
 
     # -- operations --------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         path = self._path(key)
         if not self.root.is_dir():
-            raise StorageError(f"archive directory {self.root} does not exist")
+            raise self._no_root()
         try:
             self._make_parents(path.parent)
             temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
@@ -114,7 +118,7 @@ class LocalStorage:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
-            raise StorageError(f"archive directory {self.root} does not exist")
+            raise self._no_root()
         # Walk only below the prefix's directory part. Depth-first order is not key
         # order ("a/b" sorts after "a-c"), so collect, then sort.
         directory = prefix.rpartition("/")[0]
@@ -142,7 +146,7 @@ class LocalStorage:
         if prefix and not prefix.endswith("/"):
             raise ValueError(f"a folder prefix ends with '/': {prefix!r}")
         if not self.root.is_dir():
-            raise StorageError(f"archive directory {self.root} does not exist")
+            raise self._no_root()
         objects: list[ObjectInfo] = []
         folders: list[str] = []
         try:

@@ -6,6 +6,7 @@ import pytest
 
 from pitrkit import archive as archive_module
 from pitrkit.archive import Archive
+from pitrkit.cli import main
 from pitrkit.config import parse
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.push import push
@@ -32,3 +33,17 @@ def test_a_wiped_archive_is_noticed_after_the_identity_ttl(tmp_path):
         archive.identity()
     push(archive, wal)  # re-creates it
     assert (root / "archive.json").exists()
+
+
+def test_an_archive_directory_that_does_not_exist_is_reported_at_once(tmp_path, capsys, monkeypatch):
+    """Retrying cannot make a missing directory appear: one clear line, no five tries."""
+    slept: list[float] = []
+    monkeypatch.setattr(archive_module.time, "sleep", slept.append)
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{tmp_path}/absent"\nretries = 4\n')
+    assert main(["--config", str(config), "backup-list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pitrkit: ") and err.count("\n") == 1 and "attempts" not in err
+    assert err.endswith(f" failed: archive directory {tmp_path}/absent does not exist: create it, owned by the OS "
+                        "user PostgreSQL runs as, mode 0700 (or correct [repository] url; or mount its file system)\n")
+    assert slept == []

@@ -345,3 +345,18 @@ def test_fetch_replaces_an_existing_destination(capsys, cfg, archive, pg_wal, tm
     destination.write_bytes(b"left over from the previous restore_command")
     assert run(capsys, "--config", cfg, "wal-fetch", NAME, destination) == (0, "")
     assert destination.read_bytes() == source.read_bytes()
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("command", "name"), [("print-service", "pitrkit.service"), ("print-config", "pitrkit.toml")])
+def test_the_service_and_example_configuration_are_printed_from_the_package(capsys, monkeypatch, command, name):
+    """A wheel has no conf/: the package carries copies, which must stay equal to conf/
+    (edit conf/NAME, then copy it over pitrkit/conf/NAME). No configuration is needed."""
+    monkeypatch.setenv("PITRKIT_CONFIG", "/nonexistent/pitrkit.toml")
+    shipped = (CHECKOUT / "pitrkit" / "conf" / name).read_text()
+    assert shipped == (CHECKOUT / "conf" / name).read_text(), f"pitrkit/conf/{name} differs from conf/{name}"
+    assert main([command]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (shipped, "")

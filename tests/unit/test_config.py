@@ -108,6 +108,28 @@ def test_invalid_documents_name_the_key(text, expected):
     assert expected in message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[repository]\nurl = 'file:///x'\nretires = 5\n",
+         "unknown key 'repository.retires' (did you mean 'retries'?)"),
+        ("[repository]\nurl = 'file:///x'\n[postgres]\nconinfo = 'host=/tmp'\n",
+         "unknown key 'postgres.coninfo' (did you mean 'conninfo'?)"),
+        ("[repository]\nurl = 'file:///x'\n[retention]\nkep_last = 2\n",
+         "unknown key 'retention.kep_last' (did you mean 'keep_last'?)"),
+        ("[repository]\nurl = 'file:///x'\n[postgre]\nconninfo = 'host=/tmp'\n",
+         "unknown key 'postgre' (did you mean 'postgres'?)"),
+        ("[repository]\nurl = 'file:///x'\nconninfo = 'host=/tmp'\n",
+         "unknown key 'repository.conninfo' (did you mean 'conninfo' under [postgres]?)"),
+        ("[repository]\nurl = 'file:///x'\n[compression]\nzzz = 3\n", "unknown key 'compression.zzz'"),
+    ],
+    ids=["misspelt-retries", "misspelt-conninfo", "misspelt-in-optional-section", "misspelt-section",
+         "key-under-the-wrong-table", "nothing-near"],
+)
+def test_an_unknown_key_suggests_the_nearest_known_one(text, expected):
+    assert config_error(text) == f"{SOURCE}: {expected}"
+
+
 def test_wrong_type_message_says_what_was_expected():
     message = config_error(MINIMAL + "[compression]\nlevel = \"3\"\n")
     assert message == f"{SOURCE}: key 'compression.level': expected int, got str"
@@ -161,7 +183,7 @@ def test_load_errors_name_the_file_in_key_errors(tmp_path):
     path.write_text(MINIMAL + "retires = 5\n")
     with pytest.raises(ConfigError) as caught:
         config.load(path)
-    assert str(caught.value) == f"{path}: unknown key 'repository.retires'"
+    assert str(caught.value) == f"{path}: unknown key 'repository.retires' (did you mean 'retries'?)"
 
 
 def test_load_missing_file(tmp_path):

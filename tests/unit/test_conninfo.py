@@ -3,12 +3,13 @@ text they could not parse: a piece of a password, here."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from pitrkit.cli import main
-from pitrkit.conninfo import conninfo_parameters
+from pitrkit.conninfo import connection_failure, conninfo_parameters
 from pitrkit.errors import ConfigError
 
 MALFORMED = [
@@ -53,3 +54,23 @@ def test_backup_push_refuses_it_in_one_line_without_the_secret(tmp_path: Path, c
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "conninfo is not a valid connection string" in error, error
     assert "s3cr3t" not in error and "h1dden" not in error
+
+
+PEER_FAILED = ('connection failed: connection to server on socket "/var/run/postgresql/.s.PGSQL.5432" failed: '
+               'FATAL:  Peer authentication failed for user "postgres"')
+
+
+def test_a_peer_authentication_failure_says_which_os_user_to_run_as():
+    import pwd
+
+    said = connection_failure(PEER_FAILED)
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert "run as the postgres OS user (sudo -u postgres pitrkit ...)" in said
+    assert f'this runs as "{me}"' in said and "peer authentication" in said
+    assert "\n" not in said and said.endswith('Peer authentication failed for user "postgres")')
+
+
+def test_other_connection_failures_are_libpqs_words_in_one_line():
+    message = 'connection failed: connection to server on socket "/tmp/.s.PGSQL.1" failed:\n\tNo such file'
+    assert connection_failure(message) == ('connection failed: connection to server on socket "/tmp/.s.PGSQL.1" '
+                                           'failed: No such file')

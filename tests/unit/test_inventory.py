@@ -5,6 +5,7 @@ local storage (synthetic_archive.py: 1 GiB segments, 4 per folder)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -306,3 +307,15 @@ def test_restore_plan_prints_a_plan_or_one_line_naming_what_is_missing(capsys, c
                   f"target LSN {lsn(6)} has a gap there\n"
     code, out, err = run(capsys, config, "restore-plan", "--time", "noon")
     assert code == 2 and err.startswith("pitrkit: not a time: 'noon'") and err.count("\n") == 1
+
+
+def test_wal_list_of_a_fresh_archive_says_before_the_first_backup(capsys, config, store):
+    """WAL archived before any backup is what every new archive holds: nothing to alarm."""
+    code, out, err = run(capsys, config, "wal-list")  # the store fixture's 20 segments, no backup
+    assert (code, err) == (0, "")
+    assert "obsolete" not in out
+    assert all(re.search(r"  -  +before the first backup$", line) for line in out.splitlines()[1:21])
+    assert out.splitlines()[-1] == ("no backup yet: this WAL is kept, but a restore needs a base backup to start "
+                                    "from (pitrkit backup-push)")
+    code, out, _ = run(capsys, config, "wal-list", "--json")
+    assert {f["state"] for f in json.loads(out)["files"]} == {"before-first-backup"}

@@ -13,7 +13,8 @@ from datetime import timedelta
 import pytest
 
 from pitrkit import inventory
-from pitrkit.plan import PlanRefused, RestorePlan, Target, describe, make_plan
+from pitrkit.cli import main
+from pitrkit.plan import PlanRefused, RestorePlan, Target, describe, latest_warning, make_plan
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 
@@ -406,3 +407,29 @@ def test_plans_with_a_partial_are_the_same_with_and_without_indexes(streamed):
     before = [make_plan(streamed.archive, target) for target in targets]
     inventory.refresh(streamed.archive)
     assert [make_plan(streamed.archive, target) for target in targets] == before
+
+
+# --- the server's timeline ----------------------------------------------------------------
+
+
+def test_latest_along_a_branch_warns_naming_both_timelines(store):
+    """A test restore promoted with archiving on leaves timeline 2 newest in the archive."""
+    store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))
+    store.segments(2, 12, 15, at=stored_at(21))
+    plan = make_plan(store.archive, LATEST)
+    assert plan.timeline == 2
+    assert latest_warning(plan, 1) == (
+        "warning: the newest timeline in the archive, 2, is not timeline 1 that the server in [postgres] conninfo "
+        "is on: --latest follows timeline 2 (a restored copy promoted with archiving on?); to restore the "
+        "server's own history, add --timeline server")
+    assert latest_warning(plan, 2) is None and latest_warning(plan, None) is None
+    assert latest_warning(make_plan(store.archive, LATEST, 1), 1) is None
+    assert latest_warning(make_plan(store.archive, at_lsn(15), 1), 1) is None  # a target named: no surprise
+
+
+def test_timeline_server_needs_the_server(store, tmp_path, capsys):
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    assert main(["--config", str(config), "restore-plan", "--latest", "--timeline", "server"]) != 0
+    assert capsys.readouterr().err == ("pitrkit: --timeline server needs the server's timeline: [postgres] conninfo "
+                                       "is not set\n")

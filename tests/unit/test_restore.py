@@ -304,7 +304,9 @@ def test_time_targets_carry_their_offset_and_latest_has_no_target_or_action():
 
 def test_archive_mode_off_is_written_after_everything_it_overrides(tmp_path):
     quiet = recovery_conf.RecoverySettings(restore_command="x", timeline=1, action="promote", archiving=False)
-    assert quiet.lines()[-1] == "archive_mode = 'off'"
+    assert quiet.lines()[-2:] == ["archive_mode = 'off'", "max_logical_replication_workers = '0'"]
+    assert "max_logical_replication_workers" not in " ".join(
+        recovery_conf.RecoverySettings(restore_command="x", timeline=1, action="promote").lines())
     text = recovery_conf.rewrite_auto_conf("archive_mode = 'on'\n", quiet, "test")
     assert text.index("archive_mode = 'on'") < text.index("archive_mode = 'off'")  # the later line wins
     (tmp_path / recovery_conf.AUTO_CONF).write_text(text)

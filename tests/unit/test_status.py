@@ -160,6 +160,93 @@ def test_timelines_each_get_their_range(store):
     assert report.overall == "OK", report.checks
 
 
+# --- the server's timeline and branches -------------------------------------------------------
+
+
+def on_timeline(timeline: int) -> status.Archiver:
+    """The server as status found it: reachable, on `timeline`, archiving without failures."""
+    return status.Archiver(reachable=True, archived_count=20, failed_count=0, last_archived_wal=name(1, 20),
+                           last_archived_time=stored_at(20), timeline=timeline)
+
+
+def with_a_test_restores_branch(store: SyntheticArchive, at: datetime) -> None:
+    """What a test restore promoted with archiving on leaves: timeline 2 off segment 12,
+    archiving into the same archive, its newest WAL stored at `at`."""
+    store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))
+    store.segments(2, 12, 15, at=at - timedelta(minutes=3))
+
+
+def test_a_branch_is_not_the_head_when_the_server_is_on_its_parent(store):
+    store.backup("A", 1, 2, 3)
+    with_a_test_restores_branch(store, at=stored_at(25))
+    report = status.collect(store.archive, config_of(store), now=stored_at(26), archiver=on_timeline(1))
+    assert report.head_timeline == 1 and report.archiver.timeline == 1
+    assert report.last_wal is not None and report.last_wal.name == name(1, 20)
+    assert [(t.timeline, t.branch) for t in report.timelines] == [(1, False), (2, True)]
+    assert message(report, "restorable").startswith("timeline 1 restorable from ")
+    # Still receiving WAL: another server archives here.
+    assert levels(report)["timeline"] == "WARN"
+    assert message(report, "timeline") == (
+        "the server is on timeline 1; timeline 2 is a branch off its history (restore --latest would follow "
+        "timeline 2: use --timeline server for the server's); timeline 2 received WAL within wal_max_age 1h: "
+        "another server archives into this archive (a restored copy promoted with archiving on? restore test "
+        "copies with --archive-mode off)")
+    text = status.describe(report)
+    assert "server:         on timeline 1" in text
+    assert [line for line in text.splitlines() if line.startswith("timeline 2:")][0].endswith(
+        "[branch: not the server's history]")
+    assert [line for line in text.splitlines() if line.startswith("timeline 1:")][0].endswith(
+        "[the server's: judged]")
+    values = samples(metrics_text(report, None))
+    assert values[("pitrkit_server_timeline", ())] == 1 and values[("pitrkit_head_timeline", ())] == 1
+    assert values[("pitrkit_timeline_branch", (("timeline", "2"),))] == 1
+    assert values[("pitrkit_timeline_branch", (("timeline", "1"),))] == 0
+    assert values[("pitrkit_last_wal_archived_timeline", ())] == 1
+    page = html_page(report, None, refresh_seconds=30)
+    assert "<strong>branch</strong>: not the server&#x27;s history" in page
+    assert "<th>timeline</th><td>1</td>" in page
+    as_json = json.loads(catalog.encode(report))
+    assert as_json["head_timeline"] == 1 and as_json["archiver"]["timeline"] == 1
+    assert [t["branch"] for t in as_json["timelines"]] == [False, True]
+
+
+def test_wal_freshness_is_judged_on_the_servers_timeline(store):
+    store.backup("A", 1, 2, 3)
+    later = stored_at(20) + timedelta(hours=2)
+    with_a_test_restores_branch(store, at=later)  # fresh WAL, but not the server's
+    without_server = collect(store, now=later)
+    assert without_server.head_timeline == 2 and levels(without_server)["wal"] == "OK"
+    assert message(without_server, "timeline") == ("judged on timeline 2, the archive's newest (the server's "
+                                                   "timeline is unknown: server not asked)")
+    report = status.collect(store.archive, config_of(store), now=later, archiver=on_timeline(1))
+    assert levels(report)["wal"] == "WARN"
+    assert message(report, "wal").startswith(f"newest WAL {name(1, 20)} stored ")
+
+
+def test_a_stale_branch_is_shown_but_not_a_warning(store):
+    store.backup("A", 1, 2, 3)
+    with_a_test_restores_branch(store, at=stored_at(16))  # 9 minutes before NOW; the server's WAL 5
+    report = status.collect(store.archive, config_of(store, status=StatusConfig(wal_max_age="6m")), now=NOW,
+                            archiver=on_timeline(1))
+    assert levels(report)["timeline"] == "OK" and report.overall == "OK", report.checks
+    assert message(report, "timeline") == ("the server is on timeline 1; timeline 2 is a branch off its history "
+                                           "(restore --latest would follow timeline 2: use --timeline server for "
+                                           "the server's)")
+
+
+def test_the_server_on_the_newest_timeline_has_no_branch(store):
+    store.backup("A", 1, 2, 3)
+    with_a_test_restores_branch(store, at=stored_at(19))
+    report = status.collect(store.archive, config_of(store), now=NOW, archiver=on_timeline(2))
+    assert report.head_timeline == 2 and not any(t.branch for t in report.timelines)
+    assert message(report, "timeline") == "the server is on timeline 2"
+    # Promoted a moment ago: its history file and WAL not archived yet.
+    report = status.collect(store.archive, config_of(store), now=NOW, archiver=on_timeline(3))
+    assert report.head_timeline == 2 and not any(t.branch for t in report.timelines)
+    assert message(report, "timeline") == ("the server is on timeline 3 (none of its WAL archived yet: judged on "
+                                           "timeline 2, on its history)")
+
+
 def test_a_gap_before_a_timeline_switch_resumes_on_the_new_timeline(store):
     store.backup("A", 1, 2, 3)
     store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))

@@ -148,7 +148,8 @@ def test_target_from_args():
 
 
 @pytest.mark.parametrize(
-    ("text", "choice"), [(None, None), ("latest", "latest"), ("CURRENT", "current"), ("2", 2), (" 12 ", 12)]
+    ("text", "choice"),
+    [(None, None), ("latest", "latest"), ("CURRENT", "current"), ("server", "server"), ("2", 2), (" 12 ", 12)]
 )
 def test_timeline_choices(text, choice):
     assert timeline_from_args(arguments(timeline=text)) == choice
@@ -158,3 +159,48 @@ def test_timeline_choices(text, choice):
 def test_bad_timelines_are_refused(text):
     with pytest.raises(UsageError, match="--timeline: expected a timeline id"):
         timeline_from_args(arguments(timeline=text))
+
+
+# --- zone names, as `date` prints them -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("Sun Dec  6 04:06:37 UTC 2026", datetime(2026, 12, 6, 4, 6, 37, tzinfo=UTC)),
+        ("Sun Dec 6 04:06:37 GMT 2026", datetime(2026, 12, 6, 4, 6, 37, tzinfo=UTC)),
+        ("2026-12-06 04:06:37 UTC", datetime(2026, 12, 6, 4, 6, 37, tzinfo=UTC)),
+        ("2026-12-06 04:06:37 Z", datetime(2026, 12, 6, 4, 6, 37, tzinfo=UTC)),
+        ("2026-12-06 04:06:37 CET", datetime(2026, 12, 6, 3, 6, 37, tzinfo=UTC)),
+        ("Mon Jul  6 04:06:37 CEST 2026", datetime(2026, 7, 6, 2, 6, 37, tzinfo=UTC)),
+        # The abbreviation tells the two readings of the hour the clock repeats apart.
+        ("2026-10-25 02:30:00 CEST", datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        ("2026-10-25 02:30:00 CET", datetime(2026, 10, 25, 1, 30, tzinfo=UTC)),
+    ],
+)
+def test_zone_names_that_mean_one_offset_are_read(local_zone, text, instant):
+    local_zone("Europe/Berlin")
+    assert parse_time(text) == instant
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2026-12-06 04:06:37 EST", "time zone 'EST' in '2026-12-06 04:06:37 EST' is ambiguous or not the local "
+                                    "zone's: pitrkit reads only UTC, GMT, Z, CEST, CET (the local zone's "
+                                    "abbreviations); give the offset from UTC instead, e.g. "
+                                    "'2026-12-06 04:06:37+01:00' for one hour east of UTC"),
+        ("Sun Dec  6 04:06:37 IST 2026", "time zone 'IST'"),
+        ("2026-07-06 04:06:37 CET", "'2026-07-06 04:06:37 CET': the local time zone shows CEST, not CET, at that "
+                                    "time; give the offset from UTC instead, e.g. '2026-07-06 04:06:37+02:00' "
+                                    "for CEST"),
+        ("2026-03-29 02:30:00 CET", "never happened in the local time zone"),
+        ("Mon Dec  6 04:06:37 UTC 2026", "not a time: 'Mon Dec  6 04:06:37 UTC 2026' (2026-12-06 is a Sunday)"),
+        ("Sun Dez  6 04:06:37 UTC 2026", "no month 'Dez'"),
+    ],
+)
+def test_other_zone_names_are_refused_with_the_offset_form(local_zone, text, message):
+    local_zone("Europe/Berlin")
+    with pytest.raises(UsageError) as refused:
+        parse_time(text)
+    assert message in str(refused.value) and "\n" not in str(refused.value)

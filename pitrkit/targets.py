@@ -7,7 +7,9 @@ the text PostgreSQL itself prints for `now()` / `clock_timestamp()` (offsets `+0
 (TZ, else the system's), like the server's own `recovery_target_time` input; the result
 is always an aware datetime, so nothing downstream guesses again. A local time that the
 clock skipped or showed twice (daylight saving changes) is refused rather than guessed:
-an hour's difference in a restore target is lost data.
+an hour's difference in a restore target is lost data. A time outside 1970 to 9998 (UTC)
+is refused too: no WAL was written then, and at the edges of what datetime holds the
+planner's arithmetic would overflow.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _TIME = re.compile(
 )
 _OFFSET = re.compile(r"(?P<sign>[+-])(?P<hours>\d{2}):?(?P<minutes>\d{2})?:?(?P<seconds>\d{2})?")
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
 _TIME_FORMS = "e.g. '2026-11-23 14:41:37' (local time), '2026-11-23T14:41:37.123+01:00' or '2026-11-23 14:41:37+00'"
 
 
@@ -44,9 +49,17 @@ def parse_time(text: str) -> datetime:
         )
     except ValueError as exc:
         raise UsageError(f"not a time: {text!r} ({exc})") from None
-    if match["offset"] is None:
-        return _localize(wall_clock, text)
-    return wall_clock.replace(tzinfo=_parse_offset(match["offset"], text))
+    try:
+        if match["offset"] is None:
+            moment = _localize(wall_clock, text)
+        else:
+            moment = wall_clock.replace(tzinfo=_parse_offset(match["offset"], text))
+        in_range = EARLIEST <= moment < LATEST  # comparing converts to UTC, which can overflow
+    except (OverflowError, ValueError):
+        in_range = False
+    if not in_range:
+        raise UsageError(f"not a time to restore to: {text!r} is outside the years 1970 to 9998")
+    return moment
 
 
 def _parse_offset(text: str, whole: str) -> timezone:

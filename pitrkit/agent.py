@@ -4,9 +4,11 @@ archive's set-up (entry.py explains the why, and holds the client side).
 
 Safety rests on three rules. The agent answers only after the work is done exactly as
 in-process (same functions, same exit codes), so "exit 0" still means durable. It serves
-only its own user, over a socket in a directory private to that user. And any doubt
-(another agent holds the lock, the request is for another configuration, the agent was
-disabled) is answered by declining, which makes the client do the work itself.
+only its own user: over a socket in a directory private to that user, created under its
+own umask (0077, whatever umask PostgreSQL or a shell passed on), and only to a peer
+whose uid the kernel reports (SO_PEERCRED) as its own. And any doubt (another agent holds
+the lock, the request is for another configuration, the agent was disabled) is answered
+by declining, which makes the client do the work itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -119,6 +122,9 @@ class Agent:
     # -- serving -----------------------------------------------------------------------
 
     def serve(self) -> str:
+        # Everything the agent creates (directory, lock, socket, spooled segments) is
+        # its user's alone; the socket's mode, above all, is what bind() leaves it.
+        os.umask(0o077)
         directory = os.path.dirname(self.socket_path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if not entry.private_directory(directory):
@@ -175,6 +181,12 @@ class Agent:
             self._active += 1
         try:
             with connection:
+                peer = _peer_uid(connection)
+                if peer != os.geteuid():
+                    # Only reachable if someone opened up the directory or the socket:
+                    # the reply to another user is no reply (its client works in-process).
+                    log.warning("agent: refused a connection from uid %s: it serves uid %d only", peer, os.geteuid())
+                    return
                 connection.settimeout(_REQUEST_TIMEOUT)
                 request = _receive(connection)
                 reply = self._answer(request) if request is not None else b""
@@ -270,6 +282,16 @@ def _done_ahead(ahead: Ahead, key: object, stamp: object):
         return None
 
 
+_PEER_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_uid(connection: socket.socket) -> int:
+    """The uid of the process at the other end, as the kernel recorded it at connect()."""
+    _, uid, _ = _PEER_CREDENTIALS.unpack(
+        connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size))
+    return uid
+
+
 def _receive(connection: socket.socket) -> list[bytes] | None:
     chunks, size = [], 0
     while chunk := connection.recv(65536):
@@ -287,7 +309,17 @@ def serve(config_path: Path) -> str:
 def start(config_path: Path) -> None:
     """Start an agent for `config_path` in the background, fully detached (its own
     session, no terminal, stdio on /dev/null), and return at once. If another agent
-    wins the race, the newcomer sees the lock and exits."""
+    wins the race, the newcomer sees the lock and exits.
+
+    Not when the socket directory exists but is not private to this user (another user
+    made it first, it is a symlink, or it is open to others): no agent could serve from
+    it, and the caller keeps working in-process, with this one warning per call."""
+    directory = os.path.dirname(entry.socket_path(os.fsencode(str(config_path))))
+    if os.path.lexists(directory) and not entry.private_directory(directory):
+        log.warning("agent socket directory %s is not a directory private to uid %d (another user's, a symlink, or "
+                    "open to others): working without the agent; remove it or set XDG_RUNTIME_DIR",
+                    directory, os.geteuid())
+        return
     pid = os.fork()
     if pid:
         os.waitpid(pid, 0)

@@ -533,7 +533,8 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         inventory.record_backup(archive, summary)
     except PitrkitError as exc:
         # The backup exists: its manifest is stored. The catalog is a cache that every
-        # reader reconciles with the manifests, so a failed update costs only speed.
+        # reader reconciles with the manifests, so a failed update (or one skipped because
+        # another writer holds the catalog lock) costs only speed.
         log.warning("backup %s is stored, but updating the catalog failed (%s); readers find the backup "
                     "from its manifest, and 'pitrkit catalog rebuild' rewrites the catalog", backup_id, exc)
     return manifest

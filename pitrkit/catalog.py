@@ -211,8 +211,25 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
     # from the backup's first segment onward.
     timeline: int
     first_segment: str
-    taken_at: datetime
-    expires_at: datetime
+    taken_at: datetime  # the holder's clock, for people
+    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    # Seconds the lease holds past its object's store time (the storage's clock); None in
+    # leases written before it existed, judged by `expires_at`.
+    held_for: float | None = None
+
+
+class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
+    """`locks/catalog.json`: who rewrites catalog documents now (lock.py). Stored
+    create-only; renewed by its holder, which rewrites it with a new `expires_at`."""
+
+    token: str  # random, per taking: how a holder tells its lock from a successor's
+    host: str
+    pid: int
+    command: str  # "retention apply", "catalog rebuild", "backup-push"
+    taken_at: datetime  # the holder's clock, for people
+    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    # Seconds the lock holds past its object's store time (the storage's clock).
+    held_for: float
 
 
 # --- encoding ---------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     backup_list.add_argument("--json", action="store_true", help="print JSON")
 
     wal_list = commands.add_parser("wal-list", help="list the archived WAL segments, one row each")
-    wal_list.add_argument("--timeline", type=int, metavar="N", help="only timeline N")
+    wal_list.add_argument("--timeline", type=_timeline_id, metavar="N", help="only timeline N")
     wal_list.add_argument("--json", action="store_true", help="print JSON")
 
     catalog = commands.add_parser("catalog", help="maintain the archive's catalog")
@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                          "timeline into the same archive")
     restore.add_argument("--start", action="store_true",
                          help="start PostgreSQL on DIR and wait until recovery reaches the target")
-    restore.add_argument("--port", type=int, help="port for --start (default: a free one)")
+    restore.add_argument("--port", type=_port, help="port for --start (default: a free one)")
 
     retention = commands.add_parser("retention", help="remove the backups and WAL the [retention] policy "
                                     "no longer keeps")
@@ -146,6 +146,26 @@ def _parser() -> argparse.ArgumentParser:
                                "recover a copy of it from the archive (needs no configuration)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory and print its path")
     return parser
+
+
+def _whole_number(text: str, low: int, high: int) -> int:
+    """`text` as an integer from `low` to `high`; argparse turns the error into a usage
+    error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is out of range ({low} to {high})")
+    return value
+
+
+def _port(text: str) -> int:
+    return _whole_number(text, 1, 65535)
+
+
+def _timeline_id(text: str) -> int:
+    return _whole_number(text, 1, 0xFFFFFFFF)
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,6 @@ ignored: a misspelt `retires = 5` silently doing nothing is how backups go missi
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -96,15 +95,25 @@ _DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+# The longest duration or timeout any setting takes: a century, far beyond any sensible
+# value and well inside what timedelta, datetime arithmetic and the OS's timeouts
+# (threading.TIMEOUT_MAX, ~292 years) can hold, so that no later computation overflows.
+MAX_SECONDS = 100 * 365 * 86400.0
+# Threads per process (compression, backup and restore workers): more than any machine
+# pitrkit runs on has cores, fewer than would exhaust its memory for stacks.
+MAX_THREADS = 256
+
+
 def parse_duration(value: int | float | str) -> float | None:
     """Seconds from a number or a duration such as "7d" (units s, m, h, d, w); None if
-    `value` is neither, or negative."""
+    `value` is neither, negative, or longer than `MAX_SECONDS`."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) if math.isfinite(value) and value >= 0 else None
-    if not isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())) is not None:
+        seconds = float(match["number"]) * _DURATION_UNITS[match["unit"]]
+    else:
         return None
-    match = _DURATION.fullmatch(value.strip())
-    return None if match is None else float(match["number"]) * _DURATION_UNITS[match["unit"]]
+    return seconds if 0 <= seconds <= MAX_SECONDS else None
 
 
 def _loaded_duration(value: str) -> float:
@@ -287,30 +296,44 @@ def parse(document: dict, source: str) -> Config:
     return config
 
 
-def _check_ranges(config: Config, source: str) -> None:
-    problems = []
-    if not math.isfinite(config.repository.timeout) or config.repository.timeout <= 0:
-        problems.append("repository.timeout must be a positive number of seconds")
-    if config.repository.retries < 0:
-        problems.append("repository.retries must not be negative")
+def _seconds_problem(name: str, value: float) -> list[str]:
+    """A timeout or interval: more than nothing, at most `MAX_SECONDS` (NaN is neither)."""
+    if not 0 < value <= MAX_SECONDS:
+        return [f"{name} must be a number of seconds above 0 and at most {MAX_SECONDS:.0f} (100 years), "
+                f"not {value:g}"]
+    return []
+
+
+def _count_problem(name: str, value: int, low: int, high: int) -> list[str]:
+    if not low <= value <= high:
+        return [f"{name} must be a whole number from {low} to {high}, not {value}"]
+    return []
+
+
+def _zstd_level_problem(config: Config) -> list[str]:
     if config.compression.algorithm == "zstd" and config.compression.level not in ZSTD_LEVELS:
-        problems.append(f"compression.level must be {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1} for zstd, "
-                        f"not {config.compression.level}")
-    if config.compression.threads < 0:
-        problems.append("compression.threads must not be negative")
-    if config.agent.lookahead < 0:
-        problems.append("agent.lookahead must not be negative")
-    if not math.isfinite(config.agent.idle_timeout) or config.agent.idle_timeout <= 0:
-        problems.append("agent.idle_timeout must be a positive number of seconds")
-    if config.backup.workers < 0:
-        problems.append("backup.workers must not be negative")
-    if not math.isfinite(config.backup.wal_timeout) or config.backup.wal_timeout <= 0:
-        problems.append("backup.wal_timeout must be a positive number of seconds")
+        return [f"compression.level must be {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1} for zstd, "
+                f"not {config.compression.level}"]
+    return []
+
+
+def _check_ranges(config: Config, source: str) -> None:
+    problems = [
+        *_seconds_problem("repository.timeout", config.repository.timeout),
+        # Each retry waits up to 5 s more: 100 is over eight minutes of an outage per call.
+        *_count_problem("repository.retries", config.repository.retries, 0, 100),
+        *_zstd_level_problem(config),
+        *_count_problem("compression.threads", config.compression.threads, 0, MAX_THREADS),
+        # Each is a segment spooled or pushed ahead: 64 is a gigabyte of 16 MiB segments.
+        *_count_problem("agent.lookahead", config.agent.lookahead, 0, 64),
+        *_seconds_problem("agent.idle_timeout", config.agent.idle_timeout),
+        *_count_problem("backup.workers", config.backup.workers, 0, MAX_THREADS),
+        *_seconds_problem("backup.wal_timeout", config.backup.wal_timeout),
+    ]
     if not config.receive.slot or not re.fullmatch(r"[a-z0-9_]{1,63}", config.receive.slot):
         problems.append("receive.slot must be 1 to 63 lower-case letters, digits or underscores "
                         "(a replication slot name)")
-    if not math.isfinite(config.receive.partial_interval) or config.receive.partial_interval <= 0:
-        problems.append("receive.partial_interval must be a positive number of seconds")
+    problems += _seconds_problem("receive.partial_interval", config.receive.partial_interval)
     if parse_size(config.receive.max_slot_retained) is None:
         problems.append("receive.max_slot_retained must be a number of bytes or a size such as \"4GB\" "
                         "(units kB, MB, GB, TB)")
@@ -318,6 +341,10 @@ def _check_ranges(config: Config, source: str) -> None:
     problems += _operations_problems(config)
     if problems:
         raise ConfigError(f"{source}: {problems[0]}")
+
+
+# Backups a retention rule keeps: far more than any archive holds.
+_MAX_KEPT = 100_000
 
 
 def _operations_problems(config: Config) -> list[str]:
@@ -330,9 +357,10 @@ def _operations_problems(config: Config) -> list[str]:
     if retention is not None:
         if retention.keep_last < 1:
             problems.append("retention.keep_last must be at least 1: the newest backup is never removed")
+        else:
+            problems += _count_problem("retention.keep_last", retention.keep_last, 1, _MAX_KEPT)
         for name in ("daily", "weekly", "monthly"):
-            if getattr(retention, name) < 0:
-                problems.append(f"retention.{name} must not be negative")
+            problems += _count_problem(f"retention.{name}", getattr(retention, name), 0, _MAX_KEPT)
         durations += [("retention.unfinished_grace", retention.unfinished_grace),
                       ("retention.restore_lease", retention.restore_lease)]
         if retention.window is not None:
@@ -343,7 +371,8 @@ def _operations_problems(config: Config) -> list[str]:
     for name, value in durations:
         seconds = parse_duration(value)
         if seconds is None or (name == "daemon.every" and seconds <= 0):
-            problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w)")
+            problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w), "
+                            "at most 100 years")
     if retention is not None and (grace := parse_duration(retention.unfinished_grace)) is not None \
             and grace <= config.backup.wal_timeout:
         # After its last part, a backup-push waits up to wal_timeout for its WAL before it
@@ -359,8 +388,7 @@ def _operations_problems(config: Config) -> list[str]:
             Cron.parse(config.daemon.cron)
         except CronError as exc:
             problems.append(f"daemon.cron: {exc}")
-    if not math.isfinite(config.daemon.status_interval) or config.daemon.status_interval <= 0:
-        problems.append("daemon.status_interval must be a positive number of seconds")
+    problems += _seconds_problem("daemon.status_interval", config.daemon.status_interval)
     return problems
 
 

@@ -16,6 +16,10 @@ loses data.
   order, so a sealed folder receives nothing more and its listing can be kept. The
   newest folder of each timeline is always listed afresh.
 
+Every rewrite of a catalog document holds the catalog lock (lock.py): `catalog rebuild`
+refuses while another writer holds it; a backup's own update is skipped (backup.py
+warns, and readers find the backup from its manifest meanwhile).
+
 So a reader never lists every object: it lists `wal/` and `catalog/wal/` one level (the
 history files and one name per 4 GiB of WAL), then reads an index, or lists one folder,
 for just the folders it needs. An index is trusted for what it says is present; a segment
@@ -45,7 +49,7 @@ from typing import NamedTuple, overload
 
 import msgspec
 
-from pitrkit import catalog
+from pitrkit import catalog, lock
 from pitrkit.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
@@ -170,13 +174,13 @@ def record_backup(archive: Archive, summary: BackupSummary) -> None:
     """Add a backup whose manifest has just been stored to `catalog/backups.json`, and
     index the WAL folders sealed since the last time.
 
-    Two backups finishing at once can each write the catalog without the other's entry;
-    that costs nothing but a manifest read later, because readers add any backup folder
-    the catalog does not know."""
-    known = [entry for entry in _read_backup_catalog(archive) if entry.backup_id != summary.backup_id]
-    document = BackupCatalog(backups=_oldest_first([*known, summary]))
-    archive.put_document(BACKUP_CATALOG_KEY, document, overwrite=True)
-    refresh(archive)
+    Under the catalog lock: `LockHeld` when another writer has it (retention, a rebuild,
+    another backup's update), and the caller skips the update."""
+    with lock.take(archive, "backup-push"):
+        known = [entry for entry in _read_backup_catalog(archive) if entry.backup_id != summary.backup_id]
+        document = BackupCatalog(backups=_oldest_first([*known, summary]))
+        archive.put_document(BACKUP_CATALOG_KEY, document, overwrite=True)
+        refresh(archive)
 
 
 def _oldest_first(summaries: list[BackupSummary]) -> list[BackupSummary]:
@@ -589,7 +593,13 @@ def refresh(archive: Archive) -> list[str]:
 
 
 def rebuild(archive: Archive) -> list[str]:
-    """Recreate the whole catalog from the objects; returns one line per change."""
+    """Recreate the whole catalog from the objects, under the catalog lock; returns one
+    line per change."""
+    with lock.take(archive, "catalog rebuild"):
+        return _rebuild(archive)
+
+
+def _rebuild(archive: Archive) -> list[str]:
     report = []
     finished: list[BackupSummary] = []
     unfinished: list[str] = []

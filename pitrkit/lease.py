@@ -10,6 +10,17 @@ backup is never both in use by a restore and being removed.
 A lease expires unless renewed: a holder that dies stops renewing, and retention ignores
 (and removes) the lease once it has lapsed. `Renewal` renews from a background thread
 while the holder works.
+
+Whether a lease has lapsed is judged on one clock, the storage's: a lease holds for
+`held_for` seconds past its object's store time (each renewal rewrites it, moving the
+store time on), against the store time of the catalog lock retention has just taken
+(lock.py). The restore host's clock and retention's never meet, so a restore host whose
+clock is behind cannot have its lease judged lapsed while it works. A backend that
+reports no store times, a lease written before `held_for` existed, and a `--dry-run`
+(which takes no lock, so has no reading of the storage's clock) fall back to the
+lease's `expires_at`, written on the restore host's clock, against retention's clock
+with `CLOCK_SKEW_MARGIN` of slack: clocks that disagree by more than that are the one
+case left in which a working restore's lease can look lapsed.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ log = logging.getLogger(__name__)
 HELD_FOR = timedelta(minutes=10)
 # Renewed this often, so that several renewals in a row can fail before the lease lapses.
 RENEW_EVERY = HELD_FOR / 5
+# How far the restore host's clock may be behind retention's where the storage's clock
+# cannot be read (see the module's docstring).
+CLOCK_SKEW_MARGIN = timedelta(minutes=5)
 
 
 def _now() -> datetime:
@@ -57,6 +71,7 @@ def take(archive: Archive, backup_id: str, timeline: int, first_segment: str) ->
         first_segment=first_segment,
         taken_at=now.replace(microsecond=0),
         expires_at=now + HELD_FOR,
+        held_for=HELD_FOR.total_seconds(),
     )
     archive.put(lease_key(lease.lease_id), catalog.encode(lease))
     return lease
@@ -64,8 +79,10 @@ def take(archive: Archive, backup_id: str, timeline: int, first_segment: str) ->
 
 def hold_until(archive: Archive, lease: Lease, expires_at: datetime) -> Lease:
     """Rewrite the lease with a new expiry (an overwrite: retention may have removed a
-    lapsed one, and renewing it brings it back)."""
-    renewed = msgspec.structs.replace(lease, expires_at=expires_at)
+    lapsed one, and renewing it brings it back). What counts is how long from now that
+    is, from the new store time on."""
+    renewed = msgspec.structs.replace(lease, expires_at=expires_at,
+                                      held_for=(expires_at - _now()).total_seconds())
     archive.put(lease_key(lease.lease_id), catalog.encode(renewed), overwrite=True)
     return renewed
 
@@ -79,15 +96,32 @@ class Leases(NamedTuple):
     expired: list[Lease]  # lapsed: their holders stopped renewing; they protect nothing
 
 
-def survey(archive: Archive, now: datetime) -> Leases:
-    """Every lease in the archive, by whether it still holds at `now`."""
+def survey(archive: Archive, now: datetime, storage_now: float | None = None) -> Leases:
+    """Every lease in the archive, by whether it still holds at `storage_now` (the
+    storage's clock, POSIX seconds: a store time just read), else at `now` (this host's)."""
     active: list[Lease] = []
     expired: list[Lease] = []
     for info in archive.list_folder(LEASES_PREFIX).objects:
         lease = _read(archive, info.key)
         if lease is not None:
-            (active if lease.expires_at > now else expired).append(lease)
+            (active if holds(lease, info.modified, now, storage_now) else expired).append(lease)
     return Leases(active, expired)
+
+
+def holds(lease: Lease, stored_at: float | None, now: datetime, storage_now: float | None) -> bool:
+    """Whether `lease`, stored (last renewed) at `stored_at` on the storage's clock, still
+    holds: on the storage's clock when both readings are known, else on the holders'."""
+    if lease.held_for is not None and stored_at is not None and storage_now is not None:
+        return stored_at + lease.held_for > storage_now
+    return lease.expires_at + CLOCK_SKEW_MARGIN > now
+
+
+def stored_at(archive: Archive, lease_id: str) -> float | None:
+    """The lease's store time, None once released (or when the storage does not say)."""
+    try:
+        return archive.stat(lease_key(lease_id)).modified
+    except ObjectNotFound:
+        return None
 
 
 def read(archive: Archive, lease_id: str) -> Lease | None:

@@ -21,6 +21,13 @@ One process, one thread: a loop that starts pg_receivewal (restarting it with ba
 relays its messages, archives the spool and writes the health state (receiver_health.py).
 Events are logged one per line on stderr, as logfmt; SIGTERM or SIGINT stop pg_receivewal
 cleanly, archive what it wrote (the open segment included) and exit 0.
+
+Secrets in `[postgres] conninfo` (password, sslpassword) never reach pg_receivewal's argv,
+which `ps` shows every user. libpq reads a password from PGPASSWORD but has no variable
+for sslpassword, so both go through a connection service file: `[pitrkit-receive]` in a
+0600 file in a fresh 0700 directory, named by PGSERVICEFILE, with `service=pitrkit-receive`
+in argv. It exists from just before pg_receivewal starts until its first message (it has
+connected, or failed to) or its exit, whichever comes first.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from argparse import Namespace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from psycopg.conninfo import make_conninfo
 
@@ -104,8 +113,10 @@ class Receiver:
         # The application_name is what synchronous_standby_names names; a name the DBA
         # put in conninfo wins.
         self._session = PrimarySession(conninfo, self._settings.slot)
-        self._argv, self._child_env = _receiver_command(pg_receivewal, conninfo, spool, self._settings.slot,
-                                                        self._settings.synchronous)
+        self._command = _receiver_command(pg_receivewal, conninfo, spool, self._settings.slot,
+                                          self._settings.synchronous)
+        self._argv = self._command.argv
+        self._service_directory: str | None = None  # while a service file holds the secrets
         self._prctl = ctypes.CDLL(None, use_errno=True).prctl
 
         self._child: subprocess.Popen[bytes] | None = None
@@ -187,11 +198,13 @@ class Receiver:
                                  "(it is re-created) and take a new base backup")
             return
         parent = os.getpid()
+        environment = self._write_service_file()
         try:
             self._child = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.PIPE, env=self._child_env,
+                                           stderr=subprocess.PIPE, env=environment,
                                            preexec_fn=lambda: self._die_with(parent))
         except OSError as exc:  # e.g. removed by a package upgrade: retried, it may come back
+            self._remove_service_file()
             self._retry_receiver(logging.ERROR, "receiver-not-started", f"cannot run {self._argv[0]}: {exc.strerror}")
             return
         assert self._child.stderr is not None
@@ -199,6 +212,26 @@ class Receiver:
         self._child_started = time.monotonic()
         events.emit(log, logging.INFO, "receiver-started", pid=self._child.pid, slot=slot,
                     synchronous=self._settings.synchronous, spool=self._spool)
+
+    def _write_service_file(self) -> dict[str, str]:
+        """pg_receivewal's environment: ours, and PGSERVICEFILE naming a new service file
+        when conninfo holds secrets (see the module's docstring)."""
+        environment = dict(os.environ)
+        if self._command.service is None:
+            return environment
+        self._remove_service_file()
+        self._service_directory = tempfile.mkdtemp(prefix="pitrkit-receive-")  # 0700
+        path = os.path.join(self._service_directory, "pg_service.conf")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(self._command.service)
+        environment["PGSERVICEFILE"] = path
+        return environment
+
+    def _remove_service_file(self) -> None:
+        if self._service_directory is not None:
+            shutil.rmtree(self._service_directory, ignore_errors=True)
+            self._service_directory = None
 
     def _die_with(self, parent: int) -> None:
         """In the child, before exec: pg_receivewal must not outlive a sidecar killed with
@@ -218,6 +251,7 @@ class Receiver:
         if self._child is None or (code := self._child.poll()) is None:
             return
         self._relay_output(final=True)
+        self._remove_service_file()
         ran = time.monotonic() - self._child_started
         if ran >= _STEADY_RUN:
             self._receiver_backoff.reset()
@@ -244,6 +278,7 @@ class Receiver:
             events.emit(log, logging.WARNING, "receiver-killed", pid=self._child.pid,
                         error=f"pg_receivewal did not stop within {_STOP_TIMEOUT:g}s of SIGINT")
         self._relay_output(final=True)
+        self._remove_service_file()
         events.emit(log, logging.INFO, "receiver-stopped", pid=self._child.pid, code=code)
         self._child = None
 
@@ -262,6 +297,10 @@ class Receiver:
         if final:
             lines.append(self._child_output)
             self._child_output = b""
+        if lines:
+            # Its first message comes once it has connected (or failed to): libpq has
+            # read the service file, and the secrets need not stay on disk.
+            self._remove_service_file()
         for raw in lines:
             line = raw.decode("utf-8", "replace").strip().removeprefix("pg_receivewal: ")
             if not line:
@@ -455,15 +494,37 @@ def _holds_wal(path: Path) -> bool:
         return False
 
 
+# Connection parameters whose values are secrets: never in argv.
+_SECRET_PARAMETERS = ("password", "sslpassword")
+SERVICE_NAME = "pitrkit-receive"
+
+
+class ReceiverCommand(NamedTuple):
+    argv: list[str]
+    # The service file's text when conninfo holds secrets (written only while needed).
+    service: str | None
+
+
 def _receiver_command(pg_receivewal: Path, conninfo: str, spool: Path, slot: str,
-                      synchronous: bool) -> tuple[list[str], dict[str, str]]:
-    """pg_receivewal's argv and environment. A password in conninfo goes into the
-    environment (readable only by this user and root), never into argv, which `ps` shows
-    to everyone."""
+                      synchronous: bool) -> ReceiverCommand:
+    """pg_receivewal's argv, and the service file that carries conninfo's secrets."""
     parameters = conninfo_parameters(conninfo)
-    environment = dict(os.environ)
-    if password := parameters.pop("password", None):
-        environment["PGPASSWORD"] = str(password)
+    secrets = {name: str(parameters.pop(name)) for name in _SECRET_PARAMETERS if parameters.get(name)}
+    service = None
+    if secrets:
+        if named := parameters.get("service") or os.environ.get("PGSERVICE"):
+            # A service file cannot name another service: its own entry is the place.
+            raise ConfigError(f"[postgres] conninfo uses service {named!r} and also sets "
+                              f"{' and '.join(secrets)}: put {'them' if len(secrets) > 1 else 'it'} in that "
+                              "service's entry instead")
+        for name, value in secrets.items():
+            # libpq's service file keeps a value to the end of its line, less trailing blanks.
+            if "\n" in value or "\r" in value or value != value.rstrip():
+                raise ConfigError(f"[postgres] conninfo's {name} ends in white space or holds a line break: "
+                                  "wal-receive cannot pass it to pg_receivewal without putting it on its "
+                                  "command line")
+        service = f"[{SERVICE_NAME}]\n" + "".join(f"{name}={value}\n" for name, value in secrets.items())
+        parameters["service"] = SERVICE_NAME
     parameters.setdefault("application_name", slot)
     argv = [
         str(pg_receivewal), "--dbname", make_conninfo("", **parameters), "--slot", slot, "--directory", str(spool),
@@ -476,7 +537,7 @@ def _receiver_command(pg_receivewal: Path, conninfo: str, spool: Path, slot: str
     ]
     if synchronous:
         argv.append("--synchronous")
-    return argv, environment
+    return ReceiverCommand(argv, service)
 
 
 def _spool_directory(spool: str | None) -> Path:

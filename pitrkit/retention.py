@@ -22,9 +22,13 @@ goes and removes it in an order that keeps every reader safe at every step:
 6. `catalog/retention.json` with this run's backups taken out of `deleting` and the
    run's result.
 
-Two runs may overlap (the daemon's and one started by hand). Each run's writes of
-`catalog/retention.json` keep the names another run added since this one read it: the
-backups that run is still removing must stay gone for readers, restores above all.
+Two runs never overlap: a run holds the catalog lock (`locks/catalog.json`, lock.py)
+from before its first look to its last write, and a second run refuses with one line
+naming the holder. (The daemon logs that as a failed retention run; the next backup's
+run tries again.) Each run's writes of `catalog/retention.json` still keep any names
+they did not put there: a run of an older pitrkit, which takes no lock, may be at work.
+The lock's store time is also the storage's "now" that leases are judged by (lease.py).
+A `--dry-run` writes nothing, so takes no lock.
 
 A run that dies midway leaves `deleting` set; the next run removes those backups first,
 whatever the policy says now, and decides the rest afresh.
@@ -42,7 +46,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit import catalog, inventory, lease, policy
+from pitrkit import catalog, inventory, lease, lock, policy
 from pitrkit.archive import (
     BACKUP_CATALOG_KEY,
     RETENTION_STATE_KEY,
@@ -313,37 +317,52 @@ def _wal_rows(removals: list[_WalFolderRemoval]) -> list[RemovedWal]:
 
 def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
           now: datetime | None = None) -> RetentionReport:
-    """Decide, and unless `dry_run` remove, in the order the module's docstring gives."""
+    """Decide, and unless `dry_run` remove, in the order the module's docstring gives,
+    holding the catalog lock."""
     now = now or datetime.now(UTC)
     rules = policy.RetentionPolicy.from_config(settings)
     grace = timedelta(seconds=settings.unfinished_grace_seconds)
+    if dry_run:
+        leases = lease.survey(archive, now)
+        return _decide(_Stored(archive), rules, grace, leases, now, dry_run).report
+    with lock.take(archive, "retention apply") as held:
+        return _apply(archive, rules, grace, now, held)
+
+
+def _apply(archive: Archive, rules: policy.RetentionPolicy, grace: timedelta, now: datetime,
+           held: lock.Held) -> RetentionReport:
     before = inventory.retention_state(archive)
     stored = _Stored(archive)
-    leases = lease.survey(archive, now)
-    decision = _decide(stored, rules, grace, leases, now, dry_run)
-    if dry_run:
-        return decision.report
+    # Leases are judged on the storage's clock: the lock was stored a moment ago. Every
+    # later look uses the same reading, which only makes leases look younger.
+    storage_now = held.stored_at
+    leases = lease.survey(archive, now, storage_now)
+    decision = _decide(stored, rules, grace, leases, now, dry_run=False)
 
     # An earlier run's intent is this run's to finish (stored.interrupted): its names
     # are this run's too.
     claimed = set(before.deleting)
+    held.check()
     _store_intent(archive, decision, stored, claimed, before.last_run, now)
     # A restore that leased a backup after the first look did not see the intent: keep
     # what it holds. Leases released meanwhile still count, so the intent only shrinks
     # and needs no new look.
-    again = lease.survey(archive, now)
+    again = lease.survey(archive, now, storage_now)
     if {each.lease_id for each in again.active} - {each.lease_id for each in leases.active}:
         active = {each.lease_id: each for each in [*leases.active, *again.active]}
-        decision = _decide(stored, rules, grace, lease.Leases(list(active.values()), leases.expired), now, dry_run)
+        decision = _decide(stored, rules, grace, lease.Leases(list(active.values()), leases.expired), now,
+                           dry_run=False)
         _store_intent(archive, decision, stored, claimed, before.last_run, now)
 
+    held.check()
     for backup_id in decision.backups:
         _remove_backup(archive, backup_id)
+    held.check()
     for removal in decision.wal:
         assert stored.wal is not None  # WAL to remove was found in it
         _remove_wal(archive, removal, stored.wal.is_sealed(removal.timeline, removal.log_number))
     for expired in leases.expired:
-        _remove_if_lapsed(archive, expired, now)
+        _remove_if_lapsed(archive, expired, now, storage_now)
 
     report = decision.report
     run = RetentionRun(
@@ -374,9 +393,8 @@ def _store_intent(archive: Archive, decision: _Decision, stored: _Stored, claime
 
 
 def _other_runs_intent(archive: Archive, claimed: set[str]) -> list[str]:
-    """The backups another run, at work at the same time, stored its intent to remove
-    since this one read `catalog/retention.json`. (Two runs writing in the same instant
-    can still lose one's names: the storage has no compare-and-swap.)"""
+    """The backups another run stored its intent to remove since this one read
+    `catalog/retention.json`: only a run that takes no lock (an older pitrkit) can have."""
     return [backup_id for backup_id in inventory.retention_state(archive).deleting if backup_id not in claimed]
 
 
@@ -415,10 +433,11 @@ def _remove_wal(archive: Archive, removal: _WalFolderRemoval, sealed: bool) -> N
         archive.delete(file.info.key)
 
 
-def _remove_if_lapsed(archive: Archive, expired: Lease, now: datetime) -> None:
-    """Remove a lapsed lease unless its holder renewed it since it was read."""
+def _remove_if_lapsed(archive: Archive, expired: Lease, now: datetime, storage_now: float | None) -> None:
+    """Remove a lapsed lease unless its holder renewed it since it was read (the store
+    time is read after the document: a renewal between the two only makes it younger)."""
     current = lease.read(archive, expired.lease_id)
-    if current is not None and current.expires_at <= now:
+    if current is not None and not lease.holds(current, lease.stored_at(archive, expired.lease_id), now, storage_now):
         lease.release(archive, current)
 
 

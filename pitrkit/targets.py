@@ -13,7 +13,9 @@ restore target is lost data.
 A zone name is read only where it means one offset: UTC, GMT and Z, and the local zone's
 own abbreviations (CET and CEST on a Berlin host), which `date` prints there and which
 also tell the two readings of a repeated hour apart. Any other abbreviation is refused:
-IST is India, Ireland or Israel, and a guess would restore to the wrong hour.
+IST is India, Ireland or Israel, and a guess would restore to the wrong hour. A time
+outside 1970 to 9998 (UTC) is refused too: no WAL was written then, and at the edges of
+what datetime holds the planner's arithmetic would overflow.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UTC_NAMES = ("UTC", "GMT", "Z", "UT")
 _OFFSET = re.compile(r"(?P<sign>[+-])(?P<hours>\d{2}):?(?P<minutes>\d{2})?:?(?P<seconds>\d{2})?")
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
 _TIME_FORMS = ("e.g. '2026-11-23 14:41:37' (local time), '2026-11-23T14:41:37.123+01:00', '2026-11-23 14:41:37+00' "
                "or 'Mon Nov 23 14:41:37 UTC 2026'")
 
@@ -68,11 +73,19 @@ def parse_time(text: str) -> datetime:
         raise UsageError(f"not a time: {text!r} ({exc})") from None
     if groups.get("weekday") and _WEEKDAYS[wall_clock.weekday()] != match["weekday"].lower():
         raise UsageError(f"not a time: {text!r} ({wall_clock:%Y-%m-%d} is a {wall_clock:%A})")
-    if match["zone"] is not None:
-        return _in_zone(wall_clock, match["zone"], text)
-    if match["offset"] is None:
-        return _localize(wall_clock, text)
-    return wall_clock.replace(tzinfo=_parse_offset(match["offset"], text))
+    try:
+        if match["zone"] is not None:
+            moment = _in_zone(wall_clock, match["zone"], text)
+        elif match["offset"] is None:
+            moment = _localize(wall_clock, text)
+        else:
+            moment = wall_clock.replace(tzinfo=_parse_offset(match["offset"], text))
+        in_range = EARLIEST <= moment < LATEST  # comparing converts to UTC, which can overflow
+    except (OverflowError, ValueError):
+        in_range = False
+    if not in_range:
+        raise UsageError(f"not a time to restore to: {text!r} is outside the years 1970 to 9998")
+    return moment
 
 
 def _month(name: str, text: str) -> int:

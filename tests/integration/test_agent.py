@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -296,3 +298,85 @@ def test_segments_spooled_but_never_asked_for_are_removed_when_the_agent_exits(p
     # Recovery ended (say, at its target) and asks for nothing more: the agent idles out.
     pgharness.wait_for(lambda: not os.path.exists(f"/proc/{agent}"), 30, what="the agent to exit")
     assert [path.name for path in destination.iterdir()] == ["RECOVERYXLOG"]
+
+
+# --- who the agent serves -------------------------------------------------------------------
+
+
+def squat_by_another_user(directory: Path) -> None:
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)  # nobody's
+
+
+def squat_with_a_symlink(directory: Path) -> None:
+    target = pgharness.make_server_dir(directory.with_name("elsewhere"), mode=0o700)
+    directory.symlink_to(target)
+
+
+def squat_open_to_others(directory: Path) -> None:
+    pgharness.make_server_dir(directory, mode=0o700)
+    os.chmod(directory, 0o777)
+
+
+@pytest.mark.parametrize("squat", [squat_by_another_user, squat_with_a_symlink, squat_open_to_others])
+def test_squatted_socket_directory_means_in_process_with_one_warning(pitrkit_setup, pg_wal, squat):
+    """A socket directory the user cannot trust: every call works in-process, says so
+    once, and starts no agent (one that could only refuse to serve from there)."""
+    squat(pitrkit_setup.runtime_dir / "pitrkit")
+    for segno in (1, 2):
+        name = write_segment(pg_wal, segno)
+        result = push(pitrkit_setup, pg_wal, name)
+        assert pitrkit_setup.stored(name).exists()
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and "not a directory private to uid" in lines[0], result.stderr
+    assert not pitrkit_setup.agent_pids()
+
+
+def test_agent_socket_is_private_whatever_the_umask(pitrkit_setup, pg_wal):
+    name = write_segment(pg_wal, 1)
+    result = run(pitrkit_setup, "wal-push", name, cwd=pg_wal)
+    assert result.returncode == 0, result.stderr
+    # The next call, from a shell with a permissive umask, starts nothing new; the agent
+    # started by the first call (which inherited umask 022 from this shell) must not care.
+    started_agent(pitrkit_setup)
+    directory = pitrkit_setup.runtime_dir / "pitrkit"
+    created = list(directory.iterdir())
+    assert created
+    for path in created:
+        assert os.lstat(path).st_mode & 0o077 == 0, f"{path.name}: {oct(os.lstat(path).st_mode)}"
+
+
+def test_agent_refuses_a_peer_of_another_user(pitrkit_setup, pg_wal):
+    """Even when its directory and socket are opened up to everyone, the agent answers
+    only its own user: another user's request gets no reply (its client would then work
+    in-process, with its own permissions)."""
+    push(pitrkit_setup, pg_wal, write_segment(pg_wal, 1))
+    started_agent(pitrkit_setup)
+    name = write_segment(pg_wal, 2)
+    directory = pitrkit_setup.runtime_dir / "pitrkit"
+    socket_path = directory / os.path.basename(entry.socket_path(os.fsencode(str(pitrkit_setup.config))))
+    os.chmod(pitrkit_setup.runtime_dir, 0o711)
+    os.chmod(directory, 0o711)
+    os.chmod(socket_path, 0o777)
+    request = entry.parse_request(["--config", str(pitrkit_setup.config), "wal-push", str(pg_wal / name)])
+    assert request is not None
+    payload = b"\0".join(request)
+    client = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({str(socket_path)!r})\n"
+        "reply = b''\n"
+        "try:\n"
+        f"    s.sendall({payload!r})\n"
+        "    s.shutdown(socket.SHUT_WR)\n"
+        "    while chunk := s.recv(65536):\n"
+        "        reply += chunk\n"
+        "except ConnectionResetError:\n"
+        "    pass  # closed unanswered, as entry.ask_agent takes it\n"
+        "sys.stdout.write(repr(reply))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", client], user=65534, group=65534, capture_output=True,
+                            text=True, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "b''"
+    assert not pitrkit_setup.stored(name).exists()

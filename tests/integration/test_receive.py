@@ -324,3 +324,34 @@ def test_the_sidecar_and_archive_command_archive_side_by_side(cluster, pitrkit_s
     # Tidy: once a full segment is stored, the sidecar deletes the partial of it.
     stored = {path.name for path in (setup.archive / "wal").rglob("*") if path.is_file()}
     assert not [name for name in stored if name.endswith(".partial") and name.removesuffix(".partial") in stored]
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def test_conninfo_secrets_never_reach_pg_receivewal_argv(cluster, pitrkit_setup, server_tmp):
+    """`ps` shows every user each process's argv: a password or an sslpassword in
+    [postgres] conninfo must reach pg_receivewal some other way (a service file, gone
+    once it has connected)."""
+    setup = pitrkit_setup
+    spool = pgharness.make_server_dir(server_tmp / "spool", mode=0o700)
+    primary = streaming_primary(cluster, setup, spool)
+    configure(setup, primary, spool)
+    text = setup.config.read_text()
+    assert "dbname=postgres\"" in text
+    setup.config.write_text(text.replace("dbname=postgres\"", "dbname=postgres password=pw-s3cret "
+                                         "sslpassword=ssl-s3cret\""))
+    sidecar = start_sidecar(setup, spool)
+    wait_until_streaming(sidecar, primary)  # the secrets reached libpq: it connected
+    receiver = sidecar.receiver_pid()
+    argv = Path(f"/proc/{receiver}/cmdline").read_bytes()
+    assert b"pg_receivewal" in argv and b"s3cret" not in argv
+    assert b"service=pitrkit-receive" in argv
+    assert b"s3cret" not in Path(f"/proc/{sidecar.process.pid}/cmdline").read_bytes()
+    environment = dict(item.split(b"=", 1) for item in Path(f"/proc/{receiver}/environ").read_bytes().split(b"\0")
+                       if b"=" in item)
+    service_file = Path(os.fsdecode(environment[b"PGSERVICEFILE"]))
+    pgharness.wait_for(lambda: not service_file.parent.exists(), 30, what="the service file to be removed")
+    assert sidecar.stop() == 0
+    sidecar.assert_no_failures()
+    assert "s3cret" not in sidecar.log()

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,12 +79,13 @@ def wal_files(setup: PitrkitSetup, timeline_id: int) -> list[str]:
 
 
 def expire_leases(setup: PitrkitSetup) -> list[str]:
-    """What the clock does `restore_lease` after a restore: every lease's expiry passes."""
+    """What the clock does `restore_lease` after a restore: every lease was stored longer
+    ago than it holds for, on the storage's clock (here: the file's mtime)."""
     expired = []
     for path in sorted((setup.archive / "leases").glob("*.json")):
         lease = json.loads(path.read_bytes())
-        lease["expires_at"] = "2000-01-01T00:00:00Z"
-        path.write_text(json.dumps(lease))  # in place: the owner stays the server user
+        stored_at = time.time() - lease["held_for"] - 1
+        os.utime(path, (stored_at, stored_at))
         expired.append(lease["lease_id"])
     return expired
 
@@ -209,8 +211,15 @@ def test_a_run_killed_midway_leaves_a_consistent_archive_and_the_next_run_finish
     assert verify_clean(setup)["being_removed"] == [first]
     restores_exactly(cluster, setup, point)
 
-    # The fault gone, the next run finishes the interrupted removal first.
+    # The fault gone, the next run finishes the interrupted removal first, once the
+    # killed run's catalog lock has lapsed (10 minutes after it was stored, on the
+    # storage's clock: here the file's mtime).
     (folder / "data").chmod(0o750)
+    lock = setup.archive / "locks" / "catalog.json"
+    if lock.exists():
+        assert "the catalog is locked by retention apply on " in refusal(setup.run("retention", "apply"))
+        stored_at = time.time() - json.loads(lock.read_bytes())["held_for"] - 1
+        os.utime(lock, (stored_at, stored_at))
     report = apply(setup)
     assert [(backup["backup_id"], backup["kind"]) for backup in report["removed_backups"]] == [(first, "interrupted")]
     assert not folder.exists()

@@ -114,14 +114,28 @@ def test_receive_mistakes_are_refused(text, message):
 # --- the command line -----------------------------------------------------------------------
 
 
-def test_a_password_never_reaches_argv(tmp_path):
-    argv, environment = _receiver_command(Path("/bin/pg_receivewal"), "host=db user=u password=s3cret dbname=x",
-                                          tmp_path, "pitrkit", synchronous=True)
-    assert not any("s3cret" in arg for arg in argv)
-    assert environment["PGPASSWORD"] == "s3cret"
+def test_secrets_never_reach_argv(tmp_path):
+    """password and sslpassword go into the service file's text, argv names the service."""
+    argv, service = _receiver_command(Path("/bin/pg_receivewal"),
+                                      "host=db user=u password=s3cret sslpassword='k3y pass' dbname=x",
+                                      tmp_path, "pitrkit", synchronous=True)
+    assert not any("s3cret" in arg or "k3y" in arg for arg in argv)
+    assert service == "[pitrkit-receive]\npassword=s3cret\nsslpassword=k3y pass\n"
     dbname = argv[argv.index("--dbname") + 1]
-    assert "application_name=pitrkit" in dbname and "host=db" in dbname
+    assert "application_name=pitrkit" in dbname and "host=db" in dbname and "service=pitrkit-receive" in dbname
     assert "--synchronous" in argv and "--no-loop" in argv and argv[argv.index("--slot") + 1] == "pitrkit"
+
+
+def test_no_secret_no_service_file(tmp_path):
+    argv, service = _receiver_command(Path("/bin/pg_receivewal"), "host=db", tmp_path, "pitrkit", synchronous=False)
+    assert service is None and "service=" not in argv[argv.index("--dbname") + 1]
+
+
+@pytest.mark.parametrize("conninfo", ["service=prod sslpassword=k3y", "password='k3y '", "sslpassword='a\nk3y'"])
+def test_a_secret_a_service_file_cannot_carry_is_refused_without_showing_it(tmp_path, conninfo):
+    with pytest.raises(ConfigError) as raised:
+        _receiver_command(Path("/bin/pg_receivewal"), conninfo, tmp_path, "pitrkit", synchronous=False)
+    assert "k3y" not in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_an_application_name_in_conninfo_wins(tmp_path):

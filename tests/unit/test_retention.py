@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from pitrkit import catalog, inventory, lease, pgstart, restore, retention
+from pitrkit import catalog, inventory, lease, lock, pgstart, restore, retention
 from pitrkit import config as config_module
-from pitrkit.archive import RETENTION_STATE_KEY, Archive, lease_key, wal_index_key
+from pitrkit.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
 from pitrkit.catalog import RetentionState, WalFolderIndex
 from pitrkit.cli import main
-from pitrkit.config import Config, RepositoryConfig, RetentionConfig
+from pitrkit.config import RetentionConfig
 from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.localpg import wait_for
+from pitrkit.lock import CATALOG_LOCK_KEY
 from pitrkit.plan import Target, make_plan
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 
@@ -224,10 +226,19 @@ def record(store: SyntheticArchive, crash_at: int | None = None) -> RecordingSto
     return recording
 
 
+def age(store: SyntheticArchive, key: str, by: timedelta) -> None:
+    """Move an object's store time (the file's mtime) back by `by`, as if stored that long ago."""
+    stamp = os.stat(store.root / key).st_mtime - by.total_seconds()
+    os.utime(store.root / key, (stamp, stamp))
+
+
 def test_the_intent_is_stored_before_anything_is_removed_and_manifests_before_parts(store):
     recording = record(store)
     retention.apply(store.archive, KEEP_TWO, now=NOW)
     changes = recording.changes
+    # The catalog lock is held from before the first look to after the last write.
+    assert changes[0] == ("put", CATALOG_LOCK_KEY) and changes[-1] == ("delete", CATALOG_LOCK_KEY)
+    changes = changes[1:-1]
     assert changes[:2] == [("put", RETENTION_STATE_KEY), ("put", "catalog/backups.json")]
     assert changes[2:4] == [("delete", "backups/A/manifest.json"), ("delete", "backups/A/data/0")]
     # Each WAL folder's index before its files; folders and files oldest first.
@@ -268,10 +279,16 @@ def test_a_run_killed_at_any_step_leaves_nothing_half_usable_and_the_next_run_fi
         survey = inventory.survey_backups(store.archive)
         assert not set(survey.deleting) & {backup.backup_id for backup in survey.finished}
 
-        # Killed after storing the intent (change 0) and before removing B's last part
-        # (change 5): the backups not yet gone are named by `deleting`.
-        assert bool(survey.deleting) == (1 <= crash_at <= 5), (crash_at, survey.deleting)
+        # Killed after storing the intent (change 1, after the lock) and before removing
+        # B's last part (change 6): the backups not yet gone are named by `deleting`.
+        assert bool(survey.deleting) == (2 <= crash_at <= 6), (crash_at, survey.deleting)
 
+        # The dead run's lock is in the way until it lapses (10 minutes on the storage's
+        # clock, which is the file's mtime here).
+        if (store.root / CATALOG_LOCK_KEY).exists():
+            with pytest.raises(lock.LockHeld, match="the catalog is locked by retention apply on "):
+                retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+            age(store, CATALOG_LOCK_KEY, lock.HELD_FOR + timedelta(seconds=1))
         again = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
         assert stored_keys(store) == expected, crash_at
         assert state(store).deleting == []
@@ -301,6 +318,54 @@ def test_an_expired_lease_is_ignored_and_removed(store):
     assert report.expired_leases == [held.lease_id]
     assert [gone.backup_id for gone in report.removed_backups] == ["A", "B"]
     assert not (store.root / "leases").exists()
+
+
+def take_on_a_skewed_clock(store: SyntheticArchive, monkeypatch, skew: timedelta) -> catalog.Lease:
+    """A lease on A, taken by a restore host whose clock is `skew` off retention's."""
+    with monkeypatch.context() as patch:
+        patch.setattr(lease, "_now", lambda: datetime.now(UTC) + skew)
+        return lease.take(store.archive, "A", 1, name(1, 2))
+
+
+def test_a_lease_from_a_host_whose_clock_is_behind_holds_while_renewed(store, monkeypatch):
+    # An hour behind: its own expiry is already past on retention's clock, but it was
+    # stored a moment ago, and holds HELD_FOR from then on the storage's clock.
+    held = take_on_a_skewed_clock(store, monkeypatch, -timedelta(hours=1))
+    assert held.expires_at < datetime.now(UTC)
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    assert "A" in {kept.backup_id for kept in report.kept} and not report.expired_leases
+    assert (store.root / lease_key(held.lease_id)).exists()
+
+
+def test_a_lease_not_renewed_for_its_duration_lapses_whatever_its_holder_clock_said(store, monkeypatch):
+    # A day ahead: its own expiry is far off, but its holder stopped renewing it longer
+    # than HELD_FOR ago on the storage's clock.
+    held = take_on_a_skewed_clock(store, monkeypatch, timedelta(days=1))
+    age(store, lease_key(held.lease_id), lease.HELD_FOR + timedelta(seconds=1))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    assert report.expired_leases == [held.lease_id]
+    assert [gone.backup_id for gone in report.removed_backups] == ["A", "B"]
+
+
+class NoStoreTimes(RecordingStorage):
+    """A backend that reports no store times."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.storage.stat(key)._replace(modified=None)
+
+    def list_folder(self, prefix: str):
+        folder = self.storage.list_folder(prefix)
+        return folder._replace(objects=[info._replace(modified=None) for info in folder.objects])
+
+
+@pytest.mark.parametrize(("behind", "holds"), [(timedelta(minutes=14), True), (timedelta(minutes=16), False)])
+def test_without_store_times_a_lease_gets_the_clock_skew_margin(store, monkeypatch, behind, holds):
+    # HELD_FOR is 10 minutes and the margin 5: a holder up to 15 minutes behind still holds.
+    store.archive.storage = NoStoreTimes(store.archive.storage)
+    held = take_on_a_skewed_clock(store, monkeypatch, -behind)
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    assert ("A" in {kept.backup_id for kept in report.kept}) == holds
+    assert report.expired_leases == ([] if holds else [held.lease_id])
 
 
 def test_a_lease_taken_after_the_first_look_keeps_its_backup(store):
@@ -453,29 +518,48 @@ def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_rem
     assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
 
 
-def test_a_run_finishing_does_not_erase_the_intent_of_a_run_still_at_work(store, tmp_path):
-    # Two runs at once (the daemon's, and one started by hand): the second stores its
-    # intent to remove B while the first, which keeps B, is removing A. The second is
-    # still at work (here: stopped just after its intent) when the first writes its result.
-    config = Config(repository=RepositoryConfig(url=f"file://{store.root}", retries=0))
+def test_a_second_run_while_one_is_at_work_refuses_and_changes_nothing(store, tmp_path, capsys):
+    # Two runs at once (the daemon's, and one started by hand): the second, started while
+    # the first is removing A, refuses with one line naming the first, before it looks.
+    config = cli_config(tmp_path, store)
+    recording = record(store)
+    second: list[tuple[int, bool]] = []
+
+    def delete(key: str) -> None:
+        RecordingStorage.delete(recording, key)
+        if key == "backups/A/manifest.json":
+            before = {key: (store.root / key).read_bytes() for key in stored_keys(store)}
+            code = main(["--config", str(config), "retention", "apply"])
+            second.append((code, before == {key: (store.root / key).read_bytes() for key in stored_keys(store)}))
+
+    recording.delete = delete  # type: ignore[method-assign]
+    retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+    [(code, unchanged)] = second
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"pitrkit: the catalog is locked by retention apply on {socket.gethostname()} pid "
+                             f"{os.getpid()} since ")
+    assert unchanged
+    assert ids(store) == ["C"] and state(store).deleting == []
+    assert not (store.root / CATALOG_LOCK_KEY).exists()
+    assert main(["--config", str(config), "retention", "apply"]) == 0  # free again
+
+
+def test_a_run_keeps_the_intent_a_lockless_writer_stored_meanwhile(store):
+    # A run of an older pitrkit takes no lock: the names it put in `deleting` while this
+    # run was at work stay there when this run writes its result.
     recording = record(store)
 
     def delete(key: str) -> None:
         RecordingStorage.delete(recording, key)
         if key == "backups/A/manifest.json":
-            second = Archive(config)
-            second.storage = RecordingStorage(second.storage, crash_at=2)
-            with pytest.raises(SimulatedCrash):
-                retention.apply(second, RetentionConfig(keep_last=1), now=NOW)
+            store.archive.storage.storage.put(RETENTION_STATE_KEY, catalog.encode(
+                RetentionState(deleting=[*state(store).deleting, "B"])), overwrite=True)
 
     recording.delete = delete  # type: ignore[method-assign]
     retention.apply(store.archive, KEEP_TWO, now=NOW)
     assert state(store).deleting == ["B"]
     assert ids(store) == ["C"]
-    # The next run finishes what the stopped one intended.
-    again = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
-    assert [(gone.backup_id, gone.kind) for gone in again.removed_backups] == [("B", "interrupted")]
-    assert state(store).deleting == []
 
 
 def test_a_grace_period_a_committing_backup_could_outlast_is_refused():

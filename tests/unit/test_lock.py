@@ -1,0 +1,107 @@
+"""The catalog lock (pitrkit/lock.py) on real local storage, whose store times are the
+files' mtimes: who takes it, the refusal naming the holder, a lapsed lock judged on the
+storage's clock, a holder whose lock was taken from it, and the writers that hold it
+(`catalog rebuild`, a backup's catalog update)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pitrkit import catalog, inventory, lock
+from pitrkit.archive import BACKUP_CATALOG_KEY
+from pitrkit.catalog import CatalogLock
+from pitrkit.cli import main
+from pitrkit.localpg import wait_for
+from pitrkit.lock import CATALOG_LOCK_KEY, LockHeld
+from tests.unit.synthetic_archive import SyntheticArchive
+
+
+@pytest.fixture
+def store(tmp_path) -> SyntheticArchive:
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 10)
+    return store
+
+
+def age(store: SyntheticArchive, by: timedelta) -> None:
+    stamp = os.stat(store.root / CATALOG_LOCK_KEY).st_mtime - by.total_seconds()
+    os.utime(store.root / CATALOG_LOCK_KEY, (stamp, stamp))
+
+
+def stored_lock(store: SyntheticArchive) -> CatalogLock:
+    return catalog.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
+
+
+def test_taken_held_refused_and_released(store):
+    with lock.take(store.archive, "retention apply") as held:
+        assert held.stored_at == os.stat(store.root / CATALOG_LOCK_KEY).st_mtime
+        document = stored_lock(store)
+        assert (document.command, document.host, document.pid) == ("retention apply", socket.gethostname(),
+                                                                   os.getpid())
+        with pytest.raises(LockHeld, match=rf"^the catalog is locked by retention apply on "
+                                           rf"{socket.gethostname()} pid {os.getpid()} since "):
+            lock.take(store.archive, "catalog rebuild")
+        held.check()  # still its own
+    assert not (store.root / CATALOG_LOCK_KEY).exists()
+    lock.take(store.archive, "catalog rebuild").release()
+
+
+def test_a_lapsed_lock_is_judged_on_the_storage_clock_and_removed(store, monkeypatch):
+    # The dead holder's clock ran a day ahead: its own expiry says it holds for a day,
+    # but it has not been renewed for longer than it holds on the storage's clock.
+    monkeypatch.setattr(lock, "_now", lambda: datetime.now(UTC) + timedelta(days=1))
+    dead = lock.take(store.archive, "retention apply")
+    dead._stop.set()  # it dies: no more renewals, no release
+    monkeypatch.undo()
+    age(store, lock.HELD_FOR - timedelta(seconds=30))
+    with pytest.raises(LockHeld):
+        lock.take(store.archive, "retention apply")  # not yet
+    age(store, timedelta(seconds=31))
+    with lock.take(store.archive, "catalog rebuild"):
+        assert stored_lock(store).command == "catalog rebuild"
+    assert not list(store.root.glob("locks/*"))  # nor any clock probe left behind
+    # The dead holder, had it only been stalled, finds out before its next step.
+    with pytest.raises(LockHeld, match=r"^lost the catalog lock \(locks/catalog.json\)"):
+        dead.check()
+
+
+def test_a_held_lock_is_renewed(store, monkeypatch):
+    monkeypatch.setattr(lock, "RENEW_EVERY", timedelta(seconds=0.01))
+    with lock.take(store.archive, "retention apply") as held:
+        age(store, timedelta(minutes=9))
+        first = held.document
+        wait_for(lambda: stored_lock(store) != first, 30, interval=0.01, what="the lock to be renewed")
+        assert stored_lock(store).expires_at > first.expires_at
+        assert os.stat(store.root / CATALOG_LOCK_KEY).st_mtime > datetime.now(UTC).timestamp() - 60
+
+
+def test_an_unreadable_lock_is_refused_naming_it(store):
+    (store.root / "locks").mkdir()
+    (store.root / CATALOG_LOCK_KEY).write_text("{")
+    with pytest.raises(LockHeld, match=r"locks/catalog.json is not a valid CatalogLock.*remove locks/catalog.json"):
+        lock.take(store.archive, "retention apply")
+
+
+def test_catalog_rebuild_refuses_while_the_lock_is_held(store, tmp_path, capsys):
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    with lock.take(store.archive, "retention apply"):
+        assert main(["--config", str(config), "catalog", "rebuild"]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("pitrkit: the catalog is locked by retention apply on "), err
+        assert not (store.root / BACKUP_CATALOG_KEY).exists()
+    assert main(["--config", str(config), "catalog", "rebuild"]) == 0
+
+
+def test_a_backup_catalog_update_is_refused_while_the_lock_is_held(store):
+    summary = store.backup("A", 1, 2, 3)
+    with lock.take(store.archive, "retention apply"), pytest.raises(LockHeld):
+        inventory.record_backup(store.archive, summary)
+    assert not (store.root / BACKUP_CATALOG_KEY).exists()
+    assert [backup.backup_id for backup in inventory.backups(store.archive)] == ["A"]  # from its manifest
+    inventory.record_backup(store.archive, summary)
+    assert (store.root / BACKUP_CATALOG_KEY).exists()

@@ -100,7 +100,7 @@ def test_receive_defaults_and_sizes():
 
 @pytest.mark.parametrize(("text", "message"), [
     ('slot = "My-Slot"', "receive.slot must be"),
-    ("partial_interval = 0", "receive.partial_interval must be a positive number"),
+    ("partial_interval = 0", "receive.partial_interval must be a number of seconds above 0"),
     ('max_slot_retained = "4 GiB"', "receive.max_slot_retained must be"),
     ("max_slot_retained = -1", "receive.max_slot_retained must be"),
     ('synchronous = "yes"', "key 'receive.synchronous': expected bool"),

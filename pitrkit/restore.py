@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit import __version__, catalog, inventory, lease, pgstart, recovery_conf, unpack
+from pitrkit import __version__, catalog, inventory, lease, pgstart, recovery_conf, server_config, unpack
 from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig
@@ -68,11 +68,17 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     for each in tablespaces:
         unpack.check_absent_or_empty(each.location, f"tablespace {each.tablespace.name}'s directory")
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
+    port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
     manifest = fetch_manifest(archive, plan)
+    server_config.check(manifest.configuration)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
         write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
+        sockets = pgstart.socket_dir(target_dir, port) if port is not None and bindir is not None else None
+        say(f"the restored copy's configuration (--config-files {args.config_files}):")
+        server_config.write(target_dir, manifest.configuration,
+                            server_config.Choices(args.config_files == "backup", port, sockets), say)
         settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
@@ -88,8 +94,18 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             hold_for_the_operator(held, config, manifest.backup_id)
             say(f"start it with: pg_ctl start -D {target_dir}")
             return summary
+        assert port is not None and sockets is not None  # chosen with --start
         try:
-            recovered = start_and_report(plan, args, target_dir, bindir)
+            recovered = start_and_report(plan, args, target_dir, bindir, port, sockets)
+        except pgstart.RecoveryFailed as exc:
+            if exc.running:
+                hold_for_the_operator(held, config, manifest.backup_id)
+            else:
+                # Nothing replays from the archive now; a DBA who starts it again by
+                # hand after a fix reads the WAL then, as after a restore without --start.
+                held.release()
+                say(f"released lease {held.lease.lease_id}" if held.lease is not None else "no lease to release")
+            raise
         except BaseException:
             # The directory is complete: the operator may well start it again by hand. And
             # an interrupt (Ctrl-C while recovery is slow) leaves the server, in its own
@@ -246,8 +262,9 @@ def timeline_at(plan: RestorePlan, lsn: Lsn) -> int:
     return plan.timeline
 
 
-def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Path, bindir: Path) -> str:
-    server = pgstart.start(target_dir, bindir, args.port)
+def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Path, bindir: Path, port: int,
+                     sockets: Path) -> str:
+    server = pgstart.start(target_dir, bindir, port, sockets)
     say(f"started PostgreSQL from {bindir} on port {server.port} (socket directory {server.socket_dir}); "
         f"log: {server.log}")
     replay_to = plan.target.lsn if plan.target.lsn is not None else plan.archive_end
@@ -259,6 +276,14 @@ def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Pa
     say(f"  last replayed WAL location: {result.lsn if result.lsn is not None else 'unknown'}")
     say(f"  last replayed transaction: {result.last_transaction or 'none'}")
     say(f"  now on timeline: {result.timeline if result.timeline is not None else 'unknown'}")
+    if result.locked:
+        say("  replay holds these relations locked (a transaction still open at the target, such as a DROP "
+            "TABLE committed after it); a query on them waits until recovery moves on:")
+        for each in result.locked:
+            say(f"    {each.relation} in database {each.database} ({each.mode})")
+        say("  to read them: promote (SELECT pg_promote(), or pg_ctl promote), which rolls that transaction "
+            "back; or restore again to a target before the transaction began (e.g. --lsn of its first record); "
+            "query with SET lock_timeout = '5s' so that a check fails instead of waiting")
     if result.state != "shut down":
         say(f"  connect: psql -h {server.socket_dir} -p {server.port} -d postgres")
     return f"recovery {result.state} at {result.lsn} on timeline {result.timeline}"

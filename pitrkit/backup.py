@@ -479,8 +479,9 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         # backup; parts already stored stay, without a manifest, until retention.
         listing = walk_data_directory(pgdata, facts.major, tablespace_names)
         configuration, captured = _capture_configuration(server, facts)
-        # Before pg_control, which is copied last.
-        listing.files[-1:-1] = captured
+        if captured:
+            listing.directories.append(BackupDirectory(server_config.CAPTURED_DIR, 0o700))
+            listing.files[-1:-1] = captured  # before pg_control, which is copied last
         total = sum(file.size for file in listing.files)
         log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
                  pgdata, len(listing.tablespaces))

@@ -364,16 +364,19 @@ host    all       all   ::1/128       scram-sha-256
 """
 
 
-def _effective(target: Path) -> dict[str, Setting]:
+def _effective(target: Path) -> tuple[dict[str, Setting], list[Path]]:
     """The settings postgresql.conf (with its includes, now all inside `target`) and then
-    postgresql.auto.conf give, the last of each name winning, as the server reads them."""
+    postgresql.auto.conf give, the last of each name winning, as the server reads them;
+    and the files read."""
     values: dict[str, Setting] = {}
+    files: list[Path] = []
 
     def read(path: Path, depth: int) -> None:
         try:
             text = path.read_text(errors="replace")
         except OSError:
             return
+        files.append(path)
         for line in text.splitlines():
             setting = parse_setting(line)
             if setting is None:
@@ -387,7 +390,7 @@ def _effective(target: Path) -> dict[str, Setting]:
                 values[setting.name] = setting
     read(target / CONFIG, 0)
     read(target / AUTO_CONF, 0)
-    return values
+    return values, files
 
 
 def _writable(directory: str) -> bool:
@@ -499,7 +502,7 @@ def _override(target: Path, configuration: ServerConfiguration | None, choices: 
               say: Callable[[str], None]) -> None:
     """The block at the end of postgresql.conf; settings of the same names in
     postgresql.auto.conf, which is read after it, are commented out."""
-    effective = _effective(target)
+    effective, files = _effective(target)
     settings: list[tuple[str, str, str]] = []  # name, value, why
     if choices.port is not None:
         settings.append(("port", str(choices.port), "--port" if "port" not in effective else
@@ -514,24 +517,26 @@ def _override(target: Path, configuration: ServerConfiguration | None, choices: 
     if cluster is not None and cluster.value and not cluster.value.endswith("-restored"):
         settings.append(("cluster_name", f"{cluster.value}-restored"[:63], f"was {cluster.value!r}"))
     ssl = effective.get("ssl")
+    dropped: dict[str, str] = {}  # settings only commented out: the SSL files not on this host
     if ssl is not None and ssl.value.lower() in _TRUE:
-        missing = []
         for key, default in _SSL_FILES.items():
             value = effective[key].value if key in effective else default
             if value and not os.access(target / value, os.R_OK):
-                missing.append(f"{key} {value}")
-        if missing:
-            settings.append(("ssl", "off", f"{', '.join(missing)} not readable here"))
+                dropped[key] = value
+        if dropped:
+            missing = ", ".join(f"{key} {value}" for key, value in dropped.items())
+            settings.append(("ssl", "off", f"{missing} not readable here"))
     if not settings:
         return
-    names = {name for name, _, _ in settings}
-    auto = target / AUTO_CONF
-    if auto.exists():
-        lines = auto.read_text(errors="replace").splitlines()
-        kept = [_commented(line, "set in postgresql.conf for the restored copy")
+    # One line sets each: the block's. Elsewhere they are commented out (in
+    # postgresql.auto.conf, read after the block, they would even win).
+    names = {name for name, _, _ in settings} | dropped.keys()
+    for path in files:
+        lines = path.read_text(errors="replace").splitlines()
+        kept = [_commented(line, "set at the end of postgresql.conf for the restored copy")
                 if (setting := parse_setting(line)) is not None and setting.name in names else line for line in lines]
         if kept != lines:
-            _replace(auto, "\n".join(kept) + "\n")
+            _replace(path, "\n".join(kept) + "\n")
     config = target / CONFIG
     text = config.read_text(errors="replace")
     if BLOCK_BEGIN in text:

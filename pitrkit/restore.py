@@ -6,14 +6,18 @@ The order is the safety: first everything that can refuse without touching the d
 WAL segment gone from the archive since the catalog was written, a corrupt manifest);
 then a lease on the backup and its WAL (lease.py), refused if retention is removing the
 backup; only then the directory is created and the backup written into it (see
-unpack.py), the recovery settings added (recovery_conf.py), and, with --start, the server
+unpack.py), its configuration made its own (server_config.py), the recovery settings
+added (recovery_conf.py), and, with --start, the server
 started and watched until it reaches the target (pgstart.py). Exit 0 means the directory
 is complete and durable, and with --start that the target was reached.
 
 The lease is renewed while the restore runs. It is released once --start has seen the
-server promote (recovery reads no more WAL); in every other case recovery goes on after
-this process (started later by the operator, resumed after a pause or shutdown at the
-target, started again after a failure), so the lease stays for `[retention] restore_lease`.
+server promote (recovery reads no more WAL), and when the server --start started has
+exited without reaching the target (nothing replays now; a DBA who fixes the cause and
+starts it by hand is like one who restores without --start and starts later). In every
+other case recovery goes on after this process (started later by the operator, resumed
+after a pause or shutdown at the target, still running after an interrupt), so the
+lease stays for `[retention] restore_lease`.
 """
 
 from __future__ import annotations

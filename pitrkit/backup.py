@@ -15,6 +15,7 @@ planner never uses and retention removes later.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -27,11 +28,11 @@ from argparse import Namespace
 from datetime import datetime
 from pathlib import Path
 from queue import SimpleQueue
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import msgspec
 
-from pitrkit import __version__, catalog, inventory, objects
+from pitrkit import __version__, catalog, inventory, objects, server_config
 from pitrkit.archive import Archive, backup_prefix, manifest_key, wal_key
 from pitrkit.catalog import (
     ArchiveIdentity,
@@ -94,6 +95,10 @@ _TABLESPACE_LINKS = "pg_tblspc"
 class SourceFile(NamedTuple):
     path: str  # relative to the data directory, as recorded in the manifest
     size: int  # when listed; the copy records what it actually reads
+    # A configuration file from outside the data directory, read already (see
+    # server_config.py): its bytes and mode, copied as they were read and checksummed.
+    content: bytes | None = None
+    mode: int = 0
 
 
 class DataDirectory(NamedTuple):
@@ -147,6 +152,8 @@ def walk_data_directory(pgdata: str, major: int, tablespace_names: dict[int, str
             path = f"{relative}/{name}" if relative else name
             if name in _EXCLUDED_FILES or name.startswith((_RELCACHE_INIT_PREFIX, _TEMPORARY_PREFIX)):
                 continue
+            if relative == "" and name == server_config.CAPTURED_DIR:
+                continue  # the stream's own name for configuration from outside (a leftover)
             if relative == _TABLESPACE_LINKS and entry.is_symlink():
                 add_tablespace(entry)
                 continue
@@ -292,17 +299,22 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
     view = memoryview(buffer)
     for source in sources:
         absolute = os.path.join(pgdata, source.path)
-        try:
-            reader = open(absolute, "rb", buffering=0)
-        except FileNotFoundError:
-            log.debug("%s vanished before it was copied", source.path)
-            continue
-        except OSError as exc:
-            raise PitrkitError(f"cannot read {absolute}: {exc.strerror} (run backup-push as the OS user "
-                               "that owns the data directory, or as root)") from None
-        with reader:
+        reader: BinaryIO
+        if source.content is not None:
+            reader, mode, mtime = io.BytesIO(source.content), source.mode, 0
+        else:
+            try:
+                reader = open(absolute, "rb", buffering=0)
+            except FileNotFoundError:
+                log.debug("%s vanished before it was copied", source.path)
+                continue
+            except OSError as exc:
+                raise PitrkitError(f"cannot read {absolute}: {exc.strerror} (run backup-push as the OS user "
+                                   "that owns the data directory, or as root)") from None
             status = os.fstat(reader.fileno())
             os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            mode, mtime = stat.S_IMODE(status.st_mode), int(status.st_mtime)
+        with reader:
             part, offset, size = number, filled, 0
             while True:
                 if filled == PART_SIZE:
@@ -319,8 +331,7 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
                 filled += count
                 size += count
                 progress.advance(count)
-        files.append(BackupFile(source.path, size, stat.S_IMODE(status.st_mode), int(status.st_mtime),
-                                part, offset))
+        files.append(BackupFile(source.path, size, mode, mtime, part, offset))
     if filled:
         store.submit(number, buffer, filled)
     return files
@@ -467,6 +478,10 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         # From here on, a failure closes the session, which makes the server abort the
         # backup; parts already stored stay, without a manifest, until retention.
         listing = walk_data_directory(pgdata, facts.major, tablespace_names)
+        configuration, captured = _capture_configuration(server, facts)
+        if captured:
+            listing.directories.append(BackupDirectory(server_config.CAPTURED_DIR, 0o700))
+            listing.files[-1:-1] = captured  # before pg_control, which is copied last
         total = sum(file.size for file in listing.files)
         log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
                  pgdata, len(listing.tablespaces))
@@ -513,6 +528,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         file_count=len(files),
         compression=compressor.name,
         pitrkit_version=__version__,
+        configuration=configuration,
     )
     manifest = BackupManifest(
         **msgspec.structs.asdict(summary),
@@ -538,6 +554,19 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         log.warning("backup %s is stored, but updating the catalog failed (%s); readers find the backup "
                     "from its manifest, and 'pitrkit catalog rebuild' rewrites the catalog", backup_id, exc)
     return manifest
+
+
+def _capture_configuration(server: ServerSession, facts: ServerFacts
+                           ) -> tuple[catalog.ServerConfiguration, list[SourceFile]]:
+    """Where the server's configuration lives, and the files it reads from outside its
+    data directory, read now, as files of the stream (see server_config.py)."""
+    configuration, captured = server_config.capture(facts.data_directory, *server.config_paths(),
+                                                    server.files_read())
+    for each in captured:
+        log.info("copying %s (%s) from outside the data directory as %s/%s", each.record.path, each.record.role,
+                 server_config.CAPTURED_DIR, each.record.name)
+    return configuration, [SourceFile(f"{server_config.CAPTURED_DIR}/{each.record.name}", each.record.size,
+                                      each.content, each.record.mode) for each in captured]
 
 
 def summary_of(manifest: BackupManifest) -> BackupSummary:

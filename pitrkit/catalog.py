@@ -109,6 +109,33 @@ class BackupDirectory(msgspec.Struct, array_like=True, frozen=True):
     mode: int
 
 
+class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
+    """A configuration file the server read from outside its data directory, copied into
+    the backup stream as `.pitrkit-config/<name>` (see server_config.py). `path` is where
+    the server read it: shown, and matched against include lines, never written to."""
+
+    name: str  # a plain file name, unique in the backup
+    path: str  # absolute, on the backed-up host
+    # config_file, hba_file or ident_file; include (read by include/include_dir of the
+    # server configuration); hba_include or ident_include (PostgreSQL 16+'s includes of
+    # pg_hba.conf and pg_ident.conf)
+    role: str
+    mode: int
+    size: int
+    sha256: str  # hex, of the content as copied
+
+
+class ServerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
+    """Where the backed-up server's configuration lived, and the files copied from
+    outside its data directory."""
+
+    data_directory: str  # the server's data_directory (absolute)
+    config_file: str  # the server's config_file, hba_file and ident_file settings
+    hba_file: str
+    ident_file: str
+    files: list[ConfigFile] = []
+
+
 class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     """What the planner, `backup-list` and the catalog need to know about a backup: the
     manifest without its file list."""
@@ -131,6 +158,8 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     file_count: int
     compression: str
     pitrkit_version: str
+    # None: a backup taken before pitrkit recorded the server's configuration.
+    configuration: ServerConfiguration | None = None
 
     @property
     def pg_major(self) -> int:

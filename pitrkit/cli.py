@@ -103,7 +103,13 @@ def _parser() -> argparse.ArgumentParser:
                          "timeline into the same archive")
     restore.add_argument("--start", action="store_true",
                          help="start PostgreSQL on DIR and wait until recovery reaches the target")
-    restore.add_argument("--port", type=_port, help="port for --start (default: a free one)")
+    restore.add_argument("--port", type=_port, help="the restored server's port, written into its configuration "
+                         "(with --start, refused if in use; default: a free one with --start, else the "
+                         "backed-up port)")
+    restore.add_argument("--config-files", choices=["backup", "none"], default="backup",
+                         help="backup (default): the backed-up configuration, also files from outside the data "
+                         "directory (Debian's /etc/postgresql/...), rewritten so that nothing points outside "
+                         "the new data directory; none: a minimal postgresql.conf and pg_hba.conf instead")
 
     retention = commands.add_parser("retention", help="remove the backups and WAL the [retention] policy "
                                     "no longer keeps")

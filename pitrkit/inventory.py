@@ -762,15 +762,26 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
                      for row in [header, *rows])
 
 
+def _configuration(backup: BackupSummary) -> str:
+    """Where the backed-up server's configuration was: with the data directory, or how
+    many files came from outside it (copied with the backup; see server_config.py)."""
+    if backup.configuration is None:
+        return "-"
+    files = backup.configuration.files
+    return f"{len(files)} outside" if files else "in pgdata"
+
+
 def _backup_table(survey: BackupSurvey) -> str:
     rows = [
         [b.backup_id, b.label, show_time(b.start_time), show_time(b.stop_time), str(b.start_lsn), str(b.stop_lsn),
-         str(b.timeline), human_bytes(b.size), human_bytes(b.stored_size), str(b.pg_major)]
+         str(b.timeline), human_bytes(b.size), human_bytes(b.stored_size), str(b.pg_major),
+         _configuration(b)]
         for b in survey.finished
     ]
-    rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 8] for backup_id in survey.unfinished]
-    rows += [[backup_id, "(being removed by retention)", *["-"] * 8] for backup_id in survey.deleting]
-    return _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "SIZE", "STORED", "PG"], rows)
+    rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 9] for backup_id in survey.unfinished]
+    rows += [[backup_id, "(being removed by retention)", *["-"] * 9] for backup_id in survey.deleting]
+    return _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "SIZE", "STORED", "PG", "CONFIG"],
+                  rows)
 
 
 def _wal_table(rows: list[WalRow]) -> str:

@@ -158,6 +158,33 @@ class ServerSession:
         return ServerFacts(version, data_directory, system_identifier & 0xFFFF_FFFF_FFFF_FFFF, segment_size,
                            in_recovery, mode, command, library)
 
+    def config_paths(self) -> tuple[str, str, str]:
+        """config_file, hba_file and ident_file, absolute as the server resolved them."""
+        row = self._row("reading the configuration file settings", """
+            SELECT current_setting('config_file'), current_setting('hba_file'), current_setting('ident_file')""")
+        return row[0], row[1], row[2]
+
+    def files_read(self) -> dict[str, list[str]]:
+        """By role (see catalog.ConfigFile), the configuration files the server says it
+        reads: pg_file_settings, and pg_hba_file_rules and pg_ident_file_mappings on
+        PostgreSQL 16+ (which name include files). These views are for superusers by
+        default; without the privilege, backup-push follows the include lines alone."""
+        queries = {"include": "SELECT DISTINCT sourcefile FROM pg_file_settings WHERE sourcefile IS NOT NULL"}
+        if self._version >= 160000:
+            queries["hba_include"] = "SELECT DISTINCT file_name FROM pg_hba_file_rules WHERE file_name IS NOT NULL"
+            queries["ident_include"] = ("SELECT DISTINCT file_name FROM pg_ident_file_mappings "
+                                        "WHERE file_name IS NOT NULL")
+        found: dict[str, list[str]] = {}
+        for role, query in queries.items():
+            try:
+                found[role] = [row[0] for row in self._connection.execute(query).fetchall()]
+            except psycopg.errors.InsufficientPrivilege:
+                found[role] = []
+            except psycopg.Error as exc:
+                raise ServerError(f"PostgreSQL failed listing the configuration files it reads: "
+                                  f"{_one_line(exc)}") from None
+        return found
+
     def clock(self) -> datetime:
         """The server's clock (not ours: targets are compared with the server's times)."""
         (now,) = self._row("reading the clock", "SELECT clock_timestamp()")

@@ -1,18 +1,25 @@
 """`pitrkit restore --start`: start PostgreSQL on the restored directory and wait until
 recovery reaches its target, or report why it never will.
 
-The server is started with `pg_ctl` on a port and socket directory of our choosing and
-logs to `<data dir>/log/restore.log`. Nothing here puts a time limit on recovery: a
-large restore may replay for hours. We wait as long as the postmaster is alive; when it
-dies before the target, the log says why (e.g. "recovery ended before configured
-recovery target was reached"), and that line is the error.
+The postmaster is started directly (as `pg_ctl start` does: its own session, output
+appended to `<data dir>/log/restore.log`) on a port and socket directory of our
+choosing, so that we know its pid: when it exits, we notice at the next look, and the
+server's own words are the error, whether a FATAL line ("recovery ended before
+configured recovery target was reached", "could not create any TCP/IP sockets" with the
+"Address already in use" before it) or what it said before its logging started ("could
+not access the server configuration file"). Nothing here puts a time limit on recovery:
+a large restore may replay for hours, and we wait as long as the postmaster is alive.
+
+When recovery pauses at the target, the relations replay holds locked are reported:
+a transaction still open at the target (a DROP TABLE that commits after it) keeps its
+AccessExclusiveLock while paused, and any query on those relations waits for it.
 """
 
 from __future__ import annotations
 
-import os
+import errno
 import re
-import shlex
+import socket
 import subprocess
 import tempfile
 import time
@@ -48,8 +55,13 @@ _REFUSED = ("28", "3D000")
 # For this run only: every server message in our log file, in English whatever the
 # restored configuration says, because we read the log to tell a clean stop at the
 # target from a failure.
-_SERVER_OPTIONS = "-c lc_messages=C -c logging_collector=off -c log_destination=stderr"
+_SERVER_OPTIONS = ("lc_messages=C", "logging_collector=off", "log_destination=stderr")
 _LOG_PROBLEM = re.compile(r"\b(?:FATAL|PANIC):\s+(.*)")
+# Lines before a FATAL that say which address or port it is about.
+_LOG_CAUSE = re.compile(r"\b(?:LOG|HINT):\s+(.*(?:Address already in use|another postmaster).*)")
+# What the postmaster prints before its logging starts: "postgres: could not access the
+# server configuration file ..." (from PostgreSQL 14; "postgres cannot access" before).
+_EARLY_PROBLEM = re.compile(r"^postgres:? (.*)$", re.MULTILINE)
 # FATALs of client connections (ours among them), turned away while the server starts
 # or recovers, or ended by a shutdown (recovery_target_action = shutdown, say): they say
 # nothing about recovery.
@@ -61,6 +73,10 @@ class RecoveryFailed(PitrkitError):
 
     exit_code = 1
 
+    def __init__(self, message: str, running: bool = False) -> None:
+        super().__init__(message)
+        self.running = running  # the server keeps running (and may go on replaying)
+
 
 class Server(msgspec.Struct, kw_only=True, frozen=True):
     data_dir: Path
@@ -68,6 +84,13 @@ class Server(msgspec.Struct, kw_only=True, frozen=True):
     port: int
     socket_dir: Path
     log: Path
+    process: subprocess.Popen | None = None  # the postmaster, our child
+
+
+class LockedRelation(msgspec.Struct, kw_only=True, frozen=True):
+    database: str  # name, or "oid N"
+    relation: str  # schema-qualified name, or "oid N" when it cannot be resolved
+    mode: str
 
 
 class RecoveryResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -77,6 +100,7 @@ class RecoveryResult(msgspec.Struct, kw_only=True, frozen=True):
     timeline: int | None
     seconds: float
     stop_line: str | None = None  # the log's "recovery stopping ..." line, if any
+    locked: list[LockedRelation] = []  # paused: what replay holds locked
 
 
 def find_bindir(configured: str | None, pg_version: int) -> Path:
@@ -99,7 +123,7 @@ def find_bindir(configured: str | None, pg_version: int) -> Path:
     return bindir
 
 
-def _socket_dir(data_dir: Path, port: int) -> Path:
+def socket_dir(data_dir: Path, port: int) -> Path:
     """The data directory when the socket path fits in sun_path, else a private
     temporary directory (left behind, empty, when the server stops)."""
     if len(str(data_dir / f".s.PGSQL.{port}").encode()) <= _MAX_SOCKET_PATH:
@@ -107,51 +131,70 @@ def _socket_dir(data_dir: Path, port: int) -> Path:
     return Path(tempfile.mkdtemp(prefix="pitrkit-"))
 
 
-def start(data_dir: Path, bindir: Path, port: int | None) -> Server:
-    port = port or free_port()
+def port_in_use(port: int) -> bool:
+    """Whether something listens on `port` (on any IPv4 or IPv6 address), or it cannot be
+    bound for another reason: a postmaster would fail on it."""
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # As the postmaster binds: SO_REUSEADDR, so a port in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((address, port))
+        except OSError as exc:
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                continue  # no IPv6 here
+            return True
+    return False
+
+
+def choose_port(port: int | None) -> int:
+    """--port, refused when taken, or a free port."""
+    if port is None:
+        return free_port()
+    if not 0 < port < 65536:
+        raise RefusedError(f"--port {port}: not a TCP port")
+    if port_in_use(port):
+        raise RefusedError(f"--port {port} is in use (is another PostgreSQL listening on it?): choose another, "
+                           "or leave --port out for a free one")
+    return port
+
+
+def start(data_dir: Path, bindir: Path, port: int, sockets: Path) -> Server:
     log_dir = data_dir / LOG_DIR
     log_dir.mkdir(mode=0o700, exist_ok=True)
-    server = Server(data_dir=data_dir, bindir=bindir, port=port, socket_dir=_socket_dir(data_dir, port),
-                    log=log_dir / LOG_FILE)
-    options = f"-p {port} -k {shlex.quote(str(server.socket_dir))} {_SERVER_OPTIONS}"
-    # -W: return at once; waiting is ours, because pg_ctl's wait has a timeout and ends
-    # at "ready for connections", which a server in recovery may never reach.
-    argv = [str(bindir / "pg_ctl"), "start", "-W", "-D", str(data_dir), "-l", str(server.log), "-o", options]
+    log = log_dir / LOG_FILE
+    argv = [str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-k", str(sockets),
+            *(part for option in _SERVER_OPTIONS for part in ("-c", option))]
     try:
-        started = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RecoveryFailed(f"cannot run pg_ctl: {exc}") from None
-    if started.returncode != 0:
-        said = (started.stderr or started.stdout).strip().splitlines()
-        raise RecoveryFailed(f"pg_ctl start failed: {said[-1] if said else f'exit {started.returncode}'}")
-    return server
+        with open(log, "ab") as output:
+            # Its own session, as pg_ctl starts it: a Ctrl-C of restore leaves the
+            # server recovering (see restore.py); it outlives this process.
+            process = subprocess.Popen(argv, cwd=data_dir, stdin=subprocess.DEVNULL, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise RecoveryFailed(f"cannot start {argv[0]}: {exc.strerror}") from None
+    return Server(data_dir=data_dir, bindir=bindir, port=port, socket_dir=sockets, log=log, process=process)
 
 
 class _Watch:
-    """What we know of the running server: its pid, once postmaster.pid names it, and
-    the log it writes."""
+    """What we know of the running server: whether the postmaster (our child) still
+    runs, whether it wrote postmaster.pid, and the log it writes."""
 
     def __init__(self, server: Server) -> None:
+        assert server.process is not None  # started by start()
         self.server = server
-        self.pid: int | None = None
+        self.process = server.process
+        self.pid_file = False
         self.started = time.monotonic()
 
     def alive(self) -> bool:
-        if self.pid is None:
-            try:
-                self.pid = int((self.server.data_dir / "postmaster.pid").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                # Not started yet, or already gone: a small recovery can start, reach a
-                # shutdown target and exit between two looks.
-                log = self.log()
-                if (time.monotonic() - self.started > _PID_FILE_WAIT or failure_reason(log)
-                        or _SHUT_DOWN in log):
-                    return False
-                return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+        if self.process.poll() is not None:
             return False
+        if not self.pid_file:
+            self.pid_file = (self.server.data_dir / "postmaster.pid").exists()
+            # It is written right after the configuration is read: a postmaster still
+            # without one is stuck before it could start recovery.
+            return self.pid_file or time.monotonic() - self.started < _PID_FILE_WAIT
         return True
 
     def log(self) -> str:
@@ -162,10 +205,18 @@ class _Watch:
 
 
 def failure_reason(log: str) -> str | None:
-    """The last FATAL or PANIC message that is about the server, not a client."""
-    problems = [problem.strip() for problem in _LOG_PROBLEM.findall(log)
-                if not problem.startswith(_CLIENT_FATALS)]
-    return problems[-1] if problems else None
+    """The last FATAL or PANIC message that is about the server, not a client, with the
+    lines just before it that name the address or port; else what the postmaster said
+    before its logging started."""
+    lines = log.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        problem = _LOG_PROBLEM.search(lines[index])
+        if problem is None or problem[1].strip().startswith(_CLIENT_FATALS):
+            continue
+        causes = [cause[1].strip() for line in lines[max(index - 5, 0):index] if (cause := _LOG_CAUSE.search(line))]
+        return problem[1].strip() + (f" ({'; '.join(causes)})" if causes else "")
+    early = _EARLY_PROBLEM.findall(log)
+    return early[-1].strip() if early else None
 
 
 _SHUT_DOWN = "database system is shut down"
@@ -204,10 +255,13 @@ def wait_for_target(server: Server, action: str, replay_from: Lsn, replay_to: Ls
                     # "postgres" database): we cannot tell when the target is reached.
                     raise RecoveryFailed(f"cannot connect to the restored server to watch recovery: "
                                          f"{str(exc).strip().splitlines()[-1]}; it keeps running "
-                                         f"(port {server.port}, socket {server.socket_dir})") from None
+                                         f"(port {server.port}, socket {server.socket_dir})", running=True) from None
                 result = None
             if isinstance(result, RecoveryResult):
-                connection.close()  # type: ignore[union-attr]
+                assert connection is not None
+                if result.state == "paused":
+                    result = msgspec.structs.replace(result, locked=_locked_by_replay(server, connection))
+                connection.close()
                 return msgspec.structs.replace(result, seconds=time.monotonic() - watch.started)
             if result is not None:
                 progress.advance(max(result - max(last_lsn or replay_from, replay_from), 0))
@@ -246,8 +300,49 @@ def _after_exit(server: Server, watch: _Watch, last_lsn: Lsn | None,
         return RecoveryResult(state="shut down", lsn=last_lsn, last_transaction=None,
                               timeline=timeline_at(last_lsn) if last_lsn is not None else None,
                               seconds=time.monotonic() - watch.started, stop_line=stop)
-    if watch.pid is None and failure_reason(log) is None:
-        reason = f"no postmaster.pid after {_PID_FILE_WAIT:.0f} s"
-    else:
-        reason = failure_reason(log) or "the server exited"
+    reason = failure_reason(log)
+    if watch.process.returncode is None:
+        reason = f"the postmaster wrote no postmaster.pid in {_PID_FILE_WAIT:.0f} s; it keeps running (pid " \
+                 f"{watch.process.pid})" + (f"; its log says: {reason}" if reason else "")
+    elif reason is None:
+        said = [line for line in log.splitlines() if line.strip()]
+        reason = f"the postmaster exited with status {watch.process.returncode}" + (
+            f"; the log ends: {said[-1].strip()}" if said else "")
+    if watch.process.returncode is None:
+        raise RecoveryFailed(f"PostgreSQL did not start: {reason} (log: {server.log})", running=True)
+    if not watch.pid_file:
+        raise RecoveryFailed(f"PostgreSQL did not start: {reason} (log: {server.log})")
     raise RecoveryFailed(f"PostgreSQL stopped before reaching the recovery target: {reason} (log: {server.log})")
+
+
+def _locked_by_replay(server: Server, connection) -> list[LockedRelation]:
+    """The relations the startup process holds locked, by database. pg_locks gives
+    database and relation oids; a relation's name is only in its own database's
+    pg_class, so each database with locks is asked (with a lock_timeout: reading
+    pg_class takes no lock on the relation, but nothing here may hang). A database
+    that cannot be asked leaves its relations as oids."""
+    import psycopg
+
+    rows = connection.execute("""
+        SELECT l.database::bigint, coalesce(d.datname, ''), l.relation::bigint, l.mode
+          FROM pg_locks l LEFT JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'relation'
+           AND l.pid = (SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup')
+         ORDER BY 2, 3""").fetchall()
+    names: dict[tuple[int, int], str] = {}
+    for database_oid, database in {(row[0], row[1]) for row in rows}:
+        oids = [row[2] for row in rows if row[0] == database_oid]
+        if not database:
+            continue
+        try:
+            with psycopg.connect(host=str(server.socket_dir), port=server.port, dbname=database, autocommit=True,
+                                 connect_timeout=10, options="-c lock_timeout=1s -c statement_timeout=10s") as there:
+                for oid, name in there.execute(
+                        "SELECT oid::bigint, relnamespace::regnamespace::text || '.' || quote_ident(relname) "
+                        "FROM pg_class WHERE oid = ANY(%s)", (oids,)).fetchall():
+                    names[(database_oid, oid)] = name
+        except psycopg.Error:
+            continue
+    return [LockedRelation(database=database or f"oid {database_oid}",
+                           relation=names.get((database_oid, relation), f"oid {relation}"), mode=mode)
+            for database_oid, database, relation, mode in rows]

@@ -6,14 +6,18 @@ The order is the safety: first everything that can refuse without touching the d
 WAL segment gone from the archive since the catalog was written, a corrupt manifest);
 then a lease on the backup and its WAL (lease.py), refused if retention is removing the
 backup; only then the directory is created and the backup written into it (see
-unpack.py), the recovery settings added (recovery_conf.py), and, with --start, the server
+unpack.py), its configuration made its own (server_config.py), the recovery settings
+added (recovery_conf.py), and, with --start, the server
 started and watched until it reaches the target (pgstart.py). Exit 0 means the directory
 is complete and durable, and with --start that the target was reached.
 
 The lease is renewed while the restore runs. It is released once --start has seen the
-server promote (recovery reads no more WAL); in every other case recovery goes on after
-this process (started later by the operator, resumed after a pause or shutdown at the
-target, started again after a failure), so the lease stays for `[retention] restore_lease`.
+server promote (recovery reads no more WAL), and when the server --start started has
+exited without reaching the target (nothing replays now; a DBA who fixes the cause and
+starts it by hand is like one who restores without --start and starts later). In every
+other case recovery goes on after this process (started later by the operator, resumed
+after a pause or shutdown at the target, still running after an interrupt), so the
+lease stays for `[retention] restore_lease`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit import __version__, catalog, inventory, lease, pgconf, pgstart, recovery_conf, unpack
+from pitrkit import __version__, catalog, inventory, lease, pgconf, pgstart, recovery_conf, server_config, unpack
 from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig
@@ -71,12 +75,18 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     for each in tablespaces:
         unpack.check_absent_or_empty(each.location, f"tablespace {each.tablespace.name}'s directory")
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
+    port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
     manifest = fetch_manifest(archive, plan)
+    server_config.check(manifest.configuration)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
         write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
         warn_about_code(target_dir)  # before pitrkit's own restore_command joins the files
+        sockets = pgstart.socket_dir(target_dir, port) if port is not None and bindir is not None else None
+        say(f"the restored copy's configuration (--config-files {args.config_files}):")
+        server_config.write(target_dir, manifest.configuration,
+                            server_config.Choices(args.config_files == "backup", port, sockets), say)
         settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
@@ -98,8 +108,18 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             bindir_named = Path(config.postgres.bindir or f"/usr/lib/postgresql/{plan.backup.pg_version // 10000}/bin")
             say(f"start it with: {bindir_named / 'pg_ctl'} start -D {target_dir}")
             return summary
+        assert port is not None and sockets is not None  # chosen with --start
         try:
-            recovered = start_and_report(plan, args, target_dir, bindir)
+            recovered = start_and_report(plan, args, target_dir, bindir, port, sockets)
+        except pgstart.RecoveryFailed as exc:
+            if exc.running:
+                hold_for_the_operator(held, config, manifest.backup_id)
+            else:
+                # Nothing replays from the archive now; a DBA who starts it again by
+                # hand after a fix reads the WAL then, as after a restore without --start.
+                held.release()
+                say(f"released lease {held.lease.lease_id}" if held.lease is not None else "no lease to release")
+            raise
         except BaseException:
             # The directory is complete: the operator may well start it again by hand. And
             # an interrupt (Ctrl-C while recovery is slow) leaves the server, in its own
@@ -261,8 +281,9 @@ def timeline_at(plan: RestorePlan, lsn: Lsn) -> int:
     return plan.timeline
 
 
-def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Path, bindir: Path) -> str:
-    server = pgstart.start(target_dir, bindir, args.port)
+def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Path, bindir: Path, port: int,
+                     sockets: Path) -> str:
+    server = pgstart.start(target_dir, bindir, port, sockets)
     say(f"started PostgreSQL from {bindir} on port {server.port} (socket directory {server.socket_dir}); "
         f"log: {server.log}")
     replay_to = plan.target.lsn if plan.target.lsn is not None else plan.archive_end
@@ -274,6 +295,14 @@ def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Pa
     say(f"  last replayed WAL location: {result.lsn if result.lsn is not None else 'unknown'}")
     say(f"  last replayed transaction: {result.last_transaction or 'none'}")
     say(f"  now on timeline: {result.timeline if result.timeline is not None else 'unknown'}")
+    if result.locked:
+        say("  replay holds these relations locked (a transaction still open at the target, such as a DROP "
+            "TABLE committed after it); a query on them waits until recovery moves on:")
+        for each in result.locked:
+            say(f"    {each.relation} in database {each.database} ({each.mode})")
+        say("  to read them: promote (SELECT pg_promote(), or pg_ctl promote), which rolls that transaction "
+            "back; or restore again to a target before the transaction began (e.g. --lsn of its first record); "
+            "query with SET lock_timeout = '5s' so that a check fails instead of waiting")
     if result.state != "shut down":
         say(f"  connect {connect_line(server)}")
     return f"recovery {result.state} at {result.lsn} on timeline {result.timeline}"

@@ -59,6 +59,12 @@ def archiving_primary(cluster_factory, setup: PitrkitSetup, **settings: object) 
     primary.env.update(setup.env)
     primary.start()
     setup.write_config(postgres=primary)
+    create_tables(primary)
+    return primary
+
+
+def create_tables(primary: pgharness.Cluster) -> None:
+    """The workload's tables, loaded."""
     primary.sql(
         "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);"
         "CREATE TABLE events (id bigint PRIMARY KEY, round int NOT NULL, payload text);"
@@ -66,7 +72,6 @@ def archiving_primary(cluster_factory, setup: PitrkitSetup, **settings: object) 
         f"INSERT INTO accounts SELECT g, 1000, 'opened' FROM generate_series(1, {ACCOUNTS}) g;"
         "INSERT INTO doomed SELECT g, md5(g::text) FROM generate_series(1, 3000) g"
     )
-    return primary
 
 
 def primary_with_a_backup(cluster_factory, setup: PitrkitSetup,

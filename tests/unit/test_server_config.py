@@ -1,0 +1,180 @@
+"""server_config: what backup-push copies from outside the data directory, and the
+configuration restore writes from it (the rewriting, on files; the servers are in
+tests/integration/test_server_config.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from pitrkit import pgstart, server_config
+from pitrkit.catalog import ConfigFile, ServerConfiguration
+from pitrkit.errors import RefusedError
+
+
+def test_settings_are_read_as_the_server_reads_them():
+    parse = server_config.parse_setting
+    assert parse("port = 5433   # comment") == ("port", "5433")
+    assert parse("  Include_Dir 'conf.d'") == ("include_dir", "conf.d")
+    assert parse(r"archive_command = 'it''s \\ here'") == ("archive_command", "it's \\ here")
+    assert parse("# port = 5433") is None
+    assert parse("") is None
+
+
+def make_host(tmp_path: Path) -> tuple[Path, Path]:
+    """A backed-up host's layout: /etc-like directory with includes, and a data directory."""
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    (etc / "conf.d").mkdir(parents=True)
+    data.mkdir()
+    (etc / "postgresql.conf").write_text(
+        f"data_directory = '{data}'\nhba_file = '{etc}/pg_hba.conf'\nident_file = '{etc}/pg_ident.conf'\n"
+        f"external_pid_file = '/var/run/postgresql/15-main.pid'\nport = 5432\n"
+        "unix_socket_directories = '/nonexistent/run'\ncluster_name = '15/main'\n"
+        "ssl = on\nssl_cert_file = '/nonexistent/snakeoil.pem'\n"
+        "include 'extra.conf'\ninclude_if_exists 'absent.conf'\ninclude_dir = 'conf.d'\n"
+        f"include = '{data}/inside.conf'\n")
+    (etc / "extra.conf").write_text("work_mem = '7MB'\ninclude 'nested.conf'\n")
+    (etc / "nested.conf").write_text("maintenance_work_mem = '77MB'\n")
+    (etc / "conf.d" / "10-a.conf").write_text("log_directory = '/var/log/postgresql'\n")
+    (etc / "conf.d" / "20-b.conf").write_text("shared_buffers = '32MB'\n")
+    (etc / "conf.d" / "notes.txt").write_text("not read\n")
+    (etc / "pg_hba.conf").write_text('local all all peer\ninclude "hba.d/more.conf"\n')
+    (etc / "hba.d").mkdir()
+    (etc / "hba.d" / "more.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    (etc / "pg_ident.conf").write_text("")
+    (data / "inside.conf").write_text("temp_buffers = '9MB'\n")
+    return etc, data
+
+
+def capture_and_unpack(tmp_path: Path) -> tuple[Path, Path, ServerConfiguration, Path]:
+    """What backup-push copies, laid into a new data directory as unpack would."""
+    etc, data = make_host(tmp_path)
+    configuration, captured = server_config.capture(str(data), str(etc / "postgresql.conf"),
+                                                    str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"), {})
+    target = tmp_path / "restored"
+    (target / server_config.CAPTURED_DIR).mkdir(parents=True)
+    (target / "inside.conf").write_text((data / "inside.conf").read_text())
+    (target / "postgresql.auto.conf").write_text("port = '6000'\nexternal_pid_file = '/tmp/x.pid'\n")
+    for each in captured:
+        (target / server_config.CAPTURED_DIR / each.record.name).write_bytes(each.content)
+    return etc, data, configuration, target
+
+
+def test_capture_follows_the_include_lines_outside_the_data_directory(tmp_path):
+    etc, data, configuration, _ = capture_and_unpack(tmp_path)
+    roles = {Path(file.path).relative_to(etc).as_posix(): file.role for file in configuration.files}
+    assert roles == {"postgresql.conf": "config_file", "extra.conf": "include", "nested.conf": "include",
+                     "conf.d/10-a.conf": "include", "conf.d/20-b.conf": "include", "pg_hba.conf": "hba_file",
+                     "hba.d/more.conf": "hba_include", "pg_ident.conf": "ident_file"}
+    for file in configuration.files:
+        assert file.sha256 == hashlib.sha256(Path(file.path).read_bytes()).hexdigest()
+        assert "/" not in file.name
+    assert configuration.data_directory == str(data)
+
+
+def test_the_restored_configuration_points_nowhere_outside_the_data_directory(tmp_path):
+    etc, data, configuration, target = capture_and_unpack(tmp_path)
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, 5499, None), said.append)
+    conf = (target / "postgresql.conf").read_text()
+    effective, files = server_config._effective(target)
+    values = {name: setting.value for name, setting in effective.items()}
+    # Nothing of the backed-up host is read, pointed at or overwritten.
+    for path in files + [target / "pg_hba.conf", target / "pg_ident.conf"]:
+        for line in path.read_text().splitlines():
+            active = line.partition("#")[0]
+            assert str(etc) not in active and str(data) not in active and "/var/" not in active, (path, line)
+    for name in ("data_directory", "hba_file", "ident_file", "external_pid_file", "log_directory"):
+        assert name not in values
+    # The settings of every file read still apply, in the restored copies.
+    assert values["work_mem"] == "7MB" and values["maintenance_work_mem"] == "77MB"
+    assert values["shared_buffers"] == "32MB" and values["temp_buffers"] == "9MB"
+    assert "include_if_exists 'absent.conf'" in conf and "commented out" in " ".join(said)
+    # The restored copy's own settings, once each, and said.
+    assert values["port"] == "5499" and "port = '6000'" not in (target / "postgresql.auto.conf").read_text().split(
+        "#")[0]
+    assert values["unix_socket_directories"] == str(target)
+    assert values["cluster_name"] == "15/main-restored"
+    assert values["ssl"] == "off" and "ssl_cert_file" not in values
+    assert any("ssl = 'off'" in line and "/nonexistent/snakeoil.pem" in line for line in said)
+    # pg_hba.conf's include (PostgreSQL 16+) reads the restored copy.
+    hba = (target / "pg_hba.conf").read_text()
+    assert f'include "{server_config.INCLUDE_DIR}/' in hba and "hba.d" not in hba.partition("#")[0]
+    assert not (target / server_config.CAPTURED_DIR).exists()
+    assert sorted(os.listdir(target / server_config.INCLUDE_DIR)) == sorted(
+        file.name for file in configuration.files if file.role.endswith("include"))
+
+
+def test_config_files_none_writes_a_minimal_configuration(tmp_path):
+    _, _, configuration, target = capture_and_unpack(tmp_path)
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(False, 5499, None), said.append)
+    effective, _ = server_config._effective(target)
+    assert {name: setting.value for name, setting in effective.items()} == {"port": "5499"}
+    assert "local   all       all                 peer" in (target / "pg_hba.conf").read_text()
+    assert not (target / server_config.CAPTURED_DIR).exists() and not (target / server_config.INCLUDE_DIR).exists()
+    assert "external_pid_file" in " ".join(said)  # postgresql.auto.conf's, commented out
+
+
+def test_a_copy_that_does_not_match_the_manifest_is_refused(tmp_path):
+    _, _, configuration, target = capture_and_unpack(tmp_path)
+    name = configuration.files[0].name
+    (target / server_config.CAPTURED_DIR / name).write_text("port = 1\n")
+    with pytest.raises(Exception, match="does not match its size and checksum"):
+        server_config.write(target, configuration, server_config.Choices(True, None, None), print)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"name": "../postgresql.conf"}, "not a plain, unique file name"),
+    ({"name": ".hidden"}, "not a plain, unique file name"),
+    ({"role": "anything"}, "unknown role"),
+    ({"path": "relative/postgresql.conf"}, "not a normal absolute path"),
+    ({"path": "/etc/../root/x"}, "not a normal absolute path"),
+])
+def test_configuration_records_are_checked_before_anything_is_written(change, message):
+    fields = {"name": "00-postgresql.conf", "path": "/etc/postgresql.conf", "role": "config_file", "mode": 0o644,
+              "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), **change}
+    configuration = ServerConfiguration(data_directory="/data", config_file="/etc/postgresql.conf",
+                                        hba_file="/etc/pg_hba.conf", ident_file="/etc/pg_ident.conf",
+                                        files=[ConfigFile(**fields)])
+    with pytest.raises(RefusedError, match=message):
+        server_config.check(configuration)
+
+
+# --- --start: the server's own words, and the port ------------------------------------------
+
+NO_CONFIG_LOG = """\
+postgres: could not access the server configuration file "/srv/restored/postgresql.conf": No such file or directory
+"""
+BUSY_PORT_LOG = """\
+2026-12-06 04:10:01.100 UTC [100] LOG:  starting PostgreSQL 15.18
+2026-12-06 04:10:01.101 UTC [100] LOG:  could not bind IPv4 address "127.0.0.1": Address already in use
+2026-12-06 04:10:01.101 UTC [100] HINT:  Is another postmaster already running on port 5499? If not, wait a few \
+seconds and retry.
+2026-12-06 04:10:01.101 UTC [100] WARNING:  could not create listen socket for "localhost"
+2026-12-06 04:10:01.102 UTC [100] FATAL:  could not create any TCP/IP sockets
+2026-12-06 04:10:01.103 UTC [100] LOG:  database system is shut down
+"""
+
+
+def test_a_server_that_does_not_start_is_quoted():
+    assert pgstart.failure_reason(NO_CONFIG_LOG) == (
+        'could not access the server configuration file "/srv/restored/postgresql.conf": No such file or directory')
+    reason = pgstart.failure_reason(BUSY_PORT_LOG)
+    assert reason is not None and reason.startswith("could not create any TCP/IP sockets (")
+    assert "Address already in use" in reason and "port 5499" in reason
+
+
+def test_a_busy_port_is_refused():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert pgstart.port_in_use(port)
+        with pytest.raises(RefusedError, match=f"--port {port} is in use"):
+            pgstart.choose_port(port)
+    assert not pgstart.port_in_use(port)

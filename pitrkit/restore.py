@@ -74,12 +74,15 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         started = time.monotonic()
         write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
         settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
+        leftovers = recovery_conf.leftovers(target_dir, settings)  # before write replaces the old auto.conf
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
                             f"UTC, backup {manifest.backup_id}")
         say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
             f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
             f"action {args.action}{', archive_mode off' if not settings.archiving else ''})")
+        for leftover in leftovers:
+            say(f"  overrode {leftover}")
         if settings.archiving:
             warn_about_archiving(target_dir)
         summary = f"restored backup {manifest.backup_id} into {target_dir} for target {plan.target.text}"

@@ -22,6 +22,8 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 64 << 10
 _REQUEST_TIMEOUT = 10.0
+# Marks a log record that is about the agent's own work, not the request being served.
+_NOT_THE_REQUESTS = "pitrkit_not_the_requests"
 
 
 class _RequestLog(logging.Handler):
@@ -52,7 +56,7 @@ class _RequestLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         lines = getattr(self.lines, "value", None)
-        if lines is not None:
+        if lines is not None and not getattr(record, _NOT_THE_REQUESTS, False):
             lines.append(self.format(record))
 
 
@@ -232,8 +236,9 @@ def _push(serving: _Serving, path: Path) -> str:
     summary = _done_ahead(serving.pushes, path, file_stamp(path))
     if summary is None or not _still_stored(archive, path):
         summary = push(archive, path)
-    for ready in ready_after(path, archive.config.agent.lookahead):
-        serving.pushes.schedule(ready, file_stamp(ready), functools.partial(push, archive, ready))
+    with _beside_the_request(f"pushing ahead after {path.name}"):
+        for ready in ready_after(path, archive.config.agent.lookahead):
+            serving.pushes.schedule(ready, file_stamp(ready), functools.partial(push, archive, ready))
     return summary
 
 
@@ -255,17 +260,30 @@ def _fetch(serving: _Serving, name: str, destination: Path) -> str:
     if summary is None:
         summary = restore(read_for_recovery(archive, name), name, destination)
     if archive.config.agent.lookahead:
-        try:
-            segment_size = archive.identity().wal_segment_size
-        except (ObjectNotFound, PitrkitError):
-            return summary
-        if directory not in serving.spool_directories:
-            serving.spool_directories.add(directory)
-            remove_stale_spool(directory)
-        for upcoming in segments_after(name, segment_size, archive.config.agent.lookahead):
-            job = functools.partial(spool, archive, upcoming, directory)
-            serving.fetches.schedule((upcoming, directory), None, job)
+        with _beside_the_request(f"reading ahead after {name}"):
+            try:
+                segment_size = archive.identity().wal_segment_size
+            except (ObjectNotFound, PitrkitError):
+                return summary
+            if directory not in serving.spool_directories:
+                serving.spool_directories.add(directory)
+                remove_stale_spool(directory)
+            for upcoming in segments_after(name, segment_size, archive.config.agent.lookahead):
+                job = functools.partial(spool, archive, upcoming, directory)
+                serving.fetches.schedule((upcoming, directory), None, job)
     return summary
+
+
+@contextmanager
+def _beside_the_request(what: str) -> Iterator[None]:
+    """Scheduling work ahead once the request's own work is done. It can fail (the pool
+    shut down by a reload while this request ran, a fault while choosing what to do)
+    without changing the request's answer: its exit code and stderr are the request's,
+    and the failure goes to the agent's log only."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc, extra={_NOT_THE_REQUESTS: True})
 
 
 def _done_ahead(ahead: Ahead, key: object, stamp: object):

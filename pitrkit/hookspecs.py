@@ -43,7 +43,9 @@ class ObjectNotFound(Exception):
 
 
 class ObjectExists(Exception):
-    """A create-only `put` found the key already present; nothing was written."""
+    """A create-only `put` found the key already present; nothing was written. It also
+    promises that the object there is durable, as a put's return would: a caller that
+    finds its own bytes there (a retry, a concurrent identical push) reports success."""
 
 
 class ObjectInfo(NamedTuple):
@@ -76,7 +78,10 @@ class Storage(Protocol):
         a crash of this host (local: file and directory fsync'd; remote: the upload is
         confirmed and its checksum verified). Without `overwrite` the put is create-only
         and raises `ObjectExists` if the key is present, leaving it untouched; with
-        `overwrite` it replaces the object atomically (for small mutable documents)."""
+        `overwrite` it replaces the object atomically (for small mutable documents).
+        `ObjectExists` is raised only once the existing object is durable too: it may be
+        a concurrent writer's that has not finished making it so, or an earlier attempt
+        of ours that failed after publishing it (local: fsync it and its directory)."""
 
     def get(self, key: str) -> bytes:
         """The object's bytes; `ObjectNotFound` if absent."""

@@ -14,8 +14,9 @@ on storage nor on writing 16 MiB.
 
 A result computed ahead is used at most once, only while fresh, and only if the file it
 was computed from is unchanged; anything else, including a failure, makes the request
-do the work itself, exactly as it would without look-ahead. So look-ahead can make a
-call faster but never changes its answer.
+do the work itself, exactly as it would without look-ahead; and a failure to schedule
+work ahead is the agent's to log, never part of the answer to the request it follows
+(agent.py). So look-ahead can make a call faster but never changes its answer.
 """
 
 from __future__ import annotations

@@ -4,7 +4,12 @@ its settings win over `postgresql.conf`).
 
 A backup of a server that was itself restored carries the old recovery settings, and a
 backup of a standby carries `standby.signal`; both would silently change where recovery
-stops, so they are removed before the new block is written.
+stops, so they are removed before the new block is written. Settings left in
+`postgresql.conf` or the files it includes (a standby's `recovery_min_apply_delay`, an
+old `recovery_target_time`, an `archive_cleanup_command` that deletes archived WAL)
+cannot be removed from files that are not ours: the block sets every one of them, to its
+neutral value where pitrkit wants none, and PostgreSQL ignores all but the last setting
+of a name. `leftovers` finds them, so that restore can say what it overrode.
 
 A copy restored with archiving off is a temporary one (a test restore, a look at old
 data), and must not act on the world: besides `archive_mode = off`, its block sets
@@ -20,6 +25,7 @@ import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -38,6 +44,15 @@ NO_SUBSCRIPTIONS = "max_logical_replication_workers"
 _RECOVERY_SETTING = re.compile(r"\s*(recovery_target\w*|restore_command)\s*(=|\s)", re.IGNORECASE)
 _SETTING = re.compile(r"\s*(\w+)\s*=?\s*('(?:[^'\\]|''|\\.)*'|[^\s#]+)")
 _ARCHIVING_MODES = {"on", "always", "true", "yes", "1"}
+# The recovery target kinds: PostgreSQL refuses two of them set to non-empty values, and
+# checks as it assigns each, so every one not wanted is reset before the one wanted.
+_TARGET_KINDS = ("recovery_target", "recovery_target_name", "recovery_target_xid", "recovery_target_time",
+                 "recovery_target_lsn")
+# Their neutral values, for the other recovery settings a leftover could set.
+_NEUTRAL = {"recovery_target_inclusive": "on", "recovery_min_apply_delay": "0", "archive_cleanup_command": "",
+            "recovery_end_command": ""}
+# PostgreSQL's own limit on nested include files.
+_INCLUDE_DEPTH = 10
 
 
 class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
@@ -51,18 +66,39 @@ class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
     archiving: bool = True
 
     def lines(self) -> list[str]:
-        settings: list[tuple[str, str]] = [("restore_command", self.restore_command)]
+        return [f"{name} = {conf_quote(value)}" for name, value in self.settings()]
+
+    def settings(self) -> list[tuple[str, str]]:
+        """(name, value) in the order they must be written: every recovery setting, so
+        that none set elsewhere applies, the unwanted target kinds reset before the
+        wanted one is set."""
+        targets: dict[str, str] = {}
         if self.target_time is not None:
-            settings.append(("recovery_target_time", self.target_time.isoformat(sep=" ")))
+            targets["recovery_target_time"] = self.target_time.isoformat(sep=" ")
         if self.target_lsn is not None:
-            settings.append(("recovery_target_lsn", str(self.target_lsn)))
-        settings.append(("recovery_target_timeline", str(self.timeline)))
-        if self.action is not None:
-            settings.append(("recovery_target_action", self.action))
+            targets["recovery_target_lsn"] = str(self.target_lsn)
+        settings = [("restore_command", self.restore_command),
+                    *((kind, "") for kind in _TARGET_KINDS if kind not in targets),
+                    *targets.items(),
+                    ("recovery_target_timeline", str(self.timeline)),
+                    # Without a target (--latest) the action is never used; reset all the same.
+                    ("recovery_target_action", self.action or "pause"),
+                    *_NEUTRAL.items()]
         if not self.archiving:
             settings.append(("archive_mode", "off"))
             settings.append((NO_SUBSCRIPTIONS, "0"))
-        return [f"{name} = {conf_quote(value)}" for name, value in settings]
+        return settings
+
+
+class Leftover(NamedTuple):
+    """A recovery setting in the restored configuration that pitrkit's block overrides."""
+
+    name: str
+    value: str  # as written, quotes included
+    source: str  # the file, relative to the data directory when inside it
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value} from {self.source}"
 
 
 def pitrkit_executable() -> list[str]:
@@ -104,6 +140,66 @@ def rewrite_auto_conf(text: str, settings: RecoverySettings, header: str) -> str
         kept.pop()
     block = [BLOCK_BEGIN, f"# {header}", *settings.lines(), BLOCK_END]
     return "\n".join([*kept, *block]) + "\n"
+
+
+def leftovers(data_dir: Path, settings: RecoverySettings) -> list[Leftover]:
+    """The recovery settings the restored configuration sets to something else than
+    pitrkit's block will: those PostgreSQL would have used, i.e. the last setting of
+    each name in `postgresql.conf` (following include, include_if_exists, include_dir
+    as PostgreSQL does), then the `postgresql.auto.conf` the backup carried. Read before
+    `write` replaces the latter."""
+    ours = {name: value.lower() for name, value in settings.settings()
+            if name.startswith("recovery_target") or name in _NEUTRAL}
+    found: dict[str, Leftover] = {}
+    for name, value, source in [*_conf_settings(data_dir / "postgresql.conf", data_dir, 0),
+                                *_conf_settings(data_dir / AUTO_CONF, data_dir, _INCLUDE_DEPTH)]:
+        if name in ours:
+            found[name] = Leftover(name, value, source)
+    return [each for name, each in found.items() if _unquote(each.value).lower() not in ("", ours[name])]
+
+
+def _conf_settings(path: Path, data_dir: Path, depth: int) -> list[tuple[str, str, str]]:
+    """(lower-cased name, value as written, file) of every setting in the configuration
+    file `path`, include directives followed in place. A file that cannot be read adds
+    nothing: this is for reporting, and PostgreSQL itself says what it cannot read."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    source = str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
+    found = []
+    for line in text.splitlines():
+        match = _SETTING.match(line)
+        if not match:
+            continue
+        name, value = match[1].lower(), match[2]
+        if name in ("include", "include_if_exists", "include_dir"):
+            if depth < _INCLUDE_DEPTH and (target := _unquote(value)):
+                included = path.parent / target  # relative to the including file; absolute stays
+                if name == "include_dir":
+                    files = sorted(_conf_files(included))
+                else:
+                    files = [included]
+                for each in files:
+                    found += _conf_settings(each, data_dir, depth + 1)
+        else:
+            found.append((name, value, source))
+    return found
+
+
+def _conf_files(directory: Path) -> list[Path]:
+    """What PostgreSQL reads of an include_dir: its `*.conf` files not starting with "."."""
+    try:
+        return [path for path in directory.iterdir()
+                if path.name.endswith(".conf") and not path.name.startswith(".") and path.is_file()]
+    except OSError:
+        return []
+
+
+def _unquote(value: str) -> str:
+    if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+        return value[1:-1].replace("''", "'").replace("\\\\", "\\")
+    return value
 
 
 def write(data_dir: Path, settings: RecoverySettings, header: str) -> None:
@@ -154,10 +250,7 @@ def archiving_setting(data_dir: Path) -> tuple[str, str] | None:
         for line in text.splitlines():
             match = _SETTING.match(line)
             if match and match[1].lower() in ("archive_mode", "archive_command"):
-                value = match[2]
-                if value.startswith("'"):
-                    value = value[1:-1].replace("''", "'")
-                values[match[1].lower()] = value
+                values[match[1].lower()] = _unquote(match[2])
     mode = values.get("archive_mode", "off")
     if mode.lower() in _ARCHIVING_MODES:
         return mode, values.get("archive_command", "")

@@ -88,6 +88,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         server_config.write(target_dir, manifest.configuration,
                             server_config.Choices(args.config_files == "backup", port, sockets), say)
         settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
+        leftovers = recovery_conf.leftovers(target_dir, settings)  # before write replaces the old auto.conf
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
                             f"UTC, backup {manifest.backup_id}")
@@ -95,6 +96,8 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         say(f"wrote {target_dir} in {human_seconds(time.monotonic() - started)}: recovery.signal and the "
             f"recovery settings in {recovery_conf.AUTO_CONF} (restore_command, target, timeline {plan.timeline}, "
             f"action {args.action}{quiet})")
+        for leftover in leftovers:
+            say(f"  overrode {leftover}")
         if settings.archiving:
             warn_about_archiving(target_dir)
         else:

@@ -4,7 +4,9 @@ imports pytest, so only test code imports it.
 
 A plugin's test module subclasses `StorageConformance` and provides two fixtures:
 `storage` (a fresh, empty archive) and `unreachable_storage` (a backend whose archive
-container does not exist: a missing directory, a missing bucket). Example:
+container does not exist: a missing directory, a missing bucket). A backend that makes
+an object durable in a step of its own after publishing it (a file system's directory
+fsync) also provides `failing_durability`; see its default below. Example:
 
     class TestMyStore(StorageConformance):
         @pytest.fixture
@@ -80,6 +82,26 @@ class StorageConformance:
         assert sorted(outcomes) == ["exists", "exists", "exists", "stored"]
         stored = storage.get("race")
         assert len(stored) == 50_000 and len(set(stored)) == 1  # one writer's bytes, whole
+
+    # -- durability of what a put finds ------------------------------------------------
+
+    @pytest.fixture
+    def failing_durability(self):
+        """A context manager factory: inside, `storage` can publish an object but not make
+        it durable (local: every directory fsync fails with EIO). The default skips: an
+        object store's object is durable once anyone can see it."""
+        pytest.skip("objects are durable once visible: no durability step of the backend's own to fail")
+
+    def test_object_exists_only_for_a_durable_object(self, storage, failing_durability):
+        # pitrkit retries a put that failed, and wal-push exits 0 when the retry finds its
+        # own bytes stored: "exists" must not be said of an object a crash could still lose.
+        with failing_durability():
+            for _ in range(3):
+                with pytest.raises(StorageError):
+                    storage.put("doc", b"first")
+        with pytest.raises(ObjectExists):
+            storage.put("doc", b"first")
+        assert storage.get("doc") == b"first"
 
     # -- absence -----------------------------------------------------------------------
 

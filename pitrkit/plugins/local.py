@@ -5,7 +5,15 @@ then publishes it with link(2), which fails if the name exists: create-only and 
 one system call, so a crash leaves either no object or a complete one, and two writers
 racing for one name cannot both win. Overwrites (for small mutable documents) use
 rename(2). Every directory entry created or changed is made durable by fsyncing the
-directory. Temporary files start with "." and are never listed.
+directory. A create-only put that finds the name taken fsyncs what is there (the file
+and its directories) before saying so: the winner of a race, or our own earlier attempt
+whose directory fsync failed, may not have made it durable yet. Temporary files start
+with "." and are never listed.
+
+A listing is what the directory holds when it is read: an entry deleted between
+readdir(3) and stat(2) is simply left out (a concurrent delete), but one that cannot be
+stat'd otherwise, a symbolic link to nothing included, is a fault, never a reason to
+call the folder empty (wal-fetch would answer "not archived" for a stored segment).
 
 The `timeout` is not enforced here: a local system call cannot be abandoned safely. A
 hung NFS mount is the kernel's to time out (mount it `soft,timeo=`).
@@ -69,8 +77,7 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         path = self._path(key)
-        if not self.root.is_dir():
-            raise self._no_root()
+        self._check_root()
         try:
             self._make_parents(path.parent)
             temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
@@ -94,7 +101,32 @@ class LocalStorage:
                 _unlink_quietly(temporary)  # after link(2) or a failure; gone after rename(2)
             _fsync_directory(path.parent)
         except FileExistsError:
+            self._make_durable(path, key)
             raise ObjectExists(key) from None
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+
+    def _make_durable(self, path: Path, key: str) -> None:
+        """Fsync an existing object, its directory and theirs up to the root, so that
+        ObjectExists means "stored and durable" (the contract in hookspecs.py): the
+        writer that linked it may still be before its own directory fsync, or it was our
+        attempt that failed there, and the caller may report success on our answer."""
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            directory = path.parent
+            while True:
+                _fsync_directory(directory)
+                if directory == self.root:
+                    break
+                directory = directory.parent
+        except FileNotFoundError:
+            # Deleted since link(2) said it exists: nothing is stored, and a put that
+            # reports "exists" must not report it for nothing.
+            raise StorageError(f"{self.url}: {key}: deleted while being stored") from None
         except OSError as exc:
             raise self._fault(exc, key) from None
 
@@ -117,55 +149,82 @@ class LocalStorage:
             raise self._fault(exc, key) from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        if not self.root.is_dir():
-            raise self._no_root()
+        self._check_root()
         # Walk only below the prefix's directory part. Depth-first order is not key
         # order ("a/b" sorts after "a-c"), so collect, then sort.
         directory = prefix.rpartition("/")[0]
         start = self._path(directory) if directory else self.root
+
+        def unreadable(exc: OSError) -> None:
+            # The start folder missing means no objects (if the archive is there, checked
+            # below); a sub-folder deleted while we walk took its objects with it.
+            if exc.filename == os.fspath(start):
+                if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    raise exc
+            elif not isinstance(exc, FileNotFoundError):
+                raise exc
+
         found: list[ObjectInfo] = []
         try:
-            for folder, subfolders, files in os.walk(start, onerror=_raise):
+            for folder, subfolders, files in os.walk(start, onerror=unreadable):
                 subfolders[:] = [name for name in subfolders if not name.startswith(".")]
                 relative = os.path.relpath(folder, self.root).replace(os.sep, "/")
                 for name in files:
                     if name.startswith("."):
                         continue
                     key = name if relative == "." else f"{relative}/{name}"
-                    if key.startswith(prefix):
-                        status = os.stat(os.path.join(folder, name))
+                    if key.startswith(prefix) and (status := self._entry(os.path.join(folder, name), key)):
                         found.append(ObjectInfo(key, status.st_size, status.st_mtime))
-        except FileNotFoundError:
-            return iter(())
         except OSError as exc:
             raise self._fault(exc, prefix) from None
+        if not found:
+            self._check_root()  # an unmounted archive lists as nothing: a fault
         found.sort(key=lambda info: info.key.encode())
         return iter(found)
 
     def list_folder(self, prefix: str) -> Folder:
         if prefix and not prefix.endswith("/"):
             raise ValueError(f"a folder prefix ends with '/': {prefix!r}")
-        if not self.root.is_dir():
-            raise self._no_root()
+        self._check_root()
         objects: list[ObjectInfo] = []
         folders: list[str] = []
         try:
-            with os.scandir(self._path(prefix[:-1]) if prefix else self.root) as entries:
+            entries = os.scandir(self._path(prefix[:-1]) if prefix else self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            self._check_root()
+            return Folder([], [])  # only the folder is missing: it holds no objects
+        except OSError as exc:
+            raise self._fault(exc, prefix) from None
+        try:
+            with entries:
                 for entry in entries:
                     if entry.name.startswith("."):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         folders.append(f"{prefix}{entry.name}/")
-                    else:
-                        status = entry.stat()
+                    elif status := self._entry(entry.path, prefix + entry.name):
                         objects.append(ObjectInfo(prefix + entry.name, status.st_size, status.st_mtime))
-        except (FileNotFoundError, NotADirectoryError):
-            return Folder([], [])
         except OSError as exc:
             raise self._fault(exc, prefix) from None
         objects.sort(key=lambda info: info.key.encode())
         folders.sort(key=str.encode)
         return Folder(objects, folders)
+
+    def _entry(self, path: str, key: str) -> os.stat_result | None:
+        """The status of a listed entry; None if it was deleted since the directory was
+        read. Any other failure, a symbolic link to nothing included, is a fault."""
+        try:
+            return os.stat(path)
+        except FileNotFoundError:
+            try:
+                os.lstat(path)
+            except FileNotFoundError:
+                return None
+            raise StorageError(f"{self.url}: {key}: a symbolic link to nothing") from None
+
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise self._no_root()
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -211,10 +270,6 @@ class LocalStorage:
                 return
             _fsync_directory(directory.parent)
             directory = directory.parent
-
-
-def _raise(exc: OSError) -> None:
-    raise exc
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -193,3 +193,40 @@ def test_a_target_the_wal_never_reaches_fails_the_restore_with_the_servers_reaso
     error = refusal(result)
     assert "recovery ended before configured recovery target was reached" in error
     assert not (restored.pgdata / "postmaster.pid").exists()
+
+
+@pytest.mark.parametrize("kind", ["lsn", "time"])
+def test_recovery_settings_left_in_the_backed_up_configuration_cannot_bend_the_restore(cluster, pitrkit_setup,
+                                                                                       server_tmp, kind):
+    # What a standby's configuration, or an earlier point-in-time restore, leaves in
+    # postgresql.conf: a primary ignores it, and the backup carries it to the restore.
+    ran = server_tmp / "recovery_end_command-ran"
+    primary = archiving_primary(cluster, pitrkit_setup, recovery_min_apply_delay="1h",
+                                recovery_end_command=f"touch {ran}")
+    write_round(primary, 1)
+    stale = note_point(primary)
+    primary.conf(recovery_target_time=stale.time)
+    backup = backup_push(pitrkit_setup)
+    write_round(primary, 2)
+    target = note_point(primary)
+    write_round(primary, 3)
+    drop_doomed(primary)
+    archive_everything(primary)
+
+    # To an LSN, the old time would be a second target; to a time, the new one replaces
+    # it by name, and the delay and the end command are what is left.
+    chosen = ("--lsn", target.lsn) if kind == "lsn" else ("--to", target.time)
+    restored, result = restore_into(cluster, pitrkit_setup, *chosen, "--start")
+    out = succeeded(result)
+    assert f"restoring backup {backup['backup_id']}" in out
+    # Said, each as PostgreSQL would have read it.
+    assert f"overrode recovery_target_time = '{stale.time}' from postgresql.conf" in out
+    assert "overrode recovery_min_apply_delay = '1h' from postgresql.conf" in out
+    assert f"overrode recovery_end_command = 'touch {ran}' from postgresql.conf" in out
+    # Neither a second target (PostgreSQL would refuse to start), nor the old one, nor an
+    # hour's delay: the restore reached its own target, exactly, and promoted.
+    assert "recovery promoted" in out
+    attach(restored)
+    assert digests(restored) == target.digests
+    assert not ran.exists()
+    assert restored.sql("SHOW recovery_min_apply_delay")[0][0] == "0"

@@ -24,6 +24,7 @@ from pitrkit.lookahead import Ahead
 from pitrkit.push import push
 from pitrkit.wal import SegmentName, read_page_header, valid_end
 from tests.unit.segments import SEG_16MIB, segment
+from tests.unit.test_local_storage import deleted_after_readdir
 
 LAST_OF_LOG = 255  # segment numbers: 0x0FF is the last of log 0, 0x100 the first of log 1
 
@@ -243,3 +244,26 @@ def test_valid_end_of_a_truncated_page_is_the_end_of_the_data():
 def test_valid_end_of_a_whole_segment_is_its_end():
     data = wal_with_data(9, SEG_16MIB // 8192)
     assert valid_end(data, read_page_header(data)) == 10 * SEG_16MIB
+
+
+# --- a listing that cannot be trusted -------------------------------------------------
+
+
+def test_a_broken_entry_in_the_wal_folder_is_a_fault_not_the_end_of_the_wal(capsys, store, config, destination):
+    # The partial is the newest WAL of its timeline only if the listing says so: an
+    # entry it cannot read must not make the folder look empty ("not archived", exit 1,
+    # and PostgreSQL would end recovery before the partial's WAL).
+    store.partial(5)
+    folder = store.stored(name(5)).parent
+    (folder / name(7)).symlink_to(folder / "gone")
+    assert wal_fetch(config, name(5), destination) == FETCH_FAULT
+    error = capsys.readouterr().err
+    assert "symbolic link to nothing" in error and error.count("\n") == 1
+
+
+def test_a_segment_deleted_while_the_folder_is_listed_leaves_the_partial_served(store, destination, monkeypatch):
+    store.segment(3)
+    data = store.partial(5)
+    deleted_after_readdir(monkeypatch, store.stored(name(3)))  # retention removing an old segment
+    assert "partial" in fetch.fetch(store.archive, name(5), destination)
+    assert destination.read_bytes() == data.ljust(SEG_16MIB, b"\0")

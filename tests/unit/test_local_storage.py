@@ -3,14 +3,55 @@ system can show (durability mechanics, no stray files, URL forms)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
 
-from pitrkit.hookspecs import ObjectExists
+from pitrkit.archive import Archive, ArchiveUnavailable
+from pitrkit.config import Config, RepositoryConfig
+from pitrkit.hookspecs import ObjectExists, StorageError
 from pitrkit.plugins.local import LocalStorage, parse_file_url
+from pitrkit.push import push
 from pitrkit.storage_conformance import StorageConformance
+from tests.unit.segments import segment
+
+
+class Fsyncs:
+    """Every fsync(2) made, by path and thread, with directory fsyncs failing (EIO) or
+    waiting where a test says: a disk that fails or is slow at the one step durability
+    rests on. The calls themselves are real."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done: list[tuple[str, Path]] = []
+        self.failing: set[Path] = set()
+        self.fail_once = False
+        self.waits: dict[str, threading.Event] = {}  # thread name -> released when set
+        self.waiting = threading.Event()
+        real = os.fsync
+
+        def fsync(descriptor: int) -> None:
+            path = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+            thread = threading.current_thread().name
+            if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+                if path in self.failing:
+                    if self.fail_once:
+                        self.failing.discard(path)
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                if (gate := self.waits.get(thread)) is not None:
+                    self.waiting.set()
+                    gate.wait(10)
+            real(descriptor)
+            self.done.append((thread, path))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def synced(self, path: Path, thread: str | None = None) -> bool:
+        return any(done == path and (thread is None or name == thread) for name, done in self.done)
 
 
 class TestLocalStorage(StorageConformance):
@@ -23,6 +64,20 @@ class TestLocalStorage(StorageConformance):
     @pytest.fixture
     def unreachable_storage(self, tmp_path):
         return LocalStorage(tmp_path / "not-mounted")
+
+    @pytest.fixture
+    def failing_durability(self, storage, monkeypatch):
+        fsyncs = Fsyncs(monkeypatch)
+
+        @contextlib.contextmanager
+        def failing():
+            fsyncs.failing.add(storage.root)
+            try:
+                yield
+            finally:
+                fsyncs.failing.clear()
+
+        return failing
 
 
 def test_put_leaves_no_temporary_files(tmp_path):
@@ -83,3 +138,194 @@ def test_root_creates_files_and_folders_owned_by_the_archive_owner(tmp_path):
                  "backups/20261126T010203Z/data/00000000", "catalog", "catalog/backups.json"]:
         status = (root / path).stat()
         assert (status.st_uid, status.st_gid) == (4321, 4322), path
+
+
+# --- listings while objects come and go -------------------------------------------------
+
+
+@pytest.fixture
+def wal_folder(tmp_path) -> tuple[LocalStorage, Path]:
+    root = tmp_path / "archive"
+    root.mkdir()
+    storage = LocalStorage(root)
+    for segno in (1, 2, 3):
+        storage.put(f"wal/0000000100000000/00000001000000000000000{segno}", b"x" * segno)
+    return storage, root / "wal" / "0000000100000000"
+
+
+def deleted_after_readdir(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
+    """The race window, opened on purpose: the directory is read (the real readdir, with
+    `victim` in it), then `victim` is really deleted, before the lister stats it."""
+    real = os.scandir
+
+    class ReadThenDeleted:
+        def __init__(self, path):
+            with real(path) as entries:
+                self.entries = iter(list(entries))
+            if Path(path) == victim.parent:
+                victim.unlink(missing_ok=True)
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def close(self):
+            return None
+
+    monkeypatch.setattr(os, "scandir", ReadThenDeleted)
+
+
+def test_an_object_deleted_while_listing_is_left_out_and_the_rest_stands(wal_folder, monkeypatch):
+    storage, folder = wal_folder
+    deleted_after_readdir(monkeypatch, folder / "000000010000000000000002")
+    listed = storage.list_folder("wal/0000000100000000/")
+    assert [info.key[-1] for info in listed.objects] == ["1", "3"]
+
+
+def test_an_object_deleted_while_walking_is_left_out_and_the_rest_stands(wal_folder, monkeypatch):
+    storage, folder = wal_folder
+    deleted_after_readdir(monkeypatch, folder / "000000010000000000000002")
+    assert [info.key[-1] for info in storage.list("wal/")] == ["1", "3"]
+
+
+def test_a_folder_deleted_while_walking_is_left_out_and_the_rest_stands(wal_folder, monkeypatch):
+    storage, folder = wal_folder
+    storage.put("wal/0000000100000001/000000010000000100000000", b"y")
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path) == folder:  # deleted by retention after wal/ was read
+            for each in folder.iterdir():
+                each.unlink()
+            folder.rmdir()
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert [info.key for info in storage.list("wal/")] == ["wal/0000000100000001/000000010000000100000000"]
+
+
+def test_concurrent_deletes_never_empty_a_listing(tmp_path):
+    # Real files, really deleted by another thread while listings run: the object that
+    # stays must be in every listing.
+    root = tmp_path / "archive"
+    root.mkdir()
+    storage = LocalStorage(root)
+    storage.put("wal/0000000100000000/000000010000000000000001", b"stays")
+    folder = root / "wal" / "0000000100000000"
+    stop = threading.Event()
+
+    def churn() -> None:
+        number = 0
+        while not stop.is_set():
+            number += 1
+            path = folder / f"00000001000000000000{number % 200 + 2:04X}"
+            path.write_bytes(b"x")
+            path.unlink()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(3000):
+            keys = [info.key for info in storage.list_folder("wal/0000000100000000/").objects]
+            assert "wal/0000000100000000/000000010000000000000001" in keys
+    finally:
+        stop.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("listing", ["list", "list_folder"])
+def test_a_symbolic_link_to_nothing_is_a_fault_not_an_empty_folder(wal_folder, listing):
+    storage, folder = wal_folder
+    (folder / "000000010000000000000004").symlink_to(folder / "gone")
+    with pytest.raises(StorageError, match="symbolic link to nothing"):
+        if listing == "list":
+            list(storage.list("wal/"))
+        else:
+            storage.list_folder("wal/0000000100000000/")
+
+
+def test_an_entry_that_cannot_be_stated_is_a_fault(wal_folder):
+    storage, folder = wal_folder
+    (folder / "000000010000000000000004").symlink_to("000000010000000000000004")  # a loop: ELOOP
+    with pytest.raises(StorageError):
+        storage.list_folder("wal/0000000100000000/")
+    with pytest.raises(StorageError):
+        list(storage.list("wal/"))
+
+
+def test_a_missing_folder_is_empty_only_while_the_archive_is_there(tmp_path, monkeypatch):
+    root = tmp_path / "archive"
+    root.mkdir()
+    storage = LocalStorage(root)
+    assert storage.list_folder("wal/0000000100000000/") == ([], [])
+    assert list(storage.list("wal/0000000100000000/")) == []
+    real = os.scandir
+
+    def unmounted_meanwhile(path):
+        root.rmdir()  # the archive goes away after the lister checked it
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", unmounted_meanwhile)
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.list_folder("wal/0000000100000000/")
+
+
+# --- "already exists" only for what is durable -----------------------------------------
+
+
+@pytest.fixture
+def pushing(tmp_path):
+    root = tmp_path / "archive"
+    root.mkdir()
+    files = tmp_path / "pg_wal"
+    files.mkdir()
+    archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=2)))
+    (files / "000000010000000000000001").write_bytes(segment(1))
+    push(archive, files / "000000010000000000000001")  # archive.json and the folders exist
+    (files / "000000010000000000000002").write_bytes(segment(2))
+    return archive, files / "000000010000000000000002", root / "wal" / "0000000100000000"
+
+
+def test_a_push_whose_directory_fsync_keeps_failing_never_succeeds(pushing, monkeypatch):
+    archive, path, folder = pushing
+    fsyncs = Fsyncs(monkeypatch)
+    fsyncs.failing.add(folder)
+    # The first attempt links the object and fails to fsync its folder; the retries find
+    # it there, and must not take it for an identical, durable copy.
+    with pytest.raises(ArchiveUnavailable, match="Input/output error"):
+        push(archive, path)
+
+
+def test_a_push_retried_after_a_failed_directory_fsync_succeeds_once_it_is_durable(pushing, monkeypatch):
+    archive, path, folder = pushing
+    fsyncs = Fsyncs(monkeypatch)
+    fsyncs.failing.add(folder)
+    fsyncs.fail_once = True
+    assert "already archived with identical content" in push(archive, path)
+    assert fsyncs.synced(folder / path.name) and fsyncs.synced(folder)
+
+
+def test_a_concurrent_identical_push_waits_for_durability(pushing, monkeypatch):
+    archive, path, folder = pushing
+    fsyncs = Fsyncs(monkeypatch)
+    fsyncs.waits["first"] = threading.Event()
+    first = threading.Thread(target=push, args=(archive, path), name="first")
+    first.start()
+    try:
+        assert fsyncs.waiting.wait(10)  # the first pusher linked the object, not yet fsync'd its folder
+        assert not fsyncs.synced(folder)
+        assert "already archived with identical content" in push(archive, path)
+        # Exit 0 for the second pusher: only after it made the object durable itself.
+        assert fsyncs.synced(folder / path.name, threading.current_thread().name)
+        assert fsyncs.synced(folder, threading.current_thread().name)
+    finally:
+        fsyncs.waits["first"].set()
+        first.join()

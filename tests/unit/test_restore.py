@@ -284,9 +284,17 @@ def test_auto_conf_loses_old_recovery_settings_and_earlier_blocks_and_keeps_the_
         f"{recovery_conf.BLOCK_BEGIN}\n"
         "# written by a test\n"
         "restore_command = '/opt/pitrkit/bin/pitrkit --config /etc/pitrkit/pitrkit.toml wal-fetch %f %p'\n"
+        "recovery_target = ''\n"
+        "recovery_target_name = ''\n"
+        "recovery_target_xid = ''\n"
+        "recovery_target_time = ''\n"
         "recovery_target_lsn = '0/3000100'\n"
         "recovery_target_timeline = '2'\n"
         "recovery_target_action = 'pause'\n"
+        "recovery_target_inclusive = 'on'\n"
+        "recovery_min_apply_delay = '0'\n"
+        "archive_cleanup_command = ''\n"
+        "recovery_end_command = ''\n"
         f"{recovery_conf.BLOCK_END}\n"
     )
     # A second restore of a restored cluster's backup replaces the block, not adds one.
@@ -299,7 +307,76 @@ def test_time_targets_carry_their_offset_and_latest_has_no_target_or_action():
         action="promote")
     assert "recovery_target_time = '2026-11-23 14:41:37.123000+01:00'" in timed.lines()
     latest = recovery_conf.RecoverySettings(restore_command="x", timeline=3, action=None)
-    assert latest.lines() == ["restore_command = 'x'", "recovery_target_timeline = '3'"]
+    assert latest.lines()[:7] == ["restore_command = 'x'", "recovery_target = ''", "recovery_target_name = ''",
+                                  "recovery_target_xid = ''", "recovery_target_time = ''",
+                                  "recovery_target_lsn = ''", "recovery_target_timeline = '3'"]
+    assert "recovery_target_action = 'pause'" in latest.lines()  # PostgreSQL's default; unused without a target
+
+
+@pytest.mark.parametrize("target", ["time", "lsn"])
+def test_every_recovery_setting_is_set_once_and_the_unwanted_kinds_are_reset_before_the_target(target):
+    # PostgreSQL uses only the last setting of a name, so one in the block makes any in
+    # postgresql.conf or its includes void; and it refuses a second target kind as it
+    # assigns them in order, so the resets come first.
+    settings = recovery_conf.RecoverySettings(
+        restore_command="x", timeline=1, action="promote",
+        target_time=datetime.fromisoformat("2026-11-23T14:41:37+00:00") if target == "time" else None,
+        target_lsn=Lsn(0x3000100) if target == "lsn" else None)
+    names = [name for name, _ in settings.settings()]
+    assert len(names) == len(set(names))
+    assert set(names) >= {"recovery_target", "recovery_target_name", "recovery_target_xid", "recovery_target_time",
+                          "recovery_target_lsn", "recovery_target_timeline", "recovery_target_action",
+                          "recovery_target_inclusive", "recovery_min_apply_delay", "archive_cleanup_command",
+                          "recovery_end_command"}
+    values = dict(settings.settings())
+    wanted = names.index(f"recovery_target_{target}")
+    assert values[f"recovery_target_{target}"]
+    for kind in ("recovery_target", "recovery_target_name", "recovery_target_xid", "recovery_target_time",
+                 "recovery_target_lsn"):
+        if kind != f"recovery_target_{target}":
+            assert values[kind] == "" and names.index(kind) < wanted
+    assert (values["recovery_min_apply_delay"], values["archive_cleanup_command"], values["recovery_end_command"],
+            values["recovery_target_inclusive"]) == ("0", "", "", "on")
+
+
+def test_leftovers_are_the_recovery_settings_postgresql_would_have_used(tmp_path):
+    data = tmp_path / "data"
+    (data / "conf.d").mkdir(parents=True)
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (data / "postgresql.conf").write_text(
+        "shared_buffers = 128MB\n"
+        "recovery_target_time = '2020-01-01 00:00:00+00'   # from an old PITR\n"
+        "include_dir 'conf.d'\n"
+        f"include '{elsewhere}/standby.conf'\n"
+        "include_if_exists 'missing.conf'\n"
+        "recovery_target_inclusive = on\n"  # what pitrkit sets too: nothing overridden
+        "recovery_end_command = ''\n")  # empty: nothing overridden
+    (data / "conf.d" / "10-delay.conf").write_text("recovery_min_apply_delay = '1h'\n")
+    (data / "conf.d" / "20-later.conf").write_text("Recovery_Min_Apply_Delay = '2h'\n")  # the last one counts
+    (data / "conf.d" / "30-skipped.conf.bak").write_text("recovery_end_command = '/bin/false'\n")
+    (elsewhere / "standby.conf").write_text("archive_cleanup_command = 'pg_archivecleanup /srv/archive %r'\n"
+                                            "primary_conninfo = 'host=primary'\n")
+    (data / recovery_conf.AUTO_CONF).write_text("recovery_target_xid = '1234'\nwork_mem = '4MB'\n")
+    settings = recovery_conf.RecoverySettings(restore_command="x", target_lsn=Lsn(0x3000100), timeline=1,
+                                              action="promote")
+    assert [str(each) for each in recovery_conf.leftovers(data, settings)] == [
+        "recovery_target_time = '2020-01-01 00:00:00+00' from postgresql.conf",
+        f"recovery_min_apply_delay = '2h' from {Path('conf.d') / '20-later.conf'}",
+        f"archive_cleanup_command = 'pg_archivecleanup /srv/archive %r' from {elsewhere / 'standby.conf'}",
+        "recovery_target_xid = '1234' from postgresql.auto.conf",
+    ]
+    # The last setting wins: one set back to neutral later is no leftover.
+    (data / recovery_conf.AUTO_CONF).write_text("recovery_min_apply_delay = 0\n")
+    assert [each.name for each in recovery_conf.leftovers(data, settings)] == [
+        "recovery_target_time", "archive_cleanup_command"]
+
+
+def test_an_include_loop_ends_and_a_data_directory_without_postgresql_conf_has_no_leftovers(tmp_path):
+    (tmp_path / "postgresql.conf").write_text("include 'postgresql.conf'\nrecovery_target_name = 'x'\n")
+    settings = recovery_conf.RecoverySettings(restore_command="x", timeline=1, action=None)
+    assert [each.name for each in recovery_conf.leftovers(tmp_path, settings)] == ["recovery_target_name"]
+    assert recovery_conf.leftovers(tmp_path / "nothing", settings) == []
 
 
 def test_archive_mode_off_is_written_after_everything_it_overrides(tmp_path):

@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
+
 from pitrkit import __version__, catalog, inventory, lease, pgconf, pgstart, recovery_conf, server_config, unpack
 from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
@@ -82,12 +84,12 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
         write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
-        warn_about_code(target_dir)  # before pitrkit's own restore_command joins the files
         sockets = pgstart.socket_dir(target_dir, port) if port is not None and bindir is not None else None
         say(f"the restored copy's configuration (--config-files {args.config_files}):")
         server_config.write(target_dir, manifest.configuration,
                             server_config.Choices(args.config_files == "backup", port, sockets), say)
         settings = recovery_settings(plan, args.action, config_path, archiving=args.archive_mode == "preserve")
+        warn_about_code(target_dir, settings)  # before pitrkit's own restore_command joins the files
         leftovers = recovery_conf.leftovers(target_dir, settings)  # before write replaces the old auto.conf
         recovery_conf.write(target_dir, settings,
                             f"written by pitrkit {__version__} restore at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} "
@@ -269,8 +271,15 @@ def warn_about_archiving(target_dir: Path) -> None:
               file=sys.stderr)
 
 
-def warn_about_code(target_dir: Path) -> None:
+def warn_about_code(target_dir: Path, settings: recovery_conf.RecoverySettings) -> None:
+    """The code-running settings of the restored configuration that will take effect:
+    those pitrkit's block sets itself (archive_cleanup_command, recovery_end_command) never
+    run, and with archiving off neither do archive_command and archive_library."""
+    inert = {name for name, _ in settings.settings()}
+    if not settings.archiving:
+        inert |= {"archive_command", "archive_library"}
     found = pgconf.code_settings(pgconf.restored(target_dir))
+    found = msgspec.structs.replace(found, settings=[each for each in found.settings if each.name not in inert])
     lines = pgconf.describe(found) + [f"not checked: {note}" for note in found.notes]
     if lines:
         print("pitrkit: warning: " + "\n  ".join(lines), file=sys.stderr)

@@ -13,11 +13,8 @@ with pg_dropcluster; 15/main is never touched. A plain cluster started with
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from pitrkit import server_config
 
 import pgharness
+from debian_cluster import DEBIAN_MAJOR, DEBIAN_SOCKETS, DebianCluster, debian_install
 from pitr_workload import (
     archive_everything,
     archiving_primary,
@@ -52,9 +50,6 @@ from pitrkit_setup import PitrkitSetup
 
 pytestmark = pytest.mark.integration
 
-DEBIAN_MAJOR = 15
-DEBIAN_BINDIR = Path(f"/usr/lib/postgresql/{DEBIAN_MAJOR}/bin")
-DEBIAN_SOCKETS = Path("/var/run/postgresql")
 
 
 def config_lines(pgdata: Path) -> dict[str, list[str]]:
@@ -84,50 +79,11 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-class DebianCluster:
-    """A cluster of Debian's postgresql-common: pg_createcluster, pg_ctlcluster, pg_dropcluster
-    with PG_CLUSTER_CONF_ROOT under `root`; `sql` through a pgharness.Cluster on its socket."""
-
-    def __init__(self, install: pgharness.PgInstall, root: Path) -> None:
-        self.root = root
-        self.name = f"pitrkit-{os.getpid()}-{secrets.token_hex(3)}"
-        self.conf_root = pgharness.make_server_dir(root / "etc")
-        self.env = {**os.environ, "PG_CLUSTER_CONF_ROOT": str(self.conf_root)}
-        self.cluster = pgharness.Cluster(install, root)
-        self.cluster.socket_dir = DEBIAN_SOCKETS
-        self.etc = self.conf_root / str(DEBIAN_MAJOR) / self.name
-
-    def tool(self, *argv: str | Path) -> None:
-        done = subprocess.run([str(each) for each in argv], env=self.env, capture_output=True, text=True,
-                              timeout=120, check=False)
-        assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
-
-    def create(self) -> None:
-        # Local connections as trust: the test connects as root to the postgres role.
-        self.tool("pg_createcluster", str(DEBIAN_MAJOR), self.name, "-u", pgharness.server_user().name,
-                  "-d", self.cluster.pgdata, "-l", self.cluster.logfile, "-p", str(self.cluster.port),
-                  "--", "--auth-local=trust")
-
-    def start(self) -> None:
-        self.tool("pg_ctlcluster", str(DEBIAN_MAJOR), self.name, "start")
-
-    def drop(self) -> None:
-        subprocess.run(["pg_ctlcluster", str(DEBIAN_MAJOR), self.name, "stop", "-m", "immediate"], env=self.env,
-                       capture_output=True, timeout=120, check=False)
-        subprocess.run(["pg_dropcluster", str(DEBIAN_MAJOR), self.name], env=self.env, capture_output=True,
-                       timeout=120, check=False)
-
-
 @pytest.fixture
 def debian_cluster(pg_installs, harness_tmp: Path) -> Iterator[DebianCluster]:
-    install = next((each for each in pg_installs if each.bindir == DEBIAN_BINDIR), None)
-    if install is None or shutil.which("pg_createcluster") is None:
-        message = f"Debian's postgresql-common and postgresql-{DEBIAN_MAJOR} (apt-get install postgresql-15)"
-        if os.environ.get("CI"):
-            pytest.fail(f"required under CI: {message}", pytrace=False)
-        pytest.skip(f"needs {message}")
-    made = DebianCluster(install, pgharness.make_server_dir(Path(tempfile.mkdtemp(prefix="deb", dir=harness_tmp))))
-    made.create()
+    root = pgharness.make_server_dir(Path(tempfile.mkdtemp(prefix="deb", dir=harness_tmp)))
+    made = DebianCluster(debian_install(pg_installs), root)
+    made.create("--auth-local=trust")  # the test connects as root to the postgres role
     yield made
     print(f"===== {made.name} server log =====\n{made.cluster.log()}")
     made.drop()

@@ -1,6 +1,12 @@
 """One archive: its storage backend opened from the configuration, the key layout, the
 identity document `archive.json`, and the cipher `[encryption]` configures for it.
 
+`archive.json` is what makes a location an archive. `pitrkit init` creates it, and only
+`init` does: without it every command treats the archive as absent (`ArchiveMissing`),
+never as empty. An unmounted file system, a mistyped path or an empty bucket prefix
+answers "not found" for every key, and taking that for "nothing archived yet" would let
+`wal-fetch` end recovery early and `wal-push` store WAL where no restore will look.
+
 Every storage call made through `Archive` is bounded: the backend enforces a timeout per
 call and `Archive` retries a `StorageError` a configured number of times with
 exponential backoff and jitter, then raises `ArchiveUnavailable`. "Not found" and
@@ -25,7 +31,7 @@ from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError
 from pitrkit.plugins import Plugins
-from pitrkit.wal import PageHeader, WalFileKind, WalFileName
+from pitrkit.wal import WalFileKind, WalFileName
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,13 @@ Result = TypeVar("Result")
 
 class ArchiveUnavailable(PitrkitError):
     """Storage kept failing after every retry."""
+
+    exit_code = 1
+
+
+class ArchiveMissing(PitrkitError):
+    """The configured location holds no `archive.json`: a fault, never an empty archive
+    (wal-fetch exits 126 for it, see cli.outcome)."""
 
     exit_code = 1
 
@@ -141,12 +154,20 @@ class Archive:
 
     # -- identity ------------------------------------------------------------------------
 
-    def identity(self) -> ArchiveIdentity:
-        """`archive.json`; raises `ObjectNotFound` when the archive is new. It does not
-        change once written, but an archive can be wiped and re-created under a
-        long-lived agent, so a cached copy is re-read after `IDENTITY_TTL` seconds."""
-        if self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
-            data = self.get(IDENTITY_KEY)
+    def identity(self, *, fresh: bool = False) -> ArchiveIdentity:
+        """`archive.json`; raises `ArchiveMissing` when it is absent. It does not change
+        once written (but for a key rotation), so readers use a copy up to
+        `IDENTITY_TTL` seconds old. `fresh`: read it now, for an answer that must not
+        rest on a copy that may have outlived the file system it came from (every push,
+        every "not archived")."""
+        if fresh or self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
+            try:
+                data = self.get(IDENTITY_KEY)
+            except ObjectNotFound:
+                self._identity = None
+                raise ArchiveMissing(
+                    f"the archive {self.storage.url} has no {IDENTITY_KEY}: its storage is not mounted or not "
+                    "the archive's, or the archive was never created (`pitrkit init` creates it)") from None
             try:
                 self._identity = catalog.decode(data, ArchiveIdentity, f"{self.storage.url}/{IDENTITY_KEY}")
             except ValueError as exc:
@@ -154,14 +175,10 @@ class Archive:
             self._identity_read_at = time.monotonic()
         return self._identity
 
-    def claim(self, header: PageHeader) -> ArchiveIdentity:
-        """Create `archive.json` for the cluster that wrote `header`; if another writer
-        got there first, return what it wrote (the caller checks it matches)."""
-        return self.claim_for(header.system_identifier, header.segment_size, header.major)
-
-    def claim_for(self, system_identifier: int, segment_size: int, major: int) -> ArchiveIdentity:
-        """`claim`, from the cluster's facts rather than a page header (backup-push, when
-        the backup's encryption parameters must be recorded before its first part)."""
+    def create(self, system_identifier: int, segment_size: int, major: int) -> ArchiveIdentity | None:
+        """Create `archive.json` for the cluster with these facts (`pitrkit init`), with
+        the encryption parameters `[encryption]` asks for; None if one already exists
+        (another init got there first: the caller reads and checks it)."""
         encryption = None
         if self.config.encryption.mode != "off":
             cipher = self._make_cipher(None)
@@ -176,7 +193,7 @@ class Archive:
         try:
             self.put(IDENTITY_KEY, catalog.encode(identity))
         except ObjectExists:
-            return self.identity()
+            return None
         log.info("initialized archive %s for system identifier %d", self.storage.url, system_identifier)
         self._identity, self._identity_read_at = identity, time.monotonic()
         if encryption is not None:
@@ -194,10 +211,7 @@ class Archive:
         passphrases."""
         if self.config.encryption.mode == "off":
             return None
-        try:
-            recorded = self.identity().encryption
-        except ObjectNotFound:
-            recorded = None
+        recorded = self.identity().encryption
         with self._cipher_lock:
             if self._cipher is None or self._cipher[0] != recorded:
                 self._cipher = (recorded, self._make_cipher(recorded))
@@ -210,13 +224,7 @@ class Archive:
         key. A configuration that rotates (names the archive's current key as an old key)
         records its new key in `archive.json` first."""
         url = self.storage.url
-        try:
-            recorded = self.identity().encryption
-        except ObjectNotFound:
-            if self.config.encryption.mode == "off":
-                return None
-            raise RefusedError(f"the archive {url} has no archive.json yet: the first WAL segment pushed creates "
-                               "it with the encryption parameters; push a segment first") from None
+        recorded = self.identity().encryption
         if self.config.encryption.mode == "off":
             if recorded is not None:
                 raise RefusedError(f"the archive {url} is encrypted ({recorded.mode} mode), but [encryption] is "

@@ -35,7 +35,6 @@ from pitrkit.archive import Archive
 from pitrkit.catalog import BackupSummary, WalIndexEntry
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
-from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.progress import human_bytes
 from pitrkit.wal import Lsn, SegmentName
@@ -86,10 +85,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     """`wal` and `finished`: the archive as the caller has already read it (verify plans
     to every backup's stop point on one reading, and to that backup alone)."""
     if wal is None:
-        try:
-            wal = ArchivedWal(archive)
-        except ObjectNotFound:
-            raise PlanRefused(f"the archive {archive.storage.url} holds no WAL yet (it has no archive.json)") from None
+        wal = ArchivedWal(archive)  # no archive.json: ArchiveMissing, a fault rather than "no WAL"
     if finished is None:
         finished = inventory.backups(archive)
     if not finished:

@@ -16,6 +16,7 @@ another cluster, or an `archive.json` that does not decode, is refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ from pitrkit.archive import Archive, ArchiveMissing
 from pitrkit.catalog import ArchiveIdentity
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
+
+log = logging.getLogger(__name__)
 
 _CONTROLDATA_TIMEOUT = 60.0
 
@@ -51,7 +54,8 @@ def cluster_facts(config: Config) -> ClusterFacts:
         except ServerError as exc:
             if not postgres.pgdata:
                 raise
-            reached = f"pg_controldata on {postgres.pgdata} (the server did not answer: {exc})"
+            log.info("%s; reading pg_controldata instead", exc)
+            reached = f"pg_controldata on {postgres.pgdata} (the server did not answer)"
         else:
             return ClusterFacts(facts.system_identifier, facts.wal_segment_size, facts.major,
                                 "the server [postgres] conninfo reaches")

@@ -57,8 +57,8 @@ def archiving_primary(cluster_factory, setup: PitrkitSetup, **settings: object) 
         checkpoint_timeout="30s", **settings,
     )
     primary.env.update(setup.env)
+    setup.init(primary)  # before archiving starts, from pg_controldata
     primary.start()
-    setup.write_config(postgres=primary)
     primary.sql(
         "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);"
         "CREATE TABLE events (id bigint PRIMARY KEY, round int NOT NULL, payload text);"

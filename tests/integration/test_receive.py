@@ -111,6 +111,7 @@ def streaming_primary(cluster_factory, setup: PitrkitSetup, spool: Path, **setti
     primary = cluster_factory(archive_mode="off", checkpoint_timeout="30s", **settings)
     primary.env.update(setup.env)
     primary.start()
+    setup.init(primary)  # from the running server, over [postgres] conninfo
     return primary
 
 

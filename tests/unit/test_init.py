@@ -138,3 +138,15 @@ def test_the_daemon_refuses_without_init(tmp_path, capsys):
     config = configured(tmp_path, '[daemon]\nevery = "1h"\nlisten = ""\n')
     refused(capsys, config, "daemon")
     assert list((tmp_path / "archive").iterdir()) == []
+
+
+# --- the commands that read treat it as a fault, not as an empty archive -------------------
+
+
+@pytest.mark.parametrize("argv", [["restore-plan", "--latest"], ["wal-list"], ["retention", "apply", "--dry-run"]])
+def test_readers_fail_on_a_location_that_is_no_archive(tmp_path, capsys, argv):
+    """An unmounted archive must not plan "no WAL", list nothing or decide nothing."""
+    config = configured(tmp_path, "[retention]\nkeep_last = 1\n")
+    assert main(["--config", str(config), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no archive.json" in err, err

@@ -370,6 +370,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     log(f"initdb {cluster.pgdata} (PostgreSQL {install.version})")
     cluster.initdb()
     cluster.env = rig.env
+    run_as_server_user(rig.pitrkit_cmd("init"), timeout=120)  # the archive, before archiving starts
     # initdb() turns fsync off for throwaway test clusters; a benchmark runs as in
     # production. log_line_prefix: timestamps in the logs of the restored servers too.
     cluster.conf(fsync=True, archive_mode=True, archive_command=rig.archive_command(PITRKIT),

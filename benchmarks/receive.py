@@ -232,6 +232,8 @@ def build_rig(root: Path, venv: Path, rows: int) -> Rig:
                  log_line_prefix="%m [%p] ", log_timezone="UTC")
     cluster.start()
     cluster.sql("CREATE TABLE wal_load (id bigint, payload text)")
+    rig.write_config(synchronous=False)
+    pgharness.run_as_server_user([str(rig.pitrkit), "--config", str(rig.config), "init"], timeout=120)  # as a DBA does
     return rig
 
 

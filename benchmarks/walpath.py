@@ -21,8 +21,8 @@ It
      pgBackRest async and the pitrkit agent. --repeat rounds (3), each one measured
      pass of every variant in turn (round 1 after --warmup unmeasured passes), so that
      load from other work on the machine falls on all rows alike; the archive is
-     emptied before every pass (for pitrkit its wal/: archive.json, written by the first
-     push ever, stays, as in a real archive). Bench-venv agents left from an earlier
+     emptied before every pass (for pitrkit its wal/: archive.json, written once by
+     `pitrkit init`, stays, as in a real archive). Bench-venv agents left from an earlier
      run are stopped first; each agent variant's agent lives through its rounds and
      is stopped at the end;
   4. measures a cold first call (no agent running) for the agent configuration;
@@ -399,18 +399,20 @@ class Bench:
         config.parent.mkdir(parents=True, exist_ok=True)
         text = (f'[repository]\nurl = "file://{archive}"\n\n'
                 f'[compression]\nalgorithm = "zstd"\nlevel = 3\n\n'
-                f"[agent]\nenabled = {'true' if agent else 'false'}\n")
+                f"[agent]\nenabled = {'true' if agent else 'false'}\n\n"
+                # The cluster the segments come from (stopped): `init` reads pg_controldata.
+                f'[postgres]\npgdata = "{self.manifest["pgdata"]}"\nbindir = "{self.wb.PGBIN}"\n')
         config.write_text(text)
         os.chmod(config, 0o644)
         env = f"XDG_RUNTIME_DIR={shlex.quote(str(runtime))}"
         base = f"{env} {shlex.quote(str(self.pitrkit))} --config {shlex.quote(str(config))}"
+        if not (archive / "archive.json").exists():
+            self.pgu.run(f"{base} init", capture=True, cwd=str(self.D))  # as a DBA creates the archive
         setup = {"name": name, "archive": str(archive), "runtime_dir": str(runtime),
                  "config": str(config), "config_text": text, "agent": agent,
                  "push": f"{base} wal-push %p", "fetch": f"{base} wal-fetch %f %p",
-                 # Empty wal/ but keep archive.json, the identity the first push ever
-                 # writes, as in a real archive. (A running agent caches that identity:
-                 # wiping the whole directory under it leaves an archive without
-                 # archive.json, which, among other things, turns fetch look-ahead off.)
+                 # Empty wal/ but keep archive.json, which `init` wrote, as in a real
+                 # archive (without it every push is refused).
                  "reset": f"rm -rf {archive}/wal"}
         self.configs[name] = text
         self.pitrkit_setups[name] = setup

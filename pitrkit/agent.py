@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from pitrkit import entry
 from pitrkit.archive import Archive, wal_key
+from pitrkit.catalog import ArchiveIdentity
 from pitrkit.config import Config, load
 from pitrkit.errors import PitrkitError
 from pitrkit.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
@@ -233,18 +234,31 @@ class Agent:
 
 def _push(serving: _Serving, path: Path) -> str:
     archive = serving.archive
-    summary = _done_ahead(serving.pushes, path, file_stamp(path))
-    if summary is None or not _still_stored(archive, path):
+    ahead = _done_ahead(serving.pushes, path, file_stamp(path))
+    if ahead is None or not _still_stored(archive, path, ahead[1]):
         summary = push(archive, path)
+    else:
+        summary = ahead[0]
     with _beside_the_request(f"pushing ahead after {path.name}"):
         for ready in ready_after(path, archive.config.agent.lookahead):
-            serving.pushes.schedule(ready, file_stamp(ready), functools.partial(push, archive, ready))
+            serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
     return summary
 
 
-def _still_stored(archive: Archive, path: Path) -> bool:
-    """A push done ahead can be up to a minute old, and the archive may have been wiped
-    or the object removed since; PostgreSQL recycles the segment once we say 0."""
+def _push_ahead(archive: Archive, path: Path) -> tuple[str, ArchiveIdentity]:
+    """A push done ahead, and the archive.json it began with."""
+    identity = archive.identity(fresh=True)
+    return push(archive, path), identity
+
+
+def _still_stored(archive: Archive, path: Path, pushed_into: ArchiveIdentity) -> bool:
+    """A push done ahead can be up to a minute old, and the archive may have been wiped,
+    re-created, unmounted or swapped for another since, or the object removed;
+    PostgreSQL recycles the segment once we say 0. So archive.json is read again (gone:
+    ArchiveMissing, the push is refused) and must be the one the push went into, and
+    the object must be there."""
+    if archive.identity(fresh=True) != pushed_into:
+        return False
     try:
         archive.stat(wal_key(WalFileName.parse(path.name)))
     except ObjectNotFound:
@@ -263,7 +277,7 @@ def _fetch(serving: _Serving, name: str, destination: Path) -> str:
         with _beside_the_request(f"reading ahead after {name}"):
             try:
                 segment_size = archive.identity().wal_segment_size
-            except (ObjectNotFound, PitrkitError):
+            except PitrkitError:
                 return summary
             if directory not in serving.spool_directories:
                 serving.spool_directories.add(directory)

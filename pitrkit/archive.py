@@ -3,11 +3,17 @@ identity document `archive.json`, the cipher `[encryption]` configures for it, a
 reading and writing of the archive's JSON documents, authenticated under that cipher's
 keys when encryption is on (see catalog.py for the envelope).
 
+`archive.json` is what makes a location an archive. `pitrkit init` creates it, and only
+`init` does: without it every command treats the archive as absent (`ArchiveMissing`),
+never as empty. An unmounted file system, a mistyped path or an empty bucket prefix
+answers "not found" for every key, and taking that for "nothing archived yet" would let
+`wal-fetch` end recovery early and `wal-push` store WAL where no restore will look.
+
 Every storage call made through `Archive` is bounded: the backend enforces a timeout per
 call and `Archive` retries a `StorageError` a configured number of times with
 exponential backoff and jitter, then raises `ArchiveUnavailable`. "Not found" and
 "already exists" are answers, not faults, and are never retried; nor is an archive that
-does not exist at all (`ArchiveMissing`), which no retry can make appear.
+does not exist at all (`StorageMissing`), which no retry can make appear.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from pitrkit.catalog import ArchiveIdentity, Document
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import (
-    ArchiveMissing,
     Cipher,
     DocumentAuthenticator,
     Folder,
@@ -35,9 +40,10 @@ from pitrkit.hookspecs import (
     ObjectInfo,
     ObjectNotFound,
     StorageError,
+    StorageMissing,
 )
 from pitrkit.plugins import Plugins
-from pitrkit.wal import PageHeader, WalFileKind, WalFileName
+from pitrkit.wal import WalFileKind, WalFileName
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,13 @@ class TamperedDocument(RefusedError):
         super().__init__(f"{key} does not authenticate: {why}; refusing it (altered, or not written with this "
                          "archive's keys: see docs/encryption.md)")
         self.key = key
+
+
+class ArchiveMissing(PitrkitError):
+    """The configured location holds no `archive.json`: a fault, never an empty archive
+    (wal-fetch exits 126 for it, see cli.outcome)."""
+
+    exit_code = 1
 
 
 def wal_key(file: WalFileName) -> str:
@@ -136,7 +149,7 @@ class Archive:
         for attempt in range(self._retries + 1):
             try:
                 return call()
-            except ArchiveMissing as exc:
+            except StorageMissing as exc:
                 raise ArchiveUnavailable(f"{what} failed: {exc}") from None
             except StorageError as exc:
                 if attempt == self._retries:
@@ -207,14 +220,22 @@ class Archive:
 
     # -- identity ------------------------------------------------------------------------
 
-    def identity(self) -> ArchiveIdentity:
-        """`archive.json`; raises `ObjectNotFound` when the archive is new. It does not
-        change once written, but an archive can be wiped and re-created under a
-        long-lived agent, so a cached copy is re-read after `IDENTITY_TTL` seconds.
-        With encryption on it is authenticated, by the key its own parameters derive
-        (a passphrase's salt): a changed salt derives another key, which then fails."""
-        if self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
-            data = self.get(IDENTITY_KEY)
+    def identity(self, *, fresh: bool = False) -> ArchiveIdentity:
+        """`archive.json`; raises `ArchiveMissing` when it is absent. It does not change
+        once written (but for a key rotation), so readers use a copy up to
+        `IDENTITY_TTL` seconds old. `fresh`: read it now, for an answer that must not
+        rest on a copy that may have outlived the file system it came from (every push,
+        every "not archived"). With encryption on it is authenticated, by the key its own
+        parameters derive (a passphrase's salt): a changed salt derives another key, which
+        then fails; unchanged bytes are not verified again."""
+        if fresh or self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
+            try:
+                data = self.get(IDENTITY_KEY)
+            except ObjectNotFound:
+                self._identity = None
+                raise ArchiveMissing(
+                    f"the archive {self.storage.url} has no {IDENTITY_KEY}: its storage is not mounted or not "
+                    "the archive's, or the archive was never created (`pitrkit init` creates it)") from None
             if self._identity is None or data != self._identity_bytes:
                 self._identity = self._verified_identity(data)
                 self._identity_bytes = data
@@ -249,14 +270,10 @@ class Archive:
         self.put(IDENTITY_KEY, data, overwrite=overwrite)
         self._identity, self._identity_bytes, self._identity_read_at = identity, data, time.monotonic()
 
-    def claim(self, header: PageHeader) -> ArchiveIdentity:
-        """Create `archive.json` for the cluster that wrote `header`; if another writer
-        got there first, return what it wrote (the caller checks it matches)."""
-        return self.claim_for(header.system_identifier, header.segment_size, header.major)
-
-    def claim_for(self, system_identifier: int, segment_size: int, major: int) -> ArchiveIdentity:
-        """`claim`, from the cluster's facts rather than a page header (backup-push, when
-        the backup's encryption parameters must be recorded before its first part)."""
+    def create(self, system_identifier: int, segment_size: int, major: int) -> ArchiveIdentity | None:
+        """Create `archive.json` for the cluster with these facts (`pitrkit init`), with
+        the encryption parameters `[encryption]` asks for; None if one already exists
+        (another init got there first: the caller reads and checks it)."""
         encryption = None
         cipher = None
         if self.config.encryption.mode != "off":
@@ -272,7 +289,7 @@ class Archive:
         try:
             self._store_identity(identity, cipher, overwrite=False)
         except ObjectExists:
-            return self.identity()
+            return None
         log.info("initialized archive %s for system identifier %d", self.storage.url, system_identifier)
         if cipher is not None:
             self._cipher = (encryption, cipher)
@@ -287,11 +304,7 @@ class Archive:
         once: it may read key files, run a passphrase command, stretch passphrases."""
         if self.config.encryption.mode == "off":
             return None
-        try:
-            recorded = self.identity().encryption
-        except ObjectNotFound:
-            recorded = None
-        return self._cipher_for(recorded)
+        return self._cipher_for(self.identity().encryption)
 
     def _cipher_for(self, recorded: catalog.EncryptionParameters | None) -> Cipher:
         with self._cipher_lock:
@@ -306,13 +319,7 @@ class Archive:
         key. A configuration that rotates (names the archive's current key as an old key)
         records its new key in `archive.json` first."""
         url = self.storage.url
-        try:
-            recorded = self.identity().encryption
-        except ObjectNotFound:
-            if self.config.encryption.mode == "off":
-                return None
-            raise RefusedError(f"the archive {url} has no archive.json yet: the first WAL segment pushed creates "
-                               "it with the encryption parameters; push a segment first") from None
+        recorded = self.identity().encryption
         if self.config.encryption.mode == "off":
             if recorded is not None:
                 raise RefusedError(f"the archive {url} is encrypted ({recorded.mode} mode), but [encryption] is "

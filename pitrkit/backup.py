@@ -387,13 +387,6 @@ def _check_identity(identity: ArchiveIdentity, facts: ServerFacts, url: str) -> 
                            f"this server writes {facts.wal_segment_size}-byte ones")
 
 
-def _archive_identity(archive: Archive) -> ArchiveIdentity | None:
-    try:
-        return archive.identity()
-    except ObjectNotFound:
-        return None  # nothing archived yet: checked once the backup's WAL is there
-
-
 def _new_backup_id(archive: Archive, server: ServerSession) -> tuple[str, datetime]:
     """The UTC second the backup starts, by the server's clock, as `YYYYMMDDTHHMMSSZ`.
     If that id is taken (a backup started in the same second, or an interrupted one
@@ -455,15 +448,11 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
     """Back up the cluster and store its manifest; returns the manifest."""
     pgdata = _configured_pgdata(config)
     with ServerSession(config.postgres.conninfo) as server:
+        # `pitrkit init` creates the archive: without its archive.json there is none here.
+        identity = archive.identity()
         facts = server.facts()
         _check_server(facts, pgdata, server.slot_active(config.receive.slot))
-        identity = _archive_identity(archive)
-        if identity is None and config.encryption.mode != "off":
-            # An encrypted part needs the archive's encryption parameters (a passphrase's
-            # salt), and they live in archive.json: create it now, not at the first segment.
-            identity = archive.claim_for(facts.system_identifier, facts.wal_segment_size, facts.major)
-        if identity is not None:
-            _check_identity(identity, facts, archive.storage.url)
+        _check_identity(identity, facts, archive.storage.url)
         # A compression setting the plugin rejects is refused before the backup starts.
         compression = config.compression
         compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
@@ -501,14 +490,6 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
         log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
         wait_for_wal(archive, server, _segments(first, last), config.backup.wal_timeout, backup_id)
-
-    if identity is None:
-        try:
-            identity = archive.identity()
-        except ObjectNotFound:
-            raise PitrkitError(f"the archive {archive.storage.url} holds the backup's WAL but no archive.json: "
-                               "is archive_command storing into another archive?") from None
-        _check_identity(identity, facts, archive.storage.url)
 
     summary = BackupSummary(
         backup_id=backup_id,

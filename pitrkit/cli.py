@@ -27,6 +27,7 @@ FETCH_FAULT = 126
 INTERNAL_ERROR = 70
 
 _COMMAND_MODULES = {
+    "init": "pitrkit.init",
     "backup-push": "pitrkit.backup",
     "backup-list": "pitrkit.inventory",
     "wal-list": "pitrkit.inventory",
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     parser.add_argument("--version", action="version", version=f"pitrkit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+
+    commands.add_parser("init", help="create the archive (archive.json) for the cluster in [postgres], before "
+                        "anything is archived; safe to run again")
 
     push = commands.add_parser("wal-push", help="archive one WAL file (archive_command = '... wal-push %%p')")
     push.add_argument("path", type=Path, help="the WAL file, as PostgreSQL's %%p")

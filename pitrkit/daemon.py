@@ -532,5 +532,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen:
         raise ConfigError("[daemon] has nothing to run: set every or cron (scheduled backups), [receive] spool "
                            "(the streaming sidecar) or listen (the status page)")
+    # Every part of the service serves one archive, which `pitrkit init` creates.
+    Archive(config).identity()
     events.log_to_stderr(args.verbose)
     return Daemon(config, config_path, args.verbose, stop).run()

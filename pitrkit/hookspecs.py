@@ -30,7 +30,7 @@ class StorageError(Exception):
     number of times, then give up; it never means "the object is absent"."""
 
 
-class ArchiveMissing(StorageError):
+class StorageMissing(StorageError):
     """The archive's container itself does not exist (a directory that is not there, a
     bucket never created): a fault, never "not found", but one that retrying cannot
     cure, so pitrkit reports it at once instead of after every retry."""

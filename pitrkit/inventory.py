@@ -574,10 +574,7 @@ def on_path(path: list[TimelineStep], backup: BackupSummary) -> bool:
 def refresh(archive: Archive) -> list[str]:
     """Index the sealed WAL folders that have no index yet; returns the keys written.
     Cheap: two one-level listings, then one listing per folder sealed since last time."""
-    try:
-        wal = ArchivedWal(archive)
-    except ObjectNotFound:
-        return []  # no archive.json: no WAL yet
+    wal = ArchivedWal(archive)
     written = []
     for timeline, numbers in wal.logs.items():
         for log_number in numbers[:-1]:
@@ -616,10 +613,7 @@ def _rebuild(archive: Archive) -> list[str]:
         line += f" (left out, no manifest: {', '.join(unfinished)})"
     report.append(line)
 
-    try:
-        wal = ArchivedWal(archive)
-    except ObjectNotFound:
-        return report  # no archive.json: no WAL yet
+    wal = ArchivedWal(archive)
     wanted = set()
     for timeline, numbers in sorted(wal.logs.items()):
         for log_number in numbers[:-1]:
@@ -681,10 +675,7 @@ class _BackupSpan(NamedTuple):
 
 def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]:
     """A row per segment and history file, oldest first per timeline."""
-    try:
-        wal = ArchivedWal(archive)
-    except ObjectNotFound:
-        return []
+    wal = ArchivedWal(archive)
     finished = backups(archive)
     rows: list[WalRow] = []
     for timeline in wal.timelines:

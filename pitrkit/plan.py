@@ -92,10 +92,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     """`wal` and `finished`: the archive as the caller has already read it (verify plans
     to every backup's stop point on one reading, and to that backup alone)."""
     if wal is None:
-        try:
-            wal = ArchivedWal(archive)
-        except ObjectNotFound:
-            raise PlanRefused(f"the archive {archive.storage.url} holds no WAL yet (it has no archive.json)") from None
+        wal = ArchivedWal(archive)  # no archive.json: ArchiveMissing, a fault rather than "no WAL"
     if finished is None:
         finished = inventory.backups(archive)
     if not finished:

@@ -1,8 +1,9 @@
 """`pitrkit wal-push PATH`: PostgreSQL's archive_command.
 
 Exit 0 means the file is durable in the archive. Before storing, the file is checked:
-a segment must be valid WAL whose page address matches its name and whose system
-identifier matches the archive's; a history or backup file must parse. An identical
+the archive must exist (its `archive.json`, which `pitrkit init` creates, is read again
+for every push); a segment must be valid WAL whose page address matches its name and
+whose system identifier matches the archive's; a history or backup file must parse. An identical
 object under the same name is success (PostgreSQL re-runs archive_command after a crash
 between storing and marking `.done`); different content under that name is refused and
 the stored object is never replaced.
@@ -23,7 +24,7 @@ from pathlib import Path
 from pitrkit import objects
 from pitrkit.archive import Archive, wal_key
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
-from pitrkit.hookspecs import ObjectExists, ObjectNotFound
+from pitrkit.hookspecs import ObjectExists
 from pitrkit.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 
 log = logging.getLogger(__name__)
@@ -119,15 +120,14 @@ def _read(path: Path) -> bytes:
 
 
 def _validate(archive: Archive, file: WalFileName, data: bytes) -> None:
+    # Read afresh, never a copy a long-lived agent holds: a file system swapped or
+    # unmounted since must refuse this push (ArchiveMissing), not receive it.
+    identity = archive.identity(fresh=True)
     if file.has_page_header:
         try:
             page = validate_segment(file, data)
         except InvalidSegment as exc:
             raise RefusedError(f"refusing {file.name}: {exc}") from None
-        try:
-            identity = archive.identity()
-        except ObjectNotFound:
-            identity = archive.claim(page)
         if page.system_identifier != identity.system_identifier:
             raise RefusedError(
                 f"refusing {file.name}: it belongs to the cluster with system identifier "

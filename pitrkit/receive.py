@@ -594,9 +594,11 @@ def _lock_spool(spool: Path) -> int:
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     spool = _spool_directory(config.receive.spool)
     pg_receivewal = _pg_receivewal(config.postgres.bindir)
+    archive = Archive(config)
+    archive.identity()  # no archive.json: not an archive, nothing to stream into (`pitrkit init`)
     lock = _lock_spool(spool)
     events.log_to_stderr(args.verbose)
-    receiver = Receiver(config, Archive(config), spool, pg_receivewal)
+    receiver = Receiver(config, archive, spool, pg_receivewal)
     signal.signal(signal.SIGTERM, receiver.stop)
     signal.signal(signal.SIGINT, receiver.stop)
     try:

@@ -59,7 +59,7 @@ from pitrkit.archive import (
 from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
-from pitrkit.hookspecs import ObjectInfo, ObjectNotFound
+from pitrkit.hookspecs import ObjectInfo
 from pitrkit.inventory import ArchivedWal, TimelineStep, show_time
 from pitrkit.progress import human_bytes, human_count
 from pitrkit.wal import SegmentName
@@ -124,13 +124,11 @@ class _Stored:
         self.finished = survey.finished
         self.unfinished = survey.unfinished
         self.interrupted = survey.deleting
-        self.wal: ArchivedWal | None = None
         self.wal_folders: dict[tuple[int, int], list[ObjectInfo]] = {}
         self._backup_objects: dict[str, list[ObjectInfo]] = {}
-        try:
-            self.wal = ArchivedWal(archive)
-        except ObjectNotFound:
-            return  # no archive.json: no WAL either
+        # No archive.json: ArchiveMissing. An archive that is not there is not an empty
+        # one, and retention has nothing to decide on it.
+        self.wal = ArchivedWal(archive)
         for timeline, numbers in sorted(self.wal.logs.items()):
             for log_number in numbers:
                 self.wal_folders[(timeline, log_number)] = archive.list_folder(log_folder(timeline, log_number)).objects
@@ -237,7 +235,7 @@ def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str
     """Per WAL folder, the files no kept backup's replay reads (policy.wal_to_keep), and
     those of abandoned timelines once they are older than every kept backup."""
     wal = stored.wal
-    if wal is None or not keepers:
+    if not keepers:
         return []  # no backup at all: nothing says which WAL is worth keeping, so all of it is
     paths: dict[int, list[TimelineStep]] = {}
     for timeline in wal.timelines:
@@ -359,7 +357,6 @@ def _apply(archive: Archive, rules: policy.RetentionPolicy, grace: timedelta, no
         _remove_backup(archive, backup_id)
     held.check()
     for removal in decision.wal:
-        assert stored.wal is not None  # WAL to remove was found in it
         _remove_wal(archive, removal, stored.wal.is_sealed(removal.timeline, removal.log_number))
     for expired in leases.expired:
         _remove_if_lapsed(archive, expired, now, storage_now)

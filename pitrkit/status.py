@@ -36,11 +36,10 @@ from typing import Literal
 import msgspec
 
 from pitrkit import catalog, inventory
-from pitrkit.archive import Archive
+from pitrkit.archive import Archive, ArchiveMissing
 from pitrkit.catalog import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
-from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.progress import human_bytes, human_count, human_seconds
@@ -214,8 +213,8 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     finished, unfinished = survey.finished, survey.unfinished
     try:
         wal: ArchivedWal | None = _PartialsReadOnce(archive)
-    except ObjectNotFound:
-        wal = None  # no archive.json: nothing was ever archived
+    except ArchiveMissing:
+        wal = None  # reported as no WAL, a FAIL: not mounted, or never created
     newest = finished[-1] if finished else None
     last_backup = None if newest is None else _last_backup(newest, now)
     archiver = archiver or _archiver(config)

@@ -49,6 +49,7 @@ from pitrkit.archive import (
     IDENTITY_KEY,
     WAL_PREFIX,
     Archive,
+    ArchiveMissing,
     ArchiveUnavailable,
     TamperedDocument,
     backup_prefix,
@@ -484,7 +485,7 @@ def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFo
 def _identity(archive: Archive) -> tuple[ArchiveIdentity | None, list[Finding]]:
     try:
         return archive.identity(), []
-    except ObjectNotFound:
+    except ArchiveMissing:
         return None, []
     except ArchiveUnavailable:
         raise  # a storage fault, not a finding: verify cannot go on
@@ -556,6 +557,10 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
             findings.append(Finding(severity="error", key=IDENTITY_KEY,
                                     problem="missing: the archive holds backups or WAL, but not the document naming "
                                             "its cluster; nothing in it can be restored"))
+        else:
+            findings.append(Finding(severity="error", key=IDENTITY_KEY,
+                                    problem="missing: there is no archive here (its storage is not mounted, or "
+                                            "`pitrkit init` never created it)"))
     if not finished and (folders or timelines):
         findings.append(Finding(severity="warning", key=BACKUPS_PREFIX,
                                 problem="no finished backup: nothing in the archive is restorable yet"))

@@ -57,8 +57,8 @@ def archiving_primary(cluster_factory, setup: PitrkitSetup, **settings: object) 
         checkpoint_timeout="30s", **settings,
     )
     primary.env.update(setup.env)
+    setup.init(primary)  # before archiving starts, from pg_controldata
     primary.start()
-    setup.write_config(postgres=primary)
     create_tables(primary)
     return primary
 

@@ -29,6 +29,11 @@ class PitrkitSetup:
     key_file: Path | None = None
     # Otherwise, the body of an [encryption] section to write (recipient mode).
     encryption: str | None = None
+    # What the configuration says; write_config changes only what it is given.
+    agent: bool = True
+    compression: str = "zstd"
+    retries: int = 1
+    postgres: pgharness.Cluster | None = None
 
     @classmethod
     def create(cls, runnable: pgharness.RunnableInstall, directory: Path, agent: bool = True,
@@ -42,17 +47,22 @@ class PitrkitSetup:
         setup.write_config(agent=agent, compression=compression)
         return setup
 
-    def write_config(self, agent: bool = True, compression: str = "zstd", retries: int = 1,
+    def write_config(self, agent: bool | None = None, compression: str | None = None, retries: int | None = None,
                      postgres: pgharness.Cluster | None = None) -> None:
-        """Write the configuration; with `postgres`, a [postgres] section naming that
-        cluster (for backup-push), reached over its unix socket as the superuser."""
+        """Write the configuration, changing what is given and keeping the rest; with
+        `postgres`, a [postgres] section naming that cluster (for init and backup-push),
+        reached over its unix socket as the superuser."""
+        self.agent = self.agent if agent is None else agent
+        self.compression = compression or self.compression
+        self.retries = self.retries if retries is None else retries
+        self.postgres = postgres or self.postgres
         text = (
-            f'[repository]\nurl = "{self.url}"\nretries = {retries}\ntimeout = 10\n'
-            f'[compression]\nalgorithm = "{compression}"\n'
+            f'[repository]\nurl = "{self.url}"\nretries = {self.retries}\ntimeout = 10\n'
+            f'[compression]\nalgorithm = "{self.compression}"\n'
             # A short idle timeout: agents of finished tests go away by themselves.
-            f"[agent]\nenabled = {'true' if agent else 'false'}\nidle_timeout = 5\n"
+            f"[agent]\nenabled = {'true' if self.agent else 'false'}\nidle_timeout = 5\n"
         )
-        if postgres is not None:
+        if (postgres := self.postgres) is not None:
             conninfo = (f"host={postgres.socket_dir} port={postgres.port} "
                         f"user={pgharness.SUPERUSER} dbname=postgres")
             text += (f'[postgres]\npgdata = "{postgres.pgdata}"\nbindir = "{postgres.install.bindir}"\n'
@@ -63,6 +73,33 @@ class PitrkitSetup:
             text += f"[encryption]\n{self.encryption}"
         self.config.write_text(text)
         pgharness.give_to_server_user(self.config)
+
+    def init(self, cluster: pgharness.Cluster) -> str:
+        """Create the archive for `cluster` as a DBA does before archiving starts: name it
+        in [postgres], then `pitrkit init` as the server user (the facts come from the
+        server if it runs, else from pg_controldata). Returns what init printed."""
+        self.write_config(postgres=cluster)
+        done = self.run("init")
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def init_for_synthetic_wal(self, system_identifier: int, segment_size: int, major: int = 15) -> None:
+        """archive.json for tests whose WAL is made up (tests/unit/segments.py), so that
+        no cluster exists to run `pitrkit init` on: init's own code, with the facts those
+        segments carry (as root, the archive's owner gets the file, as with backup-push)."""
+        from pitrkit.archive import Archive
+        from pitrkit.config import load
+        from pitrkit.init import ClusterFacts, initialise
+
+        initialise(Archive(load(self.config)), ClusterFacts(system_identifier, segment_size, major, "the test"))
+
+    def unmount(self) -> Path:
+        """Move the archive aside and leave an empty directory at its path: a mount point
+        whose file system went away (or never mounted). Returns where the archive is."""
+        moved = self.archive.with_name(self.archive.name + ".unmounted")
+        self.archive.rename(moved)
+        pgharness.make_server_dir(self.archive, mode=0o700)
+        return moved
 
     def encrypt_with_a_new_key(self) -> None:
         """`pitrkit keygen` a key file beside the configuration, as the server user, and

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pitrkit.hookspecs import ArchiveMissing, Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
+from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, StorageMissing, hookimpl
 
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
@@ -69,8 +69,8 @@ class LocalStorage:
             return ObjectNotFound(key)
         return self._no_root()
 
-    def _no_root(self) -> ArchiveMissing:
-        return ArchiveMissing(f"archive directory {self.root} does not exist: create it, owned by the OS user "
+    def _no_root(self) -> StorageMissing:
+        return StorageMissing(f"archive directory {self.root} does not exist: create it, owned by the OS user "
                               "PostgreSQL runs as, mode 0700 (or correct [repository] url; or mount its file system)")
 
     # -- operations --------------------------------------------------------------------

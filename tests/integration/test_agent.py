@@ -16,13 +16,19 @@ from pathlib import Path
 import pytest
 
 from pitrkit import entry, objects
-from tests.unit.segments import segment
+from tests.unit.segments import SYSID, segment
 
 import pgharness
 
 pytestmark = pytest.mark.integration
 
 SEGMENT_SIZE = 16 << 20
+
+
+@pytest.fixture(autouse=True)
+def initialised(pitrkit_setup):
+    """The archive, created for the cluster tests/unit/segments.py's WAL comes from."""
+    pitrkit_setup.init_for_synthetic_wal(SYSID, SEGMENT_SIZE)
 
 
 @pytest.fixture
@@ -244,6 +250,55 @@ def test_object_removed_after_push_ahead_is_pushed_again(pitrkit_setup, pg_wal):
     stored.unlink()  # e.g. the archive was wiped after the push ahead
     push(pitrkit_setup, pg_wal, names[2])  # exit 0 must mean: it is in the archive now
     assert stored.exists()
+
+
+@pytest.mark.parametrize("swap", ["unmounted", "another archive"])
+def test_a_push_done_ahead_is_not_trusted_once_the_archive_is_swapped(pitrkit_setup, pg_wal, swap):
+    """Segment 3 was pushed ahead; then the archive's file system went away (an empty
+    mount point) or another archive was mounted in its place, one that happens to hold
+    a segment 3 (another cluster's: names repeat across clusters). Exit 0 would let
+    PostgreSQL recycle a segment that is in no archive of this cluster."""
+    names = [write_segment(pg_wal, segno) for segno in range(1, 4)]
+    for name in names:
+        mark_ready(pg_wal, name)
+    push(pitrkit_setup, pg_wal, names[0])
+    agent = started_agent(pitrkit_setup)
+    push(pitrkit_setup, pg_wal, names[1])
+    pgharness.wait_for(pitrkit_setup.stored(names[2]).exists, 30, what="push ahead")
+
+    moved = pitrkit_setup.unmount()
+    if swap == "another archive":
+        pitrkit_setup.init_for_synthetic_wal(SYSID + 1, SEGMENT_SIZE)
+        stored = pitrkit_setup.stored(names[2])
+        pgharness.make_server_dir(stored.parent.parent)
+        pgharness.make_server_dir(stored.parent)
+        stored.write_bytes((moved / stored.relative_to(pitrkit_setup.archive)).read_bytes())
+        pgharness.give_to_server_user(stored)
+    result = run(pitrkit_setup, "wal-push", names[2], cwd=pg_wal)
+    assert result.returncode == 1, result.stderr
+    assert ("pitrkit init" if swap == "unmounted" else str(SYSID + 1)) in result.stderr
+    assert pitrkit_setup.agent_pids() == [agent]  # the agent answered, and lives on
+
+
+def test_the_agent_answers_for_the_archive_as_it_is_now(pitrkit_setup, pg_wal):
+    """The agent read archive.json a moment ago; the archive's file system then went
+    away. A push must be refused (not stored on the empty mount point) and a fetch must
+    be a fault (exit 126, not "not archived", which would end recovery early)."""
+    first, second = write_segment(pg_wal, 1), write_segment(pg_wal, 2)
+    push(pitrkit_setup, pg_wal, first)
+    agent = started_agent(pitrkit_setup)
+    destination = pgharness.make_server_dir(pg_wal.parent / "restore")
+    fetched = run(pitrkit_setup, "wal-fetch", first, str(destination / "RECOVERYXLOG"), cwd=destination)
+    assert fetched.returncode == 0, fetched.stderr
+
+    pitrkit_setup.unmount()
+    pushed = run(pitrkit_setup, "wal-push", second, cwd=pg_wal)
+    assert pushed.returncode == 1 and "pitrkit init" in pushed.stderr, pushed.stderr
+    assert list(pitrkit_setup.archive.iterdir()) == []
+    for name in (first, second, "00000002.history"):
+        fetched = run(pitrkit_setup, "wal-fetch", name, str(destination / "RECOVERYXLOG"), cwd=destination)
+        assert fetched.returncode >= 126 and "archive.json" in fetched.stderr, fetched.stderr
+    assert pitrkit_setup.agent_pids() == [agent]
 
 
 def archived_through_an_agent(setup, pg_wal: Path, count: int) -> tuple[list[str], int, Path]:

@@ -33,9 +33,8 @@ BASEBACKUP_ONLY = {"backup_label", "backup_manifest", "tablespace_map"}
 def archiving_primary(cluster, setup, **settings) -> pgharness.Cluster:
     primary = cluster(archive_mode="on", archive_command=setup.archive_command, **settings)
     primary.env.update(setup.env)
-    primary.start()
-    setup.write_config(postgres=primary)
-    return primary
+    setup.init(primary)
+    return primary.start()
 
 
 def add_config(setup, text: str) -> None:
@@ -207,12 +206,26 @@ def test_label_and_plain_output(cluster, pitrkit_setup):
 
 def test_refuses_without_archive_mode(cluster, pitrkit_setup):
     primary = cluster(archive_mode="off").start()
-    pitrkit_setup.write_config(postgres=primary)
+    pitrkit_setup.init(primary)
 
     result = pitrkit_setup.run("backup-push")
     assert result.returncode != 0
     assert "archive_mode is off" in one_line(result.stderr)
     assert not (pitrkit_setup.archive / "backups").exists()
+
+
+def test_refuses_an_archive_that_was_never_initialised(cluster, pitrkit_setup):
+    """It used to create archive.json itself (with [encryption]) or leave it to the
+    first segment: an unmounted archive directory became a new archive."""
+    primary = cluster(archive_mode="on", archive_command=pitrkit_setup.archive_command).start()
+    pitrkit_setup.write_config(postgres=primary)
+    primary.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+
+    result = pitrkit_setup.run("backup-push")
+    assert result.returncode == 1
+    message = one_line(result.stderr)
+    assert "has no archive.json" in message and "pitrkit init" in message
+    assert list(pitrkit_setup.archive.iterdir()) == []
 
 
 def test_refuses_a_pgdata_that_is_not_the_servers(cluster, pitrkit_setup):
@@ -229,7 +242,7 @@ def test_refuses_a_pgdata_that_is_not_the_servers(cluster, pitrkit_setup):
 
 def test_wal_that_never_reaches_the_archive_leaves_no_manifest(cluster, pitrkit_setup):
     primary = cluster(archive_mode="on", archive_command="false").start()
-    pitrkit_setup.write_config(postgres=primary)
+    pitrkit_setup.init(primary)
     add_config(pitrkit_setup, "[backup]\nwal_timeout = 2\n")
     primary.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
 

@@ -29,6 +29,8 @@ def assert_demo_succeeded(result: subprocess.CompletedProcess[str], workdir: Pat
     assert "pitrkit:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     out = result.stdout
     assert re.search(r"^9\. Stop both servers and remove everything$", out, re.MULTILINE), out
+    assert re.search(r"^   created the archive file://\S+ \(archive\.json\) for the cluster with system identifier "
+                     r"\d+: PostgreSQL \d+, 16 MiB WAL segments; read from pg_controldata on ", out, re.MULTILINE), out
     backup = re.search(r"^   backup (\d{8}T\d{6}Z): [\d,]+ files, ", out, re.MULTILINE)
     assert backup, out
     assert re.search(rf"^   backup: +{backup[1]} ", out, re.MULTILINE), out  # the plan picks it

@@ -111,6 +111,7 @@ def streaming_primary(cluster_factory, setup: PitrkitSetup, spool: Path, **setti
     primary = cluster_factory(archive_mode="off", checkpoint_timeout="30s", **settings)
     primary.env.update(setup.env)
     primary.start()
+    setup.init(primary)  # from the running server, over [postgres] conninfo
     return primary
 
 
@@ -137,6 +138,7 @@ def test_slot_created_reused_and_a_server_down_at_start_is_retried(cluster, pitr
     setup = pitrkit_setup
     spool = pgharness.make_server_dir(server_tmp / "spool", mode=0o700)
     primary = cluster(archive_mode="off")
+    setup.init(primary)  # the server is stopped: from pg_controldata
     configure(setup, primary, spool)
 
     # The server is down: the sidecar says so, clearly, and keeps trying with backoff.

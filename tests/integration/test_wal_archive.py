@@ -23,6 +23,7 @@ def archiving_cluster(cluster, setup, **settings):
     primary = cluster(archive_mode="on", archive_command=setup.archive_command,
                       wal_keep_size="1GB", **settings)
     primary.env.update(setup.env)
+    setup.init(primary)
     return primary.start()
 
 
@@ -106,6 +107,46 @@ def test_corrupt_object_aborts_recovery_instead_of_promoting(cluster, pitrkit_se
     assert "FATAL" in log
     # It never promoted: no new timeline was created.
     assert not (replica.pgdata / "pg_wal" / "00000002.history").exists()
+
+
+def test_an_archive_unmounted_mid_recovery_stops_recovery_instead_of_promoting(cluster, pitrkit_setup):
+    """The archive's file system goes away while a restore replays from it, leaving the
+    empty mount point. Every name is "not found" there; answering "not archived" would
+    end recovery at that point and promote a server that misses the rest of the WAL.
+    Recovery must stop with an error instead, still in archive recovery."""
+    primary = archiving_cluster(cluster, pitrkit_setup)
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, payload text)")
+    replica = cluster(init=False)
+    primary.pg_basebackup(replica.pgdata, "-X", "none")
+    written = []
+    for round_ in range(5):
+        primary.sql(f"INSERT INTO t SELECT g, md5(g::text) FROM generate_series({round_ * 10000 + 1}, "
+                    f"{(round_ + 1) * 10000}) g")
+        written.append(primary.switch_wal())
+    primary.wait_for_archived(written[-1])
+
+    # restore_command is pitrkit's, held at one segment until the archive is gone, so
+    # that the file system goes away at a known point in the middle of replay.
+    gate = pgharness.make_server_dir(replica.directory / "gate") / "go"
+    held = written[2]
+    replica.conf(restore_command=f"if [ %f = {held} ]; then while [ ! -e {gate} ]; do sleep 0.1; done; fi; "
+                                 + pitrkit_setup.restore_command,
+                 archive_mode="off", recovery_target_action="promote")
+    replica.env.update(pitrkit_setup.env)
+    replica.signal("recovery")
+    replica.start(wait=False)
+    pgharness.wait_for(lambda: f'restored log file "{written[1]}" from archive' in replica.log(), 120,
+                       what=f"recovery to replay {written[1]} from the archive")
+
+    pitrkit_setup.unmount()
+    gate.touch()
+    pgharness.wait_for(lambda: not replica.is_running, 120, what="recovery to stop")
+    log = replica.log()
+    assert "FATAL" in log and "archive.json" in log, log
+    # It never promoted: no new timeline, and the cluster is still in archive recovery.
+    assert "selected new timeline ID" not in log
+    assert not (replica.pgdata / "pg_wal" / "00000002.history").exists()
+    assert replica.controldata()["Database cluster state"] == "in archive recovery"
 
 
 # --- refusals, with real segments -------------------------------------------------------

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import struct
 
+from pitrkit.archive import Archive
+from pitrkit.init import ClusterFacts, initialise
+
 LONG_HEADER = struct.Struct("=HHIQI4xQII")
 PG15_MAGIC = 0xD110
 XLP_LONG_HEADER = 0x0002
@@ -39,3 +42,9 @@ def segment(segno: int, *, length: int | None = None, filler: bytes = b"", **fie
     fields.setdefault("pageaddr", segno * seg_size)
     head = long_header(**fields) + filler
     return head.ljust(seg_size if length is None else length, b"\0")[: seg_size if length is None else length]
+
+
+def init_archive(archive: Archive, *, sysid: int = SYSID, seg_size: int = SEG_16MIB, major: int = 15) -> None:
+    """Create `archive.json` the way `pitrkit init` does (its own code), for the cluster
+    these segments come from: nothing is pushed into an archive that was not created."""
+    initialise(archive, ClusterFacts(sysid, seg_size, major, "the test"))

@@ -1,10 +1,11 @@
 """Synthetic archives on real local storage, for the catalog and planner tests.
 
 The planner reads keys, sizes and store times of WAL objects, history files and the
-newest `.partial` (decoded, so they are real stored objects), `archive.json` and backup
-manifests; everything else can be small fake bytes. Store times are set with os.utime, as the storage reports the
-file's mtime. Segments are 1 GiB, so that a WAL folder (one 4 GiB "log") holds 4 of them
-and tests cross folders after a few segments.
+newest `.partial` (decoded, so they are real stored objects), `archive.json` (made by
+`pitrkit init`'s code) and backup manifests; everything else can be small fake bytes.
+Store times are set with os.utime, as the storage reports the file's mtime. Segments are
+1 GiB, so that a WAL folder (one 4 GiB "log") holds 4 of them and tests cross folders
+after a few segments.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pitrkit import catalog, objects
-from pitrkit.archive import IDENTITY_KEY, Archive, backup_prefix, manifest_key
-from pitrkit.catalog import ArchiveIdentity, BackupManifest, BackupSummary
+from pitrkit.archive import Archive, backup_prefix, manifest_key
+from pitrkit.catalog import BackupManifest, BackupSummary
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.plugins import Plugins
 from pitrkit.wal import Lsn, SegmentName
+from tests.unit.segments import init_archive
 from tests.unit.segments import segment as wal_segment
 
 SEGMENT_SIZE = 1 << 30
@@ -47,12 +49,7 @@ class SyntheticArchive:
         self.root = root
         self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0),
                                       encryption=encryption or EncryptionConfig()))
-        if encryption is not None:
-            self.archive.claim_for(1, SEGMENT_SIZE, 15)
-            return
-        identity = ArchiveIdentity(system_identifier=1, wal_segment_size=SEGMENT_SIZE, pg_versions=[15],
-                                   created_at=T0)
-        self.archive.put(IDENTITY_KEY, catalog.encode(identity))
+        init_archive(self.archive, sysid=1, seg_size=SEGMENT_SIZE)
 
     def _stamp(self, key: str, when: datetime) -> None:
         os.utime(self.root / key, (when.timestamp(), when.timestamp()))

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pitrkit.archive import Archive
 from pitrkit.cli import main
-from tests.unit.segments import SEG_16MIB, SYSID, segment
+from pitrkit.config import parse
+from tests.unit.segments import SEG_16MIB, SYSID, init_archive, segment
 
 NAME = "000000010000000000000002"
 STORED = Path("wal") / "0000000100000000" / NAME  # where the object lands in the archive
@@ -21,8 +23,10 @@ NOT_ARCHIVED, FAULT = 1, 126
 
 @pytest.fixture
 def archive(tmp_path) -> Path:
+    """An archive directory, created as `pitrkit init` creates one."""
     directory = tmp_path / "archive"
     directory.mkdir()
+    init_archive(Archive(parse({"repository": {"url": f"file://{directory}"}}, "test")))
     return directory
 
 
@@ -140,7 +144,7 @@ def test_push_garbage_named_like_a_segment(capsys, cfg, archive, pg_wal):
     code, err = run(capsys, "--config", cfg, "wal-push", path)
     assert code == 1
     assert "refusing" in err and NAME in err
-    assert list(archive.iterdir()) == []  # refused before anything was stored
+    assert not (archive / "wal").exists()  # refused before anything was stored
 
 
 def test_push_segment_whose_address_does_not_match_its_name(capsys, cfg, archive, pg_wal):
@@ -169,13 +173,29 @@ def test_push_with_archive_directory_absent(capsys, tmp_path, pg_wal):
     assert not absent.exists()  # an unmounted archive must not be recreated empty
 
 
+# An empty directory where the archive should be: a mount point whose file system did
+# not mount. Storing into it would put WAL on the root file system, out of every
+# restore's sight, and tell PostgreSQL it is safe to recycle.
+@pytest.mark.parametrize("name", [NAME, "00000002.history", f"{NAME}.00000028.backup"])
+def test_push_into_an_empty_directory_is_refused_naming_init(capsys, tmp_path, pg_wal, name):
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    config = write_config(tmp_path / "unmounted.toml", mount_point)
+    path = pg_wal / name
+    path.write_bytes(segment(2) if name == NAME else
+                     b"1\t0/3000000\tno recovery target specified\n" if name.endswith(".history") else
+                     b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+    code, err = run(capsys, "--config", config, "wal-push", path)
+    assert code == 1
+    assert "pitrkit init" in err and "archive.json" in err
+    assert list(mount_point.iterdir()) == []  # nothing stored, not even archive.json
+
+
 def test_push_then_fetch_round_trip(capsys, cfg, archive, pg_wal, tmp_path):
     source = write_segment(pg_wal, filler=b"some WAL records")
     code, err = run(capsys, "--config", cfg, "wal-push", source)
     assert (code, err) == (0, "")
     assert (archive / STORED).is_file()
-    # The first push claims the archive for this cluster.
-    assert str(SYSID) in (archive / "archive.json").read_text()
 
     restore = tmp_path / "restore"
     restore.mkdir()
@@ -283,6 +303,19 @@ def test_fetch_with_archive_directory_absent_is_a_fault(capsys, tmp_path):
     code, err = run(capsys, "--config", config, "wal-fetch", NAME, tmp_path / "RECOVERYXLOG")
     assert str(absent) in err
     assert code == FAULT
+
+
+# The same with the directory there but empty (the file system did not mount): every
+# name is "not found" in it, and exit 1 would make PostgreSQL end recovery and promote.
+@pytest.mark.parametrize("name", [NAME, "00000002.history"])
+def test_fetch_from_an_empty_directory_is_a_fault(capsys, tmp_path, name):
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    config = write_config(tmp_path / "unmounted.toml", mount_point)
+    code, err = run(capsys, "--config", config, "wal-fetch", name, tmp_path / "RECOVERYXLOG")
+    assert code == FAULT
+    assert "archive.json" in err and "pitrkit init" in err
+    assert not (tmp_path / "RECOVERYXLOG").exists()
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from pitrkit.localpg import wait_for
 from pitrkit.schedule import Cron, Every, Timetable
 from pitrkit.status_server import StatusBoard, StatusServer, parse_listen
 from pitrkit.wal import Lsn
+from tests.unit.segments import init_archive
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
@@ -420,6 +421,7 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_a_sigterm_while_starting_is_a_clean_stop(tmp_path: Path) -> None:
     path = tmp_path / "pitrkit.toml"
     path.write_text(f'[repository]\nurl = "file://{tmp_path}"\n[daemon]\nevery = "1h"\nlisten = ""\n')
+    init_archive(Archive(config.load(path)))
     result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_STARTING, "--config", str(path), "daemon"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from pitrkit import catalog, keys, objects
-from pitrkit.archive import IDENTITY_KEY, Archive, TamperedDocument
+from pitrkit.archive import IDENTITY_KEY, Archive, ArchiveMissing, TamperedDocument
 from pitrkit.catalog import EncryptionParameters, ScryptParameters
 from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, EncryptionConfig, KeySource, RepositoryConfig
@@ -29,7 +29,7 @@ from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.plugins import Plugins, encryption
 from pitrkit.push import push
 from pitrkit.wal import SegmentName
-from tests.unit.segments import SEG_16MIB, segment
+from tests.unit.segments import SEG_16MIB, init_archive, segment
 
 KEY = "wal/0000000100000000/000000010000000000000001"
 NONE = Plugins().compressor("none")
@@ -290,6 +290,11 @@ class Host:
         self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0),
                                       encryption=settings))
 
+    def init(self) -> Host:
+        """`pitrkit init` on this host: create the archive with its `[encryption]`."""
+        init_archive(self.archive)
+        return self
+
     def push(self, segno: int, filler: bytes = b"") -> str:
         path = self.files / SegmentName(1, segno, SEG_16MIB).name
         path.write_bytes(segment(segno, filler=filler))
@@ -316,7 +321,7 @@ def identity(root: Path) -> catalog.ArchiveIdentity:
 
 def test_archive_json_records_mode_and_key_id_never_the_key(tmp_path, archive_root):
     path = key_file(tmp_path)
-    host = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=path))
+    host = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=path)).init()
     host.push(1)
     recorded = identity(archive_root).encryption
     assert recorded is not None and recorded.mode == "key" and recorded.key_ids == [host.archive.cipher().key_id]
@@ -327,20 +332,21 @@ def test_archive_json_records_mode_and_key_id_never_the_key(tmp_path, archive_ro
 
 
 def test_plaintext_and_ciphertext_are_never_mixed_in_one_archive(tmp_path, archive_root):
-    plain = Host(archive_root, tmp_path / "files", EncryptionConfig())
+    plain = Host(archive_root, tmp_path / "files", EncryptionConfig()).init()
     plain.push(1)
     encrypted = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path)))
     with pytest.raises(RefusedError, match="created without encryption"):
         encrypted.push(2)
     other_root = tmp_path / "other"
     other_root.mkdir()
-    Host(other_root, tmp_path / "files", encrypted.archive.config.encryption).push(1)
+    Host(other_root, tmp_path / "files", encrypted.archive.config.encryption).init().push(1)
     with pytest.raises(RefusedError, match="is encrypted \\(key mode\\).*refusing to store plaintext"):
         Host(other_root, tmp_path / "files", EncryptionConfig()).push(2)
 
 
 def test_a_key_that_is_not_the_archives_current_key_is_refused(tmp_path, archive_root):
-    Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "a"))).push(1)
+    first = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "a")))
+    first.init().push(1)
     stranger = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "b")))
     with pytest.raises(TamperedDocument, match="archive.json does not authenticate: .*which \\[encryption\\] does "
                                                "not list"):
@@ -350,7 +356,7 @@ def test_a_key_that_is_not_the_archives_current_key_is_refused(tmp_path, archive
 
 def test_rotation_makes_the_new_key_current_and_keeps_old_objects_readable(tmp_path, archive_root):
     old, new = key_file(tmp_path, "old"), key_file(tmp_path, "new")
-    before = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=old))
+    before = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=old)).init()
     before.push(1)
     rotated = Host(archive_root, tmp_path / "files",
                    EncryptionConfig(mode="key", key_file=new, old_keys=[KeySource(key_file=old)]))
@@ -370,7 +376,7 @@ def test_rotation_makes_the_new_key_current_and_keeps_old_objects_readable(tmp_p
 
 def test_a_public_key_host_pushes_and_cannot_read_what_it_pushed(tmp_path, archive_root):
     private, public = pair(tmp_path, "r")
-    writer = Host(archive_root, tmp_path / "files", writer_settings(public, tmp_path))
+    writer = Host(archive_root, tmp_path / "files", writer_settings(public, tmp_path)).init()
     writer.push(1)
     assert "identical content" in writer.push(1)  # a re-run of archive_command
     with pytest.raises(RefusedError, match="different content"):
@@ -385,7 +391,7 @@ def test_a_plaintext_object_in_an_encrypted_archive_is_refused_even_if_archive_j
         tmp_path, archive_root):
     """Only the key holder can make an encrypted object; anyone who can write to the
     bucket can make a plaintext one, and a plain archive.json saying "not encrypted"."""
-    host = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path)))
+    host = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path))).init()
     host.push(1)
     stored = archive_root / "wal/0000000100000000/000000010000000000000002"
     stored.write_bytes(objects.encode(segment(2), NONE)[0])
@@ -406,14 +412,15 @@ def test_a_reader_that_looked_before_the_archive_existed_writes_with_its_paramet
     monkeypatch.setenv("PK_PASS", PASSPHRASE)
     settings = EncryptionConfig(mode="key", passphrase_env="PK_PASS")
     early = Host(archive_root, tmp_path / "files", settings)
-    assert early.archive.cipher() is not None  # built with a salt of its own
-    Host(archive_root, tmp_path / "files", settings).push(1)
+    with pytest.raises(ArchiveMissing):
+        early.archive.cipher()  # no archive yet: no salt to build a key with
+    Host(archive_root, tmp_path / "files", settings).init().push(1)
     assert "archived" in early.push(2)
     assert early.read(1) == segment(1)
 
 
 def test_the_mode_must_match_the_archives(tmp_path, archive_root):
-    Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path))).push(1)
+    Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path))).init().push(1)
     _, public = pair(tmp_path, "r")
     with pytest.raises(ConfigError, match="encrypted in mode 'key'"):
         Host(archive_root, tmp_path / "files", writer_settings(public, tmp_path)).push(2)
@@ -429,7 +436,8 @@ def write_config(path: Path, root: Path, encryption_section: str) -> Path:
 
 
 def test_wal_fetch_with_the_wrong_key_exits_126_naming_the_object(tmp_path, archive_root, capsys):
-    Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "a"))).push(1)
+    first = Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path, "a")))
+    first.init().push(1)
     config = write_config(tmp_path / "c.toml", archive_root, f'mode = "key"\nkey_file = "{key_file(tmp_path, "b")}"\n')
     name = SegmentName(1, 1, SEG_16MIB).name
     assert main(["--config", str(config), "wal-fetch", name, str(tmp_path / "out")]) == FETCH_FAULT
@@ -440,6 +448,7 @@ def test_wal_fetch_with_the_wrong_key_exits_126_naming_the_object(tmp_path, arch
 
 def test_a_passphrase_never_reaches_the_archive_stderr_or_argv(tmp_path, archive_root, monkeypatch, capsys):
     monkeypatch.setenv("PK_PASS", PASSPHRASE)
+    Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", passphrase_env="PK_PASS")).init()
     config = write_config(tmp_path / "c.toml", archive_root, 'mode = "key"\npassphrase_env = "PK_PASS"\n')
     segment_path = tmp_path / SegmentName(1, 1, SEG_16MIB).name
     segment_path.write_bytes(segment(1))
@@ -460,6 +469,7 @@ def test_a_passphrase_never_reaches_the_archive_stderr_or_argv(tmp_path, archive
 
 
 def test_encryption_off_imports_no_cryptography(tmp_path, archive_root):
+    Host(archive_root, tmp_path / "files", EncryptionConfig()).init()
     config = write_config(tmp_path / "c.toml", archive_root, "")
     segment_path = tmp_path / SegmentName(1, 1, SEG_16MIB).name
     segment_path.write_bytes(segment(1))
@@ -473,6 +483,7 @@ def test_encryption_off_imports_no_cryptography(tmp_path, archive_root):
 
 
 def test_bad_encryption_settings_are_one_clear_line(tmp_path, archive_root, capsys):
+    Host(archive_root, tmp_path / "files", EncryptionConfig(mode="key", key_file=key_file(tmp_path))).init()
     config = write_config(tmp_path / "c.toml", archive_root, 'mode = "key"\nkey_file = "/nonexistent/k"\n')
     segment_path = tmp_path / SegmentName(1, 1, SEG_16MIB).name
     segment_path.write_bytes(segment(1))

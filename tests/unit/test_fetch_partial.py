@@ -23,7 +23,7 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.lookahead import Ahead
 from pitrkit.push import push
 from pitrkit.wal import SegmentName, read_page_header, valid_end
-from tests.unit.segments import SEG_16MIB, segment
+from tests.unit.segments import SEG_16MIB, init_archive, segment
 from tests.unit.test_local_storage import deleted_after_readdir
 
 LAST_OF_LOG = 255  # segment numbers: 0x0FF is the last of log 0, 0x100 the first of log 1
@@ -51,6 +51,7 @@ class Store:
         self.root = root
         self.files = files
         self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0)))
+        init_archive(self.archive)
 
     def push(self, file_name: str, data: bytes) -> None:
         path = self.files / file_name

@@ -20,7 +20,7 @@ from pitrkit.push import push
 from pitrkit.receive import Receiver, _lock_spool, _receiver_command
 from pitrkit.receiver_health import LagClock, SlotState
 from pitrkit.wal import Lsn
-from tests.unit.segments import segment
+from tests.unit.segments import init_archive, segment
 
 PARTIAL = "000000010000000000000003.partial"
 STORED = Path("wal") / "0000000100000000" / PARTIAL
@@ -30,7 +30,9 @@ STORED = Path("wal") / "0000000100000000" / PARTIAL
 def archive(tmp_path) -> Archive:
     root = tmp_path / "archive"
     root.mkdir()
-    return Archive(config.parse({"repository": {"url": f"file://{root}", "retries": 0}}, "test"))
+    archive = Archive(config.parse({"repository": {"url": f"file://{root}", "retries": 0}}, "test"))
+    init_archive(archive)
+    return archive
 
 
 def partial(tmp_path: Path, wal: bytes) -> Path:

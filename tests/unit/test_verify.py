@@ -22,7 +22,7 @@ from pitrkit.plugins import Plugins
 from pitrkit.verify import Finding, VerifyReport
 from pitrkit.wal import Lsn, SegmentName
 from tests.unit import synthetic_archive
-from tests.unit.segments import MIB, SYSID, segment
+from tests.unit.segments import MIB, SYSID, init_archive, segment
 from tests.unit.synthetic_archive import T0, SyntheticArchive, lsn, name, stored_at
 
 # Parts are cut this small so that a backup has several.
@@ -251,10 +251,21 @@ def test_an_archive_without_a_backup_restores_nothing(tmp_path):
     assert problems(check(bare.archive)) == [("warning", "backups/")]
 
 
-def test_an_empty_archive_is_clean(tmp_path):
-    (tmp_path / "empty").mkdir()
-    report = check(Archive(Config(repository=RepositoryConfig(url=f"file://{tmp_path / 'empty'}", retries=0))))
+def test_a_new_archive_is_clean(tmp_path):
+    (tmp_path / "new").mkdir()
+    archive = Archive(Config(repository=RepositoryConfig(url=f"file://{tmp_path / 'new'}", retries=0)))
+    init_archive(archive)
+    report = check(archive)
     assert report.findings == [] and report.backups == [] and report.wal_files == 0
+
+
+def test_an_empty_directory_is_no_archive(tmp_path):
+    """An unmounted mount point is not a clean, empty archive."""
+    (tmp_path / "mnt").mkdir()
+    report = check(Archive(Config(repository=RepositoryConfig(url=f"file://{tmp_path / 'mnt'}", retries=0))))
+    assert "pitrkit init" in finding(report, IDENTITY_KEY).problem
+    assert finding(report, IDENTITY_KEY).severity == "error"
+
 
 def test_backups_without_archive_json_are_an_error(store):
     (store.root / IDENTITY_KEY).unlink()

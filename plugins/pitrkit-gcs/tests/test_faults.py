@@ -15,10 +15,12 @@ import pytest
 from faulty_proxy import DOWNLOADS, UPLOADS, FaultyProxy
 from pitrkit_gcs.storage import GcsStorage
 
+from pitrkit.archive import Archive
+from pitrkit.config import load
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "unit"))
-from segments import long_header  # noqa: E402  (the project's synthetic WAL headers)
+from segments import init_archive, long_header  # noqa: E402  (the project's synthetic WAL)
 
 KEY = "wal/0000000100000000/000000010000000000000001"
 
@@ -108,6 +110,7 @@ def test_wal_push_into_a_failing_store_fails_clearly(bucket, proxy, tmp_path):
     config = tmp_path / "pitrkit.toml"
     config.write_text(f'[repository]\nurl = "gs://{bucket}/archive"\ntimeout = 1\nretries = 1\n'
                       "[agent]\nenabled = false\n")
+    init_archive(Archive(load(config)))
     segment = tmp_path / "000000010000000000000001"
     segment.write_bytes(long_header(pageaddr=16 << 20).ljust(16 << 20, b"\0"))
     proxy.inject("status", UPLOADS, times=math.inf, status=503)
@@ -117,4 +120,4 @@ def test_wal_push_into_a_failing_store_fails_clearly(bucket, proxy, tmp_path):
     assert "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("pitrkit: ") and "503" in error, result.stderr
-    assert list(GcsStorage(f"gs://{bucket}/archive", timeout=5).list("")) == []
+    assert [info.key for info in GcsStorage(f"gs://{bucket}/archive", timeout=5).list("")] == ["archive.json"]

@@ -12,7 +12,9 @@ import pytest
 
 from pitrkit import entry
 from pitrkit.agent import Agent
-from tests.unit.segments import segment
+from pitrkit.archive import Archive
+from pitrkit.config import load
+from tests.unit.segments import init_archive, segment
 
 FIRST, SECOND, THIRD = "000000010000000000000001", "000000010000000000000002", "000000010000000000000003"
 
@@ -24,6 +26,7 @@ def agent(tmp_path, monkeypatch):
     config = tmp_path / "pitrkit.toml"
     config.write_text(f'[repository]\nurl = "file://{tmp_path / "archive"}"\nretries = 0\n'
                       "[agent]\nlookahead = 2\n")
+    init_archive(Archive(load(config)))
     served = Agent(config)
     yield served
     served._close(wait=True)

@@ -33,7 +33,12 @@ def configured(tmp_path: Path, extra: str = "") -> Path:
 
 
 def stored_identity(tmp_path: Path) -> catalog.ArchiveIdentity:
-    return catalog.decode((tmp_path / "archive" / IDENTITY_KEY).read_bytes(), catalog.ArchiveIdentity, "test")
+    """archive.json as stored, read without keys (an encrypted archive's is in its
+    authenticated envelope)."""
+    data = (tmp_path / "archive" / IDENTITY_KEY).read_bytes()
+    if catalog.is_sealed(data):
+        data = catalog.unseal(IDENTITY_KEY, data, None)
+    return catalog.decode(data, catalog.ArchiveIdentity, "test")
 
 
 def test_init_creates_archive_json_and_says_so(tmp_path):

@@ -18,7 +18,7 @@ from pitrkit.hookspecs import ObjectExists, StorageError
 from pitrkit.plugins.local import LocalStorage, parse_file_url
 from pitrkit.push import push
 from pitrkit.storage_conformance import StorageConformance
-from tests.unit.segments import segment
+from tests.unit.segments import init_archive, segment
 
 
 class Fsyncs:
@@ -289,7 +289,8 @@ def pushing(tmp_path):
     files.mkdir()
     archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=2)))
     (files / "000000010000000000000001").write_bytes(segment(1))
-    push(archive, files / "000000010000000000000001")  # archive.json and the folders exist
+    init_archive(archive)
+    push(archive, files / "000000010000000000000001")  # the folders exist
     (files / "000000010000000000000002").write_bytes(segment(2))
     return archive, files / "000000010000000000000002", root / "wal" / "0000000100000000"
 

@@ -69,7 +69,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     # The manifest's tablespaces, not the catalog's copy: see unpack.check_tablespace_directory.
     tablespaces = unpack.resolve_tablespaces(manifest.tablespaces, mappings, manifest.backup_id)
     for each in tablespaces:
-        unpack.check_tablespace_directory(each)
+        unpack.check_tablespace_directory(each, target_dir)
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
     check_wal_present(archive, plan)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:

@@ -146,12 +146,20 @@ def check_absent_or_empty(path: Path, what: str) -> None:
                            "restore into an absent or empty directory")
 
 
-def check_tablespace_directory(target: TablespaceTarget) -> None:
+def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -> None:
     """A mapped directory is the operator's: absent (restore creates it) or empty. A
     recorded location comes from the manifest, which anyone able to write to the storage
     could have written: restore uses it only as an existing, empty directory (not a link)
     of the restoring user, so that nothing is created or taken over outside the target
-    directory that the operator did not prepare."""
+    directory that the operator did not prepare. Neither may hold the data directory or
+    lie inside it (the empty parent of a target directory still to be created is no
+    place for a tablespace)."""
+    location, data = Path(os.path.realpath(target.location)), Path(os.path.realpath(data_directory))
+    if location.is_relative_to(data) or data.is_relative_to(location):
+        where = "is" if location == data else "is inside" if location.is_relative_to(data) else "holds"
+        raise RefusedError(f"tablespace {target.tablespace.name or target.tablespace.oid!r} would be restored into "
+                           f"{str(target.location)!r}, which {where} the target directory {data_directory}: map it "
+                           "elsewhere with --tablespace-map")
     if target.mapped:
         check_absent_or_empty(target.location, f"tablespace {target.tablespace.name}'s directory")
         return

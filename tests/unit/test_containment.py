@@ -176,6 +176,7 @@ def test_no_setuid_setgid_sticky_or_world_bit_survives(tmp_path, root_mode, file
 
 
 SPACE = BackupTablespace(oid=16390, name="fast", location="/nonexistent/fast")
+TARGET = Path("/nonexistent/restored")
 
 
 def recorded(location: Path) -> unpack.TablespaceTarget:
@@ -188,7 +189,7 @@ def recorded(location: Path) -> unpack.TablespaceTarget:
 def test_a_recorded_location_that_does_not_exist_is_refused_naming_the_tablespace_and_the_option(tmp_path):
     with pytest.raises(RefusedError, match=r"tablespace 'fast' was at '.*/absent', which does not exist: "
                                            r"restore writes .* \(--tablespace-map fast=NEW_DIRECTORY\)"):
-        unpack.check_tablespace_directory(recorded(tmp_path / "absent"))
+        unpack.check_tablespace_directory(recorded(tmp_path / "absent"), TARGET)
     assert not (tmp_path / "absent").exists()
 
 
@@ -196,15 +197,15 @@ def test_a_recorded_location_is_used_only_if_empty_and_no_link(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").touch()
     with pytest.raises(RefusedError, match="which is not empty"):
-        unpack.check_tablespace_directory(recorded(tmp_path / "full"))
+        unpack.check_tablespace_directory(recorded(tmp_path / "full"), TARGET)
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
     with pytest.raises(RefusedError, match="which is a symbolic link"):
-        unpack.check_tablespace_directory(recorded(tmp_path / "link"))
+        unpack.check_tablespace_directory(recorded(tmp_path / "link"), TARGET)
     (tmp_path / "file").touch()
     with pytest.raises(RefusedError, match="which is not a directory"):
-        unpack.check_tablespace_directory(recorded(tmp_path / "file"))
-    unpack.check_tablespace_directory(recorded(tmp_path / "empty"))
+        unpack.check_tablespace_directory(recorded(tmp_path / "file"), TARGET)
+    unpack.check_tablespace_directory(recorded(tmp_path / "empty"), TARGET)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a directory owned by another user")
@@ -212,13 +213,25 @@ def test_a_recorded_location_of_another_user_is_refused(tmp_path):
     (tmp_path / "theirs").mkdir()
     os.chown(tmp_path / "theirs", 4321, 4321)
     with pytest.raises(RefusedError, match="which belongs to another user"):
-        unpack.check_tablespace_directory(recorded(tmp_path / "theirs"))
+        unpack.check_tablespace_directory(recorded(tmp_path / "theirs"), TARGET)
+
+
+def test_a_tablespace_directory_may_not_hold_or_be_inside_the_target(tmp_path):
+    # The parent of a target still to be created is empty: it must not take the tablespace.
+    (tmp_path / "restored").mkdir()
+    for location, where in [(tmp_path, "holds"), (tmp_path / "restored", "is"),
+                            (tmp_path / "restored" / "base", "is inside")]:
+        with pytest.raises(RefusedError, match=f"which {where} the target directory .*--tablespace-map"):
+            unpack.check_tablespace_directory(recorded(location), tmp_path / "restored")
+    [mapped] = unpack.resolve_tablespaces([SPACE], unpack.parse_tablespace_mappings([f"fast={tmp_path}/r/ts"]), "B1")
+    with pytest.raises(RefusedError, match="is inside the target directory"):
+        unpack.check_tablespace_directory(mapped, tmp_path / "r")
 
 
 def test_a_mapped_location_may_be_created(tmp_path):
     [target] = unpack.resolve_tablespaces([SPACE], unpack.parse_tablespace_mappings([f"fast={tmp_path}/new"]), "B1")
     assert target.mapped
-    unpack.check_tablespace_directory(target)
+    unpack.check_tablespace_directory(target, TARGET)
 
 
 # --- archive.json ----------------------------------------------------------------------------------

@@ -220,9 +220,9 @@ def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
     differing = [field for field in catalog.BackupSummary.__struct_fields__
                  if getattr(manifest, field) != getattr(plan.backup, field)]
     if differing:
-        raise RefusedError(f"{BACKUP_CATALOG_KEY} disagrees with "
-                           f"{key} about {', '.join(differing)}: it was altered; 'pitrkit catalog rebuild' "
-                           "rewrites it from the manifests")
+        raise RefusedError(f"{BACKUP_CATALOG_KEY} and {key} disagree about {', '.join(differing)}: one of "
+                           "them was altered; if it is the catalog, 'pitrkit catalog rebuild' rewrites it from "
+                           "the manifests")
     try:
         unpack.check_manifest(manifest)
     except unpack.CorruptManifest as exc:

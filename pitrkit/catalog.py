@@ -10,10 +10,18 @@ With `[encryption]` on, a document is stored in an envelope (docs/archive-format
 cannot be altered, nor moved under another key (one backup's manifest as another's, one
 folder's WAL index as another's). The tags themselves are the cipher plugin's
 (`hookspecs.DocumentAuthenticator`).
+
+Anyone who can write to the storage can write these documents, so every value that
+reaches the file system, an allocation or a loop is checked as it is decoded (each
+type's `__post_init__`, which msgspec runs on decoding): a path that could leave the data
+directory, a size or count that could not be real, key-stretching parameters that would
+exhaust memory. What needs the whole document (a file's folder being listed, the stream
+tiling its parts) is checked where it is used, in `unpack.check_manifest`.
 """
 
 from __future__ import annotations
 
+import posixpath
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -29,6 +37,20 @@ MANIFEST_FORMAT_VERSION = 1
 Document = TypeVar("Document", bound=msgspec.Struct)
 
 
+# Bounds on what archive.json may ask scrypt for: pitrkit writes n=2^17, r=8, p=1 (128
+# MiB, see keys.py). The memory scrypt takes is 128·n·r bytes and its time grows with p;
+# a tampered archive.json must not make a restore host allocate or spin without end.
+SCRYPT_MAX_MEMORY = 1 << 30
+SCRYPT_MAX_P = 16
+SALT_SIZES = range(16, 65)
+# Largest stored backup part a manifest may list: pitrkit writes 32 MiB parts (backup.py),
+# and a restore holds one per worker in memory.
+MAX_PART_SIZE = 1 << 30
+# Beyond any file a data directory holds; bounds the arithmetic on sizes and offsets.
+MAX_FILE_SIZE = 1 << 48
+_MAX_MTIME = 1 << 40  # os.utime refuses times far past this with OverflowError
+
+
 class ScryptParameters(msgspec.Struct, kw_only=True, frozen=True):
     """How passphrases are stretched into keys for this archive (one salt per archive)."""
 
@@ -36,6 +58,15 @@ class ScryptParameters(msgspec.Struct, kw_only=True, frozen=True):
     n: int
     r: int
     p: int
+
+    def __post_init__(self) -> None:
+        if len(self.salt) not in SALT_SIZES:
+            raise ValueError(f"scrypt salt of {len(self.salt)} bytes (expected {SALT_SIZES.start} to "
+                             f"{SALT_SIZES.stop - 1})")
+        if self.n < 2 or self.n & (self.n - 1) or self.r < 1 or not 1 <= self.p <= SCRYPT_MAX_P \
+                or 128 * self.n * self.r > SCRYPT_MAX_MEMORY:
+            raise ValueError(f"scrypt parameters n={self.n} r={self.r} p={self.p} are out of bounds (n a power "
+                             f"of two, 128·n·r at most {SCRYPT_MAX_MEMORY >> 20} MiB, p at most {SCRYPT_MAX_P})")
 
 
 class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
@@ -47,6 +78,10 @@ class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
     # is the current one, the only one new objects may be written with.
     key_ids: list[str]
     scrypt: ScryptParameters | None = None  # set once a passphrase has been used
+
+    def __post_init__(self) -> None:
+        if not self.key_ids:
+            raise ValueError("encryption.key_ids is empty: the archive has no current key")
 
     @property
     def current_key_id(self) -> str:
@@ -69,15 +104,46 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
     encryption: EncryptionParameters | None = None
     created_at: datetime
 
+    def __post_init__(self) -> None:
+        # PostgreSQL's limits (initdb --wal-segsize): a power of two from 1 MiB to 1 GiB.
+        size = self.wal_segment_size
+        if not (1 << 20 <= size <= 1 << 30 and size & (size - 1) == 0):
+            raise ValueError(f"wal_segment_size {size} is not a power of two from 1 MiB to 1 GiB")
+
 
 # --- base backups ---------------------------------------------------------------------
+
+
+def check_data_path(path: str) -> None:
+    """A path from a manifest, relative to the data directory: no absolute path, no
+    `..`, `.` or empty component, no NUL. ("" alone, the data directory itself, is a
+    directory's path only.)"""
+    parts = path.split("/")  # an absolute path starts with an empty component
+    if "" in parts or ".." in parts or "." in parts or "\0" in path:
+        raise ValueError(f"path {path!r} is not a plain relative path inside the data directory")
+
+
+def _check_size(what: str, value: int, limit: int) -> None:
+    if not 0 <= value <= limit:
+        raise ValueError(f"{what} {value} is out of bounds (0 to {limit})")
 
 
 class BackupTablespace(msgspec.Struct, kw_only=True, frozen=True):
     oid: int
     name: str
     # Where the tablespace lived on the backed-up server (the pg_tblspc/<oid> link target).
+    # Restore never creates it: see unpack.check_tablespace_directory.
     location: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.oid < 1 << 32:
+            raise ValueError(f"tablespace oid {self.oid} is not an OID")
+        # As PostgreSQL stores it (CREATE TABLESPACE canonicalizes): absolute, no `..`,
+        # `.`, doubled or trailing slash.
+        location = self.location
+        if "\0" in location or not location.startswith("/") or location.startswith("//") or location == "/" \
+                or posixpath.normpath(location) != location:
+            raise ValueError(f"tablespace {self.oid}'s location {location!r} is not a canonical absolute path")
 
 
 class BackupPart(msgspec.Struct, kw_only=True, frozen=True):
@@ -88,6 +154,10 @@ class BackupPart(msgspec.Struct, kw_only=True, frozen=True):
     size: int  # plaintext bytes
     stored_size: int
     sha256: str  # hex, of the plaintext; also in the object's own header
+
+    def __post_init__(self) -> None:
+        _check_size(f"part {self.key!r} size", self.size, MAX_PART_SIZE)
+        _check_size(f"part {self.key!r} stored size", self.stored_size, 2 * MAX_PART_SIZE)
 
 
 class BackupFile(msgspec.Struct, array_like=True, frozen=True):
@@ -103,10 +173,26 @@ class BackupFile(msgspec.Struct, array_like=True, frozen=True):
     part: int
     offset: int
 
+    def __post_init__(self) -> None:
+        check_data_path(self.path)
+        # One comparison chain for the common case: a manifest can list a million files.
+        if not (0 <= self.size <= MAX_FILE_SIZE and 0 <= self.mode <= 0o7777 and 0 <= self.part <= MAX_FILE_SIZE
+                and 0 <= self.offset <= MAX_PART_SIZE and -_MAX_MTIME < self.mtime < _MAX_MTIME):
+            _check_size(f"{self.path}: size", self.size, MAX_FILE_SIZE)
+            _check_size(f"{self.path}: mode", self.mode, 0o7777)
+            _check_size(f"{self.path}: part", self.part, MAX_FILE_SIZE)
+            _check_size(f"{self.path}: offset", self.offset, MAX_PART_SIZE)
+            raise ValueError(f"{self.path}: modification time {self.mtime} is out of bounds")
+
 
 class BackupDirectory(msgspec.Struct, array_like=True, frozen=True):
     path: str  # relative to the data directory, "" is the data directory itself
     mode: int
+
+    def __post_init__(self) -> None:
+        if self.path:
+            check_data_path(self.path)
+        _check_size(f"{self.path or 'the data directory'}: mode", self.mode, 0o7777)
 
 
 class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
@@ -160,6 +246,14 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     pitrkit_version: str
     # None: a backup taken before pitrkit recorded the server's configuration.
     configuration: ServerConfiguration | None = None
+
+    def __post_init__(self) -> None:
+        # The id names the backup's folder: one plain key component.
+        if not self.backup_id or "/" in self.backup_id or "\0" in self.backup_id or self.backup_id.startswith("."):
+            raise ValueError(f"backup id {self.backup_id!r} is not a plain name")
+        _check_size("size", self.size, MAX_FILE_SIZE)
+        _check_size("stored_size", self.stored_size, MAX_FILE_SIZE)
+        _check_size("file_count", self.file_count, MAX_FILE_SIZE)
 
     @property
     def pg_major(self) -> int:

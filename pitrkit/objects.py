@@ -40,6 +40,12 @@ class ObjectHeader(msgspec.Struct, frozen=True, kw_only=True):
     encryption: str | None = None
     key_id: str | None = None
 
+    def __post_init__(self) -> None:
+        # A size is a claim until the body is decoded; the compressor bounds it by what
+        # the body can expand to before allocating anything (see plugins/compression.py).
+        if self.size < 0 or len(self.sha256) != 32:
+            raise ValueError(f"header claims size {self.size} and a {len(self.sha256)}-byte SHA-256")
+
 
 _encode_header = msgspec.msgpack.Encoder().encode
 _decode_header = msgspec.msgpack.Decoder(ObjectHeader).decode
@@ -88,7 +94,7 @@ def read_header(key: str, blob: bytes) -> tuple[ObjectHeader, int]:
         raise CorruptObject(key, f"header length {length} does not fit the object")
     try:
         header = _decode_header(blob[_FRAME.size : _FRAME.size + length])
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgpack strings must be UTF-8
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgpack strings must be UTF-8; also the checks above
         raise CorruptObject(key, f"unreadable header: {exc}") from None
     return header, _FRAME.size + length
 

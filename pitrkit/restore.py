@@ -2,8 +2,9 @@
 the WAL archive.
 
 The order is the safety: first everything that can refuse without touching the disk
-(running as root, a non-empty target, a tablespace mapping naming nothing, the plan, a
-WAL segment gone from the archive since the catalog was written, a corrupt manifest);
+(running as root, a non-empty target, the plan, a corrupt manifest or one the catalog
+disagrees with, a tablespace mapping naming nothing or a tablespace with nowhere to go,
+a WAL segment gone from the archive since the catalog was written);
 then a lease on the backup and its WAL (lease.py), refused if retention is removing the
 backup; only then the directory is created and the backup written into it (see
 unpack.py), its configuration made its own (server_config.py), the recovery settings
@@ -34,7 +35,7 @@ from pathlib import Path
 import msgspec
 
 from pitrkit import __version__, catalog, inventory, lease, pgconf, pgstart, recovery_conf, server_config, unpack
-from pitrkit.archive import Archive, ArchiveUnavailable, manifest_key, wal_key
+from pitrkit.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.catalog import BackupManifest
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
@@ -73,13 +74,14 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     say(describe(plan))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr, flush=True)
-    tablespaces = unpack.resolve_tablespaces(plan.backup.tablespaces, mappings, plan.backup.backup_id)
+    manifest = fetch_manifest(archive, plan)
+    # The manifest's tablespaces, not the catalog's copy: see unpack.check_tablespace_directory.
+    tablespaces = unpack.resolve_tablespaces(manifest.tablespaces, mappings, manifest.backup_id)
     for each in tablespaces:
-        unpack.check_absent_or_empty(each.location, f"tablespace {each.tablespace.name}'s directory")
+        unpack.check_tablespace_directory(each, target_dir)
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
-    manifest = fetch_manifest(archive, plan)
     server_config.check(manifest.configuration)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
@@ -246,6 +248,18 @@ def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
     if manifest.system_identifier != system_identifier or manifest.backup_id != plan.backup.backup_id:
         raise RefusedError(f"manifest {key} belongs to backup {manifest.backup_id} of system "
                            f"{manifest.system_identifier}, not to this archive's system {system_identifier}")
+    # The plan was made from catalog/backups.json, a cache of the manifests: one that says
+    # otherwise was altered (or is not this archive's), and the plan may rest on it.
+    differing = [field for field in catalog.BackupSummary.__struct_fields__
+                 if getattr(manifest, field) != getattr(plan.backup, field)]
+    if differing:
+        raise RefusedError(f"{BACKUP_CATALOG_KEY} and {key} disagree about {', '.join(differing)}: one of "
+                           "them was altered; if it is the catalog, 'pitrkit catalog rebuild' rewrites it from "
+                           "the manifests")
+    try:
+        unpack.check_manifest(manifest)
+    except unpack.CorruptManifest as exc:
+        raise RefusedError(f"corrupt manifest: {exc}") from None
     return manifest
 
 

@@ -11,11 +11,23 @@ thousands of small files.
 
 The restored directory must survive a machine crash like a real data directory: every
 file and every directory entry is fsync'd before `unpack` returns.
+
+A manifest is data from storage, and anyone who can write to the storage can write one,
+so what it makes restore write is contained. Its paths are plain relative paths (checked
+as it is decoded, see catalog.py), and each file or directory sits in a directory the
+manifest lists or below a tablespace link (`check_manifest`), so nothing is written
+through a link but the pg_tblspc links restore makes itself. Those point only where the
+operator said (`--tablespace-map`) or at a tablespace's recorded location when that is
+an existing, empty directory of the restoring user (`check_tablespace_directory`):
+restore creates nothing outside the target directory on its own. Modes are masked to
+what PostgreSQL itself creates (directories 0700 and files 0600, or 0750 and 0640 in a
+cluster with group access): no setuid, setgid, sticky or world bit survives.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +47,8 @@ BACKUP_LABEL = "backup_label"
 TABLESPACE_MAP = "tablespace_map"
 _PRIVATE_DIR = 0o700
 _PRIVATE_FILE = 0o600
+_GROUP_DIR = 0o750
+_GROUP_FILE = 0o640
 
 
 class CorruptManifest(RefusedError):
@@ -54,6 +68,7 @@ class TablespaceMapping(NamedTuple):
 class TablespaceTarget(NamedTuple):
     tablespace: BackupTablespace
     location: Path  # where it is restored: the mapped NEW, or its original location
+    mapped: bool = True  # by --tablespace-map; else its recorded location
 
 
 def parse_tablespace_mappings(texts: Iterable[str]) -> list[TablespaceMapping]:
@@ -86,7 +101,7 @@ def resolve_tablespaces(tablespaces: list[BackupTablespace], mappings: list[Tabl
             if tablespace.oid in chosen and chosen[tablespace.oid] != mapping.new:
                 raise UsageError(f"--tablespace-map: tablespace {tablespace.name} is mapped twice")
             chosen[tablespace.oid] = mapping.new
-    targets = [TablespaceTarget(ts, chosen.get(ts.oid, Path(ts.location))) for ts in tablespaces]
+    targets = [TablespaceTarget(ts, chosen.get(ts.oid, Path(ts.location)), ts.oid in chosen) for ts in tablespaces]
     seen: dict[Path, str] = {}
     for target in targets:
         if target.location in seen:
@@ -131,6 +146,107 @@ def check_absent_or_empty(path: Path, what: str) -> None:
                            "restore into an absent or empty directory")
 
 
+def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -> None:
+    """A mapped directory is the operator's: absent (restore creates it) or empty. A
+    recorded location comes from the manifest, which anyone able to write to the storage
+    could have written: restore uses it only as an existing, empty directory (not a link)
+    of the restoring user, so that nothing is created or taken over outside the target
+    directory that the operator did not prepare. Neither may hold the data directory or
+    lie inside it (the empty parent of a target directory still to be created is no
+    place for a tablespace)."""
+    location, data = Path(os.path.realpath(target.location)), Path(os.path.realpath(data_directory))
+    if location.is_relative_to(data) or data.is_relative_to(location):
+        where = "is" if location == data else "is inside" if location.is_relative_to(data) else "holds"
+        raise RefusedError(f"tablespace {target.tablespace.name or target.tablespace.oid!r} would be restored into "
+                           f"{str(target.location)!r}, which {where} the target directory {data_directory}: map it "
+                           "elsewhere with --tablespace-map")
+    if target.mapped:
+        check_absent_or_empty(target.location, f"tablespace {target.tablespace.name}'s directory")
+        return
+    tablespace = target.tablespace
+    location = target.location
+    try:
+        status = os.lstat(location)
+    except FileNotFoundError:
+        why = "does not exist"
+    except OSError as exc:
+        why = f"cannot be checked ({exc.strerror})"
+    else:
+        if stat.S_ISLNK(status.st_mode):
+            why = "is a symbolic link"
+        elif not stat.S_ISDIR(status.st_mode):
+            why = "is not a directory"
+        elif status.st_uid != os.geteuid():
+            why = "belongs to another user"
+        else:
+            try:
+                why = "is not empty" if os.listdir(location) else ""
+            except OSError as exc:
+                why = f"cannot be listed ({exc.strerror})"
+    if why:
+        raise RefusedError(
+            f"tablespace {tablespace.name or tablespace.oid!r} was at {str(location)!r}, which {why}: restore "
+            f"writes a tablespace only into a directory --tablespace-map gives (--tablespace-map "
+            f"{tablespace.name or location}=NEW_DIRECTORY) or into its recorded location when that is an "
+            "existing, empty directory of the restoring user")
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+
+def check_manifest(manifest: BackupManifest) -> None:
+    """What the decoding checks cannot see, one field at a time (catalog.py): the parts
+    are this backup's objects, the tablespaces are distinct and the tablespace_map names
+    only them, every file and directory sits in a listed directory or below a tablespace
+    link (so no write goes through anything but the links restore makes), the counts add
+    up. Raises CorruptManifest before anything is written."""
+    where = f"backup {manifest.backup_id}'s manifest"
+    prefix = f"backups/{manifest.backup_id}/data/"
+    for part in manifest.parts:
+        key = part.key
+        if not key.startswith(prefix) or "\0" in key or any(name in ("", ".", "..") for name in key.split("/")):
+            raise CorruptManifest(f"{where} lists part {key!r}, which is not an object of that backup")
+    oids = [tablespace.oid for tablespace in manifest.tablespaces]
+    if len(set(oids)) != len(oids):
+        raise CorruptManifest(f"{where} lists a tablespace twice")
+    links = {f"{TABLESPACE_DIR}/{oid}" for oid in oids}
+    containers = {directory.path for directory in manifest.directories} | links
+    for path in [directory.path for directory in manifest.directories if directory.path] + \
+            [file.path for file in manifest.files]:
+        parent = path.rpartition("/")[0]
+        if parent not in containers:
+            raise CorruptManifest(f"{where} lists {path!r}, whose directory {parent!r} it does not list")
+    for file in manifest.files:
+        if file.path in containers:
+            raise CorruptManifest(f"{where} lists {file.path!r} both as a file and as a directory or tablespace link")
+    if manifest.file_count != len(manifest.files) or manifest.size != sum(file.size for file in manifest.files):
+        raise CorruptManifest(f"{where} says {manifest.file_count} files and {manifest.size} bytes, but lists "
+                              f"{len(manifest.files)} files of {sum(file.size for file in manifest.files)} bytes")
+    if manifest.tablespace_map:
+        rewrite_tablespace_map(manifest.tablespace_map,
+                               {tablespace.oid: Path(tablespace.location) for tablespace in manifest.tablespaces})
+
+
+class Modes(NamedTuple):
+    """What PostgreSQL creates in a cluster: 0700/0600, or 0750/0640 with group access
+    (a data directory of 0750). The manifest's modes are masked with these."""
+
+    directory: int
+    file: int
+
+    @classmethod
+    def of(cls, manifest: BackupManifest) -> Modes:
+        root = next((directory.mode for directory in manifest.directories if not directory.path), _PRIVATE_DIR)
+        # PostgreSQL starts only on a data directory of mode 0700, or 0750 for group access.
+        return cls(_GROUP_DIR, _GROUP_FILE) if root & 0o077 == 0o050 else cls(_PRIVATE_DIR, _PRIVATE_FILE)
+
+    def for_directory(self, mode: int) -> int:
+        return mode & self.directory | _PRIVATE_DIR  # restore writes into it
+
+    def for_file(self, mode: int) -> int:
+        return mode & self.file
+
+
 # --- the stream ----------------------------------------------------------------------------
 
 
@@ -142,14 +258,6 @@ class Slice(NamedTuple):
     file_offset: int
     part_offset: int
     length: int
-
-
-def _check_path(path: str) -> None:
-    # A manifest is data from storage: it must not write outside the data directory
-    # (tablespace files go through the pg_tblspc links we create, by design).
-    parts = path.split("/")
-    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise CorruptManifest(f"manifest path {path!r} is not a plain relative path")
 
 
 def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[list[Slice]]:
@@ -166,9 +274,6 @@ def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[lis
 
     skip_full_parts()
     for index, file in enumerate(files):
-        _check_path(file.path)
-        if file.size < 0:
-            raise CorruptManifest(f"manifest: {file.path} has a negative size")
         if file.size == 0:
             continue
         if (file.part, file.offset) != (part, offset):
@@ -202,10 +307,10 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def _finish_file(fd: int, file: BackupFile) -> None:
+def _finish_file(fd: int, file: BackupFile, modes: Modes) -> None:
     """Mode, mtime, fsync, close: the file is complete and durable."""
     try:
-        os.fchmod(fd, file.mode & 0o7777)
+        os.fchmod(fd, modes.for_file(file.mode))
         os.utime(fd, (file.mtime, file.mtime))
         os.fsync(fd)
     finally:
@@ -215,8 +320,9 @@ def _finish_file(fd: int, file: BackupFile) -> None:
 class StreamWriter:
     """Writes parts into the files of one data directory, from many threads."""
 
-    def __init__(self, root: Path, files: list[BackupFile], slices: list[list[Slice]]) -> None:
+    def __init__(self, root: Path, files: list[BackupFile], slices: list[list[Slice]], modes: Modes) -> None:
         self.root = root
+        self.modes = modes
         self.files = files
         self.slices = slices
         pending = [0] * len(files)
@@ -229,7 +335,7 @@ class StreamWriter:
     def create_empty_files(self) -> None:
         for file in self.files:
             if file.size == 0:
-                _finish_file(self._create(file), file)
+                _finish_file(self._create(file), file, self.modes)
 
     def _create(self, file: BackupFile) -> int:
         path = self.root / file.path
@@ -262,7 +368,7 @@ class StreamWriter:
                     entry.fd = -1
             if last:
                 try:
-                    _finish_file(fd, file)
+                    _finish_file(fd, file, self.modes)
                 except OSError as exc:
                     raise PitrkitError(f"cannot finish {self.root / file.path}: {exc.strerror}") from None
 
@@ -300,7 +406,7 @@ def read_part(archive: Archive, part: BackupPart) -> bytes:
 def _mkdir(path: Path, mode: int) -> None:
     try:
         path.mkdir(mode=_PRIVATE_DIR, exist_ok=True)
-        os.chmod(path, mode & 0o7777)  # mkdir's mode is filtered by the umask
+        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
     except OSError as exc:
         raise PitrkitError(f"cannot create directory {path}: {exc.strerror}") from None
 
@@ -322,23 +428,20 @@ def _write_small_file(path: Path, content: str) -> None:
         os.close(fd)
 
 
-def make_directories(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget]) -> list[Path]:
+def make_directories(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget],
+                     masks: Modes) -> list[Path]:
     """Create the directory tree, parents first, and the tablespace links; returns every
     directory whose entries change (to fsync at the end)."""
-    modes = {directory.path: directory.mode for directory in manifest.directories}
-    for path in modes:
-        if path:
-            _check_path(path)
+    modes = {directory.path: masks.for_directory(directory.mode) for directory in manifest.directories}
     links = {f"{TABLESPACE_DIR}/{target.tablespace.oid}": target for target in tablespaces}
-    # PostgreSQL starts only on a data directory of mode 0700, or 0750 for group access.
-    _mkdir(root, 0o750 if modes.get("", _PRIVATE_DIR) & 0o077 == 0o050 else _PRIVATE_DIR)
+    _mkdir(root, masks.directory)
     touched = [root.parent, root]
     if tablespaces or TABLESPACE_DIR in modes:
-        _mkdir(root / TABLESPACE_DIR, modes.get(TABLESPACE_DIR, _PRIVATE_DIR))
+        _mkdir(root / TABLESPACE_DIR, modes.get(TABLESPACE_DIR, masks.directory))
         touched.append(root / TABLESPACE_DIR)
     # The links before anything below them: tablespace files are written through them.
     for link, target in links.items():
-        _mkdir(target.location, modes.get(link, _PRIVATE_DIR))
+        _mkdir(target.location, modes.get(link, masks.directory))
         try:
             os.symlink(target.location, root / link)
         except OSError as exc:
@@ -356,9 +459,11 @@ def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: 
     """Write the backup into `root` (absent or empty; its parent exists) and the
     tablespace locations; return once all of it is durable. `advance(n)` is called with
     the plaintext bytes of each part written."""
+    check_manifest(manifest)
     slices = slices_by_part(manifest.files, manifest.parts)
-    touched = make_directories(root, manifest, tablespaces)
-    writer = StreamWriter(root, manifest.files, slices)
+    modes = Modes.of(manifest)
+    touched = make_directories(root, manifest, tablespaces, modes)
+    writer = StreamWriter(root, manifest.files, slices, modes)
     try:
         writer.create_empty_files()
         _write_parts(archive, manifest.parts, writer, workers, advance)

@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit import catalog, inventory, objects
+from pitrkit import catalog, inventory, objects, unpack
 from pitrkit.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
@@ -168,6 +168,10 @@ def _check_backup_folder(archive: Archive, backup_id: str, identity: ArchiveIden
     if streamed != sum(file.size for file in manifest.files) or streamed != manifest.size:
         return unusable(f"does not add up: its parts hold {streamed} bytes, its files "
                         f"{sum(file.size for file in manifest.files)}, its size says {manifest.size}")
+    try:
+        unpack.check_manifest(manifest)  # what restore refuses, verify reports
+    except unpack.CorruptManifest as exc:
+        return unusable(str(exc))
 
     findings = []
     for part in manifest.parts:

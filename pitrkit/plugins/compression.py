@@ -11,6 +11,10 @@ import os
 
 from pitrkit.hookspecs import hookimpl
 
+# The most a zstd body can expand by: a block regenerates at most 128 KiB, and the
+# smallest block (an RLE block) takes 4 bytes. A size beyond this is a lie, refused
+# before zstd is asked to allocate it.
+_ZSTD_MAX_RATIO = (128 << 10) // 4
 
 class NoCompression:
     name = "none"
@@ -19,6 +23,8 @@ class NoCompression:
         return data
 
     def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+        if len(data) != size:
+            raise ValueError(f"the body is {len(data)} bytes, the header says {size}")
         return bytes(data)
 
 
@@ -41,6 +47,9 @@ class Zstd:
         return self._zstandard.ZstdCompressor(level=self.level, threads=threads).compress(data)
 
     def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+        if size > len(data) * _ZSTD_MAX_RATIO:
+            raise ValueError(f"the header claims {size} bytes from a {len(data)}-byte zstd body, more than "
+                             "zstd can expand to")
         try:
             # zstd honours max_output_size only for frames that do not state their size;
             # a frame that does is trusted, so a corrupt one could claim terabytes.

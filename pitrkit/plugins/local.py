@@ -15,15 +15,26 @@ readdir(3) and stat(2) is simply left out (a concurrent delete), but one that ca
 stat'd otherwise, a symbolic link to nothing included, is a fault, never a reason to
 call the folder empty (wal-fetch would answer "not archived" for a stored segment).
 
+Containment: a symbolic link inside the archive is never followed. Anyone who can write
+to the archive could otherwise make a read return a file from anywhere on this host, or
+a put write through a link to anywhere the user may write. Every operation opens the
+archive directory (which may itself be a link: it is the operator's choice) and then each
+folder of the key from its parent's descriptor with O_NOFOLLOW|O_DIRECTORY (O_NOFOLLOW
+alone guards only the last component of a path), and the object itself with O_NOFOLLOW.
+A link met on the way is a storage fault naming it, never "not found": a wal-fetch must
+not answer "not archived" for a segment that is there behind a link.
+
 The `timeout` is not enforced here: a local system call cannot be abandoned safely. A
 hung NFS mount is the kernel's to time out (mount it `soft,timeo=`).
 """
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -32,6 +43,10 @@ from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, 
 
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted in the archive must not hang the read that opens it (it is
+# then refused as not a regular file); it changes nothing for a regular file.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LocalStorage:
@@ -53,76 +68,154 @@ class LocalStorage:
 
     # -- keys --------------------------------------------------------------------------
 
-    def _path(self, key: str) -> Path:
+    def _names(self, key: str) -> list[str]:
+        """The key's components: the folders below the root, then the object's name."""
         parts = key.split("/")
-        if not key or key.startswith("/") or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        if not key or key.startswith("/") or any(part in ("", ".", "..") or part.startswith(".") or "\0" in part
+                                                 for part in parts):
             raise ValueError(f"invalid object key {key!r}")
-        return self.root.joinpath(*parts)
+        return parts
 
     def _fault(self, exc: OSError, key: str) -> StorageError:
         return StorageError(f"{self.url}: {key}: {exc.strerror or exc}")
 
-    def _missing(self, key: str) -> Exception:
-        """A missing file is "not found" only if the archive itself is there: an
-        unmounted or mistyped archive directory must not look like an empty archive."""
-        if self.root.is_dir():
-            return ObjectNotFound(key)
-        return self._no_root()
+    def _link_refused(self, names: list[str]) -> StorageError:
+        return StorageError(f"{self.url}: {'/'.join(names)} is a symbolic link: pitrkit never follows links "
+                            "inside the archive")
 
-    def _no_root(self) -> StorageMissing:
-        return StorageMissing(f"archive directory {self.root} does not exist: create it, owned by the OS user "
-                              "PostgreSQL runs as, mode 0700 (or correct [repository] url; or mount its file system)")
+    # -- descriptors -------------------------------------------------------------------
+
+    def _open_root(self) -> int:
+        """The archive directory, through a link if it is one. Missing, it is a fault:
+        an unmounted or mistyped archive directory must not look like an empty archive."""
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageMissing(f"archive directory {self.root} does not exist: create it, owned by the OS user "
+                                 "PostgreSQL runs as, mode 0700 (or correct [repository] url; or mount its file "
+                                 "system)") from None
+        except OSError as exc:
+            raise StorageError(f"archive directory {self.root}: {exc.strerror or exc}") from None
+
+    def _open_folder(self, names: list[str], *, create: bool = False) -> int:
+        """A descriptor of the folder `names` below the root, opened one component at a
+        time from its parent's descriptor, never through a link (see the module
+        docstring); with `create`, missing folders are made. Raises FileNotFoundError or
+        NotADirectoryError when the folder is not there."""
+        folder = self._open_root()
+        try:
+            for depth, name in enumerate(names):
+                try:
+                    child = os.open(name, _FOLDER_FLAGS, dir_fd=folder)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    self._make_folder(folder, name)
+                    child = os.open(name, _FOLDER_FLAGS, dir_fd=folder)
+                except (NotADirectoryError, OSError) as exc:
+                    # A link opened with O_NOFOLLOW|O_DIRECTORY fails as "not a directory"
+                    # (ELOOP on some systems): only its lstat tells it from a file.
+                    if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                        self._refuse_link(folder, name, names[: depth + 1])
+                    raise
+                os.close(folder)
+                folder = child
+        except BaseException:
+            os.close(folder)
+            raise
+        return folder
+
+    def _refuse_link(self, folder: int, name: str, names: list[str]) -> None:
+        try:
+            status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except OSError:
+            return
+        if stat.S_ISLNK(status.st_mode):
+            raise self._link_refused(names)
+
+    def _make_folder(self, parent: int, name: str) -> None:
+        """mkdir, owned as `_new_entries_owner` says, and fsync'd into its parent so that
+        the new entry survives a crash (a durable file in a lost directory is lost)."""
+        try:
+            os.mkdir(name, _DIR_MODE, dir_fd=parent)
+        except FileExistsError:
+            pass  # a concurrent writer made it, and may not have fsync'd it yet: we do
+        else:
+            if owner := self._new_entries_owner():
+                os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
+        _fsync(parent)
+
+    def _open_object(self, folder: int, name: str, names: list[str]) -> int:
+        try:
+            descriptor = os.open(name, _READ_FLAGS, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._link_refused(names) from None
+            raise
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise StorageError(f"{self.url}: {'/'.join(names)} is not a regular file")
+        return descriptor
 
     # -- operations --------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
-        path = self._path(key)
-        self._check_root()
+        *folders, name = self._names(key)
         try:
-            self._make_parents(path.parent)
-            temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            folder = self._open_folder(folders, create=True)
             try:
+                temporary = f".{name}.{secrets.token_hex(6)}.tmp"
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     _FILE_MODE, dir_fd=folder)
                 try:
-                    if owner := self._new_entries_owner():
-                        os.fchown(descriptor, *owner)
-                    with memoryview(data) as view:
-                        written = 0
-                        while written < len(view):
-                            written += os.write(descriptor, view[written:])
-                    os.fsync(descriptor)
+                    try:
+                        if owner := self._new_entries_owner():
+                            os.fchown(descriptor, *owner)
+                        with memoryview(data) as view:
+                            written = 0
+                            while written < len(view):
+                                written += os.write(descriptor, view[written:])
+                        os.fsync(descriptor)
+                    finally:
+                        os.close(descriptor)
+                    # rename(2) and link(2) replace or refuse the name itself, a link included:
+                    # neither writes through one.
+                    if overwrite:
+                        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+                    else:
+                        os.link(temporary, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
                 finally:
-                    os.close(descriptor)
-                if overwrite:
-                    os.replace(temporary, path)
-                else:
-                    os.link(temporary, path)
+                    _unlink_quietly(temporary, folder)  # after link(2) or a failure; gone after rename(2)
+                _fsync(folder)
             finally:
-                _unlink_quietly(temporary)  # after link(2) or a failure; gone after rename(2)
-            _fsync_directory(path.parent)
+                os.close(folder)
         except FileExistsError:
-            self._make_durable(path, key)
+            self._make_durable(folders, name, key)
             raise ObjectExists(key) from None
         except OSError as exc:
             raise self._fault(exc, key) from None
 
-    def _make_durable(self, path: Path, key: str) -> None:
-        """Fsync an existing object, its directory and theirs up to the root, so that
+    def _make_durable(self, folders: builtins.list[str], name: str, key: str) -> None:
+        """Fsync an existing object, its folder and theirs up to the root, so that
         ObjectExists means "stored and durable" (the contract in hookspecs.py): the
         writer that linked it may still be before its own directory fsync, or it was our
         attempt that failed there, and the caller may report success on our answer."""
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            folder = self._open_root()
             try:
-                os.fsync(descriptor)
+                _fsync(folder)
+                for each in folders:
+                    child = os.open(each, _FOLDER_FLAGS, dir_fd=folder)
+                    os.close(folder)
+                    folder = child
+                    _fsync(folder)
+                descriptor = self._open_object(folder, name, [*folders, name])
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
             finally:
-                os.close(descriptor)
-            directory = path.parent
-            while True:
-                _fsync_directory(directory)
-                if directory == self.root:
-                    break
-                directory = directory.parent
+                os.close(folder)
         except FileNotFoundError:
             # Deleted since link(2) said it exists: nothing is stored, and a put that
             # reports "exists" must not report it for nothing.
@@ -131,164 +224,178 @@ class LocalStorage:
             raise self._fault(exc, key) from None
 
     def get(self, key: str) -> bytes:
+        names = self._names(key)
         try:
-            with open(self._path(key), "rb") as file:
+            folder = self._open_folder(names[:-1])
+            try:
+                descriptor = self._open_object(folder, names[-1], names)
+            finally:
+                os.close(folder)
+            with open(descriptor, "rb") as file:
                 return file.read()
         except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(key) from None
+            raise ObjectNotFound(key) from None
         except OSError as exc:
             raise self._fault(exc, key) from None
 
     def stat(self, key: str) -> ObjectInfo:
+        names = self._names(key)
         try:
-            status = os.stat(self._path(key))
-            return ObjectInfo(key, status.st_size, status.st_mtime)
+            folder = self._open_folder(names[:-1])
+            try:
+                status = os.stat(names[-1], dir_fd=folder, follow_symlinks=False)
+            finally:
+                os.close(folder)
         except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(key) from None
+            raise ObjectNotFound(key) from None
         except OSError as exc:
             raise self._fault(exc, key) from None
+        if stat.S_ISLNK(status.st_mode):
+            raise self._link_refused(names)
+        return ObjectInfo(key, status.st_size, status.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        self._check_root()
         # Walk only below the prefix's directory part. Depth-first order is not key
         # order ("a/b" sorts after "a-c"), so collect, then sort.
         directory = prefix.rpartition("/")[0]
-        start = self._path(directory) if directory else self.root
-
-        def unreadable(exc: OSError) -> None:
-            # The start folder missing means no objects (if the archive is there, checked
-            # below); a sub-folder deleted while we walk took its objects with it.
-            if exc.filename == os.fspath(start):
-                if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-                    raise exc
-            elif not isinstance(exc, FileNotFoundError):
-                raise exc
-
+        names = self._names(directory) if directory else []
         found: list[ObjectInfo] = []
         try:
-            for folder, subfolders, files in os.walk(start, onerror=unreadable):
-                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-                relative = os.path.relpath(folder, self.root).replace(os.sep, "/")
-                for name in files:
-                    if name.startswith("."):
-                        continue
-                    key = name if relative == "." else f"{relative}/{name}"
-                    if key.startswith(prefix) and (status := self._entry(os.path.join(folder, name), key)):
-                        found.append(ObjectInfo(key, status.st_size, status.st_mtime))
+            folder = self._open_folder(names)
+        except (FileNotFoundError, NotADirectoryError):
+            return iter(())
         except OSError as exc:
             raise self._fault(exc, prefix) from None
-        if not found:
-            self._check_root()  # an unmounted archive lists as nothing: a fault
+        try:
+            self._walk(folder, f"{directory}/" if directory else "", prefix, found)
+        except OSError as exc:
+            raise self._fault(exc, prefix) from None
+        finally:
+            os.close(folder)
         found.sort(key=lambda info: info.key.encode())
         return iter(found)
+
+    def _walk(self, folder: int, relative: str, prefix: str, found: builtins.list[ObjectInfo]) -> None:
+        """Add the objects under the open `folder` (key prefix `relative`) whose keys
+        start with `prefix`; descend into subfolders through descriptors only."""
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                key = relative + entry.name
+                if entry.is_symlink():
+                    raise self._link_refused(key.split("/"))
+                if entry.is_dir(follow_symlinks=False):
+                    below = key + "/"
+                    if not (below.startswith(prefix) or prefix.startswith(below)):
+                        continue
+                    try:
+                        child = os.open(entry.name, _FOLDER_FLAGS, dir_fd=folder)
+                    except FileNotFoundError:
+                        continue  # removed since the listing: it holds nothing now
+                    try:
+                        self._walk(child, below, prefix, found)
+                    finally:
+                        os.close(child)
+                elif key.startswith(prefix):
+                    try:
+                        status = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted since the listing
+                    found.append(ObjectInfo(key, status.st_size, status.st_mtime))
 
     def list_folder(self, prefix: str) -> Folder:
         if prefix and not prefix.endswith("/"):
             raise ValueError(f"a folder prefix ends with '/': {prefix!r}")
-        self._check_root()
         objects: list[ObjectInfo] = []
         folders: list[str] = []
         try:
-            entries = os.scandir(self._path(prefix[:-1]) if prefix else self.root)
+            folder = self._open_folder(self._names(prefix[:-1]) if prefix else [])
         except (FileNotFoundError, NotADirectoryError):
-            self._check_root()
-            return Folder([], [])  # only the folder is missing: it holds no objects
+            return Folder([], [])
         except OSError as exc:
             raise self._fault(exc, prefix) from None
         try:
-            with entries:
+            with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.name.startswith("."):
                         continue
+                    if entry.is_symlink():
+                        raise self._link_refused(f"{prefix}{entry.name}".split("/"))
                     if entry.is_dir(follow_symlinks=False):
                         folders.append(f"{prefix}{entry.name}/")
-                    elif status := self._entry(entry.path, prefix + entry.name):
-                        objects.append(ObjectInfo(prefix + entry.name, status.st_size, status.st_mtime))
+                        continue
+                    try:
+                        status = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted since the listing
+                    objects.append(ObjectInfo(prefix + entry.name, status.st_size, status.st_mtime))
         except OSError as exc:
             raise self._fault(exc, prefix) from None
+        finally:
+            os.close(folder)
         objects.sort(key=lambda info: info.key.encode())
         folders.sort(key=str.encode)
         return Folder(objects, folders)
 
-    def _entry(self, path: str, key: str) -> os.stat_result | None:
-        """The status of a listed entry; None if it was deleted since the directory was
-        read. Any other failure, a symbolic link to nothing included, is a fault."""
-        try:
-            return os.stat(path)
-        except FileNotFoundError:
-            try:
-                os.lstat(path)
-            except FileNotFoundError:
-                return None
-            raise StorageError(f"{self.url}: {key}: a symbolic link to nothing") from None
-
-    def _check_root(self) -> None:
-        if not self.root.is_dir():
-            raise self._no_root()
-
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        *folders, name = self._names(key)
         try:
-            path.unlink()
+            folder = self._open_folder(folders)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+        try:
+            os.unlink(name, dir_fd=folder)  # removes a link itself, never what it points to
+            _fsync(folder)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise self._fault(exc, key) from None
-        _fsync_directory(path.parent)
-        self._remove_empty_parents(path.parent)
+        finally:
+            os.close(folder)
+        self._remove_empty_parents(folders)
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _make_parents(self, directory: Path) -> None:
-        """Create missing directories up to the root, fsyncing each parent so that the
-        new entry survives a crash (a durable file in a lost directory is lost)."""
-        missing = []
-        while not directory.is_dir():
-            missing.append(directory)
-            directory = directory.parent
-        for folder in reversed(missing):
+    def _remove_empty_parents(self, folders: builtins.list[str]) -> None:
+        """Remove the folders a delete left empty, up to the root: in an object store a
+        folder exists only while it holds objects, and readers (backup-list, the WAL
+        listings) must not find a removed backup or WAL folder as an empty one. rmdir(2)
+        refuses a directory that is not empty, so a concurrent put's new file keeps its
+        folder (a put whose folder vanished between mkdir and open fails, and Archive
+        retries it)."""
+        while folders:
             try:
-                folder.mkdir(_DIR_MODE)
-            except FileExistsError:
-                continue  # a concurrent writer made it; its fsync covers it
-            if owner := self._new_entries_owner():
-                os.chown(folder, *owner)
-            _fsync_directory(folder.parent)
-
-
-    def _remove_empty_parents(self, directory: Path) -> None:
-        """Remove the directories a delete left empty, up to the root: in an object
-        store a folder exists only while it holds objects, and readers (backup-list,
-        the WAL listings) must not find a removed backup or WAL folder as an empty one.
-        rmdir(2) refuses a directory that is not empty, so a concurrent put's new file
-        keeps its folder (a put whose folder vanished between mkdir and open fails,
-        and Archive retries it)."""
-        while directory != self.root:
+                parent = self._open_folder(folders[:-1])
+            except (OSError, StorageError):
+                return
             try:
-                directory.rmdir()
+                os.rmdir(folders[-1], dir_fd=parent)
+                _fsync(parent)
             except OSError:
                 return
-            _fsync_directory(directory.parent)
-            directory = directory.parent
+            finally:
+                os.close(parent)
+            folders = folders[:-1]
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(name: str, folder: int) -> None:
     try:
-        path.unlink()
+        os.unlink(name, dir_fd=folder)
     except FileNotFoundError:
         pass
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _fsync(descriptor: int) -> None:
+    """fsync an open directory."""
     try:
         os.fsync(descriptor)
     except OSError as exc:
         # Some file systems cannot fsync a directory; the data is still fsync'd.
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise
-    finally:
-        os.close(descriptor)
 
 
 def parse_file_url(url: str) -> Path | None:

@@ -117,7 +117,7 @@ def test_a_tablespace_is_restored_into_the_mapped_directory(cluster, pitrkit_set
 
     # Without a mapping the original location is used: it is not empty, so refused.
     refused, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn)
-    assert "tablespace fast's directory" in refusal(result) and "is not empty" in refusal(result)
+    assert "tablespace 'fast' was at" in refusal(result) and "is not empty" in refusal(result)
     assert not refused.pgdata.exists()
     _, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--tablespace-map", "nosuch=/tmp/x")
     assert "no tablespace at or named 'nosuch'" in refusal(result)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pitrkit import catalog, objects
 from pitrkit.archive import Archive, backup_prefix, manifest_key
-from pitrkit.catalog import BackupManifest, BackupSummary
+from pitrkit.catalog import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupSummary
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.plugins import Plugins
 from pitrkit.wal import Lsn, SegmentName
@@ -98,6 +98,11 @@ class SyntheticArchive:
                manifest: bool = True) -> BackupSummary:
         """A backup starting in segment `start_segno` and consistent in `stop_segno`;
         without `manifest` it is one that was interrupted."""
+        # One file of 1000 bytes in one stored part: a manifest restore accepts.
+        data = b"x" * 1000
+        blob, header = objects.encode(data, Plugins().compressor("none"))
+        part = BackupPart(key=backup_prefix(backup_id) + "data/0", size=len(data), stored_size=len(blob),
+                          sha256=header.sha256.hex())
         document = BackupManifest(
             backup_id=backup_id, label=f"label {backup_id}", system_identifier=1, pg_version=150014,
             timeline=timeline,
@@ -105,9 +110,10 @@ class SyntheticArchive:
             stop_lsn=lsn(stop_segno, 0x100), stop_time=stored_at(stop_segno) - timedelta(seconds=30),
             first_segment=name(timeline, start_segno), last_segment=name(timeline, stop_segno),
             size=1000, stored_size=400, file_count=1, compression="zstd", pitrkit_version="0.1.0",
-            backup_label="START WAL LOCATION: ...", parts=[], directories=[], files=[],
+            backup_label="START WAL LOCATION: ...", parts=[part], directories=[BackupDirectory("", 0o700)],
+            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0)],
         )
-        self.archive.put(backup_prefix(backup_id) + "data/0", b"backup data")
+        self.archive.put(part.key, blob)
         if manifest:
             self.archive.put_document(manifest_key(backup_id), document, pretty=False)
         return catalog.decode(catalog.encode(document), BackupSummary, "summary")

@@ -330,3 +330,97 @@ def test_a_concurrent_identical_push_waits_for_durability(pushing, monkeypatch):
     finally:
         fsyncs.waits["first"].set()
         first.join()
+
+
+# -- containment: links inside the archive are never followed ------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory outside the archive, with a file a link inside the archive points at."""
+    place = tmp_path / "outside"
+    place.mkdir()
+    (place / "secret").write_bytes(b"not the archive's")
+    return place
+
+
+def _entries(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else b"" for p in directory.rglob("*")}
+
+
+def test_a_linked_folder_inside_the_archive_is_not_followed(tmp_path, outside):
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "wal").symlink_to(outside)
+    storage = LocalStorage(root)
+    before = _entries(outside)
+    for operation in (lambda: storage.get("wal/secret"), lambda: storage.stat("wal/secret"),
+                      lambda: storage.put("wal/new", b"x"), lambda: storage.put("wal/secret", b"x", overwrite=True),
+                      lambda: storage.delete("wal/secret"), lambda: storage.list("wal/"),
+                      lambda: storage.list(""), lambda: storage.list_folder("wal/"),
+                      lambda: storage.list_folder("")):
+        with pytest.raises(StorageError, match="wal is a symbolic link"):
+            operation()
+    assert _entries(outside) == before
+
+
+def test_a_link_deeper_in_a_key_is_not_followed(tmp_path, outside):
+    root = tmp_path / "archive"
+    storage = LocalStorage(root)
+    root.mkdir()
+    storage.put("backups/b1/manifest.json", b"{}")
+    (root / "backups" / "b1" / "data").symlink_to(outside)
+    with pytest.raises(StorageError, match="backups/b1/data is a symbolic link"):
+        storage.get("backups/b1/data/secret")
+    with pytest.raises(StorageError, match="backups/b1/data is a symbolic link"):
+        storage.put("backups/b1/data/00000000", b"part")
+    with pytest.raises(StorageError, match="backups/b1/data is a symbolic link"):
+        list(storage.list("backups/"))
+    assert _entries(outside) == {"secret": b"not the archive's"}
+
+
+def test_a_linked_object_is_not_read_and_is_replaced_not_written_through(tmp_path, outside):
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "catalog").mkdir()
+    (root / "catalog" / "backups.json").symlink_to(outside / "secret")
+    storage = LocalStorage(root)
+    for operation in (lambda: storage.get("catalog/backups.json"), lambda: storage.stat("catalog/backups.json"),
+                      lambda: storage.list("catalog/"), lambda: storage.list_folder("catalog/")):
+        with pytest.raises(StorageError, match="catalog/backups.json is a symbolic link"):
+            operation()
+    with pytest.raises(ObjectExists):
+        storage.put("catalog/backups.json", b"{}")
+    storage.put("catalog/backups.json", b"{}", overwrite=True)
+    assert storage.get("catalog/backups.json") == b"{}"
+    assert (outside / "secret").read_bytes() == b"not the archive's"
+
+
+def test_deleting_a_link_removes_the_link_only(tmp_path, outside):
+    root = tmp_path / "archive"
+    (root / "leases").mkdir(parents=True)
+    (root / "leases" / "x.json").symlink_to(outside / "secret")
+    LocalStorage(root).delete("leases/x.json")
+    assert not (root / "leases").exists()
+    assert (outside / "secret").read_bytes() == b"not the archive's"
+
+
+def test_a_fifo_in_the_archive_is_refused_not_waited_on(tmp_path):
+    root = tmp_path / "archive"
+    (root / "wal").mkdir(parents=True)
+    os.mkfifo(root / "wal" / "segment")
+    with pytest.raises(StorageError, match="not a regular file"):
+        LocalStorage(root).get("wal/segment")
+
+
+def test_the_archive_directory_itself_may_be_a_link(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "archive").symlink_to(real)
+    storage = LocalStorage(tmp_path / "archive")
+    storage.put("wal/0000000100000000/000000010000000000000001", b"segment")
+    assert storage.get("wal/0000000100000000/000000010000000000000001") == b"segment"
+    assert [info.key for info in storage.list("wal/")] == ["wal/0000000100000000/000000010000000000000001"]
+    assert storage.list_folder("wal/").folders == ["wal/0000000100000000/"]
+    storage.delete("wal/0000000100000000/000000010000000000000001")
+    assert _entries(real) == {}

@@ -15,7 +15,15 @@ import pytest
 
 from pitrkit import catalog, inventory, objects, verify
 from pitrkit.archive import BACKUP_CATALOG_KEY, IDENTITY_KEY, RETENTION_STATE_KEY, Archive, backup_prefix, manifest_key
-from pitrkit.catalog import ArchiveIdentity, BackupFile, BackupManifest, BackupPart, BackupSummary, RetentionState
+from pitrkit.catalog import (
+    ArchiveIdentity,
+    BackupDirectory,
+    BackupFile,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    RetentionState,
+)
 from pitrkit.cli import main
 from pitrkit.config import Config, RepositoryConfig
 from pitrkit.plugins import Plugins
@@ -52,7 +60,8 @@ def store_backup(archive: Archive, backup_id: str, *, first: SegmentName, last: 
         stop_lsn=Lsn(last.start_lsn + 0x100), stop_time=start_time + timedelta(seconds=30),
         first_segment=first.name, last_segment=last.name, size=len(stream),
         stored_size=sum(part.stored_size for part in parts), file_count=len(files), compression="zstd",
-        pitrkit_version="0.1.0", backup_label="START WAL LOCATION: ...", parts=parts, directories=[], files=listed,
+        pitrkit_version="0.1.0", backup_label="START WAL LOCATION: ...", parts=parts,
+        directories=[BackupDirectory("", 0o700), BackupDirectory("base", 0o700)], files=listed,
     )
     archive.put(manifest_key(backup_id), catalog.encode(manifest, pretty=False))
     if catalog_it:
@@ -228,6 +237,12 @@ def test_a_missing_or_truncated_part_breaks_its_backup(store):
     (lambda m: catalog.encode(msgspec.structs.replace(m, backup_id="X")), "names backup 'X'"),
     (lambda m: catalog.encode(msgspec.structs.replace(m, system_identifier=2)), "not of this archive's system 1"),
     (lambda m: catalog.encode(msgspec.structs.replace(m, size=m.size + 1)), "does not add up"),
+    (lambda m: catalog.encode(msgspec.structs.replace(
+        m, parts=[msgspec.structs.replace(m.parts[0], key="archive.json"), *m.parts[1:]])),
+     "not an object of that backup"),
+    (lambda m: catalog.encode(msgspec.structs.replace(
+        m, files=[msgspec.structs.replace(m.files[0], path="nowhere/f"), *m.files[1:]])), "whose directory 'nowhere'"),
+    (lambda m: catalog.encode(m).replace(b'"base/0"', b'"../../etc/cron.d/x"'), "not a plain relative path"),
 ])
 def test_a_manifest_that_is_not_this_backups_is_an_error(store, damage, says):
     path = store.root / manifest_key("B")

@@ -182,7 +182,7 @@ def test_archive_json_is_verified_once_while_its_bytes_do_not_change(hosts, monk
     for _ in range(5):
         archive.identity()
     assert checks == []
-    hosts.tamper(IDENTITY_KEY, b'"wal_segment_size": 1073741824', b'"wal_segment_size": 1073741825')
+    hosts.tamper(IDENTITY_KEY, b'"wal_segment_size": 1073741824', b'"wal_segment_size": 536870912')
     with pytest.raises(TamperedDocument, match=IDENTITY_KEY):
         archive.identity()
     assert checks == [1]

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from pitrkit import durable
 from pitrkit.errors import PitrkitError
 from pitrkit.wal import Lsn
 
@@ -208,32 +209,15 @@ def write(data_dir: Path, settings: RecoverySettings, header: str) -> None:
     try:
         try:
             text = auto_conf.read_text()
-            mode = auto_conf.stat().st_mode & 0o777
         except FileNotFoundError:
-            text, mode = "", 0o600
-        # Write aside and rename: a crash leaves the old file or the new one, never half.
-        temporary = auto_conf.with_name(AUTO_CONF + ".pitrkit.tmp")
-        _write_durably(temporary, rewrite_auto_conf(text, settings, header), mode)
-        os.replace(temporary, auto_conf)
+            text = ""
+        durable.replace_file(auto_conf, rewrite_auto_conf(text, settings, header))
         (data_dir / STANDBY_SIGNAL).unlink(missing_ok=True)
-        _write_durably(data_dir / RECOVERY_SIGNAL, "", 0o600)
-        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.write_file(data_dir / RECOVERY_SIGNAL, "", 0o600)
+        durable.fsync_directory(data_dir)
     except OSError as exc:
         raise PitrkitError(f"cannot write the recovery settings into {data_dir}: {exc.strerror}") from None
 
-
-def _write_durably(path: Path, content: str, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, content.encode())
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def archiving_setting(data_dir: Path) -> tuple[str, str] | None:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from pitrkit import durable
 from pitrkit.catalog import ConfigFile, ServerConfiguration
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.recovery_conf import AUTO_CONF, conf_quote
@@ -269,7 +270,7 @@ class _Rewriter:
             changed |= new != [line]
             lines.extend(new)
         if changed:
-            _replace(restored, "\n".join(lines) + "\n")
+            durable.replace_file(restored, "\n".join(lines) + "\n")
 
     def _line(self, line: str, restored: Path, here: str, hba: bool, seen: set[Path]) -> list[str]:
         shown = os.path.relpath(restored, self.target)
@@ -332,23 +333,6 @@ class _Rewriter:
 def _commented(line: str, why: str) -> str:
     return f"#{line}  # pitrkit restore: {why}"
 
-
-def _replace(path: Path, text: str, mode: int | None = None) -> None:
-    """Write `text` aside, fsync, rename over `path` (keeping its mode if it exists)."""
-    if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o600
-    temporary = path.with_name(path.name + ".pitrkit.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
 
 
 _MINIMAL_CONF = """\
@@ -418,16 +402,16 @@ def _write(target: Path, captured: Path, configuration: ServerConfiguration | No
                                "its size and checksum in the manifest")
     if not choices.keep_backed_up:
         shutil.rmtree(captured, ignore_errors=True)
-        _replace(target / CONFIG, _MINIMAL_CONF)
-        _replace(target / HBA, _MINIMAL_HBA)
-        _replace(target / IDENT, "")
+        durable.replace_file(target / CONFIG, _MINIMAL_CONF)
+        durable.replace_file(target / HBA, _MINIMAL_HBA)
+        durable.replace_file(target / IDENT, "")
         say(f"--config-files none: wrote a minimal {CONFIG}, {HBA} (local peer, localhost scram-sha-256) "
             f"and an empty {IDENT}" + (f"; left out the backed-up {', '.join(f.path for f in files)}" if files else ""))
     else:
         _place(target, captured, configuration, say)
     _sanitize_auto_conf(target, say)
     _override(target, configuration, choices, say)
-    _fsync_dir(target)
+    durable.fsync_directory(target)
 
 
 def _place(target: Path, captured: Path, configuration: ServerConfiguration | None,
@@ -461,13 +445,13 @@ def _place(target: Path, captured: Path, configuration: ServerConfiguration | No
                     shutil.copy2(inside, target / name)
                     say(f"  {name} <- {os.path.relpath(inside, target)} (the server's {role})")
     if not (target / CONFIG).exists():
-        _replace(target / CONFIG, _MINIMAL_CONF)
+        durable.replace_file(target / CONFIG, _MINIMAL_CONF)
         say(f"  {CONFIG}: the backup has none; wrote a minimal one")
     if not (target / HBA).exists():
-        _replace(target / HBA, _MINIMAL_HBA)
+        durable.replace_file(target / HBA, _MINIMAL_HBA)
         say(f"  {HBA}: the backup has none; wrote a minimal one (local peer, localhost scram-sha-256)")
     if not (target / IDENT).exists():
-        _replace(target / IDENT, "")
+        durable.replace_file(target / IDENT, "")
     originals = (configuration.config_file, configuration.hba_file, configuration.ident_file) \
         if configuration is not None else (None, None, None)
     seen: set[Path] = set()
@@ -491,7 +475,7 @@ def _sanitize_auto_conf(target: Path, say: Callable[[str], None]) -> None:
             line = _commented(line, "the backed-up server's")
         lines.append(line)
     if lines != text.splitlines():
-        _replace(path, "\n".join(lines) + "\n")
+        durable.replace_file(path, "\n".join(lines) + "\n")
 
 
 BLOCK_BEGIN = "# pitrkit restore: settings of the restored copy (begin)"
@@ -536,20 +520,14 @@ def _override(target: Path, configuration: ServerConfiguration | None, choices: 
         kept = [_commented(line, "set at the end of postgresql.conf for the restored copy")
                 if (setting := parse_setting(line)) is not None and setting.name in names else line for line in lines]
         if kept != lines:
-            _replace(path, "\n".join(kept) + "\n")
+            durable.replace_file(path, "\n".join(kept) + "\n")
     config = target / CONFIG
     text = config.read_text(errors="replace")
     if BLOCK_BEGIN in text:
         text = text[: text.index(BLOCK_BEGIN)]
     block = [BLOCK_BEGIN, *(f"{name} = {conf_quote(value)}\t# {why}" for name, value, why in settings), BLOCK_END]
-    _replace(config, text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n")
+    durable.replace_file(config, text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n")
     for name, value, why in settings:
         say(f"  {CONFIG}: {name} = {value!r} ({why})")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

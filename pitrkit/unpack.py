@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit import objects
+from pitrkit import durable, objects
 from pitrkit.archive import Archive
 from pitrkit.catalog import BackupFile, BackupManifest, BackupPart, BackupTablespace
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
@@ -411,21 +411,6 @@ def _mkdir(path: Path, mode: int) -> None:
         raise PitrkitError(f"cannot create directory {path}: {exc.strerror}") from None
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_small_file(path: Path, content: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _PRIVATE_FILE)
-    try:
-        _write_all(fd, memoryview(content.encode()), 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_directories(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget],
@@ -470,12 +455,13 @@ def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: 
     finally:
         writer.close_unfinished()
     try:
-        _write_small_file(root / BACKUP_LABEL, manifest.backup_label)
+        durable.write_file(root / BACKUP_LABEL, manifest.backup_label, _PRIVATE_FILE)
         if manifest.tablespace_map:
             locations = {target.tablespace.oid: target.location for target in tablespaces}
-            _write_small_file(root / TABLESPACE_MAP, rewrite_tablespace_map(manifest.tablespace_map, locations))
+            durable.write_file(root / TABLESPACE_MAP, rewrite_tablespace_map(manifest.tablespace_map, locations),
+                               _PRIVATE_FILE)
         for directory in dict.fromkeys(touched):
-            _fsync_directory(directory)
+            durable.fsync_directory(directory)
     except OSError as exc:
         raise PitrkitError(f"cannot finish {root}: {exc.filename}: {exc.strerror}") from None
 

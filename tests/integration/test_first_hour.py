@@ -91,7 +91,7 @@ def test_a_peer_authenticated_server_says_run_as_the_postgres_os_user(cluster, p
     (primary.pgdata / "pg_hba.conf").write_text("local all all peer\n")
     primary.env.update(setup.env)
     primary.start()
-    setup.write_config(postgres=primary)
+    setup.init(primary)  # as the server user, as a DBA does
 
     as_root = subprocess.run([str(setup.pitrkit), "--config", str(setup.config), "backup-push"],
                              capture_output=True, text=True, timeout=120, env={**setup.env, "PATH": "/usr/bin:/bin"})

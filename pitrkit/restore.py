@@ -24,6 +24,7 @@ lease stays for `[retention] restore_lease`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pwd
 import sys
@@ -44,6 +45,8 @@ from pitrkit.plan import RestorePlan, describe, latest_warning, make_plan, serve
 from pitrkit.progress import Progress, human_bytes, human_seconds
 from pitrkit.targets import target_from_args, timeline_from_args
 from pitrkit.wal import Lsn, WalFileKind, WalFileName
+
+log = logging.getLogger(__name__)
 
 # Stat calls in flight during the pre-flight check: they are tiny and latency-bound.
 _STAT_THREADS = 16
@@ -294,9 +297,13 @@ def warn_about_code(target_dir: Path, settings: recovery_conf.RecoverySettings) 
         inert |= {"archive_command", "archive_library"}
     found = pgconf.code_settings(pgconf.restored(target_dir))
     found = msgspec.structs.replace(found, settings=[each for each in found.settings if each.name not in inert])
-    lines = pgconf.describe(found) + [f"not checked: {note}" for note in found.notes]
-    if lines:
-        print("pitrkit: warning: " + "\n  ".join(lines), file=sys.stderr)
+    # One warning line each, as every warning: log readers and wrappers take lines.
+    for setting in found.settings:
+        log.warning("the restored configuration runs code as the server's OS user (anyone who can write to an "
+                    "unencrypted archive can set it; check it before starting the server, see "
+                    "docs/encryption.md): %s: %s = '%s'", setting.file, setting.name, setting.value)
+    for note in found.notes:
+        log.warning("the restored configuration's code-running settings were not checked: %s", note)
 
 
 def timeline_at(plan: RestorePlan, lsn: Lsn) -> int:

@@ -151,7 +151,7 @@ def test_altered_documents_are_refused_naming_them_and_the_authentic_archive_res
     assert "archive_command = " in plan
     restored, result = restore_into(cluster, setup, "--to", point.time)
     succeeded(result)
-    assert "pitrkit: warning: the backup's configuration runs code" in result.stderr
+    assert "pitrkit: WARNING: the restored configuration runs code as the server's OS user" in result.stderr
     assert "postgresql.auto.conf: shared_preload_libraries = 'pg_stat_statements'" in result.stderr
     restored.start(timeout=180)
     wait_until_promoted(restored)

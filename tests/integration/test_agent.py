@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -430,7 +429,9 @@ def test_agent_refuses_a_peer_of_another_user(pitrkit_setup, pg_wal):
         "    pass  # closed unanswered, as entry.ask_agent takes it\n"
         "sys.stdout.write(repr(reply))\n"
     )
-    result = subprocess.run([sys.executable, "-c", client], user=65534, group=65534, capture_output=True,
+    # Debian's interpreter, not sys.executable: the test's venv may sit under a
+    # directory that user 65534 cannot enter (a CI checkout under a 0700 home).
+    result = subprocess.run(["/usr/bin/python3", "-c", client], user=65534, group=65534, capture_output=True,
                             text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "b''"

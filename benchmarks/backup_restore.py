@@ -6,7 +6,7 @@ One command, as root, from the checkout (about 3 minutes on 2 cores at scale 50)
 
     /opt/pkdev/bin/python benchmarks/backup_restore.py --profile
 
-(any Python that imports psycopg will do: this file uses pitrkit.localpg from the
+(any Python that imports psycopg will do: this file uses pitrkit.demo.localpg from the
 checkout it is in, which talks SQL through psycopg.) It
 
   1. installs this checkout's HEAD (--worktree: the work tree) NON-editable into a fresh
@@ -67,7 +67,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import walpath  # noqa: E402  (the same install, host and load helpers as the WAL-path benchmark)
 
-from pitrkit.localpg import (  # noqa: E402
+from pitrkit.demo.localpg import (  # noqa: E402
     Cluster,
     CommandFailed,
     LocalPgError,
@@ -75,7 +75,7 @@ from pitrkit.localpg import (  # noqa: E402
     run_as_server_user,
     wait_for,
 )
-from pitrkit.wal import Lsn  # noqa: E402
+from pitrkit.postgres.wal import Lsn  # noqa: E402
 
 import pgharness  # noqa: E402  (tests/pgharness.py: "free of pytest so benchmarks can import it")
 
@@ -247,7 +247,7 @@ class RecoveryLog:
 
 def server_log(cluster: Cluster) -> str:
     """The restored server's log: pg_ctl's -l file when we started it, else the one
-    pitrkit restore --start writes (<data dir>/log/restore.log, see pitrkit/pgstart.py)."""
+    pitrkit restore --start writes (<data dir>/log/restore.log, see pitrkit/restore/pgstart.py)."""
     for path in (cluster.logfile, cluster.pgdata / "log" / "restore.log"):
         if path.exists():
             return path.read_text(errors="replace")

@@ -73,7 +73,7 @@ def run_variant(name: str, url: str, agent: bool, segments: list[Path], work: Pa
     config.write_text(f'[repository]\nurl = "{url}"\n[compression]\nalgorithm = "zstd"\n'
                       f"[agent]\nenabled = {'true' if agent else 'false'}\nidle_timeout = 30\n")
     # No cluster behind the synthetic segments to run `pitrkit init` on: init's own code.
-    subprocess.run([sys.executable, "-c", "import sys; from pitrkit.archive import Archive; "
+    subprocess.run([sys.executable, "-c", "import sys; from pitrkit.storage.archive import Archive; "
                     "from pitrkit.config import load; from segments import init_archive; "
                     "init_archive(Archive(load(sys.argv[1])))", str(config)],
                    check=True, env={**env, "PYTHONPATH": str(HERE.parent / "tests" / "unit")})

@@ -7,7 +7,7 @@ One command, as root, from the checkout (about 12 minutes on 2 cores with the de
 
     /opt/pkdev/bin/python benchmarks/receive.py
 
-(any Python that imports psycopg will do: this file uses pitrkit.localpg from the
+(any Python that imports psycopg will do: this file uses pitrkit.demo.localpg from the
 checkout it is in.) It
 
   1. installs this checkout's HEAD (--worktree: the work tree) NON-editable into a fresh
@@ -65,8 +65,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import walpath  # noqa: E402  (the same install and host helpers as the WAL-path benchmark)
 
-from pitrkit.localpg import Cluster, CommandFailed, LocalPgError, make_server_dir, server_env, server_user  # noqa: E402
-from pitrkit.wal import Lsn  # noqa: E402
+from pitrkit.demo.localpg import Cluster, CommandFailed, LocalPgError, make_server_dir, server_env, server_user  # noqa: E402
+from pitrkit.postgres.wal import Lsn  # noqa: E402
 
 import pgharness  # noqa: E402  (tests/pgharness.py: "free of pytest so benchmarks can import it")
 

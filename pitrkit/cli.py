@@ -22,23 +22,23 @@ from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 log = logging.getLogger("pitrkit")
 
 # wal-fetch must not exit 1 or 2 for a fault: PostgreSQL reads 1 as "not archived" and
-# ends recovery. Faults exit above 125 so that recovery aborts instead (see fetch.py).
+# ends recovery. Faults exit above 125 so that recovery aborts instead (see wal/fetch.py).
 FETCH_FAULT = 126
 INTERNAL_ERROR = 70
 
 _COMMAND_MODULES = {
-    "init": "pitrkit.init",
-    "backup-push": "pitrkit.backup",
-    "backup-list": "pitrkit.inventory",
-    "wal-list": "pitrkit.inventory",
-    "catalog": "pitrkit.inventory",
-    "restore-plan": "pitrkit.plan",
-    "restore": "pitrkit.restore",
-    "wal-receive": "pitrkit.receive",
-    "retention": "pitrkit.retention",
-    "status": "pitrkit.status",
-    "verify": "pitrkit.verify",
-    "daemon": "pitrkit.daemon",
+    "init": "pitrkit.ops.init",
+    "backup-push": "pitrkit.backup.push",
+    "backup-list": "pitrkit.catalog.inventory",
+    "wal-list": "pitrkit.catalog.inventory",
+    "catalog": "pitrkit.catalog.inventory",
+    "restore-plan": "pitrkit.restore.plan",
+    "restore": "pitrkit.restore.engine",
+    "wal-receive": "pitrkit.wal.receive",
+    "retention": "pitrkit.ops.retention",
+    "status": "pitrkit.ops.status",
+    "verify": "pitrkit.ops.verify",
+    "daemon": "pitrkit.daemon.service",
 }
 
 # Commands that print a file shipped in the package, and which.
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             format="pitrkit: %(levelname)s: %(message)s",
         )
         if args.command == "demo":
-            from pitrkit.demo import run
+            from pitrkit.demo.run import run
 
             return run(keep=args.keep)
         if args.command in _PRINTED:
@@ -234,14 +234,14 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             sys.stdout.write(files("pitrkit").joinpath("conf", _PRINTED[args.command]).read_text())
             return f"printed {_PRINTED[args.command]}"
         if args.command == "keygen":
-            from pitrkit.keys import keygen
+            from pitrkit.storage.keys import keygen
 
             return keygen(args.key_file, args.recipient, args.signing)
         from pitrkit import config as configuration
 
         config_path = configuration.locate(args.config).absolute()
         if args.command == "agent":
-            from pitrkit.agent import serve
+            from pitrkit.wal.agent import serve
 
             return serve(config_path)
         config = configuration.load(config_path)
@@ -250,13 +250,13 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             # prints what the user asked for and returns a summary for the log.
             module = importlib.import_module(_COMMAND_MODULES[args.command])
             return module.command(args, config, config_path)
-        from pitrkit.archive import Archive
+        from pitrkit.storage.archive import Archive
 
         if args.command == "wal-push":
-            from pitrkit.push import push
+            from pitrkit.wal.push import push
 
             return push(Archive(config), args.path)
-        from pitrkit.fetch import fetch
+        from pitrkit.wal.fetch import fetch
 
         return fetch(Archive(config), args.name, args.destination)
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
     if message:
         print(message, file=sys.stderr)
     if start_agent and config is not None and config_path is not None and config.agent.enabled:
-        from pitrkit.agent import start
+        from pitrkit.wal.agent import start
 
         start(config_path)
     return code

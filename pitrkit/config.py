@@ -382,7 +382,7 @@ def _operations_problems(config: Config) -> list[str]:
     if config.daemon.every is not None and config.daemon.cron is not None:
         problems.append("daemon.every and daemon.cron are both set: choose one schedule")
     if config.daemon.cron is not None:
-        from pitrkit.schedule import Cron, CronError  # only when a cron schedule is configured
+        from pitrkit.daemon.schedule import Cron, CronError  # only when a cron schedule is configured
 
         try:
             Cron.parse(config.daemon.cron)

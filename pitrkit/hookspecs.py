@@ -8,7 +8,7 @@ backend (`gs` for `gs://...`) or the name of a compression algorithm.
 
 Storage backends are deliberately small and uniform (WAL-G's `Folder` is the model):
 whole objects by key, create-only by default, and three exceptions that carry meaning.
-They know nothing about PostgreSQL; every backend must pass `pitrkit.storage_conformance`.
+They know nothing about PostgreSQL; every backend must pass `pitrkit.storage.conformance`.
 """
 
 from __future__ import annotations

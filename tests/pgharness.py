@@ -1,6 +1,6 @@
 """Real PostgreSQL servers for tests and benchmarks, run the way production runs them.
 
-The installations, the server user and the Cluster class live in pitrkit.localpg (shared
+The installations, the server user and the Cluster class live in pitrkit.demo.localpg (shared
 with `pitrkit demo`) and are re-exported here; this module adds what only tests and
 benchmarks need: a scratch root and a persistent cache under /tmp, and pitrkit installed
 where the server user can run it. Deliberately free of pytest so benchmarks can import it.
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pitrkit import localpg
-from pitrkit.localpg import (  # noqa: F401  (re-exported for the tests)
+from pitrkit.demo import localpg
+from pitrkit.demo.localpg import (  # noqa: F401  (re-exported for the tests)
     SUPERUSER,
     Cluster,
     CommandFailed,

@@ -87,9 +87,9 @@ class PitrkitSetup:
         """archive.json for tests whose WAL is made up (tests/unit/segments.py), so that
         no cluster exists to run `pitrkit init` on: init's own code, with the facts those
         segments carry (as root, the archive's owner gets the file, as with backup-push)."""
-        from pitrkit.archive import Archive
         from pitrkit.config import load
-        from pitrkit.init import ClusterFacts, initialise
+        from pitrkit.ops.init import ClusterFacts, initialise
+        from pitrkit.storage.archive import Archive
 
         initialise(Archive(load(self.config)), ClusterFacts(system_identifier, segment_size, major, "the test"))
 

@@ -1,4 +1,4 @@
-"""The agent (pitrkit/agent.py, pitrkit/entry.py) as PostgreSQL meets it: the installed
+"""The agent (pitrkit/wal/agent.py, pitrkit/entry.py) as PostgreSQL meets it: the installed
 `pitrkit` executable run as the server user, first in-process, then handing over to a
 long-lived agent. What must hold: the agent really serves, a dead or stale agent never
 costs a WAL file, configuration changes apply to the next request, and nothing but the
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import entry, objects
+from pitrkit import entry
+from pitrkit.storage import objects
 from tests.unit.segments import SYSID, segment
 
 import pgharness

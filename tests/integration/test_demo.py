@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pitrkit
-from pitrkit import localpg
+from pitrkit.demo import localpg
 
 import pgharness
 
@@ -125,7 +125,7 @@ def test_server_python_falls_back_to_a_venv_reading_our_packages(harness_tmp: Pa
 
     assert python == venv / "bin" / "python"
     out = pgharness.run_as_server_user(
-        [python, "-c", "import sys, pitrkit.push; print(pitrkit.__file__); print(sys.version_info[:2])"]
+        [python, "-c", "import sys, pitrkit.wal.push; print(pitrkit.__file__); print(sys.version_info[:2])"]
     ).stdout.split("\n")
     assert Path(out[0]).resolve() == Path(pitrkit.__file__).resolve()  # the same code as ours
     assert out[1] == str(sys.version_info[:2])

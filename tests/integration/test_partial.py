@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import localpg
-from pitrkit.wal import Lsn
+from pitrkit.demo import localpg
+from pitrkit.postgres.wal import Lsn
 
 import pgharness
 from pitr_workload import (

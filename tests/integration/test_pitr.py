@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
 
 import pgharness
 from pitr_workload import (

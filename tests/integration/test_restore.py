@@ -17,8 +17,8 @@ import stat
 
 import pytest
 
-from pitrkit import recovery_conf
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
+from pitrkit.restore import recovery_conf
 
 import pgharness
 from pitr_workload import (

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pitrkit import server_config
+from pitrkit.restore import server_config
 
 import pgharness
 from debian_cluster import DEBIAN_MAJOR, DEBIAN_SOCKETS, DebianCluster, debian_install

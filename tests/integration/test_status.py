@@ -10,11 +10,11 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pitrkit.archive import Archive
 from pitrkit.config import load
-from pitrkit.dashboard import metrics_text
-from pitrkit.localpg import wait_for
-from pitrkit.status import collect
+from pitrkit.daemon.dashboard import metrics_text
+from pitrkit.demo.localpg import wait_for
+from pitrkit.ops.status import collect
+from pitrkit.storage.archive import Archive
 
 from pitr_workload import (
     archive_everything,

@@ -1,4 +1,4 @@
-"""Synthetic WAL segments for tests, built independently of pitrkit.wal.
+"""Synthetic WAL segments for tests, built independently of pitrkit.postgres.wal.
 
 The layout is PostgreSQL's XLogLongPageHeaderData (src/include/access/xlog_internal.h)
 in native byte order; test_wal.py checks it against a real PostgreSQL 15 segment when
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 
-from pitrkit.archive import Archive
-from pitrkit.init import ClusterFacts, initialise
+from pitrkit.ops.init import ClusterFacts, initialise
+from pitrkit.storage.archive import Archive
 
 LONG_HEADER = struct.Struct("=HHIQI4xQII")
 PG15_MAGIC = 0xD110

@@ -14,12 +14,13 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit import catalog, objects
-from pitrkit.archive import Archive, backup_prefix, manifest_key
-from pitrkit.catalog import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupSummary
+from pitrkit.catalog import documents
+from pitrkit.catalog.documents import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupSummary
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
-from pitrkit.plugins import Plugins
-from pitrkit.wal import Lsn, SegmentName
+from pitrkit.postgres.wal import Lsn, SegmentName
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
+from pitrkit.storage.plugins import Plugins
 from tests.unit.segments import init_archive
 from tests.unit.segments import segment as wal_segment
 
@@ -116,4 +117,4 @@ class SyntheticArchive:
         self.archive.put(part.key, blob)
         if manifest:
             self.archive.put_document(manifest_key(backup_id), document, pretty=False)
-        return catalog.decode(catalog.encode(document), BackupSummary, "summary")
+        return documents.decode(documents.encode(document), BackupSummary, "summary")

@@ -1,4 +1,4 @@
-"""The agent's answers (pitrkit/agent.py), served in this process through `Agent._answer`,
+"""The agent's answers (pitrkit/wal/agent.py), served in this process through `Agent._answer`,
 the function a connection's request goes through: work scheduled ahead after a request
 never changes that request's exit code or stderr, even when scheduling fails."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pitrkit import entry
-from pitrkit.agent import Agent
-from pitrkit.archive import Archive
 from pitrkit.config import load
+from pitrkit.storage.archive import Archive
+from pitrkit.wal.agent import Agent
 from tests.unit.segments import init_archive, segment
 
 FIRST, SECOND, THIRD = "000000010000000000000001", "000000010000000000000002", "000000010000000000000003"
@@ -83,6 +83,6 @@ def test_a_fault_while_choosing_what_to_read_ahead_leaves_the_fetch_answered(age
     def spool_directory_gone(directory):
         raise PermissionError(13, "Permission denied", str(directory))
 
-    monkeypatch.setattr("pitrkit.agent.remove_stale_spool", spool_directory_gone)
+    monkeypatch.setattr("pitrkit.wal.agent.remove_stale_spool", spool_directory_gone)
     assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG") == (0, "")
     assert "reading ahead after 000000010000000000000001 failed: PermissionError" in caplog.text

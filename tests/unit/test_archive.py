@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from pitrkit import archive as archive_module
-from pitrkit.archive import Archive, ArchiveMissing
 from pitrkit.cli import main
 from pitrkit.config import parse
 from pitrkit.errors import NotInArchive
-from pitrkit.fetch import read_for_recovery
-from pitrkit.push import push
+from pitrkit.storage import archive as archive_module
+from pitrkit.storage.archive import Archive, ArchiveMissing
+from pitrkit.wal.fetch import read_for_recovery
+from pitrkit.wal.push import push
 from tests.unit.segments import init_archive, segment
 
 NAME = "000000010000000000000001"

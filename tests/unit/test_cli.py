@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.archive import Archive
 from pitrkit.cli import main
 from pitrkit.config import parse
+from pitrkit.storage.archive import Archive
 from tests.unit.segments import SEG_16MIB, SYSID, init_archive, segment
 
 NAME = "000000010000000000000002"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pitrkit.cli import main
-from pitrkit.conninfo import connection_failure, conninfo_parameters
 from pitrkit.errors import ConfigError
+from pitrkit.postgres.conninfo import connection_failure, conninfo_parameters
 
 MALFORMED = [
     "host=/tmp port=1 password=s3cr3t h1dden",

@@ -15,11 +15,13 @@ import msgspec
 import pytest
 import zstandard
 
-from pitrkit import catalog, objects, unpack
-from pitrkit.catalog import ArchiveIdentity, BackupManifest, BackupTablespace
+from pitrkit.catalog import documents
+from pitrkit.catalog.documents import ArchiveIdentity, BackupManifest, BackupTablespace
 from pitrkit.errors import RefusedError
-from pitrkit.objects import CorruptObject, ObjectHeader
-from pitrkit.plugins.compression import NoCompression, Zstd
+from pitrkit.restore import unpack
+from pitrkit.storage import objects
+from pitrkit.storage.objects import CorruptObject, ObjectHeader
+from pitrkit.storage.plugins.compression import NoCompression, Zstd
 from tests.unit.test_restore import FILES, make_backup, restore_into
 
 # --- a manifest, as JSON to rewrite ------------------------------------------------------------
@@ -27,11 +29,11 @@ from tests.unit.test_restore import FILES, make_backup, restore_into
 
 def manifest_document(tmp_path: Path, **kwargs) -> tuple[dict, BackupManifest]:
     archive, manifest = make_backup(tmp_path / "archive", FILES, 100, **kwargs)
-    return catalog.to_builtins(manifest), manifest
+    return documents.to_builtins(manifest), manifest
 
 
 def decode_manifest(document: dict) -> BackupManifest:
-    return catalog.decode(msgspec.json.encode(document), BackupManifest, "backups/B1/manifest.json")
+    return documents.decode(msgspec.json.encode(document), BackupManifest, "backups/B1/manifest.json")
 
 
 @pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "base/../../x", "base//1", "./base",
@@ -99,9 +101,9 @@ def test_summary_ids_and_counts_are_checked(tmp_path, field, value):
         decode_manifest(document)
     # The catalog's copy is a summary of the same type: checked the same way.
     summary = {key: value for key, value in document.items()
-               if key in catalog.BackupSummary.__struct_fields__}
+               if key in documents.BackupSummary.__struct_fields__}
     with pytest.raises(ValueError):
-        catalog.decode(msgspec.json.encode({"backups": [summary]}), catalog.BackupCatalog, "catalog/backups.json")
+        documents.decode(msgspec.json.encode({"backups": [summary]}), documents.BackupCatalog, "catalog/backups.json")
 
 
 # --- what needs the whole manifest -------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_a_file_in_place_of_a_tablespace_link_is_refused(tmp_path):
     files = [*manifest.files[:-1], msgspec.structs.replace(manifest.files[-1], path="pg_tblspc/16390")]
     with pytest.raises(unpack.CorruptManifest, match="both as a file and as a directory or tablespace link"):
         checked(manifest, files=files, tablespaces=[BackupTablespace(oid=16390, name="t", location="/srv/t")],
-                directories=[*manifest.directories, catalog.BackupDirectory("pg_tblspc", 0o700)])
+                directories=[*manifest.directories, documents.BackupDirectory("pg_tblspc", 0o700)])
 
 
 def test_parts_outside_the_backup_are_refused(tmp_path):
@@ -248,7 +250,7 @@ def identity_document(**encryption) -> bytes:
 
 
 def test_the_archive_identity_as_pitrkit_writes_it_decodes():
-    catalog.decode(identity_document(), ArchiveIdentity, "archive.json")
+    documents.decode(identity_document(), ArchiveIdentity, "archive.json")
 
 
 @pytest.mark.parametrize(("change", "problem"), [
@@ -261,7 +263,7 @@ def test_the_archive_identity_as_pitrkit_writes_it_decodes():
 ])
 def test_tampered_encryption_parameters_are_refused_before_any_key_is_stretched(change, problem):
     with pytest.raises(ValueError, match=f"archive.json is not a valid ArchiveIdentity: .*{problem}"):
-        catalog.decode(identity_document(**change), ArchiveIdentity, "archive.json")
+        documents.decode(identity_document(**change), ArchiveIdentity, "archive.json")
 
 
 @pytest.mark.parametrize("size", [0, -1, 3 << 20, 1 << 31])
@@ -269,7 +271,7 @@ def test_a_wal_segment_size_postgresql_cannot_have_is_refused(size):
     document = msgspec.json.decode(identity_document())
     document["wal_segment_size"] = size
     with pytest.raises(ValueError, match="wal_segment_size"):
-        catalog.decode(msgspec.json.encode(document), ArchiveIdentity, "archive.json")
+        documents.decode(msgspec.json.encode(document), ArchiveIdentity, "archive.json")
 
 
 # --- object headers ----------------------------------------------------------------------------------

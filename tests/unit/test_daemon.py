@@ -24,17 +24,18 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pitrkit import catalog, config
-from pitrkit.archive import Archive
-from pitrkit.catalog import BackupSummary
-from pitrkit.daemon import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
-from pitrkit.dashboard import DaemonFacts
+from pitrkit import config
+from pitrkit.catalog import documents
+from pitrkit.catalog.documents import BackupSummary
+from pitrkit.daemon.dashboard import DaemonFacts
+from pitrkit.daemon.schedule import Cron, Every, Timetable
+from pitrkit.daemon.service import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
+from pitrkit.daemon.status_server import StatusBoard, StatusServer, parse_listen
+from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.events import LogfmtFormatter
-from pitrkit.localpg import wait_for
-from pitrkit.schedule import Cron, Every, Timetable
-from pitrkit.status_server import StatusBoard, StatusServer, parse_listen
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
+from pitrkit.storage.archive import Archive
 from tests.unit.segments import init_archive
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
@@ -134,7 +135,7 @@ def archive_config(tmp_path: Path) -> config.Config:
 
 def fake_pitrkit(tmp_path: Path) -> list[str]:
     script = tmp_path / "fake_pitrkit.py"
-    script.write_text(FAKE_PITRKIT.replace("SUMMARY", repr(catalog.encode(SUMMARY).decode())))
+    script.write_text(FAKE_PITRKIT.replace("SUMMARY", repr(documents.encode(SUMMARY).decode())))
     return [sys.executable, str(script)]
 
 
@@ -206,7 +207,7 @@ def test_a_backup_that_ended_before_the_stop_is_not_reported_as_terminated(
     # It has exited (left unreaped, for the stop to find) before the loop polled it.
     wait_for(lambda: (tmp_path / "pid").exists(), 30, interval=0.01, what="the stand-in to start")
     os.waitid(os.P_PID, int((tmp_path / "pid").read_text()), os.WEXITED | os.WNOWAIT)
-    with caplog.at_level(logging.INFO, "pitrkit.daemon"):
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
         backups.stop()
     assert backups.taken == 1 and backups.last_run is not None and backups.last_run.ok
     assert backups.last_run.backup_id == SUMMARY.backup_id
@@ -227,7 +228,7 @@ def test_a_retention_that_ended_before_the_stop_is_not_reported_as_terminated(
     # No more ticks: retention's end is left for the stop to find.
     wait_for(lambda: (tmp_path / "runs").read_text().count("\n") == 2, 30, interval=0.01, what="retention to start")
     os.waitid(os.P_PID, int((tmp_path / "pid").read_text()), os.WEXITED | os.WNOWAIT)
-    with caplog.at_level(logging.INFO, "pitrkit.daemon"):
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
         backups.stop()
     assert [record.getMessage() for record in caplog.records] == ["retention-finished"]
     assert backups.retention_runs == 1
@@ -279,7 +280,7 @@ def test_the_sidecar_is_stopped_with_sigterm(tmp_path: Path, caplog: pytest.LogC
                        f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)"])
     sidecar.supervise()
     wait_for(ready.exists, 30, interval=0.01, what="the sidecar's SIGTERM handler")
-    with caplog.at_level(logging.INFO, "pitrkit.daemon"):
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
         sidecar.stop()
     stopped = [record for record in caplog.records if record.getMessage() == "sidecar-stopped"]
     assert [record.fields["code"] for record in stopped] == [0]  # type: ignore[attr-defined]
@@ -408,7 +409,8 @@ def test_the_command_line_reports_a_bad_cron_in_one_line(tmp_path: Path) -> None
 # SIGTERM sent while `pitrkit daemon` is still setting up (building its schedule).
 SIGTERM_WHILE_STARTING = """
 import os, signal, sys
-from pitrkit import cli, daemon
+from pitrkit import cli
+from pitrkit.daemon import service as daemon
 real_from_config = daemon.from_config
 def from_config(settings):
     os.kill(os.getpid(), signal.SIGTERM)
@@ -431,7 +433,7 @@ def test_a_sigterm_while_starting_is_a_clean_stop(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["ok\rlevel=error", "\x1b[2Jcleared", "one\u2028two", "one\x85two", "nul\x00"])
 def test_a_field_cannot_break_or_forge_a_line(text: str) -> None:
-    record = logging.LogRecord("pitrkit.daemon", logging.WARNING, __file__, 1, "backup-push", None, None)
+    record = logging.LogRecord("pitrkit.daemon.service", logging.WARNING, __file__, 1, "backup-push", None, None)
     record.fields = {"message": text}
     line = LogfmtFormatter().format(record)
     assert line.isprintable()  # no control or line-separator character reaches the stream
@@ -441,7 +443,7 @@ def test_a_field_cannot_break_or_forge_a_line(text: str) -> None:
 def test_the_documented_events_are_the_emitted_ones() -> None:
     root = Path(__file__).resolve().parents[2]
     emitted = set()
-    for module in ("daemon.py", "status_server.py"):
+    for module in ("daemon/service.py", "daemon/status_server.py"):
         source = (root / "pitrkit" / module).read_text()
         emitted |= set(re.findall(r'events\.emit\(log, [^,]+, "([a-z_-]+)"', source))
         emitted |= set(re.findall(r'_relay\("([a-z-]+)"', source))

@@ -20,15 +20,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit import catalog, keys, objects
-from pitrkit.archive import IDENTITY_KEY, Archive, ArchiveMissing, TamperedDocument
-from pitrkit.catalog import EncryptionParameters, ScryptParameters
+from pitrkit.catalog import documents
+from pitrkit.catalog.documents import EncryptionParameters, ScryptParameters
 from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, EncryptionConfig, KeySource, RepositoryConfig
 from pitrkit.errors import ConfigError, RefusedError
-from pitrkit.plugins import Plugins, encryption
-from pitrkit.push import push
-from pitrkit.wal import SegmentName
+from pitrkit.postgres.wal import SegmentName
+from pitrkit.storage import keys, objects
+from pitrkit.storage.archive import IDENTITY_KEY, Archive, ArchiveMissing, TamperedDocument
+from pitrkit.storage.plugins import Plugins, encryption
+from pitrkit.wal.push import push
 from tests.unit.segments import SEG_16MIB, init_archive, segment
 
 KEY = "wal/0000000100000000/000000010000000000000001"
@@ -313,10 +314,10 @@ def archive_root(tmp_path) -> Path:
     return root
 
 
-def identity(root: Path) -> catalog.ArchiveIdentity:
+def identity(root: Path) -> documents.ArchiveIdentity:
     """archive.json as stored, its envelope opened without checking it."""
-    return catalog.decode(catalog.unseal(IDENTITY_KEY, (root / IDENTITY_KEY).read_bytes(), None),
-                          catalog.ArchiveIdentity, IDENTITY_KEY)
+    return documents.decode(documents.unseal(IDENTITY_KEY, (root / IDENTITY_KEY).read_bytes(), None),
+                          documents.ArchiveIdentity, IDENTITY_KEY)
 
 
 def test_archive_json_records_mode_and_key_id_never_the_key(tmp_path, archive_root):
@@ -398,7 +399,7 @@ def test_a_plaintext_object_in_an_encrypted_archive_is_refused_even_if_archive_j
     with pytest.raises(objects.CorruptObject, match="000000010000000000000002.*it is not encrypted"):
         host.read(2)
     forged = msgspec.structs.replace(identity(archive_root), encryption=None)
-    (archive_root / IDENTITY_KEY).write_bytes(catalog.encode(forged))
+    (archive_root / IDENTITY_KEY).write_bytes(documents.encode(forged))
     reader = Host(archive_root, tmp_path / "files", host.archive.config.encryption)
     with pytest.raises(RefusedError, match="archive.json records no encryption and is not authenticated"):
         reader.read(2)
@@ -476,7 +477,7 @@ def test_encryption_off_imports_no_cryptography(tmp_path, archive_root):
     probe = ("import sys; from pitrkit.cli import main;"
              "code = main(['--config', sys.argv[1], 'wal-push', sys.argv[2]]);"
              "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'cryptography'}),"
-             "'pitrkit.keys' in sys.modules)")
+             "'pitrkit.storage.keys' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe, str(config), str(segment_path)], capture_output=True,
                           text=True, check=True)
     assert done.stdout.split() == ["0", "[]", "False"], done.stderr

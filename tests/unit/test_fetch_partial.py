@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import fetch
-from pitrkit.agent import _fetch, _Serving
-from pitrkit.archive import Archive
 from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, RepositoryConfig
 from pitrkit.errors import NotInArchive
-from pitrkit.fetch import SPOOL_PREFIX
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.lookahead import Ahead
-from pitrkit.push import push
-from pitrkit.wal import SegmentName, read_page_header, valid_end
+from pitrkit.postgres.wal import SegmentName, read_page_header, valid_end
+from pitrkit.storage.archive import Archive
+from pitrkit.wal import fetch
+from pitrkit.wal.agent import _fetch, _Serving
+from pitrkit.wal.fetch import SPOOL_PREFIX
+from pitrkit.wal.lookahead import Ahead
+from pitrkit.wal.push import push
 from tests.unit.segments import SEG_16MIB, init_archive, segment
 from tests.unit.test_local_storage import deleted_after_readdir
 

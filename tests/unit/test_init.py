@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import catalog
-from pitrkit.archive import IDENTITY_KEY, Archive
+from pitrkit.catalog import documents
 from pitrkit.cli import main
 from pitrkit.config import load
 from pitrkit.errors import PitrkitError, RefusedError
-from pitrkit.init import ClusterFacts, initialise
+from pitrkit.ops.init import ClusterFacts, initialise
+from pitrkit.storage.archive import IDENTITY_KEY, Archive
 from tests.unit.segments import SEG_16MIB, SYSID
 
 FACTS = ClusterFacts(SYSID, SEG_16MIB, 15, "the test")
@@ -32,13 +32,13 @@ def configured(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-def stored_identity(tmp_path: Path) -> catalog.ArchiveIdentity:
+def stored_identity(tmp_path: Path) -> documents.ArchiveIdentity:
     """archive.json as stored, read without keys (an encrypted archive's is in its
     authenticated envelope)."""
     data = (tmp_path / "archive" / IDENTITY_KEY).read_bytes()
-    if catalog.is_sealed(data):
-        data = catalog.unseal(IDENTITY_KEY, data, None)
-    return catalog.decode(data, catalog.ArchiveIdentity, "test")
+    if documents.is_sealed(data):
+        data = documents.unseal(IDENTITY_KEY, data, None)
+    return documents.decode(data, documents.ArchiveIdentity, "test")
 
 
 def test_init_creates_archive_json_and_says_so(tmp_path):
@@ -104,7 +104,7 @@ def test_a_lost_race_between_two_inits_reads_the_winners(tmp_path, monkeypatch):
 def _missing_once(identity):
     """Archive.identity that answers "missing" the first time: the other init's
     archive.json appears between this one's look and its create-only put."""
-    from pitrkit.archive import ArchiveMissing
+    from pitrkit.storage.archive import ArchiveMissing
 
     calls = []
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import catalog, inventory
-from pitrkit.archive import BACKUP_CATALOG_KEY
-from pitrkit.catalog import BackupCatalog, WalFolderIndex
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import BackupCatalog, WalFolderIndex
 from pitrkit.cli import main
 from pitrkit.errors import PitrkitError
+from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 
 
@@ -45,7 +45,7 @@ def test_backups_come_from_manifests_oldest_first_without_unfinished_ones(store)
 def test_record_backup_writes_the_catalog_and_readers_trust_it(store):
     summary = store.backup("A", 1, 2, 3)
     inventory.record_backup(store.archive, summary)
-    document = catalog.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
+    document = documents.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
     assert document.backups == [summary]
     # With the summary cached, the manifest is not read again.
     (store.root / "backups/A/manifest.json").write_text("{damaged")
@@ -81,7 +81,7 @@ def test_a_corrupt_catalog_is_ignored(store, caplog):
     assert "ignoring the backup catalog" in caplog.text
     # And the next record replaces it with a good one.
     inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
-    assert [b.backup_id for b in catalog.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
+    assert [b.backup_id for b in documents.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
         == ["B"]
     assert ids(store) == ["A", "B"]
 
@@ -106,7 +106,7 @@ def test_a_manifest_naming_another_backup_is_refused(store):
 
 
 def index(store: SyntheticArchive, folder: str) -> WalFolderIndex:
-    return catalog.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
+    return documents.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
 
 
 def test_refresh_indexes_only_sealed_folders_and_only_once(store):

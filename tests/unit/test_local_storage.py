@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.archive import Archive, ArchiveUnavailable
 from pitrkit.config import Config, RepositoryConfig
 from pitrkit.hookspecs import ObjectExists, StorageError
-from pitrkit.plugins.local import LocalStorage, parse_file_url
-from pitrkit.push import push
-from pitrkit.storage_conformance import StorageConformance
+from pitrkit.storage.archive import Archive, ArchiveUnavailable
+from pitrkit.storage.conformance import StorageConformance
+from pitrkit.storage.plugins.local import LocalStorage, parse_file_url
+from pitrkit.wal.push import push
 from tests.unit.segments import init_archive, segment
 
 

@@ -1,4 +1,4 @@
-"""The catalog lock (pitrkit/lock.py) on real local storage, whose store times are the
+"""The catalog lock (pitrkit/catalog/lock.py) on real local storage, whose store times are the
 files' mtimes: who takes it, the refusal naming the holder, a lapsed lock judged on the
 storage's clock, a holder whose lock was taken from it, and the writers that hold it
 (`catalog rebuild`, a backup's catalog update)."""
@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pitrkit import catalog, inventory, lock
-from pitrkit.archive import BACKUP_CATALOG_KEY
-from pitrkit.catalog import CatalogLock
+from pitrkit.catalog import documents, inventory, lock
+from pitrkit.catalog.documents import CatalogLock
+from pitrkit.catalog.lock import CATALOG_LOCK_KEY, LockHeld
 from pitrkit.cli import main
-from pitrkit.localpg import wait_for
-from pitrkit.lock import CATALOG_LOCK_KEY, LockHeld
+from pitrkit.demo.localpg import wait_for
+from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive
 
 
@@ -33,7 +33,7 @@ def age(store: SyntheticArchive, by: timedelta) -> None:
 
 
 def stored_lock(store: SyntheticArchive) -> CatalogLock:
-    return catalog.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
+    return documents.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
 
 
 def test_taken_held_refused_and_released(store):

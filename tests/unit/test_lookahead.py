@@ -1,4 +1,4 @@
-"""Look-ahead bookkeeping (pitrkit/lookahead.py): what may be taken, and when not."""
+"""Look-ahead bookkeeping (pitrkit/wal/lookahead.py): what may be taken, and when not."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from pitrkit import lookahead
-from pitrkit.lookahead import Ahead, file_stamp, ready_after, segments_after
+from pitrkit.wal import lookahead
+from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""pitrkit.objects: the stored-object format, with the real built-in compressors.
+"""pitrkit.storage.objects: the stored-object format, with the real built-in compressors.
 
 The property that matters: `decode` returns exactly what `encode` was given, or raises
 `CorruptObject` naming the object. It must never hand back different bytes.
@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pitrkit import objects
-from pitrkit.objects import CorruptObject, ObjectHeader
-from pitrkit.plugins import Plugins
-from pitrkit.plugins.compression import NoCompression, Zstd
+from pitrkit.storage import objects
+from pitrkit.storage.objects import CorruptObject, ObjectHeader
+from pitrkit.storage.plugins import Plugins
+from pitrkit.storage.plugins.compression import NoCompression, Zstd
 
 KEY = "wal/0000000100000000/000000010000000000000002"
 FRAME = struct.Struct(">4sHI")

@@ -1,4 +1,4 @@
-"""The code-running settings of a backup's configuration files (pgconf.py): PostgreSQL's
+"""The code-running settings of a backup's configuration files (restore/pgconf.py): PostgreSQL's
 file syntax and includes, read from a restored data directory and from a stored backup's
 parts (real local storage, real stored objects)."""
 
@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from pitrkit import catalog, objects, pgconf
-from pitrkit.archive import Archive, manifest_key
-from pitrkit.catalog import BackupFile, BackupManifest, BackupPart
+from pitrkit.catalog import documents
+from pitrkit.catalog.documents import BackupFile, BackupManifest, BackupPart
 from pitrkit.config import Config, RepositoryConfig
-from pitrkit.plan import backup_configuration
-from pitrkit.plugins import Plugins
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
+from pitrkit.restore import pgconf
+from pitrkit.restore.plan import backup_configuration
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive, manifest_key
+from pitrkit.storage.plugins import Plugins
 
 
 def settings(found: pgconf.Found) -> list[tuple[str, str, str]]:
@@ -83,7 +85,7 @@ def test_restore_plan_reads_the_files_from_the_backups_parts_only(tmp_path):
         compression="none", pitrkit_version="0", backup_label="", parts=parts, directories=[],
         files=[BackupFile("base/1/1", 100, 0o600, 0, 0, 0), BackupFile("postgresql.conf", len(conf), 0o600, 0, 1, 0),
                BackupFile("postgresql.auto.conf", len(auto), 0o600, 0, 1, len(conf))])
-    archive.put(manifest_key("B"), catalog.encode(manifest, pretty=False))
+    archive.put(manifest_key("B"), documents.encode(manifest, pretty=False))
     found = backup_configuration(archive, "B")
     assert settings(found) == [("postgresql.auto.conf", "shared_preload_libraries", "evil")]
     # A part that cannot be read is a note in the plan, not a failure of it.

@@ -1,8 +1,8 @@
-"""Retention policy (pitrkit/policy.py): which backups the rules keep, and which WAL they
+"""Retention policy (pitrkit/ops/policy.py): which backups the rules keep, and which WAL they
 need, on synthetic catalogs and timeline trees.
 
 The properties state each rule as a fact about the catalog, independently of how
-policy.py computes it: a kept backup's reasons must be exactly the rules whose statement
+ops/policy.py computes it: a kept backup's reasons must be exactly the rules whose statement
 holds for it, and a removed backup must satisfy none. The WAL property enumerates segment
 by segment what replay of each timeline from each kept backup reads."""
 
@@ -19,12 +19,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pitrkit.catalog import BackupSummary
+from pitrkit.catalog.documents import BackupSummary
+from pitrkit.catalog.inventory import TimelineStep, on_path, serving_timeline
 from pitrkit.config import RetentionConfig
 from pitrkit.errors import ConfigError
-from pitrkit.inventory import TimelineStep, on_path, serving_timeline
-from pitrkit.policy import HostZone, RetentionPolicy, select_backups, show_duration, wal_to_keep
-from pitrkit.wal import Lsn, SegmentName
+from pitrkit.ops.policy import HostZone, RetentionPolicy, select_backups, show_duration, wal_to_keep
+from pitrkit.postgres.wal import Lsn, SegmentName
 
 SEGMENT_SIZE = 16 << 20
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pitrkit import config, targets
+from pitrkit import config
 from pitrkit.cli import main
 from pitrkit.errors import ConfigError, UsageError
+from pitrkit.restore import targets
 from tests.unit.segments import segment
 
 USAGE = 2

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import config, objects
-from pitrkit.archive import Archive
+from pitrkit import config
 from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.events import LogfmtFormatter
-from pitrkit.push import push
-from pitrkit.receive import Receiver, _lock_spool, _receiver_command
-from pitrkit.receiver_health import LagClock, SlotState
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive
+from pitrkit.wal.push import push
+from pitrkit.wal.receive import Receiver, _lock_spool, _receiver_command
+from pitrkit.wal.receiver_health import LagClock, SlotState
 from tests.unit.segments import init_archive, segment
 
 PARTIAL = "000000010000000000000003.partial"
@@ -184,7 +185,7 @@ def slot(retained: int, wal_status: str = "reserved") -> SlotState:
 def test_a_slot_retaining_too_much_is_warned_about_once_in_a_while(tmp_path, caplog):
     settings = parse(f'[receive]\nspool = "{tmp_path}"\nmax_slot_retained = "1MB"')
     receiver = Receiver(settings, Archive(settings), tmp_path, Path("/bin/pg_receivewal"))
-    with caplog.at_level(logging.WARNING, logger="pitrkit.receive"):
+    with caplog.at_level(logging.WARNING, logger="pitrkit.wal.receive"):
         receiver._check_slot(slot(1 << 20))
         assert not caplog.records
         receiver._check_slot(slot(3 << 20))
@@ -197,7 +198,7 @@ def test_a_slot_retaining_too_much_is_warned_about_once_in_a_while(tmp_path, cap
 
 
 def test_events_are_one_logfmt_line_each():
-    record = logging.LogRecord("pitrkit.receive", logging.INFO, __file__, 1, "archived", None, None)
+    record = logging.LogRecord("pitrkit.wal.receive", logging.INFO, __file__, 1, "archived", None, None)
     record.fields = {"file": "000000010000000000000003", "detail": 'said "so"\nand more', "code": None,
                      "synchronous": True}
     line = LogfmtFormatter().format(record)

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from pitrkit import config as configuration
-from pitrkit import objects, recovery_conf, unpack
-from pitrkit.archive import Archive
-from pitrkit.catalog import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupTablespace
+from pitrkit.catalog.documents import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupTablespace
 from pitrkit.cli import main
 from pitrkit.errors import RefusedError, UsageError
-from pitrkit.plugins.compression import Zstd
-from pitrkit.restore import refuse_root
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
+from pitrkit.restore import recovery_conf, unpack
+from pitrkit.restore.engine import refuse_root
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive
+from pitrkit.storage.plugins.compression import Zstd
 
 LABEL = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
 
@@ -470,8 +471,8 @@ def test_latest_with_a_pause_action_is_a_usage_error(cfg, tmp_path, capsys, monk
 
 
 def test_a_wal_file_gone_since_planning_is_found_before_anything_is_copied(tmp_path, capsys):
-    from pitrkit.plan import RestorePlan, Target, TimelineStep
-    from pitrkit.restore import check_wal_present
+    from pitrkit.restore.engine import check_wal_present
+    from pitrkit.restore.plan import RestorePlan, Target, TimelineStep
 
     archive, manifest = make_backup(tmp_path / "archive", FILES, 100)
     names = ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"]
@@ -507,7 +508,7 @@ SHUTDOWN_LOG = """\
 
 
 def test_the_reason_recovery_failed_is_the_servers_fatal_not_a_turned_away_client():
-    from pitrkit import pgstart
+    from pitrkit.restore import pgstart
 
     assert pgstart.failure_reason(FAILED_LOG) == "recovery ended before configured recovery target was reached"
     assert pgstart.failure_reason(SHUTDOWN_LOG) is None

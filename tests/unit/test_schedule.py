@@ -1,4 +1,4 @@
-"""The daemon's schedules (pitrkit/schedule.py): `every` durations and five-field cron.
+"""The daemon's schedules (pitrkit/daemon/schedule.py): `every` durations and five-field cron.
 
 The cron search skips whole months, days and hours; it is held against the definition
 itself, a brute-force walk over real minutes that takes the first one whose wall-clock
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pitrkit import config
+from pitrkit.daemon.schedule import Cron, CronError, Every, from_config
 from pitrkit.errors import ConfigError
-from pitrkit.schedule import Cron, CronError, Every, from_config
 
 ZONES = [ZoneInfo(name) for name in ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe",
                                      "Asia/Kathmandu", "America/Santiago")]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import pgstart, server_config
-from pitrkit.catalog import ConfigFile, ServerConfiguration
+from pitrkit.catalog.documents import ConfigFile, ServerConfiguration
 from pitrkit.errors import RefusedError
+from pitrkit.restore import pgstart, server_config
 
 
 def test_settings_are_read_as_the_server_reads_them():

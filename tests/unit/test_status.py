@@ -11,14 +11,15 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pitrkit import catalog, status
-from pitrkit.archive import RETENTION_STATE_KEY
-from pitrkit.catalog import RetentionRun, RetentionState
+from pitrkit.catalog import documents
+from pitrkit.catalog.documents import RetentionRun, RetentionState
 from pitrkit.cli import main
 from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
-from pitrkit.dashboard import DaemonFacts, ScheduledRun, html_page, metrics_text
-from pitrkit.receiver_health import ReceiverHealth, write_state
-from pitrkit.status import StatusReport
+from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun, html_page, metrics_text
+from pitrkit.ops import status
+from pitrkit.ops.status import StatusReport
+from pitrkit.storage.archive import RETENTION_STATE_KEY
+from pitrkit.wal.receiver_health import ReceiverHealth, write_state
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 # A few minutes after the last segment (20) of the standard archive was stored.
@@ -205,7 +206,7 @@ def test_a_branch_is_not_the_head_when_the_server_is_on_its_parent(store):
     page = html_page(report, None, refresh_seconds=30)
     assert "<strong>branch</strong>: not the server&#x27;s history" in page
     assert "<th>timeline</th><td>1</td>" in page
-    as_json = json.loads(catalog.encode(report))
+    as_json = json.loads(documents.encode(report))
     assert as_json["head_timeline"] == 1 and as_json["archiver"]["timeline"] == 1
     assert [t["branch"] for t in as_json["timelines"]] == [False, True]
 
@@ -366,7 +367,7 @@ def test_backups_being_removed_do_not_count(store):
     store.backup("B", 1, 10, 11)
     run = RetentionRun(finished_at=NOW - timedelta(days=1), backups_removed=["Z"], wal_files_removed=3,
                        bytes_freed=99)
-    store.archive.put(RETENTION_STATE_KEY, catalog.encode(RetentionState(deleting=["B"], last_run=run)))
+    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["B"], last_run=run)))
     report = collect(store)
     assert report.backups == 1
     assert report.last_backup is not None and report.last_backup.backup_id == "A"
@@ -393,10 +394,10 @@ def backup_at(store: SyntheticArchive, backup_id: str, start_segno: int, stop_se
     """A backup like store.backup's, but consistent at `stop_time` (what the rules count)."""
     summary = store.backup(backup_id, 1, start_segno, stop_segno)
     key = f"backups/{backup_id}/manifest.json"
-    manifest = catalog.decode(store.archive.get(key), catalog.BackupManifest, key)
+    manifest = documents.decode(store.archive.get(key), documents.BackupManifest, key)
     moved = msgspec.structs.replace(manifest, start_time=stop_time - (summary.stop_time - summary.start_time),
                                     stop_time=stop_time)
-    store.archive.put(key, catalog.encode(moved), overwrite=True)
+    store.archive.put(key, documents.encode(moved), overwrite=True)
 
 
 LENIENT = StatusConfig(backup_max_age="1000d", wal_max_age="1000d")
@@ -513,7 +514,7 @@ def test_a_password_in_conninfo_is_never_shown(tmp_path, store, capsys, conninfo
     store.backup("A", 1, 2, 3)
     report = collect(store, postgres=PostgresConfig(conninfo=conninfo.format(tmp=tmp_path)))
     assert not report.archiver.reachable and report.archiver.problem
-    for shown in (report.archiver.problem, status.describe(report), catalog.encode(report).decode(),
+    for shown in (report.archiver.problem, status.describe(report), documents.encode(report).decode(),
                   html_page(report, None, refresh_seconds=30), metrics_text(report, None)):
         assert "s3cr3t" not in shown and "h1dden" not in shown, shown
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pitrkit.errors import UsageError
-from pitrkit.targets import parse_time, target_from_args, timeline_from_args
-from pitrkit.wal import Lsn
+from pitrkit.postgres.wal import Lsn
+from pitrkit.restore.targets import parse_time, target_from_args, timeline_from_args
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""pitrkit.wal: LSNs, segment names, WAL file names, history files and page headers.
+"""pitrkit.postgres.wal: LSNs, segment names, WAL file names, history files and page headers.
 
 Expected values are computed the way PostgreSQL defines them (xlog_internal.h), not by
 calling back into pitrkit, so that a wrong formula in pitrkit cannot agree with itself.
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pitrkit.errors import UsageError
-from pitrkit.wal import (
+from pitrkit.postgres.wal import (
     InvalidSegment,
     Lsn,
     SegmentName,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pitrkit_gcs.storage import GcsStorage
 
-from pitrkit import objects
+from pitrkit.storage import objects
 
 from pitr_workload import (
     archive_everything,

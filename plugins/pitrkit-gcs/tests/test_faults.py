@@ -15,9 +15,9 @@ import pytest
 from faulty_proxy import DOWNLOADS, UPLOADS, FaultyProxy
 from pitrkit_gcs.storage import GcsStorage
 
-from pitrkit.archive import Archive
 from pitrkit.config import load
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
+from pitrkit.storage.archive import Archive
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "unit"))
 from segments import init_archive, long_header  # noqa: E402  (the project's synthetic WAL)

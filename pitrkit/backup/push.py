@@ -1,0 +1,570 @@
+"""`pitrkit backup-push`: a base backup of the cluster in `[postgres]`, streamed into
+`backups/<id>/` of the archive.
+
+It uses PostgreSQL's non-exclusive backup API with pitrkit's own copier (docs/backups.md
+says why, not pg_basebackup): one session starts the backup, the data directory and
+tablespaces are read file by file, and the files' contents, concatenated in manifest
+order, are cut into parts of at most `PART_SIZE` bytes that a pool of threads compresses
+and stores in parallel. Nothing is staged on local disk.
+
+The backup exists only once `manifest.json` is stored, and that happens last: after
+pg_backup_stop, and after every WAL segment from the backup's start to its stop has
+reached the archive. Any failure before that leaves parts without a manifest, which the
+planner never uses and retention removes later.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import stat
+import struct
+import sys
+import threading
+import time
+from argparse import Namespace
+from datetime import datetime
+from pathlib import Path
+from queue import SimpleQueue
+from typing import BinaryIO, NamedTuple
+
+import msgspec
+
+from pitrkit import __version__
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import (
+    ArchiveIdentity,
+    BackupDirectory,
+    BackupFile,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    BackupTablespace,
+)
+from pitrkit.config import Config
+from pitrkit.errors import ConfigError, PitrkitError, RefusedError
+from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
+from pitrkit.postgres.server import ServerFacts, ServerSession
+from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
+from pitrkit.progress import Progress, human_bytes
+from pitrkit.restore import server_config
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive, backup_prefix, manifest_key, wal_key
+
+log = logging.getLogger(__name__)
+
+# Plaintext bytes per stored part. Each part is compressed by one thread in one call and
+# held in memory meanwhile, so backup-push holds (workers + 1) parts: 96 MiB with two
+# workers. 32 MiB keeps that modest on a many-core host, keeps the last part's lone
+# compression (the tail where other cores idle) short, and still means few objects: 32
+# per GiB, i.e. one storage request per ~0.1-0.2 s of a core's zstd work.
+PART_SIZE = 32 << 20
+
+# How often the archive is asked whether the backup's WAL has arrived: soon at first,
+# because pg_backup_stop has just switched segments and the archiver is usually done
+# within milliseconds, then less and less often while a backlog drains.
+_WAL_POLL_FIRST = 0.02
+_WAL_POLL_MAX = 1.0
+
+# --- what is copied ---------------------------------------------------------------------
+# PostgreSQL's own exclusions, from src/backend/backup/basebackup.c.
+
+# Directories kept (the server expects them) but whose contents a restored server
+# rebuilds or must not see (excludeDirContents; in the data directory itself).
+_EXCLUDED_DIRECTORY_CONTENTS = frozenset(
+    {"pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"}
+)
+# WAL comes from the archive, not the backup: pg_wal is kept with its subdirectories
+# (archive_status, and summaries from PostgreSQL 17) but none of its files.
+_WAL_DIRECTORY = "pg_wal"
+# Files left by the running server or by a backup in progress (excludeFiles).
+_EXCLUDED_FILES = frozenset(
+    {"postmaster.pid", "postmaster.opts", "backup_label", "tablespace_map", "backup_manifest",
+     "postgresql.auto.conf.tmp", "current_logfiles.tmp"}
+)
+_RELCACHE_INIT_PREFIX = "pg_internal.init"  # rebuilt at start-up; "pg_internal.init.<pid>" while written
+_TEMPORARY_PREFIX = "pgsql_tmp"  # sort and hash spill files and their directories
+# In a database directory: temporary relations (looks_like_temp_rel_name) and relation
+# files, whose forks of unlogged relations are reset from the init fork at start-up.
+_TEMPORARY_RELATION = re.compile(r"t\d+_\d+(?:_(?:fsm|vm|init))?(?:\.\d+)?")
+_RELATION_FILE = re.compile(r"(?P<node>\d+)(?:_(?P<fork>fsm|vm|init))?(?:\.\d+)?")
+_DATABASE_DIRECTORY = re.compile(r"base/\d+|pg_tblspc/\d+/PG_[^/]+/\d+")
+_CONTROL_FILE = "global/pg_control"
+_TABLESPACE_LINKS = "pg_tblspc"
+
+
+class SourceFile(NamedTuple):
+    path: str  # relative to the data directory, as recorded in the manifest
+    size: int  # when listed; the copy records what it actually reads
+    # A configuration file from outside the data directory, read already (see
+    # restore/server_config.py): its bytes and mode, copied as they were read and checksummed.
+    content: bytes | None = None
+    mode: int = 0
+
+
+class DataDirectory(NamedTuple):
+    """What the walk found: the backup's directories, files (in copy order) and tablespaces."""
+
+    directories: list[BackupDirectory]
+    files: list[SourceFile]
+    tablespaces: list[BackupTablespace]
+
+
+def _entries(directory: str) -> list[os.DirEntry[str]]:
+    """The directory's entries by name; none if it vanished (a database dropped meanwhile)."""
+    try:
+        with os.scandir(directory) as scan:
+            return sorted(scan, key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise PitrkitError(f"cannot list {directory}: {exc.strerror}") from None
+
+
+def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    try:
+        return entry.stat()  # follows symlinks: a linked file or directory is copied as one
+    except FileNotFoundError:
+        return None
+
+
+def _unlogged_relations(entries: list[os.DirEntry[str]]) -> set[str]:
+    """Relation file nodes with an init fork: their other forks are not copied."""
+    nodes = set()
+    for entry in entries:
+        match = _RELATION_FILE.fullmatch(entry.name)
+        if match and match["fork"] == "init":
+            nodes.add(match["node"])
+    return nodes
+
+
+def walk_data_directory(pgdata: str, major: int, tablespace_names: dict[int, str]) -> DataDirectory:
+    """List what a backup of `pgdata` copies, applying PostgreSQL's exclusions. Must run
+    after the backup started: a file created before the backup's checkpoint is not
+    recreated by replaying the backup's WAL."""
+    listing = DataDirectory([BackupDirectory("", stat.S_IMODE(os.stat(pgdata).st_mode))], [], [])
+
+    def visit(relative: str, directory: str) -> None:
+        entries = _entries(directory)
+        in_database = _DATABASE_DIRECTORY.fullmatch(relative) is not None
+        unlogged = _unlogged_relations(entries) if in_database else set()
+        for entry in entries:
+            name = entry.name
+            path = f"{relative}/{name}" if relative else name
+            if name in _EXCLUDED_FILES or name.startswith((_RELCACHE_INIT_PREFIX, _TEMPORARY_PREFIX)):
+                continue
+            if relative == "" and name == server_config.CAPTURED_DIR:
+                continue  # the stream's own name for configuration from outside (a leftover)
+            if relative == _TABLESPACE_LINKS and entry.is_symlink():
+                add_tablespace(entry)
+                continue
+            status = _stat(entry)
+            if status is None:
+                continue
+            if stat.S_ISDIR(status.st_mode):
+                listing.directories.append(BackupDirectory(path, stat.S_IMODE(status.st_mode)))
+                if path == _WAL_DIRECTORY:
+                    listing.directories.extend(
+                        BackupDirectory(f"{path}/{sub.name}", stat.S_IMODE(sub_status.st_mode))
+                        for sub in _entries(entry.path)
+                        if (sub_status := _stat(sub)) and stat.S_ISDIR(sub_status.st_mode)
+                    )
+                elif not (relative == "" and name in _EXCLUDED_DIRECTORY_CONTENTS):
+                    visit(path, entry.path)
+            elif stat.S_ISREG(status.st_mode):
+                if in_database:
+                    relation = _RELATION_FILE.fullmatch(name)
+                    if _TEMPORARY_RELATION.fullmatch(name) or (
+                        relation and relation["node"] in unlogged and relation["fork"] != "init"
+                    ):
+                        continue
+                listing.files.append(SourceFile(path, status.st_size))
+            # Sockets, FIFOs and devices have no place in a data directory: not copied.
+
+    def add_tablespace(link: os.DirEntry[str]) -> None:
+        if not link.name.isdigit():
+            log.warning("skipping %s: not a tablespace link (the name is not an OID)", link.path)
+            return
+        oid = int(link.name)
+        # A tablespace created after the names were read is still backed up; it is
+        # known by its location only.
+        listing.tablespaces.append(BackupTablespace(oid=oid, name=tablespace_names.get(oid, ""),
+                                                    location=os.readlink(link.path)))
+        # Only this major's subdirectory: a tablespace also holds the other major's
+        # directory while pg_upgrade runs (basebackup.c sends TABLESPACE_VERSION_DIRECTORY).
+        for version in _entries(link.path):
+            if version.name.startswith(f"PG_{major}_") and (status := _stat(version)) and stat.S_ISDIR(status.st_mode):
+                path = f"{_TABLESPACE_LINKS}/{oid}/{version.name}"
+                listing.directories.append(BackupDirectory(path, stat.S_IMODE(status.st_mode)))
+                visit(path, version.path)
+
+    visit("", pgdata)
+    # Copied last, as basebackup.c does: the control file is then no older than any
+    # file copied before it.
+    control = [file for file in listing.files if file.path == _CONTROL_FILE]
+    listing.files[:] = [file for file in listing.files if file.path != _CONTROL_FILE] + control
+    return listing
+
+
+# --- the stream of parts ----------------------------------------------------------------
+
+
+class PartStore:
+    """Compresses and stores parts on `workers` threads, each part whole in one thread
+    (single-threaded zstd: the parallelism is across parts).
+
+    Memory is bounded by the buffers: there are `workers + 1` of PART_SIZE bytes, so the
+    reader fills one while every worker compresses another, and waits for a buffer when
+    the workers fall behind. Buffers are reused, never reallocated.
+    """
+
+    def __init__(self, archive: Archive, backup_id: str, compressor: Compressor, cipher: Cipher | None,
+                 workers: int) -> None:
+        self._archive = archive
+        self._prefix = backup_prefix(backup_id) + "data/"
+        self._compressor = compressor
+        self._cipher = cipher
+        self._free: SimpleQueue[bytearray] = SimpleQueue()
+        for _ in range(workers + 1):
+            self._free.put(bytearray(PART_SIZE))
+        self._queued: SimpleQueue[tuple[int, bytearray, int] | None] = SimpleQueue()
+        self._parts: dict[int, BackupPart] = {}
+        self._failure: BaseException | None = None
+        self._abandoned = False
+        # Daemon threads: an interrupted backup-push must exit without waiting for them.
+        self._threads = [threading.Thread(target=self._serve, name=f"backup-part-{n}", daemon=True)
+                         for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def buffer(self) -> bytearray:
+        """A free buffer; raises the first worker's failure, if any."""
+        buffer = self._free.get()
+        if self._failure is not None:
+            raise self._failure
+        return buffer
+
+    def submit(self, number: int, buffer: bytearray, length: int) -> None:
+        self._queued.put((number, buffer, length))
+
+    def finish(self) -> list[BackupPart]:
+        """Wait for every submitted part to be stored; the parts in order."""
+        for _ in self._threads:
+            self._queued.put(None)
+        for thread in self._threads:
+            thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return [self._parts[number] for number in sorted(self._parts)]
+
+    def abandon(self) -> None:
+        """Store nothing more; queued parts are dropped."""
+        self._abandoned = True
+        for _ in self._threads:
+            self._queued.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._queued.get()) is not None:
+            number, buffer, length = item
+            try:
+                if self._failure is None and not self._abandoned:
+                    self._parts[number] = self._store(number, memoryview(buffer)[:length])
+            except BaseException as exc:  # handed to the reader thread, which raises it
+                self._failure = self._failure or exc
+            finally:
+                self._free.put(buffer)
+
+    def _store(self, number: int, data: memoryview) -> BackupPart:
+        key = f"{self._prefix}{number:08d}"
+        # The view, not a bytes copy: zstd and SHA-256 read any buffer.
+        blob, header = objects.encode(data, self._compressor, self._cipher)  # type: ignore[arg-type]
+        try:
+            self._archive.put(key, blob)
+        except ObjectExists:
+            raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
+        return BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex())
+
+
+def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress) -> list[BackupFile]:
+    """Read the files into part buffers, back to back, and hand each full buffer to the
+    store. Returns the file records: where each file's first byte landed and how many
+    bytes were read.
+
+    The server keeps writing meanwhile. A file is read to its current end, whatever its
+    listed size; torn or changed pages are fine, because replaying the WAL from the
+    backup's start rewrites them (the reason the backup API exists). A file that
+    vanished (a dropped table) is skipped: replay drops it too.
+    """
+    files: list[BackupFile] = []
+    number, buffer, filled = 0, store.buffer(), 0
+    view = memoryview(buffer)
+    for source in sources:
+        absolute = os.path.join(pgdata, source.path)
+        reader: BinaryIO
+        if source.content is not None:
+            reader, mode, mtime = io.BytesIO(source.content), source.mode, 0
+        else:
+            try:
+                reader = open(absolute, "rb", buffering=0)
+            except FileNotFoundError:
+                log.debug("%s vanished before it was copied", source.path)
+                continue
+            except OSError as exc:
+                raise PitrkitError(f"cannot read {absolute}: {exc.strerror} (run backup-push as the OS user "
+                                   "that owns the data directory, or as root)") from None
+            status = os.fstat(reader.fileno())
+            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            mode, mtime = stat.S_IMODE(status.st_mode), int(status.st_mtime)
+        with reader:
+            part, offset, size = number, filled, 0
+            while True:
+                if filled == PART_SIZE:
+                    store.submit(number, buffer, filled)
+                    number, buffer, filled = number + 1, store.buffer(), 0
+                    view = memoryview(buffer)
+                # One read straight into the part buffer, as large as the room left.
+                try:
+                    count = reader.readinto(view[filled:])
+                except OSError as exc:
+                    raise PitrkitError(f"cannot read {absolute}: {exc.strerror}") from None
+                if not count:
+                    break
+                filled += count
+                size += count
+                progress.advance(count)
+        files.append(BackupFile(source.path, size, mode, mtime, part, offset))
+    if filled:
+        store.submit(number, buffer, filled)
+    return files
+
+
+# --- preconditions ----------------------------------------------------------------------
+
+_CONTROL_SYSTEM_IDENTIFIER = struct.Struct("=Q")  # ControlFileData starts with it
+
+
+def _configured_pgdata(config: Config) -> str:
+    if not config.postgres.pgdata:
+        raise ConfigError("[postgres] pgdata is not set: backup-push reads the data directory's files, "
+                          "so it needs the server's data_directory there")
+    return os.path.realpath(config.postgres.pgdata)
+
+
+def _check_server(facts: ServerFacts, pgdata: str, streaming: bool) -> None:
+    """`streaming`: `pitrkit wal-receive` is streaming from the [receive] slot, which
+    archives the backup's WAL without archive_command (docs/streaming.md)."""
+    if facts.in_recovery:
+        raise RefusedError("the server is a standby (in recovery): backing up a standby is not supported yet; "
+                           "run backup-push against the primary")
+    if not streaming and facts.archive_mode == "off":
+        raise RefusedError("archive_mode is off on the server and pitrkit wal-receive is not streaming from "
+                           "the [receive] slot: the backup could never be made consistent from the archive; "
+                           "set archive_mode = on and archive_command to pitrkit wal-push, or run wal-receive")
+    if not streaming and not facts.archive_command and not facts.archive_library:
+        raise RefusedError("archive_command is empty on the server: the backup could never be made consistent "
+                           "from the archive; set archive_command to pitrkit wal-push")
+    if os.path.realpath(facts.data_directory) != pgdata:
+        raise RefusedError(f"[postgres] pgdata is {pgdata}, but the server [postgres] conninfo reaches has its "
+                           f"data directory at {facts.data_directory}")
+    # The same path on another host (conninfo pointing elsewhere) must not pass: the
+    # control file says whose data directory this is.
+    control = os.path.join(pgdata, _CONTROL_FILE)
+    try:
+        with open(control, "rb") as file:
+            (on_disk,) = _CONTROL_SYSTEM_IDENTIFIER.unpack(file.read(_CONTROL_SYSTEM_IDENTIFIER.size))
+    except OSError as exc:
+        raise PitrkitError(f"cannot read {control}: {exc.strerror}") from None
+    if on_disk != facts.system_identifier:
+        raise RefusedError(f"{pgdata} belongs to the cluster with system identifier {on_disk}, but the server "
+                           f"[postgres] conninfo reaches is {facts.system_identifier}")
+
+
+def _check_identity(identity: ArchiveIdentity, facts: ServerFacts, url: str) -> None:
+    if identity.system_identifier != facts.system_identifier:
+        raise RefusedError(f"the archive {url} belongs to the cluster with system identifier "
+                           f"{identity.system_identifier}, not to this server ({facts.system_identifier})")
+    if identity.wal_segment_size != facts.wal_segment_size:
+        raise RefusedError(f"the archive {url} holds {identity.wal_segment_size}-byte WAL segments, "
+                           f"this server writes {facts.wal_segment_size}-byte ones")
+
+
+def _new_backup_id(archive: Archive, server: ServerSession) -> tuple[str, datetime]:
+    """The UTC second the backup starts, by the server's clock, as `YYYYMMDDTHHMMSSZ`.
+    If that id is taken (a backup started in the same second, or an interrupted one
+    left parts there), the next second is."""
+    for _ in range(3):
+        now = server.clock()
+        backup_id = now.strftime("%Y%m%dT%H%M%SZ")
+        taken = archive.list_folder(backup_prefix(backup_id))
+        if not taken.objects and not taken.folders:
+            return backup_id, now
+        time.sleep(1 - now.microsecond / 1e6)
+    raise RefusedError(f"backup id {backup_id} is already taken in the archive ({backup_prefix(backup_id)} "
+                       "exists): is another backup-push running?")
+
+
+# --- the WAL the backup needs -----------------------------------------------------------
+
+
+def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentName], timeout: float,
+                 backup_id: str) -> None:
+    """Return once every segment in `needed` is in the archive; raise after `timeout`."""
+    deadline = time.monotonic() + timeout
+    waiting_for = None
+    pause = _WAL_POLL_FIRST
+    for position, segment in enumerate(needed, 1):
+        key = wal_key(WalFileName.parse(segment.name))
+        while True:
+            try:
+                archive.stat(key)
+                break
+            except ObjectNotFound:
+                pass
+            if time.monotonic() >= deadline:
+                raise PitrkitError(
+                    f"backup {backup_id} is not usable: WAL segment {segment.name} did not reach the archive "
+                    f"within {timeout:g} s ({server.archiver_failure()}); check pg_stat_archiver and the "
+                    "server log for why archive_command fails")
+            if waiting_for != segment:
+                waiting_for = segment
+                log.info("waiting for WAL segment %s to be archived", segment.name)
+                if sys.stderr.isatty():
+                    print(f"waiting for WAL segment {segment.name} to be archived "
+                          f"({position} of {len(needed)})", file=sys.stderr)
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, _WAL_POLL_MAX)
+
+
+def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:
+    segments = [first]
+    while segments[-1] != last:
+        segments.append(segments[-1].next())
+    return segments
+
+
+# --- the backup -------------------------------------------------------------------------
+
+
+def take_backup(archive: Archive, config: Config, label: str | None) -> BackupManifest:
+    """Back up the cluster and store its manifest; returns the manifest."""
+    pgdata = _configured_pgdata(config)
+    with ServerSession(config.postgres.conninfo) as server:
+        # `pitrkit init` creates the archive: without its archive.json there is none here.
+        identity = archive.identity()
+        facts = server.facts()
+        _check_server(facts, pgdata, server.slot_active(config.receive.slot))
+        _check_identity(identity, facts, archive.storage.url)
+        # A compression setting the plugin rejects is refused before the backup starts.
+        compression = config.compression
+        compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
+        # Likewise a key that may not write to this archive (see Archive.write_cipher).
+        cipher = archive.write_cipher()
+        backup_id, start_time = _new_backup_id(archive, server)
+        label = label or f"pitrkit {backup_id}"
+        tablespace_names = server.tablespace_names()
+        started = server.start_backup(label)
+        log.info("backup %s started at %s (label %r)", backup_id, started, label)
+
+        # From here on, a failure closes the session, which makes the server abort the
+        # backup; parts already stored stay, without a manifest, until retention.
+        listing = walk_data_directory(pgdata, facts.major, tablespace_names)
+        configuration, captured = _capture_configuration(server, facts)
+        if captured:
+            listing.directories.append(BackupDirectory(server_config.CAPTURED_DIR, 0o700))
+            listing.files[-1:-1] = captured  # before pg_control, which is copied last
+        total = sum(file.size for file in listing.files)
+        log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
+                 pgdata, len(listing.tablespaces))
+        store = PartStore(archive, backup_id, compressor, cipher, config.backup.workers or len(os.sched_getaffinity(0)))
+        try:
+            with Progress(f"backup {backup_id}", total) as progress:
+                files = copy_files(pgdata, listing.files, store, progress)
+            parts = store.finish()
+        except BaseException:
+            store.abandon()
+            raise
+
+        stop = server.stop_backup()
+        first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
+        # The segment holding the last byte of the backup-end record; pg_backup_stop
+        # switched to a new segment after it, so it will be archived.
+        last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
+        log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
+        wait_for_wal(archive, server, _segments(first, last), config.backup.wal_timeout, backup_id)
+
+    summary = BackupSummary(
+        backup_id=backup_id,
+        label=label,
+        system_identifier=facts.system_identifier,
+        pg_version=facts.version_num,
+        timeline=stop.label.timeline,
+        start_lsn=stop.label.start_lsn,
+        start_time=start_time,
+        stop_lsn=stop.stop_lsn,
+        stop_time=stop.time,
+        first_segment=first.name,
+        last_segment=last.name,
+        tablespaces=listing.tablespaces,
+        size=sum(file.size for file in files),
+        stored_size=sum(part.stored_size for part in parts),
+        file_count=len(files),
+        compression=compressor.name,
+        pitrkit_version=__version__,
+        configuration=configuration,
+    )
+    manifest = BackupManifest(
+        **msgspec.structs.asdict(summary),
+        backup_label=stop.label_file,
+        tablespace_map=stop.tablespace_map or None,
+        parts=parts,
+        directories=listing.directories,
+        files=files,
+    )
+    # The commit marker, stored last and create-only.
+    try:
+        archive.put_document(manifest_key(backup_id), manifest, pretty=False)
+    except ObjectExists:
+        raise RefusedError(f"{manifest_key(backup_id)} already exists: is another backup-push storing "
+                           "the same backup?") from None
+    log.info("backup %s committed: %s", backup_id, manifest_key(backup_id))
+    try:
+        inventory.record_backup(archive, summary)
+    except PitrkitError as exc:
+        # The backup exists: its manifest is stored. The catalog is a cache that every
+        # reader reconciles with the manifests, so a failed update (or one skipped because
+        # another writer holds the catalog lock) costs only speed.
+        log.warning("backup %s is stored, but updating the catalog failed (%s); readers find the backup "
+                    "from its manifest, and 'pitrkit catalog rebuild' rewrites the catalog", backup_id, exc)
+    return manifest
+
+
+def _capture_configuration(server: ServerSession, facts: ServerFacts
+                           ) -> tuple[documents.ServerConfiguration, list[SourceFile]]:
+    """Where the server's configuration lives, and the files it reads from outside its
+    data directory, read now, as files of the stream (see restore/server_config.py)."""
+    configuration, captured = server_config.capture(facts.data_directory, *server.config_paths(),
+                                                    server.files_read())
+    for each in captured:
+        log.info("copying %s (%s) from outside the data directory as %s/%s", each.record.path, each.record.role,
+                 server_config.CAPTURED_DIR, each.record.name)
+    return configuration, [SourceFile(f"{server_config.CAPTURED_DIR}/{each.record.name}", each.record.size,
+                                      each.content, each.record.mode) for each in captured]
+
+
+def summary_of(manifest: BackupManifest) -> BackupSummary:
+    return BackupSummary(**{field: getattr(manifest, field) for field in BackupSummary.__struct_fields__})
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    archive = Archive(config)
+    manifest = take_backup(archive, config, args.label)
+    summary = summary_of(manifest)
+    if args.json:
+        sys.stdout.write(documents.encode(summary).decode())
+    else:
+        print(summary.backup_id)
+    return (f"backup {summary.backup_id}: {summary.file_count} files, {human_bytes(summary.size)} stored as "
+            f"{human_bytes(summary.stored_size)} in {len(manifest.parts)} parts; needs WAL "
+            f"{summary.first_segment} to {summary.last_segment}")

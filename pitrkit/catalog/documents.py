@@ -1,0 +1,447 @@
+"""Types of every JSON document pitrkit stores in the archive, and the envelope that
+authenticates them in an encrypted archive.
+
+Documents are parsed at the edge with these types and passed around typed; a document
+that does not decode is reported, never half-used.
+
+With `[encryption]` on, a document is stored in an envelope (docs/archive-format.md):
+`{"document":<the document's JSON, byte for byte as authenticated>,"authentication":
+{...}}`. The tag covers the document's storage key and its exact bytes, so a document
+cannot be altered, nor moved under another key (one backup's manifest as another's, one
+folder's WAL index as another's). The tags themselves are the cipher plugin's
+(`hookspecs.DocumentAuthenticator`).
+
+Anyone who can write to the storage can write these documents, so every value that
+reaches the file system, an allocation or a loop is checked as it is decoded (each
+type's `__post_init__`, which msgspec runs on decoding): a path that could leave the data
+directory, a size or count that could not be real, key-stretching parameters that would
+exhaust memory. What needs the whole document (a file's folder being listed, the stream
+tiling its parts) is checked where it is used, in `unpack.check_manifest`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from datetime import datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+from pitrkit.errors import UsageError
+from pitrkit.hookspecs import DocumentAuthenticator, DocumentSignature
+from pitrkit.postgres.wal import Lsn
+
+ARCHIVE_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 1
+
+Document = TypeVar("Document", bound=msgspec.Struct)
+
+
+# Bounds on what archive.json may ask scrypt for: pitrkit writes n=2^17, r=8, p=1 (128
+# MiB, see storage/keys.py). The memory scrypt takes is 128·n·r bytes and its time grows with p;
+# a tampered archive.json must not make a restore host allocate or spin without end.
+SCRYPT_MAX_MEMORY = 1 << 30
+SCRYPT_MAX_P = 16
+SALT_SIZES = range(16, 65)
+# Largest stored backup part a manifest may list: pitrkit writes 32 MiB parts (backup/push.py),
+# and a restore holds one per worker in memory.
+MAX_PART_SIZE = 1 << 30
+# Beyond any file a data directory holds; bounds the arithmetic on sizes and offsets.
+MAX_FILE_SIZE = 1 << 48
+_MAX_MTIME = 1 << 40  # os.utime refuses times far past this with OverflowError
+
+
+class ScryptParameters(msgspec.Struct, kw_only=True, frozen=True):
+    """How passphrases are stretched into keys for this archive (one salt per archive)."""
+
+    salt: bytes  # random; base64 in JSON
+    n: int
+    r: int
+    p: int
+
+    def __post_init__(self) -> None:
+        if len(self.salt) not in SALT_SIZES:
+            raise ValueError(f"scrypt salt of {len(self.salt)} bytes (expected {SALT_SIZES.start} to "
+                             f"{SALT_SIZES.stop - 1})")
+        if self.n < 2 or self.n & (self.n - 1) or self.r < 1 or not 1 <= self.p <= SCRYPT_MAX_P \
+                or 128 * self.n * self.r > SCRYPT_MAX_MEMORY:
+            raise ValueError(f"scrypt parameters n={self.n} r={self.r} p={self.p} are out of bounds (n a power "
+                             f"of two, 128·n·r at most {SCRYPT_MAX_MEMORY >> 20} MiB, p at most {SCRYPT_MAX_P})")
+
+
+class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
+    """The non-secret half of an encrypted archive's keys, in `archive.json`."""
+
+    mode: str  # "key" (symmetric keys, passphrases) or "recipient" (X25519)
+    algorithm: str  # the object cipher, e.g. "aes-256-gcm-chunked"
+    # Ids of every key that has been the archive's current key, oldest first; the last
+    # is the current one, the only one new objects may be written with.
+    key_ids: list[str]
+    scrypt: ScryptParameters | None = None  # set once a passphrase has been used
+
+    def __post_init__(self) -> None:
+        if not self.key_ids:
+            raise ValueError("encryption.key_ids is empty: the archive has no current key")
+
+    @property
+    def current_key_id(self) -> str:
+        return self.key_ids[-1]
+
+
+class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
+    """`archive.json`: which cluster this archive belongs to. Written by the first push of
+    a WAL segment, from that segment's page header (or, in an encrypted archive, by a
+    backup-push that comes first); afterwards only a key rotation rewrites it (appending
+    to `encryption.key_ids`)."""
+
+    format_version: int = ARCHIVE_FORMAT_VERSION
+    system_identifier: int
+    wal_segment_size: int
+    # The major version of the cluster that created the archive. A list so that later
+    # majors can be recorded; nothing appends to it yet.
+    pg_versions: list[int]
+    # Non-secret encryption parameters (mode, key ids, salt); None when not encrypted.
+    encryption: EncryptionParameters | None = None
+    created_at: datetime
+
+    def __post_init__(self) -> None:
+        # PostgreSQL's limits (initdb --wal-segsize): a power of two from 1 MiB to 1 GiB.
+        size = self.wal_segment_size
+        if not (1 << 20 <= size <= 1 << 30 and size & (size - 1) == 0):
+            raise ValueError(f"wal_segment_size {size} is not a power of two from 1 MiB to 1 GiB")
+
+
+# --- base backups ---------------------------------------------------------------------
+
+
+def check_data_path(path: str) -> None:
+    """A path from a manifest, relative to the data directory: no absolute path, no
+    `..`, `.` or empty component, no NUL. ("" alone, the data directory itself, is a
+    directory's path only.)"""
+    parts = path.split("/")  # an absolute path starts with an empty component
+    if "" in parts or ".." in parts or "." in parts or "\0" in path:
+        raise ValueError(f"path {path!r} is not a plain relative path inside the data directory")
+
+
+def _check_size(what: str, value: int, limit: int) -> None:
+    if not 0 <= value <= limit:
+        raise ValueError(f"{what} {value} is out of bounds (0 to {limit})")
+
+
+class BackupTablespace(msgspec.Struct, kw_only=True, frozen=True):
+    oid: int
+    name: str
+    # Where the tablespace lived on the backed-up server (the pg_tblspc/<oid> link target).
+    # Restore never creates it: see unpack.check_tablespace_directory.
+    location: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.oid < 1 << 32:
+            raise ValueError(f"tablespace oid {self.oid} is not an OID")
+        # As PostgreSQL stores it (CREATE TABLESPACE canonicalizes): absolute, no `..`,
+        # `.`, doubled or trailing slash.
+        location = self.location
+        if "\0" in location or not location.startswith("/") or location.startswith("//") or location == "/" \
+                or posixpath.normpath(location) != location:
+            raise ValueError(f"tablespace {self.oid}'s location {location!r} is not a canonical absolute path")
+
+
+class BackupPart(msgspec.Struct, kw_only=True, frozen=True):
+    """One stored object of a backup's data: a slice of the backup stream (the files'
+    contents, concatenated in manifest order), in the stored-object format."""
+
+    key: str  # relative to the archive root: backups/<id>/data/<n>
+    size: int  # plaintext bytes
+    stored_size: int
+    sha256: str  # hex, of the plaintext; also in the object's own header
+
+    def __post_init__(self) -> None:
+        _check_size(f"part {self.key!r} size", self.size, MAX_PART_SIZE)
+        _check_size(f"part {self.key!r} stored size", self.stored_size, 2 * MAX_PART_SIZE)
+
+
+class BackupFile(msgspec.Struct, array_like=True, frozen=True):
+    """A regular file: `path` relative to the data directory (tablespace files sit under
+    `pg_tblspc/<oid>/`, as the server sees them). Its bytes start at `offset` in part
+    number `part` and run on into the following parts. Array-like, because a cluster can
+    have a hundred thousand of them."""
+
+    path: str
+    size: int
+    mode: int
+    mtime: int  # seconds
+    part: int
+    offset: int
+
+    def __post_init__(self) -> None:
+        check_data_path(self.path)
+        # One comparison chain for the common case: a manifest can list a million files.
+        if not (0 <= self.size <= MAX_FILE_SIZE and 0 <= self.mode <= 0o7777 and 0 <= self.part <= MAX_FILE_SIZE
+                and 0 <= self.offset <= MAX_PART_SIZE and -_MAX_MTIME < self.mtime < _MAX_MTIME):
+            _check_size(f"{self.path}: size", self.size, MAX_FILE_SIZE)
+            _check_size(f"{self.path}: mode", self.mode, 0o7777)
+            _check_size(f"{self.path}: part", self.part, MAX_FILE_SIZE)
+            _check_size(f"{self.path}: offset", self.offset, MAX_PART_SIZE)
+            raise ValueError(f"{self.path}: modification time {self.mtime} is out of bounds")
+
+
+class BackupDirectory(msgspec.Struct, array_like=True, frozen=True):
+    path: str  # relative to the data directory, "" is the data directory itself
+    mode: int
+
+    def __post_init__(self) -> None:
+        if self.path:
+            check_data_path(self.path)
+        _check_size(f"{self.path or 'the data directory'}: mode", self.mode, 0o7777)
+
+
+class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
+    """A configuration file the server read from outside its data directory, copied into
+    the backup stream as `.pitrkit-config/<name>` (see restore/server_config.py). `path` is where
+    the server read it: shown, and matched against include lines, never written to."""
+
+    name: str  # a plain file name, unique in the backup
+    path: str  # absolute, on the backed-up host
+    # config_file, hba_file or ident_file; include (read by include/include_dir of the
+    # server configuration); hba_include or ident_include (PostgreSQL 16+'s includes of
+    # pg_hba.conf and pg_ident.conf)
+    role: str
+    mode: int
+    size: int
+    sha256: str  # hex, of the content as copied
+
+
+class ServerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
+    """Where the backed-up server's configuration lived, and the files copied from
+    outside its data directory."""
+
+    data_directory: str  # the server's data_directory (absolute)
+    config_file: str  # the server's config_file, hba_file and ident_file settings
+    hba_file: str
+    ident_file: str
+    files: list[ConfigFile] = []
+
+
+class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
+    """What the planner, `backup-list` and the catalog need to know about a backup: the
+    manifest without its file list."""
+
+    format_version: int = MANIFEST_FORMAT_VERSION
+    backup_id: str
+    label: str
+    system_identifier: int
+    pg_version: int  # server_version_num, e.g. 150014
+    timeline: int  # the timeline the backup started on
+    start_lsn: Lsn  # the backup's redo point: WAL replay starts here
+    start_time: datetime
+    stop_lsn: Lsn  # the backup is consistent once replay has passed this point
+    stop_time: datetime  # the server's clock after pg_backup_stop: targets from here on
+    first_segment: str  # WAL file names: every segment from first to last is needed
+    last_segment: str
+    tablespaces: list[BackupTablespace] = []
+    size: int  # bytes of the files backed up
+    stored_size: int  # bytes of the stored objects
+    file_count: int
+    compression: str
+    pitrkit_version: str
+    # None: a backup taken before pitrkit recorded the server's configuration.
+    configuration: ServerConfiguration | None = None
+
+    def __post_init__(self) -> None:
+        # The id names the backup's folder: one plain key component.
+        if not self.backup_id or "/" in self.backup_id or "\0" in self.backup_id or self.backup_id.startswith("."):
+            raise ValueError(f"backup id {self.backup_id!r} is not a plain name")
+        _check_size("size", self.size, MAX_FILE_SIZE)
+        _check_size("stored_size", self.stored_size, MAX_FILE_SIZE)
+        _check_size("file_count", self.file_count, MAX_FILE_SIZE)
+
+    @property
+    def pg_major(self) -> int:
+        return self.pg_version // 10000
+
+
+class BackupManifest(BackupSummary, kw_only=True, frozen=True):
+    """`backups/<id>/manifest.json`, stored last: its presence is what makes the backup
+    exist. Decoding it as a `BackupSummary` skips everything below."""
+
+    backup_label: str  # as pg_backup_stop returned it; restore writes it as backup_label
+    tablespace_map: str | None = None  # ditto, for tablespace_map
+    parts: list[BackupPart]
+    directories: list[BackupDirectory]
+    files: list[BackupFile]
+
+
+# --- the catalog (catalog/...) ----------------------------------------------------------
+
+
+class BackupCatalog(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/backups.json`: the summaries of the backups whose manifests exist,
+    oldest first. A cache of the manifests, reconciled with them on every read."""
+
+    backups: list[BackupSummary] = []
+
+
+class WalIndexEntry(msgspec.Struct, array_like=True, frozen=True):
+    name: str  # the WAL file name: a segment, or a .backup file (never a .partial: see catalog/inventory.py)
+    stored_size: int
+    modified: float | None  # when it reached the archive, if the storage says
+
+
+class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/wal/<TLI><LOG>.json`: the listing of a WAL folder `wal/<TLI><LOG>/` that
+    no longer receives segments (a later folder of the same timeline exists), so that
+    planning and `wal-list` read one document instead of listing the folder."""
+
+    folder: str  # "wal/<TLI><LOG>/"
+    entries: list[WalIndexEntry]
+    indexed_at: datetime
+
+
+# --- retention (catalog/retention.json, leases/) -----------------------------------------
+
+
+class RetentionRun(msgspec.Struct, kw_only=True, frozen=True):
+    """What one finished `retention apply` removed."""
+
+    finished_at: datetime
+    backups_removed: list[str]
+    wal_files_removed: int
+    bytes_freed: int  # stored bytes
+
+
+class RetentionState(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/retention.json`: retention's intent and its last result.
+
+    `deleting` is written BEFORE any object is deleted: a backup named there no longer
+    exists for any reader (the planner, backup-list, status), even while its manifest is
+    still stored, and a later run finishes removing it. That is what lets a run killed
+    midway leave nothing half-usable behind."""
+
+    deleting: list[str] = []  # backup ids whose objects are being removed
+    decided_at: datetime | None = None
+    last_run: RetentionRun | None = None
+
+
+class Lease(msgspec.Struct, kw_only=True, frozen=True):
+    """`leases/<lease_id>.json`: a running restore's claim on a backup and the WAL after
+    it along one timeline's path. Retention keeps what an unexpired lease names; the
+    holder renews `expires_at` while it works and deletes the lease when done."""
+
+    lease_id: str
+    holder: str  # who: "restore on <host> pid <pid>", for the operator
+    backup_id: str
+    # The timeline recovery ends on: its history gives the path whose WAL is claimed,
+    # from the backup's first segment onward.
+    timeline: int
+    first_segment: str
+    taken_at: datetime  # the holder's clock, for people
+    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    # Seconds the lease holds past its object's store time (the storage's clock); None in
+    # leases written before it existed, judged by `expires_at`.
+    held_for: float | None = None
+
+
+class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
+    """`locks/catalog.json`: who rewrites catalog documents now (catalog/lock.py). Stored
+    create-only; renewed by its holder, which rewrites it with a new `expires_at`."""
+
+    token: str  # random, per taking: how a holder tells its lock from a successor's
+    host: str
+    pid: int
+    command: str  # "retention apply", "catalog rebuild", "backup-push"
+    taken_at: datetime  # the holder's clock, for people
+    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    # Seconds the lock holds past its object's store time (the storage's clock).
+    held_for: float
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, Lsn):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def _decode_value(kind: type, value: Any) -> Any:
+    if kind is Lsn:
+        if not isinstance(value, str):
+            raise ValueError("expected an LSN such as 0/16B3748")
+        try:
+            return Lsn.parse(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_encode_value)
+
+
+def to_builtins(document: msgspec.Struct) -> Any:
+    """The document as plain JSON-ready values (LSNs as text), e.g. for --json output."""
+    return msgspec.to_builtins(document, enc_hook=_encode_value)
+
+
+def encode(document: msgspec.Struct, *, pretty: bool = True) -> bytes:
+    """JSON for storage. Large documents (manifests) go out compact: indenting a hundred
+    thousand file rows only costs time and space."""
+    data = _encoder.encode(document)
+    return msgspec.json.format(data, indent=2) + b"\n" if pretty else data + b"\n"
+
+
+# --- authentication ---------------------------------------------------------------------
+
+_SIGNED_CONTEXT = b"pitrkit document v1\0"
+_ENVELOPE_START = b'{"document":'
+
+
+class Authentication(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    algorithm: str  # "hmac-sha256" (mode "key") or "ed25519" (mode "recipient")
+    key_id: str
+    tag: bytes  # base64 in JSON
+
+
+class _Envelope(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    document: msgspec.Raw
+    authentication: Authentication
+
+
+def signed_message(key: str, document: bytes) -> bytes:
+    """What a document's tag covers: its storage key and its exact bytes."""
+    return _SIGNED_CONTEXT + key.encode() + b"\0" + document
+
+
+def seal(key: str, document: bytes, authenticator: DocumentAuthenticator) -> bytes:
+    """The envelope storing `document` (its JSON) under `key`."""
+    document = document.rstrip(b"\n")  # the envelope's own bytes hold no whitespace around it
+    signature = authenticator.sign(signed_message(key, document))
+    authentication = Authentication(algorithm=signature.algorithm, key_id=signature.key_id, tag=signature.tag)
+    return msgspec.json.encode(_Envelope(document=msgspec.Raw(document), authentication=authentication)) + b"\n"
+
+
+def is_sealed(data: bytes) -> bool:
+    return data.startswith(_ENVELOPE_START)
+
+
+def unseal(key: str, data: bytes, authenticator: DocumentAuthenticator | None) -> bytes:
+    """The document's JSON from its envelope, checked by `authenticator` (None: taken on
+    trust, as everything is in an archive without encryption). Raises `ValueError`
+    saying why it does not authenticate."""
+    try:
+        envelope = msgspec.json.decode(data, type=_Envelope)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a valid authenticated document: {exc}") from None
+    document = bytes(envelope.document)
+    if authenticator is not None:
+        found = envelope.authentication
+        authenticator.verify(signed_message(key, document), DocumentSignature(found.algorithm, found.key_id,
+                                                                              found.tag))
+    return document
+
+
+def decode(data: bytes, kind: type[Document], name: str) -> Document:
+    try:
+        return msgspec.json.decode(data, type=kind, dec_hook=_decode_value)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{name} is not a valid {kind.__name__}: {exc}") from None

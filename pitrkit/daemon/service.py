@@ -1,0 +1,539 @@
+"""`pitrkit daemon`: the one service a DBA leaves running (conf/pitrkit.service).
+
+It runs, under one process:
+* the streaming sidecar, `pitrkit wal-receive`, when `[receive] spool` is set: a child
+  restarted with backoff whenever it exits, stopped with SIGTERM (its clean stop, which
+  archives what it received);
+* scheduled backups (`[daemon] every` or `cron`, see daemon/schedule.py): `pitrkit backup-push
+  --json` as a child, one at a time, and not while another host's backup-push is writing
+  into the archive;
+* `pitrkit retention apply --json` as a child after each successful backup, when
+  `[daemon] retention` is on and `[retention]` is configured;
+* the status: a StatusReport refreshed every `[daemon] status_interval` and served on
+  `[daemon] listen` (daemon/status_server.py).
+
+The commands run as children of the same interpreter and configuration, not in this
+process: a backup's memory, threads and server session end with it; a crash in one
+cannot take the sidecar down; and a stop can terminate it. Their outcomes become the
+daemon's events, one logfmt line each on stderr (journald), like wal-receive's; the
+sidecar writes its own events to the same stderr.
+
+SIGTERM or SIGINT: no new backup starts, a running backup-push is terminated (it leaves
+an unfinished folder, which retention removes after `unfinished_grace`), a running
+retention is terminated (a rerun finishes what it started), the sidecar is stopped
+cleanly, the server closed, and the daemon exits 0. Under systemd a SIGKILL of the
+daemon also kills its children (the unit's control group).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, NamedTuple
+
+from pitrkit import events
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import BackupSummary
+from pitrkit.config import Config
+from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun
+from pitrkit.daemon.schedule import Schedule, Timetable, from_config
+from pitrkit.daemon.status_server import StatusBoard, StatusServer
+from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.ops.retention import RetentionReport
+from pitrkit.progress import human_bytes
+from pitrkit.storage.archive import Archive
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.25  # how soon a due backup, an exited child or a signal is noticed
+_SIDECAR_BACKOFF_FIRST = 1.0
+_SIDECAR_BACKOFF_MAX = 60.0
+# A sidecar that ran this long before exiting was healthy: its restart is not delayed by
+# the backoff of earlier quick failures.
+_SIDECAR_STEADY_RUN = 60.0
+# wal-receive stops pg_receivewal (up to 30 s) and then archives what it wrote.
+_SIDECAR_STOP_TIMEOUT = 90.0
+# backup-push and retention die at once on SIGTERM; this bounds a hung storage call.
+_CHILD_STOP_TIMEOUT = 30.0
+# Besides [backup] wal_timeout: a backup-push between its start and its first part
+# (the server's checkpoint) writes nothing into the archive either.
+_OTHER_BACKUP_MARGIN = 600.0
+
+
+# --- children ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a child command ended."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def error(self) -> str:
+        """Its `pitrkit: ...` line, the one line every failed command ends with."""
+        lines = [line.removeprefix("pitrkit: ") for line in self.stderr.splitlines() if line.startswith("pitrkit: ")]
+        if lines:
+            return lines[-1]
+        if self.code >= 0:
+            return f"exited with code {self.code}"
+        try:
+            return f"killed by {signal.Signals(-self.code).name}"
+        except ValueError:  # real-time signals have no name
+            return f"killed by signal {-self.code}"
+
+
+class Child:
+    """A pitrkit command run as a child; its output goes to temporary files (a pipe that
+    nobody reads while the loop waits would fill up and stall the child)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        """Raises OSError when it cannot be started (no such program, no fork, a full /tmp)."""
+        self._stdout: IO[bytes] = tempfile.TemporaryFile()
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        self._started = time.monotonic()
+        try:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                            stderr=self._stderr)
+        except OSError:
+            self._stdout.close()
+            self._stderr.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> Outcome | None:
+        code = self.process.poll()
+        return None if code is None else self._outcome(code)
+
+    def terminate(self) -> tuple[Outcome, bool]:
+        """SIGTERM, then SIGKILL if it does not end in time; the outcome, and whether it
+        had to be killed."""
+        self.process.terminate()
+        try:
+            return self._outcome(self.process.wait(_CHILD_STOP_TIMEOUT)), False
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self._outcome(self.process.wait()), True
+
+    def _outcome(self, code: int) -> Outcome:
+        texts = []
+        for file in (self._stdout, self._stderr):
+            file.seek(0)
+            texts.append(file.read().decode("utf-8", "replace"))
+            file.close()
+        return Outcome(code, texts[0], texts[1], time.monotonic() - self._started)
+
+
+def _relay(command: str, outcome: Outcome) -> None:
+    """A child's own messages (storage retries, warnings), one event each; a failed
+    child's final error line is its failure event's `error`, not repeated."""
+    lines = [line.removeprefix("pitrkit: ") for line in outcome.stderr.splitlines() if line.strip()]
+    if outcome.code != 0 and lines and lines[-1] == outcome.error:
+        lines.pop()
+    for line in lines:
+        events.emit(log, logging.WARNING, command, message=line)
+
+
+def _cannot_run(argv: list[str], exc: OSError) -> str:
+    return f"cannot run {argv[0]}: {exc.strerror}"
+
+
+class Sidecar:
+    """`pitrkit wal-receive`, kept running. Its stderr is ours: its events are logfmt lines
+    already."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self._argv = argv
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+        self._next_start = 0.0
+        self._delay = _SIDECAR_BACKOFF_FIRST
+        self.restarts = 0
+
+    @property
+    def state(self) -> str:
+        return "running" if self._process is not None else "restarting"
+
+    def supervise(self) -> None:
+        if self._process is None:
+            if time.monotonic() >= self._next_start:
+                self._start()
+            return
+        code = self._process.poll()
+        if code is None:
+            return
+        ran = time.monotonic() - self._started
+        if ran >= _SIDECAR_STEADY_RUN:
+            self._delay = _SIDECAR_BACKOFF_FIRST
+        self._process = None
+        self.restarts += 1
+        self._retry(f"wal-receive exited with code {code} after {ran:.1f}s")
+
+    def _start(self) -> None:
+        try:
+            self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            self._retry(_cannot_run(self._argv, exc))
+            return
+        self._started = time.monotonic()
+        events.emit(log, logging.INFO, "sidecar-started", pid=self._process.pid)
+
+    def _retry(self, error: str) -> None:
+        delay, self._delay = self._delay, min(self._delay * 2, _SIDECAR_BACKOFF_MAX)
+        self._next_start = time.monotonic() + delay
+        events.emit(log, logging.WARNING, "sidecar-exited", error=error, retry_in=f"{delay:g}s")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.terminate()
+        try:
+            code = process.wait(_SIDECAR_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+            events.emit(log, logging.WARNING, "sidecar-killed", pid=process.pid,
+                        error=f"wal-receive did not stop within {_SIDECAR_STOP_TIMEOUT:g}s of SIGTERM")
+        events.emit(log, logging.INFO if code == 0 else logging.WARNING, "sidecar-stopped", pid=process.pid, code=code)
+
+
+# --- another host's backup ----------------------------------------------------------------
+
+
+class UnfinishedBackup(NamedTuple):
+    backup_id: str
+    last_written: datetime | None  # its newest object's store time, if the storage says
+
+
+def backup_in_progress(unfinished: list[UnfinishedBackup], ours: set[str], now: datetime,
+                       quiet_seconds: float) -> UnfinishedBackup | None:
+    """An unfinished backup folder that another backup-push is probably still writing:
+    one written to within `quiet_seconds`. Folders our own failed backups left are not
+    anyone's running backup; a folder whose store times are unknown cannot be told from an
+    abandoned one and does not block (it would block forever)."""
+    for folder in unfinished:
+        if folder.backup_id in ours or folder.last_written is None:
+            continue
+        if now - folder.last_written < timedelta(seconds=quiet_seconds):
+            return folder
+    return None
+
+
+def _unfinished_backups(archive: Archive) -> list[UnfinishedBackup]:
+    return [UnfinishedBackup(backup_id, inventory.last_written(archive, backup_id))
+            for backup_id in inventory.survey_backups(archive).unfinished]
+
+
+# --- scheduled backups and retention --------------------------------------------------------
+
+
+class Backups:
+    """The schedule's backups, one at a time, each followed by retention."""
+
+    def __init__(self, config: Config, pitrkit: list[str], schedule: Schedule, archive: Archive,
+                 board: StatusBoard | None) -> None:
+        self._pitrkit = pitrkit
+        self._archive = archive
+        self._board = board
+        self.retention_after = config.daemon.retention and config.retention is not None
+        self._quiet = config.backup.wal_timeout + _OTHER_BACKUP_MARGIN
+        self.schedule = schedule
+        now = datetime.now(UTC)
+        self.timetable = Timetable(schedule, self._newest_start(), now)
+        self._backup: Child | None = None
+        self._backup_started = now
+        self._unfinished_before: set[str] = set()
+        self._retention_child: Child | None = None
+        self._ours: set[str] = set()  # unfinished folders our own failed backups left
+        self.last_run: ScheduledRun | None = None
+        self.taken = self.failures = self.retention_runs = self.retention_failures = 0
+
+    @property
+    def running(self) -> bool:
+        return self._backup is not None
+
+    def _newest_start(self) -> datetime | None:
+        try:
+            finished = inventory.survey_backups(self._archive).finished
+        except PitrkitError as exc:
+            # Unknown: a backup now is the safe side (if the archive is really down, the
+            # backup says so).
+            events.emit(log, logging.WARNING, "backups-not-listed", error=str(exc))
+            return None
+        return finished[-1].start_time if finished else None
+
+    def tick(self, now: datetime) -> None:
+        if self._backup is not None:
+            if (outcome := self._backup.poll()) is not None:
+                self._backup_ended(outcome, now)
+        elif self._retention_child is not None:
+            if (outcome := self._retention_child.poll()) is not None:
+                self._retention_ended(outcome)
+        elif self.timetable.is_due(now):
+            self._start_backup(now)
+
+    def _start_backup(self, now: datetime) -> None:
+        if self.timetable.missed is not None:
+            events.emit(log, logging.INFO, "backup-missed", slot=_show(self.timetable.missed))
+            self.timetable.missed = None
+        slot = self.timetable.due
+        self.timetable.started(now)
+        try:
+            unfinished = _unfinished_backups(self._archive)
+        except PitrkitError as exc:
+            events.emit(log, logging.WARNING, "backup-check-failed", error=str(exc))
+            unfinished = []
+        other = backup_in_progress(unfinished, self._ours, now, self._quiet)
+        if other is not None:
+            assert other.last_written is not None
+            events.emit(log, logging.WARNING, "backup-skipped", slot=_show(slot), other_backup=other.backup_id,
+                        last_written=_show(other.last_written),
+                        reason="another backup-push is writing into the archive",
+                        next_backup_at=_show(self.timetable.due))
+            return
+        self._unfinished_before = {folder.backup_id for folder in unfinished}
+        self._backup_started = now
+        argv = [*self._pitrkit, "backup-push", "--json"]
+        try:
+            self._backup = Child(argv)
+        except OSError as exc:
+            self._backup_failed(now, _cannot_run(argv, exc))
+            return
+        events.emit(log, logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot))
+
+    def _backup_ended(self, outcome: Outcome, now: datetime, retention: bool = True) -> None:
+        self._backup = None
+        _relay("backup-push", outcome)
+        summary = _backup_summary(outcome) if outcome.code == 0 else None
+        if summary is None:
+            self._backup_failed(now, outcome.error, outcome.code, outcome.seconds)
+            return
+        self.taken += 1
+        self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=now, ok=True,
+                                     backup_id=summary.backup_id, message=f"backup {summary.backup_id}")
+        events.emit(log, logging.INFO, "backup-finished", backup_id=summary.backup_id, size=human_bytes(summary.size),
+                    stored=human_bytes(summary.stored_size), files=summary.file_count,
+                    seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
+        if self._board is not None:
+            self._board.refresh_soon()
+        if retention and self.retention_after:
+            self._start_retention()
+
+    def _backup_failed(self, now: datetime, error: str, code: int | None = None, seconds: float | None = None
+                       ) -> None:
+        self.failures += 1
+        self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=now, ok=False, backup_id=None,
+                                     message=error)
+        events.emit(log, logging.ERROR, "backup-failed", code=code, error=error,
+                    seconds=None if seconds is None else f"{seconds:.1f}", next_backup_at=_show(self.timetable.due))
+        self._note_ours()
+
+    def _start_retention(self) -> None:
+        argv = [*self._pitrkit, "retention", "apply", "--json"]
+        try:
+            self._retention_child = Child(argv)
+        except OSError as exc:
+            self.retention_runs += 1
+            self.retention_failures += 1
+            events.emit(log, logging.ERROR, "retention-failed", error=_cannot_run(argv, exc))
+            return
+        events.emit(log, logging.INFO, "retention-started", pid=self._retention_child.pid)
+
+    def _note_ours(self) -> None:
+        """The folder a failed or terminated backup of ours left (unfinished, new since it
+        started) is not another host's running backup."""
+        try:
+            after = inventory.survey_backups(self._archive).unfinished
+        except PitrkitError:
+            return
+        self._ours |= set(after) - self._unfinished_before
+
+    def _retention_ended(self, outcome: Outcome) -> None:
+        self._retention_child = None
+        self.retention_runs += 1
+        if outcome.code != 0:
+            self.retention_failures += 1
+            _relay("retention", outcome)
+            events.emit(log, logging.ERROR, "retention-failed", code=outcome.code, error=outcome.error,
+                        seconds=f"{outcome.seconds:.1f}")
+            return
+        events.emit(log, logging.INFO, "retention-finished", seconds=f"{outcome.seconds:.1f}",
+                    **_retention_fields(outcome))
+        if self._board is not None:
+            self._board.refresh_soon()
+
+    def stop(self) -> None:
+        if self._backup is not None:
+            child, self._backup = self._backup, None
+            outcome, killed = child.terminate()
+            if outcome.code == 0:
+                # It had finished (manifest written) before the loop noticed: a backup
+                # like any other, but no retention is started during a stop.
+                self._backup_ended(outcome, datetime.now(UTC), retention=False)
+                return
+            self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=datetime.now(UTC), ok=False,
+                                         backup_id=None, message="terminated by the daemon's stop")
+            # Its folder has no manifest: it does not exist for the planner, and retention
+            # removes it after [retention] unfinished_grace.
+            events.emit(log, logging.WARNING, "backup-terminated", pid=child.pid, code=outcome.code, killed=killed,
+                        backup="unfinished")
+        if self._retention_child is not None:
+            child = self._retention_child
+            outcome, killed = child.terminate()
+            if outcome.code == 0:  # it had finished before the loop noticed
+                self._retention_ended(outcome)
+                return
+            self._retention_child = None
+            events.emit(log, logging.WARNING, "retention-terminated", pid=child.pid, code=outcome.code, killed=killed,
+                        note="the next run finishes what it started")
+
+
+def _backup_summary(outcome: Outcome) -> BackupSummary | None:
+    try:
+        return documents.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
+    except ValueError as exc:
+        events.emit(log, logging.ERROR, "backup-output-unreadable", error=str(exc))
+        return None
+
+
+def _retention_fields(outcome: Outcome) -> dict[str, object]:
+    """What retention's --json report says it removed (the figures a log reader wants)."""
+    try:
+        report = documents.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
+    except ValueError as exc:
+        return {"report": f"unreadable: {exc}"}
+    return {"kept": ",".join(kept.backup_id for kept in report.kept) or None,
+            "removed": ",".join(removed.backup_id for removed in report.removed_backups) or None,
+            "wal_files_removed": sum(wal.files for wal in report.removed_wal),
+            "freed": human_bytes(report.stored_bytes)}
+
+
+def _show(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+class StopRequest:
+    """SIGTERM or SIGINT, noted by the handler for the loop to act on.
+
+    Installed before the daemon sets anything up, so that a stop sent while it starts (a
+    slow archive listing, a status server binding) is a clean stop too, not the default
+    action's death. The handler only stores the signal's name: taking a lock there (as
+    threading.Event.set does) could deadlock with the main thread it interrupts, if that
+    thread holds the same lock at that moment."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._received)
+        signal.signal(signal.SIGINT, self._received)
+
+    def _received(self, signal_number: int, _frame: object) -> None:
+        self.signal = signal.Signals(signal_number).name
+
+
+class Daemon:
+    """The loop: supervises the sidecar, starts the scheduled backups and retention, and
+    keeps the facts the status page shows, until its StopRequest notes a signal; then
+    stops the running backup or retention, the sidecar and the status server, in that
+    order."""
+
+    def __init__(self, config: Config, config_path: Path, verbose: bool, stop: StopRequest) -> None:
+        pitrkit = [sys.executable, "-m", "pitrkit", "--config", str(config_path), *(["-v"] if verbose else [])]
+        self._config = config
+        self._stop = stop
+        self._started_at = datetime.now(UTC)
+        settings = config.daemon
+        self._board = StatusBoard(config, settings.status_interval) if settings.listen else None
+        # Bound before anything starts: a port in use is a configuration error, reported
+        # as one line, not a daemon that runs without its page.
+        self._server = (StatusServer(settings.listen, self._board, lambda: self.facts, settings.status_interval)
+                        if self._board is not None else None)
+        self._sidecar = Sidecar([*pitrkit, "wal-receive"]) if config.receive.spool else None
+        schedule = from_config(settings)
+        self._backups = Backups(config, pitrkit, schedule, Archive(config), self._board) if schedule else None
+        self.facts = self._facts()
+
+    def run(self) -> str:
+        backups = self._backups
+        events.emit(log, logging.INFO, "daemon-started", pid=os.getpid(),
+                    schedule=backups.schedule.describe() if backups else "none",
+                    next_backup_at=_show(backups.timetable.due) if backups else None,
+                    sidecar=self._sidecar is not None, retention=bool(backups and backups.retention_after))
+        if self._board is not None and self._server is not None:
+            self._board.start()
+            self._server.start()
+        try:
+            while self._stop.signal is None:
+                if self._sidecar is not None:
+                    self._sidecar.supervise()
+                if backups is not None:
+                    backups.tick(datetime.now(UTC))
+                self.facts = self._facts()
+                time.sleep(_TICK)
+            events.emit(log, logging.INFO, "daemon-stopping", signal=self._stop.signal)
+        finally:
+            self._shut_down()
+        taken = (f"took {backups.taken} scheduled backup(s), {backups.failures} failed" if backups
+                 else "no scheduled backups")
+        return f"daemon stopped ({self._stop.signal}): {taken}"
+
+    def _shut_down(self) -> None:
+        # Backups first: a backup-push must not outlive the daemon, and the sidecar keeps
+        # archiving the WAL it needs meanwhile.
+        if self._backups is not None:
+            self._backups.stop()
+        if self._sidecar is not None:
+            self._sidecar.stop()
+        if self._server is not None and self._board is not None:
+            self._server.stop()
+            self._board.stop()
+        self.facts = self._facts()
+        events.emit(log, logging.INFO, "daemon-stopped", signal=self._stop.signal)
+
+    def _facts(self) -> DaemonFacts:
+        backups, sidecar = self._backups, self._sidecar
+        return DaemonFacts(
+            started_at=self._started_at,
+            schedule=backups.schedule.describe() if backups else None,
+            next_backup_at=backups.timetable.due if backups else None,
+            backup_running=bool(backups and backups.running),
+            last_run=backups.last_run if backups else None,
+            backups_taken=backups.taken if backups else 0,
+            backup_failures=backups.failures if backups else 0,
+            sidecar=sidecar.state if sidecar else None,
+            sidecar_restarts=sidecar.restarts if sidecar else 0,
+            retention_runs=backups.retention_runs if backups else 0,
+            retention_failures=backups.retention_failures if backups else 0,
+        )
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    stop = StopRequest()
+    stop.install()
+    if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen:
+        raise ConfigError("[daemon] has nothing to run: set every or cron (scheduled backups), [receive] spool "
+                           "(the streaming sidecar) or listen (the status page)")
+    # Every part of the service serves one archive, which `pitrkit init` creates.
+    Archive(config).identity()
+    events.log_to_stderr(args.verbose)
+    return Daemon(config, config_path, args.verbose, stop).run()

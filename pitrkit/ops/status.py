@@ -1,0 +1,802 @@
+"""`pitrkit status`: one look at the archive and the server it serves, judged OK, WARN or
+FAIL for monitoring, and the `StatusReport` the daemon renders as its page and /metrics
+(daemon/dashboard.py).
+
+What is looked at, and what it costs: the backup catalog (as the planner reads it),
+`catalog/retention.json`, the top of `wal/` and one index or listing per WAL folder
+(ArchivedWal; never a listing of every object), the sidecar's state file when
+[receive] spool is readable here, and `pg_stat_archiver` when [postgres] conninfo reaches
+the server. An unreachable server is reported, not failed: status often runs on a host
+that only sees the archive.
+
+Which timeline is judged. An archive can hold timelines that are not the server's: a
+test restore promoted with archiving on archives its own timeline into the same archive,
+numbered above the server's. So when the server answers, status asks which timeline it is
+on and judges the WAL's freshness and the latest restorable point along that timeline's
+history (the head); any timeline off that history is shown as a branch, never as the
+head. Without the server, the head is the archive's newest timeline, as restore --latest
+would take it.
+
+Levels. FAIL means a restore would not give what the operator expects now: no backup,
+the newest backup cannot be restored to the end of the WAL (a gap after it), the server's
+archiver failing at this moment, or the newest backup older than twice
+[status] backup_max_age. WARN means it soon may: an old backup or WAL, a retention
+promise the archive does not keep, an interrupted backup left behind, a stopped sidecar.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from argparse import Namespace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import BackupSummary, RetentionRun, WalIndexEntry
+from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
+from pitrkit.config import Config, RetentionConfig
+from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
+from pitrkit.postgres.wal import Lsn, SegmentName
+from pitrkit.progress import human_bytes, human_count, human_seconds
+from pitrkit.storage.archive import Archive, ArchiveMissing
+
+Level = Literal["OK", "WARN", "FAIL"]
+_SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
+# The server is asked only if it answers quickly: status must not hang on a dead host.
+_CONNECT_TIMEOUT_SECONDS = 5
+# An interrupted backup is told from a running one by its newest object's age; without
+# [retention] this is the grace retention would use.
+
+
+class StatusFailed(PitrkitError):
+    """`status` found something at FAIL: the report is printed, then this exits 2."""
+
+    exit_code = 2
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+class Check(msgspec.Struct, kw_only=True, frozen=True):
+    name: str  # backup, wal, restorable, archiver, receiver, retention, unfinished
+    level: Level
+    message: str
+
+
+class LastBackup(msgspec.Struct, kw_only=True, frozen=True):
+    backup_id: str
+    label: str
+    timeline: int
+    start_time: datetime
+    stop_time: datetime  # when it became usable: the oldest instant it restores to
+    stop_lsn: Lsn
+    age_seconds: float  # since stop_time
+    duration_seconds: float
+    size_bytes: int  # the files backed up
+    stored_bytes: int
+
+
+class ArchivedFile(msgspec.Struct, kw_only=True, frozen=True):
+    """The newest WAL file of a kind in the archive."""
+
+    name: str
+    timeline: int
+    # Where its WAL ends: the end of the segment; for a `.partial`, the end of its last
+    # valid page (what was received).
+    end_lsn: Lsn
+    stored_at: datetime | None
+    age_seconds: float | None
+
+
+class Receiver(msgspec.Struct, kw_only=True, frozen=True):
+    """The streaming sidecar: the newest `.partial` it shipped, and its state file."""
+
+    newest_partial: ArchivedFile | None
+    # None when [receive] spool is not set or the state file could not be read here
+    # (`state_problem` says which).
+    observed_at: datetime | None = None
+    running: bool | None = None
+    receiving: bool | None = None
+    last_received_lsn: Lsn | None = None
+    last_archived_lsn: Lsn | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    last_error: str | None = None
+    state_problem: str | None = None
+
+
+class Archiver(msgspec.Struct, kw_only=True, frozen=True):
+    """`pg_stat_archiver` of the server in [postgres] conninfo."""
+
+    reachable: bool
+    problem: str | None = None  # why it was not asked, or could not be
+    # The timeline the server is on (its current WAL file's, or in recovery its last
+    # checkpoint's); None when not reachable or it would not say.
+    timeline: int | None = None
+    archived_count: int | None = None
+    failed_count: int | None = None
+    last_archived_wal: str | None = None
+    last_archived_time: datetime | None = None
+    last_failed_wal: str | None = None
+    last_failed_time: datetime | None = None
+    stats_reset: datetime | None = None
+
+
+class ArchiveSize(msgspec.Struct, kw_only=True, frozen=True):
+    wal_files: int  # segments, partials, .backup and history files
+    wal_segments: int  # full segments
+    wal_stored_bytes: int
+    wal_original_bytes: int  # full segments x the segment size
+    backups: int
+    backups_stored_bytes: int
+    backups_size_bytes: int  # the files they hold
+
+
+class OldestPoint(msgspec.Struct, kw_only=True, frozen=True):
+    """The first instant a timeline restores to: the stop of the first usable backup on
+    its path."""
+
+    backup_id: str
+    time: datetime
+    lsn: Lsn
+
+
+class NewestPoint(msgspec.Struct, kw_only=True, frozen=True):
+    """The end of the unbroken WAL after the newest usable backup on the path."""
+
+    segment: str  # the last segment of the run (a `.partial` when only that is stored)
+    lsn: Lsn  # its end; for a partial, the end of its last valid page
+    stored_at: datetime | None
+
+
+class Gap(msgspec.Struct, kw_only=True, frozen=True):
+    missing_segment: str
+    resumes_at: str | None  # the next segment replay along the path could read
+    after_backup: str  # the backup whose WAL runs into it
+
+
+class TimelineRange(msgspec.Struct, kw_only=True, frozen=True):
+    timeline: int
+    oldest: OldestPoint | None  # None: no usable backup lies on its path
+    newest: NewestPoint | None
+    gaps: list[Gap]
+    # Off the server's history (a restored copy's timeline): shown, never judged. False
+    # when the server's timeline is not known.
+    branch: bool = False
+
+
+class RetentionHealth(msgspec.Struct, kw_only=True, frozen=True):
+    configured: bool
+    policy: str  # the rules in a line: "last 2, 7 daily, window 7d"; "" without [retention]
+    # What the next `retention apply` would decide for each backup, with the rules that
+    # keep it (policy.select_backups); [] without [retention].
+    verdicts: list[BackupVerdict]
+    shortfalls: list[str]  # promises the archive does not keep
+    deleting: list[str]  # backups retention is removing: they no longer count
+    last_run: RetentionRun | None
+
+
+class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
+    generated_at: datetime
+    archive: str  # the repository url
+    overall: Level
+    checks: list[Check]
+    backups: int
+    unfinished_backups: list[str]
+    last_backup: LastBackup | None
+    last_wal: ArchivedFile | None  # the newest full segment along the head timeline's history
+    receiver: Receiver
+    archiver: Archiver
+    size: ArchiveSize
+    timelines: list[TimelineRange]
+    retention: RetentionHealth
+    # The timeline judged: the server's when it answered, else the archive's newest;
+    # None without WAL.
+    head_timeline: int | None = None
+
+
+# --- collecting -------------------------------------------------------------------------
+
+
+def collect(archive: Archive, config: Config, now: datetime | None = None,
+            archiver: Archiver | None = None) -> StatusReport:
+    """`archiver`: the server as already asked (tests give a known one); None asks it."""
+    now = now or datetime.now(UTC)
+    # A backup retention is removing exists for no reader, even while its manifest is
+    # still stored: the survey leaves it out.
+    survey = inventory.survey_backups(archive)
+    finished, unfinished = survey.finished, survey.unfinished
+    try:
+        wal: ArchivedWal | None = _PartialsReadOnce(archive)
+    except ArchiveMissing:
+        wal = None  # reported as no WAL, a FAIL: not mounted, or never created
+    newest = finished[-1] if finished else None
+    last_backup = None if newest is None else _last_backup(newest, now)
+    archiver = archiver or _archiver(config)
+    history = _server_history(wal, archiver.timeline) if wal else None
+    timelines = _timelines(wal, finished, history) if wal else []
+    head = _head(timelines)
+    last_wal = _last_wal(wal, head.timeline, now) if wal and head else None
+    # After the walks: the newest partial is usually where the latest one ended.
+    receiver = _receiver(wal, config, now)
+    size = _size(wal, finished)
+    retention = _retention(config.retention, wal, finished, survey.deleting,
+                           inventory.retention_state(archive).last_run, timelines, now)
+
+    judged: list[Check | None] = [
+        _backup_check(last_backup, config),
+        _wal_check(last_wal, receiver, config, now),
+        _restorable_check(wal, finished, head),
+        _timeline_check(wal, archiver, timelines, head, config, now) if wal else None,
+        _archiver_check(archiver),
+        _receiver_check(receiver, config, now),
+        _retention_check(retention),
+        _unfinished_check(archive, unfinished, config, now),
+    ]
+    checks = [check for check in judged if check is not None]
+    overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
+    return StatusReport(
+        generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
+        unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
+        archiver=archiver, size=size, timelines=timelines, retention=retention,
+        head_timeline=head.timeline if head else None,
+    )
+
+
+def _elapsed(since: datetime, now: datetime) -> float:
+    return round((now - since).total_seconds(), 3)
+
+
+def _age(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else _elapsed(moment, now)
+
+
+def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
+    return LastBackup(
+        backup_id=backup.backup_id, label=backup.label, timeline=backup.timeline, start_time=backup.start_time,
+        stop_time=backup.stop_time, stop_lsn=backup.stop_lsn, age_seconds=_elapsed(backup.stop_time, now),
+        duration_seconds=_elapsed(backup.start_time, backup.stop_time),
+        size_bytes=backup.size, stored_bytes=backup.stored_size,
+    )
+
+
+class _PartialsReadOnce(ArchivedWal):
+    """ArchivedWal reading each `.partial` at most once: the walks of the timelines, the
+    restorable check and the last WAL received all end in the newest partial, and a read
+    costs a segment's bytes, every status_interval in the daemon."""
+
+    def __init__(self, archive: Archive) -> None:
+        super().__init__(archive)
+        # Keyed by the listing's entry: a partial re-shipped since (seen by a relist) is
+        # another entry, and is read again.
+        self._partial_ends: dict[WalIndexEntry, Lsn] = {}
+
+    def partial_end(self, entry: WalIndexEntry) -> Lsn:
+        if entry not in self._partial_ends:
+            self._partial_ends[entry] = super().partial_end(entry)
+        return self._partial_ends[entry]
+
+
+def _file(entry: WalIndexEntry, timeline: int, end_lsn: Lsn, now: datetime) -> ArchivedFile:
+    stored_at = inventory.stored_at(entry.modified)
+    return ArchivedFile(name=entry.name, timeline=timeline, end_lsn=end_lsn, stored_at=stored_at,
+                        age_seconds=_age(stored_at, now))
+
+
+def _last_wal(wal: ArchivedWal, head: int, now: datetime) -> ArchivedFile | None:
+    """The newest segment along the head's history: its own, else its parents' up to
+    where it branched off them."""
+    for step in reversed(wal.path(head)):
+        last = math.inf if step.end is None else step.end // wal.segment_size
+        if found := wal.newest_segment(step.timeline, last=last):
+            segno, entry = found
+            return _file(entry, step.timeline, SegmentName(step.timeline, segno, wal.segment_size).end_lsn, now)
+    return None
+
+
+def _last_received(wal: ArchivedWal, now: datetime) -> ArchivedFile | None:
+    """The newest `.partial` the sidecar shipped, ending where its WAL ends."""
+    for timeline in reversed(sorted(wal.logs)):
+        if found := wal.newest_partial(timeline):
+            entry = found[1]
+            try:
+                return _file(entry, timeline, wal.partial_end(entry), now)
+            except PitrkitError:
+                # Replaced by its full segment since the listing (last_wal reports that),
+                # or unusable: nothing usable was received past the archived WAL.
+                return None
+    return None
+
+
+def _receiver(wal: ArchivedWal | None, config: Config, now: datetime) -> Receiver:
+    newest_partial = _last_received(wal, now) if wal is not None else None
+    if config.receive.spool is None:
+        return Receiver(newest_partial=newest_partial, state_problem="[receive] spool is not set")
+    # receiver_health imports psycopg: only when a sidecar is configured.
+    from pitrkit.wal.receiver_health import read_state
+
+    try:
+        health = read_state(Path(config.receive.spool))
+    except PitrkitError as exc:
+        # The sidecar may run on another host, or as a user whose spool we cannot read.
+        return Receiver(newest_partial=newest_partial, state_problem=str(exc))
+    return Receiver(
+        newest_partial=newest_partial, observed_at=health.observed_at, running=health.running,
+        receiving=health.receiving, last_received_lsn=health.last_received_lsn,
+        last_archived_lsn=health.last_archived_lsn, lag_bytes=health.lag_bytes, lag_seconds=health.lag_seconds,
+        last_error=health.last_error,
+    )
+
+
+def _archiver(config: Config) -> Archiver:
+    conninfo = config.postgres.conninfo
+    if conninfo is None:
+        return Archiver(reachable=False, problem="[postgres] conninfo is not set")
+    # Only this path talks SQL: status without a server never loads psycopg.
+    import psycopg
+
+    from pitrkit.postgres.conninfo import connection_failure, conninfo_parameters
+    from pitrkit.postgres.server import current_timeline
+
+    try:
+        conninfo_parameters(conninfo)
+    except ConfigError as exc:
+        # The report goes to pages, metrics hosts and logs: this message quotes nothing.
+        return Archiver(reachable=False, problem=str(exc))
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+                             fallback_application_name="pitrkit status") as connection:
+            row = connection.execute(
+                "SELECT archived_count, failed_count, last_archived_wal, last_archived_time, last_failed_wal, "
+                "last_failed_time, stats_reset FROM pg_stat_archiver").fetchone()
+            timeline = current_timeline(connection)
+    except psycopg.Error as exc:
+        return Archiver(reachable=False, problem=connection_failure(str(exc)))
+    assert row is not None  # pg_stat_archiver has exactly one row
+    archived, failed, last_archived, archived_at, last_failed, failed_at, reset = row
+    return Archiver(reachable=True, archived_count=archived, failed_count=failed, last_archived_wal=last_archived,
+                    last_archived_time=_utc(archived_at), last_failed_wal=last_failed,
+                    last_failed_time=_utc(failed_at), stats_reset=_utc(reset), timeline=timeline)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
+
+
+def _size(wal: ArchivedWal | None, finished: list[BackupSummary]) -> ArchiveSize:
+    files = segments = stored = 0
+    if wal is not None:
+        for info in wal.history_files.values():
+            files += 1
+            stored += info.size
+        for timeline, numbers in wal.logs.items():
+            for log_number in numbers:
+                folder = wal.folder(timeline, log_number)
+                files += len(folder.entries)
+                segments += len(folder.segments)
+                stored += sum(entry.stored_size for entry in folder.entries)
+    return ArchiveSize(
+        wal_files=files, wal_segments=segments, wal_stored_bytes=stored,
+        wal_original_bytes=segments * (wal.segment_size if wal else 0), backups=len(finished),
+        backups_stored_bytes=sum(b.stored_size for b in finished), backups_size_bytes=sum(b.size for b in finished),
+    )
+
+
+# --- restorable ranges ------------------------------------------------------------------
+
+
+def _timelines(wal: ArchivedWal, finished: list[BackupSummary], history: set[int] | None) -> list[TimelineRange]:
+    """A range per timeline; with the server's `history` known, those off it are branches."""
+    ranges = []
+    for timeline in wal.timelines:
+        if timeline != 1 and timeline not in wal.history_files:
+            continue  # no path leads to it: nothing can be restored along it
+        found = _timeline_range(wal, timeline, finished)
+        if history is not None and timeline not in history:
+            found = msgspec.structs.replace(found, branch=True)
+        ranges.append(found)
+    return ranges
+
+
+def _server_history(wal: ArchivedWal, server: int | None) -> set[int] | None:
+    """The timelines of the server's history: its own and those it branched from. Its
+    history file may not be archived yet (just promoted): then every timeline up to its
+    own counts, the best the archive can tell."""
+    if server is None:
+        return None
+    try:
+        return {step.timeline for step in wal.path(server)}
+    except PitrkitError:
+        return {timeline for timeline in wal.timelines if timeline <= server}
+
+
+def _head(timelines: list[TimelineRange]) -> TimelineRange | None:
+    """The timeline judged: the newest one on the server's history, or, without the
+    server, the archive's newest."""
+    return next((t for t in reversed(timelines) if not t.branch), None)
+
+
+def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummary]) -> TimelineRange:
+    """Walk the path's WAL from its oldest backup on: each unbroken run restores from the
+    first backup it makes consistent to its end; a run ending in a hole is a gap, and the
+    next run starts at the first backup after it."""
+    path = wal.path(timeline)
+    waiting = sorted((b for b in finished if on_path(path, b)), key=lambda b: b.start_lsn)
+    oldest: OldestPoint | None = None
+    newest: NewestPoint | None = None
+    gaps: list[Gap] = []
+    while waiting:
+        backup = waiting.pop(0)
+        chain, end = _replay_from(wal, path, backup)
+        if end is not None and end >= backup.stop_lsn:
+            last = chain.segments[-1]
+            if oldest is None:
+                oldest = OldestPoint(backup_id=backup.backup_id, time=backup.stop_time, lsn=backup.stop_lsn)
+            newest = NewestPoint(segment=last.name, lsn=end, stored_at=inventory.stored_at(last.modified))
+        # Backups whose WAL starts inside this run share its end: they add nothing.
+        covered = [backup, *(b for b in waiting if wal.segno(b.first_segment) <= chain.last_segno)]
+        waiting = waiting[len(covered) - 1:]
+        # A backup starting inside the hole the previous run ran into finds the same one.
+        if chain.missing is not None and chain.gap and not (gaps and gaps[-1].missing_segment == chain.missing):
+            gaps.append(Gap(missing_segment=chain.missing, resumes_at=_resumes_at(wal, path, chain.missing),
+                            after_backup=covered[-1].backup_id))
+    return TimelineRange(timeline=timeline, oldest=oldest, newest=newest, gaps=gaps)
+
+
+def _replay_from(wal: ArchivedWal, path: list[TimelineStep], backup: BackupSummary) -> tuple[WalChain, Lsn | None]:
+    """The unbroken run of WAL from `backup`'s first segment along `path`, and where it
+    ends; the end is None when the run stops before the backup's last segment.
+
+    A run ending in a `.partial` ends at the end of its last valid page: one read, as the
+    planner does. The sidecar deletes a partial once its full segment is stored, so a
+    partial gone between the listing and the read means the folder changed: list it
+    again and walk once more."""
+    for attempt in (1, 2):
+        chain = wal.chain(path, wal.segno(backup.first_segment))
+        if chain.last_segno < wal.segno(backup.last_segment):
+            return chain, None
+        if chain.partial is None:
+            return chain, SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn
+        try:
+            return chain, wal.partial_end(chain.partial)
+        except PitrkitError:
+            if attempt == 2:
+                raise
+            name = chain.partial.name
+            wal.relist(int(name[:8], 16), wal.segno(name) // wal.per_log)
+    raise AssertionError("unreachable")
+
+
+def _resumes_at(wal: ArchivedWal, path: list[TimelineStep], missing: str) -> str | None:
+    """The first segment after `missing` that replay along `path` could read."""
+    found = wal.resumes_at(path, wal.segno(missing) + 1)
+    return None if found is None else wal.name_on(path, found)
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+def _retention(config: RetentionConfig | None, wal: ArchivedWal | None, finished: list[BackupSummary],
+               deleting: list[str], last_run: RetentionRun | None, timelines: list[TimelineRange],
+               now: datetime) -> RetentionHealth:
+    if config is None:
+        return RetentionHealth(configured=False, policy="", verdicts=[], shortfalls=[], deleting=deleting,
+                               last_run=last_run)
+    policy = RetentionPolicy.from_config(config)
+    verdicts = select_backups(finished, policy, now)
+    shortfalls = []
+    oldest_stop = min((b.stop_time for b in finished), default=None)
+    # The calendar rules keep one backup per period that has one: fewer than promised
+    # means backups were missed, once the archive is old enough to have filled them.
+    for rule, promised, span in (("daily", policy.daily, timedelta(days=policy.daily)),
+                                 ("weekly", policy.weekly, timedelta(weeks=policy.weekly)),
+                                 ("monthly", policy.monthly, timedelta(days=31 * policy.monthly))):
+        held = sum(1 for verdict in verdicts for reason in verdict.reasons if reason.startswith(rule + " "))
+        if held < promised and oldest_stop is not None and oldest_stop <= now - span:
+            shortfalls.append(f"{rule} {promised} promised, but only {held} {_unit(rule, held)} "
+                              f"{'has' if held == 1 else 'have'} a backup; the oldest backup is from "
+                              f"{show_time(oldest_stop)}")
+    if policy.window is not None:
+        shortfalls += _window_shortfalls(wal, policy.window, finished, timelines, now)
+    return RetentionHealth(configured=True, policy=policy.describe(), verdicts=verdicts, shortfalls=shortfalls,
+                           deleting=deleting, last_run=last_run)
+
+
+def _window_shortfalls(wal: ArchivedWal | None, window: timedelta, finished: list[BackupSummary],
+                       timelines: list[TimelineRange], now: datetime) -> list[str]:
+    """The window promises restorable points, so it is judged against the WAL: a backup
+    kept for it is no use if the WAL after it has a hole."""
+    promised = f"window {show_duration(window)} promised"
+    window_start = now - window
+    shortfalls = []
+    oldest_stop = min((b.stop_time for b in finished), default=None)
+    restorable_from = min((r.oldest.time for r in timelines if r.oldest is not None), default=None)
+    if restorable_from is not None and restorable_from > window_start and oldest_stop is not None \
+            and oldest_stop <= window_start:
+        shortfalls.append(f"{promised} (restorable from {show_time(window_start)}), but the oldest restorable "
+                          f"point is {show_time(restorable_from)}")
+    if wal is None or not timelines:
+        return shortfalls
+    # A gap loses the points from it to the stop of the next backup after it (or, without
+    # one, every point after it): lost points inside the window break the promise.
+    latest = _head(timelines)
+    if latest is None:
+        return shortfalls
+    path = wal.path(latest.timeline)
+    on = sorted((b for b in finished if on_path(path, b)), key=lambda b: b.start_lsn)
+    for gap in latest.gaps:
+        missing = wal.segno(gap.missing_segment)
+        after = next((b for b in on if wal.segno(b.first_segment) > missing), None)
+        if after is None:
+            shortfalls.append(f"{promised}, but segment {gap.missing_segment} is missing: no point after it "
+                              "restores")
+        elif after.stop_time > window_start:
+            shortfalls.append(f"{promised}, but segment {gap.missing_segment} is missing: nothing restores from "
+                              f"it to the stop of backup {after.backup_id}, {show_time(after.stop_time)}")
+    return shortfalls
+
+
+def _unit(rule: str, count: int) -> str:
+    unit = {"daily": "day", "weekly": "week", "monthly": "month"}[rule]
+    return unit if count == 1 else unit + "s"
+
+
+# --- judging ----------------------------------------------------------------------------
+
+
+def _backup_check(last: LastBackup | None, config: Config) -> Check:
+    if last is None:
+        return Check(name="backup", level="FAIL", message="the archive holds no finished backup: nothing can be "
+                                                        "restored")
+    limit = config.status.backup_max_age_seconds
+    said = (f"newest backup {last.backup_id} finished {show_time(last.stop_time)}, "
+            f"{human_seconds(last.age_seconds)} ago ({human_bytes(last.size_bytes)}, "
+            f"{human_bytes(last.stored_bytes)} stored, took {human_seconds(last.duration_seconds)})")
+    if last.age_seconds > 2 * limit:
+        return Check(name="backup", level="FAIL", message=f"{said}: more than twice backup_max_age "
+                                                          f"{config.status.backup_max_age}")
+    if last.age_seconds > limit:
+        return Check(name="backup", level="WARN", message=f"{said}: older than backup_max_age "
+                                                          f"{config.status.backup_max_age}")
+    return Check(name="backup", level="OK", message=said)
+
+
+def _wal_check(last: ArchivedFile | None, receiver: Receiver, config: Config, now: datetime) -> Check:
+    # A partial the sidecar re-ships counts: with streaming, it is the WAL that moves.
+    stored = [(f.stored_at, f.name) for f in (last, receiver.newest_partial) if f is not None and f.stored_at]
+    if not stored:
+        return Check(name="wal", level="WARN" if last is None else "OK",
+                     message="the archive holds no WAL" if last is None else
+                     f"newest segment {last.name} (the storage does not say when it was stored)")
+    stored_at, name = max(stored)
+    age = _elapsed(stored_at, now)
+    said = f"newest WAL {name} stored {show_time(stored_at)}, {human_seconds(age)} ago"
+    if age > config.status.wal_max_age_seconds:
+        return Check(name="wal", level="WARN", message=f"{said}: older than wal_max_age {config.status.wal_max_age}"
+                                                       " (is the server archiving? archive_timeout set?)")
+    return Check(name="wal", level="OK", message=said)
+
+
+def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary], head: TimelineRange | None) -> Check:
+    """Whether a restore to the latest point of the head timeline gets everything: its
+    newest backup reaches the end of its WAL without a hole."""
+    if not finished:
+        return Check(name="restorable", level="FAIL", message="no backup: nothing is restorable")
+    if wal is None or head is None:
+        return Check(name="restorable", level="FAIL", message="the archive holds no WAL: no backup can become "
+                                                              "consistent")
+    latest = head
+    path = wal.path(latest.timeline)
+    on = [b for b in finished if on_path(path, b)]
+    if not on:
+        return Check(name="restorable", level="FAIL",
+                     message=f"no backup lies on the path to timeline {latest.timeline}")
+    newest_backup = max(on, key=lambda b: b.start_lsn)
+    chain, end = _replay_from(wal, path, newest_backup)
+    problem = None
+    if end is None or end < newest_backup.stop_lsn:
+        problem = f"segment {chain.missing} it needs to become consistent is missing"
+    elif chain.gap:
+        assert chain.missing is not None  # a gap is a missing segment with WAL after it
+        resumes = _resumes_at(wal, path, chain.missing)
+        problem = f"segment {chain.missing} is missing" + (f"; WAL resumes at {resumes}" if resumes else "")
+    if problem is not None:
+        return Check(name="restorable", level="FAIL",
+                     message=f"the latest point is not restorable: after backup {newest_backup.backup_id} on "
+                             f"timeline {latest.timeline}, {problem}")
+    assert latest.oldest is not None and latest.newest is not None  # the newest backup restores
+    gaps = f"; {len(latest.gaps)} older gap(s)" if latest.gaps else ""
+    return Check(name="restorable", level="OK",
+                 message=f"timeline {latest.timeline} restorable from {show_time(latest.oldest.time)} to "
+                         f"LSN {latest.newest.lsn} ({latest.newest.segment}){gaps}")
+
+
+def _timeline_check(wal: ArchivedWal, archiver: Archiver, timelines: list[TimelineRange], head: TimelineRange | None,
+                    config: Config, now: datetime) -> Check:
+    """Which timeline was judged, and the branches beside it. A branch still receiving
+    WAL means another server archives into this archive: a WARN."""
+    if head is None:
+        return Check(name="timeline", level="OK", message="the archive holds no timeline to judge")
+    server = archiver.timeline
+    if server is None:
+        return Check(name="timeline", level="OK", message=f"judged on timeline {head.timeline}, the archive's newest "
+                                                          "(the server's timeline is unknown: server not asked)")
+    said = f"the server is on timeline {server}"
+    if head.timeline != server:
+        said += f" (none of its WAL archived yet: judged on timeline {head.timeline}, on its history)"
+    branches = [t.timeline for t in timelines if t.branch]
+    if not branches:
+        return Check(name="timeline", level="OK", message=said)
+    said += f"; {_words(branches)} {'is a branch' if len(branches) == 1 else 'are branches'} off its history"
+    if max(branches) > head.timeline:
+        said += (f" (restore --latest would follow timeline {max(branches)}: use --timeline server for the "
+                 "server's)")
+    fresh = [t for t in branches if (stored := _last_stored(wal, t)) is not None
+             and _elapsed(stored, now) <= config.status.wal_max_age_seconds]
+    if fresh:
+        return Check(name="timeline", level="WARN",
+                     message=f"{said}; {_words(fresh)} received WAL within wal_max_age "
+                             f"{config.status.wal_max_age}: another server archives into this archive (a restored "
+                             "copy promoted with archiving on? restore test copies with --archive-mode off)")
+    return Check(name="timeline", level="OK", message=said)
+
+
+def _words(timelines: list[int]) -> str:
+    return ("timeline " if len(timelines) == 1 else "timelines ") + ", ".join(map(str, timelines))
+
+
+def _last_stored(wal: ArchivedWal, timeline: int) -> datetime | None:
+    """When WAL of `timeline` last reached the archive: its newest segment or partial."""
+    stamps = [found[1].modified for found in (wal.newest_segment(timeline), wal.newest_partial(timeline))
+              if found is not None and found[1].modified is not None]
+    return inventory.stored_at(max(stamps)) if stamps else None
+
+
+def _archiver_check(archiver: Archiver) -> Check:
+    if not archiver.reachable:
+        return Check(name="archiver", level="OK", message=f"server not asked: {archiver.problem}")
+    failing = archiver.last_failed_time is not None and (
+        archiver.last_archived_time is None or archiver.last_failed_time > archiver.last_archived_time)
+    said = f"pg_stat_archiver: {archiver.archived_count} archived, {archiver.failed_count} failed"
+    if failing:
+        return Check(name="archiver", level="FAIL",
+                     message=f"{said}; archiving is failing: {archiver.last_failed_wal} failed "
+                             f"{show_time(archiver.last_failed_time)}, after the last success "
+                             f"{show_time(archiver.last_archived_time)}")
+    return Check(name="archiver", level="OK", message=said + (f", last {archiver.last_archived_wal}"
+                                                              if archiver.last_archived_wal else ""))
+
+
+def _receiver_check(receiver: Receiver, config: Config, now: datetime) -> Check:
+    if config.receive.spool is None:
+        return Check(name="receiver", level="OK", message="no streaming sidecar configured")
+    if receiver.state_problem is not None:
+        return Check(name="receiver", level="OK", message=f"sidecar state not readable here: "
+                                                          f"{receiver.state_problem}")
+    if not receiver.running:
+        return Check(name="receiver", level="WARN", message=f"the sidecar stopped (its last state, "
+                                                            f"{show_time(receiver.observed_at)})"
+                     + (f": {receiver.last_error}" if receiver.last_error else ""))
+    stale = _age(receiver.observed_at, now)
+    if stale is not None and stale > config.status.wal_max_age_seconds:
+        return Check(name="receiver", level="WARN",
+                     message=f"the sidecar's state is {human_seconds(stale)} old: is it still running?")
+    lag = "" if receiver.lag_bytes is None else f", {human_bytes(receiver.lag_bytes)} behind the server"
+    return Check(name="receiver", level="OK", message=f"sidecar running, received to {receiver.last_received_lsn}"
+                                                      f"{lag}")
+
+
+def _retention_check(retention: RetentionHealth) -> Check:
+    if not retention.configured:
+        return Check(name="retention", level="OK", message="no [retention] policy: nothing is removed")
+    if retention.shortfalls:
+        return Check(name="retention", level="WARN", message="; ".join(retention.shortfalls))
+    return Check(name="retention", level="OK", message=f"the policy ({retention.policy}) is kept")
+
+
+def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, now: datetime) -> Check:
+    if not unfinished:
+        return Check(name="unfinished", level="OK", message="no unfinished backup")
+    grace = (config.retention or RetentionConfig()).unfinished_grace_seconds
+    # One listing per unfinished folder: a running backup keeps storing parts.
+    stale = []
+    for backup_id in unfinished:
+        last = inventory.last_written(archive, backup_id)
+        if last is None or last.timestamp() < now.timestamp() - grace:
+            stale.append(backup_id)
+    if stale:
+        return Check(name="unfinished", level="WARN",
+                     message=f"interrupted backups (no manifest, nothing stored for {human_seconds(grace)}): "
+                             f"{', '.join(stale)}")
+    return Check(name="unfinished", level="OK", message=f"backups in progress: {', '.join(unfinished)}")
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+def describe(report: StatusReport) -> str:
+    lines = [f"{report.overall}  {report.archive} at {show_time(report.generated_at)}", ""]
+    lines += [f"{check.level:<4}  {check.name:<10}  {check.message}" for check in report.checks]
+    lines.append("")
+    if report.last_backup:
+        b = report.last_backup
+        lines.append(f"last backup:    {b.backup_id} '{b.label}', stopped {show_time(b.stop_time)} "
+                     f"({human_seconds(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
+                     f"{human_bytes(b.size_bytes)}, {human_bytes(b.stored_bytes)} stored, took "
+                     f"{human_seconds(b.duration_seconds)}")
+    lines.append(f"backups:        {report.backups}" + (f", unfinished: {', '.join(report.unfinished_backups)}"
+                                                       if report.unfinished_backups else ""))
+    if report.last_wal:
+        lines.append(f"last WAL:       {_file_words(report.last_wal)}")
+    if report.receiver.newest_partial:
+        lines.append(f"last received:  {_file_words(report.receiver.newest_partial)}")
+    if report.receiver.observed_at is not None:
+        r = report.receiver
+        lines.append(f"sidecar:        {'running' if r.running else 'stopped'} as of {show_time(r.observed_at)}, "
+                     f"received to {r.last_received_lsn}, archived to {r.last_archived_lsn}, lag "
+                     f"{'-' if r.lag_bytes is None else human_bytes(r.lag_bytes)}")
+    a = report.archiver
+    if a.reachable:
+        lines.append(f"archiver:       {a.archived_count} archived (last {a.last_archived_wal or '-'} "
+                     f"{show_time(a.last_archived_time)}), {a.failed_count} failed (last {a.last_failed_wal or '-'} "
+                     f"{show_time(a.last_failed_time)})")
+    else:
+        lines.append(f"archiver:       not asked: {a.problem}")
+    if a.timeline is not None:
+        lines.append(f"server:         on timeline {a.timeline}")
+    s = report.size
+    lines.append(f"WAL size:       {s.wal_files} files, {human_bytes(s.wal_stored_bytes)} stored of "
+                 f"{human_bytes(s.wal_original_bytes)} ({s.wal_segments} segments)")
+    lines.append(f"backups size:   {human_bytes(s.backups_stored_bytes)} stored of {human_bytes(s.backups_size_bytes)}")
+    for t in report.timelines:
+        span = "no usable backup on its path" if t.oldest is None or t.newest is None else (
+            f"from {show_time(t.oldest.time)} (LSN {t.oldest.lsn}, backup {t.oldest.backup_id}) to LSN {t.newest.lsn} "
+            f"({t.newest.segment}, stored {show_time(t.newest.stored_at)})")
+        lines.append(f"timeline {t.timeline}:".ljust(16) + span + _role(t, report))
+        lines += [f"  gap:          {g.missing_segment} missing after backup {g.after_backup}; "
+                  + (f"WAL resumes at {g.resumes_at}" if g.resumes_at else "no WAL after it") for g in t.gaps]
+    retention = report.retention
+    if retention.configured:
+        lines.append(f"retention:      {retention.policy}"
+                     + (f"; removing {', '.join(retention.deleting)}" if retention.deleting else ""))
+    if retention.last_run:
+        run = retention.last_run
+        lines.append(f"last retention: {show_time(run.finished_at)}, removed "
+                     f"{human_count(len(run.backups_removed), 'backup')} and "
+                     f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
+    return "\n".join(lines) + "\n"
+
+
+def _role(timeline: TimelineRange, report: StatusReport) -> str:
+    """What a timeline is to the server: judged (the head), or a branch off its history."""
+    if timeline.branch:
+        return " [branch: not the server's history]"
+    if timeline.timeline == report.head_timeline and report.archiver.timeline is not None:
+        return " [the server's: judged]"
+    return ""
+
+
+def _file_words(file: ArchivedFile) -> str:
+    age = "" if file.age_seconds is None else f" ({human_seconds(file.age_seconds)} ago)"
+    return f"{file.name} to {file.end_lsn}, stored {show_time(file.stored_at)}{age}"
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    try:
+        report = collect(Archive(config), config)
+    except PitrkitError as exc:
+        # An archive that cannot be read is the worst status there is: monitoring keys on
+        # exit 2, whatever went wrong underneath.
+        raise StatusFailed(f"status FAIL: cannot read the archive: {exc}") from None
+    sys.stdout.write(documents.encode(report).decode() if args.json else describe(report))
+    sys.stdout.flush()
+    failing = [check for check in report.checks if check.level == "FAIL"]
+    if failing:
+        raise StatusFailed("status FAIL: " + "; ".join(f"{check.name}: {check.message}" for check in failing))
+    warnings = [check.name for check in report.checks if check.level == "WARN"]
+    return f"status {report.overall}" + (f" ({', '.join(warnings)})" if warnings else "")

@@ -1,0 +1,653 @@
+"""`pitrkit verify [--deep] [--json]`: the archive checked against storage, reporting every
+problem found rather than stopping at the first.
+
+What is checked, from one listing of every WAL folder and of every backup folder (and the
+top-level listings inventory.ArchivedWal makes), never two:
+
+* backups: each manifest decodes, names its own folder and the archive's system, adds up
+  (part sizes against file sizes), and every part it lists is stored with the stored size
+  it records; `catalog/backups.json` against the manifests;
+* WAL: each `catalog/wal/<folder>.json` index against its folder's listing (presence and
+  stored size of every file it names); continuity per timeline along the path its history
+  files give, from the oldest backup on that path to the newest WAL, naming the first
+  missing segment of each gap and where WAL resumes;
+* restorability: every backup's data is intact and the planner can plan a restore to its
+  stop point (its first..last segments along its timeline, through its history files);
+* with `--deep`, the content of every backup part and WAL file: read in full, decoded
+  (decompressed and decrypted by the same code a restore uses), its plaintext size and
+  SHA-256 checked against its header and, for a part, the manifest; a WAL segment's page
+  header against its name and the archive (magic, page address, system identifier).
+
+Without `--deep` nothing is read but documents (manifests, catalogs, history files):
+sizes come from listings, because `Storage.get` returns whole objects and reading every
+segment is exactly what `--deep` is for.
+
+Two severities, so that an operator can tell loss from untidiness. "error": something is
+missing or damaged, or a backup cannot be restored. "warning": the catalog (a cache)
+disagrees with storage, or nothing is restorable yet; `pitrkit catalog rebuild` fixes
+the catalog, and no data is lost. Backups that retention is removing
+(`catalog/retention.json`) do not exist for verify, as for every reader.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from argparse import Namespace
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import (
+    ArchiveIdentity,
+    BackupCatalog,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    WalFolderIndex,
+)
+from pitrkit.catalog.inventory import ArchivedWal, LogFolder, on_path
+from pitrkit.config import Config
+from pitrkit.errors import PitrkitError, PluginError, UsageError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
+from pitrkit.progress import Progress, human_bytes, human_count
+from pitrkit.restore import unpack
+from pitrkit.restore.plan import Target, make_plan
+from pitrkit.storage import objects
+from pitrkit.storage.archive import (
+    BACKUP_CATALOG_KEY,
+    BACKUPS_PREFIX,
+    IDENTITY_KEY,
+    WAL_PREFIX,
+    Archive,
+    ArchiveMissing,
+    ArchiveUnavailable,
+    TamperedDocument,
+    backup_prefix,
+    log_folder,
+    manifest_key,
+    wal_folder,
+)
+from pitrkit.storage.objects import ObjectHeader
+
+Severity = Literal["error", "warning"]
+
+# Listings and document reads in flight: tiny, latency-bound requests.
+_LISTING_THREADS = 8
+_INDEX_KEY = re.compile(r"catalog/wal/(?P<timeline>[0-9A-F]{8})(?P<log>[0-9A-F]{8})\.json")
+_REBUILD = "'pitrkit catalog rebuild' rewrites it"
+
+
+class Finding(msgspec.Struct, kw_only=True, frozen=True):
+    severity: Severity
+    key: str  # the stored object (or prefix) that is wrong
+    problem: str
+
+
+class BackupVerdict(msgspec.Struct, kw_only=True, frozen=True):
+    backup_id: str
+    restorable: bool
+
+
+class TimelineVerdict(msgspec.Struct, kw_only=True, frozen=True):
+    timeline: int
+    path: list[int]  # the timelines replay follows to end on this one, oldest first
+    # The stretch checked: from the first segment of the oldest backup on the path to
+    # the newest WAL on it; None when no backup lies on the path (nothing to restore).
+    checked_from: str | None
+    checked_to: str | None
+    gaps: list[str]  # the first missing segment of each gap
+
+
+class VerifyReport(msgspec.Struct, kw_only=True, frozen=True):
+    archive: str
+    deep: bool
+    errors: int
+    warnings: int
+    findings: list[Finding]
+    backups: list[BackupVerdict]
+    unfinished: list[str]  # backup folders without a manifest: running or interrupted
+    being_removed: list[str]  # backup folders retention is removing: not checked
+    timelines: list[TimelineVerdict]
+    wal_files: int  # segments, partials, .backup and history files stored
+    objects_read: int  # with --deep: objects read in full
+    bytes_read: int  # ... and their stored bytes
+
+
+class VerifyFailed(PitrkitError):
+    """verify found problems; the report is printed already."""
+
+    exit_code = 1
+
+
+# --- backups --------------------------------------------------------------------------
+
+
+class _BackupFolder(NamedTuple):
+    """One folder under `backups/`, as its listing and its manifest show it."""
+
+    backup_id: str
+    manifest: BackupManifest | None  # None: absent, or unusable (then `findings` says why)
+    has_manifest: bool  # the manifest object is stored, usable or not
+    findings: list[Finding]
+    stored_bytes: int  # of every object in the folder
+
+
+def _check_backup_folder(archive: Archive, backup_id: str, identity: ArchiveIdentity | None) -> _BackupFolder:
+    prefix = backup_prefix(backup_id)
+    stored = {info.key: info.size for info in archive.list(prefix)}
+    stored_bytes = sum(stored.values())
+    key = manifest_key(backup_id)
+    if key not in stored:
+        return _BackupFolder(backup_id, None, False, [], stored_bytes)
+
+    def unusable(problem: str) -> _BackupFolder:
+        return _BackupFolder(backup_id, None, True, [Finding(severity="error", key=key, problem=problem)],
+                             stored_bytes)
+
+    try:
+        manifest = archive.get_document(key, BackupManifest)
+    except ObjectNotFound:
+        return _BackupFolder(backup_id, None, False, [], stored_bytes)  # removed since the listing
+    except TamperedDocument as exc:
+        return unusable(str(exc))
+    except ValueError as exc:
+        return unusable(f"unusable manifest: {exc}")
+    if manifest.backup_id != backup_id:
+        return unusable(f"names backup {manifest.backup_id!r}, not the folder's {backup_id!r}")
+    if identity is not None and manifest.system_identifier != identity.system_identifier:
+        return unusable(f"a backup of system {manifest.system_identifier}, not of this archive's system "
+                        f"{identity.system_identifier}")
+    # The stream is the files' contents cut into parts: if the sizes do not add up, a
+    # restore would cut the stream into files in the wrong places.
+    streamed = sum(part.size for part in manifest.parts)
+    if streamed != sum(file.size for file in manifest.files) or streamed != manifest.size:
+        return unusable(f"does not add up: its parts hold {streamed} bytes, its files "
+                        f"{sum(file.size for file in manifest.files)}, its size says {manifest.size}")
+    try:
+        unpack.check_manifest(manifest)  # what restore refuses, verify reports
+    except unpack.CorruptManifest as exc:
+        return unusable(str(exc))
+
+    findings = []
+    for part in manifest.parts:
+        size = stored.get(part.key) if part.key.startswith(prefix) else _stored_size(archive, part.key)
+        if size is None:
+            findings.append(Finding(severity="error", key=part.key, problem=f"missing: part of backup {backup_id}"))
+        elif size != part.stored_size:
+            findings.append(Finding(severity="error", key=part.key,
+                                    problem=f"stored size {size} bytes, the manifest of backup {backup_id} says "
+                                            f"{part.stored_size}: truncated or replaced"))
+    return _BackupFolder(backup_id, manifest, True, findings, stored_bytes)
+
+
+def _stored_size(archive: Archive, key: str) -> int | None:
+    try:
+        return archive.stat(key).size
+    except ObjectNotFound:
+        return None
+
+
+def _check_backup_catalog(archive: Archive, folders: list[_BackupFolder], being_removed: set[str]) -> list[Finding]:
+    """`catalog/backups.json` against the manifests. The catalog is a cache every reader
+    reconciles with the manifests, so whatever is wrong here is a warning."""
+    try:
+        entries = archive.get_document(BACKUP_CATALOG_KEY, BackupCatalog).backups
+    except ObjectNotFound:
+        entries = []
+    except TamperedDocument as exc:
+        return [Finding(severity="error", key=BACKUP_CATALOG_KEY, problem=f"{exc}; {_REBUILD}")]
+    except ValueError as exc:
+        return [Finding(severity="warning", key=BACKUP_CATALOG_KEY, problem=f"unusable: {exc}; {_REBUILD}")]
+    by_id = {folder.backup_id: folder for folder in folders}
+    findings = []
+    for entry in entries:
+        if entry.backup_id in being_removed:
+            continue
+        folder = by_id.get(entry.backup_id)
+        if folder is None or not folder.has_manifest:
+            findings.append(Finding(severity="warning", key=BACKUP_CATALOG_KEY,
+                                    problem=f"lists backup {entry.backup_id}, whose manifest "
+                                            f"{manifest_key(entry.backup_id)} is gone; {_REBUILD}"))
+        elif folder.manifest is not None and any(getattr(entry, field) != getattr(folder.manifest, field)
+                                                 for field in BackupSummary.__struct_fields__):
+            findings.append(Finding(severity="warning", key=BACKUP_CATALOG_KEY,
+                                    problem=f"its entry for backup {entry.backup_id} differs from the manifest; "
+                                            f"{_REBUILD}"))
+    listed = {entry.backup_id for entry in entries}
+    for folder in folders:
+        if folder.manifest is not None and folder.backup_id not in listed:
+            findings.append(Finding(severity="warning", key=BACKUP_CATALOG_KEY,
+                                    problem=f"does not list backup {folder.backup_id} (its manifest is stored); "
+                                            f"{_REBUILD}"))
+    return findings
+
+
+# --- WAL ------------------------------------------------------------------------------
+
+
+def _check_indexes(archive: Archive, wal: ArchivedWal, pool: ThreadPoolExecutor) -> list[Finding]:
+    """Every `catalog/wal/<folder>.json` against its folder's listing (already read)."""
+    findings = []
+    readable = []
+    for key in sorted(wal.indexed):
+        match = _INDEX_KEY.fullmatch(key)
+        if match is None:
+            findings.append(Finding(severity="warning", key=key, problem=f"not the index of a WAL folder; {_REBUILD}"))
+            continue
+        timeline, log_number = int(match["timeline"], 16), int(match["log"], 16)
+        folder = log_folder(timeline, log_number)
+        if log_number not in wal.logs.get(timeline, ()):
+            findings.append(Finding(severity="warning", key=key,
+                                    problem=f"indexes {folder}, which holds nothing; {_REBUILD}"))
+        elif not wal.is_sealed(timeline, log_number):
+            findings.append(Finding(severity="warning", key=key,
+                                    problem=f"indexes {folder}, which still receives WAL; readers ignore it; "
+                                            f"{_REBUILD}"))
+        else:
+            readable.append((key, wal.folder(timeline, log_number)))
+    for found in pool.map(lambda each: _check_index(archive, *each), readable):
+        findings += found
+    return findings
+
+
+def _check_index(archive: Archive, key: str, listed: LogFolder) -> list[Finding]:
+    prefix = log_folder(listed.timeline, listed.log_number)
+    try:
+        index = archive.get_document(key, WalFolderIndex)
+    except ObjectNotFound:
+        return []  # removed since the listing (catalog rebuild, retention)
+    except TamperedDocument as exc:
+        return [Finding(severity="error", key=key, problem=f"{exc}; {_REBUILD}")]
+    except ValueError as exc:
+        return [Finding(severity="warning", key=key, problem=f"unusable: {exc}; readers list the folder instead; "
+                                                             f"{_REBUILD}")]
+    if index.folder != prefix:
+        return [Finding(severity="warning", key=key, problem=f"names folder {index.folder}, not {prefix}; {_REBUILD}")]
+    stored = {entry.name: entry.stored_size for entry in listed.entries}
+    findings = []
+    gone = []
+    for entry in index.entries:
+        size = stored.pop(entry.name, None)
+        if size is None:
+            gone.append(entry.name)
+        elif size != entry.stored_size:
+            findings.append(Finding(severity="error", key=prefix + entry.name,
+                                    problem=f"stored size {size} bytes, {key} says {entry.stored_size}: "
+                                            "truncated or replaced since it was archived"))
+    if gone:
+        # Archived once (the index is a listing), lost since. The continuity check
+        # names the gaps this makes where a backup needs the WAL.
+        findings.append(Finding(severity="error", key=key,
+                                problem=f"lists {len(gone)} file(s) of {prefix} that storage no longer has: "
+                                        f"{_some(gone)}"))
+    if stored:
+        # Harmless to readers (an index is trusted only for what it says is present),
+        # but what it lacks it hides from nobody else.
+        unlisted = sorted(stored)
+        findings.append(Finding(severity="warning", key=key,
+                                problem=f"does not list {len(unlisted)} stored file(s) of {prefix} "
+                                        f"({_some(unlisted)}); {_REBUILD}"))
+    return findings
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
+def _wal_key(name: str) -> str:
+    return wal_folder(name) + name
+
+
+def _check_continuity(wal: ArchivedWal,
+                      finished: Sequence[BackupSummary]) -> tuple[list[TimelineVerdict], list[Finding]]:
+    """Per timeline, the WAL along its path from its oldest backup's first segment to the
+    newest WAL on the path: every gap, with where WAL resumes after it. A gap before a
+    branch point lies on every later timeline's path too; it is reported once."""
+    verdicts = []
+    findings = []
+    reported: set[str] = set()
+    for timeline in wal.timelines:
+        try:
+            path = wal.path(timeline)
+        except ArchiveUnavailable:
+            raise
+        except PitrkitError as exc:
+            findings.append(Finding(severity="error", key=f"{WAL_PREFIX}{timeline:08X}.history",
+                                    problem=f"timeline {timeline} is unreachable: {exc}"))
+            continue
+        on = [b for b in finished if on_path(path, b)]
+        if not on:
+            verdicts.append(TimelineVerdict(timeline=timeline, path=[step.timeline for step in path],
+                                            checked_from=None, checked_to=None, gaps=[]))
+            continue
+        first = min(wal.segno(b.first_segment) for b in on)
+        gaps = []
+        chain = wal.chain(path, first)
+        while chain.gap:
+            missing = chain.last_segno + 1
+            resumes = wal.resumes_at(path, missing + 1)
+            assert chain.missing is not None and resumes is not None  # a gap: WAL follows the hole
+            gaps.append(chain.missing)
+            if (key := _wal_key(chain.missing)) not in reported:
+                reported.add(key)
+                hole = chain.missing if resumes == missing + 1 else \
+                    f"{chain.missing} to {wal.name_on(path, resumes - 1)}"
+                findings.append(Finding(
+                    severity="error", key=key,
+                    problem=f"missing: the WAL of timeline {timeline} has a gap ({hole}); it resumes at "
+                            f"{wal.name_on(path, resumes)}: no backup before the gap restores past it"))
+            chain = wal.chain(path, resumes)
+        verdicts.append(TimelineVerdict(timeline=timeline, path=[step.timeline for step in path],
+                                        checked_from=wal.name_on(path, first),
+                                        checked_to=chain.segments[-1].name if chain.segments else None, gaps=gaps))
+    return verdicts, findings
+
+
+# --- content (--deep) -------------------------------------------------------------------
+
+
+class _Content(NamedTuple):
+    """An object --deep reads in full. Decoding checks its plaintext against its own
+    header; `expect` checks what else it must be, returning the problem or None."""
+
+    key: str
+    stored_size: int
+    expect: Callable[[ObjectHeader, bytes], str | None]
+
+
+def _part_content(part: BackupPart, backup_id: str) -> _Content:
+    def expect(header: ObjectHeader, data: bytes) -> str | None:
+        # A part that decodes can still be another part or another backup's: the
+        # manifest's size and checksum must match too.
+        if len(data) == part.size and header.sha256.hex() == part.sha256:
+            return None
+        return (f"not the part the manifest of backup {backup_id} lists: {len(data)} bytes, sha256 "
+                f"{header.sha256.hex()[:16]}...; the manifest says {part.size} bytes, sha256 {part.sha256[:16]}...")
+
+    return _Content(part.key, part.stored_size, expect)
+
+
+def _wal_content(key: str, file: WalFileName, stored_size: int, identity: ArchiveIdentity) -> _Content:
+    def expect(header: ObjectHeader, data: bytes) -> str | None:
+        if file.kind == WalFileKind.HISTORY:
+            try:
+                parse_history(data.decode("ascii", "replace"), key)
+            except UsageError as exc:
+                return f"not a timeline history file: {exc}"
+            return None
+        if not file.has_page_header:
+            return None  # a .backup file: nothing more to check than its header
+        try:
+            page = validate_segment(file, data)
+        except InvalidSegment as exc:
+            return f"not the WAL its name says: {exc}"
+        if page.system_identifier != identity.system_identifier:
+            return (f"WAL of system {page.system_identifier}, not of this archive's system "
+                    f"{identity.system_identifier}")
+        if page.segment_size != identity.wal_segment_size:
+            return f"{page.segment_size}-byte segment; the archive's segments are {identity.wal_segment_size} bytes"
+        return None
+
+    return _Content(key, stored_size, expect)
+
+
+def _wal_contents(wal: ArchivedWal, identity: ArchiveIdentity) -> list[_Content]:
+    contents = [_wal_content(info.key, WalFileName.parse(info.key.removeprefix(WAL_PREFIX)), info.size, identity)
+                for info in wal.history_files.values()]
+    for timeline, numbers in sorted(wal.logs.items()):
+        for log_number in numbers:
+            prefix = log_folder(timeline, log_number)
+            for entry in wal.folder(timeline, log_number).entries:
+                try:
+                    file = WalFileName.parse(entry.name)
+                except UsageError:
+                    continue  # not WAL: nothing reads it
+                contents.append(_wal_content(prefix + entry.name, file, entry.stored_size, identity))
+    return contents
+
+
+def _read_content(archive: Archive, content: _Content) -> Finding | None:
+    try:
+        blob = archive.get(content.key)
+    except ObjectNotFound:
+        return Finding(severity="error", key=content.key, problem="missing: it was removed while verify ran")
+    try:
+        header, _ = objects.read_header(content.key, blob)
+        data = objects.decode(content.key, blob, archive.plugins.compressor, archive.cipher())
+    except objects.CorruptObject as exc:
+        return Finding(severity="error", key=content.key, problem=f"corrupt: {exc.why}")
+    except PluginError as exc:
+        return Finding(severity="error", key=content.key, problem=f"unreadable: {exc}")
+    problem = content.expect(header, data)
+    return None if problem is None else Finding(severity="error", key=content.key, problem=problem)
+
+
+# --- restorability --------------------------------------------------------------------
+
+
+def _plan_refusal(archive: Archive, wal: ArchivedWal, backup: BackupSummary, damaged: set[str]) -> str | None:
+    """Why a restore from `backup` (alone) to its stop point on its timeline would fail:
+    the planner refuses (its first..last segments, the history files of its path), or a
+    WAL file the plan needs is `damaged` (named by --deep); None if it would work."""
+    target = Target(kind="lsn", lsn=backup.stop_lsn, text=f"the stop point of backup {backup.backup_id}")
+    try:
+        plan = make_plan(archive, target, backup.timeline, wal=wal, finished=[backup])
+    except ArchiveUnavailable:
+        raise
+    except PitrkitError as exc:
+        return str(exc)
+    if broken := [name for name in plan.history_files + plan.segments if name in damaged]:
+        return f"WAL it needs is damaged: {_some(broken)}"
+    return None
+
+
+def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFolder],
+              findings: list[Finding]) -> tuple[list[BackupVerdict], list[Finding]]:
+    """Whether each backup can be restored, and a finding for each that cannot (but for
+    an unusable manifest, whose own finding says so): its data must be intact and the
+    planner must plan a restore to its stop point."""
+    owner = {part.key: folder.backup_id for folder in folders if folder.manifest for part in folder.manifest.parts}
+    damaged: dict[str, list[str]] = {}
+    damaged_wal = set()
+    for finding in findings:
+        if finding.severity != "error":
+            continue
+        if finding.key in owner:
+            damaged.setdefault(owner[finding.key], []).append(finding.key)
+        elif finding.key.startswith(WAL_PREFIX):
+            damaged_wal.add(finding.key.rpartition("/")[2])
+    verdicts = []
+    refusals = []
+    for folder in folders:
+        if not folder.has_manifest:
+            continue
+        if folder.manifest is None:
+            verdicts.append(BackupVerdict(backup_id=folder.backup_id, restorable=False))
+            continue
+        why: str | None  # None: restorable
+        if keys := damaged.get(folder.backup_id):
+            why = f"{len(keys)} of its {len(folder.manifest.parts)} parts are missing or damaged ({keys[0]} ...)"
+        elif wal is None:
+            why = "the archive has no archive.json, and so no WAL"
+        else:
+            why = _plan_refusal(archive, wal, folder.manifest, damaged_wal)
+        verdicts.append(BackupVerdict(backup_id=folder.backup_id, restorable=why is None))
+        if why is not None:
+            refusals.append(Finding(severity="error", key=manifest_key(folder.backup_id),
+                                    problem=f"backup {folder.backup_id} is not restorable: {why}"))
+    return verdicts, refusals
+
+
+# --- the whole archive ------------------------------------------------------------------
+
+
+def _identity(archive: Archive) -> tuple[ArchiveIdentity | None, list[Finding]]:
+    try:
+        return archive.identity(), []
+    except ArchiveMissing:
+        return None, []
+    except ArchiveUnavailable:
+        raise  # a storage fault, not a finding: verify cannot go on
+    except PitrkitError as exc:  # stored, but not a valid identity document
+        return None, [Finding(severity="error", key=IDENTITY_KEY, problem=f"unusable: {exc}")]
+
+
+def _check_backup_folders(archive: Archive, backup_ids: list[str], identity: ArchiveIdentity | None,
+                          pool: ThreadPoolExecutor, progress: Progress) -> list[_BackupFolder]:
+    def check(backup_id: str) -> _BackupFolder:
+        folder = _check_backup_folder(archive, backup_id, identity)
+        progress.advance(folder.stored_bytes)
+        return folder
+
+    return list(pool.map(check, backup_ids))
+
+
+def _list_wal(archive: Archive, pool: ThreadPoolExecutor, progress: Progress) -> ArchivedWal:
+    """The archive's WAL with every folder listed, once: everything after reads these
+    listings, not the indexes (which are what is being checked)."""
+    wal = ArchivedWal(archive)
+
+    def list_folder(timeline: int, log_number: int) -> None:
+        progress.advance(sum(entry.stored_size for entry in wal.relist(timeline, log_number).entries))
+
+    list(pool.map(lambda each: list_folder(*each), [(t, n) for t, numbers in wal.logs.items() for n in numbers]))
+    return wal
+
+
+def _holds_wal(archive: Archive) -> bool:
+    top = archive.list_folder(WAL_PREFIX)
+    return bool(top.objects or top.folders)
+
+
+def _read_contents(archive: Archive, contents: list[_Content], workers: int) -> list[Finding]:
+    archive.cipher()  # a broken [encryption] fails once, here, not once per object
+    # `workers` objects in memory at once, each up to a backup part or a WAL segment.
+    with ThreadPoolExecutor(workers, thread_name_prefix="verify-deep") as pool, \
+            Progress("verify: reading", sum(content.stored_size for content in contents)) as progress:
+        def read(content: _Content) -> Finding | None:
+            found = _read_content(archive, content)
+            progress.advance(content.stored_size)
+            return found
+
+        return [found for found in pool.map(read, contents) if found is not None]
+
+
+def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
+    identity, findings = _identity(archive)
+    being_removed = set(inventory.retention_state(archive).deleting)
+    listed = inventory.backup_folders(archive)
+    with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="verify") as pool, \
+            Progress("verify: listing") as progress:
+        folders = _check_backup_folders(archive, [b for b in listed if b not in being_removed], identity, pool,
+                                        progress)
+        for folder in folders:
+            findings += folder.findings
+        findings += _check_backup_catalog(archive, folders, being_removed)
+        finished = sorted((folder.manifest for folder in folders if folder.manifest is not None),
+                          key=lambda b: (b.start_time, b.backup_id))
+        wal = None
+        timelines: list[TimelineVerdict] = []
+        if identity is not None:
+            wal = _list_wal(archive, pool, progress)
+            findings += _check_indexes(archive, wal, pool)
+            timelines, gaps = _check_continuity(wal, finished)
+            findings += gaps
+        elif folders or _holds_wal(archive):
+            findings.append(Finding(severity="error", key=IDENTITY_KEY,
+                                    problem="missing: the archive holds backups or WAL, but not the document naming "
+                                            "its cluster; nothing in it can be restored"))
+        else:
+            findings.append(Finding(severity="error", key=IDENTITY_KEY,
+                                    problem="missing: there is no archive here (its storage is not mounted, or "
+                                            "`pitrkit init` never created it)"))
+    if not finished and (folders or timelines):
+        findings.append(Finding(severity="warning", key=BACKUPS_PREFIX,
+                                problem="no finished backup: nothing in the archive is restorable yet"))
+
+    contents: list[_Content] = []
+    if deep:
+        contents = [_part_content(part, b.backup_id) for b in finished for part in b.parts]
+        if wal is not None and identity is not None:
+            contents += _wal_contents(wal, identity)
+        # An object already missing or of the wrong size needs no reading to be wrong.
+        known = {finding.key for finding in findings}
+        contents = [content for content in contents if content.key not in known]
+        findings += _read_contents(archive, contents, workers)
+
+    verdicts, refusals = _verdicts(archive, wal, folders, findings)
+    findings += refusals
+    findings.sort(key=lambda f: (f.severity != "error", f.key))
+    return VerifyReport(
+        archive=archive.storage.url,
+        deep=deep,
+        errors=sum(f.severity == "error" for f in findings),
+        warnings=sum(f.severity == "warning" for f in findings),
+        findings=findings,
+        backups=verdicts,
+        unfinished=[folder.backup_id for folder in folders if not folder.has_manifest],
+        being_removed=sorted(being_removed.intersection(listed)),
+        timelines=timelines,
+        wal_files=0 if wal is None else len(wal.history_files) + sum(
+            len(wal.folder(t, n).entries) for t, numbers in wal.logs.items() for n in numbers),
+        objects_read=len(contents),
+        bytes_read=sum(c.stored_size for c in contents),
+    )
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+def _outcome(report: VerifyReport) -> str:
+    if not report.findings:
+        return "clean"
+    return f"{human_count(report.errors, 'error')}, {human_count(report.warnings, 'warning')}"
+
+
+def text(report: VerifyReport) -> str:
+    """One line per finding (severity, object, what is wrong), then what was checked."""
+    lines = [f"{finding.severity.upper():<8}{finding.key}: {finding.problem}" for finding in report.findings]
+    if lines:
+        lines.append("")
+    restorable = sum(verdict.restorable for verdict in report.backups)
+    backups = f"backups:   {len(report.backups)} with a manifest, {restorable} restorable"
+    if report.unfinished:
+        backups += f"; unfinished (no manifest): {', '.join(report.unfinished)}"
+    if report.being_removed:
+        backups += f"; being removed by retention, not checked: {', '.join(report.being_removed)}"
+    lines.append(backups)
+    lines.append(f"WAL:       {human_count(report.wal_files, 'file')} stored")
+    for checked in report.timelines:
+        path = " -> ".join(map(str, checked.path))
+        if checked.checked_from is None:
+            lines.append(f"timeline {checked.timeline} (path {path}): no backup on its path; WAL not checked")
+        else:
+            lines.append(f"timeline {checked.timeline} (path {path}): WAL from {checked.checked_from} to "
+                         f"{checked.checked_to or '(nothing)'}, {human_count(len(checked.gaps), 'gap')}")
+    if report.deep:
+        lines.append(f"content:   read {human_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
+                     "stored, each decoded and checked")
+    else:
+        lines.append("content:   not read (--deep reads every object and checks its checksum)")
+    lines.append(f"verify:    {_outcome(report)}")
+    return "\n".join(lines) + "\n"
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    archive = Archive(config)
+    report = verify(archive, args.deep, config.backup.workers or os.cpu_count() or 1)
+    sys.stdout.write(documents.encode(report).decode() if args.json else text(report))
+    sys.stdout.flush()
+    summary = (f"verified {report.archive}{' (deep)' if args.deep else ''}: "
+               f"{human_count(len(report.backups), 'backup')}, {human_count(report.wal_files, 'WAL file')}: "
+               f"{_outcome(report)}")
+    if report.findings:
+        first = report.findings[0]
+        raise VerifyFailed(f"{summary}; first: {first.key}: {first.problem}")
+    return summary

@@ -1,0 +1,1 @@
+"""What pitrkit knows of PostgreSQL itself."""

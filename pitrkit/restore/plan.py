@@ -1,0 +1,436 @@
+"""The restore planner: from a recovery target to the backup, timeline path and WAL
+segments a restore will use, or a refusal naming the missing piece.
+
+It decides in this order, each step refusing with the piece that is missing:
+1. the timeline to end on: the one whose own WAL holds the target (refusing when several
+   do, unless --timeline says which), or what --timeline names;
+2. that timeline's path, from its history file;
+3. the newest backup on the path that is consistent before the target;
+4. the unbroken run of segments from the backup's first one along the path, which must
+   cover the backup's consistency point and reach the target.
+
+The run may end in a `<segment>.partial` (see catalog/inventory.py): the open segment a
+streaming receiver shipped, when it is the newest WAL of its timeline. Where its WAL
+ends is known only by reading it, so the planner reads that one object and takes the end
+of its last valid page as the archive's end: an upper bound, less than a page past the
+last record. wal-fetch then serves the partial when recovery asks for the segment.
+
+It reads only what it needs (see catalog/inventory.py): never a listing of every segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from argparse import Namespace
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
+from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
+from pitrkit.config import Config
+from pitrkit.errors import ConfigError, PitrkitError, RefusedError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.postgres.wal import Lsn, SegmentName
+from pitrkit.progress import human_bytes
+from pitrkit.restore import pgconf
+from pitrkit.storage.archive import Archive, TamperedDocument
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PlanRefused", "RestorePlan", "Target", "TimelineChoice", "TimelineStep", "describe", "make_plan"]
+
+
+class PlanRefused(RefusedError):
+    """The target cannot be reached from what the archive holds; the message names the
+    missing piece (no backup before the target, the first missing segment, a timeline
+    that does not lead there, an ambiguous target)."""
+
+
+class Target(msgspec.Struct, kw_only=True, frozen=True):
+    kind: Literal["time", "lsn", "latest"]
+    time: datetime | None = None  # aware; kind == "time"
+    lsn: Lsn | None = None  # kind == "lsn"
+    text: str = ""  # what the user typed, for messages
+
+
+class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
+    target: Target
+    # recovery_target_timeline to write: the timeline recovery ends on.
+    timeline: int
+    path: list[TimelineStep]
+    backup: BackupSummary
+    # Every WAL file recovery will fetch, in replay order: segment names from the
+    # backup's first segment to the one holding the target (or the newest on the path
+    # for --latest), then the history files of the path's timelines. The last may be
+    # `<segment>.partial`: recovery asks for the segment and is served the partial.
+    segments: list[str]
+    history_files: list[str]
+    wal_stored_size: int
+    # End of the gap-free WAL the archive holds on this path: the end of its last
+    # segment, or, when that is a partial, of the partial's last valid page.
+    archive_end: Lsn
+    # Timelines on which the target exists; more than one means it was ambiguous and
+    # --timeline decided.
+    candidate_timelines: list[int]
+    notes: list[str] = []
+    # What the backup's configuration files would run (restore-plan reads them; see
+    # restore/pgconf.py); None when not read.
+    configuration: pgconf.Found | None = None
+
+
+TimelineChoice = int | Literal["latest", "current"] | None
+
+
+def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None, *,
+              wal: ArchivedWal | None = None, finished: list[BackupSummary] | None = None) -> RestorePlan:
+    """`wal` and `finished`: the archive as the caller has already read it (verify plans
+    to every backup's stop point on one reading, and to that backup alone)."""
+    if wal is None:
+        wal = ArchivedWal(archive)  # no archive.json: ArchiveMissing, a fault rather than "no WAL"
+    if finished is None:
+        finished = inventory.backups(archive)
+    if not finished:
+        raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
+    candidates = _candidate_timelines(wal, target)
+    ending = _ending_timeline(wal, finished, target, timeline, candidates)
+    try:
+        path = wal.path(ending)
+    except PitrkitError as exc:
+        raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
+    backup = _choose_backup(path, finished, target, ending)
+    chain = wal.chain(path, wal.segno(backup.first_segment))
+    if chain.partial is not None:
+        archive_end = wal.partial_end(chain.partial)
+    else:
+        archive_end = SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn if chain.segments \
+            else Lsn(chain.first_segno * wal.segment_size)
+    segments = _segments_to_target(wal, chain, backup, target, archive_end)
+
+    notes = []
+    if len(candidates) > 1:
+        notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
+    if target.kind == "time":
+        notes.append("the archive cannot tell which segment holds the target time, so the plan runs to the end of "
+                     "the unbroken WAL; recovery stops at the first transaction after the target")
+        if chain.missing and chain.gap:
+            notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
+    if segments[-1] is chain.partial:
+        stored = "" if chain.partial.modified is None else f", as of {show_time(_instant(chain.partial.modified))}"
+        notes.append(f"the last segment is only stored as {chain.partial.name}, the open segment a streaming "
+                     f"receiver shipped{stored}: recovery replays its WAL and ends there; the archive end is the "
+                     "end of its last valid page, an upper bound (the last record ends within that page)")
+    return RestorePlan(
+        target=target,
+        timeline=ending,
+        path=path,
+        backup=backup,
+        segments=list(map(attrgetter("name"), segments)),
+        history_files=[f"{step.timeline:08X}.history" for step in path if step.timeline != 1],
+        wal_stored_size=sum(map(attrgetter("stored_size"), segments)),
+        archive_end=archive_end,
+        candidate_timelines=candidates or [ending],
+        notes=notes,
+    )
+
+
+# --- 1. which timeline ------------------------------------------------------------------
+
+
+class _OwnRange(NamedTuple):
+    """Where a timeline's own WAL lies: from its branch point (exclusive; timeline 1 from
+    the start) to the end of its newest segment, and in time from when its history file
+    was stored to when its newest segment was."""
+
+    timeline: int
+    branch: Lsn
+    end: Lsn
+    created: float  # -inf for timeline 1
+    last_stored: float  # +inf when the storage does not say
+
+    def holds(self, target: Target) -> bool:
+        if target.kind == "lsn":
+            assert target.lsn is not None
+            after_branch = target.lsn >= self.branch if self.timeline == 1 else target.lsn > self.branch
+            return after_branch and target.lsn < self.end
+        if target.kind == "time":
+            assert target.time is not None
+            return self.created < target.time.timestamp() <= self.last_stored
+        return False
+
+    def starts_before(self, target: Target) -> bool:
+        if target.kind == "lsn":
+            assert target.lsn is not None
+            return self.branch <= target.lsn
+        assert target.time is not None
+        return self.created < target.time.timestamp()
+
+
+def _own_ranges(wal: ArchivedWal) -> list[_OwnRange]:
+    ranges = []
+    for timeline in wal.timelines:
+        if timeline != 1 and timeline not in wal.history_files:
+            continue  # no path leads to it
+        history = wal.history(timeline)
+        branch = history[-1].switch_lsn if history else Lsn(0)
+        newest = wal.newest_segment(timeline, branch // wal.segment_size)
+        partial = wal.newest_partial(timeline)
+        if partial is not None and (newest is None or partial[0] > newest[0]):
+            # Its segment's end: an upper bound that costs no read. The chain's check
+            # against the partial's real end refuses an LSN past it.
+            newest = partial
+        if newest is None:
+            continue  # nothing archived on it yet
+        segno, entry = newest
+        created = -math.inf if timeline == 1 else wal.history_files[timeline].modified or -math.inf
+        ranges.append(_OwnRange(timeline, branch, Lsn((segno + 1) * wal.segment_size), created,
+                                math.inf if entry.modified is None else entry.modified))
+    return ranges
+
+
+def _candidate_timelines(wal: ArchivedWal, target: Target) -> list[int]:
+    return [own.timeline for own in _own_ranges(wal) if own.holds(target)]
+
+
+def _ending_timeline(wal: ArchivedWal, finished: list[BackupSummary], target: Target, choice: TimelineChoice,
+                     candidates: list[int]) -> int:
+    timelines = wal.timelines
+    if not timelines:
+        raise PlanRefused("the archive holds no WAL")
+    if choice == "latest" or (choice is None and target.kind == "latest"):
+        # PostgreSQL's own default: recovery_target_timeline = 'latest'.
+        return timelines[-1]
+    if choice == "current":
+        consistent = [b for b in finished if _consistent_before(b, target)]
+        if not consistent:
+            raise PlanRefused(_nothing_consistent(target, finished))
+        return max(consistent, key=lambda b: (b.start_time, b.backup_id)).timeline
+    if isinstance(choice, int):
+        if choice not in timelines:
+            raise PlanRefused(f"timeline {choice} is not in the archive (it has timelines {_listing(timelines)})")
+        return choice
+    if len(candidates) > 1:
+        raise PlanRefused(
+            f"{_target_words(target)} lies on timelines {_listing(candidates)} (a restored server branched off "
+            f"and both went on archiving); pass " + " or ".join(f"--timeline {t}" for t in candidates)
+        )
+    if candidates:
+        return candidates[0]
+    # On no timeline: plan on the newest one it comes after, so that the WAL check below
+    # names what is missing there (the first gap, or where the archive ends).
+    preceding = [own.timeline for own in _own_ranges(wal) if own.starts_before(target)]
+    return max(preceding) if preceding else timelines[-1]
+
+
+# --- 3. which backup --------------------------------------------------------------------
+
+
+def _consistent_before(backup: BackupSummary, target: Target) -> bool:
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        return backup.stop_lsn <= target.lsn
+    if target.kind == "time":
+        assert target.time is not None
+        return backup.stop_time <= target.time
+    return True
+
+
+def _nothing_consistent(target: Target, considered: list[BackupSummary]) -> str:
+    oldest = min(considered, key=lambda b: (b.start_time, b.backup_id))
+    return (f"no backup is consistent before {_target_words(target)}; the oldest backup {oldest.backup_id} is "
+            f"consistent from {show_time(oldest.stop_time)} (LSN {oldest.stop_lsn})")
+
+
+def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], target: Target,
+                   ending: int) -> BackupSummary:
+    on = [b for b in finished if on_path(path, b)]
+    if not on:
+        found = ", ".join(f"{b.backup_id} (timeline {b.timeline})" for b in finished)
+        raise PlanRefused(f"no backup lies on the way to timeline {ending} ({_path_words(path)}); backups: {found}")
+    consistent = [b for b in on if _consistent_before(b, target)]
+    if not consistent:
+        raise PlanRefused(_nothing_consistent(target, on))
+    # Along one path LSNs only grow, so the newest backup is the one starting last.
+    return max(consistent, key=lambda b: b.start_lsn)
+
+
+# --- 4. which segments ------------------------------------------------------------------
+
+
+def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary,
+                        target: Target, archive_end: Lsn) -> list[WalIndexEntry]:
+    if chain.last_segno < wal.segno(backup.last_segment):
+        raise PlanRefused(f"segment {chain.missing} is missing from the archive: backup {backup.backup_id} needs "
+                          f"{backup.first_segment} to {backup.last_segment} to become consistent")
+    if backup.stop_lsn > archive_end:
+        raise PlanRefused(f"backup {backup.backup_id} becomes consistent at LSN {backup.stop_lsn}, but "
+                          f"{_ends_at(chain, archive_end)}")
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        holding = target.lsn // wal.segment_size
+        if chain.last_segno < holding or target.lsn >= archive_end:
+            raise PlanRefused(_short_of(chain, target, archive_end))
+        return chain.segments[: holding - chain.first_segno + 1]
+    if target.kind == "time":
+        assert target.time is not None
+        stored = chain.segments[-1].modified
+        if stored is not None and stored < target.time.timestamp():
+            raise PlanRefused(_short_of(chain, target, archive_end))
+    elif chain.gap:
+        # Recovery would stop at the hole and promote there, without the WAL after it.
+        raise PlanRefused(_short_of(chain, target, archive_end))
+    return chain.segments
+
+
+def _short_of(chain: WalChain, target: Target, archive_end: Lsn) -> str:
+    if chain.gap:
+        return (f"segment {chain.missing} is missing from the archive: the WAL between the backup and "
+                f"{_target_words(target)} has a gap there")
+    return f"{_ends_at(chain, archive_end)}; {_target_words(target)} is later"
+
+
+def _ends_at(chain: WalChain, archive_end: Lsn) -> str:
+    last = chain.segments[-1]
+    stored = "" if last.modified is None else f", stored at {show_time(_instant(last.modified))}"
+    if chain.partial is not None:
+        return (f"the archive's WAL on timeline {int(last.name[:8], 16)} ends at LSN {archive_end} at most "
+                f"(in the partial segment {last.name}{stored})")
+    return f"the archive's WAL on timeline {int(last.name[:8], 16)} ends at LSN {archive_end}{stored}"
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+def _instant(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+def _listing(numbers: list[int]) -> str:
+    words = [str(number) for number in numbers]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _target_words(target: Target) -> str:
+    if target.kind == "lsn":
+        return f"the target LSN {target.lsn}"
+    if target.kind == "time":
+        assert target.time is not None
+        return f"the target time {target.time.astimezone(UTC).isoformat(sep=' ')}"
+    return "the latest point"
+
+
+def _path_words(path: list[TimelineStep]) -> str:
+    return ", then ".join(
+        f"timeline {step.timeline} from {step.begin}" + ("" if step.end is None else f" to {step.end}")
+        for step in path
+    )
+
+
+def describe(plan: RestorePlan) -> str:
+    """The plan as a person reads it before restoring."""
+    target = plan.target
+    if target.kind == "time":
+        assert target.time is not None
+        resolved = (f"{target.time.astimezone(UTC).isoformat(sep=' ')} "
+                    f"(local {target.time.astimezone().isoformat(sep=' ')})")
+        target_line = f"time {target.text!r} = {resolved}"
+    elif target.kind == "lsn":
+        target_line = f"LSN {target.lsn}"
+    else:
+        target_line = "latest: the end of the archived WAL"
+    backup = plan.backup
+    why = {
+        "time": f" that is consistent before the target (from {show_time(backup.stop_time)})",
+        "lsn": f" that is consistent before the target (from LSN {backup.stop_lsn})",
+        "latest": "",
+    }[target.kind]
+    lines = [
+        f"target:       {target_line}",
+        f"timeline:     {plan.timeline} (path: {_path_words(plan.path)})",
+        f"backup:       {backup.backup_id} '{backup.label}', started {show_time(backup.start_time)} at "
+        f"{backup.start_lsn} on timeline {backup.timeline}",
+        f"              chosen as the newest backup on this path{why}",
+        f"WAL:          {len(plan.segments)} segments, {plan.segments[0]} .. {plan.segments[-1]}, "
+        f"{human_bytes(plan.wal_stored_size)} stored",
+    ]
+    if plan.history_files:
+        lines.append(f"history:      {', '.join(plan.history_files)}")
+    lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    lines += [f"note:         {note}" for note in plan.notes]
+    if plan.configuration is not None:
+        lines += [f"warning:      {line}" if number == 0 else f"              {line}"
+                  for number, line in enumerate(pgconf.describe(plan.configuration))]
+        lines += [f"configuration: {note}" for note in plan.configuration.notes]
+    return "\n".join(lines)
+
+
+def backup_configuration(archive: Archive, backup_id: str) -> pgconf.Found:
+    """The code-running settings of the backup's configuration files, read from its
+    parts. A part that cannot be read (a host with only a public key, a damaged part)
+    is a note here: the restore would say more; a manifest that does not authenticate
+    is refused, as everywhere."""
+    try:
+        return pgconf.code_settings(pgconf.in_backup(archive, backup_id))
+    except TamperedDocument:
+        raise
+    except ObjectNotFound:
+        return pgconf.Found(notes=["the backup's configuration files were not read: its manifest is gone"])
+    except PitrkitError as exc:
+        return pgconf.Found(notes=[f"the backup's configuration files were not read: {exc}"])
+
+
+def server_choice(target: Target, choice: TimelineChoice | Literal["server"],
+                  config: Config) -> tuple[TimelineChoice, int | None]:
+    """--timeline with `server` resolved to the configured server's timeline, and that
+    timeline when it was asked: for `server` (which needs the answer) and for a plan to
+    the latest point along the archive's newest timeline (which may be a restored copy's
+    branch, see latest_warning; a server that does not answer then is no error)."""
+    # psycopg (through pgserver) only when the server is asked
+    from pitrkit.postgres.server import ServerError, configured_server_timeline
+
+    if choice == "server":
+        try:
+            server = configured_server_timeline(config.postgres.conninfo)
+        except ServerError as exc:
+            raise PlanRefused(f"--timeline server needs the server's timeline: {exc}") from None
+        return server, server
+    if target.kind == "latest" and choice in (None, "latest") and config.postgres.conninfo is not None:
+        try:
+            return choice, configured_server_timeline(config.postgres.conninfo)
+        except (ServerError, ConfigError) as exc:
+            log.debug("not checking the server's timeline: %s", exc)
+    return choice, None
+
+
+def latest_warning(plan: RestorePlan, server: int | None) -> str | None:
+    """A plan along a timeline that is not the server's, made without naming it: the
+    newest timeline in the archive is a branch (a test restore promoted with archiving
+    on), and --latest would restore the abandoned copy's history, not the server's."""
+    if server is None or plan.timeline == server or plan.target.kind != "latest":
+        return None
+    return (f"warning: the newest timeline in the archive, {plan.timeline}, is not timeline {server} that the "
+            f"server in [postgres] conninfo is on: --latest follows timeline {plan.timeline} (a restored copy "
+            "promoted with archiving on?); to restore the server's own history, add --timeline server")
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    # targets builds this module's types, so it is imported here, not at the top.
+    from pitrkit.restore.targets import target_from_args, timeline_from_args
+
+    target = target_from_args(args)
+    choice, server = server_choice(target, timeline_from_args(args), config)
+    archive = Archive(config)
+    plan = make_plan(archive, target, choice)
+    plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
+    if warning := latest_warning(plan, server):
+        print(f"pitrkit: {warning}", file=sys.stderr)
+    text = documents.encode(plan).decode() if args.json else describe(plan) + "\n"
+    sys.stdout.write(text)
+    return (f"restore plan: backup {plan.backup.backup_id}, {len(plan.segments)} segments to "
+            f"{plan.segments[-1]}, timeline {plan.timeline}")

@@ -1,0 +1,533 @@
+"""The backed-up server's configuration when it lives outside the data directory
+(Debian's /etc/postgresql/<major>/<cluster>/, any config_file, hba_file or ident_file set
+elsewhere, include and include_dir), captured by backup-push and written back by restore
+as a configuration of the restored data directory alone.
+
+backup-push copies every such file into the backup stream as `.pitrkit-config/<name>`
+and records it in the manifest (catalog.ServerConfiguration): its original path, role,
+mode, size and SHA-256. Found by following the server's own include lines from
+config_file, hba_file and ident_file, plus whatever pg_file_settings (and, on PostgreSQL
+16+, pg_hba_file_rules and pg_ident_file_mappings) say the server read.
+
+restore (`--config-files backup`, the default) puts them back as postgresql.conf,
+pg_hba.conf, pg_ident.conf and `pitrkit.conf.d/<name>` in the new data directory and
+rewrites what would reach outside it: data_directory, config_file, hba_file, ident_file,
+external_pid_file, stats_temp_directory and an absolute log_directory are commented out;
+include lines point at the restored copies (include_dir becomes one include per file it
+read). A block at the end of postgresql.conf then sets what must differ on the restored
+copy: the port (--port), a socket directory the restoring user can write, cluster_name
+with "-restored", and ssl = off when the certificate files are not on this host. With
+`--config-files none` a minimal configuration is written instead. Every change is said.
+
+The manifest is data from storage: names are checked to be plain, and original paths
+are only ever compared, never opened or written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from pitrkit.catalog.documents import ConfigFile, ServerConfiguration
+from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.restore import durable
+from pitrkit.restore.recovery_conf import AUTO_CONF, conf_quote
+
+log = logging.getLogger(__name__)
+
+# Where the copies travel in the backup stream, relative to the data directory; restore
+# empties it. backup-push never copies a directory of this name from a data directory.
+CAPTURED_DIR = ".pitrkit-config"
+# Where restore puts the included files.
+INCLUDE_DIR = "pitrkit.conf.d"
+CONFIG = "postgresql.conf"
+HBA = "pg_hba.conf"
+IDENT = "pg_ident.conf"
+ROLES = ("config_file", "hba_file", "ident_file", "include", "hba_include", "ident_include")
+# A configuration file larger than this is not one: not copied (said).
+_MAX_FILE = 1 << 20
+# PostgreSQL's CONF_FILE_MAX_DEPTH: deeper nesting is an error for the server too.
+_MAX_DEPTH = 10
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+# Settings that name a file or directory of the backed-up server's own: restored, they
+# would make the copy use (or overwrite) the primary's.
+_FOREIGN_PATHS = ("data_directory", "config_file", "hba_file", "ident_file", "external_pid_file",
+                  "stats_temp_directory")
+_SSL_FILES = {"ssl_cert_file": "server.crt", "ssl_key_file": "server.key", "ssl_ca_file": "",
+              "ssl_crl_file": "", "ssl_crl_dir": "", "ssl_dh_params_file": ""}
+_TRUE = ("on", "true", "yes", "1", "tru", "tr", "t", "ye", "y")
+
+# --- reading postgresql.conf -----------------------------------------------------------
+
+# One `name [=] value [# comment]` line, as the server's guc-file lexer reads it.
+_SETTING = re.compile(r"""\s*(?P<name>[A-Za-z_][\w$]*(?:\.[A-Za-z_][\w$]*)*)\s*=?\s*
+                          (?P<value>'(?:[^'\\\n]|''|\\.)*'|[^\s#']+)\s*(?:\#.*)?$""", re.VERBOSE)
+_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+class Setting(NamedTuple):
+    name: str  # lower case
+    value: str  # unquoted
+
+
+def parse_setting(line: str) -> Setting | None:
+    match = _SETTING.match(line)
+    if match is None:
+        return None
+    value = match["value"]
+    if value.startswith("'"):
+        value = re.sub(r"''|\\([0-7]{1,3}|.)", _unescape, value[1:-1])
+    return Setting(match["name"].lower(), value)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    if match[0] == "''":
+        return "'"
+    escaped = match[1]
+    if escaped[0] in "01234567":
+        return chr(int(escaped, 8))
+    return _ESCAPES.get(escaped, escaped)
+
+
+# pg_hba.conf / pg_ident.conf include lines (PostgreSQL 16+): keyword, then one token.
+_HBA_INCLUDE = re.compile(r'\s*(?P<kind>include|include_if_exists|include_dir)\s+(?P<path>"(?:[^"]|"")*"|[^\s#]+)'
+                          r"\s*(?:#.*)?$")
+
+
+def _hba_include(line: str) -> tuple[str, str] | None:
+    match = _HBA_INCLUDE.match(line)
+    if match is None:
+        return None
+    path = match["path"]
+    if path.startswith('"'):
+        path = path[1:-1].replace('""', '"')
+    return match["kind"], path
+
+
+def _include(line: str, hba: bool) -> tuple[str, str] | None:
+    """(include, include_if_exists or include_dir, the path as written) for an include line."""
+    if hba:
+        return _hba_include(line)
+    setting = parse_setting(line)
+    if setting is not None and setting.name in ("include", "include_if_exists", "include_dir"):
+        return setting.name, setting.value
+    return None
+
+
+def _dir_files(directory: str) -> list[str]:
+    """The files include_dir reads: *.conf not starting with a dot, in byte order."""
+    try:
+        names = sorted(os.listdir(directory), key=os.fsencode)
+    except OSError:
+        return []
+    return [os.path.join(directory, name) for name in names
+            if fnmatch.fnmatchcase(name, "*.conf") and not name.startswith(".")
+            and os.path.isfile(os.path.join(directory, name))]
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+# --- backup-push: what to copy ----------------------------------------------------------
+
+
+class Captured(NamedTuple):
+    record: ConfigFile
+    content: bytes
+
+
+def capture(data_directory: str, config_file: str, hba_file: str, ident_file: str,
+            server_read: dict[str, list[str]]) -> tuple[ServerConfiguration, list[Captured]]:
+    """The configuration files outside `data_directory`, read now. `server_read` has, by
+    role, the files the server says it read (pg_file_settings, pg_hba_file_rules ...);
+    the include lines are followed from the three main files as well."""
+    data_directory = os.path.normpath(data_directory)
+    found: dict[str, str] = {}  # path -> role, in the order found
+
+    def visit(path: str, role: str, include_role: str, hba: bool, depth: int) -> None:
+        path = os.path.normpath(path)
+        if path in found or depth > _MAX_DEPTH:
+            return
+        found[path] = role
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            return
+        for line in text.splitlines():
+            include = _include(line, hba)
+            if include is None:
+                continue
+            kind, written = include
+            resolved = os.path.join(os.path.dirname(path), written)
+            for each in _dir_files(resolved) if kind == "include_dir" else [resolved]:
+                visit(each, include_role, include_role, hba, depth + 1)
+
+    visit(config_file, "config_file", "include", False, 0)
+    visit(hba_file, "hba_file", "hba_include", True, 0)
+    visit(ident_file, "ident_file", "ident_include", True, 0)
+    for role, paths in server_read.items():
+        for path in paths:
+            if os.path.isabs(path):
+                found.setdefault(os.path.normpath(path), role)
+
+    records: list[Captured] = []
+    for path, role in found.items():
+        if _inside(path, data_directory):
+            continue  # copied with the data directory
+        try:
+            with open(path, "rb") as file:
+                status = os.fstat(file.fileno())
+                content = file.read(_MAX_FILE + 1)
+        except OSError as exc:
+            if role in ("config_file", "hba_file", "ident_file") or os.path.exists(path):
+                log.warning("cannot copy the server's %s %s (%s): a restore of this backup writes a "
+                            "minimal one", role, path, exc.strerror)
+            continue
+        if len(content) > _MAX_FILE:
+            log.warning("not copying %s: over %d bytes, not a configuration file", path, _MAX_FILE)
+            continue
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(path)).lstrip("._-") or "file"
+        name = f"{len(records):02d}-{base}"[:100]
+        records.append(Captured(ConfigFile(name=name, path=path, role=role, mode=status.st_mode & 0o7777,
+                                           size=len(content), sha256=hashlib.sha256(content).hexdigest()),
+                                content))
+    configuration = ServerConfiguration(data_directory=data_directory, config_file=os.path.normpath(config_file),
+                                        hba_file=os.path.normpath(hba_file), ident_file=os.path.normpath(ident_file),
+                                        files=[each.record for each in records])
+    return configuration, records
+
+
+# --- restore ------------------------------------------------------------------------------
+
+
+def check(configuration: ServerConfiguration | None) -> None:
+    """Refuse a manifest whose configuration records could not be written back safely;
+    before anything is written."""
+    if configuration is None:
+        return
+    names = set()
+    for file in configuration.files:
+        if not _NAME.fullmatch(file.name) or file.name in names:
+            raise RefusedError(f"corrupt manifest: configuration file name {file.name!r} is not a plain, "
+                               "unique file name")
+        names.add(file.name)
+        if file.role not in ROLES:
+            raise RefusedError(f"corrupt manifest: configuration file {file.name} has an unknown role {file.role!r}")
+        for path in (file.path,):
+            if not os.path.isabs(path) or os.path.normpath(path) != path or "\0" in path or "\n" in path:
+                raise RefusedError(f"corrupt manifest: configuration file {file.name}'s path {path!r} is "
+                                   "not a normal absolute path")
+    for path in (configuration.data_directory, configuration.config_file, configuration.hba_file,
+                 configuration.ident_file):
+        if not os.path.isabs(path) or "\0" in path or "\n" in path:
+            raise RefusedError(f"corrupt manifest: configuration path {path!r} is not absolute")
+
+
+class Choices(NamedTuple):
+    """What the restored configuration must say, whatever the backup's said."""
+
+    keep_backed_up: bool  # --config-files backup; False: none
+    port: int | None  # --port, or the port --start chose
+    socket_dir: Path | None  # where --start puts the socket; None: decide here
+
+
+class _Rewriter:
+    def __init__(self, target: Path, configuration: ServerConfiguration | None, say: Callable[[str], None]):
+        self.target = target
+        self.configuration = configuration
+        self.say = say
+        self.originals: dict[str, Path] = {}  # original path -> restored path
+        self.by_role: dict[str, Path] = {}
+
+    def restored_of(self, original: str) -> Path | None:
+        """Where the file or directory at `original` on the backed-up host is now."""
+        if original in self.originals:
+            return self.originals[original]
+        if self.configuration is not None and _inside(original, self.configuration.data_directory):
+            return self.target / os.path.relpath(original, self.configuration.data_directory)
+        return None
+
+    def rewrite(self, restored: Path, original: str | None, hba: bool, seen: set[Path]) -> None:
+        """Rewrite `restored` (read from `original` on the backed-up host) and the files it
+        includes, so that nothing in them points outside the new data directory."""
+        if restored in seen or not restored.is_file():
+            return
+        seen.add(restored)
+        here = os.path.dirname(original) if original else str(restored.parent)
+        lines = []
+        changed = False
+        for line in restored.read_text(errors="replace").splitlines():
+            new = self._line(line, restored, here, hba, seen)
+            changed |= new != [line]
+            lines.extend(new)
+        if changed:
+            durable.replace_file(restored, "\n".join(lines) + "\n")
+
+    def _line(self, line: str, restored: Path, here: str, hba: bool, seen: set[Path]) -> list[str]:
+        shown = os.path.relpath(restored, self.target)
+        include = _include(line, hba)
+        if include is not None:
+            kind, written = include
+            original = os.path.normpath(os.path.join(here, written))
+            where = self.restored_of(original)
+            if kind == "include_dir":
+                files = _dir_files(str(where)) if where is not None and where.is_dir() else []
+                files = files or [str(path) for path in self._captured_in(original)]
+                if not files:
+                    self.say(f"  {shown}: {kind} {written!r} commented out: nothing of it is in the backup")
+                    return [_commented(line, "nothing of it was in the backup")]
+                includes = [self._include_line(Path(each), restored, hba) for each in files]
+                for each in files:
+                    self.rewrite(Path(each), self._original_of(Path(each), original), hba, seen)
+                self.say(f"  {shown}: {kind} {written!r} now includes the {len(files)} restored file(s) it read")
+                return [_commented(line, "replaced by the restored files below"), *includes]
+            if where is None or not where.is_file():
+                self.say(f"  {shown}: {kind} {written!r} commented out: the file is not in the backup")
+                return [_commented(line, "the file was not in the backup")]
+            self.rewrite(where, original, hba, seen)
+            if os.path.relpath(where, restored.parent) == written:
+                return [line]
+            self.say(f"  {shown}: {kind} {written!r} now includes {os.path.relpath(where, self.target)}")
+            return [self._include_line(where, restored, hba, kind)]
+        if hba:
+            return [line]
+        setting = parse_setting(line)
+        if setting is None:
+            return [line]
+        if setting.name in _FOREIGN_PATHS:
+            self.say(f"  {shown}: {setting.name} = {setting.value!r} commented out (the backed-up server's)")
+            return [_commented(line, "the backed-up server's; the restored copy uses its own")]
+        if setting.name == "log_directory" and os.path.isabs(setting.value) and not _inside(
+                os.path.normpath(setting.value), str(self.target)):
+            self.say(f"  {shown}: log_directory = {setting.value!r} commented out (the backed-up server's "
+                     "logs; the restored copy logs into log/)")
+            return [_commented(line, "the backed-up server's logs")]
+        return [line]
+
+    def _captured_in(self, directory: str) -> list[Path]:
+        return [restored for original, restored in self.originals.items()
+                if os.path.dirname(original) == directory and original.endswith(".conf")]
+
+    def _original_of(self, restored: Path, directory_original: str) -> str:
+        for original, path in self.originals.items():
+            if path == restored:
+                return original
+        return os.path.join(directory_original, restored.name)
+
+    def _include_line(self, included: Path, restored: Path, hba: bool, kind: str = "include") -> str:
+        relative = os.path.relpath(included, restored.parent)
+        if hba:
+            return f'{kind} "{relative.replace(chr(34), chr(34) * 2)}"'
+        return f"{kind} = {conf_quote(relative)}"
+
+
+def _commented(line: str, why: str) -> str:
+    return f"#{line}  # pitrkit restore: {why}"
+
+
+
+_MINIMAL_CONF = """\
+# Written by pitrkit restore --config-files none: PostgreSQL's defaults, and the
+# settings the restored copy needs below. The backed-up configuration was left out.
+"""
+_MINIMAL_HBA = """\
+# Written by pitrkit restore: local connections as the same-named database role only.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 peer
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
+
+
+def _effective(target: Path) -> tuple[dict[str, Setting], list[Path]]:
+    """The settings postgresql.conf (with its includes, now all inside `target`) and then
+    postgresql.auto.conf give, the last of each name winning, as the server reads them;
+    and the files read."""
+    values: dict[str, Setting] = {}
+    files: list[Path] = []
+
+    def read(path: Path, depth: int) -> None:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return
+        files.append(path)
+        for line in text.splitlines():
+            setting = parse_setting(line)
+            if setting is None:
+                continue
+            if setting.name in ("include", "include_if_exists") and depth < _MAX_DEPTH:
+                read(path.parent / setting.value, depth + 1)
+            elif setting.name == "include_dir" and depth < _MAX_DEPTH:
+                for each in _dir_files(str(path.parent / setting.value)):
+                    read(Path(each), depth + 1)
+            else:
+                values[setting.name] = setting
+    read(target / CONFIG, 0)
+    read(target / AUTO_CONF, 0)
+    return values, files
+
+
+def _writable(directory: str) -> bool:
+    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
+
+
+def write(target: Path, configuration: ServerConfiguration | None, choices: Choices,
+          say: Callable[[str], None]) -> None:
+    """Turn what the backup left in `target` into the restored copy's configuration."""
+    captured = target / CAPTURED_DIR
+    try:
+        _write(target, captured, configuration, choices, say)
+    except OSError as exc:
+        raise PitrkitError(f"cannot write the restored configuration in {target}: "
+                           f"{exc.strerror} ({exc.filename})") from None
+
+
+def _write(target: Path, captured: Path, configuration: ServerConfiguration | None, choices: Choices,
+           say: Callable[[str], None]) -> None:
+    files = configuration.files if configuration is not None else []
+    for file in files:
+        content = (captured / file.name).read_bytes()
+        if len(content) != file.size or hashlib.sha256(content).hexdigest() != file.sha256:
+            raise PitrkitError(f"the backup's copy of {file.path} ({CAPTURED_DIR}/{file.name}) does not match "
+                               "its size and checksum in the manifest")
+    if not choices.keep_backed_up:
+        shutil.rmtree(captured, ignore_errors=True)
+        durable.replace_file(target / CONFIG, _MINIMAL_CONF)
+        durable.replace_file(target / HBA, _MINIMAL_HBA)
+        durable.replace_file(target / IDENT, "")
+        say(f"--config-files none: wrote a minimal {CONFIG}, {HBA} (local peer, localhost scram-sha-256) "
+            f"and an empty {IDENT}" + (f"; left out the backed-up {', '.join(f.path for f in files)}" if files else ""))
+    else:
+        _place(target, captured, configuration, say)
+    _sanitize_auto_conf(target, say)
+    _override(target, configuration, choices, say)
+    durable.fsync_directory(target)
+
+
+def _place(target: Path, captured: Path, configuration: ServerConfiguration | None,
+           say: Callable[[str], None]) -> None:
+    rewriter = _Rewriter(target, configuration, lambda line: say(line))
+    placed = {CONFIG: False, HBA: False, IDENT: False}
+    main = {"config_file": CONFIG, "hba_file": HBA, "ident_file": IDENT}
+    for file in configuration.files if configuration is not None else []:
+        source = captured / file.name
+        if file.role in main:
+            destination = target / main[file.role]
+            placed[main[file.role]] = True
+            if destination.exists():
+                say(f"  {main[file.role]}: replaced the data directory's own (not the file the server read)")
+        else:
+            (target / INCLUDE_DIR).mkdir(mode=0o700, exist_ok=True)
+            destination = target / INCLUDE_DIR / file.name
+        os.replace(source, destination)
+        os.chmod(destination, 0o600)
+        rewriter.originals[file.path] = destination
+        say(f"  {os.path.relpath(destination, target)} <- {file.path} ({file.role})")
+    shutil.rmtree(captured, ignore_errors=True)
+    if configuration is not None:
+        # An hba_file or ident_file inside the data directory under another name: the
+        # restored copy reads the default name, because the settings are commented out.
+        for role, name in (("hba_file", HBA), ("ident_file", IDENT)):
+            path = getattr(configuration, role)
+            if not placed[name] and _inside(path, configuration.data_directory):
+                inside = target / os.path.relpath(path, configuration.data_directory)
+                if inside != target / name and inside.is_file():
+                    shutil.copy2(inside, target / name)
+                    say(f"  {name} <- {os.path.relpath(inside, target)} (the server's {role})")
+    if not (target / CONFIG).exists():
+        durable.replace_file(target / CONFIG, _MINIMAL_CONF)
+        say(f"  {CONFIG}: the backup has none; wrote a minimal one")
+    if not (target / HBA).exists():
+        durable.replace_file(target / HBA, _MINIMAL_HBA)
+        say(f"  {HBA}: the backup has none; wrote a minimal one (local peer, localhost scram-sha-256)")
+    if not (target / IDENT).exists():
+        durable.replace_file(target / IDENT, "")
+    originals = (configuration.config_file, configuration.hba_file, configuration.ident_file) \
+        if configuration is not None else (None, None, None)
+    seen: set[Path] = set()
+    rewriter.rewrite(target / CONFIG, originals[0], False, seen)
+    rewriter.rewrite(target / HBA, originals[1], True, seen)
+    rewriter.rewrite(target / IDENT, originals[2], True, seen)
+
+
+def _sanitize_auto_conf(target: Path, say: Callable[[str], None]) -> None:
+    """ALTER SYSTEM can set external_pid_file and friends too."""
+    path = target / AUTO_CONF
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return
+    lines = []
+    for line in text.splitlines():
+        setting = parse_setting(line)
+        if setting is not None and setting.name in _FOREIGN_PATHS:
+            say(f"  {AUTO_CONF}: {setting.name} = {setting.value!r} commented out (the backed-up server's)")
+            line = _commented(line, "the backed-up server's")
+        lines.append(line)
+    if lines != text.splitlines():
+        durable.replace_file(path, "\n".join(lines) + "\n")
+
+
+BLOCK_BEGIN = "# pitrkit restore: settings of the restored copy (begin)"
+BLOCK_END = "# pitrkit restore: settings of the restored copy (end)"
+
+
+def _override(target: Path, configuration: ServerConfiguration | None, choices: Choices,
+              say: Callable[[str], None]) -> None:
+    """The block at the end of postgresql.conf; settings of the same names in
+    postgresql.auto.conf, which is read after it, are commented out."""
+    effective, files = _effective(target)
+    settings: list[tuple[str, str, str]] = []  # name, value, why
+    if choices.port is not None:
+        settings.append(("port", str(choices.port), "--port" if "port" not in effective else
+                         f"was {effective['port'].value}"))
+    sockets = effective.get("unix_socket_directories")
+    if choices.socket_dir is not None:
+        settings.append(("unix_socket_directories", str(choices.socket_dir), "where --start puts the socket"))
+    elif sockets is not None and sockets.value.strip() and not all(
+            _writable(os.path.join(target, each.strip())) for each in sockets.value.split(",") if each.strip()):
+        settings.append(("unix_socket_directories", str(target), f"{sockets.value!r} is not writable here"))
+    cluster = effective.get("cluster_name")
+    if cluster is not None and cluster.value and not cluster.value.endswith("-restored"):
+        settings.append(("cluster_name", f"{cluster.value}-restored"[:63], f"was {cluster.value!r}"))
+    ssl = effective.get("ssl")
+    dropped: dict[str, str] = {}  # settings only commented out: the SSL files not on this host
+    if ssl is not None and ssl.value.lower() in _TRUE:
+        for key, default in _SSL_FILES.items():
+            value = effective[key].value if key in effective else default
+            if value and not os.access(target / value, os.R_OK):
+                dropped[key] = value
+        if dropped:
+            missing = ", ".join(f"{key} {value}" for key, value in dropped.items())
+            settings.append(("ssl", "off", f"{missing} not readable here"))
+    if not settings:
+        return
+    # One line sets each: the block's. Elsewhere they are commented out (in
+    # postgresql.auto.conf, read after the block, they would even win).
+    names = {name for name, _, _ in settings} | dropped.keys()
+    for path in files:
+        lines = path.read_text(errors="replace").splitlines()
+        kept = [_commented(line, "set at the end of postgresql.conf for the restored copy")
+                if (setting := parse_setting(line)) is not None and setting.name in names else line for line in lines]
+        if kept != lines:
+            durable.replace_file(path, "\n".join(kept) + "\n")
+    config = target / CONFIG
+    text = config.read_text(errors="replace")
+    if BLOCK_BEGIN in text:
+        text = text[: text.index(BLOCK_BEGIN)]
+    block = [BLOCK_BEGIN, *(f"{name} = {conf_quote(value)}\t# {why}" for name, value, why in settings), BLOCK_END]
+    durable.replace_file(config, text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n")
+    for name, value, why in settings:
+        say(f"  {CONFIG}: {name} = {value!r} ({why})")
+
+

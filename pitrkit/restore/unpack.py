@@ -1,0 +1,495 @@
+"""Writing a base backup back into a data directory: directories and tablespace links
+first, then the backup stream (the files' contents, concatenated in manifest order and
+cut into parts) reassembled into files, then `backup_label` and `tablespace_map`, all
+with the modes the manifest records, and made durable.
+
+Parts are fetched and written in parallel, out of order: a part's bytes go straight to
+their place in each file with pwrite(2), so nothing is staged and at most `workers` parts
+are in memory. A file is opened once, by whichever part reaches it first, and fsync'd and
+closed by whichever writes its last byte: a file may span many parts, and a part may hold
+thousands of small files.
+
+The restored directory must survive a machine crash like a real data directory: every
+file and every directory entry is fsync'd before `unpack` returns.
+
+A manifest is data from storage, and anyone who can write to the storage can write one,
+so what it makes restore write is contained. Its paths are plain relative paths (checked
+as it is decoded, see catalog/documents.py), and each file or directory sits in a directory the
+manifest lists or below a tablespace link (`check_manifest`), so nothing is written
+through a link but the pg_tblspc links restore makes itself. Those point only where the
+operator said (`--tablespace-map`) or at a tablespace's recorded location when that is
+an existing, empty directory of the restoring user (`check_tablespace_directory`):
+restore creates nothing outside the target directory on its own. Modes are masked to
+what PostgreSQL itself creates (directories 0700 and files 0600, or 0750 and 0640 in a
+cluster with group access): no setuid, setgid, sticky or world bit survives.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+from pitrkit.catalog.documents import BackupFile, BackupManifest, BackupPart, BackupTablespace
+from pitrkit.errors import PitrkitError, RefusedError, UsageError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.restore import durable
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive
+
+TABLESPACE_DIR = "pg_tblspc"
+# Written by us from the manifest, whatever the file list says: they are what makes the
+# server start from the backup's checkpoint and re-create the tablespace links.
+BACKUP_LABEL = "backup_label"
+TABLESPACE_MAP = "tablespace_map"
+_PRIVATE_DIR = 0o700
+_PRIVATE_FILE = 0o600
+_GROUP_DIR = 0o750
+_GROUP_FILE = 0o640
+
+
+class CorruptManifest(RefusedError):
+    """The manifest decodes but does not describe a stream that can be written back."""
+
+
+# --- tablespaces -------------------------------------------------------------------------
+
+
+class TablespaceMapping(NamedTuple):
+    """`--tablespace-map OLD=NEW`: OLD is a tablespace's original location or its name."""
+
+    old: str
+    new: Path
+
+
+class TablespaceTarget(NamedTuple):
+    tablespace: BackupTablespace
+    location: Path  # where it is restored: the mapped NEW, or its original location
+    mapped: bool = True  # by --tablespace-map; else its recorded location
+
+
+def parse_tablespace_mappings(texts: Iterable[str]) -> list[TablespaceMapping]:
+    mappings = []
+    for text in texts:
+        old, equals, new = text.partition("=")
+        if not equals or not old or not new:
+            raise UsageError(f"--tablespace-map {text!r}: expected OLD=NEW (a location or name, then a new directory)")
+        if not os.path.isabs(new):
+            # PostgreSQL stores tablespace locations as absolute paths.
+            raise UsageError(f"--tablespace-map {text!r}: NEW must be an absolute path")
+        mappings.append(TablespaceMapping(old, Path(os.path.normpath(new))))
+    return mappings
+
+
+def resolve_tablespaces(tablespaces: list[BackupTablespace], mappings: list[TablespaceMapping],
+                        backup_id: str) -> list[TablespaceTarget]:
+    """Where each tablespace of the backup goes. Refuses a mapping that names no
+    tablespace (a typo would otherwise restore into the original location, which may
+    be the live server's) and two tablespaces sharing a directory."""
+    chosen: dict[int, Path] = {}
+    for mapping in mappings:
+        matches = [ts for ts in tablespaces if mapping.old in (ts.location, ts.name)
+                   or os.path.normpath(mapping.old) == os.path.normpath(ts.location)]
+        if not matches:
+            known = ", ".join(f"{ts.name} ({ts.location})" for ts in tablespaces) or "none"
+            raise RefusedError(f"--tablespace-map {mapping.old}={mapping.new}: backup {backup_id} has no "
+                               f"tablespace at or named {mapping.old!r} (its tablespaces: {known})")
+        for tablespace in matches:
+            if tablespace.oid in chosen and chosen[tablespace.oid] != mapping.new:
+                raise UsageError(f"--tablespace-map: tablespace {tablespace.name} is mapped twice")
+            chosen[tablespace.oid] = mapping.new
+    targets = [TablespaceTarget(ts, chosen.get(ts.oid, Path(ts.location)), ts.oid in chosen) for ts in tablespaces]
+    seen: dict[Path, str] = {}
+    for target in targets:
+        if target.location in seen:
+            raise UsageError(f"tablespaces {seen[target.location]} and {target.tablespace.name} would both "
+                             f"be restored into {target.location}: map one of them elsewhere")
+        seen[target.location] = target.tablespace.name
+    return targets
+
+
+def rewrite_tablespace_map(text: str, locations: dict[int, Path]) -> str:
+    """The backup's `tablespace_map` with each link pointing at its restored location.
+    At startup PostgreSQL removes and re-creates every pg_tblspc link from this file, so
+    a stale location here would undo --tablespace-map. Paths are escaped the way
+    pg_backup_start writes them (a backslash before \\, CR and LF)."""
+    lines = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        oid_text, _, _old = line.partition(" ")
+        if not oid_text.isdigit() or int(oid_text) not in locations:
+            raise CorruptManifest(f"tablespace_map line {line!r} names no tablespace of the backup")
+        escaped = "".join("\\" + char if char in "\\\r\n" else char for char in str(locations[int(oid_text)]))
+        lines.append(f"{oid_text} {escaped}\n")
+    return "".join(lines)
+
+
+def check_absent_or_empty(path: Path, what: str) -> None:
+    """Refuse to write into anything that already has content: restoring over a live or
+    another cluster's files is the one mistake a restore must never make."""
+    try:
+        entries = os.listdir(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise RefusedError(f"{what} {path}: its parent directory {path.parent} does not exist") from None
+        return
+    except NotADirectoryError:
+        raise RefusedError(f"{what} {path} exists and is not a directory") from None
+    except PermissionError:
+        raise RefusedError(f"{what} {path}: permission denied") from None
+    if entries:
+        raise RefusedError(f"{what} {path} is not empty ({len(entries)} entries, e.g. {sorted(entries)[0]}): "
+                           "restore into an absent or empty directory")
+
+
+def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -> None:
+    """A mapped directory is the operator's: absent (restore creates it) or empty. A
+    recorded location comes from the manifest, which anyone able to write to the storage
+    could have written: restore uses it only as an existing, empty directory (not a link)
+    of the restoring user, so that nothing is created or taken over outside the target
+    directory that the operator did not prepare. Neither may hold the data directory or
+    lie inside it (the empty parent of a target directory still to be created is no
+    place for a tablespace)."""
+    location, data = Path(os.path.realpath(target.location)), Path(os.path.realpath(data_directory))
+    if location.is_relative_to(data) or data.is_relative_to(location):
+        where = "is" if location == data else "is inside" if location.is_relative_to(data) else "holds"
+        raise RefusedError(f"tablespace {target.tablespace.name or target.tablespace.oid!r} would be restored into "
+                           f"{str(target.location)!r}, which {where} the target directory {data_directory}: map it "
+                           "elsewhere with --tablespace-map")
+    if target.mapped:
+        check_absent_or_empty(target.location, f"tablespace {target.tablespace.name}'s directory")
+        return
+    tablespace = target.tablespace
+    location = target.location
+    try:
+        status = os.lstat(location)
+    except FileNotFoundError:
+        why = "does not exist"
+    except OSError as exc:
+        why = f"cannot be checked ({exc.strerror})"
+    else:
+        if stat.S_ISLNK(status.st_mode):
+            why = "is a symbolic link"
+        elif not stat.S_ISDIR(status.st_mode):
+            why = "is not a directory"
+        elif status.st_uid != os.geteuid():
+            why = "belongs to another user"
+        else:
+            try:
+                why = "is not empty" if os.listdir(location) else ""
+            except OSError as exc:
+                why = f"cannot be listed ({exc.strerror})"
+    if why:
+        raise RefusedError(
+            f"tablespace {tablespace.name or tablespace.oid!r} was at {str(location)!r}, which {why}: restore "
+            f"writes a tablespace only into a directory --tablespace-map gives (--tablespace-map "
+            f"{tablespace.name or location}=NEW_DIRECTORY) or into its recorded location when that is an "
+            "existing, empty directory of the restoring user")
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+
+def check_manifest(manifest: BackupManifest) -> None:
+    """What the decoding checks cannot see, one field at a time (catalog/documents.py): the parts
+    are this backup's objects, the tablespaces are distinct and the tablespace_map names
+    only them, every file and directory sits in a listed directory or below a tablespace
+    link (so no write goes through anything but the links restore makes), the counts add
+    up. Raises CorruptManifest before anything is written."""
+    where = f"backup {manifest.backup_id}'s manifest"
+    prefix = f"backups/{manifest.backup_id}/data/"
+    for part in manifest.parts:
+        key = part.key
+        if not key.startswith(prefix) or "\0" in key or any(name in ("", ".", "..") for name in key.split("/")):
+            raise CorruptManifest(f"{where} lists part {key!r}, which is not an object of that backup")
+    oids = [tablespace.oid for tablespace in manifest.tablespaces]
+    if len(set(oids)) != len(oids):
+        raise CorruptManifest(f"{where} lists a tablespace twice")
+    links = {f"{TABLESPACE_DIR}/{oid}" for oid in oids}
+    containers = {directory.path for directory in manifest.directories} | links
+    for path in [directory.path for directory in manifest.directories if directory.path] + \
+            [file.path for file in manifest.files]:
+        parent = path.rpartition("/")[0]
+        if parent not in containers:
+            raise CorruptManifest(f"{where} lists {path!r}, whose directory {parent!r} it does not list")
+    for file in manifest.files:
+        if file.path in containers:
+            raise CorruptManifest(f"{where} lists {file.path!r} both as a file and as a directory or tablespace link")
+    if manifest.file_count != len(manifest.files) or manifest.size != sum(file.size for file in manifest.files):
+        raise CorruptManifest(f"{where} says {manifest.file_count} files and {manifest.size} bytes, but lists "
+                              f"{len(manifest.files)} files of {sum(file.size for file in manifest.files)} bytes")
+    if manifest.tablespace_map:
+        rewrite_tablespace_map(manifest.tablespace_map,
+                               {tablespace.oid: Path(tablespace.location) for tablespace in manifest.tablespaces})
+
+
+class Modes(NamedTuple):
+    """What PostgreSQL creates in a cluster: 0700/0600, or 0750/0640 with group access
+    (a data directory of 0750). The manifest's modes are masked with these."""
+
+    directory: int
+    file: int
+
+    @classmethod
+    def of(cls, manifest: BackupManifest) -> Modes:
+        root = next((directory.mode for directory in manifest.directories if not directory.path), _PRIVATE_DIR)
+        # PostgreSQL starts only on a data directory of mode 0700, or 0750 for group access.
+        return cls(_GROUP_DIR, _GROUP_FILE) if root & 0o077 == 0o050 else cls(_PRIVATE_DIR, _PRIVATE_FILE)
+
+    def for_directory(self, mode: int) -> int:
+        return mode & self.directory | _PRIVATE_DIR  # restore writes into it
+
+    def for_file(self, mode: int) -> int:
+        return mode & self.file
+
+
+# --- the stream ----------------------------------------------------------------------------
+
+
+class Slice(NamedTuple):
+    """`length` bytes of file number `file`, at `file_offset` in it and `part_offset` in
+    the part that holds them."""
+
+    file: int
+    file_offset: int
+    part_offset: int
+    length: int
+
+
+def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[list[Slice]]:
+    """For each part, the file slices it holds. The files must tile the stream exactly:
+    each non-empty file starts where the previous one ended, and the last one ends at
+    the end of the last part; anything else is a corrupt manifest."""
+    by_part: list[list[Slice]] = [[] for _ in parts]
+    part, offset = 0, 0
+
+    def skip_full_parts() -> None:
+        nonlocal part, offset
+        while part < len(parts) and offset == parts[part].size:
+            part, offset = part + 1, 0
+
+    skip_full_parts()
+    for index, file in enumerate(files):
+        if file.size == 0:
+            continue
+        if (file.part, file.offset) != (part, offset):
+            raise CorruptManifest(f"manifest: {file.path} starts at part {file.part} offset {file.offset}, "
+                                  f"but the previous file ends at part {part} offset {offset}")
+        written = 0
+        while written < file.size:
+            if part >= len(parts):
+                raise CorruptManifest(f"manifest: {file.path} runs past the last part")
+            length = min(file.size - written, parts[part].size - offset)
+            by_part[part].append(Slice(index, written, offset, length))
+            written += length
+            offset += length
+            skip_full_parts()
+    if part != len(parts):
+        raise CorruptManifest(f"manifest: part {part} holds bytes that belong to no file")
+    return by_part
+
+
+class _OpenFile:
+    __slots__ = ("fd", "pending")
+
+    def __init__(self, pending: int) -> None:
+        self.fd = -1
+        self.pending = pending  # slices not yet written
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def _finish_file(fd: int, file: BackupFile, modes: Modes) -> None:
+    """Mode, mtime, fsync, close: the file is complete and durable."""
+    try:
+        os.fchmod(fd, modes.for_file(file.mode))
+        os.utime(fd, (file.mtime, file.mtime))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StreamWriter:
+    """Writes parts into the files of one data directory, from many threads."""
+
+    def __init__(self, root: Path, files: list[BackupFile], slices: list[list[Slice]], modes: Modes) -> None:
+        self.root = root
+        self.modes = modes
+        self.files = files
+        self.slices = slices
+        pending = [0] * len(files)
+        for part_slices in slices:
+            for piece in part_slices:
+                pending[piece.file] += 1
+        self._open = {index: _OpenFile(count) for index, count in enumerate(pending) if count}
+        self._lock = threading.Lock()
+
+    def create_empty_files(self) -> None:
+        for file in self.files:
+            if file.size == 0:
+                _finish_file(self._create(file), file, self.modes)
+
+    def _create(self, file: BackupFile) -> int:
+        path = self.root / file.path
+        try:
+            # O_EXCL: the directory started empty, so an existing file is a manifest
+            # naming a path twice.
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE_FILE)
+        except FileExistsError:
+            raise CorruptManifest(f"manifest lists {file.path} twice") from None
+        except OSError as exc:
+            raise PitrkitError(f"cannot create {path}: {exc.strerror}") from None
+
+    def write_part(self, number: int, data: bytes) -> None:
+        view = memoryview(data)
+        for piece in self.slices[number]:
+            file = self.files[piece.file]
+            entry = self._open[piece.file]
+            with self._lock:
+                if entry.fd < 0:
+                    entry.fd = self._create(file)
+                fd = entry.fd
+            try:
+                _write_all(fd, view[piece.part_offset : piece.part_offset + piece.length], piece.file_offset)
+            except OSError as exc:
+                raise PitrkitError(f"cannot write {self.root / file.path}: {exc.strerror}") from None
+            with self._lock:
+                entry.pending -= 1
+                last = entry.pending == 0
+                if last:
+                    entry.fd = -1
+            if last:
+                try:
+                    _finish_file(fd, file, self.modes)
+                except OSError as exc:
+                    raise PitrkitError(f"cannot finish {self.root / file.path}: {exc.strerror}") from None
+
+    def close_unfinished(self) -> None:
+        """After a failure: close whatever is still open (the directory is incomplete)."""
+        with self._lock:
+            for entry in self._open.values():
+                if entry.fd >= 0:
+                    os.close(entry.fd)
+                    entry.fd = -1
+
+
+def read_part(archive: Archive, part: BackupPart) -> bytes:
+    """The verified plaintext of one part: `objects.decode` checks it against the
+    object's own header; the manifest's size and checksum must match too, so a part
+    swapped for another backup's is caught."""
+    try:
+        blob = archive.get(part.key)
+    except ObjectNotFound:
+        raise RefusedError(f"backup part {part.key} is missing from the archive") from None
+    try:
+        data = objects.decode(part.key, blob, archive.plugins.compressor, archive.cipher())
+        header, _ = objects.read_header(part.key, blob)
+    except objects.CorruptObject as exc:
+        raise RefusedError(str(exc)) from None
+    if len(data) != part.size or header.sha256.hex() != part.sha256:
+        raise RefusedError(f"backup part {part.key} is not the one the manifest lists "
+                           f"({len(data)} bytes, sha256 {header.sha256.hex()[:16]}...)")
+    return data
+
+
+# --- the whole directory ---------------------------------------------------------------------
+
+
+def _mkdir(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(mode=_PRIVATE_DIR, exist_ok=True)
+        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise PitrkitError(f"cannot create directory {path}: {exc.strerror}") from None
+
+
+
+
+def make_directories(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget],
+                     masks: Modes) -> list[Path]:
+    """Create the directory tree, parents first, and the tablespace links; returns every
+    directory whose entries change (to fsync at the end)."""
+    modes = {directory.path: masks.for_directory(directory.mode) for directory in manifest.directories}
+    links = {f"{TABLESPACE_DIR}/{target.tablespace.oid}": target for target in tablespaces}
+    _mkdir(root, masks.directory)
+    touched = [root.parent, root]
+    if tablespaces or TABLESPACE_DIR in modes:
+        _mkdir(root / TABLESPACE_DIR, modes.get(TABLESPACE_DIR, masks.directory))
+        touched.append(root / TABLESPACE_DIR)
+    # The links before anything below them: tablespace files are written through them.
+    for link, target in links.items():
+        _mkdir(target.location, modes.get(link, masks.directory))
+        try:
+            os.symlink(target.location, root / link)
+        except OSError as exc:
+            raise PitrkitError(f"cannot link {root / link} to {target.location}: {exc.strerror}") from None
+        touched += [target.location.parent, target.location]
+    for path in sorted(modes, key=lambda p: p.count("/")):
+        if path and path not in links and path != TABLESPACE_DIR:
+            _mkdir(root / path, modes[path])
+            touched.append(root / path)
+    return touched
+
+
+def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: list[TablespaceTarget],
+           workers: int, advance: Callable[[int], None]) -> None:
+    """Write the backup into `root` (absent or empty; its parent exists) and the
+    tablespace locations; return once all of it is durable. `advance(n)` is called with
+    the plaintext bytes of each part written."""
+    check_manifest(manifest)
+    slices = slices_by_part(manifest.files, manifest.parts)
+    modes = Modes.of(manifest)
+    touched = make_directories(root, manifest, tablespaces, modes)
+    writer = StreamWriter(root, manifest.files, slices, modes)
+    try:
+        writer.create_empty_files()
+        _write_parts(archive, manifest.parts, writer, workers, advance)
+    finally:
+        writer.close_unfinished()
+    try:
+        durable.write_file(root / BACKUP_LABEL, manifest.backup_label, _PRIVATE_FILE)
+        if manifest.tablespace_map:
+            locations = {target.tablespace.oid: target.location for target in tablespaces}
+            durable.write_file(root / TABLESPACE_MAP, rewrite_tablespace_map(manifest.tablespace_map, locations),
+                               _PRIVATE_FILE)
+        for directory in dict.fromkeys(touched):
+            durable.fsync_directory(directory)
+    except OSError as exc:
+        raise PitrkitError(f"cannot finish {root}: {exc.filename}: {exc.strerror}") from None
+
+
+def _write_parts(archive: Archive, parts: list[BackupPart], writer: StreamWriter, workers: int,
+                 advance: Callable[[int], None]) -> None:
+    # A part is fetched only when a worker is free to write it, so memory holds at most
+    # `workers` parts being written and none waiting; after a failure nothing new starts.
+    free = threading.Semaphore(workers)
+    failed = threading.Event()
+
+    def restore(number: int, part: BackupPart) -> None:
+        try:
+            writer.write_part(number, read_part(archive, part))
+            advance(part.size)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            free.release()
+
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+        for number, part in enumerate(parts):
+            free.acquire()
+            if failed.is_set():
+                break
+            futures.append(pool.submit(restore, number, part))
+    for future in futures:
+        future.result()

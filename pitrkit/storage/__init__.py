@@ -1,0 +1,1 @@
+"""The archive and what it is stored on."""

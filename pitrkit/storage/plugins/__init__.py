@@ -1,0 +1,88 @@
+"""The plugin manager: built-in plugins and, on demand, third-party ones by name.
+
+Built-ins register through the same hooks as anyone else. A third-party plugin is
+imported only when the configuration asks for something no registered plugin provides
+(a URL scheme, a compression algorithm): then the `pitrkit.plugins` entry point of that
+name is loaded. Nothing scans installed distributions on the way to a local archive,
+because `wal-push` runs once per WAL segment and its start-up time is the budget.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pluggy
+
+from pitrkit import hookspecs
+from pitrkit.errors import ConfigError, PluginError
+
+ENTRY_POINT_GROUP = "pitrkit.plugins"
+BUILTIN_PLUGINS = (
+    "pitrkit.storage.plugins.local",
+    "pitrkit.storage.plugins.compression",
+    "pitrkit.storage.plugins.encryption",
+)
+
+
+class Plugins:
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager("pitrkit")
+        self.manager.add_hookspecs(hookspecs)
+        for module in BUILTIN_PLUGINS:
+            self.manager.register(importlib.import_module(module), name=module)
+
+    def storage(self, url: str, timeout: float) -> hookspecs.Storage:
+        if "://" in url:
+            scheme = url.partition("://")[0]
+        elif url.startswith("/"):
+            scheme = "file"
+        else:
+            raise ConfigError(f"repository.url must be a URL such as file:///var/lib/pitrkit/archive "
+                              f"or an absolute path, not {url!r}")
+        try:
+            backend = self._first(lambda: self.manager.hook.pitrkit_storage(url=url, timeout=timeout), scheme)
+        except ValueError as exc:
+            raise ConfigError(f"repository.url: {exc}") from None
+        if backend is None:
+            raise PluginError(f"the plugin {scheme!r} does not handle the URL {url!r}")
+        return backend
+
+    def compressor(self, name: str, level: int = 3, threads: int = 0) -> hookspecs.Compressor:
+        try:
+            compressor = self._first(
+                lambda: self.manager.hook.pitrkit_compressor(name=name, level=level, threads=threads), name
+            )
+        except ValueError as exc:
+            raise ConfigError(f"compression: {exc}") from None
+        if compressor is None:
+            raise PluginError(f"the plugin {name!r} provides no compressor of that name")
+        return compressor
+
+    def cipher(self, settings: dict, archive_parameters: dict) -> hookspecs.Cipher:
+        """The cipher for an `[encryption]` section whose mode is not "off"."""
+        try:
+            cipher = self.manager.hook.pitrkit_cipher(settings=settings, archive_parameters=archive_parameters)
+        except ValueError as exc:
+            raise ConfigError(f"encryption: {exc}") from None
+        if cipher is None:
+            raise PluginError(f"no plugin provides encryption mode {settings.get('mode')!r}")
+        return cipher
+
+    def _first(self, call, name: str):
+        """Ask the registered plugins; if none answers, load the entry point `name` and ask again."""
+        result = call()
+        if result is None:
+            self._load_entry_point(name)
+            result = call()
+        return result
+
+    def _load_entry_point(self, name: str) -> None:
+        try:
+            loaded = self.manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+        except Exception as exc:  # a broken third-party plugin must not become a traceback
+            raise PluginError(f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from None
+        if not loaded:
+            raise PluginError(
+                f"no plugin for {name!r}: install a distribution that provides the "
+                f"'{ENTRY_POINT_GROUP}' entry point {name!r}"
+            )

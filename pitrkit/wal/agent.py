@@ -1,0 +1,368 @@
+"""`pitrkit agent`: the long-lived process that serves wal-push and wal-fetch for one
+configuration file, so that each call PostgreSQL makes skips Python's imports and the
+archive's set-up (entry.py explains the why, and holds the client side).
+
+Safety rests on three rules. The agent answers only after the work is done exactly as
+in-process (same functions, same exit codes), so "exit 0" still means durable. It serves
+only its own user: over a socket in a directory private to that user, created under its
+own umask (0077, whatever umask PostgreSQL or a shell passed on), and only to a peer
+whose uid the kernel reports (SO_PEERCRED) as its own. And any doubt (another agent holds
+the lock, the request is for another configuration, the agent was disabled) is answered
+by declining, which makes the client do the work itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+from pitrkit import entry
+from pitrkit.catalog.documents import ArchiveIdentity
+from pitrkit.config import Config, load
+from pitrkit.errors import PitrkitError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.postgres.wal import WalFileName
+from pitrkit.storage.archive import Archive, wal_key
+from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
+from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
+from pitrkit.wal.push import push
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST = 64 << 10
+_REQUEST_TIMEOUT = 10.0
+# Marks a log record that is about the agent's own work, not the request being served.
+_NOT_THE_REQUESTS = "pitrkit_not_the_requests"
+
+
+class _RequestLog(logging.Handler):
+    """Collects the log lines of the request being served on this thread, so that they
+    reach PostgreSQL's log through the client's stderr, as they would in-process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("pitrkit: %(levelname)s: %(message)s"))
+        self.lines = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = getattr(self.lines, "value", None)
+        if lines is not None and not getattr(record, _NOT_THE_REQUESTS, False):
+            lines.append(self.format(record))
+
+
+class _Serving(NamedTuple):
+    """What one configuration needs to serve requests; replaced whole on reload."""
+
+    archive: Archive
+    pushes: Ahead
+    fetches: Ahead
+    # Directories segments have been spooled into (see fetch.spool).
+    spool_directories: set[Path]
+
+    def close(self, wait: bool) -> None:
+        self.pushes.close(wait)
+        self.fetches.close(wait)
+
+
+class Agent:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.encoded_path = os.fsencode(str(config_path))
+        self.socket_path = entry.socket_path(self.encoded_path)
+        self._stamp: tuple[int, ...] | None = None
+        self._serving: _Serving | None = None
+        self._config_error: PitrkitError | None = None
+        self._reload_lock = threading.Lock()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._request_log = _RequestLog()
+        logging.getLogger("pitrkit").addHandler(self._request_log)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _current(self) -> _Serving:
+        """What serves the configuration as it is on disk now: a changed file is
+        reloaded before the next request is served, never in the middle of one."""
+        stamp = file_stamp(self.config_path)
+        with self._reload_lock:
+            if stamp is None or stamp != self._stamp:
+                self._stamp = stamp
+                self._close(wait=False)
+                self._config_error = None
+                try:
+                    # Pushes ahead one at a time, as zstd already uses every core; fetches
+                    # two at a time, so that storage latency and decompression overlap.
+                    archive = Archive(load(self.config_path))
+                    self._serving = _Serving(archive, Ahead(1, "push-ahead"),
+                                             Ahead(2, "fetch-ahead", discard=remove_spooled), set())
+                except PitrkitError as exc:
+                    self._config_error = exc
+            if self._config_error is not None:
+                raise self._config_error
+            assert self._serving is not None
+            return self._serving
+
+    def _close(self, wait: bool) -> None:
+        if self._serving is not None:
+            self._serving.close(wait)
+            self._serving = None
+
+    def _config(self) -> Config | None:
+        try:
+            return self._current().archive.config
+        except PitrkitError:
+            return None
+
+    # -- serving -----------------------------------------------------------------------
+
+    def serve(self) -> str:
+        # Everything the agent creates (directory, lock, socket, spooled segments) is
+        # its user's alone; the socket's mode, above all, is what bind() leaves it.
+        os.umask(0o077)
+        directory = os.path.dirname(self.socket_path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not entry.private_directory(directory):
+            raise PitrkitError(f"agent socket directory {directory} is not private to this user; not serving")
+        lock = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "another agent serves this configuration"
+        config = self._config()
+        if config is None or not config.agent.enabled:
+            return "the agent is disabled or the configuration is invalid; not serving"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                os.unlink(self.socket_path)  # a stale socket: its agent is gone, we hold the lock
+            except FileNotFoundError:
+                pass
+            listener.bind(self.socket_path)
+            listener.listen(16)
+            self._accept_until_idle(listener)
+        finally:
+            self._close(wait=True)
+            # Unlink before closing: a client must never connect to a socket nobody serves.
+            try:
+                os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
+            listener.close()
+            os.close(lock)
+        return "agent stopped"
+
+    def _accept_until_idle(self, listener: socket.socket) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            config = self._config()
+            if config is None or not config.agent.enabled:
+                return
+            listener.settimeout(config.agent.idle_timeout)
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                if self._active == 0 and not self._busy_ahead():
+                    return
+                continue
+            threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
+
+    def _busy_ahead(self) -> bool:
+        serving = self._serving
+        return serving is not None and bool(serving.pushes.pending() or serving.fetches.pending())
+
+    def _serve_connection(self, connection: socket.socket) -> None:
+        with self._active_lock:
+            self._active += 1
+        try:
+            with connection:
+                peer = _peer_uid(connection)
+                if peer != os.geteuid():
+                    # Only reachable if someone opened up the directory or the socket:
+                    # the reply to another user is no reply (its client works in-process).
+                    log.warning("agent: refused a connection from uid %s: it serves uid %d only", peer, os.geteuid())
+                    return
+                connection.settimeout(_REQUEST_TIMEOUT)
+                request = _receive(connection)
+                reply = self._answer(request) if request is not None else b""
+                connection.settimeout(None)
+                connection.sendall(reply)
+        except OSError as exc:
+            log.debug("agent: connection failed: %s", exc)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def _answer(self, request: list[bytes]) -> bytes:
+        """The reply to one request; b"" declines it (the client then works in-process)."""
+        from pitrkit.cli import outcome
+
+        if len(request) < 3 or request[0] != entry.PROTOCOL or request[1] != self.encoded_path:
+            return b""
+        command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]
+        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)):
+            return b""
+        config = self._config()
+        if config is not None and not config.agent.enabled:
+            return b""
+
+        def work() -> str:
+            serving = self._current()  # raises the configuration's error, if any
+            if command == b"wal-push":
+                return _push(serving, Path(args[0]))
+            return _fetch(serving, args[0], Path(args[1]))
+
+        lines: list[str] = []
+        self._request_log.lines.value = lines
+        try:
+            code, message = outcome(work, fetching=command == b"wal-fetch")
+        finally:
+            self._request_log.lines.value = None
+        text = "".join(f"{line}\n" for line in [*lines, message] if line)
+        return f"{code}\0{text}".encode()
+
+
+def _push(serving: _Serving, path: Path) -> str:
+    archive = serving.archive
+    ahead = _done_ahead(serving.pushes, path, file_stamp(path))
+    if ahead is None or not _still_stored(archive, path, ahead[1]):
+        summary = push(archive, path)
+    else:
+        summary = ahead[0]
+    with _beside_the_request(f"pushing ahead after {path.name}"):
+        for ready in ready_after(path, archive.config.agent.lookahead):
+            serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
+    return summary
+
+
+def _push_ahead(archive: Archive, path: Path) -> tuple[str, ArchiveIdentity]:
+    """A push done ahead, and the archive.json it began with."""
+    identity = archive.identity(fresh=True)
+    return push(archive, path), identity
+
+
+def _still_stored(archive: Archive, path: Path, pushed_into: ArchiveIdentity) -> bool:
+    """A push done ahead can be up to a minute old, and the archive may have been wiped,
+    re-created, unmounted or swapped for another since, or the object removed;
+    PostgreSQL recycles the segment once we say 0. So archive.json is read again (gone:
+    ArchiveMissing, the push is refused) and must be the one the push went into, and
+    the object must be there."""
+    if archive.identity(fresh=True) != pushed_into:
+        return False
+    try:
+        archive.stat(wal_key(WalFileName.parse(path.name)))
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def _fetch(serving: _Serving, name: str, destination: Path) -> str:
+    archive = serving.archive
+    directory = destination.parent
+    spooled = _done_ahead(serving.fetches, (name, directory), None)
+    summary = restore_spooled(spooled, name, destination) if spooled is not None else None
+    if summary is None:
+        summary = restore(read_for_recovery(archive, name), name, destination)
+    if archive.config.agent.lookahead:
+        with _beside_the_request(f"reading ahead after {name}"):
+            try:
+                segment_size = archive.identity().wal_segment_size
+            except PitrkitError:
+                return summary
+            if directory not in serving.spool_directories:
+                serving.spool_directories.add(directory)
+                remove_stale_spool(directory)
+            for upcoming in segments_after(name, segment_size, archive.config.agent.lookahead):
+                job = functools.partial(spool, archive, upcoming, directory)
+                serving.fetches.schedule((upcoming, directory), None, job)
+    return summary
+
+
+@contextmanager
+def _beside_the_request(what: str) -> Iterator[None]:
+    """Scheduling work ahead once the request's own work is done. It can fail (the pool
+    shut down by a reload while this request ran, a fault while choosing what to do)
+    without changing the request's answer: its exit code and stderr are the request's,
+    and the failure goes to the agent's log only."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc, extra={_NOT_THE_REQUESTS: True})
+
+
+def _done_ahead(ahead: Ahead, key: object, stamp: object):
+    """The result of work done ahead for `key`, or None if there is none to trust (none
+    was done, it is stale, or it failed: the caller then does the work itself, so that a
+    failure is reported exactly as without look-ahead)."""
+    future = ahead.take(key, stamp)
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:
+        log.debug("work done ahead for %s failed (%s); doing it again", key, exc)
+        return None
+
+
+_PEER_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_uid(connection: socket.socket) -> int:
+    """The uid of the process at the other end, as the kernel recorded it at connect()."""
+    _, uid, _ = _PEER_CREDENTIALS.unpack(
+        connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size))
+    return uid
+
+
+def _receive(connection: socket.socket) -> list[bytes] | None:
+    chunks, size = [], 0
+    while chunk := connection.recv(65536):
+        size += len(chunk)
+        if size > _MAX_REQUEST:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks).split(b"\0")
+
+
+def serve(config_path: Path) -> str:
+    return Agent(config_path).serve()
+
+
+def start(config_path: Path) -> None:
+    """Start an agent for `config_path` in the background, fully detached (its own
+    session, no terminal, stdio on /dev/null), and return at once. If another agent
+    wins the race, the newcomer sees the lock and exits.
+
+    Not when the socket directory exists but is not private to this user (another user
+    made it first, it is a symlink, or it is open to others): no agent could serve from
+    it, and the caller keeps working in-process, with this one warning per call."""
+    directory = os.path.dirname(entry.socket_path(os.fsencode(str(config_path))))
+    if os.path.lexists(directory) and not entry.private_directory(directory):
+        log.warning("agent socket directory %s is not a directory private to uid %d (another user's, a symlink, or "
+                    "open to others): working without the agent; remove it or set XDG_RUNTIME_DIR",
+                    directory, os.geteuid())
+        return
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:  # the intermediate child: detach, fork the agent, exit
+        os.setsid()
+        os.chdir("/")  # hold no directory busy (an unmount of the caller's cwd must work)
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for descriptor in (0, 1, 2):
+                os.dup2(devnull, descriptor)
+            os.execv(sys.executable, [sys.executable, "-m", "pitrkit", "--config", str(config_path), "agent"])
+    finally:
+        os._exit(0)

@@ -1,0 +1,207 @@
+"""`pitrkit wal-fetch NAME DEST`: PostgreSQL's restore_command.
+
+The exit code is the contract with the startup process. 0: DEST holds the verified file.
+1: the archive answered that it does not have NAME, which PostgreSQL takes as "end of
+archived WAL". Anything else must not look like that, or a fault (storage down, a
+corrupt object, a broken configuration) would end recovery early and promote the server
+at the wrong point; so every other failure exits 126, which makes PostgreSQL abort
+recovery instead (it treats exit codes above 125 as fatal). An archive without its
+`archive.json` is such a fault: "not found" from it means nothing.
+
+A segment that is not archived yet may still be in the archive as `<segment>.partial`:
+the open segment a streaming receiver (`pitrkit wal-receive`) ships every few seconds.
+When it is the newest WAL of its timeline, its content is served under the segment's
+name: PostgreSQL replays it to where its WAL ends, asks for the next segment, is told
+there is none, and ends recovery there, with every transaction the partial holds. A
+partial with later WAL after it is a leftover, and a full segment always wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+from pitrkit.errors import NotInArchive, PitrkitError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.postgres.wal import (
+    InvalidSegment,
+    SegmentName,
+    WalFileKind,
+    WalFileName,
+    read_page_header,
+    segments_per_log,
+)
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive, wal_folder, wal_key
+
+log = logging.getLogger(__name__)
+
+# Segments fetched ahead (by the agent, see wal/lookahead.py) wait under this prefix in the
+# directory of the request's destination: on the same file system, so that serving one
+# is a rename. PostgreSQL ignores files in pg_wal whose names are not WAL file names.
+SPOOL_PREFIX = ".pitrkit-ahead."
+
+
+class Fetched(NamedTuple):
+    """What a request for a WAL file is answered with."""
+
+    data: bytes
+    # The stored object the data came from when it is not the one named: the segment's
+    # newest partial.
+    partial: str | None = None
+
+
+def fetch(archive: Archive, name: str, destination: Path) -> str:
+    """Restore the archived WAL file `name` to `destination`; returns a summary."""
+    return restore(read_for_recovery(archive, name), name, destination)
+
+
+def read(archive: Archive, name: str) -> bytes:
+    """The verified content of the archived WAL file `name`, exactly that object."""
+    file = WalFileName.parse(name)
+    return _read_verified(archive, wal_key(file), archive.config.repository.retries)
+
+
+def read_for_recovery(archive: Archive, name: str) -> Fetched:
+    """What recovery gets when it asks for `name`: the archived file, else, for a
+    segment, its partial if that is the newest WAL of its timeline. Only the request
+    itself may decide that: a partial read ahead could be overtaken by its full segment
+    before PostgreSQL asks, and would then end recovery early."""
+    try:
+        try:
+            return Fetched(read(archive, name))
+        except NotInArchive:
+            file = WalFileName.parse(name)
+            if file.kind != WalFileKind.SEGMENT:
+                raise
+            return _read_newest_partial(archive, file)
+    except NotInArchive:
+        # "Not archived" ends recovery, so only an archive that is there may say it: an
+        # unmounted file system or an empty bucket prefix answers "not found" for every
+        # name. Read afresh, never a copy cached before the storage went away.
+        archive.identity(fresh=True)  # ArchiveMissing: a fault, exit 126
+        raise
+
+
+def restore(fetched: Fetched, name: str, destination: Path) -> str:
+    _write_atomically(destination, fetched.data)
+    if fetched.partial is not None:
+        return (f"restored {name} from {fetched.partial}, the newest WAL of its timeline: "
+                f"{len(fetched.data)} bytes; recovery ends within it")
+    return f"restored {name}: {len(fetched.data)} bytes"
+
+
+def spool(archive: Archive, name: str, directory: Path) -> Path:
+    """Fetch `name` before it is asked for into a spool file in `directory`. Only the
+    object itself, never a partial standing in for it (see read_for_recovery)."""
+    path = directory / f"{SPOOL_PREFIX}{name}"
+    _write_atomically(path, read(archive, name))
+    return path
+
+
+def restore_spooled(spooled: Path, name: str, destination: Path) -> str | None:
+    """Move a spooled file to `destination`; None if the spool file is gone."""
+    try:
+        os.replace(spooled, destination)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PitrkitError(f"cannot move {spooled} to {destination}: {exc.strerror}") from None
+    return f"restored {name}: fetched ahead"
+
+
+def remove_spooled(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("cannot remove spool file %s: %s", path, exc)
+
+
+def remove_stale_spool(directory: Path) -> None:
+    """Remove spool files an earlier agent left behind (it was killed, say)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(SPOOL_PREFIX):
+            remove_spooled(directory / name)
+
+
+def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
+    """`<segment>.partial`, padded to a whole segment, if no later WAL of the timeline is
+    stored; else NotInArchive. Costs one listing of the segment's folder, and of the next
+    folder for the last segment of a 4 GiB log (stored names sort in WAL order)."""
+    partial = WalFileName.parse(f"{file.name}.partial")
+    stored = {info.key.rpartition("/")[2] for info in archive.list_folder(wal_folder(file.name)).objects}
+    if file.name in stored:
+        return Fetched(read(archive, file.name))  # archived since we asked: the full segment wins
+    absent = f"{file.name} is not in the archive {archive.storage.url}"
+    if partial.name not in stored:
+        raise NotInArchive(absent)
+    not_newest = NotInArchive(f"{absent}; its {partial.name} is, but later WAL of timeline {file.timeline} "
+                              "is stored too, so it is not where the timeline ends")
+    # [:24]: the segment part of segment, `.partial` and `.backup` names alike.
+    if any(name[:24] > file.name for name in stored):
+        raise not_newest
+    try:
+        data = _read_verified(archive, wal_key(partial), archive.config.repository.retries)
+    except NotInArchive:
+        # Deleted since the listing: the receiver stores the full segment first, then
+        # removes the partial.
+        return Fetched(read(archive, file.name))
+    try:
+        header = read_page_header(data)
+        following = SegmentName.parse(file.segment, header.segment_size).next()
+    except (InvalidSegment, PitrkitError) as exc:
+        raise PitrkitError(f"{partial.name} in the archive is not a WAL segment: {exc}") from None
+    if len(data) > header.segment_size:
+        raise PitrkitError(f"{partial.name} in the archive is longer than a segment "
+                           f"({len(data)} bytes; its header says {header.segment_size})")
+    if following.segno % segments_per_log(header.segment_size) == 0:
+        if archive.list_folder(wal_folder(following.name)).objects:
+            raise not_newest
+    # PostgreSQL refuses a restored segment of the wrong size. Zeros past the end of the
+    # WAL are what pg_receivewal pads with, and replay reads them as the end.
+    return Fetched(data.ljust(header.segment_size, b"\0"), partial.name)
+
+
+
+def _read_verified(archive: Archive, key: str, retries: int) -> bytes:
+    """The object's plaintext. A corrupt read may be a transfer fault, so the object is
+    read again a bounded number of times before it is declared corrupt."""
+    attempt = 0
+    while True:
+        try:
+            blob = archive.get(key)
+        except ObjectNotFound:
+            raise NotInArchive(f"{key.rpartition('/')[2]} is not in the archive {archive.storage.url}") from None
+        try:
+            return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
+        except objects.CorruptObject as exc:
+            if attempt == retries:
+                raise PitrkitError(str(exc)) from None
+            attempt += 1
+            log.warning("%s; reading it again", exc)
+
+
+def _write_atomically(destination: Path, data: bytes) -> None:
+    """Write beside the destination, then rename: PostgreSQL must never see a partial
+    file under the name it asked for. No fsync: a restored file that a crash loses is
+    simply fetched again when recovery restarts."""
+    # Unique per process and thread: two fetches of one file (a retry racing a slow
+    # first attempt) must not write into the same temporary file.
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.{threading.get_ident()}.pitrkit.tmp")
+    try:
+        with open(temporary, "wb") as target:
+            target.write(data)
+        os.replace(temporary, destination)
+    except OSError as exc:
+        try:
+            temporary.unlink()
+        except OSError:
+            pass
+        raise PitrkitError(f"cannot write {destination}: {exc.strerror}") from None

@@ -1,0 +1,148 @@
+"""`pitrkit wal-push PATH`: PostgreSQL's archive_command.
+
+Exit 0 means the file is durable in the archive. Before storing, the file is checked:
+the archive must exist (its `archive.json`, which `pitrkit init` creates, is read again
+for every push); a segment must be valid WAL whose page address matches its name and
+whose system identifier matches the archive's; a history or backup file must parse. An identical
+object under the same name is success (PostgreSQL re-runs archive_command after a crash
+between storing and marking `.done`); different content under that name is refused and
+the stored object is never replaced.
+
+One exception: `<segment>.partial`, the open segment `wal-receive` re-ships every few
+seconds. A new partial replaces the stored one when it extends it (the stored WAL is a
+prefix of the new content); one that the stored partial already extends is success with
+nothing written; anything else diverges and is refused like a conflicting segment, so
+two writers can never clobber each other's WAL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from pitrkit.errors import PitrkitError, RefusedError, UsageError
+from pitrkit.hookspecs import ObjectExists
+from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive, wal_key
+
+log = logging.getLogger(__name__)
+
+
+def push(archive: Archive, path: Path) -> str:
+    """Archive the WAL file at `path`; returns a one-line summary."""
+    file = WalFileName.parse(path.name)
+    data = _read(path)
+    compression = archive.config.compression
+    compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
+    _validate(archive, file, data)
+    cipher = archive.write_cipher()
+
+    blob, header = objects.encode(data, compressor, cipher)
+    key = wal_key(file)
+    try:
+        archive.put(key, blob)
+    except ObjectExists:
+        if cipher is not None and not cipher.can_decrypt:
+            return _compare_sealed(archive, key, file, header)
+        # Compare with what the stored object really holds, not just its header: a
+        # damaged object must not pass for the segment PostgreSQL is about to recycle.
+        try:
+            stored = objects.decode(key, archive.get(key), archive.plugins.compressor, cipher)
+        except objects.CorruptObject as exc:
+            raise _unreadable(file, exc) from None
+        if stored == data:
+            return f"{file.name} was already archived with identical content"
+        if file.kind == WalFileKind.PARTIAL:
+            return _extend_partial(archive, key, file, stored, data, blob)
+        raise RefusedError(
+            f"{file.name} is already archived with different content "
+            f"(stored sha256 {hashlib.sha256(stored).hexdigest()[:16]}…, "
+            f"this file {header.sha256.hex()[:16]}…); refusing to overwrite it"
+        ) from None
+    return f"archived {file.name}: {header.size} bytes, stored {len(blob)} ({header.compression})"
+
+
+def _compare_sealed(archive: Archive, key: str, file: WalFileName, header: objects.ObjectHeader) -> str:
+    """The duplicate check of a host that holds only the recipient's public key: it
+    cannot read the stored object, so it compares the plaintext size and SHA-256 its
+    header records. The body's integrity is then checked by whoever restores."""
+    try:
+        stored, _ = objects.read_header(key, archive.get(key))
+    except objects.CorruptObject as exc:
+        raise _unreadable(file, exc) from None
+    if stored.size == header.size and stored.sha256 == header.sha256:
+        return f"{file.name} was already archived with identical content (same size and checksum)"
+    if file.kind == WalFileKind.PARTIAL:
+        raise RefusedError(f"{file.name} is already archived with other content, and this host holds only the "
+                           "encryption public key, so it cannot check that the new partial extends it; "
+                           "refusing to overwrite it")
+    raise RefusedError(f"{file.name} is already archived with different content (stored sha256 "
+                       f"{stored.sha256.hex()[:16]}…, this file {header.sha256.hex()[:16]}…); refusing to overwrite it")
+
+
+def _unreadable(file: WalFileName, exc: objects.CorruptObject) -> RefusedError:
+    return RefusedError(f"{file.name} is already in the archive but unreadable ({exc}); "
+                        "refusing to overwrite it: move the damaged object aside")
+
+
+def _extend_partial(archive: Archive, key: str, file: WalFileName, stored: bytes, data: bytes, blob: bytes) -> str:
+    # pg_receivewal pads a partial segment with zeros to the full size, so "the stored
+    # WAL" ends at its last non-zero byte; the padding says nothing and may be overwritten.
+    stored_end, new_end = _wal_end(stored), _wal_end(data)
+    if data[:stored_end] == stored[:stored_end]:
+        # Not compare-and-swap: two writers extending the same partial at the same moment
+        # leave one of their copies, and each extends what was stored, so no WAL is lost.
+        archive.put(key, blob, overwrite=True)
+        return f"extended {file.name}: {new_end - stored_end} more bytes of WAL, {new_end} in all"
+    if stored[:new_end] == data[:new_end]:
+        # An older view of the same segment (a restarted receiver re-streaming it).
+        return f"{file.name} is already archived with all of this file's WAL and more"
+    raise RefusedError(
+        f"{file.name} is already archived with WAL that diverges from this file's within the first "
+        f"{min(stored_end, new_end)} bytes; refusing to overwrite it (two clusters or timelines writing "
+        "to one archive?)"
+    )
+
+
+def _wal_end(data: bytes) -> int:
+    """The offset just past the last non-zero byte."""
+    return len(data.rstrip(b"\0"))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as source:
+            return source.read()
+    except OSError as exc:
+        raise PitrkitError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _validate(archive: Archive, file: WalFileName, data: bytes) -> None:
+    # Read afresh, never a copy a long-lived agent holds: a file system swapped or
+    # unmounted since must refuse this push (ArchiveMissing), not receive it.
+    identity = archive.identity(fresh=True)
+    if file.has_page_header:
+        try:
+            page = validate_segment(file, data)
+        except InvalidSegment as exc:
+            raise RefusedError(f"refusing {file.name}: {exc}") from None
+        if page.system_identifier != identity.system_identifier:
+            raise RefusedError(
+                f"refusing {file.name}: it belongs to the cluster with system identifier "
+                f"{page.system_identifier}, but the archive {archive.storage.url} belongs to "
+                f"{identity.system_identifier}"
+            )
+        if page.segment_size != identity.wal_segment_size:
+            raise RefusedError(
+                f"refusing {file.name}: its segment size is {page.segment_size} bytes, "
+                f"the archive's is {identity.wal_segment_size}"
+            )
+    elif file.kind == WalFileKind.HISTORY:
+        try:
+            parse_history(data.decode("ascii"), file.name)
+        except (UnicodeDecodeError, UsageError) as exc:
+            raise RefusedError(f"refusing {file.name}: not a timeline history file ({exc})") from None
+    elif not data.startswith(b"START WAL LOCATION: "):
+        raise RefusedError(f"refusing {file.name}: not a backup history file")

@@ -14,9 +14,16 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit import catalog, objects
-from pitrkit.archive import Archive, backup_prefix, manifest_key
-from pitrkit.catalog import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupSummary
+from pitrkit import catalog, inventory, objects
+from pitrkit.archive import RETENTION_STATE_KEY, Archive, backup_prefix, manifest_key
+from pitrkit.catalog import (
+    BackupDirectory,
+    BackupFile,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    RetentionState,
+)
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.plugins import Plugins
 from pitrkit.wal import Lsn, SegmentName
@@ -95,9 +102,10 @@ class SyntheticArchive:
         self._stamp(key, at)
 
     def backup(self, backup_id: str, timeline: int, start_segno: int, stop_segno: int, *,
-               manifest: bool = True) -> BackupSummary:
+               manifest: bool = True, at: datetime | None = None) -> BackupSummary:
         """A backup starting in segment `start_segno` and consistent in `stop_segno`;
-        without `manifest` it is one that was interrupted."""
+        without `manifest` it is one that was interrupted. Its objects are stored now,
+        or, with `at`, stamped as stored then."""
         # One file of 1000 bytes in one stored part: a manifest restore accepts.
         data = b"x" * 1000
         blob, header = objects.encode(data, Plugins().compressor("none"))
@@ -116,4 +124,18 @@ class SyntheticArchive:
         self.archive.put(part.key, blob)
         if manifest:
             self.archive.put_document(manifest_key(backup_id), document, pretty=False)
+        if at is not None:
+            for key in (part.key, manifest_key(backup_id)) if manifest else (part.key,):
+                self._stamp(key, at)
         return catalog.decode(catalog.encode(document), BackupSummary, "summary")
+
+    def rebuild_catalog(self) -> None:
+        """`catalog/backups.json` and the indexes of the sealed WAL folders, made from the
+        objects stored so far (what `pitrkit catalog rebuild` writes)."""
+        inventory.rebuild(self.archive)
+
+    def being_removed(self, backup_ids: list[str], decided_at: datetime) -> None:
+        """`catalog/retention.json` naming backups a retention run was removing when it
+        was interrupted: they exist for no reader, though their objects are stored."""
+        state = RetentionState(deleting=backup_ids, decided_at=decided_at)
+        self.archive.put_document(RETENTION_STATE_KEY, state, overwrite=True)

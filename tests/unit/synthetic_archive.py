@@ -14,12 +14,19 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit.catalog import documents
-from pitrkit.catalog.documents import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupSummary
+from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.documents import (
+    BackupDirectory,
+    BackupFile,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    RetentionState,
+)
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.storage import objects
-from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
+from pitrkit.storage.archive import RETENTION_STATE_KEY, Archive, backup_prefix, manifest_key
 from pitrkit.storage.plugins import Plugins
 from tests.unit.segments import init_archive
 from tests.unit.segments import segment as wal_segment
@@ -96,9 +103,10 @@ class SyntheticArchive:
         self._stamp(key, at)
 
     def backup(self, backup_id: str, timeline: int, start_segno: int, stop_segno: int, *,
-               manifest: bool = True) -> BackupSummary:
+               manifest: bool = True, at: datetime | None = None) -> BackupSummary:
         """A backup starting in segment `start_segno` and consistent in `stop_segno`;
-        without `manifest` it is one that was interrupted."""
+        without `manifest` it is one that was interrupted. Its objects are stored now,
+        or, with `at`, stamped as stored then."""
         # One file of 1000 bytes in one stored part: a manifest restore accepts.
         data = b"x" * 1000
         blob, header = objects.encode(data, Plugins().compressor("none"))
@@ -117,4 +125,18 @@ class SyntheticArchive:
         self.archive.put(part.key, blob)
         if manifest:
             self.archive.put_document(manifest_key(backup_id), document, pretty=False)
+        if at is not None:
+            for key in (part.key, manifest_key(backup_id)) if manifest else (part.key,):
+                self._stamp(key, at)
         return documents.decode(documents.encode(document), BackupSummary, "summary")
+
+    def rebuild_catalog(self) -> None:
+        """`catalog/backups.json` and the indexes of the sealed WAL folders, made from the
+        objects stored so far (what `pitrkit catalog rebuild` writes)."""
+        inventory.rebuild(self.archive)
+
+    def being_removed(self, backup_ids: list[str], decided_at: datetime) -> None:
+        """`catalog/retention.json` naming backups a retention run was removing when it
+        was interrupted: they exist for no reader, though their objects are stored."""
+        state = RetentionState(deleting=backup_ids, decided_at=decided_at)
+        self.archive.put_document(RETENTION_STATE_KEY, state, overwrite=True)

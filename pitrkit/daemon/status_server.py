@@ -23,8 +23,8 @@ import msgspec
 from pitrkit import events
 from pitrkit.catalog import documents
 from pitrkit.config import Config
-from pitrkit.daemon import dashboard
-from pitrkit.daemon.dashboard import DaemonFacts
+from pitrkit.views import metrics
+from pitrkit.views.metrics import DaemonFacts
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
@@ -203,9 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _render(self, path: str, report: StatusReport) -> tuple[str, str]:
         facts = self.facts()
         if path == "/":
-            return "text/html; charset=utf-8", dashboard.html_page(report, facts, self.refresh_seconds)
+            return "text/html; charset=utf-8", metrics.html_page(report, facts, self.refresh_seconds)
         if path == "/metrics":
-            return "text/plain; version=0.0.4; charset=utf-8", dashboard.metrics_text(report, facts)
+            return "text/plain; version=0.0.4; charset=utf-8", metrics.metrics_text(report, facts)
         document = StatusDocument(status=report, daemon=facts)
         return "application/json", msgspec.json.encode(documents.to_builtins(document)).decode() + "\n"
 

@@ -1,6 +1,6 @@
 """`pitrkit status`: one look at the archive and the server it serves, judged OK, WARN or
 FAIL for monitoring, and the `StatusReport` the daemon renders as its page and /metrics
-(daemon/dashboard.py).
+(views/).
 
 What is looked at, and what it costs: the backup catalog (as the planner reads it),
 `catalog/retention.json`, the top of `wal/` and one index or listing per WAL folder

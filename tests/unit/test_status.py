@@ -15,7 +15,7 @@ from pitrkit.catalog import documents
 from pitrkit.catalog.documents import RetentionRun, RetentionState
 from pitrkit.cli import main
 from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
-from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun, html_page, metrics_text
+from pitrkit.views.metrics import DaemonFacts, ScheduledRun, html_page, metrics_text
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage.archive import RETENTION_STATE_KEY

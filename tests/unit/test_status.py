@@ -15,10 +15,12 @@ from pitrkit.catalog import documents
 from pitrkit.catalog.documents import RetentionRun, RetentionState
 from pitrkit.cli import main
 from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
-from pitrkit.views.metrics import DaemonFacts, ScheduledRun, html_page, metrics_text
+from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage.archive import RETENTION_STATE_KEY
+from pitrkit.views.html import html_page
+from pitrkit.views.metrics import metrics_text
 from pitrkit.wal.receiver_health import ReceiverHealth, write_state
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 

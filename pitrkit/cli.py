@@ -15,9 +15,15 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pitrkit import __version__
 from pitrkit.errors import NotInArchive, PitrkitError, UsageError
+
+if TYPE_CHECKING:
+    from pitrkit.ops.retention import RetentionReport
+    from pitrkit.ops.status import StatusReport
+    from pitrkit.ops.verify import VerifyReport
 
 log = logging.getLogger("pitrkit")
 
@@ -35,14 +41,42 @@ _COMMAND_MODULES = {
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
     "wal-receive": "pitrkit.wal.receive",
+    "daemon": "pitrkit.daemon.service",
+}
+
+# Commands whose result is a report: the module's `command_report(args, config,
+# config_path)` collects it and prints nothing; `_print_report` prints it.
+_REPORT_COMMANDS = {
     "retention": "pitrkit.ops.retention",
     "status": "pitrkit.ops.status",
     "verify": "pitrkit.ops.verify",
-    "daemon": "pitrkit.daemon.service",
 }
 
 # Commands that print a file shipped in the package, and which.
 _PRINTED = {"print-service": "pitrkit.service", "print-config": "pitrkit.toml"}
+
+
+class ReportFailed(PitrkitError):
+    """A printed report fails its command (status at FAIL, verify's findings): its
+    summary is the line on stderr, and the report says the exit code."""
+
+    def __init__(self, summary: str, exit_code: int) -> None:
+        super().__init__(summary)
+        self.exit_code = exit_code
+
+
+def _print_report(report: StatusReport | VerifyReport | RetentionReport, as_json: bool) -> str:
+    """Print a command's report, as JSON with --json, else as text, and end the command as
+    the report says: its summary for the log, or ReportFailed with its exit code."""
+    # Here, not at the top: what this module imports, every wal-push and wal-fetch pays.
+    from pitrkit.views import json, text
+
+    sys.stdout.write(json.render(report) if as_json else text.render(report))
+    sys.stdout.flush()  # the report before a failure's line on stderr
+    summary = text.summary(report)
+    if report.exit_code:
+        raise ReportFailed(summary, report.exit_code)
+    return summary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -245,6 +279,9 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
 
             return serve(config_path)
         config = configuration.load(config_path)
+        if args.command in _REPORT_COMMANDS:
+            module = importlib.import_module(_REPORT_COMMANDS[args.command])
+            return _print_report(module.command_report(args, config, config_path), args.json)
         if args.command not in ("wal-push", "wal-fetch"):
             # Each command module has `command(args, config, config_path) -> str`: it
             # prints what the user asked for and returns a summary for the log.

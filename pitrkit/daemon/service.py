@@ -44,7 +44,7 @@ from pitrkit import events
 from pitrkit.catalog import documents, inventory
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
-from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun
+from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
 from pitrkit.daemon.schedule import Schedule, Timetable, from_config
 from pitrkit.daemon.status_server import StatusBoard, StatusServer
 from pitrkit.errors import ConfigError, PitrkitError

@@ -1,7 +1,7 @@
 """The status `pitrkit daemon` serves: a StatusReport refreshed on its own thread every
 `[daemon] status_interval`, and an HTTP server on `[daemon] listen` that renders it with
-the daemon's own facts: `/` the HTML page, `/metrics` Prometheus text, `/status.json`
-(GET and HEAD; POST, PUT, DELETE and PATCH get 405).
+the daemon's own facts (daemon/facts.py) through views/: `/` the HTML page, `/metrics`
+Prometheus text, `/status.json` (GET and HEAD; POST, PUT, DELETE and PATCH get 405).
 
 A request never touches the archive: it renders the newest collected report, so a
 scraper polling every second costs nothing and a slow or unreachable archive cannot hang
@@ -18,17 +18,14 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import msgspec
-
 from pitrkit import events
-from pitrkit.catalog import documents
 from pitrkit.config import Config
-from pitrkit.daemon import dashboard
-from pitrkit.daemon.dashboard import DaemonFacts
+from pitrkit.daemon.facts import DaemonFacts
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage.archive import Archive
+from pitrkit.views import html, json, metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +35,6 @@ _REQUEST_TIMEOUT = 10.0
 # The stop does not wait longer for a collection in progress (a storage call in its
 # retries): the thread is a daemon thread, the process exits without it.
 _COLLECTION_STOP_TIMEOUT = 10.0
-
-
-class StatusDocument(msgspec.Struct, kw_only=True, frozen=True):
-    """`/status.json`: what `pitrkit status --json` prints, beside the daemon's facts."""
-
-    status: StatusReport
-    daemon: DaemonFacts
 
 
 class StatusBoard:
@@ -203,11 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _render(self, path: str, report: StatusReport) -> tuple[str, str]:
         facts = self.facts()
         if path == "/":
-            return "text/html; charset=utf-8", dashboard.html_page(report, facts, self.refresh_seconds)
+            return "text/html; charset=utf-8", html.html_page(report, facts, self.refresh_seconds)
         if path == "/metrics":
-            return "text/plain; version=0.0.4; charset=utf-8", dashboard.metrics_text(report, facts)
-        document = StatusDocument(status=report, daemon=facts)
-        return "application/json", msgspec.json.encode(documents.to_builtins(document)).decode() + "\n"
+            return "text/plain; version=0.0.4; charset=utf-8", metrics.metrics_text(report, facts)
+        return "application/json", json.status_document(report, facts)
 
     def _answer(self, code: HTTPStatus, content_type: str, body: str, send_body: bool, allow: str | None = None
                 ) -> None:

@@ -1,6 +1,7 @@
 """`pitrkit retention apply`: remove what the `[retention]` policy no longer keeps — old
-backups, the WAL only they needed, interrupted backups — and, with `--dry-run`, show
-that decision without acting on it.
+backups, the WAL only they needed, interrupted backups — and, with `--dry-run`, take
+that decision without acting on it. Either way the result is a `RetentionReport`
+(views/ renders it).
 
 What to keep is ops/policy.py's (pure rules); this module reads the archive, decides what
 goes and removes it in an order that keeps every reader safe at every step:
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +54,6 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo
 from pitrkit.ops import policy
 from pitrkit.postgres.wal import SegmentName
-from pitrkit.progress import human_bytes, human_count
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     RETENTION_STATE_KEY,
@@ -109,6 +108,12 @@ class RetentionReport(msgspec.Struct, kw_only=True, frozen=True):
     expired_leases: list[str]  # lapsed leases: ignored, and removed unless dry_run
     stored_bytes: int  # what the removals free (dry run: would free)
     notes: list[str] = []
+
+    @property
+    def exit_code(self) -> int:
+        """0: the decision is the command's result, acted on or not (a run that cannot
+        finish raises instead)."""
+        return 0
 
 
 # --- what is stored, listed afresh --------------------------------------------------------
@@ -439,46 +444,12 @@ def _remove_if_lapsed(archive: Archive, expired: Lease, now: datetime, storage_n
         lease.release(archive, current)
 
 
-# --- showing ------------------------------------------------------------------------------
+# --- the command --------------------------------------------------------------------------
 
 
-def describe(report: RetentionReport) -> str:
-    """The decision as a person reads it: every backup kept and why, what goes and why."""
-    lines = [f"policy: {report.policy}"]
-    for kept in report.kept:
-        lines.append(f"keep    backup {kept.backup_id}: {'; '.join(kept.reasons)}")
-    for gone in report.removed_backups:
-        noun = "backup" if gone.kind != "unfinished" else "folder"
-        lines.append(f"remove  {noun} {gone.backup_id} ({gone.objects} objects, {human_bytes(gone.stored_bytes)}): "
-                     f"{gone.why}")
-    for wal in report.removed_wal:
-        files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"
-        lines.append(f"remove  WAL {files} ({human_bytes(wal.stored_bytes)}): {wal.why}")
-    for lease_id in report.expired_leases:
-        lines.append(f"expired lease {lease_id}: ignored" + ("" if report.dry_run else ", removed"))
-    lines += [f"note: {note}" for note in report.notes]
-    lines.append(summary(report))
-    return "\n".join(lines)
-
-
-def summary(report: RetentionReport) -> str:
-    """One line: what went (or would), and the stored bytes freed."""
-    backups = [item.backup_id for item in report.removed_backups if item.kind != "unfinished"]
-    unfinished = [item.backup_id for item in report.removed_backups if item.kind == "unfinished"]
-    verb = "would remove" if report.dry_run else "removed"
-    words = [f"{human_count(len(backups), 'backup')}" + (f" ({', '.join(backups)})" if backups else "")]
-    if unfinished:
-        words.append(f"{len(unfinished)} unfinished ({', '.join(unfinished)})")
-    words.append(human_count(sum(item.files for item in report.removed_wal), "WAL file"))
-    freed = "would free" if report.dry_run else "freed"
-    return (f"retention{' dry run' if report.dry_run else ''}: {verb} {', '.join(words)}; kept "
-            f"{human_count(len(report.kept), 'backup')}; {freed} {human_bytes(report.stored_bytes)} stored")
-
-
-def command(args: Namespace, config: Config, config_path: Path) -> str:
+def command_report(args: Namespace, config: Config, config_path: Path) -> RetentionReport:
+    """`pitrkit retention apply [--dry-run]`: the report cli.py prints (views/ renders it)."""
     if config.retention is None:
         raise ConfigError(f"{config_path} has no [retention] section: retention apply needs a policy to apply "
                           "(see docs/operations.md)")
-    report = apply(Archive(config), config.retention, dry_run=args.dry_run)
-    sys.stdout.write(documents.encode(report).decode() if args.json else describe(report) + "\n")
-    return summary(report)
+    return apply(Archive(config), config.retention, dry_run=args.dry_run)

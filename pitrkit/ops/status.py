@@ -1,6 +1,6 @@
 """`pitrkit status`: one look at the archive and the server it serves, judged OK, WARN or
-FAIL for monitoring, and the `StatusReport` the daemon renders as its page and /metrics
-(daemon/dashboard.py).
+FAIL for monitoring: the `StatusReport` that the command prints and the daemon serves as
+its page and /metrics (views/ renders it).
 
 What is looked at, and what it costs: the backup catalog (as the planner reads it),
 `catalog/retention.json`, the top of `wal/` and one index or listing per WAL folder
@@ -27,7 +27,6 @@ promise the archive does not keep, an interrupted backup left behind, a stopped 
 from __future__ import annotations
 
 import math
-import sys
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,14 +34,14 @@ from typing import Literal
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import inventory
 from pitrkit.catalog.documents import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.progress import human_bytes, human_count, human_seconds
+from pitrkit.progress import human_bytes, human_seconds
 from pitrkit.storage.archive import Archive, ArchiveMissing
 
 Level = Literal["OK", "WARN", "FAIL"]
@@ -54,7 +53,7 @@ _CONNECT_TIMEOUT_SECONDS = 5
 
 
 class StatusFailed(PitrkitError):
-    """`status` found something at FAIL: the report is printed, then this exits 2."""
+    """`status` could not read the archive: exit 2, as for a report at FAIL."""
 
     exit_code = 2
 
@@ -198,6 +197,11 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     # The timeline judged: the server's when it answered, else the archive's newest;
     # None without WAL.
     head_timeline: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """`pitrkit status` exits 2 at FAIL: monitoring keys on it."""
+        return StatusFailed.exit_code if self.overall == "FAIL" else 0
 
 
 # --- collecting -------------------------------------------------------------------------
@@ -716,87 +720,14 @@ def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, n
     return Check(name="unfinished", level="OK", message=f"backups in progress: {', '.join(unfinished)}")
 
 
-# --- showing ----------------------------------------------------------------------------
+# --- the command ----------------------------------------------------------------------
 
 
-def describe(report: StatusReport) -> str:
-    lines = [f"{report.overall}  {report.archive} at {show_time(report.generated_at)}", ""]
-    lines += [f"{check.level:<4}  {check.name:<10}  {check.message}" for check in report.checks]
-    lines.append("")
-    if report.last_backup:
-        b = report.last_backup
-        lines.append(f"last backup:    {b.backup_id} '{b.label}', stopped {show_time(b.stop_time)} "
-                     f"({human_seconds(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
-                     f"{human_bytes(b.size_bytes)}, {human_bytes(b.stored_bytes)} stored, took "
-                     f"{human_seconds(b.duration_seconds)}")
-    lines.append(f"backups:        {report.backups}" + (f", unfinished: {', '.join(report.unfinished_backups)}"
-                                                       if report.unfinished_backups else ""))
-    if report.last_wal:
-        lines.append(f"last WAL:       {_file_words(report.last_wal)}")
-    if report.receiver.newest_partial:
-        lines.append(f"last received:  {_file_words(report.receiver.newest_partial)}")
-    if report.receiver.observed_at is not None:
-        r = report.receiver
-        lines.append(f"sidecar:        {'running' if r.running else 'stopped'} as of {show_time(r.observed_at)}, "
-                     f"received to {r.last_received_lsn}, archived to {r.last_archived_lsn}, lag "
-                     f"{'-' if r.lag_bytes is None else human_bytes(r.lag_bytes)}")
-    a = report.archiver
-    if a.reachable:
-        lines.append(f"archiver:       {a.archived_count} archived (last {a.last_archived_wal or '-'} "
-                     f"{show_time(a.last_archived_time)}), {a.failed_count} failed (last {a.last_failed_wal or '-'} "
-                     f"{show_time(a.last_failed_time)})")
-    else:
-        lines.append(f"archiver:       not asked: {a.problem}")
-    if a.timeline is not None:
-        lines.append(f"server:         on timeline {a.timeline}")
-    s = report.size
-    lines.append(f"WAL size:       {s.wal_files} files, {human_bytes(s.wal_stored_bytes)} stored of "
-                 f"{human_bytes(s.wal_original_bytes)} ({s.wal_segments} segments)")
-    lines.append(f"backups size:   {human_bytes(s.backups_stored_bytes)} stored of {human_bytes(s.backups_size_bytes)}")
-    for t in report.timelines:
-        span = "no usable backup on its path" if t.oldest is None or t.newest is None else (
-            f"from {show_time(t.oldest.time)} (LSN {t.oldest.lsn}, backup {t.oldest.backup_id}) to LSN {t.newest.lsn} "
-            f"({t.newest.segment}, stored {show_time(t.newest.stored_at)})")
-        lines.append(f"timeline {t.timeline}:".ljust(16) + span + _role(t, report))
-        lines += [f"  gap:          {g.missing_segment} missing after backup {g.after_backup}; "
-                  + (f"WAL resumes at {g.resumes_at}" if g.resumes_at else "no WAL after it") for g in t.gaps]
-    retention = report.retention
-    if retention.configured:
-        lines.append(f"retention:      {retention.policy}"
-                     + (f"; removing {', '.join(retention.deleting)}" if retention.deleting else ""))
-    if retention.last_run:
-        run = retention.last_run
-        lines.append(f"last retention: {show_time(run.finished_at)}, removed "
-                     f"{human_count(len(run.backups_removed), 'backup')} and "
-                     f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
-    return "\n".join(lines) + "\n"
-
-
-def _role(timeline: TimelineRange, report: StatusReport) -> str:
-    """What a timeline is to the server: judged (the head), or a branch off its history."""
-    if timeline.branch:
-        return " [branch: not the server's history]"
-    if timeline.timeline == report.head_timeline and report.archiver.timeline is not None:
-        return " [the server's: judged]"
-    return ""
-
-
-def _file_words(file: ArchivedFile) -> str:
-    age = "" if file.age_seconds is None else f" ({human_seconds(file.age_seconds)} ago)"
-    return f"{file.name} to {file.end_lsn}, stored {show_time(file.stored_at)}{age}"
-
-
-def command(args: Namespace, config: Config, config_path: Path) -> str:
+def command_report(args: Namespace, config: Config, config_path: Path) -> StatusReport:
+    """`pitrkit status`: the report cli.py prints (views/ renders it)."""
     try:
-        report = collect(Archive(config), config)
+        return collect(Archive(config), config)
     except PitrkitError as exc:
         # An archive that cannot be read is the worst status there is: monitoring keys on
         # exit 2, whatever went wrong underneath.
         raise StatusFailed(f"status FAIL: cannot read the archive: {exc}") from None
-    sys.stdout.write(documents.encode(report).decode() if args.json else describe(report))
-    sys.stdout.flush()
-    failing = [check for check in report.checks if check.level == "FAIL"]
-    if failing:
-        raise StatusFailed("status FAIL: " + "; ".join(f"{check.name}: {check.message}" for check in failing))
-    warnings = [check.name for check in report.checks if check.level == "WARN"]
-    return f"status {report.overall}" + (f" ({', '.join(warnings)})" if warnings else "")

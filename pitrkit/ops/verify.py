@@ -1,5 +1,5 @@
 """`pitrkit verify [--deep] [--json]`: the archive checked against storage, reporting every
-problem found rather than stopping at the first.
+problem found rather than stopping at the first (a `VerifyReport`; views/ renders it).
 
 What is checked, from one listing of every WAL folder and of every backup folder (and the
 top-level listings inventory.ArchivedWal makes), never two:
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from argparse import Namespace
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import inventory
 from pitrkit.catalog.documents import (
     ArchiveIdentity,
     BackupCatalog,
@@ -56,7 +55,7 @@ from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, PluginError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
-from pitrkit.progress import Progress, human_bytes, human_count
+from pitrkit.progress import Progress
 from pitrkit.restore import unpack
 from pitrkit.restore.plan import Target, make_plan
 from pitrkit.storage import objects
@@ -119,11 +118,10 @@ class VerifyReport(msgspec.Struct, kw_only=True, frozen=True):
     objects_read: int  # with --deep: objects read in full
     bytes_read: int  # ... and their stored bytes
 
-
-class VerifyFailed(PitrkitError):
-    """verify found problems; the report is printed already."""
-
-    exit_code = 1
+    @property
+    def exit_code(self) -> int:
+        """`pitrkit verify` exits 1 when it found anything, a warning too."""
+        return 1 if self.findings else 0
 
 
 # --- backups --------------------------------------------------------------------------
@@ -601,53 +599,9 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
     )
 
 
-# --- showing ----------------------------------------------------------------------------
+# --- the command ----------------------------------------------------------------------
 
 
-def _outcome(report: VerifyReport) -> str:
-    if not report.findings:
-        return "clean"
-    return f"{human_count(report.errors, 'error')}, {human_count(report.warnings, 'warning')}"
-
-
-def text(report: VerifyReport) -> str:
-    """One line per finding (severity, object, what is wrong), then what was checked."""
-    lines = [f"{finding.severity.upper():<8}{finding.key}: {finding.problem}" for finding in report.findings]
-    if lines:
-        lines.append("")
-    restorable = sum(verdict.restorable for verdict in report.backups)
-    backups = f"backups:   {len(report.backups)} with a manifest, {restorable} restorable"
-    if report.unfinished:
-        backups += f"; unfinished (no manifest): {', '.join(report.unfinished)}"
-    if report.being_removed:
-        backups += f"; being removed by retention, not checked: {', '.join(report.being_removed)}"
-    lines.append(backups)
-    lines.append(f"WAL:       {human_count(report.wal_files, 'file')} stored")
-    for checked in report.timelines:
-        path = " -> ".join(map(str, checked.path))
-        if checked.checked_from is None:
-            lines.append(f"timeline {checked.timeline} (path {path}): no backup on its path; WAL not checked")
-        else:
-            lines.append(f"timeline {checked.timeline} (path {path}): WAL from {checked.checked_from} to "
-                         f"{checked.checked_to or '(nothing)'}, {human_count(len(checked.gaps), 'gap')}")
-    if report.deep:
-        lines.append(f"content:   read {human_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
-                     "stored, each decoded and checked")
-    else:
-        lines.append("content:   not read (--deep reads every object and checks its checksum)")
-    lines.append(f"verify:    {_outcome(report)}")
-    return "\n".join(lines) + "\n"
-
-
-def command(args: Namespace, config: Config, config_path: Path) -> str:
-    archive = Archive(config)
-    report = verify(archive, args.deep, config.backup.workers or os.cpu_count() or 1)
-    sys.stdout.write(documents.encode(report).decode() if args.json else text(report))
-    sys.stdout.flush()
-    summary = (f"verified {report.archive}{' (deep)' if args.deep else ''}: "
-               f"{human_count(len(report.backups), 'backup')}, {human_count(report.wal_files, 'WAL file')}: "
-               f"{_outcome(report)}")
-    if report.findings:
-        first = report.findings[0]
-        raise VerifyFailed(f"{summary}; first: {first.key}: {first.problem}")
-    return summary
+def command_report(args: Namespace, config: Config, config_path: Path) -> VerifyReport:
+    """`pitrkit verify [--deep]`: the report cli.py prints (views/ renders it)."""
+    return verify(Archive(config), args.deep, config.backup.workers or os.cpu_count() or 1)

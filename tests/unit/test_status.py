@@ -15,10 +15,13 @@ from pitrkit.catalog import documents
 from pitrkit.catalog.documents import RetentionRun, RetentionState
 from pitrkit.cli import main
 from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
-from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun, html_page, metrics_text
+from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage.archive import RETENTION_STATE_KEY
+from pitrkit.views.html import html_page
+from pitrkit.views.metrics import metrics_text
+from pitrkit.views.text import status_text
 from pitrkit.wal.receiver_health import ReceiverHealth, write_state
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
@@ -192,7 +195,7 @@ def test_a_branch_is_not_the_head_when_the_server_is_on_its_parent(store):
         "timeline 2: use --timeline server for the server's); timeline 2 received WAL within wal_max_age 1h: "
         "another server archives into this archive (a restored copy promoted with archiving on? restore test "
         "copies with --archive-mode off)")
-    text = status.describe(report)
+    text = status_text(report)
     assert "server:         on timeline 1" in text
     assert [line for line in text.splitlines() if line.startswith("timeline 2:")][0].endswith(
         "[branch: not the server's history]")
@@ -350,7 +353,7 @@ def test_the_sidecars_state_file_is_read_from_the_spool(store, tmp_path):
 def test_the_text_report_shows_every_section(store):
     store.backup("A", 1, 2, 3)
     store.drop_segment(1, 8)
-    text = status.describe(collect(store, retention=RetentionConfig(keep_last=3)))
+    text = status_text(collect(store, retention=RetentionConfig(keep_last=3)))
     assert text.startswith("FAIL  ")
     for expected in ("FAIL  restorable", "last backup:    A 'label A'", f"last WAL:       {name(1, 20)}",
                      "archiver:       not asked: [postgres] conninfo is not set", "WAL size:       19 files",
@@ -514,7 +517,7 @@ def test_a_password_in_conninfo_is_never_shown(tmp_path, store, capsys, conninfo
     store.backup("A", 1, 2, 3)
     report = collect(store, postgres=PostgresConfig(conninfo=conninfo.format(tmp=tmp_path)))
     assert not report.archiver.reachable and report.archiver.problem
-    for shown in (report.archiver.problem, status.describe(report), documents.encode(report).decode(),
+    for shown in (report.archiver.problem, status_text(report), documents.encode(report).decode(),
                   html_page(report, None, refresh_seconds=30), metrics_text(report, None)):
         assert "s3cr3t" not in shown and "h1dden" not in shown, shown
 

@@ -1,0 +1,36 @@
+"""The daemon's own facts: what only the running daemon knows (its schedule, its last
+backup run, its sidecar), filled in by daemon/service.py for each render of its page,
+/metrics and /status.json beside the status report (views/ renders them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class ScheduledRun(msgspec.Struct, kw_only=True, frozen=True):
+    """One backup the daemon's schedule started."""
+
+    started_at: datetime
+    finished_at: datetime
+    ok: bool
+    backup_id: str | None  # None when it failed before a manifest was stored
+    message: str
+
+
+class DaemonFacts(msgspec.Struct, kw_only=True, frozen=True):
+    """What the daemon shows beside the status report."""
+
+    started_at: datetime
+    schedule: str | None  # "every 6h", "cron 30 2 * * *"; None: no scheduled backups
+    next_backup_at: datetime | None
+    backup_running: bool
+    last_run: ScheduledRun | None
+    backups_taken: int
+    backup_failures: int
+    sidecar: str | None  # "running" | "restarting"; None: not configured
+    sidecar_restarts: int
+    retention_runs: int
+    retention_failures: int
+

@@ -1,0 +1,202 @@
+"""What the commands print: each report as text (`render`), and the one line that ends
+its command (`summary`): the log's line, and the error line on stderr when the report
+fails the command (its `exit_code`).
+
+One section per report; `render` and `summary` pick the section by the report's type.
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+
+import msgspec
+
+from pitrkit.catalog.inventory import show_time
+from pitrkit.ops.retention import RetentionReport
+from pitrkit.ops.status import ArchivedFile, StatusReport, TimelineRange
+from pitrkit.ops.verify import VerifyReport
+from pitrkit.progress import human_bytes, human_count, human_seconds
+
+
+@singledispatch
+def render(report: msgspec.Struct) -> str:
+    """The report as its command prints it, ending in a newline."""
+    raise TypeError(f"no text rendering of a {type(report).__name__}")
+
+
+@singledispatch
+def summary(report: msgspec.Struct) -> str:
+    """One line on how the report's command ended."""
+    raise TypeError(f"no summary of a {type(report).__name__}")
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+@render.register
+def status_text(report: StatusReport) -> str:
+    """The overall level and every check, then the figures behind them."""
+    lines = [f"{report.overall}  {report.archive} at {show_time(report.generated_at)}", ""]
+    lines += [f"{check.level:<4}  {check.name:<10}  {check.message}" for check in report.checks]
+    lines.append("")
+    if report.last_backup:
+        b = report.last_backup
+        lines.append(f"last backup:    {b.backup_id} '{b.label}', stopped {show_time(b.stop_time)} "
+                     f"({human_seconds(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
+                     f"{human_bytes(b.size_bytes)}, {human_bytes(b.stored_bytes)} stored, took "
+                     f"{human_seconds(b.duration_seconds)}")
+    lines.append(f"backups:        {report.backups}" + (f", unfinished: {', '.join(report.unfinished_backups)}"
+                                                       if report.unfinished_backups else ""))
+    if report.last_wal:
+        lines.append(f"last WAL:       {_file_words(report.last_wal)}")
+    if report.receiver.newest_partial:
+        lines.append(f"last received:  {_file_words(report.receiver.newest_partial)}")
+    if report.receiver.observed_at is not None:
+        r = report.receiver
+        lines.append(f"sidecar:        {'running' if r.running else 'stopped'} as of {show_time(r.observed_at)}, "
+                     f"received to {r.last_received_lsn}, archived to {r.last_archived_lsn}, lag "
+                     f"{'-' if r.lag_bytes is None else human_bytes(r.lag_bytes)}")
+    a = report.archiver
+    if a.reachable:
+        lines.append(f"archiver:       {a.archived_count} archived (last {a.last_archived_wal or '-'} "
+                     f"{show_time(a.last_archived_time)}), {a.failed_count} failed (last {a.last_failed_wal or '-'} "
+                     f"{show_time(a.last_failed_time)})")
+    else:
+        lines.append(f"archiver:       not asked: {a.problem}")
+    if a.timeline is not None:
+        lines.append(f"server:         on timeline {a.timeline}")
+    s = report.size
+    lines.append(f"WAL size:       {s.wal_files} files, {human_bytes(s.wal_stored_bytes)} stored of "
+                 f"{human_bytes(s.wal_original_bytes)} ({s.wal_segments} segments)")
+    lines.append(f"backups size:   {human_bytes(s.backups_stored_bytes)} stored of {human_bytes(s.backups_size_bytes)}")
+    for t in report.timelines:
+        span = "no usable backup on its path" if t.oldest is None or t.newest is None else (
+            f"from {show_time(t.oldest.time)} (LSN {t.oldest.lsn}, backup {t.oldest.backup_id}) to LSN {t.newest.lsn} "
+            f"({t.newest.segment}, stored {show_time(t.newest.stored_at)})")
+        lines.append(f"timeline {t.timeline}:".ljust(16) + span + _role(t, report))
+        lines += [f"  gap:          {g.missing_segment} missing after backup {g.after_backup}; "
+                  + (f"WAL resumes at {g.resumes_at}" if g.resumes_at else "no WAL after it") for g in t.gaps]
+    retention = report.retention
+    if retention.configured:
+        lines.append(f"retention:      {retention.policy}"
+                     + (f"; removing {', '.join(retention.deleting)}" if retention.deleting else ""))
+    if retention.last_run:
+        run = retention.last_run
+        lines.append(f"last retention: {show_time(run.finished_at)}, removed "
+                     f"{human_count(len(run.backups_removed), 'backup')} and "
+                     f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
+    return "\n".join(lines) + "\n"
+
+
+def _role(timeline: TimelineRange, report: StatusReport) -> str:
+    """What a timeline is to the server: judged (the head), or a branch off its history."""
+    if timeline.branch:
+        return " [branch: not the server's history]"
+    if timeline.timeline == report.head_timeline and report.archiver.timeline is not None:
+        return " [the server's: judged]"
+    return ""
+
+
+def _file_words(file: ArchivedFile) -> str:
+    age = "" if file.age_seconds is None else f" ({human_seconds(file.age_seconds)} ago)"
+    return f"{file.name} to {file.end_lsn}, stored {show_time(file.stored_at)}{age}"
+
+
+@summary.register
+def status_summary(report: StatusReport) -> str:
+    """Every check at FAIL with its message, else the level and the checks that warn."""
+    failing = [check for check in report.checks if check.level == "FAIL"]
+    if failing:
+        return "status FAIL: " + "; ".join(f"{check.name}: {check.message}" for check in failing)
+    warnings = [check.name for check in report.checks if check.level == "WARN"]
+    return f"status {report.overall}" + (f" ({', '.join(warnings)})" if warnings else "")
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+@render.register
+def verify_text(report: VerifyReport) -> str:
+    """One line per finding (severity, object, what is wrong), then what was checked."""
+    lines = [f"{finding.severity.upper():<8}{finding.key}: {finding.problem}" for finding in report.findings]
+    if lines:
+        lines.append("")
+    restorable = sum(verdict.restorable for verdict in report.backups)
+    backups = f"backups:   {len(report.backups)} with a manifest, {restorable} restorable"
+    if report.unfinished:
+        backups += f"; unfinished (no manifest): {', '.join(report.unfinished)}"
+    if report.being_removed:
+        backups += f"; being removed by retention, not checked: {', '.join(report.being_removed)}"
+    lines.append(backups)
+    lines.append(f"WAL:       {human_count(report.wal_files, 'file')} stored")
+    for checked in report.timelines:
+        path = " -> ".join(map(str, checked.path))
+        if checked.checked_from is None:
+            lines.append(f"timeline {checked.timeline} (path {path}): no backup on its path; WAL not checked")
+        else:
+            lines.append(f"timeline {checked.timeline} (path {path}): WAL from {checked.checked_from} to "
+                         f"{checked.checked_to or '(nothing)'}, {human_count(len(checked.gaps), 'gap')}")
+    if report.deep:
+        lines.append(f"content:   read {human_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
+                     "stored, each decoded and checked")
+    else:
+        lines.append("content:   not read (--deep reads every object and checks its checksum)")
+    lines.append(f"verify:    {_outcome(report)}")
+    return "\n".join(lines) + "\n"
+
+
+@summary.register
+def verify_summary(report: VerifyReport) -> str:
+    """What was verified and the outcome, with the first finding when there is one."""
+    said = (f"verified {report.archive}{' (deep)' if report.deep else ''}: "
+            f"{human_count(len(report.backups), 'backup')}, {human_count(report.wal_files, 'WAL file')}: "
+            f"{_outcome(report)}")
+    if report.findings:
+        first = report.findings[0]
+        said += f"; first: {first.key}: {first.problem}"
+    return said
+
+
+def _outcome(report: VerifyReport) -> str:
+    if not report.findings:
+        return "clean"
+    return f"{human_count(report.errors, 'error')}, {human_count(report.warnings, 'warning')}"
+
+
+# --- retention --------------------------------------------------------------------------
+
+
+@render.register
+def retention_text(report: RetentionReport) -> str:
+    """The decision as a person reads it: every backup kept and why, what goes and why,
+    then its summary."""
+    lines = [f"policy: {report.policy}"]
+    for kept in report.kept:
+        lines.append(f"keep    backup {kept.backup_id}: {'; '.join(kept.reasons)}")
+    for gone in report.removed_backups:
+        noun = "backup" if gone.kind != "unfinished" else "folder"
+        lines.append(f"remove  {noun} {gone.backup_id} ({gone.objects} objects, {human_bytes(gone.stored_bytes)}): "
+                     f"{gone.why}")
+    for wal in report.removed_wal:
+        files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"
+        lines.append(f"remove  WAL {files} ({human_bytes(wal.stored_bytes)}): {wal.why}")
+    for lease_id in report.expired_leases:
+        lines.append(f"expired lease {lease_id}: ignored" + ("" if report.dry_run else ", removed"))
+    lines += [f"note: {note}" for note in report.notes]
+    lines.append(retention_summary(report))
+    return "\n".join(lines) + "\n"
+
+
+@summary.register
+def retention_summary(report: RetentionReport) -> str:
+    """One line: what went (or would), and the stored bytes freed."""
+    backups = [item.backup_id for item in report.removed_backups if item.kind != "unfinished"]
+    unfinished = [item.backup_id for item in report.removed_backups if item.kind == "unfinished"]
+    verb = "would remove" if report.dry_run else "removed"
+    words = [f"{human_count(len(backups), 'backup')}" + (f" ({', '.join(backups)})" if backups else "")]
+    if unfinished:
+        words.append(f"{len(unfinished)} unfinished ({', '.join(unfinished)})")
+    words.append(human_count(sum(item.files for item in report.removed_wal), "WAL file"))
+    freed = "would free" if report.dry_run else "freed"
+    return (f"retention{' dry run' if report.dry_run else ''}: {verb} {', '.join(words)}; kept "
+            f"{human_count(len(report.kept), 'backup')}; {freed} {human_bytes(report.stored_bytes)} stored")

@@ -35,7 +35,6 @@ import msgspec
 from pitrkit import __version__
 from pitrkit.catalog import documents, inventory
 from pitrkit.catalog.documents import (
-    ArchiveIdentity,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -50,8 +49,9 @@ from pitrkit.postgres.server import ServerFacts, ServerSession
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.restore import server_config
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key, wal_key
+from pitrkit.storage.identity import ArchiveIdentity
 
 log = logging.getLogger(__name__)
 
@@ -562,7 +562,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     manifest = take_backup(archive, config, args.label)
     summary = summary_of(manifest)
     if args.json:
-        sys.stdout.write(documents.encode(summary).decode())
+        sys.stdout.write(codec.encode(summary).decode())
     else:
         print(summary.backup_id)
     return (f"backup {summary.backup_id}: {summary.file_count} files, {human_bytes(summary.size)} stored as "

@@ -49,7 +49,7 @@ from typing import NamedTuple, overload
 
 import msgspec
 
-from pitrkit.catalog import documents, lock
+from pitrkit.catalog import lock
 from pitrkit.catalog.documents import BackupCatalog, BackupSummary, RetentionState, WalFolderIndex, WalIndexEntry
 from pitrkit.config import Config
 from pitrkit.errors import NotInArchive, PitrkitError, UsageError
@@ -65,6 +65,7 @@ from pitrkit.postgres.wal import (
     valid_end,
 )
 from pitrkit.progress import human_bytes, human_count
+from pitrkit.storage import codec
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
@@ -806,12 +807,12 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     if args.command == "backup-list":
         survey = survey_backups(archive)
         listing = BackupListing(backups=survey.finished, unfinished=survey.unfinished, deleting=survey.deleting)
-        _print(documents.encode(listing).decode() if args.json else _backup_table(survey))
+        _print(codec.encode(listing).decode() if args.json else _backup_table(survey))
         return (f"listed {human_count(len(survey.finished), 'backup')}, {len(survey.unfinished)} unfinished, "
                 f"{len(survey.deleting)} being removed")
     if args.command == "wal-list":
         rows = wal_rows(archive, args.timeline)
-        _print(documents.encode(WalListing(files=rows)).decode() if args.json else _wal_table(rows))
+        _print(codec.encode(WalListing(files=rows)).decode() if args.json else _wal_table(rows))
         return f"listed {human_count(len(rows), 'WAL file')}"
     if args.command == "catalog" and args.action == "rebuild":
         report = rebuild(archive)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from pitrkit import events
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import inventory
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
 from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun
@@ -50,6 +50,7 @@ from pitrkit.daemon.status_server import StatusBoard, StatusServer
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.progress import human_bytes
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ class Backups:
 
 def _backup_summary(outcome: Outcome) -> BackupSummary | None:
     try:
-        return documents.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
+        return codec.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
     except ValueError as exc:
         events.emit(log, logging.ERROR, "backup-output-unreadable", error=str(exc))
         return None
@@ -415,7 +416,7 @@ def _backup_summary(outcome: Outcome) -> BackupSummary | None:
 def _retention_fields(outcome: Outcome) -> dict[str, object]:
     """What retention's --json report says it removed (the figures a log reader wants)."""
     try:
-        report = documents.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
+        report = codec.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
     except ValueError as exc:
         return {"report": f"unreadable: {exc}"}
     return {"kept": ",".join(kept.backup_id for kept in report.kept) or None,

@@ -21,13 +21,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import msgspec
 
 from pitrkit import events
-from pitrkit.catalog import documents
 from pitrkit.config import Config
 from pitrkit.daemon import dashboard
 from pitrkit.daemon.dashboard import DaemonFacts
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return "text/plain; version=0.0.4; charset=utf-8", dashboard.metrics_text(report, facts)
         document = StatusDocument(status=report, daemon=facts)
-        return "application/json", msgspec.json.encode(documents.to_builtins(document)).decode() + "\n"
+        return "application/json", msgspec.json.encode(codec.to_builtins(document)).decode() + "\n"
 
     def _answer(self, code: HTTPStatus, content_type: str, body: str, send_body: bool, allow: str | None = None
                 ) -> None:

@@ -55,6 +55,7 @@ from pitrkit.hookspecs import ObjectInfo
 from pitrkit.ops import policy
 from pitrkit.postgres.wal import SegmentName
 from pitrkit.progress import human_bytes, human_count
+from pitrkit.storage import codec
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     RETENTION_STATE_KEY,
@@ -480,5 +481,5 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
         raise ConfigError(f"{config_path} has no [retention] section: retention apply needs a policy to apply "
                           "(see docs/operations.md)")
     report = apply(Archive(config), config.retention, dry_run=args.dry_run)
-    sys.stdout.write(documents.encode(report).decode() if args.json else describe(report) + "\n")
+    sys.stdout.write(codec.encode(report).decode() if args.json else describe(report) + "\n")
     return summary(report)

@@ -35,7 +35,7 @@ from typing import Literal
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import inventory
 from pitrkit.catalog.documents import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.config import Config, RetentionConfig
@@ -43,6 +43,7 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes, human_count, human_seconds
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive, ArchiveMissing
 
 Level = Literal["OK", "WARN", "FAIL"]
@@ -793,7 +794,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
         # An archive that cannot be read is the worst status there is: monitoring keys on
         # exit 2, whatever went wrong underneath.
         raise StatusFailed(f"status FAIL: cannot read the archive: {exc}") from None
-    sys.stdout.write(documents.encode(report).decode() if args.json else describe(report))
+    sys.stdout.write(codec.encode(report).decode() if args.json else describe(report))
     sys.stdout.flush()
     failing = [check for check in report.checks if check.level == "FAIL"]
     if failing:

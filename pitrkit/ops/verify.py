@@ -42,15 +42,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory
-from pitrkit.catalog.documents import (
-    ArchiveIdentity,
-    BackupCatalog,
-    BackupManifest,
-    BackupPart,
-    BackupSummary,
-    WalFolderIndex,
-)
+from pitrkit.catalog import inventory
+from pitrkit.catalog.documents import BackupCatalog, BackupManifest, BackupPart, BackupSummary, WalFolderIndex
 from pitrkit.catalog.inventory import ArchivedWal, LogFolder, on_path
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, PluginError, UsageError
@@ -59,7 +52,7 @@ from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse
 from pitrkit.progress import Progress, human_bytes, human_count
 from pitrkit.restore import unpack
 from pitrkit.restore.plan import Target, make_plan
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
@@ -74,6 +67,7 @@ from pitrkit.storage.archive import (
     manifest_key,
     wal_folder,
 )
+from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.objects import ObjectHeader
 
 Severity = Literal["error", "warning"]
@@ -642,7 +636,7 @@ def text(report: VerifyReport) -> str:
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     archive = Archive(config)
     report = verify(archive, args.deep, config.backup.workers or os.cpu_count() or 1)
-    sys.stdout.write(documents.encode(report).decode() if args.json else text(report))
+    sys.stdout.write(codec.encode(report).decode() if args.json else text(report))
     sys.stdout.flush()
     summary = (f"verified {report.archive}{' (deep)' if args.deep else ''}: "
                f"{human_count(len(report.backups), 'backup')}, {human_count(report.wal_files, 'WAL file')}: "

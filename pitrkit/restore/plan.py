@@ -31,7 +31,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import inventory
 from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
 from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.config import Config
@@ -40,6 +40,7 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes
 from pitrkit.restore import pgconf
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive, TamperedDocument
 
 log = logging.getLogger(__name__)
@@ -430,7 +431,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr)
-    text = documents.encode(plan).decode() if args.json else describe(plan) + "\n"
+    text = codec.encode(plan).decode() if args.json else describe(plan) + "\n"
     sys.stdout.write(text)
     return (f"restore plan: backup {plan.backup.backup_id}, {len(plan.segments)} segments to "
             f"{plan.segments[-1]}, timeline {plan.timeline}")

@@ -14,11 +14,10 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit.catalog import documents
 from pitrkit.catalog.documents import BackupDirectory, BackupFile, BackupManifest, BackupPart, BackupSummary
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
 from pitrkit.storage.plugins import Plugins
 from tests.unit.segments import init_archive
@@ -117,4 +116,4 @@ class SyntheticArchive:
         self.archive.put(part.key, blob)
         if manifest:
             self.archive.put_document(manifest_key(backup_id), document, pretty=False)
-        return documents.decode(documents.encode(document), BackupSummary, "summary")
+        return codec.decode(codec.encode(document), BackupSummary, "summary")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import inventory
 from pitrkit.catalog.documents import BackupCatalog, WalFolderIndex
 from pitrkit.cli import main
 from pitrkit.errors import PitrkitError
+from pitrkit.storage import codec
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 
@@ -45,7 +46,7 @@ def test_backups_come_from_manifests_oldest_first_without_unfinished_ones(store)
 def test_record_backup_writes_the_catalog_and_readers_trust_it(store):
     summary = store.backup("A", 1, 2, 3)
     inventory.record_backup(store.archive, summary)
-    document = documents.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
+    document = codec.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
     assert document.backups == [summary]
     # With the summary cached, the manifest is not read again.
     (store.root / "backups/A/manifest.json").write_text("{damaged")
@@ -81,7 +82,7 @@ def test_a_corrupt_catalog_is_ignored(store, caplog):
     assert "ignoring the backup catalog" in caplog.text
     # And the next record replaces it with a good one.
     inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
-    assert [b.backup_id for b in documents.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
+    assert [b.backup_id for b in codec.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
         == ["B"]
     assert ids(store) == ["A", "B"]
 
@@ -106,7 +107,7 @@ def test_a_manifest_naming_another_backup_is_refused(store):
 
 
 def index(store: SyntheticArchive, folder: str) -> WalFolderIndex:
-    return documents.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
+    return codec.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
 
 
 def test_refresh_indexes_only_sealed_folders_and_only_once(store):

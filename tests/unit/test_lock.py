@@ -11,11 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pitrkit.catalog import documents, inventory, lock
+from pitrkit.catalog import inventory, lock
 from pitrkit.catalog.documents import CatalogLock
 from pitrkit.catalog.lock import CATALOG_LOCK_KEY, LockHeld
 from pitrkit.cli import main
 from pitrkit.demo.localpg import wait_for
+from pitrkit.storage import codec
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive
 
@@ -33,7 +34,7 @@ def age(store: SyntheticArchive, by: timedelta) -> None:
 
 
 def stored_lock(store: SyntheticArchive) -> CatalogLock:
-    return documents.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
+    return codec.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
 
 
 def test_taken_held_refused_and_released(store):

@@ -15,6 +15,7 @@ import pytest
 from pitrkit.catalog import inventory
 from pitrkit.cli import main
 from pitrkit.restore.plan import PlanRefused, RestorePlan, Target, describe, latest_warning, make_plan
+from pitrkit.storage import codec
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 
@@ -300,10 +301,8 @@ def test_describe_names_the_target_backup_segments_and_archive_end(branched, mon
 
 
 def test_a_plan_round_trips_through_json(branched):
-    from pitrkit.catalog import documents
-
     plan = make_plan(branched.archive, at_lsn(12), 2)
-    assert documents.decode(documents.encode(plan), RestorePlan, "plan") == plan
+    assert codec.decode(codec.encode(plan), RestorePlan, "plan") == plan
 
 
 def test_segment_size_is_the_archives(store):

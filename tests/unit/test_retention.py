@@ -27,6 +27,7 @@ from pitrkit.ops import retention
 from pitrkit.restore import engine as restore
 from pitrkit.restore import pgstart
 from pitrkit.restore.plan import Target, make_plan
+from pitrkit.storage import codec
 from pitrkit.storage.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 
@@ -81,7 +82,7 @@ def test_older_backups_and_the_wal_before_the_oldest_kept_one_go(store):
     assert wal_present(store) == list(range(6, 21))
     # The folder that lost part of its files has an index listing just the rest; the one
     # that lost all of them has none (and the folder itself is gone).
-    index = documents.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
+    index = codec.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
     assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
     assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
     assert not (store.root / "wal/0000000100000000").exists()
@@ -393,7 +394,7 @@ def test_a_lease_taken_after_the_first_look_keeps_its_backup(store):
 def test_a_restore_refuses_a_backup_being_removed_and_drops_its_lease(store):
     plan = make_plan(store.archive, Target(kind="latest"))
     assert plan.backup.backup_id == "C"
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["C"])), overwrite=True)
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["C"])), overwrite=True)
     with pytest.raises(RefusedError, match="being removed by retention"):
         restore.take_lease(store.archive, plan)
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
@@ -427,7 +428,7 @@ def test_a_restore_from_an_archive_it_may_only_read_goes_on_without_a_lease(stor
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
     # Without a lease it still refuses a backup retention is removing.
     store.archive.storage = store.archive.storage.storage
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["C"])), overwrite=True)
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["C"])), overwrite=True)
     store.archive.storage = ReadOnlyStorage(store.archive.storage)
     with pytest.raises(RefusedError, match="being removed by retention"):
         restore.take_lease(store.archive, plan)
@@ -449,7 +450,7 @@ def test_a_lease_is_renewed_while_held_and_kept_or_released_at_the_end(store, mo
 
 def test_a_backup_being_removed_is_listed_as_such(capsys, tmp_path):
     store = three_backups(tmp_path / "archive")
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["A"])), overwrite=True)
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["A"])), overwrite=True)
     assert ids(store) == ["B", "C"]
     config = cli_config(tmp_path, store, retention=False)
     assert main(["--config", str(config), "backup-list", "--json"]) == 0
@@ -516,7 +517,7 @@ def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_rem
     recording.put = put  # type: ignore[method-assign]
     retention.apply(store.archive, KEEP_TWO, now=NOW)
     assert wal_present(store) == list(range(6, 21))
-    index = documents.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
+    index = codec.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
     assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
     assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
 
@@ -556,7 +557,7 @@ def test_a_run_keeps_the_intent_a_lockless_writer_stored_meanwhile(store):
     def delete(key: str) -> None:
         RecordingStorage.delete(recording, key)
         if key == "backups/A/manifest.json":
-            store.archive.storage.storage.put(RETENTION_STATE_KEY, documents.encode(
+            store.archive.storage.storage.put(RETENTION_STATE_KEY, codec.encode(
                 RetentionState(deleting=[*state(store).deleting, "B"])), overwrite=True)
 
     recording.delete = delete  # type: ignore[method-assign]

@@ -29,9 +29,9 @@ INTERNAL_ERROR = 70
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
     "backup-push": "pitrkit.backup.push",
-    "backup-list": "pitrkit.catalog.inventory",
-    "wal-list": "pitrkit.catalog.inventory",
-    "catalog": "pitrkit.catalog.inventory",
+    "backup-list": "pitrkit.catalog.archived_wal",
+    "wal-list": "pitrkit.catalog.archived_wal",
+    "catalog": "pitrkit.catalog.archived_wal",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
     "wal-receive": "pitrkit.wal.receive",

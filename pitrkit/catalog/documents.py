@@ -204,7 +204,7 @@ class BackupCatalog(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class WalIndexEntry(msgspec.Struct, array_like=True, frozen=True):
-    name: str  # the WAL file name: a segment, or a .backup file (never a .partial: see catalog/inventory.py)
+    name: str  # the WAL file name: a segment, or a .backup file (never a .partial: see catalog/archived_wal.py)
     stored_size: int
     modified: float | None  # when it reached the archive, if the storage says
 

@@ -21,7 +21,7 @@ from datetime import datetime
 
 import msgspec
 
-from pitrkit.catalog.inventory import show_time
+from pitrkit.catalog.archived_wal import show_time
 from pitrkit.ops.status import ArchivedFile, Level, StatusReport
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import human_bytes, human_count, human_seconds

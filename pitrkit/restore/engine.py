@@ -36,7 +36,7 @@ from pathlib import Path
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.catalog import documents, inventory, lease
+from pitrkit.catalog import archived_wal, documents, lease
 from pitrkit.catalog.documents import BackupManifest
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
@@ -153,7 +153,7 @@ def hold_for_the_operator(held: lease.Renewal, config: Config, backup_id: str) -
     expires_at = datetime.now(UTC) + restore_lease(config)
     held.hold_until(expires_at)
     say(f"lease {held.lease.lease_id} keeps backup {backup_id} and its WAL from retention until "
-        f"{inventory.show_time(expires_at)}")
+        f"{archived_wal.show_time(expires_at)}")
 
 
 def take_lease(archive: Archive, plan: RestorePlan) -> documents.Lease | None:
@@ -172,7 +172,8 @@ def take_lease(archive: Archive, plan: RestorePlan) -> documents.Lease | None:
         say(f"warning: no lease taken ({exc}): a retention run elsewhere could remove backup {backup_id} or its WAL "
             "while this restore needs them")
         taken = None
-    if backup_id in inventory.retention_state(archive).deleting or not inventory.manifest_present(archive, backup_id):
+    if backup_id in archived_wal.retention_state(archive).deleting \
+            or not archived_wal.manifest_present(archive, backup_id):
         if taken is not None:
             lease.release(archive, taken)
         raise RefusedError(f"backup {backup_id} is being removed by retention; plan again (restore-plan) to use "

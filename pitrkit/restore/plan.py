@@ -9,13 +9,13 @@ It decides in this order, each step refusing with the piece that is missing:
 4. the unbroken run of segments from the backup's first one along the path, which must
    cover the backup's consistency point and reach the target.
 
-The run may end in a `<segment>.partial` (see catalog/inventory.py): the open segment a
+The run may end in a `<segment>.partial` (see catalog/archived_wal.py): the open segment a
 streaming receiver shipped, when it is the newest WAL of its timeline. Where its WAL
 ends is known only by reading it, so the planner reads that one object and takes the end
 of its last valid page as the archive's end: an upper bound, less than a page past the
 last record. wal-fetch then serves the partial when recovery asks for the segment.
 
-It reads only what it needs (see catalog/inventory.py): never a listing of every segment.
+It reads only what it needs (see catalog/archived_wal.py): never a listing of every segment.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import inventory
+from pitrkit.catalog import archived_wal
+from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
-from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
@@ -96,7 +96,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     if wal is None:
         wal = ArchivedWal(archive)  # no archive.json: ArchiveMissing, a fault rather than "no WAL"
     if finished is None:
-        finished = inventory.backups(archive)
+        finished = archived_wal.backups(archive)
     if not finished:
         raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
     candidates = _candidate_timelines(wal, target)

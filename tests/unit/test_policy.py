@@ -19,8 +19,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from pitrkit.catalog.archived_wal import TimelineStep, on_path, serving_timeline
 from pitrkit.catalog.documents import BackupSummary
-from pitrkit.catalog.inventory import TimelineStep, on_path, serving_timeline
 from pitrkit.config import RetentionConfig
 from pitrkit.errors import ConfigError
 from pitrkit.ops.policy import HostZone, RetentionPolicy, select_backups, show_duration, wal_to_keep

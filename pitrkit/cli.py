@@ -29,9 +29,9 @@ INTERNAL_ERROR = 70
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
     "backup-push": "pitrkit.backup.push",
-    "backup-list": "pitrkit.catalog.archived_wal",
-    "wal-list": "pitrkit.catalog.archived_wal",
-    "catalog": "pitrkit.catalog.archived_wal",
+    "backup-list": "pitrkit.ops.listing",
+    "wal-list": "pitrkit.ops.listing",
+    "catalog": "pitrkit.ops.listing",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
     "wal-receive": "pitrkit.wal.receive",

@@ -33,7 +33,7 @@ from typing import BinaryIO, NamedTuple
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.catalog import archived_wal, documents
+from pitrkit.catalog import documents, maintenance
 from pitrkit.catalog.documents import (
     BackupDirectory,
     BackupFile,
@@ -530,7 +530,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
                            "the same backup?") from None
     log.info("backup %s committed: %s", backup_id, manifest_key(backup_id))
     try:
-        archived_wal.record_backup(archive, summary)
+        maintenance.record_backup(archive, summary)
     except PitrkitError as exc:
         # The backup exists: its manifest is stored. The catalog is a cache that every
         # reader reconciles with the manifests, so a failed update (or one skipped because

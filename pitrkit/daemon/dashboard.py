@@ -21,10 +21,9 @@ from datetime import datetime
 
 import msgspec
 
-from pitrkit.catalog.archived_wal import show_time
 from pitrkit.ops.status import ArchivedFile, Level, StatusReport
 from pitrkit.postgres.wal import Lsn
-from pitrkit.progress import human_bytes, human_count, human_seconds
+from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 
 _LEVEL_VALUE: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
 

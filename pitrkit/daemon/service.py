@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from pitrkit import events
-from pitrkit.catalog import archived_wal
+from pitrkit.catalog.backups import last_written, survey_backups
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
 from pitrkit.daemon.dashboard import DaemonFacts, ScheduledRun
@@ -237,8 +237,8 @@ def backup_in_progress(unfinished: list[UnfinishedBackup], ours: set[str], now: 
 
 
 def _unfinished_backups(archive: Archive) -> list[UnfinishedBackup]:
-    return [UnfinishedBackup(backup_id, archived_wal.last_written(archive, backup_id))
-            for backup_id in archived_wal.survey_backups(archive).unfinished]
+    return [UnfinishedBackup(backup_id, last_written(archive, backup_id))
+            for backup_id in survey_backups(archive).unfinished]
 
 
 # --- scheduled backups and retention --------------------------------------------------------
@@ -271,7 +271,7 @@ class Backups:
 
     def _newest_start(self) -> datetime | None:
         try:
-            finished = archived_wal.survey_backups(self._archive).finished
+            finished = survey_backups(self._archive).finished
         except PitrkitError as exc:
             # Unknown: a backup now is the safe side (if the archive is really down, the
             # backup says so).
@@ -360,7 +360,7 @@ class Backups:
         """The folder a failed or terminated backup of ours left (unfinished, new since it
         started) is not another host's running backup."""
         try:
-            after = archived_wal.survey_backups(self._archive).unfinished
+            after = survey_backups(self._archive).unfinished
         except PitrkitError:
             return
         self._ours |= set(after) - self._unfinished_before

@@ -78,7 +78,7 @@ class BackupVerdict(msgspec.Struct, kw_only=True, frozen=True):
 
 class HostZone(tzinfo):
     """The host's zone as the C library applies it (TZ, else /etc/localtime): the same
-    local time `backup-list` shows (archived_wal.show_time). Each instant gets its own
+    local time `backup-list` shows (progress.show_time). Each instant gets its own
     offset, so days follow daylight saving time as the operator's clock does; a fixed
     offset taken from "now" would move backups across midnight for half the year."""
 

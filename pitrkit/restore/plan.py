@@ -31,14 +31,14 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import archived_wal
-from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path, show_time
+from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
+from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.progress import human_bytes
+from pitrkit.progress import human_bytes, show_time
 from pitrkit.restore import pgconf
 from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive, TamperedDocument
@@ -96,7 +96,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     if wal is None:
         wal = ArchivedWal(archive)  # no archive.json: ArchiveMissing, a fault rather than "no WAL"
     if finished is None:
-        finished = archived_wal.backups(archive)
+        finished = backups(archive)
     if not finished:
         raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
     candidates = _candidate_timelines(wal, target)

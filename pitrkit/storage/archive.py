@@ -125,6 +125,11 @@ def wal_index_key(log_folder: str) -> str:
     return f"{WAL_INDEX_PREFIX}{log_folder.removeprefix(WAL_PREFIX).rstrip('/')}.json"
 
 
+def stored_at(modified: float | None) -> datetime | None:
+    """An object's store time (`ObjectInfo.modified`, POSIX seconds) as an instant."""
+    return None if modified is None else datetime.fromtimestamp(modified, UTC)
+
+
 class Archive:
     def __init__(self, config: Config, plugins: Plugins | None = None) -> None:
         self.config = config

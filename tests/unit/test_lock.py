@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pitrkit.catalog import archived_wal, lock
+from pitrkit.catalog import lock, maintenance
+from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import CatalogLock
 from pitrkit.catalog.lock import CATALOG_LOCK_KEY, LockHeld
 from pitrkit.cli import main
@@ -101,8 +102,8 @@ def test_catalog_rebuild_refuses_while_the_lock_is_held(store, tmp_path, capsys)
 def test_a_backup_catalog_update_is_refused_while_the_lock_is_held(store):
     summary = store.backup("A", 1, 2, 3)
     with lock.take(store.archive, "retention apply"), pytest.raises(LockHeld):
-        archived_wal.record_backup(store.archive, summary)
+        maintenance.record_backup(store.archive, summary)
     assert not (store.root / BACKUP_CATALOG_KEY).exists()
-    assert [backup.backup_id for backup in archived_wal.backups(store.archive)] == ["A"]  # from its manifest
-    archived_wal.record_backup(store.archive, summary)
+    assert [backup.backup_id for backup in backups(store.archive)] == ["A"]  # from its manifest
+    maintenance.record_backup(store.archive, summary)
     assert (store.root / BACKUP_CATALOG_KEY).exists()

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from pitrkit import config as config_module
-from pitrkit.catalog import archived_wal, documents, lease, lock
+from pitrkit.catalog import documents, lease, lock, maintenance
+from pitrkit.catalog.backups import backups, retention_state, survey_backups
 from pitrkit.catalog.documents import RetentionState, WalFolderIndex
 from pitrkit.catalog.lock import CATALOG_LOCK_KEY
 from pitrkit.cli import main
@@ -24,6 +25,7 @@ from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.ops import retention
+from pitrkit.progress import show_time
 from pitrkit.restore import engine as restore
 from pitrkit.restore import pgstart
 from pitrkit.restore.plan import Target, make_plan
@@ -41,7 +43,7 @@ def three_backups(root: Path) -> SyntheticArchive:
     store = SyntheticArchive(root)
     store.segments(1, 1, 20)
     for backup_id, first in (("A", 2), ("B", 6), ("C", 12)):
-        archived_wal.record_backup(store.archive, store.backup(backup_id, 1, first, first + 1))
+        maintenance.record_backup(store.archive, store.backup(backup_id, 1, first, first + 1))
     return store
 
 
@@ -59,11 +61,11 @@ def wal_present(store: SyntheticArchive, timeline: int = 1) -> list[int]:
 
 
 def ids(store: SyntheticArchive) -> list[str]:
-    return [backup.backup_id for backup in archived_wal.backups(store.archive)]
+    return [backup.backup_id for backup in backups(store.archive)]
 
 
 def state(store: SyntheticArchive) -> RetentionState:
-    return archived_wal.retention_state(store.archive)
+    return retention_state(store.archive)
 
 
 # --- what goes, and why -----------------------------------------------------------------
@@ -160,7 +162,7 @@ def test_an_unfinished_backup_goes_once_unwritten_for_the_grace_period(store):
     assert (gone.backup_id, gone.kind) == ("STALE", "unfinished")
     assert gone.why.startswith("unfinished (no manifest), last written ")
     assert not (store.root / "backups/STALE").exists()
-    assert archived_wal.survey_backups(store.archive).unfinished == ["RUNNING"]
+    assert survey_backups(store.archive).unfinished == ["RUNNING"]
 
 
 # --- --dry-run --------------------------------------------------------------------------
@@ -277,10 +279,10 @@ def test_a_run_killed_at_any_step_leaves_nothing_half_usable_and_the_next_run_fi
 
         # Whatever a reader sees is whole: each listed backup has its manifest and its
         # data, and the planner's choice replays.
-        for backup in archived_wal.backups(store.archive):
+        for backup in backups(store.archive):
             assert (store.root / "backups" / backup.backup_id / "data/0").exists(), crash_at
         assert make_plan(store.archive, Target(kind="latest")).backup.backup_id == "C"
-        survey = archived_wal.survey_backups(store.archive)
+        survey = survey_backups(store.archive)
         assert not set(survey.deleting) & {backup.backup_id for backup in survey.finished}
 
         # Killed after storing the intent (change 1, after the lock) and before removing
@@ -308,7 +310,7 @@ def test_a_leased_backup_and_the_wal_after_it_stay(store):
     report = retention.apply(store.archive, RetentionConfig(keep_last=1))  # leases are on the real clock
     kept = {kept.backup_id: kept.reasons for kept in report.kept}
     assert set(kept) == {"A", "C"}
-    assert kept["A"] == [f"leased by {held.holder} until {archived_wal.show_time(held.expires_at)} "
+    assert kept["A"] == [f"leased by {held.holder} until {show_time(held.expires_at)} "
                          f"(lease {held.lease_id})"]
     assert [gone.backup_id for gone in report.removed_backups] == ["B"]
     assert wal_present(store) == list(range(2, 21))
@@ -500,7 +502,7 @@ def test_the_command_prints_the_decision_and_one_summary_line(capsys, tmp_path):
 
 def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_removed(tmp_path):
     # A backup-push finishing elsewhere indexes the WAL folders sealed since its last
-    # look (archived_wal.refresh) just after this run listed `catalog/wal/`: its listings
+    # look (maintenance.refresh) just after this run listed `catalog/wal/`: its listings
     # still hold the files the run is about to remove.
     store = SyntheticArchive(tmp_path / "archive")
     store.segments(1, 1, 20)
@@ -512,7 +514,7 @@ def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_rem
     def put(key: str, data: bytes, *, overwrite: bool = False) -> None:
         RecordingStorage.put(recording, key, data, overwrite=overwrite)
         if key == RETENTION_STATE_KEY and json.loads(data)["deleting"]:
-            archived_wal.refresh(store.archive)
+            maintenance.refresh(store.archive)
 
     recording.put = put  # type: ignore[method-assign]
     retention.apply(store.archive, KEEP_TWO, now=NOW)

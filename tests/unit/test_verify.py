@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit.catalog import archived_wal
+from pitrkit.catalog import maintenance
 from pitrkit.catalog.documents import (
     BackupDirectory,
     BackupFile,
@@ -74,7 +74,7 @@ def store_backup(archive: Archive, backup_id: str, *, first: SegmentName, last: 
     )
     archive.put(manifest_key(backup_id), codec.encode(manifest, pretty=False))
     if catalog_it:
-        archived_wal.record_backup(archive, codec.decode(codec.encode(manifest), BackupSummary, "summary"))
+        maintenance.record_backup(archive, codec.decode(codec.encode(manifest), BackupSummary, "summary"))
     return manifest
 
 
@@ -199,7 +199,7 @@ def test_a_missing_history_file_makes_its_timeline_unreachable(store):
 
 
 def test_a_folder_index_is_checked_against_the_folder(store):
-    archived_wal.refresh(store.archive)  # indexes the sealed folders: 0 (segments 1..3), 1 (4..7), ...
+    maintenance.refresh(store.archive)  # indexes the sealed folders: 0 (segments 1..3), 1 (4..7), ...
     assert check(store.archive).findings == []
     store.drop_segment(1, 5)
     (store.root / wal_key(1, 6)).write_bytes(b"short")
@@ -225,7 +225,7 @@ def test_a_stale_catalog_is_a_warning_and_catalog_rebuild_fixes_it(store):
     assert "lists backup A, whose manifest" in report.findings[0].problem
     assert "does not list backup C" in report.findings[1].problem
     assert report.unfinished == ["A"] and report.errors == 0
-    archived_wal.rebuild(store.archive)
+    maintenance.rebuild(store.archive)
     assert check(store.archive).findings == []
 
 

@@ -39,13 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pitrkit.catalog import documents
-from pitrkit.catalog.documents import ArchiveIdentity, BackupManifest, WalFolderIndex, WalIndexEntry
+from pitrkit.catalog.documents import BackupManifest, WalFolderIndex, WalIndexEntry
 from pitrkit.config import Config, RepositoryConfig  # noqa: E402
 from pitrkit.postgres.wal import Lsn, SegmentName  # noqa: E402
 from pitrkit.restore.plan import Target, TimelineChoice, make_plan  # noqa: E402
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive  # noqa: E402
+from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.plugins import Plugins  # noqa: E402
 
 SEGMENT_SIZE = 16 << 20
@@ -90,7 +90,7 @@ def put(root: Path, key: str, data: bytes, modified: float | None = None) -> Non
 def build(root: Path, layout: Layout) -> None:
     started = time.monotonic()
     identity = ArchiveIdentity(system_identifier=1, wal_segment_size=SEGMENT_SIZE, pg_versions=[15], created_at=T0)
-    put(root, "archive.json", documents.encode(identity))
+    put(root, "archive.json", codec.encode(identity))
     history, _ = objects.encode(f"1\t{layout.switch}\tno recovery target specified\n".encode(),
                                 Plugins().compressor("none"))
     put(root, "wal/00000002.history", history, stored_at(layout.branch_segno, 2))
@@ -104,7 +104,7 @@ def build(root: Path, layout: Layout) -> None:
                 entries = [WalIndexEntry(SegmentName(timeline, segno).name, STORED_SIZE, stored_at(segno, timeline))
                            for segno in segnos]
                 index = WalFolderIndex(folder=folder, entries=entries, indexed_at=indexed_at)
-                put(root, f"catalog/wal/{timeline:08X}{log:08X}.json", documents.encode(index, pretty=False))
+                put(root, f"catalog/wal/{timeline:08X}{log:08X}.json", codec.encode(index, pretty=False))
             else:
                 for segno in segnos:
                     put(root, folder + SegmentName(timeline, segno).name, b"x" * 64, stored_at(segno, timeline))
@@ -120,7 +120,7 @@ def build(root: Path, layout: Layout) -> None:
             size=50 << 30, stored_size=12 << 30, file_count=0, compression="zstd", pitrkit_version="0.1.0",
             backup_label="", parts=[], directories=[], files=[],
         )
-        put(root, f"backups/{backup_id}/manifest.json", documents.encode(manifest, pretty=False))
+        put(root, f"backups/{backup_id}/manifest.json", codec.encode(manifest, pretty=False))
     put(root, "backups/99990101T000000Z/data/0", b"an interrupted backup")
     print(f"built {root} in {time.monotonic() - started:.1f} s", file=sys.stderr)
 

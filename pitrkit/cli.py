@@ -21,6 +21,7 @@ from pitrkit import __version__
 from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 
 if TYPE_CHECKING:
+    from pitrkit.catalog.contents import BackupListing, WalListing
     from pitrkit.ops.retention import RetentionReport
     from pitrkit.ops.status import StatusReport
     from pitrkit.ops.verify import VerifyReport
@@ -35,9 +36,7 @@ INTERNAL_ERROR = 70
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
     "backup-push": "pitrkit.backup.push",
-    "backup-list": "pitrkit.catalog.inventory",
-    "wal-list": "pitrkit.catalog.inventory",
-    "catalog": "pitrkit.catalog.inventory",
+    "catalog": "pitrkit.ops.listing",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
     "wal-receive": "pitrkit.wal.receive",
@@ -47,6 +46,8 @@ _COMMAND_MODULES = {
 # Commands whose result is a report: the module's `command_report(args, config,
 # config_path)` collects it and prints nothing; `_print_report` prints it.
 _REPORT_COMMANDS = {
+    "backup-list": "pitrkit.ops.listing",
+    "wal-list": "pitrkit.ops.listing",
     "retention": "pitrkit.ops.retention",
     "status": "pitrkit.ops.status",
     "verify": "pitrkit.ops.verify",
@@ -65,7 +66,8 @@ class ReportFailed(PitrkitError):
         self.exit_code = exit_code
 
 
-def _print_report(report: StatusReport | VerifyReport | RetentionReport, as_json: bool) -> str:
+def _print_report(report: StatusReport | VerifyReport | RetentionReport | BackupListing | WalListing,
+                  as_json: bool) -> str:
     """Print a command's report, as JSON with --json, else as text, and end the command as
     the report says: its summary for the log, or ReportFailed with its exit code."""
     # Here, not at the top: what this module imports, every wal-push and wal-fetch pays.

@@ -1,6 +1,6 @@
 """A one-line progress display for long commands (backup-push, restore): bytes done,
 rate and time left, redrawn in place on a terminal, silent otherwise; and how every
-command writes sizes, durations and counts for people.
+command writes sizes, durations, counts and instants for people.
 
 It writes to stderr, so stdout stays clean for a backup id or `--json`; and only when
 stderr is a terminal, so logs and CI output never fill with carriage returns.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from datetime import datetime
 from typing import TextIO
 
 _REDRAW_EVERY = 0.25  # seconds
@@ -43,6 +44,13 @@ def human_seconds(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+def show_time(moment: datetime | None) -> str:
+    """A stored instant as the reader's local time, with its offset."""
+    if moment is None:
+        return "-"
+    return moment.astimezone().isoformat(sep=" ", timespec="seconds")
 
 
 class Progress:

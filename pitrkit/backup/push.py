@@ -33,9 +33,8 @@ from typing import BinaryIO, NamedTuple
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import documents, maintenance
 from pitrkit.catalog.documents import (
-    ArchiveIdentity,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -50,8 +49,9 @@ from pitrkit.postgres.server import ServerFacts, ServerSession
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.restore import server_config
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key, wal_key
+from pitrkit.storage.identity import ArchiveIdentity
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +530,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
                            "the same backup?") from None
     log.info("backup %s committed: %s", backup_id, manifest_key(backup_id))
     try:
-        inventory.record_backup(archive, summary)
+        maintenance.record_backup(archive, summary)
     except PitrkitError as exc:
         # The backup exists: its manifest is stored. The catalog is a cache that every
         # reader reconciles with the manifests, so a failed update (or one skipped because
@@ -562,7 +562,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     manifest = take_backup(archive, config, args.label)
     summary = summary_of(manifest)
     if args.json:
-        sys.stdout.write(documents.encode(summary).decode())
+        sys.stdout.write(codec.encode(summary).decode())
     else:
         print(summary.backup_id)
     return (f"backup {summary.backup_id}: {summary.file_count} files, {human_bytes(summary.size)} stored as "

@@ -1,114 +1,36 @@
-"""Types of every JSON document pitrkit stores in the archive, and the envelope that
-authenticates them in an encrypted archive.
+"""Types of the JSON documents the backups and the catalog store in the archive:
+manifests, the catalog's caches and retention's intent, leases and the catalog lock.
+(`archive.json` is the archive's own, storage/identity.py; how every document is encoded,
+and authenticated in an encrypted archive: storage/codec.py, storage/envelope.py.)
 
 Documents are parsed at the edge with these types and passed around typed; a document
 that does not decode is reported, never half-used.
 
-With `[encryption]` on, a document is stored in an envelope (docs/archive-format.md):
-`{"document":<the document's JSON, byte for byte as authenticated>,"authentication":
-{...}}`. The tag covers the document's storage key and its exact bytes, so a document
-cannot be altered, nor moved under another key (one backup's manifest as another's, one
-folder's WAL index as another's). The tags themselves are the cipher plugin's
-(`hookspecs.DocumentAuthenticator`).
-
 Anyone who can write to the storage can write these documents, so every value that
 reaches the file system, an allocation or a loop is checked as it is decoded (each
 type's `__post_init__`, which msgspec runs on decoding): a path that could leave the data
-directory, a size or count that could not be real, key-stretching parameters that would
-exhaust memory. What needs the whole document (a file's folder being listed, the stream
-tiling its parts) is checked where it is used, in `unpack.check_manifest`.
+directory, a size or count that could not be real. What needs the whole document (a
+file's folder being listed, the stream tiling its parts) is checked where it is used, in
+`unpack.check_manifest`.
 """
 
 from __future__ import annotations
 
 import posixpath
 from datetime import datetime
-from typing import Any, TypeVar
 
 import msgspec
 
-from pitrkit.errors import UsageError
-from pitrkit.hookspecs import DocumentAuthenticator, DocumentSignature
 from pitrkit.postgres.wal import Lsn
 
-ARCHIVE_FORMAT_VERSION = 1
 MANIFEST_FORMAT_VERSION = 1
 
-Document = TypeVar("Document", bound=msgspec.Struct)
-
-
-# Bounds on what archive.json may ask scrypt for: pitrkit writes n=2^17, r=8, p=1 (128
-# MiB, see storage/keys.py). The memory scrypt takes is 128·n·r bytes and its time grows with p;
-# a tampered archive.json must not make a restore host allocate or spin without end.
-SCRYPT_MAX_MEMORY = 1 << 30
-SCRYPT_MAX_P = 16
-SALT_SIZES = range(16, 65)
 # Largest stored backup part a manifest may list: pitrkit writes 32 MiB parts (backup/push.py),
 # and a restore holds one per worker in memory.
 MAX_PART_SIZE = 1 << 30
 # Beyond any file a data directory holds; bounds the arithmetic on sizes and offsets.
 MAX_FILE_SIZE = 1 << 48
 _MAX_MTIME = 1 << 40  # os.utime refuses times far past this with OverflowError
-
-
-class ScryptParameters(msgspec.Struct, kw_only=True, frozen=True):
-    """How passphrases are stretched into keys for this archive (one salt per archive)."""
-
-    salt: bytes  # random; base64 in JSON
-    n: int
-    r: int
-    p: int
-
-    def __post_init__(self) -> None:
-        if len(self.salt) not in SALT_SIZES:
-            raise ValueError(f"scrypt salt of {len(self.salt)} bytes (expected {SALT_SIZES.start} to "
-                             f"{SALT_SIZES.stop - 1})")
-        if self.n < 2 or self.n & (self.n - 1) or self.r < 1 or not 1 <= self.p <= SCRYPT_MAX_P \
-                or 128 * self.n * self.r > SCRYPT_MAX_MEMORY:
-            raise ValueError(f"scrypt parameters n={self.n} r={self.r} p={self.p} are out of bounds (n a power "
-                             f"of two, 128·n·r at most {SCRYPT_MAX_MEMORY >> 20} MiB, p at most {SCRYPT_MAX_P})")
-
-
-class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
-    """The non-secret half of an encrypted archive's keys, in `archive.json`."""
-
-    mode: str  # "key" (symmetric keys, passphrases) or "recipient" (X25519)
-    algorithm: str  # the object cipher, e.g. "aes-256-gcm-chunked"
-    # Ids of every key that has been the archive's current key, oldest first; the last
-    # is the current one, the only one new objects may be written with.
-    key_ids: list[str]
-    scrypt: ScryptParameters | None = None  # set once a passphrase has been used
-
-    def __post_init__(self) -> None:
-        if not self.key_ids:
-            raise ValueError("encryption.key_ids is empty: the archive has no current key")
-
-    @property
-    def current_key_id(self) -> str:
-        return self.key_ids[-1]
-
-
-class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
-    """`archive.json`: which cluster this archive belongs to. Written by the first push of
-    a WAL segment, from that segment's page header (or, in an encrypted archive, by a
-    backup-push that comes first); afterwards only a key rotation rewrites it (appending
-    to `encryption.key_ids`)."""
-
-    format_version: int = ARCHIVE_FORMAT_VERSION
-    system_identifier: int
-    wal_segment_size: int
-    # The major version of the cluster that created the archive. A list so that later
-    # majors can be recorded; nothing appends to it yet.
-    pg_versions: list[int]
-    # Non-secret encryption parameters (mode, key ids, salt); None when not encrypted.
-    encryption: EncryptionParameters | None = None
-    created_at: datetime
-
-    def __post_init__(self) -> None:
-        # PostgreSQL's limits (initdb --wal-segsize): a power of two from 1 MiB to 1 GiB.
-        size = self.wal_segment_size
-        if not (1 << 20 <= size <= 1 << 30 and size & (size - 1) == 0):
-            raise ValueError(f"wal_segment_size {size} is not a power of two from 1 MiB to 1 GiB")
 
 
 # --- base backups ---------------------------------------------------------------------
@@ -282,7 +204,7 @@ class BackupCatalog(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class WalIndexEntry(msgspec.Struct, array_like=True, frozen=True):
-    name: str  # the WAL file name: a segment, or a .backup file (never a .partial: see catalog/inventory.py)
+    name: str  # the WAL file name: a segment, or a .backup file (never a .partial: see catalog/archived_wal.py)
     stored_size: int
     modified: float | None  # when it reached the archive, if the storage says
 
@@ -353,95 +275,3 @@ class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: datetime  # the holder's clock: judged only where the storage has no store times
     # Seconds the lock holds past its object's store time (the storage's clock).
     held_for: float
-
-
-# --- encoding ---------------------------------------------------------------------------
-
-
-def _encode_value(value: Any) -> Any:
-    if isinstance(value, Lsn):
-        return str(value)
-    raise NotImplementedError(f"cannot encode {type(value).__name__}")
-
-
-def _decode_value(kind: type, value: Any) -> Any:
-    if kind is Lsn:
-        if not isinstance(value, str):
-            raise ValueError("expected an LSN such as 0/16B3748")
-        try:
-            return Lsn.parse(value)
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
-    raise NotImplementedError(f"cannot decode {kind.__name__}")
-
-
-_encoder = msgspec.json.Encoder(enc_hook=_encode_value)
-
-
-def to_builtins(document: msgspec.Struct) -> Any:
-    """The document as plain JSON-ready values (LSNs as text), e.g. for --json output."""
-    return msgspec.to_builtins(document, enc_hook=_encode_value)
-
-
-def encode(document: msgspec.Struct, *, pretty: bool = True) -> bytes:
-    """JSON for storage. Large documents (manifests) go out compact: indenting a hundred
-    thousand file rows only costs time and space."""
-    data = _encoder.encode(document)
-    return msgspec.json.format(data, indent=2) + b"\n" if pretty else data + b"\n"
-
-
-# --- authentication ---------------------------------------------------------------------
-
-_SIGNED_CONTEXT = b"pitrkit document v1\0"
-_ENVELOPE_START = b'{"document":'
-
-
-class Authentication(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    algorithm: str  # "hmac-sha256" (mode "key") or "ed25519" (mode "recipient")
-    key_id: str
-    tag: bytes  # base64 in JSON
-
-
-class _Envelope(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    document: msgspec.Raw
-    authentication: Authentication
-
-
-def signed_message(key: str, document: bytes) -> bytes:
-    """What a document's tag covers: its storage key and its exact bytes."""
-    return _SIGNED_CONTEXT + key.encode() + b"\0" + document
-
-
-def seal(key: str, document: bytes, authenticator: DocumentAuthenticator) -> bytes:
-    """The envelope storing `document` (its JSON) under `key`."""
-    document = document.rstrip(b"\n")  # the envelope's own bytes hold no whitespace around it
-    signature = authenticator.sign(signed_message(key, document))
-    authentication = Authentication(algorithm=signature.algorithm, key_id=signature.key_id, tag=signature.tag)
-    return msgspec.json.encode(_Envelope(document=msgspec.Raw(document), authentication=authentication)) + b"\n"
-
-
-def is_sealed(data: bytes) -> bool:
-    return data.startswith(_ENVELOPE_START)
-
-
-def unseal(key: str, data: bytes, authenticator: DocumentAuthenticator | None) -> bytes:
-    """The document's JSON from its envelope, checked by `authenticator` (None: taken on
-    trust, as everything is in an archive without encryption). Raises `ValueError`
-    saying why it does not authenticate."""
-    try:
-        envelope = msgspec.json.decode(data, type=_Envelope)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not a valid authenticated document: {exc}") from None
-    document = bytes(envelope.document)
-    if authenticator is not None:
-        found = envelope.authentication
-        authenticator.verify(signed_message(key, document), DocumentSignature(found.algorithm, found.key_id,
-                                                                              found.tag))
-    return document
-
-
-def decode(data: bytes, kind: type[Document], name: str) -> Document:
-    try:
-        return msgspec.json.decode(data, type=kind, dec_hook=_decode_value)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"{name} is not a valid {kind.__name__}: {exc}") from None

@@ -36,10 +36,10 @@ from typing import NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import documents
 from pitrkit.catalog.documents import Lease
 from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.storage import codec
 from pitrkit.storage.archive import LEASES_PREFIX, Archive, lease_key
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def take(archive: Archive, backup_id: str, timeline: int, first_segment: str) ->
         expires_at=now + HELD_FOR,
         held_for=HELD_FOR.total_seconds(),
     )
-    archive.put(lease_key(lease.lease_id), documents.encode(lease))
+    archive.put(lease_key(lease.lease_id), codec.encode(lease))
     return lease
 
 
@@ -83,7 +83,7 @@ def hold_until(archive: Archive, lease: Lease, expires_at: datetime) -> Lease:
     is, from the new store time on."""
     renewed = msgspec.structs.replace(lease, expires_at=expires_at,
                                       held_for=(expires_at - _now()).total_seconds())
-    archive.put(lease_key(lease.lease_id), documents.encode(renewed), overwrite=True)
+    archive.put(lease_key(lease.lease_id), codec.encode(renewed), overwrite=True)
     return renewed
 
 
@@ -136,7 +136,7 @@ def _read(archive: Archive, key: str) -> Lease | None:
     except ObjectNotFound:
         return None
     try:
-        return documents.decode(data, Lease, key)
+        return codec.decode(data, Lease, key)
     except ValueError as exc:
         raise PitrkitError(f"{exc}; if no restore is running, remove {key}") from None
 

@@ -41,10 +41,10 @@ from types import TracebackType
 
 import msgspec
 
-from pitrkit.catalog import documents
 from pitrkit.catalog.documents import CatalogLock
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Held:
                     return
                 now = _now()
                 renewed = msgspec.structs.replace(self.document, expires_at=now + HELD_FOR)
-                self.archive.put(CATALOG_LOCK_KEY, documents.encode(renewed), overwrite=True)
+                self.archive.put(CATALOG_LOCK_KEY, codec.encode(renewed), overwrite=True)
                 self.document = renewed
             except PitrkitError as exc:  # it holds until its expiry; the next round tries again
                 log.warning("could not renew the catalog lock (it holds until %s): %s",
@@ -124,7 +124,7 @@ def take(archive: Archive, command: str) -> Held:
                                command=command, taken_at=now.replace(microsecond=0), expires_at=now + HELD_FOR,
                                held_for=HELD_FOR.total_seconds())
         try:
-            archive.put(CATALOG_LOCK_KEY, documents.encode(document))
+            archive.put(CATALOG_LOCK_KEY, codec.encode(document))
         except ObjectExists:
             _remove_if_lapsed(archive)
             continue
@@ -175,7 +175,7 @@ def _read(archive: Archive) -> tuple[CatalogLock | None, float | None]:
     except ObjectNotFound:
         return None, None
     try:
-        return documents.decode(data, CatalogLock, CATALOG_LOCK_KEY), stored_at
+        return codec.decode(data, CatalogLock, CATALOG_LOCK_KEY), stored_at
     except ValueError as exc:
         raise LockHeld(f"{exc}; if no retention, catalog rebuild or backup-push is running, remove "
                        f"{CATALOG_LOCK_KEY}") from None

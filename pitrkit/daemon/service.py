@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from pitrkit import events
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.backups import last_written, survey_backups
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
 from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
@@ -50,6 +50,7 @@ from pitrkit.daemon.status_server import StatusBoard, StatusServer
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.progress import human_bytes
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,8 @@ def backup_in_progress(unfinished: list[UnfinishedBackup], ours: set[str], now: 
 
 
 def _unfinished_backups(archive: Archive) -> list[UnfinishedBackup]:
-    return [UnfinishedBackup(backup_id, inventory.last_written(archive, backup_id))
-            for backup_id in inventory.survey_backups(archive).unfinished]
+    return [UnfinishedBackup(backup_id, last_written(archive, backup_id))
+            for backup_id in survey_backups(archive).unfinished]
 
 
 # --- scheduled backups and retention --------------------------------------------------------
@@ -270,7 +271,7 @@ class Backups:
 
     def _newest_start(self) -> datetime | None:
         try:
-            finished = inventory.survey_backups(self._archive).finished
+            finished = survey_backups(self._archive).finished
         except PitrkitError as exc:
             # Unknown: a backup now is the safe side (if the archive is really down, the
             # backup says so).
@@ -359,7 +360,7 @@ class Backups:
         """The folder a failed or terminated backup of ours left (unfinished, new since it
         started) is not another host's running backup."""
         try:
-            after = inventory.survey_backups(self._archive).unfinished
+            after = survey_backups(self._archive).unfinished
         except PitrkitError:
             return
         self._ours |= set(after) - self._unfinished_before
@@ -406,7 +407,7 @@ class Backups:
 
 def _backup_summary(outcome: Outcome) -> BackupSummary | None:
     try:
-        return documents.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
+        return codec.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
     except ValueError as exc:
         events.emit(log, logging.ERROR, "backup-output-unreadable", error=str(exc))
         return None
@@ -415,7 +416,7 @@ def _backup_summary(outcome: Outcome) -> BackupSummary | None:
 def _retention_fields(outcome: Outcome) -> dict[str, object]:
     """What retention's --json report says it removed (the figures a log reader wants)."""
     try:
-        report = documents.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
+        report = codec.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
     except ValueError as exc:
         return {"report": f"unreadable: {exc}"}
     return {"kept": ",".join(kept.backup_id for kept in report.kept) or None,

@@ -24,10 +24,10 @@ from argparse import Namespace
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.documents import ArchiveIdentity
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.storage.archive import Archive, ArchiveMissing
+from pitrkit.storage.identity import ArchiveIdentity
 
 log = logging.getLogger(__name__)
 

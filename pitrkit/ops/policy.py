@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from pitrkit.catalog.archived_wal import TimelineStep, on_path, serving_timeline
 from pitrkit.catalog.documents import BackupSummary
-from pitrkit.catalog.inventory import TimelineStep, on_path, serving_timeline
 from pitrkit.config import RetentionConfig, parse_duration
 from pitrkit.errors import ConfigError
 from pitrkit.postgres.wal import SegmentName
@@ -78,7 +78,7 @@ class BackupVerdict(msgspec.Struct, kw_only=True, frozen=True):
 
 class HostZone(tzinfo):
     """The host's zone as the C library applies it (TZ, else /etc/localtime): the same
-    local time `backup-list` shows (inventory.show_time). Each instant gets its own
+    local time `backup-list` shows (progress.show_time). Each instant gets its own
     offset, so days follow daylight saving time as the operator's clock does; a fixed
     offset taken from "now" would move backups across midnight for half the year."""
 

@@ -46,14 +46,16 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory, lease, lock
+from pitrkit.catalog import documents, lease, lock
+from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep
+from pitrkit.catalog.backups import retention_state, survey_backups
 from pitrkit.catalog.documents import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
-from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, show_time
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo
 from pitrkit.ops import policy
 from pitrkit.postgres.wal import SegmentName
+from pitrkit.progress import show_time
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     RETENTION_STATE_KEY,
@@ -126,7 +128,7 @@ class _Stored:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        survey = inventory.survey_backups(archive)
+        survey = survey_backups(archive)
         self.finished = survey.finished
         self.unfinished = survey.unfinished
         self.interrupted = survey.deleting
@@ -335,7 +337,7 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
 
 def _apply(archive: Archive, rules: policy.RetentionPolicy, grace: timedelta, now: datetime,
            held: lock.Held) -> RetentionReport:
-    before = inventory.retention_state(archive)
+    before = retention_state(archive)
     stored = _Stored(archive)
     # Leases are judged on the storage's clock: the lock was stored a moment ago. Every
     # later look uses the same reading, which only makes leases look younger.
@@ -398,7 +400,7 @@ def _store_intent(archive: Archive, decision: _Decision, stored: _Stored, claime
 def _other_runs_intent(archive: Archive, claimed: set[str]) -> list[str]:
     """The backups another run stored its intent to remove since this one read
     `catalog/retention.json`: only a run that takes no lock (an older pitrkit) can have."""
-    return [backup_id for backup_id in inventory.retention_state(archive).deleting if backup_id not in claimed]
+    return [backup_id for backup_id in retention_state(archive).deleting if backup_id not in claimed]
 
 
 def _remove_backup(archive: Archive, backup_id: str) -> None:
@@ -416,7 +418,7 @@ def _remove_wal(archive: Archive, removal: _WalFolderRemoval, sealed: bool) -> N
     oldest first.
 
     Every sealed folder's index is written (or removed), not just those this run saw: a
-    backup-push finishing meanwhile indexes newly sealed folders (inventory.refresh) from
+    backup-push finishing meanwhile indexes newly sealed folders (maintenance.refresh) from
     listings that still hold the files going here. Its create-only put then either comes
     first and is replaced (or removed), or comes after the rewritten index and is refused.
     (After the removal of an emptied folder's index it still lands; it names a folder no
@@ -424,7 +426,7 @@ def _remove_wal(archive: Archive, removal: _WalFolderRemoval, sealed: bool) -> N
     prefix = log_folder(removal.timeline, removal.log_number)
     index_key = wal_index_key(prefix)
     if sealed:
-        # Indexes never hold a `.partial` (see catalog/inventory.py).
+        # Indexes never hold a `.partial` (see catalog/archived_wal.py).
         entries = [documents.WalIndexEntry(_name(info), info.size, info.modified) for info in removal.remaining
                    if not info.key.endswith(".partial")]
         if entries:

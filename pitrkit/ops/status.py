@@ -34,15 +34,15 @@ from typing import Literal
 
 import msgspec
 
-from pitrkit.catalog import inventory
+from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
+from pitrkit.catalog.backups import last_written, retention_state, survey_backups
 from pitrkit.catalog.documents import BackupSummary, RetentionRun, WalIndexEntry
-from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.progress import human_bytes, human_seconds
-from pitrkit.storage.archive import Archive, ArchiveMissing
+from pitrkit.progress import human_bytes, human_seconds, show_time
+from pitrkit.storage.archive import Archive, ArchiveMissing, stored_at
 
 Level = Literal["OK", "WARN", "FAIL"]
 _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -213,7 +213,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     now = now or datetime.now(UTC)
     # A backup retention is removing exists for no reader, even while its manifest is
     # still stored: the survey leaves it out.
-    survey = inventory.survey_backups(archive)
+    survey = survey_backups(archive)
     finished, unfinished = survey.finished, survey.unfinished
     try:
         wal: ArchivedWal | None = _PartialsReadOnce(archive)
@@ -230,7 +230,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     receiver = _receiver(wal, config, now)
     size = _size(wal, finished)
     retention = _retention(config.retention, wal, finished, survey.deleting,
-                           inventory.retention_state(archive).last_run, timelines, now)
+                           retention_state(archive).last_run, timelines, now)
 
     judged: list[Check | None] = [
         _backup_check(last_backup, config),
@@ -287,9 +287,9 @@ class _PartialsReadOnce(ArchivedWal):
 
 
 def _file(entry: WalIndexEntry, timeline: int, end_lsn: Lsn, now: datetime) -> ArchivedFile:
-    stored_at = inventory.stored_at(entry.modified)
-    return ArchivedFile(name=entry.name, timeline=timeline, end_lsn=end_lsn, stored_at=stored_at,
-                        age_seconds=_age(stored_at, now))
+    stored = stored_at(entry.modified)
+    return ArchivedFile(name=entry.name, timeline=timeline, end_lsn=end_lsn, stored_at=stored,
+                        age_seconds=_age(stored, now))
 
 
 def _last_wal(wal: ArchivedWal, head: int, now: datetime) -> ArchivedFile | None:
@@ -441,7 +441,7 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
             last = chain.segments[-1]
             if oldest is None:
                 oldest = OldestPoint(backup_id=backup.backup_id, time=backup.stop_time, lsn=backup.stop_lsn)
-            newest = NewestPoint(segment=last.name, lsn=end, stored_at=inventory.stored_at(last.modified))
+            newest = NewestPoint(segment=last.name, lsn=end, stored_at=stored_at(last.modified))
         # Backups whose WAL starts inside this run share its end: they add nothing.
         covered = [backup, *(b for b in waiting if wal.segno(b.first_segment) <= chain.last_segno)]
         waiting = waiting[len(covered) - 1:]
@@ -658,7 +658,7 @@ def _last_stored(wal: ArchivedWal, timeline: int) -> datetime | None:
     """When WAL of `timeline` last reached the archive: its newest segment or partial."""
     stamps = [found[1].modified for found in (wal.newest_segment(timeline), wal.newest_partial(timeline))
               if found is not None and found[1].modified is not None]
-    return inventory.stored_at(max(stamps)) if stamps else None
+    return stored_at(max(stamps)) if stamps else None
 
 
 def _archiver_check(archiver: Archiver) -> Check:
@@ -710,7 +710,7 @@ def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, n
     # One listing per unfinished folder: a running backup keeps storing parts.
     stale = []
     for backup_id in unfinished:
-        last = inventory.last_written(archive, backup_id)
+        last = last_written(archive, backup_id)
         if last is None or last.timestamp() < now.timestamp() - grace:
             stale.append(backup_id)
     if stale:

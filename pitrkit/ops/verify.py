@@ -2,7 +2,7 @@
 problem found rather than stopping at the first (a `VerifyReport`; views/ renders it).
 
 What is checked, from one listing of every WAL folder and of every backup folder (and the
-top-level listings inventory.ArchivedWal makes), never two:
+top-level listings ArchivedWal makes), never two:
 
 * backups: each manifest decodes, names its own folder and the archive's system, adds up
   (part sizes against file sizes), and every part it lists is stored with the stored size
@@ -41,16 +41,9 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import inventory
-from pitrkit.catalog.documents import (
-    ArchiveIdentity,
-    BackupCatalog,
-    BackupManifest,
-    BackupPart,
-    BackupSummary,
-    WalFolderIndex,
-)
-from pitrkit.catalog.inventory import ArchivedWal, LogFolder, on_path
+from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
+from pitrkit.catalog.backups import backup_folders, retention_state
+from pitrkit.catalog.documents import BackupCatalog, BackupManifest, BackupPart, BackupSummary, WalFolderIndex
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, PluginError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
@@ -73,6 +66,7 @@ from pitrkit.storage.archive import (
     manifest_key,
     wal_folder,
 )
+from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.objects import ObjectHeader
 
 Severity = Literal["error", "warning"]
@@ -539,8 +533,8 @@ def _read_contents(archive: Archive, contents: list[_Content], workers: int) -> 
 
 def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
     identity, findings = _identity(archive)
-    being_removed = set(inventory.retention_state(archive).deleting)
-    listed = inventory.backup_folders(archive)
+    being_removed = set(retention_state(archive).deleting)
+    listed = backup_folders(archive)
     with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="verify") as pool, \
             Progress("verify: listing") as progress:
         folders = _check_backup_folders(archive, [b for b in listed if b not in being_removed], identity, pool,

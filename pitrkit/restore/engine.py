@@ -36,13 +36,14 @@ from pathlib import Path
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.catalog import documents, inventory, lease
+from pitrkit.catalog import documents, lease
+from pitrkit.catalog.backups import manifest_present, retention_state
 from pitrkit.catalog.documents import BackupManifest
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, WalFileKind, WalFileName
-from pitrkit.progress import Progress, human_bytes, human_seconds
+from pitrkit.progress import Progress, human_bytes, human_seconds, show_time
 from pitrkit.restore import pgconf, pgstart, recovery_conf, server_config, unpack
 from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
@@ -153,7 +154,7 @@ def hold_for_the_operator(held: lease.Renewal, config: Config, backup_id: str) -
     expires_at = datetime.now(UTC) + restore_lease(config)
     held.hold_until(expires_at)
     say(f"lease {held.lease.lease_id} keeps backup {backup_id} and its WAL from retention until "
-        f"{inventory.show_time(expires_at)}")
+        f"{show_time(expires_at)}")
 
 
 def take_lease(archive: Archive, plan: RestorePlan) -> documents.Lease | None:
@@ -172,7 +173,7 @@ def take_lease(archive: Archive, plan: RestorePlan) -> documents.Lease | None:
         say(f"warning: no lease taken ({exc}): a retention run elsewhere could remove backup {backup_id} or its WAL "
             "while this restore needs them")
         taken = None
-    if backup_id in inventory.retention_state(archive).deleting or not inventory.manifest_present(archive, backup_id):
+    if backup_id in retention_state(archive).deleting or not manifest_present(archive, backup_id):
         if taken is not None:
             lease.release(archive, taken)
         raise RefusedError(f"backup {backup_id} is being removed by retention; plan again (restore-plan) to use "

@@ -9,13 +9,13 @@ It decides in this order, each step refusing with the piece that is missing:
 4. the unbroken run of segments from the backup's first one along the path, which must
    cover the backup's consistency point and reach the target.
 
-The run may end in a `<segment>.partial` (see catalog/inventory.py): the open segment a
+The run may end in a `<segment>.partial` (see catalog/archived_wal.py): the open segment a
 streaming receiver shipped, when it is the newest WAL of its timeline. Where its WAL
 ends is known only by reading it, so the planner reads that one object and takes the end
 of its last valid page as the archive's end: an upper bound, less than a page past the
 last record. wal-fetch then serves the partial when recovery asks for the segment.
 
-It reads only what it needs (see catalog/inventory.py): never a listing of every segment.
+It reads only what it needs (see catalog/archived_wal.py): never a listing of every segment.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
+from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
-from pitrkit.catalog.inventory import ArchivedWal, TimelineStep, WalChain, on_path, show_time
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.progress import human_bytes
+from pitrkit.progress import human_bytes, show_time
 from pitrkit.restore import pgconf
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive, TamperedDocument
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     if wal is None:
         wal = ArchivedWal(archive)  # no archive.json: ArchiveMissing, a fault rather than "no WAL"
     if finished is None:
-        finished = inventory.backups(archive)
+        finished = backups(archive)
     if not finished:
         raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
     candidates = _candidate_timelines(wal, target)
@@ -430,7 +431,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr)
-    text = documents.encode(plan).decode() if args.json else describe(plan) + "\n"
+    text = codec.encode(plan).decode() if args.json else describe(plan) + "\n"
     sys.stdout.write(text)
     return (f"restore plan: backup {plan.backup.backup_id}, {len(plan.segments)} segments to "
             f"{plan.segments[-1]}, timeline {plan.timeline}")

@@ -1,7 +1,7 @@
 """One archive: its storage backend opened from the configuration, the key layout, the
 identity document `archive.json`, the cipher `[encryption]` configures for it, and the
 reading and writing of the archive's JSON documents, authenticated under that cipher's
-keys when encryption is on (see catalog/documents.py for the envelope).
+keys when encryption is on (storage/codec.py, storage/envelope.py).
 
 `archive.json` is what makes a location an archive. `pitrkit init` creates it, and only
 `init` does: without it every command treats the archive as absent (`ArchiveMissing`),
@@ -28,8 +28,6 @@ from typing import TypeVar
 
 import msgspec
 
-from pitrkit.catalog import documents
-from pitrkit.catalog.documents import ArchiveIdentity, Document
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import (
@@ -43,6 +41,9 @@ from pitrkit.hookspecs import (
     StorageMissing,
 )
 from pitrkit.postgres.wal import WalFileKind, WalFileName
+from pitrkit.storage import codec, envelope
+from pitrkit.storage.codec import Document
+from pitrkit.storage.identity import ArchiveIdentity, EncryptionParameters
 from pitrkit.storage.plugins import Plugins
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,11 @@ def wal_index_key(log_folder: str) -> str:
     return f"{WAL_INDEX_PREFIX}{log_folder.removeprefix(WAL_PREFIX).rstrip('/')}.json"
 
 
+def stored_at(modified: float | None) -> datetime | None:
+    """An object's store time (`ObjectInfo.modified`, POSIX seconds) as an instant."""
+    return None if modified is None else datetime.fromtimestamp(modified, UTC)
+
+
 class Archive:
     def __init__(self, config: Config, plugins: Plugins | None = None) -> None:
         self.config = config
@@ -137,7 +143,7 @@ class Archive:
         self._identity_bytes = b""
         # The cipher and the archive.json parameters it was built for: rebuilt when they
         # change (a rotation, an archive created after we first looked).
-        self._cipher: tuple[documents.EncryptionParameters | None, Cipher] | None = None
+        self._cipher: tuple[EncryptionParameters | None, Cipher] | None = None
         # Restore workers and the agent's look-ahead threads ask at once: build it once
         # (a passphrase command run twice, or scrypt paid twice, is time for nothing).
         self._cipher_lock = threading.Lock()
@@ -184,7 +190,7 @@ class Archive:
     def put_document(self, key: str, document: msgspec.Struct, *, overwrite: bool = False,
                      pretty: bool = True) -> None:
         """Store a JSON document, in its authenticated envelope when encryption is on."""
-        self.put(key, self._sealed(key, documents.encode(document, pretty=pretty), self._authenticator()),
+        self.put(key, self._sealed(key, codec.encode(document, pretty=pretty), self._authenticator()),
                  overwrite=overwrite)
 
     def get_document(self, key: str, kind: type[Document]) -> Document:
@@ -204,19 +210,19 @@ class Archive:
             raise RefusedError(f"cannot write {key}: documents in this encrypted archive are signed, and this host "
                                "holds only the verify key (set encryption.signing_key_file where documents are "
                                "written)")
-        return documents.seal(key, data, authenticator)
+        return envelope.seal(key, data, authenticator)
 
     def _opened(self, key: str, data: bytes, kind: type[Document],
                 authenticator: DocumentAuthenticator | None) -> Document:
-        if documents.is_sealed(data):
+        if envelope.is_sealed(data):
             try:
-                data = documents.unseal(key, data, authenticator)
+                data = envelope.unseal(key, data, authenticator)
             except ValueError as exc:
                 raise TamperedDocument(key, str(exc)) from None
         elif authenticator is not None:
             raise TamperedDocument(key, "it is not authenticated, but encryption is configured, and anyone with "
                                         "write access to the storage can make a plain document")
-        return documents.decode(data, kind, key)
+        return codec.decode(data, kind, key)
 
     # -- identity ------------------------------------------------------------------------
 
@@ -249,11 +255,11 @@ class Archive:
                 # The parameters first, on trust, to build the keys; then the whole
                 # document is checked with them.
                 try:
-                    claimed = documents.unseal(IDENTITY_KEY, data, None) if documents.is_sealed(data) else data
+                    claimed = envelope.unseal(IDENTITY_KEY, data, None) if envelope.is_sealed(data) else data
                 except ValueError as exc:
                     raise TamperedDocument(IDENTITY_KEY, str(exc)) from None
-                recorded = documents.decode(claimed, ArchiveIdentity, IDENTITY_KEY).encryption
-                if recorded is None and not documents.is_sealed(data):
+                recorded = codec.decode(claimed, ArchiveIdentity, IDENTITY_KEY).encryption
+                if recorded is None and not envelope.is_sealed(data):
                     raise RefusedError(f"[encryption] is on, but {self.storage.url}/{IDENTITY_KEY} records no "
                                        "encryption and is not authenticated: the archive was created without "
                                        "encryption (it can only be turned on for a new archive), or someone with "
@@ -266,7 +272,7 @@ class Archive:
     def _store_identity(self, identity: ArchiveIdentity, cipher: Cipher | None, *, overwrite: bool) -> None:
         """Write `archive.json`, authenticated under `cipher`'s keys (those its own
         parameters derive); raises `ObjectExists` when not `overwrite`."""
-        data = self._sealed(IDENTITY_KEY, documents.encode(identity), None if cipher is None else cipher.documents)
+        data = self._sealed(IDENTITY_KEY, codec.encode(identity), None if cipher is None else cipher.documents)
         self.put(IDENTITY_KEY, data, overwrite=overwrite)
         self._identity, self._identity_bytes, self._identity_read_at = identity, data, time.monotonic()
 
@@ -278,7 +284,7 @@ class Archive:
         cipher = None
         if self.config.encryption.mode != "off":
             cipher = self._make_cipher(None)
-            encryption = msgspec.convert(cipher.archive_parameters, documents.EncryptionParameters)
+            encryption = msgspec.convert(cipher.archive_parameters, EncryptionParameters)
         identity = ArchiveIdentity(
             system_identifier=system_identifier,
             wal_segment_size=segment_size,
@@ -306,7 +312,7 @@ class Archive:
             return None
         return self._cipher_for(self.identity().encryption)
 
-    def _cipher_for(self, recorded: documents.EncryptionParameters | None) -> Cipher:
+    def _cipher_for(self, recorded: EncryptionParameters | None) -> Cipher:
         with self._cipher_lock:
             if self._cipher is None or self._cipher[0] != recorded:
                 self._cipher = (recorded, self._make_cipher(recorded))
@@ -330,7 +336,7 @@ class Archive:
                                "turned on for a new archive (a new repository.url, then a new base backup)")
         cipher = self.cipher()
         assert cipher is not None
-        wanted = msgspec.convert(cipher.archive_parameters, documents.EncryptionParameters)
+        wanted = msgspec.convert(cipher.archive_parameters, EncryptionParameters)
         if wanted.key_ids != recorded.key_ids:
             self._record_encryption(wanted, cipher)
             recorded = wanted
@@ -342,13 +348,13 @@ class Archive:
                 "encryption.old_keys; see docs/encryption.md)")
         return cipher
 
-    def _record_encryption(self, parameters: documents.EncryptionParameters, cipher: Cipher) -> None:
+    def _record_encryption(self, parameters: EncryptionParameters, cipher: Cipher) -> None:
         identity = msgspec.structs.replace(self.identity(), encryption=parameters)
         self._store_identity(identity, cipher, overwrite=True)
         log.warning("archive %s: encryption key %s is now current (keys, oldest first: %s)",
                     self.storage.url, parameters.current_key_id, ", ".join(parameters.key_ids))
         self._cipher = (parameters, cipher)  # the parameters it proposed: nothing to rebuild
 
-    def _make_cipher(self, recorded: documents.EncryptionParameters | None) -> Cipher:
+    def _make_cipher(self, recorded: EncryptionParameters | None) -> Cipher:
         parameters = {} if recorded is None else msgspec.to_builtins(recorded)
         return self.plugins.cipher(msgspec.to_builtins(self.config.encryption), parameters)

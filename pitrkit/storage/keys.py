@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from pitrkit.catalog.documents import ScryptParameters
 from pitrkit.errors import ConfigError, UsageError
+from pitrkit.storage.identity import ScryptParameters
 
 KEY_BYTES = 32
 SYMMETRIC_LABEL = "pitrkit-key"

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import html
 
-from pitrkit.catalog.inventory import show_time
 from pitrkit.daemon.facts import DaemonFacts
 from pitrkit.ops.status import ArchivedFile, Level, StatusReport
-from pitrkit.progress import human_bytes, human_count, human_seconds
+from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }

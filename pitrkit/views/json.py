@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import msgspec
 
-from pitrkit.catalog import documents
 from pitrkit.daemon.facts import DaemonFacts
 from pitrkit.ops.status import StatusReport
+from pitrkit.storage import codec
 
 
 class StatusDocument(msgspec.Struct, kw_only=True, frozen=True):
@@ -22,10 +22,10 @@ class StatusDocument(msgspec.Struct, kw_only=True, frozen=True):
 
 def render(report: msgspec.Struct) -> str:
     """What `--json` prints: the report indented, ending in a newline."""
-    return documents.encode(report).decode()
+    return codec.encode(report).decode()
 
 
 def status_document(report: StatusReport, daemon: DaemonFacts) -> str:
     """`/status.json`: the report and the daemon's facts on one line."""
     document = StatusDocument(status=report, daemon=daemon)
-    return msgspec.json.encode(documents.to_builtins(document)).decode() + "\n"
+    return msgspec.json.encode(codec.to_builtins(document)).decode() + "\n"

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit import entry
-from pitrkit.catalog.documents import ArchiveIdentity
 from pitrkit.config import Config, load
 from pitrkit.errors import PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import WalFileName
 from pitrkit.storage.archive import Archive, wal_key
+from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.wal.push import push

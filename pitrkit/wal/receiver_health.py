@@ -23,10 +23,10 @@ import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 
-from pitrkit.catalog import documents
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.conninfo import connection_failure
 from pitrkit.postgres.wal import Lsn
+from pitrkit.storage import codec
 
 STATE_FILE = "pitrkit-receive.json"
 # How long the LSN-by-time samples behind `lag_seconds` reach back.
@@ -192,7 +192,7 @@ def write_state(spool: Path, health: ReceiverHealth) -> None:
     """Replace the state file atomically: a reader sees the old or the new one, whole.
     No fsync: it is a view of the moment, rewritten every few seconds."""
     temporary = spool / f".{STATE_FILE}.tmp"
-    temporary.write_bytes(documents.encode(health))
+    temporary.write_bytes(codec.encode(health))
     os.replace(temporary, spool / STATE_FILE)
 
 
@@ -204,6 +204,6 @@ def read_state(spool: Path) -> ReceiverHealth:
     except OSError as exc:
         raise PitrkitError(f"cannot read {path}: {exc.strerror} (has pitrkit wal-receive run on this spool?)") from None
     try:
-        return documents.decode(data, ReceiverHealth, str(path))
+        return codec.decode(data, ReceiverHealth, str(path))
     except ValueError as exc:
         raise PitrkitError(str(exc)) from None

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from pitrkit.backup.push import PART_SIZE, summary_of
-from pitrkit.catalog import documents
 from pitrkit.catalog.documents import BackupCatalog, BackupManifest, BackupTablespace
 from pitrkit.postgres.wal import SegmentName
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from pitrkit.storage.plugins import Plugins
 
@@ -55,7 +54,7 @@ def manifests(setup) -> list[Path]:
 
 def read_manifest(setup, backup_id: str) -> BackupManifest:
     key = f"backups/{backup_id}/manifest.json"
-    return documents.decode((setup.archive / key).read_bytes(), BackupManifest, key)
+    return codec.decode((setup.archive / key).read_bytes(), BackupManifest, key)
 
 
 def reassemble(setup, manifest: BackupManifest) -> dict[str, bytes]:
@@ -141,7 +140,7 @@ def test_backup_of_a_cluster_with_a_tablespace(cluster, pitrkit_setup, pg_major)
 
     printed = json.loads(result.stdout)
     manifest = read_manifest(pitrkit_setup, printed["backup_id"])
-    assert printed == documents.to_builtins(summary_of(manifest))
+    assert printed == codec.to_builtins(summary_of(manifest))
 
     # The facts.
     assert manifest.system_identifier == primary.system_identifier
@@ -198,7 +197,7 @@ def test_label_and_plain_output(cluster, pitrkit_setup):
     assert manifest.label == "before the upgrade"
     assert manifest.backup_id == backup_id and manifest.tablespaces == [] and manifest.tablespace_map is None
     assert "LABEL: before the upgrade" in manifest.backup_label
-    recorded = documents.decode((pitrkit_setup.archive / BACKUP_CATALOG_KEY).read_bytes(), BackupCatalog, "catalog")
+    recorded = codec.decode((pitrkit_setup.archive / BACKUP_CATALOG_KEY).read_bytes(), BackupCatalog, "catalog")
     assert recorded.backups == [summary_of(manifest)]
 
 

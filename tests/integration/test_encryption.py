@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.catalog import documents
-from pitrkit.storage import objects
+from pitrkit.storage import codec, envelope, objects
+from pitrkit.storage.identity import ArchiveIdentity
 
 import pgharness
 from pitr_workload import (
@@ -58,7 +58,7 @@ def test_an_encrypted_archive_restores_to_a_time(cluster, encrypted_setup):
     # Every object is encrypted with the one key archive.json names, and none holds the
     # key or the workload's plaintext (the accounts' notes are in every backup and WAL).
     stored_identity = (setup.archive / "archive.json").read_bytes()
-    identity = documents.decode(documents.unseal("archive.json", stored_identity, None), documents.ArchiveIdentity,
+    identity = codec.decode(envelope.unseal("archive.json", stored_identity, None), ArchiveIdentity,
                               "archive.json")
     assert identity.encryption is not None and identity.encryption.mode == "key"
     encoded = setup.key_file.read_text().split()[1]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from pitrkit.catalog import documents
+from pitrkit.storage import codec
 from pitrkit.storage.archive import IDENTITY_KEY
+from pitrkit.storage.identity import ArchiveIdentity
 
 import pgharness
 
@@ -28,7 +29,7 @@ def test_init_creates_the_archive_once_and_refuses_another_cluster(cluster, pitr
                            f"identifier {primary.system_identifier}: PostgreSQL {pg_major}, 32 MiB WAL segments; "
                            f"read from pg_controldata on {primary.pgdata}"), said
     stored = pitrkit_setup.archive / IDENTITY_KEY
-    identity = documents.decode(stored.read_bytes(), documents.ArchiveIdentity, IDENTITY_KEY)
+    identity = codec.decode(stored.read_bytes(), ArchiveIdentity, IDENTITY_KEY)
     assert (identity.system_identifier, identity.wal_segment_size, identity.pg_versions) == \
         (primary.system_identifier, 32 << 20, [pg_major])
     assert stored.stat().st_uid == pgharness.server_user().uid

@@ -14,7 +14,6 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit.catalog import documents, inventory
 from pitrkit.catalog.documents import (
     BackupDirectory,
     BackupFile,
@@ -23,9 +22,10 @@ from pitrkit.catalog.documents import (
     BackupSummary,
     RetentionState,
 )
+from pitrkit.catalog.maintenance import rebuild
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import RETENTION_STATE_KEY, Archive, backup_prefix, manifest_key
 from pitrkit.storage.plugins import Plugins
 from tests.unit.segments import init_archive
@@ -128,12 +128,12 @@ class SyntheticArchive:
         if at is not None:
             for key in (part.key, manifest_key(backup_id)) if manifest else (part.key,):
                 self._stamp(key, at)
-        return documents.decode(documents.encode(document), BackupSummary, "summary")
+        return codec.decode(codec.encode(document), BackupSummary, "summary")
 
     def rebuild_catalog(self) -> None:
         """`catalog/backups.json` and the indexes of the sealed WAL folders, made from the
         objects stored so far (what `pitrkit catalog rebuild` writes)."""
-        inventory.rebuild(self.archive)
+        rebuild(self.archive)
 
     def being_removed(self, backup_ids: list[str], decided_at: datetime) -> None:
         """`catalog/retention.json` naming backups a retention run was removing when it

@@ -16,10 +16,11 @@ import pytest
 import zstandard
 
 from pitrkit.catalog import documents
-from pitrkit.catalog.documents import ArchiveIdentity, BackupManifest, BackupTablespace
+from pitrkit.catalog.documents import BackupManifest, BackupTablespace
 from pitrkit.errors import RefusedError
 from pitrkit.restore import unpack
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
+from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.objects import CorruptObject, ObjectHeader
 from pitrkit.storage.plugins.compression import NoCompression, Zstd
 from tests.unit.test_restore import FILES, make_backup, restore_into
@@ -29,11 +30,11 @@ from tests.unit.test_restore import FILES, make_backup, restore_into
 
 def manifest_document(tmp_path: Path, **kwargs) -> tuple[dict, BackupManifest]:
     archive, manifest = make_backup(tmp_path / "archive", FILES, 100, **kwargs)
-    return documents.to_builtins(manifest), manifest
+    return codec.to_builtins(manifest), manifest
 
 
 def decode_manifest(document: dict) -> BackupManifest:
-    return documents.decode(msgspec.json.encode(document), BackupManifest, "backups/B1/manifest.json")
+    return codec.decode(msgspec.json.encode(document), BackupManifest, "backups/B1/manifest.json")
 
 
 @pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "base/../../x", "base//1", "./base",
@@ -103,7 +104,7 @@ def test_summary_ids_and_counts_are_checked(tmp_path, field, value):
     summary = {key: value for key, value in document.items()
                if key in documents.BackupSummary.__struct_fields__}
     with pytest.raises(ValueError):
-        documents.decode(msgspec.json.encode({"backups": [summary]}), documents.BackupCatalog, "catalog/backups.json")
+        codec.decode(msgspec.json.encode({"backups": [summary]}), documents.BackupCatalog, "catalog/backups.json")
 
 
 # --- what needs the whole manifest -------------------------------------------------------------
@@ -250,7 +251,7 @@ def identity_document(**encryption) -> bytes:
 
 
 def test_the_archive_identity_as_pitrkit_writes_it_decodes():
-    documents.decode(identity_document(), ArchiveIdentity, "archive.json")
+    codec.decode(identity_document(), ArchiveIdentity, "archive.json")
 
 
 @pytest.mark.parametrize(("change", "problem"), [
@@ -263,7 +264,7 @@ def test_the_archive_identity_as_pitrkit_writes_it_decodes():
 ])
 def test_tampered_encryption_parameters_are_refused_before_any_key_is_stretched(change, problem):
     with pytest.raises(ValueError, match=f"archive.json is not a valid ArchiveIdentity: .*{problem}"):
-        documents.decode(identity_document(**change), ArchiveIdentity, "archive.json")
+        codec.decode(identity_document(**change), ArchiveIdentity, "archive.json")
 
 
 @pytest.mark.parametrize("size", [0, -1, 3 << 20, 1 << 31])
@@ -271,7 +272,7 @@ def test_a_wal_segment_size_postgresql_cannot_have_is_refused(size):
     document = msgspec.json.decode(identity_document())
     document["wal_segment_size"] = size
     with pytest.raises(ValueError, match="wal_segment_size"):
-        documents.decode(msgspec.json.encode(document), ArchiveIdentity, "archive.json")
+        codec.decode(msgspec.json.encode(document), ArchiveIdentity, "archive.json")
 
 
 # --- object headers ----------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pitrkit import config
-from pitrkit.catalog import documents
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.daemon.facts import DaemonFacts
 from pitrkit.daemon.schedule import Cron, Every, Timetable
@@ -35,6 +34,7 @@ from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.events import LogfmtFormatter
 from pitrkit.postgres.wal import Lsn
+from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
 from tests.unit.segments import init_archive
 
@@ -135,7 +135,7 @@ def archive_config(tmp_path: Path) -> config.Config:
 
 def fake_pitrkit(tmp_path: Path) -> list[str]:
     script = tmp_path / "fake_pitrkit.py"
-    script.write_text(FAKE_PITRKIT.replace("SUMMARY", repr(documents.encode(SUMMARY).decode())))
+    script.write_text(FAKE_PITRKIT.replace("SUMMARY", repr(codec.encode(SUMMARY).decode())))
     return [sys.executable, str(script)]
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.catalog import documents
-from pitrkit.catalog.documents import ArchiveIdentity, BackupCatalog
+from pitrkit.catalog.documents import BackupCatalog
 from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.errors import ConfigError
-from pitrkit.storage import keys
+from pitrkit.storage import codec, envelope, keys
 from pitrkit.storage.archive import IDENTITY_KEY, Archive, TamperedDocument, manifest_key
+from pitrkit.storage.identity import ArchiveIdentity
 from tests.unit.synthetic_archive import SyntheticArchive, name
 
 PASSPHRASE = "correct horse battery staple"
@@ -98,7 +98,7 @@ def refused(capsys, config: Path, key: str, *argv: str, code: int = 1) -> None:
 def test_untampered_documents_are_read_and_written_in_their_envelopes(hosts, capsys):
     assert run(capsys, hosts.writer_config, "catalog", "rebuild")[0] == 0
     for key in (IDENTITY_KEY, manifest_key("B1"), "catalog/backups.json", INDEX_KEY):
-        assert documents.is_sealed((hosts.root / key).read_bytes()), key
+        assert envelope.is_sealed((hosts.root / key).read_bytes()), key
     # The document inside is plain JSON, for jq and a person.
     stored = json.loads((hosts.root / "catalog/backups.json").read_bytes())
     assert stored["document"]["backups"][0]["backup_id"] == "B1"
@@ -143,7 +143,7 @@ def test_a_tampered_archive_json_is_refused_by_every_reader(hosts, capsys, tmp_p
     data = (hosts.root / IDENTITY_KEY).read_bytes()
     if hosts.reader.startswith('mode = "key"'):
         # The salt: the passphrase then derives another key, whose tag differs.
-        identity = documents.decode(documents.unseal(IDENTITY_KEY, data, None), ArchiveIdentity, IDENTITY_KEY)
+        identity = codec.decode(envelope.unseal(IDENTITY_KEY, data, None), ArchiveIdentity, IDENTITY_KEY)
         assert identity.encryption is not None and identity.encryption.scrypt is not None
         salt = base64.b64encode(identity.encryption.scrypt.salt)
         hosts.tamper(IDENTITY_KEY, salt, base64.b64encode(bytes(16)))
@@ -160,7 +160,7 @@ def test_a_tampered_archive_json_is_refused_by_every_reader(hosts, capsys, tmp_p
 def test_a_plain_document_in_an_encrypted_archive_is_refused(hosts, capsys):
     plain = BackupCatalog(backups=[])
     (hosts.root / "catalog").mkdir()
-    (hosts.root / "catalog/backups.json").write_bytes(documents.encode(plain))
+    (hosts.root / "catalog/backups.json").write_bytes(codec.encode(plain))
     result, _, err = run(capsys, hosts.reader_config, "backup-list")
     assert result == 1 and "catalog/backups.json does not authenticate: it is not authenticated" in err
 

@@ -20,14 +20,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit.catalog import documents
-from pitrkit.catalog.documents import EncryptionParameters, ScryptParameters
 from pitrkit.cli import FETCH_FAULT, main
 from pitrkit.config import Config, EncryptionConfig, KeySource, RepositoryConfig
 from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.postgres.wal import SegmentName
-from pitrkit.storage import keys, objects
+from pitrkit.storage import codec, envelope, keys, objects
 from pitrkit.storage.archive import IDENTITY_KEY, Archive, ArchiveMissing, TamperedDocument
+from pitrkit.storage.identity import ArchiveIdentity, EncryptionParameters, ScryptParameters
 from pitrkit.storage.plugins import Plugins, encryption
 from pitrkit.wal.push import push
 from tests.unit.segments import SEG_16MIB, init_archive, segment
@@ -314,10 +313,10 @@ def archive_root(tmp_path) -> Path:
     return root
 
 
-def identity(root: Path) -> documents.ArchiveIdentity:
+def identity(root: Path) -> ArchiveIdentity:
     """archive.json as stored, its envelope opened without checking it."""
-    return documents.decode(documents.unseal(IDENTITY_KEY, (root / IDENTITY_KEY).read_bytes(), None),
-                          documents.ArchiveIdentity, IDENTITY_KEY)
+    return codec.decode(envelope.unseal(IDENTITY_KEY, (root / IDENTITY_KEY).read_bytes(), None), ArchiveIdentity,
+                        IDENTITY_KEY)
 
 
 def test_archive_json_records_mode_and_key_id_never_the_key(tmp_path, archive_root):
@@ -399,7 +398,7 @@ def test_a_plaintext_object_in_an_encrypted_archive_is_refused_even_if_archive_j
     with pytest.raises(objects.CorruptObject, match="000000010000000000000002.*it is not encrypted"):
         host.read(2)
     forged = msgspec.structs.replace(identity(archive_root), encryption=None)
-    (archive_root / IDENTITY_KEY).write_bytes(documents.encode(forged))
+    (archive_root / IDENTITY_KEY).write_bytes(codec.encode(forged))
     reader = Host(archive_root, tmp_path / "files", host.archive.config.encryption)
     with pytest.raises(RefusedError, match="archive.json records no encryption and is not authenticated"):
         reader.read(2)

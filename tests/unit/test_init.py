@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.catalog import documents
 from pitrkit.cli import main
 from pitrkit.config import load
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.ops.init import ClusterFacts, initialise
+from pitrkit.storage import codec, envelope
 from pitrkit.storage.archive import IDENTITY_KEY, Archive
+from pitrkit.storage.identity import ArchiveIdentity
 from tests.unit.segments import SEG_16MIB, SYSID
 
 FACTS = ClusterFacts(SYSID, SEG_16MIB, 15, "the test")
@@ -32,13 +33,13 @@ def configured(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-def stored_identity(tmp_path: Path) -> documents.ArchiveIdentity:
+def stored_identity(tmp_path: Path) -> ArchiveIdentity:
     """archive.json as stored, read without keys (an encrypted archive's is in its
     authenticated envelope)."""
     data = (tmp_path / "archive" / IDENTITY_KEY).read_bytes()
-    if documents.is_sealed(data):
-        data = documents.unseal(IDENTITY_KEY, data, None)
-    return documents.decode(data, documents.ArchiveIdentity, "test")
+    if envelope.is_sealed(data):
+        data = envelope.unseal(IDENTITY_KEY, data, None)
+    return codec.decode(data, ArchiveIdentity, "test")
 
 
 def test_init_creates_archive_json_and_says_so(tmp_path):

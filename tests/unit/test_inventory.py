@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import contents, maintenance
+from pitrkit.catalog.backups import backups, survey_backups
 from pitrkit.catalog.documents import BackupCatalog, WalFolderIndex
 from pitrkit.cli import main
 from pitrkit.errors import PitrkitError
+from pitrkit.storage import codec
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 
@@ -27,7 +29,7 @@ def store(tmp_path) -> SyntheticArchive:
 
 
 def ids(store: SyntheticArchive) -> list[str]:
-    return [summary.backup_id for summary in inventory.backups(store.archive)]
+    return [summary.backup_id for summary in backups(store.archive)]
 
 
 # --- backups --------------------------------------------------------------------------
@@ -38,50 +40,50 @@ def test_backups_come_from_manifests_oldest_first_without_unfinished_ones(store)
     store.backup("A", 1, 2, 3)
     store.backup("C", 1, 14, 15, manifest=False)
     assert ids(store) == ["A", "B"]
-    survey = inventory.survey_backups(store.archive)
+    survey = survey_backups(store.archive)
     assert survey.unfinished == ["C"]
 
 
 def test_record_backup_writes_the_catalog_and_readers_trust_it(store):
     summary = store.backup("A", 1, 2, 3)
-    inventory.record_backup(store.archive, summary)
-    document = documents.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
+    maintenance.record_backup(store.archive, summary)
+    document = codec.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "catalog")
     assert document.backups == [summary]
     # With the summary cached, the manifest is not read again.
     (store.root / "backups/A/manifest.json").write_text("{damaged")
-    assert inventory.backups(store.archive) == [summary]
+    assert backups(store.archive) == [summary]
 
 
 def test_a_backup_the_catalog_does_not_know_is_read_from_its_manifest(store):
-    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("A", 1, 2, 3))
     store.backup("B", 1, 10, 11)  # finished while the catalog was being written by another
     assert ids(store) == ["A", "B"]
 
 
 def test_a_catalog_entry_whose_folder_is_gone_is_dropped(store):
-    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
-    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    maintenance.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("B", 1, 10, 11))
     shutil.rmtree(store.root / "backups/A")
     assert ids(store) == ["B"]
 
 
 def test_a_catalog_entry_whose_manifest_is_gone_is_unfinished(store):
     # A deletion interrupted after the manifest went: the folder stays, the backup does not.
-    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
-    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    maintenance.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("B", 1, 10, 11))
     (store.root / "backups/B/manifest.json").unlink()
     assert ids(store) == ["A"]
-    assert inventory.survey_backups(store.archive).unfinished == ["B"]
+    assert survey_backups(store.archive).unfinished == ["B"]
 
 
 def test_a_corrupt_catalog_is_ignored(store, caplog):
-    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("A", 1, 2, 3))
     (store.root / BACKUP_CATALOG_KEY).write_text('{"backups": [{"backup_id": 5}]}')
     assert ids(store) == ["A"]
     assert "ignoring the backup catalog" in caplog.text
     # And the next record replaces it with a good one.
-    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
-    assert [b.backup_id for b in documents.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
+    maintenance.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    assert [b.backup_id for b in codec.decode(store.archive.get(BACKUP_CATALOG_KEY), BackupCatalog, "c").backups] \
         == ["B"]
     assert ids(store) == ["A", "B"]
 
@@ -91,7 +93,7 @@ def test_a_corrupt_manifest_is_refused_naming_it(store):
     (store.root / "backups/A/manifest.json").write_text('{"backup_id": "A"}')
     with pytest.raises(PitrkitError, match=r"backup A is unusable: backups/A/manifest.json is not a valid "
                                            r"BackupSummary: Object missing required field"):
-        inventory.backups(store.archive)
+        backups(store.archive)
 
 
 def test_a_manifest_naming_another_backup_is_refused(store):
@@ -99,39 +101,39 @@ def test_a_manifest_naming_another_backup_is_refused(store):
     (store.root / "backups/B").mkdir()
     shutil.copy(store.root / "backups/A/manifest.json", store.root / "backups/B/manifest.json")
     with pytest.raises(PitrkitError, match="backup B is unusable: backups/B/manifest.json names backup 'A'"):
-        inventory.backups(store.archive)
+        backups(store.archive)
 
 
 # --- WAL indexes ----------------------------------------------------------------------
 
 
 def index(store: SyntheticArchive, folder: str) -> WalFolderIndex:
-    return documents.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
+    return codec.decode(store.archive.get(f"catalog/wal/{folder}.json"), WalFolderIndex, folder)
 
 
 def test_refresh_indexes_only_sealed_folders_and_only_once(store):
     # Segments 1..20: folders 00000001 0000000{0..5}; the newest one still receives WAL.
-    assert inventory.refresh(store.archive) == [f"catalog/wal/00000001{log:08X}.json" for log in range(5)]
-    assert inventory.refresh(store.archive) == []
+    assert maintenance.refresh(store.archive) == [f"catalog/wal/00000001{log:08X}.json" for log in range(5)]
+    assert maintenance.refresh(store.archive) == []
     first = index(store, "0000000100000000")
     assert first.folder == "wal/0000000100000000/"
     assert [(e.name, e.stored_size, e.modified) for e in first.entries] == [
         (name(1, segno), len(b"segment %d" % segno), stored_at(segno).timestamp()) for segno in (1, 2, 3)
     ]
     store.segments(1, 21, 24)  # folder 5 is sealed once folder 6 exists
-    assert inventory.refresh(store.archive) == ["catalog/wal/0000000100000005.json"]
+    assert maintenance.refresh(store.archive) == ["catalog/wal/0000000100000005.json"]
 
 
 def test_record_backup_refreshes_the_indexes(store):
-    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("A", 1, 2, 3))
     assert (store.root / "catalog/wal/0000000100000004.json").is_file()
 
 
 def test_rebuild_recreates_the_same_catalog(store):
     store.history(2, [(1, lsn(8, 0x10))], at=stored_at(12))
     store.segments(2, 8, 13, at=stored_at(13))
-    inventory.record_backup(store.archive, store.backup("A", 1, 2, 3))
-    inventory.record_backup(store.archive, store.backup("B", 1, 10, 11))
+    maintenance.record_backup(store.archive, store.backup("A", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("B", 1, 10, 11))
     store.backup("C", 1, 14, 15, manifest=False)
 
     def snapshot() -> dict[str, object]:
@@ -145,18 +147,18 @@ def test_rebuild_recreates_the_same_catalog(store):
     before = snapshot()
     assert len(before) == 1 + 5 + 1  # backups.json, timeline 1 folders 0..4, timeline 2 folder 2
     shutil.rmtree(store.root / "catalog")
-    report = inventory.rebuild(store.archive)
+    report = maintenance.rebuild(store.archive)
     assert snapshot() == before
     assert report[0] == "wrote catalog/backups.json: 2 backups (left out, no manifest: C)"
     assert "wrote catalog/wal/0000000200000002.json: 4 files" in report
 
 
 def test_rebuild_removes_indexes_of_folders_that_are_gone(store):
-    inventory.refresh(store.archive)
+    maintenance.refresh(store.archive)
     for segno in range(17, 21):  # folders 4 (16..19) and 5 (20): 4 becomes the newest
         store.drop_segment(1, segno)
     (store.root / "wal/0000000100000005").rmdir()
-    report = inventory.rebuild(store.archive)
+    report = maintenance.rebuild(store.archive)
     assert "removed catalog/wal/0000000100000004.json: its folder is gone or still receives WAL" in report
     assert not (store.root / "catalog/wal/0000000100000004.json").exists()
 
@@ -165,7 +167,7 @@ def test_rebuild_refuses_a_corrupt_manifest(store):
     store.backup("A", 1, 2, 3)
     (store.root / "backups/A/manifest.json").write_bytes(b"\xff")
     with pytest.raises(PitrkitError, match="backup A is unusable"):
-        inventory.rebuild(store.archive)
+        maintenance.rebuild(store.archive)
 
 
 def test_indexes_stay_right_while_a_partial_comes_and_goes(store):
@@ -174,22 +176,22 @@ def test_indexes_stay_right_while_a_partial_comes_and_goes(store):
     (folder 6) is stored before the partial of 21 is removed, so the index of folder 5
     is written while the partial is there. It must not name it."""
     store.partial(1, 21, pages=3, at=stored_at(21))
-    assert inventory.refresh(store.archive) == [f"catalog/wal/00000001{log:08X}.json" for log in range(5)]
+    assert maintenance.refresh(store.archive) == [f"catalog/wal/00000001{log:08X}.json" for log in range(5)]
     store.partial(1, 21, pages=6, at=stored_at(21))
     store.segments(1, 21, 24)
-    assert inventory.refresh(store.archive) == ["catalog/wal/0000000100000005.json"]
+    assert maintenance.refresh(store.archive) == ["catalog/wal/0000000100000005.json"]
     assert [e.name for e in index(store, "0000000100000005").entries] == [name(1, segno) for segno in (20, 21, 22, 23)]
-    listed = [row.name for row in inventory.wal_rows(store.archive)]
+    listed = [row.name for row in contents.wal_rows(store.archive)]
     assert f"{name(1, 21)}.partial" not in listed  # a leftover in a sealed folder: later WAL exists
     store.drop_partial(1, 21)
-    assert [row.name for row in inventory.wal_rows(store.archive)] == listed
-    inventory.rebuild(store.archive)
+    assert [row.name for row in contents.wal_rows(store.archive)] == listed
+    maintenance.rebuild(store.archive)
     assert [e.name for e in index(store, "0000000100000005").entries] == [name(1, segno) for segno in (20, 21, 22, 23)]
 
 
 def test_rebuild_leaves_partials_out_of_the_indexes(store):
     store.partial(1, 19, pages=3, at=stored_at(19))  # a leftover in folder 4, sealed
-    inventory.rebuild(store.archive)
+    maintenance.rebuild(store.archive)
     assert [e.name for e in index(store, "0000000100000004").entries] == [name(1, segno) for segno in (16, 17, 18, 19)]
 
 
@@ -201,8 +203,8 @@ def test_wal_rows_say_which_backup_each_segment_belongs_to_and_its_state(store):
     store.backup("B", 1, 10, 11)
     store.history(2, [(1, lsn(8, 0x10))], at=stored_at(12))
     store.segments(2, 8, 9, at=stored_at(13))
-    inventory.refresh(store.archive)
-    rows = {row.name: row for row in inventory.wal_rows(store.archive)}
+    maintenance.refresh(store.archive)
+    rows = {row.name: row for row in contents.wal_rows(store.archive)}
     expected = {1: (None, "obsolete"), 2: ("A", "backup"), 3: ("A", "backup"), 4: ("A", "restorable"),
                 9: ("A", "restorable"), 10: ("B", "backup"), 11: ("B", "backup"), 12: ("B", "restorable"),
                 20: ("B", "restorable")}
@@ -214,7 +216,7 @@ def test_wal_rows_say_which_backup_each_segment_belongs_to_and_its_state(store):
     assert (rows[name(2, 8)].backup, rows[name(2, 8)].state) == ("A", "restorable")
     assert rows["00000002.history"].state == "history" and rows["00000002.history"].timeline == 2
     assert len(rows) == 20 + 2 + 1
-    only_two = inventory.wal_rows(store.archive, only_timeline=2)
+    only_two = contents.wal_rows(store.archive, only_timeline=2)
     assert [row.name for row in only_two] == ["00000002.history", name(2, 8), name(2, 9)]
 
 
@@ -222,7 +224,7 @@ def test_wal_list_shows_the_newest_partial_marked_partial(store):
     store.backup("B", 1, 10, 11)
     store.partial(1, 20, pages=3, at=stored_at(20))  # left behind: its full segment is stored too
     store.partial(1, 21, pages=3, at=stored_at(21))
-    rows = inventory.wal_rows(store.archive)
+    rows = contents.wal_rows(store.archive)
     assert [row.name for row in rows[-4:]] == [name(1, 19), name(1, 20), f"{name(1, 20)}.partial",
                                               f"{name(1, 21)}.partial"]
     newest = rows[-1]

@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pitrkit.catalog import documents, inventory, lock
+from pitrkit.catalog import lock, maintenance
+from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import CatalogLock
 from pitrkit.catalog.lock import CATALOG_LOCK_KEY, LockHeld
 from pitrkit.cli import main
 from pitrkit.demo.localpg import wait_for
+from pitrkit.storage import codec
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive
 
@@ -33,7 +35,7 @@ def age(store: SyntheticArchive, by: timedelta) -> None:
 
 
 def stored_lock(store: SyntheticArchive) -> CatalogLock:
-    return documents.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
+    return codec.decode((store.root / CATALOG_LOCK_KEY).read_bytes(), CatalogLock, CATALOG_LOCK_KEY)
 
 
 def test_taken_held_refused_and_released(store):
@@ -100,8 +102,8 @@ def test_catalog_rebuild_refuses_while_the_lock_is_held(store, tmp_path, capsys)
 def test_a_backup_catalog_update_is_refused_while_the_lock_is_held(store):
     summary = store.backup("A", 1, 2, 3)
     with lock.take(store.archive, "retention apply"), pytest.raises(LockHeld):
-        inventory.record_backup(store.archive, summary)
+        maintenance.record_backup(store.archive, summary)
     assert not (store.root / BACKUP_CATALOG_KEY).exists()
-    assert [backup.backup_id for backup in inventory.backups(store.archive)] == ["A"]  # from its manifest
-    inventory.record_backup(store.archive, summary)
+    assert [backup.backup_id for backup in backups(store.archive)] == ["A"]  # from its manifest
+    maintenance.record_backup(store.archive, summary)
     assert (store.root / BACKUP_CATALOG_KEY).exists()

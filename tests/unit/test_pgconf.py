@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from pitrkit.catalog import documents
 from pitrkit.catalog.documents import BackupFile, BackupManifest, BackupPart
 from pitrkit.config import Config, RepositoryConfig
 from pitrkit.postgres.wal import Lsn
 from pitrkit.restore import pgconf
 from pitrkit.restore.plan import backup_configuration
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, manifest_key
 from pitrkit.storage.plugins import Plugins
 
@@ -85,7 +84,7 @@ def test_restore_plan_reads_the_files_from_the_backups_parts_only(tmp_path):
         compression="none", pitrkit_version="0", backup_label="", parts=parts, directories=[],
         files=[BackupFile("base/1/1", 100, 0o600, 0, 0, 0), BackupFile("postgresql.conf", len(conf), 0o600, 0, 1, 0),
                BackupFile("postgresql.auto.conf", len(auto), 0o600, 0, 1, len(conf))])
-    archive.put(manifest_key("B"), documents.encode(manifest, pretty=False))
+    archive.put(manifest_key("B"), codec.encode(manifest, pretty=False))
     found = backup_configuration(archive, "B")
     assert settings(found) == [("postgresql.auto.conf", "shared_preload_libraries", "evil")]
     # A part that cannot be read is a note in the plan, not a failure of it.

@@ -12,9 +12,10 @@ from datetime import timedelta
 
 import pytest
 
-from pitrkit.catalog import inventory
+from pitrkit.catalog import maintenance
 from pitrkit.cli import main
 from pitrkit.restore.plan import PlanRefused, RestorePlan, Target, describe, latest_warning, make_plan
+from pitrkit.storage import codec
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 
@@ -252,7 +253,7 @@ def test_a_missing_switch_segment_on_the_new_timeline_is_a_gap(branched):
 def test_plans_are_the_same_with_and_without_indexes(branched):
     targets = [(at_lsn(6), None), (at_lsn(12), 2), (at_time(12), 1), (LATEST, None)]
     before = [make_plan(branched.archive, target, timeline) for target, timeline in targets]
-    written = inventory.refresh(branched.archive)
+    written = maintenance.refresh(branched.archive)
     # Timeline 1 fills folders 0..5 (segments 1..20), timeline 2 folders 2..3: the
     # newest folder of each still receives WAL.
     expected = [f"catalog/wal/00000001{log:08X}.json" for log in range(5)] + ["catalog/wal/0000000200000002.json"]
@@ -263,21 +264,21 @@ def test_plans_are_the_same_with_and_without_indexes(branched):
 
 def test_a_segment_an_index_lacks_is_looked_for_before_it_is_called_missing(store):
     store.drop_segment(1, 5)
-    inventory.refresh(store.archive)  # the index of folder 1 says segment 5 is absent
+    maintenance.refresh(store.archive)  # the index of folder 1 says segment 5 is absent
     store.segments(1, 5, 5)  # a late push
     assert make_plan(store.archive, at_lsn(8)).segments == names(1, 2, 8)
 
 
 def test_an_index_is_trusted_for_presence_until_rebuilt(store):
-    inventory.refresh(store.archive)
+    maintenance.refresh(store.archive)
     store.drop_segment(1, 5)  # by hand, behind the catalog's back
     assert make_plan(store.archive, at_lsn(8)).segments == names(1, 2, 8)
-    inventory.rebuild(store.archive)
+    maintenance.rebuild(store.archive)
     assert refusal(store, at_lsn(8)).startswith(f"segment {name(1, 5)} is missing")
 
 
 def test_a_corrupt_index_is_ignored(store):
-    inventory.refresh(store.archive)
+    maintenance.refresh(store.archive)
     (store.root / "catalog/wal/0000000100000001.json").write_text("{not json")
     store.drop_segment(1, 5)
     assert refusal(store, at_lsn(8)).startswith(f"segment {name(1, 5)} is missing")
@@ -300,10 +301,8 @@ def test_describe_names_the_target_backup_segments_and_archive_end(branched, mon
 
 
 def test_a_plan_round_trips_through_json(branched):
-    from pitrkit.catalog import documents
-
     plan = make_plan(branched.archive, at_lsn(12), 2)
-    assert documents.decode(documents.encode(plan), RestorePlan, "plan") == plan
+    assert codec.decode(codec.encode(plan), RestorePlan, "plan") == plan
 
 
 def test_segment_size_is_the_archives(store):
@@ -314,7 +313,7 @@ def test_segment_size_is_the_archives(store):
 def test_backup_history_files_are_not_segments(store):
     store.archive.put(f"wal/{name(1, 4)[:16]}/{name(1, 4)}.00000028.backup", b"START WAL LOCATION: ...")
     store.archive.put(f"wal/{name(1, 21)[:16]}/{name(1, 21)}.00000028.backup", b"START WAL LOCATION: ...")
-    inventory.refresh(store.archive)
+    maintenance.refresh(store.archive)
     assert make_plan(store.archive, LATEST).segments == names(1, 10, 20)
     assert make_plan(store.archive, at_lsn(6)).segments == names(1, 2, 6)
     assert "ends at LSN" in refusal(store, at_lsn(21))
@@ -405,7 +404,7 @@ def test_plans_with_a_partial_are_the_same_with_and_without_indexes(streamed):
     is always listed afresh."""
     targets = [LATEST, at_lsn(21, PAGE), at_time(20, seconds=20)]
     before = [make_plan(streamed.archive, target) for target in targets]
-    inventory.refresh(streamed.archive)
+    maintenance.refresh(streamed.archive)
     assert [make_plan(streamed.archive, target) for target in targets] == before
 
 

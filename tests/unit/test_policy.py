@@ -19,8 +19,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from pitrkit.catalog.archived_wal import TimelineStep, on_path, serving_timeline
 from pitrkit.catalog.documents import BackupSummary
-from pitrkit.catalog.inventory import TimelineStep, on_path, serving_timeline
 from pitrkit.config import RetentionConfig
 from pitrkit.errors import ConfigError
 from pitrkit.ops.policy import HostZone, RetentionPolicy, select_backups, show_duration, wal_to_keep
@@ -62,7 +62,7 @@ def kept(verdicts) -> dict[str, list[str]]:
 def catalogs(draw) -> list[BackupSummary]:
     """Backups over weeks to months: bursts minutes apart, daily runs, and pauses of
     weeks, each taking minutes to hours (so a long one can finish after a later start).
-    Oldest first by start time, as inventory gives them."""
+    Oldest first by start time, as catalog/backups.py gives them."""
     start = draw(st.datetimes(datetime(2024, 1, 1), datetime(2027, 12, 31), timezones=st.just(UTC)))
     gaps = st.one_of(st.integers(1, 180).map(lambda m: timedelta(minutes=m)),
                      st.integers(1, 48).map(lambda h: timedelta(hours=h)),

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from pitrkit import config as config_module
-from pitrkit.catalog import documents, inventory, lease, lock
+from pitrkit.catalog import documents, lease, lock, maintenance
+from pitrkit.catalog.backups import backups, retention_state, survey_backups
 from pitrkit.catalog.documents import RetentionState, WalFolderIndex
 from pitrkit.catalog.lock import CATALOG_LOCK_KEY
 from pitrkit.cli import main
@@ -24,9 +25,11 @@ from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import ConfigError, RefusedError
 from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.ops import retention
+from pitrkit.progress import show_time
 from pitrkit.restore import engine as restore
 from pitrkit.restore import pgstart
 from pitrkit.restore.plan import Target, make_plan
+from pitrkit.storage import codec
 from pitrkit.storage.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 
@@ -40,7 +43,7 @@ def three_backups(root: Path) -> SyntheticArchive:
     store = SyntheticArchive(root)
     store.segments(1, 1, 20)
     for backup_id, first in (("A", 2), ("B", 6), ("C", 12)):
-        inventory.record_backup(store.archive, store.backup(backup_id, 1, first, first + 1))
+        maintenance.record_backup(store.archive, store.backup(backup_id, 1, first, first + 1))
     return store
 
 
@@ -58,11 +61,11 @@ def wal_present(store: SyntheticArchive, timeline: int = 1) -> list[int]:
 
 
 def ids(store: SyntheticArchive) -> list[str]:
-    return [backup.backup_id for backup in inventory.backups(store.archive)]
+    return [backup.backup_id for backup in backups(store.archive)]
 
 
 def state(store: SyntheticArchive) -> RetentionState:
-    return inventory.retention_state(store.archive)
+    return retention_state(store.archive)
 
 
 # --- what goes, and why -----------------------------------------------------------------
@@ -81,7 +84,7 @@ def test_older_backups_and_the_wal_before_the_oldest_kept_one_go(store):
     assert wal_present(store) == list(range(6, 21))
     # The folder that lost part of its files has an index listing just the rest; the one
     # that lost all of them has none (and the folder itself is gone).
-    index = documents.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
+    index = codec.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
     assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
     assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
     assert not (store.root / "wal/0000000100000000").exists()
@@ -159,7 +162,7 @@ def test_an_unfinished_backup_goes_once_unwritten_for_the_grace_period(store):
     assert (gone.backup_id, gone.kind) == ("STALE", "unfinished")
     assert gone.why.startswith("unfinished (no manifest), last written ")
     assert not (store.root / "backups/STALE").exists()
-    assert inventory.survey_backups(store.archive).unfinished == ["RUNNING"]
+    assert survey_backups(store.archive).unfinished == ["RUNNING"]
 
 
 # --- --dry-run --------------------------------------------------------------------------
@@ -276,10 +279,10 @@ def test_a_run_killed_at_any_step_leaves_nothing_half_usable_and_the_next_run_fi
 
         # Whatever a reader sees is whole: each listed backup has its manifest and its
         # data, and the planner's choice replays.
-        for backup in inventory.backups(store.archive):
+        for backup in backups(store.archive):
             assert (store.root / "backups" / backup.backup_id / "data/0").exists(), crash_at
         assert make_plan(store.archive, Target(kind="latest")).backup.backup_id == "C"
-        survey = inventory.survey_backups(store.archive)
+        survey = survey_backups(store.archive)
         assert not set(survey.deleting) & {backup.backup_id for backup in survey.finished}
 
         # Killed after storing the intent (change 1, after the lock) and before removing
@@ -307,7 +310,7 @@ def test_a_leased_backup_and_the_wal_after_it_stay(store):
     report = retention.apply(store.archive, RetentionConfig(keep_last=1))  # leases are on the real clock
     kept = {kept.backup_id: kept.reasons for kept in report.kept}
     assert set(kept) == {"A", "C"}
-    assert kept["A"] == [f"leased by {held.holder} until {inventory.show_time(held.expires_at)} "
+    assert kept["A"] == [f"leased by {held.holder} until {show_time(held.expires_at)} "
                          f"(lease {held.lease_id})"]
     assert [gone.backup_id for gone in report.removed_backups] == ["B"]
     assert wal_present(store) == list(range(2, 21))
@@ -393,7 +396,7 @@ def test_a_lease_taken_after_the_first_look_keeps_its_backup(store):
 def test_a_restore_refuses_a_backup_being_removed_and_drops_its_lease(store):
     plan = make_plan(store.archive, Target(kind="latest"))
     assert plan.backup.backup_id == "C"
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["C"])), overwrite=True)
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["C"])), overwrite=True)
     with pytest.raises(RefusedError, match="being removed by retention"):
         restore.take_lease(store.archive, plan)
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
@@ -427,7 +430,7 @@ def test_a_restore_from_an_archive_it_may_only_read_goes_on_without_a_lease(stor
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
     # Without a lease it still refuses a backup retention is removing.
     store.archive.storage = store.archive.storage.storage
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["C"])), overwrite=True)
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["C"])), overwrite=True)
     store.archive.storage = ReadOnlyStorage(store.archive.storage)
     with pytest.raises(RefusedError, match="being removed by retention"):
         restore.take_lease(store.archive, plan)
@@ -449,7 +452,7 @@ def test_a_lease_is_renewed_while_held_and_kept_or_released_at_the_end(store, mo
 
 def test_a_backup_being_removed_is_listed_as_such(capsys, tmp_path):
     store = three_backups(tmp_path / "archive")
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["A"])), overwrite=True)
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["A"])), overwrite=True)
     assert ids(store) == ["B", "C"]
     config = cli_config(tmp_path, store, retention=False)
     assert main(["--config", str(config), "backup-list", "--json"]) == 0
@@ -499,7 +502,7 @@ def test_the_command_prints_the_decision_and_one_summary_line(capsys, tmp_path):
 
 def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_removed(tmp_path):
     # A backup-push finishing elsewhere indexes the WAL folders sealed since its last
-    # look (inventory.refresh) just after this run listed `catalog/wal/`: its listings
+    # look (maintenance.refresh) just after this run listed `catalog/wal/`: its listings
     # still hold the files the run is about to remove.
     store = SyntheticArchive(tmp_path / "archive")
     store.segments(1, 1, 20)
@@ -511,12 +514,12 @@ def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_rem
     def put(key: str, data: bytes, *, overwrite: bool = False) -> None:
         RecordingStorage.put(recording, key, data, overwrite=overwrite)
         if key == RETENTION_STATE_KEY and json.loads(data)["deleting"]:
-            inventory.refresh(store.archive)
+            maintenance.refresh(store.archive)
 
     recording.put = put  # type: ignore[method-assign]
     retention.apply(store.archive, KEEP_TWO, now=NOW)
     assert wal_present(store) == list(range(6, 21))
-    index = documents.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
+    index = codec.decode(store.archive.get(wal_index_key("wal/0000000100000001/")), WalFolderIndex, "index")
     assert [entry.name for entry in index.entries] == [name(1, 6), name(1, 7)]
     assert not (store.root / wal_index_key("wal/0000000100000000/")).exists()
 
@@ -556,7 +559,7 @@ def test_a_run_keeps_the_intent_a_lockless_writer_stored_meanwhile(store):
     def delete(key: str) -> None:
         RecordingStorage.delete(recording, key)
         if key == "backups/A/manifest.json":
-            store.archive.storage.storage.put(RETENTION_STATE_KEY, documents.encode(
+            store.archive.storage.storage.put(RETENTION_STATE_KEY, codec.encode(
                 RetentionState(deleting=[*state(store).deleting, "B"])), overwrite=True)
 
     recording.delete = delete  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConf
 from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
 from pitrkit.ops import status
 from pitrkit.ops.status import StatusReport
+from pitrkit.storage import codec
 from pitrkit.storage.archive import RETENTION_STATE_KEY
 from pitrkit.views.html import html_page
 from pitrkit.views.metrics import metrics_text
@@ -209,7 +210,7 @@ def test_a_branch_is_not_the_head_when_the_server_is_on_its_parent(store):
     page = html_page(report, None, refresh_seconds=30)
     assert "<strong>branch</strong>: not the server&#x27;s history" in page
     assert "<th>timeline</th><td>1</td>" in page
-    as_json = json.loads(documents.encode(report))
+    as_json = json.loads(codec.encode(report))
     assert as_json["head_timeline"] == 1 and as_json["archiver"]["timeline"] == 1
     assert [t["branch"] for t in as_json["timelines"]] == [False, True]
 
@@ -370,7 +371,7 @@ def test_backups_being_removed_do_not_count(store):
     store.backup("B", 1, 10, 11)
     run = RetentionRun(finished_at=NOW - timedelta(days=1), backups_removed=["Z"], wal_files_removed=3,
                        bytes_freed=99)
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["B"], last_run=run)))
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["B"], last_run=run)))
     report = collect(store)
     assert report.backups == 1
     assert report.last_backup is not None and report.last_backup.backup_id == "A"
@@ -397,10 +398,10 @@ def backup_at(store: SyntheticArchive, backup_id: str, start_segno: int, stop_se
     """A backup like store.backup's, but consistent at `stop_time` (what the rules count)."""
     summary = store.backup(backup_id, 1, start_segno, stop_segno)
     key = f"backups/{backup_id}/manifest.json"
-    manifest = documents.decode(store.archive.get(key), documents.BackupManifest, key)
+    manifest = codec.decode(store.archive.get(key), documents.BackupManifest, key)
     moved = msgspec.structs.replace(manifest, start_time=stop_time - (summary.stop_time - summary.start_time),
                                     stop_time=stop_time)
-    store.archive.put(key, documents.encode(moved), overwrite=True)
+    store.archive.put(key, codec.encode(moved), overwrite=True)
 
 
 LENIENT = StatusConfig(backup_max_age="1000d", wal_max_age="1000d")
@@ -517,7 +518,7 @@ def test_a_password_in_conninfo_is_never_shown(tmp_path, store, capsys, conninfo
     store.backup("A", 1, 2, 3)
     report = collect(store, postgres=PostgresConfig(conninfo=conninfo.format(tmp=tmp_path)))
     assert not report.archiver.reachable and report.archiver.problem
-    for shown in (report.archiver.problem, status_text(report), documents.encode(report).decode(),
+    for shown in (report.archiver.problem, status_text(report), codec.encode(report).decode(),
                   html_page(report, None, refresh_seconds=30), metrics_text(report, None)):
         assert "s3cr3t" not in shown and "h1dden" not in shown, shown
 

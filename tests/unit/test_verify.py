@@ -13,9 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit.catalog import documents, inventory
+from pitrkit.catalog import maintenance
 from pitrkit.catalog.documents import (
-    ArchiveIdentity,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -28,7 +27,7 @@ from pitrkit.config import Config, RepositoryConfig
 from pitrkit.ops import verify
 from pitrkit.ops.verify import Finding, VerifyReport
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.storage import objects
+from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     IDENTITY_KEY,
@@ -37,6 +36,7 @@ from pitrkit.storage.archive import (
     backup_prefix,
     manifest_key,
 )
+from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.plugins import Plugins
 from tests.unit import synthetic_archive
 from tests.unit.segments import MIB, SYSID, init_archive, segment
@@ -72,9 +72,9 @@ def store_backup(archive: Archive, backup_id: str, *, first: SegmentName, last: 
         pitrkit_version="0.1.0", backup_label="START WAL LOCATION: ...", parts=parts,
         directories=[BackupDirectory("", 0o700), BackupDirectory("base", 0o700)], files=listed,
     )
-    archive.put(manifest_key(backup_id), documents.encode(manifest, pretty=False))
+    archive.put(manifest_key(backup_id), codec.encode(manifest, pretty=False))
     if catalog_it:
-        inventory.record_backup(archive, documents.decode(documents.encode(manifest), BackupSummary, "summary"))
+        maintenance.record_backup(archive, codec.decode(codec.encode(manifest), BackupSummary, "summary"))
     return manifest
 
 
@@ -199,7 +199,7 @@ def test_a_missing_history_file_makes_its_timeline_unreachable(store):
 
 
 def test_a_folder_index_is_checked_against_the_folder(store):
-    inventory.refresh(store.archive)  # indexes the sealed folders: 0 (segments 1..3), 1 (4..7), ...
+    maintenance.refresh(store.archive)  # indexes the sealed folders: 0 (segments 1..3), 1 (4..7), ...
     assert check(store.archive).findings == []
     store.drop_segment(1, 5)
     (store.root / wal_key(1, 6)).write_bytes(b"short")
@@ -225,13 +225,13 @@ def test_a_stale_catalog_is_a_warning_and_catalog_rebuild_fixes_it(store):
     assert "lists backup A, whose manifest" in report.findings[0].problem
     assert "does not list backup C" in report.findings[1].problem
     assert report.unfinished == ["A"] and report.errors == 0
-    inventory.rebuild(store.archive)
+    maintenance.rebuild(store.archive)
     assert check(store.archive).findings == []
 
 
 def test_a_missing_or_truncated_part_breaks_its_backup(store):
     manifest = store.archive.get(manifest_key("B"))
-    parts = documents.decode(manifest, BackupManifest, "m").parts
+    parts = codec.decode(manifest, BackupManifest, "m").parts
     (store.root / parts[0].key).unlink()
     (store.root / parts[2].key).write_bytes((store.root / parts[2].key).read_bytes()[:-3])
     report = check(store.archive)
@@ -243,19 +243,19 @@ def test_a_missing_or_truncated_part_breaks_its_backup(store):
 
 @pytest.mark.parametrize(("damage", "says"), [
     (lambda m: b"{not json", "unusable manifest"),
-    (lambda m: documents.encode(msgspec.structs.replace(m, backup_id="X")), "names backup 'X'"),
-    (lambda m: documents.encode(msgspec.structs.replace(m, system_identifier=2)), "not of this archive's system 1"),
-    (lambda m: documents.encode(msgspec.structs.replace(m, size=m.size + 1)), "does not add up"),
-    (lambda m: documents.encode(msgspec.structs.replace(
+    (lambda m: codec.encode(msgspec.structs.replace(m, backup_id="X")), "names backup 'X'"),
+    (lambda m: codec.encode(msgspec.structs.replace(m, system_identifier=2)), "not of this archive's system 1"),
+    (lambda m: codec.encode(msgspec.structs.replace(m, size=m.size + 1)), "does not add up"),
+    (lambda m: codec.encode(msgspec.structs.replace(
         m, parts=[msgspec.structs.replace(m.parts[0], key="archive.json"), *m.parts[1:]])),
      "not an object of that backup"),
-    (lambda m: documents.encode(msgspec.structs.replace(
+    (lambda m: codec.encode(msgspec.structs.replace(
         m, files=[msgspec.structs.replace(m.files[0], path="nowhere/f"), *m.files[1:]])), "whose directory 'nowhere'"),
-    (lambda m: documents.encode(m).replace(b'"base/0"', b'"../../etc/cron.d/x"'), "not a plain relative path"),
+    (lambda m: codec.encode(m).replace(b'"base/0"', b'"../../etc/cron.d/x"'), "not a plain relative path"),
 ])
 def test_a_manifest_that_is_not_this_backups_is_an_error(store, damage, says):
     path = store.root / manifest_key("B")
-    path.write_bytes(damage(documents.decode(path.read_bytes(), BackupManifest, "m")))
+    path.write_bytes(damage(codec.decode(path.read_bytes(), BackupManifest, "m")))
     report = check(store.archive)
     assert says in finding(report, manifest_key("B")).problem
     assert [(b.backup_id, b.restorable) for b in report.backups] == [("A", True), ("B", False)]
@@ -263,7 +263,7 @@ def test_a_manifest_that_is_not_this_backups_is_an_error(store, damage, says):
 
 def test_backups_retention_is_removing_are_not_checked(store):
     (store.root / manifest_key("B")).unlink()  # retention removes the manifest first
-    store.archive.put(RETENTION_STATE_KEY, documents.encode(RetentionState(deleting=["B"])))
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["B"])))
     report = check(store.archive)
     assert report.findings == [] and report.being_removed == ["B"]
     assert [b.backup_id for b in report.backups] == ["A"]
@@ -308,7 +308,7 @@ class SmallArchive:
         root.mkdir()
         self.root = root
         self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0)))
-        self.archive.put(IDENTITY_KEY, documents.encode(ArchiveIdentity(
+        self.archive.put(IDENTITY_KEY, codec.encode(ArchiveIdentity(
             system_identifier=SYSID, wal_segment_size=MIB, pg_versions=[15], created_at=T0)))
 
     def key(self, segno: int) -> str:
@@ -339,13 +339,13 @@ def small(tmp_path) -> SmallArchive:
 def test_deep_reads_every_object_of_a_clean_archive(small):
     report = check(small.archive, deep=True)
     assert report.findings == []
-    manifest = documents.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
+    manifest = codec.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
     assert report.objects_read == 5 + len(manifest.parts)
     assert report.bytes_read == sum(p.stat().st_size for p in small.root.glob("wal/*/*")) + manifest.stored_size
 
 
 def test_deep_finds_a_part_whose_bytes_were_flipped(small):
-    manifest = documents.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
+    manifest = codec.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
     path = small.root / manifest.parts[1].key
     blob = bytearray(path.read_bytes())
     blob[-5] ^= 0xFF  # inside the compressed body: same size
@@ -358,7 +358,7 @@ def test_deep_finds_a_part_whose_bytes_were_flipped(small):
 
 
 def test_deep_finds_a_part_swapped_for_another(small):
-    manifest = documents.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
+    manifest = codec.decode(small.archive.get(manifest_key("A")), BackupManifest, "m")
     first, second = (small.root / part.key for part in manifest.parts[:2])
     first.write_bytes(second.read_bytes())  # a valid object, the wrong one (same size)
     assert check(small.archive).findings == []

@@ -18,7 +18,7 @@ bounds each AEAD call (and GCM's per-message limit) to 1 MiB, whatever the objec
 The data key's wrapping lives with the keys, in `pitrkit.storage.keys`.
 
 The archive's JSON documents are authenticated by the same keys (the envelope is
-pitrkit's, in `pitrkit.catalog.documents`; the tags are made here): in mode "key" with HMAC-SHA-256
+pitrkit's, in `pitrkit.storage.envelope`; the tags are made here): in mode "key" with HMAC-SHA-256
 under a key HKDF derives from the archive key, in mode "recipient" with an Ed25519
 signature, made by writers, checked with its public half by readers.
 
@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from pitrkit.catalog.documents import EncryptionParameters
 from pitrkit.config import EncryptionConfig, KeySource
 from pitrkit.hookspecs import DocumentSignature, hookimpl
+from pitrkit.storage.identity import EncryptionParameters
 
 if TYPE_CHECKING:  # pitrkit.storage.keys is imported only once encryption is configured
     from pitrkit.storage.keys import Key, SigningKey, SymmetricKey

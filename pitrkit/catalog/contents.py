@@ -1,0 +1,137 @@
+"""What `backup-list` and `wal-list` report: the archive's backups, and every archived
+WAL file with the backup it belongs to and what it is for (a backup needs it, a restore
+can use it, or retention would remove it).
+"""
+
+from __future__ import annotations
+
+import bisect
+from datetime import datetime
+from typing import NamedTuple
+
+import msgspec
+
+from pitrkit.catalog.archived_wal import PARTIAL_SUFFIX, ArchivedWal, on_path
+from pitrkit.catalog.backups import backups, survey_backups
+from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
+from pitrkit.postgres.wal import Lsn, SegmentName
+from pitrkit.storage.archive import WAL_PREFIX, Archive, stored_at
+
+
+class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
+    """What `backup-list` shows: the finished backups, oldest first, and the folders under
+    `backups/` that are not, or no longer, a backup."""
+
+    backups: list[BackupSummary]
+    unfinished: list[str]
+    deleting: list[str] = []  # being removed by retention: not restorable
+
+    @property
+    def exit_code(self) -> int:
+        """0: a listing is the command's result, whatever it lists."""
+        return 0
+
+
+def backup_listing(archive: Archive) -> BackupListing:
+    survey = survey_backups(archive)
+    return BackupListing(backups=survey.finished, unfinished=survey.unfinished, deleting=survey.deleting)
+
+
+class WalRow(msgspec.Struct, kw_only=True, frozen=True):
+    """One archived WAL file, as `wal-list` shows it."""
+
+    name: str
+    timeline: int
+    start_lsn: Lsn | None  # None for history files
+    # The segment's end; for a partial, the end of the segment it is the start of: its
+    # WAL ends before that, where only reading it can tell.
+    end_lsn: Lsn | None
+    stored_size: int
+    stored_at: datetime | None
+    backup: str | None  # the newest backup whose start precedes it on its timeline's path
+    # "backup": needed to make a backup consistent; "restorable": after a backup's start;
+    # "obsolete": before every backup on its path, what retention would remove;
+    # "before-first-backup": the archive holds no backup yet (retention keeps it all);
+    # "history": a timeline history file, always kept.
+    state: str
+    # A `.partial`: the open segment of a streaming receiver, replaced as it grows.
+    partial: bool = False
+
+
+class WalListing(msgspec.Struct, kw_only=True, frozen=True):
+    """What `wal-list` shows: every archived WAL file, in timeline and segment order."""
+
+    files: list[WalRow]
+
+    @property
+    def exit_code(self) -> int:
+        """0: a listing is the command's result, whatever it lists."""
+        return 0
+
+
+class _BackupSpan(NamedTuple):
+    first: int  # segment numbers: the backup needs first..last to become consistent
+    last: int
+    backup_id: str
+    # The highest `last` of this and every earlier span: a segment at or below it is
+    # inside some backup's first..last if its owner's span or an earlier one reaches it.
+    reach: int
+
+
+def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]:
+    """A row per segment and history file, oldest first per timeline."""
+    wal = ArchivedWal(archive)
+    finished = backups(archive)
+    rows: list[WalRow] = []
+    for timeline in wal.timelines:
+        if only_timeline is not None and timeline != only_timeline:
+            continue
+        if info := wal.history_files.get(timeline):
+            rows.append(WalRow(name=info.key.removeprefix(WAL_PREFIX), timeline=timeline, start_lsn=None,
+                               end_lsn=None, stored_size=info.size, stored_at=stored_at(info.modified),
+                               backup=None, state="history"))
+        path = wal.path(timeline)
+        # Backups replay along this path passes, by where their WAL starts: a segment
+        # belongs to the newest one starting at or before it.
+        spans: list[_BackupSpan] = []
+        for first, last, backup_id in sorted(
+            (SegmentName.parse(b.first_segment, wal.segment_size).segno,
+             SegmentName.parse(b.last_segment, wal.segment_size).segno, b.backup_id)
+            for b in finished if on_path(path, b)
+        ):
+            spans.append(_BackupSpan(first, last, backup_id, max(last, spans[-1].reach if spans else last)))
+        firsts = [span.first for span in spans]
+        branch = path[-1].begin // wal.segment_size
+        for log_number in wal.logs.get(timeline, []):
+            folder = wal.folder(timeline, log_number)
+            numbered = [*zip(folder.numbers, folder.segments, strict=True),
+                        *((int(entry.name[16:24], 16), entry) for entry in folder.partials)]
+            if folder.partials:
+                numbered.sort(key=lambda pair: pair[1].name)
+            for number, entry in numbered:
+                segment = SegmentName(timeline, log_number * wal.per_log + number, wal.segment_size)
+                # A file from before its own timeline's branch point is on no path.
+                owner = _owner(spans, firsts, segment.segno) if segment.segno >= branch else None
+                rows.append(_segment_row(segment, entry, owner, fresh=not finished))
+    return rows
+
+
+def _owner(spans: list[_BackupSpan], firsts: list[int], segno: int) -> _BackupSpan | None:
+    """The newest backup whose WAL starts at or before segment `segno`."""
+    position = bisect.bisect_right(firsts, segno) - 1
+    return spans[position] if position >= 0 else None
+
+
+def _segment_row(segment: SegmentName, entry: WalIndexEntry, owner: _BackupSpan | None, fresh: bool) -> WalRow:
+    if fresh:
+        state = "before-first-backup"
+    elif owner is None:
+        state = "obsolete"
+    elif segment.segno <= owner.reach:
+        state = "backup"
+    else:
+        state = "restorable"
+    return WalRow(name=entry.name, timeline=segment.timeline, start_lsn=segment.start_lsn, end_lsn=segment.end_lsn,
+                  stored_size=entry.stored_size, stored_at=stored_at(entry.modified),
+                  backup=owner.backup_id if owner else None, state=state,
+                  partial=entry.name.endswith(PARTIAL_SUFFIX))

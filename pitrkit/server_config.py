@@ -19,8 +19,9 @@ copy: the port (--port), a socket directory the restoring user can write, cluste
 with "-restored", and ssl = off when the certificate files are not on this host. With
 `--config-files none` a minimal configuration is written instead. Every change is said.
 
-The manifest is data from storage: names are checked to be plain, and original paths
-are only ever compared, never opened or written.
+The manifest is data from storage: its records are checked as they are decoded
+(catalog.ConfigFile: names plain, paths absolute and normal, roles known), and original
+paths are only ever compared, never opened or written.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit import durable
-from pitrkit.catalog import ConfigFile, ServerConfiguration
-from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.catalog import MAX_CONFIG_FILE, ConfigFile, ServerConfiguration
+from pitrkit.errors import PitrkitError
 from pitrkit.recovery_conf import AUTO_CONF, conf_quote
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,8 @@ INCLUDE_DIR = "pitrkit.conf.d"
 CONFIG = "postgresql.conf"
 HBA = "pg_hba.conf"
 IDENT = "pg_ident.conf"
-ROLES = ("config_file", "hba_file", "ident_file", "include", "hba_include", "ident_include")
-# A configuration file larger than this is not one: not copied (said).
-_MAX_FILE = 1 << 20
 # PostgreSQL's CONF_FILE_MAX_DEPTH: deeper nesting is an error for the server too.
 _MAX_DEPTH = 10
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 # Settings that name a file or directory of the backed-up server's own: restored, they
 # would make the copy use (or overwrite) the primary's.
@@ -183,17 +180,20 @@ def capture(data_directory: str, config_file: str, hba_file: str, ident_file: st
     for path, role in found.items():
         if _inside(path, data_directory):
             continue  # copied with the data directory
+        if "\n" in path:
+            log.warning("not copying %r: a newline in its name (restore shows these paths, one per line)", path)
+            continue
         try:
             with open(path, "rb") as file:
                 status = os.fstat(file.fileno())
-                content = file.read(_MAX_FILE + 1)
+                content = file.read(MAX_CONFIG_FILE + 1)
         except OSError as exc:
             if role in ("config_file", "hba_file", "ident_file") or os.path.exists(path):
                 log.warning("cannot copy the server's %s %s (%s): a restore of this backup writes a "
                             "minimal one", role, path, exc.strerror)
             continue
-        if len(content) > _MAX_FILE:
-            log.warning("not copying %s: over %d bytes, not a configuration file", path, _MAX_FILE)
+        if len(content) > MAX_CONFIG_FILE:
+            log.warning("not copying %s: over %d bytes, not a configuration file", path, MAX_CONFIG_FILE)
             continue
         base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(path)).lstrip("._-") or "file"
         name = f"{len(records):02d}-{base}"[:100]
@@ -207,29 +207,6 @@ def capture(data_directory: str, config_file: str, hba_file: str, ident_file: st
 
 
 # --- restore ------------------------------------------------------------------------------
-
-
-def check(configuration: ServerConfiguration | None) -> None:
-    """Refuse a manifest whose configuration records could not be written back safely;
-    before anything is written."""
-    if configuration is None:
-        return
-    names = set()
-    for file in configuration.files:
-        if not _NAME.fullmatch(file.name) or file.name in names:
-            raise RefusedError(f"corrupt manifest: configuration file name {file.name!r} is not a plain, "
-                               "unique file name")
-        names.add(file.name)
-        if file.role not in ROLES:
-            raise RefusedError(f"corrupt manifest: configuration file {file.name} has an unknown role {file.role!r}")
-        for path in (file.path,):
-            if not os.path.isabs(path) or os.path.normpath(path) != path or "\0" in path or "\n" in path:
-                raise RefusedError(f"corrupt manifest: configuration file {file.name}'s path {path!r} is "
-                                   "not a normal absolute path")
-    for path in (configuration.data_directory, configuration.config_file, configuration.hba_file,
-                 configuration.ident_file):
-        if not os.path.isabs(path) or "\0" in path or "\n" in path:
-            raise RefusedError(f"corrupt manifest: configuration path {path!r} is not absolute")
 
 
 class Choices(NamedTuple):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pitrkit import pgstart, server_config
-from pitrkit.catalog import ConfigFile, ServerConfiguration
+from pitrkit.catalog import ServerConfiguration
 from pitrkit.errors import RefusedError
 
 
@@ -128,21 +128,16 @@ def test_a_copy_that_does_not_match_the_manifest_is_refused(tmp_path):
         server_config.write(target, configuration, server_config.Choices(True, None, None), print)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"name": "../postgresql.conf"}, "not a plain, unique file name"),
-    ({"name": ".hidden"}, "not a plain, unique file name"),
-    ({"role": "anything"}, "unknown role"),
-    ({"path": "relative/postgresql.conf"}, "not a normal absolute path"),
-    ({"path": "/etc/../root/x"}, "not a normal absolute path"),
-])
-def test_configuration_records_are_checked_before_anything_is_written(change, message):
-    fields = {"name": "00-postgresql.conf", "path": "/etc/postgresql.conf", "role": "config_file", "mode": 0o644,
-              "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), **change}
-    configuration = ServerConfiguration(data_directory="/data", config_file="/etc/postgresql.conf",
-                                        hba_file="/etc/pg_hba.conf", ident_file="/etc/pg_ident.conf",
-                                        files=[ConfigFile(**fields)])
-    with pytest.raises(RefusedError, match=message):
-        server_config.check(configuration)
+def test_capture_leaves_out_a_file_whose_path_has_a_newline(tmp_path):
+    # restore shows each path on a line of its own: such a record would be refused.
+    etc, data = make_host(tmp_path)
+    odd = etc / "odd\nname.conf"
+    odd.write_text("work_mem = '1MB'\n")
+    configuration, captured = server_config.capture(str(data), str(etc / "postgresql.conf"),
+                                                    str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"),
+                                                    {"include": [str(odd)]})
+    assert str(odd) not in [file.path for file in configuration.files]
+    assert len(captured) == len(configuration.files) == 8
 
 
 # --- --start: the server's own words, and the port ------------------------------------------

@@ -178,6 +178,7 @@ def test_a_rewritten_manifest_cannot_reach_outside_the_restore(cluster, pitrkit_
 
     # Restore reads a copy as .pitrkit-config/<name> and writes it as pitrkit.conf.d/<name>.
     hba_file_from_elsewhere = copied_file(name=escape.replace("pwned", "pg_hba.conf"))
+    hba_file_not_in_the_stream = copied_file()
 
     # Compared as inside the data directory, it would be copied in from wherever `..` leads.
     def hba_file_up_from_the_data_directory(document: dict) -> None:
@@ -207,6 +208,7 @@ def test_a_rewritten_manifest_cannot_reach_outside_the_restore(cluster, pitrkit_
         (hba_file_from_elsewhere, mapping, "is not a plain file name"),
         (copied_file(role="data_directory"), mapping, "unknown role 'data_directory'"),
         (hba_file_up_from_the_data_directory, mapping, "is not a normal absolute path"),
+        (hba_file_not_in_the_stream, mapping, "as .pitrkit-config/00-pg_hba.conf of 0 bytes, which it does not list"),
     ]
     # The catalog is a cache: gone, the planner reads the manifest, as it does for a
     # backup the catalog does not list yet. (Its disagreeing is refused: see below.)

@@ -206,6 +206,21 @@ def test_parts_outside_the_backup_are_refused(tmp_path):
             checked(manifest, parts=parts)
 
 
+def test_a_configuration_file_must_be_in_the_stream_as_recorded(tmp_path):
+    # restore reads each copy from the stream once the rest is written: refused before.
+    hba = b"local all all peer\n"
+    _, manifest = make_backup(tmp_path / "archive", {**FILES, ".pitrkit-config/00-pg_hba.conf": hba}, 100)
+    record = catalog.ConfigFile(name="00-pg_hba.conf", path=f"{CONFIG_DIR}/pg_hba.conf", role="hba_file",
+                                mode=0o640, size=len(hba), sha256=hashlib.sha256(hba).hexdigest())
+    configuration = catalog.ServerConfiguration(**{**configuration_document(), "files": [record]})
+    checked(manifest, configuration=configuration)
+    for change in ({"name": "01-pg_hba.conf"}, {"size": len(hba) + 1}):
+        elsewhere = msgspec.structs.replace(configuration, files=[msgspec.structs.replace(record, **change)])
+        with pytest.raises(unpack.CorruptManifest, match=f"records the configuration file {CONFIG_DIR}/pg_hba.conf "
+                                                         r"as .pitrkit-config/.*, which it does not list"):
+            checked(manifest, configuration=elsewhere)
+
+
 def test_tablespaces_twice_a_map_naming_others_and_wrong_counts_are_refused(tmp_path):
     _, manifest = manifest_document(tmp_path)
     space = BackupTablespace(oid=16390, name="t", location="/srv/t")

@@ -268,6 +268,37 @@ def test_config_file_outside_the_data_directory_and_a_broken_one(cluster, pitrki
     assert not (broken.pgdata / "postmaster.pid").exists()
 
 
+def test_an_include_in_postgresql_auto_conf_of_a_file_outside_the_restore_is_commented_out(
+        cluster, pitrkit_setup, server_tmp):
+    # postgresql.auto.conf is restored as it was, and a hand edit can include any file of
+    # the restore host: the restored server must not read it, nor restore rewrite it (the
+    # block that sets the port comments out every other port setting it finds).
+    elsewhere = pgharness.make_server_dir(server_tmp / "elsewhere")
+    primary = archiving_primary(cluster, pitrkit_setup)
+    with open(primary.pgdata / "postgresql.auto.conf", "a") as auto_conf:  # appending keeps the owner
+        auto_conf.write(f"include_if_exists = '{elsewhere}/tuning.conf'\n")
+    primary.sql("SELECT pg_reload_conf()")
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    archive_everything(primary)
+    # Only now is there such a file, so backup-push had nothing to copy.
+    tuning = f"port = {primary.port}\nwork_mem = '5MB'\n"
+    (elsewhere / "tuning.conf").write_text(tuning)
+    pgharness.give_to_server_user(elsewhere)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--archive-mode", "off", start=True)
+    out = succeeded(result)
+    assert (elsewhere / "tuning.conf").read_text() == tuning
+    assert (f"postgresql.auto.conf: include_if_exists '{elsewhere}/tuning.conf' commented out: the file is not in "
+            "the backup") in out
+    attach(restored)
+    assert digests(restored) == target.digests
+    read = [source for (source,) in restored.sql("SELECT DISTINCT sourcefile FROM pg_file_settings")]
+    assert read and all(source.startswith(f"{restored.pgdata}/") for source in read), read
+    assert restored.sql("SHOW work_mem")[0][0] == "4MB"
+
+
 def test_a_pause_before_a_drop_reports_the_locked_table_and_the_documented_check_does_not_hang(
         cluster, pitrkit_setup):
     primary = archiving_primary(cluster, pitrkit_setup)

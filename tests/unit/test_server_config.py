@@ -9,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pitrkit import pgstart, server_config
@@ -107,6 +108,77 @@ def test_the_restored_configuration_points_nowhere_outside_the_data_directory(tm
     assert not (target / server_config.CAPTURED_DIR).exists()
     assert sorted(os.listdir(target / server_config.INCLUDE_DIR)) == sorted(
         file.name for file in configuration.files if file.role.endswith("include"))
+
+
+def test_postgresql_auto_conf_includes_nothing_from_outside_the_restored_directory(tmp_path):
+    # postgresql.auto.conf is restored as it was, and a hand edit can include any file:
+    # the restored copy must not read it, nor restore rewrite it (the port block would).
+    _, _, configuration, target = capture_and_unpack(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = "port = 5432\ncluster_name = 'other'\nexternal_pid_file = '/x.pid'\n"
+    (elsewhere / "other.conf").write_text(other)
+    (target / "postgresql.auto.conf").write_text(
+        f"port = '6000'\ninclude = '{elsewhere}/other.conf'\ninclude_if_exists = '../elsewhere/other.conf'\n"
+        f"include_dir = '{elsewhere}'\ninclude = 'inside.conf'\n")
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, 5499, None), said.append)
+    assert (elsewhere / "other.conf").read_text() == other
+    assert not [line for line in (target / "postgresql.auto.conf").read_text().splitlines()
+                if "elsewhere" in line.partition("#")[0]]
+    assert [line for line in said if line.startswith("  postgresql.auto.conf: include")] == [
+        f"  postgresql.auto.conf: include '{elsewhere}/other.conf' commented out: the file is not in the backup",
+        "  postgresql.auto.conf: include_if_exists '../elsewhere/other.conf' commented out: the file is not in "
+        "the backup",
+        f"  postgresql.auto.conf: include_dir '{elsewhere}' commented out: nothing of it is in the backup"]
+    effective, files = server_config._effective(target)
+    assert all(path.is_relative_to(target) for path in files)
+    assert effective["port"].value == "5499" and effective["cluster_name"].value == "15/main-restored"
+    assert effective["temp_buffers"].value == "9MB"  # inside.conf, in the restored directory: still included
+
+
+def test_no_file_is_read_or_rewritten_through_a_link_out_of_the_restored_directory(tmp_path):
+    # A backup's tablespace links (pg_tblspc/<oid>) lead out of the target; a link to a
+    # file is followed by nothing either.
+    etc, data, configuration, target = capture_and_unpack(tmp_path)
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "x.conf").write_text("port = 5432\nexternal_pid_file = '/x.pid'\n")
+    (target / "pg_tblspc").mkdir()
+    (target / "pg_tblspc" / "16390").symlink_to(space)
+    (target / "linked.conf").symlink_to(space / "x.conf")
+    (target / "postgresql.auto.conf").write_text(
+        "include = 'pg_tblspc/16390/x.conf'\ninclude_dir = 'pg_tblspc/16390'\ninclude 'linked.conf'\n")
+    # ... nor is an hba_file that the link leads to copied in as pg_hba.conf.
+    configuration = msgspec.structs.replace(configuration, hba_file=f"{data}/pg_tblspc/16390/x.conf",
+                                            files=[file for file in configuration.files if file.role != "hba_file"])
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, 5499, None), said.append)
+    assert (space / "x.conf").read_text() == "port = 5432\nexternal_pid_file = '/x.pid'\n"
+    assert (target / "linked.conf").is_symlink() and os.listdir(space) == ["x.conf"]
+    assert "x.pid" not in (target / "pg_hba.conf").read_text()
+    assert len([line for line in said if line.startswith("  postgresql.auto.conf: include")
+                and "commented out" in line]) == 3
+    effective, files = server_config._effective(target)
+    assert not [path for path in files if path.is_symlink() or not path.resolve().is_relative_to(target)]
+    assert effective["port"].value == "5499" and "external_pid_file" not in effective
+
+
+def test_a_backup_without_a_recorded_configuration_keeps_its_includes_inside_the_data_directory(tmp_path):
+    # A backup taken before pitrkit recorded the configuration: the lines are read
+    # relative to the restored directory, where the server reads them.
+    target = tmp_path / "restored"
+    (target / "conf.d").mkdir(parents=True)
+    (target / "postgresql.conf").write_text("include 'memory.conf'\ninclude_dir 'conf.d'\n")
+    (target / "memory.conf").write_text("work_mem = '7MB'\n")
+    (target / "conf.d" / "a.conf").write_text("temp_buffers = '9MB'\n")
+    (target / "postgresql.auto.conf").write_text("include_if_exists = 'more.conf'\ninclude '/etc/elsewhere.conf'\n")
+    (target / "more.conf").write_text("maintenance_work_mem = '77MB'\n")
+    said: list[str] = []
+    server_config.write(target, None, server_config.Choices(True, None, None), said.append)
+    values = {name: setting.value for name, setting in server_config._effective(target)[0].items()}
+    assert values == {"work_mem": "7MB", "temp_buffers": "9MB", "maintenance_work_mem": "77MB"}
+    assert "  postgresql.auto.conf: include '/etc/elsewhere.conf' commented out: the file is not in the backup" in said
 
 
 def test_config_files_none_writes_a_minimal_configuration(tmp_path):

@@ -13,7 +13,8 @@ restore (`--config-files backup`, the default) puts them back as postgresql.conf
 pg_hba.conf, pg_ident.conf and `pitrkit.conf.d/<name>` in the new data directory and
 rewrites what would reach outside it, in them and in the data directory's own
 postgresql.auto.conf: data_directory, config_file, hba_file, ident_file,
-external_pid_file, stats_temp_directory and an absolute log_directory are commented out;
+external_pid_file, stats_temp_directory, promote_trigger_file and an absolute
+log_directory are commented out;
 include lines point at the restored copies (include_dir becomes one include per file it
 read), and an include of anything else outside the new data directory is commented out.
 Only regular files inside it are read or rewritten, never through a link (a tablespace's
@@ -60,9 +61,11 @@ IDENT = "pg_ident.conf"
 _MAX_DEPTH = 10
 
 # Settings that name a file or directory of the backed-up server's own: restored, they
-# would make the copy use (or overwrite) the primary's.
+# would make the copy use (or overwrite) the primary's, or (promote_trigger_file,
+# PostgreSQL 15 and older) promote from recovery when a file appears at a path the
+# primary chose.
 _FOREIGN_PATHS = ("data_directory", "config_file", "hba_file", "ident_file", "external_pid_file",
-                  "stats_temp_directory")
+                  "stats_temp_directory", "promote_trigger_file")
 _SSL_FILES = {"ssl_cert_file": "server.crt", "ssl_key_file": "server.key", "ssl_ca_file": "",
               "ssl_crl_file": "", "ssl_crl_dir": "", "ssl_dh_params_file": ""}
 _TRUE = ("on", "true", "yes", "1", "tru", "tr", "t", "ye", "y")

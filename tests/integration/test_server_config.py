@@ -299,6 +299,43 @@ def test_an_include_in_postgresql_auto_conf_of_a_file_outside_the_restore_is_com
     assert restored.sql("SHOW work_mem")[0][0] == "4MB"
 
 
+def test_promote_trigger_file_of_the_backed_up_server_is_commented_out(cluster, pitrkit_setup, pg_major, server_tmp):
+    # PostgreSQL 15 and older promote a server in recovery when this file appears: restored
+    # as backed up, the copy would promote on a cue meant for the primary's standby.
+    if pg_major > 15:
+        pytest.skip("promote_trigger_file is gone since PostgreSQL 16 (the server refuses to start with it)")
+    trigger = server_tmp / "promote-the-standby"
+    primary = cluster(archive_mode="on", archive_command=pitrkit_setup.archive_command, checkpoint_timeout="30s")
+    primary.env.update(pitrkit_setup.env)
+    etc = move_config_outside(primary)  # so that it is also set in a file backup-push copies
+    (etc / "conf.d" / "20-standby.conf").write_text(f"promote_trigger_file = '{trigger}'\n")
+    pgharness.give_to_server_user(etc)
+    start_with_config_outside(primary)
+    pitrkit_setup.init(primary)
+    create_tables(primary)
+    primary.sql(f"ALTER SYSTEM SET promote_trigger_file = '{trigger}.auto'")
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    archive_everything(primary)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--action", "pause",
+                                    "--archive-mode", "off", start=True)
+    out = succeeded(result)
+    assert "recovery paused" in out
+    attach(restored)
+    # The files appearing leave the paused copy in recovery (PostgreSQL checks for them
+    # every second while paused).
+    for each in (trigger, Path(f"{trigger}.auto")):
+        each.touch()
+    time.sleep(3)
+    assert restored.sql("SELECT pg_is_in_recovery()")[0][0] is True
+    assert restored.sql("SHOW promote_trigger_file")[0][0] == ""
+    assert restored.sql("SELECT sourcefile FROM pg_file_settings WHERE name = 'promote_trigger_file'") == []
+    assert f"postgresql.auto.conf: promote_trigger_file = '{trigger}.auto' commented out" in out
+    assert re.search(rf"pitrkit.conf.d/\S+-20-standby.conf: promote_trigger_file = '{trigger}' commented out", out), out
+
+
 def test_a_pause_before_a_drop_reports_the_locked_table_and_the_documented_check_does_not_hang(
         cluster, pitrkit_setup):
     primary = archiving_primary(cluster, pitrkit_setup)

@@ -39,7 +39,8 @@ def make_host(tmp_path: Path) -> tuple[Path, Path]:
         "include 'extra.conf'\ninclude_if_exists 'absent.conf'\ninclude_dir = 'conf.d'\n"
         f"include = '{data}/inside.conf'\n")
     (etc / "extra.conf").write_text("work_mem = '7MB'\ninclude 'nested.conf'\n")
-    (etc / "nested.conf").write_text("maintenance_work_mem = '77MB'\n")
+    (etc / "nested.conf").write_text("maintenance_work_mem = '77MB'\n"
+                                     "promote_trigger_file = '/var/run/postgresql/promote'\n")
     (etc / "conf.d" / "10-a.conf").write_text("log_directory = '/var/log/postgresql'\n")
     (etc / "conf.d" / "20-b.conf").write_text("shared_buffers = '32MB'\n")
     (etc / "conf.d" / "notes.txt").write_text("not read\n")
@@ -179,6 +180,29 @@ def test_a_backup_without_a_recorded_configuration_keeps_its_includes_inside_the
     values = {name: setting.value for name, setting in server_config._effective(target)[0].items()}
     assert values == {"work_mem": "7MB", "temp_buffers": "9MB", "maintenance_work_mem": "77MB"}
     assert "  postgresql.auto.conf: include '/etc/elsewhere.conf' commented out: the file is not in the backup" in said
+
+
+def test_promote_trigger_file_is_commented_out_wherever_it_is_set(tmp_path):
+    # PostgreSQL 15 and older promote a server in recovery when this file appears: a path
+    # the primary chose would have the restored copy promote on someone else's cue.
+    _, _, configuration, target = capture_and_unpack(tmp_path)
+    (target / "postgresql.auto.conf").write_text("promote_trigger_file = 'promote.auto'\n")
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, None, None), said.append)
+    assert "promote_trigger_file" not in server_config._effective(target)[0]
+    nested = next(file.name for file in configuration.files if file.path.endswith("/nested.conf"))
+    assert [line for line in said if ": promote_trigger_file" in line] == [
+        f"  {server_config.INCLUDE_DIR}/{nested}: promote_trigger_file = '/var/run/postgresql/promote' commented "
+        "out (the backed-up server's)",
+        "  postgresql.auto.conf: promote_trigger_file = 'promote.auto' commented out (the backed-up server's)"]
+    # The data directory's own postgresql.conf, here of a backup that recorded no configuration.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "postgresql.conf").write_text("promote_trigger_file = '/var/lib/postgresql/promote'\n")
+    server_config.write(own, None, server_config.Choices(True, None, None), said.append)
+    assert "promote_trigger_file" not in server_config._effective(own)[0]
+    assert said[-1] == ("  postgresql.conf: promote_trigger_file = '/var/lib/postgresql/promote' commented out "
+                        "(the backed-up server's)")
 
 
 def test_config_files_none_writes_a_minimal_configuration(tmp_path):

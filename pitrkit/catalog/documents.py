@@ -17,6 +17,7 @@ file's folder being listed, the stream tiling its parts) is checked where it is 
 from __future__ import annotations
 
 import posixpath
+import re
 from datetime import datetime
 
 import msgspec
@@ -117,6 +118,22 @@ class BackupDirectory(msgspec.Struct, array_like=True, frozen=True):
         _check_size(f"{self.path or 'the data directory'}: mode", self.mode, 0o7777)
 
 
+# What a configuration file copied from outside the data directory can be (ConfigFile.role).
+CONFIG_ROLES = ("config_file", "hba_file", "ident_file", "include", "hba_include", "ident_include")
+# Larger is not a configuration file: backup-push does not copy it, restore reads it whole.
+MAX_CONFIG_FILE = 1 << 20
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_host_path(what: str, path: str) -> None:
+    """A path on the backed-up host, only shown and compared with include lines and the
+    data directory: absolute and normal (a `..` would make a path outside the data
+    directory compare as inside it), one line (it is shown in restore's output)."""
+    if not path.startswith("/") or posixpath.normpath(path) != path or "\0" in path or "\n" in path:
+        raise ValueError(f"{what} {path!r} is not a normal absolute path")
+
+
 class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
     """A configuration file the server read from outside its data directory, copied into
     the backup stream as `.pitrkit-config/<name>` (see restore/server_config.py). `path` is where
@@ -132,6 +149,19 @@ class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
     size: int
     sha256: str  # hex, of the content as copied
 
+    def __post_init__(self) -> None:
+        # The name is all restore joins to .pitrkit-config/ and pitrkit.conf.d/: one plain
+        # component, so the copy is read from and written to nowhere else.
+        if not _CONFIG_NAME.fullmatch(self.name):
+            raise ValueError(f"configuration file name {self.name!r} is not a plain file name")
+        if self.role not in CONFIG_ROLES:
+            raise ValueError(f"configuration file {self.name} has an unknown role {self.role!r}")
+        _check_host_path(f"configuration file {self.name}'s path", self.path)
+        _check_size(f"configuration file {self.name}: mode", self.mode, 0o7777)
+        _check_size(f"configuration file {self.name}: size", self.size, MAX_CONFIG_FILE)
+        if not _SHA256.fullmatch(self.sha256):
+            raise ValueError(f"configuration file {self.name}'s sha256 {self.sha256!r} is not one")
+
 
 class ServerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
     """Where the backed-up server's configuration lived, and the files copied from
@@ -142,6 +172,15 @@ class ServerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
     hba_file: str
     ident_file: str
     files: list[ConfigFile] = []
+
+    def __post_init__(self) -> None:
+        for role in ("data_directory", "config_file", "hba_file", "ident_file"):
+            _check_host_path(f"configuration {role}", getattr(self, role))
+        names: set[str] = set()
+        for file in self.files:
+            if file.name in names:
+                raise ValueError(f"configuration file name {file.name!r} is listed twice")
+            names.add(file.name)
 
 
 class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):

@@ -88,7 +88,6 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
-    server_config.check(manifest.configuration)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
         write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)

@@ -11,16 +11,22 @@ config_file, hba_file and ident_file, plus whatever pg_file_settings (and, on Po
 
 restore (`--config-files backup`, the default) puts them back as postgresql.conf,
 pg_hba.conf, pg_ident.conf and `pitrkit.conf.d/<name>` in the new data directory and
-rewrites what would reach outside it: data_directory, config_file, hba_file, ident_file,
-external_pid_file, stats_temp_directory and an absolute log_directory are commented out;
+rewrites what would reach outside it, in them and in the data directory's own
+postgresql.auto.conf: data_directory, config_file, hba_file, ident_file,
+external_pid_file, stats_temp_directory, promote_trigger_file and an absolute
+log_directory are commented out;
 include lines point at the restored copies (include_dir becomes one include per file it
-read). A block at the end of postgresql.conf then sets what must differ on the restored
-copy: the port (--port), a socket directory the restoring user can write, cluster_name
-with "-restored", and ssl = off when the certificate files are not on this host. With
-`--config-files none` a minimal configuration is written instead. Every change is said.
+read), and an include of anything else outside the new data directory is commented out.
+Only regular files inside it are read or rewritten, never through a link (a tablespace's
+pg_tblspc/<oid> leads out of it). A block at the end of postgresql.conf then sets what
+must differ on the restored copy: the port (--port), a socket directory the restoring
+user can write, cluster_name with "-restored", and ssl = off when the certificate files
+are not on this host. With `--config-files none` a minimal configuration is written
+instead. Every change is said.
 
-The manifest is data from storage: names are checked to be plain, and original paths
-are only ever compared, never opened or written.
+The manifest is data from storage: its records are checked as they are decoded
+(catalog.ConfigFile: names plain, paths absolute and normal, roles known), and original
+paths are only ever compared, never opened or written.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.documents import ConfigFile, ServerConfiguration
-from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.catalog.documents import MAX_CONFIG_FILE, ConfigFile, ServerConfiguration
+from pitrkit.errors import PitrkitError
 from pitrkit.restore import durable
 from pitrkit.restore.recovery_conf import AUTO_CONF, conf_quote
 
@@ -50,17 +57,15 @@ INCLUDE_DIR = "pitrkit.conf.d"
 CONFIG = "postgresql.conf"
 HBA = "pg_hba.conf"
 IDENT = "pg_ident.conf"
-ROLES = ("config_file", "hba_file", "ident_file", "include", "hba_include", "ident_include")
-# A configuration file larger than this is not one: not copied (said).
-_MAX_FILE = 1 << 20
 # PostgreSQL's CONF_FILE_MAX_DEPTH: deeper nesting is an error for the server too.
 _MAX_DEPTH = 10
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 # Settings that name a file or directory of the backed-up server's own: restored, they
-# would make the copy use (or overwrite) the primary's.
+# would make the copy use (or overwrite) the primary's, or (promote_trigger_file,
+# PostgreSQL 15 and older) promote from recovery when a file appears at a path the
+# primary chose.
 _FOREIGN_PATHS = ("data_directory", "config_file", "hba_file", "ident_file", "external_pid_file",
-                  "stats_temp_directory")
+                  "stats_temp_directory", "promote_trigger_file")
 _SSL_FILES = {"ssl_cert_file": "server.crt", "ssl_key_file": "server.key", "ssl_ca_file": "",
               "ssl_crl_file": "", "ssl_crl_dir": "", "ssl_dh_params_file": ""}
 _TRUE = ("on", "true", "yes", "1", "tru", "tr", "t", "ye", "y")
@@ -137,6 +142,21 @@ def _inside(path: str, directory: str) -> bool:
     return os.path.commonpath([path, directory]) == directory
 
 
+def _own(target: Path, path: Path) -> bytes | None:
+    """The content of `path` if it is a regular file in the restored directory `target`,
+    else None: restore reads and rewrites nothing else. The path is taken as the server
+    takes it, links resolved (a backup's pg_tblspc/<oid> links lead out of the target),
+    and the file itself must be no link (nor a FIFO, which is not waited on)."""
+    if not _inside(os.path.realpath(path), os.path.realpath(target)):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        return file.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
 # --- backup-push: what to copy ----------------------------------------------------------
 
 
@@ -183,17 +203,20 @@ def capture(data_directory: str, config_file: str, hba_file: str, ident_file: st
     for path, role in found.items():
         if _inside(path, data_directory):
             continue  # copied with the data directory
+        if "\n" in path:
+            log.warning("not copying %r: a newline in its name (restore shows these paths, one per line)", path)
+            continue
         try:
             with open(path, "rb") as file:
                 status = os.fstat(file.fileno())
-                content = file.read(_MAX_FILE + 1)
+                content = file.read(MAX_CONFIG_FILE + 1)
         except OSError as exc:
             if role in ("config_file", "hba_file", "ident_file") or os.path.exists(path):
                 log.warning("cannot copy the server's %s %s (%s): a restore of this backup writes a "
                             "minimal one", role, path, exc.strerror)
             continue
-        if len(content) > _MAX_FILE:
-            log.warning("not copying %s: over %d bytes, not a configuration file", path, _MAX_FILE)
+        if len(content) > MAX_CONFIG_FILE:
+            log.warning("not copying %s: over %d bytes, not a configuration file", path, MAX_CONFIG_FILE)
             continue
         base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(path)).lstrip("._-") or "file"
         name = f"{len(records):02d}-{base}"[:100]
@@ -207,29 +230,6 @@ def capture(data_directory: str, config_file: str, hba_file: str, ident_file: st
 
 
 # --- restore ------------------------------------------------------------------------------
-
-
-def check(configuration: ServerConfiguration | None) -> None:
-    """Refuse a manifest whose configuration records could not be written back safely;
-    before anything is written."""
-    if configuration is None:
-        return
-    names = set()
-    for file in configuration.files:
-        if not _NAME.fullmatch(file.name) or file.name in names:
-            raise RefusedError(f"corrupt manifest: configuration file name {file.name!r} is not a plain, "
-                               "unique file name")
-        names.add(file.name)
-        if file.role not in ROLES:
-            raise RefusedError(f"corrupt manifest: configuration file {file.name} has an unknown role {file.role!r}")
-        for path in (file.path,):
-            if not os.path.isabs(path) or os.path.normpath(path) != path or "\0" in path or "\n" in path:
-                raise RefusedError(f"corrupt manifest: configuration file {file.name}'s path {path!r} is "
-                                   "not a normal absolute path")
-    for path in (configuration.data_directory, configuration.config_file, configuration.hba_file,
-                 configuration.ident_file):
-        if not os.path.isabs(path) or "\0" in path or "\n" in path:
-            raise RefusedError(f"corrupt manifest: configuration path {path!r} is not absolute")
 
 
 class Choices(NamedTuple):
@@ -246,33 +246,43 @@ class _Rewriter:
         self.configuration = configuration
         self.say = say
         self.originals: dict[str, Path] = {}  # original path -> restored path
-        self.by_role: dict[str, Path] = {}
+        self.seen: set[Path] = set()  # rewritten already
 
     def restored_of(self, original: str) -> Path | None:
-        """Where the file or directory at `original` on the backed-up host is now."""
+        """Where the file or directory at `original` on the backed-up host is now; None
+        when not in the target."""
         if original in self.originals:
             return self.originals[original]
-        if self.configuration is not None and _inside(original, self.configuration.data_directory):
-            return self.target / os.path.relpath(original, self.configuration.data_directory)
-        return None
+        # Without a record of the backed-up server's paths (an older backup), the lines
+        # are read relative to the target (see rewrite).
+        home = self.configuration.data_directory if self.configuration is not None else str(self.target)
+        if not _inside(original, home):
+            return None
+        restored = self.target / os.path.relpath(original, home)
+        return restored if _inside(os.path.realpath(restored), os.path.realpath(self.target)) else None
 
-    def rewrite(self, restored: Path, original: str | None, hba: bool, seen: set[Path]) -> None:
+    def rewrite(self, restored: Path, original: str | None, hba: bool) -> bool:
         """Rewrite `restored` (read from `original` on the backed-up host) and the files it
-        includes, so that nothing in them points outside the new data directory."""
-        if restored in seen or not restored.is_file():
-            return
-        seen.add(restored)
+        includes, so that nothing in them points outside the new data directory. False,
+        and nothing read or written, when it is not a regular file of the target."""
+        if restored in self.seen:
+            return True
+        content = _own(self.target, restored)
+        if content is None:
+            return False
+        self.seen.add(restored)
         here = os.path.dirname(original) if original else str(restored.parent)
         lines = []
         changed = False
-        for line in restored.read_text(errors="replace").splitlines():
-            new = self._line(line, restored, here, hba, seen)
+        for line in content.decode(errors="replace").splitlines():
+            new = self._line(line, restored, here, hba)
             changed |= new != [line]
             lines.extend(new)
         if changed:
             durable.replace_file(restored, "\n".join(lines) + "\n")
+        return True
 
-    def _line(self, line: str, restored: Path, here: str, hba: bool, seen: set[Path]) -> list[str]:
+    def _line(self, line: str, restored: Path, here: str, hba: bool) -> list[str]:
         shown = os.path.relpath(restored, self.target)
         include = _include(line, hba)
         if include is not None:
@@ -282,18 +292,17 @@ class _Rewriter:
             if kind == "include_dir":
                 files = _dir_files(str(where)) if where is not None and where.is_dir() else []
                 files = files or [str(path) for path in self._captured_in(original)]
+                files = [each for each in files
+                         if self.rewrite(Path(each), self._original_of(Path(each), original), hba)]
                 if not files:
                     self.say(f"  {shown}: {kind} {written!r} commented out: nothing of it is in the backup")
                     return [_commented(line, "nothing of it was in the backup")]
                 includes = [self._include_line(Path(each), restored, hba) for each in files]
-                for each in files:
-                    self.rewrite(Path(each), self._original_of(Path(each), original), hba, seen)
                 self.say(f"  {shown}: {kind} {written!r} now includes the {len(files)} restored file(s) it read")
                 return [_commented(line, "replaced by the restored files below"), *includes]
-            if where is None or not where.is_file():
+            if where is None or not self.rewrite(where, original, hba):
                 self.say(f"  {shown}: {kind} {written!r} commented out: the file is not in the backup")
                 return [_commented(line, "the file was not in the backup")]
-            self.rewrite(where, original, hba, seen)
             if os.path.relpath(where, restored.parent) == written:
                 return [line]
             self.say(f"  {shown}: {kind} {written!r} now includes {os.path.relpath(where, self.target)}")
@@ -351,17 +360,16 @@ host    all       all   ::1/128       scram-sha-256
 def _effective(target: Path) -> tuple[dict[str, Setting], list[Path]]:
     """The settings postgresql.conf (with its includes, now all inside `target`) and then
     postgresql.auto.conf give, the last of each name winning, as the server reads them;
-    and the files read."""
+    and the files read (_override rewrites them: only the target's own, see _own)."""
     values: dict[str, Setting] = {}
     files: list[Path] = []
 
     def read(path: Path, depth: int) -> None:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
+        content = _own(target, path)
+        if content is None:
             return
         files.append(path)
-        for line in text.splitlines():
+        for line in content.decode(errors="replace").splitlines():
             setting = parse_setting(line)
             if setting is None:
                 continue
@@ -400,6 +408,7 @@ def _write(target: Path, captured: Path, configuration: ServerConfiguration | No
         if len(content) != file.size or hashlib.sha256(content).hexdigest() != file.sha256:
             raise PitrkitError(f"the backup's copy of {file.path} ({CAPTURED_DIR}/{file.name}) does not match "
                                "its size and checksum in the manifest")
+    rewriter = _Rewriter(target, configuration, say)
     if not choices.keep_backed_up:
         shutil.rmtree(captured, ignore_errors=True)
         durable.replace_file(target / CONFIG, _MINIMAL_CONF)
@@ -408,15 +417,17 @@ def _write(target: Path, captured: Path, configuration: ServerConfiguration | No
         say(f"--config-files none: wrote a minimal {CONFIG}, {HBA} (local peer, localhost scram-sha-256) "
             f"and an empty {IDENT}" + (f"; left out the backed-up {', '.join(f.path for f in files)}" if files else ""))
     else:
-        _place(target, captured, configuration, say)
-    _sanitize_auto_conf(target, say)
+        _place(target, captured, configuration, rewriter, say)
+    # The data directory's own, restored as it was: ALTER SYSTEM can set
+    # external_pid_file and friends, and a hand edit can add an include of any file.
+    auto_conf = os.path.join(configuration.data_directory, AUTO_CONF) if configuration is not None else None
+    rewriter.rewrite(target / AUTO_CONF, auto_conf, False)
     _override(target, configuration, choices, say)
     durable.fsync_directory(target)
 
 
-def _place(target: Path, captured: Path, configuration: ServerConfiguration | None,
+def _place(target: Path, captured: Path, configuration: ServerConfiguration | None, rewriter: _Rewriter,
            say: Callable[[str], None]) -> None:
-    rewriter = _Rewriter(target, configuration, lambda line: say(line))
     placed = {CONFIG: False, HBA: False, IDENT: False}
     main = {"config_file": CONFIG, "hba_file": HBA, "ident_file": IDENT}
     for file in configuration.files if configuration is not None else []:
@@ -441,7 +452,7 @@ def _place(target: Path, captured: Path, configuration: ServerConfiguration | No
             path = getattr(configuration, role)
             if not placed[name] and _inside(path, configuration.data_directory):
                 inside = target / os.path.relpath(path, configuration.data_directory)
-                if inside != target / name and inside.is_file():
+                if inside != target / name and _own(target, inside) is not None:
                     shutil.copy2(inside, target / name)
                     say(f"  {name} <- {os.path.relpath(inside, target)} (the server's {role})")
     if not (target / CONFIG).exists():
@@ -454,28 +465,9 @@ def _place(target: Path, captured: Path, configuration: ServerConfiguration | No
         durable.replace_file(target / IDENT, "")
     originals = (configuration.config_file, configuration.hba_file, configuration.ident_file) \
         if configuration is not None else (None, None, None)
-    seen: set[Path] = set()
-    rewriter.rewrite(target / CONFIG, originals[0], False, seen)
-    rewriter.rewrite(target / HBA, originals[1], True, seen)
-    rewriter.rewrite(target / IDENT, originals[2], True, seen)
-
-
-def _sanitize_auto_conf(target: Path, say: Callable[[str], None]) -> None:
-    """ALTER SYSTEM can set external_pid_file and friends too."""
-    path = target / AUTO_CONF
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return
-    lines = []
-    for line in text.splitlines():
-        setting = parse_setting(line)
-        if setting is not None and setting.name in _FOREIGN_PATHS:
-            say(f"  {AUTO_CONF}: {setting.name} = {setting.value!r} commented out (the backed-up server's)")
-            line = _commented(line, "the backed-up server's")
-        lines.append(line)
-    if lines != text.splitlines():
-        durable.replace_file(path, "\n".join(lines) + "\n")
+    rewriter.rewrite(target / CONFIG, originals[0], False)
+    rewriter.rewrite(target / HBA, originals[1], True)
+    rewriter.rewrite(target / IDENT, originals[2], True)
 
 
 BLOCK_BEGIN = "# pitrkit restore: settings of the restored copy (begin)"

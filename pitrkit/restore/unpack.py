@@ -38,6 +38,7 @@ from pitrkit.catalog.documents import BackupFile, BackupManifest, BackupPart, Ba
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.restore import durable
+from pitrkit.restore.server_config import CAPTURED_DIR
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
 
@@ -200,7 +201,8 @@ def check_manifest(manifest: BackupManifest) -> None:
     are this backup's objects, the tablespaces are distinct and the tablespace_map names
     only them, every file and directory sits in a listed directory or below a tablespace
     link (so no write goes through anything but the links restore makes), the counts add
-    up. Raises CorruptManifest before anything is written."""
+    up, the recorded configuration files are in the stream. Raises CorruptManifest
+    before anything is written."""
     where = f"backup {manifest.backup_id}'s manifest"
     prefix = f"backups/{manifest.backup_id}/data/"
     for part in manifest.parts:
@@ -220,6 +222,14 @@ def check_manifest(manifest: BackupManifest) -> None:
     for file in manifest.files:
         if file.path in containers:
             raise CorruptManifest(f"{where} lists {file.path!r} both as a file and as a directory or tablespace link")
+    # Each configuration file from outside the data directory travels in the stream as
+    # .pitrkit-config/<name>; restore reads it there, once the rest is written.
+    sizes = {file.path: file.size for file in manifest.files}
+    for record in manifest.configuration.files if manifest.configuration is not None else []:
+        stored = f"{CAPTURED_DIR}/{record.name}"
+        if sizes.get(stored) != record.size:
+            raise CorruptManifest(f"{where} records the configuration file {record.path} as {stored} of "
+                                  f"{record.size} bytes, which it does not list")
     if manifest.file_count != len(manifest.files) or manifest.size != sum(file.size for file in manifest.files):
         raise CorruptManifest(f"{where} says {manifest.file_count} files and {manifest.size} bytes, but lists "
                               f"{len(manifest.files)} files of {sum(file.size for file in manifest.files)} bytes")

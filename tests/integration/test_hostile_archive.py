@@ -11,6 +11,7 @@ Everything runs as the server user through the installed `pitrkit`, as a DBA run
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -166,6 +167,23 @@ def test_a_rewritten_manifest_cannot_reach_outside_the_restore(cluster, pitrkit_
     def tablespace_location(location: str) -> Callable[[dict], None]:
         return lambda document: document["tablespaces"][0].__setitem__("location", location)
 
+    data_directory = hostile.document()["configuration"]["data_directory"]
+
+    def copied_file(**record: object) -> Callable[[dict], None]:
+        """The configuration records a pg_hba.conf copied from outside the data directory,
+        as backup-push records Debian's, with `record` changed."""
+        copied = {"name": "00-pg_hba.conf", "path": "/etc/postgresql/15/main/pg_hba.conf", "role": "hba_file",
+                  "mode": 0o640, "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), **record}
+        return lambda document: document["configuration"]["files"].append(copied)
+
+    # Restore reads a copy as .pitrkit-config/<name> and writes it as pitrkit.conf.d/<name>.
+    hba_file_from_elsewhere = copied_file(name=escape.replace("pwned", "pg_hba.conf"))
+    hba_file_not_in_the_stream = copied_file()
+
+    # Compared as inside the data directory, it would be copied in from wherever `..` leads.
+    def hba_file_up_from_the_data_directory(document: dict) -> None:
+        document["configuration"]["hba_file"] = f"{data_directory}/{escape}"
+
     cases: list[tuple[Callable[[dict], None], tuple[str, ...], str]] = [
         (file_path(escape), mapping, "is not a plain relative path"),
         (file_path(str(hostile.sentinel / "pwned")), mapping, "is not a plain relative path"),
@@ -187,6 +205,10 @@ def test_a_rewritten_manifest_cannot_reach_outside_the_restore(cluster, pitrkit_
         (tablespace_location(str(hostile.sentinel / "ts")), (), "does not exist"),
         (tablespace_location(str(link)), (), "is a symbolic link"),
         (lambda document: None, (), "is not empty"),  # the original location, the primary's
+        (hba_file_from_elsewhere, mapping, "is not a plain file name"),
+        (copied_file(role="data_directory"), mapping, "unknown role 'data_directory'"),
+        (hba_file_up_from_the_data_directory, mapping, "is not a normal absolute path"),
+        (hba_file_not_in_the_stream, mapping, "as .pitrkit-config/00-pg_hba.conf of 0 bytes, which it does not list"),
     ]
     # The catalog is a cache: gone, the planner reads the manifest, as it does for a
     # backup the catalog does not list yet. (Its disagreeing is refused: see below.)

@@ -268,6 +268,74 @@ def test_config_file_outside_the_data_directory_and_a_broken_one(cluster, pitrki
     assert not (broken.pgdata / "postmaster.pid").exists()
 
 
+def test_an_include_in_postgresql_auto_conf_of_a_file_outside_the_restore_is_commented_out(
+        cluster, pitrkit_setup, server_tmp):
+    # postgresql.auto.conf is restored as it was, and a hand edit can include any file of
+    # the restore host: the restored server must not read it, nor restore rewrite it (the
+    # block that sets the port comments out every other port setting it finds).
+    elsewhere = pgharness.make_server_dir(server_tmp / "elsewhere")
+    primary = archiving_primary(cluster, pitrkit_setup)
+    with open(primary.pgdata / "postgresql.auto.conf", "a") as auto_conf:  # appending keeps the owner
+        auto_conf.write(f"include_if_exists = '{elsewhere}/tuning.conf'\n")
+    primary.sql("SELECT pg_reload_conf()")
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    archive_everything(primary)
+    # Only now is there such a file, so backup-push had nothing to copy.
+    tuning = f"port = {primary.port}\nwork_mem = '5MB'\n"
+    (elsewhere / "tuning.conf").write_text(tuning)
+    pgharness.give_to_server_user(elsewhere)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--archive-mode", "off", start=True)
+    out = succeeded(result)
+    assert (elsewhere / "tuning.conf").read_text() == tuning
+    assert (f"postgresql.auto.conf: include_if_exists '{elsewhere}/tuning.conf' commented out: the file is not in "
+            "the backup") in out
+    attach(restored)
+    assert digests(restored) == target.digests
+    read = [source for (source,) in restored.sql("SELECT DISTINCT sourcefile FROM pg_file_settings")]
+    assert read and all(source.startswith(f"{restored.pgdata}/") for source in read), read
+    assert restored.sql("SHOW work_mem")[0][0] == "4MB"
+
+
+def test_promote_trigger_file_of_the_backed_up_server_is_commented_out(cluster, pitrkit_setup, pg_major, server_tmp):
+    # PostgreSQL 15 and older promote a server in recovery when this file appears: restored
+    # as backed up, the copy would promote on a cue meant for the primary's standby.
+    if pg_major > 15:
+        pytest.skip("promote_trigger_file is gone since PostgreSQL 16 (the server refuses to start with it)")
+    trigger = server_tmp / "promote-the-standby"
+    primary = cluster(archive_mode="on", archive_command=pitrkit_setup.archive_command, checkpoint_timeout="30s")
+    primary.env.update(pitrkit_setup.env)
+    etc = move_config_outside(primary)  # so that it is also set in a file backup-push copies
+    (etc / "conf.d" / "20-standby.conf").write_text(f"promote_trigger_file = '{trigger}'\n")
+    pgharness.give_to_server_user(etc)
+    start_with_config_outside(primary)
+    pitrkit_setup.init(primary)
+    create_tables(primary)
+    primary.sql(f"ALTER SYSTEM SET promote_trigger_file = '{trigger}.auto'")
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    archive_everything(primary)
+
+    restored, result = restore_into(cluster, pitrkit_setup, "--lsn", target.lsn, "--action", "pause",
+                                    "--archive-mode", "off", start=True)
+    out = succeeded(result)
+    assert "recovery paused" in out
+    attach(restored)
+    # The files appearing leave the paused copy in recovery (PostgreSQL checks for them
+    # every second while paused).
+    for each in (trigger, Path(f"{trigger}.auto")):
+        each.touch()
+    time.sleep(3)
+    assert restored.sql("SELECT pg_is_in_recovery()")[0][0] is True
+    assert restored.sql("SHOW promote_trigger_file")[0][0] == ""
+    assert restored.sql("SELECT sourcefile FROM pg_file_settings WHERE name = 'promote_trigger_file'") == []
+    assert f"postgresql.auto.conf: promote_trigger_file = '{trigger}.auto' commented out" in out
+    assert re.search(rf"pitrkit.conf.d/\S+-20-standby.conf: promote_trigger_file = '{trigger}' commented out", out), out
+
+
 def test_a_pause_before_a_drop_reports_the_locked_table_and_the_documented_check_does_not_hang(
         cluster, pitrkit_setup):
     primary = archiving_primary(cluster, pitrkit_setup)

@@ -6,6 +6,7 @@ PostgreSQL, is tests/integration/test_hostile_archive.py."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import stat
 import tracemalloc
@@ -107,6 +108,70 @@ def test_summary_ids_and_counts_are_checked(tmp_path, field, value):
         codec.decode(msgspec.json.encode({"backups": [summary]}), documents.BackupCatalog, "catalog/backups.json")
 
 
+# --- the server's configuration from outside the data directory (server_config.py) -------------
+
+CONFIG_DIR = "/etc/postgresql/15/main"
+
+
+def configuration_document(**record) -> dict:
+    """A manifest's `configuration` as backup-push writes it for Debian's layout, its
+    pg_hba.conf copied as .pitrkit-config/00-pg_hba.conf; `record` changes that file's record."""
+    copied = {"name": "00-pg_hba.conf", "path": f"{CONFIG_DIR}/pg_hba.conf", "role": "hba_file", "mode": 0o640,
+              "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), **record}
+    return {"data_directory": "/var/lib/postgresql/15/main", "config_file": f"{CONFIG_DIR}/postgresql.conf",
+            "hba_file": f"{CONFIG_DIR}/pg_hba.conf", "ident_file": f"{CONFIG_DIR}/pg_ident.conf", "files": [copied]}
+
+
+def test_a_configuration_as_backup_push_records_it_decodes(tmp_path):
+    document, _ = manifest_document(tmp_path)
+    document["configuration"] = configuration_document()
+    assert decode_manifest(document).configuration.files[0].name == "00-pg_hba.conf"
+
+
+@pytest.mark.parametrize(("record", "problem"), [
+    # restore reads .pitrkit-config/<name> and writes pitrkit.conf.d/<name>: one plain name.
+    ({"name": "../../../../tmp/pg_hba.conf"}, "configuration file name .* is not a plain file name"),
+    ({"name": "/etc/passwd"}, "is not a plain file name"), ({"name": ".."}, "is not a plain file name"),
+    ({"name": "sub/pg_hba.conf"}, "is not a plain file name"), ({"name": ".hidden"}, "is not a plain file name"),
+    ({"name": ""}, "is not a plain file name"), ({"name": "a\0b"}, "is not a plain file name"),
+    ({"role": "data_directory"}, "unknown role 'data_directory'"),
+    ({"path": "relative/pg_hba.conf"}, "path 'relative/pg_hba.conf' is not a normal absolute path"),
+    ({"path": "/var/lib/postgresql/15/main/../../../../etc/pg_hba.conf"}, "is not a normal absolute path"),
+    ({"path": "/etc/pg_hba.conf\n  postgresql.conf <- forged"}, "is not a normal absolute path"),
+    ({"path": "/etc/pg_hba.conf\0"}, "is not a normal absolute path"),
+    ({"size": 1 << 40}, "size 1099511627776 is out of bounds"), ({"mode": 0o104644}, "mode .* is out of bounds"),
+    ({"sha256": "00"}, "sha256 '00' is not one"),
+])
+def test_a_configuration_file_record_that_could_reach_elsewhere_is_refused_on_decoding(tmp_path, record, problem):
+    document, _ = manifest_document(tmp_path)
+    document["configuration"] = configuration_document(**record)
+    with pytest.raises(ValueError, match=f"is not a valid BackupManifest: .*{problem}.* at "
+                                         r"`\$.configuration.files\[0\]`"):
+        decode_manifest(document)
+
+
+@pytest.mark.parametrize("field", ["data_directory", "config_file", "hba_file", "ident_file"])
+@pytest.mark.parametrize("path", ["relative/main", "/var/lib/postgresql/15/main/../../../../../etc", "/srv/a\nb", ""])
+def test_configuration_paths_that_are_not_normal_absolute_paths_are_refused(tmp_path, field, path):
+    # A `..` would make a path outside the data directory compare as one inside it.
+    document, _ = manifest_document(tmp_path)
+    document["configuration"] = {**configuration_document(), field: path}
+    with pytest.raises(ValueError, match=f"configuration {field} .* is not a normal absolute path"):
+        decode_manifest(document)
+    # The catalog's copy of the summary is checked the same way.
+    summary = {key: value for key, value in document.items() if key in documents.BackupSummary.__struct_fields__}
+    with pytest.raises(ValueError, match="is not a normal absolute path"):
+        codec.decode(msgspec.json.encode({"backups": [summary]}), documents.BackupCatalog, "catalog/backups.json")
+
+
+def test_a_configuration_file_name_listed_twice_is_refused(tmp_path):
+    document, _ = manifest_document(tmp_path)
+    document["configuration"] = configuration_document()
+    document["configuration"]["files"].append({**document["configuration"]["files"][0], "role": "include"})
+    with pytest.raises(ValueError, match="configuration file name '00-pg_hba.conf' is listed twice"):
+        decode_manifest(document)
+
+
 # --- what needs the whole manifest -------------------------------------------------------------
 
 
@@ -142,6 +207,21 @@ def test_parts_outside_the_backup_are_refused(tmp_path):
         parts = [msgspec.structs.replace(manifest.parts[0], key=key), *manifest.parts[1:]]
         with pytest.raises(unpack.CorruptManifest, match="not an object of that backup"):
             checked(manifest, parts=parts)
+
+
+def test_a_configuration_file_must_be_in_the_stream_as_recorded(tmp_path):
+    # restore reads each copy from the stream once the rest is written: refused before.
+    hba = b"local all all peer\n"
+    _, manifest = make_backup(tmp_path / "archive", {**FILES, ".pitrkit-config/00-pg_hba.conf": hba}, 100)
+    record = documents.ConfigFile(name="00-pg_hba.conf", path=f"{CONFIG_DIR}/pg_hba.conf", role="hba_file",
+                                mode=0o640, size=len(hba), sha256=hashlib.sha256(hba).hexdigest())
+    configuration = documents.ServerConfiguration(**{**configuration_document(), "files": [record]})
+    checked(manifest, configuration=configuration)
+    for change in ({"name": "01-pg_hba.conf"}, {"size": len(hba) + 1}):
+        elsewhere = msgspec.structs.replace(configuration, files=[msgspec.structs.replace(record, **change)])
+        with pytest.raises(unpack.CorruptManifest, match=f"records the configuration file {CONFIG_DIR}/pg_hba.conf "
+                                                         r"as .pitrkit-config/.*, which it does not list"):
+            checked(manifest, configuration=elsewhere)
 
 
 def test_tablespaces_twice_a_map_naming_others_and_wrong_counts_are_refused(tmp_path):

@@ -9,9 +9,10 @@ import os
 import socket
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from pitrkit.catalog.documents import ConfigFile, ServerConfiguration
+from pitrkit.catalog.documents import ServerConfiguration
 from pitrkit.errors import RefusedError
 from pitrkit.restore import pgstart, server_config
 
@@ -38,7 +39,8 @@ def make_host(tmp_path: Path) -> tuple[Path, Path]:
         "include 'extra.conf'\ninclude_if_exists 'absent.conf'\ninclude_dir = 'conf.d'\n"
         f"include = '{data}/inside.conf'\n")
     (etc / "extra.conf").write_text("work_mem = '7MB'\ninclude 'nested.conf'\n")
-    (etc / "nested.conf").write_text("maintenance_work_mem = '77MB'\n")
+    (etc / "nested.conf").write_text("maintenance_work_mem = '77MB'\n"
+                                     "promote_trigger_file = '/var/run/postgresql/promote'\n")
     (etc / "conf.d" / "10-a.conf").write_text("log_directory = '/var/log/postgresql'\n")
     (etc / "conf.d" / "20-b.conf").write_text("shared_buffers = '32MB'\n")
     (etc / "conf.d" / "notes.txt").write_text("not read\n")
@@ -109,6 +111,100 @@ def test_the_restored_configuration_points_nowhere_outside_the_data_directory(tm
         file.name for file in configuration.files if file.role.endswith("include"))
 
 
+def test_postgresql_auto_conf_includes_nothing_from_outside_the_restored_directory(tmp_path):
+    # postgresql.auto.conf is restored as it was, and a hand edit can include any file:
+    # the restored copy must not read it, nor restore rewrite it (the port block would).
+    _, _, configuration, target = capture_and_unpack(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = "port = 5432\ncluster_name = 'other'\nexternal_pid_file = '/x.pid'\n"
+    (elsewhere / "other.conf").write_text(other)
+    (target / "postgresql.auto.conf").write_text(
+        f"port = '6000'\ninclude = '{elsewhere}/other.conf'\ninclude_if_exists = '../elsewhere/other.conf'\n"
+        f"include_dir = '{elsewhere}'\ninclude = 'inside.conf'\n")
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, 5499, None), said.append)
+    assert (elsewhere / "other.conf").read_text() == other
+    assert not [line for line in (target / "postgresql.auto.conf").read_text().splitlines()
+                if "elsewhere" in line.partition("#")[0]]
+    assert [line for line in said if line.startswith("  postgresql.auto.conf: include")] == [
+        f"  postgresql.auto.conf: include '{elsewhere}/other.conf' commented out: the file is not in the backup",
+        "  postgresql.auto.conf: include_if_exists '../elsewhere/other.conf' commented out: the file is not in "
+        "the backup",
+        f"  postgresql.auto.conf: include_dir '{elsewhere}' commented out: nothing of it is in the backup"]
+    effective, files = server_config._effective(target)
+    assert all(path.is_relative_to(target) for path in files)
+    assert effective["port"].value == "5499" and effective["cluster_name"].value == "15/main-restored"
+    assert effective["temp_buffers"].value == "9MB"  # inside.conf, in the restored directory: still included
+
+
+def test_no_file_is_read_or_rewritten_through_a_link_out_of_the_restored_directory(tmp_path):
+    # A backup's tablespace links (pg_tblspc/<oid>) lead out of the target; a link to a
+    # file is followed by nothing either.
+    etc, data, configuration, target = capture_and_unpack(tmp_path)
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "x.conf").write_text("port = 5432\nexternal_pid_file = '/x.pid'\n")
+    (target / "pg_tblspc").mkdir()
+    (target / "pg_tblspc" / "16390").symlink_to(space)
+    (target / "linked.conf").symlink_to(space / "x.conf")
+    (target / "postgresql.auto.conf").write_text(
+        "include = 'pg_tblspc/16390/x.conf'\ninclude_dir = 'pg_tblspc/16390'\ninclude 'linked.conf'\n")
+    # ... nor is an hba_file that the link leads to copied in as pg_hba.conf.
+    configuration = msgspec.structs.replace(configuration, hba_file=f"{data}/pg_tblspc/16390/x.conf",
+                                            files=[file for file in configuration.files if file.role != "hba_file"])
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, 5499, None), said.append)
+    assert (space / "x.conf").read_text() == "port = 5432\nexternal_pid_file = '/x.pid'\n"
+    assert (target / "linked.conf").is_symlink() and os.listdir(space) == ["x.conf"]
+    assert "x.pid" not in (target / "pg_hba.conf").read_text()
+    assert len([line for line in said if line.startswith("  postgresql.auto.conf: include")
+                and "commented out" in line]) == 3
+    effective, files = server_config._effective(target)
+    assert not [path for path in files if path.is_symlink() or not path.resolve().is_relative_to(target)]
+    assert effective["port"].value == "5499" and "external_pid_file" not in effective
+
+
+def test_a_backup_without_a_recorded_configuration_keeps_its_includes_inside_the_data_directory(tmp_path):
+    # A backup taken before pitrkit recorded the configuration: the lines are read
+    # relative to the restored directory, where the server reads them.
+    target = tmp_path / "restored"
+    (target / "conf.d").mkdir(parents=True)
+    (target / "postgresql.conf").write_text("include 'memory.conf'\ninclude_dir 'conf.d'\n")
+    (target / "memory.conf").write_text("work_mem = '7MB'\n")
+    (target / "conf.d" / "a.conf").write_text("temp_buffers = '9MB'\n")
+    (target / "postgresql.auto.conf").write_text("include_if_exists = 'more.conf'\ninclude '/etc/elsewhere.conf'\n")
+    (target / "more.conf").write_text("maintenance_work_mem = '77MB'\n")
+    said: list[str] = []
+    server_config.write(target, None, server_config.Choices(True, None, None), said.append)
+    values = {name: setting.value for name, setting in server_config._effective(target)[0].items()}
+    assert values == {"work_mem": "7MB", "temp_buffers": "9MB", "maintenance_work_mem": "77MB"}
+    assert "  postgresql.auto.conf: include '/etc/elsewhere.conf' commented out: the file is not in the backup" in said
+
+
+def test_promote_trigger_file_is_commented_out_wherever_it_is_set(tmp_path):
+    # PostgreSQL 15 and older promote a server in recovery when this file appears: a path
+    # the primary chose would have the restored copy promote on someone else's cue.
+    _, _, configuration, target = capture_and_unpack(tmp_path)
+    (target / "postgresql.auto.conf").write_text("promote_trigger_file = 'promote.auto'\n")
+    said: list[str] = []
+    server_config.write(target, configuration, server_config.Choices(True, None, None), said.append)
+    assert "promote_trigger_file" not in server_config._effective(target)[0]
+    nested = next(file.name for file in configuration.files if file.path.endswith("/nested.conf"))
+    assert [line for line in said if ": promote_trigger_file" in line] == [
+        f"  {server_config.INCLUDE_DIR}/{nested}: promote_trigger_file = '/var/run/postgresql/promote' commented "
+        "out (the backed-up server's)",
+        "  postgresql.auto.conf: promote_trigger_file = 'promote.auto' commented out (the backed-up server's)"]
+    # The data directory's own postgresql.conf, here of a backup that recorded no configuration.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "postgresql.conf").write_text("promote_trigger_file = '/var/lib/postgresql/promote'\n")
+    server_config.write(own, None, server_config.Choices(True, None, None), said.append)
+    assert "promote_trigger_file" not in server_config._effective(own)[0]
+    assert said[-1] == ("  postgresql.conf: promote_trigger_file = '/var/lib/postgresql/promote' commented out "
+                        "(the backed-up server's)")
+
+
 def test_config_files_none_writes_a_minimal_configuration(tmp_path):
     _, _, configuration, target = capture_and_unpack(tmp_path)
     said: list[str] = []
@@ -128,21 +224,16 @@ def test_a_copy_that_does_not_match_the_manifest_is_refused(tmp_path):
         server_config.write(target, configuration, server_config.Choices(True, None, None), print)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"name": "../postgresql.conf"}, "not a plain, unique file name"),
-    ({"name": ".hidden"}, "not a plain, unique file name"),
-    ({"role": "anything"}, "unknown role"),
-    ({"path": "relative/postgresql.conf"}, "not a normal absolute path"),
-    ({"path": "/etc/../root/x"}, "not a normal absolute path"),
-])
-def test_configuration_records_are_checked_before_anything_is_written(change, message):
-    fields = {"name": "00-postgresql.conf", "path": "/etc/postgresql.conf", "role": "config_file", "mode": 0o644,
-              "size": 0, "sha256": hashlib.sha256(b"").hexdigest(), **change}
-    configuration = ServerConfiguration(data_directory="/data", config_file="/etc/postgresql.conf",
-                                        hba_file="/etc/pg_hba.conf", ident_file="/etc/pg_ident.conf",
-                                        files=[ConfigFile(**fields)])
-    with pytest.raises(RefusedError, match=message):
-        server_config.check(configuration)
+def test_capture_leaves_out_a_file_whose_path_has_a_newline(tmp_path):
+    # restore shows each path on a line of its own: such a record would be refused.
+    etc, data = make_host(tmp_path)
+    odd = etc / "odd\nname.conf"
+    odd.write_text("work_mem = '1MB'\n")
+    configuration, captured = server_config.capture(str(data), str(etc / "postgresql.conf"),
+                                                    str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"),
+                                                    {"include": [str(odd)]})
+    assert str(odd) not in [file.path for file in configuration.files]
+    assert len(captured) == len(configuration.files) == 8
 
 
 # --- --start: the server's own words, and the port ------------------------------------------

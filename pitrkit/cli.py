@@ -13,18 +13,10 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pitrkit import __version__
-from pitrkit.errors import NotInArchive, PitrkitError, UsageError
-
-log = logging.getLogger("pitrkit")
-
-# wal-fetch must not exit 1 or 2 for a fault: PostgreSQL reads 1 as "not archived" and
-# ends recovery. Faults exit above 125 so that recovery aborts instead (see wal/fetch.py).
-FETCH_FAULT = 126
-INTERNAL_ERROR = 70
+from pitrkit.errors import FETCH_FAULT, UsageError, outcome
 
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
@@ -189,24 +181,6 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the timeline to recover along (default: the one the target is on; with --latest, "
                         "the archive's newest); current: the backup's; server: the one the server in [postgres] "
                         "conninfo is on, not a restored copy's branch")
-
-
-def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
-    """Run `work` and map its result to (exit code, message for stderr). Shared by the
-    in-process path and the agent, so that both answer PostgreSQL identically."""
-    try:
-        log.info(work())
-        return 0, ""
-    except PitrkitError as exc:
-        # For wal-fetch only a definite "not in the archive" may exit 1.
-        code = FETCH_FAULT if fetching and not isinstance(exc, NotInArchive) else exc.exit_code
-        return code, f"pitrkit: {exc}"
-    except Exception as exc:  # a bug: still one line, and never "not archived" for fetch
-        log.debug("internal error", exc_info=True)
-        return (
-            FETCH_FAULT if fetching else INTERNAL_ERROR,
-            f"pitrkit: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)",
-        )
 
 
 def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 from pitrkit import entry
 from pitrkit.catalog.documents import ArchiveIdentity
 from pitrkit.config import Config, load
-from pitrkit.errors import PitrkitError
+from pitrkit.errors import PitrkitError, outcome
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import WalFileName
 from pitrkit.storage.archive import Archive, wal_key
@@ -205,8 +205,6 @@ class Agent:
 
     def _answer(self, request: list[bytes]) -> bytes:
         """The reply to one request; b"" declines it (the client then works in-process)."""
-        from pitrkit.cli import outcome
-
         if len(request) < 3 or request[0] != entry.PROTOCOL or request[1] != self.encoded_path:
             return b""
         command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]

@@ -17,9 +17,9 @@ import pytest
 
 from pitrkit.catalog import documents
 from pitrkit.catalog.documents import ArchiveIdentity, BackupCatalog
-from pitrkit.cli import FETCH_FAULT, main
+from pitrkit.cli import main
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
-from pitrkit.errors import ConfigError
+from pitrkit.errors import FETCH_FAULT, ConfigError
 from pitrkit.storage import keys
 from pitrkit.storage.archive import IDENTITY_KEY, Archive, TamperedDocument, manifest_key
 from tests.unit.synthetic_archive import SyntheticArchive, name

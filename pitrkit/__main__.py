@@ -1,5 +1,5 @@
 import sys
 
-from pitrkit.entry import main
+from pitrkit.wal.agent_client import main
 
 sys.exit(main())

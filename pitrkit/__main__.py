@@ -1,5 +1,5 @@
 import sys
 
-from pitrkit.wal.agent_client import main
+from pitrkit.entry import main
 
 sys.exit(main())

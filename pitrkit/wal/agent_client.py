@@ -1,4 +1,6 @@
-"""The `pitrkit` executable's front door, and the client half of the agent protocol.
+"""The client half of the agent protocol (the agent itself is wal/agent.py): the request a
+wal-push / wal-fetch command line becomes, the socket that serves its configuration, and
+the agent's answer.
 
 PostgreSQL starts `pitrkit wal-push` / `wal-fetch` once per WAL segment, and starting
 Python plus importing pitrkit's dependencies (msgspec, pluggy, tomllib, zstandard) costs
@@ -6,8 +8,9 @@ more than compressing the segment. So the first call does its work in-process an
 starts an agent: a long-lived `pitrkit agent` process for the same configuration, with
 everything imported and the archive open. Later calls connect to its unix socket, hand
 over the request, wait for the answer (sent only once the work is durable, or the file
-is written) and exit with the agent's exit code. This module imports nothing heavier than
-the interpreter already has, so a handed-over call costs little more than `python -c pass`.
+is written) and exit with the agent's exit code. This module is all that such a call
+imports besides entry.py, and it imports nothing heavier than the interpreter already
+has, so a handed-over call costs little more than `python -c pass`.
 
 Anything unexpected on the way to the agent (no socket, a socket directory that is not
 private to this user, a dead agent, a reply cut short) falls back to doing the work
@@ -20,7 +23,6 @@ from __future__ import annotations
 # costs ~2 ms here, a tenth of a handed-over call.
 import _socket
 import os
-import sys
 import zlib
 
 from pitrkit import __version__
@@ -31,21 +33,6 @@ DEFAULT_CONFIG = "/etc/pitrkit/pitrkit.toml"
 # How long a client waits for the agent's answer before doing the work itself. Storage
 # calls inside the agent are bounded far below this; it guards against a stuck agent.
 REPLY_TIMEOUT = 900.0
-
-
-def main() -> int:
-    argv = sys.argv[1:]
-    request = parse_request(argv)
-    if request is not None:
-        reply = ask_agent(request)
-        if reply is not None:
-            code, message = reply
-            if message:
-                sys.stderr.write(message)
-            return code
-    from pitrkit.cli import main as run_in_process
-
-    return run_in_process(argv, start_agent=request is not None)
 
 
 def parse_request(argv: list[str]) -> list[bytes] | None:

@@ -43,7 +43,8 @@ from pitrkit.catalog import documents
 from pitrkit.catalog.documents import ArchiveIdentity, BackupManifest, WalFolderIndex, WalIndexEntry
 from pitrkit.config import Config, RepositoryConfig  # noqa: E402
 from pitrkit.postgres.wal import Lsn, SegmentName  # noqa: E402
-from pitrkit.restore.plan import Target, TimelineChoice, make_plan  # noqa: E402
+from pitrkit.restore.plan import make_plan  # noqa: E402
+from pitrkit.restore.targets import Target, TimelineChoice  # noqa: E402
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive  # noqa: E402
 from pitrkit.storage.plugins import Plugins  # noqa: E402

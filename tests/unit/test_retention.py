@@ -26,7 +26,8 @@ from pitrkit.hookspecs import ObjectInfo, StorageError
 from pitrkit.ops import retention
 from pitrkit.restore import engine as restore
 from pitrkit.restore import pgstart
-from pitrkit.restore.plan import Target, make_plan
+from pitrkit.restore.plan import make_plan
+from pitrkit.restore.targets import Target
 from pitrkit.storage.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 

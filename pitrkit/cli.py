@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from pitrkit import __version__
+from pitrkit import config as configuration
 from pitrkit.errors import FETCH_FAULT, UsageError, outcome
+from pitrkit.storage.archive import Archive
 
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             format="pitrkit: %(levelname)s: %(message)s",
         )
         if args.command == "demo":
+            # Only when the demo runs: its throwaway-cluster rig (pitrkit/demo) is no part of
+            # any other command.
             from pitrkit.demo.run import run
 
             return run(keep=args.keep)
@@ -208,13 +212,15 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             sys.stdout.write(files("pitrkit").joinpath("conf", _PRINTED[args.command]).read_text())
             return f"printed {_PRINTED[args.command]}"
         if args.command == "keygen":
+            # Only when keygen runs: wal-push and wal-fetch (the hot path) never load the key
+            # code unless the archive is encrypted.
             from pitrkit.storage.keys import keygen
 
             return keygen(args.key_file, args.recipient, args.signing)
-        from pitrkit import config as configuration
-
         config_path = configuration.locate(args.config).absolute()
         if args.command == "agent":
+            # Only when the agent is served (or started, below): an in-process wal-push or
+            # wal-fetch with the agent disabled (the hot path) does without it.
             from pitrkit.wal.agent import serve
 
             return serve(config_path)
@@ -224,13 +230,13 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             # prints what the user asked for and returns a summary for the log.
             module = importlib.import_module(_COMMAND_MODULES[args.command])
             return module.command(args, config, config_path)
-        from pitrkit.storage.archive import Archive
-
         if args.command == "wal-push":
+            # Each only when its command runs: wal-push does not import wal-fetch's code nor
+            # the reverse (the hot path).
             from pitrkit.wal.push import push
 
             return push(Archive(config), args.path)
-        from pitrkit.wal.fetch import fetch
+        from pitrkit.wal.fetch import fetch  # only when wal-fetch runs, as above
 
         return fetch(Archive(config), args.name, args.destination)
 
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
     if message:
         print(message, file=sys.stderr)
     if start_agent and config is not None and config_path is not None and config.agent.enabled:
-        from pitrkit.wal.agent import start
+        from pitrkit.wal.agent import start  # only when starting one, as for `agent` above
 
         start(config_path)
     return code

@@ -382,7 +382,7 @@ def server_choice(target: Target, choice: TimelineChoice | Literal["server"],
     timeline when it was asked: for `server` (which needs the answer) and for a plan to
     the latest point along the archive's newest timeline (which may be a restored copy's
     branch, see latest_warning; a server that does not answer then is no error)."""
-    # psycopg (through pgserver) only when the server is asked
+    # psycopg (through postgres/server.py) only when the server is asked
     from pitrkit.postgres.server import ServerError, configured_server_timeline
 
     if choice == "server":

@@ -427,7 +427,7 @@ def test_agent_refuses_a_peer_of_another_user(pitrkit_setup, pg_wal):
         "    while chunk := s.recv(65536):\n"
         "        reply += chunk\n"
         "except ConnectionResetError:\n"
-        "    pass  # closed unanswered, as entry.ask_agent takes it\n"
+        "    pass  # closed unanswered, as agent_client.ask_agent takes it\n"
         "sys.stdout.write(repr(reply))\n"
     )
     # Debian's interpreter, not sys.executable: the test's venv may sit under a

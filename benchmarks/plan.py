@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pitrkit.catalog.documents import BackupManifest, WalFolderIndex, WalIndexEntry
 from pitrkit.config import Config, RepositoryConfig  # noqa: E402
 from pitrkit.postgres.wal import Lsn, SegmentName  # noqa: E402
-from pitrkit.restore.plan import Target, TimelineChoice, make_plan  # noqa: E402
+from pitrkit.restore.plan import make_plan  # noqa: E402
+from pitrkit.restore.targets import Target, TimelineChoice  # noqa: E402
 from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive  # noqa: E402
 from pitrkit.storage.identity import ArchiveIdentity

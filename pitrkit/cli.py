@@ -13,12 +13,13 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitrkit import __version__
-from pitrkit.errors import NotInArchive, PitrkitError, UsageError
+from pitrkit import config as configuration
+from pitrkit.errors import FETCH_FAULT, PitrkitError, UsageError, outcome
+from pitrkit.storage.archive import Archive
 
 if TYPE_CHECKING:
     from pitrkit.catalog.contents import BackupListing, WalListing
@@ -27,11 +28,6 @@ if TYPE_CHECKING:
     from pitrkit.ops.verify import VerifyReport
 
 log = logging.getLogger("pitrkit")
-
-# wal-fetch must not exit 1 or 2 for a fault: PostgreSQL reads 1 as "not archived" and
-# ends recovery. Faults exit above 125 so that recovery aborts instead (see wal/fetch.py).
-FETCH_FAULT = 126
-INTERNAL_ERROR = 70
 
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
@@ -70,7 +66,8 @@ def _print_report(report: StatusReport | VerifyReport | RetentionReport | Backup
                   as_json: bool) -> str:
     """Print a command's report, as JSON with --json, else as text, and end the command as
     the report says: its summary for the log, or ReportFailed with its exit code."""
-    # Here, not at the top: what this module imports, every wal-push and wal-fetch pays.
+    # Only when a report is printed: what this module imports at the top, every in-process
+    # wal-push and wal-fetch (the hot path) pays.
     from pitrkit.views import json, text
 
     sys.stdout.write(json.render(report) if as_json else text.render(report))
@@ -227,24 +224,6 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         "conninfo is on, not a restored copy's branch")
 
 
-def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
-    """Run `work` and map its result to (exit code, message for stderr). Shared by the
-    in-process path and the agent, so that both answer PostgreSQL identically."""
-    try:
-        log.info(work())
-        return 0, ""
-    except PitrkitError as exc:
-        # For wal-fetch only a definite "not in the archive" may exit 1.
-        code = FETCH_FAULT if fetching and not isinstance(exc, NotInArchive) else exc.exit_code
-        return code, f"pitrkit: {exc}"
-    except Exception as exc:  # a bug: still one line, and never "not archived" for fetch
-        log.debug("internal error", exc_info=True)
-        return (
-            FETCH_FAULT if fetching else INTERNAL_ERROR,
-            f"pitrkit: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)",
-        )
-
-
 def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
     """Run one command. `start_agent`: the caller found no agent to hand this wal-push /
     wal-fetch to; start one afterwards if the configuration wants it."""
@@ -260,6 +239,8 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             format="pitrkit: %(levelname)s: %(message)s",
         )
         if args.command == "demo":
+            # Only when the demo runs: its throwaway-cluster rig (pitrkit/demo) is no part of
+            # any other command.
             from pitrkit.demo.run import run
 
             return run(keep=args.keep)
@@ -270,13 +251,15 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             sys.stdout.write(files("pitrkit").joinpath("conf", _PRINTED[args.command]).read_text())
             return f"printed {_PRINTED[args.command]}"
         if args.command == "keygen":
+            # Only when keygen runs: wal-push and wal-fetch (the hot path) never load the key
+            # code unless the archive is encrypted.
             from pitrkit.storage.keys import keygen
 
             return keygen(args.key_file, args.recipient, args.signing)
-        from pitrkit import config as configuration
-
         config_path = configuration.locate(args.config).absolute()
         if args.command == "agent":
+            # Only when the agent is served (or started, below): an in-process wal-push or
+            # wal-fetch with the agent disabled (the hot path) does without it.
             from pitrkit.wal.agent import serve
 
             return serve(config_path)
@@ -289,13 +272,13 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             # prints what the user asked for and returns a summary for the log.
             module = importlib.import_module(_COMMAND_MODULES[args.command])
             return module.command(args, config, config_path)
-        from pitrkit.storage.archive import Archive
-
         if args.command == "wal-push":
+            # Each only when its command runs: wal-push does not import wal-fetch's code nor
+            # the reverse (the hot path).
             from pitrkit.wal.push import push
 
             return push(Archive(config), args.path)
-        from pitrkit.wal.fetch import fetch
+        from pitrkit.wal.fetch import fetch  # only when wal-fetch runs, as above
 
         return fetch(Archive(config), args.name, args.destination)
 
@@ -306,7 +289,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
     if message:
         print(message, file=sys.stderr)
     if start_agent and config is not None and config_path is not None and config.agent.enabled:
-        from pitrkit.wal.agent import start
+        from pitrkit.wal.agent import start  # only when starting one, as for `agent` above
 
         start(config_path)
     return code

@@ -382,7 +382,9 @@ def _operations_problems(config: Config) -> list[str]:
     if config.daemon.every is not None and config.daemon.cron is not None:
         problems.append("daemon.every and daemon.cron are both set: choose one schedule")
     if config.daemon.cron is not None:
-        from pitrkit.daemon.schedule import Cron, CronError  # only when a cron schedule is configured
+        # Only when a cron schedule is configured: wal-push and wal-fetch load this module
+        # for every segment (the hot path), and have no use for the cron parser.
+        from pitrkit.daemon.cron import Cron, CronError
 
         try:
             Cron.parse(config.daemon.cron)

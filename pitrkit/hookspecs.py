@@ -9,12 +9,15 @@ backend (`gs` for `gs://...`) or the name of a compression algorithm.
 Storage backends are deliberately small and uniform (WAL-G's `Folder` is the model):
 whole objects by key, create-only by default, and three exceptions that carry meaning.
 They know nothing about PostgreSQL; every backend must pass `pitrkit.storage.conformance`.
+Beyond the required methods (`Storage`), a backend may offer optional ones (`RangedReads`,
+`ServerSideCopy`) that spare work; pitrkit calls those through
+`pitrkit.storage.capabilities`, which falls back to the required methods without them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import pluggy
 
@@ -100,6 +103,32 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; deleting an absent key is not an error."""
+
+
+# Optional storage methods: each a protocol of its own, so that a backend without it
+# still is a `Storage`. The core never calls one directly but through
+# pitrkit/storage/capabilities.py, which uses it when the backend has it (an isinstance
+# check against the protocol: is there a method of that name) and otherwise gets the same
+# answer from the required methods. A backend that has one must answer exactly as that
+# fallback would; the conformance suite runs each test both ways.
+
+
+@runtime_checkable
+class RangedReads(Protocol):
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes `start` to `start + length` of the object, without reading the rest:
+        exactly `get(key)[start:start + length]`, so fewer where the object ends first
+        and b"" from its end on. `ObjectNotFound` if absent. pitrkit never passes a
+        negative `start` or `length`. Fallback: `get` and slice."""
+
+
+@runtime_checkable
+class ServerSideCopy(Protocol):
+    def copy(self, source: str, destination: str) -> None:
+        """Store the object `source` also under `destination`, without its bytes passing
+        through this host: exactly as `put(destination, get(source))` would, so durable and
+        create-only (`ObjectExists` if `destination` is present, which stays untouched).
+        `ObjectNotFound` if `source` is absent. Fallback: `get`, then `put`."""
 
 
 # --- compression ---------------------------------------------------------------------

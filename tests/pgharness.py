@@ -31,7 +31,6 @@ from pitrkit.demo.localpg import (  # noqa: F401  (re-exported for the tests)
     ServerUser,
     TimedOut,
     first_runnable,
-    free_port,
     give_to_server_user,
     make_server_dir,
     run_as_server_user,
@@ -40,6 +39,7 @@ from pitrkit.demo.localpg import (  # noqa: F401  (re-exported for the tests)
     server_user,
     wait_for,
 )
+from pitrkit.restore.pgstart import free_port  # noqa: F401  (re-exported for the tests)
 
 
 def shared_tmp() -> Path:

@@ -28,9 +28,9 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import pitrkit
 from pitrkit.errors import PitrkitError
+from pitrkit.restore.pgstart import free_port
 
 if TYPE_CHECKING:
     import psycopg
@@ -324,10 +326,6 @@ def _why(failure: CommandFailed) -> str:
 def site_dirs() -> list[str]:
     """This environment's site-packages, and wherever pitrkit itself was imported from:
     what python_for_server_user's venv adds."""
-    import sysconfig
-
-    import pitrkit
-
     # pitrkit's own first: when it does not come from site-packages (a checkout on
     # sys.path), the server must run the same code as we do.
     dirs = [str(Path(pitrkit.__file__).resolve().parent.parent),
@@ -505,12 +503,6 @@ def _make_world_readable(top: Path) -> None:
 
 
 # --- clusters --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _conf_value(value: object) -> str:

@@ -45,7 +45,8 @@ def cluster_facts(config: Config) -> ClusterFacts:
     """The facts from the server, else from pg_controldata (see the module docstring)."""
     postgres = config.postgres
     if postgres.conninfo or not postgres.pgdata:
-        # psycopg only here: a stopped cluster's facts need no driver.
+        # Only when the server is asked: postgres/server.py imports psycopg, which a
+        # stopped cluster's facts do not need.
         from pitrkit.postgres.server import ServerError, ServerSession
 
         try:

@@ -341,7 +341,8 @@ def _archiver(config: Config) -> Archiver:
     conninfo = config.postgres.conninfo
     if conninfo is None:
         return Archiver(reachable=False, problem="[postgres] conninfo is not set")
-    # Only this path talks SQL: status without a server never loads psycopg.
+    # Only when a server is configured does status talk SQL: without one it never loads
+    # psycopg (nor postgres/conninfo.py and server.py, which import it).
     import psycopg
 
     from pitrkit.postgres.conninfo import connection_failure, conninfo_parameters

@@ -50,7 +50,8 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 from pitrkit.progress import Progress
 from pitrkit.restore import unpack
-from pitrkit.restore.plan import Target, make_plan
+from pitrkit.restore.plan import make_plan
+from pitrkit.restore.targets import Target
 from pitrkit.storage import objects
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,

@@ -28,6 +28,7 @@ import msgspec
 
 from pitrkit.catalog.documents import BackupFile, BackupManifest
 from pitrkit.errors import PitrkitError
+from pitrkit.restore.unpack import read_part
 from pitrkit.storage.archive import Archive, manifest_key
 
 # Settings whose value is code the server runs or loads as its OS user. restore_command
@@ -177,8 +178,6 @@ def restored(root: Path) -> Files:
 def in_backup(archive: Archive, backup_id: str) -> Files:
     """The files of a stored backup, read from its parts: the manifest, then only the
     parts that hold the files asked for, at most `MAX_PARTS` of them."""
-    from pitrkit.restore.unpack import read_part
-
     manifest = archive.get_document(manifest_key(backup_id), BackupManifest)
     by_path = {file.path: file for file in manifest.files}
     last: dict[int, bytes] = {}  # only the part read last: neighbouring files share it

@@ -30,7 +30,6 @@ from typing import Literal
 
 import msgspec
 
-from pitrkit.demo.localpg import free_port
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import Progress
@@ -145,6 +144,13 @@ def port_in_use(port: int) -> bool:
                 continue  # no IPv6 here
             return True
     return False
+
+
+def free_port() -> int:
+    """A TCP port nothing is bound to on 127.0.0.1 right now, as the kernel picks one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def choose_port(port: int | None) -> int:

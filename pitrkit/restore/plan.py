@@ -40,25 +40,19 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes, show_time
 from pitrkit.restore import pgconf
+from pitrkit.restore.targets import Target, TimelineChoice, target_from_args, timeline_from_args
 from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive, TamperedDocument
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlanRefused", "RestorePlan", "Target", "TimelineChoice", "TimelineStep", "describe", "make_plan"]
+__all__ = ["PlanRefused", "RestorePlan", "TimelineStep", "describe", "make_plan"]
 
 
 class PlanRefused(RefusedError):
     """The target cannot be reached from what the archive holds; the message names the
     missing piece (no backup before the target, the first missing segment, a timeline
     that does not lead there, an ambiguous target)."""
-
-
-class Target(msgspec.Struct, kw_only=True, frozen=True):
-    kind: Literal["time", "lsn", "latest"]
-    time: datetime | None = None  # aware; kind == "time"
-    lsn: Lsn | None = None  # kind == "lsn"
-    text: str = ""  # what the user typed, for messages
 
 
 class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
@@ -84,9 +78,6 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # What the backup's configuration files would run (restore-plan reads them; see
     # restore/pgconf.py); None when not read.
     configuration: pgconf.Found | None = None
-
-
-TimelineChoice = int | Literal["latest", "current"] | None
 
 
 def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None, *,
@@ -392,7 +383,7 @@ def server_choice(target: Target, choice: TimelineChoice | Literal["server"],
     timeline when it was asked: for `server` (which needs the answer) and for a plan to
     the latest point along the archive's newest timeline (which may be a restored copy's
     branch, see latest_warning; a server that does not answer then is no error)."""
-    # psycopg (through pgserver) only when the server is asked
+    # psycopg (through postgres/server.py) only when the server is asked
     from pitrkit.postgres.server import ServerError, configured_server_timeline
 
     if choice == "server":
@@ -421,9 +412,6 @@ def latest_warning(plan: RestorePlan, server: int | None) -> str | None:
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
-    # targets builds this module's types, so it is imported here, not at the top.
-    from pitrkit.restore.targets import target_from_args, timeline_from_args
-
     target = target_from_args(args)
     choice, server = server_choice(target, timeline_from_args(args), config)
     archive = Archive(config)

@@ -1,5 +1,5 @@
-"""Recovery targets as a person types them: `--time`, `--lsn`, `--latest` and
-`--timeline`, parsed into the planner's `Target` and `TimelineChoice`.
+"""Recovery targets: the `Target` and `TimelineChoice` the planner plans to, and how a
+person types them (`--time`, `--lsn`, `--latest` and `--timeline`).
 
 Times are accepted in the forms a DBA has at hand: ISO 8601 with a space or a `T`, and
 the text PostgreSQL itself prints for `now()` / `clock_timestamp()` (offsets `+00`,
@@ -26,9 +26,25 @@ from argparse import Namespace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
+import msgspec
+
 from pitrkit.errors import UsageError
 from pitrkit.postgres.wal import Lsn
-from pitrkit.restore.plan import Target, TimelineChoice
+
+
+class Target(msgspec.Struct, kw_only=True, frozen=True):
+    """Where a restore ends: a time, an LSN, or the end of the archived WAL."""
+
+    kind: Literal["time", "lsn", "latest"]
+    time: datetime | None = None  # aware; kind == "time"
+    lsn: Lsn | None = None  # kind == "lsn"
+    text: str = ""  # what the user typed, for messages
+
+
+# --timeline as the planner takes it: a timeline id, "latest", "current" (the backup's),
+# or None (the timeline the target is on).
+TimelineChoice = int | Literal["latest", "current"] | None
+
 
 _TIME = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[T ]"

@@ -29,7 +29,7 @@ from typing import TypeVar
 import msgspec
 
 from pitrkit.config import Config
-from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.errors import NotInArchive, PitrkitError, RefusedError
 from pitrkit.hookspecs import (
     Cipher,
     DocumentAuthenticator,
@@ -41,7 +41,7 @@ from pitrkit.hookspecs import (
     StorageMissing,
 )
 from pitrkit.postgres.wal import WalFileKind, WalFileName
-from pitrkit.storage import codec, envelope
+from pitrkit.storage import codec, envelope, objects
 from pitrkit.storage.codec import Document
 from pitrkit.storage.identity import ArchiveIdentity, EncryptionParameters
 from pitrkit.storage.plugins import Plugins
@@ -184,6 +184,25 @@ class Archive:
 
     def delete(self, key: str) -> None:
         self._call(f"deleting {key}", lambda: self.storage.delete(key))
+
+    def read_object(self, key: str) -> bytes:
+        """The plaintext of the stored object `key`, verified (storage/objects.py).
+        `NotInArchive` when the archive answers that it does not have it. A corrupt read
+        may be a transfer fault, so the object is read again up to `[repository] retries`
+        times before it is declared corrupt."""
+        attempt = 0
+        while True:
+            try:
+                blob = self.get(key)
+            except ObjectNotFound:
+                raise NotInArchive(f"{key.rpartition('/')[2]} is not in the archive {self.storage.url}") from None
+            try:
+                return objects.decode(key, blob, self.plugins.compressor, self.cipher())
+            except objects.CorruptObject as exc:
+                if attempt == self.config.repository.retries:
+                    raise PitrkitError(str(exc)) from None
+                attempt += 1
+                log.warning("%s; reading it again", exc)
 
     # -- documents -----------------------------------------------------------------------
 

@@ -16,6 +16,11 @@ fsync) also provides `failing_durability`; see its default below. Example:
         @pytest.fixture
         def unreachable_storage(self, my_server):
             return MyStore(my_server.url.replace("bucket", "no-such-bucket"), timeout=5)
+
+The optional methods (hookspecs.RangedReads, hookspecs.ServerSideCopy) are tested through
+pitrkit.storage.capabilities, as the core calls them, twice: with the backend's own
+method (skipped when it has none) and with the fallback on the required methods
+(`RequiredMethodsOnly`), which must answer alike.
 """
 
 from __future__ import annotations
@@ -26,7 +31,27 @@ import time
 
 import pytest
 
-from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
+from pitrkit.hookspecs import ObjectExists, ObjectNotFound, RangedReads, ServerSideCopy, Storage, StorageError
+from pitrkit.storage import capabilities
+
+
+class RequiredMethodsOnly:
+    """`storage` seen with only the methods every backend has, none of the optional ones:
+    what pitrkit.storage.capabilities falls back to for a backend without them."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.url = storage.url
+        self.put, self.get, self.stat = storage.put, storage.get, storage.stat
+        self.list, self.list_folder, self.delete = storage.list, storage.list_folder, storage.delete
+
+
+def _both_ways(way: str, storage: Storage, optional: type, method: str) -> Storage:
+    if way == "fallback":
+        return RequiredMethodsOnly(storage)
+    if not isinstance(storage, optional):
+        pytest.skip(f"{type(storage).__name__} has no {method} of its own: pitrkit uses the fallback, "
+                    "tested beside this")
+    return storage
 
 
 class StorageConformance:
@@ -195,3 +220,63 @@ class StorageConformance:
         assert storage.list_folder("backups/").folders == ["backups/C/"]
         storage.put("backups/B/data/1", b"y")  # and it can be written again
         assert storage.list_folder("backups/").folders == ["backups/B/", "backups/C/"]
+
+    # -- optional methods, as the core calls them (pitrkit/storage/capabilities.py) -----
+
+    @pytest.fixture(params=["own method", "fallback"])
+    def ranged(self, request, storage):
+        """`storage` read with its own get_range, then with the fallback (get and slice)."""
+        return _both_ways(request.param, storage, RangedReads, "get_range")
+
+    @pytest.fixture(params=["own method", "fallback"])
+    def copying(self, request, storage):
+        """`storage` copied with its own copy, then with the fallback (get, then put)."""
+        return _both_ways(request.param, storage, ServerSideCopy, "copy")
+
+    def test_read_range(self, ranged):
+        data = os.urandom(100_000)
+        ranged.put("backups/B/data/0", data)
+        for start, length in [(0, 10), (1000, 5000), (0, 100_000), (99_990, 10), (99_990, 100), (5, 0),
+                              (100_000, 10), (200_000, 10)]:
+            # What a slice gives: fewer bytes where the object ends, none from its end on.
+            assert capabilities.read_range(ranged, "backups/B/data/0", start, length) == data[start:start + length]
+        ranged.put("empty", b"")
+        assert capabilities.read_range(ranged, "empty", 0, 10) == b""
+
+    def test_read_range_of_a_missing_object_raises_not_found(self, ranged):
+        with pytest.raises(ObjectNotFound):
+            capabilities.read_range(ranged, "backups/B/data/0", 0, 10)
+
+    def test_read_range_on_an_unreachable_archive_is_a_fault(self, unreachable_storage):
+        for storage in (unreachable_storage, RequiredMethodsOnly(unreachable_storage)):
+            with pytest.raises(StorageError):
+                capabilities.read_range(storage, "archive.json", 0, 10)
+
+    def test_copy(self, copying):
+        data = os.urandom(300_000)
+        copying.put("backups/A/data/0", data)
+        capabilities.copy(copying, "backups/A/data/0", "backups/B/data/0")
+        assert copying.get("backups/B/data/0") == data
+        assert copying.get("backups/A/data/0") == data  # the original stays
+        assert copying.stat("backups/B/data/0").size == len(data)
+        copying.put("empty", b"")
+        capabilities.copy(copying, "empty", "empty-too")
+        assert copying.get("empty-too") == b""
+
+    def test_copy_is_create_only(self, copying):
+        copying.put("doc", b"first")
+        copying.put("taken", b"already here")
+        with pytest.raises(ObjectExists):
+            capabilities.copy(copying, "doc", "taken")
+        assert copying.get("taken") == b"already here"
+
+    def test_copy_of_a_missing_object_raises_not_found(self, copying):
+        with pytest.raises(ObjectNotFound):
+            capabilities.copy(copying, "backups/A/data/0", "backups/B/data/0")
+        with pytest.raises(ObjectNotFound):
+            copying.get("backups/B/data/0")  # and stores nothing
+
+    def test_copy_on_an_unreachable_archive_is_a_fault(self, unreachable_storage):
+        for storage in (unreachable_storage, RequiredMethodsOnly(unreachable_storage)):
+            with pytest.raises(StorageError):
+                capabilities.copy(storage, "archive.json", "copy.json")

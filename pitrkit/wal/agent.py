@@ -1,6 +1,6 @@
 """`pitrkit agent`: the long-lived process that serves wal-push and wal-fetch for one
 configuration file, so that each call PostgreSQL makes skips Python's imports and the
-archive's set-up (entry.py explains the why, and holds the client side).
+archive's set-up (wal/agent_client.py explains the why, and holds the client side).
 
 Safety rests on three rules. The agent answers only after the work is done exactly as
 in-process (same functions, same exit codes), so "exit 0" still means durable. It serves
@@ -27,13 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit import entry
 from pitrkit.config import Config, load
-from pitrkit.errors import PitrkitError
+from pitrkit.errors import PitrkitError, outcome
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import WalFileName
 from pitrkit.storage.archive import Archive, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
+from pitrkit.wal import agent_client
 from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.wal.push import push
@@ -79,7 +79,7 @@ class Agent:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.encoded_path = os.fsencode(str(config_path))
-        self.socket_path = entry.socket_path(self.encoded_path)
+        self.socket_path = agent_client.socket_path(self.encoded_path)
         self._stamp: tuple[int, ...] | None = None
         self._serving: _Serving | None = None
         self._config_error: PitrkitError | None = None
@@ -132,7 +132,7 @@ class Agent:
         os.umask(0o077)
         directory = os.path.dirname(self.socket_path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not entry.private_directory(directory):
+        if not agent_client.private_directory(directory):
             raise PitrkitError(f"agent socket directory {directory} is not private to this user; not serving")
         lock = os.open(self.socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -205,9 +205,7 @@ class Agent:
 
     def _answer(self, request: list[bytes]) -> bytes:
         """The reply to one request; b"" declines it (the client then works in-process)."""
-        from pitrkit.cli import outcome
-
-        if len(request) < 3 or request[0] != entry.PROTOCOL or request[1] != self.encoded_path:
+        if len(request) < 3 or request[0] != agent_client.PROTOCOL or request[1] != self.encoded_path:
             return b""
         command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]
         if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)):
@@ -346,8 +344,8 @@ def start(config_path: Path) -> None:
     Not when the socket directory exists but is not private to this user (another user
     made it first, it is a symlink, or it is open to others): no agent could serve from
     it, and the caller keeps working in-process, with this one warning per call."""
-    directory = os.path.dirname(entry.socket_path(os.fsencode(str(config_path))))
-    if os.path.lexists(directory) and not entry.private_directory(directory):
+    directory = os.path.dirname(agent_client.socket_path(os.fsencode(str(config_path))))
+    if os.path.lexists(directory) and not agent_client.private_directory(directory):
         log.warning("agent socket directory %s is not a directory private to uid %d (another user's, a symlink, or "
                     "open to others): working without the agent; remove it or set XDG_RUNTIME_DIR",
                     directory, os.geteuid())

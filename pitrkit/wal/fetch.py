@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit.errors import NotInArchive, PitrkitError
-from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import (
     InvalidSegment,
     SegmentName,
@@ -34,7 +33,6 @@ from pitrkit.postgres.wal import (
     read_page_header,
     segments_per_log,
 )
-from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive, wal_folder, wal_key
 
 log = logging.getLogger(__name__)
@@ -62,7 +60,7 @@ def fetch(archive: Archive, name: str, destination: Path) -> str:
 def read(archive: Archive, name: str) -> bytes:
     """The verified content of the archived WAL file `name`, exactly that object."""
     file = WalFileName.parse(name)
-    return _read_verified(archive, wal_key(file), archive.config.repository.retries)
+    return archive.read_object(wal_key(file))
 
 
 def read_for_recovery(archive: Archive, name: str) -> Fetched:
@@ -148,7 +146,7 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     if any(name[:24] > file.name for name in stored):
         raise not_newest
     try:
-        data = _read_verified(archive, wal_key(partial), archive.config.repository.retries)
+        data = archive.read_object(wal_key(partial))
     except NotInArchive:
         # Deleted since the listing: the receiver stores the full segment first, then
         # removes the partial.
@@ -168,24 +166,6 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     # WAL are what pg_receivewal pads with, and replay reads them as the end.
     return Fetched(data.ljust(header.segment_size, b"\0"), partial.name)
 
-
-
-def _read_verified(archive: Archive, key: str, retries: int) -> bytes:
-    """The object's plaintext. A corrupt read may be a transfer fault, so the object is
-    read again a bounded number of times before it is declared corrupt."""
-    attempt = 0
-    while True:
-        try:
-            blob = archive.get(key)
-        except ObjectNotFound:
-            raise NotInArchive(f"{key.rpartition('/')[2]} is not in the archive {archive.storage.url}") from None
-        try:
-            return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
-        except objects.CorruptObject as exc:
-            if attempt == retries:
-                raise PitrkitError(str(exc)) from None
-            attempt += 1
-            log.warning("%s; reading it again", exc)
 
 
 def _write_atomically(destination: Path, data: bytes) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import entry
 from pitrkit.storage import objects
+from pitrkit.wal import agent_client
 from tests.unit.segments import SYSID, segment
 
 import pgharness
@@ -57,7 +57,7 @@ def push(setup, directory, name):
 def started_agent(setup) -> int:
     """The agent's pid, once it accepts connections (it is started in the background, so
     a process may exist a moment before its socket listens)."""
-    path = setup.runtime_dir / "pitrkit" / os.path.basename(entry.socket_path(os.fsencode(str(setup.config))))
+    path = setup.runtime_dir / "pitrkit" / os.path.basename(agent_client.socket_path(os.fsencode(str(setup.config))))
 
     def listening() -> bool:
         with socket.socket(socket.AF_UNIX) as probe:  # an empty request: the agent declines it
@@ -165,7 +165,7 @@ def test_socket_in_a_shared_directory_is_never_trusted(pitrkit_setup, pg_wal):
     directory.mkdir(mode=0o755)
     pgharness.give_to_server_user(directory)
     os.chmod(directory, 0o755)  # owned by the right user, but readable by everyone
-    path = entry.socket_path(os.fsencode(str(pitrkit_setup.config)))
+    path = agent_client.socket_path(os.fsencode(str(pitrkit_setup.config)))
     path = str(directory / os.path.basename(path))
     impostor = socket.socket(socket.AF_UNIX)
     impostor.bind(path)
@@ -409,11 +409,11 @@ def test_agent_refuses_a_peer_of_another_user(pitrkit_setup, pg_wal):
     started_agent(pitrkit_setup)
     name = write_segment(pg_wal, 2)
     directory = pitrkit_setup.runtime_dir / "pitrkit"
-    socket_path = directory / os.path.basename(entry.socket_path(os.fsencode(str(pitrkit_setup.config))))
+    socket_path = directory / os.path.basename(agent_client.socket_path(os.fsencode(str(pitrkit_setup.config))))
     os.chmod(pitrkit_setup.runtime_dir, 0o711)
     os.chmod(directory, 0o711)
     os.chmod(socket_path, 0o777)
-    request = entry.parse_request(["--config", str(pitrkit_setup.config), "wal-push", str(pg_wal / name)])
+    request = agent_client.parse_request(["--config", str(pitrkit_setup.config), "wal-push", str(pg_wal / name)])
     assert request is not None
     payload = b"\0".join(request)
     client = (
@@ -427,7 +427,7 @@ def test_agent_refuses_a_peer_of_another_user(pitrkit_setup, pg_wal):
         "    while chunk := s.recv(65536):\n"
         "        reply += chunk\n"
         "except ConnectionResetError:\n"
-        "    pass  # closed unanswered, as entry.ask_agent takes it\n"
+        "    pass  # closed unanswered, as agent_client.ask_agent takes it\n"
         "sys.stdout.write(repr(reply))\n"
     )
     # Debian's interpreter, not sys.executable: the test's venv may sit under a

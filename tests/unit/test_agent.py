@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit import entry
 from pitrkit.config import load
 from pitrkit.storage.archive import Archive
+from pitrkit.wal import agent_client
 from pitrkit.wal.agent import Agent
 from tests.unit.segments import init_archive, segment
 
@@ -43,7 +43,7 @@ def pg_wal(tmp_path) -> Path:
 
 
 def ask(agent: Agent, command: str, *args: object) -> tuple[int, str]:
-    reply = agent._answer([entry.PROTOCOL, agent.encoded_path, command.encode(),
+    reply = agent._answer([agent_client.PROTOCOL, agent.encoded_path, command.encode(),
                            *(os.fsencode(str(arg)) for arg in args)])
     code, _, text = reply.decode().partition("\0")
     return int(code), text

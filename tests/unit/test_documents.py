@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from pitrkit.catalog.documents import BackupCatalog
-from pitrkit.cli import FETCH_FAULT, main
+from pitrkit.cli import main
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
-from pitrkit.errors import ConfigError
+from pitrkit.errors import FETCH_FAULT, ConfigError
 from pitrkit.storage import codec, envelope, keys
 from pitrkit.storage.archive import IDENTITY_KEY, Archive, TamperedDocument, manifest_key
 from pitrkit.storage.identity import ArchiveIdentity

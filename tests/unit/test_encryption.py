@@ -20,9 +20,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit.cli import FETCH_FAULT, main
+from pitrkit.cli import main
 from pitrkit.config import Config, EncryptionConfig, KeySource, RepositoryConfig
-from pitrkit.errors import ConfigError, RefusedError
+from pitrkit.errors import FETCH_FAULT, ConfigError, RefusedError
 from pitrkit.postgres.wal import SegmentName
 from pitrkit.storage import codec, envelope, keys, objects
 from pitrkit.storage.archive import IDENTITY_KEY, Archive, ArchiveMissing, TamperedDocument

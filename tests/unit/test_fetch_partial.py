@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.cli import FETCH_FAULT, main
+from pitrkit.cli import main
 from pitrkit.config import Config, RepositoryConfig
-from pitrkit.errors import NotInArchive
+from pitrkit.errors import FETCH_FAULT, NotInArchive
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import SegmentName, read_page_header, valid_end
 from pitrkit.storage.archive import Archive

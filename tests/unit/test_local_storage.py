@@ -394,6 +394,38 @@ def test_a_linked_object_is_not_read_and_is_replaced_not_written_through(tmp_pat
     assert (outside / "secret").read_bytes() == b"not the archive's"
 
 
+def test_ranged_reads_and_copies_do_not_follow_links(tmp_path, outside):
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "wal").symlink_to(outside)
+    storage = LocalStorage(root)
+    storage.put("doc", b"x")
+    before = _entries(outside)
+    for operation in (lambda: storage.get_range("wal/secret", 0, 5), lambda: storage.copy("wal/secret", "copy"),
+                      lambda: storage.copy("doc", "wal/copy")):
+        with pytest.raises(StorageError, match="wal is a symbolic link"):
+            operation()
+    (root / "linked").symlink_to(outside / "secret")
+    for operation in (lambda: storage.get_range("linked", 0, 5), lambda: storage.copy("linked", "copy")):
+        with pytest.raises(StorageError, match="linked is a symbolic link"):
+            operation()
+    assert _entries(outside) == before
+    assert sorted(_entries(root)) == ["doc", "linked", "wal"]
+
+
+def test_a_copy_the_kernel_cannot_make_goes_through_a_buffer(tmp_path, monkeypatch):
+    # copy_file_range(2) fails on kernels before 4.5 and across file systems.
+    def cannot(*args):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(os, "copy_file_range", cannot)
+    storage = LocalStorage(tmp_path)
+    data = os.urandom(3 << 20)  # several buffers
+    storage.put("backups/A/data/0", data)
+    storage.copy("backups/A/data/0", "backups/B/data/0")
+    assert storage.get("backups/B/data/0") == data
+
+
 def test_deleting_a_link_removes_the_link_only(tmp_path, outside):
     root = tmp_path / "archive"
     (root / "leases").mkdir(parents=True)

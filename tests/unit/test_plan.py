@@ -14,7 +14,8 @@ import pytest
 
 from pitrkit.catalog import maintenance
 from pitrkit.cli import main
-from pitrkit.restore.plan import PlanRefused, RestorePlan, Target, describe, latest_warning, make_plan
+from pitrkit.restore.plan import PlanRefused, RestorePlan, describe, latest_warning, make_plan
+from pitrkit.restore.targets import Target
 from pitrkit.storage import codec
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 

@@ -472,7 +472,8 @@ def test_latest_with_a_pause_action_is_a_usage_error(cfg, tmp_path, capsys, monk
 
 def test_a_wal_file_gone_since_planning_is_found_before_anything_is_copied(tmp_path, capsys):
     from pitrkit.restore.engine import check_wal_present
-    from pitrkit.restore.plan import RestorePlan, Target, TimelineStep
+    from pitrkit.restore.plan import RestorePlan, TimelineStep
+    from pitrkit.restore.targets import Target
 
     archive, manifest = make_backup(tmp_path / "archive", FILES, 100)
     names = ["000000010000000000000002", "000000010000000000000003", "000000010000000000000004"]

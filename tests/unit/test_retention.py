@@ -28,7 +28,8 @@ from pitrkit.ops import retention
 from pitrkit.progress import show_time
 from pitrkit.restore import engine as restore
 from pitrkit.restore import pgstart
-from pitrkit.restore.plan import Target, make_plan
+from pitrkit.restore.plan import make_plan
+from pitrkit.restore.targets import Target
 from pitrkit.storage import codec
 from pitrkit.storage.archive import RETENTION_STATE_KEY, lease_key, wal_index_key
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at

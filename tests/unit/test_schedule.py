@@ -1,4 +1,5 @@
-"""The daemon's schedules (pitrkit/daemon/schedule.py): `every` durations and five-field cron.
+"""The daemon's schedules (pitrkit/daemon/schedule.py): `every` durations and five-field
+cron (pitrkit/daemon/cron.py).
 
 The cron search skips whole months, days and hours; it is held against the definition
 itself, a brute-force walk over real minutes that takes the first one whose wall-clock
@@ -15,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pitrkit import config
-from pitrkit.daemon.schedule import Cron, CronError, Every, from_config
+from pitrkit.daemon.cron import Cron, CronError
+from pitrkit.daemon.schedule import Every, from_config
 from pitrkit.errors import ConfigError
 
 ZONES = [ZoneInfo(name) for name in ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe",

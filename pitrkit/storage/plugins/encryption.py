@@ -207,6 +207,8 @@ def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
 def build(settings: EncryptionConfig, recorded: EncryptionParameters | None) -> ChunkedCipher:
     """The cipher for `settings` in an archive whose `archive.json` says `recorded` (None:
     a new archive, whose parameters this cipher proposes)."""
+    # Only when encryption is on: with it off, wal-push and wal-fetch (the hot path) never
+    # load the key code (tests/unit/test_encryption.py holds it).
     from pitrkit.storage import keys
 
     if recorded is not None and recorded.mode != settings.mode:

@@ -8,7 +8,9 @@ rename(2). Every directory entry created or changed is made durable by fsyncing 
 directory. A create-only put that finds the name taken fsyncs what is there (the file
 and its directories) before saying so: the winner of a race, or our own earlier attempt
 whose directory fsync failed, may not have made it durable yet. Temporary files start
-with "." and are never listed.
+with "." and are never listed. A copy (the optional `copy`) is published the same way, its
+bytes copied from file to file inside the kernel; a ranged read (`get_range`) reads only
+the range.
 
 A listing is what the directory holds when it is read: an entry deleted between
 readdir(3) and stat(2) is simply left out (a concurrent delete), but one that cannot be
@@ -35,8 +37,10 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, StorageMissing, hookimpl
@@ -160,6 +164,24 @@ class LocalStorage:
     # -- operations --------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        self._publish(key, lambda descriptor: _write_all(descriptor, data), overwrite)
+
+    def copy(self, source: str, destination: str) -> None:
+        """hookspecs.ServerSideCopy: the bytes go from file to file inside the kernel."""
+        try:
+            original = self._open_stored(self._names(source))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(source) from None
+        except OSError as exc:
+            raise self._fault(exc, source) from None
+        try:
+            self._publish(destination, lambda descriptor: _copy_all(original, descriptor), overwrite=False)
+        finally:
+            os.close(original)
+
+    def _publish(self, key: str, write: Callable[[int], None], overwrite: bool) -> None:
+        """Store under `key` what `write` writes into a new file's descriptor: durably,
+        create-only unless `overwrite` (see the module docstring)."""
         *folders, name = self._names(key)
         try:
             folder = self._open_folder(folders, create=True)
@@ -171,10 +193,7 @@ class LocalStorage:
                     try:
                         if owner := self._new_entries_owner():
                             os.fchown(descriptor, *owner)
-                        with memoryview(data) as view:
-                            written = 0
-                            while written < len(view):
-                                written += os.write(descriptor, view[written:])
+                        write(descriptor)
                         os.fsync(descriptor)
                     finally:
                         os.close(descriptor)
@@ -224,19 +243,35 @@ class LocalStorage:
             raise self._fault(exc, key) from None
 
     def get(self, key: str) -> bytes:
-        names = self._names(key)
+        with self._reading(key) as file:
+            return file.read()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """hookspecs.RangedReads: only the bytes asked for are read."""
+        with self._reading(key) as file:
+            file.seek(start)
+            return file.read(length)
+
+    @contextmanager
+    def _reading(self, key: str) -> Iterator[BinaryIO]:
+        """The object open for reading: absent, `ObjectNotFound`; any other failure, also
+        while it is read, a `StorageError`."""
         try:
-            folder = self._open_folder(names[:-1])
-            try:
-                descriptor = self._open_object(folder, names[-1], names)
-            finally:
-                os.close(folder)
-            with open(descriptor, "rb") as file:
-                return file.read()
+            with open(self._open_stored(self._names(key)), "rb") as file:
+                yield file
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(key) from None
         except OSError as exc:
             raise self._fault(exc, key) from None
+
+    def _open_stored(self, names: builtins.list[str]) -> int:
+        """A read-only descriptor of the object `names`, reached as the module docstring
+        says; FileNotFoundError or NotADirectoryError when it is not there."""
+        folder = self._open_folder(names[:-1])
+        try:
+            return self._open_object(folder, names[-1], names)
+        finally:
+            os.close(folder)
 
     def stat(self, key: str) -> ObjectInfo:
         names = self._names(key)
@@ -379,6 +414,35 @@ class LocalStorage:
             finally:
                 os.close(parent)
             folders = folders[:-1]
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            written += os.write(descriptor, view[written:])
+
+
+# copy_file_range(2) cannot copy here: a kernel before 4.5, or (since 5.19) folders on two
+# file systems; the bytes then go through a buffer.
+_NO_KERNEL_COPY = (errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL)
+_COPY_CHUNK = 1 << 20
+
+
+def _copy_all(source: int, target: int) -> None:
+    """All of the file `source` into the new file `target`: inside the kernel
+    (copy_file_range(2), which shares the blocks where the file system can), else
+    through a buffer."""
+    copied = 0
+    try:
+        while count := os.copy_file_range(source, target, _COPY_CHUNK << 6, copied):
+            copied += count
+    except OSError as exc:
+        if copied or exc.errno not in _NO_KERNEL_COPY:
+            raise
+        while chunk := os.pread(source, _COPY_CHUNK, copied):
+            _write_all(target, chunk)
+            copied += len(chunk)
 
 
 def _unlink_quietly(name: str, folder: int) -> None:

@@ -33,6 +33,8 @@ class PitrkitSetup:
     agent: bool = True
     compression: str = "zstd"
     retries: int = 1
+    # Short: agents of finished tests go away by themselves (they are stopped anyway).
+    idle_timeout: int = 5
     postgres: pgharness.Cluster | None = None
 
     @classmethod
@@ -48,19 +50,19 @@ class PitrkitSetup:
         return setup
 
     def write_config(self, agent: bool | None = None, compression: str | None = None, retries: int | None = None,
-                     postgres: pgharness.Cluster | None = None) -> None:
+                     postgres: pgharness.Cluster | None = None, idle_timeout: int | None = None) -> None:
         """Write the configuration, changing what is given and keeping the rest; with
         `postgres`, a [postgres] section naming that cluster (for init and backup-push),
         reached over its unix socket as the superuser."""
         self.agent = self.agent if agent is None else agent
         self.compression = compression or self.compression
         self.retries = self.retries if retries is None else retries
+        self.idle_timeout = self.idle_timeout if idle_timeout is None else idle_timeout
         self.postgres = postgres or self.postgres
         text = (
             f'[repository]\nurl = "{self.url}"\nretries = {self.retries}\ntimeout = 10\n'
             f'[compression]\nalgorithm = "{self.compression}"\n'
-            # A short idle timeout: agents of finished tests go away by themselves.
-            f"[agent]\nenabled = {'true' if self.agent else 'false'}\nidle_timeout = 5\n"
+            f"[agent]\nenabled = {'true' if self.agent else 'false'}\nidle_timeout = {self.idle_timeout}\n"
         )
         if (postgres := self.postgres) is not None:
             conninfo = (f"host={postgres.socket_dir} port={postgres.port} "

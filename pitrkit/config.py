@@ -78,6 +78,9 @@ class BackupConfig(_Section, frozen=True):
 # can be written the way the server setting it guards is.
 _SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[kMGT]B)?")
 _SIZE_UNITS = {None: 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+# The largest size a setting takes: 1 EiB, beyond any disk and well inside the 64-bit
+# integers PostgreSQL reports sizes in, so that comparing and printing stay exact.
+MAX_SIZE = 1 << 60
 
 
 def parse_size(value: int | str) -> int | None:
@@ -334,9 +337,10 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("receive.slot must be 1 to 63 lower-case letters, digits or underscores "
                         "(a replication slot name)")
     problems += _seconds_problem("receive.partial_interval", config.receive.partial_interval)
-    if parse_size(config.receive.max_slot_retained) is None:
+    retained = parse_size(config.receive.max_slot_retained)
+    if retained is None or retained > MAX_SIZE:
         problems.append("receive.max_slot_retained must be a number of bytes or a size such as \"4GB\" "
-                        "(units kB, MB, GB, TB)")
+                        "(units kB, MB, GB, TB), at most 1 EiB (1048576TB)")
     problems += _encryption_problems(config.encryption)
     problems += _operations_problems(config)
     if problems:

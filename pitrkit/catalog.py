@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import posixpath
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -35,6 +35,11 @@ ARCHIVE_FORMAT_VERSION = 1
 MANIFEST_FORMAT_VERSION = 1
 
 Document = TypeVar("Document", bound=msgspec.Struct)
+
+# Every time in a document: it must carry its UTC offset (pitrkit writes UTC). A naive
+# time is refused as it is decoded: compared with an aware one it raises TypeError, and
+# which zone it meant cannot be known.
+Time = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 # Bounds on what archive.json may ask scrypt for: pitrkit writes n=2^17, r=8, p=1 (128
@@ -102,7 +107,7 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
     pg_versions: list[int]
     # Non-secret encryption parameters (mode, key ids, salt); None when not encrypted.
     encryption: EncryptionParameters | None = None
-    created_at: datetime
+    created_at: Time
 
     def __post_init__(self) -> None:
         # PostgreSQL's limits (initdb --wal-segsize): a power of two from 1 MiB to 1 GiB.
@@ -233,9 +238,9 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     pg_version: int  # server_version_num, e.g. 150014
     timeline: int  # the timeline the backup started on
     start_lsn: Lsn  # the backup's redo point: WAL replay starts here
-    start_time: datetime
+    start_time: Time
     stop_lsn: Lsn  # the backup is consistent once replay has passed this point
-    stop_time: datetime  # the server's clock after pg_backup_stop: targets from here on
+    stop_time: Time  # the server's clock after pg_backup_stop: targets from here on
     first_segment: str  # WAL file names: every segment from first to last is needed
     last_segment: str
     tablespaces: list[BackupTablespace] = []
@@ -294,7 +299,7 @@ class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
 
     folder: str  # "wal/<TLI><LOG>/"
     entries: list[WalIndexEntry]
-    indexed_at: datetime
+    indexed_at: Time
 
 
 # --- retention (catalog/retention.json, leases/) -----------------------------------------
@@ -303,7 +308,7 @@ class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
 class RetentionRun(msgspec.Struct, kw_only=True, frozen=True):
     """What one finished `retention apply` removed."""
 
-    finished_at: datetime
+    finished_at: Time
     backups_removed: list[str]
     wal_files_removed: int
     bytes_freed: int  # stored bytes
@@ -318,7 +323,7 @@ class RetentionState(msgspec.Struct, kw_only=True, frozen=True):
     midway leave nothing half-usable behind."""
 
     deleting: list[str] = []  # backup ids whose objects are being removed
-    decided_at: datetime | None = None
+    decided_at: Time | None = None
     last_run: RetentionRun | None = None
 
 
@@ -334,8 +339,8 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
     # from the backup's first segment onward.
     timeline: int
     first_segment: str
-    taken_at: datetime  # the holder's clock, for people
-    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    taken_at: Time  # the holder's clock, for people
+    expires_at: Time  # the holder's clock: judged only where the storage has no store times
     # Seconds the lease holds past its object's store time (the storage's clock); None in
     # leases written before it existed, judged by `expires_at`.
     held_for: float | None = None
@@ -349,8 +354,8 @@ class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
     host: str
     pid: int
     command: str  # "retention apply", "catalog rebuild", "backup-push"
-    taken_at: datetime  # the holder's clock, for people
-    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    taken_at: Time  # the holder's clock, for people
+    expires_at: Time  # the holder's clock: judged only where the storage has no store times
     # Seconds the lock holds past its object's store time (the storage's clock).
     held_for: float
 

@@ -56,7 +56,7 @@ from pitrkit.archive import (
     manifest_key,
     wal_index_key,
 )
-from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
+from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, Time, WalFolderIndex
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo
@@ -73,7 +73,7 @@ _SEGMENT_FILE = re.compile(r"[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?")
 
 class KeptBackup(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str
-    stop_time: datetime | None  # None: a backup an interrupted run was removing, held by a lease
+    stop_time: Time | None  # None: a backup an interrupted run was removing, held by a lease
     reasons: list[str]  # the rules that keep it ("last 7", "daily 2026-11-20") and the leases holding it
 
 
@@ -100,7 +100,7 @@ class RemovedWal(msgspec.Struct, kw_only=True, frozen=True):
 
 class RetentionReport(msgspec.Struct, kw_only=True, frozen=True):
     dry_run: bool
-    decided_at: datetime
+    decided_at: Time
     policy: str  # the rules, e.g. "last 2, 7 daily, window 7d"
     kept: list[KeptBackup]
     removed_backups: list[RemovedBackup]

@@ -163,7 +163,9 @@ def _lapsed(archive: Archive, holder: CatalogLock, stored_at: float | None) -> b
             archive.delete(probe)
         if now is not None:
             return now > stored_at + holder.held_for
-    return _now() > holder.expires_at + CLOCK_SKEW_MARGIN
+    # The margin comes off now, never onto the stored time: a forged expiry in year 9999
+    # must not overflow.
+    return holder.expires_at < _now() - CLOCK_SKEW_MARGIN
 
 
 def _read(archive: Archive) -> tuple[CatalogLock | None, float | None]:

@@ -9,6 +9,7 @@ import os
 import socket
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from pitrkit import catalog, inventory, lock
@@ -18,6 +19,7 @@ from pitrkit.cli import main
 from pitrkit.localpg import wait_for
 from pitrkit.lock import CATALOG_LOCK_KEY, LockHeld
 from tests.unit.synthetic_archive import SyntheticArchive
+from tests.unit.test_retention import NoStoreTimes
 
 
 @pytest.fixture
@@ -105,3 +107,25 @@ def test_a_backup_catalog_update_is_refused_while_the_lock_is_held(store):
     assert [backup.backup_id for backup in inventory.backups(store.archive)] == ["A"]  # from its manifest
     inventory.record_backup(store.archive, summary)
     assert (store.root / BACKUP_CATALOG_KEY).exists()
+
+
+def forge_lock(store: SyntheticArchive, **fields: object) -> None:
+    """A lock written by someone else."""
+    document = {"token": "0a1b2c3d4e5f6a7b", "host": "db1", "pid": 7, "command": "retention apply",
+                "taken_at": "2026-11-30T12:00:00Z", "expires_at": "2026-11-30T12:10:00Z", "held_for": 600.0, **fields}
+    (store.root / "locks").mkdir(exist_ok=True)
+    (store.root / CATALOG_LOCK_KEY).write_bytes(msgspec.json.encode(document))
+
+
+@pytest.mark.parametrize(("expires_at", "lapsed"), [
+    ("9999-12-31T23:59:59.999999Z", False), ("9999-12-31T23:59:59-23:59", False), ("0001-01-01T00:00:00+23:59", True),
+])
+def test_a_lock_expiring_at_the_ends_of_time_is_judged_without_overflow(store, expires_at, lapsed):
+    # Judged by its expiry only where the storage reports no store times.
+    store.archive.storage = NoStoreTimes(store.archive.storage)
+    forge_lock(store, expires_at=expires_at)
+    if lapsed:
+        lock.take(store.archive, "catalog rebuild").release()
+    else:
+        with pytest.raises(LockHeld, match=r"^the catalog is locked by retention apply on db1 pid 7 since "):
+            lock.take(store.archive, "catalog rebuild")

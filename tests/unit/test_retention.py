@@ -368,6 +368,28 @@ def test_without_store_times_a_lease_gets_the_clock_skew_margin(store, monkeypat
     assert report.expired_leases == ([] if holds else [held.lease_id])
 
 
+def forge_lease(store: SyntheticArchive, lease_id: str = "forged", **fields: object) -> None:
+    """A lease written by someone else (or by an older pitrkit: no `held_for`)."""
+    document = {"lease_id": lease_id, "holder": "restore on db2 pid 7", "backup_id": "A", "timeline": 1,
+                "first_segment": name(1, 2), "taken_at": "2026-11-30T12:00:00Z", "expires_at": "2026-11-30T12:10:00Z",
+                **fields}
+    (store.root / "leases").mkdir(exist_ok=True)
+    (store.root / lease_key(lease_id)).write_bytes(msgspec.json.encode(document))
+
+
+@pytest.mark.parametrize(("expires_at", "holds"), [
+    ("9999-12-31T23:59:59.999999Z", True), ("9999-12-31T23:59:59-23:59", True), ("0001-01-01T00:00:00+23:59", False),
+])
+def test_a_lease_expiring_at_the_ends_of_time_is_judged_without_overflow(store, expires_at, holds):
+    forge_lease(store, expires_at=expires_at)
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    kept = {each.backup_id: each.reasons for each in report.kept}
+    assert ("A" in kept) == holds and report.expired_leases == ([] if holds else ["forged"])
+    if holds:  # in local time, or as stored where local time cannot show it
+        [reason] = kept["A"]
+        assert reason.startswith("leased by restore on db2 pid 7 until 9999-12-31 23:59:59")
+        assert reason.endswith(" (lease forged)")
+
 def test_a_lease_taken_after_the_first_look_keeps_its_backup(store):
     # A restore leases A just as retention stores its intent to remove it: the restore
     # then refuses (it sees A in `deleting`), and retention's second look keeps A.

@@ -207,7 +207,8 @@ class RetentionConfig(_Section, frozen=True):
     # interrupted backup, and removed (a running backup keeps writing parts).
     unfinished_grace: str = "6h"
     # How long a restore without --start holds its lease on the backup and WAL it uses,
-    # so that the recovery the operator starts afterwards still finds them.
+    # so that the recovery the operator starts afterwards still finds them; at most 30
+    # days (catalog.MAX_HELD_FOR).
     restore_lease: str = "12h"
     # The zone whose calendar days, weeks and months the rules count; None: the host's.
     timezone: str | None = None
@@ -369,6 +370,12 @@ def _operations_problems(config: Config) -> list[str]:
                       ("retention.restore_lease", retention.restore_lease)]
         if retention.window is not None:
             durations.append(("retention.window", retention.window))
+        from pitrkit.catalog import MAX_HELD_FOR  # only when [retention] is configured
+
+        if (held := parse_duration(retention.restore_lease)) is not None and held > MAX_HELD_FOR:
+            # A longer lease would not decode: readers refuse it as forged (catalog.py).
+            problems.append(f"retention.restore_lease must be at most {MAX_HELD_FOR / 86400:.0f}d, the longest a "
+                            "lease may hold")
         if retention.timezone is not None and not _known_zone(retention.timezone):
             problems.append(f"retention.timezone {retention.timezone!r} is not a time zone name such as \"UTC\" "
                             "or \"Europe/Berlin\"")

@@ -43,7 +43,7 @@ import msgspec
 
 from pitrkit import catalog
 from pitrkit.archive import Archive
-from pitrkit.catalog import CatalogLock
+from pitrkit.catalog import CatalogLock, shown
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound
 
@@ -186,7 +186,7 @@ def _read(archive: Archive) -> tuple[CatalogLock | None, float | None]:
 def _describe(holder: CatalogLock | None) -> str:
     if holder is None:
         return "another writer"
-    return (f"{holder.command} on {holder.host} pid {holder.pid} since {holder.taken_at.isoformat()} "
+    return (f"{shown(holder.command)} on {shown(holder.host)} pid {holder.pid} since {holder.taken_at.isoformat()} "
             f"({CATALOG_LOCK_KEY}; it lapses {holder.held_for / 60:g} minutes after its holder stops renewing it)")
 
 

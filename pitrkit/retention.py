@@ -56,7 +56,16 @@ from pitrkit.archive import (
     manifest_key,
     wal_index_key,
 )
-from pitrkit.catalog import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, Time, WalFolderIndex
+from pitrkit.catalog import (
+    BackupCatalog,
+    BackupSummary,
+    Lease,
+    RetentionRun,
+    RetentionState,
+    Time,
+    WalFolderIndex,
+    shown,
+)
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo
@@ -203,8 +212,8 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
         # Which WAL a lease on a half-removed or vanished backup (a restore that refused
         # it and died before dropping its lease) reads cannot be worked out without the
         # backup's summary: keep all of it until the lease lapses.
-        notes.append(f"no WAL removed: leases hold {', '.join(unknown)}, not a finished backup (being removed by an "
-                     "interrupted run, or gone): which WAL their restores read is unknown")
+        notes.append(f"no WAL removed: leases hold {', '.join(map(shown, unknown))}, not a finished backup (being "
+                     "removed by an interrupted run, or gone): which WAL their restores read is unknown")
         wal: list[_WalFolderRemoval] = []
     else:
         keepers = [by_id[item.backup_id] for item in kept if item.backup_id in by_id]
@@ -220,7 +229,7 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
 
 
 def _lease_words(leases: list[Lease]) -> list[str]:
-    return [f"leased by {each.holder} until {show_time(each.expires_at)} (lease {each.lease_id})"
+    return [f"leased by {shown(each.holder)} until {show_time(each.expires_at)} (lease {shown(each.lease_id)})"
             for each in leases]
 
 
@@ -454,7 +463,7 @@ def describe(report: RetentionReport) -> str:
         files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"
         lines.append(f"remove  WAL {files} ({human_bytes(wal.stored_bytes)}): {wal.why}")
     for lease_id in report.expired_leases:
-        lines.append(f"expired lease {lease_id}: ignored" + ("" if report.dry_run else ", removed"))
+        lines.append(f"expired lease {shown(lease_id)}: ignored" + ("" if report.dry_run else ", removed"))
     lines += [f"note: {note}" for note in report.notes]
     lines.append(summary(report))
     return "\n".join(lines)

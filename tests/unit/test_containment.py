@@ -325,6 +325,35 @@ def test_every_time_in_a_document_must_carry_its_offset(tmp_path):
                                                  rf"timezone component - at `\${re.escape(where)}`$"):
                 catalog.decode(msgspec.json.encode(naive), kind, "k")
 
+
+# --- leases and the catalog lock ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "document", "field", "value", "problem"), [
+    (catalog.Lease, LEASE, "holder", "x" * 513, r"Expected `str` of length <= 512 - at `\$.holder`"),
+    (catalog.CatalogLock, LOCK, "host", "x" * 256, r"Expected `str` of length <= 255 - at `\$.host`"),
+    (catalog.CatalogLock, LOCK, "command", "x" * 513, r"Expected `str` of length <= 512 - at `\$.command`"),
+    # A forged claim cannot hold the archive for ever: 30 days past its store time at most.
+    (catalog.Lease, LEASE, "held_for", 30 * 86400 + 1, r"Expected `float` <= 2592000.0 - at `\$.held_for`"),
+    (catalog.Lease, LEASE, "held_for", 1e300, r"Expected `float` <= 2592000.0"),
+    (catalog.CatalogLock, LOCK, "held_for", 1e300, r"Expected `float` <= 2592000.0 - at `\$.held_for`"),
+    # Storage keys' components: retention reads and removes a lease by its id.
+    (catalog.Lease, LEASE, "lease_id", "../catalog/backups", r"lease id '../catalog/backups' is not a plain name"),
+    (catalog.Lease, LEASE, "lease_id", "", r"lease id '' is not a plain name"),
+    (catalog.Lease, LEASE, "backup_id", "A/../B", r"backup id 'A/../B' is not a plain name"),
+])
+def test_a_forged_lease_or_lock_is_refused_on_decoding(kind, document, field, value, problem):
+    forged = msgspec.json.encode({**document, field: value})
+    with pytest.raises(ValueError, match=rf"^k is not a valid {kind.__name__}: {problem}"):
+        catalog.decode(forged, kind, "k")
+
+
+def test_a_lease_or_lock_at_the_bounds_decodes():
+    for kind, document in ((catalog.Lease, LEASE), (catalog.CatalogLock, LOCK)):
+        catalog.decode(msgspec.json.encode({**document, "held_for": 30 * 86400}), kind, "k")
+    catalog.decode(msgspec.json.encode({**LEASE, "holder": "x" * 512, "held_for": -5.0}), catalog.Lease, "k")
+    catalog.decode(msgspec.json.encode({**LOCK, "host": "h" * 255, "command": "c" * 512}), catalog.CatalogLock, "k")
+
 # --- object headers ----------------------------------------------------------------------------------
 
 

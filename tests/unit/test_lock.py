@@ -129,3 +129,15 @@ def test_a_lock_expiring_at_the_ends_of_time_is_judged_without_overflow(store, e
     else:
         with pytest.raises(LockHeld, match=r"^the catalog is locked by retention apply on db1 pid 7 since "):
             lock.take(store.archive, "catalog rebuild")
+
+
+def test_a_forged_holder_is_shown_escaped_on_one_line(store, tmp_path, capsys):
+    forge_lock(store, host="db1\npitrkit: the catalog is free", command="retention apply\x1b[2J",
+               expires_at="2999-01-01T00:00:00Z")
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    assert main(["--config", str(config), "catalog", "rebuild"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err, err
+    assert err.startswith("pitrkit: the catalog is locked by 'retention apply\\x1b[2J' on "
+                          "'db1\\npitrkit: the catalog is free' pid 7 since "), err

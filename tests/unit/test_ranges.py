@@ -90,6 +90,19 @@ def test_a_schedule_of_no_time_at_all_is_one_line(tmp_path, capsys):
                                               "backup-list"])
 
 
+
+@pytest.mark.parametrize("value", ["'30.5d'", "'2592001s'", "'5w'", "'4000h'"])
+def test_a_restore_lease_longer_than_a_lease_may_hold_is_one_line(tmp_path, capsys, value):
+    # Readers refuse a lease held longer as forged (catalog.MAX_HELD_FOR).
+    line = refused(capsys, ["--config", str(configuration(tmp_path, "retention", "restore_lease", value)),
+                            "backup-list"])
+    assert "retention.restore_lease must be at most 30d" in line
+
+
+def test_a_restore_lease_of_30_days_is_accepted():
+    parsed = config.parse({"repository": {"url": "file:///x"}, "retention": {"restore_lease": "30d"}}, "test")
+    assert parsed.retention is not None and parsed.retention.restore_lease_seconds == 30 * 86400
+
 @pytest.mark.parametrize("value", [2**60, "1048576TB", "0", 0])
 def test_a_slot_size_up_to_an_exbibyte_is_accepted(value):
     parsed = config.parse({"repository": {"url": "file:///x"}, "receive": {"max_slot_retained": value}}, "test")

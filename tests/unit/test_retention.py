@@ -516,6 +516,25 @@ def test_the_command_prints_the_decision_and_one_summary_line(capsys, tmp_path):
     assert ids(store) == ["B", "C"]
 
 
+def test_what_a_forged_lease_says_is_shown_escaped_one_line_each(capsys, tmp_path):
+    store = three_backups(tmp_path / "archive")
+    config = cli_config(tmp_path, store)
+    far = "2999-01-01T00:00:00Z"
+    forge_lease(store, "forged", holder="restore on db2\nremove  backup C: \x1b[2J", expires_at=far)
+    forge_lease(store, "gone", backup_id="gone\nnote: all clear", expires_at=far)
+    forge_lease(store, "over\x1b[2J", expires_at="2000-01-01T00:00:00Z")  # lapsed
+    assert main(["--config", str(config), "retention", "apply", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    lines = out.splitlines()
+    assert len(lines) == 7, lines  # policy, keep A, B, C, the expired lease, the note, the summary
+    assert any(line.startswith("keep    backup A: leased by 'restore on db2\\nremove  backup C: \\x1b[2J' until ")
+               and line.endswith(" (lease forged)") for line in lines), lines
+    assert "expired lease 'over\\x1b[2J': ignored" in lines
+    assert any(line.startswith("note: no WAL removed: leases hold 'gone\\nnote: all clear', not a finished backup")
+               for line in lines), lines
+
+
 def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_removed(tmp_path):
     # A backup-push finishing elsewhere indexes the WAL folders sealed since its last
     # look (inventory.refresh) just after this run listed `catalog/wal/`: its listings

@@ -78,6 +78,9 @@ class BackupConfig(_Section, frozen=True):
 # can be written the way the server setting it guards is.
 _SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[kMGT]B)?")
 _SIZE_UNITS = {None: 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+# The largest size a setting takes: 1 EiB, beyond any disk and well inside the 64-bit
+# integers PostgreSQL reports sizes in, so that comparing and printing stay exact.
+MAX_SIZE = 1 << 60
 
 
 def parse_size(value: int | str) -> int | None:
@@ -99,6 +102,10 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400
 # value and well inside what timedelta, datetime arithmetic and the OS's timeouts
 # (threading.TIMEOUT_MAX, ~292 years) can hold, so that no later computation overflows.
 MAX_SECONDS = 100 * 365 * 86400.0
+# The longest a restore lease or the catalog lock holds past its last renewal: 30 days.
+# pitrkit's own hold 10 minutes, or a restore's `[retention] restore_lease`, bounded by
+# this; readers refuse a longer one as forged (catalog/documents.py).
+MAX_HELD_FOR = 30 * 86400.0
 # Threads per process (compression, backup and restore workers): more than any machine
 # pitrkit runs on has cores, fewer than would exhaust its memory for stacks.
 MAX_THREADS = 256
@@ -204,7 +211,8 @@ class RetentionConfig(_Section, frozen=True):
     # interrupted backup, and removed (a running backup keeps writing parts).
     unfinished_grace: str = "6h"
     # How long a restore without --start holds its lease on the backup and WAL it uses,
-    # so that the recovery the operator starts afterwards still finds them.
+    # so that the recovery the operator starts afterwards still finds them; at most 30
+    # days (catalog.MAX_HELD_FOR).
     restore_lease: str = "12h"
     # The zone whose calendar days, weeks and months the rules count; None: the host's.
     timezone: str | None = None
@@ -334,9 +342,10 @@ def _check_ranges(config: Config, source: str) -> None:
         problems.append("receive.slot must be 1 to 63 lower-case letters, digits or underscores "
                         "(a replication slot name)")
     problems += _seconds_problem("receive.partial_interval", config.receive.partial_interval)
-    if parse_size(config.receive.max_slot_retained) is None:
+    retained = parse_size(config.receive.max_slot_retained)
+    if retained is None or retained > MAX_SIZE:
         problems.append("receive.max_slot_retained must be a number of bytes or a size such as \"4GB\" "
-                        "(units kB, MB, GB, TB)")
+                        "(units kB, MB, GB, TB), at most 1 EiB (1048576TB)")
     problems += _encryption_problems(config.encryption)
     problems += _operations_problems(config)
     if problems:
@@ -365,6 +374,10 @@ def _operations_problems(config: Config) -> list[str]:
                       ("retention.restore_lease", retention.restore_lease)]
         if retention.window is not None:
             durations.append(("retention.window", retention.window))
+        if (held := parse_duration(retention.restore_lease)) is not None and held > MAX_HELD_FOR:
+            # A longer lease would not decode: readers refuse it as forged (catalog/documents.py).
+            problems.append(f"retention.restore_lease must be at most {MAX_HELD_FOR / 86400:.0f}d, the longest a "
+                            "lease may hold")
         if retention.timezone is not None and not _known_zone(retention.timezone):
             problems.append(f"retention.timezone {retention.timezone!r} is not a time zone name such as \"UTC\" "
                             "or \"Europe/Berlin\"")

@@ -50,7 +50,10 @@ def show_time(moment: datetime | None) -> str:
     """A stored instant as the reader's local time, with its offset."""
     if moment is None:
         return "-"
-    return moment.astimezone().isoformat(sep=" ", timespec="seconds")
+    try:
+        return moment.astimezone().isoformat(sep=" ", timespec="seconds")
+    except OverflowError:  # year 1 or 9999 in a forged document: shown as it is stored
+        return moment.isoformat(sep=" ", timespec="seconds")
 
 
 class Progress:

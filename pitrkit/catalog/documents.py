@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
+from pitrkit.config import MAX_HELD_FOR
 from pitrkit.postgres.wal import Lsn
+from pitrkit.storage.codec import Time
 
 MANIFEST_FORMAT_VERSION = 1
 
@@ -32,6 +34,17 @@ MAX_PART_SIZE = 1 << 30
 # Beyond any file a data directory holds; bounds the arithmetic on sizes and offsets.
 MAX_FILE_SIZE = 1 << 48
 _MAX_MTIME = 1 << 40  # os.utime refuses times far past this with OverflowError
+
+
+# Who holds a lease or the lock, as its holder wrote it: shown in messages (escaped:
+# see `shown`), so bounded. A host name has at most 253 characters; a holder or a
+# command is a few words.
+HostName = Annotated[str, msgspec.Meta(max_length=255)]
+Label = Annotated[str, msgspec.Meta(max_length=512)]
+# The longest a lease or the lock holds past its last renewal (config.MAX_HELD_FOR):
+# a forged document cannot hold the archive's backups and WAL for longer than this past
+# its store time. (No lower bound: a negative duration has simply lapsed.)
+HeldFor = Annotated[float, msgspec.Meta(le=MAX_HELD_FOR)]
 
 
 # --- base backups ---------------------------------------------------------------------
@@ -44,6 +57,12 @@ def check_data_path(path: str) -> None:
     parts = path.split("/")  # an absolute path starts with an empty component
     if "" in parts or ".." in parts or "." in parts or "\0" in path:
         raise ValueError(f"path {path!r} is not a plain relative path inside the data directory")
+
+
+def _check_plain_name(what: str, name: str) -> None:
+    """A name that is one plain key component (a backup's folder, a lease's file)."""
+    if not name or "/" in name or "\0" in name or name.startswith("."):
+        raise ValueError(f"{what} {name!r} is not a plain name")
 
 
 def _check_size(what: str, value: int, limit: int) -> None:
@@ -194,9 +213,9 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     pg_version: int  # server_version_num, e.g. 150014
     timeline: int  # the timeline the backup started on
     start_lsn: Lsn  # the backup's redo point: WAL replay starts here
-    start_time: datetime
+    start_time: Time
     stop_lsn: Lsn  # the backup is consistent once replay has passed this point
-    stop_time: datetime  # the server's clock after pg_backup_stop: targets from here on
+    stop_time: Time  # the server's clock after pg_backup_stop: targets from here on
     first_segment: str  # WAL file names: every segment from first to last is needed
     last_segment: str
     tablespaces: list[BackupTablespace] = []
@@ -210,8 +229,7 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
 
     def __post_init__(self) -> None:
         # The id names the backup's folder: one plain key component.
-        if not self.backup_id or "/" in self.backup_id or "\0" in self.backup_id or self.backup_id.startswith("."):
-            raise ValueError(f"backup id {self.backup_id!r} is not a plain name")
+        _check_plain_name("backup id", self.backup_id)
         _check_size("size", self.size, MAX_FILE_SIZE)
         _check_size("stored_size", self.stored_size, MAX_FILE_SIZE)
         _check_size("file_count", self.file_count, MAX_FILE_SIZE)
@@ -255,7 +273,7 @@ class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
 
     folder: str  # "wal/<TLI><LOG>/"
     entries: list[WalIndexEntry]
-    indexed_at: datetime
+    indexed_at: Time
 
 
 # --- retention (catalog/retention.json, leases/) -----------------------------------------
@@ -264,7 +282,7 @@ class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
 class RetentionRun(msgspec.Struct, kw_only=True, frozen=True):
     """What one finished `retention apply` removed."""
 
-    finished_at: datetime
+    finished_at: Time
     backups_removed: list[str]
     wal_files_removed: int
     bytes_freed: int  # stored bytes
@@ -279,7 +297,7 @@ class RetentionState(msgspec.Struct, kw_only=True, frozen=True):
     midway leave nothing half-usable behind."""
 
     deleting: list[str] = []  # backup ids whose objects are being removed
-    decided_at: datetime | None = None
+    decided_at: Time | None = None
     last_run: RetentionRun | None = None
 
 
@@ -288,18 +306,24 @@ class Lease(msgspec.Struct, kw_only=True, frozen=True):
     it along one timeline's path. Retention keeps what an unexpired lease names; the
     holder renews `expires_at` while it works and deletes the lease when done."""
 
-    lease_id: str
-    holder: str  # who: "restore on <host> pid <pid>", for the operator
+    lease_id: str  # names its key, leases/<lease_id>.json
+    holder: Label  # who: "restore on <host> pid <pid>", for the operator
     backup_id: str
     # The timeline recovery ends on: its history gives the path whose WAL is claimed,
     # from the backup's first segment onward.
     timeline: int
     first_segment: str
-    taken_at: datetime  # the holder's clock, for people
-    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    taken_at: Time  # the holder's clock, for people
+    expires_at: Time  # the holder's clock: judged only where the storage has no store times
     # Seconds the lease holds past its object's store time (the storage's clock); None in
     # leases written before it existed, judged by `expires_at`.
-    held_for: float | None = None
+    held_for: HeldFor | None = None
+
+    def __post_init__(self) -> None:
+        # Both are storage keys' components: retention reads and removes the lease by
+        # its id, and keeps the backup's folder by its id.
+        _check_plain_name("lease id", self.lease_id)
+        _check_plain_name("backup id", self.backup_id)
 
 
 class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
@@ -307,10 +331,17 @@ class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
     create-only; renewed by its holder, which rewrites it with a new `expires_at`."""
 
     token: str  # random, per taking: how a holder tells its lock from a successor's
-    host: str
+    host: HostName
     pid: int
-    command: str  # "retention apply", "catalog rebuild", "backup-push"
-    taken_at: datetime  # the holder's clock, for people
-    expires_at: datetime  # the holder's clock: judged only where the storage has no store times
+    command: Label  # "retention apply", "catalog rebuild", "backup-push"
+    taken_at: Time  # the holder's clock, for people
+    expires_at: Time  # the holder's clock: judged only where the storage has no store times
     # Seconds the lock holds past its object's store time (the storage's clock).
-    held_for: float
+    held_for: HeldFor
+
+
+def shown(text: str) -> str:
+    """Text from a document (who holds a lease or the lock) as a message shows it: as it
+    is when every character prints, else quoted with escapes, so that a newline or a
+    terminal control sequence in a forged document cannot break or fake a line."""
+    return text if text.isprintable() else repr(text)

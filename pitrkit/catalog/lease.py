@@ -113,7 +113,9 @@ def holds(lease: Lease, stored_at: float | None, now: datetime, storage_now: flo
     holds: on the storage's clock when both readings are known, else on the holders'."""
     if lease.held_for is not None and stored_at is not None and storage_now is not None:
         return stored_at + lease.held_for > storage_now
-    return lease.expires_at + CLOCK_SKEW_MARGIN > now
+    # The margin comes off `now`, never onto the stored time: a forged expiry in year
+    # 9999 must not overflow.
+    return lease.expires_at > now - CLOCK_SKEW_MARGIN
 
 
 def stored_at(archive: Archive, lease_id: str) -> float | None:

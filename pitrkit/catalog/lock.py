@@ -41,7 +41,7 @@ from types import TracebackType
 
 import msgspec
 
-from pitrkit.catalog.documents import CatalogLock
+from pitrkit.catalog.documents import CatalogLock, shown
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound
 from pitrkit.storage import codec
@@ -163,7 +163,9 @@ def _lapsed(archive: Archive, holder: CatalogLock, stored_at: float | None) -> b
             archive.delete(probe)
         if now is not None:
             return now > stored_at + holder.held_for
-    return _now() > holder.expires_at + CLOCK_SKEW_MARGIN
+    # The margin comes off now, never onto the stored time: a forged expiry in year 9999
+    # must not overflow.
+    return holder.expires_at < _now() - CLOCK_SKEW_MARGIN
 
 
 def _read(archive: Archive) -> tuple[CatalogLock | None, float | None]:
@@ -184,7 +186,7 @@ def _read(archive: Archive) -> tuple[CatalogLock | None, float | None]:
 def _describe(holder: CatalogLock | None) -> str:
     if holder is None:
         return "another writer"
-    return (f"{holder.command} on {holder.host} pid {holder.pid} since {holder.taken_at.isoformat()} "
+    return (f"{shown(holder.command)} on {shown(holder.host)} pid {holder.pid} since {holder.taken_at.isoformat()} "
             f"({CATALOG_LOCK_KEY}; it lapses {holder.held_for / 60:g} minutes after its holder stops renewing it)")
 
 

@@ -26,9 +26,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _MINUTE = timedelta(minutes=1)
-# Any satisfiable expression matches within 8 years (29 February recurs within 8, as
-# 2100 is not a leap year); searching a little longer than that cannot find more.
-_SEARCH_LIMIT = timedelta(days=9 * 366)
+# Any satisfiable expression matches within 40 years: with the day of the month and a
+# weekday both required (a `*/7` weekday counts as unrestricted, so "* * 1 3 */7" is
+# 1 March on a Sunday, next in 2037 after 2026), a date recurs on one weekday within 12
+# years, 29 February within 40 (28, more across 2100, which is not a leap year), and
+# every date falls on every weekday in the Gregorian 400-year cycle. Searching a little
+# longer than that cannot find more.
+_SEARCH_LIMIT = timedelta(days=41 * 366)
 
 
 class CronError(ValueError):

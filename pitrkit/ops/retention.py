@@ -49,7 +49,15 @@ import msgspec
 from pitrkit.catalog import documents, lease, lock
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep
 from pitrkit.catalog.backups import retention_state, survey_backups
-from pitrkit.catalog.documents import BackupCatalog, BackupSummary, Lease, RetentionRun, RetentionState, WalFolderIndex
+from pitrkit.catalog.documents import (
+    BackupCatalog,
+    BackupSummary,
+    Lease,
+    RetentionRun,
+    RetentionState,
+    WalFolderIndex,
+    shown,
+)
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo
@@ -65,6 +73,7 @@ from pitrkit.storage.archive import (
     manifest_key,
     wal_index_key,
 )
+from pitrkit.storage.codec import Time
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +84,7 @@ _SEGMENT_FILE = re.compile(r"[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?")
 
 class KeptBackup(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str
-    stop_time: datetime | None  # None: a backup an interrupted run was removing, held by a lease
+    stop_time: Time | None  # None: a backup an interrupted run was removing, held by a lease
     reasons: list[str]  # the rules that keep it ("last 7", "daily 2026-11-20") and the leases holding it
 
 
@@ -102,7 +111,7 @@ class RemovedWal(msgspec.Struct, kw_only=True, frozen=True):
 
 class RetentionReport(msgspec.Struct, kw_only=True, frozen=True):
     dry_run: bool
-    decided_at: datetime
+    decided_at: Time
     policy: str  # the rules, e.g. "last 2, 7 daily, window 7d"
     kept: list[KeptBackup]
     removed_backups: list[RemovedBackup]
@@ -211,8 +220,8 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
         # Which WAL a lease on a half-removed or vanished backup (a restore that refused
         # it and died before dropping its lease) reads cannot be worked out without the
         # backup's summary: keep all of it until the lease lapses.
-        notes.append(f"no WAL removed: leases hold {', '.join(unknown)}, not a finished backup (being removed by an "
-                     "interrupted run, or gone): which WAL their restores read is unknown")
+        notes.append(f"no WAL removed: leases hold {', '.join(map(shown, unknown))}, not a finished backup (being "
+                     "removed by an interrupted run, or gone): which WAL their restores read is unknown")
         wal: list[_WalFolderRemoval] = []
     else:
         keepers = [by_id[item.backup_id] for item in kept if item.backup_id in by_id]
@@ -228,7 +237,7 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
 
 
 def _lease_words(leases: list[Lease]) -> list[str]:
-    return [f"leased by {each.holder} until {show_time(each.expires_at)} (lease {each.lease_id})"
+    return [f"leased by {shown(each.holder)} until {show_time(each.expires_at)} (lease {shown(each.lease_id)})"
             for each in leases]
 
 

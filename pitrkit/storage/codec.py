@@ -5,7 +5,8 @@ does not decode is a `ValueError` naming it, never half-used.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -13,6 +14,11 @@ from pitrkit.errors import UsageError
 from pitrkit.postgres.wal import Lsn
 
 Document = TypeVar("Document", bound=msgspec.Struct)
+
+# Every time in a document: it must carry its UTC offset (pitrkit writes UTC). A naive
+# time is refused as it is decoded: compared with an aware one it raises TypeError, and
+# which zone it meant cannot be known.
+Time = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def _encode_value(value: Any) -> Any:

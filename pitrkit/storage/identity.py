@@ -8,9 +8,9 @@ a tampered archive.json must not make a restore host allocate or spin without en
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import msgspec
+
+from pitrkit.storage.codec import Time
 
 ARCHIVE_FORMAT_VERSION = 1
 
@@ -72,7 +72,7 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
     pg_versions: list[int]
     # Non-secret encryption parameters (mode, key ids, salt); None when not encrypted.
     encryption: EncryptionParameters | None = None
-    created_at: datetime
+    created_at: Time
 
     def __post_init__(self) -> None:
         # PostgreSQL's limits (initdb --wal-segsize): a power of two from 1 MiB to 1 GiB.

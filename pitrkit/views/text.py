@@ -12,7 +12,7 @@ from functools import singledispatch
 import msgspec
 
 from pitrkit.catalog.contents import BackupListing, WalListing, WalRow
-from pitrkit.catalog.documents import BackupSummary
+from pitrkit.catalog.documents import BackupSummary, shown
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.ops.status import ArchivedFile, StatusReport, TimelineRange
 from pitrkit.ops.verify import VerifyReport
@@ -183,7 +183,7 @@ def retention_text(report: RetentionReport) -> str:
         files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"
         lines.append(f"remove  WAL {files} ({human_bytes(wal.stored_bytes)}): {wal.why}")
     for lease_id in report.expired_leases:
-        lines.append(f"expired lease {lease_id}: ignored" + ("" if report.dry_run else ", removed"))
+        lines.append(f"expired lease {shown(lease_id)}: ignored" + ("" if report.dry_run else ", removed"))
     lines += [f"note: {note}" for note in report.notes]
     lines.append(retention_summary(report))
     return "\n".join(lines) + "\n"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import os
 import time
-from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -27,6 +26,7 @@ from pitrkit.errors import PitrkitError
 from pitrkit.postgres.conninfo import connection_failure
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage import codec
+from pitrkit.storage.codec import Time
 
 STATE_FILE = "pitrkit-receive.json"
 # How long the LSN-by-time samples behind `lag_seconds` reach back.
@@ -63,7 +63,7 @@ class ServerView(msgspec.Struct, kw_only=True, frozen=True):
 class ReceiverHealth(msgspec.Struct, kw_only=True, frozen=True):
     """The sidecar's health, as written to `<spool>/pitrkit-receive.json`."""
 
-    observed_at: datetime
+    observed_at: Time
     pid: int
     # False once the sidecar has stopped (the last state it wrote).
     running: bool
@@ -75,7 +75,7 @@ class ReceiverHealth(msgspec.Struct, kw_only=True, frozen=True):
     # The end of the WAL known to be in the archive: a full segment's end, or what had
     # been received when the open segment was last shipped as .partial.
     last_archived_lsn: Lsn | None
-    last_archived_at: datetime | None
+    last_archived_at: Time | None
     # server_lsn - last_archived_lsn.
     lag_bytes: int | None
     # Seconds since the last moment all the server's WAL was in the archive.

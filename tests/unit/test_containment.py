@@ -6,10 +6,15 @@ PostgreSQL, is tests/integration/test_hostile_archive.py."""
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import hashlib
+import operator
 import os
+import re
 import stat
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -19,11 +24,13 @@ import zstandard
 from pitrkit.catalog import documents
 from pitrkit.catalog.documents import BackupManifest, BackupTablespace
 from pitrkit.errors import RefusedError
+from pitrkit.ops.retention import RetentionReport
 from pitrkit.restore import unpack
 from pitrkit.storage import codec, objects
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.objects import CorruptObject, ObjectHeader
 from pitrkit.storage.plugins.compression import NoCompression, Zstd
+from pitrkit.wal.receiver_health import ReceiverHealth
 from tests.unit.test_restore import FILES, make_backup, restore_into
 
 # --- a manifest, as JSON to rewrite ------------------------------------------------------------
@@ -354,6 +361,81 @@ def test_a_wal_segment_size_postgresql_cannot_have_is_refused(size):
     with pytest.raises(ValueError, match="wal_segment_size"):
         codec.decode(msgspec.json.encode(document), ArchiveIdentity, "archive.json")
 
+
+# --- times ------------------------------------------------------------------------------------------
+
+TIME = "2026-11-30T12:00:00Z"
+LEASE = {"lease_id": "20261130T120000Z-0a1b2c3d", "holder": "restore on db2 pid 7", "backup_id": "B1", "timeline": 1,
+         "first_segment": "000000010000000000000002", "taken_at": TIME, "expires_at": TIME, "held_for": 600.0}
+LOCK = {"token": "0a1b2c3d4e5f6a7b", "host": "db1", "pid": 7, "command": "retention apply", "taken_at": TIME,
+        "expires_at": TIME, "held_for": 600.0}
+
+
+def time_documents(tmp_path: Path) -> list[tuple[type[msgspec.Struct], dict, list[tuple[str | int, ...]]]]:
+    """A valid document of each type that holds times, and the paths to its times."""
+    summary = {key: value for key, value in manifest_document(tmp_path)[0].items()
+               if key in documents.BackupSummary.__struct_fields__}
+    health = ReceiverHealth(observed_at=datetime.now(UTC), pid=7, running=True, receiving=True, server_reachable=True,
+                            server_lsn=None, last_received_lsn=None, last_archived_lsn=None,
+                            last_archived_at=datetime.now(UTC), lag_bytes=None, lag_seconds=None, spool_bytes=0,
+                            spool_segments=0, slot=None, receiver_restarts=0, last_error=None)
+    return [
+        (ArchiveIdentity, msgspec.json.decode(identity_document()), [("created_at",)]),
+        (documents.BackupCatalog, {"backups": [summary]}, [("backups", 0, "start_time"), ("backups", 0, "stop_time")]),
+        (documents.WalFolderIndex, {"folder": "wal/0000000100000000/", "entries": [], "indexed_at": TIME},
+         [("indexed_at",)]),
+        (documents.RetentionState, {"deleting": [], "decided_at": TIME, "last_run": {
+            "finished_at": TIME, "backups_removed": [], "wal_files_removed": 0, "bytes_freed": 0}},
+         [("decided_at",), ("last_run", "finished_at")]),
+        (documents.Lease, dict(LEASE), [("taken_at",), ("expires_at",)]),
+        (documents.CatalogLock, dict(LOCK), [("taken_at",), ("expires_at",)]),
+        (ReceiverHealth, codec.to_builtins(health), [("observed_at",), ("last_archived_at",)]),
+        # What the daemon reads from `retention apply --json`.
+        (RetentionReport, {"dry_run": False, "decided_at": TIME, "policy": "last 1", "kept": [
+            {"backup_id": "B1", "stop_time": TIME, "reasons": ["last 1"]}], "removed_backups": [], "removed_wal": [],
+            "expired_leases": [], "stored_bytes": 0}, [("decided_at",), ("kept", 0, "stop_time")]),
+    ]
+
+
+def test_every_time_in_a_document_must_carry_its_offset(tmp_path):
+    for kind, document, paths in time_documents(tmp_path):
+        codec.decode(msgspec.json.encode(document), kind, "k")  # as pitrkit writes it
+        for *parents, last in paths:
+            naive = copy.deepcopy(document)
+            functools.reduce(operator.getitem, parents, naive)[last] = "2026-11-30T12:00:00"  # which zone's noon?
+            where = "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in [*parents, last])
+            with pytest.raises(ValueError, match=rf"^k is not a valid {kind.__name__}: Expected `datetime` with a "
+                                                 rf"timezone component - at `\${re.escape(where)}`$"):
+                codec.decode(msgspec.json.encode(naive), kind, "k")
+
+
+# --- leases and the catalog lock ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "document", "field", "value", "problem"), [
+    (documents.Lease, LEASE, "holder", "x" * 513, r"Expected `str` of length <= 512 - at `\$.holder`"),
+    (documents.CatalogLock, LOCK, "host", "x" * 256, r"Expected `str` of length <= 255 - at `\$.host`"),
+    (documents.CatalogLock, LOCK, "command", "x" * 513, r"Expected `str` of length <= 512 - at `\$.command`"),
+    # A forged claim cannot hold the archive for ever: 30 days past its store time at most.
+    (documents.Lease, LEASE, "held_for", 30 * 86400 + 1, r"Expected `float` <= 2592000.0 - at `\$.held_for`"),
+    (documents.Lease, LEASE, "held_for", 1e300, r"Expected `float` <= 2592000.0"),
+    (documents.CatalogLock, LOCK, "held_for", 1e300, r"Expected `float` <= 2592000.0 - at `\$.held_for`"),
+    # Storage keys' components: retention reads and removes a lease by its id.
+    (documents.Lease, LEASE, "lease_id", "../catalog/backups", r"lease id '../catalog/backups' is not a plain name"),
+    (documents.Lease, LEASE, "lease_id", "", r"lease id '' is not a plain name"),
+    (documents.Lease, LEASE, "backup_id", "A/../B", r"backup id 'A/../B' is not a plain name"),
+])
+def test_a_forged_lease_or_lock_is_refused_on_decoding(kind, document, field, value, problem):
+    forged = msgspec.json.encode({**document, field: value})
+    with pytest.raises(ValueError, match=rf"^k is not a valid {kind.__name__}: {problem}"):
+        codec.decode(forged, kind, "k")
+
+
+def test_a_lease_or_lock_at_the_bounds_decodes():
+    for kind, document in ((documents.Lease, LEASE), (documents.CatalogLock, LOCK)):
+        codec.decode(msgspec.json.encode({**document, "held_for": 30 * 86400}), kind, "k")
+    codec.decode(msgspec.json.encode({**LEASE, "holder": "x" * 512, "held_for": -5.0}), documents.Lease, "k")
+    codec.decode(msgspec.json.encode({**LOCK, "host": "h" * 255, "command": "c" * 512}), documents.CatalogLock, "k")
 
 # --- object headers ----------------------------------------------------------------------------------
 

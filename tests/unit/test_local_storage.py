@@ -30,7 +30,8 @@ class Fsyncs:
         self.done: list[tuple[str, Path]] = []
         self.failing: set[Path] = set()
         self.fail_once = False
-        self.waits: dict[str, threading.Event] = {}  # thread name -> released when set
+        # (thread name, directory) -> released when set
+        self.waits: dict[tuple[str, Path], threading.Event] = {}
         self.waiting = threading.Event()
         real = os.fsync
 
@@ -42,7 +43,7 @@ class Fsyncs:
                     if self.fail_once:
                         self.failing.discard(path)
                     raise OSError(errno.EIO, os.strerror(errno.EIO))
-                if (gate := self.waits.get(thread)) is not None:
+                if (gate := self.waits.get((thread, path))) is not None:
                     self.waiting.set()
                     gate.wait(10)
             real(descriptor)
@@ -315,7 +316,7 @@ def test_a_push_retried_after_a_failed_directory_fsync_succeeds_once_it_is_durab
 def test_a_concurrent_identical_push_waits_for_durability(pushing, monkeypatch):
     archive, path, folder = pushing
     fsyncs = Fsyncs(monkeypatch)
-    fsyncs.waits["first"] = threading.Event()
+    fsyncs.waits["first", folder] = threading.Event()
     first = threading.Thread(target=push, args=(archive, path), name="first")
     first.start()
     try:
@@ -326,9 +327,25 @@ def test_a_concurrent_identical_push_waits_for_durability(pushing, monkeypatch):
         assert fsyncs.synced(folder / path.name, threading.current_thread().name)
         assert fsyncs.synced(folder, threading.current_thread().name)
     finally:
-        fsyncs.waits["first"].set()
+        fsyncs.waits["first", folder].set()
         first.join()
 
+
+
+@pytest.mark.parametrize("made_before", [False, True])
+def test_a_put_makes_every_folder_on_its_way_durable(tmp_path, monkeypatch, made_before):
+    # made_before: a pusher made the folders and crashed before fsyncing them into their
+    # parents (or is still before it): their entries may be lost on power loss with
+    # every object in them, so the put that finds them fsyncs them too.
+    root = tmp_path / "archive"
+    root.mkdir()
+    folder = root / "wal" / "0000000100000000"
+    if made_before:
+        folder.mkdir(parents=True)
+    fsyncs = Fsyncs(monkeypatch)
+    LocalStorage(root).put("wal/0000000100000000/000000010000000000000001", b"x")
+    # Each once, and each after its child's entry is there.
+    assert [path for _, path in fsyncs.done if path.is_dir()] == [root, root / "wal", folder]
 
 # -- containment: links inside the archive are never followed ------------------------------
 

@@ -9,6 +9,7 @@ import os
 import socket
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from pitrkit.catalog import lock, maintenance
@@ -20,6 +21,7 @@ from pitrkit.demo.localpg import wait_for
 from pitrkit.storage import codec
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY
 from tests.unit.synthetic_archive import SyntheticArchive
+from tests.unit.test_retention import NoStoreTimes
 
 
 @pytest.fixture
@@ -107,3 +109,37 @@ def test_a_backup_catalog_update_is_refused_while_the_lock_is_held(store):
     assert [backup.backup_id for backup in backups(store.archive)] == ["A"]  # from its manifest
     maintenance.record_backup(store.archive, summary)
     assert (store.root / BACKUP_CATALOG_KEY).exists()
+
+
+def forge_lock(store: SyntheticArchive, **fields: object) -> None:
+    """A lock written by someone else."""
+    document = {"token": "0a1b2c3d4e5f6a7b", "host": "db1", "pid": 7, "command": "retention apply",
+                "taken_at": "2026-11-30T12:00:00Z", "expires_at": "2026-11-30T12:10:00Z", "held_for": 600.0, **fields}
+    (store.root / "locks").mkdir(exist_ok=True)
+    (store.root / CATALOG_LOCK_KEY).write_bytes(msgspec.json.encode(document))
+
+
+@pytest.mark.parametrize(("expires_at", "lapsed"), [
+    ("9999-12-31T23:59:59.999999Z", False), ("9999-12-31T23:59:59-23:59", False), ("0001-01-01T00:00:00+23:59", True),
+])
+def test_a_lock_expiring_at_the_ends_of_time_is_judged_without_overflow(store, expires_at, lapsed):
+    # Judged by its expiry only where the storage reports no store times.
+    store.archive.storage = NoStoreTimes(store.archive.storage)
+    forge_lock(store, expires_at=expires_at)
+    if lapsed:
+        lock.take(store.archive, "catalog rebuild").release()
+    else:
+        with pytest.raises(LockHeld, match=r"^the catalog is locked by retention apply on db1 pid 7 since "):
+            lock.take(store.archive, "catalog rebuild")
+
+
+def test_a_forged_holder_is_shown_escaped_on_one_line(store, tmp_path, capsys):
+    forge_lock(store, host="db1\npitrkit: the catalog is free", command="retention apply\x1b[2J",
+               expires_at="2999-01-01T00:00:00Z")
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n')
+    assert main(["--config", str(config), "catalog", "rebuild"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err, err
+    assert err.startswith("pitrkit: the catalog is locked by 'retention apply\\x1b[2J' on "
+                          "'db1\\npitrkit: the catalog is free' pid 7 since "), err

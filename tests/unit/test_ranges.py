@@ -38,7 +38,8 @@ NUMBERS = [
     ("retention", "daily", [-1, 100_001, 10**18]),
     ("retention", "weekly", [-1, 100_001]),
     ("retention", "monthly", [-1, 100_001]),
-    ("receive", "max_slot_retained", [-1, "'-1GB'", "'1PB'"]),
+    ("receive", "max_slot_retained", [-1, "'-1GB'", "'1PB'", 2**60 + 1, 2**63 - 1, "'1048577TB'",
+                                      "'99999999999999999999TB'", "'99999999999999999999'"]),
 ]
 BAD_DURATIONS = ["'-1h'", "'101y'", "'99999999999999999999w'", "'1e400'", "'5300w'", -1, 10**18, "inf", "nan"]
 # Every duration key (0 is a duration: "no window", a lease released at once ...).
@@ -89,6 +90,24 @@ def test_a_schedule_of_no_time_at_all_is_one_line(tmp_path, capsys):
     assert "daemon.every" in refused(capsys, ["--config", str(configuration(tmp_path, "daemon", "every", "'0'")),
                                               "backup-list"])
 
+
+
+@pytest.mark.parametrize("value", ["'30.5d'", "'2592001s'", "'5w'", "'4000h'"])
+def test_a_restore_lease_longer_than_a_lease_may_hold_is_one_line(tmp_path, capsys, value):
+    # Readers refuse a lease held longer as forged (config.MAX_HELD_FOR).
+    line = refused(capsys, ["--config", str(configuration(tmp_path, "retention", "restore_lease", value)),
+                            "backup-list"])
+    assert "retention.restore_lease must be at most 30d" in line
+
+
+def test_a_restore_lease_of_30_days_is_accepted():
+    parsed = config.parse({"repository": {"url": "file:///x"}, "retention": {"restore_lease": "30d"}}, "test")
+    assert parsed.retention is not None and parsed.retention.restore_lease_seconds == 30 * 86400
+
+@pytest.mark.parametrize("value", [2**60, "1048576TB", "0", 0])
+def test_a_slot_size_up_to_an_exbibyte_is_accepted(value):
+    parsed = config.parse({"repository": {"url": "file:///x"}, "receive": {"max_slot_retained": value}}, "test")
+    assert parsed.receive.max_slot_retained_bytes == config.parse_size(value) <= config.MAX_SIZE
 
 @pytest.mark.parametrize("level", [0, -1, 23, 10**18])
 def test_a_compression_level_out_of_range_is_one_line(tmp_path, capsys, level):

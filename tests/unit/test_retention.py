@@ -375,6 +375,28 @@ def test_without_store_times_a_lease_gets_the_clock_skew_margin(store, monkeypat
     assert report.expired_leases == ([] if holds else [held.lease_id])
 
 
+def forge_lease(store: SyntheticArchive, lease_id: str = "forged", **fields: object) -> None:
+    """A lease written by someone else (or by an older pitrkit: no `held_for`)."""
+    document = {"lease_id": lease_id, "holder": "restore on db2 pid 7", "backup_id": "A", "timeline": 1,
+                "first_segment": name(1, 2), "taken_at": "2026-11-30T12:00:00Z", "expires_at": "2026-11-30T12:10:00Z",
+                **fields}
+    (store.root / "leases").mkdir(exist_ok=True)
+    (store.root / lease_key(lease_id)).write_bytes(msgspec.json.encode(document))
+
+
+@pytest.mark.parametrize(("expires_at", "holds"), [
+    ("9999-12-31T23:59:59.999999Z", True), ("9999-12-31T23:59:59-23:59", True), ("0001-01-01T00:00:00+23:59", False),
+])
+def test_a_lease_expiring_at_the_ends_of_time_is_judged_without_overflow(store, expires_at, holds):
+    forge_lease(store, expires_at=expires_at)
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+    kept = {each.backup_id: each.reasons for each in report.kept}
+    assert ("A" in kept) == holds and report.expired_leases == ([] if holds else ["forged"])
+    if holds:  # in local time, or as stored where local time cannot show it
+        [reason] = kept["A"]
+        assert reason.startswith("leased by restore on db2 pid 7 until 9999-12-31 23:59:59")
+        assert reason.endswith(" (lease forged)")
+
 def test_a_lease_taken_after_the_first_look_keeps_its_backup(store):
     # A restore leases A just as retention stores its intent to remove it: the restore
     # then refuses (it sees A in `deleting`), and retention's second look keeps A.
@@ -499,6 +521,25 @@ def test_the_command_prints_the_decision_and_one_summary_line(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["dry_run"] is False and [b["backup_id"] for b in report["removed_backups"]] == ["A"]
     assert ids(store) == ["B", "C"]
+
+
+def test_what_a_forged_lease_says_is_shown_escaped_one_line_each(capsys, tmp_path):
+    store = three_backups(tmp_path / "archive")
+    config = cli_config(tmp_path, store)
+    far = "2999-01-01T00:00:00Z"
+    forge_lease(store, "forged", holder="restore on db2\nremove  backup C: \x1b[2J", expires_at=far)
+    forge_lease(store, "gone", backup_id="gone\nnote: all clear", expires_at=far)
+    forge_lease(store, "over\x1b[2J", expires_at="2000-01-01T00:00:00Z")  # lapsed
+    assert main(["--config", str(config), "retention", "apply", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    lines = out.splitlines()
+    assert len(lines) == 7, lines  # policy, keep A, B, C, the expired lease, the note, the summary
+    assert any(line.startswith("keep    backup A: leased by 'restore on db2\\nremove  backup C: \\x1b[2J' until ")
+               and line.endswith(" (lease forged)") for line in lines), lines
+    assert "expired lease 'over\\x1b[2J': ignored" in lines
+    assert any(line.startswith("note: no WAL removed: leases hold 'gone\\nnote: all clear', not a finished backup")
+               for line in lines), lines
 
 
 def test_a_wal_index_written_by_a_concurrent_backup_never_names_what_the_run_removed(tmp_path):

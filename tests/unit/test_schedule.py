@@ -128,6 +128,19 @@ def test_a_star_step_counts_as_unrestricted_for_the_day_rule() -> None:
         assert moment.isoweekday() == 1 and moment.day % 2 == 1
 
 
+@pytest.mark.parametrize(("text", "after", "expected"), [
+    # "*/7" is Sunday only, yet unrestricted for the day rule: 1 March AND a Sunday,
+    # which after 2026 comes round again in 2037 (hypothesis found it).
+    ("* * 1 3 */7", datetime(2027, 1, 1, tzinfo=UTC), datetime(2037, 3, 1, tzinfo=UTC)),
+    ("* * 1 3 */7", datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2037, 3, 1, tzinfo=UTC)),
+    # The longest wait there is: 29 February on a Sunday, 2088 and then, 2100 not being
+    # a leap year, 2128.
+    ("0 0 29 2 */7", datetime(2088, 3, 1, tzinfo=UTC), datetime(2128, 2, 29, tzinfo=UTC)),
+])
+def test_a_date_on_a_weekday_years_away_is_found(text: str, after: datetime, expected: datetime) -> None:
+    assert Cron.parse(text, UTC).next_after(after) == expected
+
+
 def test_names_and_sunday_as_seven() -> None:
     names = Cron.parse("15 3 * JAN-mar sun", UTC)
     numbers = Cron.parse("15 3 * 1-3 7", UTC)

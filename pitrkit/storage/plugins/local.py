@@ -5,12 +5,14 @@ then publishes it with link(2), which fails if the name exists: create-only and 
 one system call, so a crash leaves either no object or a complete one, and two writers
 racing for one name cannot both win. Overwrites (for small mutable documents) use
 rename(2). Every directory entry created or changed is made durable by fsyncing the
-directory. A create-only put that finds the name taken fsyncs what is there (the file
-and its directories) before saying so: the winner of a race, or our own earlier attempt
-whose directory fsync failed, may not have made it durable yet. Temporary files start
-with "." and are never listed. A copy (the optional `copy`) is published the same way, its
-bytes copied from file to file inside the kernel; a ranged read (`get_range`) reads only
-the range.
+directory, and a put fsyncs every folder on its way to the object, those it finds
+already there included (their maker may have crashed before fsyncing them into their
+parents): an acknowledged object survives power loss. A create-only put that finds the
+name taken fsyncs what is there (the file and its directories) before saying so: the
+winner of a race, or our own earlier attempt whose directory fsync failed, may not have
+made it durable yet. Temporary files start with "." and are never listed. A copy (the
+optional `copy`) is published the same way, its bytes copied from file to file inside
+the kernel; a ranged read (`get_range`) reads only the range.
 
 A listing is what the directory holds when it is read: an entry deleted between
 readdir(3) and stat(2) is simply left out (a concurrent delete), but one that cannot be
@@ -104,8 +106,13 @@ class LocalStorage:
     def _open_folder(self, names: list[str], *, create: bool = False) -> int:
         """A descriptor of the folder `names` below the root, opened one component at a
         time from its parent's descriptor, never through a link (see the module
-        docstring); with `create`, missing folders are made. Raises FileNotFoundError or
-        NotADirectoryError when the folder is not there."""
+        docstring). With `create` (a put), missing folders are made, and each parent is
+        fsync'd once its child is open, whether this call made the child or found it: a
+        folder found may be one whose maker crashed (or is still running) between
+        mkdir(2) and that fsync, and an object acknowledged in a folder whose entry is
+        lost is lost. Only the components the put walks: one directory fsync each, the
+        cost of the guarantee. Raises FileNotFoundError or NotADirectoryError when the
+        folder is not there."""
         folder = self._open_root()
         try:
             for depth, name in enumerate(names):
@@ -122,8 +129,12 @@ class LocalStorage:
                     if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
                         self._refuse_link(folder, name, names[: depth + 1])
                     raise
-                os.close(folder)
-                folder = child
+                parent, folder = folder, child
+                try:
+                    if create:
+                        _fsync(parent)
+                finally:
+                    os.close(parent)
         except BaseException:
             os.close(folder)
             raise
@@ -138,8 +149,8 @@ class LocalStorage:
             raise self._link_refused(names)
 
     def _make_folder(self, parent: int, name: str) -> None:
-        """mkdir, owned as `_new_entries_owner` says, and fsync'd into its parent so that
-        the new entry survives a crash (a durable file in a lost directory is lost)."""
+        """mkdir, owned as `_new_entries_owner` says (`_open_folder` then fsyncs the
+        parent, for a folder made here or found)."""
         try:
             os.mkdir(name, _DIR_MODE, dir_fd=parent)
         except FileExistsError:
@@ -147,7 +158,6 @@ class LocalStorage:
         else:
             if owner := self._new_entries_owner():
                 os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
-        _fsync(parent)
 
     def _open_object(self, folder: int, name: str, names: list[str]) -> int:
         try:

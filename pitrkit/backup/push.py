@@ -33,8 +33,10 @@ from typing import BinaryIO, NamedTuple
 import msgspec
 
 from pitrkit import __version__
+from pitrkit.backup import config_capture
 from pitrkit.catalog import documents, maintenance
 from pitrkit.catalog.documents import (
+    CAPTURED_DIR,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -48,7 +50,6 @@ from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.postgres.server import ServerFacts, ServerSession
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
 from pitrkit.progress import Progress, human_bytes
-from pitrkit.restore import server_config
 from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
@@ -99,7 +100,7 @@ class SourceFile(NamedTuple):
     path: str  # relative to the data directory, as recorded in the manifest
     size: int  # when listed; the copy records what it actually reads
     # A configuration file from outside the data directory, read already (see
-    # restore/server_config.py): its bytes and mode, copied as they were read and checksummed.
+    # backup/config_capture.py): its bytes and mode, copied as they were read and checksummed.
     content: bytes | None = None
     mode: int = 0
 
@@ -155,7 +156,7 @@ def walk_data_directory(pgdata: str, major: int, tablespace_names: dict[int, str
             path = f"{relative}/{name}" if relative else name
             if name in _EXCLUDED_FILES or name.startswith((_RELCACHE_INIT_PREFIX, _TEMPORARY_PREFIX)):
                 continue
-            if relative == "" and name == server_config.CAPTURED_DIR:
+            if relative == "" and name == CAPTURED_DIR:
                 continue  # the stream's own name for configuration from outside (a leftover)
             if relative == _TABLESPACE_LINKS and entry.is_symlink():
                 add_tablespace(entry)
@@ -472,7 +473,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         listing = walk_data_directory(pgdata, facts.major, tablespace_names)
         configuration, captured = _capture_configuration(server, facts)
         if captured:
-            listing.directories.append(BackupDirectory(server_config.CAPTURED_DIR, 0o700))
+            listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
             listing.files[-1:-1] = captured  # before pg_control, which is copied last
         total = sum(file.size for file in listing.files)
         log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
@@ -543,13 +544,13 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
 def _capture_configuration(server: ServerSession, facts: ServerFacts
                            ) -> tuple[documents.ServerConfiguration, list[SourceFile]]:
     """Where the server's configuration lives, and the files it reads from outside its
-    data directory, read now, as files of the stream (see restore/server_config.py)."""
-    configuration, captured = server_config.capture(facts.data_directory, *server.config_paths(),
+    data directory, read now, as files of the stream (see backup/config_capture.py)."""
+    configuration, captured = config_capture.capture(facts.data_directory, *server.config_paths(),
                                                     server.files_read())
     for each in captured:
         log.info("copying %s (%s) from outside the data directory as %s/%s", each.record.path, each.record.role,
-                 server_config.CAPTURED_DIR, each.record.name)
-    return configuration, [SourceFile(f"{server_config.CAPTURED_DIR}/{each.record.name}", each.record.size,
+                 CAPTURED_DIR, each.record.name)
+    return configuration, [SourceFile(f"{CAPTURED_DIR}/{each.record.name}", each.record.size,
                                       each.content, each.record.mode) for each in captured]
 
 

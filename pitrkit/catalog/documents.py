@@ -153,6 +153,12 @@ def _check_host_path(what: str, path: str) -> None:
         raise ValueError(f"{what} {path!r} is not a normal absolute path")
 
 
+# Where the copies of configuration files from outside the data directory travel in the
+# backup stream, relative to the data directory; restore empties it. backup-push never
+# copies a directory of this name from a data directory.
+CAPTURED_DIR = ".pitrkit-config"
+
+
 class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
     """A configuration file the server read from outside its data directory, copied into
     the backup stream as `.pitrkit-config/<name>` (see restore/server_config.py). `path` is where

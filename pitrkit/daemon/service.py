@@ -44,10 +44,10 @@ from pitrkit import events
 from pitrkit.catalog.backups import last_written, survey_backups
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
-from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
 from pitrkit.daemon.schedule import Schedule, Timetable, from_config
 from pitrkit.daemon.status_server import StatusBoard, StatusServer
 from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.progress import human_bytes
 from pitrkit.storage import codec

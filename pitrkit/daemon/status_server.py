@@ -1,6 +1,6 @@
 """The status `pitrkit daemon` serves: a StatusReport refreshed on its own thread every
 `[daemon] status_interval`, and an HTTP server on `[daemon] listen` that renders it with
-the daemon's own facts (daemon/facts.py) through views/: `/` the HTML page, `/metrics`
+the daemon's own facts (ops/daemon_facts.py) through views/: `/` the HTML page, `/metrics`
 Prometheus text, `/status.json` (GET and HEAD; POST, PUT, DELETE and PATCH get 405).
 
 A request never touches the archive: it renders the newest collected report, so a
@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pitrkit import events
 from pitrkit.config import Config
-from pitrkit.daemon.facts import DaemonFacts
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops import status
+from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage.archive import Archive
 from pitrkit.views import html, json, metrics

@@ -1,13 +1,8 @@
-"""The backed-up server's configuration when it lives outside the data directory
-(Debian's /etc/postgresql/<major>/<cluster>/, any config_file, hba_file or ident_file set
-elsewhere, include and include_dir), captured by backup-push and written back by restore
-as a configuration of the restored data directory alone.
-
-backup-push copies every such file into the backup stream as `.pitrkit-config/<name>`
-and records it in the manifest (catalog.ServerConfiguration): its original path, role,
-mode, size and SHA-256. Found by following the server's own include lines from
-config_file, hba_file and ident_file, plus whatever pg_file_settings (and, on PostgreSQL
-16+, pg_hba_file_rules and pg_ident_file_mappings) say the server read.
+"""The backed-up server's configuration written back as a configuration of the restored
+data directory alone: the files backup-push captured from outside the data directory
+(backup/config_capture.py: Debian's /etc/postgresql/<major>/<cluster>/, any config_file,
+hba_file or ident_file set elsewhere, include and include_dir), and the data directory's
+own postgresql.conf and postgresql.auto.conf.
 
 restore (`--config-files backup`, the default) puts them back as postgresql.conf,
 pg_hba.conf, pg_ident.conf and `pitrkit.conf.d/<name>` in the new data directory and
@@ -31,34 +26,28 @@ paths are only ever compared, never opened or written.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.documents import MAX_CONFIG_FILE, ConfigFile, ServerConfiguration
+from pitrkit.catalog.documents import CAPTURED_DIR, ServerConfiguration
 from pitrkit.errors import PitrkitError
+from pitrkit.postgres.config_files import MAX_DEPTH, Setting, include_line, included_files, inside, parse_setting
 from pitrkit.restore import durable
 from pitrkit.restore.recovery_conf import AUTO_CONF, conf_quote
 
 log = logging.getLogger(__name__)
 
-# Where the copies travel in the backup stream, relative to the data directory; restore
-# empties it. backup-push never copies a directory of this name from a data directory.
-CAPTURED_DIR = ".pitrkit-config"
 # Where restore puts the included files.
 INCLUDE_DIR = "pitrkit.conf.d"
 CONFIG = "postgresql.conf"
 HBA = "pg_hba.conf"
 IDENT = "pg_ident.conf"
-# PostgreSQL's CONF_FILE_MAX_DEPTH: deeper nesting is an error for the server too.
-_MAX_DEPTH = 10
 
 # Settings that name a file or directory of the backed-up server's own: restored, they
 # would make the copy use (or overwrite) the primary's, or (promote_trigger_file,
@@ -70,84 +59,12 @@ _SSL_FILES = {"ssl_cert_file": "server.crt", "ssl_key_file": "server.key", "ssl_
               "ssl_crl_file": "", "ssl_crl_dir": "", "ssl_dh_params_file": ""}
 _TRUE = ("on", "true", "yes", "1", "tru", "tr", "t", "ye", "y")
 
-# --- reading postgresql.conf -----------------------------------------------------------
-
-# One `name [=] value [# comment]` line, as the server's guc-file lexer reads it.
-_SETTING = re.compile(r"""\s*(?P<name>[A-Za-z_][\w$]*(?:\.[A-Za-z_][\w$]*)*)\s*=?\s*
-                          (?P<value>'(?:[^'\\\n]|''|\\.)*'|[^\s#']+)\s*(?:\#.*)?$""", re.VERBOSE)
-_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-
-class Setting(NamedTuple):
-    name: str  # lower case
-    value: str  # unquoted
-
-
-def parse_setting(line: str) -> Setting | None:
-    match = _SETTING.match(line)
-    if match is None:
-        return None
-    value = match["value"]
-    if value.startswith("'"):
-        value = re.sub(r"''|\\([0-7]{1,3}|.)", _unescape, value[1:-1])
-    return Setting(match["name"].lower(), value)
-
-
-def _unescape(match: re.Match[str]) -> str:
-    if match[0] == "''":
-        return "'"
-    escaped = match[1]
-    if escaped[0] in "01234567":
-        return chr(int(escaped, 8))
-    return _ESCAPES.get(escaped, escaped)
-
-
-# pg_hba.conf / pg_ident.conf include lines (PostgreSQL 16+): keyword, then one token.
-_HBA_INCLUDE = re.compile(r'\s*(?P<kind>include|include_if_exists|include_dir)\s+(?P<path>"(?:[^"]|"")*"|[^\s#]+)'
-                          r"\s*(?:#.*)?$")
-
-
-def _hba_include(line: str) -> tuple[str, str] | None:
-    match = _HBA_INCLUDE.match(line)
-    if match is None:
-        return None
-    path = match["path"]
-    if path.startswith('"'):
-        path = path[1:-1].replace('""', '"')
-    return match["kind"], path
-
-
-def _include(line: str, hba: bool) -> tuple[str, str] | None:
-    """(include, include_if_exists or include_dir, the path as written) for an include line."""
-    if hba:
-        return _hba_include(line)
-    setting = parse_setting(line)
-    if setting is not None and setting.name in ("include", "include_if_exists", "include_dir"):
-        return setting.name, setting.value
-    return None
-
-
-def _dir_files(directory: str) -> list[str]:
-    """The files include_dir reads: *.conf not starting with a dot, in byte order."""
-    try:
-        names = sorted(os.listdir(directory), key=os.fsencode)
-    except OSError:
-        return []
-    return [os.path.join(directory, name) for name in names
-            if fnmatch.fnmatchcase(name, "*.conf") and not name.startswith(".")
-            and os.path.isfile(os.path.join(directory, name))]
-
-
-def _inside(path: str, directory: str) -> bool:
-    return os.path.commonpath([path, directory]) == directory
-
-
 def _own(target: Path, path: Path) -> bytes | None:
     """The content of `path` if it is a regular file in the restored directory `target`,
     else None: restore reads and rewrites nothing else. The path is taken as the server
     takes it, links resolved (a backup's pg_tblspc/<oid> links lead out of the target),
     and the file itself must be no link (nor a FIFO, which is not waited on)."""
-    if not _inside(os.path.realpath(path), os.path.realpath(target)):
+    if not inside(os.path.realpath(path), os.path.realpath(target)):
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -155,78 +72,6 @@ def _own(target: Path, path: Path) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as file:
         return file.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
-
-
-# --- backup-push: what to copy ----------------------------------------------------------
-
-
-class Captured(NamedTuple):
-    record: ConfigFile
-    content: bytes
-
-
-def capture(data_directory: str, config_file: str, hba_file: str, ident_file: str,
-            server_read: dict[str, list[str]]) -> tuple[ServerConfiguration, list[Captured]]:
-    """The configuration files outside `data_directory`, read now. `server_read` has, by
-    role, the files the server says it read (pg_file_settings, pg_hba_file_rules ...);
-    the include lines are followed from the three main files as well."""
-    data_directory = os.path.normpath(data_directory)
-    found: dict[str, str] = {}  # path -> role, in the order found
-
-    def visit(path: str, role: str, include_role: str, hba: bool, depth: int) -> None:
-        path = os.path.normpath(path)
-        if path in found or depth > _MAX_DEPTH:
-            return
-        found[path] = role
-        try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
-            return
-        for line in text.splitlines():
-            include = _include(line, hba)
-            if include is None:
-                continue
-            kind, written = include
-            resolved = os.path.join(os.path.dirname(path), written)
-            for each in _dir_files(resolved) if kind == "include_dir" else [resolved]:
-                visit(each, include_role, include_role, hba, depth + 1)
-
-    visit(config_file, "config_file", "include", False, 0)
-    visit(hba_file, "hba_file", "hba_include", True, 0)
-    visit(ident_file, "ident_file", "ident_include", True, 0)
-    for role, paths in server_read.items():
-        for path in paths:
-            if os.path.isabs(path):
-                found.setdefault(os.path.normpath(path), role)
-
-    records: list[Captured] = []
-    for path, role in found.items():
-        if _inside(path, data_directory):
-            continue  # copied with the data directory
-        if "\n" in path:
-            log.warning("not copying %r: a newline in its name (restore shows these paths, one per line)", path)
-            continue
-        try:
-            with open(path, "rb") as file:
-                status = os.fstat(file.fileno())
-                content = file.read(MAX_CONFIG_FILE + 1)
-        except OSError as exc:
-            if role in ("config_file", "hba_file", "ident_file") or os.path.exists(path):
-                log.warning("cannot copy the server's %s %s (%s): a restore of this backup writes a "
-                            "minimal one", role, path, exc.strerror)
-            continue
-        if len(content) > MAX_CONFIG_FILE:
-            log.warning("not copying %s: over %d bytes, not a configuration file", path, MAX_CONFIG_FILE)
-            continue
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(path)).lstrip("._-") or "file"
-        name = f"{len(records):02d}-{base}"[:100]
-        records.append(Captured(ConfigFile(name=name, path=path, role=role, mode=status.st_mode & 0o7777,
-                                           size=len(content), sha256=hashlib.sha256(content).hexdigest()),
-                                content))
-    configuration = ServerConfiguration(data_directory=data_directory, config_file=os.path.normpath(config_file),
-                                        hba_file=os.path.normpath(hba_file), ident_file=os.path.normpath(ident_file),
-                                        files=[each.record for each in records])
-    return configuration, records
 
 
 # --- restore ------------------------------------------------------------------------------
@@ -256,10 +101,10 @@ class _Rewriter:
         # Without a record of the backed-up server's paths (an older backup), the lines
         # are read relative to the target (see rewrite).
         home = self.configuration.data_directory if self.configuration is not None else str(self.target)
-        if not _inside(original, home):
+        if not inside(original, home):
             return None
         restored = self.target / os.path.relpath(original, home)
-        return restored if _inside(os.path.realpath(restored), os.path.realpath(self.target)) else None
+        return restored if inside(os.path.realpath(restored), os.path.realpath(self.target)) else None
 
     def rewrite(self, restored: Path, original: str | None, hba: bool) -> bool:
         """Rewrite `restored` (read from `original` on the backed-up host) and the files it
@@ -284,13 +129,13 @@ class _Rewriter:
 
     def _line(self, line: str, restored: Path, here: str, hba: bool) -> list[str]:
         shown = os.path.relpath(restored, self.target)
-        include = _include(line, hba)
+        include = include_line(line, hba)
         if include is not None:
             kind, written = include
             original = os.path.normpath(os.path.join(here, written))
             where = self.restored_of(original)
             if kind == "include_dir":
-                files = _dir_files(str(where)) if where is not None and where.is_dir() else []
+                files = included_files(str(where)) if where is not None and where.is_dir() else []
                 files = files or [str(path) for path in self._captured_in(original)]
                 files = [each for each in files
                          if self.rewrite(Path(each), self._original_of(Path(each), original), hba)]
@@ -315,7 +160,7 @@ class _Rewriter:
         if setting.name in _FOREIGN_PATHS:
             self.say(f"  {shown}: {setting.name} = {setting.value!r} commented out (the backed-up server's)")
             return [_commented(line, "the backed-up server's; the restored copy uses its own")]
-        if setting.name == "log_directory" and os.path.isabs(setting.value) and not _inside(
+        if setting.name == "log_directory" and os.path.isabs(setting.value) and not inside(
                 os.path.normpath(setting.value), str(self.target)):
             self.say(f"  {shown}: log_directory = {setting.value!r} commented out (the backed-up server's "
                      "logs; the restored copy logs into log/)")
@@ -373,10 +218,10 @@ def _effective(target: Path) -> tuple[dict[str, Setting], list[Path]]:
             setting = parse_setting(line)
             if setting is None:
                 continue
-            if setting.name in ("include", "include_if_exists") and depth < _MAX_DEPTH:
+            if setting.name in ("include", "include_if_exists") and depth < MAX_DEPTH:
                 read(path.parent / setting.value, depth + 1)
-            elif setting.name == "include_dir" and depth < _MAX_DEPTH:
-                for each in _dir_files(str(path.parent / setting.value)):
+            elif setting.name == "include_dir" and depth < MAX_DEPTH:
+                for each in included_files(str(path.parent / setting.value)):
                     read(Path(each), depth + 1)
             else:
                 values[setting.name] = setting
@@ -450,11 +295,11 @@ def _place(target: Path, captured: Path, configuration: ServerConfiguration | No
         # restored copy reads the default name, because the settings are commented out.
         for role, name in (("hba_file", HBA), ("ident_file", IDENT)):
             path = getattr(configuration, role)
-            if not placed[name] and _inside(path, configuration.data_directory):
-                inside = target / os.path.relpath(path, configuration.data_directory)
-                if inside != target / name and _own(target, inside) is not None:
-                    shutil.copy2(inside, target / name)
-                    say(f"  {name} <- {os.path.relpath(inside, target)} (the server's {role})")
+            if not placed[name] and inside(path, configuration.data_directory):
+                restored = target / os.path.relpath(path, configuration.data_directory)
+                if restored != target / name and _own(target, restored) is not None:
+                    shutil.copy2(restored, target / name)
+                    say(f"  {name} <- {os.path.relpath(restored, target)} (the server's {role})")
     if not (target / CONFIG).exists():
         durable.replace_file(target / CONFIG, _MINIMAL_CONF)
         say(f"  {CONFIG}: the backup has none; wrote a minimal one")

@@ -34,11 +34,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.documents import BackupFile, BackupManifest, BackupPart, BackupTablespace
+from pitrkit.catalog.documents import CAPTURED_DIR, BackupFile, BackupManifest, BackupPart, BackupTablespace
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.restore import durable
-from pitrkit.restore.server_config import CAPTURED_DIR
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
 

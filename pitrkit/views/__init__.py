@@ -1,5 +1,5 @@
 """How reports look. A collecting module (ops/status.py, ops/verify.py, ops/retention.py,
-daemon/facts.py) returns a typed report and prints nothing; each format renders every
+ops/daemon_facts.py) returns a typed report and prints nothing; each format renders every
 report in one module: `text` (what the commands print), `json` (--json and
 /status.json), `html` (the daemon's page) and `metrics` (its /metrics).
 

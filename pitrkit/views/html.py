@@ -1,5 +1,5 @@
 """The daemon's page (/): the status report (ops/status.py) and the daemon's own facts
-(daemon/facts.py) as a self-refreshing HTML page.
+(ops/daemon_facts.py) as a self-refreshing HTML page.
 
 A pure renderer of typed values: the daemon collects, this only formats, so a page view
 never touches the archive. The page carries everything inline (no scripts, no external
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 
-from pitrkit.daemon.facts import DaemonFacts
+from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.ops.status import ArchivedFile, Level, StatusReport
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 

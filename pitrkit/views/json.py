@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pitrkit.daemon.facts import DaemonFacts
+from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage import codec
 

@@ -1,5 +1,5 @@
 """The daemon's /metrics: the status report (ops/status.py) and the daemon's own facts
-(daemon/facts.py) as Prometheus text.
+(ops/daemon_facts.py) as Prometheus text.
 
 A pure renderer of typed values: the daemon collects, this only formats, so a scrape
 never touches the archive.
@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 from datetime import datetime
 
-from pitrkit.daemon.facts import DaemonFacts
+from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.ops.status import ArchivedFile, Level, StatusReport
 from pitrkit.postgres.wal import Lsn
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pitrkit.catalog.documents import CAPTURED_DIR
 from pitrkit.restore import server_config
 
 import pgharness
@@ -184,7 +185,7 @@ def test_a_debian_cluster_is_restored_with_its_configuration_and_nothing_of_the_
     for name, lines in config_lines(restored.pgdata).items():
         for line in lines:
             assert not any(path in line for path in primary_paths), f"{name}: {line}"
-    assert not (restored.pgdata / server_config.CAPTURED_DIR).exists()
+    assert not (restored.pgdata / CAPTURED_DIR).exists()
     assert pid_file.read_text() == primary_pid
     assert primary.sql("SELECT count(*) FROM accounts")[0][0] > 0  # the primary is untouched and running
 
@@ -246,7 +247,7 @@ def test_config_file_outside_the_data_directory_and_a_broken_one(cluster, pitrki
     assert "--config-files none: wrote a minimal postgresql.conf" in succeeded(result)
     assert "work_mem" not in (bare.pgdata / "postgresql.conf").read_text()
     assert not (bare.pgdata / server_config.INCLUDE_DIR).exists()
-    assert not (bare.pgdata / server_config.CAPTURED_DIR).exists()
+    assert not (bare.pgdata / CAPTURED_DIR).exists()
 
     # A configuration the server cannot start with (changed after the primary started):
     # --start fails in seconds with the server's own FATAL line, and lets go of its lease.

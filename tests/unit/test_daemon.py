@@ -27,13 +27,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pitrkit import config
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.daemon.cron import Cron
-from pitrkit.daemon.facts import DaemonFacts
 from pitrkit.daemon.schedule import Every, Timetable
 from pitrkit.daemon.service import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
 from pitrkit.daemon.status_server import StatusBoard, StatusServer, parse_listen
 from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.events import LogfmtFormatter
+from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive

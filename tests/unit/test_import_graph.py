@@ -2,11 +2,12 @@
 (every import statement, at module level, inside functions and under TYPE_CHECKING
 alike), never by importing it, so that a lazy import cannot hide a cycle.
 
-What holds: no import cycles; the test rig (pitrkit/demo) reached only by the `demo`
-command; storage/ below catalog/ and the commands; postgres/ on errors and config
-alone; and every import inside a function saying why it is there: only the wal-push /
-wal-fetch hot path and heavy optional dependencies (psycopg, the key code) justify one,
-so its comment must say "hot path" or "only when".
+What holds: no import cycles, between modules or between subpackages; the test rig
+(pitrkit/demo) reached only by the `demo` command; storage/ below catalog/ and catalog/
+below the commands; postgres/ on errors and config alone; and every import inside a
+function saying why it is there: only the wal-push / wal-fetch hot path and heavy
+optional dependencies (psycopg, the key code) justify one, so its comment must say
+"hot path" or "only when".
 
 Imports by name (cli's `importlib.import_module` of a command's module, the plugin
 manager's built-ins) are not statements and are not in the graph: they point from the
@@ -225,6 +226,28 @@ ABOVE_STORAGE = ["pitrkit.catalog", *COMMANDS]
 def test_storage_does_not_import_what_is_built_on_it(above):
     offending = [edge for edge in IMPORTS if under(edge.importer, "pitrkit.storage") and under(edge.imported, above)]
     fail_listing(f"storage/ imports {above}, which is built on storage", offending)
+
+
+def subpackage(module: str) -> str | None:
+    """`pitrkit.<package>` for a module in a subpackage; None for a top-level module
+    (cli, config, errors, ...) or the package itself: the front door or the foundation,
+not a stage."""
+    parts = module.split(".")
+    if len(parts) == 1:  # pitrkit itself (its __version__)
+        return None
+    return ".".join(parts[:2]) if len(parts) > 2 or (PACKAGE / parts[1]).is_dir() else None
+
+
+def test_the_subpackages_depend_on_each_other_one_way():
+    # The stages as a whole, not just their modules: restore may use the catalog, but
+    # nothing in the catalog may then use anything of restore's, even through other
+    # modules than those the first import joined.
+    between = [edge._replace(importer=importer, imported=imported) for edge in IMPORTS
+               if (importer := subpackage(edge.importer)) and (imported := subpackage(edge.imported))
+               and importer != imported]
+    if found := tangles(between):
+        pytest.fail("subpackages of pitrkit that import each other (one import each way shown):\n"
+                    + "\n".join(map(show, found)), pytrace=False)
 
 
 def test_postgres_imports_only_errors_and_config():

@@ -12,13 +12,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit.catalog.documents import ServerConfiguration
+from pitrkit.backup.config_capture import capture
+from pitrkit.catalog.documents import CAPTURED_DIR, ServerConfiguration
 from pitrkit.errors import RefusedError
+from pitrkit.postgres.config_files import parse_setting
 from pitrkit.restore import pgstart, server_config
 
 
 def test_settings_are_read_as_the_server_reads_them():
-    parse = server_config.parse_setting
+    parse = parse_setting
     assert parse("port = 5433   # comment") == ("port", "5433")
     assert parse("  Include_Dir 'conf.d'") == ("include_dir", "conf.d")
     assert parse(r"archive_command = 'it''s \\ here'") == ("archive_command", "it's \\ here")
@@ -55,14 +57,14 @@ def make_host(tmp_path: Path) -> tuple[Path, Path]:
 def capture_and_unpack(tmp_path: Path) -> tuple[Path, Path, ServerConfiguration, Path]:
     """What backup-push copies, laid into a new data directory as unpack would."""
     etc, data = make_host(tmp_path)
-    configuration, captured = server_config.capture(str(data), str(etc / "postgresql.conf"),
+    configuration, captured = capture(str(data), str(etc / "postgresql.conf"),
                                                     str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"), {})
     target = tmp_path / "restored"
-    (target / server_config.CAPTURED_DIR).mkdir(parents=True)
+    (target / CAPTURED_DIR).mkdir(parents=True)
     (target / "inside.conf").write_text((data / "inside.conf").read_text())
     (target / "postgresql.auto.conf").write_text("port = '6000'\nexternal_pid_file = '/tmp/x.pid'\n")
     for each in captured:
-        (target / server_config.CAPTURED_DIR / each.record.name).write_bytes(each.content)
+        (target / CAPTURED_DIR / each.record.name).write_bytes(each.content)
     return etc, data, configuration, target
 
 
@@ -106,7 +108,7 @@ def test_the_restored_configuration_points_nowhere_outside_the_data_directory(tm
     # pg_hba.conf's include (PostgreSQL 16+) reads the restored copy.
     hba = (target / "pg_hba.conf").read_text()
     assert f'include "{server_config.INCLUDE_DIR}/' in hba and "hba.d" not in hba.partition("#")[0]
-    assert not (target / server_config.CAPTURED_DIR).exists()
+    assert not (target / CAPTURED_DIR).exists()
     assert sorted(os.listdir(target / server_config.INCLUDE_DIR)) == sorted(
         file.name for file in configuration.files if file.role.endswith("include"))
 
@@ -212,14 +214,14 @@ def test_config_files_none_writes_a_minimal_configuration(tmp_path):
     effective, _ = server_config._effective(target)
     assert {name: setting.value for name, setting in effective.items()} == {"port": "5499"}
     assert "local   all       all                 peer" in (target / "pg_hba.conf").read_text()
-    assert not (target / server_config.CAPTURED_DIR).exists() and not (target / server_config.INCLUDE_DIR).exists()
+    assert not (target / CAPTURED_DIR).exists() and not (target / server_config.INCLUDE_DIR).exists()
     assert "external_pid_file" in " ".join(said)  # postgresql.auto.conf's, commented out
 
 
 def test_a_copy_that_does_not_match_the_manifest_is_refused(tmp_path):
     _, _, configuration, target = capture_and_unpack(tmp_path)
     name = configuration.files[0].name
-    (target / server_config.CAPTURED_DIR / name).write_text("port = 1\n")
+    (target / CAPTURED_DIR / name).write_text("port = 1\n")
     with pytest.raises(Exception, match="does not match its size and checksum"):
         server_config.write(target, configuration, server_config.Choices(True, None, None), print)
 
@@ -229,7 +231,7 @@ def test_capture_leaves_out_a_file_whose_path_has_a_newline(tmp_path):
     etc, data = make_host(tmp_path)
     odd = etc / "odd\nname.conf"
     odd.write_text("work_mem = '1MB'\n")
-    configuration, captured = server_config.capture(str(data), str(etc / "postgresql.conf"),
+    configuration, captured = capture(str(data), str(etc / "postgresql.conf"),
                                                     str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"),
                                                     {"include": [str(odd)]})
     assert str(odd) not in [file.path for file in configuration.files]

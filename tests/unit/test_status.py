@@ -15,8 +15,8 @@ from pitrkit.catalog import documents
 from pitrkit.catalog.documents import RetentionRun, RetentionState
 from pitrkit.cli import main
 from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
-from pitrkit.daemon.facts import DaemonFacts, ScheduledRun
 from pitrkit.ops import status
+from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
 from pitrkit.ops.status import StatusReport
 from pitrkit.storage import codec
 from pitrkit.storage.archive import RETENTION_STATE_KEY

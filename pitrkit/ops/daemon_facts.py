@@ -1,6 +1,8 @@
 """The daemon's own facts: what only the running daemon knows (its schedule, its last
 backup run, its sidecar), filled in by daemon/service.py for each render of its page,
-/metrics and /status.json beside the status report (views/ renders them)."""
+/metrics and /status.json beside the status report (views/ renders them). Here beside
+the status report rather than in daemon/, so that views/ depends only on the reports it
+renders and the daemon, which serves the renderings, sits above both."""
 
 from __future__ import annotations
 

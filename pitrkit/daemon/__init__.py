@@ -1,4 +1,5 @@
 """`pitrkit daemon`, the one service a DBA leaves running (`service`): the streaming
-sidecar as a child, base backups on the `schedule`, retention after each, and the status
-page and /metrics served by `status_server` from a report collected on its own thread.
+sidecar as a child, base backups on the `schedule` (`cron` parses cron expressions),
+retention after each, and the status page and /metrics served by `status_server` from a
+report collected on its own thread and rendered by pitrkit/views/.
 """

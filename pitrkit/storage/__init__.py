@@ -2,13 +2,15 @@
 
 `archive.Archive` is one repository opened from the configuration: the key layout
 (`wal/<TLI><LOG>/<segment>`, `backups/<id>/...`, `catalog/...`), `archive.json` (the
-archive's identity, which only `pitrkit init` creates), bounded storage calls, and the
-reading and writing of JSON documents, authenticated when `[encryption]` is on.
-`objects` is the format of every stored object (frame, header, compressed and possibly
-encrypted body); `keys` reads and makes key material. `plugins/` holds the plugin
-manager and the built-in plugins (file:// storage, zstd, encryption), registered
-through the same hooks (pitrkit/hookspecs.py) as third-party ones; `conformance` is the
-test suite every storage plugin must pass.
+archive's identity, `identity`, which only `pitrkit init` creates), bounded storage
+calls, the verified read of an object, and the reading and writing of JSON documents
+(`codec`), authenticated when `[encryption]` is on (`envelope`). `objects` is the format
+of every stored object (frame, header, compressed and possibly encrypted body); `keys`
+reads and makes key material. `plugins/` holds the plugin manager and the built-in
+plugins (file:// storage, zstd, encryption), registered through the same hooks
+(pitrkit/hookspecs.py) as third-party ones; `capabilities` uses a storage's optional
+methods or falls back to its required ones; `conformance` is the test suite every
+storage plugin must pass.
 
 Nothing here knows about backups, restores or retention: commands and the catalog call
 down into storage, never the other way.

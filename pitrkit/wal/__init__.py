@@ -2,7 +2,8 @@
 asks.
 
 On push, PostgreSQL's archive_command runs `pitrkit wal-push %p`; pitrkit/entry.py hands
-the request to the `agent` for this configuration (or works in-process). `push`
+the request to the `agent` for this configuration through `agent_client` (or cli.py works
+in-process). `push`
 validates the file against its name and the archive's system identifier, frames it
 (storage/objects.py) and stores it create-only under `wal/<TLI><LOG>/<segment>`,
 answering 0 only once it is durable; `lookahead` pushes the segments already marked

@@ -397,7 +397,7 @@ def _operations_problems(config: Config) -> list[str]:
     if config.daemon.cron is not None:
         # Only when a cron schedule is configured: wal-push and wal-fetch load this module
         # for every segment (the hot path), and have no use for the cron parser.
-        from pitrkit.daemon.cron import Cron, CronError
+        from pitrkit.cron import Cron, CronError
 
         try:
             Cron.parse(config.daemon.cron)

@@ -7,7 +7,7 @@ missed while it was down is due at once, and only once, however many slots were 
 and about the slot of each backup it starts.
 
 Cron expressions themselves (their fields, time zone and daylight saving time) are
-daemon/cron.py's.
+cron.py's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from pitrkit.config import DaemonConfig, parse_duration
-from pitrkit.daemon.cron import Cron
+from pitrkit.cron import Cron
 
 
 class Schedule(Protocol):

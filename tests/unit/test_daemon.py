@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pitrkit import config
 from pitrkit.catalog.documents import BackupSummary
-from pitrkit.daemon.cron import Cron
+from pitrkit.cron import Cron
 from pitrkit.daemon.schedule import Every, Timetable
 from pitrkit.daemon.service import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
 from pitrkit.daemon.status_server import StatusBoard, StatusServer, parse_listen

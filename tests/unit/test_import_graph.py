@@ -250,6 +250,20 @@ def test_the_subpackages_depend_on_each_other_one_way():
                     + "\n".join(map(show, found)), pytrace=False)
 
 
+FOUNDATION = ["pitrkit.config", "pitrkit.errors", "pitrkit.hookspecs", "pitrkit.cron", "pitrkit.progress",
+              "pitrkit.events"]
+
+
+@pytest.mark.parametrize("module", FOUNDATION)
+def test_the_foundation_imports_no_stage(module):
+    # The top-level modules every stage builds on (the front door, entry and cli, is the
+    # other kind of top-level module) may import each other and postgres/, nothing above.
+    offending = [edge for edge in IMPORTS if edge.importer == module
+                 and not (edge.imported in FOUNDATION or under(edge.imported, "pitrkit.postgres")
+                          or edge.imported == "pitrkit")]
+    fail_listing(f"{module}, part of the foundation, imports a stage built on it", offending)
+
+
 def test_postgres_imports_only_errors_and_config():
     allowed = ("pitrkit.postgres", "pitrkit.errors", "pitrkit.config")
     offending = [edge for edge in IMPORTS if under(edge.importer, "pitrkit.postgres")

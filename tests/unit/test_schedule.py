@@ -1,5 +1,5 @@
 """The daemon's schedules (pitrkit/daemon/schedule.py): `every` durations and five-field
-cron (pitrkit/daemon/cron.py).
+cron (pitrkit/cron.py).
 
 The cron search skips whole months, days and hours; it is held against the definition
 itself, a brute-force walk over real minutes that takes the first one whose wall-clock
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pitrkit import config
-from pitrkit.daemon.cron import Cron, CronError
+from pitrkit.cron import Cron, CronError
 from pitrkit.daemon.schedule import Every, from_config
 from pitrkit.errors import ConfigError
 

@@ -59,10 +59,9 @@ class EncryptionParameters(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
-    """`archive.json`: which cluster this archive belongs to. Written by the first push of
-    a WAL segment, from that segment's page header (or, in an encrypted archive, by a
-    backup-push that comes first); afterwards only a key rotation rewrites it (appending
-    to `encryption.key_ids`)."""
+    """`archive.json`: which cluster this archive belongs to. Created by `pitrkit init`
+    (`Archive.create`); afterwards only a key rotation rewrites it (appending to
+    `encryption.key_ids`)."""
 
     format_version: int = ARCHIVE_FORMAT_VERSION
     system_identifier: int

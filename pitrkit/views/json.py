@@ -1,7 +1,7 @@
 """Reports as JSON: what `--json` prints, and the daemon's /status.json.
 
-Both go through the catalog's encoder (catalog/documents.py), so that LSNs, times and
-every other value are written exactly as in the stored documents.
+Both go through the stored documents' encoder (storage/codec.py), so that LSNs, times
+and every other value are written exactly as in the stored documents.
 """
 
 from __future__ import annotations

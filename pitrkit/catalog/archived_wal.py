@@ -4,8 +4,9 @@ WAL folder, and the unbroken run of segments replay along a path can read.
 The objects under `wal/` are the truth about WAL. `catalog/wal/<TLI><LOG>.json` is the
 listing of one sealed WAL folder `wal/<TLI><LOG>/`: one that a later folder of the same
 timeline exists for. PostgreSQL archives segments in order, so a sealed folder receives
-nothing more and its listing can be kept (catalog/maintenance.py writes them). The newest
-folder of each timeline is always listed afresh.
+nothing more and its listing can be kept (catalog/maintenance.py writes them;
+ops/retention.py rewrites or removes the index of a folder it removes WAL from). The
+newest folder of each timeline is always listed afresh.
 
 So a reader never lists every object: it lists `wal/` and `catalog/wal/` one level (the
 history files and one name per 4 GiB of WAL), then reads an index, or lists one folder,

@@ -5,8 +5,9 @@ A backup exists once its manifest, its commit marker, is stored: manifests are t
 about backups, and everything here reconciles with them.
 
 * `catalog/backups.json` lists the summaries of finished backups (catalog/maintenance.py
-  writes it). Reading it is checked against one listing of `backups/`: a backup folder it
-  does not know is read from its manifest, an entry whose folder is gone is dropped.
+  writes it as backups finish, ops/retention.py without the backups it removes). Reading
+  it is checked against one listing of `backups/`: a backup folder it does not know is
+  read from its manifest, an entry whose folder is gone is dropped.
 * `catalog/retention.json` names the backups retention is removing (ops/retention.py): they
   exist for no reader from the moment it is stored, while their objects go.
 """

@@ -1,6 +1,8 @@
 """Writing the catalog: recording a finished backup, indexing the WAL folders sealed
 since the last time, and `catalog rebuild`, which recreates the whole catalog from the
-objects.
+objects. The catalog's other writer is retention (ops/retention.py): it rewrites
+`catalog/backups.json` and the indexes of the folders it removes WAL from, and alone
+writes `catalog/retention.json`.
 
 The catalog (`catalog/...`) is a cache. Manifests are the truth about backups and the
 objects under `wal/` are the truth about WAL; every reader reconciles with them

@@ -1,5 +1,7 @@
-"""The restore planner: from a recovery target to the backup, timeline path and WAL
-segments a restore will use, or a refusal naming the missing piece.
+"""The restore planner: from a recovery target to the backup a restore unpacks, the
+timeline path, and the WAL segments recovery will replay, checked to be archived; or a
+refusal naming the missing piece. The planner fetches no WAL: recovery asks for each
+segment through `restore_command` (wal/fetch.py, with wal/lookahead.py reading ahead).
 
 It decides in this order, each step refusing with the piece that is missing:
 1. the timeline to end on: the one whose own WAL holds the target (refusing when several
@@ -61,7 +63,8 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     timeline: int
     path: list[TimelineStep]
     backup: BackupSummary
-    # Every WAL file recovery will fetch, in replay order: segment names from the
+    # Every WAL file recovery will ask restore_command for (the restore itself fetches
+    # none; it checks that each is stored), in replay order: segment names from the
     # backup's first segment to the one holding the target (or the newest on the path
     # for --latest), then the history files of the path's timelines. The last may be
     # `<segment>.partial`: recovery asks for the segment and is served the partial.

@@ -12,7 +12,7 @@ import os
 import re
 from typing import NamedTuple
 
-# PostgreSQL's CONF_FILEMAX_DEPTH: deeper nesting is an error for the server too.
+# PostgreSQL's CONF_FILE_MAX_DEPTH: deeper nesting is an error for the server too.
 MAX_DEPTH = 10
 
 # One `name [=] value [# comment]` line, as the server's guc-file lexer reads it.

@@ -28,6 +28,7 @@ import msgspec
 
 from pitrkit.catalog.documents import BackupFile, BackupManifest
 from pitrkit.errors import PitrkitError
+from pitrkit.postgres.config_files import MAX_DEPTH
 from pitrkit.restore.unpack import read_part
 from pitrkit.storage.archive import Archive, manifest_key
 
@@ -39,13 +40,18 @@ CODE_SETTINGS = frozenset({
     "dynamic_library_path", "jit_provider", "oauth_validator_libraries",
 })
 FILES = ("postgresql.conf", "postgresql.auto.conf")
-MAX_DEPTH = 10  # PostgreSQL's CONF_FILE_MAX_DEPTH
 MAX_FILE_SIZE = 1 << 20  # a configuration file larger than this is named, not read
 # restore-plan reads a backup's configuration files from its parts: at most this many
 # parts (32 MiB each) per plan. The files sit together in the data directory's root, so
 # one or two parts hold them.
 MAX_PARTS = 4
 
+# Not postgres/config_files.py's parse_setting, on purpose. This reader lists what a
+# backup's configuration would run, and each value it finds goes into one warning line:
+# backslash escapes keep the escaped character here (`\n` gives n), where parse_setting
+# decodes `\n` and octal as the server does and would put a line break written by whoever
+# wrote the archive into restore's warning; and a line with text after its value, which
+# the server refuses, is still listed here rather than skipped.
 _LINE = re.compile(r"""\s*([A-Za-z_][\w.\-]*)\s*=?\s*('(?:[^'\\]|''|\\.)*'|[^\s#']*)""")
 
 

@@ -56,7 +56,7 @@ class CompressionConfig(_Section, frozen=True):
 
 
 class AgentConfig(_Section, frozen=True):
-    # Hand wal-push / wal-fetch to a long-lived `pitrkit agent` (see entry.py).
+    # Hand wal-push / wal-fetch to a long-lived `pitrkit agent` (see wal/agent_client.py).
     enabled: bool = True
     # Seconds without a request after which the agent exits.
     idle_timeout: float = 600.0
@@ -212,7 +212,7 @@ class RetentionConfig(_Section, frozen=True):
     unfinished_grace: str = "6h"
     # How long a restore without --start holds its lease on the backup and WAL it uses,
     # so that the recovery the operator starts afterwards still finds them; at most 30
-    # days (catalog.MAX_HELD_FOR).
+    # days (MAX_HELD_FOR, above).
     restore_lease: str = "12h"
     # The zone whose calendar days, weeks and months the rules count; None: the host's.
     timezone: str | None = None

@@ -161,8 +161,9 @@ CAPTURED_DIR = ".pitrkit-config"
 
 class ConfigFile(msgspec.Struct, kw_only=True, frozen=True):
     """A configuration file the server read from outside its data directory, copied into
-    the backup stream as `.pitrkit-config/<name>` (see restore/server_config.py). `path` is where
-    the server read it: shown, and matched against include lines, never written to."""
+    the backup stream as `.pitrkit-config/<name>` (see backup/config_capture.py, and
+    restore/server_config.py for writing it back). `path` is where the server read it:
+    shown, and matched against include lines, never written to."""
 
     name: str  # a plain file name, unique in the backup
     path: str  # absolute, on the backed-up host

@@ -165,7 +165,7 @@ class ServerSession:
         return row[0], row[1], row[2]
 
     def files_read(self) -> dict[str, list[str]]:
-        """By role (see catalog.ConfigFile), the configuration files the server says it
+        """By role (see catalog/documents.ConfigFile), the configuration files the server says it
         reads: pg_file_settings, and pg_hba_file_rules and pg_ident_file_mappings on
         PostgreSQL 16+ (which name include files). These views are for superusers by
         default; without the privilege, backup-push follows the include lines alone."""

@@ -20,7 +20,7 @@ are not on this host. With `--config-files none` a minimal configuration is writ
 instead. Every change is said.
 
 The manifest is data from storage: its records are checked as they are decoded
-(catalog.ConfigFile: names plain, paths absolute and normal, roles known), and original
+(catalog/documents.ConfigFile: names plain, paths absolute and normal, roles known), and original
 paths are only ever compared, never opened or written.
 """
 

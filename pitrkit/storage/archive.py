@@ -83,7 +83,7 @@ class TamperedDocument(RefusedError):
 
 class ArchiveMissing(PitrkitError):
     """The configured location holds no `archive.json`: a fault, never an empty archive
-    (wal-fetch exits 126 for it, see cli.outcome)."""
+    (wal-fetch exits 126 for it, see errors.outcome)."""
 
     exit_code = 1
 

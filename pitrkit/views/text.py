@@ -256,7 +256,8 @@ def wal_list_summary(listing: WalListing) -> str:
 
 def _configuration(backup: BackupSummary) -> str:
     """Where the backed-up server's configuration was: with the data directory, or how
-    many files came from outside it (copied with the backup; see restore/server_config.py)."""
+    many files came from outside it (copied with the backup by backup/config_capture.py,
+    written back by restore/server_config.py)."""
     if backup.configuration is None:
         return "-"
     files = backup.configuration.files

@@ -1,8 +1,8 @@
-"""The agent (pitrkit/wal/agent.py, pitrkit/entry.py) as PostgreSQL meets it: the installed
-`pitrkit` executable run as the server user, first in-process, then handing over to a
-long-lived agent. What must hold: the agent really serves, a dead or stale agent never
-costs a WAL file, configuration changes apply to the next request, and nothing but the
-user's own private socket is ever trusted."""
+"""The agent (pitrkit/wal/agent.py, pitrkit/wal/agent_client.py, pitrkit/entry.py) as
+PostgreSQL meets it: the installed `pitrkit` executable run as the server user, first
+in-process, then handing over to a long-lived agent. What must hold: the agent really
+serves, a dead or stale agent never costs a WAL file, configuration changes apply to the
+next request, and nothing but the user's own private socket is ever trusted."""
 
 from __future__ import annotations
 

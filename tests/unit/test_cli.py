@@ -294,9 +294,10 @@ def test_fetch_not_in_archive_with_other_segments_present(capsys, cfg, archive, 
 
 
 # The archive directory missing (an unmounted NFS share, a typo in the URL) is a fault,
-# not "end of WAL". LocalStorage reports it as a StorageError, Archive turns that into
-# ArchiveUnavailable, whose exit_code is 1, and cli.main only remaps codes != 1 for
-# wal-fetch, so PostgreSQL is told "not archived" and would promote at the wrong point.
+# not "end of WAL". LocalStorage reports it as StorageMissing, Archive turns that into
+# ArchiveUnavailable, whose exit_code is 1 like "not archived"; errors.outcome maps every
+# wal-fetch failure except NotInArchive to 126, or PostgreSQL would be told "not
+# archived" and promote at the wrong point.
 def test_fetch_with_archive_directory_absent_is_a_fault(capsys, tmp_path):
     absent = tmp_path / "not-mounted"
     config = write_config(tmp_path / "absent.toml", absent)

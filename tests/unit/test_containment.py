@@ -115,7 +115,7 @@ def test_summary_ids_and_counts_are_checked(tmp_path, field, value):
         codec.decode(msgspec.json.encode({"backups": [summary]}), documents.BackupCatalog, "catalog/backups.json")
 
 
-# --- the server's configuration from outside the data directory (server_config.py) -------------
+# --- the server's configuration from outside the data directory (catalog/documents.py) ------
 
 CONFIG_DIR = "/etc/postgresql/15/main"
 

@@ -1,6 +1,6 @@
-"""server_config: what backup-push copies from outside the data directory, and the
-configuration restore writes from it (the rewriting, on files; the servers are in
-tests/integration/test_server_config.py)."""
+"""What backup-push copies from outside the data directory (backup/config_capture.py),
+and the configuration restore writes from it (restore/server_config.py: the rewriting,
+on files; the servers are in tests/integration/test_server_config.py)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ paths are only ever compared, never opened or written.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import stat
@@ -40,8 +39,6 @@ from pitrkit.errors import PitrkitError
 from pitrkit.postgres.config_files import MAX_DEPTH, Setting, include_line, included_files, inside, parse_setting
 from pitrkit.restore import durable
 from pitrkit.restore.recovery_conf import AUTO_CONF, conf_quote
-
-log = logging.getLogger(__name__)
 
 # Where restore puts the included files.
 INCLUDE_DIR = "pitrkit.conf.d"
@@ -72,9 +69,6 @@ def _own(target: Path, path: Path) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as file:
         return file.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
-
-
-# --- restore ------------------------------------------------------------------------------
 
 
 class Choices(NamedTuple):

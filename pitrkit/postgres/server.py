@@ -1,6 +1,10 @@
 """One psycopg session with the PostgreSQL server being backed up: the facts backup-push
-checks before it starts, and the non-exclusive backup API (pg_backup_start /
-pg_backup_stop, pg_start_backup / pg_stop_backup before PostgreSQL 15).
+checks before it starts, the non-exclusive backup API (pg_backup_start /
+pg_backup_stop, pg_start_backup / pg_stop_backup before PostgreSQL 15), and the
+configuration files the server reads (`config_paths`, `files_read`), which
+backup/config_capture.py copies when they lie outside the data directory. It also tells
+the timeline the server is on (`current_timeline`, `configured_server_timeline`), for
+ops/status.py and restore/plan.py.
 
 A non-exclusive backup belongs to the session that started it: if the session ends
 before pg_backup_stop, the server aborts the backup by itself. So `ServerSession` is held

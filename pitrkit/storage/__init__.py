@@ -12,6 +12,7 @@ plugins (file:// storage, zstd, encryption), registered through the same hooks
 methods or falls back to its required ones; `conformance` is the test suite every
 storage plugin must pass.
 
-Nothing here knows about backups, restores or retention: commands and the catalog call
-down into storage, never the other way.
+Nothing here knows what backups, restores or retention mean: storage knows their keys
+(the layout above), not what the objects under them are for; commands and the catalog
+call down into storage, never the other way.
 """

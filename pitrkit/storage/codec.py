@@ -1,6 +1,8 @@
 """How a document — a msgspec Struct pitrkit stores in the archive or prints with
-`--json` — becomes JSON and back: LSNs as their text (`0/16B3748`), and a document that
-does not decode is a `ValueError` naming it, never half-used.
+`--json` — becomes JSON and back: LSNs as their text (`0/16B3748`), every time a `Time`
+that must carry its UTC offset, and a document that does not decode is a `ValueError`
+naming it, never half-used. `to_builtins` gives the same values as plain Python, for
+JSON that embeds a document (the daemon's /status.json).
 """
 
 from __future__ import annotations

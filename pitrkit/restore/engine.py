@@ -38,7 +38,7 @@ import msgspec
 from pitrkit import __version__
 from pitrkit.catalog import documents, lease
 from pitrkit.catalog.backups import manifest_present, retention_state
-from pitrkit.catalog.documents import BackupManifest
+from pitrkit.catalog.documents import BackupManifest, shown
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
@@ -303,7 +303,7 @@ def warn_about_code(target_dir: Path, settings: recovery_conf.RecoverySettings) 
     for setting in found.settings:
         log.warning("the restored configuration runs code as the server's OS user (anyone who can write to an "
                     "unencrypted archive can set it; check it before starting the server, see "
-                    "docs/encryption.md): %s: %s = '%s'", setting.file, setting.name, setting.value)
+                    "docs/encryption.md): %s: %s = %s", shown(setting.file), setting.name, pgconf.quoted(setting.value))
     for note in found.notes:
         log.warning("the restored configuration's code-running settings were not checked: %s", note)
 

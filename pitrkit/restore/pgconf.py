@@ -26,7 +26,7 @@ from pathlib import Path
 
 import msgspec
 
-from pitrkit.catalog.documents import BackupFile, BackupManifest
+from pitrkit.catalog.documents import BackupFile, BackupManifest, shown
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.config_files import MAX_DEPTH
 from pitrkit.restore.unpack import read_part
@@ -102,7 +102,7 @@ def code_settings(files: Files) -> Found:
             if name in ("include", "include_if_exists", "include_dir"):
                 target = _inside(path, value)
                 if target is None:
-                    notes.append(f"{path}: {name} '{value}' is outside the data directory, not checked")
+                    notes.append(f"{shown(path)}: {name} {quoted(value)} is outside the data directory, not checked")
                 elif name == "include_dir":
                     for entry in sorted(files.list(target)):
                         if entry.endswith(".conf") and not entry.startswith("."):
@@ -138,13 +138,21 @@ def _inside(including: str, target: str) -> str | None:
     return None if joined == ".." or joined.startswith("../") else joined
 
 
+def quoted(value: str) -> str:
+    """A value from a backup's configuration as a warning shows it: in quotes, as the file
+    has it, when every character prints, else with Python's escapes, so that a terminal
+    escape sequence or a line break written by whoever wrote the archive can neither
+    rewrite the reader's screen nor fake a line."""
+    return f"'{value}'" if value.isprintable() else repr(value)
+
+
 def describe(found: Found) -> list[str]:
     """The warning block: what starting the restored server would run."""
     if not found.settings:
         return []
     lines = ["the backup's configuration runs code as the server's OS user when the restored server starts, "
              "archives or ends recovery:"]
-    lines += [f"  {setting.file}: {setting.name} = '{setting.value}'" for setting in found.settings]
+    lines += [f"  {shown(setting.file)}: {setting.name} = {quoted(setting.value)}" for setting in found.settings]
     lines.append("anyone who can write to an unencrypted archive can set these (docs/encryption.md): check them "
                  "before starting the restored server")
     return lines

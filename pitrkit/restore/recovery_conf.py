@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from pitrkit.catalog.documents import shown
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.wal import Lsn
 from pitrkit.restore import durable
@@ -99,7 +100,9 @@ class Leftover(NamedTuple):
     source: str  # the file, relative to the data directory when inside it
 
     def __str__(self) -> str:
-        return f"{self.name} = {self.value} from {self.source}"
+        # The value and the file come from the backup: shown escaped when they hold
+        # characters that do not print (one line stays one line).
+        return f"{self.name} = {shown(self.value)} from {shown(self.source)}"
 
 
 def pitrkit_executable() -> list[str]:

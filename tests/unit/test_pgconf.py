@@ -90,3 +90,17 @@ def test_restore_plan_reads_the_files_from_the_backups_parts_only(tmp_path):
     # A part that cannot be read is a note in the plan, not a failure of it.
     (root / "backups/B/data/1").write_bytes(b"damaged")
     assert "were not read: " in backup_configuration(archive, "B").notes[0]
+
+
+def test_a_value_that_does_not_print_is_shown_escaped_on_its_one_line(tmp_path):
+    # Whoever wrote an unencrypted archive writes these values: an escape sequence must
+    # not reach the reader's terminal, nor a line break fake a line of restore's output.
+    (tmp_path / "postgresql.conf").write_text(
+        "archive_command = 'cp %p /x \x1b[2J\x1b[1;1Hall clear'\n"
+        "include '/etc/\x1b]0;title\x07.conf'\n")
+    found = pgconf.code_settings(pgconf.restored(tmp_path))
+    block = pgconf.describe(found)
+    assert "  postgresql.conf: archive_command = 'cp %p /x \\x1b[2J\\x1b[1;1Hall clear'" in block
+    assert found.notes == ["postgresql.conf: include '/etc/\\x1b]0;title\\x07.conf' is outside the data directory, "
+                           "not checked"]
+    assert not any("\x1b" in line or "\x07" in line for line in [*block, *found.notes])

@@ -515,3 +515,12 @@ def test_the_reason_recovery_failed_is_the_servers_fatal_not_a_turned_away_clien
     assert pgstart.failure_reason(SHUTDOWN_LOG) is None
     assert pgstart.stop_line(SHUTDOWN_LOG) == 'recovery stopping after WAL location (LSN) "0/3060000"'
     assert pgstart.stop_line(FAILED_LOG) is None
+
+
+def test_a_leftover_that_does_not_print_is_shown_escaped_on_its_one_line(tmp_path):
+    # The backup's configuration is written by whoever wrote the archive: what restore
+    # says it overrode must not carry a terminal escape or a line break of theirs.
+    (tmp_path / "postgresql.conf").write_text("recovery_target_name = 'x\x1b[2K\x07restored cleanly'\n")
+    settings = recovery_conf.RecoverySettings(restore_command="x", timeline=1, action=None)
+    assert [str(each) for each in recovery_conf.leftovers(tmp_path, settings)] == [
+        "recovery_target_name = \"'x\\x1b[2K\\x07restored cleanly'\" from postgresql.conf"]

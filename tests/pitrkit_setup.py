@@ -73,8 +73,12 @@ class PitrkitSetup:
             text += f'[encryption]\nmode = "key"\nkey_file = "{self.key_file}"\n'
         elif self.encryption is not None:
             text += f"[encryption]\n{self.encryption}"
-        self.config.write_text(text)
-        pgharness.give_to_server_user(self.config)
+        # Replaced whole, as an editor that saves safely does: an agent that reads the file
+        # while it is half written takes it for an invalid configuration and stops.
+        written = self.config.with_name(f".{self.config.name}.new")
+        written.write_text(text)
+        pgharness.give_to_server_user(written)
+        os.replace(written, self.config)
 
     def init(self, cluster: pgharness.Cluster) -> str:
         """Create the archive for `cluster` as a DBA does before archiving starts: name it

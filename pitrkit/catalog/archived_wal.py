@@ -40,7 +40,6 @@ from pitrkit.postgres.wal import (
     InvalidSegment,
     Lsn,
     SegmentName,
-    WalFileName,
     parse_history,
     read_page_header,
     segments_per_log,
@@ -53,7 +52,6 @@ from pitrkit.storage.archive import (
     log_folder,
     wal_folder,
     wal_index_key,
-    wal_key,
 )
 
 log = logging.getLogger(__name__)
@@ -201,7 +199,7 @@ class ArchivedWal:
             if timeline not in self.history_files:
                 raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive")
             try:
-                text = self.archive.read_object(wal_key(WalFileName.parse(name)))  # verified, corrupt reads retried
+                text = self.archive.read_wal(name)  # verified, corrupt reads retried
                 self._histories[timeline] = parse_history(text.decode("ascii", "replace"), WAL_PREFIX + name)
             except NotInArchive:
                 raise PitrkitError(f"timeline {timeline} has no history file {name} in the archive") from None
@@ -298,7 +296,7 @@ class ArchivedWal:
         """Where the WAL in a stored `.partial` ends, at most: the end of its last valid
         page (wal.valid_end). A listing cannot tell, so this reads the object."""
         try:
-            data = self.archive.read_object(wal_key(WalFileName.parse(entry.name)))  # verified, corrupt reads retried
+            data = self.archive.read_wal(entry.name)  # verified, corrupt reads retried
         except NotInArchive:
             raise PitrkitError(f"{entry.name} is gone from the archive: it was replaced by its full segment, or "
                                "deleted; plan again") from None

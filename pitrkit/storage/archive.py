@@ -185,17 +185,18 @@ class Archive:
     def delete(self, key: str) -> None:
         self._call(f"deleting {key}", lambda: self.storage.delete(key))
 
-    def read_object(self, key: str) -> bytes:
-        """The plaintext of the stored object `key`, verified (storage/objects.py).
-        `NotInArchive` when the archive answers that it does not have it. A corrupt read
-        may be a transfer fault, so the object is read again up to `[repository] retries`
-        times before it is declared corrupt."""
+    def read_wal(self, name: str) -> bytes:
+        """The plaintext of the archived WAL file `name`, exactly that object, verified
+        (storage/objects.py). `NotInArchive` when the archive answers that it does not
+        have it. A corrupt read may be a transfer fault, so the object is read again up
+        to `[repository] retries` times before it is declared corrupt."""
+        key = wal_key(WalFileName.parse(name))
         attempt = 0
         while True:
             try:
                 blob = self.get(key)
             except ObjectNotFound:
-                raise NotInArchive(f"{key.rpartition('/')[2]} is not in the archive {self.storage.url}") from None
+                raise NotInArchive(f"{name} is not in the archive {self.storage.url}") from None
             try:
                 return objects.decode(key, blob, self.plugins.compressor, self.cipher())
             except objects.CorruptObject as exc:

@@ -33,7 +33,7 @@ from pitrkit.postgres.wal import (
     read_page_header,
     segments_per_log,
 )
-from pitrkit.storage.archive import Archive, wal_folder, wal_key
+from pitrkit.storage.archive import Archive, wal_folder
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ def fetch(archive: Archive, name: str, destination: Path) -> str:
     return restore(read_for_recovery(archive, name), name, destination)
 
 
-def read(archive: Archive, name: str) -> bytes:
-    """The verified content of the archived WAL file `name`, exactly that object."""
-    file = WalFileName.parse(name)
-    return archive.read_object(wal_key(file))
-
-
 def read_for_recovery(archive: Archive, name: str) -> Fetched:
     """What recovery gets when it asks for `name`: the archived file, else, for a
     segment, its partial if that is the newest WAL of its timeline. Only the request
@@ -70,7 +64,7 @@ def read_for_recovery(archive: Archive, name: str) -> Fetched:
     before PostgreSQL asks, and would then end recovery early."""
     try:
         try:
-            return Fetched(read(archive, name))
+            return Fetched(archive.read_wal(name))
         except NotInArchive:
             file = WalFileName.parse(name)
             if file.kind != WalFileKind.SEGMENT:
@@ -96,7 +90,7 @@ def spool(archive: Archive, name: str, directory: Path) -> Path:
     """Fetch `name` before it is asked for into a spool file in `directory`. Only the
     object itself, never a partial standing in for it (see read_for_recovery)."""
     path = directory / f"{SPOOL_PREFIX}{name}"
-    _write_atomically(path, read(archive, name))
+    _write_atomically(path, archive.read_wal(name))
     return path
 
 
@@ -136,7 +130,7 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     partial = WalFileName.parse(f"{file.name}.partial")
     stored = {info.key.rpartition("/")[2] for info in archive.list_folder(wal_folder(file.name)).objects}
     if file.name in stored:
-        return Fetched(read(archive, file.name))  # archived since we asked: the full segment wins
+        return Fetched(archive.read_wal(file.name))  # archived since we asked: the full segment wins
     absent = f"{file.name} is not in the archive {archive.storage.url}"
     if partial.name not in stored:
         raise NotInArchive(absent)
@@ -146,11 +140,11 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     if any(name[:24] > file.name for name in stored):
         raise not_newest
     try:
-        data = archive.read_object(wal_key(partial))
+        data = archive.read_wal(partial.name)
     except NotInArchive:
         # Deleted since the listing: the receiver stores the full segment first, then
         # removes the partial.
-        return Fetched(read(archive, file.name))
+        return Fetched(archive.read_wal(file.name))
     try:
         header = read_page_header(data)
         following = SegmentName.parse(file.segment, header.segment_size).next()
@@ -165,7 +159,6 @@ def _read_newest_partial(archive: Archive, file: WalFileName) -> Fetched:
     # PostgreSQL refuses a restored segment of the wrong size. Zeros past the end of the
     # WAL are what pg_receivewal pads with, and replay reads them as the end.
     return Fetched(data.ljust(header.segment_size, b"\0"), partial.name)
-
 
 
 def _write_atomically(destination: Path, data: bytes) -> None:

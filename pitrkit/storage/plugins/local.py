@@ -103,16 +103,16 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"archive directory {self.root}: {exc.strerror or exc}") from None
 
-    def _open_folder(self, names: list[str], *, create: bool = False) -> int:
+    def _open_folder(self, names: list[str], *, create: bool = False, sync: bool = False) -> int:
         """A descriptor of the folder `names` below the root, opened one component at a
         time from its parent's descriptor, never through a link (see the module
-        docstring). With `create` (a put), missing folders are made, and each parent is
-        fsync'd once its child is open, whether this call made the child or found it: a
-        folder found may be one whose maker crashed (or is still running) between
-        mkdir(2) and that fsync, and an object acknowledged in a folder whose entry is
-        lost is lost. Only the components the put walks: one directory fsync each, the
-        cost of the guarantee. Raises FileNotFoundError or NotADirectoryError when the
-        folder is not there."""
+        docstring). With `create`, missing folders are made. With `sync` (a put, and
+        `_make_durable`), each parent is fsync'd once its child is open, whether this
+        call made the child or found it: a folder found may be one whose maker crashed
+        (or is still running) between mkdir(2) and that fsync, and an object acknowledged
+        in a folder whose entry is lost is lost. Only the components the put walks: one
+        directory fsync each, the cost of the guarantee. Raises FileNotFoundError or
+        NotADirectoryError when the folder is not there."""
         folder = self._open_root()
         try:
             for depth, name in enumerate(names):
@@ -131,7 +131,7 @@ class LocalStorage:
                     raise
                 parent, folder = folder, child
                 try:
-                    if create:
+                    if sync:
                         _fsync(parent)
                 finally:
                     os.close(parent)
@@ -194,7 +194,7 @@ class LocalStorage:
         create-only unless `overwrite` (see the module docstring)."""
         *folders, name = self._names(key)
         try:
-            folder = self._open_folder(folders, create=True)
+            folder = self._open_folder(folders, create=True, sync=True)
             try:
                 temporary = f".{name}.{secrets.token_hex(6)}.tmp"
                 descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -230,14 +230,9 @@ class LocalStorage:
         writer that linked it may still be before its own directory fsync, or it was our
         attempt that failed there, and the caller may report success on our answer."""
         try:
-            folder = self._open_root()
+            folder = self._open_folder(folders, sync=True)
             try:
                 _fsync(folder)
-                for each in folders:
-                    child = os.open(each, _FOLDER_FLAGS, dir_fd=folder)
-                    os.close(folder)
-                    folder = child
-                    _fsync(folder)
                 descriptor = self._open_object(folder, name, [*folders, name])
                 try:
                     os.fsync(descriptor)

@@ -3,7 +3,7 @@
 `archive.Archive` is one repository opened from the configuration: the key layout
 (`wal/<TLI><LOG>/<segment>`, `backups/<id>/...`, `catalog/...`), `archive.json` (the
 archive's identity, `identity`, which only `pitrkit init` creates), bounded storage
-calls, the verified read of an object, and the reading and writing of JSON documents
+calls, the verified read of an archived WAL file, and the reading and writing of JSON documents
 (`codec`), authenticated when `[encryption]` is on (`envelope`). `objects` is the format
 of every stored object (frame, header, compressed and possibly encrypted body); `keys`
 reads and makes key material. `plugins/` holds the plugin manager and the built-in

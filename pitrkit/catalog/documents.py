@@ -26,7 +26,18 @@ from pitrkit.config import MAX_HELD_FOR
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage.codec import Time
 
+# 1: every backup full, its files' bytes in `parts`. 2: incremental backups (`parent`),
+# with block-mapped files (`block_files`, `block_maps`, `block_parts`); a full backup
+# written now is still version 1, which a version-2 reader reads as before.
 MANIFEST_FORMAT_VERSION = 1
+INCREMENTAL_FORMAT_VERSION = 2
+# PostgreSQL's BLCKSZ and RELSEG_SIZE as the binaries pitrkit supports build them: 8 KiB
+# pages, 1 GiB segment files. Block maps count in these.
+BLOCK_SIZE = 8192
+BLOCKS_PER_SEGMENT = 131072
+# The longest chain of incrementals on one full a manifest may name: bounds what a
+# restore loads (one manifest and one set of block maps per link).
+MAX_CHAIN = 1000
 
 # Largest stored backup part a manifest may list: pitrkit writes 32 MiB parts (backup/push.py),
 # and a restore holds one per worker in memory.
@@ -127,6 +138,42 @@ class BackupFile(msgspec.Struct, array_like=True, frozen=True):
             raise ValueError(f"{self.path}: modification time {self.mtime} is out of bounds")
 
 
+class BlockFile(msgspec.Struct, array_like=True, frozen=True):
+    """A relation file of an incremental backup restored block by block: its length at
+    copy time, and the block map (an index into `block_maps`) saying which backup of the
+    chain holds each block. `stored_blocks` of them are this backup's own."""
+
+    path: str
+    size: int
+    mode: int
+    mtime: int
+    block_map: int
+    stored_blocks: int
+
+    def __post_init__(self) -> None:
+        check_data_path(self.path)
+        _check_size(f"{self.path}: size", self.size, BLOCKS_PER_SEGMENT * BLOCK_SIZE)
+        if self.size % BLOCK_SIZE:
+            raise ValueError(f"{self.path}: a block-mapped file of {self.size} bytes, not whole blocks")
+        _check_size(f"{self.path}: mode", self.mode, 0o7777)
+        _check_size(f"{self.path}: block map", self.block_map, MAX_FILE_SIZE)
+        _check_size(f"{self.path}: stored blocks", self.stored_blocks, self.size // BLOCK_SIZE)
+        if not -_MAX_MTIME < self.mtime < _MAX_MTIME:
+            raise ValueError(f"{self.path}: modification time {self.mtime} is out of bounds")
+
+
+class BlockPart(msgspec.Struct, kw_only=True, frozen=True):
+    """An object of super-blocks: each a stored object of its own (storage/objects.py),
+    compressed and encrypted alone so that a ranged read fetches just it, laid back to
+    back. Where each lies is in the block maps."""
+
+    key: str  # backups/<id>/blocks/<n>
+    stored_size: int
+
+    def __post_init__(self) -> None:
+        _check_size(f"block part {self.key!r} stored size", self.stored_size, 2 * MAX_PART_SIZE)
+
+
 class BackupDirectory(msgspec.Struct, array_like=True, frozen=True):
     path: str  # relative to the data directory, "" is the data directory itself
     mode: int
@@ -209,6 +256,20 @@ class ServerConfiguration(msgspec.Struct, kw_only=True, frozen=True):
             names.add(file.name)
 
 
+class ChangeSource(msgspec.Struct, kw_only=True, frozen=True):
+    """How an incremental backup found the blocks changed since its parent."""
+
+    # "wal-summaries": PostgreSQL 17+'s WAL summaries said which blocks changed, and
+    # only those were read. "page-lsn": every relation file was read and the pages whose
+    # LSN is at or after the parent's start kept.
+    method: str
+    note: Label  # for the operator: why the fallback, how many summary files, ...
+
+    def __post_init__(self) -> None:
+        if self.method not in ("wal-summaries", "page-lsn"):
+            raise ValueError(f"unknown changed-block method {self.method!r}")
+
+
 class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     """What the planner, `backup-list` and the catalog need to know about a backup: the
     manifest without its file list."""
@@ -233,10 +294,28 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     pitrkit_version: str
     # None: a backup taken before pitrkit recorded the server's configuration.
     configuration: ServerConfiguration | None = None
+    # An incremental backup: the backup it was taken against, and its whole chain of
+    # ancestors, the full first and `parent` last ([] for a full backup). It restores
+    # only while every one of them is stored.
+    parent: str | None = None
+    chain: list[str] = []
+    changed_blocks: ChangeSource | None = None
 
     def __post_init__(self) -> None:
         # The id names the backup's folder: one plain key component.
         _check_plain_name("backup id", self.backup_id)
+        if self.parent is None and self.chain:
+            raise ValueError(f"backup {self.backup_id} names a chain but no parent")
+        if self.parent is not None:
+            # Ids are the backups' start times: each ancestor is older than its child,
+            # so a chain that does not strictly ascend to this backup is forged (and a
+            # cycle impossible).
+            if not 0 < len(self.chain) <= MAX_CHAIN or self.chain[-1] != self.parent:
+                raise ValueError(f"backup {self.backup_id}'s chain does not end with its parent {self.parent!r}")
+            for ancestor in self.chain:
+                _check_plain_name("ancestor backup id", ancestor)
+            if any(older >= newer for older, newer in zip(self.chain, [*self.chain[1:], self.backup_id], strict=True)):
+                raise ValueError(f"backup {self.backup_id}'s chain is not in the order the backups were taken")
         _check_size("size", self.size, MAX_FILE_SIZE)
         _check_size("stored_size", self.stored_size, MAX_FILE_SIZE)
         _check_size("file_count", self.file_count, MAX_FILE_SIZE)
@@ -244,6 +323,10 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def pg_major(self) -> int:
         return self.pg_version // 10000
+
+    @property
+    def kind(self) -> str:
+        return "full" if self.parent is None else "incremental"
 
 
 class BackupManifest(BackupSummary, kw_only=True, frozen=True):
@@ -254,7 +337,12 @@ class BackupManifest(BackupSummary, kw_only=True, frozen=True):
     tablespace_map: str | None = None  # ditto, for tablespace_map
     parts: list[BackupPart]
     directories: list[BackupDirectory]
-    files: list[BackupFile]
+    files: list[BackupFile]  # in the stream of `parts`: every file of a full backup
+    # An incremental's relation files whose blocks come from block maps (see
+    # backup/blockmap.py): the maps, and the objects holding the blocks it stored itself.
+    block_files: list[BlockFile] = []
+    block_maps: list[BackupPart] = []
+    block_parts: list[BlockPart] = []
 
 
 # --- the catalog (catalog/...) ----------------------------------------------------------

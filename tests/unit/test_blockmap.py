@@ -1,0 +1,73 @@
+"""Block maps (catalog/blockmap.py): run-length encoding round-trips, and a map from
+storage that does not describe its file is refused as it is decoded."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pitrkit.catalog import blockmap
+from pitrkit.catalog.blockmap import FileMap, Run, SuperBlock, SuperBlockIndex
+
+
+def file_map(runs: list[Run], super_blocks: list[SuperBlock] = (), sources: int = 3, blocks: int | None = None
+             ) -> FileMap:
+    blocks = sum(run.length for run in runs) if blocks is None else blocks
+    return FileMap("base/5/16384", blocks, sources, blockmap.pack_runs(runs),
+                   blockmap.pack_super_blocks(list(super_blocks)))
+
+
+def decoded(made: FileMap) -> FileMap:
+    data = blockmap.encode_block_map(blockmap.BlockMapDocument(files=[made]))
+    return blockmap.decode_block_map(data).files[0]
+
+
+def stored(runs: list[Run], super_blocks: list[SuperBlock] = (), sources: int = 3, blocks: int | None = None
+           ) -> bytes:
+    """A block map as anyone with write access to the storage could store it."""
+    blocks = sum(run.length for run in runs) if blocks is None else blocks
+    return msgspec.msgpack.encode({"files": [["base/5/16384", blocks, sources, blockmap.pack_runs(runs),
+                                              blockmap.pack_super_blocks(list(super_blocks))]]})
+
+
+@given(st.lists(st.integers(0, 2), max_size=200))
+def test_runs_round_trip(sources):
+    positions, stored = [], {0: 0, 1: 0, 2: 0}
+    for source in sources:
+        positions.append(stored[source])
+        stored[source] += 1
+    runs = blockmap.block_runs(sources, positions)
+    assert sum(run.length for run in runs) == len(sources)
+    made = file_map(runs, [SuperBlock(0, 0, 100, 0, stored[2])] if stored[2] else [])
+    assert blockmap.expand(decoded(made)) == (sources, positions)
+
+
+def test_a_run_of_one_source_is_one_record():
+    assert blockmap.block_runs([0] * 5, list(range(5))) == [Run(0, 5, 0, 0)]
+    assert blockmap.block_runs([0, 0, 1, 0], [0, 1, 0, 3]) == [Run(0, 2, 0, 0), Run(2, 1, 1, 0), Run(3, 1, 0, 3)]
+
+
+@pytest.mark.parametrize(("runs", "super_blocks", "why"), [
+    ([Run(0, 2, 0, 0), Run(3, 1, 0, 3)], [], "does not follow block 2"),
+    ([Run(0, 2, 0, 0), Run(1, 2, 0, 1)], [], "does not follow block 2"),
+    ([Run(0, 2, 3, 0)], [], "does not follow block 0"),  # source past the chain
+    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 0, 1)], "points past the 1 blocks"),
+    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 1, 2)], "does not follow position 0"),
+    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 0, 0, 2)], "does not follow position 0"),
+])
+def test_a_map_that_does_not_describe_its_file_is_refused(runs, super_blocks, why):
+    with pytest.raises(msgspec.ValidationError, match=why):
+        blockmap.decode_block_map(stored(runs, super_blocks))
+
+
+def test_runs_must_end_at_the_files_length():
+    with pytest.raises(msgspec.ValidationError, match="the file has 3"):
+        blockmap.decode_block_map(stored([Run(0, 2, 0, 0)], blocks=3))
+
+
+def test_the_super_block_holding_a_position():
+    index = SuperBlockIndex(file_map([Run(0, 20, 2, 0)], [SuperBlock(0, 0, 9, 0, 8), SuperBlock(0, 9, 9, 8, 8),
+                                                           SuperBlock(1, 0, 9, 16, 4)]))
+    assert [index.holding(position).first for position in (0, 7, 8, 15, 16, 19)] == [0, 0, 8, 8, 16, 16]

@@ -14,8 +14,9 @@ only the newest backup's maps to know where every block comes from:
   source that copied the file whole into its stream, the block number itself).
 - `super_blocks`: this backup's own stored blocks of the file, positions 0, 1, ... in
   block order, grouped into super-blocks of a few pages, `SuperBlock` records (block
-  part, offset, stored length, first position, pages). Each super-block is a stored
-  object of its own, so it is fetched with a ranged read and verified by its header.
+  part, offset, stored length, first position, pages, SHA-256). Each super-block is a
+  stored object of its own, so it is fetched with a ranged read, verified by its header,
+  and its header's SHA-256 must be the one the map records.
 
 Everything here comes from storage: `FileMap.__post_init__` checks the runs tile the
 file, sources stay in the chain, super-blocks are ordered, contiguous in positions and
@@ -34,7 +35,7 @@ import msgspec
 from pitrkit.catalog.documents import BLOCKS_PER_SEGMENT, MAX_CHAIN, MAX_PART_SIZE, check_data_path
 
 _RUN = struct.Struct("<IIII")
-_SUPER_BLOCK = struct.Struct("<IQIII")
+_SUPER_BLOCK = struct.Struct("<IQIII32s")
 # Pages per super-block: the unit of compression, encryption and fetching. Small enough
 # that a chain restore fetches few pages it does not need (a super-block is fetched
 # whole when any of its pages is the newest), large enough that zstd keeps its ratio
@@ -55,6 +56,10 @@ class SuperBlock(NamedTuple):
     length: int  # stored bytes
     first: int  # position of its first page among this backup's stored blocks of the file
     pages: int
+    # The plaintext's SHA-256, as its header has it: the header alone would not tell a
+    # super-block from another valid one put in its place; the map (verified through the
+    # manifest, authenticated in an encrypted archive) binds the pages themselves.
+    sha256: bytes
 
 
 class FileMap(msgspec.Struct, array_like=True, frozen=True):

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from pitrkit.catalog import blockmap
 from pitrkit.catalog.blockmap import FileMap, Run, SuperBlock, SuperBlockIndex
 
+SHA = bytes(32)
+
 
 def file_map(runs: list[Run], super_blocks: list[SuperBlock] = (), sources: int = 3, blocks: int | None = None
              ) -> FileMap:
@@ -40,7 +42,7 @@ def test_runs_round_trip(sources):
         stored[source] += 1
     runs = blockmap.block_runs(sources, positions)
     assert sum(run.length for run in runs) == len(sources)
-    made = file_map(runs, [SuperBlock(0, 0, 100, 0, stored[2])] if stored[2] else [])
+    made = file_map(runs, [SuperBlock(0, 0, 100, 0, stored[2], SHA)] if stored[2] else [])
     assert blockmap.expand(decoded(made)) == (sources, positions)
 
 
@@ -53,9 +55,9 @@ def test_a_run_of_one_source_is_one_record():
     ([Run(0, 2, 0, 0), Run(3, 1, 0, 3)], [], "does not follow block 2"),
     ([Run(0, 2, 0, 0), Run(1, 2, 0, 1)], [], "does not follow block 2"),
     ([Run(0, 2, 3, 0)], [], "does not follow block 0"),  # source past the chain
-    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 0, 1)], "points past the 1 blocks"),
-    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 1, 2)], "does not follow position 0"),
-    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 0, 0, 2)], "does not follow position 0"),
+    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 0, 1, SHA)], "points past the 1 blocks"),
+    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 1, 2, SHA)], "does not follow position 0"),
+    ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 0, 0, 2, SHA)], "does not follow position 0"),
 ])
 def test_a_map_that_does_not_describe_its_file_is_refused(runs, super_blocks, why):
     with pytest.raises(msgspec.ValidationError, match=why):
@@ -68,6 +70,6 @@ def test_runs_must_end_at_the_files_length():
 
 
 def test_the_super_block_holding_a_position():
-    index = SuperBlockIndex(file_map([Run(0, 20, 2, 0)], [SuperBlock(0, 0, 9, 0, 8), SuperBlock(0, 9, 9, 8, 8),
-                                                           SuperBlock(1, 0, 9, 16, 4)]))
+    super_blocks = [SuperBlock(0, 0, 9, 0, 8, SHA), SuperBlock(0, 9, 9, 8, 8, SHA), SuperBlock(1, 0, 9, 16, 4, SHA)]
+    index = SuperBlockIndex(file_map([Run(0, 20, 2, 0)], super_blocks))
     assert [index.holding(position).first for position in (0, 7, 8, 15, 16, 19)] == [0, 0, 8, 8, 16, 16]

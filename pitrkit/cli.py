@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup-push", help="take a base backup of the cluster in [postgres] into the archive")
     backup.add_argument("--label", help="a label for the backup (default: pitrkit <backup id>)")
     backup.add_argument("--json", action="store_true", help="print the manifest summary as JSON instead of the id")
+    backup.add_argument("--incremental", action="store_true",
+                        help="store only the blocks changed since the newest backup on this timeline's path")
+    backup.add_argument("--from", dest="parent", metavar="BACKUP_ID",
+                        help="with --incremental (implied): the backup to store the changes against")
 
     backup_list = commands.add_parser("backup-list", help="list the backups in the archive")
     backup_list.add_argument("--json", action="store_true", help="print JSON")

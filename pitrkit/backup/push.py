@@ -33,16 +33,21 @@ from typing import BinaryIO, NamedTuple
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.backup import config_capture
+from pitrkit.backup import config_capture, incremental
+from pitrkit.backup.changes import NotSummarized, summarized_changes
 from pitrkit.catalog import documents, maintenance
 from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
     CAPTURED_DIR,
+    INCREMENTAL_FORMAT_VERSION,
+    MANIFEST_FORMAT_VERSION,
     BackupDirectory,
     BackupFile,
     BackupManifest,
     BackupPart,
     BackupSummary,
     BackupTablespace,
+    ChangeSource,
 )
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
@@ -68,6 +73,9 @@ PART_SIZE = 32 << 20
 # within milliseconds, then less and less often while a backlog drains.
 _WAL_POLL_FIRST = 0.02
 _WAL_POLL_MAX = 1.0
+# How long an incremental backup waits for the WAL summarizer to reach its start before
+# it reads every relation file instead (the server's own wait gives up after 60 s).
+_SUMMARIZER_WAIT = 60.0
 
 # --- what is copied ---------------------------------------------------------------------
 # PostgreSQL's own exclusions, from src/backend/backup/basebackup.c.
@@ -448,8 +456,33 @@ def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:
 # --- the backup -------------------------------------------------------------------------
 
 
-def take_backup(archive: Archive, config: Config, label: str | None) -> BackupManifest:
-    """Back up the cluster and store its manifest; returns the manifest."""
+class Incremental(NamedTuple):
+    parent: incremental.Parent
+    changes: incremental.Changes
+    source: ChangeSource
+
+
+def _changes_since(archive: Archive, server: ServerSession, facts: ServerFacts, parent: BackupSummary,
+                   timeline: int, start: Lsn) -> tuple[incremental.Changes, ChangeSource]:
+    """How this backup learns which blocks changed since `parent` started: the WAL
+    summaries when they cover the whole way, else reading the pages (and why)."""
+    path = incremental.summary_path(archive, parent, timeline, start)
+    found = summarized_changes(server.connection, facts.major, path, _SUMMARIZER_WAIT)
+    checksums = server.data_checksums()
+    if isinstance(found, NotSummarized):
+        log.warning("reading every relation file for changed pages: %s", found.reason)
+        return (incremental.Changes(None, parent.start_lsn, checksums),
+                ChangeSource(method="page-lsn", note=found.reason))
+    return (incremental.Changes(found, parent.start_lsn, checksums),
+            ChangeSource(method="wal-summaries", note=f"{found.summary_files} WAL summary files from "
+                                                      f"{parent.start_lsn} to {start}"))
+
+
+def take_backup(archive: Archive, config: Config, label: str | None, *, incremental_on: str | None = None,
+                incremental_wanted: bool = False) -> BackupManifest:
+    """Back up the cluster and store its manifest; returns the manifest. With
+    `incremental_wanted`, only the blocks changed since the parent (`incremental_on`,
+    or the newest backup on this timeline's path) are stored."""
     pgdata = _configured_pgdata(config)
     with ServerSession(config.postgres.conninfo) as server:
         # `pitrkit init` creates the archive: without its archive.json there is none here.
@@ -462,6 +495,12 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
         # Likewise a key that may not write to this archive (see Archive.write_cipher).
         cipher = archive.write_cipher()
+        parent_summary = None
+        if incremental_wanted:
+            timeline = server.timeline()
+            parent_summary = incremental.choose_parent(archive, facts.system_identifier, facts.major, timeline,
+                                                       incremental_on)
+            parent = incremental.load_parent(archive, parent_summary)
         backup_id, start_time = _new_backup_id(archive, server)
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
@@ -470,22 +509,50 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
 
         # From here on, a failure closes the session, which makes the server abort the
         # backup; parts already stored stay, without a manifest, until retention.
+        changes = None
+        if parent_summary is not None:
+            changes, source = _changes_since(archive, server, facts, parent_summary, timeline, started)
+            log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
+                     parent_summary.backup_id, source.method, source.note)
         listing = walk_data_directory(pgdata, facts.major, tablespace_names)
         configuration, captured = _capture_configuration(server, facts)
         if captured:
             listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
             listing.files[-1:-1] = captured  # before pg_control, which is copied last
-        total = sum(file.size for file in listing.files)
-        log.info("copying %d files (%s) from %s and %d tablespaces", len(listing.files), human_bytes(total),
-                 pgdata, len(listing.tablespaces))
-        store = PartStore(archive, backup_id, compressor, cipher, config.backup.workers or len(os.sched_getaffinity(0)))
+        plans: list[incremental.BlockPlan] = []
+        whole = listing.files
+        if changes is not None:
+            decided = [(file, incremental.plan_file(file.path, file.size, parent, changes)) for file in listing.files]
+            plans = [plan for _, plan in decided if plan is not None]
+            whole = [file for file, plan in decided if plan is None]
+        total = sum(file.size for file in whole) + sum(len(plan.base[0]) * BLOCK_SIZE for plan in plans
+                                                        if plan.changed is None)
+        log.info("copying %d files (%s) and %d block-mapped files from %s and %d tablespaces", len(whole),
+                 human_bytes(total), len(plans), pgdata, len(listing.tablespaces))
+        workers = config.backup.workers or len(os.sched_getaffinity(0))
+        store = PartStore(archive, backup_id, compressor, cipher, workers)
+        blocks = incremental.SuperBlockStore(archive, backup_id, compressor, cipher, workers) if plans else None
         try:
             with Progress(f"backup {backup_id}", total) as progress:
-                files = copy_files(pgdata, listing.files, store, progress)
+                copied = []
+                for plan in plans:
+                    assert blocks is not None and changes is not None
+                    own = len(parent_summary.chain) + 1 if parent_summary else 0
+                    if (done := incremental.copy_block_file(pgdata, plan, changes, blocks, own,
+                                                            progress.advance)) is not None:
+                        copied.append(done)
+                files = copy_files(pgdata, whole, store, progress)
             parts = store.finish()
+            block_parts = blocks.finish() if blocks is not None else []
         except BaseException:
             store.abandon()
+            if blocks is not None:
+                blocks.abandon()
             raise
+        maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied), compressor,
+                                                   cipher) if copied else ([], {})
+        block_files = [copied_file.record._replace(block_map=where[copied_file.record.path])
+                       for copied_file in copied]
 
         stop = server.stop_backup()
         first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
@@ -496,6 +563,7 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         wait_for_wal(archive, server, _segments(first, last), config.backup.wal_timeout, backup_id)
 
     summary = BackupSummary(
+        format_version=MANIFEST_FORMAT_VERSION if parent_summary is None else INCREMENTAL_FORMAT_VERSION,
         backup_id=backup_id,
         label=label,
         system_identifier=facts.system_identifier,
@@ -508,12 +576,15 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         first_segment=first.name,
         last_segment=last.name,
         tablespaces=listing.tablespaces,
-        size=sum(file.size for file in files),
-        stored_size=sum(part.stored_size for part in parts),
-        file_count=len(files),
+        size=sum(file.size for file in files) + sum(file.size for file in block_files),
+        stored_size=sum(part.stored_size for part in [*parts, *block_parts, *maps]),
+        file_count=len(files) + len(block_files),
         compression=compressor.name,
         pitrkit_version=__version__,
         configuration=configuration,
+        parent=None if parent_summary is None else parent_summary.backup_id,
+        chain=[] if parent_summary is None else [*parent_summary.chain, parent_summary.backup_id],
+        changed_blocks=None if changes is None else source,
     )
     manifest = BackupManifest(
         **msgspec.structs.asdict(summary),
@@ -522,6 +593,9 @@ def take_backup(archive: Archive, config: Config, label: str | None) -> BackupMa
         parts=parts,
         directories=listing.directories,
         files=files,
+        block_files=block_files,
+        block_maps=maps,
+        block_parts=block_parts,
     )
     # The commit marker, stored last and create-only.
     try:
@@ -560,12 +634,21 @@ def summary_of(manifest: BackupManifest) -> BackupSummary:
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     archive = Archive(config)
-    manifest = take_backup(archive, config, args.label)
+    manifest = take_backup(archive, config, args.label, incremental_on=args.parent,
+                           incremental_wanted=args.incremental or args.parent is not None)
     summary = summary_of(manifest)
     if args.json:
         sys.stdout.write(codec.encode(summary).decode())
     else:
         print(summary.backup_id)
-    return (f"backup {summary.backup_id}: {summary.file_count} files, {human_bytes(summary.size)} stored as "
-            f"{human_bytes(summary.stored_size)} in {len(manifest.parts)} parts; needs WAL "
-            f"{summary.first_segment} to {summary.last_segment}")
+    if summary.parent is None:
+        return (f"backup {summary.backup_id}: {summary.file_count} files, {human_bytes(summary.size)} stored as "
+                f"{human_bytes(summary.stored_size)} in {len(manifest.parts)} parts; needs WAL "
+                f"{summary.first_segment} to {summary.last_segment}")
+    assert summary.changed_blocks is not None
+    stored_blocks = sum(file.stored_blocks for file in manifest.block_files)
+    return (f"backup {summary.backup_id}: incremental on {summary.parent} (chain of {len(summary.chain) + 1}); "
+            f"changed blocks from {summary.changed_blocks.method} ({summary.changed_blocks.note}); "
+            f"{len(manifest.files)} files copied whole, {stored_blocks} changed blocks of "
+            f"{len(manifest.block_files)} block-mapped files; {human_bytes(summary.size)} stored as "
+            f"{human_bytes(summary.stored_size)}; needs WAL {summary.first_segment} to {summary.last_segment}")

@@ -194,6 +194,21 @@ class ServerSession:
         (now,) = self._row("reading the clock", "SELECT clock_timestamp()")
         return now.astimezone(UTC)
 
+    @property
+    def connection(self) -> psycopg.Connection:
+        """The session's connection, for the queries of other modules of this layer."""
+        return self._connection
+
+    def timeline(self) -> int:
+        timeline = current_timeline(self._connection)
+        if timeline is None:
+            raise ServerError("the server does not say which timeline it is on")
+        return timeline
+
+    def data_checksums(self) -> bool:
+        (setting,) = self._row("reading data_checksums", "SELECT current_setting('data_checksums')")
+        return bool(setting == "on")
+
     def tablespace_names(self) -> dict[int, str]:
         cursor = self._execute("listing tablespaces", "SELECT oid::bigint, spcname FROM pg_tablespace")
         return dict(cursor.fetchall())

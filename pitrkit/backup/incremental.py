@@ -1,0 +1,469 @@
+"""`backup-push --incremental`: the parent, what of each file is stored, and the store
+of changed blocks.
+
+The parent is the newest backup on this server's timeline path (or the one `--from`
+names) whose chain is whole. Against it every file of the walk is either copied whole
+into the backup's stream, as a full backup copies it, or block-mapped: only the blocks
+changed since the parent's start are stored, as super-blocks, and the file's block map
+says for every other block which backup of the chain holds it (catalog/blockmap.py).
+
+Whole, following PostgreSQL's own rules for its incremental backups: every file that is
+not a relation file, FSM forks (never WAL-summarized: their changes are not logged
+block by block), files the parent does not have, files of a database created since the
+parent, lengths that are not whole blocks, and files with most of their blocks changed
+(at that point a block map saves nothing and costs a map).
+
+Which blocks changed comes from PostgreSQL 17+'s WAL summaries between the two start
+LSNs when they cover the whole range (only those blocks are read); otherwise every
+block-mapped file is read and the pages whose LSN is at or after the parent's start are
+kept (backup/page_scan.py). Either way, a block at or past the parent's length, or past
+a relation's limit block (created or truncated in the range), is always stored: it can
+never come from the parent.
+
+Why a page that is not stored may come from the parent: it was not modified since the
+parent's start, so the parent's copy of it, taken after that start, is the page as it
+stands at this backup's start; replay from this backup's start redoes anything later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import NamedTuple
+
+from pitrkit.backup.changes import RelationFork, Summarized, relation_of
+from pitrkit.backup.page_scan import changed_pages
+from pitrkit.catalog import blockmap
+from pitrkit.catalog.archived_wal import ArchivedWal, on_path
+from pitrkit.catalog.backups import survey_backups
+from pitrkit.catalog.blockmap import FileMap, SuperBlock
+from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
+    BLOCKS_PER_SEGMENT,
+    MAX_CHAIN,
+    BackupFile,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    BlockFile,
+    BlockPart,
+)
+from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
+from pitrkit.postgres.wal import Lsn
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
+
+log = logging.getLogger(__name__)
+
+_FSM_FORK = 1
+# A file with at least this share of its blocks changed is copied whole (PostgreSQL's
+# pg_basebackup uses the same 90 %).
+_WHOLE_SHARE = 0.9
+# Super-block objects are cut at about this many stored bytes (as backup parts are).
+_BLOCK_PART_SIZE = 32 << 20
+# Plaintext bytes of block maps per map object: a restore reads and decodes one whole.
+_MAP_OBJECT_SIZE = 16 << 20
+
+
+# --- the parent ------------------------------------------------------------------------
+
+
+def choose_parent(archive: Archive, system_identifier: int, major: int, timeline: int,
+                  requested: str | None) -> BackupSummary:
+    """The backup an incremental is taken against: `requested`, or the newest on this
+    timeline's path. Refused: another cluster or major (the first backup after an
+    upgrade is full), off the path, a chain already at its longest or not whole."""
+    finished = survey_backups(archive).finished
+    present = {backup.backup_id for backup in finished}
+    path = ArchivedWal(archive).path(timeline)
+
+    def why_not(backup: BackupSummary) -> str | None:
+        if backup.system_identifier != system_identifier:
+            return f"it is of the cluster with system identifier {backup.system_identifier}, not {system_identifier}"
+        if backup.pg_major != major:
+            return (f"it is of PostgreSQL {backup.pg_major} and the server runs {major} (the first backup after "
+                    "an upgrade is a full one)")
+        if not on_path(path, backup):
+            return f"it is not on timeline {timeline}'s path (its own timeline is {backup.timeline})"
+        if missing := [ancestor for ancestor in backup.chain if ancestor not in present]:
+            return f"its chain is broken: {missing[0]} is not in the archive"
+        if len(backup.chain) >= MAX_CHAIN:
+            return f"its chain already has {len(backup.chain) + 1} backups, the most one may have"
+        return None
+
+    if requested is not None:
+        chosen = next((backup for backup in finished if backup.backup_id == requested), None)
+        if chosen is None:
+            raise RefusedError(f"--from {requested}: there is no such backup in the archive {archive.storage.url}")
+        if why := why_not(chosen):
+            raise RefusedError(f"--from {requested}: cannot take an incremental backup on it: {why}")
+        return chosen
+    reasons = []
+    for backup in reversed(finished):
+        if (why := why_not(backup)) is None:
+            return backup
+        reasons.append(f"{backup.backup_id}: {why}")
+    said = f" ({'; '.join(reasons[:3])})" if reasons else ""
+    raise RefusedError(f"no backup in the archive can be the parent of an incremental backup{said}: "
+                       "take a full backup first (backup-push without --incremental)")
+
+
+class Parent(NamedTuple):
+    """The parent's manifest and what a child needs of it, by path."""
+
+    manifest: BackupManifest
+    stream: dict[str, BackupFile]  # files in its stream, whole
+    maps: dict[str, FileMap]  # its block-mapped files
+
+    @property
+    def source(self) -> int:
+        """The parent's index in the child's sources (its chain, then itself)."""
+        return len(self.manifest.chain)
+
+    def blocks_of(self, path: str) -> tuple[list[int], list[int]] | None:
+        """Per block of the parent's copy: (source, position) in the child's numbering;
+        None if the parent cannot serve as the file's base."""
+        if (mapped := self.maps.get(path)) is not None:
+            return blockmap.expand(mapped)
+        if (whole := self.stream.get(path)) is not None and whole.size % BLOCK_SIZE == 0 \
+                and whole.size <= BLOCKS_PER_SEGMENT * BLOCK_SIZE:
+            count = whole.size // BLOCK_SIZE
+            return [self.source] * count, list(range(count))
+        return None
+
+
+def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
+    try:
+        manifest = archive.get_document(manifest_key(summary.backup_id), BackupManifest)
+    except ObjectNotFound:
+        raise RefusedError(f"the parent backup {summary.backup_id} has no manifest any more "
+                           "(removed meanwhile?)") from None
+    if manifest.chain != summary.chain:
+        raise RefusedError(f"backup {summary.backup_id}'s manifest and catalog entry name different chains")
+    maps: dict[str, FileMap] = {}
+    for part in manifest.block_maps:
+        for file_map in read_block_map(archive, part):
+            maps[file_map.path] = file_map
+    if missing := [file.path for file in manifest.block_files if file.path not in maps]:
+        raise RefusedError(f"backup {summary.backup_id}'s block maps lack {missing[0]}")
+    return Parent(manifest, {file.path: file for file in manifest.files}, maps)
+
+
+def read_block_map(archive: Archive, part: BackupPart) -> list[FileMap]:
+    """One block map object, verified against the manifest's record of it."""
+    try:
+        blob = archive.get(part.key)
+    except ObjectNotFound:
+        raise RefusedError(f"block map {part.key} is missing from the archive") from None
+    try:
+        data = objects.decode(part.key, blob, archive.plugins.compressor, archive.cipher())
+        header, _ = objects.read_header(part.key, blob)
+    except objects.CorruptObject as exc:
+        raise RefusedError(str(exc)) from None
+    if len(data) != part.size or header.sha256.hex() != part.sha256:
+        raise RefusedError(f"block map {part.key} is not the one the manifest lists")
+    try:
+        return blockmap.decode_block_map(data).files
+    except ValueError as exc:
+        raise RefusedError(f"block map {part.key} is corrupt: {exc}") from None
+
+
+def summary_path(archive: Archive, parent: BackupSummary, timeline: int, start: Lsn) -> list[tuple[int, Lsn, Lsn]]:
+    """The WAL between the parent's start and this backup's, as (timeline, begin, end)
+    steps: what the summaries must cover."""
+    if parent.timeline == timeline:
+        return [(timeline, parent.start_lsn, start)]
+    steps = []
+    for step in ArchivedWal(archive).path(timeline):
+        begin = max(step.begin, parent.start_lsn)
+        end = start if step.end is None else min(step.end, start)
+        if begin < end:
+            steps.append((step.timeline, Lsn(begin), Lsn(end)))
+    return steps
+
+
+# --- what of each file ----------------------------------------------------------------------
+
+
+class Changes(NamedTuple):
+    """How changed blocks are known: from summaries, or (None) by reading the pages."""
+
+    summarized: Summarized | None
+    since: Lsn  # the parent's start: a page with an LSN at or past it changed
+    checksums: bool  # data_checksums: verify the pages a scan would not store
+
+
+class BlockPlan(NamedTuple):
+    path: str
+    base: tuple[list[int], list[int]]  # the parent's (source, position) per block
+    changed: list[int] | None  # block numbers from the summaries (None: scan the file)
+    limit: int | None  # blocks from here on are stored whatever the summaries say
+    segment: int
+
+
+def plan_file(path: str, size: int, parent: Parent, changes: Changes) -> BlockPlan | None:
+    """The block plan of a file, or None to copy it whole."""
+    relation = relation_of(path)
+    if relation is None:
+        return None
+    fork, segment = relation
+    if fork.fork == _FSM_FORK or size % BLOCK_SIZE:
+        return None
+    base = parent.blocks_of(path)
+    if base is None:
+        return None
+    if changes.summarized is None:
+        return BlockPlan(path, base, None, None, segment)
+    summarized = changes.summarized
+    if (fork.tablespace, fork.database) in summarized.new_databases:
+        return None
+    first = segment * BLOCKS_PER_SEGMENT
+    blocks = size // BLOCK_SIZE
+    forked = summarized.forks.get(RelationFork(*fork))
+    changed: list[int] = []
+    limit: int | None = None
+    if forked is not None:
+        changed = [block - first for block in forked.blocks if first <= block < first + blocks]
+        if forked.limit is not None:
+            if forked.limit <= first:
+                return None  # truncated to before this file: nothing of the parent's is good
+            limit = forked.limit - first
+    stored = len(set(changed) | set(range(min(limit if limit is not None else blocks, len(base[0])), blocks)))
+    if blocks and stored >= _WHOLE_SHARE * blocks:
+        return None
+    return BlockPlan(path, base, changed, limit, segment)
+
+
+# --- the super-block store --------------------------------------------------------------------
+
+
+class SuperBlockStore:
+    """Compresses (and encrypts) super-blocks on `workers` threads and lays them back to
+    back in objects `backups/<id>/blocks/<n>` of about 32 MiB. At most a few super-blocks
+    per worker wait in memory."""
+
+    def __init__(self, archive: Archive, backup_id: str, compressor: Compressor, cipher: Cipher | None,
+                 workers: int) -> None:
+        self._archive = archive
+        self._prefix = backup_prefix(backup_id) + "blocks/"
+        self._compressor = compressor
+        self._cipher = cipher
+        self._room = threading.Semaphore(4 * workers)
+        self._lock = threading.Lock()
+        self._current = bytearray()
+        self._number = 0
+        self._parts: list[BlockPart] = []
+        self._failure: BaseException | None = None
+        self._pool = _Pool(workers)
+
+    def submit(self, data: bytes, first: int, pages: int, done: Callable[[SuperBlock], None]) -> None:
+        """Store the pages; `done` gets where they went (called on a worker thread)."""
+        self._room.acquire()
+        if self._failure is not None:
+            raise self._failure
+        self._pool.run(lambda: self._store(data, first, pages, done))
+
+    def _store(self, data: bytes, first: int, pages: int, done: Callable[[SuperBlock], None]) -> None:
+        try:
+            if self._failure is not None:
+                return
+            blob, header = objects.encode(data, self._compressor, self._cipher)
+            full = None
+            with self._lock:
+                block = SuperBlock(self._number, len(self._current), len(blob), first, pages, header.sha256)
+                self._current += blob
+                if len(self._current) >= _BLOCK_PART_SIZE:
+                    full, number = bytes(self._current), self._number
+                    self._current = bytearray()
+                    self._number += 1
+            done(block)
+            if full is not None:
+                self._put(number, full)
+        except BaseException as exc:  # raised on the reader's thread by submit or finish
+            self._failure = self._failure or exc
+        finally:
+            self._room.release()
+
+    def _put(self, number: int, blob: bytes) -> None:
+        key = f"{self._prefix}{number:08d}"
+        try:
+            self._archive.put(key, blob)
+        except ObjectExists:
+            raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
+        with self._lock:
+            self._parts.append(BlockPart(key=key, stored_size=len(blob)))
+
+    def finish(self) -> list[BlockPart]:
+        self._pool.join()
+        if self._failure is not None:
+            raise self._failure
+        if self._current:
+            self._put(self._number, bytes(self._current))
+        return sorted(self._parts, key=lambda part: part.key)
+
+    def abandon(self) -> None:
+        self._failure = self._failure or PitrkitError("abandoned")
+        self._pool.join()
+
+
+class _Pool:
+    """Daemon worker threads: an interrupted backup-push exits without waiting for them."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, name=f"backup-blocks-{n}", daemon=True)
+                         for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, task: Callable[[], None]) -> None:
+        self._queue.put(task)
+
+    def _serve(self) -> None:
+        while (task := self._queue.get()) is not None:
+            task()
+
+    def join(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+# --- copying a block-mapped file --------------------------------------------------------------
+
+
+class CopiedFile(NamedTuple):
+    record: BlockFile  # block_map is filled in when the maps are stored
+    file_map: FileMap  # super_blocks are filled in when the store has finished
+    super_blocks: list[SuperBlock]  # appended to by the store's threads
+
+
+def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: SuperBlockStore,
+                    own: int, advance: Callable[[int], None]) -> CopiedFile | None:
+    """Store the file's changed blocks; its record and block map. None if it vanished
+    (a dropped relation: replay drops it too).
+
+    The length recorded is what the copy saw (fstat before, and again after the reads
+    for a file truncated under it): never inferred from zeros. Blocks a concurrent
+    extension adds after the first fstat are not copied; replay writes them."""
+    absolute = os.path.join(pgdata, plan.path)
+    try:
+        fd = os.open(absolute, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PitrkitError(f"cannot read {absolute}: {exc.strerror}") from None
+    try:
+        status = os.fstat(fd)
+        blocks = status.st_size // BLOCK_SIZE
+        parent_blocks = len(plan.base[0])
+        pages: list[tuple[int, bytes]] = []
+        if plan.changed is None:
+            scanned = min(parent_blocks, blocks)
+            pages.extend(changed_pages(fd, scanned, plan.segment * BLOCKS_PER_SEGMENT, changes.since,
+                                       changes.checksums))
+            advance(scanned * BLOCK_SIZE)
+            wanted = list(range(scanned, blocks))
+        else:
+            fresh = min(parent_blocks, blocks if plan.limit is None else plan.limit)
+            wanted = sorted({block for block in plan.changed if block < fresh} | set(range(fresh, blocks)))
+        pages.extend(_read_blocks(fd, wanted))
+        advance((len(pages) if plan.changed is not None else len(wanted)) * BLOCK_SIZE)
+        blocks = min(blocks, os.fstat(fd).st_size // BLOCK_SIZE)
+    finally:
+        os.close(fd)
+    pages = sorted(page for page in pages if page[0] < blocks)
+    copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
+                                  len(pages)),
+                        _map(plan, blocks, [block for block, _ in pages], own), [])
+    lock = threading.Lock()
+
+    def done(block: SuperBlock) -> None:
+        with lock:
+            copied.super_blocks.append(block)
+
+    for first in range(0, len(pages), blockmap.SUPER_BLOCK_PAGES):
+        group = pages[first:first + blockmap.SUPER_BLOCK_PAGES]
+        store.submit(b"".join(page for _, page in group), first, len(group), done)
+    return copied
+
+
+def _map(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> FileMap:
+    """The file's runs: its stored blocks from this backup (`own`), the rest as the
+    parent's map has them. Every block past the parent's length is among `stored`."""
+    sources = plan.base[0][:blocks] + [own] * max(0, blocks - len(plan.base[0]))
+    positions = plan.base[1][:blocks] + [0] * max(0, blocks - len(plan.base[1]))
+    for position, block in enumerate(stored):
+        sources[block] = own
+        positions[block] = position
+    return FileMap(plan.path, blocks, own + 1, blockmap.pack_runs(blockmap.block_runs(sources, positions)), b"")
+
+
+def _mode(st_mode: int) -> int:
+    return st_mode & 0o7777
+
+
+def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes]]:
+    """The pages `wanted` (ascending) that the file still has, read run by run."""
+    pages: list[tuple[int, bytes]] = []
+    index = 0
+    while index < len(wanted):
+        first = wanted[index]
+        end = index + 1
+        while end < len(wanted) and wanted[end] == wanted[end - 1] + 1 and end - index < 512:
+            end += 1
+        count = end - index
+        data = os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE)
+        whole = len(data) // BLOCK_SIZE
+        pages.extend((first + n, data[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]) for n in range(whole))
+        if whole < count:
+            break  # truncated under the copy
+        index = end
+    return pages
+
+
+def finish_maps(copied: list[CopiedFile]) -> list[FileMap]:
+    """Each file's map with its super-blocks, ordered by position."""
+    maps = []
+    for file in copied:
+        file.super_blocks.sort(key=lambda block: block.first)
+        maps.append(FileMap(file.file_map.path, file.file_map.blocks, file.file_map.sources, file.file_map.runs,
+                            blockmap.pack_super_blocks(file.super_blocks)))
+    return maps
+
+
+def store_block_maps(archive: Archive, backup_id: str, maps: list[FileMap], compressor: Compressor,
+                     cipher: Cipher | None) -> tuple[list[BackupPart], dict[str, int]]:
+    """The maps in objects of at most ~16 MiB; returns them and each path's object."""
+    parts: list[BackupPart] = []
+    where: dict[str, int] = {}
+    batch: list[FileMap] = []
+    batch_size = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_size
+        data = blockmap.encode_block_map(blockmap.BlockMapDocument(files=batch))
+        key = f"{backup_prefix(backup_id)}blockmap/{len(parts):08d}"
+        blob, header = objects.encode(data, compressor, cipher)
+        try:
+            archive.put(key, blob)
+        except ObjectExists:
+            raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
+        parts.append(BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex()))
+        batch, batch_size = [], 0
+
+    for file_map in maps:
+        where[file_map.path] = len(parts)
+        batch.append(file_map)
+        batch_size += len(file_map.runs) + len(file_map.super_blocks) + len(file_map.path)
+        if batch_size >= _MAP_OBJECT_SIZE:
+            flush()
+    if batch:
+        flush()
+    return parts, where
+

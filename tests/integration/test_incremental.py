@@ -1,0 +1,103 @@
+"""Incremental backups end to end on PostgreSQL 15 (pages read for their LSNs) and 18
+(WAL summaries): a full backup and a chain of incrementals under writes and DDL, each
+link restored and checked by its data, its catalog and `pg_amcheck`.
+
+Run through the installed `pitrkit` as the server user, as a DBA runs it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pitr_workload import (
+    archive_everything,
+    archiving_primary,
+    backup_push,
+    digests,
+    note_point,
+    recovered,
+    refusal,
+    succeeded,
+    write_round,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def incremental_push(setup, *args: str) -> dict:
+    summary: dict = json.loads(succeeded(setup.run("backup-push", "--incremental", "--json", *args, timeout=600)))
+    return summary
+
+
+def summarizing(pg_major: int) -> dict[str, object]:
+    return {"summarize_wal": "on"} if pg_major >= 17 else {}
+
+
+def amcheck(cluster) -> None:
+    """pg_amcheck over every database: heap and every index entry (--heapallindexed)."""
+    cluster.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    result = cluster.run("pg_amcheck", "--all", "--heapallindexed", "--install-missing", "-h",
+                         str(cluster.socket_dir), "-p", str(cluster.port), check=False, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Between the links of the chain: what each link must carry over (block maps of a relation
+# that grew, shrank, vanished or is new; a new database; an unlogged table).
+DDL = [
+    "CREATE TABLE grown (id int PRIMARY KEY, payload text);"
+    "INSERT INTO grown SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 20000) g",
+    "DROP TABLE doomed",
+    "CREATE DATABASE second; ",
+    "TRUNCATE grown; INSERT INTO grown SELECT g, md5(g::text) FROM generate_series(1, 500) g",
+    "VACUUM FULL accounts",
+    "CREATE UNLOGGED TABLE scratch AS SELECT g AS id FROM generate_series(1, 1000) g;"
+    "DELETE FROM events WHERE id % 3 = 0; VACUUM events",
+]
+
+
+def test_a_chain_of_incrementals_restores_every_link(cluster, pitrkit_setup, pg_major):
+    setup = pitrkit_setup
+    primary = archiving_primary(cluster, setup, **summarizing(pg_major))
+    write_round(primary, 1)
+    full = backup_push(setup)
+    links = [full]
+    points = []
+    for number, statement in enumerate(DDL, 2):
+        write_round(primary, number)
+        primary.sql(statement)
+        if statement.startswith("CREATE DATABASE"):
+            primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g", dbname="second")
+        link = incremental_push(setup)
+        assert link["parent"] == links[-1]["backup_id"]
+        assert link["chain"] == [each["backup_id"] for each in links]
+        expected = "wal-summaries" if pg_major >= 17 else "page-lsn"
+        assert link["changed_blocks"]["method"] == expected, link["changed_blocks"]
+        # Only what changed is stored: a fraction of the full's bytes.
+        assert link["stored_size"] < full["stored_size"], (link["stored_size"], full["stored_size"])
+        links.append(link)
+        points.append(note_point(primary))
+    archive_everything(primary)
+
+    listing = json.loads(succeeded(setup.run("backup-list", "--json")))
+    assert [backup["backup_id"] for backup in listing["backups"]] == [link["backup_id"] for link in links]
+
+    # The middle of the chain, then its end, each by the data at that point.
+    middle = recovered(cluster, setup, "--lsn", points[2].lsn)
+    assert digests(middle) == points[2].digests
+    middle.stop()
+    last = recovered(cluster, setup, "--lsn", points[-1].lsn)
+    assert digests(last) == points[-1].digests
+    assert last.sql("SELECT count(*) FROM t", dbname="second") == [(100,)]
+    amcheck(last)
+
+
+def test_an_incremental_needs_a_parent_of_this_cluster(cluster, pitrkit_setup, pg_major):
+    setup = pitrkit_setup
+    archiving_primary(cluster, setup, **summarizing(pg_major))
+    assert "take a full backup first" in refusal(setup.run("backup-push", "--incremental"))
+    full = backup_push(setup)
+    assert "no such backup" in refusal(setup.run("backup-push", "--from", "20000101T000000Z"))
+    link = incremental_push(setup, "--from", full["backup_id"])
+    assert link["parent"] == full["backup_id"]

@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 from pitrkit.backup.changes import RelationFork, Summarized, relation_of
 from pitrkit.backup.page_scan import changed_pages
@@ -205,13 +205,62 @@ class BlockPlan(NamedTuple):
     segment: int
 
 
-def plan_file(path: str, size: int, parent: Parent, changes: Changes) -> BlockPlan | None:
-    """The block plan of a file, or None to copy it whole."""
+def databases_made_since(pgdata: str, paths: list[str], parent: Parent) -> set[int]:
+    """The databases whose directory is not the one the parent saw: a PG_VERSION the
+    parent lacks or recorded with another size or mtime (CREATE DATABASE writes one).
+
+    The summaries name the databases created in their range; this covers the page-LSN
+    scan too, where nothing else would: STRATEGY FILE_COPY copies the template's files,
+    page LSNs and all, without logging a page, and once the OID counter has wrapped a
+    re-created database can have a dropped one's OID and relation file names."""
+    made = set()
+    for path in paths:
+        head, name = os.path.split(path)
+        database = os.path.basename(head)
+        if name != "PG_VERSION" or not database.isdigit():
+            continue
+        seen = parent.stream.get(path)
+        try:
+            status = os.stat(os.path.join(pgdata, path))
+        except FileNotFoundError:
+            continue  # dropped meanwhile: its files are gone too, or replay drops them
+        if seen is None or (seen.size, seen.mtime) != (status.st_size, int(status.st_mtime)):
+            made.add(int(database))
+    return made
+
+
+class _Listed(Protocol):
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+Listed = TypeVar("Listed", bound=_Listed)
+
+
+def plan_files(pgdata: str, files: list[Listed], parent: Parent, changes: Changes
+               ) -> tuple[list[Listed], list[BlockPlan]]:
+    """The files of the walk (backup/push.py's) to copy whole, and the block plans of the rest."""
+    made_since = databases_made_since(pgdata, [file.path for file in files], parent)
+    whole, plans = [], []
+    for file in files:
+        if (plan := plan_file(file.path, file.size, parent, changes, made_since)) is None:
+            whole.append(file)
+        else:
+            plans.append(plan)
+    return whole, plans
+
+
+def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since: set[int]) -> BlockPlan | None:
+    """The block plan of a file, or None to copy it whole. `made_since`: the databases
+    databases_made_since found."""
     relation = relation_of(path)
     if relation is None:
         return None
     fork, segment = relation
-    if fork.fork == _FSM_FORK or size % BLOCK_SIZE:
+    if fork.fork == _FSM_FORK or size % BLOCK_SIZE or fork.database in made_since:
         return None
     base = parent.blocks_of(path)
     if base is None:
@@ -341,6 +390,17 @@ class CopiedFile(NamedTuple):
     record: BlockFile  # block_map is filled in when the maps are stored
     file_map: FileMap  # super_blocks are filled in when the store has finished
     super_blocks: list[SuperBlock]  # appended to by the store's threads
+
+
+def copy_block_files(pgdata: str, plans: list[BlockPlan], changes: Changes, store: SuperBlockStore, own: int,
+                     advance: Callable[[int], None]) -> list[CopiedFile]:
+    """Store the changed blocks of every planned file (`own`: this backup's source
+    index); the files that vanished meanwhile are left out."""
+    copied = []
+    for plan in plans:
+        if (done := copy_block_file(pgdata, plan, changes, store, own, advance)) is not None:
+            copied.append(done)
+    return copied
 
 
 def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: SuperBlockStore,

@@ -456,12 +456,6 @@ def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:
 # --- the backup -------------------------------------------------------------------------
 
 
-class Incremental(NamedTuple):
-    parent: incremental.Parent
-    changes: incremental.Changes
-    source: ChangeSource
-
-
 def _changes_since(archive: Archive, server: ServerSession, facts: ServerFacts, parent: BackupSummary,
                    timeline: int, start: Lsn) -> tuple[incremental.Changes, ChangeSource]:
     """How this backup learns which blocks changed since `parent` started: the WAL
@@ -519,14 +513,13 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         if captured:
             listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
             listing.files[-1:-1] = captured  # before pg_control, which is copied last
-        plans: list[incremental.BlockPlan] = []
-        whole = listing.files
+        whole, plans = listing.files, []
         if changes is not None:
-            decided = [(file, incremental.plan_file(file.path, file.size, parent, changes)) for file in listing.files]
-            plans = [plan for _, plan in decided if plan is not None]
-            whole = [file for file, plan in decided if plan is None]
-        total = sum(file.size for file in whole) + sum(len(plan.base[0]) * BLOCK_SIZE for plan in plans
-                                                        if plan.changed is None)
+            whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)
+        # What will be read: whole files, and of block-mapped ones every page the scan
+        # reads, or the blocks the summaries name (new blocks past the parent's come on top).
+        total = sum(file.size for file in whole) + BLOCK_SIZE * sum(
+            len(plan.base[0]) if plan.changed is None else len(plan.changed) for plan in plans)
         log.info("copying %d files (%s) and %d block-mapped files from %s and %d tablespaces", len(whole),
                  human_bytes(total), len(plans), pgdata, len(listing.tablespaces))
         workers = config.backup.workers or len(os.sched_getaffinity(0))
@@ -535,12 +528,9 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         try:
             with Progress(f"backup {backup_id}", total) as progress:
                 copied = []
-                for plan in plans:
-                    assert blocks is not None and changes is not None
-                    own = len(parent_summary.chain) + 1 if parent_summary else 0
-                    if (done := incremental.copy_block_file(pgdata, plan, changes, blocks, own,
-                                                            progress.advance)) is not None:
-                        copied.append(done)
+                if blocks is not None and changes is not None and parent_summary is not None:
+                    copied = incremental.copy_block_files(pgdata, plans, changes, blocks,
+                                                          len(parent_summary.chain) + 1, progress.advance)
                 files = copy_files(pgdata, whole, store, progress)
             parts = store.finish()
             block_parts = blocks.finish() if blocks is not None else []

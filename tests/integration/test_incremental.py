@@ -83,21 +83,32 @@ def test_a_chain_of_incrementals_restores_every_link(cluster, pitrkit_setup, pg_
     listing = json.loads(succeeded(setup.run("backup-list", "--json")))
     assert [backup["backup_id"] for backup in listing["backups"]] == [link["backup_id"] for link in links]
 
-    # The middle of the chain, then its end, each by the data at that point.
-    middle = recovered(cluster, setup, "--lsn", points[2].lsn)
-    assert digests(middle) == points[2].digests
-    middle.stop()
-    last = recovered(cluster, setup, "--lsn", points[-1].lsn)
-    assert digests(last) == points[-1].digests
-    assert last.sql("SELECT count(*) FROM t", dbname="second") == [(100,)]
-    amcheck(last)
+    # Every link's end: the data as it was then. An unlogged table comes back empty, as
+    # after any crash (only its init fork is backed up).
+    for number, point in enumerate(points):
+        restored = recovered(cluster, setup, "--lsn", point.lsn)
+        found = digests(restored)
+        if "scratch" in found:
+            assert found.pop("scratch").rows == 0
+        assert found == {table: digest for table, digest in point.digests.items() if table != "scratch"}, number
+        if number == len(points) - 1:
+            assert restored.sql("SELECT count(*) FROM t", dbname="second") == [(100,)]
+            amcheck(restored)
+        restored.stop()
 
 
 def test_an_incremental_needs_a_parent_of_this_cluster(cluster, pitrkit_setup, pg_major):
     setup = pitrkit_setup
-    archiving_primary(cluster, setup, **summarizing(pg_major))
+    primary = archiving_primary(cluster, setup, **summarizing(pg_major))
     assert "take a full backup first" in refusal(setup.run("backup-push", "--incremental"))
     full = backup_push(setup)
     assert "no such backup" in refusal(setup.run("backup-push", "--from", "20000101T000000Z"))
     link = incremental_push(setup, "--from", full["backup_id"])
     assert link["parent"] == full["backup_id"]
+    if pg_major >= 17:
+        # Without summaries the pages are read, and the backup says why.
+        primary.sql("ALTER SYSTEM SET summarize_wal = off")
+        primary.sql("SELECT pg_reload_conf()")
+        read = incremental_push(setup)
+        assert read["changed_blocks"]["method"] == "page-lsn"
+        assert "summarize_wal" in read["changed_blocks"]["note"], read["changed_blocks"]

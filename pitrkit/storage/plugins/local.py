@@ -176,8 +176,12 @@ class LocalStorage:
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         self._publish(key, lambda descriptor: _write_all(descriptor, data), overwrite)
 
-    def copy(self, source: str, destination: str) -> None:
-        """hookspecs.ServerSideCopy: the bytes go from file to file inside the kernel."""
+    def copy(self, source: str, target: str) -> None:
+        """hookspecs.ServerSideCopy: the bytes go from file to file inside the kernel, into
+        a new file published exactly as a put's (fsync'd, then link(2): create-only and
+        durable). Not a link(2) of the source itself, which would be as atomic: the copy
+        would be the source's inode, its owner and mode included, where a put makes files
+        owned as `_new_entries_owner` says (backup-push may run as root)."""
         try:
             original = self._open_stored(self._names(source))
         except (FileNotFoundError, NotADirectoryError):
@@ -185,7 +189,7 @@ class LocalStorage:
         except OSError as exc:
             raise self._fault(exc, source) from None
         try:
-            self._publish(destination, lambda descriptor: _copy_all(original, descriptor), overwrite=False)
+            self._publish(target, lambda descriptor: _copy_all(original, descriptor), overwrite=False)
         finally:
             os.close(original)
 

@@ -34,9 +34,9 @@ class WithOptional(RequiredOnly):
         self.calls.append(f"get_range {key}")
         return self.objects[key][offset:offset + length]
 
-    def copy(self, source: str, destination: str) -> None:
-        self.calls.append(f"copy {source} {destination}")
-        self.objects[destination] = self.objects[source]
+    def copy(self, source: str, target: str) -> None:
+        self.calls.append(f"copy {source} {target}")
+        self.objects[target] = self.objects[source]
 
 
 def test_a_backend_without_the_optional_methods_is_served_by_the_required_ones():

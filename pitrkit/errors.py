@@ -51,8 +51,9 @@ class RefusedError(PitrkitError):
 
 
 class ParentRefused(RefusedError):
-    """backup-push cannot take the incremental backup asked for: no backup can be its
-    parent (none, a broken chain, another cluster, or another major: the first backup
+    """backup-push cannot take the incremental backup asked for, and has stored nothing:
+    the parent asked for, or every backup, cannot be its parent (gone, a broken chain,
+    off the server's timeline path, another cluster, or another major: the first backup
     after an upgrade is full). Its own exit code, so that `pitrkit daemon` can tell it
     from a failed backup and take a full one at once instead."""
 

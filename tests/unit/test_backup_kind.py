@@ -62,9 +62,9 @@ def test_by_duration_the_grace_is_bounded() -> None:
     assert next_backup_kind(WEEKLY, backups, CLUSTER, T0 + timedelta(days=7, minutes=-6)).kind == "incremental"
     assert next_backup_kind(WEEKLY, backups, CLUSTER, T0 + timedelta(days=7, minutes=-5)).kind == "full"
     # A tenth of a short full_every, not five minutes of it.
-    hourly = FullEvery(600, None)
-    assert next_backup_kind(hourly, backups, CLUSTER, T0 + timedelta(seconds=539)).kind == "incremental"
-    assert next_backup_kind(hourly, backups, CLUSTER, T0 + timedelta(seconds=540)).kind == "full"
+    short = FullEvery(600, None)
+    assert next_backup_kind(short, backups, CLUSTER, T0 + timedelta(seconds=539)).kind == "incremental"
+    assert next_backup_kind(short, backups, CLUSTER, T0 + timedelta(seconds=540)).kind == "full"
 
 
 def test_by_duration_the_full_of_the_newest_backups_chain_counts() -> None:

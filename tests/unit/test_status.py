@@ -567,6 +567,7 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     assert values[("pitrkit_wal_gaps", (("timeline", "1"),))] == 1
     assert values[("pitrkit_archiver_up", ())] == 0
     assert values[("pitrkit_daemon_backups_total", ())] == 3
+    assert values[("pitrkit_daemon_next_backup_incremental", ())] == 1
     assert values[("pitrkit_daemon_sidecar_restarts_total", ())] == 2
     assert values[("pitrkit_daemon_last_backup_duration_seconds", ())] == 120
     # Every family has one HELP and one TYPE line, and each name is one family's.

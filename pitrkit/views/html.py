@@ -144,7 +144,8 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         parts.append(_rows([
             ("started", _cell(show_time(daemon.started_at))),
             ("schedule", _cell(daemon.schedule or "no scheduled backups")),
-            ("next backup", _cell("running now" if daemon.backup_running else show_time(daemon.next_backup_at))),
+            ("next backup", _cell(("running now" if daemon.backup_running else show_time(daemon.next_backup_at))
+                                  + (f" ({daemon.next_backup_kind})" if daemon.next_backup_kind else ""))),
             ("last run", _cell("-" if run is None else
                                f"{'ok' if run.ok else 'FAILED'} {show_time(run.finished_at)}"
                                f"{' ' + run.backup_id if run.backup_id else ''}: {run.message}")),

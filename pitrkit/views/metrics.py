@@ -187,6 +187,9 @@ def _daemon_metrics(exposition: _Exposition, daemon: DaemonFacts) -> None:
     family("daemon_start_timestamp_seconds", "gauge", "When the daemon started.").add(_stamp(daemon.started_at))
     family("daemon_next_backup_timestamp_seconds", "gauge", "When the next scheduled backup starts.").add(
         _stamp(daemon.next_backup_at))
+    family("daemon_next_backup_incremental", "gauge",
+           "The next scheduled backup (or the running one) is expected to be incremental (1) or full (0).").add(
+        None if daemon.next_backup_kind is None else float(daemon.next_backup_kind == "incremental"))
     family("daemon_backup_running", "gauge", "A scheduled backup is running now.").add(float(daemon.backup_running))
     family("daemon_backups_total", "counter", "Scheduled backups finished since the daemon started.").add(
         daemon.backups_taken)

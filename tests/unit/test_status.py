@@ -5,6 +5,7 @@ the HTML page and the Prometheus text, parsed back with prometheus_client."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -527,6 +528,7 @@ def test_a_password_in_conninfo_is_never_shown(tmp_path, store, capsys, conninfo
 
 FACTS = DaemonFacts(
     started_at=NOW - timedelta(hours=2), schedule="every 6h", next_backup_at=NOW + timedelta(hours=4),
+    next_backup_kind="incremental",
     backup_running=False,
     last_run=ScheduledRun(started_at=NOW - timedelta(hours=2), finished_at=NOW - timedelta(hours=1, minutes=58),
                           ok=True, backup_id="B", message="backup B <done> & stored"),
@@ -565,6 +567,7 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     assert values[("pitrkit_wal_gaps", (("timeline", "1"),))] == 1
     assert values[("pitrkit_archiver_up", ())] == 0
     assert values[("pitrkit_daemon_backups_total", ())] == 3
+    assert values[("pitrkit_daemon_next_backup_incremental", ())] == 1
     assert values[("pitrkit_daemon_sidecar_restarts_total", ())] == 2
     assert values[("pitrkit_daemon_last_backup_duration_seconds", ())] == 120
     # Every family has one HELP and one TYPE line, and each name is one family's.
@@ -589,5 +592,6 @@ def test_the_page_refreshes_itself_escapes_everything_and_shows_the_figures(stor
     # Durations read as in the text report (progress.human_seconds).
     assert "(22m30s ago)" in page and "<th>took</th><td>1m00s</td>" in page
     assert 'id="last-backup"' in page and 'id="last-wal"' in page
+    assert re.search(r"<th>next backup</th><td>[^<]* \(incremental\)</td>", page)
     assert "http" not in page.replace('http-equiv', '')  # no external assets
     assert "Daemon" not in html_page(report, None, refresh_seconds=30)

@@ -51,7 +51,7 @@ from pitrkit.catalog.documents import (
     BlockFile,
     BlockPart,
 )
-from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.errors import ParentRefused, PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage import objects
@@ -98,9 +98,9 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
     if requested is not None:
         chosen = next((backup for backup in finished if backup.backup_id == requested), None)
         if chosen is None:
-            raise RefusedError(f"--from {requested}: there is no such backup in the archive {archive.storage.url}")
+            raise ParentRefused(f"--from {requested}: there is no such backup in the archive {archive.storage.url}")
         if why := why_not(chosen):
-            raise RefusedError(f"--from {requested}: cannot take an incremental backup on it: {why}")
+            raise ParentRefused(f"--from {requested}: cannot take an incremental backup on it: {why}")
         return chosen
     reasons = []
     for backup in reversed(finished):
@@ -108,7 +108,7 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
             return backup
         reasons.append(f"{backup.backup_id}: {why}")
     said = f" ({'; '.join(reasons[:3])})" if reasons else ""
-    raise RefusedError(f"no backup in the archive can be the parent of an incremental backup{said}: "
+    raise ParentRefused(f"no backup in the archive can be the parent of an incremental backup{said}: "
                        "take a full backup first (backup-push without --incremental)")
 
 
@@ -137,11 +137,23 @@ class Parent(NamedTuple):
 
 
 def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
+    """The parent's manifest and block maps, read and checked; refused (ParentRefused:
+    nothing stored yet, so the daemon takes a full backup instead) when they are gone or
+    do not hold together."""
+    try:
+        return _load_parent(archive, summary)
+    except ParentRefused:
+        raise
+    except RefusedError as exc:
+        raise ParentRefused(f"the parent backup {summary.backup_id} cannot be used: {exc}") from None
+
+
+def _load_parent(archive: Archive, summary: BackupSummary) -> Parent:
     try:
         manifest = archive.get_document(manifest_key(summary.backup_id), BackupManifest)
     except ObjectNotFound:
-        raise RefusedError(f"the parent backup {summary.backup_id} has no manifest any more "
-                           "(removed meanwhile?)") from None
+        raise ParentRefused(f"the parent backup {summary.backup_id} has no manifest any more "
+                            "(removed meanwhile?)") from None
     if manifest.chain != summary.chain:
         raise RefusedError(f"backup {summary.backup_id}'s manifest and catalog entry name different chains")
     maps: dict[str, FileMap] = {}

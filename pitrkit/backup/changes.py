@@ -100,7 +100,16 @@ def summarized_changes(connection: psycopg.Connection, major: int, path: list[tu
         return NotSummarized(f"PostgreSQL {major} has no WAL summaries (they came with PostgreSQL 17)")
     steps = [(timeline, begin, end) for timeline, begin, end in path if begin < end]
     if bad := [timeline for timeline, _, _ in steps if not 0 < timeline <= summaries.MAX_OID]:
-        return NotSummarized(f"the WAL between the two backups is said to be on timeline {bad[0]}, which cannot exist")
+        return NotSummarized(f"the WAL between the two backups is said to be on timeline {bad[0]}, "
+                             "which cannot exist")
+    try:
+        return _summarized(connection, steps, timeout)
+    except SummaryUnreadable as exc:
+        return NotSummarized(str(exc))
+
+
+def _summarized(connection: psycopg.Connection, steps: list[tuple[int, Lsn, Lsn]],
+                timeout: float) -> Summarized | NotSummarized:
     if not summaries.summarize_wal(connection):
         return NotSummarized("summarize_wal is off on the server")
     if not steps:
@@ -112,17 +121,13 @@ def summarized_changes(connection: psycopg.Connection, major: int, path: list[tu
         return NotSummarized(f"the WAL summarizer had summarized up to {state.summarized} and not to {end} "
                              f"after {timeout:g} s{running}")
     available = summaries.available_summaries(connection)
-    needed: dict[WalSummary, None] = {}
+    needed: dict[WalSummary, None] = {}  # in order, each once
     for timeline, begin, stop in steps:
         covering = _covering(available, timeline, begin, stop)
         if isinstance(covering, str):
             return NotSummarized(covering)
         needed.update(dict.fromkeys(covering))
-    try:
-        contents = summaries.summary_contents(connection, list(needed))
-    except SummaryUnreadable as exc:
-        return NotSummarized(str(exc))
-    return _merge(contents, len(needed))
+    return _merge(summaries.summary_contents(connection, list(needed)), len(needed))
 
 
 def _covering(available: list[WalSummary], timeline: int, begin: Lsn, end: Lsn) -> list[WalSummary] | str:
@@ -144,9 +149,10 @@ def _covering(available: list[WalSummary], timeline: int, begin: Lsn, end: Lsn) 
         if reached >= end:
             return overlapping[:count]
     if not overlapping:
-        return f"there are no WAL summaries on timeline {timeline} from {begin} to {end} (removed, or never made)"
+        return (f"there are no WAL summaries on timeline {timeline} from {begin} to {end} (summarize_wal was off, "
+                "or they were older than wal_summary_keep_time)")
     return (f"the WAL summaries on timeline {timeline} from {begin} to {end} have a gap: nothing summarizes "
-            f"the WAL from {reached}")
+            f"the WAL from {reached} (summarize_wal was off then, or the summary was removed)")
 
 
 def _merge(contents: list[summaries.ForkSummary], files: int) -> Summarized:

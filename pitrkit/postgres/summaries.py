@@ -87,7 +87,7 @@ def summarizer_state(connection: psycopg.Connection) -> SummarizerState:
         SELECT summarized_tli, summarized_lsn::text, pending_lsn::text, summarizer_pid
         FROM pg_get_wal_summarizer_state()""")
     if not isinstance(tli, int) or not 0 <= tli <= MAX_OID or not (pid is None or isinstance(pid, int) and pid > 0):
-        raise ServerError(f"pg_get_wal_summarizer_state() returned an impossible state: "
+        raise SummaryUnreadable(f"pg_get_wal_summarizer_state() returned an impossible state: "
                           f"timeline {tli!r}, pid {pid!r}")
     return SummarizerState(tli, _lsn("pg_get_wal_summarizer_state()", summarized),
                            _lsn("pg_get_wal_summarizer_state()", pending), pid)
@@ -117,7 +117,7 @@ def available_summaries(connection: psycopg.Connection) -> list[WalSummary]:
         source = "pg_available_wal_summaries()"
         summary = WalSummary(tli, _lsn(source, start), _lsn(source, end))
         if not isinstance(tli, int) or not 0 < tli <= MAX_OID or summary.start >= summary.end:
-            raise ServerError(f"pg_available_wal_summaries() listed an impossible summary: timeline {tli!r} "
+            raise SummaryUnreadable(f"pg_available_wal_summaries() listed an impossible summary: timeline {tli!r} "
                               f"from {start} to {end}")
         found.append(summary)
     return sorted(found)
@@ -139,7 +139,11 @@ def summary_contents(connection: psycopg.Connection, summaries: Sequence[WalSumm
     """What `summaries` say together, per relation fork: pg_wal_summary_contents()'s rows
     (relfilenode, reltablespace, reldatabase, relforknumber, relblocknumber,
     is_limit_block) merged the way PostgreSQL merges summaries for an incremental backup
-    (the smallest limit block, the union of modified blocks)."""
+    (the smallest limit block, the union of modified blocks).
+
+    A fork whose only news is its limit block (created, truncated or dropped, no block
+    modified after) has a row of its own in every release: pg_wal_summary_contents()
+    lacked it until commit ab4129091c, which reached REL_17_STABLE before 17.0."""
     if not summaries:
         return []
     params = ([summary.timeline for summary in summaries], [str(summary.start) for summary in summaries],
@@ -200,4 +204,4 @@ def _lsn(source: str, text: object) -> Lsn:
             return Lsn.parse(text)
     except UsageError:
         pass
-    raise ServerError(f"{source} returned {text!r}, which is not an LSN")
+    raise SummaryUnreadable(f"{source} returned {text!r}, which is not an LSN")

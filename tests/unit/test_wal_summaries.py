@@ -103,3 +103,12 @@ def test_a_row_from_the_server_is_decoded():
 def test_impossible_rows_are_refused(row):
     with pytest.raises(SummaryUnreadable):
         summaries._fork(row)
+
+
+def test_no_summaries_before_17_and_no_impossible_timelines():
+    # Refused before any query: there is no server behind None.
+    path = [(1, lsn(100), lsn(200))]
+    assert changes.summarized_changes(None, 16, path, 1.0) == \
+        changes.NotSummarized("PostgreSQL 16 has no WAL summaries (they came with PostgreSQL 17)")
+    refused = changes.summarized_changes(None, 18, [(0, lsn(100), lsn(200))], 1.0)
+    assert isinstance(refused, changes.NotSummarized) and "timeline 0, which cannot exist" in refused.reason

@@ -71,9 +71,12 @@ class ForkSummary(NamedTuple):
 
 
 def data_checksums(connection: psycopg.Connection) -> bool:
-    """Whether the cluster has data checksums (initdb -k; the default from 18 on)."""
+    """Whether pages may carry checksums worth verifying (initdb -k; the default from 18
+    on). Anything but "off" counts: while checksums are being switched on or off (a state
+    a later release may report), a page whose checksum fails is merely read again and
+    stored, never trusted less."""
     (setting,) = _row(connection, "reading data_checksums", "SELECT current_setting('data_checksums')")
-    return _setting("data_checksums", setting)
+    return setting != "off"
 
 
 def summarize_wal(connection: psycopg.Connection) -> bool:

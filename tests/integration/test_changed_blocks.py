@@ -72,9 +72,16 @@ def fork_of(made: pgharness.Cluster, relation: str, dbname: str = "postgres") ->
 def test_summaries_list_changed_blocks_limits_and_new_databases(cluster, pg_major):
     needs_summaries(pg_major)
     made = started(cluster, summarize_wal=True)
-    made.sql("CREATE TABLE doomed (id int); INSERT INTO doomed SELECT generate_series(1, 50000)")
+    space = pgharness.make_server_dir(made.directory / "space", mode=0o700)
+    made.sql(f"CREATE TABLESPACE extra LOCATION '{space}'")
+    made.sql("CREATE TABLE doomed (id int); INSERT INTO doomed SELECT generate_series(1, 50000);"
+             "CREATE TABLE spaced (id int, payload text) TABLESPACE extra;"
+             "INSERT INTO spaced SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+    made.sql("VACUUM (FREEZE) spaced")
     made.sql("CHECKPOINT")
-    big, doomed_before = fork_of(made, "big"), fork_of(made, "doomed")
+    big, doomed_before, spaced = fork_of(made, "big"), fork_of(made, "doomed"), fork_of(made, "spaced")
+    (extra,) = made.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'")[0]
+    assert spaced.tablespace == extra
     (big_pages,) = made.sql("SELECT pg_relation_size('big') / 8192")[0]
 
     parent_start = checkpoint_redo(made)
@@ -84,6 +91,8 @@ def test_summaries_list_changed_blocks_limits_and_new_databases(cluster, pg_majo
     made.sql("CREATE DATABASE copied STRATEGY FILE_COPY")
     made.sql("CREATE DATABASE logged STRATEGY WAL_LOG")
     made.sql("CREATE DATABASE plain")  # PostgreSQL 15+'s default strategy is WAL_LOG
+    made.sql("CREATE DATABASE elsewhere TABLESPACE extra")
+    spaced_updated = update_rows_on(made, "spaced", [2])
     databases = dict(made.sql("SELECT datname, oid FROM pg_database"))
     fresh, doomed_after = fork_of(made, "fresh"), fork_of(made, "doomed")
 
@@ -104,6 +113,8 @@ def test_summaries_list_changed_blocks_limits_and_new_databases(cluster, pg_majo
     assert found.forks[doomed_after].limit == 0
     assert found.forks[doomed_before].limit == 0
     assert {(1663, databases[name]) for name in ("copied", "logged", "plain")} <= found.new_databases
+    assert (extra, databases["elsewhere"]) in found.new_databases
+    assert spaced_updated <= set(found.forks[spaced].blocks) and len(found.forks[spaced].blocks) <= 3
     assert (1663, big.database) not in found.new_databases
 
 

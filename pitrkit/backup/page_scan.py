@@ -13,8 +13,9 @@ reads) it is stored as read the second time.
 Why an old, valid page may come from the parent: the backup's start checkpoint wrote
 every page changed before it, so a page whose LSN is before the parent's start has not
 changed since the parent's start; the parent's copy, taken after that start, is the same
-page. A write racing this read after the checkpoint is logged (with a full-page image)
-after this backup's start, and replay from that start rewrites the page.
+page. A write racing this read after the checkpoint is logged after this backup's start
+with a full-page image (a running backup forces full_page_writes), and replay from that
+start rewrites the page.
 
 The checksum is PostgreSQL's pg_checksum_page (src/include/storage/checksum_impl.h),
 computed with numpy over many pages at once.
@@ -62,7 +63,7 @@ def changed_pages(fd: int, block_count: int, first_block: int, since: Lsn, check
     blocks of the open segment file `fd` that must be stored, ascending. `first_block`
     is the file's first block's number in the relation (the checksum mixes it in). A file
     shorter than `block_count` (truncated under the scan) just ends. `pread` is os.pread
-    but for tests."""
+    except in tests (a writer racing the re-read)."""
     import numpy as np  # only when a backup reads pages: wal-push and wal-fetch never load numpy
 
     for chunk_start in range(0, block_count, CHUNK_PAGES):
@@ -100,8 +101,8 @@ def _triage(data: bytes, pages: int, first_block: int, since: Lsn,
     # pd_lsn is two native uint32: xlogid (the high half), then xrecoff.
     lsn = (words[:, 0].astype(np.uint64) << np.uint64(32)) | words[:, 1].astype(np.uint64)
     lower, upper, special = halves[:, _LOWER], halves[:, _UPPER], halves[:, _SPECIAL]
-    # PageIsVerified's header checks (src/backend/storage/page/bufpage.c), and the page
-    # size and layout version beside them; pd_upper 0 is a new page.
+    # PageIsVerified's header checks (src/backend/storage/page/bufpage.c), and beside them
+    # pd_lower past the header and the page size and layout version; pd_upper 0 is a new page.
     valid = ((halves[:, _FLAGS] & ~np.uint16(_VALID_FLAGS)) == 0) & (lower >= _HEADER_SIZE) & (lower <= upper) \
         & (upper <= special) & (special <= BLOCK_SIZE) & (special % _MAXALIGN == 0) \
         & (halves[:, _PAGESIZE_VERSION] == (BLOCK_SIZE | _PAGE_LAYOUT_VERSION))

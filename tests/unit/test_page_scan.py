@@ -1,7 +1,7 @@
 """The page scan (backup/page_scan.py): which pages of a relation file an incremental
 backup stores when it reads them, and PostgreSQL's page checksum it relies on, checked
 against a plain transcription of checksum_impl.h and against pages a real PostgreSQL 18
-wrote with data checksums (golden/pg18-checksummed-pages.bin: heap blocks 0 and 1, the
+wrote with data checksums (pages/pg18-checksummed-pages.bin: heap blocks 0 and 1, the
 visibility map's block 0, a btree's block 0)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pitrkit.backup import page_scan
 from pitrkit.catalog.documents import BLOCK_SIZE, BLOCKS_PER_SEGMENT
 from pitrkit.postgres.wal import Lsn
 
-GOLDEN = Path(__file__).parent / "golden" / "pg18-checksummed-pages.bin"
-GOLDEN_BLOCKS = [0, 1, 0, 0]  # each golden page's block number in its relation
+REAL_PAGES = Path(__file__).parent / "pages" / "pg18-checksummed-pages.bin"
+REAL_BLOCKS = [0, 1, 0, 0]  # each real page's block number in its relation
 ENDIAN = "<" if sys.byteorder == "little" else ">"
 
 # --- the checksum, as checksum_impl.h writes it ---------------------------------------------
@@ -57,8 +57,8 @@ def stored_checksum(page: bytes) -> int:
     return struct.unpack_from(f"{ENDIAN}H", page, 8)[0]
 
 
-def golden_pages() -> list[bytes]:
-    data = GOLDEN.read_bytes()
+def real_pages() -> list[bytes]:
+    data = REAL_PAGES.read_bytes()
     return [data[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE] for n in range(len(data) // BLOCK_SIZE)]
 
 
@@ -70,21 +70,21 @@ def test_the_checksum_offsets_are_postgresqls():
 
 
 def test_pages_postgresql_wrote_verify():
-    pages = golden_pages()
-    assert len(pages) == len(GOLDEN_BLOCKS)
-    for page, block in zip(pages, GOLDEN_BLOCKS, strict=True):
+    pages = real_pages()
+    assert len(pages) == len(REAL_BLOCKS)
+    for page, block in zip(pages, REAL_BLOCKS, strict=True):
         assert stored_checksum(page) != 0
         assert reference_checksum(page, block) == stored_checksum(page)
-    assert numpy_checksums(b"".join(pages), GOLDEN_BLOCKS) == [stored_checksum(page) for page in pages]
+    assert numpy_checksums(b"".join(pages), REAL_BLOCKS) == [stored_checksum(page) for page in pages]
 
 
 def test_a_flipped_byte_or_another_block_number_does_not_verify():
-    page = bytearray(golden_pages()[0])
+    page = bytearray(real_pages()[0])
     page[5000] ^= 0x01
     assert reference_checksum(bytes(page), 0) != stored_checksum(page)
     assert numpy_checksums(bytes(page), [0]) != [stored_checksum(page)]
     # The same page moved elsewhere in its relation.
-    original = golden_pages()[0]
+    original = real_pages()[0]
     assert numpy_checksums(original, [1]) != [stored_checksum(original)]
     assert numpy_checksums(original, [BLOCKS_PER_SEGMENT]) != [stored_checksum(original)]
 
@@ -261,9 +261,9 @@ def test_only_block_count_blocks_are_read(tmp_path):
 
 
 @pytest.mark.parametrize("checksums", [True, False])
-def test_golden_pages_at_their_blocks_are_unchanged_since_a_later_lsn(tmp_path, checksums):
+def test_real_pages_at_their_blocks_are_unchanged_since_a_later_lsn(tmp_path, checksums):
     # Each real page alone in a file whose first block is the page's own number.
-    for real, block in zip(golden_pages(), GOLDEN_BLOCKS, strict=True):
+    for real, block in zip(real_pages(), REAL_BLOCKS, strict=True):
         fd = write_file(tmp_path, [real])
         try:
             lsn = Lsn(int.from_bytes(real[:4], sys.byteorder) << 32 | int.from_bytes(real[4:8], sys.byteorder))

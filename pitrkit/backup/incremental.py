@@ -288,7 +288,7 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since
     changed: list[int] = []
     limit: int | None = None
     if forked is not None:
-        changed = [block - first for block in forked.blocks if first <= block < first + blocks]
+        changed = [block - first for block in forked.between(first, first + blocks)]
         if forked.limit is not None:
             if forked.limit <= first:
                 return None  # truncated to before this file: nothing of the parent's is good

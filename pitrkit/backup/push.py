@@ -53,6 +53,7 @@ from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.postgres.server import ServerFacts, ServerSession
+from pitrkit.postgres.summaries import data_checksums
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.storage import codec, objects
@@ -462,7 +463,7 @@ def _changes_since(archive: Archive, server: ServerSession, facts: ServerFacts, 
     summaries when they cover the whole way, else reading the pages (and why)."""
     path = incremental.summary_path(archive, parent, timeline, start)
     found = summarized_changes(server.connection, facts.major, path, _SUMMARIZER_WAIT)
-    checksums = server.data_checksums()
+    checksums = data_checksums(server.connection)
     if isinstance(found, NotSummarized):
         log.warning("reading every relation file for changed pages: %s", found.reason)
         return (incremental.Changes(None, parent.start_lsn, checksums),
@@ -513,7 +514,7 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         if captured:
             listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
             listing.files[-1:-1] = captured  # before pg_control, which is copied last
-        whole, plans = listing.files, []
+        whole, plans = listing.files, list[incremental.BlockPlan]()
         if changes is not None:
             whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)
         # What will be read: whole files, and of block-mapped ones every page the scan
@@ -541,7 +542,7 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
             raise
         maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied), compressor,
                                                    cipher) if copied else ([], {})
-        block_files = [copied_file.record._replace(block_map=where[copied_file.record.path])
+        block_files = [msgspec.structs.replace(copied_file.record, block_map=where[copied_file.record.path])
                        for copied_file in copied]
 
         stop = server.stop_backup()
@@ -567,7 +568,8 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         last_segment=last.name,
         tablespaces=listing.tablespaces,
         size=sum(file.size for file in files) + sum(file.size for file in block_files),
-        stored_size=sum(part.stored_size for part in [*parts, *block_parts, *maps]),
+        stored_size=sum(part.stored_size for part in parts) + sum(part.stored_size for part in block_parts)
+        + sum(part.stored_size for part in maps),
         file_count=len(files) + len(block_files),
         compression=compressor.name,
         pitrkit_version=__version__,

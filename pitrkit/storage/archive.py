@@ -58,6 +58,9 @@ RETENTION_STATE_KEY = "catalog/retention.json"
 LEASES_PREFIX = "leases/"
 
 IDENTITY_TTL = 60.0
+# The end of the furthest range `get_range` reads: objects pitrkit writes are far smaller
+# (block parts of about 32 MiB; documents.MAX_PART_SIZE bounds a part at 1 GiB, stored 2).
+MAX_RANGE_END = 2 << 30
 
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
@@ -172,6 +175,18 @@ class Archive:
 
     def get(self, key: str) -> bytes:
         return self._call(f"reading {key}", lambda: self.storage.get(key))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes of the object `key` from `offset` (a super-block in a block part).
+        Core fallback for storages without ranged reads: the whole object is read and
+        sliced. Offsets and lengths come from stored block maps, so they are bounded before
+        any read and an object that ends short is refused."""
+        if not (0 <= offset <= MAX_RANGE_END and 0 < length <= MAX_RANGE_END - offset):
+            raise RefusedError(f"a read of {length} bytes at offset {offset} of {key} is out of bounds")
+        data = self.get(key)[offset : offset + length]
+        if len(data) != length:
+            raise RefusedError(f"{key} ends before byte {offset + length}, where a block map says it holds data")
+        return data
 
     def stat(self, key: str) -> ObjectInfo:
         return self._call(f"checking {key}", lambda: self.storage.stat(key))

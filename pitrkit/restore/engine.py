@@ -194,8 +194,11 @@ def write_data_directory(archive: Archive, manifest: BackupManifest, links: chai
                          held: lease.Renewal) -> None:
     """The backup's files, from its own stream or (an incremental, `links` planned) from
     its chain."""
+    stored = f"{human_bytes(manifest.stored_size)} stored"
+    if links is not None:
+        stored += f" by it, {human_bytes(sum(link.stored_size for link in links.manifests))} by its chain"
     say(f"restoring backup {manifest.backup_id} into {target_dir}: {manifest.file_count} files, "
-        f"{human_bytes(manifest.size)} ({human_bytes(manifest.stored_size)} stored)")
+        f"{human_bytes(manifest.size)} ({stored})")
     for each in tablespaces:
         say(f"  tablespace {each.tablespace.name} -> {each.location}")
     try:

@@ -9,16 +9,21 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupManifest
+from pitrkit.catalog.maintenance import rebuild
+from pitrkit.cli import main
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
 from pitrkit.restore import chain, engine, unpack
 from pitrkit.storage import keys, objects
-from pitrkit.storage.archive import manifest_key
+from pitrkit.storage.archive import MAX_RANGE_END, manifest_key
 from pitrkit.storage.plugins.compression import NoCompression
+from pitrkit.wal.push import push
 from tests.unit.chain_archive import ChainBuilder, CountingArchive, page, pages
+from tests.unit.segments import segment
 
 
 def changed(content: bytes, tag: str, blocks: set[int], length: int | None = None) -> bytes:
@@ -255,3 +260,65 @@ def test_a_full_restore_refuses_an_incremental_manifest(tmp_path):
     build(builder)
     with pytest.raises(RefusedError, match="restored with its chain"):
         unpack.unpack(builder.archive, builder.manifests[-1], tmp_path / "restored", [], 2, lambda _: None)
+
+
+# --- the restore command -------------------------------------------------------------------------
+
+
+def test_restore_of_an_incremental_says_its_chain_and_writes_the_target(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # restore refuses root; the files are this user's anyway
+    builder = ChainBuilder(tmp_path / "archive")
+    states = build(builder)
+    wal = tmp_path / "wal" / "000000010000000000000002"
+    wal.parent.mkdir()
+    wal.write_bytes(segment(2))
+    push(builder.archive, wal)
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{tmp_path / "archive"}"\nretries = 0\n')
+    root = tmp_path / "restored"
+    assert main(["--config", str(config), "restore", "--latest", "--target-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    target = builder.manifests[-1]
+    assert (f"restoring backup {target.backup_id}: incremental on {target.parent}, chain of 5 (full backup "
+            f"{target.chain[0]} first)") in out
+    found = restored_files(root)
+    assert {path: found[path] for path in states[-1]} == states[-1]
+    assert not any(path.startswith("base/5/300") for path in found)
+
+
+def test_a_link_whose_manifest_is_not_the_one_the_catalog_lists_is_refused(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    build(builder)
+    rebuild(builder.archive)
+    link = builder.manifests[1]
+    builder.archive.put_document(manifest_key(link.backup_id), msgspec.structs.replace(link, label="other"),
+                                 overwrite=True)
+    with pytest.raises(RefusedError, match=f"its link {link.backup_id}'s manifest is not the one .* label"):
+        engine.fetch_chain(builder.archive, builder.manifests[-1])
+
+
+def test_a_missing_block_part_is_refused_naming_it(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    build(builder)
+    gone = builder.manifests[3].block_parts[0].key
+    (tmp_path / "archive" / gone).unlink()
+    with pytest.raises(RefusedError, match=f"block part {gone} is missing"):
+        restore(builder, tmp_path / "restored")
+
+
+@pytest.mark.parametrize(("offset", "length"), [(-1, 10), (0, 0), (0, -5), (MAX_RANGE_END, 1), (1 << 62, 1)])
+def test_a_range_out_of_bounds_is_refused_before_reading(tmp_path, offset, length):
+    builder = ChainBuilder(tmp_path / "archive")
+    builder.archive.gets.clear()
+    with pytest.raises(RefusedError, match="out of bounds"):
+        builder.archive.get_range("archive.json", offset, length)
+    assert builder.archive.gets == []
+
+
+def test_a_range_past_the_objects_end_is_refused(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    size = (tmp_path / "archive" / "archive.json").stat().st_size
+    whole = (tmp_path / "archive" / "archive.json").read_bytes()
+    assert builder.archive.get_range("archive.json", 1, size - 1) == whole[1:]
+    with pytest.raises(RefusedError, match=f"ends before byte {size + 1}"):
+        builder.archive.get_range("archive.json", 1, size)

@@ -3,14 +3,16 @@ the WAL archive.
 
 The order is the safety: first everything that can refuse without touching the disk
 (running as root, a non-empty target, the plan, a corrupt manifest or one the catalog
-disagrees with, a tablespace mapping naming nothing or a tablespace with nowhere to go,
-a WAL segment gone from the archive since the catalog was written);
-then a lease on the backup and its WAL (catalog/lease.py), refused if retention is removing the
-backup; only then the directory is created and the backup written into it (see
-restore/unpack.py), its configuration made its own (restore/server_config.py), the recovery settings
-added (restore/recovery_conf.py), and, with --start, the server
-started and watched until it reaches the target (restore/pgstart.py). Exit 0 means the directory
-is complete and durable, and with --start that the target was reached.
+disagrees with, an incremental's chain with a link missing or that does not hold
+together (restore/chain.py), a tablespace mapping naming nothing or a tablespace with
+nowhere to go, a WAL segment gone from the archive since the catalog was written); then
+a lease on the backup and its WAL (catalog/lease.py), refused if retention is removing
+the backup; only then the directory is created and the backup written into it (see
+restore/unpack.py, and restore/chain.py for an incremental), its configuration made its
+own (restore/server_config.py), the recovery settings added (restore/recovery_conf.py),
+and, with --start, the server started and watched until it reaches the target
+(restore/pgstart.py). Exit 0 means the directory is complete and durable, and with
+--start that the target was reached.
 
 The lease is renewed while the restore runs. It is released once --start has seen the
 server promote (recovery reads no more WAL), and when the server --start started has

@@ -31,6 +31,7 @@ objects. All of it is checked before anything is written.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -181,7 +182,8 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                 if file_map.path not in source.from_blocks:
                     continue
                 record = source.mapped[file_map.path]
-                if file_map.sources != len(source.manifest.chain) + 1 or file_map.stored_blocks != record.stored_blocks:
+                if file_map.sources != len(source.manifest.chain) + 1 or file_map.blocks * BLOCK_SIZE != record.size \
+                        or file_map.stored_blocks != record.stored_blocks:
                     raise RefusedError(f"backup {source.manifest.backup_id}'s block map of {record.path} does not "
                                        "match its manifest")
                 _add_super_blocks(reads, index, source.manifest, file_map, source.from_blocks[file_map.path])
@@ -240,13 +242,18 @@ def _maps_of(source: _Source, number: int, maps: list[FileMap]) -> Iterator[File
 
 def _read_maps(archive: Archive, source: _Source, numbers: range | list[int], workers: int,
                take: Callable[[int, list[FileMap]], list[str]]) -> Iterator[tuple[int, list[str]]]:
-    """Each map object once, `workers` at a time; `take` turns one into reads (on the
-    worker's thread, so the decoded maps are dropped as soon as they are used) and says
-    which files it mapped."""
+    """Each map object once, `workers` at a time; `take` turns one into reads and says
+    which files it mapped. It runs on the worker's thread, so that decoded maps are
+    dropped as soon as they are used (memory holds at most `workers` map objects), one
+    `take` at a time: it adds to the plan's shared tables, and costs little beside the
+    reading and decoding, which run in parallel."""
     parts = source.manifest.block_maps
+    lock = threading.Lock()
 
     def read(number: int) -> tuple[int, list[str]]:
-        return number, take(number, read_block_map(archive, parts[number]))
+        maps = read_block_map(archive, parts[number])
+        with lock:
+            return number, take(number, maps)
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="block-maps") as pool:
         yield from pool.map(read, numbers)
@@ -267,10 +274,11 @@ def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[S
         position, block = need.position, need.first
         while position < need.position + need.length:
             super_block = finder.holding(position)
-            if super_block.part >= len(manifest.block_parts) \
+            if super_block.part >= len(manifest.block_parts) or super_block.length > _most_stored(super_block.pages) \
                     or super_block.offset + super_block.length > manifest.block_parts[super_block.part].stored_size:
                 raise RefusedError(f"backup {manifest.backup_id}'s block map of {file_map.path} puts a super-block "
-                                   f"outside its block parts (part {super_block.part}, offset {super_block.offset})")
+                                   f"of {super_block.length} bytes outside its block parts (part {super_block.part}, "
+                                   f"offset {super_block.offset})")
             within = position - super_block.first
             count = min(need.position + need.length - position, super_block.pages - within)
             key = (index, super_block.part, super_block.offset)
@@ -283,6 +291,13 @@ def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[S
             entry[1].append(Slice(need.file, block * BLOCK_SIZE, within * BLOCK_SIZE, count * BLOCK_SIZE))
             position += count
             block += count
+
+
+def _most_stored(pages: int) -> int:
+    """More than a super-block of `pages` pages can take stored: twice its plaintext
+    (compression and encryption add far less) and the largest object header. A map
+    claiming more would make a read allocate for nothing."""
+    return 2 * pages * BLOCK_SIZE + (64 << 10)
 
 
 def _coalesced(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]],

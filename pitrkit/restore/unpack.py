@@ -217,14 +217,13 @@ def check_manifest(manifest: BackupManifest) -> None:
                               f"{INCREMENTAL_FORMAT_VERSION}: restore with a newer pitrkit")
     if manifest.parent is None and (manifest.block_files or manifest.block_maps or manifest.block_parts):
         raise CorruptManifest(f"{where} lists block-mapped files but names no parent backup to take blocks from")
-    for folder, keys in (("data", [part.key for part in manifest.parts]),
-                         ("blockmap", [part.key for part in manifest.block_maps]),
-                         ("blocks", [part.key for part in manifest.block_parts])):
+    for what, folder, keys in (("part", "data", [part.key for part in manifest.parts]),
+                               ("block map", "blockmap", [part.key for part in manifest.block_maps]),
+                               ("block part", "blocks", [part.key for part in manifest.block_parts])):
         prefix = f"backups/{manifest.backup_id}/{folder}/"
         for key in keys:
             if not key.startswith(prefix) or "\0" in key or any(name in ("", ".", "..") for name in key.split("/")):
-                raise CorruptManifest(f"{where} lists object {key!r}, which is not one of that backup's {folder} "
-                                      "objects")
+                raise CorruptManifest(f"{where} lists {what} {key!r}, which is not an object of that backup")
     for block_file in manifest.block_files:
         if block_file.block_map >= len(manifest.block_maps):
             raise CorruptManifest(f"{where} puts the block map of {block_file.path} in object {block_file.block_map}, "

@@ -322,3 +322,26 @@ def test_a_range_past_the_objects_end_is_refused(tmp_path):
     assert builder.archive.get_range("archive.json", 1, size - 1) == whole[1:]
     with pytest.raises(RefusedError, match=f"ends before byte {size + 1}"):
         builder.archive.get_range("archive.json", 1, size)
+
+
+def test_a_block_part_cut_short_in_storage_is_refused(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    build(builder)
+    path = tmp_path / "archive" / builder.manifests[1].block_parts[0].key
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(RefusedError, match=f"{builder.manifests[1].block_parts[0].key} ends before byte"):
+        restore(builder, tmp_path / "restored")
+
+
+def test_block_objects_outside_the_backup_and_block_files_without_a_parent_are_refused(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    build(builder)
+    target = builder.manifests[-1]
+    older = builder.manifests[1]
+    with pytest.raises(unpack.CorruptManifest, match="lists block part .*, which is not an object of that backup"):
+        unpack.check_manifest(msgspec.structs.replace(target, block_parts=[*older.block_parts]))
+    with pytest.raises(unpack.CorruptManifest, match="lists block map .*, which is not an object of that backup"):
+        unpack.check_manifest(msgspec.structs.replace(target, block_maps=[*older.block_maps]))
+    with pytest.raises(unpack.CorruptManifest, match="names no parent"):
+        unpack.check_manifest(msgspec.structs.replace(target, parent=None, chain=[]))
+    unpack.check_manifest(target)

@@ -5,9 +5,9 @@ with the modes the manifest records, and made durable.
 
 Parts are fetched and written in parallel, out of order: a part's bytes go straight to
 their place in each file with pwrite(2), so nothing is staged and at most `workers` parts
-are in memory. A file is opened once, by whichever part reaches it first, and fsync'd and
-closed by whichever writes its last byte: a file may span many parts, and a part may hold
-thousands of small files.
+are in memory. A file is created by whichever part reaches it first, and fsync'd by
+whichever writes its last byte: a file may span many parts, and a part may hold
+thousands of small files (`FileWriter`, which restore/chain.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
 file and every directory entry is fsync'd before `unpack` returns.
@@ -324,12 +324,12 @@ def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[lis
     return by_part
 
 
-class _OpenFile:
-    __slots__ = ("fd", "pending")
+class _Pending:
+    __slots__ = ("created", "pieces")
 
-    def __init__(self, pending: int) -> None:
-        self.fd = -1
-        self.pending = pending  # pieces not yet written
+    def __init__(self, pieces: int) -> None:
+        self.created = False
+        self.pieces = pieces  # not yet written
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
@@ -352,19 +352,25 @@ class FileWriter:
     """Writes the pieces of files into one data directory, from many threads, in any
     order: `pieces[n]` is how many writes file n gets. A file is created by whichever
     piece reaches it first (a block-mapped file at its recorded length, which its blocks
-    then fill) and finished by whichever writes its last."""
+    then fill) and finished by whichever writes its last.
+
+    Each piece opens the file and closes it again (the last after its fsync): a file
+    whose pieces come far apart (blocks of a chain restore, from an old backup's stream
+    early and a recent one's super-blocks late) holds no descriptor in between, so how
+    many files are half-written is not bounded by the descriptor limit. The fsync of the
+    last piece makes all of the file's data durable, whichever descriptor wrote it."""
 
     def __init__(self, root: Path, files: Sequence[BackupFile | BlockFile], pieces: list[int],
                  modes: Modes) -> None:
         self.root = root
         self.modes = modes
         self.files = files
-        self._open = {index: _OpenFile(count) for index, count in enumerate(pieces) if count}
+        self._pending = {index: _Pending(count) for index, count in enumerate(pieces) if count}
         self._lock = threading.Lock()
 
     def create_empty_files(self) -> None:
         for index, file in enumerate(self.files):
-            if index not in self._open:
+            if index not in self._pending:
                 _finish_file(self._create(file), file, self.modes)
 
     def _create(self, file: BackupFile | BlockFile) -> int:
@@ -388,39 +394,36 @@ class FileWriter:
     def write(self, index: int, data: memoryview, offset: int) -> None:
         """One piece of file `index`: `data` at `offset`."""
         file = self.files[index]
-        entry = self._open[index]
+        entry = self._pending[index]
+        path = self.root / file.path
         with self._lock:
-            if entry.fd < 0:
-                entry.fd = self._create(file)
-            fd = entry.fd
+            # Created under the lock: another piece of the file opens it only once it is.
+            fd = -1 if entry.created else self._create(file)
+            entry.created = True
         try:
+            if fd < 0:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             _write_all(fd, data, offset)
         except OSError as exc:
-            raise PitrkitError(f"cannot write {self.root / file.path}: {exc.strerror}") from None
+            if fd >= 0:
+                os.close(fd)
+            raise PitrkitError(f"cannot write {path}: {exc.strerror}") from None
         with self._lock:
-            entry.pending -= 1
-            last = entry.pending == 0
-            if last:
-                entry.fd = -1
-        if last:
-            try:
-                _finish_file(fd, file, self.modes)
-            except OSError as exc:
-                raise PitrkitError(f"cannot finish {self.root / file.path}: {exc.strerror}") from None
+            entry.pieces -= 1
+            last = entry.pieces == 0
+        if not last:
+            os.close(fd)
+            return
+        try:
+            _finish_file(fd, file, self.modes)
+        except OSError as exc:
+            raise PitrkitError(f"cannot finish {path}: {exc.strerror}") from None
 
     def write_slices(self, slices: list[Slice], data: bytes) -> None:
         """The slices of one fetched object (a part, a super-block) into their files."""
         view = memoryview(data)
         for piece in slices:
             self.write(piece.file, view[piece.part_offset : piece.part_offset + piece.length], piece.file_offset)
-
-    def close_unfinished(self) -> None:
-        """After a failure: close whatever is still open (the directory is incomplete)."""
-        with self._lock:
-            for entry in self._open.values():
-                if entry.fd >= 0:
-                    os.close(entry.fd)
-                    entry.fd = -1
 
 
 def count_pieces(files: int, slices: Iterable[list[Slice]]) -> list[int]:
@@ -531,19 +534,16 @@ def write_files(writer: FileWriter, tasks: Iterable[Callable[[], None]], workers
         finally:
             free.release()
 
-    try:
-        writer.create_empty_files()
-        futures: list[Future[None]] = []
-        with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-            for task in tasks:
-                free.acquire()
-                if failed.is_set():
-                    break
-                futures.append(pool.submit(run, task))
-        for future in futures:
-            future.result()
-    finally:
-        writer.close_unfinished()
+    writer.create_empty_files()
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+        for task in tasks:
+            free.acquire()
+            if failed.is_set():
+                break
+            futures.append(pool.submit(run, task))
+    for future in futures:
+        future.result()
 
 
 def finish_directory(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget],

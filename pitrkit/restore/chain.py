@@ -138,7 +138,7 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
     block_index = {file.path: first_block_file + number for number, file in enumerate(target.manifest.block_files)}
     reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]] = {}
 
-    def take_target_maps(number: int, maps: list[FileMap]) -> list[str]:
+    def take_target_maps(_: int, number: int, maps: list[FileMap]) -> list[str]:
         done = []
         for file_map in _maps_of(target, number, maps):
             record = target.mapped[file_map.path]
@@ -166,34 +166,33 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
             done.append(file_map.path)
         return done
 
-    mapped = {path for number, found in _read_maps(archive, target, range(len(target.manifest.block_maps)),
-                                                   workers, take_target_maps) for path in found}
-    if missing := [file.path for file in target.manifest.block_files if file.path not in mapped]:
+    everything = [(own, number) for number in range(len(target.manifest.block_maps))]
+    mapped = set(_read_maps(archive, sources, everything, workers, take_target_maps))
+    if missing := [file.path for file in target.manifest.block_files if (own, file.path) not in mapped]:
         raise RefusedError(f"backup {target.manifest.backup_id}'s block maps lack {missing[0]}")
 
+    def take_source_maps(index: int, number: int, maps: list[FileMap]) -> list[str]:
+        source = sources[index]
+        done = []
+        for file_map in _maps_of(source, number, maps):
+            if file_map.path not in source.from_blocks:
+                continue
+            record = source.mapped[file_map.path]
+            if file_map.sources != len(source.manifest.chain) + 1 or file_map.blocks * BLOCK_SIZE != record.size \
+                    or file_map.stored_blocks != record.stored_blocks:
+                raise RefusedError(f"backup {source.manifest.backup_id}'s block map of {record.path} does not "
+                                   "match its manifest")
+            _add_super_blocks(reads, index, source.manifest, file_map, source.from_blocks[file_map.path])
+            done.append(file_map.path)
+        return done
+
+    # Of the older links, only the map objects holding files the target takes their
+    # super-blocks from; all of them in one go.
+    wanted = sorted({(index, source.mapped[path].block_map) for index, source in enumerate(sources[:-1])
+                     for path in source.from_blocks})
+    found = set(_read_maps(archive, sources, wanted, workers, take_source_maps))
     for index, source in enumerate(sources[:-1]):
-        if not source.from_blocks:
-            continue
-
-        def take_source_maps(number: int, maps: list[FileMap], index: int = index, source: _Source = source
-                             ) -> list[str]:
-            done = []
-            for file_map in _maps_of(source, number, maps):
-                if file_map.path not in source.from_blocks:
-                    continue
-                record = source.mapped[file_map.path]
-                if file_map.sources != len(source.manifest.chain) + 1 or file_map.blocks * BLOCK_SIZE != record.size \
-                        or file_map.stored_blocks != record.stored_blocks:
-                    raise RefusedError(f"backup {source.manifest.backup_id}'s block map of {record.path} does not "
-                                       "match its manifest")
-                _add_super_blocks(reads, index, source.manifest, file_map, source.from_blocks[file_map.path])
-                done.append(file_map.path)
-            return done
-
-        wanted = sorted({source.mapped[path].block_map for path in source.from_blocks})
-        found = {path for _, paths in _read_maps(archive, source, wanted, workers, take_source_maps)
-                 for path in paths}
-        if missing := [path for path in source.from_blocks if path not in found]:
+        if missing := [path for path in source.from_blocks if (index, path) not in found]:
             raise RefusedError(f"backup {source.manifest.backup_id}'s block maps lack {missing[0]}")
 
     stream_reads = [StreamRead(own, target.manifest.parts[number], slices) for number, slices
@@ -240,23 +239,26 @@ def _maps_of(source: _Source, number: int, maps: list[FileMap]) -> Iterator[File
         yield file_map
 
 
-def _read_maps(archive: Archive, source: _Source, numbers: range | list[int], workers: int,
-               take: Callable[[int, list[FileMap]], list[str]]) -> Iterator[tuple[int, list[str]]]:
-    """Each map object once, `workers` at a time; `take` turns one into reads and says
-    which files it mapped. It runs on the worker's thread, so that decoded maps are
-    dropped as soon as they are used (memory holds at most `workers` map objects), one
-    `take` at a time: it adds to the plan's shared tables, and costs little beside the
-    reading and decoding, which run in parallel."""
-    parts = source.manifest.block_maps
+def _read_maps(archive: Archive, sources: list[_Source], wanted: list[tuple[int, int]], workers: int,
+               take: Callable[[int, int, list[FileMap]], list[str]]) -> Iterator[tuple[int, str]]:
+    """Map objects (source, number), each once, `workers` at a time; `take` turns one
+    into reads and says which files it mapped, yielded as (source, path). `take` runs on
+    the worker's thread, so that decoded maps are dropped as soon as they are used
+    (memory holds at most `workers` map objects), one `take` at a time: it adds to the
+    plan's shared tables, and costs little beside the reading and decoding, which run in
+    parallel."""
     lock = threading.Lock()
 
-    def read(number: int) -> tuple[int, list[str]]:
-        maps = read_block_map(archive, parts[number])
+    def read(which: tuple[int, int]) -> list[tuple[int, str]]:
+        index, number = which
+        maps = read_block_map(archive, sources[index].manifest.block_maps[number])
         with lock:
-            return number, take(number, maps)
+            paths = take(index, number, maps)
+        return [(index, path) for path in paths]
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="block-maps") as pool:
-        yield from pool.map(read, numbers)
+        for paths in pool.map(read, wanted):
+            yield from paths
 
 
 def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]], index: int,

@@ -158,30 +158,11 @@ def _load_parent(archive: Archive, summary: BackupSummary) -> Parent:
         raise RefusedError(f"backup {summary.backup_id}'s manifest and catalog entry name different chains")
     maps: dict[str, FileMap] = {}
     for part in manifest.block_maps:
-        for file_map in read_block_map(archive, part):
+        for file_map in blockmap.read_block_map(archive, part):
             maps[file_map.path] = file_map
     if missing := [file.path for file in manifest.block_files if file.path not in maps]:
         raise RefusedError(f"backup {summary.backup_id}'s block maps lack {missing[0]}")
     return Parent(manifest, {file.path: file for file in manifest.files}, maps)
-
-
-def read_block_map(archive: Archive, part: BackupPart) -> list[FileMap]:
-    """One block map object, verified against the manifest's record of it."""
-    try:
-        blob = archive.get(part.key)
-    except ObjectNotFound:
-        raise RefusedError(f"block map {part.key} is missing from the archive") from None
-    try:
-        data = objects.decode(part.key, blob, archive.plugins.compressor, archive.cipher())
-        header, _ = objects.read_header(part.key, blob)
-    except objects.CorruptObject as exc:
-        raise RefusedError(str(exc)) from None
-    if len(data) != part.size or header.sha256.hex() != part.sha256:
-        raise RefusedError(f"block map {part.key} is not the one the manifest lists")
-    try:
-        return blockmap.decode_block_map(data).files
-    except ValueError as exc:
-        raise RefusedError(f"block map {part.key} is corrupt: {exc}") from None
 
 
 def summary_path(archive: Archive, parent: BackupSummary, timeline: int, start: Lsn) -> list[tuple[int, Lsn, Lsn]]:

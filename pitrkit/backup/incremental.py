@@ -381,7 +381,8 @@ class _Pool:
 
 class CopiedFile(NamedTuple):
     record: BlockFile  # block_map is filled in when the maps are stored
-    file_map: FileMap  # super_blocks are filled in when the store has finished
+    runs: bytes  # the file's packed runs; its FileMap is made once the super-blocks are known
+    sources: int  # the chain's length plus one
     super_blocks: list[SuperBlock]  # appended to by the store's threads
 
 
@@ -433,7 +434,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
     pages = sorted(page for page in pages if page[0] < blocks)
     copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
                                   len(pages)),
-                        _map(plan, blocks, [block for block, _ in pages], own), [])
+                        _runs(plan, blocks, [block for block, _ in pages], own), own + 1, [])
     lock = threading.Lock()
 
     def done(block: SuperBlock) -> None:
@@ -446,7 +447,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
     return copied
 
 
-def _map(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> FileMap:
+def _runs(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> bytes:
     """The file's runs: its stored blocks from this backup (`own`), the rest as the
     parent's map has them. Every block past the parent's length is among `stored`."""
     sources = plan.base[0][:blocks] + [own] * max(0, blocks - len(plan.base[0]))
@@ -454,7 +455,7 @@ def _map(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> FileMap:
     for position, block in enumerate(stored):
         sources[block] = own
         positions[block] = position
-    return FileMap(plan.path, blocks, own + 1, blockmap.pack_runs(blockmap.block_runs(sources, positions)), b"")
+    return blockmap.pack_runs(blockmap.block_runs(sources, positions))
 
 
 def _mode(st_mode: int) -> int:
@@ -485,7 +486,7 @@ def finish_maps(copied: list[CopiedFile]) -> list[FileMap]:
     maps = []
     for file in copied:
         file.super_blocks.sort(key=lambda block: block.first)
-        maps.append(FileMap(file.file_map.path, file.file_map.blocks, file.file_map.sources, file.file_map.runs,
+        maps.append(FileMap(file.record.path, file.record.size // BLOCK_SIZE, file.sources, file.runs,
                             blockmap.pack_super_blocks(file.super_blocks)))
     return maps
 

@@ -46,14 +46,14 @@ def amcheck(cluster) -> None:
 # Between the links of the chain: what each link must carry over (block maps of a relation
 # that grew, shrank, vanished or is new; a new database; an unlogged table).
 DDL = [
-    "CREATE TABLE grown (id int PRIMARY KEY, payload text);"
-    "INSERT INTO grown SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 20000) g",
-    "DROP TABLE doomed",
-    "CREATE DATABASE second; ",
-    "TRUNCATE grown; INSERT INTO grown SELECT g, md5(g::text) FROM generate_series(1, 500) g",
-    "VACUUM FULL accounts",
-    "CREATE UNLOGGED TABLE scratch AS SELECT g AS id FROM generate_series(1, 1000) g;"
-    "DELETE FROM events WHERE id % 3 = 0; VACUUM events",
+    ["CREATE TABLE grown (id int PRIMARY KEY, payload text)",
+     "INSERT INTO grown SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 20000) g"],
+    ["DROP TABLE doomed"],
+    ["CREATE DATABASE second"],
+    ["TRUNCATE grown", "INSERT INTO grown SELECT g, md5(g::text) FROM generate_series(1, 500) g"],
+    ["VACUUM FULL accounts"],
+    ["CREATE UNLOGGED TABLE scratch AS SELECT g AS id FROM generate_series(1, 1000) g",
+     "DELETE FROM events WHERE id % 3 = 0", "VACUUM events"],
 ]
 
 
@@ -64,10 +64,11 @@ def test_a_chain_of_incrementals_restores_every_link(cluster, pitrkit_setup, pg_
     full = backup_push(setup)
     links = [full]
     points = []
-    for number, statement in enumerate(DDL, 2):
+    for number, statements in enumerate(DDL, 2):
         write_round(primary, number)
-        primary.sql(statement)
-        if statement.startswith("CREATE DATABASE"):
+        for statement in statements:
+            primary.sql(statement)
+        if statements[0].startswith("CREATE DATABASE"):
             primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g", dbname="second")
         link = incremental_push(setup)
         assert link["parent"] == links[-1]["backup_id"]
@@ -95,6 +96,11 @@ def test_a_chain_of_incrementals_restores_every_link(cluster, pitrkit_setup, pg_
             assert restored.sql("SELECT count(*) FROM t", dbname="second") == [(100,)]
             amcheck(restored)
         restored.stop()
+
+    # A time between two links' ends: the plan takes the link before it and replays to it.
+    between = recovered(cluster, setup, "--time", points[3].time)
+    assert digests(between) == points[3].digests
+    between.stop()
 
 
 def test_an_incremental_needs_a_parent_of_this_cluster(cluster, pitrkit_setup, pg_major):

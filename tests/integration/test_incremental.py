@@ -11,14 +11,17 @@ import json
 
 import pytest
 
+import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,
+    attach,
     backup_push,
     digests,
     note_point,
     recovered,
     refusal,
+    restore_into,
     succeeded,
     write_round,
 )
@@ -158,4 +161,34 @@ def test_a_relation_past_one_gigabyte(cluster, pitrkit_setup, pg_major):
     assert digests(restored) == point.digests
     size = primary.sql("SELECT pg_relation_size('big')")[0][0]
     assert restored.sql("SELECT pg_relation_size('big')")[0][0] == size
+    restored.stop()
+
+
+def test_a_tablespace_in_the_chain(cluster, pitrkit_setup, pg_major, server_tmp):
+    """Relation files under pg_tblspc/ are block-mapped like those under base/; a table
+    created in the tablespace after the full, and one moved into it, come whole; the chain
+    restores into a mapped location."""
+    setup = pitrkit_setup
+    original = pgharness.make_server_dir(server_tmp / "space", mode=0o700)
+    primary = archiving_primary(cluster, setup, **summarizing(pg_major))
+    primary.sql(f"CREATE TABLESPACE fast LOCATION '{original}'")
+    primary.sql("CREATE TABLE hot (id int PRIMARY KEY, payload text) TABLESPACE fast")
+    primary.sql("INSERT INTO hot SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 20000) g")
+    primary.sql("VACUUM (FREEZE) hot")
+    backup_push(setup)
+    primary.sql("UPDATE hot SET payload = 'changed' WHERE id % 50 = 0")
+    primary.sql("CREATE TABLE warm TABLESPACE fast AS SELECT g AS id FROM generate_series(1, 5000) g")
+    incremental_push(setup)
+    primary.sql("UPDATE hot SET payload = 'again' WHERE id % 70 = 0")
+    primary.sql("ALTER TABLE events SET TABLESPACE fast")
+    incremental_push(setup)
+    target = note_point(primary)
+    archive_everything(primary)
+
+    moved = server_tmp / "moved"
+    restored, result = restore_into(cluster, setup, "--lsn", target.lsn, "--start",
+                                    "--tablespace-map", f"{original}={moved}")
+    succeeded(result)
+    attach(restored)
+    assert digests(restored) == target.digests
     restored.stop()

@@ -174,11 +174,11 @@ def retention_text(report: RetentionReport) -> str:
     then its summary."""
     lines = [f"policy: {report.policy}"]
     for kept in report.kept:
-        lines.append(f"keep    backup {kept.backup_id}: {'; '.join(kept.reasons)}")
+        lines.append(f"keep    backup {kept.backup_id}{_link(kept.parent)}: {'; '.join(kept.reasons)}")
     for gone in report.removed_backups:
         noun = "backup" if gone.kind != "unfinished" else "folder"
-        lines.append(f"remove  {noun} {gone.backup_id} ({gone.objects} objects, {human_bytes(gone.stored_bytes)}): "
-                     f"{gone.why}")
+        lines.append(f"remove  {noun} {gone.backup_id}{_link(gone.parent)} ({gone.objects} objects, "
+                     f"{human_bytes(gone.stored_bytes)}): {gone.why}")
     for wal in report.removed_wal:
         files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"
         lines.append(f"remove  WAL {files} ({human_bytes(wal.stored_bytes)}): {wal.why}")
@@ -187,6 +187,11 @@ def retention_text(report: RetentionReport) -> str:
     lines += [f"note: {note}" for note in report.notes]
     lines.append(retention_summary(report))
     return "\n".join(lines) + "\n"
+
+
+def _link(parent: str | None) -> str:
+    """An incremental's place in its chain, after its id; nothing for a full backup."""
+    return "" if parent is None else f" (incremental on {parent})"
 
 
 @summary.register

@@ -262,7 +262,7 @@ def test_backup_list_shows_finished_and_unfinished_backups(capsys, config, store
                               "PG", "CONFIG"]
     assert first.startswith("A   label A") and "2026-11-23 12:01:30+00:00" in first and str(lsn(2, 0x28)) in first
     # timeline, sizes, PostgreSQL major; "-": a manifest without the server's configuration
-    assert first.split()[-7:] == ["1", "1000", "B", "400", "B", "15", "-"]
+    assert first.split()[-7:] == ["1", "1000", "B", "1.1", "KiB", "15", "-"]
     assert second.startswith("C   (unfinished: no manifest)")
     code, out, err = run(capsys, config, "backup-list", "--json")
     listing = json.loads(out)

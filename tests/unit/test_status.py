@@ -65,7 +65,8 @@ def test_a_healthy_archive_is_ok_with_its_figures(store):
     assert report.backups == 2
     last = report.last_backup
     assert last is not None
-    assert (last.backup_id, last.size_bytes, last.stored_bytes, last.stop_lsn) == ("B", 1000, 400, lsn(11, 0x100))
+    # Stored: the one part synthetic_archive.py stores, 1000 bytes in the stored-object format.
+    assert (last.backup_id, last.size_bytes, last.stored_bytes, last.stop_lsn) == ("B", 1000, 1097, lsn(11, 0x100))
     assert last.age_seconds == (NOW - (stored_at(11) - timedelta(seconds=30))).total_seconds()
     assert last.duration_seconds == (stored_at(11) - stored_at(10)).total_seconds()
     assert report.last_wal is not None
@@ -76,7 +77,7 @@ def test_a_healthy_archive_is_ok_with_its_figures(store):
     assert report.size.wal_segments == 20
     assert report.size.wal_original_bytes == 20 * SEGMENT_SIZE
     assert report.size.wal_stored_bytes == sum(len(b"segment %d" % n) for n in range(1, 21))
-    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (2, 2000, 800)
+    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (2, 2000, 2 * 1097)
     [timeline] = report.timelines
     assert timeline.oldest is not None and timeline.newest is not None
     assert (timeline.oldest.backup_id, timeline.oldest.lsn) == ("A", lsn(3, 0x100))
@@ -557,7 +558,7 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     assert values[("pitrkit_check_status", (("check", "restorable"),))] == 2
     assert values[("pitrkit_check_status", (("check", "backup"),))] == 0
     assert values[("pitrkit_last_backup_size_bytes", ())] == 1000
-    assert values[("pitrkit_last_backup_stored_bytes", ())] == 400
+    assert values[("pitrkit_last_backup_stored_bytes", ())] == 1097
     assert values[("pitrkit_last_backup_timestamp_seconds", ())] == report.last_backup.stop_time.timestamp()
     assert values[("pitrkit_last_wal_archived_timestamp_seconds", ())] == stored_at(20).timestamp()
     assert values[("pitrkit_last_wal_archived_end_lsn_bytes", ())] == int(lsn(21))

@@ -143,6 +143,7 @@ def verify_text(report: VerifyReport) -> str:
                      "stored, each decoded and checked")
     else:
         lines.append("content:   not read (--deep reads every object and checks its checksum)")
+    lines += [f"note:      {note}" for note in report.notes]
     lines.append(f"verify:    {_outcome(report)}")
     return "\n".join(lines) + "\n"
 

@@ -77,7 +77,8 @@ def test_a_healthy_archive_is_ok_with_its_figures(store):
     assert report.size.wal_segments == 20
     assert report.size.wal_original_bytes == 20 * SEGMENT_SIZE
     assert report.size.wal_stored_bytes == sum(len(b"segment %d" % n) for n in range(1, 21))
-    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (2, 2000, 2 * 1097)
+    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (
+        2, 2000, 2 * 1097)
     [timeline] = report.timelines
     assert timeline.oldest is not None and timeline.newest is not None
     assert (timeline.oldest.backup_id, timeline.oldest.lsn) == ("A", lsn(3, 0x100))

@@ -105,7 +105,9 @@ class _BackupSpan(NamedTuple):
 def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]:
     """A row per segment and history file, oldest first per timeline."""
     wal = ArchivedWal(archive)
-    finished = backups(archive)
+    # A segment belongs to a backup that can be restored: an incremental whose chain is
+    # broken makes no WAL "restorable".
+    finished = check_chains(backups(archive)).usable
     rows: list[WalRow] = []
     for timeline in wal.timelines:
         if only_timeline is not None and timeline != only_timeline:

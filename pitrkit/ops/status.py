@@ -21,7 +21,12 @@ Levels. FAIL means a restore would not give what the operator expects now: no ba
 the newest backup cannot be restored to the end of the WAL (a gap after it), the server's
 archiver failing at this moment, or the newest backup older than twice
 [status] backup_max_age. WARN means it soon may: an old backup or WAL, a retention
-promise the archive does not keep, an interrupted backup left behind, a stopped sidecar.
+promise the archive does not keep, an interrupted backup left behind, a stopped sidecar,
+an incremental backup whose chain is broken.
+
+Chains (catalog/chains.py): what restores is judged on the usable backups only; the
+newest backup reported is the newest usable one, with its chain's length, and each
+backup's share of its data it really stored.
 """
 
 from __future__ import annotations
@@ -541,7 +546,8 @@ def _retention(config: RetentionConfig | None, wal: ArchivedWal | None, finished
                               f"{'has' if held == 1 else 'have'} a backup; the oldest backup is from "
                               f"{show_time(oldest_stop)}")
     if policy.window is not None:
-        shortfalls += _window_shortfalls(wal, policy.window, finished, timelines, now)
+        # Only a usable backup restores the points after a gap.
+        shortfalls += _window_shortfalls(wal, policy.window, check_chains(finished).usable, timelines, now)
     return RetentionHealth(configured=True, policy=policy.describe(), verdicts=verdicts, shortfalls=shortfalls,
                            deleting=deleting, last_run=last_run)
 

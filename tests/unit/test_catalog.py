@@ -296,6 +296,18 @@ def test_backup_list_shows_each_backup_s_chain(capsys, config, store):
               "its ancestor BB is not in the archive")}
 
 
+def test_wal_list_owns_no_wal_by_a_backup_whose_chain_is_broken(capsys, config, store):
+    store.backup("A", 1, 2, 3)
+    store.backup("C", 1, 10, 11, parent="B", chain=["A", "B"])  # B is in no archive (yet)
+    code, out, err = run(capsys, config, "wal-list", "--json", "--timeline", "1")
+    owners = {f["name"]: (f["backup"], f["state"]) for f in json.loads(out)["files"]}
+    assert owners[name(1, 10)] == ("A", "restorable")
+    store.backup("B", 1, 6, 7, parent="A")
+    code, out, err = run(capsys, config, "wal-list", "--json", "--timeline", "1")
+    owners = {f["name"]: (f["backup"], f["state"]) for f in json.loads(out)["files"]}
+    assert owners[name(1, 10)] == ("C", "backup")
+
+
 def test_wal_list_json(capsys, config, store):
     store.backup("A", 1, 2, 3)
     code, out, err = run(capsys, config, "wal-list", "--json", "--timeline", "1")

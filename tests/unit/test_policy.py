@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -165,6 +166,42 @@ def test_what_the_policy_promises_stays(backups, rules):
         anchors = [backup_id for backup_id, reasons_of in reasons.items()
                    if f"window {WINDOWS[rules.window]}" in reasons_of]
         assert len(anchors) == 1
+
+
+@st.composite
+def chained_catalogs(draw) -> list[BackupSummary]:
+    """catalogs() where some backups are incrementals on an earlier one (its chain and
+    it), and some backups are then lost: their descendants' chains are broken."""
+    backups = [msgspec.structs.replace(backup, start_lsn=Lsn((number + 1) * SEGMENT_SIZE))
+               for number, backup in enumerate(draw(catalogs()))]
+    for number, backup in enumerate(backups):
+        if number and draw(st.booleans()):
+            parent = backups[draw(st.integers(0, number - 1))]
+            backups[number] = msgspec.structs.replace(backup, parent=parent.backup_id,
+                                                      chain=[*parent.chain, parent.backup_id])
+    lost = draw(st.sets(st.sampled_from([backup.backup_id for backup in backups]), max_size=len(backups) - 1))
+    return [backup for backup in backups if backup.backup_id not in lost]
+
+
+@settings(max_examples=300, deadline=None)
+@given(chained_catalogs(), policies)
+def test_the_rules_keep_usable_backups_and_every_kept_backup_keeps_its_chain(backups, rules):
+    now = max(backup.stop_time for backup in backups) + timedelta(days=1)
+    stored = {backup.backup_id for backup in backups}
+    usable = [backup for backup in backups if set(backup.chain) <= stored]
+    verdicts = {verdict.backup_id: verdict for verdict in select_backups(backups, rules, now)}
+    for backup in backups:
+        verdict = verdicts[backup.backup_id]
+        rule_reasons = [reason for reason in verdict.reasons if not reason.startswith("ancestor of ")]
+        # The rules are those a catalog of the usable backups alone has.
+        assert rule_reasons == (true_statements(backup, usable, rules, now) if backup in usable else [])
+        if verdict.keep:
+            assert all(verdicts[ancestor].keep for ancestor in backup.chain if ancestor in stored)
+    for backup in backups:
+        descendants = [other.backup_id for other in backups if backup.backup_id in other.chain
+                       and any(not reason.startswith("ancestor of ") for reason in verdicts[other.backup_id].reasons)]
+        assert any(reason.startswith("ancestor of ") for reason in verdicts[backup.backup_id].reasons) \
+            == bool(descendants)
 
 
 # --- backups: examples ------------------------------------------------------------------

@@ -199,7 +199,8 @@ def retention_text(report: RetentionReport) -> str:
         lines.append(f"keep    backup {kept.backup_id}{_link(kept.parent)}: {'; '.join(kept.reasons)}")
     for gone in report.removed_backups:
         noun = "backup" if gone.kind != "unfinished" else "folder"
-        lines.append(f"remove  {noun} {gone.backup_id}{_link(gone.parent)} ({gone.objects} objects, "
+        link = "" if gone.parent is None else f"incremental on {gone.parent}; "
+        lines.append(f"remove  {noun} {gone.backup_id} ({link}{gone.objects} objects, "
                      f"{human_bytes(gone.stored_bytes)}): {gone.why}")
     for wal in report.removed_wal:
         files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"

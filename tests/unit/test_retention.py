@@ -740,6 +740,11 @@ def test_the_dry_run_shows_each_backup_s_type_and_parent(capsys, tmp_path):
     out = capsys.readouterr().out.splitlines()
     assert "keep    backup J: last 2" in out
     assert "keep    backup I1 (incremental on F): ancestor of I2" in out
+    (tmp_path / "pitrkit.toml").write_text(config.read_text().replace("keep_last = 2", "keep_last = 1"))
+    assert main(["--config", str(config), "retention", "apply", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("remove  backup I2 (incremental on I1; 4 objects, ") for line in out), out
+    (tmp_path / "pitrkit.toml").write_text(config.read_text().replace("keep_last = 1", "keep_last = 2"))
     assert main(["--config", str(config), "retention", "apply", "--dry-run", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert [(kept["backup_id"], kept["backup_type"], kept["parent"]) for kept in document["kept"]] == [

@@ -111,6 +111,10 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
         family("last_backup_size_bytes", "gauge", "Bytes of the files in the newest backup.").add(last.size_bytes)
         family("last_backup_stored_bytes", "gauge", "Bytes the newest backup occupies in the archive.").add(
             last.stored_bytes)
+        family("last_backup_chain_length", "gauge", "Backups a restore of the newest backup reads: 1 for a full "
+               "backup, its ancestors and itself for an incremental one.").add(last.chain_length)
+        family("last_backup_stored_ratio", "gauge", "The newest backup's stored bytes over its files' bytes.").add(
+            last.stored_share)
 
     _file_metrics(exposition, "last_wal_archived", "the newest full WAL segment in the archive", report.last_wal)
     receiver = report.receiver

@@ -217,6 +217,9 @@ def check_manifest(manifest: BackupManifest) -> None:
                               f"{INCREMENTAL_FORMAT_VERSION}: restore with a newer pitrkit")
     if manifest.parent is None and (manifest.block_files or manifest.block_maps or manifest.block_parts):
         raise CorruptManifest(f"{where} lists block-mapped files but names no parent backup to take blocks from")
+    if manifest.parent is not None and manifest.format_version < INCREMENTAL_FORMAT_VERSION:
+        raise CorruptManifest(f"{where} names a parent backup in format_version {manifest.format_version}, "
+                              "which has no incremental backups")
     for what, folder, keys in (("part", "data", [part.key for part in manifest.parts]),
                                ("block map", "blockmap", [part.key for part in manifest.block_maps]),
                                ("block part", "blocks", [part.key for part in manifest.block_parts])):

@@ -86,6 +86,13 @@ def test_a_chain_of_incrementals_restores_every_link(cluster, pitrkit_setup, pg_
 
     listing = json.loads(succeeded(setup.run("backup-list", "--json")))
     assert [backup["backup_id"] for backup in listing["backups"]] == [link["backup_id"] for link in links]
+    assert [backup["backup_type"] for backup in listing["backups"]] == ["full"] + ["incremental"] * len(DDL)
+    newest = listing["backups"][-1]
+    assert newest["chain_stored_size"] == sum(link["stored_size"] for link in links)
+    # verify reads every manifest, block map and object of the chain; --deep the maps too.
+    succeeded(setup.run("verify", "--deep", timeout=600))
+    plan = json.loads(succeeded(setup.run("restore-plan", "--latest", "--json")))
+    assert plan["chain"] == [link["backup_id"] for link in links[:-1]]
 
     # Every link's end: the data as it was then. An unlogged table comes back empty, as
     # after any crash (only its init fork is backed up).

@@ -287,8 +287,9 @@ def test_daemon_takes_incrementals_between_fulls_and_a_full_when_the_parent_is_r
     between them, and the second incremental restores exactly. Then the newest backup, an
     incremental, loses its block maps, which only backup-push sees (the catalog lists the
     backup and its chain is whole): the daemon's incremental on it is refused with
-    ParentRefused's exit code, and the daemon takes a full at once. Last, an incremental
-    whose full is removed: that the daemon sees itself, and its next backup is full."""
+    ParentRefused's exit code, and the daemon takes a full at once. Then an incremental
+    whose full is removed: that the daemon sees itself, and its next backup is full. Last,
+    an incremental whose manifest no longer decodes: refused, and a full at once."""
     setup = pitrkit_setup
     primary = archiving_primary(cluster, setup, **({"summarize_wal": "on"} if pg_major >= 17 else {}))
     port = pgharness.free_port()
@@ -311,7 +312,13 @@ def test_daemon_takes_incrementals_between_fulls_and_a_full_when_the_parent_is_r
             newest = backup_listing(setup)["backups"][-1]
             assert newest["parent"], newest
             shutil.rmtree(setup.archive / "backups" / newest["parent"])
-        daemon.wait_for_event("backup-finished", 8)
+        # The 9th start is that full, the 10th an incremental on it, whose manifest is
+        # then no manifest: the catalog still lists the backup, only backup-push reads it.
+        with paused_after_backup(daemon, 10):
+            newest = backup_listing(setup)["backups"][-1]
+            assert newest["parent"], newest
+            (setup.archive / "backups" / newest["backup_id"] / "manifest.json").write_bytes(b"{not a manifest")
+        daemon.wait_for_event("backup-finished", 10)
     finally:
         code = daemon.stop()
     daemon.assert_clean()
@@ -321,12 +328,13 @@ def test_daemon_takes_incrementals_between_fulls_and_a_full_when_the_parent_is_r
     finished = [event["backup_id"] for event in daemon.events("backup-finished")]
     listing = backup_listing(setup)
     listed = {backup["backup_id"]: backup for backup in listing["backups"]}
-    removed = finished[5]  # the full under the last incremental
+    removed = finished[5]  # the full under the 8th backup
     assert list(listed) == [backup_id for backup_id in finished if backup_id != removed], daemon.log()
-    # The refused incremental stored nothing (a folder left is the one the stop cut short).
-    assert all(folder > finished[7] for folder in listing["unfinished"]), listing
-    parents = [None, finished[0], finished[1], None, finished[3], None, finished[5], None]
-    chains = [[], finished[:1], finished[:2], [], finished[3:4], [], finished[5:6], []]
+    # The refused incrementals stored nothing (a folder left is the one the stop cut short).
+    assert all(folder > finished[9] for folder in listing["unfinished"]), listing
+    f = finished
+    parents = [None, f[0], f[1], None, f[3], None, f[5], None, f[7], None]
+    chains = [[], f[:1], f[:2], [], f[3:4], [], f[5:6], [], f[7:8], []]
     for backup_id, parent, chain in zip(finished, parents, chains, strict=False):
         if backup_id != removed:
             assert (listed[backup_id]["parent"], listed[backup_id]["chain"]) == (parent, chain), listed[backup_id]
@@ -334,15 +342,18 @@ def test_daemon_takes_incrementals_between_fulls_and_a_full_when_the_parent_is_r
     assert all(backup["changed_blocks"]["method"] == method for backup in listed.values() if backup["parent"])
 
     started = daemon.events("backup-started")
-    assert [(event["kind"], event.get("parent")) for event in started[:9]] == [
-        ("full", None), ("incremental", finished[0]), ("incremental", finished[1]), ("full", None),
-        ("incremental", finished[3]), ("incremental", finished[4]), ("full", None),
-        ("incremental", finished[5]), ("full", None)], daemon.log()
+    assert [(event["kind"], event.get("parent")) for event in started[:12]] == [
+        ("full", None), ("incremental", f[0]), ("incremental", f[1]), ("full", None),
+        ("incremental", f[3]), ("incremental", f[4]), ("full", None),
+        ("incremental", f[5]), ("full", None),
+        ("incremental", f[7]), ("incremental", f[8]), ("full", None)], daemon.log()
     refused = daemon.events("backup-incremental-refused")
-    assert [event["parent"] for event in refused] == [finished[4]], daemon.log()
-    assert f"block map backups/{finished[4]}/blockmap/" in refused[0]["error"], refused
-    assert f"the incremental on {finished[4]} was refused" in started[6]["reason"]
+    assert [event["parent"] for event in refused] == [f[4], f[8]], daemon.log()
+    assert f"block map backups/{f[4]}/blockmap/" in refused[0]["error"], refused
+    assert f"backups/{f[8]}/manifest.json is not a valid BackupManifest" in refused[1]["error"], refused
+    assert f"the incremental on {f[4]} was refused" in started[6]["reason"]
     assert f"its chain is broken: {removed} is not in the archive" in started[8]["reason"]
+    assert f"the incremental on {f[8]} was refused" in started[11]["reason"]
 
     # The second incremental, a chain of three, at the point just after it.
     assert restore_plan(setup, "--to", point.time)["backup"]["backup_id"] == finished[2]

@@ -52,10 +52,10 @@ class RefusedError(PitrkitError):
 
 class ParentRefused(RefusedError):
     """backup-push cannot take the incremental backup asked for, and has stored nothing:
-    the parent asked for, or every backup, cannot be its parent (gone, a broken chain,
-    off the server's timeline path, another cluster, or another major: the first backup
-    after an upgrade is full). Its own exit code, so that `pitrkit daemon` can tell it
-    from a failed backup and take a full one at once instead."""
+    the parent asked for, or every backup, cannot be its parent (gone or unreadable, a
+    broken chain, off the server's timeline path, another cluster, or another major: the
+    first backup after an upgrade is full). Its own exit code, so that `pitrkit daemon`
+    can tell it from a failed backup and take a full one at once instead."""
 
     exit_code = 3
 

@@ -138,8 +138,8 @@ class Parent(NamedTuple):
 
 def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
     """The parent's manifest and block maps, read and checked; refused (ParentRefused:
-    nothing stored yet, so the daemon takes a full backup instead) when they are gone or
-    do not hold together."""
+    nothing stored yet, so the daemon takes a full backup instead) when they are gone,
+    unreadable or do not hold together."""
     try:
         return _load_parent(archive, summary)
     except ParentRefused:
@@ -154,6 +154,10 @@ def _load_parent(archive: Archive, summary: BackupSummary) -> Parent:
     except ObjectNotFound:
         raise ParentRefused(f"the parent backup {summary.backup_id} has no manifest any more "
                             "(removed meanwhile?)") from None
+    except ValueError as exc:
+        # Authentic but not a manifest: the catalog's entry still vouches for the backup,
+        # so without this refusal the daemon would ask for this parent at every slot.
+        raise RefusedError(str(exc)) from None
     if manifest.chain != summary.chain:
         raise RefusedError(f"backup {summary.backup_id}'s manifest and catalog entry name different chains")
     maps: dict[str, FileMap] = {}

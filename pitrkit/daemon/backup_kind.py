@@ -8,7 +8,8 @@ set (the daemon does not ask then), when the archive has no backup, when the new
 broken or at its longest, it is of another cluster, or of another major: the first
 backup after an upgrade is full), and when the chain's full is due by `full_every`.
 
-What only the server knows (whether the newest backup is on its timeline's path) is
+What only the server knows (whether the newest backup is on its timeline's path), and
+what only reading the parent shows (its manifest or block maps gone or unreadable), is
 backup-push's to check: it then exits with `ParentRefused`'s code, and the daemon takes
 a full at once instead (daemon/service.py).
 """

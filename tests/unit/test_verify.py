@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -674,38 +675,67 @@ def test_deep_warns_of_bytes_no_super_block_covers(tmp_path):
     assert [b.restorable for b in report.backups] == [True, True, True]
 
 
-def test_deep_finds_super_blocks_overlapping(tmp_path):
-    """A map object rewritten (and recorded in the manifest) so that a super-block
-    starts inside its predecessor: every object adds up, the maps decode; only reading
-    the block part against the maps tells."""
-    builder = real_chain(tmp_path / "archive")
-    manifest = builder.manifests[1]
-    record = next(file for file in manifest.block_files if file.path == "base/5/200")
-    maps = read_block_map(builder.archive, manifest.block_maps[record.block_map])
-    file_map = next(each for each in maps if each.path == "base/5/200")
-    blocks = list(file_map.iter_super_blocks())
-    blocks[1] = blocks[1]._replace(offset=blocks[0].offset + 1)
-    maps = [msgspec.structs.replace(each, super_blocks=blockmap.pack_super_blocks(blocks))
-            if each.path == "base/5/200" else each for each in maps]
-    key = manifest.block_maps[record.block_map].key
+def rewrite_super_blocks(builder: ChainBuilder, backup: int, path: str,
+                         change: Callable[[list[SuperBlock]], None]) -> list[SuperBlock]:
+    """Rewrite backup `backup`'s map of `path` with `change`d super-block records, its map
+    object recorded anew in the manifest (and the catalog): every object adds up and
+    the maps decode; only reading the block parts against them tells. Returns the
+    records as they were."""
+    manifest = builder.manifests[backup]
+    number = next(file for file in manifest.block_files if file.path == path).block_map
+    maps = read_block_map(builder.archive, manifest.block_maps[number])
+    blocks = list(next(each for each in maps if each.path == path).iter_super_blocks())
+    changed = list(blocks)
+    change(changed)
+    maps = [msgspec.structs.replace(each, super_blocks=blockmap.pack_super_blocks(changed))
+            if each.path == path else each for each in maps]
+    key = manifest.block_maps[number].key
     blob, header = objects.encode(blockmap.encode_block_map(blockmap.BlockMapDocument(files=maps)), Zstd(3, 1))
     builder.archive.put(key, blob, overwrite=True)
     block_maps = [BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex())
                   if part.key == key else part for part in manifest.block_maps]
     builder.archive.put_document(manifest_key(manifest.backup_id), msgspec.structs.replace(
         manifest, block_maps=block_maps, stored_size=manifest.stored_size + len(blob)
-        - manifest.block_maps[record.block_map].stored_size), overwrite=True)
+        - manifest.block_maps[number].stored_size), overwrite=True)
     maintenance.rebuild(builder.archive)
     assert check(builder.archive).findings == []
+    return blocks
+
+
+def test_deep_finds_super_blocks_overlapping(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+
+    def overlap(blocks: list[SuperBlock]) -> None:
+        blocks[1] = blocks[1]._replace(offset=blocks[0].offset + 1)  # inside its predecessor
+
+    blocks = rewrite_super_blocks(builder, 1, "base/5/200", overlap)
+    manifest = builder.manifests[1]
     report, _ = deep_check(builder)
     part_key = manifest.block_parts[blocks[0].part].key
     said = [each for each in report.findings if each.key == part_key]
     where = f"pages of base/5/200 in backup {manifest.backup_id}'s block maps)"
     assert [each.severity for each in said] == ["error", "warning"]
-    assert said[0].problem == f"the super-block at offset {blocks[1].offset} ({blocks[1].pages} {where} overlaps " \
-                              f"the super-block at offset {blocks[0].offset} ({blocks[0].pages} {where}"
+    assert said[0].problem == f"the super-block at offset {blocks[0].offset + 1} ({blocks[1].pages} {where} " \
+                              f"overlaps the super-block at offset {blocks[0].offset} ({blocks[0].pages} {where}"
     # Some bytes of the super-block that moved lie in none now.
     assert "lie in no super-block of backup" in said[1].problem
+    assert [b.restorable for b in report.backups] == [True, False, False]
+
+
+def test_deep_finds_a_map_naming_a_block_part_its_backup_lacks(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+
+    def elsewhere(blocks: list[SuperBlock]) -> None:
+        blocks[0] = blocks[0]._replace(part=7)
+
+    blocks = rewrite_super_blocks(builder, 1, "base/5/200", elsewhere)
+    manifest = builder.manifests[1]
+    report, _ = deep_check(builder)
+    map_key = manifest.block_maps[next(f for f in manifest.block_files if f.path == "base/5/200").block_map].key
+    assert finding(report, map_key).problem == \
+        f"its map of base/5/200 puts the super-block of positions 0 to {blocks[0].pages - 1} in block part 7; " \
+        f"backup {manifest.backup_id} has {len(manifest.block_parts)}"
+    assert [b.restorable for b in report.backups] == [True, False, False]
 
 
 def test_deep_plans_each_chain_and_names_a_run_past_what_its_source_stored(tmp_path):
@@ -731,12 +761,21 @@ def test_deep_reads_an_encrypted_chain(tmp_path):
     assert report.findings == []
     assert report.super_blocks == len(own_super_blocks(builder))
     # A byte flipped inside a super-block's ciphertext: same size, fails authentication.
-    block = next(builder.maps[2]["base/5/200"].iter_super_blocks())
-    path = block_part_path(builder, 2, block)
+    first, second = builder.maps[2]["base/5/200"].iter_super_blocks()
+    assert first.part == second.part
+    path = block_part_path(builder, 2, first)
     data = bytearray(path.read_bytes())
-    data[block.offset + block.length - 3] ^= 0xFF
+    data[first.offset + first.length - 3] ^= 0xFF
     path.write_bytes(bytes(data))
     report, _ = deep_check(builder)
-    problem = finding(report, builder.manifests[2].block_parts[block.part].key).problem
-    assert problem.startswith(f"the super-block at offset {block.offset} ({block.pages} pages of base/5/200 in backup "
-                              f"{builder.manifests[2].backup_id}'s block maps) is corrupt: decryption failed")
+    key = builder.manifests[2].block_parts[first.part].key
+    damaged = f"the super-block at offset {first.offset} ({first.pages} pages of base/5/200 in backup " \
+              f"{builder.manifests[2].backup_id}'s block maps) is corrupt: decryption failed"
+    assert finding(report, key).problem.startswith(damaged)
+    # Two bad ones in a block part: one finding, counting them, naming the first.
+    data[second.offset + 40] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report, _ = deep_check(builder)
+    records = sum(block.part == first.part for file_map in builder.maps[2].values()
+                  for block in file_map.iter_super_blocks())
+    assert finding(report, key).problem.startswith(f"2 of its {records} super-blocks are bad; the first: {damaged}")

@@ -14,6 +14,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import xxhash
+
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     INCREMENTAL_FORMAT_VERSION,
@@ -137,7 +139,8 @@ class SyntheticArchive:
             stored |= {block_map.key: map_blob, block_part.key: block_blob}
             block_fields = {"format_version": INCREMENTAL_FORMAT_VERSION, "parent": parent, "chain": chain,
                             "changed_blocks": ChangeSource(method="page-lsn", note="synthetic"),
-                            "block_files": [BlockFile("base_relation", 2 * BLOCK_SIZE, 0o600, 0, 0, 1)],
+                            "block_files": [BlockFile("base_relation", 2 * BLOCK_SIZE, 0o600, 0, 0, 1,
+                                                      xxhash.xxh3_128_digest(bytes(16)))],
                             "block_maps": [block_map], "block_parts": [block_part]}
         block_size = 2 * BLOCK_SIZE if parent is not None else 0
         document = BackupManifest(
@@ -149,7 +152,8 @@ class SyntheticArchive:
             size=1000 + block_size, stored_size=sum(map(len, stored.values())), file_count=1 + (parent is not None),
             compression="zstd", pitrkit_version="0.1.0",
             backup_label="START WAL LOCATION: ...", parts=[part], directories=[BackupDirectory("", 0o700)],
-            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0)], **block_fields,
+            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0,
+                              xxhash.xxh3_128_digest(data) if parent is not None else b"")], **block_fields,
         )
         self.chains[backup_id] = list(document.chain)
         for key, content in stored.items():

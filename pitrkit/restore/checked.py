@@ -67,11 +67,11 @@ def check_directory(root: Path, manifest: BackupManifest, files: Sequence[Backup
 def check_file(root: Path, backup_id: str, file: BackupFile | BlockFile, block_checksums: bytes | None) -> None:
     where = f"the restored {file.path} is not what backup {backup_id} holds"
     if block_checksums is None:
-        got = checksums.file_hasher()
+        hasher = checksums.file_hasher()
         for chunk in _chunks(root / file.path):
-            got.update(chunk)
-        if got.digest() != file.checksum:
-            raise NotAsBackedUp(f"{where}: the checksum of its bytes is {got.hexdigest()}, the manifest records "
+            hasher.update(chunk)
+        if hasher.digest() != file.checksum:
+            raise NotAsBackedUp(f"{where}: the checksum of its bytes is {hasher.hexdigest()}, the manifest records "
                                 f"{file.checksum.hex()}")
         return
     if checksums.of_blocks(block_checksums) != file.checksum or len(block_checksums) * BLOCK_SIZE \

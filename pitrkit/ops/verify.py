@@ -22,9 +22,10 @@ top-level listings ArchivedWal makes), never two:
 * with `--deep`, the content of every backup part and WAL file: read in full, decoded
   (decompressed and decrypted by the same code a restore uses), its plaintext size and
   SHA-256 checked against its header and, for a part, the manifest; a WAL segment's page
-  header against its name and the archive (magic, page address, system identifier). An
-  incremental's block maps are read as parts are; its block parts (super-blocks) are not
-  read yet, and a note says so.
+  header against its name and the archive (magic, page address, system identifier). A
+  backup's block maps are read as parts are and, in format_version 2, decoded: each
+  map's block checksums must be the ones its file's manifest checksum covers. An
+  incremental's block parts (super-blocks) are not read yet, and a note says so.
 
 Without `--deep` nothing is read but documents (manifests, catalogs, history files):
 sizes come from listings, because `Storage.get` returns whole objects and reading every
@@ -49,14 +50,19 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
 from pitrkit.catalog.backups import backup_folders, retention_state
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
+    CHECKSUMMED_FORMAT_VERSION,
     BackupCatalog,
+    BackupFile,
     BackupManifest,
     BackupPart,
     BackupSummary,
+    BlockFile,
     WalFolderIndex,
 )
 from pitrkit.config import Config
@@ -403,6 +409,33 @@ def _part_content(part: BackupPart, backup_id: str) -> _Content:
     return _Content(part.key, part.stored_size, expect)
 
 
+def _block_map_content(part: BackupPart, manifest: BackupManifest) -> _Content:
+    """A block map object: checked as a part is, then (format_version 2) decoded, and
+    each map's block checksums against the checksum its file's manifest record has of
+    them (the map's length in blocks against the file's)."""
+    as_part = _part_content(part, manifest.backup_id)
+    records: dict[str, BackupFile | BlockFile] = {file.path: file for file in [*manifest.files, *manifest.block_files]}
+
+    def expect(header: ObjectHeader, data: bytes) -> str | None:
+        if (problem := as_part.expect(header, data)) is not None:
+            return problem
+        if manifest.format_version < CHECKSUMMED_FORMAT_VERSION:
+            return None
+        try:
+            maps = blockmap.decode_block_map(data).files
+        except ValueError as exc:  # msgspec.DecodeError, and a map that fails its checks
+            return f"not a block map: {exc}"
+        for file_map in maps:
+            record = records.get(file_map.path)
+            if record is None or record.size != file_map.blocks * BLOCK_SIZE \
+                    or record.checksum != checksums.of_blocks(file_map.checksums):
+                return (f"its block map of {file_map.path} is not of the file backup {manifest.backup_id}'s "
+                        "manifest lists (its length or its block checksums)")
+        return None
+
+    return _Content(part.key, part.stored_size, expect)
+
+
 def _wal_content(key: str, file: WalFileName, stored_size: int, identity: ArchiveIdentity) -> _Content:
     def expect(header: ObjectHeader, data: bytes) -> str | None:
         if file.kind == WalFileKind.HISTORY:
@@ -620,7 +653,8 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
     notes: list[str] = []
     if deep:
         # A block map is stored as a part is (plaintext size and SHA-256 in the manifest).
-        contents = [_part_content(part, b.backup_id) for b in finished for part in [*b.parts, *b.block_maps]]
+        contents = [_part_content(part, b.backup_id) for b in finished for part in b.parts]
+        contents += [_block_map_content(part, b) for b in finished for part in b.block_maps]
         if unread := [b for b in finished if b.block_parts]:
             notes.append(f"the block parts (super-blocks) of {human_count(len(unread), 'incremental backup')} "
                          f"({_some([b.backup_id for b in unread])}) were not read: --deep checks only that they are "

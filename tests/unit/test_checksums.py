@@ -23,6 +23,7 @@ from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.blockmap import Run
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BlockFile
 from pitrkit.errors import ParentRefused, RefusedError
+from pitrkit.ops.verify import verify
 from pitrkit.progress import Progress
 from pitrkit.restore import checked, unpack
 from pitrkit.storage.plugins.compression import Zstd
@@ -235,3 +236,18 @@ def test_a_parent_gives_every_relation_files_blocks_with_their_checksums(tmp_pat
     assert base.checksums == independent_block_checksums(pages("100", 20))
     assert parent.blocks_of("PG_VERSION") is None
     assert blockmap.CHECKSUM_SIZE == 8
+
+
+# --- verify --deep ---------------------------------------------------------------------------------
+
+
+def test_verify_deep_finds_a_block_map_whose_checksums_the_manifest_does_not_cover(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    full(builder)
+    builder.backup({"PG_VERSION": b"15\n", "base/5/100": pages("100", 20), "base/5/200": b"",
+                    "global/pg_control": bytes(range(256)) * 33}, {"base/5/100": {4}}, wrong_file="base/5/100")
+    bad = builder.manifests[-1].block_maps[0].key
+    findings = {finding.key: finding.problem for finding in verify(builder.archive, True, 2).findings}
+    assert findings[bad] == (f"its block map of base/5/100 is not of the file backup {builder.manifests[-1].backup_id}"
+                             "'s manifest lists (its length or its block checksums)")
+    assert builder.manifests[0].block_maps[0].key not in findings  # the full's maps are sound

@@ -414,7 +414,8 @@ def _block_map_content(part: BackupPart, manifest: BackupManifest) -> _Content:
     each map's block checksums against the checksum its file's manifest record has of
     them (the map's length in blocks against the file's)."""
     as_part = _part_content(part, manifest.backup_id)
-    records: dict[str, BackupFile | BlockFile] = {file.path: file for file in [*manifest.files, *manifest.block_files]}
+    written: list[BackupFile | BlockFile] = [*manifest.files, *manifest.block_files]
+    records = {file.path: file for file in written}
 
     def expect(header: ObjectHeader, data: bytes) -> str | None:
         if (problem := as_part.expect(header, data)) is not None:

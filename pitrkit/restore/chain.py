@@ -23,6 +23,10 @@ nothing without its own super-block records. Each map object is read once, in pa
 and as soon as it is decoded it is turned into the reads it asks for and dropped: what
 the plan keeps is proportional to what will be fetched.
 
+The target's maps also give every relation file's block checksums (those of its stream
+files too, found by path in the same map objects): once all is written, every file is
+read back and checked against them (restore/checked.py).
+
 Everything read is hostile: manifests agree on the chain (each link's `chain` and
 `parent` are its predecessors), every run's source holds the blocks it is said to hold
 (a stream file long enough, stored positions that exist), super-blocks lie inside their

@@ -10,7 +10,9 @@ whichever writes its last byte: a file may span many parts, and a part may hold
 thousands of small files (`FileWriter`, which restore/chain.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
-file and every directory entry is fsync'd before `unpack` returns.
+file and every directory entry is fsync'd before `unpack` returns. Before `backup_label`
+is written, every file is read back and checked against the backup's checksums
+(restore/checked.py, format_version 2).
 
 A manifest is data from storage, and anyone who can write to the storage can write one,
 so what it makes restore write is contained. Its paths are plain relative paths (checked

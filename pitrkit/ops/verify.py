@@ -23,8 +23,10 @@ top-level listings ArchivedWal makes), never two:
   (decompressed and decrypted by the same code a restore uses), its plaintext size and
   SHA-256 checked against its header and, for a part, the manifest; a WAL segment's page
   header against its name and the archive (magic, page address, system identifier);
-* with `--deep`, an incremental's blocks: each block map object read once, verified
-  against the manifest and decoded (every map checked); each block part read once, whole,
+* with `--deep`, a backup's blocks: each block map object read once, verified against
+  the manifest and decoded (every map checked; in format_version 2 each map's block
+  checksums must be the ones its file's manifest checksum covers, and of its length);
+  each block part (an incremental's) read once, whole,
   and every super-block its backup's maps list found inside it, not overlapping another,
   decoded, its header's SHA-256 the map's record and its plaintext exactly its pages;
   bytes of a block part no super-block covers are a warning. Then restore's own chain
@@ -50,23 +52,27 @@ import os
 import re
 import struct
 from argparse import Namespace
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgspec
 
+from pitrkit.catalog import checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
 from pitrkit.catalog.backups import backup_folders, retention_state
 from pitrkit.catalog.blockmap import FileMap, read_block_map
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
+    CHECKSUMMED_FORMAT_VERSION,
     BackupCatalog,
+    BackupFile,
     BackupManifest,
     BackupPart,
     BackupSummary,
+    BlockFile,
     BlockPart,
     WalFolderIndex,
 )
@@ -495,6 +501,21 @@ class _SuperBlockIndex(NamedTuple):
     complete: bool  # every map object was read, every file's map found: a byte no record covers is covered by none
 
 
+def _checksums_problem(backup: BackupManifest, records: Mapping[str, BackupFile | BlockFile],
+                       file_map: FileMap) -> str | None:
+    """Why a map's block checksums are not those of the file the manifest lists (its
+    length, or the checksum the manifest records of them); None when they are, and
+    before format_version 2, which has none."""
+    if backup.format_version < CHECKSUMMED_FORMAT_VERSION:
+        return None
+    record = records.get(file_map.path)
+    if record is None or record.size != file_map.blocks * BLOCK_SIZE \
+            or record.checksum != checksums.of_blocks(file_map.checksums):
+        return (f"its block map of {file_map.path} is not of the file backup {backup.backup_id}'s manifest lists "
+                "(its length or its block checksums)")
+    return None
+
+
 def _index_super_blocks(archive: Archive, backup: BackupManifest, known: set[str], pool: ThreadPoolExecutor,
                         advance: Callable[[int], None]) -> tuple[_SuperBlockIndex, _Read]:
     """Read the backup's block map objects, each once (verified against the manifest,
@@ -503,6 +524,8 @@ def _index_super_blocks(archive: Archive, backup: BackupManifest, known: set[str
     restore's planning's to check (`_chain_refusal`)."""
     by_part = [bytearray() for _ in backup.block_parts]
     files = {file.path: number for number, file in enumerate(backup.block_files)}
+    written: list[BackupFile | BlockFile] = [*backup.files, *backup.block_files]
+    records = {file.path: file for file in written}
     findings: list[Finding] = []
     unread = [part for part in backup.block_maps if part.key in known]
 
@@ -521,6 +544,8 @@ def _index_super_blocks(archive: Archive, backup: BackupManifest, known: set[str
             unread.append(part)
             continue
         for file_map in maps:
+            if (problem := _checksums_problem(backup, records, file_map)) is not None:
+                findings.append(Finding(severity="error", key=part.key, problem=problem))
             file = files.get(file_map.path)
             if file is None or backup.block_files[file].block_map != number:
                 continue  # not the manifest's: restore does not use it either

@@ -61,6 +61,7 @@ from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
 log = logging.getLogger(__name__)
 
 _FSM_FORK = 1
+_VM_FORK = 2
 # A file with at least this share of its blocks changed is copied whole (PostgreSQL's
 # pg_basebackup uses the same 90 %).
 _WHOLE_SHARE = 0.9
@@ -278,6 +279,12 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since
         return None
     fork, segment = relation
     if fork.fork == _FSM_FORK or size % BLOCK_SIZE or fork.database in made_since:
+        return None
+    if fork.fork == _VM_FORK and changes.summarized is None:
+        # A visibility map page's LSN does not move when a heap change clears its bits
+        # (visibilitymap_clear logs nothing of its own), so a page scan would keep the
+        # parent's stale page: index-only scans would then see dead rows. The summarizer
+        # does mark those pages; without it the fork (a page per 1 GiB of heap) goes whole.
         return None
     base = parent.blocks_of(path)
     if base is None:

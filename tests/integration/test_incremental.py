@@ -206,3 +206,27 @@ def test_a_tablespace_in_the_chain(cluster, pitrkit_setup, pg_major, server_tmp)
     attach(restored)
     assert digests(restored) == target.digests
     restored.stop()
+
+
+def test_the_visibility_map_follows_the_heap(cluster, pitrkit_setup, pg_major):
+    """Rows updated after a VACUUM clear their pages' all-visible bits, and a visibility
+    map page's LSN does not move when a bit is cleared: the restored map must still be
+    the one the heap needs, or index-only scans count dead rows."""
+    setup = pitrkit_setup
+    primary = archiving_primary(cluster, setup, **summarizing(pg_major))
+    primary.sql("VACUUM (FREEZE) accounts")
+    backup_push(setup)
+    primary.sql("UPDATE accounts SET balance = balance + 1 WHERE id % 10 = 0")
+    incremental_push(setup)
+    point = note_point(primary)
+    archive_everything(primary)
+
+    restored = recovered(cluster, setup, "--lsn", point.lsn)
+    restored.sql("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+    assert restored.sql("SELECT count(*) FROM pg_check_visible('accounts')") == [(0,)]
+    (rows,) = restored.sql("SELECT count(*) FROM accounts")[0]
+    only_index = restored.sql("SET enable_seqscan = off; SET enable_bitmapscan = off; "
+                              "SELECT count(*) FROM accounts")[0][0]
+    assert only_index == rows == point.digests["accounts"].rows
+    assert digests(restored) == point.digests
+    restored.stop()

@@ -58,6 +58,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -295,6 +296,7 @@ class Rig:
     pgbr_config: Path
     pgbr_repo: Path
     config_texts: dict[str, str] = field(default_factory=dict)
+    pgbackrest: str = "pgbackrest"  # the pgBackRest executable: a name on PATH or a path
 
     @property
     def env(self) -> dict[str, str]:
@@ -304,7 +306,7 @@ class Rig:
         return [str(self.pitrkit), "--config", str(self.pitrkit_config), *args]
 
     def pgbr_cmd(self, *args: str) -> list[str]:
-        return ["pgbackrest", f"--config={self.pgbr_config}", f"--stanza={STANZA}", *args]
+        return [self.pgbackrest, f"--config={self.pgbr_config}", f"--stanza={STANZA}", *args]
 
     def archive_command(self, first: str) -> str:
         """Both archivers, `first` first, only in the source's data directory."""
@@ -332,8 +334,14 @@ class Rig:
         self.cluster.wait_for_archived(self.cluster.switch_wal(), timeout=600)
 
 
-def build_rig(root: Path, venv: Path, scale: int) -> Rig:
-    install = next(i for i in pgharness.find_installations() if i.major == 15)
+def build_rig(root: Path, venv: Path, scale: int, *, install: pgharness.PgInstall | None = None,
+              pgbackrest: str = "pgbackrest", pgbackrest_options: tuple[str, ...] = (),
+              settings: dict[str, object] | None = None) -> Rig:
+    """The source cluster (PostgreSQL 15 unless `install` says otherwise, with `settings`
+    added to its postgresql.conf) filled with pgbench at `scale` and archived by both
+    tools; `pgbackrest`: its executable, `pgbackrest_options`: lines added to its [global]
+    section (as `key=value`)."""
+    install = install or next(i for i in pgharness.find_installations() if i.major == 15)
     for leftover in ("source", *(f"restore-{tool}" for tool in RESTORE_TOOLS)):
         Cluster(install, root / leftover).cleanup()  # stopped and removed if a run died
     cluster = Cluster(install, root / "source")
@@ -342,7 +350,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
               pitrkit_config=root / "pitrkit.toml",
               pitrkit_archive=root / "pitrkit-archive",
               runtime_dir=root / "run", pgbr_config=root / "pgbackrest.conf",
-              pgbr_repo=root / "pgbackrest-repo")
+              pgbr_repo=root / "pgbackrest-repo", pgbackrest=pgbackrest)
     for path in (rig.pitrkit_archive, rig.pgbr_repo, rig.runtime_dir, root / "pgbackrest-log",
                  root / "pgbackrest-lock", root / "floor"):
         shutil.rmtree(path, ignore_errors=True)
@@ -359,7 +367,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     rig.config_texts[PGBACKREST] = "\n".join([
         "[global]", f"repo1-path={rig.pgbr_repo}", f"log-path={root / 'pgbackrest-log'}",
         f"lock-path={root / 'pgbackrest-lock'}", "compress-type=zst", "process-max=2",
-        "start-fast=y", "repo1-retention-full=99", "log-level-console=warn", "",
+        "start-fast=y", "repo1-retention-full=99", "log-level-console=warn", *pgbackrest_options, "",
         f"[{STANZA}]", f"pg1-path={cluster.pgdata}", f"pg1-port={cluster.port}",
         f"pg1-socket-path={cluster.socket_dir}", "pg1-user=postgres", ""])
     rig.pitrkit_config.write_text(rig.config_texts[PITRKIT])
@@ -375,7 +383,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     # production. log_line_prefix: timestamps in the logs of the restored servers too.
     cluster.conf(fsync=True, archive_mode=True, archive_command=rig.archive_command(PITRKIT),
                  max_wal_senders=4, log_line_prefix="%m [%p] ", log_timezone="UTC",
-                 log_checkpoints=True)
+                 log_checkpoints=True, **(settings or {}))
     cluster.start()
     run_as_server_user(rig.pgbr_cmd("stanza-create"), timeout=120)
     log(f"pgbench -i -s {scale}")
@@ -531,19 +539,22 @@ def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str],
     return runs
 
 
-def restore_once(rig: Rig, tool: str, target: Target, round_: int) -> RestoreRun:
-    """Restore with `tool` into a fresh directory until promoted, check the digest, read
-    the server's log, and remove the restored cluster."""
+def restore_once(rig: Rig, tool: str, target: Target, round_: int, *,
+                 how: Callable[[Rig, Cluster, Target], tuple[Timed, float]] | None = None,
+                 digest_sql: str = DIGEST_SQL) -> RestoreRun:
+    """Restore with `tool` (with `how`, if given: a function like those of RESTORE) into a
+    fresh directory until promoted, check the digest (`digest_sql` at the restored server
+    against `target.digest`), read the server's log, and remove the restored cluster."""
     cluster = fresh_cluster(rig, f"restore-{tool}")
     started = FirstSeen(cluster.pgdata / "postmaster.pid")
     try:
-        t, promoted = RESTORE[tool](rig, cluster, target)
+        t, promoted = (how or RESTORE[tool])(rig, cluster, target)
         finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         label = backup_label(cluster.pgdata / "backup_label.old")
         run = RestoreRun(
             tool, round_, round(t.wall_s, 2), round(started.stop() or 0, 2), round(promoted, 2),
             round(t.cpu_s, 2), t.load_before,
-            digest_ok=[str(v) for v in cluster.sql(DIGEST_SQL)[0]] == target.digest,
+            digest_ok=[str(v) for v in cluster.sql(digest_sql)[0]] == target.digest,
             timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
             backup=label["LABEL"],
             replayed_bytes=Lsn.parse(target.lsn) - Lsn.parse(label["START WAL LOCATION"].split()[0]),

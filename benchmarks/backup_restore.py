@@ -272,6 +272,7 @@ class RestoreRun:
     server_log: list[str]  # the restored server's log, from start-up to promotion
     recovery_settings: list[str]  # what the tool wrote into postgresql.auto.conf
     output: str  # what the restore command printed
+    digest: list[str] = field(default_factory=list)  # the restored cluster's, at the end
 
 
 @dataclass
@@ -551,17 +552,18 @@ def restore_once(rig: Rig, tool: str, target: Target, round_: int, *,
         t, promoted = (how or RESTORE[tool])(rig, cluster, target)
         finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         label = backup_label(cluster.pgdata / "backup_label.old")
+        digest = [str(v) for v in cluster.sql(digest_sql)[0]]
         run = RestoreRun(
             tool, round_, round(t.wall_s, 2), round(started.stop() or 0, 2), round(promoted, 2),
             round(t.cpu_s, 2), t.load_before,
-            digest_ok=[str(v) for v in cluster.sql(digest_sql)[0]] == target.digest,
+            digest_ok=digest == target.digest,
             timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
             backup=label["LABEL"],
             replayed_bytes=Lsn.parse(target.lsn) - Lsn.parse(label["START WAL LOCATION"].split()[0]),
             recovery=RecoveryLog.parse(log_text := server_log(cluster), finished),
             server_log=log_text.splitlines()[:300],
             recovery_settings=recovery_settings(cluster.pgdata / "postgresql.auto.conf"),
-            output=(t.stdout + t.stderr).strip()[-3000:])
+            output=(t.stdout + t.stderr).strip()[-3000:], digest=digest)
         log(f"  {tool}: restore command {run.restore_s:.1f} s, server started after "
             f"{run.server_started_s:.1f} s, promoted after {run.promoted_s:.1f} s, digest "
             f"{'ok' if run.digest_ok else 'WRONG'}, timeline {run.timeline}, "

@@ -68,7 +68,9 @@ sys.path[:0] = [str(HERE)]
 import backup_restore as br  # noqa: E402  (the rig, the backups and restores, the timing)
 import walpath  # noqa: E402  (the install and results helpers)
 
+from pitrkit.catalog.documents import BackupManifest  # noqa: E402
 from pitrkit.demo.localpg import CommandFailed, LocalPgError, run_as_server_user  # noqa: E402
+from pitrkit.storage import codec  # noqa: E402
 
 import pgharness  # noqa: E402  (tests/pgharness.py, on the path backup_restore set)
 
@@ -170,6 +172,30 @@ def pitrkit_listed(rig: br.Rig, backup_id: str) -> dict:
     return next(b for b in listing["backups"] if b["backup_id"] == backup_id)
 
 
+def pitrkit_stored(rig: br.Rig, backup_id: str) -> dict:
+    """What a pitrkit backup stored, from its manifest in the (file://, unencrypted)
+    archive: whole files, block-mapped files and their own blocks, super-block and
+    block-map objects."""
+    path = rig.pitrkit_archive / "backups" / backup_id / "manifest.json"
+    m = codec.decode(path.read_bytes(), BackupManifest, str(path))
+    return {"whole_files": len(m.files), "whole_bytes": sum(f.size for f in m.files),
+            "stream_stored": sum(p.stored_size for p in m.parts),
+            "block_files": len(m.block_files), "block_file_bytes": sum(f.size for f in m.block_files),
+            "stored_blocks": sum(f.stored_blocks for f in m.block_files),
+            "block_parts_stored": sum(p.stored_size for p in m.block_parts),
+            "block_maps_stored": sum(p.stored_size for p in m.block_maps)}
+
+
+def account(detail: dict) -> str:
+    """One line: how a pitrkit incremental found its changes and what it stored."""
+    s, how = detail["stored"], detail.get("changed_blocks") or {}
+    return (f"changed blocks from {how.get('method')} ({how.get('note')}); {s['stored_blocks']} blocks "
+            f"({s['stored_blocks'] * 8192 / 2**20:.0f} MiB) of {s['block_files']} block-mapped files "
+            f"({s['block_file_bytes'] / 2**20:.0f} MiB) stored as {s['block_parts_stored'] / 2**20:.1f} MiB "
+            f"+ {s['block_maps_stored'] / 2**20:.2f} MiB of block maps; {s['whole_files']} files whole "
+            f"({s['whole_bytes'] / 2**20:.1f} MiB, stored {s['stream_stored'] / 2**20:.2f} MiB)")
+
+
 def backup_pitrkit(rig: br.Rig, round_: int, incremental: bool) -> Backup:
     t = br.timed(rig.pitrkit_cmd("backup-push", "--json", *(["--incremental"] if incremental else [])),
                  env=rig.env)
@@ -181,7 +207,7 @@ def backup_pitrkit(rig: br.Rig, round_: int, incremental: bool) -> Backup:
                   br.tree_bytes(rig.pitrkit_archive / "backups" / backup_id), backup_id, listed.get("parent"),
                   listed["size"], {"changed_blocks": listed.get("changed_blocks"),
                                    "chain_length": len(listed.get("chain") or []) + 1,
-                                   "output": said[-3:]})
+                                   "stored": pitrkit_stored(rig, backup_id), "output": said[-3:]})
 
 
 def backup_pgbackrest(rig: br.Rig, round_: int, incremental: bool) -> Backup:
@@ -215,7 +241,7 @@ def take(rig: br.Rig, tool: str, round_: int, incremental: bool) -> Backup:
         return Backup(tool, kind, round_, 0, 0, 0, error=said.strip()[-3000:])
     log(f"  {tool} {kind}: {done.wall_s:.1f} s, {done.cpu_s:.1f} CPU s, stored "
         f"{done.stored_bytes / 2**20:.1f} MiB (directory {done.dir_bytes / 2**20:.1f} MiB) {done.name}"
-        + (f"; {done.detail['changed_blocks']}" if done.detail.get("changed_blocks") else ""))
+        + (f"; {account(done.detail)}" if done.detail.get("changed_blocks") else ""))
     return done
 
 
@@ -310,8 +336,8 @@ def summarize_incrementals(runs: list[Backup]) -> dict:
     rounds = sorted({r.round for r in runs if r.kind == "incremental"})
     pairs = [(by_round[PITRKIT, n], by_round[PGBACKREST, n]) for n in rounds
              if (PITRKIT, n) in by_round and (PGBACKREST, n) in by_round]
-    said = [(r.round, r.detail["output"][-1]) for r in runs
-            if r.tool == PITRKIT and r.kind == "incremental" and r.detail.get("output")]
+    said = [(r.round, account(r.detail)) for r in runs
+            if r.tool == PITRKIT and r.kind == "incremental" and r.detail.get("stored")]
     return {"tools": rows, "pitrkit_said": said, "x_pgbackrest": {
         "seconds": x(mine["seconds"], peer["seconds"]), "stored": x(mine["stored_mib"], peer["stored_mib"]),
         "dir": x(mine["dir_mib"], peer["dir_mib"]),
@@ -503,7 +529,8 @@ def failures(out: dict) -> list[str]:
             if "error" in run:
                 said.append(f"scale {sweep_['scale']}: restore {run['tool']} round {run['round']} failed")
             elif not run["digest_ok"]:
-                said.append(f"scale {sweep_['scale']}: restore {run['tool']} round {run['round']}: digest differs")
+                said.append(f"scale {sweep_['scale']}: restore {run['tool']} round {run['round']}: digest "
+                            f"{run['digest']}, not {sweep_['restore']['chain_target']['digest']}")
             elif "UNEXPECTED BACKUP" in run["output"]:
                 said.append(f"scale {sweep_['scale']}: restore {run['tool']} round {run['round']}: "
                             "not from the expected backup")

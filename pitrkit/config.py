@@ -12,7 +12,7 @@ import re
 import tomllib
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -121,6 +121,37 @@ def parse_duration(value: int | float | str) -> float | None:
     else:
         return None
     return seconds if 0 <= seconds <= MAX_SECONDS else None
+
+
+# `[daemon] full_every`: a duration with its unit ("7d", "12h"), or a count of incrementals
+# ("27 incrementals"). A bare number is refused: it is seconds in every other duration,
+# and whoever writes `full_every = "27"` may well mean a count.
+_FULL_EVERY_DURATION = re.compile(r"\d+(?:\.\d+)?\s*[smhdw]")
+_FULL_EVERY_COUNT = re.compile(r"(?P<count>\d+)\s+incrementals?")
+# The most incrementals on one full: catalog/documents.py's MAX_CHAIN (the catalog imports
+# this module, not the other way round; tests/unit/test_config.py holds the two equal).
+MAX_INCREMENTALS = 1000
+
+
+class FullEvery(NamedTuple):
+    """When a scheduled backup is full: once the chain's full is `seconds` old, or once
+    `incrementals` incrementals were taken on it; exactly one of the two is set."""
+
+    seconds: float | None
+    incrementals: int | None
+
+
+def parse_full_every(value: str) -> FullEvery | None:
+    """`full_every` as written; None if it is neither a duration with its unit (above 0,
+    at most `MAX_SECONDS`) nor a count from 1 to `MAX_INCREMENTALS`."""
+    text = value.strip()
+    if _FULL_EVERY_DURATION.fullmatch(text):
+        seconds = parse_duration(text)
+        return FullEvery(seconds, None) if seconds else None
+    if (match := _FULL_EVERY_COUNT.fullmatch(text)) is not None:
+        count = int(match["count"])
+        return FullEvery(None, count) if 1 <= count <= MAX_INCREMENTALS else None
+    return None
 
 
 def _loaded_duration(value: str) -> float:
@@ -234,6 +265,10 @@ class DaemonConfig(_Section, frozen=True):
     # host's zone); at most one. Neither: the daemon takes no backups.
     every: str | None = None
     cron: str | None = None
+    # Which scheduled backups are full: a duration ("7d": once the full the newest backup
+    # stands on started that long ago) or a count ("27 incrementals": once that many were
+    # taken on it); the others are incremental. Not set: every scheduled backup is full.
+    full_every: str | None = None
     # Apply [retention] after each scheduled backup (when [retention] is configured).
     retention: bool = True
     # host:port of the status page (/) and Prometheus metrics (/metrics); "" turns the
@@ -241,6 +276,14 @@ class DaemonConfig(_Section, frozen=True):
     listen: str = "127.0.0.1:9187"
     # Seconds between refreshes of the served status (each reads the catalog).
     status_interval: float = 30.0
+
+    @property
+    def full_every_rule(self) -> FullEvery | None:
+        if self.full_every is None:
+            return None
+        rule = parse_full_every(self.full_every)
+        assert rule is not None  # checked when the file was loaded
+        return rule
 
 
 class StatusConfig(_Section, frozen=True):
@@ -394,6 +437,16 @@ def _operations_problems(config: Config) -> list[str]:
                         f"({config.backup.wal_timeout:g}s): a backup waiting for its WAL writes nothing meanwhile")
     if config.daemon.every is not None and config.daemon.cron is not None:
         problems.append("daemon.every and daemon.cron are both set: choose one schedule")
+    if config.daemon.full_every is not None:
+        if parse_full_every(config.daemon.full_every) is None:
+            problems.append(f"daemon.full_every must be a duration with its unit such as \"7d\" or \"12h\" (units s, "
+                            f"m, h, d, w; at most 100 years) or a count such as \"27 incrementals\" (1 to "
+                            f"{MAX_INCREMENTALS}), not {config.daemon.full_every!r}")
+        elif config.daemon.every is None and config.daemon.cron is None:
+            # It chooses the kind of scheduled backups only: without a schedule it would
+            # silently do nothing.
+            problems.append("daemon.full_every is set but there is no backup schedule: set daemon.every or "
+                            "daemon.cron too (full_every chooses which scheduled backups are full)")
     if config.daemon.cron is not None:
         # Only when a cron schedule is configured: wal-push and wal-fetch load this module
         # for every segment (the hot path), and have no use for the cron parser.

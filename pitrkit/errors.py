@@ -50,6 +50,16 @@ class RefusedError(PitrkitError):
     exit_code = 1
 
 
+class ParentRefused(RefusedError):
+    """backup-push cannot take the incremental backup asked for, and has stored nothing:
+    the parent asked for, or every backup, cannot be its parent (gone or unreadable, a
+    broken chain, off the server's timeline path, another cluster, or another major: the
+    first backup after an upgrade is full). Its own exit code, so that `pitrkit daemon`
+    can tell it from a failed backup and take a full one at once instead."""
+
+    exit_code = 3
+
+
 def outcome(work: Callable[[], str], fetching: bool) -> tuple[int, str]:
     """Run `work` and map its result to (exit code, message for stderr). Shared by the
     in-process path (cli.py) and the agent (wal/agent.py), so that both answer

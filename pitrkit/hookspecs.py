@@ -115,20 +115,25 @@ class Storage(Protocol):
 
 @runtime_checkable
 class RangedReads(Protocol):
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        """Bytes `start` to `start + length` of the object, without reading the rest:
-        exactly `get(key)[start:start + length]`, so fewer where the object ends first
-        and b"" from its end on. `ObjectNotFound` if absent. pitrkit never passes a
-        negative `start` or `length`. Fallback: `get` and slice."""
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes `offset` to `offset + length` of the object, without reading the rest:
+        exactly `get(key)[offset:offset + length]`, so fewer where the object ends first
+        and b"" from its end on (and for `length` 0). `ObjectNotFound` if absent, whatever
+        the range. Never more than `length` bytes (pitrkit refuses an answer that has
+        more). pitrkit passes only ints with 0 <= offset, 0 <= length and
+        offset + length <= 2**63 - 1 (`capabilities.MAX_RANGE_END`). Fallback: `get` and
+        slice."""
 
 
 @runtime_checkable
 class ServerSideCopy(Protocol):
-    def copy(self, source: str, destination: str) -> None:
-        """Store the object `source` also under `destination`, without its bytes passing
-        through this host: exactly as `put(destination, get(source))` would, so durable and
-        create-only (`ObjectExists` if `destination` is present, which stays untouched).
-        `ObjectNotFound` if `source` is absent. Fallback: `get`, then `put`."""
+    def copy(self, source: str, target: str) -> None:
+        """Store the object `source` also under `target`, without its bytes passing
+        through this host: exactly as `put(target, get(source))` would, so durable and
+        create-only (`ObjectExists` if `target` is present, which stays untouched; where
+        the backend's `put` takes a retry's own earlier object for success, its copy does
+        too). `ObjectNotFound` if `source` is absent, and nothing is stored. Fallback:
+        `get`, then `put`."""
 
 
 # --- compression ---------------------------------------------------------------------

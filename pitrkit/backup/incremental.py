@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 from pitrkit.backup.changes import RelationFork, Summarized, relation_of
 from pitrkit.backup.page_scan import changed_pages
@@ -51,7 +51,7 @@ from pitrkit.catalog.documents import (
     BlockFile,
     BlockPart,
 )
-from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.errors import ParentRefused, PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage import objects
@@ -98,9 +98,9 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
     if requested is not None:
         chosen = next((backup for backup in finished if backup.backup_id == requested), None)
         if chosen is None:
-            raise RefusedError(f"--from {requested}: there is no such backup in the archive {archive.storage.url}")
+            raise ParentRefused(f"--from {requested}: there is no such backup in the archive {archive.storage.url}")
         if why := why_not(chosen):
-            raise RefusedError(f"--from {requested}: cannot take an incremental backup on it: {why}")
+            raise ParentRefused(f"--from {requested}: cannot take an incremental backup on it: {why}")
         return chosen
     reasons = []
     for backup in reversed(finished):
@@ -108,7 +108,7 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
             return backup
         reasons.append(f"{backup.backup_id}: {why}")
     said = f" ({'; '.join(reasons[:3])})" if reasons else ""
-    raise RefusedError(f"no backup in the archive can be the parent of an incremental backup{said}: "
+    raise ParentRefused(f"no backup in the archive can be the parent of an incremental backup{said}: "
                        "take a full backup first (backup-push without --incremental)")
 
 
@@ -137,39 +137,36 @@ class Parent(NamedTuple):
 
 
 def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
+    """The parent's manifest and block maps, read and checked; refused (ParentRefused:
+    nothing stored yet, so the daemon takes a full backup instead) when they are gone,
+    unreadable or do not hold together."""
+    try:
+        return _load_parent(archive, summary)
+    except ParentRefused:
+        raise
+    except RefusedError as exc:
+        raise ParentRefused(f"the parent backup {summary.backup_id} cannot be used: {exc}") from None
+
+
+def _load_parent(archive: Archive, summary: BackupSummary) -> Parent:
     try:
         manifest = archive.get_document(manifest_key(summary.backup_id), BackupManifest)
     except ObjectNotFound:
-        raise RefusedError(f"the parent backup {summary.backup_id} has no manifest any more "
-                           "(removed meanwhile?)") from None
+        raise ParentRefused(f"the parent backup {summary.backup_id} has no manifest any more "
+                            "(removed meanwhile?)") from None
+    except ValueError as exc:
+        # Authentic but not a manifest: the catalog's entry still vouches for the backup,
+        # so without this refusal the daemon would ask for this parent at every slot.
+        raise RefusedError(str(exc)) from None
     if manifest.chain != summary.chain:
         raise RefusedError(f"backup {summary.backup_id}'s manifest and catalog entry name different chains")
     maps: dict[str, FileMap] = {}
     for part in manifest.block_maps:
-        for file_map in read_block_map(archive, part):
+        for file_map in blockmap.read_block_map(archive, part):
             maps[file_map.path] = file_map
     if missing := [file.path for file in manifest.block_files if file.path not in maps]:
         raise RefusedError(f"backup {summary.backup_id}'s block maps lack {missing[0]}")
     return Parent(manifest, {file.path: file for file in manifest.files}, maps)
-
-
-def read_block_map(archive: Archive, part: BackupPart) -> list[FileMap]:
-    """One block map object, verified against the manifest's record of it."""
-    try:
-        blob = archive.get(part.key)
-    except ObjectNotFound:
-        raise RefusedError(f"block map {part.key} is missing from the archive") from None
-    try:
-        data = objects.decode(part.key, blob, archive.plugins.compressor, archive.cipher())
-        header, _ = objects.read_header(part.key, blob)
-    except objects.CorruptObject as exc:
-        raise RefusedError(str(exc)) from None
-    if len(data) != part.size or header.sha256.hex() != part.sha256:
-        raise RefusedError(f"block map {part.key} is not the one the manifest lists")
-    try:
-        return blockmap.decode_block_map(data).files
-    except ValueError as exc:
-        raise RefusedError(f"block map {part.key} is corrupt: {exc}") from None
 
 
 def summary_path(archive: Archive, parent: BackupSummary, timeline: int, start: Lsn) -> list[tuple[int, Lsn, Lsn]]:
@@ -205,13 +202,62 @@ class BlockPlan(NamedTuple):
     segment: int
 
 
-def plan_file(path: str, size: int, parent: Parent, changes: Changes) -> BlockPlan | None:
-    """The block plan of a file, or None to copy it whole."""
+def databases_made_since(pgdata: str, paths: list[str], parent: Parent) -> set[int]:
+    """The databases whose directory is not the one the parent saw: a PG_VERSION the
+    parent lacks or recorded with another size or mtime (CREATE DATABASE writes one).
+
+    The summaries name the databases created in their range; this covers the page-LSN
+    scan too, where nothing else would: STRATEGY FILE_COPY copies the template's files,
+    page LSNs and all, without logging a page, and once the OID counter has wrapped a
+    re-created database can have a dropped one's OID and relation file names."""
+    made = set()
+    for path in paths:
+        head, name = os.path.split(path)
+        database = os.path.basename(head)
+        if name != "PG_VERSION" or not database.isdigit():
+            continue
+        seen = parent.stream.get(path)
+        try:
+            status = os.stat(os.path.join(pgdata, path))
+        except FileNotFoundError:
+            continue  # dropped meanwhile: its files are gone too, or replay drops them
+        if seen is None or (seen.size, seen.mtime) != (status.st_size, int(status.st_mtime)):
+            made.add(int(database))
+    return made
+
+
+class _Listed(Protocol):
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+Listed = TypeVar("Listed", bound=_Listed)
+
+
+def plan_files(pgdata: str, files: list[Listed], parent: Parent, changes: Changes
+               ) -> tuple[list[Listed], list[BlockPlan]]:
+    """The files of the walk (backup/push.py's) to copy whole, and the block plans of the rest."""
+    made_since = databases_made_since(pgdata, [file.path for file in files], parent)
+    whole, plans = [], []
+    for file in files:
+        if (plan := plan_file(file.path, file.size, parent, changes, made_since)) is None:
+            whole.append(file)
+        else:
+            plans.append(plan)
+    return whole, plans
+
+
+def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since: set[int]) -> BlockPlan | None:
+    """The block plan of a file, or None to copy it whole. `made_since`: the databases
+    databases_made_since found."""
     relation = relation_of(path)
     if relation is None:
         return None
     fork, segment = relation
-    if fork.fork == _FSM_FORK or size % BLOCK_SIZE:
+    if fork.fork == _FSM_FORK or size % BLOCK_SIZE or fork.database in made_since:
         return None
     base = parent.blocks_of(path)
     if base is None:
@@ -227,7 +273,7 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes) -> BlockPl
     changed: list[int] = []
     limit: int | None = None
     if forked is not None:
-        changed = [block - first for block in forked.blocks if first <= block < first + blocks]
+        changed = [block - first for block in forked.between(first, first + blocks)]
         if forked.limit is not None:
             if forked.limit <= first:
                 return None  # truncated to before this file: nothing of the parent's is good
@@ -339,8 +385,20 @@ class _Pool:
 
 class CopiedFile(NamedTuple):
     record: BlockFile  # block_map is filled in when the maps are stored
-    file_map: FileMap  # super_blocks are filled in when the store has finished
+    runs: bytes  # the file's packed runs; its FileMap is made once the super-blocks are known
+    sources: int  # the chain's length plus one
     super_blocks: list[SuperBlock]  # appended to by the store's threads
+
+
+def copy_block_files(pgdata: str, plans: list[BlockPlan], changes: Changes, store: SuperBlockStore, own: int,
+                     advance: Callable[[int], None]) -> list[CopiedFile]:
+    """Store the changed blocks of every planned file (`own`: this backup's source
+    index); the files that vanished meanwhile are left out."""
+    copied = []
+    for plan in plans:
+        if (done := copy_block_file(pgdata, plan, changes, store, own, advance)) is not None:
+            copied.append(done)
+    return copied
 
 
 def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: SuperBlockStore,
@@ -380,7 +438,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
     pages = sorted(page for page in pages if page[0] < blocks)
     copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
                                   len(pages)),
-                        _map(plan, blocks, [block for block, _ in pages], own), [])
+                        _runs(plan, blocks, [block for block, _ in pages], own), own + 1, [])
     lock = threading.Lock()
 
     def done(block: SuperBlock) -> None:
@@ -393,7 +451,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
     return copied
 
 
-def _map(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> FileMap:
+def _runs(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> bytes:
     """The file's runs: its stored blocks from this backup (`own`), the rest as the
     parent's map has them. Every block past the parent's length is among `stored`."""
     sources = plan.base[0][:blocks] + [own] * max(0, blocks - len(plan.base[0]))
@@ -401,7 +459,7 @@ def _map(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> FileMap:
     for position, block in enumerate(stored):
         sources[block] = own
         positions[block] = position
-    return FileMap(plan.path, blocks, own + 1, blockmap.pack_runs(blockmap.block_runs(sources, positions)), b"")
+    return blockmap.pack_runs(blockmap.block_runs(sources, positions))
 
 
 def _mode(st_mode: int) -> int:
@@ -432,7 +490,7 @@ def finish_maps(copied: list[CopiedFile]) -> list[FileMap]:
     maps = []
     for file in copied:
         file.super_blocks.sort(key=lambda block: block.first)
-        maps.append(FileMap(file.file_map.path, file.file_map.blocks, file.file_map.sources, file.file_map.runs,
+        maps.append(FileMap(file.record.path, file.record.size // BLOCK_SIZE, file.sources, file.runs,
                             blockmap.pack_super_blocks(file.super_blocks)))
     return maps
 

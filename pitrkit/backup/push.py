@@ -53,6 +53,7 @@ from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.postgres.server import ServerFacts, ServerSession
+from pitrkit.postgres.summaries import data_checksums
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.storage import codec, objects
@@ -456,19 +457,13 @@ def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:
 # --- the backup -------------------------------------------------------------------------
 
 
-class Incremental(NamedTuple):
-    parent: incremental.Parent
-    changes: incremental.Changes
-    source: ChangeSource
-
-
 def _changes_since(archive: Archive, server: ServerSession, facts: ServerFacts, parent: BackupSummary,
                    timeline: int, start: Lsn) -> tuple[incremental.Changes, ChangeSource]:
     """How this backup learns which blocks changed since `parent` started: the WAL
     summaries when they cover the whole way, else reading the pages (and why)."""
     path = incremental.summary_path(archive, parent, timeline, start)
     found = summarized_changes(server.connection, facts.major, path, _SUMMARIZER_WAIT)
-    checksums = server.data_checksums()
+    checksums = data_checksums(server.connection)
     if isinstance(found, NotSummarized):
         log.warning("reading every relation file for changed pages: %s", found.reason)
         return (incremental.Changes(None, parent.start_lsn, checksums),
@@ -519,14 +514,13 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         if captured:
             listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
             listing.files[-1:-1] = captured  # before pg_control, which is copied last
-        plans: list[incremental.BlockPlan] = []
-        whole = listing.files
+        whole, plans = listing.files, list[incremental.BlockPlan]()
         if changes is not None:
-            decided = [(file, incremental.plan_file(file.path, file.size, parent, changes)) for file in listing.files]
-            plans = [plan for _, plan in decided if plan is not None]
-            whole = [file for file, plan in decided if plan is None]
-        total = sum(file.size for file in whole) + sum(len(plan.base[0]) * BLOCK_SIZE for plan in plans
-                                                        if plan.changed is None)
+            whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)
+        # What will be read: whole files, and of block-mapped ones every page the scan
+        # reads, or the blocks the summaries name (new blocks past the parent's come on top).
+        total = sum(file.size for file in whole) + BLOCK_SIZE * sum(
+            len(plan.base[0]) if plan.changed is None else len(plan.changed) for plan in plans)
         log.info("copying %d files (%s) and %d block-mapped files from %s and %d tablespaces", len(whole),
                  human_bytes(total), len(plans), pgdata, len(listing.tablespaces))
         workers = config.backup.workers or len(os.sched_getaffinity(0))
@@ -535,12 +529,9 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         try:
             with Progress(f"backup {backup_id}", total) as progress:
                 copied = []
-                for plan in plans:
-                    assert blocks is not None and changes is not None
-                    own = len(parent_summary.chain) + 1 if parent_summary else 0
-                    if (done := incremental.copy_block_file(pgdata, plan, changes, blocks, own,
-                                                            progress.advance)) is not None:
-                        copied.append(done)
+                if blocks is not None and changes is not None and parent_summary is not None:
+                    copied = incremental.copy_block_files(pgdata, plans, changes, blocks,
+                                                          len(parent_summary.chain) + 1, progress.advance)
                 files = copy_files(pgdata, whole, store, progress)
             parts = store.finish()
             block_parts = blocks.finish() if blocks is not None else []
@@ -551,7 +542,7 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
             raise
         maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied), compressor,
                                                    cipher) if copied else ([], {})
-        block_files = [copied_file.record._replace(block_map=where[copied_file.record.path])
+        block_files = [msgspec.structs.replace(copied_file.record, block_map=where[copied_file.record.path])
                        for copied_file in copied]
 
         stop = server.stop_backup()
@@ -577,7 +568,8 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         last_segment=last.name,
         tablespaces=listing.tablespaces,
         size=sum(file.size for file in files) + sum(file.size for file in block_files),
-        stored_size=sum(part.stored_size for part in [*parts, *block_parts, *maps]),
+        stored_size=sum(part.stored_size for part in parts) + sum(part.stored_size for part in block_parts)
+        + sum(part.stored_size for part in maps),
         file_count=len(files) + len(block_files),
         compression=compressor.name,
         pitrkit_version=__version__,
@@ -647,8 +639,13 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
                 f"{summary.first_segment} to {summary.last_segment}")
     assert summary.changed_blocks is not None
     stored_blocks = sum(file.stored_blocks for file in manifest.block_files)
-    return (f"backup {summary.backup_id}: incremental on {summary.parent} (chain of {len(summary.chain) + 1}); "
+    said = (f"backup {summary.backup_id}: incremental on {summary.parent} (chain of {len(summary.chain) + 1}); "
             f"changed blocks from {summary.changed_blocks.method} ({summary.changed_blocks.note}); "
             f"{len(manifest.files)} files copied whole, {stored_blocks} changed blocks of "
             f"{len(manifest.block_files)} block-mapped files; {human_bytes(summary.size)} stored as "
             f"{human_bytes(summary.stored_size)}; needs WAL {summary.first_segment} to {summary.last_segment}")
+    # How the changed blocks were found is worth a line even without -v: a fallback to
+    # reading every page costs a full backup's reading time (stdout stays the id alone).
+    if not args.json:
+        print(f"pitrkit: {said}", file=sys.stderr)
+    return said

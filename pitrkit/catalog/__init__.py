@@ -3,7 +3,8 @@
 `documents` types every JSON document the backups and the catalog store (manifests, the
 backup catalog, WAL folder indexes, retention's intent, leases, the lock) as msgspec
 Structs checked as they are decoded, since anything read from storage may have been
-written by a stranger. `backups` reads which backups exist; `archived_wal` is the
+written by a stranger. `backups` reads which backups exist, `chains` which of them are
+usable (an incremental only with its whole chain); `archived_wal` is the
 archived WAL as timelines, folders and unbroken runs, read through the catalog's
 indexes, which are caches reconciled with the manifests and the stored WAL;
 `maintenance` writes the catalog as the archive grows (a new backup, sealed folders'

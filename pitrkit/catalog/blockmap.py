@@ -32,7 +32,11 @@ from typing import NamedTuple
 
 import msgspec
 
-from pitrkit.catalog.documents import BLOCKS_PER_SEGMENT, MAX_CHAIN, MAX_PART_SIZE, check_data_path
+from pitrkit.catalog.documents import BLOCKS_PER_SEGMENT, MAX_CHAIN, MAX_PART_SIZE, BackupPart, check_data_path
+from pitrkit.errors import RefusedError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive
 
 _RUN = struct.Struct("<IIII")
 _SUPER_BLOCK = struct.Struct("<IQIII32s")
@@ -155,3 +159,25 @@ class SuperBlockIndex:
 decode_block_map = msgspec.msgpack.Decoder(BlockMapDocument).decode
 encode_block_map = msgspec.msgpack.Encoder().encode
 
+
+
+def read_block_map(archive: Archive, part: BackupPart) -> list[FileMap]:
+    """One block map object, verified by its own header and against the manifest's
+    record of it (size and SHA-256: a valid map object of another backup put in its
+    place is refused), then decoded, every map checked."""
+    try:
+        blob = archive.get(part.key)
+    except ObjectNotFound:
+        raise RefusedError(f"block map {part.key} is missing from the archive") from None
+    try:
+        header, _ = objects.read_header(part.key, blob)
+        if header.size != part.size or header.sha256.hex() != part.sha256:
+            raise RefusedError(f"block map {part.key} is not the one the manifest lists ({header.size} bytes, "
+                               f"sha256 {header.sha256.hex()[:16]}...)")
+        data = objects.decode(part.key, blob, archive.plugins.compressor, archive.cipher())
+    except objects.CorruptObject as exc:
+        raise RefusedError(str(exc)) from None
+    try:
+        return decode_block_map(data).files
+    except ValueError as exc:  # msgspec.DecodeError, and a map that fails its checks
+        raise RefusedError(f"block map {part.key} is corrupt: {exc}") from None

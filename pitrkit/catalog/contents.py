@@ -1,5 +1,5 @@
-"""What `backup-list` and `wal-list` report: the archive's backups, and every archived
-WAL file with the backup it belongs to and what it is for (a backup needs it, a restore
+"""What `backup-list` and `wal-list` report: the archive's backups with their chains,
+and every archived WAL file with the backup it belongs to and what it is for (a backup needs it, a restore
 can use it, or retention would remove it).
 """
 
@@ -13,16 +13,28 @@ import msgspec
 
 from pitrkit.catalog.archived_wal import PARTIAL_SUFFIX, ArchivedWal, on_path
 from pitrkit.catalog.backups import backups, survey_backups
+from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.storage.archive import WAL_PREFIX, Archive, stored_at
+
+
+class ListedBackup(BackupSummary, kw_only=True, frozen=True):
+    """A finished backup as `backup-list` shows it: its summary (`stored_size` its own
+    objects' bytes), and its place in its chain (catalog/chains.py)."""
+
+    backup_type: str  # "full" or "incremental"
+    # The stored bytes of its whole chain: its ancestors that are stored, and itself.
+    chain_stored_size: int
+    # Why it cannot be restored, when its chain is broken; None when it can be.
+    broken: str | None = None
 
 
 class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
     """What `backup-list` shows: the finished backups, oldest first, and the folders under
     `backups/` that are not, or no longer, a backup."""
 
-    backups: list[BackupSummary]
+    backups: list[ListedBackup]
     unfinished: list[str]
     deleting: list[str] = []  # being removed by retention: not restorable
 
@@ -34,7 +46,19 @@ class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
 
 def backup_listing(archive: Archive) -> BackupListing:
     survey = survey_backups(archive)
-    return BackupListing(backups=survey.finished, unfinished=survey.unfinished, deleting=survey.deleting)
+    return BackupListing(backups=listed_backups(survey.finished), unfinished=survey.unfinished,
+                         deleting=survey.deleting)
+
+
+def listed_backups(finished: list[BackupSummary]) -> list[ListedBackup]:
+    """Each finished backup with its type, its chain's stored size and, if its chain is
+    broken, why."""
+    stored = {backup.backup_id: backup.stored_size for backup in finished}
+    broken = check_chains(finished).broken_by_id()
+    return [ListedBackup(**msgspec.structs.asdict(backup), backup_type=backup.kind,
+                         chain_stored_size=sum(stored.get(each, 0) for each in [*backup.chain, backup.backup_id]),
+                         broken=broken[backup.backup_id].problem if backup.backup_id in broken else None)
+            for backup in finished]
 
 
 class WalRow(msgspec.Struct, kw_only=True, frozen=True):
@@ -81,7 +105,9 @@ class _BackupSpan(NamedTuple):
 def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]:
     """A row per segment and history file, oldest first per timeline."""
     wal = ArchivedWal(archive)
-    finished = backups(archive)
+    # A segment belongs to a backup that can be restored: an incremental whose chain is
+    # broken makes no WAL "restorable".
+    finished = check_chains(backups(archive)).usable
     rows: list[WalRow] = []
     for timeline in wal.timelines:
         if only_timeline is not None and timeline != only_timeline:

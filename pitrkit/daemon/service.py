@@ -6,7 +6,9 @@ It runs, under one process:
   archives what it received);
 * scheduled backups (`[daemon] every` or `cron`, see daemon/schedule.py): `pitrkit backup-push
   --json` as a child, one at a time, and not while another host's backup-push is writing
-  into the archive;
+  into the archive; full, or with `[daemon] full_every` incremental on the newest backup
+  (`--incremental --from <id>`, see daemon/backup_kind.py), and a full at once when
+  backup-push refuses that parent;
 * `pitrkit retention apply --json` as a child after each successful backup, when
   `[daemon] retention` is on and `[retention]` is configured;
 * the status: a StatusReport refreshed every `[daemon] status_interval` and served on
@@ -41,12 +43,13 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from pitrkit import events
-from pitrkit.catalog.backups import last_written, survey_backups
+from pitrkit.catalog.backups import BackupSurvey, last_written, survey_backups
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
+from pitrkit.daemon.backup_kind import BackupKind, ClusterIdentity, next_backup_kind
 from pitrkit.daemon.schedule import Schedule, Timetable, from_config
 from pitrkit.daemon.status_server import StatusBoard, StatusServer
-from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.errors import ConfigError, ParentRefused, PitrkitError
 from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.progress import human_bytes
@@ -236,9 +239,20 @@ def backup_in_progress(unfinished: list[UnfinishedBackup], ours: set[str], now: 
     return None
 
 
-def _unfinished_backups(archive: Archive) -> list[UnfinishedBackup]:
-    return [UnfinishedBackup(backup_id, last_written(archive, backup_id))
-            for backup_id in survey_backups(archive).unfinished]
+def _unfinished_backups(archive: Archive, survey: BackupSurvey) -> list[UnfinishedBackup]:
+    return [UnfinishedBackup(backup_id, last_written(archive, backup_id)) for backup_id in survey.unfinished]
+
+
+def data_directory_major(pgdata: str | None) -> int | None:
+    """The major version the data directory says it is of (its PG_VERSION), read without
+    a server session; None when there is no [postgres] pgdata or it does not say."""
+    if pgdata is None:
+        return None
+    try:
+        text = (Path(pgdata) / "PG_VERSION").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and len(text) <= 4 else None
 
 
 # --- scheduled backups and retention --------------------------------------------------------
@@ -254,9 +268,23 @@ class Backups:
         self._board = board
         self.retention_after = config.daemon.retention and config.retention is not None
         self._quiet = config.backup.wal_timeout + _OTHER_BACKUP_MARGIN
+        self._full_every = config.daemon.full_every_rule
+        self._pgdata = config.postgres.pgdata
         self.schedule = schedule
         now = datetime.now(UTC)
-        self.timetable = Timetable(schedule, self._newest_start(), now)
+        try:
+            survey: BackupSurvey | None = survey_backups(archive)
+        except PitrkitError as exc:
+            # Unknown: a backup now is the safe side (if the archive is really down, the
+            # backup says so).
+            events.emit(log, logging.WARNING, "backups-not-listed", error=str(exc))
+            survey = None
+        newest_start = survey.finished[-1].start_time if survey is not None and survey.finished else None
+        self.timetable = Timetable(schedule, newest_start, now)
+        # The running backup's kind and slot, and the kind the next one is expected to be
+        # (for the status: decided again, from a fresh listing, when it starts).
+        self.next_kind = self._kind = self._plan(survey, self.timetable.due)
+        self._slot = now
         self._backup: Child | None = None
         self._backup_started = now
         self._unfinished_before: set[str] = set()
@@ -269,15 +297,27 @@ class Backups:
     def running(self) -> bool:
         return self._backup is not None
 
-    def _newest_start(self) -> datetime | None:
+    def _plan(self, survey: BackupSurvey | None, at: datetime) -> BackupKind:
+        """The kind of a backup starting `at`, from `survey` (None: the archive could not
+        be listed, and a full needs no parent)."""
+        if self._full_every is None:
+            return BackupKind(None, "every scheduled backup is full ([daemon] full_every is not set)")
+        if survey is None:
+            return BackupKind(None, "the archive's backups could not be listed")
         try:
-            finished = survey_backups(self._archive).finished
+            system_identifier = self._archive.identity().system_identifier
         except PitrkitError as exc:
-            # Unknown: a backup now is the safe side (if the archive is really down, the
-            # backup says so).
-            events.emit(log, logging.WARNING, "backups-not-listed", error=str(exc))
+            return BackupKind(None, f"the archive's identity could not be read: {exc}")
+        cluster = ClusterIdentity(system_identifier, data_directory_major(self._pgdata))
+        return next_backup_kind(self._full_every, survey.finished, cluster, at)
+
+    def _listing(self) -> BackupSurvey | None:
+        """The archive's backups after a backup ended; None when they cannot be listed
+        (the next backup lists them again, and says so)."""
+        try:
+            return survey_backups(self._archive)
+        except PitrkitError:
             return None
-        return finished[-1].start_time if finished else None
 
     def tick(self, now: datetime) -> None:
         if self._backup is not None:
@@ -295,11 +335,13 @@ class Backups:
             self.timetable.missed = None
         slot = self.timetable.due
         self.timetable.started(now)
+        survey: BackupSurvey | None = None
+        unfinished: list[UnfinishedBackup] = []
         try:
-            unfinished = _unfinished_backups(self._archive)
+            survey = survey_backups(self._archive)
+            unfinished = _unfinished_backups(self._archive, survey)
         except PitrkitError as exc:
             events.emit(log, logging.WARNING, "backup-check-failed", error=str(exc))
-            unfinished = []
         other = backup_in_progress(unfinished, self._ours, now, self._quiet)
         if other is not None:
             assert other.last_written is not None
@@ -307,20 +349,37 @@ class Backups:
                         last_written=_show(other.last_written),
                         reason="another backup-push is writing into the archive",
                         next_backup_at=_show(self.timetable.due))
+            self.next_kind = self._plan(survey, self.timetable.due)
             return
         self._unfinished_before = {folder.backup_id for folder in unfinished}
+        self._launch(now, slot, self._plan(survey, now))
+
+    def _launch(self, now: datetime, slot: datetime, kind: BackupKind) -> None:
+        self._slot, self._kind, self.next_kind = slot, kind, kind
         self._backup_started = now
         argv = [*self._pitrkit, "backup-push", "--json"]
+        if kind.parent is not None:
+            argv += ["--incremental", "--from", kind.parent]
         try:
             self._backup = Child(argv)
         except OSError as exc:
             self._backup_failed(now, _cannot_run(argv, exc))
             return
-        events.emit(log, logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot))
+        events.emit(log, logging.INFO, "backup-started", pid=self._backup.pid, slot=_show(slot), kind=kind.kind,
+                    parent=kind.parent, reason=kind.reason)
 
     def _backup_ended(self, outcome: Outcome, now: datetime, retention: bool = True) -> None:
         self._backup = None
         _relay("backup-push", outcome)
+        parent = self._kind.parent
+        if parent is not None and outcome.code == ParentRefused.exit_code:
+            # Refused before the backup began (nothing stored): what only the server knows
+            # (its timeline's path) or what changed since the daemon looked. The slot's
+            # backup is then a full one, at once.
+            events.emit(log, logging.WARNING, "backup-incremental-refused", parent=parent, error=outcome.error)
+            self._launch(now, self._slot, BackupKind(None, f"the incremental on {parent} was refused: "
+                                                           f"{outcome.error}"))
+            return
         summary = _backup_summary(outcome) if outcome.code == 0 else None
         if summary is None:
             self._backup_failed(now, outcome.error, outcome.code, outcome.seconds)
@@ -333,6 +392,8 @@ class Backups:
                     seconds=f"{outcome.seconds:.1f}", next_backup_at=_show(self.timetable.due))
         if self._board is not None:
             self._board.refresh_soon()
+        if self._full_every is not None:  # else every backup is full: no listing needed
+            self.next_kind = self._plan(self._listing(), self.timetable.due)
         if retention and self.retention_after:
             self._start_retention()
 
@@ -343,7 +404,12 @@ class Backups:
                                      message=error)
         events.emit(log, logging.ERROR, "backup-failed", code=code, error=error,
                     seconds=None if seconds is None else f"{seconds:.1f}", next_backup_at=_show(self.timetable.due))
-        self._note_ours()
+        survey = self._listing()
+        if survey is not None:
+            # The folder this backup left (unfinished, new since it started) is not
+            # another host's running backup.
+            self._ours |= set(survey.unfinished) - self._unfinished_before
+        self.next_kind = self._plan(survey, self.timetable.due)
 
     def _start_retention(self) -> None:
         argv = [*self._pitrkit, "retention", "apply", "--json"]
@@ -355,15 +421,6 @@ class Backups:
             events.emit(log, logging.ERROR, "retention-failed", error=_cannot_run(argv, exc))
             return
         events.emit(log, logging.INFO, "retention-started", pid=self._retention_child.pid)
-
-    def _note_ours(self) -> None:
-        """The folder a failed or terminated backup of ours left (unfinished, new since it
-        started) is not another host's running backup."""
-        try:
-            after = survey_backups(self._archive).unfinished
-        except PitrkitError:
-            return
-        self._ours |= set(after) - self._unfinished_before
 
     def _retention_ended(self, outcome: Outcome) -> None:
         self._retention_child = None
@@ -479,6 +536,7 @@ class Daemon:
         events.emit(log, logging.INFO, "daemon-started", pid=os.getpid(),
                     schedule=backups.schedule.describe() if backups else "none",
                     next_backup_at=_show(backups.timetable.due) if backups else None,
+                    next_backup_kind=backups.next_kind.kind if backups else None,
                     sidecar=self._sidecar is not None, retention=bool(backups and backups.retention_after))
         if self._board is not None and self._server is not None:
             self._board.start()
@@ -517,6 +575,7 @@ class Daemon:
             started_at=self._started_at,
             schedule=backups.schedule.describe() if backups else None,
             next_backup_at=backups.timetable.due if backups else None,
+            next_backup_kind=backups.next_kind.kind if backups else None,
             backup_running=bool(backups and backups.running),
             last_run=backups.last_run if backups else None,
             backups_taken=backups.taken if backups else 0,

@@ -27,6 +27,9 @@ class DaemonFacts(msgspec.Struct, kw_only=True, frozen=True):
     started_at: datetime
     schedule: str | None  # "every 6h", "cron 30 2 * * *"; None: no scheduled backups
     next_backup_at: datetime | None
+    # "full" or "incremental" ([daemon] full_every): the running backup's while one runs,
+    # else what the next is expected to be (decided again when it starts); None: no schedule.
+    next_backup_kind: str | None
     backup_running: bool
     last_run: ScheduledRun | None
     backups_taken: int

@@ -6,11 +6,16 @@ asks, status compares the promise with what exists, and the tests can enumerate 
 case without an archive.
 
 Backups: the union of the `[retention]` rules, each kept backup with the rules that
-keep it. A backup belongs to the instant it became usable, its `stop_time`; calendar
+keep it. A backup belongs to the instant it became usable, its `stop_time`, whether it
+is full or incremental; calendar
 rules count days, ISO weeks and months in the policy's zone, and only periods THAT HAVE
 A BACKUP (restic's and borg's reading of "keep 7 dailies"): if backups stop for a month,
 the next retention run still keeps the last seven days that had one, instead of letting
 the calendar walk past them and remove every backup there is.
+
+Chains (catalog/chains.py): the rules count only usable backups (an incremental whose
+chain is broken restores nothing, and is kept by no rule), and a kept backup keeps every
+ancestor of its chain, whatever the rules say of them.
 
 WAL: a segment file (T, s) is needed while replay of some archived timeline E, starting
 from a kept backup on E's path, reads T's copy of segment s. Which timelines are
@@ -27,6 +32,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from pitrkit.catalog.archived_wal import TimelineStep, on_path, serving_timeline
+from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import RetentionConfig, parse_duration
 from pitrkit.errors import ConfigError
@@ -72,7 +78,9 @@ class BackupVerdict(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str
     keep: bool
     # The rules that keep it, in the policy's order: "last 7", "daily 2026-11-20",
-    # "weekly 2026-W47", "monthly 2026-11", "window 7d"; [] when it is removed.
+    # "weekly 2026-W47", "monthly 2026-11", "window 7d"; then what else holds it (the
+    # caller's `held`: leases), then "ancestor of B, C" (kept backups whose chains
+    # need it); [] when it is removed.
     reasons: list[str]
 
 
@@ -146,7 +154,8 @@ def _age(backup: BackupSummary) -> tuple[datetime, str]:
     return backup.stop_time, backup.backup_id
 
 
-def select_backups(backups: Sequence[BackupSummary], policy: RetentionPolicy, now: datetime) -> list[BackupVerdict]:
+def select_backups(backups: Sequence[BackupSummary], policy: RetentionPolicy, now: datetime,
+                   held: Mapping[str, Sequence[str]] | None = None) -> list[BackupVerdict]:
     """A verdict for each of `backups`, in their order.
 
     - last N: the N newest backups;
@@ -155,11 +164,17 @@ def select_backups(backups: Sequence[BackupSummary], policy: RetentionPolicy, no
     - window W: the newest backup with stop_time <= now - W, so that every point of the
       last W is restorable from it; when none is that old, the oldest backup (the window
       reaches back as far as the archive does).
-    "Newest" is by stop_time, as everywhere a backup is placed in time."""
+    "Newest" is by stop_time, as everywhere a backup is placed in time. The rules see
+    only usable backups (catalog/chains.py): a broken incremental is kept by none.
+
+    `held`: backups kept whatever the rules say, with the reasons shown (the leases of
+    running restores). Last, every ancestor of a kept backup is kept: its chain is what
+    restores it."""
     if policy.keep_last < 1:
         raise ValueError("keep_last must be at least 1: the newest backup is never removed")
     reasons: dict[str, list[str]] = {backup.backup_id: [] for backup in backups}
-    newest_first = sorted(backups, key=_age, reverse=True)
+    usable = check_chains(backups).usable
+    newest_first = sorted(usable, key=_age, reverse=True)
     for backup in newest_first[: policy.keep_last]:
         reasons[backup.backup_id].append(f"last {policy.keep_last}")
     for rule, period_of in _CALENDAR_RULES:
@@ -172,13 +187,36 @@ def select_backups(backups: Sequence[BackupSummary], policy: RetentionPolicy, no
         for key in sorted(newest_of, reverse=True)[:count]:
             label, backup = newest_of[key]
             reasons[backup.backup_id].append(f"{rule} {label}")
-    if policy.window is not None and backups:
+    if policy.window is not None and usable:
         start = now - policy.window
-        before = [backup for backup in backups if backup.stop_time <= start]
-        anchor = max(before, key=_age) if before else min(backups, key=_age)
+        before = [backup for backup in usable if backup.stop_time <= start]
+        anchor = max(before, key=_age) if before else min(usable, key=_age)
         reasons[anchor.backup_id].append(f"window {show_duration(policy.window)}")
+    for backup_id, words in (held or {}).items():
+        if backup_id in reasons:
+            reasons[backup_id] += words
+    _keep_ancestors(backups, reasons)
     return [BackupVerdict(backup_id=backup.backup_id, keep=bool(reasons[backup.backup_id]),
                           reasons=reasons[backup.backup_id]) for backup in backups]
+
+
+def _keep_ancestors(backups: Sequence[BackupSummary], reasons: dict[str, list[str]]) -> None:
+    """Adds "ancestor of ..." to each stored ancestor of a backup the rules or `held`
+    keep. A chain lists every ancestor, so one pass over the kept backups is the closure."""
+    descendants: dict[str, list[str]] = {}
+    for backup in backups:
+        if reasons[backup.backup_id]:
+            for ancestor in backup.chain:
+                if ancestor in reasons:
+                    descendants.setdefault(ancestor, []).append(backup.backup_id)
+    for ancestor, kept in descendants.items():
+        # A full under a long chain of kept incrementals: name a few, count the rest.
+        named = ", ".join(kept[:_NAMED_DESCENDANTS])
+        more = len(kept) - _NAMED_DESCENDANTS
+        reasons[ancestor].append(f"ancestor of {named}" + (f" and {more} more" if more > 0 else ""))
+
+
+_NAMED_DESCENDANTS = 3
 
 
 # --- WAL --------------------------------------------------------------------------------

@@ -8,14 +8,16 @@ goes and removes it in an order that keeps every reader safe at every step:
 
 1. Decide from fresh listings: the backup folders and their manifests, every WAL folder
    listed afresh (an index may lag a push; what is deleted must be what is stored), the
-   leases. A leased backup is kept, with the WAL its lease's replay reads.
+   leases. A leased backup is kept, with its chain's ancestors and the WAL its lease's
+   replay reads; an incremental whose chain is broken goes.
 2. Store `catalog/retention.json` naming the backups to remove (`deleting`), then
    `catalog/backups.json` without them. From here they exist for no reader.
 3. List the leases again: a restore that took one since step 1 did not see step 2, so
    what it holds is kept after all (catalog/lease.py has the protocol).
-4. Per backup, oldest first: its manifest, then its parts. A crash after the manifest
-   leaves a folder that `deleting` still names, and without a manifest no reader would
-   use it anyway.
+4. Per backup, each incremental before its ancestors (catalog/chains.py): its manifest,
+   then its parts. A crash after the manifest leaves a folder that `deleting` still
+   names, and without a manifest no reader would use it anyway; a crash between two
+   backups never leaves an incremental stored without its parent.
 5. WAL, oldest first per timeline: a folder's index (`catalog/wal/<folder>.json`) is
    rewritten or removed before the objects it lists, so that no index names a removed
    segment. History files always stay: they are tiny, and PostgreSQL reads them to pick
@@ -49,6 +51,7 @@ import msgspec
 from pitrkit.catalog import documents, lease, lock
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep
 from pitrkit.catalog.backups import retention_state, survey_backups
+from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
     BackupCatalog,
     BackupSummary,
@@ -85,17 +88,27 @@ _SEGMENT_FILE = re.compile(r"[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?")
 class KeptBackup(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str
     stop_time: Time | None  # None: a backup an interrupted run was removing, held by a lease
-    reasons: list[str]  # the rules that keep it ("last 7", "daily 2026-11-20") and the leases holding it
+    # The rules that keep it ("last 7", "daily 2026-11-20"), the leases holding it, and
+    # the kept backups whose chains need it ("ancestor of B").
+    reasons: list[str]
+    # "full" or "incremental" and, for an incremental, the backup it was taken against;
+    # None when its summary is not read (one an interrupted run was removing).
+    backup_type: str | None = None
+    parent: str | None = None
 
 
 class RemovedBackup(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str
-    # "backup": a finished backup no rule keeps; "unfinished": a folder without a manifest
-    # past the grace period; "interrupted": one an earlier run decided to remove.
+    # "backup": a finished backup no rule keeps, or an incremental whose chain is broken;
+    # "unfinished": a folder without a manifest past the grace period; "interrupted": one
+    # an earlier run decided to remove.
     kind: Literal["backup", "unfinished", "interrupted"]
     why: str
     objects: int
     stored_bytes: int
+    # As in KeptBackup: for a finished backup only.
+    backup_type: str | None = None
+    parent: str | None = None
 
 
 class RemovedWal(msgspec.Struct, kw_only=True, frozen=True):
@@ -188,10 +201,13 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
     holders: dict[str, list[Lease]] = {}
     for each in leases.active:
         holders.setdefault(each.backup_id, []).append(each)
-    verdicts = policy.select_backups(stored.finished, rules, now)
+    # A lease holds its backup and, through policy's ancestor rule, the backup's chain.
+    verdicts = policy.select_backups(stored.finished, rules, now,
+                                     held={backup_id: _lease_words(found) for backup_id, found in holders.items()})
+    broken = check_chains(stored.finished).broken_by_id()
     kept = [KeptBackup(backup_id=verdict.backup_id, stop_time=by_id[verdict.backup_id].stop_time,
-                       reasons=verdict.reasons + _lease_words(holders.get(verdict.backup_id, [])))
-            for verdict in verdicts if verdict.keep or verdict.backup_id in holders]
+                       reasons=verdict.reasons, **_chain_fields(by_id[verdict.backup_id]))
+            for verdict in verdicts if verdict.keep]
     held = [backup_id for backup_id in stored.interrupted if backup_id in holders]
     kept += [KeptBackup(backup_id=backup_id, stop_time=None,
                         reasons=["being removed by an interrupted run", *_lease_words(holders[backup_id])])
@@ -203,8 +219,11 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
         if backup_id not in holders:
             removed.append(_removed(stored, backup_id, "interrupted", "an earlier retention run was removing it"))
     for verdict in verdicts:
-        if not verdict.keep and verdict.backup_id not in holders:
-            removed.append(_removed(stored, verdict.backup_id, "backup", f"kept by no rule ({rules.describe()})"))
+        if not verdict.keep:
+            backup = by_id[verdict.backup_id]
+            why = f"its chain is broken: {broken[backup.backup_id].problem}" if backup.backup_id in broken \
+                else f"kept by no rule ({rules.describe()})"
+            removed.append(_removed(stored, verdict.backup_id, "backup", why, backup))
     deleting = [item.backup_id for item in removed]
     for backup_id in stored.unfinished:
         objects = stored.backup_objects(backup_id)
@@ -224,6 +243,7 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
                      "removed by an interrupted run, or gone): which WAL their restores read is unknown")
         wal: list[_WalFolderRemoval] = []
     else:
+        # Ancestors are kept backups too: the WAL from the oldest of a chain on stays.
         keepers = [by_id[item.backup_id] for item in kept if item.backup_id in by_id]
         wal = _wal_removals(stored, keepers, notes)
     removed_wal = _wal_rows(wal)
@@ -233,7 +253,26 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
         stored_bytes=sum(item.stored_bytes for item in removed) + sum(item.stored_bytes for item in removed_wal),
         notes=notes,
     )
-    return _Decision(report, deleting, held, [item.backup_id for item in removed], wal)
+    return _Decision(report, deleting, held, _children_first(removed, by_id), wal)
+
+
+def _children_first(removed: list[RemovedBackup], by_id: dict[str, BackupSummary]) -> list[str]:
+    """The folders to remove in the order that never leaves a stored incremental without
+    its parent, were the run to stop between two: the longest chains first, so that each
+    backup goes before its ancestors (whose chains are shorter). Interrupted removals keep
+    their place at the head: they exist for no reader already. Otherwise the report's
+    order (oldest first)."""
+    def depth(item: RemovedBackup) -> int:
+        backup = by_id.get(item.backup_id)
+        return len(backup.chain) if backup is not None and item.kind == "backup" else -1
+
+    ahead = [item for item in removed if item.kind == "interrupted"]
+    rest = sorted((item for item in removed if item.kind != "interrupted"), key=depth, reverse=True)
+    return [item.backup_id for item in [*ahead, *rest]]
+
+
+def _chain_fields(backup: BackupSummary) -> dict[str, str | None]:
+    return {"backup_type": backup.kind, "parent": backup.parent}
 
 
 def _lease_words(leases: list[Lease]) -> list[str]:
@@ -242,10 +281,11 @@ def _lease_words(leases: list[Lease]) -> list[str]:
 
 
 def _removed(stored: _Stored, backup_id: str, kind: Literal["backup", "unfinished", "interrupted"],
-             why: str) -> RemovedBackup:
+             why: str, backup: BackupSummary | None = None) -> RemovedBackup:
     objects = stored.backup_objects(backup_id)
     return RemovedBackup(backup_id=backup_id, kind=kind, why=why, objects=len(objects),
-                         stored_bytes=sum(info.size for info in objects))
+                         stored_bytes=sum(info.size for info in objects),
+                         **(_chain_fields(backup) if backup is not None else {}))
 
 
 def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str]) -> list[_WalFolderRemoval]:

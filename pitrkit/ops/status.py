@@ -21,7 +21,12 @@ Levels. FAIL means a restore would not give what the operator expects now: no ba
 the newest backup cannot be restored to the end of the WAL (a gap after it), the server's
 archiver failing at this moment, or the newest backup older than twice
 [status] backup_max_age. WARN means it soon may: an old backup or WAL, a retention
-promise the archive does not keep, an interrupted backup left behind, a stopped sidecar.
+promise the archive does not keep, an interrupted backup left behind, a stopped sidecar,
+an incremental backup whose chain is broken.
+
+Chains (catalog/chains.py): what restores is judged on the usable backups only; the
+newest backup reported is the newest usable one, with its chain's length, and each
+backup's share of its data it really stored.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import msgspec
 
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import last_written, retention_state, survey_backups
+from pitrkit.catalog.chains import BrokenChain, chain_length, check_chains
 from pitrkit.catalog.documents import BackupSummary, RetentionRun, WalIndexEntry
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
@@ -62,7 +68,7 @@ class StatusFailed(PitrkitError):
 
 
 class Check(msgspec.Struct, kw_only=True, frozen=True):
-    name: str  # backup, wal, restorable, archiver, receiver, retention, unfinished
+    name: str  # backup, wal, restorable, chains, archiver, receiver, retention, unfinished
     level: Level
     message: str
 
@@ -77,7 +83,23 @@ class LastBackup(msgspec.Struct, kw_only=True, frozen=True):
     age_seconds: float  # since stop_time
     duration_seconds: float
     size_bytes: int  # the files backed up
+    stored_bytes: int  # its own objects (an incremental's ancestors' not included)
+    backup_type: str = "full"  # or "incremental"
+    parent: str | None = None
+    chain_length: int = 1  # the backups a restore of it reads: its ancestors and itself
+    stored_share: float | None = None  # stored_bytes / size_bytes; None for an empty backup
+
+
+class StoredShare(msgspec.Struct, kw_only=True, frozen=True):
+    """How much of a backup's data it really stored: an incremental stores the changed
+    blocks, so its share is small; a full's is its compression ratio."""
+
+    backup_id: str
+    backup_type: str  # "full" or "incremental"
+    chain_length: int
+    size_bytes: int
     stored_bytes: int
+    stored_share: float | None  # stored_bytes / size_bytes, rounded to 4 places; None when size is 0
 
 
 class ArchivedFile(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,6 +219,8 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     # The timeline judged: the server's when it answered, else the archive's newest;
     # None without WAL.
     head_timeline: int | None = None
+    # Every finished backup, oldest first: its type, chain length and stored share.
+    stored_shares: list[StoredShare] = []
 
     @property
     def exit_code(self) -> int:
@@ -215,15 +239,19 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     # still stored: the survey leaves it out.
     survey = survey_backups(archive)
     finished, unfinished = survey.finished, survey.unfinished
+    # What restores is judged on the usable backups: an incremental whose chain is
+    # broken restores nothing (the chains check names it).
+    chains = check_chains(finished)
+    usable = chains.usable
     try:
         wal: ArchivedWal | None = _PartialsReadOnce(archive)
     except ArchiveMissing:
         wal = None  # reported as no WAL, a FAIL: not mounted, or never created
-    newest = finished[-1] if finished else None
+    newest = usable[-1] if usable else None
     last_backup = None if newest is None else _last_backup(newest, now)
     archiver = archiver or _archiver(config)
     history = _server_history(wal, archiver.timeline) if wal else None
-    timelines = _timelines(wal, finished, history) if wal else []
+    timelines = _timelines(wal, usable, history) if wal else []
     head = _head(timelines)
     last_wal = _last_wal(wal, head.timeline, now) if wal and head else None
     # After the walks: the newest partial is usually where the latest one ended.
@@ -235,7 +263,8 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     judged: list[Check | None] = [
         _backup_check(last_backup, config),
         _wal_check(last_wal, receiver, config, now),
-        _restorable_check(wal, finished, head),
+        _restorable_check(wal, usable, head),
+        _chains_check(finished, chains.broken),
         _timeline_check(wal, archiver, timelines, head, config, now) if wal else None,
         _archiver_check(archiver),
         _receiver_check(receiver, config, now),
@@ -248,7 +277,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
         generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
-        head_timeline=head.timeline if head else None,
+        head_timeline=head.timeline if head else None, stored_shares=[_stored_share(b) for b in finished],
     )
 
 
@@ -265,8 +294,18 @@ def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
         backup_id=backup.backup_id, label=backup.label, timeline=backup.timeline, start_time=backup.start_time,
         stop_time=backup.stop_time, stop_lsn=backup.stop_lsn, age_seconds=_elapsed(backup.stop_time, now),
         duration_seconds=_elapsed(backup.start_time, backup.stop_time),
-        size_bytes=backup.size, stored_bytes=backup.stored_size,
+        size_bytes=backup.size, stored_bytes=backup.stored_size, backup_type=backup.kind, parent=backup.parent,
+        chain_length=chain_length(backup), stored_share=_share(backup),
     )
+
+
+def _share(backup: BackupSummary) -> float | None:
+    return round(backup.stored_size / backup.size, 4) if backup.size else None
+
+
+def _stored_share(backup: BackupSummary) -> StoredShare:
+    return StoredShare(backup_id=backup.backup_id, backup_type=backup.kind, chain_length=chain_length(backup),
+                       size_bytes=backup.size, stored_bytes=backup.stored_size, stored_share=_share(backup))
 
 
 class _PartialsReadOnce(ArchivedWal):
@@ -507,7 +546,8 @@ def _retention(config: RetentionConfig | None, wal: ArchivedWal | None, finished
                               f"{'has' if held == 1 else 'have'} a backup; the oldest backup is from "
                               f"{show_time(oldest_stop)}")
     if policy.window is not None:
-        shortfalls += _window_shortfalls(wal, policy.window, finished, timelines, now)
+        # Only a usable backup restores the points after a gap.
+        shortfalls += _window_shortfalls(wal, policy.window, check_chains(finished).usable, timelines, now)
     return RetentionHealth(configured=True, policy=policy.describe(), verdicts=verdicts, shortfalls=shortfalls,
                            deleting=deleting, last_run=last_run)
 
@@ -619,6 +659,21 @@ def _restorable_check(wal: ArchivedWal | None, finished: list[BackupSummary], he
     return Check(name="restorable", level="OK",
                  message=f"timeline {latest.timeline} restorable from {show_time(latest.oldest.time)} to "
                          f"LSN {latest.newest.lsn} ({latest.newest.segment}){gaps}")
+
+
+def _chains_check(finished: list[BackupSummary], broken: list[BrokenChain]) -> Check:
+    """Incrementals that restore nothing: an ancestor of theirs is missing or unusable."""
+    incrementals = [b for b in finished if b.parent is not None]
+    if broken:
+        return Check(name="chains", level="WARN",
+                     message="not restorable, their chains are broken: "
+                             + "; ".join(f"{each.backup_id} ({each.problem})" for each in broken))
+    if not incrementals:
+        return Check(name="chains", level="OK", message="no incremental backup")
+    longest = max(chain_length(b) for b in incrementals)
+    return Check(name="chains", level="OK",
+                 message=f"every chain is whole ({len(incrementals)} incremental backup"
+                         f"{'' if len(incrementals) == 1 else 's'}, the longest chain {longest} backups)")
 
 
 def _timeline_check(wal: ArchivedWal, archiver: Archiver, timelines: list[TimelineRange], head: TimelineRange | None,

@@ -5,8 +5,14 @@ What is checked, from one listing of every WAL folder and of every backup folder
 top-level listings ArchivedWal makes), never two:
 
 * backups: each manifest decodes, names its own folder and the archive's system, adds up
-  (part sizes against file sizes), and every part it lists is stored with the stored size
-  it records; `catalog/backups.json` against the manifests;
+  (part sizes against file sizes; its size against its files and block-mapped files; its
+  stored size against its parts, block parts and block maps), and every object it lists
+  is stored with the stored size it records; `catalog/backups.json` against the
+  manifests;
+* chains (catalog/chains.py): every ancestor of an incremental is stored and usable, each
+  parent started before its child on the same system and PostgreSQL major, and each
+  chain is its parent's chain and the parent: a backup whose chain breaks is not
+  restorable, naming the ancestor at fault;
 * WAL: each `catalog/wal/<folder>.json` index against its folder's listing (presence and
   stored size of every file it names); continuity per timeline along the path its history
   files give, from the oldest backup on that path to the newest WAL, naming the first
@@ -16,7 +22,9 @@ top-level listings ArchivedWal makes), never two:
 * with `--deep`, the content of every backup part and WAL file: read in full, decoded
   (decompressed and decrypted by the same code a restore uses), its plaintext size and
   SHA-256 checked against its header and, for a part, the manifest; a WAL segment's page
-  header against its name and the archive (magic, page address, system identifier).
+  header against its name and the archive (magic, page address, system identifier). An
+  incremental's block maps are read as parts are; its block parts (super-blocks) are not
+  read yet, and a note says so.
 
 Without `--deep` nothing is read but documents (manifests, catalogs, history files):
 sizes come from listings, because `Storage.get` returns whole objects and reading every
@@ -43,12 +51,19 @@ import msgspec
 
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
 from pitrkit.catalog.backups import backup_folders, retention_state
-from pitrkit.catalog.documents import BackupCatalog, BackupManifest, BackupPart, BackupSummary, WalFolderIndex
+from pitrkit.catalog.chains import check_chains
+from pitrkit.catalog.documents import (
+    BackupCatalog,
+    BackupManifest,
+    BackupPart,
+    BackupSummary,
+    WalFolderIndex,
+)
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, PluginError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
-from pitrkit.progress import Progress
+from pitrkit.progress import Progress, human_count
 from pitrkit.restore import unpack
 from pitrkit.restore.plan import make_plan
 from pitrkit.restore.targets import Target
@@ -112,6 +127,7 @@ class VerifyReport(msgspec.Struct, kw_only=True, frozen=True):
     wal_files: int  # segments, partials, .backup and history files stored
     objects_read: int  # with --deep: objects read in full
     bytes_read: int  # ... and their stored bytes
+    notes: list[str] = []  # what was not checked, and why
 
     @property
     def exit_code(self) -> int:
@@ -157,27 +173,47 @@ def _check_backup_folder(archive: Archive, backup_id: str, identity: ArchiveIden
     if identity is not None and manifest.system_identifier != identity.system_identifier:
         return unusable(f"a backup of system {manifest.system_identifier}, not of this archive's system "
                         f"{identity.system_identifier}")
-    # The stream is the files' contents cut into parts: if the sizes do not add up, a
-    # restore would cut the stream into files in the wrong places.
-    streamed = sum(part.size for part in manifest.parts)
-    if streamed != sum(file.size for file in manifest.files) or streamed != manifest.size:
-        return unusable(f"does not add up: its parts hold {streamed} bytes, its files "
-                        f"{sum(file.size for file in manifest.files)}, its size says {manifest.size}")
-    try:
-        unpack.check_manifest(manifest)  # what restore refuses, verify reports
+    if problem := _adds_up(manifest):
+        return unusable(f"does not add up: {problem}")
+    try:  # what restore refuses, verify reports
+        unpack.check_manifest(manifest)
     except unpack.CorruptManifest as exc:
         return unusable(str(exc))
 
     findings = []
-    for part in manifest.parts:
-        size = stored.get(part.key) if part.key.startswith(prefix) else _stored_size(archive, part.key)
+    for what, key, recorded in _objects(manifest):
+        size = stored.get(key) if key.startswith(prefix) else _stored_size(archive, key)
         if size is None:
-            findings.append(Finding(severity="error", key=part.key, problem=f"missing: part of backup {backup_id}"))
-        elif size != part.stored_size:
-            findings.append(Finding(severity="error", key=part.key,
+            findings.append(Finding(severity="error", key=key, problem=f"missing: {what} of backup {backup_id}"))
+        elif size != recorded:
+            findings.append(Finding(severity="error", key=key,
                                     problem=f"stored size {size} bytes, the manifest of backup {backup_id} says "
-                                            f"{part.stored_size}: truncated or replaced"))
+                                            f"{recorded}: truncated or replaced"))
     return _BackupFolder(backup_id, manifest, True, findings, stored_bytes)
+
+
+def _objects(manifest: BackupManifest) -> list[tuple[str, str, int]]:
+    """(what it is, key, recorded stored size) of every object the manifest lists."""
+    return [*(("part", part.key, part.stored_size) for part in manifest.parts),
+            *(("block map", block_map.key, block_map.stored_size) for block_map in manifest.block_maps),
+            *(("block part", block_part.key, block_part.stored_size) for block_part in manifest.block_parts)]
+
+
+def _adds_up(manifest: BackupManifest) -> str | None:
+    """Why the manifest's figures disagree with what it lists, beyond what restore's own
+    check_manifest refuses (counts, block map indexes, whose objects); None when they agree.
+
+    The stream is the whole files' contents cut into parts: if the sizes do not add up, a
+    restore would cut the stream into files in the wrong places. `stored_size` is every
+    object the backup stored (parts, block parts, block maps)."""
+    streamed = sum(part.size for part in manifest.parts)
+    whole = sum(file.size for file in manifest.files)
+    if streamed != whole:
+        return f"its parts hold {streamed} bytes, its whole files {whole}"
+    stored = sum(recorded for _, _, recorded in _objects(manifest))
+    if manifest.stored_size != stored:
+        return f"its objects' stored sizes add up to {stored} bytes, its stored size says {manifest.stored_size}"
+    return None
 
 
 def _stored_size(archive: Archive, key: str) -> int | None:
@@ -425,13 +461,15 @@ def _read_content(archive: Archive, content: _Content) -> Finding | None:
 # --- restorability --------------------------------------------------------------------
 
 
-def _plan_refusal(archive: Archive, wal: ArchivedWal, backup: BackupSummary, damaged: set[str]) -> str | None:
-    """Why a restore from `backup` (alone) to its stop point on its timeline would fail:
-    the planner refuses (its first..last segments, the history files of its path), or a
-    WAL file the plan needs is `damaged` (named by --deep); None if it would work."""
+def _plan_refusal(archive: Archive, wal: ArchivedWal, backup: BackupSummary, ancestors: list[BackupSummary],
+                  damaged: set[str]) -> str | None:
+    """Why a restore from `backup` (alone, with the `ancestors` of its chain) to its stop
+    point on its timeline would fail: the planner refuses (its first..last segments, the
+    history files of its path), or a WAL file the plan needs is `damaged` (named by
+    --deep); None if it would work."""
     target = Target(kind="lsn", lsn=backup.stop_lsn, text=f"the stop point of backup {backup.backup_id}")
     try:
-        plan = make_plan(archive, target, backup.timeline, wal=wal, finished=[backup])
+        plan = make_plan(archive, target, backup.timeline, wal=wal, finished=[*ancestors, backup])
     except ArchiveUnavailable:
         raise
     except PitrkitError as exc:
@@ -444,9 +482,12 @@ def _plan_refusal(archive: Archive, wal: ArchivedWal, backup: BackupSummary, dam
 def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFolder],
               findings: list[Finding]) -> tuple[list[BackupVerdict], list[Finding]]:
     """Whether each backup can be restored, and a finding for each that cannot (but for
-    an unusable manifest, whose own finding says so): its data must be intact and the
-    planner must plan a restore to its stop point."""
-    owner = {part.key: folder.backup_id for folder in folders if folder.manifest for part in folder.manifest.parts}
+    an unusable manifest, whose own finding says so): its chain must be whole, its data
+    and its ancestors' intact, and the planner must plan a restore to its stop point."""
+    owner = {key: folder.backup_id for folder in folders if folder.manifest
+             for _, key, _ in _objects(folder.manifest)}
+    manifests = {folder.backup_id: folder.manifest for folder in folders if folder.manifest is not None}
+    broken = check_chains(list(manifests.values())).broken_by_id()
     damaged: dict[str, list[str]] = {}
     damaged_wal = set()
     for finding in findings:
@@ -456,26 +497,37 @@ def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFo
             damaged.setdefault(owner[finding.key], []).append(finding.key)
         elif finding.key.startswith(WAL_PREFIX):
             damaged_wal.add(finding.key.rpartition("/")[2])
-    verdicts = []
-    refusals = []
-    for folder in folders:
+    restorable: dict[str, bool] = {}
+    refusals: dict[str, Finding] = {}
+    # Ancestors first (shorter chains), so that a child knows whether they restore.
+    for folder in sorted(folders, key=lambda each: len(each.manifest.chain) if each.manifest else 0):
         if not folder.has_manifest:
             continue
         if folder.manifest is None:
-            verdicts.append(BackupVerdict(backup_id=folder.backup_id, restorable=False))
+            restorable[folder.backup_id] = False
             continue
+        manifest = folder.manifest
         why: str | None  # None: restorable
-        if keys := damaged.get(folder.backup_id):
-            why = f"{len(keys)} of its {len(folder.manifest.parts)} parts are missing or damaged ({keys[0]} ...)"
+        if manifest.backup_id in broken:
+            why = f"its chain is broken: {broken[manifest.backup_id].problem}"
+        elif keys := damaged.get(folder.backup_id):
+            listed = _objects(manifest)
+            noun = "parts" if len(listed) == len(manifest.parts) else "objects"
+            why = f"{len(keys)} of its {len(listed)} {noun} are missing or damaged ({keys[0]} ...)"
+        elif unusable := [ancestor for ancestor in manifest.chain if not restorable[ancestor]]:
+            why = f"its ancestor {unusable[-1]} is not restorable"
         elif wal is None:
             why = "the archive has no archive.json, and so no WAL"
         else:
-            why = _plan_refusal(archive, wal, folder.manifest, damaged_wal)
-        verdicts.append(BackupVerdict(backup_id=folder.backup_id, restorable=why is None))
+            why = _plan_refusal(archive, wal, manifest, [manifests[ancestor] for ancestor in manifest.chain],
+                                damaged_wal)
+        restorable[folder.backup_id] = why is None
         if why is not None:
-            refusals.append(Finding(severity="error", key=manifest_key(folder.backup_id),
-                                    problem=f"backup {folder.backup_id} is not restorable: {why}"))
-    return verdicts, refusals
+            refusals[folder.backup_id] = Finding(severity="error", key=manifest_key(folder.backup_id),
+                                                 problem=f"backup {folder.backup_id} is not restorable: {why}")
+    verdicts = [BackupVerdict(backup_id=folder.backup_id, restorable=restorable[folder.backup_id])
+                for folder in folders if folder.backup_id in restorable]
+    return verdicts, [refusals[folder.backup_id] for folder in folders if folder.backup_id in refusals]
 
 
 # --- the whole archive ------------------------------------------------------------------
@@ -565,8 +617,14 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
                                 problem="no finished backup: nothing in the archive is restorable yet"))
 
     contents: list[_Content] = []
+    notes: list[str] = []
     if deep:
-        contents = [_part_content(part, b.backup_id) for b in finished for part in b.parts]
+        # A block map is stored as a part is (plaintext size and SHA-256 in the manifest).
+        contents = [_part_content(part, b.backup_id) for b in finished for part in [*b.parts, *b.block_maps]]
+        if unread := [b for b in finished if b.block_parts]:
+            notes.append(f"the block parts (super-blocks) of {human_count(len(unread), 'incremental backup')} "
+                         f"({_some([b.backup_id for b in unread])}) were not read: --deep checks only that they are "
+                         "stored with their recorded stored sizes, not their blocks' checksums")
         if wal is not None and identity is not None:
             contents += _wal_contents(wal, identity)
         # An object already missing or of the wrong size needs no reading to be wrong.
@@ -591,6 +649,7 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
             len(wal.folder(t, n).entries) for t, numbers in wal.logs.items() for n in numbers),
         objects_read=len(contents),
         bytes_read=sum(c.stored_size for c in contents),
+        notes=notes,
     )
 
 

@@ -205,10 +205,6 @@ class ServerSession:
             raise ServerError("the server does not say which timeline it is on")
         return timeline
 
-    def data_checksums(self) -> bool:
-        (setting,) = self._row("reading data_checksums", "SELECT current_setting('data_checksums')")
-        return bool(setting == "on")
-
     def tablespace_names(self) -> dict[int, str]:
         cursor = self._execute("listing tablespaces", "SELECT oid::bigint, spcname FROM pg_tablespace")
         return dict(cursor.fetchall())

@@ -3,14 +3,16 @@ the WAL archive.
 
 The order is the safety: first everything that can refuse without touching the disk
 (running as root, a non-empty target, the plan, a corrupt manifest or one the catalog
-disagrees with, a tablespace mapping naming nothing or a tablespace with nowhere to go,
-a WAL segment gone from the archive since the catalog was written);
-then a lease on the backup and its WAL (catalog/lease.py), refused if retention is removing the
-backup; only then the directory is created and the backup written into it (see
-restore/unpack.py), its configuration made its own (restore/server_config.py), the recovery settings
-added (restore/recovery_conf.py), and, with --start, the server
-started and watched until it reaches the target (restore/pgstart.py). Exit 0 means the directory
-is complete and durable, and with --start that the target was reached.
+disagrees with, an incremental's chain with a link missing or that does not hold
+together (restore/chain.py), a tablespace mapping naming nothing or a tablespace with
+nowhere to go, a WAL segment gone from the archive since the catalog was written); then
+a lease on the backup and its WAL (catalog/lease.py), refused if retention is removing
+the backup; only then the directory is created and the backup written into it (see
+restore/unpack.py, and restore/chain.py for an incremental), its configuration made its
+own (restore/server_config.py), the recovery settings added (restore/recovery_conf.py),
+and, with --start, the server started and watched until it reaches the target
+(restore/pgstart.py). Exit 0 means the directory is complete and durable, and with
+--start that the target was reached.
 
 The lease is renewed while the restore runs. It is released once --start has seen the
 server promote (recovery reads no more WAL), and when the server --start started has
@@ -37,14 +39,14 @@ import msgspec
 
 from pitrkit import __version__
 from pitrkit.catalog import documents, lease
-from pitrkit.catalog.backups import manifest_present, retention_state
+from pitrkit.catalog.backups import manifest_present, read_backup_catalog, retention_state
 from pitrkit.catalog.documents import BackupManifest, shown
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, WalFileKind, WalFileName
 from pitrkit.progress import Progress, human_bytes, human_seconds, show_time
-from pitrkit.restore import pgconf, pgstart, recovery_conf, server_config, unpack
+from pitrkit.restore import chain, pgconf, pgstart, recovery_conf, server_config, unpack
 from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
@@ -85,12 +87,19 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     tablespaces = unpack.resolve_tablespaces(manifest.tablespaces, mappings, manifest.backup_id)
     for each in tablespaces:
         unpack.check_tablespace_directory(each, target_dir)
+    workers = config.backup.workers or os.cpu_count() or 1
+    links = None
+    if manifest.parent is not None:
+        say(f"restoring backup {manifest.backup_id}: incremental on {manifest.parent}, chain of "
+            f"{len(manifest.chain) + 1} (full backup {manifest.chain[0]} first)")
+        links = chain.plan_chain(archive, [*fetch_chain(archive, manifest), manifest], workers)
+        say(f"  {links.describe()}")
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
-        write_data_directory(archive, manifest, target_dir, tablespaces, config.backup.workers, held)
+        write_data_directory(archive, manifest, links, target_dir, tablespaces, workers, held)
         sockets = pgstart.socket_dir(target_dir, port) if port is not None and bindir is not None else None
         say(f"the restored copy's configuration (--config-files {args.config_files}):")
         server_config.write(target_dir, manifest.configuration,
@@ -182,16 +191,24 @@ def take_lease(archive: Archive, plan: RestorePlan) -> documents.Lease | None:
     return taken
 
 
-def write_data_directory(archive: Archive, manifest: BackupManifest, target_dir: Path,
-                         tablespaces: list[unpack.TablespaceTarget], workers: int, held: lease.Renewal) -> None:
+def write_data_directory(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan | None,
+                         target_dir: Path, tablespaces: list[unpack.TablespaceTarget], workers: int,
+                         held: lease.Renewal) -> None:
+    """The backup's files, from its own stream or (an incremental, `links` planned) from
+    its chain."""
+    stored = f"{human_bytes(manifest.stored_size)} stored"
+    if links is not None:
+        stored += f" by it, {human_bytes(sum(link.stored_size for link in links.manifests))} by its chain"
     say(f"restoring backup {manifest.backup_id} into {target_dir}: {manifest.file_count} files, "
-        f"{human_bytes(manifest.size)} ({human_bytes(manifest.stored_size)} stored)")
+        f"{human_bytes(manifest.size)} ({stored})")
     for each in tablespaces:
         say(f"  tablespace {each.tablespace.name} -> {each.location}")
     try:
-        with Progress("restoring", sum(part.size for part in manifest.parts)) as progress:
-            unpack.unpack(archive, manifest, target_dir, tablespaces, workers or os.cpu_count() or 1,
-                          progress.advance)
+        with Progress("restoring", manifest.size) as progress:
+            if links is None:
+                unpack.unpack(archive, manifest, target_dir, tablespaces, workers, progress.advance)
+            else:
+                chain.unpack_chain(links, target_dir, tablespaces, workers, progress.advance)
     except PitrkitError as exc:
         held.release()  # nothing will replay from an incomplete directory
         raise RestoreIncomplete(exc, target_dir) from None
@@ -255,9 +272,7 @@ def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
                            f"{manifest.system_identifier}, not to this archive's system {system_identifier}")
     # The plan was made from catalog/backups.json, a cache of the manifests: one that says
     # otherwise was altered (or is not this archive's), and the plan may rest on it.
-    differing = [field for field in documents.BackupSummary.__struct_fields__
-                 if getattr(manifest, field) != getattr(plan.backup, field)]
-    if differing:
+    if differing := _differing(manifest, plan.backup):
         raise RefusedError(f"{BACKUP_CATALOG_KEY} and {key} disagree about {', '.join(differing)}: one of "
                            "them was altered; if it is the catalog, 'pitrkit catalog rebuild' rewrites it from "
                            "the manifests")
@@ -266,6 +281,45 @@ def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
     except unpack.CorruptManifest as exc:
         raise RefusedError(f"corrupt manifest: {exc}") from None
     return manifest
+
+
+def fetch_chain(archive: Archive, manifest: BackupManifest) -> list[BackupManifest]:
+    """The manifests of an incremental backup's ancestors, the full first: each stored,
+    not being removed by retention, and the one the catalog lists (when it lists it: the
+    catalog is a cache, and a backup it lacks is known by its manifest alone). Whether
+    they make one chain is `chain.plan_chain`'s to check."""
+    listed = {summary.backup_id: summary for summary in read_backup_catalog(archive)}
+    deleting = set(retention_state(archive).deleting)
+    needing = f"backup {manifest.backup_id} is incremental on a chain of {len(manifest.chain) + 1}"
+
+    def fetch(backup_id: str) -> BackupManifest:
+        key = manifest_key(backup_id)
+        if backup_id in deleting:
+            raise RefusedError(f"{needing}, and retention is removing its link {backup_id}: it cannot be "
+                               "restored; plan again (restore-plan) to use another backup")
+        try:
+            link = archive.get_document(key, BackupManifest)
+        except ObjectNotFound:
+            raise RefusedError(f"{needing}, and its link {backup_id} is missing from the archive ({key} is gone): it "
+                               "cannot be restored; plan again (restore-plan) to use another backup") from None
+        except ValueError as exc:
+            raise RefusedError(f"{needing}: corrupt manifest of its link {backup_id}: {exc}") from None
+        if link.backup_id != backup_id:
+            raise RefusedError(f"{needing}: {key} belongs to backup {link.backup_id}, not to its link {backup_id}")
+        if backup_id in listed and (differing := _differing(link, listed[backup_id])):
+            raise RefusedError(f"{needing}: its link {backup_id}'s manifest is not the one {BACKUP_CATALOG_KEY} "
+                               f"lists (they disagree about {', '.join(differing)}): one of them was altered; if it "
+                               "is the catalog, 'pitrkit catalog rebuild' rewrites it from the manifests")
+        return link
+
+    with ThreadPoolExecutor(_STAT_THREADS, thread_name_prefix="chain") as pool:
+        return list(pool.map(fetch, manifest.chain))
+
+
+def _differing(manifest: documents.BackupSummary, summary: documents.BackupSummary) -> list[str]:
+    """The summary fields on which a manifest and the catalog's entry for it disagree."""
+    return [field for field in documents.BackupSummary.__struct_fields__
+            if getattr(manifest, field) != getattr(summary, field)]
 
 
 def recovery_settings(plan: RestorePlan, action: str, config_path: Path,

@@ -10,6 +10,17 @@ configured recovery target was reached", "could not create any TCP/IP sockets" w
 not access the server configuration file"). Nothing here puts a time limit on recovery:
 a large restore may replay for hours, and we wait as long as the postmaster is alive.
 
+Whether it "did not start" or "stopped before reaching the recovery target" is what the
+postmaster itself last wrote in the status line of its postmaster.pid: the line appears
+("starting") just before the postmaster starts recovery, after everything it checks at
+start-up (configuration, preloaded libraries, sockets, shared memory). The file appears
+before those checks and goes when the postmaster exits, so neither its presence at one
+look nor its contents at the last look can tell: we hold it open from the first look
+that finds it, and read it through that descriptor once the postmaster is gone (it
+rewrites the file in place, and an unlinked file stays readable while open). A recovery
+that fails within one look of the start is told by the postmaster's log line about its
+startup process instead: there is one only when recovery ran.
+
 When recovery pauses at the target, the relations replay holds locked are reported:
 a transaction still open at the target (a DROP TABLE that commits after it) keeps its
 AccessExclusiveLock while paused, and any query on those relations waits for it.
@@ -18,6 +29,7 @@ AccessExclusiveLock while paused, and any query on those relations waits for it.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import socket
 import subprocess
@@ -44,6 +56,15 @@ _POLL_MAX = 0.05
 # The postmaster writes postmaster.pid right after reading its configuration; if that
 # has not happened by then, it is not starting. This bounds start-up, never recovery.
 _PID_FILE_WAIT = 60.0
+_PID_FILE = "postmaster.pid"
+# Far more than postmaster.pid holds: a few numbers, two paths, an address, the status.
+_PID_FILE_MAX = 64 * 1024
+# postmaster.pid's 8th line (LOCK_FILE_LINE_PM_STATUS in PostgreSQL's pidfile.h), padded
+# with spaces to one length so that it is rewritten in place: "starting" just before
+# recovery begins, then "ready" (accepting connections, read-only ones in hot standby),
+# "standby" (recovery running with hot_standby off) or "stopping".
+_PM_STATUS_LINE = 8
+_PM_STATUSES = ("starting", "ready", "standby", "stopping")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 # SQLSTATEs that mean the server will not let us in at all: class 28 (invalid
@@ -65,6 +86,9 @@ _EARLY_PROBLEM = re.compile(r"^postgres:? (.*)$", re.MULTILINE)
 # or recovers, or ended by a shutdown (recovery_target_action = shutdown, say): they say
 # nothing about recovery.
 _CLIENT_FATALS = ("the database system is", "terminating connection due to administrator command")
+# The postmaster's words when its startup process (recovery) ends in failure: "exited with
+# exit code 1", "was terminated by signal 9: Killed".
+_RECOVERY_ENDED = re.compile(r"\bLOG:\s+(?:[0-9A-Z]{5}:\s+)?startup process \(PID \d+\) (?:exited|was terminated)")
 
 
 class RecoveryFailed(PitrkitError):
@@ -84,6 +108,7 @@ class Server(msgspec.Struct, kw_only=True, frozen=True):
     socket_dir: Path
     log: Path
     process: subprocess.Popen | None = None  # the postmaster, our child
+    log_from: int = 0  # where its output begins in `log` (a restored directory may hold an older log)
 
 
 class LockedRelation(msgspec.Struct, kw_only=True, frozen=True):
@@ -173,41 +198,101 @@ def start(data_dir: Path, bindir: Path, port: int, sockets: Path) -> Server:
             *(part for option in _SERVER_OPTIONS for part in ("-c", option))]
     try:
         with open(log, "ab") as output:
+            log_from = output.tell()
             # Its own session, as pg_ctl starts it: a Ctrl-C of restore leaves the
             # server recovering (see restore/engine.py); it outlives this process.
             process = subprocess.Popen(argv, cwd=data_dir, stdin=subprocess.DEVNULL, stdout=output,
                                        stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as exc:
         raise RecoveryFailed(f"cannot start {argv[0]}: {exc.strerror}") from None
-    return Server(data_dir=data_dir, bindir=bindir, port=port, socket_dir=sockets, log=log, process=process)
+    return Server(data_dir=data_dir, bindir=bindir, port=port, socket_dir=sockets, log=log, process=process,
+                  log_from=log_from)
 
 
 class _Watch:
     """What we know of the running server: whether the postmaster (our child) still
-    runs, whether it wrote postmaster.pid, and the log it writes."""
+    runs, its postmaster.pid (held open from the first look that finds it), and the log
+    it writes."""
 
     def __init__(self, server: Server) -> None:
         assert server.process is not None  # started by start()
         self.server = server
         self.process = server.process
-        self.pid_file = False
+        self.pid_file: int | None = None  # a descriptor of our postmaster's postmaster.pid
         self.started = time.monotonic()
 
     def alive(self) -> bool:
+        # Opened before the exit is asked about: a postmaster that exits in between
+        # leaves a file that is unlinked, but still ours to read.
+        if self.pid_file is None:
+            self.pid_file = _open_pid_file(self.server.data_dir / _PID_FILE, self.process.pid)
         if self.process.poll() is not None:
             return False
-        if not self.pid_file:
-            self.pid_file = (self.server.data_dir / "postmaster.pid").exists()
-            # It is written right after the configuration is read: a postmaster still
-            # without one is stuck before it could start recovery.
-            return self.pid_file or time.monotonic() - self.started < _PID_FILE_WAIT
-        return True
+        # It is written right after the configuration is read: a postmaster still
+        # without one is stuck before it could start recovery.
+        return self.pid_file is not None or time.monotonic() - self.started < _PID_FILE_WAIT
+
+    def status(self) -> str | None:
+        """The status our postmaster last wrote in postmaster.pid; None when it wrote
+        none (it never began recovery) or we never held the file."""
+        if self.pid_file is None:
+            return None
+        try:
+            text = os.pread(self.pid_file, _PID_FILE_MAX, 0)
+        except OSError:
+            return None
+        return postmaster_status(text.decode(errors="replace"), self.process.pid)
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.pid_file is not None:
+            os.close(self.pid_file)
+            self.pid_file = None
 
     def log(self) -> str:
+        """What the postmaster has written to the log."""
         try:
-            return self.server.log.read_text(errors="replace")
+            with open(self.server.log, "rb") as log:
+                log.seek(self.server.log_from)
+                return log.read().decode(errors="replace")
         except OSError:
             return ""
+
+
+def _open_pid_file(path: Path, pid: int) -> int | None:
+    """A read-only descriptor of `path` once it is the postmaster `pid`'s, else None (not
+    written yet, half written, or a stale one the postmaster is about to replace)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)  # never wait on a FIFO
+    except OSError:
+        return None
+    try:
+        first, newline, _ = os.pread(descriptor, _PID_FILE_MAX, 0).partition(b"\n")
+    except OSError:
+        first, newline = b"", b""
+    if newline and first.strip() == str(pid).encode():
+        return descriptor
+    os.close(descriptor)
+    return None
+
+
+def began_recovery(status: str | None, log: str) -> bool:
+    """Whether an exited postmaster had started recovery, from the status it last wrote
+    in postmaster.pid (None when never seen) and its log."""
+    return status is not None or _RECOVERY_ENDED.search(log) is not None
+
+
+def postmaster_status(pid_file: str, pid: int) -> str | None:
+    """The status line of postmaster.pid's text `pid_file` when it is the postmaster
+    `pid`'s and has one: "starting", "ready", "standby" or "stopping"; None when the
+    postmaster never got as far as starting recovery."""
+    lines = pid_file.split("\n")
+    if len(lines) < _PM_STATUS_LINE or lines[0].strip() != str(pid):
+        return None
+    status = lines[_PM_STATUS_LINE - 1].strip()
+    return status if status in _PM_STATUSES else None
 
 
 def failure_reason(log: str) -> str | None:
@@ -239,11 +324,10 @@ def wait_for_target(server: Server, action: str, replay_from: Lsn, replay_to: Ls
     (pause) or shut down at the target (shutdown, or pause without hot_standby)."""
     import psycopg
 
-    watch = _Watch(server)
     connection: psycopg.Connection | None = None
     last_lsn: Lsn | None = None
     pause = _POLL_FIRST
-    with Progress("replaying WAL", max(replay_to - replay_from, 0)) as progress:
+    with _Watch(server) as watch, Progress("replaying WAL", max(replay_to - replay_from, 0)) as progress:
         while True:
             if not watch.alive():
                 return _after_exit(server, watch, last_lsn, timeline_at)
@@ -316,7 +400,9 @@ def _after_exit(server: Server, watch: _Watch, last_lsn: Lsn | None,
             f"; the log ends: {said[-1].strip()}" if said else "")
     if watch.process.returncode is None:
         raise RecoveryFailed(f"PostgreSQL did not start: {reason} (log: {server.log})", running=True)
-    if not watch.pid_file:
+    if not began_recovery(watch.status(), log):
+        # It exited before starting recovery (a library it cannot load, a port in use),
+        # however long its postmaster.pid was there to be seen.
         raise RecoveryFailed(f"PostgreSQL did not start: {reason} (log: {server.log})")
     raise RecoveryFailed(f"PostgreSQL stopped before reaching the recovery target: {reason} (log: {server.log})")
 

@@ -7,7 +7,10 @@ It decides in this order, each step refusing with the piece that is missing:
 1. the timeline to end on: the one whose own WAL holds the target (refusing when several
    do, unless --timeline says which), or what --timeline names;
 2. that timeline's path, from its history file;
-3. the newest backup on the path that is consistent before the target;
+3. the newest usable backup on the path that is consistent before the target: a full
+   backup, or an incremental whose whole chain is stored (catalog/chains.py; a newer
+   broken one is passed over, and a note says why); an incremental's plan lists its
+   chain, the ancestors a restore fetches blocks from;
 4. the unbroken run of segments from the backup's first one along the path, which must
    cover the backup's consistency point and reach the target.
 
@@ -35,6 +38,7 @@ import msgspec
 
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import backups
+from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
@@ -63,6 +67,9 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     timeline: int
     path: list[TimelineStep]
     backup: BackupSummary
+    # An incremental backup's ancestors, the full backup first ([] for a full backup):
+    # what a restore reads blocks from besides `backup`.
+    chain: list[str] = []
     # Every WAL file recovery will ask restore_command for (the restore itself fetches
     # none; it checks that each is stored), in replay order: segment names from the
     # backup's first segment to the one holding the target (or the newest on the path
@@ -99,7 +106,8 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         path = wal.path(ending)
     except PitrkitError as exc:
         raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
-    backup = _choose_backup(path, finished, target, ending)
+    notes: list[str] = []
+    backup = _choose_backup(path, finished, target, ending, notes)
     chain = wal.chain(path, wal.segno(backup.first_segment))
     if chain.partial is not None:
         archive_end = wal.partial_end(chain.partial)
@@ -108,7 +116,6 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
             else Lsn(chain.first_segno * wal.segment_size)
     segments = _segments_to_target(wal, chain, backup, target, archive_end)
 
-    notes = []
     if len(candidates) > 1:
         notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
     if target.kind == "time":
@@ -126,6 +133,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         timeline=ending,
         path=path,
         backup=backup,
+        chain=list(backup.chain),
         segments=list(map(attrgetter("name"), segments)),
         history_files=[f"{step.timeline:08X}.history" for step in path if step.timeline != 1],
         wal_stored_size=sum(map(attrgetter("stored_size"), segments)),
@@ -202,7 +210,7 @@ def _ending_timeline(wal: ArchivedWal, finished: list[BackupSummary], target: Ta
         # PostgreSQL's own default: recovery_target_timeline = 'latest'.
         return timelines[-1]
     if choice == "current":
-        consistent = [b for b in finished if _consistent_before(b, target)]
+        consistent = [b for b in check_chains(finished).usable if _consistent_before(b, target)]
         if not consistent:
             raise PlanRefused(_nothing_consistent(target, finished))
         return max(consistent, key=lambda b: (b.start_time, b.backup_id)).timeline
@@ -243,7 +251,9 @@ def _nothing_consistent(target: Target, considered: list[BackupSummary]) -> str:
 
 
 def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], target: Target,
-                   ending: int) -> BackupSummary:
+                   ending: int, notes: list[str]) -> BackupSummary:
+    """The newest usable backup on `path` consistent before `target`; each newer one passed
+    over because its chain is broken is a note."""
     on = [b for b in finished if on_path(path, b)]
     if not on:
         found = ", ".join(f"{b.backup_id} (timeline {b.timeline})" for b in finished)
@@ -251,8 +261,22 @@ def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], targ
     consistent = [b for b in on if _consistent_before(b, target)]
     if not consistent:
         raise PlanRefused(_nothing_consistent(target, on))
+    # The chains are judged among all finished backups: an ancestor need not lie on
+    # this path (a full taken before a branch point does, one after it on another
+    # timeline would not be an ancestor).
+    broken = check_chains(finished).broken_by_id()
+    usable = [b for b in consistent if b.backup_id not in broken]
     # Along one path LSNs only grow, so the newest backup is the one starting last.
-    return max(consistent, key=lambda b: b.start_lsn)
+    passed = [b for b in consistent if b.backup_id in broken
+              and (not usable or b.start_lsn > max(usable, key=lambda u: u.start_lsn).start_lsn)]
+    if not usable:
+        raise PlanRefused("no usable backup is consistent before " + _target_words(target) + ": "
+                          + "; ".join(f"backup {b.backup_id}'s chain is broken: {broken[b.backup_id].problem}"
+                                      for b in passed))
+    chosen = max(usable, key=lambda b: b.start_lsn)
+    notes += [f"backup {b.backup_id} is newer, but its chain is broken ({broken[b.backup_id].problem}): planned "
+              f"from {chosen.backup_id}" for b in sorted(passed, key=lambda b: b.start_lsn, reverse=True)]
+    return chosen
 
 
 # --- 4. which segments ------------------------------------------------------------------
@@ -351,6 +375,11 @@ def describe(plan: RestorePlan) -> str:
         f"backup:       {backup.backup_id} '{backup.label}', started {show_time(backup.start_time)} at "
         f"{backup.start_lsn} on timeline {backup.timeline}",
         f"              chosen as the newest backup on this path{why}",
+    ]
+    if plan.chain:
+        lines.append(f"chain:        incremental: {len(plan.chain)} ancestor(s) to fetch blocks from, "
+                     f"{' > '.join(plan.chain)} > {backup.backup_id}")
+    lines += [
         f"WAL:          {len(plan.segments)} segments, {plan.segments[0]} .. {plan.segments[-1]}, "
         f"{human_bytes(plan.wal_stored_size)} stored",
     ]

@@ -5,9 +5,9 @@ with the modes the manifest records, and made durable.
 
 Parts are fetched and written in parallel, out of order: a part's bytes go straight to
 their place in each file with pwrite(2), so nothing is staged and at most `workers` parts
-are in memory. A file is opened once, by whichever part reaches it first, and fsync'd and
-closed by whichever writes its last byte: a file may span many parts, and a part may hold
-thousands of small files.
+are in memory. A file is created by whichever part reaches it first, and fsync'd by
+whichever writes its last byte: a file may span many parts, and a part may hold
+thousands of small files (`FileWriter`, which restore/chain.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
 file and every directory entry is fsync'd before `unpack` returns.
@@ -29,12 +29,20 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.documents import CAPTURED_DIR, BackupFile, BackupManifest, BackupPart, BackupTablespace
+from pitrkit.catalog.documents import (
+    CAPTURED_DIR,
+    INCREMENTAL_FORMAT_VERSION,
+    BackupFile,
+    BackupManifest,
+    BackupPart,
+    BackupTablespace,
+    BlockFile,
+)
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.restore import durable
@@ -196,29 +204,45 @@ def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -
 
 
 def check_manifest(manifest: BackupManifest) -> None:
-    """What the decoding checks cannot see, one field at a time (catalog/documents.py): the parts
-    are this backup's objects, the tablespaces are distinct and the tablespace_map names
+    """What the decoding checks cannot see, one field at a time (catalog/documents.py): a
+    format this pitrkit reads, the parts, block maps and block parts are this backup's
+    objects, the tablespaces are distinct and the tablespace_map names
     only them, every file and directory sits in a listed directory or below a tablespace
     link (so no write goes through anything but the links restore makes), the counts add
     up, the recorded configuration files are in the stream. Raises CorruptManifest
     before anything is written."""
     where = f"backup {manifest.backup_id}'s manifest"
-    prefix = f"backups/{manifest.backup_id}/data/"
-    for part in manifest.parts:
-        key = part.key
-        if not key.startswith(prefix) or "\0" in key or any(name in ("", ".", "..") for name in key.split("/")):
-            raise CorruptManifest(f"{where} lists part {key!r}, which is not an object of that backup")
+    if manifest.format_version > INCREMENTAL_FORMAT_VERSION:
+        raise CorruptManifest(f"{where} has format_version {manifest.format_version}; this pitrkit reads up to "
+                              f"{INCREMENTAL_FORMAT_VERSION}: restore with a newer pitrkit")
+    if manifest.parent is None and (manifest.block_files or manifest.block_maps or manifest.block_parts):
+        raise CorruptManifest(f"{where} lists block-mapped files but names no parent backup to take blocks from")
+    if manifest.parent is not None and manifest.format_version < INCREMENTAL_FORMAT_VERSION:
+        raise CorruptManifest(f"{where} names a parent backup in format_version {manifest.format_version}, "
+                              "which has no incremental backups")
+    for what, folder, keys in (("part", "data", [part.key for part in manifest.parts]),
+                               ("block map", "blockmap", [part.key for part in manifest.block_maps]),
+                               ("block part", "blocks", [part.key for part in manifest.block_parts])):
+        prefix = f"backups/{manifest.backup_id}/{folder}/"
+        for key in keys:
+            if not key.startswith(prefix) or "\0" in key or any(name in ("", ".", "..") for name in key.split("/")):
+                raise CorruptManifest(f"{where} lists {what} {key!r}, which is not an object of that backup")
+    for block_file in manifest.block_files:
+        if block_file.block_map >= len(manifest.block_maps):
+            raise CorruptManifest(f"{where} puts the block map of {block_file.path} in object {block_file.block_map}, "
+                                  f"of {len(manifest.block_maps)}")
     oids = [tablespace.oid for tablespace in manifest.tablespaces]
     if len(set(oids)) != len(oids):
         raise CorruptManifest(f"{where} lists a tablespace twice")
     links = {f"{TABLESPACE_DIR}/{oid}" for oid in oids}
     containers = {directory.path for directory in manifest.directories} | links
+    written: list[BackupFile | BlockFile] = [*manifest.files, *manifest.block_files]  # what a restore writes
     for path in [directory.path for directory in manifest.directories if directory.path] + \
-            [file.path for file in manifest.files]:
+            [file.path for file in written]:
         parent = path.rpartition("/")[0]
         if parent not in containers:
             raise CorruptManifest(f"{where} lists {path!r}, whose directory {parent!r} it does not list")
-    for file in manifest.files:
+    for file in written:
         if file.path in containers:
             raise CorruptManifest(f"{where} lists {file.path!r} both as a file and as a directory or tablespace link")
     # Each configuration file from outside the data directory travels in the stream as
@@ -229,9 +253,9 @@ def check_manifest(manifest: BackupManifest) -> None:
         if sizes.get(stored) != record.size:
             raise CorruptManifest(f"{where} records the configuration file {record.path} as {stored} of "
                                   f"{record.size} bytes, which it does not list")
-    if manifest.file_count != len(manifest.files) or manifest.size != sum(file.size for file in manifest.files):
+    if manifest.file_count != len(written) or manifest.size != sum(file.size for file in written):
         raise CorruptManifest(f"{where} says {manifest.file_count} files and {manifest.size} bytes, but lists "
-                              f"{len(manifest.files)} files of {sum(file.size for file in manifest.files)} bytes")
+                              f"{len(written)} files of {sum(file.size for file in written)} bytes")
     if manifest.tablespace_map:
         rewrite_tablespace_map(manifest.tablespace_map,
                                {tablespace.oid: Path(tablespace.location) for tablespace in manifest.tablespaces})
@@ -303,12 +327,12 @@ def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[lis
     return by_part
 
 
-class _OpenFile:
-    __slots__ = ("fd", "pending")
+class _Pending:
+    __slots__ = ("created", "pieces")
 
-    def __init__(self, pending: int) -> None:
-        self.fd = -1
-        self.pending = pending  # slices not yet written
+    def __init__(self, pieces: int) -> None:
+        self.created = False
+        self.pieces = pieces  # not yet written
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
@@ -317,7 +341,7 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def _finish_file(fd: int, file: BackupFile, modes: Modes) -> None:
+def _finish_file(fd: int, file: BackupFile | BlockFile, modes: Modes) -> None:
     """Mode, mtime, fsync, close: the file is complete and durable."""
     try:
         os.fchmod(fd, modes.for_file(file.mode))
@@ -327,68 +351,91 @@ def _finish_file(fd: int, file: BackupFile, modes: Modes) -> None:
         os.close(fd)
 
 
-class StreamWriter:
-    """Writes parts into the files of one data directory, from many threads."""
+class FileWriter:
+    """Writes the pieces of files into one data directory, from many threads, in any
+    order: `pieces[n]` is how many writes file n gets. A file is created by whichever
+    piece reaches it first (a block-mapped file at its recorded length, which its blocks
+    then fill) and finished by whichever writes its last.
 
-    def __init__(self, root: Path, files: list[BackupFile], slices: list[list[Slice]], modes: Modes) -> None:
+    Each piece opens the file and closes it again (the last after its fsync): a file
+    whose pieces come far apart (blocks of a chain restore, from an old backup's stream
+    early and a recent one's super-blocks late) holds no descriptor in between, so how
+    many files are half-written is not bounded by the descriptor limit. The fsync of the
+    last piece makes all of the file's data durable, whichever descriptor wrote it."""
+
+    def __init__(self, root: Path, files: Sequence[BackupFile | BlockFile], pieces: list[int],
+                 modes: Modes) -> None:
         self.root = root
         self.modes = modes
         self.files = files
-        self.slices = slices
-        pending = [0] * len(files)
-        for part_slices in slices:
-            for piece in part_slices:
-                pending[piece.file] += 1
-        self._open = {index: _OpenFile(count) for index, count in enumerate(pending) if count}
+        self._pending = {index: _Pending(count) for index, count in enumerate(pieces) if count}
         self._lock = threading.Lock()
 
     def create_empty_files(self) -> None:
-        for file in self.files:
-            if file.size == 0:
+        for index, file in enumerate(self.files):
+            if index not in self._pending:
                 _finish_file(self._create(file), file, self.modes)
 
-    def _create(self, file: BackupFile) -> int:
+    def _create(self, file: BackupFile | BlockFile) -> int:
         path = self.root / file.path
         try:
             # O_EXCL: the directory started empty, so an existing file is a manifest
             # naming a path twice.
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE_FILE)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE_FILE)
         except FileExistsError:
             raise CorruptManifest(f"manifest lists {file.path} twice") from None
         except OSError as exc:
             raise PitrkitError(f"cannot create {path}: {exc.strerror}") from None
-
-    def write_part(self, number: int, data: bytes) -> None:
-        view = memoryview(data)
-        for piece in self.slices[number]:
-            file = self.files[piece.file]
-            entry = self._open[piece.file]
-            with self._lock:
-                if entry.fd < 0:
-                    entry.fd = self._create(file)
-                fd = entry.fd
+        if isinstance(file, BlockFile):
             try:
-                _write_all(fd, view[piece.part_offset : piece.part_offset + piece.length], piece.file_offset)
+                os.ftruncate(fd, file.size)
             except OSError as exc:
-                raise PitrkitError(f"cannot write {self.root / file.path}: {exc.strerror}") from None
-            with self._lock:
-                entry.pending -= 1
-                last = entry.pending == 0
-                if last:
-                    entry.fd = -1
-            if last:
-                try:
-                    _finish_file(fd, file, self.modes)
-                except OSError as exc:
-                    raise PitrkitError(f"cannot finish {self.root / file.path}: {exc.strerror}") from None
+                os.close(fd)
+                raise PitrkitError(f"cannot size {path}: {exc.strerror}") from None
+        return fd
 
-    def close_unfinished(self) -> None:
-        """After a failure: close whatever is still open (the directory is incomplete)."""
+    def write(self, index: int, data: memoryview, offset: int) -> None:
+        """One piece of file `index`: `data` at `offset`."""
+        file = self.files[index]
+        entry = self._pending[index]
+        path = self.root / file.path
         with self._lock:
-            for entry in self._open.values():
-                if entry.fd >= 0:
-                    os.close(entry.fd)
-                    entry.fd = -1
+            # Created under the lock: another piece of the file opens it only once it is.
+            fd = -1 if entry.created else self._create(file)
+            entry.created = True
+        try:
+            if fd < 0:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            _write_all(fd, data, offset)
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            raise PitrkitError(f"cannot write {path}: {exc.strerror}") from None
+        with self._lock:
+            entry.pieces -= 1
+            last = entry.pieces == 0
+        if not last:
+            os.close(fd)
+            return
+        try:
+            _finish_file(fd, file, self.modes)
+        except OSError as exc:
+            raise PitrkitError(f"cannot finish {path}: {exc.strerror}") from None
+
+    def write_slices(self, slices: list[Slice], data: bytes) -> None:
+        """The slices of one fetched object (a part, a super-block) into their files."""
+        view = memoryview(data)
+        for piece in slices:
+            self.write(piece.file, view[piece.part_offset : piece.part_offset + piece.length], piece.file_offset)
+
+
+def count_pieces(files: int, slices: Iterable[list[Slice]]) -> list[int]:
+    """How many writes each of `files` files gets from these objects' slices."""
+    pieces = [0] * files
+    for object_slices in slices:
+        for piece in object_slices:
+            pieces[piece.file] += 1
+    return pieces
 
 
 def read_part(archive: Archive, part: BackupPart) -> bytes:
@@ -455,15 +502,57 @@ def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: 
     tablespace locations; return once all of it is durable. `advance(n)` is called with
     the plaintext bytes of each part written."""
     check_manifest(manifest)
+    if manifest.block_files:
+        raise CorruptManifest(f"backup {manifest.backup_id} is incremental: it is restored with its chain "
+                              "(restore/chain.py)")
     slices = slices_by_part(manifest.files, manifest.parts)
     modes = Modes.of(manifest)
     touched = make_directories(root, manifest, tablespaces, modes)
-    writer = StreamWriter(root, manifest.files, slices, modes)
-    try:
-        writer.create_empty_files()
-        _write_parts(archive, manifest.parts, writer, workers, advance)
-    finally:
-        writer.close_unfinished()
+    writer = FileWriter(root, manifest.files, count_pieces(len(manifest.files), slices), modes)
+
+    def restore(number: int, part: BackupPart) -> Callable[[], None]:
+        def task() -> None:
+            writer.write_slices(slices[number], read_part(archive, part))
+            advance(part.size)
+        return task
+
+    write_files(writer, (restore(number, part) for number, part in enumerate(manifest.parts)), workers)
+    finish_directory(root, manifest, tablespaces, touched)
+
+
+def write_files(writer: FileWriter, tasks: Iterable[Callable[[], None]], workers: int) -> None:
+    """Run the tasks (each fetches an object and writes its slices) on `workers` threads,
+    after creating the files no task writes. A task starts only when a worker is free to
+    run it, so memory holds at most `workers` fetched objects and none waiting; after a
+    failure nothing new starts."""
+    free = threading.Semaphore(workers)
+    failed = threading.Event()
+
+    def run(task: Callable[[], None]) -> None:
+        try:
+            task()
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            free.release()
+
+    writer.create_empty_files()
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+        for task in tasks:
+            free.acquire()
+            if failed.is_set():
+                break
+            futures.append(pool.submit(run, task))
+    for future in futures:
+        future.result()
+
+
+def finish_directory(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget],
+                     touched: list[Path]) -> None:
+    """`backup_label` and `tablespace_map` from the manifest, then every directory whose
+    entries changed made durable."""
     try:
         durable.write_file(root / BACKUP_LABEL, manifest.backup_label, _PRIVATE_FILE)
         if manifest.tablespace_map:
@@ -474,31 +563,3 @@ def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: 
             durable.fsync_directory(directory)
     except OSError as exc:
         raise PitrkitError(f"cannot finish {root}: {exc.filename}: {exc.strerror}") from None
-
-
-def _write_parts(archive: Archive, parts: list[BackupPart], writer: StreamWriter, workers: int,
-                 advance: Callable[[int], None]) -> None:
-    # A part is fetched only when a worker is free to write it, so memory holds at most
-    # `workers` parts being written and none waiting; after a failure nothing new starts.
-    free = threading.Semaphore(workers)
-    failed = threading.Event()
-
-    def restore(number: int, part: BackupPart) -> None:
-        try:
-            writer.write_part(number, read_part(archive, part))
-            advance(part.size)
-        except BaseException:
-            failed.set()
-            raise
-        finally:
-            free.release()
-
-    futures: list[Future[None]] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-        for number, part in enumerate(parts):
-            free.acquire()
-            if failed.is_set():
-                break
-            futures.append(pool.submit(restore, number, part))
-    for future in futures:
-        future.result()

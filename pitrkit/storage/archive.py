@@ -13,7 +13,9 @@ Every storage call made through `Archive` is bounded: the backend enforces a tim
 call and `Archive` retries a `StorageError` a configured number of times with
 exponential backoff and jitter, then raises `ArchiveUnavailable`. "Not found" and
 "already exists" are answers, not faults, and are never retried; nor is an archive that
-does not exist at all (`StorageMissing`), which no retry can make appear.
+does not exist at all (`StorageMissing`), which no retry can make appear. A ranged read
+(`get_range`) and a copy (`copy`) use the backend's own when it has one and otherwise
+the required methods (storage/capabilities.py), retried alike.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pitrkit.hookspecs import (
     StorageMissing,
 )
 from pitrkit.postgres.wal import WalFileKind, WalFileName
-from pitrkit.storage import codec, envelope, objects
+from pitrkit.storage import capabilities, codec, envelope, objects
 from pitrkit.storage.codec import Document
 from pitrkit.storage.identity import ArchiveIdentity, EncryptionParameters
 from pitrkit.storage.plugins import Plugins
@@ -184,6 +186,29 @@ class Archive:
 
     def delete(self, key: str) -> None:
         self._call(f"deleting {key}", lambda: self.storage.delete(key))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes `offset` to `offset + length` of the object: fewer where it ends first,
+        b"" from its end on; `ObjectNotFound` if absent. Read with the backend's own
+        ranged read when it has one, else `get` and slice (storage/capabilities.py). A
+        range `capabilities.check_range` refuses (negative, not an int, ending past what
+        storage addresses: offsets come from stored documents, which are hostile until
+        checked) is refused here, before any storage call. Unverified: the caller checks
+        the bytes against what it expects of them (a digest, a frame)."""
+        try:
+            capabilities.check_range(offset, length)
+        except ValueError as exc:
+            raise RefusedError(f"refusing to read {key} from {self.storage.url}: {exc}") from None
+        return self._call(f"reading {key} (bytes {offset} to {offset + length})",
+                          lambda: capabilities.read_range(self.storage, key, offset, length))
+
+    def copy(self, source: str, target: str) -> None:
+        """Store the object `source` also under `target`, durably and create-only as
+        `put` (`ObjectExists` if `target` is present; a retried copy may meet its own
+        earlier attempt there, as a retried put may); `ObjectNotFound` if `source` is
+        absent. The backend's server-side copy when it has one, else `get`, then `put`
+        (storage/capabilities.py)."""
+        self._call(f"copying {source} to {target}", lambda: capabilities.copy(self.storage, source, target))
 
     def read_wal(self, name: str) -> bytes:
         """The plaintext of the archived WAL file `name`, exactly that object, verified

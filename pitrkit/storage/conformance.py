@@ -236,16 +236,19 @@ class StorageConformance:
     def test_read_range(self, ranged):
         data = os.urandom(100_000)
         ranged.put("backups/B/data/0", data)
-        for start, length in [(0, 10), (1000, 5000), (0, 100_000), (99_990, 10), (99_990, 100), (5, 0),
-                              (100_000, 10), (200_000, 10)]:
+        for offset, length in [(0, 10), (0, 1), (1000, 5000), (0, 100_000), (99_999, 1), (99_990, 10),
+                               (99_990, 100), (5, 0), (100_000, 0), (100_000, 10), (200_000, 10), (0, 1 << 40)]:
             # What a slice gives: fewer bytes where the object ends, none from its end on.
-            assert capabilities.read_range(ranged, "backups/B/data/0", start, length) == data[start:start + length]
+            assert capabilities.read_range(ranged, "backups/B/data/0", offset, length) == data[offset:offset + length]
         ranged.put("empty", b"")
-        assert capabilities.read_range(ranged, "empty", 0, 10) == b""
+        for offset, length in [(0, 10), (0, 0), (5, 10)]:
+            assert capabilities.read_range(ranged, "empty", offset, length) == b""
 
     def test_read_range_of_a_missing_object_raises_not_found(self, ranged):
-        with pytest.raises(ObjectNotFound):
-            capabilities.read_range(ranged, "backups/B/data/0", 0, 10)
+        ranged.put("backups/B/data/1", b"another object beside it")
+        for offset, length in [(0, 10), (0, 0), (1000, 10)]:  # whatever the range, b"" included
+            with pytest.raises(ObjectNotFound):
+                capabilities.read_range(ranged, "backups/B/data/0", offset, length)
 
     def test_read_range_on_an_unreachable_archive_is_a_fault(self, unreachable_storage):
         for storage in (unreachable_storage, RequiredMethodsOnly(unreachable_storage)):
@@ -259,6 +262,8 @@ class StorageConformance:
         assert copying.get("backups/B/data/0") == data
         assert copying.get("backups/A/data/0") == data  # the original stays
         assert copying.stat("backups/B/data/0").size == len(data)
+        copying.delete("backups/A/data/0")  # two objects, not two names of one
+        assert copying.get("backups/B/data/0") == data
         copying.put("empty", b"")
         capabilities.copy(copying, "empty", "empty-too")
         assert copying.get("empty-too") == b""
@@ -269,6 +274,9 @@ class StorageConformance:
         with pytest.raises(ObjectExists):
             capabilities.copy(copying, "doc", "taken")
         assert copying.get("taken") == b"already here"
+        copying.put("same", b"first")
+        with pytest.raises(ObjectExists):
+            capabilities.copy(copying, "doc", "same")  # even identical content, as put
 
     def test_copy_of_a_missing_object_raises_not_found(self, copying):
         with pytest.raises(ObjectNotFound):

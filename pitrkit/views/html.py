@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 
 from pitrkit.ops.daemon_facts import DaemonFacts
-from pitrkit.ops.status import ArchivedFile, Level, StatusReport
+from pitrkit.ops.status import ArchivedFile, Level, StatusReport, StoredShare
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 
 _STYLE = """
@@ -51,6 +51,12 @@ def _file_rows(file: ArchivedFile | None) -> list[tuple[str, str]]:
             ("stored", _cell(show_time(file.stored_at) + _ago(file.age_seconds)))]
 
 
+def _share_words(share: StoredShare) -> str:
+    kind = "full" if share.backup_type == "full" else f"incremental, chain of {share.chain_length}"
+    ratio = "" if share.stored_share is None else f" ({share.stored_share * 100:.3g}% of its size)"
+    return f"{kind}: {human_bytes(share.stored_bytes)} stored of {human_bytes(share.size_bytes)}{ratio}"
+
+
 def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds: float) -> str:
     refresh = max(1, round(refresh_seconds))
     parts = [
@@ -73,8 +79,14 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         ("stopped", _cell(show_time(last.stop_time) + _ago(last.age_seconds))), ("stop LSN", _cell(last.stop_lsn)),
         ("took", _cell(human_seconds(last.duration_seconds))), ("size", _cell(human_bytes(last.size_bytes))),
         ("stored", _cell(human_bytes(last.stored_bytes))),
+        ("type", _cell("full" if last.parent is None else
+                       f"incremental on {last.parent}, a chain of {last.chain_length} backups")),
         ("backups", _cell(report.backups)),
     ] if last else [("backup", '<span class="muted">none</span>')], "last-backup"))
+    if report.stored_shares:
+        parts.append("<h2>Stored share per backup</h2>")
+        parts.append(_rows([(each.backup_id, _cell(_share_words(each))) for each in report.stored_shares],
+                           "stored-shares"))
     parts.append("<h2>Last WAL archived</h2>")
     parts.append(_rows(_file_rows(report.last_wal), "last-wal"))
     receiver = report.receiver
@@ -144,7 +156,8 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         parts.append(_rows([
             ("started", _cell(show_time(daemon.started_at))),
             ("schedule", _cell(daemon.schedule or "no scheduled backups")),
-            ("next backup", _cell("running now" if daemon.backup_running else show_time(daemon.next_backup_at))),
+            ("next backup", _cell(("running now" if daemon.backup_running else show_time(daemon.next_backup_at))
+                                  + (f" ({daemon.next_backup_kind})" if daemon.next_backup_kind else ""))),
             ("last run", _cell("-" if run is None else
                                f"{'ok' if run.ok else 'FAILED'} {show_time(run.finished_at)}"
                                f"{' ' + run.backup_id if run.backup_id else ''}: {run.message}")),

@@ -111,6 +111,10 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
         family("last_backup_size_bytes", "gauge", "Bytes of the files in the newest backup.").add(last.size_bytes)
         family("last_backup_stored_bytes", "gauge", "Bytes the newest backup occupies in the archive.").add(
             last.stored_bytes)
+        family("last_backup_chain_length", "gauge", "Backups a restore of the newest backup reads: 1 for a full "
+               "backup, its ancestors and itself for an incremental one.").add(last.chain_length)
+        family("last_backup_stored_ratio", "gauge", "The newest backup's stored bytes over its files' bytes.").add(
+            last.stored_share)
 
     _file_metrics(exposition, "last_wal_archived", "the newest full WAL segment in the archive", report.last_wal)
     receiver = report.receiver
@@ -187,6 +191,9 @@ def _daemon_metrics(exposition: _Exposition, daemon: DaemonFacts) -> None:
     family("daemon_start_timestamp_seconds", "gauge", "When the daemon started.").add(_stamp(daemon.started_at))
     family("daemon_next_backup_timestamp_seconds", "gauge", "When the next scheduled backup starts.").add(
         _stamp(daemon.next_backup_at))
+    family("daemon_next_backup_incremental", "gauge",
+           "The next scheduled backup (or the running one) is expected to be incremental (1) or full (0).").add(
+        None if daemon.next_backup_kind is None else float(daemon.next_backup_kind == "incremental"))
     family("daemon_backup_running", "gauge", "A scheduled backup is running now.").add(float(daemon.backup_running))
     family("daemon_backups_total", "counter", "Scheduled backups finished since the daemon started.").add(
         daemon.backups_taken)

@@ -11,10 +11,11 @@ from functools import singledispatch
 
 import msgspec
 
+from pitrkit.catalog.chains import chain_length
 from pitrkit.catalog.contents import BackupListing, WalListing, WalRow
 from pitrkit.catalog.documents import BackupSummary, shown
 from pitrkit.ops.retention import RetentionReport
-from pitrkit.ops.status import ArchivedFile, StatusReport, TimelineRange
+from pitrkit.ops.status import ArchivedFile, StatusReport, StoredShare, TimelineRange
 from pitrkit.ops.verify import VerifyReport
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
@@ -47,8 +48,12 @@ def status_text(report: StatusReport) -> str:
                      f"({human_seconds(b.age_seconds)} ago) at {b.stop_lsn} on timeline {b.timeline}; "
                      f"{human_bytes(b.size_bytes)}, {human_bytes(b.stored_bytes)} stored, took "
                      f"{human_seconds(b.duration_seconds)}")
+        if b.parent is not None:
+            lines.append(f"chain:          incremental on {b.parent}, a chain of {b.chain_length} backups")
     lines.append(f"backups:        {report.backups}" + (f", unfinished: {', '.join(report.unfinished_backups)}"
                                                        if report.unfinished_backups else ""))
+    if report.stored_shares:
+        lines.append(f"stored share:   {_shares(report)}")
     if report.last_wal:
         lines.append(f"last WAL:       {_file_words(report.last_wal)}")
     if report.receiver.newest_partial:
@@ -88,6 +93,22 @@ def status_text(report: StatusReport) -> str:
                      f"{human_count(len(run.backups_removed), 'backup')} and "
                      f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
     return "\n".join(lines) + "\n"
+
+
+# The newest backups whose stored share the text shows; the JSON has every one.
+_SHARES_SHOWN = 8
+
+
+def _shares(report: StatusReport) -> str:
+    """What each of the newest backups really stored, of its size: "A 41%, B (incr) 2.5%"."""
+    def share(each: StoredShare) -> str:
+        kind = " (incr)" if each.backup_type == "incremental" else ""
+        value = "-" if each.stored_share is None else f"{each.stored_share * 100:.3g}%"
+        return f"{each.backup_id}{kind} {value}"
+
+    shown = report.stored_shares[-_SHARES_SHOWN:]
+    more = len(report.stored_shares) - len(shown)
+    return (f"({more} older) ... " if more else "") + ", ".join(map(share, shown)) + " of their size"
 
 
 def _role(timeline: TimelineRange, report: StatusReport) -> str:
@@ -143,6 +164,7 @@ def verify_text(report: VerifyReport) -> str:
                      "stored, each decoded and checked")
     else:
         lines.append("content:   not read (--deep reads every object and checks its checksum)")
+    lines += [f"note:      {note}" for note in report.notes]
     lines.append(f"verify:    {_outcome(report)}")
     return "\n".join(lines) + "\n"
 
@@ -174,11 +196,12 @@ def retention_text(report: RetentionReport) -> str:
     then its summary."""
     lines = [f"policy: {report.policy}"]
     for kept in report.kept:
-        lines.append(f"keep    backup {kept.backup_id}: {'; '.join(kept.reasons)}")
+        lines.append(f"keep    backup {kept.backup_id}{_link(kept.parent)}: {'; '.join(kept.reasons)}")
     for gone in report.removed_backups:
         noun = "backup" if gone.kind != "unfinished" else "folder"
-        lines.append(f"remove  {noun} {gone.backup_id} ({gone.objects} objects, {human_bytes(gone.stored_bytes)}): "
-                     f"{gone.why}")
+        link = "" if gone.parent is None else f"incremental on {gone.parent}; "
+        lines.append(f"remove  {noun} {gone.backup_id} ({link}{gone.objects} objects, "
+                     f"{human_bytes(gone.stored_bytes)}): {gone.why}")
     for wal in report.removed_wal:
         files = wal.first if wal.files == 1 else f"{wal.first} .. {wal.last}, {wal.files} files"
         lines.append(f"remove  WAL {files} ({human_bytes(wal.stored_bytes)}): {wal.why}")
@@ -187,6 +210,11 @@ def retention_text(report: RetentionReport) -> str:
     lines += [f"note: {note}" for note in report.notes]
     lines.append(retention_summary(report))
     return "\n".join(lines) + "\n"
+
+
+def _link(parent: str | None) -> str:
+    """An incremental's place in its chain, after its id; nothing for a full backup."""
+    return "" if parent is None else f" (incremental on {parent})"
 
 
 @summary.register
@@ -211,14 +239,20 @@ def retention_summary(report: RetentionReport) -> str:
 def backup_list_text(listing: BackupListing) -> str:
     rows = [
         [b.backup_id, b.label, show_time(b.start_time), show_time(b.stop_time), str(b.start_lsn), str(b.stop_lsn),
-         str(b.timeline), human_bytes(b.size), human_bytes(b.stored_size), str(b.pg_major),
-         _configuration(b)]
+         str(b.timeline), "full" if b.parent is None else "incr", b.parent or "-",
+         str(chain_length(b)) + (" broken" if b.broken else ""), human_bytes(b.size), human_bytes(b.stored_size),
+         human_bytes(b.chain_stored_size), str(b.pg_major), _configuration(b)]
         for b in listing.backups
     ]
-    rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 9] for backup_id in listing.unfinished]
-    rows += [[backup_id, "(being removed by retention)", *["-"] * 9] for backup_id in listing.deleting]
-    return _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "SIZE", "STORED", "PG", "CONFIG"],
-                  rows) + "\n"
+    rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 13] for backup_id in listing.unfinished]
+    rows += [[backup_id, "(being removed by retention)", *["-"] * 13] for backup_id in listing.deleting]
+    # STORED: the backup's own objects; CHAIN STORED: with its ancestors', what it needs.
+    table = _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "TYPE", "PARENT", "CHAIN", "SIZE",
+                    "STORED", "CHAIN STORED", "PG", "CONFIG"], rows)
+    # Why a chain is broken does not fit a column: a line each, under the table.
+    table += "".join(f"\n{b.backup_id}: not restorable, its chain is broken: {b.broken}"
+                     for b in listing.backups if b.broken)
+    return table + "\n"
 
 
 @summary.register

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import pgharness
-from pitr_workload import archiving_primary, backup_push, succeeded, write_round
+from pitr_workload import (
+    archiving_primary,
+    backup_push,
+    digests,
+    note_point,
+    recovered,
+    restore_plan,
+    succeeded,
+    write_round,
+)
 from pitrkit_setup import PitrkitService, PitrkitSetup, running_processes
 
 pytestmark = pytest.mark.integration
@@ -34,11 +46,13 @@ CHILD_COMMANDS = (b"daemon", b"backup-push", b"retention", b"wal-receive")
 
 
 def configure(setup: PitrkitSetup, primary: pgharness.Cluster, port: int, *, every: str | None = "3s",
-              spool: Path | None = None, keep_last: int | None = None) -> None:
+              spool: Path | None = None, keep_last: int | None = None, full_every: str | None = None) -> None:
     setup.write_config(postgres=primary)
     text = f'[daemon]\nlisten = "127.0.0.1:{port}"\nstatus_interval = 1\n'
     if every is not None:
         text += f'every = "{every}"\n'
+    if full_every is not None:
+        text += f'full_every = "{full_every}"\n'
     if spool is not None:
         text += f'[receive]\nspool = "{spool}"\npartial_interval = 1\n'
     if keep_last is not None:
@@ -238,3 +252,110 @@ def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tm
     daemon.assert_clean()
     assert code == 0, daemon.log()
     assert not daemon.events("backup-started")  # no schedule: no backups
+
+
+@contextmanager
+def paused_after_backup(daemon: RunningDaemon, count: int) -> Iterator[dict[str, str]]:
+    """The daemon frozen (SIGSTOP) from the end of the child of its `count`-th
+    backup-started event until the block ends (SIGCONT): whatever the test does meanwhile
+    (writes, a change to the archive) falls between that backup and the next, however
+    short the schedule. Yields that event."""
+    started = daemon.wait_for_event("backup-started", count)[count - 1]
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        # The child ends by itself; the frozen daemon can neither reap it nor start another.
+        pgharness.wait_for(lambda: child_ended(int(started["pid"])), 300, interval=0.1,
+                           what=f"backup-push {started['pid']} to end\n{daemon.log()}")
+        assert len(daemon.events("backup-started")) == count, daemon.log()
+        yield started
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+
+
+def child_ended(pid: int) -> bool:
+    """Whether the process has exited (a zombie its stopped parent has not reaped, or gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def test_daemon_takes_incrementals_between_fulls_and_a_full_when_the_parent_is_refused(
+        cluster, pitrkit_setup: PitrkitSetup, pg_major: int) -> None:
+    """`full_every = "2 incrementals"`: full, incremental, incremental, full, with writes
+    between them, and the second incremental restores exactly. Then the newest backup, an
+    incremental, loses its block maps, which only backup-push sees (the catalog lists the
+    backup and its chain is whole): the daemon's incremental on it is refused with
+    ParentRefused's exit code, and the daemon takes a full at once. Then an incremental
+    whose full is removed: that the daemon sees itself, and its next backup is full. Last,
+    an incremental whose manifest no longer decodes: refused, and a full at once."""
+    setup = pitrkit_setup
+    primary = archiving_primary(cluster, setup, **({"summarize_wal": "on"} if pg_major >= 17 else {}))
+    port = pgharness.free_port()
+    configure(setup, primary, port, every="1s", full_every="2 incrementals")
+    daemon = start_daemon(setup, port, "daemon")
+    try:
+        for number in range(1, 6):
+            with paused_after_backup(daemon, number):
+                write_round(primary, number)
+                if number == 3:
+                    point = note_point(primary)  # just after the second incremental
+                if number == 5:
+                    newest = backup_listing(setup)["backups"][-1]
+                    maps = setup.archive / "backups" / newest["backup_id"] / "blockmap"
+                    assert newest["parent"] and any(maps.iterdir()), newest
+                    shutil.rmtree(maps)
+        # The 6th start is the refused incremental, the 7th the full taken at once, the
+        # 8th an incremental on that full.
+        with paused_after_backup(daemon, 8):
+            newest = backup_listing(setup)["backups"][-1]
+            assert newest["parent"], newest
+            shutil.rmtree(setup.archive / "backups" / newest["parent"])
+        # The 9th start is that full, the 10th an incremental on it, whose manifest is
+        # then no manifest: the catalog still lists the backup, only backup-push reads it.
+        with paused_after_backup(daemon, 10):
+            newest = backup_listing(setup)["backups"][-1]
+            assert newest["parent"], newest
+            (setup.archive / "backups" / newest["backup_id"] / "manifest.json").write_bytes(b"{not a manifest")
+        daemon.wait_for_event("backup-finished", 10)
+    finally:
+        code = daemon.stop()
+    daemon.assert_clean()
+    assert code == 0, daemon.log()
+    assert not daemon.events("backup-failed"), daemon.log()
+
+    finished = [event["backup_id"] for event in daemon.events("backup-finished")]
+    listing = backup_listing(setup)
+    listed = {backup["backup_id"]: backup for backup in listing["backups"]}
+    removed = finished[5]  # the full under the 8th backup
+    assert list(listed) == [backup_id for backup_id in finished if backup_id != removed], daemon.log()
+    # The refused incrementals stored nothing (a folder left is the one the stop cut short).
+    assert all(folder > finished[9] for folder in listing["unfinished"]), listing
+    f = finished
+    parents = [None, f[0], f[1], None, f[3], None, f[5], None, f[7], None]
+    chains = [[], f[:1], f[:2], [], f[3:4], [], f[5:6], [], f[7:8], []]
+    for backup_id, parent, chain in zip(finished, parents, chains, strict=False):
+        if backup_id != removed:
+            assert (listed[backup_id]["parent"], listed[backup_id]["chain"]) == (parent, chain), listed[backup_id]
+    method = "wal-summaries" if pg_major >= 17 else "page-lsn"
+    assert all(backup["changed_blocks"]["method"] == method for backup in listed.values() if backup["parent"])
+
+    started = daemon.events("backup-started")
+    assert [(event["kind"], event.get("parent")) for event in started[:12]] == [
+        ("full", None), ("incremental", f[0]), ("incremental", f[1]), ("full", None),
+        ("incremental", f[3]), ("incremental", f[4]), ("full", None),
+        ("incremental", f[5]), ("full", None),
+        ("incremental", f[7]), ("incremental", f[8]), ("full", None)], daemon.log()
+    refused = daemon.events("backup-incremental-refused")
+    assert [event["parent"] for event in refused] == [f[4], f[8]], daemon.log()
+    assert f"block map backups/{f[4]}/blockmap/" in refused[0]["error"], refused
+    assert f"backups/{f[8]}/manifest.json is not a valid BackupManifest" in refused[1]["error"], refused
+    assert f"the incremental on {f[4]} was refused" in started[6]["reason"]
+    assert f"its chain is broken: {removed} is not in the archive" in started[8]["reason"]
+    assert f"the incremental on {f[8]} was refused" in started[11]["reason"]
+
+    # The second incremental, a chain of three, at the point just after it.
+    assert restore_plan(setup, "--to", point.time)["backup"]["backup_id"] == finished[2]
+    restored = recovered(cluster, setup, "--to", point.time)
+    assert digests(restored) == point.digests

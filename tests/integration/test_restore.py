@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -191,8 +194,58 @@ def test_a_target_the_wal_never_reaches_fails_the_restore_with_the_servers_reaso
 
     restored, result = restore_into(cluster, pitrkit_setup, "--lsn", unreachable, "--start", "--archive-mode", "off")
     error = refusal(result)
-    assert "recovery ended before configured recovery target was reached" in error
+    assert "PostgreSQL stopped before reaching the recovery target: recovery ended before configured recovery " \
+           "target was reached" in error
     assert not (restored.pgdata / "postmaster.pid").exists()
+
+
+def test_a_postmaster_that_fails_after_restore_saw_its_pid_file_did_not_start(cluster, pitrkit_setup, server_tmp):
+    # postmaster.pid appears before shared_preload_libraries is loaded (the race CI hit:
+    # restore saw the file, then the postmaster failed). A library that is a FIFO holds
+    # the postmaster there, postmaster.pid written, until the test writes to it, long
+    # after restore (looking every 50 ms at most) has seen the file; then the library
+    # fails to load, and the server never began recovery.
+    library = server_tmp / "slow_library.so"
+    os.mkfifo(library)
+    pgharness.give_to_server_user(library)
+    primary = archiving_primary(cluster, pitrkit_setup)
+    primary.conf(shared_preload_libraries=str(library))  # after the primary started: only the restore loads it
+    backup_push(pitrkit_setup)
+    write_round(primary, 1)
+    target = note_point(primary)
+    archive_everything(primary)
+
+    restored = cluster(init=False)
+    restored.env.update(pitrkit_setup.env)
+    pid_file = restored.pgdata / "postmaster.pid"
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(pitrkit_setup.run, "restore", "--lsn", target.lsn, "--archive-mode", "off",
+                              "--target-dir", str(restored.pgdata), "--start", "--port", str(restored.port),
+                              timeout=600)
+        try:
+            pgharness.wait_for(lambda: pid_file.exists() or running.done(), 300, interval=0.05,
+                               what="postmaster.pid")
+            assert not running.done(), running.result().stderr
+            time.sleep(1)
+            assert len(pid_file.read_text().splitlines()) < 8  # no status line: held at the library
+        finally:
+            release(library)
+        result = running.result()
+    error = refusal(result)
+    assert error.startswith(f'pitrkit: PostgreSQL did not start: could not load library "{library}"'), error
+    assert not pid_file.exists()
+
+
+def release(fifo: Path) -> None:
+    """Let the postmaster waiting to read `fifo` go on, with bytes no library begins with."""
+    try:
+        descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # nobody is waiting on it
+    try:
+        os.write(descriptor, b"not a shared library\n")
+    finally:
+        os.close(descriptor)
 
 
 @pytest.mark.parametrize("kind", ["lsn", "time"])

@@ -15,11 +15,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
+    INCREMENTAL_FORMAT_VERSION,
     BackupDirectory,
     BackupFile,
     BackupManifest,
     BackupPart,
     BackupSummary,
+    BlockFile,
+    BlockPart,
+    ChangeSource,
     RetentionState,
 )
 from pitrkit.catalog.maintenance import rebuild
@@ -58,6 +63,7 @@ class SyntheticArchive:
         self.archive = Archive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0),
                                       encryption=encryption or EncryptionConfig()))
         init_archive(self.archive, sysid=1, seg_size=SEGMENT_SIZE)
+        self.chains: dict[str, list[str]] = {}  # each backup made here: its chain
 
     def _stamp(self, key: str, when: datetime) -> None:
         os.utime(self.root / key, (when.timestamp(), when.timestamp()))
@@ -103,30 +109,55 @@ class SyntheticArchive:
         self._stamp(key, at)
 
     def backup(self, backup_id: str, timeline: int, start_segno: int, stop_segno: int, *,
-               manifest: bool = True, at: datetime | None = None) -> BackupSummary:
+               manifest: bool = True, at: datetime | None = None, parent: str | None = None,
+               chain: list[str] | None = None, system_identifier: int = 1,
+               pg_version: int = 150014) -> BackupSummary:
         """A backup starting in segment `start_segno` and consistent in `stop_segno`;
         without `manifest` it is one that was interrupted. Its objects are stored now,
-        or, with `at`, stamped as stored then."""
+        or, with `at`, stamped as stored then.
+
+        With `parent`, an incremental backup (format_version 2) on the backup of that id
+        made here before: its chain is the parent's and the parent (or `chain`, to forge
+        one), and besides its one whole file it has a block-mapped file of 2 blocks, one
+        stored in its block part, and the block map object (fake bytes, as the parts')."""
         # One file of 1000 bytes in one stored part: a manifest restore accepts.
         data = b"x" * 1000
         blob, header = objects.encode(data, Plugins().compressor("none"))
         part = BackupPart(key=backup_prefix(backup_id) + "data/0", size=len(data), stored_size=len(blob),
                           sha256=header.sha256.hex())
+        stored = {part.key: blob}
+        block_fields: dict = {}
+        if parent is not None:
+            chain = [*self.chains[parent], parent] if chain is None else chain
+            map_blob, map_header = objects.encode(b"block map of " + backup_id.encode(), Plugins().compressor("none"))
+            block_map = BackupPart(key=backup_prefix(backup_id) + "blockmap/0", size=map_header.size,
+                                   stored_size=len(map_blob), sha256=map_header.sha256.hex())
+            block_blob, _ = objects.encode(b"y" * BLOCK_SIZE, Plugins().compressor("none"))
+            block_part = BlockPart(key=backup_prefix(backup_id) + "blocks/0", stored_size=len(block_blob))
+            stored |= {block_map.key: map_blob, block_part.key: block_blob}
+            block_fields = {"format_version": INCREMENTAL_FORMAT_VERSION, "parent": parent, "chain": chain,
+                            "changed_blocks": ChangeSource(method="page-lsn", note="synthetic"),
+                            "block_files": [BlockFile("base_relation", 2 * BLOCK_SIZE, 0o600, 0, 0, 1)],
+                            "block_maps": [block_map], "block_parts": [block_part]}
+        block_size = 2 * BLOCK_SIZE if parent is not None else 0
         document = BackupManifest(
-            backup_id=backup_id, label=f"label {backup_id}", system_identifier=1, pg_version=150014,
-            timeline=timeline,
+            backup_id=backup_id, label=f"label {backup_id}", system_identifier=system_identifier,
+            pg_version=pg_version, timeline=timeline,
             start_lsn=lsn(start_segno, 0x28), start_time=stored_at(start_segno) - timedelta(seconds=30),
             stop_lsn=lsn(stop_segno, 0x100), stop_time=stored_at(stop_segno) - timedelta(seconds=30),
             first_segment=name(timeline, start_segno), last_segment=name(timeline, stop_segno),
-            size=1000, stored_size=400, file_count=1, compression="zstd", pitrkit_version="0.1.0",
+            size=1000 + block_size, stored_size=sum(map(len, stored.values())), file_count=1 + (parent is not None),
+            compression="zstd", pitrkit_version="0.1.0",
             backup_label="START WAL LOCATION: ...", parts=[part], directories=[BackupDirectory("", 0o700)],
-            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0)],
+            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0)], **block_fields,
         )
-        self.archive.put(part.key, blob)
+        self.chains[backup_id] = list(document.chain)
+        for key, content in stored.items():
+            self.archive.put(key, content)
         if manifest:
             self.archive.put_document(manifest_key(backup_id), document, pretty=False)
         if at is not None:
-            for key in (part.key, manifest_key(backup_id)) if manifest else (part.key,):
+            for key in [*stored, manifest_key(backup_id)] if manifest else stored:
                 self._stamp(key, at)
         return codec.decode(codec.encode(document), BackupSummary, "summary")
 

@@ -258,16 +258,54 @@ def test_backup_list_shows_finished_and_unfinished_backups(capsys, config, store
     code, out, err = run(capsys, config, "backup-list")
     assert (code, err) == (0, "")
     header, first, second = out.splitlines()
-    assert header.split() == ["ID", "LABEL", "START", "STOP", "START", "LSN", "STOP", "LSN", "TL", "SIZE", "STORED",
-                              "PG", "CONFIG"]
+    assert header.split() == ["ID", "LABEL", "START", "STOP", "START", "LSN", "STOP", "LSN", "TL", "TYPE", "PARENT",
+                              "CHAIN", "SIZE", "STORED", "CHAIN", "STORED", "PG", "CONFIG"]
     assert first.startswith("A   label A") and "2026-11-23 12:01:30+00:00" in first and str(lsn(2, 0x28)) in first
-    # timeline, sizes, PostgreSQL major; "-": a manifest without the server's configuration
-    assert first.split()[-7:] == ["1", "1000", "B", "400", "B", "15", "-"]
+    # timeline, type, parent, chain length, sizes (own and the chain's), PostgreSQL major;
+    # "-": a manifest without the server's configuration
+    assert first.split()[-12:] == ["1", "full", "-", "1", "1000", "B", "1.1", "KiB", "1.1", "KiB", "15", "-"]
     assert second.startswith("C   (unfinished: no manifest)")
     code, out, err = run(capsys, config, "backup-list", "--json")
     listing = json.loads(out)
     assert [b["backup_id"] for b in listing["backups"]] == ["A"] and listing["unfinished"] == ["C"]
     assert listing["backups"][0]["start_lsn"] == str(lsn(2, 0x28))
+
+
+def test_backup_list_shows_each_backup_s_chain(capsys, config, store):
+    full = store.backup("A", 1, 2, 3)
+    first = store.backup("B", 1, 6, 7, parent="A")
+    second = store.backup("C", 1, 10, 11, parent="B")
+    store.backup("D", 1, 14, 15, parent="C", chain=["A", "BB", "C"])  # BB is in no archive
+    code, out, err = run(capsys, config, "backup-list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split()[10:14] for line in lines[1:5]] == [
+        ["full", "-", "1", "1000"], ["incr", "A", "2", "17.0"], ["incr", "B", "3", "17.0"],
+        ["incr", "C", "4", "broken"]]
+    assert lines[5] == "D: not restorable, its chain is broken: its ancestor BB is not in the archive"
+    code, out, err = run(capsys, config, "backup-list", "--json")
+    listed = {b["backup_id"]: b for b in json.loads(out)["backups"]}
+    assert {backup_id: (b["backup_type"], b["parent"], b["chain"], b["stored_size"], b["chain_stored_size"],
+                        b["broken"]) for backup_id, b in listed.items()} == {
+        "A": ("full", None, [], full.stored_size, full.stored_size, None),
+        "B": ("incremental", "A", ["A"], first.stored_size, full.stored_size + first.stored_size, None),
+        "C": ("incremental", "B", ["A", "B"], second.stored_size,
+              full.stored_size + first.stored_size + second.stored_size, None),
+        "D": ("incremental", "C", ["A", "BB", "C"], listed["D"]["stored_size"],
+              full.stored_size + second.stored_size + listed["D"]["stored_size"],
+              "its ancestor BB is not in the archive")}
+
+
+def test_wal_list_owns_no_wal_by_a_backup_whose_chain_is_broken(capsys, config, store):
+    store.backup("A", 1, 2, 3)
+    store.backup("C", 1, 10, 11, parent="B", chain=["A", "B"])  # B is in no archive (yet)
+    code, out, err = run(capsys, config, "wal-list", "--json", "--timeline", "1")
+    owners = {f["name"]: (f["backup"], f["state"]) for f in json.loads(out)["files"]}
+    assert owners[name(1, 10)] == ("A", "restorable")
+    store.backup("B", 1, 6, 7, parent="A")
+    code, out, err = run(capsys, config, "wal-list", "--json", "--timeline", "1")
+    owners = {f["name"]: (f["backup"], f["state"]) for f in json.loads(out)["files"]}
+    assert owners[name(1, 10)] == ("C", "backup")
 
 
 def test_wal_list_json(capsys, config, store):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pitrkit import config
+from pitrkit.catalog import documents
 from pitrkit.errors import ConfigError
 
 SOURCE = "/etc/pitrkit/test.toml"
@@ -280,12 +281,29 @@ def test_no_retention_section_means_no_policy():
         ("[daemon]\nevery = \"0s\"\n", "daemon.every must be a duration"),
         ("[daemon]\nevery = \"6h\"\ncron = \"0 3 * * *\"\n", "daemon.every and daemon.cron are both set"),
         ("[daemon]\nstatus_interval = 0\n", "daemon.status_interval must be a number of seconds above 0"),
+        ("[daemon]\nevery = \"6h\"\nfull_every = \"27\"\n",
+         "daemon.full_every must be a duration with its unit such as \"7d\" or \"12h\" (units s, m, h, d, w; at most "
+         "100 years) or a count such as \"27 incrementals\" (1 to 1000), not '27'"),
+        ("[daemon]\ncron = \"0 */6 * * *\"\nfull_every = \"0 incrementals\"\n", "daemon.full_every must be"),
+        ("[daemon]\nfull_every = \"7d\"\n", "daemon.full_every is set but there is no backup schedule"),
+        ("[daemon]\nevery = \"6h\"\nfull_every = 7\n", "key 'daemon.full_every': expected str | null, got int"),
         ("[status]\nbackup_max_age = \"soon\"\n", "status.backup_max_age must be a duration"),
     ],
 )
 def test_operations_sections_are_checked_when_loaded(section, expected):
     message = config_error(MINIMAL + section)
     assert expected in message
+
+
+def test_full_every_is_parsed_once_loaded():
+    daemon = config.parse(tomllib.loads(MINIMAL + '[daemon]\nevery = "6h"\nfull_every = "7d"\n'), SOURCE).daemon
+    assert daemon.full_every_rule == config.FullEvery(7 * 86400, None)
+    assert config.parse(tomllib.loads(MINIMAL), SOURCE).daemon.full_every_rule is None
+
+
+def test_the_most_incrementals_is_the_longest_chain():
+    # config.py cannot import the catalog (which imports it): the two are kept equal here.
+    assert config.MAX_INCREMENTALS == documents.MAX_CHAIN
 
 
 def test_the_example_configuration_names_every_key():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,7 +29,16 @@ from pitrkit import config
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.cron import Cron
 from pitrkit.daemon.schedule import Every, Timetable
-from pitrkit.daemon.service import Backups, Child, Outcome, Sidecar, UnfinishedBackup, backup_in_progress, command
+from pitrkit.daemon.service import (
+    Backups,
+    Child,
+    Outcome,
+    Sidecar,
+    UnfinishedBackup,
+    backup_in_progress,
+    command,
+    data_directory_major,
+)
 from pitrkit.daemon.status_server import StatusBoard, StatusServer, parse_listen
 from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import ConfigError, PitrkitError
@@ -36,7 +46,7 @@ from pitrkit.events import LogfmtFormatter
 from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage import codec
-from pitrkit.storage.archive import Archive
+from pitrkit.storage.archive import Archive, manifest_key
 from tests.unit.segments import init_archive
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
@@ -111,7 +121,7 @@ SUMMARY = BackupSummary(
 
 # `python FAKE --config X backup-push --json`: notes its pid in `pid` and its arguments in
 # `runs`, waits for the file `go` next to it, then prints a summary (or fails when `fail`
-# exists).
+# exists; refuses an incremental's parent, as backup-push does, when `refuse` exists).
 FAKE_PITRKIT = """
 import os, pathlib, sys, time
 here = pathlib.Path(__file__).parent
@@ -123,6 +133,10 @@ while not (here / "go").exists():
 if (here / "fail").exists():
     print("pitrkit: WARNING: retrying", file=sys.stderr)
     sys.exit("pitrkit: cannot connect to the server")
+if "--incremental" in sys.argv and (here / "refuse").exists():
+    print("pitrkit: --from X: cannot take an incremental backup on it: it is not on timeline 2's path",
+          file=sys.stderr)
+    sys.exit(3)
 sys.stdout.write(SUMMARY)
 """
 
@@ -245,6 +259,79 @@ def test_a_backup_that_cannot_be_started_is_a_failed_backup(tmp_path: Path, arch
     assert backups.timetable.due > now  # the next slot, not again at once
 
 
+# --- full or incremental ([daemon] full_every) ---------------------------------------------
+
+FULL = msgspec.structs.replace(SUMMARY, backup_id="20261126T110000Z", start_time=T0 - timedelta(hours=1))
+
+
+def incremental_config(tmp_path: Path, **postgres: str) -> config.Config:
+    """An archive of cluster 1 holding one full backup of PostgreSQL 18, and the daemon
+    set to take three incrementals on each full."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    settings = config.parse({"repository": {"url": f"file://{root}", "retries": 0}, "postgres": postgres,
+                             "daemon": {"every": "1m", "full_every": "3 incrementals"}}, "test")
+    archive = Archive(settings)
+    init_archive(archive, sysid=FULL.system_identifier, major=FULL.pg_major)
+    archive.put_document(manifest_key(FULL.backup_id), FULL, pretty=False)
+    return settings
+
+
+def test_full_every_takes_an_incremental_on_the_newest_backup(tmp_path: Path) -> None:
+    settings = incremental_config(tmp_path)
+    backups = Backups(settings, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(settings), None)
+    assert backups.next_kind.parent == FULL.backup_id  # what the status shows before it starts
+    (tmp_path / "go").touch()
+    now = datetime.now(UTC)
+    backups.tick(now)
+    run_until(backups, now, lambda: not backups.running)
+    assert (tmp_path / "runs").read_text().splitlines() == [f"backup-push --json --incremental --from {FULL.backup_id}"]
+    assert backups.taken == 1 and backups.failures == 0
+
+
+def test_a_refused_parent_is_followed_by_a_full_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = incremental_config(tmp_path)
+    backups = Backups(settings, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(settings), None)
+    (tmp_path / "refuse").touch()
+    (tmp_path / "go").touch()
+    now = datetime.now(UTC)
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
+        backups.tick(now)
+        run_until(backups, now, lambda: not backups.running)
+    assert (tmp_path / "runs").read_text().splitlines() == [
+        f"backup-push --json --incremental --from {FULL.backup_id}", "backup-push --json"]
+    assert backups.taken == 1 and backups.failures == 0
+    started = [record.fields for record in caplog.records  # type: ignore[attr-defined]
+               if record.getMessage() in ("backup-started", "backup-incremental-refused")]
+    assert [(fields.get("kind"), fields.get("parent")) for fields in started] == [
+        ("incremental", FULL.backup_id), (None, FULL.backup_id), ("full", None)]
+    assert started[1]["error"] == "--from X: cannot take an incremental backup on it: it is not on timeline 2's path"
+    assert started[2]["reason"] == f"the incremental on {FULL.backup_id} was refused: {started[1]['error']}"
+
+
+def test_a_data_directory_of_another_major_gets_a_full(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "PG_VERSION").write_text(f"{FULL.pg_major + 1}\n")
+    settings = incremental_config(tmp_path, pgdata=str(pgdata))
+    backups = Backups(settings, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(settings), None)
+    assert backups.next_kind.parent is None and "the first backup after an upgrade is full" in backups.next_kind.reason
+    (pgdata / "PG_VERSION").write_text(f"{FULL.pg_major}\n")
+    now = datetime.now(UTC)
+    backups.tick(now)  # decided again as it starts
+    assert backups.running and backups.next_kind.parent == FULL.backup_id
+    backups.stop()
+
+
+@pytest.mark.parametrize(("content", "major"), [("15\n", 15), ("9.6\n", None), ("", None), (None, None),
+                                                ("\xff", None)])
+def test_data_directory_major(tmp_path: Path, content: str | None, major: int | None) -> None:
+    if content is not None:
+        (tmp_path / "PG_VERSION").write_text(content, encoding="latin-1")
+    assert data_directory_major(str(tmp_path)) == major
+    assert data_directory_major(None) is None
+
+
 # --- children -------------------------------------------------------------------------------
 
 
@@ -315,7 +402,8 @@ def test_status_server_on_an_empty_archive(archive_config: config.Config) -> Non
     board = StatusBoard(archive_config, 0.2)
 
     def daemon_facts() -> DaemonFacts:  # the daemon's facts, as the daemon fills them
-        return DaemonFacts(started_at=T0, schedule="every 1m", next_backup_at=T0, backup_running=False,
+        return DaemonFacts(started_at=T0, schedule="every 1m", next_backup_at=T0, next_backup_kind="full",
+                           backup_running=False,
                            last_run=None, backups_taken=0, backup_failures=0, sidecar=None, sidecar_restarts=0,
                            retention_runs=0, retention_failures=0)
 

@@ -36,6 +36,17 @@ T0 + n minutes, T0 = 2026-11-23 12:00 UTC):
   A, the interrupted E, the unfinished D and timeline 1's WAL before B (segments 1..5
   and 7).
 
+A second archive (`build_chain_archive`), for chains of incremental backups, same
+segments and times, `[retention]` the same:
+
+* timeline 1: segments 1..16; a full backup F (segments 2..3), incrementals I1 on F
+  (5..6) and I2 on I1 (8..9), a full X (11..12), and an incremental Y (13..14) on XA, a
+  backup the archive does not hold: Y's chain is broken;
+* `catalog/backups.json` and the sealed folders' indexes as `catalog rebuild` writes them;
+* restore-plan --latest passes over Y (a note says why) and plans from X; an LSN in
+  segment 10 plans from I2 with its chain F, I1; verify fails Y naming XA; a dry run keeps
+  I2 and X (last 2) and their ancestors F and I1, and removes Y and segment 1.
+
 What makes the output the same on every run:
 
 * every store time (the mtimes of the stored files) and every time in a manifest is
@@ -102,7 +113,8 @@ keep_last = 2
 daily = 1
 """
 
-# (golden file name, arguments after --config, exit code)
+# (golden file name, arguments after --config, exit code); the chains archive's cases,
+# whose names end in "-chain", run on build_chain_archive's.
 CASES = [
     ("backup-list", ["backup-list", "--json"], 0),
     ("wal-list", ["wal-list", "--json"], 0),
@@ -115,6 +127,12 @@ CASES = [
     ("verify", ["verify", "--json"], 1),  # the gap is an error
     ("verify-deep", ["verify", "--deep", "--json"], 1),
     ("retention-dry-run", ["retention", "apply", "--dry-run", "--json"], 0),
+    ("backup-list-chain", ["backup-list", "--json"], 0),
+    ("restore-plan-latest-chain", ["restore-plan", "--latest", "--json"], 0),
+    # lsn(10, 0x2000): after I2 is consistent, before X is.
+    ("restore-plan-lsn-chain", ["restore-plan", "--lsn", "2/80002000", "--json"], 0),
+    ("verify-chain", ["verify", "--json"], 1),  # Y's chain is broken
+    ("retention-dry-run-chain", ["retention", "apply", "--dry-run", "--json"], 0),
 ]
 
 # The only value compared by shape rather than bytes (see the module docstring).
@@ -139,19 +157,34 @@ def build_archive(root: Path) -> None:
     store.backup("C", 2, 12, 13, at=stored_at(13))
 
 
+def build_chain_archive(root: Path) -> None:
+    """The chains archive of the module's docstring, at `root`."""
+    store = SyntheticArchive(root)
+    store.segments(1, 1, 16)
+    store.backup("F", 1, 2, 3, at=stored_at(3))
+    store.backup("I1", 1, 5, 6, at=stored_at(6), parent="F")
+    store.backup("I2", 1, 8, 9, at=stored_at(9), parent="I1")
+    store.backup("X", 1, 11, 12, at=stored_at(12))
+    store.backup("Y", 1, 13, 14, at=stored_at(14), parent="XA", chain=["X", "XA"])
+    store.rebuild_catalog()
+
+
 @pytest.fixture(scope="module")
-def built_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("golden") / "archive"
-    build_archive(root)
-    return root
+def built_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    roots = {}
+    for kind, build in (("standard", build_archive), ("chains", build_chain_archive)):
+        roots[kind] = tmp_path_factory.mktemp("golden") / "archive"
+        build(roots[kind])
+    return roots
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, built_archive: Path) -> Path:
-    """tmp_path holding the archive (`archive/`, as ARCHIVE_URL names it from here) and
-    the configuration (`pitrkit.toml`). Each case gets its own copy of the archive, store
-    times included, so that no case can see what another one did to it."""
-    shutil.copytree(built_archive, tmp_path / "archive", copy_function=shutil.copy2)
+def workdir(tmp_path: Path, built_archives: dict[str, Path], request: pytest.FixtureRequest) -> Path:
+    """tmp_path holding the case's archive (`archive/`, as ARCHIVE_URL names it from
+    here) and the configuration (`pitrkit.toml`). Each case gets its own copy of the
+    archive, store times included, so that no case can see what another one did to it."""
+    built = built_archives["chains" if request.node.callspec.params["case"].endswith("-chain") else "standard"]
+    shutil.copytree(built, tmp_path / "archive", copy_function=shutil.copy2)
     (tmp_path / "pitrkit.toml").write_text(CONFIG)
     return tmp_path
 
@@ -192,7 +225,7 @@ def test_json_output_is_the_golden(workdir: Path, case: str, arguments: list[str
     ended = datetime.now(UTC)
     assert ran.returncode == exit_code, ran.stderr.decode(errors="replace")
     output = ran.stdout
-    if case == "retention-dry-run":
+    if case.startswith("retention-dry-run"):
         output = without_decided_at(output, started, ended)
     golden = GOLDEN / f"{case}.json"
     if os.environ.get(REGENERATE) == "1":

@@ -433,3 +433,44 @@ def test_timeline_server_needs_the_server(store, tmp_path, capsys):
     assert main(["--config", str(config), "restore-plan", "--latest", "--timeline", "server"]) != 0
     assert capsys.readouterr().err == ("pitrkit: --timeline server needs the server's timeline: [postgres] conninfo "
                                        "is not set\n")
+
+
+# --- chains of incrementals -----------------------------------------------------------
+
+
+def remove_backup(store: SyntheticArchive, backup_id: str) -> None:
+    for path in sorted((store.root / "backups" / backup_id).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (store.root / "backups" / backup_id).rmdir()
+
+
+def test_an_incremental_is_chosen_like_a_full_and_its_plan_lists_its_chain(store):
+    store.backup("C", 1, 14, 15, parent="B")
+    store.backup("D", 1, 17, 18, parent="C")
+    plan = make_plan(store.archive, LATEST)
+    assert (plan.backup.backup_id, plan.chain, plan.notes) == ("D", ["B", "C"], [])
+    assert plan.segments == names(1, 17, 20)
+    assert "chain:        incremental: 2 ancestor(s) to fetch blocks from, B > C > D" in describe(plan).splitlines()
+    assert codec.decode(codec.encode(plan), RestorePlan, "plan").chain == ["B", "C"]
+    full = make_plan(store.archive, at_lsn(12))
+    assert (full.backup.backup_id, full.chain) == ("B", [])
+    assert "chain:" not in describe(full)
+
+
+def test_a_newest_incremental_with_a_broken_chain_is_passed_over_saying_why(store):
+    store.backup("C", 1, 14, 15, parent="B")
+    store.backup("D", 1, 17, 18, parent="C")
+    remove_backup(store, "C")
+    plan = make_plan(store.archive, LATEST)
+    assert (plan.backup.backup_id, plan.chain) == ("B", [])
+    assert plan.notes == ["backup D is newer, but its chain is broken (its ancestor C is not in the archive): "
+                          "planned from B"]
+    assert plan.segments == names(1, 10, 20)
+
+
+def test_only_broken_incrementals_before_the_target_is_a_refusal_naming_the_missing_ancestor(store):
+    store.backup("C", 1, 14, 15, parent="B")
+    remove_backup(store, "A")
+    remove_backup(store, "B")
+    assert refusal(store, LATEST) == ("no usable backup is consistent before the latest point: backup C's chain is "
+                                      "broken: its ancestor B is not in the archive")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -36,14 +37,24 @@ WINDOWS = {timedelta(minutes=90): "90m", timedelta(hours=36): "36h", timedelta(d
 
 
 def summary(backup_id: str, stop_time: datetime, *, start_time: datetime | None = None, timeline: int = 1,
-            start_lsn: int = SEGMENT_SIZE) -> BackupSummary:
+            start_lsn: int = SEGMENT_SIZE, chain: tuple[str, ...] = ()) -> BackupSummary:
+    """With `chain` (ancestors, the full first), an incremental backup on its last."""
     first = SegmentName(timeline, start_lsn // SEGMENT_SIZE, SEGMENT_SIZE).name
     return BackupSummary(
         backup_id=backup_id, label=backup_id, system_identifier=1, pg_version=150000, timeline=timeline,
         start_lsn=Lsn(start_lsn), start_time=start_time or stop_time - timedelta(minutes=20),
         stop_lsn=Lsn(start_lsn + 1), stop_time=stop_time, first_segment=first, last_segment=first, size=1,
         stored_size=1, file_count=1, compression="zstd", pitrkit_version="0",
+        parent=chain[-1] if chain else None, chain=list(chain),
     )
+
+
+def daily_chain(links: dict[str, tuple[str, ...]]) -> list[BackupSummary]:
+    """Backups one a day at noon from 2026-09-01, in the order given, each with its
+    chain; WAL positions grow with them."""
+    return [summary(backup_id, SEPTEMBER + timedelta(days=day, hours=12), start_lsn=(day + 1) * SEGMENT_SIZE,
+                    chain=chain)
+            for day, (backup_id, chain) in enumerate(links.items())]
 
 
 def policy(keep_last: int = 1, daily: int = 0, weekly: int = 0, monthly: int = 0,
@@ -157,6 +168,42 @@ def test_what_the_policy_promises_stays(backups, rules):
         assert len(anchors) == 1
 
 
+@st.composite
+def chained_catalogs(draw) -> list[BackupSummary]:
+    """catalogs() where some backups are incrementals on an earlier one (its chain and
+    it), and some backups are then lost: their descendants' chains are broken."""
+    backups = [msgspec.structs.replace(backup, start_lsn=Lsn((number + 1) * SEGMENT_SIZE))
+               for number, backup in enumerate(draw(catalogs()))]
+    for number, backup in enumerate(backups):
+        if number and draw(st.booleans()):
+            parent = backups[draw(st.integers(0, number - 1))]
+            backups[number] = msgspec.structs.replace(backup, parent=parent.backup_id,
+                                                      chain=[*parent.chain, parent.backup_id])
+    lost = draw(st.sets(st.sampled_from([backup.backup_id for backup in backups]), max_size=len(backups) - 1))
+    return [backup for backup in backups if backup.backup_id not in lost]
+
+
+@settings(max_examples=300, deadline=None)
+@given(chained_catalogs(), policies)
+def test_the_rules_keep_usable_backups_and_every_kept_backup_keeps_its_chain(backups, rules):
+    now = max(backup.stop_time for backup in backups) + timedelta(days=1)
+    stored = {backup.backup_id for backup in backups}
+    usable = [backup for backup in backups if set(backup.chain) <= stored]
+    verdicts = {verdict.backup_id: verdict for verdict in select_backups(backups, rules, now)}
+    for backup in backups:
+        verdict = verdicts[backup.backup_id]
+        rule_reasons = [reason for reason in verdict.reasons if not reason.startswith("ancestor of ")]
+        # The rules are those a catalog of the usable backups alone has.
+        assert rule_reasons == (true_statements(backup, usable, rules, now) if backup in usable else [])
+        if verdict.keep:
+            assert all(verdicts[ancestor].keep for ancestor in backup.chain if ancestor in stored)
+    for backup in backups:
+        descendants = [other.backup_id for other in backups if backup.backup_id in other.chain
+                       and any(not reason.startswith("ancestor of ") for reason in verdicts[other.backup_id].reasons)]
+        assert any(reason.startswith("ancestor of ") for reason in verdicts[backup.backup_id].reasons) \
+            == bool(descendants)
+
+
 # --- backups: examples ------------------------------------------------------------------
 
 SEPTEMBER = datetime(2026, 9, 1, tzinfo=UTC)
@@ -236,6 +283,50 @@ def test_newest_means_finished_last():
                summary("short", noon + timedelta(hours=2), start_time=noon + timedelta(hours=1))]
     verdicts = select_backups(backups, policy(daily=1), noon + timedelta(hours=6))
     assert [(verdict.backup_id, verdict.keep) for verdict in verdicts] == [("long", True), ("short", False)]
+
+
+# --- backups: chains of incrementals ---------------------------------------------------
+
+
+def test_a_kept_incremental_keeps_every_ancestor():
+    backups = daily_chain({"a": (), "b": ("a",), "c": ("a", "b"), "d": ()})
+    now = backups[-1].stop_time
+    # keep_last 2 keeps c and d; c needs b and a.
+    assert kept(select_backups(backups, policy(keep_last=2), now)) == {
+        "a": ["ancestor of c"], "b": ["ancestor of c"], "c": ["last 2"], "d": ["last 2"]}
+    # Only d (a full): the chain goes whole.
+    assert kept(select_backups(backups, policy(keep_last=1), now)) == {"d": ["last 1"]}
+
+
+def test_an_ancestor_names_a_few_of_its_kept_descendants():
+    links = {"full": ()} | {f"i{n}": ("full", *[f"i{k}" for k in range(n)]) for n in range(5)}
+    backups = daily_chain(links)
+    reasons = kept(select_backups(backups, policy(keep_last=5), backups[-1].stop_time))
+    assert reasons["full"] == ["ancestor of i0, i1, i2 and 2 more"]
+    assert reasons["i0"] == ["last 5", "ancestor of i1, i2, i3 and 1 more"]
+    assert reasons["i3"] == ["last 5", "ancestor of i4"]
+
+
+def test_calendar_rules_count_incrementals_like_fulls():
+    """A weekly full and daily incrementals: each day's backup is its incremental, the
+    point it restores to being its own stop time."""
+    backups = daily_chain({"1mon": (), "2tue": ("1mon",), "3wed": ("1mon", "2tue"), "4thu": ("1mon", "2tue", "3wed")})
+    assert kept(select_backups(backups, policy(daily=2), backups[-1].stop_time)) == {
+        "1mon": ["ancestor of 3wed, 4thu"], "2tue": ["ancestor of 3wed, 4thu"],
+        "3wed": ["daily 2026-09-03", "ancestor of 4thu"], "4thu": ["last 1", "daily 2026-09-04"]}
+
+
+def test_a_broken_incremental_is_kept_by_no_rule():
+    """Its parent is gone: it restores nothing, so the newest usable backup is the newest."""
+    backups = daily_chain({"a": (), "c": ("a", "b")})  # b is not in the archive
+    assert kept(select_backups(backups, policy(keep_last=1, daily=3), backups[-1].stop_time)) == {
+        "a": ["last 1", "daily 2026-09-01"]}
+
+
+def test_what_is_held_keeps_its_ancestors():
+    backups = daily_chain({"a": (), "b": ("a",), "c": ()})
+    verdicts = select_backups(backups, policy(keep_last=1), backups[-1].stop_time, held={"b": ["leased by r"]})
+    assert kept(verdicts) == {"a": ["ancestor of b"], "b": ["leased by r"], "c": ["last 1"]}
 
 
 def test_no_backups_no_verdicts():

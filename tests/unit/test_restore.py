@@ -517,6 +517,51 @@ def test_the_reason_recovery_failed_is_the_servers_fatal_not_a_turned_away_clien
     assert pgstart.stop_line(FAILED_LOG) is None
 
 
+# postmaster.pid as real postmasters wrote it (PostgreSQL 15.18, then 18.6): held at
+# shared_preload_libraries (the file is there, its status line is not yet), recovering
+# (hot_standby on, not yet consistent), in hot standby, recovering with hot_standby off.
+AT_LIBRARIES_15 = "3444\n/tmp/flake-exp/d15\n1796586628\n50959\n\n"
+STARTING_15 = "5410\n/tmp/flake-exp/cap15\n1796586676\n40015\n/tmp/flake-exp/cap15\n127.0.0.1\n" \
+              "  2156753    589831\nstarting\n"
+HOT_STANDBY_15 = "5483\n/tmp/flake-exp/cap15\n1796586687\n40015\n/tmp/flake-exp/cap15\nlocalhost\n" \
+                 "  2156753    589832\nready   \n"
+AT_LIBRARIES_18 = "6557\n/tmp/flake-exp/cap18\n1796586732\n40018\n\n"
+STARTING_18 = "6373\n/tmp/flake-exp/cap18\n1796586728\n40018\n/tmp/flake-exp/cap18\n127.0.0.1\n" \
+              "  2163256    589839\nstarting\n"
+STANDBY_15 = "4028\n/tmp/flake-exp/cap15\n1796586959\n40015\n/tmp/flake-exp/cap15\nlocalhost\n" \
+             "  2156753    655387\nstandby \n"
+LIBRARY_FAILED_LOG = """\
+2026-12-06 19:50:29.361 UTC [3444] FATAL:  could not load library "/x/lib.so": /x/lib.so: invalid ELF header
+2026-12-06 19:50:29.361 UTC [3444] LOG:  database system is shut down
+"""
+
+
+def test_a_postmaster_that_never_reached_recovery_did_not_start_however_long_its_pid_file_was_there():
+    # The race CI hit: postmaster.pid exists from before shared_preload_libraries is
+    # loaded; only its status line, written just before recovery begins, says the
+    # postmaster got through its start-up.
+    from pitrkit.restore import pgstart
+
+    assert pgstart.postmaster_status(AT_LIBRARIES_15, 3444) is None
+    assert pgstart.postmaster_status(AT_LIBRARIES_18, 6557) is None
+    assert pgstart.postmaster_status(STARTING_15, 5410) == "starting"
+    assert pgstart.postmaster_status(STARTING_18, 6373) == "starting"
+    assert pgstart.postmaster_status(HOT_STANDBY_15, 5483) == "ready"
+    assert pgstart.postmaster_status(STANDBY_15, 4028) == "standby"
+    # Another postmaster's file (a stale one about to be replaced), a half-written one.
+    assert pgstart.postmaster_status(STARTING_15, 5411) is None
+    assert pgstart.postmaster_status(STARTING_15[:40], 5410) is None
+    assert pgstart.postmaster_status(STARTING_15.replace("starting", "whatever"), 5410) is None
+
+    assert not pgstart.began_recovery(pgstart.postmaster_status(AT_LIBRARIES_15, 3444), LIBRARY_FAILED_LOG)
+    assert pgstart.began_recovery(pgstart.postmaster_status(STARTING_15, 5410), LIBRARY_FAILED_LOG)
+    # Recovery that failed before any look held postmaster.pid: the postmaster's log
+    # line about its startup process says recovery ran.
+    assert pgstart.began_recovery(None, FAILED_LOG)
+    assert pgstart.began_recovery(None, FAILED_LOG.replace("LOG:  startup", "LOG:  00000: startup"))
+    assert not pgstart.began_recovery(None, FAILED_LOG.replace("startup process", "checkpointer"))
+
+
 def test_a_leftover_that_does_not_print_is_shown_escaped_on_its_one_line(tmp_path):
     # The backup's configuration is written by whoever wrote the archive: what restore
     # says it overrode must not carry a terminal escape or a line break of theirs.

@@ -650,3 +650,102 @@ def test_a_restore_interrupted_while_its_server_recovers_keeps_its_lease_for_the
                  "--start"]) == 130
     [held] = lease.survey(store.archive, started).active
     assert held.backup_id == "C" and held.expires_at >= started + timedelta(hours=12)
+
+
+# --- chains of incrementals ---------------------------------------------------------------
+
+
+def a_chain(root: Path) -> SyntheticArchive:
+    """Timeline 1, segments 1..20: a full F (segments 2-3), incrementals I1 on F (6-7) and
+    I2 on I1 (10-11), and a full G (14-15); the sealed WAL folders indexed."""
+    store = SyntheticArchive(root)
+    store.segments(1, 1, 20)
+    maintenance.record_backup(store.archive, store.backup("F", 1, 2, 3))
+    maintenance.record_backup(store.archive, store.backup("I1", 1, 6, 7, parent="F"))
+    maintenance.record_backup(store.archive, store.backup("I2", 1, 10, 11, parent="I1"))
+    maintenance.record_backup(store.archive, store.backup("J", 1, 14, 15))
+    return store
+
+
+def test_a_kept_incremental_keeps_its_chain_and_the_wal_from_its_full(tmp_path):
+    store = a_chain(tmp_path / "archive")
+    report = retention.apply(store.archive, RetentionConfig(keep_last=2), now=NOW)
+    assert [(kept.backup_id, kept.backup_type, kept.parent, kept.reasons) for kept in report.kept] == [
+        ("F", "full", None, ["ancestor of I2"]), ("I1", "incremental", "F", ["ancestor of I2"]),
+        ("I2", "incremental", "I1", ["last 2"]), ("J", "full", None, ["last 2"])]
+    assert report.removed_backups == []
+    assert wal_present(store) == list(range(2, 21))  # from F's first segment
+    plan = make_plan(store.archive, Target(kind="lsn", lsn=lsn(12)))
+    assert (plan.backup.backup_id, plan.chain) == ("I2", ["F", "I1"])
+
+
+def test_a_chain_no_rule_keeps_goes_children_first(tmp_path):
+    store = a_chain(tmp_path / "archive")
+    recording = record(store)
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+    assert [kept.backup_id for kept in report.kept] == ["J"]
+    assert [(gone.backup_id, gone.backup_type, gone.parent) for gone in report.removed_backups] == [
+        ("F", "full", None), ("I1", "incremental", "F"), ("I2", "incremental", "I1")]
+    manifests = [key for what, key in recording.changes if what == "delete" and key.endswith("manifest.json")]
+    assert manifests == ["backups/I2/manifest.json", "backups/I1/manifest.json", "backups/F/manifest.json"]
+    assert ids(store) == ["J"]
+    assert wal_present(store) == list(range(14, 21))
+
+
+def test_a_run_killed_at_any_step_never_leaves_an_incremental_without_its_parent(tmp_path):
+    done = a_chain(tmp_path / "count")
+    recording = record(done)
+    retention.apply(done.archive, RetentionConfig(keep_last=1), now=NOW)
+    for crash_at in range(len(recording.changes)):
+        store = a_chain(tmp_path / f"crash-{crash_at}")
+        crashing = record(store, crash_at)
+        with pytest.raises(SimulatedCrash):
+            retention.apply(store.archive, RetentionConfig(keep_last=1), now=NOW)
+        store.archive.storage = crashing.storage
+        # Even a reader that ignores `deleting` (it looks at the manifests alone) finds
+        # every stored incremental's parent stored.
+        stored = {path.parent.name for path in (store.root / "backups").glob("*/manifest.json")}
+        for backup_id in stored:
+            assert set(store.chains[backup_id]) <= stored, (crash_at, sorted(stored))
+
+
+def test_an_incremental_whose_chain_is_broken_goes(tmp_path):
+    store = a_chain(tmp_path / "archive")
+    # I1 lost (removed by hand): I2 restores nothing, and the newest backup J is kept.
+    for path in sorted((store.root / "backups/I1").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (store.root / "backups/I1").rmdir()
+    report = retention.apply(store.archive, RetentionConfig(keep_last=2), now=NOW)
+    assert [kept.backup_id for kept in report.kept] == ["F", "J"]
+    removed = {gone.backup_id: gone.why for gone in report.removed_backups}
+    assert removed == {"I2": "its chain is broken: its ancestor I1 is not in the archive"}
+    assert ids(store) == ["F", "J"]
+
+
+def test_a_lease_on_an_incremental_keeps_its_ancestors(tmp_path):
+    store = a_chain(tmp_path / "archive")
+    held = lease.take(store.archive, "I1", 1, name(1, 6))
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1))  # leases are on the real clock
+    kept = {kept.backup_id: kept.reasons for kept in report.kept}
+    assert kept == {"F": ["ancestor of I1"], "I1": [f"leased by {held.holder} until {show_time(held.expires_at)} "
+                                                    f"(lease {held.lease_id})"], "J": ["last 1"]}
+    assert [gone.backup_id for gone in report.removed_backups] == ["I2"]
+    assert wal_present(store) == list(range(2, 21))
+
+
+def test_the_dry_run_shows_each_backup_s_type_and_parent(capsys, tmp_path):
+    store = a_chain(tmp_path / "archive")
+    config = cli_config(tmp_path, store)
+    assert main(["--config", str(config), "retention", "apply", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "keep    backup J: last 2" in out
+    assert "keep    backup I1 (incremental on F): ancestor of I2" in out
+    (tmp_path / "pitrkit.toml").write_text(config.read_text().replace("keep_last = 2", "keep_last = 1"))
+    assert main(["--config", str(config), "retention", "apply", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("remove  backup I2 (incremental on I1; 4 objects, ") for line in out), out
+    (tmp_path / "pitrkit.toml").write_text(config.read_text().replace("keep_last = 1", "keep_last = 2"))
+    assert main(["--config", str(config), "retention", "apply", "--dry-run", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [(kept["backup_id"], kept["backup_type"], kept["parent"]) for kept in document["kept"]] == [
+        ("F", "full", None), ("I1", "incremental", "F"), ("I2", "incremental", "I1"), ("J", "full", None)]

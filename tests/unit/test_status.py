@@ -5,6 +5,7 @@ the HTML page and the Prometheus text, parsed back with prometheus_client."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -65,7 +66,8 @@ def test_a_healthy_archive_is_ok_with_its_figures(store):
     assert report.backups == 2
     last = report.last_backup
     assert last is not None
-    assert (last.backup_id, last.size_bytes, last.stored_bytes, last.stop_lsn) == ("B", 1000, 400, lsn(11, 0x100))
+    # Stored: the one part synthetic_archive.py stores, 1000 bytes in the stored-object format.
+    assert (last.backup_id, last.size_bytes, last.stored_bytes, last.stop_lsn) == ("B", 1000, 1097, lsn(11, 0x100))
     assert last.age_seconds == (NOW - (stored_at(11) - timedelta(seconds=30))).total_seconds()
     assert last.duration_seconds == (stored_at(11) - stored_at(10)).total_seconds()
     assert report.last_wal is not None
@@ -76,7 +78,8 @@ def test_a_healthy_archive_is_ok_with_its_figures(store):
     assert report.size.wal_segments == 20
     assert report.size.wal_original_bytes == 20 * SEGMENT_SIZE
     assert report.size.wal_stored_bytes == sum(len(b"segment %d" % n) for n in range(1, 21))
-    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (2, 2000, 800)
+    assert (report.size.backups, report.size.backups_size_bytes, report.size.backups_stored_bytes) == (
+        2, 2000, 2 * 1097)
     [timeline] = report.timelines
     assert timeline.oldest is not None and timeline.newest is not None
     assert (timeline.oldest.backup_id, timeline.oldest.lsn) == ("A", lsn(3, 0x100))
@@ -527,6 +530,7 @@ def test_a_password_in_conninfo_is_never_shown(tmp_path, store, capsys, conninfo
 
 FACTS = DaemonFacts(
     started_at=NOW - timedelta(hours=2), schedule="every 6h", next_backup_at=NOW + timedelta(hours=4),
+    next_backup_kind="incremental",
     backup_running=False,
     last_run=ScheduledRun(started_at=NOW - timedelta(hours=2), finished_at=NOW - timedelta(hours=1, minutes=58),
                           ok=True, backup_id="B", message="backup B <done> & stored"),
@@ -557,7 +561,7 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     assert values[("pitrkit_check_status", (("check", "restorable"),))] == 2
     assert values[("pitrkit_check_status", (("check", "backup"),))] == 0
     assert values[("pitrkit_last_backup_size_bytes", ())] == 1000
-    assert values[("pitrkit_last_backup_stored_bytes", ())] == 400
+    assert values[("pitrkit_last_backup_stored_bytes", ())] == 1097
     assert values[("pitrkit_last_backup_timestamp_seconds", ())] == report.last_backup.stop_time.timestamp()
     assert values[("pitrkit_last_wal_archived_timestamp_seconds", ())] == stored_at(20).timestamp()
     assert values[("pitrkit_last_wal_archived_end_lsn_bytes", ())] == int(lsn(21))
@@ -565,6 +569,7 @@ def test_metrics_parse_as_prometheus_text_with_the_report_figures(store):
     assert values[("pitrkit_wal_gaps", (("timeline", "1"),))] == 1
     assert values[("pitrkit_archiver_up", ())] == 0
     assert values[("pitrkit_daemon_backups_total", ())] == 3
+    assert values[("pitrkit_daemon_next_backup_incremental", ())] == 1
     assert values[("pitrkit_daemon_sidecar_restarts_total", ())] == 2
     assert values[("pitrkit_daemon_last_backup_duration_seconds", ())] == 120
     # Every family has one HELP and one TYPE line, and each name is one family's.
@@ -589,5 +594,63 @@ def test_the_page_refreshes_itself_escapes_everything_and_shows_the_figures(stor
     # Durations read as in the text report (progress.human_seconds).
     assert "(22m30s ago)" in page and "<th>took</th><td>1m00s</td>" in page
     assert 'id="last-backup"' in page and 'id="last-wal"' in page
+    assert re.search(r"<th>next backup</th><td>[^<]* \(incremental\)</td>", page)
     assert "http" not in page.replace('http-equiv', '')  # no external assets
     assert "Daemon" not in html_page(report, None, refresh_seconds=30)
+
+
+# --- chains of incrementals -----------------------------------------------------------------
+
+
+def test_the_newest_backup_s_chain_and_each_backup_s_stored_share(store):
+    full = store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 6, 7, parent="A")
+    newest = store.backup("C", 1, 10, 11, parent="B")
+    report = collect(store)
+    assert report.overall == "OK", report.checks
+    assert message(report, "chains") == "every chain is whole (2 incremental backups, the longest chain 3 backups)"
+    last = report.last_backup
+    assert last is not None
+    assert (last.backup_id, last.backup_type, last.parent, last.chain_length) == ("C", "incremental", "B", 3)
+    assert last.stored_share == round(newest.stored_size / newest.size, 4)
+    assert [(each.backup_id, each.backup_type, each.chain_length, each.stored_bytes, each.stored_share)
+            for each in report.stored_shares] == [
+        ("A", "full", 1, full.stored_size, round(full.stored_size / 1000, 4)),
+        ("B", "incremental", 2, newest.stored_size, round(newest.stored_size / newest.size, 4)),
+        ("C", "incremental", 3, newest.stored_size, round(newest.stored_size / newest.size, 4))]
+    document = json.loads(codec.encode(report))
+    assert (document["last_backup"]["chain_length"], document["stored_shares"][0]["stored_share"]) == (
+        3, round(full.stored_size / 1000, 4))
+    text = status_text(report).splitlines()
+    assert "chain:          incremental on B, a chain of 3 backups" in text
+    assert f"stored share:   A {full.stored_size / 10:.3g}%, B (incr) " \
+           f"{newest.stored_size / newest.size * 100:.3g}%, C (incr) " \
+           f"{newest.stored_size / newest.size * 100:.3g}% of their size" in text
+    values = samples(metrics_text(report, None))
+    assert values[("pitrkit_last_backup_chain_length", ())] == 3
+    assert values[("pitrkit_last_backup_stored_ratio", ())] == last.stored_share
+    page = html_page(report, None, refresh_seconds=30)
+    assert "incremental on B, a chain of 3 backups" in page and 'id="stored-shares"' in page
+
+
+def test_a_full_backup_has_a_chain_of_one(store):
+    store.backup("A", 1, 2, 3)
+    report = collect(store)
+    assert report.last_backup is not None and report.last_backup.chain_length == 1
+    assert message(report, "chains") == "no incremental backup"
+    assert samples(metrics_text(report, None))[("pitrkit_last_backup_chain_length", ())] == 1
+
+
+def test_a_broken_chain_warns_and_the_newest_usable_backup_is_judged(store):
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 6, 7, parent="A")
+    store.backup("C", 1, 10, 11, parent="B")
+    (store.root / "backups/B/manifest.json").unlink()  # B is unfinished now: C restores nothing
+    report = collect(store)
+    assert levels(report)["chains"] == "WARN"
+    assert message(report, "chains") == ("not restorable, their chains are broken: C (its ancestor B is not in the "
+                                         "archive)")
+    assert report.last_backup is not None and report.last_backup.backup_id == "A"
+    assert levels(report)["restorable"] == "OK"
+    [timeline] = report.timelines
+    assert timeline.oldest is not None and timeline.oldest.backup_id == "A"

@@ -7,6 +7,7 @@ headers, backup parts in the stored-object format)."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def test_a_missing_or_truncated_part_breaks_its_backup(store):
     (lambda m: b"{not json", "unusable manifest"),
     (lambda m: codec.encode(msgspec.structs.replace(m, backup_id="X")), "names backup 'X'"),
     (lambda m: codec.encode(msgspec.structs.replace(m, system_identifier=2)), "not of this archive's system 1"),
-    (lambda m: codec.encode(msgspec.structs.replace(m, size=m.size + 1)), "does not add up"),
+    (lambda m: codec.encode(msgspec.structs.replace(m, size=m.size + 1)), "but lists"),
     (lambda m: codec.encode(msgspec.structs.replace(
         m, parts=[msgspec.structs.replace(m.parts[0], key="archive.json"), *m.parts[1:]])),
      "not an object of that backup"),
@@ -385,3 +386,125 @@ def test_deep_names_a_truncated_segment(small):
     assert finding(report, manifest_key("A")).problem == \
         f"backup A is not restorable: WAL it needs is damaged: {SegmentName(1, 3, MIB).name}"
 
+
+
+# --- chains of incrementals -------------------------------------------------------------
+
+
+@pytest.fixture
+def chain(tmp_path) -> SyntheticArchive:
+    """Timeline 1, segments 1..20: full F (2-3), incrementals I1 on F (6-7), I2 on I1
+    (10-11), in the catalog."""
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    synthetic.backup("F", 1, 2, 3)
+    synthetic.backup("I1", 1, 6, 7, parent="F")
+    synthetic.backup("I2", 1, 10, 11, parent="I1")
+    synthetic.rebuild_catalog()
+    return synthetic
+
+
+def refusals(report: VerifyReport) -> dict[str, str]:
+    return {finding.key: finding.problem for finding in report.findings}
+
+
+def test_a_whole_chain_is_clean(chain):
+    report = check(chain.archive)
+    assert report.findings == [] and report.notes == []
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("F", True), ("I1", True), ("I2", True)]
+
+
+def test_a_missing_ancestor_fails_its_descendants_naming_it(chain):
+    shutil.rmtree(chain.root / "backups/F")
+    report = check(chain.archive)
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("I1", False), ("I2", False)]
+    said = refusals(report)
+    assert said[manifest_key("I1")] == "backup I1 is not restorable: its chain is broken: its ancestor F is not in " \
+                                       "the archive"
+    assert said[manifest_key("I2")] == "backup I2 is not restorable: its chain is broken: its ancestor F is not in " \
+                                       "the archive"
+
+
+def test_an_ancestor_retention_is_removing_breaks_the_chain(chain):
+    chain.being_removed(["I1"], decided_at=stored_at(20))
+    report = check(chain.archive)
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("F", True), ("I2", False)]
+    assert "its ancestor I1 is not in the archive" in refusals(report)[manifest_key("I2")]
+
+
+@pytest.mark.parametrize(("forged", "says"), [
+    # The chain I2 records is not its parent's chain and its parent.
+    ({"chain": ["G", "I1"]}, "its chain G > I1 is not its parent's chain and its parent"),
+    # Its parent is of another major: an upgrade's first backup is full.
+    ({"pg_version": 160004}, "its parent I1 is of system 1, PostgreSQL 15, not of system 1, PostgreSQL 16"),
+    ({"system_identifier": 2}, "a backup of system 2, not of this archive's system 1"),
+])
+def test_a_link_that_does_not_hold_fails(tmp_path, forged, says):
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 20)
+    store.backup("F", 1, 2, 3)
+    store.backup("G", 1, 4, 5)
+    store.backup("I1", 1, 6, 7, parent="F")
+    store.backup("I2", 1, 10, 11, parent="I1", **forged)
+    store.rebuild_catalog()
+    report = check(store.archive)
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [
+        ("F", True), ("G", True), ("I1", True), ("I2", False)]
+    assert says in refusals(report)[manifest_key("I2")]
+
+
+def test_a_parent_that_started_after_its_child_fails(tmp_path):
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 20)
+    store.backup("F", 1, 6, 7)
+    store.backup("I1", 1, 2, 3, parent="F")  # an id after F's, a start before it
+    store.rebuild_catalog()
+    report = check(store.archive)
+    assert "its parent F started at " in refusals(report)[manifest_key("I1")]
+    assert "not before it" in refusals(report)[manifest_key("I1")]
+
+
+def test_an_incremental_s_block_objects_are_checked_like_parts(chain):
+    (chain.root / "backups/I1/blocks/0").unlink()
+    with open(chain.root / "backups/I1/blockmap/0", "ab") as grown:
+        grown.write(b"!")
+    report = check(chain.archive)
+    said = refusals(report)
+    assert said["backups/I1/blocks/0"] == "missing: block part of backup I1"
+    assert said["backups/I1/blockmap/0"].startswith("stored size ")
+    assert said[manifest_key("I1")] == ("backup I1 is not restorable: 2 of its 3 objects are missing or damaged "
+                                        "(backups/I1/blockmap/0 ...)")
+    assert said[manifest_key("I2")] == "backup I2 is not restorable: its ancestor I1 is not restorable"
+    assert [(b.backup_id, b.restorable) for b in report.backups] == [("F", True), ("I1", False), ("I2", False)]
+
+
+def rewrite_manifest(store: SyntheticArchive, backup_id: str, **changes) -> None:
+    manifest = codec.decode(store.archive.get(manifest_key(backup_id)), BackupManifest, "manifest")
+    store.archive.put(manifest_key(backup_id), codec.encode(msgspec.structs.replace(manifest, **changes)),
+                      overwrite=True)
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"size": 1000}, "says 2 files and 1000 bytes, but lists 2 files of 17384 bytes"),
+    ({"stored_size": 1}, "does not add up: its objects' stored sizes add up to "),
+    ({"file_count": 1}, "says 1 files and 17384 bytes, but lists 2 files of 17384 bytes"),
+    ({"block_parts": []}, "does not add up: its objects' stored sizes add up to "),
+])
+def test_an_incremental_manifest_must_add_up_with_its_block_files(chain, changes, says):
+    """Its counts take the block-mapped files in (restore's check_manifest), its stored
+    size every object of its own."""
+    rewrite_manifest(chain, "I1", **changes)
+    chain.rebuild_catalog()
+    assert says in refusals(check(chain.archive))[manifest_key("I1")]
+
+
+def test_deep_reads_block_maps_and_says_it_did_not_read_super_blocks(chain):
+    report = check(chain.archive, deep=True)
+    # synthetic_archive.py's WAL is fake bytes (each backup is refused for it), its
+    # parts and block maps real stored objects: read, and found sound.
+    assert report.objects_read == 20 + 3 + 2  # segments, parts, block maps
+    assert not [finding for finding in report.findings
+                if finding.key.startswith("backups/") and not finding.key.endswith("manifest.json")]
+    assert report.notes == ["the block parts (super-blocks) of 2 incremental backups (I1, I2) were not read: --deep "
+                            "checks only that they are stored with their recorded stored sizes, not their blocks' "
+                            "checksums"]

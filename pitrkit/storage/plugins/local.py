@@ -12,7 +12,7 @@ name taken fsyncs what is there (the file and its directories) before saying so:
 winner of a race, or our own earlier attempt whose directory fsync failed, may not have
 made it durable yet. Temporary files start with "." and are never listed. A copy (the
 optional `copy`) is published the same way, its bytes copied from file to file inside
-the kernel; a ranged read (`get_range`) reads only the range.
+the kernel; a ranged read (`get_range`) preads only the range.
 
 A listing is what the directory holds when it is read: an entry deleted between
 readdir(3) and stat(2) is simply left out (a concurrent delete), but one that cannot be
@@ -176,8 +176,12 @@ class LocalStorage:
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         self._publish(key, lambda descriptor: _write_all(descriptor, data), overwrite)
 
-    def copy(self, source: str, destination: str) -> None:
-        """hookspecs.ServerSideCopy: the bytes go from file to file inside the kernel."""
+    def copy(self, source: str, target: str) -> None:
+        """hookspecs.ServerSideCopy: the bytes go from file to file inside the kernel, into
+        a new file published exactly as a put's (fsync'd, then link(2): create-only and
+        durable). Not a link(2) of the source itself, which would be as atomic: the copy
+        would be the source's inode, its owner and mode included, where a put makes files
+        owned as `_new_entries_owner` says (backup-push may run as root)."""
         try:
             original = self._open_stored(self._names(source))
         except (FileNotFoundError, NotADirectoryError):
@@ -185,7 +189,7 @@ class LocalStorage:
         except OSError as exc:
             raise self._fault(exc, source) from None
         try:
-            self._publish(destination, lambda descriptor: _copy_all(original, descriptor), overwrite=False)
+            self._publish(target, lambda descriptor: _copy_all(original, descriptor), overwrite=False)
         finally:
             os.close(original)
 
@@ -251,11 +255,21 @@ class LocalStorage:
         with self._reading(key) as file:
             return file.read()
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        """hookspecs.RangedReads: only the bytes asked for are read."""
-        with self._reading(key) as file:
-            file.seek(start)
-            return file.read(length)
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """hookspecs.RangedReads: pread(2) of only the bytes asked for, on a descriptor
+        reached as for `get` (never through a link)."""
+        try:
+            descriptor = self._open_stored(self._names(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+        try:
+            return _read_range(descriptor, offset, length)
+        except OSError as exc:
+            raise self._fault(exc, key) from None
+        finally:
+            os.close(descriptor)
 
     @contextmanager
     def _reading(self, key: str) -> Iterator[BinaryIO]:
@@ -448,6 +462,21 @@ def _copy_all(source: int, target: int) -> None:
         while chunk := os.pread(source, _COPY_CHUNK, copied):
             _write_all(target, chunk)
             copied += len(chunk)
+
+
+def _read_range(descriptor: int, offset: int, length: int) -> bytes:
+    """Bytes `offset` to `offset + length` of the open file, fewer where it ends first.
+    The length is cut to the file's size first: a huge range over a small object must not
+    allocate the range (pread(2) makes a buffer of the size asked)."""
+    end = min(offset + length, os.fstat(descriptor).st_size)
+    chunks: list[bytes] = []
+    while offset < end:
+        chunk = os.pread(descriptor, end - offset, offset)  # Linux reads at most 2 GiB a call: loop
+        if not chunk:
+            break  # shorter than its size said (a file system answering oddly): what is there
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _unlink_quietly(name: str, folder: int) -> None:

@@ -3,7 +3,9 @@
 Owns the translation between pitrkit's Storage protocol and the google-cloud-storage SDK:
 keys under the URL's prefix, create-only writes through `if_generation_match=0`, the
 SDK's checksums on upload and download, a timeout and a bounded retry on every request,
-and the SDK's exceptions turned into the three that carry meaning to pitrkit.
+and the SDK's exceptions turned into the three that carry meaning to pitrkit. Both
+optional methods too: ranged reads (an HTTP Range request, its answer's shape checked)
+and server-side copies (the rewrite API, create-only like a put).
 
 Credentials are the SDK's: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,
 gcloud's user credentials, the metadata server on GCE/GKE). With STORAGE_EMULATOR_HOST
@@ -34,6 +36,10 @@ from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, 
 
 # Bucket names as GCS accepts them (3-63 characters; dotted names up to 222).
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# A 206's Content-Range ("bytes FIRST-LAST/SIZE", SIZE "*" when unknown) and a 416's
+# ("bytes */SIZE").
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)")
+_CONTENT_RANGE_SIZE = re.compile(r"bytes \*/(\d{1,19})")
 
 
 def parse_gs_url(url: str) -> tuple[str, str]:
@@ -95,6 +101,89 @@ class GcsStorage:
         except api_exceptions.NotFound:
             raise self._absent(key) from None
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """hookspecs.RangedReads: one GET of the object's media with a Range header. No
+        checksum covers a part of an object (x-goog-hash is the whole object's), so what
+        is checked is the answer's shape: a 206 must be exactly the bytes asked for that
+        exist, as its Content-Range says, its length included; a 200 (a server or proxy
+        that ignored the Range) is the whole object, checked against x-goog-hash, then
+        sliced; a 416 is a range that starts at or past the end: b"". The bytes of a 206
+        are the caller's to verify (a frame, a digest)."""
+        if length == 0:
+            self.stat(key)  # no HTTP range is empty: b"" for an object that is there
+            return b""
+        what = f"reading {key} (bytes {offset} to {offset + length})"
+        try:
+            with self._faults(what, api_exceptions.NotFound), self._client() as client:
+                blob = client.bucket(self.bucket_name).blob(self.prefix + key)
+                # The SDK's own download URL (the emulator's when STORAGE_EMULATOR_HOST is
+                # set) and its authorized session: the SDK's ranged download would hide the
+                # status and Content-Range this needs.
+                url = blob._get_download_url(client)
+                headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+                response = self._retry()(self._fetch)(client, url, headers)
+        except api_exceptions.NotFound:
+            raise self._absent(key) from None
+        return self._range_answer(what, response, offset, length)
+
+    def _fetch(self, client: storage.Client, url: str, headers: dict[str, str]) -> requests.Response:
+        """GET `url`, its body read whole (a connection lost mid-body is retried); an
+        answer other than 200, 206 or 416 as the SDK's exception for its status."""
+        response = client._http.get(url, headers=headers, timeout=self.timeout)
+        if response.status_code not in (200, 206, 416):
+            raise api_exceptions.from_http_response(response)
+        return response
+
+    def _range_answer(self, what: str, response: requests.Response, offset: int, length: int) -> bytes:
+        body = response.content
+        if response.status_code == 416:
+            # Range Not Satisfiable: the object is there and ends at or before `offset`.
+            stated = _CONTENT_RANGE_SIZE.fullmatch(response.headers.get("Content-Range", ""))
+            if stated and offset < int(stated[1]):
+                raise StorageError(f"{self.url}: {what}: answered 416 for an object of {stated[1]} bytes")
+            return b""
+        if response.status_code == 200:
+            stored = _stored_crc32c(response.headers.get("x-goog-hash", ""))
+            if stored is not None and stored != _checksums(body)[0]:
+                raise StorageError(f"{self.url}: {what}: the whole object was answered, and its bytes do not match "
+                                   "its CRC32C")
+            return body[offset:offset + length]
+        answered = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+        if answered is None:
+            raise StorageError(f"{self.url}: {what}: a partial answer without a valid Content-Range")
+        first, last, size = int(answered[1]), int(answered[2]), answered[3]
+        end = offset + length if size == "*" else min(offset + length, int(size))
+        if (first, last + 1) != (offset, end) or len(body) != end - offset:
+            raise StorageError(f"{self.url}: {what}: answered {len(body)} bytes as bytes {first} to {last + 1} of "
+                               f"{size}")
+        return body
+
+    def copy(self, source: str, target: str) -> None:
+        """hookspecs.ServerSideCopy: the rewrite API (inside the bucket it finishes in one
+        call as a rule; a rewrite token asks for the next step), create-only through
+        ifGenerationMatch=0 on the target. As for `put`: a 412 after a retried attempt may
+        be that attempt's own copy, stored although its answer was lost, and the same
+        checksums as the source's mean it is."""
+        retried: list[Exception] = []
+        try:
+            with self._faults(f"copying {source} to {target}", api_exceptions.NotFound,
+                              api_exceptions.PreconditionFailed), self._client() as client:
+                bucket = client.bucket(self.bucket_name)
+                original, copied = bucket.blob(self.prefix + source), bucket.blob(self.prefix + target)
+                token = None
+                while True:
+                    token, _, _ = copied.rewrite(original, token=token, if_generation_match=0, timeout=self.timeout,
+                                                 retry=self._retry(on_error=retried.append))
+                    if token is None:
+                        break
+        except api_exceptions.NotFound:
+            # Inside one bucket only the source can be missing, or the bucket itself.
+            raise self._absent(source) from None
+        except api_exceptions.PreconditionFailed:
+            if retried and self._same_bytes(source, target):
+                return
+            raise ObjectExists(target) from None
+
     def stat(self, key: str) -> ObjectInfo:
         try:
             blob = self._metadata(key)
@@ -149,6 +238,14 @@ class GcsStorage:
             return False  # deleted meanwhile: not ours either
         crc32c, md5 = _checksums(data)
         return blob.crc32c == crc32c and blob.md5_hash in (None, md5)
+
+    def _same_bytes(self, source: str, target: str) -> bool:
+        """Whether the two objects have the same size and checksums."""
+        try:
+            original, copied = self._metadata(source), self._metadata(target)
+        except api_exceptions.NotFound:
+            return False
+        return (original.size, original.crc32c, original.md5_hash) == (copied.size, copied.crc32c, copied.md5_hash)
 
     def _absent(self, key: str) -> ObjectNotFound:
         """ObjectNotFound for `key` after a 404, once the bucket is known to exist. GCS
@@ -216,6 +313,16 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return f"HTTP {exc.code}: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+def _stored_crc32c(x_goog_hash: str) -> str | None:
+    """The crc32c of x-goog-hash ("crc32c=...,md5=...", possibly repeated and joined by
+    ", "), as GCS reports it in object metadata; None when it has none."""
+    for part in x_goog_hash.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "crc32c":
+            return value
+    return None
 
 
 def _checksums(data: bytes) -> tuple[str, str]:

@@ -1,7 +1,9 @@
 """A loopback HTTP proxy in front of the emulator that injects faults into chosen requests:
 a status code instead of an answer, a connection reset part-way through a request body,
 a reset after the request reached the server (the write landed, its answer is lost),
-added latency, a flipped byte in a response body.
+added latency, a flipped byte in a response body, a body cut short under headers that
+match its length, a Range header dropped on its way to the server (which then answers
+with the whole object). It records every request it forwards or answers.
 
 The SDK reaches it through STORAGE_EMULATOR_HOST; it speaks plain HTTP/1.1, one request
 per connection (it answers with `Connection: close`), which is all the SDK needs.
@@ -21,12 +23,15 @@ from urllib.parse import urlsplit
 
 UPLOADS: Callable[[str, str], bool] = lambda method, path: path.startswith("/upload/")  # noqa: E731
 DOWNLOADS: Callable[[str, str], bool] = lambda method, path: method == "GET" and "alt=media" in path  # noqa: E731
+REWRITES: Callable[[str, str], bool] = lambda method, path: method == "POST" and "/rewriteTo/" in path  # noqa: E731
 EVERY_REQUEST: Callable[[str, str], bool] = lambda method, path: True  # noqa: E731
 
 
 @dataclass
 class Fault:
-    kind: str  # "status", "reset-mid-body", "reset-after-forward", "delay", "corrupt-body"
+    # "status", "reset-mid-body", "reset-after-forward", "delay", "corrupt-body", "short-body",
+    # "ignore-range", "ignore-range-corrupt-body"
+    kind: str
     matches: Callable[[str, str], bool]
     remaining: float  # how many matching requests it still hits (math.inf: all)
     status: int = 503
@@ -38,6 +43,7 @@ class FaultyProxy:
         self.upstream = urlsplit(upstream)
         self.faults: list[Fault] = []
         self.hits: list[str] = []  # the kinds of the faults injected, in order
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._lock = threading.Lock()
         proxy = self
 
@@ -74,6 +80,7 @@ class FaultyProxy:
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
+            self.requests.append((method, path))
             for fault in self.faults:
                 if fault.remaining > 0 and fault.matches(method, path):
                     fault.remaining -= 1
@@ -103,8 +110,10 @@ class FaultyProxy:
             return
         upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
         try:
-            headers = {name: value for name, value in handler.headers.items()
-                       if name.lower() not in ("host", "connection", "content-length", "transfer-encoding")}
+            dropped = {"host", "connection", "content-length", "transfer-encoding"}
+            if fault and fault.kind.startswith("ignore-range"):
+                dropped.add("range")
+            headers = {name: value for name, value in handler.headers.items() if name.lower() not in dropped}
             upstream.request(handler.command, handler.path, body=body, headers=headers)
             response = upstream.getresponse()
             answer = response.read()
@@ -113,8 +122,10 @@ class FaultyProxy:
         if fault and fault.kind == "reset-after-forward":
             _reset(handler.connection)
             return
-        if fault and fault.kind == "corrupt-body" and answer:
+        if fault and fault.kind in ("corrupt-body", "ignore-range-corrupt-body") and answer:
             answer = bytes([answer[0] ^ 0xFF]) + answer[1:]
+        if fault and fault.kind == "short-body":
+            answer = answer[:-1]  # and a Content-Length that says so: only its other headers tell
         handler.send_response(response.status)
         for name, value in response.getheaders():
             if name.lower() not in ("connection", "content-length", "transfer-encoding"):

@@ -16,3 +16,13 @@ class TestGcsStorage(StorageConformance):
     @pytest.fixture
     def unreachable_storage(self, emulator):
         return GcsStorage("gs://no-such-bucket/archive", timeout=10)
+
+    def test_copy_is_create_only(self, copying, request):
+        if request.node.callspec.params["copying"] == "own method":
+            # fake-gcs-server ignores ifGenerationMatch on rewriteTo (and copyTo), which GCS
+            # enforces: the plugin sends it and turns the 412 into ObjectExists, which
+            # test_faults.py checks request by request. Strict: once the emulator enforces
+            # it, this passes and fails the run, and the mark goes.
+            request.applymarker(pytest.mark.xfail(strict=True, reason="fake-gcs-server overwrites on rewriteTo "
+                                                                       "whatever ifGenerationMatch says"))
+        super().test_copy_is_create_only(copying)

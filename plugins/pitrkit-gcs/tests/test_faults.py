@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faulty_proxy import DOWNLOADS, UPLOADS, FaultyProxy
+from faulty_proxy import DOWNLOADS, REWRITES, UPLOADS, FaultyProxy
 from pitrkit_gcs.storage import GcsStorage
 
 from pitrkit.config import load
@@ -102,6 +102,108 @@ def test_latency_beyond_the_timeout_is_a_storage_error(bucket, proxy):
     storage.put(KEY, b"x")
     with pytest.raises(StorageError, match="reading"):
         storage.get(KEY)
+
+
+# -- ranged reads: no checksum covers part of an object, so the answer's shape is checked --
+
+
+def test_a_ranged_read_asks_for_the_range_and_is_retried(storage, proxy):
+    data = os.urandom(300_000)
+    storage.put(KEY, data)
+    proxy.inject("status", DOWNLOADS, times=2, status=503)
+    assert storage.get_range(KEY, 1000, 5000) == data[1000:6000]
+    assert proxy.hits == ["status"] * 2
+
+
+def test_a_ranged_read_answered_with_the_whole_object_is_sliced(storage, proxy):
+    # A server or proxy that ignores the Range header answers 200 and the whole object.
+    data = os.urandom(300_000)
+    storage.put(KEY, data)
+    proxy.inject("ignore-range", DOWNLOADS, times=math.inf)
+    for offset, length in [(1000, 5000), (299_990, 100), (0, 300_000)]:
+        assert storage.get_range(KEY, offset, length) == data[offset:offset + length]
+    assert proxy.hits == ["ignore-range"] * 3
+
+
+def test_a_whole_object_answer_that_does_not_match_its_checksum_is_refused(storage, proxy):
+    storage.put(KEY, os.urandom(100_000))
+    proxy.inject("ignore-range-corrupt-body", DOWNLOADS)
+    with pytest.raises(StorageError, match="do not match its CRC32C"):
+        storage.get_range(KEY, 10, 20)
+
+
+def test_a_range_answered_short_is_refused(storage, proxy):
+    # The body and its Content-Length agree, so HTTP sees nothing wrong; Content-Range
+    # still claims every byte asked for.
+    storage.put(KEY, os.urandom(100_000))
+    proxy.inject("short-body", DOWNLOADS)
+    with pytest.raises(StorageError, match=r"reading .* answered 4999 bytes as bytes 1000 to 6000 of 100000"):
+        storage.get_range(KEY, 1000, 5000)
+
+
+def test_latency_beyond_the_timeout_is_a_storage_error_for_a_range_too(bucket, proxy):
+    storage = GcsStorage(f"gs://{bucket}/archive", timeout=0.5)
+    storage.put(KEY, b"0123456789")
+    proxy.inject("delay", DOWNLOADS, times=math.inf, delay=3)
+    with pytest.raises(StorageError, match="reading"):
+        storage.get_range(KEY, 2, 3)
+
+
+# -- server-side copy: create-only through ifGenerationMatch=0 on the target --------------
+
+
+def test_a_copy_is_one_create_only_rewrite_inside_the_bucket(storage, proxy):
+    data = os.urandom(100_000)
+    storage.put(KEY, data)
+    proxy.requests.clear()
+    storage.copy(KEY, "backups/B/data/0")
+    assert storage.get("backups/B/data/0") == data
+    rewrites = [path for method, path in proxy.requests if REWRITES(method, path)]
+    assert len(rewrites) == 1 and "ifGenerationMatch=0" in rewrites[0].split("?", 1)[1]
+    assert not any(UPLOADS(*request) for request in proxy.requests)  # the bytes never came here
+
+
+def test_a_copy_refused_by_its_precondition_is_object_exists(storage, proxy):
+    # What GCS answers for a target that exists (fake-gcs-server does not: it overwrites,
+    # see test_conformance.py), even one that holds the same bytes: as for put.
+    storage.put(KEY, b"segment")
+    storage.put("copy", b"segment")
+    proxy.inject("status", REWRITES, status=412)
+    with pytest.raises(ObjectExists):
+        storage.copy(KEY, "copy")
+
+
+def test_a_copy_that_landed_but_lost_its_answer_is_a_success(storage, proxy):
+    # The first attempt copied, its answer was lost; the retry meets that copy (412):
+    # the same checksums as the source's, ours.
+    data = os.urandom(100_000)
+    storage.put(KEY, data)
+    proxy.inject("reset-after-forward", REWRITES)
+    proxy.inject("status", REWRITES, status=412)
+    storage.copy(KEY, "copy")
+    assert proxy.hits == ["reset-after-forward", "status"]
+    assert storage.get("copy") == data
+
+
+def test_a_retried_copy_that_meets_other_bytes_is_object_exists(storage, proxy):
+    storage.put(KEY, b"our segment")
+    storage.put("copy", b"another writer's")
+    proxy.inject("status", REWRITES, status=503)
+    proxy.inject("status", REWRITES, status=412)
+    with pytest.raises(ObjectExists):
+        storage.copy(KEY, "copy")
+    assert proxy.hits == ["status", "status"]
+    assert storage.get("copy") == b"another writer's"
+
+
+def test_lasting_faults_fail_a_copy_with_a_storage_error(bucket, proxy):
+    storage = GcsStorage(f"gs://{bucket}/archive", timeout=1)
+    storage.put(KEY, b"x")
+    proxy.inject("status", REWRITES, times=math.inf, status=503)
+    with pytest.raises(StorageError, match=f"copying {KEY} to copy: still failing"):
+        storage.copy(KEY, "copy")
+    with pytest.raises(ObjectNotFound):
+        storage.get("copy")
 
 
 def test_wal_push_into_a_failing_store_fails_clearly(bucket, proxy, tmp_path):

@@ -1,0 +1,408 @@
+"""Restoring an incremental backup from its chain: where every byte of the target's
+files comes from (`plan_chain`), then writing them (`unpack_chain`), each block fetched
+and written exactly once whatever the chain's length.
+
+What is written is the target's file list and nothing else (a file only older backups
+have was removed since): its stream files whole from its own stream, as a full backup is
+restored, and each block-mapped file created at its recorded length, then every block
+written once from the backup its map names (docs/archive-format.md, "Incremental
+backups"):
+
+- from an older backup that copied the file whole into its stream: that backup's
+  stream parts are read, only those holding wanted blocks, and only the wanted ranges
+  are written (none of that backup's files is written as such);
+- from the super-blocks of the backup that stored it: one ranged read of its block part
+  per group of super-blocks lying (nearly) back to back, each super-block decoded and
+  verified on its own (its header's SHA-256 must be the map's, its pages the map's
+  count), fetched once however many of its pages are wanted.
+
+The maps read: the target's, all of them (they are cumulative: they say, for every
+block, which backup holds it); and of an older incremental only the map objects holding
+files a target run takes super-blocks from, since a position in that backup means
+nothing without its own super-block records. Each map object is read once, in parallel,
+and as soon as it is decoded it is turned into the reads it asks for and dropped: what
+the plan keeps is proportional to what will be fetched.
+
+Everything read is hostile: manifests agree on the chain (each link's `chain` and
+`parent` are its predecessors), every run's source holds the blocks it is said to hold
+(a stream file long enough, stored positions that exist), super-blocks lie inside their
+objects. All of it is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, SuperBlockIndex, read_block_map
+from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
+from pitrkit.errors import RefusedError
+from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.restore import unpack
+from pitrkit.restore.unpack import CorruptManifest, FileWriter, Slice
+from pitrkit.storage import objects
+from pitrkit.storage.archive import Archive
+
+# Super-blocks of one block part are read together when at most this many bytes of
+# others lie between them (reading over them costs less than another request), up to
+# this many bytes per read: what one worker holds in memory.
+_READ_GAP = 256 << 10
+_READ_SIZE = 8 << 20
+
+
+class StreamRead(NamedTuple):
+    """A part of a backup's stream and the slices of it that are written."""
+
+    source: int  # index in the plan's manifests
+    part: BackupPart
+    slices: list[Slice]
+
+
+class BlockRead(NamedTuple):
+    """One ranged read of a block part: super-blocks, each with the slices of its
+    pages that are written (`part_offset` in the super-block's plaintext)."""
+
+    source: int
+    key: str
+    offset: int
+    length: int
+    blocks: list[tuple[SuperBlock, list[Slice]]]
+
+
+class ChainPlan(NamedTuple):
+    archive: Archive
+    manifests: list[BackupManifest]  # the full first, the target last
+    files: list[BackupFile | BlockFile]  # what is written: the target's stream files, then its block-mapped ones
+    stream_reads: list[StreamRead]
+    block_reads: list[BlockRead]
+    pieces: list[int]  # writes per file
+
+    @property
+    def target(self) -> BackupManifest:
+        return self.manifests[-1]
+
+    @property
+    def super_blocks(self) -> int:
+        return sum(len(read.blocks) for read in self.block_reads)
+
+    def describe(self) -> str:
+        sources = {read.source for read in self.stream_reads} | {read.source for read in self.block_reads}
+        return (f"reading {len(self.stream_reads)} stream parts and {self.super_blocks} super-blocks "
+                f"({len(self.block_reads)} ranged reads) from {len(sources)} of the chain's {len(self.manifests)} "
+                "backups")
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+class _Need(NamedTuple):
+    """Blocks of the target's file `file` from `first` on, `length` of them, held by a
+    source at `position` (a block number in its stream file, or a stored position)."""
+
+    file: int
+    first: int
+    length: int
+    position: int
+
+
+class _Source:
+    """One backup of the chain, as the plan uses it."""
+
+    def __init__(self, manifest: BackupManifest) -> None:
+        self.manifest = manifest
+        self.stream = {file.path: index for index, file in enumerate(manifest.files)}
+        self.mapped = {file.path: file for file in manifest.block_files}
+        if len(self.stream) != len(manifest.files) or len(self.mapped) != len(manifest.block_files) \
+                or not self.stream.keys().isdisjoint(self.mapped):
+            raise CorruptManifest(f"backup {manifest.backup_id}'s manifest lists a file twice")
+        # What the target takes from it, by path: from its stream, from its super-blocks.
+        self.from_stream: dict[str, list[_Need]] = defaultdict(list)
+        self.from_blocks: dict[str, list[_Need]] = defaultdict(list)
+
+
+def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int = 4) -> ChainPlan:
+    """Where each byte of the target's files comes from. `manifests`: the chain's, the
+    full first and the target last, each already checked against the catalog. Reads the
+    target's block maps and the map objects of older incrementals it takes super-blocks
+    from, `workers` at a time; refuses (RefusedError, one line) anything inconsistent."""
+    _check_chain(manifests)
+    sources = [_Source(manifest) for manifest in manifests]
+    target = sources[-1]
+    own = len(sources) - 1
+    files: list[BackupFile | BlockFile] = [*target.manifest.files, *target.manifest.block_files]
+    first_block_file = len(target.manifest.files)
+    block_index = {file.path: first_block_file + number for number, file in enumerate(target.manifest.block_files)}
+    reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]] = {}
+
+    def take_target_maps(_: int, number: int, maps: list[FileMap]) -> list[str]:
+        done = []
+        for file_map in _maps_of(target, number, maps):
+            record = target.mapped[file_map.path]
+            if file_map.sources != len(sources) or file_map.blocks * BLOCK_SIZE != record.size \
+                    or file_map.stored_blocks != record.stored_blocks:
+                raise RefusedError(f"backup {target.manifest.backup_id}'s block map of {record.path} does not "
+                                   f"match its manifest ({file_map.blocks} blocks, {file_map.sources} sources, "
+                                   f"{file_map.stored_blocks} stored)")
+            for run in file_map.iter_runs():
+                need = _Need(block_index[record.path], run.first, run.length, run.position)
+                if run.source == own:
+                    continue  # below, from the target's own super-blocks
+                source = sources[run.source]
+                if record.path in source.stream:
+                    source.from_stream[record.path].append(need)
+                elif record.path in source.mapped:
+                    source.from_blocks[record.path].append(need)
+                else:
+                    raise RefusedError(f"backup {target.manifest.backup_id}'s block map takes blocks of "
+                                       f"{record.path} from backup {source.manifest.backup_id}, which has no copy of "
+                                       "that file")
+            own_needs = [_Need(block_index[record.path], run.first, run.length, run.position)
+                         for run in file_map.iter_runs() if run.source == own]
+            _add_super_blocks(reads, own, target.manifest, file_map, own_needs)
+            done.append(file_map.path)
+        return done
+
+    everything = [(own, number) for number in range(len(target.manifest.block_maps))]
+    mapped = set(_read_maps(archive, sources, everything, workers, take_target_maps))
+    if missing := [file.path for file in target.manifest.block_files if (own, file.path) not in mapped]:
+        raise RefusedError(f"backup {target.manifest.backup_id}'s block maps lack {missing[0]}")
+
+    def take_source_maps(index: int, number: int, maps: list[FileMap]) -> list[str]:
+        source = sources[index]
+        done = []
+        for file_map in _maps_of(source, number, maps):
+            if file_map.path not in source.from_blocks:
+                continue
+            record = source.mapped[file_map.path]
+            if file_map.sources != len(source.manifest.chain) + 1 or file_map.blocks * BLOCK_SIZE != record.size \
+                    or file_map.stored_blocks != record.stored_blocks:
+                raise RefusedError(f"backup {source.manifest.backup_id}'s block map of {record.path} does not "
+                                   "match its manifest")
+            _add_super_blocks(reads, index, source.manifest, file_map, source.from_blocks[file_map.path])
+            done.append(file_map.path)
+        return done
+
+    # Of the older links, only the map objects holding files the target takes their
+    # super-blocks from; all of them in one go.
+    wanted = sorted({(index, source.mapped[path].block_map) for index, source in enumerate(sources[:-1])
+                     for path in source.from_blocks})
+    found = set(_read_maps(archive, sources, wanted, workers, take_source_maps))
+    for index, source in enumerate(sources[:-1]):
+        if missing := [path for path in source.from_blocks if (index, path) not in found]:
+            raise RefusedError(f"backup {source.manifest.backup_id}'s block maps lack {missing[0]}")
+
+    stream_reads = [StreamRead(own, target.manifest.parts[number], slices) for number, slices
+                    in enumerate(unpack.slices_by_part(target.manifest.files, target.manifest.parts)) if slices]
+    for index, source in enumerate(sources[:-1]):
+        stream_reads += _stream_reads(index, source)
+    block_reads = _coalesced(reads, sources)
+    pieces = unpack.count_pieces(len(files), [read.slices for read in stream_reads]
+                                 + [slices for read in block_reads for _, slices in read.blocks])
+    return ChainPlan(archive, manifests, files, stream_reads, block_reads, pieces)
+
+
+def _check_chain(manifests: list[BackupManifest]) -> None:
+    """Each manifest is sound alone and they are one chain: the target's chain is the
+    others, in order, and every link's chain and parent are its predecessors."""
+    if not manifests:
+        raise ValueError("a chain of no backups")
+    ids = [manifest.backup_id for manifest in manifests]
+    target = manifests[-1]
+    for number, manifest in enumerate(manifests):
+        unpack.check_manifest(manifest)
+        parent = ids[number - 1] if number else None
+        if manifest.chain != ids[:number] or manifest.parent != parent:
+            raise RefusedError(f"backup {target.backup_id}'s chain is {' '.join(target.chain) or 'empty'}, but "
+                               f"backup {manifest.backup_id} names parent {manifest.parent} and chain "
+                               f"{' '.join(manifest.chain) or 'empty'}: the manifests do not make one chain")
+        if manifest.system_identifier != target.system_identifier or manifest.pg_major != target.pg_major:
+            raise RefusedError(f"backup {manifest.backup_id} of backup {target.backup_id}'s chain is of another "
+                               f"cluster or PostgreSQL major ({manifest.system_identifier}, {manifest.pg_major})")
+
+
+def _maps_of(source: _Source, number: int, maps: list[FileMap]) -> Iterator[FileMap]:
+    """The maps in map object `number` of `source` that its manifest puts there, each
+    once (a map the manifest does not place there is not used)."""
+    seen: set[str] = set()
+    for file_map in maps:
+        record = source.mapped.get(file_map.path)
+        if record is None or record.block_map != number:
+            continue
+        if file_map.path in seen:
+            raise RefusedError(f"backup {source.manifest.backup_id}'s block map object {number} maps "
+                               f"{file_map.path} twice")
+        seen.add(file_map.path)
+        yield file_map
+
+
+def _read_maps(archive: Archive, sources: list[_Source], wanted: list[tuple[int, int]], workers: int,
+               take: Callable[[int, int, list[FileMap]], list[str]]) -> Iterator[tuple[int, str]]:
+    """Map objects (source, number), each once, `workers` at a time; `take` turns one
+    into reads and says which files it mapped, yielded as (source, path). `take` runs on
+    the worker's thread, so that decoded maps are dropped as soon as they are used
+    (memory holds at most `workers` map objects), one `take` at a time: it adds to the
+    plan's shared tables, and costs little beside the reading and decoding, which run in
+    parallel."""
+    lock = threading.Lock()
+
+    def read(which: tuple[int, int]) -> list[tuple[int, str]]:
+        index, number = which
+        maps = read_block_map(archive, sources[index].manifest.block_maps[number])
+        with lock:
+            paths = take(index, number, maps)
+        return [(index, path) for path in paths]
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="block-maps") as pool:
+        for paths in pool.map(read, wanted):
+            yield from paths
+
+
+def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]], index: int,
+                      manifest: BackupManifest, file_map: FileMap, needs: list[_Need]) -> None:
+    """The super-blocks of `file_map` (backup `index`'s own map of a file) that hold the
+    needed positions, each with the slices of its pages to write."""
+    if not needs:
+        return
+    stored = file_map.stored_blocks
+    finder = SuperBlockIndex(file_map)
+    for need in needs:
+        if need.position + need.length > stored:
+            raise RefusedError(f"a block map takes blocks {need.position} to {need.position + need.length - 1} of "
+                               f"{file_map.path} from backup {manifest.backup_id}, which stored {stored} of it")
+        position, block = need.position, need.first
+        while position < need.position + need.length:
+            super_block = finder.holding(position)
+            if super_block.part >= len(manifest.block_parts) or super_block.length > _most_stored(super_block.pages) \
+                    or super_block.offset + super_block.length > manifest.block_parts[super_block.part].stored_size:
+                raise RefusedError(f"backup {manifest.backup_id}'s block map of {file_map.path} puts a super-block "
+                                   f"of {super_block.length} bytes outside its block parts (part {super_block.part}, "
+                                   f"offset {super_block.offset})")
+            within = position - super_block.first
+            count = min(need.position + need.length - position, super_block.pages - within)
+            key = (index, super_block.part, super_block.offset)
+            entry = reads.get(key)
+            if entry is None:
+                entry = reads[key] = (super_block, [])
+            elif entry[0] != super_block:
+                raise RefusedError(f"backup {manifest.backup_id}'s block maps put two super-blocks at offset "
+                                   f"{super_block.offset} of {manifest.block_parts[super_block.part].key}")
+            entry[1].append(Slice(need.file, block * BLOCK_SIZE, within * BLOCK_SIZE, count * BLOCK_SIZE))
+            position += count
+            block += count
+
+
+def _most_stored(pages: int) -> int:
+    """More than a super-block of `pages` pages can take stored: twice its plaintext
+    (compression and encryption add far less) and the largest object header. A map
+    claiming more would make a read allocate for nothing."""
+    return 2 * pages * BLOCK_SIZE + (64 << 10)
+
+
+def _coalesced(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]],
+               sources: list[_Source]) -> list[BlockRead]:
+    """The wanted super-blocks as ranged reads: by block part and offset, neighbours
+    (at most `_READ_GAP` apart) in one read of at most `_READ_SIZE` bytes."""
+    result: list[BlockRead] = []
+    for (index, part, _), (block, slices) in sorted(reads.items(), key=lambda item: item[0]):
+        key = sources[index].manifest.block_parts[part].key
+        end = block.offset + block.length
+        if result and result[-1].key == key and 0 <= block.offset - (result[-1].offset + result[-1].length) \
+                <= _READ_GAP and end - result[-1].offset <= _READ_SIZE:
+            last = result[-1]
+            last.blocks.append((block, slices))
+            result[-1] = last._replace(length=end - last.offset)
+        else:
+            result.append(BlockRead(index, key, block.offset, block.length, [(block, slices)]))
+    return result
+
+
+def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
+    """The parts of an older backup's stream holding blocks the target takes from it,
+    with only those blocks' slices."""
+    if not source.from_stream:
+        return []
+    files = source.manifest.files
+    wanted = {source.stream[path]: needs for path, needs in source.from_stream.items()}
+    for number, needs in wanted.items():
+        for need in needs:
+            if (need.position + need.length) * BLOCK_SIZE > files[number].size:
+                raise RefusedError(f"a block map takes blocks {need.position} to {need.position + need.length - 1} "
+                                   f"of {files[number].path} from backup {source.manifest.backup_id}, whose copy "
+                                   f"has {files[number].size} bytes")
+    # Where each wanted file lies in the stream: (part, its slice).
+    lying: dict[int, list[tuple[int, Slice]]] = defaultdict(list)
+    for part, slices in enumerate(unpack.slices_by_part(files, source.manifest.parts)):
+        for piece in slices:
+            if piece.file in wanted:
+                lying[piece.file].append((part, piece))
+    by_part: dict[int, list[Slice]] = defaultdict(list)
+    for number, needs in wanted.items():
+        for need in needs:
+            start, end = need.position * BLOCK_SIZE, (need.position + need.length) * BLOCK_SIZE
+            for part, piece in lying[number]:
+                low, high = max(start, piece.file_offset), min(end, piece.file_offset + piece.length)
+                if low < high:
+                    by_part[part].append(Slice(need.file, need.first * BLOCK_SIZE + low - start,
+                                               piece.part_offset + low - piece.file_offset, high - low))
+    return [StreamRead(index, source.manifest.parts[part], by_part[part]) for part in sorted(by_part)]
+
+
+# --- the writing --------------------------------------------------------------------------------
+
+
+def unpack_chain(plan: ChainPlan, root: Path, tablespaces: list[unpack.TablespaceTarget], workers: int,
+                 advance: Callable[[int], None]) -> None:
+    """Write the target backup into `root` (absent or empty; its parent exists) and the
+    tablespace locations, as `unpack.unpack` writes a full one; return once all of it is
+    durable. `advance(n)` is called with the bytes of files written."""
+    archive = plan.archive
+    target = plan.target
+    modes = unpack.Modes.of(target)
+    touched = unpack.make_directories(root, target, tablespaces, modes)
+    writer = FileWriter(root, plan.files, plan.pieces, modes)
+
+    def from_stream(read: StreamRead) -> Callable[[], None]:
+        def task() -> None:
+            writer.write_slices(read.slices, unpack.read_part(archive, read.part))
+            advance(sum(piece.length for piece in read.slices))
+        return task
+
+    def from_blocks(read: BlockRead) -> Callable[[], None]:
+        def task() -> None:
+            try:
+                data = archive.get_range(read.key, read.offset, read.length)
+            except ObjectNotFound:
+                raise RefusedError(f"block part {read.key} is missing from the archive") from None
+            if len(data) != read.length:
+                raise RefusedError(f"block part {read.key} ends before byte {read.offset + read.length}, "
+                                   "where a block map says it holds super-blocks")
+            for block, slices in read.blocks:
+                start = block.offset - read.offset
+                writer.write_slices(slices, _super_block(archive, read.key, block,
+                                                         data[start : start + block.length]))
+                advance(sum(piece.length for piece in slices))
+        return task
+
+    tasks = [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]
+    unpack.write_files(writer, tasks, workers)
+    unpack.finish_directory(root, target, tablespaces, touched)
+
+
+def _super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:
+    """The verified pages of one super-block: its object's own checks, then the map's
+    record of it (the SHA-256 binds these pages: another valid super-block in its place
+    is refused; the size is checked before anything is decompressed)."""
+    where = f"the super-block at offset {block.offset} of {key}"
+    try:
+        header, _ = objects.read_header(key, blob)
+        if header.sha256 != block.sha256 or header.size != block.pages * BLOCK_SIZE:
+            raise RefusedError(f"{where} is not the one the block map records ({header.size} bytes, sha256 "
+                               f"{header.sha256.hex()[:16]}..., the map says {block.pages} pages, sha256 "
+                               f"{block.sha256.hex()[:16]}...)")
+        return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
+    except objects.CorruptObject as exc:
+        raise RefusedError(f"{where}: {exc.why}") from None

@@ -2,7 +2,7 @@
 """incremental -- the reproducible benchmark of pitrkit's block-level incremental backups,
 side by side with pgBackRest's block incremental, on one PostgreSQL cluster in one run.
 
-One command, as root, from the checkout (scale 150 on PostgreSQL 18: about 20 minutes
+One command, as root, from the checkout (scale 150 on PostgreSQL 18: about 5 minutes
 on 2 cores):
 
     /opt/pkdev/bin/python benchmarks/incremental.py --major 18 --scale 150
@@ -415,7 +415,8 @@ def render(out: dict) -> str:
         f"# pitrkit incremental backup benchmark {out['when']}", "",
         f"- host: {h['nproc']} × {h['cpu_model']}, {h['mem_gib']} GiB, Linux {h['kernel']}",
         f"- pitrkit {pk.get('head', '?')[:12]} ({pk.get('head_subject', '')}), installed from "
-        f"{pk.get('installed_from', '?')}; {out['pgbackrest']} ({', '.join(out['pgbackrest_options'])}, "
+        f"{pk.get('installed_from', 'the bench venv as it was (--skip-install)')}; {out['pgbackrest']} "
+        f"({', '.join(out['pgbackrest_options'])}, "
         "compress-type=zst, process-max=2, start-fast=y); PostgreSQL "
         f"{src['pg_version']} ({'summarize_wal = on' if src['settings'].get('summarize_wal') else 'no WAL summaries'})",
         f"- run took {out['duration_s']:.0f} s: `{out['command']}`", ""]

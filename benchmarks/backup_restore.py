@@ -594,31 +594,36 @@ def recovery_settings(auto_conf: Path) -> list[str]:
 def profile_pitrkit(rig: Rig, target: Target, top: int = 25) -> dict[str, dict]:
     """One more backup-push and restore under cProfile (all threads): the top functions
     by cumulative and by own time, in seconds. The full profiles stay in <root>/profile."""
+    restored = fresh_cluster(rig, "restore-pitrkit")
+    try:
+        return profile_commands(rig, {
+            "backup-push": rig.pitrkit_cmd("backup-push"),
+            "restore": rig.pitrkit_cmd("restore", "--lsn", target.lsn, "--target-dir", str(restored.pgdata),
+                                       "--start", "--port", str(restored.port))}, top)
+    finally:
+        restored.cleanup()
+
+
+def profile_commands(rig: Rig, cases: dict[str, list[str]], top: int = 25) -> dict[str, dict]:
+    """Run each of `cases` (name: a command of the bench venv's pitrkit) under cProfile,
+    every thread: wall and CPU seconds and the top functions by cumulative and by own
+    time. The full profiles stay in <root>/profile/<name>.prof."""
     profiles: dict[str, dict] = {}
     work = make_server_dir(rig.root / "profile")
     wrapper = work / "profile_wrapper.py"
     wrapper.write_text(PROFILE_WRAPPER)
     wrapper.chmod(0o644)
-    restored = fresh_cluster(rig, "restore-pitrkit")
-    cases = {
-        "backup-push": rig.pitrkit_cmd("backup-push"),
-        "restore": rig.pitrkit_cmd("restore", "--lsn", target.lsn, "--target-dir",
-                                   str(restored.pgdata), "--start", "--port", str(restored.port)),
-    }
-    try:
-        for name, argv in cases.items():
-            stats_file = work / f"{name}.prof"
-            log(f"profiling pitrkit {name}")
-            t = timed([str(rig.python), str(wrapper), str(stats_file), *argv], env=rig.env)
-            stats = pstats.Stats(str(stats_file))
-            rows = [(function_name(fn, line, func), cc, round(tt, 3), round(ct, 3))
-                    for (fn, line, func), (cc, _nc, tt, ct, _callers) in stats.stats.items()]  # type: ignore[attr-defined]
-            profiles[name] = {
-                "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2), "file": str(stats_file),
-                "by_cumulative": sorted(rows, key=lambda row: -row[3])[:top],
-                "by_own_time": sorted(rows, key=lambda row: -row[2])[:top]}
-    finally:
-        restored.cleanup()
+    for name, argv in cases.items():
+        stats_file = work / f"{name}.prof"
+        log(f"profiling pitrkit {name}")
+        t = timed([str(rig.python), str(wrapper), str(stats_file), *argv], env=rig.env)
+        stats = pstats.Stats(str(stats_file))
+        rows = [(function_name(fn, line, func), cc, round(tt, 3), round(ct, 3))
+                for (fn, line, func), (cc, _nc, tt, ct, _callers) in stats.stats.items()]  # type: ignore[attr-defined]
+        profiles[name] = {
+            "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2), "file": str(stats_file),
+            "by_cumulative": sorted(rows, key=lambda row: -row[3])[:top],
+            "by_own_time": sorted(rows, key=lambda row: -row[2])[:top]}
     return profiles
 
 

@@ -83,6 +83,9 @@ RESTORES = (PITRKIT_CHAIN, PITRKIT_FULL, PGBACKREST_CHAIN)
 PEER = "shared/peers/pgbackrest-2.59.1"
 # As issue 14 asks (with backup_restore.py's compress-type=zst, process-max=2, start-fast=y).
 PGBACKREST_OPTIONS = ("repo1-bundle=y", "repo1-block=y")
+# Where threads wait for each other: their own time is not work (left out of the .md).
+WAITS = ("<method 'acquire' of '_thread.lock", "<method 'get' of '_queue.", "<method 'poll' of 'select.",
+         "<built-in method time.sleep")
 ROWS_PER_SCALE = 100_000  # pgbench_accounts rows per unit of scale
 # backup_restore's digest (branches, tellers, history) and pgbench_accounts, which the
 # updates change: equal digests mean every update of the chain was restored.
@@ -430,6 +433,12 @@ def render(out: dict) -> str:
         if restore := sweep.get("restore"):
             render_restore(lines, restore)
             lines.append("")
+        for name, prof in (sweep.get("profile") or {}).items():
+            lines += [f"cProfile of pitrkit {name} (all threads; {prof['wall_s']} s wall, {prof['cpu_s']} CPU s), "
+                      "top by own time (s):", ""]
+            lines += [f"- {fn}: {tt} own, {ct} cumulative, {calls} calls"
+                      for fn, calls, tt, ct in prof["by_own_time"] if not fn.startswith(WAITS)][:15]
+            lines.append("")
     if len(out["scales"]) > 1:
         lines += ["## Incremental time against database size (fixed change volume)", "",
                   "| scale | data MiB | pitrkit s | pgBackRest s | pitrkit / pgBackRest | pitrkit stored MiB "
@@ -513,12 +522,31 @@ def sweep(a: argparse.Namespace, root: Path, scale: int, stride: int, tools: lis
                 run.output += "" if str(expected[run.tool]) in run.backup else \
                     f"\nUNEXPECTED BACKUP: restored from {run.backup!r}, not {expected[run.tool]}"
         result["fulls"] += [asdict(same)] if same else []
+        if a.profile and PITRKIT in chained:
+            result["profile"] = profile(rig, chain_target, a.rounds, stride)
         result["restore"] = {
             "chain_length": {tool: 1 + sum(b.tool == tool and not b.error for b in incrementals) for tool in TOOLS},
             "chain_target": asdict(chain_target), "full_target": asdict(full_target),
             "expected_backups": {**expected, PGBACKREST_CHAIN: pgbr_last},
             "runs": [r if isinstance(r, dict) else asdict(r) for r in runs], "summary": summarize_restores(runs)}
     return result, rig
+
+
+def profile(rig: br.Rig, chain_target: br.Target, round_: int, stride: int) -> dict[str, dict]:
+    """cProfile (every thread) of pitrkit's restore of its chain to `chain_target`, then
+    of one more update and `backup-push --incremental` (its parent: the newest backup)."""
+    restored = br.fresh_cluster(rig, "restore-profile")
+    try:
+        profiles = br.profile_commands(rig, {"restore-chain": rig.pitrkit_cmd(
+            "restore", "--lsn", chain_target.lsn, "--target-dir", str(restored.pgdata), "--start",
+            "--port", str(restored.port))})
+    finally:
+        restored.cleanup()
+    update_rows(rig, round_, stride)
+    rig.set_archive_command(PITRKIT)
+    rig.cluster.sql("CHECKPOINT")
+    return profiles | br.profile_commands(rig, {"backup-push-incremental": rig.pitrkit_cmd(
+        "backup-push", "--incremental")})
 
 
 def failures(out: dict) -> list[str]:
@@ -559,6 +587,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pgbackrest", default=default_peer(),
                     help="pgBackRest >= 2.46 (block incremental); default: the shared peer 2.59.1")
     ap.add_argument("--root", default="/srv/pitrkit-bench-incr", help="venv, clusters, archives and repos live here")
+    ap.add_argument("--profile", action="store_true",
+                    help="at the end, profile pitrkit's chain restore and one more incremental (cProfile, all threads)")
     ap.add_argument("--keep", action="store_true", help="leave the (last) source cluster running")
     walpath.add_install_arguments(ap)
     a = ap.parse_args(argv)

@@ -36,13 +36,14 @@ from typing import NamedTuple, Protocol, TypeVar
 
 from pitrkit.backup.changes import RelationFork, Summarized, relation_of
 from pitrkit.backup.page_scan import changed_pages
-from pitrkit.catalog import blockmap
+from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, on_path
 from pitrkit.catalog.backups import survey_backups
 from pitrkit.catalog.blockmap import FileMap, SuperBlock
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     BLOCKS_PER_SEGMENT,
+    CHECKSUMMED_FORMAT_VERSION,
     MAX_CHAIN,
     BackupFile,
     BackupManifest,
@@ -112,34 +113,45 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
                        "take a full backup first (backup-push without --incremental)")
 
 
+class Base(NamedTuple):
+    """The parent's copy of a file, per block: where it is (source, position) in the
+    child's numbering, and its checksum (8 bytes per block, as a map packs them)."""
+
+    sources: list[int]
+    positions: list[int]
+    checksums: bytes
+
+
 class Parent(NamedTuple):
     """The parent's manifest and what a child needs of it, by path."""
 
     manifest: BackupManifest
     stream: dict[str, BackupFile]  # files in its stream, whole
-    maps: dict[str, FileMap]  # its block-mapped files
+    maps: dict[str, FileMap]  # its relation files, block-mapped or in its stream
 
     @property
     def source(self) -> int:
         """The parent's index in the child's sources (its chain, then itself)."""
         return len(self.manifest.chain)
 
-    def blocks_of(self, path: str) -> tuple[list[int], list[int]] | None:
-        """Per block of the parent's copy: (source, position) in the child's numbering;
-        None if the parent cannot serve as the file's base."""
-        if (mapped := self.maps.get(path)) is not None:
-            return blockmap.expand(mapped)
-        if (whole := self.stream.get(path)) is not None and whole.size % BLOCK_SIZE == 0 \
-                and whole.size <= BLOCKS_PER_SEGMENT * BLOCK_SIZE:
-            count = whole.size // BLOCK_SIZE
-            return [self.source] * count, list(range(count))
-        return None
+    def blocks_of(self, path: str) -> Base | None:
+        """The parent's copy of the file per block; None if the parent cannot serve as
+        the file's base (it has no map of it: not a relation file it has whole blocks of).
+        A map of a file in the parent's stream says: all blocks the parent's, position =
+        block number."""
+        if (mapped := self.maps.get(path)) is None:
+            return None
+        sources, positions = blockmap.expand(mapped)
+        return Base(sources, positions, mapped.checksums)
 
 
 def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
     """The parent's manifest and block maps, read and checked; refused (ParentRefused:
     nothing stored yet, so the daemon takes a full backup instead) when they are gone,
-    unreadable or do not hold together."""
+    unreadable or do not hold together, or when the parent has no block checksums to carry on."""
+    if summary.format_version < CHECKSUMMED_FORMAT_VERSION:
+        raise ParentRefused(f"backup {summary.backup_id} was taken by an older pitrkit without block checksums: "
+                            "take a full backup first")
     try:
         return _load_parent(archive, summary)
     except ParentRefused:
@@ -163,10 +175,18 @@ def _load_parent(archive: Archive, summary: BackupSummary) -> Parent:
     maps: dict[str, FileMap] = {}
     for part in manifest.block_maps:
         for file_map in blockmap.read_block_map(archive, part):
+            if file_map.path in maps:
+                raise RefusedError(f"backup {summary.backup_id}'s block maps map {file_map.path} twice")
             maps[file_map.path] = file_map
     if missing := [file.path for file in manifest.block_files if file.path not in maps]:
         raise RefusedError(f"backup {summary.backup_id}'s block maps lack {missing[0]}")
-    return Parent(manifest, {file.path: file for file in manifest.files}, maps)
+    stream = {file.path: file for file in manifest.files}
+    sizes = stream | {file.path: file for file in manifest.block_files}
+    for path, file_map in maps.items():
+        if path not in sizes or sizes[path].size != file_map.blocks * BLOCK_SIZE \
+                or file_map.sources != len(manifest.chain) + 1:
+            raise RefusedError(f"backup {summary.backup_id}'s block map of {path} does not match its manifest")
+    return Parent(manifest, stream, maps)
 
 
 def summary_path(archive: Archive, parent: BackupSummary, timeline: int, start: Lsn) -> list[tuple[int, Lsn, Lsn]]:
@@ -196,7 +216,7 @@ class Changes(NamedTuple):
 
 class BlockPlan(NamedTuple):
     path: str
-    base: tuple[list[int], list[int]]  # the parent's (source, position) per block
+    base: Base
     changed: list[int] | None  # block numbers from the summaries (None: scan the file)
     limit: int | None  # blocks from here on are stored whatever the summaries say
     segment: int
@@ -387,6 +407,7 @@ class CopiedFile(NamedTuple):
     record: BlockFile  # block_map is filled in when the maps are stored
     runs: bytes  # the file's packed runs; its FileMap is made once the super-blocks are known
     sources: int  # the chain's length plus one
+    checksums: bytes  # every block's, packed: its stored pages', the parent's for the others
     super_blocks: list[SuperBlock]  # appended to by the store's threads
 
 
@@ -436,9 +457,10 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
     finally:
         os.close(fd)
     pages = sorted(page for page in pages if page[0] < blocks)
+    packed = _checksums(plan, blocks, pages)
     copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
-                                  len(pages)),
-                        _runs(plan, blocks, [block for block, _ in pages], own), own + 1, [])
+                                  len(pages), checksums.of_blocks(packed)),
+                        _runs(plan, blocks, [block for block, _ in pages], own), own + 1, packed, [])
     lock = threading.Lock()
 
     def done(block: SuperBlock) -> None:
@@ -460,6 +482,16 @@ def _runs(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> bytes:
         sources[block] = own
         positions[block] = position
     return blockmap.pack_runs(blockmap.block_runs(sources, positions))
+
+
+def _checksums(plan: BlockPlan, blocks: int, pages: list[tuple[int, bytes]]) -> bytes:
+    """The file's block checksums, packed: the parent's, with the stored pages' own
+    (every block past the parent's length is among them)."""
+    sums = checksums.unpacked(plan.base.checksums[:blocks * blockmap.CHECKSUM_SIZE])
+    sums.extend([0] * (blocks - len(sums)))
+    for block, data in pages:
+        sums[block] = checksums.page_checksum(data)
+    return checksums.packed(sums)
 
 
 def _mode(st_mode: int) -> int:
@@ -491,7 +523,7 @@ def finish_maps(copied: list[CopiedFile]) -> list[FileMap]:
     for file in copied:
         file.super_blocks.sort(key=lambda block: block.first)
         maps.append(FileMap(file.record.path, file.record.size // BLOCK_SIZE, file.sources, file.runs,
-                            blockmap.pack_super_blocks(file.super_blocks)))
+                            blockmap.pack_super_blocks(file.super_blocks), file.checksums))
     return maps
 
 
@@ -518,7 +550,7 @@ def store_block_maps(archive: Archive, backup_id: str, maps: list[FileMap], comp
     for file_map in maps:
         where[file_map.path] = len(parts)
         batch.append(file_map)
-        batch_size += len(file_map.runs) + len(file_map.super_blocks) + len(file_map.path)
+        batch_size += len(file_map.runs) + len(file_map.super_blocks) + len(file_map.checksums) + len(file_map.path)
         if batch_size >= _MAP_OBJECT_SIZE:
             flush()
     if batch:

@@ -34,13 +34,14 @@ import msgspec
 
 from pitrkit import __version__
 from pitrkit.backup import config_capture, incremental
-from pitrkit.backup.changes import NotSummarized, summarized_changes
-from pitrkit.catalog import documents, maintenance
+from pitrkit.backup.changes import NotSummarized, relation_of, summarized_changes
+from pitrkit.catalog import blockmap, checksums, documents, maintenance
+from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
+    BLOCKS_PER_SEGMENT,
     CAPTURED_DIR,
-    INCREMENTAL_FORMAT_VERSION,
-    MANIFEST_FORMAT_VERSION,
+    CHECKSUMMED_FORMAT_VERSION,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -297,17 +298,24 @@ class PartStore:
         return BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex())
 
 
-def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress) -> list[BackupFile]:
+def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress,
+               own: int = 0) -> tuple[list[BackupFile], list[FileMap]]:
     """Read the files into part buffers, back to back, and hand each full buffer to the
-    store. Returns the file records: where each file's first byte landed and how many
-    bytes were read.
+    store. Returns the file records (where each file's first byte landed, how many bytes
+    were read, its checksum) and the block maps of the relation files among them (`own`:
+    this backup's source index, the length of its chain).
 
     The server keeps writing meanwhile. A file is read to its current end, whatever its
     listed size; torn or changed pages are fine, because replaying the WAL from the
     backup's start rewrites them (the reason the backup API exists). A file that
     vanished (a dropped table) is skipped: replay drops it too.
+
+    Checksums are of the bytes as they land in the buffers, i.e. as restore will write
+    them: a relation file's pages (one may straddle two buffers) and, until its length
+    says whether it has whole blocks, its bytes too (catalog/checksums.py).
     """
     files: list[BackupFile] = []
+    maps: list[FileMap] = []
     number, buffer, filled = 0, store.buffer(), 0
     view = memoryview(buffer)
     for source in sources:
@@ -327,6 +335,8 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
             status = os.fstat(reader.fileno())
             os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             mode, mtime = stat.S_IMODE(status.st_mode), int(status.st_mtime)
+        pages = checksums.PageHasher() if source.content is None and relation_of(source.path) is not None else None
+        whole = checksums.file_hasher()
         with reader:
             part, offset, size = number, filled, 0
             while True:
@@ -341,13 +351,25 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
                     raise PitrkitError(f"cannot read {absolute}: {exc.strerror}") from None
                 if not count:
                     break
+                read = view[filled:filled + count]
+                whole.update(read)
+                if pages is not None:
+                    pages.update(read)
                 filled += count
                 size += count
                 progress.advance(count)
-        files.append(BackupFile(source.path, size, mode, mtime, part, offset))
+        if pages is not None and pages.whole_pages and size <= BLOCKS_PER_SEGMENT * BLOCK_SIZE:
+            packed = checksums.packed(pages.checksums)
+            blocks = size // BLOCK_SIZE
+            runs = blockmap.pack_runs([Run(0, blocks, own, 0)] if blocks else [])
+            maps.append(FileMap(source.path, blocks, own + 1, runs, b"", packed))
+            checksum = checksums.of_blocks(packed)
+        else:
+            checksum = whole.digest()
+        files.append(BackupFile(source.path, size, mode, mtime, part, offset, checksum))
     if filled:
         store.submit(number, buffer, filled)
-    return files
+    return files, maps
 
 
 # --- preconditions ----------------------------------------------------------------------
@@ -526,13 +548,13 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         workers = config.backup.workers or len(os.sched_getaffinity(0))
         store = PartStore(archive, backup_id, compressor, cipher, workers)
         blocks = incremental.SuperBlockStore(archive, backup_id, compressor, cipher, workers) if plans else None
+        own = 0 if parent_summary is None else len(parent_summary.chain) + 1  # this backup's source index
         try:
             with Progress(f"backup {backup_id}", total) as progress:
                 copied = []
-                if blocks is not None and changes is not None and parent_summary is not None:
-                    copied = incremental.copy_block_files(pgdata, plans, changes, blocks,
-                                                          len(parent_summary.chain) + 1, progress.advance)
-                files = copy_files(pgdata, whole, store, progress)
+                if blocks is not None and changes is not None:
+                    copied = incremental.copy_block_files(pgdata, plans, changes, blocks, own, progress.advance)
+                files, stream_maps = copy_files(pgdata, whole, store, progress, own)
             parts = store.finish()
             block_parts = blocks.finish() if blocks is not None else []
         except BaseException:
@@ -540,8 +562,9 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
             if blocks is not None:
                 blocks.abandon()
             raise
-        maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied), compressor,
-                                                   cipher) if copied else ([], {})
+        # Every relation file's map: the block-mapped ones', then those copied whole.
+        maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied) + stream_maps,
+                                                   compressor, cipher)
         block_files = [msgspec.structs.replace(copied_file.record, block_map=where[copied_file.record.path])
                        for copied_file in copied]
 
@@ -554,7 +577,7 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
         wait_for_wal(archive, server, _segments(first, last), config.backup.wal_timeout, backup_id)
 
     summary = BackupSummary(
-        format_version=MANIFEST_FORMAT_VERSION if parent_summary is None else INCREMENTAL_FORMAT_VERSION,
+        format_version=CHECKSUMMED_FORMAT_VERSION,
         backup_id=backup_id,
         label=label,
         system_identifier=facts.system_identifier,

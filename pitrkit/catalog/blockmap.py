@@ -17,6 +17,15 @@ only the newest backup's maps to know where every block comes from:
   part, offset, stored length, first position, pages, SHA-256). Each super-block is a
   stored object of its own, so it is fetched with a ranged read, verified by its header,
   and its header's SHA-256 must be the one the map records.
+- `checksums`: every block's checksum (catalog/checksums.py), 8 bytes each in block
+  order, cumulative like the runs: a block another backup holds has that backup's
+  checksum of it. Restore checks every written block against it.
+
+Every relation file of a backup has a map, also one the backup copies whole into its
+stream (a full backup's, for instance): one run of its own blocks, position = block
+number, no super-blocks. The manifest points only at block-mapped files' maps
+(`BlockFile.block_map`); a stream file's map is found by reading all the backup's map
+objects, by path.
 
 Everything here comes from storage: `FileMap.__post_init__` checks the runs tile the
 file, sources stay in the chain, super-blocks are ordered, contiguous in positions and
@@ -45,6 +54,9 @@ _SUPER_BLOCK = struct.Struct("<IQIII32s")
 # whole when any of its pages is the newest), large enough that zstd keeps its ratio
 # and speed (measured: 1 page 300 MB/s, 4 pages ~1 GB/s at ratio 16 vs 17 for 32 MiB).
 SUPER_BLOCK_PAGES = 8
+# Bytes of checksum per block (catalog/checksums.py, which computes them; kept apart so
+# that decoding a map does not need xxhash).
+CHECKSUM_SIZE = 8
 
 
 class Run(NamedTuple):
@@ -72,11 +84,15 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
     sources: int  # len(chain) + 1: what `runs` may point to
     runs: bytes
     super_blocks: bytes
+    checksums: bytes  # 8 bytes per block: `CHECKSUM_SIZE`
 
     def __post_init__(self) -> None:
         check_data_path(self.path)
         if not 0 <= self.blocks <= BLOCKS_PER_SEGMENT or not 0 < self.sources <= MAX_CHAIN + 1:
             raise ValueError(f"{self.path}: a block map of {self.blocks} blocks and {self.sources} sources")
+        if len(self.checksums) != CHECKSUM_SIZE * self.blocks:
+            raise ValueError(f"{self.path}: a block map of {self.blocks} blocks with {len(self.checksums)} bytes "
+                             f"of checksums, not {CHECKSUM_SIZE} per block")
         if len(self.runs) % _RUN.size or len(self.super_blocks) % _SUPER_BLOCK.size:
             raise ValueError(f"{self.path}: a block map whose records are cut short")
         end = 0
@@ -95,7 +111,10 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
             position += block.pages
         own = self.sources - 1
         for run in self.iter_runs():
-            if run.source == own and run.position + run.length > position:
+            # No super-blocks: the map of a file this backup copied whole into its
+            # stream, where its own blocks' positions are their block numbers.
+            if run.source == own and (run.position != run.first if not self.super_blocks
+                                      else run.position + run.length > position):
                 raise ValueError(f"{self.path}: block map run {tuple(run)} points past the {position} "
                                  "blocks this backup stored")
 

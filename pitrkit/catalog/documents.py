@@ -26,15 +26,20 @@ from pitrkit.config import MAX_HELD_FOR
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage.codec import Time
 
-# 1: every backup full, its files' bytes in `parts`. 2: incremental backups (`parent`),
-# with block-mapped files (`block_files`, `block_maps`, `block_parts`); a full backup
-# written now is still version 1, which a version-2 reader reads as before.
-MANIFEST_FORMAT_VERSION = 1
+# 1: every backup full, its files' bytes in `parts`, no checksums of the files. 2:
+# checksummed, and incremental backups (`parent`) with block-mapped files (`block_files`,
+# `block_maps`, `block_parts`): every file has a checksum, every relation file a block
+# map with its blocks' checksums (catalog/checksums.py). Every backup pitrkit writes now
+# is version 2, full ones too; version 1 is still read and restored, without the checks.
+MANIFEST_FORMAT_VERSION = 1  # what a manifest without the field is
 INCREMENTAL_FORMAT_VERSION = 2
+CHECKSUMMED_FORMAT_VERSION = 2
 # PostgreSQL's BLCKSZ and RELSEG_SIZE as the binaries pitrkit supports build them: 8 KiB
 # pages, 1 GiB segment files. Block maps count in these.
 BLOCK_SIZE = 8192
 BLOCKS_PER_SEGMENT = 131072
+# A file's checksum in a format_version 2 manifest: xxh3_128 (catalog/checksums.py).
+FILE_CHECKSUM_SIZE = 16
 # The longest chain of incrementals on one full a manifest may name: bounds what a
 # restore loads (one manifest and one set of block maps per link).
 MAX_CHAIN = 1000
@@ -81,6 +86,11 @@ def _check_size(what: str, value: int, limit: int) -> None:
         raise ValueError(f"{what} {value} is out of bounds (0 to {limit})")
 
 
+def _check_file_checksum(path: str, checksum: bytes) -> None:
+    if len(checksum) not in (0, FILE_CHECKSUM_SIZE):
+        raise ValueError(f"{path}: a checksum of {len(checksum)} bytes, not {FILE_CHECKSUM_SIZE}")
+
+
 class BackupTablespace(msgspec.Struct, kw_only=True, frozen=True):
     oid: int
     name: str
@@ -125,12 +135,16 @@ class BackupFile(msgspec.Struct, array_like=True, frozen=True):
     mtime: int  # seconds
     part: int
     offset: int
+    # format_version 2: the file's checksum, 16 bytes (catalog/checksums.py); b"" before.
+    checksum: bytes = b""
 
     def __post_init__(self) -> None:
         check_data_path(self.path)
         # One comparison chain for the common case: a manifest can list a million files.
         if not (0 <= self.size <= MAX_FILE_SIZE and 0 <= self.mode <= 0o7777 and 0 <= self.part <= MAX_FILE_SIZE
-                and 0 <= self.offset <= MAX_PART_SIZE and -_MAX_MTIME < self.mtime < _MAX_MTIME):
+                and 0 <= self.offset <= MAX_PART_SIZE and -_MAX_MTIME < self.mtime < _MAX_MTIME
+                and len(self.checksum) in (0, FILE_CHECKSUM_SIZE)):
+            _check_file_checksum(self.path, self.checksum)
             _check_size(f"{self.path}: size", self.size, MAX_FILE_SIZE)
             _check_size(f"{self.path}: mode", self.mode, 0o7777)
             _check_size(f"{self.path}: part", self.part, MAX_FILE_SIZE)
@@ -149,6 +163,7 @@ class BlockFile(msgspec.Struct, array_like=True, frozen=True):
     mtime: int
     block_map: int
     stored_blocks: int
+    checksum: bytes = b""  # as BackupFile's: of the block checksums in its map
 
     def __post_init__(self) -> None:
         check_data_path(self.path)
@@ -160,6 +175,7 @@ class BlockFile(msgspec.Struct, array_like=True, frozen=True):
         _check_size(f"{self.path}: stored blocks", self.stored_blocks, self.size // BLOCK_SIZE)
         if not -_MAX_MTIME < self.mtime < _MAX_MTIME:
             raise ValueError(f"{self.path}: modification time {self.mtime} is out of bounds")
+        _check_file_checksum(self.path, self.checksum)
 
 
 class BlockPart(msgspec.Struct, kw_only=True, frozen=True):

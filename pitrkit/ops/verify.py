@@ -22,9 +22,18 @@ top-level listings ArchivedWal makes), never two:
 * with `--deep`, the content of every backup part and WAL file: read in full, decoded
   (decompressed and decrypted by the same code a restore uses), its plaintext size and
   SHA-256 checked against its header and, for a part, the manifest; a WAL segment's page
-  header against its name and the archive (magic, page address, system identifier). An
-  incremental's block maps are read as parts are; its block parts (super-blocks) are not
-  read yet, and a note says so.
+  header against its name and the archive (magic, page address, system identifier);
+* with `--deep`, a backup's blocks: each block map object read once, verified against
+  the manifest and decoded (every map checked; in format_version 2 each map's block
+  checksums must be the ones its file's manifest checksum covers, and of its length);
+  each block part (an incremental's) read once, whole,
+  and every super-block its backup's maps list found inside it, not overlapping another,
+  decoded, its header's SHA-256 the map's record and its plaintext exactly its pages;
+  bytes of a block part no super-block covers are a warning. Then restore's own chain
+  planning (restore/chain.py `plan_chain`: the target's maps and the ancestors' it takes
+  blocks from, every run pointing at blocks its source really holds) runs for each
+  incremental not already failed: with the reading above, proof that a restore would
+  find, and could decode, every block, without writing a data directory.
 
 Without `--deep` nothing is read but documents (manifests, catalogs, history files):
 sizes come from listings, because `Storage.get` returns whole objects and reading every
@@ -41,30 +50,39 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from argparse import Namespace
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgspec
 
+from pitrkit.catalog import checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
 from pitrkit.catalog.backups import backup_folders, retention_state
+from pitrkit.catalog.blockmap import FileMap, read_block_map
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
+    CHECKSUMMED_FORMAT_VERSION,
     BackupCatalog,
+    BackupFile,
     BackupManifest,
     BackupPart,
     BackupSummary,
+    BlockFile,
+    BlockPart,
     WalFolderIndex,
 )
 from pitrkit.config import Config
-from pitrkit.errors import PitrkitError, PluginError, UsageError
+from pitrkit.errors import PitrkitError, PluginError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
-from pitrkit.progress import Progress, human_count
+from pitrkit.progress import Progress
 from pitrkit.restore import unpack
+from pitrkit.restore.chain import plan_chain
 from pitrkit.restore.plan import make_plan
 from pitrkit.restore.targets import Target
 from pitrkit.storage import objects
@@ -125,8 +143,9 @@ class VerifyReport(msgspec.Struct, kw_only=True, frozen=True):
     being_removed: list[str]  # backup folders retention is removing: not checked
     timelines: list[TimelineVerdict]
     wal_files: int  # segments, partials, .backup and history files stored
-    objects_read: int  # with --deep: objects read in full
+    objects_read: int  # with --deep: objects read in full (block parts and block maps too)
     bytes_read: int  # ... and their stored bytes
+    super_blocks: int  # with --deep: super-blocks of the block parts read, each decoded and checked
     notes: list[str] = []  # what was not checked, and why
 
     @property
@@ -458,6 +477,178 @@ def _read_content(archive: Archive, content: _Content) -> Finding | None:
     return None if problem is None else Finding(severity="error", key=content.key, problem=problem)
 
 
+# --- block parts (--deep) ---------------------------------------------------------------
+
+# A super-block as the index keeps it, packed (a big incremental lists millions):
+# offset in its block part, stored length, pages, the file (index in block_files), SHA-256.
+_RECORD = struct.Struct("<QIII32s")
+
+
+class _Read(NamedTuple):
+    """What --deep read of some objects, and found."""
+
+    findings: list[Finding]
+    objects: int
+    stored_bytes: int
+    super_blocks: int = 0
+    notes: list[str] = []
+
+
+class _SuperBlockIndex(NamedTuple):
+    """Every super-block one backup's own block maps list, by block part (packed records)."""
+
+    by_part: list[bytearray]
+    complete: bool  # every map object was read, every file's map found: a byte no record covers is covered by none
+
+
+def _checksums_problem(backup: BackupManifest, records: Mapping[str, BackupFile | BlockFile],
+                       file_map: FileMap) -> str | None:
+    """Why a map's block checksums are not those of the file the manifest lists (its
+    length, or the checksum the manifest records of them); None when they are, and
+    before format_version 2, which has none."""
+    if backup.format_version < CHECKSUMMED_FORMAT_VERSION:
+        return None
+    record = records.get(file_map.path)
+    if record is None or record.size != file_map.blocks * BLOCK_SIZE \
+            or record.checksum != checksums.of_blocks(file_map.checksums):
+        return (f"its block map of {file_map.path} is not of the file backup {backup.backup_id}'s manifest lists "
+                "(its length or its block checksums)")
+    return None
+
+
+def _index_super_blocks(archive: Archive, backup: BackupManifest, known: set[str], pool: ThreadPoolExecutor,
+                        advance: Callable[[int], None]) -> tuple[_SuperBlockIndex, _Read]:
+    """Read the backup's block map objects, each once (verified against the manifest,
+    decoded, every map checked: catalog/blockmap.py), and index the super-blocks of the
+    maps the manifest places in each. Which blocks the maps' runs take from where is
+    restore's planning's to check (`_chain_refusal`)."""
+    by_part = [bytearray() for _ in backup.block_parts]
+    files = {file.path: number for number, file in enumerate(backup.block_files)}
+    written: list[BackupFile | BlockFile] = [*backup.files, *backup.block_files]
+    records = {file.path: file for file in written}
+    findings: list[Finding] = []
+    unread = [part for part in backup.block_maps if part.key in known]
+
+    def read(part: BackupPart) -> Finding | list[FileMap]:
+        try:
+            return read_block_map(archive, part)
+        except (RefusedError, PluginError) as exc:
+            return Finding(severity="error", key=part.key, problem=str(exc))
+        finally:
+            advance(part.stored_size)
+
+    readable = [(number, part) for number, part in enumerate(backup.block_maps) if part.key not in known]
+    for (number, part), maps in zip(readable, pool.map(read, [part for _, part in readable]), strict=True):
+        if isinstance(maps, Finding):
+            findings.append(maps)
+            unread.append(part)
+            continue
+        for file_map in maps:
+            if (problem := _checksums_problem(backup, records, file_map)) is not None:
+                findings.append(Finding(severity="error", key=part.key, problem=problem))
+            file = files.get(file_map.path)
+            if file is None or backup.block_files[file].block_map != number:
+                continue  # not the manifest's: restore does not use it either
+            files.pop(file_map.path)  # a file mapped twice is indexed once
+            for block in file_map.iter_super_blocks():
+                if block.part >= len(by_part):
+                    findings.append(Finding(severity="error", key=part.key, problem=(
+                        f"its map of {file_map.path} puts the super-block of positions {block.first} to "
+                        f"{block.first + block.pages - 1} in block part {block.part}; backup {backup.backup_id} has "
+                        f"{len(by_part)}")))
+                    break  # one finding for the file
+                by_part[block.part] += _RECORD.pack(block.offset, block.length, block.pages, file, block.sha256)
+    read_bytes = sum(part.stored_size for _, part in readable)
+    return _SuperBlockIndex(by_part, not unread and not files), _Read(findings, len(readable), read_bytes)
+
+
+def _check_block_part(archive: Archive, backup: BackupManifest, part: BlockPart, records: bytearray,
+                      complete: bool) -> _Read:
+    """Read one block part whole and check every super-block `records` puts in it; the
+    bad ones make one finding (the first named), bytes no super-block covers another."""
+    try:
+        blob = archive.get(part.key)
+    except ObjectNotFound:
+        return _Read([Finding(severity="error", key=part.key, problem="missing: it was removed while verify ran")],
+                     0, 0)
+    listed = sorted(_RECORD.iter_unpack(records))
+    first_bad: str | None = None
+    bad = 0
+    end = 0  # of the bytes covered so far
+    uncovered = 0
+    first_uncovered = 0
+    previous = ""
+    for offset, length, pages, file, sha256 in listed:
+        where = (f"the super-block at offset {offset} ({pages} pages of {backup.block_files[file].path} in backup "
+                 f"{backup.backup_id}'s block maps)")
+        if offset < end:
+            problem: str | None = f"overlaps {previous}"
+        elif offset + length > len(blob):
+            problem = f"runs past the end of the object, at {len(blob)} bytes"
+        else:
+            problem = _super_block_problem(archive, part.key, blob[offset : offset + length], pages, sha256)
+        if problem is not None:
+            bad += 1
+            first_bad = first_bad or f"{where} {problem}"
+        if offset > end:
+            first_uncovered = first_uncovered if uncovered else end
+            uncovered += offset - end
+        end = max(end, offset + length)
+        previous = where
+    if len(blob) > end:
+        first_uncovered = first_uncovered if uncovered else end
+        uncovered += len(blob) - end
+    findings = []
+    if first_bad is not None:
+        findings.append(Finding(severity="error", key=part.key, problem=first_bad if bad == 1 else
+                                f"{bad} of its {len(listed)} super-blocks are bad; the first: {first_bad}"))
+    if uncovered and complete:
+        # No map points there, so no restore reads these bytes: lost space, not lost data.
+        findings.append(Finding(severity="warning", key=part.key, problem=(
+            f"{uncovered} of its {len(blob)} bytes lie in no super-block of backup {backup.backup_id}'s block maps "
+            f"(from offset {first_uncovered}): nothing reads them")))
+    return _Read(findings, 1, len(blob), len(listed))
+
+
+def _super_block_problem(archive: Archive, key: str, blob: bytes, pages: int, sha256: bytes) -> str | None:
+    """What is wrong with one super-block, as restore would find it (restore/chain.py
+    verifies the pages it fetches alike): its object's own checks, and the map's record
+    of it (its SHA-256 binds the pages; its size is checked before decompressing)."""
+    try:
+        header, _ = objects.read_header(key, blob)
+        if header.sha256 != sha256 or header.size != pages * BLOCK_SIZE:
+            return (f"is not the one the block map records ({header.size} bytes, sha256 {header.sha256.hex()[:16]}..., "
+                    f"the map says {pages * BLOCK_SIZE} bytes, sha256 {sha256.hex()[:16]}...)")
+        objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
+    except objects.CorruptObject as exc:
+        return f"is corrupt: {exc.why}"
+    except PluginError as exc:
+        return f"is unreadable: {exc}"
+    return None
+
+
+def _read_blocks(archive: Archive, backup: BackupManifest, known: set[str], pool: ThreadPoolExecutor,
+                 advance: Callable[[int], None]) -> _Read:
+    """An incremental's block maps, then its block parts, each read once, `pool`'s
+    workers at a time (each holding one object). A block part already missing or of the
+    wrong size is not read."""
+    index, maps = _index_super_blocks(archive, backup, known, pool, advance)
+
+    def check(number: int) -> _Read:
+        part = backup.block_parts[number]
+        found = _check_block_part(archive, backup, part, index.by_part[number], index.complete)
+        advance(part.stored_size)
+        return found
+
+    parts = list(pool.map(check, [number for number, part in enumerate(backup.block_parts) if part.key not in known]))
+    notes = [] if index.complete else [f"the block parts of backup {backup.backup_id} were not checked for bytes no "
+                                       "super-block covers: not every file's block map could be read"]
+    return _Read(maps.findings + [finding for each in parts for finding in each.findings],
+                 maps.objects + sum(each.objects for each in parts),
+                 maps.stored_bytes + sum(each.stored_bytes for each in parts),
+                 sum(each.super_blocks for each in parts), notes)
+
+
 # --- restorability --------------------------------------------------------------------
 
 
@@ -479,11 +670,27 @@ def _plan_refusal(archive: Archive, wal: ArchivedWal, backup: BackupSummary, anc
     return None
 
 
-def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFolder],
-              findings: list[Finding]) -> tuple[list[BackupVerdict], list[Finding]]:
+def _chain_refusal(archive: Archive, backup: BackupManifest, manifests: dict[str, BackupManifest],
+                   workers: int) -> str | None:
+    """Why restore would refuse the chain of the incremental `backup` (whole, every link
+    usable): restore's own chain planning, which reads the block maps it needs and checks
+    each run points at blocks its source holds, fetching no data; None if it plans."""
+    try:
+        plan_chain(archive, [*(manifests[ancestor] for ancestor in backup.chain), backup], workers)
+    except ArchiveUnavailable:
+        raise
+    except PitrkitError as exc:
+        return str(exc)
+    return None
+
+
+def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFolder], findings: list[Finding],
+              plan_workers: int) -> tuple[list[BackupVerdict], list[Finding]]:
     """Whether each backup can be restored, and a finding for each that cannot (but for
     an unusable manifest, whose own finding says so): its chain must be whole, its data
-    and its ancestors' intact, and the planner must plan a restore to its stop point."""
+    and its ancestors' intact, with `plan_workers` (--deep) restore's chain planning must
+    accept an incremental's block maps, and the planner must plan a restore to its stop
+    point."""
     owner = {key: folder.backup_id for folder in folders if folder.manifest
              for _, key, _ in _objects(folder.manifest)}
     manifests = {folder.backup_id: folder.manifest for folder in folders if folder.manifest is not None}
@@ -516,6 +723,9 @@ def _verdicts(archive: Archive, wal: ArchivedWal | None, folders: list[_BackupFo
             why = f"{len(keys)} of its {len(listed)} {noun} are missing or damaged ({keys[0]} ...)"
         elif unusable := [ancestor for ancestor in manifest.chain if not restorable[ancestor]]:
             why = f"its ancestor {unusable[-1]} is not restorable"
+        elif plan_workers and manifest.chain and \
+                (refusal := _chain_refusal(archive, manifest, manifests, plan_workers)) is not None:
+            why = f"its chain does not resolve: {refusal}"
         elif wal is None:
             why = "the archive has no archive.json, and so no WAL"
         else:
@@ -571,17 +781,32 @@ def _holds_wal(archive: Archive) -> bool:
     return bool(top.objects or top.folders)
 
 
-def _read_contents(archive: Archive, contents: list[_Content], workers: int) -> list[Finding]:
+def _read_everything(archive: Archive, contents: list[_Content], incrementals: list[BackupManifest],
+                     known: set[str], workers: int) -> _Read:
+    """--deep's reading: `contents` (parts, WAL), then each incremental's block maps and
+    block parts, `workers` objects in memory at once, each up to a part, a WAL segment or
+    a block part; every object once. `known`: objects already missing or of the wrong
+    size, which need no reading to be wrong."""
     archive.cipher()  # a broken [encryption] fails once, here, not once per object
-    # `workers` objects in memory at once, each up to a backup part or a WAL segment.
+    contents = [content for content in contents if content.key not in known]
+    total = sum(content.stored_size for content in contents) + sum(
+        part.stored_size for backup in incrementals for part in backup.block_maps if part.key not in known) + sum(
+        part.stored_size for backup in incrementals for part in backup.block_parts if part.key not in known)
     with ThreadPoolExecutor(workers, thread_name_prefix="verify-deep") as pool, \
-            Progress("verify: reading", sum(content.stored_size for content in contents)) as progress:
+            Progress("verify: reading", total) as progress:
         def read(content: _Content) -> Finding | None:
             found = _read_content(archive, content)
             progress.advance(content.stored_size)
             return found
 
-        return [found for found in pool.map(read, contents) if found is not None]
+        read_all = _Read([found for found in pool.map(read, contents) if found is not None], len(contents),
+                         sum(content.stored_size for content in contents))
+        for backup in incrementals:
+            blocks = _read_blocks(archive, backup, known, pool, progress.advance)
+            read_all = _Read(read_all.findings + blocks.findings, read_all.objects + blocks.objects,
+                             read_all.stored_bytes + blocks.stored_bytes, read_all.super_blocks + blocks.super_blocks,
+                             read_all.notes + blocks.notes)
+        return read_all
 
 
 def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
@@ -616,23 +841,16 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
         findings.append(Finding(severity="warning", key=BACKUPS_PREFIX,
                                 problem="no finished backup: nothing in the archive is restorable yet"))
 
-    contents: list[_Content] = []
-    notes: list[str] = []
+    read = _Read([], 0, 0)
     if deep:
-        # A block map is stored as a part is (plaintext size and SHA-256 in the manifest).
-        contents = [_part_content(part, b.backup_id) for b in finished for part in [*b.parts, *b.block_maps]]
-        if unread := [b for b in finished if b.block_parts]:
-            notes.append(f"the block parts (super-blocks) of {human_count(len(unread), 'incremental backup')} "
-                         f"({_some([b.backup_id for b in unread])}) were not read: --deep checks only that they are "
-                         "stored with their recorded stored sizes, not their blocks' checksums")
+        contents = [_part_content(part, b.backup_id) for b in finished for part in b.parts]
         if wal is not None and identity is not None:
             contents += _wal_contents(wal, identity)
-        # An object already missing or of the wrong size needs no reading to be wrong.
-        known = {finding.key for finding in findings}
-        contents = [content for content in contents if content.key not in known]
-        findings += _read_contents(archive, contents, workers)
+        read = _read_everything(archive, contents, [b for b in finished if b.block_maps or b.block_parts],
+                                {finding.key for finding in findings}, workers)
+        findings += read.findings
 
-    verdicts, refusals = _verdicts(archive, wal, folders, findings)
+    verdicts, refusals = _verdicts(archive, wal, folders, findings, workers if deep else 0)
     findings += refusals
     findings.sort(key=lambda f: (f.severity != "error", f.key))
     return VerifyReport(
@@ -647,9 +865,10 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
         timelines=timelines,
         wal_files=0 if wal is None else len(wal.history_files) + sum(
             len(wal.folder(t, n).entries) for t, numbers in wal.logs.items() for n in numbers),
-        objects_read=len(contents),
-        bytes_read=sum(c.stored_size for c in contents),
-        notes=notes,
+        objects_read=read.objects,
+        bytes_read=read.stored_bytes,
+        super_blocks=read.super_blocks,
+        notes=read.notes,
     )
 
 

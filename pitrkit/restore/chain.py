@@ -23,6 +23,10 @@ nothing without its own super-block records. Each map object is read once, in pa
 and as soon as it is decoded it is turned into the reads it asks for and dropped: what
 the plan keeps is proportional to what will be fetched.
 
+The target's maps also give every relation file's block checksums (those of its stream
+files too, found by path in the same map objects): once all is written, every file is
+read back and checked against them (restore/checked.py).
+
 Everything read is hostile: manifests agree on the chain (each link's `chain` and
 `parent` are its predecessors), every run's source holds the blocks it is said to hold
 (a stream file long enough, stored positions that exist), super-blocks lie inside their
@@ -42,7 +46,7 @@ from pitrkit.catalog.blockmap import FileMap, SuperBlock, SuperBlockIndex, read_
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
 from pitrkit.errors import RefusedError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.restore import unpack
+from pitrkit.restore import checked, unpack
 from pitrkit.restore.unpack import CorruptManifest, FileWriter, Slice
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
@@ -80,6 +84,9 @@ class ChainPlan(NamedTuple):
     stream_reads: list[StreamRead]
     block_reads: list[BlockRead]
     pieces: list[int]  # writes per file
+    # The target's block checksums (its maps', packed) of every relation file, by path:
+    # what the written files are checked against (restore/checked.py).
+    block_checksums: dict[str, bytes]
 
     @property
     def target(self) -> BackupManifest:
@@ -137,9 +144,15 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
     first_block_file = len(target.manifest.files)
     block_index = {file.path: first_block_file + number for number, file in enumerate(target.manifest.block_files)}
     reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]] = {}
+    block_checksums: dict[str, bytes] = {}
 
     def take_target_maps(_: int, number: int, maps: list[FileMap]) -> list[str]:
         done = []
+        for file_map in maps:
+            if file_map.path in block_checksums:
+                raise RefusedError(f"backup {target.manifest.backup_id}'s block maps map {file_map.path} twice")
+            if file_map.path in target.stream or file_map.path in target.mapped:
+                block_checksums[file_map.path] = file_map.checksums
         for file_map in _maps_of(target, number, maps):
             record = target.mapped[file_map.path]
             if file_map.sources != len(sources) or file_map.blocks * BLOCK_SIZE != record.size \
@@ -202,7 +215,7 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
     block_reads = _coalesced(reads, sources)
     pieces = unpack.count_pieces(len(files), [read.slices for read in stream_reads]
                                  + [slices for read in block_reads for _, slices in read.blocks])
-    return ChainPlan(archive, manifests, files, stream_reads, block_reads, pieces)
+    return ChainPlan(archive, manifests, files, stream_reads, block_reads, pieces, block_checksums)
 
 
 def _check_chain(manifests: list[BackupManifest]) -> None:
@@ -389,6 +402,7 @@ def unpack_chain(plan: ChainPlan, root: Path, tablespaces: list[unpack.Tablespac
 
     tasks = [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]
     unpack.write_files(writer, tasks, workers)
+    checked.check_directory(root, target, plan.files, plan.block_checksums, workers)
     unpack.finish_directory(root, target, tablespaces, touched)
 
 

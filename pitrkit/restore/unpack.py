@@ -10,7 +10,9 @@ whichever writes its last byte: a file may span many parts, and a part may hold
 thousands of small files (`FileWriter`, which restore/chain.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
-file and every directory entry is fsync'd before `unpack` returns.
+file and every directory entry is fsync'd before `unpack` returns. Before `backup_label`
+is written, every file is read back and checked against the backup's checksums
+(restore/checked.py, format_version 2).
 
 A manifest is data from storage, and anyone who can write to the storage can write one,
 so what it makes restore write is contained. Its paths are plain relative paths (checked
@@ -36,6 +38,7 @@ from typing import NamedTuple
 
 from pitrkit.catalog.documents import (
     CAPTURED_DIR,
+    CHECKSUMMED_FORMAT_VERSION,
     INCREMENTAL_FORMAT_VERSION,
     BackupFile,
     BackupManifest,
@@ -45,7 +48,7 @@ from pitrkit.catalog.documents import (
 )
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.restore import durable
+from pitrkit.restore import checked, durable
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
 
@@ -215,7 +218,9 @@ def check_manifest(manifest: BackupManifest) -> None:
     if manifest.format_version > INCREMENTAL_FORMAT_VERSION:
         raise CorruptManifest(f"{where} has format_version {manifest.format_version}; this pitrkit reads up to "
                               f"{INCREMENTAL_FORMAT_VERSION}: restore with a newer pitrkit")
-    if manifest.parent is None and (manifest.block_files or manifest.block_maps or manifest.block_parts):
+    # A full backup has block maps too (of its relation files, for the checksums and
+    # for its children), but no block-mapped file.
+    if manifest.parent is None and (manifest.block_files or manifest.block_parts):
         raise CorruptManifest(f"{where} lists block-mapped files but names no parent backup to take blocks from")
     if manifest.parent is not None and manifest.format_version < INCREMENTAL_FORMAT_VERSION:
         raise CorruptManifest(f"{where} names a parent backup in format_version {manifest.format_version}, "
@@ -237,6 +242,10 @@ def check_manifest(manifest: BackupManifest) -> None:
     links = {f"{TABLESPACE_DIR}/{oid}" for oid in oids}
     containers = {directory.path for directory in manifest.directories} | links
     written: list[BackupFile | BlockFile] = [*manifest.files, *manifest.block_files]  # what a restore writes
+    if manifest.format_version >= CHECKSUMMED_FORMAT_VERSION:
+        if unsummed := next((file.path for file in written if not file.checksum), None):
+            raise CorruptManifest(f"{where} has format_version {manifest.format_version} but no checksum of "
+                                  f"{unsummed}")
     for path in [directory.path for directory in manifest.directories if directory.path] + \
             [file.path for file in written]:
         parent = path.rpartition("/")[0]
@@ -499,13 +508,15 @@ def make_directories(root: Path, manifest: BackupManifest, tablespaces: list[Tab
 def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: list[TablespaceTarget],
            workers: int, advance: Callable[[int], None]) -> None:
     """Write the backup into `root` (absent or empty; its parent exists) and the
-    tablespace locations; return once all of it is durable. `advance(n)` is called with
+    tablespace locations, check every file against the backup's checksums
+    (restore/checked.py); return once all of it is durable. `advance(n)` is called with
     the plaintext bytes of each part written."""
     check_manifest(manifest)
     if manifest.block_files:
         raise CorruptManifest(f"backup {manifest.backup_id} is incremental: it is restored with its chain "
                               "(restore/chain.py)")
     slices = slices_by_part(manifest.files, manifest.parts)
+    block_checksums = checked.stream_map_checksums(archive, manifest)
     modes = Modes.of(manifest)
     touched = make_directories(root, manifest, tablespaces, modes)
     writer = FileWriter(root, manifest.files, count_pieces(len(manifest.files), slices), modes)
@@ -517,6 +528,7 @@ def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: 
         return task
 
     write_files(writer, (restore(number, part) for number, part in enumerate(manifest.parts)), workers)
+    checked.check_directory(root, manifest, manifest.files, block_checksums, workers)
     finish_directory(root, manifest, tablespaces, touched)
 
 

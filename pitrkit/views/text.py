@@ -160,8 +160,11 @@ def verify_text(report: VerifyReport) -> str:
             lines.append(f"timeline {checked.timeline} (path {path}): WAL from {checked.checked_from} to "
                          f"{checked.checked_to or '(nothing)'}, {human_count(len(checked.gaps), 'gap')}")
     if report.deep:
-        lines.append(f"content:   read {human_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
-                     "stored, each decoded and checked")
+        content = (f"content:   read {human_count(report.objects_read, 'object')}, {human_bytes(report.bytes_read)} "
+                   "stored, each decoded and checked")
+        if report.super_blocks:
+            content += f"; {human_count(report.super_blocks, 'super-block')} checked against their block maps"
+        lines.append(content)
     else:
         lines.append("content:   not read (--deep reads every object and checks its checksum)")
     lines += [f"note:      {note}" for note in report.notes]

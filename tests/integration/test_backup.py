@@ -13,8 +13,11 @@ import os
 from pathlib import Path
 
 import pytest
+import xxhash
 
+from pitrkit.backup.changes import relation_of
 from pitrkit.backup.push import PART_SIZE, summary_of
+from pitrkit.catalog import blockmap
 from pitrkit.catalog.documents import BackupCatalog, BackupManifest, BackupTablespace
 from pitrkit.postgres.wal import SegmentName
 from pitrkit.storage import codec, objects
@@ -162,11 +165,27 @@ def test_backup_of_a_cluster_with_a_tablespace(cluster, pitrkit_setup, pg_major)
     assert manifest.tablespaces == [BackupTablespace(oid=oid, name="extra", location=str(space))]
     assert manifest.file_count == len(manifest.files)
     assert manifest.size == sum(file.size for file in manifest.files)
-    assert manifest.stored_size == sum(part.stored_size for part in manifest.parts)
+    assert manifest.stored_size == sum(part.stored_size for part in [*manifest.parts, *manifest.block_maps])
     assert manifest.compression == "zstd" and manifest.stored_size < manifest.size
 
     # The files: the same set as pg_basebackup's, the stable ones byte for byte.
     files = reassemble(pitrkit_setup, manifest)
+    # Their checksums (format_version 2), as docs/archive-format.md defines them: every
+    # relation file's pages in its block map, every file's in its record.
+    assert manifest.format_version == 2 and not manifest.block_files
+    maps = {file_map.path: file_map for part in manifest.block_maps for file_map in blockmap.decode_block_map(
+        objects.decode(part.key, (pitrkit_setup.archive / part.key).read_bytes(), Plugins().compressor)).files}
+    assert "global/1262" in maps and any(path.startswith(f"pg_tblspc/{oid}/") for path in maps)
+    for record in manifest.files:
+        content = files[record.path]
+        if record.path in maps:
+            pages = b"".join(xxhash.xxh3_64_intdigest(content[n:n + 8192]).to_bytes(8, "little")
+                             for n in range(0, len(content), 8192))
+            assert maps[record.path].checksums == pages, record.path
+            assert record.checksum == xxhash.xxh3_128_digest(pages), record.path
+        else:
+            assert relation_of(record.path) is None or len(content) % 8192, record.path
+            assert record.checksum == xxhash.xxh3_128_digest(content), record.path
     reference_directories, reference_files = tree(reference)
     assert set(files) == reference_files - BASEBACKUP_ONLY
     tablespace_link = f"pg_tblspc/{oid}"

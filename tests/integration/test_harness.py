@@ -29,8 +29,10 @@ def test_server_runs_as_server_user_on_its_own_socket(cluster: MakeCluster, pg_i
     assert pg.sql("SELECT current_user")[0][0] == pgharness.SUPERUSER
     assert pg.sql("SHOW listen_addresses")[0][0] == ""
     assert (pg.socket_dir / f".s.PGSQL.{pg.port}").is_socket()
-    backend = pg.sql("SELECT pg_backend_pid()")[0][0]
-    assert Path(f"/proc/{backend}").stat().st_uid == pgharness.server_user().uid
+    # The postmaster, which outlives any one connection (a backend's pid read over a
+    # connection is gone once that connection closes, sooner or later).
+    postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+    assert Path(f"/proc/{postmaster}").stat().st_uid == pgharness.server_user().uid
 
 
 def test_shell_runs_like_archive_command(cluster: MakeCluster, server_tmp: Path):

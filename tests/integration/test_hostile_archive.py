@@ -11,6 +11,7 @@ Everything runs as the server user through the installed `pitrkit`, as a DBA run
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -184,7 +185,24 @@ def test_a_rewritten_manifest_cannot_reach_outside_the_restore(cluster, pitrkit_
     def hba_file_up_from_the_data_directory(document: dict) -> None:
         document["configuration"]["hba_file"] = f"{data_directory}/{escape}"
 
+    def file_checksum(chosen: Callable[[str, int], bool], value: str) -> Callable[[dict], None]:
+        def apply(document: dict) -> None:
+            next(entry for entry in document["files"] if chosen(entry[0], entry[1]))[6] = value
+        return apply
+
+    # Checksums (format_version 2) that are not the files': every file is written, then
+    # read back and refused; a relation file in the tablespace is checked through its link.
+    zeros = base64.b64encode(bytes(16)).decode()
+    in_tablespace = next(path for path, size, *_ in hostile.document()["files"]
+                         if path.startswith("pg_tblspc/") and size and path.rpartition("/")[2].isdigit())
+
     cases: list[tuple[Callable[[dict], None], tuple[str, ...], str]] = [
+        (file_checksum(lambda path, _: path == "PG_VERSION", zeros), mapping,
+         f"the restored PG_VERSION is not what backup {hostile.backup['backup_id']} holds: the checksum of its "
+         "bytes is"),
+        (file_checksum(lambda path, _: path == in_tablespace, zeros), mapping,
+         f"block map of {in_tablespace} does not match its manifest"),
+        (file_checksum(lambda path, _: path == "PG_VERSION", ""), mapping, "but no checksum of PG_VERSION"),
         (file_path(escape), mapping, "is not a plain relative path"),
         (file_path(str(hostile.sentinel / "pwned")), mapping, "is not a plain relative path"),
         (file_path("base/1/\0x"), mapping, "is not a plain relative path"),

@@ -183,12 +183,14 @@ def test_a_run_killed_midway_leaves_a_consistent_archive_and_the_next_run_finish
     archive_everything(primary)
     with_retention(setup, primary, keep_last=1)
 
-    # The first backup's parts cannot be removed (a storage fault: a read-only folder),
-    # and the run is killed with SIGKILL once its manifest is gone. Should the fault stop
-    # the run before the kill lands, it exits non-zero at the same point: either way the
-    # manifest is gone and the parts are not.
+    # The first backup's objects (parts, block maps) cannot be removed (a storage fault:
+    # read-only folders), and the run is killed with SIGKILL once its manifest is gone.
+    # Should the fault stop the run before the kill lands, it exits non-zero at the same
+    # point: either way the manifest is gone and the objects are not.
     folder = setup.archive / "backups" / first
-    (folder / "data").chmod(0o555)
+    subfolders = [folder / "data", folder / "blockmap"]
+    for each in subfolders:
+        each.chmod(0o555)
     stop = threading.Event()
     killer = threading.Thread(target=kill_once_gone, args=(setup, folder / "manifest.json", stop))
     killer.start()
@@ -214,7 +216,8 @@ def test_a_run_killed_midway_leaves_a_consistent_archive_and_the_next_run_finish
     # The fault gone, the next run finishes the interrupted removal first, once the
     # killed run's catalog lock has lapsed (10 minutes after it was stored, on the
     # storage's clock: here the file's mtime).
-    (folder / "data").chmod(0o750)
+    for each in subfolders:
+        each.chmod(0o750)
     lock = setup.archive / "locks" / "catalog.json"
     if lock.exists():
         assert "the catalog is locked by retention apply on " in refusal(setup.run("retention", "apply"))

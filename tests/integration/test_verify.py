@@ -71,8 +71,9 @@ def test_a_real_archive_is_clean_and_each_damage_is_named(cluster, pitrkit_setup
     assert timeline["checked_from"] == backup["first_segment"] and timeline["gaps"] == []
     deep = verify(setup, "--deep")
     parts = manifest(setup, backup_id)["parts"]
+    maps = manifest(setup, backup_id)["block_maps"]  # a full backup's too: its relation files' checksums
     segments = [path for path in (setup.archive / "wal").rglob("*") if path.is_file()]
-    assert deep["objects_read"] == len(parts) + len(segments) and deep["bytes_read"] > 0
+    assert maps and deep["objects_read"] == len(parts) + len(maps) + len(segments) and deep["bytes_read"] > 0
     not_restorable = f"backups/{backup_id}/manifest.json: backup {backup_id} is not restorable"
 
     # A deleted segment: the backup's last, with WAL after it.
@@ -114,7 +115,8 @@ def test_a_real_archive_is_clean_and_each_damage_is_named(cluster, pitrkit_setup
         verify(setup)
         out, error = problems(setup, "--deep")
         assert f"ERROR   {largest['key']}: corrupt: " in out
-        assert f"{not_restorable}: 1 of its {len(parts)} parts are missing or damaged ({largest['key']} ...)" in out
+        objects = len(parts) + len(maps)
+        assert f"{not_restorable}: 1 of its {objects} objects are missing or damaged ({largest['key']} ...)" in out
         assert f"first: {largest['key']}: corrupt: " in error  # errors first, by key
 
     verify(setup)  # every damage undone

@@ -2,8 +2,9 @@
 object code (objects.encode, Archive.put, the block map encoding, BackupManifest), laid
 out as backup-push lays them out: a stream of whole files cut into parts, super-blocks
 of up to 8 pages back to back in block parts, block maps in map objects, and maps that
-are cumulative over the chain. Each backup is given the whole data directory as it
-stands and which blocks of which files it stores; everything else is derived."""
+are cumulative over the chain, every relation file mapped (those in the stream too),
+checksums as format_version 2 has them. Each backup is given the whole data directory as
+it stands and which blocks of which files it stores; everything else is derived."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pitrkit.catalog import blockmap
+from pitrkit.backup.changes import relation_of
+from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.blockmap import FileMap, SuperBlock
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -94,10 +96,27 @@ class ChainBuilder:
         return blob, header
 
     def backup(self, state: dict[str, bytes], stored: dict[str, set[int]] | None = None,
-               tamper: Tamper | None = None, format_version: int = INCREMENTAL_FORMAT_VERSION) -> BackupManifest:
+               tamper: Tamper | None = None, format_version: int = INCREMENTAL_FORMAT_VERSION,
+               wrong_block: tuple[str, int] | None = None, wrong_file: str | None = None) -> BackupManifest:
         """Store the data directory `state` as the next backup of the chain (the first is
         full): the files in `stored` block-mapped, storing those blocks (and every block
-        past the parent's copy), the others copied whole into its stream."""
+        past the parent's copy), the others copied whole into its stream. A lie that
+        decodes: `wrong_block` (path, block) gets a wrong checksum in the file's map (and
+        the file's checksum is the one of the map's), `wrong_file` a wrong file checksum.
+        Format version 1 has no checksums and no maps of stream files."""
+        checksummed = format_version >= INCREMENTAL_FORMAT_VERSION
+
+        def wrong(path: str, sums: bytes) -> bytes:
+            if wrong_block is None or wrong_block[0] != path:
+                return sums
+            at = wrong_block[1] * blockmap.CHECKSUM_SIZE
+            return sums[:at] + bytes(byte ^ 0xFF for byte in sums[at:at + 8]) + sums[at + 8:]
+
+        def file_checksum(path: str, value: bytes) -> bytes:
+            if not checksummed:
+                return b""
+            return bytes(byte ^ 0xFF for byte in value) if path == wrong_file else value
+
         stored = stored or {}
         number = len(self.manifests)
         backup_id = (T0 + timedelta(days=number)).strftime("%Y%m%dT%H%M%SZ")
@@ -108,9 +127,18 @@ class ChainBuilder:
         whole = {path: content for path, content in state.items() if path not in stored}
         stream = b"".join(whole.values())
         files, offset = [], 0
+        maps: dict[str, FileMap] = {}
         for path, content in whole.items():
+            count = len(content) // BLOCK_SIZE
+            if checksummed and relation_of(path) is not None and len(content) % BLOCK_SIZE == 0:
+                sums = wrong(path, checksums.packed(checksums.page_checksums(content)))
+                maps[path] = FileMap(path, count, own + 1,
+                                     blockmap.pack_runs([blockmap.Run(0, count, own, 0)] if count else []), b"", sums)
+                checksum = checksums.of_blocks(sums)
+            else:
+                checksum = checksums.of_bytes(content)
             files.append(BackupFile(path, len(content), 0o600, 1_700_000_000 + number, offset // PART_SIZE,
-                                    offset % PART_SIZE))
+                                    offset % PART_SIZE, file_checksum(path, checksum)))
             offset += len(content)
         parts = []
         for start in range(0, len(stream), PART_SIZE):
@@ -130,18 +158,21 @@ class ChainBuilder:
             current = bytearray()
 
         in_part = 0
-        maps: dict[str, FileMap] = {}
         records: list[BlockFile] = []
         for path, blocks in stored.items():
             content = state[path]
             count = len(content) // BLOCK_SIZE
-            sources, positions = self._base(path, own)
+            sources, positions, base_sums = self._base(path, own)
             sources, positions = sources[:count], positions[:count]
             wanted = sorted(set(blocks) | set(range(len(sources), count)))
             sources += [own] * (count - len(sources))
             positions += [0] * (count - len(positions))
+            sums = checksums.unpacked(base_sums[:count * blockmap.CHECKSUM_SIZE])
+            sums.extend([0] * (count - len(sums)))
             for position, block in enumerate(wanted):
                 sources[block], positions[block] = own, position
+                sums[block] = checksums.page_checksum(content[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE])
+            packed = wrong(path, checksums.packed(sums))
             if tamper is not None:
                 tamper(path, sources, positions)
             super_blocks = []
@@ -157,13 +188,16 @@ class ChainBuilder:
                     cut()
                     in_part = 0
             maps[path] = FileMap(path, count, own + 1, blockmap.pack_runs(blockmap.block_runs(sources, positions)),
-                                 blockmap.pack_super_blocks(super_blocks))
+                                 blockmap.pack_super_blocks(super_blocks), packed)
             records.append(BlockFile(path, len(content), 0o600, 1_700_000_000 + number,
-                                     len(records) // MAPS_PER_OBJECT, len(wanted)))
+                                     len(records) // MAPS_PER_OBJECT, len(wanted),
+                                     file_checksum(path, checksums.of_blocks(packed))))
         if current:
             cut()
         block_maps = []
-        paths = list(maps)
+        # The block-mapped files' maps first (BlockFile.block_map counts on it), then the
+        # stream files'.
+        paths = [*stored, *(path for path in maps if path not in stored)]
         for first in range(0, len(paths), MAPS_PER_OBJECT):
             document = blockmap.BlockMapDocument(files=[maps[path] for path in paths[first:first + MAPS_PER_OBJECT]])
             key = f"{prefix}blockmap/{first // MAPS_PER_OBJECT:08d}"
@@ -174,7 +208,7 @@ class ChainBuilder:
         directories = {"": 0o700} | {str(parent): 0o700 for path in state for parent in Path(path).parents
                                      if str(parent) != "."}
         manifest = BackupManifest(
-            format_version=format_version if chain else 1,
+            format_version=format_version,
             backup_id=backup_id, label="test", system_identifier=SYSID, pg_version=150000, timeline=1,
             start_lsn=Lsn(0x2000028 + number), start_time=T0 + timedelta(days=number), stop_lsn=Lsn(0x2000100 + number),
             stop_time=T0 + timedelta(days=number), first_segment="000000010000000000000002",
@@ -190,13 +224,15 @@ class ChainBuilder:
         self.maps.append(maps)
         return manifest
 
-    def _base(self, path: str, own: int) -> tuple[list[int], list[int]]:
-        """The parent's copy of a file, per block, as (source, position): its map, or its
-        stream copy (source the parent, position the block number)."""
+    def _base(self, path: str, own: int) -> tuple[list[int], list[int], bytes]:
+        """The parent's copy of a file, per block, as (source, position), and its
+        checksums: its map (of a stream copy in a version 1 parent, made up: source the
+        parent, position the block number, no checksums)."""
         assert self.manifests, "the full backup copies every file whole"
         parent = self.manifests[-1]
         if path in self.maps[-1]:
-            return blockmap.expand(self.maps[-1][path])
+            file_map = self.maps[-1][path]
+            return *blockmap.expand(file_map), file_map.checksums
         whole = next(file for file in parent.files if file.path == path)
         count = whole.size // BLOCK_SIZE
-        return [own - 1] * count, list(range(count))
+        return [own - 1] * count, list(range(count)), bytes(blockmap.CHECKSUM_SIZE * count)

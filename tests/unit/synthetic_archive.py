@@ -14,6 +14,17 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import xxhash
+
+from pitrkit.catalog.blockmap import (
+    BlockMapDocument,
+    FileMap,
+    Run,
+    SuperBlock,
+    encode_block_map,
+    pack_runs,
+    pack_super_blocks,
+)
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     INCREMENTAL_FORMAT_VERSION,
@@ -119,7 +130,7 @@ class SyntheticArchive:
         With `parent`, an incremental backup (format_version 2) on the backup of that id
         made here before: its chain is the parent's and the parent (or `chain`, to forge
         one), and besides its one whole file it has a block-mapped file of 2 blocks, one
-        stored in its block part, and the block map object (fake bytes, as the parts')."""
+        stored in its block part, and its block map (real, its checksums zeros)."""
         # One file of 1000 bytes in one stored part: a manifest restore accepts.
         data = b"x" * 1000
         blob, header = objects.encode(data, Plugins().compressor("none"))
@@ -129,15 +140,22 @@ class SyntheticArchive:
         block_fields: dict = {}
         if parent is not None:
             chain = [*self.chains[parent], parent] if chain is None else chain
-            map_blob, map_header = objects.encode(b"block map of " + backup_id.encode(), Plugins().compressor("none"))
+            block_blob, block_header = objects.encode(b"y" * BLOCK_SIZE, Plugins().compressor("none"))
+            # Block 0 from the parent, block 1 stored here; checksums of zeros.
+            own = len(chain)
+            file_map = FileMap("base_relation", 2, own + 1, pack_runs([Run(0, 1, own - 1, 0), Run(1, 1, own, 0)]),
+                               pack_super_blocks([SuperBlock(0, 0, len(block_blob), 0, 1, block_header.sha256)]),
+                               bytes(16))
+            map_blob, map_header = objects.encode(encode_block_map(BlockMapDocument(files=[file_map])),
+                                                  Plugins().compressor("none"))
             block_map = BackupPart(key=backup_prefix(backup_id) + "blockmap/0", size=map_header.size,
                                    stored_size=len(map_blob), sha256=map_header.sha256.hex())
-            block_blob, _ = objects.encode(b"y" * BLOCK_SIZE, Plugins().compressor("none"))
             block_part = BlockPart(key=backup_prefix(backup_id) + "blocks/0", stored_size=len(block_blob))
             stored |= {block_map.key: map_blob, block_part.key: block_blob}
             block_fields = {"format_version": INCREMENTAL_FORMAT_VERSION, "parent": parent, "chain": chain,
                             "changed_blocks": ChangeSource(method="page-lsn", note="synthetic"),
-                            "block_files": [BlockFile("base_relation", 2 * BLOCK_SIZE, 0o600, 0, 0, 1)],
+                            "block_files": [BlockFile("base_relation", 2 * BLOCK_SIZE, 0o600, 0, 0, 1,
+                                                      xxhash.xxh3_128_digest(bytes(16)))],
                             "block_maps": [block_map], "block_parts": [block_part]}
         block_size = 2 * BLOCK_SIZE if parent is not None else 0
         document = BackupManifest(
@@ -149,7 +167,8 @@ class SyntheticArchive:
             size=1000 + block_size, stored_size=sum(map(len, stored.values())), file_count=1 + (parent is not None),
             compression="zstd", pitrkit_version="0.1.0",
             backup_label="START WAL LOCATION: ...", parts=[part], directories=[BackupDirectory("", 0o700)],
-            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0)], **block_fields,
+            files=[BackupFile("base_file", len(data), 0o600, 0, 0, 0,
+                              xxhash.xxh3_128_digest(data) if parent is not None else b"")], **block_fields,
         )
         self.chains[backup_id] = list(document.chain)
         for key, content in stored.items():

@@ -18,7 +18,7 @@ def file_map(runs: list[Run], super_blocks: list[SuperBlock] = (), sources: int 
              ) -> FileMap:
     blocks = sum(run.length for run in runs) if blocks is None else blocks
     return FileMap("base/5/16384", blocks, sources, blockmap.pack_runs(runs),
-                   blockmap.pack_super_blocks(list(super_blocks)))
+                   blockmap.pack_super_blocks(list(super_blocks)), bytes(8 * blocks))
 
 
 def decoded(made: FileMap) -> FileMap:
@@ -26,12 +26,13 @@ def decoded(made: FileMap) -> FileMap:
     return blockmap.decode_block_map(data).files[0]
 
 
-def stored(runs: list[Run], super_blocks: list[SuperBlock] = (), sources: int = 3, blocks: int | None = None
-           ) -> bytes:
+def stored(runs: list[Run], super_blocks: list[SuperBlock] = (), sources: int = 3, blocks: int | None = None,
+           checksums: bytes | None = None) -> bytes:
     """A block map as anyone with write access to the storage could store it."""
     blocks = sum(run.length for run in runs) if blocks is None else blocks
+    checksums = bytes(8 * blocks) if checksums is None else checksums
     return msgspec.msgpack.encode({"files": [["base/5/16384", blocks, sources, blockmap.pack_runs(runs),
-                                              blockmap.pack_super_blocks(list(super_blocks))]]})
+                                              blockmap.pack_super_blocks(list(super_blocks)), checksums]]})
 
 
 @given(st.lists(st.integers(0, 2), max_size=200))
@@ -58,6 +59,8 @@ def test_a_run_of_one_source_is_one_record():
     ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 0, 1, SHA)], "points past the 1 blocks"),
     ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 10, 1, 2, SHA)], "does not follow position 0"),
     ([Run(0, 2, 2, 0)], [SuperBlock(0, 0, 0, 0, 2, SHA)], "does not follow position 0"),
+    # No super-blocks: a stream copy's map, whose own blocks are at their block numbers.
+    ([Run(0, 2, 0, 0), Run(2, 2, 2, 0)], [], "points past"),
 ])
 def test_a_map_that_does_not_describe_its_file_is_refused(runs, super_blocks, why):
     with pytest.raises(msgspec.ValidationError, match=why):
@@ -73,3 +76,15 @@ def test_the_super_block_holding_a_position():
     super_blocks = [SuperBlock(0, 0, 9, 0, 8, SHA), SuperBlock(0, 9, 9, 8, 8, SHA), SuperBlock(1, 0, 9, 16, 4, SHA)]
     index = SuperBlockIndex(file_map([Run(0, 20, 2, 0)], super_blocks))
     assert [index.holding(position).first for position in (0, 7, 8, 15, 16, 19)] == [0, 0, 8, 8, 16, 16]
+
+
+def test_a_stream_copys_map_has_its_own_blocks_at_their_numbers():
+    made = decoded(file_map([Run(0, 3, 0, 0), Run(3, 4, 2, 3)]))
+    assert blockmap.expand(made) == ([0, 0, 0, 2, 2, 2, 2], list(range(7)))
+
+
+@pytest.mark.parametrize("length", [0, 8, 23, 25, 32])
+def test_checksums_must_be_eight_bytes_per_block(length):
+    with pytest.raises(msgspec.ValidationError, match=f"3 blocks with {length} bytes of checksums"):
+        blockmap.decode_block_map(stored([Run(0, 3, 0, 0)], checksums=bytes(length)))
+    assert decoded(file_map([Run(0, 3, 0, 0)])).checksums == bytes(24)

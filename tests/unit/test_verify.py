@@ -6,29 +6,36 @@ headers, backup parts in the stored-object format)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from pitrkit.catalog import maintenance
+from pitrkit.catalog import blockmap, maintenance
+from pitrkit.catalog.blockmap import SuperBlock, read_block_map
 from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
     BackupDirectory,
     BackupFile,
     BackupManifest,
     BackupPart,
     BackupSummary,
+    BlockPart,
     RetentionState,
 )
 from pitrkit.cli import main
-from pitrkit.config import Config, RepositoryConfig
+from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
+from pitrkit.hookspecs import Compressor
 from pitrkit.ops import verify
 from pitrkit.ops.verify import Finding, VerifyReport
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.storage import codec, objects
+from pitrkit.storage import codec, keys, objects
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     IDENTITY_KEY,
@@ -39,8 +46,11 @@ from pitrkit.storage.archive import (
 )
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.plugins import Plugins
+from pitrkit.storage.plugins.compression import NoCompression, Zstd
+from pitrkit.views.text import render
 from tests.unit import synthetic_archive
-from tests.unit.segments import MIB, SYSID, init_archive, segment
+from tests.unit.chain_archive import ChainBuilder, Tamper, pages
+from tests.unit.segments import MIB, SEG_16MIB, SYSID, init_archive, segment
 from tests.unit.synthetic_archive import T0, SyntheticArchive, lsn, name, stored_at
 
 # Parts are cut this small so that a backup has several.
@@ -498,13 +508,265 @@ def test_an_incremental_manifest_must_add_up_with_its_block_files(chain, changes
     assert says in refusals(check(chain.archive))[manifest_key("I1")]
 
 
-def test_deep_reads_block_maps_and_says_it_did_not_read_super_blocks(chain):
+def test_deep_reads_the_synthetic_incrementals_blocks(chain):
     report = check(chain.archive, deep=True)
-    # synthetic_archive.py's WAL is fake bytes (each backup is refused for it), its
-    # parts and block maps real stored objects: read, and found sound.
-    assert report.objects_read == 20 + 3 + 2  # segments, parts, block maps
-    assert not [finding for finding in report.findings
-                if finding.key.startswith("backups/") and not finding.key.endswith("manifest.json")]
-    assert report.notes == ["the block parts (super-blocks) of 2 incremental backups (I1, I2) were not read: --deep "
-                            "checks only that they are stored with their recorded stored sizes, not their blocks' "
-                            "checksums"]
+    # synthetic_archive.py's WAL is fake bytes (each backup is refused for it); its
+    # parts, block maps (with their block checksums) and block parts are real stored
+    # objects: each read once and found sound, each incremental's super-block checked.
+    assert report.objects_read == 20 + 3 + 2 + 2  # segments, parts, block maps, block parts
+    assert report.super_blocks == 2
+    assert [f for f in report.findings if "/block" in f.key] == []
+    assert report.notes == []
+
+
+# --- --deep on real chains --------------------------------------------------------------
+#
+# chain_archive.py's chains are real to the byte (stream parts, super-blocks in block
+# parts, block maps), with WAL segment 2, where each backup starts and stops, as a real
+# stored object.
+
+
+class ReadCounting(Archive):
+    """The real archive, counting whole-object reads by key: measuring, not mocking."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.reads: Counter[str] = Counter()
+
+    def get(self, key: str) -> bytes:
+        self.reads[key] += 1
+        return super().get(key)
+
+
+def real_chain(root: Path, encryption: EncryptionConfig | None = None, compressor: Compressor | None = None,
+               forge: Tamper | None = None) -> ChainBuilder:
+    """A full F and incrementals I1 on F and I2 on I1 (its map of base/5/100 given to
+    `forge`), of block-mapped files spanning several super-blocks and block parts."""
+    builder = ChainBuilder(root, encryption, compressor)
+    state = {"PG_VERSION": b"15\n", "base/5/100": pages("100-F", 20), "base/5/200": pages("200-F", 4),
+             "base/5/300": pages("300-F", 9)}
+    builder.backup(state)
+    state |= {"base/5/100": pages("100-F", 1) + pages("100-I1", 2) + pages("100-F", 20)[3 * BLOCK_SIZE:],
+              "base/5/200": pages("200-I1", 12)}
+    builder.backup(state, {"base/5/100": {1, 2}, "base/5/200": set(range(12)), "base/5/300": {0, 4}})
+    state |= {"base/5/200": pages("200-I1", 12) + pages("200-I2", 10), "base/5/300": pages("300-I2", 9)}
+    builder.backup(state, {"base/5/100": set(), "base/5/200": set(), "base/5/300": {0, 8}},
+                   tamper=None if forge is None else lambda path, sources, positions:
+                   forge(path, sources, positions) if path == "base/5/100" else None)
+    builder.put(f"wal/0000000100000000/{SegmentName(1, 2, SEG_16MIB).name}", segment(2))
+    maintenance.rebuild(builder.archive)
+    return builder
+
+
+def deep_check(builder: ChainBuilder) -> tuple[VerifyReport, ReadCounting]:
+    archive = ReadCounting(builder.archive.config)
+    return check(archive, deep=True), archive
+
+
+def own_super_blocks(builder: ChainBuilder) -> list[SuperBlock]:
+    return [block for maps in builder.maps for file_map in maps.values() for block in file_map.iter_super_blocks()]
+
+
+def block_part_path(builder: ChainBuilder, backup: int, block: SuperBlock) -> Path:
+    return builder.root / builder.manifests[backup].block_parts[block.part].key
+
+
+def restate_block_part(builder: ChainBuilder, backup: int, part: int) -> None:
+    """Record a block part's stored size as it now is (manifest, catalog): damage that
+    the listing's sizes cannot show, only reading."""
+    manifest = builder.manifests[backup]
+    key = manifest.block_parts[part].key
+    size = (builder.root / key).stat().st_size
+    block_parts = [BlockPart(key=each.key, stored_size=size if each.key == key else each.stored_size)
+                   for each in manifest.block_parts]
+    manifest = msgspec.structs.replace(manifest, block_parts=block_parts, stored_size=manifest.stored_size + size
+                                       - manifest.block_parts[part].stored_size)
+    builder.archive.put_document(manifest_key(manifest.backup_id), manifest, overwrite=True)
+    maintenance.rebuild(builder.archive)
+
+
+def test_deep_reads_every_block_of_a_sound_chain_once(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+    report, archive = deep_check(builder)
+    assert report.findings == [] and report.notes == []
+    assert [b.restorable for b in report.backups] == [True, True, True]
+    manifests = builder.manifests
+    objects_of = [key for m in manifests for key in [*(p.key for p in m.parts), *(p.key for p in m.block_maps),
+                                                     *(p.key for p in m.block_parts)]]
+    assert len(manifests[1].block_parts) > 1 and len(manifests[1].block_maps) > 1
+    assert report.objects_read == 1 + len(objects_of)  # the segment, every object of every backup
+    assert report.bytes_read == sum(m.stored_size for m in manifests) + sum(
+        path.stat().st_size for path in (builder.root / "wal").glob("*/*"))
+    assert report.super_blocks == len(own_super_blocks(builder)) > 2 * len(manifests[1].block_parts)
+    # Every block part read once, whole; the maps again by restore's planning of each
+    # chain, which reads no block part.
+    assert all(archive.reads[p.key] == 1 for m in manifests for p in m.block_parts)
+    assert "super-blocks checked" in render(report)
+
+
+def test_deep_finds_a_valid_super_block_put_in_anothers_place(tmp_path):
+    # Uncompressed: a super-block of other pages has exactly the same length.
+    builder = real_chain(tmp_path / "archive", compressor=NoCompression())
+    block = next(block for block in builder.maps[1]["base/5/200"].iter_super_blocks() if block.pages == 8)
+    blob, _ = objects.encode(pages("impostor", 8), NoCompression())
+    path = block_part_path(builder, 1, block)
+    data = bytearray(path.read_bytes())
+    data[block.offset:block.offset + block.length] = blob
+    path.write_bytes(bytes(data))
+    assert check(builder.archive).findings == []  # sizes agree: only reading tells
+    report, _ = deep_check(builder)
+    key = builder.manifests[1].block_parts[block.part].key
+    I1, I2 = (m.backup_id for m in builder.manifests[1:])
+    impostor = hashlib.sha256(pages("impostor", 8)).hexdigest()
+    assert finding(report, key).problem.startswith(
+        f"the super-block at offset {block.offset} (8 pages of base/5/200 in backup {I1}'s block maps) is not the one "
+        f"the block map records ({8 * BLOCK_SIZE} bytes, sha256 {impostor[:16]}...")
+    listed = builder.manifests[1]
+    assert refusals(report)[manifest_key(I1)] == \
+        f"backup {I1} is not restorable: 1 of its {len(listed.parts) + 2 + len(listed.block_parts)} objects are " \
+        f"missing or damaged ({key} ...)"
+    assert refusals(report)[manifest_key(I2)] == f"backup {I2} is not restorable: its ancestor {I1} is not restorable"
+    assert [b.restorable for b in report.backups] == [True, False, False]
+
+
+def test_deep_finds_a_block_part_cut_short(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+    part = builder.manifests[2].block_parts[-1]
+    path = builder.root / part.key
+    path.write_bytes(path.read_bytes()[:-10])
+    # The listing shows it, without reading; --deep does not read it again.
+    assert check(builder.archive).findings[0].problem.startswith("stored size ")
+    report, archive = deep_check(builder)
+    assert archive.reads[part.key] == 0
+    # Cut short before its manifest was written: the manifest's sizes agree, the maps not.
+    restate_block_part(builder, 2, len(builder.manifests[2].block_parts) - 1)
+    assert check(builder.archive).findings == []
+    report, _ = deep_check(builder)
+    last = max((block for block in builder.maps[2]["base/5/300"].iter_super_blocks()
+                if block.part == len(builder.manifests[2].block_parts) - 1), key=lambda block: block.offset)
+    assert f"the super-block at offset {last.offset} ({last.pages} pages of base/5/300 in backup " \
+           f"{builder.manifests[2].backup_id}'s block maps) runs past the end of the object, at " \
+           f"{part.stored_size - 10} bytes" == finding(report, part.key).problem
+    assert [b.restorable for b in report.backups] == [True, True, False]
+
+
+def test_deep_warns_of_bytes_no_super_block_covers(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+    part = builder.manifests[1].block_parts[0]
+    with open(builder.root / part.key, "ab") as grown:
+        grown.write(b"garbage")
+    restate_block_part(builder, 1, 0)
+    assert check(builder.archive).findings == []
+    report, _ = deep_check(builder)
+    assert report.errors == 0 and report.exit_code == 1
+    assert finding(report, part.key) == Finding(
+        severity="warning", key=part.key,
+        problem=f"7 of its {part.stored_size + 7} bytes lie in no super-block of backup "
+                f"{builder.manifests[1].backup_id}'s block maps (from offset {part.stored_size}): nothing reads them")
+    assert [b.restorable for b in report.backups] == [True, True, True]
+
+
+def rewrite_super_blocks(builder: ChainBuilder, backup: int, path: str,
+                         change: Callable[[list[SuperBlock]], None]) -> list[SuperBlock]:
+    """Rewrite backup `backup`'s map of `path` with `change`d super-block records, its map
+    object recorded anew in the manifest (and the catalog): every object adds up and
+    the maps decode; only reading the block parts against them tells. Returns the
+    records as they were."""
+    manifest = builder.manifests[backup]
+    number = next(file for file in manifest.block_files if file.path == path).block_map
+    maps = read_block_map(builder.archive, manifest.block_maps[number])
+    blocks = list(next(each for each in maps if each.path == path).iter_super_blocks())
+    changed = list(blocks)
+    change(changed)
+    maps = [msgspec.structs.replace(each, super_blocks=blockmap.pack_super_blocks(changed))
+            if each.path == path else each for each in maps]
+    key = manifest.block_maps[number].key
+    blob, header = objects.encode(blockmap.encode_block_map(blockmap.BlockMapDocument(files=maps)), Zstd(3, 1))
+    builder.archive.put(key, blob, overwrite=True)
+    block_maps = [BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex())
+                  if part.key == key else part for part in manifest.block_maps]
+    builder.archive.put_document(manifest_key(manifest.backup_id), msgspec.structs.replace(
+        manifest, block_maps=block_maps, stored_size=manifest.stored_size + len(blob)
+        - manifest.block_maps[number].stored_size), overwrite=True)
+    maintenance.rebuild(builder.archive)
+    assert check(builder.archive).findings == []
+    return blocks
+
+
+def test_deep_finds_super_blocks_overlapping(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+
+    def overlap(blocks: list[SuperBlock]) -> None:
+        blocks[1] = blocks[1]._replace(offset=blocks[0].offset + 1)  # inside its predecessor
+
+    blocks = rewrite_super_blocks(builder, 1, "base/5/200", overlap)
+    manifest = builder.manifests[1]
+    report, _ = deep_check(builder)
+    part_key = manifest.block_parts[blocks[0].part].key
+    said = [each for each in report.findings if each.key == part_key]
+    where = f"pages of base/5/200 in backup {manifest.backup_id}'s block maps)"
+    assert [each.severity for each in said] == ["error", "warning"]
+    assert said[0].problem == f"the super-block at offset {blocks[0].offset + 1} ({blocks[1].pages} {where} " \
+                              f"overlaps the super-block at offset {blocks[0].offset} ({blocks[0].pages} {where}"
+    # Some bytes of the super-block that moved lie in none now.
+    assert "lie in no super-block of backup" in said[1].problem
+    assert [b.restorable for b in report.backups] == [True, False, False]
+
+
+def test_deep_finds_a_map_naming_a_block_part_its_backup_lacks(tmp_path):
+    builder = real_chain(tmp_path / "archive")
+
+    def elsewhere(blocks: list[SuperBlock]) -> None:
+        blocks[0] = blocks[0]._replace(part=7)
+
+    blocks = rewrite_super_blocks(builder, 1, "base/5/200", elsewhere)
+    manifest = builder.manifests[1]
+    report, _ = deep_check(builder)
+    map_key = manifest.block_maps[next(f for f in manifest.block_files if f.path == "base/5/200").block_map].key
+    assert finding(report, map_key).problem == \
+        f"its map of base/5/200 puts the super-block of positions 0 to {blocks[0].pages - 1} in block part 7; " \
+        f"backup {manifest.backup_id} has {len(manifest.block_parts)}"
+    assert [b.restorable for b in report.backups] == [True, False, False]
+
+
+def test_deep_plans_each_chain_and_names_a_run_past_what_its_source_stored(tmp_path):
+    def forge(path: str, sources: list[int], positions: list[int]) -> None:
+        assert sources[1] == 1  # block 1 of base/5/100 is I1's
+        positions[1] = 400
+
+    builder = real_chain(tmp_path / "archive", forge=forge)
+    assert check(builder.archive).findings == []  # the map decodes and its own runs hold
+    report, _ = deep_check(builder)
+    I1, I2 = (m.backup_id for m in builder.manifests[1:])
+    assert refusals(report) == {manifest_key(I2): f"backup {I2} is not restorable: its chain does not resolve: a block "
+                                                  f"map takes blocks 400 to 400 of base/5/100 from backup {I1}, which "
+                                                  "stored 2 of it"}
+    assert [b.restorable for b in report.backups] == [True, True, False]
+
+
+def test_deep_reads_an_encrypted_chain(tmp_path):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    builder = real_chain(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
+    report, _ = deep_check(builder)
+    assert report.findings == []
+    assert report.super_blocks == len(own_super_blocks(builder))
+    # A byte flipped inside a super-block's ciphertext: same size, fails authentication.
+    first, second = builder.maps[2]["base/5/200"].iter_super_blocks()
+    assert first.part == second.part
+    path = block_part_path(builder, 2, first)
+    data = bytearray(path.read_bytes())
+    data[first.offset + first.length - 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report, _ = deep_check(builder)
+    key = builder.manifests[2].block_parts[first.part].key
+    damaged = f"the super-block at offset {first.offset} ({first.pages} pages of base/5/200 in backup " \
+              f"{builder.manifests[2].backup_id}'s block maps) is corrupt: decryption failed"
+    assert finding(report, key).problem.startswith(damaged)
+    # Two bad ones in a block part: one finding, counting them, naming the first.
+    data[second.offset + 40] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report, _ = deep_check(builder)
+    records = sum(block.part == first.part for file_map in builder.maps[2].values()
+                  for block in file_map.iter_super_blocks())
+    assert finding(report, key).problem.startswith(f"2 of its {records} super-blocks are bad; the first: {damaged}")

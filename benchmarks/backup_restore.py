@@ -58,6 +58,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -271,6 +272,7 @@ class RestoreRun:
     server_log: list[str]  # the restored server's log, from start-up to promotion
     recovery_settings: list[str]  # what the tool wrote into postgresql.auto.conf
     output: str  # what the restore command printed
+    digest: list[str] = field(default_factory=list)  # the restored cluster's, at the end
 
 
 @dataclass
@@ -295,6 +297,7 @@ class Rig:
     pgbr_config: Path
     pgbr_repo: Path
     config_texts: dict[str, str] = field(default_factory=dict)
+    pgbackrest: str = "pgbackrest"  # the pgBackRest executable: a name on PATH or a path
 
     @property
     def env(self) -> dict[str, str]:
@@ -304,7 +307,7 @@ class Rig:
         return [str(self.pitrkit), "--config", str(self.pitrkit_config), *args]
 
     def pgbr_cmd(self, *args: str) -> list[str]:
-        return ["pgbackrest", f"--config={self.pgbr_config}", f"--stanza={STANZA}", *args]
+        return [self.pgbackrest, f"--config={self.pgbr_config}", f"--stanza={STANZA}", *args]
 
     def archive_command(self, first: str) -> str:
         """Both archivers, `first` first, only in the source's data directory."""
@@ -332,8 +335,14 @@ class Rig:
         self.cluster.wait_for_archived(self.cluster.switch_wal(), timeout=600)
 
 
-def build_rig(root: Path, venv: Path, scale: int) -> Rig:
-    install = next(i for i in pgharness.find_installations() if i.major == 15)
+def build_rig(root: Path, venv: Path, scale: int, *, install: pgharness.PgInstall | None = None,
+              pgbackrest: str = "pgbackrest", pgbackrest_options: tuple[str, ...] = (),
+              settings: dict[str, object] | None = None) -> Rig:
+    """The source cluster (PostgreSQL 15 unless `install` says otherwise, with `settings`
+    added to its postgresql.conf) filled with pgbench at `scale` and archived by both
+    tools; `pgbackrest`: its executable, `pgbackrest_options`: lines added to its [global]
+    section (as `key=value`)."""
+    install = install or next(i for i in pgharness.find_installations() if i.major == 15)
     for leftover in ("source", *(f"restore-{tool}" for tool in RESTORE_TOOLS)):
         Cluster(install, root / leftover).cleanup()  # stopped and removed if a run died
     cluster = Cluster(install, root / "source")
@@ -342,7 +351,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
               pitrkit_config=root / "pitrkit.toml",
               pitrkit_archive=root / "pitrkit-archive",
               runtime_dir=root / "run", pgbr_config=root / "pgbackrest.conf",
-              pgbr_repo=root / "pgbackrest-repo")
+              pgbr_repo=root / "pgbackrest-repo", pgbackrest=pgbackrest)
     for path in (rig.pitrkit_archive, rig.pgbr_repo, rig.runtime_dir, root / "pgbackrest-log",
                  root / "pgbackrest-lock", root / "floor"):
         shutil.rmtree(path, ignore_errors=True)
@@ -359,7 +368,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     rig.config_texts[PGBACKREST] = "\n".join([
         "[global]", f"repo1-path={rig.pgbr_repo}", f"log-path={root / 'pgbackrest-log'}",
         f"lock-path={root / 'pgbackrest-lock'}", "compress-type=zst", "process-max=2",
-        "start-fast=y", "repo1-retention-full=99", "log-level-console=warn", "",
+        "start-fast=y", "repo1-retention-full=99", "log-level-console=warn", *pgbackrest_options, "",
         f"[{STANZA}]", f"pg1-path={cluster.pgdata}", f"pg1-port={cluster.port}",
         f"pg1-socket-path={cluster.socket_dir}", "pg1-user=postgres", ""])
     rig.pitrkit_config.write_text(rig.config_texts[PITRKIT])
@@ -375,7 +384,7 @@ def build_rig(root: Path, venv: Path, scale: int) -> Rig:
     # production. log_line_prefix: timestamps in the logs of the restored servers too.
     cluster.conf(fsync=True, archive_mode=True, archive_command=rig.archive_command(PITRKIT),
                  max_wal_senders=4, log_line_prefix="%m [%p] ", log_timezone="UTC",
-                 log_checkpoints=True)
+                 log_checkpoints=True, **(settings or {}))
     cluster.start()
     run_as_server_user(rig.pgbr_cmd("stanza-create"), timeout=120)
     log(f"pgbench -i -s {scale}")
@@ -531,26 +540,30 @@ def run_restores(rig: Rig, rounds: int, target: Target, tools: list[str],
     return runs
 
 
-def restore_once(rig: Rig, tool: str, target: Target, round_: int) -> RestoreRun:
-    """Restore with `tool` into a fresh directory until promoted, check the digest, read
-    the server's log, and remove the restored cluster."""
+def restore_once(rig: Rig, tool: str, target: Target, round_: int, *,
+                 how: Callable[[Rig, Cluster, Target], tuple[Timed, float]] | None = None,
+                 digest_sql: str = DIGEST_SQL) -> RestoreRun:
+    """Restore with `tool` (with `how`, if given: a function like those of RESTORE) into a
+    fresh directory until promoted, check the digest (`digest_sql` at the restored server
+    against `target.digest`), read the server's log, and remove the restored cluster."""
     cluster = fresh_cluster(rig, f"restore-{tool}")
     started = FirstSeen(cluster.pgdata / "postmaster.pid")
     try:
-        t, promoted = RESTORE[tool](rig, cluster, target)
+        t, promoted = (how or RESTORE[tool])(rig, cluster, target)
         finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         label = backup_label(cluster.pgdata / "backup_label.old")
+        digest = [str(v) for v in cluster.sql(digest_sql)[0]]
         run = RestoreRun(
             tool, round_, round(t.wall_s, 2), round(started.stop() or 0, 2), round(promoted, 2),
             round(t.cpu_s, 2), t.load_before,
-            digest_ok=[str(v) for v in cluster.sql(DIGEST_SQL)[0]] == target.digest,
+            digest_ok=digest == target.digest,
             timeline=int(cluster.controldata()["Latest checkpoint's TimeLineID"]),
             backup=label["LABEL"],
             replayed_bytes=Lsn.parse(target.lsn) - Lsn.parse(label["START WAL LOCATION"].split()[0]),
             recovery=RecoveryLog.parse(log_text := server_log(cluster), finished),
             server_log=log_text.splitlines()[:300],
             recovery_settings=recovery_settings(cluster.pgdata / "postgresql.auto.conf"),
-            output=(t.stdout + t.stderr).strip()[-3000:])
+            output=(t.stdout + t.stderr).strip()[-3000:], digest=digest)
         log(f"  {tool}: restore command {run.restore_s:.1f} s, server started after "
             f"{run.server_started_s:.1f} s, promoted after {run.promoted_s:.1f} s, digest "
             f"{'ok' if run.digest_ok else 'WRONG'}, timeline {run.timeline}, "
@@ -581,31 +594,36 @@ def recovery_settings(auto_conf: Path) -> list[str]:
 def profile_pitrkit(rig: Rig, target: Target, top: int = 25) -> dict[str, dict]:
     """One more backup-push and restore under cProfile (all threads): the top functions
     by cumulative and by own time, in seconds. The full profiles stay in <root>/profile."""
+    restored = fresh_cluster(rig, "restore-pitrkit")
+    try:
+        return profile_commands(rig, {
+            "backup-push": rig.pitrkit_cmd("backup-push"),
+            "restore": rig.pitrkit_cmd("restore", "--lsn", target.lsn, "--target-dir", str(restored.pgdata),
+                                       "--start", "--port", str(restored.port))}, top)
+    finally:
+        restored.cleanup()
+
+
+def profile_commands(rig: Rig, cases: dict[str, list[str]], top: int = 25) -> dict[str, dict]:
+    """Run each of `cases` (name: a command of the bench venv's pitrkit) under cProfile,
+    every thread: wall and CPU seconds and the top functions by cumulative and by own
+    time. The full profiles stay in <root>/profile/<name>.prof."""
     profiles: dict[str, dict] = {}
     work = make_server_dir(rig.root / "profile")
     wrapper = work / "profile_wrapper.py"
     wrapper.write_text(PROFILE_WRAPPER)
     wrapper.chmod(0o644)
-    restored = fresh_cluster(rig, "restore-pitrkit")
-    cases = {
-        "backup-push": rig.pitrkit_cmd("backup-push"),
-        "restore": rig.pitrkit_cmd("restore", "--lsn", target.lsn, "--target-dir",
-                                   str(restored.pgdata), "--start", "--port", str(restored.port)),
-    }
-    try:
-        for name, argv in cases.items():
-            stats_file = work / f"{name}.prof"
-            log(f"profiling pitrkit {name}")
-            t = timed([str(rig.python), str(wrapper), str(stats_file), *argv], env=rig.env)
-            stats = pstats.Stats(str(stats_file))
-            rows = [(function_name(fn, line, func), cc, round(tt, 3), round(ct, 3))
-                    for (fn, line, func), (cc, _nc, tt, ct, _callers) in stats.stats.items()]  # type: ignore[attr-defined]
-            profiles[name] = {
-                "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2), "file": str(stats_file),
-                "by_cumulative": sorted(rows, key=lambda row: -row[3])[:top],
-                "by_own_time": sorted(rows, key=lambda row: -row[2])[:top]}
-    finally:
-        restored.cleanup()
+    for name, argv in cases.items():
+        stats_file = work / f"{name}.prof"
+        log(f"profiling pitrkit {name}")
+        t = timed([str(rig.python), str(wrapper), str(stats_file), *argv], env=rig.env)
+        stats = pstats.Stats(str(stats_file))
+        rows = [(function_name(fn, line, func), cc, round(tt, 3), round(ct, 3))
+                for (fn, line, func), (cc, _nc, tt, ct, _callers) in stats.stats.items()]  # type: ignore[attr-defined]
+        profiles[name] = {
+            "wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2), "file": str(stats_file),
+            "by_cumulative": sorted(rows, key=lambda row: -row[3])[:top],
+            "by_own_time": sorted(rows, key=lambda row: -row[2])[:top]}
     return profiles
 
 

@@ -19,6 +19,7 @@ import sys
 
 import xxhash
 
+from pitrkit.catalog.blockmap import CHECKSUM_SIZE
 from pitrkit.catalog.documents import BLOCK_SIZE
 
 
@@ -52,6 +53,13 @@ def unpacked(data: bytes) -> array.array[int]:
 def of_blocks(packed_checksums: bytes) -> bytes:
     """A block-mapped (or mappable) relation file's checksum, from its blocks' checksums."""
     return xxhash.xxh3_128_digest(packed_checksums)
+
+
+def covers(size: int, checksum: bytes, packed_checksums: bytes) -> bool:
+    """Whether a file record (`size`, `checksum`) is the file these block checksums
+    describe: one for each of its blocks, and its checksum theirs. Restore checks a map
+    against its record so before reading the file back, verify --deep as it reads maps."""
+    return len(packed_checksums) * BLOCK_SIZE == size * CHECKSUM_SIZE and of_blocks(packed_checksums) == checksum
 
 
 def of_bytes(data: bytes | memoryview) -> bytes:

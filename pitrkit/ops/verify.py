@@ -509,8 +509,7 @@ def _checksums_problem(backup: BackupManifest, records: Mapping[str, BackupFile 
     if backup.format_version < CHECKSUMMED_FORMAT_VERSION:
         return None
     record = records.get(file_map.path)
-    if record is None or record.size != file_map.blocks * BLOCK_SIZE \
-            or record.checksum != checksums.of_blocks(file_map.checksums):
+    if record is None or not checksums.covers(record.size, record.checksum, file_map.checksums):
         return (f"its block map of {file_map.path} is not of the file backup {backup.backup_id}'s manifest lists "
                 "(its length or its block checksums)")
     return None

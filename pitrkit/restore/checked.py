@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pitrkit.catalog import checksums
-from pitrkit.catalog.blockmap import CHECKSUM_SIZE, read_block_map
+from pitrkit.catalog.blockmap import read_block_map
 from pitrkit.catalog.documents import BLOCK_SIZE, CHECKSUMMED_FORMAT_VERSION, BackupFile, BackupManifest, BlockFile
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.storage.archive import Archive
@@ -74,8 +74,7 @@ def check_file(root: Path, backup_id: str, file: BackupFile | BlockFile, block_c
             raise NotAsBackedUp(f"{where}: the checksum of its bytes is {hasher.hexdigest()}, the manifest records "
                                 f"{file.checksum.hex()}")
         return
-    if checksums.of_blocks(block_checksums) != file.checksum or len(block_checksums) * BLOCK_SIZE \
-            != file.size * CHECKSUM_SIZE:
+    if not checksums.covers(file.size, file.checksum, block_checksums):
         raise NotAsBackedUp(f"backup {backup_id}'s block map of {file.path} does not match its manifest (its block "
                             "checksums are not the ones the manifest's checksum covers)")
     for block, got, expected in differing_blocks(root / file.path, block_checksums):

@@ -244,6 +244,21 @@ def test_concurrent_deletes_never_empty_a_listing(tmp_path):
         thread.join()
 
 
+def test_a_folder_holding_no_object_is_not_listed(tmp_path):
+    # A delete killed between its unlink and its rmdir leaves empty directories: in an
+    # object store they are no folder, and a listing showing one would show a removed
+    # backup as a backup with nothing in it.
+    root = tmp_path / "archive"
+    root.mkdir()
+    storage = LocalStorage(root)
+    storage.put("backups/20261206T000000Z/data/part-000001", b"part")
+    storage.put("backups/20261207T000000Z/data/part-000001", b"part")
+    (root / "backups" / "20261206T000000Z" / "data" / "part-000001").unlink()  # the kill
+
+    assert storage.list_folder("backups/").folders == ["backups/20261207T000000Z/"]
+    assert storage.list_folder("backups/20261206T000000Z/").folders == []
+
+
 @pytest.mark.parametrize("listing", ["list", "list_folder"])
 def test_a_symbolic_link_to_nothing_is_a_fault_not_an_empty_folder(wal_folder, listing):
     storage, folder = wal_folder

@@ -377,7 +377,8 @@ class LocalStorage:
                     if entry.is_symlink():
                         raise self._link_refused(f"{prefix}{entry.name}".split("/"))
                     if entry.is_dir(follow_symlinks=False):
-                        folders.append(f"{prefix}{entry.name}/")
+                        if _holds_anything(folder, entry.name):
+                            folders.append(f"{prefix}{entry.name}/")
                         continue
                     try:
                         status = entry.stat(follow_symlinks=False)
@@ -433,6 +434,29 @@ class LocalStorage:
             finally:
                 os.close(parent)
             folders = folders[:-1]
+
+
+def _holds_anything(parent: int, name: str) -> bool:
+    """Whether the directory `name` in `parent` holds an object, at any depth. In an
+    object store a folder exists only while it holds objects; a directory with none is
+    what a delete killed between its unlink and its rmdir leaves (or a put between its
+    mkdir and its file), and listing it would show a removed backup as an empty one.
+    Anything that is not a directory counts, so that a link is still refused where the
+    folder is listed."""
+    try:
+        folder = os.open(name, _FOLDER_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return False  # removed since the listing
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if not entry.is_dir(follow_symlinks=False) or _holds_anything(folder, entry.name):
+                    return True
+        return False
+    finally:
+        os.close(folder)
 
 
 def _write_all(descriptor: int, data: bytes) -> None:

@@ -88,8 +88,9 @@ class DeltaReport(NamedTuple):
     def describe(self) -> str:
         share = f" ({self.fetched / self.restore_reads:.1%})" if self.restore_reads else ""
         return (f"delta: {self.kept} files kept, {self.whole} fetched whole, {self.patched} patched ({self.blocks} "
-                f"blocks), {self.removed} removed; fetched {human_bytes(self.fetched)} of data{share} of the "
-                f"{human_bytes(self.restore_reads)} a full restore reads (block maps besides)")
+                f"blocks), {self.removed} removed; fetched {human_bytes(self.fetched)} of stored data{share} of "
+                f"the {human_bytes(self.restore_reads)} a restore into an empty directory reads (block maps "
+                f"besides): {self.fetched} of {self.restore_reads} bytes")
 
 
 # --- before anything is written -------------------------------------------------------------------

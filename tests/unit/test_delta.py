@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupTablespace
+from pitrkit.cli import main
 from pitrkit.errors import RefusedError
 from pitrkit.restore import chain, delta, unpack
 from pitrkit.restore.unpack import Slice
@@ -230,3 +232,58 @@ def test_entries_of_the_wrong_kind_are_replaced(tmp_path):
 
     assert restored_files(root) == expected(builder, [STATE], 0)
     assert report.removed == 3 and (tmp_path / "archive").is_dir()
+
+
+def test_a_tablespace_is_compared_through_its_link_and_only_its_version_directory_cleaned(tmp_path):
+    relation = "pg_tblspc/16400/PG_15_1/5/800"
+    builder = ChainBuilder(tmp_path / "archive")
+    stored = builder.backup({**STATE, relation: pages("800", 4)})
+    location = tmp_path / "ts"
+    location.mkdir()
+    manifest = msgspec.structs.replace(
+        stored, tablespaces=[BackupTablespace(oid=16400, name="ts", location=str(location))],
+        directories=[each for each in stored.directories if each.path != "pg_tblspc/16400"])
+    targets = unpack.resolve_tablespaces(manifest.tablespaces, [], manifest.backup_id)
+    root = tmp_path / "data"
+    unpack.unpack(builder.archive, manifest, root, targets, 2, lambda _: None)
+    with open(location / "PG_15_1/5/800", "r+b") as file:
+        file.seek(2 * BLOCK_SIZE)
+        file.write(page("ts-new", 2))
+    (location / "PG_15_1/5/801").write_bytes(b"extra")
+    (location / "PG_18_2").mkdir()  # another major's, as during pg_upgrade: not ours
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "pg_tblspc/16400").unlink()
+    os.symlink(elsewhere, root / "pg_tblspc/16400")
+
+    report = delta.restore(builder.archive, manifest, None, root, targets, 2, lambda _: None)
+
+    assert os.readlink(root / "pg_tblspc/16400") == str(location)
+    assert (location / "PG_15_1/5/800").read_bytes() == pages("800", 4)
+    assert sorted(os.listdir(location / "PG_15_1/5")) == ["800"] and (location / "PG_18_2").is_dir()
+    assert (report.patched, report.blocks, report.removed) == (1, 1, 1)
+    assert os.listdir(elsewhere) == []
+
+
+def cli(capsys, *args: object) -> tuple[int, str]:
+    code = main([str(arg) for arg in args])
+    return code, capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_running_cluster_and_a_non_cluster_before_planning(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    (tmp_path / "archive").mkdir()
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{tmp_path / "archive"}"\nretries = 0\n')
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "PG_VERSION").write_text("15\n")
+    (running / "postmaster.pid").write_text("4242\n")
+    code, err = cli(capsys, "--config", config, "restore", "--latest", "--delta", "--target-dir", running)
+    assert code == 1 and "postmaster.pid" in err and err.count("\n") == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, err = cli(capsys, "--config", config, "restore", "--latest", "--delta", "--target-dir", other)
+    assert code == 1 and "not a PostgreSQL data directory" in err and err.count("\n") == 1
+    assert sorted(os.listdir(running)) == ["PG_VERSION", "postmaster.pid"] and os.listdir(other) == ["notes.txt"]

@@ -149,17 +149,7 @@ def restore(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan |
     locations the backup, fetching what differs (`links`: an incremental's planned
     chain); return once all of it is checked and durable."""
     check_backup(manifest)
-    if links is None:
-        unpack.check_manifest(manifest)
-        if manifest.block_files:
-            raise CorruptManifest(f"backup {manifest.backup_id} is incremental: it is restored with its chain")
-        files: list[BackupFile | BlockFile] = list(manifest.files)
-        block_checksums = checked.stream_map_checksums(archive, manifest)
-    else:
-        files = list(links.files)
-        block_checksums = links.block_checksums
-    if len({file.path for file in files}) != len(files):
-        raise CorruptManifest(f"backup {manifest.backup_id}'s manifest lists a file twice")
+    files, block_checksums = _files_of(archive, manifest, links)
     control = next((index for index, file in enumerate(files) if file.path == CONTROL_FILE), None)
     modes = unpack.Modes.of(manifest)
 
@@ -168,29 +158,20 @@ def restore(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan |
     touched = unpack.make_directories(root, manifest, tablespaces, modes)
     if control is not None:
         files[control] = msgspec.structs.replace(files[control], path=_CONTROL_ASIDE)
-    wanted = compare(root, files, block_checksums, modes, workers,
-                     {control} if control is not None and held is not None else set())
+    kept_control = {control} if control is not None and held is not None else set()
+    wanted = compare(root, files, block_checksums, modes, workers, kept_control)
     if control is not None and held is not None:
         _write_held(root, files[control], held, modes)
-
     if links is None:
-        reads = [(part, kept) for part, slices in zip(manifest.parts, unpack.slices_by_part(manifest.files,
-                                                                                            manifest.parts),
-                                                      strict=True)
-                 if (kept := wanted_slices(slices, wanted))]
-        writer = FileWriter(root, files, unpack.count_pieces(len(files), [kept for _, kept in reads]), modes,
-                            existing=True)
-        tasks = [_part_task(archive, writer, part, kept, advance) for part, kept in reads]
-        fetched = sum(part.stored_size for part, _ in reads)
-        restore_reads = sum(part.stored_size for part in manifest.parts)
+        fetched, restore_reads = _fetch_parts(archive, manifest, root, files, wanted, modes, workers, advance)
     else:
         narrowed = narrow_chain(links, files, wanted)
         writer = FileWriter(root, files, narrowed.pieces, modes, existing=True)
-        tasks = chain.read_tasks(narrowed, writer, advance)
+        unpack.write_files(writer, chain.read_tasks(narrowed, writer, advance), workers)
         fetched, restore_reads = _chain_reads(narrowed), _chain_reads(links)
-    unpack.write_files(writer, tasks, workers)
-    rest = [file for index, file in enumerate(files) if index != control]
-    checked.check_directory(root, manifest, rest, block_checksums, workers)
+
+    checked.check_directory(root, manifest, [file for index, file in enumerate(files) if index != control],
+                            block_checksums, workers)
     if control is not None:
         checked.check_file(root, manifest.backup_id, files[control], None)
     unpack.finish_directory(root, manifest, tablespaces, touched)
@@ -206,6 +187,41 @@ def restore(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan |
     return DeltaReport(kept=len(files) - whole - len(patched), whole=whole, patched=len(patched),
                        blocks=sum((end - start) // BLOCK_SIZE for ranges in patched for start, end in ranges),
                        removed=removed, fetched=fetched, restore_reads=restore_reads)
+
+
+def _files_of(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan | None
+              ) -> tuple[list[BackupFile | BlockFile], dict[str, bytes]]:
+    """What the backup restores, and the block checksums of its relation files by path."""
+    if links is not None:
+        files = list(links.files)  # the chain checked each path is listed once
+        return files, links.block_checksums
+    unpack.check_manifest(manifest)
+    if manifest.block_files:
+        raise CorruptManifest(f"backup {manifest.backup_id} is incremental: it is restored with its chain")
+    if len({file.path for file in manifest.files}) != len(manifest.files):
+        raise CorruptManifest(f"backup {manifest.backup_id}'s manifest lists a file twice")
+    return list(manifest.files), checked.stream_map_checksums(archive, manifest)
+
+
+def _fetch_parts(archive: Archive, manifest: BackupManifest, root: Path, files: list[BackupFile | BlockFile],
+                 wanted: Sequence[Ranges], modes: unpack.Modes, workers: int, advance: Callable[[int], None]
+                 ) -> tuple[int, int]:
+    """A full backup's parts holding wanted ranges, fetched and written in place; their
+    stored bytes, and all parts'."""
+    slices = unpack.slices_by_part(manifest.files, manifest.parts)
+    reads = [(part, kept) for part, each in zip(manifest.parts, slices, strict=True)
+             if (kept := wanted_slices(each, wanted))]
+    writer = FileWriter(root, files, unpack.count_pieces(len(files), [kept for _, kept in reads]), modes,
+                        existing=True)
+
+    def task(part: BackupPart, kept: list[Slice]) -> Callable[[], None]:
+        def run() -> None:
+            writer.write_slices(kept, unpack.read_part(archive, part))
+            advance(sum(piece.length for piece in kept))
+        return run
+
+    unpack.write_files(writer, [task(part, kept) for part, kept in reads], workers)
+    return sum(part.stored_size for part, _ in reads), sum(part.stored_size for part in manifest.parts)
 
 
 def make_unstartable(root: Path, control: BackupFile | BlockFile | None) -> bytes | None:
@@ -227,9 +243,10 @@ def make_unstartable(root: Path, control: BackupFile | BlockFile | None) -> byte
                 pass  # (NotADirectory: `global` is no directory; remove_extras replaces it)
             except IsADirectoryError:
                 shutil.rmtree(root / name)
-        if path.parent.is_dir():
-            durable.fsync_directory(path.parent)
-        durable.fsync_directory(root)
+        # An empty data directory (only a tablespace location held files) may not exist yet.
+        for directory in (path.parent, root):
+            if directory.is_dir():
+                durable.fsync_directory(directory)
     except OSError as exc:
         raise PitrkitError(f"cannot remove {root / CONTROL_FILE} before the delta: {exc.strerror}") from None
     return held
@@ -438,11 +455,3 @@ def narrow_chain(plan: chain.ChainPlan, files: list[BackupFile | BlockFile], wan
 
 def _chain_reads(plan: chain.ChainPlan) -> int:
     return sum(read.part.stored_size for read in plan.stream_reads) + sum(read.length for read in plan.block_reads)
-
-
-def _part_task(archive: Archive, writer: FileWriter, part: BackupPart, slices: list[Slice],
-               advance: Callable[[int], None]) -> Callable[[], None]:
-    def task() -> None:
-        writer.write_slices(slices, unpack.read_part(archive, part))
-        advance(sum(piece.length for piece in slices))
-    return task

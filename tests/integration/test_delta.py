@@ -66,6 +66,7 @@ def delta(setup, restored, *args: str) -> tuple[str, int, int]:
     result = setup.run("restore", *args, "--delta", "--archive-mode", "off", "--target-dir", str(restored.pgdata),
                        timeout=600)
     out = succeeded(result)
+    print(out)  # shown when the test fails
     match = re.search(r"^delta: .*: (\d+) of (\d+) bytes$", out, re.MULTILINE)
     assert match, out
     return out, int(match[1]), int(match[2])

@@ -287,3 +287,11 @@ def test_the_cli_refuses_a_running_cluster_and_a_non_cluster_before_planning(tmp
     code, err = cli(capsys, "--config", config, "restore", "--latest", "--delta", "--target-dir", other)
     assert code == 1 and "not a PostgreSQL data directory" in err and err.count("\n") == 1
     assert sorted(os.listdir(running)) == ["PG_VERSION", "postmaster.pid"] and os.listdir(other) == ["notes.txt"]
+
+
+def test_an_absent_data_directory_is_written_whole(tmp_path):
+    builder = full(tmp_path)
+    root = tmp_path / "data"
+    report = delta_restore(builder, root)
+    assert restored_files(root) == expected(builder, [STATE], 0)
+    assert report.kept == 1 and report.fetched == report.restore_reads  # kept: the empty file

@@ -295,3 +295,16 @@ def test_an_absent_data_directory_is_written_whole(tmp_path):
     report = delta_restore(builder, root)
     assert restored_files(root) == expected(builder, [STATE], 0)
     assert report.kept == 1 and report.fetched == report.restore_reads  # kept: the empty file
+
+
+def test_a_block_map_that_does_not_cover_its_file_record_is_refused_and_nothing_starts(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive")
+    builder.backup(STATE, wrong_file="base/5/100")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "PG_VERSION").write_text("15\n")
+    (root / "global").mkdir()
+    (root / "global/pg_control").write_bytes(b"old")
+    with pytest.raises(RefusedError, match="block map of base/5/100 does not match its manifest"):
+        delta_restore(builder, root)
+    assert not (root / "global/pg_control").exists()

@@ -133,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="restore a fresh data directory to a point in time")
     _add_target_arguments(restore)
     restore.add_argument("--target-dir", type=Path, required=True, metavar="DIR",
-                         help="the new data directory (absent or empty)")
+                         help="the new data directory (absent or empty; with --delta, also a stopped cluster)")
+    restore.add_argument("--delta", action="store_true",
+                         help="DIR may be a stopped cluster (an old standby, an earlier restore): fetch only the "
+                         "blocks and files that differ from the backup and remove what it lacks; refused if "
+                         "postmaster.pid exists or DIR is not a data directory")
     restore.add_argument("--action", choices=["promote", "pause", "shutdown"], default="promote",
                          help="recovery_target_action (default: promote)")
     restore.add_argument("--tablespace-map", action="append", default=[], metavar="OLD=NEW",

@@ -372,11 +372,20 @@ def unpack_chain(plan: ChainPlan, root: Path, tablespaces: list[unpack.Tablespac
     """Write the target backup into `root` (absent or empty; its parent exists) and the
     tablespace locations, as `unpack.unpack` writes a full one; return once all of it is
     durable. `advance(n)` is called with the bytes of files written."""
-    archive = plan.archive
     target = plan.target
     modes = unpack.Modes.of(target)
     touched = unpack.make_directories(root, target, tablespaces, modes)
     writer = FileWriter(root, plan.files, plan.pieces, modes)
+    unpack.write_files(writer, read_tasks(plan, writer, advance), workers)
+    checked.check_directory(root, target, plan.files, plan.block_checksums, workers)
+    unpack.finish_directory(root, target, tablespaces, touched)
+
+
+def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], None]) -> list[Callable[[], None]]:
+    """The plan's reads as tasks for `unpack.write_files`, each fetching one object (or
+    range) and writing its slices with `writer` (restore/delta.py runs a plan it
+    filtered)."""
+    archive = plan.archive
 
     def from_stream(read: StreamRead) -> Callable[[], None]:
         def task() -> None:
@@ -400,10 +409,7 @@ def unpack_chain(plan: ChainPlan, root: Path, tablespaces: list[unpack.Tablespac
                 advance(sum(piece.length for piece in slices))
         return task
 
-    tasks = [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]
-    unpack.write_files(writer, tasks, workers)
-    checked.check_directory(root, target, plan.files, plan.block_checksums, workers)
-    unpack.finish_directory(root, target, tablespaces, touched)
+    return [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]
 
 
 def _super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:

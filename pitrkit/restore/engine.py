@@ -2,17 +2,18 @@
 the WAL archive.
 
 The order is the safety: first everything that can refuse without touching the disk
-(running as root, a non-empty target, the plan, a corrupt manifest or one the catalog
-disagrees with, an incremental's chain with a link missing or that does not hold
-together (restore/chain.py), a tablespace mapping naming nothing or a tablespace with
-nowhere to go, a WAL segment gone from the archive since the catalog was written); then
-a lease on the backup and its WAL (catalog/lease.py), refused if retention is removing
-the backup; only then the directory is created and the backup written into it (see
-restore/unpack.py, and restore/chain.py for an incremental), its configuration made its
-own (restore/server_config.py), the recovery settings added (restore/recovery_conf.py),
-and, with --start, the server started and watched until it reaches the target
-(restore/pgstart.py). Exit 0 means the directory is complete and durable, and with
---start that the target was reached.
+(running as root, a non-empty target, or with --delta one that is not a stopped cluster
+or a backup without checksums (restore/delta.py), the plan, a corrupt manifest or one
+the catalog disagrees with, an incremental's chain with a link missing or that does not
+hold together (restore/chain.py), a tablespace mapping naming nothing or a tablespace
+with nowhere to go, a WAL segment gone from the archive since the catalog was written);
+then a lease on the backup and its WAL (catalog/lease.py), refused if retention is
+removing the backup; only then the directory is created and the backup written into it
+(see restore/unpack.py, restore/chain.py for an incremental, restore/delta.py over a
+stopped cluster), its configuration made its own (restore/server_config.py), the
+recovery settings added (restore/recovery_conf.py), and, with --start, the server
+started and watched until it reaches the target (restore/pgstart.py). Exit 0 means the
+directory is complete and durable, and with --start that the target was reached.
 
 The lease is renewed while the restore runs. It is released once --start has seen the
 server promote (recovery reads no more WAL), and when the server --start started has
@@ -46,7 +47,7 @@ from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, WalFileKind, WalFileName
 from pitrkit.progress import Progress, human_bytes, human_seconds, show_time
-from pitrkit.restore import chain, pgconf, pgstart, recovery_conf, server_config, unpack
+from pitrkit.restore import chain, delta, pgconf, pgstart, recovery_conf, server_config, unpack
 from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
@@ -60,9 +61,11 @@ _STAT_THREADS = 16
 class RestoreIncomplete(PitrkitError):
     """Writing the data directory failed part-way; says so, with the cause's exit code."""
 
-    def __init__(self, cause: PitrkitError, target_dir: Path) -> None:
-        super().__init__(f"{cause}; {target_dir} is incomplete: empty it (and any tablespace "
-                         "directories) before restoring again")
+    def __init__(self, cause: PitrkitError, target_dir: Path, over_cluster: bool = False) -> None:
+        again = ("run restore --delta again to finish it (it has no global/pg_control until a delta ends, so "
+                 "PostgreSQL will not start it)" if over_cluster else
+                 "empty it (and any tablespace directories) before restoring again")
+        super().__init__(f"{cause}; {target_dir} is incomplete: {again}")
         self.exit_code = cause.exit_code
 
 
@@ -74,7 +77,10 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
                          "replays all archived WAL and PostgreSQL promotes at its end")
     mappings = unpack.parse_tablespace_mappings(args.tablespace_map)
     target_dir = Path(os.path.abspath(args.target_dir))
-    unpack.check_absent_or_empty(target_dir, "--target-dir")
+    # --delta: a stopped cluster to write over (restore/delta.py), or nothing yet.
+    existing = delta.check_target(target_dir) if args.delta else False
+    if not args.delta:
+        unpack.check_absent_or_empty(target_dir, "--target-dir")
     timeline, server = server_choice(target, timeline_from_args(args), config)
     archive = Archive(config)
 
@@ -86,7 +92,10 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     # The manifest's tablespaces, not the catalog's copy: see unpack.check_tablespace_directory.
     tablespaces = unpack.resolve_tablespaces(manifest.tablespaces, mappings, manifest.backup_id)
     for each in tablespaces:
-        unpack.check_tablespace_directory(each, target_dir)
+        unpack.check_tablespace_directory(each, target_dir, delta=args.delta)
+    existing = existing or (args.delta and any(delta.occupied(each.location) for each in tablespaces))
+    if existing:
+        delta.check_backup(manifest)
     workers = config.backup.workers or os.cpu_count() or 1
     links = None
     if manifest.parent is not None:
@@ -99,7 +108,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     check_wal_present(archive, plan)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
-        write_data_directory(archive, manifest, links, target_dir, tablespaces, workers, held)
+        write_data_directory(archive, manifest, links, target_dir, tablespaces, workers, held, existing)
         sockets = pgstart.socket_dir(target_dir, port) if port is not None and bindir is not None else None
         say(f"the restored copy's configuration (--config-files {args.config_files}):")
         server_config.write(target_dir, manifest.configuration,
@@ -193,9 +202,9 @@ def take_lease(archive: Archive, plan: RestorePlan) -> documents.Lease | None:
 
 def write_data_directory(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan | None,
                          target_dir: Path, tablespaces: list[unpack.TablespaceTarget], workers: int,
-                         held: lease.Renewal) -> None:
+                         held: lease.Renewal, existing: bool = False) -> None:
     """The backup's files, from its own stream or (an incremental, `links` planned) from
-    its chain."""
+    its chain; over the `existing` cluster, only what differs from it (restore/delta.py)."""
     stored = f"{human_bytes(manifest.stored_size)} stored"
     if links is not None:
         stored += f" by it, {human_bytes(sum(link.stored_size for link in links.manifests))} by its chain"
@@ -205,13 +214,16 @@ def write_data_directory(archive: Archive, manifest: BackupManifest, links: chai
         say(f"  tablespace {each.tablespace.name} -> {each.location}")
     try:
         with Progress("restoring", manifest.size) as progress:
-            if links is None:
+            if existing:
+                say(delta.restore(archive, manifest, links, target_dir, tablespaces, workers,
+                                  progress.advance).describe())
+            elif links is None:
                 unpack.unpack(archive, manifest, target_dir, tablespaces, workers, progress.advance)
             else:
                 chain.unpack_chain(links, target_dir, tablespaces, workers, progress.advance)
     except PitrkitError as exc:
         held.release()  # nothing will replay from an incomplete directory
-        raise RestoreIncomplete(exc, target_dir) from None
+        raise RestoreIncomplete(exc, target_dir, existing) from None
 
 
 def restore_lease(config: Config) -> timedelta:

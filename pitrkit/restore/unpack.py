@@ -158,14 +158,15 @@ def check_absent_or_empty(path: Path, what: str) -> None:
                            "restore into an absent or empty directory")
 
 
-def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -> None:
+def check_tablespace_directory(target: TablespaceTarget, data_directory: Path, delta: bool = False) -> None:
     """A mapped directory is the operator's: absent (restore creates it) or empty. A
     recorded location comes from the manifest, which anyone able to write to the storage
     could have written: restore uses it only as an existing, empty directory (not a link)
     of the restoring user, so that nothing is created or taken over outside the target
     directory that the operator did not prepare. Neither may hold the data directory or
     lie inside it (the empty parent of a target directory still to be created is no
-    place for a tablespace)."""
+    place for a tablespace). With `delta` (restore --delta, restore/delta.py) either may
+    hold files already: only the backup's own version directory in it is changed."""
     location, data = Path(os.path.realpath(target.location)), Path(os.path.realpath(data_directory))
     if location.is_relative_to(data) or data.is_relative_to(location):
         where = "is" if location == data else "is inside" if location.is_relative_to(data) else "holds"
@@ -173,6 +174,11 @@ def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -
                            f"{str(target.location)!r}, which {where} the target directory {data_directory}: map it "
                            "elsewhere with --tablespace-map")
     if target.mapped:
+        if delta:
+            if target.location.exists() and not target.location.is_dir():
+                raise RefusedError(f"tablespace {target.tablespace.name}'s directory {target.location} exists and "
+                                   "is not a directory")
+            return
         check_absent_or_empty(target.location, f"tablespace {target.tablespace.name}'s directory")
         return
     tablespace = target.tablespace
@@ -192,7 +198,7 @@ def check_tablespace_directory(target: TablespaceTarget, data_directory: Path) -
             why = "belongs to another user"
         else:
             try:
-                why = "is not empty" if os.listdir(location) else ""
+                why = "is not empty" if os.listdir(location) and not delta else ""
             except OSError as exc:
                 why = f"cannot be listed ({exc.strerror})"
     if why:
@@ -370,23 +376,35 @@ class FileWriter:
     whose pieces come far apart (blocks of a chain restore, from an old backup's stream
     early and a recent one's super-blocks late) holds no descriptor in between, so how
     many files are half-written is not bounded by the descriptor limit. The fsync of the
-    last piece makes all of the file's data durable, whichever descriptor wrote it."""
+    last piece makes all of the file's data durable, whichever descriptor wrote it.
+
+    `existing`: every file with pieces is already there at its recorded length
+    (restore/delta.py made it so) and they are written into it: nothing is created or
+    truncated, and a file with no pieces is left alone."""
 
     def __init__(self, root: Path, files: Sequence[BackupFile | BlockFile], pieces: list[int],
-                 modes: Modes) -> None:
+                 modes: Modes, existing: bool = False) -> None:
         self.root = root
         self.modes = modes
         self.files = files
+        self.existing = existing
         self._pending = {index: _Pending(count) for index, count in enumerate(pieces) if count}
         self._lock = threading.Lock()
 
     def create_empty_files(self) -> None:
+        if self.existing:
+            return
         for index, file in enumerate(self.files):
             if index not in self._pending:
                 _finish_file(self._create(file), file, self.modes)
 
     def _create(self, file: BackupFile | BlockFile) -> int:
         path = self.root / file.path
+        if self.existing:
+            try:
+                return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise PitrkitError(f"cannot open {path}: {exc.strerror}") from None
         try:
             # O_EXCL: the directory started empty, so an existing file is a manifest
             # naming a path twice.

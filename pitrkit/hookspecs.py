@@ -66,12 +66,17 @@ class Folder(NamedTuple):
     folders: list[str]  # sub-folder prefixes, each ending in "/", in key order
 
 
+@runtime_checkable
 class Storage(Protocol):
     """One archive's objects, addressed by `/`-separated keys relative to the archive root.
 
     Every method honours the `timeout` (seconds) the backend was created with, so that no
     call hangs forever; retries are the caller's business, not the backend's, except
     where the backend's own client retries idempotent requests by itself.
+
+    Runtime-checkable: `isinstance(backend, Storage)` says whether every member is there
+    (not their signatures). pitrkit checks the object a plugin returns the same way when
+    it opens an archive, and refuses an incomplete one naming what is missing.
     """
 
     url: str

@@ -66,6 +66,15 @@ class Folder(NamedTuple):
     folders: list[str]  # sub-folder prefixes, each ending in "/", in key order
 
 
+# The keys pitrkit stores objects under (docs/archive-format.md has the layout): components
+# of ASCII letters, digits, "-", "_" and ".", none empty nor starting with ".", joined by
+# "/"; at most `MAX_KEY_LENGTH` bytes in all and 100 in a component (pitrkit's own keys
+# stay under 100 bytes, and a file name under a file system's 255). So a backend
+# may keep its temporary objects under names starting with "." (the file:// backend does),
+# and needs no escaping; byte order and code point order are the same for these keys.
+MAX_KEY_LENGTH = 256
+
+
 @runtime_checkable
 class Storage(Protocol):
     """One archive's objects, addressed by `/`-separated keys relative to the archive root.

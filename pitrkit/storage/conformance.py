@@ -81,6 +81,8 @@ def _both_ways(way: str, storage: Storage, optional: type, method: str) -> Stora
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, type):
+        return value.__name__
     if isinstance(value, bytes | bytearray | memoryview):
         value = bytes(value)
         if len(value) > 24:
@@ -151,6 +153,29 @@ class StorageConformance:
     def test_the_backend_has_every_required_method(self, storage):
         expect(missing_storage_members(storage), [],
                f"members of pitrkit.hookspecs.Storage that {type(storage).__name__} lacks")
+
+    def test_each_required_method_answers_on_an_empty_archive(self, storage):
+        # Each method once, each on its own, so that a first run names every method that
+        # does not work yet rather than the first one the other tests happen to call.
+        calls: list[tuple[str, Callable[[], Any], Any]] = [
+            ("get('absent')", lambda: storage.get("absent"), ObjectNotFound),
+            ("stat('absent')", lambda: storage.stat("absent"), ObjectNotFound),
+            ("list('')", lambda: list(storage.list("")), []),
+            ("list_folder('')", lambda: storage.list_folder(""), ([], [])),
+            ("delete('absent')", lambda: storage.delete("absent"), None),
+            ("put('present', b'x')", lambda: storage.put("present", b"x"), None),
+        ]
+        wrong = []
+        for call, run, expected in calls:
+            try:
+                got = run()
+            except Exception as exc:  # every method's own failure, reported together
+                if not (isinstance(expected, type) and isinstance(exc, expected)):
+                    wrong.append(f"{call}: expected {_show(expected)}, got {type(exc).__name__}: {exc}")
+                continue
+            if isinstance(expected, type) or got != expected:
+                wrong.append(f"{call}: expected {_show(expected)}, got {_show(got)}")
+        expect_true(not wrong, "on an empty archive:\n" + "\n".join(wrong))
 
     def _opened(self, url: str) -> tuple[Plugins, Storage]:
         plugins = Plugins()

@@ -280,7 +280,6 @@ class StorageConformance:
         versions = [bytes([n]) * (200_000 + 1000 * n) for n in range(3)]
         storage.put("doc", versions[0])
         done = threading.Event()
-        seen: list[str] = []
 
         def overwrite() -> None:
             try:
@@ -291,13 +290,16 @@ class StorageConformance:
 
         def read() -> None:
             while not done.is_set():
-                data = storage.get("doc")
+                try:
+                    data = storage.get("doc")
+                    size = storage.stat("doc").size
+                except ObjectNotFound:
+                    raise AssertionError("get or stat of 'doc' while it is overwritten raised ObjectNotFound: an "
+                                         "overwrite replaces the object atomically, it is never absent") from None
                 expect_true(data in versions, "get('doc') while it is overwritten must return one version whole, "
                                               f"got {_show(data)} (a torn or partial object)")
-                size = storage.stat("doc").size
                 expect_true(size in {len(each) for each in versions},
                             f"stat('doc').size while it is overwritten: got {size}, no version's size")
-                seen.append("read")
 
         _in_threads(overwrite, read)
         expect(storage.get("doc"), versions[15 % 3], "get after the overwrites")

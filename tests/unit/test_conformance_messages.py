@@ -15,6 +15,7 @@ pytest_plugins = ["pytester"]
 
 BACKEND = '''
 import threading
+import time
 
 import pytest
 
@@ -34,6 +35,9 @@ class MemoryStorage:
         with self.lock:
             if key in self.objects and not overwrite and BROKEN != "overwriting put":
                 raise ObjectExists(key)
+            if overwrite and BROKEN == "torn overwrite":  # written in place: readers see half of it a while
+                self.objects[key] = bytes(data[:len(data) // 2])
+                time.sleep(0.005)
             self.objects[key] = bytes(data)
 
     def get(self, key):
@@ -91,6 +95,12 @@ def test_an_unordered_list_is_named(pytester):
     assert ("AssertionError: list('') order (UTF-8 bytes of the key: 'A' < 'B' < 'a-b' < 'a.b' < 'a/b' < 'a0'): "
             "expected ['0', 'A', 'B', 'Z/z', '_x', 'a-b', 'a.b', 'a/b', 'a0', 'aB', 'a_b', 'ab', 'x.1a2b3c.tmp', "
             "'x.tmp'], got ['x.1a2b3c.tmp', 'x.tmp', '0', '_x', 'Z/z', 'B'") in output
+
+
+def test_a_torn_overwrite_is_named(pytester):
+    output = run_suite(pytester, "torn overwrite", "test_reads_during_overwrites_see_whole_objects")
+    assert ("AssertionError: get('doc') while it is overwritten must return one version whole, got 10" in output
+            and "(a torn or partial object)" in output), output
 
 
 def test_a_missing_method_is_named(pytester):

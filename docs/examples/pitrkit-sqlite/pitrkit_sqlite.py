@@ -11,9 +11,10 @@ built-in file:// backend does); `timeout` is how long to wait for another writer
 """
 
 import sqlite3
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, hookimpl
+from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, Storage, StorageError, hookimpl
 
 
 class SqliteStorage:
@@ -61,7 +62,7 @@ class SqliteStorage:
             raise ObjectNotFound(key)
         return ObjectInfo(key, rows[0][0])
 
-    def list(self, prefix: str = ""):
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # TEXT keys compare with memcmp() on UTF-8: the byte order the protocol asks for.
         # The keys starting with `prefix` are those from `prefix` up to the prefix with its
         # last character incremented: a range of the primary key's index, so a listing
@@ -80,7 +81,8 @@ class SqliteStorage:
         # one level itself (S3 and GCS list with a delimiter) should ask it instead.
         # The keys under a folder are one contiguous run of the sorted listing, so each
         # sub-folder is met once, and in key order.
-        objects, folders = [], []
+        objects: list[ObjectInfo] = []
+        folders: list[str] = []
         for info in self.list(prefix):
             name = info.key[len(prefix):]
             if "/" not in name:
@@ -94,7 +96,7 @@ class SqliteStorage:
 
 
 @hookimpl
-def pitrkit_storage(url: str, timeout: float):
+def pitrkit_storage(url: str, timeout: float) -> Storage | None:  # a type checker checks the class against it
     if not url.startswith("sqlite:"):
         return None  # not ours: let another plugin answer
     return SqliteStorage(url, timeout)

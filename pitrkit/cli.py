@@ -187,6 +187,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="a document signing pair: the signing key for writers (mode 0600) and the "
                               "verify key for readers")
 
+    template = commands.add_parser("plugin-template", help="write a new storage plugin distribution for the URL "
+                                   "scheme NAME: entry point, backend skeleton, conformance tests")
+    template.add_argument("name", metavar="NAME", help="the URL scheme the plugin handles, e.g. s3")
+    template.add_argument("--dir", type=Path, metavar="DIR", help="where to write it (default: ./pitrkit-NAME)")
+
     commands.add_parser("agent", help="serve wal-push and wal-fetch for this configuration until idle "
                         "(started automatically)")
     commands.add_parser("print-service", help="print the systemd unit for `pitrkit daemon` (conf/pitrkit.service), "
@@ -264,6 +269,11 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             from pitrkit.storage.keys import keygen
 
             return keygen(args.key_file, args.recipient, args.signing)
+        if args.command == "plugin-template":
+            # Only when a plugin author asks for it: no other command needs the template.
+            from pitrkit.ops.plugin_template import write
+
+            return write(args.name, args.dir)
         config_path = configuration.locate(args.config).absolute()
         if args.command == "agent":
             # Only when the agent is served (or started, below): an in-process wal-push or

@@ -66,12 +66,28 @@ class Folder(NamedTuple):
     folders: list[str]  # sub-folder prefixes, each ending in "/", in key order
 
 
+# The keys pitrkit stores objects under (docs/archive-format.md has the layout): components
+# of ASCII letters, digits, "-", "_" and ".", none empty nor starting with ".", joined by
+# "/"; at most `MAX_KEY_LENGTH` bytes in all and 100 in a component (pitrkit's own keys
+# stay under 100 bytes, and a file name under a file system's 255). So a backend
+# may keep its temporary objects under names starting with "." (the file:// backend does),
+# and needs no escaping; byte order and code point order are the same for these keys.
+MAX_KEY_LENGTH = 256
+
+
+@runtime_checkable
 class Storage(Protocol):
     """One archive's objects, addressed by `/`-separated keys relative to the archive root.
 
     Every method honours the `timeout` (seconds) the backend was created with, so that no
     call hangs forever; retries are the caller's business, not the backend's, except
-    where the backend's own client retries idempotent requests by itself.
+    where the backend's own client retries idempotent requests by itself. A backend on a
+    local file system may leave it unenforced, as file:// does: a system call cannot be
+    abandoned safely.
+
+    Runtime-checkable: `isinstance(backend, Storage)` says whether every member is there
+    (not their signatures). pitrkit checks the object a plugin returns the same way when
+    it opens an archive, and refuses an incomplete one naming what is missing.
     """
 
     url: str
@@ -84,7 +100,10 @@ class Storage(Protocol):
         `overwrite` it replaces the object atomically (for small mutable documents).
         `ObjectExists` is raised only once the existing object is durable too: it may be
         a concurrent writer's that has not finished making it so, or an earlier attempt
-        of ours that failed after publishing it (local: fsync it and its directory)."""
+        of ours that failed after publishing it (local: fsync it and its directory).
+        Nothing written on the way is ever visible: `get` and the listings see the object
+        whole or not at all. Local: new intermediate directories are fsync'd in their
+        parents too."""
 
     def get(self, key: str) -> bytes:
         """The object's bytes; `ObjectNotFound` if absent."""
@@ -94,15 +113,21 @@ class Storage(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, in key order (byte order of the
-        UTF-8 key). An empty archive yields nothing."""
+        UTF-8 key). An empty archive yields nothing. May be lazy (pages fetched as it is
+        consumed): pitrkit consumes it whole before using it, and a fault on the way is a
+        `StorageError`, never a shorter listing. Never an unfinished or temporary object."""
 
     def list_folder(self, prefix: str) -> Folder:
         """The objects directly under `prefix` (the archive root "" or a prefix ending in
         "/") and its sub-folders, without descending into them: how the planner finds
-        timelines and WAL directories without listing every segment."""
+        timelines and WAL directories without listing every segment. A folder exists only
+        while it holds an object: one whose objects were all deleted is not listed.
+        On a hot path: `wal-fetch` calls it for every segment that is not stored, so it
+        should be one request for one level, never a scan of the archive."""
 
     def delete(self, key: str) -> None:
-        """Remove the object; deleting an absent key is not an error."""
+        """Remove the object; deleting an absent key is not an error (but an unreachable
+        archive is a `StorageError`, as for every method)."""
 
 
 # Optional storage methods: each a protocol of its own, so that a backend without it

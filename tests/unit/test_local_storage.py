@@ -67,6 +67,10 @@ class TestLocalStorage(StorageConformance):
         return LocalStorage(tmp_path / "not-mounted")
 
     @pytest.fixture
+    def malformed_url(self):
+        return "file://elsewhere/srv/archive"  # a host: file URLs name a local path only
+
+    @pytest.fixture
     def failing_durability(self, storage, monkeypatch):
         fsyncs = Fsyncs(monkeypatch)
 

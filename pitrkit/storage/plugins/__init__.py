@@ -24,6 +24,21 @@ BUILTIN_PLUGINS = (
 )
 
 
+# What `hookspecs.Storage` requires: its methods, and `url`.
+STORAGE_METHODS = tuple(name for name, value in vars(hookspecs.Storage).items()
+                        if callable(value) and not name.startswith("_"))
+
+
+def missing_storage_members(backend: object) -> list[str]:
+    """The members of `hookspecs.Storage` that `backend` lacks (a method that is not
+    callable counts as missing, and so does a `url` that is not a string), in the
+    protocol's order: what `isinstance(backend, Storage)` checks, but naming them."""
+    missing = [name for name in STORAGE_METHODS if not callable(getattr(backend, name, None))]
+    if not isinstance(getattr(backend, "url", None), str):
+        missing.insert(0, "url")
+    return missing
+
+
 class Plugins:
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager("pitrkit")
@@ -45,6 +60,10 @@ class Plugins:
             raise ConfigError(f"repository.url: {exc}") from None
         if backend is None:
             raise PluginError(f"the plugin {scheme!r} does not handle the URL {url!r}")
+        if missing := missing_storage_members(backend):
+            raise PluginError(f"the plugin {scheme!r} returned an incomplete storage backend "
+                              f"({type(backend).__module__}.{type(backend).__qualname__}): it has no "
+                              f"{', '.join(missing)} (see pitrkit.hookspecs.Storage)")
         return backend
 
     def compressor(self, name: str, level: int = 3, threads: int = 0) -> hookspecs.Compressor:

@@ -17,6 +17,10 @@ class TestGcsStorage(StorageConformance):
     def unreachable_storage(self, emulator):
         return GcsStorage("gs://no-such-bucket/archive", timeout=10)
 
+    @pytest.fixture
+    def malformed_url(self):
+        return "gs://Not_A_Bucket!/archive"
+
     def test_copy_is_create_only(self, copying, request):
         if request.node.callspec.params["copying"] == "own method":
             # fake-gcs-server ignores ifGenerationMatch on rewriteTo (and copyTo), which GCS

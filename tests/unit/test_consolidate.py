@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from pitrkit.catalog.backups import survey_backups
-from pitrkit.catalog.documents import BackupFile, BackupManifest, BackupPart
+from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart
 from pitrkit.config import EncryptionConfig, FullEvery
 from pitrkit.daemon.backup_kind import ClusterIdentity, next_backup_kind
 from pitrkit.errors import RefusedError
@@ -21,7 +21,9 @@ from pitrkit.ops.policy import RetentionPolicy, select_backups
 from pitrkit.restore import unpack
 from pitrkit.storage import keys
 from pitrkit.storage.archive import backup_prefix, manifest_key
-from tests.unit.chain_archive import ChainBuilder
+from pitrkit.storage.plugins.compression import NoCompression
+from tests.unit import chain_archive
+from tests.unit.chain_archive import ChainBuilder, pages
 from tests.unit.test_chain_restore import build, expected, restored_files
 from tests.unit.test_policy import summary
 
@@ -102,12 +104,43 @@ def test_the_synthetic_full_restores_as_the_incremental(tmp_path):
     assert again.backup_id == f"{target.backup_id}-full2"
 
 
+def test_cold_files_of_the_full_are_copied_part_for_part(tmp_path, monkeypatch):
+    # Parts of two pages: the full's parts 1 to 3 hold only 100 and 200, whole and cold.
+    monkeypatch.setattr(chain_archive, "PART_SIZE", 2 * BLOCK_SIZE)
+    builder = ChainBuilder(tmp_path / "archive")
+    state = {"PG_VERSION": b"15\n", "global/pg_control": bytes(2 * BLOCK_SIZE - 3), "base/5/100": pages("100", 4),
+             "base/5/200": pages("200", 2), "base/5/300": pages("300", 2)}
+    full = builder.backup(state)
+    state["base/5/300"] = pages("300-I1", 2)
+    state["global/pg_control"] = bytes([1]) * (2 * BLOCK_SIZE - 3)
+    link = builder.backup(state, {"base/5/100": set(), "base/5/200": set(), "base/5/300": {0, 1}})
+    manifest, made = consolidated(builder)
+    sources = {part.sha256 for part in full.parts[1:4]}
+    assert sources <= {part.sha256 for part in manifest.parts}
+    assert made.parts_copied == 3 + len(link.parts), made
+    unpack.unpack(builder.archive, manifest, tmp_path / "restored", [], 2, lambda _: None)
+    assert restored_files(tmp_path / "restored") == {**state, "backup_label": link.backup_label.encode()}
+
+
 def test_an_encrypted_chain_consolidates(tmp_path):
     key = tmp_path / "archive.key"
     keys.generate_key_file(key)
     builder = ChainBuilder(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
     states = build(builder)
     manifest, made = consolidated(builder)
+    # Encryption binds no object to its key: the copies read as the originals do.
+    assert made.parts_copied >= len(builder.manifests[-1].parts)
+    unpack.unpack(builder.archive, manifest, tmp_path / "restored", [], 2, lambda _: None)
+    assert restored_files(tmp_path / "restored") == expected(builder, states, -1)
+
+
+def test_objects_written_otherwise_than_this_backup_writes_are_streamed(tmp_path):
+    # The chain without compression, the configuration with zstd: a copy would leave
+    # the new backup's parts under another compressor than its manifest names.
+    builder = ChainBuilder(tmp_path / "archive", compressor=NoCompression())
+    states = build(builder)
+    manifest, made = consolidated(builder)
+    assert made.parts_copied == 0 and made.bytes_streamed == manifest.size
     unpack.unpack(builder.archive, manifest, tmp_path / "restored", [], 2, lambda _: None)
     assert restored_files(tmp_path / "restored") == expected(builder, states, -1)
 

@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 from argparse import Namespace
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,7 +61,7 @@ from pitrkit.catalog.documents import (
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound, ServerSideCopy
-from pitrkit.progress import human_bytes
+from pitrkit.progress import Progress, human_bytes
 from pitrkit.restore import chain, unpack
 from pitrkit.restore.chain import BlockRead, ChainPlan, StreamRead
 from pitrkit.restore.engine import fetch_chain
@@ -69,7 +70,7 @@ from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
 
 log = logging.getLogger(__name__)
 
-# Decoded reads kept for the parts still to fill: past this, all are dropped and read
+# Decoded reads kept for the parts still to fill: past this, a read is dropped and read
 # again when needed (the stream's order follows the chain's, so few span far).
 _CACHE_BYTES = 4 * PART_SIZE
 # Enough of a stored object to hold its frame and header (a header is ~200 bytes).
@@ -202,32 +203,46 @@ class _Streamer:
         self.next = 0
 
     def fill(self, view: memoryview, start: int) -> None:
-        """The stream's bytes from `start` into `view` (the pieces are read in order)."""
+        """The stream's bytes from `start` into `view` (the parts are filled in order).
+        Reads are fetched `workers` at a time, and only those later parts need again
+        are kept, within `_CACHE_BYTES`: memory holds a batch and the cache."""
         end = start + len(view)
-        wanted = []
+        by_read: dict[int, list[_Piece]] = defaultdict(list)
         index = self.next
         while index < len(self.pieces) and self.pieces[index].start < end:
-            wanted.append(self.pieces[index])
+            by_read[self.pieces[index].read].append(self.pieces[index])
             index += 1
-        missing = sorted({piece.read for piece in wanted} - self.cache.keys())
-        with ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="consolidate-read") as pool:
-            for number, loaded in zip(missing, pool.map(self._load, missing), strict=True):
-                self.cache[number] = loaded
-        for piece in wanted:
-            data = self.cache[piece.read][max(piece.block, 0)]
-            low, high = max(piece.start, start), min(piece.start + piece.length, end)
-            within = piece.offset + low - piece.start
-            if within + high - low > len(data):
-                raise RefusedError(f"a read of {self.reads[piece.read].source}'s objects ends before the bytes the "
-                                   "chain's plan takes from it")
-            view[low - start:high - start] = data[within:within + high - low]
+        for number in [number for number in by_read if number in self.cache]:
+            self._write(view, start, self.cache[number], by_read.pop(number))
+        missing = sorted(by_read)
+        batch = max(1, self.workers)
+        with ThreadPoolExecutor(batch, thread_name_prefix="consolidate-read") as pool:
+            for first in range(0, len(missing), batch):
+                numbers = missing[first:first + batch]
+                for number, loaded in zip(numbers, pool.map(self._load, numbers), strict=True):
+                    self._write(view, start, loaded, by_read[number])
+                    if self.last_use[number] > end and self._cached() + sum(map(len, loaded)) <= _CACHE_BYTES:
+                        self.cache[number] = loaded
         # A piece running on past this part stays next: the following part starts with its rest.
         while self.next < len(self.pieces) and self.pieces[self.next].start + self.pieces[self.next].length <= end:
             self.next += 1
         for number in [number for number in self.cache if self.last_use[number] <= end]:
             del self.cache[number]
-        if sum(len(block) for data in self.cache.values() for block in data) > _CACHE_BYTES:
-            self.cache.clear()
+
+    def _cached(self) -> int:
+        return sum(len(block) for data in self.cache.values() for block in data)
+
+    def _write(self, view: memoryview, start: int, loaded: list[bytes], pieces: list[_Piece]) -> None:
+        end = start + len(view)
+        for piece in pieces:
+            data = loaded[max(piece.block, 0)]
+            low, high = max(piece.start, start), min(piece.start + piece.length, end)
+            within = piece.offset + low - piece.start
+            if within + high - low > len(data):
+                read = self.reads[piece.read]
+                key = read.part.key if isinstance(read, StreamRead) else read.key
+                raise RefusedError(f"{key} holds fewer bytes than the chain's plan takes from it")
+            view[low - start:high - start] = data[within:within + high - low]
 
     def _load(self, number: int) -> list[bytes]:
         read = self.reads[number]
@@ -316,20 +331,21 @@ def consolidate(archive: Archive, config: Config, backup_id: str) -> Consolidate
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
     cipher = archive.write_cipher()
     workers = config.backup.workers or len(os.sched_getaffinity(0))
+    # Claimed, then checked against retention's intent (catalog/lease.py's protocol):
+    # retention keeps a leased backup's whole chain. Released however this ends: once
+    # the new backup is registered, the chain is free to go.
     held = lease.take(archive, backup_id, summary.timeline, summary.first_segment, doing="backup-consolidate")
     with lease.Renewal(archive, held) as renewal:
-        deleting = set(retention_state(archive).deleting)
-        if deleting.intersection([*summary.chain, backup_id]) or not manifest_present(archive, backup_id):
-            renewal.release()
-            raise RefusedError(f"backup {backup_id} or a link of its chain is being removed by retention")
-        plan = chain.plan_chain(archive, _manifests(archive, summary), workers)
-        new_id = _new_id(archive, backup_id)
-        log.info("consolidating backup %s into %s: %s", backup_id, new_id, plan.describe())
         try:
-            made = _write(archive, plan, new_id, compressor, cipher, workers)
+            deleting = set(retention_state(archive).deleting)
+            if deleting.intersection([*summary.chain, backup_id]) or not manifest_present(archive, backup_id):
+                raise RefusedError(f"backup {backup_id} or a link of its chain is being removed by retention")
+            plan = chain.plan_chain(archive, _manifests(archive, summary), workers)
+            new_id = _new_id(archive, backup_id)
+            log.info("consolidating backup %s into %s: %s", backup_id, new_id, plan.describe())
+            return _write(archive, plan, new_id, compressor, cipher, workers)
         finally:
             renewal.release()
-    return made
 
 
 def _write(archive: Archive, plan: ChainPlan, new_id: str, compressor: Compressor, cipher: Cipher | None,
@@ -345,10 +361,15 @@ def _write(archive: Archive, plan: ChainPlan, new_id: str, compressor: Compresso
         whole = unchanged_files(plan, source)
         if not whole:
             continue
+        # Each candidate part's header read (a small ranged read), then the runs again
+        # without the parts that cannot be copied as they are.
+        candidates = [number for run in reusable_runs(manifest.files, manifest.parts, whole) for number in run]
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="consolidate-headers") as pool:
-            fit = list(pool.map(lambda part: _copyable(archive, part, compressor.name, cipher), manifest.parts))
+            fit = pool.map(_copyable, [archive] * len(candidates), [manifest.parts[n] for n in candidates],
+                           [compressor.name] * len(candidates), [cipher] * len(candidates))
+            copyable = {number for number, ok in zip(candidates, fit, strict=True) if ok}
         lying = unpack.slices_by_part(manifest.files, manifest.parts)
-        for run in reusable_runs(manifest.files, manifest.parts, whole, fit.__getitem__):
+        for run in reusable_runs(manifest.files, manifest.parts, whole, copyable.__contains__):
             first = len(parts)
             for number in run:
                 part = manifest.parts[number]
@@ -393,13 +414,15 @@ def _write(archive: Archive, plan: ChainPlan, new_id: str, compressor: Compresso
     try:
         cursor = 0  # the next streamed file to hash
         hasher = _Hasher(plan.files[streamed[0]].path in plan.block_checksums) if streamed else None
-        for number, start in enumerate(range(0, total, PART_SIZE)):
-            buffer = store.buffer()
-            length = min(PART_SIZE, total - start)
-            view = memoryview(buffer)[:length]
-            streamer.fill(view, start)
-            cursor, hasher = _hash(plan, streamed, where, cursor, hasher, view, start, sums)
-            store.submit(first_number + number, buffer, length)
+        with Progress(f"consolidating into {new_id}", total) as progress:
+            for number, start in enumerate(range(0, total, PART_SIZE)):
+                buffer = store.buffer()
+                length = min(PART_SIZE, total - start)
+                view = memoryview(buffer)[:length]
+                streamer.fill(view, start)
+                cursor, hasher = _hash(plan, streamed, where, cursor, hasher, view, start, sums)
+                store.submit(first_number + number, buffer, length)
+                progress.advance(length)
         _hash(plan, streamed, where, cursor, hasher, memoryview(b""), total, sums)
         stream_parts = store.finish()
     except BaseException:

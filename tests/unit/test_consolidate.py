@@ -16,6 +16,7 @@ from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, Ba
 from pitrkit.config import EncryptionConfig, FullEvery
 from pitrkit.daemon.backup_kind import ClusterIdentity, next_backup_kind
 from pitrkit.errors import RefusedError
+from pitrkit.ops import consolidate as consolidate_module
 from pitrkit.ops.consolidate import consolidate, reusable_runs
 from pitrkit.ops.policy import RetentionPolicy, select_backups
 from pitrkit.restore import unpack
@@ -102,6 +103,20 @@ def test_the_synthetic_full_restores_as_the_incremental(tmp_path):
     # A second consolidation of the same backup gets the next id.
     again = consolidate(builder.archive, builder.archive.config, target.backup_id)
     assert again.backup_id == f"{target.backup_id}-full2"
+
+
+@pytest.mark.parametrize(("part_size", "cache"), [(3 * BLOCK_SIZE + 7, 1 << 30), (5000, 0), (BLOCK_SIZE, 20000)])
+def test_parts_cut_anywhere_and_reads_fetched_again(tmp_path, monkeypatch, part_size, cache):
+    # Small new parts: pages and files cut between parts, reads needed by several parts
+    # kept or (no room) fetched again; the checksums are still those of whole files.
+    monkeypatch.setattr(consolidate_module, "PART_SIZE", part_size)
+    monkeypatch.setattr(consolidate_module, "_CACHE_BYTES", cache)
+    builder = ChainBuilder(tmp_path / "archive")
+    states = build(builder)
+    manifest, made = consolidated(builder)
+    assert len(manifest.parts) > made.bytes_streamed // part_size
+    unpack.unpack(builder.archive, manifest, tmp_path / "restored", [], 2, lambda _: None)
+    assert restored_files(tmp_path / "restored") == expected(builder, states, -1)
 
 
 def test_cold_files_of_the_full_are_copied_part_for_part(tmp_path, monkeypatch):

@@ -20,11 +20,14 @@ from pitrkit.ops import consolidate as consolidate_module
 from pitrkit.ops.consolidate import consolidate, reusable_runs
 from pitrkit.ops.policy import RetentionPolicy, select_backups
 from pitrkit.restore import unpack
+from pitrkit.restore.plan import make_plan
+from pitrkit.restore.targets import Target
 from pitrkit.storage import keys
 from pitrkit.storage.archive import backup_prefix, manifest_key
 from pitrkit.storage.plugins.compression import NoCompression
 from tests.unit import chain_archive
 from tests.unit.chain_archive import ChainBuilder, pages
+from tests.unit.synthetic_archive import SyntheticArchive, lsn
 from tests.unit.test_chain_restore import build, expected, restored_files
 from tests.unit.test_policy import summary
 
@@ -243,3 +246,14 @@ def test_full_every_counts_the_synthetic_full_as_a_full():
                             T0 + timedelta(days=3))
     assert kind.parent == synthetic.backup_id
     assert kind.reason == f"incremental 1 of 2 on the full {synthetic.backup_id}"
+
+
+def test_restore_plan_takes_the_shorter_chain_at_one_point(tmp_path):
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    synthetic.backup("A", 1, 2, 3)
+    synthetic.backup("B", 1, 10, 11, parent="A")
+    synthetic.backup("B-full", 1, 10, 11)  # what backup-consolidate makes of B: its point, no chain
+    for target in (Target(kind="lsn", lsn=lsn(15, 0x500), text="15"), Target(kind="latest", text="latest")):
+        plan = make_plan(synthetic.archive, target)
+        assert plan.backup.backup_id == "B-full" and plan.chain == []

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from pitrkit.backup.incremental import choose_parent
 from pitrkit.catalog.backups import survey_backups
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart
 from pitrkit.config import EncryptionConfig, FullEvery
@@ -257,3 +258,12 @@ def test_restore_plan_takes_the_shorter_chain_at_one_point(tmp_path):
     for target in (Target(kind="lsn", lsn=lsn(15, 0x500), text="15"), Target(kind="latest", text="latest")):
         plan = make_plan(synthetic.archive, target)
         assert plan.backup.backup_id == "B-full" and plan.chain == []
+
+
+def test_the_next_incremental_builds_on_the_synthetic_full(tmp_path):
+    synthetic = SyntheticArchive(tmp_path / "archive")
+    synthetic.segments(1, 1, 20)
+    synthetic.backup("A", 1, 2, 3)
+    synthetic.backup("B", 1, 10, 11, parent="A")
+    synthetic.backup("B-full", 1, 10, 11)
+    assert choose_parent(synthetic.archive, 1, 15, 1, None).backup_id == "B-full"

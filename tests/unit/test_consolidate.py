@@ -6,6 +6,7 @@ incremental it was made of."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -13,7 +14,7 @@ import pytest
 
 from pitrkit.backup.incremental import choose_parent
 from pitrkit.catalog.backups import survey_backups
-from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart
+from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BackupSummary
 from pitrkit.config import EncryptionConfig, FullEvery
 from pitrkit.daemon.backup_kind import ClusterIdentity, next_backup_kind
 from pitrkit.errors import RefusedError
@@ -23,7 +24,7 @@ from pitrkit.ops.policy import RetentionPolicy, select_backups
 from pitrkit.restore import unpack
 from pitrkit.restore.plan import make_plan
 from pitrkit.restore.targets import Target
-from pitrkit.storage import keys
+from pitrkit.storage import codec, keys
 from pitrkit.storage.archive import backup_prefix, manifest_key
 from pitrkit.storage.plugins.compression import NoCompression
 from tests.unit import chain_archive
@@ -267,3 +268,13 @@ def test_the_next_incremental_builds_on_the_synthetic_full(tmp_path):
     synthetic.backup("B", 1, 10, 11, parent="A")
     synthetic.backup("B-full", 1, 10, 11)
     assert choose_parent(synthetic.archive, 1, 15, 1, None).backup_id == "B-full"
+
+
+def test_a_consolidated_backup_with_a_parent_does_not_decode():
+    full, i1, _, synthetic, _ = chain_with_a_synthetic_full()
+    fields = json.loads(codec.encode(synthetic))
+    for changed, refusal in (({"parent": i1.backup_id, "chain": [full.backup_id, i1.backup_id]},
+                              "a consolidated backup is a full one"),
+                             ({"consolidated_from": "../x"}, "is not a plain name")):
+        with pytest.raises(ValueError, match=refusal):
+            codec.decode(json.dumps({**fields, **changed}).encode(), BackupSummary, "manifest")

@@ -32,6 +32,7 @@ log = logging.getLogger("pitrkit")
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
     "backup-push": "pitrkit.backup.push",
+    "backup-consolidate": "pitrkit.ops.consolidate",
     "catalog": "pitrkit.ops.listing",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
@@ -114,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="store only the blocks changed since the newest backup on this timeline's path")
     backup.add_argument("--from", dest="parent", metavar="BACKUP_ID",
                         help="with --incremental (implied): the backup to store the changes against")
+
+    consolidate = commands.add_parser("backup-consolidate", help="make a full backup of an incremental from the "
+                                      "archive alone, so that retention can expire the chain under it")
+    consolidate.add_argument("backup_id", metavar="BACKUP_ID", help="the incremental backup to consolidate")
+    consolidate.add_argument("--json", action="store_true", help="print what was made as JSON instead of the id")
 
     backup_list = commands.add_parser("backup-list", help="list the backups in the archive")
     backup_list.add_argument("--json", action="store_true", help="print JSON")

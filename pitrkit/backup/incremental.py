@@ -105,7 +105,9 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
             raise ParentRefused(f"--from {requested}: cannot take an incremental backup on it: {why}")
         return chosen
     reasons = []
-    for backup in reversed(finished):
+    # Newest first; at one start, the shortest chain first (the full backup-consolidate
+    # made of an incremental, which its next incremental builds on).
+    for backup in sorted(finished, key=lambda each: (each.start_time, -len(each.chain)), reverse=True):
         if (why := why_not(backup)) is None:
             return backup
         reasons.append(f"{backup.backup_id}: {why}")

@@ -316,10 +316,17 @@ class BackupSummary(msgspec.Struct, kw_only=True, frozen=True):
     parent: str | None = None
     chain: list[str] = []
     changed_blocks: ChangeSource | None = None
+    # A full backup `backup-consolidate` made from the archive alone: the incremental
+    # whose point it restores (ops/consolidate.py). None for a backup taken from the server.
+    consolidated_from: str | None = None
 
     def __post_init__(self) -> None:
         # The id names the backup's folder: one plain key component.
         _check_plain_name("backup id", self.backup_id)
+        if self.consolidated_from is not None:
+            _check_plain_name("consolidated_from backup id", self.consolidated_from)
+            if self.parent is not None:
+                raise ValueError(f"backup {self.backup_id} names a parent, but a consolidated backup is a full one")
         if self.parent is None and self.chain:
             raise ValueError(f"backup {self.backup_id} names a chain but no parent")
         if self.parent is not None:

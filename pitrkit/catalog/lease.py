@@ -59,13 +59,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def take(archive: Archive, backup_id: str, timeline: int, first_segment: str) -> Lease:
+def take(archive: Archive, backup_id: str, timeline: int, first_segment: str, doing: str = "restore") -> Lease:
     """Store a new lease on `backup_id` and the WAL from `first_segment` along the path
-    to `timeline`, held for `HELD_FOR`."""
+    to `timeline`, held for `HELD_FOR`; `doing` names the holder's command for people."""
     now = _now()
     lease = Lease(
         lease_id=f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}",
-        holder=f"restore on {socket.gethostname()} pid {os.getpid()}",
+        holder=f"{doing} on {socket.gethostname()} pid {os.getpid()}",
         backup_id=backup_id,
         timeline=timeline,
         first_segment=first_segment,

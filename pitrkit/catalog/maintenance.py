@@ -27,13 +27,13 @@ from pitrkit.progress import human_count
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, log_folder, wal_index_key
 
 
-def record_backup(archive: Archive, summary: BackupSummary) -> None:
+def record_backup(archive: Archive, summary: BackupSummary, command: str = "backup-push") -> None:
     """Add a backup whose manifest has just been stored to `catalog/backups.json`, and
     index the WAL folders sealed since the last time.
 
-    Under the catalog lock: `LockHeld` when another writer has it (retention, a rebuild,
+    Under the catalog lock (`command` says who holds it): `LockHeld` when another writer has it (retention, a rebuild,
     another backup's update), and the caller skips the update."""
-    with lock.take(archive, "backup-push"):
+    with lock.take(archive, command):
         known = [entry for entry in read_backup_catalog(archive) if entry.backup_id != summary.backup_id]
         document = BackupCatalog(backups=oldest_first([*known, summary]))
         archive.put_document(BACKUP_CATALOG_KEY, document, overwrite=True)

@@ -51,7 +51,9 @@ def next_backup_kind(rule: FullEvery, finished: list[BackupSummary], cluster: Cl
     (oldest first, as survey_backups lists them)."""
     if not finished:
         return BackupKind(None, "the archive has no backup yet")
-    newest = finished[-1]
+    # At the newest start, the shortest chain: a full backup-consolidate made of the
+    # newest incremental counts as a full, and the next incremental builds on it.
+    newest = max(finished, key=lambda backup: (backup.start_time, -len(backup.chain)))
     present = {backup.backup_id: backup for backup in finished}
     if why := _not_a_parent(newest, present, cluster):
         return BackupKind(None, f"the newest backup {newest.backup_id} cannot be the parent: {why}")

@@ -15,7 +15,10 @@ the calendar walk past them and remove every backup there is.
 
 Chains (catalog/chains.py): the rules count only usable backups (an incremental whose
 chain is broken restores nothing, and is kept by no rule), and a kept backup keeps every
-ancestor of its chain, whatever the rules say of them.
+ancestor of its chain, whatever the rules say of them. An incremental and the full
+`backup-consolidate` made of it restore the same point (timeline, LSNs and stop time):
+they count as one point, which the rules keep by the backup with the shortest chain; the
+others stay only while a kept backup's chain or a lease needs them.
 
 WAL: a segment file (T, s) is needed while replay of some archived timeline E, starting
 from a kept backup on E's path, reads T's copy of segment s. Which timelines are
@@ -173,7 +176,7 @@ def select_backups(backups: Sequence[BackupSummary], policy: RetentionPolicy, no
     if policy.keep_last < 1:
         raise ValueError("keep_last must be at least 1: the newest backup is never removed")
     reasons: dict[str, list[str]] = {backup.backup_id: [] for backup in backups}
-    usable = check_chains(backups).usable
+    usable = one_per_point(check_chains(backups).usable)
     newest_first = sorted(usable, key=_age, reverse=True)
     for backup in newest_first[: policy.keep_last]:
         reasons[backup.backup_id].append(f"last {policy.keep_last}")
@@ -198,6 +201,27 @@ def select_backups(backups: Sequence[BackupSummary], policy: RetentionPolicy, no
     _keep_ancestors(backups, reasons)
     return [BackupVerdict(backup_id=backup.backup_id, keep=bool(reasons[backup.backup_id]),
                           reasons=reasons[backup.backup_id]) for backup in backups]
+
+
+def point_of(backup: BackupSummary) -> tuple[str, int, int, int, datetime]:
+    """What makes backups one point for the rules: an incremental and the fulls
+    backup-consolidate made of it (`consolidated_from`), at its point (timeline, start and
+    stop LSN and stop time, which backup-consolidate copies; a backup naming one it is
+    not at the point of stands alone)."""
+    return (backup.consolidated_from or backup.backup_id, backup.timeline, backup.start_lsn, backup.stop_lsn,
+            backup.stop_time)
+
+
+def one_per_point(usable: Sequence[BackupSummary]) -> list[BackupSummary]:
+    """Of backups that restore the same point, the one with the shortest chain (the id
+    breaks ties): what the rules count, in the order given."""
+    chosen: dict[tuple[str, int, int, int, datetime], BackupSummary] = {}
+    for backup in usable:
+        other = chosen.get(point_of(backup))
+        if other is None or (len(backup.chain), backup.backup_id) < (len(other.chain), other.backup_id):
+            chosen[point_of(backup)] = backup
+    kept = {backup.backup_id for backup in chosen.values()}
+    return [backup for backup in usable if backup.backup_id in kept]
 
 
 def _keep_ancestors(backups: Sequence[BackupSummary], reasons: dict[str, list[str]]) -> None:

@@ -218,11 +218,15 @@ def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, le
     for backup_id in stored.interrupted:
         if backup_id not in holders:
             removed.append(_removed(stored, backup_id, "interrupted", "an earlier retention run was removing it"))
+    # A kept backup at a removed one's point (the full backup-consolidate made of it).
+    kept_at = {policy.point_of(by_id[item.backup_id]): item.backup_id for item in kept if item.backup_id in by_id}
     for verdict in verdicts:
         if not verdict.keep:
             backup = by_id[verdict.backup_id]
             why = f"its chain is broken: {broken[backup.backup_id].problem}" if backup.backup_id in broken \
                 else f"kept by no rule ({rules.describe()})"
+            if (same := kept_at.get(policy.point_of(backup))) is not None and backup.backup_id not in broken:
+                why = f"backup {same} restores the same point with a shorter chain"
             removed.append(_removed(stored, verdict.backup_id, "backup", why, backup))
     deleting = [item.backup_id for item in removed]
     for backup_id in stored.unfinished:

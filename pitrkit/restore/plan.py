@@ -273,7 +273,8 @@ def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], targ
         raise PlanRefused("no usable backup is consistent before " + _target_words(target) + ": "
                           + "; ".join(f"backup {b.backup_id}'s chain is broken: {broken[b.backup_id].problem}"
                                       for b in passed))
-    chosen = max(usable, key=lambda b: b.start_lsn)
+    # At one start, the shortest chain: the full backup-consolidate made of an incremental.
+    chosen = max(usable, key=lambda b: (b.start_lsn, -len(b.chain)))
     notes += [f"backup {b.backup_id} is newer, but its chain is broken ({broken[b.backup_id].problem}): planned "
               f"from {chosen.backup_id}" for b in sorted(passed, key=lambda b: b.start_lsn, reverse=True)]
     return chosen

@@ -255,6 +255,8 @@ def backup_list_text(listing: BackupListing) -> str:
     # Why a chain is broken does not fit a column: a line each, under the table.
     table += "".join(f"\n{b.backup_id}: not restorable, its chain is broken: {b.broken}"
                      for b in listing.backups if b.broken)
+    table += "".join(f"\n{b.backup_id}: a full backup backup-consolidate made of {b.consolidated_from}, at its point"
+                     for b in listing.backups if b.consolidated_from is not None)
     return table + "\n"
 
 

@@ -289,13 +289,17 @@ class PartStore:
 
     def _store(self, number: int, data: memoryview) -> BackupPart:
         key = f"{self._prefix}{number:08d}"
-        # The view, not a bytes copy: zstd and SHA-256 read any buffer.
-        blob, header = objects.encode(data, self._compressor, self._cipher)  # type: ignore[arg-type]
+        # The view, not a bytes copy: zstd and the digests read any buffer. XXH3-128 where
+        # nothing needs SHA-256: encrypted, a part's SHA-256 binds the authenticated
+        # object to the authenticated manifest cryptographically (docs/archive-format.md).
+        digest = objects.SHA256 if self._cipher is not None else objects.XXH3_128
+        blob, header = objects.encode(data, self._compressor, self._cipher, digest=digest)  # type: ignore[arg-type]
         try:
             self._archive.put(key, blob)
         except ObjectExists:
             raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
-        return BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex())
+        return BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex(),
+                          xxh3_128=header.xxh3_128.hex())
 
 
 def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress,

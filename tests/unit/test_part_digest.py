@@ -1,0 +1,106 @@
+"""The digest of a backup's stream parts: XXH3-128 (stored-object format version 2) in an
+unencrypted archive, SHA-256 in an encrypted one (docs/archive-format.md, "The digest of
+a stream part"); the manifest records the header's, and restore and verify refuse a part
+whose header's is not the one recorded, whichever the algorithm.
+
+Real parts: written by backup-push's own PartStore and copy_files from real files, read
+back by restore's read_part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import msgspec
+import pytest
+import xxhash
+
+from pitrkit.backup import push
+from pitrkit.backup.push import PartStore, SourceFile, copy_files
+from pitrkit.catalog.documents import BackupPart
+from pitrkit.config import EncryptionConfig
+from pitrkit.errors import RefusedError
+from pitrkit.progress import Progress
+from pitrkit.restore import unpack
+from pitrkit.storage import keys, objects
+from pitrkit.storage.plugins.compression import Zstd
+from tests.unit.chain_archive import ChainBuilder, pages
+
+FRAME = struct.Struct(">4sHI")
+FILES = {"base/5/16384": pages("rel", 9), "PG_VERSION": b"15\n", "base/5/16385": pages("other", 4)}
+
+
+def stored_parts(builder: ChainBuilder, tmp_path, monkeypatch) -> tuple[list[BackupPart], bytes]:
+    """The FILES copied by backup-push's copier into parts of 5 pages: the parts and the stream."""
+    monkeypatch.setattr(push, "PART_SIZE", 5 * 8192)
+    pgdata = tmp_path / "pgdata"
+    for path, content in FILES.items():
+        (pgdata / path).parent.mkdir(parents=True, exist_ok=True)
+        (pgdata / path).write_bytes(content)
+    store = PartStore(builder.archive, "20260101T000000Z", Zstd(3, 1), builder.cipher, 2)
+    copy_files(str(pgdata), [SourceFile(path, len(content)) for path, content in FILES.items()], store,
+               Progress("test", enabled=False))
+    return store.finish(), b"".join(FILES.values())
+
+
+def frame_version(builder: ChainBuilder, part: BackupPart) -> int:
+    return FRAME.unpack_from(builder.archive.get(part.key))[1]
+
+
+def test_an_unencrypted_backup_stores_xxh3_parts_and_restore_reads_them(tmp_path, monkeypatch):
+    builder = ChainBuilder(tmp_path / "archive")
+    parts, stream = stored_parts(builder, tmp_path, monkeypatch)
+    assert len(parts) == 3
+    for part in parts:
+        data = unpack.read_part(builder.archive, part)
+        assert (part.sha256, part.xxh3_128) == ("", xxhash.xxh3_128_hexdigest(data))
+        assert part.digest == f"xxh3_128:{part.xxh3_128}"
+        assert frame_version(builder, part) == objects.XXH3_FORMAT_VERSION
+    assert b"".join(unpack.read_part(builder.archive, part) for part in parts) == stream
+
+
+def test_an_encrypted_backup_keeps_sha256_parts(tmp_path, monkeypatch):
+    key = tmp_path / "key"
+    keys.generate_key_file(key)
+    builder = ChainBuilder(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
+    parts, stream = stored_parts(builder, tmp_path, monkeypatch)
+    for part in parts:
+        data = unpack.read_part(builder.archive, part)
+        assert (part.sha256, part.xxh3_128) == (hashlib.sha256(data).hexdigest(), "")
+        assert frame_version(builder, part) == objects.FORMAT_VERSION
+    assert b"".join(unpack.read_part(builder.archive, part) for part in parts) == stream
+
+
+def test_an_xxh3_part_swapped_for_another_is_refused(tmp_path, monkeypatch):
+    builder = ChainBuilder(tmp_path / "archive")
+    parts, _ = stored_parts(builder, tmp_path, monkeypatch)
+    # A valid object of the same size in the wrong place: its own digest checks out.
+    target = tmp_path / "archive" / parts[0].key
+    target.chmod(0o600)
+    target.write_bytes(builder.archive.get(parts[1].key))
+    with pytest.raises(RefusedError, match=rf"backup part {parts[0].key} is not the one the manifest lists "
+                                           r"\(40960 bytes, xxh3_128:"):
+        unpack.read_part(builder.archive, parts[0])
+
+
+@pytest.mark.parametrize("recorded", ["sha256", "xxh3_128", "none"])
+def test_a_manifest_digest_that_is_not_the_headers_is_refused(tmp_path, monkeypatch, recorded):
+    builder = ChainBuilder(tmp_path / "archive")
+    part = stored_parts(builder, tmp_path, monkeypatch)[0][0]
+    data = unpack.read_part(builder.archive, part)
+    lie = {"sha256": {"sha256": hashlib.sha256(data).hexdigest(), "xxh3_128": ""},  # the right bytes, other algorithm
+           "xxh3_128": {"xxh3_128": xxhash.xxh3_128_hexdigest(data + b"!")},
+           "none": {"sha256": "", "xxh3_128": ""}}[recorded]
+    with pytest.raises(RefusedError, match="is not the one the manifest lists"):
+        unpack.read_part(builder.archive, msgspec.structs.replace(part, **lie))
+
+
+def test_a_manifest_part_records_only_the_digest_it_has():
+    sha = BackupPart(key="backups/B/data/00000000", size=1, stored_size=9, sha256="ab" * 32)
+    xxh = BackupPart(key="backups/B/data/00000001", size=1, stored_size=9, sha256="", xxh3_128="cd" * 16)
+    # A SHA-256 part is written as before XXH3 digests (no new key), and read back.
+    assert msgspec.json.decode(msgspec.json.encode(sha)) == {"key": sha.key, "size": 1, "stored_size": 9,
+                                                             "sha256": "ab" * 32}
+    assert msgspec.json.decode(msgspec.json.encode(xxh), type=BackupPart) == xxh
+    assert (sha.digest, xxh.digest) == (f"sha256:{'ab' * 32}", f"xxh3_128:{'cd' * 16}")

@@ -70,10 +70,13 @@ log = logging.getLogger(__name__)
 # per GiB, i.e. one storage request per ~0.1-0.2 s of a core's zstd work.
 PART_SIZE = 32 << 20
 
-# How often the archive is asked whether the backup's WAL has arrived: soon at first,
-# because pg_backup_stop has just switched segments and the archiver is usually done
-# within milliseconds, then less and less often while a backlog drains.
+# How often the archive is asked whether the backup's WAL has arrived: every 20 ms for
+# the first second, because pg_backup_stop has just switched segments and the archiver
+# is usually done within a tenth of one (a pause doubling from the start overshot its
+# arrival by up to the last pause: 0.14 s waited for a segment there after ~0.07 s),
+# then less and less often while a backlog drains.
 _WAL_POLL_FIRST = 0.02
+_WAL_POLL_STEADY_FOR = 1.0
 _WAL_POLL_MAX = 1.0
 # How long an incremental backup waits for the WAL summarizer to reach its start before
 # it reads every relation file instead (the server's own wait gives up after 60 s).
@@ -226,9 +229,12 @@ class PartStore:
     """Compresses and stores parts on `workers` threads, each part whole in one thread
     (single-threaded zstd: the parallelism is across parts).
 
-    Memory is bounded by the buffers: there are `workers + 1` of PART_SIZE bytes, so the
-    reader fills one while every worker compresses another, and waits for a buffer when
-    the workers fall behind. Buffers are reused, never reallocated.
+    Memory is bounded by the buffers: there are at most `workers + 1` of PART_SIZE bytes,
+    so the reader fills one while every worker compresses another, and waits for a buffer
+    when the workers fall behind. Buffers are reused, never reallocated, and made only
+    when the reader needs one and none is free: zeroing 32 MiB (and faulting its pages
+    in) then happens while the workers compress, not before the first read, and a small
+    backup makes one.
     """
 
     def __init__(self, archive: Archive, backup_id: str, compressor: Compressor, cipher: Cipher | None,
@@ -238,8 +244,7 @@ class PartStore:
         self._compressor = compressor
         self._cipher = cipher
         self._free: SimpleQueue[bytearray] = SimpleQueue()
-        for _ in range(workers + 1):
-            self._free.put(bytearray(PART_SIZE))
+        self._unmade = workers + 1
         self._queued: SimpleQueue[tuple[int, bytearray, int] | None] = SimpleQueue()
         self._parts: dict[int, BackupPart] = {}
         self._failure: BaseException | None = None
@@ -252,6 +257,9 @@ class PartStore:
 
     def buffer(self) -> bytearray:
         """A free buffer; raises the first worker's failure, if any."""
+        if self._unmade and self._free.empty():
+            self._unmade -= 1
+            return bytearray(PART_SIZE)
         buffer = self._free.get()
         if self._failure is not None:
             raise self._failure
@@ -447,7 +455,8 @@ def _new_backup_id(archive: Archive, server: ServerSession) -> tuple[str, dateti
 def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentName], timeout: float,
                  backup_id: str) -> None:
     """Return once every segment in `needed` is in the archive; raise after `timeout`."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     waiting_for = None
     pause = _WAL_POLL_FIRST
     for position, segment in enumerate(needed, 1):
@@ -470,7 +479,8 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
                     print(f"waiting for WAL segment {segment.name} to be archived "
                           f"({position} of {len(needed)})", file=sys.stderr)
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-            pause = min(pause * 2, _WAL_POLL_MAX)
+            if time.monotonic() - started >= _WAL_POLL_STEADY_FOR:
+                pause = min(pause * 2, _WAL_POLL_MAX)
 
 
 def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:

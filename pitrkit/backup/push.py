@@ -226,8 +226,13 @@ def walk_data_directory(pgdata: str, major: int, tablespace_names: dict[int, str
 
 
 class PartStore:
-    """Compresses and stores parts on `workers` threads, each part whole in one thread
+    """Compresses and stores parts, `workers` at a time, each part whole in one thread
     (single-threaded zstd: the parallelism is across parts).
+
+    Storing is not compressing: a part's buffer is free again as soon as it is
+    compressed, and its object is stored while the next part compresses. There are twice
+    as many threads as `workers`, at most `workers` of them compressing at once, so
+    that no core idles while a part is written and fsynced (file://) or uploaded.
 
     Memory is bounded by the buffers: there are at most `workers + 1` of PART_SIZE bytes,
     so the reader fills one while every worker compresses another, and waits for a buffer
@@ -249,9 +254,10 @@ class PartStore:
         self._parts: dict[int, BackupPart] = {}
         self._failure: BaseException | None = None
         self._abandoned = False
+        self._compressing = threading.Semaphore(workers)
         # Daemon threads: an interrupted backup-push must exit without waiting for them.
         self._threads = [threading.Thread(target=self._serve, name=f"backup-part-{n}", daemon=True)
-                         for n in range(workers)]
+                         for n in range(2 * workers)]
         for thread in self._threads:
             thread.start()
 
@@ -287,21 +293,30 @@ class PartStore:
     def _serve(self) -> None:
         while (item := self._queued.get()) is not None:
             number, buffer, length = item
+            encoded = None
             try:
                 if self._failure is None and not self._abandoned:
-                    self._parts[number] = self._store(number, memoryview(buffer)[:length])
+                    with self._compressing:
+                        encoded = self._encode(memoryview(buffer)[:length])
             except BaseException as exc:  # handed to the reader thread, which raises it
                 self._failure = self._failure or exc
             finally:
-                self._free.put(buffer)
+                self._free.put(buffer)  # the object is a copy: the reader may refill it now
+            try:
+                if encoded is not None:
+                    self._parts[number] = self._store(number, *encoded)
+            except BaseException as exc:
+                self._failure = self._failure or exc
 
-    def _store(self, number: int, data: memoryview) -> BackupPart:
-        key = f"{self._prefix}{number:08d}"
+    def _encode(self, data: memoryview) -> tuple[bytes, objects.ObjectHeader]:
         # The view, not a bytes copy: zstd and the digests read any buffer. XXH3-128 where
         # nothing needs SHA-256: encrypted, a part's SHA-256 binds the authenticated
         # object to the authenticated manifest cryptographically (docs/archive-format.md).
         digest = objects.SHA256 if self._cipher is not None else objects.XXH3_128
-        blob, header = objects.encode(data, self._compressor, self._cipher, digest=digest)  # type: ignore[arg-type]
+        return objects.encode(data, self._compressor, self._cipher, digest=digest)  # type: ignore[arg-type]
+
+    def _store(self, number: int, blob: bytes, header: objects.ObjectHeader) -> BackupPart:
+        key = f"{self._prefix}{number:08d}"
         try:
             self._archive.put(key, blob)
         except ObjectExists:

@@ -1,7 +1,8 @@
-"""The digest of a backup's stream parts: XXH3-128 (stored-object format version 2) in an
-unencrypted archive, SHA-256 in an encrypted one (docs/archive-format.md, "The digest of
-a stream part"); the manifest records the header's, and restore and verify refuse a part
-whose header's is not the one recorded, whichever the algorithm.
+"""backup-push's part writer (backup/push.py PartStore): the digest of a backup's stream
+parts, XXH3-128 (stored-object format version 2) in an unencrypted archive, SHA-256 in
+an encrypted one (docs/archive-format.md, "The digest of a stream part"), which the
+manifest records and restore refuses a part whose header's is not, whichever the
+algorithm; and storing parts beside compressing the next ones.
 
 Real parts: written by backup-push's own PartStore and copy_files from real files, read
 back by restore's read_part.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 
 import msgspec
 import pytest
@@ -21,6 +23,7 @@ from pitrkit.backup.push import PartStore, SourceFile, copy_files
 from pitrkit.catalog.documents import BackupPart
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
+from pitrkit.hookspecs import ObjectExists
 from pitrkit.progress import Progress
 from pitrkit.restore import unpack
 from pitrkit.storage import keys, objects
@@ -104,3 +107,57 @@ def test_a_manifest_part_records_only_the_digest_it_has():
                                                              "sha256": "ab" * 32}
     assert msgspec.json.decode(msgspec.json.encode(xxh), type=BackupPart) == xxh
     assert (sha.digest, xxh.digest) == (f"sha256:{'ab' * 32}", f"xxh3_128:{'cd' * 16}")
+
+
+# --- storing beside compressing ----------------------------------------------------------
+
+
+def test_the_next_part_compresses_while_one_is_stored(tmp_path, monkeypatch):
+    # One worker: the first part's put waits until the second part is being compressed,
+    # which only a writer that stores beside compressing lets happen.
+    builder = ChainBuilder(tmp_path / "archive")
+    second_compressing = threading.Event()
+    compressing, most = [0], [0]
+    encode = objects.encode
+
+    def counted(data, *args, **kwargs):
+        compressing[0] += 1
+        most[0] = max(most[0], compressing[0])
+        if data[:8192] == FILES["base/5/16384"][5 * 8192:6 * 8192]:
+            second_compressing.set()
+        try:
+            return encode(data, *args, **kwargs)
+        finally:
+            compressing[0] -= 1
+
+    put = builder.archive.put
+
+    def slow_put(key, blob):
+        if key.endswith("/00000000"):
+            assert second_compressing.wait(10), "the second part did not compress while the first was stored"
+        return put(key, blob)
+
+    monkeypatch.setattr(objects, "encode", counted)
+    monkeypatch.setattr(builder.archive, "put", slow_put)
+    monkeypatch.setattr(push, "PART_SIZE", 5 * 8192)
+    pgdata = tmp_path / "pgdata"
+    for path, content in FILES.items():
+        (pgdata / path).parent.mkdir(parents=True, exist_ok=True)
+        (pgdata / path).write_bytes(content)
+    store = PartStore(builder.archive, "20260101T000000Z", Zstd(3, 1), None, 1)
+    copy_files(str(pgdata), [SourceFile(path, len(content)) for path, content in FILES.items()], store,
+               Progress("test", enabled=False))
+    parts = store.finish()
+    assert b"".join(unpack.read_part(builder.archive, part) for part in parts) == b"".join(FILES.values())
+    assert most[0] == 1  # `workers` bounds what compresses at once, not what is stored
+
+
+def test_a_part_that_cannot_be_stored_fails_the_backup(tmp_path, monkeypatch):
+    builder = ChainBuilder(tmp_path / "archive")
+
+    def taken(key, blob):
+        raise ObjectExists(key)
+
+    monkeypatch.setattr(builder.archive, "put", taken)
+    with pytest.raises(RefusedError, match=r"backups/20260101T000000Z/data/0000000\d already exists"):
+        stored_parts(builder, tmp_path, monkeypatch)

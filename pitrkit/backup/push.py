@@ -252,6 +252,7 @@ class PartStore:
         self._unmade = workers + 1
         self._queued: SimpleQueue[tuple[int, bytearray, int] | None] = SimpleQueue()
         self._parts: dict[int, BackupPart] = {}
+        self._stored = threading.Condition()  # notified as each part is stored, or fails
         self._failure: BaseException | None = None
         self._abandoned = False
         self._compressing = threading.Semaphore(workers)
@@ -273,6 +274,23 @@ class PartStore:
 
     def submit(self, number: int, buffer: bytearray, length: int) -> None:
         self._queued.put((number, buffer, length))
+
+    @property
+    def can_read_back(self) -> bool:
+        return self._cipher is None or self._cipher.can_decrypt
+
+    def read_back(self, number: int) -> bytes:
+        """The plaintext of submitted part `number`, once stored, read back from the archive
+        and verified. Raises the first worker's failure, if any."""
+        with self._stored:
+            self._stored.wait_for(lambda: number in self._parts or self._failure is not None)
+        if self._failure is not None:
+            raise self._failure
+        key = self._parts[number].key
+        try:
+            return objects.decode(key, self._archive.get(key), self._archive.plugins.compressor, self._cipher)
+        except objects.CorruptObject as exc:
+            raise PitrkitError(f"backup part {key} did not read back as it was stored: {exc}") from None
 
     def finish(self) -> list[BackupPart]:
         """Wait for every submitted part to be stored; the parts in order."""
@@ -307,6 +325,8 @@ class PartStore:
                     self._parts[number] = self._store(number, *encoded)
             except BaseException as exc:
                 self._failure = self._failure or exc
+            with self._stored:
+                self._stored.notify_all()
 
     def _encode(self, data: memoryview) -> tuple[bytes, objects.ObjectHeader]:
         # The view, not a bytes copy: zstd and the digests read any buffer. XXH3-128 where
@@ -338,8 +358,8 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
     vanished (a dropped table) is skipped: replay drops it too.
 
     Checksums are of the bytes as they land in the buffers, i.e. as restore will write
-    them: a relation file's pages (one may straddle two buffers) and, until its length
-    says whether it has whole blocks, its bytes too (catalog/checksums.py).
+    them: a relation file's pages (one may straddle two buffers), any other file's bytes
+    (catalog/checksums.py).
     """
     files: list[BackupFile] = []
     maps: list[FileMap] = []
@@ -363,7 +383,10 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
             os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             mode, mtime = stat.S_IMODE(status.st_mode), int(status.st_mtime)
         pages = checksums.PageHasher() if source.content is None and relation_of(source.path) is not None else None
-        whole = checksums.file_hasher()
+        # A relation file's checksum is of its block checksums (nearly always: see below),
+        # so its bytes are hashed once, by page, not a second time whole, unless the parts
+        # could not be read back if it had to be (encrypted for a recipient only).
+        whole = checksums.file_hasher() if pages is None or not store.can_read_back else None
         with reader:
             part, offset, size = number, filled, 0
             while True:
@@ -379,9 +402,10 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
                 if not count:
                     break
                 read = view[filled:filled + count]
-                whole.update(read)
                 if pages is not None:
                     pages.update(read)
+                if whole is not None:
+                    whole.update(read)
                 filled += count
                 size += count
                 progress.advance(count)
@@ -391,12 +415,31 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
             runs = blockmap.pack_runs([Run(0, blocks, own, 0)] if blocks else [])
             maps.append(FileMap(source.path, blocks, own + 1, runs, b"", packed))
             checksum = checksums.of_blocks(packed)
-        else:
+        elif whole is not None:
             checksum = whole.digest()
+        else:
+            # A relation file whose copy is not whole pages (it was being extended while it
+            # was read) has the checksum of its bytes: read back from the parts stored so
+            # far and the buffer being filled. Rare, so its bytes were not hashed going by.
+            log.debug("%s: %d bytes, not whole pages; its checksum is of its bytes, read back", source.path, size)
+            checksum = _read_back_checksum(store, part, offset, size, number, view[:filled])
         files.append(BackupFile(source.path, size, mode, mtime, part, offset, checksum))
     if filled:
         store.submit(number, buffer, filled)
     return files, maps
+
+
+def _read_back_checksum(store: PartStore, part: int, offset: int, size: int, number: int, filling: memoryview) -> bytes:
+    """The checksum of the `size` bytes of the stream from `offset` in part `part` on, up to
+    the end of `filling`, the buffer of part `number`."""
+    hasher, fed = checksums.file_hasher(), 0
+    for stored in range(part, number):
+        piece = memoryview(store.read_back(stored))[offset:]
+        hasher.update(piece)
+        fed, offset = fed + len(piece), 0
+    hasher.update(filling[offset:])
+    assert fed + len(filling) - offset == size, "the parts read back are not the file's bytes"
+    return hasher.digest()
 
 
 # --- preconditions ----------------------------------------------------------------------

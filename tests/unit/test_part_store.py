@@ -20,6 +20,7 @@ import xxhash
 
 from pitrkit.backup import push
 from pitrkit.backup.push import PartStore, SourceFile, copy_files
+from pitrkit.catalog import checksums
 from pitrkit.catalog.documents import BackupPart
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
@@ -161,3 +162,45 @@ def test_a_part_that_cannot_be_stored_fails_the_backup(tmp_path, monkeypatch):
     monkeypatch.setattr(builder.archive, "put", taken)
     with pytest.raises(RefusedError, match=r"backups/20260101T000000Z/data/0000000\d already exists"):
         stored_parts(builder, tmp_path, monkeypatch)
+
+
+# --- the checksum of a relation file that is not whole pages -----------------------------
+
+
+def encryption_settings(mode: str, tmp_path) -> EncryptionConfig | None:
+    if mode == "off":
+        return None
+    if mode == "key":
+        keys.generate_key_file(tmp_path / "key")
+        return EncryptionConfig(mode="key", key_file=str(tmp_path / "key"))
+    keys.generate_key_pair(tmp_path / "r.key", tmp_path / "r.pub")
+    keys.generate_signing_pair(tmp_path / "s.key", tmp_path / "s.pub")
+    # The database host's half: it cannot decrypt what it stores.
+    return EncryptionConfig(mode="recipient", public_key_file=str(tmp_path / "r.pub"),
+                            signing_key_file=str(tmp_path / "s.key"))
+
+
+@pytest.mark.parametrize("mode", ["off", "key", "recipient"])
+def test_a_relation_file_copied_mid_page_has_the_checksum_of_its_bytes(tmp_path, monkeypatch, mode):
+    # Its pages were hashed going by, not its bytes: they are read back from the parts
+    # already stored (decrypted with the key), or, where the host cannot decrypt them,
+    # were hashed going by after all.
+    builder = ChainBuilder(tmp_path / "archive", encryption_settings(mode, tmp_path))
+    assert PartStore(builder.archive, "x", Zstd(3, 1), builder.cipher, 1).can_read_back == (mode != "recipient")
+    monkeypatch.setattr(push, "PART_SIZE", 3 * 8192 + 1000)
+    files = {"PG_VERSION": b"15\n", "base/5/16384": pages("rel", 3),
+             "base/5/16386": pages("torn", 7) + b"half a page"}  # across three parts
+    pgdata = tmp_path / "pgdata"
+    for path, content in files.items():
+        (pgdata / path).parent.mkdir(parents=True, exist_ok=True)
+        (pgdata / path).write_bytes(content)
+    store = PartStore(builder.archive, "20260101T000000Z", Zstd(3, 1), builder.cipher, 2)
+    records, maps = copy_files(str(pgdata), [SourceFile(path, len(content)) for path, content in files.items()],
+                               store, Progress("test", enabled=False))
+    store.finish()
+    assert [file_map.path for file_map in maps] == ["base/5/16384"]
+    checksum = {record.path: record.checksum for record in records}
+    assert checksum["base/5/16386"] == checksums.of_bytes(files["base/5/16386"])
+    assert checksum["base/5/16384"] == checksums.of_blocks(checksums.packed(checksums.page_checksums(
+        files["base/5/16384"])))
+    assert checksum["PG_VERSION"] == checksums.of_bytes(b"15\n")

@@ -341,8 +341,7 @@ class PartStore:
             self._archive.put(key, blob)
         except ObjectExists:
             raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
-        return BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex(),
-                          xxh3_128=header.xxh3_128.hex())
+        return BackupPart.of(key, header, len(blob))
 
 
 def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress,

@@ -25,6 +25,7 @@ import msgspec
 from pitrkit.config import MAX_HELD_FOR
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage.codec import Time
+from pitrkit.storage.objects import ObjectHeader
 
 # 1: every backup full, its files' bytes in `parts`, no checksums of the files. 2:
 # checksummed, and incremental backups (`parent`) with block-mapped files (`block_files`,
@@ -121,6 +122,13 @@ class BackupPart(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     # backup: see storage/objects.py).
     sha256: str
     xxh3_128: str = ""
+
+    @classmethod
+    def of(cls, key: str, header: ObjectHeader, stored_size: int) -> BackupPart:
+        """The record of the object just stored under `key` with this header: its digest
+        whichever it is."""
+        return cls(key=key, size=header.size, stored_size=stored_size, sha256=header.sha256.hex(),
+                   xxh3_128=header.xxh3_128.hex())
 
     @property
     def digest(self) -> str:

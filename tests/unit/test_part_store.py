@@ -204,3 +204,10 @@ def test_a_relation_file_copied_mid_page_has_the_checksum_of_its_bytes(tmp_path,
     assert checksum["base/5/16384"] == checksums.of_blocks(checksums.packed(checksums.page_checksums(
         files["base/5/16384"])))
     assert checksum["PG_VERSION"] == checksums.of_bytes(b"15\n")
+
+
+@pytest.mark.parametrize("digest", [objects.SHA256, objects.XXH3_128])
+def test_a_part_record_made_of_a_header_has_its_digest(digest):
+    blob, header = objects.encode(b"x" * 1000, Zstd(3, 1), digest=digest)
+    record = BackupPart.of("backups/B/data/00000000", header, len(blob))
+    assert (record.size, record.stored_size, record.digest) == (1000, len(blob), header.digest)

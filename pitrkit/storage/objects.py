@@ -15,9 +15,9 @@ header bytes are the cipher's associated data, so they are authenticated too.
 
 The digest is SHA-256 (format version 1), or XXH3-128 (version 2), ten times cheaper,
 which backup-push asks for where nothing needs a cryptographic one: the stream parts
-of an unencrypted backup (docs/archive-format.md, "The digest"). WAL objects keep
-SHA-256, and xxhash is imported only when an object has or wants XXH3-128, never on the
-wal-push / wal-fetch path.
+of an unencrypted backup (docs/archive-format.md, "The digest of a stream part"). WAL
+objects keep SHA-256, and xxhash is imported only when an object has or wants XXH3-128,
+never on the wal-push / wal-fetch path.
 """
 
 from __future__ import annotations

@@ -553,7 +553,7 @@ def store_block_maps(archive: Archive, backup_id: str, maps: list[FileMap], comp
             archive.put(key, blob)
         except ObjectExists:
             raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
-        parts.append(BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex()))
+        parts.append(BackupPart.of(key, header, len(blob)))
         batch, batch_size = [], 0
 
     for file_map in maps:

@@ -70,10 +70,13 @@ log = logging.getLogger(__name__)
 # per GiB, i.e. one storage request per ~0.1-0.2 s of a core's zstd work.
 PART_SIZE = 32 << 20
 
-# How often the archive is asked whether the backup's WAL has arrived: soon at first,
-# because pg_backup_stop has just switched segments and the archiver is usually done
-# within milliseconds, then less and less often while a backlog drains.
+# How often the archive is asked whether the backup's WAL has arrived: every 20 ms for
+# the first second, because pg_backup_stop has just switched segments and the archiver
+# is usually done within a tenth of one (a pause doubling from the start overshot its
+# arrival by up to the last pause: 0.14 s waited for a segment there after ~0.07 s),
+# then less and less often while a backlog drains.
 _WAL_POLL_FIRST = 0.02
+_WAL_POLL_STEADY_FOR = 1.0
 _WAL_POLL_MAX = 1.0
 # How long an incremental backup waits for the WAL summarizer to reach its start before
 # it reads every relation file instead (the server's own wait gives up after 60 s).
@@ -223,12 +226,20 @@ def walk_data_directory(pgdata: str, major: int, tablespace_names: dict[int, str
 
 
 class PartStore:
-    """Compresses and stores parts on `workers` threads, each part whole in one thread
+    """Compresses and stores parts, `workers` at a time, each part whole in one thread
     (single-threaded zstd: the parallelism is across parts).
 
-    Memory is bounded by the buffers: there are `workers + 1` of PART_SIZE bytes, so the
-    reader fills one while every worker compresses another, and waits for a buffer when
-    the workers fall behind. Buffers are reused, never reallocated.
+    Storing is not compressing: a part's buffer is free again as soon as it is
+    compressed, and its object is stored while the next part compresses. There are twice
+    as many threads as `workers`, at most `workers` of them compressing at once, so
+    that no core idles while a part is written and fsynced (file://) or uploaded.
+
+    Memory is bounded by the buffers: there are at most `workers + 1` of PART_SIZE bytes,
+    so the reader fills one while every worker compresses another, and waits for a buffer
+    when the workers fall behind. Buffers are reused, never reallocated, and made only
+    when the reader needs one and none is free: zeroing 32 MiB (and faulting its pages
+    in) then happens while the workers compress, not before the first read, and a small
+    backup makes one.
     """
 
     def __init__(self, archive: Archive, backup_id: str, compressor: Compressor, cipher: Cipher | None,
@@ -238,20 +249,24 @@ class PartStore:
         self._compressor = compressor
         self._cipher = cipher
         self._free: SimpleQueue[bytearray] = SimpleQueue()
-        for _ in range(workers + 1):
-            self._free.put(bytearray(PART_SIZE))
+        self._unmade = workers + 1
         self._queued: SimpleQueue[tuple[int, bytearray, int] | None] = SimpleQueue()
         self._parts: dict[int, BackupPart] = {}
+        self._stored = threading.Condition()  # notified as each part is stored, or fails
         self._failure: BaseException | None = None
         self._abandoned = False
+        self._compressing = threading.Semaphore(workers)
         # Daemon threads: an interrupted backup-push must exit without waiting for them.
         self._threads = [threading.Thread(target=self._serve, name=f"backup-part-{n}", daemon=True)
-                         for n in range(workers)]
+                         for n in range(2 * workers)]
         for thread in self._threads:
             thread.start()
 
     def buffer(self) -> bytearray:
         """A free buffer; raises the first worker's failure, if any."""
+        if self._unmade and self._free.empty():
+            self._unmade -= 1
+            return bytearray(PART_SIZE)
         buffer = self._free.get()
         if self._failure is not None:
             raise self._failure
@@ -259,6 +274,23 @@ class PartStore:
 
     def submit(self, number: int, buffer: bytearray, length: int) -> None:
         self._queued.put((number, buffer, length))
+
+    @property
+    def can_read_back(self) -> bool:
+        return self._cipher is None or self._cipher.can_decrypt
+
+    def read_back(self, number: int) -> bytes:
+        """The plaintext of submitted part `number`, once stored, read back from the archive
+        and verified. Raises the first worker's failure, if any."""
+        with self._stored:
+            self._stored.wait_for(lambda: number in self._parts or self._failure is not None)
+        if self._failure is not None:
+            raise self._failure
+        key = self._parts[number].key
+        try:
+            return objects.decode(key, self._archive.get(key), self._archive.plugins.compressor, self._cipher)
+        except objects.CorruptObject as exc:
+            raise PitrkitError(f"backup part {key} did not read back as it was stored: {exc}") from None
 
     def finish(self) -> list[BackupPart]:
         """Wait for every submitted part to be stored; the parts in order."""
@@ -279,23 +311,37 @@ class PartStore:
     def _serve(self) -> None:
         while (item := self._queued.get()) is not None:
             number, buffer, length = item
+            encoded = None
             try:
                 if self._failure is None and not self._abandoned:
-                    self._parts[number] = self._store(number, memoryview(buffer)[:length])
+                    with self._compressing:
+                        encoded = self._encode(memoryview(buffer)[:length])
             except BaseException as exc:  # handed to the reader thread, which raises it
                 self._failure = self._failure or exc
             finally:
-                self._free.put(buffer)
+                self._free.put(buffer)  # the object is a copy: the reader may refill it now
+            try:
+                if encoded is not None:
+                    self._parts[number] = self._store(number, *encoded)
+            except BaseException as exc:
+                self._failure = self._failure or exc
+            with self._stored:
+                self._stored.notify_all()
 
-    def _store(self, number: int, data: memoryview) -> BackupPart:
+    def _encode(self, data: memoryview) -> tuple[bytes, objects.ObjectHeader]:
+        # The view, not a bytes copy: zstd and the digests read any buffer. XXH3-128 where
+        # nothing needs SHA-256: encrypted, a part's SHA-256 binds the authenticated
+        # object to the authenticated manifest cryptographically (docs/archive-format.md).
+        digest = objects.SHA256 if self._cipher is not None else objects.XXH3_128
+        return objects.encode(data, self._compressor, self._cipher, digest=digest)  # type: ignore[arg-type]
+
+    def _store(self, number: int, blob: bytes, header: objects.ObjectHeader) -> BackupPart:
         key = f"{self._prefix}{number:08d}"
-        # The view, not a bytes copy: zstd and SHA-256 read any buffer.
-        blob, header = objects.encode(data, self._compressor, self._cipher)  # type: ignore[arg-type]
         try:
             self._archive.put(key, blob)
         except ObjectExists:
             raise RefusedError(f"{key} already exists: is another backup-push storing the same backup?") from None
-        return BackupPart(key=key, size=header.size, stored_size=len(blob), sha256=header.sha256.hex())
+        return BackupPart.of(key, header, len(blob))
 
 
 def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress,
@@ -311,8 +357,8 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
     vanished (a dropped table) is skipped: replay drops it too.
 
     Checksums are of the bytes as they land in the buffers, i.e. as restore will write
-    them: a relation file's pages (one may straddle two buffers) and, until its length
-    says whether it has whole blocks, its bytes too (catalog/checksums.py).
+    them: a relation file's pages (one may straddle two buffers), any other file's bytes
+    (catalog/checksums.py).
     """
     files: list[BackupFile] = []
     maps: list[FileMap] = []
@@ -336,7 +382,10 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
             os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             mode, mtime = stat.S_IMODE(status.st_mode), int(status.st_mtime)
         pages = checksums.PageHasher() if source.content is None and relation_of(source.path) is not None else None
-        whole = checksums.file_hasher()
+        # A relation file's checksum is of its block checksums (nearly always: see below),
+        # so its bytes are hashed once, by page, not a second time whole, unless the parts
+        # could not be read back if it had to be (encrypted for a recipient only).
+        whole = checksums.file_hasher() if pages is None or not store.can_read_back else None
         with reader:
             part, offset, size = number, filled, 0
             while True:
@@ -352,9 +401,10 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
                 if not count:
                     break
                 read = view[filled:filled + count]
-                whole.update(read)
                 if pages is not None:
                     pages.update(read)
+                if whole is not None:
+                    whole.update(read)
                 filled += count
                 size += count
                 progress.advance(count)
@@ -364,12 +414,31 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
             runs = blockmap.pack_runs([Run(0, blocks, own, 0)] if blocks else [])
             maps.append(FileMap(source.path, blocks, own + 1, runs, b"", packed))
             checksum = checksums.of_blocks(packed)
-        else:
+        elif whole is not None:
             checksum = whole.digest()
+        else:
+            # A relation file whose copy is not whole pages (it was being extended while it
+            # was read) has the checksum of its bytes: read back from the parts stored so
+            # far and the buffer being filled. Rare, so its bytes were not hashed going by.
+            log.debug("%s: %d bytes, not whole pages; its checksum is of its bytes, read back", source.path, size)
+            checksum = _read_back_checksum(store, part, offset, size, number, view[:filled])
         files.append(BackupFile(source.path, size, mode, mtime, part, offset, checksum))
     if filled:
         store.submit(number, buffer, filled)
     return files, maps
+
+
+def _read_back_checksum(store: PartStore, part: int, offset: int, size: int, number: int, filling: memoryview) -> bytes:
+    """The checksum of the `size` bytes of the stream from `offset` in part `part` on, up to
+    the end of `filling`, the buffer of part `number`."""
+    hasher, fed = checksums.file_hasher(), 0
+    for stored in range(part, number):
+        piece = memoryview(store.read_back(stored))[offset:]
+        hasher.update(piece)
+        fed, offset = fed + len(piece), 0
+    hasher.update(filling[offset:])
+    assert fed + len(filling) - offset == size, "the parts read back are not the file's bytes"
+    return hasher.digest()
 
 
 # --- preconditions ----------------------------------------------------------------------
@@ -443,7 +512,8 @@ def _new_backup_id(archive: Archive, server: ServerSession) -> tuple[str, dateti
 def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentName], timeout: float,
                  backup_id: str) -> None:
     """Return once every segment in `needed` is in the archive; raise after `timeout`."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     waiting_for = None
     pause = _WAL_POLL_FIRST
     for position, segment in enumerate(needed, 1):
@@ -466,7 +536,8 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
                     print(f"waiting for WAL segment {segment.name} to be archived "
                           f"({position} of {len(needed)})", file=sys.stderr)
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-            pause = min(pause * 2, _WAL_POLL_MAX)
+            if time.monotonic() - started >= _WAL_POLL_STEADY_FOR:
+                pause = min(pause * 2, _WAL_POLL_MAX)
 
 
 def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:

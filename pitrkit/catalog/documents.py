@@ -25,6 +25,7 @@ import msgspec
 from pitrkit.config import MAX_HELD_FOR
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage.codec import Time
+from pitrkit.storage.objects import ObjectHeader
 
 # 1: every backup full, its files' bytes in `parts`, no checksums of the files. 2:
 # checksummed, and incremental backups (`parent`) with block-mapped files (`block_files`,
@@ -109,14 +110,30 @@ class BackupTablespace(msgspec.Struct, kw_only=True, frozen=True):
             raise ValueError(f"tablespace {self.oid}'s location {location!r} is not a canonical absolute path")
 
 
-class BackupPart(msgspec.Struct, kw_only=True, frozen=True):
+class BackupPart(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One stored object of a backup's data: a slice of the backup stream (the files'
     contents, concatenated in manifest order), in the stored-object format."""
 
     key: str  # relative to the archive root: backups/<id>/data/<n>
     size: int  # plaintext bytes
     stored_size: int
-    sha256: str  # hex, of the plaintext; also in the object's own header
+    # The plaintext's digest, as the object's own header has it, hex: SHA-256, or empty
+    # when the header has an XXH3-128 one instead (the stream parts of an unencrypted
+    # backup: see storage/objects.py).
+    sha256: str
+    xxh3_128: str = ""
+
+    @classmethod
+    def of(cls, key: str, header: ObjectHeader, stored_size: int) -> BackupPart:
+        """The record of the object just stored under `key` with this header: its digest
+        whichever it is."""
+        return cls(key=key, size=header.size, stored_size=stored_size, sha256=header.sha256.hex(),
+                   xxh3_128=header.xxh3_128.hex())
+
+    @property
+    def digest(self) -> str:
+        """`<algorithm>:<hex>`: a part is the one listed when its header's `digest` is this."""
+        return f"xxh3_128:{self.xxh3_128}" if self.xxh3_128 else f"sha256:{self.sha256}"
 
     def __post_init__(self) -> None:
         _check_size(f"part {self.key!r} size", self.size, MAX_PART_SIZE)

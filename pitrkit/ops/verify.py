@@ -414,10 +414,10 @@ def _part_content(part: BackupPart, backup_id: str) -> _Content:
     def expect(header: ObjectHeader, data: bytes) -> str | None:
         # A part that decodes can still be another part or another backup's: the
         # manifest's size and checksum must match too.
-        if len(data) == part.size and header.sha256.hex() == part.sha256:
+        if len(data) == part.size and header.digest == part.digest:
             return None
-        return (f"not the part the manifest of backup {backup_id} lists: {len(data)} bytes, sha256 "
-                f"{header.sha256.hex()[:16]}...; the manifest says {part.size} bytes, sha256 {part.sha256[:16]}...")
+        return (f"not the part the manifest of backup {backup_id} lists: {len(data)} bytes, "
+                f"{header.digest[:25]}...; the manifest says {part.size} bytes, {part.digest[:25]}...")
 
     return _Content(part.key, part.stored_size, expect)
 

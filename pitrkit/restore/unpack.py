@@ -478,9 +478,9 @@ def read_part(archive: Archive, part: BackupPart) -> bytes:
         header, _ = objects.read_header(part.key, blob)
     except objects.CorruptObject as exc:
         raise RefusedError(str(exc)) from None
-    if len(data) != part.size or header.sha256.hex() != part.sha256:
+    if len(data) != part.size or header.digest != part.digest:
         raise RefusedError(f"backup part {part.key} is not the one the manifest lists "
-                           f"({len(data)} bytes, sha256 {header.sha256.hex()[:16]}...)")
+                           f"({len(data)} bytes, {header.digest[:25]}...)")
     return data
 
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""backup_trees -- full backup-push of several pitrkit source trees side by side with
+pgBackRest's full backup, on the rig `backup_restore.py --keep` leaves running, in one
+invocation: before and after a change, measured in the same rounds.
+
+    /opt/pkdev/bin/python benchmarks/backup_restore.py --scale 150 --rounds 1 --no-restore \\
+        --only pitrkit,pgbackrest --keep
+    /opt/pkdev/bin/python benchmarks/backup_trees.py --rounds 4 before=/path/to/old/checkout after=.
+
+Each tree's `pitrkit/` is copied into <root>/trees/<name> (readable by postgres) and run
+by the bench venv's interpreter with that tree first on PYTHONPATH (`pitrkit.entry`, as
+the console script), with the rig's configuration. Rounds interleave every tree and
+pgBackRest, the first rotating, each backup after a CHECKPOINT and with its tool's
+archiver first, timed as backup_restore.py times them (wall, and user + system CPU of
+the processes it starts). Prints per round and the medians, with ratios to pgBackRest's
+backup in the same round. Each round's backups are removed afterwards (pgBackRest's by
+`expire`), so that the archives do not grow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+
+import backup_restore as br  # noqa: E402
+import walpath  # noqa: E402
+
+from pitrkit.demo.localpg import Cluster, run_as_server_user  # noqa: E402
+
+import pgharness  # noqa: E402
+
+ENTRY = "import sys; from pitrkit.entry import main; sys.exit(main())"
+
+
+def kept_rig(root: Path) -> br.Rig:
+    """The rig backup_restore.py --keep left under `root` (its source cluster running)."""
+    port = int(re.search(r"port=(\d+)", (root / "pitrkit.toml").read_text())[1])  # type: ignore[index]
+    install = next(i for i in pgharness.find_installations() if i.major == 15)
+    cluster = Cluster(install, root / "source", port=port)
+    rig = br.Rig(root=root, cluster=cluster, pitrkit=root / "venv/bin/pitrkit", python=root / "venv/bin/python3",
+                 pitrkit_config=root / "pitrkit.toml", pitrkit_archive=root / "pitrkit-archive",
+                 runtime_dir=root / "run", pgbr_config=root / "pgbackrest.conf", pgbr_repo=root / "pgbackrest-repo")
+    cluster.env = rig.env
+    return rig
+
+
+def install_tree(rig: br.Rig, name: str, source: Path) -> Path:
+    dest = rig.root / "trees" / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(source / "pitrkit", dest / "pitrkit", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([str(rig.python), "-m", "compileall", "-q", str(dest)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(rig.root / "trees")], check=True)
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("trees", nargs="+", metavar="NAME=CHECKOUT")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--root", default="/srv/pitrkit-bench-br", help="backup_restore.py's --root")
+    a = ap.parse_args()
+    rig = kept_rig(Path(a.root))
+    trees = {name: install_tree(rig, name, Path(path).resolve())
+             for name, path in (tree.split("=", 1) for tree in a.trees)}
+    tools = [*trees, br.PGBACKREST]
+    runs: dict[str, list[br.Timed]] = {tool: [] for tool in tools}
+    for round_ in range(a.rounds):
+        for tool in walpath.rotated(tools, round_):
+            rig.set_archive_command(br.PGBACKREST if tool == br.PGBACKREST else br.PITRKIT)
+            rig.cluster.sql("CHECKPOINT")
+            if tool == br.PGBACKREST:
+                t = br.timed(rig.pgbr_cmd("backup", "--type=full"))
+            else:
+                t = br.timed([str(rig.python), "-c", ENTRY, "--config", str(rig.pitrkit_config), "backup-push"],
+                             env={**rig.env, "PYTHONPATH": str(trees[tool])})
+            runs[tool].append(t)
+            print(f"round {round_ + 1} {tool}: {t.wall_s:.2f} s, {t.cpu_s:.2f} CPU s, load {t.load_before}",
+                  flush=True)
+        rig.set_archive_command(br.PITRKIT)
+        for backup in (rig.pitrkit_archive / "backups").iterdir():
+            shutil.rmtree(backup)
+        run_as_server_user(rig.pgbr_cmd("expire", "--repo1-retention-full=1"), timeout=300)
+    reference = runs[br.PGBACKREST]
+    print("\n| backup | median wall s | median CPU s | wall × pgBackRest (per round) | CPU × pgBackRest (per round) |")
+    print("|---|---:|---:|---|---|")
+    for tool, timed in runs.items():
+        walls = [round(t.wall_s / r.wall_s, 2) for t, r in zip(timed, reference, strict=True)]
+        cpus = [round(t.cpu_s / r.cpu_s, 2) for t, r in zip(timed, reference, strict=True)]
+        print(f"| {tool} | {statistics.median(t.wall_s for t in timed):.2f} | "
+              f"{statistics.median(t.cpu_s for t in timed):.2f} | {statistics.median(walls):.2f} "
+              f"({' '.join(map(str, walls))}) | {statistics.median(cpus):.2f} ({' '.join(map(str, cpus))}) |")
+
+
+if __name__ == "__main__":
+    main()

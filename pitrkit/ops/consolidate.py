@@ -162,7 +162,7 @@ def _copyable(archive: Archive, part: BackupPart, compression: str, cipher: Ciph
         header, _ = objects.read_header(part.key, archive.get_range(part.key, 0, _HEADER_READ))
     except (objects.CorruptObject, ObjectNotFound):
         return False
-    return (header.size == part.size and header.sha256.hex() == part.sha256 and header.compression == compression
+    return (header.size == part.size and header.digest == part.digest and header.compression == compression
             and header.key_id == (None if cipher is None else cipher.key_id))
 
 
@@ -506,7 +506,7 @@ def _copy(archive: Archive, copies: list[tuple[BackupPart, BackupPart]], workers
         except ObjectExists:
             raise RefusedError(f"{new.key} already exists: is another backup-consolidate making it?") from None
         header, _ = objects.read_header(new.key, archive.get_range(new.key, 0, _HEADER_READ))
-        if header.size != source.size or header.sha256.hex() != source.sha256:
+        if header.size != source.size or header.digest != source.digest:
             raise RefusedError(f"the copy {new.key} of {source.key} is not that object")
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="consolidate-copy") as pool:

@@ -15,6 +15,7 @@ planner never uses and retention removes later.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -35,7 +36,7 @@ import msgspec
 from pitrkit import __version__
 from pitrkit.backup import config_capture, incremental
 from pitrkit.backup.changes import NotSummarized, relation_of, summarized_changes
-from pitrkit.catalog import blockmap, checksums, documents, maintenance
+from pitrkit.catalog import blockmap, checksums, documents, lease, maintenance
 from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -571,6 +572,12 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
     """Back up the cluster and store its manifest; returns the manifest. With
     `incremental_wanted`, only the blocks changed since the parent (`incremental_on`,
     or the newest backup on this timeline's path) are stored."""
+    with contextlib.ExitStack() as held:
+        return _take_backup(archive, config, label, incremental_on, incremental_wanted, held)
+
+
+def _take_backup(archive: Archive, config: Config, label: str | None, incremental_on: str | None,
+                 incremental_wanted: bool, held: contextlib.ExitStack) -> BackupManifest:
     pgdata = _configured_pgdata(config)
     with ServerSession(config.postgres.conninfo) as server:
         # `pitrkit init` creates the archive: without its archive.json there is none here.
@@ -588,6 +595,9 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
             timeline = server.timeline()
             parent_summary = incremental.choose_parent(archive, facts.system_identifier, facts.major, timeline,
                                                        incremental_on)
+            # The parent's chain must outlive this backup's registration: a retention
+            # run meanwhile would leave an incremental of nothing.
+            held.enter_context(lease.holding(archive, parent_summary, "backup-push --incremental"))
             parent = incremental.load_parent(archive, parent_summary)
         backup_id, start_time = _new_backup_id(archive, server)
         label = label or f"pitrkit {backup_id}"

@@ -30,14 +30,17 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import NamedTuple
 
 import msgspec
 
-from pitrkit.catalog.documents import Lease
-from pitrkit.errors import PitrkitError
+from pitrkit.catalog.backups import manifest_present, retention_state
+from pitrkit.catalog.documents import BackupSummary, Lease
+from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.storage import codec
 from pitrkit.storage.archive import LEASES_PREFIX, Archive, lease_key
@@ -89,6 +92,23 @@ def hold_until(archive: Archive, lease: Lease, expires_at: datetime) -> Lease:
 
 def release(archive: Archive, lease: Lease) -> None:
     archive.delete(lease_key(lease.lease_id))
+
+
+@contextmanager
+def holding(archive: Archive, backup: BackupSummary, doing: str) -> Iterator[None]:
+    """Hold `backup` and its chain (retention keeps a leased backup's ancestors) while a
+    command that reads them works: a lease taken, then retention's intent read (this
+    module's protocol), refused when it is removing any of them or already did; renewed
+    until the block ends, then released."""
+    held = take(archive, backup.backup_id, backup.timeline, backup.first_segment, doing)
+    with Renewal(archive, held) as renewal:
+        try:
+            going = set(retention_state(archive).deleting).intersection([*backup.chain, backup.backup_id])
+            if going or not manifest_present(archive, backup.backup_id):
+                raise RefusedError(f"backup {backup.backup_id} or a link of its chain is being removed by retention")
+            yield
+        finally:
+            renewal.release()
 
 
 class Leases(NamedTuple):

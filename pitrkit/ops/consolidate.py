@@ -46,7 +46,7 @@ from pitrkit import __version__
 from pitrkit.backup.incremental import store_block_maps
 from pitrkit.backup.push import PART_SIZE, PartStore
 from pitrkit.catalog import blockmap, checksums, lease, maintenance
-from pitrkit.catalog.backups import manifest_present, retention_state, survey_backups
+from pitrkit.catalog.backups import survey_backups
 from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
@@ -331,21 +331,13 @@ def consolidate(archive: Archive, config: Config, backup_id: str) -> Consolidate
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, threads=1)
     cipher = archive.write_cipher()
     workers = config.backup.workers or len(os.sched_getaffinity(0))
-    # Claimed, then checked against retention's intent (catalog/lease.py's protocol):
-    # retention keeps a leased backup's whole chain. Released however this ends: once
-    # the new backup is registered, the chain is free to go.
-    held = lease.take(archive, backup_id, summary.timeline, summary.first_segment, doing="backup-consolidate")
-    with lease.Renewal(archive, held) as renewal:
-        try:
-            deleting = set(retention_state(archive).deleting)
-            if deleting.intersection([*summary.chain, backup_id]) or not manifest_present(archive, backup_id):
-                raise RefusedError(f"backup {backup_id} or a link of its chain is being removed by retention")
-            plan = chain.plan_chain(archive, _manifests(archive, summary), workers)
-            new_id = _new_id(archive, backup_id)
-            log.info("consolidating backup %s into %s: %s", backup_id, new_id, plan.describe())
-            return _write(archive, plan, new_id, compressor, cipher, workers)
-        finally:
-            renewal.release()
+    # Retention keeps the chain while it is read; once the new backup is registered,
+    # the chain is free to go.
+    with lease.holding(archive, summary, "backup-consolidate"):
+        plan = chain.plan_chain(archive, _manifests(archive, summary), workers)
+        new_id = _new_id(archive, backup_id)
+        log.info("consolidating backup %s into %s: %s", backup_id, new_id, plan.describe())
+        return _write(archive, plan, new_id, compressor, cipher, workers)
 
 
 def _write(archive: Archive, plan: ChainPlan, new_id: str, compressor: Compressor, cipher: Cipher | None,

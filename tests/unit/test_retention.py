@@ -435,6 +435,25 @@ def test_a_restore_refuses_a_backup_a_whole_run_removed_since_its_plan(store):
     assert lease.survey(store.archive, NOW) == lease.Leases([], [])
 
 
+def test_a_command_reading_a_backup_holds_it_while_it_works_and_refuses_one_being_removed(store):
+    # backup-push --incremental holds its parent, backup-consolidate the incremental:
+    # retention keeps a held backup (and its chain) until the block ends.
+    oldest = {each.backup_id: each for each in backups(store.archive)}["A"]
+    with lease.holding(store.archive, oldest, "backup-push --incremental"):
+        [held] = lease.survey(store.archive, NOW).active
+        assert (held.backup_id, held.holder.split(" on ")[0]) == ("A", "backup-push --incremental")
+        report = retention.apply(store.archive, RetentionConfig(keep_last=1))
+        assert "A" in {kept.backup_id for kept in report.kept}
+    assert lease.survey(store.archive, NOW) == lease.Leases([], [])
+    assert "A" in ids(store)
+
+    store.archive.put(RETENTION_STATE_KEY, codec.encode(RetentionState(deleting=["A"])), overwrite=True)
+    with pytest.raises(RefusedError, match="being removed by retention"):
+        with lease.holding(store.archive, oldest, "backup-consolidate"):
+            raise AssertionError("held a backup retention is removing")
+    assert lease.survey(store.archive, NOW) == lease.Leases([], [])
+
+
 class ReadOnlyStorage(RecordingStorage):
     """The archive as a restore host with a read-only credential sees it."""
 

@@ -5,9 +5,10 @@ with the modes the manifest records, and made durable.
 
 Parts are fetched and written in parallel, out of order: a part's bytes go straight to
 their place in each file with pwrite(2), so nothing is staged and at most `workers` parts
-are in memory. A file is created by whichever part reaches it first, and fsync'd by
-whichever writes its last byte: a file may span many parts, and a part may hold
-thousands of small files (`FileWriter`, which restore/chain.py shares).
+are in memory. A file is created by whichever part reaches it first, and fsync'd once
+its last byte is written (on threads of their own, while the writing goes on): a file
+may span many parts, and a part may hold thousands of small files (`FileWriter`, which
+restore/chain.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
 file and every directory entry is fsync'd before `unpack` returns. Before `backup_label`

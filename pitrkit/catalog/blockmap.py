@@ -127,7 +127,7 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
 
     @property
     def stored_blocks(self) -> int:
-        return sum(block.pages for block in self.iter_super_blocks())
+        return sum(fields[4] for fields in _SUPER_BLOCK.iter_unpack(self.super_blocks))
 
 
 class BlockMapDocument(msgspec.Struct, kw_only=True, frozen=True):
@@ -166,14 +166,17 @@ def expand(file_map: FileMap) -> tuple[list[int], list[int]]:
 
 
 class SuperBlockIndex:
-    """Finds the super-block holding a stored position (binary search on first positions)."""
+    """Finds the super-block holding a stored position (binary search on first
+    positions); only the records found are unpacked whole (a restore takes a few
+    super-blocks of a map that has thousands)."""
 
     def __init__(self, file_map: FileMap) -> None:
-        self.blocks = list(file_map.iter_super_blocks())
-        self._firsts = [block.first for block in self.blocks]
+        self._records = file_map.super_blocks
+        self._firsts = [fields[3] for fields in _SUPER_BLOCK.iter_unpack(self._records)]
 
     def holding(self, position: int) -> SuperBlock:
-        return self.blocks[bisect.bisect_right(self._firsts, position) - 1]
+        number = bisect.bisect_right(self._firsts, position) - 1
+        return SuperBlock._make(_SUPER_BLOCK.unpack_from(self._records, number * _SUPER_BLOCK.size))
 
 
 decode_block_map = msgspec.msgpack.Decoder(BlockMapDocument).decode

@@ -165,8 +165,9 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                                    f"match its manifest ({file_map.blocks} blocks, {file_map.sources} sources, "
                                    f"{file_map.stored_blocks} stored)")
             own_needs = []
+            file_number = block_index[record.path]
             for run in file_map.iter_runs():
-                need = _Need(block_index[record.path], run.first, run.length, run.position)
+                need = _Need(file_number, run.first, run.length, run.position)
                 if run.source == own:
                     own_needs.append(need)  # below, from the target's own super-blocks
                     continue

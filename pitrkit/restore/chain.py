@@ -35,6 +35,7 @@ objects. All of it is checked before anything is written.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -56,6 +57,9 @@ from pitrkit.storage.archive import Archive
 # this many bytes per read: what one worker holds in memory.
 _READ_GAP = 256 << 10
 _READ_SIZE = 8 << 20
+# Decoded super-blocks of one read are written together, up to this many bytes of them:
+# a file's pages from neighbouring super-blocks go out in one pwritev(2).
+_WRITE_SIZE = 1 << 20
 
 
 class StreamRead(NamedTuple):
@@ -160,10 +164,13 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                 raise RefusedError(f"backup {target.manifest.backup_id}'s block map of {record.path} does not "
                                    f"match its manifest ({file_map.blocks} blocks, {file_map.sources} sources, "
                                    f"{file_map.stored_blocks} stored)")
+            own_needs = []
+            file_number = block_index[record.path]
             for run in file_map.iter_runs():
-                need = _Need(block_index[record.path], run.first, run.length, run.position)
+                need = _Need(file_number, run.first, run.length, run.position)
                 if run.source == own:
-                    continue  # below, from the target's own super-blocks
+                    own_needs.append(need)  # below, from the target's own super-blocks
+                    continue
                 source = sources[run.source]
                 if record.path in source.stream:
                     source.from_stream[record.path].append(need)
@@ -173,8 +180,6 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                     raise RefusedError(f"backup {target.manifest.backup_id}'s block map takes blocks of "
                                        f"{record.path} from backup {source.manifest.backup_id}, which has no copy of "
                                        "that file")
-            own_needs = [_Need(block_index[record.path], run.first, run.length, run.position)
-                         for run in file_map.iter_runs() if run.source == own]
             _add_super_blocks(reads, own, target.manifest, file_map, own_needs)
             done.append(file_map.path)
         return done
@@ -346,7 +351,7 @@ def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
                 raise RefusedError(f"a block map takes blocks {need.position} to {need.position + need.length - 1} "
                                    f"of {files[number].path} from backup {source.manifest.backup_id}, whose copy "
                                    f"has {files[number].size} bytes")
-    # Where each wanted file lies in the stream: (part, its slice).
+    # Where each wanted file lies in the stream: (part, its slice), in file order.
     lying: dict[int, list[tuple[int, Slice]]] = defaultdict(list)
     for part, slices in enumerate(unpack.slices_by_part(files, source.manifest.parts)):
         for piece in slices:
@@ -354,13 +359,19 @@ def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
                 lying[piece.file].append((part, piece))
     by_part: dict[int, list[Slice]] = defaultdict(list)
     for number, needs in wanted.items():
+        pieces = lying[number]
+        ends = [piece.file_offset + piece.length for _, piece in pieces]
         for need in needs:
             start, end = need.position * BLOCK_SIZE, (need.position + need.length) * BLOCK_SIZE
-            for part, piece in lying[number]:
+            # From the first slice ending after `start` (a file with many runs from this
+            # source and many slices would otherwise cost their product).
+            for next_piece in range(bisect.bisect_right(ends, start), len(pieces)):
+                part, piece = pieces[next_piece]
+                if piece.file_offset >= end:
+                    break
                 low, high = max(start, piece.file_offset), min(end, piece.file_offset + piece.length)
-                if low < high:
-                    by_part[part].append(Slice(need.file, need.first * BLOCK_SIZE + low - start,
-                                               piece.part_offset + low - piece.file_offset, high - low))
+                by_part[part].append(Slice(need.file, need.first * BLOCK_SIZE + low - start,
+                                           piece.part_offset + low - piece.file_offset, high - low))
     return [StreamRead(index, source.manifest.parts[part], by_part[part]) for part in sorted(by_part)]
 
 
@@ -402,11 +413,18 @@ def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], Non
             if len(data) != read.length:
                 raise RefusedError(f"block part {read.key} ends before byte {read.offset + read.length}, "
                                    "where a block map says it holds super-blocks")
-            for block, slices in read.blocks:
+            pieces: list[tuple[int, int, memoryview]] = []
+            decoded = 0
+            for number, (block, slices) in enumerate(read.blocks):
                 start = block.offset - read.offset
-                writer.write_slices(slices, _super_block(archive, read.key, block,
-                                                         data[start : start + block.length]))
-                advance(sum(piece.length for piece in slices))
+                pages = memoryview(_super_block(archive, read.key, block, data[start : start + block.length]))
+                pieces += [(piece.file, piece.file_offset, pages[piece.part_offset : piece.part_offset + piece.length])
+                           for piece in slices]
+                decoded += len(pages)
+                if decoded >= _WRITE_SIZE or number == len(read.blocks) - 1:
+                    writer.write_pieces(pieces)
+                    advance(sum(len(piece[2]) for piece in pieces))
+                    pieces, decoded = [], 0
         return task
 
     return [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]

@@ -5,9 +5,10 @@ with the modes the manifest records, and made durable.
 
 Parts are fetched and written in parallel, out of order: a part's bytes go straight to
 their place in each file with pwrite(2), so nothing is staged and at most `workers` parts
-are in memory. A file is created by whichever part reaches it first, and fsync'd by
-whichever writes its last byte: a file may span many parts, and a part may hold
-thousands of small files (`FileWriter`, which restore/chain.py shares).
+are in memory. A file is created by whichever part reaches it first, and fsync'd once
+its last byte is written (on threads of their own, while the writing goes on): a file
+may span many parts, and a part may hold thousands of small files (`FileWriter`, which
+restore/chain.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
 file and every directory entry is fsync'd before `unpack` returns. Before `backup_label`
@@ -28,10 +29,12 @@ cluster with group access): no setuid, setgid, sticky or world bit survives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -342,18 +345,58 @@ def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[lis
     return by_part
 
 
+# Files a FileWriter keeps open while no piece of theirs is being written: enough that a
+# file's pieces in neighbouring objects (a part's small files, a chain restore's ranged
+# reads of super-blocks) reuse its descriptor, few enough for any descriptor limit.
+OPEN_FILES = 64
+# Buffers per pwritev(2): Linux's IOV_MAX.
+_IOV_MAX = 1024
+# Complete files are made durable beside the writing, this many at once (fsync(2) mostly
+# waits for the disk, and those in flight together share its flushes), at most
+# `_FINISHING` waiting (each holds its descriptor until then).
+_FSYNCS = 4
+_FINISHING = 64
+
+
 class _Pending:
-    __slots__ = ("created", "pieces")
+    __slots__ = ("created", "pieces", "fd", "users")
 
     def __init__(self, pieces: int) -> None:
         self.created = False
         self.pieces = pieces  # not yet written
+        self.fd = -1  # open while >= 0
+        self.users = 0  # threads writing through fd now
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
+def _write_all(fd: int, views: list[memoryview], offset: int) -> None:
+    """`views`, back to back, at `offset`: one pwrite(2) for one, pwritev(2) for more,
+    again for what a short write left."""
+    first = 0
+    while first < len(views):
+        batch = views[first : first + _IOV_MAX]
+        written = os.pwrite(fd, batch[0], offset) if len(batch) == 1 else os.pwritev(fd, batch, offset)
+        offset += written
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
+
+
+def _runs(pieces: list[tuple[int, memoryview]]) -> Iterator[tuple[int, list[memoryview]]]:
+    """A file's pieces (offset, bytes) sorted by offset, as runs that follow each other
+    in the file: (offset, their bytes)."""
+    start, end = -1, -1
+    views: list[memoryview] = []
+    for offset, data in pieces:
+        if offset != end:
+            if views:
+                yield start, views
+            start, views, end = offset, [], offset
+        views.append(data)
+        end += len(data)
+    if views:
+        yield start, views
 
 
 def _finish_file(fd: int, file: BackupFile | BlockFile, modes: Modes) -> None:
@@ -372,31 +415,64 @@ class FileWriter:
     piece reaches it first (a block-mapped file at its recorded length, which its blocks
     then fill) and finished by whichever writes its last.
 
-    Each piece opens the file and closes it again (the last after its fsync): a file
-    whose pieces come far apart (blocks of a chain restore, from an old backup's stream
-    early and a recent one's super-blocks late) holds no descriptor in between, so how
-    many files are half-written is not bounded by the descriptor limit. The fsync of the
-    last piece makes all of the file's data durable, whichever descriptor wrote it.
+    A complete file is made durable (mode, mtime, fsync) on a thread of its own while
+    the writing goes on; `close` returns once all of them are, and must be called.
+
+    A file stays open between its pieces, up to `open_files` files that no thread is
+    writing (beyond that the least recently written is closed, and opened again should
+    another piece come): a file whose pieces come far apart (blocks of a chain restore,
+    from an old backup's stream early and a recent one's super-blocks late) holds no
+    descriptor in between, so how many files are half-written is not bounded by the
+    descriptor limit, while neighbouring pieces cost no open(2) and close(2) each. The
+    pieces one call brings for one file are written in file order, those that follow
+    each other with one pwritev(2). The fsync after the last piece makes all of the
+    file's data durable, whichever descriptor wrote it.
 
     `existing`: every file with pieces is already there at its recorded length
     (restore/delta.py made it so) and they are written into it: nothing is created or
     truncated, and a file with no pieces is left alone."""
 
     def __init__(self, root: Path, files: Sequence[BackupFile | BlockFile], pieces: list[int],
-                 modes: Modes, existing: bool = False) -> None:
+                 modes: Modes, existing: bool = False, open_files: int = OPEN_FILES) -> None:
         self.root = root
         self.modes = modes
         self.files = files
         self.existing = existing
         self._pending = {index: _Pending(count) for index, count in enumerate(pieces) if count}
         self._lock = threading.Lock()
+        self._open_files = open_files
+        self._idle: OrderedDict[int, None] = OrderedDict()  # open files no thread writes, least recent first
+        self._finishing = ThreadPoolExecutor(_FSYNCS, thread_name_prefix="restore-fsync")
+        self._finish_slots = threading.Semaphore(_FINISHING)
+        self._unfinished: list[PitrkitError] = []
 
     def create_empty_files(self) -> None:
         if self.existing:
             return
         for index, file in enumerate(self.files):
             if index not in self._pending:
-                _finish_file(self._create(file), file, self.modes)
+                self._finish(index, self._create(file))
+
+    def _finish(self, index: int, fd: int) -> None:
+        """Hand the complete file `index` (open as `fd`) to be made durable and closed."""
+        self._finish_slots.acquire()
+
+        def finish() -> None:
+            try:
+                _finish_file(fd, self.files[index], self.modes)
+            except OSError as exc:
+                with self._lock:
+                    self._unfinished.append(PitrkitError(f"cannot finish {self.root / self.files[index].path}: "
+                                                         f"{exc.strerror}"))
+            finally:
+                self._finish_slots.release()
+
+        try:
+            self._finishing.submit(finish)
+        except BaseException:
+            self._finish_slots.release()
+            os.close(fd)
+            raise
 
     def _create(self, file: BackupFile | BlockFile) -> int:
         path = self.root / file.path
@@ -421,39 +497,92 @@ class FileWriter:
                 raise PitrkitError(f"cannot size {path}: {exc.strerror}") from None
         return fd
 
+    def _acquire(self, index: int) -> int:
+        """File `index`'s descriptor, for this thread to write through until `_release`."""
+        with self._lock:
+            # Opened under the lock: another piece of the file waits for it to be created.
+            entry = self._pending[index]
+            if entry.fd < 0:
+                if entry.created:
+                    path = self.root / self.files[index].path
+                    try:
+                        entry.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                    except OSError as exc:
+                        raise PitrkitError(f"cannot write {path}: {exc.strerror}") from None
+                else:
+                    entry.fd = self._create(self.files[index])
+                    entry.created = True
+            else:
+                self._idle.pop(index, None)
+            entry.users += 1
+            return entry.fd
+
+    def _release(self, index: int, written: int) -> None:
+        """This thread is done with file `index`, having written `written` pieces: the
+        last piece finishes the file; otherwise it stays open for the next, as long as
+        it is among the `open_files` most recently written."""
+        closing = []
+        with self._lock:
+            entry = self._pending[index]
+            entry.users -= 1
+            entry.pieces -= written
+            last = entry.pieces == 0  # and so no other thread holds it: it has no piece left
+            if last:
+                fd, entry.fd = entry.fd, -1
+            elif not entry.users:
+                self._idle[index] = None
+                while len(self._idle) > self._open_files:
+                    evicted = self._pending[self._idle.popitem(last=False)[0]]
+                    closing.append(evicted.fd)
+                    evicted.fd = -1
+        for each in closing:
+            os.close(each)
+        if last:
+            self._finish(index, fd)
+
     def write(self, index: int, data: memoryview, offset: int) -> None:
         """One piece of file `index`: `data` at `offset`."""
-        file = self.files[index]
-        entry = self._pending[index]
-        path = self.root / file.path
-        with self._lock:
-            # Created under the lock: another piece of the file opens it only once it is.
-            fd = -1 if entry.created else self._create(file)
-            entry.created = True
-        try:
-            if fd < 0:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            _write_all(fd, data, offset)
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            raise PitrkitError(f"cannot write {path}: {exc.strerror}") from None
-        with self._lock:
-            entry.pieces -= 1
-            last = entry.pieces == 0
-        if not last:
-            os.close(fd)
-            return
-        try:
-            _finish_file(fd, file, self.modes)
-        except OSError as exc:
-            raise PitrkitError(f"cannot finish {path}: {exc.strerror}") from None
+        self.write_pieces([(index, offset, data)])
 
     def write_slices(self, slices: list[Slice], data: bytes) -> None:
         """The slices of one fetched object (a part, a super-block) into their files."""
         view = memoryview(data)
-        for piece in slices:
-            self.write(piece.file, view[piece.part_offset : piece.part_offset + piece.length], piece.file_offset)
+        self.write_pieces([(piece.file, piece.file_offset, view[piece.part_offset : piece.part_offset + piece.length])
+                           for piece in slices])
+
+    def write_pieces(self, pieces: list[tuple[int, int, memoryview]]) -> None:
+        """Pieces (file, offset, bytes), of one fetched object or several: each file's
+        written through one descriptor, in file order."""
+        by_file: dict[int, list[tuple[int, memoryview]]] = {}
+        for index, offset, data in pieces:
+            by_file.setdefault(index, []).append((offset, data))
+        for index, file_pieces in by_file.items():
+            file_pieces.sort(key=_offset)
+            fd = self._acquire(index)
+            try:
+                for offset, views in _runs(file_pieces):
+                    _write_all(fd, views, offset)
+            except OSError as exc:
+                self._release(index, 0)  # left open: `close` closes it
+                raise PitrkitError(f"cannot write {self.root / self.files[index].path}: {exc.strerror}") from None
+            self._release(index, len(file_pieces))
+
+    def close(self) -> None:
+        """Return once every complete file is durable (PitrkitError if one could not be
+        made so), after closing what a failed restore left open."""
+        self._finishing.shutdown(wait=True)
+        with self._lock:
+            for entry in self._pending.values():
+                if entry.fd >= 0:
+                    os.close(entry.fd)
+                    entry.fd = -1
+            self._idle.clear()
+        if self._unfinished:
+            raise self._unfinished[0]
+
+
+def _offset(piece: tuple[int, memoryview]) -> int:
+    return piece[0]
 
 
 def count_pieces(files: int, slices: Iterable[list[Slice]]) -> list[int]:
@@ -554,7 +683,7 @@ def write_files(writer: FileWriter, tasks: Iterable[Callable[[], None]], workers
     """Run the tasks (each fetches an object and writes its slices) on `workers` threads,
     after creating the files no task writes. A task starts only when a worker is free to
     run it, so memory holds at most `workers` fetched objects and none waiting; after a
-    failure nothing new starts."""
+    failure nothing new starts. Returns once every file is durable."""
     free = threading.Semaphore(workers)
     failed = threading.Event()
 
@@ -567,16 +696,22 @@ def write_files(writer: FileWriter, tasks: Iterable[Callable[[], None]], workers
         finally:
             free.release()
 
-    writer.create_empty_files()
     futures: list[Future[None]] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-        for task in tasks:
-            free.acquire()
-            if failed.is_set():
-                break
-            futures.append(pool.submit(run, task))
-    for future in futures:
-        future.result()
+    try:
+        writer.create_empty_files()
+        with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+            for task in tasks:
+                free.acquire()
+                if failed.is_set():
+                    break
+                futures.append(pool.submit(run, task))
+        for future in futures:
+            future.result()
+    except BaseException:
+        with contextlib.suppress(PitrkitError):  # the failure already raised says more
+            writer.close()
+        raise
+    writer.close()
 
 
 def finish_directory(root: Path, manifest: BackupManifest, tablespaces: list[TablespaceTarget],

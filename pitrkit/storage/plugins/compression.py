@@ -8,6 +8,7 @@ and archive_command is strictly serial, so threads are the only way to use the s
 from __future__ import annotations
 
 import os
+import threading
 
 from pitrkit.hookspecs import hookimpl
 
@@ -40,6 +41,9 @@ class Zstd:
         self.level = level
         # The cores this process may run on, not all the machine has (taskset, cpusets).
         self.threads = threads or len(os.sched_getaffinity(0))
+        # One decompression context per thread, reused (a context is not thread-safe):
+        # making one costs more than decompressing a 64 KiB super-block (12 us against 2).
+        self._local = threading.local()
 
     def compress(self, data: bytes) -> bytes:
         # threads=1 would add a worker thread for nothing; 0 is zstd's single-threaded mode.
@@ -56,7 +60,10 @@ class Zstd:
             claimed = self._zstandard.frame_content_size(data)
             if claimed > size:
                 raise ValueError(f"zstd frame claims {claimed} bytes, more than the {size} expected")
-            return self._zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+            decompressor = getattr(self._local, "decompressor", None)
+            if decompressor is None:
+                decompressor = self._local.decompressor = self._zstandard.ZstdDecompressor()
+            return decompressor.decompress(data, max_output_size=size)
         except self._zstandard.ZstdError as exc:
             raise ValueError(f"zstd: {exc}") from None
 

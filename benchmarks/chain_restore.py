@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""chain_restore -- pitrkit's restore of an incremental chain and of a full backup of the
+same data, in this process, on an archive incremental.py left behind: CPU and wall
+seconds of writing the data directory (plan, fetch, decode, write, fsync, read-back; no
+server start, no WAL replay), to compare two checkouts on the same archive.
+
+    PYTHONPATH=CHECKOUT /opt/pkdev/bin/python benchmarks/chain_restore.py \\
+        /srv/chainspeed-bench/pitrkit.toml CHAIN_ID FULL_ID --rounds 3
+
+CHAIN_ID is the chain's last incremental, FULL_ID the full of the same data (the
+`restored from` column of incremental.py's report). Each restore goes into a fresh
+directory beside the archive, removed afterwards (not timed). Run it as root (the
+archive belongs to the server user); alternate the checkouts round by round, as the
+machine's load moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from pitrkit import config as configuration
+from pitrkit.catalog.documents import BackupManifest
+from pitrkit.restore import chain, engine, unpack
+from pitrkit.storage.archive import Archive
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def restore(archive: Archive, backup_id: str, incremental: bool, workers: int,
+            near: Path) -> tuple[float, float, float]:
+    """(CPU s, of it planning, wall s) of one restore of `backup_id`."""
+    manifest = archive.get_document(f"backups/{backup_id}/manifest.json", BackupManifest)
+    target = Path(tempfile.mkdtemp(prefix="chain-restore-", dir=near)) / "data"
+    started, wall = cpu_seconds(), time.monotonic()
+    try:
+        if incremental:
+            plan = chain.plan_chain(archive, [*engine.fetch_chain(archive, manifest), manifest], workers)
+            planned = cpu_seconds()
+            chain.unpack_chain(plan, target, [], workers, lambda _: None)
+        else:
+            planned = cpu_seconds()
+            unpack.unpack(archive, manifest, target, [], workers, lambda _: None)
+        return cpu_seconds() - started, planned - started, time.monotonic() - wall
+    finally:
+        shutil.rmtree(target.parent)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", help="the bench's pitrkit.toml")
+    ap.add_argument("chain_id", help="the chain's last incremental")
+    ap.add_argument("full_id", help="a full backup of the same data")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="as restore's default: one per core")
+    a = ap.parse_args()
+    config_path = Path(a.config)
+    archive = Archive(configuration.load(config_path))
+    for number in range(a.rounds):
+        for kind, backup_id in (("chain", a.chain_id), ("full", a.full_id)):
+            cpu, plan, wall = restore(archive, backup_id, kind == "chain", a.workers, config_path.parent)
+            print(f"round {number + 1} {kind}: CPU {cpu:.2f} s (planning {plan:.2f}), wall {wall:.2f} s, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -321,7 +321,7 @@ def compare(root: Path, files: Sequence[BackupFile | BlockFile], block_checksums
             if index in skip:
                 return []
             if not ranges:
-                _finish(path, file, modes)
+                unpack.finish_file(os.open(path, os.O_RDONLY | os.O_CLOEXEC), file, modes)
             return ranges
         except OSError as exc:
             raise PitrkitError(f"cannot compare {path}: {exc.strerror}") from None
@@ -380,16 +380,6 @@ def block_ranges(blocks: list[int]) -> Ranges:
         else:
             ranges.append((start, start + BLOCK_SIZE))
     return ranges
-
-
-def _finish(path: Path, file: BackupFile | BlockFile, modes: unpack.Modes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, modes.for_file(file.mode))
-        os.utime(fd, (file.mtime, file.mtime))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_held(root: Path, file: BackupFile | BlockFile, data: bytes, modes: unpack.Modes) -> None:

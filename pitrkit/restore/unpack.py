@@ -399,7 +399,7 @@ def _runs(pieces: list[tuple[int, memoryview]]) -> Iterator[tuple[int, list[memo
         yield start, views
 
 
-def _finish_file(fd: int, file: BackupFile | BlockFile, modes: Modes) -> None:
+def finish_file(fd: int, file: BackupFile | BlockFile, modes: Modes) -> None:
     """Mode, mtime, fsync, close: the file is complete and durable."""
     try:
         os.fchmod(fd, modes.for_file(file.mode))
@@ -459,7 +459,7 @@ class FileWriter:
 
         def finish() -> None:
             try:
-                _finish_file(fd, self.files[index], self.modes)
+                finish_file(fd, self.files[index], self.modes)
             except OSError as exc:
                 with self._lock:
                     self._unfinished.append(PitrkitError(f"cannot finish {self.root / self.files[index].path}: "

@@ -84,8 +84,11 @@ _LOG_CAUSE = re.compile(r"\b(?:LOG|HINT):\s+(.*(?:Address already in use|another
 _EARLY_PROBLEM = re.compile(r"^postgres:? (.*)$", re.MULTILINE)
 # FATALs of client connections (ours among them), turned away while the server starts
 # or recovers, or ended by a shutdown (recovery_target_action = shutdown, say): they say
-# nothing about recovery.
-_CLIENT_FATALS = ("the database system is", "terminating connection due to administrator command")
+# nothing about recovery. A connection still authenticating when the shutdown comes is
+# ended with "canceling authentication due to timeout" (ProcessInterrupts says so for
+# any termination during authentication; CI met it at --action shutdown).
+_CLIENT_FATALS = ("the database system is", "terminating connection due to administrator command",
+                  "canceling authentication due to timeout")
 # The postmaster's words when its startup process (recovery) ends in failure: "exited with
 # exit code 1", "was terminated by signal 9: Killed".
 _RECOVERY_ENDED = re.compile(r"\bLOG:\s+(?:[0-9A-Z]{5}:\s+)?startup process \(PID \d+\) (?:exited|was terminated)")

@@ -504,6 +504,7 @@ SHUTDOWN_LOG = """\
 2026-11-26 01:05:47.310 UTC [12516] LOG:  recovery stopping after WAL location (LSN) "0/3060000"
 2026-11-26 01:05:47.320 UTC [12512] LOG:  shutdown at recovery target
 2026-11-26 01:05:47.322 UTC [12530] FATAL:  terminating connection due to administrator command
+2026-11-26 01:05:47.325 UTC [12531] FATAL:  canceling authentication due to timeout
 2026-11-26 01:05:47.330 UTC [12512] LOG:  database system is shut down
 """
 

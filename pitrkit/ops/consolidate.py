@@ -255,7 +255,7 @@ class _Streamer:
         if len(data) != read.length:
             raise RefusedError(f"block part {read.key} ends before byte {read.offset + read.length}, where a block "
                                "map says it holds super-blocks")
-        return [chain._super_block(self.archive, read.key, block, data[block.offset - read.offset:
+        return [chain.super_block(self.archive, read.key, block, data[block.offset - read.offset:
                                                                          block.offset - read.offset + block.length])
                 for block, _ in read.blocks]
 

@@ -417,7 +417,7 @@ def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], Non
             decoded = 0
             for number, (block, slices) in enumerate(read.blocks):
                 start = block.offset - read.offset
-                pages = memoryview(_super_block(archive, read.key, block, data[start : start + block.length]))
+                pages = memoryview(super_block(archive, read.key, block, data[start : start + block.length]))
                 pieces += [(piece.file, piece.file_offset, pages[piece.part_offset : piece.part_offset + piece.length])
                            for piece in slices]
                 decoded += len(pages)
@@ -430,7 +430,7 @@ def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], Non
     return [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]
 
 
-def _super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:
+def super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:
     """The verified pages of one super-block: its object's own checks, then the map's
     record of it (the SHA-256 binds these pages: another valid super-block in its place
     is refused; the size is checked before anything is decompressed)."""

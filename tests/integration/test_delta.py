@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import pgharness
 from pitr_workload import (
     archive_everything,
     archiving_primary,
+    attach,
     backup_push,
     digests,
     note_point,
@@ -145,3 +147,47 @@ def test_delta_brings_a_diverged_copy_back_fetching_only_what_differs(cluster, p
     check = restored.run("pg_amcheck", "--all", "--heapallindexed", "--install-missing", "-h",
                          str(restored.socket_dir), "-p", str(restored.port), check=False, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_delta_over_a_copy_with_a_tablespace_then_started(cluster, pitrkit_setup, server_tmp):
+    """The copy's tablespace lives in a mapped location: its relation files are compared
+    through pg_tblspc's link like the others, what the backup lacks there is removed, a
+    file lost there comes back, and `--start` runs the result to the target."""
+    setup = pitrkit_setup
+    original = pgharness.make_server_dir(server_tmp / "space", mode=0o700)
+    primary = archiving_primary(cluster, setup)
+    primary.sql(f"CREATE TABLESPACE fast LOCATION '{original}'")
+    primary.sql("CREATE TABLE hot (id int PRIMARY KEY, payload text) TABLESPACE fast")
+    primary.sql("INSERT INTO hot SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+    primary.sql("VACUUM (FREEZE) hot")
+    write_round(primary, 1)
+    backup_push(setup)
+    point = note_point(primary)
+    hot = primary.sql("SELECT count(*), sum(hashtext(payload)::bigint) FROM hot")[0]
+    archive_everything(primary)
+
+    moved = server_tmp / "moved"
+    mapping = ("--tablespace-map", f"{original}={moved}")
+    restored, result = restore_into(cluster, setup, "--lsn", point.lsn, "--archive-mode", "off", *mapping)
+    succeeded(result)
+    restored.start(timeout=180)
+    wait_until_promoted(restored)
+    restored.sql("UPDATE hot SET payload = 'changed' WHERE id % 10 = 0;"
+                 "CREATE TABLE extra TABLESPACE fast AS SELECT g FROM generate_series(1, 1000) g;"
+                 "CHECKPOINT")
+    extra = restored.sql("SELECT pg_relation_filepath('extra')")[0][0]
+    heap = restored.sql("SELECT pg_relation_filepath('hot')")[0][0]
+    restored.stop()
+    (restored.pgdata / heap).unlink()  # through the link: a file of the mapped location
+
+    out = succeeded(setup.run("restore", "--lsn", point.lsn, "--delta", "--archive-mode", "off", *mapping,
+                              "--start", "--port", str(restored.port), "--target-dir", str(restored.pgdata),
+                              timeout=600))
+    print(out)
+    assert re.search(r"delta: \d+ files kept, [1-9]\d* fetched whole, [1-9]\d* patched", out), out
+    assert not (restored.pgdata / extra).exists() and not os.path.lexists(restored.pgdata / extra)
+    assert os.path.realpath(restored.pgdata / heap).startswith(str(moved))
+    attach(restored)
+    assert digests(restored) == point.digests
+    assert restored.sql("SELECT count(*), sum(hashtext(payload)::bigint) FROM hot")[0] == hot
+    assert restored.sql("SELECT count(*) FROM hot WHERE id BETWEEN 100 AND 200")[0][0] == 101  # by the index

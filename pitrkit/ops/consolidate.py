@@ -64,7 +64,7 @@ from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound, 
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.restore import chain, unpack
 from pitrkit.restore.chain import BlockRead, ChainPlan, StreamRead
-from pitrkit.restore.engine import fetch_chain
+from pitrkit.restore.engine import fetch_chain, fetch_manifest
 from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
 
@@ -312,15 +312,7 @@ def _target(archive: Archive, backup_id: str) -> BackupSummary:
 
 
 def _manifests(archive: Archive, summary: BackupSummary) -> list[BackupManifest]:
-    key = manifest_key(summary.backup_id)
-    try:
-        manifest = archive.get_document(key, BackupManifest)
-    except ObjectNotFound:
-        raise RefusedError(f"the manifest {key} is gone from the archive (removed meanwhile?)") from None
-    except ValueError as exc:
-        raise RefusedError(f"corrupt manifest: {exc}") from None
-    if manifest.backup_id != summary.backup_id or manifest.chain != summary.chain:
-        raise RefusedError(f"{key} is not the manifest of backup {summary.backup_id} the catalog lists")
+    manifest = fetch_manifest(archive, summary)
     return [*fetch_chain(archive, manifest), manifest]
 
 

@@ -88,7 +88,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     say(describe(plan))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr, flush=True)
-    manifest = fetch_manifest(archive, plan)
+    manifest = fetch_manifest(archive, plan.backup)
     # The manifest's tablespaces, not the catalog's copy: see unpack.check_tablespace_directory.
     tablespaces = unpack.resolve_tablespaces(manifest.tablespaces, mappings, manifest.backup_id)
     for each in tablespaces:
@@ -270,21 +270,23 @@ def check_wal_present(archive: Archive, plan: RestorePlan) -> None:
     say(f"checked the archive: all {len(names)} WAL files the restore needs are there")
 
 
-def fetch_manifest(archive: Archive, plan: RestorePlan) -> BackupManifest:
-    key = manifest_key(plan.backup.backup_id)
+def fetch_manifest(archive: Archive, backup: documents.BackupSummary) -> BackupManifest:
+    """The manifest of `backup` (a catalog entry a plan or a command chose), checked
+    against that entry, this archive's system and itself."""
+    key = manifest_key(backup.backup_id)
     try:
         manifest = archive.get_document(key, BackupManifest)
     except ObjectNotFound:
-        raise RefusedError(f"the manifest {key} of the planned backup is gone from the archive") from None
+        raise RefusedError(f"the manifest {key} of backup {backup.backup_id} is gone from the archive") from None
     except ValueError as exc:
         raise RefusedError(f"corrupt manifest: {exc}") from None
     system_identifier = archive.identity().system_identifier
-    if manifest.system_identifier != system_identifier or manifest.backup_id != plan.backup.backup_id:
+    if manifest.system_identifier != system_identifier or manifest.backup_id != backup.backup_id:
         raise RefusedError(f"manifest {key} belongs to backup {manifest.backup_id} of system "
                            f"{manifest.system_identifier}, not to this archive's system {system_identifier}")
-    # The plan was made from catalog/backups.json, a cache of the manifests: one that says
-    # otherwise was altered (or is not this archive's), and the plan may rest on it.
-    if differing := _differing(manifest, plan.backup):
+    # The choice was made from catalog/backups.json, a cache of the manifests: one that
+    # says otherwise was altered (or is not this archive's), and the choice may rest on it.
+    if differing := _differing(manifest, backup):
         raise RefusedError(f"{BACKUP_CATALOG_KEY} and {key} disagree about {', '.join(differing)}: one of "
                            "them was altered; if it is the catalog, 'pitrkit catalog rebuild' rewrites it from "
                            "the manifests")

@@ -218,11 +218,11 @@ def _kind_notes(target: Target, backup: BackupSummary, choice: TimelineChoice, e
                      "with pitrkit restore-point)")
         notes.append(f"the archive cannot tell which segment holds {what}, so the plan runs to the end of the "
                      "unbroken WAL; recovery stops where it meets it")
-        ended = "the transaction ended" if target.kind == "xid" else "the point was made"
-        notes.append(f"the planner could not check that backup {backup.backup_id} is consistent before it (the "
-                     f"catalog records no transaction ids{'' if target.kind == 'xid' else ' for that name'}); it "
-                     f"took the newest backup: if {ended} before {show_time(backup.stop_time)}, recovery never meets "
-                     "it and stops with 'recovery ended before configured recovery target was reached'")
+        ended, unknown = (("the transaction ended", "the catalog records no transaction ids") if target.kind == "xid"
+                          else ("the point was made", "the catalog does not record that name"))
+        notes.append(f"the planner could not check that backup {backup.backup_id} is consistent before it ({unknown}); "
+                     f"it took the newest backup: if {ended} before {show_time(backup.stop_time)}, recovery never "
+                     "meets it and stops with 'recovery ended before configured recovery target was reached'")
         if choice is None:
             notes.append(f"nothing in the archive says which timeline it is on: planned along the newest, {ending} "
                          "(PostgreSQL's default); --timeline chooses another")

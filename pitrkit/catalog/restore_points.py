@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from pitrkit.catalog import documents, lock
 from pitrkit.catalog.documents import RestorePoint, RestorePointCatalog, shown
-from pitrkit.errors import RefusedError, UsageError
+from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.progress import human_count
 from pitrkit.storage.archive import Archive
@@ -82,8 +82,14 @@ def record(archive: Archive, name: str, make: Callable[[], RestorePoint]) -> Res
                                 f"{point.created_at.isoformat(sep=' ', timespec='seconds')}, timeline "
                                 f"{point.timeline}): recovery stops at the first point of a name; choose another")
         point = make()
-        held.check()  # still ours: a rewrite after losing the lock could drop a successor's point
-        archive.put_document(RESTORE_POINTS_KEY, RestorePointCatalog(points=[*known, point]), overwrite=True)
+        try:
+            held.check()  # still ours: a rewrite after losing the lock could drop a successor's point
+            archive.put_document(RESTORE_POINTS_KEY, RestorePointCatalog(points=[*known, point]), overwrite=True)
+        except PitrkitError as exc:
+            # The server made it: making it again would add a second point that recovery never stops at.
+            raise PitrkitError(f"restore point {shown(name)!r} was made at LSN {point.lsn} (segment {point.segment}) "
+                               f"but not recorded in the archive: {exc}; do not make it again (recovery stops at "
+                               f"this first point of the name): restore to it with --lsn {point.lsn}") from None
         return point
 
 

@@ -571,7 +571,7 @@ def server_choice(target: Target, choice: TimelineChoice | Literal["server"],
         except ServerError as exc:
             raise PlanRefused(f"--timeline server needs the server's timeline: {exc}") from None
         return server, server
-    if target.kind == "latest" and choice in (None, "latest") and config.postgres.conninfo is not None:
+    if _follows_newest(target) and choice in (None, "latest") and config.postgres.conninfo is not None:
         try:
             return choice, configured_server_timeline(config.postgres.conninfo)
         except (ServerError, ConfigError) as exc:
@@ -583,11 +583,19 @@ def latest_warning(plan: RestorePlan, server: int | None) -> str | None:
     """A plan along a timeline that is not the server's, made without naming it: the
     newest timeline in the archive is a branch (a test restore promoted with archiving
     on), and --latest would restore the abandoned copy's history, not the server's."""
-    if server is None or plan.timeline == server or plan.target.kind != "latest":
+    if server is None or plan.timeline == server or not _follows_newest(plan.target) or plan.restore_point:
         return None
+    option = {"latest": "--latest", "xid": "--xid", "name": "--name"}[plan.target.kind]
     return (f"warning: the newest timeline in the archive, {plan.timeline}, is not timeline {server} that the "
-            f"server in [postgres] conninfo is on: --latest follows timeline {plan.timeline} (a restored copy "
+            f"server in [postgres] conninfo is on: {option} follows timeline {plan.timeline} (a restored copy "
             "promoted with archiving on?); to restore the server's own history, add --timeline server")
+
+
+def _follows_newest(target: Target) -> bool:
+    """Whether the plan follows the archive's newest timeline when --timeline is left out:
+    --latest, and the targets nothing in the archive places (an xid; a restore point's
+    name, unless the catalog records it, and then its own timeline is taken)."""
+    return target.kind in ("latest", "xid", "name")
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:

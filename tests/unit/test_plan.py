@@ -12,9 +12,10 @@ from datetime import timedelta
 
 import pytest
 
-from pitrkit.catalog import maintenance, restore_points
+from pitrkit.catalog import lock, maintenance, restore_points
 from pitrkit.catalog.documents import RestorePoint
 from pitrkit.cli import main
+from pitrkit.errors import PitrkitError
 from pitrkit.postgres.wal import Lsn
 from pitrkit.restore.plan import PlanRefused, RestorePlan, describe, latest_warning, make_plan
 from pitrkit.restore.targets import Target
@@ -599,3 +600,35 @@ def test_a_restore_points_document_that_does_not_decode_is_refused_not_ignored(s
     with pytest.raises(restore_points.UnreadablePoints, match="restore-points.json"):
         make_plan(store.archive, Target(kind="name", name="x"))
     assert "cannot be read" in (restore_points.rebuild_line(store.archive) or "")
+
+
+def test_an_xid_or_unrecorded_name_along_a_branch_warns_like_latest(store):
+    store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))
+    store.segments(2, 12, 15, at=stored_at(21))
+    recorded(store, point("known", lsn(13, 0x10), timeline=2))
+    xid = make_plan(store.archive, Target(kind="xid", xid=750))
+    assert xid.timeline == 2 and "--xid follows timeline 2" in (latest_warning(xid, 1) or "")
+    unrecorded = make_plan(store.archive, Target(kind="name", name="by hand"))
+    assert "--name follows timeline 2" in (latest_warning(unrecorded, 1) or "")
+    # A recorded point names its own timeline: no surprise.
+    assert latest_warning(make_plan(store.archive, Target(kind="name", name="known")), 1) is None
+
+
+def test_a_point_made_but_not_recorded_says_so_and_how_to_restore_to_it(store):
+    successors = []
+
+    def make() -> RestorePoint:
+        # While the server made it, this writer's lock lapsed and another took it.
+        store.archive.delete(lock.CATALOG_LOCK_KEY)
+        successors.append(lock.take(store.archive, "retention apply"))
+        return point("lost", lsn(7, 0x10))
+
+    try:
+        with pytest.raises(PitrkitError) as failed:
+            restore_points.record(store.archive, "lost", make)
+    finally:
+        for each in successors:
+            each.release()
+    message = str(failed.value)
+    assert "was made at LSN" in message and f"restore to it with --lsn {lsn(7, 0x10)}" in message
+    assert restore_points.restore_points(store.archive) == []

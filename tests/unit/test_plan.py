@@ -13,13 +13,15 @@ from datetime import timedelta
 import pytest
 
 from pitrkit.catalog import lock, maintenance, restore_points
-from pitrkit.catalog.documents import RestorePoint
+from pitrkit.catalog.documents import RestorePoint, RestorePointCatalog
 from pitrkit.cli import main
+from pitrkit.config import EncryptionConfig
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.wal import Lsn
 from pitrkit.restore.plan import PlanRefused, RestorePlan, describe, latest_warning, make_plan
 from pitrkit.restore.targets import Target
-from pitrkit.storage import codec
+from pitrkit.storage import codec, keys
+from pitrkit.storage.archive import TamperedDocument
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 
@@ -632,3 +634,18 @@ def test_a_point_made_but_not_recorded_says_so_and_how_to_restore_to_it(store):
     message = str(failed.value)
     assert "was made at LSN" in message and f"restore to it with --lsn {lsn(7, 0x10)}" in message
     assert restore_points.restore_points(store.archive) == []
+
+
+def test_in_an_encrypted_archive_the_restore_points_are_authenticated(tmp_path):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    sealed = SyntheticArchive(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
+    sealed.segments(1, 1, 8)
+    sealed.backup("A", 1, 2, 3)
+    recorded(sealed, point("sealed", lsn(6, 0x500)))
+    assert make_plan(sealed.archive, Target(kind="name", name="sealed")).segments == names(1, 2, 6)
+    # A plain document in its place, moving the point: not authentic, refused (never taken for "no points").
+    forged = RestorePointCatalog(points=[point("sealed", lsn(8, 0x500))])
+    sealed.archive.put(restore_points.RESTORE_POINTS_KEY, codec.encode(forged), overwrite=True)
+    with pytest.raises(TamperedDocument, match="restore-points.json does not authenticate"):
+        make_plan(sealed.archive, Target(kind="name", name="sealed"))

@@ -18,6 +18,7 @@ from pitr_workload import (
     digests,
     note_point,
     refusal,
+    restore_into,
     restore_plan,
     restore_started,
     succeeded,
@@ -85,3 +86,9 @@ def test_every_target_kind_restores_exactly_its_point(cluster, pitrkit_setup):
     wait_until_paused(restored)
     assert digests(restored) == at_backup
     assert "recovery stopping after reaching consistency" in report, report
+
+    # Shut down at the point: the report is PostgreSQL's stop line, the server gone.
+    _, result = restore_into(cluster, setup, "--name", POINT, "--action", "shutdown", "--archive-mode", "off",
+                             start=True)
+    report = succeeded(result)
+    assert "recovery shut down" in report and "recovery stopping at restore point" in report, report

@@ -33,6 +33,7 @@ _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
     "backup-push": "pitrkit.backup.push",
     "backup-consolidate": "pitrkit.ops.consolidate",
+    "restore-point": "pitrkit.backup.restore_point",
     "catalog": "pitrkit.ops.listing",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
@@ -120,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
                                       "archive alone, so that retention can expire the chain under it")
     consolidate.add_argument("backup_id", metavar="BACKUP_ID", help="the incremental backup to consolidate")
     consolidate.add_argument("--json", action="store_true", help="print what was made as JSON instead of the id")
+
+    point = commands.add_parser("restore-point", help="make a named restore point on the server in [postgres] "
+                                "(pg_create_restore_point) and record it in the archive, for restore --name")
+    point.add_argument("name", metavar="NAME", help="its name, 1 to 63 bytes, not already in the archive")
 
     backup_list = commands.add_parser("backup-list", help="list the backups in the archive")
     backup_list.add_argument("--json", action="store_true", help="print JSON")
@@ -236,7 +241,15 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a time, e.g. '2026-11-23 14:41:37' (local time), with an offset, or as `date` "
                         "prints it ('Mon Nov 23 14:41:37 UTC 2026': UTC, GMT, Z or the local zone's abbreviations)")
     target.add_argument("--lsn", metavar="LSN", help="a WAL location, e.g. 0/16B3748")
+    target.add_argument("--xid", metavar="XID", help="the commit (or abort) of a transaction, its id as "
+                        "pg_current_xact_id() or txid_current() print it")
+    target.add_argument("--name", metavar="RESTORE_POINT", help="a restore point (pitrkit restore-point, or "
+                        "pg_create_restore_point()); recovery stops at the first point of that name")
+    target.add_argument("--immediate", action="store_true", help="as soon as the backup is consistent: "
+                        "the end of the newest backup, replaying only its own WAL")
     target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
+    parser.add_argument("--exclusive", action="store_true", help="with --to, --lsn or --xid: stop just before "
+                        "the target, not after it (recovery_target_inclusive = off)")
     parser.add_argument("--timeline", metavar="N|latest|current|server",
                         help="the timeline to recover along (default: the one the target is on; with --latest, "
                         "the archive's newest); current: the backup's; server: the one the server in [postgres] "

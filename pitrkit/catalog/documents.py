@@ -411,6 +411,50 @@ class WalFolderIndex(msgspec.Struct, kw_only=True, frozen=True):
     indexed_at: Time
 
 
+# PostgreSQL's MAXFNAMELEN - 1: the longest restore point name, in bytes.
+MAX_RESTORE_POINT_NAME = 63
+# Far more restore points than people make by hand; bounds what one document decodes to.
+MAX_RESTORE_POINTS = 100_000
+_SEGMENT_NAME = re.compile(r"[0-9A-F]{24}")
+
+
+class RestorePoint(msgspec.Struct, kw_only=True, frozen=True):
+    """A named restore point `pitrkit restore-point` made with pg_create_restore_point():
+    recovery_target_name stops at the first point of a name, which ends at `lsn`."""
+
+    name: str  # 1 to 63 bytes, printable
+    lsn: Lsn  # what pg_create_restore_point() returned: the end of its WAL record
+    timeline: int  # the server's timeline when it was made
+    segment: str  # the WAL segment the record ends in (pg_walfile_name(lsn))
+    created_at: Time  # the server's clock just after it was made
+    system_identifier: int  # the server's, as archive.json records it
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name.encode()) > MAX_RESTORE_POINT_NAME or not self.name.isprintable():
+            raise ValueError(f"restore point name {self.name!r} is not 1 to {MAX_RESTORE_POINT_NAME} printable bytes")
+        if not 0 < self.timeline < 1 << 32:
+            raise ValueError(f"restore point {self.name!r}: timeline {self.timeline} is not a timeline id")
+        if not _SEGMENT_NAME.fullmatch(self.segment) or int(self.segment[:8], 16) != self.timeline:
+            raise ValueError(f"restore point {self.name!r}: {self.segment!r} is not a WAL segment of timeline "
+                             f"{self.timeline}")
+        if self.lsn <= 0:
+            raise ValueError(f"restore point {self.name!r}: LSN {self.lsn} is not a record's end")
+
+
+class RestorePointCatalog(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/restore-points.json`: every restore point `pitrkit restore-point` made,
+    oldest first, each name once (catalog/restore_points.py). Not a cache: the WAL holds
+    the points' records, but pitrkit does not read them back yet, so `catalog rebuild`
+    keeps this document as it is."""
+
+    points: Annotated[list[RestorePoint], msgspec.Meta(max_length=MAX_RESTORE_POINTS)] = []
+
+    def __post_init__(self) -> None:
+        names = [point.name for point in self.points]
+        if len(set(names)) != len(names):
+            raise ValueError("a restore point name is recorded twice")
+
+
 # --- retention (catalog/retention.json, leases/) -----------------------------------------
 
 

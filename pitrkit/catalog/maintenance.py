@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pitrkit.catalog import lock
+from pitrkit.catalog import lock, restore_points
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder
 from pitrkit.catalog.backups import backup_folders, oldest_first, read_backup_catalog, read_summary
 from pitrkit.catalog.documents import BackupCatalog, BackupSummary, WalFolderIndex
@@ -94,6 +94,8 @@ def _rebuild(archive: Archive) -> list[str]:
     for key in sorted(wal.indexed - wanted):
         archive.delete(key)
         report.append(f"removed {key}: its folder is gone or still receives WAL")
+    if points := restore_points.rebuild_line(archive):
+        report.append(points)
     return report
 
 

@@ -205,6 +205,17 @@ class ServerSession:
             raise ServerError("the server does not say which timeline it is on")
         return timeline
 
+    def create_restore_point(self, name: str) -> tuple[Lsn, str, datetime]:
+        """pg_create_restore_point(name): the end of its WAL record, the segment that
+        record ends in (pg_walfile_name, which names the insert timeline), and the
+        server's clock just after. The server refuses during recovery, with wal_level
+        minimal, and a name of 64 bytes or more."""
+        lsn, segment, made_at = self._row(
+            "creating the restore point",
+            "SELECT lsn::text, pg_walfile_name(lsn), clock_timestamp() FROM pg_create_restore_point(%s) AS lsn",
+            (name,))
+        return Lsn.parse(lsn), segment, made_at.astimezone(UTC)
+
     def tablespace_names(self) -> dict[int, str]:
         cursor = self._execute("listing tablespaces", "SELECT oid::bigint, spcname FROM pg_tablespace")
         return dict(cursor.fetchall())

@@ -73,8 +73,8 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     refuse_root()
     target = target_from_args(args)
     if target.kind == "latest" and args.action != "promote":
-        raise UsageError(f"--action {args.action} needs a target (--to or --lsn): with --latest, recovery "
-                         "replays all archived WAL and PostgreSQL promotes at its end")
+        raise UsageError(f"--action {args.action} needs a target (--to, --lsn, --xid, --name or --immediate): with "
+                         "--latest, recovery replays all archived WAL and PostgreSQL promotes at its end")
     mappings = unpack.parse_tablespace_mappings(args.tablespace_map)
     target_dir = Path(os.path.abspath(args.target_dir))
     # --delta: a stopped cluster to write over (restore/delta.py), or nothing yet.
@@ -342,7 +342,11 @@ def recovery_settings(plan: RestorePlan, action: str, config_path: Path,
         archiving=archiving,
         restore_command=recovery_conf.restore_command(config_path),
         target_time=plan.target.time,
-        target_lsn=plan.target.lsn,
+        target_lsn=plan.target.lsn if plan.target.kind == "lsn" else None,  # a --name's LSN is only the plan's
+        target_xid=plan.target.xid,
+        target_name=plan.target.name,
+        immediate=plan.target.kind == "immediate",
+        inclusive=plan.target.inclusive,
         timeline=plan.timeline,
         action=None if plan.target.kind == "latest" else action,
     )
@@ -389,7 +393,7 @@ def start_and_report(plan: RestorePlan, args: argparse.Namespace, target_dir: Pa
     server = pgstart.start(target_dir, bindir, port, sockets)
     say(f"started PostgreSQL from {bindir} on port {server.port} (socket directory {server.socket_dir}); "
         f"log: {server.log}")
-    replay_to = plan.target.lsn if plan.target.lsn is not None else plan.archive_end
+    replay_to = plan.replay_end
     result = pgstart.wait_for_target(server, args.action, plan.backup.start_lsn, replay_to,
                                      lambda lsn: timeline_at(plan, lsn))
     say(f"recovery {result.state} after {human_seconds(result.seconds)}")

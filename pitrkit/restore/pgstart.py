@@ -317,6 +317,11 @@ _SHUT_DOWN = "database system is shut down"
 
 
 def stop_line(log: str) -> str | None:
+    """The server's words on where recovery stopped, one line for every target kind:
+    "recovery stopping before/after commit of transaction N" (a time or an xid),
+    "... at restore point", "... after WAL location (LSN)", "... after reaching
+    consistency" (immediate); None when it wrote none (a --latest that reached the end of
+    the WAL, a log that went elsewhere)."""
     lines = [line for line in log.splitlines() if "recovery stopping" in line]
     return lines[-1].partition("LOG:")[2].strip() or lines[-1] if lines else None
 
@@ -355,7 +360,8 @@ def wait_for_target(server: Server, action: str, replay_from: Lsn, replay_to: Ls
                 if result.state == "paused":
                     result = msgspec.structs.replace(result, locked=_locked_by_replay(server, connection))
                 connection.close()
-                return msgspec.structs.replace(result, seconds=time.monotonic() - watch.started)
+                return msgspec.structs.replace(result, seconds=time.monotonic() - watch.started,
+                                               stop_line=stop_line(watch.log()))
             if result is not None:
                 progress.advance(max(result - max(last_lsn or replay_from, replay_from), 0))
                 last_lsn = result

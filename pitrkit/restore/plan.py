@@ -5,14 +5,25 @@ segment through `restore_command` (wal/fetch.py, with wal/lookahead.py reading a
 
 It decides in this order, each step refusing with the piece that is missing:
 1. the timeline to end on: the one whose own WAL holds the target (refusing when several
-   do, unless --timeline says which), or what --timeline names;
+   do, unless --timeline says which), or what --timeline names; a restore point the
+   catalog records names its own; an xid or an unrecorded name, which the archive cannot
+   place, ends on the newest timeline (PostgreSQL's default), and --immediate on the
+   newest backup's;
 2. that timeline's path, from its history file;
 3. the newest usable backup on the path that is consistent before the target: a full
    backup, or an incremental whose whole chain is stored (catalog/chains.py; a newer
    broken one is passed over, and a note says why); an incremental's plan lists its
    chain, the ancestors a restore fetches blocks from;
 4. the unbroken run of segments from the backup's first one along the path, which must
-   cover the backup's consistency point and reach the target.
+   cover the backup's consistency point and reach the target: up to the segment holding
+   an LSN or a recorded restore point, the backup's own last segment for --immediate,
+   else what `segment_holding` says, and without it the end of the unbroken WAL.
+
+Each target kind is planned so: a time, an xid and a restore point the catalog does not
+record (made with pg_create_restore_point() by hand) are placed by nothing in the archive
+yet, so their plan runs to the end of the unbroken WAL with a note saying so; a restore
+point `pitrkit restore-point` recorded (catalog/restore_points.py) is planned like an
+LSN at the end of its record.
 
 The run may end in a `<segment>.partial` (see catalog/archived_wal.py): the open segment a
 streaming receiver shipped, when it is the newest WAL of its timeline. Where its WAL
@@ -36,10 +47,11 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from pitrkit.catalog import restore_points
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import backups
 from pitrkit.catalog.chains import check_chains
-from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
+from pitrkit.catalog.documents import BackupSummary, RestorePoint, WalIndexEntry, shown
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
@@ -52,7 +64,7 @@ from pitrkit.storage.archive import Archive, TamperedDocument
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlanRefused", "RestorePlan", "TimelineStep", "describe", "make_plan"]
+__all__ = ["PlanRefused", "RestorePlan", "TimelineStep", "describe", "make_plan", "segment_holding"]
 
 
 class PlanRefused(RefusedError):
@@ -88,6 +100,18 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # What the backup's configuration files would run (restore-plan reads them; see
     # restore/pgconf.py); None when not read.
     configuration: pgconf.Found | None = None
+    # --name: the restore point as the catalog records it; None when it does not (the
+    # plan then runs to the end of the unbroken WAL) and for the other kinds.
+    restore_point: RestorePoint | None = None
+
+    @property
+    def replay_end(self) -> Lsn:
+        """Where replay is planned to end, for progress: the target's LSN (an LSN, a
+        recorded restore point), the backup's consistency point (--immediate), else the
+        archive's end."""
+        if self.target.kind == "immediate":
+            return self.backup.stop_lsn
+        return self.target.lsn if self.target.lsn is not None else self.archive_end
 
 
 def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None, *,
@@ -100,12 +124,19 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         finished = backups(archive)
     if not finished:
         raise PlanRefused(f"the archive {archive.storage.url} holds no finished backup")
-    candidates = _candidate_timelines(wal, target)
+    point = _recorded_point(archive, wal, target)
+    if point is not None:
+        target = msgspec.structs.replace(target, lsn=point.lsn)
+    candidates = [point.timeline] if point is not None else _candidate_timelines(wal, target)
     ending = _ending_timeline(wal, finished, target, timeline, candidates)
     try:
         path = wal.path(ending)
     except PitrkitError as exc:
         raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
+    if point is not None and _timeline_at(path, point.lsn) != point.timeline:
+        raise PlanRefused(f"restore point {shown(point.name)!r} lies on timeline {point.timeline} at LSN {point.lsn}, "
+                          f"where timeline {ending}'s path is on timeline {_timeline_at(path, point.lsn)}: recovery "
+                          f"along it never meets the point; leave --timeline out, or pass --timeline {point.timeline}")
     notes: list[str] = []
     backup = _choose_backup(path, finished, target, ending, notes)
     chain = wal.chain(path, wal.segno(backup.first_segment))
@@ -123,6 +154,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
                      "the unbroken WAL; recovery stops at the first transaction after the target")
         if chain.missing and chain.gap:
             notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
+    notes += _kind_notes(target, backup, timeline, ending, chain)
     if segments[-1] is chain.partial:
         stored = "" if chain.partial.modified is None else f", as of {show_time(_instant(chain.partial.modified))}"
         notes.append(f"the last segment is only stored as {chain.partial.name}, the open segment a streaming "
@@ -140,7 +172,71 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         archive_end=archive_end,
         candidate_timelines=candidates or [ending],
         notes=notes,
+        restore_point=point,
     )
+
+
+def _recorded_point(archive: Archive, wal: ArchivedWal, target: Target) -> RestorePoint | None:
+    """--name's restore point when the catalog records it, checked against the archive:
+    a point of another cluster, or whose segment does not hold its LSN, is refused."""
+    if target.kind != "name":
+        return None
+    assert target.name is not None
+    point = restore_points.find(archive, target.name)
+    if point is None:
+        return None
+    system = archive.identity().system_identifier
+    if point.system_identifier != system:
+        raise PlanRefused(f"{restore_points.RESTORE_POINTS_KEY} records restore point {shown(point.name)!r} for the "
+                          f"cluster with system identifier {point.system_identifier}, not this archive's ({system})")
+    try:
+        holding = SegmentName.parse(point.segment, wal.segment_size)
+    except PitrkitError:
+        holding = None
+    if holding is None or holding.segno != (point.lsn - 1) // wal.segment_size:
+        raise PlanRefused(f"{restore_points.RESTORE_POINTS_KEY} records restore point {shown(point.name)!r} at LSN "
+                          f"{point.lsn} in segment {point.segment}, which does not hold that LSN")
+    return point
+
+
+def _timeline_at(path: list[TimelineStep], lsn: Lsn) -> int:
+    """The timeline a recovery along `path` replays the record ending at `lsn` on."""
+    for step in path:
+        if step.end is None or lsn <= step.end:
+            return step.timeline
+    return path[-1].timeline
+
+
+def _kind_notes(target: Target, backup: BackupSummary, choice: TimelineChoice, ending: int,
+                chain: WalChain) -> list[str]:
+    """What the plan could and could not check for an xid, a restore point and
+    --immediate, and what --exclusive changes."""
+    notes = []
+    if target.kind in ("xid", "name") and target.lsn is None:
+        what = (f"the commit of transaction {target.xid}" if target.kind == "xid"
+                else f"restore point {shown(target.name or '')!r}, which the catalog does not record (it was not made "
+                     "with pitrkit restore-point)")
+        notes.append(f"the archive cannot tell which segment holds {what}, so the plan runs to the end of the "
+                     "unbroken WAL; recovery stops where it meets it")
+        ended, unknown = (("the transaction ended", "the catalog records no transaction ids") if target.kind == "xid"
+                          else ("the point was made", "the catalog does not record that name"))
+        notes.append(f"the planner could not check that backup {backup.backup_id} is consistent before it ({unknown}); "
+                     f"it took the newest backup: if {ended} before {show_time(backup.stop_time)}, recovery never "
+                     "meets it and stops with 'recovery ended before configured recovery target was reached'")
+        if choice is None:
+            notes.append(f"nothing in the archive says which timeline it is on: planned along the newest, {ending} "
+                         "(PostgreSQL's default); --timeline chooses another")
+        if chain.missing and chain.gap:
+            notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
+    if target.kind == "xid":
+        notes.append("checked: the id names a normal transaction (its low 32 bits, which PostgreSQL compares, "
+                     "are 3 or more); recovery stops at the first commit or abort of those 32 bits it replays")
+    if target.kind == "immediate":
+        notes.append(f"recovery stops as soon as backup {backup.backup_id} is consistent (LSN {backup.stop_lsn}), "
+                     "replaying only its own WAL")
+    if not target.inclusive:
+        notes.append("--exclusive: recovery stops just before the target (recovery_target_inclusive = off)")
+    return notes
 
 
 # --- 1. which timeline ------------------------------------------------------------------
@@ -206,10 +302,11 @@ def _ending_timeline(wal: ArchivedWal, finished: list[BackupSummary], target: Ta
     timelines = wal.timelines
     if not timelines:
         raise PlanRefused("the archive holds no WAL")
-    if choice == "latest" or (choice is None and target.kind == "latest"):
+    if choice == "latest" or (choice is None and (target.kind == "latest"
+                                                  or (target.kind in ("xid", "name") and not candidates))):
         # PostgreSQL's own default: recovery_target_timeline = 'latest'.
         return timelines[-1]
-    if choice == "current":
+    if choice == "current" or (choice is None and target.kind == "immediate"):
         consistent = [b for b in check_chains(finished).usable if _consistent_before(b, target)]
         if not consistent:
             raise PlanRefused(_nothing_consistent(target, finished))
@@ -235,8 +332,9 @@ def _ending_timeline(wal: ArchivedWal, finished: list[BackupSummary], target: Ta
 
 
 def _consistent_before(backup: BackupSummary, target: Target) -> bool:
-    if target.kind == "lsn":
-        assert target.lsn is not None
+    """Whether the backup is consistent before the target, as far as the catalog can
+    tell: an xid and an unrecorded restore point are taken as after every backup."""
+    if target.kind in ("lsn", "name") and target.lsn is not None:
         return backup.stop_lsn <= target.lsn
     if target.kind == "time":
         assert target.time is not None
@@ -291,12 +389,25 @@ def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary
     if backup.stop_lsn > archive_end:
         raise PlanRefused(f"backup {backup.backup_id} becomes consistent at LSN {backup.stop_lsn}, but "
                           f"{_ends_at(chain, archive_end)}")
+    if target.kind == "immediate":
+        return chain.segments[: wal.segno(backup.last_segment) - chain.first_segno + 1]
     if target.kind == "lsn":
         assert target.lsn is not None
         holding = target.lsn // wal.segment_size
         if chain.last_segno < holding or target.lsn >= archive_end:
             raise PlanRefused(_short_of(chain, target, archive_end))
         return chain.segments[: holding - chain.first_segno + 1]
+    if target.kind == "name" and target.lsn is not None:
+        # A recorded restore point: recovery stops right after its record, which ends at target.lsn.
+        holding = (target.lsn - 1) // wal.segment_size
+        if chain.last_segno < holding or target.lsn > archive_end:
+            raise PlanRefused(_short_of(chain, target, archive_end))
+        return chain.segments[: holding - chain.first_segno + 1]
+    found = segment_holding(wal, target, chain)
+    if found is not None:
+        if chain.last_segno < found:
+            raise PlanRefused(_short_of(chain, target, archive_end))
+        return chain.segments[: found - chain.first_segno + 1]
     if target.kind == "time":
         assert target.time is not None
         stored = chain.segments[-1].modified
@@ -306,6 +417,16 @@ def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary
         # Recovery would stop at the hole and promote there, without the WAL after it.
         raise PlanRefused(_short_of(chain, target, archive_end))
     return chain.segments
+
+
+def segment_holding(wal: ArchivedWal, target: Target, chain: WalChain) -> int | None:
+    """The seam where the archive places a target it cannot place by LSN: the number of
+    the last segment of `chain` recovery must replay to stop at a time, an xid or a
+    restore point the catalog does not record (the segment holding it, or the one after
+    when recovery must read past it to stop); None when the archive cannot tell, and the
+    plan runs to the end of the unbroken WAL. Nothing places them yet: the time index
+    (issue 15, part 2) plugs in here."""
+    return None
 
 
 def _short_of(chain: WalChain, target: Target, archive_end: Lsn) -> str:
@@ -339,10 +460,23 @@ def _listing(numbers: list[int]) -> str:
 def _target_words(target: Target) -> str:
     if target.kind == "lsn":
         return f"the target LSN {target.lsn}"
+    if target.kind == "xid":
+        return f"the target transaction {target.xid}"
+    if target.kind == "name":
+        return f"restore point {shown(target.name or '')!r}" + ("" if target.lsn is None else f" (LSN {target.lsn})")
+    if target.kind == "immediate":
+        return "the end of the backup"
     if target.kind == "time":
         assert target.time is not None
         return f"the target time {target.time.astimezone(UTC).isoformat(sep=' ')}"
     return "the latest point"
+
+
+def _point_words(point: RestorePoint | None) -> str:
+    if point is None:
+        return ", not in the catalog"
+    return (f" at LSN {point.lsn} on timeline {point.timeline}, made "
+            f"{point.created_at.astimezone(UTC).isoformat(sep=' ', timespec='seconds')} (in segment {point.segment})")
 
 
 def _path_words(path: list[TimelineStep]) -> str:
@@ -362,12 +496,24 @@ def describe(plan: RestorePlan) -> str:
         target_line = f"time {target.text!r} = {resolved}"
     elif target.kind == "lsn":
         target_line = f"LSN {target.lsn}"
+    elif target.kind == "xid":
+        target_line = f"transaction {target.xid} (recovery_target_xid)"
+    elif target.kind == "name":
+        target_line = f"restore point {shown(target.name or '')!r}" + _point_words(plan.restore_point)
+    elif target.kind == "immediate":
+        target_line = "immediate: as soon as the backup is consistent"
     else:
         target_line = "latest: the end of the archived WAL"
+    if target.kind in ("time", "lsn", "xid"):
+        target_line += ", inclusive: stops after it" if target.inclusive else ", exclusive: stops just before it"
     backup = plan.backup
     why = {
         "time": f" that is consistent before the target (from {show_time(backup.stop_time)})",
         "lsn": f" that is consistent before the target (from LSN {backup.stop_lsn})",
+        "name": f" that is consistent before the target (from LSN {backup.stop_lsn})" if target.lsn is not None
+        else "",
+        "xid": "",
+        "immediate": "",
         "latest": "",
     }[target.kind]
     lines = [
@@ -425,7 +571,7 @@ def server_choice(target: Target, choice: TimelineChoice | Literal["server"],
         except ServerError as exc:
             raise PlanRefused(f"--timeline server needs the server's timeline: {exc}") from None
         return server, server
-    if target.kind == "latest" and choice in (None, "latest") and config.postgres.conninfo is not None:
+    if _follows_newest(target) and choice in (None, "latest") and config.postgres.conninfo is not None:
         try:
             return choice, configured_server_timeline(config.postgres.conninfo)
         except (ServerError, ConfigError) as exc:
@@ -437,11 +583,19 @@ def latest_warning(plan: RestorePlan, server: int | None) -> str | None:
     """A plan along a timeline that is not the server's, made without naming it: the
     newest timeline in the archive is a branch (a test restore promoted with archiving
     on), and --latest would restore the abandoned copy's history, not the server's."""
-    if server is None or plan.timeline == server or plan.target.kind != "latest":
+    if server is None or plan.timeline == server or not _follows_newest(plan.target) or plan.restore_point:
         return None
+    option = {"latest": "--latest", "xid": "--xid", "name": "--name"}[plan.target.kind]
     return (f"warning: the newest timeline in the archive, {plan.timeline}, is not timeline {server} that the "
-            f"server in [postgres] conninfo is on: --latest follows timeline {plan.timeline} (a restored copy "
+            f"server in [postgres] conninfo is on: {option} follows timeline {plan.timeline} (a restored copy "
             "promoted with archiving on?); to restore the server's own history, add --timeline server")
+
+
+def _follows_newest(target: Target) -> bool:
+    """Whether the plan follows the archive's newest timeline when --timeline is left out:
+    --latest, and the targets nothing in the archive places (an xid; a restore point's
+    name, unless the catalog records it, and then its own timeline is taken)."""
+    return target.kind in ("latest", "xid", "name")
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:

@@ -59,8 +59,13 @@ _INCLUDE_DEPTH = 10
 
 class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
     restore_command: str
+    # The target: at most one of these (restore/targets.py's kinds; none for --latest).
     target_time: datetime | None = None  # aware
     target_lsn: Lsn | None = None
+    target_xid: int | None = None  # as typed: 64-bit with the epoch, or 32-bit
+    target_name: str | None = None
+    immediate: bool = False  # recovery_target = 'immediate'
+    inclusive: bool = True  # recovery_target_inclusive; off for --exclusive
     timeline: int
     action: str | None  # recovery_target_action; None without a target (--latest)
     # False: archive_mode = off and no logical replication workers, for a restored copy
@@ -79,13 +84,21 @@ class RecoverySettings(msgspec.Struct, kw_only=True, frozen=True):
             targets["recovery_target_time"] = self.target_time.isoformat(sep=" ")
         if self.target_lsn is not None:
             targets["recovery_target_lsn"] = str(self.target_lsn)
+        if self.target_xid is not None:
+            targets["recovery_target_xid"] = str(self.target_xid)
+        if self.target_name is not None:
+            targets["recovery_target_name"] = self.target_name
+        if self.immediate:
+            targets["recovery_target"] = "immediate"
+        assert len(targets) <= 1, targets  # PostgreSQL refuses two: restore/engine.py sets one from the plan
         settings = [("restore_command", self.restore_command),
                     *((kind, "") for kind in _TARGET_KINDS if kind not in targets),
                     *targets.items(),
                     ("recovery_target_timeline", str(self.timeline)),
                     # Without a target (--latest) the action is never used; reset all the same.
                     ("recovery_target_action", self.action or "pause"),
-                    *_NEUTRAL.items()]
+                    ("recovery_target_inclusive", "on" if self.inclusive else "off"),
+                    *((name, value) for name, value in _NEUTRAL.items() if name != "recovery_target_inclusive")]
         if not self.archiving:
             settings.append(("archive_mode", "off"))
             settings.append((NO_SUBSCRIPTIONS, "0"))

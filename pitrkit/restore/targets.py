@@ -1,5 +1,12 @@
 """Recovery targets: the `Target` and `TimelineChoice` the planner plans to, and how a
-person types them (`--time`, `--lsn`, `--latest` and `--timeline`).
+person types them (`--time`, `--lsn`, `--xid`, `--name`, `--immediate`, `--latest`,
+`--exclusive` and `--timeline`): every recovery target PostgreSQL knows.
+
+An xid is taken as `pg_current_xact_id()` / `txid_current()` print it, 64 bits with the
+epoch, or as a plain 32-bit xid; PostgreSQL's recovery_target_xid reads either and
+compares the low 32 bits, so those must name a normal transaction (3 or more). A
+restore point's name is what `pg_create_restore_point()` accepts: 1 to 63 bytes
+(MAXFNAMELEN - 1), and here printable, since it is written into postgresql.auto.conf.
 
 Times are accepted in the forms a DBA has at hand: ISO 8601 with a space or a `T`, and
 the text PostgreSQL itself prints for `now()` / `clock_timestamp()` (offsets `+00`,
@@ -28,16 +35,30 @@ from typing import Literal
 
 import msgspec
 
+from pitrkit.catalog.restore_points import check_name
 from pitrkit.errors import UsageError
 from pitrkit.postgres.wal import Lsn
 
+TargetKind = Literal["time", "lsn", "xid", "name", "immediate", "latest"]
+# The kinds recovery_target_inclusive applies to (PostgreSQL ignores it for the others).
+INCLUSIVE_KINDS = ("time", "lsn", "xid")
+# FirstNormalTransactionId: 0, 1 and 2 are never a transaction's.
+FIRST_NORMAL_XID = 3
+
 
 class Target(msgspec.Struct, kw_only=True, frozen=True):
-    """Where a restore ends: a time, an LSN, or the end of the archived WAL."""
+    """Where a restore ends: a time, an LSN, a transaction's commit, a named restore
+    point, the backup's end (immediate), or the end of the archived WAL (latest)."""
 
-    kind: Literal["time", "lsn", "latest"]
+    kind: TargetKind
     time: datetime | None = None  # aware; kind == "time"
-    lsn: Lsn | None = None  # kind == "lsn"
+    # kind == "lsn"; for kind == "name", the restore point's LSN when the catalog knows
+    # the point (the end of its WAL record; restore/plan.py fills it in), else None.
+    lsn: Lsn | None = None
+    xid: int | None = None  # kind == "xid": as typed, 64-bit with the epoch or 32-bit
+    name: str | None = None  # kind == "name"
+    # False: --exclusive, recovery stops just before the target (time, lsn, xid only).
+    inclusive: bool = True
     text: str = ""  # what the user typed, for messages
 
 
@@ -165,16 +186,50 @@ def _localize(wall_clock: datetime, text: str) -> datetime:
     raise UsageError(f"{text!r} never happened in the local time zone ({zone}: the clock skipped it); give the offset")
 
 
+def parse_xid(text: str) -> int:
+    """A transaction id as `pg_current_xact_id()` (64 bits, with the epoch) or
+    `txid_current()` print it, or a 32-bit xid: decimal, its low 32 bits at least 3."""
+    digits = text.strip()
+    if not digits.isascii() or not digits.isdigit():
+        raise UsageError(f"--xid: expected a transaction id in decimal, as txid_current() or pg_current_xact_id() "
+                         f"print it, not {text!r}")
+    xid = int(digits)
+    if xid >= 1 << 64:
+        raise UsageError(f"--xid {digits} is out of range: a transaction id has at most 64 bits "
+                         f"(up to {(1 << 64) - 1})")
+    if xid & 0xFFFFFFFF < FIRST_NORMAL_XID:
+        raise UsageError(f"--xid {digits} is not a transaction's id: PostgreSQL compares its low 32 bits "
+                         f"({xid & 0xFFFFFFFF}), and ids below {FIRST_NORMAL_XID} are never a transaction's")
+    return xid
+
+
 def target_from_args(args: Namespace) -> Target:
-    """The target of `restore-plan` / `restore`: exactly one of --time, --lsn, --latest
-    (argparse enforces that)."""
+    """The target of `restore-plan` / `restore`: exactly one of --time, --lsn, --xid,
+    --name, --immediate, --latest (argparse enforces that), and --exclusive where
+    PostgreSQL applies it."""
+    inclusive = not args.exclusive
+    target = _target(args, inclusive)
+    if not inclusive and target.kind not in INCLUSIVE_KINDS:
+        option = {"name": "--name", "immediate": "--immediate", "latest": "--latest"}[target.kind]
+        raise UsageError(f"--exclusive applies to --to, --lsn and --xid targets (recovery_target_inclusive), "
+                         f"not to {option}")
+    return target
+
+
+def _target(args: Namespace, inclusive: bool) -> Target:
     if args.time is not None:
-        return Target(kind="time", time=parse_time(args.time), text=args.time)
+        return Target(kind="time", time=parse_time(args.time), inclusive=inclusive, text=args.time)
     if args.lsn is not None:
-        return Target(kind="lsn", lsn=Lsn.parse(args.lsn), text=args.lsn)
+        return Target(kind="lsn", lsn=Lsn.parse(args.lsn), inclusive=inclusive, text=args.lsn)
+    if args.xid is not None:
+        return Target(kind="xid", xid=parse_xid(args.xid), inclusive=inclusive, text=args.xid)
+    if args.name is not None:
+        return Target(kind="name", name=check_name(args.name), text=args.name)
+    if args.immediate:
+        return Target(kind="immediate", text="immediate")
     if args.latest:
         return Target(kind="latest", text="latest")
-    raise UsageError("give a target: --time, --lsn or --latest")
+    raise UsageError("give a target: --time, --lsn, --xid, --name, --immediate or --latest")
 
 
 def timeline_from_args(args: Namespace) -> TimelineChoice | Literal["server"]:

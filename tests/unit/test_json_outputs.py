@@ -124,6 +124,9 @@ CASES = [
     # lsn(11, 0x2000), on timelines 1 and 2: --timeline decides.
     ("restore-plan-lsn", ["restore-plan", "--lsn", "2/C0002000", "--timeline", "2", "--json"], 0),
     ("restore-plan-latest", ["restore-plan", "--latest", "--json"], 0),
+    # Epoch 1, xid 1000; placed by nothing in the archive: to the end of timeline 1's unbroken WAL.
+    ("restore-plan-xid", ["restore-plan", "--xid", "4294968296", "--exclusive", "--timeline", "1", "--json"], 0),
+    ("restore-plan-immediate", ["restore-plan", "--immediate", "--json"], 0),
     ("verify", ["verify", "--json"], 1),  # the gap is an error
     ("verify-deep", ["verify", "--deep", "--json"], 1),
     ("retention-dry-run", ["retention", "apply", "--dry-run", "--json"], 0),

@@ -12,11 +12,16 @@ from datetime import timedelta
 
 import pytest
 
-from pitrkit.catalog import maintenance
+from pitrkit.catalog import lock, maintenance, restore_points
+from pitrkit.catalog.documents import RestorePoint, RestorePointCatalog
 from pitrkit.cli import main
+from pitrkit.config import EncryptionConfig
+from pitrkit.errors import PitrkitError
+from pitrkit.postgres.wal import Lsn
 from pitrkit.restore.plan import PlanRefused, RestorePlan, describe, latest_warning, make_plan
 from pitrkit.restore.targets import Target
-from pitrkit.storage import codec
+from pitrkit.storage import codec, keys
+from pitrkit.storage.archive import TamperedDocument
 from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 
@@ -474,3 +479,173 @@ def test_only_broken_incrementals_before_the_target_is_a_refusal_naming_the_miss
     remove_backup(store, "B")
     assert refusal(store, LATEST) == ("no usable backup is consistent before the latest point: backup C's chain is "
                                       "broken: its ancestor B is not in the archive")
+
+
+# --- xid, restore points, immediate, exclusive ---------------------------------------------
+
+
+def point(name_: str, at: Lsn, timeline: int = 1, *, segment: str | None = None, system: int = 1) -> RestorePoint:
+    """A restore point as `pitrkit restore-point` records it, its record ending at `at`."""
+    return RestorePoint(name=name_, lsn=at, timeline=timeline,
+                        segment=segment or name(timeline, (at - 1) // SEGMENT_SIZE),
+                        created_at=stored_at((at - 1) // SEGMENT_SIZE), system_identifier=system)
+
+
+def recorded(store: SyntheticArchive, *points: RestorePoint) -> None:
+    for each in points:
+        restore_points.record(store.archive, each.name, lambda each=each: each)
+
+
+def test_immediate_replays_only_the_newest_backups_own_wal(store):
+    plan = make_plan(store.archive, Target(kind="immediate", text="immediate"))
+    assert plan.backup.backup_id == "B" and plan.segments == names(1, 10, 11)
+    assert plan.replay_end == plan.backup.stop_lsn
+    assert any("as soon as backup B is consistent" in note for note in plan.notes)
+    # Along a timeline: the newest backup on its path.
+    assert make_plan(store.archive, Target(kind="immediate"), 1).backup.backup_id == "B"
+
+
+def test_immediate_is_refused_when_the_backups_own_wal_is_missing(store):
+    store.drop_segment(1, 11)
+    message = refusal(store, Target(kind="immediate"))
+    assert f"segment {name(1, 11)} is missing" in message and "backup B needs" in message
+
+
+def test_an_xid_runs_to_the_end_of_the_wal_saying_what_could_not_be_checked(branched):
+    plan = make_plan(branched.archive, Target(kind="xid", xid=(1 << 32) + 1000, text="4294968296"))
+    # Placed by nothing: the newest timeline, as PostgreSQL's default, to its end.
+    assert plan.timeline == 2 and plan.segments == names(1, 2, 7) + names(2, 8, 14)
+    notes = " ".join(plan.notes)
+    assert "cannot tell which segment holds the commit of transaction 4294968296" in notes
+    assert "could not check that backup A is consistent before it" in notes
+    assert "planned along the newest, 2" in notes
+    plan = make_plan(branched.archive, Target(kind="xid", xid=1000, inclusive=False), 1)
+    assert plan.backup.backup_id == "B" and plan.segments == names(1, 10, 20)
+    assert "recovery_target_inclusive = off" in " ".join(plan.notes)
+    assert "planned along the newest" not in " ".join(plan.notes)
+
+
+def test_an_xid_is_refused_past_a_gap_like_latest(store):
+    store.drop_segment(1, 15)
+    message = refusal(store, Target(kind="xid", xid=1000))
+    assert f"segment {name(1, 15)} is missing" in message
+
+
+def test_a_recorded_restore_point_is_planned_like_an_lsn_at_its_end(store):
+    recorded(store, point("before upgrade", lsn(6, 0x500)))
+    plan = make_plan(store.archive, Target(kind="name", name="before upgrade"))
+    assert plan.backup.backup_id == "A" and plan.segments == names(1, 2, 6)
+    assert plan.target.lsn == lsn(6, 0x500) and plan.replay_end == lsn(6, 0x500)
+    assert plan.restore_point is not None and plan.restore_point.segment == name(1, 6)
+    text = describe(plan)
+    assert f"restore point 'before upgrade' at LSN {lsn(6, 0x500)} on timeline 1" in text
+    assert "consistent before the target" in text
+    assert not any("cannot tell" in note for note in plan.notes)
+
+
+def test_a_restore_point_ending_a_segment_needs_no_later_one(store):
+    for segno in range(13, 21):
+        store.drop_segment(1, segno)
+    recorded(store, point("edge", lsn(13)))  # its record ends exactly where segment 12 ends
+    assert make_plan(store.archive, Target(kind="name", name="edge")).segments == names(1, 10, 12)
+
+
+def test_a_restore_point_before_every_backup_or_past_the_archive_is_refused_naming_why(store):
+    recorded(store, point("early", lsn(3, 0x50)), point("late", lsn(21, 0x40)))
+    assert "no backup is consistent before restore point 'early'" in refusal(store, Target(kind="name", name="early"))
+    message = refusal(store, Target(kind="name", name="late"))
+    assert "ends at LSN" in message and "restore point 'late'" in message
+
+
+def test_a_restore_point_on_timeline_1_before_the_branch_is_reached_from_timeline_2(branched):
+    recorded(branched, point("p", lsn(5, 0x10)), point("after", lsn(12, 0x10)))
+    plan = make_plan(branched.archive, Target(kind="name", name="p"))
+    assert plan.timeline == 1 and plan.segments == names(1, 2, 5)
+    assert make_plan(branched.archive, Target(kind="name", name="p"), 2).segments == names(1, 2, 5)
+    # After the branch, timeline 2's path leaves timeline 1: it never meets the point.
+    assert "never meets the point" in refusal(branched, Target(kind="name", name="after"), 2)
+
+
+def test_a_forged_restore_point_is_refused(store):
+    recorded(store, point("moved", lsn(6, 0x500), segment=name(1, 7)), point("foreign", lsn(6, 0x500), system=2))
+    assert "does not hold that LSN" in refusal(store, Target(kind="name", name="moved"))
+    assert "system identifier 2" in refusal(store, Target(kind="name", name="foreign"))
+
+
+def test_an_unrecorded_restore_point_is_planned_like_a_time_saying_so(store):
+    recorded(store, point("known", lsn(6, 0x500)))
+    plan = make_plan(store.archive, Target(kind="name", name="made by hand"))
+    assert plan.backup.backup_id == "B" and plan.segments == names(1, 10, 20) and plan.restore_point is None
+    assert "which the catalog does not record" in " ".join(plan.notes)
+    assert "not in the catalog" in describe(plan)
+
+
+def test_a_recorded_name_is_refused_a_second_time_before_anything_is_made(store):
+    recorded(store, point("twice", lsn(6, 0x500)))
+    made = []
+    with pytest.raises(restore_points.NameTaken, match="'twice' already exists"):
+        restore_points.record(store.archive, "twice", lambda: made.append(1) or point("twice", lsn(7)))
+    assert made == [] and [p.name for p in restore_points.restore_points(store.archive)] == ["twice"]
+
+
+def test_catalog_rebuild_keeps_the_restore_points_and_says_why(store, tmp_path, capsys):
+    recorded(store, point("a", lsn(6, 0x500)), point("b", lsn(7)))
+    before = (store.root / restore_points.RESTORE_POINTS_KEY).read_bytes()
+    report = maintenance.rebuild(store.archive)
+    assert report[-1] == ("kept catalog/restore-points.json: 2 restore points (not rebuilt: pitrkit does not read "
+                          "restore point records from the WAL yet)")
+    assert (store.root / restore_points.RESTORE_POINTS_KEY).read_bytes() == before
+
+
+def test_a_restore_points_document_that_does_not_decode_is_refused_not_ignored(store):
+    store.archive.put(restore_points.RESTORE_POINTS_KEY, b'{"points": [{"name": ""}]}')
+    with pytest.raises(restore_points.UnreadablePoints, match="restore-points.json"):
+        make_plan(store.archive, Target(kind="name", name="x"))
+    assert "cannot be read" in (restore_points.rebuild_line(store.archive) or "")
+
+
+def test_an_xid_or_unrecorded_name_along_a_branch_warns_like_latest(store):
+    store.history(2, [(1, lsn(12, 0x500))], at=stored_at(12))
+    store.segments(2, 12, 15, at=stored_at(21))
+    recorded(store, point("known", lsn(13, 0x10), timeline=2))
+    xid = make_plan(store.archive, Target(kind="xid", xid=750))
+    assert xid.timeline == 2 and "--xid follows timeline 2" in (latest_warning(xid, 1) or "")
+    unrecorded = make_plan(store.archive, Target(kind="name", name="by hand"))
+    assert "--name follows timeline 2" in (latest_warning(unrecorded, 1) or "")
+    # A recorded point names its own timeline: no surprise.
+    assert latest_warning(make_plan(store.archive, Target(kind="name", name="known")), 1) is None
+
+
+def test_a_point_made_but_not_recorded_says_so_and_how_to_restore_to_it(store):
+    successors = []
+
+    def make() -> RestorePoint:
+        # While the server made it, this writer's lock lapsed and another took it.
+        store.archive.delete(lock.CATALOG_LOCK_KEY)
+        successors.append(lock.take(store.archive, "retention apply"))
+        return point("lost", lsn(7, 0x10))
+
+    try:
+        with pytest.raises(PitrkitError) as failed:
+            restore_points.record(store.archive, "lost", make)
+    finally:
+        for each in successors:
+            each.release()
+    message = str(failed.value)
+    assert "was made at LSN" in message and f"restore to it with --lsn {lsn(7, 0x10)}" in message
+    assert restore_points.restore_points(store.archive) == []
+
+
+def test_in_an_encrypted_archive_the_restore_points_are_authenticated(tmp_path):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    sealed = SyntheticArchive(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
+    sealed.segments(1, 1, 8)
+    sealed.backup("A", 1, 2, 3)
+    recorded(sealed, point("sealed", lsn(6, 0x500)))
+    assert make_plan(sealed.archive, Target(kind="name", name="sealed")).segments == names(1, 2, 6)
+    # A plain document in its place, moving the point: not authentic, refused (never taken for "no points").
+    forged = RestorePointCatalog(points=[point("sealed", lsn(8, 0x500))])
+    sealed.archive.put(restore_points.RESTORE_POINTS_KEY, codec.encode(forged), overwrite=True)
+    with pytest.raises(TamperedDocument, match="restore-points.json does not authenticate"):
+        make_plan(sealed.archive, Target(kind="name", name="sealed"))

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pitrkit import config
+from pitrkit.catalog import restore_points
 from pitrkit.cli import main
 from pitrkit.errors import ConfigError, UsageError
 from pitrkit.restore import targets
@@ -129,6 +130,23 @@ def test_a_compression_level_out_of_range_is_one_line(tmp_path, capsys, level):
     ["restore-plan", "--latest", "--timeline", "4294967296"],
     ["restore-plan", "--latest", "--timeline", "99999999999999999999999"],
     ["restore-plan", "--lsn", "FFFFFFFFF/0"],
+    ["restore-plan", "--xid", "0"],
+    ["restore-plan", "--xid", "2"],
+    ["restore-plan", "--xid", "-5"],
+    ["restore-plan", "--xid", "4294967296"],  # epoch 1, xid 0: never a transaction's
+    ["restore-plan", "--xid", "18446744073709551616"],
+    ["restore-plan", "--xid", "1e9"],
+    ["restore-plan", "--xid", "0x10"],
+    ["restore-plan", "--name", "x" * 64],
+    ["restore-plan", "--name", "é" * 32],  # 64 bytes
+    ["restore-plan", "--name", ""],
+    ["restore-plan", "--name", "a\nb"],
+    ["restore-plan", "--latest", "--exclusive"],
+    ["restore-plan", "--immediate", "--exclusive"],
+    ["restore-plan", "--name", "p", "--exclusive"],
+    ["restore-plan", "--xid", "1000", "--lsn", "0/1"],
+    ["restore-point", "x" * 64],
+    ["restore-point", ""],
     ["wal-list", "--timeline", "0"],
     ["wal-list", "--timeline=-1"],
     ["wal-list", "--timeline", "4294967296"],
@@ -177,6 +195,28 @@ def test_any_number_is_refused_or_in_range(key, value):
         return
     got = getattr(getattr(parsed, section), name)
     assert math.isfinite(got) and 0 <= got <= config.MAX_SECONDS
+
+
+@settings(max_examples=300)
+@given(text=st.one_of(st.integers(min_value=-(2**70), max_value=2**70).map(str), st.text(max_size=24)))
+def test_any_xid_is_refused_or_in_range(text):
+    try:
+        xid = targets.parse_xid(text)
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert 0 < xid < 1 << 64 and xid & 0xFFFFFFFF >= targets.FIRST_NORMAL_XID
+
+
+@settings(max_examples=300)
+@given(name=st.text(max_size=80))
+def test_any_restore_point_name_is_refused_or_one_postgresql_takes(name):
+    try:
+        checked = restore_points.check_name(name)
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert 0 < len(checked.encode()) <= 63 and checked.isprintable()
 
 
 @settings(max_examples=500)

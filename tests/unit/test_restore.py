@@ -312,15 +312,25 @@ def test_time_targets_carry_their_offset_and_latest_has_no_target_or_action():
     assert "recovery_target_action = 'pause'" in latest.lines()  # PostgreSQL's default; unused without a target
 
 
-@pytest.mark.parametrize("target", ["time", "lsn"])
-def test_every_recovery_setting_is_set_once_and_the_unwanted_kinds_are_reset_before_the_target(target):
+# Each target kind: the keyword RecoverySettings takes, its value, and the setting it writes.
+TARGET_KINDS = {
+    "time": ("target_time", datetime.fromisoformat("2026-11-23T14:41:37+00:00"), "recovery_target_time"),
+    "lsn": ("target_lsn", Lsn(0x3000100), "recovery_target_lsn"),
+    "xid": ("target_xid", 4294968296, "recovery_target_xid"),
+    "name": ("target_name", "before 'the' \\upgrade", "recovery_target_name"),
+    "immediate": ("immediate", True, "recovery_target"),
+}
+
+
+@pytest.mark.parametrize("target", sorted(TARGET_KINDS))
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_every_recovery_setting_is_set_once_and_the_unwanted_kinds_are_reset_before_the_target(target, inclusive):
     # PostgreSQL uses only the last setting of a name, so one in the block makes any in
     # postgresql.conf or its includes void; and it refuses a second target kind as it
     # assigns them in order, so the resets come first.
-    settings = recovery_conf.RecoverySettings(
-        restore_command="x", timeline=1, action="promote",
-        target_time=datetime.fromisoformat("2026-11-23T14:41:37+00:00") if target == "time" else None,
-        target_lsn=Lsn(0x3000100) if target == "lsn" else None)
+    keyword, value, setting = TARGET_KINDS[target]
+    settings = recovery_conf.RecoverySettings(restore_command="x", timeline=1, action="promote", inclusive=inclusive,
+                                              **{keyword: value})
     names = [name for name, _ in settings.settings()]
     assert len(names) == len(set(names))
     assert set(names) >= {"recovery_target", "recovery_target_name", "recovery_target_xid", "recovery_target_time",
@@ -328,14 +338,26 @@ def test_every_recovery_setting_is_set_once_and_the_unwanted_kinds_are_reset_bef
                           "recovery_target_inclusive", "recovery_min_apply_delay", "archive_cleanup_command",
                           "recovery_end_command"}
     values = dict(settings.settings())
-    wanted = names.index(f"recovery_target_{target}")
-    assert values[f"recovery_target_{target}"]
+    wanted = names.index(setting)
+    assert values[setting]
     for kind in ("recovery_target", "recovery_target_name", "recovery_target_xid", "recovery_target_time",
                  "recovery_target_lsn"):
-        if kind != f"recovery_target_{target}":
+        if kind != setting:
             assert values[kind] == "" and names.index(kind) < wanted
     assert (values["recovery_min_apply_delay"], values["archive_cleanup_command"], values["recovery_end_command"],
-            values["recovery_target_inclusive"]) == ("0", "", "", "on")
+            values["recovery_target_inclusive"]) == ("0", "", "", "on" if inclusive else "off")
+
+
+def test_each_target_kind_is_written_as_postgresql_reads_it():
+    def line(**given: object) -> list[str]:
+        settings = recovery_conf.RecoverySettings(restore_command="x", timeline=1, action="promote", **given)
+        return settings.lines()
+
+    assert "recovery_target_xid = '4294968296'" in line(target_xid=4294968296)
+    # Quotes doubled and backslashes doubled, as ALTER SYSTEM writes them.
+    assert "recovery_target_name = 'before ''the'' \\\\upgrade'" in line(target_name="before 'the' \\upgrade")
+    assert "recovery_target = 'immediate'" in line(immediate=True)
+    assert "recovery_target_inclusive = 'off'" in line(target_lsn=Lsn(0x3000100), inclusive=False)
 
 
 def test_leftovers_are_the_recovery_settings_postgresql_would_have_used(tmp_path):

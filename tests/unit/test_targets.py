@@ -131,7 +131,8 @@ def test_local_times_round_trip_through_the_local_zone(local_zone, moment):
 
 
 def arguments(**given: object) -> Namespace:
-    values: dict[str, object] = {"time": None, "lsn": None, "latest": False, "timeline": None}
+    values: dict[str, object] = {"time": None, "lsn": None, "xid": None, "name": None, "immediate": False,
+                                 "latest": False, "exclusive": False, "timeline": None}
     values.update(given)
     return Namespace(**values)
 
@@ -204,3 +205,34 @@ def test_other_zone_names_are_refused_with_the_offset_form(local_zone, text, mes
     with pytest.raises(UsageError) as refused:
         parse_time(text)
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_xid_name_immediate_and_exclusive_targets():
+    xid = target_from_args(arguments(xid="4294968296", exclusive=True))
+    assert (xid.kind, xid.xid, xid.inclusive, xid.text) == ("xid", (1 << 32) + 1000, False, "4294968296")
+    assert target_from_args(arguments(xid=" 750 ")).xid == 750
+    point = target_from_args(arguments(name="before 'the' upgrade"))
+    assert (point.kind, point.name, point.lsn, point.inclusive) == ("name", "before 'the' upgrade", None, True)
+    assert target_from_args(arguments(name="é" * 31)).name == "é" * 31  # 62 bytes
+    assert target_from_args(arguments(immediate=True)).kind == "immediate"
+    assert target_from_args(arguments(lsn="0/16B3748", exclusive=True)).inclusive is False
+    assert target_from_args(arguments(time="2026-11-23 14:41:37+00", exclusive=True)).inclusive is False
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ({"xid": "2"}, "ids below 3 are never a transaction's"),
+    ({"xid": str((5 << 32) + 1)}, "compares its low 32 bits (1)"),
+    ({"xid": str(1 << 64)}, "at most 64 bits"),
+    ({"xid": "0x1F"}, "expected a transaction id in decimal"),
+    ({"xid": "١٢٣"}, "expected a transaction id in decimal"),  # Arabic-Indic digits: isdigit, not decimal ASCII
+    ({"name": "x" * 64}, "is 64 bytes; a restore point name has at most 63"),
+    ({"name": ""}, "cannot be empty"),
+    ({"name": "a\tb"}, "do not print"),
+    ({"latest": True, "exclusive": True}, "not to --latest"),
+    ({"immediate": True, "exclusive": True}, "not to --immediate"),
+    ({"name": "p", "exclusive": True}, "not to --name"),
+])
+def test_bad_xids_names_and_exclusive_kinds_are_one_line(given, words):
+    with pytest.raises(UsageError) as refused:
+        target_from_args(arguments(**given))
+    assert words in str(refused.value) and "\n" not in str(refused.value)

@@ -1,0 +1,55 @@
+"""`pitrkit restore-point NAME`: a named restore point, made on the server in `[postgres]`
+with pg_create_restore_point() and recorded in the archive's catalog
+(catalog/restore_points.py), so that `restore --name NAME` is planned exactly, like an
+LSN, from the point's LSN, timeline and segment.
+
+The name is checked against the catalog under its lock before the server is asked:
+recovery stops at the first point of a name, so a second point of the same name would be
+unreachable, and the refused name never reaches the WAL. The server must be the
+archive's own (its system identifier), a primary (the server refuses during recovery),
+with wal_level replica or logical. The point is restorable once the segment its record
+ends in is archived; the command says which segment that is.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+
+from pitrkit.catalog import restore_points
+from pitrkit.catalog.documents import RestorePoint, shown
+from pitrkit.config import Config
+from pitrkit.errors import RefusedError
+from pitrkit.postgres.server import ServerSession
+from pitrkit.storage.archive import Archive
+
+
+def create(archive: Archive, config: Config, name: str) -> RestorePoint:
+    """Make the restore point `name` on the configured server and record it; refused
+    (nothing made) when the name is recorded, the catalog is locked, or the server is
+    not the archive's primary."""
+    name = restore_points.check_name(name, "restore-point")
+    identity = archive.identity()  # no archive.json: no archive to record in
+    with ServerSession(config.postgres.conninfo) as server:
+        facts = server.facts()
+        if facts.system_identifier != identity.system_identifier:
+            raise RefusedError(f"the archive {archive.storage.url} belongs to the cluster with system identifier "
+                               f"{identity.system_identifier}, not to this server ({facts.system_identifier})")
+        if facts.in_recovery:
+            raise RefusedError("the server in [postgres] conninfo is in recovery (a standby): restore points are "
+                               "made on the primary")
+
+        def make() -> RestorePoint:
+            lsn, segment, made_at = server.create_restore_point(name)
+            return RestorePoint(name=name, lsn=lsn, timeline=int(segment[:8], 16), segment=segment,
+                                created_at=made_at, system_identifier=facts.system_identifier)
+
+        return restore_points.record(archive, name, make)
+
+
+def command(args: Namespace, config: Config, config_path: Path) -> str:
+    point = create(Archive(config), config, args.name)
+    print(f"restore point {shown(point.name)!r} at LSN {point.lsn} on timeline {point.timeline}, "
+          f"{point.created_at.isoformat(sep=' ', timespec='seconds')}: restorable with "
+          f"restore --name once segment {point.segment} is archived")
+    return f"restore point {shown(point.name)!r} recorded at LSN {point.lsn} (segment {point.segment})"

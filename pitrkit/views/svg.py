@@ -23,7 +23,7 @@ _LEFT = 130  # room for the rows' labels
 _RIGHT = 20
 _PLOT = WIDTH - _LEFT - _RIGHT
 _CHAR = 6.2  # pixels per character of an 11px label, about
-_MIN_SPAN = timedelta(minutes=10)  # the narrowest span a time axis shows
+_MIN_SPAN = timedelta(seconds=10)  # the narrowest span a time axis shows
 _SIZES_WEEKS = 5  # the backup sizes chart's span
 
 # Colours readable on white and told apart without relying on red/green alone: each
@@ -36,7 +36,8 @@ _BAR, _STORED = "#90caf9", "#1565c0"
 _AXIS, _TEXT = "#9e9e9e", "#333"
 _FONT = 'font-family="system-ui, sans-serif" font-size="11"'
 
-_STEPS = [timedelta(minutes=minutes) for minutes in (1, 2, 5, 10, 15, 30)] + [
+_STEPS = [timedelta(seconds=seconds) for seconds in (1, 2, 5, 10, 15, 30)] + [
+    timedelta(minutes=minutes) for minutes in (1, 2, 5, 10, 15, 30)] + [
     timedelta(hours=hours) for hours in (1, 2, 3, 6, 12, 24, 48, 7 * 24, 14 * 24, 28 * 24, 91 * 24, 365 * 24)]
 
 
@@ -72,7 +73,8 @@ class _Scale:
         moment = first
         while moment <= self.end:
             if moment >= self.start:
-                label = moment.strftime("%H:%M" if step < timedelta(days=1) else "%Y-%m-%d")
+                label = moment.strftime("%H:%M:%S" if step < timedelta(minutes=1) else
+                                        "%H:%M" if step < timedelta(days=1) else "%Y-%m-%d")
                 if step < timedelta(days=1) and (moment.hour == 0 or moment == first):
                     label = moment.strftime("%m-%d %H:%M")
                 yield self.x(moment), label
@@ -98,22 +100,29 @@ def _axis(scale: _Scale, top: float, bottom: float) -> list[str]:
     parts = [f'<line x1="{_LEFT}" y1="{bottom}" x2="{_LEFT + _PLOT}" y2="{bottom}" stroke="{_AXIS}"/>']
     for x, label in scale.ticks():
         parts.append(f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom + 4}" stroke="#eeeeee"/>')
-        parts.append(_text(x, bottom + 15, label, anchor="middle", fill="#666"))
+        # A label at the right edge ends there rather than be cut off.
+        fits = x + len(label) * _CHAR / 2 <= WIDTH - 2
+        parts.append(_text(x if fits else WIDTH - 2, bottom + 15, label, anchor="middle" if fits else "end",
+                           fill="#666"))
     return parts
 
 
 class _Labels:
-    """Writes a row's labels left to right, each only if it does not run into the last."""
+    """A row's labels placed left to right, each only if it does not run into the last,
+    and kept inside the plot."""
 
     def __init__(self) -> None:
         self.right = -1e9
 
-    def room(self, x: float, said: str, anchor: str = "middle") -> bool:
-        left = x - len(said) * _CHAR / 2 if anchor == "middle" else x
+    def place(self, x: float, said: str, centred: bool = True) -> float | None:
+        """The left edge for label `said` at `x` (centred on it, or starting there), or
+        None when there is no room for it."""
+        width = len(said) * _CHAR
+        left = min(max(x - width / 2 if centred else x, float(_LEFT)), WIDTH - 4 - width)
         if left < self.right + 6:
-            return False
-        self.right = left + len(said) * _CHAR
-        return True
+            return None
+        self.right = left + width
+        return round(left, 1)
 
 
 def _legend(y: float, items: list[tuple[str, str]]) -> list[str]:
@@ -148,7 +157,7 @@ def timelines_svg(report: StatusReport) -> str:
     if window_start is not None:
         moments.append(window_start)
     first = min(moments)
-    scale = _Scale(first - (end - first) * 0.02, end)
+    scale = _Scale(first - (end - first) * 0.04, end + (end - first) * 0.02)
     top, rows = 22, len(report.timelines)
     bottom = top + rows * _ROW
     body = _axis(scale, top, bottom)
@@ -156,7 +165,7 @@ def timelines_svg(report: StatusReport) -> str:
         x = scale.x(window_start)
         said = f"retention window from {_utc(window_start)} ({report.retention.policy})"
         body.append(f'<g class="retention-window"><title>{_esc(said)}</title>'
-                    f'<rect x="{x}" y="{top}" width="{round(_LEFT + _PLOT - x, 1)}" height="{bottom - top}" '
+                    f'<rect x="{x}" y="{top}" width="{round(scale.x(end) - x, 1)}" height="{bottom - top}" '
                     f'fill="{_WINDOW}" fill-opacity="0.07" stroke="{_WINDOW}" stroke-dasharray="4 3"/>'
                     + _text(x + 3, top + 11, "retention window", fill=_WINDOW) + "</g>")
     marks: dict[int, list[BackupMark]] = {}
@@ -202,15 +211,15 @@ def _timeline_row(report: StatusReport, row: TimelineRange, marks: list[BackupMa
     labels = _Labels()
     for gap in row.gaps:
         body.append(_gap(report, gap, scale, middle))
-        x, said = scale.x(gap.before_stored_at or report.generated_at), f"gap {gap.missing_segment}"
-        if labels.room(x, said, anchor="start"):
-            body.append(_text(x, middle - 13, said, fill=_GAP, css="gap-label"))
+        said = f"gap {gap.missing_segment}"
+        if (left := labels.place(scale.x(gap.before_stored_at or report.generated_at), said, centred=False)) \
+                is not None:
+            body.append(_text(left, middle - 13, said, fill=_GAP, css="gap-label"))
     labels = _Labels()
     for mark in sorted(marks, key=lambda each: each.stop_time):
         body.append(_backup(mark, scale, middle))
-        x = scale.x(mark.stop_time)
-        if labels.room(x, mark.backup_id):
-            body.append(_text(x, middle + 22, mark.backup_id, anchor="middle", css="backup-label"))
+        if (left := labels.place(scale.x(mark.stop_time), mark.backup_id)) is not None:
+            body.append(_text(left, middle + 22, mark.backup_id, css="backup-label"))
     body.append("</g>")
     return body
 
@@ -311,8 +320,8 @@ def backup_sizes_svg(report: StatusReport) -> str:
                     f'height="{size}" fill="{_BAR}"/>'
                     f'<rect x="{round(x - width / 4, 1)}" y="{bottom - stored}" width="{round(width / 2, 1)}" '
                     f'height="{stored}" fill="{_STORED if mark.backup_type == "full" else _INCREMENTAL}"/></g>')
-        if labels.room(x, mark.backup_id):
-            body.append(_text(x, bottom - size - 3, mark.backup_id, anchor="middle", css="backup-label"))
+        if (left := labels.place(x, mark.backup_id)) is not None:
+            body.append(_text(left, bottom - size - 3, mark.backup_id, css="backup-label"))
     body += [_text(_LEFT - 6, top + 8, human_bytes(highest), anchor="end"),
              _text(_LEFT - 6, bottom, "0", anchor="end")]
     body += _legend(bottom + 36, [

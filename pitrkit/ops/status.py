@@ -803,8 +803,9 @@ def _timeline_check(wal: ArchivedWal, archiver: Archiver, timelines: list[Timeli
         return Check(name="timeline", level="OK", message="the archive holds no timeline to judge")
     server = archiver.timeline
     if server is None:
+        why = "server not asked" if config.postgres.conninfo is None else "server unreachable"
         return Check(name="timeline", level="OK", message=f"judged on timeline {head.timeline}, the archive's newest "
-                                                          "(the server's timeline is unknown: server not asked)")
+                                                          f"(the server's timeline is unknown: {why})")
     said = f"the server is on timeline {server}"
     if head.timeline != server:
         said += f" (none of its WAL archived yet: judged on timeline {head.timeline}, on its history)"

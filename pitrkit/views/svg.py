@@ -75,7 +75,7 @@ class _Scale:
             if moment >= self.start:
                 label = moment.strftime("%H:%M:%S" if step < timedelta(minutes=1) else
                                         "%H:%M" if step < timedelta(days=1) else "%Y-%m-%d")
-                if step < timedelta(days=1) and (moment.hour == 0 or moment == first):
+                if timedelta(minutes=1) <= step < timedelta(days=1) and (moment.hour == 0 or moment == first):
                     label = moment.strftime("%m-%d %H:%M")
                 yield self.x(moment), label
             moment += step

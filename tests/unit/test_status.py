@@ -511,6 +511,7 @@ def test_a_configured_server_that_does_not_answer_warns_in_one_line_without_its_
     assert said.startswith("server unreachable through [postgres] conninfo: ") and "\n" not in said
     assert "s3cr3t" not in said
     assert re.search(r"^WARN +archiver +server unreachable through", status_text(report), re.MULTILINE)
+    assert message(report, "timeline").endswith("(the server's timeline is unknown: server unreachable)")
 
 
 def test_without_conninfo_the_server_is_not_asked_and_that_is_ok(store):

@@ -11,12 +11,13 @@ It builds (once; reused while D/bench.json matches) a synthetic archive in D (de
 * 16 MiB segments, so 256 per WAL folder: N = 1,000,000 makes ~3,900 folders;
 * a finished backup (manifest with an empty file list) every 5 % of N on the path, and
   one unfinished backup (no manifest);
-* sealed folders are represented only by their catalog index `catalog/wal/<TLI><LOG>.json`
-  (as `refresh` writes it, with sizes and store times) and an empty `wal/<TLI><LOG>/`
-  directory: writing a million real segment files would take far longer than the plan
-  it measures, and the planner never lists a sealed folder whose index it has (it
-  would list one only to confirm a segment the index says is absent). The newest folder
-  of each timeline holds real files, which the planner lists.
+* sealed folders are represented by their catalog index `catalog/wal/<TLI><LOG>.json`
+  (as `refresh` writes it, with sizes and store times) and a `wal/<TLI><LOG>/` directory
+  holding only its first segment's file (a directory holding no object is no folder in a
+  listing, as in an object store): writing a million real segment files would take far
+  longer than the plan it measures, and the planner never lists a sealed folder whose
+  index it has (it would list one only to confirm a segment the index says is absent).
+  The newest folder of each timeline holds real files, which the planner lists.
 
 Then it times, in one process (fresh `Archive` per plan, warm OS cache), `make_plan`
 for targets that make the planner read little and much of the archive, and the whole
@@ -106,6 +107,7 @@ def build(root: Path, layout: Layout) -> None:
                            for segno in segnos]
                 index = WalFolderIndex(folder=folder, entries=entries, indexed_at=indexed_at)
                 put(root, f"catalog/wal/{timeline:08X}{log:08X}.json", codec.encode(index, pretty=False))
+                put(root, folder + entries[0].name, b"x" * 64, entries[0].modified)
             else:
                 for segno in segnos:
                     put(root, folder + SegmentName(timeline, segno).name, b"x" * 64, stored_at(segno, timeline))
@@ -152,7 +154,7 @@ def main() -> None:
     options = parser.parse_args()
     layout = Layout(options.segments)
     stamp = options.dir / "bench.json"
-    description = {"segments": options.segments, "format": 1}
+    description = {"segments": options.segments, "format": 2}
     if not stamp.exists() or json.loads(stamp.read_text()) != description:
         if options.dir.exists():
             sys.exit(f"{options.dir} exists and is not this benchmark's archive; remove it or pick --dir")

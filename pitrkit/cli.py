@@ -52,7 +52,8 @@ _REPORT_COMMANDS = {
 }
 
 # Commands that print a file shipped in the package, and which.
-_PRINTED = {"print-service": "pitrkit.service", "print-config": "pitrkit.toml"}
+_PRINTED = {"print-service": "pitrkit.service", "print-config": "pitrkit.toml",
+            "print-dashboard": "grafana-dashboard.json"}
 
 
 class ReportFailed(PitrkitError):
@@ -209,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
                         "e.g. pitrkit print-service | sudo tee /etc/systemd/system/pitrkit.service")
     commands.add_parser("print-config", help="print the example configuration with every key, its default and "
                         "why to change it (conf/pitrkit.toml)")
+    commands.add_parser("print-dashboard", help="print the Grafana dashboard for the daemon's /metrics "
+                        "(conf/grafana-dashboard.json), to import into Grafana")
     demo = commands.add_parser("demo", help="archive a throwaway PostgreSQL cluster through pitrkit and "
                                "recover a copy of it from the archive (needs no configuration)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory and print its path")

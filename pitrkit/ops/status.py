@@ -6,8 +6,9 @@ What is looked at, and what it costs: the backup catalog (as the planner reads i
 `catalog/retention.json`, the top of `wal/` and one index or listing per WAL folder
 (ArchivedWal; never a listing of every object), the sidecar's state file when
 [receive] spool is readable here, and `pg_stat_archiver` when [postgres] conninfo reaches
-the server. An unreachable server is reported, not failed: status often runs on a host
-that only sees the archive.
+the server. A server that [postgres] conninfo names but that does not answer is a WARN,
+not a FAIL (its archiver may be failing unseen); without conninfo the server is not
+asked: status often runs on a host that only sees the archive.
 
 Which timeline is judged. An archive can hold timelines that are not the server's: a
 test restore promoted with archiving on archives its own timeline into the same archive,
@@ -22,7 +23,7 @@ the newest backup cannot be restored to the end of the WAL (a gap after it), the
 archiver failing at this moment, or the newest backup older than twice
 [status] backup_max_age. WARN means it soon may: an old backup or WAL, a retention
 promise the archive does not keep, an interrupted backup left behind, a stopped sidecar,
-an incremental backup whose chain is broken.
+an incremental backup whose chain is broken, a configured server that does not answer.
 
 Chains (catalog/chains.py): what restores is judged on the usable backups only; the
 newest backup reported is the newest usable one, with its chain's length, and each
@@ -31,6 +32,7 @@ backup's share of its data it really stored.
 
 from __future__ import annotations
 
+import bisect
 import math
 from argparse import Namespace
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,8 @@ Level = Literal["OK", "WARN", "FAIL"]
 _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
 # The server is asked only if it answers quickly: status must not hang on a dead host.
 _CONNECT_TIMEOUT_SECONDS = 5
+# The hours of WAL per hour the report carries: a week, the page's bar chart.
+WAL_HOURS = 7 * 24
 # An interrupted backup is told from a running one by its newest object's age; without
 # [retention] this is the grace retention would use.
 
@@ -179,6 +183,16 @@ class Gap(msgspec.Struct, kw_only=True, frozen=True):
     missing_segment: str
     resumes_at: str | None  # the next segment replay along the path could read
     after_backup: str  # the backup whose WAL runs into it
+    # Its bounds, for the page's timeline: the WAL ends at `missing_lsn` (the missing
+    # segment's start) and resumes at `resumes_lsn` (None: nothing after it); in time, the
+    # store times of the segments on either side (None: the storage does not say, or there
+    # is none). `restorable_again_at`: the stop of the first usable backup after the gap,
+    # from which points restore again (None: no point after the gap restores).
+    missing_lsn: Lsn | None = None
+    resumes_lsn: Lsn | None = None
+    before_stored_at: datetime | None = None
+    resumes_stored_at: datetime | None = None
+    restorable_again_at: datetime | None = None
 
 
 class TimelineRange(msgspec.Struct, kw_only=True, frozen=True):
@@ -200,6 +214,42 @@ class RetentionHealth(msgspec.Struct, kw_only=True, frozen=True):
     shortfalls: list[str]  # promises the archive does not keep
     deleting: list[str]  # backups retention is removing: they no longer count
     last_run: RetentionRun | None
+    # The start of [retention] window (now - window): every point since is promised
+    # restorable. None without a window.
+    window_start: datetime | None = None
+
+
+class BackupMark(msgspec.Struct, kw_only=True, frozen=True):
+    """A finished backup as the page's pictures place it: on its timeline, in time, with
+    its sizes."""
+
+    backup_id: str
+    backup_type: str  # "full" or "incremental"
+    timeline: int  # the timeline it started on
+    start_time: datetime
+    stop_time: datetime
+    start_lsn: Lsn
+    stop_lsn: Lsn
+    size_bytes: int
+    stored_bytes: int
+    usable: bool  # False: an incremental whose chain is broken (the chains check says why)
+
+
+class WalHour(msgspec.Struct, kw_only=True, frozen=True):
+    """The WAL segments that reached the archive in one hour, by their store times."""
+
+    hour: datetime  # its start, UTC
+    segments: int
+    stored_bytes: int
+
+
+class WalPerHour(msgspec.Struct, kw_only=True, frozen=True):
+    """The WAL archived per hour from `since` (an hour's start, UTC) to the report's
+    time: only the hours that received any; segments whose store time the storage does
+    not say are not counted."""
+
+    since: datetime
+    hours: list[WalHour]
 
 
 class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
@@ -221,6 +271,10 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     head_timeline: int | None = None
     # Every finished backup, oldest first: its type, chain length and stored share.
     stored_shares: list[StoredShare] = []
+    # Every finished backup, oldest first, placed in time for the page's pictures.
+    backup_marks: list[BackupMark] = []
+    # The last WAL_HOURS hours; None: the archive holds no WAL.
+    wal_per_hour: WalPerHour | None = None
 
     @property
     def exit_code(self) -> int:
@@ -266,18 +320,21 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
         _restorable_check(wal, usable, head),
         _chains_check(finished, chains.broken),
         _timeline_check(wal, archiver, timelines, head, config, now) if wal else None,
-        _archiver_check(archiver),
+        _archiver_check(archiver, config),
         _receiver_check(receiver, config, now),
         _retention_check(retention),
         _unfinished_check(archive, unfinished, config, now),
     ]
     checks = [check for check in judged if check is not None]
+    usable_ids = {b.backup_id for b in usable}
     overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
     return StatusReport(
         generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
         head_timeline=head.timeline if head else None, stored_shares=[_stored_share(b) for b in finished],
+        backup_marks=[_mark(b, b.backup_id in usable_ids) for b in finished],
+        wal_per_hour=_wal_per_hour(wal, now) if wal else None,
     )
 
 
@@ -301,6 +358,13 @@ def _last_backup(backup: BackupSummary, now: datetime) -> LastBackup:
 
 def _share(backup: BackupSummary) -> float | None:
     return round(backup.stored_size / backup.size, 4) if backup.size else None
+
+
+def _mark(backup: BackupSummary, usable: bool) -> BackupMark:
+    return BackupMark(backup_id=backup.backup_id, backup_type=backup.kind, timeline=backup.timeline,
+                      start_time=backup.start_time, stop_time=backup.stop_time, start_lsn=backup.start_lsn,
+                      stop_lsn=backup.stop_lsn, size_bytes=backup.size, stored_bytes=backup.stored_size,
+                      usable=usable)
 
 
 def _stored_share(backup: BackupSummary) -> StoredShare:
@@ -431,6 +495,31 @@ def _size(wal: ArchivedWal | None, finished: list[BackupSummary]) -> ArchiveSize
     )
 
 
+def _wal_per_hour(wal: ArchivedWal, now: datetime) -> WalPerHour:
+    """Counted from the folders' listings `_size` has already read (store times are in
+    them): per timeline, newest folder first, stopping after the first folder that holds
+    nothing from the window, since a timeline's folders fill in order. On a large
+    archive that is the week's folders and one more per timeline."""
+    since = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=WAL_HOURS - 1)
+    start = since.timestamp()
+    segments: dict[int, int] = {}
+    stored: dict[int, int] = {}
+    for timeline, numbers in wal.logs.items():
+        for log_number in reversed(numbers):
+            recent = False
+            for entry in wal.folder(timeline, log_number).segments:
+                if entry.modified is not None and entry.modified >= start:
+                    recent = True
+                    hour = min(int((entry.modified - start) // 3600), WAL_HOURS - 1)  # a clock behind the storage's
+                    segments[hour] = segments.get(hour, 0) + 1
+                    stored[hour] = stored.get(hour, 0) + entry.stored_size
+            if not recent:
+                break
+    return WalPerHour(since=since, hours=[
+        WalHour(hour=since + timedelta(hours=hour), segments=segments[hour], stored_bytes=stored[hour])
+        for hour in sorted(segments)])
+
+
 # --- restorable ranges ------------------------------------------------------------------
 
 
@@ -474,10 +563,12 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
     oldest: OldestPoint | None = None
     newest: NewestPoint | None = None
     gaps: list[Gap] = []
+    restoring: list[BackupSummary] = []  # the backups that start a run and become consistent in it
     while waiting:
         backup = waiting.pop(0)
         chain, end = _replay_from(wal, path, backup)
         if end is not None and end >= backup.stop_lsn:
+            restoring.append(backup)
             last = chain.segments[-1]
             if oldest is None:
                 oldest = OldestPoint(backup_id=backup.backup_id, time=backup.stop_time, lsn=backup.stop_lsn)
@@ -487,9 +578,36 @@ def _timeline_range(wal: ArchivedWal, timeline: int, finished: list[BackupSummar
         waiting = waiting[len(covered) - 1:]
         # A backup starting inside the hole the previous run ran into finds the same one.
         if chain.missing is not None and chain.gap and not (gaps and gaps[-1].missing_segment == chain.missing):
-            gaps.append(Gap(missing_segment=chain.missing, resumes_at=_resumes_at(wal, path, chain.missing),
-                            after_backup=covered[-1].backup_id))
+            gaps.append(_gap(wal, path, chain, chain.missing, covered[-1].backup_id))
+    gaps = [msgspec.structs.replace(gap, restorable_again_at=next(
+        (b.stop_time for b in restoring if wal.segno(b.first_segment) > wal.segno(gap.missing_segment)), None))
+        for gap in gaps]
     return TimelineRange(timeline=timeline, oldest=oldest, newest=newest, gaps=gaps)
+
+
+def _gap(wal: ArchivedWal, path: list[TimelineStep], chain: WalChain, missing: str, after_backup: str) -> Gap:
+    """The hole `chain` ran into, with its bounds in LSN and store time."""
+    segno = wal.segno(missing)
+    resumes = wal.resumes_at(path, segno + 1)
+    before = chain.segments[-1] if chain.segments else None
+    resumed = None if resumes is None else _entry_on(wal, path, resumes)
+    return Gap(missing_segment=missing, resumes_at=None if resumes is None else wal.name_on(path, resumes),
+               after_backup=after_backup, missing_lsn=Lsn(segno * wal.segment_size),
+               resumes_lsn=None if resumes is None else Lsn(resumes * wal.segment_size),
+               before_stored_at=stored_at(before.modified) if before else None,
+               resumes_stored_at=stored_at(resumed.modified) if resumed else None)
+
+
+def _entry_on(wal: ArchivedWal, path: list[TimelineStep], segno: int) -> WalIndexEntry | None:
+    """The stored segment replay along `path` reads for `segno`, if stored."""
+    log_number, within = divmod(segno, wal.per_log)
+    timeline = wal.serving_timeline(path, segno)
+    if log_number not in wal.logs.get(timeline, ()):
+        return None
+    folder = wal.folder(timeline, log_number)
+    position = bisect.bisect_left(folder.numbers, within)
+    found = position < len(folder.numbers) and folder.numbers[position] == within
+    return folder.segments[position] if found else None
 
 
 def _replay_from(wal: ArchivedWal, path: list[TimelineStep], backup: BackupSummary) -> tuple[WalChain, Lsn | None]:
@@ -549,7 +667,8 @@ def _retention(config: RetentionConfig | None, wal: ArchivedWal | None, finished
         # Only a usable backup restores the points after a gap.
         shortfalls += _window_shortfalls(wal, policy.window, check_chains(finished).usable, timelines, now)
     return RetentionHealth(configured=True, policy=policy.describe(), verdicts=verdicts, shortfalls=shortfalls,
-                           deleting=deleting, last_run=last_run)
+                           deleting=deleting, last_run=last_run,
+                           window_start=None if policy.window is None else now - policy.window)
 
 
 def _window_shortfalls(wal: ArchivedWal | None, window: timedelta, finished: list[BackupSummary],
@@ -684,8 +803,9 @@ def _timeline_check(wal: ArchivedWal, archiver: Archiver, timelines: list[Timeli
         return Check(name="timeline", level="OK", message="the archive holds no timeline to judge")
     server = archiver.timeline
     if server is None:
+        why = "server not asked" if config.postgres.conninfo is None else "server unreachable"
         return Check(name="timeline", level="OK", message=f"judged on timeline {head.timeline}, the archive's newest "
-                                                          "(the server's timeline is unknown: server not asked)")
+                                                          f"(the server's timeline is unknown: {why})")
     said = f"the server is on timeline {server}"
     if head.timeline != server:
         said += f" (none of its WAL archived yet: judged on timeline {head.timeline}, on its history)"
@@ -717,9 +837,13 @@ def _last_stored(wal: ArchivedWal, timeline: int) -> datetime | None:
     return stored_at(max(stamps)) if stamps else None
 
 
-def _archiver_check(archiver: Archiver) -> Check:
+def _archiver_check(archiver: Archiver, config: Config) -> Check:
     if not archiver.reachable:
-        return Check(name="archiver", level="OK", message=f"server not asked: {archiver.problem}")
+        if config.postgres.conninfo is None:
+            return Check(name="archiver", level="OK", message=f"server not asked: {archiver.problem}")
+        # A server configured but not answering: its archiver may be failing unseen.
+        return Check(name="archiver", level="WARN", message=f"server unreachable through [postgres] conninfo: "
+                                                            f"{archiver.problem}")
     failing = archiver.last_failed_time is not None and (
         archiver.last_archived_time is None or archiver.last_failed_time > archiver.last_archived_time)
     said = f"pg_stat_archiver: {archiver.archived_count} archived, {archiver.failed_count} failed"

@@ -1,5 +1,6 @@
 """The daemon's page (/): the status report (ops/status.py) and the daemon's own facts
-(ops/daemon_facts.py) as a self-refreshing HTML page.
+(ops/daemon_facts.py) as a self-refreshing HTML page: the checks, the pictures
+(views/svg.py) that show at a glance what the tables below say in figures.
 
 A pure renderer of typed values: the daemon collects, this only formats, so a page view
 never touches the archive. The page carries everything inline (no scripts, no external
@@ -14,6 +15,7 @@ import html
 from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.ops.status import ArchivedFile, Level, StatusReport, StoredShare
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
+from pitrkit.views.svg import backup_sizes_svg, timelines_svg, wal_per_hour_svg
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -23,6 +25,7 @@ th { font-weight: 600; color: #555; white-space: nowrap; }
 .level { font-weight: 700; padding: 0 .4em; border-radius: 3px; color: #fff; }
 .OK { background: #2e7d32; } .WARN { background: #ef6c00; } .FAIL { background: #c62828; }
 .muted { color: #777; }
+svg { max-width: 100%; height: auto; display: block; margin: .4em 0 1em; }
 """
 
 
@@ -71,6 +74,14 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         + "".join(f"<tr><td>{_level(check.level)}</td><th>{_cell(check.name)}</th><td>{_cell(check.message)}</td>"
                   "</tr>" for check in report.checks)
         + "</table>",
+        '<h2>Timelines: restorable range, backups, gaps</h2>',
+        timelines_svg(report),
+        "<h2>WAL archived per hour</h2>",
+        wal_per_hour_svg(report),
+        "<h2>Backup sizes</h2>",
+        backup_sizes_svg(report),
+        # Drills (issue 15, item 3): the picture of the last drills and their RTO goes
+        # here, after the other pictures, drawn in views/svg.py from the report's drills.
     ]
     last = report.last_backup
     parts.append("<h2>Last backup</h2>")

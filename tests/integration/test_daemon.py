@@ -2,8 +2,9 @@
 
 The daemon runs as the server user through the installed `pitrkit`, stopped with SIGTERM,
 as conf/pitrkit.service runs it. It is judged by what it leaves: backups that backup-list
-shows, what retention removed, what it serves on /metrics (parsed as Prometheus text) and
-/ (loaded in headless Chromium), and that a stop ends every child and exits 0. Every wait
+shows, what retention removed, what it serves on /metrics (parsed as Prometheus text, and
+linted by promtool) and / (loaded in headless Chromium, its pictures read from the DOM),
+and that a stop ends every child and exits 0. Every wait
 is for a condition, with a deadline; nothing is timed.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pgharness
 from pitr_workload import (
+    archive_everything,
     archiving_primary,
     backup_push,
     digests,
@@ -41,6 +44,8 @@ from pitrkit_setup import PitrkitService, PitrkitSetup, running_processes
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
+PROMTOOL = Path("/usr/bin/promtool")
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "status-page.png"
 # The commands the daemon runs as children, as they appear in a process's argv.
 CHILD_COMMANDS = (b"daemon", b"backup-push", b"retention", b"wal-receive")
 
@@ -215,16 +220,25 @@ def stop_timestamp(backup: dict) -> float:
     return datetime.fromisoformat(backup["stop_time"]).timestamp()
 
 
-def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tmp: Path) -> None:
-    """The daemon with only its status page: the page loads in headless Chromium and shows
-    the last backup and the last WAL archived."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed")
+def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tmp: Path, pg_major: int) -> None:
+    """The daemon with only its status page, over an archive with a full backup, a gap in
+    the WAL after it and an incremental backup after the gap: the page loads in headless
+    Chromium, its timeline picture names both backups (by kind) and the gap, the last
+    WAL archived is shown, and a screenshot of it is taken (docs/status-page.png is one,
+    refreshed with PITRKIT_UPDATE_SCREENSHOT=1). Its /metrics passes `promtool check
+    metrics`."""
+    chromium = required_tool(CHROMIUM, "chromium")
+    promtool = required_tool(PROMTOOL, "prometheus")
     setup = pitrkit_setup
-    primary = archiving_primary(cluster, setup)
-    backup_id = backup_push(setup)["backup_id"]
+    primary = archiving_primary(cluster, setup, **({"summarize_wal": "on"} if pg_major >= 17 else {}))
+    full = backup_push(setup)
+    write_round(primary, 2)
+    lost = archive_everything(primary)
+    write_round(primary, 3)
+    resumes = archive_everything(primary)
+    incremental: dict = json.loads(succeeded(setup.run("backup-push", "--incremental", "--json", timeout=600)))
+    assert incremental["parent"] == full["backup_id"] and full["last_segment"] < lost < incremental["first_segment"]
+    setup.stored(lost).unlink()  # a hole between the backups: the latest point still restores
     port = pgharness.free_port()
     configure(setup, primary, port, every=None)
     daemon = start_daemon(setup, port, "daemon")
@@ -234,24 +248,57 @@ def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tm
         def shown() -> dict:
             report = daemon.status().get("status") or {}
             last_backup, last_wal = report.get("last_backup"), report.get("last_wal")
-            return report if last_backup and last_backup["backup_id"] == backup_id and last_wal else {}
-        report = pgharness.wait_for(shown, 60, interval=0.2, what="/status.json to show the backup")
+            return report if last_backup and last_backup["backup_id"] == incremental["backup_id"] and last_wal \
+                else {}
+        report = pgharness.wait_for(shown, 60, interval=0.2, what="/status.json to show the backups")
+        [timeline] = report["timelines"]
+        assert [(gap["missing_segment"], gap["resumes_at"]) for gap in timeline["gaps"]] == [(lost, resumes)]
         profile = server_tmp / "chromium-profile"
-        dumped = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--dump-dom", f"http://127.0.0.1:{port}/"],
-            capture_output=True, text=True, timeout=120, check=False)
+        browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--hide-scrollbars", f"--user-data-dir={profile}"]
+        dumped = subprocess.run([*browser, "--dump-dom", f"http://127.0.0.1:{port}/"],
+                                capture_output=True, text=True, timeout=120, check=False)
         assert dumped.returncode == 0, dumped.stderr
-        assert backup_id in dumped.stdout, dumped.stdout
-        assert report["last_wal"]["name"] in dumped.stdout, dumped.stdout
-        assert "<table" in dumped.stdout
+        dom = dumped.stdout
+        assert report["last_wal"]["name"] in dom and "<table" in dom, dom
+        [picture] = re.findall(r'<svg id="timelines-chart".*?</svg>', dom, re.DOTALL)
+        for backup, kind in ((full, "full"), (incremental, "incremental")):
+            assert f'data-backup="{backup["backup_id"]}" data-type="{kind}"' in picture, picture
+            assert f"<title>backup {backup['backup_id']} ({kind}): " in picture, picture
+        assert f'<g class="gap" data-segment="{lost}"><title>gap: segment {lost} is missing' in picture, picture
+        assert f"WAL resumes at {resumes}" in picture and f">gap {lost}</text>" in picture, picture
+        for other in ("wal-chart", "sizes-chart"):
+            assert f'<svg id="{other}"' in dom
+        screenshot = server_tmp / "status-page.png"
+        shot = subprocess.run([*browser, "--window-size=1000,1250", f"--screenshot={screenshot}",
+                               f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert shot.returncode == 0, shot.stderr
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("PITRKIT_UPDATE_SCREENSHOT"):
+            shutil.copyfile(screenshot, DOCS_SCREENSHOT)
+
+        code, metrics = daemon.get("/metrics")
+        assert code == 200
+        checked = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", ""), metrics
     finally:
         code = daemon.stop()
         shutil.rmtree(server_tmp / "chromium-profile", ignore_errors=True)
     daemon.assert_clean()
     assert code == 0, daemon.log()
     assert not daemon.events("backup-started")  # no schedule: no backups
+
+
+def required_tool(path: Path, package: str) -> Path:
+    """A Debian tool a test needs: missing, a failure in CI (.ci/run installs it), else a skip."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing (.ci/run installs Debian's {package})")
+        pytest.skip(f"{path} is not installed (Debian's {package})")
+    return path
 
 
 @contextmanager

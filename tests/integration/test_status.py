@@ -1,6 +1,7 @@
 """`pitrkit status` against real PostgreSQL 15 and 18, run as the server user through the
 installed `pitrkit`: its figures against what the archive and the server say, and its
-verdicts when the archive loses a segment and when the server's archiver fails."""
+verdicts when the archive loses a segment, when the server's archiver fails, and when the
+server stops answering."""
 
 from __future__ import annotations
 
@@ -104,8 +105,13 @@ def test_status_figures_of_a_known_archive_and_fail_on_a_wal_gap(cluster, pitrki
     assert report["overall"] == "FAIL"
     assert check(report, "restorable")["level"] == "FAIL"
     assert f"segment {lost} is missing; WAL resumes at {resumes}" in check(report, "restorable")["message"]
-    assert report["timelines"][0]["gaps"] == [
-        {"missing_segment": lost, "resumes_at": resumes, "after_backup": backup["backup_id"]}]
+    [gap] = report["timelines"][0]["gaps"]
+    assert (gap["missing_segment"], gap["resumes_at"], gap["after_backup"]) == (lost, resumes, backup["backup_id"])
+    # Its bounds, for the page's timeline: no backup after it restores.
+    assert (gap["missing_lsn"], gap["resumes_lsn"], gap["restorable_again_at"]) == (
+        f"{int(lost[8:16], 16):X}/{int(lost[16:], 16) << 24:X}", f"{int(resumes[8:16], 16):X}/"
+        f"{int(resumes[16:], 16) << 24:X}", None)
+    assert gap["before_stored_at"] is not None and gap["resumes_stored_at"] is not None
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("pitrkit: status FAIL: restorable: the latest point is not restorable")
     # The text report says the same.
@@ -140,3 +146,13 @@ def test_status_fails_while_the_archiver_fails_and_recovers_with_it(cluster, pit
     assert result.returncode == 0, result.stdout
     assert check(report, "archiver")["level"] == "OK"
     assert report["archiver"]["last_archived_wal"] == failing
+
+    # The server in [postgres] conninfo stops: a WARN in one line, not an OK.
+    primary.stop()
+    result, report = status(setup)
+    assert result.returncode == 0, result.stderr
+    assert report["overall"] == "WARN" and report["archiver"]["reachable"] is False
+    archiver = check(report, "archiver")
+    assert archiver["level"] == "WARN", report["checks"]
+    assert archiver["message"].startswith("server unreachable through [postgres] conninfo: ")
+    assert "\n" not in archiver["message"]

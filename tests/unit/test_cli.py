@@ -384,7 +384,8 @@ def test_fetch_replaces_an_existing_destination(capsys, cfg, archive, pg_wal, tm
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("command", "name"), [("print-service", "pitrkit.service"), ("print-config", "pitrkit.toml")])
+@pytest.mark.parametrize(("command", "name"), [("print-service", "pitrkit.service"), ("print-config", "pitrkit.toml"),
+                                              ("print-dashboard", "grafana-dashboard.json")])
 def test_the_service_and_example_configuration_are_printed_from_the_package(capsys, monkeypatch, command, name):
     """A wheel has no conf/: the package carries the files, and the checkout's conf/ only
     links to them, so the two can never differ. No configuration is needed."""

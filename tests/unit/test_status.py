@@ -501,12 +501,25 @@ def test_an_unreadable_archive_is_a_fail(tmp_path, capsys):
     assert line.startswith("pitrkit: status FAIL: cannot read the archive: ") and "does not exist" in line
 
 
-def test_unreachable_server_is_said_not_failed(tmp_path, store, capsys):
+def test_a_configured_server_that_does_not_answer_warns_in_one_line_without_its_password(tmp_path, store):
     store.backup("A", 1, 2, 3)
-    report = collect(store, postgres=PostgresConfig(conninfo=f"host={tmp_path} port=1"))
+    report = collect(store, postgres=PostgresConfig(conninfo=f"host={tmp_path} port=1 password=s3cr3t-pw"))
     assert not report.archiver.reachable
     assert report.archiver.problem and "connection" in report.archiver.problem
-    assert levels(report)["archiver"] == "OK"
+    assert levels(report)["archiver"] == "WARN" and report.overall == "WARN", report.checks
+    said = message(report, "archiver")
+    assert said.startswith("server unreachable through [postgres] conninfo: ") and "\n" not in said
+    assert "s3cr3t" not in said
+    assert re.search(r"^WARN +archiver +server unreachable through", status_text(report), re.MULTILINE)
+    assert message(report, "timeline").endswith("(the server's timeline is unknown: server unreachable)")
+
+
+def test_without_conninfo_the_server_is_not_asked_and_that_is_ok(store):
+    store.backup("A", 1, 2, 3)
+    report = collect(store)
+    assert not report.archiver.reachable
+    assert (levels(report)["archiver"], message(report, "archiver")) == (
+        "OK", "server not asked: [postgres] conninfo is not set")
 
 
 @pytest.mark.parametrize("conninfo", [

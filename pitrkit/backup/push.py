@@ -583,19 +583,20 @@ def push_finished_wal(archive: Archive, pgdata: str, needed: list[SegmentName]) 
     process, with everything loaded, is idle. Storing it here is what wal-push would
     do: the same checks and the same create-only object, so whichever of the two comes
     second finds an identical object and succeeds, and wait_for_wal still decides. Any
-    failure here leaves the segment to the archiver."""
+    failure here leaves the segment to the archiver.
+
+    Only beside an archiver that delivers into this archive: the segment before the
+    backup's first one (which pg_backup_start switched away from) must be stored. A
+    broken archive_command, or one that archives elsewhere, must still fail the backup
+    after `[backup] wal_timeout`, not be papered over for the backup's own segments."""
     pushed: list[str] = []
+    if not needed or needed[0].segno == 0 or not _stored(archive, needed[0]._replace(segno=needed[0].segno - 1)):
+        return pushed
     wal_directory = os.path.join(pgdata, _WAL_DIRECTORY)
     for segment in needed:
         file = WalFileName.parse(segment.name)
-        try:
-            archive.stat(wal_key(file))
+        if _stored(archive, segment):
             continue
-        except ObjectNotFound:
-            pass
-        except PitrkitError as exc:
-            log.debug("not archiving %s from pg_wal: %s", segment.name, exc)
-            return pushed
         data = _finished_segment(wal_directory, segment.name)
         if data is None:
             continue
@@ -606,6 +607,18 @@ def push_finished_wal(archive: Archive, pgdata: str, needed: list[SegmentName]) 
             continue
         pushed.append(segment.name)
     return pushed
+
+
+def _stored(archive: Archive, segment: SegmentName) -> bool:
+    """Whether the archive holds `segment`; False also when it cannot say."""
+    try:
+        archive.stat(wal_key(WalFileName.parse(segment.name)))
+    except ObjectNotFound:
+        return False
+    except PitrkitError as exc:
+        log.debug("cannot tell whether %s is archived: %s", segment.name, exc)
+        return False
+    return True
 
 
 def _finished_segment(wal_directory: str, name: str) -> bytes | None:

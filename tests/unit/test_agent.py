@@ -149,3 +149,20 @@ def test_a_prefetch_of_a_relative_directory_or_of_no_segment_reads_nothing(agent
     assert prefetch(agent, tmp_path, "00000002.history", "not-a-segment") == (0, "")
     settle(agent)
     assert spooled(tmp_path) == []
+
+
+def test_a_segment_read_ahead_on_one_timeline_never_serves_another(agent, pg_wal, tmp_path):
+    # Recovery moved on to timeline 2 at SECOND's segment: what was read ahead of it on
+    # timeline 1 stays unused, and the fetch of timeline 2's segment reads timeline 2's.
+    for name in (FIRST, SECOND):
+        assert ask(agent, "wal-push", pg_wal / name) == (0, "")
+    switched = "00000002" + SECOND[8:]
+    (pg_wal / switched).write_bytes(segment(2, timeline=2, filler=b"timeline 2"))
+    assert ask(agent, "wal-push", pg_wal / switched) == (0, "")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert prefetch(agent, restored, SECOND) == (0, "")
+    settle(agent)
+    assert ask(agent, "wal-fetch", switched, restored / "RECOVERYXLOG") == (0, "")
+    assert (restored / "RECOVERYXLOG").read_bytes() == segment(2, timeline=2, filler=b"timeline 2")
+    assert f"{SPOOL_PREFIX}{SECOND}" in spooled(restored)

@@ -184,7 +184,7 @@ PHASES = re.compile(r"backup \S+ phases \(s\): (.*)$", re.MULTILINE)
 
 
 def pitrkit_phases(stderr: str, wall_s: float) -> dict[str, float]:
-    """backup-push's steps (connect, prepare, start, list, copy, drain, maps, stop, wal,
+    """backup-push's steps (connect, prepare, start, list, copy, drain, stop, wal, maps,
     manifest, catalog) in seconds, and `outside`: the rest of the command's wall time
     (interpreter start, imports, reading the configuration, exit)."""
     found = PHASES.search(stderr)

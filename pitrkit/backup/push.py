@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from queue import SimpleQueue
@@ -767,24 +768,26 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             if blocks is not None:
                 blocks.abandon()
             raise
-        # Every relation file's map: the block-mapped ones', then those copied whole.
-        maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied) + stream_maps,
-                                                   compressor, cipher)
+        # Every relation file's map: the block-mapped ones', then those copied whole;
+        # stored beside the stop and the wait for WAL, which do not depend on them.
+        with ThreadPoolExecutor(1, thread_name_prefix="block-maps") as beside:
+            storing = beside.submit(incremental.store_block_maps, archive, backup_id,
+                                    incremental.finish_maps(copied) + stream_maps, compressor, cipher)
+            stop = server.stop_backup()
+            phases.done("stop")
+            first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
+            # The segment holding the last byte of the backup-end record; pg_backup_stop
+            # switched to a new segment after it, so it will be archived.
+            last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
+            log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
+            needed = _segments(first, last)
+            push_finished_wal(archive, pgdata, needed)
+            wait_for_wal(archive, server, needed, config.backup.wal_timeout, backup_id)
+            phases.done("wal")
+            maps, where = storing.result()
+            phases.done("maps")  # what was left of storing them once the WAL was there
         block_files = [msgspec.structs.replace(copied_file.record, block_map=where[copied_file.record.path])
                        for copied_file in copied]
-        phases.done("maps")
-
-        stop = server.stop_backup()
-        phases.done("stop")
-        first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
-        # The segment holding the last byte of the backup-end record; pg_backup_stop
-        # switched to a new segment after it, so it will be archived.
-        last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
-        log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
-        needed = _segments(first, last)
-        push_finished_wal(archive, pgdata, needed)
-        wait_for_wal(archive, server, needed, config.backup.wal_timeout, backup_id)
-        phases.done("wal")
 
     summary = BackupSummary(
         format_version=CHECKSUMMED_FORMAT_VERSION,

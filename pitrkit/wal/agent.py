@@ -1,6 +1,8 @@
 """`pitrkit agent`: the long-lived process that serves wal-push and wal-fetch for one
 configuration file, so that each call PostgreSQL makes skips Python's imports and the
 archive's set-up (wal/agent_client.py explains the why, and holds the client side).
+`restore --start` also asks it, with `wal-prefetch`, to spool the first segments
+recovery will need before the server starts; that request only schedules reading ahead.
 
 Safety rests on three rules. The agent answers only after the work is done exactly as
 in-process (same functions, same exit codes), so "exit 0" still means durable. It serves

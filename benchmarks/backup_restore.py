@@ -168,12 +168,31 @@ class BackupRun:
     stored_bytes: int
     start_lsn: str | None  # where this backup's WAL replay starts (None for the floor)
     name: str  # pitrkit backup id, pgBackRest label, or the floor's directory
+    # pitrkit: seconds per step, from backup-push's debug line (see pitrkit_phases)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, tool: str, round_: int, t: Timed, stored: int, start_lsn: str | None,
            name: str) -> BackupRun:
+        phases = pitrkit_phases(t.stderr, t.wall_s) if tool == PITRKIT else {}
         return cls(tool, round_, round(t.wall_s, 2), round(t.cpu_s, 2), t.load_before, stored,
-                   start_lsn, name)
+                   start_lsn, name, phases)
+
+
+# backup-push -v logs how long each of its steps took (pitrkit/backup/push.py, Phases).
+PHASES = re.compile(r"backup \S+ phases \(s\): (.*)$", re.MULTILINE)
+
+
+def pitrkit_phases(stderr: str, wall_s: float) -> dict[str, float]:
+    """backup-push's steps (connect, prepare, start, list, copy, drain, stop, wal, maps,
+    manifest, catalog) in seconds, and `outside`: the rest of the command's wall time
+    (interpreter start, imports, reading the configuration, exit)."""
+    found = PHASES.search(stderr)
+    if found is None:
+        return {}
+    phases = {step: float(seconds) for step, _, seconds in (pair.partition("=") for pair in found[1].split())}
+    phases["outside"] = round(wall_s - sum(phases.values()), 3)
+    return phases
 
 
 class FirstSeen:
@@ -224,16 +243,24 @@ class RecoveryLog:
     promote_s: float
     noticed_s: float
     segments_restored: int
+    # Between two `restored log file` lines: one restore_command call and the replay of
+    # the segment before it. The shortest such gap is nearly a call alone (a segment
+    # with little WAL: the backup's own), the median a typical segment.
+    gap_min_ms: float = 0.0
+    gap_median_ms: float = 0.0
 
     @classmethod
     def parse(cls, text: str, finished: dt.datetime) -> RecoveryLog | None:
         """`finished`: when the restore was seen done, naive UTC like the log's stamps."""
         seen: dict[str, dt.datetime] = {}
         segments = 0
+        restored: list[dt.datetime] = []
         for line in text.splitlines():
             segments += RESTORED_SEGMENT.search(line) is not None
             if not (stamp := LOG_TIME.match(line)):
                 continue
+            if RESTORED_SEGMENT.search(line):
+                restored.append(dt.datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S.%f"))
             for name, marker in MILESTONES.items():
                 if name not in seen and marker in line:
                     seen[name] = dt.datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S.%f")
@@ -242,8 +269,10 @@ class RecoveryLog:
 
         def between(a: str, b: str) -> float:
             return round((seen[b] - seen[a]).total_seconds(), 3)
+        gaps = [1000 * (b - a).total_seconds() for a, b in zip(restored, restored[1:], strict=False)] or [0.0]
         return cls(between("start", "redo"), between("redo", "stop"), between("stop", "ready"),
-                   round((finished - seen["ready"]).total_seconds(), 3), segments)
+                   round((finished - seen["ready"]).total_seconds(), 3), segments,
+                   round(min(gaps), 1), round(statistics.median(gaps), 1))
 
 
 def server_log(cluster: Cluster) -> str:
@@ -403,7 +432,7 @@ def build_rig(root: Path, venv: Path, scale: int, *, install: pgharness.PgInstal
 
 
 def backup_pitrkit(rig: Rig, round_: int) -> BackupRun:
-    t = timed(rig.pitrkit_cmd("backup-push", "--json"), env=rig.env)
+    t = timed(rig.pitrkit_cmd("-v", "backup-push", "--json"), env=rig.env)
     summary = json.loads(t.stdout)
     backup_id = summary["backup_id"]
     stored = tree_bytes(rig.pitrkit_archive / "backups" / backup_id)
@@ -649,6 +678,9 @@ class Row:
     loads: list[float]
     x_pgbackrest: float | None = None
     x_pgbackrest_per_round: list[float] = field(default_factory=list)
+    # restores: against pgBackRest with archive-async=y (issue 15's reference)
+    x_async: float | None = None
+    x_async_per_round: list[float] = field(default_factory=list)
     mib_s: float | None = None  # backups: source bytes per second
     stored_mib: float | None = None  # backups
     restore_cmd_s: float | None = None  # restores: the restore command alone
@@ -660,12 +692,16 @@ class Row:
 
 def compare(rows: list[Row]) -> list[Row]:
     ref = next((row for row in rows if row.tool == PGBACKREST), None)
-    if ref is None:
-        return rows
-    for row in rows:
-        row.x_pgbackrest = round(row.seconds / ref.seconds, 2)
-        row.x_pgbackrest_per_round = [round(a / b, 2) for a, b in
-                                      zip(row.per_round_s, ref.per_round_s, strict=True)]
+    if ref is not None:
+        for row in rows:
+            row.x_pgbackrest = round(row.seconds / ref.seconds, 2)
+            row.x_pgbackrest_per_round = [round(a / b, 2) for a, b in
+                                          zip(row.per_round_s, ref.per_round_s, strict=True)]
+    if (fast := next((row for row in rows if row.tool == PGBACKREST_ASYNC), None)) is not None:
+        for row in rows:
+            row.x_async = round(row.seconds / fast.seconds, 2)
+            row.x_async_per_round = [round(a / b, 2) for a, b in
+                                     zip(row.per_round_s, fast.per_round_s, strict=True)]
     return rows
 
 
@@ -703,7 +739,7 @@ def median_recovery(logs: list[RecoveryLog]) -> RecoveryLog | None:
         return None
     return RecoveryLog(*(round(statistics.median(getattr(each, name) for each in logs), 2)
                          for name in ("to_redo_s", "redo_s", "promote_s", "noticed_s",
-                                      "segments_restored")))
+                                      "segments_restored", "gap_min_ms", "gap_median_ms")))
 
 
 BACKUP_LABELS = {PITRKIT: "**pitrkit backup-push** (zstd -3, 1 worker per core)",
@@ -744,20 +780,24 @@ def render(out: dict) -> str:
             f"| {BACKUP_LABELS[row['tool']]} | {row['seconds']:.1f} | {row['mib_s']:.0f} | "
             f"{row['stored_mib']:.0f} | {row['cpu_s']:.1f} | {ratio(row)} | "
             f"{' '.join(map(str, row['x_pgbackrest_per_round']))} | {load(row)} |")
+    lines += phase_table(out.get("backup_runs", []))
     t = out.get("target")
     if t:
         lines += ["", f"Restore target: LSN {t['lsn']}, "
                   f"{t['wal_bytes_after_last_backup'] / 2**20:.0f} MiB of WAL after the start "
                   f"of the last backups (pgbench -c 2 -t {out['transactions']}: {t['pgbench']}).", "",
                   "| restore + replay to the target | until promoted, median s | server started s "
-                  "| restore command s | client CPU s | × pgBackRest | (per round) | digest at target "
-                  "| load |",
-                  "|---|---:|---:|---:|---:|---:|---|---|---|"]
+                  "| restore command s | client CPU s | × pgBackRest | (per round) | × pgBackRest async "
+                  "| (per round) | digest at target | load |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---|---|---|"]
         for row in out["restore"]:
+            fast = row.get("x_async")
             lines.append(
-                f"| {RESTORE_LABELS[row['tool']]} | {row['seconds']:.1f} | {row['started_s']:.1f} | "
-                f"{row['restore_cmd_s']:.1f} | {row['cpu_s']:.1f} | {ratio(row)} | "
-                f"{' '.join(map(str, row['x_pgbackrest_per_round']))} | {row['digests_ok']} | "
+                f"| {RESTORE_LABELS[row['tool']]} | {row['seconds']:.2f} | {row['started_s']:.2f} | "
+                f"{row['restore_cmd_s']:.2f} | {row['cpu_s']:.1f} | {ratio(row)} | "
+                f"{' '.join(map(str, row['x_pgbackrest_per_round']))} | "
+                f"{'-' if fast is None else f'**{fast:.2f}**' if row['tool'] == PITRKIT else f'{fast:.2f}'} | "
+                f"{' '.join(map(str, row.get('x_async_per_round', [])))} | {row['digests_ok']} | "
                 f"{load(row)} |")
     phases = [row for row in out["restore"] if row["recovery"]]
     if phases:
@@ -767,13 +807,14 @@ def render(out: dict) -> str:
                   "connections\" until the restore was seen finished (pitrkit: restore --start "
                   "returned).", "",
                   "| restored server | WAL replayed MiB | segments restored | to redo start | "
-                  "redo | redo ms / segment | checkpoint + promote | ready → done |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "redo | redo ms / segment | shortest / median gap ms | checkpoint + promote | ready → done |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
         for row in phases:
             r = row["recovery"]
             lines.append(f"| {row['tool']} | {row['replayed_mib']:.0f} | {r['segments_restored']:.0f} | "
                          f"{r['to_redo_s']:.2f} | {r['redo_s']:.2f} | "
                          f"{1000 * r['redo_s'] / max(1, r['segments_restored']):.0f} | "
+                         f"{r.get('gap_min_ms', 0):.0f} / {r.get('gap_median_ms', 0):.0f} | "
                          f"{r['promote_s']:.2f} | {r['noticed_s']:.2f} |")
     for name, prof in (out.get("profile") or {}).items():
         lines += ["", f"cProfile of pitrkit {name} (all threads; {prof['wall_s']} s wall, "
@@ -781,6 +822,21 @@ def render(out: dict) -> str:
         lines += [f"- {fn}: {tt} own, {ct} cumulative, {calls} calls"
                   for fn, calls, tt, ct in prof["by_own_time"][:12]]
     return "\n".join(lines) + "\n"
+
+
+def phase_table(runs: list[dict]) -> list[str]:
+    """pitrkit backup-push's steps, medians over its rounds: what is fixed (connect to
+    catalog) beside the copy."""
+    mine = [run["phases"] for run in runs if run["tool"] == PITRKIT and run.get("phases")]
+    if not mine:
+        return []
+    steps = list(dict.fromkeys(step for phases in mine for step in phases))
+    medians = {step: statistics.median(phases.get(step, 0.0) for phases in mine) for step in steps}
+    fixed = sum(seconds for step, seconds in medians.items() if step != "copy")
+    return ["", "pitrkit backup-push by step (its `-v` line; medians, s; `outside`: interpreter start, "
+            f"imports, configuration and exit; everything but the copy: {fixed:.2f} s):", "",
+            "| " + " | ".join(steps) + " |", "|" + "---:|" * len(steps),
+            "| " + " | ".join(f"{medians[step]:.3f}" for step in steps) + " |"]
 
 
 def main(argv: list[str] | None = None) -> None:

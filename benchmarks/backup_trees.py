@@ -79,11 +79,12 @@ def main() -> None:
             if tool == br.PGBACKREST:
                 t = br.timed(rig.pgbr_cmd("backup", "--type=full"))
             else:
-                t = br.timed([str(rig.python), "-c", ENTRY, "--config", str(rig.pitrkit_config), "backup-push"],
+                t = br.timed([str(rig.python), "-c", ENTRY, "--config", str(rig.pitrkit_config), "-v", "backup-push"],
                              env={**rig.env, "PYTHONPATH": str(trees[tool])})
             runs[tool].append(t)
-            print(f"round {round_ + 1} {tool}: {t.wall_s:.2f} s, {t.cpu_s:.2f} CPU s, load {t.load_before}",
-                  flush=True)
+            steps = br.pitrkit_phases(t.stderr, t.wall_s) if tool != br.PGBACKREST else {}
+            print(f"round {round_ + 1} {tool}: {t.wall_s:.2f} s, {t.cpu_s:.2f} CPU s, load {t.load_before}"
+                  + (f"; steps {steps}" if steps else ""), flush=True)
         rig.set_archive_command(br.PITRKIT)
         for backup in (rig.pitrkit_archive / "backups").iterdir():
             shutil.rmtree(backup)
@@ -97,6 +98,9 @@ def main() -> None:
         print(f"| {tool} | {statistics.median(t.wall_s for t in timed):.2f} | "
               f"{statistics.median(t.cpu_s for t in timed):.2f} | {statistics.median(walls):.2f} "
               f"({' '.join(map(str, walls))}) | {statistics.median(cpus):.2f} ({' '.join(map(str, cpus))}) |")
+    for tool in trees:
+        steps = [{"tool": br.PITRKIT, "phases": br.pitrkit_phases(t.stderr, t.wall_s)} for t in runs[tool]]
+        print(f"\n{tool}:", "\n".join(br.phase_table(steps)))
 
 
 if __name__ == "__main__":

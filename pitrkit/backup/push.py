@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from queue import SimpleQueue
@@ -61,6 +62,7 @@ from pitrkit.progress import Progress, human_bytes
 from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
+from pitrkit.wal.push import push_data
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ log = logging.getLogger(__name__)
 # compression (the tail where other cores idle) short, and still means few objects: 32
 # per GiB, i.e. one storage request per ~0.1-0.2 s of a core's zstd work.
 PART_SIZE = 32 << 20
+# Parts are shorter where a whole one would leave a core idle (see part_length): the
+# first ones, and those near the end. Never shorter than PART_SIZE >> _SHORTEST_SHIFT (4
+# MiB), which bounds how many more objects this makes: a handful per backup.
+_SHORTEST_SHIFT = 3
 
 # How often the archive is asked whether the backup's WAL has arrived: every 20 ms for
 # the first second, because pg_backup_stop has just switched segments and the archiver
@@ -257,11 +263,16 @@ class PartStore:
         self._failure: BaseException | None = None
         self._abandoned = False
         self._compressing = threading.Semaphore(workers)
+        self._compressing_at_once = workers
         # Daemon threads: an interrupted backup-push must exit without waiting for them.
         self._threads = [threading.Thread(target=self._serve, name=f"backup-part-{n}", daemon=True)
                          for n in range(2 * workers)]
         for thread in self._threads:
             thread.start()
+
+    @property
+    def workers(self) -> int:
+        return self._compressing_at_once
 
     def buffer(self) -> bytearray:
         """A free buffer; raises the first worker's failure, if any."""
@@ -345,6 +356,25 @@ class PartStore:
         return BackupPart.of(key, header, len(blob))
 
 
+def part_length(number: int, remaining: int, workers: int) -> int:
+    """How many bytes part `number` holds when `remaining` bytes of the listing are still
+    to be read: PART_SIZE in the middle of a backup, less at its two ends, where a whole
+    part would leave cores idle. At the start nothing compresses until the first part is
+    read, so the first parts grow from PART_SIZE / 8, doubling. At the end the last part
+    compresses alone while the other workers have nothing left, so parts shrink to a
+    `workers`-th of what is left: the workers run out of work together, a short part
+    apart. Past the listing's end (files grew while copied) parts are whole again."""
+    if remaining <= 0:
+        return PART_SIZE
+    shortest = PART_SIZE >> _SHORTEST_SHIFT
+    ramp = PART_SIZE >> max(0, _SHORTEST_SHIFT - number)
+    share = -(-remaining // max(1, workers))
+    length = max(shortest, min(ramp, share, PART_SIZE))
+    if remaining - length < shortest:
+        return min(remaining, PART_SIZE)  # not a last part shorter than the shortest
+    return length
+
+
 def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progress: Progress,
                own: int = 0) -> tuple[list[BackupFile], list[FileMap]]:
     """Read the files into part buffers, back to back, and hand each full buffer to the
@@ -363,7 +393,9 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
     """
     files: list[BackupFile] = []
     maps: list[FileMap] = []
+    remaining = sum(source.size for source in sources)  # as listed; files change meanwhile
     number, buffer, filled = 0, store.buffer(), 0
+    limit = part_length(number, remaining, store.workers)
     view = memoryview(buffer)
     for source in sources:
         absolute = os.path.join(pgdata, source.path)
@@ -390,13 +422,14 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
         with reader:
             part, offset, size = number, filled, 0
             while True:
-                if filled == PART_SIZE:
+                if filled == limit:
                     store.submit(number, buffer, filled)
                     number, buffer, filled = number + 1, store.buffer(), 0
+                    limit = part_length(number, remaining, store.workers)
                     view = memoryview(buffer)
                 # One read straight into the part buffer, as large as the room left.
                 try:
-                    count = reader.readinto(view[filled:])
+                    count = reader.readinto(view[filled:limit])
                 except OSError as exc:
                     raise PitrkitError(f"cannot read {absolute}: {exc.strerror}") from None
                 if not count:
@@ -408,6 +441,7 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
                     whole.update(read)
                 filled += count
                 size += count
+                remaining -= count
                 progress.advance(count)
         if pages is not None and pages.whole_pages and size <= BLOCKS_PER_SEGMENT * BLOCK_SIZE:
             packed = checksums.packed(pages.checksums)
@@ -541,6 +575,72 @@ def wait_for_wal(archive: Archive, server: ServerSession, needed: list[SegmentNa
                 pause = min(pause * 2, _WAL_POLL_MAX)
 
 
+def push_finished_wal(archive: Archive, pgdata: str, needed: list[SegmentName]) -> list[str]:
+    """Archive those of `needed` that the server has finished but not yet archived,
+    from pg_wal, beside the archiver; returns their names.
+
+    pg_backup_stop has just switched segments, and the archiver needs a moment to start
+    archive_command on the last one (a process start, then the push itself) while this
+    process, with everything loaded, is idle. Storing it here is what wal-push would
+    do: the same checks and the same create-only object, so whichever of the two comes
+    second finds an identical object and succeeds, and wait_for_wal still decides. Any
+    failure here leaves the segment to the archiver.
+
+    Only beside an archiver that delivers into this archive: the segment before the
+    backup's first one (which pg_backup_start switched away from) must be stored. A
+    broken archive_command, or one that archives elsewhere, must still fail the backup
+    after `[backup] wal_timeout`, not be papered over for the backup's own segments."""
+    pushed: list[str] = []
+    if not needed or needed[0].segno == 0 or not _stored(archive, needed[0]._replace(segno=needed[0].segno - 1)):
+        return pushed
+    wal_directory = os.path.join(pgdata, _WAL_DIRECTORY)
+    for segment in needed:
+        file = WalFileName.parse(segment.name)
+        if _stored(archive, segment):
+            continue
+        data = _finished_segment(wal_directory, segment.name)
+        if data is None:
+            continue
+        try:
+            log.debug("%s (from pg_wal, beside the archiver)", push_data(archive, file, data))
+        except PitrkitError as exc:
+            log.debug("archiving %s from pg_wal failed, leaving it to the archiver: %s", segment.name, exc)
+            continue
+        pushed.append(segment.name)
+    return pushed
+
+
+def _stored(archive: Archive, segment: SegmentName) -> bool:
+    """Whether the archive holds `segment`; False also when it cannot say."""
+    try:
+        archive.stat(wal_key(WalFileName.parse(segment.name)))
+    except ObjectNotFound:
+        return False
+    except PitrkitError as exc:
+        log.debug("cannot tell whether %s is archived: %s", segment.name, exc)
+        return False
+    return True
+
+
+def _finished_segment(wal_directory: str, name: str) -> bytes | None:
+    """The segment `name` in pg_wal, if the server has finished it and it is waiting for
+    the archiver (its `.ready` mark: written once the segment is complete and flushed,
+    and no segment is recycled before it is archived); None otherwise. Once archived, a
+    segment may be recycled (renamed to a future name, then overwritten) at any time, so
+    the file read must still be the one under `name` after the read."""
+    path = os.path.join(wal_directory, name)
+    if not os.path.exists(os.path.join(wal_directory, "archive_status", f"{name}.ready")):
+        return None
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+            read = os.fstat(file.fileno())
+        now = os.stat(path)
+    except OSError:
+        return None
+    return data if (read.st_dev, read.st_ino) == (now.st_dev, now.st_ino) else None
+
+
 def _segments(first: SegmentName, last: SegmentName) -> list[SegmentName]:
     segments = [first]
     while segments[-1] != last:
@@ -567,6 +667,24 @@ def _changes_since(archive: Archive, server: ServerSession, facts: ServerFacts, 
                                                       f"{parent.start_lsn} to {start}"))
 
 
+class Phases:
+    """How long each step of a backup took, for the debug log (`backup-push -v`): the
+    fixed steps around the copy are what a small backup's time is made of, and
+    benchmarks/backup_restore.py reads them from this line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{step}={seconds:.3f}" for step, seconds in self.seconds.items())
+
+
 def take_backup(archive: Archive, config: Config, label: str | None, *, incremental_on: str | None = None,
                 incremental_wanted: bool = False) -> BackupManifest:
     """Back up the cluster and store its manifest; returns the manifest. With
@@ -579,7 +697,9 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
 def _take_backup(archive: Archive, config: Config, label: str | None, incremental_on: str | None,
                  incremental_wanted: bool, held: contextlib.ExitStack) -> BackupManifest:
     pgdata = _configured_pgdata(config)
+    phases = Phases()
     with ServerSession(config.postgres.conninfo) as server:
+        phases.done("connect")
         # `pitrkit init` creates the archive: without its archive.json there is none here.
         identity = archive.identity()
         facts = server.facts()
@@ -602,7 +722,9 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
         backup_id, start_time = _new_backup_id(archive, server)
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
+        phases.done("prepare")
         started = server.start_backup(label)
+        phases.done("start")
         log.info("backup %s started at %s (label %r)", backup_id, started, label)
 
         # From here on, a failure closes the session, which makes the server abort the
@@ -620,6 +742,7 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
         whole, plans = listing.files, list[incremental.BlockPlan]()
         if changes is not None:
             whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)
+        phases.done("list")
         # What will be read: whole files, and of block-mapped ones every page the scan
         # reads, or the blocks the summaries name (new blocks past the parent's come on top).
         total = sum(file.size for file in whole) + BLOCK_SIZE * sum(
@@ -636,26 +759,35 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
                 if blocks is not None and changes is not None:
                     copied = incremental.copy_block_files(pgdata, plans, changes, blocks, own, progress.advance)
                 files, stream_maps = copy_files(pgdata, whole, store, progress, own)
+            phases.done("copy")  # every byte read: what is left is the last parts' compression
             parts = store.finish()
             block_parts = blocks.finish() if blocks is not None else []
+            phases.done("drain")
         except BaseException:
             store.abandon()
             if blocks is not None:
                 blocks.abandon()
             raise
-        # Every relation file's map: the block-mapped ones', then those copied whole.
-        maps, where = incremental.store_block_maps(archive, backup_id, incremental.finish_maps(copied) + stream_maps,
-                                                   compressor, cipher)
+        # Every relation file's map: the block-mapped ones', then those copied whole;
+        # stored beside the stop and the wait for WAL, which do not depend on them.
+        with ThreadPoolExecutor(1, thread_name_prefix="block-maps") as beside:
+            storing = beside.submit(incremental.store_block_maps, archive, backup_id,
+                                    incremental.finish_maps(copied) + stream_maps, compressor, cipher)
+            stop = server.stop_backup()
+            phases.done("stop")
+            first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
+            # The segment holding the last byte of the backup-end record; pg_backup_stop
+            # switched to a new segment after it, so it will be archived.
+            last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
+            log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
+            needed = _segments(first, last)
+            push_finished_wal(archive, pgdata, needed)
+            wait_for_wal(archive, server, needed, config.backup.wal_timeout, backup_id)
+            phases.done("wal")
+            maps, where = storing.result()
+            phases.done("maps")  # what was left of storing them once the WAL was there
         block_files = [msgspec.structs.replace(copied_file.record, block_map=where[copied_file.record.path])
                        for copied_file in copied]
-
-        stop = server.stop_backup()
-        first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
-        # The segment holding the last byte of the backup-end record; pg_backup_stop
-        # switched to a new segment after it, so it will be archived.
-        last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
-        log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
-        wait_for_wal(archive, server, _segments(first, last), config.backup.wal_timeout, backup_id)
 
     summary = BackupSummary(
         format_version=CHECKSUMMED_FORMAT_VERSION,
@@ -699,6 +831,7 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
     except ObjectExists:
         raise RefusedError(f"{manifest_key(backup_id)} already exists: is another backup-push storing "
                            "the same backup?") from None
+    phases.done("manifest")
     log.info("backup %s committed: %s", backup_id, manifest_key(backup_id))
     try:
         maintenance.record_backup(archive, summary)
@@ -708,6 +841,8 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
         # another writer holds the catalog lock) costs only speed.
         log.warning("backup %s is stored, but updating the catalog failed (%s); readers find the backup "
                     "from its manifest, and 'pitrkit catalog rebuild' rewrites the catalog", backup_id, exc)
+    phases.done("catalog")
+    log.info("backup %s phases (s): %s", backup_id, phases)
     return manifest
 
 

@@ -51,6 +51,7 @@ from pitrkit.restore import chain, delta, pgconf, pgstart, recovery_conf, server
 from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
+from pitrkit.wal import agent, agent_client
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,12 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
+    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0
+    if reading_ahead:
+        # Recovery's first wal-fetch would otherwise find no agent, do its work
+        # in-process and start one (see wal/agent_client.py): started now, the agent is
+        # up when the server starts, and has the first segments read (see below).
+        agent.start(config_path)
     with lease.Renewal(archive, take_lease(archive, plan)) as held:
         started = time.monotonic()
         write_data_directory(archive, manifest, links, target_dir, tablespaces, workers, held, existing)
@@ -139,6 +146,8 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             say(f"start it with: {bindir_named / 'pg_ctl'} start -D {target_dir}")
             return summary
         assert port is not None and sockets is not None  # chosen with --start
+        if reading_ahead:
+            read_ahead(config_path, target_dir, plan, config.agent.lookahead)
         try:
             recovered = start_and_report(plan, args, target_dir, bindir, port, sockets)
         except pgstart.RecoveryFailed as exc:
@@ -163,6 +172,18 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             # move the target on and resume, and replay reads on from the archive.
             hold_for_the_operator(held, config, manifest.backup_id)
         return summary + "; " + recovered
+
+
+def read_ahead(config_path: Path, target_dir: Path, plan: RestorePlan, lookahead: int) -> None:
+    """Ask the agent to read the first segments recovery needs into the restored pg_wal's
+    spool (wal/agent.py, `wal-prefetch`). Best effort: without an agent (not up yet, or
+    disabled since), recovery's wal-fetch calls do the work as always. The directory is
+    the one wal-fetch will name: the data directory's physical path (the server's working
+    directory), then pg_wal."""
+    directory = os.path.join(os.path.realpath(target_dir), "pg_wal")
+    names = [name for name in plan.segments if not name.endswith(".partial")][:lookahead]
+    if names and agent_client.ask_agent(agent_client.prefetch_request(str(config_path), directory, names)):
+        log.debug("the agent reads %s and %d more segments ahead into %s", names[0], len(names) - 1, directory)
 
 
 def hold_for_the_operator(held: lease.Renewal, config: Config, backup_id: str) -> None:

@@ -1,6 +1,8 @@
 """`pitrkit agent`: the long-lived process that serves wal-push and wal-fetch for one
 configuration file, so that each call PostgreSQL makes skips Python's imports and the
 archive's set-up (wal/agent_client.py explains the why, and holds the client side).
+`restore --start` also asks it, with `wal-prefetch`, to spool the first segments
+recovery will need before the server starts; that request only schedules reading ahead.
 
 Safety rests on three rules. The agent answers only after the work is done exactly as
 in-process (same functions, same exit codes), so "exit 0" still means durable. It serves
@@ -22,15 +24,15 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit.config import Config, load
-from pitrkit.errors import PitrkitError, outcome
+from pitrkit.errors import PitrkitError, UsageError, outcome
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.postgres.wal import WalFileName
+from pitrkit.postgres.wal import WalFileKind, WalFileName
 from pitrkit.storage.archive import Archive, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.wal import agent_client
@@ -41,6 +43,8 @@ from pitrkit.wal.push import push
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 64 << 10
+# The most segments one wal-prefetch names (the look-ahead is at most 64, see config.py).
+_MAX_PREFETCH = 64
 _REQUEST_TIMEOUT = 10.0
 # Marks a log record that is about the agent's own work, not the request being served.
 _NOT_THE_REQUESTS = "pitrkit_not_the_requests"
@@ -194,21 +198,30 @@ class Agent:
                     return
                 connection.settimeout(_REQUEST_TIMEOUT)
                 request = _receive(connection)
-                reply = self._answer(request) if request is not None else b""
+                later: _Later = []
+                reply = self._answer(request, later) if request is not None else b""
                 connection.settimeout(None)
                 connection.sendall(reply)
+            # Work ahead is scheduled once the caller has its answer: a job started
+            # before the reply would compete with it for the interpreter (and a core),
+            # and recovery waits for every fetch.
+            for job in later:
+                job()
         except OSError as exc:
             log.debug("agent: connection failed: %s", exc)
         finally:
             with self._active_lock:
                 self._active -= 1
 
-    def _answer(self, request: list[bytes]) -> bytes:
-        """The reply to one request; b"" declines it (the client then works in-process)."""
+    def _answer(self, request: list[bytes], later: _Later | None = None) -> bytes:
+        """The reply to one request; b"" declines it (the client then works in-process).
+        Work ahead that the request calls for goes into `later`, to run once the reply
+        is sent; without `later`, it is scheduled before this returns."""
         if len(request) < 3 or request[0] != agent_client.PROTOCOL or request[1] != self.encoded_path:
             return b""
         command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]
-        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)):
+        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)) and not (
+                command == b"wal-prefetch" and 2 <= len(args) <= 1 + _MAX_PREFETCH):
             return b""
         config = self._config()
         if config is not None and not config.agent.enabled:
@@ -217,8 +230,10 @@ class Agent:
         def work() -> str:
             serving = self._current()  # raises the configuration's error, if any
             if command == b"wal-push":
-                return _push(serving, Path(args[0]))
-            return _fetch(serving, args[0], Path(args[1]))
+                return _push(serving, Path(args[0]), later)
+            if command == b"wal-prefetch":
+                return _prefetch(serving, Path(args[0]), args[1:])
+            return _fetch(serving, args[0], Path(args[1]), later)
 
         lines: list[str] = []
         self._request_log.lines.value = lines
@@ -230,16 +245,36 @@ class Agent:
         return f"{code}\0{text}".encode()
 
 
-def _push(serving: _Serving, path: Path) -> str:
+_Later = list[Callable[[], None]]
+
+
+def _then(later: _Later | None, what: str, job: Callable[[], None]) -> None:
+    """Run `job`, work ahead that follows a request, once the request is answered (into
+    `later`), or now without `later`; its failure is the agent's own (see
+    _beside_the_request)."""
+    def guarded() -> None:
+        with _beside_the_request(what):
+            job()
+
+    if later is None:
+        guarded()
+    else:
+        later.append(guarded)
+
+
+def _push(serving: _Serving, path: Path, later: _Later | None = None) -> str:
     archive = serving.archive
     ahead = _done_ahead(serving.pushes, path, file_stamp(path))
     if ahead is None or not _still_stored(archive, path, ahead[1]):
         summary = push(archive, path)
     else:
         summary = ahead[0]
-    with _beside_the_request(f"pushing ahead after {path.name}"):
+
+    def push_ahead() -> None:
         for ready in ready_after(path, archive.config.agent.lookahead):
             serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
+
+    _then(later, f"pushing ahead after {path.name}", push_ahead)
     return summary
 
 
@@ -264,26 +299,54 @@ def _still_stored(archive: Archive, path: Path, pushed_into: ArchiveIdentity) ->
     return True
 
 
-def _fetch(serving: _Serving, name: str, destination: Path) -> str:
+def _fetch(serving: _Serving, name: str, destination: Path, later: _Later | None = None) -> str:
     archive = serving.archive
     directory = destination.parent
     spooled = _done_ahead(serving.fetches, (name, directory), None)
     summary = restore_spooled(spooled, name, destination) if spooled is not None else None
     if summary is None:
         summary = restore(read_for_recovery(archive, name), name, destination)
+
+    def read_ahead() -> None:
+        try:
+            segment_size = archive.identity().wal_segment_size
+        except PitrkitError:
+            return
+        _spool_ahead(serving, directory, segments_after(name, segment_size, archive.config.agent.lookahead))
+
     if archive.config.agent.lookahead:
-        with _beside_the_request(f"reading ahead after {name}"):
-            try:
-                segment_size = archive.identity().wal_segment_size
-            except PitrkitError:
-                return summary
-            if directory not in serving.spool_directories:
-                serving.spool_directories.add(directory)
-                remove_stale_spool(directory)
-            for upcoming in segments_after(name, segment_size, archive.config.agent.lookahead):
-                job = functools.partial(spool, archive, upcoming, directory)
-                serving.fetches.schedule((upcoming, directory), None, job)
+        _then(later, f"reading ahead after {name}", read_ahead)
     return summary
+
+
+def _prefetch(serving: _Serving, directory: Path, names: list[str]) -> str:
+    """`wal-prefetch DIRECTORY NAME...`, from `restore` before it starts the server: read
+    the first segments recovery will ask for into the spool in `directory` (the restored
+    pg_wal) while the server starts up, so that even the first wal-fetch is a rename.
+    The spool serves a segment only to a wal-fetch of that very name into that directory,
+    on the rules of every segment read ahead (wal/lookahead.py)."""
+    lookahead = serving.archive.config.agent.lookahead
+    segments = [name for name in names if _is_segment(name)][:lookahead]
+    if not directory.is_absolute() or not segments:
+        return "nothing to read ahead"
+    _spool_ahead(serving, directory, segments)
+    return f"reading ahead {segments[0]} and {len(segments) - 1} more into {directory}"
+
+
+def _is_segment(name: str) -> bool:
+    try:
+        return WalFileName.parse(name).kind == WalFileKind.SEGMENT
+    except UsageError:
+        return False
+
+
+def _spool_ahead(serving: _Serving, directory: Path, names: list[str]) -> None:
+    if directory not in serving.spool_directories:
+        serving.spool_directories.add(directory)
+        remove_stale_spool(directory)
+    for upcoming in names:
+        job = functools.partial(spool, serving.archive, upcoming, directory)
+        serving.fetches.schedule((upcoming, directory), None, job)
 
 
 @contextmanager

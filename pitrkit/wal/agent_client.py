@@ -56,6 +56,13 @@ def parse_request(argv: list[str]) -> list[bytes] | None:
     return [PROTOCOL, os.fsencode(os.path.abspath(config)), command.encode(), *map(os.fsencode, args)]
 
 
+def prefetch_request(config: str, directory: str, names: list[str]) -> list[bytes]:
+    """The request that asks the agent to read the WAL segments `names` ahead into the
+    spool in `directory` (a restored pg_wal, before its server starts)."""
+    return [PROTOCOL, os.fsencode(os.path.abspath(config)), b"wal-prefetch", os.fsencode(directory),
+            *map(os.fsencode, names)]
+
+
 def socket_directory() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):

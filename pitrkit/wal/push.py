@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 def push(archive: Archive, path: Path) -> str:
     """Archive the WAL file at `path`; returns a one-line summary."""
     file = WalFileName.parse(path.name)
-    data = _read(path)
+    return push_data(archive, file, _read(path))
+
+
+def push_data(archive: Archive, file: WalFileName, data: bytes) -> str:
+    """Archive `data`, read already, as the WAL file `file`; as `push`."""
     compression = archive.config.compression
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
     _validate(archive, file, data)

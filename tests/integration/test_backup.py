@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,8 @@ def reassemble(setup, manifest: BackupManifest) -> dict[str, bytes]:
         assert (setup.archive / part.key).stat().st_size == part.stored_size
         part_starts.append(len(stream))
         stream += data
-    assert all(part.size == PART_SIZE for part in manifest.parts[:-1])
+    # Whole parts, but for the short ones at both ends (push.part_length).
+    assert all(PART_SIZE // 8 <= part.size <= PART_SIZE for part in manifest.parts[:-1])
     files, position = {}, 0
     for file in manifest.files:
         start = part_starts[file.part] + file.offset if file.size else position
@@ -274,6 +277,35 @@ def test_wal_that_never_reaches_the_archive_leaves_no_manifest(cluster, pitrkit_
     assert manifests(pitrkit_setup) == []
     # The parts were stored: an unfinished backup, left for retention to remove.
     assert list((pitrkit_setup.archive / "backups").glob("*/data/00000000"))
+
+
+def test_a_backup_interrupted_while_waiting_for_wal_leaves_no_manifest(cluster, pitrkit_setup):
+    # Its copy is done and its block maps are being stored beside the wait: Ctrl-C there
+    # must still end it without a manifest, and end the server's backup with the session.
+    primary = cluster(archive_mode="on", archive_command="false").start()
+    pitrkit_setup.init(primary)
+    primary.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+    user = pgharness.server_user()
+    drop = ({"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
+            if user.switch else {})
+    backup = subprocess.Popen([pitrkit_setup.pitrkit, "--config", pitrkit_setup.config, "-v", "backup-push"],
+                              cwd="/", env=pgharness.server_env(pitrkit_setup.env), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **drop)
+    said = []
+    assert backup.stderr is not None
+    for line in backup.stderr:
+        said.append(line)
+        if "to be archived" in line:  # waiting for WAL (at most [backup] wal_timeout, 600 s)
+            break
+    backup.send_signal(signal.SIGINT)
+    _, rest = backup.communicate(timeout=60)
+    assert backup.returncode != 0, "".join(said) + rest
+    assert "Traceback" not in rest
+    assert manifests(pitrkit_setup) == []
+    # The session is gone (its backend exits once the client has), and with it the backup.
+    pgharness.wait_for(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                                           "'client backend' AND application_name = 'pitrkit backup-push'")
+                       == [(0,)], 60, interval=0.1, what="backup-push's session to end")
 
 
 def test_a_failure_during_the_copy_aborts_without_a_manifest(cluster, pitrkit_setup):

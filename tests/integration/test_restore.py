@@ -73,7 +73,11 @@ def test_start_reaches_an_lsn_target_and_the_data_is_as_it_was_then(cluster, pit
     info = restored.pgdata.stat()
     assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == pgharness.server_user().uid
     auto_conf = (restored.pgdata / recovery_conf.AUTO_CONF).read_text()
-    assert f"restore_command = '{pitrkit_setup.pitrkit} --config {pitrkit_setup.config} wal-fetch %f %p'" in auto_conf
+    # The installed pitrkit's interpreter, calling its front door (recovery_conf.pitrkit_executable).
+    (command,) = [line for line in auto_conf.splitlines() if line.startswith("restore_command = ")]
+    assert command.startswith(f"restore_command = '{pitrkit_setup.pitrkit.parent}/python")
+    assert command.endswith(f" -P -c ''from pitrkit.entry import run; run()'' --config {pitrkit_setup.config} "
+                            "wal-fetch %f %p'")
     assert f"recovery_target_lsn = '{target.lsn}'" in auto_conf
     assert "recovery stopping" in (restored.pgdata / "log" / "restore.log").read_text()
 

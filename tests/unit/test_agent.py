@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from pitrkit.config import load
 from pitrkit.storage.archive import Archive
 from pitrkit.wal import agent_client
 from pitrkit.wal.agent import Agent
+from pitrkit.wal.fetch import SPOOL_PREFIX
 from tests.unit.segments import init_archive, segment
 
 FIRST, SECOND, THIRD = "000000010000000000000001", "000000010000000000000002", "000000010000000000000003"
@@ -86,3 +88,81 @@ def test_a_fault_while_choosing_what_to_read_ahead_leaves_the_fetch_answered(age
     monkeypatch.setattr("pitrkit.wal.agent.remove_stale_spool", spool_directory_gone)
     assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG") == (0, "")
     assert "reading ahead after 000000010000000000000001 failed: PermissionError" in caplog.text
+
+
+# --- wal-prefetch: restore reads the first segments ahead before the server starts --------
+
+
+def spooled(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name.startswith(SPOOL_PREFIX))
+
+
+def prefetch(agent: Agent, directory: Path, *names: str) -> tuple[int, str]:
+    reply = agent._answer(agent_client.prefetch_request(str(agent.config_path), str(directory), list(names)))
+    code, _, text = reply.decode().partition("\0")
+    return int(code), text
+
+
+def settle(agent: Agent) -> None:
+    while agent._serving.fetches.pending():
+        time.sleep(0.01)
+
+
+def test_a_prefetched_segment_is_served_by_one_rename_to_a_fetch_of_that_name_there(agent, pg_wal, tmp_path):
+    for name in (FIRST, SECOND):
+        assert ask(agent, "wal-push", pg_wal / name) == (0, "")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert prefetch(agent, restored, FIRST, SECOND, f"{THIRD}.partial") == (0, "")
+    settle(agent)
+    assert spooled(restored) == [f"{SPOOL_PREFIX}{FIRST}", f"{SPOOL_PREFIX}{SECOND}"]  # never a partial
+    # Another directory is another spool: nothing read ahead into `restored` serves it.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert ask(agent, "wal-fetch", FIRST, elsewhere / "RECOVERYXLOG") == (0, "")
+    assert (elsewhere / "RECOVERYXLOG").read_bytes() == segment(1)
+    assert spooled(restored) == [f"{SPOOL_PREFIX}{FIRST}", f"{SPOOL_PREFIX}{SECOND}"]
+    # Here, the request for SECOND takes its spool file; FIRST's stays for a fetch of FIRST.
+    assert ask(agent, "wal-fetch", SECOND, restored / "RECOVERYXLOG") == (0, "")
+    assert (restored / "RECOVERYXLOG").read_bytes() == segment(2)
+    assert f"{SPOOL_PREFIX}{SECOND}" not in spooled(restored)
+
+
+def test_a_prefetch_that_failed_leaves_the_fetch_its_own_answer(agent, pg_wal, tmp_path):
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    # Nothing archived yet: the read ahead fails, and leaves no file behind.
+    assert prefetch(agent, restored, FIRST) == (0, "")
+    settle(agent)
+    assert spooled(restored) == []
+    code, text = ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG")
+    assert code == 1 and "not in the archive" in text
+    # Archived since: the fetch reads it, never a stale failure.
+    assert ask(agent, "wal-push", pg_wal / FIRST) == (0, "")
+    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG") == (0, "")
+    assert (restored / "RECOVERYXLOG").read_bytes() == segment(1)
+
+
+def test_a_prefetch_of_a_relative_directory_or_of_no_segment_reads_nothing(agent, pg_wal, tmp_path):
+    assert ask(agent, "wal-push", pg_wal / FIRST) == (0, "")
+    assert prefetch(agent, Path("restored"), FIRST) == (0, "")
+    assert prefetch(agent, tmp_path, "00000002.history", "not-a-segment") == (0, "")
+    settle(agent)
+    assert spooled(tmp_path) == []
+
+
+def test_a_segment_read_ahead_on_one_timeline_never_serves_another(agent, pg_wal, tmp_path):
+    # Recovery moved on to timeline 2 at SECOND's segment: what was read ahead of it on
+    # timeline 1 stays unused, and the fetch of timeline 2's segment reads timeline 2's.
+    for name in (FIRST, SECOND):
+        assert ask(agent, "wal-push", pg_wal / name) == (0, "")
+    switched = "00000002" + SECOND[8:]
+    (pg_wal / switched).write_bytes(segment(2, timeline=2, filler=b"timeline 2"))
+    assert ask(agent, "wal-push", pg_wal / switched) == (0, "")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert prefetch(agent, restored, SECOND) == (0, "")
+    settle(agent)
+    assert ask(agent, "wal-fetch", switched, restored / "RECOVERYXLOG") == (0, "")
+    assert (restored / "RECOVERYXLOG").read_bytes() == segment(2, timeline=2, filler=b"timeline 2")
+    assert f"{SPOOL_PREFIX}{SECOND}" in spooled(restored)

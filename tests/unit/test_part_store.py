@@ -38,6 +38,7 @@ FILES = {"base/5/16384": pages("rel", 9), "PG_VERSION": b"15\n", "base/5/16385":
 def stored_parts(builder: ChainBuilder, tmp_path, monkeypatch) -> tuple[list[BackupPart], bytes]:
     """The FILES copied by backup-push's copier into parts of 5 pages: the parts and the stream."""
     monkeypatch.setattr(push, "PART_SIZE", 5 * 8192)
+    monkeypatch.setattr(push, "_SHORTEST_SHIFT", 0)  # every part whole (see test_part_length)
     pgdata = tmp_path / "pgdata"
     for path, content in FILES.items():
         (pgdata / path).parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,45 @@ def test_a_manifest_part_records_only_the_digest_it_has():
     assert (sha.digest, xxh.digest) == (f"sha256:{'ab' * 32}", f"xxh3_128:{'cd' * 16}")
 
 
+# --- part lengths ------------------------------------------------------------------------
+
+
+def test_part_length_is_short_at_both_ends_and_whole_between():
+    mib, whole = 1 << 20, push.PART_SIZE
+    # The first parts ramp up, so that compression starts after 4 MiB of reading.
+    assert [push.part_length(n, 10 << 30, 2) for n in range(5)] == [4 * mib, 8 * mib, 16 * mib, whole, whole]
+    # The last ones: a worker's share of what is left, never less than 4 MiB.
+    assert push.part_length(40, 3 * whole, 2) == whole
+    assert push.part_length(40, whole, 2) == 16 * mib
+    assert push.part_length(40, 10 * mib, 2) == 5 * mib
+    assert push.part_length(40, 6 * mib, 2) == 6 * mib  # no remnant shorter than the shortest after it
+    assert push.part_length(40, mib, 2) == mib
+    assert push.part_length(40, 10 * mib, 1) == 10 * mib
+    # Past the end of the listing (files grew): whole parts again, not a flood of small ones.
+    assert push.part_length(40, 0, 2) == push.part_length(40, -mib, 2) == whole
+
+
+def test_a_copy_cuts_short_parts_at_both_ends_and_keeps_the_stream(tmp_path, monkeypatch):
+    monkeypatch.setattr(push, "PART_SIZE", 8 * 8192)  # shortest 1 page
+    files = {f"base/5/{16384 + n}": pages(f"rel{n}", 12) for n in range(4)}  # 48 pages in all
+    pgdata = tmp_path / "pgdata"
+    for path, content in files.items():
+        (pgdata / path).parent.mkdir(parents=True, exist_ok=True)
+        (pgdata / path).write_bytes(content)
+    builder = ChainBuilder(tmp_path / "archive")
+    store = PartStore(builder.archive, "20260101T000000Z", Zstd(3, 1), None, 2)
+    records, _ = copy_files(str(pgdata), [SourceFile(path, len(content)) for path, content in files.items()],
+                            store, Progress("test", enabled=False))
+    parts = store.finish()
+    # 1, 2, 4 pages, then whole parts of 8 while more than two are left, then halves of
+    # what is left, down to the shortest, 1 page, and what is left after that.
+    assert [part.size / 8192 for part in parts] == [1, 2, 4, 8, 8, 8, 8, 4.5, 2.25, 1.125, 1.125]
+    stream = b"".join(unpack.read_part(builder.archive, part) for part in parts)
+    assert stream == b"".join(files.values())
+    starts = [sum(part.size for part in parts[:n]) for n in range(len(parts))]
+    assert [starts[record.part] + record.offset for record in records] == [n * 12 * 8192 for n in range(4)]
+
+
 # --- storing beside compressing ----------------------------------------------------------
 
 
@@ -141,6 +181,7 @@ def test_the_next_part_compresses_while_one_is_stored(tmp_path, monkeypatch):
     monkeypatch.setattr(objects, "encode", counted)
     monkeypatch.setattr(builder.archive, "put", slow_put)
     monkeypatch.setattr(push, "PART_SIZE", 5 * 8192)
+    monkeypatch.setattr(push, "_SHORTEST_SHIFT", 0)
     pgdata = tmp_path / "pgdata"
     for path, content in FILES.items():
         (pgdata / path).parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from pitrkit.ops.daemon_facts import DaemonFacts
-from pitrkit.ops.status import ArchivedFile, Level, StatusReport
+from pitrkit.ops.status import ArchivedFile, DrillHealth, Level, StatusReport
 from pitrkit.postgres.wal import Lsn
 
 _LEVEL_VALUE: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -171,9 +171,28 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
     family("retention_deleting_backups", "gauge", "Backups retention is removing.").add(
         len(report.retention.deleting))
 
+    if report.drills is not None:
+        _drill_metrics(exposition, report.drills)
     if daemon is not None:
         _daemon_metrics(exposition, daemon)
     return exposition.text()
+
+
+def _drill_metrics(exposition: _Exposition, drills: DrillHealth) -> None:
+    family = exposition.family
+    last, success = drills.last, drills.last_success
+    family("drill_last_timestamp_seconds", "gauge", "When the newest restore drill ended.").add(
+        _stamp(last.finished_at) if last else None)
+    family("drill_last_result", "gauge", "The newest restore drill passed (1) or failed (0).").add(
+        None if last is None else float(last.result == "passed"))
+    family("drill_last_success_timestamp_seconds", "gauge", "When the newest successful restore drill ended.").add(
+        _stamp(success.finished_at) if success else None)
+    family("drill_last_success_age_seconds", "gauge", "Seconds since the newest successful restore drill ended.") \
+        .add(drills.last_success_age_seconds)
+    family("drill_rto_seconds", "gauge", "Time to restore of the newest successful drill: from its start to the "
+           "promoted copy answering.").add(success.rto_seconds if success else None)
+    family("drill_wal_replayed_bytes", "gauge", "WAL the newest successful drill replayed.").add(
+        success.wal_replayed_bytes if success else None)
 
 
 def _file_metrics(exposition: _Exposition, name: str, what: str, file: ArchivedFile | None) -> None:

@@ -480,7 +480,7 @@ class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
 # What one drill check reports (the query's answer, a pg_amcheck line): enough to read
 # in a report, bounded because a forged report is shown by status.
 CheckDetail = Annotated[str, msgspec.Meta(max_length=4096)]
-_DRILL_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+_DRILL_ID = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{8}")
 
 
 class DrillCheck(msgspec.Struct, kw_only=True, frozen=True):
@@ -497,8 +497,8 @@ class DrillCheck(msgspec.Struct, kw_only=True, frozen=True):
 
 class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
     """`drills/<drill_id>.json`: one `pitrkit drill`, passed or failed, stored whatever the
-    outcome (a drill that fails is the news). The id begins with the UTC start time, so
-    that the names sort in the order the drills ran."""
+    outcome (a drill that fails is the news). The id begins with the UTC start time to
+    the millisecond, so that the names sort in the order the drills ran."""
 
     drill_id: str
     host: HostName
@@ -527,7 +527,7 @@ class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         # The id names the report's key, drills/<drill_id>.json.
         if not _DRILL_ID.fullmatch(self.drill_id):
-            raise ValueError(f"drill id {self.drill_id!r} is not of the form YYYYMMDDTHHMMSSZ-<8 hex digits>")
+            raise ValueError(f"drill id {self.drill_id!r} is not of the form YYYYMMDDTHHMMSSmmmZ-<8 hex digits>")
         if self.backup_id is not None:
             _check_plain_name("backup id", self.backup_id)
         for value in (self.rto_seconds, self.restore_seconds, self.replay_seconds):

@@ -127,7 +127,8 @@ def lower_priority(drill: DrillConfig) -> None:
 
 
 def new_drill_id(now: datetime) -> str:
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    """The UTC start to the millisecond, then random: names that sort as the drills ran."""
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
 
 
 class _Facts:

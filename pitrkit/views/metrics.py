@@ -233,5 +233,14 @@ def _daemon_metrics(exposition: _Exposition, daemon: DaemonFacts) -> None:
             daemon.sidecar_restarts)
     family("daemon_retention_runs_total", "counter", "Retention runs since the daemon started.").add(
         daemon.retention_runs)
+    if daemon.drill_schedule is not None:
+        family("daemon_drill_running", "gauge", "A scheduled restore drill is running now.").add(
+            float(daemon.drill_running))
+        family("daemon_next_drill_timestamp_seconds", "gauge", "When the next scheduled restore drill starts.").add(
+            _stamp(daemon.next_drill_at))
+        family("daemon_drills_total", "counter", "Scheduled restore drills ended since the daemon started.").add(
+            daemon.drills_run)
+        family("daemon_drill_failures_total", "counter", "Scheduled restore drills failed since the daemon "
+               "started.").add(daemon.drill_failures)
     family("daemon_retention_failures_total", "counter", "Failed retention runs since the daemon started.").add(
         daemon.retention_failures)

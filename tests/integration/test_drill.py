@@ -9,15 +9,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import pgharness
 from pitr_workload import archive_everything, primary_with_a_backup, refusal, succeeded, write_round
-from pitrkit_setup import running_processes
+from pitrkit_setup import PitrkitService, running_processes
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Daemon(PitrkitService):
+    """`pitrkit daemon`, as systemd runs it."""
+
+    command = "daemon"
+    event_timeout = 300  # a drill or a backup runs between events
+    stop_timeout = 180
 
 
 def configure_drills(setup, scratch: Path, checks: str) -> None:
@@ -121,3 +131,42 @@ def test_a_drill_passes_on_a_good_archive_and_fails_on_a_corrupt_part_or_a_missi
     assert all(check["passed"] for check in checked["checks"] if check["kind"] != "sql")
     assert checked["rto_seconds"] > 0  # restored and promoted: the checks failed after
     assert list(scratch.iterdir()) == [] and postmasters_in(scratch) == []
+
+
+def spans(daemon, begin: str, ends: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(start, end) times of the daemon's runs of one kind, from its log, in order; the
+    times are ISO text of one zone and one precision, so they compare as text."""
+    starts = [event["time"] for event in daemon.events(begin)]
+    finished = sorted(event["time"] for name in ends for event in daemon.events(name))
+    return list(zip(starts, finished, strict=False))
+
+
+def test_the_daemon_runs_drills_on_schedule_never_beside_a_backup(cluster, pitrkit_setup):
+    setup = pitrkit_setup
+    primary, _ = primary_with_a_backup(cluster, setup)
+    archive_everything(primary)
+    scratch = pgharness.make_server_dir(setup.archive.parent / "scratch", mode=0o700)
+    # Backups and drills both due every few seconds: they keep colliding.
+    setup.config.write_text(setup.config.read_text() + '[daemon]\nlisten = ""\nevery = "3s"\n')
+    configure_drills(setup, scratch, '{sql = "SELECT count(*) > 0 FROM accounts", expect = "t"}')
+    setup.config.write_text(setup.config.read_text() + 'every = "2s"\n')
+    daemon = Daemon(setup, setup.config.parent / "daemon.log")
+    try:
+        finished = daemon.wait_for_event("drill-finished", 2)
+        daemon.wait_for_event("backup-finished", 2)
+    finally:
+        assert daemon.stop() == 0
+    log = daemon.assert_no_traceback()
+    assert "drill-failed" not in log, log
+    stored = {report["drill_id"]: report for report in reports(setup)}
+    assert all(stored[event["drill_id"]]["result"] == "passed" for event in finished)
+    backups = spans(daemon, "backup-started", ("backup-finished", "backup-failed"))
+    drills = spans(daemon, "drill-started", ("drill-finished", "drill-failed", "drill-terminated"))
+    assert len(backups) >= 2 and len(drills) >= 2
+    # One at a time: no drill starts while a backup runs, nor a backup while a drill does
+    # (one may start in the tick that noticed the other end: the same millisecond).
+    for drill_start, drill_end in drills:
+        for backup_start, backup_end in backups:
+            assert drill_end <= backup_start or backup_end <= drill_start, (drills, backups)
+    assert list(scratch.iterdir()) == [], list(scratch.rglob("*"))[:20]
+    assert postmasters_in(scratch) == []

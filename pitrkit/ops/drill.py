@@ -222,7 +222,13 @@ def _drill(archive: Archive, config: Config, config_path: Path, choice: DrillCho
         with lease.Renewal(archive, engine.take_lease(archive, plan)) as held:
             try:
                 begun = time.monotonic()
-                engine.write_data_directory(archive, manifest, links, target_dir, tablespaces, workers, held)
+                try:
+                    engine.write_data_directory(archive, manifest, links, target_dir, tablespaces, workers, held)
+                except engine.RestoreIncomplete as exc:
+                    # Its advice (empty the directory) is not the drill's, which removes it:
+                    # the failure itself is the reason.
+                    cause = exc.__context__ if isinstance(exc.__context__, PitrkitError) else exc
+                    raise DrillFailed(f"the backup did not restore: {cause}") from None
                 sockets = pgstart.socket_dir(target_dir, port)
                 server_config.write(target_dir, manifest.configuration,
                                     server_config.Choices(config.drill.config_files == "backup", port, sockets),

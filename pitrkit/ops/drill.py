@@ -25,6 +25,7 @@ by the server it starts and the wal-fetch it runs, and refuses to start without
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
 import secrets
@@ -326,6 +327,11 @@ def _scratch(drill: DrillConfig, size: int, drill_id: str) -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        if directory.exists():
+            # An interrupt during the restore can leave its worker threads writing into it
+            # (the interrupt ended the wait for them): the interpreter joins them before it
+            # runs atexit handlers, so the last removal comes after their last write.
+            atexit.register(shutil.rmtree, directory, True)
         engine.say(f"removed the scratch cluster {directory}")
 
 

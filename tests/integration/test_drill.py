@@ -30,6 +30,13 @@ class Daemon(PitrkitService):
     stop_timeout = 180
 
 
+@dataclass
+class RunningDrill(PitrkitService):
+    """`pitrkit drill` left running, to be stopped as a service manager stops it."""
+
+    command = "drill"
+
+
 def configure_drills(setup, scratch: Path, checks: str) -> None:
     """[drill] appended to the test's configuration (replacing an earlier one): the
     scratch directory, no free space asked beyond the backup, and the checks."""
@@ -132,6 +139,20 @@ def test_a_drill_passes_on_a_good_archive_and_fails_on_a_corrupt_part_or_a_missi
     assert all(check["passed"] for check in checked["checks"] if check["kind"] != "sql")
     assert checked["rto_seconds"] > 0  # restored and promoted: the checks failed after
     assert list(scratch.iterdir()) == [] and postmasters_in(scratch) == []
+
+    # Stopped (SIGTERM) while its server runs: the server stopped, the scratch removed, no
+    # report stored (an interrupted drill proves nothing), exit 130 as for Ctrl-C.
+    stored = len(reports(setup))
+    running = RunningDrill(setup, setup.config.parent / "drill.log")
+    try:
+        pgharness.wait_for(lambda: list(scratch.glob("*/data/postmaster.pid")), 300, interval=0.05,
+                           what=f"the drill's server to start\n{running.log()}")
+    finally:
+        code = running.stop()
+    assert code == 130, running.log()
+    assert "Traceback" not in running.log(), running.log()
+    assert list(scratch.iterdir()) == [] and postmasters_in(scratch) == []
+    assert len(reports(setup)) == stored
 
 
 def spans(daemon, begin: str, ends: tuple[str, ...]) -> list[tuple[str, str]]:

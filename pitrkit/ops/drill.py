@@ -51,7 +51,7 @@ from pitrkit.catalog.backups import backups
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import BackupSummary, DrillCheck, DrillReport
 from pitrkit.config import Config, DrillConfig, DrillQuery
-from pitrkit.errors import PitrkitError, RefusedError, UsageError
+from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes, human_seconds
 from pitrkit.restore import chain, engine, pgstart, recovery_conf, server_config, unpack
@@ -89,8 +89,6 @@ class DrillChoice(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
-    if args.backup is not None and args.random:
-        raise UsageError("--backup and --random: choose one")
     choice = DrillChoice(kind="backup" if args.backup else "random" if args.random else "latest",
                          backup_id=args.backup)
     engine.refuse_root()

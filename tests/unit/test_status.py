@@ -18,6 +18,7 @@ from pitrkit.cli import main
 from pitrkit.config import (
     Config,
     DrillConfig,
+    EncryptionConfig,
     PostgresConfig,
     ReceiveConfig,
     RepositoryConfig,
@@ -27,8 +28,8 @@ from pitrkit.config import (
 from pitrkit.ops import status
 from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
 from pitrkit.ops.status import StatusReport
-from pitrkit.storage import codec
-from pitrkit.storage.archive import RETENTION_STATE_KEY
+from pitrkit.storage import codec, keys
+from pitrkit.storage.archive import RETENTION_STATE_KEY, TamperedDocument
 from pitrkit.views.html import html_page
 from pitrkit.views.metrics import metrics_text
 from pitrkit.views.text import status_text
@@ -736,3 +737,20 @@ def test_a_forged_drill_report_is_skipped(store):
     report = collect(store)
     assert report.drills is not None and report.drills.last is not None
     assert report.drills.last.drill_id == passed.drill_id
+
+
+def test_drill_reports_are_authenticated_in_an_encrypted_archive(tmp_path):
+    keys.generate_key_file(tmp_path / "archive.key")
+    encrypted = SyntheticArchive(tmp_path / "archive", EncryptionConfig(mode="key",
+                                                                        key_file=str(tmp_path / "archive.key")))
+    encrypted.segments(1, 1, 20)
+    encrypted.backup("b1", 1, 2, 3)
+    passed = drill(encrypted, 1, "passed")  # sealed as every document is
+    assert b'"authentication"' in (encrypted.root / f"drills/{passed.drill_id}.json").read_bytes()
+    report = status.collect(encrypted.archive, encrypted.archive.config, now=NOW)
+    assert report.drills is not None and report.drills.last is not None
+    assert report.drills.last.drill_id == passed.drill_id
+    # A plain one, as anyone who can write to the storage could make, is refused.
+    encrypted.archive.put("drills/20991231T000000000Z-00000000.json", codec.encode(passed))
+    with pytest.raises(TamperedDocument):
+        status.collect(encrypted.archive, encrypted.archive.config, now=NOW)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,13 @@ def test_a_drill_passes_on_a_good_archive_and_fails_on_a_corrupt_part_or_a_missi
     try:
         pgharness.wait_for(lambda: list(scratch.glob("*/data/postmaster.pid")), 300, interval=0.05,
                            what=f"the drill's server to start\n{running.log()}")
+        # The server runs at the drill's priority ([drill] nice 10, ionice best-effort 7),
+        # below the database it shares the host with.
+        (postmaster,) = [pid for pid, argv in running_processes()
+                         if b"-D" in argv and any(os.fsencode(str(scratch)) in part for part in argv)]
+        assert os.getpriority(os.PRIO_PROCESS, postmaster) == 10
+        assert subprocess.run(["ionice", "-p", str(postmaster)], capture_output=True, text=True,
+                              check=True).stdout.strip() == "best-effort: prio 7"
     finally:
         code = running.stop()
     assert code == 130, running.log()

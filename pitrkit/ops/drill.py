@@ -91,7 +91,9 @@ class DrillChoice(msgspec.Struct, kw_only=True, frozen=True):
 def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     choice = DrillChoice(kind="backup" if args.backup else "random" if args.random else "latest",
                          backup_id=args.backup)
-    engine.refuse_root()
+    if os.geteuid() == 0:
+        raise RefusedError("drill must not run as root: PostgreSQL will not start a root-owned cluster; run it as "
+                           "the OS user PostgreSQL runs as, e.g. sudo -u postgres pitrkit drill")
     lower_priority(config.drill)
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:

@@ -5,12 +5,15 @@ drills on real PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 
 import pytest
 
 from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import DrillReport
+from pitrkit.cli import main
+from pitrkit.errors import RefusedError
 from pitrkit.ops.drill import new_drill_id, random_point
 from pitrkit.restore.plan import make_plan
 from pitrkit.restore.targets import Target
@@ -72,3 +75,19 @@ def test_a_stored_report_decodes():
 def test_a_forged_report_is_refused(fields):
     with pytest.raises(ValueError):
         codec.decode(report(**fields), DrillReport, "drills/x.json")
+
+
+def test_a_drill_as_root_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    (tmp_path / "archive").mkdir()
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{tmp_path / "archive"}"\n')
+    assert main(["--config", str(config), "drill"]) == RefusedError.exit_code
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("pitrkit: drill must not run as root")
+
+
+def test_backup_and_random_are_one_choice(capsys):
+    assert main(["drill", "--backup", "x", "--random"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "pitrkit: drill: argument --random: not allowed with argument --backup"

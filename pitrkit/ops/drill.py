@@ -61,8 +61,8 @@ from pitrkit.storage.archive import Archive, ArchiveUnavailable, drill_key
 
 TargetKind = Literal["latest", "backup", "random"]
 # A postmaster asked to stop at once (SIGQUIT, immediate shutdown) that is still there
-# after this is killed: the scratch cluster is thrown away either way.
-# Well within the daemon's wait for a drill it stops (daemon/service.py).
+# after this is killed: the scratch cluster is thrown away either way. Well within the
+# daemon's wait for a drill it stops (daemon/service.py).
 _STOP_WAIT = 20.0
 # Ends a [drill] checks query that would never return: the drill must end.
 _QUERY_TIMEOUT = "1h"
@@ -81,11 +81,10 @@ class _Interrupted(KeyboardInterrupt):
 
 
 class DrillChoice(msgspec.Struct, kw_only=True, frozen=True):
-    """What to restore: `kind` "backup" names `backup_id`; "random" may give `seed` (tests)."""
+    """What to restore: the newest backup, the one `backup_id` names, or a random point."""
 
     kind: TargetKind = "latest"
     backup_id: str | None = None
-    seed: int | None = None
 
 
 def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
@@ -184,6 +183,8 @@ def run(archive: Archive, config: Config, config_path: Path, choice: DrillChoice
         _drill(archive, config, config_path, choice, facts)
     except PitrkitError as exc:
         reason = str(exc)
+    except OSError as exc:  # the scratch directory's disk: full, not writable
+        reason = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
     report = facts.report(reason)
     _store(archive, report)
     return report
@@ -210,9 +211,10 @@ def _drill(archive: Archive, config: Config, config_path: Path, choice: DrillCho
     if manifest.parent is not None:
         links = chain.plan_chain(archive, [*engine.fetch_chain(archive, manifest), manifest], workers)
         engine.say(f"  {links.describe()}")
+    check_room(config.drill, manifest.size)
     bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version)
     engine.check_wal_present(archive, plan)
-    with _scratch(config.drill, manifest.size, facts.drill_id) as scratch:
+    with _scratch(config.drill, facts.drill_id) as scratch:
         target_dir = scratch / "data"
         if manifest.tablespaces:
             (scratch / "tablespaces").mkdir(mode=0o700)
@@ -284,7 +286,7 @@ def plan_drill(archive: Archive, choice: DrillChoice, facts: _Facts) -> RestoreP
     latest = make_plan(archive, Target(kind="latest", text="latest"), wal=wal)
     if choice.kind == "latest":
         return latest
-    point = random_point(latest, check_chains(backups(archive)).usable, wal.segment_size, choice.seed)
+    point = random_point(latest, check_chains(backups(archive)).usable, wal.segment_size)
     if point is None:
         engine.say("the restorable range is too short to draw a point from: the drill restores to the end of the WAL")
         return latest
@@ -309,11 +311,10 @@ def random_point(latest: RestorePlan, usable: list[BackupSummary], segment_size:
     return Lsn(random.Random(seed).randrange(low, high))
 
 
-@contextmanager
-def _scratch(drill: DrillConfig, size: int, drill_id: str) -> Iterator[Path]:
-    """A fresh private directory in [drill] scratch, checked for room first and removed
-    at the end, whatever happens."""
-    parent = Path(drill.scratch or tempfile.gettempdir())
+def check_room(drill: DrillConfig, size: int) -> None:
+    """[drill] scratch has room for `size` bytes and [drill] min_free: checked before
+    anything else that the drill would need the host for."""
+    parent = _scratch_parent(drill)
     try:
         free = shutil.disk_usage(parent).free
     except OSError as exc:
@@ -322,7 +323,16 @@ def _scratch(drill: DrillConfig, size: int, drill_id: str) -> Iterator[Path]:
     if free < needed:
         raise RefusedError(f"not enough free space in {parent} for a drill: {human_bytes(free)} free, the backup "
                            f"needs {human_bytes(size)} and [drill] min_free keeps {human_bytes(drill.min_free_bytes)}")
-    directory = Path(tempfile.mkdtemp(prefix=f"pitrkit-drill-{drill_id}-", dir=parent))
+
+
+def _scratch_parent(drill: DrillConfig) -> Path:
+    return Path(drill.scratch or tempfile.gettempdir())
+
+
+@contextmanager
+def _scratch(drill: DrillConfig, drill_id: str) -> Iterator[Path]:
+    """A fresh private directory in [drill] scratch, removed at the end, whatever happens."""
+    directory = Path(tempfile.mkdtemp(prefix=f"pitrkit-drill-{drill_id}-", dir=_scratch_parent(drill)))
     try:
         yield directory
     finally:

@@ -91,3 +91,23 @@ def test_backup_and_random_are_one_choice(capsys):
     assert main(["drill", "--backup", "x", "--random"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == "pitrkit: drill: argument --random: not allowed with argument --backup"
+
+
+def test_a_scratch_directory_without_room_fails_the_drill_before_it_writes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 20)
+    store.backup("b1", 1, 2, 3)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    config = tmp_path / "pitrkit.toml"
+    # No host has an exbibyte free.
+    config.write_text(f'[repository]\nurl = "file://{store.root}"\nretries = 0\n'
+                      f'[drill]\nscratch = "{scratch}"\nmin_free = "1048576TB"\nionice = "none"\nnice = 0\n')
+    assert main(["--config", str(config), "drill"]) == 1
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith("pitrkit: drill ") and "not enough free space in" in line, line
+    assert list(scratch.iterdir()) == []
+    (stored,) = (store.root / "drills").iterdir()
+    report = codec.decode(stored.read_bytes(), DrillReport, "drills")
+    assert report.result == "failed" and report.backup_id == "b1" and report.rto_seconds is None

@@ -37,6 +37,7 @@ _COMMAND_MODULES = {
     "catalog": "pitrkit.ops.listing",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
+    "drill": "pitrkit.ops.drill",
     "wal-receive": "pitrkit.wal.receive",
     "daemon": "pitrkit.daemon.service",
 }
@@ -167,6 +168,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="backup (default): the backed-up configuration, also files from outside the data "
                          "directory (Debian's /etc/postgresql/...), rewritten so that nothing points outside "
                          "the new data directory; none: a minimal postgresql.conf and pg_hba.conf instead")
+
+    drill = commands.add_parser("drill", help="a restore drill: restore into a scratch cluster on this host, "
+                                "promote it, check every database (pg_amcheck, connections, [drill] checks), "
+                                "store the report in the archive (drills/<id>.json), remove the cluster "
+                                "(exit 1 when it fails)")
+    drill_target = drill.add_mutually_exclusive_group()
+    drill_target.add_argument("--backup", metavar="ID", help="restore this backup to the end of the WAL "
+                              "(default: the newest usable backup)")
+    drill_target.add_argument("--random", action="store_true", help="restore to a random point of the "
+                              "restorable range (said in the report)")
 
     retention = commands.add_parser("retention", help="remove the backups and WAL the [retention] policy "
                                     "no longer keeps")

@@ -304,6 +304,53 @@ class StatusConfig(_Section, frozen=True):
         return _loaded_duration(self.wal_max_age)
 
 
+class DrillQuery(_Section, frozen=True):
+    """One of `[drill] checks`: a query run on the restored copy and the answer it must
+    give (its first column of its first row, as text; "" for no row or NULL)."""
+
+    sql: str
+    expect: str
+    database: str = "postgres"
+
+
+class DrillConfig(_Section, frozen=True):
+    """`[drill]`: `pitrkit drill`, restore drills (ops/drill.py), and how often the daemon runs one."""
+
+    # The daemon runs a drill this often (a duration, "7d"); None: only by hand.
+    every: str | None = None
+    # Where the scratch cluster is restored (a fresh directory in it, removed after);
+    # None: the system's temporary directory.
+    scratch: str | None = None
+    # Free space the scratch directory must keep beyond the backup's size before a drill
+    # starts (a size, "1GB"): the host's other work shares that disk.
+    min_free: int | str = "1GB"
+    # `status` turns WARN when the last successful drill is older than this.
+    max_age: str = "8d"
+    # Scheduling priority of the drill and the server it starts: nice (0-19) and the I/O
+    # class ("idle", "best-effort" at its lowest level, or "none" to leave it).
+    nice: int = 10
+    ionice: Literal["idle", "best-effort", "none"] = "best-effort"
+    # The restored copy's configuration: "none" (a minimal one: the drill shares the host,
+    # and the production server's memory settings, libraries and certificates are not its),
+    # or "backup" (the backed-up files, as restore --config-files backup).
+    config_files: Literal["none", "backup"] = "none"
+    checks: list[DrillQuery] = []
+
+    @property
+    def every_seconds(self) -> float | None:
+        return None if self.every is None else _loaded_duration(self.every)
+
+    @property
+    def max_age_seconds(self) -> float:
+        return _loaded_duration(self.max_age)
+
+    @property
+    def min_free_bytes(self) -> int:
+        size = parse_size(self.min_free)
+        assert size is not None  # checked when the file was loaded
+        return size
+
+
 class Config(_Section, frozen=True):
     repository: RepositoryConfig
     postgres: PostgresConfig = PostgresConfig()
@@ -316,6 +363,7 @@ class Config(_Section, frozen=True):
     retention: RetentionConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
     status: StatusConfig = StatusConfig()
+    drill: DrillConfig = DrillConfig()
 
 
 def locate(explicit: str | None) -> Path:
@@ -405,6 +453,9 @@ def _operations_problems(config: Config) -> list[str]:
                  ("status.wal_max_age", config.status.wal_max_age)]
     if config.daemon.every is not None:
         durations.append(("daemon.every", config.daemon.every))
+    durations.append(("drill.max_age", config.drill.max_age))
+    if config.drill.every is not None:
+        durations.append(("drill.every", config.drill.every))
     retention = config.retention
     if retention is not None:
         if retention.keep_last < 1:
@@ -426,7 +477,7 @@ def _operations_problems(config: Config) -> list[str]:
                             "or \"Europe/Berlin\"")
     for name, value in durations:
         seconds = parse_duration(value)
-        if seconds is None or (name == "daemon.every" and seconds <= 0):
+        if seconds is None or (name in ("daemon.every", "drill.every") and seconds <= 0):
             problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w), "
                             "at most 100 years")
     if retention is not None and (grace := parse_duration(retention.unfinished_grace)) is not None \
@@ -457,6 +508,20 @@ def _operations_problems(config: Config) -> list[str]:
         except CronError as exc:
             problems.append(f"daemon.cron: {exc}")
     problems += _seconds_problem("daemon.status_interval", config.daemon.status_interval)
+    return problems + _drill_problems(config.drill)
+
+
+def _drill_problems(drill: DrillConfig) -> list[str]:
+    problems = _count_problem("drill.nice", drill.nice, 0, 19)
+    free = parse_size(drill.min_free)
+    if free is None or free > MAX_SIZE:
+        problems.append("drill.min_free must be a number of bytes or a size such as \"1GB\" (units kB, MB, GB, TB), "
+                        "at most 1 EiB (1048576TB)")
+    for number, check in enumerate(drill.checks, 1):
+        if not check.sql.strip():
+            problems.append(f"drill.checks[{number}].sql is empty")
+        if not check.database or "\0" in check.database or "\0" in check.sql:
+            problems.append(f"drill.checks[{number}]: a database name and query without NUL characters")
     return problems
 
 

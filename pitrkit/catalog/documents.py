@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -517,6 +517,68 @@ class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: Time  # the holder's clock: judged only where the storage has no store times
     # Seconds the lock holds past its object's store time (the storage's clock).
     held_for: HeldFor
+
+
+# --- restore drills (drills/) -------------------------------------------------------------
+
+# What one drill check reports (the query's answer, a pg_amcheck line): enough to read
+# in a report, bounded because a forged report is shown by status.
+CheckDetail = Annotated[str, msgspec.Meta(max_length=4096)]
+_DRILL_ID = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{8}")
+
+
+class DrillCheck(msgspec.Struct, kw_only=True, frozen=True):
+    """One check a drill ran on the restored copy: `amcheck` and `connect` per database,
+    `sql` for each `[drill] checks` query (its answer and the one it must give)."""
+
+    kind: Literal["amcheck", "connect", "sql"]
+    database: Label
+    passed: bool
+    detail: CheckDetail  # what it found: "ok", the query's answer, pg_amcheck's first complaint
+    sql: CheckDetail | None = None
+    expect: CheckDetail | None = None
+
+
+class DrillReport(msgspec.Struct, kw_only=True, frozen=True):
+    """`drills/<drill_id>.json`: one `pitrkit drill`, passed or failed, stored whatever the
+    outcome (a drill that fails is the news). The id begins with the UTC start time to
+    the millisecond, so that the names sort in the order the drills ran."""
+
+    drill_id: str
+    host: HostName
+    pitrkit_version: Label
+    started_at: Time
+    finished_at: Time
+    result: Literal["passed", "failed"]
+    reason: CheckDetail | None = None  # why it failed, one line
+    # What was restored: the newest backup to the end of the WAL ("latest"), a chosen
+    # backup to its end of WAL, or a random LSN of the restorable range ("random").
+    target_kind: Literal["latest", "backup", "random"]
+    target_lsn: Lsn | None = None  # the random point chosen
+    backup_id: str | None = None  # None: the drill failed before a plan
+    timeline: int | None = None  # the timeline recovery ended on, as planned
+    wal_segments: int = 0  # WAL segments the plan replays
+    # Time to restore: from the start of the restore to the promoted copy accepting
+    # connections (the checks are not counted), and its two stages.
+    rto_seconds: float | None = None
+    restore_seconds: float | None = None
+    replay_seconds: float | None = None
+    wal_replayed_bytes: int | None = None  # from the backup's redo point to the last replayed location
+    reached_lsn: Lsn | None = None
+    databases: list[Label] = []
+    checks: list[DrillCheck] = []
+
+    def __post_init__(self) -> None:
+        # The id names the report's key, drills/<drill_id>.json.
+        if not _DRILL_ID.fullmatch(self.drill_id):
+            raise ValueError(f"drill id {self.drill_id!r} is not of the form YYYYMMDDTHHMMSSmmmZ-<8 hex digits>")
+        if self.backup_id is not None:
+            _check_plain_name("backup id", self.backup_id)
+        for value in (self.rto_seconds, self.restore_seconds, self.replay_seconds):
+            if value is not None and not 0 <= value < 1e10:
+                raise ValueError(f"drill {self.drill_id}: a duration of {value} seconds")
+        if self.wal_replayed_bytes is not None:
+            _check_size("WAL replayed", self.wal_replayed_bytes, MAX_FILE_SIZE)
 
 
 def shown(text: str) -> str:

@@ -11,6 +11,9 @@ It runs, under one process:
   backup-push refuses that parent;
 * `pitrkit retention apply --json` as a child after each successful backup, when
   `[daemon] retention` is on and `[retention]` is configured;
+* restore drills (`[drill] every`): `pitrkit drill` as a child, one at a time, never while
+  a backup or its retention runs; a backup due during a drill waits for the drill to end
+  (the drill reads a backup, and a backup's retention could remove it);
 * the status: a StatusReport refreshed every `[daemon] status_interval` and served on
   `[daemon] listen` (daemon/status_server.py).
 
@@ -22,7 +25,8 @@ sidecar writes its own events to the same stderr.
 
 SIGTERM or SIGINT: no new backup starts, a running backup-push is terminated (it leaves
 an unfinished folder, which retention removes after `unfinished_grace`), a running
-retention is terminated (a rerun finishes what it started), the sidecar is stopped
+retention is terminated (a rerun finishes what it started), a running drill is
+terminated (it stops its scratch server, removes its directory and stores its report), the sidecar is stopped
 cleanly, the server closed, and the daemon exits 0. Under systemd a SIGKILL of the
 daemon also kills its children (the unit's control group).
 """
@@ -47,11 +51,12 @@ from pitrkit.catalog.backups import BackupSurvey, last_written, survey_backups
 from pitrkit.catalog.documents import BackupSummary
 from pitrkit.config import Config
 from pitrkit.daemon.backup_kind import BackupKind, ClusterIdentity, next_backup_kind
-from pitrkit.daemon.schedule import Schedule, Timetable, from_config
+from pitrkit.daemon.schedule import Every, Schedule, Timetable, from_config
 from pitrkit.daemon.status_server import StatusBoard, StatusServer
 from pitrkit.errors import ConfigError, ParentRefused, PitrkitError
 from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
 from pitrkit.ops.retention import RetentionReport
+from pitrkit.ops.status import newest_drills
 from pitrkit.progress import human_bytes
 from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
@@ -68,6 +73,9 @@ _SIDECAR_STEADY_RUN = 60.0
 _SIDECAR_STOP_TIMEOUT = 90.0
 # backup-push and retention die at once on SIGTERM; this bounds a hung storage call.
 _CHILD_STOP_TIMEOUT = 30.0
+# A drill stopped by SIGTERM stops its scratch server (at once, killed after 20 s) and
+# removes its scratch directory before it exits: more than a backup-push needs.
+_DRILL_STOP_TIMEOUT = 60.0
 # Besides [backup] wal_timeout: a backup-push between its start and its first part
 # (the server's checkpoint) writes nothing into the archive either.
 _OTHER_BACKUP_MARGIN = 600.0
@@ -124,12 +132,12 @@ class Child:
         code = self.process.poll()
         return None if code is None else self._outcome(code)
 
-    def terminate(self) -> tuple[Outcome, bool]:
+    def terminate(self, timeout: float = _CHILD_STOP_TIMEOUT) -> tuple[Outcome, bool]:
         """SIGTERM, then SIGKILL if it does not end in time; the outcome, and whether it
         had to be killed."""
         self.process.terminate()
         try:
-            return self._outcome(self.process.wait(_CHILD_STOP_TIMEOUT)), False
+            return self._outcome(self.process.wait(timeout)), False
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self._outcome(self.process.wait()), True
@@ -290,6 +298,7 @@ class Backups:
         self._unfinished_before: set[str] = set()
         self._retention_child: Child | None = None
         self._ours: set[str] = set()  # unfinished folders our own failed backups left
+        self._waiting_for: datetime | None = None  # a due slot waiting for a drill to end
         self.last_run: ScheduledRun | None = None
         self.taken = self.failures = self.retention_runs = self.retention_failures = 0
 
@@ -319,7 +328,12 @@ class Backups:
         except PitrkitError:
             return None
 
-    def tick(self, now: datetime) -> None:
+    @property
+    def busy(self) -> bool:
+        """A backup or its retention runs: no drill starts."""
+        return self._backup is not None or self._retention_child is not None
+
+    def tick(self, now: datetime, drill_running: bool = False) -> None:
         if self._backup is not None:
             if (outcome := self._backup.poll()) is not None:
                 self._backup_ended(outcome, now)
@@ -327,6 +341,15 @@ class Backups:
             if (outcome := self._retention_child.poll()) is not None:
                 self._retention_ended(outcome)
         elif self.timetable.is_due(now):
+            if drill_running:
+                # A backup due during a drill waits for it to end (the drill is the one
+                # that runs at low priority, and it reads a backup retention might remove).
+                if self._waiting_for is None:
+                    self._waiting_for = self.timetable.due
+                    events.emit(log, logging.INFO, "backup-waiting", slot=_show(self.timetable.due),
+                                reason="a restore drill is running")
+                return
+            self._waiting_for = None
             self._start_backup(now)
 
     def _start_backup(self, now: datetime) -> None:
@@ -462,6 +485,68 @@ class Backups:
                         note="the next run finishes what it started")
 
 
+class Drills:
+    """`[drill] every`: `pitrkit drill` as a child (ops/drill.py: its nice and ionice, its
+    disk-space check, its report stored in the archive), one at a time, started only
+    while no backup or retention runs; a backup due meanwhile waits for it."""
+
+    def __init__(self, pitrkit: list[str], schedule: Every, archive: Archive, board: StatusBoard | None) -> None:
+        self._pitrkit = pitrkit
+        self._board = board
+        self.schedule = schedule
+        try:
+            newest = newest_drills(archive, 1)
+        except PitrkitError as exc:
+            events.emit(log, logging.WARNING, "drills-not-listed", error=str(exc))
+            newest = []
+        self.timetable = Timetable(schedule, newest[0].started_at if newest else None, datetime.now(UTC))
+        self._child: Child | None = None
+        self.runs = self.failures = 0
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None
+
+    def tick(self, now: datetime, backup_busy: bool) -> None:
+        if self._child is not None:
+            if (outcome := self._child.poll()) is not None:
+                self._ended(outcome)
+        elif self.timetable.is_due(now) and not backup_busy:
+            self.timetable.started(now)
+            argv = [*self._pitrkit, "drill"]
+            try:
+                self._child = Child(argv)
+            except OSError as exc:
+                self.runs += 1
+                self.failures += 1
+                events.emit(log, logging.ERROR, "drill-failed", error=_cannot_run(argv, exc))
+                return
+            events.emit(log, logging.INFO, "drill-started", pid=self._child.pid)
+
+    def _ended(self, outcome: Outcome) -> None:
+        self._child = None
+        self.runs += 1
+        drill_id = next((line.split()[1].rstrip(":") for line in outcome.stdout.splitlines()
+                         if line.startswith("drill ") and len(line.split()) > 1), None)
+        if outcome.code != 0:
+            self.failures += 1
+            _relay("drill", outcome)
+            events.emit(log, logging.ERROR, "drill-failed", drill_id=drill_id, code=outcome.code,
+                        error=outcome.error, seconds=f"{outcome.seconds:.1f}", next_drill_at=_show(self.timetable.due))
+        else:
+            events.emit(log, logging.INFO, "drill-finished", drill_id=drill_id, seconds=f"{outcome.seconds:.1f}",
+                        next_drill_at=_show(self.timetable.due))
+        if self._board is not None:
+            self._board.refresh_soon()
+
+    def stop(self) -> None:
+        if self._child is None:
+            return
+        child, self._child = self._child, None
+        outcome, killed = child.terminate(_DRILL_STOP_TIMEOUT)
+        events.emit(log, logging.WARNING, "drill-terminated", pid=child.pid, code=outcome.code, killed=killed)
+
+
 def _backup_summary(outcome: Outcome) -> BackupSummary | None:
     try:
         return codec.decode(outcome.stdout.encode(), BackupSummary, "backup-push --json output")
@@ -529,6 +614,9 @@ class Daemon:
         self._sidecar = Sidecar([*pitrkit, "wal-receive"]) if config.receive.spool else None
         schedule = from_config(settings)
         self._backups = Backups(config, pitrkit, schedule, Archive(config), self._board) if schedule else None
+        drill_every = config.drill.every_seconds
+        self._drills = (Drills(pitrkit, Every(drill_every, f"{config.drill.every}"), Archive(config), self._board)
+                        if drill_every is not None and config.drill.every is not None else None)
         self.facts = self._facts()
 
     def run(self) -> str:
@@ -537,7 +625,8 @@ class Daemon:
                     schedule=backups.schedule.describe() if backups else "none",
                     next_backup_at=_show(backups.timetable.due) if backups else None,
                     next_backup_kind=backups.next_kind.kind if backups else None,
-                    sidecar=self._sidecar is not None, retention=bool(backups and backups.retention_after))
+                    sidecar=self._sidecar is not None, retention=bool(backups and backups.retention_after),
+                    drills=self._drills.schedule.describe() if self._drills else None)
         if self._board is not None and self._server is not None:
             self._board.start()
             self._server.start()
@@ -545,8 +634,11 @@ class Daemon:
             while self._stop.signal is None:
                 if self._sidecar is not None:
                     self._sidecar.supervise()
+                now = datetime.now(UTC)
                 if backups is not None:
-                    backups.tick(datetime.now(UTC))
+                    backups.tick(now, drill_running=bool(self._drills and self._drills.running))
+                if self._drills is not None:
+                    self._drills.tick(now, backup_busy=bool(backups and backups.busy))
                 self.facts = self._facts()
                 time.sleep(_TICK)
             events.emit(log, logging.INFO, "daemon-stopping", signal=self._stop.signal)
@@ -561,6 +653,8 @@ class Daemon:
         # archiving the WAL it needs meanwhile.
         if self._backups is not None:
             self._backups.stop()
+        if self._drills is not None:
+            self._drills.stop()  # its scratch server stopped, its directory removed
         if self._sidecar is not None:
             self._sidecar.stop()
         if self._server is not None and self._board is not None:
@@ -584,15 +678,21 @@ class Daemon:
             sidecar_restarts=sidecar.restarts if sidecar else 0,
             retention_runs=backups.retention_runs if backups else 0,
             retention_failures=backups.retention_failures if backups else 0,
+            drill_schedule=self._drills.schedule.describe() if self._drills else None,
+            next_drill_at=self._drills.timetable.due if self._drills else None,
+            drill_running=bool(self._drills and self._drills.running),
+            drills_run=self._drills.runs if self._drills else 0,
+            drill_failures=self._drills.failures if self._drills else 0,
         )
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     stop = StopRequest()
     stop.install()
-    if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen:
+    if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen \
+            and config.drill.every is None:
         raise ConfigError("[daemon] has nothing to run: set every or cron (scheduled backups), [receive] spool "
-                           "(the streaming sidecar) or listen (the status page)")
+                           "(the streaming sidecar), listen (the status page) or [drill] every (restore drills)")
     # Every part of the service serves one archive, which `pitrkit init` creates.
     Archive(config).identity()
     events.log_to_stderr(args.verbose)

@@ -38,4 +38,9 @@ class DaemonFacts(msgspec.Struct, kw_only=True, frozen=True):
     sidecar_restarts: int
     retention_runs: int
     retention_failures: int
+    drill_schedule: str | None = None  # "every 7d" ([drill] every); None: no scheduled drills
+    next_drill_at: datetime | None = None
+    drill_running: bool = False
+    drills_run: int = 0  # scheduled drills ended since the daemon started
+    drill_failures: int = 0
 

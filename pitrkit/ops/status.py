@@ -44,13 +44,14 @@ import msgspec
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import last_written, retention_state, survey_backups
 from pitrkit.catalog.chains import BrokenChain, chain_length, check_chains
-from pitrkit.catalog.documents import BackupSummary, RetentionRun, WalIndexEntry
+from pitrkit.catalog.documents import BackupSummary, DrillReport, RetentionRun, WalIndexEntry
 from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
+from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes, human_seconds, show_time
-from pitrkit.storage.archive import Archive, ArchiveMissing, stored_at
+from pitrkit.storage.archive import DRILLS_PREFIX, Archive, ArchiveMissing, drill_key, stored_at
 
 Level = Literal["OK", "WARN", "FAIL"]
 _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -68,11 +69,16 @@ class StatusFailed(PitrkitError):
     exit_code = 2
 
 
+# The newest drill reports status reads (one document each, every status_interval in
+# the daemon): the last success is looked for among them.
+DRILLS_SHOWN = 10
+
+
 # --- the report -------------------------------------------------------------------------
 
 
 class Check(msgspec.Struct, kw_only=True, frozen=True):
-    name: str  # backup, wal, restorable, chains, archiver, receiver, retention, unfinished
+    name: str  # backup, wal, restorable, chains, archiver, receiver, retention, unfinished, drill
     level: Level
     message: str
 
@@ -252,6 +258,29 @@ class WalPerHour(msgspec.Struct, kw_only=True, frozen=True):
     hours: list[WalHour]
 
 
+class DrillResult(msgspec.Struct, kw_only=True, frozen=True):
+    """One stored restore drill (drills/<id>.json), as status shows it."""
+
+    drill_id: str
+    finished_at: datetime
+    result: Literal["passed", "failed"]
+    reason: str | None
+    backup_id: str | None
+    rto_seconds: float | None
+    wal_replayed_bytes: int | None
+
+
+class DrillHealth(msgspec.Struct, kw_only=True, frozen=True):
+    """The restore drills (ops/drill.py): the newest few reports, read from the archive."""
+
+    every: str | None  # [drill] every: how often the daemon runs one; None: only by hand
+    max_age: str  # [drill] max_age
+    last: DrillResult | None  # the newest drill, whatever its result
+    last_success: DrillResult | None  # the newest that passed, among `recent`
+    last_success_age_seconds: float | None
+    recent: list[DrillResult]  # newest first, at most DRILLS_SHOWN
+
+
 class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     generated_at: datetime
     archive: str  # the repository url
@@ -275,6 +304,8 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     backup_marks: list[BackupMark] = []
     # The last WAL_HOURS hours; None: the archive holds no WAL.
     wal_per_hour: WalPerHour | None = None
+    # The restore drills: None when none ran and none is scheduled.
+    drills: DrillHealth | None = None
 
     @property
     def exit_code(self) -> int:
@@ -313,6 +344,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     size = _size(wal, finished)
     retention = _retention(config.retention, wal, finished, survey.deleting,
                            retention_state(archive).last_run, timelines, now)
+    drills = _drills(archive, config, now)
 
     judged: list[Check | None] = [
         _backup_check(last_backup, config),
@@ -324,6 +356,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
         _receiver_check(receiver, config, now),
         _retention_check(retention),
         _unfinished_check(archive, unfinished, config, now),
+        _drill_check(drills, config),
     ]
     checks = [check for check in judged if check is not None]
     usable_ids = {b.backup_id for b in usable}
@@ -335,7 +368,66 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
         head_timeline=head.timeline if head else None, stored_shares=[_stored_share(b) for b in finished],
         backup_marks=[_mark(b, b.backup_id in usable_ids) for b in finished],
         wal_per_hour=_wal_per_hour(wal, now) if wal else None,
+        drills=drills,
     )
+
+
+def newest_drills(archive: Archive, count: int) -> list[DrillReport]:
+    """The newest `count` drill reports, newest first: one listing of `drills/` (the names
+    sort by start time), then only those documents. One that does not decode, or whose id
+    is not its key's, is skipped; a tampered one raises (storage/archive.py)."""
+    keys = sorted((info.key for info in archive.list(DRILLS_PREFIX) if info.key.endswith(".json")), reverse=True)
+    found: list[DrillReport] = []
+    for key in keys:
+        if len(found) >= count:
+            break
+        try:
+            report = archive.get_document(key, DrillReport)
+        except (ValueError, ObjectNotFound):
+            continue
+        if drill_key(report.drill_id) == key:
+            found.append(report)
+    return found
+
+
+def _drill_result(report: DrillReport) -> DrillResult:
+    return DrillResult(drill_id=report.drill_id, finished_at=report.finished_at, result=report.result,
+                       reason=report.reason, backup_id=report.backup_id, rto_seconds=report.rto_seconds,
+                       wal_replayed_bytes=report.wal_replayed_bytes)
+
+
+def _drills(archive: Archive, config: Config, now: datetime) -> DrillHealth | None:
+    """None when no drill ran and none is scheduled: nothing to show."""
+    recent = [_drill_result(each) for each in newest_drills(archive, DRILLS_SHOWN)]
+    if not recent and config.drill.every is None:
+        return None
+    success = next((each for each in recent if each.result == "passed"), None)
+    return DrillHealth(every=config.drill.every, max_age=config.drill.max_age, last=recent[0] if recent else None,
+                       last_success=success,
+                       last_success_age_seconds=_elapsed(success.finished_at, now) if success else None,
+                       recent=recent)
+
+
+def _drill_check(drills: DrillHealth | None, config: Config) -> Check | None:
+    """FAIL when the newest drill failed (the archive did not restore, or the copy did not
+    pass its checks); WARN when no drill passed within [drill] max_age."""
+    if drills is None:
+        return None
+    if drills.last is None:
+        return Check(name="drill", level="WARN", message=f"no restore drill has run yet ([drill] every = "
+                     f"{drills.every})")
+    last = drills.last
+    if last.result == "failed":
+        return Check(name="drill", level="FAIL", message=f"the last restore drill {last.drill_id} "
+                     f"({show_time(last.finished_at)}) failed: {last.reason}")
+    success = drills.last_success
+    assert success is not None and drills.last_success_age_seconds is not None  # the newest passed
+    age = drills.last_success_age_seconds
+    rto = human_seconds(success.rto_seconds) if success.rto_seconds is not None else "unknown"
+    words = f"the last restore drill {success.drill_id} passed {human_seconds(age)} ago (RTO {rto})"
+    if age > config.drill.max_age_seconds:
+        return Check(name="drill", level="WARN", message=f"{words}: older than [drill] max_age {drills.max_age}")
+    return Check(name="drill", level="OK", message=words)
 
 
 def _elapsed(since: datetime, now: datetime) -> float:

@@ -17,6 +17,9 @@ top-level listings ArchivedWal makes), never two:
   stored size of every file it names); continuity per timeline along the path its history
   files give, from the oldest backup on that path to the newest WAL, naming the first
   missing segment of each gap and where WAL resumes;
+* restore drills' reports (`drills/<id>.json`): each decodes, is authentic in an encrypted
+  archive (an error if not) and names its own key (a warning if not: a drill's report is
+  no data, but status reads it);
 * restorability: every backup's data is intact and the planner can plan a restore to its
   stop point (its first..last segments along its timeline, through its history files);
 * with `--deep`, the content of every backup part and WAL file: read in full, decoded
@@ -74,6 +77,7 @@ from pitrkit.catalog.documents import (
     BackupSummary,
     BlockFile,
     BlockPart,
+    DrillReport,
     WalFolderIndex,
 )
 from pitrkit.config import Config
@@ -89,6 +93,7 @@ from pitrkit.storage import objects
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
+    DRILLS_PREFIX,
     IDENTITY_KEY,
     WAL_PREFIX,
     Archive,
@@ -96,6 +101,7 @@ from pitrkit.storage.archive import (
     ArchiveUnavailable,
     TamperedDocument,
     backup_prefix,
+    drill_key,
     log_folder,
     manifest_key,
     wal_folder,
@@ -278,6 +284,25 @@ def _check_backup_catalog(archive: Archive, folders: list[_BackupFolder], being_
 
 
 # --- WAL ------------------------------------------------------------------------------
+
+
+def _check_drill_reports(archive: Archive, pool: ThreadPoolExecutor) -> list[Finding]:
+    def check(key: str) -> Finding | None:
+        try:
+            report = archive.get_document(key, DrillReport)
+        except ObjectNotFound:
+            return None  # removed since the listing
+        except TamperedDocument as exc:
+            return Finding(severity="error", key=key, problem=str(exc))
+        except ValueError as exc:
+            return Finding(severity="warning", key=key, problem=f"unusable drill report (status skips it): {exc}")
+        if drill_key(report.drill_id) != key:
+            return Finding(severity="warning", key=key, problem=f"names drill {report.drill_id!r}, not its key's "
+                                                                 "(status skips it)")
+        return None
+
+    keys = [info.key for info in archive.list(DRILLS_PREFIX)]
+    return [found for found in pool.map(check, keys) if found is not None]
 
 
 def _check_indexes(archive: Archive, wal: ArchivedWal, pool: ThreadPoolExecutor) -> list[Finding]:
@@ -819,6 +844,7 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
         for folder in folders:
             findings += folder.findings
         findings += _check_backup_catalog(archive, folders, being_removed)
+        findings += _check_drill_reports(archive, pool)
         finished = sorted((folder.manifest for folder in folders if folder.manifest is not None),
                           key=lambda b: (b.start_time, b.backup_id))
         wal = None

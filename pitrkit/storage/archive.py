@@ -58,6 +58,7 @@ BACKUP_CATALOG_KEY = "catalog/backups.json"
 WAL_INDEX_PREFIX = "catalog/wal/"
 RETENTION_STATE_KEY = "catalog/retention.json"
 LEASES_PREFIX = "leases/"
+DRILLS_PREFIX = "drills/"
 
 IDENTITY_TTL = 60.0
 
@@ -120,6 +121,11 @@ def manifest_key(backup_id: str) -> str:
 
 def lease_key(lease_id: str) -> str:
     return f"{LEASES_PREFIX}{lease_id}.json"
+
+
+def drill_key(drill_id: str) -> str:
+    """A restore drill's report (ops/drill.py); retention leaves `drills/` alone."""
+    return f"{DRILLS_PREFIX}{drill_id}.json"
 
 
 def wal_index_key(log_folder: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 
 from pitrkit.ops.daemon_facts import DaemonFacts
-from pitrkit.ops.status import ArchivedFile, Level, StatusReport, StoredShare
+from pitrkit.ops.status import ArchivedFile, DrillResult, Level, StatusReport, StoredShare
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 from pitrkit.views.svg import backup_sizes_svg, timelines_svg, wal_per_hour_svg
 
@@ -58,6 +58,14 @@ def _share_words(share: StoredShare) -> str:
     kind = "full" if share.backup_type == "full" else f"incremental, chain of {share.chain_length}"
     ratio = "" if share.stored_share is None else f" ({share.stored_share * 100:.3g}% of its size)"
     return f"{kind}: {human_bytes(share.stored_bytes)} stored of {human_bytes(share.size_bytes)}{ratio}"
+
+
+def _drill_cell(drill: DrillResult | None) -> str:
+    if drill is None:
+        return '<span class="muted">none</span>'
+    rto = f", RTO {human_seconds(drill.rto_seconds)}" if drill.rto_seconds is not None else ""
+    return _cell(f"{drill.drill_id} {drill.result} {show_time(drill.finished_at)} (backup {drill.backup_id or '-'}"
+                 f"{rto})" + (f": {drill.reason}" if drill.reason else ""))
 
 
 def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds: float) -> str:
@@ -149,6 +157,10 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
             span += " <strong>the server&#x27;s</strong>: judged"
         rows.append((f"timeline {timeline.timeline}", span))
     parts.append(_rows(rows or [("timelines", '<span class="muted">no WAL</span>')], "restorable"))
+    if (drills := report.drills) is not None:
+        parts.append("<h2>Restore drills</h2>")
+        parts.append(_rows([("last drill", _drill_cell(drills.last)),
+                            ("last passed", _drill_cell(drills.last_success))], "drills"))
     retention = report.retention
     parts.append("<h2>Retention</h2>")
     parts.append(_rows([

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from pitrkit.ops.daemon_facts import DaemonFacts
-from pitrkit.ops.status import ArchivedFile, Level, StatusReport
+from pitrkit.ops.status import ArchivedFile, DrillHealth, Level, StatusReport
 from pitrkit.postgres.wal import Lsn
 
 _LEVEL_VALUE: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -171,9 +171,28 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
     family("retention_deleting_backups", "gauge", "Backups retention is removing.").add(
         len(report.retention.deleting))
 
+    if report.drills is not None:
+        _drill_metrics(exposition, report.drills)
     if daemon is not None:
         _daemon_metrics(exposition, daemon)
     return exposition.text()
+
+
+def _drill_metrics(exposition: _Exposition, drills: DrillHealth) -> None:
+    family = exposition.family
+    last, success = drills.last, drills.last_success
+    family("drill_last_timestamp_seconds", "gauge", "When the newest restore drill ended.").add(
+        _stamp(last.finished_at) if last else None)
+    family("drill_last_result", "gauge", "The newest restore drill passed (1) or failed (0).").add(
+        None if last is None else float(last.result == "passed"))
+    family("drill_last_success_timestamp_seconds", "gauge", "When the newest successful restore drill ended.").add(
+        _stamp(success.finished_at) if success else None)
+    family("drill_last_success_age_seconds", "gauge", "Seconds since the newest successful restore drill ended.") \
+        .add(drills.last_success_age_seconds)
+    family("drill_rto_seconds", "gauge", "Time to restore of the newest successful drill: from its start to the "
+           "promoted copy answering.").add(success.rto_seconds if success else None)
+    family("drill_wal_replayed_bytes", "gauge", "WAL the newest successful drill replayed.").add(
+        success.wal_replayed_bytes if success else None)
 
 
 def _file_metrics(exposition: _Exposition, name: str, what: str, file: ArchivedFile | None) -> None:
@@ -214,5 +233,14 @@ def _daemon_metrics(exposition: _Exposition, daemon: DaemonFacts) -> None:
             daemon.sidecar_restarts)
     family("daemon_retention_runs_total", "counter", "Retention runs since the daemon started.").add(
         daemon.retention_runs)
+    if daemon.drill_schedule is not None:
+        family("daemon_drill_running", "gauge", "A scheduled restore drill is running now.").add(
+            float(daemon.drill_running))
+        family("daemon_next_drill_timestamp_seconds", "gauge", "When the next scheduled restore drill starts.").add(
+            _stamp(daemon.next_drill_at))
+        family("daemon_drills_total", "counter", "Scheduled restore drills ended since the daemon started.").add(
+            daemon.drills_run)
+        family("daemon_drill_failures_total", "counter", "Scheduled restore drills failed since the daemon "
+               "started.").add(daemon.drill_failures)
     family("daemon_retention_failures_total", "counter", "Failed retention runs since the daemon started.").add(
         daemon.retention_failures)

@@ -15,7 +15,7 @@ from pitrkit.catalog.chains import chain_length
 from pitrkit.catalog.contents import BackupListing, WalListing, WalRow
 from pitrkit.catalog.documents import BackupSummary, shown
 from pitrkit.ops.retention import RetentionReport
-from pitrkit.ops.status import ArchivedFile, StatusReport, StoredShare, TimelineRange
+from pitrkit.ops.status import ArchivedFile, DrillResult, StatusReport, StoredShare, TimelineRange
 from pitrkit.ops.verify import VerifyReport
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
@@ -92,7 +92,19 @@ def status_text(report: StatusReport) -> str:
         lines.append(f"last retention: {show_time(run.finished_at)}, removed "
                      f"{human_count(len(run.backups_removed), 'backup')} and "
                      f"{human_count(run.wal_files_removed, 'WAL file')}, {human_bytes(run.bytes_freed)} freed")
+    if report.drills is not None:
+        lines.append(f"last drill:     {_drill_words(report.drills.last)}")
+        if report.drills.last_success is not report.drills.last and report.drills.last_success is not None:
+            lines.append(f"last passed:    {_drill_words(report.drills.last_success)}")
     return "\n".join(lines) + "\n"
+
+
+def _drill_words(drill: DrillResult | None) -> str:
+    if drill is None:
+        return "none yet"
+    rto = f", RTO {human_seconds(drill.rto_seconds)}" if drill.rto_seconds is not None else ""
+    why = f": {drill.reason}" if drill.reason else ""
+    return f"{drill.drill_id} {drill.result} {show_time(drill.finished_at)} (backup {drill.backup_id or '-'}{rto}){why}"
 
 
 # The newest backups whose stored share the text shows; the JSON has every one.

@@ -314,7 +314,8 @@ def test_the_example_configuration_names_every_key():
     sections = {"repository": config.RepositoryConfig, "postgres": config.PostgresConfig,
                 "compression": config.CompressionConfig, "agent": config.AgentConfig, "backup": config.BackupConfig,
                 "receive": config.ReceiveConfig, "encryption": config.EncryptionConfig,
-                "retention": config.RetentionConfig, "daemon": config.DaemonConfig, "status": config.StatusConfig}
+                "retention": config.RetentionConfig, "daemon": config.DaemonConfig, "drill": config.DrillConfig,
+                "status": config.StatusConfig}
     headers = list(re.finditer(r"^(?:# )?\[(?P<name>[a-z]+)\]$", example, re.MULTILINE))
     texts = {header["name"]: example[header.end():following.start() if following else None]
              for header, following in zip(headers, [*headers[1:], None], strict=True)}

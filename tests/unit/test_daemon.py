@@ -32,6 +32,7 @@ from pitrkit.daemon.schedule import Every, Timetable
 from pitrkit.daemon.service import (
     Backups,
     Child,
+    Drills,
     Outcome,
     Sidecar,
     UnfinishedBackup,
@@ -542,3 +543,39 @@ def test_the_documented_events_are_the_emitted_ones() -> None:
     first_cells = [row.split("|")[1] for row in table.splitlines() if row.startswith("|")]
     documented = {name for cell in first_cells for name in re.findall(r"`([a-z_-]+)`", cell)}
     assert emitted and documented == emitted
+
+
+# --- restore drills beside the backups ---------------------------------------------------
+
+
+def test_drills_and_backups_run_one_at_a_time(tmp_path: Path, archive_config: config.Config) -> None:
+    pitrkit = fake_pitrkit(tmp_path)
+    backups = Backups(archive_config, pitrkit, Every(60, "1m"), Archive(archive_config), None)
+    drills = Drills(pitrkit, Every(60, "1m"), Archive(archive_config), None)
+    now = datetime.now(UTC)
+
+    def tick(at: datetime) -> None:
+        backups.tick(at, drill_running=drills.running)
+        drills.tick(at, backup_busy=backups.busy)
+
+    # Both due at once (an empty archive, no drill yet): the backup first, the drill waits.
+    tick(now)
+    assert backups.running and not drills.running
+    (tmp_path / "go").touch()
+    wait_for(lambda: tick(now) or drills.running, 30, interval=0.01, what="the drill after the backup")
+    assert backups.taken == 1
+    wait_for(lambda: tick(now) or not drills.running, 30, interval=0.01, what="the first drill to end")
+    # The next drill runs (held by the fake until `go`): a backup due now waits for it.
+    (tmp_path / "go").unlink()
+    drills.tick(now + timedelta(minutes=2), backup_busy=False)
+    assert drills.running
+    for minutes in range(2, 5):
+        tick(now + timedelta(minutes=minutes))
+    assert drills.running and not backups.running
+    (tmp_path / "go").touch()
+    wait_for(lambda: tick(now + timedelta(minutes=5)) or backups.running, 30, interval=0.01,
+             what="the backup after the drill")
+    assert not drills.running and drills.runs == 2 and drills.failures == 0
+    assert (tmp_path / "runs").read_text().splitlines()[:3] == ["backup-push --json", "drill", "drill"]
+    backups.stop()
+    drills.stop()

@@ -39,6 +39,8 @@ NUMBERS = [
     ("retention", "daily", [-1, 100_001, 10**18]),
     ("retention", "weekly", [-1, 100_001]),
     ("retention", "monthly", [-1, 100_001]),
+    ("drill", "nice", [-1, 20, 10**18]),
+    ("drill", "min_free", [-1, "'-1GB'", "'1PB'", 2**60 + 1, "'99999999999999999999TB'"]),
     ("receive", "max_slot_retained", [-1, "'-1GB'", "'1PB'", 2**60 + 1, 2**63 - 1, "'1048577TB'",
                                       "'99999999999999999999TB'", "'99999999999999999999'"]),
 ]
@@ -47,6 +49,7 @@ BAD_DURATIONS = ["'-1h'", "'101y'", "'99999999999999999999w'", "'1e400'", "'5300
 DURATIONS = [
     ("retention", "window"), ("retention", "unfinished_grace"), ("retention", "restore_lease"),
     ("status", "backup_max_age"), ("status", "wal_max_age"), ("daemon", "every"),
+    ("drill", "every"), ("drill", "max_age"),
 ]
 
 
@@ -90,6 +93,14 @@ def test_every_duration_key_out_of_range_is_one_line(tmp_path, capsys, section, 
 def test_a_schedule_of_no_time_at_all_is_one_line(tmp_path, capsys):
     assert "daemon.every" in refused(capsys, ["--config", str(configuration(tmp_path, "daemon", "every", "'0'")),
                                               "backup-list"])
+    assert "drill.every" in refused(capsys, ["--config", str(configuration(tmp_path, "drill", "every", "'0'")),
+                                             "backup-list"])
+
+
+@pytest.mark.parametrize("checks", ['[{sql = " ", expect = "1"}]', '[{sql = "SELECT 1", expect = "1", database = ""}]'])
+def test_a_drill_check_without_a_query_or_a_database_is_one_line(tmp_path, capsys, checks):
+    assert "drill.checks[1]" in refused(capsys, ["--config", str(configuration(tmp_path, "drill", "checks", checks)),
+                                                 "backup-list"])
 
 
 
@@ -109,6 +120,8 @@ def test_a_restore_lease_of_30_days_is_accepted():
 def test_a_slot_size_up_to_an_exbibyte_is_accepted(value):
     parsed = config.parse({"repository": {"url": "file:///x"}, "receive": {"max_slot_retained": value}}, "test")
     assert parsed.receive.max_slot_retained_bytes == config.parse_size(value) <= config.MAX_SIZE
+    parsed = config.parse({"repository": {"url": "file:///x"}, "drill": {"min_free": value}}, "test")
+    assert parsed.drill.min_free_bytes == config.parse_size(value) <= config.MAX_SIZE
 
 @pytest.mark.parametrize("level", [0, -1, 23, 10**18])
 def test_a_compression_level_out_of_range_is_one_line(tmp_path, capsys, level):
@@ -179,8 +192,12 @@ def test_any_duration_is_refused_or_usable(value):
     datetime.now(UTC) + 2 * timedelta(seconds=seconds)  # what status computes: no overflow
 
 
+# Sizes in bytes, whose range is MAX_SIZE, not seconds: their own test above.
+_SIZES = ("max_slot_retained", "min_free")
+
+
 @settings(max_examples=300)
-@given(key=st.sampled_from([(section, key) for section, key, _ in NUMBERS if key != "max_slot_retained"]),
+@given(key=st.sampled_from([(section, key) for section, key, _ in NUMBERS if key not in _SIZES]),
        value=st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1),
                        st.floats(allow_nan=True, allow_infinity=True)))
 def test_any_number_is_refused_or_in_range(key, value):

@@ -15,12 +15,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from pitrkit.catalog import documents
 from pitrkit.catalog.documents import RetentionRun, RetentionState
 from pitrkit.cli import main
-from pitrkit.config import Config, PostgresConfig, ReceiveConfig, RepositoryConfig, RetentionConfig, StatusConfig
+from pitrkit.config import (
+    Config,
+    DrillConfig,
+    EncryptionConfig,
+    PostgresConfig,
+    ReceiveConfig,
+    RepositoryConfig,
+    RetentionConfig,
+    StatusConfig,
+)
 from pitrkit.ops import status
 from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
 from pitrkit.ops.status import StatusReport
-from pitrkit.storage import codec
-from pitrkit.storage.archive import RETENTION_STATE_KEY
+from pitrkit.storage import codec, keys
+from pitrkit.storage.archive import RETENTION_STATE_KEY, TamperedDocument
 from pitrkit.views.html import html_page
 from pitrkit.views.metrics import metrics_text
 from pitrkit.views.text import status_text
@@ -667,3 +676,94 @@ def test_a_broken_chain_warns_and_the_newest_usable_backup_is_judged(store):
     assert levels(report)["restorable"] == "OK"
     [timeline] = report.timelines
     assert timeline.oldest is not None and timeline.oldest.backup_id == "A"
+
+
+# --- restore drills (drills/<id>.json) ---------------------------------------------------
+
+
+def drill(store: SyntheticArchive, minute: int, result: str, rto: float | None = 12.5,
+          reason: str | None = None) -> documents.DrillReport:
+    at = stored_at(20) + timedelta(minutes=minute)
+    report = documents.DrillReport(
+        drill_id=f"{at:%Y%m%dT%H%M%S}000Z-0000000{minute % 10}", host="h", pitrkit_version="test", started_at=at,
+        finished_at=at, result=result, reason=reason, target_kind="latest", backup_id="b1", timeline=1,
+        wal_segments=3, rto_seconds=rto, wal_replayed_bytes=1 << 30)
+    store.archive.put_document(f"drills/{report.drill_id}.json", report)
+    return report
+
+
+def test_no_drill_and_none_scheduled_shows_nothing(store):
+    store.backup("b1", 1, 2, 3)
+    report = collect(store)
+    assert report.drills is None and "drill" not in levels(report)
+
+
+def test_a_scheduled_drill_that_never_ran_warns(store):
+    store.backup("b1", 1, 2, 3)
+    report = collect(store, drill=DrillConfig(every="1d"))
+    assert levels(report)["drill"] == "WARN" and "no restore drill has run yet" in message(report, "drill")
+
+
+def test_the_last_drill_passing_is_ok_then_warns_when_older_than_max_age(store):
+    store.backup("b1", 1, 2, 3)
+    passed = drill(store, 1, "passed")
+    report = collect(store)
+    assert levels(report)["drill"] == "OK" and passed.drill_id in message(report, "drill")
+    assert report.drills is not None and report.drills.last_success is not None
+    assert report.drills.last_success.rto_seconds == 12.5 and report.drills.last_success_age_seconds == 240
+    later = collect(store, now=NOW + timedelta(days=9))
+    assert levels(later)["drill"] == "WARN" and "older than [drill] max_age 8d" in message(later, "drill")
+
+
+def test_the_newest_drill_failing_fails_status_and_keeps_the_last_success(store):
+    store.backup("b1", 1, 2, 3)
+    passed = drill(store, 1, "passed")
+    failed = drill(store, 2, "failed", rto=None, reason="stored object backups/b1/part is corrupt")
+    report = collect(store)
+    assert levels(report)["drill"] == "FAIL" and report.overall == "FAIL"
+    assert failed.drill_id in message(report, "drill") and "is corrupt" in message(report, "drill")
+    assert report.drills is not None and report.drills.last is not None
+    assert report.drills.last.drill_id == failed.drill_id
+    assert report.drills.last_success is not None and report.drills.last_success.drill_id == passed.drill_id
+    families = {family.name: family for family in text_string_to_metric_families(metrics_text(report, None))}
+    value = {name: families[name].samples[0].value for name in (
+        "pitrkit_drill_last_result", "pitrkit_drill_rto_seconds", "pitrkit_drill_last_success_age_seconds",
+        "pitrkit_drill_last_success_timestamp_seconds", "pitrkit_drill_last_timestamp_seconds",
+        "pitrkit_drill_wal_replayed_bytes")}
+    assert value == {"pitrkit_drill_last_result": 0, "pitrkit_drill_rto_seconds": 12.5,
+                     "pitrkit_drill_last_success_age_seconds": 240,
+                     "pitrkit_drill_last_success_timestamp_seconds": passed.finished_at.timestamp(),
+                     "pitrkit_drill_last_timestamp_seconds": failed.finished_at.timestamp(),
+                     "pitrkit_drill_wal_replayed_bytes": 1 << 30}
+    assert f"last drill:     {failed.drill_id} failed" in status_text(report)
+    assert f"last passed:    {passed.drill_id} passed" in status_text(report)
+    page = html_page(report, None, 30)
+    assert 'id="drills"' in page and failed.drill_id in page and passed.drill_id in page
+
+
+def test_a_forged_drill_report_is_skipped(store):
+    store.backup("b1", 1, 2, 3)
+    passed = drill(store, 1, "passed")
+    store.archive.put("drills/20991231T000000000Z-00000000.json", b'{"drill_id": "../x"}')
+    # A well-formed report stored under another report's key is not that report.
+    store.archive.put("drills/20991231T000000000Z-00000001.json", codec.encode(passed))
+    report = collect(store)
+    assert report.drills is not None and report.drills.last is not None
+    assert report.drills.last.drill_id == passed.drill_id
+
+
+def test_drill_reports_are_authenticated_in_an_encrypted_archive(tmp_path):
+    keys.generate_key_file(tmp_path / "archive.key")
+    encrypted = SyntheticArchive(tmp_path / "archive", EncryptionConfig(mode="key",
+                                                                        key_file=str(tmp_path / "archive.key")))
+    encrypted.segments(1, 1, 20)
+    encrypted.backup("b1", 1, 2, 3)
+    passed = drill(encrypted, 1, "passed")  # sealed as every document is
+    assert b'"authentication"' in (encrypted.root / f"drills/{passed.drill_id}.json").read_bytes()
+    report = status.collect(encrypted.archive, encrypted.archive.config, now=NOW)
+    assert report.drills is not None and report.drills.last is not None
+    assert report.drills.last.drill_id == passed.drill_id
+    # A plain one, as anyone who can write to the storage could make, is refused.
+    encrypted.archive.put("drills/20991231T000000000Z-00000000.json", codec.encode(passed))
+    with pytest.raises(TamperedDocument):
+        status.collect(encrypted.archive, encrypted.archive.config, now=NOW)

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pitrkit.catalog import blockmap, maintenance
+from pitrkit.catalog import blockmap, documents, maintenance
 from pitrkit.catalog.blockmap import SuperBlock, read_block_map
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -770,3 +770,19 @@ def test_deep_reads_an_encrypted_chain(tmp_path):
     records = sum(block.part == first.part for file_map in builder.maps[2].values()
                   for block in file_map.iter_super_blocks())
     assert finding(report, key).problem.startswith(f"2 of its {records} super-blocks are bad; the first: {damaged}")
+
+
+# --- restore drills' reports ----------------------------------------------------------------
+
+
+def test_drill_reports_that_do_not_decode_or_name_another_key_are_warnings(store):
+    at = stored_at(20)
+    good = documents.DrillReport(drill_id="20261123T122000000Z-0123abcd", host="h", pitrkit_version="t",
+                                 started_at=at, finished_at=at, result="passed", target_kind="latest")
+    store.archive.put_document(f"drills/{good.drill_id}.json", good)
+    store.archive.put("drills/20261123T122100000Z-0123abcd.json", codec.encode(good))  # another drill's
+    store.archive.put("drills/20261123T122200000Z-0123abcd.json", b'{"drill_id": "../../x"}')
+    report = check(store.archive)
+    assert problems(report) == [("warning", "drills/20261123T122100000Z-0123abcd.json"),
+                                ("warning", "drills/20261123T122200000Z-0123abcd.json")]
+    assert "names drill" in report.findings[0].problem and "unusable drill report" in report.findings[1].problem

@@ -39,7 +39,8 @@ import msgspec
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import backups
 from pitrkit.catalog.chains import check_chains
-from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
+from pitrkit.catalog.documents import BackupSummary, IndexedTransaction, WalIndexEntry
+from pitrkit.catalog.time_index import Located, NotFound, after_time, around_time, locate
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
@@ -59,6 +60,16 @@ class PlanRefused(RefusedError):
     """The target cannot be reached from what the archive holds; the message names the
     missing piece (no backup before the target, the first missing segment, a timeline
     that does not lead there, an ambiguous target)."""
+
+
+class TimeStop(msgspec.Struct, kw_only=True, frozen=True):
+    """Where the time index says recovery stops: the first segment on the path holding
+    a commit/abort record later than the target, and the transactions either side (xid
+    and Unix microseconds; None when not read)."""
+
+    segment: str
+    last_before: IndexedTransaction | None
+    first_after: IndexedTransaction | None
 
 
 class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
@@ -85,6 +96,9 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # --timeline decided.
     candidate_timelines: list[int]
     notes: list[str] = []
+    # A time target found in the time index (catalog/time_index.py): the segment where
+    # recovery stops and the transactions either side; None without an index.
+    stop: TimeStop | None = None
     # What the backup's configuration files would run (restore-plan reads them; see
     # restore/pgconf.py); None when not read.
     configuration: pgconf.Found | None = None
@@ -115,12 +129,15 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         archive_end = SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn if chain.segments \
             else Lsn(chain.first_segno * wal.segment_size)
     segments = _segments_to_target(wal, chain, backup, target, archive_end)
+    stop = None
+    if target.kind == "time":
+        stop, segments = _time_stop(archive, wal, path, chain, backup, target, segments, notes)
 
     if len(candidates) > 1:
         notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
-    if target.kind == "time":
-        notes.append("the archive cannot tell which segment holds the target time, so the plan runs to the end of "
-                     "the unbroken WAL; recovery stops at the first transaction after the target")
+    if target.kind == "time" and stop is None:
+        notes.append("the plan runs to the end of the unbroken WAL; recovery stops at the first transaction after "
+                     "the target")
         if chain.missing and chain.gap:
             notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
     if segments[-1] is chain.partial:
@@ -140,6 +157,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         archive_end=archive_end,
         candidate_timelines=candidates or [ending],
         notes=notes,
+        stop=stop,
     )
 
 
@@ -308,6 +326,32 @@ def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary
     return chain.segments
 
 
+def _time_stop(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], chain: WalChain,
+               backup: BackupSummary, target: Target, segments: list[WalIndexEntry],
+               notes: list[str]) -> tuple[TimeStop | None, list[WalIndexEntry]]:
+    """A time target through the time index: the segments up to the one where recovery
+    stops (never short of the backup's consistency point), or, where a segment on the
+    way has no index, `segments` as they were, with a note."""
+    assert target.time is not None
+    target_us = round(target.time.timestamp() * 1_000_000)
+    whole = [entry for entry in segments if not entry.name.endswith(".partial")]
+    if not whole:
+        return None, segments
+    first = chain.first_segno
+    found = locate(archive, wal, path, first, first + len(whole) - 1, after_time(target_us))
+    if isinstance(found, NotFound):
+        notes.append("the time index holds no transaction after the target: recovery replays all the archived WAL")
+        return None, segments
+    if not isinstance(found, Located):
+        notes.append(f"segment {found.segment} has no time index entry ('pitrkit catalog rebuild' makes it), so the "
+                     "archive cannot tell which segment holds the target time")
+        return None, segments
+    around = around_time(archive, found, target_us)
+    holding = max(found.segno, wal.segno(backup.last_segment))
+    return (TimeStop(segment=found.entry.segment, last_before=around.before, first_after=around.after),
+            segments[: holding - first + 1])
+
+
 def _short_of(chain: WalChain, target: Target, archive_end: Lsn) -> str:
     if chain.gap:
         return (f"segment {chain.missing} is missing from the archive: the WAL between the backup and "
@@ -387,12 +431,23 @@ def describe(plan: RestorePlan) -> str:
     if plan.history_files:
         lines.append(f"history:      {', '.join(plan.history_files)}")
     lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    if plan.stop is not None:
+        lines.append(f"stops in:     {plan.stop.segment} (time index): the first transaction after the target "
+                     f"ends there; {_transaction_words('last before', plan.stop.last_before)}; "
+                     f"{_transaction_words('first after', plan.stop.first_after)}")
     lines += [f"note:         {note}" for note in plan.notes]
     if plan.configuration is not None:
         lines += [f"warning:      {line}" if number == 0 else f"              {line}"
                   for number, line in enumerate(pgconf.describe(plan.configuration))]
         lines += [f"configuration: {note}" for note in plan.configuration.notes]
     return "\n".join(lines)
+
+
+def _transaction_words(which: str, transaction: IndexedTransaction | None) -> str:
+    if transaction is None:
+        return f"{which}: not known"
+    moment = datetime.fromtimestamp(transaction.time_us / 1_000_000, UTC)
+    return f"{which}: xid {transaction.xid} at {moment.isoformat(sep=' ', timespec='microseconds')}"
 
 
 def backup_configuration(archive: Archive, backup_id: str) -> pgconf.Found:

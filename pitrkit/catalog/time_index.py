@@ -12,7 +12,7 @@ the end of the unbroken WAL) where a segment on the way lacks it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
 
@@ -134,16 +134,24 @@ class IndexProgress(NamedTuple):
     wal_bytes: int  # WAL bytes read so far
 
 
+Carried = dict[str, tuple[SegmentTimes, Pending | None]]  # by the name of the segment they carry into
+
+
 def index_wal(archive: Archive, wal: ArchivedWal, *, again: bool = False,
-              progress: Callable[[IndexProgress], None] | None = None) -> list[str]:
+              progress: Callable[[IndexProgress], None] | None = None,
+              folders: Collection[tuple[int, int]] | None = None, carried: Carried | None = None) -> list[str]:
     """Index every archived segment that has no entry yet (`again`: every one), reading
     the WAL from the archive; returns one line per folder written. Segments are read in
     WAL order per timeline, so that a record continued from the previous segment and the
     previous segment's xid reference carry over; where the previous segment was indexed
-    in an earlier run, it is read again for its unfinished record."""
+    in an earlier run, it is read again for its unfinished record, unless `carried` (kept
+    by a caller that indexes again and again) has it. `folders`: only these (timeline,
+    log number) folders."""
     plans = []
     for timeline in sorted(wal.logs):
         for log_number in wal.logs[timeline]:
+            if folders is not None and (timeline, log_number) not in folders:
+                continue
             names = [entry.name for entry in wal.folder(timeline, log_number).entries
                      if WalFileName.parse(entry.name).kind == WalFileKind.SEGMENT]
             times = None if again else read_times(archive, timeline, log_number)
@@ -156,7 +164,7 @@ def index_wal(archive: Archive, wal: ArchivedWal, *, again: bool = False,
     done = wal_bytes = 0
     report = []
     unreadable: list[str] = []
-    carried: dict[str, tuple[SegmentTimes, Pending | None]] = {}  # by the next segment's name
+    carried = {} if carried is None else carried
     for timeline, log_number, times, xids, missing in plans:
         entries = {e.segment: e for e in times.segments} if times is not None and xids is not None else {}
         xid_entries = {e.segment: e for e in xids.segments} if times is not None and xids is not None else {}

@@ -37,6 +37,7 @@ from pitrkit.wal import agent_client
 from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.wal.push import push
+from pitrkit.wal.time_indexer import TimeIndexer
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,13 @@ class _Serving(NamedTuple):
     fetches: Ahead
     # Directories segments have been spooled into (see fetch.spool).
     spool_directories: set[Path]
+    # Indexes what was pushed, after the answer, in a process of its own (wal/time_indexer.py).
+    indexer: TimeIndexer
 
     def close(self, wait: bool) -> None:
         self.pushes.close(wait)
         self.fetches.close(wait)
+        self.indexer.close()
 
 
 class Agent:
@@ -105,7 +109,8 @@ class Agent:
                     # two at a time, so that storage latency and decompression overlap.
                     archive = Archive(load(self.config_path))
                     self._serving = _Serving(archive, Ahead(1, "push-ahead"),
-                                             Ahead(2, "fetch-ahead", discard=remove_spooled), set())
+                                             Ahead(2, "fetch-ahead", discard=remove_spooled), set(),
+                                             TimeIndexer(self.config_path))
                 except PitrkitError as exc:
                     self._config_error = exc
             if self._config_error is not None:
@@ -240,6 +245,8 @@ def _push(serving: _Serving, path: Path) -> str:
     with _beside_the_request(f"pushing ahead after {path.name}"):
         for ready in ready_after(path, archive.config.agent.lookahead):
             serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
+    with _beside_the_request(f"asking for {path.name}'s time index"):
+        serving.indexer.notify(path.name)
     return summary
 
 

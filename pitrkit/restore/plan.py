@@ -90,7 +90,8 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     history_files: list[str]
     wal_stored_size: int
     # End of the gap-free WAL the archive holds on this path: the end of its last
-    # segment, or, when that is a partial, of the partial's last valid page.
+    # segment, or, when that is a partial, of the partial's last valid page. With a
+    # `stop`, the run is read only that far: the end of the segment recovery stops in.
     archive_end: Lsn
     # Timelines on which the target exists; more than one means it was ambiguous and
     # --timeline decided.
@@ -122,16 +123,19 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         raise PlanRefused(f"timeline {ending} does not lead anywhere: {exc}") from None
     notes: list[str] = []
     backup = _choose_backup(path, finished, target, ending, notes)
-    chain = wal.chain(path, wal.segno(backup.first_segment))
+    located = _located_time(archive, wal, path, backup, target, notes) if target.kind == "time" else None
+    # With the target's segment known, the run is walked only up to it.
+    bound = None if located is None else max(located.segno, wal.segno(backup.last_segment))
+    chain = wal.chain(path, wal.segno(backup.first_segment), bound)
+    if bound is not None and chain.last_segno < bound:
+        raise PlanRefused(_short_of(chain, target, Lsn((chain.last_segno + 1) * wal.segment_size)))
     if chain.partial is not None:
         archive_end = wal.partial_end(chain.partial)
     else:
         archive_end = SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn if chain.segments \
             else Lsn(chain.first_segno * wal.segment_size)
     segments = _segments_to_target(wal, chain, backup, target, archive_end)
-    stop = None
-    if target.kind == "time":
-        stop, segments = _time_stop(archive, wal, path, chain, backup, target, segments, notes)
+    stop = None if located is None else _time_stop(archive, located, target)
 
     if len(candidates) > 1:
         notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
@@ -326,30 +330,35 @@ def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary
     return chain.segments
 
 
-def _time_stop(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], chain: WalChain,
-               backup: BackupSummary, target: Target, segments: list[WalIndexEntry],
-               notes: list[str]) -> tuple[TimeStop | None, list[WalIndexEntry]]:
-    """A time target through the time index: the segments up to the one where recovery
-    stops (never short of the backup's consistency point), or, where a segment on the
-    way has no index, `segments` as they were, with a note."""
+def _located_time(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], backup: BackupSummary,
+                  target: Target, notes: list[str]) -> Located | None:
+    """The segment the time index says recovery stops in: the first from the backup's
+    on the path holding a commit/abort later than the target; None (and a note) where a
+    segment on the way has no index entry or none is later, and the plan runs to the end
+    of the unbroken WAL as without an index."""
     assert target.time is not None
-    target_us = round(target.time.timestamp() * 1_000_000)
-    whole = [entry for entry in segments if not entry.name.endswith(".partial")]
-    if not whole:
-        return None, segments
-    first = chain.first_segno
-    found = locate(archive, wal, path, first, first + len(whole) - 1, after_time(target_us))
+    newest = wal.newest_on_path(path)
+    if newest is None:
+        return None
+    found = locate(archive, wal, path, wal.segno(backup.first_segment), newest[0], after_time(_micros(target.time)))
     if isinstance(found, NotFound):
         notes.append("the time index holds no transaction after the target: recovery replays all the archived WAL")
-        return None, segments
+        return None
     if not isinstance(found, Located):
         notes.append(f"segment {found.segment} has no time index entry ('pitrkit catalog rebuild' makes it), so the "
                      "archive cannot tell which segment holds the target time")
-        return None, segments
-    around = around_time(archive, found, target_us)
-    holding = max(found.segno, wal.segno(backup.last_segment))
-    return (TimeStop(segment=found.entry.segment, last_before=around.before, first_after=around.after),
-            segments[: holding - first + 1])
+        return None
+    return found
+
+
+def _time_stop(archive: Archive, located: Located, target: Target) -> TimeStop:
+    assert target.time is not None
+    around = around_time(archive, located, _micros(target.time))
+    return TimeStop(segment=located.entry.segment, last_before=around.before, first_after=around.after)
+
+
+def _micros(moment: datetime) -> int:
+    return round(moment.timestamp() * 1_000_000)
 
 
 def _short_of(chain: WalChain, target: Target, archive_end: Lsn) -> str:
@@ -430,7 +439,11 @@ def describe(plan: RestorePlan) -> str:
     ]
     if plan.history_files:
         lines.append(f"history:      {', '.join(plan.history_files)}")
-    lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    if plan.stop is None:
+        lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    else:
+        lines.append(f"WAL end:      {plan.archive_end} (the end of the segment recovery stops in; the WAL after it "
+                     "was not read)")
     if plan.stop is not None:
         lines.append(f"stops in:     {plan.stop.segment} (time index): the first transaction after the target "
                      f"ends there; {_transaction_words('last before', plan.stop.last_before)}; "

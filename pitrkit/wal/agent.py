@@ -245,8 +245,9 @@ def _push(serving: _Serving, path: Path) -> str:
     with _beside_the_request(f"pushing ahead after {path.name}"):
         for ready in ready_after(path, archive.config.agent.lookahead):
             serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
-    with _beside_the_request(f"asking for {path.name}'s time index"):
-        serving.indexer.notify(path.name)
+    if archive.config.agent.time_index:
+        with _beside_the_request(f"asking for {path.name}'s time index"):
+            serving.indexer.notify(path.name)
     return summary
 
 

@@ -23,7 +23,7 @@ from pitrkit.catalog import lock
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder
 from pitrkit.catalog.backups import backup_folders, oldest_first, read_backup_catalog, read_summary
 from pitrkit.catalog.documents import BackupCatalog, BackupSummary, WalFolderIndex
-from pitrkit.catalog.time_index import IndexProgress, index_wal
+from pitrkit.catalog.time_index import IndexProgress, index_wal, remove_stale
 from pitrkit.hookspecs import ObjectExists
 from pitrkit.progress import Progress, human_count
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, log_folder, wal_index_key
@@ -108,7 +108,7 @@ def _index_times(archive: Archive, wal: ArchivedWal) -> list[str]:
             shown.total = step.total * wal.segment_size
             shown.advance(step.wal_bytes - shown.done)
 
-        return index_wal(archive, wal, progress=seen)
+        return remove_stale(archive, wal) + index_wal(archive, wal, progress=seen)
 
 
 def _folder_index(folder: LogFolder) -> WalFolderIndex:

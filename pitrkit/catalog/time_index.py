@@ -201,6 +201,19 @@ def index_wal(archive: Archive, wal: ArchivedWal, *, again: bool = False,
     return report
 
 
+def remove_stale(archive: Archive, wal: ArchivedWal) -> list[str]:
+    """Remove the time index objects of folders no longer in `wal/` (retention removed
+    their WAL); one line per object removed."""
+    present = {f"{timeline:08X}{log_number:08X}" for timeline, numbers in wal.logs.items() for log_number in numbers}
+    removed = []
+    for prefix in (TIMES_PREFIX, XIDS_PREFIX):
+        for info in archive.list_folder(prefix).objects:
+            if info.key.removeprefix(prefix) not in present:
+                archive.delete(info.key)
+                removed.append(f"removed {info.key}: its folder is gone")
+    return removed
+
+
 def _previous(archive: Archive, wal: ArchivedWal, name: str,
               entries: dict[str, SegmentTimes]) -> tuple[SegmentTimes, Pending | None] | None:
     """The previous segment's entry and unfinished record, when it is indexed: the entry

@@ -70,13 +70,15 @@ class _Serving(NamedTuple):
     fetches: Ahead
     # Directories segments have been spooled into (see fetch.spool).
     spool_directories: set[Path]
-    # Indexes what was pushed, after the answer, in a process of its own (wal/time_indexer.py).
-    indexer: TimeIndexer
+    # Indexes what was pushed, after the answer, in a process of its own (wal/time_indexer.py);
+    # None: no indexing.
+    indexer: TimeIndexer | None = None
 
     def close(self, wait: bool) -> None:
         self.pushes.close(wait)
         self.fetches.close(wait)
-        self.indexer.close()
+        if self.indexer is not None:
+            self.indexer.close()
 
 
 class Agent:
@@ -245,7 +247,7 @@ def _push(serving: _Serving, path: Path) -> str:
     with _beside_the_request(f"pushing ahead after {path.name}"):
         for ready in ready_after(path, archive.config.agent.lookahead):
             serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
-    if archive.config.agent.time_index:
+    if archive.config.agent.time_index and serving.indexer is not None:
         with _beside_the_request(f"asking for {path.name}'s time index"):
             serving.indexer.notify(path.name)
     return summary

@@ -1,0 +1,120 @@
+"""The time index's stored objects and lookup (catalog/time_index.py): what a reader
+refuses in a hostile object, how xids are kept, and how the lookup walks a path. The
+reader of WAL records itself is tested on real WAL (tests/integration/test_walrecords.py);
+here the entries are written as the index writes them, never as made-up WAL."""
+
+from __future__ import annotations
+
+import pytest
+
+from pitrkit.catalog import time_index
+from pitrkit.catalog.archived_wal import ArchivedWal
+from pitrkit.catalog.documents import (
+    IndexedTransaction,
+    SegmentTimes,
+    SegmentXids,
+    TimeIndexFolder,
+    XidIndexFolder,
+)
+from pitrkit.postgres.walrecords import full_xid
+from pitrkit.storage import codec
+from tests.unit.synthetic_archive import SyntheticArchive, name
+
+FOLDER = "wal/0000000100000000/"
+
+
+def entry(segno: int, first: int | None, last: int | None, *, final_xid: int = 700) -> SegmentTimes:
+    final = None if last is None else IndexedTransaction(final_xid, last)
+    return SegmentTimes(name(1, segno), first, last, [], final, True, 1000)
+
+
+def decoded(text: str) -> TimeIndexFolder:
+    return codec.decode(text.encode(), TimeIndexFolder, "catalog/times/0000000100000000")
+
+
+@pytest.mark.parametrize(("segments", "why"), [
+    ('[["000000010000000000000002",1,2,[],[5,2],true,9],["000000010000000000000001",1,2,[],[5,2],true,9]]',
+     "not in WAL order"),
+    ('[["000000020000000000000001",1,2,[],[5,2],true,9]]', "another folder"),
+    ('[["000000010000000000000001",3,2,[],[5,2],true,9]]', "backwards"),
+    ('[["000000010000000000000001",-1,2,[],[5,2],true,9]]', "out of range"),
+    ('[["000000010000000000000001",1,2,[],null,true,9]]', "disagree"),
+    ('[["000000010000000000000001",1,2,[["x",1,18446744073709551616]],[5,2],true,9]]', "LSN"),
+    ('[["../../etc/passwd00000000",1,2,[],[5,2],true,9]]', "segment name"),
+])
+def test_a_hostile_time_index_does_not_decode(segments, why):
+    with pytest.raises(ValueError, match=why):
+        decoded(f'{{"folder":"{FOLDER}","segments":{segments},"indexed_at":"2026-12-07T01:00:00Z"}}')
+
+
+def test_xid_ranges_must_be_sorted_and_disjoint():
+    good = '{"folder":"wal/0000000100000000/","segments":[["000000010000000000000001",true,[[3,5],[7,7]]]]}'
+    assert codec.decode(good.encode(), XidIndexFolder, "k").segments[0].xids == [(3, 5), (7, 7)]
+    for ranges in ("[[3,5],[6,7]]", "[[7,7],[3,5]]", "[[5,3]]"):
+        bad = good.replace("[[3,5],[7,7]]", ranges)
+        with pytest.raises(ValueError, match="sorted and disjoint"):
+            codec.decode(bad.encode(), XidIndexFolder, "k")
+
+
+def test_xids_are_kept_as_ranges_and_given_the_nearest_epoch():
+    assert time_index._ranges([9, 3, 4, 5, 9, 12]) == [(3, 5), (9, 9), (12, 12)]
+    epoch = 7 << 32
+    assert full_xid(100, epoch + 50) == epoch + 100
+    assert full_xid(0xFFFFFFF0, epoch + 5) == epoch - (1 << 32) + 0xFFFFFFF0  # before the wrap
+    assert full_xid(5, epoch - 10) == epoch + 5  # after it
+
+
+@pytest.fixture
+def indexed(tmp_path) -> SyntheticArchive:
+    """Segments 1..6 of timeline 1; 1..5 indexed, their commits two seconds apart."""
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 6)
+    times = [entry(1, None, None), entry(2, 10, 20, final_xid=702), entry(3, 30, 40, final_xid=703),
+             entry(4, None, None), entry(5, 35, 60, final_xid=705)]
+    xids = [SegmentXids(name(1, n), True, [(700 + n, 700 + n)]) for n in range(1, 6)]
+    # These segments are large: a folder holds only a few of them.
+    for log in sorted({t.segment[8:16] for t in times}):
+        folder = f"wal/00000001{log}/"
+        time_index._write(store.archive, time_index.times_key(1, int(log, 16)), TimeIndexFolder(
+            folder=folder, segments=[t for t in times if t.segment[8:16] == log], indexed_at=codec_time()))
+        time_index._write(store.archive, time_index.xids_key(1, int(log, 16)), XidIndexFolder(
+            folder=folder, segments=[x for x in xids if x.segment[8:16] == log]))
+    return store
+
+
+def codec_time():
+    from datetime import UTC, datetime
+
+    return datetime(2026, 12, 7, 1, tzinfo=UTC)
+
+
+def test_the_lookup_stops_at_the_first_segment_with_a_later_commit(indexed):
+    wal = ArchivedWal(indexed.archive)
+    path = wal.path(1)
+    found = time_index.locate(indexed.archive, wal, path, 1, 6, time_index.after_time(25))
+    assert isinstance(found, time_index.Located) and found.segno == 3
+    assert found.before == IndexedTransaction(702, 20)  # the last commit of the segments before
+    # A target later than a segment's latest commit skips it, whatever its earliest.
+    found = time_index.locate(indexed.archive, wal, path, 1, 6, time_index.after_time(40))
+    assert isinstance(found, time_index.Located) and found.segno == 5
+    assert time_index.locate(indexed.archive, wal, path, 1, 6, time_index.after_time(20, exclusive=True)).segno == 2
+    # Past every indexed commit, the lookup reaches segment 6, which has no entry.
+    assert time_index.locate(indexed.archive, wal, path, 1, 6, time_index.after_time(60)) == \
+        time_index.Unindexed(6, name(1, 6))
+    assert time_index.locate(indexed.archive, wal, path, 1, 5, time_index.after_time(60)) == time_index.NotFound(5)
+    found = time_index.locate_xid(indexed.archive, wal, path, 1, 6, 704)
+    assert isinstance(found, time_index.Located) and found.segno == 4
+
+
+def test_an_index_under_another_folders_key_is_ignored(indexed, caplog):
+    moved = indexed.root / time_index.times_key(1, 0)
+    moved.rename(indexed.root / time_index.times_key(1, 1))
+    assert time_index.read_times(indexed.archive, 1, 1) is None
+    assert "it is wal/0000000100000000/'s" in caplog.text
+
+
+def test_a_corrupt_index_is_ignored_with_a_warning(indexed, caplog):
+    stored = indexed.root / time_index.times_key(1, 0)
+    stored.write_bytes(stored.read_bytes()[:-3])
+    assert time_index.read_times(indexed.archive, 1, 0) is None
+    assert "catalog rebuild" in caplog.text

@@ -96,12 +96,31 @@ def test_a_time_plan_stops_at_the_indexed_segment(cluster, pitrkit_setup):
     asked = [line for line in (restored.directory / "asked").read_text().split() if len(line) == 24]
     assert asked and max(asked) <= names[2], (asked, names)
 
-    # Without the index: the plan runs to the end of the WAL, with a note, and restores.
+    # Across the timeline switch: the promoted copy archives on timeline 2 (through the
+    # agent, as the primary did); a time between its two commits stops in its segment,
+    # on a path that runs on timeline 1 up to the switch.
+    assert restored.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0].startswith("00000002")
+    (z0, v0), (z1, v1) = [commit(restored, 9, n) for n in range(2)]
+    on_two = archive_everything(restored)
+    pgharness.wait_for(lambda: indexed(setup, [on_two]), 90, interval=0.5, what="the time index on timeline 2")
+    result = setup.run("restore-plan", "--to", stamp(v0 + (v1 - v0) / 2), "--json")
+    # What the archive held, should it be refused (seen once, not reproduced since).
+    assert result.returncode == 0, (result.stderr, setup.run("wal-list").stdout, stamp(v0), stamp(v1), on_two)
+    plan = json.loads(result.stdout)
+    assert plan["timeline"] == 2 and plan["stop"]["segment"] == on_two == plan["segments"][-1]
+    assert plan["stop"]["first_after"] == [z1, round(v1.timestamp() * 1_000_000)]
+    assert any(name.startswith("00000001") for name in plan["segments"])
+
+    # Without the index: the plan runs to the end of the WAL, with a note; `catalog
+    # rebuild` makes it again from the WAL.
     for key in (setup.archive / "catalog" / "times").iterdir():
         key.unlink()
-    plan = restore_plan(setup, "--to", stamp(target))
+    plan = restore_plan(setup, "--to", stamp(target), "--timeline", "1")
     assert plan["stop"] is None and any("no time index entry" in note for note in plan["notes"])
     assert plan["segments"][-1] >= names[2]
+    rebuilt = succeeded(setup.run("catalog", "rebuild"))
+    assert "segments indexed" in rebuilt, rebuilt
+    assert restore_plan(setup, "--to", stamp(target), "--timeline", "1")["stop"]["segment"] == names[2]
 
 
 def recovered_counting(cluster, setup, target: str):

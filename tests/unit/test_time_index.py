@@ -5,10 +5,13 @@ here the entries are written as the index writes them, never as made-up WAL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from pitrkit.catalog import time_index
 from pitrkit.catalog.archived_wal import ArchivedWal
+from pitrkit.catalog.contents import WalListing, wal_rows
 from pitrkit.catalog.documents import (
     IndexedTransaction,
     SegmentTimes,
@@ -16,8 +19,11 @@ from pitrkit.catalog.documents import (
     TimeIndexFolder,
     XidIndexFolder,
 )
+from pitrkit.config import EncryptionConfig
 from pitrkit.postgres.walrecords import full_xid
-from pitrkit.storage import codec
+from pitrkit.progress import show_time
+from pitrkit.storage import codec, keys
+from pitrkit.views.text import render
 from tests.unit.synthetic_archive import SyntheticArchive, name
 
 FOLDER = "wal/0000000100000000/"
@@ -82,9 +88,7 @@ def indexed(tmp_path) -> SyntheticArchive:
     return store
 
 
-def codec_time():
-    from datetime import UTC, datetime
-
+def codec_time() -> datetime:
     return datetime(2026, 12, 7, 1, tzinfo=UTC)
 
 
@@ -118,3 +122,26 @@ def test_a_corrupt_index_is_ignored_with_a_warning(indexed, caplog):
     stored.write_bytes(stored.read_bytes()[:-3])
     assert time_index.read_times(indexed.archive, 1, 0) is None
     assert "catalog rebuild" in caplog.text
+
+
+def test_in_an_encrypted_archive_the_index_is_encrypted_and_read_back(tmp_path):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    store = SyntheticArchive(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
+    store.segments(1, 1, 2)
+    times = TimeIndexFolder(folder=FOLDER, segments=[entry(2, 10, 20, final_xid=702)], indexed_at=codec_time())
+    time_index._write(store.archive, time_index.times_key(1, 0), times)
+    stored = (store.root / time_index.times_key(1, 0)).read_bytes()
+    assert name(1, 2).encode() not in stored and b"702" not in stored
+    assert time_index.read_times(store.archive, 1, 0) == times
+
+
+def test_wal_list_shows_each_indexed_segments_commit_times(indexed):
+    rows = {row.name: row for row in wal_rows(indexed.archive)}
+    assert (rows[name(1, 2)].indexed, rows[name(1, 2)].first_commit) == (True, datetime.fromtimestamp(10e-6, UTC))
+    assert rows[name(1, 1)].indexed and rows[name(1, 1)].first_commit is None
+    assert not rows[name(1, 6)].indexed
+    text = {line.split()[0]: line for line in render(WalListing(files=list(rows.values()))).splitlines()[1:]}
+    assert text[name(1, 2)].endswith(f"{show_time(rows[name(1, 2)].first_commit)} .. "
+                                      f"{show_time(rows[name(1, 2)].last_commit)}")
+    assert text[name(1, 1)].endswith(" none") and text[name(1, 6)].endswith(" -")

@@ -5,7 +5,7 @@ here the entries are written as the index writes them, never as made-up WAL."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,9 +22,11 @@ from pitrkit.catalog.documents import (
 from pitrkit.config import EncryptionConfig
 from pitrkit.postgres.walrecords import full_xid
 from pitrkit.progress import show_time
+from pitrkit.restore.plan import describe, make_plan
+from pitrkit.restore.targets import Target
 from pitrkit.storage import codec, keys
 from pitrkit.views.text import render
-from tests.unit.synthetic_archive import SyntheticArchive, name
+from tests.unit.synthetic_archive import SyntheticArchive, name, stored_at
 
 FOLDER = "wal/0000000100000000/"
 
@@ -145,3 +147,34 @@ def test_wal_list_shows_each_indexed_segments_commit_times(indexed):
     assert text[name(1, 2)].endswith(f"{show_time(rows[name(1, 2)].first_commit)} .. "
                                       f"{show_time(rows[name(1, 2)].last_commit)}")
     assert text[name(1, 1)].endswith(" none") and text[name(1, 6)].endswith(" -")
+
+
+def test_a_time_plan_with_the_index_lists_the_wal_up_to_the_segment_it_stops_in(tmp_path):
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 20)
+    store.backup("A", 1, 2, 3)
+
+    def micros(segno: int, before: int) -> int:
+        return round((stored_at(segno) - timedelta(seconds=before)).timestamp() * 1_000_000)
+
+    times = [entry(segno, micros(segno, 30), micros(segno, 10), final_xid=700 + segno) for segno in range(1, 21)]
+    for log in sorted({t.segment[8:16] for t in times}):
+        time_index._write(store.archive, time_index.times_key(1, int(log, 16)), TimeIndexFolder(
+            folder=f"wal/00000001{log}/", segments=[t for t in times if t.segment[8:16] == log],
+            indexed_at=codec_time()))
+    target = stored_at(6) + timedelta(seconds=20)  # after segment 6's commits, before 7's
+    plan = make_plan(store.archive, Target(kind="time", time=target, text=target.isoformat()))
+    assert plan.segments == [name(1, segno) for segno in range(2, 8)]
+    assert plan.stop is not None and plan.stop.segment == name(1, 7)
+    # The WAL of these segments is a stand-in: the transactions either side stay unknown.
+    assert (plan.stop.last_before, plan.stop.first_after) == (None, None)
+    assert f"stops in:     {name(1, 7)} (time index)" in describe(plan)
+    # Without segment 5's entry, the plan runs to the end of the WAL and says why.
+    folder = time_index.read_times(store.archive, 1, 1)
+    assert folder is not None
+    time_index._write(store.archive, time_index.times_key(1, 1), TimeIndexFolder(
+        folder=folder.folder, segments=[t for t in folder.segments if t.segment != name(1, 5)],
+        indexed_at=codec_time()))
+    plan = make_plan(store.archive, Target(kind="time", time=target, text=target.isoformat()))
+    assert plan.stop is None and plan.segments[-1] == name(1, 20)
+    assert any(f"segment {name(1, 5)} has no time index entry" in note for note in plan.notes)

@@ -37,7 +37,7 @@ from pitrkit.wal import agent_client
 from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.wal.push import push
-from pitrkit.wal.time_indexer import TimeIndexer
+from pitrkit.wal.time_indexer import TimeIndexer, indexes_here
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _push(serving: _Serving, path: Path) -> str:
     with _beside_the_request(f"pushing ahead after {path.name}"):
         for ready in ready_after(path, archive.config.agent.lookahead):
             serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
-    if archive.config.agent.time_index and serving.indexer is not None:
+    if serving.indexer is not None and indexes_here(archive.config):
         with _beside_the_request(f"asking for {path.name}'s time index"):
             serving.indexer.notify(path.name)
     return summary

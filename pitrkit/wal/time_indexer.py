@@ -20,11 +20,20 @@ import sys
 import threading
 from pathlib import Path
 
+from pitrkit.config import Config
 from pitrkit.postgres.wal import WalFileKind, WalFileName
 
 log = logging.getLogger(__name__)
 
 _KEEP_CARRIED = 16
+
+
+def indexes_here(config: Config) -> bool:
+    """Whether this host indexes what it pushes: `[agent] time_index`, and the archive
+    readable here (in recipient mode a host with only the public key cannot read the WAL
+    back; `catalog rebuild` indexes it where the private key is)."""
+    encryption = config.encryption
+    return config.agent.time_index and not (encryption.mode == "recipient" and encryption.private_key_file is None)
 
 
 class TimeIndexer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from pitrkit.catalog import time_index
@@ -19,13 +20,14 @@ from pitrkit.catalog.documents import (
     TimeIndexFolder,
     XidIndexFolder,
 )
-from pitrkit.config import EncryptionConfig
+from pitrkit.config import AgentConfig, Config, EncryptionConfig, RepositoryConfig
 from pitrkit.postgres.walrecords import full_xid
 from pitrkit.progress import show_time
 from pitrkit.restore.plan import describe, make_plan
 from pitrkit.restore.targets import Target
 from pitrkit.storage import codec, keys
 from pitrkit.views.text import render
+from pitrkit.wal.time_indexer import indexes_here
 from tests.unit.synthetic_archive import SyntheticArchive, name, stored_at
 
 FOLDER = "wal/0000000100000000/"
@@ -178,3 +180,14 @@ def test_a_time_plan_with_the_index_lists_the_wal_up_to_the_segment_it_stops_in(
     plan = make_plan(store.archive, Target(kind="time", time=target, text=target.isoformat()))
     assert plan.stop is None and plan.segments[-1] == name(1, 20)
     assert any(f"segment {name(1, 5)} has no time index entry" in note for note in plan.notes)
+
+
+def test_the_agent_indexes_only_where_it_can_read_the_archive_back():
+    def config(**encryption: str) -> Config:
+        return Config(repository=RepositoryConfig(url="file:///a"), encryption=EncryptionConfig(**encryption))
+
+    assert indexes_here(config())
+    assert indexes_here(config(mode="key", key_file="/k"))
+    assert not indexes_here(config(mode="recipient", public_key_file="/p"))
+    assert indexes_here(config(mode="recipient", public_key_file="/p", private_key_file="/s"))
+    assert not indexes_here(msgspec.structs.replace(config(), agent=AgentConfig(time_index=False)))

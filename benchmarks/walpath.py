@@ -386,9 +386,10 @@ class Bench:
     def fresh(self, path: Path, mode: int = 0o700) -> str:
         return self.wb.fresh_dir(self.pgu, str(path), mode)
 
-    def pitrkit_setup(self, name: str, agent: bool, archive: Path | None = None) -> dict:
+    def pitrkit_setup(self, name: str, agent: bool, archive: Path | None = None, time_index: bool = True) -> dict:
         """A config file, archive dir and runtime dir of its own for one pitrkit variant
-        (`archive`: use that existing archive, e.g. a fetch reading a push's archive)."""
+        (`archive`: use that existing archive, e.g. a fetch reading a push's archive;
+        `time_index`: [agent] time_index, the background indexer after each push)."""
         sl = self.wb.slug(name)
         runtime = self.bench / "run" / sl
         config = self.bench / "conf" / f"{sl}.toml"
@@ -399,7 +400,8 @@ class Bench:
         config.parent.mkdir(parents=True, exist_ok=True)
         text = (f'[repository]\nurl = "file://{archive}"\n\n'
                 f'[compression]\nalgorithm = "zstd"\nlevel = 3\n\n'
-                f"[agent]\nenabled = {'true' if agent else 'false'}\n\n"
+                f"[agent]\nenabled = {'true' if agent else 'false'}\n"
+                f"time_index = {'true' if time_index else 'false'}\n\n"
                 # The cluster the segments come from (stopped): `init` reads pg_controldata.
                 f'[postgres]\npgdata = "{self.manifest["pgdata"]}"\nbindir = "{self.wb.PGBIN}"\n')
         config.write_text(text)
@@ -413,7 +415,7 @@ class Bench:
                  "push": f"{base} wal-push %p", "fetch": f"{base} wal-fetch %f %p",
                  # Empty wal/ but keep archive.json, which `init` wrote, as in a real
                  # archive (without it every push is refused).
-                 "reset": f"rm -rf {archive}/wal"}
+                 "reset": f"rm -rf {archive}/wal {archive}/catalog/times {archive}/catalog/xids"}
         self.configs[name] = text
         self.pitrkit_setups[name] = setup
         return setup
@@ -464,10 +466,13 @@ class Bench:
                     wait_gone=s["conf"] if async_ else None, ready=ready,
                     limit=self.a.each_limit if ready == "each" else 0)
         pk = {}
-        for name, agent, ready in (("pitrkit wal-push, in-process", False, "all"),
-                                   ("pitrkit wal-push, agent", True, "all"),
-                                   ("pitrkit wal-push, agent, one at a time", True, "each")):
-            s = pk[name] = self.pitrkit_setup(name, agent)
+        # "no time index": the same agent without its background time indexer, so that the
+        # indexer's cost to the push path shows as the ratio of the two rows (issue 15: <= 5 %).
+        for name, agent, ready, time_index in (("pitrkit wal-push, in-process", False, "all", True),
+                                               ("pitrkit wal-push, agent", True, "all", True),
+                                               ("pitrkit wal-push, agent, no time index", True, "all", False),
+                                               ("pitrkit wal-push, agent, one at a time", True, "each", True)):
+            s = pk[name] = self.pitrkit_setup(name, agent, time_index=time_index)
             add("push", name, "pitrkit", s["push"], s["archive"], reset=s["reset"], ready=ready,
                 limit=self.a.each_limit if ready == "each" else 0,
                 agent_config=s["config"] if agent else None)

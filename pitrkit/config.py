@@ -63,6 +63,9 @@ class AgentConfig(_Section, frozen=True):
     # Segments pushed ahead of PostgreSQL's request when a backlog is marked .ready, and
     # fetched ahead of recovery's next request; 0 turns look-ahead off.
     lookahead: int = 4
+    # After answering a push, index the segment's commit times, xids and restore points
+    # in a child process at idle CPU priority (wal/time_indexer.py).
+    time_index: bool = True
 
 
 class BackupConfig(_Section, frozen=True):

@@ -328,16 +328,22 @@ class ArchivedWal:
 
     # -- walking a path ------------------------------------------------------------------
 
-    def chain(self, path: list[TimelineStep], first: int) -> WalChain:
+    def chain(self, path: list[TimelineStep], first: int, last: int | None = None) -> WalChain:
         """The unbroken run of segments from number `first` along `path`, as far as the
-        archive holds them."""
+        archive holds them, or only up to number `last` (a plan that knows where it stops:
+        `missing` is then the segment after `last` when the run reaches it)."""
         segments: list[WalIndexEntry] = []
         segno = first
         while True:
+            if last is not None and segno > last:
+                after = self.segment_name(self.serving_timeline(path, segno), segno)
+                return WalChain(first, segments, after, gap=False)
             timeline = self.serving_timeline(path, segno)
             log_number, within = divmod(segno, self.per_log)
             # The stretch this folder serves: to its end, or to the next switch.
             end = (log_number + 1) * self.per_log - 1
+            if last is not None:
+                end = min(end, last)
             if (switch := self._next_switch_segno(path, segno)) is not None:
                 end = min(end, switch - 1)
             folder = self._present_folder(timeline, log_number)

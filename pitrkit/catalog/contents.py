@@ -6,7 +6,7 @@ can use it, or retention would remove it).
 from __future__ import annotations
 
 import bisect
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
@@ -14,7 +14,8 @@ import msgspec
 from pitrkit.catalog.archived_wal import PARTIAL_SUFFIX, ArchivedWal, on_path
 from pitrkit.catalog.backups import backups, survey_backups
 from pitrkit.catalog.chains import check_chains
-from pitrkit.catalog.documents import BackupSummary, WalIndexEntry
+from pitrkit.catalog.documents import BackupSummary, SegmentTimes, WalIndexEntry
+from pitrkit.catalog.time_index import read_times
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.storage.archive import WAL_PREFIX, Archive, stored_at
 
@@ -80,6 +81,11 @@ class WalRow(msgspec.Struct, kw_only=True, frozen=True):
     state: str
     # A `.partial`: the open segment of a streaming receiver, replaced as it grows.
     partial: bool = False
+    # From the time index (catalog/time_index.py): the earliest and latest commit/abort
+    # time of the records ending in the segment; `indexed` false when it has no entry.
+    indexed: bool = False
+    first_commit: datetime | None = None
+    last_commit: datetime | None = None
 
 
 class WalListing(msgspec.Struct, kw_only=True, frozen=True):
@@ -130,6 +136,8 @@ def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]
         branch = path[-1].begin // wal.segment_size
         for log_number in wal.logs.get(timeline, []):
             folder = wal.folder(timeline, log_number)
+            indexed = read_times(archive, timeline, log_number)
+            times = {} if indexed is None else {entry.segment: entry for entry in indexed.segments}
             numbered = [*zip(folder.numbers, folder.segments, strict=True),
                         *((int(entry.name[16:24], 16), entry) for entry in folder.partials)]
             if folder.partials:
@@ -138,8 +146,20 @@ def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]
                 segment = SegmentName(timeline, log_number * wal.per_log + number, wal.segment_size)
                 # A file from before its own timeline's branch point is on no path.
                 owner = _owner(spans, firsts, segment.segno) if segment.segno >= branch else None
-                rows.append(_segment_row(segment, entry, owner, fresh=not finished))
+                rows.append(_with_times(_segment_row(segment, entry, owner, fresh=not finished),
+                                        times.get(entry.name)))
     return rows
+
+
+def _with_times(row: WalRow, times: SegmentTimes | None) -> WalRow:
+    if times is None:
+        return row
+    return msgspec.structs.replace(row, indexed=True, first_commit=_instant(times.first_us),
+                                   last_commit=_instant(times.last_us))
+
+
+def _instant(time_us: int | None) -> datetime | None:
+    return None if time_us is None else datetime.fromtimestamp(time_us / 1_000_000, UTC)
 
 
 def _owner(spans: list[_BackupSpan], firsts: list[int], segno: int) -> _BackupSpan | None:

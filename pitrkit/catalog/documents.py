@@ -455,6 +455,120 @@ class RestorePointCatalog(msgspec.Struct, kw_only=True, frozen=True):
             raise ValueError("a restore point name is recorded twice")
 
 
+# The time index (catalog/time_index.py): times are Unix microseconds, as PostgreSQL's
+# own TimestampTz is microseconds; a plausible range keeps a forged value from misleading.
+_MIN_TIME_US = 0
+_MAX_TIME_US = 253402300799_999_999  # 9999-12-31
+_MAX_XID = (1 << 64) - 1
+_MAX_RANGES = 1 << 20  # a 1 GiB segment of commit records alone holds fewer than 2^25 xids
+
+
+class IndexedTransaction(msgspec.Struct, array_like=True, frozen=True):
+    """A commit or abort record: its xid (64-bit when `epoch_known`) and time."""
+
+    xid: int
+    time_us: int
+
+    def __post_init__(self) -> None:
+        _check_xid(self.xid)
+        _check_time(self.time_us)
+
+
+class IndexedRestorePoint(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    time_us: int
+    end_lsn: int
+
+    def __post_init__(self) -> None:
+        if len(self.name) > 63 or "\0" in self.name:
+            raise ValueError(f"restore point name {self.name[:80]!r} is longer than PostgreSQL allows")
+        _check_time(self.time_us)
+        if not 0 <= self.end_lsn < 1 << 64:
+            raise ValueError(f"restore point LSN {self.end_lsn} out of range")
+
+
+class SegmentTimes(msgspec.Struct, array_like=True, frozen=True):
+    """What the time index knows of one segment: the records that END in it."""
+
+    segment: str  # its 24-digit name
+    first_us: int | None  # the earliest and latest commit/abort time (not monotonic in WAL order)
+    last_us: int | None
+    restore_points: list[IndexedRestorePoint]
+    final: IndexedTransaction | None  # the last commit/abort in WAL order
+    start_known: bool  # false: it began with the tail of a record whose kind was not read
+    next_full_xid: int | None  # the xid reference carried to the next segment
+
+    def __post_init__(self) -> None:
+        if len(self.segment) != 24 or not all(c in "0123456789ABCDEF" for c in self.segment):
+            raise ValueError(f"{self.segment[:40]!r} is not a segment name")
+        if (self.first_us is None) != (self.last_us is None) or (self.final is None) != (self.first_us is None):
+            raise ValueError(f"{self.segment}: a time range and its transactions disagree")
+        if self.first_us is not None and self.last_us is not None:
+            _check_time(self.first_us)
+            _check_time(self.last_us)
+            if self.first_us > self.last_us:
+                raise ValueError(f"{self.segment}: time range backwards")
+        if self.next_full_xid is not None:
+            _check_xid(self.next_full_xid)
+
+
+class SegmentXids(msgspec.Struct, array_like=True, frozen=True):
+    """The xids of the commit/abort records that end in one segment (COMMIT/ABORT
+    PREPARED: the prepared transaction's xid)."""
+
+    segment: str
+    epoch_known: bool  # false: 32-bit xids, their epoch unknown (no checkpoint read before them)
+    xids: list[tuple[int, int]]  # sorted, disjoint ranges (first, last)
+
+    def __post_init__(self) -> None:
+        if len(self.xids) > _MAX_RANGES:
+            raise ValueError(f"{self.segment[:40]}: {len(self.xids)} xid ranges")
+        previous = -2
+        for first, last in self.xids:
+            _check_xid(first)
+            _check_xid(last)
+            if not previous + 1 < first <= last:
+                raise ValueError(f"{self.segment[:40]}: xid ranges not sorted and disjoint")
+            previous = last
+
+
+class XidIndexFolder(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/xids/<TLI><LOG>`: the xids of a WAL folder's segments, apart from their
+    times so that a time target never decodes them."""
+
+    folder: str
+    segments: list[SegmentXids]
+
+
+class TimeIndexFolder(msgspec.Struct, kw_only=True, frozen=True):
+    """`catalog/times/<TLI><LOG>`: the time index of a WAL folder's segments, in WAL order
+    (an object in storage/objects.py's format: encrypted in an encrypted archive)."""
+
+    folder: str  # "wal/<TLI><LOG>/"
+    segments: list[SegmentTimes]
+    indexed_at: Time
+
+    def __post_init__(self) -> None:
+        if len(self.segments) > 4096:  # 4096 one-MiB segments per 4 GiB folder
+            raise ValueError(f"{self.folder}: {len(self.segments)} segments")
+        names = [entry.segment for entry in self.segments]
+        if names != sorted(set(names)):
+            raise ValueError(f"{self.folder}: segments not in WAL order")
+        stem = self.folder.removeprefix("wal/").rstrip("/")
+        if any(not name.startswith(stem) for name in names):
+            raise ValueError(f"{self.folder}: holds another folder's segment")
+
+
+def _check_time(value: int) -> None:
+    if not _MIN_TIME_US <= value <= _MAX_TIME_US:
+        raise ValueError(f"time {value} out of range")
+
+
+def _check_xid(value: int) -> None:
+    if not 0 <= value <= _MAX_XID:
+        raise ValueError(f"xid {value} out of range")
+
+
 # --- retention (catalog/retention.json, leases/) -----------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Writing the catalog: recording a finished backup, indexing the WAL folders sealed
 since the last time, and `catalog rebuild`, which recreates the whole catalog from the
-objects. The catalog's other writer is retention (ops/retention.py): it rewrites
+objects (and the WAL time index, catalog/time_index.py, where it is missing). The
+catalog's other writer is retention (ops/retention.py): it rewrites
 `catalog/backups.json` and the indexes of the folders it removes WAL from, and alone
 writes `catalog/retention.json`.
 
@@ -22,8 +23,9 @@ from pitrkit.catalog import lock, restore_points
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder
 from pitrkit.catalog.backups import backup_folders, oldest_first, read_backup_catalog, read_summary
 from pitrkit.catalog.documents import BackupCatalog, BackupSummary, WalFolderIndex
+from pitrkit.catalog.time_index import IndexProgress, index_wal, remove_stale
 from pitrkit.hookspecs import ObjectExists
-from pitrkit.progress import human_count
+from pitrkit.progress import Progress, human_count
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, log_folder, wal_index_key
 
 
@@ -94,9 +96,21 @@ def _rebuild(archive: Archive) -> list[str]:
     for key in sorted(wal.indexed - wanted):
         archive.delete(key)
         report.append(f"removed {key}: its folder is gone or still receives WAL")
+    report += _index_times(archive, wal)
     if points := restore_points.rebuild_line(archive):
         report.append(points)
     return report
+
+
+def _index_times(archive: Archive, wal: ArchivedWal) -> list[str]:
+    """The time index of every segment that lacks one, read from the WAL (catalog/time_index.py),
+    with progress on a terminal."""
+    with Progress("time index: WAL read") as shown:
+        def seen(step: IndexProgress) -> None:
+            shown.total = step.total * wal.segment_size
+            shown.advance(step.wal_bytes - shown.done)
+
+        return remove_stale(archive, wal) + index_wal(archive, wal, progress=seen)
 
 
 def _folder_index(folder: LogFolder) -> WalFolderIndex:

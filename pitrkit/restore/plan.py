@@ -51,7 +51,8 @@ from pitrkit.catalog import restore_points
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import backups
 from pitrkit.catalog.chains import check_chains
-from pitrkit.catalog.documents import BackupSummary, RestorePoint, WalIndexEntry, shown
+from pitrkit.catalog.documents import BackupSummary, IndexedTransaction, RestorePoint, WalIndexEntry, shown
+from pitrkit.catalog.time_index import Located, NotFound, after_time, around_time, locate
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
@@ -73,6 +74,16 @@ class PlanRefused(RefusedError):
     that does not lead there, an ambiguous target)."""
 
 
+class TimeStop(msgspec.Struct, kw_only=True, frozen=True):
+    """Where the time index says recovery stops: the first segment on the path holding
+    a commit/abort record later than the target, and the transactions either side (xid
+    and Unix microseconds; None when not read)."""
+
+    segment: str
+    last_before: IndexedTransaction | None
+    first_after: IndexedTransaction | None
+
+
 class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     target: Target
     # recovery_target_timeline to write: the timeline recovery ends on.
@@ -91,12 +102,16 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     history_files: list[str]
     wal_stored_size: int
     # End of the gap-free WAL the archive holds on this path: the end of its last
-    # segment, or, when that is a partial, of the partial's last valid page.
+    # segment, or, when that is a partial, of the partial's last valid page. With a
+    # `stop`, the run is read only that far: the end of the segment recovery stops in.
     archive_end: Lsn
     # Timelines on which the target exists; more than one means it was ambiguous and
     # --timeline decided.
     candidate_timelines: list[int]
     notes: list[str] = []
+    # A time target found in the time index (catalog/time_index.py): the segment where
+    # recovery stops and the transactions either side; None without an index.
+    stop: TimeStop | None = None
     # What the backup's configuration files would run (restore-plan reads them; see
     # restore/pgconf.py); None when not read.
     configuration: pgconf.Found | None = None
@@ -139,19 +154,25 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
                           f"along it never meets the point; leave --timeline out, or pass --timeline {point.timeline}")
     notes: list[str] = []
     backup = _choose_backup(path, finished, target, ending, notes)
-    chain = wal.chain(path, wal.segno(backup.first_segment))
+    located = _located_time(archive, wal, path, backup, target, notes) if target.kind == "time" else None
+    # With the target's segment known, the run is walked only up to it.
+    bound = None if located is None else max(located.segno, wal.segno(backup.last_segment))
+    chain = wal.chain(path, wal.segno(backup.first_segment), bound)
+    if bound is not None and chain.last_segno < bound:
+        raise PlanRefused(_short_of(chain, target, Lsn((chain.last_segno + 1) * wal.segment_size)))
     if chain.partial is not None:
         archive_end = wal.partial_end(chain.partial)
     else:
         archive_end = SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn if chain.segments \
             else Lsn(chain.first_segno * wal.segment_size)
     segments = _segments_to_target(wal, chain, backup, target, archive_end)
+    stop = None if located is None else _time_stop(archive, located, target)
 
     if len(candidates) > 1:
         notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
-    if target.kind == "time":
-        notes.append("the archive cannot tell which segment holds the target time, so the plan runs to the end of "
-                     "the unbroken WAL; recovery stops at the first transaction after the target")
+    if target.kind == "time" and stop is None:
+        notes.append("the plan runs to the end of the unbroken WAL; recovery stops at the first transaction after "
+                     "the target")
         if chain.missing and chain.gap:
             notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
     notes += _kind_notes(target, backup, timeline, ending, chain)
@@ -172,6 +193,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         archive_end=archive_end,
         candidate_timelines=candidates or [ending],
         notes=notes,
+        stop=stop,
         restore_point=point,
     )
 
@@ -429,6 +451,38 @@ def segment_holding(wal: ArchivedWal, target: Target, chain: WalChain) -> int | 
     return None
 
 
+def _located_time(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], backup: BackupSummary,
+                  target: Target, notes: list[str]) -> Located | None:
+    """The segment the time index says recovery stops in: the first from the backup's
+    on the path holding a commit/abort later than the target; None (and a note) where a
+    segment on the way has no index entry or none is later, and the plan runs to the end
+    of the unbroken WAL as without an index."""
+    assert target.time is not None
+    newest = wal.newest_on_path(path)
+    if newest is None:
+        return None
+    found = locate(archive, wal, path, wal.segno(backup.first_segment), newest[0],
+                   after_time(_micros(target.time), exclusive=not target.inclusive))
+    if isinstance(found, NotFound):
+        notes.append("the time index holds no transaction after the target: recovery replays all the archived WAL")
+        return None
+    if not isinstance(found, Located):
+        notes.append(f"segment {found.segment} has no time index entry ('pitrkit catalog rebuild' makes it), so the "
+                     "archive cannot tell which segment holds the target time")
+        return None
+    return found
+
+
+def _time_stop(archive: Archive, located: Located, target: Target) -> TimeStop:
+    assert target.time is not None
+    around = around_time(archive, located, _micros(target.time), exclusive=not target.inclusive)
+    return TimeStop(segment=located.entry.segment, last_before=around.before, first_after=around.after)
+
+
+def _micros(moment: datetime) -> int:
+    return round(moment.timestamp() * 1_000_000)
+
+
 def _short_of(chain: WalChain, target: Target, archive_end: Lsn) -> str:
     if chain.gap:
         return (f"segment {chain.missing} is missing from the archive: the WAL between the backup and "
@@ -532,13 +586,28 @@ def describe(plan: RestorePlan) -> str:
     ]
     if plan.history_files:
         lines.append(f"history:      {', '.join(plan.history_files)}")
-    lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    if plan.stop is None:
+        lines.append(f"archive end:  {plan.archive_end} (end of the unbroken WAL on this path)")
+    else:
+        lines.append(f"WAL end:      {plan.archive_end} (the end of the segment recovery stops in; the WAL after it "
+                     "was not read)")
+    if plan.stop is not None:
+        lines.append(f"stops in:     {plan.stop.segment} (time index): the first transaction after the target "
+                     f"ends there; {_transaction_words('last before', plan.stop.last_before)}; "
+                     f"{_transaction_words('first after', plan.stop.first_after)}")
     lines += [f"note:         {note}" for note in plan.notes]
     if plan.configuration is not None:
         lines += [f"warning:      {line}" if number == 0 else f"              {line}"
                   for number, line in enumerate(pgconf.describe(plan.configuration))]
         lines += [f"configuration: {note}" for note in plan.configuration.notes]
     return "\n".join(lines)
+
+
+def _transaction_words(which: str, transaction: IndexedTransaction | None) -> str:
+    if transaction is None:
+        return f"{which}: not known"
+    moment = datetime.fromtimestamp(transaction.time_us / 1_000_000, UTC)
+    return f"{which}: xid {transaction.xid} at {moment.isoformat(sep=' ', timespec='microseconds')}"
 
 
 def backup_configuration(archive: Archive, backup_id: str) -> pgconf.Found:

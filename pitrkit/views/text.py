@@ -287,11 +287,19 @@ def wal_list_text(listing: WalListing) -> str:
         said = "before the first backup" if row.state == "before-first-backup" else row.state
         return f"{said}, partial" if row.partial else said
 
+    def commits(row: WalRow) -> str:
+        # From the time index: "-" where a segment has none, "none" for no commit in it.
+        if not row.indexed:
+            return "-"
+        if row.first_commit is None or row.last_commit is None:
+            return "none"
+        return f"{show_time(row.first_commit)} .. {show_time(row.last_commit)}"
+
     rows = listing.files
     table = _table(
-        ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE"],
+        ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE", "COMMITS"],
         [[row.name, str(row.timeline), lsn(row.start_lsn), lsn(row.end_lsn), human_bytes(row.stored_size),
-          show_time(row.stored_at), row.backup or "-", state(row)] for row in rows],
+          show_time(row.stored_at), row.backup or "-", state(row), commits(row)] for row in rows],
     )
     if any(row.state == "before-first-backup" for row in rows):
         # A fresh archive: WAL with no backup yet is normal, and none of it is removed.

@@ -39,6 +39,7 @@ from pitrkit.wal import agent_client
 from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.wal.push import push
+from pitrkit.wal.time_indexer import TimeIndexer, indexes_here
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,15 @@ class _Serving(NamedTuple):
     fetches: Ahead
     # Directories segments have been spooled into (see fetch.spool).
     spool_directories: set[Path]
+    # Indexes what was pushed, after the answer, in a process of its own (wal/time_indexer.py);
+    # None: no indexing.
+    indexer: TimeIndexer | None = None
 
     def close(self, wait: bool) -> None:
         self.pushes.close(wait)
         self.fetches.close(wait)
+        if self.indexer is not None:
+            self.indexer.close()
 
 
 class Agent:
@@ -109,7 +115,8 @@ class Agent:
                     # two at a time, so that storage latency and decompression overlap.
                     archive = Archive(load(self.config_path))
                     self._serving = _Serving(archive, Ahead(1, "push-ahead"),
-                                             Ahead(2, "fetch-ahead", discard=remove_spooled), set())
+                                             Ahead(2, "fetch-ahead", discard=remove_spooled), set(),
+                                             TimeIndexer(self.config_path))
                 except PitrkitError as exc:
                     self._config_error = exc
             if self._config_error is not None:
@@ -275,6 +282,9 @@ def _push(serving: _Serving, path: Path, later: _Later | None = None) -> str:
             serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
 
     _then(later, f"pushing ahead after {path.name}", push_ahead)
+    indexer = serving.indexer
+    if indexer is not None and indexes_here(archive.config):
+        _then(later, f"asking for {path.name}'s time index", functools.partial(indexer.notify, path.name))
     return summary
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from pitrkit.backup.incremental import SuperBlockStore
+from pitrkit.catalog.blockmap import SuperBlock, recorded_digest
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupManifest
 from pitrkit.catalog.maintenance import rebuild
 from pitrkit.cli import main
@@ -182,13 +184,16 @@ def test_an_encrypted_chain_restores_exactly(tmp_path):
 # --- refusals ------------------------------------------------------------------------------------
 
 
-def test_a_valid_super_block_put_in_anothers_place_is_refused(tmp_path):
+@pytest.mark.parametrize("digest", [objects.XXH3_128, objects.SHA256])  # as backup-push stores them, as it did
+def test_a_valid_super_block_put_in_anothers_place_is_refused(tmp_path, digest):
     # Uncompressed, so that a super-block of other pages has exactly the same length.
-    builder = ChainBuilder(tmp_path / "archive", compressor=NoCompression())
+    builder = ChainBuilder(tmp_path / "archive", compressor=NoCompression(), super_block_digest=digest)
     build(builder)
     target = builder.manifests[-1]
+    restore(builder, tmp_path / "before", [*builder.manifests[:-1], target])  # each format restores
     record = next(block for block in builder.maps[1]["base/5/600"].iter_super_blocks() if block.pages == 8)
-    blob, _ = objects.encode(pages("impostor", 8), NoCompression())
+    blob, header = objects.encode(pages("impostor", 8), NoCompression(), digest=digest)
+    assert header.digest.startswith(digest)
     assert len(blob) == record.length
     path = tmp_path / "archive" / builder.manifests[1].block_parts[record.part].key
     data = bytearray(path.read_bytes())
@@ -327,3 +332,19 @@ def test_block_objects_outside_the_backup_and_block_files_without_a_parent_are_r
     with pytest.raises(unpack.CorruptManifest, match="names no parent"):
         unpack.check_manifest(msgspec.structs.replace(target, parent=None, chain=[]))
     unpack.check_manifest(target)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_backup_push_stores_super_blocks_with_xxh3_unless_encrypted(tmp_path, encrypted):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    builder = ChainBuilder(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)) if encrypted else None)
+    store = SuperBlockStore(builder.archive, "20260101T000000Z", builder.compressor, builder.cipher, 1)
+    stored: list[SuperBlock] = []
+    store.submit(pages("s", 8), 0, 8, stored.append)
+    [part] = store.finish()
+    blob = builder.archive.get(part.key)
+    header, _ = objects.read_header(part.key, blob)
+    assert header.digest.startswith(objects.SHA256 if encrypted else objects.XXH3_128)
+    assert stored == [SuperBlock(0, 0, len(blob), 0, 8, recorded_digest(header))]
+    assert chain.super_block(builder.archive, part.key, stored[0], blob) == pages("s", 8)

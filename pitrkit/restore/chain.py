@@ -400,7 +400,7 @@ def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], Non
 
     def from_stream(read: StreamRead) -> Callable[[], None]:
         def task() -> None:
-            writer.write_slices(read.slices, unpack.read_part(archive, read.part))
+            writer.write_slices(read.slices, unpack.read_part_here(archive, read.part))
             advance(sum(piece.length for piece in read.slices))
         return task
 

@@ -453,7 +453,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
         status = os.fstat(fd)
         blocks = status.st_size // BLOCK_SIZE
         parent_blocks = len(plan.base[0])
-        pages: list[tuple[int, bytes]] = []
+        pages: list[tuple[int, bytes | memoryview]] = []
         if plan.changed is None:
             scanned = min(parent_blocks, blocks)
             pages.extend(changed_pages(fd, scanned, plan.segment * BLOCKS_PER_SEGMENT, changes.since,
@@ -468,7 +468,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
         blocks = min(blocks, os.fstat(fd).st_size // BLOCK_SIZE)
     finally:
         os.close(fd)
-    pages = sorted(page for page in pages if page[0] < blocks)
+    pages = sorted((page for page in pages if page[0] < blocks), key=_block)
     packed = _checksums(plan, blocks, pages)
     copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
                                   len(pages), checksums.of_blocks(packed)),
@@ -496,7 +496,7 @@ def _runs(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> bytes:
     return blockmap.pack_runs(blockmap.block_runs(sources, positions))
 
 
-def _checksums(plan: BlockPlan, blocks: int, pages: list[tuple[int, bytes]]) -> bytes:
+def _checksums(plan: BlockPlan, blocks: int, pages: list[tuple[int, bytes | memoryview]]) -> bytes:
     """The file's block checksums, packed: the parent's, with the stored pages' own
     (every block past the parent's length is among them)."""
     sums = checksums.unpacked(plan.base.checksums[:blocks * blockmap.CHECKSUM_SIZE])
@@ -510,9 +510,14 @@ def _mode(st_mode: int) -> int:
     return st_mode & 0o7777
 
 
-def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes]]:
-    """The pages `wanted` (ascending) that the file still has, read run by run."""
-    pages: list[tuple[int, bytes]] = []
+def _block(page: tuple[int, bytes | memoryview]) -> int:
+    return page[0]
+
+
+def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes | memoryview]]:
+    """The pages `wanted` (ascending) that the file still has, read run by run: views
+    of each run's bytes, copied once, into their super-block."""
+    pages: list[tuple[int, bytes | memoryview]] = []
     index = 0
     while index < len(wanted):
         first = wanted[index]
@@ -520,7 +525,7 @@ def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes]]:
         while end < len(wanted) and wanted[end] == wanted[end - 1] + 1 and end - index < 512:
             end += 1
         count = end - index
-        data = os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE)
+        data = memoryview(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))
         whole = len(data) // BLOCK_SIZE
         pages.extend((first + n, data[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]) for n in range(whole))
         if whole < count:

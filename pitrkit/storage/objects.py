@@ -168,14 +168,16 @@ def decode_into(key: str, blob: bytes, compressor_for: Callable[[str], Compresso
                 buffer: bytearray) -> tuple[ObjectHeader, memoryview]:
     """As `decode`, with the header, the plaintext decompressed into `buffer` where the
     compressor can (the body itself when it is stored uncompressed and unencrypted): a
-    view valid until `buffer` is used again. An object larger than `buffer` is refused.
-    For restore's parts: decoding into a buffer used again costs less than into new
-    memory (plugins/compression.py)."""
+    view valid until `buffer` is used again. An object larger than `buffer` is refused
+    (by the compressor, after its own checks of the size). For restore's parts:
+    decoding into a buffer used again costs less than into new memory
+    (plugins/compression.py)."""
     header, body = _body(key, blob, cipher)
-    if header.size > len(buffer):
-        raise CorruptObject(key, f"header says {header.size} bytes, more than the {len(buffer)} expected")
     compressor = compressor_for(header.compression)
-    into = getattr(compressor, "decompress_into", None)  # an optional method of a compressor
+    # An optional method of a compressor: (body, size, buffer) -> a view of the
+    # plaintext, ValueError for a body that does not decode to `size` bytes or a size
+    # the buffer cannot take.
+    into = getattr(compressor, "decompress_into", None)
     try:
         data = memoryview(compressor.decompress(body, header.size)) if into is None \
             else into(body, header.size, buffer)

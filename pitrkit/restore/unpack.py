@@ -351,6 +351,10 @@ def slices_by_part(files: list[BackupFile], parts: list[BackupPart]) -> list[lis
 OPEN_FILES = 64
 # Buffers per pwritev(2): Linux's IOV_MAX.
 _IOV_MAX = 1024
+# Bytes per write call: Linux (6.18, ext4) copied 768 MiB into the page cache in 32 MiB
+# pwrite(2) calls, a part's slice, with 1.1-1.7 s of system time, in 1 MiB calls with
+# 0.2 s (measured: 24 new files, fsync'd after). It was most of a full restore's CPU.
+_CALL_BYTES = 1 << 20
 # Complete files are made durable beside the writing, this many at once (fsync(2) mostly
 # waits for the disk, and those in flight together share its flushes), at most
 # `_FINISHING` waiting (each holds its descriptor until then).
@@ -369,14 +373,20 @@ class _Pending:
 
 
 def _write_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """`views`, back to back, at `offset`: one pwrite(2) for one, pwritev(2) for more,
-    again for what a short write left."""
+    """`views`, back to back, at `offset`: calls of at most `_CALL_BYTES` (a larger view
+    in pieces), one pwrite(2) for one view, pwritev(2) for more, again for what a short
+    write left."""
+    if any(len(view) > _CALL_BYTES for view in views):
+        views = [view[start : start + _CALL_BYTES] for view in views for start in range(0, len(view), _CALL_BYTES)]
     first = 0
     while first < len(views):
-        batch = views[first : first + _IOV_MAX]
-        written = os.pwrite(fd, batch[0], offset) if len(batch) == 1 else os.pwritev(fd, batch, offset)
+        end, size = first + 1, len(views[first])
+        while end < len(views) and end - first < _IOV_MAX and size + len(views[end]) <= _CALL_BYTES:
+            size += len(views[end])
+            end += 1
+        written = os.pwrite(fd, views[first], offset) if end == first + 1 else os.pwritev(fd, views[first:end], offset)
         offset += written
-        while first < len(views) and written >= len(views[first]):
+        while first < end and written >= len(views[first]):
             written -= len(views[first])
             first += 1
         if written:

@@ -19,6 +19,7 @@ from pitrkit.catalog.maintenance import rebuild
 from pitrkit.cli import main
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
+from pitrkit.ops import verify
 from pitrkit.restore import chain, engine, unpack
 from pitrkit.storage import keys, objects
 from pitrkit.storage.archive import manifest_key
@@ -348,3 +349,27 @@ def test_backup_push_stores_super_blocks_with_xxh3_unless_encrypted(tmp_path, en
     assert header.digest.startswith(objects.SHA256 if encrypted else objects.XXH3_128)
     assert stored == [SuperBlock(0, 0, len(blob), 0, 8, recorded_digest(header))]
     assert chain.super_block(builder.archive, part.key, stored[0], blob) == pages("s", 8)
+
+
+def test_a_chain_begun_with_sha256_super_blocks_restores_with_xxh3_ones_after_it(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive", super_block_digest=objects.SHA256)  # as before XXH3-128 ones
+    build(builder)
+    builder.super_block_digest = objects.XXH3_128
+    state = build_states_last(builder) | {"base/5/500": pages("500-I5", 9)}
+    # The others block-mapped, storing nothing: their blocks come from the older links.
+    builder.backup(state, {path: set() for path in state if path.startswith("base/")} | {"base/5/500": set(range(9))})
+    plan, _ = restore(builder, tmp_path / "restored")
+    read = {(source, objects.read_header(key, builder.archive.get_range(key, block.offset, block.length))[0]
+             .digest.split(":")[0]) for source, key, block in
+            ((read.source, read.key, block) for read in plan.block_reads for block, _ in read.blocks)}
+    assert {digest for _, digest in read} == {objects.SHA256, objects.XXH3_128}
+    assert restored_files(tmp_path / "restored") == {**state, "backup_label": builder.manifests[-1].backup_label
+                                                     .encode()}
+    wal = tmp_path / "wal" / "000000010000000000000002"
+    wal.parent.mkdir()
+    wal.write_bytes(segment(2))
+    push(builder.archive, wal)
+    rebuild(builder.archive)
+    report = verify.verify(builder.archive, True, workers=2)  # --deep: every super-block of both kinds checked
+    assert report.findings == [] and report.super_blocks == sum(
+        1 for maps in builder.maps for file_map in maps.values() for _ in file_map.iter_super_blocks())

@@ -15,6 +15,17 @@ archiver first, timed as backup_restore.py times them (wall, and user + system C
 the processes it starts). Prints per round and the medians, with ratios to pgBackRest's
 backup in the same round. Each round's backups are removed afterwards (pgBackRest's by
 `expire`), so that the archives do not grow.
+
+`--incremental`: instead, on the rig `incremental.py --keep` leaves running (its
+`--root`, `--major`), before each backup 1 % of pgbench_accounts is updated as
+incremental.py's rounds do, and the backups are incremental (`backup-push
+--incremental`, `backup --type=incr`), each on its tool's newest backup (so a tree's
+parent may be another tree's), none removed:
+
+    /opt/pkdev/bin/python benchmarks/incremental.py --major 18 --scale 50 --rounds 1 --no-restore --keep \
+        --root /srv/bench-incr
+    /opt/pkdev/bin/python benchmarks/backup_trees.py --incremental --major 18 --root /srv/bench-incr \
+        --rounds 3 before=/path/to/old/checkout after=.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
 import backup_restore as br  # noqa: E402
+import incremental  # noqa: E402
 import walpath  # noqa: E402
 
 from pitrkit.demo.localpg import Cluster, run_as_server_user  # noqa: E402
@@ -40,14 +52,16 @@ import pgharness  # noqa: E402
 ENTRY = "import sys; from pitrkit.entry import main; sys.exit(main())"
 
 
-def kept_rig(root: Path) -> br.Rig:
-    """The rig backup_restore.py --keep left under `root` (its source cluster running)."""
+def kept_rig(root: Path, major: int = 15, pgbackrest: str = "pgbackrest") -> br.Rig:
+    """The rig backup_restore.py (or incremental.py) --keep left under `root` (its
+    source cluster running)."""
     port = int(re.search(r"port=(\d+)", (root / "pitrkit.toml").read_text())[1])  # type: ignore[index]
-    install = next(i for i in pgharness.find_installations() if i.major == 15)
+    install = next(i for i in pgharness.find_installations() if i.major == major)
     cluster = Cluster(install, root / "source", port=port)
     rig = br.Rig(root=root, cluster=cluster, pitrkit=root / "venv/bin/pitrkit", python=root / "venv/bin/python3",
                  pitrkit_config=root / "pitrkit.toml", pitrkit_archive=root / "pitrkit-archive",
-                 runtime_dir=root / "run", pgbr_config=root / "pgbackrest.conf", pgbr_repo=root / "pgbackrest-repo")
+                 runtime_dir=root / "run", pgbr_config=root / "pgbackrest.conf", pgbr_repo=root / "pgbackrest-repo",
+                 pgbackrest=pgbackrest)
     cluster.env = rig.env
     return rig
 
@@ -66,26 +80,36 @@ def main() -> None:
     ap.add_argument("trees", nargs="+", metavar="NAME=CHECKOUT")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--root", default="/srv/pitrkit-bench-br", help="backup_restore.py's --root")
+    ap.add_argument("--incremental", action="store_true",
+                    help="incremental backups after 1 %% of the rows updated, on incremental.py's kept rig")
+    ap.add_argument("--major", type=int, choices=(15, 18), default=15, help="the kept rig's PostgreSQL major")
     a = ap.parse_args()
-    rig = kept_rig(Path(a.root))
+    # incremental.py's rig runs the shared peer, pgBackRest 2.59.1 (block incremental).
+    rig = kept_rig(Path(a.root), a.major, incremental.default_peer() if a.incremental else "pgbackrest")
     trees = {name: install_tree(rig, name, Path(path).resolve())
              for name, path in (tree.split("=", 1) for tree in a.trees)}
     tools = [*trees, br.PGBACKREST]
     runs: dict[str, list[br.Timed]] = {tool: [] for tool in tools}
+    rig.set_archive_command(br.PITRKIT)  # with this rig's pgBackRest, before the first update's WAL
     for round_ in range(a.rounds):
-        for tool in walpath.rotated(tools, round_):
+        for number, tool in enumerate(walpath.rotated(tools, round_)):
+            if a.incremental:
+                incremental.update_rows(rig, round_ * len(tools) + number, 100)
             rig.set_archive_command(br.PGBACKREST if tool == br.PGBACKREST else br.PITRKIT)
             rig.cluster.sql("CHECKPOINT")
             if tool == br.PGBACKREST:
-                t = br.timed(rig.pgbr_cmd("backup", "--type=full"))
+                t = br.timed(rig.pgbr_cmd("backup", "--type=incr" if a.incremental else "--type=full"))
             else:
-                t = br.timed([str(rig.python), "-c", ENTRY, "--config", str(rig.pitrkit_config), "-v", "backup-push"],
+                t = br.timed([str(rig.python), "-c", ENTRY, "--config", str(rig.pitrkit_config), "-v", "backup-push",
+                              *(["--incremental"] if a.incremental else [])],
                              env={**rig.env, "PYTHONPATH": str(trees[tool])})
             runs[tool].append(t)
             steps = br.pitrkit_phases(t.stderr, t.wall_s) if tool != br.PGBACKREST else {}
             print(f"round {round_ + 1} {tool}: {t.wall_s:.2f} s, {t.cpu_s:.2f} CPU s, load {t.load_before}"
                   + (f"; steps {steps}" if steps else ""), flush=True)
         rig.set_archive_command(br.PITRKIT)
+        if a.incremental:
+            continue  # each round's backups are the next one's parents
         for backup in (rig.pitrkit_archive / "backups").iterdir():
             shutil.rmtree(backup)
         run_as_server_user(rig.pgbr_cmd("expire", "--repo1-retention-full=1"), timeout=300)

@@ -12,15 +12,22 @@ CHAIN_ID is the chain's last incremental, FULL_ID the full of the same data (the
 directory beside the archive, removed afterwards (not timed). Run it as root (the
 archive belongs to the server user); alternate the checkouts round by round, as the
 machine's load moves.
+
+`--profile N`: after the rounds, one more restore of each under cProfile in every
+thread, timed by each thread's CPU clock (so a function's time is CPU spent in it, not
+time spent waiting for a core or the disk), and the N functions of most own CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +61,36 @@ def restore(archive: Archive, backup_id: str, incremental: bool, workers: int,
         shutil.rmtree(target.parent)
 
 
+def profiled(archive: Archive, backup_id: str, incremental: bool, workers: int, near: Path, top: int) -> None:
+    """One restore under cProfile, every thread on its own CPU clock: the functions of
+    most own CPU time."""
+    profiles: list[cProfile.Profile] = []
+
+    def hook(*_: object) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        profiles.append(profile)
+        profile.enable()
+
+    threading.setprofile(hook)
+    main_profile = cProfile.Profile(time.thread_time)
+    profiles.append(main_profile)
+    main_profile.enable()
+    try:
+        cpu, plan, wall = restore(archive, backup_id, incremental, workers, near)
+    finally:
+        main_profile.disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+    for profile in profiles:
+        profile.create_stats()
+    stats = pstats.Stats(*profiles)  # type: ignore[arg-type]
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # type: ignore[attr-defined]
+    print(f"profile of the {'chain' if incremental else 'full'} restore: CPU {cpu:.2f} s (planning {plan:.2f}) "
+          f"under cProfile, wall {wall:.2f} s; own CPU s, calls:")
+    for (filename, line, function), (_, calls, own, _cumulative, _) in rows:
+        name = function if filename == "~" else f"{Path(filename).name}:{line}({function})"
+        print(f"  {own:6.3f} {calls:8d}  {name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", help="the bench's pitrkit.toml")
@@ -61,6 +98,8 @@ def main() -> None:
     ap.add_argument("full_id", help="a full backup of the same data")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="as restore's default: one per core")
+    ap.add_argument("--profile", type=int, metavar="N", default=0,
+                    help="then profile one restore of each by CPU time, showing the top N functions")
     a = ap.parse_args()
     config_path = Path(a.config)
     archive = Archive(configuration.load(config_path))
@@ -69,6 +108,9 @@ def main() -> None:
             cpu, plan, wall = restore(archive, backup_id, kind == "chain", a.workers, config_path.parent)
             print(f"round {number + 1} {kind}: CPU {cpu:.2f} s (planning {plan:.2f}), wall {wall:.2f} s, "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
+    if a.profile:
+        for kind, backup_id in (("chain", a.chain_id), ("full", a.full_id)):
+            profiled(archive, backup_id, kind == "chain", a.workers, config_path.parent, a.profile)
 
 
 if __name__ == "__main__":

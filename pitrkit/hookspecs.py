@@ -241,7 +241,8 @@ def pitrkit_storage(url: str, timeout: float) -> Storage | None:
 def pitrkit_compressor(name: str, level: int, threads: int) -> Compressor | None:
     """Return the compressor called `name`, else None. `level` is the configured level
     (ignored when only decompressing); `threads` is how many threads it may use
-    (0: as many as there are cores)."""
+    (0: as many as there are cores). pitrkit keeps the compressor for the same three
+    arguments and calls it from many threads at once."""
 
 
 @hookspec(firstresult=True)

@@ -39,7 +39,7 @@ from pitrkit.backup.page_scan import changed_pages
 from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, on_path
 from pitrkit.catalog.backups import survey_backups
-from pitrkit.catalog.blockmap import FileMap, SuperBlock
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, recorded_digest
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     BLOCKS_PER_SEGMENT,
@@ -327,6 +327,9 @@ class SuperBlockStore:
         self._prefix = backup_prefix(backup_id) + "blocks/"
         self._compressor = compressor
         self._cipher = cipher
+        # XXH3-128 where nothing is authenticated, as for stream parts (docs/archive-format.md,
+        # "The digest of a super-block"): SHA-256 cost an incremental more CPU than zstd.
+        self._digest = objects.SHA256 if cipher is not None else objects.XXH3_128
         self._room = threading.Semaphore(4 * workers)
         self._lock = threading.Lock()
         self._current = bytearray()
@@ -346,10 +349,10 @@ class SuperBlockStore:
         try:
             if self._failure is not None:
                 return
-            blob, header = objects.encode(data, self._compressor, self._cipher)
+            blob, header = objects.encode(data, self._compressor, self._cipher, digest=self._digest)
             full = None
             with self._lock:
-                block = SuperBlock(self._number, len(self._current), len(blob), first, pages, header.sha256)
+                block = SuperBlock(self._number, len(self._current), len(blob), first, pages, recorded_digest(header))
                 self._current += blob
                 if len(self._current) >= _BLOCK_PART_SIZE:
                     full, number = bytes(self._current), self._number
@@ -450,7 +453,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
         status = os.fstat(fd)
         blocks = status.st_size // BLOCK_SIZE
         parent_blocks = len(plan.base[0])
-        pages: list[tuple[int, bytes]] = []
+        pages: list[tuple[int, bytes | memoryview]] = []
         if plan.changed is None:
             scanned = min(parent_blocks, blocks)
             pages.extend(changed_pages(fd, scanned, plan.segment * BLOCKS_PER_SEGMENT, changes.since,
@@ -465,7 +468,7 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
         blocks = min(blocks, os.fstat(fd).st_size // BLOCK_SIZE)
     finally:
         os.close(fd)
-    pages = sorted(page for page in pages if page[0] < blocks)
+    pages = sorted((page for page in pages if page[0] < blocks), key=_block)
     packed = _checksums(plan, blocks, pages)
     copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
                                   len(pages), checksums.of_blocks(packed)),
@@ -493,7 +496,7 @@ def _runs(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> bytes:
     return blockmap.pack_runs(blockmap.block_runs(sources, positions))
 
 
-def _checksums(plan: BlockPlan, blocks: int, pages: list[tuple[int, bytes]]) -> bytes:
+def _checksums(plan: BlockPlan, blocks: int, pages: list[tuple[int, bytes | memoryview]]) -> bytes:
     """The file's block checksums, packed: the parent's, with the stored pages' own
     (every block past the parent's length is among them)."""
     sums = checksums.unpacked(plan.base.checksums[:blocks * blockmap.CHECKSUM_SIZE])
@@ -507,9 +510,14 @@ def _mode(st_mode: int) -> int:
     return st_mode & 0o7777
 
 
-def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes]]:
-    """The pages `wanted` (ascending) that the file still has, read run by run."""
-    pages: list[tuple[int, bytes]] = []
+def _block(page: tuple[int, bytes | memoryview]) -> int:
+    return page[0]
+
+
+def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes | memoryview]]:
+    """The pages `wanted` (ascending) that the file still has, read run by run: views
+    of each run's bytes, copied once, into their super-block."""
+    pages: list[tuple[int, bytes | memoryview]] = []
     index = 0
     while index < len(wanted):
         first = wanted[index]
@@ -517,7 +525,7 @@ def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes]]:
         while end < len(wanted) and wanted[end] == wanted[end - 1] + 1 and end - index < 512:
             end += 1
         count = end - index
-        data = os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE)
+        data = memoryview(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))
         whole = len(data) // BLOCK_SIZE
         pages.extend((first + n, data[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]) for n in range(whole))
         if whole < count:

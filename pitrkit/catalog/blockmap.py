@@ -14,9 +14,9 @@ only the newest backup's maps to know where every block comes from:
   source that copied the file whole into its stream, the block number itself).
 - `super_blocks`: this backup's own stored blocks of the file, positions 0, 1, ... in
   block order, grouped into super-blocks of a few pages, `SuperBlock` records (block
-  part, offset, stored length, first position, pages, SHA-256). Each super-block is a
+  part, offset, stored length, first position, pages, digest). Each super-block is a
   stored object of its own, so it is fetched with a ranged read, verified by its header,
-  and its header's SHA-256 must be the one the map records.
+  and its header's digest must be the one the map records (`recorded_digest`).
 - `checksums`: every block's checksum (catalog/checksums.py), 8 bytes each in block
   order, cumulative like the runs: a block another backup holds has that backup's
   checksum of it. Restore checks every written block against it.
@@ -72,10 +72,27 @@ class SuperBlock(NamedTuple):
     length: int  # stored bytes
     first: int  # position of its first page among this backup's stored blocks of the file
     pages: int
-    # The plaintext's SHA-256, as its header has it: the header alone would not tell a
-    # super-block from another valid one put in its place; the map (verified through the
-    # manifest, authenticated in an encrypted archive) binds the pages themselves.
-    sha256: bytes
+    # The plaintext's digest, as its header has it (`recorded_digest`): the header alone
+    # would not tell a super-block from another valid one put in its place; the map
+    # (verified through the manifest, authenticated in an encrypted archive) binds the
+    # pages themselves.
+    digest: bytes
+
+
+def recorded_digest(header: objects.ObjectHeader) -> bytes:
+    """A super-block's digest as its map records it, 32 bytes: the SHA-256 of a format
+    version 1 object, or the XXH3-128 of a version 2 one followed by 16 zero bytes (an
+    unencrypted archive's, docs/archive-format.md "The digest of a super-block"). A
+    header of the other algorithm does not match: a SHA-256 would have to end in 16
+    zero bytes (a 2^-128 chance, and a 128-bit preimage to forge)."""
+    return header.sha256 or header.xxh3_128 + bytes(16)
+
+
+def digest_text(recorded: bytes) -> str:
+    """A recorded digest as messages name it: `sha256 ab12...` or `xxh3_128 ab12...`."""
+    if recorded[16:] == bytes(16):
+        return f"xxh3_128 {recorded[:16].hex()[:16]}..."
+    return f"sha256 {recorded.hex()[:16]}..."
 
 
 class FileMap(msgspec.Struct, array_like=True, frozen=True):

@@ -65,7 +65,7 @@ import msgspec
 from pitrkit.catalog import checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
 from pitrkit.catalog.backups import backup_folders, retention_state
-from pitrkit.catalog.blockmap import FileMap, read_block_map
+from pitrkit.catalog.blockmap import FileMap, digest_text, read_block_map, recorded_digest
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -505,7 +505,7 @@ def _read_content(archive: Archive, content: _Content) -> Finding | None:
 # --- block parts (--deep) ---------------------------------------------------------------
 
 # A super-block as the index keeps it, packed (a big incremental lists millions):
-# offset in its block part, stored length, pages, the file (index in block_files), SHA-256.
+# offset in its block part, stored length, pages, the file (index in block_files), its recorded digest.
 _RECORD = struct.Struct("<QIII32s")
 
 
@@ -581,7 +581,7 @@ def _index_super_blocks(archive: Archive, backup: BackupManifest, known: set[str
                         f"{block.first + block.pages - 1} in block part {block.part}; backup {backup.backup_id} has "
                         f"{len(by_part)}")))
                     break  # one finding for the file
-                by_part[block.part] += _RECORD.pack(block.offset, block.length, block.pages, file, block.sha256)
+                by_part[block.part] += _RECORD.pack(block.offset, block.length, block.pages, file, block.digest)
     read_bytes = sum(part.stored_size for _, part in readable)
     return _SuperBlockIndex(by_part, not unread and not files), _Read(findings, len(readable), read_bytes)
 
@@ -602,7 +602,7 @@ def _check_block_part(archive: Archive, backup: BackupManifest, part: BlockPart,
     uncovered = 0
     first_uncovered = 0
     previous = ""
-    for offset, length, pages, file, sha256 in listed:
+    for offset, length, pages, file, digest in listed:
         where = (f"the super-block at offset {offset} ({pages} pages of {backup.block_files[file].path} in backup "
                  f"{backup.backup_id}'s block maps)")
         if offset < end:
@@ -610,7 +610,7 @@ def _check_block_part(archive: Archive, backup: BackupManifest, part: BlockPart,
         elif offset + length > len(blob):
             problem = f"runs past the end of the object, at {len(blob)} bytes"
         else:
-            problem = _super_block_problem(archive, part.key, blob[offset : offset + length], pages, sha256)
+            problem = _super_block_problem(archive, part.key, blob[offset : offset + length], pages, digest)
         if problem is not None:
             bad += 1
             first_bad = first_bad or f"{where} {problem}"
@@ -634,15 +634,16 @@ def _check_block_part(archive: Archive, backup: BackupManifest, part: BlockPart,
     return _Read(findings, 1, len(blob), len(listed))
 
 
-def _super_block_problem(archive: Archive, key: str, blob: bytes, pages: int, sha256: bytes) -> str | None:
+def _super_block_problem(archive: Archive, key: str, blob: bytes, pages: int, digest: bytes) -> str | None:
     """What is wrong with one super-block, as restore would find it (restore/chain.py
     verifies the pages it fetches alike): its object's own checks, and the map's record
-    of it (its SHA-256 binds the pages; its size is checked before decompressing)."""
+    of it (its digest binds the pages; its size is checked before decompressing)."""
     try:
         header, _ = objects.read_header(key, blob)
-        if header.sha256 != sha256 or header.size != pages * BLOCK_SIZE:
-            return (f"is not the one the block map records ({header.size} bytes, sha256 {header.sha256.hex()[:16]}..., "
-                    f"the map says {pages * BLOCK_SIZE} bytes, sha256 {sha256.hex()[:16]}...)")
+        if recorded_digest(header) != digest or header.size != pages * BLOCK_SIZE:
+            return (f"is not the one the block map records ({header.size} bytes, "
+                    f"{digest_text(recorded_digest(header))}, the map says {pages * BLOCK_SIZE} "
+                    f"bytes, {digest_text(digest)})")
         objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
     except objects.CorruptObject as exc:
         return f"is corrupt: {exc.why}"

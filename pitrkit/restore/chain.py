@@ -13,7 +13,7 @@ backups"):
   are written (none of that backup's files is written as such);
 - from the super-blocks of the backup that stored it: one ranged read of its block part
   per group of super-blocks lying (nearly) back to back, each super-block decoded and
-  verified on its own (its header's SHA-256 must be the map's, its pages the map's
+  verified on its own (its header's digest must be the map's, its pages the map's
   count), fetched once however many of its pages are wanted.
 
 The maps read: the target's, all of them (they are cumulative: they say, for every
@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.blockmap import FileMap, SuperBlock, SuperBlockIndex, read_block_map
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, SuperBlockIndex, digest_text, read_block_map, recorded_digest
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
 from pitrkit.errors import RefusedError
 from pitrkit.hookspecs import ObjectNotFound
@@ -400,7 +400,7 @@ def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], Non
 
     def from_stream(read: StreamRead) -> Callable[[], None]:
         def task() -> None:
-            writer.write_slices(read.slices, unpack.read_part(archive, read.part))
+            writer.write_slices(read.slices, unpack.read_part_here(archive, read.part))
             advance(sum(piece.length for piece in read.slices))
         return task
 
@@ -432,15 +432,15 @@ def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], Non
 
 def super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:
     """The verified pages of one super-block: its object's own checks, then the map's
-    record of it (the SHA-256 binds these pages: another valid super-block in its place
+    record of it (its digest binds these pages: another valid super-block in its place
     is refused; the size is checked before anything is decompressed)."""
     where = f"the super-block at offset {block.offset} of {key}"
     try:
         header, _ = objects.read_header(key, blob)
-        if header.sha256 != block.sha256 or header.size != block.pages * BLOCK_SIZE:
-            raise RefusedError(f"{where} is not the one the block map records ({header.size} bytes, sha256 "
-                               f"{header.sha256.hex()[:16]}..., the map says {block.pages} pages, sha256 "
-                               f"{block.sha256.hex()[:16]}...)")
+        if recorded_digest(header) != block.digest or header.size != block.pages * BLOCK_SIZE:
+            raise RefusedError(f"{where} is not the one the block map records ({header.size} bytes, "
+                               f"{digest_text(recorded_digest(header))}, the map says {block.pages} pages, "
+                               f"{digest_text(block.digest)})")
         return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
     except objects.CorruptObject as exc:
         raise RefusedError(f"{where}: {exc.why}") from None

@@ -216,7 +216,7 @@ def _fetch_parts(archive: Archive, manifest: BackupManifest, root: Path, files: 
 
     def task(part: BackupPart, kept: list[Slice]) -> Callable[[], None]:
         def run() -> None:
-            writer.write_slices(kept, unpack.read_part(archive, part))
+            writer.write_slices(kept, unpack.read_part_here(archive, part))
             advance(sum(piece.length for piece in kept))
         return run
 

@@ -155,6 +155,40 @@ def decode(
     cipher: Cipher | None = None,
 ) -> bytes:
     """The verified plaintext of a stored object."""
+    header, body = _body(key, blob, cipher)
+    try:
+        data = compressor_for(header.compression).decompress(body, header.size)
+    except ValueError as exc:
+        raise CorruptObject(key, str(exc)) from None
+    _verify(key, header, data)
+    return data
+
+
+def decode_into(key: str, blob: bytes, compressor_for: Callable[[str], Compressor], cipher: Cipher | None,
+                buffer: bytearray) -> tuple[ObjectHeader, memoryview]:
+    """As `decode`, with the header, the plaintext decompressed into `buffer` where the
+    compressor can (the body itself when it is stored uncompressed and unencrypted): a
+    view valid until `buffer` is used again. An object larger than `buffer` is refused
+    (by the compressor, after its own checks of the size). For restore's parts:
+    decoding into a buffer used again costs less than into new memory
+    (plugins/compression.py)."""
+    header, body = _body(key, blob, cipher)
+    compressor = compressor_for(header.compression)
+    # An optional method of a compressor: (body, size, buffer) -> a view of the
+    # plaintext, ValueError for a body that does not decode to `size` bytes or a size
+    # the buffer cannot take.
+    into = getattr(compressor, "decompress_into", None)
+    try:
+        data = memoryview(compressor.decompress(body, header.size)) if into is None \
+            else into(body, header.size, buffer)
+    except ValueError as exc:
+        raise CorruptObject(key, str(exc)) from None
+    _verify(key, header, data)
+    return header, data
+
+
+def _body(key: str, blob: bytes, cipher: Cipher | None) -> tuple[ObjectHeader, bytes | memoryview]:
+    """The header and the body, decrypted."""
     header, offset = read_header(key, blob)
     body: bytes | memoryview = memoryview(blob)[offset:]
     if cipher is not None and header.key_id is None:
@@ -169,10 +203,11 @@ def decode(
             body = cipher.decrypt(bytes(body), blob[_FRAME.size : offset], header.key_id)
         except ValueError as exc:
             raise CorruptObject(key, f"decryption failed: {exc}") from None
-    try:
-        data = compressor_for(header.compression).decompress(body, header.size)
-    except ValueError as exc:
-        raise CorruptObject(key, str(exc)) from None
+    return header, body
+
+
+def _verify(key: str, header: ObjectHeader, data: bytes | memoryview) -> None:
+    """The plaintext is the header's: its size and its digest."""
     if len(data) != header.size:
         raise CorruptObject(key, f"{len(data)} bytes after decompression, header says {header.size}")
     if header.xxh3_128:
@@ -183,4 +218,3 @@ def decode(
             raise CorruptObject(key, "XXH3-128 of the content does not match the header")
     elif hashlib.sha256(data).digest() != header.sha256:
         raise CorruptObject(key, "SHA-256 of the content does not match the header")
-    return data

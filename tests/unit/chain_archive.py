@@ -79,7 +79,9 @@ class CountingArchive(Archive):
 
 class ChainBuilder:
     def __init__(self, root: Path, encryption: EncryptionConfig | None = None,
-                 compressor: Compressor | None = None) -> None:
+                 compressor: Compressor | None = None, super_block_digest: str | None = None) -> None:
+        """`super_block_digest`: objects.SHA256 or XXH3_128; by default what backup-push
+        picks (XXH3-128 unless encrypted)."""
         root.mkdir()
         self.root = root
         self.archive = CountingArchive(Config(repository=RepositoryConfig(url=f"file://{root}", retries=0),
@@ -87,6 +89,7 @@ class ChainBuilder:
         init_archive(self.archive, sysid=SYSID)
         self.cipher = self.archive.write_cipher()
         self.compressor = compressor or Zstd(3, 1)
+        self.super_block_digest = super_block_digest or (objects.SHA256 if self.cipher else objects.XXH3_128)
         self.manifests: list[BackupManifest] = []
         self.maps: list[dict[str, FileMap]] = []  # each backup's block maps, by path
 
@@ -179,9 +182,9 @@ class ChainBuilder:
             for first in range(0, len(wanted), blockmap.SUPER_BLOCK_PAGES):
                 group = wanted[first:first + blockmap.SUPER_BLOCK_PAGES]
                 data = b"".join(content[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE] for block in group)
-                blob, header = objects.encode(data, self.compressor, self.cipher)
+                blob, header = objects.encode(data, self.compressor, self.cipher, digest=self.super_block_digest)
                 super_blocks.append(SuperBlock(len(block_parts), len(current), len(blob), first, len(group),
-                                               header.sha256))
+                                               blockmap.recorded_digest(header)))
                 current += blob
                 in_part += 1
                 if in_part == BLOCK_PART_SIZE:

@@ -24,6 +24,7 @@ from pitrkit.catalog.blockmap import (
     encode_block_map,
     pack_runs,
     pack_super_blocks,
+    recorded_digest,
 )
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -144,7 +145,8 @@ class SyntheticArchive:
             # Block 0 from the parent, block 1 stored here; checksums of zeros.
             own = len(chain)
             file_map = FileMap("base_relation", 2, own + 1, pack_runs([Run(0, 1, own - 1, 0), Run(1, 1, own, 0)]),
-                               pack_super_blocks([SuperBlock(0, 0, len(block_blob), 0, 1, block_header.sha256)]),
+                               pack_super_blocks([SuperBlock(0, 0, len(block_blob), 0, 1,
+                                                             recorded_digest(block_header))]),
                                bytes(16))
             map_blob, map_header = objects.encode(encode_block_map(BlockMapDocument(files=[file_map])),
                                                   Plugins().compressor("none"))

@@ -3,13 +3,18 @@ storage that does not describe its file is refused as it is decoded."""
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 import pytest
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pitrkit.catalog import blockmap
 from pitrkit.catalog.blockmap import FileMap, Run, SuperBlock, SuperBlockIndex
+from pitrkit.storage import objects
+from pitrkit.storage.plugins.compression import NoCompression
 
 SHA = bytes(32)
 
@@ -88,3 +93,15 @@ def test_checksums_must_be_eight_bytes_per_block(length):
     with pytest.raises(msgspec.ValidationError, match=f"3 blocks with {length} bytes of checksums"):
         blockmap.decode_block_map(stored([Run(0, 3, 0, 0)], checksums=bytes(length)))
     assert decoded(file_map([Run(0, 3, 0, 0)])).checksums == bytes(24)
+
+
+def test_a_recorded_digest_is_the_headers_and_never_passes_for_the_other_algorithms():
+    data = b"p" * 8192
+    _, sha256 = objects.encode(data, NoCompression())
+    _, xxh3 = objects.encode(data, NoCompression(), digest=objects.XXH3_128)
+    assert blockmap.recorded_digest(sha256) == hashlib.sha256(data).digest()
+    assert blockmap.recorded_digest(xxh3) == xxhash.xxh3_128_digest(data) + bytes(16)
+    assert blockmap.digest_text(blockmap.recorded_digest(sha256)) == \
+        f"sha256 {hashlib.sha256(data).hexdigest()[:16]}..."
+    assert blockmap.digest_text(blockmap.recorded_digest(xxh3)) == \
+        f"xxh3_128 {xxhash.xxh3_128_hexdigest(data)[:16]}..."

@@ -12,11 +12,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from pitrkit.backup.incremental import SuperBlockStore
+from pitrkit.catalog.blockmap import SuperBlock, recorded_digest
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupManifest
 from pitrkit.catalog.maintenance import rebuild
 from pitrkit.cli import main
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
+from pitrkit.ops import verify
 from pitrkit.restore import chain, engine, unpack
 from pitrkit.storage import keys, objects
 from pitrkit.storage.archive import manifest_key
@@ -182,13 +185,16 @@ def test_an_encrypted_chain_restores_exactly(tmp_path):
 # --- refusals ------------------------------------------------------------------------------------
 
 
-def test_a_valid_super_block_put_in_anothers_place_is_refused(tmp_path):
+@pytest.mark.parametrize("digest", [objects.XXH3_128, objects.SHA256])  # as backup-push stores them, as it did
+def test_a_valid_super_block_put_in_anothers_place_is_refused(tmp_path, digest):
     # Uncompressed, so that a super-block of other pages has exactly the same length.
-    builder = ChainBuilder(tmp_path / "archive", compressor=NoCompression())
+    builder = ChainBuilder(tmp_path / "archive", compressor=NoCompression(), super_block_digest=digest)
     build(builder)
     target = builder.manifests[-1]
+    restore(builder, tmp_path / "before", [*builder.manifests[:-1], target])  # each format restores
     record = next(block for block in builder.maps[1]["base/5/600"].iter_super_blocks() if block.pages == 8)
-    blob, _ = objects.encode(pages("impostor", 8), NoCompression())
+    blob, header = objects.encode(pages("impostor", 8), NoCompression(), digest=digest)
+    assert header.digest.startswith(digest)
     assert len(blob) == record.length
     path = tmp_path / "archive" / builder.manifests[1].block_parts[record.part].key
     data = bytearray(path.read_bytes())
@@ -327,3 +333,43 @@ def test_block_objects_outside_the_backup_and_block_files_without_a_parent_are_r
     with pytest.raises(unpack.CorruptManifest, match="names no parent"):
         unpack.check_manifest(msgspec.structs.replace(target, parent=None, chain=[]))
     unpack.check_manifest(target)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_backup_push_stores_super_blocks_with_xxh3_unless_encrypted(tmp_path, encrypted):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    builder = ChainBuilder(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)) if encrypted else None)
+    store = SuperBlockStore(builder.archive, "20260101T000000Z", builder.compressor, builder.cipher, 1)
+    stored: list[SuperBlock] = []
+    store.submit(pages("s", 8), 0, 8, stored.append)
+    [part] = store.finish()
+    blob = builder.archive.get(part.key)
+    header, _ = objects.read_header(part.key, blob)
+    assert header.digest.startswith(objects.SHA256 if encrypted else objects.XXH3_128)
+    assert stored == [SuperBlock(0, 0, len(blob), 0, 8, recorded_digest(header))]
+    assert chain.super_block(builder.archive, part.key, stored[0], blob) == pages("s", 8)
+
+
+def test_a_chain_begun_with_sha256_super_blocks_restores_with_xxh3_ones_after_it(tmp_path):
+    builder = ChainBuilder(tmp_path / "archive", super_block_digest=objects.SHA256)  # as before XXH3-128 ones
+    build(builder)
+    builder.super_block_digest = objects.XXH3_128
+    state = build_states_last(builder) | {"base/5/500": pages("500-I5", 9)}
+    # The others block-mapped, storing nothing: their blocks come from the older links.
+    builder.backup(state, {path: set() for path in state if path.startswith("base/")} | {"base/5/500": set(range(9))})
+    plan, _ = restore(builder, tmp_path / "restored")
+    read = {(source, objects.read_header(key, builder.archive.get_range(key, block.offset, block.length))[0]
+             .digest.split(":")[0]) for source, key, block in
+            ((read.source, read.key, block) for read in plan.block_reads for block, _ in read.blocks)}
+    assert {digest for _, digest in read} == {objects.SHA256, objects.XXH3_128}
+    assert restored_files(tmp_path / "restored") == {**state, "backup_label": builder.manifests[-1].backup_label
+                                                     .encode()}
+    wal = tmp_path / "wal" / "000000010000000000000002"
+    wal.parent.mkdir()
+    wal.write_bytes(segment(2))
+    push(builder.archive, wal)
+    rebuild(builder.archive)
+    report = verify.verify(builder.archive, True, workers=2)  # --deep: every super-block of both kinds checked
+    assert report.findings == [] and report.super_blocks == sum(
+        1 for maps in builder.maps for file_map in maps.values() for _ in file_map.iter_super_blocks())

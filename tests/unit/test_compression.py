@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from pitrkit.storage.plugins import Plugins
 from pitrkit.storage.plugins.compression import Zstd
 
 
@@ -38,3 +39,10 @@ def test_threads_decompressing_at_once_each_get_their_own_bytes():
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+def test_a_compressor_is_made_once_for_the_same_arguments():
+    plugins = Plugins()
+    zstd = plugins.compressor("zstd")
+    assert plugins.compressor("zstd") is zstd  # with its per-thread decompression context
+    assert plugins.compressor("zstd", 5) is not zstd and plugins.compressor("zstd", 5).level == 5

@@ -142,6 +142,22 @@ def test_short_writes_are_carried_on_where_they_stopped(tmp_path, monkeypatch):
     assert (tmp_path / "f0").read_bytes() == content
 
 
+def test_no_write_call_takes_more_than_a_mebibyte(tmp_path, monkeypatch):
+    # A part's slice of several MiB, then pieces that follow each other past 1 MiB.
+    big, small = os.urandom(3 * 2**20 + 5), os.urandom(2**20 + 3 * 8192)
+    calls: list[int] = []
+    real_pwrite, real_pwritev = os.pwrite, os.pwritev
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: calls.append(len(data)) or real_pwrite(fd, data, offset))
+    monkeypatch.setattr(os, "pwritev", lambda fd, views, offset: calls.append(sum(map(len, views)))
+                        or real_pwritev(fd, views, offset))
+    pieces = [(0, 0, memoryview(big)), *cut([b"", small], 8192)]
+    writer = FileWriter(tmp_path, files_of([big, small]), pieces_per_file([big, small], pieces), MODES)
+    writer.write_pieces(pieces)
+    writer.close()
+    assert (tmp_path / "f0").read_bytes() == big and (tmp_path / "f1").read_bytes() == small
+    assert max(calls) == 2**20 and sum(calls) == len(big) + len(small) and len(calls) == 4 + 2
+
+
 def test_more_buffers_than_one_pwritev_takes(tmp_path):
     content = os.urandom(3000)
     pieces = cut([content], 1)

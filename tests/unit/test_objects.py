@@ -52,9 +52,12 @@ def reframe(header: ObjectHeader | bytes, body: bytes, *, magic: bytes = b"PTKO"
 
 
 def corrupt(blob: bytes) -> CorruptObject:
+    """The refusal of `decode`, which `decode_into` refuses alike."""
+    with pytest.raises(CorruptObject) as into:
+        objects.decode_into(KEY, blob, compressor_for, None, bytearray(2 * len(SAMPLE)))
     with pytest.raises(CorruptObject) as caught:
         objects.decode(KEY, blob, compressor_for)
-    assert caught.value.key == KEY
+    assert caught.value.key == KEY == into.value.key
     assert KEY in str(caught.value)
     return caught.value
 
@@ -71,6 +74,8 @@ def test_round_trip(data, name):
     assert header.sha256 == hashlib.sha256(data).digest()
     assert header.encryption is None and header.key_id is None
     assert objects.decode(KEY, blob, compressor_for) == data
+    buffer = bytearray(len(data) + 3)
+    assert objects.decode_into(KEY, blob, compressor_for, None, buffer) == (header, data)
 
 
 @both
@@ -354,3 +359,31 @@ def test_an_xxh3_digest_is_checked_without_sha256_passing_for_it():
     # XXH3-128 header: empty, never equal to a recorded one.
     _, header = objects.encode(SAMPLE, NONE, digest=objects.XXH3_128)
     assert header.sha256 == b"" and header.sha256 != hashlib.sha256(SAMPLE).digest()
+
+
+# --- decoding into a buffer used again ----------------------------------------------------
+
+
+@both
+def test_decoding_into_a_buffer_used_again_gives_each_objects_plaintext(compressor):
+    buffer = bytearray(len(SAMPLE))
+    for data in (SAMPLE, SAMPLE[:5000][::-1], b""):
+        for digest in (objects.SHA256, objects.XXH3_128):
+            blob, header = objects.encode(data, compressor, digest=digest)
+            assert objects.decode_into(KEY, blob, compressor_for, None, buffer) == (header, data)
+
+
+def test_an_object_larger_than_the_buffer_is_refused():
+    blob, _ = objects.encode(SAMPLE, ZSTD)
+    with pytest.raises(CorruptObject, match=f"header says {len(SAMPLE)} bytes, more than the 100 expected"):
+        objects.decode_into(KEY, blob, compressor_for, None, bytearray(100))
+    blob, _ = objects.encode(SAMPLE, NONE)  # stored as is: the body itself, whatever the buffer
+    assert objects.decode_into(KEY, blob, compressor_for, None, bytearray(100))[1] == SAMPLE
+
+
+def test_a_zstd_body_holding_more_than_its_header_says_is_refused_when_decoded_into_a_buffer():
+    # A frame that does not state its size (streamed), holding more than the header's size.
+    body = ZSTD._zstandard.ZstdCompressor(write_content_size=False).compress(SAMPLE)
+    header = ObjectHeader(compression="zstd", size=100, sha256=hashlib.sha256(SAMPLE[:100]).digest())
+    with pytest.raises(CorruptObject, match="holds more than the 100 bytes expected"):
+        objects.decode_into(KEY, reframe(header, body), compressor_for, None, bytearray(len(SAMPLE)))

@@ -6,7 +6,6 @@ headers, backup parts in the stored-object format)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
@@ -539,10 +538,10 @@ class ReadCounting(Archive):
 
 
 def real_chain(root: Path, encryption: EncryptionConfig | None = None, compressor: Compressor | None = None,
-               forge: Tamper | None = None) -> ChainBuilder:
+               forge: Tamper | None = None, super_block_digest: str | None = None) -> ChainBuilder:
     """A full F and incrementals I1 on F and I2 on I1 (its map of base/5/100 given to
     `forge`), of block-mapped files spanning several super-blocks and block parts."""
-    builder = ChainBuilder(root, encryption, compressor)
+    builder = ChainBuilder(root, encryption, compressor, super_block_digest)
     state = {"PG_VERSION": b"15\n", "base/5/100": pages("100-F", 20), "base/5/200": pages("200-F", 4),
              "base/5/300": pages("300-F", 9)}
     builder.backup(state)
@@ -604,11 +603,12 @@ def test_deep_reads_every_block_of_a_sound_chain_once(tmp_path):
     assert "super-blocks checked" in render(report)
 
 
-def test_deep_finds_a_valid_super_block_put_in_anothers_place(tmp_path):
+@pytest.mark.parametrize("digest", [objects.XXH3_128, objects.SHA256])  # as backup-push stores them, as it did
+def test_deep_finds_a_valid_super_block_put_in_anothers_place(tmp_path, digest):
     # Uncompressed: a super-block of other pages has exactly the same length.
-    builder = real_chain(tmp_path / "archive", compressor=NoCompression())
+    builder = real_chain(tmp_path / "archive", compressor=NoCompression(), super_block_digest=digest)
     block = next(block for block in builder.maps[1]["base/5/200"].iter_super_blocks() if block.pages == 8)
-    blob, _ = objects.encode(pages("impostor", 8), NoCompression())
+    blob, header = objects.encode(pages("impostor", 8), NoCompression(), digest=digest)
     path = block_part_path(builder, 1, block)
     data = bytearray(path.read_bytes())
     data[block.offset:block.offset + block.length] = blob
@@ -617,10 +617,10 @@ def test_deep_finds_a_valid_super_block_put_in_anothers_place(tmp_path):
     report, _ = deep_check(builder)
     key = builder.manifests[1].block_parts[block.part].key
     I1, I2 = (m.backup_id for m in builder.manifests[1:])
-    impostor = hashlib.sha256(pages("impostor", 8)).hexdigest()
+    impostor = header.digest.split(":")[1]
     assert finding(report, key).problem.startswith(
         f"the super-block at offset {block.offset} (8 pages of base/5/200 in backup {I1}'s block maps) is not the one "
-        f"the block map records ({8 * BLOCK_SIZE} bytes, sha256 {impostor[:16]}...")
+        f"the block map records ({8 * BLOCK_SIZE} bytes, {digest} {impostor[:16]}...")
     listed = builder.manifests[1]
     assert refusals(report)[manifest_key(I1)] == \
         f"backup {I1} is not restorable: 1 of its {len(listed.parts) + 2 + len(listed.block_parts)} objects are " \

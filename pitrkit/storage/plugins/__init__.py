@@ -45,6 +45,10 @@ class Plugins:
         self.manager.add_hookspecs(hookspecs)
         for module in BUILTIN_PLUGINS:
             self.manager.register(importlib.import_module(module), name=module)
+        # Compressors asked for, kept: a restore looks one up for each of tens of
+        # thousands of super-blocks, and a new one costs more than decoding 64 KiB (it
+        # also starts without the decompression context a kept one has per thread).
+        self._compressors: dict[tuple[str, int, int], hookspecs.Compressor] = {}
 
     def storage(self, url: str, timeout: float) -> hookspecs.Storage:
         if "://" in url:
@@ -67,6 +71,9 @@ class Plugins:
         return backend
 
     def compressor(self, name: str, level: int = 3, threads: int = 0) -> hookspecs.Compressor:
+        kept = self._compressors.get((name, level, threads))
+        if kept is not None:
+            return kept
         try:
             compressor = self._first(
                 lambda: self.manager.hook.pitrkit_compressor(name=name, level=level, threads=threads), name
@@ -75,6 +82,7 @@ class Plugins:
             raise ConfigError(f"compression: {exc}") from None
         if compressor is None:
             raise PluginError(f"the plugin {name!r} provides no compressor of that name")
+        self._compressors[name, level, threads] = compressor  # two threads racing here keep either: both work
         return compressor
 
     def cipher(self, settings: dict, archive_parameters: dict) -> hookspecs.Cipher:

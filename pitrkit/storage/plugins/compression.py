@@ -28,6 +28,12 @@ class NoCompression:
             raise ValueError(f"the body is {len(data)} bytes, the header says {size}")
         return bytes(data)
 
+    def decompress_into(self, data: bytes | memoryview, size: int, buffer: bytearray) -> memoryview:
+        """The body itself: nothing to copy."""
+        if len(data) != size:
+            raise ValueError(f"the body is {len(data)} bytes, the header says {size}")
+        return memoryview(data)
+
 
 class Zstd:
     name = "zstd"
@@ -51,21 +57,46 @@ class Zstd:
         return self._zstandard.ZstdCompressor(level=self.level, threads=threads).compress(data)
 
     def decompress(self, data: bytes | memoryview, size: int) -> bytes:
-        if size > len(data) * _ZSTD_MAX_RATIO:
-            raise ValueError(f"the header claims {size} bytes from a {len(data)}-byte zstd body, more than "
-                             "zstd can expand to")
         try:
-            # zstd honours max_output_size only for frames that do not state their size;
-            # a frame that does is trusted, so a corrupt one could claim terabytes.
-            claimed = self._zstandard.frame_content_size(data)
-            if claimed > size:
-                raise ValueError(f"zstd frame claims {claimed} bytes, more than the {size} expected")
-            decompressor = getattr(self._local, "decompressor", None)
-            if decompressor is None:
-                decompressor = self._local.decompressor = self._zstandard.ZstdDecompressor()
+            decompressor = self._decompressor(data, size)
             return decompressor.decompress(data, max_output_size=size)
         except self._zstandard.ZstdError as exc:
             raise ValueError(f"zstd: {exc}") from None
+
+    def decompress_into(self, data: bytes | memoryview, size: int, buffer: bytearray) -> memoryview:
+        """As `decompress`, into `buffer` (a size it cannot take is refused): a view of the
+        plaintext in it. A 32 MiB part decoded into a buffer used again costs a third of
+        the CPU of one decoded into new memory, whose pages the kernel maps and zeroes
+        as they are first written (measured: 0.09 against 0.30 s for 384 MiB)."""
+        try:
+            decompressor = self._decompressor(data, size)
+            if size > len(buffer):
+                raise ValueError(f"the header says {size} bytes, more than the {len(buffer)} expected")
+            view = memoryview(buffer)[:size]
+            with decompressor.stream_reader(data, read_across_frames=False) as reader:
+                filled = 0
+                while filled < size and (count := reader.readinto(view[filled:])):
+                    filled += count
+                if filled == size and reader.read(1):
+                    raise ValueError(f"the zstd body holds more than the {size} bytes expected")
+        except self._zstandard.ZstdError as exc:
+            raise ValueError(f"zstd: {exc}") from None
+        return view[:filled]
+
+    def _decompressor(self, data: bytes | memoryview, size: int):  # type: ignore[no-untyped-def]
+        """This thread's context, once `size` is known to be a size `data` can decode to."""
+        if size > len(data) * _ZSTD_MAX_RATIO:
+            raise ValueError(f"the header claims {size} bytes from a {len(data)}-byte zstd body, more than "
+                             "zstd can expand to")
+        # zstd honours max_output_size only for frames that do not state their size;
+        # a frame that does is trusted, so a corrupt one could claim terabytes.
+        claimed = self._zstandard.frame_content_size(data)
+        if claimed > size:
+            raise ValueError(f"zstd frame claims {claimed} bytes, more than the {size} expected")
+        decompressor = getattr(self._local, "decompressor", None)
+        if decompressor is None:
+            decompressor = self._local.decompressor = self._zstandard.ZstdDecompressor()
+        return decompressor
 
 
 @hookimpl

@@ -13,9 +13,9 @@ from __future__ import annotations
 import html
 
 from pitrkit.ops.daemon_facts import DaemonFacts
-from pitrkit.ops.status import ArchivedFile, DrillResult, Level, StatusReport, StoredShare
+from pitrkit.ops.status import ArchivedFile, DrillHealth, DrillResult, Level, StatusReport, StoredShare
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
-from pitrkit.views.svg import backup_sizes_svg, timelines_svg, wal_per_hour_svg
+from pitrkit.views.svg import backup_sizes_svg, drills_svg, timelines_svg, wal_per_hour_svg
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -68,6 +68,22 @@ def _drill_cell(drill: DrillResult | None) -> str:
                  f"{rto})" + (f": {drill.reason}" if drill.reason else ""))
 
 
+def _drill_rows(drills: DrillHealth, daemon: DaemonFacts | None) -> str:
+    """The last drills in words, and when the next runs: the daemon's schedule when it
+    serves this page, else what [drill] configures."""
+    rows = [("last drill", _drill_cell(drills.last)), ("last passed", _drill_cell(drills.last_success)),
+            ("max age", _cell(drills.max_age))]
+    if daemon is not None and daemon.drill_schedule is not None:
+        rows += [("schedule", _cell(daemon.drill_schedule)),
+                 ("next drill", _cell("running now" if daemon.drill_running else show_time(daemon.next_drill_at))),
+                 ("scheduled drills", _cell(f"{daemon.drills_run} ended, {daemon.drill_failures} failed "
+                                            "since the daemon started"))]
+    else:
+        rows.append(("schedule", _cell(f"every {drills.every}") if drills.every else
+                     '<span class="muted">by hand only ([drill] every is not set)</span>'))
+    return _rows(rows, "drills")
+
+
 def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds: float) -> str:
     refresh = max(1, round(refresh_seconds))
     parts = [
@@ -88,9 +104,9 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         wal_per_hour_svg(report),
         "<h2>Backup sizes</h2>",
         backup_sizes_svg(report),
-        # Drills (issue 15, item 3): the picture of the last drills and their RTO goes
-        # here, after the other pictures, drawn in views/svg.py from the report's drills.
     ]
+    if report.drills is not None:
+        parts += ["<h2>Restore drills</h2>", drills_svg(report), _drill_rows(report.drills, daemon)]
     last = report.last_backup
     parts.append("<h2>Last backup</h2>")
     parts.append(_rows([
@@ -157,10 +173,6 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
             span += " <strong>the server&#x27;s</strong>: judged"
         rows.append((f"timeline {timeline.timeline}", span))
     parts.append(_rows(rows or [("timelines", '<span class="muted">no WAL</span>')], "restorable"))
-    if (drills := report.drills) is not None:
-        parts.append("<h2>Restore drills</h2>")
-        parts.append(_rows([("last drill", _drill_cell(drills.last)),
-                            ("last passed", _drill_cell(drills.last_success))], "drills"))
     retention = report.retention
     parts.append("<h2>Retention</h2>")
     parts.append(_rows([

@@ -15,8 +15,8 @@ import html
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from pitrkit.ops.status import WAL_HOURS, BackupMark, Gap, StatusReport, TimelineRange
-from pitrkit.progress import human_bytes
+from pitrkit.ops.status import WAL_HOURS, BackupMark, DrillResult, Gap, StatusReport, TimelineRange
+from pitrkit.progress import human_bytes, human_seconds
 
 WIDTH = 880
 _LEFT = 130  # room for the rows' labels
@@ -34,6 +34,7 @@ _WINDOW = "#1565c0"
 _FULL, _INCREMENTAL, _UNUSABLE = "#263238", "#ef6c00", "#9e9e9e"
 _BAR, _STORED = "#90caf9", "#1565c0"
 _AXIS, _TEXT = "#9e9e9e", "#333"
+_PASSED, _FAILED = _RESTORABLE_EDGE, _GAP
 _FONT = 'font-family="system-ui, sans-serif" font-size="11"'
 
 _STEPS = [timedelta(seconds=seconds) for seconds in (1, 2, 5, 10, 15, 30)] + [
@@ -331,3 +332,63 @@ def backup_sizes_svg(report: StatusReport) -> str:
     ])
     return _svg("sizes-chart", bottom + 46, title, body)
 
+
+
+# --- restore drills -------------------------------------------------------------------------
+
+
+def _rto_words(seconds: float) -> str:
+    return f"{seconds:.3g}s" if seconds < 60 else human_seconds(seconds)
+
+
+def drills_svg(report: StatusReport) -> str:
+    """The last restore drills (ops/drill.py, newest few) at the time each ended: a bar as
+    tall as its time to restore (RTO), green when it passed, red when it failed; a failed
+    drill that never got its copy answering (no RTO) is a red cross on the axis. Each mark
+    is labelled with its result and RTO where there is room, and its title names the drill,
+    its backup, its RTO, the WAL it replayed and why it failed."""
+    title = "Restore drills: time to restore (RTO) and result of the last drills (UTC)"
+    drills = report.drills.recent if report.drills is not None else []
+    if not drills:
+        return _empty("drills-chart", title, "no restore drill has run yet")
+    highest = max((drill.rto_seconds or 0.0 for drill in drills), default=0.0) or 1.0
+    top, height = 26, 100
+    bottom = top + height
+    first = min(min(drill.finished_at for drill in drills), report.generated_at - _MIN_SPAN)
+    scale = _Scale(first - (report.generated_at - first) * 0.04, report.generated_at)
+    body = _axis(scale, top, bottom)
+    width = min(max(_PLOT / len(drills) * 0.6, 2.0), 14.0)
+    labels = _Labels()
+    for drill in sorted(drills, key=lambda each: each.finished_at):
+        x = scale.x(drill.finished_at)
+        colour = _PASSED if drill.result == "passed" else _FAILED
+        if drill.rto_seconds is not None:
+            tall = max(round(height * drill.rto_seconds / highest, 1), 1.0)
+            shape = (f'<rect x="{round(x - width / 2, 1)}" y="{bottom - tall}" width="{round(width, 1)}" '
+                     f'height="{tall}" fill="{colour}"/>')
+        else:
+            tall = 12.0
+            shape = (f'<path d="M{x - 5} {bottom - 11} l10 10 m0 -10 l-10 10" stroke="{colour}" '
+                     f'stroke-width="2.5"/>')
+        body.append(f'<g class="drill" data-drill="{_esc(drill.drill_id)}" data-result="{drill.result}">'
+                    f"<title>{_esc(_drill_said(drill))}</title>{shape}</g>")
+        said = drill.result + ("" if drill.rto_seconds is None else f" {_rto_words(drill.rto_seconds)}")
+        if (left := labels.place(x, said)) is not None:
+            body.append(_text(left, bottom - tall - 3, said, fill=colour, css="drill-label"))
+    body += [_text(_LEFT - 6, top + 8, _rto_words(highest), anchor="end"),
+             _text(_LEFT - 6, bottom, "0", anchor="end"), _text(8, top + 8, "RTO")]
+    body += _legend(bottom + 36, [
+        (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_PASSED}"/>', "passed (height: RTO)"),
+        (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_FAILED}"/>', "failed"),
+        (f'<path d="M{{x}} {{y}} l10 10 m0 -10 l-10 10" stroke="{_FAILED}" stroke-width="2.5"/>',
+         "failed before the copy answered (no RTO)"),
+    ])
+    return _svg("drills-chart", bottom + 46, title, body)
+
+
+def _drill_said(drill: DrillResult) -> str:
+    rto = "no RTO" if drill.rto_seconds is None else f"RTO {_rto_words(drill.rto_seconds)}"
+    replayed = "" if drill.wal_replayed_bytes is None else f", {human_bytes(drill.wal_replayed_bytes)} of WAL replayed"
+    why = f": {drill.reason}" if drill.result == "failed" and drill.reason else ""
+    return (f"drill {drill.drill_id} {drill.result} {_utc(drill.finished_at)}: backup {drill.backup_id or '-'}, "
+            f"{rto}{replayed}{why}")

@@ -222,11 +222,12 @@ def stop_timestamp(backup: dict) -> float:
 
 def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tmp: Path, pg_major: int) -> None:
     """The daemon with only its status page, over an archive with a full backup, a gap in
-    the WAL after it and an incremental backup after the gap: the page loads in headless
-    Chromium, its timeline picture names both backups (by kind) and the gap, the last
-    WAL archived is shown, and a screenshot of it is taken (docs/status-page.png is one,
-    refreshed with PITRKIT_UPDATE_SCREENSHOT=1). Its /metrics passes `promtool check
-    metrics`."""
+    the WAL after it, an incremental backup after the gap and a restore drill of it (a
+    real `pitrkit drill`): the page loads in headless Chromium, its timeline picture names
+    both backups (by kind) and the gap, its drills picture the drill with its backup and
+    RTO, the last WAL archived is shown, and a screenshot of it is taken
+    (docs/status-page.png is one, refreshed with PITRKIT_UPDATE_SCREENSHOT=1). Its
+    /metrics passes `promtool check metrics`."""
     chromium = required_tool(CHROMIUM, "chromium")
     promtool = required_tool(PROMTOOL, "prometheus")
     setup = pitrkit_setup
@@ -241,6 +242,10 @@ def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tm
     setup.stored(lost).unlink()  # a hole between the backups: the latest point still restores
     port = pgharness.free_port()
     configure(setup, primary, port, every=None)
+    scratch = pgharness.make_server_dir(server_tmp / "drill-scratch", mode=0o700)
+    with open(setup.config, "a") as file:
+        file.write(f'[drill]\nscratch = "{scratch}"\nmin_free = 0\n')
+    assert "PASSED" in succeeded(setup.run("drill", timeout=600))
     daemon = start_daemon(setup, port, "daemon")
     try:
         daemon.wait_for_event("server-listening")
@@ -249,7 +254,7 @@ def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tm
             report = daemon.status().get("status") or {}
             last_backup, last_wal = report.get("last_backup"), report.get("last_wal")
             return report if last_backup and last_backup["backup_id"] == incremental["backup_id"] and last_wal \
-                else {}
+                and report.get("drills") else {}
         report = pgharness.wait_for(shown, 60, interval=0.2, what="/status.json to show the backups")
         [timeline] = report["timelines"]
         assert [(gap["missing_segment"], gap["resumes_at"]) for gap in timeline["gaps"]] == [(lost, resumes)]
@@ -270,8 +275,14 @@ def test_status_page_in_chromium(cluster, pitrkit_setup: PitrkitSetup, server_tm
         assert f"WAL resumes at {resumes}" in picture and f">gap {lost}</text>" in picture, picture
         for other in ("wal-chart", "sizes-chart"):
             assert f'<svg id="{other}"' in dom
+        drill = report["drills"]["last"]
+        assert (drill["result"], drill["backup_id"]) == ("passed", incremental["backup_id"]) and drill["rto_seconds"]
+        [drills] = re.findall(r'<svg id="drills-chart".*?</svg>', dom, re.DOTALL)
+        assert f'<g class="drill" data-drill="{drill["drill_id"]}" data-result="passed"><title>drill ' \
+               f'{drill["drill_id"]} passed ' in drills, drills
+        assert f': backup {incremental["backup_id"]}, RTO ' in drills and ">passed " in drills, drills
         screenshot = server_tmp / "status-page.png"
-        shot = subprocess.run([*browser, "--window-size=1000,1250", f"--screenshot={screenshot}",
+        shot = subprocess.run([*browser, "--window-size=1000,1500", f"--screenshot={screenshot}",
                                f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=120,
                               check=False)
         assert shot.returncode == 0, shot.stderr

@@ -3,8 +3,8 @@ Grafana dashboard shipped in conf/ (pitrkit/conf/grafana-dashboard.json) queries
 metrics that /metrics exports, and Debian's `promtool check metrics` (package
 `prometheus`, which .ci/run installs) passes on the output. The exported names are read
 from a real rendering (views/metrics.py) of a status report in which every family has
-a value: an archive with backups, a gap and a `.partial`, a sidecar's state file, an
-answering server's archiver and a daemon's facts."""
+a value: an archive with backups, a gap and a `.partial`, drill reports, a sidecar's
+state file, an answering server's archiver and a daemon's facts with a drill schedule."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ import subprocess
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pitrkit.config import ReceiveConfig, RetentionConfig
+from pitrkit.config import DrillConfig, ReceiveConfig, RetentionConfig
 from pitrkit.ops import status
 from pitrkit.views.metrics import metrics_text
 from pitrkit.wal.receiver_health import write_state
 from tests.unit.synthetic_archive import SyntheticArchive
-from tests.unit.test_status import FACTS, NOW, config_of, health
+from tests.unit.test_status import FACTS, NOW, config_of, drill, health
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 DASHBOARD = CHECKOUT / "pitrkit" / "conf" / "grafana-dashboard.json"
@@ -41,6 +42,8 @@ def exposition(tmp_path: Path) -> str:
     store.backup("B", 1, 10, 11)
     store.drop_segment(1, 6)
     store.partial(1, 21, 3, at=NOW)
+    drill(store, -3, "passed")
+    drill(store, -1, "failed", rto=None, reason="stored object backups/A/part is corrupt")
     spool = tmp_path / "spool"
     spool.mkdir()
     write_state(spool, health(NOW - timedelta(seconds=5), running=True))
@@ -48,8 +51,11 @@ def exposition(tmp_path: Path) -> str:
                                last_archived_wal="000000010000000500000000", last_archived_time=NOW,
                                last_failed_wal="000000010000000400000003",
                                last_failed_time=NOW - timedelta(hours=1), stats_reset=NOW - timedelta(days=1))
-    config = config_of(store, receive=ReceiveConfig(spool=str(spool)), retention=RetentionConfig(keep_last=2))
-    return metrics_text(status.collect(store.archive, config, now=NOW, archiver=archiver), FACTS)
+    config = config_of(store, receive=ReceiveConfig(spool=str(spool)), retention=RetentionConfig(keep_last=2),
+                       drill=DrillConfig(every="7d"))
+    facts = msgspec.structs.replace(FACTS, drill_schedule="every 7d", next_drill_at=NOW + timedelta(days=6),
+                                    drill_running=True, drills_run=4, drill_failures=1)
+    return metrics_text(status.collect(store.archive, config, now=NOW, archiver=archiver), facts)
 
 
 def exported(text: str) -> set[str]:
@@ -76,7 +82,9 @@ def test_every_family_of_the_exposition_is_rendered(exposition):
     names = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE")}
     for family in ("pitrkit_archiver_archived_total", "pitrkit_receiver_lag_bytes", "pitrkit_wal_gaps",
                    "pitrkit_last_wal_received_age_seconds", "pitrkit_daemon_sidecar_restarts_total",
-                   "pitrkit_retention_shortfalls", "pitrkit_restorable_oldest_timestamp_seconds"):
+                   "pitrkit_retention_shortfalls", "pitrkit_restorable_oldest_timestamp_seconds",
+                   "pitrkit_drill_rto_seconds", "pitrkit_drill_wal_replayed_bytes", "pitrkit_drill_last_result",
+                   "pitrkit_daemon_drill_failures_total", "pitrkit_daemon_next_drill_timestamp_seconds"):
         assert family in names, exposition
 
 

@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from pitrkit.config import RetentionConfig
+from pitrkit.config import DrillConfig, RetentionConfig
 from pitrkit.ops.status import WAL_HOURS, BackupMark, StatusReport, WalHour
+from pitrkit.progress import show_time
 from pitrkit.views.html import html_page
-from pitrkit.views.svg import backup_sizes_svg, timelines_svg, wal_per_hour_svg
+from pitrkit.views.svg import backup_sizes_svg, drills_svg, timelines_svg, wal_per_hour_svg
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
-from tests.unit.test_status import NOW, collect
+from tests.unit.test_status import FACTS, NOW, collect, drill
 
 
 @pytest.fixture
@@ -168,3 +169,93 @@ def test_backup_sizes_show_each_backups_files_and_stored_bytes(store):
     assert f"backup A (full), stopped 2026-11-23 12:02 UTC: 1000 B of files, {full.stored_size / 1024:.1f} KiB " \
            "stored" in said
     assert any(title.startswith("backup B (incremental), stopped") for title in said)
+
+
+# --- restore drills (drills/<id>.json, ops/drill.py) -----------------------------------------
+
+
+def drill_marks(svg: str) -> dict[str, tuple[str, ElementTree.Element]]:
+    """drill id: (its result, its mark's group)."""
+    return {element.get("data-drill") or "": (element.get("data-result") or "", element)
+            for element in parsed(svg).iter("g") if element.get("class") == "drill"}
+
+
+def bar_height(group: ElementTree.Element) -> float:
+    [bar] = group.iter("rect")
+    return float(bar.get("height") or "nan")
+
+
+def test_a_scheduled_drill_that_never_ran_says_so_and_no_drill_draws_nothing(store):
+    store.backup("b1", 1, 2, 3)
+    assert "drills-chart" not in html_page(collect(store), None, refresh_seconds=30)
+    report = collect(store, drill=DrillConfig(every="1d"))
+    assert texts(drills_svg(report)) == ["no restore drill has run yet"]
+    page = html_page(report, None, refresh_seconds=30)
+    assert page.count('<svg id="drills-chart"') == 1 and "every 1d" in page
+
+
+def test_one_passed_drill_shows_its_rto_backup_and_wal_replayed(store):
+    store.backup("b1", 1, 2, 3)
+    passed = drill(store, -3, "passed", rto=12.5)
+    svg = drills_svg(collect(store))
+    [(result, group)] = drill_marks(svg).values()
+    assert result == "passed" and drill_marks(svg).keys() == {passed.drill_id}
+    assert bar_height(group) == 100.0  # the tallest RTO fills the plot
+    assert titles(svg)[1:] == [f"drill {passed.drill_id} passed 2026-11-23 12:17 UTC: backup b1, RTO 12.5s, "
+                               "1.0 GiB of WAL replayed"]
+    assert "passed 12.5s" in texts(svg)
+
+
+def test_a_failed_drill_without_rto_is_a_cross_naming_its_reason(store):
+    store.backup("b1", 1, 2, 3)
+    passed = drill(store, -4, "passed", rto=30)
+    failed = drill(store, -2, "failed", rto=None, reason="stored object backups/b1/part is corrupt")
+    svg = drills_svg(collect(store))
+    marks = drill_marks(svg)
+    assert {key: result for key, (result, _) in marks.items()} == {passed.drill_id: "passed",
+                                                                   failed.drill_id: "failed"}
+    cross = marks[failed.drill_id][1]
+    assert [element.tag.split("}")[-1] for element in cross] == ["title", "path"]
+    assert cross.findtext("title") == (f"drill {failed.drill_id} failed 2026-11-23 12:18 UTC: backup b1, no RTO, "
+                                       "1.0 GiB of WAL replayed: stored object backups/b1/part is corrupt")
+    assert "failed" in texts(svg) and "passed 30s" in texts(svg)
+
+
+def test_ten_drills_each_have_a_mark_and_bars_scale_with_their_rto(store):
+    store.backup("b1", 1, 2, 3)
+    reports = [drill(store, -minute, "passed" if minute % 4 else "failed", rto=10.0 * minute)
+               for minute in range(1, 11)]
+    report = collect(store)
+    assert report.drills is not None and len(report.drills.recent) == 10
+    svg = drills_svg(report)
+    marks = drill_marks(svg)
+    assert marks.keys() == {each.drill_id for each in reports}
+    heights = {key: bar_height(group) for key, (_, group) in marks.items()}
+    assert [heights[each.drill_id] for each in reports] == [10.0 * minute for minute in range(1, 11)]
+    assert [marks[each.drill_id][0] for each in reports] == [each.result for each in reports]
+    assert sum(title.startswith("drill ") for title in titles(svg)) == 10
+    assert 1 <= len([text for text in texts(svg) if text.startswith(("passed", "failed"))]) <= 10
+
+
+def test_drill_values_are_escaped_in_the_picture(store):
+    store.backup("b1", 1, 2, 3)
+    drill(store, -1, "failed", rto=None, reason="<img src=x> & more")
+    svg = drills_svg(collect(store))
+    assert "<img" not in svg and "&lt;img src=x&gt; &amp; more" in svg
+    parsed(svg)
+
+
+def test_the_page_shows_the_daemons_drill_schedule_next_to_the_picture(store):
+    store.backup("b1", 1, 2, 3)
+    drill(store, -1, "passed")
+    report = collect(store, drill=DrillConfig(every="7d"))
+    facts = msgspec.structs.replace(FACTS, drill_schedule="every 7d", next_drill_at=NOW + timedelta(days=6),
+                                    drill_running=False, drills_run=4, drill_failures=1)
+    page = html_page(report, facts, refresh_seconds=30)
+    picture, table = page.index('<svg id="drills-chart"'), page.index('<table id="drills">')
+    assert picture < table < page.index('<table id="last-backup">')
+    drills_table = page[table:page.index("</table>", table)]
+    for said in ("every 7d", show_time(NOW + timedelta(days=6)), "4 ended, 1 failed since the daemon started"):
+        assert said in drills_table, drills_table
+    running = html_page(report, msgspec.structs.replace(facts, drill_running=True), refresh_seconds=30)
+    assert "<th>next drill</th><td>running now</td>" in running

@@ -27,7 +27,7 @@ SIGTERM or SIGINT: no new backup starts, a running backup-push is terminated (it
 the unfinished folder it was storing, which a daemon started next would otherwise take
 for another host's backup at work; what it cannot remove retention removes after
 `unfinished_grace`, as a killed one's), a running
-retention is terminated (a rerun finishes what it started), a running drill is
+retention is interrupted (SIGINT: it releases the catalog lock; a rerun finishes what it started), a running drill is
 terminated (it stops its scratch server, removes its directory and stores its report), the sidecar is stopped
 cleanly, the server closed, and the daemon exits 0. Under systemd a SIGKILL of the
 daemon also kills its children (the unit's control group).
@@ -73,8 +73,9 @@ _SIDECAR_BACKOFF_MAX = 60.0
 _SIDECAR_STEADY_RUN = 60.0
 # wal-receive stops pg_receivewal (up to 30 s) and then archives what it wrote.
 _SIDECAR_STOP_TIMEOUT = 90.0
-# retention dies at once on SIGTERM; backup-push ends its server session, releases what it
-# holds and removes its unfinished folder; this bounds a hung storage call.
+# Retention (SIGINT) and backup-push (SIGTERM) unwind: they release the catalog lock, and
+# backup-push ends its server session and removes its unfinished folder; this bounds a
+# hung storage call.
 _CHILD_STOP_TIMEOUT = 30.0
 # A drill stopped by SIGTERM stops its scratch server (at once, killed after 20 s) and
 # removes its scratch directory before it exits: more than a backup-push needs.
@@ -135,10 +136,11 @@ class Child:
         code = self.process.poll()
         return None if code is None else self._outcome(code)
 
-    def terminate(self, timeout: float = _CHILD_STOP_TIMEOUT) -> tuple[Outcome, bool]:
-        """SIGTERM, then SIGKILL if it does not end in time; the outcome, and whether it
-        had to be killed."""
-        self.process.terminate()
+    def terminate(self, timeout: float = _CHILD_STOP_TIMEOUT, how: signal.Signals = signal.SIGTERM
+                  ) -> tuple[Outcome, bool]:
+        """`how`, then SIGKILL if it does not end in time; the outcome, and whether it had
+        to be killed."""
+        self.process.send_signal(how)
         try:
             return self._outcome(self.process.wait(timeout)), False
         except subprocess.TimeoutExpired:
@@ -479,7 +481,10 @@ class Backups:
                         backup="unfinished")
         if self._retention_child is not None:
             child = self._retention_child
-            outcome, killed = child.terminate()
+            # SIGINT: it unwinds as on Ctrl-C and releases the catalog lock; SIGTERM's
+            # default death would leave the lock standing for lock.HELD_FOR (10 minutes),
+            # and a restarted daemon's retention refused meanwhile.
+            outcome, killed = child.terminate(how=signal.SIGINT)
             if outcome.code == 0:  # it had finished before the loop noticed
                 self._retention_ended(outcome)
                 return

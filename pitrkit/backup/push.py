@@ -730,8 +730,11 @@ def _remove_interrupted(archive: Archive, backup_id: str) -> None:
     unfinished folder written to a moment ago: a daemon started next takes it for another
     host's backup at work and skips its backups for [backup] wal_timeout and more
     (daemon/service.py). Its parts' stores have all ended (PartStore.abandon,
-    SuperBlockStore.abandon, the block maps' executor), and nobody else writes into it.
-    Not once the manifest is stored: the interrupt may have come just after the commit.
+    SuperBlockStore.abandon, the block maps' executor). Nobody else writes into it, but
+    for a backup-push that chose the same id in the same second: the first part they both
+    store fails the later one, so only an interrupt before this run's first part could
+    remove the other's. Not once the manifest is stored: the interrupt may have come just
+    after the commit.
     What cannot be removed now is left to retention, as a failed backup's folder is."""
     try:
         if manifest_present(archive, backup_id):

@@ -10,7 +10,8 @@ and stores in parallel. Nothing is staged on local disk.
 The backup exists only once `manifest.json` is stored, and that happens last: after
 pg_backup_stop, and after every WAL segment from the backup's start to its stop has
 reached the archive. Any failure before that leaves parts without a manifest, which the
-planner never uses and retention removes later.
+planner never uses and retention removes later; an interrupt (Ctrl-C, or SIGTERM: the
+daemon's stop) removes them itself, see take_backup.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import logging
 import os
 import re
+import signal
 import stat
 import struct
 import sys
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from queue import SimpleQueue
+from types import FrameType
 from typing import BinaryIO, NamedTuple
 
 import msgspec
@@ -38,6 +41,7 @@ from pitrkit import __version__
 from pitrkit.backup import config_capture, incremental
 from pitrkit.backup.changes import NotSummarized, relation_of, summarized_changes
 from pitrkit.catalog import blockmap, checksums, documents, lease, maintenance
+from pitrkit.catalog.backups import manifest_present
 from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -264,7 +268,7 @@ class PartStore:
         self._abandoned = False
         self._compressing = threading.Semaphore(workers)
         self._compressing_at_once = workers
-        # Daemon threads: an interrupted backup-push must exit without waiting for them.
+        # Daemon threads: an exit never waits for them (abandon waits for a store under way).
         self._threads = [threading.Thread(target=self._serve, name=f"backup-part-{n}", daemon=True)
                          for n in range(2 * workers)]
         for thread in self._threads:
@@ -315,10 +319,14 @@ class PartStore:
         return [self._parts[number] for number in sorted(self._parts)]
 
     def abandon(self) -> None:
-        """Store nothing more; queued parts are dropped."""
+        """Store nothing more; queued parts are dropped. Returns once no worker stores
+        anything any more (a store under way ends first), so that what an interrupted
+        backup then removes stays removed."""
         self._abandoned = True
         for _ in self._threads:
             self._queued.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def _serve(self) -> None:
         while (item := self._queued.get()) is not None:
@@ -685,17 +693,63 @@ class Phases:
         return " ".join(f"{step}={seconds:.3f}" for step, seconds in self.seconds.items())
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM (the daemon's stop, a service manager's): unwinds like Ctrl-C, through the
+    server session's end, the catalog lock's and a lease's release and take_backup's
+    removal of the unfinished folder, and ends the command as an interrupt does (exit 130)."""
+
+
+def _raise_interrupted(_signal: int, _frame: FrameType | None) -> None:
+    raise _Interrupted()
+
+
+class _Folder:
+    """The backup folder a run stores into: its id once chosen."""
+
+    backup_id: str | None = None
+
+
 def take_backup(archive: Archive, config: Config, label: str | None, *, incremental_on: str | None = None,
                 incremental_wanted: bool = False) -> BackupManifest:
     """Back up the cluster and store its manifest; returns the manifest. With
     `incremental_wanted`, only the blocks changed since the parent (`incremental_on`,
-    or the newest backup on this timeline's path) are stored."""
-    with contextlib.ExitStack() as held:
-        return _take_backup(archive, config, label, incremental_on, incremental_wanted, held)
+    or the newest backup on this timeline's path) are stored. Interrupted before its
+    manifest is stored, it removes what it stored."""
+    folder = _Folder()
+    try:
+        with contextlib.ExitStack() as held:
+            return _take_backup(archive, config, label, incremental_on, incremental_wanted, held, folder)
+    except KeyboardInterrupt:
+        if folder.backup_id is not None:
+            _remove_interrupted(archive, folder.backup_id)
+        raise
+
+
+def _remove_interrupted(archive: Archive, backup_id: str) -> None:
+    """The folder of a backup interrupted before its manifest, removed. Left, it is an
+    unfinished folder written to a moment ago: a daemon started next takes it for another
+    host's backup at work and skips its backups for [backup] wal_timeout and more
+    (daemon/service.py). Its parts' stores have all ended (PartStore.abandon,
+    SuperBlockStore.abandon, the block maps' executor). Nobody else writes into it, but
+    for a backup-push that chose the same id in the same second: the first part they both
+    store fails the later one, so only an interrupt before this run's first part could
+    remove the other's. Not once the manifest is stored: the interrupt may have come just
+    after the commit.
+    What cannot be removed now is left to retention, as a failed backup's folder is."""
+    try:
+        if manifest_present(archive, backup_id):
+            return
+        for stored in archive.list(backup_prefix(backup_id)):
+            archive.delete(stored.key)
+    except PitrkitError as exc:
+        log.warning("backup %s was interrupted; removing its unfinished folder failed, retention removes it "
+                    "later: %s", backup_id, exc)
+        return
+    log.info("backup %s was interrupted: removed its unfinished folder", backup_id)
 
 
 def _take_backup(archive: Archive, config: Config, label: str | None, incremental_on: str | None,
-                 incremental_wanted: bool, held: contextlib.ExitStack) -> BackupManifest:
+                 incremental_wanted: bool, held: contextlib.ExitStack, folder: _Folder) -> BackupManifest:
     pgdata = _configured_pgdata(config)
     phases = Phases()
     with ServerSession(config.postgres.conninfo) as server:
@@ -720,6 +774,7 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             held.enter_context(lease.holding(archive, parent_summary, "backup-push --incremental"))
             parent = incremental.load_parent(archive, parent_summary)
         backup_id, start_time = _new_backup_id(archive, server)
+        folder.backup_id = backup_id
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
         phases.done("prepare")
@@ -865,8 +920,12 @@ def summary_of(manifest: BackupManifest) -> BackupSummary:
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     archive = Archive(config)
-    manifest = take_backup(archive, config, args.label, incremental_on=args.parent,
-                           incremental_wanted=args.incremental or args.parent is not None)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        manifest = take_backup(archive, config, args.label, incremental_on=args.parent,
+                               incremental_wanted=args.incremental or args.parent is not None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = summary_of(manifest)
     if args.json:
         sys.stdout.write(codec.encode(summary).decode())

@@ -23,9 +23,11 @@ cannot take the sidecar down; and a stop can terminate it. Their outcomes become
 daemon's events, one logfmt line each on stderr (journald), like wal-receive's; the
 sidecar writes its own events to the same stderr.
 
-SIGTERM or SIGINT: no new backup starts, a running backup-push is terminated (it leaves
-an unfinished folder, which retention removes after `unfinished_grace`), a running
-retention is terminated (a rerun finishes what it started), a running drill is
+SIGTERM or SIGINT: no new backup starts, a running backup-push is terminated (it removes
+the unfinished folder it was storing, which a daemon started next would otherwise take
+for another host's backup at work; what it cannot remove retention removes after
+`unfinished_grace`, as a killed one's), a running
+retention is interrupted (SIGINT: it releases the catalog lock; a rerun finishes what it started), a running drill is
 terminated (it stops its scratch server, removes its directory and stores its report), the sidecar is stopped
 cleanly, the server closed, and the daemon exits 0. Under systemd a SIGKILL of the
 daemon also kills its children (the unit's control group).
@@ -71,7 +73,9 @@ _SIDECAR_BACKOFF_MAX = 60.0
 _SIDECAR_STEADY_RUN = 60.0
 # wal-receive stops pg_receivewal (up to 30 s) and then archives what it wrote.
 _SIDECAR_STOP_TIMEOUT = 90.0
-# backup-push and retention die at once on SIGTERM; this bounds a hung storage call.
+# Retention (SIGINT) and backup-push (SIGTERM) unwind: they release the catalog lock, and
+# backup-push ends its server session and removes its unfinished folder; this bounds a
+# hung storage call.
 _CHILD_STOP_TIMEOUT = 30.0
 # A drill stopped by SIGTERM stops its scratch server (at once, killed after 20 s) and
 # removes its scratch directory before it exits: more than a backup-push needs.
@@ -132,10 +136,11 @@ class Child:
         code = self.process.poll()
         return None if code is None else self._outcome(code)
 
-    def terminate(self, timeout: float = _CHILD_STOP_TIMEOUT) -> tuple[Outcome, bool]:
-        """SIGTERM, then SIGKILL if it does not end in time; the outcome, and whether it
-        had to be killed."""
-        self.process.terminate()
+    def terminate(self, timeout: float = _CHILD_STOP_TIMEOUT, how: signal.Signals = signal.SIGTERM
+                  ) -> tuple[Outcome, bool]:
+        """`how`, then SIGKILL if it does not end in time; the outcome, and whether it had
+        to be killed."""
+        self.process.send_signal(how)
         try:
             return self._outcome(self.process.wait(timeout)), False
         except subprocess.TimeoutExpired:
@@ -470,13 +475,16 @@ class Backups:
                 return
             self.last_run = ScheduledRun(started_at=self._backup_started, finished_at=datetime.now(UTC), ok=False,
                                          backup_id=None, message="terminated by the daemon's stop")
-            # Its folder has no manifest: it does not exist for the planner, and retention
-            # removes it after [retention] unfinished_grace.
+            # Its folder had no manifest, and backup-push removed it (killed, it leaves it:
+            # the planner never uses it, and retention removes it after unfinished_grace).
             events.emit(log, logging.WARNING, "backup-terminated", pid=child.pid, code=outcome.code, killed=killed,
                         backup="unfinished")
         if self._retention_child is not None:
             child = self._retention_child
-            outcome, killed = child.terminate()
+            # SIGINT: it unwinds as on Ctrl-C and releases the catalog lock; SIGTERM's
+            # default death would leave the lock standing for lock.HELD_FOR (10 minutes),
+            # and a restarted daemon's retention refused meanwhile.
+            outcome, killed = child.terminate(how=signal.SIGINT)
             if outcome.code == 0:  # it had finished before the loop noticed
                 self._retention_ended(outcome)
                 return

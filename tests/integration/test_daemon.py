@@ -87,6 +87,13 @@ class RunningDaemon(PitrkitService):
         code, body = self.get("/status.json")
         return json.loads(body) if code == 200 else {}
 
+    def wait_for_event(self, name: str, count: int = 1, timeout: float | None = None) -> list[dict[str, str]]:
+        """As PitrkitService's; one that gives up says what the daemon logged meanwhile."""
+        try:
+            return super().wait_for_event(name, count, timeout)
+        except pgharness.TimedOut as exc:
+            raise pgharness.TimedOut(f"{exc}\n{self.log()}") from None
+
     def assert_clean(self) -> None:
         log = self.assert_no_traceback()
         assert "internal error" not in log, log
@@ -195,12 +202,16 @@ def test_daemon_takes_scheduled_backups_applies_retention_and_stops_cleanly(
         assert set(listed) <= set(finished)
 
     # 3. A stop while a backup runs: one that cannot finish, as the WAL it needs is never
-    # archived. The newest backup is older than the interval, so it starts at once.
+    # archived. The newest backup is older than the interval, so it starts at once; the
+    # stop comes once it has stored its parts and waits for that WAL.
     primary.sql("ALTER SYSTEM SET archive_command = 'false'")
     primary.sql("SELECT pg_reload_conf()")
+    segment_not_archived(primary)
     daemon = start_daemon(setup, port, "daemon-stopped-mid-backup")
     try:
         daemon.wait_for_event("backup-started")
+        pgharness.wait_for(lambda: stored_parts(setup), 300, interval=0.1,
+                           what=f"the backup to store its parts\n{daemon.log()}")
     finally:
         code = daemon.stop()
     daemon.assert_clean()
@@ -209,6 +220,49 @@ def test_daemon_takes_scheduled_backups_applies_retention_and_stops_cleanly(
     assert len(terminated) == 1 and terminated[0]["backup"] == "unfinished", daemon.log()
     assert not daemon.events("backup-finished") and not daemon.events("backup-failed")
     assert pitrkit_processes(setup) == []
+    # The terminated backup-push removed what it had stored: nothing in the archive looks
+    # like another host's backup at work, which a restarted daemon would wait for.
+    assert backup_listing(setup)["unfinished"] == [] and stored_parts(setup) == [], daemon.log()
+
+    # 4. Restarted at once, with archiving back: the missed slot's backup starts and finishes.
+    primary.sql("ALTER SYSTEM RESET archive_command")
+    primary.sql("SELECT pg_reload_conf()")
+    daemon = start_daemon(setup, port, "daemon-after-the-stop")
+    try:
+        daemon.wait_for_event("backup-missed")
+        pgharness.wait_for(lambda: daemon.events("backup-started") or daemon.events("backup-skipped"), 60,
+                           interval=0.1, what=f"the missed slot's backup\n{daemon.log()}")
+        assert not daemon.events("backup-skipped"), daemon.log()
+        daemon.wait_for_event("backup-finished")
+    finally:
+        code = daemon.stop()
+    daemon.assert_clean()
+    assert code == 0, daemon.log()
+    assert pitrkit_processes(setup) == []
+
+
+def segment_not_archived(primary: pgharness.Cluster) -> str:
+    """A segment written and switched away from that the archiver (its archive_command
+    failing now) could not archive, and will not: no backup taken from now on has all of
+    its WAL, not even by pushing the last segment itself beside the archiver, which
+    backup-push does only once the segment before its first is stored. A switch may still
+    be archived by the command it had before its reload; another follows then."""
+    def failed() -> str | None:
+        segment = primary.switch_wal()
+
+        def verdict() -> str | None:
+            archived, failed = primary.sql("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver")[0]
+            return "failed" if failed == segment else "archived" if archived == segment else None
+        return segment if pgharness.wait_for(verdict, 60, interval=0.1, what=f"the archiver to try {segment}") \
+            == "failed" else None
+    found: str = pgharness.wait_for(failed, 180, interval=0, what="a segment the archiver fails on")
+    return found
+
+
+def stored_parts(setup: PitrkitSetup) -> list[Path]:
+    """The data parts in the archive's unfinished backup folders (those without a manifest)."""
+    folders = [folder for folder in (setup.archive / "backups").iterdir() if not (folder / "manifest.json").exists()]
+    return [part for folder in folders if (folder / "data").is_dir() for part in (folder / "data").iterdir()]
 
 
 def slot_active(primary: pgharness.Cluster) -> bool:

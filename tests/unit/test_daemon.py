@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pitrkit import config
 from pitrkit.catalog.documents import BackupSummary
+from pitrkit.catalog.lock import CATALOG_LOCK_KEY
 from pitrkit.cron import Cron
 from pitrkit.daemon.schedule import Every, Timetable
 from pitrkit.daemon.service import (
@@ -248,6 +249,47 @@ def test_a_retention_that_ended_before_the_stop_is_not_reported_as_terminated(
         backups.stop()
     assert [record.getMessage() for record in caplog.records] == ["retention-finished"]
     assert backups.retention_runs == 1
+
+
+# The retention stand-in of test_a_stop_interrupts_retention, which holds the real catalog
+# lock while it runs, as `retention apply` does.
+LOCKING_RETENTION = """
+import pathlib, sys, time
+here = pathlib.Path(__file__).parent
+if "retention" not in sys.argv:
+    sys.stdout.write(SUMMARY)
+    sys.exit()
+from pitrkit import config
+from pitrkit.catalog import lock
+from pitrkit.storage.archive import Archive
+settings = config.parse({"repository": {"url": "URL", "retries": 0}}, "test")
+with lock.take(Archive(settings), "retention apply"):
+    (here / "locked").touch()
+    time.sleep(60)
+"""
+
+
+def test_a_stop_interrupts_retention(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Retention is stopped as with Ctrl-C: it releases the catalog lock. Killed at once
+    (SIGTERM's default), it would leave the lock standing for lock.HELD_FOR, and every
+    retention of a daemon restarted meanwhile would be refused."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    settings = config.parse({"repository": {"url": f"file://{root}", "retries": 0}, "retention": {"keep_last": 1}},
+                            "test")
+    script = tmp_path / "locking_retention.py"
+    script.write_text(LOCKING_RETENTION.replace("SUMMARY", repr(codec.encode(SUMMARY).decode()))
+                      .replace("URL", f"file://{root}"))
+    backups = Backups(settings, [sys.executable, str(script)], Every(60, "1m"), Archive(settings), None)
+    now = datetime.now(UTC)
+    backups.tick(now)
+    run_until(backups, now, lambda: not backups.running)  # the tick that saw it end started retention
+    wait_for((tmp_path / "locked").exists, 30, interval=0.01, what="retention to take the catalog lock")
+    assert (root / CATALOG_LOCK_KEY).exists()
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
+        backups.stop()
+    assert [record.getMessage() for record in caplog.records] == ["retention-terminated"]
+    assert not (root / CATALOG_LOCK_KEY).exists()
 
 
 def test_a_backup_that_cannot_be_started_is_a_failed_backup(tmp_path: Path, archive_config: config.Config) -> None:

@@ -595,9 +595,10 @@ def push_finished_wal(archive: Archive, pgdata: str, needed: list[SegmentName]) 
     failure here leaves the segment to the archiver.
 
     Only beside an archiver that delivers into this archive: the segment before the
-    backup's first one (which pg_backup_start switched away from) must be stored. A
-    broken archive_command, or one that archives elsewhere, must still fail the backup
-    after `[backup] wal_timeout`, not be papered over for the backup's own segments."""
+    backup's first one (which pg_backup_start switched away from) must be stored. An
+    archive_command that archives elsewhere, or has never worked, still fails the backup
+    after `[backup] wal_timeout`. One that broke after that segment is not noticed here:
+    the backup is sound (its WAL is stored), and `status` reports the archiver's failures."""
     pushed: list[str] = []
     if not needed or needed[0].segno == 0 or not _stored(archive, needed[0]._replace(segno=needed[0].segno - 1)):
         return pushed

@@ -129,7 +129,7 @@ class AzureStorage:
     # -- the Storage protocol ----------------------------------------------------------
 
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
-        attempts: list[object] = []
+        retried = _RetryCount()
         blob = self._container.get_blob_client(self.prefix + key)
         md5 = hashlib.md5(data).digest()
         # The whole object's MD5, stored with it (x-ms-blob-content-md5) and checked by
@@ -140,7 +140,7 @@ class AzureStorage:
             with self._faults(f"storing {key}", taken=True):
                 if len(data) <= BLOCK_SIZE:
                     blob.upload_blob(data, overwrite=overwrite, validate_content=True, content_settings=settings,
-                                     raw_request_hook=attempts.append)
+                                     retry_hook=retried)
                 else:
                     # Block ids of this put alone: a concurrent writer of the same key
                     # stages its own, and only one list is committed.
@@ -150,7 +150,7 @@ class AzureStorage:
                     for n, block in enumerate(blocks):
                         blob.stage_block(block.id, bytes(view[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]),
                                          validate_content=True)
-                    blob.commit_block_list(blocks, content_settings=settings, raw_request_hook=attempts.append,
+                    blob.commit_block_list(blocks, content_settings=settings, retry_hook=retried,
                                            **condition)
         except HttpResponseError as exc:
             if _code(exc) not in _TAKEN:
@@ -159,7 +159,7 @@ class AzureStorage:
             # same bytes (the caller decides what identical means). After a retried
             # attempt the object may be our own earlier attempt, stored although its
             # answer was lost: the same size and MD5 mean it is.
-            if len(attempts) > 1 and self._holds(key, len(data), md5):
+            if retried.count and self._holds(key, len(data), md5):
                 return
             raise ObjectExists(key) from None
 
@@ -213,21 +213,21 @@ class AzureStorage:
         success when the target has the source's size and MD5 (the first attempt landed,
         its answer was lost). Inside an account a copy finishes as it is accepted as a
         rule; one still pending is waited for up to `timeout`, then aborted and removed."""
-        attempts: list[object] = []
+        retried = _RetryCount()
         original = self._container.get_blob_client(self.prefix + source)
         copied = self._container.get_blob_client(self.prefix + target)
         what = f"copying {source} to {target}"
         try:
             with self._faults(what, absent=True, taken=True):
                 started = copied.start_copy_from_url(original.url, match_condition=MatchConditions.IfMissing,
-                                                     raw_request_hook=attempts.append)
+                                                     retry_hook=retried)
         except ResourceNotFoundError as exc:
             self.stat(source)  # ObjectNotFound when the source is absent (nothing was stored)
             raise StorageError(f"{self.url}: {what}: {_describe(exc)}") from None
         except HttpResponseError as exc:
             if _code(exc) not in _TAKEN:
                 raise
-            if len(attempts) > 1 and self._same_bytes(source, target):
+            if retried.count and self._same_bytes(source, target):
                 return
             raise ObjectExists(target) from None
         if started.get("copy_status") != "success":
@@ -352,6 +352,17 @@ def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = re.sub(r"\?[^\s'\"]*", "?...", text)
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+class _RetryCount:
+    """The `retry_hook` of one SDK call (called before each retry of its request): whether
+    an earlier attempt may have landed although its answer was lost."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, **_: object) -> None:
+        self.count += 1
 
 
 def _code(exc: HttpResponseError) -> str | None:

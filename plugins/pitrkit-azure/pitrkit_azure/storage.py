@@ -303,8 +303,13 @@ class AzureStorage:
         return stored is not None and self._holds(target, original.size, bytes(stored))
 
     def _info(self, blob: BlobProperties) -> ObjectInfo:
+        # Azure gives an object's creation time in whole seconds: it was stored within the
+        # second after it. The end of that second is what is reported, never a time before
+        # the object was stored: the planner refuses a target time later than the newest
+        # WAL's store time, and a time cut down to its second would refuse a reachable one.
         created = blob.creation_time
-        return ObjectInfo(blob.name[len(self.prefix):], blob.size or 0, created.timestamp() if created else None)
+        stored = created.timestamp() + 1 if created else None
+        return ObjectInfo(blob.name[len(self.prefix):], blob.size or 0, stored)
 
     @contextmanager
     def _object(self, key: str, what: str) -> Iterator[None]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from azurite import ACCOUNT, KEY
-from faulty_proxy import COMMITS, COPIES, DOWNLOADS, UPLOADS, FaultyProxy
+from faulty_azure_proxy import COMMITS, COPIES, DOWNLOADS, UPLOADS, FaultyProxy
 from pitrkit_azure.storage import BLOCK_SIZE, AzureStorage
 
 from pitrkit.config import load

@@ -18,6 +18,7 @@ connection string, a key or a token into a message.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
@@ -27,10 +28,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobPrefix, BlobProperties, BlobServiceClient, ContentSettings, LinearRetry
 
 from pitrkit.hookspecs import Folder, ObjectExists, ObjectInfo, ObjectNotFound, StorageError, StorageMissing
+
+# The SDK logs its faults (azure-identity every credential it tried, over many lines) as
+# warnings, which would reach stderr beside pitrkit's own line: every fault reaches the
+# user as the StorageError made here, in one line.
+logging.getLogger("azure").setLevel(logging.CRITICAL)
 
 CONNECTION_STRING_FILE = "PITRKIT_AZURE_CONNECTION_STRING_FILE"
 CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
@@ -354,6 +360,10 @@ def _describe(exc: BaseException) -> str:
     exception's own text otherwise, with every URL's query (a SAS token) cut off."""
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         return f"HTTP {exc.status_code} {_code(exc) or exc.reason or ''}".rstrip()
+    if isinstance(exc, ClientAuthenticationError):  # azure-identity's, before any request
+        first = str(exc).split(". ", 1)[0].split("\n", 1)[0].rstrip(".")
+        return (f"no Azure credential ({first[:200]}): set {CONNECTION_STRING_FILE} or an identity "
+                "(see pitrkit's docs/plugins.md)")
     text = " ".join(str(exc).split())
     text = re.sub(r"\?[^\s'\"]*", "?...", text)
     return f"{type(exc).__name__}: {text[:300]}"

@@ -7,6 +7,8 @@ import pytest
 from azurite import ACCOUNT, KEY
 from pitrkit_azure.storage import AzureStorage
 
+from pitrkit.hookspecs import StorageError
+
 
 @pytest.fixture
 def file_only(emulator, tmp_path, monkeypatch):
@@ -38,3 +40,17 @@ def test_a_wrong_connection_string_is_refused_without_showing_it(file_only, text
         AzureStorage(f"az://{ACCOUNT}/container/archive", timeout=5)
     assert str(file_only) in str(refused.value)
     assert KEY not in str(refused.value) and KEY[:20] not in str(refused.value)
+
+
+def test_without_a_connection_string_the_identity_chain_is_asked_and_its_failure_is_one_line(monkeypatch, capfd):
+    # No connection string and no identity here (a managed identity's endpoint does not
+    # answer on this machine): one StorageError line, and nothing of the SDK's own
+    # many-line warnings on stderr.
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "PITRKIT_AZURE_CONNECTION_STRING_FILE", "AZURE_CLIENT_ID",
+                 "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    storage = AzureStorage("az://pitrkitnosuchaccount/container/archive", timeout=2)
+    with pytest.raises(StorageError) as failed:
+        storage.get("archive.json")
+    assert "\n" not in str(failed.value) and str(failed.value).startswith("az://pitrkitnosuchaccount/container/archive:")
+    assert capfd.readouterr().err == ""

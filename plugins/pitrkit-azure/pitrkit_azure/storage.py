@@ -17,6 +17,7 @@ connection string, a key or a token into a message.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -145,8 +146,10 @@ class AzureStorage:
         try:
             with self._faults(f"storing {key}", taken=True):
                 if len(data) <= BLOCK_SIZE:
-                    blob.upload_blob(data, overwrite=overwrite, validate_content=True, content_settings=settings,
-                                     retry_hook=retried)
+                    # The request's Content-MD5 is the whole object's, made once here
+                    # (validate_content would make it again).
+                    blob.upload_blob(data, overwrite=overwrite, content_settings=settings, retry_hook=retried,
+                                     headers={"Content-MD5": base64.b64encode(md5).decode()})
                 else:
                     # Block ids of this put alone: a concurrent writer of the same key
                     # stages its own, and only one list is committed.

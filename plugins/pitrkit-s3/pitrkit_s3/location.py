@@ -35,28 +35,37 @@ class S3Location(NamedTuple):
 def parse_s3_url(url: str) -> S3Location:
     """The location of `s3://bucket[/prefix][?settings]`; ValueError for anything else."""
     if not url.startswith("s3://"):
-        raise ValueError(f"expected s3://bucket/prefix, got {url!r}")
+        raise ValueError("expected s3://bucket/prefix")
     rest, _, query = url[len("s3://"):].partition("?")
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
-        raise ValueError(f"{bucket!r} is not a valid bucket name (s3://bucket/prefix)")
+        raise ValueError("the bucket is not a valid bucket name (s3://bucket/prefix; 3-63 letters, digits, '.', '-')")
     if "#" in prefix or "//" in prefix or "\\" in prefix:
-        raise ValueError(f"the prefix of {url!r} must be a plain path")
+        raise ValueError(f"the prefix {prefix[:200]!r} must be a plain path")
     prefix = prefix.strip("/")
-    settings = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    # The messages below name the setting, never repeat the URL: a mistyped one may hold
+    # a credential (in the endpoint's user part), which must not reach stderr or a log.
+    try:
+        settings = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise ValueError("the settings after '?' must be name=value pairs joined by '&'") from None
     unknown = sorted(set(settings) - _SETTINGS)
     if unknown:
-        raise ValueError(f"{url!r}: unknown setting {unknown[0]!r} (known: endpoint, region, path_style)")
+        raise ValueError(f"unknown setting {unknown[0][:40]!r} after '?' (known: endpoint, region, path_style)")
     endpoint = settings.get("endpoint")
     if endpoint is not None:
-        parts = urlsplit(endpoint)
+        try:
+            parts = urlsplit(endpoint)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not one)
+        except ValueError:
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
                 or parts.query or parts.username or parts.password:
-            raise ValueError(f"{url!r}: endpoint must be http(s)://host[:port], without credentials")
+            raise ValueError("the endpoint setting must be http(s)://host[:port], without credentials")
     region = settings.get("region")
     if region is not None and not _REGION.fullmatch(region):
-        raise ValueError(f"{url!r}: {region!r} is not a region name")
+        raise ValueError(f"the region setting {region[:40]!r} is not a region name")
     path_style = settings.get("path_style", "false")
     if path_style not in _BOOLEANS:
-        raise ValueError(f"{url!r}: path_style must be true or false")
+        raise ValueError("the path_style setting must be true or false")
     return S3Location(bucket, prefix + "/" if prefix else "", endpoint, region, _BOOLEANS[path_style])

@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -237,8 +238,7 @@ class S3Storage:
                 Bucket=self.bucket, Key=self.prefix + key), answers=_NOT_FOUND_CODES)
         except _Answer:
             raise self._absent(key) from None
-        modified = head.get("LastModified")
-        return ObjectInfo(key, _size(head.get("ContentLength")), modified.timestamp() if modified else None)
+        return ObjectInfo(key, _size(head.get("ContentLength")), _stored_at(head.get("LastModified")))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Every page is fetched here: a lazy iterator would raise in the caller's loop.
@@ -267,9 +267,8 @@ class S3Storage:
             page_options = {**options, "ContinuationToken": token} if token else options
             page = self._call(what, partial(self._s3().list_objects_v2, **page_options))
             for entry in page.get("Contents", []):
-                modified = entry.get("LastModified")
                 objects.append(ObjectInfo(self._relative(what, entry.get("Key")), _size(entry.get("Size")),
-                                          modified.timestamp() if modified else None))
+                                          _stored_at(entry.get("LastModified"))))
             folders.extend(self._relative(what, entry.get("Prefix")) for entry in page.get("CommonPrefixes", []))
             if not page.get("IsTruncated"):
                 break
@@ -427,6 +426,19 @@ def _size(value: object) -> int:
     if not isinstance(value, int) or value < 0:
         raise StorageError(f"the store answered a size of {value!r}")
     return value
+
+
+def _stored_at(modified: object) -> float | None:
+    """When the object was stored, from its LastModified. S3 names only the second (its
+    stamps end in .000), and the object was stored within it: the end of that second is
+    what pitrkit gets, so that the store time is never earlier than the truth (the
+    restore planner refuses a time target later than the newest segment's store time,
+    and would refuse one that the archive does reach). A stamp with a fraction (some
+    S3-compatible stores) is taken as it is."""
+    if not isinstance(modified, datetime):
+        return None
+    stamp = modified.timestamp()
+    return stamp + 0.999_999 if modified.microsecond == 0 else stamp
 
 
 def _content_range(text: str) -> tuple[int | None, int, int | None]:

@@ -18,7 +18,7 @@ PLUGIN_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = PLUGIN_ROOT.parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import moto_server`
 sys.path.insert(0, str(PROJECT_ROOT))  # so the project's fixtures can be reused
-from moto_server import CREDENTIALS, MotoServer  # noqa: E402
+from moto_server import CREDENTIALS, MotoServer, s3_url  # noqa: E402
 
 from tests import conftest as project  # noqa: E402
 
@@ -28,10 +28,6 @@ from pitrkit_setup import PitrkitSetup  # noqa: E402
 cluster, harness_tmp, server_tmp = project.cluster, project.harness_tmp, project.server_tmp
 pg_major, pg_install = project.pg_major, project.pg_install
 pytest_generate_tests = project.pytest_generate_tests
-
-
-def s3_url(bucket: str, prefix: str, endpoint: str) -> str:
-    return f"s3://{bucket}/{prefix}?endpoint={endpoint}&region=us-east-1&path_style=true"
 
 
 @pytest.fixture(scope="session")

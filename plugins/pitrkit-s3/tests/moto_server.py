@@ -15,6 +15,11 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "pitrkit-test", "AWS_SECRET_ACCESS_KEY": "pi
                "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def s3_url(bucket: str, prefix: str, endpoint: str) -> str:
+    """The URL of an archive under `prefix` of `bucket` on the server at `endpoint`."""
+    return f"s3://{bucket}/{prefix}?endpoint={endpoint}&region=us-east-1&path_style=true"
+
+
 @dataclass
 class MotoServer:
     endpoint: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import s3_url
+from moto_server import s3_url
 from pitrkit_s3.storage import S3Storage
 
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import s3_url
-from faulty_proxy import COMPLETES, COPIES, DOWNLOADS, UPLOADS, FaultyProxy
+from moto_server import s3_url
 from pitrkit_s3.storage import S3Storage
+from s3_faulty_proxy import COMPLETES, COPIES, DOWNLOADS, UPLOADS, FaultyProxy
 
 from pitrkit.config import load
 from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
@@ -188,7 +188,7 @@ def test_a_copy_is_one_create_only_copy_object_inside_the_bucket(storage, proxy)
 
 def test_a_copy_refused_by_its_precondition_is_object_exists(storage, proxy):
     # What S3 answers for a target that exists (moto does not: it overwrites, see
-    # test_conformance.py), even one that holds the same bytes: as for put.
+    # test_s3_conformance.py), even one that holds the same bytes: as for put.
     storage.put(KEY, b"segment")
     storage.put("copy", b"segment")
     proxy.inject("status", COPIES, status=412)

@@ -1,10 +1,10 @@
 """S3Storage against moto's server: pitrkit's storage conformance suite (its 17 MiB
-object goes up as a multipart upload; test_parts.py has the rest of the multipart paths)."""
+object goes up as a multipart upload; test_s3_parts.py has the rest of the multipart paths)."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import s3_url
+from moto_server import s3_url
 from pitrkit_s3.storage import S3Storage
 
 from pitrkit.storage_conformance import StorageConformance
@@ -27,7 +27,7 @@ class TestS3Storage(StorageConformance):
         if request.node.callspec.params["copying"] == "own method":
             # moto's server ignores If-None-Match on CopyObject (it enforces it on
             # PutObject and CompleteMultipartUpload), which S3 enforces: the plugin sends
-            # it and turns the 412 into ObjectExists, which test_faults.py checks. Strict:
+            # it and turns the 412 into ObjectExists, which test_s3_faults.py checks. Strict:
             # once moto enforces it, this passes and fails the run, and the mark goes.
             request.applymarker(pytest.mark.xfail(strict=True, reason="moto overwrites on CopyObject whatever "
                                                                        "If-None-Match says"))

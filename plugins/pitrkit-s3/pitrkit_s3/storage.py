@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import botocore.session
+from botocore import exceptions as errors
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -107,7 +108,7 @@ class S3Storage:
         part_size = max(self.part_size, -(-len(data) // MAX_PARTS))
         upload = self._call(what, lambda: s3.create_multipart_upload(
             Bucket=self.bucket, Key=name, ChecksumAlgorithm="CRC32", ContentType="application/octet-stream"))
-        upload_id = upload["UploadId"]
+        upload_id = _upload_id(what, upload)
         completed = False
         try:
             parts = []
@@ -117,7 +118,7 @@ class S3Storage:
                 answer = self._call(f"{what} (part {number})", partial(
                     s3.upload_part, Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=body,
                     ChecksumAlgorithm="CRC32"))
-                parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32": answer["ChecksumCRC32"]})
+                parts.append(_part(what, number, answer))
             self._call(what, lambda: s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition),
                 attempts, answers={"PreconditionFailed", "NoSuchUpload"})
@@ -210,7 +211,7 @@ class S3Storage:
         part_size = max(self.copy_part_size, -(-size // MAX_PARTS))
         upload = self._call(what, lambda: s3.create_multipart_upload(
             Bucket=self.bucket, Key=name, ChecksumAlgorithm="CRC32", ContentType="application/octet-stream"))
-        upload_id = upload["UploadId"]
+        upload_id = _upload_id(what, upload)
         completed = False
         try:
             parts = []
@@ -219,11 +220,7 @@ class S3Storage:
                 answer = self._call(f"{what} (part {number})", partial(
                     s3.upload_part_copy, Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number,
                     CopySource=copy_source, CopySourceRange=byte_range), answers=_NOT_FOUND_CODES)
-                result = answer["CopyPartResult"]
-                part = {"PartNumber": number, "ETag": result["ETag"]}
-                if "ChecksumCRC32" in result:
-                    part["ChecksumCRC32"] = result["ChecksumCRC32"]
-                parts.append(part)
+                parts.append(_part(what, number, answer.get("CopyPartResult")))
             self._call(what, lambda: s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts},
                 IfNoneMatch="*"), attempts, answers={"PreconditionFailed", "NoSuchUpload"})
@@ -406,8 +403,6 @@ def _code(exc: ClientError) -> str:
 def _transient(exc: BotoCoreError) -> bool:
     """Connection errors, timeouts, a body cut short or not matching its checksum: worth
     another attempt. Missing credentials, a bad parameter: not."""
-    from botocore import exceptions as errors  # the module is loaded already; named here to keep the list readable
-
     return isinstance(exc, (errors.HTTPClientError, errors.ConnectionError, errors.IncompleteReadError,
                             errors.ResponseStreamingError, errors.FlexibleChecksumError, errors.ChecksumError))
 
@@ -426,6 +421,27 @@ def _size(value: object) -> int:
     if not isinstance(value, int) or value < 0:
         raise StorageError(f"the store answered a size of {value!r}")
     return value
+
+
+def _upload_id(what: str, answer: dict) -> str:
+    upload_id = answer.get("UploadId")
+    if not isinstance(upload_id, str) or not upload_id:
+        raise StorageError(f"{what}: CreateMultipartUpload answered without an UploadId")
+    return upload_id
+
+
+def _part(what: str, number: int, answer: object) -> dict[str, object]:
+    """The part's entry for CompleteMultipartUpload, from UploadPart's (or
+    UploadPartCopy's) answer: its ETag, and its CRC32 where the store gave one (S3 does;
+    some S3-compatible stores do not, and then verify the part by its ETag alone)."""
+    etag = answer.get("ETag") if isinstance(answer, dict) else None
+    if not isinstance(etag, str) or not etag:
+        raise StorageError(f"{what}: part {number} was answered without an ETag")
+    part: dict[str, object] = {"PartNumber": number, "ETag": etag}
+    checksum = answer.get("ChecksumCRC32") if isinstance(answer, dict) else None
+    if isinstance(checksum, str):
+        part["ChecksumCRC32"] = checksum
+    return part
 
 
 def _stored_at(modified: object) -> float | None:

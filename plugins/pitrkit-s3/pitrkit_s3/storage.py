@@ -38,9 +38,10 @@ T = TypeVar("T")
 
 # Objects larger than this go up as a multipart upload of PART_SIZE parts (S3 wants at
 # least 5 MiB a part but the last, and at most 10,000 parts: 160 GiB at 16 MiB; parts
-# grow past that). One PutObject takes up to 5 GiB, but a multipart upload retries a
-# lost part rather than the whole object.
-MULTIPART_THRESHOLD = 32 << 20
+# grow past that). pitrkit's own objects stay under it (backup parts are at most 32 MiB
+# before compression, and a few bytes of framing more when incompressible), so each is
+# one PutObject, atomic with its condition; backup-push uploads several at once itself.
+MULTIPART_THRESHOLD = 64 << 20
 PART_SIZE = 16 << 20
 MAX_PARTS = 10_000
 # CopyObject copies up to 5 GiB; past that, UploadPartCopy in parts of this size.

@@ -1,5 +1,5 @@
-"""S3Storage against moto's server: pitrkit's storage conformance suite (its 17 MiB
-object goes up as a multipart upload; test_s3_parts.py has the rest of the multipart paths)."""
+"""S3Storage against moto's server: pitrkit's storage conformance suite (every object in
+it is one PutObject; test_s3_parts.py takes the multipart paths)."""
 
 from __future__ import annotations
 

@@ -144,8 +144,8 @@ class S3Storage:
             return self._call(what, lambda: self._read_body(self._s3().get_object(
                 Bucket=self.bucket, Key=self.prefix + key, ChecksumMode="ENABLED"))[1],
                 answers=_NOT_FOUND_CODES)
-        except _Answer:
-            raise self._absent(key) from None
+        except _Answer as answer:
+            raise self._absent(key, answer.code) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """hookspecs.RangedReads: one GET with a Range header. No checksum covers a part
@@ -163,7 +163,7 @@ class S3Storage:
                 ChecksumMode="ENABLED")), answers=_NOT_FOUND_CODES | {"InvalidRange"})
         except _Answer as answer:
             if answer.code != "InvalidRange":
-                raise self._absent(key) from None
+                raise self._absent(key, answer.code) from None
             # Range Not Satisfiable: the object is there and ends at or before `offset`.
             stated = answer.headers.get("content-range", "").rpartition("/")[2]
             if stated.isdigit() and offset < int(stated):
@@ -199,7 +199,7 @@ class S3Storage:
                 self._multipart_copy(what, source, target, size, attempts)
         except _Answer as answer:
             if answer.code in _NOT_FOUND_CODES:
-                raise self._absent(source) from None  # inside one bucket only the source can be missing
+                raise self._absent(source, answer.code) from None  # in one bucket only the source can be missing
             if attempts.retried and self._same_bytes(source, target):
                 return
             if answer.code == "PreconditionFailed":
@@ -299,11 +299,16 @@ class S3Storage:
         except ObjectNotFound:
             return False
 
-    def _absent(self, key: str) -> ObjectNotFound:
-        """ObjectNotFound for `key` after a 404, once the bucket is known to exist: a
-        HEAD's 404 has no body to tell a missing key from a missing bucket, and only the
-        first may reach wal-fetch as "not in the archive". Listing proves the bucket
-        exists with the permission pitrkit needs anyway (s3:ListBucket)."""
+    def _absent(self, key: str, code: str = "404") -> ObjectNotFound:
+        """ObjectNotFound for `key` after a 404, once the bucket is known to exist. An
+        answer with a body says which is missing (NoSuchKey, or NoSuchBucket: a
+        StorageMissing already); a HEAD's 404 has no body, and only a missing key may
+        reach wal-fetch as "not in the archive": then a listing proves the bucket exists,
+        with the permission pitrkit needs anyway (s3:ListBucket). wal-fetch asks for
+        segments that are not there yet at the end of every recovery, so a GET's
+        NoSuchKey costs no second request."""
+        if code == "NoSuchKey":
+            return ObjectNotFound(key)
         self._call(f"checking that bucket {self.bucket} exists", lambda: self._s3().list_objects_v2(
             Bucket=self.bucket, Prefix=self.prefix + key, MaxKeys=1))
         return ObjectNotFound(key)

@@ -17,7 +17,7 @@ from pitrkit_s3.storage import S3Storage
 from s3_faulty_proxy import COMPLETES, COPIES, DOWNLOADS, UPLOADS, FaultyProxy
 
 from pitrkit.config import load
-from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
+from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError, StorageMissing
 from pitrkit.storage.archive import Archive
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "unit"))
@@ -236,3 +236,19 @@ def test_wal_push_into_a_failing_store_fails_clearly(bucket, proxy, tmp_path):
     assert error.startswith("pitrkit: ") and "503" in error, result.stderr
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in result.stderr + result.stdout
     assert [info.key for info in through(bucket, proxy, 5).list("")] == ["archive.json"]
+
+
+def test_a_missing_object_costs_one_request_and_a_missing_bucket_is_a_fault(bucket, moto, proxy):
+    # wal-fetch asks for segments not archived yet at the end of every recovery: S3's
+    # NoSuchKey says the bucket is there, so no listing follows. A HEAD's 404 has no
+    # body, so stat lists to tell a missing key from a missing bucket.
+    storage = through(bucket, proxy, 5)
+    with pytest.raises(ObjectNotFound):
+        storage.get(KEY)
+    assert [method for method, _, _ in proxy.requests] == ["GET"]
+    proxy.requests.clear()
+    with pytest.raises(ObjectNotFound):
+        storage.stat(KEY)
+    assert [method for method, _, _ in proxy.requests] == ["HEAD", "GET"]  # the HEAD, then a one-key listing
+    with pytest.raises(StorageMissing):
+        through("no-such-bucket", proxy, 5).get(KEY)

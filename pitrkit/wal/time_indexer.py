@@ -52,7 +52,7 @@ class TimeIndexer:
             if self._child is None or self._child.poll() is not None:
                 self._child = subprocess.Popen(
                     [sys.executable, "-m", "pitrkit.wal.time_indexer", str(self._config_path)],
-                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, preexec_fn=_idle_priority,
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 )
                 assert self._child.stdin is not None
                 os.set_blocking(self._child.stdin.fileno(), False)
@@ -72,6 +72,10 @@ class TimeIndexer:
 
 
 def _idle_priority() -> None:
+    """Set by the child on itself, not by a preexec_fn: the agent has threads, and a
+    preexec_fn runs Python between fork and exec, where a lock another thread held at the
+    fork can deadlock the child (and for that long the child shows the agent's command
+    line, which process listings then count as a second agent)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -99,6 +103,7 @@ def main(config_path: str) -> None:
     from pitrkit.errors import PitrkitError
     from pitrkit.storage.archive import Archive
 
+    _idle_priority()
     logging.basicConfig(format="pitrkit time indexer: %(levelname)s: %(message)s", level=logging.WARNING)
     archive = Archive(load(Path(config_path)))
     carried: Carried = {}

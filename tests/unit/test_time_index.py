@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from pitrkit.backup import restore_point
 from pitrkit.catalog import restore_points, time_index
 from pitrkit.catalog.archived_wal import ArchivedWal
 from pitrkit.catalog.contents import WalListing, wal_rows
@@ -23,6 +24,7 @@ from pitrkit.catalog.documents import (
     XidIndexFolder,
 )
 from pitrkit.config import AgentConfig, Config, EncryptionConfig, RepositoryConfig
+from pitrkit.errors import RefusedError
 from pitrkit.postgres.wal import Lsn
 from pitrkit.postgres.walrecords import full_xid
 from pitrkit.progress import show_time
@@ -295,3 +297,10 @@ def test_a_restore_point_in_the_catalog_and_the_index_must_agree(two_backups):
     recorded(lsn(7, 0x500))
     with pytest.raises(PlanRefused, match=f"the time index holds restore point 'hand' at LSN {lsn(6, 0x500)}"):
         make_plan(two_backups.archive, Target(kind="name", name="hand", text="hand"))
+
+
+def test_restore_point_refuses_a_name_the_index_holds_before_asking_the_server(two_backups):
+    # No server is configured: the refusal comes first.
+    with pytest.raises(RefusedError, match=f"the time index holds a restore point 'hand' already .*segment "
+                                           f"{name(1, 6)}"):
+        restore_point.create(two_backups.archive, two_backups.archive.config, "hand")

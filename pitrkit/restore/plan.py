@@ -125,6 +125,13 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # A time target found in the time index (catalog/time_index.py): the segment where
     # recovery stops and the transactions either side; None without an index.
     stop: TimeStop | None = None
+    # The last segment recovery may fetch (restore_command's `wal-fetch --until`), when
+    # the plan knows where recovery stops: an LSN, a restore point the catalog records or
+    # the index places, --immediate, a time or an xid the index places. wal-fetch answers
+    # a later segment "not archived", and the look-ahead reads none, so recovery never
+    # replays past the plan: where the plan was wrong, it fails rather than promote at a
+    # wrong point. None (--latest, a target nothing places): recovery fetches to the end.
+    fetch_until: str | None = None
     # What the backup's configuration files would run (restore-plan reads them; see
     # restore/pgconf.py); None when not read.
     configuration: pgconf.Found | None = None
@@ -218,7 +225,20 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         notes=notes,
         stop=stop,
         restore_point=point,
+        fetch_until=_fetch_until(wal, target, located, segments[-1].name),
     )
+
+
+def _fetch_until(wal: ArchivedWal, target: Target, located: Located | None, last: str) -> str | None:
+    """See RestorePlan.fetch_until; `last`: the plan's last segment (or its partial)."""
+    if target.kind == "latest" or (target.kind in ("time", "xid") and located is None) or target.lsn is None \
+            and target.kind == "name":
+        return None
+    segment = SegmentName.parse(last[:24], wal.segment_size)
+    # An LSN target stops at the first record starting at or after it, which may end in
+    # the next segment (a restore point's record ends at its LSN; the index places a time
+    # or an xid by the segment its record ends in).
+    return segment.next().name if target.kind == "lsn" else segment.name
 
 
 def _recorded_point(archive: Archive, wal: ArchivedWal, target: Target) -> RestorePoint | None:
@@ -667,6 +687,9 @@ def describe(plan: RestorePlan) -> str:
         lines.append(f"stops in:     {plan.stop.segment} (time index): the first transaction after the target "
                      f"ends there; {_transaction_words('last before', plan.stop.last_before)}; "
                      f"{_transaction_words('first after', plan.stop.first_after)}")
+    if plan.fetch_until is not None:
+        lines.append(f"fetch until:  {plan.fetch_until} (restore_command's wal-fetch serves no later segment: "
+                     "recovery ends there at the latest)")
     lines += [f"note:         {note}" for note in plan.notes]
     if plan.configuration is not None:
         lines += [f"warning:      {line}" if number == 0 else f"              {line}"

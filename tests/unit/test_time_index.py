@@ -237,6 +237,7 @@ def test_an_indexed_xid_between_two_backups_is_planned_from_the_older(two_backup
     assert plan.backup.backup_id == "A" and plan.segments == [name(1, n) for n in range(2, 7)]
     assert any(f"places the commit of transaction 706 in segment {name(1, 6)}" in note for note in plan.notes)
     assert not any("could not check" in note for note in plan.notes)
+    assert plan.fetch_until == name(1, 6)  # wal-fetch --until: recovery gets nothing past the plan
     after = xid_plan(two_backups, 715)
     assert after.backup.backup_id == "B" and after.segments == [name(1, n) for n in range(8, 16)]
 
@@ -260,6 +261,7 @@ def test_an_xid_the_index_does_not_hold_runs_to_the_end_with_the_newest_backup(t
     assert ("the index holds no commit of xid 999: recovery replays all the archived WAL and fails if it never "
             "meets it") in plan.notes
     assert any("could not check that backup B" in note for note in plan.notes)
+    assert plan.fetch_until is None
 
 
 def test_an_xid_behind_an_unindexed_segment_is_planned_as_without_an_index(two_backups):
@@ -274,7 +276,9 @@ def test_an_xid_behind_an_unindexed_segment_is_planned_as_without_an_index(two_b
 def test_a_hand_made_restore_point_is_planned_from_the_index_like_a_recorded_one(two_backups):
     plan = make_plan(two_backups.archive, Target(kind="name", name="hand", text="hand"))
     assert plan.backup.backup_id == "A" and plan.segments == [name(1, n) for n in range(2, 7)]
-    assert plan.target.lsn == lsn(6, 0x500) and plan.restore_point is None
+    assert plan.target.lsn == lsn(6, 0x500) and plan.restore_point is None and plan.fetch_until == name(1, 6)
+    # An LSN's stopping record may end in the next segment: that one is still served.
+    assert make_plan(two_backups.archive, Target(kind="lsn", lsn=lsn(6, 0x500), text="")).fetch_until == name(1, 7)
     assert f"not in the catalog; the time index places it at LSN {lsn(6, 0x500)}" in describe(plan)
     # Its exact LSN is known: a backup consistent after it in the same segment is passed over.
     early = make_plan(two_backups.archive, Target(kind="name", name="early", text="early"))

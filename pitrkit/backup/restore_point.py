@@ -35,7 +35,8 @@ def create(archive: Archive, config: Config, name: str) -> RestorePoint:
     not the archive's primary."""
     name = restore_points.check_name(name, "restore-point")
     identity = archive.identity()  # no archive.json: no archive to record in
-    indexed = indexed_restore_point(archive, ArchivedWal(archive), name)
+    # A recorded name is refused below, under the lock, as such; the index holds it too.
+    indexed = None if restore_points.find(archive, name) else indexed_restore_point(archive, ArchivedWal(archive), name)
     if indexed is not None:
         segment, point = indexed
         raise RefusedError(f"the time index holds a restore point {shown(name)!r} already (made by hand with "

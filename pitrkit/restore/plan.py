@@ -180,7 +180,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         located = None if first is None else _located(archive, wal, path, first, target, notes, point)
         if located is not None and target.kind == "name":
             # The index knows where the point's record ends: planned like a recorded point.
-            target = msgspec.structs.replace(target, lsn=Lsn(_indexed_point(located, target).end_lsn))
+            target = msgspec.structs.replace(target, lsn=_point_lsn(_indexed_point(located, target)))
     backup = _choose_backup(path, finished, target, ending, notes,
                             None if located is None or target.kind != "xid" else (located, wal.segment_size))
     if target.kind == "time":
@@ -284,7 +284,7 @@ def _kind_notes(target: Target, backup: BackupSummary, choice: TimelineChoice, e
     if located is not None and target.kind == "name" and target.name is not None and not recorded:
         point = _indexed_point(located, target)
         notes.append(f"the time index places restore point {shown(target.name)!r} in segment {located.entry.segment}, "
-                     f"its record ending at LSN {Lsn(point.end_lsn)}: planned like a recorded point")
+                     f"its record ending at LSN {_point_lsn(point)}: planned like a recorded point")
     if target.kind in ("xid", "name") and located is None and target.lsn is None:
         what = (f"the commit of transaction {target.xid}" if target.kind == "xid"
                 else f"restore point {shown(target.name or '')!r}, which the catalog does not record (it was not made "
@@ -530,9 +530,9 @@ def _located(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], first
         found = locate(archive, wal, path, first, newest[0],
                        after_time(_micros(target.time), exclusive=not target.inclusive))
     if recorded is not None:
-        if isinstance(found, Located) and _indexed_point(found, target).end_lsn != recorded.lsn:
+        if isinstance(found, Located) and _point_lsn(_indexed_point(found, target)) != recorded.lsn:
             raise PlanRefused(f"the time index holds restore point {shown(recorded.name)!r} at LSN "
-                              f"{Lsn(_indexed_point(found, target).end_lsn)} (segment {found.entry.segment}), the "
+                              f"{_point_lsn(_indexed_point(found, target))} (segment {found.entry.segment}), the "
                               f"catalog at LSN {recorded.lsn}: recovery stops at the first point of a name it "
                               "replays, so the two disagree on where it stops; restore to --lsn instead")
         return found if isinstance(found, Located) else None
@@ -554,6 +554,13 @@ def _located(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], first
 
 def _indexed_point(located: Located, target: Target) -> IndexedRestorePoint:
     return next(p for p in located.entry.restore_points if p.name == target.name)
+
+
+def _point_lsn(point: IndexedRestorePoint) -> Lsn:
+    """Where a restore point's record ends as pg_create_restore_point() reports it, and
+    the catalog records it: the index keeps the record's own end, which PostgreSQL
+    rounds up to the next 8-byte boundary, where the next record starts."""
+    return Lsn((point.end_lsn + 7) & ~7)
 
 
 def _located_words(target: Target) -> str:

@@ -2,8 +2,10 @@
 archived through the agent are indexed in the background from their own records; a
 plan to a time names the segment where recovery stops, for targets inside, between and
 at the edges of segments, with the transactions either side; a restore to such a time
-asks restore_command for no segment past the planned one; an archive whose index is
-gone still plans (to the end of the WAL, as before) and restores.
+is served no segment past the planned one, with PostgreSQL's prefetcher on (`wal-fetch
+--until`), and a plan whose end is wrong fails recovery instead of promoting short of
+the target; an archive whose index is gone still plans (to the end of the WAL, as
+before) and restores.
 
 Commit times are the server's own (track_commit_timestamp), so that "the right segment"
 is known without trusting the reader under test.
@@ -99,8 +101,10 @@ def test_a_time_plan_stops_at_the_indexed_segment(cluster, pitrkit_setup):
     # A plan that was wrong (here: its end forged one segment early) never promotes
     # short of the target: recovery runs out of WAL before it and PostgreSQL stops.
     short = recovered_counting(cluster, setup, stamp(target), names[1], promote=False)
-    pgharness.wait_for(lambda: not short.is_running, 120, what="the short recovery to stop")
-    assert "recovery ended before configured recovery target was reached" in short.log_tail(), short.log_tail()
+    reason = "FATAL:  recovery ended before configured recovery target was reached"
+    pgharness.wait_for(lambda: reason in short.log_tail(), 120, interval=0.5, what="the short recovery's FATAL")
+    pgharness.wait_for(lambda: not short.is_running, 60, interval=0.5, what="the short recovery's server to stop")
+    assert "selected new timeline ID" not in short.log_tail(), short.log_tail()
 
     # Across the timeline switch: the promoted copy archives on timeline 2 (through the
     # agent, as the primary did); a time between its two commits stops in its segment,
@@ -140,10 +144,10 @@ def recovered_counting(cluster, setup, target: str, until: str, promote: bool = 
     auto = restored.pgdata / "postgresql.auto.conf"
     text = auto.read_text()
     planned = restore_plan(setup, "--to", target)["fetch_until"]
-    command = f"{setup.pitrkit} --config {setup.config} wal-fetch %f %p --until "
-    assert f"restore_command = '{command}{planned}'" in text
-    auto.write_text(text.replace(f"restore_command = '{command}{planned}'",
-                                 f"restore_command = '{command}{until} && echo %f >> {served}'"))
+    written = f" --config {setup.config} wal-fetch %f %p --until {planned}'\n"
+    assert written in text, text
+    auto.write_text(text.replace(written, f" --config {setup.config} wal-fetch %f %p --until {until} "
+                                          f"&& echo %f >> {served}'\n"))
     restored.start(wait=promote, timeout=180)
     if promote:
         wait_until_promoted(restored)

@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("wal-fetch", help="restore one WAL file (restore_command = '... wal-fetch %%f %%p')")
     fetch.add_argument("name", help="the WAL file name, as PostgreSQL's %%f")
     fetch.add_argument("destination", type=Path, help="where to write it, as PostgreSQL's %%p")
+    fetch.add_argument("--until", metavar="SEGMENT", help="the restore plan's last segment: a later one is answered "
+                       "as not archived, so recovery ends there (restore writes it)")
 
     commands.add_parser("wal-receive", help="stream WAL from a replication slot with pg_receivewal and archive it "
                         "as it arrives, until SIGTERM ([receive] in the configuration; see docs/streaming.md)")
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             return push(Archive(config), args.path)
         from pitrkit.wal.fetch import fetch  # only when wal-fetch runs, as above
 
-        return fetch(Archive(config), args.name, args.destination)
+        return fetch(Archive(config), args.name, args.destination, args.until)
 
     try:
         code, message = outcome(work, fetching)

@@ -5,7 +5,9 @@ LSN, from the point's LSN, timeline and segment.
 
 The name is checked against the catalog under its lock before the server is asked:
 recovery stops at the first point of a name, so a second point of the same name would be
-unreachable, and the refused name never reaches the WAL. The server must be the
+unreachable, and the refused name never reaches the WAL. A point of that name made by
+hand (pg_create_restore_point()) is refused too where the time index holds it; WAL not
+indexed yet is not read, so one made there is not seen. The server must be the
 archive's own (its system identifier), a primary (the server refuses during recovery),
 with wal_level replica or logical. The point is restorable once the segment its record
 ends in is archived; the command says which segment that is.
@@ -17,10 +19,13 @@ from argparse import Namespace
 from pathlib import Path
 
 from pitrkit.catalog import restore_points
+from pitrkit.catalog.archived_wal import ArchivedWal
 from pitrkit.catalog.documents import RestorePoint, shown
+from pitrkit.catalog.time_index import indexed_restore_point
 from pitrkit.config import Config
 from pitrkit.errors import RefusedError
 from pitrkit.postgres.server import ServerSession
+from pitrkit.postgres.wal import Lsn
 from pitrkit.storage.archive import Archive
 
 
@@ -30,6 +35,14 @@ def create(archive: Archive, config: Config, name: str) -> RestorePoint:
     not the archive's primary."""
     name = restore_points.check_name(name, "restore-point")
     identity = archive.identity()  # no archive.json: no archive to record in
+    # A recorded name is refused below, under the lock, as such; the index holds it too.
+    indexed = None if restore_points.find(archive, name) else indexed_restore_point(archive, ArchivedWal(archive), name)
+    if indexed is not None:
+        segment, point = indexed
+        raise RefusedError(f"the time index holds a restore point {shown(name)!r} already (made by hand with "
+                           f"pg_create_restore_point(), ending at LSN {Lsn(point.end_lsn)} in segment {segment}): "
+                           "recovery stops at the first point of a name, so a second would be unreachable; "
+                           "choose another name")
     with ServerSession(config.postgres.conninfo) as server:
         facts = server.facts()
         if facts.system_identifier != identity.system_identifier:

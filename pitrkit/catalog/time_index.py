@@ -335,6 +335,19 @@ def _xid_entry(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], seg
     return None if xids is None else next((e for e in xids.segments if e.segment == name), None)
 
 
+def indexed_restore_point(archive: Archive, wal: ArchivedWal, name: str) -> tuple[str, IndexedRestorePoint] | None:
+    """The first restore point called `name` the index holds on any timeline, with the
+    segment it ends in; None when none is indexed (the unindexed WAL is not read)."""
+    for timeline in sorted(wal.logs):
+        for log_number in wal.logs[timeline]:
+            times = read_times(archive, timeline, log_number)
+            for entry in [] if times is None else times.segments:
+                for point in entry.restore_points:
+                    if point.name == name:
+                        return entry.segment, point
+    return None
+
+
 # --- the stop -------------------------------------------------------------------------------
 
 

@@ -361,7 +361,7 @@ def recovery_settings(plan: RestorePlan, action: str, config_path: Path,
                       archiving: bool) -> recovery_conf.RecoverySettings:
     return recovery_conf.RecoverySettings(
         archiving=archiving,
-        restore_command=recovery_conf.restore_command(config_path),
+        restore_command=recovery_conf.restore_command(config_path, plan.fetch_until),
         target_time=plan.target.time,
         target_lsn=plan.target.lsn if plan.target.kind == "lsn" else None,  # a --name's LSN is only the plan's
         target_xid=plan.target.xid,

@@ -6,9 +6,8 @@ segment through `restore_command` (wal/fetch.py, with wal/lookahead.py reading a
 It decides in this order, each step refusing with the piece that is missing:
 1. the timeline to end on: the one whose own WAL holds the target (refusing when several
    do, unless --timeline says which), or what --timeline names; a restore point the
-   catalog records names its own; an xid or an unrecorded name, which the archive cannot
-   place, ends on the newest timeline (PostgreSQL's default), and --immediate on the
-   newest backup's;
+   catalog records names its own; an xid or an unrecorded name ends on the newest
+   timeline (PostgreSQL's default), and --immediate on the newest backup's;
 2. that timeline's path, from its history file;
 3. the newest usable backup on the path that is consistent before the target: a full
    backup, or an incremental whose whole chain is stored (catalog/chains.py; a newer
@@ -16,14 +15,21 @@ It decides in this order, each step refusing with the piece that is missing:
    chain, the ancestors a restore fetches blocks from;
 4. the unbroken run of segments from the backup's first one along the path, which must
    cover the backup's consistency point and reach the target: up to the segment holding
-   an LSN or a recorded restore point, the backup's own last segment for --immediate,
-   else what `segment_holding` says, and without it the end of the unbroken WAL.
+   an LSN or a restore point, the backup's own last segment for --immediate, the
+   segment the time index places a time or an xid in, else the end of the unbroken WAL.
 
-Each target kind is planned so: a time, an xid and a restore point the catalog does not
-record (made with pg_create_restore_point() by hand) are placed by nothing in the archive
-yet, so their plan runs to the end of the unbroken WAL with a note saying so; a restore
-point `pitrkit restore-point` recorded (catalog/restore_points.py) is planned like an
-LSN at the end of its record.
+The time index (catalog/time_index.py) places a time, an xid and a restore point the
+catalog does not record (made with pg_create_restore_point() by hand), searched along the
+path: a time from the chosen backup's first segment on; an xid and a name before the
+backup is chosen, from the oldest backup's, so that the backup can be chosen consistent
+before them. A name the index places is planned like a recorded one, at the end of its
+record; an xid, whose place within its segment the index does not keep, from a backup
+consistent by the start of its segment (one consistent inside it is passed over, with a
+note), refused when no backup is. Where a segment on the way has no index entry, or the
+index holds no such record, the plan runs to the end of the unbroken WAL and a note says
+so; an xid or a name is then planned from the newest backup, unchecked. A restore point
+`pitrkit restore-point` recorded (catalog/restore_points.py) is planned at the end of its
+record, and refused when the index places the first point of that name elsewhere.
 
 The run may end in a `<segment>.partial` (see catalog/archived_wal.py): the open segment a
 streaming receiver shipped, when it is the newest WAL of its timeline. Where its WAL
@@ -51,8 +57,15 @@ from pitrkit.catalog import restore_points
 from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on_path
 from pitrkit.catalog.backups import backups
 from pitrkit.catalog.chains import check_chains
-from pitrkit.catalog.documents import BackupSummary, IndexedTransaction, RestorePoint, WalIndexEntry, shown
-from pitrkit.catalog.time_index import Located, NotFound, after_time, around_time, locate
+from pitrkit.catalog.documents import (
+    BackupSummary,
+    IndexedRestorePoint,
+    IndexedTransaction,
+    RestorePoint,
+    WalIndexEntry,
+    shown,
+)
+from pitrkit.catalog.time_index import Located, NotFound, after_time, around_time, has_restore_point, locate, locate_xid
 from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.hookspecs import ObjectNotFound
@@ -65,7 +78,7 @@ from pitrkit.storage.archive import Archive, TamperedDocument
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlanRefused", "RestorePlan", "TimelineStep", "describe", "make_plan", "segment_holding"]
+__all__ = ["PlanRefused", "RestorePlan", "TimelineStep", "describe", "make_plan"]
 
 
 class PlanRefused(RefusedError):
@@ -112,11 +125,18 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # A time target found in the time index (catalog/time_index.py): the segment where
     # recovery stops and the transactions either side; None without an index.
     stop: TimeStop | None = None
+    # The last segment recovery may fetch (restore_command's `wal-fetch --until`), when
+    # the plan knows where recovery stops: an LSN, a restore point the catalog records or
+    # the index places, --immediate, a time or an xid the index places. wal-fetch answers
+    # a later segment "not archived", and the look-ahead reads none, so recovery never
+    # replays past the plan: where the plan was wrong, it fails rather than promote at a
+    # wrong point. None (--latest, a target nothing places): recovery fetches to the end.
+    fetch_until: str | None = None
     # What the backup's configuration files would run (restore-plan reads them; see
     # restore/pgconf.py); None when not read.
     configuration: pgconf.Found | None = None
     # --name: the restore point as the catalog records it; None when it does not (the
-    # plan then runs to the end of the unbroken WAL) and for the other kinds.
+    # time index may place it: target.lsn then says where) and for the other kinds.
     restore_point: RestorePoint | None = None
 
     @property
@@ -153,8 +173,18 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
                           f"where timeline {ending}'s path is on timeline {_timeline_at(path, point.lsn)}: recovery "
                           f"along it never meets the point; leave --timeline out, or pass --timeline {point.timeline}")
     notes: list[str] = []
-    backup = _choose_backup(path, finished, target, ending, notes)
-    located = _located_time(archive, wal, path, backup, target, notes) if target.kind == "time" else None
+    located = None
+    if target.kind in ("xid", "name"):
+        # Placed before the backup is chosen: the backup must be consistent before it.
+        first = min((wal.segno(b.first_segment) for b in finished if on_path(path, b)), default=None)
+        located = None if first is None else _located(archive, wal, path, first, target, notes, point)
+        if located is not None and target.kind == "name":
+            # The index knows where the point's record ends: planned like a recorded point.
+            target = msgspec.structs.replace(target, lsn=_point_lsn(_indexed_point(located, target)))
+    backup = _choose_backup(path, finished, target, ending, notes,
+                            None if located is None or target.kind != "xid" else (located, wal.segment_size))
+    if target.kind == "time":
+        located = _located(archive, wal, path, wal.segno(backup.first_segment), target, notes, None)
     # With the target's segment known, the run is walked only up to it.
     bound = None if located is None else max(located.segno, wal.segno(backup.last_segment))
     chain = wal.chain(path, wal.segno(backup.first_segment), bound)
@@ -165,8 +195,8 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     else:
         archive_end = SegmentName.parse(chain.segments[-1].name, wal.segment_size).end_lsn if chain.segments \
             else Lsn(chain.first_segno * wal.segment_size)
-    segments = _segments_to_target(wal, chain, backup, target, archive_end)
-    stop = None if located is None else _time_stop(archive, located, target)
+    segments = _segments_to_target(wal, chain, backup, target, archive_end, located)
+    stop = None if located is None or target.kind != "time" else _time_stop(archive, located, target)
 
     if len(candidates) > 1:
         notes.append(f"the target lies on timelines {_listing(candidates)}; --timeline chose {ending}")
@@ -175,7 +205,7 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
                      "the target")
         if chain.missing and chain.gap:
             notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
-    notes += _kind_notes(target, backup, timeline, ending, chain)
+    notes += _kind_notes(target, backup, timeline, ending, chain, located, point is not None)
     if segments[-1] is chain.partial:
         stored = "" if chain.partial.modified is None else f", as of {show_time(_instant(chain.partial.modified))}"
         notes.append(f"the last segment is only stored as {chain.partial.name}, the open segment a streaming "
@@ -195,7 +225,20 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
         notes=notes,
         stop=stop,
         restore_point=point,
+        fetch_until=_fetch_until(wal, target, located, segments[-1].name),
     )
+
+
+def _fetch_until(wal: ArchivedWal, target: Target, located: Located | None, last: str) -> str | None:
+    """See RestorePlan.fetch_until; `last`: the plan's last segment (or its partial)."""
+    if target.kind == "latest" or (target.kind in ("time", "xid") and located is None) or target.lsn is None \
+            and target.kind == "name":
+        return None
+    segment = SegmentName.parse(last[:24], wal.segment_size)
+    # An LSN target stops at the first record starting at or after it, which may end in
+    # the next segment (a restore point's record ends at its LSN; the index places a time
+    # or an xid by the segment its record ends in).
+    return segment.next().name if target.kind == "lsn" else segment.name
 
 
 def _recorded_point(archive: Archive, wal: ArchivedWal, target: Target) -> RestorePoint | None:
@@ -230,26 +273,34 @@ def _timeline_at(path: list[TimelineStep], lsn: Lsn) -> int:
 
 
 def _kind_notes(target: Target, backup: BackupSummary, choice: TimelineChoice, ending: int,
-                chain: WalChain) -> list[str]:
+                chain: WalChain, located: Located | None, recorded: bool) -> list[str]:
     """What the plan could and could not check for an xid, a restore point and
     --immediate, and what --exclusive changes."""
     notes = []
-    if target.kind in ("xid", "name") and target.lsn is None:
+    if located is not None and target.kind == "xid":
+        notes.append(f"the time index places the commit of transaction {target.xid} in segment "
+                     f"{located.entry.segment}: the plan runs to it, from the newest backup consistent before that "
+                     "segment starts")
+    if located is not None and target.kind == "name" and target.name is not None and not recorded:
+        point = _indexed_point(located, target)
+        notes.append(f"the time index places restore point {shown(target.name)!r} in segment {located.entry.segment}, "
+                     f"its record ending at LSN {_point_lsn(point)}: planned like a recorded point")
+    if target.kind in ("xid", "name") and located is None and target.lsn is None:
         what = (f"the commit of transaction {target.xid}" if target.kind == "xid"
                 else f"restore point {shown(target.name or '')!r}, which the catalog does not record (it was not made "
                      "with pitrkit restore-point)")
         notes.append(f"the archive cannot tell which segment holds {what}, so the plan runs to the end of the "
                      "unbroken WAL; recovery stops where it meets it")
-        ended, unknown = (("the transaction ended", "the catalog records no transaction ids") if target.kind == "xid"
-                          else ("the point was made", "the catalog does not record that name"))
+        ended, unknown = (("the transaction ended", "the time index does not place it") if target.kind == "xid"
+                          else ("the point was made", "neither the catalog nor the time index places it"))
         notes.append(f"the planner could not check that backup {backup.backup_id} is consistent before it ({unknown}); "
                      f"it took the newest backup: if {ended} before {show_time(backup.stop_time)}, recovery never "
                      "meets it and stops with 'recovery ended before configured recovery target was reached'")
-        if choice is None:
-            notes.append(f"nothing in the archive says which timeline it is on: planned along the newest, {ending} "
-                         "(PostgreSQL's default); --timeline chooses another")
         if chain.missing and chain.gap:
             notes.append(f"segment {chain.missing} is missing: WAL after it is out of reach")
+    if target.kind in ("xid", "name") and choice is None and not recorded:
+        notes.append(f"nothing in the archive says which timeline it is on: planned along the newest, {ending} "
+                     "(PostgreSQL's default); --timeline chooses another")
     if target.kind == "xid":
         notes.append("checked: the id names a normal transaction (its low 32 bits, which PostgreSQL compares, "
                      "are 3 or more); recovery stops at the first commit or abort of those 32 bits it replays")
@@ -371,16 +422,32 @@ def _nothing_consistent(target: Target, considered: list[BackupSummary]) -> str:
 
 
 def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], target: Target,
-                   ending: int, notes: list[str]) -> BackupSummary:
+                   ending: int, notes: list[str], xid_in: tuple[Located, int] | None) -> BackupSummary:
     """The newest usable backup on `path` consistent before `target`; each newer one passed
-    over because its chain is broken is a note."""
+    over because its chain is broken is a note. `xid_in`: the segment the time index
+    places an xid's commit in, and the segment size: a backup is certainly consistent
+    before the commit when it is by the segment's start (the index does not say where in
+    the segment the commit is); one that ends inside the segment is passed over (a note)."""
     on = [b for b in finished if on_path(path, b)]
     if not on:
         found = ", ".join(f"{b.backup_id} (timeline {b.timeline})" for b in finished)
         raise PlanRefused(f"no backup lies on the way to timeline {ending} ({_path_words(path)}); backups: {found}")
-    consistent = [b for b in on if _consistent_before(b, target)]
+    if xid_in is None:
+        consistent = [b for b in on if _consistent_before(b, target)]
+    else:
+        located, segment_size = xid_in
+        start = Lsn(located.segno * segment_size)
+        consistent = [b for b in on if b.stop_lsn <= start]
+        inside = [b for b in on if start < b.stop_lsn <= start + segment_size]
+        if consistent:
+            notes += [f"backup {b.backup_id} becomes consistent inside segment {located.entry.segment} (LSN "
+                      f"{b.stop_lsn}), which holds the commit of transaction {target.xid}: it may be consistent only "
+                      "after it, so it was passed over" for b in inside]
     if not consistent:
-        raise PlanRefused(_nothing_consistent(target, on))
+        refusal = _nothing_consistent(target, on)
+        if xid_in is not None:
+            refusal += f"; the time index places its commit in segment {xid_in[0].entry.segment}"
+        raise PlanRefused(refusal)
     # The chains are judged among all finished backups: an ancestor need not lie on
     # this path (a full taken before a branch point does, one after it on another
     # timeline would not be an ancestor).
@@ -403,8 +470,8 @@ def _choose_backup(path: list[TimelineStep], finished: list[BackupSummary], targ
 # --- 4. which segments ------------------------------------------------------------------
 
 
-def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary,
-                        target: Target, archive_end: Lsn) -> list[WalIndexEntry]:
+def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary, target: Target,
+                        archive_end: Lsn, located: Located | None) -> list[WalIndexEntry]:
     if chain.last_segno < wal.segno(backup.last_segment):
         raise PlanRefused(f"segment {chain.missing} is missing from the archive: backup {backup.backup_id} needs "
                           f"{backup.first_segment} to {backup.last_segment} to become consistent")
@@ -425,11 +492,10 @@ def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary
         if chain.last_segno < holding or target.lsn > archive_end:
             raise PlanRefused(_short_of(chain, target, archive_end))
         return chain.segments[: holding - chain.first_segno + 1]
-    found = segment_holding(wal, target, chain)
-    if found is not None:
-        if chain.last_segno < found:
+    if located is not None:
+        if chain.last_segno < located.segno:
             raise PlanRefused(_short_of(chain, target, archive_end))
-        return chain.segments[: found - chain.first_segno + 1]
+        return chain.segments[: max(located.segno, wal.segno(backup.last_segment)) - chain.first_segno + 1]
     if target.kind == "time":
         assert target.time is not None
         stored = chain.segments[-1].modified
@@ -441,36 +507,68 @@ def _segments_to_target(wal: ArchivedWal, chain: WalChain, backup: BackupSummary
     return chain.segments
 
 
-def segment_holding(wal: ArchivedWal, target: Target, chain: WalChain) -> int | None:
-    """The seam where the archive places a target it cannot place by LSN: the number of
-    the last segment of `chain` recovery must replay to stop at a time, an xid or a
-    restore point the catalog does not record (the segment holding it, or the one after
-    when recovery must read past it to stop); None when the archive cannot tell, and the
-    plan runs to the end of the unbroken WAL. Nothing places them yet: the time index
-    (issue 15, part 2) plugs in here."""
-    return None
-
-
-def _located_time(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], backup: BackupSummary,
-                  target: Target, notes: list[str]) -> Located | None:
-    """The segment the time index says recovery stops in: the first from the backup's
-    on the path holding a commit/abort later than the target; None (and a note) where a
-    segment on the way has no index entry or none is later, and the plan runs to the end
-    of the unbroken WAL as without an index."""
-    assert target.time is not None
+def _located(archive: Archive, wal: ArchivedWal, path: list[TimelineStep], first: int, target: Target,
+             notes: list[str], recorded: RestorePoint | None) -> Located | None:
+    """The segment the time index says recovery stops in, searched on `path` from segment
+    number `first`: for a time, the first holding a commit/abort later than the target;
+    for an xid, the one holding its commit/abort; for a name, the first holding a restore
+    point of that name. None (and a note) where a segment on the way has no index entry
+    or none holds it: the plan then runs to the end of the unbroken WAL as without an
+    index. A point the catalog records (`recorded`) must be the one the index finds
+    first, else recovery would stop at the other."""
     newest = wal.newest_on_path(path)
     if newest is None:
         return None
-    found = locate(archive, wal, path, wal.segno(backup.first_segment), newest[0],
-                   after_time(_micros(target.time), exclusive=not target.inclusive))
+    if target.kind == "xid":
+        assert target.xid is not None
+        found = locate_xid(archive, wal, path, first, newest[0], target.xid)
+    elif target.kind == "name":
+        assert target.name is not None
+        found = locate(archive, wal, path, first, newest[0], has_restore_point(target.name))
+    else:
+        assert target.time is not None
+        found = locate(archive, wal, path, first, newest[0],
+                       after_time(_micros(target.time), exclusive=not target.inclusive))
+    if recorded is not None:
+        if isinstance(found, Located) and _point_lsn(_indexed_point(found, target)) != recorded.lsn:
+            raise PlanRefused(f"the time index holds restore point {shown(recorded.name)!r} at LSN "
+                              f"{_point_lsn(_indexed_point(found, target))} (segment {found.entry.segment}), the "
+                              f"catalog at LSN {recorded.lsn}: recovery stops at the first point of a name it "
+                              "replays, so the two disagree on where it stops; restore to --lsn instead")
+        return found if isinstance(found, Located) else None
     if isinstance(found, NotFound):
-        notes.append("the time index holds no transaction after the target: recovery replays all the archived WAL")
+        notes.append({
+            "time": "the time index holds no transaction after the target: recovery replays all the archived WAL",
+            "xid": f"the index holds no commit of xid {target.xid}: recovery replays all the archived WAL and "
+                   "fails if it never meets it",
+            "name": f"the index holds no restore point {shown(target.name or '')!r}: recovery replays all the "
+                    "archived WAL and fails if it never meets it",
+        }[target.kind])
         return None
     if not isinstance(found, Located):
         notes.append(f"segment {found.segment} has no time index entry ('pitrkit catalog rebuild' makes it), so the "
-                     "archive cannot tell which segment holds the target time")
+                     f"archive cannot tell which segment holds {_located_words(target)}")
         return None
     return found
+
+
+def _indexed_point(located: Located, target: Target) -> IndexedRestorePoint:
+    return next(p for p in located.entry.restore_points if p.name == target.name)
+
+
+def _point_lsn(point: IndexedRestorePoint) -> Lsn:
+    """Where a restore point's record ends as pg_create_restore_point() reports it, and
+    the catalog records it: the index keeps the record's own end, which PostgreSQL
+    rounds up to the next 8-byte boundary, where the next record starts."""
+    return Lsn((point.end_lsn + 7) & ~7)
+
+
+def _located_words(target: Target) -> str:
+    if target.kind == "xid":
+        return f"the commit of transaction {target.xid}"
+    if target.kind == "name":
+        return f"restore point {shown(target.name or '')!r}"
+    return "the target time"
 
 
 def _time_stop(archive: Archive, located: Located, target: Target) -> TimeStop:
@@ -526,9 +624,10 @@ def _target_words(target: Target) -> str:
     return "the latest point"
 
 
-def _point_words(point: RestorePoint | None) -> str:
+def _point_words(point: RestorePoint | None, target: Target) -> str:
     if point is None:
-        return ", not in the catalog"
+        placed = "" if target.lsn is None else f"; the time index places it at LSN {target.lsn}"
+        return ", not in the catalog" + placed
     return (f" at LSN {point.lsn} on timeline {point.timeline}, made "
             f"{point.created_at.astimezone(UTC).isoformat(sep=' ', timespec='seconds')} (in segment {point.segment})")
 
@@ -553,7 +652,7 @@ def describe(plan: RestorePlan) -> str:
     elif target.kind == "xid":
         target_line = f"transaction {target.xid} (recovery_target_xid)"
     elif target.kind == "name":
-        target_line = f"restore point {shown(target.name or '')!r}" + _point_words(plan.restore_point)
+        target_line = f"restore point {shown(target.name or '')!r}" + _point_words(plan.restore_point, target)
     elif target.kind == "immediate":
         target_line = "immediate: as soon as the backup is consistent"
     else:
@@ -595,6 +694,9 @@ def describe(plan: RestorePlan) -> str:
         lines.append(f"stops in:     {plan.stop.segment} (time index): the first transaction after the target "
                      f"ends there; {_transaction_words('last before', plan.stop.last_before)}; "
                      f"{_transaction_words('first after', plan.stop.first_after)}")
+    if plan.fetch_until is not None:
+        lines.append(f"fetch until:  {plan.fetch_until} (restore_command's wal-fetch serves no later segment: "
+                     "recovery ends there at the latest)")
     lines += [f"note:         {note}" for note in plan.notes]
     if plan.configuration is not None:
         lines += [f"warning:      {line}" if number == 0 else f"              {line}"

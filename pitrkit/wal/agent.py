@@ -36,7 +36,15 @@ from pitrkit.postgres.wal import WalFileKind, WalFileName
 from pitrkit.storage.archive import Archive, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.wal import agent_client
-from pitrkit.wal.fetch import read_for_recovery, remove_spooled, remove_stale_spool, restore, restore_spooled, spool
+from pitrkit.wal.fetch import (
+    read_for_recovery,
+    refuse_past,
+    remove_spooled,
+    remove_stale_spool,
+    restore,
+    restore_spooled,
+    spool,
+)
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
 from pitrkit.wal.push import push
 from pitrkit.wal.time_indexer import TimeIndexer, indexes_here
@@ -227,7 +235,7 @@ class Agent:
         if len(request) < 3 or request[0] != agent_client.PROTOCOL or request[1] != self.encoded_path:
             return b""
         command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]
-        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)) and not (
+        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2), (b"wal-fetch", 3)) and not (
                 command == b"wal-prefetch" and 2 <= len(args) <= 1 + _MAX_PREFETCH):
             return b""
         config = self._config()
@@ -240,7 +248,7 @@ class Agent:
                 return _push(serving, Path(args[0]), later)
             if command == b"wal-prefetch":
                 return _prefetch(serving, Path(args[0]), args[1:])
-            return _fetch(serving, args[0], Path(args[1]), later)
+            return _fetch(serving, args[0], Path(args[1]), later, args[2] if len(args) == 3 else None)
 
         lines: list[str] = []
         self._request_log.lines.value = lines
@@ -309,9 +317,12 @@ def _still_stored(archive: Archive, path: Path, pushed_into: ArchiveIdentity) ->
     return True
 
 
-def _fetch(serving: _Serving, name: str, destination: Path, later: _Later | None = None) -> str:
+def _fetch(serving: _Serving, name: str, destination: Path, later: _Later | None = None,
+           until: str | None = None) -> str:
+    """`until`: the restore plan's last segment; nothing past it is served or read ahead."""
     archive = serving.archive
     directory = destination.parent
+    refuse_past(name, until)
     spooled = _done_ahead(serving.fetches, (name, directory), None)
     summary = restore_spooled(spooled, name, destination) if spooled is not None else None
     if summary is None:
@@ -322,7 +333,7 @@ def _fetch(serving: _Serving, name: str, destination: Path, later: _Later | None
             segment_size = archive.identity().wal_segment_size
         except PitrkitError:
             return
-        _spool_ahead(serving, directory, segments_after(name, segment_size, archive.config.agent.lookahead))
+        _spool_ahead(serving, directory, segments_after(name, segment_size, archive.config.agent.lookahead, until))
 
     if archive.config.agent.lookahead:
         _then(later, f"reading ahead after {name}", read_ahead)

@@ -36,7 +36,8 @@ REPLY_TIMEOUT = 900.0
 
 
 def parse_request(argv: list[str]) -> list[bytes] | None:
-    """The agent request for `[--config PATH] wal-push P` or `[--config PATH] wal-fetch F P`;
+    """The agent request for `[--config PATH] wal-push P` or `[--config PATH] wal-fetch F P
+    [--until SEGMENT]`;
     None for anything else (other commands, -v, unusual spellings), which then goes
     through the full argument parser in-process."""
     config = os.environ.get("PITRKIT_CONFIG") or DEFAULT_CONFIG
@@ -44,15 +45,18 @@ def parse_request(argv: list[str]) -> list[bytes] | None:
         config, argv = argv[1], argv[2:]
     elif argv and argv[0].startswith("--config="):
         config, argv = argv[0].partition("=")[2], argv[1:]
+    until: list[str] = []
+    if len(argv) == 5 and argv[0] == "wal-fetch" and argv[3] == "--until":
+        argv, until = argv[:3], argv[4:]
     if not argv or argv[0] not in HANDED_OVER or len(argv) != (2 if argv[0] == "wal-push" else 3):
         return None
-    if any(not arg or arg.startswith("-") for arg in argv[1:]):
+    if any(not arg or arg.startswith("-") for arg in argv[1:] + until):
         return None
     command, *args = argv
     if command == "wal-push":
         args = [os.path.abspath(args[0])]
     else:
-        args = [args[0], os.path.abspath(args[1])]
+        args = [args[0], os.path.abspath(args[1]), *until]
     return [PROTOCOL, os.fsencode(os.path.abspath(config)), command.encode(), *map(os.fsencode, args)]
 
 

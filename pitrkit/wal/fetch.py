@@ -14,6 +14,9 @@ When it is the newest WAL of its timeline, its content is served under the segme
 name: PostgreSQL replays it to where its WAL ends, asks for the next segment, is told
 there is none, and ends recovery there, with every transaction the partial holds. A
 partial with later WAL after it is a leftover, and a full segment always wins.
+
+A restore to a target the plan places writes `wal-fetch %f %p --until SEGMENT`: nothing
+past the plan's last segment is served (refuse_past), nor read ahead.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.errors import NotInArchive, PitrkitError
+from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 from pitrkit.postgres.wal import (
     InvalidSegment,
     SegmentName,
@@ -52,9 +55,28 @@ class Fetched(NamedTuple):
     partial: str | None = None
 
 
-def fetch(archive: Archive, name: str, destination: Path) -> str:
-    """Restore the archived WAL file `name` to `destination`; returns a summary."""
+def fetch(archive: Archive, name: str, destination: Path, until: str | None = None) -> str:
+    """Restore the archived WAL file `name` to `destination`; returns a summary. `until`:
+    see refuse_past."""
+    refuse_past(name, until)
     return restore(read_for_recovery(archive, name), name, destination)
+
+
+def refuse_past(name: str, until: str | None) -> None:
+    """Answer a segment later than `until`, the restore plan's last segment, as not
+    archived (exit 1): recovery ends there, at the plan's end, and where the plan was
+    wrong PostgreSQL stops with "recovery ended before configured recovery target was
+    reached" rather than promote. History files are served."""
+    if until is None:
+        return
+    bound = WalFileName.parse(until)  # UsageError for anything else: a fault, exit 126
+    if bound.kind != WalFileKind.SEGMENT:
+        raise UsageError(f"--until {until!r} is not a WAL segment name")
+    file = WalFileName.parse(name)
+    # [8:24]: the log and segment numbers, fixed-width hex, so they sort as they number;
+    # the timeline does not matter, recovery along the plan's path needs none later.
+    if file.kind == WalFileKind.SEGMENT and file.name[8:24] > bound.name[8:24]:
+        raise NotInArchive(f"{name} is past the restore plan's last segment {until}: not served, recovery ends there")
 
 
 def read_for_recovery(archive: Archive, name: str) -> Fetched:

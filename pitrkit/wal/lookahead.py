@@ -10,7 +10,8 @@ backlog and every call is served as it comes.
 Recovery: when the startup process asks for segment N, the next segments of the same
 timeline are read, verified and written into a spool file beside the destination (in
 pg_wal) in the background, so that the request for N+1 is a rename: replay waits neither
-on storage nor on writing 16 MiB.
+on storage nor on writing 16 MiB. Never past the restore plan's last segment (`wal-fetch
+--until`): recovery must not be handed WAL beyond where the plan stops it.
 
 A result computed ahead is used at most once, only while fresh, and only if the file it
 was computed from is unchanged; anything else, including a failure, makes the request
@@ -129,8 +130,9 @@ def ready_after(path: Path, limit: int) -> list[Path]:
     return [path.parent / name for name in sorted(names)[:limit]]
 
 
-def segments_after(name: str, segment_size: int, limit: int) -> list[str]:
-    """The next `limit` segment names on the same timeline, bounded by FETCH_AHEAD_BYTES."""
+def segments_after(name: str, segment_size: int, limit: int, until: str | None = None) -> list[str]:
+    """The next `limit` segment names on the same timeline, bounded by FETCH_AHEAD_BYTES,
+    and by `until` (the restore plan's last segment, wal/fetch.py's refuse_past)."""
     try:
         file = WalFileName.parse(name)
     except UsageError:
@@ -141,5 +143,7 @@ def segments_after(name: str, segment_size: int, limit: int) -> list[str]:
     names = []
     for _ in range(min(limit, max(1, FETCH_AHEAD_BYTES // segment_size))):
         segment = segment.next()
+        if until is not None and segment.name[8:24] > until[8:24]:
+            break
         names.append(segment.name)
     return names

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.postgres.wal import Lsn
+from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.restore import recovery_conf
 
 import pgharness
@@ -76,8 +76,11 @@ def test_start_reaches_an_lsn_target_and_the_data_is_as_it_was_then(cluster, pit
     # The installed pitrkit's interpreter, calling its front door (recovery_conf.pitrkit_executable).
     (command,) = [line for line in auto_conf.splitlines() if line.startswith("restore_command = ")]
     assert command.startswith(f"restore_command = '{pitrkit_setup.pitrkit.parent}/python")
+    # Nothing past the plan's end is served: for an LSN, the segment after the one holding
+    # it, where the record recovery stops at may end.
+    until = SegmentName(1, Lsn.parse(target.lsn) // (16 << 20) + 1, 16 << 20).name
     assert command.endswith(f" -P -c ''from pitrkit.entry import run; run()'' --config {pitrkit_setup.config} "
-                            "wal-fetch %f %p'")
+                            f"wal-fetch %f %p --until {until}'")
     assert f"recovery_target_lsn = '{target.lsn}'" in auto_conf
     assert "recovery stopping" in (restored.pgdata / "log" / "restore.log").read_text()
 

@@ -1,9 +1,11 @@
 """Every recovery target kind end to end, on PostgreSQL 15 and 18 (issue 15): a named
-restore point made with `pitrkit restore-point`, a transaction's commit by its xid
-(inclusive and --exclusive), and --immediate, each restored from one backup and checked
-by the tables' digests (tests/pitr_workload.py), with recovery's own stop line.
+restore point made with `pitrkit restore-point`, one made by hand that the time index
+places, a transaction's commit by its xid (inclusive and --exclusive), and --immediate,
+each checked by the tables' digests (tests/pitr_workload.py), with recovery's own stop
+line. The xid commits between two backups: the time index places it, and the plan takes
+the older backup, the newer being consistent only after it.
 
-One cluster, one backup, several restores: the restores archive nothing
+One cluster, two backups, several restores: the restores archive nothing
 (--archive-mode off), so no new timeline changes what the next one plans.
 """
 
@@ -37,8 +39,7 @@ def test_every_target_kind_restores_exactly_its_point(cluster, pitrkit_setup):
     primary = archiving_primary(cluster, setup)
     primary.sql("CREATE TABLE marked (id int PRIMARY KEY)")
     write_round(primary, 1)
-    at_backup = digests(primary)
-    backup_push(setup)
+    first = backup_push(setup)
     write_round(primary, 2)
     before_point = note_point(primary)
     made = succeeded(setup.run("restore-point", POINT))
@@ -48,12 +49,19 @@ def test_every_target_kind_restores_exactly_its_point(cluster, pitrkit_setup):
     (xid,) = primary.sql("INSERT INTO marked VALUES (1) RETURNING pg_current_xact_id()::text")[0]
     after_xid = digests(primary)
     write_round(primary, 4)
+    at_second = digests(primary)
+    second = backup_push(setup)
     primary.sql("SELECT pg_create_restore_point('made by hand')")
+    write_round(primary, 5)
     archive_everything(primary)
     assert "marked" in after_xid and after_xid["marked"] != before_xid["marked"]
+    # The time index, as the agent builds it in the background, made now for certain.
+    succeeded(setup.run("catalog", "rebuild"))
 
-    # The name is taken: refused before the server makes a second point of it.
+    # The name is taken: refused before the server makes a second point of it; one made
+    # by hand is refused too, from the time index.
     assert "already exists" in refusal(setup.run("restore-point", POINT))
+    assert "the time index holds a restore point 'made by hand'" in refusal(setup.run("restore-point", "made by hand"))
     assert "not to --latest" in refusal(setup.run("restore-plan", "--latest", "--exclusive"))
 
     # A recorded point is planned exactly: to the segment its record ends in.
@@ -61,11 +69,24 @@ def test_every_target_kind_restores_exactly_its_point(cluster, pitrkit_setup):
     point = planned["restore_point"]
     assert point["name"] == POINT and planned["segments"][-1] == point["segment"]
     assert not any("cannot tell" in note for note in planned["notes"])
-    # One made by hand is not recorded: planned to the end of the WAL, saying so.
+    # One made by hand is placed by the index, from the newer backup, exactly as well.
     by_hand = restore_plan(setup, "--name", "made by hand")
-    assert by_hand["restore_point"] is None and any("does not record" in note for note in by_hand["notes"])
+    assert by_hand["restore_point"] is None and by_hand["target"]["lsn"] is not None
+    assert any("the time index places restore point 'made by hand'" in note for note in by_hand["notes"])
+    assert by_hand["backup"]["backup_id"] == second["backup_id"]
+    assert by_hand["fetch_until"] == by_hand["segments"][-1]
+    # The xid committed between the backups: the older is the one consistent before it.
+    by_xid = restore_plan(setup, "--xid", xid)
+    assert by_xid["backup"]["backup_id"] == first["backup_id"], by_xid["notes"]
+    assert any(f"places the commit of transaction {xid}" in note for note in by_xid["notes"])
+    assert by_xid["segments"][-1] < second["last_segment"] or any("passed over" in n for n in by_xid["notes"])
     immediate = restore_plan(setup, "--immediate")
-    assert immediate["segments"][-1] == immediate["backup"]["last_segment"]
+    assert immediate["segments"][-1] == immediate["backup"]["last_segment"] == second["last_segment"]
+
+    restored, report = restore_started(cluster, setup, "--name", "made by hand", "--archive-mode", "off")
+    wait_until_promoted(restored)
+    assert digests(restored) == at_second
+    assert "recovery stopping at restore point \"made by hand\"" in report, report
 
     restored, report = restore_started(cluster, setup, "--name", POINT, "--archive-mode", "off")
     wait_until_promoted(restored)
@@ -84,7 +105,7 @@ def test_every_target_kind_restores_exactly_its_point(cluster, pitrkit_setup):
 
     restored, report = restore_started(cluster, setup, "--immediate", "--action", "pause", "--archive-mode", "off")
     wait_until_paused(restored)
-    assert digests(restored) == at_backup
+    assert digests(restored) == at_second
     assert "recovery stopping after reaching consistency" in report, report
 
     # Shut down at the point: the report is PostgreSQL's stop line, the server gone.

@@ -2,8 +2,10 @@
 archived through the agent are indexed in the background from their own records; a
 plan to a time names the segment where recovery stops, for targets inside, between and
 at the edges of segments, with the transactions either side; a restore to such a time
-asks restore_command for no segment past the planned one; an archive whose index is
-gone still plans (to the end of the WAL, as before) and restores.
+is served no segment past the planned one, with PostgreSQL's prefetcher on (`wal-fetch
+--until`), and a plan whose end is wrong fails recovery instead of promoting short of
+the target; an archive whose index is gone still plans (to the end of the WAL, as
+before) and restores.
 
 Commit times are the server's own (track_commit_timestamp), so that "the right segment"
 is known without trusting the reader under test.
@@ -86,15 +88,23 @@ def test_a_time_plan_stops_at_the_indexed_segment(cluster, pitrkit_setup):
         shown = [plan["stop"]["last_before"], plan["stop"]["first_after"]]
         assert shown == [[xid, round(moment.timestamp() * 1_000_000)] for xid, moment in (before, after)]
 
-    # A restore between segments: recovery asks restore_command for nothing past the
-    # plan. PostgreSQL's WAL prefetcher (recovery_prefetch) reads up to 512 kB ahead of
-    # replay, past the stop, and so asks for the next segments of these near-empty ones;
-    # with it off, what replay itself needs shows.
+    # A restore between segments: restore_command serves nothing past the plan, with
+    # PostgreSQL's WAL prefetcher (recovery_prefetch) at its default: it reads up to
+    # 512 kB ahead of replay, past the stop, and asks for the next segments of these
+    # near-empty ones; `wal-fetch --until` answers them "not archived".
     target = t1 + (u0 - t1) / 2
-    restored = recovered_counting(cluster, setup, stamp(target))
+    restored = recovered_counting(cluster, setup, stamp(target), names[2])
     assert restored.sql("SELECT count(*) FROM marks")[0][0] == 4
-    asked = [line for line in (restored.directory / "asked").read_text().split() if len(line) == 24]
-    assert asked and max(asked) <= names[2], (asked, names)
+    served = [line for line in (restored.directory / "served").read_text().split() if len(line) == 24]
+    assert served and max(served) <= names[2], (served, names)
+
+    # A plan that was wrong (here: its end forged one segment early) never promotes
+    # short of the target: recovery runs out of WAL before it and PostgreSQL stops.
+    short = recovered_counting(cluster, setup, stamp(target), names[1], promote=False)
+    reason = "FATAL:  recovery ended before configured recovery target was reached"
+    pgharness.wait_for(lambda: reason in short.log_tail(), 120, interval=0.5, what="the short recovery's FATAL")
+    pgharness.wait_for(lambda: not short.is_running, 60, interval=0.5, what="the short recovery's server to stop")
+    assert "selected new timeline ID" not in short.log_tail(), short.log_tail()
 
     # Across the timeline switch: the promoted copy archives on timeline 2 (through the
     # agent, as the primary did); a time between its two commits stops in its segment,
@@ -123,19 +133,22 @@ def test_a_time_plan_stops_at_the_indexed_segment(cluster, pitrkit_setup):
     assert restore_plan(setup, "--to", stamp(target), "--timeline", "1")["stop"]["segment"] == names[2]
 
 
-def recovered_counting(cluster, setup, target: str):
-    """`recovered` with restore_command wrapped to note every file it is asked for."""
+def recovered_counting(cluster, setup, target: str, until: str, promote: bool = True):
+    """`recovered` with restore_command wrapped to note every file it serves, its
+    `--until` checked to be the plan's end and then set to `until`."""
     restored, result = restore_into(cluster, setup, "--to", target)
     succeeded(result)
-    asked = restored.directory / "asked"
-    asked.touch()
-    pgharness.give_to_server_user(asked)
+    served = restored.directory / "served"
+    served.touch()
+    pgharness.give_to_server_user(served)
     auto = restored.pgdata / "postgresql.auto.conf"
     text = auto.read_text()
-    command = f"{setup.pitrkit} --config {setup.config} wal-fetch %f %p"
-    assert f"restore_command = '{command}'" in text
-    auto.write_text(text.replace(f"restore_command = '{command}'",
-                                 f"restore_command = 'echo %f >> {asked}; {command}'") + "recovery_prefetch = off\n")
-    restored.start(timeout=180)
-    wait_until_promoted(restored)
+    planned = restore_plan(setup, "--to", target)["fetch_until"]
+    written = f" --config {setup.config} wal-fetch %f %p --until {planned}'\n"
+    assert written in text, text
+    auto.write_text(text.replace(written, f" --config {setup.config} wal-fetch %f %p --until {until} "
+                                          f"&& echo %f >> {served}'\n"))
+    restored.start(wait=promote, timeout=180)
+    if promote:
+        wait_until_promoted(restored)
     return restored

@@ -166,3 +166,22 @@ def test_a_segment_read_ahead_on_one_timeline_never_serves_another(agent, pg_wal
     assert ask(agent, "wal-fetch", switched, restored / "RECOVERYXLOG") == (0, "")
     assert (restored / "RECOVERYXLOG").read_bytes() == segment(2, timeline=2, filler=b"timeline 2")
     assert f"{SPOOL_PREFIX}{SECOND}" in spooled(restored)
+
+
+def test_a_fetch_until_the_plans_end_serves_nothing_past_it_nor_reads_it_ahead(agent, pg_wal, tmp_path):
+    for name in (FIRST, SECOND, THIRD):
+        assert ask(agent, "wal-push", pg_wal / name) == (0, "")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG", SECOND) == (0, "")
+    settle(agent)
+    assert spooled(restored) == [f"{SPOOL_PREFIX}{SECOND}"]  # look-ahead 2, stopped at SECOND
+    code, text = ask(agent, "wal-fetch", THIRD, restored / "RECOVERYXLOG", SECOND)
+    assert code == 1 and f"past the restore plan's last segment {SECOND}" in text
+    # The end itself and history files are served; a bad bound is a fault, never "not archived".
+    assert ask(agent, "wal-fetch", SECOND, restored / "RECOVERYXLOG", SECOND) == (0, "")
+    assert ask(agent, "wal-fetch", "00000002.history", restored / "HIST", SECOND)[0] == 1  # none archived
+    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG", "00000002.history")[0] == 126
+    # The client hands `--until` over to the agent as the request's third argument.
+    request = agent_client.parse_request(["wal-fetch", THIRD, "x", "--until", SECOND])
+    assert request is not None and request[-1] == SECOND.encode()

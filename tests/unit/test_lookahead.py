@@ -88,3 +88,9 @@ def test_file_stamp_changes_with_content(tmp_path):
     path.write_bytes(b"three")
     assert file_stamp(path) != first
     assert file_stamp(tmp_path / "missing") is None
+
+
+def test_segments_after_stop_at_the_plans_last_segment():
+    assert segments_after("0000000100000000000000FE", 16 << 20, 4, "000000010000000100000000") == [
+        "0000000100000000000000FF", "000000010000000100000000"]
+    assert segments_after("000000010000000000000003", 16 << 20, 4, "000000010000000000000003") == []

@@ -10,25 +10,30 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from pitrkit.catalog import time_index
+from pitrkit.backup import restore_point
+from pitrkit.catalog import restore_points, time_index
 from pitrkit.catalog.archived_wal import ArchivedWal
 from pitrkit.catalog.contents import WalListing, wal_rows
 from pitrkit.catalog.documents import (
+    IndexedRestorePoint,
     IndexedTransaction,
+    RestorePoint,
     SegmentTimes,
     SegmentXids,
     TimeIndexFolder,
     XidIndexFolder,
 )
 from pitrkit.config import AgentConfig, Config, EncryptionConfig, RepositoryConfig
+from pitrkit.errors import RefusedError
+from pitrkit.postgres.wal import Lsn
 from pitrkit.postgres.walrecords import full_xid
 from pitrkit.progress import show_time
-from pitrkit.restore.plan import describe, make_plan
+from pitrkit.restore.plan import PlanRefused, RestorePlan, describe, make_plan
 from pitrkit.restore.targets import Target
 from pitrkit.storage import codec, keys
 from pitrkit.views.text import render
 from pitrkit.wal.time_indexer import indexes_here
-from tests.unit.synthetic_archive import SyntheticArchive, name, stored_at
+from tests.unit.synthetic_archive import SEGMENT_SIZE, SyntheticArchive, lsn, name, stored_at
 
 FOLDER = "wal/0000000100000000/"
 
@@ -191,3 +196,115 @@ def test_the_agent_indexes_only_where_it_can_read_the_archive_back():
     assert not indexes_here(config(mode="recipient", public_key_file="/p"))
     assert indexes_here(config(mode="recipient", public_key_file="/p", private_key_file="/s"))
     assert not indexes_here(msgspec.structs.replace(config(), agent=AgentConfig(time_index=False)))
+
+
+# --- xid and name targets through the index ----------------------------------------------------
+
+
+@pytest.fixture
+def two_backups(tmp_path) -> SyntheticArchive:
+    """Segments 1..20, every one indexed, segment n holding the commit of xid 700 + n;
+    backups A (segments 2..3) and B (8..9); restore point 'hand' ends in segment 6,
+    'early' in segment 9 before B is consistent (B's stop is at offset 0x100)."""
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 20)
+    store.backup("A", 1, 2, 3)
+    store.backup("B", 1, 8, 9)
+    points = {6: [IndexedRestorePoint("hand", 1, int(lsn(6, 0x500)))],
+              9: [IndexedRestorePoint("early", 1, int(lsn(9, 0x50)))]}
+    write_index(store, [SegmentTimes(name(1, n), n, n, points.get(n, []), IndexedTransaction(700 + n, n), True, 800)
+                        for n in range(1, 21)])
+    return store
+
+
+def write_index(store: SyntheticArchive, times: list[SegmentTimes]) -> None:
+    """Times as given, each segment's xid the one its final transaction names."""
+    for log in sorted({t.segment[8:16] for t in times}):
+        here = [t for t in times if t.segment[8:16] == log]
+        time_index._write(store.archive, time_index.times_key(1, int(log, 16)), TimeIndexFolder(
+            folder=f"wal/00000001{log}/", segments=here, indexed_at=codec_time()))
+        time_index._write(store.archive, time_index.xids_key(1, int(log, 16)), XidIndexFolder(
+            folder=f"wal/00000001{log}/",
+            segments=[SegmentXids(t.segment, True, [(t.final.xid, t.final.xid)] if t.final else []) for t in here]))
+
+
+def xid_plan(store: SyntheticArchive, xid: int) -> RestorePlan:
+    return make_plan(store.archive, Target(kind="xid", xid=xid, text=str(xid)))
+
+
+def test_an_indexed_xid_between_two_backups_is_planned_from_the_older(two_backups):
+    plan = xid_plan(two_backups, 706)
+    assert plan.backup.backup_id == "A" and plan.segments == [name(1, n) for n in range(2, 7)]
+    assert any(f"places the commit of transaction 706 in segment {name(1, 6)}" in note for note in plan.notes)
+    assert not any("could not check" in note for note in plan.notes)
+    assert plan.fetch_until == name(1, 6)  # wal-fetch --until: recovery gets nothing past the plan
+    after = xid_plan(two_backups, 715)
+    assert after.backup.backup_id == "B" and after.segments == [name(1, n) for n in range(8, 16)]
+
+
+def test_a_backup_consistent_inside_the_xids_segment_is_passed_over_with_a_note(two_backups):
+    plan = xid_plan(two_backups, 709)
+    assert plan.backup.backup_id == "A" and plan.segments[-1] == name(1, 9)
+    assert any(f"backup B becomes consistent inside segment {name(1, 9)}" in note and "passed over" in note
+               for note in plan.notes)
+
+
+def test_an_xid_committed_before_every_backup_is_consistent_is_refused(two_backups):
+    with pytest.raises(PlanRefused, match=f"no backup is consistent before the target transaction 702; the oldest "
+                                          f"backup A .*places its commit in segment {name(1, 2)}"):
+        xid_plan(two_backups, 702)
+
+
+def test_an_xid_the_index_does_not_hold_runs_to_the_end_with_the_newest_backup(two_backups):
+    plan = xid_plan(two_backups, 999)
+    assert plan.backup.backup_id == "B" and plan.segments[-1] == name(1, 20)
+    assert ("the index holds no commit of xid 999: recovery replays all the archived WAL and fails if it never "
+            "meets it") in plan.notes
+    assert any("could not check that backup B" in note for note in plan.notes)
+    assert plan.fetch_until is None
+
+
+def test_an_xid_behind_an_unindexed_segment_is_planned_as_without_an_index(two_backups):
+    write_index(two_backups, [SegmentTimes(name(1, n), n, n, [], IndexedTransaction(700 + n, n), True, 800)
+                              for n in range(1, 21) if n != 4])
+    plan = xid_plan(two_backups, 706)
+    assert plan.backup.backup_id == "B" and plan.segments[-1] == name(1, 20)
+    assert any(f"segment {name(1, 4)} has no time index entry" in note and "transaction 706" in note
+               for note in plan.notes)
+
+
+def test_a_hand_made_restore_point_is_planned_from_the_index_like_a_recorded_one(two_backups):
+    plan = make_plan(two_backups.archive, Target(kind="name", name="hand", text="hand"))
+    assert plan.backup.backup_id == "A" and plan.segments == [name(1, n) for n in range(2, 7)]
+    assert plan.target.lsn == lsn(6, 0x500) and plan.restore_point is None and plan.fetch_until == name(1, 6)
+    # An LSN's stopping record may end in the next segment: that one is still served.
+    assert make_plan(two_backups.archive, Target(kind="lsn", lsn=lsn(6, 0x500), text="")).fetch_until == name(1, 7)
+    assert f"not in the catalog; the time index places it at LSN {lsn(6, 0x500)}" in describe(plan)
+    # Its exact LSN is known: a backup consistent after it in the same segment is passed over.
+    early = make_plan(two_backups.archive, Target(kind="name", name="early", text="early"))
+    assert early.backup.backup_id == "A" and early.segments[-1] == name(1, 9)
+    missing = make_plan(two_backups.archive, Target(kind="name", name="nowhere", text="nowhere"))
+    assert missing.segments[-1] == name(1, 20)
+    assert "the index holds no restore point 'nowhere'" in " ".join(missing.notes)
+
+
+def test_a_restore_point_in_the_catalog_and_the_index_must_agree(two_backups):
+    def recorded(at: Lsn) -> None:
+        two_backups.archive.delete(restore_points.RESTORE_POINTS_KEY) if at != lsn(6, 0x500) else None
+        restore_points.record(two_backups.archive, "hand", lambda: RestorePoint(
+            name="hand", lsn=at, timeline=1, segment=name(1, (at - 1) // SEGMENT_SIZE),
+            created_at=stored_at(6), system_identifier=1))
+
+    recorded(lsn(6, 0x500))
+    plan = make_plan(two_backups.archive, Target(kind="name", name="hand", text="hand"))
+    assert plan.restore_point is not None and plan.segments[-1] == name(1, 6)
+    recorded(lsn(7, 0x500))
+    with pytest.raises(PlanRefused, match=f"the time index holds restore point 'hand' at LSN {lsn(6, 0x500)}"):
+        make_plan(two_backups.archive, Target(kind="name", name="hand", text="hand"))
+
+
+def test_restore_point_refuses_a_name_the_index_holds_before_asking_the_server(two_backups):
+    # No server is configured: the refusal comes first.
+    with pytest.raises(RefusedError, match=f"the time index holds a restore point 'hand' already .*segment "
+                                           f"{name(1, 6)}"):
+        restore_point.create(two_backups.archive, two_backups.archive.config, "hand")

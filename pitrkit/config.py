@@ -26,14 +26,6 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     pass
 
 
-class RepositoryConfig(_Section, frozen=True):
-    url: str
-    # Seconds any single storage call may take before it counts as failed.
-    timeout: float = 60.0
-    # How many times a failed storage call is retried (with exponential backoff).
-    retries: int = 4
-
-
 class PostgresConfig(_Section, frozen=True):
     pgdata: str | None = None
     bindir: str | None = None
@@ -260,6 +252,35 @@ class RetentionConfig(_Section, frozen=True):
         return _loaded_duration(self.restore_lease)
 
 
+class RepositoryConfig(_Section, frozen=True):
+    """One `[repository]`, or one entry of `[[repository]]` (docs/configuration.md)."""
+
+    url: str
+    # Seconds any single storage call may take before it counts as failed.
+    timeout: float = 60.0
+    # How many times a failed storage call is retried (with exponential backoff).
+    retries: int = 4
+    # What messages, status and `--repo` call it; "" is filled in when the file is loaded:
+    # "repo1", "repo2", ... by position.
+    name: str = ""
+    # False: wal-push and backup-push succeed without this repository. WAL it could not
+    # take waits in `spool` (at most `spool_max` bytes) and is caught up later; PostgreSQL's
+    # archiver is never held back for it. At least one repository is required.
+    required: bool = True
+    spool: str | None = None
+    spool_max: int | str = "4GB"
+    # This repository's own keys and policy; not set: the top-level [encryption] and
+    # [retention].
+    encryption: EncryptionConfig | None = None
+    retention: RetentionConfig | None = None
+
+    @property
+    def spool_max_bytes(self) -> int:
+        size = parse_size(self.spool_max)
+        assert size is not None  # checked when the file was loaded
+        return size
+
+
 class DaemonConfig(_Section, frozen=True):
     """`[daemon]`: what `pitrkit daemon` runs. The streaming sidecar runs when
     [receive] spool is set."""
@@ -355,7 +376,9 @@ class DrillConfig(_Section, frozen=True):
 
 
 class Config(_Section, frozen=True):
-    repository: RepositoryConfig
+    # One `[repository]` table, or `[[repository]]` entries: every one is written to, and
+    # read in this order (storage/repositories.py). Use `repositories`, never this field.
+    repository: RepositoryConfig | list[RepositoryConfig]
     postgres: PostgresConfig = PostgresConfig()
     compression: CompressionConfig = CompressionConfig()
     agent: AgentConfig = AgentConfig()
@@ -367,6 +390,23 @@ class Config(_Section, frozen=True):
     daemon: DaemonConfig = DaemonConfig()
     status: StatusConfig = StatusConfig()
     drill: DrillConfig = DrillConfig()
+
+    @property
+    def repositories(self) -> tuple[RepositoryConfig, ...]:
+        """Every configured repository, in the order they are read."""
+        return tuple(self.repository) if isinstance(self.repository, list) else (self.repository,)
+
+    def for_repository(self, repository: RepositoryConfig) -> Config:
+        """This configuration as one repository sees it: that repository alone, with its
+        own [encryption] and [retention] where it has them."""
+        return msgspec.structs.replace(
+            self, repository=repository, encryption=repository.encryption or self.encryption,
+            retention=repository.retention if repository.retention is not None else self.retention)
+
+    @property
+    def first_repository(self) -> Config:
+        """The configuration as the first repository sees it (`for_repository`)."""
+        return self.for_repository(self.repositories[0])
 
 
 def locate(explicit: str | None) -> Path:
@@ -394,8 +434,23 @@ def parse(document: dict, source: str) -> Config:
         config = msgspec.convert(document, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(str(exc))}") from None
+    config = _named_repositories(config)
     _check_ranges(config, source)
     return config
+
+
+# A repository's name appears in messages, status, metrics labels and spool paths.
+_REPOSITORY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _named_repositories(config: Config) -> Config:
+    """`[[repository]]` entries without a name get "repo1", "repo2", ... by position."""
+    if not isinstance(config.repository, list):
+        return config if config.repository.name else msgspec.structs.replace(
+            config, repository=msgspec.structs.replace(config.repository, name="repo1"))
+    named = [entry if entry.name else msgspec.structs.replace(entry, name=f"repo{number}")
+             for number, entry in enumerate(config.repository, 1)]
+    return msgspec.structs.replace(config, repository=named)
 
 
 def _seconds_problem(name: str, value: float) -> list[str]:
@@ -421,9 +476,7 @@ def _zstd_level_problem(config: Config) -> list[str]:
 
 def _check_ranges(config: Config, source: str) -> None:
     problems = [
-        *_seconds_problem("repository.timeout", config.repository.timeout),
-        # Each retry waits up to 5 s more: 100 is over eight minutes of an outage per call.
-        *_count_problem("repository.retries", config.repository.retries, 0, 100),
+        *_repositories_problems(config),
         *_zstd_level_problem(config),
         *_count_problem("compression.threads", config.compression.threads, 0, MAX_THREADS),
         # Each is a segment spooled or pushed ahead: 64 is a gigabyte of 16 MiB segments.
@@ -446,6 +499,41 @@ def _check_ranges(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: {problems[0]}")
 
 
+def _repositories_problems(config: Config) -> list[str]:
+    entries = config.repositories
+    problems = []
+    if not entries:
+        problems.append("[[repository]] has no entries: configure at least one repository")
+    if entries and not any(entry.required for entry in entries):
+        problems.append("every repository has required = false: at least one must be required, or WAL could be "
+                        "acknowledged to PostgreSQL while no repository holds it")
+    names = [entry.name for entry in entries]
+    for entry in entries:
+        # With one [repository], keys read as before ("repository.timeout").
+        at = "repository" if len(entries) == 1 else f"repository {entry.name!r}"
+        if not _REPOSITORY_NAME.fullmatch(entry.name):
+            problems.append(f"{at}: name must be 1 to 32 lower-case letters, digits, '-' or '_', starting with a "
+                            "letter")
+        if names.count(entry.name) > 1:
+            problems.append(f"{at}: two repositories have this name")
+        problems += _seconds_problem(f"{at}.timeout", entry.timeout)
+        # Each retry waits up to 5 s more: 100 is over eight minutes of an outage per call.
+        problems += _count_problem(f"{at}.retries", entry.retries, 0, 100)
+        spool_max = parse_size(entry.spool_max)
+        if spool_max is None or spool_max > MAX_SIZE:
+            problems.append(f"{at}.spool_max must be a number of bytes or a size such as \"4GB\" (units kB, MB, GB, "
+                            "TB), at most 1 EiB (1048576TB)")
+        if not entry.required and entry.spool is None:
+            problems.append(f"{at}: required = false needs spool, a local directory where WAL waits for it")
+        if entry.spool is not None and not os.path.isabs(entry.spool):
+            problems.append(f"{at}.spool must be an absolute path, not {entry.spool!r}")
+        if entry.encryption is not None:
+            problems += [f"{at}: {problem}" for problem in _encryption_problems(entry.encryption)]
+        if entry.retention is not None:
+            problems += [f"{at}: {problem}" for problem in _retention_problems(entry.retention, config.backup)]
+    return problems
+
+
 # Backups a retention rule keeps: far more than any archive holds.
 _MAX_KEPT = 100_000
 
@@ -459,36 +547,12 @@ def _operations_problems(config: Config) -> list[str]:
     durations.append(("drill.max_age", config.drill.max_age))
     if config.drill.every is not None:
         durations.append(("drill.every", config.drill.every))
-    retention = config.retention
-    if retention is not None:
-        if retention.keep_last < 1:
-            problems.append("retention.keep_last must be at least 1: the newest backup is never removed")
-        else:
-            problems += _count_problem("retention.keep_last", retention.keep_last, 1, _MAX_KEPT)
-        for name in ("daily", "weekly", "monthly"):
-            problems += _count_problem(f"retention.{name}", getattr(retention, name), 0, _MAX_KEPT)
-        durations += [("retention.unfinished_grace", retention.unfinished_grace),
-                      ("retention.restore_lease", retention.restore_lease)]
-        if retention.window is not None:
-            durations.append(("retention.window", retention.window))
-        if (held := parse_duration(retention.restore_lease)) is not None and held > MAX_HELD_FOR:
-            # A longer lease would not decode: readers refuse it as forged (catalog/documents.py).
-            problems.append(f"retention.restore_lease must be at most {MAX_HELD_FOR / 86400:.0f}d, the longest a "
-                            "lease may hold")
-        if retention.timezone is not None and not _known_zone(retention.timezone):
-            problems.append(f"retention.timezone {retention.timezone!r} is not a time zone name such as \"UTC\" "
-                            "or \"Europe/Berlin\"")
+    if config.retention is not None:
+        problems += _retention_problems(config.retention, config.backup)
     for name, value in durations:
         seconds = parse_duration(value)
         if seconds is None or (name in ("daemon.every", "drill.every") and seconds <= 0):
-            problems.append(f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w), "
-                            "at most 100 years")
-    if retention is not None and (grace := parse_duration(retention.unfinished_grace)) is not None \
-            and grace <= config.backup.wal_timeout:
-        # After its last part, a backup-push waits up to wal_timeout for its WAL before it
-        # stores the manifest: a shorter grace removes the parts of a backup about to commit.
-        problems.append("retention.unfinished_grace must be longer than backup.wal_timeout "
-                        f"({config.backup.wal_timeout:g}s): a backup waiting for its WAL writes nothing meanwhile")
+            problems.append(_duration_problem(name))
     if config.daemon.every is not None and config.daemon.cron is not None:
         problems.append("daemon.every and daemon.cron are both set: choose one schedule")
     if config.daemon.full_every is not None:
@@ -512,6 +576,39 @@ def _operations_problems(config: Config) -> list[str]:
             problems.append(f"daemon.cron: {exc}")
     problems += _seconds_problem("daemon.status_interval", config.daemon.status_interval)
     return problems + _drill_problems(config.drill)
+
+
+def _duration_problem(name: str) -> str:
+    return (f"{name} must be a duration such as \"7d\", \"36h\" or \"90m\" (units s, m, h, d, w), "
+            "at most 100 years")
+
+
+def _retention_problems(retention: RetentionConfig, backup: BackupConfig) -> list[str]:
+    problems = []
+    if retention.keep_last < 1:
+        problems.append("retention.keep_last must be at least 1: the newest backup is never removed")
+    else:
+        problems += _count_problem("retention.keep_last", retention.keep_last, 1, _MAX_KEPT)
+    for name in ("daily", "weekly", "monthly"):
+        problems += _count_problem(f"retention.{name}", getattr(retention, name), 0, _MAX_KEPT)
+    durations = [("retention.unfinished_grace", retention.unfinished_grace),
+                 ("retention.restore_lease", retention.restore_lease)]
+    if retention.window is not None:
+        durations.append(("retention.window", retention.window))
+    problems += [_duration_problem(name) for name, value in durations if parse_duration(value) is None]
+    if (held := parse_duration(retention.restore_lease)) is not None and held > MAX_HELD_FOR:
+        # A longer lease would not decode: readers refuse it as forged (catalog/documents.py).
+        problems.append(f"retention.restore_lease must be at most {MAX_HELD_FOR / 86400:.0f}d, the longest a "
+                        "lease may hold")
+    if retention.timezone is not None and not _known_zone(retention.timezone):
+        problems.append(f"retention.timezone {retention.timezone!r} is not a time zone name such as \"UTC\" "
+                        "or \"Europe/Berlin\"")
+    if (grace := parse_duration(retention.unfinished_grace)) is not None and grace <= backup.wal_timeout:
+        # After its last part, a backup-push waits up to wal_timeout for its WAL before it
+        # stores the manifest: a shorter grace removes the parts of a backup about to commit.
+        problems.append("retention.unfinished_grace must be longer than backup.wal_timeout "
+                        f"({backup.wal_timeout:g}s): a backup waiting for its WAL writes nothing meanwhile")
+    return problems
 
 
 def _drill_problems(drill: DrillConfig) -> list[str]:

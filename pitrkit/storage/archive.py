@@ -140,10 +140,16 @@ def stored_at(modified: float | None) -> datetime | None:
 
 class Archive:
     def __init__(self, config: Config, plugins: Plugins | None = None) -> None:
+        """Open `config`'s repository: its first, when it has several (storage/repositories.py
+        opens each), with that repository's own encryption and retention."""
+        if len(config.repositories) > 1:
+            config = config.first_repository
+        repository = config.repositories[0]
         self.config = config
+        self.name = repository.name
         self.plugins = plugins or Plugins()
-        self.storage = self.plugins.storage(config.repository.url, config.repository.timeout)
-        self._retries = config.repository.retries
+        self.storage = self.plugins.storage(repository.url, repository.timeout)
+        self._retries = repository.retries
         self._identity: ArchiveIdentity | None = None
         self._identity_read_at = 0.0
         # The bytes `_identity` was verified from: re-reading archive.json (the agent does
@@ -231,7 +237,7 @@ class Archive:
             try:
                 return objects.decode(key, blob, self.plugins.compressor, self.cipher())
             except objects.CorruptObject as exc:
-                if attempt == self.config.repository.retries:
+                if attempt == self._retries:
                     raise PitrkitError(str(exc)) from None
                 attempt += 1
                 log.warning("%s; reading it again", exc)

@@ -62,7 +62,8 @@ def test_minimal_document_gets_defaults():
 
 def test_full_document():
     parsed = parse(FULL)
-    assert parsed.repository == config.RepositoryConfig(url="file:///mnt/archive", timeout=12.5, retries=7)
+    assert parsed.repository == config.RepositoryConfig(url="file:///mnt/archive", timeout=12.5, retries=7,
+                                                        name="repo1")
     assert parsed.postgres.pgdata == "/var/lib/postgresql/15/main"
     assert parsed.postgres.bindir == "/usr/lib/postgresql/15/bin"
     assert parsed.postgres.conninfo == "host=/run/postgresql dbname=postgres"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from pitrkit.config import Config, RepositoryConfig
-from pitrkit.errors import NotInArchive, PitrkitError
+from pitrkit.errors import NotInArchive, PitrkitError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.storage.archive import Archive, ArchiveUnavailable
 from pitrkit.storage.plugins import Plugins
@@ -134,3 +134,14 @@ def to_every(repositories: Sequence[Repository], write: Callable[[Archive], Resu
 def _named(repositories: Sequence[Repository], repository: Repository, exc: Exception) -> str:
     return str(exc) if len(repositories) == 1 else f"repository {repository.name!r}: {exc}"
 
+
+
+def chosen(repositories: list[Repository], name: str | None) -> list[Repository]:
+    """All of them, or only the one `--repo NAME` names (refusing a name not configured)."""
+    if name is None:
+        return repositories
+    for repository in repositories:
+        if repository.name == name:
+            return [repository]
+    raise UsageError(f"--repo {name}: no repository of that name is configured "
+                     f"(configured: {', '.join(each.name for each in repositories)})")

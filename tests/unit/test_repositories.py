@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pitrkit import config
-from pitrkit.errors import ConfigError, NotInArchive, PitrkitError
+from pitrkit.errors import ConfigError, NotInArchive, PitrkitError, UsageError
 from pitrkit.storage.archive import ArchiveUnavailable
-from pitrkit.storage.repositories import first_answer, open_all, to_every
+from pitrkit.storage.repositories import chosen, first_answer, open_all, to_every
 from pitrkit.wal.fetch import read_for_recovery
 from pitrkit.wal.push import push
 from tests.unit.segments import init_archive, segment
@@ -169,3 +169,12 @@ def test_an_archive_without_archive_json_is_a_fault_not_an_absence(tmp_path):
     repositories = open_all(archives(tmp_path, "local", "fresh", initialised=("local",)))
     with pytest.raises(ArchiveUnavailable, match="repository 'fresh'.*pitrkit init"):
         first_answer(repositories, lambda archive: read_for_recovery(archive, NAME))
+
+
+def test_repo_chooses_one_repository_by_name_and_refuses_an_unknown_one(tmp_path):
+    repositories = open_all(archives(tmp_path, "local", "cloud"))
+    assert chosen(repositories, None) == repositories
+    assert [each.name for each in chosen(repositories, "cloud")] == ["cloud"]
+    with pytest.raises(UsageError, match="--repo dr: no repository of that name is configured "
+                                         r"\(configured: local, cloud\)"):
+        chosen(repositories, "dr")

@@ -15,7 +15,14 @@ from pitrkit.catalog.chains import chain_length
 from pitrkit.catalog.contents import BackupListing, WalListing, WalRow
 from pitrkit.catalog.documents import BackupSummary, shown
 from pitrkit.ops.retention import RetentionReport
-from pitrkit.ops.status import ArchivedFile, DrillResult, StatusReport, StoredShare, TimelineRange
+from pitrkit.ops.status import (
+    ArchivedFile,
+    DrillResult,
+    RepositoryStatus,
+    StatusReport,
+    StoredShare,
+    TimelineRange,
+)
 from pitrkit.ops.verify import VerifyReport
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
@@ -96,7 +103,22 @@ def status_text(report: StatusReport) -> str:
         lines.append(f"last drill:     {_drill_words(report.drills.last)}")
         if report.drills.last_success is not report.drills.last and report.drills.last_success is not None:
             lines.append(f"last passed:    {_drill_words(report.drills.last_success)}")
+    lines += [_repository_words(each) for each in report.repositories]
     return "\n".join(lines) + "\n"
+
+
+def _repository_words(state: RepositoryStatus) -> str:
+    """A repository's place and role (its check says how it is); the figures above are the
+    reference's."""
+    words = f"{state.level} {'required' if state.required else 'optional'}, {state.url}"
+    if state.reference:
+        words += "; the figures above are its own"
+    if state.spool is not None:
+        words += f"; spool {state.spool.directory} (at most {human_bytes(state.spool.max_bytes)})"
+        if state.spool.files_waiting is not None and state.spool.bytes_waiting is not None:
+            words += (f", {human_count(state.spool.files_waiting, 'file')} waiting "
+                      f"({human_bytes(state.spool.bytes_waiting)})" + (", full" if state.spool.full else ""))
+    return f"repository {state.name}:".ljust(16) + " " + words
 
 
 def _drill_words(drill: DrillResult | None) -> str:

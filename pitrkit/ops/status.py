@@ -1125,7 +1125,8 @@ def _repository_status(repository: Repository, seen: _Collected | PitrkitError, 
     missing = None
     if repository is not reference:
         retention = config.for_repository(settings).retention
-        missing = _missing(base, seen, reference.name, horizon=retention is not None)
+        missing = missing_from(Held(base.wal, base.report.backup_marks), Held(seen.wal, seen.report.backup_marks),
+                               reference.name, horizon=retention is not None)
     levels: list[Level] = [check.level for check in own] + ["WARN" if missing and missing.behind else "OK"]
     level = max(levels, key=_SEVERITY.__getitem__)
     if not repository.required and level == "FAIL":
@@ -1138,20 +1139,35 @@ def _repository_status(repository: Repository, seen: _Collected | PitrkitError, 
         checks=own, missing=missing)
 
 
-def _missing(base: _Collected, seen: _Collected, reference: str, horizon: bool) -> MissingFromReference:
-    """The reference's WAL files and finished backups that `seen` lacks. `horizon`: the
-    repository has a retention policy, so what is older than its oldest backup may have
-    been removed on purpose and is not counted."""
-    held = {mark.backup_id for mark in seen.report.backup_marks}
-    wal_names = _wal_names(seen.wal)
-    oldest = min(seen.report.backup_marks, key=lambda mark: mark.start_lsn, default=None) if horizon else None
-    backups = [mark.backup_id for mark in base.report.backup_marks if mark.backup_id not in held
-               and (oldest is None or mark.start_lsn >= oldest.start_lsn)]
+class Held(NamedTuple):
+    """What a repository holds, as comparing it with another needs it."""
+
+    wal: ArchivedWal | None  # None: it holds no WAL
+    backups: list[BackupMark] | list[BackupSummary]  # its finished backups, oldest first
+
+    @classmethod
+    def read(cls, archive: Archive) -> Held:
+        """Read afresh (verify); status compares what its reports already read."""
+        try:
+            wal: ArchivedWal | None = ArchivedWal(archive)
+        except ArchiveMissing:
+            wal = None
+        return cls(wal, survey_backups(archive).finished)
+
+
+def missing_from(base: Held, held: Held, reference: str, horizon: bool) -> MissingFromReference:
+    """The reference's (`base`) WAL files and finished backups that `held` lacks.
+    `horizon`: the repository has a retention policy, so what is older than its oldest
+    backup may have been removed on purpose and is not counted."""
+    have = {backup.backup_id for backup in held.backups}
+    oldest = min(held.backups, key=lambda backup: backup.start_lsn, default=None) if horizon else None
+    backups = [backup.backup_id for backup in base.backups if backup.backup_id not in have
+               and (oldest is None or backup.start_lsn >= oldest.start_lsn)]
     # A segment's position in the WAL is its name past the timeline: a horizon in
     # positions holds across timelines.
     first = None if oldest is None or base.wal is None else SegmentName.containing(
         oldest.timeline, oldest.start_lsn, base.wal.segment_size).name[8:]
-    wal = sorted((name for name in _wal_names(base.wal) - wal_names
+    wal = sorted((name for name in _wal_names(base.wal) - _wal_names(held.wal)
                   if first is None or len(name) != 24 or name[8:] >= first), key=_wal_position)
     return MissingFromReference(compared_with=reference, wal_files=len(wal), oldest_wal=wal[0] if wal else None,
                                 newest_wal=wal[-1] if wal else None, backups=backups)

@@ -14,10 +14,12 @@ import msgspec
 from pitrkit.catalog.chains import chain_length
 from pitrkit.catalog.contents import BackupListing, WalListing, WalRow
 from pitrkit.catalog.documents import BackupSummary, shown
+from pitrkit.ops.per_repository import PerRepository
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.ops.status import (
     ArchivedFile,
     DrillResult,
+    MissingFromReference,
     RepositoryStatus,
     StatusReport,
     StoredShare,
@@ -349,3 +351,43 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in [header, *rows])
+
+
+# --- several repositories -------------------------------------------------------------
+
+
+@render.register
+def per_repository_text(report: PerRepository) -> str:
+    """One section per repository: a heading, then its report as the command prints it
+    alone (or why it was not made), then what it misses of the reference (verify)."""
+    sections = []
+    for each in report.repositories:
+        lines = [f"== repository {each.repository} ({'required' if each.required else 'optional'}, {each.url}) =="]
+        if each.report is not None:
+            lines.append(render(each.report).rstrip("\n"))
+        else:
+            lines.append(f"FAILED: {each.problem}" if each.problem_exit_code else f"{each.problem}")
+        if each.missing is not None:
+            lines.append(f"missing:   {_missing_words(each.missing)}")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
+def _missing_words(missing: MissingFromReference) -> str:
+    if not missing.behind:
+        return f"nothing of what {missing.compared_with} holds"
+    lacks = []
+    if missing.wal_files:
+        lacks.append(f"{human_count(missing.wal_files, 'WAL file')} of {missing.compared_with} "
+                     f"({missing.oldest_wal} .. {missing.newest_wal})")
+    if missing.backups:
+        lacks.append(f"backup{'' if len(missing.backups) == 1 else 's'} {', '.join(missing.backups)}")
+    return " and ".join(lacks)
+
+
+@summary.register
+def per_repository_summary(report: PerRepository) -> str:
+    """Each repository's own summary, or why the command did not run there."""
+    return "; ".join(f"repository {each.repository}: "
+                     + (summary(each.report) if each.report is not None else f"{each.problem}")
+                     for each in report.repositories)

@@ -91,11 +91,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
-def _add_repo_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repo", metavar="NAME", help="only the repository of this name (default: every configured "
-                        "repository, one section each)")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pitrkit", description="WAL archiving and point-in-time restore for PostgreSQL.")
     parser.add_argument("--config", metavar="PATH", help="configuration file (default: $PITRKIT_CONFIG, "
@@ -138,17 +133,17 @@ def _parser() -> argparse.ArgumentParser:
 
     backup_list = commands.add_parser("backup-list", help="list the backups in the archive")
     backup_list.add_argument("--json", action="store_true", help="print JSON")
-    _add_repo_argument(backup_list)
+    _add_repo_argument(backup_list, "this repository only (default: every one, a section each)")
 
     wal_list = commands.add_parser("wal-list", help="list the archived WAL segments, one row each")
     wal_list.add_argument("--timeline", type=_timeline_id, metavar="N", help="only timeline N")
     wal_list.add_argument("--json", action="store_true", help="print JSON")
-    _add_repo_argument(wal_list)
+    _add_repo_argument(wal_list, "this repository only (default: every one, a section each)")
 
     catalog = commands.add_parser("catalog", help="maintain the archive's catalog")
     catalog_actions = catalog.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
-    _add_repo_argument(catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects "
-                                                  "alone"))
+    rebuild = catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects alone")
+    _add_repo_argument(rebuild, "rebuild this repository's only (default: every one's)")
 
     plan = commands.add_parser("restore-plan", help="show what a restore to a target would use, or what is missing")
     _add_target_arguments(plan)
@@ -197,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="list what would be removed, by which rule, and the "
                        "space it would free; remove nothing")
     apply.add_argument("--json", action="store_true", help="print the decision as JSON")
-    _add_repo_argument(apply)
+    _add_repo_argument(apply, "apply this repository's policy to it only (default: each one's to each)")
 
     status = commands.add_parser("status", help="backups, WAL, archiver, archive size, restorable ranges and "
                                  "retention health, with an overall OK / WARN / FAIL (exit 2 on FAIL)")
@@ -207,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "WAL continuity, every backup restorable (exit 1 when anything is wrong)")
     verify.add_argument("--deep", action="store_true", help="read every object in full and check its content")
     verify.add_argument("--json", action="store_true", help="print JSON")
-    _add_repo_argument(verify)
+    _add_repo_argument(verify, "this repository only (default: every one, a section each)")
 
     commands.add_parser("daemon", help="run the service: the streaming sidecar, scheduled backups, retention "
                         "after each, and the status page and /metrics ([daemon] in the configuration)")
@@ -260,6 +255,10 @@ def _port(text: str) -> int:
 
 def _timeline_id(text: str) -> int:
     return _whole_number(text, 1, 0xFFFFFFFF)
+
+
+def _add_repo_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--repo", metavar="NAME", help=f"with several [[repository]] entries: {help_text}")
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:

@@ -313,13 +313,13 @@ class MissingFromReference(msgspec.Struct, kw_only=True, frozen=True):
 class SpoolStatus(msgspec.Struct, kw_only=True, frozen=True):
     """An optional repository's durable spool: the WAL waiting locally for it. Its place
     is set from the configuration; the figures of what waits come from the spool itself
-    (wal/spool.py's `state`), None until the spool is read here."""
+    (wal/spool.py's `state`: waiting, bytes, behind, oldest), None until it is read here."""
 
-    directory: str
-    max_bytes: int
+    directory: str  # [[repository]] spool
+    max_bytes: int  # spool_max
     files_waiting: int | None = None
     bytes_waiting: int | None = None
-    full: bool | None = None  # at spool_max: the spool stopped growing, the repository is behind
+    behind: bool | None = None  # it reached spool_max: what the repository lacks is copied from a required one
     oldest_waiting: str | None = None
 
 

@@ -119,7 +119,7 @@ def _repository_words(state: RepositoryStatus) -> str:
         words += f"; spool {state.spool.directory} (at most {human_bytes(state.spool.max_bytes)})"
         if state.spool.files_waiting is not None and state.spool.bytes_waiting is not None:
             words += (f", {human_count(state.spool.files_waiting, 'file')} waiting "
-                      f"({human_bytes(state.spool.bytes_waiting)})" + (", full" if state.spool.full else ""))
+                      f"({human_bytes(state.spool.bytes_waiting)})" + (", full: behind" if state.spool.behind else ""))
     return f"repository {state.name}:".ljust(16) + " " + words
 
 

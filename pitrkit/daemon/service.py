@@ -568,21 +568,22 @@ def _backup_summary(outcome: Outcome) -> BackupSummary | None:
 
 def _retention_fields(outcome: Outcome) -> dict[str, object]:
     """What retention's --json report says it removed (the figures a log reader wants)."""
-    # One repository's report, else a section per repository (ops/per_repository).
+    # One repository's report, else a section per repository (ops/per_repository), whose
+    # backups are named "repository:backup".
     try:
-        reports = [codec.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")]
+        reports = [("", codec.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output"))]
     except ValueError:
         try:
-            reports = [section.report for section in codec.decode(
+            reports = [(f"{section.repository}:", section.report) for section in codec.decode(
                 outcome.stdout.encode(), PerRepository[RetentionReport], "retention apply --json output").repositories
                 if section.report is not None]
         except ValueError as exc:
             return {"report": f"unreadable: {exc}"}
-    return {"kept": ",".join(kept.backup_id for report in reports for kept in report.kept) or None,
-            "removed": ",".join(removed.backup_id for report in reports for removed in report.removed_backups)
-            or None,
-            "wal_files_removed": sum(wal.files for report in reports for wal in report.removed_wal),
-            "freed": human_bytes(sum(report.stored_bytes for report in reports))}
+    return {"kept": ",".join(name + kept.backup_id for name, report in reports for kept in report.kept) or None,
+            "removed": ",".join(name + removed.backup_id for name, report in reports
+                                for removed in report.removed_backups) or None,
+            "wal_files_removed": sum(wal.files for _, report in reports for wal in report.removed_wal),
+            "freed": human_bytes(sum(report.stored_bytes for _, report in reports))}
 
 
 def _show(moment: datetime) -> str:

@@ -74,7 +74,7 @@ def test_retention_applies_each_repositorys_own_policy(capsys, tmp_path, local, 
     assert (ids(local), ids(cloud)) == (["B", "C"], ["B"])
     # The daemon's log line sums what every repository's retention removed.
     fields = _retention_fields(Outcome(code=0, stdout=out, stderr="", seconds=1.0))
-    assert fields["removed"] == "A,A" and fields["wal_files_removed"] == 5 + 5
+    assert fields["removed"] == "local:A,cloud:A" and fields["wal_files_removed"] == 5 + 5
 
 
 def test_retention_on_one_repository_prints_its_report_as_with_one(capsys, tmp_path, local, cloud):

@@ -23,6 +23,7 @@ from pitrkit.storage.archive import Archive
 
 if TYPE_CHECKING:
     from pitrkit.catalog.contents import BackupListing, WalListing
+    from pitrkit.ops.per_repository import PerRepository
     from pitrkit.ops.retention import RetentionReport
     from pitrkit.ops.status import StatusReport
     from pitrkit.ops.verify import VerifyReport
@@ -66,8 +67,8 @@ class ReportFailed(PitrkitError):
         self.exit_code = exit_code
 
 
-def _print_report(report: StatusReport | VerifyReport | RetentionReport | BackupListing | WalListing,
-                  as_json: bool) -> str:
+def _print_report(report: StatusReport | VerifyReport | RetentionReport | BackupListing | WalListing
+                  | PerRepository, as_json: bool) -> str:
     """Print a command's report, as JSON with --json, else as text, and end the command as
     the report says: its summary for the log, or ReportFailed with its exit code."""
     # Only when a report is printed: what this module imports at the top, every in-process
@@ -132,14 +133,17 @@ def _parser() -> argparse.ArgumentParser:
 
     backup_list = commands.add_parser("backup-list", help="list the backups in the archive")
     backup_list.add_argument("--json", action="store_true", help="print JSON")
+    _add_repo_argument(backup_list, "this repository only (default: every one, a section each)")
 
     wal_list = commands.add_parser("wal-list", help="list the archived WAL segments, one row each")
     wal_list.add_argument("--timeline", type=_timeline_id, metavar="N", help="only timeline N")
     wal_list.add_argument("--json", action="store_true", help="print JSON")
+    _add_repo_argument(wal_list, "this repository only (default: every one, a section each)")
 
     catalog = commands.add_parser("catalog", help="maintain the archive's catalog")
     catalog_actions = catalog.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
-    catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects alone")
+    rebuild = catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects alone")
+    _add_repo_argument(rebuild, "rebuild this repository's only (default: every one's)")
 
     plan = commands.add_parser("restore-plan", help="show what a restore to a target would use, or what is missing")
     _add_target_arguments(plan)
@@ -188,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="list what would be removed, by which rule, and the "
                        "space it would free; remove nothing")
     apply.add_argument("--json", action="store_true", help="print the decision as JSON")
+    _add_repo_argument(apply, "apply this repository's policy to it only (default: each one's to each)")
 
     status = commands.add_parser("status", help="backups, WAL, archiver, archive size, restorable ranges and "
                                  "retention health, with an overall OK / WARN / FAIL (exit 2 on FAIL)")
@@ -197,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "WAL continuity, every backup restorable (exit 1 when anything is wrong)")
     verify.add_argument("--deep", action="store_true", help="read every object in full and check its content")
     verify.add_argument("--json", action="store_true", help="print JSON")
+    _add_repo_argument(verify, "this repository only (default: every one, a section each)")
 
     commands.add_parser("daemon", help="run the service: the streaming sidecar, scheduled backups, retention "
                         "after each, and the status page and /metrics ([daemon] in the configuration)")
@@ -249,6 +255,10 @@ def _port(text: str) -> int:
 
 def _timeline_id(text: str) -> int:
     return _whole_number(text, 1, 0xFFFFFFFF)
+
+
+def _add_repo_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--repo", metavar="NAME", help=f"with several [[repository]] entries: {help_text}")
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,6 +57,7 @@ from pitrkit.daemon.schedule import Every, Schedule, Timetable, from_config
 from pitrkit.daemon.status_server import StatusBoard, StatusServer
 from pitrkit.errors import ConfigError, ParentRefused, PitrkitError
 from pitrkit.ops.daemon_facts import DaemonFacts, ScheduledRun
+from pitrkit.ops.per_repository import PerRepository
 from pitrkit.ops.retention import RetentionReport
 from pitrkit.ops.status import newest_drills
 from pitrkit.progress import human_bytes
@@ -279,7 +280,9 @@ class Backups:
         self._pitrkit = pitrkit
         self._archive = archive
         self._board = board
-        self.retention_after = config.daemon.retention and config.retention is not None
+        # `retention apply` applies each repository's own policy (ops/per_repository).
+        self.retention_after = config.daemon.retention and any(
+            config.for_repository(each).retention is not None for each in config.repositories)
         self._quiet = config.backup.wal_timeout + _OTHER_BACKUP_MARGIN
         self._full_every = config.daemon.full_every_rule
         self._pgdata = config.postgres.pgdata
@@ -565,14 +568,22 @@ def _backup_summary(outcome: Outcome) -> BackupSummary | None:
 
 def _retention_fields(outcome: Outcome) -> dict[str, object]:
     """What retention's --json report says it removed (the figures a log reader wants)."""
+    # One repository's report, else a section per repository (ops/per_repository), whose
+    # backups are named "repository:backup".
     try:
-        report = codec.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output")
-    except ValueError as exc:
-        return {"report": f"unreadable: {exc}"}
-    return {"kept": ",".join(kept.backup_id for kept in report.kept) or None,
-            "removed": ",".join(removed.backup_id for removed in report.removed_backups) or None,
-            "wal_files_removed": sum(wal.files for wal in report.removed_wal),
-            "freed": human_bytes(report.stored_bytes)}
+        reports = [("", codec.decode(outcome.stdout.encode(), RetentionReport, "retention apply --json output"))]
+    except ValueError:
+        try:
+            reports = [(f"{section.repository}:", section.report) for section in codec.decode(
+                outcome.stdout.encode(), PerRepository[RetentionReport], "retention apply --json output").repositories
+                if section.report is not None]
+        except ValueError as exc:
+            return {"report": f"unreadable: {exc}"}
+    return {"kept": ",".join(name + kept.backup_id for name, report in reports for kept in report.kept) or None,
+            "removed": ",".join(name + removed.backup_id for name, report in reports
+                                for removed in report.removed_backups) or None,
+            "wal_files_removed": sum(wal.files for _, report in reports for wal in report.removed_wal),
+            "freed": human_bytes(sum(report.stored_bytes for _, report in reports))}
 
 
 def _show(moment: datetime) -> str:

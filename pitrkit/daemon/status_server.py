@@ -24,7 +24,7 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.ops import status
 from pitrkit.ops.daemon_facts import DaemonFacts
 from pitrkit.ops.status import StatusReport
-from pitrkit.storage.archive import Archive
+from pitrkit.storage.repositories import Repository, open_all
 from pitrkit.views import html, json, metrics
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,12 @@ class StatusBoard:
             return self._report, self._problem
 
     def _run(self) -> None:
-        # One Archive for the thread's lifetime: its storage and cipher are set up once.
-        archive: Archive | None = None
+        # Each repository opened once for the thread's lifetime: storage and ciphers are set up once.
+        repositories: list[Repository] | None = None
         while not self._stop.is_set():
             try:
-                archive = archive or Archive(self._config)
-                report = status.collect(archive, self._config)
+                repositories = repositories or open_all(self._config)
+                report = status.collect_all(repositories, self._config)
             except PitrkitError as exc:
                 self._failed(str(exc))
             except Exception as exc:  # a bug must not stop the page from saying so

@@ -65,6 +65,7 @@ from pitrkit.config import Config, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectInfo
 from pitrkit.ops import policy
+from pitrkit.ops.per_repository import NothingToDo, PerRepository, run_each
 from pitrkit.postgres.wal import SegmentName
 from pitrkit.progress import show_time
 from pitrkit.storage.archive import (
@@ -77,6 +78,7 @@ from pitrkit.storage.archive import (
     wal_index_key,
 )
 from pitrkit.storage.codec import Time
+from pitrkit.storage.repositories import Repository, chosen, open_all
 
 log = logging.getLogger(__name__)
 
@@ -502,9 +504,20 @@ def _remove_if_lapsed(archive: Archive, expired: Lease, now: datetime, storage_n
 # --- the command --------------------------------------------------------------------------
 
 
-def command_report(args: Namespace, config: Config, config_path: Path) -> RetentionReport:
-    """`pitrkit retention apply [--dry-run]`: the report cli.py prints (views/ renders it)."""
-    if config.retention is None:
+def command_report(args: Namespace, config: Config,
+                   config_path: Path) -> RetentionReport | PerRepository[RetentionReport]:
+    """`pitrkit retention apply [--repo NAME] [--dry-run]`: the report cli.py prints (views/
+    renders it); each repository under its own policy (its entry's retention table, else
+    [retention]), one repository's report as before several existed (ops/per_repository)."""
+    repositories = chosen(open_all(config), args.repo)
+    if all(config.for_repository(each.settings).retention is None for each in repositories):
         raise ConfigError(f"{config_path} has no [retention] section: retention apply needs a policy to apply "
                           "(see docs/operations.md)")
-    return apply(Archive(config), config.retention, dry_run=args.dry_run)
+
+    def run(repository: Repository, seen: Config) -> RetentionReport:
+        if seen.retention is None:
+            raise NothingToDo("no retention policy for this repository ([retention], or a retention table in its "
+                              "[[repository]] entry): nothing removed")
+        return apply(repository.archive, seen.retention, dry_run=args.dry_run)
+
+    return run_each("retention apply", repositories, config, run)

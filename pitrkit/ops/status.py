@@ -28,6 +28,16 @@ an incremental backup whose chain is broken, a configured server that does not a
 Chains (catalog/chains.py): what restores is judged on the usable backups only; the
 newest backup reported is the newest usable one, with its chain's length, and each
 backup's share of its data it really stored.
+
+Several repositories (`[[repository]]`, `collect_all`). Each is collected as a report of
+its own, with its own retention; the report shown is the reference's, the first required
+repository that answered, with one `repository <name>` check per repository and
+`repositories`, a `RepositoryStatus` each: reachable or not, its backups, restorable
+range and newest WAL, and what it misses of the reference's WAL and backups. A required
+repository that cannot be read is a FAIL, an optional one a WARN; a repository's own
+checks (backup, wal, restorable, chains, retention, unfinished) count at their level for
+a required one and at most WARN for an optional one, as does being behind. With one
+repository the report is exactly the one-repository report (`repositories` empty).
 """
 
 from __future__ import annotations
@@ -35,9 +45,10 @@ from __future__ import annotations
 import bisect
 import math
 from argparse import Namespace
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -50,8 +61,9 @@ from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
 from pitrkit.postgres.wal import Lsn, SegmentName
-from pitrkit.progress import human_bytes, human_seconds, show_time
+from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 from pitrkit.storage.archive import DRILLS_PREFIX, Archive, ArchiveMissing, drill_key, stored_at
+from pitrkit.storage.repositories import Repository, open_all
 
 Level = Literal["OK", "WARN", "FAIL"]
 _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -281,6 +293,60 @@ class DrillHealth(msgspec.Struct, kw_only=True, frozen=True):
     recent: list[DrillResult]  # newest first, at most DRILLS_SHOWN
 
 
+class MissingFromReference(msgspec.Struct, kw_only=True, frozen=True):
+    """What a repository lacks that the reference repository holds: its full WAL segments
+    and history files, and its finished backups. When the repository has a retention
+    policy, what is older than its own oldest backup is left out: its retention may have
+    removed it on purpose."""
+
+    compared_with: str  # the reference repository's name
+    wal_files: int
+    oldest_wal: str | None  # the oldest missing WAL file, by position in the WAL
+    newest_wal: str | None
+    backups: list[str]  # oldest first
+
+    @property
+    def behind(self) -> bool:
+        return bool(self.wal_files or self.backups)
+
+
+class SpoolStatus(msgspec.Struct, kw_only=True, frozen=True):
+    """An optional repository's durable spool: the WAL waiting locally for it. Its place
+    is set from the configuration; the figures of what waits come from the spool itself
+    (wal/spool.py's `state`: waiting, bytes, behind, oldest), None until it is read here."""
+
+    directory: str  # [[repository]] spool
+    max_bytes: int  # spool_max
+    files_waiting: int | None = None
+    bytes_waiting: int | None = None
+    behind: bool | None = None  # it reached spool_max: what the repository lacks is copied from a required one
+    oldest_waiting: str | None = None
+
+
+class RepositoryStatus(msgspec.Struct, kw_only=True, frozen=True):
+    """One repository of several, as status judged it (see the module's docstring)."""
+
+    name: str
+    url: str
+    required: bool
+    level: Level
+    reachable: bool
+    problem: str | None = None  # why it could not be read
+    reference: bool = False  # the repository the others are compared with
+    backups: int = 0
+    unfinished_backups: list[str] = []
+    last_backup: LastBackup | None = None
+    last_wal: ArchivedFile | None = None
+    head_timeline: int | None = None
+    timelines: list[TimelineRange] = []
+    size: ArchiveSize | None = None
+    retention_shortfalls: int | None = None  # None without a retention policy
+    # Its own checks as its report judged them: backup, wal, restorable, chains, retention, unfinished.
+    checks: list[Check] = []
+    missing: MissingFromReference | None = None  # None for the reference, and when it was not read
+    spool: SpoolStatus | None = None  # None for a repository without a spool
+
+
 class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     generated_at: datetime
     archive: str  # the repository url
@@ -306,6 +372,9 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     wal_per_hour: WalPerHour | None = None
     # The restore drills: None when none ran and none is scheduled.
     drills: DrillHealth | None = None
+    # With several repositories, each of them (the reference's figures are the report's
+    # own); [] with one.
+    repositories: list[RepositoryStatus] = []
 
     @property
     def exit_code(self) -> int:
@@ -319,7 +388,17 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
 def collect(archive: Archive, config: Config, now: datetime | None = None,
             archiver: Archiver | None = None) -> StatusReport:
     """`archiver`: the server as already asked (tests give a known one); None asks it."""
-    now = now or datetime.now(UTC)
+    return _collect(archive, config, now or datetime.now(UTC), archiver).report
+
+
+class _Collected(NamedTuple):
+    """One repository's report, and what comparing it with another needs."""
+
+    report: StatusReport
+    wal: ArchivedWal | None
+
+
+def _collect(archive: Archive, config: Config, now: datetime, archiver: Archiver | None) -> _Collected:
     # A backup retention is removing exists for no reader, even while its manifest is
     # still stored: the survey leaves it out.
     survey = survey_backups(archive)
@@ -361,7 +440,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
     checks = [check for check in judged if check is not None]
     usable_ids = {b.backup_id for b in usable}
     overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
-    return StatusReport(
+    return _Collected(StatusReport(
         generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
@@ -369,7 +448,7 @@ def collect(archive: Archive, config: Config, now: datetime | None = None,
         backup_marks=[_mark(b, b.backup_id in usable_ids) for b in finished],
         wal_per_hour=_wal_per_hour(wal, now) if wal else None,
         drills=drills,
-    )
+    ), wal)
 
 
 def newest_drills(archive: Archive, count: int) -> list[DrillReport]:
@@ -992,13 +1071,156 @@ def _unfinished_check(archive: Archive, unfinished: list[str], config: Config, n
     return Check(name="unfinished", level="OK", message=f"backups in progress: {', '.join(unfinished)}")
 
 
+# --- several repositories ------------------------------------------------------------
+
+
+# The checks that judge one repository's content; the others (timeline, archiver,
+# receiver, drill) are the server's and the reference's.
+_REPOSITORY_CHECKS = ("backup", "wal", "restorable", "chains", "retention", "unfinished")
+
+
+def collect_all(repositories: Sequence[Repository], config: Config, now: datetime | None = None,
+                archiver: Archiver | None = None) -> StatusReport:
+    """Every repository's status (the module's docstring); with one, `collect`'s report.
+    Raises StatusFailed when no required repository can be read."""
+    now = now or datetime.now(UTC)
+    if len(repositories) == 1:
+        only = repositories[0]
+        return _collect(only.archive, config.for_repository(only.settings), now, archiver).report
+    archiver = archiver or _archiver(config)
+    seen: dict[str, _Collected | PitrkitError] = {}
+    for repository in repositories:
+        try:
+            # An archive that is not there is a repository that cannot be read, never an
+            # empty one (collect alone reports it as holding nothing).
+            repository.archive.identity()
+            seen[repository.name] = _collect(repository.archive, config.for_repository(repository.settings), now,
+                                             archiver)
+        except PitrkitError as exc:
+            seen[repository.name] = exc
+    reference = next((each for each in repositories if each.required and isinstance(seen[each.name], _Collected)),
+                     None)
+    if reference is None:
+        raise StatusFailed("no required repository can be read: " + "; ".join(
+            f"repository {each.name!r}: {seen[each.name]}" for each in repositories if each.required))
+    base = seen[reference.name]
+    assert isinstance(base, _Collected)
+    states = [_repository_status(each, seen[each.name], base, reference, config) for each in repositories]
+    checks = base.report.checks + [_repository_check(state) for state in states]
+    return msgspec.structs.replace(base.report, checks=checks, repositories=states,
+                                   overall=max((check.level for check in checks), key=_SEVERITY.__getitem__))
+
+
+def _repository_status(repository: Repository, seen: _Collected | PitrkitError, base: _Collected,
+                       reference: Repository, config: Config) -> RepositoryStatus:
+    settings = repository.settings
+    spool = None if settings.spool is None else SpoolStatus(directory=settings.spool,
+                                                            max_bytes=settings.spool_max_bytes)
+    unread = RepositoryStatus(name=repository.name, url=repository.archive.storage.url, required=repository.required,
+                              spool=spool, level="FAIL" if repository.required else "WARN", reachable=False)
+    if isinstance(seen, PitrkitError):
+        return msgspec.structs.replace(unread, problem=str(seen))
+    report = seen.report
+    own = [check for check in report.checks if check.name in _REPOSITORY_CHECKS]
+    missing = None
+    if repository is not reference:
+        retention = config.for_repository(settings).retention
+        missing = missing_from(Held(base.wal, base.report.backup_marks), Held(seen.wal, seen.report.backup_marks),
+                               reference.name, horizon=retention is not None)
+    levels: list[Level] = [check.level for check in own] + ["WARN" if missing and missing.behind else "OK"]
+    level = max(levels, key=_SEVERITY.__getitem__)
+    if not repository.required and level == "FAIL":
+        level = "WARN"  # an optional repository never fails the status: nothing waits for it
+    return msgspec.structs.replace(
+        unread, level=level, reachable=True, reference=repository is reference, backups=report.backups,
+        unfinished_backups=report.unfinished_backups, last_backup=report.last_backup, last_wal=report.last_wal,
+        head_timeline=report.head_timeline, timelines=report.timelines, size=report.size,
+        retention_shortfalls=len(report.retention.shortfalls) if report.retention.configured else None,
+        checks=own, missing=missing)
+
+
+class Held(NamedTuple):
+    """What a repository holds, as comparing it with another needs it."""
+
+    wal: ArchivedWal | None  # None: it holds no WAL
+    backups: list[BackupMark] | list[BackupSummary]  # its finished backups, oldest first
+
+    @classmethod
+    def read(cls, archive: Archive) -> Held:
+        """Read afresh (verify); status compares what its reports already read."""
+        try:
+            wal: ArchivedWal | None = ArchivedWal(archive)
+        except ArchiveMissing:
+            wal = None
+        return cls(wal, survey_backups(archive).finished)
+
+
+def missing_from(base: Held, held: Held, reference: str, horizon: bool) -> MissingFromReference:
+    """The reference's (`base`) WAL files and finished backups that `held` lacks.
+    `horizon`: the repository has a retention policy, so what is older than its oldest
+    backup may have been removed on purpose and is not counted."""
+    have = {backup.backup_id for backup in held.backups}
+    oldest = min(held.backups, key=lambda backup: backup.start_lsn, default=None) if horizon else None
+    backups = [backup.backup_id for backup in base.backups if backup.backup_id not in have
+               and (oldest is None or backup.start_lsn >= oldest.start_lsn)]
+    # A segment's position in the WAL is its name past the timeline: a horizon in
+    # positions holds across timelines.
+    first = None if oldest is None or base.wal is None else SegmentName.containing(
+        oldest.timeline, oldest.start_lsn, base.wal.segment_size).name[8:]
+    wal = sorted((name for name in _wal_names(base.wal) - _wal_names(held.wal)
+                  if first is None or len(name) != 24 or name[8:] >= first), key=_wal_position)
+    return MissingFromReference(compared_with=reference, wal_files=len(wal), oldest_wal=wal[0] if wal else None,
+                                newest_wal=wal[-1] if wal else None, backups=backups)
+
+
+def _wal_position(name: str) -> tuple[str, str]:
+    """Segments by their place in the WAL (then timeline); history files, named by their
+    timeline alone, first."""
+    return (name[8:], name[:8]) if len(name) == 24 else ("", name)
+
+
+def _wal_names(wal: ArchivedWal | None) -> set[str]:
+    """The full segments and history files of the archive, from the folders the report
+    has already read."""
+    if wal is None:
+        return set()
+    names = {f"{timeline:08X}.history" for timeline in wal.history_files}
+    for timeline, numbers in wal.logs.items():
+        for log_number in numbers:
+            names.update(entry.name for entry in wal.folder(timeline, log_number).segments)
+    return names
+
+
+def _repository_check(state: RepositoryStatus) -> Check:
+    role = "required" if state.required else "optional"
+    name = f"repository {state.name}"
+    if not state.reachable:
+        return Check(name=name, level=state.level, message=f"{role}, cannot be read: {state.problem}")
+    words = [f"{role}{', the reference' if state.reference else ''}",
+             f"{human_count(state.backups, 'backup')}"]
+    head = next((t for t in state.timelines if t.timeline == state.head_timeline), None)
+    if head is not None and head.oldest is not None and head.newest is not None:
+        words.append(f"restorable from {show_time(head.oldest.time)} to LSN {head.newest.lsn}")
+    words.append(f"newest WAL {state.last_wal.name}" if state.last_wal else "no WAL")
+    missing = state.missing
+    if missing is not None and missing.behind:
+        lacks = []
+        if missing.wal_files:
+            lacks.append(f"{human_count(missing.wal_files, 'WAL file')} (oldest {missing.oldest_wal})")
+        if missing.backups:
+            lacks.append(f"backup{'' if len(missing.backups) == 1 else 's'} {', '.join(missing.backups)}")
+        words.append(f"behind {missing.compared_with}: misses {' and '.join(lacks)}")
+    words += [f"{check.name}: {check.message}" for check in state.checks if check.level != "OK"]
+    return Check(name=name, level=state.level, message="; ".join(words))
+
+
 # --- the command ----------------------------------------------------------------------
 
 
 def command_report(args: Namespace, config: Config, config_path: Path) -> StatusReport:
     """`pitrkit status`: the report cli.py prints (views/ renders it)."""
     try:
-        return collect(Archive(config), config)
+        return collect_all(open_all(config), config)
     except PitrkitError as exc:
         # An archive that cannot be read is the worst status there is: monitoring keys on
         # exit 2, whatever went wrong underneath.

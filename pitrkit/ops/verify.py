@@ -83,6 +83,8 @@ from pitrkit.catalog.documents import (
 from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, PluginError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.ops.per_repository import PerRepository, Section, run_each
+from pitrkit.ops.status import Held, missing_from
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 from pitrkit.progress import Progress
 from pitrkit.restore import unpack
@@ -108,6 +110,7 @@ from pitrkit.storage.archive import (
 )
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.objects import ObjectHeader
+from pitrkit.storage.repositories import Repository, chosen, open_all
 
 Severity = Literal["error", "warning"]
 
@@ -901,6 +904,41 @@ def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
 # --- the command ----------------------------------------------------------------------
 
 
-def command_report(args: Namespace, config: Config, config_path: Path) -> VerifyReport:
-    """`pitrkit verify [--deep]`: the report cli.py prints (views/ renders it)."""
-    return verify(Archive(config), args.deep, config.backup.workers or os.cpu_count() or 1)
+def command_report(args: Namespace, config: Config, config_path: Path) -> VerifyReport | PerRepository[VerifyReport]:
+    """`pitrkit verify [--deep] [--repo NAME]`: the report cli.py prints (views/ renders it);
+    each repository with its own keys, one repository's report as before several existed
+    (ops/per_repository). With several, each section also says what that repository misses
+    of the reference's WAL and backups (the first required repository verified)."""
+    workers = config.backup.workers or os.cpu_count() or 1
+    repositories = chosen(open_all(config), args.repo)
+    result = run_each("verify", repositories, config,
+                      lambda repository, seen: verify(repository.archive, args.deep, workers))
+    if isinstance(result, VerifyReport):
+        return result
+    return msgspec.structs.replace(result, repositories=_with_missing(result.repositories, repositories, config))
+
+
+def _with_missing(sections: list[Section[VerifyReport]], repositories: list[Repository],
+                  config: Config) -> list[Section[VerifyReport]]:
+    """What each verified repository misses of the reference (ops/status.missing_from):
+    listed, not a finding, since an optional repository catching up is expected to."""
+    verified = {section.repository for section in sections if section.report is not None}
+    reference = next((each for each in repositories if each.required and each.name in verified), None)
+    if reference is None:
+        return sections
+    try:
+        base = Held.read(reference.archive)
+    except PitrkitError:
+        return sections  # changed under us since its verify: its section says what verify saw
+    compared = []
+    for section, repository in zip(sections, repositories, strict=True):
+        if section.report is not None and repository is not reference:
+            try:
+                held = Held.read(repository.archive)
+            except PitrkitError:
+                pass
+            else:
+                horizon = config.for_repository(repository.settings).retention is not None
+                section = msgspec.structs.replace(section, missing=missing_from(base, held, reference.name, horizon))
+        compared.append(section)
+    return compared

@@ -84,6 +84,22 @@ def _drill_rows(drills: DrillHealth, daemon: DaemonFacts | None) -> str:
     return _rows(rows, "drills")
 
 
+def _repository_rows(report: StatusReport) -> list[str]:
+    """With several repositories, each one's level, role and place; the rest of the page is
+    the reference's."""
+    if not report.repositories:
+        return []
+    rows = []
+    for each in report.repositories:
+        words = f"{'required' if each.required else 'optional'}, {each.url}"
+        if each.reference:
+            words += " (the reference: the figures below are its own)"
+        if each.spool is not None:
+            words += f"; spool {each.spool.directory}, at most {human_bytes(each.spool.max_bytes)}"
+        rows.append((each.name, f"{_level(each.level)} {_cell(words)}"))
+    return ["<h2>Repositories</h2>", _rows(rows, "repositories")]
+
+
 def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds: float) -> str:
     refresh = max(1, round(refresh_seconds))
     parts = [
@@ -98,6 +114,7 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         + "".join(f"<tr><td>{_level(check.level)}</td><th>{_cell(check.name)}</th><td>{_cell(check.message)}</td>"
                   "</tr>" for check in report.checks)
         + "</table>",
+        *_repository_rows(report),
         '<h2>Timelines: restorable range, backups, gaps</h2>',
         timelines_svg(report),
         "<h2>WAL archived per hour</h2>",

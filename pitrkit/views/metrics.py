@@ -15,9 +15,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 from pitrkit.ops.daemon_facts import DaemonFacts
-from pitrkit.ops.status import ArchivedFile, DrillHealth, Level, StatusReport
+from pitrkit.ops.status import (
+    ArchivedFile,
+    ArchiveSize,
+    DrillHealth,
+    LastBackup,
+    Level,
+    RepositoryStatus,
+    StatusReport,
+    TimelineRange,
+)
 from pitrkit.postgres.wal import Lsn
 
 _LEVEL_VALUE: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -98,28 +108,37 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
         checks.add(_LEVEL_VALUE[check.level], check=check.name)
     family("status_timestamp_seconds", "gauge", "When this status was collected.").add(_stamp(report.generated_at))
 
-    family("backups", "gauge", "Finished backups in the archive.").add(report.backups)
-    family("unfinished_backups", "gauge", "Backup folders without a manifest (running or interrupted).").add(
-        len(report.unfinished_backups))
-    last = report.last_backup
-    if last is not None:
-        family("last_backup_timestamp_seconds", "gauge", "When the newest backup became usable (its stop time).") \
-            .add(_stamp(last.stop_time))
-        family("last_backup_age_seconds", "gauge", "Seconds since the newest backup's stop time.").add(
-            last.age_seconds)
-        family("last_backup_duration_seconds", "gauge", "How long the newest backup took.").add(last.duration_seconds)
-        family("last_backup_size_bytes", "gauge", "Bytes of the files in the newest backup.").add(last.size_bytes)
-        family("last_backup_stored_bytes", "gauge", "Bytes the newest backup occupies in the archive.").add(
-            last.stored_bytes)
-        family("last_backup_chain_length", "gauge", "Backups a restore of the newest backup reads: 1 for a full "
-               "backup, its ancestors and itself for an incremental one.").add(last.chain_length)
-        family("last_backup_stored_ratio", "gauge", "The newest backup's stored bytes over its files' bytes.").add(
-            last.stored_share)
+    every = _figures(report)
+    backups = family("backups", "gauge", "Finished backups in the archive.")
+    unfinished = family("unfinished_backups", "gauge", "Backup folders without a manifest (running or interrupted).")
+    last_stop = family("last_backup_timestamp_seconds", "gauge", "When the newest backup became usable (its stop "
+                       "time).")
+    last_age = family("last_backup_age_seconds", "gauge", "Seconds since the newest backup's stop time.")
+    last_duration = family("last_backup_duration_seconds", "gauge", "How long the newest backup took.")
+    last_size = family("last_backup_size_bytes", "gauge", "Bytes of the files in the newest backup.")
+    last_stored = family("last_backup_stored_bytes", "gauge", "Bytes the newest backup occupies in the archive.")
+    last_chain = family("last_backup_chain_length", "gauge", "Backups a restore of the newest backup reads: 1 for a "
+                        "full backup, its ancestors and itself for an incremental one.")
+    last_ratio = family("last_backup_stored_ratio", "gauge", "The newest backup's stored bytes over its files' bytes.")
+    for figures in every:
+        labels = figures.labels
+        backups.add(figures.backups, **labels)
+        unfinished.add(len(figures.unfinished_backups), **labels)
+        last = figures.last_backup
+        if last is not None:
+            last_stop.add(_stamp(last.stop_time), **labels)
+            last_age.add(last.age_seconds, **labels)
+            last_duration.add(last.duration_seconds, **labels)
+            last_size.add(last.size_bytes, **labels)
+            last_stored.add(last.stored_bytes, **labels)
+            last_chain.add(last.chain_length, **labels)
+            last_ratio.add(last.stored_share, **labels)
 
-    _file_metrics(exposition, "last_wal_archived", "the newest full WAL segment in the archive", report.last_wal)
+    _file_metrics(exposition, "last_wal_archived", "the newest full WAL segment in the archive",
+                  [(figures.last_wal, figures.labels) for figures in every])
     receiver = report.receiver
     _file_metrics(exposition, "last_wal_received", "the newest .partial segment the streaming sidecar shipped",
-                  receiver.newest_partial)
+                  [(receiver.newest_partial, {})])
     family("receiver_running", "gauge", "The sidecar's state file says it runs (1) or stopped (0).").add(
         _flag(receiver.running))
     family("receiver_received_lsn_bytes", "gauge", "WAL position the sidecar has received to.").add(
@@ -139,19 +158,13 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
     family("archiver_last_failed_timestamp_seconds", "gauge", "pg_stat_archiver.last_failed_time.").add(
         _stamp(archiver.last_failed_time))
     family("server_timeline", "gauge", "The timeline the server in [postgres] conninfo is on.").add(archiver.timeline)
-    family("head_timeline", "gauge", "The timeline status judges: the server's, else the archive's newest.").add(
-        report.head_timeline)
-
-    size = report.size
-    family("wal_files", "gauge", "Files under wal/ (segments, partials, .backup and history files).").add(
-        size.wal_files)
-    family("wal_segments", "gauge", "Full WAL segments in the archive.").add(size.wal_segments)
-    family("wal_stored_bytes", "gauge", "Bytes the WAL occupies in the archive.").add(size.wal_stored_bytes)
-    family("wal_original_bytes", "gauge", "Full segments times the segment size.").add(size.wal_original_bytes)
-    family("backups_stored_bytes", "gauge", "Bytes the backups occupy in the archive.").add(
-        size.backups_stored_bytes)
-    family("backups_size_bytes", "gauge", "Bytes of the files the backups hold.").add(size.backups_size_bytes)
-
+    head = family("head_timeline", "gauge", "The timeline status judges: the server's, else the archive's newest.")
+    wal_files = family("wal_files", "gauge", "Files under wal/ (segments, partials, .backup and history files).")
+    wal_segments = family("wal_segments", "gauge", "Full WAL segments in the archive.")
+    wal_stored = family("wal_stored_bytes", "gauge", "Bytes the WAL occupies in the archive.")
+    wal_original = family("wal_original_bytes", "gauge", "Full segments times the segment size.")
+    backups_stored = family("backups_stored_bytes", "gauge", "Bytes the backups occupy in the archive.")
+    backups_size = family("backups_size_bytes", "gauge", "Bytes of the files the backups hold.")
     oldest = family("restorable_oldest_timestamp_seconds", "gauge", "The oldest restorable instant per timeline.")
     newest_lsn = family("restorable_newest_lsn_bytes", "gauge", "The newest restorable WAL position per timeline.")
     newest_at = family("restorable_newest_timestamp_seconds", "gauge",
@@ -159,18 +172,30 @@ def metrics_text(report: StatusReport, daemon: DaemonFacts | None) -> str:
     gaps = family("wal_gaps", "gauge", "Missing segments after a backup, per timeline.")
     branch = family("timeline_branch", "gauge", "1 for a timeline off the server's history (a restored copy's), "
                     "else 0.")
-    for timeline in report.timelines:
-        label = str(timeline.timeline)
-        oldest.add(_stamp(timeline.oldest.time) if timeline.oldest else None, timeline=label)
-        newest_lsn.add(_lsn(timeline.newest.lsn) if timeline.newest else None, timeline=label)
-        newest_at.add(_stamp(timeline.newest.stored_at) if timeline.newest else None, timeline=label)
-        gaps.add(len(timeline.gaps), timeline=label)
-        branch.add(float(timeline.branch), timeline=label)
-    family("retention_shortfalls", "gauge", "Retention promises the archive does not keep.").add(
-        len(report.retention.shortfalls) if report.retention.configured else None)
+    shortfalls = family("retention_shortfalls", "gauge", "Retention promises the archive does not keep.")
+    for figures in every:
+        labels = figures.labels
+        head.add(figures.head_timeline, **labels)
+        size = figures.size
+        wal_files.add(size.wal_files, **labels)
+        wal_segments.add(size.wal_segments, **labels)
+        wal_stored.add(size.wal_stored_bytes, **labels)
+        wal_original.add(size.wal_original_bytes, **labels)
+        backups_stored.add(size.backups_stored_bytes, **labels)
+        backups_size.add(size.backups_size_bytes, **labels)
+        for timeline in figures.timelines:
+            each = {**labels, "timeline": str(timeline.timeline)}
+            oldest.add(_stamp(timeline.oldest.time) if timeline.oldest else None, **each)
+            newest_lsn.add(_lsn(timeline.newest.lsn) if timeline.newest else None, **each)
+            newest_at.add(_stamp(timeline.newest.stored_at) if timeline.newest else None, **each)
+            gaps.add(len(timeline.gaps), **each)
+            branch.add(float(timeline.branch), **each)
+        shortfalls.add(figures.retention_shortfalls, **labels)
     family("retention_deleting_backups", "gauge", "Backups retention is removing.").add(
         len(report.retention.deleting))
 
+    if report.repositories:
+        _repository_metrics(exposition, report.repositories)
     if report.drills is not None:
         _drill_metrics(exposition, report.drills)
     if daemon is not None:
@@ -195,14 +220,64 @@ def _drill_metrics(exposition: _Exposition, drills: DrillHealth) -> None:
         success.wal_replayed_bytes if success else None)
 
 
-def _file_metrics(exposition: _Exposition, name: str, what: str, file: ArchivedFile | None) -> None:
-    if file is None:
-        return
+def _file_metrics(exposition: _Exposition, name: str, what: str,
+                  files: list[tuple[ArchivedFile | None, dict[str, str]]]) -> None:
     family = exposition.family
-    family(f"{name}_timestamp_seconds", "gauge", f"When {what} was stored.").add(_stamp(file.stored_at))
-    family(f"{name}_age_seconds", "gauge", f"Seconds since {what} was stored.").add(file.age_seconds)
-    family(f"{name}_end_lsn_bytes", "gauge", f"The WAL position where {what} ends.").add(_lsn(file.end_lsn))
-    family(f"{name}_timeline", "gauge", f"The timeline of {what}.").add(file.timeline)
+    stamp = family(f"{name}_timestamp_seconds", "gauge", f"When {what} was stored.")
+    age = family(f"{name}_age_seconds", "gauge", f"Seconds since {what} was stored.")
+    end = family(f"{name}_end_lsn_bytes", "gauge", f"The WAL position where {what} ends.")
+    timeline = family(f"{name}_timeline", "gauge", f"The timeline of {what}.")
+    for file, labels in files:
+        if file is not None:
+            stamp.add(_stamp(file.stored_at), **labels)
+            age.add(file.age_seconds, **labels)
+            end.add(_lsn(file.end_lsn), **labels)
+            timeline.add(file.timeline, **labels)
+
+
+class _Figures(NamedTuple):
+    """One repository's figures, and the labels that say which: none with one repository
+    (the report's own figures), `repository` with several."""
+
+    labels: dict[str, str]
+    backups: int
+    unfinished_backups: list[str]
+    last_backup: LastBackup | None
+    last_wal: ArchivedFile | None
+    head_timeline: int | None
+    size: ArchiveSize
+    timelines: list[TimelineRange]
+    retention_shortfalls: int | None
+
+
+def _figures(report: StatusReport) -> list[_Figures]:
+    if not report.repositories:
+        return [_Figures({}, report.backups, report.unfinished_backups, report.last_backup, report.last_wal,
+                         report.head_timeline, report.size, report.timelines,
+                         len(report.retention.shortfalls) if report.retention.configured else None)]
+    return [_Figures({"repository": each.name}, each.backups, each.unfinished_backups, each.last_backup,
+                     each.last_wal, each.head_timeline, each.size, each.timelines, each.retention_shortfalls)
+            for each in report.repositories if each.size is not None]
+
+
+def _repository_metrics(exposition: _Exposition, repositories: list[RepositoryStatus]) -> None:
+    """With several repositories: each one's state, and what it misses of the reference's.
+    (The spool's figures come with the spool: wal/spool.py.)"""
+    family = exposition.family
+    up = family("repository_up", "gauge", "Whether the repository could be read.")
+    level = family("repository_status", "gauge", "Each repository's status: 0 OK, 1 WARN, 2 FAIL.")
+    required = family("repository_required", "gauge", "1 for a required repository, 0 for an optional one.")
+    missing_wal = family("repository_missing_wal_files", "gauge",
+                         "WAL files the reference repository holds that this one lacks.")
+    missing_backups = family("repository_missing_backups", "gauge",
+                             "Backups the reference repository holds that this one lacks.")
+    for each in repositories:
+        up.add(float(each.reachable), repository=each.name)
+        level.add(_LEVEL_VALUE[each.level], repository=each.name)
+        required.add(float(each.required), repository=each.name)
+        if each.missing is not None:
+            missing_wal.add(each.missing.wal_files, repository=each.name)
+            missing_backups.add(len(each.missing.backups), repository=each.name)
 
 
 def _daemon_metrics(exposition: _Exposition, daemon: DaemonFacts) -> None:

@@ -14,8 +14,17 @@ import msgspec
 from pitrkit.catalog.chains import chain_length
 from pitrkit.catalog.contents import BackupListing, WalListing, WalRow
 from pitrkit.catalog.documents import BackupSummary, shown
+from pitrkit.ops.per_repository import PerRepository
 from pitrkit.ops.retention import RetentionReport
-from pitrkit.ops.status import ArchivedFile, DrillResult, StatusReport, StoredShare, TimelineRange
+from pitrkit.ops.status import (
+    ArchivedFile,
+    DrillResult,
+    MissingFromReference,
+    RepositoryStatus,
+    StatusReport,
+    StoredShare,
+    TimelineRange,
+)
 from pitrkit.ops.verify import VerifyReport
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
@@ -96,7 +105,22 @@ def status_text(report: StatusReport) -> str:
         lines.append(f"last drill:     {_drill_words(report.drills.last)}")
         if report.drills.last_success is not report.drills.last and report.drills.last_success is not None:
             lines.append(f"last passed:    {_drill_words(report.drills.last_success)}")
+    lines += [_repository_words(each) for each in report.repositories]
     return "\n".join(lines) + "\n"
+
+
+def _repository_words(state: RepositoryStatus) -> str:
+    """A repository's place and role (its check says how it is); the figures above are the
+    reference's."""
+    words = f"{state.level} {'required' if state.required else 'optional'}, {state.url}"
+    if state.reference:
+        words += "; the figures above are its own"
+    if state.spool is not None:
+        words += f"; spool {state.spool.directory} (at most {human_bytes(state.spool.max_bytes)})"
+        if state.spool.files_waiting is not None and state.spool.bytes_waiting is not None:
+            words += (f", {human_count(state.spool.files_waiting, 'file')} waiting "
+                      f"({human_bytes(state.spool.bytes_waiting)})" + (", full: behind" if state.spool.behind else ""))
+    return f"repository {state.name}:".ljust(16) + " " + words
 
 
 def _drill_words(drill: DrillResult | None) -> str:
@@ -327,3 +351,43 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in [header, *rows])
+
+
+# --- several repositories -------------------------------------------------------------
+
+
+@render.register
+def per_repository_text(report: PerRepository) -> str:
+    """One section per repository: a heading, then its report as the command prints it
+    alone (or why it was not made), then what it misses of the reference (verify)."""
+    sections = []
+    for each in report.repositories:
+        lines = [f"== repository {each.repository} ({'required' if each.required else 'optional'}, {each.url}) =="]
+        if each.report is not None:
+            lines.append(render(each.report).rstrip("\n"))
+        else:
+            lines.append(f"FAILED: {each.problem}" if each.problem_exit_code else f"{each.problem}")
+        if each.missing is not None:
+            lines.append(f"missing:   {_missing_words(each.missing)}")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
+def _missing_words(missing: MissingFromReference) -> str:
+    if not missing.behind:
+        return f"nothing of what {missing.compared_with} holds"
+    lacks = []
+    if missing.wal_files:
+        lacks.append(f"{human_count(missing.wal_files, 'WAL file')} of {missing.compared_with} "
+                     f"({missing.oldest_wal} .. {missing.newest_wal})")
+    if missing.backups:
+        lacks.append(f"backup{'' if len(missing.backups) == 1 else 's'} {', '.join(missing.backups)}")
+    return " and ".join(lacks)
+
+
+@summary.register
+def per_repository_summary(report: PerRepository) -> str:
+    """Each repository's own summary, or why the command did not run there."""
+    return "; ".join(f"repository {each.repository}: "
+                     + (summary(each.report) if each.report is not None else f"{each.problem}")
+                     for each in report.repositories)

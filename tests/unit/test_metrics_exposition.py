@@ -4,7 +4,8 @@ metrics that /metrics exports, and Debian's `promtool check metrics` (package
 `prometheus`, which .ci/run installs) passes on the output. The exported names are read
 from a real rendering (views/metrics.py) of a status report in which every family has
 a value: an archive with backups, a gap and a `.partial`, drill reports, a sidecar's
-state file, an answering server's archiver and a daemon's facts with a drill schedule."""
+state file, an answering server's archiver and a daemon's facts with a drill schedule,
+and a second, optional repository that lags (its families carry a `repository` label)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pitrkit.config import DrillConfig, ReceiveConfig, RetentionConfig
+from pitrkit.config import DrillConfig, ReceiveConfig, RepositoryConfig, RetentionConfig
 from pitrkit.ops import status
+from pitrkit.storage.repositories import open_all
 from pitrkit.views.metrics import metrics_text
 from pitrkit.wal.receiver_health import write_state
 from tests.unit.synthetic_archive import SyntheticArchive
@@ -51,11 +53,17 @@ def exposition(tmp_path: Path) -> str:
                                last_archived_wal="000000010000000500000000", last_archived_time=NOW,
                                last_failed_wal="000000010000000400000003",
                                last_failed_time=NOW - timedelta(hours=1), stats_reset=NOW - timedelta(days=1))
+    behind = SyntheticArchive(tmp_path / "behind")
+    behind.segments(1, 1, 15)
+    behind.backup("A", 1, 2, 3)
     config = config_of(store, receive=ReceiveConfig(spool=str(spool)), retention=RetentionConfig(keep_last=2),
                        drill=DrillConfig(every="7d"))
+    config = msgspec.structs.replace(config, repository=[
+        msgspec.structs.replace(config.first_repository.repository, name="local"),
+        RepositoryConfig(url=f"file://{behind.root}", name="cloud", required=False, spool=str(tmp_path / "wait"))])
     facts = msgspec.structs.replace(FACTS, drill_schedule="every 7d", next_drill_at=NOW + timedelta(days=6),
                                     drill_running=True, drills_run=4, drill_failures=1)
-    return metrics_text(status.collect(store.archive, config, now=NOW, archiver=archiver), facts)
+    return metrics_text(status.collect_all(open_all(config), config, now=NOW, archiver=archiver), facts)
 
 
 def exported(text: str) -> set[str]:
@@ -84,7 +92,8 @@ def test_every_family_of_the_exposition_is_rendered(exposition):
                    "pitrkit_last_wal_received_age_seconds", "pitrkit_daemon_sidecar_restarts_total",
                    "pitrkit_retention_shortfalls", "pitrkit_restorable_oldest_timestamp_seconds",
                    "pitrkit_drill_rto_seconds", "pitrkit_drill_wal_replayed_bytes", "pitrkit_drill_last_result",
-                   "pitrkit_daemon_drill_failures_total", "pitrkit_daemon_next_drill_timestamp_seconds"):
+                   "pitrkit_daemon_drill_failures_total", "pitrkit_daemon_next_drill_timestamp_seconds",
+                   "pitrkit_repository_status", "pitrkit_repository_missing_wal_files"):
         assert family in names, exposition
 
 

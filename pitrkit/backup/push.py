@@ -21,7 +21,9 @@ import io
 import logging
 import os
 import re
+import secrets
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -48,6 +50,7 @@ from pitrkit.catalog.documents import (
     BLOCKS_PER_SEGMENT,
     CAPTURED_DIR,
     CHECKSUMMED_FORMAT_VERSION,
+    BackupClaim,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -64,7 +67,7 @@ from pitrkit.postgres.summaries import data_checksums
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileName
 from pitrkit.progress import Progress, human_bytes
 from pitrkit.storage import codec, objects
-from pitrkit.storage.archive import Archive, backup_prefix, manifest_key, wal_key
+from pitrkit.storage.archive import Archive, backup_prefix, claim_key, manifest_key, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.wal.push import push_data
 
@@ -534,19 +537,36 @@ def _check_identity(identity: ArchiveIdentity, facts: ServerFacts, url: str) -> 
                            f"this server writes {facts.wal_segment_size}-byte ones")
 
 
-def _new_backup_id(archive: Archive, server: ServerSession) -> tuple[str, datetime]:
-    """The UTC second the backup starts, by the server's clock, as `YYYYMMDDTHHMMSSZ`.
-    If that id is taken (a backup started in the same second, or an interrupted one
-    left parts there), the next second is."""
+def _claim_backup_id(archive: Archive, server: ServerSession) -> tuple[str, datetime]:
+    """The UTC second the backup starts, by the server's clock, as `YYYYMMDDTHHMMSSZ`,
+    claimed for this run: its `claim.json` is stored create-only before anything else
+    goes into the folder, so of two runs that start in the same second (on one host or
+    two) exactly one has the id, and the other takes the next second before it stores
+    anything. A folder that holds anything (an interrupted backup's left-overs) is not
+    claimed either. A claim that meets its own earlier attempt (a retried write whose
+    first answer was lost) knows it by its token."""
+    token = secrets.token_hex(8)
     for _ in range(3):
         now = server.clock()
         backup_id = now.strftime("%Y%m%dT%H%M%SZ")
         taken = archive.list_folder(backup_prefix(backup_id))
-        if not taken.objects and not taken.folders:
+        if not taken.objects and not taken.folders and _claimed(archive, backup_id, token, now):
             return backup_id, now
         time.sleep(1 - now.microsecond / 1e6)
     raise RefusedError(f"backup id {backup_id} is already taken in the archive ({backup_prefix(backup_id)} "
                        "exists): is another backup-push running?")
+
+
+def _claimed(archive: Archive, backup_id: str, token: str, now: datetime) -> bool:
+    claim = BackupClaim(token=token, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
+    try:
+        archive.put_document(claim_key(backup_id), claim, pretty=False)
+    except ObjectExists:
+        try:
+            return archive.get_document(claim_key(backup_id), BackupClaim).token == token
+        except (ObjectNotFound, ValueError):
+            return False  # another run's, removed or unreadable: not ours either way
+    return True
 
 
 # --- the WAL the backup needs -----------------------------------------------------------
@@ -731,17 +751,20 @@ def _remove_interrupted(archive: Archive, backup_id: str) -> None:
     unfinished folder written to a moment ago: a daemon started next takes it for another
     host's backup at work and skips its backups for [backup] wal_timeout and more
     (daemon/service.py). Its parts' stores have all ended (PartStore.abandon,
-    SuperBlockStore.abandon, the block maps' executor). Nobody else writes into it, but
-    for a backup-push that chose the same id in the same second: the first part they both
-    store fails the later one, so only an interrupt before this run's first part could
-    remove the other's. Not once the manifest is stored: the interrupt may have come just
-    after the commit.
+    SuperBlockStore.abandon, the block maps' executor). Everything in the folder is this
+    run's: it claimed the id before storing anything (_claim_backup_id), and a run that
+    finds the claim taken stores nothing there. The claim goes last, so that a removal
+    that fails half-way still keeps other runs out. Not once the manifest is stored: the
+    interrupt may have come just after the commit.
     What cannot be removed now is left to retention, as a failed backup's folder is."""
     try:
         if manifest_present(archive, backup_id):
             return
+        claim = claim_key(backup_id)
         for stored in archive.list(backup_prefix(backup_id)):
-            archive.delete(stored.key)
+            if stored.key != claim:
+                archive.delete(stored.key)
+        archive.delete(claim)
     except PitrkitError as exc:
         log.warning("backup %s was interrupted; removing its unfinished folder failed, retention removes it "
                     "later: %s", backup_id, exc)
@@ -774,7 +797,7 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             # run meanwhile would leave an incremental of nothing.
             held.enter_context(lease.holding(archive, parent_summary, "backup-push --incremental"))
             parent = incremental.load_parent(archive, parent_summary)
-        backup_id, start_time = _new_backup_id(archive, server)
+        backup_id, start_time = _claim_backup_id(archive, server)
         folder.backup_id = backup_id
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()

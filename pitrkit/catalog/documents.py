@@ -633,6 +633,17 @@ class CatalogLock(msgspec.Struct, kw_only=True, frozen=True):
     held_for: HeldFor
 
 
+class BackupClaim(msgspec.Struct, kw_only=True, frozen=True):
+    """`backups/<id>/claim.json`: the backup-push run that took this backup id, stored
+    create-only before anything else in the folder (backup/push.py, _claim_backup_id).
+    A retried write that meets a claim tells its own by the token."""
+
+    token: str  # random, per run
+    host: HostName
+    pid: int
+    claimed_at: Time  # the server's clock: the second the id names
+
+
 # --- restore drills (drills/) -------------------------------------------------------------
 
 # What one drill check reports (the query's answer, a pg_amcheck line): enough to read

@@ -114,6 +114,11 @@ def backup_prefix(backup_id: str) -> str:
     return f"{BACKUPS_PREFIX}{backup_id}/"
 
 
+def claim_key(backup_id: str) -> str:
+    """Stored create-only first: the run that stores it owns the backup folder."""
+    return f"{BACKUPS_PREFIX}{backup_id}/claim.json"
+
+
 def manifest_key(backup_id: str) -> str:
     """The backup's commit marker: a backup whose manifest is absent does not exist."""
     return f"{BACKUPS_PREFIX}{backup_id}/manifest.json"

@@ -108,6 +108,23 @@ def _axis(scale: _Scale, top: float, bottom: float) -> list[str]:
     return parts
 
 
+def _bars_axes(report: StatusReport, instants: list[datetime], top: float, bottom: float, highest: str,
+               unit: str = "") -> tuple[_Scale, float, list[str]]:
+    """The axes of a chart with a bar at each of `instants`, up to the report's time: the
+    scale of its time axis, the bars' width (narrower as they are more) and the axes drawn,
+    the value axis from 0 at `bottom` to `highest` at `top`, named `unit`. A young
+    archive's bars spread over the span they have, not over the chart's whole span."""
+    now = report.generated_at
+    first = min(min(instants), now - _MIN_SPAN)
+    scale = _Scale(first - (now - first) * 0.04, now)
+    width = min(max(_PLOT / len(instants) * 0.6, 2.0), 14.0)
+    drawn = _axis(scale, top, bottom) + [_text(_LEFT - 6, top + 8, highest, anchor="end"),
+                                         _text(_LEFT - 6, bottom, "0", anchor="end")]
+    if unit:
+        drawn.append(_text(8, top + 8, unit))
+    return scale, width, drawn
+
+
 class _Labels:
     """A row's labels placed left to right, each only if it does not run into the last,
     and kept inside the plot."""
@@ -304,11 +321,7 @@ def backup_sizes_svg(report: StatusReport) -> str:
     highest = max(max(mark.size_bytes, mark.stored_bytes) for mark in marks) or 1
     top, height = 20, 110
     bottom = top + height
-    # A young archive's backups spread over the span they have, not over empty weeks.
-    first = min(min(mark.stop_time for mark in marks), report.generated_at - _MIN_SPAN)
-    scale = _Scale(first - (report.generated_at - first) * 0.04, report.generated_at)
-    body = _axis(scale, top, bottom)
-    width = min(max(_PLOT / len(marks) * 0.6, 2.0), 14.0)
+    scale, width, body = _bars_axes(report, [mark.stop_time for mark in marks], top, bottom, human_bytes(highest))
     labels = _Labels()
     for mark in sorted(marks, key=lambda each: each.stop_time):
         x = scale.x(mark.stop_time)
@@ -323,15 +336,12 @@ def backup_sizes_svg(report: StatusReport) -> str:
                     f'height="{stored}" fill="{_STORED if mark.backup_type == "full" else _INCREMENTAL}"/></g>')
         if (left := labels.place(x, mark.backup_id)) is not None:
             body.append(_text(left, bottom - size - 3, mark.backup_id, css="backup-label"))
-    body += [_text(_LEFT - 6, top + 8, human_bytes(highest), anchor="end"),
-             _text(_LEFT - 6, bottom, "0", anchor="end")]
     body += _legend(bottom + 36, [
         (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_BAR}"/>', "files backed up"),
         (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_STORED}"/>', "stored (full)"),
         (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_INCREMENTAL}"/>', "stored (incremental)"),
     ])
     return _svg("sizes-chart", bottom + 46, title, body)
-
 
 
 # --- restore drills -------------------------------------------------------------------------
@@ -354,10 +364,8 @@ def drills_svg(report: StatusReport) -> str:
     highest = max((drill.rto_seconds or 0.0 for drill in drills), default=0.0) or 1.0
     top, height = 26, 100
     bottom = top + height
-    first = min(min(drill.finished_at for drill in drills), report.generated_at - _MIN_SPAN)
-    scale = _Scale(first - (report.generated_at - first) * 0.04, report.generated_at)
-    body = _axis(scale, top, bottom)
-    width = min(max(_PLOT / len(drills) * 0.6, 2.0), 14.0)
+    scale, width, body = _bars_axes(report, [drill.finished_at for drill in drills], top, bottom,
+                                    _rto_words(highest), unit="RTO")
     labels = _Labels()
     for drill in sorted(drills, key=lambda each: each.finished_at):
         x = scale.x(drill.finished_at)
@@ -375,8 +383,6 @@ def drills_svg(report: StatusReport) -> str:
         said = drill.result + ("" if drill.rto_seconds is None else f" {_rto_words(drill.rto_seconds)}")
         if (left := labels.place(x, said)) is not None:
             body.append(_text(left, bottom - tall - 3, said, fill=colour, css="drill-label"))
-    body += [_text(_LEFT - 6, top + 8, _rto_words(highest), anchor="end"),
-             _text(_LEFT - 6, bottom, "0", anchor="end"), _text(8, top + 8, "RTO")]
     body += _legend(bottom + 36, [
         (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_PASSED}"/>', "passed (height: RTO)"),
         (f'<rect x="{{x}}" y="{{y}}" width="10" height="10" fill="{_FAILED}"/>', "failed"),

@@ -14,7 +14,7 @@ def test_writes_a_distribution_for_the_scheme(tmp_path, capsys):
     assert main(["plugin-template", "azure-blob", "--dir", str(target)]) == 0
     written = sorted(str(path.relative_to(target)) for path in target.rglob("*") if path.is_file())
     assert written == ["README.md", "pitrkit_azure_blob/__init__.py", "pitrkit_azure_blob/storage.py",
-                       "pyproject.toml", "tests/conftest.py", "tests/test_conformance.py"]
+                       "pyproject.toml", "tests/conftest.py", "tests/test_conformance.py", "tests/test_faults.py"]
     project = tomllib.loads((target / "pyproject.toml").read_text())
     assert project["project"]["name"] == "pitrkit-azure-blob"
     assert project["project"]["entry-points"]["pitrkit.plugins"] == {"azure-blob": "pitrkit_azure_blob"}

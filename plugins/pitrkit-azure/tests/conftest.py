@@ -1,6 +1,6 @@
 """Fixtures for the Azure plugin's tests: Azurite, a fresh container per test, Azurite's
 connection string in the environment the plugin reads it from, and, for the end-to-end
-tests, the project's PostgreSQL fixtures (tests/conftest.py) with a pitrkit install that
+tests, the project's PostgreSQL fixtures (tests/conftest.py, tests/plugin_end_to_end.py) with a pitrkit install that
 has this plugin too."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,9 @@ sys.path.insert(0, str(PROJECT_ROOT))  # so the project's fixtures can be reused
 from azurite import ACCOUNT, Azurite  # noqa: E402
 
 from tests import conftest as project  # noqa: E402
+from tests import plugin_end_to_end as end_to_end  # noqa: E402
 
 import pgharness  # noqa: E402  (on sys.path once tests.conftest is imported)
-from pitrkit_setup import PitrkitSetup  # noqa: E402
 
 # The project's PostgreSQL fixtures (and the hook that runs `pg_major` tests once per
 # major), re-used under their own names.
@@ -65,36 +64,17 @@ def container(emulator: Azurite) -> str:
 
 @pytest.fixture(scope="session")
 def azure_runnable_install(harness_tmp: Path) -> pgharness.RunnableInstall:
-    """pitrkit and this plugin, installed where the server user can run them."""
-    return pgharness.RunnableInstall.create(PROJECT_ROOT, harness_tmp / "pitrkit-azure",
-                                            extra_packages=[PLUGIN_ROOT])
-
-
-@dataclass
-class AzureSetup(PitrkitSetup):
-    container: str = ""
-    connection_string_file: str = ""  # PITRKIT_AZURE_CONNECTION_STRING_FILE for every pitrkit run
-
-    @property
-    def url(self) -> str:
-        return f"az://{ACCOUNT}/{self.container}/pitrkit/main"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "PITRKIT_AZURE_CONNECTION_STRING_FILE": self.connection_string_file}
+    return end_to_end.runnable_install(harness_tmp, PLUGIN_ROOT)
 
 
 @pytest.fixture
-def azure_setup(azure_runnable_install, server_tmp: Path, container: str, emulator: Azurite):
-    # The connection string in a file only the server user reads, as a DBA keeps it.
+def plugin_setup(azure_runnable_install, server_tmp: Path, container: str, emulator: Azurite):
+    # The connection string in a file only the server user reads, as a DBA keeps it,
+    # named by PITRKIT_AZURE_CONNECTION_STRING_FILE for every pitrkit the test runs.
     secret = server_tmp / "azure.connection"
     secret.write_text(emulator.connection_string)
     secret.chmod(0o600)
     pgharness.give_to_server_user(secret)
-    setup = AzureSetup(pitrkit=azure_runnable_install.pitrkit, archive=server_tmp / "unused",
-                       config=server_tmp / "pitrkit.toml",
-                       runtime_dir=pgharness.make_server_dir(server_tmp / "run", mode=0o700),
-                       container=container, connection_string_file=str(secret))
-    setup.write_config()
-    yield setup
-    setup.stop_agents()
+    with end_to_end.plugin_setup(azure_runnable_install, server_tmp, f"az://{ACCOUNT}/{container}/pitrkit/main",
+                                 {"PITRKIT_AZURE_CONNECTION_STRING_FILE": str(secret)}) as setup:
+        yield setup

@@ -1,35 +1,59 @@
-"""AzureStorage through a loopback proxy that injects faults: transient faults are retried
-by the SDK's bounded retry, lasting ones become a StorageError, a create-only write whose
-answer was lost is recognised as ours, and no fault ever leaves a partial or corrupted
-object that a read accepts."""
+"""AzureStorage through the kit's fault-injecting proxy (pitrkit.storage.fault_suite): the
+suite's faults on the Blob service's requests, against Azurite, and those of Azure's own
+paths (block uploads, conflicts Azurite answers itself). The SDK reaches the proxy
+through the BlobEndpoint of Azurite's connection string; Shared Key signatures do not
+cover the Host header, so Azurite accepts the forwarded requests. A copy is a PUT like an
+upload, told apart by x-ms-copy-source."""
 
 from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import pytest
 from azurite import ACCOUNT, KEY
-from faulty_azure_proxy import COMMITS, COPIES, DOWNLOADS, UPLOADS, FaultyProxy
 from pitrkit_azure.storage import BLOCK_SIZE, AzureStorage
 
-from pitrkit.config import load
-from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
-from pitrkit.storage.archive import Archive
+from pitrkit.hookspecs import ObjectExists, StorageError
+from pitrkit.storage.fault_suite import KEY as KEY_NAME
+from pitrkit.storage.fault_suite import StorageFaults
+from pitrkit.storage.faults import FaultyProxy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "unit"))
-from segments import init_archive, long_header  # noqa: E402  (the project's synthetic WAL)
 
-KEY_NAME = "wal/0000000100000000/000000010000000000000001"
+def azure_error(status: int) -> tuple[dict[str, str], bytes]:
+    """An error as the Blob service words it: the SDK reads its code from x-ms-error-code."""
+    code = "ConditionNotMet" if status == 412 else "ServerBusy"
+    return ({"Content-Type": "application/xml", "x-ms-error-code": code},
+            (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+             "<Message>injected by the test proxy</Message></Error>").encode())
+
+
+def uploads(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    """Put Blob and Put Block List: the requests that create an object."""
+    return (method == "PUT" and "x-ms-copy-source" not in headers and "comp=block&" not in path + "&"
+            and "restype=container" not in path)
+
+
+def commits(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return method == "PUT" and "comp=blocklist" in path
+
+
+def downloads(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return method == "GET" and "comp=" not in path and "restype=" not in path
+
+
+def copies(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return method == "PUT" and "x-ms-copy-source" in headers
+
+
+def if_none_match(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return headers.get("if-none-match") == "*"
 
 
 @pytest.fixture
 def proxy(emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
-    proxy = FaultyProxy(emulator.endpoint)
+    proxy = FaultyProxy(emulator.endpoint, error_answer=azure_error)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
                        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
                        f"BlobEndpoint={proxy.endpoint}/{ACCOUNT};")
@@ -37,44 +61,57 @@ def proxy(emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
     proxy.close()
 
 
+class TestAzureFaults(StorageFaults):
+    uploads, downloads, copies, create_only_copy = uploads, downloads, copies, if_none_match
+    checksum_mismatch = None  # the SDK slices a whole-object answer; the range's bytes are the caller's to check
+    lasting_fault = "HTTP 503"  # the SDK's own bounded retries, then the last answer
+
+    @pytest.fixture
+    def proxy(self, proxy) -> FaultyProxy:
+        return proxy
+
+    @pytest.fixture
+    def proxied_url(self, container, proxy) -> str:
+        return f"az://{ACCOUNT}/{container}/archive"
+
+
+    @pytest.fixture
+    def secrets(self) -> list[str]:
+        return [KEY, "AccountKey"]
+
+    @pytest.mark.parametrize("size", [100_000, BLOCK_SIZE + 1000], ids=["one request", "blocks"])
+    def test_a_corrupted_download_is_refused(self, storage, proxy, size):
+        storage.put(KEY_NAME, os.urandom(size))
+        proxy.inject("corrupt-body", downloads, times=math.inf)
+        with pytest.raises(StorageError, match="reading .* do not match its MD5"):
+            storage.get(KEY_NAME)
+        assert proxy.hits  # the corruption was injected, and refused
+
+    def test_a_range_answered_short_is_refused(self, storage, proxy):
+        # The body and its Content-Length agree, so HTTP sees nothing wrong; Content-Range
+        # still claims every byte asked for. The SDK asks again (so every answer is cut
+        # short here) or the plugin refuses it: either way no short range is returned.
+        storage.put(KEY_NAME, os.urandom(100_000))
+        proxy.inject("short-body", downloads, times=math.inf)
+        with pytest.raises(StorageError, match="reading"):
+            storage.get_range(KEY_NAME, 1000, 5000)
+        assert proxy.hits
+
+
+# -- Azure's own paths ----------------------------------------------------------------------
+
+
 @pytest.fixture
 def storage(container, proxy) -> AzureStorage:
     return AzureStorage(f"az://{ACCOUNT}/{container}/archive", timeout=5)
 
 
-def test_503s_are_retried(storage, proxy):
-    data = os.urandom(300_000)
-    proxy.inject("status", UPLOADS, times=2, status=503)
-    proxy.inject("status", DOWNLOADS, times=2, status=503)
-    storage.put(KEY_NAME, data)
-    assert storage.get(KEY_NAME) == data
-    assert proxy.hits == ["status"] * 4
-
-
-def test_a_reset_mid_upload_is_retried_and_stores_the_whole_object(storage, proxy):
-    data = os.urandom(2_000_000)
-    proxy.inject("reset-mid-body", UPLOADS, times=2)
-    storage.put(KEY_NAME, data)
-    assert proxy.hits == ["reset-mid-body"] * 2
-    assert storage.get(KEY_NAME) == data
-
-
-def test_an_upload_that_landed_but_lost_its_answer_is_a_success(storage, proxy):
-    # The retry meets the object its first attempt stored (409): same size and MD5, ours.
-    data = os.urandom(100_000)
-    proxy.inject("reset-after-forward", UPLOADS)
-    storage.put(KEY_NAME, data)
-    assert proxy.hits == ["reset-after-forward"]
-    assert storage.get(KEY_NAME) == data
-
-
 def test_a_block_upload_whose_commit_landed_but_lost_its_answer_is_a_success(storage, proxy):
     data = os.urandom(BLOCK_SIZE * 2 + 1000)  # three blocks, then Put Block List
-    proxy.inject("reset-after-forward", COMMITS)
+    proxy.inject("reset-after-forward", commits)
     storage.put(KEY_NAME, data)
     assert proxy.hits == ["reset-after-forward"]
-    commits = [path for method, path in proxy.requests if COMMITS(method, path, {})]
-    assert len(commits) == 2  # the retried commit met our own object: success
+    assert len([request for request in proxy.requests if commits(*request)]) == 2  # the retry met our own object
     assert storage.get(KEY_NAME) == data
 
 
@@ -83,87 +120,23 @@ def test_a_block_upload_is_create_only(storage, proxy):
     with pytest.raises(ObjectExists):
         storage.put(KEY_NAME, os.urandom(BLOCK_SIZE + 1))
     assert storage.get(KEY_NAME) == b"the other writer's segment"
-    assert any(COMMITS(method, path, {}) for method, path in proxy.requests)  # refused at the commit
+    assert any(commits(*request) for request in proxy.requests)  # refused at the commit
 
 
-def test_a_retry_that_meets_another_writers_object_is_object_exists(storage, proxy):
-    storage.put(KEY_NAME, b"the other writer's segment")
-    proxy.inject("status", UPLOADS, status=503)
-    with pytest.raises(ObjectExists):
-        storage.put(KEY_NAME, b"our different segment")
-    assert storage.get(KEY_NAME) == b"the other writer's segment"
-
-
-def test_lasting_resets_fail_with_a_storage_error_and_leave_no_object(container, proxy):
-    storage = AzureStorage(f"az://{ACCOUNT}/{container}/archive", timeout=1)
-    proxy.inject("reset-mid-body", UPLOADS, times=math.inf)
-    with pytest.raises(StorageError, match="storing"):
-        storage.put(KEY_NAME, os.urandom(1_000_000))
-    with pytest.raises(ObjectNotFound):
-        storage.get(KEY_NAME)
-
-
-@pytest.mark.parametrize("size", [100_000, BLOCK_SIZE + 1000], ids=["one request", "blocks"])
-def test_a_corrupted_download_is_refused(storage, proxy, size):
-    storage.put(KEY_NAME, os.urandom(size))
-    proxy.inject("corrupt-body", DOWNLOADS, times=math.inf)
-    with pytest.raises(StorageError, match="reading .* do not match its MD5"):
-        storage.get(KEY_NAME)
-    assert proxy.hits  # the corruption was injected, and refused
-
-
-def test_latency_within_the_timeout_is_only_slower(storage, proxy):
-    proxy.inject("delay", times=math.inf, delay=0.3)
-    storage.put(KEY_NAME, b"slow")
-    assert storage.get(KEY_NAME) == b"slow"
-
-
-def test_latency_beyond_the_timeout_is_a_storage_error(container, proxy):
-    storage = AzureStorage(f"az://{ACCOUNT}/{container}/archive", timeout=0.5)
-    proxy.inject("delay", DOWNLOADS, times=math.inf, delay=3)
-    storage.put(KEY_NAME, b"x")
-    with pytest.raises(StorageError, match="reading"):
-        storage.get(KEY_NAME)
-
-
-def test_a_range_answered_short_is_never_taken_for_the_range(storage, proxy):
-    # The body and its Content-Length agree, so HTTP sees nothing wrong; Content-Range
-    # still claims every byte asked for. The SDK asks again or the plugin refuses it:
-    # either way no short range is returned.
+def test_a_copy_that_landed_but_lost_its_answer_is_a_success_when_azurite_refuses_the_retry(storage, proxy):
+    # Azurite enforces If-None-Match: * on Copy Blob: the retry meets its 409, not an injected 412.
     data = os.urandom(100_000)
     storage.put(KEY_NAME, data)
-    proxy.inject("short-body", DOWNLOADS, times=math.inf)
-    with pytest.raises(StorageError, match="reading"):
-        storage.get_range(KEY_NAME, 1000, 5000)
-    assert proxy.hits
-
-
-# -- server-side copy: create-only through If-None-Match: * on the target ----------------
-
-
-def test_a_copy_is_one_create_only_request_inside_the_account(storage, proxy):
-    data = os.urandom(100_000)
-    storage.put(KEY_NAME, data)
-    proxy.requests.clear()
-    storage.copy(KEY_NAME, "backups/B/data/0")
-    assert storage.get("backups/B/data/0") == data
-    assert not any(UPLOADS(method, path, {}) for method, path in proxy.requests if method == "PUT"
-                   and "backups/B/data/0" not in path)
-
-
-def test_a_copy_that_landed_but_lost_its_answer_is_a_success(storage, proxy):
-    data = os.urandom(100_000)
-    storage.put(KEY_NAME, data)
-    proxy.inject("reset-after-forward", COPIES)
+    proxy.inject("reset-after-forward", copies)
     storage.copy(KEY_NAME, "copy")
     assert proxy.hits == ["reset-after-forward"]
     assert storage.get("copy") == data
 
 
-def test_a_retried_copy_that_meets_other_bytes_is_object_exists(storage, proxy):
+def test_a_retried_copy_that_meets_other_bytes_azurite_refuses_is_object_exists(storage, proxy):
     storage.put(KEY_NAME, b"our segment")
     storage.put("copy", b"another writer's")
-    proxy.inject("status", COPIES, status=503)
+    proxy.inject("status", copies, status=503)
     with pytest.raises(ObjectExists):
         storage.copy(KEY_NAME, "copy")
     assert storage.get("copy") == b"another writer's"
@@ -172,27 +145,6 @@ def test_a_retried_copy_that_meets_other_bytes_is_object_exists(storage, proxy):
 def test_a_412_on_a_copy_is_object_exists(storage, proxy):
     # What a service or proxy that answers the condition itself says.
     storage.put(KEY_NAME, b"segment")
-    proxy.inject("status", COPIES, status=412)
+    proxy.inject("status", copies, status=412)
     with pytest.raises(ObjectExists):
         storage.copy(KEY_NAME, "copy")
-
-
-def test_wal_push_into_a_failing_store_fails_clearly(container, proxy, tmp_path):
-    # The whole command: the plugin loaded by its entry point, pitrkit's retries on top of
-    # the SDK's, then one `pitrkit: ...` line and a non-zero exit, with nothing stored and
-    # no secret of the connection string in what is printed.
-    config = tmp_path / "pitrkit.toml"
-    config.write_text(f'[repository]\nurl = "az://{ACCOUNT}/{container}/archive"\ntimeout = 1\nretries = 1\n'
-                      "[agent]\nenabled = false\n")
-    init_archive(Archive(load(config)))
-    segment = tmp_path / "000000010000000000000001"
-    segment.write_bytes(long_header(pageaddr=16 << 20).ljust(16 << 20, b"\0"))
-    proxy.inject("status", UPLOADS, times=math.inf, status=503)
-    result = subprocess.run([sys.executable, "-m", "pitrkit", "--config", str(config), "wal-push", str(segment)],
-                            capture_output=True, text=True, timeout=120, env=os.environ)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr and KEY not in result.stderr and "AccountKey" not in result.stderr
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("pitrkit: ") and "503" in error, result.stderr
-    assert [info.key for info in AzureStorage(f"az://{ACCOUNT}/{container}/archive", timeout=5).list("")] == \
-        ["archive.json"]

@@ -1,225 +1,48 @@
-"""GcsStorage through a loopback proxy that injects faults: transient faults are retried
-within the timeout, lasting ones become a StorageError, and no fault ever leaves a
-partial or corrupted object that a read accepts."""
+"""GcsStorage through the kit's fault-injecting proxy (pitrkit.storage.fault_suite): the
+suite's faults on the JSON API's requests, against fake-gcs-server."""
 
 from __future__ import annotations
 
-import math
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import pytest
-from faulty_proxy import DOWNLOADS, REWRITES, UPLOADS, FaultyProxy
-from pitrkit_gcs.storage import GcsStorage
 
-from pitrkit.config import load
-from pitrkit.hookspecs import ObjectExists, ObjectNotFound, StorageError
-from pitrkit.storage.archive import Archive
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "unit"))
-from segments import init_archive, long_header  # noqa: E402  (the project's synthetic WAL)
-
-KEY = "wal/0000000100000000/000000010000000000000001"
+from pitrkit.storage.fault_suite import StorageFaults
+from pitrkit.storage.faults import FaultyProxy
 
 
-@pytest.fixture
-def proxy(emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
-    proxy = FaultyProxy(emulator.endpoint)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-    yield proxy
-    proxy.close()
+def uploads(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return path.startswith("/upload/")
 
 
-@pytest.fixture
-def storage(bucket, proxy) -> GcsStorage:
-    return GcsStorage(f"gs://{bucket}/archive", timeout=5)
+def downloads(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return method == "GET" and "alt=media" in path
 
 
-def test_503s_are_retried(storage, proxy):
-    data = os.urandom(300_000)
-    proxy.inject("status", UPLOADS, times=2, status=503)
-    proxy.inject("status", DOWNLOADS, times=2, status=503)
-    storage.put(KEY, data)
-    assert storage.get(KEY) == data
-    assert proxy.hits == ["status"] * 4
+def rewrites(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    return method == "POST" and "/rewriteTo/" in path
 
 
-def test_a_reset_mid_upload_is_retried_and_stores_the_whole_object(storage, proxy):
-    data = os.urandom(2_000_000)
-    proxy.inject("reset-mid-body", UPLOADS, times=2)
-    storage.put(KEY, data)
-    assert proxy.hits == ["reset-mid-body"] * 2
-    assert storage.get(KEY) == data
+def if_generation_0(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    # The create-only precondition on the target, in the rewrite's query. fake-gcs-server
+    # ignores it (see test_conformance.py): what GCS would answer is injected here.
+    return "ifGenerationMatch=0" in path.split("?", 1)[1]
 
 
-def test_an_upload_that_landed_but_lost_its_answer_is_a_success(storage, proxy):
-    # The retry meets the object its first attempt stored (412): same checksums, ours.
-    data = os.urandom(100_000)
-    proxy.inject("reset-after-forward", UPLOADS)
-    storage.put(KEY, data)
-    assert proxy.hits == ["reset-after-forward"]
-    assert storage.get(KEY) == data
+class TestGcsFaults(StorageFaults):
+    uploads, downloads, copies, create_only_copy = uploads, downloads, rewrites, if_generation_0
+    checksum_mismatch = "do not match its CRC32C"
+    lasting_fault = "still failing"
 
+    @pytest.fixture
+    def proxy(self, emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
+        # The SDK reaches the emulator, and so the proxy, through STORAGE_EMULATOR_HOST.
+        proxy = FaultyProxy(emulator.endpoint)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+        yield proxy
+        proxy.close()
 
-def test_a_retry_that_meets_another_writers_object_is_object_exists(storage, proxy):
-    storage.put(KEY, b"the other writer's segment")
-    proxy.inject("status", UPLOADS, status=503)
-    with pytest.raises(ObjectExists):
-        storage.put(KEY, b"our different segment")
-    assert storage.get(KEY) == b"the other writer's segment"
+    @pytest.fixture
+    def proxied_url(self, bucket, proxy) -> str:
+        return f"gs://{bucket}/archive"
 
-
-def test_lasting_resets_fail_with_a_storage_error_and_leave_no_object(bucket, proxy):
-    storage = GcsStorage(f"gs://{bucket}/archive", timeout=1)
-    proxy.inject("reset-mid-body", UPLOADS, times=math.inf)
-    with pytest.raises(StorageError, match="storing"):
-        storage.put(KEY, os.urandom(1_000_000))
-    with pytest.raises(ObjectNotFound):
-        storage.get(KEY)
-
-
-def test_a_corrupted_download_is_refused(storage, proxy):
-    data = os.urandom(100_000)
-    storage.put(KEY, data)
-    proxy.inject("corrupt-body", DOWNLOADS, times=math.inf)
-    with pytest.raises(StorageError, match="reading"):
-        storage.get(KEY)
-    assert proxy.hits  # the corruption was injected, and refused
-
-
-def test_latency_within_the_timeout_is_only_slower(storage, proxy):
-    proxy.inject("delay", times=math.inf, delay=0.3)
-    storage.put(KEY, b"slow")
-    assert storage.get(KEY) == b"slow"
-
-
-def test_latency_beyond_the_timeout_is_a_storage_error(bucket, proxy):
-    storage = GcsStorage(f"gs://{bucket}/archive", timeout=0.5)
-    proxy.inject("delay", DOWNLOADS, times=math.inf, delay=3)
-    storage.put(KEY, b"x")
-    with pytest.raises(StorageError, match="reading"):
-        storage.get(KEY)
-
-
-# -- ranged reads: no checksum covers part of an object, so the answer's shape is checked --
-
-
-def test_a_ranged_read_asks_for_the_range_and_is_retried(storage, proxy):
-    data = os.urandom(300_000)
-    storage.put(KEY, data)
-    proxy.inject("status", DOWNLOADS, times=2, status=503)
-    assert storage.get_range(KEY, 1000, 5000) == data[1000:6000]
-    assert proxy.hits == ["status"] * 2
-
-
-def test_a_ranged_read_answered_with_the_whole_object_is_sliced(storage, proxy):
-    # A server or proxy that ignores the Range header answers 200 and the whole object.
-    data = os.urandom(300_000)
-    storage.put(KEY, data)
-    proxy.inject("ignore-range", DOWNLOADS, times=math.inf)
-    for offset, length in [(1000, 5000), (299_990, 100), (0, 300_000)]:
-        assert storage.get_range(KEY, offset, length) == data[offset:offset + length]
-    assert proxy.hits == ["ignore-range"] * 3
-
-
-def test_a_whole_object_answer_that_does_not_match_its_checksum_is_refused(storage, proxy):
-    storage.put(KEY, os.urandom(100_000))
-    proxy.inject("ignore-range-corrupt-body", DOWNLOADS)
-    with pytest.raises(StorageError, match="do not match its CRC32C"):
-        storage.get_range(KEY, 10, 20)
-
-
-def test_a_range_answered_short_is_refused(storage, proxy):
-    # The body and its Content-Length agree, so HTTP sees nothing wrong; Content-Range
-    # still claims every byte asked for.
-    storage.put(KEY, os.urandom(100_000))
-    proxy.inject("short-body", DOWNLOADS)
-    with pytest.raises(StorageError, match=r"reading .* answered 4999 bytes as bytes 1000 to 6000 of 100000"):
-        storage.get_range(KEY, 1000, 5000)
-
-
-def test_latency_beyond_the_timeout_is_a_storage_error_for_a_range_too(bucket, proxy):
-    storage = GcsStorage(f"gs://{bucket}/archive", timeout=0.5)
-    storage.put(KEY, b"0123456789")
-    proxy.inject("delay", DOWNLOADS, times=math.inf, delay=3)
-    with pytest.raises(StorageError, match="reading"):
-        storage.get_range(KEY, 2, 3)
-
-
-# -- server-side copy: create-only through ifGenerationMatch=0 on the target --------------
-
-
-def test_a_copy_is_one_create_only_rewrite_inside_the_bucket(storage, proxy):
-    data = os.urandom(100_000)
-    storage.put(KEY, data)
-    proxy.requests.clear()
-    storage.copy(KEY, "backups/B/data/0")
-    assert storage.get("backups/B/data/0") == data
-    rewrites = [path for method, path in proxy.requests if REWRITES(method, path)]
-    assert len(rewrites) == 1 and "ifGenerationMatch=0" in rewrites[0].split("?", 1)[1]
-    assert not any(UPLOADS(*request) for request in proxy.requests)  # the bytes never came here
-
-
-def test_a_copy_refused_by_its_precondition_is_object_exists(storage, proxy):
-    # What GCS answers for a target that exists (fake-gcs-server does not: it overwrites,
-    # see test_conformance.py), even one that holds the same bytes: as for put.
-    storage.put(KEY, b"segment")
-    storage.put("copy", b"segment")
-    proxy.inject("status", REWRITES, status=412)
-    with pytest.raises(ObjectExists):
-        storage.copy(KEY, "copy")
-
-
-def test_a_copy_that_landed_but_lost_its_answer_is_a_success(storage, proxy):
-    # The first attempt copied, its answer was lost; the retry meets that copy (412):
-    # the same checksums as the source's, ours.
-    data = os.urandom(100_000)
-    storage.put(KEY, data)
-    proxy.inject("reset-after-forward", REWRITES)
-    proxy.inject("status", REWRITES, status=412)
-    storage.copy(KEY, "copy")
-    assert proxy.hits == ["reset-after-forward", "status"]
-    assert storage.get("copy") == data
-
-
-def test_a_retried_copy_that_meets_other_bytes_is_object_exists(storage, proxy):
-    storage.put(KEY, b"our segment")
-    storage.put("copy", b"another writer's")
-    proxy.inject("status", REWRITES, status=503)
-    proxy.inject("status", REWRITES, status=412)
-    with pytest.raises(ObjectExists):
-        storage.copy(KEY, "copy")
-    assert proxy.hits == ["status", "status"]
-    assert storage.get("copy") == b"another writer's"
-
-
-def test_lasting_faults_fail_a_copy_with_a_storage_error(bucket, proxy):
-    storage = GcsStorage(f"gs://{bucket}/archive", timeout=1)
-    storage.put(KEY, b"x")
-    proxy.inject("status", REWRITES, times=math.inf, status=503)
-    with pytest.raises(StorageError, match=f"copying {KEY} to copy: still failing"):
-        storage.copy(KEY, "copy")
-    with pytest.raises(ObjectNotFound):
-        storage.get("copy")
-
-
-def test_wal_push_into_a_failing_store_fails_clearly(bucket, proxy, tmp_path):
-    # The whole command: the plugin loaded by its entry point, pitrkit's retries on top of
-    # the SDK's, then one `pitrkit: ...` line and a non-zero exit, with nothing stored.
-    config = tmp_path / "pitrkit.toml"
-    config.write_text(f'[repository]\nurl = "gs://{bucket}/archive"\ntimeout = 1\nretries = 1\n'
-                      "[agent]\nenabled = false\n")
-    init_archive(Archive(load(config)))
-    segment = tmp_path / "000000010000000000000001"
-    segment.write_bytes(long_header(pageaddr=16 << 20).ljust(16 << 20, b"\0"))
-    proxy.inject("status", UPLOADS, times=math.inf, status=503)
-    result = subprocess.run([sys.executable, "-m", "pitrkit", "--config", str(config), "wal-push", str(segment)],
-                            capture_output=True, text=True, timeout=120, env=os.environ)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("pitrkit: ") and "503" in error, result.stderr
-    assert [info.key for info in GcsStorage(f"gs://{bucket}/archive", timeout=5).list("")] == ["archive.json"]

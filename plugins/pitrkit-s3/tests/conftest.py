@@ -1,6 +1,6 @@
 """Fixtures for the S3 plugin's tests: moto's server, a fresh bucket per test, test
 credentials in the environment botocore reads them from, and, for the end-to-end tests,
-the project's PostgreSQL fixtures (tests/conftest.py) with a pitrkit install that has
+the project's PostgreSQL fixtures (tests/conftest.py, tests/plugin_end_to_end.py) with a pitrkit install that has
 this plugin too. The endpoint travels in the URL (`?endpoint=...&path_style=true`), as a
 MinIO user's would."""
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ sys.path.insert(0, str(PROJECT_ROOT))  # so the project's fixtures can be reused
 from moto_server import CREDENTIALS, MotoServer, s3_url  # noqa: E402
 
 from tests import conftest as project  # noqa: E402
+from tests import plugin_end_to_end as end_to_end  # noqa: E402
 
 import pgharness  # noqa: E402  (on sys.path once tests.conftest is imported)
-from pitrkit_setup import PitrkitSetup  # noqa: E402
 
 cluster, harness_tmp, server_tmp = project.cluster, project.harness_tmp, project.server_tmp
 pg_major, pg_install = project.pg_major, project.pg_install
@@ -59,32 +58,13 @@ def bucket(moto: MotoServer, credentials) -> str:
 
 @pytest.fixture(scope="session")
 def s3_runnable_install(harness_tmp: Path) -> pgharness.RunnableInstall:
-    """pitrkit and this plugin, installed where the server user can run them."""
-    return pgharness.RunnableInstall.create(PROJECT_ROOT, harness_tmp / "pitrkit-s3",
-                                            extra_packages=[PLUGIN_ROOT])
-
-
-@dataclass
-class S3Setup(PitrkitSetup):
-    bucket: str = ""
-    endpoint: str = ""
-
-    @property
-    def url(self) -> str:
-        return s3_url(self.bucket, "pitrkit/main", self.endpoint)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, **CREDENTIALS, "AWS_CONFIG_FILE": "/nonexistent",
-                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+    return end_to_end.runnable_install(harness_tmp, PLUGIN_ROOT)
 
 
 @pytest.fixture
-def s3_setup(s3_runnable_install, server_tmp: Path, bucket: str, moto: MotoServer):
-    setup = S3Setup(pitrkit=s3_runnable_install.pitrkit, archive=server_tmp / "unused",
-                    config=server_tmp / "pitrkit.toml",
-                    runtime_dir=pgharness.make_server_dir(server_tmp / "run", mode=0o700),
-                    bucket=bucket, endpoint=moto.endpoint)
-    setup.write_config()
-    yield setup
-    setup.stop_agents()
+def plugin_setup(s3_runnable_install, server_tmp: Path, bucket: str, moto: MotoServer):
+    with end_to_end.plugin_setup(s3_runnable_install, server_tmp, s3_url(bucket, "pitrkit/main", moto.endpoint),
+                                 {**CREDENTIALS, "AWS_CONFIG_FILE": "/nonexistent",
+                                  "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                                  "AWS_EC2_METADATA_DISABLED": "true"}) as setup:
+        yield setup

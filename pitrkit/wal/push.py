@@ -13,12 +13,18 @@ seconds. A new partial replaces the stored one when it extends it (the stored WA
 prefix of the new content); one that the stored partial already extends is success with
 nothing written; anything else diverges and is refused like a conflicting segment, so
 two writers can never clobber each other's WAL.
+
+With several repositories (`push_to_every`), the file goes to each of them at once
+(storage/repositories.py) and exit 0 means every required one holds it durably. An
+optional repository that fails, or that already has WAL waiting for it, gets the file
+in its durable local spool (wal/spool.py) instead, and the push succeeds without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
@@ -26,6 +32,8 @@ from pitrkit.hookspecs import ObjectExists
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive, wal_key
+from pitrkit.storage.repositories import Repository, to_every
+from pitrkit.wal import spool
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,57 @@ def push(archive: Archive, path: Path) -> str:
     """Archive the WAL file at `path`; returns a one-line summary."""
     file = WalFileName.parse(path.name)
     return push_data(archive, file, _read(path))
+
+
+def push_to_every(repositories: Sequence[Repository], path: Path) -> str:
+    """Archive the WAL file at `path` in every repository (module docstring)."""
+    if len(repositories) == 1:
+        return push(repositories[0].archive, path)
+    file = WalFileName.parse(path.name)
+    return push_data_to_every(repositories, file, _read(path))
+
+
+def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes) -> str:
+    """`push_data` to every repository: raises when a required one fails; an optional
+    one that fails, or whose spool already holds WAL for it (the queue keeps its order,
+    and a repository known to be down is not waited on again), gets the file spooled."""
+    queued = [each for each in repositories if not each.required and _queued(each)]
+    direct = [each for each in repositories if each not in queued]
+    written = to_every(direct, lambda archive: push_data(archive, file, data))
+    lines = [f"{name}: {summary}" for name, summary in written.results.items()]
+    for repository in [*queued, *(each for each, _ in written.missed)]:
+        lines.append(f"{repository.name}: {_spooled(repository, file, data)}")
+    return "; ".join(lines)
+
+
+def _queued(repository: Repository) -> bool:
+    try:
+        return bool(spool.waiting(repository.settings)) or spool.behind_since(repository.settings) is not None
+    except PitrkitError as exc:
+        log.warning("repository %r: %s", repository.name, exc)
+        return True
+
+
+def _spooled(repository: Repository, file: WalFileName, data: bytes) -> str:
+    """Keep the file for an optional repository that did not take it. Never raises: the
+    required repositories hold the file, and PostgreSQL must not wait for this one."""
+    try:
+        if spool.behind_since(repository.settings) is not None:
+            spool.mark_behind(repository.settings, file.name)
+            return f"behind, {file.name} to be copied from a required repository"
+        if spool.keep(repository.settings, file.name, data):
+            return f"spooled {file.name} for it"
+        log.warning("repository %r: its spool is full (spool_max); %s is not spooled, and the repository is marked "
+                    "behind: catch-up will copy what it lacks from a required repository", repository.name, file.name)
+        return f"spool full, {file.name} to be copied from a required repository"
+    except PitrkitError as exc:
+        try:
+            spool.mark_behind(repository.settings, file.name)
+        except PitrkitError:
+            pass  # the same fault, most likely: the error below says what it lacks
+        log.error("repository %r: %s; it lacks %s until catch-up or `pitrkit repo sync` copies it", repository.name,
+                  exc, file.name)
+        return f"not spooled: {exc}"
 
 
 def push_data(archive: Archive, file: WalFileName, data: bytes) -> str:

@@ -97,6 +97,8 @@ def _drain(repository: Repository, limit: int) -> tuple[int, bool]:
         try:
             if not _overtaken(repository.archive, file):
                 push_data(repository.archive, file, data)
+            if file.kind == WalFileKind.SEGMENT:
+                _remove_partial(repository.archive, file)
         except PitrkitError as exc:
             log.warning("repository %r: %s is still spooled: %s", repository.name, file.name, exc)
             return pushed, False
@@ -115,6 +117,15 @@ def _overtaken(archive: Archive, file: WalFileName) -> bool:
     except ObjectNotFound:
         return False
     return True
+
+
+def _remove_partial(archive: Archive, file: WalFileName) -> None:
+    """The segment's partial, if the repository holds one, as wal-receive removes it:
+    the full segment is durable there now, and wins anyway."""
+    try:
+        archive.delete(wal_key(WalFileName.parse(f"{file.name}.partial")))
+    except ObjectNotFound:
+        pass
 
 
 def _copy_behind(repositories: Sequence[Repository], repository: Repository, limit: int) -> int:

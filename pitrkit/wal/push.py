@@ -26,6 +26,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectExists
@@ -44,15 +45,29 @@ def push(archive: Archive, path: Path) -> str:
     return push_data(archive, file, _read(path))
 
 
+class Pushed(NamedTuple):
+    """What `pushed_to_every` did."""
+
+    summary: str
+    # The repositories that hold the file now (the others have it spooled, or lack it).
+    holding: list[Repository]
+
+
 def push_to_every(repositories: Sequence[Repository], path: Path) -> str:
-    """Archive the WAL file at `path` in every repository (module docstring)."""
+    """Archive the WAL file at `path` in every repository (module docstring); returns a
+    one-line summary."""
+    return pushed_to_every(repositories, path).summary
+
+
+def pushed_to_every(repositories: Sequence[Repository], path: Path) -> Pushed:
+    """`push_to_every`, saying which repositories hold the file."""
     if len(repositories) == 1:
-        return push(repositories[0].archive, path)
+        return Pushed(push(repositories[0].archive, path), [repositories[0]])
     file = WalFileName.parse(path.name)
     return push_data_to_every(repositories, file, _read(path))
 
 
-def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes) -> str:
+def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes) -> Pushed:
     """`push_data` to every repository: raises when a required one fails; an optional
     one that fails, or whose spool already holds WAL for it (the queue keeps its order,
     and a repository known to be down is not waited on again), gets the file spooled."""
@@ -62,7 +77,7 @@ def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, da
     lines = [f"{name}: {summary}" for name, summary in written.results.items()]
     for repository in [*queued, *(each for each, _ in written.missed)]:
         lines.append(f"{repository.name}: {_spooled(repository, file, data)}")
-    return "; ".join(lines)
+    return Pushed("; ".join(lines), [each for each in direct if each.name in written.results])
 
 
 def _queued(repository: Repository) -> bool:

@@ -22,6 +22,7 @@ from pitrkit.wal.agent import Agent
 from pitrkit.wal.catch_up import catch_up
 from pitrkit.wal.fetch import read_from_first
 from pitrkit.wal.push import push, push_to_every
+from pitrkit.wal.receive import Receiver
 from tests.unit.segments import SEG_16MIB, init_archive, segment
 from tests.unit.test_fetch_partial import wal_with_data
 from tests.unit.test_repositories import archives, parse
@@ -250,3 +251,41 @@ def test_the_agent_pushes_to_every_repository_and_spools_for_an_optional_one(con
     finally:
         served._close(wait=True)
         logging.getLogger("pitrkit").removeHandler(served._request_log)
+
+
+def test_wal_receive_archives_to_every_repository_and_spools_for_an_optional_one_that_is_down(tmp_path):
+    entries = archives(tmp_path, "local", "dr", optional=("dr",))
+    settings = parse([{"url": each.url, "name": each.name, "retries": 0, "required": each.required,
+                       **({"spool": each.spool} if each.spool else {})} for each in entries.repositories],
+                     receive={"spool": str(tmp_path / "received")})
+    repositories = open_all(settings)
+    received = tmp_path / "received"
+    received.mkdir()
+    older = received / f"{name(1)}.partial"
+    older.write_bytes(wal_with_data(1, 2))
+    push_to_every(repositories, older)  # both repositories hold segment 1's partial
+    older.unlink()
+    take_down(tmp_path, "dr")
+    (received / name(1)).write_bytes(segment(1))
+    (received / f"{name(2)}.partial").write_bytes(wal_with_data(2, 3))
+    Receiver(settings, repositories, received, Path("/bin/pg_receivewal"))._archive_spool(final=True)
+    assert stored(tmp_path, "local", name(1)) and stored(tmp_path, "local", f"{name(2)}.partial")
+    # The full segment replaced the partial where it was stored; dr keeps its partial until it has the segment.
+    assert not stored(tmp_path, "local", f"{name(1)}.partial")
+    assert sorted(path.name for path in spool.waiting(repositories[1].settings)) == [name(1), f"{name(2)}.partial"]
+    assert not (received / name(1)).exists()
+    bring_back(tmp_path, "dr")
+    catch_up(repositories)
+    assert stored(tmp_path, "dr", name(1)) and stored(tmp_path, "dr", f"{name(2)}.partial")
+    assert not stored(tmp_path, "dr", f"{name(1)}.partial")
+
+
+def test_wal_receive_keeps_a_file_a_required_repository_did_not_take(tmp_path):
+    settings = archives(tmp_path, "local", "cloud")
+    repositories = open_all(settings)
+    received = tmp_path / "received"
+    received.mkdir()
+    (received / name(1)).write_bytes(segment(1))
+    take_down(tmp_path, "cloud")
+    Receiver(settings, repositories, received, Path("/bin/pg_receivewal"))._archive_spool(final=True)
+    assert (received / name(1)).exists()

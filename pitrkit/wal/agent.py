@@ -209,7 +209,8 @@ class Agent:
 
     def _busy_ahead(self) -> bool:
         serving = self._serving
-        return serving is not None and bool(serving.pushes.pending() or serving.fetches.pending())
+        return serving is not None and bool(serving.pushes.pending() or serving.fetches.pending() or (
+            serving.catching_up is not None and serving.catching_up.pending()))
 
     def _serve_connection(self, connection: socket.socket) -> None:
         with self._active_lock:

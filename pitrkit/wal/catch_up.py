@@ -206,6 +206,19 @@ class CatchUp:
             except Exception as exc:  # the thread's end would end catch-up for good
                 log.warning("catching up failed: %s: %s", type(exc).__name__, exc)
 
+    def pending(self) -> bool:
+        """Whether an optional repository has WAL waiting or is behind: the agent keeps
+        running for it rather than leave the spool to the next agent."""
+        for repository in self._repositories:
+            if repository.required:
+                continue
+            try:
+                if spool.waiting(repository.settings) or spool.behind_since(repository.settings) is not None:
+                    return True
+            except PitrkitError:
+                return True
+        return False
+
     def close(self, wait: bool = True) -> None:
         self._stopped.set()
         if wait and self._thread is not None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
-from pitrkit.hookspecs import ObjectExists
+from pitrkit.hookspecs import Cipher, Compressor, ObjectExists
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive, wal_key
@@ -73,7 +74,8 @@ def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, da
     and a repository known to be down is not waited on again), gets the file spooled."""
     queued = [each for each in repositories if not each.required and _queued(each)]
     direct = [each for each in repositories if each not in queued]
-    written = to_every(direct, lambda archive: push_data(archive, file, data))
+    encoded = Encoded(data)
+    written = to_every(direct, lambda archive: push_data(archive, file, data, encoded))
     lines = [f"{name}: {summary}" for name, summary in written.results.items()]
     for repository in [*queued, *(each for each, _ in written.missed)]:
         lines.append(f"{repository.name}: {_spooled(repository, file, data)}")
@@ -110,14 +112,34 @@ def _spooled(repository: Repository, file: WalFileName, data: bytes) -> str:
         return f"not spooled: {exc}"
 
 
-def push_data(archive: Archive, file: WalFileName, data: bytes) -> str:
-    """Archive `data`, read already, as the WAL file `file`; as `push`."""
+class Encoded:
+    """A WAL file framed for storage once for every repository that stores it alike (in
+    plaintext: compression is the same for all), instead of compressed once per
+    repository; an encrypted repository's object is its own."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._lock = threading.Lock()
+        self._plaintext: tuple[bytes, objects.ObjectHeader] | None = None
+
+    def framed(self, compressor: Compressor, cipher: Cipher | None) -> tuple[bytes, objects.ObjectHeader]:
+        if cipher is not None:
+            return objects.encode(self._data, compressor, cipher)
+        with self._lock:
+            if self._plaintext is None:
+                self._plaintext = objects.encode(self._data, compressor, None)
+            return self._plaintext
+
+
+def push_data(archive: Archive, file: WalFileName, data: bytes, encoded: Encoded | None = None) -> str:
+    """Archive `data`, read already, as the WAL file `file`; as `push`. `encoded`: the
+    framing shared with the other repositories `data` goes to."""
     compression = archive.config.compression
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
     _validate(archive, file, data)
     cipher = archive.write_cipher()
 
-    blob, header = objects.encode(data, compressor, cipher)
+    blob, header = (encoded or Encoded(data)).framed(compressor, cipher)
     key = wal_key(file)
     try:
         archive.put(key, blob)

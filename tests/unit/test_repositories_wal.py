@@ -15,6 +15,7 @@ import pytest
 from pitrkit.cli import main
 from pitrkit.config import Config, load
 from pitrkit.errors import FETCH_FAULT, NotInArchive
+from pitrkit.storage import objects
 from pitrkit.storage.archive import ArchiveUnavailable
 from pitrkit.storage.repositories import open_all
 from pitrkit.wal import agent_client, spool
@@ -289,3 +290,20 @@ def test_wal_receive_keeps_a_file_a_required_repository_did_not_take(tmp_path):
     take_down(tmp_path, "cloud")
     Receiver(settings, repositories, received, Path("/bin/pg_receivewal"))._archive_spool(final=True)
     assert (received / name(1)).exists()
+
+
+def test_each_repository_stores_the_file_with_its_own_keys_plaintext_ones_compressed_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("PITRKIT_TEST_DR_PASSPHRASE", "a passphrase for the DR copy only")
+    entries = [{"url": f"file://{tmp_path / each}", "name": each, "retries": 0} for each in ("local", "copy", "dr")]
+    entries[2]["encryption"] = {"mode": "key", "passphrase_env": "PITRKIT_TEST_DR_PASSPHRASE"}
+    for each in ("local", "copy", "dr"):
+        (tmp_path / each).mkdir()
+    repositories = open_all(parse(entries))
+    for repository in repositories:
+        init_archive(repository.archive)
+    push_to_every(repositories, wal(tmp_path, 1))
+    blobs = {each: (tmp_path / each / "wal" / name(1)[:16] / name(1)).read_bytes() for each in ("local", "copy", "dr")}
+    assert blobs["local"] == blobs["copy"] != blobs["dr"]
+    key = f"wal/{name(1)[:16]}/{name(1)}"
+    assert [objects.read_header(key, blobs[each])[0].encryption is None for each in ("local", "dr")] == [True, False]
+    assert all(read_from_first([each], name(1)).data == segment(1) for each in repositories)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,17 +70,65 @@ def pushed_to_every(repositories: Sequence[Repository], path: Path) -> Pushed:
 
 
 def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes) -> Pushed:
-    """`push_data` to every repository: raises when a required one fails; an optional
-    one that fails, or whose spool already holds WAL for it (the queue keeps its order,
-    and a repository known to be down is not waited on again), gets the file spooled."""
+    """`push_data` to every repository at once: raises when a required one fails; an
+    optional one that fails, does not answer within its `timeout`, or whose spool
+    already holds WAL for it (the queue keeps its order, and a repository known to be
+    down is not waited on again), gets the file spooled."""
+    started = time.monotonic()
     queued = [each for each in repositories if not each.required and _queued(each)]
-    direct = [each for each in repositories if each not in queued]
     encoded = Encoded(data)
-    written = to_every(direct, lambda archive: push_data(archive, file, data, encoded))
+
+    def write(archive: Archive) -> str:
+        return push_data(archive, file, data, encoded)
+
+    attempts = [_Attempt(each, write) for each in repositories if not each.required and each not in queued]
+    written = to_every([each for each in repositories if each.required], write)
     lines = [f"{name}: {summary}" for name, summary in written.results.items()]
-    for repository in [*queued, *(each for each, _ in written.missed)]:
+    holding = [each for each in repositories if each.name in written.results]
+    for attempt in attempts:
+        summary = attempt.outcome(started + attempt.repository.settings.timeout)
+        if summary is None:
+            queued.append(attempt.repository)
+        else:
+            lines.append(f"{attempt.repository.name}: {summary}")
+            holding.append(attempt.repository)
+    for repository in queued:
         lines.append(f"{repository.name}: {_spooled(repository, file, data)}")
-    return Pushed("; ".join(lines), [each for each in direct if each.name in written.results])
+    return Pushed("; ".join(lines), holding)
+
+
+class _Attempt:
+    """An optional repository's push, in a thread of its own, waited for at most the
+    repository's `timeout` seconds from the push's start (one storage call's bound, not
+    its retries'): PostgreSQL's archiver is not held back longer for it. A late attempt
+    is left to end by itself; the file is spooled meanwhile, and should the attempt land
+    after all, catch-up finds the spooled copy identical."""
+
+    def __init__(self, repository: Repository, write: Callable[[Archive], str]) -> None:
+        self.repository = repository
+        self._done = threading.Event()
+        self._summary: str | None = None
+        self._failure = ""
+        threading.Thread(target=self._run, args=(write,), name=f"pitrkit-{repository.name}", daemon=True).start()
+
+    def _run(self, write: Callable[[Archive], str]) -> None:
+        try:
+            self._summary = write(self.repository.archive)
+        except Exception as exc:  # any failure of an optional repository is its own, logged below
+            self._failure = str(exc) if isinstance(exc, PitrkitError) else f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+    def outcome(self, deadline: float) -> str | None:
+        """Its summary, or None when it failed or is late (logged)."""
+        name = self.repository.name
+        if not self._done.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("repository %r: no answer within its timeout (%gs); it is optional, carrying on without it",
+                        name, self.repository.settings.timeout)
+            return None
+        if self._summary is None:
+            log.warning("repository %r: %s; it is optional, carrying on without it", name, self._failure)
+        return self._summary
 
 
 def _queued(repository: Repository) -> bool:

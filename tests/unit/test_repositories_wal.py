@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,14 +53,14 @@ def bring_back(tmp_path: Path, repository: str) -> None:
     os.rename(tmp_path / f"{repository}.away", tmp_path / repository)
 
 
-def with_spool_max(parsed: Config, repository: str, spool_max: int) -> Config:
+def with_settings(parsed: Config, repository: str, **settings: object) -> Config:
     entries = []
     for entry in parsed.repositories:
-        fields = {"url": entry.url, "name": entry.name, "retries": 0, "required": entry.required}
+        fields: dict[str, object] = {"url": entry.url, "name": entry.name, "retries": 0, "required": entry.required}
         if entry.spool is not None:
             fields["spool"] = entry.spool
         if entry.name == repository:
-            fields["spool_max"] = spool_max
+            fields |= settings
         entries.append(fields)
     return parse(entries)
 
@@ -101,8 +102,34 @@ def test_an_optional_repository_down_gets_the_file_spooled_durably_and_caught_up
     assert "dr: archived" in push_to_every(repositories, wal(tmp_path, 3))
 
 
+def test_an_optional_repository_that_does_not_answer_in_time_is_not_waited_for(tmp_path, caplog, monkeypatch):
+    """Its store hangs, as a storage that accepts a connection and never answers: the
+    push waits for it its timeout, not its retries, and spools the file."""
+    repositories = open_all(with_settings(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", timeout=0.2))
+    answer = threading.Event()
+    put = repositories[1].archive.put
+
+    def hanging_put(key: str, blob: bytes, **options: bool) -> None:
+        answer.wait()
+        put(key, blob, **options)
+
+    monkeypatch.setattr(repositories[1].archive, "put", hanging_put)
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = push_to_every(repositories, wal(tmp_path, 1))
+        assert "dr: spooled" in summary and stored(tmp_path, "local", name(1))
+        assert "repository 'dr': no answer within its timeout (0.2s)" in caplog.text
+        assert spool.state(repositories[1].settings).waiting == 1
+    finally:
+        answer.set()
+    # The late attempt lands after all: catch-up finds the spooled copy identical.
+    monkeypatch.undo()
+    catch_up(repositories)
+    assert stored(tmp_path, "dr", name(1)) and spool.state(repositories[1].settings).waiting == 0
+
+
 def test_a_full_spool_stops_growing_marks_the_repository_behind_and_catch_up_copies_from_a_required_one(tmp_path):
-    parsed = with_spool_max(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", SEG_16MIB + 1)
+    parsed = with_settings(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", spool_max=SEG_16MIB + 1)
     repositories = open_all(parsed)
     settings = repositories[1].settings
     take_down(tmp_path, "dr")
@@ -118,7 +145,7 @@ def test_a_full_spool_stops_growing_marks_the_repository_behind_and_catch_up_cop
 
 
 def test_a_catch_up_round_is_bounded_and_keeps_the_rest_for_the_next(tmp_path):
-    parsed = with_spool_max(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", SEG_16MIB + 1)
+    parsed = with_settings(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", spool_max=SEG_16MIB + 1)
     repositories = open_all(parsed)
     take_down(tmp_path, "dr")
     for number in (1, 2, 3, 4):
@@ -133,7 +160,7 @@ def test_a_catch_up_round_is_bounded_and_keeps_the_rest_for_the_next(tmp_path):
 
 
 def test_a_file_missed_while_a_catch_up_copies_leaves_the_repository_behind(tmp_path):
-    parsed = with_spool_max(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", 1)
+    parsed = with_settings(archives(tmp_path, "local", "dr", optional=("dr",)), "dr", spool_max=1)
     repositories = open_all(parsed)
     settings = repositories[1].settings
     take_down(tmp_path, "dr")

@@ -96,8 +96,8 @@ def state(settings: RepositoryConfig) -> SpoolState:
             continue  # pushed and removed since the listing
     since = behind_since(settings)
     oldest = files[0].name if files else None
-    if since is not None and (oldest is None or since < oldest):
-        oldest = since or None
+    if since and (oldest is None or since < oldest):
+        oldest = since
     return SpoolState(len(files), size, since is not None, oldest)
 
 

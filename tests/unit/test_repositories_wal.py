@@ -15,13 +15,14 @@ import pytest
 
 from pitrkit.cli import main
 from pitrkit.config import Config, load
+from pitrkit.demo.localpg import wait_for
 from pitrkit.errors import FETCH_FAULT, NotInArchive
 from pitrkit.storage import objects
 from pitrkit.storage.archive import ArchiveUnavailable
 from pitrkit.storage.repositories import open_all
 from pitrkit.wal import agent_client, spool
 from pitrkit.wal.agent import Agent
-from pitrkit.wal.catch_up import catch_up
+from pitrkit.wal.catch_up import CatchUp, catch_up
 from pitrkit.wal.fetch import read_from_first
 from pitrkit.wal.push import push, push_to_every
 from pitrkit.wal.receive import Receiver
@@ -334,3 +335,23 @@ def test_each_repository_stores_the_file_with_its_own_keys_plaintext_ones_compre
     key = f"wal/{name(1)[:16]}/{name(1)}"
     assert [objects.read_header(key, blobs[each])[0].encryption is None for each in ("local", "dr")] == [True, False]
     assert all(read_from_first([each], name(1)).data == segment(1) for each in repositories)
+
+
+def test_the_background_catch_up_drains_a_spool_once_the_repository_is_back(tmp_path):
+    repositories = open_all(archives(tmp_path, "local", "dr", optional=("dr",)))
+    take_down(tmp_path, "dr")
+    push_to_every(repositories, wal(tmp_path, 1))
+    catching_up = CatchUp(repositories, every=0.05)
+    try:
+        assert catching_up.pending()
+        bring_back(tmp_path, "dr")
+        wait_for(lambda: not catching_up.pending(), 60, what="the spool to drain")
+    finally:
+        catching_up.close()
+    assert stored(tmp_path, "dr", name(1))
+
+
+def test_without_an_optional_repository_nothing_runs_in_the_background(tmp_path):
+    catching_up = CatchUp(open_all(archives(tmp_path, "local", "cloud")))
+    assert catching_up._thread is None and not catching_up.pending()
+    catching_up.close()

@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from pitrkit.catalog.time_index import read_times
 from pitrkit.cli import main
 from pitrkit.config import Config, load
 from pitrkit.demo.localpg import wait_for
@@ -355,3 +358,15 @@ def test_without_an_optional_repository_nothing_runs_in_the_background(tmp_path)
     catching_up = CatchUp(open_all(archives(tmp_path, "local", "cloud")))
     assert catching_up._thread is None and not catching_up.pending()
     catching_up.close()
+
+
+def test_the_time_indexer_indexes_the_segment_in_every_repository_that_holds_it(config_file, tmp_path):
+    repositories = open_all(load(config_file))
+    push_to_every(repositories, wal(tmp_path, 1))
+    indexer = subprocess.run([sys.executable, "-m", "pitrkit.wal.time_indexer", str(config_file)],
+                             input=f"{name(1)}\n", text=True, capture_output=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert indexer.returncode == 0, indexer.stderr
+    for repository in repositories:
+        times = read_times(repository.archive, 1, 0)
+        assert times is not None and [entry.segment for entry in times.segments] == [name(1)]

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,37 +69,74 @@ def pitrkit(config: Path, runtime: Path, *args: str, env: dict[str, str]) -> flo
 
 
 def run_variant(name: str, url: str, agent: bool, segments: list[Path], work: Path,
-                env: dict[str, str]) -> tuple[float, float]:
+                env: dict[str, str], also: Sequence[str] = (), optional: bool = False) -> tuple[float, float]:
     """Median ms per segment of wal-push, then of wal-fetch (the first call, which starts
-    the agent, is left out)."""
+    the agent, is left out). `also`: more repositories' URLs, written to as well
+    (`optional`: as `required = false` ones)."""
+    pushes, fetches, _ = measure(name, [url, *also], agent, segments, work, env, optional)
+    return statistics.median(pushes[1:]) * 1000, statistics.median(fetches[1:]) * 1000
+
+
+def measure(name: str, urls: Sequence[str], agent: bool, segments: list[Path], work: Path, env: dict[str, str],
+            optional: bool = False) -> tuple[list[float], list[float], float | None]:
+    """Seconds of each wal-push and wal-fetch, and the agent's CPU seconds over the
+    pushes after the first (None without the agent)."""
     variant = work / name
     runtime = variant / "run"
     runtime.mkdir(parents=True, mode=0o700)
     config = variant / "pitrkit.toml"
-    config.write_text(f'[repository]\nurl = "{url}"\n[compression]\nalgorithm = "zstd"\n'
+    if len(urls) == 1:
+        repositories = f'[repository]\nurl = "{urls[0]}"\n'
+    else:
+        repositories = "".join(
+            f'[[repository]]\nurl = "{url}"\n'
+            + (f'required = false\nspool = "{variant / "spool"}"\n' if optional and number else "")
+            for number, url in enumerate(urls))
+    config.write_text(f'{repositories}[compression]\nalgorithm = "zstd"\n'
                       f"[agent]\nenabled = {'true' if agent else 'false'}\nidle_timeout = 30\n")
     # No cluster behind the synthetic segments to run `pitrkit init` on: init's own code.
-    subprocess.run([sys.executable, "-c", "import sys; from pitrkit.storage.archive import Archive; "
+    subprocess.run([sys.executable, "-c", "import sys; from pitrkit.storage.repositories import open_all; "
                     "from pitrkit.config import load; from segments import init_archive; "
-                    "init_archive(Archive(load(sys.argv[1])))", str(config)],
+                    "[init_archive(each.archive) for each in open_all(load(sys.argv[1]))]", str(config)],
                    check=True, env={**env, "PYTHONPATH": str(HERE.parent / "tests" / "unit")})
-    pushes = [pitrkit(config, runtime, "wal-push", str(path), env=env) for path in segments]
+    pushes = [pitrkit(config, runtime, "wal-push", str(segments[0]), env=env)]
+    agent_cpu = _cpu_seconds(config)
+    pushes += [pitrkit(config, runtime, "wal-push", str(path), env=env) for path in segments[1:]]
+    cpu = None if agent_cpu is None or (after := _cpu_seconds(config)) is None else after - agent_cpu
     fetches = [pitrkit(config, runtime, "wal-fetch", path.name, str(variant / "fetched"), env=env)
                for path in segments]
     stop_agent(config)
-    return statistics.median(pushes[1:]) * 1000, statistics.median(fetches[1:]) * 1000
+    return pushes, fetches, cpu
 
 
-def stop_agent(config: Path) -> None:
-    """Stop the agent of this configuration (found by its exact command line), if any."""
+def _agent_pids(config: Path) -> list[int]:
     wanted = [b"--config", os.fsencode(config), b"agent"]
+    pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if any(argv[i:i + 3] == wanted for i in range(len(argv))):
-            os.kill(int(entry), signal.SIGTERM)
+            pids.append(int(entry))
+    return pids
+
+
+def _cpu_seconds(config: Path) -> float | None:
+    """User + system CPU time of this configuration's agent (its threads included)."""
+    for pid in _agent_pids(config):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def stop_agent(config: Path) -> None:
+    """Stop the agent of this configuration (found by its exact command line), if any."""
+    for pid in _agent_pids(config):
+        os.kill(pid, signal.SIGTERM)
 
 
 def import_ms(module: str) -> float:

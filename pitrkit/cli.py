@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pitrkit import __version__
 from pitrkit import config as configuration
 from pitrkit.errors import FETCH_FAULT, PitrkitError, UsageError, outcome
-from pitrkit.storage.archive import Archive
+from pitrkit.storage.repositories import open_all
 
 if TYPE_CHECKING:
     from pitrkit.catalog.contents import BackupListing, WalListing
@@ -338,12 +338,12 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
         if args.command == "wal-push":
             # Each only when its command runs: wal-push does not import wal-fetch's code nor
             # the reverse (the hot path).
-            from pitrkit.wal.push import push
+            from pitrkit.wal.push import push_to_every
 
-            return push(Archive(config), args.path)
-        from pitrkit.wal.fetch import fetch  # only when wal-fetch runs, as above
+            return push_to_every(open_all(config), args.path)
+        from pitrkit.wal.fetch import fetch_from_first  # only when wal-fetch runs, as above
 
-        return fetch(Archive(config), args.name, args.destination, args.until)
+        return fetch_from_first(open_all(config), args.name, args.destination, args.until)
 
     try:
         code, message = outcome(work, fetching)

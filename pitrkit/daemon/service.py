@@ -14,6 +14,8 @@ It runs, under one process:
 * restore drills (`[drill] every`): `pitrkit drill` as a child, one at a time, never while
   a backup or its retention runs; a backup due during a drill waits for the drill to end
   (the drill reads a backup, and a backup's retention could remove it);
+* catch-up of the optional repositories (`required = false`): their spools drained and
+  what they lack copied from a required repository, in a thread (wal/catch_up.py);
 * the status: a StatusReport refreshed every `[daemon] status_interval` and served on
   `[daemon] listen` (daemon/status_server.py).
 
@@ -63,6 +65,8 @@ from pitrkit.ops.status import newest_drills
 from pitrkit.progress import human_bytes
 from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive
+from pitrkit.storage.repositories import open_all
+from pitrkit.wal.catch_up import CatchUp
 
 log = logging.getLogger(__name__)
 
@@ -636,6 +640,8 @@ class Daemon:
         drill_every = config.drill.every_seconds
         self._drills = (Drills(pitrkit, Every(drill_every, f"{config.drill.every}"), Archive(config), self._board)
                         if drill_every is not None and config.drill.every is not None else None)
+        # The optional repositories' spools drained in a thread of its own (wal/catch_up.py).
+        self._catching_up = CatchUp(open_all(config))
         self.facts = self._facts()
 
     def run(self) -> str:
@@ -676,6 +682,7 @@ class Daemon:
             self._drills.stop()  # its scratch server stopped, its directory removed
         if self._sidecar is not None:
             self._sidecar.stop()
+        self._catching_up.close()
         if self._server is not None and self._board is not None:
             self._server.stop()
             self._board.stop()
@@ -709,9 +716,10 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
     stop = StopRequest()
     stop.install()
     if from_config(config.daemon) is None and not config.receive.spool and not config.daemon.listen \
-            and config.drill.every is None:
+            and config.drill.every is None and all(each.required for each in config.repositories):
         raise ConfigError("[daemon] has nothing to run: set every or cron (scheduled backups), [receive] spool "
-                           "(the streaming sidecar), listen (the status page) or [drill] every (restore drills)")
+                           "(the streaming sidecar), listen (the status page), [drill] every (restore drills) or "
+                           "an optional repository (required = false, caught up by the daemon)")
     # Every part of the service serves one archive, which `pitrkit init` creates.
     Archive(config).identity()
     events.log_to_stderr(args.verbose)

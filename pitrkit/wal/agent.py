@@ -35,9 +35,11 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import WalFileKind, WalFileName
 from pitrkit.storage.archive import Archive, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
+from pitrkit.storage.repositories import Repository, open_all
 from pitrkit.wal import agent_client
+from pitrkit.wal.catch_up import CatchUp
 from pitrkit.wal.fetch import (
-    read_for_recovery,
+    read_from_first,
     refuse_past,
     remove_spooled,
     remove_stale_spool,
@@ -46,7 +48,7 @@ from pitrkit.wal.fetch import (
     spool,
 )
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
-from pitrkit.wal.push import push
+from pitrkit.wal.push import push_to_every
 from pitrkit.wal.time_indexer import TimeIndexer, indexes_here
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ class _RequestLog(logging.Handler):
 class _Serving(NamedTuple):
     """What one configuration needs to serve requests; replaced whole on reload."""
 
-    archive: Archive
+    repositories: list[Repository]
     pushes: Ahead
     fetches: Ahead
     # Directories segments have been spooled into (see fetch.spool).
@@ -85,8 +87,17 @@ class _Serving(NamedTuple):
     # Indexes what was pushed, after the answer, in a process of its own (wal/time_indexer.py);
     # None: no indexing.
     indexer: TimeIndexer | None = None
+    # Drains the optional repositories' spools (wal/catch_up.py); None: no optional one.
+    catching_up: CatchUp | None = None
+
+    @property
+    def archive(self) -> Archive:
+        """The first repository's archive: what settings the agent reads come from."""
+        return self.repositories[0].archive
 
     def close(self, wait: bool) -> None:
+        if self.catching_up is not None:
+            self.catching_up.close(wait)
         self.pushes.close(wait)
         self.fetches.close(wait)
         if self.indexer is not None:
@@ -121,10 +132,10 @@ class Agent:
                 try:
                     # Pushes ahead one at a time, as zstd already uses every core; fetches
                     # two at a time, so that storage latency and decompression overlap.
-                    archive = Archive(load(self.config_path))
-                    self._serving = _Serving(archive, Ahead(1, "push-ahead"),
+                    repositories = open_all(load(self.config_path))
+                    self._serving = _Serving(repositories, Ahead(1, "push-ahead"),
                                              Ahead(2, "fetch-ahead", discard=remove_spooled), set(),
-                                             TimeIndexer(self.config_path))
+                                             TimeIndexer(self.config_path), CatchUp(repositories))
                 except PitrkitError as exc:
                     self._config_error = exc
             if self._config_error is not None:
@@ -198,7 +209,8 @@ class Agent:
 
     def _busy_ahead(self) -> bool:
         serving = self._serving
-        return serving is not None and bool(serving.pushes.pending() or serving.fetches.pending())
+        return serving is not None and bool(serving.pushes.pending() or serving.fetches.pending() or (
+            serving.catching_up is not None and serving.catching_up.pending()))
 
     def _serve_connection(self, connection: socket.socket) -> None:
         with self._active_lock:
@@ -278,42 +290,47 @@ def _then(later: _Later | None, what: str, job: Callable[[], None]) -> None:
 
 
 def _push(serving: _Serving, path: Path, later: _Later | None = None) -> str:
-    archive = serving.archive
+    repositories = serving.repositories
     ahead = _done_ahead(serving.pushes, path, file_stamp(path))
-    if ahead is None or not _still_stored(archive, path, ahead[1]):
-        summary = push(archive, path)
+    if ahead is None or not _still_stored(repositories, path, ahead[1]):
+        summary = push_to_every(repositories, path)
     else:
         summary = ahead[0]
 
     def push_ahead() -> None:
-        for ready in ready_after(path, archive.config.agent.lookahead):
-            serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, archive, ready))
+        for ready in ready_after(path, serving.archive.config.agent.lookahead):
+            serving.pushes.schedule(ready, file_stamp(ready), functools.partial(_push_ahead, repositories, ready))
 
     _then(later, f"pushing ahead after {path.name}", push_ahead)
     indexer = serving.indexer
-    if indexer is not None and indexes_here(archive.config):
+    if indexer is not None and any(indexes_here(each.archive.config) for each in repositories):
         _then(later, f"asking for {path.name}'s time index", functools.partial(indexer.notify, path.name))
     return summary
 
 
-def _push_ahead(archive: Archive, path: Path) -> tuple[str, ArchiveIdentity]:
-    """A push done ahead, and the archive.json it began with."""
-    identity = archive.identity(fresh=True)
-    return push(archive, path), identity
+def _push_ahead(repositories: list[Repository], path: Path) -> tuple[str, dict[str, ArchiveIdentity]]:
+    """A push done ahead, and the archive.json each required repository began with."""
+    identities = {each.name: each.archive.identity(fresh=True) for each in repositories if each.required}
+    return push_to_every(repositories, path), identities
 
 
-def _still_stored(archive: Archive, path: Path, pushed_into: ArchiveIdentity) -> bool:
-    """A push done ahead can be up to a minute old, and the archive may have been wiped,
+def _still_stored(repositories: list[Repository], path: Path, pushed_into: dict[str, ArchiveIdentity]) -> bool:
+    """A push done ahead can be up to a minute old, and an archive may have been wiped,
     re-created, unmounted or swapped for another since, or the object removed;
-    PostgreSQL recycles the segment once we say 0. So archive.json is read again (gone:
-    ArchiveMissing, the push is refused) and must be the one the push went into, and
-    the object must be there."""
-    if archive.identity(fresh=True) != pushed_into:
-        return False
-    try:
-        archive.stat(wal_key(WalFileName.parse(path.name)))
-    except ObjectNotFound:
-        return False
+    PostgreSQL recycles the segment once we say 0. So in every required repository,
+    archive.json is read again (gone: ArchiveMissing, the push is refused) and must be
+    the one the push went into, and the object must be there. (An optional repository
+    that lost it since is caught up like any that missed a file.)"""
+    for repository in repositories:
+        if not repository.required:
+            continue
+        archive = repository.archive
+        if archive.identity(fresh=True) != pushed_into.get(repository.name):
+            return False
+        try:
+            archive.stat(wal_key(WalFileName.parse(path.name)))
+        except ObjectNotFound:
+            return False
     return True
 
 
@@ -326,18 +343,27 @@ def _fetch(serving: _Serving, name: str, destination: Path, later: _Later | None
     spooled = _done_ahead(serving.fetches, (name, directory), None)
     summary = restore_spooled(spooled, name, destination) if spooled is not None else None
     if summary is None:
-        summary = restore(read_for_recovery(archive, name), name, destination)
+        summary = restore(read_from_first(serving.repositories, name), name, destination)
 
     def read_ahead() -> None:
-        try:
-            segment_size = archive.identity().wal_segment_size
-        except PitrkitError:
+        segment_size = _segment_size(serving.repositories)
+        if segment_size is None:
             return
         _spool_ahead(serving, directory, segments_after(name, segment_size, archive.config.agent.lookahead, until))
 
     if archive.config.agent.lookahead:
         _then(later, f"reading ahead after {name}", read_ahead)
     return summary
+
+
+def _segment_size(repositories: list[Repository]) -> int | None:
+    """The WAL segment size, from the first repository that answers."""
+    for repository in repositories:
+        try:
+            return repository.archive.identity().wal_segment_size
+        except PitrkitError:
+            continue
+    return None
 
 
 def _prefetch(serving: _Serving, directory: Path, names: list[str]) -> str:
@@ -366,7 +392,7 @@ def _spool_ahead(serving: _Serving, directory: Path, names: list[str]) -> None:
         serving.spool_directories.add(directory)
         remove_stale_spool(directory)
     for upcoming in names:
-        job = functools.partial(spool, serving.archive, upcoming, directory)
+        job = functools.partial(spool, serving.repositories, upcoming, directory)
         serving.fetches.schedule((upcoming, directory), None, job)
 
 

@@ -17,6 +17,13 @@ partial with later WAL after it is a leftover, and a full segment always wins.
 
 A restore to a target the plan places writes `wal-fetch %f %p --until SEGMENT`: nothing
 past the plan's last segment is served (refuse_past), nor read ahead.
+
+With several repositories (`read_from_first`), the file comes from the first that has
+it (storage/repositories.py): exit 1 only when every one answered "not found", 126 when
+any could not answer and none had it. A segment is looked for in all of them before a
+partial may stand in for it, so that a lagging repository's partial never ends recovery
+while another holds the full segment; the partial, and the check that it is the newest
+WAL of its timeline, then come wholly from one repository.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +45,7 @@ from pitrkit.postgres.wal import (
     segments_per_log,
 )
 from pitrkit.storage.archive import Archive, wal_folder
+from pitrkit.storage.repositories import Repository, first_answer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,38 @@ def fetch(archive: Archive, name: str, destination: Path, until: str | None = No
     see refuse_past."""
     refuse_past(name, until)
     return restore(read_for_recovery(archive, name), name, destination)
+
+
+def fetch_from_first(repositories: Sequence[Repository], name: str, destination: Path, until: str | None = None) -> str:
+    """`fetch` from the first repository that has `name` (module docstring)."""
+    refuse_past(name, until)
+    return restore(read_from_first(repositories, name), name, destination)
+
+
+def read_from_first(repositories: Sequence[Repository], name: str) -> Fetched:
+    """`read_for_recovery` over several repositories (module docstring)."""
+    if len(repositories) == 1:
+        return read_for_recovery(repositories[0].archive, name)
+    try:
+        return Fetched(read_exact_from_first(repositories, name))
+    except NotInArchive:
+        # Every repository answered "not found" for the file itself: a partial may stand in.
+        if WalFileName.parse(name).kind != WalFileKind.SEGMENT:
+            raise
+    return first_answer(repositories, lambda archive: read_for_recovery(archive, name))
+
+
+def read_exact_from_first(repositories: Sequence[Repository], name: str) -> bytes:
+    """The archived file `name` itself, from the first repository that has it."""
+    return first_answer(repositories, lambda archive: _read_exact(archive, name))
+
+
+def _read_exact(archive: Archive, name: str) -> bytes:
+    try:
+        return archive.read_wal(name)
+    except NotInArchive:
+        archive.identity(fresh=True)  # an archive that is not there cannot say "not found"
+        raise
 
 
 def refuse_past(name: str, until: str | None) -> None:
@@ -108,11 +149,14 @@ def restore(fetched: Fetched, name: str, destination: Path) -> str:
     return f"restored {name}: {len(fetched.data)} bytes"
 
 
-def spool(archive: Archive, name: str, directory: Path) -> Path:
-    """Fetch `name` before it is asked for into a spool file in `directory`. Only the
-    object itself, never a partial standing in for it (see read_for_recovery)."""
+def spool(repositories: Sequence[Repository], name: str, directory: Path) -> Path:
+    """Fetch `name` before it is asked for into a spool file in `directory`, from the
+    first repository that has it. Only the object itself, never a partial standing in
+    for it (see read_for_recovery)."""
     path = directory / f"{SPOOL_PREFIX}{name}"
-    _write_atomically(path, archive.read_wal(name))
+    data = repositories[0].archive.read_wal(name) if len(repositories) == 1 else read_exact_from_first(
+        repositories, name)
+    _write_atomically(path, data)
     return path
 
 

@@ -13,19 +13,30 @@ seconds. A new partial replaces the stored one when it extends it (the stored WA
 prefix of the new content); one that the stored partial already extends is success with
 nothing written; anything else diverges and is refused like a conflicting segment, so
 two writers can never clobber each other's WAL.
+
+With several repositories (`push_to_every`), the file goes to each of them at once
+(storage/repositories.py) and exit 0 means every required one holds it durably. An
+optional repository that fails, or that already has WAL waiting for it, gets the file
+in its durable local spool (wal/spool.py) instead, and the push succeeds without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
-from pitrkit.hookspecs import ObjectExists
+from pitrkit.hookspecs import Cipher, Compressor, ObjectExists
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive, wal_key
+from pitrkit.storage.repositories import Repository, to_every
+from pitrkit.wal import spool
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +47,148 @@ def push(archive: Archive, path: Path) -> str:
     return push_data(archive, file, _read(path))
 
 
-def push_data(archive: Archive, file: WalFileName, data: bytes) -> str:
-    """Archive `data`, read already, as the WAL file `file`; as `push`."""
+class Pushed(NamedTuple):
+    """What `pushed_to_every` did."""
+
+    summary: str
+    # The repositories that hold the file now (the others have it spooled, or lack it).
+    holding: list[Repository]
+
+
+def push_to_every(repositories: Sequence[Repository], path: Path) -> str:
+    """Archive the WAL file at `path` in every repository (module docstring); returns a
+    one-line summary."""
+    return pushed_to_every(repositories, path).summary
+
+
+def pushed_to_every(repositories: Sequence[Repository], path: Path) -> Pushed:
+    """`push_to_every`, saying which repositories hold the file."""
+    if len(repositories) == 1:
+        return Pushed(push(repositories[0].archive, path), [repositories[0]])
+    file = WalFileName.parse(path.name)
+    return push_data_to_every(repositories, file, _read(path))
+
+
+def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes) -> Pushed:
+    """`push_data` to every repository at once: raises when a required one fails; an
+    optional one that fails, does not answer within its `timeout`, or whose spool
+    already holds WAL for it (the queue keeps its order, and a repository known to be
+    down is not waited on again), gets the file spooled."""
+    started = time.monotonic()
+    queued = [each for each in repositories if not each.required and _queued(each)]
+    encoded = Encoded(data)
+
+    def write(archive: Archive) -> str:
+        return push_data(archive, file, data, encoded)
+
+    attempts = [_Attempt(each, write) for each in repositories if not each.required and each not in queued]
+    written = to_every([each for each in repositories if each.required], write)
+    lines = [f"{name}: {summary}" for name, summary in written.results.items()]
+    holding = [each for each in repositories if each.name in written.results]
+    for attempt in attempts:
+        summary = attempt.outcome(started + attempt.repository.settings.timeout)
+        if summary is None:
+            queued.append(attempt.repository)
+        else:
+            lines.append(f"{attempt.repository.name}: {summary}")
+            holding.append(attempt.repository)
+    for repository in queued:
+        lines.append(f"{repository.name}: {_spooled(repository, file, data)}")
+    return Pushed("; ".join(lines), holding)
+
+
+class _Attempt:
+    """An optional repository's push, in a thread of its own, waited for at most the
+    repository's `timeout` seconds from the push's start (one storage call's bound, not
+    its retries'): PostgreSQL's archiver is not held back longer for it. A late attempt
+    is left to end by itself; the file is spooled meanwhile, and should the attempt land
+    after all, catch-up finds the spooled copy identical."""
+
+    def __init__(self, repository: Repository, write: Callable[[Archive], str]) -> None:
+        self.repository = repository
+        self._done = threading.Event()
+        self._summary: str | None = None
+        self._failure = ""
+        threading.Thread(target=self._run, args=(write,), name=f"pitrkit-{repository.name}", daemon=True).start()
+
+    def _run(self, write: Callable[[Archive], str]) -> None:
+        try:
+            self._summary = write(self.repository.archive)
+        except Exception as exc:  # any failure of an optional repository is its own, logged below
+            self._failure = str(exc) if isinstance(exc, PitrkitError) else f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+    def outcome(self, deadline: float) -> str | None:
+        """Its summary, or None when it failed or is late (logged)."""
+        name = self.repository.name
+        if not self._done.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("repository %r: no answer within its timeout (%gs); it is optional, carrying on without it",
+                        name, self.repository.settings.timeout)
+            return None
+        if self._summary is None:
+            log.warning("repository %r: %s; it is optional, carrying on without it", name, self._failure)
+        return self._summary
+
+
+def _queued(repository: Repository) -> bool:
+    try:
+        return bool(spool.waiting(repository.settings)) or spool.behind_since(repository.settings) is not None
+    except PitrkitError as exc:
+        log.warning("repository %r: %s", repository.name, exc)
+        return True
+
+
+def _spooled(repository: Repository, file: WalFileName, data: bytes) -> str:
+    """Keep the file for an optional repository that did not take it. Never raises: the
+    required repositories hold the file, and PostgreSQL must not wait for this one."""
+    try:
+        if spool.behind_since(repository.settings) is not None:
+            spool.mark_behind(repository.settings, file.name)
+            return f"behind, {file.name} to be copied from a required repository"
+        if spool.keep(repository.settings, file.name, data):
+            return f"spooled {file.name} for it"
+        log.warning("repository %r: its spool is full (spool_max); %s is not spooled, and the repository is marked "
+                    "behind: catch-up will copy what it lacks from a required repository", repository.name, file.name)
+        return f"spool full, {file.name} to be copied from a required repository"
+    except PitrkitError as exc:
+        try:
+            spool.mark_behind(repository.settings, file.name)
+        except PitrkitError:
+            pass  # the same fault, most likely: the error below says what it lacks
+        log.error("repository %r: %s; it lacks %s until catch-up or `pitrkit repo sync` copies it", repository.name,
+                  exc, file.name)
+        return f"not spooled: {exc}"
+
+
+class Encoded:
+    """A WAL file framed for storage once for every repository that stores it alike (in
+    plaintext: compression is the same for all), instead of compressed once per
+    repository; an encrypted repository's object is its own."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._lock = threading.Lock()
+        self._plaintext: tuple[bytes, objects.ObjectHeader] | None = None
+
+    def framed(self, compressor: Compressor, cipher: Cipher | None) -> tuple[bytes, objects.ObjectHeader]:
+        if cipher is not None:
+            return objects.encode(self._data, compressor, cipher)
+        with self._lock:
+            if self._plaintext is None:
+                self._plaintext = objects.encode(self._data, compressor, None)
+            return self._plaintext
+
+
+def push_data(archive: Archive, file: WalFileName, data: bytes, encoded: Encoded | None = None) -> str:
+    """Archive `data`, read already, as the WAL file `file`; as `push`. `encoded`: the
+    framing shared with the other repositories `data` goes to."""
     compression = archive.config.compression
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
     _validate(archive, file, data)
     cipher = archive.write_cipher()
 
-    blob, header = objects.encode(data, compressor, cipher)
+    blob, header = (encoded or Encoded(data)).framed(compressor, cipher)
     key = wal_key(file)
     try:
         archive.put(key, blob)

@@ -2,12 +2,18 @@
 primary instead of up to a whole segment behind.
 
 It runs pg_receivewal on a physical replication slot into a local spool directory and
-archives what arrives through exactly the wal-push path (`push.push`: validation,
+archives what arrives through exactly the wal-push path (`push.pushed_to_every`: validation,
 compression, durable storage, duplicate handling): every completed segment, in order,
 after which its spool copy is removed; and every `[receive] partial_interval` seconds the
 segment still being written, as `<segment>.partial` (push replaces a stored partial only
 with one that extends it). When a segment completes, the stored `.partial` of it is
 deleted: the full segment wins anyway, and the archive stays tidy.
+
+With several repositories each file goes to every one on wal-push's rules: a required
+repository's failure keeps the file in this spool, retried with backoff, later files
+waiting behind it; an optional one's puts the file in that repository's own spool
+(wal/spool.py) for catch-up, and the stored partial is deleted only in the repositories
+that took the full segment.
 
 Why this shape (Barman's and pgBackRest's users know it): pg_receivewal speaks the
 replication protocol, fsyncs, pads and renames segments, and resumes by itself from the
@@ -43,6 +49,7 @@ import subprocess
 import tempfile
 import time
 from argparse import Namespace
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -55,8 +62,9 @@ from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.postgres.conninfo import connection_failure, conninfo_parameters
 from pitrkit.postgres.wal import Lsn, SegmentName, WalFileKind, WalFileName
 from pitrkit.progress import human_bytes
-from pitrkit.storage.archive import Archive, wal_key
-from pitrkit.wal.push import push
+from pitrkit.storage.archive import wal_key
+from pitrkit.storage.repositories import Repository, open_all
+from pitrkit.wal.push import pushed_to_every
 from pitrkit.wal.receiver_health import (
     LagClock,
     PrimaryError,
@@ -105,9 +113,9 @@ class _Backoff:
 class Receiver:
     """pg_receivewal supervised, and its spool archived."""
 
-    def __init__(self, config: Config, archive: Archive, spool: Path, pg_receivewal: Path) -> None:
+    def __init__(self, config: Config, repositories: Sequence[Repository], spool: Path, pg_receivewal: Path) -> None:
         self._settings = config.receive
-        self._archive = archive
+        self._repositories = repositories
         self._spool = spool
         conninfo = config.postgres.conninfo or ""
         # The application_name is what synchronous_standby_names names; a name the DBA
@@ -340,12 +348,12 @@ class Receiver:
         complete, partial = self._spool_files()
         for path in complete:
             try:
-                summary = push(self._archive, path)
+                pushed = pushed_to_every(self._repositories, path)
             except PitrkitError as exc:
                 # Later segments wait: the archive must never have one after a gap.
                 self._archive_failed(path.name, exc)
                 return
-            self._archived_file(path, summary)
+            self._archived_file(path, pushed.summary, pushed.holding)
         self._archive_backoff.reset()
         if partial is not None:
             self._ship_partial(partial, force=final or self._ship_partial_now)
@@ -356,16 +364,18 @@ class Receiver:
         self._last_error = f"archiving {name}: {exc}"
         events.emit(log, logging.ERROR, "archive-failed", file=name, error=str(exc), retry_in=f"{delay:g}s")
 
-    def _archived_file(self, path: Path, summary: str) -> None:
+    def _archived_file(self, path: Path, summary: str, holding: list[Repository]) -> None:
         file = WalFileName.parse(path.name)
         if file.kind == WalFileKind.SEGMENT:
             segment = SegmentName.parse(file.name, path.stat().st_size)
             # The full segment wins over any partial of it; deleting the partial only
             # after the segment is durable never leaves the archive without that WAL.
-            try:
-                self._archive.delete(wal_key(WalFileName.parse(f"{file.name}.partial")))
-            except PitrkitError as exc:
-                events.emit(log, logging.WARNING, "partial-not-deleted", file=f"{file.name}.partial", error=str(exc))
+            for repository in holding:
+                try:
+                    repository.archive.delete(wal_key(WalFileName.parse(f"{file.name}.partial")))
+                except PitrkitError as exc:
+                    events.emit(log, logging.WARNING, "partial-not-deleted", file=f"{file.name}.partial",
+                                error=str(exc))
             self._note_archived(segment.end_lsn)
             self._segments_archived += 1
         # Only once the push is durable. A crash before this unlink (or before it reaches
@@ -390,7 +400,7 @@ class Receiver:
             return  # just created: pg_receivewal has not written its first page yet
         self._last_partial_ship = time.monotonic()
         try:
-            summary = push(self._archive, path)
+            summary = pushed_to_every(self._repositories, path).summary
         except PitrkitError as exc:
             if path.exists():
                 self._last_error = f"shipping {path.name}: {exc}"
@@ -594,11 +604,14 @@ def _lock_spool(spool: Path) -> int:
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     spool = _spool_directory(config.receive.spool)
     pg_receivewal = _pg_receivewal(config.postgres.bindir)
-    archive = Archive(config)
-    archive.identity()  # no archive.json: not an archive, nothing to stream into (`pitrkit init`)
+    repositories = open_all(config)
+    for repository in repositories:
+        if repository.required:
+            # No archive.json: not an archive, nothing to stream into (`pitrkit init`).
+            repository.archive.identity()
     lock = _lock_spool(spool)
     events.log_to_stderr(args.verbose)
-    receiver = Receiver(config, archive, spool, pg_receivewal)
+    receiver = Receiver(config, repositories, spool, pg_receivewal)
     signal.signal(signal.SIGTERM, receiver.stop)
     signal.signal(signal.SIGINT, receiver.stop)
     try:

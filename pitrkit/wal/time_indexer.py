@@ -8,6 +8,11 @@ for the index. A notice the pipe cannot take (the child lagging far behind) is d
 the next notice for the same folder indexes every segment of it still missing, and
 `pitrkit catalog rebuild` indexes whatever remains. The child ends when the agent
 closes its stdin (the agent stopping or reloading its configuration).
+
+With several repositories, each keeps its own index (`catalog/times`, `catalog/xids`):
+the child indexes the segment in every repository that holds it and can be read here.
+An optional repository with WAL waiting in its spool is left out until it has caught
+up; the next notice for the same folder, or `catalog rebuild`, indexes what it then holds.
 """
 
 from __future__ import annotations
@@ -101,25 +106,34 @@ def main(config_path: str) -> None:
     from pitrkit.catalog.time_index import Carried, index_wal
     from pitrkit.config import load
     from pitrkit.errors import PitrkitError
-    from pitrkit.storage.archive import Archive
+    from pitrkit.storage.repositories import open_all
+    from pitrkit.wal import spool
 
     _idle_priority()
     logging.basicConfig(format="pitrkit time indexer: %(levelname)s: %(message)s", level=logging.WARNING)
-    archive = Archive(load(Path(config_path)))
-    carried: Carried = {}
+    repositories = [each for each in open_all(load(Path(config_path))) if indexes_here(each.archive.config)]
+    several = len(repositories) > 1
+    carried: dict[str, Carried] = {each.name: {} for each in repositories}
     stdin = sys.stdin.fileno()
     while names := _batches(stdin):
-        try:
-            wal = ArchivedWal(archive)
-            folders = set()
-            for name in names:
-                file = WalFileName.parse(name)
-                folders.add((file.timeline, wal.segno(name) // wal.per_log))
-            index_wal(archive, wal, folders=folders, carried=carried)
-        except (PitrkitError, ValueError, OSError) as exc:
-            log.warning("indexing %s: %s", ", ".join(names[:3]), exc)
-        for stale in list(carried)[:-_KEEP_CARRIED]:
-            del carried[stale]
+        for repository in repositories:
+            archive = repository.archive
+            try:
+                if not repository.required and (spool.waiting(repository.settings)
+                                                or spool.behind_since(repository.settings) is not None):
+                    continue  # catching up: indexed once it holds the WAL
+                wal = ArchivedWal(archive)
+                folders = set()
+                for name in names:
+                    file = WalFileName.parse(name)
+                    folders.add((file.timeline, wal.segno(name) // wal.per_log))
+                index_wal(archive, wal, folders=folders, carried=carried[repository.name])
+            except (PitrkitError, ValueError, OSError) as exc:
+                where = f" in repository {repository.name!r}" if several else ""
+                log.warning("indexing %s%s: %s", ", ".join(names[:3]), where, exc)
+            own = carried[repository.name]
+            for stale in list(own)[:-_KEEP_CARRIED]:
+                del own[stale]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pitrkit.errors import FETCH_FAULT, NotInArchive
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import SegmentName, read_page_header, valid_end
 from pitrkit.storage.archive import Archive
+from pitrkit.storage.repositories import Repository
 from pitrkit.wal import fetch
 from pitrkit.wal.agent import _fetch, _Serving
 from pitrkit.wal.fetch import SPOOL_PREFIX
@@ -171,7 +172,7 @@ def test_only_segments_have_stand_ins(store, destination):
 def test_read_ahead_never_spools_a_partial(store, tmp_path):
     store.partial(5)
     with pytest.raises(NotInArchive):
-        fetch.spool(store.archive, name(5), tmp_path)
+        fetch.spool([Repository(store.archive.config.repositories[0], store.archive)], name(5), tmp_path)
     assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
 
 
@@ -181,7 +182,8 @@ def test_the_agent_reads_ahead_past_a_partial_but_serves_it_when_asked(store, de
     between wins."""
     store.segment(4)
     store.partial(5)
-    serving = _Serving(store.archive, Ahead(1, "push"), Ahead(1, "fetch", discard=fetch.remove_spooled), set())
+    serving = _Serving([Repository(store.archive.config.repositories[0], store.archive)], Ahead(1, "push"),
+                       Ahead(1, "fetch", discard=fetch.remove_spooled), set())
     try:
         _fetch(serving, name(4), destination)
         ahead = serving.fetches.take((name(5), destination.parent), None)

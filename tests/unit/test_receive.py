@@ -18,6 +18,7 @@ from pitrkit.events import LogfmtFormatter
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
+from pitrkit.storage.repositories import open_all
 from pitrkit.wal.push import push
 from pitrkit.wal.receive import Receiver, _lock_spool, _receiver_command
 from pitrkit.wal.receiver_health import LagClock, SlotState
@@ -184,7 +185,7 @@ def slot(retained: int, wal_status: str = "reserved") -> SlotState:
 
 def test_a_slot_retaining_too_much_is_warned_about_once_in_a_while(tmp_path, caplog):
     settings = parse(f'[receive]\nspool = "{tmp_path}"\nmax_slot_retained = "1MB"')
-    receiver = Receiver(settings, Archive(settings), tmp_path, Path("/bin/pg_receivewal"))
+    receiver = Receiver(settings, open_all(settings), tmp_path, Path("/bin/pg_receivewal"))
     with caplog.at_level(logging.WARNING, logger="pitrkit.wal.receive"):
         receiver._check_slot(slot(1 << 20))
         assert not caplog.records

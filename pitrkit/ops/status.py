@@ -56,7 +56,7 @@ from pitrkit.catalog.archived_wal import ArchivedWal, TimelineStep, WalChain, on
 from pitrkit.catalog.backups import last_written, retention_state, survey_backups
 from pitrkit.catalog.chains import BrokenChain, chain_length, check_chains
 from pitrkit.catalog.documents import BackupSummary, DrillReport, RetentionRun, WalIndexEntry
-from pitrkit.config import Config, RetentionConfig
+from pitrkit.config import Config, RepositoryConfig, RetentionConfig
 from pitrkit.errors import ConfigError, PitrkitError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.ops.policy import BackupVerdict, RetentionPolicy, select_backups, show_duration
@@ -64,6 +64,7 @@ from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes, human_count, human_seconds, show_time
 from pitrkit.storage.archive import DRILLS_PREFIX, Archive, ArchiveMissing, drill_key, stored_at
 from pitrkit.storage.repositories import Repository, open_all
+from pitrkit.wal import spool
 
 Level = Literal["OK", "WARN", "FAIL"]
 _SEVERITY: dict[Level, int] = {"OK": 0, "WARN": 1, "FAIL": 2}
@@ -312,10 +313,10 @@ class MissingFromReference(msgspec.Struct, kw_only=True, frozen=True):
 
 class SpoolStatus(msgspec.Struct, kw_only=True, frozen=True):
     """An optional repository's durable spool: the WAL waiting locally for it. Its place
-    is set from the configuration; the figures of what waits come from the spool itself
-    (wal/spool.py's `state`: waiting, bytes, behind, oldest), None until it is read here."""
+    comes from the configuration; the figures of what waits from the spool itself
+    (wal/spool.py's `state`), None where this user or host cannot read it."""
 
-    directory: str  # [[repository]] spool
+    directory: str  # <[[repository]] spool>/<name>/
     max_bytes: int  # spool_max
     files_waiting: int | None = None
     bytes_waiting: int | None = None
@@ -1114,10 +1115,9 @@ def collect_all(repositories: Sequence[Repository], config: Config, now: datetim
 def _repository_status(repository: Repository, seen: _Collected | PitrkitError, base: _Collected,
                        reference: Repository, config: Config) -> RepositoryStatus:
     settings = repository.settings
-    spool = None if settings.spool is None else SpoolStatus(directory=settings.spool,
-                                                            max_bytes=settings.spool_max_bytes)
+    spooled = None if settings.spool is None else _spool_status(settings)
     unread = RepositoryStatus(name=repository.name, url=repository.archive.storage.url, required=repository.required,
-                              spool=spool, level="FAIL" if repository.required else "WARN", reachable=False)
+                              spool=spooled, level="FAIL" if repository.required else "WARN", reachable=False)
     if isinstance(seen, PitrkitError):
         return msgspec.structs.replace(unread, problem=str(seen))
     report = seen.report
@@ -1128,6 +1128,8 @@ def _repository_status(repository: Repository, seen: _Collected | PitrkitError, 
         missing = missing_from(Held(base.wal, base.report.backup_marks), Held(seen.wal, seen.report.backup_marks),
                                reference.name, horizon=retention is not None)
     levels: list[Level] = [check.level for check in own] + ["WARN" if missing and missing.behind else "OK"]
+    if spooled is not None and (spooled.behind or spooled.files_waiting):
+        levels.append("WARN")  # WAL the repository does not hold yet, whatever the comparison saw
     level = max(levels, key=_SEVERITY.__getitem__)
     if not repository.required and level == "FAIL":
         level = "WARN"  # an optional repository never fails the status: nothing waits for it
@@ -1137,6 +1139,18 @@ def _repository_status(repository: Repository, seen: _Collected | PitrkitError, 
         head_timeline=report.head_timeline, timelines=report.timelines, size=report.size,
         retention_shortfalls=len(report.retention.shortfalls) if report.retention.configured else None,
         checks=own, missing=missing)
+
+
+def _spool_status(settings: RepositoryConfig) -> SpoolStatus:
+    """The spool's place, and what waits in it when it can be read here (status may run
+    as a user, or on a host, that cannot read the postgres user's spool)."""
+    place = SpoolStatus(directory=str(spool.directory(settings)), max_bytes=settings.spool_max_bytes)
+    try:
+        now = spool.state(settings)
+    except PitrkitError:
+        return place
+    return msgspec.structs.replace(place, files_waiting=now.waiting, bytes_waiting=now.bytes, behind=now.behind,
+                                   oldest_waiting=now.oldest)
 
 
 class Held(NamedTuple):

@@ -261,8 +261,8 @@ def _figures(report: StatusReport) -> list[_Figures]:
 
 
 def _repository_metrics(exposition: _Exposition, repositories: list[RepositoryStatus]) -> None:
-    """With several repositories: each one's state, and what it misses of the reference's.
-    (The spool's figures come with the spool: wal/spool.py.)"""
+    """With several repositories: each one's state, what it misses of the reference's, and
+    what waits in an optional one's spool (where status could read it)."""
     family = exposition.family
     up = family("repository_up", "gauge", "Whether the repository could be read.")
     level = family("repository_status", "gauge", "Each repository's status: 0 OK, 1 WARN, 2 FAIL.")
@@ -271,7 +271,17 @@ def _repository_metrics(exposition: _Exposition, repositories: list[RepositorySt
                          "WAL files the reference repository holds that this one lacks.")
     missing_backups = family("repository_missing_backups", "gauge",
                              "Backups the reference repository holds that this one lacks.")
+    spooled = family("repository_spool_files", "gauge", "WAL files waiting in an optional repository's local spool.")
+    spooled_bytes = family("repository_spool_bytes", "gauge",
+                           "Bytes of WAL waiting in an optional repository's local spool.")
+    overflowed = family("repository_spool_behind", "gauge",
+                        "1 once an optional repository's spool reached spool_max: what it lacks is copied from a "
+                        "required repository.")
     for each in repositories:
+        if each.spool is not None and each.spool.files_waiting is not None:
+            spooled.add(each.spool.files_waiting, repository=each.name)
+            spooled_bytes.add(each.spool.bytes_waiting, repository=each.name)
+            overflowed.add(float(bool(each.spool.behind)), repository=each.name)
         up.add(float(each.reachable), repository=each.name)
         level.add(_LEVEL_VALUE[each.level], repository=each.name)
         required.add(float(each.required), repository=each.name)

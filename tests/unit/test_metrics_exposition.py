@@ -25,6 +25,7 @@ from pitrkit.config import DrillConfig, ReceiveConfig, RepositoryConfig, Retenti
 from pitrkit.ops import status
 from pitrkit.storage.repositories import open_all
 from pitrkit.views.metrics import metrics_text
+from pitrkit.wal import spool as wal_spool
 from pitrkit.wal.receiver_health import write_state
 from tests.unit.synthetic_archive import SyntheticArchive
 from tests.unit.test_status import FACTS, NOW, config_of, drill, health
@@ -61,6 +62,7 @@ def exposition(tmp_path: Path) -> str:
     config = msgspec.structs.replace(config, repository=[
         msgspec.structs.replace(config.first_repository.repository, name="local"),
         RepositoryConfig(url=f"file://{behind.root}", name="cloud", required=False, spool=str(tmp_path / "wait"))])
+    wal_spool.keep(config.repositories[1], "000000010000000000000010", b"WAL the cloud could not take")
     facts = msgspec.structs.replace(FACTS, drill_schedule="every 7d", next_drill_at=NOW + timedelta(days=6),
                                     drill_running=True, drills_run=4, drill_failures=1)
     return metrics_text(status.collect_all(open_all(config), config, now=NOW, archiver=archiver), facts)

@@ -20,6 +20,7 @@ from pitrkit.views import json as json_view
 from pitrkit.views.html import html_page
 from pitrkit.views.metrics import metrics_text
 from pitrkit.views.text import status_summary, status_text
+from pitrkit.wal import spool as wal_spool
 from tests.unit.synthetic_archive import SyntheticArchive, name
 from tests.unit.test_status import NOW, levels, message
 
@@ -27,7 +28,7 @@ NOT_ASKED = status.Archiver(reachable=False, problem="[postgres] conninfo is not
 
 
 def entry(root: Path, name: str, required: bool = True, **settings) -> RepositoryConfig:
-    spool = {} if required else {"spool": f"/var/spool/pitrkit/{name}"}
+    spool = {} if required else {"spool": str(root.parent / "spool")}
     return RepositoryConfig(url=f"file://{root}", name=name, retries=0, required=required, **spool, **settings)
 
 
@@ -73,8 +74,26 @@ def test_an_optional_repository_that_lags_is_a_warn_naming_what_it_misses(local,
     assert (second.backups, second.last_backup and second.last_backup.backup_id) == (1, "A")
     # The spool's place comes from the configuration; what waits in it, from the spool.
     assert second.spool is not None
-    assert (second.spool.directory, second.spool.max_bytes, second.spool.files_waiting) == (
-        "/var/spool/pitrkit/cloud", 4 * 1024**3, None)
+    assert (second.spool.directory, second.spool.max_bytes, second.spool.files_waiting, second.spool.behind) == (
+        str(cloud.root.parent / "spool" / "cloud"), 4 * 1024**3, 0, False)
+
+
+def test_wal_waiting_in_an_optional_repositorys_spool_is_a_warn_with_its_figures(local, tmp_path):
+    """Even where the comparison finds nothing missing (the repository took the file, or
+    a copy landed after the push gave up on it), what waits in the spool is shown."""
+    twin = SyntheticArchive(tmp_path / "twin")
+    twin.segments(1, 1, 20)
+    twin.backup("A", 1, 2, 3)
+    twin.backup("B", 1, 10, 11)
+    optional = entry(twin.root, "twin", required=False)
+    wal_spool.keep(optional, name(1, 21), b"16 bytes of WAL!")
+    report = collect(entry(local.root, "local"), optional)
+    state = report.repositories[1]
+    assert state.missing is not None and not state.missing.behind
+    assert state.spool is not None
+    assert (state.spool.files_waiting, state.spool.bytes_waiting, state.spool.behind, state.spool.oldest_waiting) == (
+        1, 16, False, name(1, 21))
+    assert (state.level, levels(report)["repository twin"]) == ("WARN", "WARN")
 
 
 def test_a_repository_that_holds_everything_is_ok(local, tmp_path):
@@ -154,7 +173,8 @@ def test_the_views_show_each_repository(local, cloud, tmp_path):
     text = status_text(report)
     assert "WARN  repository cloud  optional" in text
     assert f"repository local: OK required, file://{local.root}; the figures above are its own" in text
-    assert "repository cloud: WARN optional" in text and "spool /var/spool/pitrkit/cloud (at most 4.0 GiB)" in text
+    assert "repository cloud: WARN optional" in text
+    assert f"spool {tmp_path / 'spool' / 'cloud'} (at most 4.0 GiB), 0 files waiting" in text
     page = html_page(report, None, refresh_seconds=30)
     assert '<table id="repositories">' in page and "<th>cloud</th>" in page
     document = json.loads(json_view.render(report))

@@ -785,24 +785,27 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
 
         # From here on, a failure closes the session, which makes the server abort the
         # backup; parts already stored stay, without a manifest, until retention.
-        changes = None
-        if parent_summary is not None:
-            changes, source = _changes_since(archive, server, facts, parent_summary, timeline, started)
-            log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
-                     parent_summary.backup_id, source.method, source.note)
         listing = walk_data_directory(pgdata, facts.major, tablespace_names)
         configuration, captured = _capture_configuration(server, facts)
         if captured:
             listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
             listing.files[-1:-1] = captured  # before pg_control, which is copied last
+        phases.done("list")
+        # After the walk: the WAL summarizer reaches the backup's start meanwhile.
+        changes = None
+        if parent_summary is not None:
+            changes, source = _changes_since(archive, server, facts, parent_summary, timeline, started)
+            log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
+                     parent_summary.backup_id, source.method, source.note)
+            phases.done("changes")
         whole, plans = listing.files, list[incremental.BlockPlan]()
         if changes is not None:
             whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)
-        phases.done("list")
+            phases.done("plan")
         # What will be read: whole files, and of block-mapped ones every page the scan
         # reads, or the blocks the summaries name (new blocks past the parent's come on top).
         total = sum(file.size for file in whole) + BLOCK_SIZE * sum(
-            len(plan.base[0]) if plan.changed is None else len(plan.changed) for plan in plans)
+            plan.base.blocks if plan.changed is None else len(plan.changed) for plan in plans)
         log.info("copying %d files (%s) and %d block-mapped files from %s and %d tablespaces", len(whole),
                  human_bytes(total), len(plans), pgdata, len(listing.tablespaces))
         workers = config.backup.workers or len(os.sched_getaffinity(0))

@@ -40,7 +40,7 @@ from pitrkit.backup.page_scan import changed_pages
 from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, on_path
 from pitrkit.catalog.backups import survey_backups
-from pitrkit.catalog.blockmap import FileMap, Run, SuperBlock, recorded_digest
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, recorded_digest
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     BLOCKS_PER_SEGMENT,
@@ -123,7 +123,7 @@ class Base(NamedTuple):
     bytes per block, as a map packs them)."""
 
     blocks: int
-    runs: list[Run]
+    runs: bytes  # packed, as in the parent's map
     checksums: bytes
 
 
@@ -146,7 +146,7 @@ class Parent(NamedTuple):
         block number."""
         if (mapped := self.maps.get(path)) is None:
             return None
-        return Base(mapped.blocks, list(mapped.iter_runs()), mapped.checksums)
+        return Base(mapped.blocks, mapped.runs, mapped.checksums)
 
 
 def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
@@ -590,39 +590,39 @@ def _runs(base: Base, blocks: int, stored: list[int], own: int) -> bytes:
     """The file's runs: its `stored` blocks (ascending; each one's position in this
     backup is its index there) from this backup (`own`), every other block as the
     parent's runs have it. Every block past the parent's length, or past `blocks` the
-    parent has, is among `stored`. Made span by span from the parent's runs and the
-    stored blocks' neighbours, never block by block."""
-    runs: list[Run] = []
-
-    def add(first: int, length: int, source: int, position: int) -> None:
-        if runs and runs[-1].source == source and runs[-1].position + runs[-1].length == position:
-            last = runs[-1]
-            runs[-1] = Run(last.first, last.length + length, source, last.position)
-        else:
-            runs.append(Run(first, length, source, position))
-
-    parents = iter(base.runs)  # ascending, covering the parent's blocks
-    current = Run(0, 0, 0, 0)
-
-    def from_parent(begin: int, end: int) -> None:
-        nonlocal current
-        while begin < end:
-            while current.first + current.length <= begin:
-                current = next(parents)  # never past the parent's last run: see above
-            stop = min(end, current.first + current.length)
-            add(begin, stop - begin, current.source, current.position + begin - current.first)
-            begin = stop
-
+    parent has, is among `stored`. Made span by span, from the parent's runs and the
+    stored blocks' neighbours, never block by block (one loop, nothing called per span:
+    this runs over every run of every block-mapped file)."""
+    runs: list[list[int]] = []  # first, length, source, position
+    parents = blockmap.unpack_runs(base.runs)  # ascending, covering the parent's blocks
+    run_first = run_end = run_source = run_position = 0
     cursor = index = 0
-    while index < len(stored):
-        first, end = stored[index], index + 1
-        while end < len(stored) and stored[end] == stored[end - 1] + 1:
-            end += 1
-        from_parent(cursor, first)
-        add(first, end - index, own, index)
-        cursor, index = first + end - index, end
-    from_parent(cursor, blocks)
-    return blockmap.pack_runs(runs)
+    while True:
+        if index < len(stored):
+            first, end = stored[index], index + 1
+            while end < len(stored) and stored[end] == stored[end - 1] + 1:
+                end += 1
+        else:
+            first, end = blocks, index
+        while cursor < first:  # the parent's blocks up to the next stored ones
+            while run_end <= cursor:  # never past the parent's last run: see above
+                run_first, length, run_source, run_position = next(parents)
+                run_end = run_first + length
+            stop = min(first, run_end)
+            position = run_position + cursor - run_first
+            if runs and runs[-1][2] == run_source and runs[-1][3] + runs[-1][1] == position:
+                runs[-1][1] += stop - cursor
+            else:
+                runs.append([cursor, stop - cursor, run_source, position])
+            cursor = stop
+        if index == len(stored):
+            return blockmap.pack_runs(runs)
+        length = end - index
+        if runs and runs[-1][2] == own and runs[-1][3] + runs[-1][1] == index:
+            runs[-1][1] += length
+        else:
+            runs.append([first, length, own, index])
+        cursor, index = first + length, end
 
 
 def _mode(st_mode: int) -> int:

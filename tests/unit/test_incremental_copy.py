@@ -66,8 +66,9 @@ def test_a_file_shorter_than_the_wanted_blocks_gives_the_pages_it_has(tmp_path):
 
 def block_by_block(base: Base, blocks: int, stored: list[int], own: int) -> bytes:
     """The runs as an independent, per-block computation makes them."""
-    sources = [run.source for run in base.runs for _ in range(run.length)]
-    positions = [run.position + offset for run in base.runs for offset in range(run.length)]
+    parents = [Run(*fields) for fields in blockmap.unpack_runs(base.runs)]
+    sources = [run.source for run in parents for _ in range(run.length)]
+    positions = [run.position + offset for run in parents for offset in range(run.length)]
     sources = sources[:blocks] + [own] * max(0, blocks - len(sources))
     positions = positions[:blocks] + [0] * max(0, blocks - len(positions))
     for position, block in enumerate(stored):
@@ -80,7 +81,7 @@ def parents_and_changes(draw: st.DrawFn) -> tuple[Base, int, list[int]]:
     parent_blocks = draw(st.integers(0, 60))
     sources = draw(st.lists(st.integers(0, 2), min_size=parent_blocks, max_size=parent_blocks))
     positions = [draw(st.integers(0, 3)) + block for block in range(parent_blocks)]
-    base = Base(parent_blocks, blockmap.block_runs(sources, positions), bytes(8 * parent_blocks))
+    base = Base(parent_blocks, blockmap.pack_runs(blockmap.block_runs(sources, positions)), bytes(8 * parent_blocks))
     blocks = draw(st.integers(0, 80))
     # Every block past the parent's length is stored, as copy_block_file stores it.
     changed = draw(st.sets(st.integers(0, max(0, min(blocks, parent_blocks) - 1)))) if blocks else set()
@@ -95,8 +96,8 @@ def test_runs_made_span_by_span_are_the_runs_made_block_by_block(case):
 
 
 def test_the_runs_of_an_unchanged_file_are_the_parents():
-    base = Base(10, [Run(0, 4, 0, 0), Run(4, 6, 1, 2)], bytes(80))
-    assert incremental._runs(base, 10, [], 2) == blockmap.pack_runs(base.runs)
+    base = Base(10, blockmap.pack_runs([Run(0, 4, 0, 0), Run(4, 6, 1, 2)]), bytes(80))
+    assert incremental._runs(base, 10, [], 2) == base.runs
     assert incremental._runs(base, 6, [], 2) == blockmap.pack_runs([Run(0, 4, 0, 0), Run(4, 2, 1, 2)])
 
 

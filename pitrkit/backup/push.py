@@ -773,14 +773,22 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             # The parent's chain must outlive this backup's registration: a retention
             # run meanwhile would leave an incremental of nothing.
             held.enter_context(lease.holding(archive, parent_summary, "backup-push --incremental"))
-            parent = incremental.load_parent(archive, parent_summary)
         backup_id, start_time = _new_backup_id(archive, server)
         folder.backup_id = backup_id
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
         phases.done("prepare")
-        started = server.start_backup(label)
-        phases.done("start")
+        # The parent's manifest and block maps are read and checked while the server
+        # checkpoints for the start. If they cannot be used, the backup just started is
+        # abandoned with the session, as after any failure from here on.
+        with ThreadPoolExecutor(1, thread_name_prefix="parent-maps") as beside:
+            loading = None if parent_summary is None else beside.submit(incremental.load_parent, archive,
+                                                                         parent_summary)
+            started = server.start_backup(label)
+            phases.done("start")
+            if loading is not None:
+                parent = loading.result()
+                phases.done("parent")
         log.info("backup %s started at %s (label %r)", backup_id, started, label)
 
         # From here on, a failure closes the session, which makes the server abort the

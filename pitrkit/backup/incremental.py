@@ -221,7 +221,7 @@ class Changes(NamedTuple):
 class BlockPlan(NamedTuple):
     path: str
     base: Base
-    changed: list[int] | None  # block numbers from the summaries (None: scan the file)
+    changed: list[int] | None  # block numbers from the summaries, ascending, each once (None: scan the file)
     limit: int | None  # blocks from here on are stored whatever the summaries say
     segment: int
 
@@ -308,7 +308,10 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since
             if forked.limit <= first:
                 return None  # truncated to before this file: nothing of the parent's is good
             limit = forked.limit - first
-    stored = len(set(changed) | set(range(min(limit if limit is not None else blocks, base.blocks), blocks)))
+    # The changed blocks (ascending, each once) and every block from where the parent's
+    # copy ends or the limit is: what copy_block_file would store.
+    fresh = min(limit if limit is not None else blocks, base.blocks)
+    stored = bisect.bisect_left(changed, fresh) + max(0, blocks - fresh)
     if blocks and stored >= _WHOLE_SHARE * blocks:
         return None
     return BlockPlan(path, base, changed, limit, segment)
@@ -535,7 +538,8 @@ def _batches(fd: int, plan: BlockPlan, blocks: int, changes: Changes, advance: C
             yield found, memoryview(b"".join(pages))
         wanted = list(range(scanned, blocks))
     else:
-        wanted = sorted({block for block in plan.changed if block < fresh} | set(range(fresh, blocks)))
+        # The summaries' blocks are ascending, each once (backup/changes.py).
+        wanted = plan.changed[:bisect.bisect_left(plan.changed, fresh)] + list(range(fresh, blocks))
     for start in range(0, len(wanted), _BATCH_PAGES):
         batch, data = read_blocks(fd, wanted[start:start + _BATCH_PAGES])
         advance(len(data))

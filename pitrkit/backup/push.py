@@ -836,10 +836,10 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
                 blocks.abandon()
             raise
         # Every relation file's map: the block-mapped ones', then those copied whole;
-        # stored beside the stop and the wait for WAL, which do not depend on them.
+        # made and stored beside the stop and the wait for WAL, which do not depend on them.
         with ThreadPoolExecutor(1, thread_name_prefix="block-maps") as beside:
-            storing = beside.submit(incremental.store_block_maps, archive, backup_id,
-                                    incremental.finish_maps(copied) + stream_maps, compressor, cipher)
+            storing = beside.submit(lambda: incremental.store_block_maps(
+                archive, backup_id, incremental.finish_maps(copied) + stream_maps, compressor, cipher))
             stop = server.stop_backup()
             phases.done("stop")
             first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)

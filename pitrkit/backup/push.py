@@ -793,19 +793,23 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
 
         # From here on, a failure closes the session, which makes the server abort the
         # backup; parts already stored stay, without a manifest, until retention.
-        listing = walk_data_directory(pgdata, facts.major, tablespace_names)
-        configuration, captured = _capture_configuration(server, facts)
-        if captured:
-            listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
-            listing.files[-1:-1] = captured  # before pg_control, which is copied last
-        phases.done("list")
-        # After the walk: the WAL summarizer reaches the backup's start meanwhile.
-        changes = None
-        if parent_summary is not None:
-            changes, source = _changes_since(archive, server, facts, parent_summary, timeline, started)
-            log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
-                     parent_summary.backup_id, source.method, source.note)
-            phases.done("changes")
+        # Which blocks changed is asked of the server (waiting for its WAL summarizer to
+        # reach the start, then reading the summaries) while the data directory is walked.
+        with ThreadPoolExecutor(1, thread_name_prefix="changes") as beside:
+            finding = None if parent_summary is None else beside.submit(
+                _changes_since, archive, server, facts, parent_summary, timeline, started)
+            listing = walk_data_directory(pgdata, facts.major, tablespace_names)
+            configuration, captured = _capture_configuration(server, facts)
+            if captured:
+                listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
+                listing.files[-1:-1] = captured  # before pg_control, which is copied last
+            phases.done("list")
+            changes = None
+            if finding is not None and parent_summary is not None:
+                changes, source = finding.result()
+                log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
+                         parent_summary.backup_id, source.method, source.note)
+                phases.done("changes")
         whole, plans = listing.files, list[incremental.BlockPlan]()
         if changes is not None:
             whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)

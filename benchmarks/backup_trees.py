@@ -13,7 +13,9 @@ the console script), with the rig's configuration. Rounds interleave every tree 
 pgBackRest, the first rotating, each backup after a CHECKPOINT and with its tool's
 archiver first, timed as backup_restore.py times them (wall, and user + system CPU of
 the processes it starts). Prints per round and the medians, with ratios to pgBackRest's
-backup in the same round. Each round's backups are removed afterwards (pgBackRest's by
+backup in the same round, and each pitrkit tree's steps (its `-v` phases, with the time
+outside them split into `start-up` up to pitrkit.entry.main(), `exit` after its return,
+and `outside`, the imports and configuration left). Each round's backups are removed afterwards (pgBackRest's by
 `expire`), so that the archives do not grow.
 
 `--incremental`: instead, on the rig `incremental.py --keep` leaves running (its
@@ -36,6 +38,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +52,11 @@ from pitrkit.demo.localpg import Cluster, run_as_server_user  # noqa: E402
 
 import pgharness  # noqa: E402
 
-ENTRY = "import sys; from pitrkit.entry import main; sys.exit(main())"
+# The console script's work, with the wall clock when main() began and returned on stderr,
+# so that start-up (before main) and exit (after main) are told apart from the command.
+ENTRY = ("import sys, time; from pitrkit.entry import main; began = time.time(); code = main(); "
+         "sys.stderr.write(f'backup_trees: main {began:.6f} {time.time():.6f}\\n'); sys.exit(code)")
+MAIN = re.compile(r"^backup_trees: main (\S+) (\S+)$", re.MULTILINE)
 
 
 def kept_rig(root: Path, major: int = 15, pgbackrest: str = "pgbackrest") -> br.Rig:
@@ -90,6 +97,7 @@ def main() -> None:
              for name, path in (tree.split("=", 1) for tree in a.trees)}
     tools = [*trees, br.PGBACKREST]
     runs: dict[str, list[br.Timed]] = {tool: [] for tool in tools}
+    phases: dict[str, list[dict[str, float]]] = {tool: [] for tool in tools}
     rig.set_archive_command(br.PITRKIT)  # with this rig's pgBackRest, before the first update's WAL
     for round_ in range(a.rounds):
         for number, tool in enumerate(walpath.rotated(tools, round_)):
@@ -97,14 +105,23 @@ def main() -> None:
                 incremental.update_rows(rig, round_ * len(tools) + number, 100)
             rig.set_archive_command(br.PGBACKREST if tool == br.PGBACKREST else br.PITRKIT)
             rig.cluster.sql("CHECKPOINT")
+            began = time.time()
             if tool == br.PGBACKREST:
                 t = br.timed(rig.pgbr_cmd("backup", "--type=incr" if a.incremental else "--type=full"))
             else:
                 t = br.timed([str(rig.python), "-c", ENTRY, "--config", str(rig.pitrkit_config), "-v", "backup-push",
                               *(["--incremental"] if a.incremental else [])],
                              env={**rig.env, "PYTHONPATH": str(trees[tool])})
+            ended = time.time()
             runs[tool].append(t)
             steps = br.pitrkit_phases(t.stderr, t.wall_s) if tool != br.PGBACKREST else {}
+            if steps and (main := MAIN.search(t.stderr)):
+                # `outside` split: start-up (runuser and the interpreter, up to main()), exit
+                # (from main()'s return), and what is left in it: imports and configuration.
+                steps["start-up"] = round(float(main[1]) - began, 3)
+                steps["exit"] = round(ended - float(main[2]), 3)
+                steps["outside"] = round(steps["outside"] - steps["start-up"] - steps["exit"], 3)
+            phases[tool].append(steps)
             print(f"round {round_ + 1} {tool}: {t.wall_s:.2f} s, {t.cpu_s:.2f} CPU s, load {t.load_before}"
                   + (f"; steps {steps}" if steps else ""), flush=True)
         rig.set_archive_command(br.PITRKIT)
@@ -123,8 +140,9 @@ def main() -> None:
               f"{statistics.median(t.cpu_s for t in timed):.2f} | {statistics.median(walls):.2f} "
               f"({' '.join(map(str, walls))}) | {statistics.median(cpus):.2f} ({' '.join(map(str, cpus))}) |")
     for tool in trees:
-        steps = [{"tool": br.PITRKIT, "phases": br.pitrkit_phases(t.stderr, t.wall_s)} for t in runs[tool]]
+        steps = [{"tool": br.PITRKIT, "phases": each} for each in phases[tool]]
         print(f"\n{tool}:", "\n".join(br.phase_table(steps)))
+        print("(here `outside` is without `start-up`, up to pitrkit.entry.main(), and `exit`, from its return)")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,16 @@ def main() -> int:
     # needs, which a handed-over wal-push or wal-fetch must not pay for (the hot path).
     from pitrkit.cli import main as run_in_process
 
-    return run_in_process(argv, start_agent=request is not None)
+    code = run_in_process(argv, start_agent=request is not None)
+    # Only when the command ran here, and the process ends next: interpreter shutdown
+    # runs full garbage collections over every object the command's imports made, which
+    # with psycopg loaded cost ~100 ms of exit (backup-push: 140-210 ms from the command's
+    # return to the process's end, against ~20 ms for --help). Frozen objects are left
+    # out of them; the process's end frees them all the same.
+    import gc
+
+    gc.freeze()
+    return code
 
 
 def run() -> None:

@@ -27,10 +27,11 @@ stands at this backup's start; replay from this backup's start redoes anything l
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -117,11 +118,12 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
 
 
 class Base(NamedTuple):
-    """The parent's copy of a file, per block: where it is (source, position) in the
-    child's numbering, and its checksum (8 bytes per block, as a map packs them)."""
+    """The parent's copy of a file: its length in blocks, where each block is (its map's
+    runs: source and position in the child's numbering) and each block's checksum (8
+    bytes per block, as a map packs them)."""
 
-    sources: list[int]
-    positions: list[int]
+    blocks: int
+    runs: bytes  # packed, as in the parent's map
     checksums: bytes
 
 
@@ -144,8 +146,7 @@ class Parent(NamedTuple):
         block number."""
         if (mapped := self.maps.get(path)) is None:
             return None
-        sources, positions = blockmap.expand(mapped)
-        return Base(sources, positions, mapped.checksums)
+        return Base(mapped.blocks, mapped.runs, mapped.checksums)
 
 
 def load_parent(archive: Archive, summary: BackupSummary) -> Parent:
@@ -220,7 +221,7 @@ class Changes(NamedTuple):
 class BlockPlan(NamedTuple):
     path: str
     base: Base
-    changed: list[int] | None  # block numbers from the summaries (None: scan the file)
+    changed: list[int] | None  # block numbers from the summaries, ascending, each once (None: scan the file)
     limit: int | None  # blocks from here on are stored whatever the summaries say
     segment: int
 
@@ -307,7 +308,10 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since
             if forked.limit <= first:
                 return None  # truncated to before this file: nothing of the parent's is good
             limit = forked.limit - first
-    stored = len(set(changed) | set(range(min(limit if limit is not None else blocks, len(base[0])), blocks)))
+    # The changed blocks (ascending, each once) and every block from where the parent's
+    # copy ends or the limit is: what copy_block_file would store.
+    fresh = min(limit if limit is not None else blocks, base.blocks)
+    stored = bisect.bisect_left(changed, fresh) + max(0, blocks - fresh)
     if blocks and stored >= _WHOLE_SHARE * blocks:
         return None
     return BlockPlan(path, base, changed, limit, segment)
@@ -338,18 +342,21 @@ class SuperBlockStore:
         self._failure: BaseException | None = None
         self._pool = _Pool(workers)
 
-    def submit(self, data: bytes, first: int, pages: int, done: Callable[[SuperBlock], None]) -> None:
-        """Store the pages; `done` gets where they went (called on a worker thread)."""
+    def submit(self, data: memoryview, first: int, pages: int, done: Callable[[SuperBlock], None]) -> None:
+        """Store the pages; `done` gets where they went (called on a worker thread).
+        `data` is a view of the batch they were read into, never written again."""
         self._room.acquire()
         if self._failure is not None:
             raise self._failure
         self._pool.run(lambda: self._store(data, first, pages, done))
 
-    def _store(self, data: bytes, first: int, pages: int, done: Callable[[SuperBlock], None]) -> None:
+    def _store(self, data: memoryview, first: int, pages: int, done: Callable[[SuperBlock], None]) -> None:
         try:
             if self._failure is not None:
                 return
-            blob, header = objects.encode(data, self._compressor, self._cipher, digest=self._digest)
+            # The view, not a bytes copy: zstd and the digests read any buffer (as PartStore's).
+            blob, header = objects.encode(data, self._compressor, self._cipher,  # type: ignore[arg-type]
+                                          digest=self._digest)
             full = None
             with self._lock:
                 block = SuperBlock(self._number, len(self._current), len(blob), first, pages, recorded_digest(header))
@@ -439,9 +446,15 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
     """Store the file's changed blocks; its record and block map. None if it vanished
     (a dropped relation: replay drops it too).
 
+    The pages are read, checksummed and handed to the store a batch at a time, in block
+    order, so that the workers compress while the file is still being read and memory
+    holds a batch per file (and the store's room), not every changed page of a 1 GiB
+    segment.
+
     The length recorded is what the copy saw (fstat before, and again after the reads
-    for a file truncated under it): never inferred from zeros. Blocks a concurrent
-    extension adds after the first fstat are not copied; replay writes them."""
+    for a file truncated under it; never less than its last stored page): never inferred
+    from zeros. Blocks a concurrent extension adds after the first fstat are not copied;
+    replay writes them, as it redoes a truncation after the pages were read."""
     absolute = os.path.join(pgdata, plan.path)
     try:
         fd = os.open(absolute, os.O_RDONLY | os.O_CLOEXEC)
@@ -449,89 +462,175 @@ def copy_block_file(pgdata: str, plan: BlockPlan, changes: Changes, store: Super
         return None
     except OSError as exc:
         raise PitrkitError(f"cannot read {absolute}: {exc.strerror}") from None
-    try:
-        status = os.fstat(fd)
-        blocks = status.st_size // BLOCK_SIZE
-        parent_blocks = len(plan.base[0])
-        pages: list[tuple[int, bytes | memoryview]] = []
-        if plan.changed is None:
-            scanned = min(parent_blocks, blocks)
-            pages.extend(changed_pages(fd, scanned, plan.segment * BLOCKS_PER_SEGMENT, changes.since,
-                                       changes.checksums))
-            advance(scanned * BLOCK_SIZE)
-            wanted = list(range(scanned, blocks))
-        else:
-            fresh = min(parent_blocks, blocks if plan.limit is None else plan.limit)
-            wanted = sorted({block for block in plan.changed if block < fresh} | set(range(fresh, blocks)))
-        pages.extend(_read_blocks(fd, wanted))
-        advance((len(pages) if plan.changed is not None else len(wanted)) * BLOCK_SIZE)
-        blocks = min(blocks, os.fstat(fd).st_size // BLOCK_SIZE)
-    finally:
-        os.close(fd)
-    pages = sorted((page for page in pages if page[0] < blocks), key=_block)
-    packed = _checksums(plan, blocks, pages)
-    copied = CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
-                                  len(pages), checksums.of_blocks(packed)),
-                        _runs(plan, blocks, [block for block, _ in pages], own), own + 1, packed, [])
+    stored: list[int] = []
+    super_blocks: list[SuperBlock] = []
     lock = threading.Lock()
 
     def done(block: SuperBlock) -> None:
         with lock:
-            copied.super_blocks.append(block)
+            super_blocks.append(block)
 
-    for first in range(0, len(pages), blockmap.SUPER_BLOCK_PAGES):
-        group = pages[first:first + blockmap.SUPER_BLOCK_PAGES]
-        store.submit(b"".join(page for _, page in group), first, len(group), done)
-    return copied
+    try:
+        status = os.fstat(fd)
+        blocks = status.st_size // BLOCK_SIZE
+        sums = checksums.unpacked(plan.base.checksums[:blocks * blockmap.CHECKSUM_SIZE])
+        sums.extend([0] * (blocks - len(sums)))
+        for batch, data in _batches(fd, plan, blocks, changes, advance):
+            # The pages' checksums, and their super-blocks (positions go on from the last
+            # batch's: a batch is whole super-blocks but for the file's last).
+            for block, checksum in zip(batch, checksums.page_checksums(data), strict=True):
+                sums[block] = checksum
+            position = len(stored)
+            for first in range(0, len(batch), blockmap.SUPER_BLOCK_PAGES):
+                pages = min(blockmap.SUPER_BLOCK_PAGES, len(batch) - first)
+                store.submit(data[first * BLOCK_SIZE:(first + pages) * BLOCK_SIZE], position + first, pages, done)
+            stored.extend(batch)
+        blocks = _length(blocks, os.fstat(fd).st_size // BLOCK_SIZE, stored, _fresh(plan, blocks))
+    finally:
+        os.close(fd)
+    del sums[blocks:]
+    packed = checksums.packed(sums)
+    return CopiedFile(BlockFile(plan.path, blocks * BLOCK_SIZE, _mode(status.st_mode), int(status.st_mtime), 0,
+                                len(stored), checksums.of_blocks(packed)),
+                      _runs(plan.base, blocks, stored, own), own + 1, packed, super_blocks)
 
 
-def _runs(plan: BlockPlan, blocks: int, stored: list[int], own: int) -> bytes:
-    """The file's runs: its stored blocks from this backup (`own`), the rest as the
-    parent's map has them. Every block past the parent's length is among `stored`."""
-    sources = plan.base[0][:blocks] + [own] * max(0, blocks - len(plan.base[0]))
-    positions = plan.base[1][:blocks] + [0] * max(0, blocks - len(plan.base[1]))
-    for position, block in enumerate(stored):
-        sources[block] = own
-        positions[block] = position
-    return blockmap.pack_runs(blockmap.block_runs(sources, positions))
+def _fresh(plan: BlockPlan, blocks: int) -> int:
+    """The first block that cannot come from the parent (the parent's length, or the
+    summaries' limit block): every block from there to `blocks` is stored."""
+    return min(plan.base.blocks, blocks if plan.limit is None else plan.limit)
 
 
-def _checksums(plan: BlockPlan, blocks: int, pages: list[tuple[int, bytes | memoryview]]) -> bytes:
-    """The file's block checksums, packed: the parent's, with the stored pages' own
-    (every block past the parent's length is among them)."""
-    sums = checksums.unpacked(plan.base.checksums[:blocks * blockmap.CHECKSUM_SIZE])
-    sums.extend([0] * (blocks - len(sums)))
-    for block, data in pages:
-        sums[block] = checksums.page_checksum(data)
-    return checksums.packed(sums)
+def _length(listed: int, now: int, stored: list[int], fresh: int) -> int:
+    """The length in blocks recorded for a file `listed` blocks long when the copy began
+    and `now` blocks long after it, of which the blocks `stored` were read. Every block
+    below it is stored or (below `fresh`) the parent's. A truncation under the copy
+    shortens it, but not below a page already stored (replay redoes the truncation); a
+    truncation the reads ran into ends it where the stored blocks past `fresh` stop,
+    even if the file grew again (replay writes the new pages)."""
+    length = max(min(listed, now), stored[-1] + 1 if stored else 0)
+    return min(length, fresh + len(stored) - bisect.bisect_left(stored, fresh))
+
+
+# Pages per batch (4 MiB): whole super-blocks.
+_BATCH_PAGES = 64 * blockmap.SUPER_BLOCK_PAGES
+
+
+def _batches(fd: int, plan: BlockPlan, blocks: int, changes: Changes, advance: Callable[[int], None]
+             ) -> Iterator[tuple[list[int], memoryview]]:
+    """The pages to store of the file's first `blocks` blocks, ascending, in batches of
+    _BATCH_PAGES (the last one shorter): their block numbers and their bytes."""
+    fresh = _fresh(plan, blocks)
+    if plan.changed is None:
+        # Read every page the parent has and keep the changed ones; then every block past it.
+        scanned = fresh
+        found: list[int] = []
+        pages: list[bytes] = []
+        for block, page in changed_pages(fd, scanned, plan.segment * BLOCKS_PER_SEGMENT, changes.since,
+                                         changes.checksums):
+            found.append(block)
+            pages.append(page)
+            if len(found) == _BATCH_PAGES:
+                yield found, memoryview(b"".join(pages))
+                found, pages = [], []
+        advance(scanned * BLOCK_SIZE)
+        if found:
+            yield found, memoryview(b"".join(pages))
+        wanted = list(range(scanned, blocks))
+    else:
+        # The summaries' blocks are ascending, each once (backup/changes.py).
+        wanted = plan.changed[:bisect.bisect_left(plan.changed, fresh)] + list(range(fresh, blocks))
+    for start in range(0, len(wanted), _BATCH_PAGES):
+        batch, data = read_blocks(fd, wanted[start:start + _BATCH_PAGES])
+        advance(len(data))
+        if batch:
+            yield batch, data
+        if len(batch) < min(_BATCH_PAGES, len(wanted) - start):
+            return  # truncated under the copy
+
+
+# Unchanged blocks between changed ones are read over, into a scratch buffer, when the
+# gap is at most this many blocks: copying 8 KiB from the page cache costs less than a
+# system call more.
+_GAP_PAGES = 4
+# The most buffers one preadv takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
+
+
+def read_blocks(fd: int, wanted: list[int]) -> tuple[list[int], memoryview]:
+    """The pages `wanted` (ascending block numbers) into one buffer, in that order: the
+    blocks read and their bytes. Neighbours, and blocks a short gap apart, are read by one
+    preadv each. Fewer blocks than wanted (a prefix) when the file was truncated under
+    the copy."""
+    data = memoryview(bytearray(len(wanted) * BLOCK_SIZE))
+    scratch = memoryview(bytearray(_GAP_PAGES * BLOCK_SIZE))
+    index = 0
+    while index < len(wanted):
+        start = block = wanted[index]
+        vectors: list[memoryview] = []
+        end = index
+        while end < len(wanted) and len(vectors) < _IOV_MAX - 1 and (gap := wanted[end] - block) <= _GAP_PAGES:
+            if gap:
+                vectors.append(scratch[:gap * BLOCK_SIZE])
+            run = end + 1
+            while run < len(wanted) and wanted[run] == wanted[run - 1] + 1:
+                run += 1
+            vectors.append(data[end * BLOCK_SIZE:run * BLOCK_SIZE])
+            block = wanted[run - 1] + 1
+            end = run
+        try:
+            count = os.preadv(fd, vectors, start * BLOCK_SIZE)
+        except OSError as exc:
+            raise PitrkitError(f"cannot read a relation file: {exc.strerror}") from None
+        if count < (block - start) * BLOCK_SIZE:
+            # Truncated under the copy: the pages wholly read, up to where the file ends.
+            kept = bisect.bisect_left(wanted, start + count // BLOCK_SIZE, index, end)
+            return wanted[:kept], data[:kept * BLOCK_SIZE]
+        index = end
+    return wanted, data
+
+
+def _runs(base: Base, blocks: int, stored: list[int], own: int) -> bytes:
+    """The file's runs: its `stored` blocks (ascending; each one's position in this
+    backup is its index there) from this backup (`own`), every other block as the
+    parent's runs have it. Every block past the parent's length, or past `blocks` the
+    parent has, is among `stored`. Made span by span, from the parent's runs and the
+    stored blocks' neighbours, never block by block (one loop, nothing called per span:
+    this runs over every run of every block-mapped file)."""
+    runs: list[list[int]] = []  # first, length, source, position
+    parents = blockmap.unpack_runs(base.runs)  # ascending, covering the parent's blocks
+    run_first = run_end = run_source = run_position = 0
+    cursor = index = 0
+    while True:
+        if index < len(stored):
+            first, end = stored[index], index + 1
+            while end < len(stored) and stored[end] == stored[end - 1] + 1:
+                end += 1
+        else:
+            first, end = blocks, index
+        while cursor < first:  # the parent's blocks up to the next stored ones
+            while run_end <= cursor:  # never past the parent's last run: see above
+                run_first, length, run_source, run_position = next(parents)
+                run_end = run_first + length
+            stop = min(first, run_end)
+            position = run_position + cursor - run_first
+            if runs and runs[-1][2] == run_source and runs[-1][3] + runs[-1][1] == position:
+                runs[-1][1] += stop - cursor
+            else:
+                runs.append([cursor, stop - cursor, run_source, position])
+            cursor = stop
+        if index == len(stored):
+            return blockmap.pack_runs(runs)
+        length = end - index
+        if runs and runs[-1][2] == own and runs[-1][3] + runs[-1][1] == index:
+            runs[-1][1] += length
+        else:
+            runs.append([first, length, own, index])
+        cursor, index = first + length, end
 
 
 def _mode(st_mode: int) -> int:
     return st_mode & 0o7777
-
-
-def _block(page: tuple[int, bytes | memoryview]) -> int:
-    return page[0]
-
-
-def _read_blocks(fd: int, wanted: list[int]) -> list[tuple[int, bytes | memoryview]]:
-    """The pages `wanted` (ascending) that the file still has, read run by run: views
-    of each run's bytes, copied once, into their super-block."""
-    pages: list[tuple[int, bytes | memoryview]] = []
-    index = 0
-    while index < len(wanted):
-        first = wanted[index]
-        end = index + 1
-        while end < len(wanted) and wanted[end] == wanted[end - 1] + 1 and end - index < 512:
-            end += 1
-        count = end - index
-        data = memoryview(os.pread(fd, count * BLOCK_SIZE, first * BLOCK_SIZE))
-        whole = len(data) // BLOCK_SIZE
-        pages.extend((first + n, data[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]) for n in range(whole))
-        if whole < count:
-            break  # truncated under the copy
-        index = end
-    return pages
 
 
 def finish_maps(copied: list[CopiedFile]) -> list[FileMap]:

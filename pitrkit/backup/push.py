@@ -796,36 +796,51 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             # The parent's chain must outlive this backup's registration: a retention
             # run meanwhile would leave an incremental of nothing.
             held.enter_context(lease.holding(archive, parent_summary, "backup-push --incremental"))
-            parent = incremental.load_parent(archive, parent_summary)
         backup_id, start_time = _claim_backup_id(archive, server)
         folder.backup_id = backup_id
         label = label or f"pitrkit {backup_id}"
         tablespace_names = server.tablespace_names()
         phases.done("prepare")
-        started = server.start_backup(label)
-        phases.done("start")
+        # The parent's manifest and block maps are read and checked while the server
+        # checkpoints for the start. If they cannot be used, the backup just started is
+        # abandoned with the session, as after any failure from here on.
+        with ThreadPoolExecutor(1, thread_name_prefix="parent-maps") as beside:
+            loading = None if parent_summary is None else beside.submit(incremental.load_parent, archive,
+                                                                         parent_summary)
+            started = server.start_backup(label)
+            phases.done("start")
+            if loading is not None:
+                parent = loading.result()
+                phases.done("parent")
         log.info("backup %s started at %s (label %r)", backup_id, started, label)
 
         # From here on, a failure closes the session, which makes the server abort the
         # backup; parts already stored stay, without a manifest, until retention.
-        changes = None
-        if parent_summary is not None:
-            changes, source = _changes_since(archive, server, facts, parent_summary, timeline, started)
-            log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
-                     parent_summary.backup_id, source.method, source.note)
-        listing = walk_data_directory(pgdata, facts.major, tablespace_names)
-        configuration, captured = _capture_configuration(server, facts)
-        if captured:
-            listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
-            listing.files[-1:-1] = captured  # before pg_control, which is copied last
+        # Which blocks changed is asked of the server (waiting for its WAL summarizer to
+        # reach the start, then reading the summaries) while the data directory is walked.
+        with ThreadPoolExecutor(1, thread_name_prefix="changes") as beside:
+            finding = None if parent_summary is None else beside.submit(
+                _changes_since, archive, server, facts, parent_summary, timeline, started)
+            listing = walk_data_directory(pgdata, facts.major, tablespace_names)
+            configuration, captured = _capture_configuration(server, facts)
+            if captured:
+                listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
+                listing.files[-1:-1] = captured  # before pg_control, which is copied last
+            phases.done("list")
+            changes = None
+            if finding is not None and parent_summary is not None:
+                changes, source = finding.result()
+                log.info("backup %s is incremental on %s; changed blocks: %s (%s)", backup_id,
+                         parent_summary.backup_id, source.method, source.note)
+                phases.done("changes")
         whole, plans = listing.files, list[incremental.BlockPlan]()
         if changes is not None:
             whole, plans = incremental.plan_files(pgdata, listing.files, parent, changes)
-        phases.done("list")
+            phases.done("plan")
         # What will be read: whole files, and of block-mapped ones every page the scan
         # reads, or the blocks the summaries name (new blocks past the parent's come on top).
         total = sum(file.size for file in whole) + BLOCK_SIZE * sum(
-            len(plan.base[0]) if plan.changed is None else len(plan.changed) for plan in plans)
+            plan.base.blocks if plan.changed is None else len(plan.changed) for plan in plans)
         log.info("copying %d files (%s) and %d block-mapped files from %s and %d tablespaces", len(whole),
                  human_bytes(total), len(plans), pgdata, len(listing.tablespaces))
         workers = config.backup.workers or len(os.sched_getaffinity(0))
@@ -848,10 +863,10 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
                 blocks.abandon()
             raise
         # Every relation file's map: the block-mapped ones', then those copied whole;
-        # stored beside the stop and the wait for WAL, which do not depend on them.
+        # made and stored beside the stop and the wait for WAL, which do not depend on them.
         with ThreadPoolExecutor(1, thread_name_prefix="block-maps") as beside:
-            storing = beside.submit(incremental.store_block_maps, archive, backup_id,
-                                    incremental.finish_maps(copied) + stream_maps, compressor, cipher)
+            storing = beside.submit(lambda: incremental.store_block_maps(
+                archive, backup_id, incremental.finish_maps(copied) + stream_maps, compressor, cipher))
             stop = server.stop_backup()
             phases.done("stop")
             first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)

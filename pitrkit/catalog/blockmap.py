@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -151,8 +151,15 @@ class BlockMapDocument(msgspec.Struct, kw_only=True, frozen=True):
     files: list[FileMap]
 
 
-def pack_runs(runs: list[Run]) -> bytes:
+def pack_runs(runs: Iterable[Sequence[int]]) -> bytes:
+    """Runs (`Run`s, or any (first, length, source, position)) packed."""
     return b"".join(_RUN.pack(*run) for run in runs)
+
+
+def unpack_runs(packed: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """Packed runs as (first, length, source, position), unchecked: for runs taken from
+    a FileMap, which checked them."""
+    return _RUN.iter_unpack(packed)
 
 
 def pack_super_blocks(blocks: list[SuperBlock]) -> bytes:

@@ -232,7 +232,7 @@ def test_a_parent_gives_every_relation_files_blocks_with_their_checksums(tmp_pat
     parent = incremental.load_parent(builder.archive, push.summary_of(manifest))
     base = parent.blocks_of("base/5/100")
     assert base is not None
-    assert (base.sources, base.positions) == ([0] * 20, list(range(20)))
+    assert (base.blocks, base.runs) == (20, blockmap.pack_runs([blockmap.Run(0, 20, 0, 0)]))
     assert base.checksums == independent_block_checksums(pages("100", 20))
     assert parent.blocks_of("PG_VERSION") is None
     assert blockmap.CHECKSUM_SIZE == 8

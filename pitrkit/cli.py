@@ -35,6 +35,7 @@ _COMMAND_MODULES = {
     "backup-consolidate": "pitrkit.ops.consolidate",
     "restore-point": "pitrkit.backup.restore_point",
     "catalog": "pitrkit.ops.listing",
+    "repo": "pitrkit.ops.repo_sync",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
     "drill": "pitrkit.ops.drill",
@@ -140,6 +141,17 @@ def _parser() -> argparse.ArgumentParser:
     catalog = commands.add_parser("catalog", help="maintain the archive's catalog")
     catalog_actions = catalog.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects alone")
+
+    repo = commands.add_parser("repo", help="work on the [[repository]] entries as a set")
+    repo_actions = repo.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    repo_sync = repo_actions.add_parser("sync", help="copy into a repository every WAL file, backup, restore point "
+                                        "and time index object another holds and it lacks (never overwriting or "
+                                        "deleting; safe to run again)")
+    repo_sync.add_argument("--from", dest="source", metavar="NAME", help="the repository to copy from (default: "
+                           "the first configured one that is not the target)")
+    repo_sync.add_argument("--to", dest="target", metavar="NAME", help="the repository to fill (default: every "
+                           "one but the source)")
+    repo_sync.add_argument("--dry-run", action="store_true", help="list what would be copied; copy nothing")
 
     plan = commands.add_parser("restore-plan", help="show what a restore to a target would use, or what is missing")
     _add_target_arguments(plan)

@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "archive alone, so that retention can expire the chain under it")
     consolidate.add_argument("backup_id", metavar="BACKUP_ID", help="the incremental backup to consolidate")
     consolidate.add_argument("--json", action="store_true", help="print what was made as JSON instead of the id")
+    _add_repo_argument(consolidate, "consolidate in this repository only (default: in each one holding the backup)")
 
     point = commands.add_parser("restore-point", help="make a named restore point on the server in [postgres] "
                                 "(pg_create_restore_point) and record it in the archive, for restore --name")
@@ -192,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
                               "(default: the newest usable backup)")
     drill_target.add_argument("--random", action="store_true", help="restore to a random point of the "
                               "restorable range (said in the report)")
+    _add_repo_argument(drill, "drill from this repository only, and store the report there (default: the first "
+                       "that can plan the drill)")
 
     retention = commands.add_parser("retention", help="remove the backups and WAL the [retention] policy "
                                     "no longer keeps")
@@ -263,6 +266,10 @@ def _timeline_id(text: str) -> int:
     return _whole_number(text, 1, 0xFFFFFFFF)
 
 
+def _add_repo_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--repo", metavar="NAME", help=f"with several [[repository]] entries: {help_text}")
+
+
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", "--time", dest="time", metavar="TIME",
@@ -276,6 +283,8 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--immediate", action="store_true", help="as soon as the backup is consistent: "
                         "the end of the newest backup, replaying only its own WAL")
     target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
+    _add_repo_argument(parser, "plan and restore from this repository only (default: the first that holds a "
+                       "backup reaching the target, falling through one that cannot answer)")
     parser.add_argument("--exclusive", action="store_true", help="with --to, --lsn or --xid: stop just before "
                         "the target, not after it (recovery_target_inclusive = off)")
     parser.add_argument("--timeline", metavar="N|latest|current|server",

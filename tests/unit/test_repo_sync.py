@@ -18,26 +18,27 @@ from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import BackupManifest, RestorePoint
 from pitrkit.config import Config, EncryptionConfig, RepositoryConfig
 from pitrkit.errors import RefusedError, UsageError
+from pitrkit.ops.init import ClusterFacts, initialise_all
 from pitrkit.ops.repo_sync import SyncReport, pairs
 from pitrkit.ops.repo_sync import sync as run_sync
 from pitrkit.postgres.wal import Lsn, WalFileName
 from pitrkit.restore import chain
+from pitrkit.restore.plan import PlanRefused, describe, make_plan, planned_in
+from pitrkit.restore.targets import Target
 from pitrkit.storage import keys
-from pitrkit.storage.archive import Archive, manifest_key
+from pitrkit.storage.archive import Archive, ArchiveMissing, manifest_key
 from pitrkit.storage.repositories import Repository, open_all
 from pitrkit.wal.fetch import read_for_recovery
 from pitrkit.wal.push import push_data
 from tests.unit.chain_archive import T0, ChainBuilder
-from tests.unit.segments import init_archive, segment
+from tests.unit.segments import SYSID, init_archive, segment
 from tests.unit.test_chain_restore import build, expected, restored_files
 
 HISTORY = "00000002.history"
 
 
 def key_encryption(tmp_path: Path, name: str) -> EncryptionConfig:
-    path = tmp_path / f"{name}.key"
-    keys.generate_key_file(path)
-    return EncryptionConfig(mode="key", key_file=str(path))
+    return EncryptionConfig(mode="key", key_file=str(key_file(tmp_path, name)))
 
 
 def repository(tmp_path: Path, name: str, encryption: EncryptionConfig | None = None) -> Repository:
@@ -197,3 +198,78 @@ def test_one_repository_has_nothing_to_sync(tmp_path):
 
 def sync(origin: Repository, target: Repository) -> SyncReport:
     return run_sync(origin, target)
+
+
+# --- reading with fall-through, init per repository ----------------------------------------------
+
+
+def latest(archive: Archive):
+    return make_plan(archive, Target(kind="latest", text="latest"))
+
+
+def test_a_plan_falls_through_a_repository_that_cannot_answer_and_one_without_a_backup(tmp_path):
+    builder, _, origin = source(tmp_path)
+    empty = repository(tmp_path, "empty")
+    gone = Repository(RepositoryConfig(url=f"file://{tmp_path / 'gone'}", name="gone", retries=0),
+                      Archive(Config(repository=RepositoryConfig(url=f"file://{tmp_path / 'gone'}", retries=0))))
+    chosen_one, plan = planned_in([gone, empty, origin], latest)
+    assert chosen_one is origin and plan.repository == "source"
+    assert plan.backup.backup_id == builder.manifests[-1].backup_id
+    assert describe(plan).startswith("repository:   source\n")
+
+
+def test_no_repository_reaching_the_target_is_a_refusal_naming_each(tmp_path):
+    empty, other = repository(tmp_path, "empty"), repository(tmp_path, "other")
+    with pytest.raises(PlanRefused, match="repository 'empty': .*no finished backup; repository 'other': "):
+        planned_in([empty, other], latest)
+
+
+def test_a_fault_where_none_can_restore_keeps_its_own_kind(tmp_path):
+    empty = repository(tmp_path, "empty")
+    (tmp_path / "missing").mkdir()
+    missing = Repository(RepositoryConfig(url=f"file://{tmp_path / 'missing'}", name="missing", retries=0),
+                         Archive(Config(repository=RepositoryConfig(url=f"file://{tmp_path / 'missing'}",
+                                                                    retries=0))))
+    with pytest.raises(ArchiveMissing, match="repository 'empty': .*repository 'missing': .*pitrkit init"):
+        planned_in([empty, missing], latest)
+
+
+def test_one_repository_plans_as_before(tmp_path):
+    _, _, origin = source(tmp_path)
+    assert planned_in([origin], latest)[1].repository is None
+    with pytest.raises(PlanRefused, match="^the archive .* holds no finished backup$"):
+        planned_in([repository(tmp_path, "empty")], latest)
+
+
+def test_init_creates_each_repository_and_leaves_one_already_initialised(tmp_path):
+    (tmp_path / "local").mkdir()
+    (tmp_path / "dr").mkdir()
+    parsed = configuration.parse({"repository": [
+        {"url": f"file://{tmp_path / 'local'}", "name": "local"},
+        {"url": f"file://{tmp_path / 'dr'}", "name": "dr",
+         "encryption": {"mode": "key", "key_file": str(key_file(tmp_path, "dr"))}}]}, "test")
+    facts = ClusterFacts(SYSID, 16 << 20, 15, "the test")
+    archives = [each.archive for each in open_all(parsed)]
+    init_archive(archives[0])
+    said = initialise_all(archives, facts)
+    assert said[0].startswith("repository 'local': the archive") and "already initialised" in said[0]
+    assert said[1].startswith("repository 'dr': created the archive") and "encrypted" in said[1]
+    assert archives[1].identity().encryption is not None and archives[0].identity().encryption is None
+
+
+def test_init_refuses_a_repository_of_another_cluster_before_creating_any(tmp_path):
+    (tmp_path / "local").mkdir()
+    (tmp_path / "dr").mkdir()
+    parsed = configuration.parse({"repository": [{"url": f"file://{tmp_path / 'local'}", "name": "local"},
+                                                 {"url": f"file://{tmp_path / 'dr'}", "name": "dr"}]}, "test")
+    archives = [each.archive for each in open_all(parsed)]
+    init_archive(archives[1], sysid=42)
+    with pytest.raises(RefusedError, match="system identifier 42"):
+        initialise_all(archives, ClusterFacts(SYSID, 16 << 20, 15, "the test"))
+    assert not (tmp_path / "local" / "archive.json").exists()
+
+
+def key_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.key"
+    keys.generate_key_file(path)
+    return path

@@ -273,3 +273,10 @@ def key_file(tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.key"
     keys.generate_key_file(path)
     return path
+
+
+def test_a_list_of_one_repository_reads_with_its_own_keys(tmp_path):
+    """A DR host's configuration: one [[repository]] entry with its own [encryption]."""
+    parsed = configuration.parse({"repository": [{"url": f"file://{tmp_path}", "encryption": {
+        "mode": "key", "key_file": str(key_file(tmp_path, "dr"))}}]}, "test")
+    assert Archive(parsed).config.encryption.mode == "key"

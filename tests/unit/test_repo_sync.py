@@ -12,7 +12,7 @@ import pytest
 
 from pitrkit import cli
 from pitrkit import config as configuration
-from pitrkit.backup.replicate import Copier, copy_with_chain
+from pitrkit.backup.replicate import Copier, copy_to_others, copy_with_chain
 from pitrkit.catalog import restore_points
 from pitrkit.catalog.backups import backups
 from pitrkit.catalog.documents import BackupManifest, RestorePoint
@@ -26,7 +26,7 @@ from pitrkit.restore import chain
 from pitrkit.restore.plan import PlanRefused, describe, make_plan, planned_in
 from pitrkit.restore.targets import Target
 from pitrkit.storage import keys
-from pitrkit.storage.archive import Archive, ArchiveMissing, manifest_key
+from pitrkit.storage.archive import Archive, ArchiveMissing, ArchiveUnavailable, manifest_key
 from pitrkit.storage.repositories import Repository, open_all
 from pitrkit.wal.fetch import read_for_recovery
 from pitrkit.wal.push import push_data
@@ -280,3 +280,21 @@ def test_a_list_of_one_repository_reads_with_its_own_keys(tmp_path):
     parsed = configuration.parse({"repository": [{"url": f"file://{tmp_path}", "encryption": {
         "mode": "key", "key_file": str(key_file(tmp_path, "dr"))}}]}, "test")
     assert Archive(parsed).config.encryption.mode == "key"
+
+
+def test_backup_push_fails_for_a_required_repository_and_carries_on_without_an_optional_one(tmp_path):
+    builder, _, origin = source(tmp_path)
+    newest = builder.manifests[-1]
+    dr = repository(tmp_path, "dr", key_encryption(tmp_path, "dr"))
+    gone_url = f"file://{tmp_path / 'gone'}"
+    gone = Repository(RepositoryConfig(url=gone_url, name="gone", retries=0),
+                      Archive(Config(repository=RepositoryConfig(url=gone_url, retries=0))))
+    with pytest.raises(ArchiveUnavailable, match=f"backup {newest.backup_id} is stored in repository 'source', but "
+                                                 "copying it into a required repository failed: repository 'gone'"):
+        copy_to_others(origin, [dr, gone], newest)
+    # The copy into dr ran to its end all the same.
+    assert [summary.backup_id for summary in backups(dr.archive)] == [each.backup_id for each in builder.manifests]
+
+    optional = gone._replace(settings=RepositoryConfig(url=gone_url, name="gone", required=False, spool="/s"))
+    written = copy_to_others(origin, [dr, optional], newest)
+    assert written.results == {"dr": []} and [each.name for each, _ in written.missed] == ["gone"]

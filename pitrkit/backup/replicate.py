@@ -24,6 +24,7 @@ the plaintext checksums of files and blocks (catalog/checksums.py) do not change
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,8 +43,9 @@ from pitrkit.storage.repositories import Repository, Written, to_every
 
 log = logging.getLogger(__name__)
 
-# Objects of one backup copied at once: each is held in memory (a part is at most 32 MiB).
-_WORKERS = 4
+# Objects copied at once: each is held in memory (a part is at most 32 MiB), and each
+# copy waits mostly on storage round trips.
+WORKERS = 4
 
 
 def encodes_alike(source: Archive, target: Archive) -> bool:
@@ -70,7 +72,8 @@ class Copier:
         self._target_cipher: Cipher | None = None if self.as_stored else target.write_cipher()
         compression = target.config.compression
         self._compressor = target.plugins.compressor(compression.algorithm, compression.level, threads=1)
-        self.written = 0
+        self.written = 0  # bytes stored, by the copying threads under `_counting`
+        self._counting = threading.Lock()
 
     @property
     def copying(self) -> str:
@@ -106,7 +109,8 @@ class Copier:
             if stored != blob:
                 self._same_content(key, stored, header, check)
             return
-        self.written += len(blob)
+        with self._counting:
+            self.written += len(blob)
         if not self.as_stored:
             self._same_content(key, self.target.get(key), header, check)
 
@@ -152,7 +156,7 @@ class Copier:
         if lacking:
             raise RefusedError(f"backup {backup_id} is incremental on {', '.join(lacking)}, which "
                                f"{self.target.storage.url} does not hold: copy the chain first")
-        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="repo-sync") as pool:
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="repo-sync") as pool:
             parts = list(pool.map(self._copy_part, manifest.parts))
             maps = [blockmap.read_block_map(self.source, part) for part in manifest.block_maps]
             moved = list(pool.map(lambda numbered: self._copy_block_part(maps, *numbered),

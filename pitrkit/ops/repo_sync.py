@@ -28,11 +28,12 @@ import logging
 import sys
 from argparse import Namespace
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 
-from pitrkit.backup.replicate import Copier
+from pitrkit.backup.replicate import WORKERS, Copier
 from pitrkit.catalog import restore_points, time_index
 from pitrkit.catalog.backups import survey_backups
 from pitrkit.catalog.documents import RestorePoint
@@ -91,19 +92,28 @@ def _missing(source: Archive, target: Archive, prefix: str) -> list[str]:
 
 
 def _sync_wal(copier: Copier, report: SyncReport, dry_run: bool) -> None:
+    names = {}
     for key in _missing(copier.source, copier.target, WAL_PREFIX):
-        name = key.rpartition("/")[2]
         try:
-            WalFileName.parse(name)
+            names[key] = WalFileName.parse(key.rpartition("/")[2]).name
         except ValueError:
             continue  # not pitrkit's: left where it is
-        if not dry_run:
-            try:
-                copier.copy_object(key)
-            except PitrkitError as exc:
-                report.problems.append(f"{name}: {exc}")
-                continue
-        report.wal.append(name)
+
+    def copy(key: str) -> str | None:
+        """The problem copying it, if any."""
+        try:
+            copier.copy_object(key)
+        except PitrkitError as exc:
+            return f"{names[key]}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="repo-sync-wal") as pool:
+        outcomes = [None] * len(names) if dry_run else list(pool.map(copy, names))
+    for key, problem in zip(names, outcomes, strict=True):
+        if problem is None:
+            report.wal.append(names[key])
+        else:
+            report.problems.append(problem)
 
 
 def _sync_backups(copier: Copier, report: SyncReport, dry_run: bool) -> None:

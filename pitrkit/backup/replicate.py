@@ -227,8 +227,9 @@ class Copier:
                 raise RefusedError(f"{self.source.storage.url}: the super-block of {name} is not the one its map "
                                    "records")
             piece, new_header = self.encoded(name, stored, data, cheap_digest=True)
-            layout[block.offset] = block._replace(offset=at, length=len(piece),
-                                                  digest=blockmap.recorded_digest(new_header))
+            # As stored, the part (and the maps pointing into it) stay as they are.
+            layout[block.offset] = block if self.as_stored else block._replace(
+                offset=at, length=len(piece), digest=blockmap.recorded_digest(new_header))
             pieces.append(piece)
             at += len(piece)
         new_blob = bytes(blob) if self.as_stored else b"".join(pieces)

@@ -25,8 +25,9 @@ from pitrkit.postgres.wal import Lsn, WalFileName
 from pitrkit.restore import chain
 from pitrkit.restore.plan import PlanRefused, describe, make_plan, planned_in
 from pitrkit.restore.targets import Target
-from pitrkit.storage import keys
+from pitrkit.storage import keys, objects
 from pitrkit.storage.archive import Archive, ArchiveMissing, ArchiveUnavailable, manifest_key
+from pitrkit.storage.plugins.compression import Zstd
 from pitrkit.storage.repositories import Repository, open_all
 from pitrkit.wal.fetch import read_for_recovery
 from pitrkit.wal.push import push_data
@@ -298,3 +299,19 @@ def test_backup_push_fails_for_a_required_repository_and_carries_on_without_an_o
     optional = gone._replace(settings=RepositoryConfig(url=gone_url, name="gone", required=False, spool="/s"))
     written = copy_to_others(origin, [dr, optional], newest)
     assert written.results == {"dr": []} and [each.name for each, _ in written.missed] == ["gone"]
+
+
+@pytest.mark.parametrize("target_keys", [False, True])
+def test_a_backup_object_the_target_holds_with_other_content_is_left_and_the_backup_not_committed(tmp_path,
+                                                                                                  target_keys):
+    builder, _, origin = source(tmp_path)
+    target = repository(tmp_path, "target", key_encryption(tmp_path, "target") if target_keys else None)
+    first = builder.manifests[0]
+    blob, _ = objects.encode(b"other content", Zstd(3, 1), target.archive.write_cipher())
+    target.archive.put(first.parts[0].key, blob)
+
+    report = sync(origin, target)
+
+    assert report.backups == [] and "already stored with other content; left as it is" in report.problems[0]
+    assert (tmp_path / "target" / first.parts[0].key).read_bytes() == blob
+    assert not (tmp_path / "target" / manifest_key(first.backup_id)).exists()

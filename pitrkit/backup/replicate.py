@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 from pitrkit.catalog import blockmap, maintenance
-from pitrkit.catalog.backups import manifest_present
+from pitrkit.catalog.backups import manifest_present, read_summary
 from pitrkit.catalog.blockmap import FileMap, SuperBlock
 from pitrkit.catalog.documents import BackupManifest, BackupPart, BackupSummary, BlockPart
 from pitrkit.errors import PitrkitError, RefusedError
@@ -75,6 +75,14 @@ class Copier:
         self.written = 0  # bytes stored, by the copying threads under `_counting`
         self._counting = threading.Lock()
 
+    @staticmethod
+    def _read(archive: Archive, key: str) -> bytes:
+        try:
+            return archive.get(key)
+        except ObjectNotFound:
+            # Listed a moment ago: removed since (retention), and so not copied.
+            raise RefusedError(f"{archive.storage.url}/{key} is no longer stored") from None
+
     @property
     def copying(self) -> str:
         return "as stored" if self.as_stored else "re-encoded"
@@ -105,14 +113,14 @@ class Copier:
         try:
             self.target.put(key, blob)
         except ObjectExists:
-            stored = self.target.get(key)
+            stored = self._read(self.target, key)
             if stored != blob:
                 self._same_content(key, stored, header, check)
             return
         with self._counting:
             self.written += len(blob)
         if not self.as_stored:
-            self._same_content(key, self.target.get(key), header, check)
+            self._same_content(key, self._read(self.target, key), header, check)
 
     def _same_content(self, key: str, stored: bytes, header: objects.ObjectHeader | None,
                       check: Callable[[bytes], None] | None) -> None:
@@ -133,7 +141,7 @@ class Copier:
 
     def copy_object(self, key: str, *, cheap_digest: bool = False) -> objects.ObjectHeader:
         """Copy the source object `key` (WAL, a time index folder); returns the stored header."""
-        blob = self.source.get(key)
+        blob = self._read(self.source, key)
         _, data = self.plaintext(key, blob)
         new_blob, header = self.encoded(key, blob, data, cheap_digest=cheap_digest)
         self.store(key, new_blob, header)
@@ -148,6 +156,8 @@ class Copier:
         key = manifest_key(backup_id)
         try:
             manifest = self.source.get_document(key, BackupManifest)
+        except ObjectNotFound:
+            raise RefusedError(f"backup {backup_id} is no longer in {self.source.storage.url}") from None
         except ValueError as exc:
             raise RefusedError(f"backup {backup_id} in {self.source.storage.url} is unusable: {exc}") from None
         if manifest.backup_id != backup_id:
@@ -199,7 +209,7 @@ class Copier:
             segment = segment.next()
 
     def _copy_part(self, part: BackupPart) -> BackupPart:
-        blob = self.source.get(part.key)
+        blob = self._read(self.source, part.key)
         header, data = self.plaintext(part.key, blob)
         if (header.size, header.digest) != (part.size, part.digest):
             raise RefusedError(f"{self.source.storage.url}/{part.key} is not the part the manifest lists")
@@ -212,7 +222,7 @@ class Copier:
         """One object of super-blocks, each checked against the digest its map records;
         re-encoded, laid back to back in the same order. Returns the part as stored and,
         by old offset, where each super-block now lies."""
-        blob = memoryview(self.source.get(part.key))
+        blob = memoryview(self._read(self.source, part.key))
         blocks = sorted({block.offset: block for files in maps for file in files
                          for block in file.iter_super_blocks() if block.part == number}.values(),
                         key=lambda block: block.offset)
@@ -253,7 +263,7 @@ class Copier:
     def _copy_block_map(self, part: BackupPart, files: list[FileMap], placed: dict[tuple[int, int], SuperBlock]
                         ) -> BackupPart:
         if self.as_stored:
-            blob = self.source.get(part.key)
+            blob = self._read(self.source, part.key)
             self.store(part.key, blob, objects.read_header(part.key, blob)[0])
             return part
         moved = [msgspec.structs.replace(file, super_blocks=blockmap.pack_super_blocks(
@@ -276,8 +286,10 @@ def copy_with_chain(source: Archive, target: Archive, summary: BackupSummary, co
     for backup_id in [*summary.chain, summary.backup_id]:
         if manifest_present(target, backup_id):
             continue
-        manifest = copier.source.get_document(manifest_key(backup_id), BackupSummary)
-        copier.copy_backup_wal(manifest)
+        link = read_summary(source, backup_id)
+        if link is None:
+            raise RefusedError(f"backup {backup_id} is no longer in {source.storage.url}")
+        copier.copy_backup_wal(link)
         copier.copy_backup(backup_id, command)
         copied.append(backup_id)
     return copied

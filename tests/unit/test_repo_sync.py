@@ -315,3 +315,12 @@ def test_a_backup_object_the_target_holds_with_other_content_is_left_and_the_bac
     assert report.backups == [] and "already stored with other content; left as it is" in report.problems[0]
     assert (tmp_path / "target" / first.parts[0].key).read_bytes() == blob
     assert not (tmp_path / "target" / manifest_key(first.backup_id)).exists()
+
+
+def test_wal_removed_from_the_source_meanwhile_is_reported_not_raised(tmp_path):
+    _, _, origin = source(tmp_path)
+    target = repository(tmp_path, "target")
+    copier = Copier(origin.archive, target.archive)
+    (tmp_path / "source" / "wal" / "0000000100000000" / "000000010000000000000001").unlink()
+    with pytest.raises(RefusedError, match="000000010000000000000001 is no longer stored"):
+        copier.copy_object("wal/0000000100000000/000000010000000000000001")

@@ -97,8 +97,8 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     lower_priority(config.drill)
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        report = run(drilled_repository(chosen(open_all(config), args.repo), choice).archive, config, config_path,
-                     choice)
+        repository = drilled_repository(chosen(open_all(config), args.repo), choice)
+        report = run(repository.archive, config.for_repository(repository.settings), config_path, choice)
     finally:
         signal.signal(signal.SIGTERM, previous)
     for line in describe_report(report):

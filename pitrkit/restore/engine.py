@@ -87,6 +87,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     # From the first repository that can restore to the target, or --repo's.
     repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: make_plan(each, target, timeline))
     archive = repository.archive
+    config = config.for_repository(repository.settings)  # its own [retention] restore_lease
     say(describe(plan))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr, flush=True)

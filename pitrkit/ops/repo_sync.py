@@ -60,11 +60,7 @@ class SyncReport(msgspec.Struct, kw_only=True):
     restore_points: list[str] = []
     time_index: list[str] = []  # keys
     bytes_written: int = 0
-    problems: list[str] = []  # what was not copied, and why
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.problems else 0
+    problems: list[str] = []  # what was not copied, and why: the command then fails (SyncFailed)
 
 
 class SyncFailed(PitrkitError):

@@ -36,6 +36,7 @@ _COMMAND_MODULES = {
     "backup-consolidate": "pitrkit.ops.consolidate",
     "restore-point": "pitrkit.backup.restore_point",
     "catalog": "pitrkit.ops.listing",
+    "repo": "pitrkit.ops.repo_sync",
     "restore-plan": "pitrkit.restore.plan",
     "restore": "pitrkit.restore.engine",
     "drill": "pitrkit.ops.drill",
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "archive alone, so that retention can expire the chain under it")
     consolidate.add_argument("backup_id", metavar="BACKUP_ID", help="the incremental backup to consolidate")
     consolidate.add_argument("--json", action="store_true", help="print what was made as JSON instead of the id")
+    _add_repo_argument(consolidate, "consolidate in this repository only (default: in each one holding the backup)")
 
     point = commands.add_parser("restore-point", help="make a named restore point on the server in [postgres] "
                                 "(pg_create_restore_point) and record it in the archive, for restore --name")
@@ -144,6 +146,17 @@ def _parser() -> argparse.ArgumentParser:
     catalog_actions = catalog.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
     rebuild = catalog_actions.add_parser("rebuild", help="recreate the catalog from the stored objects alone")
     _add_repo_argument(rebuild, "rebuild this repository's only (default: every one's)")
+
+    repo = commands.add_parser("repo", help="work on the [[repository]] entries as a set")
+    repo_actions = repo.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    repo_sync = repo_actions.add_parser("sync", help="copy into a repository every WAL file, backup, restore point "
+                                        "and time index object another holds and it lacks (never overwriting or "
+                                        "deleting; safe to run again)")
+    repo_sync.add_argument("--from", dest="source", metavar="NAME", help="the repository to copy from (default: "
+                           "the first configured one that is not the target)")
+    repo_sync.add_argument("--to", dest="target", metavar="NAME", help="the repository to fill (default: every "
+                           "one but the source)")
+    repo_sync.add_argument("--dry-run", action="store_true", help="list what would be copied; copy nothing")
 
     plan = commands.add_parser("restore-plan", help="show what a restore to a target would use, or what is missing")
     _add_target_arguments(plan)
@@ -184,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
                               "(default: the newest usable backup)")
     drill_target.add_argument("--random", action="store_true", help="restore to a random point of the "
                               "restorable range (said in the report)")
+    _add_repo_argument(drill, "drill from this repository only, and store the report there (default: the first "
+                       "that can plan the drill)")
 
     retention = commands.add_parser("retention", help="remove the backups and WAL the [retention] policy "
                                     "no longer keeps")
@@ -274,6 +289,8 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--immediate", action="store_true", help="as soon as the backup is consistent: "
                         "the end of the newest backup, replaying only its own WAL")
     target.add_argument("--latest", action="store_true", help="the end of the archived WAL")
+    _add_repo_argument(parser, "plan and restore from this repository only (default: the first that holds a "
+                       "backup reaching the target, falling through one that cannot answer)")
     parser.add_argument("--exclusive", action="store_true", help="with --to, --lsn or --xid: stop just before "
                         "the target, not after it (recovery_target_inclusive = off)")
     parser.add_argument("--timeline", metavar="N|latest|current|server",

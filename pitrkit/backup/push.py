@@ -40,7 +40,7 @@ from typing import BinaryIO, NamedTuple
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.backup import config_capture, incremental
+from pitrkit.backup import config_capture, incremental, replicate
 from pitrkit.backup.changes import NotSummarized, relation_of, summarized_changes
 from pitrkit.catalog import blockmap, checksums, documents, lease, maintenance
 from pitrkit.catalog.backups import manifest_present
@@ -69,6 +69,7 @@ from pitrkit.progress import Progress, human_bytes
 from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, claim_key, manifest_key, wal_key
 from pitrkit.storage.identity import ArchiveIdentity
+from pitrkit.storage.repositories import open_all
 from pitrkit.wal.push import push_data
 
 log = logging.getLogger(__name__)
@@ -958,14 +959,21 @@ def summary_of(manifest: BackupManifest) -> BackupSummary:
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
-    archive = Archive(config)
+    # Taken into the first required repository, then copied into each other one before
+    # success is said (backup/replicate.py): a required one that fails fails the command.
+    repositories = open_all(config)
+    first = next(each for each in repositories if each.required)
+    others = [each for each in repositories if each is not first]
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        manifest = take_backup(archive, config, args.label, incremental_on=args.parent,
+        manifest = take_backup(first.archive, config.for_repository(first.settings), args.label,
+                               incremental_on=args.parent,
                                incremental_wanted=args.incremental or args.parent is not None)
+        summary = summary_of(manifest)
+        if others:
+            replicate.copy_to_others(first, others, summary)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary = summary_of(manifest)
     if args.json:
         sys.stdout.write(codec.encode(summary).decode())
     else:

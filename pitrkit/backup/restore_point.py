@@ -11,6 +11,12 @@ indexed yet is not read, so one made there is not seen. The server must be the
 archive's own (its system identifier), a primary (the server refuses during recovery),
 with wal_level replica or logical. The point is restorable once the segment its record
 ends in is archived; the command says which segment that is.
+
+With several repositories the point is made through the first required one and then
+recorded in each other one (a name recorded in any of them is refused before the
+server is asked); a required repository that cannot record it fails the command,
+naming the point's LSN so that it is not made again, and `repo sync` records it there
+later, as it does in an optional one that was missed.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from pitrkit.catalog.archived_wal import ArchivedWal
 from pitrkit.catalog.documents import RestorePoint, shown
 from pitrkit.catalog.time_index import indexed_restore_point
 from pitrkit.config import Config
-from pitrkit.errors import RefusedError
+from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.postgres.server import ServerSession
 from pitrkit.postgres.wal import Lsn
 from pitrkit.storage.archive import Archive
+from pitrkit.storage.repositories import Repository, open_all, to_every
 
 
 def create(archive: Archive, config: Config, name: str) -> RestorePoint:
@@ -60,8 +67,29 @@ def create(archive: Archive, config: Config, name: str) -> RestorePoint:
         return restore_points.record(archive, name, make)
 
 
+def record_elsewhere(others: list[Repository], point: RestorePoint) -> None:
+    """Record the point, made already, in each of `others` (module docstring)."""
+    try:
+        to_every(others, lambda archive: restore_points.record(archive, point.name, lambda: point))
+    except PitrkitError as exc:
+        exc.args = (f"restore point {shown(point.name)!r} was made at LSN {point.lsn} and recorded in the first "
+                    f"repository, but not in every required one: {exc}; do not make it again: `pitrkit repo sync` "
+                    "records it there",)
+        raise
+
+
 def command(args: Namespace, config: Config, config_path: Path) -> str:
-    point = create(Archive(config), config, args.name)
+    repositories = open_all(config)
+    first = next(each for each in repositories if each.required)
+    others = [each for each in repositories if each is not first]
+    for each in others:
+        if restore_points.find(each.archive, restore_points.check_name(args.name, "restore-point")) is not None:
+            raise restore_points.NameTaken(f"repository {each.name!r} already records a restore point named "
+                                           f"{shown(args.name)!r}: recovery stops at the first point of a name; "
+                                           "choose another")
+    point = create(first.archive, config.for_repository(first.settings), args.name)
+    if others:
+        record_elsewhere(others, point)
     print(f"restore point {shown(point.name)!r} at LSN {point.lsn} on timeline {point.timeline}, "
           f"{point.created_at.isoformat(sep=' ', timespec='seconds')}: restorable with "
           f"restore --name once segment {point.segment} is archived")

@@ -46,7 +46,7 @@ from pitrkit import __version__
 from pitrkit.backup.incremental import store_block_maps
 from pitrkit.backup.push import PART_SIZE, PartStore
 from pitrkit.catalog import blockmap, checksums, lease, maintenance
-from pitrkit.catalog.backups import survey_backups
+from pitrkit.catalog.backups import manifest_present, survey_backups
 from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
@@ -67,6 +67,7 @@ from pitrkit.restore.chain import BlockRead, ChainPlan, StreamRead
 from pitrkit.restore.engine import fetch_chain, fetch_manifest
 from pitrkit.storage import codec, objects
 from pitrkit.storage.archive import Archive, backup_prefix, manifest_key
+from pitrkit.storage.repositories import chosen, open_all
 
 log = logging.getLogger(__name__)
 
@@ -499,9 +500,23 @@ def _copy(archive: Archive, copies: list[tuple[BackupPart, BackupPart]], workers
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:
-    made = consolidate(Archive(config), config, args.backup_id)
+    # In each repository holding the backup (or --repo's): each makes its own full
+    # backup from what it holds, so that each one's retention may expire the chain.
+    repositories = chosen(open_all(config), args.repo)
+    holding = [each for each in repositories
+               if len(repositories) == 1 or manifest_present(each.archive, args.backup_id)]
+    if not holding:
+        raise RefusedError(f"backup {args.backup_id}: no configured repository holds it")
+    said = [_consolidated(args, config.for_repository(each.settings), each.archive,
+                          "" if len(repositories) == 1 else f"repository {each.name!r}: ") for each in holding]
+    return "; ".join(said)
+
+
+def _consolidated(args: Namespace, config: Config, archive: Archive, where: str) -> str:
+    made = consolidate(archive, config, args.backup_id)
     copied = "server-side" if made.server_side_copy else "through this host (the storage has no server-side copy)"
-    said = (f"backup {made.backup_id}: a full backup of {made.consolidated_from}'s point, made from the archive; "
+    said = (f"{where}backup {made.backup_id}: a full backup of {made.consolidated_from}'s point, made from the "
+            "archive; "
             f"{made.parts_copied} parts ({human_bytes(made.bytes_copied)}) copied {copied}, "
             f"{human_bytes(made.bytes_streamed)} streamed through this host; {human_bytes(made.summary.stored_size)} "
             f"stored; its chain ({', '.join(made.chain)}) may now be expired by retention")

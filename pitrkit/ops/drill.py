@@ -55,9 +55,10 @@ from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes, human_seconds
 from pitrkit.restore import chain, engine, pgstart, recovery_conf, server_config, unpack
-from pitrkit.restore.plan import RestorePlan, describe, make_plan
+from pitrkit.restore.plan import RestorePlan, describe, make_plan, planned_in
 from pitrkit.restore.targets import Target
 from pitrkit.storage.archive import Archive, ArchiveUnavailable, drill_key
+from pitrkit.storage.repositories import Repository, chosen, open_all
 
 TargetKind = Literal["latest", "backup", "random"]
 # A postmaster asked to stop at once (SIGQUIT, immediate shutdown) that is still there
@@ -96,7 +97,8 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     lower_priority(config.drill)
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        report = run(Archive(config), config, config_path, choice)
+        repository = drilled_repository(chosen(open_all(config), args.repo), choice)
+        report = run(repository.archive, config.for_repository(repository.settings), config_path, choice)
     finally:
         signal.signal(signal.SIGTERM, previous)
     for line in describe_report(report):
@@ -104,6 +106,23 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     if report.result != "passed":
         raise DrillFailed(f"drill {report.drill_id} failed: {report.reason}")
     return f"drill {report.drill_id} passed: RTO {human_seconds(report.rto_seconds or 0)}"
+
+
+def drilled_repository(repositories: list[Repository], choice: DrillChoice) -> Repository:
+    """The repository a drill restores from: the first that can plan it (as restore
+    chooses, restore/plan.planned_in), else the first, where the drill then fails with
+    the reason and stores its report."""
+    if len(repositories) == 1:
+        return repositories[0]
+    # The random point is drawn once, by the drill itself: here the latest plan is enough.
+    planned = DrillChoice(kind="backup", backup_id=choice.backup_id) if choice.kind == "backup" else DrillChoice()
+    try:
+        repository, _ = planned_in(repositories, lambda archive: plan_drill(archive, planned, _Facts(planned)))
+    except PitrkitError as exc:
+        engine.say(f"no repository can plan the drill ({exc}): drilling from {repositories[0].name}")
+        return repositories[0]
+    engine.say(f"drilling from repository {repository.name}")
+    return repository
 
 
 def _raise_interrupted(_signal: int, _frame: FrameType | None) -> None:

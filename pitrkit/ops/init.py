@@ -12,6 +12,11 @@ server over `[postgres] conninfo` or, when it is not set or the server does not 
 from `pg_controldata` on `[postgres] pgdata` (which works while the server is stopped).
 Running `init` again for the same cluster changes nothing and exits 0; an archive of
 another cluster, or an `archive.json` that does not decode, is refused.
+
+With several `[[repository]]` entries, each gets its own `archive.json` for the same
+cluster, encrypted or not as its own [encryption] says; one already initialised is left
+alone and said so. Every repository is checked before any is created, so a repository
+of another cluster refuses the command without creating the others.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pitrkit.config import Config
 from pitrkit.errors import ConfigError, PitrkitError, RefusedError
 from pitrkit.storage.archive import Archive, ArchiveMissing
 from pitrkit.storage.identity import ArchiveIdentity
+from pitrkit.storage.repositories import open_all
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +146,23 @@ def _check_same_cluster(identity: ArchiveIdentity, facts: ClusterFacts, url: str
                            "[encryption] is off")
 
 
+def initialise_all(archives: list[Archive], facts: ClusterFacts) -> list[str]:
+    """`initialise` each repository, once every existing one is checked to be this
+    cluster's (refusing before anything is created); what was done, per repository."""
+    for archive in archives:
+        try:
+            existing = archive.identity(fresh=True)
+        except ArchiveMissing:
+            continue
+        _check_same_cluster(existing, facts, archive.storage.url, archive.config.encryption.mode)
+    said = [initialise(archive, facts) for archive in archives]
+    if len(archives) == 1:
+        return said
+    return [f"repository {archive.name!r}: {line}" for archive, line in zip(archives, said, strict=True)]
+
+
 def command(args: Namespace, config: Config, config_path: Path) -> str:
-    done = initialise(Archive(config), cluster_facts(config))
-    print(done)
-    return done
+    done = initialise_all([repository.archive for repository in open_all(config)], cluster_facts(config))
+    for line in done:
+        print(line)
+    return "; ".join(done)

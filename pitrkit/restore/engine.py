@@ -48,9 +48,10 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, WalFileKind, WalFileName
 from pitrkit.progress import Progress, human_bytes, human_seconds, show_time
 from pitrkit.restore import chain, delta, pgconf, pgstart, recovery_conf, server_config, unpack
-from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, server_choice
+from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, planned_in, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
+from pitrkit.storage.repositories import chosen, open_all
 from pitrkit.wal import agent, agent_client
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     if not args.delta:
         unpack.check_absent_or_empty(target_dir, "--target-dir")
     timeline, server = server_choice(target, timeline_from_args(args), config)
-    archive = Archive(config)
-
-    plan = make_plan(archive, target, timeline)
+    # From the first repository that can restore to the target, or --repo's.
+    repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: make_plan(each, target, timeline))
+    archive = repository.archive
+    config = config.for_repository(repository.settings)  # its own [retention] restore_lease
     say(describe(plan))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr, flush=True)

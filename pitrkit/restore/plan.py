@@ -46,6 +46,7 @@ import logging
 import math
 import sys
 from argparse import Namespace
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
@@ -75,6 +76,7 @@ from pitrkit.restore import pgconf
 from pitrkit.restore.targets import Target, TimelineChoice, target_from_args, timeline_from_args
 from pitrkit.storage import codec
 from pitrkit.storage.archive import Archive, TamperedDocument
+from pitrkit.storage.repositories import Repository, chosen, open_all
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,9 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # --name: the restore point as the catalog records it; None when it does not (the
     # time index may place it: target.lsn then says where) and for the other kinds.
     restore_point: RestorePoint | None = None
+    # With several repositories, the one planned from (and restored from: `planned_in`);
+    # None with one.
+    repository: str | None = None
 
     @property
     def replay_end(self) -> Lsn:
@@ -669,7 +674,8 @@ def describe(plan: RestorePlan) -> str:
         "immediate": "",
         "latest": "",
     }[target.kind]
-    lines = [
+    lines = [] if plan.repository is None else [f"repository:   {plan.repository}"]
+    lines += [
         f"target:       {target_line}",
         f"timeline:     {plan.timeline} (path: {_path_words(plan.path)})",
         f"backup:       {backup.backup_id} '{backup.label}', started {show_time(backup.start_time)} at "
@@ -769,11 +775,39 @@ def _follows_newest(target: Target) -> bool:
     return target.kind in ("latest", "xid", "name")
 
 
+def planned_in(repositories: Sequence[Repository], plan: Callable[[Archive], RestorePlan]
+               ) -> tuple[Repository, RestorePlan]:
+    """The first repository `plan` succeeds in, and its plan (recording the repository's
+    name when there are several). A repository that cannot answer (unreachable, no
+    archive.json, a document that does not authenticate) and one that holds no backup
+    reaching the target are both passed over, with a warning, for the next: a restore
+    needs one repository holding the whole of it. When none can, each one's reason is
+    said, as a refusal when every one refused, else as the first fault."""
+    failures: list[tuple[Repository, PitrkitError]] = []
+    for repository in repositories:
+        try:
+            made = plan(repository.archive)
+        except PitrkitError as exc:
+            if len(repositories) == 1:
+                raise
+            if repository is not repositories[-1]:
+                log.warning("repository %r: %s; planning from the next repository", repository.name, exc)
+            failures.append((repository, exc))
+            continue
+        return repository, made if len(repositories) == 1 else msgspec.structs.replace(made, repository=repository.name)
+    said = "; ".join(f"repository {repository.name!r}: {exc}" for repository, exc in failures)
+    faults = [exc for _, exc in failures if not isinstance(exc, PlanRefused)]
+    if not faults:
+        raise PlanRefused(f"no repository can restore to the target: {said}")
+    faults[0].args = (f"no repository can restore to the target: {said}",)
+    raise faults[0]
+
+
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     target = target_from_args(args)
     choice, server = server_choice(target, timeline_from_args(args), config)
-    archive = Archive(config)
-    plan = make_plan(archive, target, choice)
+    repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: make_plan(each, target, choice))
+    archive = repository.archive
     plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr)

@@ -147,7 +147,8 @@ class Archive:
     def __init__(self, config: Config, plugins: Plugins | None = None) -> None:
         """Open `config`'s repository: its first, when it has several (storage/repositories.py
         opens each), with that repository's own encryption and retention."""
-        if len(config.repositories) > 1:
+        if isinstance(config.repository, list):
+            # Also a list of one: its entry may carry its own [encryption] and [retention].
             config = config.first_repository
         repository = config.repositories[0]
         self.config = config

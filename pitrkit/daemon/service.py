@@ -277,7 +277,9 @@ def data_directory_major(pgdata: str | None) -> int | None:
 
 
 class Backups:
-    """The schedule's backups, one at a time, each followed by retention."""
+    """The schedule's backups, one at a time, each followed by `repo sync` into every
+    optional repository (backup-push stored it in every required one; an optional one
+    that could not take it then gets it, or fails again until it can) and retention."""
 
     def __init__(self, config: Config, pitrkit: list[str], schedule: Schedule, archive: Archive,
                  board: StatusBoard | None) -> None:
@@ -288,6 +290,7 @@ class Backups:
         self.retention_after = config.daemon.retention and any(
             config.for_repository(each).retention is not None for each in config.repositories)
         self._quiet = config.backup.wal_timeout + _OTHER_BACKUP_MARGIN
+        self._optional = [each.name for each in config.repositories if not each.required]
         self._full_every = config.daemon.full_every_rule
         self._pgdata = config.postgres.pgdata
         self.schedule = schedule
@@ -309,6 +312,12 @@ class Backups:
         self._backup_started = now
         self._unfinished_before: set[str] = set()
         self._retention_child: Child | None = None
+        # After a backup: the optional repositories still to sync, the running sync, and
+        # whether retention follows them.
+        self._sync_queue: list[str] = []
+        self._sync_child: Child | None = None
+        self._sync_target = ""
+        self._retention_next = False
         self._ours: set[str] = set()  # unfinished folders our own failed backups left
         self._waiting_for: datetime | None = None  # a due slot waiting for a drill to end
         self.last_run: ScheduledRun | None = None
@@ -342,13 +351,16 @@ class Backups:
 
     @property
     def busy(self) -> bool:
-        """A backup or its retention runs: no drill starts."""
-        return self._backup is not None or self._retention_child is not None
+        """A backup, its copies into optional repositories or its retention runs: no drill starts."""
+        return self._backup is not None or self._sync_child is not None or self._retention_child is not None
 
     def tick(self, now: datetime, drill_running: bool = False) -> None:
         if self._backup is not None:
             if (outcome := self._backup.poll()) is not None:
                 self._backup_ended(outcome, now)
+        elif self._sync_child is not None:
+            if (outcome := self._sync_child.poll()) is not None:
+                self._sync_ended(outcome)
         elif self._retention_child is not None:
             if (outcome := self._retention_child.poll()) is not None:
                 self._retention_ended(outcome)
@@ -429,8 +441,37 @@ class Backups:
             self._board.refresh_soon()
         if self._full_every is not None:  # else every backup is full: no listing needed
             self.next_kind = self._plan(self._listing(), self.timetable.due)
-        if retention and self.retention_after:
+        self._sync_queue = list(self._optional)
+        self._retention_next = retention and self.retention_after
+        self._next_follow_up()
+
+    def _next_follow_up(self) -> None:
+        """The next optional repository's sync, else retention when it follows."""
+        while self._sync_queue:
+            name = self._sync_queue.pop(0)
+            argv = [*self._pitrkit, "repo", "sync", "--to", name]
+            try:
+                self._sync_child, self._sync_target = Child(argv), name
+            except OSError as exc:
+                events.emit(log, logging.WARNING, "sync-failed", repository=name, error=_cannot_run(argv, exc))
+                continue
+            events.emit(log, logging.INFO, "sync-started", pid=self._sync_child.pid, repository=name)
+            return
+        if self._retention_next:
+            self._retention_next = False
             self._start_retention()
+
+    def _sync_ended(self, outcome: Outcome) -> None:
+        self._sync_child, name = None, self._sync_target
+        if outcome.code != 0:
+            # An optional repository: a warning, and the next backup's sync tries again
+            # (status shows what it misses meanwhile).
+            _relay("repo-sync", outcome)
+            events.emit(log, logging.WARNING, "sync-failed", repository=name, code=outcome.code, error=outcome.error,
+                        seconds=f"{outcome.seconds:.1f}")
+        else:
+            events.emit(log, logging.INFO, "sync-finished", repository=name, seconds=f"{outcome.seconds:.1f}")
+        self._next_follow_up()
 
     def _backup_failed(self, now: datetime, error: str, code: int | None = None, seconds: float | None = None
                        ) -> None:
@@ -486,6 +527,14 @@ class Backups:
             # the planner never uses it, and retention removes it after unfinished_grace).
             events.emit(log, logging.WARNING, "backup-terminated", pid=child.pid, code=outcome.code, killed=killed,
                         backup="unfinished")
+        self._sync_queue, self._retention_next = [], False
+        if self._sync_child is not None:
+            child, self._sync_child = self._sync_child, None
+            # SIGINT, as retention below: it unwinds and releases what it holds; what it
+            # copied stays (create-only, the manifest last), and the next sync goes on from there.
+            outcome, killed = child.terminate(how=signal.SIGINT)
+            events.emit(log, logging.INFO if outcome.code == 0 else logging.WARNING, "sync-terminated",
+                        pid=child.pid, repository=self._sync_target, code=outcome.code, killed=killed)
         if self._retention_child is not None:
             child = self._retention_child
             # SIGINT: it unwinds as on Ctrl-C and releases the catalog lock; SIGTERM's

@@ -621,3 +621,42 @@ def test_drills_and_backups_run_one_at_a_time(tmp_path: Path, archive_config: co
     assert (tmp_path / "runs").read_text().splitlines()[:3] == ["backup-push --json", "drill", "drill"]
     backups.stop()
     drills.stop()
+
+
+def test_a_backup_is_synced_into_each_optional_repository_then_retention_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """backup-push succeeds once every required repository holds the backup; an optional
+    one that could not take it gets it from `repo sync` after the backup, one repository
+    at a time, before retention; a failed sync is a warning and retention still runs."""
+    for name in ("local", "dr", "cold"):
+        (tmp_path / name).mkdir()
+    settings = config.parse({"repository": [
+        {"url": f"file://{tmp_path / 'local'}", "name": "local", "retries": 0},
+        {"url": f"file://{tmp_path / 'dr'}", "name": "dr", "required": False, "spool": str(tmp_path / "spool")},
+        {"url": f"file://{tmp_path / 'cold'}", "name": "cold", "required": False, "spool": str(tmp_path / "spool")}],
+        "retention": {"keep_last": 1}}, "test")
+    backups = Backups(settings, fake_pitrkit(tmp_path), Every(60, "1m"), Archive(settings), None)
+    now = datetime.now(UTC)
+    backups.tick(now)
+    (tmp_path / "go").touch()
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
+        run_until(backups, now, lambda: not backups.busy)
+    assert (tmp_path / "runs").read_text().splitlines() == [
+        "backup-push --json", "repo sync --to dr", "repo sync --to cold", "retention apply --json"]
+    assert [record.getMessage() for record in caplog.records if "sync" in record.getMessage()] == [
+        "sync-started", "sync-finished", "sync-started", "sync-finished"]
+    # A sync that fails (the repository still down) is a warning; retention follows all the same.
+    (tmp_path / "runs").unlink()
+    caplog.clear()
+    later = now + timedelta(minutes=1)
+    backups.tick(later)
+    wait_for(lambda: (tmp_path / "runs").exists(), 30, interval=0.01, what="the backup to start")
+    run_until(backups, later, lambda: not backups.running)
+    (tmp_path / "fail").touch()
+    with caplog.at_level(logging.INFO, "pitrkit.daemon.service"):
+        run_until(backups, later, lambda: not backups.busy)
+    assert (tmp_path / "runs").read_text().splitlines() == [
+        "backup-push --json", "repo sync --to dr", "repo sync --to cold", "retention apply --json"]
+    failed = [record for record in caplog.records if record.getMessage() == "sync-failed"]
+    assert [record.levelno for record in failed] == [logging.WARNING, logging.WARNING]
+    assert backups.retention_runs == 2 and backups.retention_failures == 1

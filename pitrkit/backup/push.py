@@ -60,7 +60,7 @@ from pitrkit.catalog.documents import (
     ChangeSource,
 )
 from pitrkit.config import Config
-from pitrkit.errors import ConfigError, PitrkitError, RefusedError
+from pitrkit.errors import ConfigError, ParentRefused, PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound
 from pitrkit.postgres.server import ServerFacts, ServerSession
 from pitrkit.postgres.summaries import data_checksums
@@ -736,19 +736,25 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
     """Back up the cluster and store its manifest; returns the manifest. With
     `incremental_wanted`, only the blocks changed since the parent (`incremental_on`,
     or the newest backup on this timeline's path) are stored. Interrupted before its
-    manifest is stored, it removes what it stored."""
+    manifest is stored, or refused its parent (ParentRefused: the parent's maps are read
+    once the id is claimed and the backup started), it removes what it stored: a refused
+    incremental has stored nothing, as its exit code tells the daemon."""
     folder = _Folder()
     try:
         with contextlib.ExitStack() as held:
             return _take_backup(archive, config, label, incremental_on, incremental_wanted, held, folder)
     except KeyboardInterrupt:
         if folder.backup_id is not None:
-            _remove_interrupted(archive, folder.backup_id)
+            _remove_unfinished(archive, folder.backup_id, "was interrupted")
+        raise
+    except ParentRefused:
+        if folder.backup_id is not None:
+            _remove_unfinished(archive, folder.backup_id, "refused its parent")
         raise
 
 
-def _remove_interrupted(archive: Archive, backup_id: str) -> None:
-    """The folder of a backup interrupted before its manifest, removed. Left, it is an
+def _remove_unfinished(archive: Archive, backup_id: str, why: str) -> None:
+    """The folder of a backup interrupted (or refused) before its manifest, removed. Left, it is an
     unfinished folder written to a moment ago: a daemon started next takes it for another
     host's backup at work and skips its backups for [backup] wal_timeout and more
     (daemon/service.py). Its parts' stores have all ended (PartStore.abandon,
@@ -767,10 +773,10 @@ def _remove_interrupted(archive: Archive, backup_id: str) -> None:
                 archive.delete(stored.key)
         archive.delete(claim)
     except PitrkitError as exc:
-        log.warning("backup %s was interrupted; removing its unfinished folder failed, retention removes it "
-                    "later: %s", backup_id, exc)
+        log.warning("backup %s %s; removing its unfinished folder failed, retention removes it later: %s",
+                    backup_id, why, exc)
         return
-    log.info("backup %s was interrupted: removed its unfinished folder", backup_id)
+    log.info("backup %s %s: removed its unfinished folder", backup_id, why)
 
 
 def _take_backup(archive: Archive, config: Config, label: str | None, incremental_on: str | None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pitrkit.backup.push import _claim_backup_id, _remove_interrupted
+from pitrkit.backup.push import _claim_backup_id, _remove_unfinished
 from pitrkit.catalog.backups import survey_backups
 from pitrkit.config import load
 from pitrkit.errors import RefusedError
@@ -41,7 +41,7 @@ def store_parts(archive: Archive) -> None:
 def test_the_unfinished_folder_is_removed(archive: Archive) -> None:
     store_parts(archive)
     assert survey_backups(archive).unfinished == [BACKUP_ID]
-    _remove_interrupted(archive, BACKUP_ID)
+    _remove_unfinished(archive, BACKUP_ID, "was interrupted")
     assert list(archive.list(backup_prefix(BACKUP_ID))) == []
     assert survey_backups(archive).unfinished == []
 
@@ -51,12 +51,12 @@ def test_a_stored_manifest_keeps_the_backup(archive: Archive) -> None:
     store_parts(archive)
     archive.put(manifest_key(BACKUP_ID), b"{}")
     before = sorted(info.key for info in archive.list(backup_prefix(BACKUP_ID)))
-    _remove_interrupted(archive, BACKUP_ID)
+    _remove_unfinished(archive, BACKUP_ID, "was interrupted")
     assert sorted(info.key for info in archive.list(backup_prefix(BACKUP_ID))) == before
 
 
 def test_nothing_stored_is_nothing_to_remove(archive: Archive) -> None:
-    _remove_interrupted(archive, BACKUP_ID)
+    _remove_unfinished(archive, BACKUP_ID, "was interrupted")
     assert list(archive.list(backup_prefix(BACKUP_ID))) == []
 
 
@@ -81,7 +81,7 @@ def test_two_runs_in_one_second_never_share_a_folder_and_an_interrupt_removes_on
     assert (first, second) == ("20261207T020000Z", "20261207T020001Z")
     store_parts(archive)  # the first run's parts (BACKUP_ID is its id)
     archive.put(f"{backup_prefix(second)}data/00000000", b"the second run's part")
-    _remove_interrupted(archive, second)
+    _remove_unfinished(archive, second, "was interrupted")
     assert list(archive.list(backup_prefix(second))) == []
     assert sorted(info.key for info in archive.list(backup_prefix(first))) == [
         f"{backup_prefix(first)}blockmap/0", claim_key(first),

@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import stat
 import struct
 import sys
@@ -43,14 +42,13 @@ from pitrkit import __version__
 from pitrkit.backup import config_capture, incremental, replicate
 from pitrkit.backup.changes import NotSummarized, relation_of, summarized_changes
 from pitrkit.catalog import blockmap, checksums, documents, lease, maintenance
-from pitrkit.catalog.backups import manifest_present
+from pitrkit.catalog.backups import claim, manifest_present
 from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     BLOCKS_PER_SEGMENT,
     CAPTURED_DIR,
     CHECKSUMMED_FORMAT_VERSION,
-    BackupClaim,
     BackupDirectory,
     BackupFile,
     BackupManifest,
@@ -551,23 +549,11 @@ def _claim_backup_id(archive: Archive, server: ServerSession) -> tuple[str, date
         now = server.clock()
         backup_id = now.strftime("%Y%m%dT%H%M%SZ")
         taken = archive.list_folder(backup_prefix(backup_id))
-        if not taken.objects and not taken.folders and _claimed(archive, backup_id, token, now):
+        if not taken.objects and not taken.folders and claim(archive, backup_id, token, now):
             return backup_id, now
         time.sleep(1 - now.microsecond / 1e6)
     raise RefusedError(f"backup id {backup_id} is already taken in the archive ({backup_prefix(backup_id)} "
                        "exists): is another backup-push running?")
-
-
-def _claimed(archive: Archive, backup_id: str, token: str, now: datetime) -> bool:
-    claim = BackupClaim(token=token, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
-    try:
-        archive.put_document(claim_key(backup_id), claim, pretty=False)
-    except ObjectExists:
-        try:
-            return archive.get_document(claim_key(backup_id), BackupClaim).token == token
-        except (ObjectNotFound, ValueError):
-            return False  # another run's, removed or unreadable: not ours either way
-    return True
 
 
 # --- the WAL the backup needs -----------------------------------------------------------
@@ -960,10 +946,6 @@ def _capture_configuration(server: ServerSession, facts: ServerFacts
                                       each.content, each.record.mode) for each in captured]
 
 
-def summary_of(manifest: BackupManifest) -> BackupSummary:
-    return BackupSummary(**{field: getattr(manifest, field) for field in BackupSummary.__struct_fields__})
-
-
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     # Taken into the first required repository, then copied into each other one before
     # success is said (backup/replicate.py): a required one that fails fails the command.
@@ -975,7 +957,7 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
         manifest = take_backup(first.archive, config.for_repository(first.settings), args.label,
                                incremental_on=args.parent,
                                incremental_wanted=args.incremental or args.parent is not None)
-        summary = summary_of(manifest)
+        summary = manifest.summary()
         if others:
             replicate.copy_to_others(first, others, summary)
     finally:

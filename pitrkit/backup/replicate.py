@@ -184,7 +184,7 @@ class Copier:
         except ObjectExists:
             log.info("%s is already in %s", key, self.target.storage.url)  # another copy committed it
         try:
-            maintenance.record_backup(self.target, summary_of(copied), command=command)
+            maintenance.record_backup(self.target, copied.summary(), command=command)
         except PitrkitError as exc:
             log.warning("backup %s is stored in %s, but updating its catalog failed (%s); 'pitrkit catalog "
                         "rebuild' rewrites it", backup_id, self.target.storage.url, exc)
@@ -272,10 +272,6 @@ class Copier:
         blob, header = self.encoded(part.key, b"", data)
         self.store(part.key, blob, header)
         return BackupPart.of(part.key, header, len(blob))
-
-
-def summary_of(manifest: BackupManifest) -> BackupSummary:
-    return BackupSummary(**{field: getattr(manifest, field) for field in BackupSummary.__struct_fields__})
 
 
 def copy_with_chain(source: Archive, target: Archive, summary: BackupSummary, command: str) -> list[str]:

@@ -15,19 +15,22 @@ about backups, and everything here reconciles with them.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import NamedTuple
 
-from pitrkit.catalog.documents import BackupCatalog, BackupSummary, RetentionState
+from pitrkit.catalog.documents import BackupCatalog, BackupClaim, BackupSummary, RetentionState
 from pitrkit.errors import PitrkitError
-from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.hookspecs import ObjectExists, ObjectNotFound
 from pitrkit.storage.archive import (
     BACKUP_CATALOG_KEY,
     BACKUPS_PREFIX,
     RETENTION_STATE_KEY,
     Archive,
     backup_prefix,
+    claim_key,
     manifest_key,
     stored_at,
 )
@@ -149,3 +152,20 @@ def read_summary(archive: Archive, backup_id: str) -> BackupSummary | None:
     if summary.backup_id != backup_id:
         raise PitrkitError(f"backup {backup_id} is unusable: {key} names backup {summary.backup_id!r}")
     return summary
+
+
+def claim(archive: Archive, backup_id: str, token: str, now: datetime) -> bool:
+    """Whether this run (`token`) holds backup id `backup_id`: its `claim.json` stored
+    create-only, so that of two runs wanting one id (backup-push's in the same second,
+    backup-consolidate's of the same incremental) exactly one has it. A claim that meets
+    its own earlier attempt (a retried write whose first answer was lost) knows it by its
+    token. Taken before anything else goes into the folder."""
+    record = BackupClaim(token=token, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
+    try:
+        archive.put_document(claim_key(backup_id), record, pretty=False)
+    except ObjectExists:
+        try:
+            return archive.get_document(claim_key(backup_id), BackupClaim).token == token
+        except (ObjectNotFound, ValueError):
+            return False  # another run's, removed or unreadable: not ours either way
+    return True

@@ -373,6 +373,10 @@ class BackupManifest(BackupSummary, kw_only=True, frozen=True):
     """`backups/<id>/manifest.json`, stored last: its presence is what makes the backup
     exist. Decoding it as a `BackupSummary` skips everything below."""
 
+    def summary(self) -> BackupSummary:
+        """The manifest without its file list, as the catalog lists it."""
+        return BackupSummary(**{field: getattr(self, field) for field in BackupSummary.__struct_fields__})
+
     backup_label: str  # as pg_backup_stop returned it; restore writes it as backup_label
     tablespace_map: str | None = None  # ditto, for tablespace_map
     parts: list[BackupPart]

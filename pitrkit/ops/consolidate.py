@@ -32,11 +32,13 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import secrets
 import sys
 from argparse import Namespace
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,7 +48,7 @@ from pitrkit import __version__
 from pitrkit.backup.incremental import store_block_maps
 from pitrkit.backup.push import PART_SIZE, PartStore
 from pitrkit.catalog import blockmap, checksums, lease, maintenance
-from pitrkit.catalog.backups import manifest_present, survey_backups
+from pitrkit.catalog.backups import claim, manifest_present, survey_backups
 from pitrkit.catalog.blockmap import FileMap, Run
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
@@ -289,10 +291,15 @@ class _Hasher:
 
 
 def _new_id(archive: Archive, backup_id: str) -> str:
+    """The first free id of the consolidated backup, claimed (catalog/backups.py,
+    `claim`) before anything is stored: two runs consolidating one incremental at once
+    take two ids."""
+    token = secrets.token_hex(8)
+    now = datetime.now(UTC)
     for number in range(1, _MOST_IDS + 1):
         candidate = f"{backup_id}{_ID_SUFFIX}{number if number > 1 else ''}"
         taken = archive.list_folder(backup_prefix(candidate))
-        if not taken.objects and not taken.folders:
+        if not taken.objects and not taken.folders and claim(archive, candidate, token, now):
             return candidate
     raise RefusedError(f"backup {backup_id} was consolidated {_MOST_IDS} times already (or as many attempts were "
                        f"interrupted): remove what backup-list shows of them first")
@@ -431,12 +438,11 @@ def _write(archive: Archive, plan: ChainPlan, new_id: str, compressor: Compresso
                     plan.block_checksums[file.path])
             for file in files if file.path in plan.block_checksums]
     block_maps, _ = store_block_maps(archive, new_id, maps, compressor, cipher)
-    summary = BackupSummary(**{**{field: getattr(target, field) for field in BackupSummary.__struct_fields__},
-                               "backup_id": new_id, "size": sum(file.size for file in files),
-                               "stored_size": sum(part.stored_size for part in [*parts, *block_maps]),
-                               "file_count": len(files), "compression": compressor.name,
-                               "pitrkit_version": __version__, "parent": None, "chain": [], "changed_blocks": None,
-                               "consolidated_from": target.backup_id})
+    summary = msgspec.structs.replace(
+        target.summary(), backup_id=new_id, size=sum(file.size for file in files),
+        stored_size=sum(part.stored_size for part in [*parts, *block_maps]), file_count=len(files),
+        compression=compressor.name, pitrkit_version=__version__, parent=None, chain=[], changed_blocks=None,
+        consolidated_from=target.backup_id)
     manifest = BackupManifest(**msgspec.structs.asdict(summary), backup_label=target.backup_label,
                               tablespace_map=target.tablespace_map, parts=parts, directories=target.directories,
                               files=files, block_maps=block_maps)

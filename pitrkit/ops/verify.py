@@ -272,8 +272,7 @@ def _check_backup_catalog(archive: Archive, folders: list[_BackupFolder], being_
             findings.append(Finding(severity="warning", key=BACKUP_CATALOG_KEY,
                                     problem=f"lists backup {entry.backup_id}, whose manifest "
                                             f"{manifest_key(entry.backup_id)} is gone; {_REBUILD}"))
-        elif folder.manifest is not None and any(getattr(entry, field) != getattr(folder.manifest, field)
-                                                 for field in BackupSummary.__struct_fields__):
+        elif folder.manifest is not None and entry != folder.manifest.summary():
             findings.append(Finding(severity="warning", key=BACKUP_CATALOG_KEY,
                                     problem=f"its entry for backup {entry.backup_id} differs from the manifest; "
                                             f"{_REBUILD}"))

@@ -18,7 +18,7 @@ import pytest
 import xxhash
 
 from pitrkit.backup.changes import relation_of
-from pitrkit.backup.push import PART_SIZE, summary_of
+from pitrkit.backup.push import PART_SIZE
 from pitrkit.catalog import blockmap
 from pitrkit.catalog.documents import BackupCatalog, BackupManifest, BackupTablespace
 from pitrkit.postgres.wal import SegmentName
@@ -146,7 +146,7 @@ def test_backup_of_a_cluster_with_a_tablespace(cluster, pitrkit_setup, pg_major)
 
     printed = json.loads(result.stdout)
     manifest = read_manifest(pitrkit_setup, printed["backup_id"])
-    assert printed == codec.to_builtins(summary_of(manifest))
+    assert printed == codec.to_builtins(manifest.summary())
 
     # The facts.
     assert manifest.system_identifier == primary.system_identifier
@@ -220,7 +220,7 @@ def test_label_and_plain_output(cluster, pitrkit_setup):
     assert manifest.backup_id == backup_id and manifest.tablespaces == [] and manifest.tablespace_map is None
     assert "LABEL: before the upgrade" in manifest.backup_label
     recorded = codec.decode((pitrkit_setup.archive / BACKUP_CATALOG_KEY).read_bytes(), BackupCatalog, "catalog")
-    assert recorded.backups == [summary_of(manifest)]
+    assert recorded.backups == [manifest.summary()]
 
 
 # --- refusals -----------------------------------------------------------------------------

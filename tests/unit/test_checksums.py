@@ -223,13 +223,13 @@ def test_an_incremental_on_a_version_1_parent_is_refused_for_a_full_backup(tmp_p
     manifest = full(builder, format_version=1)
     with pytest.raises(ParentRefused, match=f"backup {manifest.backup_id} was taken by an older pitrkit without "
                                             "block checksums: take a full backup first"):
-        incremental.load_parent(builder.archive, push.summary_of(manifest))
+        incremental.load_parent(builder.archive, manifest.summary())
 
 
 def test_a_parent_gives_every_relation_files_blocks_with_their_checksums(tmp_path):
     builder = ChainBuilder(tmp_path / "archive")
     manifest = full(builder)
-    parent = incremental.load_parent(builder.archive, push.summary_of(manifest))
+    parent = incremental.load_parent(builder.archive, manifest.summary())
     base = parent.blocks_of("base/5/100")
     assert base is not None
     assert (base.blocks, base.runs) == (20, blockmap.pack_runs([blockmap.Run(0, 20, 0, 0)]))

@@ -110,6 +110,26 @@ def test_the_synthetic_full_restores_as_the_incremental(tmp_path):
     assert again.backup_id == f"{target.backup_id}-full2"
 
 
+def test_an_id_another_run_claimed_first_is_not_taken(tmp_path, monkeypatch):
+    # Two runs consolidating one incremental at once: the other's claim lands between
+    # this run's look at the empty folder and its own claim.
+    builder = ChainBuilder(tmp_path / "archive")
+    build(builder)
+    target = builder.manifests[-1]
+    real_claim = consolidate_module.claim
+
+    def raced(archive, backup_id, token, now):
+        if backup_id == f"{target.backup_id}-full":
+            assert real_claim(archive, backup_id, "another run", now)
+        return real_claim(archive, backup_id, token, now)
+
+    monkeypatch.setattr(consolidate_module, "claim", raced)
+    made = consolidate(builder.archive, builder.archive.config, target.backup_id)
+    assert made.backup_id == f"{target.backup_id}-full2"
+    assert [info.key.rsplit("/", 1)[-1] for info in builder.archive.list(backup_prefix(f"{target.backup_id}-full"))] \
+        == ["claim.json"]
+
+
 @pytest.mark.parametrize(("part_size", "cache"), [(3 * BLOCK_SIZE + 7, 1 << 30), (5000, 0), (BLOCK_SIZE, 20000)])
 def test_parts_cut_anywhere_and_reads_fetched_again(tmp_path, monkeypatch, part_size, cache):
     # Small new parts: pages and files cut between parts, reads needed by several parts

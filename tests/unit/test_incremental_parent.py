@@ -9,7 +9,6 @@ import shutil
 import pytest
 
 from pitrkit.backup.incremental import load_parent
-from pitrkit.backup.push import summary_of
 from pitrkit.errors import ParentRefused
 from pitrkit.storage.archive import manifest_key
 from tests.unit.chain_archive import ChainBuilder
@@ -24,7 +23,7 @@ def chain(tmp_path) -> ChainBuilder:
 
 def test_the_parent_loads_with_its_block_maps(tmp_path):
     builder = chain(tmp_path)
-    parent = load_parent(builder.archive, summary_of(builder.manifests[-1]))
+    parent = load_parent(builder.archive, builder.manifests[-1].summary())
     assert parent.manifest == builder.manifests[-1]
     assert set(parent.maps) == {file.path for file in builder.manifests[-1].block_files}
 
@@ -35,7 +34,7 @@ def test_a_parent_without_its_block_maps_is_refused(tmp_path):
     shutil.rmtree(tmp_path / "archive" / "backups" / newest.backup_id / "blockmap")
     with pytest.raises(ParentRefused, match=f"the parent backup {newest.backup_id} cannot be used: block map "
                                             f"backups/{newest.backup_id}/blockmap/.* is missing"):
-        load_parent(builder.archive, summary_of(newest))
+        load_parent(builder.archive, newest.summary())
 
 
 def test_a_parent_whose_manifest_is_gone_is_refused(tmp_path):
@@ -43,7 +42,7 @@ def test_a_parent_whose_manifest_is_gone_is_refused(tmp_path):
     newest = builder.manifests[-1]
     (tmp_path / "archive" / manifest_key(newest.backup_id)).unlink()
     with pytest.raises(ParentRefused, match=f"the parent backup {newest.backup_id} has no manifest any more"):
-        load_parent(builder.archive, summary_of(newest))
+        load_parent(builder.archive, newest.summary())
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"backup_id": 7}', b""])
@@ -56,4 +55,4 @@ def test_a_parent_whose_manifest_does_not_decode_is_refused(tmp_path, content):
     (tmp_path / "archive" / manifest_key(newest.backup_id)).write_bytes(content)
     with pytest.raises(ParentRefused, match=f"the parent backup {newest.backup_id} cannot be used: .*"
                                             "not a valid BackupManifest"):
-        load_parent(builder.archive, summary_of(newest))
+        load_parent(builder.archive, newest.summary())

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from psycopg.conninfo import conninfo_to_dict
 
 from pitrkit.backup import config_capture

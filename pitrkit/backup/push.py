@@ -840,6 +840,8 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
                                                                          parent_summary)
             started = server.start_backup(label)
             phases.done("start")
+            if parent_summary is not None:
+                incremental.check_start(parent_summary, started)
             if loading is not None:
                 parent = loading.result()
                 phases.done("parent")

@@ -160,6 +160,9 @@ def assert_stored_without_signal_or_secret(setup: PitrkitSetup, backup_id: str) 
 
 def test_backups_of_a_standby_under_pgbench_restore_exactly(cluster, pitrkit_setup, pg_major):
     primary = archiving_primary(cluster, pitrkit_setup, **({"summarize_wal": "on"} if pg_major >= 17 else {}))
+    # The test's checkpoints only: a timed one would move the start of the standby's backups.
+    primary.sql("ALTER SYSTEM SET checkpoint_timeout = '1h'")
+    primary.sql("SELECT pg_reload_conf()")
     primary.run("pgbench", "-i", "-q", "-s", "1", "-h", str(primary.socket_dir), "-p", str(primary.port), "-U",
                 pgharness.SUPERUSER, "postgres", timeout=120)
     standby = streaming_standby(cluster, primary)
@@ -173,8 +176,13 @@ def test_backups_of_a_standby_under_pgbench_restore_exactly(cluster, pitrkit_set
 
     configure(pitrkit_setup, standby, f'primary_conninfo = "{connection(primary)}"\nstandby_max_lag = "64MB"\n')
     full, after_full = backup_under_pgbench(pitrkit_setup, primary)
-    # A standby's backup starts at the last checkpoint it replayed: a checkpoint on the
-    # primary (checkpoint_timeout's, in production), replayed, before the next one.
+    # A standby's backup starts at the last checkpoint of the primary it replayed: with
+    # none since the full ended, an incremental would start before its parent ends, and is
+    # refused as PostgreSQL refuses it (exit 3: the daemon then takes a full backup).
+    early = pitrkit_setup.run("backup-push", "--incremental")
+    assert early.returncode == 3 and f"before its parent {full['backup_id']} ends" in refusal(early)
+    assert sorted(path.name for path in (pitrkit_setup.archive / "backups").iterdir()) == [full["backup_id"]]
+    # After a checkpoint on the primary (checkpoint_timeout's, in production), replayed:
     primary.sql("CHECKPOINT")
     replayed_to(standby, primary.sql("SELECT pg_current_wal_lsn()::text")[0][0])
     incremental, after_incremental = backup_under_pgbench(pitrkit_setup, primary, "--incremental")

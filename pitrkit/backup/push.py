@@ -13,9 +13,9 @@ reached the archive. Any failure before that leaves parts without a manifest, wh
 planner never uses and retention removes later; an interrupt (Ctrl-C, or SIGTERM: the
 daemon's stop) removes them itself, see take_backup.
 
-On a standby the same steps run on the standby's own files and backup API, beside a
-session with its primary (`[backup] primary_conninfo`), whose WAL switch completes the
-backup's last segment: backup/standby.py.
+On a standby the same steps run on the standby's own files and backup API, with its
+primary (`[backup] primary_conninfo`) asked before the start and after the stop, when its
+WAL switch completes the backup's last segment: backup/standby.py.
 """
 
 from __future__ import annotations
@@ -808,11 +808,14 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
         # `pitrkit init` creates the archive: without its archive.json there is none here.
         identity = archive.identity()
         facts = server.facts()
-        # A standby's primary: held beside the standby's session for the whole backup.
-        primary = held.enter_context(standby.primary_of(server, facts, config.backup)) if facts.in_recovery else None
-        streaming = server.slot_active(config.receive.slot) or (
-            primary is not None and primary.session.slot_active(config.receive.slot))
-        _check_server(facts, pgdata, streaming, None if primary is None else primary.facts)
+        streaming = server.slot_active(config.receive.slot)
+        primary_facts = None  # a standby's primary's (backup/standby.py)
+        if facts.in_recovery:
+            with standby.primary_of(facts, config.backup) as primary:
+                standby.check_standby(server, primary, config.backup)
+                primary_facts = primary.facts
+                streaming = streaming or primary.session.slot_active(config.receive.slot)
+        _check_server(facts, pgdata, streaming, primary_facts)
         _check_identity(identity, facts, archive.storage.url)
         # A compression setting the plugin rejects is refused before the backup starts.
         compression = config.compression
@@ -904,19 +907,23 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             stop = server.stop_backup()
             phases.done("stop")
             first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
-            if primary is None:
-                # The segment holding the last byte of the backup-end record; pg_backup_stop
-                # switched to a new segment after it, so it will be archived.
-                last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
-            else:
-                # The segment holding the standby's minimum recovery point, completed by
-                # the primary's WAL switch.
-                last = standby.finish_stop(server, primary, stop)
-            log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
-            needed = _segments(first, last)
-            push_finished_wal(archive, pgdata, needed)
-            wait_for_wal(archive, server if primary is None else primary.session, needed, config.backup.wal_timeout,
-                         backup_id)
+            with contextlib.ExitStack() as at_end:
+                archiver = server  # whose pg_stat_archiver a timeout quotes
+                if primary_facts is None:
+                    # The segment holding the last byte of the backup-end record; pg_backup_stop
+                    # switched to a new segment after it, so it will be archived.
+                    last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1),
+                                                  facts.wal_segment_size)
+                else:
+                    # The segment holding the standby's minimum recovery point, completed
+                    # by the primary's WAL switch.
+                    primary = at_end.enter_context(standby.primary_of(facts, config.backup))
+                    last = standby.finish_stop(server, primary, stop)
+                    archiver = primary.session
+                log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
+                needed = _segments(first, last)
+                push_finished_wal(archive, pgdata, needed)
+                wait_for_wal(archive, archiver, needed, config.backup.wal_timeout, backup_id)
             phases.done("wal")
             maps, where = storing.result()
             phases.done("maps")  # what was left of storing them once the WAL was there

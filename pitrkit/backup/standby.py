@@ -1,5 +1,6 @@
-"""backup-push on a standby: the session with its primary (`[backup] primary_conninfo`),
-the checks that say the standby may be backed up now (the primary of the same cluster, on
+"""backup-push on a standby: the sessions with its primary (`[backup] primary_conninfo`;
+one before the start, one after the stop, none held during the copy), the checks that
+say the standby may be backed up now (the primary of the same cluster, on
 the same timeline, the standby's replay at most `[backup] standby_max_lag` behind it), and
 after pg_backup_stop, the checks of where the backup ended and the primary's WAL switch
 that makes its last segment archivable.
@@ -46,33 +47,37 @@ SETTING = "[backup] primary_conninfo"
 
 
 class Primary(NamedTuple):
-    """The standby's primary: its session (held for the whole backup) and its facts."""
+    """The standby's primary: a session with it and its facts."""
 
     session: ServerSession
     facts: ServerFacts
 
 
 @contextlib.contextmanager
-def primary_of(standby: ServerSession, facts: ServerFacts, backup: BackupConfig) -> Iterator[Primary]:
-    """The session with the primary of the standby `standby` (whose facts are `facts`),
-    once the checks above have passed; refused in one line otherwise."""
+def primary_of(facts: ServerFacts, backup: BackupConfig) -> Iterator[Primary]:
+    """A session with the primary of the standby whose facts are `facts`: a primary of
+    the same cluster, refused in one line otherwise. Opened twice by a backup, for the
+    checks before the start and for the WAL switch after the stop, and never held
+    during the copy: a copy takes hours, and a connection to the primary broken meanwhile
+    (a network blip, a restart) must not fail it."""
     if backup.primary_conninfo is None:
         raise RefusedError(f"the server in [postgres] conninfo is a standby (in recovery): set {SETTING} to reach "
                            "its primary, which must switch WAL segments for the backup (docs/backups.md), or run "
                            "backup-push against the primary")
     with ServerSession(backup.primary_conninfo, SETTING) as session:
         primary = Primary(session, session.facts())
-        _check(standby, facts, primary, backup.standby_max_lag, backup.standby_max_lag_bytes)
+        if primary.facts.in_recovery:
+            raise RefusedError(f"the server {SETTING} reaches is in recovery too: it must reach the primary, which "
+                               "alone can switch WAL segments (a cascading standby's upstream is not one)")
+        if primary.facts.system_identifier != facts.system_identifier:
+            raise RefusedError(f"the server {SETTING} reaches belongs to the cluster with system identifier "
+                               f"{primary.facts.system_identifier}, not to this standby's ({facts.system_identifier})")
         yield primary
 
 
-def _check(standby: ServerSession, facts: ServerFacts, primary: Primary, bound: int | str, bound_bytes: int) -> None:
-    if primary.facts.in_recovery:
-        raise RefusedError(f"the server {SETTING} reaches is in recovery too: it must reach the primary, which "
-                           "alone can switch WAL segments (a cascading standby's upstream is not one)")
-    if primary.facts.system_identifier != facts.system_identifier:
-        raise RefusedError(f"the server {SETTING} reaches belongs to the cluster with system identifier "
-                           f"{primary.facts.system_identifier}, not to this standby's ({facts.system_identifier})")
+def check_standby(standby: ServerSession, primary: Primary, backup: BackupConfig) -> None:
+    """Refused in one line unless the standby is on its primary's timeline and its replay
+    at most `[backup] standby_max_lag` behind the primary's WAL."""
     # The standby's last restartpoint's timeline: where a backup started now begins
     # (pg_backup_start's restartpoint may move it to a later checkpoint, not back).
     on_standby, on_primary = standby.timeline(), primary.session.timeline()
@@ -87,11 +92,11 @@ def _check(standby: ServerSession, facts: ServerFacts, primary: Primary, bound: 
     if replayed is None:
         raise RefusedError("the standby has not replayed any WAL yet: it cannot be backed up")
     lag = max(written - replayed, 0)
-    if lag > bound_bytes:
+    if lag > backup.standby_max_lag_bytes:
         raise RefusedError(f"the standby's replay is {human_bytes(lag)} behind its primary (replayed to {replayed}, "
                            f"the primary has written to {written}), more than [backup] standby_max_lag "
-                           f"({bound}): is replay paused or delayed (recovery_min_apply_delay)? A backup of it "
-                           "would be that old")
+                           f"({backup.standby_max_lag}): is replay paused or delayed (recovery_min_apply_delay)? "
+                           "A backup of it would be that old")
     log.info("backing up a standby %s behind its primary (replayed to %s, the primary at %s)", human_bytes(lag),
              replayed, written)
 

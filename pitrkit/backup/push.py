@@ -802,6 +802,7 @@ def _remove_unfinished(archive: Archive, backup_id: str, why: str) -> None:
 def _take_backup(archive: Archive, config: Config, label: str | None, incremental_on: str | None,
                  incremental_wanted: bool, held: contextlib.ExitStack, folder: _Folder) -> BackupManifest:
     pgdata = _configured_pgdata(config)
+    standby.check_setting(config.backup)
     phases = Phases()
     with ServerSession(config.postgres.conninfo) as server:
         phases.done("connect")

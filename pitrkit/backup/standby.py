@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 from pitrkit.config import BackupConfig
 from pitrkit.errors import PitrkitError, RefusedError
+from pitrkit.postgres.conninfo import conninfo_parameters
 from pitrkit.postgres.server import BackupStop, ServerFacts, ServerSession
 from pitrkit.postgres.wal import Lsn, SegmentName
 from pitrkit.progress import human_bytes
@@ -51,6 +52,14 @@ class Primary(NamedTuple):
 
     session: ServerSession
     facts: ServerFacts
+
+
+def check_setting(backup: BackupConfig) -> None:
+    """A `[backup] primary_conninfo` libpq cannot parse is refused in one line (without
+    libpq's words, which may quote a password) whatever the server turns out to be: on a
+    primary it is not used, and would otherwise wait, wrong, for the next failover."""
+    if backup.primary_conninfo is not None:
+        conninfo_parameters(backup.primary_conninfo, SETTING)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pitrkit.backup import push, standby
+from pitrkit.cli import main
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.postgres.server import BackupLabel, BackupStop, ServerFacts
 from pitrkit.postgres.wal import Lsn
@@ -116,3 +117,17 @@ def test_a_backup_whose_wal_crosses_a_timeline_switch_fails():
     assert primary.switched == 0
     # A role that may not read pg_control_recovery() leaves the primary's timeline to decide.
     assert finish(primary, stop_at(0x50A3230), Server(1, recovery_timeline=None)) == "000000010000000000000005"
+
+
+@pytest.mark.parametrize("conninfo", ["host=db1 password=s3cr3t h1dden", "postgresql://dba:s3cr3t%zz@db1/postgres"])
+def test_a_primary_conninfo_libpq_cannot_parse_is_one_line_without_the_secret(tmp_path, capsys, conninfo):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    config = tmp_path / "pitrkit.toml"
+    config.write_text(f'[repository]\nurl = "file://{archive}"\n[postgres]\npgdata = "{tmp_path}"\n'
+                      f"conninfo = 'host=/nonexistent port=1'\n[backup]\nprimary_conninfo = '{conninfo}'\n")
+    # Refused before any server is asked: the one in [postgres] conninfo does not exist.
+    assert main(["--config", str(config), "backup-push"]) == 2
+    error = capsys.readouterr().err
+    assert error == ("pitrkit: [backup] primary_conninfo is not a valid connection string (libpq's message is not "
+                     "shown: it may quote a password)\n")

@@ -67,6 +67,35 @@ class BackupConfig(_Section, frozen=True):
     # Seconds backup-push waits for the WAL its backup needs to reach the archive
     # before it gives up; the backup does not exist until that WAL is archived.
     wal_timeout: float = 600.0
+    # A backup of a standby ([postgres] conninfo reaches one): how to reach its primary,
+    # whose pg_switch_wal() completes the backup's last WAL segment (a standby cannot
+    # switch), and how far the standby's replay may be behind the primary's WAL, in bytes
+    # or a size ("1GB"). Unset: a standby is refused. See docs/backups.md.
+    primary_conninfo: str | None = None
+    standby_max_lag: int | str = "1GB"
+
+    @property
+    def standby_max_lag_bytes(self) -> int:
+        size = parse_size(self.standby_max_lag)
+        assert size is not None  # checked when the file was loaded
+        return size
+
+
+def _standby_problems(backup: BackupConfig) -> list[str]:
+    """`[backup] primary_conninfo` and `standby_max_lag`. The connection string is parsed
+    by libpq only when backup-push connects (loading psycopg here would slow wal-push):
+    here, only what is wrong whatever libpq says."""
+    problems = []
+    if backup.primary_conninfo is not None and (not backup.primary_conninfo.strip()
+                                                or "\0" in backup.primary_conninfo):
+        # "" would be libpq's defaults: the local server, i.e. the standby itself.
+        problems.append("backup.primary_conninfo must be a libpq connection string to the primary, not empty "
+                        "(empty means libpq's defaults: the standby itself)")
+    lag = parse_size(backup.standby_max_lag)
+    if lag is None or lag > MAX_SIZE:
+        problems.append("backup.standby_max_lag must be a number of bytes or a size such as \"1GB\" (units kB, MB, "
+                        "GB, TB), at most 1 EiB (1048576TB)")
+    return problems
 
 
 # PostgreSQL's memory units (max_slot_wal_keep_size = '10GB'), so that the threshold
@@ -484,6 +513,7 @@ def _check_ranges(config: Config, source: str) -> None:
         *_seconds_problem("agent.idle_timeout", config.agent.idle_timeout),
         *_count_problem("backup.workers", config.backup.workers, 0, MAX_THREADS),
         *_seconds_problem("backup.wal_timeout", config.backup.wal_timeout),
+        *_standby_problems(config.backup),
     ]
     if not config.receive.slot or not re.fullmatch(r"[a-z0-9_]{1,63}", config.receive.slot):
         problems.append("receive.slot must be 1 to 63 lower-case letters, digits or underscores "

@@ -117,6 +117,19 @@ def choose_parent(archive: Archive, system_identifier: int, major: int, timeline
                        "take a full backup first (backup-push without --incremental)")
 
 
+def check_start(parent: BackupSummary, start: Lsn) -> None:
+    """Refused (ParentRefused) when this backup starts before its parent ends, as
+    PostgreSQL refuses its own incremental backups: a block the parent copied after its
+    start is consistent only once WAL is replayed through the parent's stop, which a
+    backup that starts earlier may end before. A backup of a primary starts with a
+    checkpoint after every earlier backup's end; one of a standby starts at the last
+    checkpoint of the primary the standby replayed, which may be older (backup/standby.py)."""
+    if start < parent.stop_lsn:
+        raise ParentRefused(f"this backup starts at {start}, before its parent {parent.backup_id} ends "
+                            f"({parent.stop_lsn}): a standby's backup starts at the primary's last checkpoint it "
+                            "replayed; take a full backup, or an incremental after the primary's next checkpoint")
+
+
 class Base(NamedTuple):
     """The parent's copy of a file: its length in blocks, where each block is (its map's
     runs: source and position in the child's numbering) and each block's checksum (8

@@ -12,6 +12,10 @@ pg_backup_stop, and after every WAL segment from the backup's start to its stop 
 reached the archive. Any failure before that leaves parts without a manifest, which the
 planner never uses and retention removes later; an interrupt (Ctrl-C, or SIGTERM: the
 daemon's stop) removes them itself, see take_backup.
+
+On a standby the same steps run on the standby's own files and backup API, with its
+primary (`[backup] primary_conninfo`) asked before the start and after the stop, when its
+WAL switch completes the backup's last segment: backup/standby.py.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import BinaryIO, NamedTuple
 import msgspec
 
 from pitrkit import __version__
-from pitrkit.backup import config_capture, incremental, replicate
+from pitrkit.backup import config_capture, incremental, replicate, standby
 from pitrkit.backup.changes import NotSummarized, relation_of, summarized_changes
 from pitrkit.catalog import blockmap, checksums, documents, lease, maintenance
 from pitrkit.catalog.backups import claim, manifest_present
@@ -111,6 +115,10 @@ _EXCLUDED_FILES = frozenset(
     {"postmaster.pid", "postmaster.opts", "backup_label", "tablespace_map", "backup_manifest",
      "postgresql.auto.conf.tmp", "current_logfiles.tmp"}
 )
+# In the data directory itself: a standby's (or a server in recovery's) signal files. A
+# restore writes its own (restore/recovery_conf.py); copied, standby.signal would make
+# every restore of a standby's backup a standby.
+_SIGNAL_FILES = frozenset({"standby.signal", "recovery.signal"})
 _RELCACHE_INIT_PREFIX = "pg_internal.init"  # rebuilt at start-up; "pg_internal.init.<pid>" while written
 _TEMPORARY_PREFIX = "pgsql_tmp"  # sort and hash spill files and their directories
 # In a database directory: temporary relations (looks_like_temp_rel_name) and relation
@@ -125,10 +133,12 @@ _TABLESPACE_LINKS = "pg_tblspc"
 class SourceFile(NamedTuple):
     path: str  # relative to the data directory, as recorded in the manifest
     size: int  # when listed; the copy records what it actually reads
-    # A configuration file from outside the data directory, read already (see
-    # backup/config_capture.py): its bytes and mode, copied as they were read and checksummed.
+    # A configuration file read already (see backup/config_capture.py): from outside the
+    # data directory, or one of its own scrubbed of a password; its bytes, mode and mtime,
+    # copied as they were read and checksummed.
     content: bytes | None = None
     mode: int = 0
+    mtime: int = 0
 
 
 class DataDirectory(NamedTuple):
@@ -182,8 +192,8 @@ def walk_data_directory(pgdata: str, major: int, tablespace_names: dict[int, str
             path = f"{relative}/{name}" if relative else name
             if name in _EXCLUDED_FILES or name.startswith((_RELCACHE_INIT_PREFIX, _TEMPORARY_PREFIX)):
                 continue
-            if relative == "" and name == CAPTURED_DIR:
-                continue  # the stream's own name for configuration from outside (a leftover)
+            if relative == "" and (name == CAPTURED_DIR or name in _SIGNAL_FILES):
+                continue  # the stream's own name for configuration from outside (a leftover), signals
             if relative == _TABLESPACE_LINKS and entry.is_symlink():
                 add_tablespace(entry)
                 continue
@@ -411,7 +421,7 @@ def copy_files(pgdata: str, sources: list[SourceFile], store: PartStore, progres
         absolute = os.path.join(pgdata, source.path)
         reader: BinaryIO
         if source.content is not None:
-            reader, mode, mtime = io.BytesIO(source.content), source.mode, 0
+            reader, mode, mtime = io.BytesIO(source.content), source.mode, source.mtime
         else:
             try:
                 reader = open(absolute, "rb", buffering=0)
@@ -498,17 +508,23 @@ def _configured_pgdata(config: Config) -> str:
     return os.path.realpath(config.postgres.pgdata)
 
 
-def _check_server(facts: ServerFacts, pgdata: str, streaming: bool) -> None:
+def _check_server(facts: ServerFacts, pgdata: str, streaming: bool, primary: ServerFacts | None) -> None:
     """`streaming`: `pitrkit wal-receive` is streaming from the [receive] slot, which
-    archives the backup's WAL without archive_command (docs/streaming.md)."""
-    if facts.in_recovery:
-        raise RefusedError("the server is a standby (in recovery): backing up a standby is not supported yet; "
-                           "run backup-push against the primary")
-    if not streaming and facts.archive_mode == "off":
+    archives the backup's WAL without archive_command (docs/streaming.md). `primary`: the
+    facts of the primary of a standby (backup/standby.py)."""
+    if primary is not None:
+        # The standby's WAL is archived by the primary, or by the standby itself with
+        # archive_mode = always (with "on", a standby archives nothing).
+        if not streaming and not (_archives(primary, ("on", "always")) or _archives(facts, ("always",))):
+            raise RefusedError("neither the primary archives WAL (archive_mode and archive_command) nor this standby "
+                               "(archive_mode = always and archive_command), and pitrkit wal-receive is not "
+                               "streaming from the [receive] slot on either: the backup could never be made "
+                               "consistent from the archive; set archive_command to pitrkit wal-push on the primary")
+    elif not streaming and facts.archive_mode == "off":
         raise RefusedError("archive_mode is off on the server and pitrkit wal-receive is not streaming from "
                            "the [receive] slot: the backup could never be made consistent from the archive; "
                            "set archive_mode = on and archive_command to pitrkit wal-push, or run wal-receive")
-    if not streaming and not facts.archive_command and not facts.archive_library:
+    elif not streaming and not facts.archive_command and not facts.archive_library:
         raise RefusedError("archive_command is empty on the server: the backup could never be made consistent "
                            "from the archive; set archive_command to pitrkit wal-push")
     if os.path.realpath(facts.data_directory) != pgdata:
@@ -525,6 +541,10 @@ def _check_server(facts: ServerFacts, pgdata: str, streaming: bool) -> None:
     if on_disk != facts.system_identifier:
         raise RefusedError(f"{pgdata} belongs to the cluster with system identifier {on_disk}, but the server "
                            f"[postgres] conninfo reaches is {facts.system_identifier}")
+
+
+def _archives(facts: ServerFacts, modes: tuple[str, ...]) -> bool:
+    return facts.archive_mode in modes and bool(facts.archive_command or facts.archive_library)
 
 
 def _check_identity(identity: ArchiveIdentity, facts: ServerFacts, url: str) -> None:
@@ -768,13 +788,21 @@ def _remove_unfinished(archive: Archive, backup_id: str, why: str) -> None:
 def _take_backup(archive: Archive, config: Config, label: str | None, incremental_on: str | None,
                  incremental_wanted: bool, held: contextlib.ExitStack, folder: _Folder) -> BackupManifest:
     pgdata = _configured_pgdata(config)
+    standby.check_setting(config.backup)
     phases = Phases()
     with ServerSession(config.postgres.conninfo) as server:
         phases.done("connect")
         # `pitrkit init` creates the archive: without its archive.json there is none here.
         identity = archive.identity()
         facts = server.facts()
-        _check_server(facts, pgdata, server.slot_active(config.receive.slot))
+        streaming = server.slot_active(config.receive.slot)
+        primary_facts = None  # a standby's primary's (backup/standby.py)
+        if facts.in_recovery:
+            with standby.primary_of(facts, config.backup) as primary:
+                standby.check_standby(server, primary, config.backup)
+                primary_facts = primary.facts
+                streaming = streaming or primary.session.slot_active(config.receive.slot)
+        _check_server(facts, pgdata, streaming, primary_facts)
         _check_identity(identity, facts, archive.storage.url)
         # A compression setting the plugin rejects is refused before the backup starts.
         compression = config.compression
@@ -802,6 +830,8 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
                                                                          parent_summary)
             started = server.start_backup(label)
             phases.done("start")
+            if parent_summary is not None:
+                incremental.check_start(parent_summary, started)
             if loading is not None:
                 parent = loading.result()
                 phases.done("parent")
@@ -815,7 +845,8 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             finding = None if parent_summary is None else beside.submit(
                 _changes_since, archive, server, facts, parent_summary, timeline, started)
             listing = walk_data_directory(pgdata, facts.major, tablespace_names)
-            configuration, captured = _capture_configuration(server, facts)
+            configuration, captured, settings_inside = _capture_configuration(server, facts)
+            _scrub_listed(pgdata, listing.files, settings_inside)
             if captured:
                 listing.directories.append(BackupDirectory(CAPTURED_DIR, 0o700))
                 listing.files[-1:-1] = captured  # before pg_control, which is copied last
@@ -863,13 +894,23 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
             stop = server.stop_backup()
             phases.done("stop")
             first = SegmentName.parse(stop.label.start_segment, facts.wal_segment_size)
-            # The segment holding the last byte of the backup-end record; pg_backup_stop
-            # switched to a new segment after it, so it will be archived.
-            last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1), facts.wal_segment_size)
-            log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
-            needed = _segments(first, last)
-            push_finished_wal(archive, pgdata, needed)
-            wait_for_wal(archive, server, needed, config.backup.wal_timeout, backup_id)
+            with contextlib.ExitStack() as at_end:
+                archiver = server  # whose pg_stat_archiver a timeout quotes
+                if primary_facts is None:
+                    # The segment holding the last byte of the backup-end record; pg_backup_stop
+                    # switched to a new segment after it, so it will be archived.
+                    last = SegmentName.containing(stop.label.timeline, Lsn(stop.stop_lsn - 1),
+                                                  facts.wal_segment_size)
+                else:
+                    # The segment holding the standby's minimum recovery point, completed
+                    # by the primary's WAL switch.
+                    primary = at_end.enter_context(standby.primary_of(facts, config.backup))
+                    last = standby.finish_stop(server, primary, stop)
+                    archiver = primary.session
+                log.info("backup %s stopped at %s; needs WAL %s to %s", backup_id, stop.stop_lsn, first, last)
+                needed = _segments(first, last)
+                push_finished_wal(archive, pgdata, needed)
+                wait_for_wal(archive, archiver, needed, config.backup.wal_timeout, backup_id)
             phases.done("wal")
             maps, where = storing.result()
             phases.done("maps")  # what was left of storing them once the WAL was there
@@ -934,16 +975,41 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
 
 
 def _capture_configuration(server: ServerSession, facts: ServerFacts
-                           ) -> tuple[documents.ServerConfiguration, list[SourceFile]]:
-    """Where the server's configuration lives, and the files it reads from outside its
-    data directory, read now, as files of the stream (see backup/config_capture.py)."""
-    configuration, captured = config_capture.capture(facts.data_directory, *server.config_paths(),
-                                                    server.files_read())
+                           ) -> tuple[documents.ServerConfiguration, list[SourceFile], list[str]]:
+    """Where the server's configuration lives, the files it reads from outside its data
+    directory, read now, as files of the stream (see backup/config_capture.py), and the
+    settings files inside it."""
+    configuration, captured, settings_inside = config_capture.capture(facts.data_directory, *server.config_paths(),
+                                                                      server.files_read())
     for each in captured:
         log.info("copying %s (%s) from outside the data directory as %s/%s", each.record.path, each.record.role,
                  CAPTURED_DIR, each.record.name)
     return configuration, [SourceFile(f"{CAPTURED_DIR}/{each.record.name}", each.record.size,
-                                      each.content, each.record.mode) for each in captured]
+                                      each.content, each.record.mode) for each in captured], settings_inside
+
+
+def _scrub_listed(pgdata: str, files: list[SourceFile], settings_inside: list[str]) -> None:
+    """The settings files of the data directory among `files` that hold a password (a
+    standby's primary_conninfo) replaced by their scrubbed content, read now (they are
+    not WAL-logged: any version read during the backup is as good as another)."""
+    wanted = set(settings_inside)
+    for number, source in enumerate(files):
+        if source.path not in wanted:
+            continue
+        absolute = os.path.join(pgdata, source.path)
+        try:
+            with open(absolute, "rb") as file:
+                status = os.fstat(file.fileno())
+                content = file.read()
+        except FileNotFoundError:
+            continue  # copy_files skips it too
+        except OSError as exc:
+            raise PitrkitError(f"cannot read {absolute}: {exc.strerror}") from None
+        clean = config_capture.scrubbed(content)
+        if clean != content:
+            log.info("copying %s without the password of its primary_conninfo", source.path)
+            files[number] = SourceFile(source.path, len(clean), clean, stat.S_IMODE(status.st_mode),
+                                       int(status.st_mtime))
 
 
 def command(args: Namespace, config: Config, config_path: Path) -> str:

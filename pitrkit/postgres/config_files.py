@@ -45,6 +45,12 @@ def _unescape(match: re.Match[str]) -> str:
     return _ESCAPES.get(escaped, escaped)
 
 
+def conf_quote(value: str) -> str:
+    """A postgresql.conf string literal, quoted as ALTER SYSTEM writes one: the parser
+    reads backslash escapes inside quotes, so backslashes are doubled along with quotes."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 # pg_hba.conf / pg_ident.conf include lines (PostgreSQL 16+): keyword, then one token.
 _HBA_INCLUDE = re.compile(r'\s*(?P<kind>include|include_if_exists|include_dir)\s+(?P<path>"(?:[^"]|"")*"|[^\s#]+)'
                           r"\s*(?:#.*)?$")

@@ -21,21 +21,40 @@ import re
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pitrkit.errors import ConfigError
 
 _PEER_FAILED = re.compile(r'Peer authentication failed for user "(?P<role>[^"]*)"')
 
 
-def conninfo_parameters(conninfo: str | None) -> dict[str, Any]:
+def conninfo_parameters(conninfo: str | None, setting: str = "[postgres] conninfo") -> dict[str, Any]:
     """The connection string's parameters; None or "" is libpq's defaults (PGHOST,
-    PGPORT, the default socket ...), as for psql."""
+    PGPORT, the default socket ...), as for psql. `setting` names it in the error."""
     try:
         return conninfo_to_dict(conninfo or "")
     except psycopg.Error:
-        raise ConfigError("[postgres] conninfo is not a valid connection string (libpq's message is not shown: "
+        raise ConfigError(f"{setting} is not a valid connection string (libpq's message is not shown: "
                           "it may quote a password)") from None
+
+
+# The parameters whose values are secrets: a password, and the passphrase of the client's key.
+SECRET_PARAMETERS = ("password", "sslpassword")
+
+
+def without_secrets(conninfo: str) -> tuple[str, list[str]] | None:
+    """`conninfo` rebuilt without its secret parameters, and the names of those removed
+    (none: `conninfo` unchanged); None when libpq cannot parse it, so that the caller
+    can drop it whole (where the secret is in it cannot be told)."""
+    try:
+        parameters = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return None
+    removed = [name for name in SECRET_PARAMETERS if name in parameters]
+    if not removed:
+        return conninfo, []
+    kept = {name: value for name, value in parameters.items() if name not in SECRET_PARAMETERS}
+    return make_conninfo("", **kept), removed
 
 
 def connection_failure(message: str) -> str:

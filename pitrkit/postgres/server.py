@@ -4,7 +4,8 @@ pg_backup_stop, pg_start_backup / pg_stop_backup before PostgreSQL 15), and the
 configuration files the server reads (`config_paths`, `files_read`), which
 backup/config_capture.py copies when they lie outside the data directory. It also tells
 the timeline the server is on (`current_timeline`, `configured_server_timeline`), for
-ops/status.py and restore/plan.py.
+ops/status.py and restore/plan.py, and, for a backup of a standby, the positions and the
+WAL switch that backup/standby.py asks of the standby and of its primary.
 
 A non-exclusive backup belongs to the session that started it: if the session ends
 before pg_backup_stop, the server aborts the backup by itself. So `ServerSession` is held
@@ -118,15 +119,16 @@ def configured_server_timeline(conninfo: str | None) -> int:
 class ServerSession:
     """An autocommit session; every failure is a `ServerError` naming what was attempted."""
 
-    def __init__(self, conninfo: str | None) -> None:
-        conninfo_parameters(conninfo)  # a malformed one is refused without libpq's words
+    def __init__(self, conninfo: str | None, setting: str = "[postgres] conninfo") -> None:
+        """`setting`: the configuration key `conninfo` comes from, for messages."""
+        conninfo_parameters(conninfo, setting)  # a malformed one is refused without libpq's words
         try:
             # None means libpq's defaults (PGHOST, PGPORT, the default socket ...), as psql.
             # fallback_application_name: a name the DBA sets in conninfo wins.
             self._connection = psycopg.connect(conninfo or "", autocommit=True,
                                                fallback_application_name=_APPLICATION_NAME)
         except psycopg.Error as exc:
-            raise ServerError(f"cannot connect to PostgreSQL with [postgres] conninfo: "
+            raise ServerError(f"cannot connect to PostgreSQL with {setting}: "
                               f"{connection_failure(str(exc))}") from None
         self._version = self._connection.info.server_version
         # A copy of a large cluster can take hours with this session idle in between: a
@@ -239,6 +241,35 @@ class ServerSession:
         lsn, label_file, tablespace_map = self._row("stopping the backup", query)
         return BackupStop(Lsn.parse(lsn), label_file, tablespace_map or "", parse_backup_label(label_file),
                           self.clock())
+
+    def current_wal_lsn(self) -> Lsn:
+        """A primary's WAL write position: everything before it has been written."""
+        (lsn,) = self._row("reading the WAL position", "SELECT pg_current_wal_lsn()::text")
+        return Lsn.parse(lsn)
+
+    def replay_lsn(self) -> Lsn | None:
+        """A standby's replay position (pg_last_wal_replay_lsn); None before it replayed anything."""
+        (lsn,) = self._row("reading the replay position", "SELECT pg_last_wal_replay_lsn()::text")
+        return None if lsn is None else Lsn.parse(lsn)
+
+    def recovery_timeline(self) -> int | None:
+        """A standby's minimum recovery point's timeline (pg_control_recovery()): the
+        timeline pg_backup_stop ends a backup on, or a later one; None when the role may
+        not read it."""
+        try:
+            (timeline,) = self._connection.execute(
+                "SELECT min_recovery_end_timeline FROM pg_control_recovery()").fetchone() or (None,)
+        except psycopg.errors.InsufficientPrivilege:
+            return None
+        except psycopg.Error as exc:
+            raise ServerError(f"PostgreSQL failed reading pg_control_recovery(): {_one_line(exc)}") from None
+        return timeline or None
+
+    def switch_wal(self) -> Lsn:
+        """pg_switch_wal() on a primary: the current segment is complete and will be
+        archived (a no-op when nothing was written to it)."""
+        (lsn,) = self._row("switching to a new WAL segment", "SELECT pg_switch_wal()::text")
+        return Lsn.parse(lsn)
 
     def slot_active(self, slot: str) -> bool:
         """Whether a client streams from the replication slot `slot` now."""

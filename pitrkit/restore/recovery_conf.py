@@ -30,6 +30,7 @@ import msgspec
 
 from pitrkit.catalog.documents import shown
 from pitrkit.errors import PitrkitError
+from pitrkit.postgres.config_files import conf_quote
 from pitrkit.postgres.wal import Lsn
 from pitrkit.restore import durable
 
@@ -134,12 +135,6 @@ def restore_command(config_path: Path, until: str | None = None) -> str:
     argv = [*pitrkit_executable(), "--config", str(config_path.absolute())]
     bound = "" if until is None else f" --until {until}"
     return shlex.join(argv).replace("%", "%%") + " wal-fetch %f %p" + bound
-
-
-def conf_quote(value: str) -> str:
-    """A postgresql.conf string literal, quoted as ALTER SYSTEM writes one: the parser
-    reads backslash escapes inside quotes, so backslashes are doubled along with quotes."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def rewrite_auto_conf(text: str, settings: RecoverySettings, header: str) -> str:

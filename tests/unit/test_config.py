@@ -325,3 +325,27 @@ def test_the_example_configuration_names_every_key():
         text = texts[name]
         for field in kind.__struct_fields__:
             assert f"\n{field} = " in text or f"\n# {field} = " in text, f"[{name}] {field} is not in the example"
+
+
+def test_a_standby_backup_names_its_primary_and_bounds_the_lag():
+    backup = parse(MINIMAL).backup
+    assert backup.primary_conninfo is None  # a standby is refused until it is set
+    assert backup.standby_max_lag_bytes == 1 << 30
+    backup = parse(MINIMAL + '[backup]\nprimary_conninfo = "host=db1 user=backup"\nstandby_max_lag = "64MB"\n').backup
+    assert (backup.primary_conninfo, backup.standby_max_lag_bytes) == ("host=db1 user=backup", 64 << 20)
+    assert parse(MINIMAL + "[backup]\nstandby_max_lag = 0\n").backup.standby_max_lag_bytes == 0
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ('primary_conninfo = ""', "backup.primary_conninfo must be a libpq connection string to the primary, not empty"),
+    ('primary_conninfo = "  "', "backup.primary_conninfo must be a libpq connection string"),
+    ('primary_conninfo = "host=db1\\u0000"', "backup.primary_conninfo must be a libpq connection string"),
+    ("primary_conninfo = 5432", "key 'backup.primary_conninfo': expected str | null, got int"),
+    ('standby_max_lag = "1 GiB"', "backup.standby_max_lag must be a number of bytes or a size such as \"1GB\""),
+    ("standby_max_lag = -1", "backup.standby_max_lag must be"),
+    ('standby_max_lag = "2000000TB"', "at most 1 EiB"),
+    ('standby_max_lag = "10s"', "backup.standby_max_lag must be"),
+    ('primary_conn_info = "host=db1"', "unknown key 'backup.primary_conn_info' (did you mean 'primary_conninfo'?)"),
+])
+def test_standby_settings_out_of_range_are_one_line(section, expected):
+    assert expected in config_error(f"{MINIMAL}[backup]\n{section}\n")

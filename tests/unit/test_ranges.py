@@ -42,6 +42,7 @@ NUMBERS = [
     ("drill", "nice", [-1, 20, 10**18]),
     ("repository", "spool_max", [-1, "'-1GB'", "'1PB'", 2**60 + 1, "'99999999999999999999TB'"]),
     ("drill", "min_free", [-1, "'-1GB'", "'1PB'", 2**60 + 1, "'99999999999999999999TB'"]),
+    ("backup", "standby_max_lag", [-1, "'-1GB'", "'1PB'", 2**60 + 1, "'99999999999999999999TB'"]),
     ("receive", "max_slot_retained", [-1, "'-1GB'", "'1PB'", 2**60 + 1, 2**63 - 1, "'1048577TB'",
                                       "'99999999999999999999TB'", "'99999999999999999999'"]),
 ]
@@ -123,6 +124,8 @@ def test_a_slot_size_up_to_an_exbibyte_is_accepted(value):
     assert parsed.receive.max_slot_retained_bytes == config.parse_size(value) <= config.MAX_SIZE
     parsed = config.parse({"repository": {"url": "file:///x"}, "drill": {"min_free": value}}, "test")
     assert parsed.drill.min_free_bytes == config.parse_size(value) <= config.MAX_SIZE
+    parsed = config.parse({"repository": {"url": "file:///x"}, "backup": {"standby_max_lag": value}}, "test")
+    assert parsed.backup.standby_max_lag_bytes == config.parse_size(value) <= config.MAX_SIZE
 
 @pytest.mark.parametrize("level", [0, -1, 23, 10**18])
 def test_a_compression_level_out_of_range_is_one_line(tmp_path, capsys, level):
@@ -194,7 +197,7 @@ def test_any_duration_is_refused_or_usable(value):
 
 
 # Sizes in bytes, whose range is MAX_SIZE, not seconds: their own test above.
-_SIZES = ("max_slot_retained", "min_free")
+_SIZES = ("max_slot_retained", "min_free", "standby_max_lag")
 
 
 @settings(max_examples=300)

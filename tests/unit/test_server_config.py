@@ -11,7 +11,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
+from pitrkit.backup import config_capture
 from pitrkit.backup.config_capture import capture
 from pitrkit.catalog.documents import CAPTURED_DIR, ServerConfiguration
 from pitrkit.errors import RefusedError
@@ -57,8 +59,9 @@ def make_host(tmp_path: Path) -> tuple[Path, Path]:
 def capture_and_unpack(tmp_path: Path) -> tuple[Path, Path, ServerConfiguration, Path]:
     """What backup-push copies, laid into a new data directory as unpack would."""
     etc, data = make_host(tmp_path)
-    configuration, captured = capture(str(data), str(etc / "postgresql.conf"),
-                                                    str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"), {})
+    configuration, captured, inside = capture(str(data), str(etc / "postgresql.conf"),
+                                              str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"), {})
+    assert inside == ["postgresql.auto.conf", "inside.conf"]  # scrubbed as they are copied
     target = tmp_path / "restored"
     (target / CAPTURED_DIR).mkdir(parents=True)
     (target / "inside.conf").write_text((data / "inside.conf").read_text())
@@ -231,7 +234,7 @@ def test_capture_leaves_out_a_file_whose_path_has_a_newline(tmp_path):
     etc, data = make_host(tmp_path)
     odd = etc / "odd\nname.conf"
     odd.write_text("work_mem = '1MB'\n")
-    configuration, captured = capture(str(data), str(etc / "postgresql.conf"),
+    configuration, captured, _ = capture(str(data), str(etc / "postgresql.conf"),
                                                     str(etc / "pg_hba.conf"), str(etc / "pg_ident.conf"),
                                                     {"include": [str(odd)]})
     assert str(odd) not in [file.path for file in configuration.files]
@@ -271,3 +274,58 @@ def test_a_busy_port_is_refused():
         with pytest.raises(RefusedError, match=f"--port {port} is in use"):
             pgstart.choose_port(port)
     assert not pgstart.port_in_use(port)
+
+
+# --- a standby's primary_conninfo: its password never stored -------------------------------
+
+SECRET = "s3cr3t"
+
+
+@pytest.mark.parametrize(("line", "kept"), [
+    # As pg_basebackup -R writes it into postgresql.auto.conf (libpq's quoting inside the GUC's).
+    (f"primary_conninfo = 'user=rep password={SECRET} host=''/run/pg'' port=5432 sslmode=prefer "
+     "application_name=standby1'", "user=rep host=/run/pg port=5432 sslmode=prefer application_name=standby1"),
+    (f"PRIMARY_CONNINFO='postgresql://rep:{SECRET}@db1:5433/?sslpassword={SECRET}x'",
+     "user=rep host=db1 port=5433"),
+])
+def test_a_primary_conninfo_keeps_everything_but_its_secrets(line, kept):
+    text = f"# written by pg_basebackup\n{line}\r\nhot_standby = on\n".encode()
+    clean = config_capture.scrubbed(text)
+    assert SECRET.encode() not in clean
+    first, setting, last, end = clean.split(b"\n")
+    assert (first, last, end) == (b"# written by pg_basebackup", b"hot_standby = on", b"")
+    assert setting.endswith(b"removed by pitrkit backup-push\r")
+    parsed = parse_setting(setting.decode().rstrip("\r"))
+    assert parsed is not None and parsed.name == "primary_conninfo"
+    assert conninfo_to_dict(parsed.value) == conninfo_to_dict(kept)
+
+
+@pytest.mark.parametrize("line", [
+    f"#primary_conninfo = 'host=db1 password={SECRET}'",  # commented out: a secret all the same
+    f"primary_conninfo = 'host=db1 password={SECRET} h1dden'",  # libpq cannot read it
+])
+def test_a_primary_conninfo_line_that_cannot_be_read_goes_whole(line):
+    clean = config_capture.scrubbed(f"port = 5432\n{line}\n".encode())
+    assert clean == b"port = 5432\n# a line setting primary_conninfo with a password, removed by pitrkit backup-push\n"
+
+
+@pytest.mark.parametrize("text", [
+    b"primary_conninfo = 'host=db1 user=rep passfile=''/var/lib/postgresql/.pgpass'''\n",
+    b"#primary_conninfo = ''\t# the sample's line\n",
+    b"\xff\xfe not UTF-8, no setting\n",
+])
+def test_a_file_without_a_password_is_stored_as_it_is(text):
+    assert config_capture.scrubbed(text) == text
+
+
+def test_captured_settings_files_are_stored_scrubbed(tmp_path):
+    etc, data = make_host(tmp_path)
+    (etc / "conf.d" / "20-b.conf").write_text(f"primary_conninfo = 'host=db1 password={SECRET}'\n")
+    (etc / "pg_hba.conf").write_text(f"# primary_conninfo password={SECRET}: pg_hba.conf has no settings\n")
+    _, captured, _ = capture(str(data), str(etc / "postgresql.conf"), str(etc / "pg_hba.conf"),
+                             str(etc / "pg_ident.conf"), {})
+    stored = {Path(each.record.path).name: each for each in captured}
+    assert SECRET.encode() not in stored["20-b.conf"].content
+    assert stored["20-b.conf"].record.sha256 == hashlib.sha256(stored["20-b.conf"].content).hexdigest()
+    assert stored["20-b.conf"].record.size == len(stored["20-b.conf"].content)
+    assert SECRET.encode() in stored["pg_hba.conf"].content  # only settings files are rewritten

@@ -23,6 +23,7 @@ import sysconfig
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 import pytest
@@ -65,7 +66,7 @@ def test_compose_file_is_valid_against_the_compose_specification(tmp_path: Path)
     assert refused.returncode == 1 and "stop_grace_periods" in refused.stdout, refused.stdout + refused.stderr
 
 
-def required(module: str):  # type: ignore[no-untyped-def]
+def required(module: str) -> ModuleType:
     """A module the test needs that comes from plugins/pitrkit-gcs's test extra: under CI
     its absence fails the test, elsewhere it skips it."""
     try:

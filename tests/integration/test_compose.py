@@ -30,7 +30,7 @@ import pytest
 
 import pgharness
 from compose_local import LocalHost, Topology, load, variables_used
-from pitr_workload import create_tables, digests, write_round
+from pitr_workload import create_tables, digests, succeeded, write_round
 from pitrkit_setup import parse_logfmt, running_processes
 from plugin_end_to_end import runnable_install
 
@@ -121,12 +121,6 @@ def stored_keys(endpoint: str, bucket: str) -> list[str]:
         names += [item["name"] for item in page.get("items", [])]
         if not (token := page.get("nextPageToken", "")):
             return names
-
-
-def succeeded(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"{result.args} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stdout
 
 
 def events(log: str, name: str) -> list[dict[str, str]]:

@@ -184,6 +184,12 @@ class Topology:
             pgharness.make_server_dir(local.root / "volumes" / name)
         for name, spec in compose["services"].items():
             made.services[name] = made._service(name, spec)
+        for name, service in made.services.items():
+            for dependency, condition in service.depends_on.items():
+                if dependency not in made.services:
+                    raise ComposeError(f"service {name} depends on {dependency}, which is not a service")
+                if condition == "service_healthy" and made.services[dependency].healthcheck is None:
+                    raise ComposeError(f"service {name} waits for {dependency} to be healthy, which has no healthcheck")
         return made
 
     def _service(self, name: str, spec: dict[str, Any]) -> LocalService:
@@ -286,8 +292,6 @@ class Topology:
                 raise ComposeError(f"depends_on has a cycle through {name}")
             visiting.add(name)
             for dependency in self.services[name].depends_on:
-                if dependency not in self.services:
-                    raise ComposeError(f"service {name} depends on {dependency}, which is not a service")
                 visit(dependency)
             order.append(name)
         for name in self.services:
@@ -296,8 +300,9 @@ class Topology:
 
     @contextmanager
     def up(self) -> Iterator[Topology]:
-        """Every service started in order, each dependency's condition met first; every
-        published port listened on. Afterwards, all stopped in reverse order."""
+        """Every service started in order, each dependency's condition met first; then
+        every healthcheck passing and every published port listened on. Afterwards, all
+        stopped in reverse order."""
         started: list[LocalService] = []
         try:
             for name in self.start_order():
@@ -308,7 +313,8 @@ class Topology:
                 self._start(service)
                 started.append(service)
             for service in started:
-                self.wait_healthy(service)
+                if service.healthcheck is not None:
+                    self.wait_healthy(service)
                 for port in service.ports:
                     pgharness.wait_for(lambda port=port: _listening(port), 30, interval=0.1,
                                        what=f"{service.name} to listen on port {port}")

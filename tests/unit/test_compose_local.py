@@ -82,6 +82,9 @@ services:
     ('{image: "x:1", ports: ["5432:5433"]}', "publish a port as itself"),
     ('{image: "x:1", healthcheck: {test: "true"}}', "healthcheck"),
     ('{image: "x:1", user: root}', "not mapped"),
+    ('{image: "x:1", depends_on: [t]}', "not a service"),
+    ('{image: "x:1", depends_on: {s: {condition: service_healthy}}}', "has no healthcheck"),
+    ('{image: "x:1", depends_on: {s: {condition: service_completed_successfully}}}', "is not mapped"),
 ])
 def test_what_the_local_run_does_not_map_is_refused(tmp_path: Path, service: str, refusal: str) -> None:
     compose = write(tmp_path, f"services:\n  s: {service}\n")

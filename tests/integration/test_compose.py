@@ -152,6 +152,10 @@ def test_the_compose_topology_runs_as_local_processes(pg_installs, harness_tmp: 
         image_path_variable=f"{pitrkit.pitrkit.parent}:{install.bindir}:/usr/local/bin:/usr/bin:/bin",
         images={compose["services"]["gcs"]["image"]: [str(fake_gcs_binary(compose))]},
     )
+    # The image's side of the table is what the Dockerfile makes.
+    dockerfile = DOCKERFILE.read_text()
+    assert "COPY dev /opt/pitrkit/dev" in dockerfile and "venv /opt/pitrkit/venv" in dockerfile
+    assert "ENV PATH=/opt/pitrkit/venv/bin:$PATH" in dockerfile
     topology = Topology.from_file(COMPOSE_FILE, ports, local)
     services = topology.services
     assert set(services) == CHECKED_SERVICES, f"compose.yaml's services {sorted(services)} are not the ones checked"

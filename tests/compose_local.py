@@ -359,12 +359,23 @@ class Topology:
         service.returncode = process.returncode
         # What the service started and left running (archive_command's pitrkit agent)
         # ends with it, as with its container: every process with its own /run.
+        # Again until none is left: one may start a child (the agent's time indexer)
+        # between the look and the kill.
         mark = f"XDG_RUNTIME_DIR={service.env['XDG_RUNTIME_DIR']}".encode()
-        for pid in _pids_with_environment(mark):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        pgharness.wait_for(lambda: not _killed(_pids_with_environment(mark)), 30, interval=0.1,
+                           what=f"the processes {service.name} left to end")
+
+
+def _killed(pids: list[int]) -> list[int]:
+    """SIGKILL each of pids; those that were still there."""
+    killed = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed
 
 
 def _pids_with_environment(entry: bytes) -> list[int]:

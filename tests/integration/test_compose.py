@@ -142,13 +142,18 @@ def test_the_compose_topology_runs_as_local_processes(pg_installs, harness_tmp: 
     used = variables_used(COMPOSE_FILE.read_text())
     ports = {name: str(pgharness.free_port()) for name in ("PRIMARY_PORT", "STANDBY_PORT", "GCS_PORT", "STATUS_PORT")}
     assert used == ports.keys(), f"compose.yaml's variables {sorted(used)} are not the ones this test sets"
+    # The Dockerfile's `COPY dev /opt/pitrkit/dev`: a copy the server user can read
+    # wherever the checkout is (a home directory may be closed to it).
+    image_dev = server_tmp / "image-dev"
+    shutil.copytree(PROJECT_ROOT / "dev", image_dev, ignore=shutil.ignore_patterns("__pycache__"))
+    pgharness.give_to_server_user(image_dev)
     # The one table of what exists only in containers (see tests/compose_local.py).
     compose = load(COMPOSE_FILE, ports)
     local = LocalHost(
         root=server_tmp,
         hosts={"primary": "127.0.0.1", "standby": "127.0.0.1", "gcs": "127.0.0.1", "daemon": "127.0.0.1",
                "0.0.0.0": "127.0.0.1"},
-        image_paths={"/opt/pitrkit/dev": PROJECT_ROOT / "dev", "/opt/pitrkit/venv": pitrkit.python.parent.parent},
+        image_paths={"/opt/pitrkit/dev": image_dev, "/opt/pitrkit/venv": pitrkit.python.parent.parent},
         image_path_variable=f"{pitrkit.pitrkit.parent}:{install.bindir}:/usr/local/bin:/usr/bin:/bin",
         images={compose["services"]["gcs"]["image"]: [str(fake_gcs_binary(compose))]},
     )

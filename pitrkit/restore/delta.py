@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from pitrkit import durable
 from pitrkit.catalog import checksums
 from pitrkit.catalog.blockmap import SuperBlock
 from pitrkit.catalog.documents import (
@@ -60,7 +61,7 @@ from pitrkit.catalog.documents import (
 )
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.progress import human_bytes
-from pitrkit.restore import chain, checked, durable, unpack
+from pitrkit.restore import chain, checked, unpack
 from pitrkit.restore.unpack import CorruptManifest, FileWriter, Slice, TablespaceTarget
 from pitrkit.storage.archive import Archive
 

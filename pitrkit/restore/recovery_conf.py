@@ -28,11 +28,11 @@ from typing import NamedTuple
 
 import msgspec
 
+from pitrkit import durable
 from pitrkit.catalog.documents import shown
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.config_files import conf_quote
 from pitrkit.postgres.wal import Lsn
-from pitrkit.restore import durable
 
 AUTO_CONF = "postgresql.auto.conf"
 RECOVERY_SIGNAL = "recovery.signal"

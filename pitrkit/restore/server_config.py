@@ -34,10 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from pitrkit import durable
 from pitrkit.catalog.documents import CAPTURED_DIR, ServerConfiguration
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.config_files import MAX_DEPTH, Setting, include_line, included_files, inside, parse_setting
-from pitrkit.restore import durable
 from pitrkit.restore.recovery_conf import AUTO_CONF, conf_quote
 
 # Where restore puts the included files.

@@ -39,6 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+from pitrkit import durable
 from pitrkit.catalog.documents import (
     CAPTURED_DIR,
     CHECKSUMMED_FORMAT_VERSION,
@@ -51,7 +52,7 @@ from pitrkit.catalog.documents import (
 )
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
-from pitrkit.restore import checked, durable
+from pitrkit.restore import checked
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from pitrkit import durable
 from pitrkit.errors import ConfigError, UsageError
 from pitrkit.storage.identity import ScryptParameters
 
@@ -291,19 +292,13 @@ def signing_key(signing_path: str | None, verify_path: str | None) -> SigningKey
 def write_new_file(path: Path, label: str, key: bytes, mode: int) -> None:
     """Create `path` (never replace it) with `mode` from the start, so that the key is
     not readable by others even for an instant, and make it durable."""
-    line = f"{label} {base64.b64encode(key).decode()}\n".encode()
+    line = f"{label} {base64.b64encode(key).decode()}\n"
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        durable.write_file(path, line, mode, create_only=True)
     except FileExistsError:
         raise UsageError(f"{path} already exists; refusing to overwrite a key (move it away first)") from None
     except OSError as exc:
         raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(descriptor, mode)  # the umask may have taken bits away; never added any
-        os.write(descriptor, line)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def generate_key_file(path: Path) -> str:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from pitrkit import durable
 from pitrkit.config import RepositoryConfig
 from pitrkit.errors import PitrkitError
 
@@ -140,7 +141,7 @@ def claim_behind(settings: RepositoryConfig) -> list[Path]:
         return []
     try:
         os.rename(folder / BEHIND, folder / f"{_CLAIMED}{time.time_ns()}.{os.getpid()}")
-        _sync_directory(folder)
+        durable.fsync_directory(folder)
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -155,13 +156,13 @@ def release(claimed: list[Path]) -> None:
     for path in claimed:
         path.unlink(missing_ok=True)
     if claimed:
-        _sync_directory(claimed[0].parent)
+        durable.fsync_directory(claimed[0].parent)
 
 
 def remove(path: Path) -> None:
     """Remove a spooled file the repository now holds durably."""
     path.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    durable.fsync_directory(path.parent)
 
 
 def _size(path: Path) -> int:
@@ -182,26 +183,9 @@ def _make(folder: Path) -> None:
 
 
 def _write_durably(folder: Path, name: str, data: bytes) -> None:
-    temporary = folder / f"{_TEMPORARY}{name}.{os.getpid()}.{time.monotonic_ns()}"
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view):]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, folder / name)
-        _sync_directory(folder)
+        durable.replace_file(folder / name, data, 0o600,
+                             aside=folder / f"{_TEMPORARY}{name}.{os.getpid()}.{time.monotonic_ns()}")
+        durable.fsync_directory(folder)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise PitrkitError(f"cannot spool {name} in {folder}: {exc.strerror}") from None
-
-
-def _sync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -55,6 +55,7 @@ from pitrkit.catalog.blockmap import (
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
 from pitrkit.errors import RefusedError
 from pitrkit.hookspecs import ObjectNotFound
+from pitrkit.progress import human_bytes
 from pitrkit.restore import checked, unpack
 from pitrkit.restore.unpack import CorruptManifest, FileWriter, Slice
 from pitrkit.storage import objects
@@ -108,11 +109,25 @@ class ChainPlan(NamedTuple):
     def super_blocks(self) -> int:
         return sum(len(read.blocks) for read in self.block_reads)
 
+    @property
+    def decoded(self) -> int:
+        """Bytes decoded: every part and super-block read, whole, however little of it
+        is written. Beside the bytes written it says what the chain costs a restore (a
+        link's blocks that later links changed again are decoded for nothing), and so
+        when consolidating it pays (backup-consolidate)."""
+        return sum(read.part.size for read in self.stream_reads) \
+            + sum(block.pages * BLOCK_SIZE for read in self.block_reads for block, _ in read.blocks)
+
+    @property
+    def written(self) -> int:
+        return sum(piece.length for read in self.stream_reads for piece in read.slices) \
+            + sum(piece.length for read in self.block_reads for _, slices in read.blocks for piece in slices)
+
     def describe(self) -> str:
         sources = {read.source for read in self.stream_reads} | {read.source for read in self.block_reads}
         return (f"reading {len(self.stream_reads)} stream parts and {self.super_blocks} super-blocks "
                 f"({len(self.block_reads)} ranged reads) from {len(sources)} of the chain's {len(self.manifests)} "
-                "backups")
+                f"backups: {human_bytes(self.decoded)} decoded for {human_bytes(self.written)} written")
 
 
 # --- the plan -----------------------------------------------------------------------------------

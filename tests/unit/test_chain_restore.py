@@ -20,6 +20,7 @@ from pitrkit.cli import main
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
 from pitrkit.ops import verify
+from pitrkit.progress import human_bytes
 from pitrkit.restore import chain, engine, unpack
 from pitrkit.storage import keys, objects
 from pitrkit.storage.archive import manifest_key
@@ -128,7 +129,14 @@ def test_a_chain_restores_the_targets_files_exactly_reading_each_object_and_supe
     plan, written = restore(builder, root)
 
     assert restored_files(root) == expected(builder, states, -1)
-    assert written == target.size  # every byte written once
+    assert written == target.size == plan.written  # every byte written once
+    # Decoded: every part and super-block read, whole (the full's parts hold more
+    # than the few blocks taken from them).
+    part_bytes = sum(read.part.size for read in plan.stream_reads)
+    page_bytes = sum(block.pages * 8192 for read in plan.block_reads for block, _ in read.blocks)
+    assert plan.decoded == part_bytes + page_bytes > plan.written
+    assert plan.describe().endswith(f"backups: {human_bytes(plan.decoded)} decoded for {human_bytes(target.size)} "
+                                    "written")
     assert all((root / record.path).stat().st_mtime == record.mtime for record in target.block_files)
     # Blocks come from every kind of holder: the full's stream (100's block 1), I1's
     # (200), I2's (400) and I3's (500) streams, I1's to I3's super-blocks, the target's own.

@@ -76,9 +76,7 @@ class BackupConfig(_Section, frozen=True):
 
     @property
     def standby_max_lag_bytes(self) -> int:
-        size = parse_size(self.standby_max_lag)
-        assert size is not None  # checked when the file was loaded
-        return size
+        return _loaded_size(self.standby_max_lag)
 
 
 def _standby_problems(backup: BackupConfig) -> list[str]:
@@ -105,6 +103,13 @@ _SIZE_UNITS = {None: 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 
 # The largest size a setting takes: 1 EiB, beyond any disk and well inside the 64-bit
 # integers PostgreSQL reports sizes in, so that comparing and printing stay exact.
 MAX_SIZE = 1 << 60
+
+
+def _loaded_size(value: int | str) -> int:
+    """Bytes of a size that `parse` has already checked."""
+    size = parse_size(value)
+    assert size is not None  # checked when the file was loaded
+    return size
 
 
 def parse_size(value: int | str) -> int | None:
@@ -204,9 +209,7 @@ class ReceiveConfig(_Section, frozen=True):
 
     @property
     def max_slot_retained_bytes(self) -> int:
-        size = parse_size(self.max_slot_retained)
-        assert size is not None  # checked when the file was loaded
-        return size
+        return _loaded_size(self.max_slot_retained)
 
 
 class KeySource(_Section, frozen=True):
@@ -305,9 +308,7 @@ class RepositoryConfig(_Section, frozen=True):
 
     @property
     def spool_max_bytes(self) -> int:
-        size = parse_size(self.spool_max)
-        assert size is not None  # checked when the file was loaded
-        return size
+        return _loaded_size(self.spool_max)
 
 
 class DaemonConfig(_Section, frozen=True):
@@ -399,9 +400,7 @@ class DrillConfig(_Section, frozen=True):
 
     @property
     def min_free_bytes(self) -> int:
-        size = parse_size(self.min_free)
-        assert size is not None  # checked when the file was loaded
-        return size
+        return _loaded_size(self.min_free)
 
 
 class Config(_Section, frozen=True):

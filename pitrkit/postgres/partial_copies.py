@@ -10,8 +10,10 @@ up to where each stops; past that one holds more of it and the other holds bytes
 not WAL. Comparing bytes cannot tell those apart; PostgreSQL's own reader can, and this is
 its test: a record is valid when its page carries the segment's page magic and its own
 address, its header's xl_prev is the start of the record before it, and its CRC-32C
-matches. Where the copies first differ, the record there is valid in one, in neither, or
-in both (then they hold different WAL: two servers wrote this timeline).
+matches. Where the copies first differ, the record there is valid in one (that copy is
+kept), in both (they hold different WAL: two servers wrote this timeline) or in neither;
+the last two, and a difference in the tail of a record begun in the previous segment
+(whose CRC cannot be checked here), are refused as before.
 
 Pure Python, only `struct`: this runs on the wal-push path, and only when two copies of a
 partial differ. The CRC is computed for the one record at the difference.
@@ -47,11 +49,17 @@ def compare(stored: bytes, new: bytes) -> Verdict:
     if read_page_header(new)[:4] != header[:4]:
         return Verdict.DIVERGE
     a, b = _Stream(stored, header), _Stream(new, header)
-    position, previous = a.first_record(), None
+    position, previous, checked = a.first_record(), None, 0
+    if a.first_rem != b.first_rem:
+        return Verdict.DIVERGE
     while True:
-        difference = _first_difference(a.content, b.content, position)
+        difference = _first_difference(a.content, b.content, checked)
         if difference is None:
             return Verdict.STORED  # the same valid pages: the rest is no WAL in either
+        if difference < position:
+            # In the tail of a record begun in the previous segment, whose CRC cannot be
+            # checked here.
+            return Verdict.DIVERGE
         # The records before the difference are the same in both: walk them to the one
         # the difference falls in (or the first one after it, when it is in padding).
         while True:
@@ -70,8 +78,13 @@ def compare(stored: bytes, new: bytes) -> Verdict:
             if a.content[position : position + length] != b.content[position : position + length]:
                 return Verdict.DIVERGE
             previous, position = a.lsn(position), (position + length + 7) & ~7
+            checked = position
             continue  # they differed only in the padding before this record
-        return Verdict.NEW if valid_b else Verdict.STORED
+        if valid_a != valid_b:
+            return Verdict.NEW if valid_b else Verdict.STORED
+        # Valid in neither: both end their WAL before the difference, but nothing proves
+        # either's bytes there are not WAL this reader does not know; refused, as before.
+        return Verdict.DIVERGE
 
 
 class _Stream:

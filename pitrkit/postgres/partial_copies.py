@@ -21,8 +21,8 @@ partial differ. The CRC is computed for the one record at the difference.
 
 from __future__ import annotations
 
+import functools
 import struct
-from enum import Enum
 
 from pitrkit.postgres.wal import PageHeader, read_page_header
 
@@ -36,13 +36,15 @@ _CRC_OFFSET = 20  # offsetof(XLogRecord, xl_crc): the CRC covers the header up t
 _CHUNK = 1 << 16
 
 
-class Verdict(Enum):
-    STORED = "the stored copy holds all the valid WAL of the other"
+class Verdict:
+    """What `compare` found (plain strings: an Enum costs the wal-push path an import)."""
+
+    STORED = "the stored copy holds all the valid WAL of the new one"
     NEW = "the new copy holds all the valid WAL of the stored one, and more"
-    DIVERGE = "the copies hold different valid WAL"
+    DIVERGE = "the copies hold different WAL, or it cannot be told"
 
 
-def compare(stored: bytes, new: bytes) -> Verdict:
+def compare(stored: bytes, new: bytes) -> str:
     """Which copy to keep; both are `<segment>.partial` files of the same name, whose first
     page header wal-push has checked."""
     header = read_page_header(stored)
@@ -144,6 +146,7 @@ def _first_difference(a: bytes, b: bytes, start: int) -> int | None:
     return None if len(a) == len(b) else end
 
 
+@functools.cache  # built on the first comparison, not at every wal-push's import
 def _table() -> list[int]:
     table = []
     for byte in range(256):
@@ -154,13 +157,10 @@ def _table() -> list[int]:
     return table
 
 
-_CRC_TABLE = _table()
-
-
 def _crc32c(data: bytes, crc: int) -> int:
     """CRC-32C (Castagnoli) as PostgreSQL's COMP_CRC32C: `crc` is the running state,
     0xFFFFFFFF to begin, and the result is XORed with it again to finish."""
-    table = _CRC_TABLE
+    table = _table()
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc

@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists
-from pitrkit.postgres import partial_copies
 from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive, wal_key
@@ -254,6 +253,9 @@ def _extend_partial(archive: Archive, key: str, file: WalFileName, stored: bytes
         return f"{file.name} is already archived with all of this file's WAL and more"
     # Not zeros past the end of one of them: at a promotion, the server's own copy of the
     # old timeline's last segment ends in whatever its file held (partial_copies.py).
+    # Imported only when two partials differ: the wal-push hot path stays lean.
+    from pitrkit.postgres import partial_copies
+
     verdict = partial_copies.compare(stored, data)
     if verdict == partial_copies.Verdict.NEW:
         archive.put(key, blob, overwrite=True)

@@ -28,6 +28,12 @@ relays its messages, archives the spool and writes the health state (wal/receive
 Events are logged one per line on stderr, as logfmt; SIGTERM or SIGINT stop pg_receivewal
 cleanly, archive what it wrote (the open segment included) and exit 0.
 
+After a failover (`[postgres] conninfo` may list every host; several get
+`target_session_attrs=primary`), the restarts reach the promoted server: its slot is
+created there, and when the spool's WAL is on an older timeline than the server's, that
+timeline's files are archived and removed and streaming restarts at the fork on the next
+timeline (wal/timeline_follow.py). The health state names the server followed.
+
 Secrets in `[postgres] conninfo` (password, sslpassword) never reach pg_receivewal's argv,
 which `ps` shows every user. libpq reads a password from PGPASSWORD but has no variable
 for sslpassword, so both go through a connection service file: `[pitrkit-receive]` in a
@@ -271,7 +277,7 @@ class Receiver:
             events.emit(log, logging.ERROR, "timeline-gap", timeline=switch.next_timeline,
                         error=f"the slot on {server.host} reserves WAL only from {slot.restart_lsn}: the WAL of "
                               f"timeline {switch.next_timeline} from {switch.fork} is in the archive only if "
-                              "archive_command on that server archived it (docs/operations.md, failover)")
+                              "archive_command on that server archived it (docs/streaming.md, failover)")
             return True
         placeholder = self._spool / f"{switch.start.name}.partial"
         descriptor = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)

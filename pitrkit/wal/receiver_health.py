@@ -5,7 +5,9 @@ spool that a status view reads.
 `PrimarySession` is the sidecar's one SQL session with the primary. It also creates the
 slot when it is missing, because that is the same few catalog queries as watching it.
 pg_receivewal itself holds the replication connection; this session only reads
-`pg_replication_slots`, `pg_stat_replication` and the server's current LSN.
+`pg_replication_slots`, `pg_stat_replication` and the server's current LSN, and before each
+start of pg_receivewal a short replication connection of its own asks the server's
+timeline and history (`identify`), to follow a failover.
 
 psycopg is imported here (and by wal/receive.py, which imports this), never by wal-push or
 wal-fetch.

@@ -62,9 +62,9 @@ def slot_active(cluster: pgharness.Cluster) -> bool:
 def test_the_sidecar_follows_a_promoted_standby_and_the_archive_has_no_gap(cluster, pitrkit_setup, server_tmp):
     setup = pitrkit_setup
     spool = pgharness.make_server_dir(server_tmp / "spool", mode=0o700)
-    tcp = {"listen_addresses": "127.0.0.1", "archive_mode": "on", "archive_command": setup.archive_command,
+    every_node = {"listen_addresses": "127.0.0.1", "archive_mode": "on", "archive_command": setup.archive_command,
            "checkpoint_timeout": "30s"}
-    old = cluster(synchronous_standby_names=SLOT, **tcp)
+    old = cluster(synchronous_standby_names=SLOT, **every_node)
     old.env.update(setup.env)
     setup.init(old)
     old.start()
@@ -130,7 +130,7 @@ def test_the_sidecar_follows_a_promoted_standby_and_the_archive_has_no_gap(clust
     first_new = SegmentName.containing(2, fork, SEGMENT).name
     pgharness.wait_for(lambda: setup.stored(first_new).is_file() or setup.stored(f"{first_new}.partial").is_file(),
                        60, what=f"{first_new} in the archive")
-    assert not [e for e in sidecar.events("timeline-gap")], sidecar.log()
+    assert not sidecar.events("timeline-gap"), sidecar.log()
     failed = standby.sql("SELECT failed_count FROM pg_stat_archiver")[0][0]
     assert failed == 0, standby.log()
 

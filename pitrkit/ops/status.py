@@ -152,6 +152,10 @@ class Receiver(msgspec.Struct, kw_only=True, frozen=True):
     lag_seconds: float | None = None
     last_error: str | None = None
     state_problem: str | None = None
+    # The server it streams from (`host:port`: with several hosts in conninfo, the one
+    # that was the primary when pg_receivewal last started) and that server's timeline.
+    following: str | None = None
+    timeline: int | None = None
 
 
 class Archiver(msgspec.Struct, kw_only=True, frozen=True):
@@ -608,7 +612,7 @@ def _receiver(wal: ArchivedWal | None, config: Config, now: datetime) -> Receive
         newest_partial=newest_partial, observed_at=health.observed_at, running=health.running,
         receiving=health.receiving, last_received_lsn=health.last_received_lsn,
         last_archived_lsn=health.last_archived_lsn, lag_bytes=health.lag_bytes, lag_seconds=health.lag_seconds,
-        last_error=health.last_error,
+        last_error=health.last_error, following=health.following, timeline=health.timeline,
     )
 
 

@@ -148,6 +148,8 @@ def html_page(report: StatusReport, daemon: DaemonFacts | None, refresh_seconds:
         received += [
             ("sidecar", _cell(f"{'running' if receiver.running else 'stopped'} as of "
                               f"{show_time(receiver.observed_at)}")),
+            ("following", _cell("-" if receiver.following is None
+                                else f"{receiver.following}, timeline {receiver.timeline}")),
             ("received to", _cell(receiver.last_received_lsn or "-")),
             ("lag", _cell("-" if receiver.lag_bytes is None else human_bytes(receiver.lag_bytes))),
         ]

@@ -71,7 +71,8 @@ def status_text(report: StatusReport) -> str:
         r = report.receiver
         lines.append(f"sidecar:        {'running' if r.running else 'stopped'} as of {show_time(r.observed_at)}, "
                      f"received to {r.last_received_lsn}, archived to {r.last_archived_lsn}, lag "
-                     f"{'-' if r.lag_bytes is None else human_bytes(r.lag_bytes)}")
+                     f"{'-' if r.lag_bytes is None else human_bytes(r.lag_bytes)}"
+                     + (f", following {r.following} (timeline {r.timeline})" if r.following else ""))
     a = report.archiver
     if a.reachable:
         lines.append(f"archiver:       {a.archived_count} archived (last {a.last_archived_wal or '-'} "

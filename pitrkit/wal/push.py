@@ -9,10 +9,13 @@ between storing and marking `.done`); different content under that name is refus
 the stored object is never replaced.
 
 One exception: `<segment>.partial`, the open segment `wal-receive` re-ships every few
-seconds. A new partial replaces the stored one when it extends it (the stored WAL is a
-prefix of the new content); one that the stored partial already extends is success with
-nothing written; anything else diverges and is refused like a conflicting segment, so
-two writers can never clobber each other's WAL.
+seconds, and the old timeline's last segment a promoted server's archiver pushes. A new
+partial replaces the stored one when it extends it (the stored WAL is a prefix of the new
+content); one that the stored partial already extends is success with nothing written.
+Otherwise the copies are compared as WAL (postgres/partial_copies.py): the one holding
+all the other's valid WAL and more is kept (the promoted server's copy ends in bytes
+that are not WAL); two copies holding different valid WAL are refused like a conflicting
+segment, so two writers can never clobber each other's WAL.
 
 With several repositories (`push_to_every`), the file goes to each of them at once
 (storage/repositories.py) and exit 0 means every required one holds it durably. An
@@ -248,6 +251,17 @@ def _extend_partial(archive: Archive, key: str, file: WalFileName, stored: bytes
     if stored[:new_end] == data[:new_end]:
         # An older view of the same segment (a restarted receiver re-streaming it).
         return f"{file.name} is already archived with all of this file's WAL and more"
+    # Not zeros past the end of one of them: at a promotion, the server's own copy of the
+    # old timeline's last segment ends in whatever its file held (partial_copies.py).
+    # Imported only when two partials differ: the wal-push hot path stays lean.
+    from pitrkit.postgres import partial_copies
+
+    verdict = partial_copies.compare(stored, data)
+    if verdict == partial_copies.Verdict.NEW:
+        archive.put(key, blob, overwrite=True)
+        return f"replaced {file.name}: this file holds all the valid WAL of the stored copy, and more"
+    if verdict == partial_copies.Verdict.STORED:
+        return f"{file.name} is already archived with all of this file's valid WAL (the rest of it is not WAL)"
     raise RefusedError(
         f"{file.name} is already archived with WAL that diverges from this file's within the first "
         f"{min(stored_end, new_end)} bytes; refusing to overwrite it (two clusters or timelines writing "

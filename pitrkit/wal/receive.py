@@ -28,6 +28,12 @@ relays its messages, archives the spool and writes the health state (wal/receive
 Events are logged one per line on stderr, as logfmt; SIGTERM or SIGINT stop pg_receivewal
 cleanly, archive what it wrote (the open segment included) and exit 0.
 
+After a failover (`[postgres] conninfo` may list every host; several get
+`target_session_attrs=primary`), the restarts reach the promoted server: its slot is
+created there, and when the spool's WAL is on an older timeline than the server's, that
+timeline's files are archived and removed and streaming restarts at the fork on the next
+timeline (wal/timeline_follow.py). The health state names the server followed.
+
 Secrets in `[postgres] conninfo` (password, sslpassword) never reach pg_receivewal's argv,
 which `ps` shows every user. libpq reads a password from PGPASSWORD but has no variable
 for sslpassword, so both go through a connection service file: `[pitrkit-receive]` in a
@@ -64,12 +70,14 @@ from pitrkit.postgres.wal import Lsn, SegmentName, WalFileKind, WalFileName
 from pitrkit.progress import human_bytes
 from pitrkit.storage.archive import wal_key
 from pitrkit.storage.repositories import Repository, open_all
+from pitrkit.wal import timeline_follow
 from pitrkit.wal.push import pushed_to_every
 from pitrkit.wal.receiver_health import (
     LagClock,
     PrimaryError,
     PrimarySession,
     ReceiverHealth,
+    ServerIdentity,
     ServerView,
     SlotState,
     read_state,
@@ -117,7 +125,8 @@ class Receiver:
         self._settings = config.receive
         self._repositories = repositories
         self._spool = spool
-        conninfo = config.postgres.conninfo or ""
+        conninfo = _primary_of_several(config.postgres.conninfo or "")
+        self._server: ServerIdentity | None = None
         # The application_name is what synchronous_standby_names names; a name the DBA
         # put in conninfo wins.
         self._session = PrimarySession(conninfo, self._settings.slot)
@@ -198,6 +207,8 @@ class Receiver:
             return
         events.emit(log, logging.INFO, "slot-created" if created else "slot-reused", slot=slot,
                     restart_lsn=state.restart_lsn, wal_status=state.wal_status)
+        if not self._follow_timeline(state):
+            return
         if state.wal_status == "lost":
             # Not dropped and re-created by us: the WAL between what the archive holds and
             # the new slot's start is gone, and a DBA must know the archive has a gap.
@@ -220,6 +231,58 @@ class Receiver:
         self._child_started = time.monotonic()
         events.emit(log, logging.INFO, "receiver-started", pid=self._child.pid, slot=slot,
                     synchronous=self._settings.synchronous, spool=self._spool)
+
+    def _follow_timeline(self, slot: SlotState) -> bool:
+        """Before pg_receivewal starts: when the server is on a later timeline than the
+        spool's WAL (a failover), ship and remove the older timeline's files and start the
+        next timeline at its fork (wal/timeline_follow.py); false to retry later."""
+        try:
+            self._server = server = self._session.identify()
+            # The archive's, which every segment pushed into it has.
+            segment_size = next(each for each in self._repositories if each.required).archive.identity() \
+                .wal_segment_size
+            switch = timeline_follow.plan(os.listdir(self._spool), server.timeline, server.history, segment_size)
+        except (PrimaryError, OSError) as exc:
+            self._retry_receiver(logging.WARNING, "server-unreachable", str(exc))
+            return False
+        except PitrkitError as exc:
+            self._retry_receiver(logging.ERROR, "timeline-refused", str(exc))
+            return False
+        if switch is None:
+            return True
+        events.emit(log, logging.INFO, "timeline-switch", server=server.host, timeline=server.timeline,
+                    old_timeline=switch.old_timeline, fork=switch.fork, start=switch.start)
+        for name in sorted(os.listdir(self._spool)):
+            try:
+                file = WalFileName.parse(name)
+            except PitrkitError:
+                continue
+            if file.kind not in (WalFileKind.SEGMENT, WalFileKind.PARTIAL) or file.timeline >= server.timeline:
+                continue
+            path = self._spool / name
+            try:
+                if _holds_wal(path):
+                    summary = pushed_to_every(self._repositories, path).summary
+                    events.emit(log, logging.INFO, "archived", file=name, detail=summary)
+            except PitrkitError as exc:
+                # The old timeline's WAL past the fork may exist nowhere else: never dropped.
+                self._archive_failed(name, exc)
+                self._retry_receiver(logging.ERROR, "timeline-switch-waits", f"archiving {name}: {exc}")
+                return False
+            path.unlink()
+        if slot.restart_lsn is not None and slot.restart_lsn // segment_size > switch.start.segno:
+            # The slot was made after the promotion: the server keeps WAL only from its
+            # restart_lsn, so pg_receivewal starts there (from the slot) and the archive
+            # has this timeline's WAL before it only if archive_command archived it.
+            events.emit(log, logging.ERROR, "timeline-gap", timeline=switch.next_timeline,
+                        error=f"the slot on {server.host} reserves WAL only from {slot.restart_lsn}: the WAL of "
+                              f"timeline {switch.next_timeline} from {switch.fork} is in the archive only if "
+                              "archive_command on that server archived it (docs/streaming.md, failover)")
+            return True
+        placeholder = self._spool / f"{switch.start.name}.partial"
+        descriptor = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(descriptor)
+        return True
 
     def _write_service_file(self) -> dict[str, str]:
         """pg_receivewal's environment: ours, and PGSERVICEFILE naming a new service file
@@ -485,6 +548,8 @@ class Receiver:
             slot=view.slot if view is not None else None,
             receiver_restarts=self._restarts,
             last_error=self._last_error,
+            following=None if self._server is None else self._server.host,
+            timeline=None if self._server is None else self._server.timeline,
         )
 
     def _resume_health(self) -> None:
@@ -548,6 +613,17 @@ def _receiver_command(pg_receivewal: Path, conninfo: str, spool: Path, slot: str
     if synchronous:
         argv.append("--synchronous")
     return ReceiverCommand(argv, service)
+
+
+def _primary_of_several(conninfo: str) -> str:
+    """conninfo, with `target_session_attrs=primary` when it lists several hosts and says
+    nothing of it: the sidecar streams from whichever is the primary (libpq tries them in
+    order), and after a failover from the promoted one."""
+    parameters = conninfo_parameters(conninfo)
+    several = any("," in str(parameters.get(key) or "") for key in ("host", "hostaddr"))
+    if not several or parameters.get("target_session_attrs") or os.environ.get("PGTARGETSESSIONATTRS"):
+        return conninfo
+    return make_conninfo(conninfo, target_session_attrs="primary")
 
 
 def _spool_directory(spool: str | None) -> Path:

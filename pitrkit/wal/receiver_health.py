@@ -5,7 +5,9 @@ spool that a status view reads.
 `PrimarySession` is the sidecar's one SQL session with the primary. It also creates the
 slot when it is missing, because that is the same few catalog queries as watching it.
 pg_receivewal itself holds the replication connection; this session only reads
-`pg_replication_slots`, `pg_stat_replication` and the server's current LSN.
+`pg_replication_slots`, `pg_stat_replication` and the server's current LSN, and before each
+start of pg_receivewal a short replication connection of its own asks the server's
+timeline and history (`identify`), to follow a failover.
 
 psycopg is imported here (and by wal/receive.py, which imports this), never by wal-push or
 wal-fetch.
@@ -21,6 +23,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
 
 from pitrkit.errors import PitrkitError
 from pitrkit.postgres.conninfo import connection_failure
@@ -86,6 +89,19 @@ class ReceiverHealth(msgspec.Struct, kw_only=True, frozen=True):
     slot: SlotState | None
     receiver_restarts: int
     last_error: str | None
+    # The server pg_receivewal was last started against (`host:port` as libpq reached
+    # it: with several hosts in conninfo, the one that was the primary), and its timeline.
+    following: str | None = None
+    timeline: int | None = None
+
+
+class ServerIdentity(msgspec.Struct, kw_only=True, frozen=True):
+    """The server a replication connection reaches: where, its timeline, and that
+    timeline's history file (None on timeline 1)."""
+
+    host: str
+    timeline: int
+    history: str | None
 
 
 class PrimaryError(PitrkitError):
@@ -110,6 +126,38 @@ class PrimarySession:
         except psycopg.Error as exc:
             self.close()
             raise PrimaryError(connection_failure(str(exc))) from exc
+
+    def identify(self) -> ServerIdentity:
+        """What pg_receivewal will find: a replication connection with the same conninfo
+        (so the same host of several), IDENTIFY_SYSTEM and TIMELINE_HISTORY, which need
+        only the REPLICATION privilege pg_receivewal needs anyway."""
+        conninfo = make_conninfo(self._conninfo, replication="true", connect_timeout=10,
+                                 fallback_application_name=f"{self._application_name} identify")
+        connection = psycopg.pq.PGconn.connect(conninfo.encode())
+        try:
+            if connection.status != psycopg.pq.ConnStatus.OK:
+                raise PrimaryError(connection_failure(connection.get_error_message()))
+            timeline = int(self._replication_value(connection, "IDENTIFY_SYSTEM", 1))
+            history = None
+            if timeline > 1:
+                history = self._replication_value(connection, f"TIMELINE_HISTORY {timeline}", 1)
+            host = f"{connection.host.decode(errors='replace')}:{connection.port.decode(errors='replace')}"
+        except ValueError:
+            raise PrimaryError("the server answered IDENTIFY_SYSTEM with a timeline that is not a number") from None
+        finally:
+            connection.finish()
+        return ServerIdentity(host=host, timeline=timeline, history=history)
+
+    @staticmethod
+    def _replication_value(connection: psycopg.pq.abc.PGconn, command: str, column: int) -> str:
+        result = connection.exec_(command.encode())
+        if result.status != psycopg.pq.ExecStatus.TUPLES_OK or result.ntuples != 1 or result.nfields <= column:
+            raise PrimaryError(f"{command}: {connection_failure(connection.get_error_message()) or 'no answer'}")
+        value = result.get_value(0, column)
+        try:
+            return (value or b"").decode("ascii")
+        except UnicodeDecodeError:
+            raise PrimaryError(f"{command}: the server's answer is not ASCII") from None
 
     def ensure_slot(self, name: str) -> tuple[bool, SlotState]:
         """Create the physical slot `name` if missing, reserving WAL at once (so nothing

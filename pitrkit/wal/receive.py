@@ -270,6 +270,11 @@ class Receiver:
                 self._retry_receiver(logging.ERROR, "timeline-switch-waits", f"archiving {name}: {exc}")
                 return False
             path.unlink()
+        # What is archived of the new timeline: the WAL before the fork, its history's
+        # (in the archive on the old timeline). The old timeline's end, often further on
+        # in LSNs, says nothing of the new one's: kept as the archived position, it would
+        # report the new timeline's WAL up to there archived (no lag) before it is.
+        self._archived, self._archived_at = switch.fork, datetime.now(UTC)
         if slot.restart_lsn is not None and slot.restart_lsn // segment_size > switch.start.segno:
             # The slot was made after the promotion: the server keeps WAL only from its
             # restart_lsn, so pg_receivewal starts there (from the slot) and the archive

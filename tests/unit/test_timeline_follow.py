@@ -96,8 +96,12 @@ def test_the_old_timeline_is_archived_and_streaming_restarts_at_the_fork(tmp_pat
     spool = receiver._spool
     old = segment(7, filler=b"the old primary's last commits")
     (spool / "000000010000000000000007.partial").write_bytes(old)
+    receiver._note_archived(Lsn.parse("0/7800000"))  # the old timeline, archived beyond the fork
     with caplog.at_level(logging.INFO, logger="pitrkit.wal.receive"):
         assert receiver._follow_timeline(slot_at("0/55BE148"))
+    # Of the new timeline, only what precedes the fork is archived: the old timeline's
+    # end, further on, is not a position on it (no lag would show until it is passed).
+    assert receiver.health().last_archived_lsn == Lsn.parse("0/55BE118")
     assert stored(receiver, "000000010000000000000007.partial") == old
     assert sorted(os.listdir(spool)) == ["000000020000000000000005.partial"]
     assert (spool / "000000020000000000000005.partial").stat().st_size == 0  # pg_receivewal fills it

@@ -231,7 +231,7 @@ def _drill(archive: Archive, config: Config, config_path: Path, choice: DrillCho
         links = chain.plan_chain(archive, [*engine.fetch_chain(archive, manifest), manifest], workers)
         engine.say(f"  {links.describe()}")
     check_room(config.drill, manifest.size)
-    bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version)
+    bindir = pgstart.find_bindir(config.postgres, plan.backup.pg_version)
     engine.check_wal_present(archive, plan)
     with _scratch(config.drill, facts.drill_id) as scratch:
         target_dir = scratch / "data"

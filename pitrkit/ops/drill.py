@@ -221,6 +221,8 @@ def _store(archive: Archive, report: DrillReport) -> None:
 
 
 def _drill(archive: Archive, config: Config, config_path: Path, choice: DrillChoice, facts: _Facts) -> None:
+    # The newest era's backups: the cluster that runs now (its report stays at the root).
+    archive = archive.current()
     plan = plan_drill(archive, choice, facts)
     facts.plan = plan
     engine.say(describe(plan))
@@ -291,7 +293,9 @@ def _recover_and_check(server: pgstart.Server, plan: RestorePlan, drill: DrillCo
 
 
 def plan_drill(archive: Archive, choice: DrillChoice, facts: _Facts) -> RestorePlan:
-    """The restore plan of the drill's choice (see the module's docstring)."""
+    """The restore plan of the drill's choice (see the module's docstring), in the
+    archive's newest era."""
+    archive = archive.current()
     if choice.kind == "backup":
         assert choice.backup_id is not None
         finished = backups(archive)

@@ -226,6 +226,11 @@ class Archive:
                                "the new cluster")
         return self.era(era.era)
 
+    def current(self) -> Archive:
+        """The view of the newest era: the cluster that runs now, which new backups and
+        WAL are of."""
+        return self.era(self._root.identity().current_era.era)
+
     def eras(self) -> list[Archive]:
         """A view of every era, oldest first."""
         return [self.era(era.era) for era in self._root.identity().all_eras]

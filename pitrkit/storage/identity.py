@@ -157,6 +157,12 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
         eras = self.all_eras
         return eras[number - 1] if 1 <= number <= len(eras) else None
 
+    def as_era(self, era: Era) -> ArchiveIdentity:
+        """This identity as the archive of one era's cluster alone (era 1's layout), for
+        checks that hold an era's backups and WAL to the archive's cluster (verify)."""
+        return msgspec.structs.replace(self, system_identifier=era.system_identifier, pg_versions=[era.pg_version],
+                                       eras=[])
+
     def era_of(self, system_identifier: int) -> Era | None:
         """The era of the cluster with this system identifier; None for a cluster the
         archive has never held."""

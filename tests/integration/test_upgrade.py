@@ -148,6 +148,15 @@ def test_an_upgraded_cluster_s_archive_restores_points_of_both_eras(clusters, pi
     auto_conf = (at_second.pgdata / "postgresql.auto.conf").read_text()
     assert "wal-fetch %f %p" in auto_conf and "--era 2" in auto_conf, auto_conf
 
+    # verify checks each era against its own cluster; status judges the newest era.
+    checked = setup.run("verify", "--json")
+    report = json.loads(checked.stdout)
+    assert checked.returncode == 0 and report["errors"] == 0, checked.stdout
+    assert sorted((each["backup_id"], each["era"], each["restorable"]) for each in report["backups"]) == [
+        (first_backup["backup_id"], 1, True), (second_backup["backup_id"], 2, True)]
+    status = json.loads(setup.run("status", "--json").stdout)
+    assert status["backups"] == 1 and status["last_backup"]["backup_id"] == second_backup["backup_id"], status
+
     # Retention weighs both eras' backups: keeping one keeps era 2's and drops era 1's.
     with open(setup.config, "a") as config:
         config.write("[retention]\nkeep_last = 1\n")

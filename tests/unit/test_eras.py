@@ -324,3 +324,18 @@ def test_retention_weighs_the_eras_together_and_keeps_each_kept_backup_s_wal(upg
     keep_one = retention.apply(upgraded.archive, RetentionConfig(keep_last=1), dry_run=True)
     assert [(item.backup_id, item.era) for item in keep_one.kept] == [("C", 2)]
     assert {item.era for item in keep_one.removed_wal} <= {2}  # era 1 has no kept backup: its WAL stays
+
+
+def test_repo_sync_copies_each_era_into_the_same_era(tmp_path):
+    from pitrkit.ops.repo_sync import sync
+
+    first, second = open_all(archives(tmp_path, "local", "cloud"))
+    for each in (first, second):
+        upgrade.upgrade(each.archive, facts())
+    push(first.archive, segment_file(tmp_path, 1, SYSID))
+    push(first.archive, segment_file(tmp_path, 2, NEW_SYSID))
+    report = sync(first, second)
+    assert sorted(report.wal) == [name_16(1), name_16(2)] and not report.problems
+    assert (tmp_path / "cloud" / "wal" / "0000000100000000" / name_16(1)).is_file()
+    assert (tmp_path / "cloud" / "eras" / "2" / "wal" / "0000000100000000" / name_16(2)).is_file()
+    assert sync(first, second).wal == []

@@ -342,8 +342,12 @@ class Backups:
         return next_backup_kind(self._full_every, survey.finished, cluster, at)
 
     def _current_era(self) -> Archive:
-        """The archive's newest era, which backups are taken into (`pitrkit upgrade`)."""
-        return self._archive.era(self._archive.identity().current_era.era)
+        """The archive's newest era, which backups are taken into (`pitrkit upgrade`); the
+        archive itself while archive.json cannot be read (backup-push then says why)."""
+        try:
+            return self._archive.current()
+        except PitrkitError:
+            return self._archive
 
     def _listing(self) -> BackupSurvey | None:
         """The archive's backups after a backup ended; None when they cannot be listed

@@ -253,12 +253,19 @@ def plan_eras(archive: Archive, target: Target, timeline: TimelineChoice = None)
     if len(eras) == 1:
         return make_plan(archive, target, timeline)
     refusals: list[str] = []
+    unplaced: tuple[RestorePlan, int] | None = None
     for era in reversed(eras):
         number = era.era_number
         try:
             made = make_plan(era, target, timeline)
         except PlanRefused as exc:
             refusals.append(f"era {number}: {exc}")
+            continue
+        if target.kind in ("xid", "name") and made.fetch_until is None:
+            # Nothing in this era places the xid or the name (xids go on across a
+            # pg_upgrade): an older era whose catalog or index does is the target's.
+            unplaced = unplaced or (made, number)
+            refusals.append(f"era {number}: nothing in its WAL places the target")
             continue
         if number < len(eras):
             later = eras[number].era_record
@@ -272,6 +279,9 @@ def plan_eras(archive: Archive, target: Target, timeline: TimelineChoice = None)
                     f"{'; '.join(refusals)})")
             made = msgspec.structs.replace(made, notes=[*made.notes, note])
         return msgspec.structs.replace(made, era=number)
+    if unplaced is not None:
+        # As in one era: planned, unchecked, in the newest era that can plan it.
+        return msgspec.structs.replace(unplaced[0], era=unplaced[1])
     raise PlanRefused("no era of the archive can restore to the target: " + "; ".join(refusals))
 
 

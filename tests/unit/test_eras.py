@@ -339,3 +339,15 @@ def test_repo_sync_copies_each_era_into_the_same_era(tmp_path):
     assert (tmp_path / "cloud" / "wal" / "0000000100000000" / name_16(1)).is_file()
     assert (tmp_path / "cloud" / "eras" / "2" / "wal" / "0000000100000000" / name_16(2)).is_file()
     assert sync(first, second).wal == []
+
+
+def test_a_restore_point_of_an_earlier_era_is_planned_there(upgraded):
+    from pitrkit.catalog import restore_points
+    from pitrkit.catalog.documents import RestorePoint
+    from tests.unit.synthetic_archive import lsn
+
+    point = RestorePoint(name="before-upgrade", lsn=lsn(8, 0x100), timeline=1, segment=name(1, 8),
+                         created_at=stored_at(8), system_identifier=1)
+    restore_points.record(upgraded.archive, point.name, lambda: point)
+    plan = plan_eras(upgraded.archive, Target(kind="name", name=point.name, text=point.name))
+    assert (plan.era, plan.backup.backup_id, plan.fetch_until) == (1, "B", name(1, 8))

@@ -348,8 +348,9 @@ def _era_of_origin(identity: ArchiveIdentity, file: WalFileName, origin: int | N
 def stored_era(archive: Archive, path: Path) -> Archive:
     """The era a push of the file at `path` stores it in (as `_validate` chooses), from
     its first page header alone; the archive's own view for a file no era takes (its
-    push is refused, so it is not stored there either)."""
-    identity = archive.identity(fresh=True)
+    push is refused, so it is not stored there either). archive.json as last read (the
+    agent reads it afresh just before: no second read on its path)."""
+    identity = archive.identity()
     file = WalFileName.parse(path.name)
     if not file.has_page_header:
         try:

@@ -12,12 +12,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from pitrkit.catalog import restore_points
 from pitrkit.catalog.contents import backup_listing, wal_rows
+from pitrkit.catalog.documents import RestorePoint
 from pitrkit.cli import main
 from pitrkit.config import RetentionConfig, load
 from pitrkit.errors import NotInArchive, PitrkitError, RefusedError
 from pitrkit.ops import retention, upgrade
 from pitrkit.ops.init import ClusterFacts
+from pitrkit.ops.repo_sync import sync
+from pitrkit.postgres.wal import Lsn
 from pitrkit.restore import recovery_conf
 from pitrkit.restore.plan import plan_eras
 from pitrkit.restore.targets import Target
@@ -28,7 +32,7 @@ from pitrkit.storage.repositories import open_all
 from pitrkit.wal.fetch import fetch_from_first
 from pitrkit.wal.push import push, push_to_every
 from tests.unit.segments import SEG_16MIB, SYSID, init_archive, segment
-from tests.unit.synthetic_archive import SyntheticArchive, name, stored_at
+from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
 from tests.unit.test_repositories import archives
 
 NEW_SYSID = SYSID + 1
@@ -302,9 +306,7 @@ def test_a_plan_is_made_in_the_era_that_holds_the_target(upgraded):
     assert plan_eras(upgraded.archive, lsn).era == 2
 
 
-def upgraded_lsn(segno: int):
-    from tests.unit.synthetic_archive import lsn
-
+def upgraded_lsn(segno: int) -> Lsn:
     return lsn(segno, 0x500)
 
 
@@ -327,8 +329,6 @@ def test_retention_weighs_the_eras_together_and_keeps_each_kept_backup_s_wal(upg
 
 
 def test_repo_sync_copies_each_era_into_the_same_era(tmp_path):
-    from pitrkit.ops.repo_sync import sync
-
     first, second = open_all(archives(tmp_path, "local", "cloud"))
     for each in (first, second):
         upgrade.upgrade(each.archive, facts())
@@ -342,10 +342,6 @@ def test_repo_sync_copies_each_era_into_the_same_era(tmp_path):
 
 
 def test_a_restore_point_of_an_earlier_era_is_planned_there(upgraded):
-    from pitrkit.catalog import restore_points
-    from pitrkit.catalog.documents import RestorePoint
-    from tests.unit.synthetic_archive import lsn
-
     point = RestorePoint(name="before-upgrade", lsn=lsn(8, 0x100), timeline=1, segment=name(1, 8),
                          created_at=stored_at(8), system_identifier=1)
     restore_points.record(upgraded.archive, point.name, lambda: point)

@@ -14,9 +14,9 @@ import pytest
 
 from pitrkit.catalog import restore_points
 from pitrkit.catalog.contents import backup_listing, wal_rows
-from pitrkit.catalog.documents import RestorePoint
+from pitrkit.catalog.documents import BackupManifest, RestorePoint
 from pitrkit.cli import main
-from pitrkit.config import RetentionConfig, load
+from pitrkit.config import EncryptionConfig, RetentionConfig, load
 from pitrkit.errors import NotInArchive, PitrkitError, RefusedError
 from pitrkit.ops import retention, upgrade
 from pitrkit.ops.init import ClusterFacts
@@ -25,8 +25,8 @@ from pitrkit.postgres.wal import Lsn
 from pitrkit.restore import recovery_conf
 from pitrkit.restore.plan import plan_eras
 from pitrkit.restore.targets import Target
-from pitrkit.storage import codec
-from pitrkit.storage.archive import IDENTITY_KEY, Archive, era_prefix
+from pitrkit.storage import codec, keys
+from pitrkit.storage.archive import IDENTITY_KEY, Archive, TamperedDocument, era_prefix, manifest_key
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.repositories import open_all
 from pitrkit.wal.fetch import fetch_from_first
@@ -347,3 +347,20 @@ def test_a_restore_point_of_an_earlier_era_is_planned_there(upgraded):
     restore_points.record(upgraded.archive, point.name, lambda: point)
     plan = plan_eras(upgraded.archive, Target(kind="name", name=point.name, text=point.name))
     assert (plan.era, plan.backup.backup_id, plan.fetch_until) == (1, "B", name(1, 8))
+
+
+def test_in_an_encrypted_archive_an_era_s_documents_are_bound_to_their_era(tmp_path):
+    key = tmp_path / "archive.key"
+    keys.generate_key_file(key)
+    store = SyntheticArchive(tmp_path / "archive", EncryptionConfig(mode="key", key_file=str(key)))
+    store.segments(1, 1, 4)
+    store.backup("A", 1, 2, 3)
+    upgrade.upgrade(store.archive, ClusterFacts(2, 1 << 30, 18, "the test"))
+    assert store.archive.identity(fresh=True).current_era.era == 2  # archive.json re-sealed, and it reads back
+    second = store.archive.era(2)
+    # Era 1's authentic manifest, copied into era 2 under the same name, does not authenticate there.
+    (tmp_path / "archive" / "eras" / "2" / "backups" / "A").mkdir(parents=True)
+    (tmp_path / "archive" / "eras" / "2" / manifest_key("A")).write_bytes(
+        (tmp_path / "archive" / manifest_key("A")).read_bytes())
+    with pytest.raises(TamperedDocument):
+        second.get_document(manifest_key("A"), BackupManifest)

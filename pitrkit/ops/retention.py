@@ -40,8 +40,10 @@ An archive with several eras (`pitrkit upgrade`, storage/archive.py `Archive.era
 treated as timelines are: the rules see the backups of every era together (the last N
 are the newest N whichever cluster they are of), and each era is then decided and
 removed on its own, under its own lock, keeping the WAL its own kept backups need: no
-era's WAL is judged by another era's backups. An era none of whose backups is kept
-keeps its WAL (as an archive without backups does).
+era's WAL is judged by another era's backups. An earlier era none of whose backups is
+kept loses all its WAL (but its history files): its cluster is gone, no backup of it will
+be taken again, and no restore reads it. The newest era without a kept backup keeps its
+WAL, as an archive without backups does.
 """
 
 from __future__ import annotations
@@ -320,7 +322,10 @@ def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str
     those of abandoned timelines once they are older than every kept backup."""
     wal = stored.wal
     if not keepers:
-        return []  # no backup at all: nothing says which WAL is worth keeping, so all of it is
+        ended = _era_ended(stored.archive)
+        if ended is None:
+            return []  # no backup at all: nothing says which WAL is worth keeping, so all of it is
+        return _all_wal(stored, ended)
     paths: dict[int, list[TimelineStep]] = {}
     for timeline in wal.timelines:
         try:
@@ -350,6 +355,31 @@ def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str
                 removed.append(_WalFile(info, why))
         if removed:
             removals.append(_WalFolderRemoval(timeline, log_number, removed, remaining))
+    return removals
+
+
+def _era_ended(archive: Archive) -> str | None:
+    """Why an era's WAL all goes when none of its backups is kept: a later era exists
+    (`pitrkit upgrade`), so no backup of this era will ever be taken again and no restore
+    reads its WAL. None for the newest era, whose next backup needs its WAL."""
+    newest = archive.identity().current_era
+    if archive.era_number == newest.era:
+        return None
+    return (f"era {archive.era_number} has no kept backup, and its cluster was upgraded (era {newest.era} is "
+            "newest): no restore reads its WAL")
+
+
+def _all_wal(stored: _Stored, why: str) -> list[_WalFolderRemoval]:
+    """Every WAL file of every folder (history files stay, as everywhere)."""
+    removals = []
+    for (timeline, log_number), objects in stored.wal_folders.items():
+        own = f"{timeline:08X}{log_number:08X}"
+        removed = [_WalFile(info, why) for info in objects
+                   if _SEGMENT_FILE.fullmatch(_name(info)) and _name(info)[:16] == own]
+        if removed:
+            gone = {file.info.key for file in removed}
+            removals.append(_WalFolderRemoval(timeline, log_number, removed,
+                                              [info for info in objects if info.key not in gone]))
     return removals
 
 

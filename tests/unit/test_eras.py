@@ -323,9 +323,28 @@ def test_retention_weighs_the_eras_together_and_keeps_each_kept_backup_s_wal(upg
     assert (upgraded.root / "wal" / name(1, 6)[:16] / name(1, 6)).is_file()
     assert (upgraded.root / "eras" / "2" / "wal" / name(1, 13)[:16] / name(1, 13)).is_file()
     assert not (upgraded.root / "eras" / "2" / "wal" / name(1, 12)[:16] / name(1, 12)).exists()
-    keep_one = retention.apply(upgraded.archive, RetentionConfig(keep_last=1), dry_run=True)
+    upgraded.history(2, [(1, lsn(9))], at=stored_at(9))  # a restored copy's branch, promoted once
+    keep_one = retention.apply(upgraded.archive, RetentionConfig(keep_last=1))
     assert [(item.backup_id, item.era) for item in keep_one.kept] == [("C", 2)]
-    assert {item.era for item in keep_one.removed_wal} <= {2}  # era 1 has no kept backup: its WAL stays
+    # Era 1 has no kept backup and its cluster is gone: all its WAL goes, its history files stay.
+    [ended] = [item for item in keep_one.removed_wal if item.era == 1]
+    assert (ended.first, ended.last, ended.files) == (name(1, 6), name(1, 10), 5) and "no kept backup" in ended.why
+    assert not list((upgraded.root / "wal").glob("*/0*")) and (upgraded.root / "wal" / "00000002.history").is_file()
+    assert (upgraded.root / "eras" / "2" / "wal" / name(1, 13)[:16] / name(1, 13)).is_file()
+
+
+def test_the_newest_era_without_a_backup_keeps_its_wal(tmp_path):
+    store = SyntheticArchive(tmp_path / "archive")
+    store.segments(1, 1, 4)
+    store.backup("A", 1, 2, 3)
+    upgrade.upgrade(store.archive, ClusterFacts(2, 1 << 30, 18, "the test"))
+    second = object.__new__(SyntheticArchive)
+    second.root, second.archive, second.chains = store.root / "eras" / "2", store.archive.era(2), {}
+    second.segments(1, 6, 8)
+    report = retention.apply(store.archive, RetentionConfig(keep_last=1), dry_run=True)
+    assert [(item.backup_id, item.era) for item in report.kept] == [("A", 1)]
+    assert report.removed_wal == [] or {item.era for item in report.removed_wal} == {1}
+    assert not [item for item in report.removed_wal if item.era == 2]
 
 
 def test_repo_sync_copies_each_era_into_the_same_era(tmp_path):

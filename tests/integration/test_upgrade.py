@@ -164,3 +164,7 @@ def test_an_upgraded_cluster_s_archive_restores_points_of_both_eras(clusters, pi
     assert [(each["backup_id"], each["era"]) for each in decided["kept"]] == [(second_backup["backup_id"], 2)]
     assert [(each["backup_id"], each["era"]) for each in decided["removed_backups"]] == [
         (first_backup["backup_id"], 1)]
+    # ... and with it all of era 1's WAL (the old cluster is gone); era 2's from its backup on stays.
+    assert any(each["era"] == 1 and "no kept backup" in each["why"] for each in decided["removed_wal"]), decided
+    assert not any(each["era"] == 2 and each["last"] >= second_backup["first_segment"]
+                   for each in decided["removed_wal"]), decided

@@ -109,7 +109,9 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     bindir = pgstart.find_bindir(config.postgres, plan.backup.pg_version, args.bindir) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
-    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0
+    # The agent reads ahead era 1's WAL only: a later era's wal-fetch (`--era N`) runs
+    # in-process (wal/agent_client.py hands it no request).
+    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0 and plan.era == 1
     if reading_ahead:
         # Recovery's first wal-fetch would otherwise find no agent, do its work
         # in-process and start one (see wal/agent_client.py): started now, the agent is

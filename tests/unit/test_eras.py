@@ -29,6 +29,7 @@ from pitrkit.storage import codec, keys
 from pitrkit.storage.archive import IDENTITY_KEY, Archive, TamperedDocument, era_prefix, manifest_key
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.repositories import open_all
+from pitrkit.wal import agent_client
 from pitrkit.wal.fetch import fetch_from_first
 from pitrkit.wal.push import push, push_to_every
 from tests.unit.segments import SEG_16MIB, SYSID, init_archive, segment
@@ -258,6 +259,14 @@ def test_wal_fetch_reads_the_era_it_is_told(tmp_path, capsys):
     assert (tmp_path / "fetched").read_bytes() == segment(5, sysid=NEW_SYSID)
     with pytest.raises(PitrkitError, match="has no era 3"):
         fetch_from_first(repositories, name_16(5), tmp_path / "fetched", era=3)
+
+
+def test_a_later_era_s_wal_fetch_is_not_handed_to_the_agent():
+
+
+    assert agent_client.parse_request(["wal-fetch", "F", "P", "--until", "S"]) is not None
+    assert agent_client.parse_request(["wal-fetch", "F", "P", "--until", "S", "--era", "2"]) is None
+    assert agent_client.parse_request(["wal-fetch", "F", "P", "--era", "2"]) is None
 
 
 def test_restore_command_names_an_era_after_the_first_only(tmp_path):

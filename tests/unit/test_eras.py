@@ -19,7 +19,7 @@ from pitrkit.cli import main
 from pitrkit.config import EncryptionConfig, RetentionConfig, load
 from pitrkit.errors import NotInArchive, PitrkitError, RefusedError
 from pitrkit.ops import retention, upgrade
-from pitrkit.ops.init import ClusterFacts
+from pitrkit.ops.init import ClusterFacts, initialise
 from pitrkit.ops.repo_sync import sync
 from pitrkit.postgres.wal import Lsn
 from pitrkit.restore import recovery_conf
@@ -392,3 +392,12 @@ def test_in_an_encrypted_archive_an_era_s_documents_are_bound_to_their_era(tmp_p
         (tmp_path / "archive" / manifest_key("A")).read_bytes())
     with pytest.raises(TamperedDocument):
         second.get_document(manifest_key("A"), BackupManifest)
+
+
+def test_init_after_an_upgrade_knows_the_new_cluster_and_names_upgrade_for_an_unknown_one(tmp_path):
+    archive = opened(tmp_path)
+    with pytest.raises(RefusedError, match="`pitrkit upgrade` records the new cluster"):
+        initialise(archive, facts())
+    upgrade.upgrade(archive, facts())
+    said = initialise(archive, facts())
+    assert "already initialised for this cluster" in said and "its era 2" in said

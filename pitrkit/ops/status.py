@@ -380,6 +380,8 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     # With several repositories, each of them (the reference's figures are the report's
     # own); [] with one.
     repositories: list[RepositoryStatus] = []
+    # The archive's era judged, its newest (1 until a `pitrkit upgrade`).
+    era: int = 1
 
     @property
     def exit_code(self) -> int:
@@ -457,7 +459,8 @@ def _collect(archive: Archive, config: Config, now: datetime, archiver: Archiver
     usable_ids = {b.backup_id for b in usable}
     overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
     return _Collected(StatusReport(
-        generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
+        generated_at=now, archive=archive.storage.url, era=archive.era_number, overall=overall, checks=checks,
+        backups=len(finished),
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
         head_timeline=head.timeline if head else None, stored_shares=[_stored_share(b) for b in finished],

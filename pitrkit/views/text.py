@@ -48,7 +48,9 @@ def summary(report: msgspec.Struct) -> str:
 @render.register
 def status_text(report: StatusReport) -> str:
     """The overall level and every check, then the figures behind them."""
-    lines = [f"{report.overall}  {report.archive} at {show_time(report.generated_at)}", ""]
+    # After a `pitrkit upgrade`: the era judged, the newest (the earlier ones only age).
+    era = "" if report.era == 1 else f", era {report.era}"
+    lines = [f"{report.overall}  {report.archive}{era} at {show_time(report.generated_at)}", ""]
     lines += [f"{check.level:<4}  {check.name:<10}  {check.message}" for check in report.checks]
     lines.append("")
     if report.last_backup:

@@ -156,6 +156,7 @@ def test_an_upgraded_cluster_s_archive_restores_points_of_both_eras(clusters, pi
         (first_backup["backup_id"], 1, True), (second_backup["backup_id"], 2, True)]
     status = json.loads(setup.run("status", "--json").stdout)
     assert status["backups"] == 1 and status["last_backup"]["backup_id"] == second_backup["backup_id"], status
+    assert status["era"] == 2
 
     # Retention weighs both eras' backups: keeping one keeps era 2's and drops era 1's.
     with open(setup.config, "a") as config:

@@ -32,6 +32,7 @@ log = logging.getLogger("pitrkit")
 
 _COMMAND_MODULES = {
     "init": "pitrkit.ops.init",
+    "upgrade": "pitrkit.ops.upgrade",
     "backup-push": "pitrkit.backup.push",
     "backup-consolidate": "pitrkit.ops.consolidate",
     "restore-point": "pitrkit.backup.restore_point",
@@ -103,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("init", help="create the archive (archive.json) for the cluster in [postgres], before "
                         "anything is archived; safe to run again")
 
+    commands.add_parser("upgrade", help="after pg_upgrade: record the new cluster in [postgres] as the archive's "
+                        "next era, in every repository (then take a full backup); safe to run again")
+
     push = commands.add_parser("wal-push", help="archive one WAL file (archive_command = '... wal-push %%p')")
     push.add_argument("path", type=Path, help="the WAL file, as PostgreSQL's %%p")
 
@@ -111,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("destination", type=Path, help="where to write it, as PostgreSQL's %%p")
     fetch.add_argument("--until", metavar="SEGMENT", help="the restore plan's last segment: a later one is answered "
                        "as not archived, so recovery ends there (restore writes it)")
+    fetch.add_argument("--era", type=int, default=1, metavar="N", help="the archive's era to read from (after "
+                       "`pitrkit upgrade`; restore writes it for a backup of an era after the first)")
 
     commands.add_parser("wal-receive", help="stream WAL from a replication slot with pg_receivewal and archive it "
                         "as it arrives, until SIGTERM ([receive] in the configuration; see docs/streaming.md)")
@@ -180,6 +186,9 @@ def _parser() -> argparse.ArgumentParser:
                          "timeline into the same archive")
     restore.add_argument("--start", action="store_true",
                          help="start PostgreSQL on DIR and wait until recovery reaches the target")
+    restore.add_argument("--bindir", metavar="DIR", help="with --start: the PostgreSQL binaries to start the "
+                         "restored copy with (default: [postgres.bindirs] for the backup's major, else [postgres] "
+                         "bindir, else /usr/lib/postgresql/<major>/bin)")
     restore.add_argument("--port", type=_port, help="the restored server's port, written into its configuration "
                          "(with --start, refused if in use; default: a free one with --start, else the "
                          "backed-up port)")
@@ -360,7 +369,7 @@ def main(argv: list[str] | None = None, *, start_agent: bool = False) -> int:
             return push_to_every(open_all(config), args.path)
         from pitrkit.wal.fetch import fetch_from_first  # only when wal-fetch runs, as above
 
-        return fetch_from_first(open_all(config), args.name, args.destination, args.until)
+        return fetch_from_first(open_all(config), args.name, args.destination, args.until, args.era)
 
     try:
         code, message = outcome(work, fetching)

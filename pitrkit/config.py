@@ -30,6 +30,14 @@ class PostgresConfig(_Section, frozen=True):
     pgdata: str | None = None
     bindir: str | None = None
     conninfo: str | None = None
+    # The binaries of each major an archive's eras hold ("15" = "/usr/lib/postgresql/15/bin"):
+    # a restore starts a backup of an earlier era (before a pg_upgrade) with its own major.
+    bindirs: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        for major in self.bindirs:
+            if not (major.isdigit() and 10 <= int(major) <= 99):
+                raise ValueError(f"[postgres.bindirs] key {major!r} is not a PostgreSQL major version such as \"15\"")
 
 
 # zstd's levels (zstandard.MAX_COMPRESSION_LEVEL is 22), checked when the file is loaded

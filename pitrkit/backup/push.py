@@ -548,9 +548,17 @@ def _archives(facts: ServerFacts, modes: tuple[str, ...]) -> bool:
 
 
 def _check_identity(identity: ArchiveIdentity, facts: ServerFacts, url: str) -> None:
-    if identity.system_identifier != facts.system_identifier:
+    current = identity.current_era
+    if current.system_identifier != facts.system_identifier:
+        earlier = identity.era_of(facts.system_identifier)
+        if earlier is not None:
+            raise RefusedError(f"this server (system identifier {facts.system_identifier}) is era {earlier.era} of "
+                               f"the archive {url}, which a pg_upgrade has ended: its newest era is the cluster "
+                               f"with system identifier {current.system_identifier} (PostgreSQL "
+                               f"{current.pg_version}); back up that one")
         raise RefusedError(f"the archive {url} belongs to the cluster with system identifier "
-                           f"{identity.system_identifier}, not to this server ({facts.system_identifier})")
+                           f"{current.system_identifier}, not to this server ({facts.system_identifier}); after a "
+                           "pg_upgrade, run `pitrkit upgrade` first")
     if identity.wal_segment_size != facts.wal_segment_size:
         raise RefusedError(f"the archive {url} holds {identity.wal_segment_size}-byte WAL segments, "
                            f"this server writes {facts.wal_segment_size}-byte ones")
@@ -735,6 +743,7 @@ class _Folder:
     """The backup folder a run stores into: its id once chosen."""
 
     backup_id: str | None = None
+    archive: Archive | None = None  # the era it is stored in, once chosen
 
 
 def take_backup(archive: Archive, config: Config, label: str | None, *, incremental_on: str | None = None,
@@ -751,11 +760,11 @@ def take_backup(archive: Archive, config: Config, label: str | None, *, incremen
             return _take_backup(archive, config, label, incremental_on, incremental_wanted, held, folder)
     except KeyboardInterrupt:
         if folder.backup_id is not None:
-            _remove_unfinished(archive, folder.backup_id, "was interrupted")
+            _remove_unfinished(folder.archive or archive, folder.backup_id, "was interrupted")
         raise
     except ParentRefused:
         if folder.backup_id is not None:
-            _remove_unfinished(archive, folder.backup_id, "refused its parent")
+            _remove_unfinished(folder.archive or archive, folder.backup_id, "refused its parent")
         raise
 
 
@@ -794,6 +803,9 @@ def _take_backup(archive: Archive, config: Config, label: str | None, incrementa
         phases.done("connect")
         # `pitrkit init` creates the archive: without its archive.json there is none here.
         identity = archive.identity()
+        # A backup is of the cluster that runs now: the newest era's (`pitrkit upgrade`
+        # records a pg_upgrade's cluster); its objects go into that era's namespace.
+        archive = folder.archive = archive.era(identity.current_era.era)
         facts = server.facts()
         streaming = server.slot_active(config.receive.slot)
         primary_facts = None  # a standby's primary's (backup/standby.py)
@@ -1025,7 +1037,8 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
                                incremental_wanted=args.incremental or args.parent is not None)
         summary = manifest.summary()
         if others:
-            replicate.copy_to_others(first, others, summary)
+            era = first.archive.era_of(summary.system_identifier)
+            replicate.copy_to_others(first._replace(archive=era), others, summary)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.json:

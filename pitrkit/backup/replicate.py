@@ -63,7 +63,8 @@ class Copier:
         self.source = source
         self.target = target
         ours, theirs = source.identity(), target.identity()
-        if (ours.system_identifier, ours.wal_segment_size) != (theirs.system_identifier, theirs.wal_segment_size):
+        if (ours.system_identifier, ours.wal_segment_size) != (theirs.system_identifier, theirs.wal_segment_size) \
+                or source.era_record.system_identifier != target.era_record.system_identifier:
             raise RefusedError(f"{target.storage.url} is the archive of the cluster with system identifier "
                                f"{theirs.system_identifier}, {source.storage.url} of {ours.system_identifier}: "
                                "refusing to copy between archives of different clusters")
@@ -297,7 +298,8 @@ def copy_to_others(first: Repository, others: list[Repository], summary: BackupS
     saying where the backup is and how to finish it. What an optional one missed is
     returned, and logged."""
     try:
-        return to_every(others, lambda archive: copy_with_chain(first.archive, archive, summary, "backup-push"))
+        return to_every(others, lambda archive: copy_with_chain(first.archive, archive.era(first.archive.era_number),
+                                                                summary, "backup-push"))
     except PitrkitError as exc:
         exc.args = (f"backup {summary.backup_id} is stored in repository {first.name!r}, but copying it into a "
                     f"required repository failed: {exc}; `pitrkit repo sync` finishes the copy (it resumes where "

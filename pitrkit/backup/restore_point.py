@@ -42,6 +42,9 @@ def create(archive: Archive, config: Config, name: str) -> RestorePoint:
     not the archive's primary."""
     name = restore_points.check_name(name, "restore-point")
     identity = archive.identity()  # no archive.json: no archive to record in
+    # Recorded in the era of the cluster that runs now, whose WAL holds the point.
+    archive = archive.era(identity.current_era.era)
+    era = archive.era_record
     # A recorded name is refused below, under the lock, as such; the index holds it too.
     indexed = None if restore_points.find(archive, name) else indexed_restore_point(archive, ArchivedWal(archive), name)
     if indexed is not None:
@@ -52,9 +55,9 @@ def create(archive: Archive, config: Config, name: str) -> RestorePoint:
                            "choose another name")
     with ServerSession(config.postgres.conninfo) as server:
         facts = server.facts()
-        if facts.system_identifier != identity.system_identifier:
+        if facts.system_identifier != era.system_identifier:
             raise RefusedError(f"the archive {archive.storage.url} belongs to the cluster with system identifier "
-                               f"{identity.system_identifier}, not to this server ({facts.system_identifier})")
+                               f"{era.system_identifier}, not to this server ({facts.system_identifier})")
         if facts.in_recovery:
             raise RefusedError("the server in [postgres] conninfo is in recovery (a standby): restore points are "
                                "made on the primary")
@@ -70,7 +73,8 @@ def create(archive: Archive, config: Config, name: str) -> RestorePoint:
 def record_elsewhere(others: list[Repository], point: RestorePoint) -> None:
     """Record the point, made already, in each of `others` (module docstring)."""
     try:
-        to_every(others, lambda archive: restore_points.record(archive, point.name, lambda: point))
+        to_every(others, lambda archive: restore_points.record(archive.era_of(point.system_identifier), point.name,
+                                                               lambda: point))
     except PitrkitError as exc:
         exc.args = (f"restore point {shown(point.name)!r} was made at LSN {point.lsn} and recorded in the first "
                     f"repository, but not in every required one: {exc}; do not make it again: `pitrkit repo sync` "

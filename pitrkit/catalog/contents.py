@@ -1,6 +1,7 @@
 """What `backup-list` and `wal-list` report: the archive's backups with their chains,
 and every archived WAL file with the backup it belongs to and what it is for (a backup needs it, a restore
-can use it, or retention would remove it).
+can use it, or retention would remove it). Every era of the archive (storage/archive.py
+`Archive.era`) is listed, oldest first; each row says its era.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class ListedBackup(BackupSummary, kw_only=True, frozen=True):
     chain_stored_size: int
     # Why it cannot be restored, when its chain is broken; None when it can be.
     broken: str | None = None
+    # The archive's era the backup is of (1 until a `pitrkit upgrade`).
+    era: int = 1
 
 
 class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
@@ -46,19 +49,27 @@ class BackupListing(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def backup_listing(archive: Archive) -> BackupListing:
-    survey = survey_backups(archive)
-    return BackupListing(backups=listed_backups(survey.finished), unfinished=survey.unfinished,
-                         deleting=survey.deleting)
+    listed: list[ListedBackup] = []
+    unfinished: list[str] = []
+    deleting: list[str] = []
+    for era in archive.eras():
+        survey = survey_backups(era)
+        # A folder of a later era is named with it: an id alone is looked for in era 1.
+        named = "" if era.era_number == 1 else f" (era {era.era_number})"
+        listed += listed_backups(survey.finished, era.era_number)
+        unfinished += [each + named for each in survey.unfinished]
+        deleting += [each + named for each in survey.deleting]
+    return BackupListing(backups=listed, unfinished=unfinished, deleting=deleting)
 
 
-def listed_backups(finished: list[BackupSummary]) -> list[ListedBackup]:
+def listed_backups(finished: list[BackupSummary], era: int = 1) -> list[ListedBackup]:
     """Each finished backup with its type, its chain's stored size and, if its chain is
     broken, why."""
     stored = {backup.backup_id: backup.stored_size for backup in finished}
     broken = check_chains(finished).broken_by_id()
     return [ListedBackup(**msgspec.structs.asdict(backup), backup_type=backup.kind,
                          chain_stored_size=sum(stored.get(each, 0) for each in [*backup.chain, backup.backup_id]),
-                         broken=broken[backup.backup_id].problem if backup.backup_id in broken else None)
+                         broken=broken[backup.backup_id].problem if backup.backup_id in broken else None, era=era)
             for backup in finished]
 
 
@@ -86,6 +97,8 @@ class WalRow(msgspec.Struct, kw_only=True, frozen=True):
     indexed: bool = False
     first_commit: datetime | None = None
     last_commit: datetime | None = None
+    # The archive's era the file is of (1 until a `pitrkit upgrade`).
+    era: int = 1
 
 
 class WalListing(msgspec.Struct, kw_only=True, frozen=True):
@@ -109,7 +122,15 @@ class _BackupSpan(NamedTuple):
 
 
 def wal_rows(archive: Archive, only_timeline: int | None = None) -> list[WalRow]:
-    """A row per segment and history file, oldest first per timeline."""
+    """A row per segment and history file, oldest first per era and timeline."""
+    rows: list[WalRow] = []
+    for era in archive.eras():
+        found = _era_wal_rows(era, only_timeline)
+        rows += found if era.era_number == 1 else [msgspec.structs.replace(row, era=era.era_number) for row in found]
+    return rows
+
+
+def _era_wal_rows(archive: Archive, only_timeline: int | None) -> list[WalRow]:
     wal = ArchivedWal(archive)
     # A segment belongs to a backup that can be restored: an incremental whose chain is
     # broken makes no WAL "restorable".

@@ -335,17 +335,25 @@ class Backups:
         if survey is None:
             return BackupKind(None, "the archive's backups could not be listed")
         try:
-            system_identifier = self._archive.identity().system_identifier
+            system_identifier = self._archive.identity().current_era.system_identifier
         except PitrkitError as exc:
             return BackupKind(None, f"the archive's identity could not be read: {exc}")
         cluster = ClusterIdentity(system_identifier, data_directory_major(self._pgdata))
         return next_backup_kind(self._full_every, survey.finished, cluster, at)
 
+    def _current_era(self) -> Archive:
+        """The archive's newest era, which backups are taken into (`pitrkit upgrade`); the
+        archive itself while archive.json cannot be read (backup-push then says why)."""
+        try:
+            return self._archive.current()
+        except PitrkitError:
+            return self._archive
+
     def _listing(self) -> BackupSurvey | None:
         """The archive's backups after a backup ended; None when they cannot be listed
         (the next backup lists them again, and says so)."""
         try:
-            return survey_backups(self._archive)
+            return survey_backups(self._current_era())
         except PitrkitError:
             return None
 
@@ -385,8 +393,9 @@ class Backups:
         survey: BackupSurvey | None = None
         unfinished: list[UnfinishedBackup] = []
         try:
-            survey = survey_backups(self._archive)
-            unfinished = _unfinished_backups(self._archive, survey)
+            era = self._current_era()
+            survey = survey_backups(era)
+            unfinished = _unfinished_backups(era, survey)
         except PitrkitError as exc:
             events.emit(log, logging.WARNING, "backup-check-failed", error=str(exc))
         other = backup_in_progress(unfinished, self._ours, now, self._quiet)

@@ -221,6 +221,8 @@ def _store(archive: Archive, report: DrillReport) -> None:
 
 
 def _drill(archive: Archive, config: Config, config_path: Path, choice: DrillChoice, facts: _Facts) -> None:
+    # The newest era's backups: the cluster that runs now (its report stays at the root).
+    archive = archive.current()
     plan = plan_drill(archive, choice, facts)
     facts.plan = plan
     engine.say(describe(plan))
@@ -231,7 +233,7 @@ def _drill(archive: Archive, config: Config, config_path: Path, choice: DrillCho
         links = chain.plan_chain(archive, [*engine.fetch_chain(archive, manifest), manifest], workers)
         engine.say(f"  {links.describe()}")
     check_room(config.drill, manifest.size)
-    bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version)
+    bindir = pgstart.find_bindir(config.postgres, plan.backup.pg_version)
     engine.check_wal_present(archive, plan)
     with _scratch(config.drill, facts.drill_id) as scratch:
         target_dir = scratch / "data"
@@ -291,7 +293,9 @@ def _recover_and_check(server: pgstart.Server, plan: RestorePlan, drill: DrillCo
 
 
 def plan_drill(archive: Archive, choice: DrillChoice, facts: _Facts) -> RestorePlan:
-    """The restore plan of the drill's choice (see the module's docstring)."""
+    """The restore plan of the drill's choice (see the module's docstring), in the
+    archive's newest era."""
+    archive = archive.current()
     if choice.kind == "backup":
         assert choice.backup_id is not None
         finished = backups(archive)

@@ -126,15 +126,21 @@ def initialise(archive: Archive, facts: ClusterFacts) -> str:
                     f"segments{encrypted}; read from {facts.source}")
         existing = archive.identity(fresh=True)  # another init got there first
     _check_same_cluster(existing, facts, url, archive.config.encryption.mode)
+    era = existing.era_of(facts.system_identifier)
+    assert era is not None  # _check_same_cluster
+    which = "" if len(existing.all_eras) == 1 else f", its era {era.era}"
     return (f"the archive {url} is already initialised for this cluster (system identifier "
-            f"{existing.system_identifier}, created {existing.created_at:%Y-%m-%d %H:%M:%S}Z); nothing changed")
+            f"{facts.system_identifier}{which}, created {existing.created_at:%Y-%m-%d %H:%M:%S}Z); nothing changed")
 
 
 def _check_same_cluster(identity: ArchiveIdentity, facts: ClusterFacts, url: str, encryption: str) -> None:
-    if identity.system_identifier != facts.system_identifier:
+    # Any of its eras' clusters (`pitrkit upgrade`) is the archive's.
+    if identity.era_of(facts.system_identifier) is None:
+        upgraded = "; after a pg_upgrade, `pitrkit upgrade` records the new cluster" if \
+            facts.major > identity.current_era.pg_version else ""
         raise RefusedError(f"the archive {url} belongs to the cluster with system identifier "
-                           f"{identity.system_identifier}, not to this one ({facts.system_identifier}, read from "
-                           f"{facts.source}): use another repository.url for this cluster")
+                           f"{identity.current_era.system_identifier}, not to this one ({facts.system_identifier}, "
+                           f"read from {facts.source}): use another repository.url for this cluster{upgraded}")
     if identity.wal_segment_size != facts.wal_segment_size:
         raise RefusedError(f"the archive {url} holds {identity.wal_segment_size}-byte WAL segments, this cluster "
                            f"writes {facts.wal_segment_size}-byte ones (read from {facts.source})")

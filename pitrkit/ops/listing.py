@@ -17,6 +17,7 @@ from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, UsageError
 from pitrkit.ops.per_repository import PerRepository, run_each
 from pitrkit.progress import human_count
+from pitrkit.storage.archive import Archive
 from pitrkit.storage.repositories import Repository, chosen, open_all
 
 
@@ -39,6 +40,15 @@ def command_report(args: Namespace, config: Config, config_path: Path
     return rows
 
 
+def _rebuild_eras(archive: Archive) -> list[str]:
+    """`rebuild` each era's catalog, the changes of a later era named with it."""
+    changes: list[str] = []
+    for era in archive.eras():
+        named = "" if era.era_number == 1 else f"era {era.era_number}: "
+        changes += [named + change for change in rebuild(era)]
+    return changes
+
+
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     """`pitrkit catalog rebuild [--repo NAME]`: one line per change it made; with several
     repositories each line names its repository, and every repository is rebuilt before a
@@ -47,14 +57,14 @@ def command(args: Namespace, config: Config, config_path: Path) -> str:
         raise UsageError(f"catalog has no action {args.action!r}")
     repositories = chosen(open_all(config), args.repo)
     if len(repositories) == 1:
-        changes = rebuild(repositories[0].archive)
+        changes = _rebuild_eras(repositories[0].archive)
         sys.stdout.write("\n".join(changes) + "\n")
         return f"rebuilt the catalog: {human_count(len(changes), 'change')}"
     done: list[str] = []
     failed: list[tuple[str, PitrkitError]] = []
     for repository in repositories:
         try:
-            changes = rebuild(repository.archive)
+            changes = _rebuild_eras(repository.archive)
         except PitrkitError as exc:
             failed.append((repository.name, exc))
             continue

@@ -71,14 +71,17 @@ class SyncFailed(PitrkitError):
 
 
 def sync(source: Repository, target: Repository, *, dry_run: bool = False) -> SyncReport:
-    """Copy into `target` everything of `source` it lacks (module docstring)."""
-    copier = Copier(source.archive, target.archive)
-    report = SyncReport(source=source.name, target=target.name, dry_run=dry_run, copying=copier.copying)
-    _sync_wal(copier, report, dry_run)
-    _sync_backups(copier, report, dry_run)
-    _sync_restore_points(copier, report, dry_run)
-    _sync_time_index(copier, report, dry_run)
-    report.bytes_written = copier.written
+    """Copy into `target` everything of `source` it lacks (module docstring), era by era
+    (`pitrkit upgrade`): the target must record the source's eras (run `pitrkit upgrade`
+    with it configured)."""
+    copiers = [Copier(era, target.archive.era(era.era_number)) for era in source.archive.eras()]
+    report = SyncReport(source=source.name, target=target.name, dry_run=dry_run, copying=copiers[0].copying)
+    for copier in copiers:
+        _sync_wal(copier, report, dry_run)
+        _sync_backups(copier, report, dry_run)
+        _sync_restore_points(copier, report, dry_run)
+        _sync_time_index(copier, report, dry_run)
+    report.bytes_written = sum(copier.written for copier in copiers)
     return report
 
 

@@ -35,6 +35,15 @@ A `--dry-run` writes nothing, so takes no lock.
 
 A run that dies midway leaves `deleting` set; the next run removes those backups first,
 whatever the policy says now, and decides the rest afresh.
+
+An archive with several eras (`pitrkit upgrade`, storage/archive.py `Archive.era`) is
+treated as timelines are: the rules see the backups of every era together (the last N
+are the newest N whichever cluster they are of), and each era is then decided and
+removed on its own, under its own lock, keeping the WAL its own kept backups need: no
+era's WAL is judged by another era's backups. An earlier era none of whose backups is
+kept loses all its WAL (but its history files): its cluster is gone, no backup of it will
+be taken again, and no restore reads it. The newest era without a kept backup keeps its
+WAL, as an archive without backups does.
 """
 
 from __future__ import annotations
@@ -42,9 +51,10 @@ from __future__ import annotations
 import logging
 import re
 from argparse import Namespace
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypedDict
 
 import msgspec
 
@@ -97,6 +107,7 @@ class KeptBackup(msgspec.Struct, kw_only=True, frozen=True):
     # None when its summary is not read (one an interrupted run was removing).
     backup_type: str | None = None
     parent: str | None = None
+    era: int = 1  # the archive's era the backup is of
 
 
 class RemovedBackup(msgspec.Struct, kw_only=True, frozen=True):
@@ -111,6 +122,7 @@ class RemovedBackup(msgspec.Struct, kw_only=True, frozen=True):
     # As in KeptBackup: for a finished backup only.
     backup_type: str | None = None
     parent: str | None = None
+    era: int = 1
 
 
 class RemovedWal(msgspec.Struct, kw_only=True, frozen=True):
@@ -122,6 +134,7 @@ class RemovedWal(msgspec.Struct, kw_only=True, frozen=True):
     files: int
     stored_bytes: int
     why: str
+    era: int = 1
 
 
 class RetentionReport(msgspec.Struct, kw_only=True, frozen=True):
@@ -198,14 +211,18 @@ class _Decision(NamedTuple):
 
 
 def _decide(stored: _Stored, rules: policy.RetentionPolicy, grace: timedelta, leases: lease.Leases,
-            now: datetime, dry_run: bool) -> _Decision:
+            now: datetime, dry_run: bool, others: Sequence[BackupSummary] = ()) -> _Decision:
+    """`others`: the other eras' finished backups, which the rules weigh this era's
+    against (module docstring); only this era's are decided."""
     by_id = {backup.backup_id: backup for backup in stored.finished}
     holders: dict[str, list[Lease]] = {}
     for each in leases.active:
         holders.setdefault(each.backup_id, []).append(each)
     # A lease holds its backup and, through policy's ancestor rule, the backup's chain.
-    verdicts = policy.select_backups(stored.finished, rules, now,
-                                     held={backup_id: _lease_words(found) for backup_id, found in holders.items()})
+    verdicts = [verdict for verdict in policy.select_backups(
+        [*stored.finished, *(other for other in others if other.backup_id not in by_id)], rules, now,
+        held={backup_id: _lease_words(found) for backup_id, found in holders.items()})
+        if verdict.backup_id in by_id]
     broken = check_chains(stored.finished).broken_by_id()
     kept = [KeptBackup(backup_id=verdict.backup_id, stop_time=by_id[verdict.backup_id].stop_time,
                        reasons=verdict.reasons, **_chain_fields(by_id[verdict.backup_id]))
@@ -277,7 +294,12 @@ def _children_first(removed: list[RemovedBackup], by_id: dict[str, BackupSummary
     return [item.backup_id for item in [*ahead, *rest]]
 
 
-def _chain_fields(backup: BackupSummary) -> dict[str, str | None]:
+class _ChainFields(TypedDict):
+    backup_type: str
+    parent: str | None
+
+
+def _chain_fields(backup: BackupSummary) -> _ChainFields:
     return {"backup_type": backup.kind, "parent": backup.parent}
 
 
@@ -291,7 +313,8 @@ def _removed(stored: _Stored, backup_id: str, kind: Literal["backup", "unfinishe
     objects = stored.backup_objects(backup_id)
     return RemovedBackup(backup_id=backup_id, kind=kind, why=why, objects=len(objects),
                          stored_bytes=sum(info.size for info in objects),
-                         **(_chain_fields(backup) if backup is not None else {}))
+                         backup_type=None if backup is None else backup.kind,
+                         parent=None if backup is None else backup.parent)
 
 
 def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str]) -> list[_WalFolderRemoval]:
@@ -299,7 +322,10 @@ def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str
     those of abandoned timelines once they are older than every kept backup."""
     wal = stored.wal
     if not keepers:
-        return []  # no backup at all: nothing says which WAL is worth keeping, so all of it is
+        ended = _era_ended(stored.archive)
+        if ended is None:
+            return []  # no backup at all: nothing says which WAL is worth keeping, so all of it is
+        return _all_wal(stored, ended)
     paths: dict[int, list[TimelineStep]] = {}
     for timeline in wal.timelines:
         try:
@@ -329,6 +355,31 @@ def _wal_removals(stored: _Stored, keepers: list[BackupSummary], notes: list[str
                 removed.append(_WalFile(info, why))
         if removed:
             removals.append(_WalFolderRemoval(timeline, log_number, removed, remaining))
+    return removals
+
+
+def _era_ended(archive: Archive) -> str | None:
+    """Why an era's WAL all goes when none of its backups is kept: a later era exists
+    (`pitrkit upgrade`), so no backup of this era will ever be taken again and no restore
+    reads its WAL. None for the newest era, whose next backup needs its WAL."""
+    newest = archive.identity().current_era
+    if archive.era_number == newest.era:
+        return None
+    return (f"era {archive.era_number} has no kept backup, and its cluster was upgraded (era {newest.era} is "
+            "newest): no restore reads its WAL")
+
+
+def _all_wal(stored: _Stored, why: str) -> list[_WalFolderRemoval]:
+    """Every WAL file of every folder (history files stay, as everywhere)."""
+    removals = []
+    for (timeline, log_number), objects in stored.wal_folders.items():
+        own = f"{timeline:08X}{log_number:08X}"
+        removed = [_WalFile(info, why) for info in objects
+                   if _SEGMENT_FILE.fullmatch(_name(info)) and _name(info)[:16] == own]
+        if removed:
+            gone = {file.info.key for file in removed}
+            removals.append(_WalFolderRemoval(timeline, log_number, removed,
+                                              [info for info in objects if info.key not in gone]))
     return removals
 
 
@@ -383,22 +434,54 @@ def apply(archive: Archive, settings: RetentionConfig, *, dry_run: bool = False,
     now = now or datetime.now(UTC)
     rules = policy.RetentionPolicy.from_config(settings)
     grace = timedelta(seconds=settings.unfinished_grace_seconds)
+    eras = archive.eras()
+    if len(eras) == 1:
+        return _apply_era(archive, rules, grace, now, dry_run, [])
+    # Each era weighed against the others' backups as they were before any era's run:
+    # a backup removed meanwhile only counted for more, which keeps more.
+    finished = {era.era_number: survey_backups(era).finished for era in eras}
+    reports = [_in_era(_apply_era(era, rules, grace, now, dry_run,
+                                  [backup for number, found in finished.items() if number != era.era_number
+                                   for backup in found]), era.era_number)
+               for era in eras]
+    return RetentionReport(
+        dry_run=dry_run, decided_at=now, policy=rules.describe(),
+        kept=[item for report in reports for item in report.kept],
+        removed_backups=[item for report in reports for item in report.removed_backups],
+        removed_wal=[item for report in reports for item in report.removed_wal],
+        expired_leases=[item for report in reports for item in report.expired_leases],
+        stored_bytes=sum(report.stored_bytes for report in reports),
+        notes=[f"era {number}: {note}" for number, report in enumerate(reports, 1) for note in report.notes])
+
+
+def _in_era(report: RetentionReport, era: int) -> RetentionReport:
+    """An era's report with its backups and WAL saying their era."""
+    if era == 1:
+        return report
+    return msgspec.structs.replace(
+        report, kept=[msgspec.structs.replace(item, era=era) for item in report.kept],
+        removed_backups=[msgspec.structs.replace(item, era=era) for item in report.removed_backups],
+        removed_wal=[msgspec.structs.replace(item, era=era) for item in report.removed_wal])
+
+
+def _apply_era(archive: Archive, rules: policy.RetentionPolicy, grace: timedelta, now: datetime, dry_run: bool,
+               others: list[BackupSummary]) -> RetentionReport:
     if dry_run:
         leases = lease.survey(archive, now)
-        return _decide(_Stored(archive), rules, grace, leases, now, dry_run).report
+        return _decide(_Stored(archive), rules, grace, leases, now, dry_run, others).report
     with lock.take(archive, "retention apply") as held:
-        return _apply(archive, rules, grace, now, held)
+        return _apply(archive, rules, grace, now, held, others)
 
 
 def _apply(archive: Archive, rules: policy.RetentionPolicy, grace: timedelta, now: datetime,
-           held: lock.Held) -> RetentionReport:
+           held: lock.Held, others: list[BackupSummary]) -> RetentionReport:
     before = retention_state(archive)
     stored = _Stored(archive)
     # Leases are judged on the storage's clock: the lock was stored a moment ago. Every
     # later look uses the same reading, which only makes leases look younger.
     storage_now = held.stored_at
     leases = lease.survey(archive, now, storage_now)
-    decision = _decide(stored, rules, grace, leases, now, dry_run=False)
+    decision = _decide(stored, rules, grace, leases, now, dry_run=False, others=others)
 
     # An earlier run's intent is this run's to finish (stored.interrupted): its names
     # are this run's too.
@@ -412,7 +495,7 @@ def _apply(archive: Archive, rules: policy.RetentionPolicy, grace: timedelta, no
     if {each.lease_id for each in again.active} - {each.lease_id for each in leases.active}:
         active = {each.lease_id: each for each in [*leases.active, *again.active]}
         decision = _decide(stored, rules, grace, lease.Leases(list(active.values()), leases.expired), now,
-                           dry_run=False)
+                           dry_run=False, others=others)
         _store_intent(archive, decision, stored, claimed, before.last_run, now)
 
     held.check()

@@ -18,6 +18,10 @@ history (the head); any timeline off that history is shown as a branch, never as
 head. Without the server, the head is the archive's newest timeline, as restore --latest
 would take it.
 
+Which era is judged: the archive's newest (storage/archive.py `Archive.era`), the cluster
+that runs now; after a `pitrkit upgrade` the earlier eras' backups and WAL only age, and
+`backup-list` and `wal-list` show them.
+
 Levels. FAIL means a restore would not give what the operator expects now: no backup,
 the newest backup cannot be restored to the end of the WAL (a gap after it), the server's
 archiver failing at this moment, or the newest backup older than twice
@@ -380,6 +384,8 @@ class StatusReport(msgspec.Struct, kw_only=True, frozen=True):
     # With several repositories, each of them (the reference's figures are the report's
     # own); [] with one.
     repositories: list[RepositoryStatus] = []
+    # The archive's era judged, its newest (1 until a `pitrkit upgrade`).
+    era: int = 1
 
     @property
     def exit_code(self) -> int:
@@ -403,7 +409,18 @@ class _Collected(NamedTuple):
     wal: ArchivedWal | None
 
 
+def newest_era(archive: Archive) -> Archive:
+    """The archive's newest era, the one the server archives into and is judged on (after
+    a `pitrkit upgrade`, the earlier eras' backups and WAL only age); the archive itself
+    when it has no archive.json, which the checks then report."""
+    try:
+        return archive.current()
+    except ArchiveMissing:
+        return archive
+
+
 def _collect(archive: Archive, config: Config, now: datetime, archiver: Archiver | None) -> _Collected:
+    root, archive = archive, newest_era(archive)  # drill reports are the archive's, at its root
     # A backup retention is removing exists for no reader, even while its manifest is
     # still stored: the survey leaves it out.
     survey = survey_backups(archive)
@@ -428,7 +445,7 @@ def _collect(archive: Archive, config: Config, now: datetime, archiver: Archiver
     size = _size(wal, finished)
     retention = _retention(config.retention, wal, finished, survey.deleting,
                            retention_state(archive).last_run, timelines, now)
-    drills = _drills(archive, config, now)
+    drills = _drills(root, config, now)
 
     judged: list[Check | None] = [
         _backup_check(last_backup, config),
@@ -446,7 +463,8 @@ def _collect(archive: Archive, config: Config, now: datetime, archiver: Archiver
     usable_ids = {b.backup_id for b in usable}
     overall = max((check.level for check in checks), key=_SEVERITY.__getitem__)
     return _Collected(StatusReport(
-        generated_at=now, archive=archive.storage.url, overall=overall, checks=checks, backups=len(finished),
+        generated_at=now, archive=archive.storage.url, era=archive.era_number, overall=overall, checks=checks,
+        backups=len(finished),
         unfinished_backups=unfinished, last_backup=last_backup, last_wal=last_wal, receiver=receiver,
         archiver=archiver, size=size, timelines=timelines, retention=retention,
         head_timeline=head.timeline if head else None, stored_shares=[_stored_share(b) for b in finished],
@@ -1166,6 +1184,7 @@ class Held(NamedTuple):
     @classmethod
     def read(cls, archive: Archive) -> Held:
         """Read afresh (verify); status compares what its reports already read."""
+        archive = newest_era(archive)
         try:
             wal: ArchivedWal | None = ArchivedWal(archive)
         except ArchiveMissing:

@@ -129,6 +129,7 @@ class Finding(msgspec.Struct, kw_only=True, frozen=True):
 class BackupVerdict(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str
     restorable: bool
+    era: int = 1  # the archive's era the backup is of
 
 
 class TimelineVerdict(msgspec.Struct, kw_only=True, frozen=True):
@@ -139,6 +140,7 @@ class TimelineVerdict(msgspec.Struct, kw_only=True, frozen=True):
     checked_from: str | None
     checked_to: str | None
     gaps: list[str]  # the first missing segment of each gap
+    era: int = 1  # the archive's era the timeline is of
 
 
 class VerifyReport(msgspec.Struct, kw_only=True, frozen=True):
@@ -837,7 +839,49 @@ def _read_everything(archive: Archive, contents: list[_Content], incrementals: l
 
 
 def verify(archive: Archive, deep: bool, workers: int) -> VerifyReport:
+    """Every era of the archive (storage/archive.py `Archive.era`), each checked on its
+    own against its own cluster; one report, each finding's key from the archive's root."""
+    try:
+        eras = archive.eras()
+    except PitrkitError:
+        eras = [archive]  # no or no valid archive.json: era 1's run reports it
+    if len(eras) == 1:
+        return _verify_era(archive, deep, workers)
+    reports = [_verify_era(era, deep, workers) for era in eras]
+
+    def each(report: VerifyReport, era: Archive) -> VerifyReport:
+        if era.era_number == 1:
+            return report
+        return msgspec.structs.replace(
+            report, findings=[msgspec.structs.replace(finding, key=era.prefix + finding.key)
+                              for finding in report.findings],
+            backups=[msgspec.structs.replace(verdict, era=era.era_number) for verdict in report.backups],
+            timelines=[msgspec.structs.replace(verdict, era=era.era_number) for verdict in report.timelines],
+            unfinished=[f"{backup_id} (era {era.era_number})" for backup_id in report.unfinished],
+            being_removed=[f"{backup_id} (era {era.era_number})" for backup_id in report.being_removed],
+            notes=[f"era {era.era_number}: {note}" for note in report.notes])
+
+    reports = [each(report, era) for report, era in zip(reports, eras, strict=True)]
+    findings = sorted((finding for report in reports for finding in report.findings),
+                      key=lambda f: (f.severity != "error", f.key))
+    return VerifyReport(
+        archive=archive.storage.url, deep=deep, errors=sum(report.errors for report in reports),
+        warnings=sum(report.warnings for report in reports), findings=findings,
+        backups=[verdict for report in reports for verdict in report.backups],
+        unfinished=[name for report in reports for name in report.unfinished],
+        being_removed=[name for report in reports for name in report.being_removed],
+        timelines=[verdict for report in reports for verdict in report.timelines],
+        wal_files=sum(report.wal_files for report in reports),
+        objects_read=sum(report.objects_read for report in reports),
+        bytes_read=sum(report.bytes_read for report in reports),
+        super_blocks=sum(report.super_blocks for report in reports),
+        notes=[note for report in reports for note in report.notes])
+
+
+def _verify_era(archive: Archive, deep: bool, workers: int) -> VerifyReport:
     identity, findings = _identity(archive)
+    if identity is not None and identity.eras:
+        identity = identity.as_era(archive.era_record)  # its backups and WAL are its own cluster's
     being_removed = set(retention_state(archive).deleting)
     listed = backup_folders(archive)
     with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="verify") as pool, \

@@ -48,7 +48,7 @@ from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, WalFileKind, WalFileName
 from pitrkit.progress import Progress, human_bytes, human_seconds, show_time
 from pitrkit.restore import chain, delta, pgconf, pgstart, recovery_conf, server_config, unpack
-from pitrkit.restore.plan import RestorePlan, describe, latest_warning, make_plan, planned_in, server_choice
+from pitrkit.restore.plan import RestorePlan, describe, latest_warning, plan_eras, planned_in, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
 from pitrkit.storage.repositories import chosen, open_all
@@ -85,8 +85,8 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         unpack.check_absent_or_empty(target_dir, "--target-dir")
     timeline, server = server_choice(target, timeline_from_args(args), config)
     # From the first repository that can restore to the target, or --repo's.
-    repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: make_plan(each, target, timeline))
-    archive = repository.archive
+    repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: plan_eras(each, target, timeline))
+    archive = repository.archive.era(plan.era)  # the backup's and its WAL's era
     config = config.for_repository(repository.settings)  # its own [retention] restore_lease
     say(describe(plan))
     if warning := latest_warning(plan, server):
@@ -106,10 +106,12 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
             f"{len(manifest.chain) + 1} (full backup {manifest.chain[0]} first)")
         links = chain.plan_chain(archive, [*fetch_chain(archive, manifest), manifest], workers)
         say(f"  {links.describe()}")
-    bindir = pgstart.find_bindir(config.postgres.bindir, plan.backup.pg_version) if args.start else None
+    bindir = pgstart.find_bindir(config.postgres, plan.backup.pg_version, args.bindir) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
-    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0
+    # The agent reads ahead era 1's WAL only: a later era's wal-fetch (`--era N`) runs
+    # in-process (wal/agent_client.py hands it no request).
+    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0 and plan.era == 1
     if reading_ahead:
         # Recovery's first wal-fetch would otherwise find no agent, do its work
         # in-process and start one (see wal/agent_client.py): started now, the agent is
@@ -144,7 +146,11 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
         if bindir is None:
             # The operator starts it later, and recovery fetches the WAL then.
             hold_for_the_operator(held, config, manifest.backup_id)
-            bindir_named = Path(config.postgres.bindir or f"/usr/lib/postgresql/{plan.backup.pg_version // 10000}/bin")
+            major = plan.backup.pg_version // 10000
+            # [postgres] bindir is the newest era's major: a backup of an earlier era names its own.
+            newest = plan.era == repository.archive.identity().current_era.era
+            bindir_named = Path(args.bindir or config.postgres.bindirs.get(str(major))
+                                or (config.postgres.bindir if newest else None) or f"/usr/lib/postgresql/{major}/bin")
             say(f"start it with: {bindir_named / 'pg_ctl'} start -D {target_dir}")
             return summary
         assert port is not None and sockets is not None  # chosen with --start
@@ -303,7 +309,7 @@ def fetch_manifest(archive: Archive, backup: documents.BackupSummary) -> BackupM
         raise RefusedError(f"the manifest {key} of backup {backup.backup_id} is gone from the archive") from None
     except ValueError as exc:
         raise RefusedError(f"corrupt manifest: {exc}") from None
-    system_identifier = archive.identity().system_identifier
+    system_identifier = archive.era_record.system_identifier
     if manifest.system_identifier != system_identifier or manifest.backup_id != backup.backup_id:
         raise RefusedError(f"manifest {key} belongs to backup {manifest.backup_id} of system "
                            f"{manifest.system_identifier}, not to this archive's system {system_identifier}")
@@ -363,7 +369,7 @@ def recovery_settings(plan: RestorePlan, action: str, config_path: Path,
                       archiving: bool) -> recovery_conf.RecoverySettings:
     return recovery_conf.RecoverySettings(
         archiving=archiving,
-        restore_command=recovery_conf.restore_command(config_path, plan.fetch_until),
+        restore_command=recovery_conf.restore_command(config_path, plan.fetch_until, plan.era),
         target_time=plan.target.time,
         target_lsn=plan.target.lsn if plan.target.kind == "lsn" else None,  # a --name's LSN is only the plan's
         target_xid=plan.target.xid,

@@ -42,6 +42,7 @@ from typing import Literal
 
 import msgspec
 
+from pitrkit.config import PostgresConfig
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.postgres.wal import Lsn
 from pitrkit.progress import Progress
@@ -130,14 +131,31 @@ class RecoveryResult(msgspec.Struct, kw_only=True, frozen=True):
     locked: list[LockedRelation] = []  # paused: what replay holds locked
 
 
-def find_bindir(configured: str | None, pg_version: int) -> Path:
-    """`[postgres] bindir`, else the Debian layout for the backup's major; it must hold
-    the same major as the backup (a data directory only starts under its own major)."""
+def find_bindir(postgres: PostgresConfig, pg_version: int, chosen: str | None = None) -> Path:
+    """The binaries of the backup's major: `chosen` (restore's --bindir), else
+    `[postgres.bindirs]` for that major, else `[postgres] bindir`, else the Debian layout
+    for the major. After a `pitrkit upgrade`, `bindir` is the new major's, and a backup of
+    an earlier era is started from its own major's binaries: a configured `bindir` of
+    another major then gives way to the Debian layout's. Whichever is taken must hold the
+    backup's major (a data directory only starts under its own major)."""
     major = pg_version // 10000
-    bindir = Path(configured) if configured else Path(f"/usr/lib/postgresql/{major}/bin")
+    debian = Path(f"/usr/lib/postgresql/{major}/bin")
+    if chosen:
+        return _holding(Path(chosen), major, "--bindir")
+    if (by_major := postgres.bindirs.get(str(major))) is not None:
+        return _holding(Path(by_major), major, f"[postgres.bindirs] {major}")
+    if postgres.bindir:
+        try:
+            return _holding(Path(postgres.bindir), major, "[postgres] bindir")
+        except RefusedError:
+            if not (debian / "postgres").is_file():
+                raise
+    return _holding(debian, major, f"{debian} (set [postgres.bindirs] \"{major}\" or --bindir to choose another)")
+
+
+def _holding(bindir: Path, major: int, where: str) -> Path:
     postgres = bindir / "postgres"
     if not (bindir / "pg_ctl").is_file() or not postgres.is_file():
-        where = "[postgres] bindir" if configured else f"{bindir} (set [postgres] bindir to choose another)"
         raise RefusedError(f"--start needs PostgreSQL {major}'s pg_ctl and postgres; none in {where}")
     try:
         version = subprocess.run([postgres, "--version"], capture_output=True, text=True, timeout=60).stdout
@@ -145,8 +163,8 @@ def find_bindir(configured: str | None, pg_version: int) -> Path:
         raise RefusedError(f"cannot run {postgres}: {exc}") from None
     found = re.search(r"\(PostgreSQL\) (\d+)", version)
     if found is None or int(found[1]) != major:
-        raise RefusedError(f"{postgres} is not PostgreSQL {major} (it says {version.strip()!r}); "
-                           "the backup starts only under its own major version")
+        raise RefusedError(f"{postgres} ({where}) is not PostgreSQL {major} (it says {version.strip()!r}); "
+                           f"the backup starts only under its own major version")
     return bindir
 
 

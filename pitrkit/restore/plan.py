@@ -38,6 +38,13 @@ of its last valid page as the archive's end: an upper bound, less than a page pa
 last record. wal-fetch then serves the partial when recovery asks for the segment.
 
 It reads only what it needs (see catalog/archived_wal.py): never a listing of every segment.
+
+An archive a `pg_upgrade` continued (`pitrkit upgrade`) holds several eras, each a
+cluster with its own backups and WAL (storage/archive.py `Archive.era`); pg_upgrade
+starts no WAL of the new cluster before its first backup can be restored, so a target
+is reached from one era alone. `plan_eras` plans in the newest era first and goes back
+an era while one refuses: a target before the newest era's first backup is an older
+era's, restored with that era's major (the plan's backup says which).
 """
 
 from __future__ import annotations
@@ -143,6 +150,9 @@ class RestorePlan(msgspec.Struct, kw_only=True, frozen=True):
     # With several repositories, the one planned from (and restored from: `planned_in`);
     # None with one.
     repository: str | None = None
+    # The archive's era the backup and the WAL are of (1 until a `pitrkit upgrade`):
+    # restore_command's `wal-fetch --era`.
+    era: int = 1
 
     @property
     def replay_end(self) -> Lsn:
@@ -234,6 +244,47 @@ def make_plan(archive: Archive, target: Target, timeline: TimelineChoice = None,
     )
 
 
+def plan_eras(archive: Archive, target: Target, timeline: TimelineChoice = None) -> RestorePlan:
+    """`make_plan` in the newest era that can reach the target, going back an era while
+    one refuses (module docstring); each era's refusal is said when none can. A time in
+    an older era that lies after the next era was recorded is refused: between the old
+    cluster's end and the new one's first backup no era can restore."""
+    eras = archive.eras()
+    if len(eras) == 1:
+        return make_plan(archive, target, timeline)
+    refusals: list[str] = []
+    unplaced: tuple[RestorePlan, int] | None = None
+    for era in reversed(eras):
+        number = era.era_number
+        try:
+            made = make_plan(era, target, timeline)
+        except PlanRefused as exc:
+            refusals.append(f"era {number}: {exc}")
+            continue
+        if target.kind in ("xid", "name") and made.fetch_until is None:
+            # Nothing in this era places the xid or the name (xids go on across a
+            # pg_upgrade): an older era whose catalog or index does is the target's.
+            unplaced = unplaced or (made, number)
+            refusals.append(f"era {number}: nothing in its WAL places the target")
+            continue
+        if number < len(eras):
+            later = eras[number].era_record
+            if target.kind == "time" and target.time is not None and target.time >= later.recorded_at:
+                refusals.append(f"era {number}: the target is after era {later.era} (PostgreSQL "
+                                f"{later.pg_version}) was recorded at {show_time(later.recorded_at)}, past this "
+                                "era's cluster")
+                break
+            note = (f"the target is in era {number} of the archive (PostgreSQL {era.era_record.pg_version}, "
+                    f"system identifier {era.era_record.system_identifier}): newer eras refused it ("
+                    f"{'; '.join(refusals)})")
+            made = msgspec.structs.replace(made, notes=[*made.notes, note])
+        return msgspec.structs.replace(made, era=number)
+    if unplaced is not None:
+        # As in one era: planned, unchecked, in the newest era that can plan it.
+        return msgspec.structs.replace(unplaced[0], era=unplaced[1])
+    raise PlanRefused("no era of the archive can restore to the target: " + "; ".join(refusals))
+
+
 def _fetch_until(wal: ArchivedWal, target: Target, located: Located | None, last: str) -> str | None:
     """See RestorePlan.fetch_until; `last`: the plan's last segment (or its partial)."""
     if target.kind == "latest" or (target.kind in ("time", "xid") and located is None) or target.lsn is None \
@@ -255,7 +306,7 @@ def _recorded_point(archive: Archive, wal: ArchivedWal, target: Target) -> Resto
     point = restore_points.find(archive, target.name)
     if point is None:
         return None
-    system = archive.identity().system_identifier
+    system = archive.era_record.system_identifier
     if point.system_identifier != system:
         raise PlanRefused(f"{restore_points.RESTORE_POINTS_KEY} records restore point {shown(point.name)!r} for the "
                           f"cluster with system identifier {point.system_identifier}, not this archive's ({system})")
@@ -806,8 +857,8 @@ def planned_in(repositories: Sequence[Repository], plan: Callable[[Archive], Res
 def command(args: Namespace, config: Config, config_path: Path) -> str:
     target = target_from_args(args)
     choice, server = server_choice(target, timeline_from_args(args), config)
-    repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: make_plan(each, target, choice))
-    archive = repository.archive
+    repository, plan = planned_in(chosen(open_all(config), args.repo), lambda each: plan_eras(each, target, choice))
+    archive = repository.archive.era(plan.era)
     plan = msgspec.structs.replace(plan, configuration=backup_configuration(archive, plan.backup.backup_id))
     if warning := latest_warning(plan, server):
         print(f"pitrkit: {warning}", file=sys.stderr)

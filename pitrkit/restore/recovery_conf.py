@@ -127,14 +127,16 @@ def pitrkit_executable() -> list[str]:
     return [sys.executable, "-P", "-c", "from pitrkit.entry import run; run()"]
 
 
-def restore_command(config_path: Path, until: str | None = None) -> str:
+def restore_command(config_path: Path, until: str | None = None, era: int = 1) -> str:
     """restore_command calling this pitrkit with this configuration, by absolute paths
     (the server runs it from the data directory, with its own environment). `%` in the
     paths is doubled: PostgreSQL substitutes only the %f and %p we append. `until`: the
-    plan's last segment (RestorePlan.fetch_until), past which wal-fetch serves nothing."""
+    plan's last segment (RestorePlan.fetch_until), past which wal-fetch serves nothing.
+    `era`: the archive's era the backup is of (RestorePlan.era), written after the first."""
     argv = [*pitrkit_executable(), "--config", str(config_path.absolute())]
     bound = "" if until is None else f" --until {until}"
-    return shlex.join(argv).replace("%", "%%") + " wal-fetch %f %p" + bound
+    namespace = "" if era == 1 else f" --era {era}"
+    return shlex.join(argv).replace("%", "%%") + " wal-fetch %f %p" + bound + namespace
 
 
 def rewrite_auto_conf(text: str, settings: RecoverySettings, header: str) -> str:

@@ -3,6 +3,12 @@ identity document `archive.json`, the cipher `[encryption]` configures for it, a
 reading and writing of the archive's JSON documents, authenticated under that cipher's
 keys when encryption is on (storage/codec.py, storage/envelope.py).
 
+An archive holds one or more eras (storage/identity.py `Era`): the clusters a
+`pg_upgrade` made of the first. `Archive.era(n)` is the archive seen from era n: the
+same storage, identity and keys, every other key under the era's prefix (`eras/<n>/`,
+nothing for era 1), so that WAL, backups and catalog of an era live in their own
+namespace and every module that reads or writes them works on one era unchanged.
+
 `archive.json` is what makes a location an archive. `pitrkit init` creates it, and only
 `init` does: without it every command treats the archive as absent (`ArchiveMissing`),
 never as empty. An unmounted file system, a mistyped path or an empty bucket prefix
@@ -20,6 +26,7 @@ the required methods (storage/capabilities.py), retried alike.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import threading
@@ -45,7 +52,7 @@ from pitrkit.hookspecs import (
 from pitrkit.postgres.wal import WalFileKind, WalFileName
 from pitrkit.storage import capabilities, codec, envelope, objects
 from pitrkit.storage.codec import Document
-from pitrkit.storage.identity import ArchiveIdentity, EncryptionParameters
+from pitrkit.storage.identity import ArchiveIdentity, EncryptionParameters, Era
 from pitrkit.storage.plugins import Plugins
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ WAL_INDEX_PREFIX = "catalog/wal/"
 RETENTION_STATE_KEY = "catalog/retention.json"
 LEASES_PREFIX = "leases/"
 DRILLS_PREFIX = "drills/"
+ERAS_PREFIX = "eras/"
 
 IDENTITY_TTL = 60.0
 
@@ -89,6 +97,12 @@ class ArchiveMissing(PitrkitError):
     (wal-fetch exits 126 for it, see errors.outcome)."""
 
     exit_code = 1
+
+
+def era_prefix(era: int) -> str:
+    """Where era `era`'s keys start: the root for era 1 (every archive's layout before its
+    first upgrade, kept as it is), `eras/<n>/` for a later one."""
+    return "" if era == 1 else f"{ERAS_PREFIX}{era}/"
 
 
 def wal_key(file: WalFileName) -> str:
@@ -138,6 +152,13 @@ def wal_index_key(log_folder: str) -> str:
     return f"{WAL_INDEX_PREFIX}{log_folder.removeprefix(WAL_PREFIX).rstrip('/')}.json"
 
 
+def _relative(prefix: str, found: list[ObjectInfo]) -> list[ObjectInfo]:
+    """Listed objects with their keys relative to an era's prefix."""
+    if not prefix:
+        return found
+    return [info._replace(key=info.key[len(prefix):]) for info in found]
+
+
 def stored_at(modified: float | None) -> datetime | None:
     """An object's store time (`ObjectInfo.modified`, POSIX seconds) as an instant."""
     return None if modified is None else datetime.fromtimestamp(modified, UTC)
@@ -167,6 +188,59 @@ class Archive:
         # Restore workers and the agent's look-ahead threads ask at once: build it once
         # (a passphrase command run twice, or scrypt paid twice, is time for nothing).
         self._cipher_lock = threading.Lock()
+        # Which era this is a view of (`era`): its keys start with `prefix`; the identity
+        # and the cipher are the root archive's, shared by every view.
+        self.era_number = 1
+        self.prefix = ""
+        self._root = self
+        self._views: dict[int, Archive] = {}
+
+    # -- eras ----------------------------------------------------------------------------
+
+    def era(self, number: int) -> Archive:
+        """This archive seen from era `number` (module docstring); refuses an era that
+        `archive.json` does not record."""
+        root = self._root
+        if number == 1:  # every archive has it: no read of archive.json (wal-fetch's hot path)
+            return root
+        if root.identity().era(number) is None:
+            raise RefusedError(f"the archive {self.storage.url} has no era {number} (its eras: "
+                               f"{', '.join(str(era.era) for era in root.identity().all_eras)})")
+        if number not in root._views:
+            view = copy.copy(root)
+            view.era_number, view.prefix, view._views = number, era_prefix(number), {}
+            root._views[number] = view
+        return root._views[number]
+
+    def era_of(self, system_identifier: int) -> Archive:
+        """The view of the era of the cluster with this system identifier, read afresh;
+        refuses a cluster the archive has never held."""
+        identity = self._root.identity(fresh=True)
+        era = identity.era_of(system_identifier)
+        if era is None:
+            eras = identity.all_eras
+            held = ", ".join(f"{each.system_identifier} (era {each.era})" for each in eras) if len(eras) > 1 else \
+                str(identity.system_identifier)
+            raise RefusedError(f"the archive {self.storage.url} belongs to the cluster with system identifier "
+                               f"{held}, not to {system_identifier}: after a pg_upgrade, `pitrkit upgrade` records "
+                               "the new cluster")
+        return self.era(era.era)
+
+    def current(self) -> Archive:
+        """The view of the newest era: the cluster that runs now, which new backups and
+        WAL are of."""
+        return self.era(self._root.identity().current_era.era)
+
+    def eras(self) -> list[Archive]:
+        """A view of every era, oldest first."""
+        return [self.era(era.era) for era in self._root.identity().all_eras]
+
+    @property
+    def era_record(self) -> Era:
+        """What `archive.json` records of this view's era."""
+        era = self._root.identity().era(self.era_number)
+        assert era is not None  # `era` checked it, and eras are never removed
+        return era
 
     # -- bounded storage calls -----------------------------------------------------------
 
@@ -187,22 +261,35 @@ class Archive:
                 delay = min(delay * 2, _BACKOFF_MAX)
         raise AssertionError("unreachable")
 
+    # Keys given to and returned by these are the era's (relative to `prefix`).
+
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        key = self.prefix + key
         self._call(f"storing {key}", lambda: self.storage.put(key, data, overwrite=overwrite))
 
     def get(self, key: str) -> bytes:
+        key = self.prefix + key
         return self._call(f"reading {key}", lambda: self.storage.get(key))
 
     def stat(self, key: str) -> ObjectInfo:
-        return self._call(f"checking {key}", lambda: self.storage.stat(key))
+        key = self.prefix + key
+        return self._call(f"checking {key}", lambda: self.storage.stat(key))._replace(key=key[len(self.prefix):])
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return iter(self._call(f"listing {prefix or 'the archive'}", lambda: list(self.storage.list(prefix))))
+        full = self.prefix + prefix
+        found = self._call(f"listing {full or 'the archive'}", lambda: list(self.storage.list(full)))
+        return iter(_relative(self.prefix, found))
 
     def list_folder(self, prefix: str) -> Folder:
-        return self._call(f"listing {prefix or 'the archive'}", lambda: self.storage.list_folder(prefix))
+        full = self.prefix + prefix
+        folder = self._call(f"listing {full or 'the archive'}", lambda: self.storage.list_folder(full))
+        if not self.prefix:
+            return folder
+        cut = len(self.prefix)
+        return Folder(_relative(self.prefix, folder.objects), [each[cut:] for each in folder.folders])
 
     def delete(self, key: str) -> None:
+        key = self.prefix + key
         self._call(f"deleting {key}", lambda: self.storage.delete(key))
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
@@ -213,6 +300,7 @@ class Archive:
         storage addresses: offsets come from stored documents, which are hostile until
         checked) is refused here, before any storage call. Unverified: the caller checks
         the bytes against what it expects of them (a digest, a frame)."""
+        key = self.prefix + key
         try:
             capabilities.check_range(offset, length)
         except ValueError as exc:
@@ -226,6 +314,7 @@ class Archive:
         earlier attempt there, as a retried put may); `ObjectNotFound` if `source` is
         absent. The backend's server-side copy when it has one, else `get`, then `put`
         (storage/capabilities.py)."""
+        source, target = self.prefix + source, self.prefix + target
         self._call(f"copying {source} to {target}", lambda: capabilities.copy(self.storage, source, target))
 
     def read_wal(self, name: str) -> bytes:
@@ -252,15 +341,16 @@ class Archive:
 
     def put_document(self, key: str, document: msgspec.Struct, *, overwrite: bool = False,
                      pretty: bool = True) -> None:
-        """Store a JSON document, in its authenticated envelope when encryption is on."""
-        self.put(key, self._sealed(key, codec.encode(document, pretty=pretty), self._authenticator()),
+        """Store a JSON document, in its authenticated envelope when encryption is on
+        (bound to its key from the archive's root: another era's document is another's)."""
+        self.put(key, self._sealed(self.prefix + key, codec.encode(document, pretty=pretty), self._authenticator()),
                  overwrite=overwrite)
 
     def get_document(self, key: str, kind: type[Document]) -> Document:
         """A stored JSON document, authenticated when encryption is on. Raises
         `ObjectNotFound`, `TamperedDocument` (never to be ignored) and `ValueError` for
         an authentic document that does not decode."""
-        return self._opened(key, self.get(key), kind, self._authenticator())
+        return self._opened(self.prefix + key, self.get(key), kind, self._authenticator())
 
     def _authenticator(self) -> DocumentAuthenticator | None:
         cipher = self.cipher()
@@ -296,7 +386,10 @@ class Archive:
         rest on a copy that may have outlived the file system it came from (every push,
         every "not archived"). With encryption on it is authenticated, by the key its own
         parameters derive (a passphrase's salt): a changed salt derives another key, which
-        then fails; unchanged bytes are not verified again."""
+        then fails; unchanged bytes are not verified again. An era's view reads its
+        root's."""
+        if self._root is not self:
+            return self._root.identity(fresh=fresh)
         if fresh or self._identity is None or time.monotonic() - self._identity_read_at > IDENTITY_TTL:
             try:
                 data = self.get(IDENTITY_KEY)
@@ -364,6 +457,23 @@ class Archive:
             self._cipher = (encryption, cipher)
         return identity
 
+    def record_era(self, system_identifier: int, major: int) -> Era:
+        """Append the era of the cluster with these facts to `archive.json` (`pitrkit
+        upgrade`; the caller has checked that it is a new cluster of a major no older).
+        Rewritten in place, as a key rotation rewrites it: the two are not run at once."""
+        identity = self.identity(fresh=True)
+        eras = identity.all_eras
+        era = Era(era=len(eras) + 1, system_identifier=system_identifier, pg_version=major,
+                  recorded_at=datetime.now(UTC).replace(microsecond=0))
+        eras = [*eras, era]
+        updated = msgspec.structs.replace(identity, eras=eras, pg_versions=[each.pg_version for each in eras])
+        # Checked as any reader will check it, before it is stored.
+        codec.decode(codec.encode(updated), ArchiveIdentity, IDENTITY_KEY)
+        self._store_identity(updated, self.write_cipher(), overwrite=True)
+        log.warning("archive %s: era %d recorded, the cluster with system identifier %d (PostgreSQL %d)",
+                    self.storage.url, era.era, system_identifier, major)
+        return era
+
     # -- encryption ----------------------------------------------------------------------
 
     def cipher(self) -> Cipher | None:
@@ -373,6 +483,8 @@ class Archive:
         once: it may read key files, run a passphrase command, stretch passphrases."""
         if self.config.encryption.mode == "off":
             return None
+        if self._root is not self:
+            return self._root.cipher()
         return self._cipher_for(self.identity().encryption)
 
     def _cipher_for(self, recorded: EncryptionParameters | None) -> Cipher:
@@ -387,6 +499,8 @@ class Archive:
         archive, encryption into a plaintext one, a key that is not the archive's current
         key. A configuration that rotates (names the archive's current key as an old key)
         records its new key in `archive.json` first."""
+        if self._root is not self:
+            return self._root.write_cipher()
         url = self.storage.url
         recorded = self.identity().encryption
         if self.config.encryption.mode == "off":

@@ -48,7 +48,9 @@ def summary(report: msgspec.Struct) -> str:
 @render.register
 def status_text(report: StatusReport) -> str:
     """The overall level and every check, then the figures behind them."""
-    lines = [f"{report.overall}  {report.archive} at {show_time(report.generated_at)}", ""]
+    # After a `pitrkit upgrade`: the era judged, the newest (the earlier ones only age).
+    era = "" if report.era == 1 else f", era {report.era}"
+    lines = [f"{report.overall}  {report.archive}{era} at {show_time(report.generated_at)}", ""]
     lines += [f"{check.level:<4}  {check.name:<10}  {check.message}" for check in report.checks]
     lines.append("")
     if report.last_backup:
@@ -287,8 +289,14 @@ def backup_list_text(listing: BackupListing) -> str:
     rows += [[backup_id, "(unfinished: no manifest)", *["-"] * 13] for backup_id in listing.unfinished]
     rows += [[backup_id, "(being removed by retention)", *["-"] * 13] for backup_id in listing.deleting]
     # STORED: the backup's own objects; CHAIN STORED: with its ancestors', what it needs.
-    table = _table(["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "TYPE", "PARENT", "CHAIN", "SIZE",
-                    "STORED", "CHAIN STORED", "PG", "CONFIG"], rows)
+    header = ["ID", "LABEL", "START", "STOP", "START LSN", "STOP LSN", "TL", "TYPE", "PARENT", "CHAIN", "SIZE",
+              "STORED", "CHAIN STORED", "PG", "CONFIG"]
+    if any(b.era != 1 for b in listing.backups):
+        # After a `pitrkit upgrade`: which era (cluster) each backup is of.
+        header.append("ERA")
+        rows = [[*row, str(b.era)] for row, b in zip(rows, listing.backups, strict=False)] + \
+            [[*row, "-"] for row in rows[len(listing.backups):]]
+    table = _table(header, rows)
     # Why a chain is broken does not fit a column: a line each, under the table.
     table += "".join(f"\n{b.backup_id}: not restorable, its chain is broken: {b.broken}"
                      for b in listing.backups if b.broken)
@@ -321,10 +329,13 @@ def wal_list_text(listing: WalListing) -> str:
         return f"{show_time(row.first_commit)} .. {show_time(row.last_commit)}"
 
     rows = listing.files
+    eras = any(row.era != 1 for row in rows)  # after a `pitrkit upgrade`: which era each file is of
     table = _table(
-        ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE", "COMMITS"],
+        ["NAME", "TL", "START LSN", "END LSN", "STORED", "STORED AT", "BACKUP", "STATE", "COMMITS"]
+        + (["ERA"] if eras else []),
         [[row.name, str(row.timeline), lsn(row.start_lsn), lsn(row.end_lsn), human_bytes(row.stored_size),
-          show_time(row.stored_at), row.backup or "-", state(row), commits(row)] for row in rows],
+          show_time(row.stored_at), row.backup or "-", state(row), commits(row)] + ([str(row.era)] if eras else [])
+         for row in rows],
     )
     if any(row.state == "before-first-backup" for row in rows):
         # A fresh archive: WAL with no backup yet is normal, and none of it is removed.

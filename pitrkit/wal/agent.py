@@ -48,7 +48,7 @@ from pitrkit.wal.fetch import (
     spool,
 )
 from pitrkit.wal.lookahead import Ahead, file_stamp, ready_after, segments_after
-from pitrkit.wal.push import push_to_every
+from pitrkit.wal.push import push_to_every, stored_era
 from pitrkit.wal.time_indexer import TimeIndexer, indexes_here
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ def _still_stored(repositories: list[Repository], path: Path, pushed_into: dict[
         if archive.identity(fresh=True) != pushed_into.get(repository.name):
             return False
         try:
-            archive.stat(wal_key(WalFileName.parse(path.name)))
+            stored_era(archive, path).stat(wal_key(WalFileName.parse(path.name)))
         except ObjectNotFound:
             return False
     return True

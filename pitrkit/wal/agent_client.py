@@ -38,8 +38,8 @@ REPLY_TIMEOUT = 900.0
 def parse_request(argv: list[str]) -> list[bytes] | None:
     """The agent request for `[--config PATH] wal-push P` or `[--config PATH] wal-fetch F P
     [--until SEGMENT]`;
-    None for anything else (other commands, -v, unusual spellings), which then goes
-    through the full argument parser in-process."""
+    None for anything else (other commands, -v, a later era's `wal-fetch --era N`,
+    unusual spellings), which then goes through the full argument parser in-process."""
     config = os.environ.get("PITRKIT_CONFIG") or DEFAULT_CONFIG
     if len(argv) >= 2 and argv[0] == "--config":
         config, argv = argv[1], argv[2:]

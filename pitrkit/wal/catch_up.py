@@ -26,7 +26,7 @@ from pitrkit.postgres.wal import WalFileKind, WalFileName
 from pitrkit.storage.archive import WAL_PREFIX, Archive, wal_key
 from pitrkit.storage.repositories import Repository
 from pitrkit.wal import spool
-from pitrkit.wal.push import push_data
+from pitrkit.wal.push import push_data, stored_era
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,12 @@ def _drain(repository: Repository, limit: int) -> tuple[int, bool]:
         except OSError as exc:
             raise PitrkitError(f"cannot read {path}: {exc.strerror}") from None
         try:
-            if not _overtaken(repository.archive, file):
+            # The era the push stores it in (`pitrkit upgrade`): its partial is there too.
+            era = stored_era(repository.archive, path)
+            if not _overtaken(era, file):
                 push_data(repository.archive, file, data)
             if file.kind == WalFileKind.SEGMENT:
-                _remove_partial(repository.archive, file)
+                _remove_partial(era, file)
         except PitrkitError as exc:
             log.warning("repository %r: %s is still spooled: %s", repository.name, file.name, exc)
             return pushed, False
@@ -141,13 +143,17 @@ def _copy_behind(repositories: Sequence[Repository], repository: Repository, lim
         if not source.required:
             continue
         try:
-            missing = _missing(source.archive, repository.archive, since)
+            # Era by era (`pitrkit upgrade`): each era's WAL into the same era.
+            missing = [(era, name) for era in source.archive.eras()
+                       for name in _missing(era, repository.archive.era(era.era_number), since)]
         except PitrkitError as exc:
             faults.append(f"{source.name}: {exc}")
             continue
         copied = 0
-        for name in missing[:limit]:
-            push_data(repository.archive, WalFileName.parse(name), source.archive.read_wal(name))
+        for era, name in missing[:limit]:
+            # A history file has no page header to say its cluster: its era's does.
+            push_data(repository.archive, WalFileName.parse(name), era.read_wal(name),
+                      origin=era.era_record.system_identifier)
             copied += 1
         if len(missing) <= limit:
             spool.release(claimed)

@@ -16,7 +16,10 @@ there is none, and ends recovery there, with every transaction the partial holds
 partial with later WAL after it is a leftover, and a full segment always wins.
 
 A restore to a target the plan places writes `wal-fetch %f %p --until SEGMENT`: nothing
-past the plan's last segment is served (refuse_past), nor read ahead.
+past the plan's last segment is served (refuse_past), nor read ahead. A restore of a
+backup of a later era than the first (after `pitrkit upgrade`) writes `--era N`: the
+WAL comes from that era's namespace (storage/archive.py `Archive.era`), since eras
+share segment names.
 
 With several repositories (`read_from_first`), the file comes from the first that has
 it (storage/repositories.py): exit 1 only when every one answered "not found", 126 when
@@ -71,28 +74,29 @@ def fetch(archive: Archive, name: str, destination: Path, until: str | None = No
     return restore(read_for_recovery(archive, name), name, destination)
 
 
-def fetch_from_first(repositories: Sequence[Repository], name: str, destination: Path, until: str | None = None) -> str:
-    """`fetch` from the first repository that has `name` (module docstring)."""
+def fetch_from_first(repositories: Sequence[Repository], name: str, destination: Path, until: str | None = None,
+                     era: int = 1) -> str:
+    """`fetch` from the first repository that has `name` (module docstring), in era `era`."""
     refuse_past(name, until)
-    return restore(read_from_first(repositories, name), name, destination)
+    return restore(read_from_first(repositories, name, era), name, destination)
 
 
-def read_from_first(repositories: Sequence[Repository], name: str) -> Fetched:
+def read_from_first(repositories: Sequence[Repository], name: str, era: int = 1) -> Fetched:
     """`read_for_recovery` over several repositories (module docstring)."""
     if len(repositories) == 1:
-        return read_for_recovery(repositories[0].archive, name)
+        return read_for_recovery(repositories[0].archive.era(era), name)
     try:
-        return Fetched(read_exact_from_first(repositories, name))
+        return Fetched(read_exact_from_first(repositories, name, era))
     except NotInArchive:
         # Every repository answered "not found" for the file itself: a partial may stand in.
         if WalFileName.parse(name).kind != WalFileKind.SEGMENT:
             raise
-    return first_answer(repositories, lambda archive: read_for_recovery(archive, name))
+    return first_answer(repositories, lambda archive: read_for_recovery(archive.era(era), name))
 
 
-def read_exact_from_first(repositories: Sequence[Repository], name: str) -> bytes:
+def read_exact_from_first(repositories: Sequence[Repository], name: str, era: int = 1) -> bytes:
     """The archived file `name` itself, from the first repository that has it."""
-    return first_answer(repositories, lambda archive: _read_exact(archive, name))
+    return first_answer(repositories, lambda archive: _read_exact(archive.era(era), name))
 
 
 def _read_exact(archive: Archive, name: str) -> bytes:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,9 +37,18 @@ from typing import NamedTuple
 
 from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists
-from pitrkit.postgres.wal import InvalidSegment, WalFileKind, WalFileName, parse_history, validate_segment
+from pitrkit.postgres.wal import (
+    LONG_PAGE_HEADER_SIZE,
+    InvalidSegment,
+    WalFileKind,
+    WalFileName,
+    parse_history,
+    read_page_header,
+    validate_segment,
+)
 from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive, wal_key
+from pitrkit.storage.identity import ArchiveIdentity, Era
 from pitrkit.storage.repositories import Repository, to_every
 from pitrkit.wal import spool
 
@@ -47,7 +58,23 @@ log = logging.getLogger(__name__)
 def push(archive: Archive, path: Path) -> str:
     """Archive the WAL file at `path`; returns a one-line summary."""
     file = WalFileName.parse(path.name)
-    return push_data(archive, file, _read(path))
+    return push_data(archive, file, _read(path), origin=origin_cluster(file, path))
+
+
+def origin_cluster(file: WalFileName, path: Path) -> int | None:
+    """For a file without a page header (a history or backup history file), the system
+    identifier of the cluster whose pg_wal holds it, from the `global/pg_control` beside
+    (PostgreSQL runs archive_command in its data directory, %p `pg_wal/<name>`): which
+    era it goes to. None for a segment (its page header says) or a file elsewhere."""
+    if file.has_page_header:
+        return None
+    control = Path(os.path.dirname(os.path.dirname(os.path.abspath(path)))) / "global" / "pg_control"
+    try:
+        with open(control, "rb") as source:
+            head = source.read(8)  # ControlFileData starts with the system identifier
+    except OSError:
+        return None
+    return int.from_bytes(head, sys.byteorder) if len(head) == 8 else None
 
 
 class Pushed(NamedTuple):
@@ -69,10 +96,11 @@ def pushed_to_every(repositories: Sequence[Repository], path: Path) -> Pushed:
     if len(repositories) == 1:
         return Pushed(push(repositories[0].archive, path), [repositories[0]])
     file = WalFileName.parse(path.name)
-    return push_data_to_every(repositories, file, _read(path))
+    return push_data_to_every(repositories, file, _read(path), origin_cluster(file, path))
 
 
-def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes) -> Pushed:
+def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, data: bytes,
+                       origin: int | None = None) -> Pushed:
     """`push_data` to every repository at once: raises when a required one fails; an
     optional one that fails, does not answer within its `timeout`, or whose spool
     already holds WAL for it (the queue keeps its order, and a repository known to be
@@ -82,7 +110,7 @@ def push_data_to_every(repositories: Sequence[Repository], file: WalFileName, da
     encoded = Encoded(data)
 
     def write(archive: Archive) -> str:
-        return push_data(archive, file, data, encoded)
+        return push_data(archive, file, data, encoded, origin)
 
     attempts = [_Attempt(each, write) for each in repositories if not each.required and each not in queued]
     written = to_every([each for each in repositories if each.required], write)
@@ -183,12 +211,14 @@ class Encoded:
             return self._plaintext
 
 
-def push_data(archive: Archive, file: WalFileName, data: bytes, encoded: Encoded | None = None) -> str:
+def push_data(archive: Archive, file: WalFileName, data: bytes, encoded: Encoded | None = None,
+              origin: int | None = None) -> str:
     """Archive `data`, read already, as the WAL file `file`; as `push`. `encoded`: the
-    framing shared with the other repositories `data` goes to."""
+    framing shared with the other repositories `data` goes to; `origin`: see
+    `origin_cluster`."""
     compression = archive.config.compression
     compressor = archive.plugins.compressor(compression.algorithm, compression.level, compression.threads)
-    _validate(archive, file, data)
+    archive = archive.era(_validate(archive, file, data, origin))
     cipher = archive.write_cipher()
 
     blob, header = (encoded or Encoded(data)).framed(compressor, cipher)
@@ -282,21 +312,28 @@ def _read(path: Path) -> bytes:
         raise PitrkitError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _validate(archive: Archive, file: WalFileName, data: bytes) -> None:
+def _validate(archive: Archive, file: WalFileName, data: bytes, origin: int | None = None) -> int:
+    """Check the file (module docstring); returns the era it goes to: a segment's is the
+    era of the cluster its page header names (a late archiver of the cluster before a
+    `pitrkit upgrade` still reaches its own era), any other file's the era of the
+    cluster it came from (`origin`), else the current era."""
     # Read afresh, never a copy a long-lived agent holds: a file system swapped or
     # unmounted since must refuse this push (ArchiveMissing), not receive it.
     identity = archive.identity(fresh=True)
+    era = _era_of_origin(identity, file, origin)
     if file.has_page_header:
         try:
             page = validate_segment(file, data)
         except InvalidSegment as exc:
             raise RefusedError(f"refusing {file.name}: {exc}") from None
-        if page.system_identifier != identity.system_identifier:
+        found = identity.era_of(page.system_identifier)
+        if found is None:
             raise RefusedError(
                 f"refusing {file.name}: it belongs to the cluster with system identifier "
                 f"{page.system_identifier}, but the archive {archive.storage.url} belongs to "
-                f"{identity.system_identifier}"
+                f"{_held(identity.all_eras)}"
             )
+        era = found
         if page.segment_size != identity.wal_segment_size:
             raise RefusedError(
                 f"refusing {file.name}: its segment size is {page.segment_size} bytes, "
@@ -309,3 +346,41 @@ def _validate(archive: Archive, file: WalFileName, data: bytes) -> None:
             raise RefusedError(f"refusing {file.name}: not a timeline history file ({exc})") from None
     elif not data.startswith(b"START WAL LOCATION: "):
         raise RefusedError(f"refusing {file.name}: not a backup history file")
+    return era.era
+
+
+def _era_of_origin(identity: ArchiveIdentity, file: WalFileName, origin: int | None) -> Era:
+    if origin is None:
+        return identity.current_era
+    era = identity.era_of(origin)
+    if era is None:
+        raise RefusedError(f"refusing {file.name}: it comes from the data directory of the cluster with system "
+                           f"identifier {origin}, but the archive belongs to {_held(identity.all_eras)}")
+    return era
+
+
+def stored_era(archive: Archive, path: Path) -> Archive:
+    """The era a push of the file at `path` stores it in (as `_validate` chooses), from
+    its first page header alone; the archive's own view for a file no era takes (its
+    push is refused, so it is not stored there either). archive.json as last read (the
+    agent reads it afresh just before: no second read on its path)."""
+    identity = archive.identity()
+    file = WalFileName.parse(path.name)
+    if not file.has_page_header:
+        try:
+            return archive.era(_era_of_origin(identity, file, origin_cluster(file, path)).era)
+        except RefusedError:
+            return archive
+    try:
+        with open(path, "rb") as source:
+            page = read_page_header(source.read(LONG_PAGE_HEADER_SIZE))
+    except (OSError, InvalidSegment):
+        return archive
+    era = identity.era_of(page.system_identifier)
+    return archive if era is None else archive.era(era.era)
+
+
+def _held(eras: list[Era]) -> str:
+    held = str(eras[0].system_identifier) if len(eras) == 1 else \
+        ", ".join(f"{era.system_identifier} (era {era.era})" for era in eras)
+    return held + " (after a pg_upgrade, `pitrkit upgrade` records the new cluster)"

@@ -71,7 +71,7 @@ from pitrkit.progress import human_bytes
 from pitrkit.storage.archive import wal_key
 from pitrkit.storage.repositories import Repository, open_all
 from pitrkit.wal import timeline_follow
-from pitrkit.wal.push import pushed_to_every
+from pitrkit.wal.push import pushed_to_every, stored_era
 from pitrkit.wal.receiver_health import (
     LagClock,
     PrimaryError,
@@ -440,7 +440,8 @@ class Receiver:
             # after the segment is durable never leaves the archive without that WAL.
             for repository in holding:
                 try:
-                    repository.archive.delete(wal_key(WalFileName.parse(f"{file.name}.partial")))
+                    # In the era the segment went to (`pitrkit upgrade`).
+                    stored_era(repository.archive, path).delete(wal_key(WalFileName.parse(f"{file.name}.partial")))
                 except PitrkitError as exc:
                     events.emit(log, logging.WARNING, "partial-not-deleted", file=f"{file.name}.partial",
                                 error=str(exc))

@@ -122,6 +122,9 @@ def main(config_path: str) -> None:
                 if not repository.required and (spool.waiting(repository.settings)
                                                 or spool.behind_since(repository.settings) is not None):
                     continue  # catching up: indexed once it holds the WAL
+                # The newest era's: the cluster that runs now pushes there (`pitrkit upgrade`);
+                # a late push of an earlier era's cluster is indexed by `catalog rebuild`.
+                archive = archive.era(archive.identity().current_era.era)
                 wal = ArchivedWal(archive)
                 folders = set()
                 for name in names:

@@ -66,7 +66,7 @@ def test_a_real_archive_is_clean_and_each_damage_is_named(cluster, pitrkit_setup
     backup = archived_with_a_backup(cluster, setup)
     backup_id = backup["backup_id"]
     report = verify(setup)
-    assert report["backups"] == [{"backup_id": backup_id, "restorable": True}]
+    assert report["backups"] == [{"backup_id": backup_id, "restorable": True, "era": 1}]
     [timeline] = report["timelines"]
     assert timeline["checked_from"] == backup["first_segment"] and timeline["gaps"] == []
     deep = verify(setup, "--deep")

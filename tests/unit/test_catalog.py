@@ -315,7 +315,7 @@ def test_wal_list_json(capsys, config, store):
     files = json.loads(out)["files"]
     assert files[0] == {"name": name(1, 1), "timeline": 1, "start_lsn": str(lsn(1)), "end_lsn": str(lsn(2)),
                         "stored_size": 9, "stored_at": "2026-11-23T12:01:00Z", "backup": None, "state": "obsolete",
-                        "partial": False, "indexed": False, "first_commit": None, "last_commit": None}
+                        "partial": False, "indexed": False, "first_commit": None, "last_commit": None, "era": 1}
     assert [f["state"] for f in files[1:4]] == ["backup", "backup", "restorable"]
     code, out, _ = run(capsys, config, "wal-list")
     assert out.splitlines()[0].split()[:2] == ["NAME", "TL"] and len(out.splitlines()) == 21

@@ -658,7 +658,7 @@ def test_a_restore_interrupted_while_its_server_recovers_keeps_its_lease_for_the
     store = three_backups(tmp_path / "archive")
     config = cli_config(tmp_path, store)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(pgstart, "find_bindir", lambda configured, version: tmp_path)
+    monkeypatch.setattr(pgstart, "find_bindir", lambda postgres, version, chosen=None: tmp_path)
 
     def interrupted(*args):
         raise KeyboardInterrupt

@@ -109,9 +109,7 @@ def command(args: argparse.Namespace, config: Config, config_path: Path) -> str:
     bindir = pgstart.find_bindir(config.postgres, plan.backup.pg_version, args.bindir) if args.start else None
     port = pgstart.choose_port(args.port) if args.start else args.port
     check_wal_present(archive, plan)
-    # The agent reads ahead era 1's WAL only: a later era's wal-fetch (`--era N`) runs
-    # in-process (wal/agent_client.py hands it no request).
-    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0 and plan.era == 1
+    reading_ahead = bindir is not None and config.agent.enabled and config.agent.lookahead > 0
     if reading_ahead:
         # Recovery's first wal-fetch would otherwise find no agent, do its work
         # in-process and start one (see wal/agent_client.py): started now, the agent is
@@ -190,7 +188,7 @@ def read_ahead(config_path: Path, target_dir: Path, plan: RestorePlan, lookahead
     directory), then pg_wal."""
     directory = os.path.join(os.path.realpath(target_dir), "pg_wal")
     names = [name for name in plan.segments if not name.endswith(".partial")][:lookahead]
-    if names and agent_client.ask_agent(agent_client.prefetch_request(str(config_path), directory, names)):
+    if names and agent_client.ask_agent(agent_client.prefetch_request(str(config_path), directory, names, plan.era)):
         log.debug("the agent reads %s and %d more segments ahead into %s", names[0], len(names) - 1, directory)
 
 

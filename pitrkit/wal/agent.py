@@ -54,6 +54,8 @@ from pitrkit.wal.time_indexer import TimeIndexer, indexes_here
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 64 << 10
+# The `--NAME=VALUE` options each request may carry (wal/agent_client.py).
+_OPTIONS = {b"wal-fetch": ("until", "era"), b"wal-prefetch": ("era",)}
 # The most segments one wal-prefetch names (the look-ahead is at most 64, see config.py).
 _MAX_PREFETCH = 64
 _REQUEST_TIMEOUT = 10.0
@@ -246,9 +248,16 @@ class Agent:
         is sent; without `later`, it is scheduled before this returns."""
         if len(request) < 3 or request[0] != agent_client.PROTOCOL or request[1] != self.encoded_path:
             return b""
-        command, args = request[2], [os.fsdecode(arg) for arg in request[3:]]
-        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2), (b"wal-fetch", 3)) and not (
+        command = request[2]
+        split = _options([os.fsdecode(arg) for arg in request[3:]], _OPTIONS.get(command, ()))
+        if split is None:
+            return b""
+        args, named = split
+        if (command, len(args)) not in ((b"wal-push", 1), (b"wal-fetch", 2)) and not (
                 command == b"wal-prefetch" and 2 <= len(args) <= 1 + _MAX_PREFETCH):
+            return b""
+        era = named.get("era", "1")
+        if not era.isdigit() or int(era) < 1:
             return b""
         config = self._config()
         if config is not None and not config.agent.enabled:
@@ -259,8 +268,8 @@ class Agent:
             if command == b"wal-push":
                 return _push(serving, Path(args[0]), later)
             if command == b"wal-prefetch":
-                return _prefetch(serving, Path(args[0]), args[1:])
-            return _fetch(serving, args[0], Path(args[1]), later, args[2] if len(args) == 3 else None)
+                return _prefetch(serving, Path(args[0]), args[1:], int(era))
+            return _fetch(serving, args[0], Path(args[1]), later, named.get("until"), int(era))
 
         lines: list[str] = []
         self._request_log.lines.value = lines
@@ -270,6 +279,21 @@ class Agent:
             self._request_log.lines.value = None
         text = "".join(f"{line}\n" for line in [*lines, message] if line)
         return f"{code}\0{text}".encode()
+
+
+
+def _options(args: list[str], allowed: tuple[str, ...]) -> tuple[list[str], dict[str, str]] | None:
+    """A request's arguments split into the positional ones and its `--NAME=VALUE`
+    options (each of `allowed`, at most once); None if it has any other."""
+    positional = [arg for arg in args if not arg.startswith("--")]
+    found: dict[str, str] = {}
+    for arg in args:
+        if arg.startswith("--"):
+            name, separator, value = arg[2:].partition("=")
+            if name not in allowed or not separator or not value or name in found:
+                return None
+            found[name] = value
+    return positional, found
 
 
 _Later = list[Callable[[], None]]
@@ -335,21 +359,23 @@ def _still_stored(repositories: list[Repository], path: Path, pushed_into: dict[
 
 
 def _fetch(serving: _Serving, name: str, destination: Path, later: _Later | None = None,
-           until: str | None = None) -> str:
-    """`until`: the restore plan's last segment; nothing past it is served or read ahead."""
+           until: str | None = None, era: int = 1) -> str:
+    """`until`: the restore plan's last segment; nothing past it is served or read ahead.
+    `era`: the archive's era the WAL is of (wal-fetch --era)."""
     archive = serving.archive
     directory = destination.parent
     refuse_past(name, until)
-    spooled = _done_ahead(serving.fetches, (name, directory), None)
+    spooled = _done_ahead(serving.fetches, (name, directory, era), None)
     summary = restore_spooled(spooled, name, destination) if spooled is not None else None
     if summary is None:
-        summary = restore(read_from_first(serving.repositories, name), name, destination)
+        summary = restore(read_from_first(serving.repositories, name, era), name, destination)
 
     def read_ahead() -> None:
         segment_size = _segment_size(serving.repositories)
         if segment_size is None:
             return
-        _spool_ahead(serving, directory, segments_after(name, segment_size, archive.config.agent.lookahead, until))
+        _spool_ahead(serving, directory, segments_after(name, segment_size, archive.config.agent.lookahead, until),
+                     era)
 
     if archive.config.agent.lookahead:
         _then(later, f"reading ahead after {name}", read_ahead)
@@ -366,7 +392,7 @@ def _segment_size(repositories: list[Repository]) -> int | None:
     return None
 
 
-def _prefetch(serving: _Serving, directory: Path, names: list[str]) -> str:
+def _prefetch(serving: _Serving, directory: Path, names: list[str], era: int = 1) -> str:
     """`wal-prefetch DIRECTORY NAME...`, from `restore` before it starts the server: read
     the first segments recovery will ask for into the spool in `directory` (the restored
     pg_wal) while the server starts up, so that even the first wal-fetch is a rename.
@@ -376,7 +402,7 @@ def _prefetch(serving: _Serving, directory: Path, names: list[str]) -> str:
     segments = [name for name in names if _is_segment(name)][:lookahead]
     if not directory.is_absolute() or not segments:
         return "nothing to read ahead"
-    _spool_ahead(serving, directory, segments)
+    _spool_ahead(serving, directory, segments, era)
     return f"reading ahead {segments[0]} and {len(segments) - 1} more into {directory}"
 
 
@@ -387,13 +413,13 @@ def _is_segment(name: str) -> bool:
         return False
 
 
-def _spool_ahead(serving: _Serving, directory: Path, names: list[str]) -> None:
+def _spool_ahead(serving: _Serving, directory: Path, names: list[str], era: int) -> None:
     if directory not in serving.spool_directories:
         serving.spool_directories.add(directory)
         remove_stale_spool(directory)
     for upcoming in names:
-        job = functools.partial(spool, serving.repositories, upcoming, directory)
-        serving.fetches.schedule((upcoming, directory), None, job)
+        job = functools.partial(spool, serving.repositories, upcoming, directory, era)
+        serving.fetches.schedule((upcoming, directory, era), None, job)
 
 
 @contextmanager

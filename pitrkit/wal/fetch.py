@@ -153,13 +153,14 @@ def restore(fetched: Fetched, name: str, destination: Path) -> str:
     return f"restored {name}: {len(fetched.data)} bytes"
 
 
-def spool(repositories: Sequence[Repository], name: str, directory: Path) -> Path:
-    """Fetch `name` before it is asked for into a spool file in `directory`, from the
-    first repository that has it. Only the object itself, never a partial standing in
-    for it (see read_for_recovery)."""
-    path = directory / f"{SPOOL_PREFIX}{name}"
-    data = repositories[0].archive.read_wal(name) if len(repositories) == 1 else read_exact_from_first(
-        repositories, name)
+def spool(repositories: Sequence[Repository], name: str, directory: Path, era: int = 1) -> Path:
+    """Fetch `name` of era `era` before it is asked for into a spool file in `directory`,
+    from the first repository that has it. Only the object itself, never a partial
+    standing in for it (see read_for_recovery)."""
+    # A later era's named apart: two eras hold segments of one name.
+    path = directory / f"{SPOOL_PREFIX}{name}" if era == 1 else directory / f"{SPOOL_PREFIX}era{era}.{name}"
+    data = repositories[0].archive.era(era).read_wal(name) if len(repositories) == 1 else read_exact_from_first(
+        repositories, name, era)
     _write_atomically(path, data)
     return path
 

@@ -173,15 +173,25 @@ def test_a_fetch_until_the_plans_end_serves_nothing_past_it_nor_reads_it_ahead(a
         assert ask(agent, "wal-push", pg_wal / name) == (0, "")
     restored = tmp_path / "restored"
     restored.mkdir()
-    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG", SECOND) == (0, "")
+    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG", f"--until={SECOND}") == (0, "")
     settle(agent)
     assert spooled(restored) == [f"{SPOOL_PREFIX}{SECOND}"]  # look-ahead 2, stopped at SECOND
-    code, text = ask(agent, "wal-fetch", THIRD, restored / "RECOVERYXLOG", SECOND)
+    code, text = ask(agent, "wal-fetch", THIRD, restored / "RECOVERYXLOG", f"--until={SECOND}")
     assert code == 1 and f"past the restore plan's last segment {SECOND}" in text
     # The end itself and history files are served; a bad bound is a fault, never "not archived".
-    assert ask(agent, "wal-fetch", SECOND, restored / "RECOVERYXLOG", SECOND) == (0, "")
-    assert ask(agent, "wal-fetch", "00000002.history", restored / "HIST", SECOND)[0] == 1  # none archived
-    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG", "00000002.history")[0] == 126
-    # The client hands `--until` over to the agent as the request's third argument.
+    assert ask(agent, "wal-fetch", SECOND, restored / "RECOVERYXLOG", f"--until={SECOND}") == (0, "")
+    assert ask(agent, "wal-fetch", "00000002.history", restored / "HIST", f"--until={SECOND}")[0] == 1  # none archived
+    assert ask(agent, "wal-fetch", FIRST, restored / "RECOVERYXLOG", "--until=00000002.history")[0] == 126
+    # The client hands `--until` over to the agent as an option after the paths.
     request = agent_client.parse_request(["wal-fetch", THIRD, "x", "--until", SECOND])
-    assert request is not None and request[-1] == SECOND.encode()
+    assert request is not None and request[-1] == f"--until={SECOND}".encode()
+
+
+@pytest.mark.parametrize("options", [["--until"], ["--until="], ["--era=0"], ["--era=x"], ["--era=2", "--era=2"],
+                                     ["--bogus=1"], ["--until=A", "--until=B"]])
+def test_a_request_with_options_it_cannot_take_is_declined(agent, tmp_path, options):
+    # Declined (b""): the client then runs the command through the full parser, which says what is wrong.
+    assert agent._answer([agent_client.PROTOCOL, agent.encoded_path, b"wal-fetch", FIRST.encode(),
+                          os.fsencode(str(tmp_path / "x")), *(option.encode() for option in options)]) == b""
+    assert agent._answer([agent_client.PROTOCOL, agent.encoded_path, b"wal-push", os.fsencode(str(tmp_path / "x")),
+                          b"--era=1"]) == b""

@@ -6,6 +6,8 @@ pg_upgrade itself is tests/integration/test_upgrade.py."""
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +32,8 @@ from pitrkit.storage.archive import IDENTITY_KEY, Archive, TamperedDocument, era
 from pitrkit.storage.identity import ArchiveIdentity
 from pitrkit.storage.repositories import open_all
 from pitrkit.wal import agent_client
-from pitrkit.wal.fetch import fetch_from_first
+from pitrkit.wal.agent import Agent
+from pitrkit.wal.fetch import SPOOL_PREFIX, fetch_from_first
 from pitrkit.wal.push import push, push_to_every
 from tests.unit.segments import SEG_16MIB, SYSID, init_archive, segment
 from tests.unit.synthetic_archive import SyntheticArchive, lsn, name, stored_at
@@ -261,12 +264,52 @@ def test_wal_fetch_reads_the_era_it_is_told(tmp_path, capsys):
         fetch_from_first(repositories, name_16(5), tmp_path / "fetched", era=3)
 
 
-def test_a_later_era_s_wal_fetch_is_not_handed_to_the_agent():
+def test_a_later_era_s_wal_is_fetched_and_read_ahead_by_the_agent(tmp_path, monkeypatch):
+    # After an upgrade every restore is of era 2: its wal-fetch goes to the agent like
+    # era 1's, which reads era 2's segments ahead (and never era 1's of the same names).
+    monkeypatch.delenv("PITRKIT_CONFIG", raising=False)
+    config = tmp_path / "pitrkit.toml"
+    (tmp_path / "archive").mkdir()
+    config.write_text(f'[repository]\nurl = "file://{tmp_path / "archive"}"\nretries = 0\n[agent]\nlookahead = 2\n')
+    archive = Archive(load(config))
+    init_archive(archive)
+    upgrade.upgrade(archive, facts())
+    for number in (5, 6, 7):
+        push(archive, segment_file(tmp_path, number, SYSID))
+        push(archive, segment_file(tmp_path, number, NEW_SYSID))
+    served = Agent(config)
+    try:
+        restored = tmp_path / "restored"
+        restored.mkdir()
 
+        def ask(*argv: str) -> bytes:
+            request = agent_client.parse_request(["--config", str(config), *argv])
+            assert request is not None, argv
+            return served._answer(request)
 
-    assert agent_client.parse_request(["wal-fetch", "F", "P", "--until", "S"]) is not None
-    assert agent_client.parse_request(["wal-fetch", "F", "P", "--until", "S", "--era", "2"]) is None
-    assert agent_client.parse_request(["wal-fetch", "F", "P", "--era", "2"]) is None
+        assert ask("wal-fetch", name_16(5), str(restored / "RECOVERYXLOG"), "--until", name_16(7), "--era", "2") \
+            .startswith(b"0\0")
+        assert (restored / "RECOVERYXLOG").read_bytes() == segment(5, sysid=NEW_SYSID)
+        while served._serving.fetches.pending():
+            time.sleep(0.01)
+        assert sorted(path.name for path in restored.iterdir() if path.name.startswith(SPOOL_PREFIX)) == \
+            [f"{SPOOL_PREFIX}era2.{name_16(6)}", f"{SPOOL_PREFIX}era2.{name_16(7)}"]
+        assert ask("wal-fetch", name_16(6), str(restored / "RECOVERYXLOG"), "--era", "2").startswith(b"0\0")
+        assert (restored / "RECOVERYXLOG").read_bytes() == segment(6, sysid=NEW_SYSID)
+        # Era 1's segment of the same name is not what was read ahead for era 2.
+        assert ask("wal-fetch", name_16(7), str(restored / "RECOVERYXLOG")).startswith(b"0\0")
+        assert (restored / "RECOVERYXLOG").read_bytes() == segment(7)
+        # restore's first read ahead, before the server starts, names the era too.
+        again = tmp_path / "again"
+        again.mkdir()
+        assert served._answer(agent_client.prefetch_request(str(config), str(again), [name_16(5)], 2)) \
+            .startswith(b"0\0")
+        while served._serving.fetches.pending():
+            time.sleep(0.01)
+        assert (again / f"{SPOOL_PREFIX}era2.{name_16(5)}").read_bytes() == segment(5, sysid=NEW_SYSID)
+    finally:
+        served._close(wait=True)
+        logging.getLogger("pitrkit").removeHandler(served._request_log)
 
 
 def test_restore_command_names_an_era_after_the_first_only(tmp_path):

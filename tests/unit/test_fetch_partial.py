@@ -186,7 +186,7 @@ def test_the_agent_reads_ahead_past_a_partial_but_serves_it_when_asked(store, de
                        Ahead(1, "fetch", discard=fetch.remove_spooled), set())
     try:
         _fetch(serving, name(4), destination)
-        ahead = serving.fetches.take((name(5), destination.parent), None)
+        ahead = serving.fetches.take((name(5), destination.parent, 1), None)  # era 1
         assert ahead is not None
         with pytest.raises(NotInArchive):
             ahead.result()

@@ -218,12 +218,9 @@ class Archive:
         identity = self._root.identity(fresh=True)
         era = identity.era_of(system_identifier)
         if era is None:
-            eras = identity.all_eras
-            held = ", ".join(f"{each.system_identifier} (era {each.era})" for each in eras) if len(eras) > 1 else \
-                str(identity.system_identifier)
             raise RefusedError(f"the archive {self.storage.url} belongs to the cluster with system identifier "
-                               f"{held}, not to {system_identifier}: after a pg_upgrade, `pitrkit upgrade` records "
-                               "the new cluster")
+                               f"{identity.clusters}, not to {system_identifier}: after a pg_upgrade, `pitrkit "
+                               "upgrade` records the new cluster")
         return self.era(era.era)
 
     def current(self) -> Archive:

@@ -163,6 +163,15 @@ class ArchiveIdentity(msgspec.Struct, kw_only=True, frozen=True):
         return msgspec.structs.replace(self, system_identifier=era.system_identifier, pg_versions=[era.pg_version],
                                        eras=[])
 
+    @property
+    def clusters(self) -> str:
+        """The clusters it holds as messages name them: the system identifier, or with
+        several eras each with its era."""
+        eras = self.all_eras
+        if len(eras) == 1:
+            return str(eras[0].system_identifier)
+        return ", ".join(f"{era.system_identifier} (era {era.era})" for era in eras)
+
     def era_of(self, system_identifier: int) -> Era | None:
         """The era of the cluster with this system identifier; None for a cluster the
         archive has never held."""

@@ -331,7 +331,7 @@ def _validate(archive: Archive, file: WalFileName, data: bytes, origin: int | No
             raise RefusedError(
                 f"refusing {file.name}: it belongs to the cluster with system identifier "
                 f"{page.system_identifier}, but the archive {archive.storage.url} belongs to "
-                f"{_held(identity.all_eras)}"
+                f"{_held(identity)}"
             )
         era = found
         if page.segment_size != identity.wal_segment_size:
@@ -355,7 +355,7 @@ def _era_of_origin(identity: ArchiveIdentity, file: WalFileName, origin: int | N
     era = identity.era_of(origin)
     if era is None:
         raise RefusedError(f"refusing {file.name}: it comes from the data directory of the cluster with system "
-                           f"identifier {origin}, but the archive belongs to {_held(identity.all_eras)}")
+                           f"identifier {origin}, but the archive belongs to {_held(identity)}")
     return era
 
 
@@ -380,7 +380,5 @@ def stored_era(archive: Archive, path: Path) -> Archive:
     return archive if era is None else archive.era(era.era)
 
 
-def _held(eras: list[Era]) -> str:
-    held = str(eras[0].system_identifier) if len(eras) == 1 else \
-        ", ".join(f"{era.system_identifier} (era {era.era})" for era in eras)
-    return held + " (after a pg_upgrade, `pitrkit upgrade` records the new cluster)"
+def _held(identity: ArchiveIdentity) -> str:
+    return identity.clusters + " (after a pg_upgrade, `pitrkit upgrade` records the new cluster)"

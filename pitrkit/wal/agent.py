@@ -281,7 +281,6 @@ class Agent:
         return f"{code}\0{text}".encode()
 
 
-
 def _options(args: list[str], allowed: tuple[str, ...]) -> tuple[list[str], dict[str, str]] | None:
     """A request's arguments split into the positional ones and its `--NAME=VALUE`
     options (each of `allowed`, at most once); None if it has any other."""

@@ -39,31 +39,29 @@ def parse_request(argv: list[str]) -> list[bytes] | None:
     """The agent request for `[--config PATH] wal-push P` or `[--config PATH] wal-fetch F P
     [--until SEGMENT] [--era N]`; None for anything else (other commands, -v, unusual
     spellings), which then goes through the full argument parser in-process. wal-fetch's
-    options travel as `--until=SEGMENT` and `--era=N` after F and P (`options`)."""
+    options travel as `--until=SEGMENT` and `--era=N` after F and P."""
     config = os.environ.get("PITRKIT_CONFIG") or DEFAULT_CONFIG
     if len(argv) >= 2 and argv[0] == "--config":
         config, argv = argv[1], argv[2:]
     elif argv and argv[0].startswith("--config="):
         config, argv = argv[0].partition("=")[2], argv[1:]
-    options: list[str] = []
+    named: dict[str, str] = {}
     if argv and argv[0] == "wal-fetch":
         argv, rest = argv[:3], argv[3:]
-        while len(rest) >= 2 and rest[0] in ("--until", "--era") and not any(
-                option.startswith(rest[0] + "=") for option in options):
-            options.append(f"{rest[0]}={rest[1]}")
+        while len(rest) >= 2 and rest[0] in ("--until", "--era") and rest[0] not in named:
+            named[rest[0]] = rest[1]
             rest = rest[2:]
         if rest:
             return None
     if not argv or argv[0] not in HANDED_OVER or len(argv) != (2 if argv[0] == "wal-push" else 3):
         return None
-    if any(not arg or arg.startswith("-") for arg in argv[1:]) or any(option.endswith("=") or "=-" in option
-                                                                       for option in options):
+    if any(not arg or arg.startswith("-") for arg in [*argv[1:], *named.values()]):
         return None
     command, *args = argv
     if command == "wal-push":
         args = [os.path.abspath(args[0])]
     else:
-        args = [args[0], os.path.abspath(args[1]), *options]
+        args = [args[0], os.path.abspath(args[1]), *(f"{name}={value}" for name, value in named.items())]
     return [PROTOCOL, os.fsencode(os.path.abspath(config)), command.encode(), *map(os.fsencode, args)]
 
 

@@ -48,11 +48,7 @@ from pitrkit.storage import objects
 from pitrkit.storage.archive import Archive
 
 _RUN = struct.Struct("<IIII")
-# The same records as numpy sees them (`_check_records_vectored`).
-_RUN_DTYPE = [("first", "<u4"), ("length", "<u4"), ("source", "<u4"), ("start", "<u4")]
 _SUPER_BLOCK = struct.Struct("<IQIII32s")
-_SUPER_BLOCK_DTYPE = [("part", "<u4"), ("offset", "<u8"), ("length", "<u4"), ("first", "<u4"), ("pages", "<u4"),
-                      ("digest", "S32")]
 # Pages per super-block: the unit of compression, encryption and fetching. Small enough
 # that a chain restore fetches few pages it does not need (a super-block is fetched
 # whole when any of its pages is the newest), large enough that zstd keeps its ratio
@@ -116,10 +112,29 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
                              f"of checksums, not {CHECKSUM_SIZE} per block")
         if len(self.runs) % _RUN.size or len(self.super_blocks) % _SUPER_BLOCK.size:
             raise ValueError(f"{self.path}: a block map whose records are cut short")
-        if len(self.runs) // _RUN.size + len(self.super_blocks) // _SUPER_BLOCK.size > _VECTORED:
-            _check_records_vectored(self)
-        else:
-            _check_records(self)
+        # One pass over each kind of record, fields unpacked in place (a map of a 1 GiB
+        # segment whose blocks alternate between backups has over 100,000 runs).
+        position = 0
+        for part, offset, length, first, pages, _ in _SUPER_BLOCK.iter_unpack(self.super_blocks):
+            if first != position or not 0 < pages <= BLOCKS_PER_SEGMENT \
+                    or not 0 < length <= 2 * MAX_PART_SIZE or offset > 2 * MAX_PART_SIZE:
+                raise ValueError(f"{self.path}: super-block {(part, offset, length, first, pages)} does not follow "
+                                 f"position {position}")
+            position += pages
+        own, sources, copied = self.sources - 1, self.sources, not self.super_blocks
+        end = 0
+        for first, length, source, start in _RUN.iter_unpack(self.runs):
+            if first != end or length <= 0 or source >= sources or start + length > BLOCKS_PER_SEGMENT:
+                raise ValueError(f"{self.path}: block map run {(first, length, source, start)} does not follow "
+                                 f"block {end}")
+            # No super-blocks: the map of a file this backup copied whole into its
+            # stream, where its own blocks' positions are their block numbers.
+            if source == own and (start != first if copied else start + length > position):
+                raise ValueError(f"{self.path}: block map run {(first, length, source, start)} points past the "
+                                 f"{position} blocks this backup stored")
+            end += length
+        if end != self.blocks:
+            raise ValueError(f"{self.path}: block map runs end at block {end}, the file has {self.blocks}")
 
     def iter_runs(self) -> Iterator[Run]:
         return (Run(*fields) for fields in _RUN.iter_unpack(self.runs))
@@ -130,75 +145,6 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
     @property
     def stored_blocks(self) -> int:
         return sum(fields[4] for fields in _SUPER_BLOCK.iter_unpack(self.super_blocks))
-
-
-# Records of a map checked by numpy past this many (a map of a 1 GiB segment whose
-# blocks alternate between backups has over 100,000 runs: checked one by one, the maps
-# of a chain of 7 at pgbench scale 150 took 0.6 s of a restore's planning; numpy's
-# calls cost more than a short map's loop). Both ways check the same rules, and
-# tests/unit/test_blockmap.py holds them to the same verdicts.
-_VECTORED = 64
-
-
-def _check_records(file_map: FileMap) -> None:
-    """The super-blocks follow each other from position 0, each inside the bounds of a
-    part; the runs tile the file from block 0, each from a source of the chain, and a
-    run of this backup's own blocks points only at blocks it stored."""
-    position = 0
-    for part, offset, length, first, pages, _ in _SUPER_BLOCK.iter_unpack(file_map.super_blocks):
-        if first != position or not 0 < pages <= BLOCKS_PER_SEGMENT \
-                or not 0 < length <= 2 * MAX_PART_SIZE or offset > 2 * MAX_PART_SIZE:
-            raise ValueError(f"{file_map.path}: super-block {(part, offset, length, first, pages)} does not follow "
-                             f"position {position}")
-        position += pages
-    own, sources, copied = file_map.sources - 1, file_map.sources, not file_map.super_blocks
-    end = 0
-    for first, length, source, start in _RUN.iter_unpack(file_map.runs):
-        if first != end or length <= 0 or source >= sources or start + length > BLOCKS_PER_SEGMENT:
-            raise ValueError(f"{file_map.path}: block map run {(first, length, source, start)} does not follow "
-                             f"block {end}")
-        # No super-blocks: the map of a file this backup copied whole into its
-        # stream, where its own blocks' positions are their block numbers.
-        if source == own and (start != first if copied else start + length > position):
-            raise ValueError(f"{file_map.path}: block map run {(first, length, source, start)} points past the "
-                             f"{position} blocks this backup stored")
-        end += length
-    if end != file_map.blocks:
-        raise ValueError(f"{file_map.path}: block map runs end at block {end}, the file has {file_map.blocks}")
-
-
-def _check_records_vectored(file_map: FileMap) -> None:
-    """`_check_records` over whole arrays; the first record that fails is reported as
-    the loop would."""
-    import numpy as np  # only when a long map is decoded: wal-push and wal-fetch never load numpy
-
-    blocks = np.frombuffer(file_map.super_blocks, _SUPER_BLOCK_DTYPE)
-    pages = blocks["pages"].astype(np.int64)
-    follows = np.concatenate(([0], np.cumsum(pages)))  # where each super-block must start; the end last
-    bad = (blocks["first"] != follows[:-1]) | (pages <= 0) | (pages > BLOCKS_PER_SEGMENT) \
-        | (blocks["length"] == 0) | (blocks["length"] > 2 * MAX_PART_SIZE) | (blocks["offset"] > 2 * MAX_PART_SIZE)
-    if bad.any():
-        number = int(bad.argmax())
-        fields = tuple(int(blocks[name][number]) for name in ("part", "offset", "length", "first", "pages"))
-        raise ValueError(f"{file_map.path}: super-block {fields} does not follow position {int(follows[number])}")
-    position = int(follows[-1])
-    runs = np.frombuffer(file_map.runs, _RUN_DTYPE)
-    first, source = runs["first"].astype(np.int64), runs["source"].astype(np.int64)
-    length, start = runs["length"].astype(np.int64), runs["start"].astype(np.int64)
-    ends = np.concatenate(([0], np.cumsum(length)))
-    bad = (first != ends[:-1]) | (length <= 0) | (source >= file_map.sources) | (start + length > BLOCKS_PER_SEGMENT)
-    own = source == file_map.sources - 1
-    past = own & ((start != first) if not file_map.super_blocks else (start + length > position))
-    if (bad | past).any():
-        number = int((bad | past).argmax())
-        record = (int(first[number]), int(length[number]), int(source[number]), int(start[number]))
-        if bad[number]:
-            raise ValueError(f"{file_map.path}: block map run {record} does not follow block {int(ends[number])}")
-        raise ValueError(f"{file_map.path}: block map run {record} points past the {position} blocks this backup "
-                         "stored")
-    if int(ends[-1]) != file_map.blocks:
-        raise ValueError(f"{file_map.path}: block map runs end at block {int(ends[-1])}, the file has "
-                         f"{file_map.blocks}")
 
 
 class BlockMapDocument(msgspec.Struct, kw_only=True, frozen=True):

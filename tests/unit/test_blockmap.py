@@ -72,37 +72,6 @@ def test_a_map_that_does_not_describe_its_file_is_refused(runs, super_blocks, wh
         blockmap.decode_block_map(stored(runs, super_blocks))
 
 
-def _verdict(check, made: FileMap) -> str:
-    try:
-        check(made)
-    except ValueError as exc:
-        return str(exc)
-    return "ok"
-
-
-_small = st.integers(0, 12)
-
-
-@given(runs=st.lists(st.tuples(_small, st.integers(0, 4), st.integers(0, 3), _small), max_size=12),
-       super_blocks=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([9, 9, 9, 9, 0, 2**31 + 1]),
-                                       st.sampled_from([10, 10, 10, 10, 0, 2**31 + 1]), _small,
-                                       st.sampled_from([1, 2, 4, 8, 0])), max_size=4),
-       stepwise=st.booleans(), blocks=st.integers(0, 20))
-def test_long_maps_are_checked_by_numpy_with_the_loops_verdicts(runs, super_blocks, stepwise, blocks):
-    # Mostly well-formed records (`stepwise`: each run and super-block where the last
-    # one ended), so that both accepting and every kind of refusal are reached.
-    if stepwise:
-        runs = [(sum(length for _, length, _, _ in runs[:n]), *run[1:]) for n, run in enumerate(runs)]
-        super_blocks = [(*block[:3], sum(pages for *_, pages in super_blocks[:n]), block[4])
-                        for n, block in enumerate(super_blocks)]
-        blocks = sum(length for _, length, _, _ in runs) if blocks % 2 else blocks
-    made = FileMap("base/5/16384", 0, 3, b"", b"", b"")  # then made what storage could hold
-    for name, value in (("blocks", blocks), ("runs", blockmap.pack_runs(runs)),
-                        ("super_blocks", b"".join(blockmap._SUPER_BLOCK.pack(*block, SHA) for block in super_blocks))):
-        msgspec.structs.force_setattr(made, name, value)
-    assert _verdict(blockmap._check_records_vectored, made) == _verdict(blockmap._check_records, made)
-
-
 def test_runs_must_end_at_the_files_length():
     with pytest.raises(msgspec.ValidationError, match="the file has 3"):
         blockmap.decode_block_map(stored([Run(0, 2, 0, 0)], blocks=3))

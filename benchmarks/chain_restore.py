@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pitrkit import config as configuration
 from pitrkit.catalog.documents import BackupManifest
-from pitrkit.restore import chain, engine, unpack
+from pitrkit.restore import chain, chain_writes, engine, unpack
 from pitrkit.storage.archive import Archive
 
 
@@ -47,12 +47,15 @@ def restore(archive: Archive, backup_id: str, incremental: bool, workers: int,
     """(CPU s, of it planning, wall s) of one restore of `backup_id`."""
     manifest = archive.get_document(f"backups/{backup_id}/manifest.json", BackupManifest)
     target = Path(tempfile.mkdtemp(prefix="chain-restore-", dir=near)) / "data"
+    # The last restore's pages written out first: its writeback would otherwise be paid
+    # by this one's fsyncs.
+    os.sync()
     started, wall = cpu_seconds(), time.monotonic()
     try:
         if incremental:
             plan = chain.plan_chain(archive, [*engine.fetch_chain(archive, manifest), manifest], workers)
             planned = cpu_seconds()
-            chain.unpack_chain(plan, target, [], workers, lambda _: None)
+            chain_writes.unpack_chain(plan, target, [], workers, lambda _: None)
         else:
             planned = cpu_seconds()
             unpack.unpack(archive, manifest, target, [], workers, lambda _: None)

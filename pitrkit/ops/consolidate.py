@@ -64,7 +64,7 @@ from pitrkit.config import Config
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.hookspecs import Cipher, Compressor, ObjectExists, ObjectNotFound, ServerSideCopy
 from pitrkit.progress import Progress, human_bytes
-from pitrkit.restore import chain, unpack
+from pitrkit.restore import chain, chain_writes, unpack
 from pitrkit.restore.chain import BlockRead, ChainPlan, StreamRead
 from pitrkit.restore.engine import fetch_chain, fetch_manifest
 from pitrkit.storage import codec, objects
@@ -258,7 +258,7 @@ class _Streamer:
         if len(data) != read.length:
             raise RefusedError(f"block part {read.key} ends before byte {read.offset + read.length}, where a block "
                                "map says it holds super-blocks")
-        return [chain.super_block(self.archive, read.key, block, data[block.offset - read.offset:
+        return [chain_writes.super_block(self.archive, read.key, block, data[block.offset - read.offset:
                                                                          block.offset - read.offset + block.length])
                 for block, _ in read.blocks]
 

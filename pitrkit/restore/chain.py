@@ -1,6 +1,6 @@
 """Restoring an incremental backup from its chain: where every byte of the target's
-files comes from (`plan_chain`), then writing them (`unpack_chain`), each block fetched
-and written exactly once whatever the chain's length.
+files comes from (`plan_chain`), each block fetched and written exactly once whatever
+the chain's length. restore/chain_writes.py writes the plan.
 
 What is written is the target's file list and nothing else (a file only older backups
 have was removed since): its stream files whole from its own stream, as a full backup is
@@ -40,25 +40,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.blockmap import (
-    FileMap,
-    SuperBlock,
-    SuperBlockIndex,
-    digest_text,
-    read_block_map,
-    recorded_digest,
-    unpack_runs,
-)
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, SuperBlockIndex, read_block_map, unpack_runs
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
 from pitrkit.errors import RefusedError
-from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.progress import human_bytes
-from pitrkit.restore import checked, unpack
-from pitrkit.restore.unpack import CorruptManifest, FileWriter, Slice
-from pitrkit.storage import objects
+from pitrkit.restore import unpack
+from pitrkit.restore.unpack import CorruptManifest, Slice
 from pitrkit.storage.archive import Archive
 
 # Super-blocks of one block part are read together when at most this many bytes of
@@ -66,9 +55,6 @@ from pitrkit.storage.archive import Archive
 # this many bytes per read: what one worker holds in memory.
 _READ_GAP = 256 << 10
 _READ_SIZE = 8 << 20
-# Decoded super-blocks of one read are written together, up to this many bytes of them:
-# a file's pages from neighbouring super-blocks go out in one pwritev(2).
-_WRITE_SIZE = 1 << 20
 
 
 class StreamRead(NamedTuple):
@@ -96,7 +82,6 @@ class ChainPlan(NamedTuple):
     files: list[BackupFile | BlockFile]  # what is written: the target's stream files, then its block-mapped ones
     stream_reads: list[StreamRead]
     block_reads: list[BlockRead]
-    pieces: list[int]  # writes per file
     # The target's block checksums (its maps', packed) of every relation file, by path:
     # what the written files are checked against (restore/checked.py).
     block_checksums: dict[str, bytes]
@@ -240,10 +225,8 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                     in enumerate(unpack.slices_by_part(target.manifest.files, target.manifest.parts)) if slices]
     for index, source in enumerate(sources[:-1]):
         stream_reads += _stream_reads(index, source)
-    block_reads = _coalesced(reads, sources)
-    pieces = unpack.count_pieces(len(files), [read.slices for read in stream_reads]
-                                 + [slices for read in block_reads for _, slices in read.blocks])
-    return ChainPlan(archive, manifests, files, stream_reads, block_reads, pieces, block_checksums)
+    block_reads = coalesced(reads, manifests)
+    return ChainPlan(archive, manifests, files, stream_reads, block_reads, block_checksums)
 
 
 def _check_chain(manifests: list[BackupManifest]) -> None:
@@ -355,13 +338,14 @@ def _most_stored(pages: int) -> int:
     return 2 * pages * BLOCK_SIZE + (64 << 10)
 
 
-def _coalesced(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]],
-               sources: list[_Source]) -> list[BlockRead]:
-    """The wanted super-blocks as ranged reads: by block part and offset, neighbours
-    (at most `_READ_GAP` apart) in one read of at most `_READ_SIZE` bytes."""
+def coalesced(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]],
+              manifests: list[BackupManifest]) -> list[BlockRead]:
+    """Super-blocks, by (source, block part, offset), as ranged reads: by block part and
+    offset, neighbours (at most `_READ_GAP` apart) in one read of at most `_READ_SIZE`
+    bytes."""
     result: list[BlockRead] = []
     for (index, part, _), (block, slices) in sorted(reads.items(), key=lambda item: item[0]):
-        key = sources[index].manifest.block_parts[part].key
+        key = manifests[index].block_parts[part].key
         end = block.offset + block.length
         if result and result[-1].key == key and 0 <= block.offset - (result[-1].offset + result[-1].length) \
                 <= _READ_GAP and end - result[-1].offset <= _READ_SIZE:
@@ -370,6 +354,27 @@ def _coalesced(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]]
             result[-1] = last._replace(length=end - last.offset)
         else:
             result.append(BlockRead(index, key, block.offset, block.length, [(block, slices)]))
+    return result
+
+
+def narrowed_reads(reads: list[BlockRead], keep: Callable[[int, SuperBlock, list[Slice]], list[Slice]]
+                   ) -> list[BlockRead]:
+    """`reads` with each super-block's slices cut to those `keep(source, super_block,
+    slices)` returns: a super-block left with none is not read, and a read is cut where
+    one lay (no byte of it is read)."""
+    result: list[BlockRead] = []
+    for read in reads:
+        runs: list[list[tuple[SuperBlock, list[Slice]]]] = [[]]
+        for block, slices in read.blocks:
+            if kept := keep(read.source, block, slices):
+                runs[-1].append((block, kept))
+            elif runs[-1]:
+                runs.append([])
+        for run in runs:
+            if run:
+                first, last = run[0][0], run[-1][0]
+                result.append(BlockRead(read.source, read.key, first.offset, last.offset + last.length - first.offset,
+                                        run))
     return result
 
 
@@ -408,74 +413,3 @@ def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
                 by_part[part].append(Slice(file, first * BLOCK_SIZE + low - start,
                                            piece.part_offset + low - piece.file_offset, high - low))
     return [StreamRead(index, source.manifest.parts[part], by_part[part]) for part in sorted(by_part)]
-
-
-# --- the writing --------------------------------------------------------------------------------
-
-
-def unpack_chain(plan: ChainPlan, root: Path, tablespaces: list[unpack.TablespaceTarget], workers: int,
-                 advance: Callable[[int], None]) -> None:
-    """Write the target backup into `root` (absent or empty; its parent exists) and the
-    tablespace locations, as `unpack.unpack` writes a full one; return once all of it is
-    durable. `advance(n)` is called with the bytes of files written."""
-    target = plan.target
-    modes = unpack.Modes.of(target)
-    touched = unpack.make_directories(root, target, tablespaces, modes)
-    writer = FileWriter(root, plan.files, plan.pieces, modes)
-    unpack.write_files(writer, read_tasks(plan, writer, advance), workers)
-    checked.check_directory(root, target, plan.files, plan.block_checksums, workers)
-    unpack.finish_directory(root, target, tablespaces, touched)
-
-
-def read_tasks(plan: ChainPlan, writer: FileWriter, advance: Callable[[int], None]) -> list[Callable[[], None]]:
-    """The plan's reads as tasks for `unpack.write_files`, each fetching one object (or
-    range) and writing its slices with `writer` (restore/delta.py runs a plan it
-    filtered)."""
-    archive = plan.archive
-
-    def from_stream(read: StreamRead) -> Callable[[], None]:
-        def task() -> None:
-            writer.write_slices(read.slices, unpack.read_part_here(archive, read.part))
-            advance(sum(piece.length for piece in read.slices))
-        return task
-
-    def from_blocks(read: BlockRead) -> Callable[[], None]:
-        def task() -> None:
-            try:
-                data = archive.get_range(read.key, read.offset, read.length)
-            except ObjectNotFound:
-                raise RefusedError(f"block part {read.key} is missing from the archive") from None
-            if len(data) != read.length:
-                raise RefusedError(f"block part {read.key} ends before byte {read.offset + read.length}, "
-                                   "where a block map says it holds super-blocks")
-            pieces: list[tuple[int, int, memoryview]] = []
-            decoded = 0
-            for number, (block, slices) in enumerate(read.blocks):
-                start = block.offset - read.offset
-                pages = memoryview(super_block(archive, read.key, block, data[start : start + block.length]))
-                pieces += [(piece.file, piece.file_offset, pages[piece.part_offset : piece.part_offset + piece.length])
-                           for piece in slices]
-                decoded += len(pages)
-                if decoded >= _WRITE_SIZE or number == len(read.blocks) - 1:
-                    writer.write_pieces(pieces)
-                    advance(sum(len(piece[2]) for piece in pieces))
-                    pieces, decoded = [], 0
-        return task
-
-    return [*map(from_stream, plan.stream_reads), *map(from_blocks, plan.block_reads)]
-
-
-def super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:
-    """The verified pages of one super-block: its object's own checks, then the map's
-    record of it (its digest binds these pages: another valid super-block in its place
-    is refused; the size is checked before anything is decompressed)."""
-    where = f"the super-block at offset {block.offset} of {key}"
-    try:
-        header, _ = objects.read_header(key, blob)
-        if recorded_digest(header) != block.digest or header.size != block.pages * BLOCK_SIZE:
-            raise RefusedError(f"{where} is not the one the block map records ({header.size} bytes, "
-                               f"{digest_text(recorded_digest(header))}, the map says {block.pages} pages, "
-                               f"{digest_text(block.digest)})")
-        return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
-    except objects.CorruptObject as exc:
-        raise RefusedError(f"{where}: {exc.why}") from None

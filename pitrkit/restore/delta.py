@@ -50,7 +50,6 @@ import msgspec
 
 from pitrkit import durable
 from pitrkit.catalog import checksums
-from pitrkit.catalog.blockmap import SuperBlock
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
     CHECKSUMMED_FORMAT_VERSION,
@@ -61,7 +60,7 @@ from pitrkit.catalog.documents import (
 )
 from pitrkit.errors import PitrkitError, RefusedError
 from pitrkit.progress import human_bytes
-from pitrkit.restore import chain, checked, unpack
+from pitrkit.restore import chain, chain_writes, checked, unpack
 from pitrkit.restore.unpack import CorruptManifest, FileWriter, Slice, TablespaceTarget
 from pitrkit.storage.archive import Archive
 
@@ -167,8 +166,7 @@ def restore(archive: Archive, manifest: BackupManifest, links: chain.ChainPlan |
         fetched, restore_reads = _fetch_parts(archive, manifest, root, files, wanted, modes, workers, advance)
     else:
         narrowed = narrow_chain(links, files, wanted)
-        writer = FileWriter(root, files, narrowed.pieces, modes, existing=True)
-        unpack.write_files(writer, chain.read_tasks(narrowed, writer, advance), workers)
+        chain_writes.write(narrowed, root, modes, workers, advance, existing=True)
         fetched, restore_reads = _chain_reads(narrowed), _chain_reads(links)
 
     checked.check_directory(root, manifest, [file for index, file in enumerate(files) if index != control],
@@ -426,22 +424,8 @@ def narrow_chain(plan: chain.ChainPlan, files: list[BackupFile | BlockFile], wan
     it is read)."""
     stream_reads = [read._replace(slices=kept) for read in plan.stream_reads
                     if (kept := wanted_slices(read.slices, wanted))]
-    block_reads: list[chain.BlockRead] = []
-    for read in plan.block_reads:
-        runs: list[list[tuple[SuperBlock, list[Slice]]]] = [[]]
-        for block, slices in read.blocks:
-            if kept := wanted_slices(slices, wanted):
-                runs[-1].append((block, kept))
-            elif runs[-1]:
-                runs.append([])
-        for run in runs:
-            if run:
-                first, last = run[0][0], run[-1][0]
-                block_reads.append(chain.BlockRead(read.source, read.key, first.offset,
-                                                   last.offset + last.length - first.offset, run))
-    pieces = unpack.count_pieces(len(files), [read.slices for read in stream_reads]
-                                 + [slices for read in block_reads for _, slices in read.blocks])
-    return plan._replace(files=files, stream_reads=stream_reads, block_reads=block_reads, pieces=pieces)
+    block_reads = chain.narrowed_reads(plan.block_reads, lambda _, __, slices: wanted_slices(slices, wanted))
+    return plan._replace(files=files, stream_reads=stream_reads, block_reads=block_reads)
 
 
 def _chain_reads(plan: chain.ChainPlan) -> int:

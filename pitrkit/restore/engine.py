@@ -47,7 +47,7 @@ from pitrkit.errors import PitrkitError, RefusedError, UsageError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.postgres.wal import Lsn, WalFileKind, WalFileName
 from pitrkit.progress import Progress, human_bytes, human_seconds, show_time
-from pitrkit.restore import chain, delta, pgconf, pgstart, recovery_conf, server_config, unpack
+from pitrkit.restore import chain, chain_writes, delta, pgconf, pgstart, recovery_conf, server_config, unpack
 from pitrkit.restore.plan import RestorePlan, describe, latest_warning, plan_eras, planned_in, server_choice
 from pitrkit.restore.targets import target_from_args, timeline_from_args
 from pitrkit.storage.archive import BACKUP_CATALOG_KEY, Archive, ArchiveUnavailable, manifest_key, wal_key
@@ -247,7 +247,7 @@ def write_data_directory(archive: Archive, manifest: BackupManifest, links: chai
             elif links is None:
                 unpack.unpack(archive, manifest, target_dir, tablespaces, workers, progress.advance)
             else:
-                chain.unpack_chain(links, target_dir, tablespaces, workers, progress.advance)
+                chain_writes.unpack_chain(links, target_dir, tablespaces, workers, progress.advance)
     except PitrkitError as exc:
         held.release()  # nothing will replay from an incomplete directory
         raise RestoreIncomplete(exc, target_dir, existing) from None

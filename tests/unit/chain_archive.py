@@ -47,6 +47,22 @@ MAPS_PER_OBJECT = 2
 Tamper = Callable[[str, list[int], list[int]], None]
 
 
+# Windows of a few blocks (restore/chain_writes.py) for `small_windows`: the test
+# chains' files of 10 blocks or more are written window by window, cut at byte offsets
+# inside parts' slices, super-blocks and runs.
+WINDOWED_FILE = 10 * BLOCK_SIZE
+WINDOW = 3 * BLOCK_SIZE + 100
+MOST_WINDOW = 5 * BLOCK_SIZE
+
+
+def small_windows(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from pitrkit.restore import chain_writes
+
+    monkeypatch.setattr(chain_writes, "_WINDOWED_FILE", WINDOWED_FILE)
+    monkeypatch.setattr(chain_writes, "_WINDOW", WINDOW)
+    monkeypatch.setattr(chain_writes, "_MOST", MOST_WINDOW)
+
+
 def page(tag: str, number: int) -> bytes:
     """A distinct 8 KiB page."""
     seed = hashlib.sha256(f"{tag}:{number}".encode()).digest()

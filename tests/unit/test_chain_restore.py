@@ -14,19 +14,27 @@ import pytest
 
 from pitrkit.backup.incremental import SuperBlockStore
 from pitrkit.catalog.blockmap import SuperBlock, recorded_digest
-from pitrkit.catalog.documents import BLOCK_SIZE, BackupManifest
+from pitrkit.catalog.documents import BLOCK_SIZE, BackupManifest, BlockFile
 from pitrkit.catalog.maintenance import rebuild
 from pitrkit.cli import main
 from pitrkit.config import EncryptionConfig
 from pitrkit.errors import RefusedError
 from pitrkit.ops import verify
 from pitrkit.progress import human_bytes
-from pitrkit.restore import chain, engine, unpack
+from pitrkit.restore import chain, chain_writes, engine, unpack
 from pitrkit.storage import keys, objects
 from pitrkit.storage.archive import manifest_key
 from pitrkit.storage.plugins.compression import NoCompression
 from pitrkit.wal.push import push
-from tests.unit.chain_archive import ChainBuilder, CountingArchive, page, pages
+from tests.unit.chain_archive import (
+    MOST_WINDOW,
+    WINDOWED_FILE,
+    ChainBuilder,
+    CountingArchive,
+    page,
+    pages,
+    small_windows,
+)
 from tests.unit.segments import segment
 
 
@@ -100,7 +108,7 @@ def restore(builder: ChainBuilder, root: Path, manifests: list[BackupManifest] |
             workers: int = 3) -> tuple[chain.ChainPlan, int]:
     plan = chain.plan_chain(builder.archive, manifests or builder.manifests, workers)
     written: list[int] = []
-    chain.unpack_chain(plan, root, [], workers, written.append)
+    chain_writes.unpack_chain(plan, root, [], workers, written.append)
     return plan, sum(written)
 
 
@@ -175,6 +183,38 @@ def test_each_link_restores_its_own_state(tmp_path):
         root = tmp_path / f"restored-{number}"
         restore(builder, root, builder.manifests[:number + 1], workers=1 + number % 3)
         assert restored_files(root) == expected(builder, states, number)
+
+
+def test_large_files_are_written_window_by_window_exactly(tmp_path, monkeypatch):
+    small_windows(monkeypatch)
+    builder = ChainBuilder(tmp_path / "archive")
+    states = build(builder)
+    for number in range(1, len(states)):
+        root = tmp_path / f"restored-{number}"
+        plan, written = restore(builder, root, builder.manifests[:number + 1], workers=1 + number % 3)
+        assert restored_files(root) == expected(builder, states, number)
+        assert written == plan.written
+
+    work = chain_writes.schedule(plan)
+    windowed = {index for index, file in enumerate(plan.files)
+                if isinstance(file, BlockFile) and file.size >= WINDOWED_FILE}
+    assert {plan.files[index].path for index in windowed} == {"base/5/100", "base/5/600"}  # 12 and 45 blocks
+    assert {window.file for window in work.windows} == windowed
+    # The other reads hold none of their slices; their windows tile them, each written
+    # in one piece, none longer than the most a window may be.
+    rest = {piece.file for read in work.stream_reads for piece in read.slices} \
+        | {piece.file for read in work.block_reads for _, slices in read.blocks for piece in slices}
+    assert rest and not rest & windowed
+    for index in windowed:
+        spans = sorted((window.start, window.end) for window in work.windows if window.file == index)
+        assert spans[0][0] == 0 and spans[-1][1] == plan.files[index].size
+        assert all(end == start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+        assert all(end - start <= MOST_WINDOW for start, end in spans)
+        assert work.pieces[index] == len(spans)
+    assert all(window.whole for window in work.windows)
+    # Cut inside slices: pieces of one slice of the plan end up in two windows.
+    assert any(piece.file_offset % BLOCK_SIZE for window in work.windows
+               for read in window.block_reads for _, slices in read.blocks for piece in slices)
 
 
 def test_an_encrypted_chain_restores_exactly(tmp_path):
@@ -356,7 +396,7 @@ def test_backup_push_stores_super_blocks_with_xxh3_unless_encrypted(tmp_path, en
     header, _ = objects.read_header(part.key, blob)
     assert header.digest.startswith(objects.SHA256 if encrypted else objects.XXH3_128)
     assert stored == [SuperBlock(0, 0, len(blob), 0, 8, recorded_digest(header))]
-    assert chain.super_block(builder.archive, part.key, stored[0], blob) == pages("s", 8)
+    assert chain_writes.super_block(builder.archive, part.key, stored[0], blob) == pages("s", 8)
 
 
 def test_a_chain_begun_with_sha256_super_blocks_restores_with_xxh3_ones_after_it(tmp_path):

@@ -22,7 +22,7 @@ from pitrkit.ops.init import ClusterFacts, initialise_all
 from pitrkit.ops.repo_sync import SyncReport, pairs
 from pitrkit.ops.repo_sync import sync as run_sync
 from pitrkit.postgres.wal import Lsn, WalFileName
-from pitrkit.restore import chain
+from pitrkit.restore import chain, chain_writes
 from pitrkit.restore.plan import PlanRefused, describe, make_plan, planned_in
 from pitrkit.restore.targets import Target
 from pitrkit.storage import keys, objects
@@ -70,7 +70,7 @@ def source(tmp_path: Path, encryption: EncryptionConfig | None = None) -> tuple[
 def restored_from(target: Archive, builder: ChainBuilder, root: Path) -> dict[str, bytes]:
     manifests = [target.get_document(manifest_key(each.backup_id), BackupManifest) for each in builder.manifests]
     plan = chain.plan_chain(target, manifests, 2)
-    chain.unpack_chain(plan, root, [], 2, lambda _: None)
+    chain_writes.unpack_chain(plan, root, [], 2, lambda _: None)
     return restored_files(root)
 
 

@@ -30,6 +30,7 @@ cluster with group access): no setuid, setgid, sticky or world bit survives.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 import threading
@@ -713,9 +714,26 @@ def unpack(archive: Archive, manifest: BackupManifest, root: Path, tablespaces: 
             advance(part.size)
         return task
 
-    write_files(writer, (restore(number, part) for number, part in enumerate(manifest.parts)), workers)
+    write_files(writer, (restore(number, manifest.parts[number]) for number in in_turns(slices)), workers)
     checked.check_directory(root, manifest, manifest.files, block_checksums, workers)
     finish_directory(root, manifest, tablespaces, touched)
+
+
+def in_turns(slices: list[list[Slice]]) -> list[int]:
+    """The parts' numbers in the order to write them: the parts of a file (the one each
+    part gives most bytes to) in turn with other files', the first of each, then the
+    second... Workers writing into one file take turns at its inode's lock, and Linux
+    spins on it: a tenth of a full restore's CPU when both workers wrote parts of the same
+    1 GiB segment."""
+    by_file: dict[int, list[int]] = {}
+    for number, pieces in enumerate(slices):
+        main = max(pieces, key=_length).file if pieces else -1
+        by_file.setdefault(main, []).append(number)
+    return [number for turn in itertools.zip_longest(*by_file.values()) for number in turn if number is not None]
+
+
+def _length(piece: Slice) -> int:
+    return piece.length
 
 
 def write_files(writer: FileWriter, tasks: Iterable[Callable[[], None]], workers: int) -> None:

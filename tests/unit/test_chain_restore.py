@@ -212,6 +212,8 @@ def test_large_files_are_written_window_by_window_exactly(tmp_path, monkeypatch)
         assert all(end - start <= MOST_WINDOW for start, end in spans)
         assert work.pieces[index] == len(spans)
     assert all(window.whole for window in work.windows)
+    # Taken in turns: the two files' first windows, then their second ones.
+    assert [window.file for window in work.windows[:4]] == sorted(windowed) * 2
     # Cut inside slices: pieces of one slice of the plan end up in two windows.
     assert any(piece.file_offset % BLOCK_SIZE for window in work.windows
                for read in window.block_reads for _, slices in read.blocks for piece in slices)

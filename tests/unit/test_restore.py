@@ -181,6 +181,14 @@ def test_slices_follow_files_across_part_boundaries():
     ]
 
 
+def test_parts_are_written_with_each_files_in_turn_with_the_others():
+    # a: parts 0-2 (part 2 mostly b's), b: parts 2-4, c: part 5; every part once.
+    files = [BackupFile("a", 230, 0o600, 0, 0, 0), BackupFile("b", 270, 0o600, 0, 2, 30),
+             BackupFile("c", 100, 0o600, 0, 5, 0)]
+    slices = unpack.slices_by_part(files, parts_of(100, 100, 100, 100, 100, 100))
+    assert unpack.in_turns(slices) == [0, 2, 5, 1, 3, 4]
+
+
 @pytest.mark.parametrize(("files", "sizes", "problem"), [
     ([BackupFile("a", 50, 0o600, 0, 0, 0), BackupFile("b", 50, 0o600, 0, 0, 60)], (110,), "starts at part 0 offset 60"),
     ([BackupFile("a", 50, 0o600, 0, 0, 0), BackupFile("b", 50, 0o600, 0, 0, 40)], (100,), "previous file ends"),

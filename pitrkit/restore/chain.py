@@ -401,15 +401,24 @@ def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
     for number, needs in wanted.items():
         pieces = lying[number]
         ends = [piece.file_offset + piece.length for _, piece in pieces]
+        # The slice used last: the file's bytes `low` to `high`, at `shift` from there
+        # in its part. The needs come in file order, most inside the slice before (a
+        # part holds 32 MiB of a file, a need a block or two): those are taken here.
+        low, high, shift = 0, -1, 0
+        taken: list[Slice] = []
         for file, first, length, position in needs:
             start, end = position * BLOCK_SIZE, (position + length) * BLOCK_SIZE
+            if low <= start and end <= high:
+                taken.append(Slice(file, first * BLOCK_SIZE, start + shift, end - start))
+                continue
             # From the first slice ending after `start` (a file with many runs from this
             # source and many slices would otherwise cost their product).
             for next_piece in range(bisect.bisect_right(ends, start), len(pieces)):
                 part, piece = pieces[next_piece]
                 if piece.file_offset >= end:
                     break
-                low, high = max(start, piece.file_offset), min(end, piece.file_offset + piece.length)
-                by_part[part].append(Slice(file, first * BLOCK_SIZE + low - start,
-                                           piece.part_offset + low - piece.file_offset, high - low))
+                low, high = piece.file_offset, piece.file_offset + piece.length
+                shift, taken = piece.part_offset - low, by_part[part]
+                within = max(start, low)
+                taken.append(Slice(file, first * BLOCK_SIZE + within - start, within + shift, min(end, high) - within))
     return [StreamRead(index, source.manifest.parts[part], by_part[part]) for part in sorted(by_part)]

@@ -639,7 +639,7 @@ def _check_block_part(archive: Archive, backup: BackupManifest, part: BlockPart,
 
 
 def _super_block_problem(archive: Archive, key: str, blob: bytes, pages: int, digest: bytes) -> str | None:
-    """What is wrong with one super-block, as restore would find it (restore/chain.py
+    """What is wrong with one super-block, as restore would find it (restore/chain_writes.py
     verifies the pages it fetches alike): its object's own checks, and the map's record
     of it (its digest binds the pages; its size is checked before decompressing)."""
     try:

@@ -8,7 +8,7 @@ their place in each file with pwrite(2), so nothing is staged and at most `worke
 are in memory. A file is created by whichever part reaches it first, and fsync'd once
 its last byte is written (on threads of their own, while the writing goes on): a file
 may span many parts, and a part may hold thousands of small files (`FileWriter`, which
-restore/chain.py shares).
+restore/chain_writes.py shares).
 
 The restored directory must survive a machine crash like a real data directory: every
 file and every directory entry is fsync'd before `unpack` returns. Before `backup_label`

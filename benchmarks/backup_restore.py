@@ -576,6 +576,10 @@ def restore_once(rig: Rig, tool: str, target: Target, round_: int, *,
     fresh directory until promoted, check the digest (`digest_sql` at the restored server
     against `target.digest`), read the server's log, and remove the restored cluster."""
     cluster = fresh_cluster(rig, f"restore-{tool}")
+    # What the last backup or restore wrote goes to disk first, untimed: its writeback
+    # would otherwise be paid by this restore's fsyncs (the first restore after the
+    # backups took half again as long as the next ones).
+    os.sync()
     started = FirstSeen(cluster.pgdata / "postmaster.pid")
     try:
         t, promoted = (how or RESTORE[tool])(rig, cluster, target)

@@ -723,7 +723,7 @@ def in_turns(slices: list[list[Slice]]) -> list[int]:
     """The parts' numbers in the order to write them: the parts of a file (the one each
     part gives most bytes to) in turn with other files', the first of each, then the
     second... Workers writing into one file take turns at its inode's lock, and Linux
-    spins on it: a tenth of a full restore's CPU when both workers wrote parts of the same
+    spins on it: 4-10 % of a full restore's CPU when both workers wrote parts of the same
     1 GiB segment."""
     by_file: dict[int, list[int]] = {}
     for number, pieces in enumerate(slices):

@@ -295,19 +295,21 @@ def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[S
     if not needs:
         return
     finder = SuperBlockIndex(file_map)
-    held: tuple[SuperBlock, list[Slice]] | None = None  # the super-block found last, and its slices
+    # The super-block found last: its stored positions `first` to `last` (excluded), the
+    # slices it gives (kept as plain ints: 220,000 needs at scale 150 pass here).
+    first, last = 0, 0
+    slices: list[Slice] = []
     for file, block, length, position in needs:
         if position + length > stored:
             raise RefusedError(f"a block map takes blocks {position} to {position + length - 1} of "
                                f"{file_map.path} from backup {manifest.backup_id}, which stored {stored} of it")
         end = position + length
         while position < end:
-            if held is None or not held[0].first <= position < held[0].first + held[0].pages:
-                held = _wanted(reads, index, manifest, file_map, finder.holding(position))
-            super_block, slices = held
-            within = position - super_block.first
-            count = min(end - position, super_block.pages - within)
-            slices.append(Slice(file, block * BLOCK_SIZE, within * BLOCK_SIZE, count * BLOCK_SIZE))
+            if not first <= position < last:
+                super_block, slices = _wanted(reads, index, manifest, file_map, finder.holding(position))
+                first, last = super_block.first, super_block.first + super_block.pages
+            count = (end if end < last else last) - position
+            slices.append(Slice(file, block * BLOCK_SIZE, (position - first) * BLOCK_SIZE, count * BLOCK_SIZE))
             position += count
             block += count
 

@@ -202,7 +202,7 @@ class _Streamer:
         self.last_use: dict[int, int] = {}
         for piece in self.pieces:
             self.last_use[piece.read] = max(self.last_use.get(piece.read, 0), piece.start + piece.length)
-        self.cache: dict[int, list[bytes]] = {}
+        self.cache: dict[int, list[memoryview]] = {}
         self.next = 0
 
     def fill(self, view: memoryview, start: int) -> None:
@@ -235,7 +235,7 @@ class _Streamer:
     def _cached(self) -> int:
         return sum(len(block) for data in self.cache.values() for block in data)
 
-    def _write(self, view: memoryview, start: int, loaded: list[bytes], pieces: list[_Piece]) -> None:
+    def _write(self, view: memoryview, start: int, loaded: list[memoryview], pieces: list[_Piece]) -> None:
         end = start + len(view)
         for piece in pieces:
             data = loaded[max(piece.block, 0)]
@@ -247,20 +247,11 @@ class _Streamer:
                 raise RefusedError(f"{key} holds fewer bytes than the chain's plan takes from it")
             view[low - start:high - start] = data[within:within + high - low]
 
-    def _load(self, number: int) -> list[bytes]:
+    def _load(self, number: int) -> list[memoryview]:
         read = self.reads[number]
         if isinstance(read, StreamRead):
-            return [unpack.read_part(self.archive, read.part)]
-        try:
-            data = self.archive.get_range(read.key, read.offset, read.length)
-        except ObjectNotFound:
-            raise RefusedError(f"block part {read.key} is missing from the archive") from None
-        if len(data) != read.length:
-            raise RefusedError(f"block part {read.key} ends before byte {read.offset + read.length}, where a block "
-                               "map says it holds super-blocks")
-        return [chain_writes.super_block(self.archive, read.key, block, data[block.offset - read.offset:
-                                                                         block.offset - read.offset + block.length])
-                for block, _ in read.blocks]
+            return [memoryview(unpack.read_part(self.archive, read.part))]
+        return [pages for pages, _ in chain_writes.super_blocks(self.archive, read)]
 
 
 class _Hasher:

@@ -245,7 +245,7 @@ def tasks(archive: Archive, work: Schedule, writer: FileWriter,
             for read in window.stream_reads:
                 copy(read.slices, unpack.read_part_here(archive, read.part))
             for block_read in window.block_reads:
-                for pages, (_, slices) in _super_blocks(archive, block_read):
+                for pages, (_, slices) in super_blocks(archive, block_read):
                     copy(slices, pages)
             if window.whole:
                 pieces.append((window.file, window.start, view[: window.end - window.start]))
@@ -263,7 +263,7 @@ def tasks(archive: Archive, work: Schedule, writer: FileWriter,
         def task() -> None:
             pieces: list[tuple[int, int, memoryview]] = []
             decoded = 0
-            for number, (pages, (_, slices)) in enumerate(_super_blocks(archive, read)):
+            for number, (pages, (_, slices)) in enumerate(super_blocks(archive, read)):
                 pieces += [(piece.file, piece.file_offset, pages[piece.part_offset : piece.part_offset + piece.length])
                            for piece in slices]
                 decoded += len(pages)
@@ -289,9 +289,10 @@ def _window_buffer(length: int) -> memoryview:
     return view
 
 
-def _super_blocks(archive: Archive, read: BlockRead) -> Iterator[tuple[memoryview, tuple[SuperBlock, list[Slice]]]]:
+def super_blocks(archive: Archive, read: BlockRead) -> Iterator[tuple[memoryview, tuple[SuperBlock, list[Slice]]]]:
     """One ranged read of a block part: each super-block's verified pages, with its
-    entry of the read, decoded one at a time as they are used (a read of 8 MiB can
+    entry of the read (restore and backup-consolidate read them so), decoded one at a
+    time as they are used (a read of 8 MiB can
     hold thousands of super-blocks, over 100 MiB decoded)."""
     try:
         data = archive.get_range(read.key, read.offset, read.length)

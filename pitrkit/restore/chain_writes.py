@@ -141,7 +141,7 @@ def schedule(plan: ChainPlan) -> Schedule:
     block_reads = narrowed_reads(plan.block_reads, rest_of)
     # The files' windows taken in turn, the first of each file, then the second...:
     # workers writing into one file take turns at its inode's lock (Linux spins on it,
-    # a tenth of a restore's CPU when both workers wrote the same file).
+    # 4-10 % of a restore's CPU when both workers wrote the same file).
     windows = [window for turn in itertools.zip_longest(
         *(_windows(plan, file, parts[file], blocks[file]) for file in sorted(windowed))) for window in turn if window]
     pieces = unpack.count_pieces(len(plan.files), [read.slices for read in stream_reads]

@@ -526,7 +526,7 @@ def _length(listed: int, now: int, stored: list[int], fresh: int) -> int:
 
 
 # Pages per batch (4 MiB): whole super-blocks.
-_BATCH_PAGES = 64 * blockmap.SUPER_BLOCK_PAGES
+_BATCH_PAGES = 16 * blockmap.SUPER_BLOCK_PAGES
 
 
 def _batches(fd: int, plan: BlockPlan, blocks: int, changes: Changes, advance: Callable[[int], None]

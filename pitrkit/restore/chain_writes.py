@@ -14,7 +14,7 @@ calls of 1 MiB.
 
 Windows are cut where no stream part's slices of the file continue across the cut, so
 each part is decoded once for the file (a part is up to 32 MiB). A super-block whose
-pages straddle a cut is decoded by both windows (8 pages, a few per window). A part
+pages straddle a cut is decoded by both windows (up to 32 pages, a few per window). A part
 that also holds other files (the end of one relation file, the start of the next, small
 files between) is decoded again for each of them. That is why only files of at least
 `_WINDOWED_FILE` bytes are windowed; the rest are written read by read, as a full

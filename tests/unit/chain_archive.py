@@ -37,10 +37,12 @@ from tests.unit.segments import SYSID, init_archive
 LABEL = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Small objects, so that files span parts, block parts hold a few super-blocks and
-# block maps fill several objects.
+# block maps fill several objects; super-blocks of a few pages (backup-push makes them
+# of blockmap.SUPER_BLOCK_PAGES), so that a file's stored blocks fill several.
 PART_SIZE = 3 * BLOCK_SIZE + 1000
 BLOCK_PART_SIZE = 3
 MAPS_PER_OBJECT = 2
+SUPER_BLOCK_PAGES = 8
 
 # (sources, positions) per block of a file, in the child's numbering: how a tamper
 # hook sees, and may change, a block map before it is stored.
@@ -195,8 +197,8 @@ class ChainBuilder:
             if tamper is not None:
                 tamper(path, sources, positions)
             super_blocks = []
-            for first in range(0, len(wanted), blockmap.SUPER_BLOCK_PAGES):
-                group = wanted[first:first + blockmap.SUPER_BLOCK_PAGES]
+            for first in range(0, len(wanted), SUPER_BLOCK_PAGES):
+                group = wanted[first:first + SUPER_BLOCK_PAGES]
                 data = b"".join(content[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE] for block in group)
                 blob, header = objects.encode(data, self.compressor, self.cipher, digest=self.super_block_digest)
                 super_blocks.append(SuperBlock(len(block_parts), len(current), len(blob), first, len(group),

@@ -4,11 +4,13 @@ storage that does not describe its file is refused as it is decoded."""
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
+from unittest import mock
 
 import msgspec
 import pytest
 import xxhash
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pitrkit.catalog import blockmap
@@ -105,3 +107,104 @@ def test_a_recorded_digest_is_the_headers_and_never_passes_for_the_other_algorit
         f"sha256 {hashlib.sha256(data).hexdigest()[:16]}..."
     assert blockmap.digest_text(blockmap.recorded_digest(xxh3)) == \
         f"xxh3_128 {xxhash.xxh3_128_hexdigest(data)[:16]}..."
+
+
+# Values a stranger's map may hold in any field: edges of what the checks allow.
+_EDGES = [0, 1, 2, 3, blockmap.BLOCKS_PER_SEGMENT, blockmap.BLOCKS_PER_SEGMENT + 1, 2 * blockmap.MAX_PART_SIZE,
+          2 * blockmap.MAX_PART_SIZE + 1, 2**32 - 1]
+
+
+@st.composite
+def maps_maybe_broken(draw) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], int, int]:
+    """(runs, super-blocks, sources, blocks) of a sound map, then perhaps one field of a
+    record, or the length, set to an edge value."""
+    sources = draw(st.integers(1, 4))
+    own = sources - 1
+    blocks: list[list[int]] = []
+    if draw(st.booleans()):  # stored super-blocks, not a stream copy's map
+        for _ in range(draw(st.integers(1, 4))):
+            blocks.append([draw(st.integers(0, 3)), draw(st.integers(0, 10**6)), draw(st.integers(1, 10**5)),
+                           sum(block[4] for block in blocks), draw(st.integers(1, 9))])
+    stored = sum(block[4] for block in blocks)
+    runs: list[list[int]] = []
+    for _ in range(draw(st.integers(0, 12))):
+        first = sum(run[1] for run in runs)
+        length = draw(st.integers(1, 6))
+        source = draw(st.integers(0, own))
+        if source == own:
+            start = first if not blocks else draw(st.integers(0, max(0, stored - length)))
+        else:
+            start = draw(st.integers(0, 1000))
+        runs.append([first, length, source, start])
+    length = sum(run[1] for run in runs)
+    if draw(st.booleans()):
+        records = draw(st.sampled_from([records for records in (runs, blocks) if records] or [[]]))
+        if records:
+            record = draw(st.sampled_from(records))
+            record[draw(st.integers(0, len(record) - 1))] = draw(st.sampled_from(_EDGES))
+        else:
+            length = draw(st.sampled_from(_EDGES))
+    return [tuple(run) for run in runs], [tuple(block) for block in blocks], sources, length
+
+
+def checked_both_ways(drawn: tuple[list[tuple[int, ...]], list[tuple[int, ...]], int, int]) -> tuple[bool, bool]:
+    """A map's records (runs, super-blocks, sources, blocks) found sound by numpy's bulk
+    check, and by FileMap's loops alone."""
+    runs, super_blocks, sources, length = drawn
+    made = {"path": "base/5/16384", "blocks": length, "sources": sources,
+            "runs": b"".join(blockmap._RUN.pack(*run) for run in runs),
+            "super_blocks": b"".join(blockmap._SUPER_BLOCK.pack(*block, SHA) for block in super_blocks),
+            "checksums": bytes(8 * length) if length < 10**6 else b""}
+    try:
+        with mock.patch.object(blockmap, "_CHECKED_IN_BULK", 10**9):  # the loops alone
+            FileMap(**made)
+        one_by_one = True
+    except ValueError:
+        one_by_one = False
+    return blockmap._records_sound(SimpleNamespace(**made)), one_by_one  # type: ignore[arg-type]
+
+
+@settings(max_examples=300)
+@given(maps_maybe_broken())
+def test_a_large_maps_records_are_checked_in_bulk_exactly_as_one_by_one(drawn):
+    bulk, one_by_one = checked_both_ways(drawn)
+    assert bulk == one_by_one
+
+
+def test_a_large_map_with_a_bad_record_is_refused_by_name():
+    runs = [Run(block, 1, block % 2, block) for block in range(400)] + [Run(401, 1, 0, 0)]
+    assert len(runs) >= blockmap._CHECKED_IN_BULK
+    with pytest.raises(msgspec.ValidationError, match=r"run \(401, 1, 0, 0\) does not follow block 400"):
+        blockmap.decode_block_map(stored(runs))
+    blockmap.decode_block_map(stored(runs[:-1]))
+
+
+_SOUND_STORED = ([(0, 2, 0, 0), (2, 3, 2, 0), (5, 1, 1, 7), (6, 2, 2, 3)],
+                 [(0, 10, 50, 0, 2), (0, 60, 40, 2, 3)], 3, 8)
+_SOUND_COPIED = ([(0, 2, 0, 0), (2, 3, 2, 2), (5, 1, 1, 7), (6, 2, 2, 6)], [], 3, 8)
+# Its own blocks all in the first super-block: the last one's fields change nothing else.
+_SOUND_FIRST = ([(0, 2, 0, 0), (2, 2, 2, 0), (4, 4, 1, 0)], [(0, 10, 50, 0, 2), (0, 60, 40, 2, 3)], 3, 8)
+
+
+def test_records_no_single_field_can_break_are_checked_in_bulk_as_one_by_one():
+    for case in [([(0, 2, 0, 0), (2, 0, 1, 0), (2, 6, 2, 0)], [(0, 0, 9, 0, 6)], 3, 8),  # a run of no blocks
+                 ([(0, 8, 0, 0)], [(0, 0, 9, 0, 0)], 3, 8)]:  # a super-block of no pages
+        assert checked_both_ways(case) == (False, False)
+
+
+@pytest.mark.parametrize("sound", [_SOUND_STORED, _SOUND_COPIED, _SOUND_FIRST], ids=["stored", "copied", "first"])
+def test_every_field_of_a_map_at_every_edge_is_checked_in_bulk_as_one_by_one(sound):
+    runs, super_blocks, sources, length = sound
+    cases = [(runs, super_blocks, sources, value) for value in _EDGES]
+    for kind, records in (("runs", runs), ("super_blocks", super_blocks)):
+        for number in (0, len(records) - 1) if records else ():
+            for field in range(len(records[number])):
+                for value in _EDGES:
+                    changed = [list(record) for record in records]
+                    changed[number][field] = value
+                    changed = [tuple(record) for record in changed]
+                    cases.append((changed, super_blocks, sources, length) if kind == "runs"
+                                 else (runs, changed, sources, length))
+    verdicts = [checked_both_ways(case) for case in cases]
+    assert all(bulk == one_by_one for bulk, one_by_one in verdicts)
+    assert {one_by_one for _, one_by_one in verdicts} == {True, False}

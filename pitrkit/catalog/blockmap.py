@@ -41,7 +41,14 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from pitrkit.catalog.documents import BLOCKS_PER_SEGMENT, MAX_CHAIN, MAX_PART_SIZE, BackupPart, check_data_path
+from pitrkit.catalog.documents import (
+    BLOCK_SIZE,
+    BLOCKS_PER_SEGMENT,
+    MAX_CHAIN,
+    MAX_PART_SIZE,
+    BackupPart,
+    check_data_path,
+)
 from pitrkit.errors import RefusedError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.storage import objects
@@ -91,6 +98,26 @@ def recorded_digest(header: objects.ObjectHeader) -> bytes:
     header of the other algorithm does not match: a SHA-256 would have to end in 16
     zero bytes (a 2^-128 chance, and a 128-bit preimage to forge)."""
     return header.sha256 or header.xxh3_128 + bytes(16)
+
+
+class MisplacedSuperBlock(objects.CorruptObject):
+    """A super-block that is a sound object, but not the one its map records."""
+
+
+def super_block_pages(archive: Archive, key: str, blob: bytes, pages: int, digest: bytes) -> bytes:
+    """The verified pages of one super-block (`blob`, its stored bytes in block part
+    `key`), as restore and verify read them: its object's own checks, and its map's
+    record of it, `pages` pages and `digest` (`recorded_digest`). The digest binds the
+    pages, so another valid super-block in its place is refused (MisplacedSuperBlock),
+    and the size is checked before anything is decompressed. CorruptObject otherwise."""
+
+    def recorded(header: objects.ObjectHeader) -> None:
+        if recorded_digest(header) != digest or header.size != pages * BLOCK_SIZE:
+            raise MisplacedSuperBlock(key, f"not the one the block map records ({header.size} bytes, "
+                                           f"{digest_text(recorded_digest(header))}, the map says "
+                                           f"{pages * BLOCK_SIZE} bytes, {digest_text(digest)})")
+
+    return objects.decode(key, blob, archive.plugins.compressor, archive.cipher(), expect=recorded)
 
 
 def digest_text(recorded: bytes) -> str:

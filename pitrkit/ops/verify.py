@@ -65,10 +65,9 @@ import msgspec
 from pitrkit.catalog import checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, LogFolder, on_path
 from pitrkit.catalog.backups import backup_folders, retention_state
-from pitrkit.catalog.blockmap import FileMap, digest_text, read_block_map, recorded_digest
+from pitrkit.catalog.blockmap import FileMap, MisplacedSuperBlock, read_block_map, super_block_pages
 from pitrkit.catalog.chains import check_chains
 from pitrkit.catalog.documents import (
-    BLOCK_SIZE,
     CHECKSUMMED_FORMAT_VERSION,
     BackupCatalog,
     BackupFile,
@@ -639,16 +638,12 @@ def _check_block_part(archive: Archive, backup: BackupManifest, part: BlockPart,
 
 
 def _super_block_problem(archive: Archive, key: str, blob: bytes, pages: int, digest: bytes) -> str | None:
-    """What is wrong with one super-block, as restore would find it (restore/chain_writes.py
-    verifies the pages it fetches alike): its object's own checks, and the map's record
-    of it (its digest binds the pages; its size is checked before decompressing)."""
+    """What is wrong with one super-block, as restore would find it (both read it with
+    catalog/blockmap.py's `super_block_pages`)."""
     try:
-        header, _ = objects.read_header(key, blob)
-        if recorded_digest(header) != digest or header.size != pages * BLOCK_SIZE:
-            return (f"is not the one the block map records ({header.size} bytes, "
-                    f"{digest_text(recorded_digest(header))}, the map says {pages * BLOCK_SIZE} "
-                    f"bytes, {digest_text(digest)})")
-        objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
+        super_block_pages(archive, key, blob, pages, digest)
+    except MisplacedSuperBlock as exc:
+        return f"is {exc.why}"
     except objects.CorruptObject as exc:
         return f"is corrupt: {exc.why}"
     except PluginError as exc:

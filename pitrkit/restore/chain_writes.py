@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from pitrkit.catalog.blockmap import SuperBlock, digest_text, recorded_digest
-from pitrkit.catalog.documents import BLOCK_SIZE, BlockFile
+from pitrkit.catalog.blockmap import MisplacedSuperBlock, SuperBlock, super_block_pages
+from pitrkit.catalog.documents import BlockFile
 from pitrkit.errors import RefusedError
 from pitrkit.hookspecs import ObjectNotFound
 from pitrkit.restore import checked, unpack
@@ -308,16 +308,11 @@ def super_blocks(archive: Archive, read: BlockRead) -> Iterator[tuple[memoryview
 
 
 def super_block(archive: Archive, key: str, block: SuperBlock, blob: bytes) -> bytes:
-    """The verified pages of one super-block: its object's own checks, then the map's
-    record of it (its digest binds these pages: another valid super-block in its place
-    is refused; the size is checked before anything is decompressed)."""
+    """The verified pages of one super-block (catalog/blockmap.py's checks)."""
     where = f"the super-block at offset {block.offset} of {key}"
     try:
-        header, _ = objects.read_header(key, blob)
-        if recorded_digest(header) != block.digest or header.size != block.pages * BLOCK_SIZE:
-            raise RefusedError(f"{where} is not the one the block map records ({header.size} bytes, "
-                               f"{digest_text(recorded_digest(header))}, the map says {block.pages} pages, "
-                               f"{digest_text(block.digest)})")
-        return objects.decode(key, blob, archive.plugins.compressor, archive.cipher())
+        return super_block_pages(archive, key, blob, block.pages, block.digest)
+    except MisplacedSuperBlock as exc:
+        raise RefusedError(f"{where} is {exc.why}") from None
     except objects.CorruptObject as exc:
         raise RefusedError(f"{where}: {exc.why}") from None

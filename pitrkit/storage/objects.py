@@ -153,9 +153,15 @@ def decode(
     blob: bytes,
     compressor_for: Callable[[str], Compressor],
     cipher: Cipher | None = None,
+    expect: Callable[[ObjectHeader], None] | None = None,
 ) -> bytes:
-    """The verified plaintext of a stored object."""
-    header, body = _body(key, blob, cipher)
+    """The verified plaintext of a stored object. `expect(header)`, called before
+    anything is decrypted or decompressed, raises CorruptObject for a header the caller
+    has another record of (catalog/blockmap.py's super-blocks)."""
+    header, offset = read_header(key, blob)
+    if expect is not None:
+        expect(header)
+    body = _body(key, blob, cipher, header, offset)
     try:
         data = compressor_for(header.compression).decompress(body, header.size)
     except ValueError as exc:
@@ -172,7 +178,8 @@ def decode_into(key: str, blob: bytes, compressor_for: Callable[[str], Compresso
     (by the compressor, after its own checks of the size). For restore's parts:
     decoding into a buffer used again costs less than into new memory
     (plugins/compression.py)."""
-    header, body = _body(key, blob, cipher)
+    header, offset = read_header(key, blob)
+    body = _body(key, blob, cipher, header, offset)
     compressor = compressor_for(header.compression)
     # An optional method of a compressor: (body, size, buffer) -> a view of the
     # plaintext, ValueError for a body that does not decode to `size` bytes or a size
@@ -187,9 +194,8 @@ def decode_into(key: str, blob: bytes, compressor_for: Callable[[str], Compresso
     return header, data
 
 
-def _body(key: str, blob: bytes, cipher: Cipher | None) -> tuple[ObjectHeader, bytes | memoryview]:
-    """The header and the body, decrypted."""
-    header, offset = read_header(key, blob)
+def _body(key: str, blob: bytes, cipher: Cipher | None, header: ObjectHeader, offset: int) -> bytes | memoryview:
+    """The object's body (at `offset`, after `header`: read_header's), decrypted."""
     body: bytes | memoryview = memoryview(blob)[offset:]
     if cipher is not None and header.key_id is None:
         # In an encrypted archive a plaintext object is a forgery: anyone who can write
@@ -203,7 +209,7 @@ def _body(key: str, blob: bytes, cipher: Cipher | None) -> tuple[ObjectHeader, b
             body = cipher.decrypt(bytes(body), blob[_FRAME.size : offset], header.key_id)
         except ValueError as exc:
             raise CorruptObject(key, f"decryption failed: {exc}") from None
-    return header, body
+    return body
 
 
 def _verify(key: str, header: ObjectHeader, data: bytes | memoryview) -> None:

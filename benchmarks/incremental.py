@@ -28,11 +28,12 @@ cluster archived by both tools, the restores and the results files). It
      --type=incr`. Each incremental's parent is the tool's previous backup, so the rounds
      build a chain of full + 6 incrementals per tool;
   5. notes the target (the LSN after the last incrementals, and a digest of the pgbench
-     tables there), takes one more pitrkit full backup of the same data, and restores in
-     --restore-rounds interleaved rounds: pitrkit from its chain (`restore --lsn` at the
-     target: the planner picks the last incremental), pitrkit from that full (a target
-     after it), and pgBackRest from its chain (`restore --set=<last incr> --type=lsn`,
-     then starting PostgreSQL), each until the server has promoted; checks each restored
+     tables there), takes one more full backup of the same data with each tool, and
+     restores in --restore-rounds interleaved rounds: pitrkit from its chain (`restore
+     --lsn` at the target: the planner picks the last incremental), pitrkit from its full
+     (a target after both fulls), pgBackRest from its chain (`restore --set=<last incr>
+     --type=lsn`, then starting PostgreSQL) and from its full (`--set=<that full>`), each
+     until the server has promoted; checks each restored
      cluster's digest and which backup it was restored from (backup_label);
   6. writes benchmarks/results/incremental-<UTC stamp>.json and .md.
 
@@ -76,10 +77,12 @@ import pgharness  # noqa: E402  (tests/pgharness.py, on the path backup_restore 
 
 PITRKIT, PGBACKREST = br.PITRKIT, br.PGBACKREST
 TOOLS = (PITRKIT, PGBACKREST)
-# The restores: pitrkit from its chain, pitrkit from a full of the same data, pgBackRest
-# from its chain.
-PITRKIT_CHAIN, PITRKIT_FULL, PGBACKREST_CHAIN = "pitrkit-chain", "pitrkit-full", "pgbackrest-chain"
-RESTORES = (PITRKIT_CHAIN, PITRKIT_FULL, PGBACKREST_CHAIN)
+# The restores: each tool's from its chain and from a full of the same data (pgBackRest's
+# says what its own chain costs beside its full: the yardstick of issue 14's target of
+# 1.1 x, which counts pitrkit's chain against pitrkit's full).
+PITRKIT_CHAIN, PITRKIT_FULL = "pitrkit-chain", "pitrkit-full"
+PGBACKREST_CHAIN, PGBACKREST_FULL = "pgbackrest-chain", "pgbackrest-full"
+RESTORES = (PITRKIT_CHAIN, PITRKIT_FULL, PGBACKREST_CHAIN, PGBACKREST_FULL)
 PEER = "shared/peers/pgbackrest-2.59.1"
 # As issue 14 asks (with backup_restore.py's compress-type=zst, process-max=2, start-fast=y).
 PGBACKREST_OPTIONS = ("repo1-bundle=y", "repo1-block=y")
@@ -287,12 +290,13 @@ def restore_pgbackrest_set(label: str):
 
 
 def run_restores(rig: br.Rig, rounds: int, chain_target: br.Target, full_target: br.Target,
-                 pgbr_last: str | None, kinds: list[str]) -> list[br.RestoreRun | dict]:
+                 pgbr_last: str | None, pgbr_full: str | None, kinds: list[str]) -> list[br.RestoreRun | dict]:
     """Interleaved rounds of the restores in `kinds`; a failed restore is recorded as
     {"tool", "round", "error"}."""
     how = {PITRKIT_CHAIN: (br.restore_pitrkit, chain_target),
            PITRKIT_FULL: (br.restore_pitrkit, full_target),
-           PGBACKREST_CHAIN: (restore_pgbackrest_set(pgbr_last or ""), chain_target)}
+           PGBACKREST_CHAIN: (restore_pgbackrest_set(pgbr_last or ""), chain_target),
+           PGBACKREST_FULL: (restore_pgbackrest_set(pgbr_full or ""), full_target)}
     runs: list[br.RestoreRun | dict] = []
     for r in range(rounds):
         order = walpath.rotated(kinds, r)
@@ -369,7 +373,8 @@ def summarize_restores(runs: list[br.RestoreRun | dict]) -> dict:
         return rows.get(kind, {}).get("seconds")
     return {"kinds": rows, "ratios": {
         "pitrkit_chain_x_pitrkit_full": x(seconds(PITRKIT_CHAIN), seconds(PITRKIT_FULL)),
-        "pitrkit_chain_x_pgbackrest_chain": x(seconds(PITRKIT_CHAIN), seconds(PGBACKREST_CHAIN))}}
+        "pitrkit_chain_x_pgbackrest_chain": x(seconds(PITRKIT_CHAIN), seconds(PGBACKREST_CHAIN)),
+        "pgbackrest_chain_x_pgbackrest_full": x(seconds(PGBACKREST_CHAIN), seconds(PGBACKREST_FULL))}}
 
 
 def mib(value: float | None, digits: int = 1) -> str:
@@ -455,7 +460,7 @@ def render(out: dict) -> str:
 def render_restore(lines: list[str], restore: dict) -> None:
     lines += ["### Restore from full + incrementals", "",
               f"Target: LSN {restore['chain_target']['lsn']} (after the last incrementals; the chains) and "
-              f"{restore['full_target']['lsn']} (after pitrkit's full of the same data); digests equal: "
+              f"{restore['full_target']['lsn']} (after each tool's full of the same data); digests equal: "
               f"{restore['chain_target']['digest'] == restore['full_target']['digest']}.", "",
               "| restore | until promoted, median s | (per round) | server started s | restore command s "
               "| client CPU s | digest | restored from | WAL replayed MiB |",
@@ -464,7 +469,8 @@ def render_restore(lines: list[str], restore: dict) -> None:
     labels = {PITRKIT_CHAIN: f"pitrkit restore, chain of {chains[PITRKIT]} (full + {chains[PITRKIT] - 1})",
               PITRKIT_FULL: "pitrkit restore, full backup of the same data",
               PGBACKREST_CHAIN: f"pgbackrest restore --set=<last incr>, chain of {chains[PGBACKREST]} "
-                                f"(full + {chains[PGBACKREST] - 1})"}
+                                f"(full + {chains[PGBACKREST] - 1})",
+              PGBACKREST_FULL: "pgbackrest restore --set=<full of the same data>"}
     for kind, row in restore["summary"]["kinds"].items():
         failed = f" ({row['failed']} failed)" if row["failed"] else ""
         lines.append(f"| {labels[kind]}{failed} | {mib(row['seconds'])} | {' '.join(map(str, row['per_round_s']))} "
@@ -472,7 +478,8 @@ def render_restore(lines: list[str], restore: dict) -> None:
                      f"| {row['digests_ok']} | {', '.join(row['backups'])} | {mib(row['replayed_mib'], 0)} |")
     r = restore["summary"]["ratios"]
     lines += ["", f"pitrkit chain / pitrkit full: {ratio(r['pitrkit_chain_x_pitrkit_full'])}; "
-              f"pitrkit chain / pgBackRest chain: {ratio(r['pitrkit_chain_x_pgbackrest_chain'])}."]
+              f"pitrkit chain / pgBackRest chain: {ratio(r['pitrkit_chain_x_pgbackrest_chain'])}; "
+              f"pgBackRest chain / pgBackRest full: {ratio(r.get('pgbackrest_chain_x_pgbackrest_full'))}."]
     for run in restore["runs"]:
         if "error" in run:
             lines.append(f"- {run['tool']} round {run['round']} FAILED: {run['error'].strip().splitlines()[-1][:300]}")
@@ -505,29 +512,31 @@ def sweep(a: argparse.Namespace, root: Path, scale: int, stride: int, tools: lis
     if restore and a.rounds:
         chain_target = target_here(rig)
         log(f"chain target {chain_target.lsn}; digest {chain_target.digest}")
-        same = take(rig, PITRKIT, a.rounds, incremental=False) if PITRKIT in chained else None
+        same = {tool: take(rig, tool, a.rounds, incremental=False) for tool in chained}
         full_target = target_here(rig)
+        fulls_taken = {f"{tool}-full" for tool, backup in same.items() if backup.error is None}
         kinds = [kind for kind in RESTORES if kind.split("-")[0] in chained
-                 and (kind != PITRKIT_FULL or (same is not None and same.error is None))]
+                 and (not kind.endswith("-full") or kind in fulls_taken)]
         last = {tool: next((b for b in reversed(incrementals) if b.tool == tool and not b.error), None)
                 for tool in TOOLS}
         pgbr_last = last[PGBACKREST].name if last[PGBACKREST] else None
-        runs = run_restores(rig, a.restore_rounds, chain_target, full_target, pgbr_last, kinds)
+        pgbr_full = same[PGBACKREST].name if PGBACKREST in same else None
+        runs = run_restores(rig, a.restore_rounds, chain_target, full_target, pgbr_last, pgbr_full, kinds)
         # Which backup each restore must have started from (pitrkit's label is "pitrkit <id>";
         # pgBackRest's is told with --set): a chain restore from anything else measured something else.
         expected = {PITRKIT_CHAIN: last[PITRKIT].name if last[PITRKIT] else None,
-                    PITRKIT_FULL: same.name if same else None}
+                    PITRKIT_FULL: same[PITRKIT].name if PITRKIT in same else None}
         for run in runs:
             if isinstance(run, br.RestoreRun) and expected.get(run.tool):
                 run.output += "" if str(expected[run.tool]) in run.backup else \
                     f"\nUNEXPECTED BACKUP: restored from {run.backup!r}, not {expected[run.tool]}"
-        result["fulls"] += [asdict(same)] if same else []
+        result["fulls"] += [asdict(backup) for backup in same.values()]
         if a.profile and PITRKIT in chained:
             result["profile"] = profile(rig, chain_target, a.rounds, stride)
         result["restore"] = {
             "chain_length": {tool: 1 + sum(b.tool == tool and not b.error for b in incrementals) for tool in TOOLS},
             "chain_target": asdict(chain_target), "full_target": asdict(full_target),
-            "expected_backups": {**expected, PGBACKREST_CHAIN: pgbr_last},
+            "expected_backups": {**expected, PGBACKREST_CHAIN: pgbr_last, PGBACKREST_FULL: pgbr_full},
             "runs": [r if isinstance(r, dict) else asdict(r) for r in runs], "summary": summarize_restores(runs)}
     return result, rig
 

@@ -34,12 +34,14 @@ inside their objects' bounds, before any of it is used.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from pitrkit.catalog.documents import (
     BLOCK_SIZE,
@@ -180,6 +182,15 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
     def iter_super_blocks(self) -> Iterator[SuperBlock]:
         return (SuperBlock(*fields) for fields in _SUPER_BLOCK.iter_unpack(self.super_blocks))
 
+    def super_block(self, number: int) -> SuperBlock:
+        return SuperBlock._make(_SUPER_BLOCK.unpack_from(self.super_blocks, number * _SUPER_BLOCK.size))
+
+    def super_block_table(self) -> np.ndarray:
+        """The super-block records as a numpy structured array (fields part, offset,
+        length, first, pages): restore/chain.py finds the ones holding 100,000s of
+        positions in a few passes."""
+        return _super_block_table(self.super_blocks)
+
     @property
     def stored_blocks(self) -> int:
         return sum(fields[4] for fields in _SUPER_BLOCK.iter_unpack(self.super_blocks))
@@ -194,13 +205,19 @@ _SUPER_BLOCK_FIELDS: Any = {"names": ["part", "offset", "length", "first", "page
                        "offsets": [0, 4, 12, 16, 20], "itemsize": _SUPER_BLOCK.size}
 
 
+def _super_block_table(records: bytes) -> np.ndarray:
+    import numpy as np  # only for a restore's plan and a large map's checks
+
+    fields: Any = np.dtype(_SUPER_BLOCK_FIELDS)
+    return np.frombuffer(records, dtype=fields)
+
+
 def _records_sound(file_map: FileMap) -> bool:
     """Whether FileMap.__post_init__'s loops would pass `file_map`'s runs and super-blocks
     (the same checks, record by record, with the same running positions)."""
     import numpy as np  # only for a large map: wal-push and wal-fetch never decode one
 
-    fields: Any = np.dtype(_SUPER_BLOCK_FIELDS)
-    blocks = np.frombuffer(file_map.super_blocks, dtype=fields)
+    blocks = _super_block_table(file_map.super_blocks)
     pages = blocks["pages"].astype(np.int64)
     ends = np.cumsum(pages)
     position = int(ends[-1]) if len(ends) else 0
@@ -258,20 +275,6 @@ def expand(file_map: FileMap) -> tuple[list[int], list[int]]:
         sources.extend([run.source] * run.length)
         positions.extend(range(run.position, run.position + run.length))
     return sources, positions
-
-
-class SuperBlockIndex:
-    """Finds the super-block holding a stored position (binary search on first
-    positions); only the records found are unpacked whole (a restore takes a few
-    super-blocks of a map that has thousands)."""
-
-    def __init__(self, file_map: FileMap) -> None:
-        self._records = file_map.super_blocks
-        self._firsts = [fields[3] for fields in _SUPER_BLOCK.iter_unpack(self._records)]
-
-    def holding(self, position: int) -> SuperBlock:
-        number = bisect.bisect_right(self._firsts, position) - 1
-        return SuperBlock._make(_SUPER_BLOCK.unpack_from(self._records, number * _SUPER_BLOCK.size))
 
 
 decode_block_map = msgspec.msgpack.Decoder(BlockMapDocument).decode

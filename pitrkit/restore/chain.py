@@ -35,14 +35,16 @@ objects. All of it is checked before anything is written.
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-from pitrkit.catalog.blockmap import FileMap, SuperBlock, SuperBlockIndex, read_block_map, unpack_runs
+import numpy as np
+
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, read_block_map
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
 from pitrkit.errors import RefusedError
 from pitrkit.progress import human_bytes
@@ -118,12 +120,16 @@ class ChainPlan(NamedTuple):
 # --- the plan -----------------------------------------------------------------------------------
 
 
-# Blocks of the target's file number `file` from block `first` on, `length` of them,
-# held by a source at `position` (a block number in its stream copy, or a stored
-# position): (file, first, length, position). A plain tuple, not a NamedTuple: a chain
-# of 7 at pgbench scale 150 plans 220,000 of them, and making NamedTuples (of these,
-# of the runs and of the super-blocks found) was a third of the planning's CPU.
-_Need = tuple[int, int, int, int]
+class _Needs(NamedTuple):
+    """What the target's file number `file` takes from one source: the runs of its map
+    from that source, rows (first block, blocks, position) of an int64 array, in block
+    order (a position is a block number in the source's stream copy, or a stored
+    position among the blocks it stored of the file). Arrays, not a tuple per run: a
+    chain of 7 at pgbench scale 150 plans 220,000 runs, and turning each into slices in
+    Python was most of the planning's CPU; numpy splits them in a few passes."""
+
+    file: int
+    runs: np.ndarray
 
 
 class _Source:
@@ -137,8 +143,8 @@ class _Source:
                 or not self.stream.keys().isdisjoint(self.mapped):
             raise CorruptManifest(f"backup {manifest.backup_id}'s manifest lists a file twice")
         # What the target takes from it, by path: from its stream, from its super-blocks.
-        self.from_stream: dict[str, list[_Need]] = defaultdict(list)
-        self.from_blocks: dict[str, list[_Need]] = defaultdict(list)
+        self.from_stream: dict[str, _Needs] = {}
+        self.from_blocks: dict[str, _Needs] = {}
 
 
 def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int = 4) -> ChainPlan:
@@ -170,24 +176,22 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                 raise RefusedError(f"backup {target.manifest.backup_id}'s block map of {record.path} does not "
                                    f"match its manifest ({file_map.blocks} blocks, {file_map.sources} sources, "
                                    f"{file_map.stored_blocks} stored)")
-            own_needs: list[_Need] = []
             file_number = block_index[record.path]
-            # Each source's list for this file, found once per file, not per run.
-            lists: dict[int, list[_Need]] = {own: own_needs}  # own: below, from the target's own super-blocks
-            for first, length, index, position in unpack_runs(file_map.runs):
-                needs = lists.get(index)
-                if needs is None:
-                    source = sources[index]
-                    if record.path in source.stream:
-                        needs = lists[index] = source.from_stream[record.path]
-                    elif record.path in source.mapped:
-                        needs = lists[index] = source.from_blocks[record.path]
-                    else:
-                        raise RefusedError(f"backup {target.manifest.backup_id}'s block map takes blocks of "
-                                           f"{record.path} from backup {source.manifest.backup_id}, which has no copy "
-                                           "of that file")
-                needs.append((file_number, first, length, position))
-            _add_super_blocks(reads, own, target.manifest, file_map, record.stored_blocks, own_needs)
+            runs = np.frombuffer(file_map.runs, dtype="<u4").reshape(-1, 4).astype(np.int64)
+            by_source = runs[:, 2]
+            for index in np.unique(by_source).tolist():
+                needs = _Needs(file_number, runs[by_source == index][:, [0, 1, 3]])
+                source = sources[index]
+                if index == own:
+                    _add_super_blocks(reads, own, target.manifest, file_map, record.stored_blocks, needs)
+                elif record.path in source.stream:
+                    source.from_stream[record.path] = needs
+                elif record.path in source.mapped:
+                    source.from_blocks[record.path] = needs
+                else:
+                    raise RefusedError(f"backup {target.manifest.backup_id}'s block map takes blocks of "
+                                       f"{record.path} from backup {source.manifest.backup_id}, which has no copy "
+                                       "of that file")
             done.append(file_map.path)
         return done
 
@@ -286,32 +290,50 @@ def _read_maps(archive: Archive, sources: list[_Source], wanted: list[tuple[int,
 
 
 def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]], index: int,
-                      manifest: BackupManifest, file_map: FileMap, stored: int, needs: list[_Need]) -> None:
+                      manifest: BackupManifest, file_map: FileMap, stored: int, needs: _Needs) -> None:
     """The super-blocks of `file_map` (backup `index`'s own map of a file, of `stored`
     blocks: its manifest's count, which the map's was checked against) that hold the
-    needed positions, each with the slices of its pages to write. The needs come in
-    block order, and so in stored position order: the super-block holding the next is
-    the one holding the last, or a later one (searched only when it is not the next)."""
-    if not needs:
+    needed positions, each with the slices of its pages to write: each run cut where a
+    super-block ends."""
+    first, length, position = needs.runs.T
+    if len(position) and (past := np.flatnonzero(position + length > stored)).size:
+        at = int(past[0])
+        raise RefusedError(f"a block map takes blocks {position[at]} to {position[at] + length[at] - 1} of "
+                           f"{file_map.path} from backup {manifest.backup_id}, which stored {stored} of it")
+    starts = file_map.super_block_table()["first"].astype(np.int64)
+    # The super-blocks holding each run's first and last position: a run crossing
+    # from one to the next is cut into a piece per super-block.
+    low = np.searchsorted(starts, position, side="right") - 1
+    high = np.searchsorted(starts, position + length - 1, side="right") - 1
+    pieces = high - low + 1
+    run = np.repeat(np.arange(len(position)), pieces)
+    held = low[run] + np.arange(len(run)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    ends = np.append(starts[1:], stored)[held]
+    start = np.maximum(position[run], starts[held])
+    stop = np.minimum((position + length)[run], ends)
+    cut = _slices(needs.file, (first[run] + start - position[run]) * BLOCK_SIZE, (start - starts[held]) * BLOCK_SIZE,
+                  (stop - start) * BLOCK_SIZE)
+    for number, at, count in _groups(held):
+        _, slices = _wanted(reads, index, manifest, file_map, file_map.super_block(number))
+        slices += cut[at : at + count]
+
+
+def _slices(file: int, file_offsets: np.ndarray, part_offsets: np.ndarray, lengths: np.ndarray) -> list[Slice]:
+    """Slices of file number `file`, a column of numbers per field."""
+    return list(map(Slice, itertools.repeat(file, len(lengths)), file_offsets.tolist(), part_offsets.tolist(),
+                    lengths.tolist()))
+
+
+def _groups(keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """Runs of equal values in `keys`: (value, first index, count). The pieces of one
+    super-block or part are consecutive (the runs come in block order, each source's
+    positions with them), and where a hostile map's are not, each group is still right."""
+    if not len(keys):
         return
-    finder = SuperBlockIndex(file_map)
-    # The super-block found last: its stored positions `first` to `last` (excluded), the
-    # slices it gives (kept as plain ints: 220,000 needs at scale 150 pass here).
-    first, last = 0, 0
-    slices: list[Slice] = []
-    for file, block, length, position in needs:
-        if position + length > stored:
-            raise RefusedError(f"a block map takes blocks {position} to {position + length - 1} of "
-                               f"{file_map.path} from backup {manifest.backup_id}, which stored {stored} of it")
-        end = position + length
-        while position < end:
-            if not first <= position < last:
-                super_block, slices = _wanted(reads, index, manifest, file_map, finder.holding(position))
-                first, last = super_block.first, super_block.first + super_block.pages
-            count = (end if end < last else last) - position
-            slices.append(Slice(file, block * BLOCK_SIZE, (position - first) * BLOCK_SIZE, count * BLOCK_SIZE))
-            position += count
-            block += count
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    firsts = np.concatenate(([0], cuts))
+    counts = np.diff(np.append(firsts, len(keys)))
+    yield from zip(keys[firsts].tolist(), firsts.tolist(), counts.tolist(), strict=True)
 
 
 def _wanted(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[Slice]]], index: int, manifest: BackupManifest,
@@ -382,18 +404,12 @@ def narrowed_reads(reads: list[BlockRead], keep: Callable[[int, SuperBlock, list
 
 def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
     """The parts of an older backup's stream holding blocks the target takes from it,
-    with only those blocks' slices."""
+    with only those blocks' slices: each run cut where a part ends."""
     if not source.from_stream:
         return []
     files = source.manifest.files
     wanted = {source.stream[path]: needs for path, needs in source.from_stream.items()}
-    for number, needs in wanted.items():
-        for _, _, length, position in needs:
-            if (position + length) * BLOCK_SIZE > files[number].size:
-                raise RefusedError(f"a block map takes blocks {position} to {position + length - 1} of "
-                                   f"{files[number].path} from backup {source.manifest.backup_id}, whose copy has "
-                                   f"{files[number].size} bytes")
-    # Where each wanted file lies in the stream: (part, its slice), in file order.
+    # Where each wanted file lies in the stream: its pieces (part, slice), in file order.
     lying: dict[int, list[tuple[int, Slice]]] = defaultdict(list)
     for part, slices in enumerate(unpack.slices_by_part(files, source.manifest.parts)):
         for piece in slices:
@@ -401,26 +417,28 @@ def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
                 lying[piece.file].append((part, piece))
     by_part: dict[int, list[Slice]] = defaultdict(list)
     for number, needs in wanted.items():
+        first, length, position = needs.runs.T
+        if len(position) and (past := np.flatnonzero((position + length) * BLOCK_SIZE > files[number].size)).size:
+            at = int(past[0])
+            raise RefusedError(f"a block map takes blocks {position[at]} to {position[at] + length[at] - 1} of "
+                               f"{files[number].path} from backup {source.manifest.backup_id}, whose copy has "
+                               f"{files[number].size} bytes")
         pieces = lying[number]
-        ends = [piece.file_offset + piece.length for _, piece in pieces]
-        # The slice used last: the file's bytes `low` to `high`, at `shift` from there
-        # in its part. The needs come in file order, most inside the slice before (a
-        # part holds 32 MiB of a file, a need a block or two): those are taken here.
-        low, high, shift = 0, -1, 0
-        taken: list[Slice] = []
-        for file, first, length, position in needs:
-            start, end = position * BLOCK_SIZE, (position + length) * BLOCK_SIZE
-            if low <= start and end <= high:
-                taken.append(Slice(file, first * BLOCK_SIZE, start + shift, end - start))
-                continue
-            # From the first slice ending after `start` (a file with many runs from this
-            # source and many slices would otherwise cost their product).
-            for next_piece in range(bisect.bisect_right(ends, start), len(pieces)):
-                part, piece = pieces[next_piece]
-                if piece.file_offset >= end:
-                    break
-                low, high = piece.file_offset, piece.file_offset + piece.length
-                shift, taken = piece.part_offset - low, by_part[part]
-                within = max(start, low)
-                taken.append(Slice(file, first * BLOCK_SIZE + within - start, within + shift, min(end, high) - within))
+        parts = np.array([part for part, _ in pieces], dtype=np.int64)
+        lows = np.array([piece.file_offset for _, piece in pieces], dtype=np.int64)
+        shifts = np.array([piece.part_offset - piece.file_offset for _, piece in pieces], dtype=np.int64)
+        highs = np.append(lows[1:], files[number].size)
+        # The pieces holding each run's first and last byte: a run crossing from one
+        # part to the next is cut into a slice per part.
+        start, end = position * BLOCK_SIZE, (position + length) * BLOCK_SIZE
+        low = np.searchsorted(lows, start, side="right") - 1
+        high = np.searchsorted(lows, end - 1, side="right") - 1
+        count = high - low + 1
+        run = np.repeat(np.arange(len(start)), count)
+        held = low[run] + np.arange(len(run)) - np.repeat(np.cumsum(count) - count, count)
+        within = np.maximum(start[run], lows[held])
+        stop = np.minimum(end[run], highs[held])
+        cut = _slices(needs.file, first[run] * BLOCK_SIZE + within - start[run], within + shifts[held], stop - within)
+        for holder, at, many in _groups(held):
+            by_part[int(parts[holder])] += cut[at : at + many]
     return [StreamRead(index, source.manifest.parts[part], by_part[part]) for part in sorted(by_part)]

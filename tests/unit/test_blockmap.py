@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pitrkit.catalog import blockmap
-from pitrkit.catalog.blockmap import FileMap, Run, SuperBlock, SuperBlockIndex
+from pitrkit.catalog.blockmap import FileMap, Run, SuperBlock
 from pitrkit.storage import objects
 from pitrkit.storage.plugins.compression import NoCompression
 
@@ -79,10 +79,13 @@ def test_runs_must_end_at_the_files_length():
         blockmap.decode_block_map(stored([Run(0, 2, 0, 0)], blocks=3))
 
 
-def test_the_super_block_holding_a_position():
+def test_a_super_block_by_number_and_all_of_them_as_a_table():
     super_blocks = [SuperBlock(0, 0, 9, 0, 8, SHA), SuperBlock(0, 9, 9, 8, 8, SHA), SuperBlock(1, 0, 9, 16, 4, SHA)]
-    index = SuperBlockIndex(file_map([Run(0, 20, 2, 0)], super_blocks))
-    assert [index.holding(position).first for position in (0, 7, 8, 15, 16, 19)] == [0, 0, 8, 8, 16, 16]
+    made = decoded(file_map([Run(0, 20, 2, 0)], super_blocks))
+    assert [made.super_block(number) for number in range(3)] == super_blocks
+    table = made.super_block_table()
+    assert [tuple(int(record[field]) for field in ("part", "offset", "length", "first", "pages")) for record in table] \
+        == [block[:5] for block in super_blocks]
 
 
 def test_a_stream_copys_map_has_its_own_blocks_at_their_numbers():

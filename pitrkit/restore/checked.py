@@ -97,11 +97,16 @@ def differing_blocks(path: Path, block_checksums: bytes) -> Iterator[tuple[int, 
         sums = checksums.page_checksums(chunk[:whole])
         if whole < len(chunk):
             sums.append(checksums.page_checksum(chunk[whole:]))
-        for got in sums:
-            want = expected[block] if block < len(expected) else None
-            if got != want:
-                yield block, got, want
-            block += 1
+        # A chunk's checksums compared at once (in C), and one by one only to name the
+        # blocks that differ: a loop over every block was a tenth of a restore's CPU.
+        if sums != expected[block : block + len(sums)]:
+            for got in sums:
+                want = expected[block] if block < len(expected) else None
+                if got != want:
+                    yield block, got, want
+                block += 1
+        else:
+            block += len(sums)
     for missing in range(block, len(expected)):
         yield missing, None, expected[missing]
 

@@ -289,14 +289,14 @@ def restore_pgbackrest_set(label: str):
     return restore
 
 
-def run_restores(rig: br.Rig, rounds: int, chain_target: br.Target, full_target: br.Target,
+def run_restores(rig: br.Rig, rounds: int, chain_target: br.Target, full_targets: dict[str, br.Target],
                  pgbr_last: str | None, pgbr_full: str | None, kinds: list[str]) -> list[br.RestoreRun | dict]:
     """Interleaved rounds of the restores in `kinds`; a failed restore is recorded as
     {"tool", "round", "error"}."""
     how = {PITRKIT_CHAIN: (br.restore_pitrkit, chain_target),
-           PITRKIT_FULL: (br.restore_pitrkit, full_target),
+           PITRKIT_FULL: (br.restore_pitrkit, full_targets.get(PITRKIT)),
            PGBACKREST_CHAIN: (restore_pgbackrest_set(pgbr_last or ""), chain_target),
-           PGBACKREST_FULL: (restore_pgbackrest_set(pgbr_full or ""), full_target)}
+           PGBACKREST_FULL: (restore_pgbackrest_set(pgbr_full or ""), full_targets.get(PGBACKREST))}
     runs: list[br.RestoreRun | dict] = []
     for r in range(rounds):
         order = walpath.rotated(kinds, r)
@@ -458,10 +458,13 @@ def render(out: dict) -> str:
 
 
 def render_restore(lines: list[str], restore: dict) -> None:
+    fulls_ = restore["full_targets"]
+    same = all(target["digest"] == restore["chain_target"]["digest"] for target in fulls_.values())
     lines += ["### Restore from full + incrementals", "",
-              f"Target: LSN {restore['chain_target']['lsn']} (after the last incrementals; the chains) and "
-              f"{restore['full_target']['lsn']} (after each tool's full of the same data); digests equal: "
-              f"{restore['chain_target']['digest'] == restore['full_target']['digest']}.", "",
+              f"Target: LSN {restore['chain_target']['lsn']} (after the last incrementals; the chains), "
+              + ", ".join(f"{target['lsn']} (after {tool}'s full of the same data)"
+                          for tool, target in fulls_.items())
+              + f"; digests equal: {same}.", "",
               "| restore | until promoted, median s | (per round) | server started s | restore command s "
               "| client CPU s | digest | restored from | WAL replayed MiB |",
               "|---|---:|---|---:|---:|---:|---|---|---:|"]
@@ -512,8 +515,13 @@ def sweep(a: argparse.Namespace, root: Path, scale: int, stride: int, tools: lis
     if restore and a.rounds:
         chain_target = target_here(rig)
         log(f"chain target {chain_target.lsn}; digest {chain_target.digest}")
-        same = {tool: take(rig, tool, a.rounds, incremental=False) for tool in chained}
-        full_target = target_here(rig)
+        # Each tool's full, then a target right after it: each full's restore replays
+        # only the WAL of its own backup (the same data: nothing writes meanwhile).
+        same: dict[str, Backup] = {}
+        full_targets: dict[str, br.Target] = {}
+        for tool in chained:
+            same[tool] = take(rig, tool, a.rounds, incremental=False)
+            full_targets[tool] = target_here(rig)
         fulls_taken = {f"{tool}-full" for tool, backup in same.items() if backup.error is None}
         kinds = [kind for kind in RESTORES if kind.split("-")[0] in chained
                  and (not kind.endswith("-full") or kind in fulls_taken)]
@@ -521,7 +529,7 @@ def sweep(a: argparse.Namespace, root: Path, scale: int, stride: int, tools: lis
                 for tool in TOOLS}
         pgbr_last = last[PGBACKREST].name if last[PGBACKREST] else None
         pgbr_full = same[PGBACKREST].name if PGBACKREST in same else None
-        runs = run_restores(rig, a.restore_rounds, chain_target, full_target, pgbr_last, pgbr_full, kinds)
+        runs = run_restores(rig, a.restore_rounds, chain_target, full_targets, pgbr_last, pgbr_full, kinds)
         # Which backup each restore must have started from (pitrkit's label is "pitrkit <id>";
         # pgBackRest's is told with --set): a chain restore from anything else measured something else.
         expected = {PITRKIT_CHAIN: last[PITRKIT].name if last[PITRKIT] else None,
@@ -535,7 +543,8 @@ def sweep(a: argparse.Namespace, root: Path, scale: int, stride: int, tools: lis
             result["profile"] = profile(rig, chain_target, a.rounds, stride)
         result["restore"] = {
             "chain_length": {tool: 1 + sum(b.tool == tool and not b.error for b in incrementals) for tool in TOOLS},
-            "chain_target": asdict(chain_target), "full_target": asdict(full_target),
+            "chain_target": asdict(chain_target),
+            "full_targets": {tool: asdict(target) for tool, target in full_targets.items()},
             "expected_backups": {**expected, PGBACKREST_CHAIN: pgbr_last, PGBACKREST_FULL: pgbr_full},
             "runs": [r if isinstance(r, dict) else asdict(r) for r in runs], "summary": summarize_restores(runs)}
     return result, rig

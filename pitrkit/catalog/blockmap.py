@@ -203,8 +203,8 @@ class FileMap(msgspec.Struct, array_like=True, frozen=True):
 _CHECKED_IN_BULK = 256
 # A `_SUPER_BLOCK` record as numpy reads it.
 _SUPER_BLOCK_FIELDS: Any = {"names": ["part", "offset", "length", "first", "pages"],
-                       "formats": ["<u4", "<u8", "<u4", "<u4", "<u4"],
-                       "offsets": [0, 4, 12, 16, 20], "itemsize": _SUPER_BLOCK.size}
+                            "formats": ["<u4", "<u8", "<u4", "<u4", "<u4"],
+                            "offsets": [0, 4, 12, 16, 20], "itemsize": _SUPER_BLOCK.size}
 
 
 def _super_block_table(records: bytes) -> np.ndarray:

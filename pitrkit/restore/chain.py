@@ -301,21 +301,26 @@ def _add_super_blocks(reads: dict[tuple[int, int, int], tuple[SuperBlock, list[S
         raise RefusedError(f"a block map takes blocks {position[at]} to {position[at] + length[at] - 1} of "
                            f"{file_map.path} from backup {manifest.backup_id}, which stored {stored} of it")
     starts = file_map.super_block_table()["first"].astype(np.int64)
-    # The super-blocks holding each run's first and last position: a run crossing
-    # from one to the next is cut into a piece per super-block.
-    low = np.searchsorted(starts, position, side="right") - 1
-    high = np.searchsorted(starts, position + length - 1, side="right") - 1
-    pieces = high - low + 1
-    run = np.repeat(np.arange(len(position)), pieces)
-    held = low[run] + np.arange(len(run)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    ends = np.append(starts[1:], stored)[held]
-    start = np.maximum(position[run], starts[held])
-    stop = np.minimum((position + length)[run], ends)
+    run, held, start, stop = _cut(starts, stored, position, position + length)
     cut = _slices(needs.file, (first[run] + start - position[run]) * BLOCK_SIZE, (start - starts[held]) * BLOCK_SIZE,
                   (stop - start) * BLOCK_SIZE)
     for number, at, count in _groups(held):
         _, slices = _wanted(reads, index, manifest, file_map, file_map.super_block(number))
         slices += cut[at : at + count]
+
+
+def _cut(starts: np.ndarray, limit: int, begins: np.ndarray, ends: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ranges `begins` to `ends` (excluded), each cut where a holder ends: holders lie
+    back to back from `starts` (ascending, the first 0) to `limit`, and every range
+    lies inside them. Per piece: its range's index, its holder's, and its bounds."""
+    low = np.searchsorted(starts, begins, side="right") - 1
+    high = np.searchsorted(starts, ends - 1, side="right") - 1
+    count = high - low + 1
+    run = np.repeat(np.arange(len(begins)), count)
+    held = low[run] + np.arange(len(run)) - np.repeat(np.cumsum(count) - count, count)
+    return (run, held, np.maximum(begins[run], starts[held]),
+            np.minimum(ends[run], np.append(starts[1:], limit)[held]))
 
 
 def _slices(file: int, file_offsets: np.ndarray, part_offsets: np.ndarray, lengths: np.ndarray) -> list[Slice]:
@@ -427,17 +432,8 @@ def _stream_reads(index: int, source: _Source) -> list[StreamRead]:
         parts = np.array([part for part, _ in pieces], dtype=np.int64)
         lows = np.array([piece.file_offset for _, piece in pieces], dtype=np.int64)
         shifts = np.array([piece.part_offset - piece.file_offset for _, piece in pieces], dtype=np.int64)
-        highs = np.append(lows[1:], files[number].size)
-        # The pieces holding each run's first and last byte: a run crossing from one
-        # part to the next is cut into a slice per part.
-        start, end = position * BLOCK_SIZE, (position + length) * BLOCK_SIZE
-        low = np.searchsorted(lows, start, side="right") - 1
-        high = np.searchsorted(lows, end - 1, side="right") - 1
-        count = high - low + 1
-        run = np.repeat(np.arange(len(start)), count)
-        held = low[run] + np.arange(len(run)) - np.repeat(np.cumsum(count) - count, count)
-        within = np.maximum(start[run], lows[held])
-        stop = np.minimum(end[run], highs[held])
+        start = position * BLOCK_SIZE
+        run, held, within, stop = _cut(lows, files[number].size, start, (position + length) * BLOCK_SIZE)
         cut = _slices(needs.file, first[run] * BLOCK_SIZE + within - start[run], within + shifts[held], stop - within)
         for holder, at, many in _groups(held):
             by_part[int(parts[holder])] += cut[at : at + many]

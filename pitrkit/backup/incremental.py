@@ -11,7 +11,11 @@ Whole, following PostgreSQL's own rules for its incremental backups: every file 
 not a relation file, FSM forks (never WAL-summarized: their changes are not logged
 block by block), files the parent does not have, files of a database created since the
 parent, lengths that are not whole blocks, and files with most of their blocks changed
-(at that point a block map saves nothing and costs a map).
+(at that point a block map saves nothing and costs a map). And one rule of pitrkit's: a
+file whose map would make a restore decode more than 1.25 times its size, where the
+pages it keeps from older backups lie scattered in their super-blocks or stream parts
+(backup/restore_cost.py): copied whole, it is restored from this backup alone. Without
+summaries the changes are known only once read, so the rule looks at the parent's map.
 
 Which blocks changed comes from PostgreSQL 17+'s WAL summaries between the two start
 LSNs when they cover the whole range (only those blocks are read); otherwise every
@@ -37,6 +41,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 from pitrkit.backup.changes import RelationFork, Summarized, relation_of
 from pitrkit.backup.page_scan import changed_pages
+from pitrkit.backup.restore_cost import DECODE_BOUND, decoded_pages
 from pitrkit.catalog import blockmap, checksums
 from pitrkit.catalog.archived_wal import ArchivedWal, on_path
 from pitrkit.catalog.backups import survey_backups
@@ -306,6 +311,10 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since
     if base is None:
         return None
     if changes.summarized is None:
+        # The changes are known only once the pages are read: the bound is kept on what
+        # the parent's map already costs, one backup late.
+        if decoded_pages(base.runs, min(base.blocks, size // BLOCK_SIZE), [], 0) > DECODE_BOUND * base.blocks:
+            return None
         return BlockPlan(path, base, None, None, segment)
     summarized = changes.summarized
     if (fork.tablespace, fork.database) in summarized.new_databases:
@@ -326,6 +335,8 @@ def plan_file(path: str, size: int, parent: Parent, changes: Changes, made_since
     fresh = min(limit if limit is not None else blocks, base.blocks)
     stored = bisect.bisect_left(changed, fresh) + max(0, blocks - fresh)
     if blocks and stored >= _WHOLE_SHARE * blocks:
+        return None
+    if decoded_pages(base.runs, min(fresh, blocks), changed, stored) > DECODE_BOUND * blocks:
         return None
     return BlockPlan(path, base, changed, limit, segment)
 

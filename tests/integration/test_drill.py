@@ -158,6 +158,10 @@ def test_a_drill_passes_on_a_good_archive_and_fails_on_a_corrupt_part_or_a_missi
     # Stopped (SIGTERM) while its server runs: the server stopped, the scratch removed, no
     # report stored (an interrupted drill proves nothing), exit 130 as for Ctrl-C.
     stored = len(reports(setup))
+    # A check that keeps the drill busy: a backup this small restores, replays and fails
+    # a quick check in less time than it took this test to see the server and read its
+    # priorities, and the drill then ended on its own before being stopped.
+    configure_drills(setup, scratch, '{sql = "SELECT count(*) FROM pg_sleep(300)", expect = "1"}')
     running = RunningDrill(setup, setup.config.parent / "drill.log")
     try:
         postmaster = pgharness.wait_for(lambda: postmaster_pid(scratch), 300, interval=0.05,

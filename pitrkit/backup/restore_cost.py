@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pitrkit.catalog.blockmap import SUPER_BLOCK_PAGES
+from pitrkit.catalog.blockmap import SUPER_BLOCK_PAGES, run_table
 
 # A block-mapped file whose restore would decode more than this many times its pages is
 # copied whole. A chain's restore is to take at most 1.1 times a full backup's; decoding
@@ -48,7 +48,7 @@ def decoded_pages(parent_runs: bytes, kept_end: int, changed: Sequence[int], sto
     pages = np.flatnonzero(kept)
     if not len(pages):
         return stored
-    first, length, source, position = np.frombuffer(parent_runs, dtype="<u4").reshape(-1, 4).astype(np.int64).T
+    first, length, source, position = run_table(parent_runs).T
     run = np.searchsorted(first, pages, side="right") - 1
     units = np.unique(source[run] << 32 | (position[run] + pages - first[run]) // SUPER_BLOCK_PAGES)
     # A unit holds SUPER_BLOCK_PAGES positions, fewer at the end of what its source holds

@@ -227,7 +227,7 @@ def _records_sound(file_map: FileMap) -> bool:
             and (blocks["length"] > 0).all() and (blocks["length"] <= 2 * MAX_PART_SIZE).all()
             and (blocks["offset"] <= 2 * MAX_PART_SIZE).all()):
         return False
-    first, length, source, start = np.frombuffer(file_map.runs, dtype="<u4").reshape(-1, 4).astype(np.int64).T
+    first, length, source, start = run_table(file_map.runs).T
     ends = np.cumsum(length)
     own = source == file_map.sources - 1
     return bool(np.array_equal(first, ends - length) and (length > 0).all() and (source < file_map.sources).all()
@@ -250,6 +250,15 @@ def unpack_runs(packed: bytes) -> Iterator[tuple[int, int, int, int]]:
     """Packed runs as (first, length, source, position), unchecked: for runs taken from
     a FileMap, which checked them."""
     return _RUN.iter_unpack(packed)
+
+
+def run_table(packed: bytes) -> np.ndarray:
+    """Packed runs as numpy: one row per run, the columns first, length, source and
+    position, as int64 (so that sums and shifts of them do not wrap). Unchecked, as
+    `unpack_runs`."""
+    import numpy as np  # only for a restore's plan, an incremental's and a large map's checks
+
+    return np.frombuffer(packed, dtype="<u4").reshape(-1, 4).astype(np.int64)
 
 
 def pack_super_blocks(blocks: list[SuperBlock]) -> bytes:

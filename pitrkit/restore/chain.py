@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pitrkit.catalog.blockmap import FileMap, SuperBlock, read_block_map
+from pitrkit.catalog.blockmap import FileMap, SuperBlock, read_block_map, run_table
 from pitrkit.catalog.documents import BLOCK_SIZE, BackupFile, BackupManifest, BackupPart, BlockFile
 from pitrkit.errors import RefusedError
 from pitrkit.progress import human_bytes
@@ -177,7 +177,7 @@ def plan_chain(archive: Archive, manifests: list[BackupManifest], workers: int =
                                    f"match its manifest ({file_map.blocks} blocks, {file_map.sources} sources, "
                                    f"{file_map.stored_blocks} stored)")
             file_number = block_index[record.path]
-            runs = np.frombuffer(file_map.runs, dtype="<u4").reshape(-1, 4).astype(np.int64)
+            runs = run_table(file_map.runs)
             by_source = runs[:, 2]
             for index in np.unique(by_source).tolist():
                 needs = _Needs(file_number, runs[by_source == index][:, [0, 1, 3]])

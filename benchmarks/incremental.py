@@ -292,6 +292,10 @@ def restore_pgbackrest_set(label: str):
     return restore
 
 
+# What a failed restore raises: recorded (or, in the warm-up, logged), the run goes on.
+_RESTORE_FAILURES = (CommandFailed, LocalPgError, FileNotFoundError, KeyError)
+
+
 def run_restores(rig: br.Rig, rounds: int, chain_target: br.Target, full_targets: dict[str, br.Target],
                  pgbr_last: str | None, pgbr_full: str | None, kinds: list[str]) -> list[br.RestoreRun | dict]:
     """Interleaved rounds of the restores in `kinds`; a failed restore is recorded as
@@ -308,7 +312,7 @@ def run_restores(rig: br.Rig, rounds: int, chain_target: br.Target, full_targets
         restore, target = how[kind]
         try:
             br.restore_once(rig, kind, target, -1, how=restore, digest_sql=DIGEST_SQL)
-        except (CommandFailed, LocalPgError, FileNotFoundError, KeyError) as exc:
+        except _RESTORE_FAILURES as exc:
             log(f"  {kind}: warm-up FAILED: {str(exc)[-1500:]}")
     runs: list[br.RestoreRun | dict] = []
     for r in range(rounds):
@@ -318,7 +322,7 @@ def run_restores(rig: br.Rig, rounds: int, chain_target: br.Target, full_targets
             restore, target = how[kind]
             try:
                 runs.append(br.restore_once(rig, kind, target, r, how=restore, digest_sql=DIGEST_SQL))
-            except (CommandFailed, LocalPgError, FileNotFoundError, KeyError) as exc:
+            except _RESTORE_FAILURES as exc:
                 log(f"  {kind}: FAILED: {str(exc)[-1500:]}")
                 runs.append({"tool": kind, "round": r, "error": str(exc)[-3000:]})
     return runs

@@ -25,6 +25,13 @@ def whole_copy(blocks: int, source: int = 0) -> bytes:
     return runs_of([source] * blocks, list(range(blocks)))
 
 
+def interleaved(blocks: int) -> bytes:
+    """The map of a file whose even pages an incremental (source 1) holds, in block
+    order, and whose odd ones the full (source 0) does."""
+    return runs_of([1 - block % 2 for block in range(blocks)],
+                   [block // 2 if block % 2 == 0 else block for block in range(blocks)])
+
+
 def test_pages_kept_from_a_whole_copy_cost_every_unit_they_touch():
     # Two pages changed in a 1,000-page file: the other 998 lie in all 32 units of the
     # old copy (the last holds 1000 - 31 * 32 = 8 pages).
@@ -51,9 +58,7 @@ def test_nothing_kept_costs_only_what_is_stored():
 def test_interleaved_links_cost_each_links_units():
     # Even pages from an incremental (source 1, its 32 stored pages: one super-block),
     # odd ones from the full: unchanged, the file decodes 32 + 64 pages for its 64.
-    sources = [1 - block % 2 for block in range(64)]
-    positions = [block // 2 if block % 2 == 0 else block for block in range(64)]
-    assert decoded_pages(runs_of(sources, positions), 64, [], 0) == 32 + 64
+    assert decoded_pages(interleaved(64), 64, [], 0) == 32 + 64
 
 
 def brute_force(sources: list[int], positions: list[int], kept_end: int, changed: list[int], stored: int) -> int:
@@ -61,8 +66,9 @@ def brute_force(sources: list[int], positions: list[int], kept_end: int, changed
     held: dict[int, int] = {}
     for source, position in zip(sources, positions, strict=True):
         held[source] = max(held.get(source, 0), position + 1)
+    stored_blocks = set(changed)
     units = {(sources[block], positions[block] // SUPER_BLOCK_PAGES)
-             for block in range(kept_end) if block not in set(changed)}
+             for block in range(kept_end) if block not in stored_blocks}
     return stored + sum(min(SUPER_BLOCK_PAGES, held[source] - unit * SUPER_BLOCK_PAGES) for source, unit in units)
 
 
@@ -123,9 +129,7 @@ def test_a_file_changed_all_over_is_copied_whole():
 def test_a_chain_that_scattered_a_file_is_ended_by_a_whole_copy():
     # An incremental (source 1) holds every other page of the full's file: its next
     # incremental, changing only 5 % more, would decode 1.5 times the file's pages.
-    sources = [1 - block % 2 for block in range(4096)]
-    positions = [block // 2 if block % 2 == 0 else block for block in range(4096)]
-    parent = parent_with(runs_of(sources, positions), 4096)
+    parent = parent_with(interleaved(4096), 4096)
     assert plan(parent, 4096, list(range(0, 4096, 20))) is None
 
 
@@ -136,6 +140,4 @@ def scanned_plan(parent: incremental.Parent, blocks: int) -> incremental.BlockPl
 
 def test_without_summaries_the_parents_map_is_what_is_bounded():
     assert scanned_plan(parent_with(whole_copy(4096), 4096), 4096) is not None
-    sources = [1 - block % 2 for block in range(4096)]
-    positions = [block // 2 if block % 2 == 0 else block for block in range(4096)]
-    assert scanned_plan(parent_with(runs_of(sources, positions), 4096), 4096) is None
+    assert scanned_plan(parent_with(interleaved(4096), 4096), 4096) is None
